@@ -1,0 +1,114 @@
+"""Block-cipher primitives of the SAM: single-block encryption, CMAC, AN10922 key diversification, KCV.
+
+Pure functions over bytes for both card algorithms (AES-128 and SM4); no I/O, no state.
+"""
+from __future__ import annotations
+
+import hmac
+
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.cmac import CMAC
+
+from sam.interface import Algorithm
+
+BLOCK_SIZE = 16
+KEY_SIZE = 16
+MAC_SIZE = 8
+ASN_SIZE = 8
+ENTERPRISE_ID_SIZE = 4
+
+# AN10922 prefixes the diversification input with a constant naming the output key type; 0x01 is
+# AES-128. SM4 has the same block and key size, so onecard uses the same constant for it.
+_DIVERSIFICATION_CONSTANT = b"\x01"
+_MAX_DIVERSIFICATION_INPUT = 2 * BLOCK_SIZE - len(_DIVERSIFICATION_CONSTANT)
+# The reduction constant of GF(2^128) used to double a block (SP 800-38B, Rb for 128-bit blocks).
+_RB = 0x87
+
+
+def _cipher_algorithm(algorithm: Algorithm, key: bytes) -> algorithms.AES | algorithms.SM4:
+    if len(key) != KEY_SIZE:
+        # algorithms.AES would silently accept 24- or 32-byte keys; card keys are AES-128 only.
+        raise ValueError(f"key must be {KEY_SIZE} bytes, got {len(key)}")
+    if algorithm is Algorithm.AES128:
+        return algorithms.AES(key)
+    if algorithm is Algorithm.SM4:
+        return algorithms.SM4(key)
+    raise ValueError(f"unsupported algorithm {algorithm!r}")
+
+
+def block_encrypt(algorithm: Algorithm, key: bytes, block: bytes) -> bytes:
+    """Encrypt exactly one 16-byte block (raw block cipher, no mode)."""
+    if len(block) != BLOCK_SIZE:
+        raise ValueError(f"block must be {BLOCK_SIZE} bytes, got {len(block)}")
+    encryptor = Cipher(_cipher_algorithm(algorithm, key), modes.ECB()).encryptor()
+    return encryptor.update(block) + encryptor.finalize()
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+
+
+def _double(block: bytes) -> bytes:
+    value = int.from_bytes(block, "big") << 1
+    if value >> (8 * BLOCK_SIZE):
+        value ^= (1 << (8 * BLOCK_SIZE)) | _RB
+    return value.to_bytes(BLOCK_SIZE, "big")
+
+
+def cmac_subkeys(algorithm: Algorithm, key: bytes) -> tuple[bytes, bytes]:
+    """The CMAC subkeys (K1, K2) of SP 800-38B: K1 = dbl(E_K(0^128)), K2 = dbl(K1)."""
+    k1 = _double(block_encrypt(algorithm, key, bytes(BLOCK_SIZE)))
+    return k1, _double(k1)
+
+
+def cmac(algorithm: Algorithm, key: bytes, message: bytes) -> bytes:
+    """Full 16-byte CMAC (NIST SP 800-38B) of message."""
+    mac = CMAC(_cipher_algorithm(algorithm, key))
+    mac.update(message)
+    return mac.finalize()
+
+
+def mac8(algorithm: Algorithm, key: bytes, message: bytes) -> bytes:
+    """The 8-byte MAC cards and terminals exchange: the first 8 bytes of the CMAC."""
+    return cmac(algorithm, key, message)[:MAC_SIZE]
+
+
+def mac8_matches(algorithm: Algorithm, key: bytes, message: bytes, mac: bytes) -> bool:
+    """True when mac is the 8-byte MAC of message, compared in constant time."""
+    return hmac.compare_digest(mac8(algorithm, key, message), mac)
+
+
+def diversify(algorithm: Algorithm, master_key: bytes, diversification_input: bytes) -> bytes:
+    """Derive a 16-byte card key from a master key, NXP AN10922 AES-128 style (used as is for SM4).
+
+    D = 0x01 || M is always padded to two blocks (0x80 then zeros) unless it already is 32 bytes,
+    which differs from plain CMAC for M shorter than 16 bytes; hence the explicit CBC-MAC here.
+    """
+    if not 1 <= len(diversification_input) <= _MAX_DIVERSIFICATION_INPUT:
+        raise ValueError(
+            f"diversification input must be 1..{_MAX_DIVERSIFICATION_INPUT} bytes, "
+            f"got {len(diversification_input)}"
+        )
+    k1, k2 = cmac_subkeys(algorithm, master_key)
+    data = _DIVERSIFICATION_CONSTANT + diversification_input
+    if len(data) == 2 * BLOCK_SIZE:
+        subkey = k1
+    else:
+        data = (data + b"\x80").ljust(2 * BLOCK_SIZE, b"\x00")
+        subkey = k2
+    first = block_encrypt(algorithm, master_key, data[:BLOCK_SIZE])
+    return block_encrypt(algorithm, master_key, _xor(_xor(first, data[BLOCK_SIZE:]), subkey))
+
+
+def key_check_value(algorithm: Algorithm, key: bytes) -> str:
+    """KCV: lowercase hex of the first 3 bytes of the key encrypting 16 zero bytes."""
+    return block_encrypt(algorithm, key, bytes(BLOCK_SIZE))[:3].hex()
+
+
+def card_diversification_input(asn: bytes, enterprise_id: bytes) -> bytes:
+    """M for a onecard card key: the 8-byte application serial number, then the 4-byte enterprise ID."""
+    if len(asn) != ASN_SIZE:
+        raise ValueError(f"ASN must be {ASN_SIZE} bytes, got {len(asn)}")
+    if len(enterprise_id) != ENTERPRISE_ID_SIZE:
+        raise ValueError(f"enterprise ID must be {ENTERPRISE_ID_SIZE} bytes, got {len(enterprise_id)}")
+    return bytes(asn) + bytes(enterprise_id)
