@@ -31,6 +31,7 @@ class KeyUsage(enum.Enum):
 
     VERIFY = "verify"  # verify MACs produced by cards
     MAC = "mac"        # compute MACs that cards will check (terminal-side MACs)
+    PERSONALISE = "personalise"  # hand out diversified card keys, only to personalise a card at issuing
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class KeyUsageError(SamError):
 
 class MacVerificationError(SamError):
     """A MAC did not verify: the data is forged, altered, or from a cloned card."""
+
+
+class InvalidCardIdentity(SamError, ValueError):
+    """The CardIdentity cannot name a card key (wrong ASN or enterprise ID length)."""
 
 
 class Sam(Protocol):
