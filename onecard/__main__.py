@@ -1,0 +1,5 @@
+import sys
+
+from onecard.cli import main
+
+sys.exit(main())

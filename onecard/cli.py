@@ -1,0 +1,47 @@
+"""`onecard`: the one command line for terminals, the SAM keystore, the card simulator, the log and the demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from onecard.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sam import cli as sam_cli
+    from simulator import cli as sim_cli
+    from terminal import cli as terminal_cli
+    from terminal import log_cli
+    from onecard import demo
+
+    parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,sim,log,demo}")
+    terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
+        dest="command", required=True))
+    sam_cli.add_subcommands(top.add_parser("sam", help="software SAM keystores").add_subparsers(
+        dest="command", required=True))
+    sim_cli.add_subcommands(top.add_parser("sim", help="simulated cards: create, attach to vpcd, tap").add_subparsers(
+        dest="command", required=True))
+    log_cli.add_subcommands(top.add_parser("log", help="the terminal's event log").add_subparsers(
+        dest="command", required=True))
+    demo.add_parser(top)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from onecard.logs import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level.upper())
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

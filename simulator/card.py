@@ -1,0 +1,319 @@
+"""A software RFID-SIM carrying the one-card application exactly as docs/card-application.md specifies.
+
+The card is a state machine fed command APDUs. Its persistent state (files, keys, counter) lives in one
+JSON file per card, playing the part of the chip's EEPROM: written atomically before a response leaves
+the card, so a tear or a crash never loses a counter step that a terminal may have seen.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sam.crypto import mac8
+from sam.interface import Algorithm
+
+AID = bytes.fromhex("F04F4E454341524401")
+
+STATE_FORMAT = "onecard-sim-card/1"
+
+STATUS_TRANSPORT = 0x00
+STATUS_ACTIVE = 0x01
+STATUS_VOIDED = 0x02
+
+CARD_TYPE_RFID_SIM = 0x01
+CARD_TYPE_IC_CARD = 0x02
+
+SFI_APP = 1
+SFI_HOLDER = 2
+SFI_ACCESS = 3
+
+COUNTER_MAX = 0xFFFFFFFF
+
+SW_OK = b"\x90\x00"
+SW_WRONG_LENGTH = b"\x67\x00"
+SW_SECURITY = b"\x69\x82"
+SW_CONDITIONS = b"\x69\x85"
+SW_NO_CURRENT_EF = b"\x69\x86"
+SW_WRONG_DATA = b"\x6a\x80"
+SW_NOT_FOUND = b"\x6a\x82"
+SW_WRONG_P1P2 = b"\x6a\x86"
+SW_OFFSET = b"\x6b\x00"
+SW_INS = b"\x6d\x00"
+SW_CLA = b"\x6e\x00"
+SW_UNKNOWN = b"\x6f\x00"
+
+
+def _with_tck(atr_without_tck: bytes) -> bytes:
+    # T=1 capable ATRs carry TCK, the XOR of every byte after TS.
+    tck = 0
+    for b in atr_without_tck[1:]:
+        tck ^= b
+    return atr_without_tck + bytes([tck])
+
+
+ATR = _with_tck(bytes.fromhex("3B888001") + b"ONECARD1")
+
+
+def bcd_date(text: str) -> bytes:
+    """'2026-01-31' -> b'\\x20\\x26\\x01\\x31'."""
+    digits = text.replace("-", "")
+    if len(digits) != 8 or not digits.isdigit():
+        raise ValueError(f"date {text!r} is not YYYY-MM-DD")
+    return bytes.fromhex(digits)
+
+
+@dataclass
+class CardState:
+    """Everything the card keeps across power cycles."""
+
+    asn: bytes
+    enterprise_id: bytes
+    status: int
+    key_version: int
+    algorithm: Algorithm
+    card_type: int
+    access_key: bytes
+    holder: bytes           # EF_HOLDER, 48 bytes
+    access: bytes           # EF_ACCESS, 32 bytes
+    access_counter: int = 0
+    label: str = ""         # who the simulated card belongs to, for people running demos; not on a real card
+
+    def __post_init__(self) -> None:
+        checks = [
+            (len(self.asn) == 8, "asn must be 8 bytes"),
+            (len(self.enterprise_id) == 4, "enterprise_id must be 4 bytes"),
+            (len(self.access_key) == 16, "access_key must be 16 bytes"),
+            (len(self.holder) == 48, "holder file must be 48 bytes"),
+            (len(self.access) == 32, "access file must be 32 bytes"),
+            (0 <= self.access_counter <= COUNTER_MAX, "access_counter out of range"),
+            (0 <= self.key_version <= 255, "key_version out of range"),
+        ]
+        for ok, problem in checks:
+            if not ok:
+                raise ValueError(problem)
+
+    def app_file(self) -> bytes:
+        return (self.asn + self.enterprise_id
+                + bytes([self.status, self.key_version, int(self.algorithm), self.card_type])
+                + bytes(4))
+
+    def to_json(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "label": self.label,
+            "asn": self.asn.hex(),
+            "enterprise_id": self.enterprise_id.hex(),
+            "status": self.status,
+            "key_version": self.key_version,
+            "algorithm": self.algorithm.name,
+            "card_type": self.card_type,
+            "keys": {"access": self.access_key.hex()},
+            "files": {"holder": self.holder.hex(), "access": self.access.hex()},
+            "access_counter": self.access_counter,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> CardState:
+        if doc.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a simulated one-card state file (format {doc.get('format')!r})")
+        return cls(
+            asn=bytes.fromhex(doc["asn"]),
+            enterprise_id=bytes.fromhex(doc["enterprise_id"]),
+            status=int(doc["status"]),
+            key_version=int(doc["key_version"]),
+            algorithm=Algorithm[doc["algorithm"]],
+            card_type=int(doc["card_type"]),
+            access_key=bytes.fromhex(doc["keys"]["access"]),
+            holder=bytes.fromhex(doc["files"]["holder"]),
+            access=bytes.fromhex(doc["files"]["access"]),
+            access_counter=int(doc["access_counter"]),
+            label=str(doc.get("label", "")),
+        )
+
+
+class CardStateFile:
+    """The card's EEPROM: one JSON file, replaced atomically."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def load(self) -> CardState:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            return CardState.from_json(doc)
+        except FileNotFoundError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"card file {self.path} is not a valid simulated card: {exc}") from exc
+
+    def save(self, state: CardState) -> None:
+        data = json.dumps(state.to_json(), indent=1, sort_keys=True).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o600)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+@dataclass
+class Command:
+    cla: int
+    ins: int
+    p1: int
+    p2: int
+    data: bytes
+    le: int | None  # None: no Le field; 0: Le = 00 (up to 256)
+
+
+def parse_command(apdu: bytes) -> Command | None:
+    """ISO 7816-4 short APDU cases 1-4; None when the bytes are not a well-formed short APDU."""
+    if len(apdu) < 4:
+        return None
+    cla, ins, p1, p2 = apdu[:4]
+    body = apdu[4:]
+    if not body:
+        return Command(cla, ins, p1, p2, b"", None)
+    if len(body) == 1:
+        return Command(cla, ins, p1, p2, b"", body[0])
+    lc = body[0]
+    if lc == 0:
+        return None  # extended length is not supported by this application
+    if len(body) == 1 + lc:
+        return Command(cla, ins, p1, p2, body[1:], None)
+    if len(body) == 2 + lc:
+        return Command(cla, ins, p1, p2, body[1:1 + lc], body[-1])
+    return None
+
+
+@dataclass
+class OneCardApplet:
+    """The card: feed it command APDUs, get response APDUs. Never raises on bad input."""
+
+    state: CardState
+    store: CardStateFile | None = None
+    atr: bytes = ATR
+    selected: bool = field(default=False, init=False)
+
+    def power_on(self) -> None:
+        self.selected = False
+
+    def power_off(self) -> None:
+        self.selected = False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        try:
+            return self._process(apdu)
+        except Exception:  # a card answers 6F00 rather than dying, whatever happens inside
+            return SW_UNKNOWN
+
+    def _process(self, apdu: bytes) -> bytes:
+        cmd = parse_command(apdu)
+        if cmd is None:
+            return SW_WRONG_LENGTH
+        if cmd.cla == 0x00 and cmd.ins == 0xA4:
+            return self._select(cmd)
+        if cmd.cla == 0x00 and cmd.ins == 0xB0:
+            return self._read_binary(cmd)
+        if cmd.cla == 0x80 and cmd.ins == 0x3A:
+            return self._access_read(cmd)
+        if cmd.cla not in (0x00, 0x80):
+            return SW_CLA
+        return SW_INS
+
+    def _select(self, cmd: Command) -> bytes:
+        if cmd.p1 != 0x04 or cmd.p2 != 0x00:
+            self.selected = False
+            return SW_WRONG_P1P2
+        if cmd.data != AID:
+            self.selected = False
+            return SW_NOT_FOUND
+        self.selected = True
+        s = self.state
+        prop = (
+            _tlv(0xC0, s.asn) + _tlv(0xC1, s.enterprise_id) + _tlv(0xC2, bytes([s.status]))
+            + _tlv(0xC3, bytes([s.key_version])) + _tlv(0xC4, bytes([int(s.algorithm)]))
+            + _tlv(0xC5, bytes([s.card_type])) + _tlv(0xC6, b"\x01")
+        )
+        return _tlv(0x6F, _tlv(0x84, AID) + _tlv(0xA5, prop)) + SW_OK
+
+    def _read_binary(self, cmd: Command) -> bytes:
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
+            return SW_WRONG_P1P2  # only the short-file-identifier form is supported
+        sfi = cmd.p1 & 0x1F
+        files = {SFI_APP: self.state.app_file(), SFI_HOLDER: self.state.holder, SFI_ACCESS: self.state.access}
+        if sfi not in files or cmd.data:
+            return SW_NOT_FOUND if sfi not in files else SW_WRONG_LENGTH
+        content = files[sfi]
+        offset = cmd.p2
+        if offset > len(content):
+            return SW_OFFSET
+        want = 256 if cmd.le in (None, 0) else cmd.le
+        return content[offset:offset + want] + SW_OK
+
+    def _access_read(self, cmd: Command) -> bytes:
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if cmd.p1 != 0 or cmd.p2 != 0:
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 14:
+            return SW_WRONG_LENGTH
+        s = self.state
+        if s.status != STATUS_ACTIVE or s.access_counter >= COUNTER_MAX:
+            return SW_CONDITIONS
+        s.access_counter += 1
+        if self.store is not None:
+            # Persist before answering: a counter value a terminal has seen is never handed out again.
+            self.store.save(s)
+        body = bytes([s.status]) + s.access + s.holder + s.access_counter.to_bytes(4, "big")
+        nonce, terminal_id = cmd.data[:8], cmd.data[8:]
+        message = s.asn + s.enterprise_id + bytes([s.key_version]) + nonce + terminal_id + body
+        return body + mac8(s.algorithm, s.access_key, message) + SW_OK
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    if len(value) > 127:
+        raise ValueError("TLV values above 127 bytes are not used by this application")
+    return bytes([tag, len(value)]) + value
+
+
+@dataclass
+class ForeignCard:
+    """A contactless card or phone that has no one-card application (a bank card, a phone without RFID-SIM)."""
+
+    atr: bytes = bytes.fromhex("3B8F8001804F0CA000000306030001000000006A")
+    label: str = "card without one-card application"
+
+    def power_on(self) -> None:
+        pass
+
+    def power_off(self) -> None:
+        pass
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if len(apdu) >= 2 and apdu[1] == 0xA4:
+            return SW_NOT_FOUND
+        return SW_INS
+
+
+def load_card(path: str | Path) -> OneCardApplet | ForeignCard:
+    """Open a card file as it would be tapped: a one-card RFID-SIM, or a card without the application."""
+    p = Path(path)
+    doc = json.loads(p.read_text(encoding="utf-8"))
+    if doc.get("format") == "onecard-sim-foreign/1":
+        return ForeignCard(label=str(doc.get("label", ForeignCard.label)))
+    store = CardStateFile(p)
+    return OneCardApplet(state=store.load(), store=store)
+
+
+def write_foreign_card(path: str | Path, label: str) -> None:
+    Path(path).write_text(json.dumps({"format": "onecard-sim-foreign/1", "label": label}) + "\n", encoding="utf-8")

@@ -1,0 +1,72 @@
+"""Personalise a simulated RFID-SIM: write the holder's files and the card keys its enterprise SAM derives.
+
+This is the factory / issuing step for simulated cards. The card keys come out of the SAM through its
+one personalisation door (KeyUsage.PERSONALISE) and go straight into the card's state file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sam.interface import Algorithm, CardIdentity, KeyPurpose
+from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, CardState, CardStateFile
+
+
+@dataclass(frozen=True)
+class Personalisation:
+    enterprise_id: bytes
+    employee_no: str
+    name: str
+    door_groups: frozenset[int]
+    valid_from: dt.date
+    valid_to: dt.date
+    time_profile: int = 0
+    algorithm: Algorithm = Algorithm.AES128
+    key_version: int = 1
+    card_type: int = CARD_TYPE_RFID_SIM
+    status: int = STATUS_ACTIVE
+    asn: bytes | None = None  # random when not given
+
+    def __post_init__(self) -> None:
+        if len(self.employee_no.encode()) > 16:
+            raise ValueError("employee number longer than 16 bytes")
+        if len(self.name.encode()) > 32:
+            raise ValueError("name longer than 32 bytes of UTF-8")
+        if any(not 1 <= g <= 64 for g in self.door_groups):
+            raise ValueError("door groups are numbered 1 to 64")
+        if not 0 <= self.time_profile <= 255:
+            raise ValueError("time profile is 0..255")
+        if self.valid_to < self.valid_from:
+            raise ValueError("valid-to date is before valid-from date")
+
+
+def holder_file(employee_no: str, name: str) -> bytes:
+    return employee_no.encode().ljust(16, b"\x00") + name.encode().ljust(32, b"\x00")
+
+
+def access_file(p: Personalisation) -> bytes:
+    bitmap = bytearray(8)
+    for g in p.door_groups:
+        bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
+    dates = bytes.fromhex(p.valid_from.strftime("%Y%m%d") + p.valid_to.strftime("%Y%m%d"))
+    return dates + bytes(bitmap) + bytes([p.time_profile]) + bytes(15)
+
+
+def personalise(sam, p: Personalisation, label: str = "") -> CardState:
+    """Build the card's state; `sam` must hold the enterprise's ACCESS key with the personalise usage."""
+    asn = p.asn or os.urandom(8)
+    identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.key_version, algorithm=p.algorithm)
+    keys = sam.derive_card_keys(identity, [KeyPurpose.ACCESS])
+    return CardState(asn=asn, enterprise_id=p.enterprise_id, status=p.status, key_version=p.key_version,
+                     algorithm=p.algorithm, card_type=p.card_type, access_key=keys[KeyPurpose.ACCESS],
+                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label)
+
+
+def write_card(path: str | Path, state: CardState, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"card file {path} exists; pick another name or pass --force to replace that card")
+    CardStateFile(path).save(state)
+    return path

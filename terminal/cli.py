@@ -1,0 +1,123 @@
+"""`onecard terminal ...`: boot a terminal from firmware.toml and serve taps until stopped."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import signal
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+
+from onecard.errors import UserError
+from terminal.config import Config, ConfigError, load_config
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="serve taps on the configured reader until Ctrl-C")
+    run.add_argument("--config", required=True, type=Path, help="path of firmware.toml")
+    run.set_defaults(handler=cmd_run)
+    check = sub.add_parser("check-config", help="validate firmware.toml and print what it sets up")
+    check.add_argument("--config", required=True, type=Path)
+    check.set_defaults(handler=cmd_check_config)
+
+
+def read_config(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_sam(config: Config):
+    from sam.keystore import KeystoreUnlock
+    from sam.interface import SamError
+    from sam.software import SoftwareSam
+
+    s = config.sam
+    try:
+        if s.passphrase_file is not None:
+            unlock = KeystoreUnlock.from_passphrase_file(s.passphrase_file)
+        else:
+            unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file)
+        return SoftwareSam.open(s.keystore, unlock)
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_reader(config: Config):
+    from terminal.reader import ReaderError
+
+    r = config.reader
+    if r.driver == "pcsc":
+        from terminal.readers.pcsc import PcscReader
+        try:
+            return PcscReader(r.name)
+        except ReaderError as exc:
+            raise UserError(str(exc)) from None
+    from simulator.card import load_card
+    from simulator.inprocess import InProcessReader
+    reader = InProcessReader(f"simulator:{r.card}")
+    try:
+        reader.tap(load_card(r.card))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load simulated card {r.card}: {exc}; create it with 'onecard sim new-card'") from None
+    return reader
+
+
+def open_storage(config: Config):
+    from terminal.blacklist import Blacklist
+    from terminal.event_log import DatabaseError, EventLog
+
+    config.terminal.database.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        event_log = EventLog.open(config.terminal.database, config.terminal.id)
+        blacklist = Blacklist.open(config.terminal.database)
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    return event_log, blacklist
+
+
+def build_terminal(config: Config, stack: ExitStack):
+    """Open every adapter the configuration names; each failure is one UserError line."""
+    from terminal.app import Terminal
+    from terminal.outputs import ConsoleOutputs
+
+    sam = open_sam(config)
+    event_log, blacklist = open_storage(config)
+    stack.callback(event_log.close)
+    stack.callback(blacklist.close)
+    reader = open_reader(config)
+    stack.callback(reader.close)
+    outputs = ConsoleOutputs(config.terminal.name, color=config.output.color)
+    return Terminal(config, sam, event_log, blacklist, outputs), reader
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def cmd_run(args) -> int:
+    config = read_config(args.config)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with ExitStack() as stack:
+        terminal, reader = build_terminal(config, stack)
+        terminal.run(reader, utc_now, stop)
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    c = read_config(args.config)
+    t = c.terminal
+    print(f"terminal {t.id} ({t.kind}) '{t.name}' for enterprise {t.enterprise_id.hex()}, time zone {t.timezone.key}")
+    print(f"database {t.database}")
+    print(f"reader {c.reader.driver} {c.reader.name or c.reader.card}")
+    print(f"sam {c.sam.backend} {c.sam.keystore}")
+    if t.kind == "door":
+        print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s")
+    else:
+        print(f"attendance repeat window {c.attendance.repeat_window_seconds:g} s")
+    for n, p in sorted(c.time_profiles.items()):
+        print(f"time profile {n} '{p.name}': " + "; ".join(p.describe_day(d) for d in range(7)))
+    return 0

@@ -1,0 +1,262 @@
+"""firmware.toml: read once, validated once, handed down as typed objects.
+
+Every problem is reported as one ConfigError line naming the file, the key, what is wrong and the fix.
+Relative paths are resolved against the directory of the configuration file.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from pathlib import Path
+
+KINDS = ("door", "attendance")
+READER_DRIVERS = ("pcsc", "simulator")
+SAM_BACKENDS = ("keystore",)
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class TimeWindow:
+    start: dt.time
+    end: dt.time  # exclusive; 24:00 is written as 23:59:59.999999
+
+    def contains(self, t: dt.time) -> bool:
+        return self.start <= t < self.end or (self.end == dt.time.max and t == dt.time.max)
+
+    def __str__(self) -> str:
+        end = "24:00" if self.end == dt.time.max else self.end.strftime("%H:%M")
+        return f"{self.start.strftime('%H:%M')}-{end}"
+
+
+@dataclass(frozen=True)
+class TimeProfile:
+    """Weekly time windows in which a card with this profile number is let in."""
+
+    number: int
+    name: str
+    days: dict[int, tuple[TimeWindow, ...]]  # weekday (0 = Monday) -> windows
+
+    def allows(self, local: dt.datetime) -> bool:
+        return any(w.contains(local.time()) for w in self.days.get(local.weekday(), ()))
+
+    def describe_day(self, weekday: int) -> str:
+        windows = self.days.get(weekday, ())
+        day = WEEKDAYS[weekday].capitalize()
+        return f"{day} " + (", ".join(str(w) for w in windows) if windows else "no access")
+
+
+ALWAYS = TimeProfile(0, "always", {d: (TimeWindow(dt.time(0, 0), dt.time.max),) for d in range(7)})
+
+
+@dataclass(frozen=True)
+class TerminalSection:
+    id: str
+    id_bytes: bytes
+    kind: str
+    enterprise_id: bytes
+    name: str
+    timezone: zoneinfo.ZoneInfo
+    database: Path
+
+
+@dataclass(frozen=True)
+class ReaderSection:
+    driver: str
+    name: str = ""        # pcsc: substring of the reader name
+    card: Path | None = None  # simulator: the card file presented on every tap
+
+
+@dataclass(frozen=True)
+class SamSection:
+    backend: str
+    keystore: Path
+    passphrase_file: Path | None
+    device_secret_file: Path | None
+
+
+@dataclass(frozen=True)
+class DoorSection:
+    group: int
+    open_seconds: float
+
+
+@dataclass(frozen=True)
+class AttendanceSection:
+    repeat_window_seconds: float
+
+
+@dataclass(frozen=True)
+class OutputSection:
+    driver: str
+    color: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    terminal: TerminalSection
+    reader: ReaderSection
+    sam: SamSection
+    door: DoorSection
+    attendance: AttendanceSection
+    output: OutputSection
+    time_profiles: dict[int, TimeProfile] = field(default_factory=dict)
+
+
+class _Section:
+    """Typed reads from one TOML table, with errors that name the key."""
+
+    def __init__(self, path: Path, name: str, table: dict):
+        self.path, self.name, self.table = path, name, table
+
+    def fail(self, key: str, problem: str, fix: str) -> ConfigError:
+        return ConfigError(f"{self.path}: [{self.name}].{key} {problem}; {fix}")
+
+    def get(self, key: str, kind: type, default=None, required: bool = False):
+        if key not in self.table:
+            if required:
+                raise self.fail(key, "is missing", f"add it to the [{self.name}] section")
+            return default
+        value = self.table[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(key, f"= {value!r} is not a {kind.__name__}", f"write a {kind.__name__}")
+        return value
+
+    def path_value(self, key: str, required: bool = True) -> Path | None:
+        raw = self.get(key, str, required=required)
+        if raw is None:
+            return None
+        p = Path(raw)
+        return p if p.is_absolute() else (self.path.parent / p)
+
+    def digits(self, key: str, n: int) -> bytes:
+        raw = self.get(key, str, required=True)
+        if len(raw) != n or not raw.isdigit():
+            raise self.fail(key, f"= {raw!r} is not {n} decimal digits", f"write it as a string of {n} digits")
+        return bytes.fromhex(raw)
+
+    def choice(self, key: str, choices: tuple[str, ...], default: str | None = None) -> str:
+        value = self.get(key, str, default=default, required=default is None)
+        if value not in choices:
+            raise self.fail(key, f"= {value!r} is not one of {', '.join(choices)}", "pick one of those")
+        return value
+
+
+def _parse_clock(text: str) -> dt.time:
+    if text == "24:00":
+        return dt.time.max
+    return dt.datetime.strptime(text, "%H:%M").time()
+
+
+def _time_profile(path: Path, number_text: str, table: dict) -> TimeProfile:
+    sec = _Section(path, f"time_profiles.{number_text}", table)
+    if not number_text.isdigit() or not 1 <= int(number_text) <= 255:
+        raise ConfigError(f"{path}: [time_profiles.{number_text}] must be numbered 1..255 (0 means always); rename it")
+    days: dict[int, tuple[TimeWindow, ...]] = {}
+    for i, day in enumerate(WEEKDAYS):
+        windows = sec.get(day, list, default=[])
+        parsed = []
+        for w in windows:
+            try:
+                start_s, end_s = str(w).split("-")
+                start, end = _parse_clock(start_s), _parse_clock(end_s)
+            except ValueError:
+                raise sec.fail(day, f"window {w!r} is not HH:MM-HH:MM", 'write e.g. "07:30-19:00"') from None
+            if not start < end:
+                raise sec.fail(day, f"window {w!r} ends before it starts", "split windows that cross midnight in two")
+            parsed.append(TimeWindow(start, end))
+        if parsed:
+            days[i] = tuple(parsed)
+    unknown = set(table) - set(WEEKDAYS) - {"name"}
+    if unknown:
+        raise sec.fail(sorted(unknown)[0], "is not a known key", f"use {', '.join(WEEKDAYS)} and name")
+    return TimeProfile(int(number_text), sec.get("name", str, default=f"profile {number_text}"), days)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file; pass --config with the path of firmware.toml") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax at that place") from None
+
+    def section(name: str, required: bool = True) -> _Section:
+        table = raw.get(name)
+        if table is None and required:
+            raise ConfigError(f"{path}: section [{name}] is missing; copy it from the documented firmware.toml")
+        if table is not None and not isinstance(table, dict):
+            raise ConfigError(f"{path}: {name} must be a [{name}] section")
+        return _Section(path, name, table or {})
+
+    t = section("terminal")
+    tz_name = t.get("timezone", str, default="Asia/Shanghai")
+    try:
+        tz = zoneinfo.ZoneInfo(tz_name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise t.fail("timezone", f"= {tz_name!r} is not a known time zone", 'use an IANA name such as "Asia/Shanghai"') from None
+    terminal = TerminalSection(
+        id=t.get("id", str, required=True),
+        id_bytes=t.digits("id", 12),
+        kind=t.choice("kind", KINDS),
+        enterprise_id=t.digits("enterprise_id", 8),
+        name=t.get("name", str, default="onecard terminal"),
+        timezone=tz,
+        database=t.path_value("database"),
+    )
+
+    r = section("reader")
+    driver = r.choice("driver", READER_DRIVERS)
+    reader = ReaderSection(
+        driver=driver,
+        name=r.get("name", str, required=driver == "pcsc", default=""),
+        card=r.path_value("card", required=driver == "simulator"),
+    )
+
+    s = section("sam")
+    sam = SamSection(
+        backend=s.choice("backend", SAM_BACKENDS, default="keystore"),
+        keystore=s.path_value("keystore"),
+        passphrase_file=s.path_value("passphrase_file", required=False),
+        device_secret_file=s.path_value("device_secret_file", required=False),
+    )
+    if (sam.passphrase_file is None) == (sam.device_secret_file is None):
+        raise s.fail("passphrase_file", "and device_secret_file: exactly one must be set",
+                     "set passphrase_file or device_secret_file, not both")
+
+    d = section("door", required=terminal.kind == "door")
+    door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0))
+    if not 1 <= door.group <= 64:
+        raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
+    if not 0 < door.open_seconds <= 60:
+        raise d.fail("open_seconds", f"= {door.open_seconds} is outside (0, 60]", "use a few seconds")
+
+    a = section("attendance", required=False)
+    attendance = AttendanceSection(repeat_window_seconds=a.get("repeat_window_seconds", float, default=60.0))
+    if not 0 <= attendance.repeat_window_seconds <= 3600:
+        raise a.fail("repeat_window_seconds", "is outside 0..3600", "use a minute or two")
+
+    o = section("output", required=False)
+    output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
+
+    profiles_raw = raw.get("time_profiles", {})
+    if not isinstance(profiles_raw, dict):
+        raise ConfigError(f"{path}: time_profiles must be tables [time_profiles.N]; see firmware.toml")
+    profiles = {0: ALWAYS}
+    for number_text, table in profiles_raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: time_profiles.{number_text} must be a table; see firmware.toml")
+        profile = _time_profile(path, number_text, table)
+        profiles[profile.number] = profile
+
+    return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
+                  output=output, time_profiles=profiles)
