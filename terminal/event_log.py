@@ -1,0 +1,571 @@
+"""Durable, hash-chained log of every decision a terminal makes (SQLite, WAL, synchronous=FULL).
+
+Byte encoding of the chain, schema and guarantees: docs/event-log.md.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+GENESIS_HASH = "00" * 32
+# Domain tag at the start of every hashed record: a hash of this log can never be mistaken for a
+# hash of some other structure, and a future encoding gets a new tag instead of silently colliding.
+HASH_DOMAIN = b"onecard.event.v1\x00"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_NULL_LENGTH = 0xFFFFFFFF  # length marker of a NULL text field (distinct from the empty string)
+_ASN_RE = re.compile(r"[0-9A-Fa-f]{16}")
+_HASH_RE = re.compile(r"[0-9a-f]{64}")
+
+
+class DatabaseError(Exception):
+    """A database file cannot be used as it is; the one-line message names the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Opening files safely: every check runs on a read-only connection before anything is written.
+# --------------------------------------------------------------------------------------------
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _preflight(path: Path, setting: str) -> bool:
+    """Return True when `path` is new (absent or empty); raise if it is clearly not SQLite.
+
+    Looks at the raw header with plain file I/O, so SQLite never gets a chance to create side
+    files next to something that is not a database at all.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise DatabaseError(f"cannot access database {path} ({exc.strerror}); fix the path or its permissions") from None
+    if not path.is_file():
+        raise DatabaseError(f"database {path} is not a regular file; point {setting} at a database file")
+    if st.st_size == 0 and not _wal_path(path).exists():
+        return True  # e.g. created by `touch` or by a crash before SQLite wrote its first page
+    try:
+        with path.open("rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path} ({exc.strerror}); fix its permissions") from None
+    if head != SQLITE_MAGIC:
+        raise DatabaseError(
+            f"database {path} is not a onecard database (not an SQLite file); "
+            f"point {setting} at the right file or move it away"
+        )
+    return False
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot change `path` or create files next to it.
+
+    Without a -wal file the main file is complete (SQLite deletes the WAL on clean close), so it
+    is opened immutable: a plain `mode=ro` open of a WAL database would create -wal and -shm
+    files. With a -wal present (a crash, or a live terminal) those files exist already and
+    `mode=ro` reads through them, seeing every committed transaction.
+    """
+    uri = path.resolve().as_uri()
+    if _wal_path(path).exists():
+        uri += "?mode=ro"
+    else:
+        uri += "?immutable=1"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    return conn
+
+
+def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(
+            f"database {path} is corrupt ({exc}); keep it for investigation and restore from backup"
+            " — nothing was written"
+        ) from None
+    if rows != [("ok",)]:
+        lines = [ln for r in rows for ln in str(r[0]).splitlines() if ln and not ln.startswith("*** in database")]
+        first = lines[0] if lines else "no result"
+        raise DatabaseError(
+            f"database {path} is corrupt (quick_check: {first}; {len(lines)} problem(s)); "
+            "keep it for investigation and restore from backup — nothing was written"
+        )
+
+
+def open_checked_readonly(path: Path, *, setting: str, required_tables: set[str], what: str) -> sqlite3.Connection:
+    """Open an existing database read-only, run quick_check and make sure it has our tables."""
+    conn = _connect_readonly(path)
+    try:
+        _quick_check(conn, path)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"database {path} is corrupt ({exc}); keep it for investigation and restore from backup"
+                " — nothing was written"
+            ) from None
+        missing = required_tables - tables
+        if missing:
+            raise DatabaseError(
+                f"database {path} is not a {what} database (no {', '.join(sorted(missing))} table); "
+                f"point {setting} at the right file or move it away"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readwrite(path: Path) -> sqlite3.Connection:
+    """Open for writing with the durability settings of docs/event-log.md; raise if WAL is unavailable.
+
+    isolation_level=None: this module issues BEGIN IMMEDIATE / COMMIT itself, so the Python
+    driver never opens or commits a transaction behind our back.
+    """
+    try:
+        conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open database {path} for writing ({exc}); check the path and its permissions") from None
+    if str(mode).lower() != "wal":
+        conn.close()
+        raise DatabaseError(
+            f"database {path} cannot use WAL journaling (got {mode}); put it on a local filesystem"
+        )
+    # FULL: in WAL mode this fsyncs the WAL on every commit, so an acknowledged append survives
+    # power loss, not just a process crash (NORMAL may lose the last commits on power loss).
+    conn.execute("PRAGMA synchronous = FULL")
+    # Keep the WAL from staying at its high-water mark after a large transaction.
+    conn.execute("PRAGMA journal_size_limit = 8388608")
+    return conn
+
+
+# --------------------------------------------------------------------------------------------
+# The hash chain
+# --------------------------------------------------------------------------------------------
+
+def _text_field(value: str | None) -> bytes:
+    if value is None:
+        return _NULL_LENGTH.to_bytes(4, "big")
+    data = value.encode("utf-8")
+    return len(data).to_bytes(4, "big") + data
+
+
+def event_hash(
+    seq: int,
+    time: str,
+    terminal_id: str,
+    kind: str,
+    asn: str | None,
+    reason_code: str,
+    message: str,
+    detail: str,
+    prev_hash: str,
+) -> str:
+    """SHA-256 (lowercase hex) of the canonical encoding documented in docs/event-log.md.
+
+    Every text field is length-prefixed so no two different records share an encoding
+    (concatenating "ab"+"c" and "a"+"bc" would). Arguments are the stored column values.
+    """
+    h = hashlib.sha256(HASH_DOMAIN)
+    h.update(seq.to_bytes(8, "big"))
+    for field in (time, terminal_id, kind, asn, reason_code, message, detail):
+        h.update(_text_field(field))
+    h.update(bytes.fromhex(prev_hash))
+    return h.hexdigest()
+
+
+def format_time(value: datetime) -> str:
+    """The stored form of an event time: UTC, microseconds, 'Z' (one form, so hashes are reproducible)."""
+    if not isinstance(value, datetime):
+        raise TypeError(f"event time must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("event time is naive; pass a timezone-aware datetime (e.g. datetime.now(timezone.utc))")
+    utc = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def canonical_json(detail: dict[str, Any]) -> str:
+    """The stored form of `detail`: sorted keys, no whitespace, UTF-8 kept as is, no NaN."""
+    if not isinstance(detail, dict):
+        raise TypeError(f"event detail must be a dict, got {type(detail).__name__}")
+    try:
+        return json.dumps(detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"event detail is not plain JSON ({exc}); pass only str/int/float/bool/None/list/dict") from None
+
+
+def normalise_asn(asn: str | bytes | None) -> str | None:
+    """ASN as stored: 16 uppercase hex digits (8 bytes), or None for a card without the one-card app."""
+    if asn is None:
+        return None
+    if isinstance(asn, (bytes, bytearray)):
+        if len(asn) != 8:
+            raise ValueError(f"ASN must be 8 bytes, got {len(asn)}")
+        return bytes(asn).hex().upper()
+    if not isinstance(asn, str) or not _ASN_RE.fullmatch(asn):
+        raise ValueError(f"ASN must be 16 hex digits (8 bytes) or None, got {asn!r}")
+    return asn.upper()
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    """One record of the log as stored (detail kept as its canonical JSON text so the record is hashable)."""
+
+    seq: int
+    time: datetime
+    kind: str
+    asn: str | None
+    reason_code: str
+    message: str
+    detail_json: str
+    prev_hash: str
+    hash: str
+
+    @property
+    def detail(self) -> dict[str, Any]:
+        return json.loads(self.detail_json)
+
+    @property
+    def time_text(self) -> str:
+        """The time exactly as stored and hashed."""
+        return format_time(self.time)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """Result of EventLog.verify(); `checked` counts records found intact before the first bad one."""
+
+    ok: bool
+    checked: int
+    first_bad_seq: int | None
+    problem: str
+    head_seq: int  # last intact record (0 for an empty log)
+    head_hash: str  # its hash (GENESIS_HASH for an empty log)
+
+
+_EVENT_COLUMNS = "seq, time, kind, asn, reason_code, message, detail, prev_hash, hash"
+
+
+def _row_to_event(row: tuple) -> LoggedEvent:
+    seq, time, kind, asn, reason_code, message, detail, prev_hash, hash_ = row
+    return LoggedEvent(
+        seq=seq,
+        time=datetime.fromisoformat(time),
+        kind=kind,
+        asn=asn,
+        reason_code=reason_code,
+        message=message,
+        detail_json=detail,
+        prev_hash=prev_hash,
+        hash=hash_,
+    )
+
+
+class EventLog:
+    """The terminal's append-only transaction log; open with EventLog.open or EventLog.open_readonly."""
+
+    SETTING = "[terminal].database"
+    WHAT = "onecard terminal"
+
+    def __init__(self, conn: sqlite3.Connection, path: Path, terminal_id: str, readonly: bool) -> None:
+        self._conn = conn
+        self.db = sqlite_utils.Database(conn)  # for diagnostics and tests; write only through append()
+        self.path = path
+        self.terminal_id = terminal_id
+        self.readonly = readonly
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, terminal_id: str, *, created_at: datetime | None = None) -> EventLog:
+        """Open (creating if new) the log of `terminal_id`; raise DatabaseError without writing anything."""
+        path = Path(path)
+        if not isinstance(terminal_id, str) or not terminal_id.strip():
+            raise ValueError("terminal_id must be a non-empty string; set [terminal].id")
+        is_new = _preflight(path, cls.SETTING)
+        if not is_new:
+            ro = open_checked_readonly(path, setting=cls.SETTING, required_tables={"meta", "events"}, what=cls.WHAT)
+            try:
+                stored_id = cls._read_meta(ro, path)[1]
+            finally:
+                ro.close()
+            if stored_id != terminal_id:
+                raise DatabaseError(
+                    f"database {path} belongs to terminal {stored_id!r}, not {terminal_id!r}; "
+                    f"point {cls.SETTING} at this terminal's own file or move it away"
+                )
+        conn = connect_readwrite(path)
+        try:
+            if is_new:
+                cls._create_schema(conn, path, terminal_id, created_at)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, terminal_id, readonly=False)
+
+    @classmethod
+    def open_readonly(cls, path: Path) -> EventLog:
+        """Open an existing log for reading (log show / verify); no terminal ID needed, nothing written."""
+        path = Path(path)
+        if not path.exists():
+            raise DatabaseError(f"database {path} does not exist; check the path (--db)")
+        if _preflight(path, "--db"):
+            raise DatabaseError(f"database {path} is empty, not a onecard terminal database; check the path (--db)")
+        conn = open_checked_readonly(path, setting="--db", required_tables={"meta", "events"}, what=cls.WHAT)
+        try:
+            terminal_id = cls._read_meta(conn, path)[1]
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path, terminal_id, readonly=True)
+
+    @classmethod
+    def _read_meta(cls, conn: sqlite3.Connection, path: Path) -> tuple[int, str, int, str]:
+        """(schema_version, terminal_id, head_seq, head_hash), checking the schema version first."""
+        try:
+            row = conn.execute("SELECT schema_version FROM meta WHERE id = 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"database {path} is not a {cls.WHAT} database (unreadable meta: {exc}); "
+                f"point {cls.SETTING} at the right file or move it away"
+            ) from None
+        if row is None:
+            raise DatabaseError(
+                f"database {path} is not a {cls.WHAT} database (empty meta table); "
+                f"point {cls.SETTING} at the right file or move it away"
+            )
+        if row[0] != SCHEMA_VERSION:
+            raise DatabaseError(
+                f"database {path} has schema version {row[0]!r}, this firmware reads version {SCHEMA_VERSION}; "
+                "run the firmware that wrote it or restore a matching backup"
+            )
+        try:
+            meta = conn.execute("SELECT schema_version, terminal_id, head_seq, head_hash FROM meta WHERE id = 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseError(
+                f"database {path} has a damaged meta table ({exc}); keep it for investigation and restore from backup"
+            ) from None
+        return meta
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection, path: Path, terminal_id: str, created_at: datetime | None) -> None:
+        # created_at is informational (not hashed); events never read the clock, the caller passes time.
+        created = format_time(created_at or datetime.now(timezone.utc))
+        db = sqlite_utils.Database(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise DatabaseError(f"database {path} was created by someone else while opening; retry")
+            # STRICT: a value of the wrong type (e.g. a blob ASN) is refused instead of stored.
+            db["meta"].create(
+                {
+                    "id": int,
+                    "schema_version": int,
+                    "terminal_id": str,
+                    "created_at": str,
+                    "head_seq": int,  # last appended seq: the counter that makes seqs never reused
+                    "head_hash": str,  # its hash: a naive deletion of the newest records shows
+                },
+                pk="id",
+                not_null={"schema_version", "terminal_id", "created_at", "head_seq", "head_hash"},
+                strict=True,
+            )
+            db["events"].create(
+                {
+                    "seq": int,
+                    "time": str,
+                    "kind": str,
+                    "asn": str,
+                    "reason_code": str,
+                    "message": str,
+                    "detail": str,
+                    "prev_hash": str,
+                    "hash": str,
+                },
+                pk="seq",
+                not_null={"time", "kind", "reason_code", "message", "detail", "prev_hash", "hash"},
+                strict=True,
+            )
+            # The attendance clock asks "last in/out of this card" on every tap: (asn, kind, seq)
+            # lets each kind be answered by one reverse index seek instead of a scan.
+            db["events"].create_index(["asn", "kind", "seq"], index_name="events_asn_kind_seq")
+            db["meta"].insert(
+                {
+                    "id": 1,
+                    "schema_version": SCHEMA_VERSION,
+                    "terminal_id": terminal_id,
+                    "created_at": created,
+                    "head_seq": 0,
+                    "head_hash": GENESIS_HASH,
+                }
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(
+        self,
+        time: datetime,
+        kind: str,
+        *,
+        asn: str | bytes | None,
+        reason_code: str,
+        message: str,
+        detail: dict[str, Any],
+    ) -> LoggedEvent:
+        """Append one event in one transaction (durable when this returns) and return it with seq and hash."""
+        if self.readonly:
+            raise DatabaseError(f"event log {self.path} was opened read-only; use EventLog.open to append")
+        time_text = format_time(time)
+        if not isinstance(kind, str) or not kind.strip():
+            raise ValueError("event kind must be a non-empty string such as 'door.grant'")
+        if not isinstance(reason_code, str):
+            raise TypeError(f"reason_code must be a string, got {type(reason_code).__name__}")
+        if not isinstance(message, str):
+            raise TypeError(f"message must be a string, got {type(message).__name__}")
+        asn_text = normalise_asn(asn)
+        detail_text = canonical_json(detail)
+        conn = self._conn
+        # Plain SQL, not sqlite-utils' insert: the head read, the insert and the head update must be
+        # one BEGIN IMMEDIATE transaction (so a crash leaves either the whole record or nothing),
+        # and this runs on every tap.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            head_seq, head_hash = conn.execute("SELECT head_seq, head_hash FROM meta WHERE id = 1").fetchone()
+            seq = head_seq + 1
+            digest = event_hash(
+                seq, time_text, self.terminal_id, kind, asn_text, reason_code, message, detail_text, head_hash
+            )
+            conn.execute(
+                f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, time_text, kind, asn_text, reason_code, message, detail_text, head_hash, digest),
+            )
+            conn.execute("UPDATE meta SET head_seq = ?, head_hash = ? WHERE id = 1", (seq, digest))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return LoggedEvent(
+            seq=seq,
+            time=datetime.fromisoformat(time_text),
+            kind=kind,
+            asn=asn_text,
+            reason_code=reason_code,
+            message=message,
+            detail_json=detail_text,
+            prev_hash=head_hash,
+            hash=digest,
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def last_seq(self) -> int:
+        """Seq of the newest appended record (0 for an empty log)."""
+        return self._conn.execute("SELECT head_seq FROM meta WHERE id = 1").fetchone()[0]
+
+    def events(self, after_seq: int = 0, limit: int | None = None) -> list[LoggedEvent]:
+        """Records with seq > after_seq in seq order, at most `limit` of them."""
+        rows = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, -1 if limit is None else limit),
+        ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
+    def last_event(self, asn: str | bytes, kinds: tuple[str, ...]) -> LoggedEvent | None:
+        """Newest record of card `asn` whose kind is one of `kinds` (None if there is none)."""
+        asn_text = normalise_asn(asn)
+        if asn_text is None:
+            raise ValueError("last_event needs an ASN")
+        if isinstance(kinds, str):
+            kinds = (kinds,)
+        best = None
+        # One indexed seek per kind (a handful at most), rather than `kind IN (...) ORDER BY seq`,
+        # which SQLite answers by collecting and sorting every matching record of the card.
+        for kind in kinds:
+            row = self._conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE asn = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
+                (asn_text, kind),
+            ).fetchone()
+            if row is not None and (best is None or row[0] > best[0]):
+                best = row
+        return None if best is None else _row_to_event(best)
+
+    def verify(self) -> ChainReport:
+        """Recompute the whole chain; report the first record that is missing, altered or out of place."""
+        conn = self._conn
+        conn.execute("BEGIN")  # one read snapshot: a concurrent append cannot make us see half a state
+        try:
+            return self._verify()
+        finally:
+            conn.execute("COMMIT")
+
+    def _verify(self) -> ChainReport:
+        _, terminal_id, head_seq, head_hash = self._read_meta(self._conn, self.path)
+        expected = 1
+        prev = GENESIS_HASH
+
+        def bad(seq: int, problem: str) -> ChainReport:
+            return ChainReport(False, expected - 1, seq, problem, expected - 1, prev)
+
+        cursor = self._conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
+        for row in cursor:
+            seq, time, kind, asn, reason_code, message, detail, prev_hash, stored = row
+            if seq != expected:
+                if seq > expected:
+                    missing = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}..{seq - 1}"
+                    return bad(expected, f"gap in sequence: {missing} missing (next record present is seq {seq})")
+                return bad(seq, f"record has seq {seq}, but seqs start at 1")
+            texts = {"time": time, "kind": kind, "reason_code": reason_code, "message": message,
+                     "detail": detail, "prev_hash": prev_hash, "hash": stored}
+            wrong = [name for name, v in texts.items() if not isinstance(v, str)]
+            if asn is not None and not isinstance(asn, str):
+                wrong.append("asn")
+            if wrong:
+                return bad(seq, f"record seq {seq}: field(s) {', '.join(wrong)} not text: the record was altered")
+            if prev_hash != prev:
+                what = "the genesis value" if seq == 1 else f"the hash of seq {seq - 1}"
+                return bad(seq, f"broken link: record seq {seq} has prev_hash {prev_hash[:16]}…, "
+                                f"expected {what} {prev[:16]}…")
+            computed = event_hash(seq, time, terminal_id, kind, asn, reason_code, message, detail, prev_hash)
+            if computed != stored:
+                return bad(seq, f"hash mismatch: record seq {seq} stores {stored[:16]}… but its content "
+                                f"hashes to {computed[:16]}…: the record was altered")
+            prev = stored
+            expected += 1
+        last = expected - 1
+        if last < head_seq:
+            return bad(last + 1, f"truncated: the log ends at seq {last} but seq {head_seq} was appended "
+                                 "(newest records deleted)")
+        if last > head_seq:
+            return bad(head_seq + 1, f"records after the recorded head seq {head_seq} were not written by "
+                                     f"this log (seqs {head_seq + 1}..{last})")
+        if prev != head_hash:
+            return bad(last, f"head mismatch: record seq {last} hashes to {prev[:16]}…, but the log recorded "
+                             f"head hash {head_hash[:16]}…")
+        return ChainReport(True, last, None, "", last, prev)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
