@@ -68,10 +68,11 @@ def open_storage(config: Config):
     from terminal.blacklist import Blacklist
     from terminal.event_log import DatabaseError, EventLog
 
-    config.terminal.database.parent.mkdir(parents=True, exist_ok=True)
+    for path in (config.terminal.database, config.terminal.blacklist):
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         event_log = EventLog.open(config.terminal.database, config.terminal.id)
-        blacklist = Blacklist.open(config.terminal.database)
+        blacklist = Blacklist.open(config.terminal.blacklist)
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
     return event_log, blacklist
@@ -111,7 +112,7 @@ def cmd_check_config(args) -> int:
     c = read_config(args.config)
     t = c.terminal
     print(f"terminal {t.id} ({t.kind}) '{t.name}' for enterprise {t.enterprise_id.hex()}, time zone {t.timezone.key}")
-    print(f"database {t.database}")
+    print(f"event log {t.database}, blacklist {t.blacklist}")
     print(f"reader {c.reader.driver} {c.reader.name or c.reader.card}")
     print(f"sam {c.sam.backend} {c.sam.keystore}")
     if t.kind == "door":

@@ -63,6 +63,7 @@ class TerminalSection:
     name: str
     timezone: zoneinfo.ZoneInfo
     database: Path
+    blacklist: Path
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def load_config(path: str | Path) -> Config:
         name=t.get("name", str, default="onecard terminal"),
         timezone=tz,
         database=t.path_value("database"),
+        blacklist=t.path_value("blacklist"),
     )
 
     r = section("reader")

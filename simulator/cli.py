@@ -1,0 +1,125 @@
+"""`onecard sim ...`: make simulated cards, show them, and tap them on vpcd readers."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+from pathlib import Path
+
+from onecard.errors import UserError
+from sam.interface import Algorithm
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    new = sub.add_parser("new-card", help="personalise a simulated RFID-SIM with the enterprise's SAM keystore")
+    new.add_argument("--out", required=True, type=Path, help="card file to write (one file per card)")
+    new.add_argument("--keystore", required=True, type=Path, help="keystore holding the ACCESS key with 'personalise'")
+    unlock = new.add_mutually_exclusive_group(required=True)
+    unlock.add_argument("--passphrase-file", type=Path)
+    unlock.add_argument("--device-secret", type=Path)
+    new.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
+    new.add_argument("--employee", required=True, help="employee number (up to 16 ASCII characters)")
+    new.add_argument("--name", required=True, help="holder name (up to 32 bytes of UTF-8)")
+    new.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5 (1..64)")
+    new.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default: today)")
+    new.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default: in 3 years)")
+    new.add_argument("--time-profile", type=int, default=0, help="0 = any time; N = [time_profiles.N] on terminals")
+    new.add_argument("--algorithm", choices=["aes128", "sm4"], default="aes128")
+    new.add_argument("--key-version", type=int, default=1)
+    new.add_argument("--card-type", choices=["rfid-sim", "ic-card"], default="rfid-sim")
+    new.add_argument("--asn", default=None, help="16 hex digits (default: random)")
+    new.add_argument("--force", action="store_true", help="replace an existing card file")
+    new.set_defaults(handler=cmd_new_card)
+
+    foreign = sub.add_parser("new-foreign-card", help="a card or phone without the one-card application")
+    foreign.add_argument("--out", required=True, type=Path)
+    foreign.add_argument("--label", default="phone without RFID-SIM")
+    foreign.set_defaults(handler=cmd_new_foreign)
+
+    show = sub.add_parser("show", help="what a simulated card holds (keys are not shown)")
+    show.add_argument("card", type=Path)
+    show.set_defaults(handler=cmd_show)
+
+    from simulator.card import load_card
+    from simulator import tap_control
+    tap_control.add_subcommands(sub, load_card)
+
+
+def _date(text: str | None, default: dt.date) -> dt.date:
+    if text is None:
+        return default
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"date {text!r} is not YYYY-MM-DD; write e.g. 2027-12-31") from None
+
+
+def cmd_new_card(args) -> int:
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock
+    from sam.software import SoftwareSam
+    from simulator.card import CARD_TYPE_IC_CARD, CARD_TYPE_RFID_SIM
+    from simulator.personalise import Personalisation, personalise, write_card
+
+    if not (len(args.enterprise) == 8 and args.enterprise.isdigit()):
+        raise UserError(f"--enterprise {args.enterprise!r} is not 8 digits; write e.g. 00010001")
+    try:
+        groups = frozenset(int(g) for g in args.groups.split(",") if g.strip())
+        asn = bytes.fromhex(args.asn) if args.asn else None
+    except ValueError:
+        raise UserError("--groups must be numbers separated by commas and --asn 16 hex digits") from None
+    if asn is not None and len(asn) != 8:
+        raise UserError("--asn must be 16 hex digits (8 bytes)")
+    today = dt.date.today()
+    try:
+        p = Personalisation(
+            enterprise_id=bytes.fromhex(args.enterprise), employee_no=args.employee, name=args.name,
+            door_groups=groups, valid_from=_date(args.valid_from, today),
+            valid_to=_date(args.valid_to, today.replace(year=today.year + 3)), time_profile=args.time_profile,
+            algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128, key_version=args.key_version,
+            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM, asn=asn)
+    except ValueError as exc:
+        raise UserError(f"{exc}; fix that option") from None
+    try:
+        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file) if args.passphrase_file
+                  else KeystoreUnlock.from_device_secret_file(args.device_secret))
+        sam = SoftwareSam.open(args.keystore, unlock)
+        state = personalise(sam, p, label=f"{args.name} ({args.employee})")
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        write_card(args.out, state, overwrite=args.force)
+    except FileExistsError as exc:
+        raise UserError(str(exc)) from None
+    print(f"card {state.asn.hex().upper()} for {args.name} ({args.employee}) written to {args.out}")
+    return 0
+
+
+def cmd_new_foreign(args) -> int:
+    from simulator.card import write_foreign_card
+
+    write_foreign_card(args.out, args.label)
+    print(f"card without one-card application ({args.label}) written to {args.out}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from simulator.card import CardStateFile
+    from terminal.card_protocol import STATUS_NAMES, parse_door_groups
+
+    try:
+        doc = json.loads(args.card.read_text(encoding="utf-8"))
+        if doc.get("format") == "onecard-sim-foreign/1":
+            print(f"{args.card}: {doc.get('label')} (no one-card application)")
+            return 0
+        s = CardStateFile(args.card).load()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read card file {args.card}: {exc}; pass a file made by 'onecard sim new-card'") from None
+    a = s.access
+    print(f"card {s.asn.hex().upper()}  {s.label}")
+    print(f"  enterprise {s.enterprise_id.hex()}  status {STATUS_NAMES.get(s.status, hex(s.status))}"
+          f"  key version {s.key_version}  {s.algorithm.name}")
+    print(f"  holder {s.holder[:16].rstrip(bytes(1)).decode()}  {s.holder[16:].rstrip(bytes(1)).decode()}")
+    print(f"  valid {a[0:4].hex()}..{a[4:8].hex()}  door groups {sorted(parse_door_groups(a[8:16]))}"
+          f"  time profile {a[16]}  access counter {s.access_counter}")
+    return 0

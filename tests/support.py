@@ -1,0 +1,80 @@
+"""Building blocks for tests: a real software SAM, personalised simulated cards, a terminal on real SQLite."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+from sam.interface import Algorithm, KeyPurpose, KeyUsage
+from sam.keystore import Keystore, MasterKey
+from sam.software import SoftwareSam
+from simulator.card import CardStateFile, OneCardApplet
+from simulator.personalise import Personalisation, personalise
+from terminal.app import Terminal
+from terminal.blacklist import Blacklist
+from terminal.config import load_config
+from terminal.event_log import EventLog
+from terminal.outputs import ConsoleOutputs
+
+ENTERPRISE = bytes.fromhex("00010001")
+OTHER_ENTERPRISE = bytes.fromhex("00020002")
+ALL_USAGES = (KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE)
+# 2026-11-23 is a Monday; 10:00 in Shanghai.
+MONDAY_10AM = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
+
+
+def make_sam(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> SoftwareSam:
+    keys = [MasterKey.generate(enterprise, KeyPurpose.ACCESS, v, alg, usages)
+            for v in versions for alg in (Algorithm.AES128, Algorithm.SM4)]
+    return SoftwareSam(Keystore(keys))
+
+
+def make_card(sam, path: Path | None = None, **overrides) -> OneCardApplet:
+    fields = dict(enterprise_id=ENTERPRISE, employee_no="E1001", name="Zhang Wei", door_groups=frozenset({1, 2}),
+                  valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2028, 12, 31))
+    fields.update(overrides)
+    state = personalise(sam, Personalisation(**fields))
+    store = None
+    if path is not None:
+        store = CardStateFile(path)
+        store.save(state)
+    return OneCardApplet(state=state, store=store)
+
+
+TERMINAL_TOML = """
+[terminal]
+id = "000000000101"
+kind = "{kind}"
+enterprise_id = "00010001"
+name = "Test {kind}"
+timezone = "Asia/Shanghai"
+database = "{db}"
+blacklist = "{bl}"
+[reader]
+driver = "simulator"
+card = "unused.json"
+[sam]
+keystore = "unused.keystore"
+passphrase_file = "unused.pass"
+[door]
+group = 1
+open_seconds = 4
+[attendance]
+repeat_window_seconds = 60
+[time_profiles.1]
+name = "office hours"
+mon = ["07:00-20:00"]
+tue = ["07:00-20:00"]
+"""
+
+
+def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None):
+    cfg = tmp / f"{kind}.toml"
+    cfg.write_text(TERMINAL_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-blacklist.db"), encoding="utf-8")
+    config = load_config(cfg)
+    event_log = EventLog.open(config.terminal.database, config.terminal.id)
+    blacklist = Blacklist.open(config.terminal.blacklist)
+    screen = io.StringIO()
+    kwargs = {"nonce_source": nonce_source} if nonce_source else {}
+    term = Terminal(config, sam, event_log, blacklist, ConsoleOutputs(config.terminal.name, screen, color=False), **kwargs)
+    return term, screen
