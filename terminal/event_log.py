@@ -38,7 +38,7 @@ def _wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
 
-def _preflight(path: Path, setting: str) -> bool:
+def preflight(path: Path, setting: str) -> bool:
     """Return True when `path` is new (absent or empty); raise if it is clearly not SQLite.
 
     Looks at the raw header with plain file I/O, so SQLite never gets a chance to create side
@@ -292,7 +292,7 @@ class EventLog:
         path = Path(path)
         if not isinstance(terminal_id, str) or not terminal_id.strip():
             raise ValueError("terminal_id must be a non-empty string; set [terminal].id")
-        is_new = _preflight(path, cls.SETTING)
+        is_new = preflight(path, cls.SETTING)
         if not is_new:
             ro = open_checked_readonly(path, setting=cls.SETTING, required_tables={"meta", "events"}, what=cls.WHAT)
             try:
@@ -319,7 +319,7 @@ class EventLog:
         path = Path(path)
         if not path.exists():
             raise DatabaseError(f"database {path} does not exist; check the path (--db)")
-        if _preflight(path, "--db"):
+        if preflight(path, "--db"):
             raise DatabaseError(f"database {path} is empty, not a onecard terminal database; check the path (--db)")
         conn = open_checked_readonly(path, setting="--db", required_tables={"meta", "events"}, what=cls.WHAT)
         try:
