@@ -1,0 +1,231 @@
+"""`onecard sam ...` subcommands: create, list and restrict software-SAM keystores; never print a key."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
+from sam.keystore import (
+    TRANSPORT_VERSION,
+    Keystore,
+    KeystoreUnlock,
+    MasterKey,
+    algorithm_name,
+    format_enterprise_id,
+    load_keystore,
+    parse_algorithm,
+    parse_enterprise_id,
+    save_keystore,
+)
+
+DEFAULT_USAGES = "verify,mac,personalise"
+ISSUED_KEY_VERSION = 1
+
+
+class CliError(Exception):
+    """Bad command-line input; the message is '<problem>; <fix>'."""
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `sam` and its subcommands; each sets args.func(args) -> int exit code."""
+    sam = subparsers.add_parser("sam", help="manage software SAM keystores (master keys, encrypted at rest)")
+    commands = sam.add_subparsers(dest="sam_command", metavar="COMMAND", required=True)
+
+    create = commands.add_parser(
+        "create-keystore",
+        help="generate new master keys for an enterprise into a new keystore",
+        description="Generate random master keys (version 1 ACCESS and UPDATE, version 0 TRANSPORT) "
+        "for one enterprise and write them to a new encrypted keystore. Prints key check values only.",
+    )
+    create.add_argument("--out", required=True, metavar="PATH", help="keystore file to create")
+    _add_unlock_options(create, required=True)
+    create.add_argument("--enterprise", required=True, metavar="ID", help="enterprise ID, 8 BCD digits, e.g. 00010001")
+    create.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="card algorithm(s) (default: both)")
+    create.add_argument("--usages", default=DEFAULT_USAGES, metavar="LIST", help=f"comma-separated usages (default: {DEFAULT_USAGES})")
+    create.add_argument("--force", action="store_true", help="replace an existing file at --out")
+    create.set_defaults(func=cmd_create_keystore)
+
+    listing = commands.add_parser("list", help="show the keys of a keystore (key check values, never keys)")
+    listing.add_argument("--keystore", required=True, metavar="PATH")
+    _add_unlock_options(listing, required=True)
+    listing.set_defaults(func=cmd_list)
+
+    restrict = commands.add_parser(
+        "restrict",
+        help="write a copy of a keystore with fewer keys or usages, for one terminal role",
+        description="Copy a keystore keeping only the given usages (and optionally purposes, algorithms, "
+        "enterprise); keys left without any usage are dropped. E.g. a door terminal: --usages verify --purposes access.",
+    )
+    restrict.add_argument("--keystore", required=True, metavar="SRC", help="keystore to copy from")
+    _add_unlock_options(restrict, required=True)
+    restrict.add_argument("--out", required=True, metavar="DST", help="keystore file to create")
+    restrict.add_argument("--usages", required=True, metavar="LIST", help="comma-separated usages to keep")
+    restrict.add_argument("--purposes", metavar="LIST", help="comma-separated purposes to keep (default: all)")
+    restrict.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)")
+    restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
+    out_unlock = restrict.add_mutually_exclusive_group()
+    out_unlock.add_argument("--out-passphrase-file", metavar="F", help="lock DST with this passphrase (default: as SRC)")
+    out_unlock.add_argument("--out-device-secret", metavar="F", help="lock DST with this device secret, e.g. the target terminal's")
+    restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
+    restrict.set_defaults(func=cmd_restrict)
+    return sam
+
+
+def _add_unlock_options(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--passphrase-file", metavar="F", help="file holding the passphrase (one trailing newline is ignored)")
+    group.add_argument("--device-secret", metavar="F", help="file holding this device's secret")
+
+
+def _handler(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            body(args)
+        except (CliError, SamError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    run.__name__ = body.__name__
+    run.__doc__ = body.__doc__
+    return run
+
+
+def _unlock(passphrase_file: str | None, device_secret: str | None) -> KeystoreUnlock:
+    if passphrase_file is not None:
+        return KeystoreUnlock.from_passphrase_file(passphrase_file)
+    if device_secret is not None:
+        return KeystoreUnlock.from_device_secret_file(device_secret)
+    raise CliError("no unlock secret given; pass --passphrase-file F or --device-secret F")
+
+
+def _split(text: str, what: str, option: str) -> list[str]:
+    items = [item.strip() for item in text.split(",")]
+    if not text.strip() or any(not item for item in items):
+        raise CliError(f"{option} {text!r} is not a comma-separated list of {what}; write it like {option} a,b")
+    return items
+
+
+def _parse_usages(text: str, option: str = "--usages") -> frozenset[KeyUsage]:
+    names = {u.value for u in KeyUsage}
+    usages = set()
+    for item in _split(text, "usages", option):
+        if item not in names:
+            raise CliError(f"unknown usage {item!r} in {option}; use some of {','.join(sorted(names))}")
+        usages.add(KeyUsage(item))
+    return frozenset(usages)
+
+
+def _parse_purposes(text: str) -> frozenset[KeyPurpose]:
+    names = {p.value for p in KeyPurpose}
+    purposes = set()
+    for item in _split(text, "purposes", "--purposes"):
+        if item not in names:
+            raise CliError(f"unknown purpose {item!r} in --purposes; use some of {','.join(sorted(names))}")
+        purposes.add(KeyPurpose(item))
+    return frozenset(purposes)
+
+
+def _parse_algorithms(text: str) -> list[Algorithm]:
+    if text == "both":
+        return [Algorithm.AES128, Algorithm.SM4]
+    try:
+        return [parse_algorithm(text)]
+    except ValueError as e:
+        raise CliError(f"{e} or both") from None
+
+
+def _parse_enterprise(text: str) -> bytes:
+    try:
+        return parse_enterprise_id(text)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+
+
+_PURPOSE_ORDER = {purpose: index for index, purpose in enumerate(KeyPurpose)}
+
+
+def format_key_table(infos: Sequence[KeyInfo]) -> str:
+    """The table `list` prints: one row per key, KCV in the last column."""
+    header = ("ENTERPRISE", "PURPOSE", "VERSION", "ALGORITHM", "USAGES", "KCV")
+    ordered = sorted(infos, key=lambda i: (i.enterprise_id, _PURPOSE_ORDER[i.purpose], i.version, int(i.algorithm)))
+    rows = [header] + [
+        (
+            format_enterprise_id(info.enterprise_id),
+            info.purpose.value,
+            str(info.version),
+            algorithm_name(info.algorithm),
+            ",".join(sorted(u.value for u in info.usages)),
+            info.kcv,
+        )
+        for info in ordered
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+@_handler
+def cmd_create_keystore(args: argparse.Namespace) -> None:
+    """onecard sam create-keystore"""
+    enterprise_id = _parse_enterprise(args.enterprise)
+    algorithms = _parse_algorithms(args.algorithm)
+    usages = _parse_usages(args.usages)
+    unlock = _unlock(args.passphrase_file, args.device_secret)
+    keys = [
+        MasterKey.generate(enterprise_id, purpose, version, algorithm, usages)
+        for algorithm in algorithms
+        for purpose, version in (
+            (KeyPurpose.ACCESS, ISSUED_KEY_VERSION),
+            (KeyPurpose.UPDATE, ISSUED_KEY_VERSION),
+            (KeyPurpose.TRANSPORT, TRANSPORT_VERSION),
+        )
+    ]
+    keystore = Keystore(keys)
+    save_keystore(args.out, keystore, unlock, overwrite=args.force)
+    print(f"created keystore {args.out} ({len(keystore)} keys, locked with {unlock.kind})")
+    print(format_key_table(keystore.infos()))
+
+
+@_handler
+def cmd_list(args: argparse.Namespace) -> None:
+    """onecard sam list"""
+    keystore = load_keystore(args.keystore, _unlock(args.passphrase_file, args.device_secret))
+    print(format_key_table(keystore.infos()))
+
+
+@_handler
+def cmd_restrict(args: argparse.Namespace) -> None:
+    """onecard sam restrict"""
+    usages = _parse_usages(args.usages)
+    purposes = _parse_purposes(args.purposes) if args.purposes is not None else None
+    algorithms = _parse_algorithms(args.algorithm)
+    enterprises = [_parse_enterprise(args.enterprise)] if args.enterprise is not None else None
+    source_unlock = _unlock(args.passphrase_file, args.device_secret)
+    if args.out_passphrase_file is not None or args.out_device_secret is not None:
+        out_unlock = _unlock(args.out_passphrase_file, args.out_device_secret)
+    else:
+        out_unlock = source_unlock
+    source = load_keystore(args.keystore, source_unlock)
+    restricted = source.restricted(usages, purposes, algorithms, enterprises)
+    if not len(restricted):
+        raise CliError(
+            f"no key of {args.keystore} is left after the restriction; compare --usages/--purposes/--algorithm/"
+            "--enterprise with 'onecard sam list'"
+        )
+    save_keystore(args.out, restricted, out_unlock, overwrite=args.force)
+    print(f"wrote keystore {args.out} ({len(restricted)} of {len(source)} keys, locked with {out_unlock.kind})")
+    print(format_key_table(restricted.infos()))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `onecard sam ...` on its own (python -m sam.cli sam list ...); onecard.cli embeds add_subcommands."""
+    parser = argparse.ArgumentParser(prog="onecard")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_subcommands(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
