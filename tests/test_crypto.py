@@ -208,3 +208,25 @@ def test_only_128_bit_keys(key):
 def test_block_encrypt_needs_one_block():
     with pytest.raises(ValueError, match="block must be 16 bytes"):
         crypto.block_encrypt(Algorithm.AES128, RFC4493_KEY, bytes(17))
+
+
+# --- onecard card-key example published in docs/key-handling.md -----------------------------------
+# Values cross-checked once with the openssl command line (ECB for L, CBC with zero IV over the
+# padded D with K2 applied), so they are not just this implementation agreeing with itself.
+
+DOC_M = H("8601000000001234") + H("00010001")
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "card_key", "kcv", "mac"),
+    [
+        (Algorithm.AES128, "f5a198f26a5e69211e7e29cb36da4dc6", "fde4fb", "bd418027c19f417b"),
+        (Algorithm.SM4, "8800f3be8ce361f204acabbe7018de81", "72eba3", "effde09205720189"),
+    ],
+)
+def test_documented_card_key_example(algorithm, card_key, kcv, mac):
+    m = crypto.card_diversification_input(H("8601000000001234"), H("00010001"))
+    assert m == DOC_M
+    assert crypto.diversify(algorithm, AN10922_MASTER, m) == H(card_key)
+    assert crypto.key_check_value(algorithm, AN10922_MASTER) == kcv
+    assert crypto.mac8(algorithm, H(card_key), b"onecard") == H(mac)
