@@ -27,11 +27,8 @@ class CliError(Exception):
     """Bad command-line input; the message is '<problem>; <fix>'."""
 
 
-def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `sam` and its subcommands; each sets args.func(args) -> int exit code."""
-    sam = subparsers.add_parser("sam", help="manage software SAM keystores (master keys, encrypted at rest)")
-    commands = sam.add_subparsers(dest="sam_command", metavar="COMMAND", required=True)
-
+def add_subcommands(commands: argparse._SubParsersAction) -> None:
+    """Register create-keystore, list and restrict on the `onecard sam` subparsers; each sets args.handler(args) -> exit code."""
     create = commands.add_parser(
         "create-keystore",
         help="generate new master keys for an enterprise into a new keystore",
@@ -44,12 +41,12 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Argument
     create.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="card algorithm(s) (default: both)")
     create.add_argument("--usages", default=DEFAULT_USAGES, metavar="LIST", help=f"comma-separated usages (default: {DEFAULT_USAGES})")
     create.add_argument("--force", action="store_true", help="replace an existing file at --out")
-    create.set_defaults(func=cmd_create_keystore)
+    create.set_defaults(handler=cmd_create_keystore)
 
     listing = commands.add_parser("list", help="show the keys of a keystore (key check values, never keys)")
     listing.add_argument("--keystore", required=True, metavar="PATH")
     _add_unlock_options(listing, required=True)
-    listing.set_defaults(func=cmd_list)
+    listing.set_defaults(handler=cmd_list)
 
     restrict = commands.add_parser(
         "restrict",
@@ -68,8 +65,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Argument
     out_unlock.add_argument("--out-passphrase-file", metavar="F", help="lock DST with this passphrase (default: as SRC)")
     out_unlock.add_argument("--out-device-secret", metavar="F", help="lock DST with this device secret, e.g. the target terminal's")
     restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
-    restrict.set_defaults(func=cmd_restrict)
-    return sam
+    restrict.set_defaults(handler=cmd_restrict)
 
 
 def _add_unlock_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -219,12 +215,12 @@ def cmd_restrict(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run `onecard sam ...` on its own (python -m sam.cli sam list ...); onecard.cli embeds add_subcommands."""
+    """Run `onecard sam ...` without the rest of onecard (python -m sam.cli sam list ...), wired as onecard.cli does."""
     parser = argparse.ArgumentParser(prog="onecard")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    add_subcommands(subparsers)
+    areas = parser.add_subparsers(dest="area", required=True)
+    add_subcommands(areas.add_parser("sam", help="software SAM keystores").add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -601,10 +601,13 @@ def test_cli_subprocess_end_to_end(secrets_dir):
 def test_add_subcommands_plugs_into_a_parser():
     import argparse
 
+    # Wired the way onecard.cli wires every area: `onecard sam <command>`, args.handler(args) -> int.
     parser = argparse.ArgumentParser(prog="onecard")
-    add = parser.add_subparsers(dest="command")
-    cli.add_subcommands(add)
+    areas = parser.add_subparsers(dest="area", required=True)
+    cli.add_subcommands(areas.add_parser("sam").add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret", "s"])
-    assert args.func is cli.cmd_list and args.keystore == "k" and args.device_secret == "s"
+    assert args.handler is cli.cmd_list and args.keystore == "k" and args.device_secret == "s"
+    assert parser.parse_args(["sam", "create-keystore", "--out", "o", "--passphrase-file", "p", "--enterprise", "00010001"]).handler is cli.cmd_create_keystore
+    assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--usages", "verify"]).handler is cli.cmd_restrict
     with pytest.raises(SystemExit):
         parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret", "s", "--passphrase-file", "p"])
