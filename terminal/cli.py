@@ -54,6 +54,12 @@ def open_reader(config: Config):
             return PcscReader(r.name)
         except ReaderError as exc:
             raise UserError(str(exc)) from None
+    if r.driver == "nfc":
+        from terminal.readers.nfc import NfcReader
+        try:
+            return NfcReader(r.path)
+        except ReaderError as exc:
+            raise UserError(str(exc)) from None
     from simulator.card import load_card
     from simulator.inprocess import InProcessReader
     reader = InProcessReader(f"simulator:{r.card}")
@@ -113,7 +119,7 @@ def cmd_check_config(args) -> int:
     t = c.terminal
     print(f"terminal {t.id} ({t.kind}) '{t.name}' for enterprise {t.enterprise_id.hex()}, time zone {t.timezone.key}")
     print(f"event log {t.database}, blacklist {t.blacklist}")
-    print(f"reader {c.reader.driver} {c.reader.name or c.reader.card}")
+    print(f"reader {c.reader.driver} {c.reader.name or c.reader.path or c.reader.card}")
     print(f"sam {c.sam.backend} {c.sam.keystore}")
     if t.kind == "door":
         print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s")

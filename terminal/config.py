@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 KINDS = ("door", "attendance")
-READER_DRIVERS = ("pcsc", "simulator")
+READER_DRIVERS = ("pcsc", "nfc", "simulator")
 SAM_BACKENDS = ("keystore",)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -70,6 +70,7 @@ class TerminalSection:
 class ReaderSection:
     driver: str
     name: str = ""        # pcsc: substring of the reader name
+    path: str = ""        # nfc: nfcpy device path, e.g. "usb", "tty:AMA0:pn532", "udp:127.0.0.1:54321"
     card: Path | None = None  # simulator: the card file presented on every tap
 
 
@@ -221,6 +222,7 @@ def load_config(path: str | Path) -> Config:
     reader = ReaderSection(
         driver=driver,
         name=r.get("name", str, required=driver == "pcsc", default=""),
+        path=r.get("path", str, required=driver == "nfc", default=""),
         card=r.path_value("card", required=driver == "simulator"),
     )
 
