@@ -490,3 +490,19 @@ def test_cli_missing_or_corrupt_database(tmp_path, capsys):
     junk.write_bytes(b"SQLite format 3\x00" + b"\x00" * 5000)
     assert log_cli.main(["show", "--db", str(junk)]) == 2
     assert capsys.readouterr().err.startswith("error: database")
+
+
+def test_cli_reads_the_database_named_by_the_config(tmp_path, capsys):
+    from tests.support import TERMINAL_TOML
+    from terminal.config import load_config
+
+    cfg = tmp_path / "door.toml"
+    cfg.write_text(TERMINAL_TOML.format(kind="door", db=tmp_path / "door.db", bl=tmp_path / "bl.db"), encoding="utf-8")
+    config = load_config(cfg)
+    with EventLog.open(config.terminal.database, config.terminal.id) as log:
+        log.append(T0, "door.grant", asn=None, reason_code="ok", message="hi", detail={})
+    assert log_cli.main(["show", "--config", str(cfg)]) == 0
+    local = T0.astimezone(config.terminal.timezone).strftime("%Y-%m-%d %H:%M:%S")
+    assert local in capsys.readouterr().out  # local time in the terminal's own zone
+    assert log_cli.main(["verify", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out.startswith("chain intact: 1 records, last seq 1")
