@@ -1,0 +1,67 @@
+"""Session fixtures for a private pcscd with vpcd readers (`pcscd`) and virtual cards in its slots (`vicc`)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_PCSCD_DIR: str | None = None
+
+
+def pytest_configure(config):
+    # pcsc-lite's client library reads PCSCLITE_CSOCK_NAME once per process, at the first PC/SC call;
+    # point it at the private pcscd now, before any test module can touch PC/SC.
+    global _PCSCD_DIR
+    _PCSCD_DIR = tempfile.mkdtemp(prefix="onecard-pcscd-")
+    os.environ["PCSCLITE_CSOCK_NAME"] = os.path.join(_PCSCD_DIR, "run", "pcscd.comm")
+
+
+def pytest_unconfigure(config):
+    if _PCSCD_DIR:
+        shutil.rmtree(_PCSCD_DIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pcscd():
+    """A private pcscd with 4 vpcd readers: `.slots[i].name` (PC/SC reader name) and `.slots[i].port` (vpcd)."""
+    from simulator.pcscd import PcscdError, private_pcscd
+
+    manager = private_pcscd(n_readers=4, workdir=_PCSCD_DIR)
+    try:
+        env = manager.__enter__()
+    except PcscdError as exc:
+        problem = str(exc)  # failed outside the except block, so the report is the one line, not a chain
+    else:
+        problem = None
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield env
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture
+def vicc(pcscd):
+    """`vicc(i)` -> a VirtualIcc on reader slot i; at teardown its card leaves and pcscd has seen the slot empty."""
+    from simulator.vpcd import VirtualIcc
+    from terminal.readers.pcsc import PcscReader
+
+    made = []
+
+    def make(slot: int = 0) -> VirtualIcc:
+        icc = VirtualIcc(pcscd.slots[slot].port, label=f"test-slot-{slot}")
+        made.append((slot, icc))
+        return icc
+
+    yield make
+    for slot, icc in made:
+        icc.remove()
+        reader = PcscReader(pcscd.slots[slot].name)
+        try:
+            # The next test must find the slot empty, not a card pcscd has not yet noticed leaving.
+            assert reader.wait_for_removal(3), f"pcscd still sees a card in {reader.name} 3 s after removal"
+        finally:
+            reader.close()
