@@ -268,9 +268,12 @@ class KeystoreUnlock:
         return cls(cls.DEVICE_SECRET, secret, source)
 
     @classmethod
-    def from_passphrase_file(cls, path: str | os.PathLike[str]) -> KeystoreUnlock:
-        """Read a passphrase file; one trailing newline (LF or CRLF) is an editor's, not the passphrase's."""
-        data = _read_secret_file(path, "passphrase file", "--passphrase-file")
+    def from_passphrase_file(cls, path: str | os.PathLike[str], setting: str = "--passphrase-file") -> KeystoreUnlock:
+        """Read a passphrase file; one trailing newline (LF or CRLF) is an editor's, not the passphrase's.
+
+        setting: where the person running this named the file, for the error message.
+        """
+        data = _read_secret_file(path, "passphrase file", setting)
         if data.endswith(b"\r\n"):
             data = data[:-2]
         elif data.endswith(b"\n"):
@@ -278,9 +281,9 @@ class KeystoreUnlock:
         return cls.from_passphrase(data, source=f"passphrase file {path}")
 
     @classmethod
-    def from_device_secret_file(cls, path: str | os.PathLike[str]) -> KeystoreUnlock:
+    def from_device_secret_file(cls, path: str | os.PathLike[str], setting: str = "--device-secret") -> KeystoreUnlock:
         """Read a device secret file; every byte counts, nothing is stripped."""
-        data = _read_secret_file(path, "device secret file", "--device-secret")
+        data = _read_secret_file(path, "device secret file", setting)
         return cls.from_device_secret(data, source=f"device secret file {path}")
 
     def __repr__(self) -> str:

@@ -36,9 +36,10 @@ def open_sam(config: Config):
     s = config.sam
     try:
         if s.passphrase_file is not None:
-            unlock = KeystoreUnlock.from_passphrase_file(s.passphrase_file)
+            unlock = KeystoreUnlock.from_passphrase_file(s.passphrase_file, f"[sam].passphrase_file in {config.path}")
         else:
-            unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file)
+            unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file,
+                                                            f"[sam].device_secret_file in {config.path}")
         return SoftwareSam.open(s.keystore, unlock)
     except SamError as exc:
         raise UserError(str(exc)) from None
