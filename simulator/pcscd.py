@@ -33,6 +33,11 @@ SOCKET_ENV = "PCSCLITE_CSOCK_NAME"
 _NAMESPACE_SCRIPT = ('mount -t tmpfs -o mode=0755 onecard-run /run && mkdir /run/pcscd && '
                      'mount --bind "$0" /run/pcscd && LISTEN_PID=$$ LISTEN_FDS=1 '
                      'exec "$1" --foreground --info --config "$2"')
+# Where no mount namespace is allowed (e.g. a container without CAP_SYS_ADMIN): pcscd shares the host's
+# /run/pcscd for its pid file only, which is safe while no system pcscd lives there.
+_SHARED_RUN_SCRIPT = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$1" --foreground --info --config "$2"'
+SYSTEM_SOCKET = Path("/run/pcscd/pcscd.comm")
+_namespace_ok: bool | None = None
 
 
 class PcscdError(RuntimeError):
@@ -160,15 +165,19 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float) -> tupl
     # One file keeps the entries in order; pcscd reads a directory in readdir order.
     (conf_dir / "onecard-vpcd.conf").write_text("\n".join(entries))
 
-    cmd = ["unshare", "--mount", "--propagation", "private"]
-    if os.geteuid() != 0:
-        cmd.append("--map-root-user")
+    if _can_isolate():
+        cmd = _unshare() + ["--", "/bin/sh", "-c", _NAMESPACE_SCRIPT, str(run_dir), pcscd, str(conf_dir)]
+    elif not SYSTEM_SOCKET.exists():
+        cmd = ["/bin/sh", "-c", _SHARED_RUN_SCRIPT, str(run_dir), pcscd, str(conf_dir)]
+    else:
+        raise PcscdError(f"cannot isolate a private pcscd here (no mount namespace allowed) while the system pcscd "
+                         f"uses {SYSTEM_SOCKET}; run as root with CAP_SYS_ADMIN, or stop it: "
+                         "systemctl stop pcscd.socket pcscd")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(socket_path))
         os.chmod(socket_path, 0o666)  # as pcscd does: any local user may be a PC/SC client
         listener.listen(64)
-        cmd += ["--", "/bin/sh", "-c", _NAMESPACE_SCRIPT, str(run_dir), pcscd, str(conf_dir)]
         ready = threading.Event()
         log_file = open(log_path, "ab")
         popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -216,9 +225,25 @@ def _driver_copies(directory: Path, count: int) -> list[Path]:
     return copies
 
 
+def _unshare() -> list[str]:
+    cmd = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        cmd.append("--map-root-user")  # a user namespace makes us root enough to mount, on our own mounts only
+    return cmd
+
+
+def _can_isolate() -> bool:
+    global _namespace_ok
+    if _namespace_ok is None:
+        probe = subprocess.run(_unshare() + ["--", "/bin/sh", "-c", "mount -t tmpfs onecard-probe /run"],
+                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        _namespace_ok = probe.returncode == 0
+    return _namespace_ok
+
+
 def _hint(log: str) -> str:
-    if "mount" in log or "unshare" in log:
-        return "it needs a private mount namespace: run as root, or enable unprivileged user namespaces"
+    if "cannot create /run/pcscd" in log:
+        return "it cannot create /run/pcscd: run as root"
     return "see the log"
 
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Prepare a Debian 12 machine for onecard: system packages, then .venv in the repository with onecard[test].
+# Idempotent. Run as root (or a user with sudo). Does not start the system pcscd: tests start their own.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev swig pcsc-tools opensc mosquitto mosquitto-clients
+          python3-venv python3-dev build-essential)
+
+say() { printf 'setup-debian: %s\n' "$*"; }
+die() { printf 'setup-debian: error: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+else
+    die "installing packages needs root; run: su -c 'bash deploy/setup-debian.sh'"
+fi
+
+command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found; this script is for Debian 12 (bookworm)"
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    say "system packages already installed (${PACKAGES[*]})"
+else
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+PYTHON=""
+for candidate in python3 python3.11 /usr/bin/python3; do
+    if command -v "$candidate" >/dev/null 2>&1 \
+        && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        PYTHON="$(command -v "$candidate")"
+        break
+    fi
+done
+[ -n "$PYTHON" ] || die "no python3 >= 3.11 found; install python3 (Debian 12 ships 3.11)"
+
+cd "$REPO"
+if [ -x .venv/bin/python ] && .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    say "reusing .venv ($(.venv/bin/python --version 2>&1))"
+else
+    [ -e .venv ] && { say "replacing broken or old .venv"; rm -rf .venv; }
+    say "creating .venv with $PYTHON ($("$PYTHON" --version 2>&1))"
+    "$PYTHON" -m venv .venv || die "'$PYTHON -m venv' failed; install python3-venv for that python"
+fi
+
+say "installing onecard[test] into .venv (editable)"
+.venv/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
+
+.venv/bin/python -c 'import smartcard.scard, cryptography' \
+    || die "the venv cannot import pyscard/cryptography; see the pip output above"
+say "done: run the tests with .venv/bin/python -m pytest -q tests"
