@@ -6,6 +6,7 @@ processes running `onecard terminal run`, encrypted keystores, SQLite logs. Each
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import secrets
@@ -176,66 +177,76 @@ def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: floa
     raise UserError(f"terminal did not start within {timeout:g} s; see {path}")
 
 
-def cmd_demo(args) -> int:
+def start_terminal(work: Path, pcscd, slot: int, tid: str, kind: str, name: str, keystore: Path, passphrase: Path,
+                   lost_card: Path) -> subprocess.Popen:
+    db, blacklist, cfg, logf = (work / f"{kind}.db", work / f"{kind}-blacklist.db", work / f"{kind}.toml",
+                                work / f"{kind}.log")
+    terminal_config(cfg, id_=tid, kind=kind, name=name, reader=pcscd.names[slot], db=db, blacklist=blacklist,
+                    keystore=keystore, passphrase=passphrase)
+    blacklist_lost_card(blacklist, lost_card)
+    with open(logf, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+                                stderr=err, env=os.environ.copy())
+    wait_for_line(logf, "terminal.started", proc, 20)
+    say(f"terminal '{name}' ({kind}) running as pid {proc.pid}, logging to {logf}")
+    return proc
+
+
+def stop_terminal(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tap(icc, card: Path, key: str, hold: float) -> None:
     from simulator.card import load_card
+
+    icc.insert(load_card(card), label=key)
+    time.sleep(hold)
+    icc.remove()
+    time.sleep(0.5)  # pcscd polls presence every 400 ms: let it see the reader empty before the next card
+
+
+def cmd_demo(args) -> int:
+    from onecard.logs import setup_logging
     from simulator.pcscd import PcscdError, private_pcscd
     from simulator.vpcd import VirtualIcc
 
     work = args.workdir.resolve()
     cards, terminal_ks, passphrase, staff = prepare(work)
-    try:
-        pcscd_cm = private_pcscd(n_readers=2, workdir=work / "pcscd")
-        (work / "pcscd").mkdir(exist_ok=True)
-        pcscd = pcscd_cm.__enter__()
-    except PcscdError as exc:
-        raise UserError(str(exc)) from None
-    procs: list[subprocess.Popen] = []
-    try:
+    with contextlib.ExitStack() as stack:
+        # The screens are the show; the demo's own structured logs go to a file beside the terminals' logs.
+        setup_logging("INFO", stack.enter_context(open(work / "demo.log", "a", encoding="utf-8")))
+        say(f"structured logs: {work}/*.log")
+        (work / "pcscd").mkdir()
+        try:
+            pcscd = stack.enter_context(private_pcscd(n_readers=2, workdir=work / "pcscd"))
+        except PcscdError as exc:
+            raise UserError(str(exc)) from None
         say(f"pcscd is up with virtual readers: {', '.join(pcscd.names)}")
-        terminals = [("000000000101", "door", "Door 1F", 0), ("000000000201", "attendance", "Clock 1F", 1)]
-        for tid, kind, name, slot in terminals:
-            db, blacklist = work / f"{kind}.db", work / f"{kind}-blacklist.db"
-            cfg = work / f"{kind}.toml"
-            terminal_config(cfg, id_=tid, kind=kind, name=name, reader=pcscd.names[slot], db=db,
-                            blacklist=blacklist, keystore=terminal_ks, passphrase=passphrase)
-            blacklist_lost_card(blacklist, cards["wang"])
-            logf = work / f"{kind}.log"
-            with open(logf, "w") as err:
-                proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
-                                        stderr=err, env=os.environ.copy())
-            procs.append(proc)
-            wait_for_line(logf, "terminal.started", proc, 20)
-            say(f"terminal '{name}' ({kind}) running as pid {proc.pid}, logging to {logf}")
+        for slot, (tid, kind, name) in enumerate([("000000000101", "door", "Door 1F"),
+                                                  ("000000000201", "attendance", "Clock 1F")]):
+            proc = start_terminal(work, pcscd, slot, tid, kind, name, terminal_ks, passphrase, cards["wang"])
+            stack.callback(stop_terminal, proc)
         say("platform: Wang Fang's card is on the blacklist of both terminals (reason: lost)")
         door = VirtualIcc(pcscd.ports[0], label="door reader")
         clock = VirtualIcc(pcscd.ports[1], label="attendance reader")
         walk = [(e.key, e.name) for e in staff] + [("phone", "a visitor's phone without RFID-SIM")]
         round_no = 0
-        while args.rounds == 0 or round_no < args.rounds:
-            round_no += 1
-            for key, who in walk:
-                for icc, where in ((door, "door"), (clock, "attendance clock")):
-                    say(f"{who} taps at the {where}")
-                    icc.insert(load_card(cards[key]), label=key)
-                    time.sleep(args.hold)
-                    icc.remove()
-                    time.sleep(0.5)
-            say("Zhang Wei taps the attendance clock again straight away")
-            clock.insert(load_card(cards["zhang"]), label="zhang")
-            time.sleep(args.hold)
-            clock.remove()
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        say("stopping")
-    finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        pcscd_cm.__exit__(None, None, None)
+        try:
+            while args.rounds == 0 or round_no < args.rounds:
+                round_no += 1
+                for key, who in walk:
+                    for icc, where in ((door, "door"), (clock, "attendance clock")):
+                        say(f"{who} taps at the {where}")
+                        tap(icc, cards[key], key, args.hold)
+                say("Zhang Wei taps the attendance clock again straight away")
+                tap(clock, cards["zhang"], "zhang", args.hold)
+        except KeyboardInterrupt:
+            say("Ctrl-C: stopping the terminals and pcscd")
     for kind in ("door", "attendance"):
         say(f"{kind} terminal's event log:")
         onecard("log", "show", "--db", str(work / f"{kind}.db"), quiet=False)

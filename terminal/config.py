@@ -48,7 +48,7 @@ class TimeProfile:
     def describe_day(self, weekday: int) -> str:
         windows = self.days.get(weekday, ())
         day = WEEKDAYS[weekday].capitalize()
-        return f"{day} " + (", ".join(str(w) for w in windows) if windows else "no access")
+        return f"{day} " + ", ".join(str(w) for w in windows) if windows else f"none on {day}"
 
 
 ALWAYS = TimeProfile(0, "always", {d: (TimeWindow(dt.time(0, 0), dt.time.max),) for d in range(7)})

@@ -67,7 +67,7 @@ def test_time_window(door, sam):
     assert decision.reason_code == "outside_hours"
     assert decision.message == "Outside your permitted hours (Mon 07:00-20:00)"
     wednesday = MONDAY_10AM + dt.timedelta(days=2)
-    assert tap(term, card, wednesday)[0].message == "Outside your permitted hours (Wed no access)"
+    assert tap(term, card, wednesday)[0].message == "Outside your permitted hours (none on Wed)"
 
 
 def test_blacklisted_card(door, sam):
