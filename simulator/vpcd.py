@@ -135,6 +135,10 @@ class VirtualIcc:
             with self._lock:
                 if self.removal_reason is None:
                     self.removal_reason = "connection-lost"
+        except Exception as exc:  # a broken card simulation must show up in the log, not kill the thread silently
+            with self._lock:
+                self.removal_reason = "card-error"
+            log_event(log, "card-error", level=logging.ERROR, port=self.port, card=self.label, error=repr(exc))
         finally:
             sock.close()
             card.power_off()

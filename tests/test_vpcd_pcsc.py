@@ -283,3 +283,17 @@ def test_tap_cli_reports_errors_in_one_line(tap_daemon, tmp_path, capsys):
     args = parser.parse_args(["remove", "--control", str(tmp_path / "nowhere")])
     with pytest.raises(UserError, match="no tap daemon at .*; start one: onecard sim serve"):
         args.handler(args)
+
+
+def test_a_card_that_crashes_leaves_the_field_and_is_logged(vicc, reader, caplog):
+    class BrokenCard(EchoCard):
+        def transmit(self, apdu: bytes) -> bytes:
+            raise RuntimeError("simulated applet bug")
+
+    r, icc = reader(1), vicc(1)
+    icc.insert(BrokenCard())
+    conn = r.wait_for_card(3)
+    with caplog.at_level("ERROR", logger="onecard.sim.vpcd"), pytest.raises(CardRemoved):
+        conn.transmit(bytes.fromhex("00010000"))
+    assert icc.wait_removed(1) and icc.removal_reason == "card-error"
+    assert "event=card-error" in caplog.text and "simulated applet bug" in caplog.text
