@@ -24,6 +24,9 @@ class KeyPurpose(enum.Enum):
     ACCESS = "access"        # door / attendance authenticated read (card MACs its answer)
     UPDATE = "update"        # secured writes to card files (issuing, re-keying)
     TRANSPORT = "transport"  # initial keys a card leaves the factory with, replaced by card washing
+    PURCHASE = "purchase"    # e-purse debit session keys (MAC1 / MAC2)
+    LOAD = "load"            # e-purse credit session keys (load MAC1 / MAC2 / MAC3)
+    TAC = "tac"              # transaction authentication codes: held by the platform only
 
 
 class KeyUsage(enum.Enum):
@@ -32,6 +35,7 @@ class KeyUsage(enum.Enum):
     VERIFY = "verify"  # verify MACs produced by cards
     MAC = "mac"        # compute MACs that cards will check (terminal-side MACs)
     PERSONALISE = "personalise"  # hand out diversified card keys, only to personalise a card at issuing
+    REVERSAL = "reversal"  # LOAD key of a POS: a credit only to reverse this SAM's own last purchase, once
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,33 @@ class KeyInfo:
     algorithm: Algorithm
     usages: frozenset[KeyUsage]
     kcv: str  # hex, 3 bytes: first 3 bytes of the cipher applied to 16 zero bytes
+
+
+@dataclass(frozen=True)
+class PurchaseSession:
+    """Public values of one purchase (docs/card-application.md 5.2); card.key_version is the purse key version."""
+
+    card: CardIdentity
+    card_random: bytes   # 4 bytes from INITIALIZE FOR PURCHASE
+    counter: int         # the card's offline counter from INITIALIZE FOR PURCHASE
+    amount: int          # fen
+    terminal_id: bytes   # 6 bytes BCD
+    date: bytes          # 4 bytes BCD YYYYMMDD, terminal local date
+    time: bytes          # 3 bytes BCD hhmmss
+
+
+@dataclass(frozen=True)
+class LoadSession:
+    """Public values of one load (top-up or cashier undo)."""
+
+    card: CardIdentity
+    card_random: bytes
+    counter: int         # the card's online counter from INITIALIZE FOR LOAD
+    balance_before: int
+    amount: int
+    terminal_id: bytes
+    date: bytes
+    time: bytes
 
 
 class SamError(Exception):
@@ -91,3 +122,27 @@ class Sam(Protocol):
 
     def key_infos(self) -> list[KeyInfo]:
         """Every key the SAM holds, described without key bytes."""
+
+    # --- e-purse (docs/card-application.md section 5, docs/psam.md) -------------------------------
+
+    def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
+        """Take the next terminal transaction sequence number (TSN, kept durably by the SAM) and compute MAC1.
+
+        Returns (tsn, mac1). Needs the PURCHASE master key with usage MAC. The SAM remembers this purchase
+        (card, amount, TSN) as its last one, for a later reversal.
+        """
+
+    def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
+        """Check the card's MAC2 for this session and TSN (stateless: works for an old intent); raises."""
+
+    def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
+        """Verify the card's load MAC1 (raises), then compute the load MAC2 the card will check. Usage MAC on LOAD."""
+
+    def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
+        """Check the card's MAC3 (proof of the credit, over balance after = before + amount); raises."""
+
+    def reversal_mac2(self, session: LoadSession, mac1: bytes, purchase_tsn: int) -> bytes:
+        """Load MAC2 for a cashier undo: only for this SAM's last purchase (same card and amount, that TSN), once.
+
+        Raises KeyUsageError (or SamError naming the rule) for any other load. Usage REVERSAL on LOAD.
+        """

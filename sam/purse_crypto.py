@@ -1,0 +1,71 @@
+"""The e-purse's session keys, MACs and TAC (docs/card-application.md section 5.2), as pure functions.
+
+Shared by the card (simulator), the SAMs and the platform, so all three compute the same bytes.
+Each takes the card key of the relevant purpose; diversification happens before (sam.crypto.diversify).
+"""
+from __future__ import annotations
+
+from sam.crypto import block_encrypt, mac8
+from sam.interface import Algorithm
+
+TYPE_LOAD = 0x02
+TYPE_PURCHASE = 0x06
+
+
+def _u32(value: int) -> bytes:
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"{value} does not fit in 4 bytes")
+    return value.to_bytes(4, "big")
+
+
+def _u16(value: int) -> bytes:
+    if not 0 <= value <= 0xFFFF:
+        raise ValueError(f"{value} does not fit in 2 bytes")
+    return value.to_bytes(2, "big")
+
+
+def _check(random: bytes, terminal_id: bytes = bytes(6), date: bytes = bytes(4), time: bytes = bytes(3)) -> None:
+    if len(random) != 4 or len(terminal_id) != 6 or len(date) != 4 or len(time) != 3:
+        raise ValueError("card random is 4 bytes, terminal ID 6, date 4 (BCD), time 3 (BCD)")
+
+
+def purchase_session_key(alg: Algorithm, k_purchase: bytes, random: bytes, counter: int, tsn: int) -> bytes:
+    _check(random)
+    return block_encrypt(alg, k_purchase, random + _u16(counter) + _u32(tsn) + b"\x80" + bytes(5))
+
+
+def load_session_key(alg: Algorithm, k_load: bytes, random: bytes, counter: int) -> bytes:
+    _check(random)
+    return block_encrypt(alg, k_load, random + _u16(counter) + b"\x80" + bytes(9))
+
+
+def purchase_mac1(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
+    _check(bytes(4), terminal_id, date, time)
+    return mac8(alg, sk, _u32(amount) + bytes([TYPE_PURCHASE]) + terminal_id + date + time)
+
+
+def purchase_mac2(alg: Algorithm, sk: bytes, amount: int) -> bytes:
+    return mac8(alg, sk, _u32(amount))
+
+
+def load_mac1(alg: Algorithm, sk: bytes, balance_before: int, amount: int, terminal_id: bytes) -> bytes:
+    _check(bytes(4), terminal_id)
+    return mac8(alg, sk, _u32(balance_before) + _u32(amount) + bytes([TYPE_LOAD]) + terminal_id)
+
+
+def load_mac2(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
+    _check(bytes(4), terminal_id, date, time)
+    return mac8(alg, sk, _u32(amount) + bytes([TYPE_LOAD]) + terminal_id + date + time)
+
+
+def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> bytes:
+    return mac8(alg, sk, _u32(balance_after) + _u32(amount))
+
+
+def tac(alg: Algorithm, k_tac: bytes, *, amount: int, tx_type: int, terminal_id: bytes, tsn: int, date: bytes,
+        time: bytes, counter: int, balance_after: int) -> bytes:
+    _check(bytes(4), terminal_id, date, time)
+    if tx_type not in (TYPE_LOAD, TYPE_PURCHASE):
+        raise ValueError(f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06)")
+    return mac8(alg, k_tac, _u32(amount) + bytes([tx_type]) + terminal_id + _u32(tsn) + date + time
+                + _u16(counter) + _u32(balance_after))
