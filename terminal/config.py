@@ -100,6 +100,29 @@ class OutputSection:
 
 
 @dataclass(frozen=True)
+class SyncSection:
+    """[sync]: how the sync agent reaches the platform (docs/sync-protocol.md)."""
+
+    broker_host: str
+    broker_port: int
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    platform_public_key: Path
+    database: Path
+    mqtt_version: str = "auto"          # auto (5, falling back to 3.1.1) | 5 | 3.1.1
+    batch_size: int = 500
+    max_inflight_batches: int = 4
+    max_events_per_s: float = 5000.0
+    ack_timeout_seconds: float = 10.0
+    heartbeat_seconds: float = 30.0
+    keepalive_seconds: int = 30
+    clock_tolerance_seconds: float = 5.0
+    compact_keep: int = 50_000
+    outbox_capacity: int = 200_000
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     terminal: TerminalSection
@@ -109,6 +132,7 @@ class Config:
     attendance: AttendanceSection
     output: OutputSection
     time_profiles: dict[int, TimeProfile] = field(default_factory=dict)
+    sync: SyncSection | None = None  # absent: this terminal has no sync agent
 
 
 class _Section:
@@ -263,4 +287,42 @@ def load_config(path: str | Path) -> Config:
         profiles[profile.number] = profile
 
     return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
-                  output=output, time_profiles=profiles)
+                  output=output, time_profiles=profiles, sync=_sync_section(section("sync", required=False)))
+
+
+def _sync_section(y: _Section) -> SyncSection | None:
+    if not y.table:
+        return None
+
+    def positive(key: str, kind: type, default, upper):
+        value = y.get(key, kind, default=default)
+        if not 0 < value <= upper:
+            raise y.fail(key, f"= {value} is outside (0, {upper}]", f"use a value up to {upper}")
+        return value
+
+    known = set(SyncSection.__dataclass_fields__)
+    unknown = set(y.table) - known
+    if unknown:
+        raise y.fail(sorted(unknown)[0], "is not a known key", "see the documented [sync] section of firmware.toml")
+    sync = SyncSection(
+        broker_host=y.get("broker_host", str, required=True),
+        broker_port=positive("broker_port", int, 8883, 65535),
+        ca_file=y.path_value("ca_file"),
+        cert_file=y.path_value("cert_file"),
+        key_file=y.path_value("key_file"),
+        platform_public_key=y.path_value("platform_public_key"),
+        database=y.path_value("database"),
+        mqtt_version=y.choice("mqtt_version", ("auto", "5", "3.1.1"), default="auto"),
+        batch_size=positive("batch_size", int, 500, 5000),
+        max_inflight_batches=positive("max_inflight_batches", int, 4, 64),
+        max_events_per_s=positive("max_events_per_s", float, 5000.0, 1_000_000.0),
+        ack_timeout_seconds=positive("ack_timeout_seconds", float, 10.0, 3600.0),
+        heartbeat_seconds=positive("heartbeat_seconds", float, 30.0, 3600.0),
+        keepalive_seconds=positive("keepalive_seconds", int, 30, 3600),
+        clock_tolerance_seconds=positive("clock_tolerance_seconds", float, 5.0, 86400.0),
+        compact_keep=y.get("compact_keep", int, default=50_000),
+        outbox_capacity=positive("outbox_capacity", int, 200_000, 10**9),
+    )
+    if sync.compact_keep < 0:
+        raise y.fail("compact_keep", f"= {sync.compact_keep} is negative", "use 0 or more acknowledged records to keep")
+    return sync

@@ -516,8 +516,8 @@ class EventLog:
 
     def _verify(self) -> ChainReport:
         _, terminal_id, head_seq, head_hash = self._read_meta(self._conn, self.path)
-        expected = 1
-        prev = GENESIS_HASH
+        expected, prev = self._anchor()
+        expected += 1
 
         def bad(seq: int, problem: str) -> ChainReport:
             return ChainReport(False, expected - 1, seq, problem, expected - 1, prev)
@@ -529,7 +529,7 @@ class EventLog:
                 if seq > expected:
                     missing = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}..{seq - 1}"
                     return bad(expected, f"gap in sequence: {missing} missing (next record present is seq {seq})")
-                return bad(seq, f"record has seq {seq}, but seqs start at 1")
+                return bad(seq, f"record has seq {seq}, but seqs start at {expected}")
             texts = {"time": time, "kind": kind, "reason_code": reason_code, "message": message,
                      "detail": detail, "prev_hash": prev_hash, "hash": stored}
             wrong = [name for name, v in texts.items() if not isinstance(v, str)]
@@ -538,7 +538,7 @@ class EventLog:
             if wrong:
                 return bad(seq, f"record seq {seq}: field(s) {', '.join(wrong)} not text: the record was altered")
             if prev_hash != prev:
-                what = "the genesis value" if seq == 1 else f"the hash of seq {seq - 1}"
+                what = "the genesis value" if seq == 1 else f"the hash of seq {seq - 1}"  # or the compaction anchor
                 return bad(seq, f"broken link: record seq {seq} has prev_hash {prev_hash[:16]}…, "
                                 f"expected {what} {prev[:16]}…")
             computed = event_hash(seq, time, terminal_id, kind, asn, reason_code, message, detail, prev_hash)
@@ -558,6 +558,52 @@ class EventLog:
             return bad(last, f"head mismatch: record seq {last} hashes to {prev[:16]}…, but the log recorded "
                              f"head hash {head_hash[:16]}…")
         return ChainReport(True, last, None, "", last, prev)
+
+    # -- compaction (sync agent) -------------------------------------------------------------
+
+    def _anchor(self) -> tuple[int, str]:
+        """(seq, hash) of the newest compacted record, or (0, genesis) when nothing was compacted."""
+        has = self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'anchor'").fetchone()
+        if not has:
+            return 0, GENESIS_HASH
+        row = self._conn.execute("SELECT seq, hash FROM anchor WHERE id = 1").fetchone()
+        return (0, GENESIS_HASH) if row is None else (row[0], row[1])
+
+    def anchor(self) -> tuple[int, str]:
+        """(seq, hash) from which verify() starts: (0, genesis) unless records were compacted."""
+        return self._anchor()
+
+    def compact(self, up_to_seq: int) -> int:
+        """Delete records seq <= up_to_seq (the platform acknowledged them), keeping their chain anchor.
+
+        The anchor row holds the seq and hash of the newest deleted record, so verify() checks the
+        remaining chain from it (docs/event-log.md, "Compaction"). Returns the number deleted.
+        """
+        if self.readonly:
+            raise DatabaseError(f"event log {self.path} was opened read-only; use EventLog.open to compact")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                         "seq INTEGER NOT NULL, hash TEXT NOT NULL) STRICT")
+            anchor_seq = (conn.execute("SELECT seq FROM anchor WHERE id = 1").fetchone() or (0,))[0]
+            head_seq = conn.execute("SELECT head_seq FROM meta WHERE id = 1").fetchone()[0]
+            up_to_seq = min(up_to_seq, head_seq)
+            if up_to_seq <= anchor_seq:
+                conn.execute("COMMIT")
+                return 0
+            row = conn.execute("SELECT hash FROM events WHERE seq = ?", (up_to_seq,)).fetchone()
+            if row is None:
+                raise DatabaseError(f"event log {self.path} has no record seq {up_to_seq} to anchor the compaction "
+                                    "at; run `onecard log verify` and keep the file for investigation")
+            deleted = conn.execute("DELETE FROM events WHERE seq <= ?", (up_to_seq,)).rowcount
+            conn.execute("INSERT OR REPLACE INTO anchor VALUES (1, ?, ?)", (up_to_seq, row[0]))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return deleted
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""The agent's decisions as plain objects: upload batching/ack/resend, throttling, what to do with a downlink.
+
+No I/O and no clock: every method takes `now` (seconds, monotonic) or the values it decides on.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Batch:
+    first_seq: int
+    last_seq: int
+    sent_at: float
+
+
+class Uploader:
+    """At-least-once, in-order upload of seqs acked_seq+1..head in batches, with a window and a rate limit.
+
+    The platform acks the highest contiguous seq it holds; anything past it is re-sent when the
+    connection comes back or when no ack made progress for `ack_timeout` seconds, so a batch lost
+    by the broker (restart, QoS 1 in flight) or dropped by the platform is never lost for good.
+    """
+
+    def __init__(self, acked_seq: int, *, batch_size: int = 500, max_inflight: int = 4,
+                 max_events_per_s: float = 10_000.0, ack_timeout: float = 10.0) -> None:
+        if batch_size < 1 or max_inflight < 1 or max_events_per_s <= 0 or ack_timeout <= 0:
+            raise ValueError("batch_size, max_inflight, max_events_per_s and ack_timeout must be positive")
+        self.acked_seq = acked_seq
+        self.next_seq = acked_seq + 1
+        self.batch_size = batch_size
+        self.max_inflight = max_inflight
+        self.rate = float(max_events_per_s)
+        self.ack_timeout = ack_timeout
+        self.inflight: deque[Batch] = deque()
+        # Burst of one second's worth (at least a full batch, or a slow rate would never send one).
+        self._bucket_cap = max(self.rate, float(batch_size))
+        self._tokens = self._bucket_cap
+        self._refilled_at: float | None = None
+        self._progress_at: float | None = None
+        self.resends = 0
+
+    def backlog(self, head_seq: int) -> int:
+        return max(0, head_seq - self.acked_seq)
+
+    def on_connected(self, now: float) -> None:
+        """A new session: whatever was in flight may be gone with the old one, so resend from the ack."""
+        self.next_seq = self.acked_seq + 1
+        self.inflight.clear()
+        self._progress_at = now
+
+    def _refill(self, now: float) -> None:
+        if self._refilled_at is not None:
+            self._tokens = min(self._bucket_cap, self._tokens + (now - self._refilled_at) * self.rate)
+        self._refilled_at = now
+
+    def plan(self, now: float, head_seq: int) -> list[tuple[int, int]]:
+        """(first_seq, last_seq) ranges to publish now, in order; they are recorded as in flight."""
+        self._refill(now)
+        if self.inflight and self._progress_at is not None and now - self._progress_at >= self.ack_timeout:
+            self.resends += 1
+            self.next_seq = self.acked_seq + 1
+            self.inflight.clear()
+        out = []
+        while len(self.inflight) < self.max_inflight and self.next_seq <= head_seq:
+            n = min(self.batch_size, head_seq - self.next_seq + 1)
+            if self._tokens < n:
+                # Send a short batch now rather than wait for a full one's worth of tokens.
+                n = int(self._tokens)
+                if n < 1:
+                    break
+            first, last = self.next_seq, self.next_seq + n - 1
+            self._tokens -= n
+            if not self.inflight:
+                self._progress_at = now  # the ack clock starts when something is outstanding
+            self.inflight.append(Batch(first, last, now))
+            out.append((first, last))
+            self.next_seq = last + 1
+        return out
+
+    def shrink_last(self, last_seq: int) -> None:
+        """The newest planned batch holds fewer records than planned (e.g. some were unreadable)."""
+        b = self.inflight.pop()
+        self.inflight.append(Batch(b.first_seq, last_seq, b.sent_at))
+        self.next_seq = last_seq + 1
+
+    def on_ack(self, now: float, acked_seq: int) -> bool:
+        """Record the platform's highest contiguous seq; True when it moved forward."""
+        if acked_seq <= self.acked_seq:
+            return False
+        self.acked_seq = acked_seq
+        while self.inflight and self.inflight[0].last_seq <= acked_seq:
+            self.inflight.popleft()
+        if self.inflight and self.inflight[0].first_seq <= acked_seq:
+            b = self.inflight.popleft()
+            self.inflight.appendleft(Batch(acked_seq + 1, b.last_seq, b.sent_at))
+        if self.next_seq <= acked_seq:
+            self.next_seq = acked_seq + 1
+        self._progress_at = now
+        return True
+
+
+# --------------------------------------------------------------------------------------------
+# Downlink decisions
+# --------------------------------------------------------------------------------------------
+
+APPLY, IGNORE, REJECT, REQUEST_SNAPSHOT = "apply", "ignore", "reject", "request_snapshot"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # apply | ignore | reject | request_snapshot
+    reason: str  # short code for the log: rollback, replay, gap, already_held, wrong_target, ...
+    text: str    # the sentence for the log
+
+
+def target_decision(target: str, terminal_id: str, enterprise_id: str) -> Decision | None:
+    """A message for another terminal or enterprise is refused (a copy replayed onto our topic)."""
+    if target in (f"t:{terminal_id}", f"e:{enterprise_id}"):
+        return None
+    return Decision(REJECT, "wrong_target", f"message addressed to {target}, not to this terminal or its enterprise")
+
+
+def blacklist_decision(type_: str, body: dict, held_version: int, enterprise_id: str) -> Decision:
+    if body["enterprise_id"] != enterprise_id:
+        return Decision(REJECT, "wrong_enterprise", f"blacklist of enterprise {body['enterprise_id']}, "
+                                                    f"this terminal serves {enterprise_id}")
+    if type_ == "blacklist.snapshot":
+        v = body["version"]
+        if v < held_version:
+            return Decision(REJECT, "rollback", f"snapshot version {v} is older than the held version {held_version}")
+        if v == held_version:
+            return Decision(IGNORE, "already_held", f"snapshot version {v} is the version already held")
+        return Decision(APPLY, "newer", f"snapshot version {v} replaces version {held_version}")
+    base, v = body["base_version"], body["version"]
+    if v <= held_version:
+        return Decision(REJECT, "rollback", f"delta to version {v} does not move past the held version "
+                                            f"{held_version} (replay or rollback)")
+    if base != held_version:
+        return Decision(REQUEST_SNAPSHOT, "gap", f"delta {base}->{v} does not start at the held version "
+                                                 f"{held_version}; asking for a snapshot")
+    return Decision(APPLY, "next", f"delta {base}->{v} applies to the held version")
+
+
+def config_decision(body: dict, held_version: int, enterprise_id: str) -> Decision:
+    if body["enterprise_id"] != enterprise_id:
+        return Decision(REJECT, "wrong_enterprise", f"configuration of enterprise {body['enterprise_id']}")
+    v = body["version"]
+    if v <= held_version:
+        return Decision(REJECT, "rollback", f"configuration version {v} is not newer than the held {held_version}")
+    return Decision(APPLY, "newer", f"configuration version {v} replaces version {held_version}")
+
+
+def clock_drift_seconds(platform_time: float, local_time: float) -> float:
+    """Positive when the terminal clock is ahead of the platform (both in epoch seconds)."""
+    return local_time - platform_time

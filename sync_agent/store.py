@@ -1,0 +1,162 @@
+"""The agent's own SQLite file: acknowledged upload position, seen message IDs, and the terminal's inbox.
+
+The terminal reads `inbox_config` and `inbox_card_actions` from this file (docs/sync-protocol.md, "Inbox").
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from terminal.event_log import GENESIS_HASH, DatabaseError, EventLog, connect_readwrite, preflight
+
+SCHEMA_VERSION = 1
+# The POS refuses new offline sales once the unacknowledged backlog reaches this fraction of
+# [sync].outbox_capacity: the rest of the space stays for door/attendance records and for the sales
+# already made, which are never dropped (compaction only removes acknowledged records).
+POS_REFUSE_OFFLINE_SALES_AT = 0.8
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sync_meta (
+  id INTEGER PRIMARY KEY CHECK (id = 1), schema_version INTEGER NOT NULL, terminal_id TEXT NOT NULL,
+  acked_seq INTEGER NOT NULL, acked_hash TEXT NOT NULL, acked_at TEXT) STRICT;
+CREATE TABLE IF NOT EXISTS seen_messages (
+  id TEXT PRIMARY KEY, type TEXT NOT NULL, issued_at TEXT NOT NULL, received_at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS inbox_config (
+  version INTEGER PRIMARY KEY, enterprise_id TEXT NOT NULL, document TEXT NOT NULL,
+  message_id TEXT NOT NULL, received_at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS inbox_card_actions (
+  action_id TEXT PRIMARY KEY, asn TEXT NOT NULL, action TEXT NOT NULL, params TEXT NOT NULL,
+  message_id TEXT NOT NULL, issued_at TEXT NOT NULL, received_at TEXT NOT NULL,
+  status TEXT NOT NULL DEFAULT 'pending') STRICT;
+CREATE INDEX IF NOT EXISTS inbox_card_actions_asn ON inbox_card_actions (asn, status);
+"""
+
+
+class SyncStore:
+    """sync.db; every write is one transaction, durable (WAL, synchronous=FULL) when the call returns."""
+
+    SETTING = "[sync].database"
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, terminal_id: str) -> SyncStore:
+        path = Path(path)
+        preflight(path, cls.SETTING)
+        conn = connect_readwrite(path)
+        try:
+            conn.executescript(_SCHEMA)
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT schema_version, terminal_id FROM sync_meta WHERE id = 1").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO sync_meta VALUES (1, ?, ?, 0, ?, NULL)", (SCHEMA_VERSION, terminal_id,
+                                                                                   GENESIS_HASH))
+            conn.execute("COMMIT")
+            if row is not None and row[1] != terminal_id:
+                raise DatabaseError(f"sync database {path} belongs to terminal {row[1]!r}, not {terminal_id!r}; "
+                                    f"point {cls.SETTING} at this terminal's own file")
+            if row is not None and row[0] != SCHEMA_VERSION:
+                raise DatabaseError(f"sync database {path} has schema version {row[0]}, this agent reads "
+                                    f"{SCHEMA_VERSION}; run the matching agent or move the file away")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise DatabaseError(f"sync database {path} is not usable ({exc}); point {cls.SETTING} at a sync "
+                                "database or move the file away") from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, path)
+
+    def acked(self) -> tuple[int, str]:
+        return self._conn.execute("SELECT acked_seq, acked_hash FROM sync_meta WHERE id = 1").fetchone()
+
+    def set_acked(self, seq: int, hash_: str, at: str) -> None:
+        # Guarded in SQL as well: the acknowledged position never moves backwards.
+        self._conn.execute("UPDATE sync_meta SET acked_seq = ?, acked_hash = ?, acked_at = ? "
+                           "WHERE id = 1 AND acked_seq < ?", (seq, hash_, at, seq))
+
+    def seen(self, msg_id: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM seen_messages WHERE id = ?", (msg_id,)).fetchone() is not None
+
+    def mark_seen(self, msg_id: str, type_: str, issued_at: str, received_at: str) -> None:
+        self._conn.execute("INSERT OR IGNORE INTO seen_messages VALUES (?, ?, ?, ?)",
+                           (msg_id, type_, issued_at, received_at))
+
+    def prune_seen(self, issued_before: str) -> int:
+        """Forget IDs of messages issued before a time; version checks still refuse their replays."""
+        return self._conn.execute("DELETE FROM seen_messages WHERE issued_at < ?", (issued_before,)).rowcount
+
+    def last_time_message(self) -> str | None:
+        row = self._conn.execute("SELECT max(issued_at) FROM seen_messages WHERE type = 'time'").fetchone()
+        return row[0]
+
+    def config_version(self) -> int:
+        return self._conn.execute("SELECT coalesce(max(version), 0) FROM inbox_config").fetchone()[0]
+
+    def store_config(self, version: int, enterprise_id: str, document: dict, msg_id: str, issued_at: str,
+                     received_at: str) -> None:
+        with self.transaction():
+            self._conn.execute("INSERT INTO inbox_config VALUES (?, ?, ?, ?, ?)",
+                               (version, enterprise_id, json.dumps(document, sort_keys=True), msg_id, received_at))
+            self.mark_seen(msg_id, "config", issued_at, received_at)
+
+    def store_card_action(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
+        """Store a pending card action once; False when its action_id is already in the inbox."""
+        with self.transaction():
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO inbox_card_actions (action_id, asn, action, params, message_id, issued_at, "
+                "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (body["action_id"], body["asn"], body["action"], json.dumps(body["params"], sort_keys=True), msg_id,
+                 issued_at, received_at))
+            self.mark_seen(msg_id, "card_action", issued_at, received_at)
+        return cur.rowcount == 1
+
+    def card_actions(self) -> list[dict]:
+        rows = self._conn.execute("SELECT action_id, asn, action, params, status FROM inbox_card_actions "
+                                  "ORDER BY issued_at, action_id").fetchall()
+        return [{"action_id": r[0], "asn": r[1], "action": r[2], "params": json.loads(r[3]), "status": r[4]}
+                for r in rows]
+
+    def transaction(self):
+        return _Txn(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _Txn:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def read_acked_seq(sync_db: Path) -> int:
+    """The acknowledged seq from sync.db, read-only (0 if the agent never ran)."""
+    sync_db = Path(sync_db)
+    if not sync_db.exists() or sync_db.stat().st_size == 0:
+        return 0
+    conn = sqlite3.connect(sync_db.resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT acked_seq FROM sync_meta WHERE id = 1").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def outbox_pressure(event_log: EventLog, sync_db: Path, capacity: int) -> float:
+    """Unacknowledged records as a fraction of `capacity` ([sync].outbox_capacity); may exceed 1.0.
+
+    The POS calls this before an offline sale and refuses it at POS_REFUSE_OFFLINE_SALES_AT or above.
+    """
+    if capacity <= 0:
+        raise ValueError("outbox capacity must be positive; set [sync].outbox_capacity")
+    return max(0, event_log.last_seq() - read_acked_seq(sync_db)) / capacity
