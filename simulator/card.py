@@ -6,12 +6,14 @@ the card, so a tear or a crash never loses a counter step that a terminal may ha
 """
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sam import purse_crypto as pc
 from sam.crypto import mac8
 from sam.interface import Algorithm
 
@@ -29,6 +31,7 @@ CARD_TYPE_IC_CARD = 0x02
 SFI_APP = 1
 SFI_HOLDER = 2
 SFI_ACCESS = 3
+SFI_PURSE = 4
 
 COUNTER_MAX = 0xFFFFFFFF
 
@@ -44,6 +47,12 @@ SW_OFFSET = b"\x6b\x00"
 SW_INS = b"\x6d\x00"
 SW_CLA = b"\x6e\x00"
 SW_UNKNOWN = b"\x6f\x00"
+SW_NO_SESSION = b"\x69\x01"
+SW_NO_PURSE = b"\x6a\x81"
+SW_INSUFFICIENT = b"\x94\x01"
+SW_KEY_INDEX = b"\x94\x03"
+SW_NO_PROOF = b"\x94\x06"
+SW_MAC = b"\x93\x02"
 
 
 def _with_tck(atr_without_tck: bytes) -> bytes:
@@ -65,6 +74,47 @@ def bcd_date(text: str) -> bytes:
     return bytes.fromhex(digits)
 
 
+TX_LOAD = 0x02
+TX_PURCHASE = 0x06
+MAX_RECORDS = 10
+
+
+@dataclass
+class Purse:
+    """The e-purse of docs/card-application.md section 5: balance, counters, keys and the last 10 transactions."""
+
+    balance: int
+    expiry: bytes            # BCD date, last day a purchase is accepted
+    max_balance: int
+    key_version: int
+    purchase_key: bytes
+    load_key: bytes
+    tac_key: bytes
+    offline_counter: int = 0
+    online_counter: int = 0
+    records: list[dict] = field(default_factory=list)  # newest last: type, counter, proof (hex), tac (hex), ...
+
+    def file(self) -> bytes:
+        return self.expiry + self.max_balance.to_bytes(4, "big") + bytes([self.key_version]) + bytes(3)
+
+    def record(self, tx_type: int, counter: int) -> dict | None:
+        return next((r for r in self.records if r["type"] == tx_type and r["counter"] == counter), None)
+
+    def to_json(self) -> dict:
+        return {"balance": self.balance, "expiry": self.expiry.hex(), "max_balance": self.max_balance,
+                "key_version": self.key_version, "offline_counter": self.offline_counter,
+                "online_counter": self.online_counter, "records": self.records,
+                "keys": {"purchase": self.purchase_key.hex(), "load": self.load_key.hex(), "tac": self.tac_key.hex()}}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> Purse:
+        return cls(balance=int(doc["balance"]), expiry=bytes.fromhex(doc["expiry"]),
+                   max_balance=int(doc["max_balance"]), key_version=int(doc["key_version"]),
+                   purchase_key=bytes.fromhex(doc["keys"]["purchase"]), load_key=bytes.fromhex(doc["keys"]["load"]),
+                   tac_key=bytes.fromhex(doc["keys"]["tac"]), offline_counter=int(doc["offline_counter"]),
+                   online_counter=int(doc["online_counter"]), records=list(doc["records"]))
+
+
 @dataclass
 class CardState:
     """Everything the card keeps across power cycles."""
@@ -80,6 +130,7 @@ class CardState:
     access: bytes           # EF_ACCESS, 32 bytes
     access_counter: int = 0
     label: str = ""         # who the simulated card belongs to, for people running demos; not on a real card
+    purse: Purse | None = None  # None: a card issued without the e-purse
 
     def __post_init__(self) -> None:
         checks = [
@@ -113,6 +164,7 @@ class CardState:
             "keys": {"access": self.access_key.hex()},
             "files": {"holder": self.holder.hex(), "access": self.access.hex()},
             "access_counter": self.access_counter,
+            "purse": None if self.purse is None else self.purse.to_json(),
         }
 
     @classmethod
@@ -131,6 +183,7 @@ class CardState:
             access=bytes.fromhex(doc["files"]["access"]),
             access_counter=int(doc["access_counter"]),
             label=str(doc.get("label", "")),
+            purse=None if doc.get("purse") is None else Purse.from_json(doc["purse"]),
         )
 
 
@@ -202,11 +255,13 @@ class OneCardApplet:
     atr: bytes = ATR
     selected: bool = field(default=False, init=False)
 
+    session: dict | None = field(default=None, init=False)  # the open purchase/load session, volatile
+
     def power_on(self) -> None:
-        self.selected = False
+        self.selected, self.session = False, None
 
     def power_off(self) -> None:
-        self.selected = False
+        self.selected, self.session = False, None
 
     def transmit(self, apdu: bytes) -> bytes:
         try:
@@ -224,11 +279,19 @@ class OneCardApplet:
             return self._read_binary(cmd)
         if cmd.cla == 0x80 and cmd.ins == 0x3A:
             return self._access_read(cmd)
+        if cmd.cla == 0x80 and cmd.ins in PURSE_INS:
+            session, self.session = self.session, None  # any purse command ends a pending session
+            if not self.selected:
+                return SW_NO_CURRENT_EF
+            if self.state.purse is None:
+                return SW_NO_PURSE
+            return PURSE_INS[cmd.ins](self, cmd, session)
         if cmd.cla not in (0x00, 0x80):
             return SW_CLA
         return SW_INS
 
     def _select(self, cmd: Command) -> bytes:
+        self.session = None
         if cmd.p1 != 0x04 or cmd.p2 != 0x00:
             self.selected = False
             return SW_WRONG_P1P2
@@ -241,6 +304,7 @@ class OneCardApplet:
             _tlv(0xC0, s.asn) + _tlv(0xC1, s.enterprise_id) + _tlv(0xC2, bytes([s.status]))
             + _tlv(0xC3, bytes([s.key_version])) + _tlv(0xC4, bytes([int(s.algorithm)]))
             + _tlv(0xC5, bytes([s.card_type])) + _tlv(0xC6, b"\x01")
+            + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
         )
         return _tlv(0x6F, _tlv(0x84, AID) + _tlv(0xA5, prop)) + SW_OK
 
@@ -251,6 +315,8 @@ class OneCardApplet:
             return SW_WRONG_P1P2  # only the short-file-identifier form is supported
         sfi = cmd.p1 & 0x1F
         files = {SFI_APP: self.state.app_file(), SFI_HOLDER: self.state.holder, SFI_ACCESS: self.state.access}
+        if self.state.purse is not None:
+            files[SFI_PURSE] = self.state.purse.file()
         if sfi not in files or cmd.data:
             return SW_NOT_FOUND if sfi not in files else SW_WRONG_LENGTH
         content = files[sfi]
@@ -278,6 +344,141 @@ class OneCardApplet:
         nonce, terminal_id = cmd.data[:8], cmd.data[8:]
         message = s.asn + s.enterprise_id + bytes([s.key_version]) + nonce + terminal_id + body
         return body + mac8(s.algorithm, s.access_key, message) + SW_OK
+
+
+    def _persist(self) -> None:
+        if self.store is not None:
+            self.store.save(self.state)
+
+    def _init_purchase(self, cmd: Command, _session) -> bytes:
+        if (cmd.p1, cmd.p2) != (0x01, 0x02):
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 11:
+            return SW_WRONG_LENGTH
+        if self.state.status != STATUS_ACTIVE:
+            return SW_CONDITIONS
+        purse, amount = self.state.purse, int.from_bytes(cmd.data[1:5], "big")
+        if cmd.data[0] != 0x01:
+            return SW_KEY_INDEX
+        if amount == 0:
+            return SW_WRONG_DATA
+        if purse.balance < amount:
+            return SW_INSUFFICIENT
+        if purse.offline_counter >= 0xFFFF:
+            return SW_CONDITIONS
+        random = os.urandom(4)
+        self.session = {"type": TX_PURCHASE, "amount": amount, "terminal": cmd.data[5:11], "random": random,
+                        "counter": purse.offline_counter}
+        return (purse.balance.to_bytes(4, "big") + purse.offline_counter.to_bytes(2, "big") + bytes(3)
+                + bytes([purse.key_version, int(self.state.algorithm)]) + random + SW_OK)
+
+    def _debit(self, cmd: Command, session) -> bytes:
+        if (cmd.p1, cmd.p2) != (0x01, 0x00):
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 19:
+            return SW_WRONG_LENGTH
+        if session is None or session["type"] != TX_PURCHASE:
+            return SW_NO_SESSION
+        purse, alg = self.state.purse, self.state.algorithm
+        tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
+        sk = pc.purchase_session_key(alg, purse.purchase_key, session["random"], session["counter"], tsn)
+        expected = pc.purchase_mac1(alg, sk, session["amount"], session["terminal"], date, time_)
+        if not hmac.compare_digest(mac1, expected):
+            return SW_MAC
+        if date.hex() > purse.expiry.hex():
+            return SW_CONDITIONS
+        amount = session["amount"]
+        if purse.balance < amount:
+            return SW_INSUFFICIENT
+        balance_after = purse.balance - amount
+        proof = pc.purchase_mac2(alg, sk, amount)
+        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=TX_PURCHASE, terminal_id=session["terminal"],
+                     tsn=tsn, date=date, time=time_, counter=session["counter"], balance_after=balance_after)
+        self._commit(TX_PURCHASE, session, amount, balance_after, tsn, date, time_, proof, tac)
+        return tac + proof + SW_OK
+
+    def _commit(self, tx_type, session, amount, balance_after, tsn, date, time_, proof, tac) -> None:
+        # Balance, counter and record change together and reach the "EEPROM" before the answer leaves.
+        purse = self.state.purse
+        purse.balance = balance_after
+        if tx_type == TX_PURCHASE:
+            purse.offline_counter += 1
+        else:
+            purse.online_counter += 1
+        purse.records.append({"type": tx_type, "counter": session["counter"], "amount": amount,
+                              "terminal": session["terminal"].hex(), "tsn": tsn, "date": date.hex(),
+                              "time": time_.hex(), "balance_after": balance_after, "proof": proof.hex(),
+                              "tac": tac.hex()})
+        del purse.records[:-MAX_RECORDS]
+        self._persist()
+
+    def _init_load(self, cmd: Command, _session) -> bytes:
+        if (cmd.p1, cmd.p2) != (0x00, 0x02):
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 11:
+            return SW_WRONG_LENGTH
+        if self.state.status != STATUS_ACTIVE:
+            return SW_CONDITIONS
+        purse, alg, amount = self.state.purse, self.state.algorithm, int.from_bytes(cmd.data[1:5], "big")
+        if cmd.data[0] != 0x01:
+            return SW_KEY_INDEX
+        if amount == 0 or purse.balance + amount > purse.max_balance:
+            return SW_WRONG_DATA
+        if purse.online_counter >= 0xFFFF:
+            return SW_CONDITIONS
+        random = os.urandom(4)
+        terminal = cmd.data[5:11]
+        sk = pc.load_session_key(alg, purse.load_key, random, purse.online_counter)
+        self.session = {"type": TX_LOAD, "amount": amount, "terminal": terminal, "random": random,
+                        "counter": purse.online_counter, "sk": sk}
+        mac1 = pc.load_mac1(alg, sk, purse.balance, amount, terminal)
+        return (purse.balance.to_bytes(4, "big") + purse.online_counter.to_bytes(2, "big")
+                + bytes([purse.key_version, int(alg)]) + random + mac1 + SW_OK)
+
+    def _credit(self, cmd: Command, session) -> bytes:
+        if (cmd.p1, cmd.p2) != (0x00, 0x00):
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 15:
+            return SW_WRONG_LENGTH
+        if session is None or session["type"] != TX_LOAD:
+            return SW_NO_SESSION
+        purse, alg = self.state.purse, self.state.algorithm
+        date, time_, mac2 = cmd.data[:4], cmd.data[4:7], cmd.data[7:]
+        amount, sk = session["amount"], session["sk"]
+        if not hmac.compare_digest(mac2, pc.load_mac2(alg, sk, amount, session["terminal"], date, time_)):
+            return SW_MAC
+        balance_after = purse.balance + amount
+        proof = pc.load_mac3(alg, sk, balance_after, amount)
+        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=TX_LOAD, terminal_id=session["terminal"], tsn=0,
+                     date=date, time=time_, counter=session["counter"], balance_after=balance_after)
+        self._commit(TX_LOAD, session, amount, balance_after, 0, date, time_, proof, tac)
+        return tac + proof + SW_OK
+
+    def _get_balance(self, cmd: Command, _session) -> bytes:
+        if (cmd.p1, cmd.p2) != (0x00, 0x02):
+            return SW_WRONG_P1P2
+        if cmd.data:
+            return SW_WRONG_LENGTH
+        return self.state.purse.balance.to_bytes(4, "big") + SW_OK
+
+    def _prove(self, cmd: Command, _session) -> bytes:
+        if cmd.p1 != 0x00 or cmd.p2 not in (TX_LOAD, TX_PURCHASE):
+            return SW_WRONG_P1P2
+        if len(cmd.data) != 2:
+            return SW_WRONG_LENGTH
+        record = self.state.purse.record(cmd.p2, int.from_bytes(cmd.data, "big"))
+        if record is None:
+            return SW_NO_PROOF
+        return bytes.fromhex(record["proof"]) + bytes.fromhex(record["tac"]) + SW_OK
+
+
+PURSE_INS = {
+    0x50: lambda card, cmd, session: (card._init_purchase if cmd.p1 == 0x01 else card._init_load)(cmd, session),
+    0x54: OneCardApplet._debit,
+    0x52: OneCardApplet._credit,
+    0x5C: OneCardApplet._get_balance,
+    0x5A: OneCardApplet._prove,
+}
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from onecard.errors import UserError
+from terminal.money import parse_yuan
 from sam.interface import Algorithm
 
 
@@ -28,6 +29,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--key-version", type=int, default=1)
     new.add_argument("--card-type", choices=["rfid-sim", "ic-card"], default="rfid-sim")
     new.add_argument("--asn", default=None, help="16 hex digits (default: random)")
+    new.add_argument("--no-purse", action="store_true", help="issue without the e-purse (door and attendance only)")
+    new.add_argument("--purse-expiry", default=None, help="YYYY-MM-DD, last day purchases are accepted (default: --valid-to)")
+    new.add_argument("--max-balance", default="2000.00", help="maximum purse balance in yuan (default 2000.00)")
     new.add_argument("--force", action="store_true", help="replace an existing card file")
     new.set_defaults(handler=cmd_new_card)
 
@@ -77,7 +81,10 @@ def cmd_new_card(args) -> int:
             door_groups=groups, valid_from=_date(args.valid_from, today),
             valid_to=_date(args.valid_to, today.replace(year=today.year + 3)), time_profile=args.time_profile,
             algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128, key_version=args.key_version,
-            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM, asn=asn)
+            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM, asn=asn,
+            purse=not args.no_purse, purse_key_version=args.key_version,
+            purse_expiry=_date(args.purse_expiry, None) if args.purse_expiry else None,
+            max_balance=parse_yuan(args.max_balance, "--max-balance"))
     except ValueError as exc:
         raise UserError(f"{exc}; fix that option") from None
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
-from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, CardState, CardStateFile
+from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, CardState, CardStateFile, Purse
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,11 @@ class Personalisation:
     card_type: int = CARD_TYPE_RFID_SIM
     status: int = STATUS_ACTIVE
     asn: bytes | None = None  # random when not given
+    purse: bool = True         # issue the e-purse too (needs the PURCHASE, LOAD and TAC master keys)
+    purse_key_version: int = 1
+    purse_expiry: dt.date | None = None  # default: valid_to
+    max_balance: int = 200_000  # fen: 2,000.00 yuan
+    opening_balance: int = 0    # fen; a real card starts at 0 and is loaded at a top-up terminal
 
     def __post_init__(self) -> None:
         if len(self.employee_no.encode()) > 16:
@@ -40,6 +45,8 @@ class Personalisation:
             raise ValueError("time profile is 0..255")
         if self.valid_to < self.valid_from:
             raise ValueError("valid-to date is before valid-from date")
+        if not 0 <= self.opening_balance <= self.max_balance <= 0xFFFFFFFF:
+            raise ValueError("opening balance must be between 0 and the maximum balance")
 
 
 def holder_file(employee_no: str, name: str) -> bytes:
@@ -59,9 +66,19 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
     asn = p.asn or os.urandom(8)
     identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.key_version, algorithm=p.algorithm)
     keys = sam.derive_card_keys(identity, [KeyPurpose.ACCESS])
+    purse = None
+    if p.purse:
+        purse_identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.purse_key_version,
+                                      algorithm=p.algorithm)
+        purse_keys = sam.derive_card_keys(purse_identity, [KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC])
+        expiry = p.purse_expiry or p.valid_to
+        purse = Purse(balance=p.opening_balance, expiry=bytes.fromhex(expiry.strftime("%Y%m%d")),
+                      max_balance=p.max_balance, key_version=p.purse_key_version,
+                      purchase_key=purse_keys[KeyPurpose.PURCHASE], load_key=purse_keys[KeyPurpose.LOAD],
+                      tac_key=purse_keys[KeyPurpose.TAC])
     return CardState(asn=asn, enterprise_id=p.enterprise_id, status=p.status, key_version=p.key_version,
                      algorithm=p.algorithm, card_type=p.card_type, access_key=keys[KeyPurpose.ACCESS],
-                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label)
+                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label, purse=purse)
 
 
 def write_card(path: str | Path, state: CardState, overwrite: bool = False) -> Path:

@@ -12,9 +12,8 @@ from terminal import card_protocol as cp
 from terminal.decision import AuthenticatedCard, Refusal
 
 
-def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_id: bytes, terminal_id: bytes,
-                      nonce: bytes) -> AuthenticatedCard:
-    """Raises Refusal, or CardRemoved (from transmit) when the card leaves mid-way."""
+def select_card(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.CardInfo:
+    """SELECT, then refuse what no application of this site may use: other enterprise, not issued, voided."""
     try:
         info = cp.parse_select(transmit(cp.select_command()))
     except cp.NotOneCard:
@@ -33,6 +32,14 @@ def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_i
         raise Refusal("voided", "This card has been voided: use your new card or see the administrator", asn)
     if info.status != cp.STATUS_ACTIVE:
         raise Refusal("card_status", f"Card status {info.status:02X} unknown: please see the administrator", asn)
+    return info
+
+
+def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_id: bytes, terminal_id: bytes,
+                      nonce: bytes) -> AuthenticatedCard:
+    """Raises Refusal, or CardRemoved (from transmit) when the card leaves mid-way."""
+    info = select_card(transmit, enterprise_id)
+    asn = info.asn_hex
     if not sam.has_key(enterprise_id, KeyPurpose.ACCESS, info.key_version, info.algorithm):
         raise Refusal("unknown_key_version",
                       f"Card key version {info.key_version} is not accepted here: please see the administrator", asn,

@@ -42,6 +42,7 @@ class CardInfo:
     algorithm: Algorithm
     card_type: int
     app_version: int
+    purse_expiry: dt.date | None = None  # None: the card has no e-purse
 
     @property
     def asn_hex(self) -> str:
@@ -135,9 +136,14 @@ def parse_select(rapdu: bytes) -> CardInfo:
         algorithm = Algorithm(prop[0xC4][0])
     except ValueError:
         raise CardProtocolError(f"unknown algorithm ID {prop[0xC4][0]:02X}") from None
+    purse_expiry = None
+    if 0xC7 in prop:
+        if len(prop[0xC7]) != 4:
+            raise CardProtocolError("FCI tag C7 (purse expiry) is not 4 bytes")
+        purse_expiry = parse_bcd_date(prop[0xC7], "purse expiry")
     return CardInfo(
         asn=prop[0xC0], enterprise_id=prop[0xC1], status=prop[0xC2][0], key_version=prop[0xC3][0],
-        algorithm=algorithm, card_type=prop[0xC5][0], app_version=prop[0xC6][0],
+        algorithm=algorithm, card_type=prop[0xC5][0], app_version=prop[0xC6][0], purse_expiry=purse_expiry,
     )
 
 

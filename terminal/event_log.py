@@ -399,6 +399,7 @@ class EventLog:
             # The attendance clock asks "last in/out of this card" on every tap: (asn, kind, seq)
             # lets each kind be answered by one reverse index seek instead of a scan.
             db["events"].create_index(["asn", "kind", "seq"], index_name="events_asn_kind_seq")
+            db["events"].create_index(["kind", "seq"], index_name="events_kind_seq")
             db["meta"].insert(
                 {
                     "id": 1,
@@ -504,6 +505,25 @@ class EventLog:
             if row is not None and (best is None or row[0] > best[0]):
                 best = row
         return None if best is None else _row_to_event(best)
+
+    def last_event_of(self, kinds: tuple[str, ...]) -> LoggedEvent | None:
+        """Newest record, of any card, whose kind is one of `kinds` (the POS's "last purchase of this terminal")."""
+        best = None
+        for kind in kinds:
+            row = self._conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind = ? ORDER BY seq DESC LIMIT 1", (kind,)
+            ).fetchone()
+            if row is not None and (best is None or row[0] > best[0]):
+                best = row
+        return None if best is None else _row_to_event(best)
+
+    def sum_amounts(self, asn: str | bytes, kind: str, after_seq: int = 0) -> int:
+        """Sum of detail.amount over card `asn`'s records of `kind` after `after_seq` (offline spending limits)."""
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(json_extract(detail, '$.amount')), 0) FROM events WHERE asn = ? AND kind = ? AND seq > ?",
+            (normalise_asn(asn), kind, after_seq),
+        ).fetchone()
+        return int(row[0])
 
     def verify(self) -> ChainReport:
         """Recompute the whole chain; report the first record that is missing, altered or out of place."""

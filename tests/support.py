@@ -23,10 +23,18 @@ ALL_USAGES = (KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE)
 MONDAY_10AM = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
 
 
+PURSE_PURPOSES = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
+
+
+def make_keystore(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> Keystore:
+    """An enterprise key set: ACCESS and the purse keys, both algorithms, every usage (an issuing keystore)."""
+    return Keystore([MasterKey.generate(enterprise, purpose, v, alg, usages)
+                     for purpose in (KeyPurpose.ACCESS, *PURSE_PURPOSES)
+                     for v in versions for alg in (Algorithm.AES128, Algorithm.SM4)])
+
+
 def make_sam(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> SoftwareSam:
-    keys = [MasterKey.generate(enterprise, KeyPurpose.ACCESS, v, alg, usages)
-            for v in versions for alg in (Algorithm.AES128, Algorithm.SM4)]
-    return SoftwareSam(Keystore(keys))
+    return SoftwareSam(make_keystore(enterprise, versions, usages))
 
 
 def make_card(sam, path: Path | None = None, **overrides) -> OneCardApplet:

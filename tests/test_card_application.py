@@ -28,7 +28,7 @@ def fixed_sam(algorithm=Algorithm.AES128):
 def worked_card(algorithm=Algorithm.AES128):
     p = Personalisation(enterprise_id=ENTERPRISE, employee_no="E1001", name="Zhang Wei",
                         door_groups=frozenset({1, 3}), valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2028, 12, 31),
-                        time_profile=1, algorithm=algorithm, asn=ASN)
+                        time_profile=1, algorithm=algorithm, asn=ASN, purse=False)
     return OneCardApplet(state=personalise(fixed_sam(algorithm), p))
 
 

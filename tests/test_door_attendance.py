@@ -125,7 +125,7 @@ def test_replayed_answer_fails_authentication(door, sam):
 
 def test_unknown_key_version(door, sam):
     other_version = make_sam(versions=(7,))
-    decision, _ = tap(door[0], make_card(other_version, key_version=7))
+    decision, _ = tap(door[0], make_card(other_version, key_version=7, purse_key_version=7))
     assert decision.reason_code == "unknown_key_version"
     assert "key version 7" in decision.message
 

@@ -1,0 +1,139 @@
+"""The e-purse commands, terminal side (docs/card-application.md section 5): build APDUs, parse answers. No I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sam.interface import Algorithm
+from terminal.card_protocol import CardProtocolError, status_word
+
+TYPE_LOAD = 0x02
+TYPE_PURCHASE = 0x06
+
+
+class InsufficientBalance(CardProtocolError):
+    """INITIALIZE FOR PURCHASE answered 94 01."""
+
+
+class MacRefused(CardProtocolError):
+    """The card refused the terminal's MAC (93 02): nothing changed on the card."""
+
+
+class PurseExpired(CardProtocolError):
+    """The card refused the purchase: its purse has expired (69 85 to DEBIT)."""
+
+
+@dataclass(frozen=True)
+class PurchaseInit:
+    balance: int
+    counter: int
+    key_version: int
+    algorithm: Algorithm
+    random: bytes
+
+
+@dataclass(frozen=True)
+class LoadInit:
+    balance: int
+    counter: int
+    key_version: int
+    algorithm: Algorithm
+    random: bytes
+    mac1: bytes
+
+
+@dataclass(frozen=True)
+class Proof:
+    """What a purse transaction leaves: the card's proof MAC (MAC2 of a purchase, MAC3 of a load) and the TAC."""
+
+    mac: bytes
+    tac: bytes
+
+
+def _u32(v: int) -> bytes:
+    if not 0 < v <= 0xFFFFFFFF:
+        raise ValueError(f"amount {v} must be between 1 and 4294967295 fen")
+    return v.to_bytes(4, "big")
+
+
+def _ok_data(rapdu: bytes, what: str, length: int) -> bytes:
+    sw = status_word(rapdu)
+    if sw != 0x9000:
+        raise CardProtocolError(f"{what} answered status {sw:04X}")
+    if len(rapdu) - 2 != length:
+        raise CardProtocolError(f"{what} returned {len(rapdu) - 2} bytes, expected {length}")
+    return rapdu[:-2]
+
+
+def _algorithm(byte: int) -> Algorithm:
+    try:
+        return Algorithm(byte)
+    except ValueError:
+        raise CardProtocolError(f"unknown algorithm ID {byte:02X}") from None
+
+
+def init_purchase_command(amount: int, terminal_id: bytes) -> bytes:
+    return bytes.fromhex("805001020B01") + _u32(amount) + terminal_id + b"\x0f"
+
+
+def parse_init_purchase(rapdu: bytes) -> PurchaseInit:
+    sw = status_word(rapdu)
+    if sw == 0x9401:
+        raise InsufficientBalance("insufficient balance")
+    data = _ok_data(rapdu, "INITIALIZE FOR PURCHASE", 15)
+    return PurchaseInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
+                        key_version=data[9], algorithm=_algorithm(data[10]), random=data[11:15])
+
+
+def debit_command(tsn: int, date: bytes, time: bytes, mac1: bytes) -> bytes:
+    return bytes.fromhex("8054010013") + tsn.to_bytes(4, "big") + date + time + mac1 + b"\x10"
+
+
+def parse_debit(rapdu: bytes) -> Proof:
+    sw = status_word(rapdu)
+    if sw == 0x9302:
+        raise MacRefused("the card refused MAC1")
+    if sw == 0x6985:
+        raise PurseExpired("the card says its purse has expired")
+    data = _ok_data(rapdu, "DEBIT FOR PURCHASE", 16)
+    return Proof(tac=data[:8], mac=data[8:])
+
+
+def init_load_command(amount: int, terminal_id: bytes) -> bytes:
+    return bytes.fromhex("805000020B01") + _u32(amount) + terminal_id + b"\x14"
+
+
+def parse_init_load(rapdu: bytes) -> LoadInit:
+    data = _ok_data(rapdu, "INITIALIZE FOR LOAD", 20)
+    return LoadInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
+                    key_version=data[6], algorithm=_algorithm(data[7]), random=data[8:12], mac1=data[12:20])
+
+
+def credit_command(date: bytes, time: bytes, mac2: bytes) -> bytes:
+    return bytes.fromhex("805200000F") + date + time + mac2 + b"\x10"
+
+
+def parse_credit(rapdu: bytes) -> Proof:
+    if status_word(rapdu) == 0x9302:
+        raise MacRefused("the card refused the load MAC2")
+    data = _ok_data(rapdu, "CREDIT FOR LOAD", 16)
+    return Proof(tac=data[:8], mac=data[8:])
+
+
+def get_balance_command() -> bytes:
+    return bytes.fromhex("805C000204")
+
+
+def parse_balance(rapdu: bytes) -> int:
+    return int.from_bytes(_ok_data(rapdu, "GET BALANCE", 4), "big")
+
+
+def prove_command(tx_type: int, counter: int) -> bytes:
+    return bytes([0x80, 0x5A, 0x00, tx_type, 0x02]) + counter.to_bytes(2, "big") + b"\x10"
+
+
+def parse_prove(rapdu: bytes) -> Proof | None:
+    """None when the card holds no such transaction (94 06): it did not happen (or is older than 10)."""
+    if status_word(rapdu) == 0x9406:
+        return None
+    data = _ok_data(rapdu, "GET TRANSACTION PROVE", 16)
+    return Proof(mac=data[:8], tac=data[8:])
