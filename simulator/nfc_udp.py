@@ -378,7 +378,7 @@ class VirtualPicc:
             try:
                 datagram, addr = self._sock.recvfrom(MAX_DATAGRAM)
             except OSError as exc:
-                # ICMP "port unreachable" from an initiator that closed its socket surfaces here on Linux.
+                # Not expected on an unconnected UDP socket; if the kernel reports something, keep serving.
                 log_event(log, "udp-error", level=logging.DEBUG, port=self.port, error=exc.strerror or str(exc))
                 continue
             while datagram is not None:

@@ -272,9 +272,6 @@ class NfcReader:
         return NfcConnection(self, dep, atr_from_historical(historical), uid)
 
     def _device_error(self, exc: OSError) -> ReaderError:
-        if isinstance(exc, ConnectionRefusedError) and self.path.startswith("udp"):
-            return ReaderError(f"nothing listens at {self.path} (connection refused); start the simulated card "
-                               "(python -m simulator.nfc_udp CARD --port PORT) or fix [reader] path")
         return ReaderError(f"NFC reader {self.name} stopped working ({exc.strerror or exc}); "
                            "check it is plugged in and not used by another process")
 
