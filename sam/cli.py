@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
@@ -18,9 +20,38 @@ from sam.keystore import (
     parse_enterprise_id,
     save_keystore,
 )
+from sam.sam_state import TSN_MAX, SamState, StateFile
 
-DEFAULT_USAGES = "verify,mac,personalise"
+DEFAULT_USAGES = "verify,mac,personalise,reversal"
 ISSUED_KEY_VERSION = 1
+
+# What create-keystore generates: (purpose, version), in this order.
+GENERATED_KEYS = (
+    (KeyPurpose.ACCESS, ISSUED_KEY_VERSION),
+    (KeyPurpose.UPDATE, ISSUED_KEY_VERSION),
+    (KeyPurpose.TRANSPORT, TRANSPORT_VERSION),
+    (KeyPurpose.PURCHASE, ISSUED_KEY_VERSION),
+    (KeyPurpose.LOAD, ISSUED_KEY_VERSION),
+    (KeyPurpose.TAC, ISSUED_KEY_VERSION),
+)
+# Usages that mean something for a purpose: reversal exists only for LOAD, and no operation MACs with a TAC
+# key (a TAC key that could MAC would forge transaction proofs), so create-keystore never grants them.
+_MEANINGLESS = {
+    purpose: frozenset({KeyUsage.REVERSAL}) | (frozenset({KeyUsage.MAC}) if purpose is KeyPurpose.TAC else frozenset())
+    for purpose in KeyPurpose
+    if purpose is not KeyPurpose.LOAD
+} | {KeyPurpose.LOAD: frozenset()}
+
+# restrict --role: the keys each terminal role needs and nothing more (docs/key-handling.md 3).
+ROLES: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
+    "door": {KeyPurpose.ACCESS: frozenset({KeyUsage.VERIFY})},
+    "pos": {
+        KeyPurpose.PURCHASE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY}),
+        KeyPurpose.LOAD: frozenset({KeyUsage.REVERSAL}),
+    },
+    "top-up": {KeyPurpose.LOAD: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})},
+    "platform": {KeyPurpose.TAC: frozenset({KeyUsage.VERIFY})},
+}
 
 
 class CliError(Exception):
@@ -32,8 +63,8 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     create = commands.add_parser(
         "create-keystore",
         help="generate new master keys for an enterprise into a new keystore",
-        description="Generate random master keys (version 1 ACCESS and UPDATE, version 0 TRANSPORT) "
-        "for one enterprise and write them to a new encrypted keystore. Prints key check values only.",
+        description="Generate random master keys (version 1 ACCESS, UPDATE, PURCHASE, LOAD and TAC, version 0 "
+        "TRANSPORT) for one enterprise and write them to a new encrypted keystore. Prints key check values only.",
     )
     create.add_argument("--out", required=True, metavar="PATH", help="keystore file to create")
     _add_unlock_options(create, required=True)
@@ -52,13 +83,20 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
         "restrict",
         help="write a copy of a keystore with fewer keys or usages, for one terminal role",
         description="Copy a keystore keeping only the given usages (and optionally purposes, algorithms, "
-        "enterprise); keys left without any usage are dropped. E.g. a door terminal: --usages verify --purposes access.",
+        "enterprise); keys left without any usage are dropped. Say what to keep with exactly one of --role, --keep "
+        "or --usages. E.g. a door terminal: --role door (= --keep access=verify); a POS: --role pos "
+        "(= --keep purchase=mac,verify --keep load=reversal). TAC keys are never written together with PURCHASE or "
+        "LOAD keys: only the platform holds them.",
     )
     restrict.add_argument("--keystore", required=True, metavar="SRC", help="keystore to copy from")
     _add_unlock_options(restrict, required=True)
     restrict.add_argument("--out", required=True, metavar="DST", help="keystore file to create")
-    restrict.add_argument("--usages", required=True, metavar="LIST", help="comma-separated usages to keep")
-    restrict.add_argument("--purposes", metavar="LIST", help="comma-separated purposes to keep (default: all)")
+    what = restrict.add_mutually_exclusive_group(required=True)
+    what.add_argument("--role", choices=sorted(ROLES), help="keep what this terminal role needs (docs/key-handling.md 3)")
+    what.add_argument("--keep", action="append", metavar="PURPOSE=USAGES",
+                      help="keep PURPOSE with at most these usages, e.g. load=reversal (repeat for each purpose)")
+    what.add_argument("--usages", metavar="LIST", help="comma-separated usages to keep, for every purpose kept")
+    restrict.add_argument("--purposes", metavar="LIST", help="with --usages: comma-separated purposes to keep (default: all)")
     restrict.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)")
     restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
     out_unlock = restrict.add_mutually_exclusive_group()
@@ -66,6 +104,20 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     out_unlock.add_argument("--out-device-secret", metavar="F", help="lock DST with this device secret, e.g. the target terminal's")
     restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
     restrict.set_defaults(handler=cmd_restrict)
+
+    init_state = commands.add_parser(
+        "init-state",
+        help="create a software SAM's purse state file (TSN counter), e.g. to replace a lost or corrupted one",
+        description="Write a new state file whose next purchase gets TSN N+1. Refuses an existing file: move a "
+        "corrupted one aside first. Take N from the platform: the highest TSN it has seen from this terminal.",
+    )
+    init_state.add_argument("--state", required=True, metavar="PATH", help="state file to create (default name: <keystore>.state)")
+    init_state.add_argument("--last-tsn", required=True, type=int, metavar="N", help="highest TSN already used, 0..4294967294")
+    init_state.set_defaults(handler=cmd_init_state)
+
+    show_state = commands.add_parser("show-state", help="show a software SAM's purse state file (last TSN, last purchase)")
+    show_state.add_argument("--state", required=True, metavar="PATH")
+    show_state.set_defaults(handler=cmd_show_state)
 
 
 def _add_unlock_options(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -169,13 +221,10 @@ def cmd_create_keystore(args: argparse.Namespace) -> None:
     usages = _parse_usages(args.usages)
     unlock = _unlock(args.passphrase_file, args.device_secret)
     keys = [
-        MasterKey.generate(enterprise_id, purpose, version, algorithm, usages)
+        MasterKey.generate(enterprise_id, purpose, version, algorithm, usages - _MEANINGLESS[purpose])
         for algorithm in algorithms
-        for purpose, version in (
-            (KeyPurpose.ACCESS, ISSUED_KEY_VERSION),
-            (KeyPurpose.UPDATE, ISSUED_KEY_VERSION),
-            (KeyPurpose.TRANSPORT, TRANSPORT_VERSION),
-        )
+        for purpose, version in GENERATED_KEYS
+        if usages - _MEANINGLESS[purpose]
     ]
     keystore = Keystore(keys)
     save_keystore(args.out, keystore, unlock, overwrite=args.force)
@@ -193,8 +242,13 @@ def cmd_list(args: argparse.Namespace) -> None:
 @_handler
 def cmd_restrict(args: argparse.Namespace) -> None:
     """onecard sam restrict"""
-    usages = _parse_usages(args.usages)
-    purposes = _parse_purposes(args.purposes) if args.purposes is not None else None
+    rules: dict[KeyPurpose, frozenset[KeyUsage]] | None = None
+    if args.purposes is not None and args.usages is None:
+        raise CliError("--purposes goes with --usages; with --keep name each purpose in its PURPOSE=USAGES")
+    if args.role is not None:
+        rules = ROLES[args.role]
+    elif args.keep is not None:
+        rules = _parse_keep(args.keep)
     algorithms = _parse_algorithms(args.algorithm)
     enterprises = [_parse_enterprise(args.enterprise)] if args.enterprise is not None else None
     source_unlock = _unlock(args.passphrase_file, args.device_secret)
@@ -202,8 +256,15 @@ def cmd_restrict(args: argparse.Namespace) -> None:
         out_unlock = _unlock(args.out_passphrase_file, args.out_device_secret)
     else:
         out_unlock = source_unlock
-    source = load_keystore(args.keystore, source_unlock)
-    restricted = source.restricted(usages, purposes, algorithms, enterprises)
+    if rules is None:
+        usages = _parse_usages(args.usages)
+        purposes = _parse_purposes(args.purposes) if args.purposes is not None else None
+        source = load_keystore(args.keystore, source_unlock)
+        restricted = source.restricted(usages, purposes, algorithms, enterprises)
+    else:
+        source = load_keystore(args.keystore, source_unlock)
+        restricted = source.restricted_per_purpose(rules, algorithms, enterprises)
+    check_tac_separation(restricted)
     if not len(restricted):
         raise CliError(
             f"no key of {args.keystore} is left after the restriction; compare --usages/--purposes/--algorithm/"
@@ -212,6 +273,66 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     save_keystore(args.out, restricted, out_unlock, overwrite=args.force)
     print(f"wrote keystore {args.out} ({len(restricted)} of {len(source)} keys, locked with {out_unlock.kind})")
     print(format_key_table(restricted.infos()))
+
+
+def _parse_keep(items: Sequence[str]) -> dict[KeyPurpose, frozenset[KeyUsage]]:
+    rules: dict[KeyPurpose, frozenset[KeyUsage]] = {}
+    for item in items:
+        purpose_text, sep, usages_text = item.partition("=")
+        if not sep:
+            raise CliError(f"--keep {item!r} is not PURPOSE=USAGES; write it like --keep load=reversal")
+        purposes = _parse_purposes(purpose_text.strip())
+        if len(purposes) != 1:
+            raise CliError(f"--keep {item!r} names several purposes; repeat --keep once per purpose")
+        (purpose,) = purposes
+        if purpose in rules:
+            raise CliError(f"--keep names {purpose.value} twice; give each purpose once with all its usages")
+        rules[purpose] = _parse_usages(usages_text, "--keep")
+    return rules
+
+
+def check_tac_separation(keystore: Keystore) -> None:
+    """Refuse a terminal-shaped keystore holding TAC keys next to PURCHASE or LOAD keys.
+
+    The TAC is the platform's check on every terminal's purse log; a keystore that can both run purse sessions
+    and verify (or, with a TAC key, forge) TACs would let one stolen terminal make its forged records pass.
+    The master keystore from create-keystore holds all keys, but it is never installed on a terminal.
+    """
+    purposes = {key.purpose for key in keystore}
+    if KeyPurpose.TAC in purposes and purposes & {KeyPurpose.PURCHASE, KeyPurpose.LOAD}:
+        raise CliError(
+            "the restricted keystore would hold TAC keys together with PURCHASE/LOAD keys, but only the platform may "
+            "hold TAC keys; write the platform's keystore (--role platform) and the terminals' (--role pos / top-up) separately"
+        )
+
+
+@_handler
+def cmd_init_state(args: argparse.Namespace) -> None:
+    """onecard sam init-state"""
+    if not 0 <= args.last_tsn < TSN_MAX:
+        raise CliError(f"--last-tsn {args.last_tsn} is not 0..{TSN_MAX - 1}; take the highest TSN the platform has seen from this terminal")
+    path = Path(args.state)
+    if os.path.lexists(path):
+        raise CliError(f"SAM state file {path} already exists; move it aside first (it is never overwritten)")
+    StateFile(path).save(SamState(args.last_tsn, None))
+    print(f"wrote SAM state file {path}: the next purchase gets TSN {args.last_tsn + 1}")
+
+
+@_handler
+def cmd_show_state(args: argparse.Namespace) -> None:
+    """onecard sam show-state"""
+    path = Path(args.state)
+    if not os.path.lexists(path):
+        raise CliError(f"SAM state file {path} does not exist; a SAM that never signed a purchase has none")
+    state = StateFile(path).load()
+    print(f"last TSN {state.last_tsn}")
+    last = state.last_purchase
+    if last is None:
+        print("last purchase: none")
+    else:
+        print(f"last purchase: TSN {last.tsn}, {last.amount} fen, card {last.asn.hex().upper()} enterprise "
+              f"{format_enterprise_id(last.enterprise_id)}, debit proven {'yes' if last.debited else 'no'}, "
+              f"reversed {'yes' if last.reversed else 'no'}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import secrets
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -151,7 +151,7 @@ class MasterKey:
         if (self.purpose is KeyPurpose.TRANSPORT) != (self.version == TRANSPORT_VERSION):
             raise ValueError(
                 f"{self.purpose.value} key has version {self.version}: version 0 is reserved for, "
-                "and required of, transport keys; access and update keys use 1..255"
+                "and required of, transport keys; all other keys use 1..255"
             )
         if not isinstance(self.usages, frozenset) or not all(isinstance(u, KeyUsage) for u in self.usages):
             raise ValueError("usages must be a frozenset of KeyUsage")
@@ -207,6 +207,21 @@ class Keystore:
 
     def infos(self) -> list[KeyInfo]:
         return [key.info() for key in self]
+
+    def restricted_per_purpose(
+        self,
+        rules: Mapping[KeyPurpose, Iterable[KeyUsage]],
+        algorithms: Iterable[Algorithm] | None = None,
+        enterprise_ids: Iterable[bytes] | None = None,
+    ) -> Keystore:
+        """A copy keeping, of each purpose named in rules, at most that purpose's usages; other purposes are dropped.
+
+        What a POS needs, PURCHASE with mac+verify but LOAD with reversal only, is not a single usage filter.
+        """
+        kept: list[MasterKey] = []
+        for purpose, usages in rules.items():
+            kept += self.restricted(usages, {purpose}, algorithms, enterprise_ids)
+        return Keystore(kept)
 
     def restricted(
         self,

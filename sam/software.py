@@ -1,10 +1,12 @@
 """SoftwareSam: the Sam protocol over a keystore file, for terminals without a hardware PSAM and for tests."""
 from __future__ import annotations
 
+import hmac
 import os
+import threading
 from typing import Iterable
 
-from sam import crypto
+from sam import crypto, purse_crypto
 from sam.interface import (
     Algorithm,
     CardIdentity,
@@ -14,9 +16,31 @@ from sam.interface import (
     KeyPurpose,
     KeyUsage,
     KeyUsageError,
+    LoadSession,
     MacVerificationError,
+    PurchaseSession,
 )
 from sam.keystore import TRANSPORT_VERSION, Keystore, KeystoreUnlock, MasterKey, describe_key, load_keystore
+from sam.sam_state import (
+    InvalidPurseInput,
+    MemoryStateStore,
+    StateFile,
+    StateStore,
+    check_amount,
+    check_counter,
+    check_fields,
+    check_load,
+    check_mac,
+    check_purchase,
+    check_tsn,
+)
+
+# Purse keys are used only through the purse methods: a generic card_mac under K_TAC would forge TACs, and
+# generic MACs under K_PURCHASE / K_LOAD would be an oracle on the keys the session keys come from.
+PURSE_PURPOSES = frozenset({KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC})
+# Checking a load's MAC3 only tells the terminal the card credited itself; every SAM that may take part in a
+# load (top-up: MAC, POS undo: REVERSAL) must be able to do it.
+_MAC3_USAGES = frozenset({KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.REVERSAL})
 
 # No cache of derived card keys: measured on the development machine (cryptography 50), a
 # derivation takes about 17 µs and a whole verify_card_mac about 20 µs, against a card
@@ -26,12 +50,21 @@ from sam.keystore import TRANSPORT_VERSION, Keystore, KeystoreUnlock, MasterKey,
 class SoftwareSam:
     """A SAM whose master keys live in this process; card keys are derived per call and dropped."""
 
-    def __init__(self, keystore: Keystore) -> None:
+    def __init__(self, keystore: Keystore, state: StateStore | None = None) -> None:
         self._keystore = keystore
+        self._store = state if state is not None else MemoryStateStore()
+        # Read now, so a corrupt state file stops the terminal at start-up rather than at the first sale.
+        self._state = self._store.load()
+        # One purse operation at a time: two threads must never take the same TSN.
+        self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], unlock: KeystoreUnlock) -> SoftwareSam:
-        return cls(load_keystore(path, unlock))
+    def open(
+        cls, path: str | os.PathLike[str], unlock: KeystoreUnlock, state_path: str | os.PathLike[str] | None = None
+    ) -> SoftwareSam:
+        """The keystore at path, with its purse state in state_path (default: '<path>.state', made at the first purchase)."""
+        keystore = load_keystore(path, unlock)
+        return cls(keystore, StateFile(state_path if state_path is not None else f"{os.fspath(path)}.state"))
 
     def __repr__(self) -> str:
         return f"SoftwareSam(<{len(self._keystore)} keys>)"
@@ -40,6 +73,7 @@ class SoftwareSam:
         return self._keystore.get(enterprise_id, purpose, version, algorithm) is not None
 
     def verify_card_mac(self, purpose: KeyPurpose, card: CardIdentity, message: bytes, mac: bytes) -> None:
+        _refuse_purse_purpose(purpose)
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.VERIFY)
         if len(mac) != crypto.MAC_SIZE:
             raise MacVerificationError(
@@ -52,8 +86,108 @@ class SoftwareSam:
             )
 
     def card_mac(self, purpose: KeyPurpose, card: CardIdentity, message: bytes) -> bytes:
+        _refuse_purse_purpose(purpose)
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.MAC)
         return crypto.mac8(algorithm, card_key, message)
+
+    # --- e-purse ------------------------------------------------------------------------------------
+
+    def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
+        check_purchase(session)
+        algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.MAC)
+        with self._lock:
+            state = self._state.after_purchase(session.card, session.amount)
+            tsn = state.last_tsn
+            sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
+            mac1 = purse_crypto.purchase_mac1(algorithm, sk, session.amount, session.terminal_id, session.date, session.time)
+            # Durable before the TSN leaves: after a crash the next purchase gets tsn + 1, never tsn again.
+            self._commit(state)
+        return tsn, mac1
+
+    def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
+        check_purchase(session)
+        check_tsn(tsn)
+        check_mac(mac2, "purchase MAC2")
+        algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.VERIFY)
+        sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
+        if not hmac.compare_digest(purse_crypto.purchase_mac2(algorithm, sk, session.amount), mac2):
+            raise MacVerificationError(
+                f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, TSN {tsn}): "
+                "the card did not make this debit, or the answer was altered; do not count the purchase as paid"
+            )
+        with self._lock:
+            state = self._state.after_debit_proven(session.card, session.amount, tsn)
+            if state is not self._state:
+                self._commit(state)
+
+    def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
+        check_load(session)
+        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.MAC)
+        return self._load_mac2(algorithm, k_load, session, mac1)
+
+    def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
+        check_load(session)
+        check_mac(mac3, "load MAC3")
+        balance_after = session.balance_before + session.amount
+        if balance_after > 0xFFFFFFFF:
+            raise InvalidPurseInput(f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; no card can have credited it")
+        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, _MAC3_USAGES)
+        sk = purse_crypto.load_session_key(algorithm, k_load, session.card_random, session.counter)
+        if not hmac.compare_digest(purse_crypto.load_mac3(algorithm, sk, balance_after, session.amount), mac3):
+            raise MacVerificationError(
+                f"load MAC3 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
+                "the card did not prove the credit; check the card with GET TRANSACTION PROVE before loading again"
+            )
+
+    def reversal_mac2(self, session: LoadSession, mac1: bytes, purchase_tsn: int) -> bytes:
+        check_load(session)
+        check_tsn(purchase_tsn)
+        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.REVERSAL)
+        with self._lock:
+            self._state.check_reversal(session.card, session.amount, purchase_tsn)
+            mac2 = self._load_mac2(algorithm, k_load, session, mac1)
+            # Recorded before MAC2 leaves: a crash after this line loses the undo, never allows a second one.
+            self._commit(self._state.after_reversal())
+        return mac2
+
+    def verify_tac(
+        self, card: CardIdentity, *, amount: int, tx_type: int, terminal_id: bytes, tsn: int, date: bytes, time: bytes,
+        counter: int, balance_after: int, tac: bytes,
+    ) -> None:
+        """The platform's check of a card's TAC (docs/card-application.md 5.2); needs TAC with usage VERIFY."""
+        check_fields(None, terminal_id, date, time)
+        check_amount(amount)
+        check_counter(counter)
+        if type(tsn) is not int or not 0 <= tsn <= 0xFFFFFFFF:  # 0 is a load's TSN
+            raise InvalidPurseInput(f"TSN {tsn!r} is not 0..4294967295; pass the TSN of the log record (0 for a load)")
+        if type(balance_after) is not int or not 0 <= balance_after <= 0xFFFFFFFF:
+            raise InvalidPurseInput(f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance")
+        if tx_type not in (purse_crypto.TYPE_PURCHASE, purse_crypto.TYPE_LOAD):
+            raise InvalidPurseInput(f"transaction type {tx_type!r} is neither 0x06 (purchase) nor 0x02 (load); pass the log record's type")
+        check_mac(tac, "TAC")
+        algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)
+        expected = purse_crypto.tac(algorithm, k_tac, amount=amount, tx_type=tx_type, terminal_id=terminal_id, tsn=tsn,
+                                    date=date, time=time, counter=counter, balance_after=balance_after)
+        if not hmac.compare_digest(expected, tac):
+            raise MacVerificationError(
+                f"TAC does not verify (card ASN {card.asn.hex()}, counter {counter}, terminal {terminal_id.hex()}, TSN {tsn}): "
+                "the log record is forged or altered; quarantine it and investigate the terminal"
+            )
+
+    def _load_mac2(self, algorithm: Algorithm, k_load: bytes, session: LoadSession, mac1: bytes) -> bytes:
+        check_mac(mac1, "load MAC1")
+        sk = purse_crypto.load_session_key(algorithm, k_load, session.card_random, session.counter)
+        expected = purse_crypto.load_mac1(algorithm, sk, session.balance_before, session.amount, session.terminal_id)
+        if not hmac.compare_digest(expected, mac1):
+            raise MacVerificationError(
+                f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
+                "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; do not load"
+            )
+        return purse_crypto.load_mac2(algorithm, sk, session.amount, session.terminal_id, session.date, session.time)
+
+    def _commit(self, state) -> None:
+        self._store.save(state)  # raises StateFileError: then nothing was handed out and memory is unchanged
+        self._state = state
 
     def key_infos(self) -> list[KeyInfo]:
         return self._keystore.infos()
@@ -68,14 +202,16 @@ class SoftwareSam:
         masters = [self._master(purpose, card, KeyUsage.PERSONALISE) for purpose in dict.fromkeys(purposes)]
         return {master.purpose: crypto.diversify(master.algorithm, master.key.reveal(), m) for master in masters}
 
-    def _card_key(self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage) -> tuple[Algorithm, bytes]:
+    def _card_key(
+        self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage | frozenset[KeyUsage]
+    ) -> tuple[Algorithm, bytes]:
         # The card's identity is checked before any key lookup: a malformed card is the card's
         # fault and must not be reported as a missing or restricted key.
         m = _diversification_input(card)
         master = self._master(purpose, card, usage)
         return master.algorithm, crypto.diversify(master.algorithm, master.key.reveal(), m)
 
-    def _master(self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage) -> MasterKey:
+    def _master(self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage | frozenset[KeyUsage]) -> MasterKey:
         algorithm = _card_algorithm(card)
         # A card has one key version for its issued keys; transport keys are always version 0.
         version = TRANSPORT_VERSION if purpose is KeyPurpose.TRANSPORT else card.key_version
@@ -87,13 +223,23 @@ class SoftwareSam:
                 f"this SAM has no master key for {describe_key(card.enterprise_id, purpose, version, algorithm)}; "
                 "install a keystore that holds it ('onecard sam list' shows what a keystore holds)"
             )
-        if usage not in master.usages:
+        accepted = usage if isinstance(usage, frozenset) else frozenset({usage})
+        if not accepted & master.usages:
             allowed = ", ".join(sorted(u.value for u in master.usages))
+            wanted = " or ".join(sorted(u.value for u in accepted))
             raise KeyUsageError(
-                f"master key {master.describe()} may not be used to {usage.value} (allowed: {allowed}); "
-                f"install a keystore whose key allows {usage.value} ('onecard sam restrict' shapes one per terminal role)"
+                f"master key {master.describe()} may not be used to {wanted} (allowed: {allowed}); "
+                f"install a keystore whose key allows {wanted} ('onecard sam restrict' shapes one per terminal role)"
             )
         return master
+
+
+def _refuse_purse_purpose(purpose: KeyPurpose) -> None:
+    if purpose in PURSE_PURPOSES:
+        raise KeyUsageError(
+            f"{purpose.value} keys are used only through the purse methods (purchase_mac1, load_mac2, verify_tac, ...), "
+            "never for generic card MACs; call the purse method for this step"
+        )
 
 
 def _card_algorithm(card: CardIdentity) -> Algorithm:
