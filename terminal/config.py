@@ -11,7 +11,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 
-KINDS = ("door", "attendance")
+KINDS = ("door", "attendance", "pos", "topup")
 READER_DRIVERS = ("pcsc", "nfc", "simulator")
 SAM_BACKENDS = ("keystore",)
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -94,6 +94,19 @@ class AttendanceSection:
 
 
 @dataclass(frozen=True)
+class PosSection:
+    max_purchase: int          # fen, per purchase
+    offline_limit: int         # fen, per card, spent here since the sync agent's last acknowledged upload
+    undo_window_seconds: float
+    card_wait_seconds: float   # how long a sale waits for the card after the cashier entered the amount
+
+
+@dataclass(frozen=True)
+class TopupSection:
+    max_load: int              # fen, per load
+
+
+@dataclass(frozen=True)
 class OutputSection:
     driver: str
     color: bool
@@ -131,6 +144,8 @@ class Config:
     door: DoorSection
     attendance: AttendanceSection
     output: OutputSection
+    pos: PosSection
+    topup: TopupSection
     time_profiles: dict[int, TimeProfile] = field(default_factory=dict)
     sync: SyncSection | None = None  # absent: this terminal has no sync agent
 
@@ -273,6 +288,17 @@ def load_config(path: str | Path) -> Config:
     if not 0 <= attendance.repeat_window_seconds <= 3600:
         raise a.fail("repeat_window_seconds", "is outside 0..3600", "use a minute or two")
 
+    p = section("pos", required=terminal.kind == "pos")
+    pos = PosSection(max_purchase=_yuan(p, "max_purchase", "100.00"), offline_limit=_yuan(p, "offline_limit", "500.00"),
+                     undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
+                     card_wait_seconds=p.get("card_wait_seconds", float, default=30.0))
+    if not 0 <= pos.undo_window_seconds <= 86400:
+        raise p.fail("undo_window_seconds", "is outside 0..86400", "use a few minutes")
+    if not 1 <= pos.card_wait_seconds <= 600:
+        raise p.fail("card_wait_seconds", "is outside 1..600", "use half a minute")
+    tu = section("topup", required=False)
+    topup = TopupSection(max_load=_yuan(tu, "max_load", "1000.00"))
+
     o = section("output", required=False)
     output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
 
@@ -287,7 +313,22 @@ def load_config(path: str | Path) -> Config:
         profiles[profile.number] = profile
 
     return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
-                  output=output, time_profiles=profiles, sync=_sync_section(section("sync", required=False)))
+                  output=output, pos=pos, topup=topup, time_profiles=profiles,
+                  sync=_sync_section(section("sync", required=False)))
+
+
+def _yuan(section: _Section, key: str, default: str) -> int:
+    from onecard.errors import UserError
+    from terminal.money import parse_yuan
+
+    text = section.get(key, str, default=default)
+    try:
+        fen = parse_yuan(text, key)
+    except UserError:
+        raise section.fail(key, f"= {text!r} is not an amount in yuan", 'write it as a string, e.g. "100.00"') from None
+    if fen <= 0:
+        raise section.fail(key, "must be more than 0", 'write e.g. "100.00"')
+    return fen
 
 
 def _sync_section(y: _Section) -> SyncSection | None:

@@ -18,7 +18,7 @@ from terminal.outputs import ConsoleOutputs
 
 ENTERPRISE = bytes.fromhex("00010001")
 OTHER_ENTERPRISE = bytes.fromhex("00020002")
-ALL_USAGES = (KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE)
+ALL_USAGES = (KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE, KeyUsage.REVERSAL)
 # 2026-11-23 is a Monday; 10:00 in Shanghai.
 MONDAY_10AM = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
 

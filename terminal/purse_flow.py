@@ -1,0 +1,286 @@
+"""Money on the card: purchase, top-up and cashier undo, each logged as an intent before the card changes.
+
+A flow interrupted anywhere (card pulled, garbled answer, terminal killed) leaves one intent without an
+outcome; the card's next tap on this terminal settles it with GET TRANSACTION PROVE before anything else,
+so a debit or credit is logged exactly once with its TAC, or logged as abandoned. Nothing here guesses.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from onecard.logs import log_event
+from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
+                           SamError)
+from terminal import card_protocol as cp
+from terminal import purse_protocol as pp
+from terminal.authenticate import select_card
+from terminal.config import Config
+from terminal.decision import Decision, Refusal
+from terminal.money import format_yuan
+from terminal.rules import BLACKLIST_MESSAGES
+
+log = logging.getLogger("onecard.purse")
+
+# Event kinds: an intent, then exactly one of its outcomes.
+PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
+OPS = (PURCHASE, UNDO, LOAD)
+MONEY_KINDS = tuple(k for op in OPS for k in (op + ".intent", op, op + ".abandoned"))
+TX_TYPE = {PURCHASE: pp.TYPE_PURCHASE, UNDO: pp.TYPE_LOAD, LOAD: pp.TYPE_LOAD}
+VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the next tap found out about an interrupted flow."""
+
+    op: str
+    intent_seq: int
+    happened: bool
+    amount: int
+    balance_after: int | None
+
+
+class Incomplete(Exception):
+    """The card may or may not have changed: the intent stays open and the next tap of this card settles it."""
+
+    def __init__(self, op: str, amount: int, why: str):
+        super().__init__(why)
+        self.op, self.amount, self.why = op, amount, why
+
+
+def bcd_date_time(local: dt.datetime) -> tuple[bytes, bytes]:
+    return bytes.fromhex(local.strftime("%Y%m%d")), bytes.fromhex(local.strftime("%H%M%S"))
+
+
+class PurseTerminal:
+    """The purse applications of a POS (purchase, undo) or a top-up terminal (load), over one card connection."""
+
+    def __init__(self, config: Config, sam: Sam, event_log, blacklist,
+                 synced_seq: Callable[[], int] = lambda: 0):
+        self.config = config
+        self.sam = sam
+        self.event_log = event_log
+        self.blacklist = blacklist
+        self.synced_seq = synced_seq  # the sync agent's acknowledged seq: offline limits count what is after it
+        self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
+
+    # --- shared steps -----------------------------------------------------------------------------
+
+    def _select(self, transmit, local: dt.datetime) -> cp.CardInfo:
+        info = select_card(transmit, self.config.terminal.enterprise_id)
+        if info.purse_expiry is None:
+            raise Refusal("no_purse", "This card has no purse: see the card office", info.asn_hex)
+        entry = self.blacklist.lookup(info.asn)
+        if entry is not None:
+            raise Refusal("blacklisted", BLACKLIST_MESSAGES.get(entry.reason, f"Card blocked ({entry.reason})"),
+                          info.asn_hex, {"blacklist_reason": entry.reason})
+        return info
+
+    def _identity(self, info: cp.CardInfo, key_version: int, algorithm: Algorithm) -> CardIdentity:
+        return CardIdentity(asn=info.asn, enterprise_id=info.enterprise_id, key_version=key_version,
+                            algorithm=algorithm)
+
+    def _append(self, now: dt.datetime, kind: str, asn: str, reason: str, message: str, detail: dict):
+        return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+
+    def _purchase_session(self, info: cp.CardInfo, d: dict) -> PurchaseSession:
+        return PurchaseSession(card=self._identity(info, d["key_version"], Algorithm[d["algorithm"]]),
+                               card_random=bytes.fromhex(d["random"]), counter=d["counter"], amount=d["amount"],
+                               terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),
+                               time=bytes.fromhex(d["time"]))
+
+    def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
+        return LoadSession(card=self._identity(info, d["key_version"], Algorithm[d["algorithm"]]),
+                           card_random=bytes.fromhex(d["random"]), counter=d["counter"],
+                           balance_before=d["balance_before"], amount=d["amount"],
+                           terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),
+                           time=bytes.fromhex(d["time"]))
+
+    def _verify_proof(self, op: str, info: cp.CardInfo, d: dict, proof: pp.Proof) -> None:
+        """Raises MacVerificationError unless the proof is this intent's (our session key made it)."""
+        if op == PURCHASE:
+            self.sam.verify_purchase_mac2(self._purchase_session(info, d), d["tsn"], proof.mac)
+        else:
+            self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
+
+    def _outcome_detail(self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool) -> dict:
+        sign = -1 if TX_TYPE[d["op"]] == pp.TYPE_PURCHASE else 1
+        detail = {k: d[k] for k in ("amount", "counter", "date", "time", "key_version", "algorithm")}
+        detail.update(intent_seq=intent_seq, tac=proof.tac.hex(), proof=proof.mac.hex(),
+                      balance_after=d["balance_before"] + sign * d["amount"], resolved_at_next_tap=resolved_later)
+        for k in ("tsn", "purchase_seq"):
+            if k in d:
+                detail[k] = d[k]
+        return detail
+
+    def settle_pending(self, transmit, info: cp.CardInfo, now: dt.datetime) -> Settled | None:
+        """If this card has an open intent here, find out from the card whether it happened, and log that once."""
+        last = self.event_log.last_event(info.asn_hex, MONEY_KINDS)
+        if last is None or not last.kind.endswith(".intent"):
+            return None
+        d = last.detail
+        op = d["op"]
+        proof = pp.parse_prove(transmit(pp.prove_command(TX_TYPE[op], d["counter"])))
+        if proof is not None:
+            try:
+                self._verify_proof(op, info, d, proof)
+            except MacVerificationError:
+                proof = None  # that counter was used by another terminal's transaction: ours did not happen
+        if proof is None:
+            self._append(now, op + ".abandoned", info.asn_hex, "not_on_card",
+                         f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} did not happen",
+                         {"intent_seq": last.seq, "amount": d["amount"], "counter": d["counter"]})
+            log_event(log, "purse.settled", op=op, intent=last.seq, happened=False, asn=info.asn_hex)
+            return Settled(op, last.seq, False, d["amount"], None)
+        detail = self._outcome_detail(last.seq, d, proof, resolved_later=True)
+        self._append(now, op, info.asn_hex, "completed",
+                     f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} completed", detail)
+        log_event(log, "purse.settled", op=op, intent=last.seq, happened=True, asn=info.asn_hex)
+        return Settled(op, last.seq, True, d["amount"], detail["balance_after"])
+
+    def _finish(self, transmit, op: str, info, d: dict, intent_seq: int, command: bytes, parse, verify_session,
+                now) -> dict:
+        """Send the command that changes the card, check its proof, log the outcome; Incomplete if unsure."""
+        try:
+            proof = parse(transmit(command))
+        except (pp.MacRefused, pp.PurseExpired) as exc:
+            # The card said no before changing anything: this intent is settled as not done.
+            self._append(now, op + ".abandoned", info.asn_hex, "card_refused", str(exc),
+                         {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]})
+            if isinstance(exc, pp.PurseExpired):
+                raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex)
+            raise Refusal("card_error", "Card refused the transaction: nothing was charged", info.asn_hex)
+        except cp.CardProtocolError as exc:
+            raise Incomplete(op, d["amount"], f"unclear answer from the card ({exc})") from None
+        try:
+            verify_session(proof)
+        except MacVerificationError:
+            raise Incomplete(op, d["amount"], "the card's proof did not verify") from None
+        detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False)
+        self._append(now, op, info.asn_hex, "completed", f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}",
+                     detail)
+        return detail
+
+    # --- purchase ---------------------------------------------------------------------------------
+
+    def purchase(self, transmit, amount: int, now: dt.datetime) -> Decision:
+        """Charge `amount` fen. Raises Refusal, Incomplete, or CardRemoved (intent then left open)."""
+        t = self.config.terminal
+        local = now.astimezone(t.timezone)
+        info = self._select(transmit, local)
+        asn = info.asn_hex
+        settled = self.settle_pending(transmit, info, now)
+        if settled and settled.happened:
+            if settled.op == PURCHASE and settled.intent_seq == self.sale_intent_seq:
+                self.sale_intent_seq = None
+                return Decision(True, PURCHASE, "completed",
+                                f"Paid {format_yuan(settled.amount)} - balance {format_yuan(settled.balance_after)}",
+                                asn=asn, logged=False)
+            return Decision(False, "pos.notice", "earlier_completed",
+                            f"Earlier {VERB[settled.op]} of {format_yuan(settled.amount)} was completed: "
+                            f"check the sale, then tap again to pay {format_yuan(amount)}", asn=asn, logged=False)
+        if local.date() > info.purse_expiry:
+            raise Refusal("purse_expired", f"Purse expired on {info.purse_expiry.isoformat()}: "
+                          "balance can no longer be spent, see the administrator", asn)
+        pos = self.config.pos
+        if amount > pos.max_purchase:
+            raise Refusal("over_purchase_limit", f"{format_yuan(amount)} is over the offline limit of "
+                          f"{format_yuan(pos.max_purchase)} per purchase", asn)
+        spent = self.event_log.sum_amounts(asn, PURCHASE, self.synced_seq())
+        if spent + amount > pos.offline_limit:
+            raise Refusal("offline_limit", f"Offline spending limit reached for this card "
+                          f"({format_yuan(spent)} of {format_yuan(pos.offline_limit)} since the last sync)", asn)
+        try:
+            init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
+        except pp.InsufficientBalance:
+            balance = pp.parse_balance(transmit(pp.get_balance_command()))
+            raise Refusal("insufficient_balance", f"Insufficient balance: {format_yuan(balance)} left", asn,
+                          {"balance": balance, "amount": amount}) from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", "Card could not start the payment: tap again", asn,
+                          {"problem": str(exc)}) from None
+        date, time_ = bcd_date_time(local)
+        d = {"op": PURCHASE, "amount": amount, "counter": init.counter, "random": init.random.hex(),
+             "date": date.hex(), "time": time_.hex(), "key_version": init.key_version,
+             "algorithm": init.algorithm.name, "balance_before": init.balance}
+        session = self._purchase_session(info, d)
+        try:
+            d["tsn"], mac1 = self.sam.purchase_mac1(session)
+        except SamError as exc:
+            raise Refusal("sam_refused", f"Terminal cannot take payments from this card ({exc})", asn) from None
+        intent = self._append(now, PURCHASE + ".intent", asn, "intent", f"Charging {format_yuan(amount)}", d)
+        self.sale_intent_seq = intent.seq
+        detail = self._finish(transmit, PURCHASE, info, d, intent.seq, pp.debit_command(d["tsn"], date, time_, mac1),
+                              pp.parse_debit, lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
+                              now)
+        self.sale_intent_seq = None
+        return Decision(True, PURCHASE, "paid",
+                        f"Paid {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}", asn=asn,
+                        logged=False, detail=detail)
+
+    # --- loads: top-up and cashier undo -----------------------------------------------------------
+
+    def _load(self, transmit, info: cp.CardInfo, op: str, amount: int, now: dt.datetime, make_mac2,
+              extra: dict) -> dict:
+        local = now.astimezone(self.config.terminal.timezone)
+        try:
+            init = pp.parse_init_load(transmit(pp.init_load_command(amount, self.config.terminal.id_bytes)))
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", "Card refused the credit (would it go over its maximum balance?)",
+                          info.asn_hex, {"problem": str(exc)}) from None
+        date, time_ = bcd_date_time(local)
+        d = {"op": op, "amount": amount, "counter": init.counter, "random": init.random.hex(), "date": date.hex(),
+             "time": time_.hex(), "key_version": init.key_version, "algorithm": init.algorithm.name,
+             "balance_before": init.balance, **extra}
+        session = self._load_session(info, d)
+        try:
+            mac2 = make_mac2(session, init.mac1)
+        except SamError as exc:
+            raise Refusal("sam_refused", f"Credit refused by the terminal's SAM: {exc}", info.asn_hex) from None
+        intent = self._append(now, op + ".intent", info.asn_hex, "intent", f"Crediting {format_yuan(amount)}", d)
+        return self._finish(transmit, op, info, d, intent.seq, pp.credit_command(date, time_, mac2), pp.parse_credit,
+                            lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)
+
+    def top_up(self, transmit, amount: int, now: dt.datetime) -> Decision:
+        info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
+        settled = self.settle_pending(transmit, info, now)
+        if settled and settled.happened:
+            return Decision(False, "topup.notice", "earlier_completed",
+                            f"Earlier {VERB[settled.op]} of {format_yuan(settled.amount)} was completed: "
+                            f"check, then tap again to load {format_yuan(amount)}", asn=info.asn_hex, logged=False)
+        if amount > self.config.topup.max_load:
+            raise Refusal("over_load_limit", f"{format_yuan(amount)} is over the top-up limit of "
+                          f"{format_yuan(self.config.topup.max_load)}", info.asn_hex)
+        detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {})
+        return Decision(True, LOAD, "loaded",
+                        f"Loaded {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}",
+                        asn=info.asn_hex, logged=False, detail=detail)
+
+    def undo_last(self, transmit, now: dt.datetime) -> Decision:
+        """Reverse this terminal's last purchase: same card, within the window, once."""
+        info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
+        asn = info.asn_hex
+        settled = self.settle_pending(transmit, info, now)
+        if settled and settled.happened and settled.op == UNDO:
+            return Decision(True, UNDO, "completed", f"Refunded {format_yuan(settled.amount)} - balance "
+                            f"{format_yuan(settled.balance_after)}", asn=asn, logged=False)
+        last = self.event_log.last_event_of((PURCHASE, UNDO, UNDO + ".intent"))
+        if last is None or last.kind != PURCHASE:
+            raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded"
+                          if last is not None else "Nothing to undo: no payment on this terminal yet", asn)
+        if last.asn != asn:
+            raise Refusal("undo_other_card", f"Undo needs the card that paid (card ending {last.asn[-4:]})", asn)
+        age = (now - last.time).total_seconds()
+        if age > self.config.pos.undo_window_seconds:
+            raise Refusal("undo_too_late", f"Too late to undo: the payment was {int(age // 60)} min ago "
+                          f"(limit {int(self.config.pos.undo_window_seconds // 60)} min)", asn)
+        p = last.detail
+        detail = self._load(transmit, info, UNDO, p["amount"], now,
+                            lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
+                            {"purchase_seq": last.seq})
+        return Decision(True, UNDO, "refunded",
+                        f"Refunded {format_yuan(p['amount'])} - balance {format_yuan(detail['balance_after'])}",
+                        asn=asn, logged=False, detail=detail)
