@@ -164,6 +164,18 @@ class PurseTerminal:
                      detail)
         return detail
 
+    def balance_inquiry(self, transmit, now: dt.datetime) -> Decision:
+        """Show the balance; first settles any interrupted transaction of this card here, as every tap does."""
+        info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
+        settled = self.settle_pending(transmit, info, now)
+        balance = pp.parse_balance(transmit(pp.get_balance_command()))
+        note = ""
+        if settled is not None:
+            note = f" (earlier {VERB[settled.op]} of {format_yuan(settled.amount)} " + \
+                   ("completed)" if settled.happened else "did not happen)")
+        return Decision(True, "purse.balance", "balance", f"Balance {format_yuan(balance)}{note}",
+                        asn=info.asn_hex, logged=False, detail={"balance": balance})
+
     # --- purchase ---------------------------------------------------------------------------------
 
     def purchase(self, transmit, amount: int, now: dt.datetime) -> Decision:
