@@ -1,0 +1,145 @@
+"""The platform's MQTT side: workers sharing `$share/platform/...` uploads, and the outbound publisher.
+
+Each worker has its own MQTT session and its own SQLite connection; the broker splits the messages between them.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from onecard.logs import log_event
+from simulator.platform.store import Platform, PlatformError
+from sync_agent import protocol as p
+from sync_agent.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
+
+log = logging.getLogger("platform")
+
+SHARE_GROUP = "platform"
+UPLINK_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/t/+/up/#"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str
+    port: int
+    tls: TlsFiles
+    protocol: str = "5"  # shared subscriptions need MQTT 5
+
+
+class Worker:
+    """Handles uplink messages for whichever terminals the broker hands it."""
+
+    def __init__(self, name: str, platform: Platform, broker: BrokerSettings, *, publisher: bool = False) -> None:
+        self.name = name
+        self.platform = platform
+        self.publisher = publisher
+        self.link = MqttLink(f"onecard-platform-{name}", broker.host, broker.port, broker.tls,
+                             subscriptions=[UPLINK_FILTER], protocol=broker.protocol, max_inflight=200)
+        self.handled = 0
+        self.refused = 0
+
+    def step(self, timeout: float = 0.02) -> None:
+        try:
+            item = self.link.events.get(timeout=timeout)
+        except queue.Empty:
+            item = None
+        while item is not None:
+            if item[0] == MESSAGE:
+                self.handle(item[1], item[2])
+            elif item[0] == CONNECTED:
+                log_event(log, "platform.connected", worker=self.name, text="worker connected to the broker")
+            elif item[0] == DISCONNECTED:
+                log_event(log, "platform.disconnected", logging.WARNING, worker=self.name, reason=item[1],
+                          text="worker lost the broker; it reconnects by itself")
+            try:
+                item = self.link.events.get_nowait()
+            except queue.Empty:
+                item = None
+        if self.publisher and self.link.connected.is_set():
+            self.flush_outbound()
+
+    def flush_outbound(self) -> int:
+        """Publish queued notifications (blacklist deltas, configuration, card actions) in order."""
+        sent = []
+        for row_id, topic, payload in self.platform.unpublished():
+            if not self.link.connected.is_set():
+                break
+            info = self.link.publish(topic, payload, qos=1)
+            if info.rc != 0:
+                break
+            sent.append(row_id)
+        if sent:
+            self.platform.mark_published(sent)
+        return len(sent)
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            scope, tid, leaf = p.parse_topic(topic)
+            if leaf == p.UP_EVENTS:
+                body_tid, events = p.decode_events(payload)
+                if body_tid != tid:
+                    raise p.ProtocolError(f"batch names terminal {body_tid} but came on the topic of {tid}")
+                result = self.platform.ingest(tid, events)
+                self.link.publish(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
+                if result.problem:
+                    log_event(log, "platform.chain_broken", logging.ERROR, terminal=tid, text=result.problem)
+            elif leaf == p.UP_REQUEST:
+                req = p.decode_request(payload)
+                if req.terminal_id != tid:
+                    raise p.ProtocolError(f"request names terminal {req.terminal_id} but came on the topic of {tid}")
+                for out_topic, out_payload in self.platform.answer_request(req):
+                    self.link.publish(out_topic, out_payload, qos=1)
+            elif leaf == p.UP_HEARTBEAT:
+                hb = p.decode_heartbeat(payload)
+                if hb.terminal_id == tid:
+                    self.platform.record_heartbeat(hb)
+                    self.link.publish(p.terminal_topic(tid, p.DOWN_MSG), self.platform.time_message(tid), qos=0)
+            elif leaf == p.UP_STATUS:
+                if payload:  # an empty retained message clears the status; nothing to record
+                    self.platform.record_status(tid, p.decode_status(payload)["state"])
+            else:
+                raise p.ProtocolError(f"unknown uplink topic {topic}")
+            self.handled += 1
+        except (p.ProtocolError, PlatformError) as exc:
+            self.refused += 1
+            log_event(log, "platform.message_refused", logging.WARNING, worker=self.name, topic=topic,
+                      text=f"{exc}; message dropped")
+
+
+class PlatformService:
+    """N workers (worker 0 also publishes the outbound queue), each on its own thread."""
+
+    def __init__(self, db: Path, signing_key, broker: BrokerSettings, *, workers: int = 2, clock=None) -> None:
+        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock), broker, publisher=i == 0)
+                        for i in range(workers)]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for w in self.workers:
+            w.link.start()
+            t = threading.Thread(target=self._loop, args=(w,), name=f"platform-{w.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return all(w.link.connected.wait(timeout) for w in self.workers)
+
+    def _loop(self, w: Worker) -> None:
+        while not self._stop.is_set():
+            try:
+                w.step()
+            except Exception as exc:  # keep serving the other terminals; the failing batch is resent
+                log_event(log, "platform.worker_error", logging.ERROR, worker=w.name,
+                          text=f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        for w in self.workers:
+            w.link.stop()
+            w.platform.close()

@@ -1,0 +1,143 @@
+"""Thin paho-mqtt adapter: TLS client certificate, last will, resubscribe on connect, MQTT 5 -> 3.1.1 fallback.
+
+Everything paho reports is put on a queue as plain tuples; the owner's thread does all the work.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from onecard.logs import log_event
+
+log = logging.getLogger("sync.mqtt")
+
+CONNECTED, DISCONNECTED, MESSAGE = "connected", "disconnected", "message"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+class MqttLink:
+    """One MQTT session that reconnects by itself; events arrive on `self.events`."""
+
+    def __init__(self, client_id: str, host: str, port: int, tls: TlsFiles, *, subscriptions: list[str],
+                 will: tuple[str, bytes] | None = None, keepalive: int = 30, protocol: str = "auto",
+                 max_inflight: int = 20, events: queue.Queue | None = None) -> None:
+        self.client_id, self.host, self.port, self.tls = client_id, host, port, tls
+        self.subscriptions = subscriptions
+        self.will = will
+        self.keepalive = keepalive
+        self.protocol_setting = protocol
+        self.protocol = paho.MQTTv311 if protocol == "3.1.1" else paho.MQTTv5
+        self.max_inflight = max_inflight
+        self.events: queue.Queue = events if events is not None else queue.Queue()
+        self.connected = threading.Event()
+        self._client: paho.Client | None = None
+        self._fallback = False
+
+    def _make_client(self) -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self.protocol,
+                        clean_session=True if self.protocol == paho.MQTTv311 else None)
+        try:
+            c.tls_set(ca_certs=str(self.tls.ca_file), certfile=str(self.tls.cert_file), keyfile=str(self.tls.key_file),
+                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ssl.SSLError) as exc:
+            raise MqttConfigError(f"cannot load the TLS files ({exc}); check [sync].ca_file, cert_file and key_file") \
+                from None
+        if self.will:
+            c.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        c.max_inflight_messages_set(self.max_inflight)
+        c.reconnect_delay_set(min_delay=0.1, max_delay=2)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        return c
+
+    def start(self) -> None:
+        self._client = self._make_client()
+        kwargs = {"clean_start": True} if self.protocol == paho.MQTTv5 else {}
+        self._client.connect_async(self.host, self.port, keepalive=self.keepalive, **kwargs)
+        self._client.loop_start()
+
+    def poll(self) -> None:
+        """Called from the owner's loop: rebuilds the client as MQTT 3.1.1 when the broker refused 5."""
+        if self._fallback and self._client is not None:
+            self._fallback = False
+            old = self._client
+            old.loop_stop()
+            old.disconnect()
+            self.protocol = paho.MQTTv311
+            log_event(log, "mqtt.protocol_fallback", logging.WARNING, client=self.client_id,
+                      text="the broker refused MQTT 5; reconnecting with MQTT 3.1.1")
+            self.start()
+
+    # paho callbacks (its network thread) -----------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            unsupported = reason_code.getName() == "Unsupported protocol version"
+            if unsupported and self.protocol == paho.MQTTv5 and self.protocol_setting == "auto":
+                self._fallback = True
+                self.events.put((DISCONNECTED, "broker refused MQTT 5"))
+            else:
+                log_event(log, "mqtt.refused", logging.ERROR, client=self.client_id, reason=str(reason_code),
+                          text="the broker refused the connection; check the client certificate and the ACL")
+            return
+        for topic in self.subscriptions:
+            client.subscribe(topic, qos=1)
+        self.connected.set()
+        self.events.put((CONNECTED, "MQTT 5" if self.protocol == paho.MQTTv5 else "MQTT 3.1.1"))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            self.events.put((DISCONNECTED, str(reason_code)))
+
+    def _on_message(self, client, userdata, msg) -> None:
+        self.events.put((MESSAGE, msg.topic, bytes(msg.payload)))
+
+    # owner's thread -----------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False):
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, final: tuple[str, bytes] | None = None, timeout: float = 2.0) -> None:
+        """Publish `final` (e.g. a retained offline status) if connected, then disconnect cleanly."""
+        c = self._client
+        if c is None:
+            return
+        if final and self.connected.is_set():
+            info = c.publish(final[0], final[1], qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass  # the connection went away meanwhile; the broker's last will says offline instead
+        c.disconnect()
+        c.loop_stop()
+        self._client = None
+
+    def kill(self) -> None:
+        """Drop the connection without DISCONNECT (the broker then publishes the will); for tests."""
+        c = self._client
+        if c is not None:
+            c.loop_stop()
+            sock = c.socket()
+            if sock is not None:
+                sock.close()
+            self._client = None
+
+
+class MqttConfigError(Exception):
+    """The MQTT/TLS settings cannot be used; the message names the setting."""

@@ -1,0 +1,282 @@
+"""A private mosquitto with TLS and the onecard ACL on 127.0.0.1, plus a test PKI and platform key, for sync tests."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from sync_agent.deploy import PLATFORM_USER, CertFiles, TestCa, render_acl, render_conf
+
+MOSQUITTO = os.environ.get("ONECARD_MOSQUITTO", "/usr/sbin/mosquitto")
+ENTERPRISE = "00010001"
+OTHER_ENTERPRISE = "00020002"
+
+
+def terminal_id(i: int) -> str:
+    return f"{i:012d}"
+
+
+# 60 terminals of the test enterprise (IDs 1..60) and 2 of another (IDs 901, 902).
+TERMINALS = {**{terminal_id(i): ENTERPRISE for i in range(1, 61)},
+             **{terminal_id(i): OTHER_ENTERPRISE for i in (901, 902)}}
+
+
+class BrokerError(Exception):
+    """The private mosquitto cannot be started; the message says why and what to install or check."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca: CertFiles
+    server: CertFiles
+    clients: dict[str, CertFiles]
+    platform_key: Ed25519PrivateKey
+    platform_public: Path
+
+    def client(self, cn: str) -> CertFiles:
+        return self.clients[cn]
+
+
+def make_pki(directory: Path, terminals: dict[str, str] = TERMINALS) -> Pki:
+    ca = TestCa(directory)
+    clients = {cn: ca.issue(cn) for cn in [PLATFORM_USER, *terminals]}
+    key = Ed25519PrivateKey.generate()
+    pub = directory / "platform-ed25519.pub"
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    return Pki(directory, ca.files, ca.issue("127.0.0.1", server=True), clients, key, pub)
+
+
+@dataclass
+class Broker:
+    """mosquitto -c <generated conf>; start() waits for the port, stop() sends SIGTERM and waits."""
+
+    workdir: Path
+    pki: Pki
+    terminals: dict[str, str] = field(default_factory=lambda: dict(TERMINALS))
+    port: int = 0
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        if not (shutil.which(MOSQUITTO) or os.path.exists(MOSQUITTO)):
+            raise BrokerError(f"mosquitto is not installed ({MOSQUITTO} not found); install it with "
+                              "`apt-get install mosquitto` (deploy/setup-debian.sh does) or set ONECARD_MOSQUITTO")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.acl = self.workdir / "acl"
+        self.acl.write_text(render_acl(self.terminals), encoding="utf-8")
+        self.log = self.workdir / "mosquitto.log"
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text(render_conf(port=self.port, ca=self.pki.ca.cert, server=self.pki.server, acl=self.acl,
+                                         log_file=self.log, user=pwd.getpwuid(os.getuid()).pw_name),
+                             encoding="utf-8")
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
+                tail = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
+                raise BrokerError(f"mosquitto exited with status {self.proc.returncode} at start: "
+                                  f"{(err or tail or ['no output'])[-1]}; see {self.conf}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Terminals with sync agents, and a platform, for tests and bench/sync.py
+# --------------------------------------------------------------------------------------------
+
+TERMINAL_SYNC_TOML = """
+[terminal]
+id = "{tid}"
+kind = "{kind}"
+enterprise_id = "{eid}"
+name = "Sync test {tid}"
+timezone = "Asia/Shanghai"
+database = "{dir}/events.db"
+blacklist = "{dir}/blacklist.db"
+[reader]
+driver = "simulator"
+card = "unused.json"
+[sam]
+keystore = "unused.keystore"
+passphrase_file = "unused.pass"
+[door]
+group = 1
+[sync]
+broker_host = "127.0.0.1"
+broker_port = {port}
+ca_file = "{ca}"
+cert_file = "{cert}"
+key_file = "{key}"
+platform_public_key = "{pub}"
+database = "{dir}/sync.db"
+{extra}
+"""
+
+
+def write_terminal_config(directory: Path, tid: str, broker: Broker, *, kind: str = "door",
+                          cert_cn: str | None = None, **sync) -> Path:
+    """firmware.toml of terminal `tid` with a [sync] section; `cert_cn` lets a test give it another's certificate."""
+    directory.mkdir(parents=True, exist_ok=True)
+    c = broker.pki.client(cert_cn or tid)
+    extra = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in sync.items())
+    path = directory / "firmware.toml"
+    path.write_text(TERMINAL_SYNC_TOML.format(tid=tid, kind=kind, eid=broker.terminals[tid], dir=directory,
+                                              port=broker.port, ca=broker.pki.ca.cert, cert=c.cert, key=c.key,
+                                              pub=broker.pki.platform_public, extra=extra), encoding="utf-8")
+    return path
+
+
+def fill_log(db: Path, tid: str, n: int, *, start=None, kind: str = "door.grant", asn: str = "0102030405060708"):
+    """Append n chained records quickly (synchronous=OFF on this connection only: test data, not durability)."""
+    import datetime as dt
+    from terminal.event_log import EventLog
+
+    start = start or dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.timezone.utc)
+    with EventLog.open(db, tid) as log:
+        log.db.execute("PRAGMA synchronous = OFF")
+        for i in range(n):
+            log.append(start + dt.timedelta(seconds=i), kind, asn=asn, reason_code="ok", message="Welcome",
+                       detail={"i": i})
+        return log.last_seq()
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.02) -> None:
+    """Poll `condition` until true; a liveness deadline (not a performance assertion) naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+class AgentThread:
+    """A SyncAgent built, stepped and closed in its own thread (SQLite connections stay in that thread).
+
+    Tests look at the agent's files through their own connections (acked_seq, blacklist_version).
+    """
+
+    def __init__(self, config_path: Path) -> None:
+        import threading
+        from terminal.config import load_config
+
+        self.config = load_config(config_path)
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+        self.graceful = True
+        self.agent = None
+        self.thread = threading.Thread(target=self._loop, daemon=True, name=f"agent-{self.config.terminal.id}")
+        self.error: BaseException | None = None
+
+    def _loop(self) -> None:
+        from sync_agent.agent import SyncAgent
+
+        try:
+            self.agent = SyncAgent.from_config(self.config)
+            self.agent.start()
+            self.ready.set()
+            try:
+                while not self.stop_event.is_set():
+                    self.agent.step()
+            finally:
+                self.agent.close(graceful=self.graceful)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> "AgentThread":
+        self.thread.start()
+        self.ready.wait(10)
+        return self
+
+    def stop(self, graceful: bool = True) -> None:
+        self.graceful = graceful
+        self.stop_event.set()
+        self.thread.join(30)
+        if self.error:
+            raise self.error
+
+    def acked_seq(self) -> int:
+        from sync_agent.store import read_acked_seq
+        return read_acked_seq(self.config.sync.database)
+
+    def blacklist_version(self) -> int:
+        return blacklist_version(self.config.terminal.blacklist)
+
+
+def blacklist_version(path: Path) -> int:
+    import sqlite3
+    conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT version FROM bl_meta WHERE id = 1").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        conn.close()
+
+
+def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals: dict[str, str] | None = None):
+    """A PlatformService on platform.db with every test enterprise and the given terminals registered."""
+    from simulator.platform.service import BrokerSettings, PlatformService
+    from simulator.platform.store import Platform
+    from sync_agent.mqtt import TlsFiles
+
+    db = workdir / "platform.db"
+    admin = Platform(db, broker.pki.platform_key)
+    admin.add_enterprise(ENTERPRISE, "Test Co")
+    admin.add_enterprise(OTHER_ENTERPRISE, "Other Co")
+    for tid, eid in (terminals if terminals is not None else broker.terminals).items():
+        admin.add_terminal(tid, eid)
+    c = broker.pki.client(PLATFORM_USER)
+    service = PlatformService(db, broker.pki.platform_key,
+                              BrokerSettings("127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key)),
+                              workers=workers)
+    service.start()
+    assert service.wait_connected(), "platform workers could not connect to the test broker"
+    return admin, service
