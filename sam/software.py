@@ -122,6 +122,7 @@ class SoftwareSam:
 
     def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
         check_load(session)
+        check_mac(mac1, "load MAC1")
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.MAC)
         return self._load_mac2(algorithm, k_load, session, mac1)
 
@@ -142,6 +143,7 @@ class SoftwareSam:
     def reversal_mac2(self, session: LoadSession, mac1: bytes, purchase_tsn: int) -> bytes:
         check_load(session)
         check_tsn(purchase_tsn)
+        check_mac(mac1, "load MAC1")
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.REVERSAL)
         with self._lock:
             self._state.check_reversal(session.card, session.amount, purchase_tsn)

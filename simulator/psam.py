@@ -1,0 +1,460 @@
+"""A software PSAM card: the one-card SAM application of docs/psam.md, as a VirtualCard fed command APDUs.
+
+It holds enterprise master keys and does the SAM's MACs, TSN and reversal bookkeeping behind APDUs; no command
+reads a key. Its persistent state (keys, last TSN, last purchase) lives in one JSON file per PSAM, playing the
+chip's EEPROM: replaced atomically and fsync'd before an answer leaves the card, so a TSN that may have reached a
+terminal is never handed out again, whatever the moment of a tear.
+
+The key operations and the TSN/reversal rules are sam.software.SoftwareSam's, run inside the card: the PSAM
+adds the APDU layer (parsing, status words) and the EEPROM. A real PSAM is an independent implementation of
+docs/psam.md; sam.pcsc_sam.PcscSam talks to either.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sam.interface import (
+    Algorithm,
+    CardIdentity,
+    InvalidCardIdentity,
+    KeyNotFound,
+    KeyPurpose,
+    KeyUsage,
+    KeyUsageError,
+    LoadSession,
+    MacVerificationError,
+    PurchaseSession,
+    SamError,
+)
+from sam.keystore import Keystore, MasterKey, SecretKey, algorithm_name, parse_algorithm, parse_enterprise_id
+from sam.sam_state import (
+    InvalidPurseInput,
+    ReversalRefused,
+    SamState,
+    StateFileError,
+    TsnExhausted,
+    state_from_json,
+    state_to_json,
+    write_atomically,
+)
+from sam.software import SoftwareSam
+from simulator.card import Command, _with_tck, parse_command
+
+AID = bytes.fromhex("F04F4E454341524450")
+ATR = _with_tck(bytes.fromhex("3B888001") + b"ONEPSAM1")
+APPLICATION_VERSION = 0x01
+STATE_FORMAT = "onecard-sim-psam/1"
+
+# docs/psam.md 2: one byte per purpose, one bit per usage.
+PURPOSE_CODES = {
+    KeyPurpose.ACCESS: 0x01, KeyPurpose.UPDATE: 0x02, KeyPurpose.TRANSPORT: 0x03,
+    KeyPurpose.PURCHASE: 0x04, KeyPurpose.LOAD: 0x05, KeyPurpose.TAC: 0x06,
+}
+PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
+USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
+# A PSAM has no command that hands out card keys, and terminals never hold TAC keys (docs/key-handling.md 3).
+PSAM_USAGES = frozenset({KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.REVERSAL})
+KEY_INFO_SIZE = 11
+KEY_INFOS_PER_RESPONSE = 20
+
+INS_INIT_PURCHASE = 0x70
+INS_VERIFY_PURCHASE_MAC2 = 0x72
+INS_LOAD_MAC2 = 0x74
+INS_VERIFY_LOAD_MAC3 = 0x76
+INS_REVERSAL_MAC2 = 0x78
+INS_VERIFY_CARD_MAC = 0x7A
+INS_CARD_MAC = 0x7C
+INS_GET_KEY_INFO = 0xCA
+
+CARD_BLOCK_SIZE = 14  # ASN 8, enterprise ID 4, key version 1, algorithm ID 1
+LC = {
+    INS_INIT_PURCHASE: CARD_BLOCK_SIZE + 4 + 2 + 4 + 6 + 4 + 3,             # 0x25
+    INS_VERIFY_PURCHASE_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,          # 0x24
+    INS_LOAD_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 6 + 4 + 3 + 8,         # 0x31
+    INS_VERIFY_LOAD_MAC3: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,              # 0x24
+    INS_REVERSAL_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 6 + 4 + 3 + 8 + 4,  # 0x35
+}
+
+SW_OK = b"\x90\x00"
+SW_MEMORY_FAILURE = b"\x65\x81"
+SW_WRONG_LENGTH = b"\x67\x00"
+SW_USAGE = b"\x69\x82"
+SW_NOT_DEBITED = b"\x69\x83"
+SW_ALREADY_REVERSED = b"\x69\x84"
+SW_NOT_LAST_PURCHASE = b"\x69\x85"
+SW_NOT_SELECTED = b"\x69\x86"
+SW_WRONG_DATA = b"\x6a\x80"
+SW_NOT_FOUND = b"\x6a\x82"
+SW_RECORD_NOT_FOUND = b"\x6a\x83"
+SW_TSN_EXHAUSTED = b"\x6a\x84"
+SW_WRONG_P1P2 = b"\x6a\x86"
+SW_KEY_NOT_FOUND = b"\x6a\x88"
+SW_INS = b"\x6d\x00"
+SW_CLA = b"\x6e\x00"
+SW_UNKNOWN = b"\x6f\x00"
+SW_MAC = b"\x93\x02"
+
+_REVERSAL_SW = {"not-last": SW_NOT_LAST_PURCHASE, "not-debited": SW_NOT_DEBITED, "reversed": SW_ALREADY_REVERSED}
+
+
+# --- the EEPROM -------------------------------------------------------------------------------------
+
+@dataclass
+class PsamState:
+    """Everything the PSAM keeps across power cycles."""
+
+    keys: Keystore
+    sam_state: SamState = field(default_factory=SamState)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        for key in self.keys:
+            if key.purpose is KeyPurpose.TAC:
+                raise ValueError(f"a PSAM never holds TAC keys ({key.describe()}): only the platform does")
+            if not key.usages <= PSAM_USAGES:
+                raise ValueError(f"key {key.describe()} has usages a PSAM does not offer (only verify, mac, reversal)")
+
+    def to_json(self) -> dict:
+        return {
+            "format": STATE_FORMAT,
+            "label": self.label,
+            # Keys in clear: this file plays the chip's EEPROM, which no command can read. Keep it 0600.
+            "keys": [
+                {"enterprise_id": k.enterprise_id.hex(), "purpose": k.purpose.value, "version": k.version,
+                 "algorithm": algorithm_name(k.algorithm), "usages": sorted(u.value for u in k.usages),
+                 "key": k.key.reveal().hex()}
+                for k in self.keys
+            ],
+            "sam_state": state_to_json(self.sam_state),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> PsamState:
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a simulated PSAM state file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+        keys = [
+            MasterKey(parse_enterprise_id(k["enterprise_id"]), KeyPurpose(k["purpose"]), k["version"],
+                      parse_algorithm(k["algorithm"]), frozenset(KeyUsage(u) for u in k["usages"]),
+                      SecretKey(bytes.fromhex(k["key"])))
+            for k in doc["keys"]
+        ]
+        return cls(Keystore(keys), state_from_json(doc["sam_state"]), str(doc.get("label", "")))
+
+
+class PsamStateFile:
+    """The PSAM's EEPROM: one JSON file, replaced atomically and fsync'd."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def load(self) -> PsamState:
+        try:
+            doc = json.loads(self.path.read_text(encoding="utf-8"))
+            return PsamState.from_json(doc)
+        except FileNotFoundError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            # The messages name fields and positions, never the document's contents: it holds keys.
+            raise ValueError(f"PSAM file {self.path} is not a valid simulated PSAM ({type(exc).__name__}: {exc}); "
+                             "make a new one with 'onecard sim new-psam'") from None
+
+    def save(self, state: PsamState) -> None:
+        write_atomically(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode(), what="PSAM file")
+
+
+class _EepromStore:
+    """The StateStore the PSAM's SoftwareSam writes through: the whole EEPROM file, before the answer leaves."""
+
+    def __init__(self, psam: PsamApplet) -> None:
+        self._psam = psam
+
+    def load(self) -> SamState:
+        return self._psam.state.sam_state
+
+    def save(self, sam_state: SamState) -> None:
+        new = PsamState(self._psam.state.keys, sam_state, self._psam.state.label)
+        if self._psam.store is not None:
+            self._psam.store.save(new)
+        self._psam.state = new
+
+
+# --- the application --------------------------------------------------------------------------------
+
+class PsamApplet:
+    """The PSAM: feed it command APDUs, get response APDUs. Never raises on bad input."""
+
+    def __init__(self, state: PsamState, store: PsamStateFile | None = None, atr: bytes = ATR) -> None:
+        self.state = state
+        self.store = store
+        self.atr = atr
+        self.selected = False
+        self._sam = SoftwareSam(state.keys, _EepromStore(self))
+
+    def __repr__(self) -> str:
+        return f"PsamApplet(<{len(self.state.keys)} keys>, last TSN {self.state.sam_state.last_tsn})"
+
+    def power_on(self) -> None:
+        self.selected = False
+
+    def power_off(self) -> None:
+        self.selected = False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        try:
+            return self._process(bytes(apdu))
+        except Exception:  # a card answers 6F00 rather than dying, whatever happens inside
+            return SW_UNKNOWN
+
+    def _process(self, apdu: bytes) -> bytes:
+        cmd = parse_command(apdu)
+        if cmd is None:
+            return SW_WRONG_LENGTH
+        if cmd.cla == 0x00 and cmd.ins == 0xA4:
+            return self._select(cmd)
+        if cmd.cla == 0x00:
+            return SW_INS
+        if cmd.cla != 0x80:
+            return SW_CLA
+        handler = {
+            INS_INIT_PURCHASE: self._init_purchase,
+            INS_VERIFY_PURCHASE_MAC2: self._verify_purchase_mac2,
+            INS_LOAD_MAC2: self._load_mac2,
+            INS_VERIFY_LOAD_MAC3: self._verify_load_mac3,
+            INS_REVERSAL_MAC2: self._reversal_mac2,
+            INS_VERIFY_CARD_MAC: self._verify_card_mac,
+            INS_CARD_MAC: self._card_mac,
+            INS_GET_KEY_INFO: self._get_key_info,
+        }.get(cmd.ins)
+        if handler is None:
+            return SW_INS
+        if not self.selected:
+            return SW_NOT_SELECTED
+        if cmd.ins in LC:
+            if cmd.p1 != 0 or cmd.p2 != 0:
+                return SW_WRONG_P1P2
+            if len(cmd.data) != LC[cmd.ins]:
+                return SW_WRONG_LENGTH
+        try:
+            return handler(cmd)
+        except MacVerificationError:
+            return SW_MAC
+        except ReversalRefused as exc:
+            return _REVERSAL_SW[exc.reason]
+        except KeyUsageError:
+            return SW_USAGE
+        except KeyNotFound:
+            return SW_KEY_NOT_FOUND
+        except (InvalidCardIdentity, InvalidPurseInput):
+            return SW_WRONG_DATA
+        except TsnExhausted:
+            return SW_TSN_EXHAUSTED
+        except StateFileError:
+            return SW_MEMORY_FAILURE
+        except SamError:
+            return SW_UNKNOWN
+
+    def _select(self, cmd: Command) -> bytes:
+        if cmd.p1 != 0x04 or cmd.p2 != 0x00:
+            self.selected = False
+            return SW_WRONG_P1P2
+        if cmd.data != AID:
+            self.selected = False
+            return SW_NOT_FOUND
+        self.selected = True
+        return _tlv(0x6F, _tlv(0x84, AID) + _tlv(0xA5, _tlv(0xC0, bytes([APPLICATION_VERSION])))) + SW_OK
+
+    # Each purse command carries every public input; the reader below takes them in docs/psam.md order.
+
+    def _init_purchase(self, cmd: Command) -> bytes:
+        r = _Fields(cmd.data)
+        card, random, counter, amount = r.card(), r.take(4), r.u16(), r.u32()
+        session = PurchaseSession(card, random, counter, amount, r.take(6), r.take(4), r.take(3))
+        tsn, mac1 = self._sam.purchase_mac1(session)
+        return tsn.to_bytes(4, "big") + mac1 + SW_OK
+
+    def _verify_purchase_mac2(self, cmd: Command) -> bytes:
+        r = _Fields(cmd.data)
+        card, random, counter, tsn, amount, mac2 = r.card(), r.take(4), r.u16(), r.u32(), r.u32(), r.take(8)
+        # MAC2 covers neither terminal ID, date nor time: the command does not carry them (docs/psam.md 4.3).
+        session = PurchaseSession(card, random, counter, amount, bytes(6), bytes(4), bytes(3))
+        self._sam.verify_purchase_mac2(session, tsn, mac2)
+        return SW_OK
+
+    def _load_session(self, r: _Fields) -> LoadSession:
+        card, random, counter, balance, amount = r.card(), r.take(4), r.u16(), r.u32(), r.u32()
+        return LoadSession(card, random, counter, balance, amount, r.take(6), r.take(4), r.take(3))
+
+    def _load_mac2(self, cmd: Command) -> bytes:
+        r = _Fields(cmd.data)
+        session = self._load_session(r)
+        return self._sam.load_mac2(session, r.take(8)) + SW_OK
+
+    def _verify_load_mac3(self, cmd: Command) -> bytes:
+        r = _Fields(cmd.data)
+        card, random, counter, balance, amount, mac3 = r.card(), r.take(4), r.u16(), r.u32(), r.u32(), r.take(8)
+        # MAC3 covers neither terminal ID, date nor time (docs/card-application.md 5.2).
+        self._sam.verify_load_mac3(LoadSession(card, random, counter, balance, amount, bytes(6), bytes(4), bytes(3)), mac3)
+        return SW_OK
+
+    def _reversal_mac2(self, cmd: Command) -> bytes:
+        r = _Fields(cmd.data)
+        session = self._load_session(r)
+        mac1, purchase_tsn = r.take(8), r.u32()
+        return self._sam.reversal_mac2(session, mac1, purchase_tsn) + SW_OK
+
+    def _purpose(self, cmd: Command) -> KeyPurpose | None:
+        return PURPOSES_BY_CODE.get(cmd.p2) if cmd.p1 == 0 else None
+
+    def _verify_card_mac(self, cmd: Command) -> bytes:
+        purpose = self._purpose(cmd)
+        if purpose is None:
+            return SW_WRONG_P1P2
+        if len(cmd.data) < CARD_BLOCK_SIZE + 8:
+            return SW_WRONG_LENGTH
+        r = _Fields(cmd.data)
+        card, mac = r.card(), r.take(8)
+        self._sam.verify_card_mac(purpose, card, r.rest(), mac)
+        return SW_OK
+
+    def _card_mac(self, cmd: Command) -> bytes:
+        purpose = self._purpose(cmd)
+        if purpose is None:
+            return SW_WRONG_P1P2
+        if len(cmd.data) < CARD_BLOCK_SIZE:
+            return SW_WRONG_LENGTH
+        r = _Fields(cmd.data)
+        card = r.card()
+        return self._sam.card_mac(purpose, card, r.rest()) + SW_OK
+
+    def _get_key_info(self, cmd: Command) -> bytes:
+        if cmd.p1 != 0:
+            return SW_WRONG_P1P2
+        if cmd.data:
+            return SW_WRONG_LENGTH
+        entries = [encode_key_info(info) for info in sorted(
+            self._sam.key_infos(), key=lambda i: (i.enterprise_id, PURPOSE_CODES[i.purpose], i.version, int(i.algorithm)))]
+        start = cmd.p2
+        if start > len(entries):
+            return SW_RECORD_NOT_FOUND
+        return bytes([len(entries)]) + b"".join(entries[start:start + KEY_INFOS_PER_RESPONSE]) + SW_OK
+
+
+def encode_key_info(info) -> bytes:
+    """enterprise ID (4) || purpose (1) || version (1) || algorithm (1) || usages (1, bits) || KCV (3)."""
+    usages = 0
+    for usage in info.usages:
+        usages |= USAGE_BITS[usage]
+    return (info.enterprise_id + bytes([PURPOSE_CODES[info.purpose], info.version, int(info.algorithm), usages])
+            + bytes.fromhex(info.kcv))
+
+
+class _Fields:
+    """Reads a command's data field left to right; the caller checked Lc, so every take succeeds."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        chunk = self._data[self._at:self._at + n]
+        self._at += n
+        return chunk
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u32(self) -> int:
+        return int.from_bytes(self.take(4), "big")
+
+    def card(self) -> CardIdentity:
+        asn, enterprise_id, version, algorithm = self.take(8), self.take(4), self.take(1)[0], self.take(1)[0]
+        # The raw algorithm byte goes through: an unknown one is refused as malformed card data (6A80).
+        try:
+            algorithm = Algorithm(algorithm)
+        except ValueError:
+            pass
+        return CardIdentity(asn, enterprise_id, version, algorithm)
+
+    def rest(self) -> bytes:
+        return self.take(len(self._data) - self._at)
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    return bytes([tag, len(value)]) + value
+
+
+# --- making PSAMs -----------------------------------------------------------------------------------
+
+def psam_from_keystore(keystore: Keystore, label: str = "") -> PsamState:
+    """The PSAM a keystore becomes: usages cut to verify/mac/reversal; refuses TAC keys outright."""
+    tac = [key.describe() for key in keystore if key.purpose is KeyPurpose.TAC]
+    if tac:
+        raise ValueError(
+            f"the keystore holds TAC keys ({tac[0]}{', ...' if len(tac) > 1 else ''}), which only the platform may hold; "
+            "make a terminal keystore first: onecard sam restrict --role pos (or top-up, door)"
+        )
+    kept = [key for key in keystore.restricted(PSAM_USAGES)]
+    if not kept:
+        raise ValueError("no key of the keystore has a usage a PSAM offers (verify, mac, reversal); check it with 'onecard sam list'")
+    return PsamState(Keystore(kept), SamState(), label)
+
+
+def load_psam(path: str | os.PathLike[str]) -> PsamApplet:
+    """Open a PSAM file as it would sit in a SAM slot."""
+    store = PsamStateFile(path)
+    return PsamApplet(store.load(), store)
+
+
+def write_psam(path: str | os.PathLike[str], state: PsamState, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if os.path.lexists(path) and not overwrite:
+        raise FileExistsError(f"PSAM file {path} exists; pick another name or pass --force to replace that PSAM")
+    PsamStateFile(path).save(state)
+    return path
+
+
+def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
+    """Register `onecard sim new-psam` on the `onecard sim` subparsers (handler raises onecard.errors.UserError)."""
+    new = sub.add_parser(
+        "new-psam",
+        help="make a simulated PSAM card holding a terminal keystore's master keys",
+        description="Copy the master keys of a terminal keystore into a new simulated PSAM file (its EEPROM). "
+        "Usages are cut to verify, mac and reversal (a PSAM has no personalisation command); a keystore with TAC "
+        "keys is refused. Insert it in a reader slot with the tap tools, or load it with simulator.psam.load_psam.",
+    )
+    new.add_argument("--keystore", required=True, type=Path, help="terminal keystore, e.g. from 'onecard sam restrict --role pos'")
+    unlock = new.add_mutually_exclusive_group(required=True)
+    unlock.add_argument("--passphrase-file", type=Path)
+    unlock.add_argument("--device-secret", type=Path)
+    new.add_argument("--out", required=True, type=Path, help="PSAM file to write (one file per PSAM)")
+    new.add_argument("--label", default="", help="what to call this PSAM in logs, e.g. 'POS 3 canteen'")
+    new.add_argument("--force", action="store_true", help="replace an existing PSAM file (its TSN starts again at 1)")
+    new.set_defaults(handler=cmd_new_psam)
+
+
+def cmd_new_psam(args) -> int:
+    from onecard.errors import UserError
+    from sam.cli import format_key_table
+    from sam.keystore import KeystoreUnlock, load_keystore
+
+    try:
+        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file") if args.passphrase_file
+                  else KeystoreUnlock.from_device_secret_file(args.device_secret, "--device-secret"))
+        keystore = load_keystore(args.keystore, unlock)
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        state = psam_from_keystore(keystore, label=args.label)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        write_psam(args.out, state, overwrite=args.force)
+    except (FileExistsError, StateFileError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"PSAM {args.label or args.out} written to {args.out} ({len(state.keys)} keys, next TSN 1)")
+    print(format_key_table(state.keys.infos()))
+    return 0
