@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import select
+import signal
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -557,12 +558,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     setup_logging("INFO")
     card = load_card(args.card)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with VirtualPicc(args.port, label=args.card, fwi=args.fwi) as picc:
         picc.insert(card, uid=bytes.fromhex(args.uid) if args.uid else None)
         print(f"card in the field at {picc.path}; configure [reader] driver = \"nfc\", path = \"{picc.path}\". "
               "Ctrl-C to stop.", flush=True)
         try:
-            threading.Event().wait()
+            stop.wait()
         except KeyboardInterrupt:
             pass
     return 0
