@@ -13,10 +13,12 @@ def build_parser() -> argparse.ArgumentParser:
     from terminal import cli as terminal_cli
     from terminal import log_cli
     from onecard import demo
+    from sync_agent import cli as sync_cli
+    from simulator.platform import cli as platform_cli
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,sim,log,demo}")
+    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,sim,log,sync,platform,demo}")
     terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
         dest="command", required=True))
     sam_cli.add_subcommands(top.add_parser("sam", help="software SAM keystores").add_subparsers(
@@ -25,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True))
     log_cli.add_subcommands(top.add_parser("log", help="the terminal's event log").add_subparsers(
         dest="command", required=True))
+    sync_cli.add_subcommands(top.add_parser("sync", help="the terminal's sync agent (MQTT to the platform)").add_subparsers(
+        dest="command", required=True))
+    platform_cli.add_subcommands(top.add_parser("platform", help="the reference central platform and card flows")
+                                 .add_subparsers(dest="command", required=True))
     demo.add_parser(top)
     return parser
 

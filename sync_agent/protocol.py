@@ -93,11 +93,16 @@ def parse_time(text: str, where: str) -> datetime:
         raise ProtocolError(f"{where} is not a real date/time: {text!r}") from None
 
 
+def _no_constant(name: str):
+    # NaN/Infinity are not JSON and cannot be re-encoded canonically for signature checks.
+    raise ProtocolError(f"payload contains {name}, which is not JSON")
+
+
 def _load(payload: bytes, what: str) -> dict:
     if not isinstance(payload, (bytes, bytearray)):
         raise ProtocolError(f"{what} payload must be bytes")
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
+        obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"{what} payload is not UTF-8 JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict):

@@ -536,11 +536,11 @@ class EventLog:
 
     def _verify(self) -> ChainReport:
         _, terminal_id, head_seq, head_hash = self._read_meta(self._conn, self.path)
-        expected, prev = self._anchor()
-        expected += 1
+        anchor_seq, prev = self._anchor()
+        expected = anchor_seq + 1
 
         def bad(seq: int, problem: str) -> ChainReport:
-            return ChainReport(False, expected - 1, seq, problem, expected - 1, prev)
+            return ChainReport(False, expected - 1 - anchor_seq, seq, problem, expected - 1, prev)
 
         cursor = self._conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY seq")
         for row in cursor:
@@ -577,7 +577,7 @@ class EventLog:
         if prev != head_hash:
             return bad(last, f"head mismatch: record seq {last} hashes to {prev[:16]}…, but the log recorded "
                              f"head hash {head_hash[:16]}…")
-        return ChainReport(True, last, None, "", last, prev)
+        return ChainReport(True, last - anchor_seq, None, "", last, prev)
 
     # -- compaction (sync agent) -------------------------------------------------------------
 

@@ -65,3 +65,49 @@ def vicc(pcscd):
             assert reader.wait_for_removal(3), f"pcscd still sees a card in {reader.name} 3 s after removal"
         finally:
             reader.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Sync agent / platform fixtures (tests/test_sync_*.py): a test PKI once per session, a private
+# mosquitto with TLS and the onecard ACL per test, a platform service on it (tests/mqtt_env.py).
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sync_pki(tmp_path_factory):
+    from tests.mqtt_env import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("sync-pki"))
+
+
+@pytest.fixture
+def broker(sync_pki, tmp_path):
+    """A private mosquitto (TLS, client certificates, ACL) on 127.0.0.1; stopped with SIGTERM at teardown."""
+    from tests.mqtt_env import Broker, BrokerError
+
+    try:
+        b = Broker(tmp_path / "broker", sync_pki)
+        b.start()
+    except BrokerError as exc:
+        problem = str(exc)
+    else:
+        problem = None
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@pytest.fixture
+def platform(broker, tmp_path):
+    """(admin Platform for the test thread, running PlatformService with 2 shared-subscription workers)."""
+    from tests.mqtt_env import start_platform
+
+    (tmp_path / "platform").mkdir()
+    admin, service = start_platform(tmp_path / "platform", broker)
+    try:
+        yield admin, service
+    finally:
+        service.stop()
+        admin.close()

@@ -1,0 +1,219 @@
+"""`onecard platform ...`: run the reference platform and do the administrator's card flows (ONECARD.md 7.3).
+
+Flows change platform.db and queue the signed notifications; a running `onecard platform serve` publishes them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+
+from onecard.errors import UserError
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    def cmd(name: str, help_: str, handler, key: bool = True) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
+        if key:
+            c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
+        c.set_defaults(handler=handler)
+        return c
+
+    c = cmd("init", "create the database and the Ed25519 signing key (its .pub goes to every terminal)", cmd_init)
+    c = cmd("add-enterprise", "register an enterprise", cmd_add_enterprise)
+    c.add_argument("enterprise_id")
+    c.add_argument("--name", required=True)
+    c = cmd("add-terminal", "register a terminal of an enterprise", cmd_add_terminal)
+    c.add_argument("terminal_id")
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("--name", default="")
+    c = cmd("add-holder", "register an employee (group member)", cmd_add_holder)
+    c.add_argument("employee_no")
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("--name", required=True)
+    c.add_argument("--phone", default="")
+    c = cmd("issue-card", "register a card (ASN) for an employee", cmd_issue_card)
+    c.add_argument("asn")
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("--employee", required=True)
+    c.add_argument("--rights", default="{}", help='JSON, e.g. {"door_groups":[1,2],"time_profile":1}')
+    c.add_argument("--balance", default="0", help="opening balance in yuan")
+    c = cmd("report-loss", "loss report: card LOST, blacklisted, every terminal notified", cmd_report_loss)
+    c.add_argument("asn")
+    c = cmd("unlock", "unlock a lost card: ACTIVE again, removed from the blacklist", cmd_unlock)
+    c.add_argument("asn")
+    c = cmd("cancel", "cancellation: balance settled first, card CANCELLED and blacklisted", cmd_cancel)
+    c.add_argument("asn")
+    c.add_argument("--settle", action="store_true", help="record the refund of a non-zero balance")
+    c = cmd("replace", "replacement: old card REPLACED and blacklisted, new card gets its rights", cmd_replace)
+    c.add_argument("old_asn")
+    c.add_argument("new_asn")
+    c = cmd("publish-config", "publish a signed configuration document to an enterprise's terminals", cmd_config)
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("document", type=Path, help="JSON file: door groups, time windows, offline limits")
+    c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
+    c.add_argument("employee_no")
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("--month", required=True, help="YYYY-MM")
+    c = cmd("card", "show a card", cmd_card)
+    c.add_argument("asn")
+    c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
+    c.add_argument("terminal_id")
+    c = cmd("serve", "ingest uploads and publish notifications until Ctrl-C / SIGTERM", cmd_serve)
+    c.add_argument("--broker-host", default="127.0.0.1")
+    c.add_argument("--broker-port", type=int, default=8883)
+    c.add_argument("--ca", required=True, type=Path, help="CA certificate of the broker")
+    c.add_argument("--cert", required=True, type=Path, help="platform client certificate (CN=platform)")
+    c.add_argument("--cert-key", required=True, type=Path, help="its private key")
+    c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
+
+
+def _platform(args):
+    from simulator.platform.store import Platform, PlatformError, load_signing_key
+
+    if not args.db.exists():
+        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    try:
+        return Platform(args.db, load_signing_key(args.key))
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _run(args, action) -> int:
+    from simulator.platform.store import PlatformError
+
+    platform = _platform(args)
+    try:
+        print(action(platform))
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        platform.close()
+    return 0
+
+
+def cmd_init(args) -> int:
+    from simulator.platform.store import Platform, PlatformError, load_signing_key, write_signing_key
+
+    try:
+        pub = write_signing_key(args.key)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    Platform(args.db, load_signing_key(args.key)).close()
+    print(f"platform database {args.db} ready; signing key {args.key}; give {pub} to every terminal "
+          "([sync].platform_public_key)")
+    return 0
+
+
+def cmd_add_enterprise(args) -> int:
+    return _run(args, lambda pf: pf.add_enterprise(args.enterprise_id, args.name)
+                or f"enterprise {args.enterprise_id} registered")
+
+
+def cmd_add_terminal(args) -> int:
+    return _run(args, lambda pf: pf.add_terminal(args.terminal_id, args.enterprise, args.name)
+                or f"terminal {args.terminal_id} registered to enterprise {args.enterprise}")
+
+
+def cmd_add_holder(args) -> int:
+    return _run(args, lambda pf: pf.add_holder(args.enterprise, args.employee_no, args.name, args.phone)
+                and f"employee {args.employee_no} ({args.name}) registered")
+
+
+def _cents(text: str) -> int:
+    try:
+        value = round(float(text) * 100)
+    except ValueError:
+        raise UserError(f"balance {text!r} is not an amount in yuan; write e.g. 12.50") from None
+    if value < 0:
+        raise UserError(f"balance {text} is negative; a card starts at zero or more")
+    return value
+
+
+def cmd_issue_card(args) -> int:
+    try:
+        rights = json.loads(args.rights)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--rights is not JSON ({exc}); write e.g. '{{\"door_groups\":[1,2]}}'") from None
+    cents = _cents(args.balance)
+    return _run(args, lambda pf: pf.issue_card(args.enterprise, args.employee, args.asn, rights, cents)
+                or f"card {args.asn.upper()} issued to employee {args.employee}")
+
+
+def cmd_report_loss(args) -> int:
+    return _run(args, lambda pf: f"card {args.asn.upper()} reported lost; blacklist version {pf.report_loss(args.asn)} "
+                                 "queued for every terminal of the enterprise")
+
+
+def cmd_unlock(args) -> int:
+    return _run(args, lambda pf: f"card {args.asn.upper()} unlocked; blacklist version {pf.unlock(args.asn)} "
+                                 "queued for every terminal")
+
+
+def cmd_cancel(args) -> int:
+    def do(pf):
+        balance = pf.card(args.asn)["balance_cents"]
+        v = pf.cancel(args.asn, settle=args.settle)
+        refund = f", {balance / 100:.2f} yuan refund recorded" if balance else ""
+        return f"card {args.asn.upper()} cancelled{refund}; blacklist version {v} queued for every terminal"
+    return _run(args, do)
+
+
+def cmd_replace(args) -> int:
+    return _run(args, lambda pf: f"card {args.old_asn.upper()} replaced by {args.new_asn.upper()}; blacklist version "
+                                 f"{pf.replace(args.old_asn, args.new_asn)} queued for every terminal")
+
+
+def cmd_config(args) -> int:
+    try:
+        doc = json.loads(args.document.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read configuration document {args.document} ({exc}); give a JSON object file") \
+            from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{args.document} must hold a JSON object")
+    return _run(args, lambda pf: f"configuration version {pf.publish_config(args.enterprise, doc)} queued for "
+                                 f"enterprise {args.enterprise}")
+
+
+def cmd_bill(args) -> int:
+    return _run(args, lambda pf: pf.attendance_bill(args.enterprise, args.employee_no, args.month))
+
+
+def cmd_card(args) -> int:
+    return _run(args, lambda pf: json.dumps(pf.card(args.asn), sort_keys=True))
+
+
+def cmd_terminal(args) -> int:
+    return _run(args, lambda pf: json.dumps(pf.terminal(args.terminal_id), sort_keys=True))
+
+
+def cmd_serve(args) -> int:
+    from simulator.platform.service import BrokerSettings, PlatformService
+    from simulator.platform.store import PlatformError, load_signing_key
+    from sync_agent.mqtt import TlsFiles
+
+    if not args.db.exists():
+        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    try:
+        key = load_signing_key(args.key)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    for f in (args.ca, args.cert, args.cert_key):
+        if not f.is_file():
+            raise UserError(f"TLS file {f} does not exist; make test ones with deploy/mosquitto/make-test-pki.py")
+    service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port,
+                                                           TlsFiles(args.ca, args.cert, args.cert_key)),
+                              workers=args.workers)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    try:
+        stop.wait()
+    finally:
+        service.stop()
+    return 0
