@@ -34,7 +34,7 @@ RATS = 0xE0
 READ = 0x30  # Type 2 tag READ: 16 bytes from a 4-byte page
 
 FS_TABLE = (16, 24, 32, 40, 48, 64, 96, 128, 256)  # FSDI/FSCI -> frame size; 9..15 are read as 8 (see docs/nfc.md)
-DEFAULT_FWI = 7  # 38.7 ms, usual for SIM-class chips; a tear costs the reader about 6 * FWT to notice
+DEFAULT_FWI = 7  # FWT 38.7 ms: nfcpy notices a tear after 6 * (FWT + 3.6 ms), about 0.25 s
 DEFAULT_FSCI = 8
 MAX_DATAGRAM = 2048
 

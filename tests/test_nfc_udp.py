@@ -385,6 +385,23 @@ def test_ats_carries_fsci_fwi_and_the_atr_historical_bytes():
     assert parse_ats(ats) == (64, 6, b"ONECARD1")
 
 
+@pytest.mark.parametrize("ats, expected", [
+    ("01", (32, 4, b"")),                    # TL only: ISO defaults, FSCI 2 and FWI 4
+    ("0578807002", (256, 7, b"")),           # TA, TB, TC present
+    ("0462A102", (32, 10, b"")),             # no TA: FWI is in the third byte, not the fourth
+    ("055180F0AA", (24, 4, b"\xaa")),         # no TB: default FWI; historical bytes after TC
+    ("053100F0AA", (24, 4, b"\xaa")),         # FWI 15 is RFU: default FWI
+])
+def test_parse_ats_follows_t0(ats, expected):
+    assert parse_ats(bytes.fromhex(ats)) == expected
+
+
+@pytest.mark.parametrize("ats", ["", "05788070", "0270", "0320"])
+def test_parse_ats_rejects_malformed(ats):
+    with pytest.raises(ValueError):
+        parse_ats(bytes.fromhex(ats))
+
+
 def test_block_protocol_retransmits_acks_and_deselects():
     picc = TypeAPicc(bytes.fromhex("08010203"))
     activate(picc)

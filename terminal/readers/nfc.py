@@ -251,7 +251,15 @@ class NfcReader:
         is_type_a = target.brty.endswith("A")
         if is_type_a and target.sens_res[0] & 0x1F and target.sel_res and target.sel_res[0] & 0x20:
             return self._activate_iso_dep(target)
-        tag = nfc.tag.activate(self._clf, target)
+        try:
+            tag = nfc.tag.activate(self._clf, target)
+        except nfc.clf.CommunicationError:
+            raise
+        except Exception as exc:
+            # nfcpy parses what a tag sends without length checks; a tag it chokes on is still not a one-card.
+            log_event(log, "card.activation_error", level=logging.WARNING, reader=self.name,
+                      error=f"{type(exc).__name__}: {exc}")
+            return NotOneCardConnection(self, None, target, _storage_atr(target), f"nfcpy could not activate: {exc}")
         if tag is None:
             return None
         log_event(log, "card.not_iso_dep", reader=self.name, tag=str(tag))
