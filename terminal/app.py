@@ -17,27 +17,34 @@ from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
 from terminal.config import Config
 from terminal.decision import Decision, Refusal
+from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Request, Undo
+from terminal.purse_flow import Incomplete, PurseTerminal
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present
 from terminal.reader import CardConnection, CardRemoved, Reader
 
 log = logging.getLogger("onecard.terminal")
+PURSE_KINDS = ("pos", "topup")
 
 
 class Terminal:
     def __init__(self, config: Config, sam: Sam, event_log, blacklist, outputs: Outputs,
-                 nonce_source: Callable[[int], bytes] = os.urandom):
+                 nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0):
         self.config = config
         self.sam = sam
         self.event_log = event_log
         self.blacklist = blacklist
         self.outputs = outputs
         self.nonce_source = nonce_source
+        self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq)
+                      if config.terminal.kind in PURSE_KINDS else None)
 
-    def decide(self, conn: CardConnection, now: dt.datetime) -> Decision:
+    def decide(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
         """Talk to the card and decide; raises CardRemoved if the card leaves before a decision."""
         t = self.config.terminal
         try:
+            if self.purse is not None:
+                return self._purse_decision(conn, now, request)
             card = authenticate_card(conn.transmit, self.sam, t.enterprise_id, t.id_bytes, self.nonce_source(8))
             entry = self.blacklist.lookup(card.info.asn)
             if t.kind == "door":
@@ -49,13 +56,29 @@ class Terminal:
             return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code=r.reason_code, message=r.message,
                             asn=r.asn, detail=r.detail)
 
-    def handle_tap(self, conn: CardConnection, now: dt.datetime) -> Decision:
+    def _purse_decision(self, conn: CardConnection, now: dt.datetime, request: Request | None) -> Decision:
+        transmit = conn.transmit
+        try:
+            if isinstance(request, Charge):
+                return self.purse.purchase(transmit, request.amount, now)
+            if isinstance(request, Load):
+                return self.purse.top_up(transmit, request.amount, now)
+            if isinstance(request, Undo):
+                return self.purse.undo_last(transmit, now)
+            return self.purse.balance_inquiry(transmit, now)
+        except Incomplete as exc:
+            return Decision(accepted=False, kind="tap.incomplete", reason_code="unconfirmed",
+                            message=f"{exc.op.split('.')[-1].capitalize()} not confirmed: tap the card again",
+                            logged=False, detail={"why": exc.why})
+
+    def handle_tap(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
         """Decide, log durably, then drive the outputs. A failed log write keeps the door shut."""
         try:
-            decision = self.decide(conn, now)
+            decision = self.decide(conn, now, request)
         except CardRemoved:
+            again = "to finish" if self.purse is not None else "and hold it still"
             decision = Decision(accepted=False, kind="tap.incomplete", reason_code="removed",
-                                message="Card removed too soon: tap again and hold it still", logged=False)
+                                message=f"Card removed too soon: tap again {again}", logged=False)
         if decision.logged:
             try:
                 logged = self.event_log.append(now, decision.kind, asn=decision.asn, reason_code=decision.reason_code,
@@ -74,19 +97,53 @@ class Terminal:
         present(decision, self.outputs, relay)
         return decision
 
+    def _serve_card(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event, poll: float,
+                    request: Request | None = None) -> Decision:
+        try:
+            decision = self.handle_tap(conn, clock(), request)
+        finally:
+            conn.close()
+        while not stop.is_set() and not reader.wait_for_removal(poll):
+            pass
+        return decision
+
     def run(self, reader: Reader, clock: Callable[[], dt.datetime], stop: threading.Event,
-            poll_seconds: float = 0.5) -> None:
-        """Serve taps until `stop` is set. Each card is handled once per presentation."""
+            poll_seconds: float = 0.5, keypad: Keypad | None = None) -> None:
+        """Serve taps until `stop` is set. Each card is handled once per presentation.
+
+        A POS or top-up terminal serves the keypad's requests: each waits for a card, and a tap that was
+        interrupted keeps the same request waiting for the card to come back.
+        """
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
         while not stop.is_set():
-            conn = reader.wait_for_card(poll_seconds)
-            if conn is None:
+            if self.purse is None:
+                conn = reader.wait_for_card(poll_seconds)
+                if conn is not None:
+                    self._serve_card(reader, conn, clock, stop, poll_seconds)
                 continue
-            try:
-                self.handle_tap(conn, clock())
-            finally:
-                conn.close()
-            while not stop.is_set() and not reader.wait_for_removal(poll_seconds):
-                pass
+            request = keypad.next_request(poll_seconds)
+            if request is not None and not isinstance(request, Cancel):
+                self._serve_request(reader, keypad, request, clock, stop, poll_seconds)
         log_event(log, "terminal.stopped", terminal=self.config.terminal.id, msg="terminal stopped")
+
+    def _serve_request(self, reader: Reader, keypad: Keypad, request: Request, clock, stop: threading.Event,
+                       poll: float) -> None:
+        self.outputs.light("off")
+        self.outputs.display(request.prompt())
+        waited = 0.0
+        while not stop.is_set():
+            if isinstance(keypad.next_request(0), Cancel):
+                self.outputs.display("Cancelled")
+                return
+            conn = reader.wait_for_card(poll)
+            if conn is None:
+                waited += poll
+                if waited >= self.config.pos.card_wait_seconds:
+                    self.outputs.display("No card presented: cancelled")
+                    return
+                continue
+            decision = self._serve_card(reader, conn, clock, stop, poll, request)
+            if decision.kind != "tap.incomplete":
+                return
+            waited = 0.0

@@ -111,7 +111,12 @@ def cmd_run(args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     with ExitStack() as stack:
         terminal, reader = build_terminal(config, stack)
-        terminal.run(reader, utc_now, stop)
+        keypad = None
+        if terminal.purse is not None:
+            from terminal.keypad import HELP, ConsoleKeypad
+            keypad = ConsoleKeypad(config.terminal.kind)
+            print(f"[{config.terminal.name}] keypad: {HELP[config.terminal.kind]}", flush=True)
+        terminal.run(reader, utc_now, stop, keypad=keypad)
     return 0
 
 

@@ -69,6 +69,12 @@ group = 1
 open_seconds = 4
 [attendance]
 repeat_window_seconds = 60
+[pos]
+max_purchase = "100.00"
+offline_limit = "150.00"
+undo_window_seconds = 120
+[topup]
+max_load = "500.00"
 [time_profiles.1]
 name = "office hours"
 mon = ["07:00-20:00"]

@@ -15,14 +15,7 @@ from terminal.purse_flow import MONEY_KINDS, Incomplete, PurseTerminal
 from terminal.reader import CardRemoved
 from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, TERMINAL_TOML, make_card, make_sam
 
-POS_TOML = TERMINAL_TOML + """
-[pos]
-max_purchase = "100.00"
-offline_limit = "150.00"
-undo_window_seconds = 120
-[topup]
-max_load = "500.00"
-"""
+POS_TOML = TERMINAL_TOML
 
 
 def make_purse_terminal(tmp, sam, kind="pos"):
