@@ -226,13 +226,13 @@ class PcscSam:
                 "insert a PSAM made from a keystore that allows it ('onecard sam restrict --role ...')"
             )
         if sw == 0x6985:
-            return ReversalRefused(f"reversal refused by the PSAM: not its last purchase (card, amount or TSN differ, or none); "
+            return ReversalRefused(f"reversal refused by the PSAM: not this SAM's last purchase (card, amount or TSN differ, or there is none); "
                                    "only the last purchase can be undone, on the same card and for the same amount", "not-last")
         if sw == 0x6983:
             return ReversalRefused("reversal refused by the PSAM: the debit was never proven (its MAC2 was not verified by "
                                    "this PSAM); verify the purchase's MAC2 before undoing it", "not-debited")
         if sw == 0x6984:
-            return ReversalRefused("reversal refused by the PSAM: that purchase has already been undone once", "reversed")
+            return ReversalRefused("reversal refused by the PSAM: that purchase has already been undone once; it cannot be undone again", "reversed")
         if sw == 0x6A84:
             return TsnExhausted(f"the PSAM in {self.name!r} has used every TSN and cannot sign another purchase; replace the PSAM")
         if sw == 0x6581:
