@@ -240,7 +240,11 @@ class SyncAgent:
         elif env.type == "time":
             last = self.store.last_time_message()
             if last is not None and issued <= last:
-                return self._reject("replay", f"time message {env.id} issued at {issued} is not newer than {last}")
+                # Two platform workers may answer out of order; an older time says nothing new, and a
+                # replayed one must not move the drift estimate. Not an attack by itself: debug only.
+                log_event(log, "sync.time_stale", logging.DEBUG, terminal=self.tid, issued_at=issued,
+                          text=f"time message issued at {issued} is not newer than {last}; ignored")
+                return
             self.store.mark_seen(env.id, env.type, issued, received)
             platform = p.parse_time(env.body["platform_time"], "time").timestamp()
             drift = core.clock_drift_seconds(platform, self.wall().timestamp())

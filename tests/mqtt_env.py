@@ -202,11 +202,12 @@ class AgentThread:
     Tests look at the agent's files through their own connections (acked_seq, blacklist_version).
     """
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, **agent_kwargs) -> None:
         import threading
         from terminal.config import load_config
 
         self.config = load_config(config_path)
+        self.agent_kwargs = agent_kwargs
         self.stop_event = threading.Event()
         self.ready = threading.Event()
         self.graceful = True
@@ -218,7 +219,7 @@ class AgentThread:
         from sync_agent.agent import SyncAgent
 
         try:
-            self.agent = SyncAgent.from_config(self.config)
+            self.agent = SyncAgent.from_config(self.config, **self.agent_kwargs)
             self.agent.start()
             self.ready.set()
             try:
