@@ -1,0 +1,46 @@
+#!/usr/bin/env python3
+"""Make a test CA, broker/platform/terminal certificates, the ACL and a mosquitto.conf (cryptography only, no openssl)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from sync_agent.deploy import PLATFORM_USER, TestCa, render_acl, render_conf  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("outdir", type=Path)
+    ap.add_argument("--terminal", action="append", default=[], metavar="TID:EID",
+                    help="a terminal and its enterprise, e.g. 000000000001:00010001 (repeat)")
+    ap.add_argument("--host", action="append", default=[], help="broker host name or IP for the server certificate")
+    ap.add_argument("--port", type=int, default=8883)
+    args = ap.parse_args()
+    terminals = {}
+    for item in args.terminal:
+        tid, _, eid = item.partition(":")
+        terminals[tid] = eid
+    ca = TestCa(args.outdir, days=365)
+    server = ca.issue(args.host[0] if args.host else "127.0.0.1", server=True,
+                      hosts=tuple(args.host) or ("127.0.0.1", "localhost"))
+    for cn in [PLATFORM_USER, *terminals]:
+        ca.issue(cn)
+    try:
+        acl_text = render_acl(terminals)
+    except ValueError as exc:
+        print(f"error: {exc}; pass --terminal TID:EID with 12 and 8 digits", file=sys.stderr)
+        return 2
+    (args.outdir / "acl").write_text(acl_text, encoding="utf-8")
+    (args.outdir / "mosquitto.conf").write_text(
+        render_conf(port=args.port, ca=ca.files.cert, server=server, acl=args.outdir / "acl", bind="0.0.0.0"),
+        encoding="utf-8")
+    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s)), acl and mosquitto.conf "
+          f"written to {args.outdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
