@@ -491,9 +491,14 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
     assert (code, err) == (0, "")
     master = load_keystore(d / "master.ks", KeystoreUnlock.from_passphrase_file(d / "pw"))
     assert {(k.purpose, k.version, k.algorithm) for k in master} == {
-        (p, v, a) for a in Algorithm for p, v in ((KeyPurpose.ACCESS, 1), (KeyPurpose.UPDATE, 1), (KeyPurpose.TRANSPORT, 0))
+        (p, v, a) for a in Algorithm for p, v in ((KeyPurpose.ACCESS, 1), (KeyPurpose.UPDATE, 1), (KeyPurpose.TRANSPORT, 0),
+                                                  (KeyPurpose.PURCHASE, 1), (KeyPurpose.LOAD, 1), (KeyPurpose.TAC, 1))
     }
-    assert all(k.usages == ALL_USAGES and k.enterprise_id == ENTERPRISE for k in master)
+    # Every usage that means something for the purpose: reversal only on LOAD, never mac on TAC.
+    without_reversal = ALL_USAGES - {KeyUsage.REVERSAL}
+    for k in master:
+        expected = {KeyPurpose.LOAD: ALL_USAGES, KeyPurpose.TAC: without_reversal - {KeyUsage.MAC}}.get(k.purpose, without_reversal)
+        assert k.usages == expected and k.enterprise_id == ENTERPRISE, k.describe()
     for info in master.infos():
         assert info.kcv in out
     all_output = out + err
@@ -504,7 +509,7 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
     assert rows[0].split() == ["ENTERPRISE", "PURPOSE", "VERSION", "ALGORITHM", "USAGES", "KCV"]
     assert rows[1].split() == ["00010001", "access", "1", "aes128", "mac,personalise,verify",
                                master.get(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128).info().kcv]
-    assert len(rows) == 7
+    assert len(rows) == 13
     all_output += out + err
 
     code, out, err = run_cli(
@@ -534,8 +539,9 @@ def test_cli_create_options(secrets_dir, capsys):
     )
     assert (code, err) == (0, "")
     keystore = load_keystore(d / "ks", KeystoreUnlock.from_device_secret_file(d / "door-secret"))
-    assert len(keystore) == 3
-    assert all(k.algorithm is Algorithm.SM4 and k.usages == {KeyUsage.VERIFY, KeyUsage.MAC} for k in keystore)
+    assert len(keystore) == 6
+    assert all(k.algorithm is Algorithm.SM4 for k in keystore)
+    assert all(k.usages == ({KeyUsage.VERIFY} if k.purpose is KeyPurpose.TAC else {KeyUsage.VERIFY, KeyUsage.MAC}) for k in keystore)
 
 
 def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
@@ -591,7 +597,7 @@ def test_cli_subprocess_end_to_end(secrets_dir):
     created = onecard("create-keystore", "--out", "ks", "--passphrase-file", "pw", "--enterprise", "00010001")
     assert created.returncode == 0, created.stderr
     listed = onecard("list", "--keystore", "ks", "--passphrase-file", "pw")
-    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 7
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 13
     refused = onecard("create-keystore", "--out", "ks", "--passphrase-file", "pw", "--enterprise", "00010001")
     assert refused.returncode == 1 and refused.stderr.startswith("error: keystore ks already exists; ")
     keystore = load_keystore(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pw"))
@@ -609,5 +615,88 @@ def test_add_subcommands_plugs_into_a_parser():
     assert args.handler is cli.cmd_list and args.keystore == "k" and args.device_secret == "s"
     assert parser.parse_args(["sam", "create-keystore", "--out", "o", "--passphrase-file", "p", "--enterprise", "00010001"]).handler is cli.cmd_create_keystore
     assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--usages", "verify"]).handler is cli.cmd_restrict
+    assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos"]).handler is cli.cmd_restrict
+    with pytest.raises(SystemExit):  # exactly one of --role, --keep, --usages
+        parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos", "--usages", "mac"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o"])
     with pytest.raises(SystemExit):
         parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret", "s", "--passphrase-file", "p"])
+
+
+# --- purse roles, TAC separation, state commands --------------------------------------------------
+
+PURSE_MASTER = Keystore([
+    MasterKey.generate(ENTERPRISE, purpose, version, algorithm, ALL_USAGES if purpose is KeyPurpose.LOAD else ALL_USAGES - {KeyUsage.REVERSAL})
+    for algorithm in Algorithm
+    for purpose, version in ((KeyPurpose.ACCESS, 1), (KeyPurpose.PURCHASE, 1), (KeyPurpose.LOAD, 1), (KeyPurpose.TAC, 1))
+])
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--role", "pos"], {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
+    (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),
+    (["--role", "platform"], {(KeyPurpose.TAC, frozenset({KeyUsage.VERIFY}))}),
+    (["--role", "door"], {(KeyPurpose.ACCESS, frozenset({KeyUsage.VERIFY}))}),
+    (["--keep", "purchase=mac,verify", "--keep", "load=reversal"],
+     {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
+    (["--keep", "load=reversal", "--algorithm", "sm4"], {(KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
+])
+def test_cli_restrict_roles(secrets_dir, capsys, argv, expected):
+    d = secrets_dir
+    unlock = KeystoreUnlock.from_passphrase_file(d / "pw")
+    save_keystore(d / "master.ks", PURSE_MASTER, unlock, scrypt_n=FAST_N)
+    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
+                             "--out", str(d / "role.ks"), *argv)
+    assert (code, err) == (0, "")
+    restricted = load_keystore(d / "role.ks", unlock)
+    assert {(k.purpose, k.usages) for k in restricted} == expected
+    algorithms = {Algorithm.SM4} if "sm4" in argv else set(Algorithm)
+    assert {k.algorithm for k in restricted} == algorithms
+    assert all(k.key == PURSE_MASTER.get(*k.ident).key for k in restricted)
+    assert_no_key_in(out, PURSE_MASTER)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--usages", "verify"], "would hold TAC keys together with PURCHASE/LOAD keys.*--role platform"),
+    (["--keep", "tac=verify", "--keep", "purchase=verify"], "would hold TAC keys together"),
+    (["--keep", "purchase"], "is not PURPOSE=USAGES; write it like --keep load=reversal"),
+    (["--keep", "purchase,load=mac"], "names several purposes"),
+    (["--keep", "load=mac", "--keep", "load=verify"], "names load twice"),
+    (["--keep", "load=undo"], "unknown usage 'undo' in --keep"),
+    (["--keep", "load=mac", "--purposes", "load"], "--purposes goes with --usages"),
+])
+def test_cli_restrict_refusals(secrets_dir, capsys, argv, message):
+    d = secrets_dir
+    save_keystore(d / "master.ks", PURSE_MASTER, KeystoreUnlock.from_passphrase_file(d / "pw"), scrypt_n=FAST_N)
+    before = sorted(os.listdir(d))
+    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
+                             "--out", str(d / "x.ks"), *argv)
+    assert code == 1 and out == ""
+    assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
+    assert sorted(os.listdir(d)) == before
+
+
+def test_restricted_per_purpose():
+    pos = PURSE_MASTER.restricted_per_purpose({KeyPurpose.PURCHASE: {KeyUsage.MAC}, KeyPurpose.LOAD: {KeyUsage.REVERSAL, KeyUsage.PERSONALISE}},
+                                              algorithms={Algorithm.AES128})
+    assert {(k.purpose, k.algorithm, k.usages) for k in pos} == {
+        (KeyPurpose.PURCHASE, Algorithm.AES128, frozenset({KeyUsage.MAC})),
+        (KeyPurpose.LOAD, Algorithm.AES128, frozenset({KeyUsage.REVERSAL, KeyUsage.PERSONALISE})),
+    }
+
+
+def test_cli_init_and_show_state(tmp_path, capsys):
+    state = tmp_path / "pos.ks.state"
+    code, out, err = run_cli(capsys, "init-state", "--state", str(state), "--last-tsn", "41")
+    assert (code, err) == (0, "") and "next purchase gets TSN 42" in out
+    code, out, err = run_cli(capsys, "show-state", "--state", str(state))
+    assert code == 0 and out == "last TSN 41\nlast purchase: none\n"
+    before = state.read_bytes()
+    code, out, err = run_cli(capsys, "init-state", "--state", str(state), "--last-tsn", "0")
+    assert code == 1 and "already exists; move it aside first" in err and state.read_bytes() == before
+    code, out, err = run_cli(capsys, "init-state", "--state", str(tmp_path / "x"), "--last-tsn", str(2**32 - 1))
+    assert code == 1 and "is not 0..4294967294" in err
+    state.write_bytes(before.replace(b"41", b"40"))
+    code, out, err = run_cli(capsys, "show-state", "--state", str(state))
+    assert code == 1 and "is corrupted (the checksum does not match" in err and err.count("\n") == 1

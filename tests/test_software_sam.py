@@ -242,3 +242,152 @@ def test_open_from_file(tmp_path):
     opened = SoftwareSam.open(tmp_path / "ks", unlock)
     identity = card(Algorithm.SM4, version=2)
     assert opened.card_mac(KeyPurpose.UPDATE, identity, b"m") == SAM.card_mac(KeyPurpose.UPDATE, identity, b"m")
+
+
+# --- e-purse: TAC, state file, purse keys kept to the purse methods --------------------------------
+
+from sam import purse_crypto as pc  # noqa: E402
+from sam.interface import LoadSession, PurchaseSession  # noqa: E402
+from sam.sam_state import (  # noqa: E402
+    InvalidPurseInput,
+    SamState,
+    StateFile,
+    StateFileError,
+    decode_state,
+    encode_state,
+)
+
+PURSE_KEYS = [
+    MasterKey.generate(ENTERPRISE, purpose, 1, algorithm, usages)
+    for algorithm in Algorithm
+    for purpose, usages in (
+        (KeyPurpose.PURCHASE, {KeyUsage.MAC, KeyUsage.VERIFY}),
+        (KeyPurpose.LOAD, {KeyUsage.MAC, KeyUsage.VERIFY, KeyUsage.REVERSAL}),
+        (KeyPurpose.TAC, {KeyUsage.VERIFY}),
+    )
+]
+PLATFORM = SoftwareSam(Keystore(PURSE_KEYS))
+TERMINAL = bytes.fromhex("000000000101")
+TAC_FIELDS = dict(amount=1250, tx_type=pc.TYPE_PURCHASE, terminal_id=TERMINAL, tsn=17, date=bytes.fromhex("20260131"),
+                  time=bytes.fromhex("123456"), counter=7, balance_after=8750)
+
+
+def purse_master(purpose: KeyPurpose, algorithm: Algorithm) -> bytes:
+    return next(k for k in PURSE_KEYS if k.ident == (ENTERPRISE, purpose, 1, algorithm)).key.reveal()
+
+
+def card_tac(identity: CardIdentity, **fields) -> bytes:
+    k_tac = crypto.diversify(identity.algorithm, purse_master(KeyPurpose.TAC, identity.algorithm), identity.asn + identity.enterprise_id)
+    return pc.tac(identity.algorithm, k_tac, **fields)
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+@pytest.mark.parametrize("tx_type, tsn", [(pc.TYPE_PURCHASE, 17), (pc.TYPE_LOAD, 0)])
+def test_verify_tac_accepts_the_cards_tac(algorithm, tx_type, tsn):
+    identity = card(algorithm, version=1)
+    fields = {**TAC_FIELDS, "tx_type": tx_type, "tsn": tsn}
+    PLATFORM.verify_tac(identity, **fields, tac=card_tac(identity, **fields))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("amount", 1251), ("tx_type", pc.TYPE_LOAD), ("terminal_id", bytes.fromhex("000000000102")), ("tsn", 18),
+    ("date", bytes.fromhex("20260201")), ("time", bytes.fromhex("123457")), ("counter", 8), ("balance_after", 8751),
+])
+def test_verify_tac_covers_every_field(field, value):
+    identity = card(version=1)
+    tac = card_tac(identity, **TAC_FIELDS)
+    with pytest.raises(MacVerificationError, match="forged or altered"):
+        PLATFORM.verify_tac(identity, **{**TAC_FIELDS, field: value}, tac=tac)
+
+
+def test_verify_tac_needs_tac_verify_and_checks_inputs():
+    identity = card(version=1)
+    tac = card_tac(identity, **TAC_FIELDS)
+    with pytest.raises(MacVerificationError, match="expected 8"):
+        PLATFORM.verify_tac(identity, **TAC_FIELDS, tac=tac[:7])
+    with pytest.raises(InvalidPurseInput, match="neither 0x06"):
+        PLATFORM.verify_tac(identity, **{**TAC_FIELDS, "tx_type": 0x05}, tac=tac)
+    with pytest.raises(InvalidPurseInput, match="date must be 4 BCD bytes"):
+        PLATFORM.verify_tac(identity, **{**TAC_FIELDS, "date": b"\x20\x26\x01"}, tac=tac)
+    pos = SoftwareSam(Keystore(PURSE_KEYS).restricted({KeyUsage.MAC, KeyUsage.VERIFY}, purposes={KeyPurpose.PURCHASE}))
+    with pytest.raises(KeyNotFound, match="purpose tac"):
+        pos.verify_tac(identity, **TAC_FIELDS, tac=tac)
+    signer = SoftwareSam(Keystore([MasterKey(ENTERPRISE, KeyPurpose.TAC, 1, Algorithm.AES128, frozenset({KeyUsage.PERSONALISE}),
+                                             next(k for k in PURSE_KEYS if k.purpose is KeyPurpose.TAC).key)]))
+    with pytest.raises(KeyUsageError, match="may not be used to verify"):
+        signer.verify_tac(identity, **TAC_FIELDS, tac=tac)
+
+
+@pytest.mark.parametrize("purpose", [KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC])
+def test_purse_keys_are_not_for_generic_macs(purpose):
+    # card_mac under K_TAC would forge TACs, whatever the key's usages.
+    everything = SoftwareSam(Keystore([MasterKey.generate(ENTERPRISE, purpose, 1, Algorithm.AES128, ALL)]))
+    with pytest.raises(KeyUsageError, match="only through the purse methods"):
+        everything.card_mac(purpose, card(version=1), b"m")
+    with pytest.raises(KeyUsageError, match="only through the purse methods"):
+        everything.verify_card_mac(purpose, card(version=1), b"m", bytes(8))
+
+
+def test_purse_methods_name_the_usage_they_need():
+    verify_only = SoftwareSam(Keystore(PURSE_KEYS).restricted({KeyUsage.VERIFY}))
+    identity = card(version=1)
+    session = PurchaseSession(identity, b"\x00\x01\x02\x03", 1, 100, TERMINAL, bytes.fromhex("20260131"), bytes(3))
+    with pytest.raises(KeyUsageError, match="purpose purchase version 1 algorithm aes128 may not be used to mac"):
+        verify_only.purchase_mac1(session)
+    load = LoadSession(identity, b"\x00\x01\x02\x03", 1, 0, 100, TERMINAL, bytes.fromhex("20260131"), bytes(3))
+    with pytest.raises(KeyUsageError, match="may not be used to reversal"):
+        verify_only.reversal_mac2(load, bytes(8), 1)
+    with pytest.raises(KeyUsageError, match="may not be used to mac"):
+        verify_only.load_mac2(load, bytes(8))
+
+
+def test_open_keeps_state_beside_the_keystore(tmp_path):
+    unlock = KeystoreUnlock.from_device_secret(b"d" * 32)
+    save_keystore(tmp_path / "pos.ks", Keystore(PURSE_KEYS), unlock)
+    sam = SoftwareSam.open(tmp_path / "pos.ks", unlock)
+    assert not (tmp_path / "pos.ks.state").exists()  # made at the first purchase, not before
+    identity = card(version=1)
+    session = PurchaseSession(identity, b"\x00\x01\x02\x03", 1, 100, TERMINAL, bytes.fromhex("20260131"), bytes(3))
+    assert sam.purchase_mac1(session)[0] == 1
+    assert StateFile(tmp_path / "pos.ks.state").load().last_tsn == 1
+    elsewhere = SoftwareSam.open(tmp_path / "pos.ks", unlock, state_path=tmp_path / "other.state")
+    assert elsewhere.purchase_mac1(session)[0] == 1
+    assert StateFile(tmp_path / "other.state").load().last_tsn == 1
+    assert "d" * 32 not in repr(sam)
+
+
+def test_state_file_format_is_as_documented(tmp_path):
+    # docs/key-handling.md 8.2, byte for byte.
+    documented = (
+        b'ONECARD-SAM-STATE 1\n'
+        b'{"last_purchase":{"amount":1250,"asn":"8601000000001234","debited":true,"enterprise_id":"00010001",'
+        b'"reversed":false,"tsn":17},"last_tsn":17}\n'
+    )
+    import hashlib
+
+    documented += b"sha256=" + hashlib.sha256(documented).hexdigest().encode() + b"\n"
+    state = decode_state(documented)
+    assert state.last_tsn == 17 and state.last_purchase.debited and not state.last_purchase.reversed
+    assert encode_state(state) == documented
+    assert encode_state(SamState()).startswith(b'ONECARD-SAM-STATE 1\n{"last_purchase":null,"last_tsn":0}\nsha256=')
+
+
+@given(st.integers(0, 200), st.integers(0, 255))
+def test_any_byte_change_in_the_state_file_is_refused(position, value):
+    data = encode_state(SamState(5, None))
+    position %= len(data)
+    if data[position] == value:
+        return
+    altered = data[:position] + bytes([value]) + data[position + 1:]
+    with pytest.raises(ValueError):
+        decode_state(altered)
+
+
+@pytest.mark.parametrize("content", [b"", b"ONECARD-SAM-STATE 1\n", b"garbage", b"x" * 5000])
+def test_unreadable_state_is_one_error_and_left_alone(tmp_path, content):
+    path = tmp_path / "ks.state"
+    path.write_bytes(content)
+    with pytest.raises(StateFileError, match="corrupted") as excinfo:
+        StateFile(path).load()
+    assert "\n" not in str(excinfo.value)
+    assert path.read_bytes() == content
