@@ -2,7 +2,8 @@
 
 Prints JSON lines. door_decision: SELECT + ACCESS READ + SAM verify + blacklist + log, as `Terminal.handle_tap`
 makes it (targets: apdus <= 2, p99_ms <= 10 over pcscd). purchase: SELECT + INITIALIZE + DEBIT with the SAM's MAC1
-and MAC2 and the intent and outcome records (targets: apdus <= 3, sam_ops <= 2, p99_ms <= 20 over pcscd); fsyncs
+and MAC2 and the intent and outcome records (targets: apdus <= 3, sam_ops <= 2, p99_ms <= 20 over pcscd). Transports: in-process, pcscd + vpcd, nfcpy's
+udp driver with the simulated ISO 14443-4 card (bench/nfc_roundtrip.py adds the activation time); fsyncs
 per purchase are counted with strace in a separate short run when strace is installed. The card stays on the
 reader; every iteration is one complete decision or purchase, timed host-side.
 
@@ -131,6 +132,25 @@ def bench_pcsc(terms, card, n, entries, work: Path) -> None:
             reader.close()
 
 
+def bench_nfc(terms, card, n, entries) -> None:
+    from simulator.nfc_udp import VirtualPicc
+    from terminal.readers.nfc import NfcReader
+
+    with VirtualPicc(label="bench") as picc:
+        picc.insert(card)
+        reader = NfcReader(picc.path)
+        try:
+            conn = reader.wait_for_card(5)
+            if conn is None:
+                raise SystemExit("nfcpy did not find the simulated card within 5 s")
+            for _ in range(20):  # warm up the connection and the caches
+                terms[0].handle_tap(conn, MONDAY_10AM)
+            run_both(terms, conn, lambda: picc.apdu_count, n, entries, "nfcpy-udp")
+            conn.close()
+        finally:
+            reader.close()
+
+
 FSYNCS: dict[str, float | None] = {}
 
 
@@ -189,14 +209,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--blacklist", type=int, default=1_000_000)
-    ap.add_argument("--transport", choices=["all", "in-process", "pcscd"], default="all")
+    ap.add_argument("--transport", choices=["all", "in-process", "pcscd", "nfcpy"], default="all")
     ap.add_argument("--fsync-probe", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.fsync_probe:
         fsync_probe(args.fsync_probe)
         return
     per_purchase = count_fsyncs()
-    FSYNCS.update({"in-process": per_purchase, "pcscd+vpcd": per_purchase})
+    FSYNCS.update({"in-process": per_purchase, "pcscd+vpcd": per_purchase, "nfcpy-udp": per_purchase})
     with tempfile.TemporaryDirectory(prefix="onecard-bench-") as tmp:
         work = Path(tmp)
         (work / "pcscd").mkdir()
@@ -205,6 +225,8 @@ def main() -> None:
             bench_inprocess(terms, card, args.n, args.blacklist)
         if args.transport in ("all", "pcscd"):
             bench_pcsc(terms, card, args.n, args.blacklist, work)
+        if args.transport in ("all", "nfcpy"):
+            bench_nfc(terms, card, args.n, args.blacklist)
 
 
 if __name__ == "__main__":
