@@ -14,6 +14,7 @@ from sam import purse_crypto as pc
 from sam.interface import Algorithm, KeyPurpose, KeyUsage
 from sam.keystore import Keystore, KeystoreUnlock, MasterKey, SecretKey, load_keystore, save_keystore
 from simulator.psam import (
+    ATR,
     PsamApplet,
     PsamStateFile,
     add_psam_subcommands,
@@ -64,6 +65,7 @@ def selected(tmp_path=None) -> PsamApplet:
 
 
 def test_documented_conversation():
+    assert ATR == h("3B 88 80 01 4F 4E 45 50 53 41 4D 31 73")
     p = selected()
     assert p.transmit(h("80 CA 00 00 00")) == h(
         "03 00 01 00 01 01 01 01 01 AE 3A 71   00 01 00 01 04 01 01 03 C6 A1 3B   00 01 00 01 05 01 01 08 ED A3 30 90 00")
