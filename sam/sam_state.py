@@ -124,7 +124,14 @@ class LastPurchase:
     amount: int
     tsn: int
     debited: bool = False   # this SAM verified the card's MAC2 for it: the debit happened
-    reversed: bool = False  # a reversal MAC2 has been handed out for it
+    # The card's online counter when a reversal MAC2 was handed out (None: not yet). A credit always moves that
+    # counter on, so a new reversal session at the same counter proves the earlier MAC2 was never applied (and,
+    # bound to a card session that has ended, never can be): the undo may be retried, and still happens once.
+    reversal_counter: int | None = None
+
+    @property
+    def reversed(self) -> bool:
+        return self.reversal_counter is not None
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,8 @@ class SamState:
             return self
         return replace(self, last_purchase=replace(last, debited=True))
 
-    def check_reversal(self, card: CardIdentity, amount: int, tsn: int) -> None:
-        """Raise ReversalRefused unless a load of amount on card may undo purchase tsn now."""
+    def check_reversal(self, card: CardIdentity, amount: int, tsn: int, counter: int) -> None:
+        """Raise ReversalRefused unless a load of amount on card (online counter `counter`) may undo purchase tsn now."""
         last = self.last_purchase
         if last is None or not _same(last, card, amount, tsn):
             raise ReversalRefused(
@@ -166,15 +173,15 @@ class SamState:
                 "verify the purchase's MAC2 (or recover it with GET TRANSACTION PROVE) before undoing it",
                 "not-debited",
             )
-        if last.reversed:
+        if last.reversed and counter != last.reversal_counter:
             raise ReversalRefused(
                 f"reversal refused: purchase TSN {tsn} has already been undone once; it cannot be undone again",
                 "reversed",
             )
 
-    def after_reversal(self) -> SamState:
+    def after_reversal(self, counter: int) -> SamState:
         assert self.last_purchase is not None
-        return replace(self, last_purchase=replace(self.last_purchase, reversed=True))
+        return replace(self, last_purchase=replace(self.last_purchase, reversal_counter=counter))
 
 
 def _same(last: LastPurchase, card: CardIdentity, amount: int, tsn: int) -> bool:
@@ -190,7 +197,7 @@ def state_to_json(state: SamState) -> dict:
         "last_tsn": state.last_tsn,
         "last_purchase": None if last is None else {
             "asn": last.asn.hex(), "enterprise_id": last.enterprise_id.hex(), "amount": last.amount,
-            "tsn": last.tsn, "debited": last.debited, "reversed": last.reversed,
+            "tsn": last.tsn, "debited": last.debited, "reversal_counter": last.reversal_counter,
         },
     }
 
@@ -205,7 +212,7 @@ def state_from_json(doc: object) -> SamState:
     raw = doc["last_purchase"]
     if raw is None:
         return SamState(last_tsn, None)
-    fields = {"asn", "enterprise_id", "amount", "tsn", "debited", "reversed"}
+    fields = {"asn", "enterprise_id", "amount", "tsn", "debited", "reversal_counter"}
     if not isinstance(raw, dict) or set(raw) != fields:
         raise ValueError(f"last_purchase must have exactly the fields {sorted(fields)}")
     if not isinstance(raw["asn"], str) or not _ASN_RE.fullmatch(raw["asn"]):
@@ -216,10 +223,13 @@ def state_from_json(doc: object) -> SamState:
         raise ValueError("last_purchase.amount is not 1..FFFFFFFF")
     if type(raw["tsn"]) is not int or not 1 <= raw["tsn"] <= last_tsn:
         raise ValueError("last_purchase.tsn is not 1..last_tsn")
-    if type(raw["debited"]) is not bool or type(raw["reversed"]) is not bool or (raw["reversed"] and not raw["debited"]):
-        raise ValueError("last_purchase.debited/reversed are not booleans, or reversed without debited")
+    counter = raw["reversal_counter"]
+    if type(raw["debited"]) is not bool or not (counter is None or (type(counter) is int and 0 <= counter <= 0xFFFF)):
+        raise ValueError("last_purchase.debited is not a boolean, or reversal_counter is not null or 0..65535")
+    if counter is not None and not raw["debited"]:
+        raise ValueError("last_purchase has a reversal_counter without being debited")
     return SamState(last_tsn, LastPurchase(bytes.fromhex(raw["asn"]), bytes.fromhex(raw["enterprise_id"]), raw["amount"],
-                                           raw["tsn"], raw["debited"], raw["reversed"]))
+                                           raw["tsn"], raw["debited"], counter))
 
 
 def encode_state(state: SamState) -> bytes:

@@ -146,10 +146,11 @@ class SoftwareSam:
         check_mac(mac1, "load MAC1")
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.REVERSAL)
         with self._lock:
-            self._state.check_reversal(session.card, session.amount, purchase_tsn)
+            self._state.check_reversal(session.card, session.amount, purchase_tsn, session.counter)
             mac2 = self._load_mac2(algorithm, k_load, session, mac1)
-            # Recorded before MAC2 leaves: a crash after this line loses the undo, never allows a second one.
-            self._commit(self._state.after_reversal())
+            # Recorded before MAC2 leaves. A retry is allowed only at this same card counter, i.e. only if this
+            # MAC2 was never applied (a credit moves the counter on), so the undo happens at most once.
+            self._commit(self._state.after_reversal(session.counter))
         return mac2
 
     def verify_tac(

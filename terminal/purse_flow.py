@@ -279,10 +279,12 @@ class PurseTerminal:
         if settled and settled.happened and settled.op == UNDO:
             return Decision(True, UNDO, "completed", f"Refunded {format_yuan(settled.amount)} - balance "
                             f"{format_yuan(settled.balance_after)}", asn=asn, logged=False)
-        last = self.event_log.last_event_of((PURCHASE, UNDO, UNDO + ".intent"))
-        if last is None or last.kind != PURCHASE:
-            raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded"
-                          if last is not None else "Nothing to undo: no payment on this terminal yet", asn)
+        last = self.event_log.last_event_of((PURCHASE,))
+        if last is None:
+            raise Refusal("nothing_to_undo", "Nothing to undo: no payment on this terminal yet", asn)
+        undone = self.event_log.last_event_of((UNDO,))
+        if undone is not None and undone.detail["purchase_seq"] == last.seq:
+            raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded", asn)
         if last.asn != asn:
             raise Refusal("undo_other_card", f"Undo needs the card that paid (card ending {last.asn[-4:]})", asn)
         age = (now - last.time).total_seconds()

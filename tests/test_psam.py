@@ -92,11 +92,13 @@ def test_wrong_mac2_is_9302_and_tsn_counts_up():
     assert p.transmit(VERIFY_MAC2) == h("90 00")
 
 
-def load_command(ins: int, amount: int = 1250, tsn: int | None = None, mac1: bytes | None = None) -> bytes:
+def load_command(ins: int, amount: int = 1250, tsn: int | None = None, mac1: bytes | None = None,
+                 counter: int = 3) -> bytes:
     k_load = crypto.diversify(Algorithm.AES128, bytes(range(0x10, 0x20)), ASN + E)
-    sk = pc.load_session_key(Algorithm.AES128, k_load, h("01020304"), 3)
+    sk = pc.load_session_key(Algorithm.AES128, k_load, h("01020304"), counter)
     mac1 = mac1 or pc.load_mac1(Algorithm.AES128, sk, 300, amount, h("000000000101"))
-    data = h(CARD) + h("01020304 0003 0000012C") + amount.to_bytes(4, "big") + h("000000000101 20260131 123456") + mac1
+    data = (h(CARD) + h("01020304") + counter.to_bytes(2, "big") + h("0000012C") + amount.to_bytes(4, "big")
+            + h("000000000101 20260131 123456") + mac1)
     if tsn is not None:
         data += tsn.to_bytes(4, "big")
     return bytes([0x80, ins, 0, 0, len(data)]) + data + b"\x08"
@@ -114,7 +116,8 @@ def test_reversal_conversation():
     k_load = crypto.diversify(Algorithm.AES128, bytes(range(0x10, 0x20)), ASN + E)
     sk = pc.load_session_key(Algorithm.AES128, k_load, h("01020304"), 3)
     assert answer == pc.load_mac2(Algorithm.AES128, sk, 1250, h("000000000101"), h("20260131"), h("123456")) + h("90 00")
-    assert p.transmit(load_command(0x78, tsn=1)) == h("69 84")       # once only
+    assert p.transmit(load_command(0x78, tsn=1)) == answer           # card still at counter 3: never credited
+    assert p.transmit(load_command(0x78, tsn=1, counter=4)) == h("69 84")  # credited (counter moved): once only
     assert p.transmit(load_command(0x74)) == h("69 82")              # LOAD is reversal-only in this PSAM
 
 

@@ -266,3 +266,27 @@ def test_intent_of_another_terminal_counter_is_abandoned(tmp_path, sam):
     assert [k for k, _ in money_events(a)] == ["pos.purchase.intent", "pos.purchase.abandoned",
                                                "pos.purchase.intent", "pos.purchase"]
     assert card.state.purse.balance == 5000 - 800 - 100
+
+
+def test_undo_lost_before_the_card_got_it_can_be_retried_and_refunds_once(pos, sam):
+    """The SAM gave the reversal MAC2, the card never received CREDIT: a second undo is allowed, credited once."""
+    card = make_card(sam, opening_balance=5000)
+    pos.purchase(present(card)[1], 700, MONDAY_10AM)
+
+    class LeavesBeforeCredit:
+        atr = card.atr
+        power_on, power_off = card.power_on, card.power_off
+
+        def transmit(self, apdu):
+            if apdu[1] == 0x52:
+                raise CardRemoved("left before CREDIT reached it")
+            return card.transmit(apdu)
+
+    with pytest.raises(CardRemoved):
+        pos.undo_last(present(LeavesBeforeCredit())[1], MONDAY_10AM + dt.timedelta(seconds=10))
+    decision = pos.undo_last(present(card)[1], MONDAY_10AM + dt.timedelta(seconds=20))
+    assert decision.message == "Refunded 7.00 - balance 50.00"
+    assert card.state.purse.balance == 5000
+    with pytest.raises(Refusal):
+        pos.undo_last(present(card)[1], MONDAY_10AM + dt.timedelta(seconds=30))
+    assert card.state.purse.balance == 5000 and logged_balance(pos, 5000) == 5000

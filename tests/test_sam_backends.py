@@ -303,8 +303,12 @@ def test_a_reversal_stays_used_after_reopening(make_backend, kind):
     undo = load(amount=55)
     b.sam.reversal_mac2(undo, card_load_mac1(undo), tsn)
     sam = b.reopen()
+    credited = load(amount=55, counter=4, balance=355)  # the card applied the credit: its counter moved on
     with pytest.raises(ReversalRefused):
-        sam.reversal_mac2(undo, card_load_mac1(undo), tsn)
+        sam.reversal_mac2(credited, card_load_mac1(credited), tsn)
+    # Still at the reversal's counter: that MAC2 never reached the card, so the undo may be given again.
+    retry = load(amount=55)
+    assert sam.reversal_mac2(retry, card_load_mac1(retry), tsn) == b.sam.reversal_mac2(retry, card_load_mac1(retry), tsn)
 
 
 # --- keys and usages ------------------------------------------------------------------------------

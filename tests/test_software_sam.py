@@ -361,7 +361,7 @@ def test_state_file_format_is_as_documented(tmp_path):
     documented = (
         b'ONECARD-SAM-STATE 1\n'
         b'{"last_purchase":{"amount":1250,"asn":"8601000000001234","debited":true,"enterprise_id":"00010001",'
-        b'"reversed":false,"tsn":17},"last_tsn":17}\n'
+        b'"reversal_counter":null,"tsn":17},"last_tsn":17}\n'
     )
     import hashlib
 
