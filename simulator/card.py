@@ -506,12 +506,16 @@ class ForeignCard:
         return SW_INS
 
 
-def load_card(path: str | Path) -> OneCardApplet | ForeignCard:
-    """Open a card file as it would be tapped: a one-card RFID-SIM, or a card without the application."""
+def load_card(path: str | Path):
+    """Open a card file as it would be put in a reader: a one-card RFID-SIM, a card without the application,
+    or a PSAM (for a SAM slot)."""
     p = Path(path)
     doc = json.loads(p.read_text(encoding="utf-8"))
     if doc.get("format") == "onecard-sim-foreign/1":
         return ForeignCard(label=str(doc.get("label", ForeignCard.label)))
+    if doc.get("format") == "onecard-sim-psam/1":
+        from simulator.psam import load_psam
+        return load_psam(p)
     store = CardStateFile(p)
     return OneCardApplet(state=store.load(), store=store)
 

@@ -46,7 +46,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     from simulator.card import load_card
     from simulator import tap_control
+    from simulator.psam import add_psam_subcommands
     tap_control.add_subcommands(sub, load_card)
+    add_psam_subcommands(sub)
 
 
 def _date(text: str | None, default: dt.date) -> dt.date:

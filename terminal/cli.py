@@ -34,6 +34,13 @@ def open_sam(config: Config):
     from sam.software import SoftwareSam
 
     s = config.sam
+    if s.backend == "psam":
+        from sam.pcsc_sam import PcscSam
+        from terminal.reader import ReaderError
+        try:
+            return PcscSam(s.reader)
+        except (SamError, ReaderError) as exc:
+            raise UserError(str(exc)) from None
     try:
         if s.passphrase_file is not None:
             unlock = KeystoreUnlock.from_passphrase_file(s.passphrase_file, f"[sam].passphrase_file in {config.path}")
@@ -126,7 +133,7 @@ def cmd_check_config(args) -> int:
     print(f"terminal {t.id} ({t.kind}) '{t.name}' for enterprise {t.enterprise_id.hex()}, time zone {t.timezone.key}")
     print(f"event log {t.database}, blacklist {t.blacklist}")
     print(f"reader {c.reader.driver} {c.reader.name or c.reader.path or c.reader.card}")
-    print(f"sam {c.sam.backend} {c.sam.keystore}")
+    print(f"sam {c.sam.backend} {c.sam.keystore or c.sam.reader}")
     if t.kind == "door":
         print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s")
     else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 KINDS = ("door", "attendance", "pos", "topup")
 READER_DRIVERS = ("pcsc", "nfc", "simulator")
-SAM_BACKENDS = ("keystore",)
+SAM_BACKENDS = ("keystore", "psam")
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -77,9 +77,10 @@ class ReaderSection:
 @dataclass(frozen=True)
 class SamSection:
     backend: str
-    keystore: Path
+    keystore: Path | None           # keystore: the encrypted key file
     passphrase_file: Path | None
     device_secret_file: Path | None
+    reader: str = ""                # psam: the PC/SC reader (slot) holding the PSAM, any part of its name
 
 
 @dataclass(frozen=True)
@@ -266,13 +267,15 @@ def load_config(path: str | Path) -> Config:
     )
 
     s = section("sam")
+    backend = s.choice("backend", SAM_BACKENDS, default="keystore")
     sam = SamSection(
-        backend=s.choice("backend", SAM_BACKENDS, default="keystore"),
-        keystore=s.path_value("keystore"),
+        backend=backend,
+        keystore=s.path_value("keystore", required=backend == "keystore"),
         passphrase_file=s.path_value("passphrase_file", required=False),
         device_secret_file=s.path_value("device_secret_file", required=False),
+        reader=s.get("reader", str, required=backend == "psam", default=""),
     )
-    if (sam.passphrase_file is None) == (sam.device_secret_file is None):
+    if backend == "keystore" and (sam.passphrase_file is None) == (sam.device_secret_file is None):
         raise s.fail("passphrase_file", "and device_secret_file: exactly one must be set",
                      "set passphrase_file or device_secret_file, not both")
 
