@@ -9,12 +9,9 @@ import sqlite3
 from pathlib import Path
 
 from terminal.event_log import GENESIS_HASH, DatabaseError, EventLog, connect_readwrite, preflight
+from terminal.purse_flow import POS_REFUSE_OFFLINE_SALES_AT  # noqa: F401  (the POS's policy; reported here)
 
 SCHEMA_VERSION = 1
-# The POS refuses new offline sales once the unacknowledged backlog reaches this fraction of
-# [sync].outbox_capacity: the rest of the space stays for door/attendance records and for the sales
-# already made, which are never dropped (compaction only removes acknowledged records).
-POS_REFUSE_OFFLINE_SALES_AT = 0.8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sync_meta (

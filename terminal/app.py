@@ -9,13 +9,15 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 from onecard.logs import log_event
 from sam.interface import Sam
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
-from terminal.config import Config
+from terminal.config import Config, ConfigError, apply_platform_document
+from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
 from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Request, Undo
 from terminal.purse_flow import Incomplete, PurseTerminal
@@ -25,19 +27,41 @@ from terminal.reader import CardConnection, CardRemoved, Reader
 
 log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
+CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
 
 
 class Terminal:
     def __init__(self, config: Config, sam: Sam, event_log, blacklist, outputs: Outputs,
-                 nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0):
+                 nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0,
+                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None):
         self.config = config
         self.sam = sam
         self.event_log = event_log
         self.blacklist = blacklist
         self.outputs = outputs
         self.nonce_source = nonce_source
-        self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq)
+        self.inbox = inbox
+        self.config_version = 0  # the platform configuration applied over firmware.toml (0: none)
+        self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq, outbox_pressure,
+                                    inbox.pending_actions if inbox is not None else None)
                       if config.terminal.kind in PURSE_KINDS else None)
+
+    def refresh_config(self) -> None:
+        """Apply a newer platform configuration from the inbox, if any; a bad one is logged and ignored."""
+        if self.inbox is None or self.inbox.config_version() <= self.config_version:
+            return
+        version, document = self.inbox.latest_config()
+        try:
+            config = apply_platform_document(self.config, version, document)
+        except ConfigError as exc:
+            log_event(log, "config.rejected", logging.WARNING, version=version, error=str(exc),
+                      msg="platform configuration not applied; the terminal keeps its current settings")
+        else:
+            self.config = config
+            if self.purse is not None:
+                self.purse.config = config
+            log_event(log, "config.applied", version=version, msg="platform configuration applied")
+        self.config_version = version
 
     def decide(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
         """Talk to the card and decide; raises CardRemoved if the card leaves before a decision."""
@@ -116,7 +140,11 @@ class Terminal:
         """
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
+        refreshed = 0.0
         while not stop.is_set():
+            if time.monotonic() - refreshed >= CONFIG_REFRESH_SECONDS:
+                self.refresh_config()
+                refreshed = time.monotonic()
             if self.purse is None:
                 conn = reader.wait_for_card(poll_seconds)
                 if conn is not None:

@@ -92,19 +92,32 @@ def open_storage(config: Config):
     return event_log, blacklist
 
 
-def build_terminal(config: Config, stack: ExitStack):
-    """Open every adapter the configuration names; each failure is one UserError line."""
+def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, outputs=None):
+    """Open every adapter the configuration names (tests may hand in a SAM, reader or outputs of their own);
+    each failure is one UserError line."""
     from terminal.app import Terminal
     from terminal.outputs import ConsoleOutputs
 
-    sam = open_sam(config)
+    sam = sam or open_sam(config)
     event_log, blacklist = open_storage(config)
     stack.callback(event_log.close)
     stack.callback(blacklist.close)
-    reader = open_reader(config)
-    stack.callback(reader.close)
-    outputs = ConsoleOutputs(config.terminal.name, color=config.output.color)
-    return Terminal(config, sam, event_log, blacklist, outputs), reader
+    if reader is None:
+        reader = open_reader(config)
+        stack.callback(reader.close)
+    outputs = outputs or ConsoleOutputs(config.terminal.name, color=config.output.color)
+    sync = {}
+    if config.sync is not None:
+        # The agent's files are read here, never written: the terminal keeps working when the agent is down.
+        from sync_agent.store import outbox_pressure, read_acked_seq
+        from terminal.inbox import Inbox
+
+        db, capacity = config.sync.database, config.sync.outbox_capacity
+        inbox = Inbox(db)
+        stack.callback(inbox.close)
+        sync = dict(inbox=inbox, synced_seq=lambda: read_acked_seq(db),
+                    outbox_pressure=lambda: outbox_pressure(event_log, db, capacity))
+    return Terminal(config, sam, event_log, blacklist, outputs, **sync), reader
 
 
 def utc_now() -> dt.datetime:

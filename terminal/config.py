@@ -5,6 +5,7 @@ Relative paths are resolved against the directory of the configuration file.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import tomllib
 import zoneinfo
@@ -279,19 +280,38 @@ def load_config(path: str | Path) -> Config:
         raise s.fail("passphrase_file", "and device_secret_file: exactly one must be set",
                      "set passphrase_file or device_secret_file, not both")
 
-    d = section("door", required=terminal.kind == "door")
+    door = _door_section(section("door", required=terminal.kind == "door"))
+    attendance = _attendance_section(section("attendance", required=False))
+    pos = _pos_section(section("pos", required=terminal.kind == "pos"))
+    topup = _topup_section(section("topup", required=False))
+
+    o = section("output", required=False)
+    output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
+
+    profiles = _time_profiles(path, raw.get("time_profiles", {}))
+
+    return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
+                  output=output, pos=pos, topup=topup, time_profiles=profiles,
+                  sync=_sync_section(section("sync", required=False)))
+
+
+def _door_section(d: _Section) -> DoorSection:
     door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0))
     if not 1 <= door.group <= 64:
         raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
     if not 0 < door.open_seconds <= 60:
         raise d.fail("open_seconds", f"= {door.open_seconds} is outside (0, 60]", "use a few seconds")
+    return door
 
-    a = section("attendance", required=False)
+
+def _attendance_section(a: _Section) -> AttendanceSection:
     attendance = AttendanceSection(repeat_window_seconds=a.get("repeat_window_seconds", float, default=60.0))
     if not 0 <= attendance.repeat_window_seconds <= 3600:
         raise a.fail("repeat_window_seconds", "is outside 0..3600", "use a minute or two")
+    return attendance
 
-    p = section("pos", required=terminal.kind == "pos")
+
+def _pos_section(p: _Section) -> PosSection:
     pos = PosSection(max_purchase=_yuan(p, "max_purchase", "100.00"), offline_limit=_yuan(p, "offline_limit", "500.00"),
                      undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
                      card_wait_seconds=p.get("card_wait_seconds", float, default=30.0))
@@ -299,13 +319,14 @@ def load_config(path: str | Path) -> Config:
         raise p.fail("undo_window_seconds", "is outside 0..86400", "use a few minutes")
     if not 1 <= pos.card_wait_seconds <= 600:
         raise p.fail("card_wait_seconds", "is outside 1..600", "use half a minute")
-    tu = section("topup", required=False)
-    topup = TopupSection(max_load=_yuan(tu, "max_load", "1000.00"))
+    return pos
 
-    o = section("output", required=False)
-    output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
 
-    profiles_raw = raw.get("time_profiles", {})
+def _topup_section(t: _Section) -> TopupSection:
+    return TopupSection(max_load=_yuan(t, "max_load", "1000.00"))
+
+
+def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
     if not isinstance(profiles_raw, dict):
         raise ConfigError(f"{path}: time_profiles must be tables [time_profiles.N]; see firmware.toml")
     profiles = {0: ALWAYS}
@@ -314,10 +335,46 @@ def load_config(path: str | Path) -> Config:
             raise ConfigError(f"{path}: time_profiles.{number_text} must be a table; see firmware.toml")
         profile = _time_profile(path, number_text, table)
         profiles[profile.number] = profile
+    return profiles
 
-    return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
-                  output=output, pos=pos, topup=topup, time_profiles=profiles,
-                  sync=_sync_section(section("sync", required=False)))
+
+def apply_platform_document(config: Config, version: int, document: dict) -> Config:
+    """The configuration with the platform's signed document (docs/sync-protocol.md, "Configuration document")
+    laid over it. Each section present replaces the terminal's; ConfigError names what is wrong and nothing applies.
+    """
+    where = Path(f"platform configuration v{version}")
+    if not isinstance(document, dict):
+        raise ConfigError(f"{where}: not a JSON object; the platform must publish an object")
+    unknown = set(document) - {"doors", "attendance", "pos", "topup", "time_profiles"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown section {sorted(unknown)[0]!r}; publish doors, attendance, pos, topup "
+                          "or time_profiles")
+
+    def table(name: str) -> _Section:
+        value = document[name]
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {name} must be an object")
+        return _Section(where, name, value)
+
+    changes: dict = {}
+    doors = document.get("doors")
+    if doors is not None:
+        if not isinstance(doors, dict):
+            raise ConfigError(f"{where}: doors must be an object keyed by terminal ID")
+        mine = doors.get(config.terminal.id)
+        if mine is not None:
+            if not isinstance(mine, dict):
+                raise ConfigError(f"{where}: doors.{config.terminal.id} must be an object")
+            changes["door"] = _door_section(_Section(where, f"doors.{config.terminal.id}", mine))
+    if "attendance" in document:
+        changes["attendance"] = _attendance_section(table("attendance"))
+    if "pos" in document:
+        changes["pos"] = _pos_section(table("pos"))
+    if "topup" in document:
+        changes["topup"] = _topup_section(table("topup"))
+    if "time_profiles" in document:
+        changes["time_profiles"] = _time_profiles(where, document["time_profiles"])
+    return dataclasses.replace(config, **changes)
 
 
 def _yuan(section: _Section, key: str, default: str) -> int:

@@ -517,6 +517,13 @@ class EventLog:
                 best = row
         return None if best is None else _row_to_event(best)
 
+    def has_detail(self, kind: str, key: str, value: str) -> bool:
+        """Whether some record of `kind` has detail[key] == value (e.g. an over-the-air top-up's action_id)."""
+        row = self._conn.execute(
+            "SELECT 1 FROM events WHERE kind = ? AND json_extract(detail, '$.' || ?) = ? LIMIT 1", (kind, key, value)
+        ).fetchone()
+        return row is not None
+
     def sum_amounts(self, asn: str | bytes, kind: str, after_seq: int = 0) -> int:
         """Sum of detail.amount over card `asn`'s records of `kind` after `after_seq` (offline spending limits)."""
         row = self._conn.execute(

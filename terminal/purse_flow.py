@@ -23,6 +23,10 @@ from terminal.money import format_yuan
 from terminal.rules import BLACKLIST_MESSAGES
 
 log = logging.getLogger("onecard.purse")
+# The POS refuses new offline sales once the unacknowledged backlog reaches this fraction of the outbox
+# capacity ([sync].outbox_capacity): the rest stays for door and attendance records and for the sales already
+# made, which are never dropped (compaction only removes records the platform acknowledged).
+POS_REFUSE_OFFLINE_SALES_AT = 0.8
 
 # Event kinds: an intent, then exactly one of its outcomes.
 PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
@@ -59,12 +63,15 @@ class PurseTerminal:
     """The purse applications of a POS (purchase, undo) or a top-up terminal (load), over one card connection."""
 
     def __init__(self, config: Config, sam: Sam, event_log, blacklist,
-                 synced_seq: Callable[[], int] = lambda: 0):
+                 synced_seq: Callable[[], int] = lambda: 0, outbox_pressure: Callable[[], float] = lambda: 0.0,
+                 pending_actions: Callable[[str], list[dict]] | None = None):
         self.config = config
         self.sam = sam
         self.event_log = event_log
         self.blacklist = blacklist
         self.synced_seq = synced_seq  # the sync agent's acknowledged seq: offline limits count what is after it
+        self.outbox_pressure = outbox_pressure  # unacknowledged records / outbox capacity
+        self.pending_actions = pending_actions  # the inbox's card actions for an ASN (over-the-air top-ups)
         self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
 
     # --- shared steps -----------------------------------------------------------------------------
@@ -111,7 +118,7 @@ class PurseTerminal:
         detail = {k: d[k] for k in ("amount", "counter", "date", "time", "key_version", "algorithm")}
         detail.update(intent_seq=intent_seq, tac=proof.tac.hex(), proof=proof.mac.hex(),
                       balance_after=d["balance_before"] + sign * d["amount"], resolved_at_next_tap=resolved_later)
-        for k in ("tsn", "purchase_seq"):
+        for k in ("tsn", "purchase_seq", "action_id"):
             if k in d:
                 detail[k] = d[k]
         return detail
@@ -168,11 +175,12 @@ class PurseTerminal:
         """Show the balance; first settles any interrupted transaction of this card here, as every tap does."""
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         settled = self.settle_pending(transmit, info, now)
+        notes = self.run_card_actions(transmit, info, now)
         balance = pp.parse_balance(transmit(pp.get_balance_command()))
-        note = ""
         if settled is not None:
-            note = f" (earlier {VERB[settled.op]} of {format_yuan(settled.amount)} " + \
-                   ("completed)" if settled.happened else "did not happen)")
+            notes.insert(0, f"earlier {VERB[settled.op]} of {format_yuan(settled.amount)} "
+                         + ("completed" if settled.happened else "did not happen"))
+        note = "".join(f" ({n})" for n in notes)
         return Decision(True, "purse.balance", "balance", f"Balance {format_yuan(balance)}{note}",
                         asn=info.asn_hex, logged=False, detail={"balance": balance})
 
@@ -198,6 +206,9 @@ class PurseTerminal:
             raise Refusal("purse_expired", f"Purse expired on {info.purse_expiry.isoformat()}: "
                           "balance can no longer be spent, see the administrator", asn)
         pos = self.config.pos
+        if self.outbox_pressure() >= POS_REFUSE_OFFLINE_SALES_AT:
+            raise Refusal("store_full", "Offline storage nearly full: sales paused until the terminal syncs; "
+                          "call maintenance if this lasts", asn)
         if amount > pos.max_purchase:
             raise Refusal("over_purchase_limit", f"{format_yuan(amount)} is over the offline limit of "
                           f"{format_yuan(pos.max_purchase)} per purchase", asn)
@@ -256,6 +267,25 @@ class PurseTerminal:
         return self._finish(transmit, op, info, d, intent.seq, pp.credit_command(date, time_, mac2), pp.parse_credit,
                             lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)
 
+    def run_card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> list[str]:
+        """Load the over-the-air top-ups the platform queued for this card; each once (its action_id is logged).
+
+        Only a top-up terminal holds the LOAD key. Called after settle_pending, so an interrupted one is known.
+        """
+        if self.pending_actions is None or self.config.terminal.kind != "topup":
+            return []
+        notes = []
+        for action in self.pending_actions(info.asn_hex):
+            if action["action"] != "topup" or self.event_log.has_detail(LOAD, "action_id", action["action_id"]):
+                continue
+            amount = int(action["params"]["amount"])
+            detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2,
+                                {"action_id": action["action_id"]})
+            notes.append(f"over-the-air top-up of {format_yuan(amount)} loaded")
+            log_event(log, "purse.ota_topup", action=action["action_id"], asn=info.asn_hex, amount=amount,
+                      balance_after=detail["balance_after"], msg="over-the-air top-up written onto the card")
+        return notes
+
     def top_up(self, transmit, amount: int, now: dt.datetime) -> Decision:
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         settled = self.settle_pending(transmit, info, now)
@@ -263,12 +293,14 @@ class PurseTerminal:
             return Decision(False, "topup.notice", "earlier_completed",
                             f"Earlier {VERB[settled.op]} of {format_yuan(settled.amount)} was completed: "
                             f"check, then tap again to load {format_yuan(amount)}", asn=info.asn_hex, logged=False)
+        notes = self.run_card_actions(transmit, info, now)
         if amount > self.config.topup.max_load:
             raise Refusal("over_load_limit", f"{format_yuan(amount)} is over the top-up limit of "
                           f"{format_yuan(self.config.topup.max_load)}", info.asn_hex)
         detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {})
+        extra = "".join(f" ({note})" for note in notes)
         return Decision(True, LOAD, "loaded",
-                        f"Loaded {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}",
+                        f"Loaded {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}{extra}",
                         asn=info.asn_hex, logged=False, detail=detail)
 
     def undo_last(self, transmit, now: dt.datetime) -> Decision:

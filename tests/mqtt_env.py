@@ -262,7 +262,8 @@ def blacklist_version(path: Path) -> int:
         conn.close()
 
 
-def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals: dict[str, str] | None = None):
+def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals: dict[str, str] | None = None,
+                   tac_sam=None):
     """A PlatformService on platform.db with every test enterprise and the given terminals registered."""
     from simulator.platform.service import BrokerSettings, PlatformService
     from simulator.platform.store import Platform
@@ -277,7 +278,7 @@ def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals
     c = broker.pki.client(PLATFORM_USER)
     service = PlatformService(db, broker.pki.platform_key,
                               BrokerSettings("127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key)),
-                              workers=workers)
+                              workers=workers, tac_sam=tac_sam)
     service.start()
     assert service.wait_connected(), "platform workers could not connect to the test broker"
     return admin, service

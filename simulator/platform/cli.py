@@ -54,6 +54,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c = cmd("publish-config", "publish a signed configuration document to an enterprise's terminals", cmd_config)
     c.add_argument("--enterprise", required=True)
     c.add_argument("document", type=Path, help="JSON file: door groups, time windows, offline limits")
+    c = cmd("ota-topup", "over-the-air top-up: loaded onto the card at its next tap on a top-up terminal, once",
+            cmd_ota_topup)
+    c.add_argument("asn")
+    c.add_argument("amount", help="yuan, e.g. 50.00")
+    c = cmd("purse", "a card's purse transactions as uploaded, with each TAC's check", cmd_purse)
+    c.add_argument("asn")
     c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -69,6 +75,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--cert", required=True, type=Path, help="platform client certificate (CN=platform)")
     c.add_argument("--cert-key", required=True, type=Path, help="its private key")
     c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
+    c.add_argument("--tac-keystore", type=Path, help="keystore with the TAC keys ('onecard sam restrict --role "
+                   "platform'); without it purse transactions are recorded as 'unchecked'")
+    c.add_argument("--passphrase-file", type=Path, help="passphrase of --tac-keystore")
 
 
 def _platform(args):
@@ -179,6 +188,21 @@ def cmd_config(args) -> int:
                                  f"enterprise {args.enterprise}")
 
 
+def cmd_ota_topup(args) -> int:
+    from terminal.money import parse_yuan
+
+    fen = parse_yuan(args.amount, "amount")
+    if fen == 0:
+        raise UserError("the amount must be more than 0.00")
+    return _run(args, lambda pf: f"over-the-air top-up {pf.add_card_action(args.asn.upper(), 'topup', {'amount': fen})}"
+                                 f" of {args.amount} queued for card {args.asn.upper()}")
+
+
+def cmd_purse(args) -> int:
+    return _run(args, lambda pf: "\n".join(json.dumps(t, sort_keys=True)
+                                           for t in pf.purse_transactions(args.asn.upper())) or "no transactions")
+
+
 def cmd_bill(args) -> int:
     return _run(args, lambda pf: pf.attendance_bill(args.enterprise, args.employee_no, args.month))
 
@@ -205,9 +229,21 @@ def cmd_serve(args) -> int:
     for f in (args.ca, args.cert, args.cert_key):
         if not f.is_file():
             raise UserError(f"TLS file {f} does not exist; make test ones with deploy/mosquitto/make-test-pki.py")
+    tac_sam = None
+    if args.tac_keystore is not None:
+        from sam.interface import SamError
+        from sam.keystore import KeystoreUnlock
+        from sam.software import SoftwareSam
+
+        if args.passphrase_file is None:
+            raise UserError("--tac-keystore needs --passphrase-file")
+        try:
+            tac_sam = SoftwareSam.open(args.tac_keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
+        except SamError as exc:
+            raise UserError(str(exc)) from None
     service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port,
                                                            TlsFiles(args.ca, args.cert, args.cert_key)),
-                              workers=args.workers)
+                              workers=args.workers, tac_sam=tac_sam)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -112,8 +112,10 @@ class Worker:
 class PlatformService:
     """N workers (worker 0 also publishes the outbound queue), each on its own thread."""
 
-    def __init__(self, db: Path, signing_key, broker: BrokerSettings, *, workers: int = 2, clock=None) -> None:
-        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock), broker, publisher=i == 0)
+    def __init__(self, db: Path, signing_key, broker: BrokerSettings, *, workers: int = 2, clock=None,
+                 tac_sam=None) -> None:
+        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock, tac_sam=tac_sam), broker,
+                               publisher=i == 0)
                         for i in range(workers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

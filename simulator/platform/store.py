@@ -21,6 +21,8 @@ from sync_agent import protocol as p
 from terminal.event_log import GENESIS_HASH, event_hash
 
 ACTIVE, LOST, CANCELLED, REPLACED = "ACTIVE", "LOST", "CANCELLED", "REPLACED"
+# Completed purse transactions in terminal logs (terminal/purse_flow.py) and how each moves the balance.
+PURSE_SIGN = {"pos.purchase": -1, "pos.undo": 1, "topup.load": 1}
 # A terminal this many versions behind gets a snapshot instead of a long delta.
 MAX_DELTA_CHANGES = 10_000
 _ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
@@ -62,6 +64,11 @@ CREATE TABLE IF NOT EXISTS card_actions (
   params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending') STRICT;
 CREATE TABLE IF NOT EXISTS card_history (
   id INTEGER PRIMARY KEY, at TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL, text TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS purse_transactions (
+  terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, asn TEXT NOT NULL, kind TEXT NOT NULL, counter INTEGER NOT NULL,
+  amount_cents INTEGER NOT NULL, balance_after_cents INTEGER NOT NULL, tac TEXT NOT NULL, tac_status TEXT NOT NULL,
+  PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID, STRICT;
+CREATE INDEX IF NOT EXISTS purse_transactions_asn ON purse_transactions (asn, kind, counter);
 CREATE TABLE IF NOT EXISTS outbound (
   id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
   published_at TEXT) STRICT;
@@ -129,9 +136,12 @@ class Platform:
     """Accounts, ingest and signed publications of one platform database (one instance per thread)."""
 
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey, *, clock=None,
-                 timezone: str = "Asia/Shanghai") -> None:
+                 timezone: str = "Asia/Shanghai", tac_sam=None) -> None:
         self.path = Path(path)
         self.key = signing_key
+        # A SAM holding the enterprises' TAC master keys (usage verify): only the platform can check a TAC.
+        # Without one, purse transactions are recorded with tac_status 'unchecked'.
+        self.tac_sam = tac_sam
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.tz = zoneinfo.ZoneInfo(timezone)
         # check_same_thread=False: a service builds its Platform objects and hands each to one worker
@@ -490,7 +500,49 @@ class Platform:
             return f"chain broken at seq {e.seq}: its content hashes to {computed[:16]}…, not {e.hash[:16]}…"
         self.conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                           (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
+        if e.kind in PURSE_SIGN:
+            self._account(terminal_id, e)
         return None
+
+    def _account(self, terminal_id: str, e: p.WireEvent) -> None:
+        """A completed purse transaction, seen exactly once (this runs only for a new record of the chain):
+        check its TAC, then move the card's balance; a TAC that does not verify moves nothing."""
+        d = json.loads(e.detail)
+        status = self._check_tac(terminal_id, e, d)
+        self.conn.execute("INSERT INTO purse_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (terminal_id, e.seq, e.asn, e.kind, d["counter"], d["amount"], d["balance_after"], d["tac"],
+                           status))
+        if status != "bad":
+            self.conn.execute("UPDATE cards SET balance_cents = balance_cents + ? WHERE asn = ?",
+                              (PURSE_SIGN[e.kind] * d["amount"], e.asn))
+        if d.get("action_id"):
+            self.conn.execute("UPDATE card_actions SET status = 'done' WHERE action_id = ?", (d["action_id"],))
+
+    def _check_tac(self, terminal_id: str, e: p.WireEvent, d: dict) -> str:
+        if self.tac_sam is None:
+            return "unchecked"
+        from sam.interface import Algorithm, CardIdentity, SamError
+
+        enterprise = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?",
+                                       (terminal_id,)).fetchone()[0]
+        card = CardIdentity(bytes.fromhex(e.asn), bytes.fromhex(enterprise), d["key_version"],
+                            Algorithm[d["algorithm"]])
+        try:
+            self.tac_sam.verify_tac(card, amount=d["amount"], tx_type=0x06 if e.kind == "pos.purchase" else 0x02,
+                                    terminal_id=bytes.fromhex(terminal_id), tsn=d.get("tsn", 0) if e.kind ==
+                                    "pos.purchase" else 0, date=bytes.fromhex(d["date"]),
+                                    time=bytes.fromhex(d["time"]), counter=d["counter"],
+                                    balance_after=d["balance_after"], tac=bytes.fromhex(d["tac"]))
+        except SamError:
+            return "bad"
+        return "ok"
+
+    def purse_transactions(self, asn: str) -> list[dict]:
+        rows = self.conn.execute("SELECT terminal_id, seq, kind, counter, amount_cents, balance_after_cents, "
+                                 "tac_status FROM purse_transactions WHERE asn = ? ORDER BY kind, counter",
+                                 (asn,)).fetchall()
+        keys = ("terminal_id", "seq", "kind", "counter", "amount_cents", "balance_after_cents", "tac_status")
+        return [dict(zip(keys, r)) for r in rows]
 
     def ack_message(self, result: IngestResult) -> bytes:
         body = {"acked_seq": result.acked_seq, "acked_hash": result.acked_hash}

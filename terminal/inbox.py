@@ -1,0 +1,49 @@
+"""What the sync agent left for this terminal in sync.db: the newest configuration and pending card actions.
+
+Read-only, and absent until the agent first ran: the terminal never waits for the agent (docs/sync-protocol.md).
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+
+class Inbox:
+    def __init__(self, sync_db: Path):
+        self.path = Path(sync_db)
+        self._conn: sqlite3.Connection | None = None
+
+    def _connection(self) -> sqlite3.Connection | None:
+        if self._conn is None:
+            if not self.path.exists() or self.path.stat().st_size == 0:
+                return None
+            self._conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+        return self._conn
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        conn = self._connection()
+        if conn is None:
+            return []
+        try:
+            return conn.execute(sql, args).fetchall()
+        except sqlite3.OperationalError:
+            return []  # the agent has not created its tables yet
+
+    def config_version(self) -> int:
+        rows = self._query("SELECT coalesce(max(version), 0) FROM inbox_config")
+        return rows[0][0] if rows else 0
+
+    def latest_config(self) -> tuple[int, dict] | None:
+        rows = self._query("SELECT version, document FROM inbox_config ORDER BY version DESC LIMIT 1")
+        return (rows[0][0], json.loads(rows[0][1])) if rows else None
+
+    def pending_actions(self, asn_hex: str) -> list[dict]:
+        rows = self._query("SELECT action_id, action, params FROM inbox_card_actions WHERE asn = ? AND status = "
+                           "'pending' ORDER BY issued_at, action_id", (asn_hex.upper(),))
+        return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2])} for r in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,99 @@
+"""The terminal and the sync agent together: over-the-air top-up loaded once, platform configuration applied,
+purse transactions accounted by the platform with their TACs checked, POS refusing sales when the store fills."""
+import contextlib
+import io
+
+import pytest
+
+from simulator.inprocess import InProcessReader
+from terminal.cli import build_terminal
+from terminal.config import load_config
+from terminal.decision import Refusal
+from terminal.inbox import Inbox
+from terminal.keypad import Balance, Charge, Load
+from terminal.outputs import ConsoleOutputs
+from tests.mqtt_env import ENTERPRISE, AgentThread, start_platform, terminal_id, wait_until, write_terminal_config
+from tests.support import MONDAY_10AM, make_card, make_sam
+
+
+@pytest.fixture
+def rig(broker, tmp_path):
+    sam = make_sam()  # the issuing key set; it also holds the TAC keys the platform checks with
+    (tmp_path / "platform").mkdir()
+    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam)
+    tid = terminal_id(7)
+    config_path = write_terminal_config(tmp_path / "topup", tid, broker, kind="topup")
+    agent = AgentThread(config_path, ).start()
+    with contextlib.ExitStack() as stack:
+        terminal, _ = build_terminal(load_config(config_path), stack, sam=sam, reader=InProcessReader(),
+                                     outputs=ConsoleOutputs("top-up", io.StringIO(), color=False))
+        try:
+            wait_until(lambda: agent.agent.online, 20, "the agent connecting")
+            yield sam, admin, terminal, agent
+        finally:
+            agent.stop()
+            service.stop()
+            admin.close()
+
+
+def tap(terminal, card, request):
+    reader = InProcessReader()
+    reader.tap(card)
+    return terminal.handle_tap(reader.wait_for_card(0), MONDAY_10AM, request)
+
+
+def test_over_the_air_top_up_is_loaded_once_and_accounted_by_the_platform(rig):
+    sam, admin, terminal, agent = rig
+    card = make_card(sam, opening_balance=0)
+    asn = card.state.asn.hex().upper()
+    admin.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
+    admin.issue_card(ENTERPRISE, "E1001", asn)
+    action = admin.add_card_action(asn, "topup", {"amount": 5000})
+    inbox = Inbox(agent.config.sync.database)
+    wait_until(lambda: inbox.pending_actions(asn), 20, "the card action reaching the terminal's inbox")
+    first = tap(terminal, card, Balance())
+    assert first.message == "Balance 50.00 (over-the-air top-up of 50.00 loaded)"
+    second = tap(terminal, card, Balance())
+    assert second.message == "Balance 50.00"
+    assert card.state.purse.balance == 5000
+    wait_until(lambda: admin.card(asn)["balance_cents"] == 5000, 20, "the platform accounting the upload")
+    [tx] = admin.purse_transactions(asn)
+    assert (tx["kind"], tx["amount_cents"], tx["tac_status"]) == ("topup.load", 5000, "ok")
+    status = admin.conn.execute("SELECT status FROM card_actions WHERE action_id = ?", (action,)).fetchone()[0]
+    assert status == "done"
+
+
+def test_platform_configuration_is_applied_by_the_terminal(rig):
+    sam, admin, terminal, agent = rig
+    card = make_card(sam, opening_balance=0)
+    assert tap(terminal, card, Load(2000)).accepted
+    version = admin.publish_config(ENTERPRISE, {"topup": {"max_load": "10.00"}})
+    inbox = Inbox(agent.config.sync.database)
+    wait_until(lambda: inbox.config_version() >= version, 20, "the configuration reaching the inbox")
+    terminal.refresh_config()
+    refused = tap(terminal, card, Load(2000))
+    assert (refused.reason_code, refused.message) == ("over_load_limit", "20.00 is over the top-up limit of 10.00")
+    assert card.state.purse.balance == 2000
+
+
+def test_a_bad_platform_configuration_is_not_applied(rig, caplog):
+    sam, admin, terminal, agent = rig
+    version = admin.publish_config(ENTERPRISE, {"topup": {"max_load": "lots"}})
+    inbox = Inbox(agent.config.sync.database)
+    wait_until(lambda: inbox.config_version() >= version, 20, "the configuration reaching the inbox")
+    before = terminal.config
+    terminal.refresh_config()
+    assert terminal.config is before
+    assert "event=config.rejected" in caplog.text
+
+
+def test_pos_refuses_offline_sales_when_the_store_is_nearly_full(tmp_path):
+    from tests.support import make_terminal
+
+    sam = make_sam()
+    term, _ = make_terminal(tmp_path, sam, "pos")
+    term.purse.outbox_pressure = lambda: 0.85
+    card = make_card(sam, opening_balance=5000)
+    decision = tap(term, card, Charge(100))
+    assert decision.reason_code == "store_full" and "sales paused until the terminal syncs" in decision.message
+    assert card.state.purse.balance == 5000
