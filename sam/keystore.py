@@ -180,10 +180,38 @@ class MasterKey:
         )
 
 
-class Keystore:
-    """An immutable set of master keys, unique by (enterprise, purpose, version, algorithm)."""
+@dataclass(frozen=True)
+class MasterCardAnchor:
+    """The key master card a keystore was loaded from (docs/keys.md 6): later versions are accepted only from it.
 
-    def __init__(self, keys: Iterable[MasterKey]) -> None:
+    public_key: the card's Ed25519 identity public key (32 bytes); last_counter: the highest export counter accepted,
+    so an older export of the same card cannot be loaded back.
+    """
+
+    enterprise_id: bytes
+    public_key: bytes
+    last_counter: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enterprise_id, bytes) or len(self.enterprise_id) != 4:
+            raise ValueError("master card enterprise ID must be 4 bytes")
+        parse_enterprise_id(self.enterprise_id.hex())
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
+            raise ValueError("master card public key must be 32 bytes")
+        if type(self.last_counter) is not int or not 0 <= self.last_counter <= 0xFFFFFFFF:
+            raise ValueError("master card export counter must be an integer 0..4294967295")
+
+
+class Keystore:
+    """An immutable set of master keys, unique by (enterprise, purpose, version, algorithm).
+
+    master_card: the key master card the keys were loaded from, if any (None for create-keystore's keystores).
+    """
+
+    def __init__(self, keys: Iterable[MasterKey], master_card: MasterCardAnchor | None = None) -> None:
+        if master_card is not None and not isinstance(master_card, MasterCardAnchor):
+            raise TypeError(f"expected MasterCardAnchor, got {type(master_card).__name__}")
+        self.master_card = master_card
         by_ident: dict[tuple[bytes, KeyPurpose, int, Algorithm], MasterKey] = {}
         for key in keys:
             if not isinstance(key, MasterKey):
@@ -221,7 +249,7 @@ class Keystore:
         kept: list[MasterKey] = []
         for purpose, usages in rules.items():
             kept += self.restricted(usages, {purpose}, algorithms, enterprise_ids)
-        return Keystore(kept)
+        return Keystore(kept, self.master_card)
 
     def restricted(
         self,
@@ -246,7 +274,7 @@ class Keystore:
             remaining = key.usages & allowed
             if remaining:
                 kept.append(replace(key, usages=remaining))
-        return Keystore(kept)
+        return Keystore(kept, self.master_card)
 
 
 # --- unlocking ------------------------------------------------------------------------------------
@@ -407,7 +435,16 @@ def _payload(keystore: Keystore) -> bytes:
         }
         for key in keystore
     ]
-    return json.dumps({"keys": entries}, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    document: dict = {"keys": entries}
+    anchor = keystore.master_card
+    if anchor is not None:
+        # Only keystores loaded from a key master card carry it; others keep the exact format of 5.2.
+        document["master_card"] = {
+            "enterprise_id": format_enterprise_id(anchor.enterprise_id),
+            "public_key": anchor.public_key.hex(),
+            "last_counter": anchor.last_counter,
+        }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
 def _parse_payload(payload: bytes) -> Keystore:
@@ -416,8 +453,10 @@ def _parse_payload(payload: bytes) -> Keystore:
         document = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("payload is not JSON") from None
-    if not isinstance(document, dict) or set(document) != {"keys"} or not isinstance(document["keys"], list):
+    if (not isinstance(document, dict) or set(document) not in ({"keys"}, {"keys", "master_card"})
+            or not isinstance(document["keys"], list)):
         raise ValueError("payload is not an object with a 'keys' list")
+    anchor = _parse_anchor(document["master_card"]) if "master_card" in document else None
     keys = []
     for index, entry in enumerate(document["keys"]):
         if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
@@ -444,7 +483,17 @@ def _parse_payload(payload: bytes) -> Keystore:
             )
         except ValueError as e:
             raise ValueError(f"key entry {index}: {e}") from None
-    return Keystore(keys)
+    return Keystore(keys, anchor)
+
+
+def _parse_anchor(doc: object) -> MasterCardAnchor:
+    if not isinstance(doc, dict) or set(doc) != {"enterprise_id", "public_key", "last_counter"}:
+        raise ValueError("master_card must have exactly the fields enterprise_id, public_key, last_counter")
+    if not isinstance(doc["enterprise_id"], str) or not isinstance(doc["public_key"], str):
+        raise ValueError("master_card enterprise_id and public_key must be text")
+    if not re.fullmatch(r"[0-9a-f]{64}", doc["public_key"]):
+        raise ValueError("master_card public_key is not 32 bytes of lowercase hex")
+    return MasterCardAnchor(parse_enterprise_id(doc["enterprise_id"]), bytes.fromhex(doc["public_key"]), doc["last_counter"])
 
 
 # --- bytes <-> keystore ---------------------------------------------------------------------------
