@@ -1,22 +1,14 @@
 """A private mosquitto with TLS and the onecard ACL on 127.0.0.1, plus a test PKI and platform key, for sync tests."""
 from __future__ import annotations
 
-import os
-import pwd
-import shutil
-import signal
-import socket
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sync_agent.deploy import PLATFORM_USER
+from sync_agent.local_broker import MOSQUITTO, BrokerError, Pki, free_port  # noqa: F401  (re-exported for tests)
+from sync_agent.local_broker import Broker as _Broker, make_pki as _make_pki
 
-from sync_agent.deploy import PLATFORM_USER, CertFiles, TestCa, render_acl, render_conf
-
-MOSQUITTO = os.environ.get("ONECARD_MOSQUITTO", "/usr/sbin/mosquitto")
 ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
 
@@ -30,100 +22,15 @@ TERMINALS = {**{terminal_id(i): ENTERPRISE for i in range(1, 61)},
              **{terminal_id(i): OTHER_ENTERPRISE for i in (901, 902)}}
 
 
-class BrokerError(Exception):
-    """The private mosquitto cannot be started; the message says why and what to install or check."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Pki:
-    dir: Path
-    ca: CertFiles
-    server: CertFiles
-    clients: dict[str, CertFiles]
-    platform_key: Ed25519PrivateKey
-    platform_public: Path
-
-    def client(self, cn: str) -> CertFiles:
-        return self.clients[cn]
 
 
 def make_pki(directory: Path, terminals: dict[str, str] = TERMINALS) -> Pki:
-    ca = TestCa(directory)
-    clients = {cn: ca.issue(cn) for cn in [PLATFORM_USER, *terminals]}
-    key = Ed25519PrivateKey.generate()
-    pub = directory / "platform-ed25519.pub"
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
-    return Pki(directory, ca.files, ca.issue("127.0.0.1", server=True), clients, key, pub)
+    return _make_pki(directory, terminals)
 
 
 @dataclass
-class Broker:
-    """mosquitto -c <generated conf>; start() waits for the port, stop() sends SIGTERM and waits."""
-
-    workdir: Path
-    pki: Pki
+class Broker(_Broker):
     terminals: dict[str, str] = field(default_factory=lambda: dict(TERMINALS))
-    port: int = 0
-    proc: subprocess.Popen | None = None
-
-    def __post_init__(self) -> None:
-        if not (shutil.which(MOSQUITTO) or os.path.exists(MOSQUITTO)):
-            raise BrokerError(f"mosquitto is not installed ({MOSQUITTO} not found); install it with "
-                              "`apt-get install mosquitto` (deploy/setup-debian.sh does) or set ONECARD_MOSQUITTO")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = self.port or free_port()
-        self.acl = self.workdir / "acl"
-        self.acl.write_text(render_acl(self.terminals), encoding="utf-8")
-        self.log = self.workdir / "mosquitto.log"
-        self.conf = self.workdir / "mosquitto.conf"
-        self.conf.write_text(render_conf(port=self.port, ca=self.pki.ca.cert, server=self.pki.server, acl=self.acl,
-                                         log_file=self.log, user=pwd.getpwuid(os.getuid()).pw_name),
-                             encoding="utf-8")
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
-                tail = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
-                raise BrokerError(f"mosquitto exited with status {self.proc.returncode} at start: "
-                                  f"{(err or tail or ['no output'])[-1]}; see {self.conf}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.02)
-        self.stop()
-        raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout} s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stderr.close()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 # --------------------------------------------------------------------------------------------
