@@ -19,6 +19,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     check = sub.add_parser("check-config", help="validate firmware.toml and print what it sets up")
     check.add_argument("--config", required=True, type=Path)
     check.set_defaults(handler=cmd_check_config)
+    from terminal import provision, selftest  # the installer's commands
+    provision.add_subcommand(sub)
+    selftest.add_subcommand(sub)
 
 
 def read_config(path: Path) -> Config:
@@ -28,7 +31,22 @@ def read_config(path: Path) -> Config:
         raise UserError(str(exc)) from None
 
 
-def open_sam(config: Config):
+def open_sam(config: Config, check_binding: bool = True):
+    """The configured SAM; with check_binding, refuse one other than the SAM bound at provisioning (if any)."""
+    sam = _open_sam(config)
+    if check_binding:
+        from sam.interface import SamError
+        from terminal.provision import BindingError, check_bound_sam
+        try:
+            check_bound_sam(config.path, config.sam.backend, sam)
+        except (BindingError, SamError) as exc:
+            if hasattr(sam, "close"):
+                sam.close()
+            raise UserError(str(exc)) from None
+    return sam
+
+
+def _open_sam(config: Config):
     from sam.keystore import KeystoreUnlock
     from sam.interface import SamError
     from sam.software import SoftwareSam

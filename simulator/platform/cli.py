@@ -79,6 +79,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    "platform'); without it purse transactions are recorded as 'unchecked'")
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --tac-keystore")
 
+    from simulator.platform import ca_cli  # the CA role (terminal enrolment)
+    ca_cli.add_subcommands(sub)
+
 
 def _platform(args):
     from simulator.platform.store import Platform, PlatformError, load_signing_key

@@ -1,0 +1,664 @@
+"""`onecard terminal provision`: enrol a terminal - key pair, CSR, certificate, firmware.toml and its SAM binding.
+
+Safe to re-run: what exists and fits is kept, what exists and differs is refused unless --force (docs/install.md).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from onecard.logs import log_event
+from sam.interface import KeyInfo
+
+log = logging.getLogger("onecard.provision")
+
+REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "firmware.toml"
+KEY_NAME, CSR_NAME, CERT_NAME = "mqtt-terminal.key", "mqtt-terminal.csr", "mqtt-terminal.pem"
+CA_NAME, PUB_NAME, CONFIG_NAME = "mqtt-ca.pem", "platform-ed25519.pub", "firmware.toml"
+BINDING_FORMAT = "onecard-sam-binding/1"
+# Exit status when the CSR is written but no certificate is available yet: not an error, the next step is offline.
+EXIT_AWAITING_CERTIFICATE = 3
+
+
+class ProvisionError(Exception):
+    """One line: the problem and the fix."""
+
+
+class BindingError(ProvisionError):
+    """The SAM binding file is unreadable or names another SAM."""
+
+
+# --------------------------------------------------------------------------------------------------
+# SAM binding: which SAM (by its keys' check values) this terminal was installed with
+# --------------------------------------------------------------------------------------------------
+
+def binding_path(config_path: Path) -> Path:
+    """firmware.toml -> firmware.sam-binding.json beside it (one binding per configuration)."""
+    config_path = Path(config_path)
+    return config_path.with_name(config_path.stem + ".sam-binding.json")
+
+
+def key_entries(infos: list[KeyInfo]) -> list[dict]:
+    return sorted(({"enterprise": i.enterprise_id.hex(), "purpose": i.purpose.value, "version": i.version,
+                    "algorithm": i.algorithm.name.lower(), "usages": sorted(u.value for u in i.usages), "kcv": i.kcv}
+                   for i in infos), key=lambda e: (e["enterprise"], e["purpose"], e["version"], e["algorithm"]))
+
+
+def sam_fingerprint(infos: list[KeyInfo]) -> str:
+    """SHA-256 over the key list with check values: equal only for a SAM holding the same keys and usages."""
+    return hashlib.sha256(json.dumps(key_entries(infos), sort_keys=True).encode()).hexdigest()
+
+
+def binding_document(terminal_id: str, backend: str, sam_name: str, infos: list[KeyInfo], now: dt.datetime) -> dict:
+    return {"format": BINDING_FORMAT, "terminal_id": terminal_id, "backend": backend, "sam": sam_name,
+            "fingerprint": sam_fingerprint(infos), "keys": key_entries(infos),
+            "bound_at": now.isoformat(timespec="seconds")}
+
+
+def read_binding(path: Path) -> dict | None:
+    """The binding document, None when the terminal was never bound; BindingError when it is damaged."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise BindingError(f"SAM binding {path} is unreadable ({exc}); re-bind the SAM: onecard terminal provision "
+                           f"--rebind-sam --config <firmware.toml>") from None
+    if not isinstance(doc, dict) or doc.get("format") != BINDING_FORMAT or not isinstance(doc.get("keys"), list):
+        raise BindingError(f"SAM binding {path} is not a {BINDING_FORMAT} document; re-bind the SAM: onecard "
+                           "terminal provision --rebind-sam --config <firmware.toml>")
+    return doc
+
+
+def _entry_text(e: dict) -> str:
+    return f"{e['purpose']} v{e['version']} {e['algorithm']} KCV {e['kcv']}"
+
+
+def binding_problem(binding: dict, backend: str, infos: list[KeyInfo]) -> str | None:
+    """What differs between the bound SAM and this one, or None when it is the bound SAM."""
+    if binding.get("backend") != backend:
+        return f"the terminal is bound to a {binding.get('backend')} SAM, this is a {backend}"
+    if binding.get("fingerprint") == sam_fingerprint(infos):
+        return None
+    bound = {_entry_text(e) for e in binding["keys"] if isinstance(e, dict) and "kcv" in e}
+    here = {_entry_text(e) for e in key_entries(infos)}
+    gone, new = sorted(bound - here), sorted(here - bound)
+    parts = []
+    if gone:
+        parts.append(f"bound key {gone[0]} is not in this SAM")
+    if new:
+        parts.append(f"this SAM holds {new[0]}")
+    return "; ".join(parts) or "its keys' usages differ from the bound SAM's"
+
+
+def check_bound_sam(config_path: Path, backend: str, sam) -> None:
+    """Raise BindingError when a binding file exists and `sam` is not the SAM it names (used at terminal start)."""
+    path = binding_path(config_path)
+    binding = read_binding(path)
+    if binding is None:
+        return
+    problem = binding_problem(binding, backend, sam.key_infos())
+    if problem:
+        raise BindingError(f"this SAM is not the one terminal {binding.get('terminal_id')} was installed with "
+                           f"({problem}, per {path.name}); put back the bound SAM, or re-bind this one: onecard "
+                           f"terminal provision --rebind-sam --config {config_path}")
+
+
+# --------------------------------------------------------------------------------------------------
+# firmware.toml from the documented template, comments kept
+# --------------------------------------------------------------------------------------------------
+
+_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+_KEY = re.compile(r"^(#\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+def render_config(template: str, values: dict[tuple[str, str], object], remove: set[tuple[str, str]]) -> str:
+    """Set `values` in the template, keeping its comments: a key's line (or its commented-out example) is replaced,
+    a key the section lacks is added at the section's end; keys in `remove` are commented out."""
+    lines = template.splitlines()
+    out: list[str] = []
+    section = None
+    done: set[tuple[str, str]] = set()
+
+    def flush_section(name: str | None) -> None:
+        if name is None:
+            return
+        missing = [(s, k) for (s, k) in values if s == name and (s, k) not in done]
+        # Before the blank lines and comments that introduce the next section.
+        insert_at = len(out)
+        while insert_at > 0 and (not out[insert_at - 1].strip() or out[insert_at - 1].lstrip().startswith("#")):
+            insert_at -= 1
+        for s, k in missing:
+            out.insert(insert_at, f"{k} = {toml_value(values[(s, k)])}")
+            insert_at += 1
+            done.add((s, k))
+
+    for line in lines:
+        m = _SECTION.match(line)
+        if m:
+            flush_section(section)
+            section = m.group(1).strip()
+            out.append(line)
+            continue
+        k = _KEY.match(line)
+        if section is not None and k:
+            key = (section, k.group(2))
+            if key in values and key not in done:
+                out.append(f"{k.group(2)} = {toml_value(values[key])}")
+                done.add(key)
+                continue
+            if key in values or (key in remove and not k.group(1)):
+                out.append(f"# {line}" if not k.group(1) else line)
+                continue
+        out.append(line)
+    flush_section(section)
+    for s in sorted({s for (s, _) in values if (s, _) not in done}):
+        out += ["", f"[{s}]"] + [f"{k} = {toml_value(v)}" for (s2, k), v in values.items() if s2 == s]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# keys, CSR and certificate
+# --------------------------------------------------------------------------------------------------
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a key or config."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _public_der(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_private_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise ProvisionError(f"{path} is not an unencrypted PEM private key ({exc}); move it away or pass --force "
+                             "to make a new key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ProvisionError(f"{path} is not an EC key; move it away or pass --force to make a new P-256 key")
+    return key
+
+
+def make_csr(key, terminal_id: str) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def certificate_fits(cert_pem: bytes, key, terminal_id: str, now: dt.datetime) -> str | None:
+    """Why this certificate cannot serve this terminal and key, or None."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        return f"not a PEM certificate ({exc})"
+    cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not cns or cns[0].value != terminal_id:
+        return f"its CN is {cns[0].value if cns else None!r}, not the terminal ID {terminal_id}"
+    if _public_der(cert.public_key()) != _public_der(key.public_key()):
+        return "it is for another key than this terminal's"
+    if now >= cert.not_valid_after_utc:
+        return f"it expired on {cert.not_valid_after_utc:%Y-%m-%d}"
+    return None
+
+
+def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        x509.load_pem_x509_certificate(cert_pem).verify_directly_issued_by(x509.load_pem_x509_certificate(ca_pem))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# the provisioning run
+# --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Request:
+    terminal_id: str
+    kind: str
+    enterprise_id: str
+    etc_dir: Path
+    data_dir: Path
+    broker_host: str
+    broker_port: int
+    broker_ca: Path
+    platform_public_key: Path
+    name: str = "onecard terminal"
+    timezone: str | None = None
+    reader_driver: str = "pcsc"
+    reader: str = ""
+    sam_backend: str = "keystore"
+    keystore: Path | None = None
+    passphrase_file: Path | None = None
+    device_secret_file: Path | None = None
+    sam_reader: str = ""
+    door_group: int | None = None
+    ca_dir: Path | None = None     # lab: sign the CSR here and now with this CA
+    cert: Path | None = None       # the certificate the platform operator signed from our CSR
+    template: Path = REPO_TEMPLATE
+    owner: str | None = None       # the unprivileged user the services run as
+    force: bool = False
+
+
+def validate(r: Request) -> None:
+    from terminal.config import KINDS, READER_DRIVERS, SAM_BACKENDS
+
+    if not (r.terminal_id.isdigit() and len(r.terminal_id) == 12):
+        raise ProvisionError(f"--id {r.terminal_id!r} is not 12 digits; use the terminal number the platform "
+                             "registered, e.g. 000000000042")
+    if not (r.enterprise_id.isdigit() and len(r.enterprise_id) == 8):
+        raise ProvisionError(f"--enterprise {r.enterprise_id!r} is not 8 digits; e.g. 00010001")
+    if r.kind not in KINDS:
+        raise ProvisionError(f"--kind {r.kind!r} is not one of {', '.join(KINDS)}; pick one")
+    if r.reader_driver not in READER_DRIVERS:
+        raise ProvisionError(f"--reader-driver {r.reader_driver!r} is not one of {', '.join(READER_DRIVERS)}")
+    if not r.reader:
+        raise ProvisionError("--reader is empty; give the PC/SC reader name (pcsc_scan shows it), the nfcpy path "
+                             "(e.g. tty:AMA0:pn532) or the simulated card file")
+    if r.sam_backend not in SAM_BACKENDS:
+        raise ProvisionError(f"--sam {r.sam_backend!r} is not one of {', '.join(SAM_BACKENDS)}")
+    if r.sam_backend == "keystore":
+        if r.keystore is None:
+            raise ProvisionError("--sam keystore needs --keystore PATH (the file from the key-card administrator)")
+        if (r.passphrase_file is None) == (r.device_secret_file is None):
+            raise ProvisionError("--sam keystore needs exactly one of --passphrase-file and --device-secret-file")
+    elif not r.sam_reader:
+        raise ProvisionError("--sam psam needs --sam-reader NAME (the SAM slot's PC/SC reader name)")
+    if r.ca_dir is not None and r.cert is not None:
+        raise ProvisionError("--ca-dir and --cert both given; use --ca-dir in the lab or --cert with the "
+                             "certificate the platform operator signed, not both")
+    for option, path in (("--broker-ca", r.broker_ca), ("--platform-public-key", r.platform_public_key),
+                         ("--template", r.template)):
+        if not Path(path).is_file():
+            raise ProvisionError(f"{option} {path} does not exist; give the file's path")
+    if not 0 < r.broker_port <= 65535:
+        raise ProvisionError(f"--broker-port {r.broker_port} is not a TCP port; use 8883")
+
+
+def config_values(r: Request) -> tuple[dict[tuple[str, str], object], set[tuple[str, str]]]:
+    e = r.etc_dir
+    values: dict[tuple[str, str], object] = {
+        ("terminal", "id"): r.terminal_id, ("terminal", "kind"): r.kind, ("terminal", "enterprise_id"): r.enterprise_id,
+        ("terminal", "name"): r.name, ("terminal", "database"): str(r.data_dir / "events.db"),
+        ("terminal", "blacklist"): str(r.data_dir / "blacklist.db"), ("reader", "driver"): r.reader_driver,
+        ("sam", "backend"): r.sam_backend,
+        ("sync", "broker_host"): r.broker_host, ("sync", "broker_port"): r.broker_port,
+        ("sync", "ca_file"): str(e / CA_NAME), ("sync", "cert_file"): str(e / CERT_NAME),
+        ("sync", "key_file"): str(e / KEY_NAME), ("sync", "platform_public_key"): str(e / PUB_NAME),
+        ("sync", "database"): str(r.data_dir / "sync.db"),
+    }
+    remove: set[tuple[str, str]] = set()
+    if r.timezone:
+        values[("terminal", "timezone")] = r.timezone
+    reader_key = {"pcsc": "name", "nfc": "path", "simulator": "card"}[r.reader_driver]
+    values[("reader", reader_key)] = r.reader
+    remove |= {("reader", k) for k in ("name", "path", "card") if k != reader_key}
+    if r.sam_backend == "keystore":
+        values[("sam", "keystore")] = str(Path(r.keystore).resolve())
+        if r.passphrase_file is not None:
+            values[("sam", "passphrase_file")] = str(Path(r.passphrase_file).resolve())
+            remove.add(("sam", "device_secret_file"))
+        else:
+            values[("sam", "device_secret_file")] = str(Path(r.device_secret_file).resolve())
+            remove.add(("sam", "passphrase_file"))
+        remove.add(("sam", "reader"))
+    else:
+        values[("sam", "reader")] = r.sam_reader
+        remove |= {("sam", "keystore"), ("sam", "passphrase_file"), ("sam", "device_secret_file")}
+    if r.door_group is not None:
+        values[("door", "group")] = r.door_group
+    return values, remove
+
+
+class Provisioner:
+    STEPS = 7
+
+    def __init__(self, request: Request, say: Callable[[str], None] = print,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
+        # Absolute paths in the config: relative ones would be read relative to the config's own directory.
+        request.etc_dir, request.data_dir = Path(request.etc_dir).absolute(), Path(request.data_dir).absolute()
+        if request.reader_driver == "simulator":
+            request.reader = str(Path(request.reader).absolute())
+        self.r, self._say, self.now = request, say, now
+        self.step = 0
+        e = request.etc_dir
+        self.key_path, self.csr_path, self.cert_path = e / KEY_NAME, e / CSR_NAME, e / CERT_NAME
+        self.ca_path, self.pub_path, self.config_path = e / CA_NAME, e / PUB_NAME, e / CONFIG_NAME
+
+    def say(self, what: str, text: str, **fields) -> None:
+        self.step += 1
+        self._say(f"[{self.step}/{self.STEPS}] {what}: {text}")
+        log_event(log, f"provision.{what.replace(' ', '_')}", terminal=self.r.terminal_id, text=text, **fields)
+
+    def run(self) -> int:
+        r = self.r
+        validate(r)
+        try:
+            r.etc_dir.mkdir(parents=True, exist_ok=True)
+            r.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ProvisionError(f"cannot create {exc.filename} ({exc.strerror}); run as root or choose "
+                                 "--etc-dir/--data-dir you can write") from None
+        self.say("settings", f"terminal {r.terminal_id} ({r.kind}) of enterprise {r.enterprise_id}, files in "
+                             f"{r.etc_dir}, data in {r.data_dir}")
+        key = self.key()
+        self.csr(key)
+        if not self.certificate(key):
+            return EXIT_AWAITING_CERTIFICATE
+        self.trust()
+        self.config_and_binding()
+        self.chown()
+        self._say(f"done: terminal {r.terminal_id} provisioned. Next: onecard terminal selftest --config "
+                  f"{self.config_path} --tap-timeout 30 --report install-record.txt")
+        return 0
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def key(self):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        if self.key_path.exists() and not self.r.force:
+            key = load_private_key(self.key_path)
+            self.say("key", f"kept the existing key {self.key_path} (--force makes a new one)")
+            return key
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write_file(self.key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()), 0o600)
+        self.say("key", f"generated an EC P-256 key in {self.key_path} (mode 0600)")
+        return key
+
+    def csr(self, key) -> None:
+        from cryptography import x509
+        from cryptography.x509.oid import NameOID
+
+        if self.csr_path.exists():
+            try:
+                old = x509.load_pem_x509_csr(self.csr_path.read_bytes())
+                cn = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+                if cn and cn[0].value == self.r.terminal_id and _public_der(old.public_key()) == _public_der(key.public_key()):
+                    self.say("csr", f"kept {self.csr_path} (CN={self.r.terminal_id}, this key)")
+                    return
+            except ValueError:
+                pass  # a damaged request is rewritten: it holds nothing secret and nothing else refers to it
+        _write_file(self.csr_path, make_csr(key, self.r.terminal_id), 0o644)
+        self.say("csr", f"wrote {self.csr_path} (CN={self.r.terminal_id}, the broker username)")
+
+    def certificate(self, key) -> bool:
+        r = self.r
+        now = self.now()
+        existing = self.cert_path.read_bytes() if self.cert_path.exists() else None
+        if r.cert is not None:
+            try:
+                pem = Path(r.cert).read_bytes()
+            except OSError as exc:
+                raise ProvisionError(f"cannot read --cert {r.cert} ({exc.strerror}); give the certificate file the "
+                                     "platform operator returned") from None
+            problem = certificate_fits(pem, key, r.terminal_id, now)
+            if problem:
+                raise ProvisionError(f"--cert {r.cert} does not fit this terminal: {problem}; have "
+                                     f"{self.csr_path} signed again (onecard platform ca sign)")
+            if not issued_by(pem, Path(r.broker_ca).read_bytes()):
+                raise ProvisionError(f"--cert {r.cert} was not issued by the CA in --broker-ca {r.broker_ca}; use "
+                                     "the platform's CA certificate, or have the CSR signed by the platform CA")
+            self._replace(self.cert_path, existing, pem, "certificate")
+            self.say("certificate", f"installed {r.cert} as {self.cert_path}")
+            return True
+        if existing is not None and certificate_fits(existing, key, r.terminal_id, now) is None and not r.force:
+            self.say("certificate", f"kept {self.cert_path} (fits this key and terminal)")
+            return True
+        if r.ca_dir is not None:
+            from cryptography.hazmat.primitives import serialization
+            from simulator.platform.ca import CaError, PlatformCa
+
+            try:
+                ca = PlatformCa.load(r.ca_dir)
+                cert = ca.sign_csr(self.csr_path.read_bytes(), now=now)
+            except CaError as exc:
+                raise ProvisionError(str(exc)) from None
+            pem = cert.public_bytes(serialization.Encoding.PEM)
+            self._replace(self.cert_path, existing, pem, "certificate")
+            self.say("certificate", f"signed by the CA in {r.ca_dir}, valid until "
+                                    f"{cert.not_valid_after_utc:%Y-%m-%d}: {self.cert_path}")
+            return True
+        why = f" ({certificate_fits(existing, key, r.terminal_id, now)})" if existing is not None else ""
+        self.say("certificate", f"none yet{why}. Take {self.csr_path} to the platform operator, who runs: onecard "
+                                f"platform ca sign --dir CA --csr {self.csr_path.name} --out {r.terminal_id}.pem; "
+                                f"then run this command again with --cert {r.terminal_id}.pem")
+        return False
+
+    def trust(self) -> None:
+        for src, dst, what in ((self.r.broker_ca, self.ca_path, "broker CA"),
+                               (self.r.platform_public_key, self.pub_path, "platform public key")):
+            data = Path(src).read_bytes()
+            old = dst.read_bytes() if dst.exists() else None
+            if Path(src).resolve() != dst.resolve():
+                self._replace(dst, old, data, what)
+        self.say("trust", f"broker CA in {self.ca_path}, platform public key in {self.pub_path}")
+
+    def config_and_binding(self) -> None:
+        from terminal.config import ConfigError, load_config
+
+        r = self.r
+        try:
+            template = Path(r.template).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ProvisionError(f"cannot read the template {r.template} ({exc.strerror}); pass --template with "
+                                 "the documented firmware.toml") from None
+        values, remove = config_values(r)
+        text = render_config(template, values, remove).encode()
+        old = self.config_path.read_bytes() if self.config_path.exists() else None
+        if old is not None and old != text and not r.force:
+            raise ProvisionError(f"{self.config_path} exists with other settings; compare it with the new settings, "
+                                 "then pass --force to replace it")
+        # Validated and its SAM bound under a temporary name: a config that fails either never becomes the real one.
+        candidate = self.config_path.with_name(f".{CONFIG_NAME}.new")
+        _write_file(candidate, text, 0o640)
+        try:
+            try:
+                config = load_config(candidate)
+            except ConfigError as exc:
+                raise ProvisionError(f"the generated configuration is invalid ({exc}); check the options given") \
+                    from None
+            name, infos = open_bindable_sam(config)
+            self.say("sam", bind_sam(self.config_path, r.terminal_id, r.sam_backend, name, infos, self.now(), r.force))
+            os.replace(candidate, self.config_path)
+        finally:
+            if candidate.exists():
+                candidate.unlink()
+        self.say("config", f"{'kept' if old == text else 'wrote'} {self.config_path}; it passes check-config")
+
+    def chown(self) -> None:
+        owner = self.r.owner
+        if not owner:
+            return
+        try:
+            for p in (self.key_path, self.cert_path, self.config_path, binding_path(self.config_path), self.r.data_dir):
+                shutil.chown(p, owner, owner)
+        except (LookupError, OSError) as exc:
+            raise ProvisionError(f"cannot give the files to user {owner!r} ({exc}); create it first "
+                                 "(deploy/systemd/onecard.sysusers.conf) or run as root") from None
+
+    def _replace(self, path: Path, old: bytes | None, new: bytes, what: str) -> None:
+        if old == new:
+            return
+        if old is not None and not self.r.force:
+            raise ProvisionError(f"{path} ({what}) exists with other content; pass --force to replace it")
+        _write_file(path, new, 0o644)
+
+
+def bind_sam(config_path: Path, terminal_id: str, backend: str, name: str, infos: list[KeyInfo], now: dt.datetime,
+             force: bool) -> str:
+    """Write the binding of this SAM beside the configuration; keep an equal one; refuse another without force."""
+    path = binding_path(config_path)
+    try:
+        current = read_binding(path)
+    except BindingError:
+        if not force:
+            raise
+        current = None
+    if current is not None:
+        problem = binding_problem(current, backend, infos)
+        if problem is None:
+            return f"kept the binding to {backend} {name} ({len(infos)} keys) in {path}"
+        if not force:
+            raise BindingError(f"{path} binds this terminal to another SAM ({problem}); insert that SAM, or pass "
+                               "--force to bind this one")
+    doc = binding_document(terminal_id, backend, name, infos, now)
+    _write_file(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    log_event(log, "provision.sam_bound", terminal=terminal_id, backend=backend, fingerprint=doc["fingerprint"],
+              text=f"SAM {name} bound")
+    return f"bound {backend} {name}: {len(infos)} keys, fingerprint {doc['fingerprint'][:16]} in {path}"
+
+
+def open_bindable_sam(config) -> tuple[str, list[KeyInfo]]:
+    """(name, key infos) of the configured SAM, refusing one without the keys the terminal kind needs."""
+    from onecard.errors import UserError
+    from terminal.cli import open_sam
+    from terminal.selftest import KIND_ROLE, missing_keys
+
+    t = config.terminal
+    try:
+        sam = open_sam(config, check_binding=False)
+    except UserError as exc:
+        raise ProvisionError(f"cannot bind the SAM: {exc}") from None
+    try:
+        infos = sam.key_infos()
+        name = getattr(sam, "name", "") or str(config.sam.keystore)
+    finally:
+        if hasattr(sam, "close"):
+            sam.close()
+    missing = missing_keys(infos, t.enterprise_id, t.kind)
+    if missing:
+        raise ProvisionError(f"the SAM lacks the {t.kind} keys of enterprise {t.enterprise_id.hex()}: "
+                             f"{', '.join(missing)}; ask the key-card administrator for a keystore made with "
+                             f"onecard sam restrict --role {KIND_ROLE[t.kind]}")
+    return name, infos
+
+
+def rebind(config_path: Path, say: Callable[[str], None] = print) -> int:
+    """Bind the SAM now in the terminal to an existing configuration (a replaced PSAM or a new keystore)."""
+    from terminal.cli import read_config
+
+    config = read_config(config_path)
+    name, infos = open_bindable_sam(config)
+    say("[1/1] sam: " + bind_sam(Path(config_path), config.terminal.id, config.sam.backend, name, infos,
+                                 dt.datetime.now(dt.timezone.utc), force=True))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------------
+
+def add_subcommand(sub) -> None:
+    p = sub.add_parser("provision", help="enrol this terminal: key, CSR, certificate, firmware.toml, SAM binding",
+                       description="Enrol a terminal (docs/install.md). Re-running is safe: existing files that fit "
+                       "are kept, others are refused unless --force. Exit 3: the CSR is written and waits for the "
+                       "platform operator's certificate (run again with --cert).")
+    p.add_argument("--id", dest="terminal_id", help="12-digit terminal ID registered on the platform")
+    p.add_argument("--kind", choices=("door", "attendance", "pos", "topup"))
+    p.add_argument("--enterprise", help="8-digit enterprise ID")
+    p.add_argument("--name", default="onecard terminal", help="shown on the display and in logs")
+    p.add_argument("--timezone", help="IANA time zone (default: the template's)")
+    p.add_argument("--reader-driver", default="pcsc", choices=("pcsc", "nfc", "simulator"))
+    p.add_argument("--reader", help="PC/SC reader name (part of it), nfcpy path (tty:AMA0:pn532) or card file")
+    p.add_argument("--sam", dest="sam_backend", default="keystore", choices=("keystore", "psam"))
+    p.add_argument("--keystore", type=Path, help="the keystore file from the key-card administrator")
+    p.add_argument("--passphrase-file", type=Path, help="file holding the keystore passphrase")
+    p.add_argument("--device-secret-file", type=Path, help="or this device's secret file")
+    p.add_argument("--sam-reader", default="", help="PSAM: the SAM slot's PC/SC reader name")
+    p.add_argument("--door-group", type=int, help="door kind: this door's group 1..64")
+    p.add_argument("--broker-host", help="the platform's MQTT broker")
+    p.add_argument("--broker-port", type=int, default=8883)
+    p.add_argument("--broker-ca", type=Path, help="the platform CA certificate (ca.pem)")
+    p.add_argument("--platform-public-key", type=Path, help="the platform's Ed25519 public key (PEM)")
+    p.add_argument("--etc-dir", type=Path, default=Path("/etc/onecard"), help="config, key, certificate (default "
+                   "/etc/onecard)")
+    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/onecard"), help="databases (default "
+                   "/var/lib/onecard)")
+    p.add_argument("--ca-dir", type=Path, help="lab: sign the CSR at once with the CA in this directory")
+    p.add_argument("--cert", type=Path, help="the certificate the platform operator signed from the CSR")
+    p.add_argument("--template", type=Path, default=REPO_TEMPLATE, help="the documented firmware.toml")
+    p.add_argument("--owner", help="give key, certificate, config and data directory to this user (e.g. onecard)")
+    p.add_argument("--force", action="store_true", help="replace an existing key, certificate, config or binding")
+    p.add_argument("--rebind-sam", action="store_true", help="only bind the SAM now present to --config")
+    p.add_argument("--config", type=Path, help="with --rebind-sam: the terminal's firmware.toml")
+    p.set_defaults(handler=cmd_provision)
+
+
+_REQUIRED = (("terminal_id", "--id"), ("kind", "--kind"), ("enterprise", "--enterprise"), ("reader", "--reader"),
+             ("broker_host", "--broker-host"), ("broker_ca", "--broker-ca"),
+             ("platform_public_key", "--platform-public-key"))
+
+
+def cmd_provision(args) -> int:
+    from onecard.errors import UserError
+
+    try:
+        if args.rebind_sam:
+            if args.config is None:
+                raise ProvisionError("--rebind-sam needs --config PATH of the terminal's firmware.toml")
+            return rebind(args.config)
+        missing = [option for attr, option in _REQUIRED if getattr(args, attr) is None]
+        if missing:
+            raise ProvisionError(f"missing {', '.join(missing)}; see onecard terminal provision --help and "
+                                 "docs/install.md")
+        request = Request(
+            terminal_id=args.terminal_id, kind=args.kind, enterprise_id=args.enterprise, etc_dir=args.etc_dir,
+            data_dir=args.data_dir, broker_host=args.broker_host, broker_port=args.broker_port,
+            broker_ca=args.broker_ca, platform_public_key=args.platform_public_key, name=args.name,
+            timezone=args.timezone, reader_driver=args.reader_driver, reader=args.reader,
+            sam_backend=args.sam_backend, keystore=args.keystore, passphrase_file=args.passphrase_file,
+            device_secret_file=args.device_secret_file, sam_reader=args.sam_reader, door_group=args.door_group,
+            ca_dir=args.ca_dir, cert=args.cert, template=args.template, owner=args.owner, force=args.force)
+        return Provisioner(request).run()
+    except ProvisionError as exc:
+        raise UserError(str(exc)) from None
