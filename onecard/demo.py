@@ -1,12 +1,15 @@
-"""`onecard demo`: a door terminal and an attendance clock on virtual PC/SC readers, simulated employees tapping.
+"""`onecard demo`: a door, an attendance clock, a canteen POS and a top-up terminal on virtual PC/SC readers, each
+with its sync agent, a private mosquitto (TLS), the reference platform, and simulated employees tapping.
 
-Everything is real except the cards: a private pcscd with vpcd readers, the terminals as separate
-processes running `onecard terminal run`, encrypted keystores, SQLite logs. Each step prints what it does.
+Everything is real except the cards and the hardware: a private pcscd with vpcd readers, every terminal and agent
+a separate `onecard` process, encrypted keystores per terminal role, SQLite logs, signed MQTT messages. The
+terminals' screens are relayed to this console, one line per action; Ctrl-C stops everything cleanly.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import datetime as dt
 import os
 import secrets
@@ -14,11 +17,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from onecard.errors import UserError
+from terminal.money import format_yuan
 
 ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
@@ -37,12 +42,26 @@ class Employee:
     story: str = ""
 
 
+@dataclass(frozen=True)
+class TerminalSpec:
+    kind: str
+    terminal_id: str
+    name: str
+    role: str  # the keystore role (`onecard sam restrict --role`)
+
+
+TERMINALS = [TerminalSpec("door", "000000000101", "Door 1F", "door"),
+             TerminalSpec("attendance", "000000000201", "Clock 1F", "door"),
+             TerminalSpec("pos", "000000000301", "Canteen till", "pos"),
+             TerminalSpec("topup", "000000000401", "Top-up", "top-up")]
+
+
 def add_parser(top: argparse._SubParsersAction) -> None:
-    p = top.add_parser("demo", help="live demo: door + attendance terminals on virtual readers with simulated cards")
+    p = top.add_parser("demo", help="live demo: door, attendance, POS and top-up terminals with agents, broker and "
+                                    "platform, simulated employees tapping")
     p.add_argument("--workdir", type=Path, default=Path("var/demo"),
-                   help="where keystores, cards and databases go (emptied first; default var/demo)")
+                   help="where keystores, cards, certificates and databases go (emptied first; default var/demo)")
     p.add_argument("--hold", type=float, default=1.0, help="seconds each card stays on the reader")
-    p.add_argument("--rounds", type=int, default=1, help="how many times the employees walk past (0 = until Ctrl-C)")
     p.set_defaults(handler=cmd_demo)
 
 
@@ -51,10 +70,11 @@ def say(text: str) -> None:
 
 
 def onecard(*args: str, quiet: bool = True) -> str:
-    cmd = [sys.executable, "-m", "onecard", "--log-level", "WARNING", *args]
+    cmd = [sys.executable, "-m", "onecard", "--log-level", "WARNING", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"demo step failed: onecard {' '.join(args)}: {proc.stderr.strip() or proc.stdout.strip()}")
+        raise UserError(f"demo step failed: onecard {' '.join(map(str, args))}: "
+                        f"{proc.stderr.strip() or proc.stdout.strip()}")
     if not quiet:
         print(proc.stdout, end="", flush=True)
     return proc.stdout
@@ -64,7 +84,7 @@ def employees(today: dt.date) -> list[Employee]:
     # Li Na's profile excludes today, whatever day the demo runs: weekdays-only on weekends and vice versa.
     off_profile = 1 if today.weekday() >= 5 else 2
     return [
-        Employee("zhang", "Zhang Wei", "E1001", groups="1,2", story="door and attendance: allowed"),
+        Employee("zhang", "Zhang Wei", "E1001", groups="1,2", story="door, attendance and canteen"),
         Employee("li", "Li Na", "E1002", time_profile=off_profile, story="only allowed in her shift hours"),
         Employee("wang", "Wang Fang", "E1003", story="reported her phone lost yesterday"),
         Employee("zhao", "Zhao Lei", "E1004", groups="2", algorithm="sm4", story="SM4 card; rights for group 2 only"),
@@ -74,16 +94,138 @@ def employees(today: dt.date) -> list[Employee]:
     ]
 
 
-def terminal_config(path: Path, *, id_: str, kind: str, name: str, reader: str, db: Path, blacklist: Path,
-                    keystore: Path, passphrase: Path) -> None:
+class Site:
+    """What the card office, the key-card administrator and the platform operator prepared before the demo."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.passphrase = work / "keystore.pass"
+        self.passphrase.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
+        self.passphrase.chmod(0o600)
+        self.staff = employees(dt.date.today())
+        self.cards: dict[str, Path] = {}
+        self.asn: dict[str, str] = {}
+        self.keystores: dict[str, Path] = {}
+
+    def make_keys(self) -> None:
+        issuing = {e: self.work / f"issuing-{e}.keystore" for e in (ENTERPRISE, OTHER_ENTERPRISE)}
+        for enterprise, ks in issuing.items():
+            say(f"key-card administrator: key set of enterprise {enterprise} (AES-128 and SM4, every purpose)")
+            onecard("sam", "create-keystore", "--out", ks, "--passphrase-file", self.passphrase,
+                    "--enterprise", enterprise)
+        self.keystores["issuing"] = issuing[ENTERPRISE]
+        self.keystores["issuing-other"] = issuing[OTHER_ENTERPRISE]
+        for role in ("door", "pos", "top-up", "platform"):
+            self.keystores[role] = self.work / f"{role}.keystore"
+            onecard("sam", "restrict", "--keystore", issuing[ENTERPRISE], "--passphrase-file", self.passphrase,
+                    "--out", self.keystores[role], "--role", role)
+        say("installer: each terminal gets only its role's keys (door: ACCESS verify; POS: PURCHASE and "
+            "LOAD for undo only; top-up: LOAD); the TAC keys stay on the platform")
+
+    def issue_cards(self) -> None:
+        today = dt.date.today()
+        for e in self.staff:
+            self.cards[e.key] = self.work / f"card-{e.key}.json"
+            ks = self.keystores["issuing" if e.enterprise == ENTERPRISE else "issuing-other"]
+            args = ["sim", "new-card", "--out", self.cards[e.key], "--keystore", ks, "--passphrase-file",
+                    self.passphrase, "--enterprise", e.enterprise, "--employee", e.employee_no, "--name", e.name,
+                    "--groups", e.groups, "--time-profile", str(e.time_profile), "--algorithm", e.algorithm]
+            if e.valid_to:
+                args += ["--valid-from", (today - dt.timedelta(days=365)).isoformat(), "--valid-to", e.valid_to]
+            out = onecard(*args)
+            self.asn[e.key] = out.split()[1]
+            say(f"card office: issued {e.name}'s RFID-SIM {self.asn[e.key]} ({e.story})")
+        self.cards["phone"] = self.work / "card-phone.json"
+        onecard("sim", "new-foreign-card", "--out", self.cards["phone"], "--label", "phone without RFID-SIM")
+
+
+class Platform:
+    """The reference platform: its database, signing key and `onecard platform serve` process."""
+
+    def __init__(self, work: Path, site: Site):
+        self.work = work
+        self.db, self.key = work / "platform.db", work / "platform.key"
+        self.public_key = work / "platform.pub"
+        self.site = site
+
+    def admin(self, *args: str) -> str:
+        return onecard("platform", args[0], "--db", self.db, "--key", self.key, *args[1:])
+
+    def register(self) -> None:
+        onecard("platform", "init", "--db", self.db, "--key", self.key)
+        self.admin("add-enterprise", ENTERPRISE, "--name", "Demo Co")
+        self.admin("add-enterprise", OTHER_ENTERPRISE, "--name", "Other Co")
+        for t in TERMINALS:
+            self.admin("add-terminal", t.terminal_id, "--enterprise", ENTERPRISE, "--name", t.name)
+        for e in self.site.staff:
+            self.admin("add-holder", e.employee_no, "--enterprise", e.enterprise, "--name", e.name)
+            self.admin("issue-card", self.site.asn[e.key], "--enterprise", e.enterprise, "--employee", e.employee_no)
+        say("platform: enterprises, terminals, employees and cards registered")
+
+    def serve(self, stack: contextlib.ExitStack, broker, pki) -> None:
+        from sync_agent.deploy import PLATFORM_USER
+
+        client = pki.client(PLATFORM_USER)
+        log = stack.enter_context(open(self.work / "platform.log", "w"))
+        proc = subprocess.Popen([sys.executable, "-m", "onecard", "platform", "serve", "--db", str(self.db),
+                                 "--key", str(self.key), "--broker-port", str(broker.port), "--ca", str(pki.ca.cert),
+                                 "--cert", str(client.cert), "--cert-key", str(client.key), "--tac-keystore",
+                                 str(self.site.keystores["platform"]), "--passphrase-file", str(self.site.passphrase)],
+                                stdout=log, stderr=log)
+        stack.callback(stop_process, proc)
+        say(f"platform serving as pid {proc.pid} (uploads, signed blacklists, TAC checks), logging to platform.log")
+
+
+class Screen:
+    """A terminal process: its screen lines relayed to this console and remembered, its keypad on stdin."""
+
+    def __init__(self, spec: TerminalSpec, proc: subprocess.Popen):
+        self.spec, self.proc = spec, proc
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._relay, daemon=True, name=f"screen-{spec.kind}").start()
+
+    def _relay(self) -> None:
+        for line in self.proc.stdout:
+            print(line, end="", flush=True)
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+
+    def mark(self) -> int:
+        with self._cond:
+            return len(self.lines)
+
+    def wait_for(self, text: str, since: int, timeout: float = 15.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: any(text in line for line in self.lines[since:]), timeout)
+
+    def key(self, line: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def terminal_config(path: Path, t: TerminalSpec, work: Path, reader: str, site: Site, broker, pki,
+                    platform: Platform) -> None:
+    client = pki.client(t.terminal_id)
     path.write_text(f"""[terminal]
-id = "{id_}"
-kind = "{kind}"
+id = "{t.terminal_id}"
+kind = "{t.kind}"
 enterprise_id = "{ENTERPRISE}"
-name = "{name}"
+name = "{t.name}"
 timezone = "Asia/Shanghai"
-database = "{db}"
-blacklist = "{blacklist}"
+database = "{work / f'{t.kind}.db'}"
+blacklist = "{work / f'{t.kind}-blacklist.db'}"
 
 [reader]
 driver = "pcsc"
@@ -91,18 +233,31 @@ name = "{reader}"
 
 [sam]
 backend = "keystore"
-keystore = "{keystore}"
-passphrase_file = "{passphrase}"
+keystore = "{site.keystores[t.role]}"
+passphrase_file = "{site.passphrase}"
 
 [door]
 group = 1
 open_seconds = 3
 
-[attendance]
-repeat_window_seconds = 60
+[pos]
+max_purchase = "100.00"
+offline_limit = "300.00"
+undo_window_seconds = 300
 
 [output]
 driver = "console"
+color = false
+
+[sync]
+broker_host = "127.0.0.1"
+broker_port = {broker.port}
+ca_file = "{pki.ca.cert}"
+cert_file = "{client.cert}"
+key_file = "{client.key}"
+platform_public_key = "{platform.public_key}"
+database = "{work / f'{t.kind}-sync.db'}"
+heartbeat_seconds = 10
 
 [time_profiles.1]
 name = "weekdays"
@@ -119,137 +274,186 @@ sun = ["00:00-24:00"]
 """, encoding="utf-8")
 
 
-def prepare(work: Path) -> tuple[dict[str, Path], Path, Path, list[Employee]]:
-    """Keystores, cards and the blacklist: what the platform and the card office would have done."""
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    passphrase = work / "keystore.pass"
-    passphrase.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
-    passphrase.chmod(0o600)
-    issuing = {ENTERPRISE: work / "issuing-00010001.keystore", OTHER_ENTERPRISE: work / "issuing-00020002.keystore"}
-    for enterprise, ks in issuing.items():
-        say(f"card office: creating the key set of enterprise {enterprise} (AES-128 and SM4)")
-        onecard("sam", "create-keystore", "--out", str(ks), "--passphrase-file", str(passphrase),
-                "--enterprise", enterprise, "--algorithm", "both", "--usages", "verify,mac,personalise")
-    terminal_ks = work / "terminal.keystore"
-    say("installer: giving the terminals a verify-only copy of the ACCESS keys")
-    onecard("sam", "restrict", "--keystore", str(issuing[ENTERPRISE]), "--passphrase-file", str(passphrase),
-            "--out", str(terminal_ks), "--usages", "verify", "--purposes", "access")
-    cards: dict[str, Path] = {}
-    today = dt.date.today()
-    staff = employees(today)
-    for e in staff:
-        cards[e.key] = work / f"card-{e.key}.json"
-        args = ["sim", "new-card", "--out", str(cards[e.key]), "--keystore", str(issuing[e.enterprise]),
-                "--passphrase-file", str(passphrase), "--enterprise", e.enterprise, "--employee", e.employee_no,
-                "--name", e.name, "--groups", e.groups, "--time-profile", str(e.time_profile),
-                "--algorithm", e.algorithm]
-        if e.valid_to:
-            args += ["--valid-from", (today - dt.timedelta(days=365)).isoformat(), "--valid-to", e.valid_to]
-        onecard(*args)
-        say(f"card office: issued {e.name}'s RFID-SIM ({e.story})")
-    cards["phone"] = work / "card-phone.json"
-    onecard("sim", "new-foreign-card", "--out", str(cards["phone"]), "--label", "phone without RFID-SIM")
-    return cards, terminal_ks, passphrase, staff
+def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
+    log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
+    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+    stack.callback(stop_process, proc)
+    agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
+    agent = subprocess.Popen([sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)],
+                             stdout=agent_log, stderr=agent_log)
+    stack.callback(stop_process, agent)
+    deadline = time.monotonic() + 20
+    while "terminal.started" not in (work / f"{t.kind}.log").read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise UserError(f"terminal {t.name} did not start: {(work / f'{t.kind}.log').read_text().strip()}")
+        time.sleep(0.05)
+    say(f"terminal '{t.name}' ({t.kind}) pid {proc.pid} and its sync agent pid {agent.pid} are running")
+    return Screen(t, proc)
 
 
-def blacklist_lost_card(db: Path, card: Path) -> None:
-    from simulator.card import CardStateFile
-    from terminal.blacklist import Blacklist, BlacklistEntry
+class Walk:
+    """The people of the demo, tapping cards on the four readers."""
 
-    asn = CardStateFile(card).load().asn
-    bl = Blacklist.open(db)
-    try:
-        bl.apply_snapshot(1, [BlacklistEntry(asn=asn, reason="lost", listed_in_version=1)])
-    finally:
-        bl.close()
+    def __init__(self, site: Site, screens: dict[str, Screen], iccs: dict, hold: float):
+        self.site, self.screens, self.iccs, self.hold = site, screens, iccs, hold
+
+    def tap(self, kind: str, who: str, expect: str, *, tear_after: int | None = None) -> None:
+        from simulator.card import load_card
+
+        screen, icc = self.screens[kind], self.iccs[kind]
+        since = screen.mark()
+        icc.insert(load_card(self.site.cards[who]), label=who, tear_after=tear_after)
+        time.sleep(self.hold)
+        icc.remove()
+        if not screen.wait_for(expect, since):
+            raise UserError(f"the {kind} terminal did not show '{expect}'; see {self.site.work}/{kind}.log")
+        time.sleep(0.5)  # pcscd polls presence every 400 ms: let it see the reader empty before the next card
+
+    def keypad(self, kind: str, line: str, expect: str) -> None:
+        screen = self.screens[kind]
+        since = screen.mark()
+        screen.key(line)
+        if not screen.wait_for(expect, since):
+            raise UserError(f"the {kind} terminal did not show '{expect}' after keypad '{line}'")
 
 
-def wait_for_line(path: Path, needle: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_blacklisted(work: Path, asn: str, listed: bool, timeout: float = 20.0) -> float:
+    """Seconds until every terminal's blacklist (written by its agent) has `asn` listed (or not)."""
+    from terminal.blacklist import Blacklist
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        states = []
+        for t in TERMINALS:
+            path = work / f"{t.kind}-blacklist.db"
+            if path.exists():
+                with Blacklist.open(path) as bl:
+                    states.append(bl.lookup(bytes.fromhex(asn)) is not None)
+        if len(states) == len(TERMINALS) and all(s == listed for s in states):
+            return time.monotonic() - start
+        time.sleep(0.1)
+    raise UserError(f"the terminals did not {'list' if listed else 'unlist'} card {asn} within {timeout:g} s; "
+                    "see the *-agent.log files")
+
+
+def script(walk: Walk, platform: Platform, work: Path) -> None:
+    site = walk.site
+    say("--- morning: everyone arrives")
+    expectations = {"zhang": ("Welcome, Zhang Wei", "Zhang Wei: clocked in"),
+                    "li": ("Outside your permitted hours", "Li Na: clocked in"),
+                    "wang": ("Card reported lost", "Card reported lost"),
+                    "zhao": ("No access rights for this door", "Zhao Lei: clocked in"),
+                    "sun": ("Card expired on", "Card expired on"),
+                    "chen": ("This card has no application for this site",) * 2,
+                    "phone": ("Card not supported",) * 2}
+    names = {e.key: e.name for e in site.staff} | {"phone": "a visitor's phone without RFID-SIM"}
+    for key, (door_says, clock_says) in expectations.items():
+        say(f"{names[key]} taps at the door, then at the attendance clock")
+        walk.tap("door", key, door_says)
+        walk.tap("attendance", key, clock_says)
+    say("Zhang Wei taps the attendance clock again straight away")
+    walk.tap("attendance", "zhang", "already clocked in")
+
+    say("--- the top-up machine: the operator loads 100.00 for Zhang Wei and 20.00 for Li Na")
+    walk.keypad("topup", "100", "Top-up 100.00: please tap your card")
+    walk.tap("topup", "zhang", "Loaded 100.00 - balance 100.00")
+    walk.keypad("topup", "20", "Top-up 20.00")
+    walk.tap("topup", "li", "Loaded 20.00 - balance 20.00")
+
+    say("--- lunch at the canteen")
+    walk.keypad("pos", "12.50", "Pay 12.50: please tap your card")
+    walk.tap("pos", "zhang", "Paid 12.50 - balance 87.50")
+    walk.keypad("pos", "30", "Pay 30.00")
+    walk.tap("pos", "li", "Insufficient balance: 20.00 left")
+    say("the cashier charged Zhang Wei for the wrong dish and undoes it")
+    walk.keypad("pos", "u", "Undo the last payment: tap the card that paid")
+    walk.tap("pos", "zhang", "Refunded 12.50 - balance 100.00")
+    say("Zhang Wei pays 8.00 but pulls his phone away just as the till writes the card")
+    walk.keypad("pos", "8.00", "Pay 8.00")
+    walk.tap("pos", "zhang", "Card removed too soon: tap again to finish", tear_after=3)
+    walk.tap("pos", "zhang", "Paid 8.00 - balance 92.00")
+    say("Sun Li's purse expired with her contract")
+    walk.keypad("pos", "5", "Pay 5.00")
+    walk.tap("pos", "sun", "Purse expired on")
+
+    say("--- afternoon: Zhang Wei reports his phone lost to the enterprise administrator")
+    reported = time.monotonic()
+    platform.admin("report-loss", site.asn["zhang"])
+    wait_blacklisted(work, site.asn["zhang"], listed=True)
+    say(f"platform: loss report signed and sent; all {len(TERMINALS)} terminals enforce it "
+        f"{time.monotonic() - reported:.1f} s after the administrator started it")
+    walk.tap("door", "zhang", "Card reported lost")
+    say("he finds the phone in his coat; the administrator unlocks the card")
+    platform.admin("unlock", site.asn["zhang"])
+    wait_blacklisted(work, site.asn["zhang"], listed=False)
+    walk.tap("door", "zhang", "Welcome, Zhang Wei")
+
+
+def wait_uploaded(platform: Platform, asn: str, expected: int, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        if proc.poll() is not None:
-            raise UserError(f"terminal exited during start-up: {path.read_text(errors='replace').strip()}")
-        time.sleep(0.05)
-    raise UserError(f"terminal did not start within {timeout:g} s; see {path}")
-
-
-def start_terminal(work: Path, pcscd, slot: int, tid: str, kind: str, name: str, keystore: Path, passphrase: Path,
-                   lost_card: Path) -> subprocess.Popen:
-    db, blacklist, cfg, logf = (work / f"{kind}.db", work / f"{kind}-blacklist.db", work / f"{kind}.toml",
-                                work / f"{kind}.log")
-    terminal_config(cfg, id_=tid, kind=kind, name=name, reader=pcscd.names[slot], db=db, blacklist=blacklist,
-                    keystore=keystore, passphrase=passphrase)
-    blacklist_lost_card(blacklist, lost_card)
-    with open(logf, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
-                                stderr=err, env=os.environ.copy())
-    wait_for_line(logf, "terminal.started", proc, 20)
-    say(f"terminal '{name}' ({kind}) running as pid {proc.pid}, logging to {logf}")
-    return proc
-
-
-def stop_terminal(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def tap(icc, card: Path, key: str, hold: float) -> None:
-    from simulator.card import load_card
-
-    icc.insert(load_card(card), label=key)
-    time.sleep(hold)
-    icc.remove()
-    time.sleep(0.5)  # pcscd polls presence every 400 ms: let it see the reader empty before the next card
+        lines = [line for line in platform.admin("purse", asn).splitlines() if line.startswith("{")]
+        if len(lines) >= expected:
+            return lines
+        time.sleep(0.3)
+    raise UserError(f"the platform did not receive {expected} purse transactions of {asn} within {timeout:g} s")
 
 
 def cmd_demo(args) -> int:
     from onecard.logs import setup_logging
     from simulator.pcscd import PcscdError, private_pcscd
     from simulator.vpcd import VirtualIcc
+    from sync_agent.local_broker import Broker, BrokerError, make_pki
 
     work = args.workdir.resolve()
-    cards, terminal_ks, passphrase, staff = prepare(work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    site = Site(work)
+    platform = Platform(work, site)
     with contextlib.ExitStack() as stack:
-        # The screens are the show; the demo's own structured logs go to a file beside the terminals' logs.
+        # The screens are the show; the demo's own structured logs go to a file beside the others.
         setup_logging("INFO", stack.enter_context(open(work / "demo.log", "a", encoding="utf-8")))
-        say(f"structured logs: {work}/*.log")
+        say(f"everything goes to {work}; structured logs in {work}/*.log")
+        site.make_keys()
+        site.issue_cards()
+        platform.register()
+        platform.admin("report-loss", site.asn["wang"])
+        pki = make_pki(work / "pki", {t.terminal_id: ENTERPRISE for t in TERMINALS})
+        try:
+            broker = Broker(work / "broker", pki, terminals={t.terminal_id: ENTERPRISE for t in TERMINALS})
+            broker.start()
+        except BrokerError as exc:
+            raise UserError(str(exc)) from None
+        stack.callback(broker.stop)
+        say(f"mosquitto on 127.0.0.1:{broker.port}: TLS, a client certificate per terminal, per-terminal ACL")
+        platform.serve(stack, broker, pki)
         (work / "pcscd").mkdir()
         try:
-            pcscd = stack.enter_context(private_pcscd(n_readers=2, workdir=work / "pcscd"))
+            pcscd = stack.enter_context(private_pcscd(n_readers=len(TERMINALS), workdir=work / "pcscd"))
         except PcscdError as exc:
             raise UserError(str(exc)) from None
         say(f"pcscd is up with virtual readers: {', '.join(pcscd.names)}")
-        for slot, (tid, kind, name) in enumerate([("000000000101", "door", "Door 1F"),
-                                                  ("000000000201", "attendance", "Clock 1F")]):
-            proc = start_terminal(work, pcscd, slot, tid, kind, name, terminal_ks, passphrase, cards["wang"])
-            stack.callback(stop_terminal, proc)
-        say("platform: Wang Fang's card is on the blacklist of both terminals (reason: lost)")
-        door = VirtualIcc(pcscd.ports[0], label="door reader")
-        clock = VirtualIcc(pcscd.ports[1], label="attendance reader")
-        walk = [(e.key, e.name) for e in staff] + [("phone", "a visitor's phone without RFID-SIM")]
-        round_no = 0
+        screens, iccs = {}, {}
+        for slot, t in enumerate(TERMINALS):
+            cfg = work / f"{t.kind}.toml"
+            terminal_config(cfg, t, work, pcscd.names[slot], site, broker, pki, platform)
+            screens[t.kind] = start_terminal(stack, work, t, cfg)
+            iccs[t.kind] = VirtualIcc(pcscd.ports[slot], label=f"{t.kind} reader")
+        wait_blacklisted(work, site.asn["wang"], listed=True)
+        say("every terminal has the platform's signed blacklist: Wang Fang's lost phone is on it")
         try:
-            while args.rounds == 0 or round_no < args.rounds:
-                round_no += 1
-                for key, who in walk:
-                    for icc, where in ((door, "door"), (clock, "attendance clock")):
-                        say(f"{who} taps at the {where}")
-                        tap(icc, cards[key], key, args.hold)
-                say("Zhang Wei taps the attendance clock again straight away")
-                tap(clock, cards["zhang"], "zhang", args.hold)
+            script(Walk(site, screens, iccs, args.hold), platform, work)
+            say("--- the platform's view of Zhang Wei's purse (each TAC checked with the platform's TAC key)")
+            for line in wait_uploaded(platform, site.asn["zhang"], 4):
+                print(f"   {line}", flush=True)
+            card = json.loads(platform.admin("card", site.asn["zhang"]))
+            say(f"platform: Zhang Wei's card balance {format_yuan(card['balance_cents'])}, the same as on the card")
         except KeyboardInterrupt:
-            say("Ctrl-C: stopping the terminals and pcscd")
-    for kind in ("door", "attendance"):
-        say(f"{kind} terminal's event log:")
-        onecard("log", "show", "--db", str(work / f"{kind}.db"), quiet=False)
-        onecard("log", "verify", "--db", str(work / f"{kind}.db"), quiet=False)
+            say("Ctrl-C: stopping the terminals, agents, platform, broker and pcscd")
+    for t in TERMINALS:
+        say(f"{t.name}: event log")
+        onecard("log", "verify", "--db", work / f"{t.kind}.db", quiet=False)
     say(f"done; everything is in {work}")
     return 0

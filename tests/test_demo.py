@@ -8,8 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "onecard", "demo", "--workdir", str(tmp_path / "demo"),
-                           "--hold", "0.6"], cwd=ROOT, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+                           "--hold", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     out = proc.stdout
     for line in ["[Door 1F] OK  Welcome, Zhang Wei",
                  "[Door 1F] NO  Outside your permitted hours",
@@ -21,6 +21,19 @@ def test_demo(tmp_path):
                  "[Door 1F] NO  Card not supported",
                  "[Clock 1F] OK  Zhang Wei: clocked in at",
                  "[Clock 1F] OK  Zhang Wei: already clocked in at",
-                 "relay: door unlocked for 3 s"]:
+                 "[Door 1F] relay: door unlocked for 3 s",
+                 "[Top-up] OK  Loaded 100.00 - balance 100.00",
+                 "[Canteen till] OK  Paid 12.50 - balance 87.50",
+                 "[Canteen till] NO  Insufficient balance: 20.00 left",
+                 "[Canteen till] OK  Refunded 12.50 - balance 100.00",
+                 "[Canteen till] NO  Card removed too soon: tap again to finish",
+                 "[Canteen till] OK  Paid 8.00 - balance 92.00",
+                 "[Canteen till] NO  Purse expired on",
+                 "platform: Zhang Wei's card balance 92.00, the same as on the card"]:
         assert line in out, line
-    assert out.count("chain intact: 7 records") == 2
+    assert out.count('"tac_status": "ok"') == 4
+    # The loss report made mid-demo: refused after it, granted again after the unlock.
+    after_loss = out.split("reports his phone lost")[1]
+    assert "[Door 1F] NO  Card reported lost" in after_loss
+    assert "[Door 1F] OK  Welcome, Zhang Wei" in after_loss.split("unlocks the card")[1]
+    assert out.count("chain intact") == 4
