@@ -401,16 +401,23 @@ def classify_connect_error(exc: BaseException, host: str, port: int) -> tuple[st
                     "set [sync].broker_host to the name the broker's certificate was issued for")
         return (f"the broker's certificate is not signed by [sync].ca_file ({exc.verify_message})",
                 "put the platform's CA certificate in [sync].ca_file (mqtt-ca.pem from the platform operator)")
+    if isinstance(exc, TlsRejected):
+        # mosquitto verifies the client certificate after a TLS 1.3 handshake and just closes the socket when
+        # it does not chain to its cafile; expiry was checked before connecting, so this is the CA.
+        return (f"the broker rejected this terminal's certificate (it closed the connection before answering: "
+                f"{exc}); the certificate was not issued by the CA the broker trusts",
+                "get a certificate from the platform CA: re-run onecard terminal provision with --force and have "
+                "the CSR signed with onecard platform ca sign (docs/install.md)")
     if isinstance(exc, ssl.SSLError):
-        reason = (exc.reason or str(exc)).upper()
+        reason = (getattr(exc, "reason", None) or str(exc)).upper()
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
-            return (f"the broker rejected this terminal's certificate ({exc.reason}): it was not issued by the "
+            return (f"the broker rejected this terminal's certificate ({_alert(exc)}): it was not issued by the "
                     "platform's CA", "get a certificate from the platform CA: re-run onecard terminal provision with "
                     "--force and have the CSR signed with onecard platform ca sign (docs/install.md)")
         if "EXPIRED" in reason or "REVOKED" in reason:
-            return (f"the broker rejected this terminal's certificate ({exc.reason})",
+            return (f"the broker rejected this terminal's certificate ({_alert(exc)})",
                     "make a new certificate: re-run onecard terminal provision with --force (docs/install.md)")
-        return (f"TLS handshake with {host}:{port} failed ({exc.reason or exc})",
+        return (f"TLS with {host}:{port} failed ({_alert(exc)})",
                 "check [sync].broker_port is the broker's TLS listener and the files in [sync]")
     if isinstance(exc, ConnectionRefusedError):
         return (f"{host}:{port} refused the connection (nothing listening)",
@@ -426,8 +433,16 @@ def classify_connect_error(exc: BaseException, host: str, port: int) -> tuple[st
     return f"connection to {host}:{port} failed ({exc})", "see the broker's log for this client"
 
 
+def _alert(exc: BaseException) -> str:
+    return getattr(exc, "reason", None) or str(exc)
+
+
 class BrokerRefused(Exception):
     """The broker answered CONNACK with a failure reason."""
+
+
+class TlsRejected(Exception):
+    """The connection failed after the TLS handshake (paho's error text, e.g. a TLS alert from the broker)."""
 
 
 def connect_broker(host: str, port: int, ca: Path, cert: Path, key: Path, client_id: str, timeout: float) -> str:
@@ -440,16 +455,25 @@ def connect_broker(host: str, port: int, ca: Path, cert: Path, key: Path, client
     def on_connect(client, userdata, flags, reason_code, properties):
         outcome["rc"] = reason_code
 
+    def on_log(client, userdata, level, text):
+        # With TLS 1.3 the broker's verdict on our certificate arrives after the handshake, as an alert on the
+        # first read; paho reports it only through its log.
+        if level == paho.MQTT_LOG_ERR:
+            outcome.setdefault("error", text)
+
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
     client.tls_set(ca_certs=str(ca), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     client.connect_timeout = timeout
     client.on_connect = on_connect
+    client.on_log = on_log
     client.connect(host, port, keepalive=10)  # TCP + TLS handshake happen here: their errors raise here
     try:
         deadline = time.monotonic() + timeout
-        while "rc" not in outcome and time.monotonic() < deadline:
+        while "rc" not in outcome and "error" not in outcome and time.monotonic() < deadline:
             client.loop(0.1)
         if "rc" not in outcome:
+            if "error" in outcome:
+                raise TlsRejected(outcome["error"])
             raise TimeoutError("no CONNACK")
         if outcome["rc"].is_failure:
             raise BrokerRefused(str(outcome["rc"]))
