@@ -9,6 +9,7 @@ from onecard.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     from sam import cli as sam_cli
+    from sam import keys_cli
     from simulator import cli as sim_cli
     from terminal import cli as terminal_cli
     from terminal import log_cli
@@ -18,11 +19,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,sim,log,sync,platform,demo}")
+    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,keys,sim,log,sync,platform,demo}")
     terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
         dest="command", required=True))
     sam_cli.add_subcommands(top.add_parser("sam", help="software SAM keystores").add_subparsers(
         dest="command", required=True))
+    keys_cli.add_subcommands(top.add_parser("keys", help="the key master card: key versions, loading SAMs, backup")
+                             .add_subparsers(dest="command", required=True))
     sim_cli.add_subcommands(top.add_parser("sim", help="simulated cards: create, attach to vpcd, tap").add_subparsers(
         dest="command", required=True))
     log_cli.add_subcommands(top.add_parser("log", help="the terminal's event log").add_subparsers(

@@ -80,6 +80,9 @@ ENTRY_SIZE = 24  # enterprise 4, purpose 1, version 1, algorithm 1, usages 1, ke
 IDENTITY_SEED_SIZE = 32
 HKDF_INFO = b"onecard-key-export-v1"
 MAX_EXPORT_SIZE = 0xFFFF
+# A card restored from a backup resumes its export counter this far beyond the backup's: the lost card may have made
+# exports after the backup, and targets refuse any counter not above the last one they accepted (docs/keys.md 5.3).
+RESTORE_COUNTER_SKIP = 2**20
 
 
 class MasterCardError(SamError):

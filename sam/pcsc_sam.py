@@ -7,6 +7,7 @@ raises. Inputs are checked here first, with SoftwareSam's rules, so a bad call f
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from sam import crypto
@@ -351,3 +352,72 @@ class PcscSam:
     def _mac1_problem(session: LoadSession) -> str:
         return (f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
                 "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; do not load")
+
+    # --- key loading from the key master card (docs/psam.md 4.9, docs/keys.md 6) ---------------------
+
+    def begin_key_load(self) -> KeyLoadChallenge:
+        """BEGIN KEY LOAD: the PSAM's serial, a fresh ephemeral X25519 public key and whom it trusts."""
+        sw, answer = self._command(bytes([0x80, 0xE0, 0x00, 0x00, 0x00]), "BEGIN KEY LOAD")
+        if sw != SW_OK:
+            raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {sw:04X}; it cannot be loaded from a "
+                           "key master card (a PSAM older than docs/psam.md 4.9?): make a new one with 'onecard sim new-blank-psam'")
+        if len(answer) != 77 or answer[40] > 2:
+            raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {len(answer)} bytes; replace the PSAM")
+        return KeyLoadChallenge(answer[:8], answer[8:40], answer[40], answer[41:45], answer[45:77])
+
+    def load_keys(self, blob: bytes) -> int:
+        """LOAD KEYS: send a master card export in chained blocks; the number of keys the PSAM now holds.
+
+        Raises KeyLoadRefused naming the PSAM's reason. The PSAM drops its ephemeral key after the last block,
+        whatever the outcome: call begin_key_load again (and make a new export) to retry.
+        """
+        blocks = [blob[i:i + LOAD_BLOCK] for i in range(0, len(blob), LOAD_BLOCK)] or [b""]
+        with self._lock:
+            self._ensure()
+            for index, block in enumerate(blocks):
+                more = index < len(blocks) - 1
+                # No reselect-and-resend here: a reset lost the PSAM's ephemeral key, so resending cannot succeed.
+                answer = self._raw(bytes([0x80, 0xE2, 0x01 if more else 0x00, 0x00, len(block)]) + block, "LOAD KEYS")
+                sw, data = int.from_bytes(answer[-2:], "big"), answer[:-2]
+                if sw != SW_OK:
+                    raise KeyLoadRefused(_LOAD_REFUSALS.get(sw, f"status {sw:04X}").format(name=self.name), sw)
+            if len(data) != 1:
+                raise SamError(f"the PSAM in {self.name!r} answered LOAD KEYS with {len(data)} data bytes; replace the PSAM")
+            self._infos = self._read_key_infos()
+            return data[0]
+
+
+LOAD_BLOCK = 240
+
+_LOAD_REFUSALS = {
+    0x6985: "the PSAM in {name!r} has no key load in progress (it was reset); run the load again",
+    0x6A80: "the PSAM in {name!r} refused the export as malformed or holding keys a PSAM never holds; export for a "
+            "PSAM role (door, pos, top-up)",
+    0x6988: "the PSAM in {name!r} refused the export: it was made for another PSAM or an earlier session (a replay), "
+            "or altered; make a new export for this PSAM",
+    0x6982: "the PSAM in {name!r} refused the export: it is not signed by the key master card this PSAM trusts (二次洗卡 "
+            "needs the enterprise's own master card), or the PSAM was personalised without one; use that master card, "
+            "or make a new PSAM",
+    0x6A89: "the PSAM in {name!r} already holds a key of that name with other bytes; this export is from another key set",
+    0x6581: "the PSAM in {name!r} could not write its memory during LOAD KEYS (6581); replace the PSAM",
+    0x6700: "the PSAM in {name!r} refused the export as too long; export fewer key versions",
+}
+
+
+class KeyLoadRefused(SamError):
+    """The PSAM refused a LOAD KEYS; sw is its status word (docs/psam.md 4.9)."""
+
+    def __init__(self, message: str, sw: int) -> None:
+        super().__init__(message)
+        self.sw = sw
+
+
+@dataclass(frozen=True)
+class KeyLoadChallenge:
+    """BEGIN KEY LOAD's answer: trust 0 = blank, 1 = keys without a master card, 2 = trusts (enterprise, public key)."""
+
+    serial: bytes
+    ephemeral_public_key: bytes
+    trust: int
+    enterprise_id: bytes
+    master_public_key: bytes

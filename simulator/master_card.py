@@ -31,6 +31,7 @@ from sam.master_card import (
     PIN_TRIES,
     PSAM_ROLES,
     PURPOSE_CODES,
+    RESTORE_COUNTER_SKIP,
     ROLE_KEYS,
     ROLES_BY_CODE,
     TARGET_BACKUP,
@@ -174,7 +175,7 @@ def restored_master_card_state(enterprise_id: bytes, identity_seed: bytes, count
     """A new card holding a backup's identity, counter and keys, with a fresh PIN."""
     state = new_master_card_state(enterprise_id, pin, label)
     state.identity_seed = bytes(identity_seed)
-    state.export_counter = counter
+    state.export_counter = min(counter + RESTORE_COUNTER_SKIP, 0xFFFFFFFF)
     state.keys = {(k.purpose, k.version, k.algorithm): k.key for k in keys}
     return state
 

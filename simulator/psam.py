@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, field
+import secrets
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sam.interface import (
@@ -30,7 +31,15 @@ from sam.interface import (
     PurchaseSession,
     SamError,
 )
-from sam.keystore import Keystore, MasterKey, SecretKey, algorithm_name, parse_algorithm, parse_enterprise_id
+from sam.keystore import (
+    Keystore,
+    MasterCardAnchor,
+    MasterKey,
+    SecretKey,
+    algorithm_name,
+    parse_algorithm,
+    parse_enterprise_id,
+)
 from sam.sam_state import (
     InvalidPurseInput,
     ReversalRefused,
@@ -69,6 +78,10 @@ INS_REVERSAL_MAC2 = 0x78
 INS_VERIFY_CARD_MAC = 0x7A
 INS_CARD_MAC = 0x7C
 INS_GET_KEY_INFO = 0xCA
+INS_BEGIN_KEY_LOAD = 0xE0
+INS_LOAD_KEYS = 0xE2
+# LOAD KEYS collects a chained export of at most this many bytes (docs/psam.md 4.9).
+MAX_LOAD_SIZE = 8192
 
 CARD_BLOCK_SIZE = 14  # ASN 8, enterprise ID 4, key version 1, algorithm ID 1
 LC = {
@@ -97,6 +110,8 @@ SW_INS = b"\x6d\x00"
 SW_CLA = b"\x6e\x00"
 SW_UNKNOWN = b"\x6f\x00"
 SW_MAC = b"\x93\x02"
+SW_NOT_FOR_THIS_PSAM = b"\x69\x88"
+SW_KEY_EXISTS = b"\x6a\x89"
 
 _REVERSAL_SW = {"not-last": SW_NOT_LAST_PURCHASE, "not-debited": SW_NOT_DEBITED, "reversed": SW_ALREADY_REVERSED}
 
@@ -110,6 +125,10 @@ class PsamState:
     keys: Keystore
     sam_state: SamState = field(default_factory=SamState)
     label: str = ""
+    # Key loading from the key master card (docs/psam.md 4.9): the PSAM's 8-byte serial (made at the first BEGIN
+    # KEY LOAD), and the master card it trusts since its first load (None: never loaded from a master card).
+    serial: bytes = b""
+    master_card: MasterCardAnchor | None = None
 
     def __post_init__(self) -> None:
         for key in self.keys:
@@ -130,6 +149,11 @@ class PsamState:
                 for k in self.keys
             ],
             "sam_state": state_to_json(self.sam_state),
+            # Written only once set, so PSAM files that never met a master card keep their exact format.
+            **({"serial": self.serial.hex()} if self.serial else {}),
+            **({"master_card": {"enterprise_id": self.master_card.enterprise_id.hex(),
+                                "public_key": self.master_card.public_key.hex(),
+                                "last_counter": self.master_card.last_counter}} if self.master_card else {}),
         }
 
     @classmethod
@@ -142,7 +166,11 @@ class PsamState:
                       SecretKey(bytes.fromhex(k["key"])))
             for k in doc["keys"]
         ]
-        return cls(Keystore(keys), state_from_json(doc["sam_state"]), str(doc.get("label", "")))
+        anchor = doc.get("master_card")
+        return cls(Keystore(keys), state_from_json(doc["sam_state"]), str(doc.get("label", "")),
+                   bytes.fromhex(doc.get("serial", "")),
+                   None if anchor is None else MasterCardAnchor(parse_enterprise_id(anchor["enterprise_id"]),
+                                                                bytes.fromhex(anchor["public_key"]), anchor["last_counter"]))
 
 
 class PsamStateFile:
@@ -176,7 +204,7 @@ class _EepromStore:
         return self._psam.state.sam_state
 
     def save(self, sam_state: SamState) -> None:
-        new = PsamState(self._psam.state.keys, sam_state, self._psam.state.label)
+        new = replace(self._psam.state, sam_state=sam_state)
         if self._psam.store is not None:
             self._psam.store.save(new)
         self._psam.state = new
@@ -193,15 +221,22 @@ class PsamApplet:
         self.atr = atr
         self.selected = False
         self._sam = SoftwareSam(state.keys, _EepromStore(self))
+        # Volatile (RAM) state of a key load: the ephemeral X25519 private key of BEGIN KEY LOAD and the chained
+        # blob so far. Cleared at power-on, reset and after every final LOAD KEYS, so each ephemeral key opens at
+        # most one export.
+        self._load_private = None
+        self._load_buffer = bytearray()
 
     def __repr__(self) -> str:
         return f"PsamApplet(<{len(self.state.keys)} keys>, last TSN {self.state.sam_state.last_tsn})"
 
     def power_on(self) -> None:
         self.selected = False
+        self._end_key_load()
 
     def power_off(self) -> None:
         self.selected = False
+        self._end_key_load()
 
     def transmit(self, apdu: bytes) -> bytes:
         try:
@@ -228,6 +263,8 @@ class PsamApplet:
             INS_VERIFY_CARD_MAC: self._verify_card_mac,
             INS_CARD_MAC: self._card_mac,
             INS_GET_KEY_INFO: self._get_key_info,
+            INS_BEGIN_KEY_LOAD: self._begin_key_load,
+            INS_LOAD_KEYS: self._load_keys,
         }.get(cmd.ins)
         if handler is None:
             return SW_INS
@@ -343,6 +380,97 @@ class PsamApplet:
         return bytes([len(entries)]) + b"".join(entries[start:start + KEY_INFOS_PER_RESPONSE]) + SW_OK
 
 
+    # --- key loading from the key master card (docs/psam.md 4.9, docs/keys.md 6) ---------------------
+
+    def _end_key_load(self) -> None:
+        self._load_private = None
+        self._load_buffer = bytearray()
+
+    def _begin_key_load(self, cmd: Command) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+        if cmd.p1 != 0 or cmd.p2 != 0:
+            return SW_WRONG_P1P2
+        if cmd.data:
+            return SW_WRONG_LENGTH
+        if not self.state.serial:
+            # The serial names this PSAM in every export made for it; in EEPROM before it is ever shown.
+            self.state_write(replace(self.state, serial=secrets.token_bytes(8)))
+        self._end_key_load()
+        self._load_private = X25519PrivateKey.generate()
+        anchor = self.state.master_card
+        trust = 0x02 if anchor else (0x01 if len(self.state.keys) else 0x00)
+        return (self.state.serial + self._load_private.public_key().public_bytes_raw() + bytes([trust])
+                + (anchor.enterprise_id + anchor.public_key if anchor else bytes(36)) + SW_OK)
+
+    def state_write(self, new: PsamState) -> None:
+        """EEPROM first, then the PSAM's state (raises StateFileError: the caller answers 6581)."""
+        if self.store is not None:
+            self.store.save(new)
+        self.state = new
+
+    def _load_keys(self, cmd: Command) -> bytes:
+        from sam import master_card as mc
+
+        if cmd.p1 not in (0x00, 0x01) or cmd.p2 != 0:
+            return SW_WRONG_P1P2
+        if not cmd.data:
+            return SW_WRONG_LENGTH
+        if self._load_private is None:
+            return SW_NOT_LAST_PURCHASE  # 69 85: conditions of use not satisfied (no BEGIN KEY LOAD)
+        if len(self._load_buffer) + len(cmd.data) > MAX_LOAD_SIZE:
+            self._end_key_load()
+            return SW_WRONG_LENGTH
+        self._load_buffer += cmd.data
+        if cmd.p1 == 0x01:  # more blocks follow
+            return SW_OK
+        private, blob = self._load_private, bytes(self._load_buffer)
+        self._end_key_load()  # one attempt per ephemeral key, whatever its outcome
+        try:
+            parsed = mc.parse_export(blob)
+        except mc.ExportError:
+            return SW_WRONG_DATA
+        h = parsed.header
+        if h.kind != mc.KIND_TARGET or h.target_kind != mc.TARGET_PSAM:
+            return SW_WRONG_DATA
+        if h.target_id != self.state.serial or h.target_public_key != private.public_key().public_bytes_raw():
+            return SW_NOT_FOR_THIS_PSAM  # made for another PSAM or another session: a replay
+        anchor = self.state.master_card
+        if anchor is None:
+            if len(self.state.keys):
+                # Keys put in without a master card (sim new-psam): nothing can prove a later load is the
+                # enterprise's, so 二次洗卡 is refused for good.
+                return SW_USAGE
+            signer = h.master_public_key  # first load: the blank PSAM learns its master card (docs/keys.md 6)
+        else:
+            if h.master_public_key != anchor.public_key or h.enterprise_id != anchor.enterprise_id:
+                return SW_USAGE
+            signer = anchor.public_key
+        try:
+            mc.verify_export_signature(parsed, signer)
+        except mc.ExportError:
+            return SW_USAGE
+        if anchor is not None and h.counter <= anchor.last_counter:
+            return SW_NOT_FOR_THIS_PSAM
+        try:
+            keys = mc.decode_entries(mc.open_export(parsed, private))
+        except mc.ExportError:
+            return SW_NOT_FOR_THIS_PSAM
+        merged = {key.ident: key for key in self.state.keys}
+        for key in keys:
+            if key.enterprise_id != h.enterprise_id or key.purpose is KeyPurpose.TAC or not key.usages <= PSAM_USAGES:
+                return SW_WRONG_DATA
+            old = merged.get(key.ident)
+            if old is not None and old.key != key.key:
+                return SW_KEY_EXISTS  # a key name never changes its bytes: that would silently re-key every card
+            merged[key.ident] = key
+        new = replace(self.state, keys=Keystore(merged.values()),
+                      master_card=MasterCardAnchor(h.enterprise_id, h.master_public_key, h.counter))
+        self.state_write(new)
+        self._sam = SoftwareSam(new.keys, _EepromStore(self))
+        return bytes([min(len(new.keys), 255)]) + SW_OK
+
+
 def encode_key_info(info) -> bytes:
     """enterprise ID (4) || purpose (1) || version (1) || algorithm (1) || usages (1, bits) || KCV (3)."""
     usages = 0
@@ -434,6 +562,28 @@ def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--label", default="", help="what to call this PSAM in logs, e.g. 'POS 3 canteen'")
     new.add_argument("--force", action="store_true", help="replace an existing PSAM file (its TSN starts again at 1)")
     new.set_defaults(handler=cmd_new_psam)
+
+    blank = sub.add_parser(
+        "new-blank-psam",
+        help="make a simulated PSAM card without keys, to be loaded from the key master card",
+        description="Write a PSAM file holding no key. Load it with 'onecard keys load-psam': its first load makes it "
+        "trust that key master card, and every later load (二次洗卡) must be signed by the same card (docs/keys.md).",
+    )
+    blank.add_argument("--out", required=True, type=Path, help="PSAM file to write (one file per PSAM)")
+    blank.add_argument("--label", default="", help="what to call this PSAM in logs, e.g. 'POS 3 canteen'")
+    blank.add_argument("--force", action="store_true", help="replace an existing PSAM file")
+    blank.set_defaults(handler=cmd_new_blank_psam)
+
+
+def cmd_new_blank_psam(args) -> int:
+    from onecard.errors import UserError
+
+    try:
+        write_psam(args.out, PsamState(Keystore([]), SamState(), args.label), overwrite=args.force)
+    except (FileExistsError, StateFileError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"blank PSAM {args.label or args.out} written to {args.out}; load it with 'onecard keys load-psam'")
+    return 0
 
 
 def cmd_new_psam(args) -> int:
