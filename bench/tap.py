@@ -2,7 +2,7 @@
 
 Prints JSON lines. door_decision: SELECT + ACCESS READ + SAM verify + blacklist + log, as `Terminal.handle_tap`
 makes it (targets: apdus <= 2, p99_ms <= 10 over pcscd). purchase: SELECT + INITIALIZE + DEBIT with the SAM's MAC1
-and MAC2 and the intent and outcome records (targets: apdus <= 3, sam_ops <= 2, p99_ms <= 20 over pcscd). Transports: in-process, pcscd + vpcd, nfcpy's
+and MAC2 and the intent and outcome records (targets: apdus <= 3, sam_apdus <= 2, p99_ms <= 20 over pcscd). Transports: in-process, pcscd + vpcd, nfcpy's
 udp driver with the simulated ISO 14443-4 card (bench/nfc_roundtrip.py adds the activation time); fsyncs
 per purchase are counted with strace in a separate short run when strace is installed. The card stays on the
 reader; every iteration is one complete decision or purchase, timed host-side.
@@ -97,7 +97,7 @@ def run_both(terms, conn, count_apdus, n: int, entries: int, transport: str) -> 
     sam = pos.purse.sam
     before = sam.ops
     times, apdus = measure(pos, conn, count_apdus, n, PURCHASE)
-    print(line("purchase", transport, n, times, apdus, entries, sam_ops=(sam.ops - before) / n,
+    print(line("purchase", transport, n, times, apdus, entries, sam_apdus=(sam.ops - before) / n,
                fsyncs=FSYNCS.get(transport)), flush=True)
 
 

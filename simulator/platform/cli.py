@@ -64,6 +64,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--month", required=True, help="YYYY-MM")
+    c = cmd("spending-bill", "print the SMS text of an employee's canteen spending bill", cmd_spending_bill)
+    c.add_argument("employee_no")
+    c.add_argument("--enterprise", required=True)
+    c.add_argument("--month", required=True, help="YYYY-MM")
     c = cmd("card", "show a card", cmd_card)
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
@@ -208,6 +212,12 @@ def cmd_purse(args) -> int:
 
 def cmd_bill(args) -> int:
     return _run(args, lambda pf: pf.attendance_bill(args.enterprise, args.employee_no, args.month))
+
+
+def cmd_spending_bill(args) -> int:
+    from simulator.platform.store import spending_bill
+
+    return _run(args, lambda pf: spending_bill(pf, args.enterprise, args.employee_no, args.month))
 
 
 def cmd_card(args) -> int:

@@ -621,6 +621,31 @@ class Platform:
         return f"[onecard] {name} ({employee_no}), attendance {month}: {len(days)} day(s). {body}."
 
 
+def spending_bill(platform: Platform, enterprise_id: str, employee_no: str, month: str) -> str:
+    """The SMS text of an employee's monthly purse bill: payments, refunds and top-ups with their TAC-checked
+    amounts, the month's totals and the balance the platform holds."""
+    holder_id, name, _ = platform._holder(enterprise_id, employee_no)
+    try:
+        first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=platform.tz)
+    except ValueError:
+        raise PlatformError(f"month {month!r} is not YYYY-MM; write e.g. 2026-11") from None
+    nxt = (first + dt.timedelta(days=32)).replace(day=1)
+    rows = platform.conn.execute(
+        "SELECT e.time, t.kind, t.amount_cents FROM purse_transactions t JOIN events e "
+        "ON e.terminal_id = t.terminal_id AND e.seq = t.seq JOIN cards c ON c.asn = t.asn "
+        "WHERE c.holder_id = ? AND t.tac_status != 'bad' AND e.time >= ? AND e.time < ? ORDER BY e.time",
+        (holder_id, p.format_time(first), p.format_time(nxt))).fetchall()
+    label = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up"}
+    spent = sum(a for _, k, a in rows if k == "pos.purchase") - sum(a for _, k, a in rows if k == "pos.undo")
+    loaded = sum(a for _, k, a in rows if k == "topup.load")
+    items = "; ".join(f"{p.parse_time(t, 'event time').astimezone(platform.tz).strftime('%m-%d %H:%M')} "
+                      f"{label[k]} {_yuan(a)}" for t, k, a in rows) or "no purse transactions"
+    balance = sum(r[0] for r in platform.conn.execute(
+        "SELECT balance_cents FROM cards WHERE holder_id = ? AND status IN (?, ?)", (holder_id, ACTIVE, LOST)))
+    return (f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
+            f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan. {items}.")
+
+
 class _Txn:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
