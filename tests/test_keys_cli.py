@@ -31,6 +31,7 @@ def env(tmp_path, pcscd, vicc, capsys):
             code = main([str(a) for a in argv])
             captured = capsys.readouterr()
             self.out = captured.out + captured.err
+            self.stdout = captured.out
             errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
             assert len(errors) == (code != 0)  # a failure is exactly one line
             self.error = errors[0] if errors else ""
@@ -175,13 +176,13 @@ def test_backup_restore_and_change_pin(env):
                    "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 1
     assert "already exists" in env.out
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
-    original = env.out.splitlines()[-13:]  # header + 12 keys
+    original = env.stdout.splitlines()[-13:]  # header + 12 keys
     (env.path / "pin2").write_text("97531864\n")
     assert env.run("keys", "restore", "--backup", env.path / "backup.bin", "--recipient-private-key", env.path / "r.key",
                    "--pin-file", env.path / "pin2", "--out", env.path / "restored.json") == 0, env.out
     env.insert_master("restored.json")
     assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "pin2") == 0, env.out
-    assert env.out.splitlines()[-13:] == original  # same keys, same KCVs
+    assert env.stdout.splitlines()[-13:] == original  # same keys, same KCVs
     assert env.run("keys", "change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin2",
                    "--new-pin-file", env.path / "pin") == 0, env.out
     assert "KEEP THIS" in env.out
