@@ -2,6 +2,7 @@
 keystore, the platform CA and mosquitto/TLS; re-running is safe; the SAM binding holds."""
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
@@ -211,3 +212,59 @@ def test_render_config_keeps_comments_and_sets_every_value():
     assert doc["terminal"]["id"] == "000000000042" and doc["door"]["group"] == 7
     assert doc["reader"] == {"driver": "nfc", "path": "tty:AMA0:pn532"}
     assert "# 12-digit terminal number" in out and '# name = "Virtual PCD 00 00"' in out
+
+
+# --------------------------------------------------------------------------------------------------
+# deploy/systemd
+# --------------------------------------------------------------------------------------------------
+
+UNITS = ROOT / "deploy" / "systemd"
+
+
+def read_unit(name: str):
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # systemd keys are case-sensitive
+    parser.read_string((UNITS / name).read_text())
+    return parser
+
+
+@pytest.mark.parametrize("name, command", [("onecard-terminal.service", "terminal run"),
+                                           ("onecard-sync.service", "sync run")])
+def test_units_restart_unprivileged_hardened_and_check_the_config_first(name, command):
+    u = read_unit(name)
+    s = u["Service"]
+    assert s["User"] == "onecard" and "DynamicUser" not in s
+    assert s["Restart"] == "on-failure" and int(s["RestartSec"]) > 0
+    assert int(u["Unit"]["StartLimitBurst"]) > 0 and int(u["Unit"]["StartLimitIntervalSec"]) > 0
+    assert s["ExecStartPre"].endswith("onecard terminal check-config --config /etc/onecard/firmware.toml")
+    assert f"onecard {command} --config /etc/onecard/firmware.toml" in s["ExecStart"]
+    assert s["ReadWritePaths"] == "/var/lib/onecard"
+    for option in ("NoNewPrivileges", "PrivateTmp"):
+        assert s[option] == "yes"
+    assert s["ProtectSystem"] == "strict"
+    if name == "onecard-terminal.service":
+        assert "pcscd.socket" in u["Unit"]["Wants"] and "pcscd.socket" in u["Unit"]["After"]
+        # PC/SC goes through pcscd's UNIX socket, an nfcpy reader through /dev: neither may be hidden.
+        assert "AF_UNIX" in s["RestrictAddressFamilies"] and "PrivateDevices" not in s
+    else:
+        assert "network-online.target" in u["Unit"]["After"] and "AF_INET" in s["RestrictAddressFamilies"]
+
+
+def test_sysusers_and_tmpfiles_name_the_unit_user():
+    sysusers = (UNITS / "onecard.sysusers.conf").read_text()
+    assert "\nu onecard " in sysusers and "\nm onecard dialout" in sysusers
+    tmpfiles = (UNITS / "onecard.tmpfiles.conf").read_text()
+    assert "d /var/lib/onecard 0750 onecard onecard" in tmpfiles
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    # verify insists that ExecStart's binary exists: point it at this interpreter instead of /opt/onecard.
+    for unit in UNITS.glob("*.service"):
+        (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/onecard/.venv/bin/onecard",
+                                                                   f"{sys.executable} -m onecard"))
+    r = subprocess.run(["systemd-analyze", "verify", *sorted(map(str, tmp_path.glob("*.service")))],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
