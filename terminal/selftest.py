@@ -18,7 +18,6 @@ from typing import Callable, Iterable
 
 from onecard.logs import log_event
 from sam.interface import (
-    Algorithm,
     CardIdentity,
     KeyInfo,
     KeyPurpose,
