@@ -434,3 +434,13 @@ def test_truncated_and_overlong_apdus(tmp_path):
     card = selected(make_master(tmp_path))
     for apdu in (b"", h("80"), h("80 CA 01"), h("80 CA 01 00 05 00"), h("00 20 00 01 07 31 32")):
         assert card.transmit(apdu) == h("67 00")
+
+
+def test_documented_atr_and_card_info_layout(tmp_path):
+    from simulator.master_card import ATR
+
+    assert ATR == h("3B 88 80 01 4F 4E 45 4D 4B 45 59 31 66")
+    card = selected(make_master(tmp_path))
+    answer = card.transmit(h("80 CA 01 00 00"))
+    assert len(answer) == 43 + 2 and answer[:4] == E and answer[4:7] == bytes([3, 1, 12]) and answer[-2:] == h("90 00")
+    assert card.transmit(h("80 CA 01 00 01 00")) == h("67 00")
