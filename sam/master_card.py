@@ -409,7 +409,7 @@ def parse_pin(data: bytes, source: str) -> bytes:
 
 
 class MasterCardClient:
-    """The key master card in a PC/SC reader (or any connection); every method SELECTs nothing twice."""
+    """The key master card in a PC/SC reader (or any connection), selected once when made; the PIN session lasts as long as the connection."""
 
     def __init__(self, connection: Connection, name: str = "master card reader", on_close: Callable[[], None] | None = None):
         self._connection = connection
