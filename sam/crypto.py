@@ -112,3 +112,21 @@ def card_diversification_input(asn: bytes, enterprise_id: bytes) -> bytes:
     if len(enterprise_id) != ENTERPRISE_ID_SIZE:
         raise ValueError(f"enterprise ID must be {ENTERPRISE_ID_SIZE} bytes, got {len(enterprise_id)}")
     return bytes(asn) + bytes(enterprise_id)
+
+
+def block_decrypt(algorithm: Algorithm, key: bytes, block: bytes) -> bytes:
+    """Decrypt exactly one 16-byte block (raw block cipher): how a card opens a PUT KEY cryptogram."""
+    if len(block) != BLOCK_SIZE:
+        raise ValueError(f"block must be {BLOCK_SIZE} bytes, got {len(block)}")
+    decryptor = Cipher(_cipher_algorithm(algorithm, key), modes.ECB()).decryptor()
+    return decryptor.update(block) + decryptor.finalize()
+
+
+CHALLENGE_SIZE = 8
+
+
+def secure_session_key(algorithm: Algorithm, admin_key: bytes, challenge: bytes) -> bytes:
+    """SK_ENC of PUT KEY (card-application.md 8.2): E(K_admin, challenge || 01 || 00*7), fresh per challenge."""
+    if len(challenge) != CHALLENGE_SIZE:
+        raise ValueError(f"challenge must be {CHALLENGE_SIZE} bytes, got {len(challenge)}")
+    return block_encrypt(algorithm, admin_key, challenge + b"\x01" + bytes(7))

@@ -146,3 +146,14 @@ class Sam(Protocol):
 
         Raises KeyUsageError (or SamError naming the rule) for any other load. Usage REVERSAL on LOAD.
         """
+
+    # --- card administration (docs/card-application.md section 8, docs/key-handling.md section 9) ----
+
+    def wrap_card_key(self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose,
+                      new_version: int) -> tuple[bytes, bytes]:
+        """PUT KEY's cryptogram: the card's key of `purpose` at `new_version`, encrypted under the session key
+        SK_ENC derived from the card's current admin key (TRANSPORT at key version 0, else UPDATE) and the card's
+        challenge. Returns (cryptogram 16 bytes, key check value 3 bytes). The key never leaves in clear.
+
+        Needs MAC on the admin key and PERSONALISE on the new master key; raises KeyNotFound / KeyUsageError.
+        """

@@ -205,6 +205,28 @@ class SoftwareSam:
         masters = [self._master(purpose, card, KeyUsage.PERSONALISE) for purpose in dict.fromkeys(purposes)]
         return {master.purpose: crypto.diversify(master.algorithm, master.key.reveal(), m) for master in masters}
 
+    def wrap_card_key(self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose,
+                      new_version: int) -> tuple[bytes, bytes]:
+        if purpose is KeyPurpose.TRANSPORT:
+            raise KeyUsageError("transport keys are written at the factory, never by PUT KEY; wash the card to "
+                                "enterprise keys (version 1..255) instead")
+        if type(new_version) is not int or not 1 <= new_version <= 255:
+            raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
+        if len(challenge) != crypto.CHALLENGE_SIZE:
+            raise InvalidCardIdentity(f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
+                                      "the card's GET CHALLENGE answer is malformed, reject the card")
+        admin_purpose = admin_purpose_of(card)
+        target = CardIdentity(card.asn, card.enterprise_id, new_version, card.algorithm)
+        # Both keys checked before either is derived: a refusal hands out nothing.
+        m = _diversification_input(card)
+        admin = self._master(admin_purpose, card, KeyUsage.MAC)
+        new = self._master(purpose, target, KeyUsage.PERSONALISE)
+        admin_key = crypto.diversify(admin.algorithm, admin.key.reveal(), m)
+        new_key = crypto.diversify(new.algorithm, new.key.reveal(), m)
+        sk_enc = crypto.secure_session_key(admin.algorithm, admin_key, challenge)
+        return (crypto.block_encrypt(admin.algorithm, sk_enc, new_key),
+                bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)))
+
     def _card_key(
         self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage | frozenset[KeyUsage]
     ) -> tuple[Algorithm, bytes]:
@@ -235,6 +257,11 @@ class SoftwareSam:
                 f"install a keystore whose key allows {wanted} ('onecard sam restrict' shapes one per terminal role)"
             )
         return master
+
+
+def admin_purpose_of(card: CardIdentity) -> KeyPurpose:
+    """The key that secures a card's administration commands: TRANSPORT at key version 0, else UPDATE."""
+    return KeyPurpose.TRANSPORT if card.key_version == TRANSPORT_VERSION else KeyPurpose.UPDATE
 
 
 def _refuse_purse_purpose(purpose: KeyPurpose) -> None:

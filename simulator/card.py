@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam import purse_crypto as pc
-from sam.crypto import mac8
+from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm
 
 AID = bytes.fromhex("F04F4E454341524401")
@@ -53,6 +53,17 @@ SW_INSUFFICIENT = b"\x94\x01"
 SW_KEY_INDEX = b"\x94\x03"
 SW_NO_PROOF = b"\x94\x06"
 SW_MAC = b"\x93\x02"
+SW_NO_CHALLENGE = b"\x69\x82"   # secured command without a fresh GET CHALLENGE just before it (= SW_SECURITY)
+SW_SM_MAC = b"\x69\x88"         # secured command whose MAC does not verify: nothing changed
+SW_NO_RECORD = b"\x6a\x83"
+
+SFI_RECORDS = 5
+# Key IDs of PUT KEY (P2), docs/card-application.md section 8.4.
+KEY_IDS = {0x01: "access", 0x02: "update", 0x03: "purchase", 0x04: "load", 0x05: "tac"}
+PURSE_KEY_NAMES = ("purchase", "load", "tac")
+# A purse created by COMMIT KEYS on a washed card: expired and with no room for a load until issuing sets
+# EF_PURSE, so nothing can be spent or loaded on a card nobody has been issued.
+UNISSUED_PURSE_EXPIRY = bytes.fromhex("20000101")
 
 
 def _with_tck(atr_without_tck: bytes) -> bytes:
@@ -131,6 +142,11 @@ class CardState:
     access_counter: int = 0
     label: str = ""         # who the simulated card belongs to, for people running demos; not on a real card
     purse: Purse | None = None  # None: a card issued without the e-purse
+    # The key that secures the administration commands (section 8): K_UPDATE of key_version, or K_TRANSPORT
+    # while key_version is 0. None on a card personalised without one: it refuses secured commands.
+    update_key: bytes | None = None
+    # The shadow key slot of PUT KEY: {"version": v, "keys": {name: hex}}; COMMIT KEYS switches to it at once.
+    staged: dict | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -141,6 +157,7 @@ class CardState:
             (len(self.access) == 32, "access file must be 32 bytes"),
             (0 <= self.access_counter <= COUNTER_MAX, "access_counter out of range"),
             (0 <= self.key_version <= 255, "key_version out of range"),
+            (self.update_key is None or len(self.update_key) == 16, "update_key must be 16 bytes"),
         ]
         for ok, problem in checks:
             if not ok:
@@ -161,7 +178,9 @@ class CardState:
             "key_version": self.key_version,
             "algorithm": self.algorithm.name,
             "card_type": self.card_type,
-            "keys": {"access": self.access_key.hex()},
+            "keys": {"access": self.access_key.hex(),
+                     **({} if self.update_key is None else {"update": self.update_key.hex()})},
+            "staged": self.staged,
             "files": {"holder": self.holder.hex(), "access": self.access.hex()},
             "access_counter": self.access_counter,
             "purse": None if self.purse is None else self.purse.to_json(),
@@ -184,6 +203,8 @@ class CardState:
             access_counter=int(doc["access_counter"]),
             label=str(doc.get("label", "")),
             purse=None if doc.get("purse") is None else Purse.from_json(doc["purse"]),
+            update_key=bytes.fromhex(doc["keys"]["update"]) if "update" in doc["keys"] else None,
+            staged=doc.get("staged"),
         )
 
 
@@ -256,12 +277,13 @@ class OneCardApplet:
     selected: bool = field(default=False, init=False)
 
     session: dict | None = field(default=None, init=False)  # the open purchase/load session, volatile
+    challenge: bytes | None = field(default=None, init=False)  # GET CHALLENGE's answer, for the next APDU only
 
     def power_on(self) -> None:
-        self.selected, self.session = False, None
+        self.selected, self.session, self.challenge = False, None, None
 
     def power_off(self) -> None:
-        self.selected, self.session = False, None
+        self.selected, self.session, self.challenge = False, None, None
 
     def transmit(self, apdu: bytes) -> bytes:
         try:
@@ -270,9 +292,21 @@ class OneCardApplet:
             return SW_UNKNOWN
 
     def _process(self, apdu: bytes) -> bytes:
+        # A challenge is good for the one APDU that follows it, whatever that APDU is: a recorded secured
+        # command can never meet the challenge it was MACed with again.
+        challenge, self.challenge = self.challenge, None
         cmd = parse_command(apdu)
         if cmd is None:
             return SW_WRONG_LENGTH
+        if cmd.cla == 0x00 and cmd.ins == 0x84:
+            return self._get_challenge(cmd)
+        if cmd.cla == 0x00 and cmd.ins == 0xB2:
+            return self._read_record(cmd)
+        if cmd.cla == 0x84:
+            handler = SECURED_INS.get(cmd.ins)
+            if handler is None:
+                return SW_INS
+            return self._secured(cmd, challenge, handler)
         if cmd.cla == 0x00 and cmd.ins == 0xA4:
             return self._select(cmd)
         if cmd.cla == 0x00 and cmd.ins == 0xB0:
@@ -286,7 +320,7 @@ class OneCardApplet:
             if self.state.purse is None:
                 return SW_NO_PURSE
             return PURSE_INS[cmd.ins](self, cmd, session)
-        if cmd.cla not in (0x00, 0x80):
+        if cmd.cla not in (0x00, 0x80, 0x84):
             return SW_CLA
         return SW_INS
 
@@ -471,6 +505,158 @@ class OneCardApplet:
             return SW_NO_PROOF
         return bytes.fromhex(record["proof"]) + bytes.fromhex(record["tac"]) + SW_OK
 
+    # --- administration: GET CHALLENGE, secured commands, READ RECORD (section 8) --------------------
+
+    def _get_challenge(self, cmd: Command) -> bytes:
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return SW_WRONG_P1P2
+        if cmd.data or cmd.le != 8:
+            return SW_WRONG_LENGTH
+        self.challenge = os.urandom(8)
+        return self.challenge + SW_OK
+
+    def _read_record(self, cmd: Command) -> bytes:
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if cmd.p2 != (SFI_RECORDS << 3) | 0x04 or not 1 <= cmd.p1 <= MAX_RECORDS:
+            return SW_WRONG_P1P2
+        if cmd.data:
+            return SW_WRONG_LENGTH
+        purse = self.state.purse
+        if purse is None:
+            return SW_NO_PURSE
+        if cmd.p1 > len(purse.records):
+            return SW_NO_RECORD
+        return record_bytes(purse.records[-cmd.p1]) + SW_OK
+
+    def _secured(self, cmd: Command, challenge: bytes | None, handler) -> bytes:
+        """Check the command MAC (challenge || header || data) under the card's current admin key, then act."""
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if len(cmd.data) < 8:
+            return SW_WRONG_LENGTH
+        s = self.state
+        if challenge is None or s.update_key is None:
+            return SW_NO_CHALLENGE
+        plain, mac = cmd.data[:-8], cmd.data[-8:]
+        header = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, len(cmd.data)])
+        if not hmac.compare_digest(mac8(s.algorithm, s.update_key, challenge + header + plain), mac):
+            return SW_SM_MAC
+        return handler(self, cmd, plain, challenge)
+
+    def _put_key(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+        s = self.state
+        if cmd.p2 not in KEY_IDS or not 1 <= cmd.p1 <= 255 or cmd.p1 == s.key_version:
+            return SW_WRONG_P1P2
+        if len(plain) != 16:
+            return SW_WRONG_LENGTH
+        if s.status == STATUS_VOIDED:
+            return SW_CONDITIONS
+        key = block_decrypt(s.algorithm, secure_session_key(s.algorithm, s.update_key, challenge), plain)
+        if s.staged is None or s.staged.get("version") != cmd.p1:
+            s.staged = {"version": cmd.p1, "keys": {}}  # a new target version starts the shadow slot afresh
+        s.staged["keys"][KEY_IDS[cmd.p2]] = key.hex()
+        self._persist()  # the shadow slot only: the card still answers with its current keys
+        return bytes.fromhex(key_check_value(s.algorithm, key)) + SW_OK
+
+    def _commit_keys(self, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+        s = self.state
+        if cmd.p1 != 0 or not 1 <= cmd.p2 <= 255:
+            return SW_WRONG_P1P2
+        if plain:
+            return SW_WRONG_LENGTH
+        staged = s.staged
+        if staged is None or staged.get("version") != cmd.p2 or s.status == STATUS_VOIDED:
+            return SW_CONDITIONS
+        keys = {name: bytes.fromhex(h) for name, h in staged["keys"].items()}
+        purse_keys = [n for n in PURSE_KEY_NAMES if n in keys]
+        if "access" not in keys or "update" not in keys or len(purse_keys) not in (0, 3) \
+                or (s.purse is not None and len(purse_keys) != 3):
+            return SW_CONDITIONS  # a card never runs on a half set: the purse must move with the rest
+        v = cmd.p2
+        s.key_version, s.access_key, s.update_key, s.staged = v, keys["access"], keys["update"], None
+        if purse_keys:
+            if s.purse is None:
+                s.purse = Purse(balance=0, expiry=UNISSUED_PURSE_EXPIRY, max_balance=0, key_version=v,
+                                purchase_key=keys["purchase"], load_key=keys["load"], tac_key=keys["tac"])
+            else:
+                s.purse.key_version = v
+                s.purse.purchase_key, s.purse.load_key, s.purse.tac_key = \
+                    keys["purchase"], keys["load"], keys["tac"]
+        self._persist()  # one atomic write: before it the old key version, after it the new one
+        return SW_OK
+
+    def _update_binary(self, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+        s = self.state
+        if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
+            return SW_WRONG_P1P2
+        if not plain:
+            return SW_WRONG_LENGTH
+        if s.status == STATUS_VOIDED:
+            return SW_CONDITIONS
+        sfi, offset, end = cmd.p1 & 0x1F, cmd.p2, cmd.p2 + len(plain)
+        if sfi == SFI_APP:
+            # Only the status byte, only 00 -> 01 (activation), only on a washed card: voiding is 84 1E.
+            if (offset, len(plain)) != (12, 1):
+                return SW_OFFSET
+            if plain != bytes([STATUS_ACTIVE]) or s.key_version == 0:
+                return SW_CONDITIONS if s.key_version == 0 else SW_WRONG_DATA
+            s.status = STATUS_ACTIVE
+        elif sfi in (SFI_HOLDER, SFI_ACCESS):
+            current = s.holder if sfi == SFI_HOLDER else s.access
+            if end > len(current):
+                return SW_OFFSET
+            updated = current[:offset] + plain + current[end:]
+            if sfi == SFI_HOLDER:
+                s.holder = updated
+            else:
+                s.access = updated
+        elif sfi == SFI_PURSE:
+            if s.purse is None:
+                return SW_NO_PURSE
+            if end > 8:
+                return SW_OFFSET  # the purse key version and RFU bytes are not writable
+            updated = (s.purse.file()[:8])
+            updated = updated[:offset] + plain + updated[end:]
+            expiry, max_balance = updated[:4], int.from_bytes(updated[4:8], "big")
+            if not _is_bcd_date(expiry) or max_balance < s.purse.balance:
+                return SW_WRONG_DATA
+            s.purse.expiry, s.purse.max_balance = expiry, max_balance
+        else:
+            return SW_NOT_FOUND
+        self._persist()
+        return SW_OK
+
+    def _application_block(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+        s = self.state
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return SW_WRONG_P1P2
+        if plain:
+            return SW_WRONG_LENGTH
+        if s.status != STATUS_VOIDED:
+            s.status = STATUS_VOIDED  # from now on every purse command answers 69 85: the balance is frozen
+            self._persist()
+        purse = s.purse
+        frozen = (bytes(8) if purse is None else purse.balance.to_bytes(4, "big")
+                  + purse.offline_counter.to_bytes(2, "big") + purse.online_counter.to_bytes(2, "big"))
+        # The card proves the frozen balance under its admin key: challenge || INS || data (INS 1E, never 84,
+        # so a response MAC can never be taken for a command MAC).
+        return frozen + mac8(s.algorithm, s.update_key, challenge + b"\x1e" + frozen) + SW_OK
+
+    def _erase(self, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+        s = self.state
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return SW_WRONG_P1P2
+        if plain:
+            return SW_WRONG_LENGTH
+        if s.status != STATUS_VOIDED:
+            return SW_CONDITIONS  # void first (84 1E), which proves the balance that is being given up
+        s.holder, s.access, s.purse, s.staged = bytes(48), bytes(32), None, None
+        self._persist()
+        return SW_OK
+
 
 PURSE_INS = {
     0x50: lambda card, cmd, session: (card._init_purchase if cmd.p1 == 0x01 else card._init_load)(cmd, session),
@@ -479,6 +665,30 @@ PURSE_INS = {
     0x5C: OneCardApplet._get_balance,
     0x5A: OneCardApplet._prove,
 }
+
+
+SECURED_INS = {
+    0xD4: OneCardApplet._put_key,
+    0xD8: OneCardApplet._commit_keys,
+    0xD6: OneCardApplet._update_binary,
+    0x1E: OneCardApplet._application_block,
+    0x0E: OneCardApplet._erase,
+}
+
+RECORD_LEN = 44
+
+
+def record_bytes(r: dict) -> bytes:
+    """A transaction record as READ RECORD returns it (section 8.7), 44 bytes."""
+    return (bytes([r["type"]]) + r["counter"].to_bytes(2, "big") + r["amount"].to_bytes(4, "big")
+            + bytes.fromhex(r["terminal"]) + r["tsn"].to_bytes(4, "big") + bytes.fromhex(r["date"])
+            + bytes.fromhex(r["time"]) + r["balance_after"].to_bytes(4, "big") + bytes.fromhex(r["proof"])
+            + bytes.fromhex(r["tac"]))
+
+
+def _is_bcd_date(raw: bytes) -> bool:
+    text = raw.hex()
+    return text.isdigit() and 1 <= int(text[4:6]) <= 12 and 1 <= int(text[6:8]) <= 31
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

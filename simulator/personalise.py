@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
-from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, CardState, CardStateFile, Purse
+from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, STATUS_TRANSPORT, CardState, CardStateFile, Purse
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
     """Build the card's state; `sam` must hold the enterprise's ACCESS key with the personalise usage."""
     asn = p.asn or os.urandom(8)
     identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.key_version, algorithm=p.algorithm)
-    keys = sam.derive_card_keys(identity, [KeyPurpose.ACCESS])
+    # K_UPDATE too when the SAM has it, so the card accepts secured commands (replacement, cancellation) later.
+    with_update = sam.has_key(p.enterprise_id, KeyPurpose.UPDATE, p.key_version, p.algorithm)
+    keys = sam.derive_card_keys(identity, [KeyPurpose.ACCESS] + ([KeyPurpose.UPDATE] if with_update else []))
     purse = None
     if p.purse:
         purse_identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.purse_key_version,
@@ -78,7 +80,23 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
                       tac_key=purse_keys[KeyPurpose.TAC])
     return CardState(asn=asn, enterprise_id=p.enterprise_id, status=p.status, key_version=p.key_version,
                      algorithm=p.algorithm, card_type=p.card_type, access_key=keys[KeyPurpose.ACCESS],
-                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label, purse=purse)
+                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label, purse=purse,
+                     update_key=keys.get(KeyPurpose.UPDATE))
+
+
+def transport_card(sam, enterprise_id: bytes, asn: bytes | None = None, algorithm: Algorithm = Algorithm.AES128,
+                   card_type: int = CARD_TYPE_RFID_SIM, label: str = "") -> CardState:
+    """A card as it leaves the factory for an enterprise: status 00, key version 00, only K_TRANSPORT.
+
+    The ACCESS slot holds random bytes nobody knows: a transport card refuses ACCESS READ anyway (69 85), and
+    washing replaces the slot. `sam` must hold the enterprise's TRANSPORT key with the personalise usage.
+    """
+    asn = asn or os.urandom(8)
+    identity = CardIdentity(asn=asn, enterprise_id=enterprise_id, key_version=0, algorithm=algorithm)
+    k_transport = sam.derive_card_keys(identity, [KeyPurpose.TRANSPORT])[KeyPurpose.TRANSPORT]
+    return CardState(asn=asn, enterprise_id=enterprise_id, status=STATUS_TRANSPORT, key_version=0,
+                     algorithm=algorithm, card_type=card_type, access_key=os.urandom(16), holder=bytes(48),
+                     access=bytes(32), label=label, purse=None, update_key=k_transport)
 
 
 def write_card(path: str | Path, state: CardState, overwrite: bool = False) -> Path:

@@ -193,3 +193,128 @@ def parse_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: b
         mac=mac,
         mac_input=mac_input,
     )
+
+
+# --- administration: GET CHALLENGE, secured commands, READ RECORD (docs/card-application.md section 8) ------
+
+CHALLENGE_LEN = 8
+KEY_IDS = {"access": 0x01, "update": 0x02, "purchase": 0x03, "load": 0x04, "tac": 0x05}
+INS_PUT_KEY, INS_COMMIT_KEYS, INS_UPDATE_BINARY, INS_BLOCK, INS_ERASE = 0xD4, 0xD8, 0xD6, 0x1E, 0x0E
+SFI_APP, SFI_HOLDER, SFI_ACCESS, SFI_PURSE = 1, 2, 3, 4
+RECORD_LEN = 44
+
+
+class SecuredCommandRefused(CardProtocolError):
+    """The card refused a secured command's MAC (69 88) or had no fresh challenge for it (69 82): nothing changed."""
+
+
+@dataclass(frozen=True)
+class FrozenPurse:
+    """APPLICATION BLOCK's answer: the purse as the card froze it, and the card's MAC over it."""
+
+    balance: int
+    offline_counter: int
+    online_counter: int
+    mac: bytes
+    raw: bytes  # the 8 data bytes the MAC covers (after challenge || 1E)
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    tx_type: int
+    counter: int
+    amount: int
+    terminal_id: bytes
+    tsn: int
+    date: bytes
+    time: bytes
+    balance_after: int
+    proof: bytes
+    tac: bytes
+
+    def to_json(self) -> dict:
+        return {"type": self.tx_type, "counter": self.counter, "amount": self.amount,
+                "terminal": self.terminal_id.hex(), "tsn": self.tsn, "date": self.date.hex(),
+                "time": self.time.hex(), "balance_after": self.balance_after, "proof": self.proof.hex(),
+                "tac": self.tac.hex()}
+
+
+def get_challenge_command() -> bytes:
+    return bytes([0x00, 0x84, 0x00, 0x00, CHALLENGE_LEN])
+
+
+def parse_challenge(rapdu: bytes) -> bytes:
+    sw = status_word(rapdu)
+    if sw != 0x9000:
+        raise CardProtocolError(f"GET CHALLENGE answered status {sw:04X}")
+    if len(rapdu) - 2 != CHALLENGE_LEN:
+        raise CardProtocolError(f"GET CHALLENGE returned {len(rapdu) - 2} bytes, expected {CHALLENGE_LEN}")
+    return rapdu[:-2]
+
+
+def secured_mac_input(challenge: bytes, ins: int, p1: int, p2: int, plain: bytes) -> bytes:
+    """challenge || 84 INS P1 P2 Lc || data: Lc counts the 8 MAC bytes that follow the data on the wire."""
+    if len(challenge) != CHALLENGE_LEN or len(plain) + MAC_LEN > 255:
+        raise ValueError("a secured command takes an 8-byte challenge and at most 247 data bytes")
+    return challenge + bytes([0x84, ins, p1, p2, len(plain) + MAC_LEN]) + plain
+
+
+def secured_command(ins: int, p1: int, p2: int, plain: bytes, mac: bytes, le: int | None = None) -> bytes:
+    if len(mac) != MAC_LEN:
+        raise ValueError("the MAC of a secured command is 8 bytes")
+    return bytes([0x84, ins, p1, p2, len(plain) + MAC_LEN]) + plain + mac + (b"" if le is None else bytes([le]))
+
+
+def check_secured(rapdu: bytes, what: str, length: int = 0) -> bytes:
+    """The data of a secured command's 90 00 answer; SecuredCommandRefused / CardProtocolError otherwise."""
+    sw = status_word(rapdu)
+    if sw == 0x6988:
+        raise SecuredCommandRefused(f"{what}: the card refused the command MAC (6988); nothing changed")
+    if sw == 0x6982:
+        raise SecuredCommandRefused(f"{what}: the card had no fresh challenge or no admin key (6982); nothing changed")
+    if sw != 0x9000:
+        raise CardProtocolError(f"{what} answered status {sw:04X}")
+    if len(rapdu) - 2 != length:
+        raise CardProtocolError(f"{what} returned {len(rapdu) - 2} bytes, expected {length}")
+    return rapdu[:-2]
+
+
+def parse_frozen_purse(rapdu: bytes) -> FrozenPurse:
+    data = check_secured(rapdu, "APPLICATION BLOCK", 16)
+    return FrozenPurse(balance=int.from_bytes(data[0:4], "big"), offline_counter=int.from_bytes(data[4:6], "big"),
+                       online_counter=int.from_bytes(data[6:8], "big"), mac=data[8:], raw=data[:8])
+
+
+def block_response_mac_input(challenge: bytes, frozen: FrozenPurse) -> bytes:
+    return challenge + bytes([INS_BLOCK]) + frozen.raw
+
+
+def read_record_command(number: int) -> bytes:
+    if not 1 <= number <= 10:
+        raise ValueError("the card keeps records 1 (newest) to 10")
+    return bytes([0x00, 0xB2, number, 0x2C, RECORD_LEN])
+
+
+def parse_record(rapdu: bytes) -> TransactionRecord | None:
+    """None when the card has no such record (6A83): fewer transactions than asked for."""
+    sw = status_word(rapdu)
+    if sw == 0x6A83:
+        return None
+    if sw != 0x9000:
+        raise CardProtocolError(f"READ RECORD answered status {sw:04X}")
+    d = rapdu[:-2]
+    if len(d) != RECORD_LEN:
+        raise CardProtocolError(f"READ RECORD returned {len(d)} bytes, expected {RECORD_LEN}")
+    return TransactionRecord(tx_type=d[0], counter=int.from_bytes(d[1:3], "big"),
+                             amount=int.from_bytes(d[3:7], "big"), terminal_id=d[7:13],
+                             tsn=int.from_bytes(d[13:17], "big"), date=d[17:21], time=d[21:24],
+                             balance_after=int.from_bytes(d[24:28], "big"), proof=d[28:36], tac=d[36:44])
+
+
+def parse_read_binary(rapdu: bytes, what: str, length: int) -> bytes:
+    sw = status_word(rapdu)
+    if sw != 0x9000:
+        raise CardProtocolError(f"READ BINARY of {what} answered status {sw:04X}")
+    if len(rapdu) - 2 != length:
+        raise CardProtocolError(f"READ BINARY of {what} returned {len(rapdu) - 2} bytes, expected {length}")
+    return rapdu[:-2]
