@@ -1,0 +1,395 @@
+"""The issuing terminal (发卡): issue a washed card to an employee, replace a card (补换卡), cancel (注销) or delete
+the application, all through the secured commands of docs/card-application.md section 8 and registered with the
+platform.
+
+Every flow follows the purse flows' discipline: log an intent (with everything needed to finish) before changing the
+card, log the outcome after; every step is idempotent, so a card pulled out anywhere is finished by tapping it again
+(the card's status and the log say how far it got). Money moves only through purse transactions or the card's own
+authenticated freeze (APPLICATION BLOCK), and every amount is logged. No I/O of its own: `transmit`, the SAM, the
+registry (the platform), the event log and the time are passed in.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, SamError
+from terminal import card_protocol as cp
+from terminal import purse_protocol as pp
+from terminal.decision import Refusal
+from terminal.money import format_yuan
+from terminal.rekey import AdminChannel, identity_of, require_admin_key, select_for_admin
+
+ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"
+VOID_INTENT, VOIDED = "issue.void.intent", "issue.void"
+RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = "issue.restore.intent", "issue.restore", "issue.restore.abandoned"
+REPLACED, CANCELLED, DELETED = "issue.replace", "issue.cancel", "issue.delete"
+RESTORE_KINDS = (RESTORE_INTENT, RESTORED, RESTORE_ABANDONED)
+
+
+class Registry(Protocol):
+    """What the issuing terminal needs from the platform (simulator/platform is one; LocalPlatform adapts it)."""
+
+    def holder(self, enterprise_id: str, employee_no: str) -> dict:
+        """{"name", "phone"}; raises RegistryError when the employee is not registered."""
+
+    def card_of_phone(self, phone: str) -> str | None:
+        """ASN of an active or lost card whose holder has this phone number, if any."""
+
+    def is_registered(self, asn: str) -> bool: ...
+
+    def card(self, asn: str) -> dict: ...
+
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None: ...
+
+    def replace(self, old_asn: str, new_asn: str) -> None: ...
+
+    def cancel(self, asn: str, settle: bool) -> None: ...
+
+
+class RegistryError(Exception):
+    """The platform refused; the message names the problem and the fix."""
+
+
+class LocalPlatform:
+    """The reference platform in this process (simulator.platform.store.Platform), as a Registry."""
+
+    def __init__(self, platform):
+        self.pf = platform
+
+    def _call(self, fn, *args, **kwargs):
+        from simulator.platform.store import PlatformError
+        try:
+            return fn(*args, **kwargs)
+        except PlatformError as exc:
+            raise RegistryError(str(exc)) from None
+
+    def holder(self, enterprise_id: str, employee_no: str) -> dict:
+        _id, name, phone = self._call(self.pf._holder, enterprise_id, employee_no)
+        return {"name": name, "phone": phone}
+
+    def card_of_phone(self, phone: str) -> str | None:
+        row = self.pf.conn.execute("SELECT c.asn FROM cards c JOIN holders h USING (holder_id) WHERE h.phone = ? "
+                                   "AND c.status IN ('ACTIVE', 'LOST') LIMIT 1", (phone,)).fetchone()
+        return row[0] if row else None
+
+    def is_registered(self, asn: str) -> bool:
+        return self.pf.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone() is not None
+
+    def card(self, asn: str) -> dict:
+        return self._call(self.pf.card, asn)
+
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None:
+        self._call(self.pf.issue_card, enterprise_id, employee_no, asn, rights)
+
+    def replace(self, old_asn: str, new_asn: str) -> None:
+        self._call(self.pf.replace, old_asn, new_asn)
+
+    def cancel(self, asn: str, settle: bool) -> None:
+        self._call(self.pf.cancel, asn, settle=settle)
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    enterprise_id: bytes
+    employee_no: str
+    door_groups: frozenset[int]
+    valid_from: dt.date
+    valid_to: dt.date
+    time_profile: int = 0
+    purse_expiry: dt.date | None = None  # default: valid_to
+    max_balance: int = 200_000           # fen
+
+    def holder_file(self, name: str) -> bytes:
+        if len(self.employee_no.encode()) > 16 or len(name.encode()) > 32:
+            raise Refusal("bad_request", "Employee number over 16 bytes or name over 32 bytes of UTF-8: shorten it")
+        return self.employee_no.encode().ljust(16, b"\x00") + name.encode().ljust(32, b"\x00")
+
+    def access_file(self) -> bytes:
+        if any(not 1 <= g <= 64 for g in self.door_groups) or not 0 <= self.time_profile <= 255 \
+                or self.valid_to < self.valid_from:
+            raise Refusal("bad_request", "Door groups must be 1..64, time profile 0..255, valid-to not before "
+                          "valid-from: correct the request")
+        bitmap = bytearray(8)
+        for g in self.door_groups:
+            bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
+        return (_bcd(self.valid_from) + _bcd(self.valid_to) + bytes(bitmap) + bytes([self.time_profile])
+                + bytes(15))
+
+    def purse_file(self) -> bytes:
+        return _bcd(self.purse_expiry or self.valid_to) + self.max_balance.to_bytes(4, "big")
+
+    def rights(self) -> dict:
+        return {"door_groups": sorted(self.door_groups), "time_profile": self.time_profile,
+                "valid_from": self.valid_from.isoformat(), "valid_to": self.valid_to.isoformat(),
+                "purse_expiry": (self.purse_expiry or self.valid_to).isoformat(), "max_balance": self.max_balance}
+
+
+def _bcd(d: dt.date) -> bytes:
+    return bytes.fromhex(d.strftime("%Y%m%d"))
+
+
+@dataclass(frozen=True)
+class Backup:
+    """What replacement carries from the old card (or from the platform's records) to the new one."""
+
+    old_asn: str
+    employee_no: str
+    holder: bytes          # EF_HOLDER, 48 bytes
+    access: bytes          # EF_ACCESS, 32 bytes
+    purse: bytes           # EF_PURSE's first 8 bytes: expiry || maximum balance
+    balance: int           # fen: proven by the old card's APPLICATION BLOCK, or the platform's figure
+    source: str            # "card" or "platform"
+    records: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IssuingTerminal:
+    sam: Sam
+    registry: Registry
+    event_log: object
+    enterprise_id: bytes
+    terminal_id: bytes      # 6 bytes BCD
+    timezone: zoneinfo.ZoneInfo = zoneinfo.ZoneInfo("Asia/Shanghai")
+
+    @property
+    def eid(self) -> str:
+        return self.enterprise_id.hex()
+
+    def _select(self, transmit) -> cp.CardInfo:
+        info = select_for_admin(transmit, self.enterprise_id)
+        require_admin_key(self.sam, info)
+        return info
+
+    def _log(self, now, kind, asn, reason, message, detail):
+        return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+
+    def _registry(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RegistryError as exc:
+            raise Refusal("platform_refused", f"Platform refused: {exc}") from None
+
+    # --- issuing ----------------------------------------------------------------------------------
+
+    def _write_card(self, transmit, info: cp.CardInfo, holder: bytes, access: bytes, purse: bytes) -> None:
+        channel = AdminChannel(transmit, self.sam, info)
+        try:
+            channel.update_binary(cp.SFI_HOLDER, 0, holder, "EF_HOLDER")
+            channel.update_binary(cp.SFI_ACCESS, 0, access, "EF_ACCESS")
+            if info.purse_expiry is not None:
+                channel.update_binary(cp.SFI_PURSE, 0, purse, "EF_PURSE")
+            # Activation last: a card torn before it is still "not issued" and the next tap writes it all again.
+            channel.update_binary(cp.SFI_APP, 12, bytes([cp.STATUS_ACTIVE]), "application status")
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot write the card: {exc}", info.asn_hex) from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Card refused the personalisation ({exc}): tap it again", info.asn_hex) \
+                from None
+
+    def _blank_card(self, transmit) -> cp.CardInfo:
+        info = self._select(transmit)
+        if info.status == cp.STATUS_VOIDED:
+            raise Refusal("voided", "This card has been voided: issue a washed blank card", info.asn_hex)
+        if info.key_version == 0:
+            raise Refusal("not_washed", "Card still has its transport keys: wash it first", info.asn_hex)
+        return info
+
+    def _check_phone(self, holder: dict, info: cp.CardInfo, employee_no: str, except_asn: str | None = None):
+        if info.card_type != 0x01:
+            return  # a plain 13.56 MHz IC card is not tied to a phone number
+        phone = holder["phone"]
+        if not phone:
+            raise Refusal("no_phone", f"Employee {employee_no} has no phone number on the platform: an RFID-SIM "
+                          "one-card is issued to a phone number; register it first", info.asn_hex)
+        other = self.registry.card_of_phone(phone)
+        if other is not None and other != except_asn:
+            raise Refusal("phone_has_card", f"Phone number {phone} already holds one-card {other}: one phone number "
+                          "holds one one-card; cancel or replace that card instead", info.asn_hex)
+
+    def issue(self, transmit, req: IssueRequest, now: dt.datetime) -> str:
+        """Personalise a washed card for an employee and register it; returns its ASN. Raises Refusal."""
+        info = self._blank_card(transmit)
+        asn = info.asn_hex
+        if info.status == cp.STATUS_ACTIVE:
+            if self.registry.is_registered(asn):
+                raise Refusal("already_issued", "This card is already issued: use replacement or cancellation", asn)
+            return self._finish_issue(info, now)  # written and activated by a torn earlier tap: register it
+        holder = self._registry(self.registry.holder, self.eid, req.employee_no)
+        self._check_phone(holder, info, req.employee_no)
+        detail = {"employee_no": req.employee_no, "rights": req.rights(), "key_version": info.key_version}
+        self._log(now, ISSUE_INTENT, asn, "intent", f"Issuing to employee {req.employee_no}", detail)
+        self._write_card(transmit, info, req.holder_file(holder["name"]), req.access_file(), req.purse_file())
+        return self._finish_issue(info, now)
+
+    def _finish_issue(self, info: cp.CardInfo, now: dt.datetime) -> str:
+        asn = info.asn_hex
+        intent = self.event_log.last_event(asn, (ISSUE_INTENT,))
+        if intent is None:
+            raise Refusal("unknown_card", "This active card was not issued by this terminal: see the administrator",
+                          asn)
+        d = intent.detail
+        self._registry(self.registry.register, self.eid, d["employee_no"], asn, d["rights"])
+        self._log(now, ISSUED, asn, "issued", f"Issued to employee {d['employee_no']}",
+                  {"employee_no": d["employee_no"], "key_version": info.key_version, "intent_seq": intent.seq})
+        return asn
+
+    # --- replacement ------------------------------------------------------------------------------
+
+    def backup_and_void(self, transmit, now: dt.datetime) -> Backup:
+        """The old card: back up its data into the log, then void it; the card proves the balance it froze."""
+        info = self._select(transmit)
+        asn = info.asn_hex
+        if info.status == cp.STATUS_TRANSPORT:
+            raise Refusal("not_issued", "This card was never issued: nothing to back up", asn)
+        try:
+            holder = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_HOLDER, 0, 48)), "EF_HOLDER", 48)
+            access = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_ACCESS, 0, 32)), "EF_ACCESS", 32)
+            purse, records = bytes(8), []
+            if info.purse_expiry is not None:
+                purse = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_PURSE, 0, 12)), "EF_PURSE",
+                                             12)[:8]
+                for n in range(1, 11):
+                    record = cp.parse_record(transmit(cp.read_record_command(n)))
+                    if record is None:
+                        break
+                    records.append(record.to_json())
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Old card could not be read ({exc}): tap it again, or replace it from the "
+                          "platform's records", asn) from None
+        employee_no = holder[:16].rstrip(b"\x00").decode("utf-8", "replace")
+        backup = {"holder": holder.hex(), "access": access.hex(), "purse": purse.hex(), "records": records,
+                  "employee_no": employee_no}
+        # The backup reaches the log before the card is voided: whatever happens next, nothing is lost.
+        self._log(now, VOID_INTENT, asn, "intent", "Backing up and voiding the old card", backup)
+        try:
+            frozen = AdminChannel(transmit, self.sam, info).block()
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot void the card: {exc}", asn) from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Old card did not confirm the void ({exc}): tap it again", asn) from None
+        self._log(now, VOIDED, asn, "voided", f"Old card voided with balance {format_yuan(frozen.balance)}",
+                  {"balance": frozen.balance, "offline_counter": frozen.offline_counter,
+                   "online_counter": frozen.online_counter, "proof": frozen.mac.hex(), "key_version": info.key_version})
+        return Backup(asn, employee_no, holder, access, purse, frozen.balance, "card", records)
+
+    def backup_from_platform(self, old_asn: str, req: IssueRequest) -> Backup:
+        """No readable old card: the new card is written from the platform's records (rights and balance)."""
+        c = self._registry(self.registry.card, old_asn)
+        holder = self._registry(self.registry.holder, c["enterprise_id"], c["employee_no"])
+        return Backup(c["asn"], c["employee_no"], req.holder_file(holder["name"]), req.access_file(),
+                      req.purse_file(), c["balance_cents"], "platform")
+
+    def replace(self, transmit, backup: Backup, now: dt.datetime) -> str:
+        """Write the backup onto a washed card, load the carried balance, register the replacement. Re-tap safe."""
+        info = self._blank_card(transmit)
+        asn = info.asn_hex
+        if self.event_log.last_event(asn, (REPLACED,)) is not None:
+            raise Refusal("already_issued", "This card already replaced another: nothing to do", asn)
+        if info.status == cp.STATUS_TRANSPORT:
+            holder = self._registry(self.registry.holder, self.eid, backup.employee_no)
+            self._check_phone(holder, info, backup.employee_no, except_asn=backup.old_asn)
+            self._log(now, ISSUE_INTENT, asn, "intent", f"Replacing card {backup.old_asn}",
+                      {"employee_no": backup.employee_no, "replaces": backup.old_asn, "key_version": info.key_version,
+                       "rights": {}})
+            self._write_card(transmit, info, backup.holder, backup.access, backup.purse)
+        loaded = self._restore_balance(transmit, info, backup, now)
+        self._registry(self.registry.replace, backup.old_asn, asn)
+        self._log(now, REPLACED, asn, "replaced",
+                  f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
+                  {"old_asn": backup.old_asn, "balance_carried": backup.balance, "balance_loaded": loaded,
+                   "source": backup.source, "key_version": info.key_version, "employee_no": backup.employee_no})
+        return asn
+
+    def _restore_balance(self, transmit, info: cp.CardInfo, backup: Backup, now: dt.datetime) -> int:
+        """Load the carried balance once: a torn load is settled by GET TRANSACTION PROVE before anything else."""
+        asn = info.asn_hex
+        last = self.event_log.last_event(asn, RESTORE_KINDS)
+        if last is not None and last.kind == RESTORED:
+            return last.detail["amount"]
+        if last is not None and last.kind == RESTORE_INTENT:
+            d = last.detail
+            proof = pp.parse_prove(transmit(pp.prove_command(pp.TYPE_LOAD, d["counter"])))
+            if proof is not None:
+                try:
+                    self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
+                    self._log(now, RESTORED, asn, "completed", f"Balance {format_yuan(d['amount'])} restored",
+                              {**d, "tac": proof.tac.hex(), "intent_seq": last.seq, "resolved_at_next_tap": True})
+                    return d["amount"]
+                except MacVerificationError:
+                    pass
+            self._log(now, RESTORE_ABANDONED, asn, "not_on_card", "Interrupted balance restore did not happen",
+                      {"intent_seq": last.seq, "amount": d["amount"]})
+        if backup.balance == 0:
+            return 0
+        local = now.astimezone(self.timezone)
+        try:
+            init = pp.parse_init_load(transmit(pp.init_load_command(backup.balance, self.terminal_id)))
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"New card refused the balance load ({exc}): check its maximum balance",
+                          asn) from None
+        d = {"amount": backup.balance, "counter": init.counter, "random": init.random.hex(),
+             "date": local.strftime("%Y%m%d"), "time": local.strftime("%H%M%S"), "key_version": init.key_version,
+             "algorithm": init.algorithm.name, "balance_before": init.balance, "old_asn": backup.old_asn}
+        session = self._load_session(info, d)
+        try:
+            mac2 = self.sam.load_mac2(session, init.mac1)
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot load the carried balance: {exc}", asn) from None
+        intent = self._log(now, RESTORE_INTENT, asn, "intent", f"Restoring balance {format_yuan(backup.balance)}",
+                           d)
+        proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
+        self.sam.verify_load_mac3(session, proof.mac)
+        self._log(now, RESTORED, asn, "completed", f"Balance {format_yuan(backup.balance)} restored",
+                  {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False})
+        return backup.balance
+
+    def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
+        from sam.interface import Algorithm
+        card = CardIdentity(info.asn, info.enterprise_id, d["key_version"], Algorithm[d["algorithm"]])
+        return LoadSession(card=card, card_random=bytes.fromhex(d["random"]), counter=d["counter"],
+                           balance_before=d["balance_before"], amount=d["amount"], terminal_id=self.terminal_id,
+                           date=bytes.fromhex(d["date"]), time=bytes.fromhex(d["time"]))
+
+    # --- cancellation and application deletion ----------------------------------------------------
+
+    def cancel(self, transmit, now: dt.datetime, settle: bool = False, deletion: bool = False) -> int:
+        """Void the application (the card proves its final balance), erase its personalisation, tell the platform.
+
+        A balance left on the card is refused unless `settle` (the holder is refunded that amount, which is
+        logged). Returns the settled amount in fen. Re-tap safe: a voided card is voided and erased again.
+        """
+        info = self._select(transmit)
+        asn = info.asn_hex
+        kind = DELETED if deletion else CANCELLED
+        if info.status == cp.STATUS_TRANSPORT:
+            raise Refusal("not_issued", "This card was never issued: nothing to cancel", asn)
+        if info.status == cp.STATUS_ACTIVE and info.purse_expiry is not None:
+            balance = pp.parse_balance(transmit(pp.get_balance_command()))
+            if balance and not settle:
+                raise Refusal("balance_remains", f"Card still holds {format_yuan(balance)}: settle it first "
+                              "(refund the holder, then confirm the settlement)", asn, {"balance": balance})
+        self._log(now, kind + ".intent", asn, "intent", "Voiding and erasing the application",
+                  {"settle": settle, "key_version": info.key_version})
+        channel = AdminChannel(transmit, self.sam, info)
+        try:
+            frozen = channel.block()
+            if frozen.balance and not settle:
+                raise Refusal("balance_remains", f"Card still holds {format_yuan(frozen.balance)}: settle it first",
+                              asn, {"balance": frozen.balance})
+            # The settled amount is in the log, with the card's proof, before the purse is erased.
+            self._log(now, kind + ".settled", asn, "settled", f"Balance {format_yuan(frozen.balance)} settled",
+                      {"balance": frozen.balance, "proof": frozen.mac.hex(),
+                       "offline_counter": frozen.offline_counter, "online_counter": frozen.online_counter})
+            channel.erase()
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot cancel the card: {exc}", asn) from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Card did not confirm ({exc}): tap it again", asn) from None
+        if self.registry.is_registered(asn) and self.registry.card(asn)["status"] not in ("CANCELLED", "REPLACED"):
+            self._registry(self.registry.cancel, asn, settle)
+        self._log(now, kind, asn, "completed", "Application deleted" if deletion else "Card cancelled",
+                  {"settled": frozen.balance})
+        return frozen.balance
