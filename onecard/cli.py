@@ -32,8 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True))
     sync_cli.add_subcommands(top.add_parser("sync", help="the terminal's sync agent (MQTT to the platform)").add_subparsers(
         dest="command", required=True))
-    platform_cli.add_subcommands(top.add_parser("platform", help="the reference central platform and card flows")
-                                 .add_subparsers(dest="command", required=True))
+    platform_sub = top.add_parser("platform", help="the reference central platform and card flows").add_subparsers(
+        dest="command", required=True)
+    platform_cli.add_subcommands(platform_sub)
+    from terminal import issuing
+    issuing.add_platform_subcommands(platform_sub)
+    issuing.add_subcommands(top.add_parser("issue", help="the issuing terminal: wash and re-key cards")
+                            .add_subparsers(dest="command", required=True))
     demo.add_parser(top)
     return parser
 

@@ -393,3 +393,107 @@ class IssuingTerminal:
         self._log(now, kind, asn, "completed", "Application deleted" if deletion else "Card cancelled",
                   {"settled": frozen.balance})
         return frozen.balance
+
+
+# --- command line: `onecard issue wash|rekey` and `onecard platform key-versions` ------------------------------
+
+def add_subcommands(sub) -> None:
+    from pathlib import Path
+
+    for name, help_ in (("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
+                        ("rekey", "re-key cards tapped one after another to a new key version (rotation)")):
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore")
+        lock = c.add_mutually_exclusive_group(required=True)
+        lock.add_argument("--passphrase-file", type=Path)
+        lock.add_argument("--device-secret", type=Path)
+        c.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
+        src = c.add_mutually_exclusive_group(required=True)
+        src.add_argument("--reader", help="PC/SC reader (any part of its name)")
+        src.add_argument("--card", type=Path, help="a simulated card file, tapped once")
+        c.add_argument("--log", required=True, type=Path, help="the issuing terminal's event log (SQLite)")
+        c.add_argument("--terminal-id", default="000000000900", help="12-digit terminal ID")
+        c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
+        c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
+        c.set_defaults(handler=cmd_batch, mode=name.replace("rekey", "rotate"))
+
+
+def add_platform_subcommands(sub) -> None:
+    from pathlib import Path
+
+    c = sub.add_parser("key-versions", help="cards per key version (retire a version when no card uses it)")
+    c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
+    c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
+    c.add_argument("--enterprise", help="only this enterprise")
+    c.set_defaults(handler=cmd_key_versions)
+
+
+def cmd_key_versions(args) -> int:
+    from simulator.platform.cli import _platform
+    from terminal.rekey import key_versions
+
+    pf = _platform(args)
+    try:
+        counts = key_versions(pf, args.enterprise)
+    finally:
+        pf.close()
+    print("ENTERPRISE VERSION CARDS")
+    for eid, per in sorted(counts.items()):
+        for version, n in sorted(per.items(), key=lambda kv: str(kv[0])):
+            print(f"{eid} {version} {n}")
+    return 0
+
+
+def cmd_batch(args) -> int:
+    import signal
+    import threading
+
+    from onecard.errors import UserError
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock, parse_enterprise_id
+    from sam.software import SoftwareSam
+    from terminal import rekey
+    from terminal.event_log import DatabaseError, EventLog
+
+    if not 1 <= args.to_version <= 255:
+        raise UserError(f"--to-version {args.to_version} is not 1..255; pick an enterprise key version")
+    try:
+        enterprise = parse_enterprise_id(args.enterprise)
+        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file")
+                  if args.passphrase_file else KeystoreUnlock.from_device_secret_file(args.device_secret,
+                                                                                      "--device-secret"))
+        sam = SoftwareSam.open(args.keystore, unlock)
+    except (SamError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if args.card is not None:
+        from simulator.card import load_card
+        from simulator.inprocess import InProcessReader
+        reader = InProcessReader(f"simulator:{args.card}")
+        try:
+            reader.tap(load_card(args.card))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load simulated card {args.card}: {exc}; check the path") from None
+        count = 1
+    else:
+        from terminal.reader import ReaderError
+        from terminal.readers.pcsc import PcscReader
+        try:
+            reader = PcscReader(args.reader)
+        except ReaderError as exc:
+            raise UserError(str(exc)) from None
+        count = args.count
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with EventLog.open(args.log, args.terminal_id) as log:
+            if args.card is not None:
+                threading.Timer(0.5, reader.remove).start()  # a simulated card leaves after its one tap
+            totals = rekey.batch(reader, sam, enterprise, args.to_version, log,
+                                 lambda: dt.datetime.now(dt.timezone.utc), lambda line: print(line, flush=True),
+                                 mode=args.mode, count=count, stop=stop, poll=0.2)
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        reader.close()
+    return 0 if totals["refused"] == 0 and totals["torn"] == 0 else 1

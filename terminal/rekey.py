@@ -31,6 +31,7 @@ KEY_KINDS = (KEYS_INTENT, KEYS_CHANGED)
 APP_PURPOSES = (KeyPurpose.ACCESS, KeyPurpose.UPDATE)
 PURSE_PURPOSES = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
 WASH, ROTATE = "wash", "rotate"
+VERBS = {WASH: "washing", ROTATE: "re-keying"}
 
 
 def admin_purpose(key_version: int) -> KeyPurpose:
@@ -167,7 +168,7 @@ def rekey_card(transmit, sam: Sam, enterprise_id: bytes, target_version: int, ev
     for p in purposes:
         if not sam.has_key(enterprise_id, p, target_version, info.algorithm):
             raise Refusal("missing_new_key", f"This SAM has no {p.value} key version {target_version} "
-                          f"({info.algorithm.name}): load the new key set before {mode}ing cards", asn)
+                          f"({info.algorithm.name}): load the new key set before {VERBS[mode]} cards", asn)
     detail = {"op": mode, "from_version": info.key_version, "to_version": target_version,
               "key_version": info.key_version, "algorithm": info.algorithm.name,
               "purposes": [p.value for p in purposes]}
@@ -180,7 +181,7 @@ def rekey_card(transmit, sam: Sam, enterprise_id: bytes, target_version: int, ev
             channel.put_key(p, target_version)
         channel.commit(target_version)
     except SamError as exc:
-        raise Refusal("sam_refused", f"This SAM cannot {mode} the card: {exc}", asn) from None
+        raise Refusal("sam_refused", f"This SAM refuses {VERBS[mode]} the card: {exc}", asn) from None
     except cp.CardProtocolError as exc:
         raise Refusal("card_error", f"Card refused the key change ({exc}): tap it again", asn) from None
     _log_changed(event_log, now, asn, detail, open_intent.seq, resolved_later=False)

@@ -269,3 +269,25 @@ def test_wash_time_is_what_the_caller_passes(sam, log, tmp_path):
     when = dt.datetime(2027, 5, 1, 8, 0, tzinfo=dt.timezone.utc)
     tap_run(card, lambda t: rekey.rekey_card(t, sam, ENTERPRISE, 1, log, when, rekey.WASH))
     assert {e.time for e in log.events()} == {when}
+
+
+def test_onecard_issue_wash_cli_on_a_simulated_card(tmp_path, capsys):
+    from onecard.cli import main
+    from sam.keystore import KeystoreUnlock
+    from simulator.personalise import write_card
+
+    (tmp_path / "pass").write_text("test-passphrase\n")
+    assert main(["sam", "create-keystore", "--out", str(tmp_path / "ks"), "--passphrase-file",
+                 str(tmp_path / "pass"), "--enterprise", "00010001", "--algorithm", "aes128"]) == 0
+    station = SoftwareSam.open(tmp_path / "ks", KeystoreUnlock.from_passphrase_file(tmp_path / "pass", "test"))
+    write_card(tmp_path / "card.json", transport_card(station, ENTERPRISE, asn=bytes.fromhex("8601000000001234")))
+    capsys.readouterr()
+    args = ["issue", "wash", "--keystore", str(tmp_path / "ks"), "--passphrase-file", str(tmp_path / "pass"),
+            "--enterprise", "00010001", "--card", str(tmp_path / "card.json"), "--log", str(tmp_path / "i.db"),
+            "--to-version", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "card 1: 8601000000001234 washed to key version 1" in out
+    assert CardStateFile(tmp_path / "card.json").load().key_version == 1
+    assert main(args[:-1] + ["2"]) == 1  # washing an already washed card to another version is refused
+    assert "refused: Card already carries enterprise keys (version 1)" in capsys.readouterr().out
