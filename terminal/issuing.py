@@ -379,10 +379,12 @@ class IssuingTerminal:
             if frozen.balance and not settle:
                 raise Refusal("balance_remains", f"Card still holds {format_yuan(frozen.balance)}: settle it first",
                               asn, {"balance": frozen.balance})
-            # The settled amount is in the log, with the card's proof, before the purse is erased.
-            self._log(now, kind + ".settled", asn, "settled", f"Balance {format_yuan(frozen.balance)} settled",
-                      {"balance": frozen.balance, "proof": frozen.mac.hex(),
-                       "offline_counter": frozen.offline_counter, "online_counter": frozen.online_counter})
+            # The settled amount is in the log, with the card's proof, before the purse is erased; once per card
+            # (a re-tap after a tear finds the card voided and gets the same frozen balance again).
+            if self.event_log.last_event(asn, (kind + ".settled",)) is None:
+                self._log(now, kind + ".settled", asn, "settled", f"Balance {format_yuan(frozen.balance)} settled",
+                          {"balance": frozen.balance, "proof": frozen.mac.hex(),
+                           "offline_counter": frozen.offline_counter, "online_counter": frozen.online_counter})
             channel.erase()
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot cancel the card: {exc}", asn) from None

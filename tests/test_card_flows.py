@@ -164,13 +164,14 @@ def test_cancellation_of_an_empty_purse_needs_no_settlement(issuing, platform, t
 def test_application_deletion_erases_and_a_torn_one_finishes(issuing, platform, tmp_path):
     card = old_card(tmp_path / "c.json", platform, balance=0)
     with pytest.raises(CardRemoved):
-        tap_run(card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True), tear_after=5)
+        tap_run(card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True), tear_after=6)  # at ERASE
     card = reload(card)
-    assert card.state.status == 2  # voided: no terminal accepts it any more
+    assert card.state.status == 2 and card.state.purse is None  # ERASE stored, its answer lost
     tap_run(card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True))
     state = CardStateFile(tmp_path / "c.json").load()
     assert (state.holder, state.purse) == (bytes(48), None)
-    assert issuing.event_log.events()[-1].kind == "issue.delete"
+    kinds = [e.kind for e in issuing.event_log.events()]
+    assert kinds[-1] == "issue.delete" and kinds.count("issue.delete.settled") == 1
 
 
 # --- secured commands ------------------------------------------------------------------------------------
