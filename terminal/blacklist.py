@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from terminal.event_log import DatabaseError, preflight, connect_readwrite, open_checked_readonly
+from terminal.event_log import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
 
 SCHEMA_VERSION = 1
 KNOWN_REASONS = frozenset({"lost", "cancelled", "replaced", "damaged"})  # others are accepted and kept
@@ -83,6 +83,8 @@ class Blacklist:
         """Open (creating if new, at version 0 and empty); raise DatabaseError without writing anything."""
         path = Path(path)
         is_new = preflight(path, cls.SETTING)
+        if is_new:
+            is_new = create_new(path, lambda conn: cls._create_schema(conn, path))
         if not is_new:
             ro = open_checked_readonly(path, setting=cls.SETTING, required_tables={"bl_meta", "blacklist"}, what=cls.WHAT)
             try:
@@ -99,13 +101,7 @@ class Blacklist:
                     f"version {SCHEMA_VERSION}; delete it, the next sync fetches a snapshot"
                 )
         conn = connect_readwrite(path)
-        try:
-            conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
-            if is_new:
-                cls._create_schema(conn, path)
-        except BaseException:
-            conn.close()
-            raise
+        conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         return cls(conn, path)
 
     @staticmethod

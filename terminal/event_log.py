@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -147,6 +149,34 @@ def connect_readwrite(path: Path) -> sqlite3.Connection:
     # Keep the WAL from staying at its high-water mark after a large transaction.
     conn.execute("PRAGMA journal_size_limit = 8388608")
     return conn
+
+
+def create_new(path: Path, build) -> bool:
+    """Create the database at `path` complete or not at all, even when another process (the terminal and its sync
+    agent start together) does the same: `build(conn)` makes the schema in a private file, which is then linked
+    into place. Returns False when another process created `path` first; the caller then opens that one.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    conn = connect_readwrite(tmp)
+    try:
+        build(conn)
+    finally:
+        conn.close()  # the last close checkpoints the WAL into the file and removes -wal and -shm
+    try:
+        if path.exists() and path.stat().st_size == 0 and not _wal_path(path).exists():
+            os.replace(tmp, path)  # an empty file (touch, or a crash before the first page) counts as new
+        else:
+            os.link(tmp, path)
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the new name survives power loss before the first record is acknowledged
+    finally:
+        os.close(dir_fd)
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,6 +323,8 @@ class EventLog:
         if not isinstance(terminal_id, str) or not terminal_id.strip():
             raise ValueError("terminal_id must be a non-empty string; set [terminal].id")
         is_new = preflight(path, cls.SETTING)
+        if is_new:
+            is_new = create_new(path, lambda conn: cls._create_schema(conn, path, terminal_id, created_at))
         if not is_new:
             ro = open_checked_readonly(path, setting=cls.SETTING, required_tables={"meta", "events"}, what=cls.WHAT)
             try:
@@ -304,14 +336,7 @@ class EventLog:
                     f"database {path} belongs to terminal {stored_id!r}, not {terminal_id!r}; "
                     f"point {cls.SETTING} at this terminal's own file or move it away"
                 )
-        conn = connect_readwrite(path)
-        try:
-            if is_new:
-                cls._create_schema(conn, path, terminal_id, created_at)
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path, terminal_id, readonly=False)
+        return cls(connect_readwrite(path), path, terminal_id, readonly=False)
 
     @classmethod
     def open_readonly(cls, path: Path) -> EventLog:

@@ -506,3 +506,31 @@ def test_cli_reads_the_database_named_by_the_config(tmp_path, capsys):
     assert local in capsys.readouterr().out  # local time in the terminal's own zone
     assert log_cli.main(["verify", "--config", str(cfg)]) == 0
     assert capsys.readouterr().out.startswith("chain intact: 1 records, last seq 1")
+
+
+def _open_both(path: str, results) -> None:
+    from terminal.blacklist import Blacklist
+
+    try:
+        EventLog.open(Path(path), "000000000001").close()
+        Blacklist.open(Path(path + ".bl")).close()
+        results.put("ok")
+    except Exception as exc:  # reported to the parent, which asserts on it
+        results.put(repr(exc))
+
+
+def test_terminal_and_agent_creating_the_files_at_once_both_succeed(tmp_path):
+    """The terminal and its sync agent start together and both open (and so may create) the log and blacklist."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for i in range(15):
+        results = ctx.Queue()
+        path = str(tmp_path / f"run{i}.db")
+        procs = [ctx.Process(target=_open_both, args=(path, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 3
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".new")]
