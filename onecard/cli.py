@@ -1,4 +1,5 @@
-"""`onecard`: the one command line for terminals, the SAM keystore, the card simulator, the log and the demo."""
+"""`onecard`: the one command line for terminals, SAMs and key cards, the card simulator, the log, the sync agent,
+the reference platform and the demo."""
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     from onecard import demo
     from sync_agent import cli as sync_cli
     from simulator.platform import cli as platform_cli
+    from terminal import issuing
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    top = parser.add_subparsers(dest="area", required=True, metavar="{terminal,sam,keys,sim,log,sync,platform,demo}")
+    top = parser.add_subparsers(dest="area", required=True)
     terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
         dest="command", required=True))
     sam_cli.add_subcommands(top.add_parser("sam", help="software SAM keystores").add_subparsers(
@@ -35,7 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
     platform_sub = top.add_parser("platform", help="the reference central platform and card flows").add_subparsers(
         dest="command", required=True)
     platform_cli.add_subcommands(platform_sub)
-    from terminal import issuing
     issuing.add_platform_subcommands(platform_sub)
     issuing.add_subcommands(top.add_parser("issue", help="the issuing terminal: wash and re-key cards")
                             .add_subparsers(dest="command", required=True))
