@@ -9,7 +9,6 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sam.crypto import KEY_SIZE, key_check_value
+from onecard import files
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 
 MAGIC = b"ONECARD-KEYSTORE"
@@ -612,46 +612,11 @@ def save_keystore(
     if not overwrite and os.path.lexists(path):
         raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)")
     data = encode_keystore(keystore, unlock, scrypt_n=scrypt_n)
-    directory = path.parent
     try:
-        # mkstemp creates the file 0600, so the keys are never readable by others, not even briefly.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise KeystoreError(f"cannot create a file in {directory} ({e.strerror}); check that the directory exists and is writable") from None
-    try:
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            if overwrite:
-                os.replace(tmp_name, path)
-            else:
-                _link_without_overwrite(tmp_name, path)
-            _fsync_directory(directory)
-        except OSError as e:
-            raise KeystoreError(f"cannot write keystore {path} ({e.strerror}); check free space and permissions") from None
-    finally:
-        if os.path.lexists(tmp_name):
-            os.unlink(tmp_name)
-
-
-def _link_without_overwrite(tmp_name: str, path: Path) -> None:
-    # link() fails if the target exists, which closes the race between our exists-check and the rename.
-    try:
-        os.link(tmp_name, path)
+        files.write_atomically(path, data, overwrite=overwrite)
     except FileExistsError:
-        raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)") from None
-    except OSError:
-        # Filesystems without hard links (e.g. FAT on SD cards): fall back to check-then-rename.
-        if os.path.lexists(path):
-            raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)") from None
-        os.replace(tmp_name, path)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it "
+                            "(--force)") from None
+    except OSError as e:
+        raise KeystoreError(f"cannot write keystore {path} ({e.strerror}); check that the directory exists, free "
+                            "space and permissions") from None

@@ -11,11 +11,11 @@ import hmac
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from onecard import files
 from sam.interface import CardIdentity, KeyUsageError, LoadSession, PurchaseSession, SamError
 
 TSN_MAX = 0xFFFFFFFF
@@ -315,24 +315,8 @@ class StateFile:
 
 def write_atomically(path: Path, data: bytes, what: str) -> None:
     """Temporary file, fsync, rename over path, fsync the directory: after return the bytes survive a power cut."""
-    directory = path.parent
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        files.write_atomically(path, data)
     except OSError as e:
-        raise StateFileError(f"cannot create a file in {directory} ({e.strerror}); check the directory exists and is writable") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        raise StateFileError(f"cannot write {what} {path} ({e.strerror}); check free space and permissions") from None
-    finally:
-        if os.path.lexists(tmp_name):
-            os.unlink(tmp_name)
+        raise StateFileError(f"cannot write {what} {path} ({e.strerror}); check free space, permissions and that "
+                             "the directory exists") from None

@@ -11,11 +11,11 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from onecard import files
 from onecard.logs import log_event
 from sam.interface import KeyInfo
 
@@ -180,18 +180,7 @@ def render_config(template: str, values: dict[tuple[str, str], object], remove: 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a key or config."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    files.write_atomically(path, data, mode=mode)
 
 
 def _public_der(key) -> bytes:

@@ -321,11 +321,13 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_final_link_does_not_replace_a_file_that_appeared_meanwhile(tmp_path):
     # save_keystore checks for an existing file first; this is the race after that check.
-    (tmp_path / "tmp").write_bytes(b"new")
+    from onecard import files
+
     (tmp_path / "ks").write_bytes(b"appeared")
-    with pytest.raises(KeystoreError, match="already exists"):
-        keystore_module._link_without_overwrite(str(tmp_path / "tmp"), tmp_path / "ks")
+    with pytest.raises(FileExistsError):
+        files.write_atomically(tmp_path / "ks", b"new", overwrite=False)
     assert (tmp_path / "ks").read_bytes() == b"appeared"
+    assert sorted(os.listdir(tmp_path)) == ["ks"]
 
 
 def test_refuses_to_overwrite_a_dangling_symlink(tmp_path):
@@ -345,7 +347,7 @@ def test_file_mode_is_0600_whatever_the_umask(tmp_path):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(KeystoreError, match="cannot create a file in"):
+    with pytest.raises(KeystoreError, match="cannot write keystore .*directory exists"):
         save_keystore(tmp_path / "no" / "ks", KEYSTORE, PASS, scrypt_n=FAST_N)
 
 
@@ -565,7 +567,7 @@ def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
         (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", "verify,sign"], "unknown usage 'sign' in --usages; use some of"),
         (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", ""], "is not a comma-separated list"),
         (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/nope", "--enterprise", "00010001"], "passphrase file not found"),
-        (["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"], "cannot create a file in"),
+        (["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"], "cannot write keystore .*directory exists"),
         (["list", "--keystore", "{d}/nope", "--passphrase-file", "{d}/pw"], "keystore file not found"),
         (["list", "--keystore", "{d}/pw", "--passphrase-file", "{d}/pw"], "is not a onecard keystore"),
         (["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"], "wrong passphrase or corrupted keystore"),
