@@ -49,7 +49,8 @@ ROLES: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
         KeyPurpose.PURCHASE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY}),
         KeyPurpose.LOAD: frozenset({KeyUsage.REVERSAL}),
     },
-    "top-up": {KeyPurpose.LOAD: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})},
+    # The card service machine: loads, and writes access rights the platform changed (UPDATE, secured writes).
+    "top-up": {KeyPurpose.LOAD: frozenset({KeyUsage.MAC, KeyUsage.VERIFY}), KeyPurpose.UPDATE: frozenset({KeyUsage.MAC})},
     "platform": {KeyPurpose.TAC: frozenset({KeyUsage.VERIFY})},
 }
 

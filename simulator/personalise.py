@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
+from terminal.card_protocol import encode_access_file
 from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, STATUS_TRANSPORT, CardState, CardStateFile, Purse
 
 
@@ -54,11 +55,7 @@ def holder_file(employee_no: str, name: str) -> bytes:
 
 
 def access_file(p: Personalisation) -> bytes:
-    bitmap = bytearray(8)
-    for g in p.door_groups:
-        bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
-    dates = bytes.fromhex(p.valid_from.strftime("%Y%m%d") + p.valid_to.strftime("%Y%m%d"))
-    return dates + bytes(bitmap) + bytes([p.time_profile]) + bytes(15)
+    return encode_access_file(p.valid_from, p.valid_to, p.door_groups, p.time_profile)
 
 
 def personalise(sam, p: Personalisation, label: str = "") -> CardState:

@@ -155,6 +155,17 @@ def parse_bcd_date(raw: bytes, what: str) -> dt.date:
         raise CardProtocolError(f"{what} {text} is not a BCD date YYYYMMDD") from None
 
 
+def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups, time_profile: int) -> bytes:
+    """EF_ACCESS (section 2.3) as an issuer writes it; ValueError for values the file cannot hold."""
+    if any(not 1 <= g <= 64 for g in door_groups) or not 0 <= time_profile <= 255 or valid_to < valid_from:
+        raise ValueError("door groups must be 1..64, the time profile 0..255, valid-to not before valid-from")
+    bitmap = bytearray(8)
+    for g in door_groups:
+        bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
+    dates = bytes.fromhex(valid_from.strftime("%Y%m%d") + valid_to.strftime("%Y%m%d"))
+    return dates + bytes(bitmap) + bytes([time_profile]) + bytes(15)
+
+
 def parse_door_groups(bitmap: bytes) -> frozenset[int]:
     """Group g (1..64) is bit 7 - (g-1) % 8 of byte (g-1) // 8: group 1 is the top bit of the first byte."""
     return frozenset(g for g in range(1, 8 * len(bitmap) + 1) if bitmap[(g - 1) // 8] & (0x80 >> ((g - 1) % 8)))

@@ -108,15 +108,10 @@ class IssueRequest:
         return self.employee_no.encode().ljust(16, b"\x00") + name.encode().ljust(32, b"\x00")
 
     def access_file(self) -> bytes:
-        if any(not 1 <= g <= 64 for g in self.door_groups) or not 0 <= self.time_profile <= 255 \
-                or self.valid_to < self.valid_from:
-            raise Refusal("bad_request", "Door groups must be 1..64, time profile 0..255, valid-to not before "
-                          "valid-from: correct the request")
-        bitmap = bytearray(8)
-        for g in self.door_groups:
-            bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
-        return (_bcd(self.valid_from) + _bcd(self.valid_to) + bytes(bitmap) + bytes([self.time_profile])
-                + bytes(15))
+        try:
+            return cp.encode_access_file(self.valid_from, self.valid_to, self.door_groups, self.time_profile)
+        except ValueError as exc:
+            raise Refusal("bad_request", f"{exc}: correct the request") from None
 
     def purse_file(self) -> bytes:
         return _bcd(self.purse_expiry or self.valid_to) + self.max_balance.to_bytes(4, "big")

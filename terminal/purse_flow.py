@@ -30,6 +30,7 @@ POS_REFUSE_OFFLINE_SALES_AT = 0.8
 
 # Event kinds: an intent, then exactly one of its outcomes.
 PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
+RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
 OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for op in OPS for k in (op + ".intent", op, op + ".abandoned"))
 TX_TYPE = {PURCHASE: pp.TYPE_PURCHASE, UNDO: pp.TYPE_LOAD, LOAD: pp.TYPE_LOAD}
@@ -268,23 +269,44 @@ class PurseTerminal:
                             lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)
 
     def run_card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> list[str]:
-        """Load the over-the-air top-ups the platform queued for this card; each once (its action_id is logged).
-
-        Only a top-up terminal holds the LOAD key. Called after settle_pending, so an interrupted one is known.
+        """Write what the platform queued for this card: over-the-air top-ups and access-rights changes, each once
+        (its action_id is on the logged outcome). Only the top-up terminal, the card service machine, holds the LOAD
+        and UPDATE keys. Called after settle_pending, so an interrupted top-up is already known.
         """
         if self.pending_actions is None or self.config.terminal.kind != "topup":
             return []
         notes = []
         for action in self.pending_actions(info.asn_hex):
-            if action["action"] != "topup" or self.event_log.has_detail(LOAD, "action_id", action["action_id"]):
-                continue
-            amount = int(action["params"]["amount"])
-            detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2,
-                                {"action_id": action["action_id"]})
-            notes.append(f"over-the-air top-up of {format_yuan(amount)} loaded")
-            log_event(log, "purse.ota_topup", action=action["action_id"], asn=info.asn_hex, amount=amount,
-                      balance_after=detail["balance_after"], msg="over-the-air top-up written onto the card")
+            action_id, params = action["action_id"], action["params"]
+            if action["action"] == "topup" and not self.event_log.has_detail(LOAD, "action_id", action_id):
+                amount = int(params["amount"])
+                detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {"action_id": action_id})
+                notes.append(f"over-the-air top-up of {format_yuan(amount)} loaded")
+                log_event(log, "purse.ota_topup", action=action_id, asn=info.asn_hex, amount=amount,
+                          balance_after=detail["balance_after"], msg="over-the-air top-up written onto the card")
+            elif action["action"] == "rights" and not self.event_log.has_detail(RIGHTS, "action_id", action_id):
+                if self._write_rights(transmit, info, action_id, params, now):
+                    notes.append("access rights updated")
         return notes
+
+    def _write_rights(self, transmit, info: cp.CardInfo, action_id: str, params: dict, now: dt.datetime) -> bool:
+        """Rewrite EF_ACCESS with the platform's rights. The write is idempotent, so a tear before it is logged
+        just means the next tap writes the same bytes again."""
+        from terminal.rekey import AdminChannel
+
+        try:
+            data = cp.encode_access_file(dt.date.fromisoformat(params["valid_from"]),
+                                         dt.date.fromisoformat(params["valid_to"]), params["door_groups"],
+                                         int(params.get("time_profile", 0)))
+            AdminChannel(transmit, self.sam, info).update_binary(cp.SFI_ACCESS, 0, data, "EF_ACCESS")
+        except (KeyError, TypeError, ValueError, SamError, cp.CardProtocolError) as exc:
+            log_event(log, "card.rights_failed", logging.WARNING, action=action_id, asn=info.asn_hex, error=str(exc),
+                      msg="access rights from the platform not written; the action stays pending")
+            return False
+        self._append(now, RIGHTS, info.asn_hex, "rights_updated", "Access rights updated from the platform",
+                     {"action_id": action_id, **{k: params[k] for k in ("door_groups", "valid_from", "valid_to")},
+                      "time_profile": int(params.get("time_profile", 0))})
+        return True
 
     def top_up(self, transmit, amount: int, now: dt.datetime) -> Decision:
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))

@@ -27,9 +27,9 @@ PURSE_PURPOSES = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
 
 
 def make_keystore(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> Keystore:
-    """An enterprise key set: ACCESS and the purse keys, both algorithms, every usage (an issuing keystore)."""
+    """An enterprise key set: ACCESS, UPDATE and the purse keys, both algorithms, every usage (an issuing keystore)."""
     return Keystore([MasterKey.generate(enterprise, purpose, v, alg, usages)
-                     for purpose in (KeyPurpose.ACCESS, *PURSE_PURPOSES)
+                     for purpose in (KeyPurpose.ACCESS, KeyPurpose.UPDATE, *PURSE_PURPOSES)
                      for v in versions for alg in (Algorithm.AES128, Algorithm.SM4)])
 
 

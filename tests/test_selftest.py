@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sam.interface import KeyPurpose, KeyUsage
+from sam.cli import ROLES
 from sam.keystore import Keystore, KeystoreUnlock, MasterKey, save_keystore
 from sam.software import SoftwareSam
 from sync_agent import deploy
@@ -27,18 +28,12 @@ TID = "000000000042"  # in the test broker's ACL (tests/mqtt_env.py TERMINALS)
 CARD_SLOT = 0
 NOW = dt.datetime.now(dt.timezone.utc)
 
-ROLE_USAGES = {
-    "door": {KeyPurpose.ACCESS: {KeyUsage.VERIFY}},
-    "pos": {KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY}, KeyPurpose.LOAD: {KeyUsage.REVERSAL}},
-    "topup": {KeyPurpose.LOAD: {KeyUsage.MAC, KeyUsage.VERIFY}},
-}
+ROLE_USAGES = {kind: ROLES[st.KIND_ROLE[kind]] for kind in ("door", "pos", "topup")}
 
 
 def role_keystore(issuing: Keystore, role: str) -> Keystore:
     """What `onecard sam restrict --role` gives a terminal: the same keys, only the usages its kind needs."""
-    wanted = ROLE_USAGES[role]
-    return Keystore([MasterKey(k.enterprise_id, k.purpose, k.version, k.algorithm, frozenset(wanted[k.purpose]), k.key)
-                     for k in issuing if k.purpose in wanted])
+    return issuing.restricted_per_purpose(ROLE_USAGES[role])
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,27 @@ def test_over_the_air_top_up_is_loaded_once_and_accounted_by_the_platform(rig):
                            "balance 50.00 yuan. 11-23 10:00 top-up 50.00.")
 
 
+def test_rights_change_is_written_onto_the_card_at_the_top_up_terminal(rig, tmp_path):
+    sam, admin, terminal, agent = rig
+    card = make_card(sam, door_groups=frozenset({2}), opening_balance=0)
+    asn = card.state.asn.hex().upper()
+    admin.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
+    admin.issue_card(ENTERPRISE, "E1001", asn)
+    from tests.support import make_terminal
+    (tmp_path / "door").mkdir()
+    door, _ = make_terminal(tmp_path / "door", sam, "door")
+    assert tap(door, card, None).reason_code == "no_rights"
+    admin.authorise(asn, {"door_groups": [1, 2], "valid_from": "2026-01-01", "valid_to": "2027-12-31",
+                          "time_profile": 0})
+    inbox = Inbox(agent.config.sync.database)
+    wait_until(lambda: inbox.pending_actions(asn), 20, "the rights change reaching the inbox")
+    assert tap(terminal, card, Balance()).message == "Balance 0.00 (access rights updated)"
+    assert tap(terminal, card, Balance()).message == "Balance 0.00"  # written once
+    assert tap(door, card, None).accepted
+    wait_until(lambda: admin.conn.execute("SELECT status FROM card_actions WHERE asn = ?", (asn,)).fetchone()[0]
+               == "done", 20, "the platform seeing the change written")
+
+
 def test_platform_configuration_is_applied_by_the_terminal(rig):
     sam, admin, terminal, agent = rig
     card = make_card(sam, opening_balance=0)

@@ -58,6 +58,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
             cmd_ota_topup)
     c.add_argument("asn")
     c.add_argument("amount", help="yuan, e.g. 50.00")
+    c = cmd("authorise", "change a card's access rights; written onto the card at its next tap on the top-up "
+            "(card service) terminal", cmd_authorise)
+    c.add_argument("asn")
+    c.add_argument("--groups", required=True, help="door groups, e.g. 1,2,5")
+    c.add_argument("--valid-from", required=True, help="YYYY-MM-DD")
+    c.add_argument("--valid-to", required=True, help="YYYY-MM-DD")
+    c.add_argument("--time-profile", type=int, default=0)
     c = cmd("purse", "a card's purse transactions as uploaded, with each TAC's check", cmd_purse)
     c.add_argument("asn")
     c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
@@ -203,6 +210,23 @@ def cmd_ota_topup(args) -> int:
         raise UserError("the amount must be more than 0.00")
     return _run(args, lambda pf: f"over-the-air top-up {pf.add_card_action(args.asn.upper(), 'topup', {'amount': fen})}"
                                  f" of {args.amount} queued for card {args.asn.upper()}")
+
+
+def cmd_authorise(args) -> int:
+    import datetime as dt
+
+    try:
+        groups = sorted({int(g) for g in args.groups.split(",") if g.strip()})
+        valid_from, valid_to = dt.date.fromisoformat(args.valid_from), dt.date.fromisoformat(args.valid_to)
+    except ValueError:
+        raise UserError("--groups must be numbers separated by commas and the dates YYYY-MM-DD") from None
+    if not groups or any(not 1 <= g <= 64 for g in groups) or valid_to < valid_from \
+            or not 0 <= args.time_profile <= 255:
+        raise UserError("door groups are 1..64, the time profile 0..255 and valid-to not before valid-from")
+    rights = {"door_groups": groups, "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(),
+              "time_profile": args.time_profile}
+    return _run(args, lambda pf: f"rights change {pf.authorise(args.asn.upper(), rights)} queued for card "
+                                 f"{args.asn.upper()}: groups {groups}, {args.valid_from}..{args.valid_to}")
 
 
 def cmd_purse(args) -> int:

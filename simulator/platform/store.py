@@ -411,6 +411,18 @@ class Platform:
                         self.seal("card_action", f"e:{c['enterprise_id']}", self._action_body(action_id)))
         return action_id
 
+    def authorise(self, asn: str, rights: dict) -> str:
+        """Change a card's access rights: recorded here, and queued as a card action that the card service
+        (top-up) terminal writes onto the card at its next tap there."""
+        with self._txn():
+            c = self.card(asn)
+            if c["status"] != ACTIVE:
+                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active card gets new rights")
+            self.conn.execute("UPDATE cards SET rights = ?, updated_at = ? WHERE asn = ?",
+                              (json.dumps({**c["rights"], **rights}, sort_keys=True), self._now(), c["asn"]))
+            self._history(c["asn"], "authorise", f"rights changed to {json.dumps(rights, sort_keys=True)}")
+            return self.add_card_action(c["asn"], "rights", rights)
+
     def _action_body(self, action_id: str) -> dict:
         asn, action, params = self.conn.execute("SELECT asn, action, params FROM card_actions WHERE action_id = ?",
                                                 (action_id,)).fetchone()
@@ -502,6 +514,9 @@ class Platform:
                           (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
         if e.kind in PURSE_SIGN:
             self._account(terminal_id, e)
+        elif e.kind == "card.rights":
+            self.conn.execute("UPDATE card_actions SET status = 'done' WHERE action_id = ?",
+                              (json.loads(e.detail)["action_id"],))
         return None
 
     def _account(self, terminal_id: str, e: p.WireEvent) -> None:
