@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import datetime as dt
-import os
 import secrets
 import shutil
 import signal

@@ -227,7 +227,7 @@ class PcscSam:
                 "insert a PSAM made from a keystore that allows it ('onecard sam restrict --role ...')"
             )
         if sw == 0x6985:
-            return ReversalRefused(f"reversal refused by the PSAM: not this SAM's last purchase (card, amount or TSN differ, or there is none); "
+            return ReversalRefused("reversal refused by the PSAM: not this SAM's last purchase (card, amount or TSN differ, or there is none); "
                                    "only the last purchase can be undone, on the same card and for the same amount", "not-last")
         if sw == 0x6983:
             return ReversalRefused("reversal refused by the PSAM: the debit was never proven (its MAC2 was not verified by "

@@ -19,7 +19,7 @@ from terminal.authenticate import authenticate_card
 from terminal.config import Config, ConfigError, apply_platform_document
 from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
-from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Request, Undo
+from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo
 from terminal.purse_flow import Incomplete, PurseTerminal
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present

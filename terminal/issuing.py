@@ -20,7 +20,7 @@ from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
 from terminal.money import format_yuan
-from terminal.rekey import AdminChannel, identity_of, require_admin_key, select_for_admin
+from terminal.rekey import AdminChannel, require_admin_key, select_for_admin
 
 ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"
 VOID_INTENT, VOIDED = "issue.void.intent", "issue.void"

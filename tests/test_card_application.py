@@ -1,7 +1,6 @@
 """The simulated card against docs/card-application.md, as conversations of exact bytes."""
 import datetime as dt
 
-import pytest
 from hypothesis import given, strategies as st
 
 from sam.crypto import diversify, mac8

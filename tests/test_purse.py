@@ -1,10 +1,9 @@
 """The e-purse at a canteen POS and a top-up terminal: exact money, limits, undo, and tears at every APDU."""
 import datetime as dt
-import io
 
 import pytest
 
-from sam.interface import Algorithm, KeyPurpose, CardIdentity
+from sam.interface import Algorithm, CardIdentity
 from simulator.card import ForeignCard
 from simulator.inprocess import InProcessReader
 from terminal.blacklist import Blacklist

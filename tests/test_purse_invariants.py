@@ -6,7 +6,7 @@ card counter value maps to exactly one logged transaction, across the POS's and 
 import datetime as dt
 
 from hypothesis import settings, strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from simulator.inprocess import InProcessReader
 from terminal.decision import Refusal

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sam.interface import KeyPurpose, KeyUsage
+
 from sam.cli import ROLES
-from sam.keystore import Keystore, KeystoreUnlock, MasterKey, save_keystore
+from sam.keystore import Keystore, KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
 from sync_agent import deploy
 from terminal import selftest as st

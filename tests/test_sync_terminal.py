@@ -8,7 +8,6 @@ import pytest
 from simulator.inprocess import InProcessReader
 from terminal.cli import build_terminal
 from terminal.config import load_config
-from terminal.decision import Refusal
 from terminal.inbox import Inbox
 from terminal.keypad import Balance, Charge, Load
 from terminal.outputs import ConsoleOutputs
