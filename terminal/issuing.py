@@ -413,6 +413,8 @@ def add_subcommands(sub) -> None:
         c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
         c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
         c.set_defaults(handler=cmd_batch, mode=name.replace("rekey", "rotate"))
+    from terminal.issuing_cli import add_subcommands as add_flow_subcommands
+    add_flow_subcommands(sub)
 
 
 def add_platform_subcommands(sub) -> None:
@@ -446,39 +448,20 @@ def cmd_batch(args) -> int:
     import threading
 
     from onecard.errors import UserError
-    from sam.interface import SamError
-    from sam.keystore import KeystoreUnlock, parse_enterprise_id
-    from sam.software import SoftwareSam
+    from sam.keystore import parse_enterprise_id
     from terminal import rekey
     from terminal.event_log import DatabaseError, EventLog
+    from terminal.issuing_cli import open_station_reader, open_station_sam
 
     if not 1 <= args.to_version <= 255:
         raise UserError(f"--to-version {args.to_version} is not 1..255; pick an enterprise key version")
     try:
         enterprise = parse_enterprise_id(args.enterprise)
-        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file")
-                  if args.passphrase_file else KeystoreUnlock.from_device_secret_file(args.device_secret,
-                                                                                      "--device-secret"))
-        sam = SoftwareSam.open(args.keystore, unlock)
-    except (SamError, ValueError) as exc:
+    except ValueError as exc:
         raise UserError(str(exc)) from None
-    if args.card is not None:
-        from simulator.card import load_card
-        from simulator.inprocess import InProcessReader
-        reader = InProcessReader(f"simulator:{args.card}")
-        try:
-            reader.tap(load_card(args.card))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load simulated card {args.card}: {exc}; check the path") from None
-        count = 1
-    else:
-        from terminal.reader import ReaderError
-        from terminal.readers.pcsc import PcscReader
-        try:
-            reader = PcscReader(args.reader)
-        except ReaderError as exc:
-            raise UserError(str(exc)) from None
-        count = args.count
+    sam = open_station_sam(args)
+    reader = open_station_reader(args)
+    count = 1 if args.card is not None else args.count
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,0 +1,204 @@
+"""`onecard issue card|replace|cancel`: the card office's issuing terminal, one card flow per command.
+
+The station's keystore, its reader (or a simulated card file) and its own event log as for `issue wash`; the
+registry is the reference platform's database (`--platform-db/--platform-key`), used in this process.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+from pathlib import Path
+
+from onecard.errors import UserError
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    card = _station(sub.add_parser("card", help="issue (发卡): personalise a washed card for an employee and "
+                                                "register it"))
+    _rights(card)
+    replace = _station(sub.add_parser("replace", help="replacement (补换卡): back up and void the old card if it "
+                                                      "is here, write its data and balance onto a washed new card"))
+    replace.add_argument("--old-asn", help="the old card's ASN when it is lost or unreadable: the new card is then "
+                                           "written from the platform's records")
+    replace.add_argument("--old-card", type=Path, help="simulated old card file (with --card for the new one)")
+    _rights(replace, required=False)
+    cancel = _station(sub.add_parser("cancel", help="cancellation (注销): balance settled first, application voided "
+                                                    "and its personalisation erased, platform told"))
+    cancel.add_argument("--settle", action="store_true", help="refund the balance left on the card (it is logged)")
+    cancel.add_argument("--delete", action="store_true", help="application deletion at the holder's request "
+                                                              "rather than cancellation")
+    for p, handler in ((card, cmd_card), (replace, cmd_replace), (cancel, cmd_cancel)):
+        p.set_defaults(handler=handler)
+
+
+def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore")
+    lock = p.add_mutually_exclusive_group(required=True)
+    lock.add_argument("--passphrase-file", type=Path)
+    lock.add_argument("--device-secret", type=Path)
+    p.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--reader", help="PC/SC reader (any part of its name)")
+    src.add_argument("--card", type=Path, help="a simulated card file")
+    p.add_argument("--log", required=True, type=Path, help="the issuing terminal's event log (SQLite)")
+    p.add_argument("--terminal-id", default="000000000900", help="12-digit terminal ID")
+    p.add_argument("--platform-db", required=True, type=Path, help="the platform database (registry)")
+    p.add_argument("--platform-key", required=True, type=Path, help="the platform signing key")
+    p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each card")
+    return p
+
+
+def _rights(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--employee", required=required, help="employee number, registered on the platform")
+    p.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5")
+    p.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default today)")
+    p.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default in 3 years)")
+    p.add_argument("--time-profile", type=int, default=0)
+    p.add_argument("--purse-expiry", default=None, help="YYYY-MM-DD (default --valid-to)")
+    p.add_argument("--max-balance", default="2000.00", help="yuan")
+
+
+def open_station_sam(args):
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock
+    from sam.software import SoftwareSam
+
+    try:
+        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file")
+                  if args.passphrase_file else KeystoreUnlock.from_device_secret_file(args.device_secret,
+                                                                                      "--device-secret"))
+        return SoftwareSam.open(args.keystore, unlock)
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_station_reader(args, card_file: Path | None = None):
+    """The station's reader, or an in-process reader holding a simulated card file (tapped once)."""
+    card_file = card_file or args.card
+    if card_file is not None:
+        from simulator.card import load_card
+        from simulator.inprocess import InProcessReader
+
+        reader = InProcessReader(f"simulator:{card_file}")
+        try:
+            reader.tap(load_card(card_file))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load simulated card {card_file}: {exc}; check the path") from None
+        return reader
+    from terminal.reader import ReaderError
+    from terminal.readers.pcsc import PcscReader
+
+    try:
+        return PcscReader(args.reader)
+    except ReaderError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _request(args, enterprise: bytes):
+    from terminal.issuing import IssueRequest
+    from terminal.money import parse_yuan
+
+    today = dt.date.today()
+    try:
+        groups = frozenset(int(g) for g in args.groups.split(",") if g.strip())
+        valid_from = dt.date.fromisoformat(args.valid_from) if args.valid_from else today
+        valid_to = dt.date.fromisoformat(args.valid_to) if args.valid_to else today.replace(year=today.year + 3)
+        expiry = dt.date.fromisoformat(args.purse_expiry) if args.purse_expiry else None
+    except ValueError:
+        raise UserError("--groups must be numbers separated by commas and dates YYYY-MM-DD") from None
+    return IssueRequest(enterprise, args.employee or "", groups, valid_from, valid_to, args.time_profile, expiry,
+                        parse_yuan(args.max_balance, "--max-balance"))
+
+
+@contextlib.contextmanager
+def _issuing_terminal(args):
+    from sam.keystore import parse_enterprise_id
+    from simulator.platform.store import Platform, PlatformError, load_signing_key
+    from terminal.event_log import DatabaseError, EventLog
+    from terminal.issuing import IssuingTerminal, LocalPlatform
+
+    try:
+        enterprise = parse_enterprise_id(args.enterprise)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    if not (len(args.terminal_id) == 12 and args.terminal_id.isdigit()):
+        raise UserError(f"--terminal-id {args.terminal_id!r} is not 12 digits")
+    if not args.platform_db.exists():
+        raise UserError(f"platform database {args.platform_db} does not exist; check --platform-db")
+    sam = open_station_sam(args)
+    try:
+        platform = Platform(args.platform_db, load_signing_key(args.platform_key))
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        with EventLog.open(args.log, args.terminal_id) as log:
+            yield IssuingTerminal(sam, LocalPlatform(platform), log, enterprise, bytes.fromhex(args.terminal_id)), \
+                enterprise
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        platform.close()
+
+
+def _with_card(args, prompt: str, action, card_file: Path | None = None):
+    """Ask for a card, run `action(transmit)` on it; a Refusal or a card pulled away is one line and exit 1."""
+    from terminal.decision import Refusal
+    from terminal.reader import CardRemoved
+
+    reader = open_station_reader(args, card_file)
+    try:
+        print(prompt, flush=True)
+        conn = reader.wait_for_card(args.wait)
+        if conn is None:
+            raise UserError(f"no card presented within {args.wait:g} s; run the command again and tap the card", 1)
+        try:
+            return action(conn.transmit)
+        except Refusal as r:
+            raise UserError(f"{r.message} ({r.reason_code})", 1) from None
+        except CardRemoved:
+            raise UserError("card removed too soon: run the command again and hold the card still; the station "
+                            "finishes what the first tap started", 1) from None
+        finally:
+            conn.close()
+    finally:
+        reader.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def cmd_card(args) -> int:
+    with _issuing_terminal(args) as (station, enterprise):
+        req = _request(args, enterprise)
+        asn = _with_card(args, "tap the washed card to issue", lambda t: station.issue(t, req, _now()))
+    print(f"card {asn} issued to employee {args.employee} and registered with the platform")
+    return 0
+
+
+def cmd_replace(args) -> int:
+    with _issuing_terminal(args) as (station, enterprise):
+        if args.old_asn:
+            if not args.employee:
+                raise UserError("--old-asn needs --employee and the rights to write (--groups, --valid-to ...)")
+            backup = station.backup_from_platform(args.old_asn.upper(), _request(args, enterprise))
+            print(f"old card {backup.old_asn} not present: the new card gets the platform's records", flush=True)
+        else:
+            backup = _with_card(args, "tap the OLD card (its data is backed up, then it is voided)",
+                                lambda t: station.backup_and_void(t, _now()), args.old_card)
+            print(f"old card {backup.old_asn} backed up and voided", flush=True)
+        asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
+    print(f"card {asn} replaces {backup.old_asn}; balance and rights carried over")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from terminal.money import format_yuan
+
+    with _issuing_terminal(args) as (station, _):
+        settled = _with_card(args, "tap the card to cancel",
+                             lambda t: station.cancel(t, _now(), settle=args.settle, deletion=args.delete))
+    what = "application deleted" if args.delete else "card cancelled"
+    print(f"{what}; balance settled: {format_yuan(settled)} yuan refunded to the holder" if settled else what)
+    return 0
