@@ -395,25 +395,14 @@ class IssuingTerminal:
 # --- command line: `onecard issue wash|rekey` and `onecard platform key-versions` ------------------------------
 
 def add_subcommands(sub) -> None:
-    from pathlib import Path
+    from terminal.issuing_cli import add_subcommands as add_flow_subcommands, station_arguments
 
     for name, help_ in (("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
                         ("rekey", "re-key cards tapped one after another to a new key version (rotation)")):
-        c = sub.add_parser(name, help=help_)
-        c.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore")
-        lock = c.add_mutually_exclusive_group(required=True)
-        lock.add_argument("--passphrase-file", type=Path)
-        lock.add_argument("--device-secret", type=Path)
-        c.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
-        src = c.add_mutually_exclusive_group(required=True)
-        src.add_argument("--reader", help="PC/SC reader (any part of its name)")
-        src.add_argument("--card", type=Path, help="a simulated card file, tapped once")
-        c.add_argument("--log", required=True, type=Path, help="the issuing terminal's event log (SQLite)")
-        c.add_argument("--terminal-id", default="000000000900", help="12-digit terminal ID")
+        c = station_arguments(sub.add_parser(name, help=help_))
         c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
         c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
         c.set_defaults(handler=cmd_batch, mode=name.replace("rekey", "rotate"))
-    from terminal.issuing_cli import add_subcommands as add_flow_subcommands
     add_flow_subcommands(sub)
 
 

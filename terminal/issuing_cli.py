@@ -32,7 +32,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=handler)
 
 
-def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def station_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """What every command of the issuing station needs: its keystore, its reader (or a card file), its log."""
     p.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore")
     lock = p.add_mutually_exclusive_group(required=True)
     lock.add_argument("--passphrase-file", type=Path)
@@ -43,6 +44,11 @@ def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src.add_argument("--card", type=Path, help="a simulated card file")
     p.add_argument("--log", required=True, type=Path, help="the issuing terminal's event log (SQLite)")
     p.add_argument("--terminal-id", default="000000000900", help="12-digit terminal ID")
+    return p
+
+
+def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    station_arguments(p)
     p.add_argument("--platform-db", required=True, type=Path, help="the platform database (registry)")
     p.add_argument("--platform-key", required=True, type=Path, help="the platform signing key")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each card")
