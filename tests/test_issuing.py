@@ -147,3 +147,12 @@ def test_issued_card_is_not_issued_twice(sam, issuing, tmp_path):
     with pytest.raises(Refusal) as exc:
         tap_run(card, lambda t: issuing.issue(t, request(), MONDAY_10AM))
     assert exc.value.reason_code == "already_issued"
+
+
+def test_the_platform_itself_refuses_a_second_card_for_a_phone(platform):
+    """The check the issuing station makes is also made where the card is registered, in one transaction."""
+    from simulator.platform.store import PlatformError
+
+    platform.issue_card(EID, "E1001", "1111111111111111")
+    with pytest.raises(PlatformError, match="already holds one-card 1111111111111111"):
+        platform.issue_card(EID, "E1001", "2222222222222222")

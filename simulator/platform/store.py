@@ -227,6 +227,15 @@ class Platform:
             holder_id = self._holder(enterprise_id, employee_no)[0]
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone():
                 raise PlatformError(f"card {asn} is already registered; an ASN is issued once")
+            # One phone number holds one one-card (ONECARD.md): checked in the transaction that registers the card,
+            # so two issuing stations cannot both pass it.
+            other = self.conn.execute(
+                "SELECT c.asn, h.phone FROM cards c JOIN holders h USING (holder_id) WHERE h.phone != '' AND "
+                "h.phone = (SELECT phone FROM holders WHERE holder_id = ?) AND c.status IN (?, ?) LIMIT 1",
+                (holder_id, ACTIVE, LOST)).fetchone()
+            if other is not None:
+                raise PlatformError(f"phone number {other[1]} already holds one-card {other[0]}; one phone number "
+                                    "holds one one-card: cancel or replace that card instead")
             self.conn.execute("INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
                               (asn, enterprise_id, holder_id, ACTIVE, balance_cents,
                                json.dumps(rights or {}, sort_keys=True), self._now()))
