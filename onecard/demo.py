@@ -119,7 +119,7 @@ class Site:
             onecard("sam", "restrict", "--keystore", issuing[ENTERPRISE], "--passphrase-file", self.passphrase,
                     "--out", self.keystores[role], "--role", role)
         say("installer: each terminal gets only its role's keys (door: ACCESS verify; POS: PURCHASE and "
-            "LOAD for undo only; top-up: LOAD); the TAC keys stay on the platform")
+            "LOAD for undo only; top-up: LOAD, and UPDATE to write rights changes); the TAC keys stay on the platform")
 
     def issue_cards(self) -> None:
         today = dt.date.today()
