@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sam.roles import ROLE_KEYS
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 from sam.keystore import (
     TRANSPORT_VERSION,
@@ -42,17 +43,8 @@ _MEANINGLESS = {
     if purpose is not KeyPurpose.LOAD
 } | {KeyPurpose.LOAD: frozenset()}
 
-# restrict --role: the keys each terminal role needs and nothing more (docs/key-handling.md 3).
-ROLES: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
-    "door": {KeyPurpose.ACCESS: frozenset({KeyUsage.VERIFY})},
-    "pos": {
-        KeyPurpose.PURCHASE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY}),
-        KeyPurpose.LOAD: frozenset({KeyUsage.REVERSAL}),
-    },
-    # The card service machine: loads, and writes access rights the platform changed (UPDATE, secured writes).
-    "top-up": {KeyPurpose.LOAD: frozenset({KeyUsage.MAC, KeyUsage.VERIFY}), KeyPurpose.UPDATE: frozenset({KeyUsage.MAC})},
-    "platform": {KeyPurpose.TAC: frozenset({KeyUsage.VERIFY})},
-}
+# restrict --role: the keys each role needs and nothing more (docs/key-handling.md 3).
+ROLES = ROLE_KEYS
 
 
 class CliError(Exception):
@@ -299,7 +291,9 @@ def check_tac_separation(keystore: Keystore) -> None:
     and verify (or, with a TAC key, forge) TACs would let one stolen terminal make its forged records pass.
     The master keystore from create-keystore holds all keys, but it is never installed on a terminal.
     """
-    purposes = {key.purpose for key in keystore}
+    # Personalise-only keys run no session and check nothing: the issuing station (a card-office machine) needs
+    # them to write every card key, TAC included, onto the cards it issues.
+    purposes = {key.purpose for key in keystore if key.usages - {KeyUsage.PERSONALISE}}
     if KeyPurpose.TAC in purposes and purposes & {KeyPurpose.PURCHASE, KeyPurpose.LOAD}:
         raise CliError(
             "the restricted keystore would hold TAC keys together with PURCHASE/LOAD keys, but only the platform may "

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from sam.roles import ROLE_KEYS  # noqa: F401  (re-exported: the exports are made per role)
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 from sam.keystore import MasterCardAnchor, MasterKey, SecretKey, format_enterprise_id
 
@@ -47,20 +48,6 @@ USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0
 
 ROLE_CODES = {"door": 0x01, "pos": 0x02, "top-up": 0x03, "issuing": 0x04, "platform": 0x05}
 ROLES_BY_CODE = {code: name for name, code in ROLE_CODES.items()}
-_V, _M, _P, _R = KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE, KeyUsage.REVERSAL
-ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
-    "door": {KeyPurpose.ACCESS: frozenset({_V})},
-    "pos": {KeyPurpose.PURCHASE: frozenset({_M, _V}), KeyPurpose.LOAD: frozenset({_R})},
-    "top-up": {KeyPurpose.LOAD: frozenset({_M, _V})},
-    "platform": {KeyPurpose.TAC: frozenset({_V})},
-    # The issuing station MACs secured writes under UPDATE (and TRANSPORT, to wash a card) and puts every card key
-    # on the cards it personalises; it never gets MAC on TAC (that would forge TACs).
-    "issuing": {
-        KeyPurpose.UPDATE: frozenset({_M, _P}), KeyPurpose.TRANSPORT: frozenset({_M, _P}),
-        KeyPurpose.ACCESS: frozenset({_P}), KeyPurpose.PURCHASE: frozenset({_P}), KeyPurpose.LOAD: frozenset({_P}),
-        KeyPurpose.TAC: frozenset({_P}),
-    },
-}
 # A PSAM offers verify, mac and reversal only and never holds a TAC key (docs/psam.md 2).
 PSAM_ROLES = ("door", "pos", "top-up")
 

@@ -1,0 +1,22 @@
+"""Which master keys, with which usages, each kind of key holder gets (docs/key-handling.md 3): one table for
+`onecard sam restrict --role`, the key master card's exports and the terminal self-test."""
+from __future__ import annotations
+
+from sam.interface import KeyPurpose, KeyUsage
+
+_V, _M, _P, _R = KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE, KeyUsage.REVERSAL
+
+ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
+    "door": {KeyPurpose.ACCESS: frozenset({_V})},
+    "pos": {KeyPurpose.PURCHASE: frozenset({_M, _V}), KeyPurpose.LOAD: frozenset({_R})},
+    # The card service machine: loads, and writes access rights the platform changed (UPDATE, secured writes).
+    "top-up": {KeyPurpose.LOAD: frozenset({_M, _V}), KeyPurpose.UPDATE: frozenset({_M})},
+    "platform": {KeyPurpose.TAC: frozenset({_V})},
+    # The issuing station MACs secured writes under UPDATE (and TRANSPORT, to wash a card) and puts every card key
+    # on the cards it personalises; it never gets MAC on TAC (that would forge TACs).
+    "issuing": {
+        KeyPurpose.UPDATE: frozenset({_M, _P}), KeyPurpose.TRANSPORT: frozenset({_M, _P}),
+        KeyPurpose.ACCESS: frozenset({_P}), KeyPurpose.PURCHASE: frozenset({_P}), KeyPurpose.LOAD: frozenset({_P}),
+        KeyPurpose.TAC: frozenset({_P}),
+    },
+}
