@@ -640,6 +640,9 @@ PURSE_MASTER = Keystore([
     (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),
     (["--role", "platform"], {(KeyPurpose.TAC, frozenset({KeyUsage.VERIFY}))}),
     (["--role", "door"], {(KeyPurpose.ACCESS, frozenset({KeyUsage.VERIFY}))}),
+    # The issuing station writes every card key, TAC included, but runs no purse session and checks no TAC.
+    (["--role", "issuing"], {(p, frozenset({KeyUsage.PERSONALISE}))
+                             for p in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)}),
     (["--keep", "purchase=mac,verify", "--keep", "load=reversal"],
      {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
     (["--keep", "load=reversal", "--algorithm", "sm4"], {(KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
