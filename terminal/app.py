@@ -35,6 +35,7 @@ class Terminal:
                  nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0,
                  outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None):
         self.config = config
+        self.firmware_config = config  # firmware.toml as read: each platform document is laid over this, not stacked
         self.sam = sam
         self.event_log = event_log
         self.blacklist = blacklist
@@ -52,7 +53,7 @@ class Terminal:
             return
         version, document = self.inbox.latest_config()
         try:
-            config = apply_platform_document(self.config, version, document)
+            config = apply_platform_document(self.firmware_config, version, document)
         except ConfigError as exc:
             log_event(log, "config.rejected", logging.WARNING, version=version, error=str(exc),
                       msg="platform configuration not applied; the terminal keeps its current settings")
