@@ -106,3 +106,20 @@ def test_attendance_loop_over_pcscd(pcscd, vicc, tmp_path, sam):
     assert kinds() == ["attendance.in", "attendance.out"]
     screen = built["screen"].getvalue()
     assert "clocked in at 10:00" in screen and "clocked out at 18:00" in screen
+
+
+def test_opensc_tool_talks_to_the_simulated_card(pcscd, vicc, sam):
+    """A standard PC/SC tool sees the simulated RFID-SIM in the vpcd reader and SELECTs its application."""
+    import shutil
+    import subprocess
+
+    tool = shutil.which("opensc-tool")
+    assert tool, "opensc-tool is missing; install it: apt-get install opensc (or run deploy/setup-debian.sh)"
+    card = make_card(sam)
+    vicc(0).insert(card)
+    time.sleep(0.6)  # pcscd notices a new card within its 400 ms poll
+    select = "00:A4:04:00:09:F0:4F:4E:45:43:41:52:44:01:00"
+    out = subprocess.run([tool, "--reader", "0", "--send-apdu", select], capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert "SW1=0x90, SW2=0x00" in out.stdout, out.stdout
+    assert card.state.asn.hex().upper() in out.stdout.replace(" ", "").upper(), out.stdout
