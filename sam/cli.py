@@ -92,6 +92,9 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     restrict.add_argument("--purposes", metavar="LIST", help="with --usages: comma-separated purposes to keep (default: all)")
     restrict.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)")
     restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
+    restrict.add_argument("--drop-version", type=int, metavar="N", action="append", default=[],
+                          help="retire key version N (once 'onecard platform key-versions' shows no card using it); "
+                               "repeatable")
     out_unlock = restrict.add_mutually_exclusive_group()
     out_unlock.add_argument("--out-passphrase-file", metavar="F", help="lock DST with this passphrase (default: as SRC)")
     out_unlock.add_argument("--out-device-secret", metavar="F", help="lock DST with this device secret, e.g. the target terminal's")
@@ -257,6 +260,11 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     else:
         source = load_keystore(args.keystore, source_unlock)
         restricted = source.restricted_per_purpose(rules, algorithms, enterprises)
+    if args.drop_version:
+        if any(not 1 <= v <= 255 for v in args.drop_version):
+            raise CliError("--drop-version takes an enterprise key version 1..255 (transport keys, version 0, stay)")
+        # Retiring a version after a rotation: every purpose of that version goes at once, as cards carry them all.
+        restricted = Keystore([k for k in restricted if k.version not in args.drop_version], restricted.master_card)
     check_tac_separation(restricted)
     if not len(restricted):
         raise CliError(

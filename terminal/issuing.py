@@ -429,6 +429,13 @@ def cmd_key_versions(args) -> int:
     for eid, per in sorted(counts.items()):
         for version, n in sorted(per.items(), key=lambda kv: str(kv[0])):
             print(f"{eid} {version} {n}")
+    for eid, per in sorted(counts.items()):
+        if "unknown" in per:
+            print(f"{eid}: {per['unknown']} card(s) of unknown key version: re-key them before retiring any version")
+        elif len(per) == 1:
+            (current,) = per
+            print(f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
+                  f"('onecard sam restrict ... --drop-version N') and PSAM")
     return 0
 
 

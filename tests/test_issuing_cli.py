@@ -42,6 +42,11 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys):
     code, out, err = run(capsys, "issue", "card", *station, "--card", d / "new.json", "--employee", "E1001")
     assert code == 1 and "already holds one-card" in err  # one phone number, one one-card
 
+    # The station's log has not been uploaded (no sync agent here): the platform cannot tell the card's key version.
+    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "pf.db", "--key", d / "pf.key")
+    assert code == 0 and "00010001 unknown 1" in out
+    assert "re-key them before retiring any version" in out
+
     code, out, err = run(capsys, "issue", "replace", *station, "--old-card", d / "old.json", "--card", d / "new.json")
     new_asn = CardStateFile(d / "new.json").load().asn.hex().upper()
     assert code == 0, err

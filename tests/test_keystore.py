@@ -705,3 +705,15 @@ def test_cli_init_and_show_state(tmp_path, capsys):
     state.write_bytes(before.replace(b"41", b"40"))
     code, out, err = run_cli(capsys, "show-state", "--state", str(state))
     assert code == 1 and "is corrupted (the checksum does not match" in err and err.count("\n") == 1
+
+
+def test_cli_restrict_drops_a_retired_version(secrets_dir, capsys):
+    d = secrets_dir
+    unlock = KeystoreUnlock.from_passphrase_file(d / "pw")
+    rotated = Keystore([MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, v, Algorithm.AES128, {KeyUsage.VERIFY})
+                        for v in (1, 2)])
+    save_keystore(d / "both.ks", rotated, unlock, scrypt_n=FAST_N)
+    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "both.ks"), "--passphrase-file", str(d / "pw"),
+                             "--out", str(d / "v2.ks"), "--role", "door", "--drop-version", "1")
+    assert (code, err) == (0, "")
+    assert [k.version for k in load_keystore(d / "v2.ks", unlock)] == [2]
