@@ -111,3 +111,19 @@ def platform(broker, tmp_path):
     finally:
         service.stop()
         admin.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tests that call `onecard.cli.main` in-process install the CLI's log handler on the root logger;
+# put the root logger back afterwards so later tests (and their threads) log where pytest expects.
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
