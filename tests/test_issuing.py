@@ -7,7 +7,6 @@ import datetime as dt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sam.software import SoftwareSam
 from simulator.card import CardStateFile, CARD_TYPE_IC_CARD
 from simulator.platform.store import Platform
 from terminal import rekey
@@ -16,20 +15,11 @@ from terminal.event_log import EventLog
 from terminal.issuing import IssueRequest, IssuingTerminal, LocalPlatform
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
-from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam, issuing_keystore,
-                                     new_transport_card, reload, tap_run)
+# keystore and sam are fixtures shared with the washing tests.
+from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam,  # noqa: F401
+                                     keystore, new_transport_card, reload, sam, tap_run)
 
 EID = "00010001"
-
-
-@pytest.fixture
-def keystore():
-    return issuing_keystore()
-
-
-@pytest.fixture
-def sam(keystore):
-    return SoftwareSam(keystore)
 
 
 @pytest.fixture

@@ -14,29 +14,14 @@ from simulator.platform.store import Platform
 from sync_agent import protocol as p
 from terminal import rekey
 from terminal.decision import Refusal
-from terminal.event_log import EventLog
 from terminal.keypad import Charge
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
-from tests.test_card_washing import ISSUING_TERMINAL, door_decision, door_sam, issuing_keystore, reload, tap_run
+# keystore, sam and log are fixtures shared with the washing tests.
+from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam, keystore,  # noqa: F401
+                                     log, reload, sam, tap_run)
 
 FULL = 1 + 2 * 5 + 2  # SELECT, 5 x (GET CHALLENGE + PUT KEY), GET CHALLENGE + COMMIT KEYS
-
-
-@pytest.fixture
-def keystore():
-    return issuing_keystore()
-
-
-@pytest.fixture
-def sam(keystore):
-    return SoftwareSam(keystore)
-
-
-@pytest.fixture
-def log(tmp_path):
-    with EventLog.open(tmp_path / "issuing.db", ISSUING_TERMINAL) as event_log:
-        yield event_log
 
 
 def issued_card(sam, path, balance=5_000) -> OneCardApplet:
