@@ -17,6 +17,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 PLATFORM_USER = "platform"
 
 
+def subject_alt_names(hosts) -> x509.SubjectAlternativeName:
+    """A server certificate's names: IP addresses as such, anything else as a DNS name."""
+    names = []
+    for h in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    return x509.SubjectAlternativeName(names)
+
+
 @dataclass(frozen=True)
 class CertFiles:
     cert: Path
@@ -68,13 +79,7 @@ class TestCa:
              .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
                                                    else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
         if server:
-            names = []
-            for h in hosts:
-                try:
-                    names.append(x509.IPAddress(ipaddress.ip_address(h)))
-                except ValueError:
-                    names.append(x509.DNSName(h))
-            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            b = b.add_extension(subject_alt_names(hosts), critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         return _write(self.dir / ("server" if server else cn), cert, key)
 

@@ -6,7 +6,6 @@ A directory made by sync_agent.deploy.TestCa has the same ca.pem / ca.key layout
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from onecard.logs import log_event
+from sync_agent.deploy import subject_alt_names
 
 log = logging.getLogger("onecard.platform.ca")
 
@@ -116,13 +116,7 @@ class PlatformCa:
              .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
                             critical=False))
         if server_hosts:
-            names = []
-            for h in server_hosts:
-                try:
-                    names.append(x509.IPAddress(ipaddress.ip_address(h)))
-                except ValueError:
-                    names.append(x509.DNSName(h))
-            b = b.add_extension(x509.SubjectAlternativeName(names), critical=False)
+            b = b.add_extension(subject_alt_names(server_hosts), critical=False)
         cert = b.sign(self.key, hashes.SHA256())
         self._record(cert, subject_cn, now)
         return cert
