@@ -110,6 +110,21 @@ def bench_inprocess(terms, card, n, entries) -> None:
     run_both(terms, conn, lambda: reader.apdu_count, n, entries, "in-process")
 
 
+def bench_reader(terms, reader, field, n, entries, transport: str) -> None:
+    """Wait for the card `field` (the simulator's side of the transport) holds, warm up, then measure."""
+    try:
+        conn = reader.wait_for_card(10)
+        if conn is None:
+            raise SystemExit(f"{transport}: the reader did not report the simulated card within 10 s")
+        for _ in range(20):  # warm up the connection and the caches
+            terms[0].handle_tap(conn, MONDAY_10AM)
+        run_both(terms, conn, lambda: field.apdu_count, n, entries, transport)
+        conn.close()
+    finally:
+        field.remove()
+        reader.close()
+
+
 def bench_pcsc(terms, card, n, entries, work: Path) -> None:
     from simulator.pcscd import private_pcscd
     from simulator.vpcd import VirtualIcc
@@ -118,18 +133,7 @@ def bench_pcsc(terms, card, n, entries, work: Path) -> None:
     with private_pcscd(n_readers=2, workdir=work / "pcscd") as pcscd:
         icc = VirtualIcc(pcscd.ports[0])
         icc.insert(card)
-        reader = PcscReader(pcscd.names[0])
-        try:
-            conn = reader.wait_for_card(10)
-            if conn is None:
-                raise SystemExit("pcscd did not report the virtual card within 10 s")
-            for _ in range(20):  # warm up the connection and the caches
-                terms[0].handle_tap(conn, MONDAY_10AM)
-            run_both(terms, conn, lambda: icc.apdu_count, n, entries, "pcscd+vpcd")
-            conn.close()
-        finally:
-            icc.remove()
-            reader.close()
+        bench_reader(terms, PcscReader(pcscd.names[0]), icc, n, entries, "pcscd+vpcd")
 
 
 def bench_nfc(terms, card, n, entries) -> None:
@@ -138,17 +142,7 @@ def bench_nfc(terms, card, n, entries) -> None:
 
     with VirtualPicc(label="bench") as picc:
         picc.insert(card)
-        reader = NfcReader(picc.path)
-        try:
-            conn = reader.wait_for_card(5)
-            if conn is None:
-                raise SystemExit("nfcpy did not find the simulated card within 5 s")
-            for _ in range(20):  # warm up the connection and the caches
-                terms[0].handle_tap(conn, MONDAY_10AM)
-            run_both(terms, conn, lambda: picc.apdu_count, n, entries, "nfcpy-udp")
-            conn.close()
-        finally:
-            reader.close()
+        bench_reader(terms, NfcReader(picc.path), picc, n, entries, "nfcpy-udp")
 
 
 FSYNCS: dict[str, float | None] = {}
