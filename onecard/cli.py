@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from terminal import log_cli
     from onecard import demo
     from sync_agent import cli as sync_cli
-    from simulator.platform import cli as platform_cli
+    from central import cli as platform_cli
     from terminal import issuing
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from onecard.logs import setup_logging
+    from common.logs import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level.upper())

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from onecard.errors import UserError
-from terminal.money import format_yuan
+from common.errors import UserError
+from common.money import format_yuan
 
 ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
@@ -162,7 +162,7 @@ class Platform:
         say("platform: enterprises, terminals, employees and cards registered")
 
     def serve(self, stack: contextlib.ExitStack, broker, pki) -> None:
-        from sync_agent.deploy import PLATFORM_USER
+        from central.broker_config import PLATFORM_USER
 
         client = pki.client(PLATFORM_USER)
         log = stack.enter_context(open(self.work / "platform.log", "w"))
@@ -400,10 +400,10 @@ def wait_uploaded(platform: Platform, asn: str, expected: int, timeout: float = 
 
 
 def cmd_demo(args) -> int:
-    from onecard.logs import setup_logging
+    from common.logs import setup_logging
     from simulator.pcscd import PcscdError, private_pcscd
     from simulator.vpcd import VirtualIcc
-    from sync_agent.local_broker import Broker, BrokerError, make_pki
+    from simulator.broker import Broker, BrokerError, make_pki
 
     work = args.workdir.resolve()
     if work.exists():

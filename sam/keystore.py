@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sam.crypto import KEY_SIZE, key_check_value
-from onecard import files
+from common import files
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 
 MAGIC = b"ONECARD-KEYSTORE"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from onecard import files
+from common import files
 from sam.interface import CardIdentity, KeyUsageError, LoadSession, PurchaseSession, SamError
 
 TSN_MAX = 0xFFFFFFFF

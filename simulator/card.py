@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onecard import files
+from common import files
 from sam import purse_crypto as pc
 from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm

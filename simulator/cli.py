@@ -6,8 +6,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from onecard.errors import UserError
-from terminal.money import parse_yuan
+from common.errors import UserError
+from common.money import parse_yuan
 from sam.interface import Algorithm
 
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import reduce
 
-from onecard.logs import log_event
+from common.logs import log_event
 from simulator.virtual_card import VirtualCard
 
 log = logging.getLogger("onecard.sim.nfc")
@@ -547,7 +547,7 @@ def _bind_udp(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> int:
     """Serve one simulated card file on a UDP port until interrupted (for `[reader] driver = "nfc"`)."""
-    from onecard.logs import setup_logging
+    from common.logs import setup_logging
     from simulator.card import load_card
 
     ap = argparse.ArgumentParser(prog="python -m simulator.nfc_udp", description=main.__doc__)

@@ -546,7 +546,7 @@ def write_psam(path: str | os.PathLike[str], state: PsamState, overwrite: bool =
 
 
 def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
-    """Register `onecard sim new-psam` on the `onecard sim` subparsers (handler raises onecard.errors.UserError)."""
+    """Register `onecard sim new-psam` on the `onecard sim` subparsers (handler raises common.errors.UserError)."""
     new = sub.add_parser(
         "new-psam",
         help="make a simulated PSAM card holding a terminal keystore's master keys",
@@ -576,7 +576,7 @@ def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_new_blank_psam(args) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     try:
         write_psam(args.out, PsamState(Keystore([]), SamState(), args.label), overwrite=args.force)
@@ -587,7 +587,7 @@ def cmd_new_blank_psam(args) -> int:
 
 
 def cmd_new_psam(args) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
     from sam.cli import format_key_table
     from sam.keystore import KeystoreUnlock, load_keystore
 

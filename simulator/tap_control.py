@@ -16,7 +16,7 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from onecard.logs import log_event
+from common.logs import log_event
 from simulator.virtual_card import VirtualCard
 from simulator.vpcd import VirtualIcc, VpcdUnreachable
 
@@ -239,7 +239,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction, load_card: LoadCard)
 
 
 def _run_serve(args, load_card: LoadCard) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     try:
         serve(args.port, args.control, load_card, host=args.host)
@@ -249,7 +249,7 @@ def _run_serve(args, load_card: LoadCard) -> int:
 
 
 def _client(call: Callable[[], dict]) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     try:
         reply = call()

@@ -9,7 +9,7 @@ import socket
 import struct
 import threading
 
-from onecard.logs import log_event
+from common.logs import log_event
 from simulator.virtual_card import VirtualCard
 
 log = logging.getLogger("onecard.sim.vpcd")

@@ -1,6 +1,6 @@
 """The sync agent: uploads the event log, installs signed downlinks; meets the terminal only through SQLite files.
 
-Decisions come from sync_agent.core and sync_agent.protocol; this module wires them to paho, SQLite and the clock.
+Decisions come from sync_agent.core and common.sync_protocol; this module wires them to paho, SQLite and the clock.
 """
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from onecard.logs import log_event
-from sync_agent import core, protocol as p
-from sync_agent.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
+from common.logs import log_event
+from common import sync_protocol as p
+from sync_agent import core
+from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
 from sync_agent.store import SyncStore
 from terminal.blacklist import Blacklist, BlacklistVersionError
-from terminal.config import SyncSection
-from terminal.event_log import EventLog, format_time as log_time
+from common.config import SyncSection
+from common.events import format_time as log_time
+from terminal.event_log import EventLog
 
 log = logging.getLogger("sync.agent")
 

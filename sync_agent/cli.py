@@ -6,7 +6,7 @@ import signal
 import threading
 from pathlib import Path
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -29,8 +29,8 @@ def _config(path: Path):
 
 def open_agent(config):
     from sync_agent.agent import SyncAgent, TrustError
-    from sync_agent.mqtt import MqttConfigError
-    from terminal.event_log import DatabaseError
+    from common.mqtt import MqttConfigError
+    from common.db import DatabaseError
 
     try:
         return SyncAgent.from_config(config)
@@ -47,7 +47,7 @@ def cmd_run(args) -> int:
     try:
         agent.run(stop)
     except Exception as exc:  # paho raises plain exceptions for TLS files it cannot use
-        from sync_agent.mqtt import MqttConfigError
+        from common.mqtt import MqttConfigError
         if isinstance(exc, MqttConfigError):
             raise UserError(str(exc)) from None
         raise
@@ -57,7 +57,8 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from sync_agent.store import POS_REFUSE_OFFLINE_SALES_AT, outbox_pressure, read_acked_seq
     from terminal.blacklist import Blacklist
-    from terminal.event_log import DatabaseError, EventLog
+    from common.db import DatabaseError
+    from terminal.event_log import EventLog
 
     config = _config(args.config)
     try:

@@ -8,7 +8,9 @@ import json
 import sqlite3
 from pathlib import Path
 
-from terminal.event_log import GENESIS_HASH, DatabaseError, EventLog, connect_readwrite, preflight
+from common.db import DatabaseError, connect_readwrite, preflight
+from common.events import GENESIS_HASH
+from terminal.event_log import EventLog
 from terminal.purse_flow import POS_REFUSE_OFFLINE_SALES_AT  # noqa: F401  (the POS's policy; reported here)
 
 SCHEMA_VERSION = 1

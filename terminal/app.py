@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from onecard.logs import log_event
+from common.logs import log_event
 from sam.interface import Sam
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
-from terminal.config import Config, ConfigError, apply_platform_document
+from common.config import Config, ConfigError, apply_platform_document
 from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
 from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo

@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from terminal.config import AttendanceSection
+from common.config import AttendanceSection
 from terminal.decision import AuthenticatedCard, Decision
 from terminal.rules import check_blacklist, check_validity
 

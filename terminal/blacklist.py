@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from terminal.event_log import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
+from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
 
 SCHEMA_VERSION = 1
 KNOWN_REASONS = frozenset({"lost", "cancelled", "replaced", "damaged"})  # others are accepted and kept

@@ -8,8 +8,8 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
-from onecard.errors import UserError
-from terminal.config import Config, ConfigError, load_config
+from common.errors import UserError
+from common.config import Config, ConfigError, load_config
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -98,7 +98,8 @@ def open_reader(config: Config):
 
 def open_storage(config: Config):
     from terminal.blacklist import Blacklist
-    from terminal.event_log import DatabaseError, EventLog
+    from common.db import DatabaseError
+    from terminal.event_log import EventLog
 
     for path in (config.terminal.database, config.terminal.blacklist):
         path.parent.mkdir(parents=True, exist_ok=True)

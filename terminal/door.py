@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from terminal.config import DoorSection, TimeProfile
+from common.config import DoorSection, TimeProfile
 from terminal.decision import AuthenticatedCard, Decision, Refusal
 from terminal.rules import check_blacklist, check_validity
 

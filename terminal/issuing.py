@@ -19,7 +19,7 @@ from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, 
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
-from terminal.money import format_yuan
+from common.money import format_yuan
 from terminal.rekey import AdminChannel, require_admin_key, select_for_admin
 
 ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"
@@ -30,7 +30,7 @@ RESTORE_KINDS = (RESTORE_INTENT, RESTORED, RESTORE_ABANDONED)
 
 
 class Registry(Protocol):
-    """What the issuing terminal needs from the platform (simulator/platform is one; LocalPlatform adapts it)."""
+    """What the issuing terminal needs from the platform (central is one; LocalPlatform adapts it)."""
 
     def holder(self, enterprise_id: str, employee_no: str) -> dict:
         """{"name", "phone"}; raises RegistryError when the employee is not registered."""
@@ -54,13 +54,13 @@ class RegistryError(Exception):
 
 
 class LocalPlatform:
-    """The reference platform in this process (simulator.platform.store.Platform), as a Registry."""
+    """The reference platform in this process (central.store.Platform), as a Registry."""
 
     def __init__(self, platform):
         self.pf = platform
 
     def _call(self, fn, *args, **kwargs):
-        from simulator.platform.store import PlatformError
+        from central.store import PlatformError
         try:
             return fn(*args, **kwargs)
         except PlatformError as exc:
@@ -417,7 +417,7 @@ def add_platform_subcommands(sub) -> None:
 
 
 def cmd_key_versions(args) -> int:
-    from simulator.platform.cli import _platform
+    from central.cli import _platform
     from terminal.rekey import key_versions
 
     pf = _platform(args)
@@ -443,10 +443,11 @@ def cmd_batch(args) -> int:
     import signal
     import threading
 
-    from onecard.errors import UserError
+    from common.errors import UserError
     from sam.keystore import parse_enterprise_id
     from terminal import rekey
-    from terminal.event_log import DatabaseError, EventLog
+    from common.db import DatabaseError
+    from terminal.event_log import EventLog
     from terminal.issuing_cli import open_station_reader, open_station_sam
 
     if not 1 <= args.to_version <= 255:

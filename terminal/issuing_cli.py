@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 from pathlib import Path
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -103,7 +103,7 @@ def open_station_reader(args, card_file: Path | None = None):
 
 def _request(args, enterprise: bytes):
     from terminal.issuing import IssueRequest
-    from terminal.money import parse_yuan
+    from common.money import parse_yuan
 
     today = dt.date.today()
     try:
@@ -120,8 +120,9 @@ def _request(args, enterprise: bytes):
 @contextlib.contextmanager
 def _issuing_terminal(args):
     from sam.keystore import parse_enterprise_id
-    from simulator.platform.store import Platform, PlatformError, load_signing_key
-    from terminal.event_log import DatabaseError, EventLog
+    from central.store import Platform, PlatformError, load_signing_key
+    from common.db import DatabaseError
+    from terminal.event_log import EventLog
     from terminal.issuing import IssuingTerminal, LocalPlatform
 
     try:
@@ -200,7 +201,7 @@ def cmd_replace(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from terminal.money import format_yuan
+    from common.money import format_yuan
 
     with _issuing_terminal(args) as (station, _):
         settled = _with_card(args, "tap the card to cancel",

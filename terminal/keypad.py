@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol, TextIO
 
-from onecard.errors import UserError
-from terminal.money import format_yuan, parse_yuan
+from common.errors import UserError
+from common.money import format_yuan, parse_yuan
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ import sys
 from datetime import tzinfo
 from pathlib import Path
 
-from onecard.errors import UserError
-from terminal.event_log import DatabaseError, EventLog, LoggedEvent
+from common.errors import UserError
+from common.db import DatabaseError
+from terminal.event_log import EventLog, LoggedEvent
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +38,7 @@ def _source(args: argparse.Namespace) -> tuple[Path, tzinfo | None]:
     """The database path and the zone to show local times in (the terminal's, or this machine's)."""
     if args.db is not None:
         return args.db, None
-    from terminal.config import ConfigError, load_config
+    from common.config import ConfigError, load_config
 
     try:
         config = load_config(args.config)

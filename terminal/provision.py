@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from onecard import files
-from onecard.logs import log_event
+from common import files
+from common.logs import log_event
 from sam.interface import KeyInfo
 
 log = logging.getLogger("onecard.provision")
@@ -277,7 +277,7 @@ class Request:
 
 
 def validate(r: Request) -> None:
-    from terminal.config import KINDS, READER_DRIVERS, SAM_BACKENDS
+    from common.config import KINDS, READER_DRIVERS, SAM_BACKENDS
 
     if not (r.terminal_id.isdigit() and len(r.terminal_id) == 12):
         raise ProvisionError(f"--id {r.terminal_id!r} is not 12 digits; use the terminal number the platform "
@@ -445,7 +445,7 @@ class Provisioner:
             return True
         if r.ca_dir is not None:
             from cryptography.hazmat.primitives import serialization
-            from simulator.platform.ca import CaError, PlatformCa
+            from central.ca import CaError, PlatformCa
 
             try:
                 ca = PlatformCa.load(r.ca_dir)
@@ -473,7 +473,7 @@ class Provisioner:
         self.say("trust", f"broker CA in {self.ca_path}, platform public key in {self.pub_path}")
 
     def config_and_binding(self) -> None:
-        from terminal.config import ConfigError, load_config
+        from common.config import ConfigError, load_config
 
         r = self.r
         try:
@@ -549,7 +549,7 @@ def bind_sam(config_path: Path, terminal_id: str, backend: str, name: str, infos
 
 def open_bindable_sam(config) -> tuple[str, list[KeyInfo]]:
     """(name, key infos) of the configured SAM, refusing one without the keys the terminal kind needs."""
-    from onecard.errors import UserError
+    from common.errors import UserError
     from terminal.cli import open_sam
     from terminal.selftest import KIND_ROLE, missing_keys
 
@@ -629,7 +629,7 @@ _REQUIRED = (("terminal_id", "--id"), ("kind", "--kind"), ("enterprise", "--ente
 
 
 def cmd_provision(args) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     try:
         if args.rebind_sam:

@@ -11,15 +11,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onecard.logs import log_event
+from common.logs import log_event
 from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
                            SamError)
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.authenticate import select_card
-from terminal.config import Config
+from common.config import Config
 from terminal.decision import Decision, Refusal
-from terminal.money import format_yuan
+from common.money import format_yuan
 from terminal.rules import BLACKLIST_MESSAGES
 
 log = logging.getLogger("onecard.purse")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from onecard.logs import log_event
+from common.logs import log_event
 from sam.interface import CardIdentity, KeyPurpose, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal.decision import Refusal

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-from onecard.logs import log_event
+from common.logs import log_event
 from sam.interface import (
     CardIdentity,
     KeyInfo,
@@ -28,7 +28,7 @@ from sam.interface import (
     Sam,
     SamError,
 )
-from terminal.config import Config, ConfigError, load_config
+from common.config import Config, ConfigError, load_config
 
 log = logging.getLogger("onecard.selftest")
 
@@ -100,7 +100,7 @@ def _split_fix(message: str, default_fix: str) -> tuple[str, str]:
 
 def check_reader(config: Config, open_reader: Callable[[Config], object]) -> tuple[CheckResult, object | None]:
     """open_reader: terminal.cli.open_reader (UserError when pcscd or the reader is missing)."""
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     try:
         reader = open_reader(config)
@@ -229,7 +229,7 @@ def _expect_refusal(operation: Callable[[], object], info: KeyInfo) -> None:
 
 def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetime) -> CheckResult:
     """Unlock/select the SAM, check it holds the kind's keys, is the bound SAM, and MACs."""
-    from onecard.errors import UserError
+    from common.errors import UserError
     from terminal.provision import BindingError, binding_problem, binding_path, read_binding
 
     s, t = config.sam, config.terminal
@@ -285,7 +285,8 @@ def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetim
 
 def check_database(config: Config) -> tuple[CheckResult, CheckResult]:
     """(database writable, chain intact). The write is a transaction rolled back: no event enters the chain."""
-    from terminal.event_log import DatabaseError, EventLog
+    from common.db import DatabaseError
+    from terminal.event_log import EventLog
 
     path = config.terminal.database
     try:
@@ -327,7 +328,7 @@ def check_database(config: Config) -> tuple[CheckResult, CheckResult]:
 
 def check_blacklist(config: Config) -> CheckResult:
     from terminal.blacklist import Blacklist
-    from terminal.event_log import DatabaseError
+    from common.db import DatabaseError
 
     path = config.terminal.blacklist
     try:
@@ -519,7 +520,7 @@ def check_broker(config: Config, now: dt.datetime, connect: Callable[..., str] =
 
 def last_platform_time(sync_db: Path) -> tuple[dt.datetime, dt.datetime] | None:
     """(platform issued_at, terminal received_at) of the newest platform time message the agent stored."""
-    from sync_agent.protocol import parse_time
+    from common.sync_protocol import parse_time
 
     if not sync_db.is_file():
         return None
@@ -695,7 +696,7 @@ def render_report(results: list[CheckResult], config: Config | None, config_path
 
 def write_report(path: Path, text: str, force: bool = False) -> None:
     """Refuses to replace a record that may already be signed."""
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     if path.exists() and not force:
         raise UserError(f"report {path} exists (it may be signed already); choose another file or pass --force")
@@ -728,7 +729,7 @@ def add_subcommand(sub) -> None:
 
 
 def cmd_selftest(args) -> int:
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     if args.report is not None and args.report.exists() and not args.force:
         raise UserError(f"report {args.report} exists (it may be signed already); choose another file or pass --force")

@@ -5,9 +5,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sync_agent.deploy import PLATFORM_USER
-from sync_agent.local_broker import MOSQUITTO, BrokerError, Pki, free_port  # noqa: F401  (re-exported for tests)
-from sync_agent.local_broker import Broker as _Broker, make_pki as _make_pki
+from central.broker_config import PLATFORM_USER
+from simulator.broker import MOSQUITTO, BrokerError, Pki, free_port  # noqa: F401  (re-exported for tests)
+from simulator.broker import Broker as _Broker, make_pki as _make_pki
 
 ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
@@ -111,7 +111,7 @@ class AgentThread:
 
     def __init__(self, config_path: Path, **agent_kwargs) -> None:
         import threading
-        from terminal.config import load_config
+        from common.config import load_config
 
         self.config = load_config(config_path)
         self.agent_kwargs = agent_kwargs
@@ -172,9 +172,9 @@ def blacklist_version(path: Path) -> int:
 def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals: dict[str, str] | None = None,
                    tac_sam=None):
     """A PlatformService on platform.db with every test enterprise and the given terminals registered."""
-    from simulator.platform.service import BrokerSettings, PlatformService
-    from simulator.platform.store import Platform
-    from sync_agent.mqtt import TlsFiles
+    from central.service import BrokerSettings, PlatformService
+    from central.store import Platform
+    from common.mqtt import TlsFiles
 
     db = workdir / "platform.db"
     admin = Platform(db, broker.pki.platform_key)

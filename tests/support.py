@@ -12,7 +12,7 @@ from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
 from terminal.app import Terminal
 from terminal.blacklist import Blacklist
-from terminal.config import load_config
+from common.config import load_config
 from terminal.event_log import EventLog
 from terminal.outputs import ConsoleOutputs
 

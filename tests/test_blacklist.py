@@ -14,7 +14,8 @@ from terminal.blacklist import (
     BlacklistRollbackError,
     BlacklistVersionError,
 )
-from terminal.event_log import DatabaseError, EventLog
+from common.db import DatabaseError
+from terminal.event_log import EventLog
 
 
 def asns(n: int, seed: int) -> list[bytes]:

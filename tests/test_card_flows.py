@@ -14,7 +14,7 @@ from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.inprocess import InProcessReader
 from simulator.personalise import Personalisation, personalise
-from simulator.platform.store import Platform
+from central.store import Platform
 from terminal import card_protocol as cp
 from terminal import rekey
 from terminal.decision import Refusal

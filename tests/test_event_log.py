@@ -20,7 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from terminal import log_cli
-from terminal.event_log import GENESIS_HASH, DatabaseError, EventLog, event_hash
+from common.db import DatabaseError
+from common.events import GENESIS_HASH, event_hash
+from terminal.event_log import EventLog
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 5, 1, 0, 30, tzinfo=timezone.utc)
@@ -494,7 +496,7 @@ def test_cli_missing_or_corrupt_database(tmp_path, capsys):
 
 def test_cli_reads_the_database_named_by_the_config(tmp_path, capsys):
     from tests.support import TERMINAL_TOML
-    from terminal.config import load_config
+    from common.config import load_config
 
     cfg = tmp_path / "door.toml"
     cfg.write_text(TERMINAL_TOML.format(kind="door", db=tmp_path / "door.db", bl=tmp_path / "bl.db"), encoding="utf-8")

@@ -321,7 +321,7 @@ def test_refuses_to_overwrite(tmp_path):
 
 def test_final_link_does_not_replace_a_file_that_appeared_meanwhile(tmp_path):
     # save_keystore checks for an existing file first; this is the race after that check.
-    from onecard import files
+    from common import files
 
     (tmp_path / "ks").write_bytes(b"appeared")
     with pytest.raises(FileExistsError):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from onecard.errors import UserError
+from common.errors import UserError
 from simulator.inprocess import InProcessReader
 from terminal.event_log import EventLog
 from terminal.keypad import Balance, Cancel, Charge, ConsoleKeypad, Load, Undo, parse_request

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.platform.ca import CaError, PlatformCa
+from central.ca import CaError, PlatformCa
 from simulator.psam import psam_from_keystore, write_psam, load_psam
 from terminal import provision as pv
 from terminal import selftest as st

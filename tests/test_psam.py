@@ -256,7 +256,7 @@ def test_psam_from_keystore_cuts_usages_and_refuses_tac():
 def test_new_psam_command(tmp_path, capsys):
     import argparse
 
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     parser = argparse.ArgumentParser(prog="onecard")
     sim = parser.add_subparsers(dest="area").add_parser("sim").add_subparsers(dest="command")

@@ -7,7 +7,7 @@ from sam.interface import Algorithm, CardIdentity
 from simulator.card import ForeignCard
 from simulator.inprocess import InProcessReader
 from terminal.blacklist import Blacklist
-from terminal.config import load_config
+from common.config import load_config
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
 from terminal.purse_flow import MONEY_KINDS, Incomplete, PurseTerminal

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
-from simulator.platform.store import Platform
-from sync_agent import protocol as p
+from central.store import Platform
+from common import sync_protocol as p
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.keypad import Charge

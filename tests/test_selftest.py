@@ -17,7 +17,7 @@ import pytest
 from sam.cli import ROLES
 from sam.keystore import Keystore, KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
-from sync_agent import deploy
+from simulator import test_pki as deploy
 from terminal import selftest as st
 from terminal.provision import bind_sam, binding_path
 from tests.mqtt_env import free_port
@@ -256,7 +256,7 @@ def test_a_different_sam_than_the_bound_one(tmp_path, keys):
     result = st.check_sam(st.load_config(other), adapters().open_sam, NOW)
     assert_fails(result, "is not the SAM bound to this terminal: bound key access v1", "--rebind-sam")
     # `terminal run` opens its SAM through open_sam, which refuses the unbound one in one line.
-    from onecard.errors import UserError
+    from common.errors import UserError
     with pytest.raises(UserError, match=r"not the one terminal 000000000042 was installed with .*put back the bound SAM"):
         open_sam(st.load_config(other))
     assert binding_path(config).exists()
@@ -337,7 +337,7 @@ class _FakeBroker:
 
 @pytest.mark.parametrize("drift, status", [(60.0, st.FAIL), (-30.0, st.FAIL), (1.5, st.PASS)])
 def test_clock_against_the_platform_time_the_agent_stored(tmp_path, keys, sync_pki, drift, status):
-    from sync_agent.protocol import format_time
+    from common.sync_protocol import format_time
     from sync_agent.store import SyncStore
 
     config = write_config(tmp_path, keys[0], "unused", broker=_FakeBroker(sync_pki))

@@ -11,8 +11,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sync_agent import protocol as p
-from sync_agent.mqtt import MqttLink, TlsFiles
+from common import sync_protocol as p
+from common.mqtt import MqttLink, TlsFiles
 from sync_agent.store import read_acked_seq
 from terminal.blacklist import Blacklist
 from terminal.event_log import EventLog

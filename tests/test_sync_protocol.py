@@ -9,10 +9,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from simulator.platform.store import Platform, PlatformError
-from sync_agent import core, protocol as p
+from central.store import Platform, PlatformError
+from common import sync_protocol as p
+from sync_agent import core
 from sync_agent.store import SyncStore, outbox_pressure
-from terminal.config import ConfigError, load_config
+from common.config import ConfigError, load_config
 from terminal.event_log import EventLog
 from tests.mqtt_env import fill_log
 
@@ -237,7 +238,7 @@ def test_outbox_pressure_counts_unacknowledged_records(tmp_path):
 
 def test_sync_store_refuses_another_terminals_file(tmp_path):
     SyncStore.open(tmp_path / "sync.db", TID).close()
-    from terminal.event_log import DatabaseError
+    from common.db import DatabaseError
     with pytest.raises(DatabaseError, match="belongs to terminal '000000000101'"):
         SyncStore.open(tmp_path / "sync.db", "000000000102")
 

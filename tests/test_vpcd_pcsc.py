@@ -269,7 +269,7 @@ def test_tap_hold_removes_the_card_by_itself(tap_daemon, reader):
 def test_tap_cli_reports_errors_in_one_line(tap_daemon, tmp_path, capsys):
     import argparse
 
-    from onecard.errors import UserError
+    from common.errors import UserError
 
     control, card_file, _cards = tap_daemon
     parser = argparse.ArgumentParser()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from sync_agent.deploy import PLATFORM_USER, TestCa, render_acl, render_conf  # noqa: E402
+from central.broker_config import PLATFORM_USER, render_acl, render_conf  # noqa: E402
+from simulator.test_pki import TestCa  # noqa: E402
 
 
 def main() -> int:

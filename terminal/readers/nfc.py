@@ -10,7 +10,7 @@ import nfc.clf
 import nfc.tag
 from nfc.tag.tt4 import IsoDepInitiator
 
-from onecard.logs import log_event
+from common.logs import log_event
 from terminal.reader import CardRemoved, ReaderError
 
 log = logging.getLogger("onecard.reader.nfc")

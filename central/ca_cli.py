@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def _days(days: int) -> int:
 
 
 def cmd_init(args) -> int:
-    from simulator.platform.ca import CaError, PlatformCa
+    from central.ca import CaError, PlatformCa
 
     try:
         ca = PlatformCa.init(args.dir, args.name, _days(args.days))
@@ -50,7 +50,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_sign(args) -> int:
-    from simulator.platform.ca import CaError, PlatformCa, write_certificate
+    from central.ca import CaError, PlatformCa, write_certificate
 
     try:
         csr = args.csr.read_bytes()
@@ -70,7 +70,7 @@ def cmd_sign(args) -> int:
 
 
 def cmd_server_cert(args) -> int:
-    from simulator.platform.ca import CaError, PlatformCa
+    from central.ca import CaError, PlatformCa
 
     try:
         cert, key = PlatformCa.load(args.dir).issue_server(tuple(args.host), args.out)

@@ -10,10 +10,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from onecard.logs import log_event
-from simulator.platform.store import Platform, PlatformError
-from sync_agent import protocol as p
-from sync_agent.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
+from common.logs import log_event
+from central.store import Platform, PlatformError
+from common import sync_protocol as p
+from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
 
 log = logging.getLogger("platform")
 

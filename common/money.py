@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 _AMOUNT = re.compile(r"^\d{1,8}(\.\d{1,2})?$")
 

@@ -1,4 +1,4 @@
-"""firmware.toml: read once, validated once, handed down as typed objects.
+"""firmware.toml and the platform's configuration documents: one schema, read once, validated once, handed down as typed objects.
 
 Every problem is reported as one ConfigError line naming the file, the key, what is wrong and the fix.
 Relative paths are resolved against the directory of the configuration file.
@@ -378,8 +378,8 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
 
 
 def _yuan(section: _Section, key: str, default: str) -> int:
-    from onecard.errors import UserError
-    from terminal.money import parse_yuan
+    from common.errors import UserError
+    from common.money import parse_yuan
 
     text = section.get(key, str, default=default)
     try:

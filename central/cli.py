@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from onecard.errors import UserError
+from common.errors import UserError
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -90,12 +90,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                    "platform'); without it purse transactions are recorded as 'unchecked'")
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --tac-keystore")
 
-    from simulator.platform import ca_cli  # the CA role (terminal enrolment)
+    from central import ca_cli  # the CA role (terminal enrolment)
     ca_cli.add_subcommands(sub)
 
 
 def _platform(args):
-    from simulator.platform.store import Platform, PlatformError, load_signing_key
+    from central.store import Platform, PlatformError, load_signing_key
 
     if not args.db.exists():
         raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
@@ -106,7 +106,7 @@ def _platform(args):
 
 
 def _run(args, action) -> int:
-    from simulator.platform.store import PlatformError
+    from central.store import PlatformError
 
     platform = _platform(args)
     try:
@@ -119,7 +119,7 @@ def _run(args, action) -> int:
 
 
 def cmd_init(args) -> int:
-    from simulator.platform.store import Platform, PlatformError, load_signing_key, write_signing_key
+    from central.store import Platform, PlatformError, load_signing_key, write_signing_key
 
     try:
         pub = write_signing_key(args.key)
@@ -203,7 +203,7 @@ def cmd_config(args) -> int:
 
 
 def cmd_ota_topup(args) -> int:
-    from terminal.money import parse_yuan
+    from common.money import parse_yuan
 
     fen = parse_yuan(args.amount, "amount")
     if fen == 0:
@@ -239,7 +239,7 @@ def cmd_bill(args) -> int:
 
 
 def cmd_spending_bill(args) -> int:
-    from simulator.platform.store import spending_bill
+    from central.store import spending_bill
 
     return _run(args, lambda pf: spending_bill(pf, args.enterprise, args.employee_no, args.month))
 
@@ -253,9 +253,9 @@ def cmd_terminal(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from simulator.platform.service import BrokerSettings, PlatformService
-    from simulator.platform.store import PlatformError, load_signing_key
-    from sync_agent.mqtt import TlsFiles
+    from central.service import BrokerSettings, PlatformService
+    from central.store import PlatformError, load_signing_key
+    from common.mqtt import TlsFiles
 
     if not args.db.exists():
         raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")

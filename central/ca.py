@@ -1,7 +1,7 @@
 """The platform's certificate authority for MQTT/TLS: one directory, offline, signs terminals' CSRs (CN = terminal ID).
 
 Files: ca.pem (give it to the broker and every terminal), ca.key (0600, never leaves the directory), issued.jsonl.
-A directory made by sync_agent.deploy.TestCa has the same ca.pem / ca.key layout and can be used as is.
+A directory made by simulator.test_pki.TestCa has the same ca.pem / ca.key layout and can be used as is.
 """
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from onecard.logs import log_event
-from sync_agent.deploy import subject_alt_names
+from common.logs import log_event
+from common.pki import subject_alt_names
 
 log = logging.getLogger("onecard.platform.ca")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from onecard.logs import log_event
+from common.logs import log_event
 
 log = logging.getLogger("sync.mqtt")
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sync_agent.deploy import PLATFORM_USER, CertFiles, TestCa, render_acl, render_conf
+from central.broker_config import PLATFORM_USER, render_acl, render_conf
+from simulator.test_pki import CertFiles, TestCa
 
 MOSQUITTO = os.environ.get("ONECARD_MOSQUITTO", "/usr/sbin/mosquitto")
 class BrokerError(Exception):

@@ -17,8 +17,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from sync_agent import protocol as p
-from terminal.event_log import GENESIS_HASH, event_hash
+from common import sync_protocol as p
+from common.events import GENESIS_HASH, event_hash
 
 ACTIVE, LOST, CANCELLED, REPLACED = "ACTIVE", "LOST", "CANCELLED", "REPLACED"
 # Completed purse transactions in terminal logs (terminal/purse_flow.py) and how each moves the balance.
