@@ -95,7 +95,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _platform(args):
-    from central.store import Platform, PlatformError, load_signing_key
+    from central.db import PlatformError, load_signing_key
+    from central.store import Platform
 
     if not args.db.exists():
         raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
@@ -106,7 +107,7 @@ def _platform(args):
 
 
 def _run(args, action) -> int:
-    from central.store import PlatformError
+    from central.db import PlatformError
 
     platform = _platform(args)
     try:
@@ -119,7 +120,8 @@ def _run(args, action) -> int:
 
 
 def cmd_init(args) -> int:
-    from central.store import Platform, PlatformError, load_signing_key, write_signing_key
+    from central.db import PlatformError, load_signing_key, write_signing_key
+    from central.store import Platform
 
     try:
         pub = write_signing_key(args.key)
@@ -239,9 +241,8 @@ def cmd_bill(args) -> int:
 
 
 def cmd_spending_bill(args) -> int:
-    from central.store import spending_bill
 
-    return _run(args, lambda pf: spending_bill(pf, args.enterprise, args.employee_no, args.month))
+    return _run(args, lambda pf: pf.spending_bill(args.enterprise, args.employee_no, args.month))
 
 
 def cmd_card(args) -> int:
@@ -253,8 +254,8 @@ def cmd_terminal(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from central.db import PlatformError, load_signing_key
     from central.service import BrokerSettings, PlatformService
-    from central.store import PlatformError, load_signing_key
     from common.mqtt import TlsFiles
 
     if not args.db.exists():

@@ -10,9 +10,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.logs import log_event
-from central.store import Platform, PlatformError
+from central.db import PlatformError
+from central.store import Platform
 from common import sync_protocol as p
+from common.logs import log_event
 from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
 
 log = logging.getLogger("platform")

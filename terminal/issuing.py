@@ -60,7 +60,7 @@ class LocalPlatform:
         self.pf = platform
 
     def _call(self, fn, *args, **kwargs):
-        from central.store import PlatformError
+        from central.db import PlatformError
         try:
             return fn(*args, **kwargs)
         except PlatformError as exc:

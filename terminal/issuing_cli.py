@@ -120,7 +120,8 @@ def _request(args, enterprise: bytes):
 @contextlib.contextmanager
 def _issuing_terminal(args):
     from sam.keystore import parse_enterprise_id
-    from central.store import Platform, PlatformError, load_signing_key
+    from central.store import Platform
+    from central.db import PlatformError, load_signing_key
     from common.db import DatabaseError
     from terminal.event_log import EventLog
     from terminal.issuing import IssuingTerminal, LocalPlatform

@@ -141,7 +141,7 @@ def test_issued_card_is_not_issued_twice(sam, issuing, tmp_path):
 
 def test_the_platform_itself_refuses_a_second_card_for_a_phone(platform):
     """The check the issuing station makes is also made where the card is registered, in one transaction."""
-    from central.store import PlatformError
+    from central.db import PlatformError
 
     platform.issue_card(EID, "E1001", "1111111111111111")
     with pytest.raises(PlatformError, match="already holds one-card 1111111111111111"):

@@ -9,7 +9,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from central.store import Platform, PlatformError
+from central.store import Platform
+from central.db import PlatformError
 from common import sync_protocol as p
 from sync_agent import core
 from sync_agent.store import SyncStore, outbox_pressure

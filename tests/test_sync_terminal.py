@@ -60,8 +60,7 @@ def test_over_the_air_top_up_is_loaded_once_and_accounted_by_the_platform(rig):
     assert (tx["kind"], tx["amount_cents"], tx["tac_status"]) == ("topup.load", 5000, "ok")
     status = admin.conn.execute("SELECT status FROM card_actions WHERE action_id = ?", (action,)).fetchone()[0]
     assert status == "done"
-    from central.store import spending_bill
-    bill = spending_bill(admin, ENTERPRISE, "E1001", "2026-11")
+    bill = admin.spending_bill(ENTERPRISE, "E1001", "2026-11")
     assert bill.startswith("[onecard] Zhang Wei (E1001), canteen 2026-11: spent 0.00 yuan, topped up 50.00 yuan, "
                            "balance 50.00 yuan. 11-23 10:00 top-up 50.00.")
 

@@ -1,0 +1,76 @@
+"""Versioned blacklists per enterprise, and the signed snapshot and delta bodies terminals apply.
+
+A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from central.db import MAX_DELTA_CHANGES
+from common import sync_protocol as p
+
+
+class Blacklists:
+    def blacklist_version(self, enterprise_id: str) -> int:
+        return self._enterprise(enterprise_id)[1]
+
+    def _change_blacklist(self, enterprise_id: str, added: dict[str, str], removed: list[str]) -> int:
+        """Inside a transaction: move the enterprise's list one version on and queue the signed delta."""
+        base = self._enterprise(enterprise_id)[1]
+        v = base + 1
+        for asn, reason in added.items():
+            self.conn.execute("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)", (enterprise_id, asn, reason, v))
+        for asn in removed:
+            self.conn.execute("DELETE FROM blacklist WHERE enterprise_id = ? AND asn = ?", (enterprise_id, asn))
+        self.conn.executemany("INSERT OR IGNORE INTO blacklist_changes VALUES (?, ?, ?)",
+                              [(enterprise_id, v, a) for a in [*added, *removed]])
+        self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, enterprise_id))
+        body = {"enterprise_id": enterprise_id, "base_version": base, "version": v,
+                "added": [{"asn": a, "reason": r, "listed_in_version": v} for a, r in sorted(added.items())],
+                "removed": sorted(removed)}
+        self._queue(p.enterprise_topic(enterprise_id), self.seal("blacklist.delta", f"e:{enterprise_id}", body))
+        return v
+
+    def blacklist_bulk(self, enterprise_id: str, asns: list[bytes], reason: str = "lost") -> int:
+        """List many cards in one version without card records (benchmarks, migrations); no message queued."""
+        with self._txn():
+            v = self._enterprise(enterprise_id)[1] + 1
+            self.conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)",
+                                  ((enterprise_id, a.hex().upper(), reason, v) for a in asns))
+            self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?",
+                              (v, enterprise_id))
+            # Marks every listed card as changed at v, so any terminal below v gets a snapshot.
+            self.conn.execute("INSERT INTO blacklist_changes VALUES (?, ?, '*')", (enterprise_id, v))
+        return v
+
+    def snapshot_body(self, enterprise_id: str) -> dict:
+        v = self._enterprise(enterprise_id)[1]
+        groups: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        for asn, reason, listed in self.conn.execute(
+                "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)):
+            groups[(reason, listed)].append(bytes.fromhex(asn))
+        count = sum(len(g) for g in groups.values())
+        return {"enterprise_id": enterprise_id, "version": v, "count": count,
+                "groups": [{"reason": r, "listed_in_version": lv, "asns": p.encode_asn_group(a)}
+                           for (r, lv), a in sorted(groups.items())]}
+
+    def delta_body(self, enterprise_id: str, have: int) -> dict | None:
+        """A cumulative delta have -> current, or None when a snapshot is the answer."""
+        v = self._enterprise(enterprise_id)[1]
+        if have <= 0 or have >= v:
+            return None
+        changed = [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT asn FROM blacklist_changes WHERE enterprise_id = ? AND version > ? LIMIT ?",
+            (enterprise_id, have, MAX_DELTA_CHANGES + 1))]
+        if len(changed) > MAX_DELTA_CHANGES or "*" in changed:
+            return None
+        added, removed = [], []
+        for asn in sorted(changed):
+            row = self.conn.execute("SELECT reason, listed_in_version FROM blacklist WHERE enterprise_id = ? AND "
+                                    "asn = ?", (enterprise_id, asn)).fetchone()
+            if row:
+                added.append({"asn": asn, "reason": row[0], "listed_in_version": row[1]})
+            else:
+                removed.append(asn)
+        return {"enterprise_id": enterprise_id, "base_version": have, "version": v, "added": added,
+                "removed": removed}

@@ -1,0 +1,119 @@
+"""The administrator's card flows: loss report, unlock, cancellation, replacement; configuration documents and card actions.
+
+A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
+"""
+from __future__ import annotations
+
+import json
+
+from central.db import ACTIVE, CANCELLED, LOST, REPLACED, PlatformError, _asn, _yuan
+from common import sync_protocol as p
+
+
+class CardFlows:
+    def _card_for_update(self, asn: str) -> dict:
+        return self.card(asn)
+
+    def report_loss(self, asn: str) -> int:
+        """LOST, blacklisted, every terminal of the enterprise notified; returns the new blacklist version."""
+        with self._txn():
+            c = self._card_for_update(asn)
+            if c["status"] == LOST:
+                raise PlatformError(f"card {c['asn']} is already reported lost; nothing changed")
+            if c["status"] != ACTIVE:
+                raise PlatformError(f"card {c['asn']} is {c['status']}, not active; it is already blacklisted")
+            self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (LOST, self._now(), c["asn"]))
+            v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "lost"}, [])
+            self._history(c["asn"], "loss_report", f"reported lost; blacklist version {v}")
+        return v
+
+    def unlock(self, asn: str) -> int:
+        with self._txn():
+            c = self._card_for_update(asn)
+            if c["status"] != LOST:
+                raise PlatformError(f"card {c['asn']} is {c['status']}, not lost; only a lost card can be unlocked")
+            self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?",
+                              (ACTIVE, self._now(), c["asn"]))
+            v = self._change_blacklist(c["enterprise_id"], {}, [c["asn"]])
+            self._history(c["asn"], "unlock", f"unlocked; blacklist version {v}")
+        return v
+
+    def cancel(self, asn: str, *, settle: bool = False) -> int:
+        """CANCELLED and blacklisted; a non-zero balance must be settled (refund recorded) first."""
+        with self._txn():
+            c = self._card_for_update(asn)
+            if c["status"] in (CANCELLED, REPLACED):
+                raise PlatformError(f"card {c['asn']} is already {c['status']}; nothing changed")
+            if c["balance_cents"] and not settle:
+                raise PlatformError(f"card {c['asn']} has a balance of {_yuan(c['balance_cents'])} yuan; settle it "
+                                    "first: rerun with --settle to record the refund")
+            if c["balance_cents"]:
+                self.conn.execute("INSERT INTO refunds (asn, amount_cents, at, note) VALUES (?, ?, ?, ?)",
+                                  (c["asn"], c["balance_cents"], self._now(), "settled at cancellation"))
+            self.conn.execute("UPDATE cards SET status = ?, balance_cents = 0, updated_at = ? WHERE asn = ?",
+                              (CANCELLED, self._now(), c["asn"]))
+            v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "cancelled"}, [])
+            self._history(c["asn"], "cancel", f"cancelled, {_yuan(c['balance_cents'])} yuan refunded; "
+                                              f"blacklist version {v}")
+        return v
+
+    def replace(self, old_asn: str, new_asn: str) -> int:
+        """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights and balance."""
+        new_asn = _asn(new_asn)
+        with self._txn():
+            c = self._card_for_update(old_asn)
+            if c["status"] not in (ACTIVE, LOST):
+                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active or lost card can be replaced")
+            if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (new_asn,)).fetchone():
+                raise PlatformError(f"new card {new_asn} is already registered; issue a blank card")
+            holder_id = self.conn.execute("SELECT holder_id FROM cards WHERE asn = ?", (c["asn"],)).fetchone()[0]
+            self.conn.execute("INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                              (new_asn, c["enterprise_id"], holder_id, ACTIVE, c["balance_cents"],
+                               json.dumps(c["rights"], sort_keys=True), self._now()))
+            self.conn.execute("UPDATE cards SET status = ?, balance_cents = 0, replaced_by = ?, updated_at = ? "
+                              "WHERE asn = ?", (REPLACED, new_asn, self._now(), c["asn"]))
+            v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "replaced"}, [])
+            self._history(c["asn"], "replace", f"replaced by {new_asn}; blacklist version {v}")
+            self._history(new_asn, "issued", f"replacement of {c['asn']}, balance {_yuan(c['balance_cents'])} moved")
+        return v
+
+    def publish_config(self, enterprise_id: str, document: dict) -> int:
+        with self._txn():
+            v = self._enterprise(enterprise_id)[2] + 1
+            self.conn.execute("UPDATE enterprises SET config_version = ?, config_document = ? WHERE enterprise_id = ?",
+                              (v, json.dumps(document, sort_keys=True), enterprise_id))
+            self._queue(p.enterprise_topic(enterprise_id),
+                        self.seal("config", f"e:{enterprise_id}", self._config_body(enterprise_id)))
+        return v
+
+    def _config_body(self, enterprise_id: str) -> dict:
+        v, doc = self.conn.execute("SELECT config_version, config_document FROM enterprises WHERE enterprise_id = ?",
+                                   (enterprise_id,)).fetchone()
+        return {"enterprise_id": enterprise_id, "version": v, "document": json.loads(doc) if doc else {}}
+
+    def add_card_action(self, asn: str, action: str, params: dict, action_id: str | None = None) -> str:
+        with self._txn():
+            c = self.card(asn)
+            action_id = action_id or p.new_message_id()
+            self.conn.execute("INSERT INTO card_actions VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                              (action_id, c["enterprise_id"], c["asn"], action, json.dumps(params), self._now()))
+            self._queue(p.enterprise_topic(c["enterprise_id"]),
+                        self.seal("card_action", f"e:{c['enterprise_id']}", self._action_body(action_id)))
+        return action_id
+
+    def authorise(self, asn: str, rights: dict) -> str:
+        """Change a card's access rights: recorded here, and queued as a card action that the card service
+        (top-up) terminal writes onto the card at its next tap there."""
+        with self._txn():
+            c = self.card(asn)
+            if c["status"] != ACTIVE:
+                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active card gets new rights")
+            self.conn.execute("UPDATE cards SET rights = ?, updated_at = ? WHERE asn = ?",
+                              (json.dumps({**c["rights"], **rights}, sort_keys=True), self._now(), c["asn"]))
+            self._history(c["asn"], "authorise", f"rights changed to {json.dumps(rights, sort_keys=True)}")
+            return self.add_card_action(c["asn"], "rights", rights)
+
+    def _action_body(self, action_id: str) -> dict:
+        asn, action, params = self.conn.execute("SELECT asn, action, params FROM card_actions WHERE action_id = ?",
+                                                (action_id,)).fetchone()
+        return {"action_id": action_id, "asn": asn, "action": action, "params": json.loads(params)}

@@ -1,0 +1,140 @@
+"""The platform database: its schema, one transaction helper, the card statuses, the errors every part shares
+and the platform's signing key."""
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+ACTIVE, LOST, CANCELLED, REPLACED = "ACTIVE", "LOST", "CANCELLED", "REPLACED"
+# Completed purse transactions in terminal logs (terminal/purse_flow.py) and how each moves the balance.
+PURSE_SIGN = {"pos.purchase": -1, "pos.undo": 1, "topup.load": 1}
+# A terminal this many versions behind gets a snapshot instead of a long delta.
+MAX_DELTA_CHANGES = 10_000
+_ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enterprises (
+  enterprise_id TEXT PRIMARY KEY, name TEXT NOT NULL, blacklist_version INTEGER NOT NULL DEFAULT 0,
+  config_version INTEGER NOT NULL DEFAULT 0, config_document TEXT) STRICT;
+CREATE TABLE IF NOT EXISTS terminals (
+  terminal_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL REFERENCES enterprises, name TEXT NOT NULL,
+  contiguous_seq INTEGER NOT NULL DEFAULT 0, head_hash TEXT NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,
+  chain_problem TEXT, status TEXT, status_at TEXT, heartbeat TEXT, heartbeat_at TEXT) STRICT;
+CREATE TABLE IF NOT EXISTS events (
+  terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL, asn TEXT,
+  reason_code TEXT NOT NULL, message TEXT NOT NULL, detail TEXT NOT NULL, hash TEXT NOT NULL,
+  PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID, STRICT;
+CREATE INDEX IF NOT EXISTS events_asn ON events (asn, kind, time);
+CREATE TABLE IF NOT EXISTS pending_events (
+  terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL, asn TEXT,
+  reason_code TEXT NOT NULL, message TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL,
+  hash TEXT NOT NULL, PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS holders (
+  holder_id INTEGER PRIMARY KEY, enterprise_id TEXT NOT NULL REFERENCES enterprises, employee_no TEXT NOT NULL,
+  name TEXT NOT NULL, phone TEXT NOT NULL, UNIQUE (enterprise_id, employee_no)) STRICT;
+CREATE TABLE IF NOT EXISTS cards (
+  asn TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, holder_id INTEGER NOT NULL REFERENCES holders,
+  status TEXT NOT NULL, balance_cents INTEGER NOT NULL DEFAULT 0, rights TEXT NOT NULL,
+  replaced_by TEXT, updated_at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS blacklist (
+  enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, reason TEXT NOT NULL, listed_in_version INTEGER NOT NULL,
+  PRIMARY KEY (enterprise_id, asn)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS blacklist_changes (
+  enterprise_id TEXT NOT NULL, version INTEGER NOT NULL, asn TEXT NOT NULL,
+  PRIMARY KEY (enterprise_id, version, asn)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS refunds (
+  id INTEGER PRIMARY KEY, asn TEXT NOT NULL, amount_cents INTEGER NOT NULL, at TEXT NOT NULL, note TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS card_actions (
+  action_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL,
+  params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending') STRICT;
+CREATE TABLE IF NOT EXISTS card_history (
+  id INTEGER PRIMARY KEY, at TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL, text TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS purse_transactions (
+  terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, asn TEXT NOT NULL, kind TEXT NOT NULL, counter INTEGER NOT NULL,
+  amount_cents INTEGER NOT NULL, balance_after_cents INTEGER NOT NULL, tac TEXT NOT NULL, tac_status TEXT NOT NULL,
+  PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID, STRICT;
+CREATE INDEX IF NOT EXISTS purse_transactions_asn ON purse_transactions (asn, kind, counter);
+CREATE TABLE IF NOT EXISTS outbound (
+  id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
+  published_at TEXT) STRICT;
+CREATE INDEX IF NOT EXISTS outbound_unpublished ON outbound (published_at, id);
+"""
+
+
+class PlatformError(Exception):
+    """An administrator request is refused; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    terminal_id: str
+    acked_seq: int
+    acked_hash: str
+    new: int
+    duplicates: int
+    pending: int
+    problem: str
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise PlatformError(f"cannot read the platform signing key {path} ({exc.strerror}); "
+                            "create it with `onecard platform init`") from None
+    except (ValueError, TypeError):
+        raise PlatformError(f"{path} is not an unencrypted PEM private key; create it with `onecard platform init`") \
+            from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise PlatformError(f"{path} is not an Ed25519 key; create it with `onecard platform init`")
+    return key
+
+
+def write_signing_key(path: Path) -> Path:
+    """Create a new Ed25519 key at `path` (mode 600) and its public key next to it; return the .pub path."""
+    path = Path(path)
+    if path.exists():
+        raise PlatformError(f"{path} already exists; keep it (terminals trust it) or move it away first")
+    key = Ed25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(0o600)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub")
+    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    return pub
+
+
+def _asn(text: str) -> str:
+    asn = text.strip().upper()
+    if not _ASN_RE.match(asn):
+        raise PlatformError(f"ASN {text!r} is not 16 hex digits; copy it from `onecard sim show` or the card record")
+    return asn
+
+
+def _yuan(cents: int) -> str:
+    return f"{cents / 100:.2f}"
+
+
+
+
+class _Txn:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        # Nested use (a flow calling a helper that also opens one) joins the outer transaction.
+        self.outer = not self.conn.in_transaction
+        if self.outer:
+            self.conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_):
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

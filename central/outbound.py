@@ -1,0 +1,45 @@
+"""What the platform sends: answers to a terminal's requests, time, and the outbound queue the service publishes.
+
+A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
+"""
+from __future__ import annotations
+
+from common import sync_protocol as p
+
+
+class Outbound:
+    def answer_request(self, req: p.Request) -> list[tuple[str, bytes]]:
+        """(topic, payload) messages for a terminal that asked to sync or for a snapshot."""
+        eid = self.terminal_enterprise(req.terminal_id)
+        if eid is None:
+            return []
+        topic, target = p.terminal_topic(req.terminal_id, p.DOWN_MSG), f"t:{req.terminal_id}"
+        out = []
+        current = self.blacklist_version(eid)
+        if req.want == "blacklist.snapshot" or req.blacklist_version != current:
+            delta = None if req.want == "blacklist.snapshot" else self.delta_body(eid, req.blacklist_version)
+            if delta is not None:
+                out.append((topic, self.seal("blacklist.delta", target, delta)))
+            elif current > 0:
+                out.append((topic, self.seal("blacklist.snapshot", target, self.snapshot_body(eid))))
+        if req.want == "sync":
+            body = self._config_body(eid)
+            if body["version"] > req.config_version:
+                out.append((topic, self.seal("config", target, body)))
+            for (action_id,) in self.conn.execute("SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
+                                                  "status = 'pending' ORDER BY created_at", (eid,)).fetchall():
+                out.append((topic, self.seal("card_action", target, self._action_body(action_id))))
+            out.append((topic, self.time_message(req.terminal_id)))
+        return out
+
+    def time_message(self, terminal_id: str) -> bytes:
+        return self.seal("time", f"t:{terminal_id}", {"platform_time": self._now()})
+
+    def unpublished(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
+        return self.conn.execute("SELECT id, topic, payload FROM outbound WHERE published_at IS NULL ORDER BY id "
+                                 "LIMIT ?", (limit,)).fetchall()
+
+    def mark_published(self, ids: list[int]) -> None:
+        with self._txn():
+            self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?",
+                                  [(self._now(), i) for i in ids])

@@ -1,0 +1,128 @@
+"""Enterprises, terminals, holders and cards as the platform knows them, and what terminals say of themselves.
+
+A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from central.db import ACTIVE, LOST, PlatformError, _asn
+from common import sync_protocol as p
+from common.events import GENESIS_HASH
+
+
+class Registry:
+    def add_enterprise(self, enterprise_id: str, name: str) -> None:
+        if not (enterprise_id.isdigit() and len(enterprise_id) == 8):
+            raise PlatformError(f"enterprise ID {enterprise_id!r} is not 8 digits; use the 8-digit enterprise number")
+        with self._txn():
+            self.conn.execute("INSERT OR IGNORE INTO enterprises (enterprise_id, name) VALUES (?, ?)",
+                              (enterprise_id, name))
+
+    def add_terminal(self, terminal_id: str, enterprise_id: str, name: str = "") -> None:
+        if not (terminal_id.isdigit() and len(terminal_id) == 12):
+            raise PlatformError(f"terminal ID {terminal_id!r} is not 12 digits; use [terminal].id of its firmware.toml")
+        with self._txn():
+            self._enterprise(enterprise_id)
+            row = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?",
+                                    (terminal_id,)).fetchone()
+            if row and row[0] != enterprise_id:
+                raise PlatformError(f"terminal {terminal_id} is registered to enterprise {row[0]}; "
+                                    "a terminal serves one enterprise")
+            self.conn.execute("INSERT OR IGNORE INTO terminals (terminal_id, enterprise_id, name, head_hash) "
+                              "VALUES (?, ?, ?, ?)", (terminal_id, enterprise_id, name or terminal_id, GENESIS_HASH))
+
+    def _enterprise(self, enterprise_id: str) -> tuple:
+        row = self.conn.execute("SELECT enterprise_id, blacklist_version, config_version FROM enterprises "
+                                "WHERE enterprise_id = ?", (enterprise_id,)).fetchone()
+        if row is None:
+            raise PlatformError(f"enterprise {enterprise_id} is not registered; add it with "
+                                "`onecard platform add-enterprise`")
+        return row
+
+    def terminal_enterprise(self, terminal_id: str) -> str | None:
+        row = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
+        return row[0] if row else None
+
+    def add_holder(self, enterprise_id: str, employee_no: str, name: str, phone: str = "") -> int:
+        with self._txn():
+            self._enterprise(enterprise_id)
+            try:
+                cur = self.conn.execute("INSERT INTO holders (enterprise_id, employee_no, name, phone) "
+                                        "VALUES (?, ?, ?, ?)", (enterprise_id, employee_no, name, phone))
+            except sqlite3.IntegrityError:
+                raise PlatformError(f"employee {employee_no} is already registered in enterprise {enterprise_id}")
+            return cur.lastrowid
+
+    def _holder(self, enterprise_id: str, employee_no: str) -> tuple:
+        row = self.conn.execute("SELECT holder_id, name, phone FROM holders WHERE enterprise_id = ? AND employee_no = ?",
+                                (enterprise_id, employee_no)).fetchone()
+        if row is None:
+            raise PlatformError(f"employee {employee_no} is not registered in enterprise {enterprise_id}; "
+                                "add them with `onecard platform add-holder`")
+        return row
+
+    def issue_card(self, enterprise_id: str, employee_no: str, asn: str, rights: dict | None = None,
+                   balance_cents: int = 0) -> None:
+        asn = _asn(asn)
+        with self._txn():
+            holder_id = self._holder(enterprise_id, employee_no)[0]
+            if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone():
+                raise PlatformError(f"card {asn} is already registered; an ASN is issued once")
+            # One phone number holds one one-card (ONECARD.md): checked in the transaction that registers the card,
+            # so two issuing stations cannot both pass it.
+            other = self.conn.execute(
+                "SELECT c.asn, h.phone FROM cards c JOIN holders h USING (holder_id) WHERE h.phone != '' AND "
+                "h.phone = (SELECT phone FROM holders WHERE holder_id = ?) AND c.status IN (?, ?) LIMIT 1",
+                (holder_id, ACTIVE, LOST)).fetchone()
+            if other is not None:
+                raise PlatformError(f"phone number {other[1]} already holds one-card {other[0]}; one phone number "
+                                    "holds one one-card: cancel or replace that card instead")
+            self.conn.execute("INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+                              (asn, enterprise_id, holder_id, ACTIVE, balance_cents,
+                               json.dumps(rights or {}, sort_keys=True), self._now()))
+            self._history(asn, "issued", f"issued to employee {employee_no}")
+
+    def _history(self, asn: str, action: str, text: str) -> None:
+        self.conn.execute("INSERT INTO card_history (at, asn, action, text) VALUES (?, ?, ?, ?)",
+                          (self._now(), asn, action, text))
+
+    def card(self, asn: str) -> dict:
+        asn = _asn(asn)
+        row = self.conn.execute("SELECT c.asn, c.enterprise_id, h.employee_no, h.name, c.status, c.balance_cents, "
+                                "c.rights, c.replaced_by FROM cards c JOIN holders h USING (holder_id) "
+                                "WHERE c.asn = ?", (asn,)).fetchone()
+        if row is None:
+            raise PlatformError(f"card {asn} is not registered; check the ASN (`onecard platform cards` lists them)")
+        return {"asn": row[0], "enterprise_id": row[1], "employee_no": row[2], "name": row[3], "status": row[4],
+                "balance_cents": row[5], "rights": json.loads(row[6]), "replaced_by": row[7]}
+
+    def cards(self, enterprise_id: str | None = None) -> list[dict]:
+        asns = [r[0] for r in self.conn.execute("SELECT asn FROM cards WHERE ?1 IS NULL OR enterprise_id = ?1 "
+                                                "ORDER BY asn", (enterprise_id,))]
+        return [self.card(a) for a in asns]
+
+    def record_heartbeat(self, hb: p.Heartbeat) -> None:
+        with self._txn():
+            self.conn.execute("UPDATE terminals SET heartbeat = ?, heartbeat_at = ? WHERE terminal_id = ?",
+                              (json.dumps(hb.__dict__, sort_keys=True), self._now(), hb.terminal_id))
+
+    def record_status(self, terminal_id: str, state: str) -> None:
+        with self._txn():
+            self.conn.execute("UPDATE terminals SET status = ?, status_at = ? WHERE terminal_id = ?",
+                              (state, self._now(), terminal_id))
+
+    def terminal(self, terminal_id: str) -> dict:
+        row = self.conn.execute("SELECT terminal_id, enterprise_id, contiguous_seq, head_hash, duplicates, "
+                                "chain_problem, status, heartbeat FROM terminals WHERE terminal_id = ?",
+                                (terminal_id,)).fetchone()
+        if row is None:
+            raise PlatformError(f"terminal {terminal_id} is not registered")
+        keys = ("terminal_id", "enterprise_id", "contiguous_seq", "head_hash", "duplicates", "chain_problem",
+                "status", "heartbeat")
+        d = dict(zip(keys, row))
+        d["heartbeat"] = json.loads(d["heartbeat"]) if d["heartbeat"] else None
+        d["events"] = self.conn.execute("SELECT count(*) FROM events WHERE terminal_id = ?",
+                                        (terminal_id,)).fetchone()[0]
+        return d
