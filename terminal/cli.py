@@ -31,9 +31,10 @@ def read_config(path: Path) -> Config:
         raise UserError(str(exc)) from None
 
 
-def open_sam(config: Config, check_binding: bool = True):
-    """The configured SAM; with check_binding, refuse one other than the SAM bound at provisioning (if any)."""
-    sam = _open_sam(config)
+def open_sam(config: Config, check_binding: bool = True, event_log=None):
+    """The configured SAM; with check_binding, refuse one other than the SAM bound at provisioning (if any).
+    With the terminal's event_log, a software SAM keeps its purse state (TSN) in that log."""
+    sam = _open_sam(config, event_log)
     if check_binding:
         from sam.interface import SamError
         from terminal.provision import BindingError, check_bound_sam
@@ -46,10 +47,12 @@ def open_sam(config: Config, check_binding: bool = True):
     return sam
 
 
-def _open_sam(config: Config):
+def _open_sam(config: Config, event_log=None):
     from sam.keystore import KeystoreUnlock
     from sam.interface import SamError
-    from sam.software import SoftwareSam
+    from sam.sam_state import StateFile
+    from sam.software import SoftwareSam, default_state_path
+    from terminal.sam_state_log import LoggedSamState
 
     s = config.sam
     if s.backend == "psam":
@@ -65,7 +68,10 @@ def _open_sam(config: Config):
         else:
             unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file,
                                                             f"[sam].device_secret_file in {config.path}")
-        return SoftwareSam.open(s.keystore, unlock)
+        state = None
+        if event_log is not None:
+            state = LoggedSamState(event_log, config.terminal.enterprise_id, StateFile(default_state_path(s.keystore)))
+        return SoftwareSam.open(s.keystore, unlock, state=state)
     except SamError as exc:
         raise UserError(str(exc)) from None
 
@@ -127,10 +133,10 @@ def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, o
     from terminal.app import Terminal
     from terminal.outputs import ConsoleOutputs
 
-    sam = sam or open_sam(config)
     event_log, blacklist = open_storage(config)
     stack.callback(event_log.close)
     stack.callback(blacklist.close)
+    sam = sam or open_sam(config, event_log=event_log)
     if reader is None:
         reader = open_reader(config, wait=wait_for_reader)
         stack.callback(reader.close)
