@@ -73,6 +73,8 @@ class ReaderSection:
     name: str = ""        # pcsc: substring of the reader name
     path: str = ""        # nfc: nfcpy device path, e.g. "usb", "tty:AMA0:pn532", "udp:127.0.0.1:54321"
     card: Path | None = None  # simulator: the card file presented on every tap
+    # Deadline of one card command: a card slower than this (or answering nothing) is refused, the door stays shut.
+    command_timeout_ms: int = 500
 
 
 @dataclass(frozen=True)
@@ -265,7 +267,11 @@ def load_config(path: str | Path) -> Config:
         name=r.get("name", str, required=driver == "pcsc", default=""),
         path=r.get("path", str, required=driver == "nfc", default=""),
         card=r.path_value("card", required=driver == "simulator"),
+        command_timeout_ms=r.get("command_timeout_ms", int, default=500),
     )
+    if not 50 <= reader.command_timeout_ms <= 10_000:
+        raise r.fail("command_timeout_ms", f"= {reader.command_timeout_ms} is not 50..10000",
+                     "write the deadline of one card command in milliseconds, e.g. 500")
 
     s = section("sam")
     backend = s.choice("backend", SAM_BACKENDS, default="keystore")

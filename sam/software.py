@@ -47,6 +47,10 @@ _MAC3_USAGES = frozenset({KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.REVERSAL})
 # transaction of tens of milliseconds; a cache would only keep card keys in memory for longer.
 
 
+def default_state_path(keystore_path: str | os.PathLike[str], state_path: str | os.PathLike[str] | None = None) -> str:
+    return os.fspath(state_path) if state_path is not None else f"{os.fspath(keystore_path)}.state"
+
+
 class SoftwareSam:
     """A SAM whose master keys live in this process; card keys are derived per call and dropped."""
 
@@ -60,11 +64,13 @@ class SoftwareSam:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], unlock: KeystoreUnlock, state_path: str | os.PathLike[str] | None = None
+        cls, path: str | os.PathLike[str], unlock: KeystoreUnlock, state_path: str | os.PathLike[str] | None = None,
+        state: StateStore | None = None,
     ) -> SoftwareSam:
-        """The keystore at path, with its purse state in state_path (default: '<path>.state', made at the first purchase)."""
+        """The keystore at path, with its purse state in `state` (a terminal keeps it in its event log:
+        terminal/sam_state_log.py) or else in state_path (default: '<path>.state', made at the first purchase)."""
         keystore = load_keystore(path, unlock)
-        return cls(keystore, StateFile(state_path if state_path is not None else f"{os.fspath(path)}.state"))
+        return cls(keystore, state if state is not None else StateFile(default_state_path(path, state_path)))
 
     def __repr__(self) -> str:
         return f"SoftwareSam(<{len(self._keystore)} keys>)"

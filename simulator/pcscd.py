@@ -57,6 +57,25 @@ class PrivatePcscd:
     log_path: Path
     pid: int
     slots: list[VpcdSlot] = field(default_factory=list)
+    _proc: "_Pcscd | None" = field(default=None, repr=False)
+    _start_again: "object | None" = field(default=None, repr=False)
+
+    def kill(self) -> None:
+        """SIGKILL pcscd, as a crash would: clients see SCARD_E_NO_SERVICE, vpcd's virtual cards are cut off."""
+        if self._proc is not None:
+            self._proc.popen.kill()
+            self._proc.popen.wait()
+            self._proc.drain.join(5)
+
+    def restart(self, n_readers: int | None = None) -> None:
+        """Start pcscd again (after kill(), or stopping it now) on the same socket and vpcd ports.
+
+        With n_readers lower than at first, the readers after it are left out: to the PC/SC clients they were
+        unplugged (vpcd readers cannot be hot-plugged); a later restart() brings them back.
+        """
+        if self._proc is not None:
+            _stop(self._proc)
+        self._proc, self.pid = self._start_again(n_readers or len(self.slots))
 
     @property
     def names(self) -> list[str]:
@@ -118,7 +137,7 @@ def private_pcscd(n_readers: int = 4, workdir: str | os.PathLike | None = None,
             try:
                 yield env
             finally:
-                _stop(proc)
+                _stop(env._proc)
             return
         assert last_error is not None
         raise last_error
@@ -141,7 +160,8 @@ class _Pcscd:
         self.drain = drain
 
 
-def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float) -> tuple[_Pcscd, PrivatePcscd]:
+def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
+           first_port: int | None = None) -> tuple[_Pcscd, PrivatePcscd]:
     run_dir, conf_dir, log_path = base / "run", base / "reader.conf.d", base / "pcscd.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +175,8 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float) -> tupl
 
     n_entries = -(-n_readers // SLOTS_PER_ENTRY)
     drivers = _driver_copies(base / "drivers", n_entries)
-    first_port = _free_port_block(n_entries * SLOTS_PER_ENTRY)
+    if first_port is None:
+        first_port = _free_port_block(n_entries * SLOTS_PER_ENTRY)
     entries, slots = [], []
     for i in range(n_entries):
         port = first_port + i * SLOTS_PER_ENTRY
@@ -208,6 +229,13 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float) -> tupl
     except BaseException:
         _stop(proc)
         raise
+    env._proc = proc
+
+    def start_again(count: int) -> tuple[_Pcscd, int]:
+        again, again_env = _start(pcscd, count, base, start_timeout, first_port)
+        return again, again_env.pid
+
+    env._start_again = start_again
     return proc, env
 
 

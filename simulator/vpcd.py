@@ -8,6 +8,7 @@ import logging
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 
 from common.logs import log_event
 from simulator.virtual_card import VirtualCard
@@ -48,6 +49,7 @@ class VirtualIcc:
         self._thread: threading.Thread | None = None
         self._removed = threading.Event()
         self._removed.set()
+        self._wake = threading.Event()  # set by remove(): ends a stall at once
         self.apdu_count = 0
         self.torn = False
         self.removal_reason: str | None = None
@@ -57,11 +59,15 @@ class VirtualIcc:
         return not self._removed.is_set()
 
     def insert(self, card: VirtualCard, tear_after: int | None = None, label: str | None = None,
-               connect_timeout: float = 5.0) -> None:
+               connect_timeout: float = 5.0, *, stall_at: int | None = None, stall_seconds: float = 0.0,
+               truncate_at: int | None = None, truncate_to: int = 0) -> None:
         """Put `card` in the field (replacing any card already there)."""
-        if tear_after is not None and tear_after < 1:
-            raise ValueError(f"tear_after must be >= 1 (the APDU after which the card leaves), got {tear_after}")
+        for name, k in (("tear_after", tear_after), ("stall_at", stall_at), ("truncate_at", truncate_at)):
+            if k is not None and k < 1:
+                raise ValueError(f"{name} must be >= 1 (the number of a command APDU), got {k}")
         self.remove()
+        self._wake = threading.Event()
+        faults = _Faults(tear_after, stall_at, stall_seconds, truncate_at, truncate_to)
         if label is not None:
             self.label = label
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -82,10 +88,11 @@ class VirtualIcc:
             self.torn = False
             self.removal_reason = None
             self._removed.clear()
-            self._thread = threading.Thread(target=self._serve, args=(sock, card, tear_after),
+            self._thread = threading.Thread(target=self._serve, args=(sock, card, faults),
                                             name=f"vicc-{self.port}", daemon=True)
             self._thread.start()
-        log_event(log, "card-inserted", port=self.port, card=self.label, tear_after=tear_after)
+        log_event(log, "card-inserted", port=self.port, card=self.label, tear_after=tear_after, stall_at=stall_at,
+                  truncate_at=truncate_at)
 
     def remove(self, reason: str = "removed") -> None:
         """Take the card out of the field now; returns once the card is powered off."""
@@ -93,6 +100,7 @@ class VirtualIcc:
             sock, thread = self._sock, self._thread
             if sock is not None and self.removal_reason is None:
                 self.removal_reason = reason
+            self._wake.set()
         if sock is not None:
             try:
                 # shutdown wakes the serving thread's blocking recv; close alone would not.
@@ -106,7 +114,8 @@ class VirtualIcc:
         """Block until the card has left the field (removed, torn, or vpcd hung up)."""
         return self._removed.wait(timeout)
 
-    def _serve(self, sock: socket.socket, card: VirtualCard, tear_after: int | None) -> None:
+    def _serve(self, sock: socket.socket, card: VirtualCard, faults: _Faults) -> None:
+        tear_after = faults.tear_after
         try:
             while True:
                 message = _recv_frame(sock)
@@ -123,7 +132,13 @@ class VirtualIcc:
                         sock.sendall(_LEN.pack(len(reply)) + reply)
                     continue
                 self.apdu_count += 1
+                if self.apdu_count == faults.stall_at:
+                    log_event(log, "card-stalling", port=self.port, card=self.label, seconds=faults.stall_seconds)
+                    if self._wake.wait(faults.stall_seconds):
+                        continue  # removed while stalling: the serving loop sees the closed socket
                 response = card.transmit(message)
+                if self.apdu_count == faults.truncate_at:
+                    response = response[:faults.truncate_to]
                 if tear_after is not None and self.apdu_count >= tear_after:
                     with self._lock:
                         self.torn = True
@@ -160,6 +175,15 @@ class VirtualIcc:
         else:
             log_event(log, "vpcd-unknown-control", level=logging.WARNING, port=self.port, code=f"0x{code:02x}")
         return None
+
+
+@dataclass(frozen=True)
+class _Faults:
+    tear_after: int | None = None
+    stall_at: int | None = None
+    stall_seconds: float = 0.0
+    truncate_at: int | None = None
+    truncate_to: int = 0
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes | None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from common.logs import log_event
-from sam.interface import Sam
+from sam.interface import Sam, SamError
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
 from common.config import Config, ConfigError, apply_platform_document
@@ -23,11 +23,13 @@ from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo
 from terminal.purse_flow import Incomplete, PurseTerminal
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present
-from terminal.reader import CardConnection, CardRemoved, Reader
+from terminal.card_deadline import CommandDeadline
+from terminal.reader import CardConnection, CardRemoved, CardUnresponsive, Reader, ReaderError
 
 log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
 CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
+READER_UNAVAILABLE = "Reader unavailable: door locked, waiting for the reader"
 
 
 class Terminal:
@@ -43,6 +45,8 @@ class Terminal:
         self.nonce_source = nonce_source
         self.inbox = inbox
         self.config_version = 0  # the platform configuration applied over firmware.toml (0: none)
+        self.deadline = CommandDeadline(config.reader.command_timeout_ms / 1000)
+        self.reader_problem: str | None = None  # why the reader is unavailable now (None: it works)
         self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq, outbox_pressure,
                                     inbox.pending_actions if inbox is not None else None)
                       if config.terminal.kind in PURSE_KINDS else None)
@@ -98,12 +102,33 @@ class Terminal:
 
     def handle_tap(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
         """Decide, log durably, then drive the outputs. A failed log write keeps the door shut."""
+        purse = self.purse is not None
         try:
-            decision = self.decide(conn, now, request)
+            decision = self.decide(self.deadline.wrap(conn), now, request)
+        except CardUnresponsive as exc:
+            # Late, silent or broken answer: what a purse command did is settled at the card's next tap.
+            log_event(log, "card.unresponsive", logging.WARNING, error=str(exc),
+                      msg="card missed its command deadline or answered without status bytes; tap refused")
+            again = "tap again to finish" if purse else "access refused, tap again"
+            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="card_timeout",
+                                message=f"Card did not answer in time: {again}", logged=False,
+                                detail={"why": str(exc)})
         except CardRemoved:
-            again = "to finish" if self.purse is not None else "and hold it still"
+            again = "to finish" if purse else "and hold it still"
             decision = Decision(accepted=False, kind="tap.incomplete", reason_code="removed",
                                 message=f"Card removed too soon: tap again {again}", logged=False)
+        except ReaderError as exc:
+            self._reader_unavailable(str(exc))
+            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="reader_unavailable",
+                                message=READER_UNAVAILABLE, logged=False, detail={"why": str(exc)})
+        except SamError as exc:
+            # The SAM (a PSAM pulled out or failing) broke off; an open intent is settled at the next tap.
+            log_event(log, "sam.failed", logging.ERROR, error=str(exc),
+                      msg="the terminal's SAM failed during a tap; tap refused")
+            what = "payment not confirmed, tap again when the terminal is repaired" if purse else "access refused"
+            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="sam_unavailable",
+                                message=f"Terminal fault (security module): {what}. Call maintenance",
+                                logged=False, detail={"why": str(exc)})
         if decision.logged:
             try:
                 logged = self.event_log.append(now, decision.kind, asn=decision.asn, reason_code=decision.reason_code,
@@ -122,57 +147,97 @@ class Terminal:
         present(decision, self.outputs, relay)
         return decision
 
+    def _reader_unavailable(self, why: str) -> None:
+        """Show and log an outage once; the door stays shut (nothing is granted without a reader)."""
+        if self.reader_problem is None:
+            log_event(log, "reader.unavailable", logging.ERROR, terminal=self.config.terminal.id, error=why,
+                      msg="card reader unavailable: door kept shut, waiting for the reader to come back")
+            self.outputs.light("red")
+            self.outputs.display(READER_UNAVAILABLE)
+        self.reader_problem = why
+
+    def _reader_available(self, reader: Reader) -> None:
+        if self.reader_problem is not None:
+            log_event(log, "reader.available", terminal=self.config.terminal.id, reader=reader.name,
+                      msg="card reader available again: serving taps")
+            self.outputs.light("off")
+            self.outputs.display("Ready: tap your card")
+            self.reader_problem = None
+
+    def _wait_for_card(self, reader: Reader, poll: float, stop: threading.Event) -> CardConnection | None:
+        """reader.wait_for_card, but an unavailable reader is shown, logged and waited for instead of raising."""
+        try:
+            conn = reader.wait_for_card(poll)
+        except ReaderError as exc:
+            self._reader_unavailable(str(exc))
+            stop.wait(poll)
+            return None
+        self._reader_available(reader)
+        return conn
+
     def _serve_card(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event, poll: float,
-                    request: Request | None = None) -> Decision:
+                    request: Request | None = None, heartbeat: Callable[[], None] = lambda: None) -> Decision:
+        conn = self.deadline.wrap(conn)  # the same wrapper handle_tap uses: close() knows of a late command
         try:
             decision = self.handle_tap(conn, clock(), request)
         finally:
             conn.close()
-        while not stop.is_set() and not reader.wait_for_removal(poll):
-            pass
+        while not stop.is_set():
+            heartbeat()
+            try:
+                if reader.wait_for_removal(poll):
+                    break
+            except ReaderError as exc:
+                self._reader_unavailable(str(exc))
+                break  # the card is gone with the reader; the tap loop waits for the reader to come back
         return decision
 
     def run(self, reader: Reader, clock: Callable[[], dt.datetime], stop: threading.Event,
-            poll_seconds: float = 0.5, keypad: Keypad | None = None) -> None:
+            poll_seconds: float = 0.5, keypad: Keypad | None = None,
+            heartbeat: Callable[[], None] = lambda: None) -> None:
         """Serve taps until `stop` is set. Each card is handled once per presentation.
 
         A POS or top-up terminal serves the keypad's requests: each waits for a card, and a tap that was
-        interrupted keeps the same request waiting for the card to come back.
+        interrupted keeps the same request waiting for the card to come back. A reader that fails (pcscd
+        restarted, reader unplugged) is waited for: the loop goes on, the door stays shut. `heartbeat` is
+        called on every turn of the loop (the systemd watchdog): a loop that hangs stops calling it.
         """
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
         refreshed = 0.0
         while not stop.is_set():
+            heartbeat()
             if time.monotonic() - refreshed >= CONFIG_REFRESH_SECONDS:
                 self.refresh_config()
                 refreshed = time.monotonic()
             if self.purse is None:
-                conn = reader.wait_for_card(poll_seconds)
+                conn = self._wait_for_card(reader, poll_seconds, stop)
                 if conn is not None:
-                    self._serve_card(reader, conn, clock, stop, poll_seconds)
+                    self._serve_card(reader, conn, clock, stop, poll_seconds, heartbeat=heartbeat)
                 continue
             request = keypad.next_request(poll_seconds)
             if request is not None and not isinstance(request, Cancel):
-                self._serve_request(reader, keypad, request, clock, stop, poll_seconds)
+                self._serve_request(reader, keypad, request, clock, stop, poll_seconds, heartbeat)
         log_event(log, "terminal.stopped", terminal=self.config.terminal.id, msg="terminal stopped")
 
     def _serve_request(self, reader: Reader, keypad: Keypad, request: Request, clock, stop: threading.Event,
-                       poll: float) -> None:
+                       poll: float, heartbeat: Callable[[], None] = lambda: None) -> None:
         self.outputs.light("off")
         self.outputs.display(request.prompt())
         waited = 0.0
         while not stop.is_set():
+            heartbeat()
             if isinstance(keypad.next_request(0), Cancel):
                 self.outputs.display("Cancelled")
                 return
-            conn = reader.wait_for_card(poll)
+            conn = self._wait_for_card(reader, poll, stop)
             if conn is None:
                 waited += poll
                 if waited >= self.config.pos.card_wait_seconds:
                     self.outputs.display("No card presented: cancelled")
                     return
                 continue
-            decision = self._serve_card(reader, conn, clock, stop, poll, request)
+            decision = self._serve_card(reader, conn, clock, stop, poll, request, heartbeat)
             if decision.kind != "tap.incomplete":
                 return
             waited = 0.0

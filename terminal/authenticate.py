@@ -46,6 +46,9 @@ def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_i
                       {"key_version": info.key_version, "algorithm": info.algorithm.name})
     try:
         read = cp.parse_access_read(transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id)
+    except cp.ApplicationInactive as exc:
+        raise Refusal("application_inactive", "Card blocked: its application is not active or used up. "
+                      "Take the card to the card office", asn, {"problem": str(exc)}) from None
     except cp.CardProtocolError as exc:
         raise Refusal("card_error", "Card could not be read: please tap again", asn, {"problem": str(exc)}) from None
     identity = CardIdentity(asn=info.asn, enterprise_id=info.enterprise_id, key_version=info.key_version,

@@ -31,6 +31,12 @@ class NotOneCard(CardProtocolError):
     """The card has no one-card application (a bank card, a phone without RFID-SIM)."""
 
 
+class ApplicationInactive(CardProtocolError):
+    """The card refuses ACCESS READ with 69 85: its application was deactivated or its access counter ran out.
+
+    Tapping again cannot help; the card office must reactivate or replace the card."""
+
+
 @dataclass(frozen=True)
 class CardInfo:
     """What SELECT tells about the application, before any authentication."""
@@ -181,7 +187,7 @@ def _text(raw: bytes, what: str) -> str:
 def parse_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: bytes) -> AccessReadResponse:
     sw = status_word(rapdu)
     if sw == 0x6985:
-        raise CardProtocolError("card refused ACCESS READ (6985: application not active or counter exhausted)")
+        raise ApplicationInactive("card refused ACCESS READ (6985: application not active or counter exhausted)")
     if sw != 0x9000:
         raise CardProtocolError(f"ACCESS READ answered status {sw:04X}")
     data = rapdu[:-2]

@@ -31,9 +31,10 @@ def read_config(path: Path) -> Config:
         raise UserError(str(exc)) from None
 
 
-def open_sam(config: Config, check_binding: bool = True):
-    """The configured SAM; with check_binding, refuse one other than the SAM bound at provisioning (if any)."""
-    sam = _open_sam(config)
+def open_sam(config: Config, check_binding: bool = True, event_log=None):
+    """The configured SAM; with check_binding, refuse one other than the SAM bound at provisioning (if any).
+    With the terminal's event_log, a software SAM keeps its purse state (TSN) in that log."""
+    sam = _open_sam(config, event_log)
     if check_binding:
         from sam.interface import SamError
         from terminal.provision import BindingError, check_bound_sam
@@ -46,10 +47,12 @@ def open_sam(config: Config, check_binding: bool = True):
     return sam
 
 
-def _open_sam(config: Config):
+def _open_sam(config: Config, event_log=None):
     from sam.keystore import KeystoreUnlock
     from sam.interface import SamError
-    from sam.software import SoftwareSam
+    from sam.sam_state import StateFile
+    from sam.software import SoftwareSam, default_state_path
+    from terminal.sam_state_log import LoggedSamState
 
     s = config.sam
     if s.backend == "psam":
@@ -65,25 +68,38 @@ def _open_sam(config: Config):
         else:
             unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file,
                                                             f"[sam].device_secret_file in {config.path}")
-        return SoftwareSam.open(s.keystore, unlock)
+        state = None
+        if event_log is not None:
+            state = LoggedSamState(event_log, config.terminal.enterprise_id, StateFile(default_state_path(s.keystore)))
+        return SoftwareSam.open(s.keystore, unlock, state=state)
     except SamError as exc:
         raise UserError(str(exc)) from None
 
 
-def open_reader(config: Config):
-    from terminal.reader import ReaderError
-
+def _reader_factory(config: Config):
+    """A function that opens the configured PC/SC or nfcpy reader (ReaderError if it cannot), or None."""
     r = config.reader
     if r.driver == "pcsc":
         from terminal.readers.pcsc import PcscReader
-        try:
-            return PcscReader(r.name)
-        except ReaderError as exc:
-            raise UserError(str(exc)) from None
+        return lambda: PcscReader(r.name)
     if r.driver == "nfc":
         from terminal.readers.nfc import NfcReader
+        return lambda: NfcReader(r.path)
+    return None
+
+
+def open_reader(config: Config, wait: bool = False):
+    """The configured reader. With wait (terminal run), a PC/SC or nfcpy reader that is absent or fails later
+    is opened again when it is back (terminal/reader.py ReopeningReader) instead of stopping the terminal."""
+    from terminal.reader import ReaderError, ReopeningReader
+
+    r = config.reader
+    factory = _reader_factory(config)
+    if factory is not None:
+        if wait:
+            return ReopeningReader(f"{r.driver}:{r.name or r.path}", factory)
         try:
-            return NfcReader(r.path)
+            return factory()
         except ReaderError as exc:
             raise UserError(str(exc)) from None
     from simulator.card import load_card
@@ -111,18 +127,18 @@ def open_storage(config: Config):
     return event_log, blacklist
 
 
-def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, outputs=None):
+def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, outputs=None, wait_for_reader=False):
     """Open every adapter the configuration names (tests may hand in a SAM, reader or outputs of their own);
     each failure is one UserError line."""
     from terminal.app import Terminal
     from terminal.outputs import ConsoleOutputs
 
-    sam = sam or open_sam(config)
     event_log, blacklist = open_storage(config)
     stack.callback(event_log.close)
     stack.callback(blacklist.close)
+    sam = sam or open_sam(config, event_log=event_log)
     if reader is None:
-        reader = open_reader(config)
+        reader = open_reader(config, wait=wait_for_reader)
         stack.callback(reader.close)
     outputs = outputs or ConsoleOutputs(config.terminal.name, color=config.output.color)
     sync = {}
@@ -144,18 +160,25 @@ def utc_now() -> dt.datetime:
 
 
 def cmd_run(args) -> int:
+    from terminal.systemd import Notifier
+
     config = read_config(args.config)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    systemd = Notifier()
     with ExitStack() as stack:
-        terminal, reader = build_terminal(config, stack)
+        terminal, reader = build_terminal(config, stack, wait_for_reader=True)
         keypad = None
         if terminal.purse is not None:
             from terminal.keypad import HELP, ConsoleKeypad
             keypad = ConsoleKeypad(config.terminal.kind)
             print(f"[{config.terminal.name}] keypad: {HELP[config.terminal.kind]}", flush=True)
-        terminal.run(reader, utc_now, stop, keypad=keypad)
+        systemd.ready(f"{config.terminal.kind} terminal {config.terminal.id} serving taps")
+        try:
+            terminal.run(reader, utc_now, stop, keypad=keypad, heartbeat=systemd.heartbeat)
+        finally:
+            systemd.stopping()
     return 0
 
 

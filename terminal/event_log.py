@@ -323,6 +323,22 @@ class EventLog:
         ).fetchone()
         return row is not None
 
+    def find_detail(self, kind: str, key: str, value: object) -> LoggedEvent | None:
+        """The newest record of `kind` whose detail[key] == value, or None."""
+        row = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind = ? AND json_extract(detail, '$.' || ?) = ? "
+            "ORDER BY seq DESC LIMIT 1", (kind, key, value)
+        ).fetchone()
+        return None if row is None else _row_to_event(row)
+
+    def carried_tsn(self) -> int:
+        """The highest SAM TSN in records compaction removed (0 if none): the TSN floor they leave behind."""
+        try:
+            row = self._conn.execute("SELECT last_tsn FROM carried WHERE id = 1").fetchone()
+        except sqlite3.OperationalError:  # no compaction ever removed a purchase
+            return 0
+        return row[0] if row else 0
+
     def sum_amounts(self, asn: str | bytes, kind: str, after_seq: int = 0) -> int:
         """Sum of detail.amount over card `asn`'s records of `kind` after `after_seq` (offline spending limits)."""
         row = self._conn.execute(
@@ -422,6 +438,16 @@ class EventLog:
             if row is None:
                 raise DatabaseError(f"event log {self.path} has no record seq {up_to_seq} to anchor the compaction "
                                     "at; run `onecard log verify` and keep the file for investigation")
+            # The software SAM's TSNs live in the purchase intents (terminal/sam_state_log.py): keep the highest
+            # one removed, so that no TSN is handed out twice after the records that held it are gone.
+            removed_tsn = conn.execute(
+                "SELECT MAX(json_extract(detail, '$.tsn')) FROM events WHERE seq <= ? AND kind = 'pos.purchase.intent'",
+                (up_to_seq,)).fetchone()[0]
+            if removed_tsn is not None:
+                conn.execute("CREATE TABLE IF NOT EXISTS carried (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                             "last_tsn INTEGER NOT NULL) STRICT")
+                conn.execute("INSERT INTO carried VALUES (1, ?) ON CONFLICT (id) DO UPDATE "
+                             "SET last_tsn = MAX(last_tsn, excluded.last_tsn)", (removed_tsn,))
             deleted = conn.execute("DELETE FROM events WHERE seq <= ?", (up_to_seq,)).rowcount
             conn.execute("INSERT OR REPLACE INTO anchor VALUES (1, ?, ?)", (up_to_seq, row[0]))
             conn.execute("COMMIT")

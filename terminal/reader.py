@@ -5,6 +5,7 @@ wait for a card, exchange APDUs with it, notice it leaving.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -14,6 +15,14 @@ class ReaderError(Exception):
 
 class CardRemoved(Exception):
     """The card left the field (or stopped answering) before the exchange finished."""
+
+
+class CardUnresponsive(CardRemoved):
+    """The card is there but missed a command's deadline, or answered with fewer than the two status bytes.
+
+    A CardRemoved as far as money goes (a command sent may or may not have been executed: an open intent is
+    settled at the next tap), but the holder is told the card did not answer rather than that it was removed.
+    """
 
 
 class CardConnection(Protocol):
@@ -37,3 +46,43 @@ class Reader(Protocol):
 
     def close(self) -> None:
         """Release the reader."""
+
+
+class ReopeningReader:
+    """A Reader that opens its device when first used and again after it failed (pcscd stopped or restarted,
+    reader unplugged or absent at start, USB device lost). While the device cannot be opened every call
+    raises ReaderError, so the caller shows the outage and waits; the first call that works resumes.
+    """
+
+    def __init__(self, name: str, open_reader: Callable[[], Reader]):
+        self.name = name
+        self._open = open_reader
+        self._reader: Reader | None = None
+
+    def _device(self) -> Reader:
+        if self._reader is None:
+            self._reader = self._open()
+            self.name = self._reader.name
+        return self._reader
+
+    def wait_for_card(self, timeout: float) -> CardConnection | None:
+        try:
+            return self._device().wait_for_card(timeout)
+        except ReaderError:
+            self.close()
+            raise
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        try:
+            return self._device().wait_for_removal(timeout)
+        except ReaderError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - a reader that already failed may fail to close too
+                pass

@@ -13,9 +13,18 @@ from sam.keystore import KeystoreUnlock
 from sam.software import SoftwareSam
 from simulator.card import load_card
 from simulator.inprocess import InProcessReader
+from terminal.sam_state_log import LoggedSamState
 from tests.test_purse import make_purse_terminal
 
 NOW = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
+
+
+def open_purse_terminal(work: Path, op: str):
+    """The terminal as `onecard terminal run` opens it: the software SAM's purse state (TSN) in the event log."""
+    terminal = make_purse_terminal(work / op, None, op)
+    state = LoggedSamState(terminal.event_log, terminal.config.terminal.enterprise_id)
+    terminal.sam = SoftwareSam.open(work / "keystore", KeystoreUnlock.from_passphrase_file(work / "pass"), state=state)
+    return terminal
 
 
 def main() -> None:
@@ -34,10 +43,10 @@ def main() -> None:
             return result
         return wrapper
 
-    sam = SoftwareSam.open(work / "keystore", KeystoreUnlock.from_passphrase_file(work / "pass"))
+    terminal = open_purse_terminal(work, op)
+    sam = terminal.sam
     for name in ("purchase_mac1", "verify_purchase_mac2", "load_mac2", "verify_load_mac3", "reversal_mac2"):
         setattr(sam, name, counted(getattr(sam, name)))
-    terminal = make_purse_terminal(work / op, sam, op)
     terminal.event_log.append = counted(terminal.event_log.append)
     card = load_card(work / "card.json")
     card.transmit = counted(card.transmit)

@@ -61,6 +61,9 @@ blacklist = "{bl}"
 [reader]
 driver = "simulator"
 card = "unused.json"
+# Generous: a loaded test machine must not turn a slow answer into a refusal (tests/test_reader_faults.py
+# sets a short deadline where the deadline is what is tested).
+command_timeout_ms = 5000
 [sam]
 keystore = "unused.keystore"
 passphrase_file = "unused.pass"
@@ -82,9 +85,11 @@ tue = ["07:00-20:00"]
 """
 
 
-def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None):
+def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None, command_timeout_ms: int = 5000):
     cfg = tmp / f"{kind}.toml"
-    cfg.write_text(TERMINAL_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-blacklist.db"), encoding="utf-8")
+    toml = TERMINAL_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-blacklist.db")
+    cfg.write_text(toml.replace("command_timeout_ms = 5000", f"command_timeout_ms = {command_timeout_ms}"),
+                   encoding="utf-8")
     config = load_config(cfg)
     event_log = EventLog.open(config.terminal.database, config.terminal.id)
     blacklist = Blacklist.open(config.terminal.blacklist)

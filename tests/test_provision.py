@@ -210,7 +210,7 @@ def test_render_config_keeps_comments_and_sets_every_value():
     import tomllib
     doc = tomllib.loads(out)
     assert doc["terminal"]["id"] == "000000000042" and doc["door"]["group"] == 7
-    assert doc["reader"] == {"driver": "nfc", "path": "tty:AMA0:pn532"}
+    assert doc["reader"] == {"driver": "nfc", "path": "tty:AMA0:pn532", "command_timeout_ms": 500}
     assert "# 12-digit terminal number" in out and '# name = "Virtual PCD 00 00"' in out
 
 

@@ -9,7 +9,7 @@ from sam.keystore import KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile, load_card
 from simulator.inprocess import InProcessReader
-from tests.kill_harness import NOW
+from tests.kill_harness import NOW, open_purse_terminal
 from tests.support import make_card, make_keystore
 from tests.test_purse import make_purse_terminal
 
@@ -42,10 +42,9 @@ def test_killed_after_step_n_then_restarted(tmp_path, op, n):
     unlock = setup_site(tmp_path)
     killed = run_killed(tmp_path, op, 1500, n)
     assert killed.returncode == -9, f"the harness was not killed at step {n}: {killed.stdout}{killed.stderr}"
-    # Restart: everything from the files, nothing from the dead process's memory.
-    sam = SoftwareSam.open(tmp_path / "keystore", unlock)
-    terminal = make_purse_terminal(tmp_path / op, sam, op)
-    assert terminal.event_log.verify().ok
+    # Restart: everything from the files, nothing from the dead process's memory (and no SAM state file).
+    terminal = open_purse_terminal(tmp_path, op)
+    assert terminal.event_log.verify().ok and not (tmp_path / "keystore.state").exists()
     card = load_card(tmp_path / "card.json")
     reader = InProcessReader()
     reader.tap(card)
@@ -70,3 +69,18 @@ def test_harness_completes_without_a_kill(tmp_path):
     setup_site(tmp_path)
     done = run_killed(tmp_path, "pos", 1500, 99)
     assert done.returncode == 0 and f"completed after {STEPS} steps" in done.stdout
+
+
+@pytest.mark.parametrize("n", [3, 4, 7])  # after MAC1, after the intent, after the outcome
+def test_no_tsn_is_used_twice_after_a_kill(tmp_path, n):
+    """The TSN lives in the purchase intent: a restart derives the next TSN from the log, with no state file."""
+    setup_site(tmp_path)
+    assert run_killed(tmp_path, "pos", 1500, n).returncode == -9
+    terminal = open_purse_terminal(tmp_path, "pos")
+    card = load_card(tmp_path / "card.json")
+    reader = InProcessReader()
+    reader.tap(card)
+    terminal.purchase(reader.wait_for_card(0).transmit, 700, NOW)
+    tsns = [e.detail["tsn"] for e in terminal.event_log.events() if e.kind == "pos.purchase.intent"]
+    assert tsns == sorted(set(tsns)) and tsns[-1] == len(tsns)
+    assert not (tmp_path / "keystore.state").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 
 import nfc
@@ -19,6 +20,11 @@ FS_TABLE = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 PRESENCE_INTERVAL = 0.1  # between presence checks: a removal is seen within this plus one FWT
 POLL_INTERVAL = 0.1      # between empty polls, as nfcpy's own connect() loop does
 RATS_TIMEOUT = 0.1       # ISO's activation FWT is ~5 ms; the slack is for the udp link between Python threads
+# nfcpy's udp driver carries frames between two Python processes: a busy CPU delays a frame far beyond any
+# FWT a card announces (tens of ms), and nfcpy gives up after 5 such timeouts ("ISO-DEP timeout error").
+# On that link only, frame waits are at least these; [reader].command_timeout_ms still bounds every command.
+UDP_MIN_FWT = 0.1
+UDP_RATS_TIMEOUT = 0.5
 SUPPORTED_TARGETS = ("106A", "212F", "424F")
 # What an ISO 7816 card answers to a command it has no function for; the terminal reads it as "not a one-card".
 SW_FUNCTION_NOT_SUPPORTED = b"\x6a\x81"
@@ -93,6 +99,10 @@ class NfcConnection:
         self.gone = False
 
     def transmit(self, apdu: bytes) -> bytes:
+        with self._reader._lock:
+            return self._transmit(apdu)
+
+    def _transmit(self, apdu: bytes) -> bytes:
         self._check_usable()
         try:
             response = self._dep.exchange(bytearray(apdu))
@@ -114,12 +124,13 @@ class NfcConnection:
     def present(self) -> bool:
         if self.gone:
             return False
-        try:
-            self._dep.exchange(None)  # R(NAK): the card answers R(ACK) without touching its application
-        except nfc.clf.CommunicationError:
-            return False
-        except OSError as exc:
-            raise self._reader._device_error(exc) from None
+        with self._reader._lock:  # waits for a command a late card is still answering
+            try:
+                self._dep.exchange(None)  # R(NAK): the card answers R(ACK) without touching its application
+            except nfc.clf.CommunicationError:
+                return False
+            except OSError as exc:
+                raise self._reader._device_error(exc) from None
         return True
 
     def _check_usable(self) -> None:
@@ -155,6 +166,10 @@ class NotOneCardConnection:
         return SW_FUNCTION_NOT_SUPPORTED
 
     def present(self) -> bool:
+        with self._reader._lock:
+            return self._present()
+
+    def _present(self) -> bool:
         try:
             if self._tag is not None:
                 return bool(self._tag.is_present)
@@ -182,6 +197,10 @@ class NfcReader:
             raise ValueError(f"targets must be some of {SUPPORTED_TARGETS} (got {targets})")
         self.path = path
         self._targets = tuple(targets)
+        # One frame at a time on the device: a command left to a late card (card_deadline.py) may still be
+        # running on another thread when the tap loop checks for the card's removal.
+        self._lock = threading.RLock()
+        self._udp = path.startswith("udp")
         try:
             self._clf = nfc.ContactlessFrontend(path)
         except OSError as exc:
@@ -220,9 +239,14 @@ class NfcReader:
         self._current = None
         clf, self._clf = self._clf, None
         if clf is not None:
-            clf.close()  # switches the RF field off
+            with self._lock:
+                clf.close()  # switches the RF field off
 
     def _poll(self) -> NfcConnection | NotOneCardConnection | None:
+        with self._lock:
+            return self._poll_locked()
+
+    def _poll_locked(self) -> NfcConnection | NotOneCardConnection | None:
         if self._clf is None:
             raise ReaderError(f"NFC reader {self.name} is closed; create a new NfcReader")
         self._current = None  # sensing resets the field: whatever was activated before is gone
@@ -267,7 +291,7 @@ class NfcReader:
 
     def _activate_iso_dep(self, target) -> NfcConnection | NotOneCardConnection:
         fsdi = 0x80 if self._clf.max_recv_data_size >= 256 else 0x70
-        ats = self._clf.exchange(bytearray([0xE0, fsdi]), RATS_TIMEOUT)  # RATS, CID 0
+        ats = self._clf.exchange(bytearray([0xE0, fsdi]), UDP_RATS_TIMEOUT if self._udp else RATS_TIMEOUT)  # RATS
         uid = bytes(target.sdd_res)
         try:
             fsc, fwi, historical = parse_ats(bytes(ats or b""))
@@ -275,7 +299,8 @@ class NfcReader:
             log_event(log, "card.bad_ats", level=logging.WARNING, reader=self.name, uid=uid.hex(), error=str(exc))
             return NotOneCardConnection(self, None, target, atr_from_historical(b""), str(exc))
         fsc = min(fsc, self._clf.max_send_data_size)
-        dep = IsoDepInitiator(self._clf, fsc, 4096 / 13.56e6 * (1 << fwi))
+        fwt = 4096 / 13.56e6 * (1 << fwi)
+        dep = IsoDepInitiator(self._clf, fsc, max(fwt, UDP_MIN_FWT) if self._udp else fwt)
         log_event(log, "card.activated", level=logging.DEBUG, reader=self.name, uid=uid.hex(), fsc=fsc, fwi=fwi)
         return NfcConnection(self, dep, atr_from_historical(historical), uid)
 

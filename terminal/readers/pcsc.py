@@ -7,7 +7,7 @@ import time
 
 from smartcard import scard
 
-from terminal.reader import CardRemoved, ReaderError
+from terminal.reader import CardRemoved, CardUnresponsive, ReaderError
 
 # Errors meaning the card is gone, was reset by someone else, or stopped answering: the exchange is lost.
 _CARD_GONE = {
@@ -19,7 +19,9 @@ _CARD_GONE = {
     scard.SCARD_E_NOT_TRANSACTED,  # vpcd's answer when the virtual card's socket is closed mid-exchange
     scard.SCARD_E_COMM_DATA_LOST,
 }
-_SERVICE_GONE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED}
+# pcscd stopped, crashed or restarted: the context is dead (an RPC on it fails); a new context is needed.
+_SERVICE_GONE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED, scard.SCARD_F_COMM_ERROR,
+                 scard.SCARD_E_INVALID_HANDLE, scard.SCARD_F_INTERNAL_ERROR}
 _READER_GONE = {scard.SCARD_E_READER_UNAVAILABLE, scard.SCARD_E_UNKNOWN_READER}
 # A card that is there but cannot be talked to: keep waiting for the next card instead of failing the terminal.
 _CARD_UNUSABLE = {scard.SCARD_W_UNSUPPORTED_CARD, scard.SCARD_E_PROTO_MISMATCH}
@@ -83,13 +85,19 @@ def _with_le(apdu: bytes, le: int) -> bytes:
 
 
 class PcscConnection:
-    """A card connected SHARED; `transmit` hides T=0's 61xx / 6Cxx procedure bytes from the caller."""
+    """A card connected SHARED; `transmit` hides T=0's 61xx / 6Cxx procedure bytes from the caller.
 
-    def __init__(self, reader: PcscReader, hcard: int, protocol: int, atr: bytes):
+    Each connection has a PC/SC context of its own: pcsc-lite serialises the calls on one context, so a card
+    that never answers would otherwise also block the reader's wait for its removal.
+    """
+
+    def __init__(self, reader: PcscReader, ctx: int, hcard: int, protocol: int, atr: bytes):
         self._reader = reader
+        self._ctx: int | None = ctx
         self._hcard: int | None = hcard
         self.protocol = protocol
         self.atr = atr
+        self.busy = False  # a transmit is blocked in pcscd (a card that does not answer)
 
     @property
     def protocol_name(self) -> str:
@@ -111,20 +119,54 @@ class PcscConnection:
     def _raw(self, apdu: bytes) -> bytes:
         if self._hcard is None:
             raise ReaderError(f"the connection to the card in {self._reader.name} is closed; wait_for_card again")
-        hr, response = scard.SCardTransmit(self._hcard, self.protocol, list(apdu))
+        self.busy = True
+        try:
+            hr, response = scard.SCardTransmit(self._hcard, self.protocol, list(apdu))
+        finally:
+            self.busy = False
         if hr != scard.SCARD_S_SUCCESS:
             raise self._reader._error(hr, "transmit")
+        if not response:
+            # vpcd reports a card that hung up mid-exchange as success with no bytes.
+            raise CardRemoved(f"card in {self._reader.name} stopped answering (response of 0 bytes)")
         if len(response) < 2:
-            # vpcd reports a card that hung up mid-exchange as success with no bytes; a real answer has SW1 SW2.
-            raise CardRemoved(f"card in {self._reader.name} stopped answering (response of {len(response)} bytes)")
+            raise CardUnresponsive(f"card in {self._reader.name} answered {len(response)} byte(s), "
+                                   "without the two status bytes every answer ends with")
         return bytes(response)
 
     def close(self) -> None:
         hcard, self._hcard = self._hcard, None
+        ctx, self._ctx = self._ctx, None
         if hcard is not None:
             # LEAVE: the card may already be gone, and resetting it would cost a power cycle for nothing.
             scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
-            self._reader._forget(self)
+        if ctx is not None:
+            scard.SCardReleaseContext(ctx)
+        self._reader._forget(self)
+
+
+class UnusableCardConnection:
+    """A card pcscd cannot talk to (ATR it cannot parse, no protocol it supports).
+
+    Every APDU is answered 6A81 (function not supported), as the nfcpy reader does for tags without ISO-DEP,
+    so the terminal shows "Card not supported" once per presentation instead of nothing at all.
+    """
+
+    protocol_name = "none"
+
+    def __init__(self, reader: PcscReader, why: str):
+        self._reader = reader
+        self.atr = b""
+        self.why = why
+        self._closed = False
+
+    def transmit(self, apdu: bytes) -> bytes:
+        if self._closed:
+            raise ReaderError(f"the connection to the card in {self._reader.name} is closed; wait_for_card again")
+        return b"\x6a\x81"
+
+    def close(self) -> None:
+        self._closed = True
 
 
 class PcscReader:
@@ -151,7 +193,9 @@ class PcscReader:
         deadline = time.monotonic() + timeout
         state = self._status(0, scard.SCARD_STATE_UNAWARE)
         while True:
-            if state is not None and state & scard.SCARD_STATE_PRESENT and not state & scard.SCARD_STATE_MUTE:
+            if state is not None and state & scard.SCARD_STATE_PRESENT:
+                if state & scard.SCARD_STATE_MUTE:  # pcscd could not power it up or read its ATR
+                    return UnusableCardConnection(self, "the card is mute (no usable ATR)")
                 connection = self._connect()
                 if connection is not None:
                     return connection
@@ -177,7 +221,8 @@ class PcscReader:
 
     def close(self) -> None:
         for connection in list(self._connections):
-            connection.close()
+            if not connection.busy:  # a call blocked on a silent card holds its context; the OS frees it at exit
+                connection.close()
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             scard.SCardCancel(ctx)  # wakes a wait_for_* blocked in another thread
@@ -198,22 +243,32 @@ class PcscReader:
             raise ReaderError(f"PC/SC reader {self.name!r} disappeared; check it is plugged in and pcscd's logs")
         return event & ~scard.SCARD_STATE_CHANGED
 
-    def _connect(self) -> PcscConnection | None:
-        hr, hcard, protocol = scard.SCardConnect(self._ctx, self.name, scard.SCARD_SHARE_SHARED,
-                                                 scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
-        if hr in _CARD_GONE or hr in _CARD_UNUSABLE:
-            return None
-        if hr == scard.SCARD_E_SHARING_VIOLATION:
-            raise ReaderError(f"another application holds the card in {self.name!r} exclusively; stop it")
-        if hr != scard.SCARD_S_SUCCESS:
-            raise self._error(hr, "connect to the card")
-        hr, _reader, _state, _protocol, atr = scard.SCardStatus(hcard)
-        if hr != scard.SCARD_S_SUCCESS:
-            scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
+    def _connect(self) -> PcscConnection | UnusableCardConnection | None:
+        ctx = _establish()
+        try:
+            hr, hcard, protocol = scard.SCardConnect(ctx, self.name, scard.SCARD_SHARE_SHARED,
+                                                     scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+            if hr in _CARD_UNUSABLE:
+                scard.SCardReleaseContext(ctx)
+                return UnusableCardConnection(self, _message(hr))
             if hr in _CARD_GONE:
+                scard.SCardReleaseContext(ctx)
                 return None
-            raise self._error(hr, "read the ATR")
-        connection = PcscConnection(self, hcard, protocol, bytes(atr))
+            if hr == scard.SCARD_E_SHARING_VIOLATION:
+                raise ReaderError(f"another application holds the card in {self.name!r} exclusively; stop it")
+            if hr != scard.SCARD_S_SUCCESS:
+                raise self._error(hr, "connect to the card")
+            hr, _reader, _state, _protocol, atr = scard.SCardStatus(hcard)
+            if hr != scard.SCARD_S_SUCCESS:
+                scard.SCardDisconnect(hcard, scard.SCARD_LEAVE_CARD)
+                if hr in _CARD_GONE:
+                    scard.SCardReleaseContext(ctx)
+                    return None
+                raise self._error(hr, "read the ATR")
+        except BaseException:
+            scard.SCardReleaseContext(ctx)
+            raise
+        connection = PcscConnection(self, ctx, hcard, protocol, bytes(atr))
         self._connections.append(connection)
         return connection
 
