@@ -28,12 +28,14 @@ from terminal.reader import CardConnection, CardRemoved, Reader
 log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
 CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
+CONFIG_REJECTED = "config.rejected"  # event kind: a platform configuration document this terminal refused
 
 
 class Terminal:
     def __init__(self, config: Config, sam: Sam, event_log, blacklist, outputs: Outputs,
                  nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0,
-                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None):
+                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
         self.config = config
         self.firmware_config = config  # firmware.toml as read: each platform document is laid over this, not stacked
         self.sam = sam
@@ -42,6 +44,7 @@ class Terminal:
         self.outputs = outputs
         self.nonce_source = nonce_source
         self.inbox = inbox
+        self.clock = clock  # stamps records not caused by a tap (a refused platform configuration)
         self.config_version = 0  # the platform configuration applied over firmware.toml (0: none)
         self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq, outbox_pressure,
                                     inbox.pending_actions if inbox is not None else None)
@@ -57,6 +60,15 @@ class Terminal:
         except ConfigError as exc:
             log_event(log, "config.rejected", logging.WARNING, version=version, error=str(exc),
                       msg="platform configuration not applied; the terminal keeps its current settings")
+            # Into the event log as well: the agent uploads it, so the platform learns why its document was refused.
+            try:
+                self.event_log.append(self.clock(), CONFIG_REJECTED, asn=None, reason_code="invalid_config",
+                                      message=f"Platform configuration version {version} not applied",
+                                      detail={"version": version, "error": str(exc)})
+            except Exception as write_exc:  # e.g. a full disk: the rejection still holds, the next start reports it
+                log_event(log, "log.write_failed", logging.ERROR, error=str(write_exc),
+                          msg="could not record the configuration rejection")
+                return
         else:
             self.config = config
             if self.purse is not None:
@@ -139,6 +151,7 @@ class Terminal:
         A POS or top-up terminal serves the keypad's requests: each waits for a card, and a tap that was
         interrupted keeps the same request waiting for the card to come back.
         """
+        self.clock = clock
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
         refreshed = 0.0

@@ -119,3 +119,57 @@ def test_sync_db_of_another_terminal_is_refused_at_terminal_start(site, tmp_path
     before = files_in(tmp_path)
     one_error_line(onecard("terminal", "run", "--config", cfg), "belongs to terminal '000000000999'")
     assert files_in(tmp_path) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# firmware.toml and platform documents: every unknown key or section is an error with the nearest valid name
+# ---------------------------------------------------------------------------------------------
+
+FULL = (Path(__file__).resolve().parent.parent / "firmware.toml").read_text()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (("group = 1", "grup = 3"), ["[door].grup is not a known key", "did you mean 'group'?"]),
+    (('max_purchase = "100.00"', 'max_purchse = "5.00"'), ["[pos].max_purchse", "did you mean 'max_purchase'?"]),
+    (("[topup]", "[topupp]"), ["[topupp] is not a known section", "did you mean 'topup'?"]),
+    (("[output]", "[lights]"), ["[lights] is not a known section", "remove it or use one of"]),
+    (('timezone = "Asia/Shanghai"', 'time_zone = "Asia/Shanghai"'), ["[terminal].time_zone", "'timezone'"]),
+    (('driver = "pcsc"', 'drver = "pcsc"\ndriver = "pcsc"'), ["[reader].drver", "'driver'"]),
+    (('backend = "keystore"', 'backend = "keystore"\nkeystor = "x"'), ["[sam].keystor", "'keystore'"]),
+    (("open_seconds = 5", "open_seconds = 5\nopen_second = 9"), ["[door].open_second", "'open_seconds'"]),
+    (("repeat_window_seconds = 60", "repeat_window_secs = 60"), ["[attendance].repeat_window_secs"]),
+    (('max_load = "1000.00"', 'maxload = "1000.00"'), ["[topup].maxload", "'max_load'"]),
+    (("color = true", "colour = true"), ["[output].colour", "'color'"]),
+    (('name = "office hours"', 'name = "office hours"\nmonday = ["07:00-09:00"]'),
+     ["[time_profiles.1].monday", "'mon'"]),
+    (("batch_size = 500", "batch_sise = 500"), ["[sync].batch_sise", "'batch_size'"]),
+    (("# onecard terminal", 'grup = 3\n# onecard terminal'), ["[grup] is not a known key outside any section"]),
+])
+def test_typos_in_firmware_toml_are_errors_naming_the_nearest_key(tmp_path, edit, words):
+    old, new = edit
+    assert old in FULL
+    (tmp_path / "f.toml").write_text(FULL.replace(old, new, 1))
+    one_error_line(onecard("terminal", "check-config", "--config", tmp_path / "f.toml"), str(tmp_path / "f.toml"),
+                   *words)
+
+
+def test_documented_firmware_toml_passes_check_config():
+    r = onecard("terminal", "check-config", "--config", Path(__file__).resolve().parent.parent / "firmware.toml")
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("document, words", [
+    ({"doors": {"000000000101": {"grup": 3}}}, ["doors.000000000101].grup", "'group'"]),
+    ({"doors": {"000000000999": {"group": 99}}}, ["doors.000000000999].group", "1 to 64"]),  # another door's entry
+    ({"doors": {"door-1": {"group": 3}}}, ["doors.door-1 is not a terminal ID"]),
+    ({"pos": {"max_purchse": "5.00"}}, ["[pos].max_purchse", "'max_purchase'"]),
+    ({"topupp": {"max_load": "5.00"}}, ["unknown section 'topupp'", "'topup'"]),
+    ({"time_profiles": {"1": {"mon": ["07:00-09:00"], "tues": []}}}, ["[time_profiles.1].tues", "'tue'"]),
+])
+def test_platform_documents_are_validated_like_firmware_toml(document, words):
+    from common.config import ConfigError, validate_platform_document
+
+    with pytest.raises(ConfigError) as info:
+        validate_platform_document(document)
+    for w in words:
+        assert w in str(info.value)
