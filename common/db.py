@@ -225,6 +225,7 @@ def create_new(path: Path, build) -> bool:
     into place. Returns False when another process created `path` first; the caller then opens that one.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
+    check_free_space(path)
     try:
         conn = connect_readwrite(tmp)
         try:

@@ -20,7 +20,7 @@ from common.config import Config, ConfigError, apply_platform_document
 from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
 from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo
-from terminal.purse_flow import Incomplete, PurseTerminal
+from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present
 from terminal.reader import CardConnection, CardRemoved, Reader
@@ -91,7 +91,7 @@ class Terminal:
                                      self.config.attendance, now, t.timezone)
         except Refusal as r:
             return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code=r.reason_code, message=r.message,
-                            asn=r.asn, detail=r.detail)
+                            asn=r.asn, detail=r.detail, logged=r.reason_code != LOG_UNAVAILABLE)
 
     def _purse_decision(self, conn: CardConnection, now: dt.datetime, request: Request | None) -> Decision:
         transmit = conn.transmit
@@ -103,6 +103,11 @@ class Terminal:
             if isinstance(request, Undo):
                 return self.purse.undo_last(transmit, now)
             return self.purse.balance_inquiry(transmit, now)
+        except Unrecorded as exc:
+            self.purse.sale_intent_seq = None  # a later sale to this card must not be answered with this one
+            return Decision(accepted=True, kind=exc.op, reason_code="unrecorded", message=exc.message, asn=exc.asn,
+                            logged=False,
+                            detail={"why": exc.why})
         except Incomplete as exc:
             return Decision(accepted=False, kind="tap.incomplete", reason_code="unconfirmed",
                             message=f"{exc.op.split('.')[-1].capitalize()} not confirmed: tap the card again",
@@ -123,8 +128,10 @@ class Terminal:
             except Exception as exc:
                 log_event(log, "log.write_failed", logging.ERROR, error=str(exc),
                           msg="could not write the event log; refusing the tap")
-                decision = Decision(accepted=False, kind=decision.kind, reason_code="log_unavailable",
-                                    message="Terminal fault: cannot record, access refused. Call maintenance",
+                message = ("Terminal fault: cannot record, access refused. Call maintenance" if self.purse is None
+                           else cannot_record_message({"pos": "pos.purchase", "topup": "topup.load"}
+                                                      [self.config.terminal.kind]))
+                decision = Decision(accepted=False, kind=decision.kind, reason_code=LOG_UNAVAILABLE, message=message,
                                     asn=decision.asn, logged=False)
             else:
                 decision.detail["seq"] = logged.seq
