@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
@@ -163,6 +164,12 @@ class _Section:
     def fail(self, key: str, problem: str, fix: str) -> ConfigError:
         return ConfigError(f"{self.path}: [{self.name}].{key} {problem}; {fix}")
 
+    def only(self, known) -> None:
+        """Refuse any key not in `known`: a typo must never silently leave a setting at its default."""
+        key = first_unknown(self.table, known)
+        if key is not None:
+            raise self.fail(key, "is not a known key", suggestion(key, known))
+
     def get(self, key: str, kind: type, default=None, required: bool = False):
         if key not in self.table:
             if required:
@@ -195,6 +202,33 @@ class _Section:
         return value
 
 
+def first_unknown(table: dict, known) -> str | None:
+    unknown = sorted(str(k) for k in table if k not in known)
+    return unknown[0] if unknown else None
+
+
+def suggestion(key: str, known) -> str:
+    """'did you mean ...?' with the nearest valid name (difflib), then the valid names."""
+    names = sorted(known)
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    valid = ", ".join(names)
+    return (f"did you mean {close[0]!r}? (valid: {valid})" if close else f"remove it or use one of: {valid}")
+
+
+# Every key each section may hold; anything else is refused with the nearest of these suggested.
+SECTIONS = ("terminal", "reader", "sam", "door", "attendance", "pos", "topup", "output", "time_profiles", "sync")
+TERMINAL_KEYS = ("id", "kind", "enterprise_id", "name", "timezone", "database", "blacklist")
+READER_KEYS = ("driver", "name", "path", "card")
+SAM_KEYS = ("backend", "keystore", "passphrase_file", "device_secret_file", "reader")
+DOOR_KEYS = ("group", "open_seconds")
+ATTENDANCE_KEYS = ("repeat_window_seconds",)
+POS_KEYS = ("max_purchase", "offline_limit", "undo_window_seconds", "card_wait_seconds")
+TOPUP_KEYS = ("max_load",)
+OUTPUT_KEYS = ("driver", "color")
+PROFILE_KEYS = WEEKDAYS + ("name",)
+DOCUMENT_SECTIONS = ("doors", "attendance", "pos", "topup", "time_profiles")
+
+
 def _parse_clock(text: str) -> dt.time:
     if text == "24:00":
         return dt.time.max
@@ -205,6 +239,7 @@ def _time_profile(path: Path, number_text: str, table: dict) -> TimeProfile:
     sec = _Section(path, f"time_profiles.{number_text}", table)
     if not number_text.isdigit() or not 1 <= int(number_text) <= 255:
         raise ConfigError(f"{path}: [time_profiles.{number_text}] must be numbered 1..255 (0 means always); rename it")
+    sec.only(PROFILE_KEYS)
     days: dict[int, tuple[TimeWindow, ...]] = {}
     for i, day in enumerate(WEEKDAYS):
         windows = sec.get(day, list, default=[])
@@ -220,9 +255,6 @@ def _time_profile(path: Path, number_text: str, table: dict) -> TimeProfile:
             parsed.append(TimeWindow(start, end))
         if parsed:
             days[i] = tuple(parsed)
-    unknown = set(table) - set(WEEKDAYS) - {"name"}
-    if unknown:
-        raise sec.fail(sorted(unknown)[0], "is not a known key", f"use {', '.join(WEEKDAYS)} and name")
     return TimeProfile(int(number_text), sec.get("name", str, default=f"profile {number_text}"), days)
 
 
@@ -234,6 +266,10 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: no such configuration file; pass --config with the path of firmware.toml") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax at that place") from None
+    unknown = first_unknown(raw, SECTIONS)
+    if unknown is not None:
+        what = "section" if isinstance(raw[unknown], dict) else "key outside any section"
+        raise ConfigError(f"{path}: [{unknown}] is not a known {what}; {suggestion(unknown, SECTIONS)}")
 
     def section(name: str, required: bool = True) -> _Section:
         table = raw.get(name)
@@ -244,6 +280,7 @@ def load_config(path: str | Path) -> Config:
         return _Section(path, name, table or {})
 
     t = section("terminal")
+    t.only(TERMINAL_KEYS)
     tz_name = t.get("timezone", str, default="Asia/Shanghai")
     try:
         tz = zoneinfo.ZoneInfo(tz_name)
@@ -261,6 +298,7 @@ def load_config(path: str | Path) -> Config:
     )
 
     r = section("reader")
+    r.only(READER_KEYS)
     driver = r.choice("driver", READER_DRIVERS)
     reader = ReaderSection(
         driver=driver,
@@ -274,6 +312,7 @@ def load_config(path: str | Path) -> Config:
                      "write the deadline of one card command in milliseconds, e.g. 500")
 
     s = section("sam")
+    s.only(SAM_KEYS)
     backend = s.choice("backend", SAM_BACKENDS, default="keystore")
     sam = SamSection(
         backend=backend,
@@ -292,6 +331,7 @@ def load_config(path: str | Path) -> Config:
     topup = _topup_section(section("topup", required=False))
 
     o = section("output", required=False)
+    o.only(OUTPUT_KEYS)
     output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
 
     profiles = _time_profiles(path, raw.get("time_profiles", {}))
@@ -302,6 +342,7 @@ def load_config(path: str | Path) -> Config:
 
 
 def _door_section(d: _Section) -> DoorSection:
+    d.only(DOOR_KEYS)
     door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0))
     if not 1 <= door.group <= 64:
         raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
@@ -311,6 +352,7 @@ def _door_section(d: _Section) -> DoorSection:
 
 
 def _attendance_section(a: _Section) -> AttendanceSection:
+    a.only(ATTENDANCE_KEYS)
     attendance = AttendanceSection(repeat_window_seconds=a.get("repeat_window_seconds", float, default=60.0))
     if not 0 <= attendance.repeat_window_seconds <= 3600:
         raise a.fail("repeat_window_seconds", "is outside 0..3600", "use a minute or two")
@@ -318,6 +360,7 @@ def _attendance_section(a: _Section) -> AttendanceSection:
 
 
 def _pos_section(p: _Section) -> PosSection:
+    p.only(POS_KEYS)
     pos = PosSection(max_purchase=_yuan(p, "max_purchase", "100.00"), offline_limit=_yuan(p, "offline_limit", "500.00"),
                      undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
                      card_wait_seconds=p.get("card_wait_seconds", float, default=30.0))
@@ -329,6 +372,7 @@ def _pos_section(p: _Section) -> PosSection:
 
 
 def _topup_section(t: _Section) -> TopupSection:
+    t.only(TOPUP_KEYS)
     return TopupSection(max_load=_yuan(t, "max_load", "1000.00"))
 
 
@@ -344,17 +388,26 @@ def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
     return profiles
 
 
+def validate_platform_document(document: object, where: str = "platform configuration") -> None:
+    """Check a configuration document exactly as a terminal will (the platform runs this before publishing):
+    every section, every door entry, every key; ConfigError names the first problem and the fix."""
+    _document_changes(Path(where), document, None)
+
+
 def apply_platform_document(config: Config, version: int, document: dict) -> Config:
     """The configuration with the platform's signed document (docs/sync-protocol.md, "Configuration document")
     laid over it. Each section present replaces the terminal's; ConfigError names what is wrong and nothing applies.
     """
-    where = Path(f"platform configuration v{version}")
+    return dataclasses.replace(config, **_document_changes(Path(f"platform configuration v{version}"), document,
+                                                           config.terminal.id))
+
+
+def _document_changes(where: Path, document: object, terminal_id: str | None) -> dict:
     if not isinstance(document, dict):
         raise ConfigError(f"{where}: not a JSON object; the platform must publish an object")
-    unknown = set(document) - {"doors", "attendance", "pos", "topup", "time_profiles"}
-    if unknown:
-        raise ConfigError(f"{where}: unknown section {sorted(unknown)[0]!r}; publish doors, attendance, pos, topup "
-                          "or time_profiles")
+    unknown = first_unknown(document, DOCUMENT_SECTIONS)
+    if unknown is not None:
+        raise ConfigError(f"{where}: unknown section {unknown!r}; {suggestion(unknown, DOCUMENT_SECTIONS)}")
 
     def table(name: str) -> _Section:
         value = document[name]
@@ -367,11 +420,15 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
     if doors is not None:
         if not isinstance(doors, dict):
             raise ConfigError(f"{where}: doors must be an object keyed by terminal ID")
-        mine = doors.get(config.terminal.id)
-        if mine is not None:
-            if not isinstance(mine, dict):
-                raise ConfigError(f"{where}: doors.{config.terminal.id} must be an object")
-            changes["door"] = _door_section(_Section(where, f"doors.{config.terminal.id}", mine))
+        # Every entry is checked, not only this terminal's: the same document is accepted or refused everywhere.
+        for door_id, entry in doors.items():
+            if not (isinstance(door_id, str) and len(door_id) == 12 and door_id.isdigit()):
+                raise ConfigError(f"{where}: doors.{door_id} is not a terminal ID; key doors by 12-digit terminal IDs")
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{where}: doors.{door_id} must be an object")
+            door = _door_section(_Section(where, f"doors.{door_id}", entry))
+            if door_id == terminal_id:
+                changes["door"] = door
     if "attendance" in document:
         changes["attendance"] = _attendance_section(table("attendance"))
     if "pos" in document:
@@ -380,7 +437,7 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
         changes["topup"] = _topup_section(table("topup"))
     if "time_profiles" in document:
         changes["time_profiles"] = _time_profiles(where, document["time_profiles"])
-    return dataclasses.replace(config, **changes)
+    return changes
 
 
 def _yuan(section: _Section, key: str, default: str) -> int:
@@ -407,10 +464,7 @@ def _sync_section(y: _Section) -> SyncSection | None:
             raise y.fail(key, f"= {value} is outside (0, {upper}]", f"use a value up to {upper}")
         return value
 
-    known = set(SyncSection.__dataclass_fields__)
-    unknown = set(y.table) - known
-    if unknown:
-        raise y.fail(sorted(unknown)[0], "is not a known key", "see the documented [sync] section of firmware.toml")
+    y.only(tuple(SyncSection.__dataclass_fields__))
     sync = SyncSection(
         broker_host=y.get("broker_host", str, required=True),
         broker_port=positive("broker_port", int, 8883, 65535),

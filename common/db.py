@@ -4,6 +4,7 @@ Every check runs on a read-only connection before anything is written, so a file
 """
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -24,11 +25,54 @@ def _wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
 
-def preflight(path: Path, setting: str) -> bool:
-    """Return True when `path` is new (absent or empty); raise if it is clearly not SQLite.
+# Below this much free space on its filesystem a database is not opened for writing: SQLite needs room for its
+# -wal and -shm files and a checkpoint, and a terminal that starts only to refuse every tap helps nobody.
+MIN_FREE_BYTES = 1024 * 1024
+
+NEW_INSTALL_FIX = "keep it for investigation and restore it from backup, or delete it if this is a new install"
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space (for unprivileged writers) on the filesystem that holds `path`, None if it cannot be told."""
+    directory = path if path.is_dir() else path.parent
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def disk_full_problem(path: Path) -> str | None:
+    """The one-line refusal when the filesystem holding `path` is (nearly) full, else None."""
+    free = free_bytes(path)
+    if free is None or free >= MIN_FREE_BYTES:
+        return None
+    return (f"the disk holding {path} is full ({free // 1024} KiB free, at least {MIN_FREE_BYTES // 1024} KiB "
+            "needed); free space on that filesystem, then start again — nothing was written")
+
+
+def check_free_space(path: Path) -> None:
+    """Raise DatabaseError when `path` cannot be written for lack of space (checked before every read-write open)."""
+    problem = disk_full_problem(path)
+    if problem:
+        raise DatabaseError(problem)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's and the OS's 'no space left' errors."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return True
+    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+                                               or "disk is full" in str(exc))
+
+
+def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool:
+    """Return True when `path` is new (absent); raise if it is empty, truncated or clearly not SQLite.
 
     Looks at the raw header with plain file I/O, so SQLite never gets a chance to create side
-    files next to something that is not a database at all.
+    files next to something that is not a database at all. onecard never leaves an empty or short
+    database behind (create_new links a complete file into place), so an empty file was wiped or
+    truncated by someone else: it is refused, never silently replaced (`lost_fix` says what to do).
     """
     try:
         st = path.stat()
@@ -38,19 +82,48 @@ def preflight(path: Path, setting: str) -> bool:
         raise DatabaseError(f"cannot access database {path} ({exc.strerror}); fix the path or its permissions") from None
     if not path.is_file():
         raise DatabaseError(f"database {path} is not a regular file; point {setting} at a database file")
-    if st.st_size == 0 and not _wal_path(path).exists():
-        return True  # e.g. created by `touch` or by a crash before SQLite wrote its first page
+    if st.st_size == 0:
+        raise DatabaseError(f"database {path} is empty (0 bytes), so it was wiped or truncated (onecard never "
+                            f"leaves an empty database); {lost_fix}")
     try:
         with path.open("rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+            header = f.read(_HEADER_SIZE)
     except OSError as exc:
         raise DatabaseError(f"cannot read database {path} ({exc.strerror}); fix its permissions") from None
-    if head != SQLITE_MAGIC:
+    if not header.startswith(SQLITE_MAGIC):
+        if SQLITE_MAGIC.startswith(header):
+            raise DatabaseError(f"database {path} is truncated ({st.st_size} bytes, shorter than an SQLite header); "
+                                f"{lost_fix}")
         raise DatabaseError(
             f"database {path} is not a onecard database (not an SQLite file); "
             f"point {setting} at the right file or move it away"
         )
+    problem = _size_problem(header, st.st_size, _wal_path(path).exists())
+    if problem:
+        raise DatabaseError(f"database {path} is truncated ({problem}); {lost_fix}")
     return False
+
+
+_HEADER_SIZE = 100
+
+
+def _size_problem(header: bytes, size: int, has_wal: bool) -> str | None:
+    """Why the file cannot be the whole database its header describes (SQLite file format, section 1.3)."""
+    if len(header) < _HEADER_SIZE:
+        return f"{size} bytes, shorter than the 100-byte SQLite header"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"its header gives page size {page_size}"
+    if has_wal:
+        return None  # the WAL may hold pages the main file has not received yet; quick_check reads through it
+    if size % page_size:
+        return f"{size} bytes is not a whole number of {page_size}-byte pages"
+    pages = int.from_bytes(header[28:32], "big")
+    # The in-header page count is valid when its change counter matches "version-valid-for".
+    if pages and header[24:28] == header[92:96] and size < pages * page_size:
+        return f"{size} bytes of the {pages * page_size} its header records"
+    return None
 
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
@@ -74,6 +147,7 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
     try:
         rows = conn.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
+        check_free_space(path)  # a read-only open of a WAL file needs room for its -shm: not corruption
         raise DatabaseError(
             f"database {path} is corrupt ({exc}); keep it for investigation and restore from backup"
             " — nothing was written"
@@ -89,12 +163,17 @@ def _quick_check(conn: sqlite3.Connection, path: Path) -> None:
 
 def open_checked_readonly(path: Path, *, setting: str, required_tables: set[str], what: str) -> sqlite3.Connection:
     """Open an existing database read-only, run quick_check and make sure it has our tables."""
-    conn = _connect_readonly(path)
+    try:
+        conn = _connect_readonly(path)
+    except sqlite3.Error as exc:
+        check_free_space(path)
+        raise DatabaseError(f"cannot open database {path} ({exc}); check the path and its permissions") from None
     try:
         _quick_check(conn, path)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as exc:
+            check_free_space(path)
             raise DatabaseError(
                 f"database {path} is corrupt ({exc}); keep it for investigation and restore from backup"
                 " — nothing was written"
@@ -117,10 +196,15 @@ def connect_readwrite(path: Path) -> sqlite3.Connection:
     isolation_level=None: this module issues BEGIN IMMEDIATE / COMMIT itself, so the Python
     driver never opens or commits a transaction behind our back.
     """
+    check_free_space(path)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     except sqlite3.Error as exc:
+        check_free_space(path)
+        if is_disk_full(exc):
+            raise DatabaseError(f"the disk holding {path} is full ({exc}); free space on that filesystem, then "
+                                "start again — nothing was written") from None
         raise DatabaseError(f"cannot open database {path} for writing ({exc}); check the path and its permissions") from None
     if str(mode).lower() != "wal":
         conn.close()
@@ -141,20 +225,28 @@ def create_new(path: Path, build) -> bool:
     into place. Returns False when another process created `path` first; the caller then opens that one.
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
-    conn = connect_readwrite(tmp)
+    check_free_space(path)
     try:
-        build(conn)
-    finally:
-        conn.close()  # the last close checkpoints the WAL into the file and removes -wal and -shm
-    try:
-        if path.exists() and path.stat().st_size == 0 and not _wal_path(path).exists():
-            os.replace(tmp, path)  # an empty file (touch, or a crash before the first page) counts as new
-        else:
-            os.link(tmp, path)
+        conn = connect_readwrite(tmp)
+        try:
+            build(conn)
+        finally:
+            conn.close()  # the last close checkpoints the WAL into the file and removes -wal and -shm
+        os.link(tmp, path)  # never over an existing file, not even an empty one (preflight refuses those)
     except FileExistsError:
         return False
+    except (sqlite3.Error, OSError) as exc:
+        check_free_space(path)
+        if is_disk_full(exc):
+            raise DatabaseError(f"cannot create database {path}: the disk holding it is full ({exc}); free space on "
+                                "that filesystem, then start again") from None
+        if isinstance(exc, OSError):
+            raise DatabaseError(f"cannot create database {path} ({exc.strerror}); check the directory and its "
+                                "permissions") from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
+        for leftover in (tmp, _wal_path(tmp), tmp.with_name(tmp.name + "-shm")):
+            leftover.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the new name survives power loss before the first record is acknowledged

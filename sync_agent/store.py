@@ -8,7 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from common.db import DatabaseError, connect_readwrite, preflight
+from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
 from common.events import GENESIS_HASH
 from terminal.event_log import EventLog
 from terminal.purse_flow import POS_REFUSE_OFFLINE_SALES_AT  # noqa: F401  (the POS's policy; reported here)
@@ -32,6 +32,41 @@ CREATE INDEX IF NOT EXISTS inbox_card_actions_asn ON inbox_card_actions (asn, st
 """
 
 
+# What to do about an empty or truncated sync.db (it holds the acknowledged position and the terminal's inbox).
+LOST_FIX = ("keep it for investigation and restore it from backup, or delete it if this is a new install (the agent "
+            "then uploads the log again from its start, which the platform recognises as duplicates)")
+
+
+def _create_schema(conn: sqlite3.Connection, terminal_id: str) -> None:
+    conn.executescript(_SCHEMA)
+    conn.execute("INSERT INTO sync_meta VALUES (1, ?, ?, 0, ?, NULL)", (SCHEMA_VERSION, terminal_id, GENESIS_HASH))
+
+
+def check_existing(path: Path, terminal_id: str) -> None:
+    """Refuse (DatabaseError, one line) a sync.db that is empty, truncated, foreign, corrupt, of another terminal or
+    of another schema version; read-only, nothing written. Absent is fine (the agent has not run yet). The
+    terminal runs this at start, so it never starts on a file its inbox reads would later fail on."""
+    path = Path(path)
+    if preflight(path, SyncStore.SETTING, LOST_FIX):
+        return
+    ro = open_checked_readonly(path, setting=SyncStore.SETTING, required_tables={"sync_meta"}, what="onecard sync")
+    try:
+        row = ro.execute("SELECT schema_version, terminal_id FROM sync_meta WHERE id = 1").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseError(f"sync database {path} has a damaged sync_meta table ({exc}); {LOST_FIX}") from None
+    finally:
+        ro.close()
+    if row is None:
+        raise DatabaseError(f"sync database {path} has no sync_meta row, so it was not written by the agent; "
+                            f"{LOST_FIX}")
+    if row[1] != terminal_id:
+        raise DatabaseError(f"sync database {path} belongs to terminal {row[1]!r}, not {terminal_id!r}; "
+                            f"point {SyncStore.SETTING} at this terminal's own file")
+    if row[0] != SCHEMA_VERSION:
+        raise DatabaseError(f"sync database {path} has schema version {row[0]}, this agent reads "
+                            f"{SCHEMA_VERSION}; run the matching agent or move the file away")
+
+
 class SyncStore:
     """sync.db; every write is one transaction, durable (WAL, synchronous=FULL) when the call returns."""
 
@@ -43,30 +78,20 @@ class SyncStore:
 
     @classmethod
     def open(cls, path: Path, terminal_id: str) -> SyncStore:
+        """Open (creating if absent) the agent's file; refuse an empty, truncated, foreign or corrupt one untouched."""
         path = Path(path)
-        preflight(path, cls.SETTING)
+        is_new = preflight(path, cls.SETTING, LOST_FIX)
+        if is_new:
+            is_new = create_new(path, lambda conn: _create_schema(conn, terminal_id))
+        if not is_new:
+            check_existing(path, terminal_id)
         conn = connect_readwrite(path)
         try:
-            conn.executescript(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT schema_version, terminal_id FROM sync_meta WHERE id = 1").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO sync_meta VALUES (1, ?, ?, 0, ?, NULL)", (SCHEMA_VERSION, terminal_id,
-                                                                                   GENESIS_HASH))
-            conn.execute("COMMIT")
-            if row is not None and row[1] != terminal_id:
-                raise DatabaseError(f"sync database {path} belongs to terminal {row[1]!r}, not {terminal_id!r}; "
-                                    f"point {cls.SETTING} at this terminal's own file")
-            if row is not None and row[0] != SCHEMA_VERSION:
-                raise DatabaseError(f"sync database {path} has schema version {row[0]}, this agent reads "
-                                    f"{SCHEMA_VERSION}; run the matching agent or move the file away")
+            conn.executescript(_SCHEMA)  # tables a newer agent added; a no-op on a complete file
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise DatabaseError(f"sync database {path} is not usable ({exc}); point {cls.SETTING} at a sync "
                                 "database or move the file away") from None
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn, path)
 
     def acked(self) -> tuple[int, str]:

@@ -20,7 +20,7 @@ from common.config import Config, ConfigError, apply_platform_document
 from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
 from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo
-from terminal.purse_flow import Incomplete, PurseTerminal
+from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present
 from terminal.card_deadline import CommandDeadline
@@ -30,12 +30,14 @@ log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
 CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
 READER_UNAVAILABLE = "Reader unavailable: door locked, waiting for the reader"
+CONFIG_REJECTED = "config.rejected"  # event kind: a platform configuration document this terminal refused
 
 
 class Terminal:
     def __init__(self, config: Config, sam: Sam, event_log, blacklist, outputs: Outputs,
                  nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0,
-                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None):
+                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
         self.config = config
         self.firmware_config = config  # firmware.toml as read: each platform document is laid over this, not stacked
         self.sam = sam
@@ -44,6 +46,7 @@ class Terminal:
         self.outputs = outputs
         self.nonce_source = nonce_source
         self.inbox = inbox
+        self.clock = clock  # stamps records not caused by a tap (a refused platform configuration)
         self.config_version = 0  # the platform configuration applied over firmware.toml (0: none)
         self.deadline = CommandDeadline(config.reader.command_timeout_ms / 1000)
         self.reader_problem: str | None = None  # why the reader is unavailable now (None: it works)
@@ -61,6 +64,15 @@ class Terminal:
         except ConfigError as exc:
             log_event(log, "config.rejected", logging.WARNING, version=version, error=str(exc),
                       msg="platform configuration not applied; the terminal keeps its current settings")
+            # Into the event log as well: the agent uploads it, so the platform learns why its document was refused.
+            try:
+                self.event_log.append(self.clock(), CONFIG_REJECTED, asn=None, reason_code="invalid_config",
+                                      message=f"Platform configuration version {version} not applied",
+                                      detail={"version": version, "error": str(exc)})
+            except Exception as write_exc:  # e.g. a full disk: the rejection still holds, the next start reports it
+                log_event(log, "log.write_failed", logging.ERROR, error=str(write_exc),
+                          msg="could not record the configuration rejection")
+                return
         else:
             self.config = config
             if self.purse is not None:
@@ -83,7 +95,7 @@ class Terminal:
                                      self.config.attendance, now, t.timezone)
         except Refusal as r:
             return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code=r.reason_code, message=r.message,
-                            asn=r.asn, detail=r.detail)
+                            asn=r.asn, detail=r.detail, logged=r.reason_code != LOG_UNAVAILABLE)
 
     def _purse_decision(self, conn: CardConnection, now: dt.datetime, request: Request | None) -> Decision:
         transmit = conn.transmit
@@ -95,6 +107,11 @@ class Terminal:
             if isinstance(request, Undo):
                 return self.purse.undo_last(transmit, now)
             return self.purse.balance_inquiry(transmit, now)
+        except Unrecorded as exc:
+            self.purse.sale_intent_seq = None  # a later sale to this card must not be answered with this one
+            return Decision(accepted=True, kind=exc.op, reason_code="unrecorded", message=exc.message, asn=exc.asn,
+                            logged=False,
+                            detail={"why": exc.why})
         except Incomplete as exc:
             return Decision(accepted=False, kind="tap.incomplete", reason_code="unconfirmed",
                             message=f"{exc.op.split('.')[-1].capitalize()} not confirmed: tap the card again",
@@ -136,8 +153,10 @@ class Terminal:
             except Exception as exc:
                 log_event(log, "log.write_failed", logging.ERROR, error=str(exc),
                           msg="could not write the event log; refusing the tap")
-                decision = Decision(accepted=False, kind=decision.kind, reason_code="log_unavailable",
-                                    message="Terminal fault: cannot record, access refused. Call maintenance",
+                message = ("Terminal fault: cannot record, access refused. Call maintenance" if self.purse is None
+                           else cannot_record_message({"pos": "pos.purchase", "topup": "topup.load"}
+                                                      [self.config.terminal.kind]))
+                decision = Decision(accepted=False, kind=decision.kind, reason_code=LOG_UNAVAILABLE, message=message,
                                     asn=decision.asn, logged=False)
             else:
                 decision.detail["seq"] = logged.seq
@@ -202,6 +221,7 @@ class Terminal:
         restarted, reader unplugged) is waited for: the loop goes on, the door stays shut. `heartbeat` is
         called on every turn of the loop (the systemd watchdog): a loop that hangs stops calling it.
         """
+        self.clock = clock
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
         refreshed = 0.0

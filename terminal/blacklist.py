@@ -68,6 +68,11 @@ def _chunks(rows: Iterator, size: int = _CHUNK) -> Iterator[list]:
         yield chunk
 
 
+# An empty or truncated blacklist is never replaced by an empty list on its own: that would admit every lost card.
+LOST_FIX = ("restore it from backup, or delete it if this is a new install (an absent blacklist is created empty and "
+            "filled by the next sync)")
+
+
 class Blacklist:
     """The terminal's blacklist; open with Blacklist.open(path)."""
 
@@ -82,7 +87,7 @@ class Blacklist:
     def open(cls, path: Path) -> Blacklist:
         """Open (creating if new, at version 0 and empty); raise DatabaseError without writing anything."""
         path = Path(path)
-        is_new = preflight(path, cls.SETTING)
+        is_new = preflight(path, cls.SETTING, LOST_FIX)
         if is_new:
             is_new = create_new(path, lambda conn: cls._create_schema(conn, path))
         if not is_new:

@@ -133,6 +133,13 @@ def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, o
     from terminal.app import Terminal
     from terminal.outputs import ConsoleOutputs
 
+    if config.sync is not None:
+        from common.db import DatabaseError
+        from sync_agent.store import check_existing
+        try:  # absent is fine (the agent has not run yet); garbage is refused now, not at the first refresh
+            check_existing(config.sync.database, config.terminal.id)
+        except DatabaseError as exc:
+            raise UserError(str(exc)) from None
     event_log, blacklist = open_storage(config)
     stack.callback(event_log.close)
     stack.callback(blacklist.close)

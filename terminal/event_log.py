@@ -14,7 +14,8 @@ from typing import Any
 
 import sqlite_utils
 
-from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
+from common.db import (DatabaseError, connect_readwrite, create_new, disk_full_problem, is_disk_full,
+                       open_checked_readonly, preflight)
 from common.events import GENESIS_HASH, canonical_json, event_hash, format_time, normalise_asn
 
 SCHEMA_VERSION = 1
@@ -75,6 +76,10 @@ def _row_to_event(row: tuple) -> LoggedEvent:
     )
 
 
+class LogWriteError(DatabaseError):
+    """An append did not happen (disk full, I/O error, file locked too long); the message says which."""
+
+
 class EventLog:
     """The terminal's append-only transaction log; open with EventLog.open or EventLog.open_readonly."""
 
@@ -118,8 +123,7 @@ class EventLog:
         path = Path(path)
         if not path.exists():
             raise DatabaseError(f"database {path} does not exist; check the path (--db)")
-        if preflight(path, "--db"):
-            raise DatabaseError(f"database {path} is empty, not a onecard terminal database; check the path (--db)")
+        preflight(path, "--db", "check the path (--db), or keep it for investigation and restore it from backup")
         conn = open_checked_readonly(path, setting="--db", required_tables={"meta", "events"}, what=cls.WHAT)
         try:
             terminal_id = cls._read_meta(conn, path)[1]
@@ -256,9 +260,14 @@ class EventLog:
             )
             conn.execute("UPDATE meta SET head_seq = ?, head_hash = ? WHERE id = 1", (seq, digest))
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite rolls back on its own when it cannot; the record was not written either way
+            if isinstance(exc, sqlite3.Error):
+                raise LogWriteError(self._write_problem(exc)) from None
             raise
         return LoggedEvent(
             seq=seq,
@@ -271,6 +280,11 @@ class EventLog:
             prev_hash=head_hash,
             hash=digest,
         )
+
+    def _write_problem(self, exc: sqlite3.Error) -> str:
+        if is_disk_full(exc) or disk_full_problem(self.path):
+            return f"cannot record in event log {self.path}: the disk holding it is full; free space on that filesystem"
+        return f"cannot record in event log {self.path} ({exc}); check the disk and that no other process locks the file"
 
     # -- reading ---------------------------------------------------------------------------
 

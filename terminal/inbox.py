@@ -5,8 +5,13 @@ Read-only, and absent until the agent first ran: the terminal never waits for th
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from pathlib import Path
+
+from common.logs import log_event
+
+log = logging.getLogger("onecard.terminal")
 
 
 class Inbox:
@@ -16,7 +21,7 @@ class Inbox:
 
     def _connection(self) -> sqlite3.Connection | None:
         if self._conn is None:
-            if not self.path.exists() or self.path.stat().st_size == 0:
+            if not self.path.exists():
                 return None
             self._conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
         return self._conn
@@ -27,8 +32,11 @@ class Inbox:
             return []
         try:
             return conn.execute(sql, args).fetchall()
-        except sqlite3.OperationalError:
-            return []  # the agent has not created its tables yet
+        except sqlite3.DatabaseError as exc:
+            # Checked at start (sync_agent.store.check_existing); damaged since: keep the current settings, say so.
+            log_event(log, "inbox.unreadable", logging.ERROR, path=str(self.path), error=str(exc),
+                      msg="cannot read the sync agent's inbox; configuration and card actions wait until it is fixed")
+            return []
 
     def config_version(self) -> int:
         rows = self._query("SELECT coalesce(max(version), 0) FROM inbox_config")

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from common.logs import log_event
 from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
                            SamError)
+from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.authenticate import select_card
 from common.config import Config
 from terminal.decision import Decision, Refusal
+from terminal.event_log import LogWriteError
 from common.money import format_yuan
 from terminal.rules import BLACKLIST_MESSAGES
 
@@ -37,6 +39,15 @@ TX_TYPE = {PURCHASE: pp.TYPE_PURCHASE, UNDO: pp.TYPE_LOAD, LOAD: pp.TYPE_LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
 
 
+# The log cannot be written (disk full, I/O error): nothing that needs a record is done, and the screen says so.
+LOG_UNAVAILABLE = "log_unavailable"
+NOTHING_DONE = {PURCHASE: "nothing charged", UNDO: "nothing refunded", LOAD: "nothing loaded"}
+
+
+def cannot_record_message(op: str | None) -> str:
+    return f"Terminal fault: cannot record, {NOTHING_DONE.get(op, 'nothing changed on the card')}. Call maintenance"
+
+
 @dataclass(frozen=True)
 class Settled:
     """What the next tap found out about an interrupted flow."""
@@ -46,6 +57,21 @@ class Settled:
     happened: bool
     amount: int
     balance_after: int | None
+
+
+class Unrecorded(Exception):
+    """The card changed (its proof verified) but the outcome could not be logged: the intent stays open and this
+    card's next tap here, once the log can be written again, records it (settle_pending), exactly as after a kill."""
+
+    def __init__(self, op: str, amount: int, balance_after: int, asn: str, why: str):
+        super().__init__(why)
+        self.op, self.amount, self.balance_after, self.asn, self.why = op, amount, balance_after, asn, why
+
+    @property
+    def message(self) -> str:
+        done = {PURCHASE: "Paid", UNDO: "Refunded", LOAD: "Loaded"}[self.op]
+        return (f"{done} {format_yuan(self.amount)} - balance {format_yuan(self.balance_after)}. Terminal fault: "
+                "not recorded yet, call maintenance (recorded at this card's next tap here)")
 
 
 class Incomplete(Exception):
@@ -92,7 +118,24 @@ class PurseTerminal:
                             algorithm=algorithm)
 
     def _append(self, now: dt.datetime, kind: str, asn: str, reason: str, message: str, detail: dict):
-        return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+        """Append before the card changes (or to settle what it already did): if the log cannot be written, the
+        tap is refused before anything else happens (Refusal log_unavailable)."""
+        try:
+            return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+        except LogWriteError as exc:
+            op = next((op for op in OPS if kind.startswith(op)), None)
+            log_event(log, "log.write_failed", logging.ERROR, kind=kind, asn=asn, error=str(exc),
+                      msg="could not write the event log; the transaction is refused before the card changes")
+            raise Refusal(LOG_UNAVAILABLE, cannot_record_message(op), asn, {"problem": str(exc)}) from None
+
+    def _sam_refusal(self, exc: SamError, op: str, asn: str, reason: str, message: str) -> Refusal:
+        """A SAM that cannot save its own state (a full disk under the software SAM) is a terminal fault, not a
+        refusal of the card."""
+        if isinstance(exc, StateFileError):
+            log_event(log, "sam.state_write_failed", logging.ERROR, asn=asn, error=str(exc),
+                      msg="the SAM could not save its state; the transaction is refused before the card changes")
+            return Refusal(LOG_UNAVAILABLE, cannot_record_message(op), asn, {"problem": str(exc)})
+        return Refusal(reason, message, asn)
 
     def _purchase_session(self, info: cp.CardInfo, d: dict) -> PurchaseSession:
         return PurchaseSession(card=self._identity(info, d["key_version"], Algorithm[d["algorithm"]]),
@@ -109,10 +152,14 @@ class PurseTerminal:
 
     def _verify_proof(self, op: str, info: cp.CardInfo, d: dict, proof: pp.Proof) -> None:
         """Raises MacVerificationError unless the proof is this intent's (our session key made it)."""
-        if op == PURCHASE:
-            self.sam.verify_purchase_mac2(self._purchase_session(info, d), d["tsn"], proof.mac)
-        else:
-            self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
+        try:
+            if op == PURCHASE:
+                self.sam.verify_purchase_mac2(self._purchase_session(info, d), d["tsn"], proof.mac)
+            else:
+                self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
+        except StateFileError as exc:  # verified; only the SAM's note of it was not saved (a later undo is refused)
+            log_event(log, "sam.state_write_failed", logging.ERROR, asn=info.asn_hex, error=str(exc),
+                      msg="the SAM verified the card's proof but could not save its state")
 
     def _outcome_detail(self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool) -> dict:
         sign = -1 if TX_TYPE[d["op"]] == pp.TYPE_PURCHASE else 1
@@ -167,9 +214,19 @@ class PurseTerminal:
             verify_session(proof)
         except MacVerificationError:
             raise Incomplete(op, d["amount"], "the card's proof did not verify") from None
+        except StateFileError as exc:
+            # The proof verified; only the SAM's note of it could not be saved (a later undo is then refused).
+            log_event(log, "sam.state_write_failed", logging.ERROR, asn=info.asn_hex, error=str(exc),
+                      msg="the SAM verified the card's proof but could not save its state")
         detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False)
-        self._append(now, op, info.asn_hex, "completed", f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}",
-                     detail)
+        try:
+            self.event_log.append(now, op, asn=info.asn_hex, reason_code="completed",
+                                  message=f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}", detail=detail)
+        except LogWriteError as exc:
+            log_event(log, "log.write_failed", logging.ERROR, kind=op, asn=info.asn_hex, intent=intent_seq,
+                      error=str(exc), msg="the card changed but its outcome could not be logged; the intent stays "
+                                          "open and the card's next tap here records it")
+            raise Unrecorded(op, d["amount"], detail["balance_after"], info.asn_hex, str(exc)) from None
         return detail
 
     def balance_inquiry(self, transmit, now: dt.datetime) -> Decision:
@@ -234,7 +291,8 @@ class PurseTerminal:
         try:
             d["tsn"], mac1 = self.sam.purchase_mac1(session)
         except SamError as exc:
-            raise Refusal("sam_refused", f"Terminal cannot take payments from this card ({exc})", asn) from None
+            raise self._sam_refusal(exc, PURCHASE, asn, "sam_refused",
+                                    f"Terminal cannot take payments from this card ({exc})") from None
         intent = self._append(now, PURCHASE + ".intent", asn, "intent", f"Charging {format_yuan(amount)}", d)
         self.sale_intent_seq = intent.seq
         detail = self._finish(transmit, PURCHASE, info, d, intent.seq, pp.debit_command(d["tsn"], date, time_, mac1),
@@ -263,7 +321,8 @@ class PurseTerminal:
         try:
             mac2 = make_mac2(session, init.mac1)
         except SamError as exc:
-            raise Refusal("sam_refused", f"Credit refused by the terminal's SAM: {exc}", info.asn_hex) from None
+            raise self._sam_refusal(exc, op, info.asn_hex, "sam_refused",
+                                    f"Credit refused by the terminal's SAM: {exc}") from None
         intent = self._append(now, op + ".intent", info.asn_hex, "intent", f"Crediting {format_yuan(amount)}", d)
         return self._finish(transmit, op, info, d, intent.seq, pp.credit_command(date, time_, mac2), pp.parse_credit,
                             lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)

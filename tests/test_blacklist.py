@@ -232,6 +232,24 @@ def test_event_log_file_is_not_a_blacklist(tmp_path):
     assert files_in(tmp_path) == before
 
 
+@pytest.mark.parametrize("keep", [0, 50, 4096 * 2])
+def test_empty_or_truncated_blacklist_is_refused_untouched(tmp_path, keep):
+    # A 0-byte blacklist used to be replaced by an empty list: every lost card admitted until the next sync.
+    path = tmp_path / "bl.db"
+    with Blacklist.open(path) as bl:
+        bl.apply_snapshot(7, ((bytes([i]) * 8, "lost", 7) for i in range(1, 200)))
+    path.write_bytes(path.read_bytes()[:keep])
+    before = files_in(tmp_path)
+    with pytest.raises(DatabaseError, match=r"is (empty|truncated).*delete it if this is a new install") as info:
+        Blacklist.open(path)
+    assert files_in(tmp_path) == before and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_absent_blacklist_is_created_empty(tmp_path):
+    with Blacklist.open(tmp_path / "bl.db") as bl:
+        assert bl.version() == 0
+
+
 def test_not_a_database_is_refused_untouched(tmp_path):
     path = tmp_path / "bl.db"
     path.write_bytes(bytes(range(256)) * 20)

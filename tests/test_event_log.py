@@ -398,7 +398,17 @@ def test_truncated_database_is_refused_untouched(tmp_path):
     with EventLog.open(path, "T1") as log:
         fill(log, 300)
     path.write_bytes(path.read_bytes()[: 4096 * 5])
-    _refused(path, "is corrupt")
+    _refused(path, r"is truncated \(20480 bytes of the \d+ its header records\); keep it .*restore it from backup")
+
+
+@pytest.mark.parametrize("keep", [0, 10, 99, 100, 4096 + 17])
+def test_short_database_is_refused_untouched(tmp_path, keep):
+    path = tmp_path / "e.db"
+    with EventLog.open(path, "T1") as log:
+        fill(log, 30)
+    path.write_bytes(path.read_bytes()[:keep])
+    message = _refused(path, "is empty|is truncated")
+    assert "delete it if this is a new install" in message
 
 
 def test_other_terminals_database_is_refused_untouched(tmp_path):
@@ -439,10 +449,14 @@ def test_directory_is_refused(tmp_path):
         EventLog.open(tmp_path, "T1")
 
 
-def test_empty_file_is_initialised(tmp_path):
+def test_empty_file_is_refused_not_initialised(tmp_path):
+    # A wiped log must not be replaced by a new one behind everybody's back: absent is new, empty is refused.
     path = tmp_path / "e.db"
     path.touch()
-    with EventLog.open(path, "T1") as log:
+    message = _refused(path, r"is empty \(0 bytes\), so it was wiped or truncated")
+    assert "delete it if this is a new install" in message
+    path.unlink()
+    with EventLog.open(path, "T1") as log:  # a genuinely new install: the file is created
         assert log.verify().ok
 
 

@@ -108,6 +108,9 @@ def test_a_bad_platform_configuration_is_not_applied(rig, caplog):
     terminal.refresh_config()
     assert terminal.config is before
     assert "event=config.rejected" in caplog.text
+    # The rejection is a record in the terminal's log, so it travels to the platform with the next upload.
+    [record] = [e for e in terminal.event_log.events() if e.kind == "config.rejected"]
+    assert record.detail["version"] == version and "[topup].max_load" in record.detail["error"]
 
 
 def test_pos_refuses_offline_sales_when_the_store_is_nearly_full(tmp_path):
