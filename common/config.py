@@ -217,14 +217,20 @@ def suggestion(key: str, known) -> str:
 
 # Every key each section may hold; anything else is refused with the nearest of these suggested.
 SECTIONS = ("terminal", "reader", "sam", "door", "attendance", "pos", "topup", "output", "time_profiles", "sync")
-TERMINAL_KEYS = ("id", "kind", "enterprise_id", "name", "timezone", "database", "blacklist")
-READER_KEYS = ("driver", "name", "path", "card")
-SAM_KEYS = ("backend", "keystore", "passphrase_file", "device_secret_file", "reader")
-DOOR_KEYS = ("group", "open_seconds")
-ATTENDANCE_KEYS = ("repeat_window_seconds",)
-POS_KEYS = ("max_purchase", "offline_limit", "undo_window_seconds", "card_wait_seconds")
-TOPUP_KEYS = ("max_load",)
-OUTPUT_KEYS = ("driver", "color")
+def keys_of(section: type, derived: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The TOML keys of a section: its dataclass fields (less those computed from others), so a setting added to a
+    section is known to the unknown-key check the moment it exists and a forgotten list cannot refuse it."""
+    return tuple(name for name in section.__dataclass_fields__ if name not in derived)
+
+
+TERMINAL_KEYS = keys_of(TerminalSection, derived=("id_bytes",))
+READER_KEYS = keys_of(ReaderSection)
+SAM_KEYS = keys_of(SamSection)
+DOOR_KEYS = keys_of(DoorSection)
+ATTENDANCE_KEYS = keys_of(AttendanceSection)
+POS_KEYS = keys_of(PosSection)
+TOPUP_KEYS = keys_of(TopupSection)
+OUTPUT_KEYS = keys_of(OutputSection)
 PROFILE_KEYS = WEEKDAYS + ("name",)
 DOCUMENT_SECTIONS = ("doors", "attendance", "pos", "topup", "time_profiles")
 
@@ -464,7 +470,7 @@ def _sync_section(y: _Section) -> SyncSection | None:
             raise y.fail(key, f"= {value} is outside (0, {upper}]", f"use a value up to {upper}")
         return value
 
-    y.only(tuple(SyncSection.__dataclass_fields__))
+    y.only(keys_of(SyncSection))
     sync = SyncSection(
         broker_host=y.get("broker_host", str, required=True),
         broker_port=positive("broker_port", int, 8883, 65535),
