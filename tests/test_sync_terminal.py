@@ -19,8 +19,8 @@ from tests.support import MONDAY_10AM, make_card, make_sam
 def rig(broker, tmp_path):
     sam = make_sam()  # the issuing key set; it also holds the TAC keys the platform checks with
     (tmp_path / "platform").mkdir()
-    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam)
     tid = terminal_id(7)
+    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam, kinds={tid: "topup"})
     config_path = write_terminal_config(tmp_path / "topup", tid, broker, kind="topup")
     agent = AgentThread(config_path, ).start()
     with contextlib.ExitStack() as stack:
