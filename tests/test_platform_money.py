@@ -343,3 +343,14 @@ def test_a_door_terminal_uploading_top_ups_over_mqtt_moves_no_money(broker, tmp_
     finally:
         service.stop()
         admin.close()
+
+
+def test_the_documented_money_record_fields_are_the_schemas():
+    import re
+
+    text = open(os.path.join(REPO, "docs", "sync-protocol.md"), encoding="utf-8").read()
+    section = text[text.index("### Money records"):text.index("### Purse accounting")]
+    documented = re.findall(r"^\| `([a-z_]+)` \| ", section, re.M)
+    kinds = [k for k in documented if "." not in k]
+    assert set(kinds) == set(mr.CHECKS), "docs/sync-protocol.md Money records table vs common/money_records.py"
+    assert set(re.findall(r"^\| `(pos\.[a-z]+|topup\.[a-z]+)` \|", section, re.M)) == set(mr.MONEY_SIGN)
