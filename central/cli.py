@@ -279,8 +279,9 @@ def cmd_held(args) -> int:
 
 def cmd_resolve_held(args) -> int:
     decision = "account" if args.account else "reject"
-    return _run(args, lambda pf: f"held money record {args.held_id} {pf.resolve_held(args.held_id, decision, args.note)}"
-                                 "; the record and this decision are kept")
+    return _run(args, lambda pf: f"held money record {args.held_id} "
+                                 f"{pf.resolve_held(args.held_id, decision, args.note)}; the record and this decision "
+                                 "are kept")
 
 
 def cmd_bill(args) -> int:

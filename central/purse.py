@@ -42,9 +42,11 @@ class PurseAccounts:
             return
         kind = self.terminal_kind(terminal_id)
         if kind not in mr.ACCOUNTING_KINDS[e.kind]:
+            what = (f"a {kind} terminal cannot {e.kind}" if kind else
+                    f"terminal {terminal_id} has no registered kind (set it: add-terminal {terminal_id} --kind ...)")
             self._hold(terminal_id, e, d, "unchecked", HELD, "terminal_kind",
-                       f"a {kind or 'unregistered-kind'} terminal cannot {e.kind}: only "
-                       f"{', '.join(mr.ACCOUNTING_KINDS[e.kind])} terminals' {e.kind} records are accounted")
+                       f"{what}: only {', '.join(mr.ACCOUNTING_KINDS[e.kind])} terminals' {e.kind} records are "
+                       "accounted")
             return
         card = self.conn.execute("SELECT enterprise_id FROM cards WHERE asn = ?", (e.asn,)).fetchone()
         enterprise = self.terminal_enterprise(terminal_id)
@@ -72,8 +74,8 @@ class PurseAccounts:
         stream = [k for k, s in mr.COUNTER.items() if s == mr.COUNTER[kind]]
         marks = ",".join("?" * len(stream))
         same = self.conn.execute(
-            f"SELECT kind, amount_cents, balance_after_cents, tac FROM purse_transactions WHERE asn = ? AND counter = ? "
-            f"AND kind IN ({marks}) UNION ALL SELECT kind, amount_cents, balance_after_cents, tac FROM held_money "
+            f"SELECT kind, amount_cents, balance_after_cents, tac FROM purse_transactions WHERE asn = ? "
+            f"AND counter = ? AND kind IN ({marks}) UNION ALL SELECT kind, amount_cents, balance_after_cents, tac FROM held_money "
             f"WHERE asn = ? AND counter = ? AND kind IN ({marks}) AND status = 'waiting' AND id IS NOT ?",
             (asn, d["counter"], *stream, asn, d["counter"], *stream, exclude_id)).fetchall()
         if same:
@@ -147,7 +149,8 @@ class PurseAccounts:
             return v if isinstance(v, int) and not isinstance(v, bool) else None
         cur = self.conn.execute(
             "INSERT INTO held_money (terminal_id, seq, asn, kind, counter, amount_cents, balance_after_cents, tac, "
-            "tac_status, detail, reason_code, reason, status, held_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "tac_status, detail, reason_code, reason, status, held_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?)",
             (terminal_id, e.seq, e.asn, e.kind, num("counter"), num("amount"), num("balance_after"),
              d.get("tac") if isinstance(d.get("tac"), str) else None, tac_status, e.detail, code, reason, status,
              self._now()))

@@ -56,7 +56,9 @@ def _bool(v) -> str | None:
 
 
 def _algorithm(v) -> str | None:
-    return None if isinstance(v, str) and v in ALGORITHMS else f"= {str(v)[:20]!r} is not one of {', '.join(ALGORITHMS)}"
+    if isinstance(v, str) and v in ALGORITHMS:
+        return None
+    return f"= {str(v)[:20]!r} is not one of {', '.join(ALGORITHMS)}"
 
 
 CHECKS = {

@@ -354,3 +354,34 @@ def test_the_documented_money_record_fields_are_the_schemas():
     kinds = [k for k in documented if "." not in k]
     assert set(kinds) == set(mr.CHECKS), "docs/sync-protocol.md Money records table vs common/money_records.py"
     assert set(re.findall(r"^\| `(pos\.[a-z]+|topup\.[a-z]+)` \|", section, re.M)) == set(mr.MONEY_SIGN)
+
+
+def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_money_is_held(tmp_path):
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    pf = Platform(db, KEY, clock=lambda: NOW, unverified_money=True)
+    pf.add_enterprise(ENTERPRISE, "Test Co")
+    pf.add_terminal(TOPUP, ENTERPRISE, kind="topup")
+    pf.add_holder(ENTERPRISE, "E1", "Zhang Wei")
+    pf.issue_card(ENTERPRISE, "E1", ASN)
+    pf.close()
+    conn = sqlite3.connect(db)  # the schema before kinds were recorded
+    for table, column in (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note")):
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    conn.commit()
+    conn.close()
+    pf = Platform(db, KEY, clock=lambda: NOW, unverified_money=True)
+    try:
+        assert pf.terminal(TOPUP)["kind"] is None and pf.card(ASN)["max_balance_cents"] == 200_000
+        topup = Chain(tmp_path, TOPUP)
+        topup.add(mr.LOAD, detail(mr.LOAD, 0, 1_000, 1_000))
+        topup.upload(pf)
+        [held] = pf.held_money()
+        assert held["reason_code"] == "terminal_kind" and "has no registered kind" in held["reason"]
+        pf.add_terminal(TOPUP, ENTERPRISE, kind="topup")
+        assert pf.terminal(TOPUP)["kind"] == "topup"
+        pf.resolve_held(held["id"], "account", "terminal 301 is the card office's top-up machine; kind registered")
+        assert pf.card(ASN)["balance_cents"] == 1_000
+    finally:
+        pf.close()
