@@ -103,16 +103,21 @@ class Ingest:
             return
         row = self.conn.execute("SELECT status, enterprise_id, asn FROM card_actions WHERE action_id = ?",
                                 (d["action_id"],)).fetchone()
-        if row is None or row[1] != self.terminal_enterprise(terminal_id) or row[2] != e.asn:
+        if self.terminal_kind(terminal_id) != "topup":
+            why = f"only a top-up terminal carries out card actions, terminal {terminal_id} is not one"
+        elif row is None or row[1] != self.terminal_enterprise(terminal_id) or row[2] != e.asn:
+            why = "it names no card action of this terminal's enterprise for this card"
+        else:
+            why = None
+        if why:
             log_event(log, "platform.card_action_report_refused", logging.WARNING, terminal=terminal_id, seq=e.seq,
-                      action_id=d["action_id"], text=f"{e.kind} names no card action of this terminal's enterprise "
-                                                     "for this card; ignored")
+                      action_id=d["action_id"], text=f"{e.kind} record ignored: {why}")
             return
         if e.kind == CARD_ACTION_FAILED:
             if row[0] != "pending":
                 return  # done or cancelled already: the report changes nothing
-            note = f"card refused it at terminal {terminal_id}: {d['reason_code']}" + (f" (SW {d['sw']})"
-                                                                                     if d["sw"] else "")
+            note = f"refused at terminal {terminal_id}: {d['reason_code']}" + (f" (SW {d['sw']})"
+                                                                             if d["sw"] else "")
             self.conn.execute("UPDATE card_actions SET status = 'failed', status_note = ? WHERE action_id = ?",
                               (note, d["action_id"]))
             self._history(e.asn, "card_action_failed", f"card action {d['action_id']} failed: {note}")

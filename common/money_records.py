@@ -110,7 +110,8 @@ _REASON = re.compile(r"[a-z0-9_]{1,40}\Z")
 
 
 def check_action_failed_detail(detail) -> dict:
-    """{action_id, reason_code, sw}: sw is the card's status word as 4 uppercase hex digits ("" if none)."""
+    """{action_id, reason_code, sw}: sw is the card's status word as 4 uppercase hex digits, or null when the card
+    was not asked (e.g. the amount was over the terminal's limit)."""
     where = f"{CARD_ACTION_FAILED} detail"
     if isinstance(detail, str):
         try:
@@ -128,6 +129,6 @@ def check_action_failed_detail(detail) -> dict:
         if problem:
             raise ProtocolError(f"{where}: field {key!r} {problem}")
     sw = detail["sw"]
-    if not isinstance(sw, str) or not (sw == "" or _SW.match(sw)):
-        raise ProtocolError(f"{where}: field 'sw' must be 4 uppercase hex digits or empty")
+    if sw is not None and not (isinstance(sw, str) and _SW.match(sw)):
+        raise ProtocolError(f"{where}: field 'sw' must be 4 uppercase hex digits or null")
     return detail

@@ -225,10 +225,10 @@ def test_over_the_air_top_ups_are_checked_against_the_card_and_enterprise_limits
 def test_a_card_action_the_card_refused_is_failed_and_no_longer_offered(pf, tmp_path):
     action = pf.add_card_action(ASN, "topup", {"amount": 50_000})
     topup = Chain(tmp_path, TOPUP)
-    topup.add(mr.CARD_ACTION_FAILED, {"action_id": action, "reason_code": "card_refused", "sw": "9403"})
+    topup.add(mr.CARD_ACTION_FAILED, {"action_id": action, "reason_code": "card_error", "sw": "6A80"})
     topup.upload(pf)
     [a] = pf.card_actions(ASN)
-    assert (a["status"], a["note"]) == ("failed", f"card refused it at terminal {TOPUP}: card_refused (SW 9403)")
+    assert (a["status"], a["note"]) == ("failed", f"refused at terminal {TOPUP}: card_error (SW 6A80)")
     req = p.Request(TOPUP, "sync", 0, 0)
     assert [p.open_envelope(m, KEY.public_key()).type for _, m in pf.answer_request(req)] == ["time"]
     with pytest.raises(PlatformError, match="already failed"):
@@ -385,3 +385,33 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
         assert pf.card(ASN)["balance_cents"] == 1_000
     finally:
         pf.close()
+
+
+@pytest.mark.parametrize("d, ok", [
+    ({"action_id": "a1", "reason_code": "over_load_limit", "sw": None}, True),
+    ({"action_id": "a1", "reason_code": "card_error", "sw": "6A80"}, True),
+    ({"action_id": "a1", "reason_code": "card_error", "sw": "6a80"}, False),
+    ({"action_id": "a1", "reason_code": "card_error"}, False),
+    ({"action_id": "a1", "reason_code": "card_error", "sw": None, "more": 1}, False),
+    ({"action_id": 7, "reason_code": "card_error", "sw": None}, False),
+])
+def test_card_action_failed_detail_schema(d, ok):
+    if ok:
+        assert mr.check_action_failed_detail(d) == d
+    else:
+        with pytest.raises(p.ProtocolError):
+            mr.check_action_failed_detail(d)
+
+
+def test_a_malformed_failure_report_is_refused_and_the_action_stays_pending(pf, tmp_path, caplog):
+    action = pf.add_card_action(ASN, "topup", {"amount": 50_000})
+    topup = Chain(tmp_path, TOPUP)
+    topup.add(mr.CARD_ACTION_FAILED, {"action_id": action, "reason_code": "card_error"})
+    topup.add(mr.CARD_ACTION_FAILED, {"action_id": action, "reason_code": "card_error", "sw": None}, asn="0" * 16)
+    door = Chain(tmp_path, DOOR)
+    door.add(mr.CARD_ACTION_FAILED, {"action_id": action, "reason_code": "card_error", "sw": None})
+    with caplog.at_level(logging.WARNING, "platform"):
+        assert topup.upload(pf).acked_seq == 2 and door.upload(pf).acked_seq == 1
+    assert [a["status"] for a in pf.card_actions(ASN)] == ["pending"]
+    assert caplog.text.count("event=platform.card_action_report_refused") == 3
+    assert "only a top-up terminal carries out card actions" in caplog.text
