@@ -52,7 +52,7 @@ class Bills:
         rows = self.conn.execute(
             "SELECT e.time, t.kind, t.amount_cents FROM purse_transactions t JOIN events e "
             "ON e.terminal_id = t.terminal_id AND e.seq = t.seq JOIN cards c ON c.asn = t.asn "
-            "WHERE c.holder_id = ? AND t.tac_status != 'bad' AND e.time >= ? AND e.time < ? ORDER BY e.time",
+            "WHERE c.holder_id = ? AND e.time >= ? AND e.time < ? ORDER BY e.time",
             (holder_id, p.format_time(first), p.format_time(nxt))).fetchall()
         label = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up"}
         spent = sum(a for _, k, a in rows if k == "pos.purchase") - sum(a for _, k, a in rows if k == "pos.undo")
@@ -61,5 +61,9 @@ class Bills:
                           f"{label[k]} {_yuan(a)}" for t, k, a in rows) or "no purse transactions"
         balance = sum(r[0] for r in self.conn.execute(
             "SELECT balance_cents FROM cards WHERE holder_id = ? AND status IN (?, ?)", (holder_id, ACTIVE, LOST)))
+        unchecked = self.conn.execute(
+            "SELECT count(*) FROM purse_transactions t JOIN cards c ON c.asn = t.asn WHERE c.holder_id = ? AND "
+            "c.status IN (?, ?) AND t.tac_status = 'unchecked'", (holder_id, ACTIVE, LOST)).fetchone()[0]
+        flag = " (UNVERIFIED: not checked against the cards' TACs)" if unchecked else ""
         return (f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
-                f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan. {items}.")
+                f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}.")

@@ -4,10 +4,12 @@ A part of `central.store.Platform`: it works on the platform database through `s
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 from central.db import ACTIVE, CANCELLED, LOST, REPLACED, PlatformError, _asn, _yuan
 from common import sync_protocol as p
+from common.config import ConfigError, document_max_load
 
 
 class CardFlows:
@@ -67,9 +69,10 @@ class CardFlows:
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (new_asn,)).fetchone():
                 raise PlatformError(f"new card {new_asn} is already registered; issue a blank card")
             holder_id = self.conn.execute("SELECT holder_id FROM cards WHERE asn = ?", (c["asn"],)).fetchone()[0]
-            self.conn.execute("INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+            self.conn.execute("INSERT INTO cards (asn, enterprise_id, holder_id, status, balance_cents, rights, "
+                              "updated_at, max_balance_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                               (new_asn, c["enterprise_id"], holder_id, ACTIVE, c["balance_cents"],
-                               json.dumps(c["rights"], sort_keys=True), self._now()))
+                               json.dumps(c["rights"], sort_keys=True), self._now(), c["max_balance_cents"]))
             self.conn.execute("UPDATE cards SET status = ?, balance_cents = 0, replaced_by = ?, updated_at = ? "
                               "WHERE asn = ?", (REPLACED, new_asn, self._now(), c["asn"]))
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "replaced"}, [])
@@ -92,14 +95,92 @@ class CardFlows:
         return {"enterprise_id": enterprise_id, "version": v, "document": json.loads(doc) if doc else {}}
 
     def add_card_action(self, asn: str, action: str, params: dict, action_id: str | None = None) -> str:
+        """Queue an action the top-up terminal writes onto the card at its next tap there, after checking that the
+        card can take it: a card action the card would refuse blocks nothing, but is refused here."""
         with self._txn():
             c = self.card(asn)
+            self._check_card_action(c, action, params)
             action_id = action_id or p.new_message_id()
-            self.conn.execute("INSERT INTO card_actions VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+            self.conn.execute("INSERT INTO card_actions (action_id, enterprise_id, asn, action, params, created_at, "
+                              "status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
                               (action_id, c["enterprise_id"], c["asn"], action, json.dumps(params), self._now()))
             self._queue(p.enterprise_topic(c["enterprise_id"]),
                         self.seal("card_action", f"e:{c['enterprise_id']}", self._action_body(action_id)))
         return action_id
+
+    def _check_card_action(self, c: dict, action: str, params: dict) -> None:
+        if c["status"] != ACTIVE:
+            raise PlatformError(f"card {c['asn']} is {c['status']}; only an active card takes card actions")
+        if action == "topup":
+            amount = params.get("amount") if isinstance(params, dict) and set(params) == {"amount"} else None
+            if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+                raise PlatformError('an over-the-air top-up takes {"amount": fen > 0} and nothing else')
+            (doc,) = self.conn.execute("SELECT config_document FROM enterprises WHERE enterprise_id = ?",
+                                       (c["enterprise_id"],)).fetchone()
+            try:
+                max_load = document_max_load(json.loads(doc) if doc else None)
+            except ConfigError:
+                max_load = document_max_load(None)
+            if amount > max_load:
+                raise PlatformError(f"top-up of {_yuan(amount)} is over the enterprise's top-up limit of "
+                                    f"{_yuan(max_load)} per load (topup.max_load); queue several smaller top-ups")
+            queued = sum(json.loads(r[0])["amount"] for r in self.conn.execute(
+                "SELECT params FROM card_actions WHERE asn = ? AND action = 'topup' AND status = 'pending'",
+                (c["asn"],)))
+            room = c["max_balance_cents"] - c["balance_cents"] - queued
+            if amount > room:
+                raise PlatformError(f"top-up of {_yuan(amount)} would take card {c['asn']} over its maximum balance "
+                                    f"of {_yuan(c['max_balance_cents'])} (balance {_yuan(c['balance_cents'])}, "
+                                    f"{_yuan(queued)} already queued): at most {_yuan(max(room, 0))} fits")
+        elif action == "rights":
+            try:
+                ok = (set(params) <= {"door_groups", "valid_from", "valid_to", "time_profile"}
+                      and {"door_groups", "valid_from", "valid_to"} <= set(params)
+                      and isinstance(params["door_groups"], list) and params["door_groups"]
+                      and all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 64
+                              for g in params["door_groups"])
+                      and dt.date.fromisoformat(params["valid_from"]) <= dt.date.fromisoformat(params["valid_to"])
+                      and type(params.get("time_profile", 0)) is int and 0 <= params.get("time_profile", 0) <= 255)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise PlatformError("a rights change takes door_groups (1..64), valid_from <= valid_to (YYYY-MM-DD) "
+                                    "and an optional time_profile (0..255)")
+        else:
+            raise PlatformError(f"card action {action!r:.40} is unknown; the top-up terminal runs topup and rights")
+
+    def cancel_action(self, action_id: str) -> str:
+        """Cancel a pending card action: no longer offered, and a signed cancellation tells the enterprise's
+        terminals to drop it from their inbox (a terminal never applies a cancelled action)."""
+        with self._txn():
+            row = self.conn.execute("SELECT enterprise_id, asn, action, status FROM card_actions WHERE action_id = ?",
+                                    (action_id,)).fetchone()
+            if row is None:
+                raise PlatformError(f"card action {action_id!r:.70} does not exist; the ID is printed when it is "
+                                    "queued (`onecard platform card ASN` lists a card's actions)")
+            eid, asn, action, status = row
+            if status == "done":
+                raise PlatformError(f"card action {action_id} was already applied on card {asn}; it cannot be "
+                                    "cancelled (a top-up already on the card is refunded or spent like any other)")
+            if status != "pending":
+                raise PlatformError(f"card action {action_id} is already {status}; nothing changed")
+            self.conn.execute("UPDATE card_actions SET status = 'cancelled', status_note = ? WHERE action_id = ?",
+                              (f"cancelled by an administrator at {self._now()}", action_id))
+            self._history(asn, "card_action_cancelled", f"card action {action_id} ({action}) cancelled")
+            self._queue(p.enterprise_topic(eid), self.seal("card_action.cancel", f"e:{eid}",
+                                                           self._cancel_body(action_id)))
+        return asn
+
+    def _cancel_body(self, action_id: str) -> dict:
+        asn, action = self.conn.execute("SELECT asn, action FROM card_actions WHERE action_id = ?",
+                                        (action_id,)).fetchone()
+        return {"action_id": action_id, "asn": asn, "action": action}
+
+    def card_actions(self, asn: str) -> list[dict]:
+        rows = self.conn.execute("SELECT action_id, action, params, created_at, status, status_note FROM card_actions "
+                                 "WHERE asn = ? ORDER BY created_at, action_id", (_asn(asn),)).fetchall()
+        return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2]), "created_at": r[3], "status": r[4],
+                 "note": r[5]} for r in rows]
 
     def authorise(self, asn: str, rights: dict) -> str:
         """Change a card's access rights: recorded here, and queued as a card action that the card service

@@ -10,6 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
+from central.db import TERMINAL_KINDS
 from common.errors import UserError
 
 
@@ -30,6 +31,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("terminal_id")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--name", default="")
+    c.add_argument("--kind", required=True, choices=TERMINAL_KINDS,
+                   help="what the terminal is ([terminal].kind; issuing for an issuing station): only pos and topup "
+                        "terminals' money records are accounted")
     c = cmd("add-holder", "register an employee (group member)", cmd_add_holder)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -41,6 +45,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--employee", required=True)
     c.add_argument("--rights", default="{}", help='JSON, e.g. {"door_groups":[1,2],"time_profile":1}')
     c.add_argument("--balance", default="0", help="opening balance in yuan")
+    c.add_argument("--max-balance", default="2000.00",
+                   help="the card's maximum balance in yuan (EF_PURSE; default 2000.00, the issuing default)")
     c = cmd("report-loss", "loss report: card LOST, blacklisted, every terminal notified", cmd_report_loss)
     c.add_argument("asn")
     c = cmd("unlock", "unlock a lost card: ACTIVE again, removed from the blacklist", cmd_unlock)
@@ -65,8 +71,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--valid-from", required=True, help="YYYY-MM-DD")
     c.add_argument("--valid-to", required=True, help="YYYY-MM-DD")
     c.add_argument("--time-profile", type=int, default=0)
+    c = cmd("cancel-action", "cancel a pending card action (over-the-air top-up, rights change): terminals drop it",
+            cmd_cancel_action)
+    c.add_argument("action_id")
     c = cmd("purse", "a card's purse transactions as uploaded, with each TAC's check", cmd_purse)
     c.add_argument("asn")
+    c = cmd("held", "money records not accounted: waiting for earlier records, or held for review", cmd_held)
+    c.add_argument("--all", action="store_true", help="also the resolved ones, with their resolution")
+    c = cmd("resolve-held", "after investigation: account or reject a held money record (the evidence is kept)",
+            cmd_resolve_held)
+    c.add_argument("held_id", type=int)
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--account", action="store_true", help="move the balance by it, as uploaded")
+    g.add_argument("--reject", action="store_true", help="do not move the balance")
+    c.add_argument("--note", required=True, help="what the investigation found (kept with the record)")
     c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -89,6 +107,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--tac-keystore", type=Path, help="keystore with the TAC keys ('onecard sam restrict --role "
                    "platform'); without it purse transactions are recorded as 'unchecked'")
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --tac-keystore")
+    c.add_argument("--lab-unverified-money", action="store_true",
+                   help="LAB ONLY: serve without TAC keys; money records are accounted unchecked and every balance "
+                        "is labelled unverified")
 
     from central import ca_cli  # the CA role (terminal enrolment)
     ca_cli.add_subcommands(sub)
@@ -139,8 +160,8 @@ def cmd_add_enterprise(args) -> int:
 
 
 def cmd_add_terminal(args) -> int:
-    return _run(args, lambda pf: pf.add_terminal(args.terminal_id, args.enterprise, args.name)
-                or f"terminal {args.terminal_id} registered to enterprise {args.enterprise}")
+    return _run(args, lambda pf: pf.add_terminal(args.terminal_id, args.enterprise, args.name, kind=args.kind)
+                or f"{args.kind} terminal {args.terminal_id} registered to enterprise {args.enterprise}")
 
 
 def cmd_add_holder(args) -> int:
@@ -148,13 +169,13 @@ def cmd_add_holder(args) -> int:
                 and f"employee {args.employee_no} ({args.name}) registered")
 
 
-def _cents(text: str) -> int:
+def _cents(text: str, what: str = "balance") -> int:
     try:
         value = round(float(text) * 100)
     except ValueError:
-        raise UserError(f"balance {text!r} is not an amount in yuan; write e.g. 12.50") from None
+        raise UserError(f"{what} {text!r} is not an amount in yuan; write e.g. 12.50") from None
     if value < 0:
-        raise UserError(f"balance {text} is negative; a card starts at zero or more")
+        raise UserError(f"{what} {text} is negative; a card starts at zero or more")
     return value
 
 
@@ -163,8 +184,8 @@ def cmd_issue_card(args) -> int:
         rights = json.loads(args.rights)
     except json.JSONDecodeError as exc:
         raise UserError(f"--rights is not JSON ({exc}); write e.g. '{{\"door_groups\":[1,2]}}'") from None
-    cents = _cents(args.balance)
-    return _run(args, lambda pf: pf.issue_card(args.enterprise, args.employee, args.asn, rights, cents)
+    cents, max_cents = _cents(args.balance), _cents(args.max_balance, "--max-balance")
+    return _run(args, lambda pf: pf.issue_card(args.enterprise, args.employee, args.asn, rights, cents, max_cents)
                 or f"card {args.asn.upper()} issued to employee {args.employee}")
 
 
@@ -231,9 +252,36 @@ def cmd_authorise(args) -> int:
                                  f"{args.asn.upper()}: groups {groups}, {args.valid_from}..{args.valid_to}")
 
 
+def cmd_cancel_action(args) -> int:
+    return _run(args, lambda pf: f"card action {args.action_id} of card {pf.cancel_action(args.action_id)} cancelled; "
+                                 "the cancellation is queued for every terminal of the enterprise")
+
+
 def cmd_purse(args) -> int:
-    return _run(args, lambda pf: "\n".join(json.dumps(t, sort_keys=True)
-                                           for t in pf.purse_transactions(args.asn.upper())) or "no transactions")
+    def do(pf):
+        card = pf.card(args.asn)
+        lines = [json.dumps(t, sort_keys=True) for t in pf.purse_transactions(card["asn"])]
+        if card["balance_status"] != "verified":
+            lines.insert(0, f"UNVERIFIED balance {card['balance_cents'] / 100:.2f}: {card['balance_status']}")
+        if card["held_money_records"]:
+            lines.append(f"ALARM: {card['held_money_records']} money record(s) of this card are held, not accounted: "
+                         "see `onecard platform held`")
+        return "\n".join(lines) or "no transactions"
+    return _run(args, do)
+
+
+def cmd_held(args) -> int:
+    def do(pf):
+        rows = pf.held_money(include_resolved=args.all)
+        return "\n".join(json.dumps(r, sort_keys=True) for r in rows) or "no held money records"
+    return _run(args, do)
+
+
+def cmd_resolve_held(args) -> int:
+    decision = "account" if args.account else "reject"
+    return _run(args, lambda pf: f"held money record {args.held_id} "
+                                 f"{pf.resolve_held(args.held_id, decision, args.note)}; the record and this decision "
+                                 "are kept")
 
 
 def cmd_bill(args) -> int:
@@ -246,7 +294,8 @@ def cmd_spending_bill(args) -> int:
 
 
 def cmd_card(args) -> int:
-    return _run(args, lambda pf: json.dumps(pf.card(args.asn), sort_keys=True))
+    return _run(args, lambda pf: json.dumps({**pf.card(args.asn), "card_actions": pf.card_actions(args.asn)},
+                                            sort_keys=True))
 
 
 def cmd_terminal(args) -> int:
@@ -268,6 +317,9 @@ def cmd_serve(args) -> int:
         if not f.is_file():
             raise UserError(f"TLS file {f} does not exist; make test ones with deploy/mosquitto/make-test-pki.py")
     tac_sam = None
+    if args.tac_keystore is None and not args.lab_unverified_money:
+        raise UserError("no TAC keys: give --tac-keystore KS --passphrase-file F (a keystore from `onecard sam "
+                        "restrict --role platform`), or --lab-unverified-money in a lab (balances then unverified)")
     if args.tac_keystore is not None:
         from sam.interface import SamError
         from sam.keystore import KeystoreUnlock
@@ -279,9 +331,13 @@ def cmd_serve(args) -> int:
             tac_sam = SoftwareSam.open(args.tac_keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
         except SamError as exc:
             raise UserError(str(exc)) from None
-    service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port,
-                                                           TlsFiles(args.ca, args.cert, args.cert_key)),
-                              workers=args.workers, tac_sam=tac_sam)
+    try:
+        service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port,
+                                                               TlsFiles(args.ca, args.cert, args.cert_key)),
+                                  workers=args.workers, tac_sam=tac_sam,
+                                  unverified_money=args.lab_unverified_money and tac_sam is None)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,9 +10,15 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from common.money_records import MONEY_SIGN
+
 ACTIVE, LOST, CANCELLED, REPLACED = "ACTIVE", "LOST", "CANCELLED", "REPLACED"
 # Completed purse transactions in terminal logs (terminal/purse_flow.py) and how each moves the balance.
-PURSE_SIGN = {"pos.purchase": -1, "pos.undo": 1, "topup.load": 1}
+PURSE_SIGN = MONEY_SIGN
+# What a terminal is; it decides whose money records are accounted (common/money_records.py ACCOUNTING_KINDS).
+TERMINAL_KINDS = ("door", "attendance", "pos", "topup", "issuing")
+# A card's maximum balance when issue-card does not say (the issuing terminal's default, terminal/issuing.py).
+DEFAULT_MAX_BALANCE_CENTS = 200_000
 # A terminal this many versions behind gets a snapshot instead of a long delta.
 MAX_DELTA_CHANGES = 10_000
 _ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
@@ -24,7 +30,7 @@ CREATE TABLE IF NOT EXISTS enterprises (
 CREATE TABLE IF NOT EXISTS terminals (
   terminal_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL REFERENCES enterprises, name TEXT NOT NULL,
   contiguous_seq INTEGER NOT NULL DEFAULT 0, head_hash TEXT NOT NULL, duplicates INTEGER NOT NULL DEFAULT 0,
-  chain_problem TEXT, status TEXT, status_at TEXT, heartbeat TEXT, heartbeat_at TEXT) STRICT;
+  chain_problem TEXT, status TEXT, status_at TEXT, heartbeat TEXT, heartbeat_at TEXT, kind TEXT) STRICT;
 CREATE TABLE IF NOT EXISTS events (
   terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, time TEXT NOT NULL, kind TEXT NOT NULL, asn TEXT,
   reason_code TEXT NOT NULL, message TEXT NOT NULL, detail TEXT NOT NULL, hash TEXT NOT NULL,
@@ -40,7 +46,7 @@ CREATE TABLE IF NOT EXISTS holders (
 CREATE TABLE IF NOT EXISTS cards (
   asn TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, holder_id INTEGER NOT NULL REFERENCES holders,
   status TEXT NOT NULL, balance_cents INTEGER NOT NULL DEFAULT 0, rights TEXT NOT NULL,
-  replaced_by TEXT, updated_at TEXT NOT NULL) STRICT;
+  replaced_by TEXT, updated_at TEXT NOT NULL, max_balance_cents INTEGER) STRICT;
 CREATE TABLE IF NOT EXISTS blacklist (
   enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, reason TEXT NOT NULL, listed_in_version INTEGER NOT NULL,
   PRIMARY KEY (enterprise_id, asn)) WITHOUT ROWID, STRICT;
@@ -51,7 +57,7 @@ CREATE TABLE IF NOT EXISTS refunds (
   id INTEGER PRIMARY KEY, asn TEXT NOT NULL, amount_cents INTEGER NOT NULL, at TEXT NOT NULL, note TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS card_actions (
   action_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL,
-  params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending') STRICT;
+  params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', status_note TEXT) STRICT;
 CREATE TABLE IF NOT EXISTS card_history (
   id INTEGER PRIMARY KEY, at TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL, text TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS purse_transactions (
@@ -59,11 +65,28 @@ CREATE TABLE IF NOT EXISTS purse_transactions (
   amount_cents INTEGER NOT NULL, balance_after_cents INTEGER NOT NULL, tac TEXT NOT NULL, tac_status TEXT NOT NULL,
   PRIMARY KEY (terminal_id, seq)) WITHOUT ROWID, STRICT;
 CREATE INDEX IF NOT EXISTS purse_transactions_asn ON purse_transactions (asn, kind, counter);
+CREATE TABLE IF NOT EXISTS held_money (
+  id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, seq INTEGER NOT NULL, asn TEXT, kind TEXT NOT NULL,
+  counter INTEGER, amount_cents INTEGER, balance_after_cents INTEGER, tac TEXT, tac_status TEXT NOT NULL,
+  detail TEXT NOT NULL, reason_code TEXT NOT NULL, reason TEXT NOT NULL, status TEXT NOT NULL, held_at TEXT NOT NULL,
+  resolved_at TEXT, resolution TEXT, UNIQUE (terminal_id, seq)) STRICT;
+CREATE INDEX IF NOT EXISTS held_money_asn ON held_money (asn, status);
 CREATE TABLE IF NOT EXISTS outbound (
   id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
   published_at TEXT) STRICT;
 CREATE INDEX IF NOT EXISTS outbound_unpublished ON outbound (published_at, id);
 """
+
+
+# Columns added after the first release: an older platform.db gets them at open (NULL = not known).
+_ADDED_COLUMNS = (("terminals", "kind", "TEXT"), ("cards", "max_balance_cents", "INTEGER"),
+                  ("card_actions", "status_note", "TEXT"))
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    for table, column, decl in _ADDED_COLUMNS:
+        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
 class PlatformError(Exception):

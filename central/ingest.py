@@ -5,10 +5,15 @@ A part of `central.store.Platform`: it works on the platform database through `s
 from __future__ import annotations
 
 import json
+import logging
 
 from central.db import PURSE_SIGN, IngestResult, PlatformError
 from common import sync_protocol as p
 from common.events import event_hash
+from common.logs import log_event
+from common.money_records import CARD_ACTION_FAILED, check_action_failed_detail
+
+log = logging.getLogger("platform")
 
 
 class Ingest:
@@ -67,9 +72,8 @@ class Ingest:
                           (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
         if e.kind in PURSE_SIGN:
             self._account(terminal_id, e)
-        elif e.kind == "card.rights":
-            self.conn.execute("UPDATE card_actions SET status = 'done' WHERE action_id = ?",
-                              (json.loads(e.detail)["action_id"],))
+        elif e.kind in ("card.rights", CARD_ACTION_FAILED):
+            self._card_action_report(terminal_id, e)
         return None
 
     def ack_message(self, result: IngestResult) -> bytes:
@@ -81,3 +85,44 @@ class Ingest:
     def totals(self) -> dict[str, int]:
         """Stored events per kind over all terminals (each terminal record counted once)."""
         return dict(self.conn.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
+
+    def _card_action_report(self, terminal_id: str, e: p.WireEvent) -> None:
+        """A terminal wrote a card action onto the card (`card.rights`; a top-up's record is `topup.load` with
+        its action_id), or the card refused it (`card_action.failed`): the action is done or failed, and is no
+        longer offered. Only a report from a terminal of the action's enterprise, for the action's card, counts."""
+        try:
+            if e.kind == CARD_ACTION_FAILED:
+                d = check_action_failed_detail(e.detail)
+            else:
+                d = json.loads(e.detail)
+                if not isinstance(d, dict) or not isinstance(d.get("action_id"), str):
+                    raise p.ProtocolError("card.rights detail has no action_id")
+        except (p.ProtocolError, json.JSONDecodeError, RecursionError) as exc:
+            log_event(log, "platform.card_action_report_refused", logging.WARNING, terminal=terminal_id, seq=e.seq,
+                      text=f"{e.kind} record refused as a protocol error: {exc}")
+            return
+        row = self.conn.execute("SELECT status, enterprise_id, asn FROM card_actions WHERE action_id = ?",
+                                (d["action_id"],)).fetchone()
+        if self.terminal_kind(terminal_id) != "topup":
+            why = f"only a top-up terminal carries out card actions, terminal {terminal_id} is not one"
+        elif row is None or row[1] != self.terminal_enterprise(terminal_id) or row[2] != e.asn:
+            why = "it names no card action of this terminal's enterprise for this card"
+        else:
+            why = None
+        if why:
+            log_event(log, "platform.card_action_report_refused", logging.WARNING, terminal=terminal_id, seq=e.seq,
+                      action_id=d["action_id"], text=f"{e.kind} record ignored: {why}")
+            return
+        if e.kind == CARD_ACTION_FAILED:
+            if row[0] != "pending":
+                return  # done or cancelled already: the report changes nothing
+            note = f"refused at terminal {terminal_id}: {d['reason_code']}" + (f" (SW {d['sw']})"
+                                                                             if d["sw"] else "")
+            self.conn.execute("UPDATE card_actions SET status = 'failed', status_note = ? WHERE action_id = ?",
+                              (note, d["action_id"]))
+            self._history(e.asn, "card_action_failed", f"card action {d['action_id']} failed: {note}")
+            log_event(log, "platform.card_action_failed", logging.WARNING, terminal=terminal_id,
+                      action_id=d["action_id"], asn=e.asn, reason_code=d["reason_code"], sw=d["sw"],
+                      text=f"card action failed ({note}); no longer pending")
+        else:
+            self.conn.execute("UPDATE card_actions SET status = 'done' WHERE action_id = ?", (d["action_id"],))

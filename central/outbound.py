@@ -29,6 +29,10 @@ class Outbound:
             for (action_id,) in self.conn.execute("SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
                                                   "status = 'pending' ORDER BY created_at", (eid,)).fetchall():
                 out.append((topic, self.seal("card_action", target, self._action_body(action_id))))
+            # Cancellations again, for a terminal that was away when one was published.
+            for (action_id,) in self.conn.execute("SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
+                                                  "status = 'cancelled' ORDER BY created_at", (eid,)).fetchall():
+                out.append((topic, self.seal("card_action.cancel", target, self._cancel_body(action_id))))
             out.append((topic, self.time_message(req.terminal_id)))
         return out
 

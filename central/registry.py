@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from central.db import ACTIVE, LOST, PlatformError, _asn
+from central.db import ACTIVE, DEFAULT_MAX_BALANCE_CENTS, LOST, TERMINAL_KINDS, PlatformError, _asn, _yuan
 from common import sync_protocol as p
 from common.events import GENESIS_HASH
 
@@ -20,18 +20,34 @@ class Registry:
             self.conn.execute("INSERT OR IGNORE INTO enterprises (enterprise_id, name) VALUES (?, ?)",
                               (enterprise_id, name))
 
-    def add_terminal(self, terminal_id: str, enterprise_id: str, name: str = "") -> None:
+    def add_terminal(self, terminal_id: str, enterprise_id: str, name: str = "", *, kind: str) -> None:
+        """Register a terminal and what it is: only pos and top-up terminals' money records are accounted.
+
+        Registering it again is a no-op; a terminal registered before kinds were recorded gets its kind now."""
         if not (terminal_id.isdigit() and len(terminal_id) == 12):
             raise PlatformError(f"terminal ID {terminal_id!r} is not 12 digits; use [terminal].id of its firmware.toml")
+        if kind not in TERMINAL_KINDS:
+            raise PlatformError(f"terminal kind {kind!r} is not one of {', '.join(TERMINAL_KINDS)}; use "
+                                "[terminal].kind of its firmware.toml (issuing for an issuing station)")
         with self._txn():
             self._enterprise(enterprise_id)
-            row = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?",
+            row = self.conn.execute("SELECT enterprise_id, kind FROM terminals WHERE terminal_id = ?",
                                     (terminal_id,)).fetchone()
             if row and row[0] != enterprise_id:
                 raise PlatformError(f"terminal {terminal_id} is registered to enterprise {row[0]}; "
                                     "a terminal serves one enterprise")
-            self.conn.execute("INSERT OR IGNORE INTO terminals (terminal_id, enterprise_id, name, head_hash) "
-                              "VALUES (?, ?, ?, ?)", (terminal_id, enterprise_id, name or terminal_id, GENESIS_HASH))
+            if row and row[1] is not None and row[1] != kind:
+                raise PlatformError(f"terminal {terminal_id} is registered as a {row[1]} terminal; a terminal "
+                                    "keeps its kind: register the new machine under a new terminal ID")
+            self.conn.execute("INSERT OR IGNORE INTO terminals (terminal_id, enterprise_id, name, head_hash, kind) "
+                              "VALUES (?, ?, ?, ?, ?)", (terminal_id, enterprise_id, name or terminal_id, GENESIS_HASH,
+                                                         kind))
+            self.conn.execute("UPDATE terminals SET kind = ? WHERE terminal_id = ? AND kind IS NULL",
+                              (kind, terminal_id))
+
+    def terminal_kind(self, terminal_id: str) -> str | None:
+        row = self.conn.execute("SELECT kind FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
+        return row[0] if row else None
 
     def _enterprise(self, enterprise_id: str) -> tuple:
         row = self.conn.execute("SELECT enterprise_id, blacklist_version, config_version FROM enterprises "
@@ -64,8 +80,14 @@ class Registry:
         return row
 
     def issue_card(self, enterprise_id: str, employee_no: str, asn: str, rights: dict | None = None,
-                   balance_cents: int = 0) -> None:
+                   balance_cents: int = 0, max_balance_cents: int = DEFAULT_MAX_BALANCE_CENTS) -> None:
         asn = _asn(asn)
+        if not 0 < max_balance_cents <= 2**32 - 1:
+            raise PlatformError(f"maximum balance {_yuan(max_balance_cents)} is out of range; write the card's "
+                                "maximum balance in yuan (EF_PURSE), e.g. 2000.00")
+        if balance_cents > max_balance_cents:
+            raise PlatformError(f"opening balance {_yuan(balance_cents)} is over the card's maximum balance "
+                                f"{_yuan(max_balance_cents)}")
         with self._txn():
             holder_id = self._holder(enterprise_id, employee_no)[0]
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone():
@@ -79,9 +101,10 @@ class Registry:
             if other is not None:
                 raise PlatformError(f"phone number {other[1]} already holds one-card {other[0]}; one phone number "
                                     "holds one one-card: cancel or replace that card instead")
-            self.conn.execute("INSERT INTO cards VALUES (?, ?, ?, ?, ?, ?, NULL, ?)",
+            self.conn.execute("INSERT INTO cards (asn, enterprise_id, holder_id, status, balance_cents, rights, "
+                              "updated_at, max_balance_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                               (asn, enterprise_id, holder_id, ACTIVE, balance_cents,
-                               json.dumps(rights or {}, sort_keys=True), self._now()))
+                               json.dumps(rights or {}, sort_keys=True), self._now(), max_balance_cents))
             self._history(asn, "issued", f"issued to employee {employee_no}")
 
     def _history(self, asn: str, action: str, text: str) -> None:
@@ -91,12 +114,19 @@ class Registry:
     def card(self, asn: str) -> dict:
         asn = _asn(asn)
         row = self.conn.execute("SELECT c.asn, c.enterprise_id, h.employee_no, h.name, c.status, c.balance_cents, "
-                                "c.rights, c.replaced_by FROM cards c JOIN holders h USING (holder_id) "
-                                "WHERE c.asn = ?", (asn,)).fetchone()
+                                "c.rights, c.replaced_by, c.max_balance_cents FROM cards c JOIN holders h "
+                                "USING (holder_id) WHERE c.asn = ?", (asn,)).fetchone()
         if row is None:
             raise PlatformError(f"card {asn} is not registered; check the ASN (`onecard platform cards` lists them)")
+        unchecked, held = self.conn.execute(
+            "SELECT (SELECT count(*) FROM purse_transactions WHERE asn = ?1 AND tac_status = 'unchecked'), "
+            "(SELECT count(*) FROM held_money WHERE asn = ?1 AND status IN ('held', 'waiting'))", (asn,)).fetchone()
         return {"asn": row[0], "enterprise_id": row[1], "employee_no": row[2], "name": row[3], "status": row[4],
-                "balance_cents": row[5], "rights": json.loads(row[6]), "replaced_by": row[7]}
+                "balance_cents": row[5], "rights": json.loads(row[6]), "replaced_by": row[7],
+                "max_balance_cents": row[8] if row[8] is not None else DEFAULT_MAX_BALANCE_CENTS,
+                # 'unverified': N transactions moved this balance without a TAC check (lab mode).
+                "balance_status": f"unverified ({unchecked} transaction(s) accounted without a TAC check)"
+                if unchecked else "verified", "held_money_records": held}
 
     def cards(self, enterprise_id: str | None = None) -> list[dict]:
         asns = [r[0] for r in self.conn.execute("SELECT asn FROM cards WHERE ?1 IS NULL OR enterprise_id = ?1 "
@@ -115,12 +145,12 @@ class Registry:
 
     def terminal(self, terminal_id: str) -> dict:
         row = self.conn.execute("SELECT terminal_id, enterprise_id, contiguous_seq, head_hash, duplicates, "
-                                "chain_problem, status, heartbeat FROM terminals WHERE terminal_id = ?",
+                                "chain_problem, status, heartbeat, kind FROM terminals WHERE terminal_id = ?",
                                 (terminal_id,)).fetchone()
         if row is None:
             raise PlatformError(f"terminal {terminal_id} is not registered")
         keys = ("terminal_id", "enterprise_id", "contiguous_seq", "head_hash", "duplicates", "chain_problem",
-                "status", "heartbeat")
+                "status", "heartbeat", "kind")
         d = dict(zip(keys, row))
         d["heartbeat"] = json.loads(d["heartbeat"]) if d["heartbeat"] else None
         d["events"] = self.conn.execute("SELECT count(*) FROM events WHERE terminal_id = ?",

@@ -114,9 +114,17 @@ class PlatformService:
     """N workers (worker 0 also publishes the outbound queue), each on its own thread."""
 
     def __init__(self, db: Path, signing_key, broker: BrokerSettings, *, workers: int = 2, clock=None,
-                 tac_sam=None) -> None:
-        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock, tac_sam=tac_sam), broker,
-                               publisher=i == 0)
+                 tac_sam=None, unverified_money: bool = False) -> None:
+        if tac_sam is None and not unverified_money:
+            raise PlatformError("the platform needs the TAC keys to account money: give --tac-keystore KS "
+                                "--passphrase-file F (from `onecard sam restrict --role platform`), or "
+                                "--lab-unverified-money in a lab, where every balance is then labelled unverified")
+        if unverified_money:
+            log_event(log, "platform.unverified_money", logging.WARNING,
+                      text="lab mode: money records are accounted without a TAC check; every balance they move is "
+                           "labelled unverified")
+        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock, tac_sam=tac_sam,
+                                                 unverified_money=unverified_money), broker, publisher=i == 0)
                         for i in range(workers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

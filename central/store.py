@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.bills import Bills
 from central.blacklists import Blacklists
 from central.card_flows import CardFlows
-from central.db import _SCHEMA, PlatformError, _Txn
+from central.db import _SCHEMA, PlatformError, _Txn, migrate
 from central.ingest import Ingest
 from central.outbound import Outbound
 from central.purse import PurseAccounts
@@ -31,12 +31,15 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
     """
 
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey, *, clock=None,
-                 timezone: str = "Asia/Shanghai", tac_sam=None) -> None:
+                 timezone: str = "Asia/Shanghai", tac_sam=None, unverified_money: bool = False) -> None:
         self.path = Path(path)
         self.key = signing_key
         # A SAM holding the enterprises' TAC master keys (usage verify): only the platform can check a TAC.
-        # Without one, purse transactions are recorded with tac_status 'unchecked'.
+        # Without one, money records are held ('no_tac_keys') unless `unverified_money` (the lab flag of
+        # `platform serve --lab-unverified-money`): then they are accounted with tac_status 'unchecked' and every
+        # balance they move is labelled unverified.
         self.tac_sam = tac_sam
+        self.unverified_money = unverified_money
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.tz = zoneinfo.ZoneInfo(timezone)
         # check_same_thread=False: a service builds its Platform objects and hands each to one worker
@@ -46,6 +49,7 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
             raise PlatformError(f"platform database {self.path} cannot use WAL; put it on a local filesystem")
         self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
         self.conn.executescript(_SCHEMA)
+        migrate(self.conn)
 
     def close(self) -> None:
         self.conn.close()

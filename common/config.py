@@ -382,6 +382,14 @@ def _topup_section(t: _Section) -> TopupSection:
     return TopupSection(max_load=_yuan(t, "max_load", "1000.00"))
 
 
+def document_max_load(document: dict | None) -> int:
+    """The per-load top-up limit (fen) that top-up terminals apply under this platform document (the firmware
+    default when the document sets none); the platform checks over-the-air top-ups against it."""
+    topup = (document or {}).get("topup")
+    return _topup_section(_Section(Path("platform configuration"), "topup",
+                                   topup if isinstance(topup, dict) else {})).max_load
+
+
 def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
     if not isinstance(profiles_raw, dict):
         raise ConfigError(f"{path}: time_profiles must be tables [time_profiles.N]; see firmware.toml")

@@ -27,7 +27,8 @@ UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST = "up/events", "up/heartbeat", "u
 DOWN_ACK, DOWN_MSG = "down/ack", "down/msg"
 UP_LEAVES = (UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST)
 
-DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "time")
+DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "card_action.cancel",
+              "time")
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
 
 _TID_RE = re.compile(r"[0-9]{12}\Z")
@@ -292,12 +293,21 @@ def _check_card_action(body: dict) -> None:
     _field(body, "params", dict, w)
 
 
+def _check_card_action_cancel(body: dict) -> None:
+    w = "card_action.cancel"
+    _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
+    _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
+    if not _field(body, "action", str, w):
+        raise ProtocolError(f"{w}: action must not be empty")
+
+
 def _check_time(body: dict) -> None:
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
 BODY_CHECKS = {"ack": _check_ack, "blacklist.snapshot": _check_snapshot, "blacklist.delta": _check_delta,
-               "config": _check_config, "card_action": _check_card_action, "time": _check_time}
+               "config": _check_config, "card_action": _check_card_action,
+               "card_action.cancel": _check_card_action_cancel, "time": _check_time}
 
 
 # --------------------------------------------------------------------------------------------

@@ -155,7 +155,7 @@ class Platform:
         self.admin("add-enterprise", ENTERPRISE, "--name", "Demo Co")
         self.admin("add-enterprise", OTHER_ENTERPRISE, "--name", "Other Co")
         for t in TERMINALS:
-            self.admin("add-terminal", t.terminal_id, "--enterprise", ENTERPRISE, "--name", t.name)
+            self.admin("add-terminal", t.terminal_id, "--enterprise", ENTERPRISE, "--name", t.name, "--kind", t.kind)
         for e in self.site.staff:
             self.admin("add-holder", e.employee_no, "--enterprise", e.enterprise, "--name", e.name)
             self.admin("issue-card", self.site.asn[e.key], "--enterprise", e.enterprise, "--employee", e.employee_no)

@@ -239,6 +239,11 @@ class SyncAgent:
                           text="pending card action stored in the inbox; it runs at the card's next tap")
             else:
                 self._reject("duplicate_action", f"card action {env.body['action_id']} is already in the inbox")
+        elif env.type == "card_action.cancel":
+            before = self.store.cancel_card_action(env.body, env.id, issued, received)
+            log_event(log, "sync.card_action_cancelled", terminal=self.tid, action_id=env.body["action_id"],
+                      asn=env.body["asn"], was=before,
+                      text="card action cancelled by the platform; the terminal will not run it")
         elif env.type == "time":
             last = self.store.last_time_message()
             if last is not None and issued <= last:

@@ -138,6 +138,23 @@ class SyncStore:
             self.mark_seen(msg_id, "card_action", issued_at, received_at)
         return cur.rowcount == 1
 
+    def cancel_card_action(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> str:
+        """Mark a card action cancelled so the terminal never runs it; a cancellation that arrives before its
+        action leaves a cancelled row, so the action is never stored as pending. Returns the status it had."""
+        with self.transaction():
+            row = self._conn.execute("SELECT status FROM inbox_card_actions WHERE action_id = ?",
+                                     (body["action_id"],)).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO inbox_card_actions (action_id, asn, action, params, message_id, issued_at, "
+                    "received_at, status) VALUES (?, ?, ?, '{}', ?, ?, ?, 'cancelled')",
+                    (body["action_id"], body["asn"], body["action"], msg_id, issued_at, received_at))
+            elif row[0] == "pending":
+                self._conn.execute("UPDATE inbox_card_actions SET status = 'cancelled' WHERE action_id = ?",
+                                   (body["action_id"],))
+            self.mark_seen(msg_id, "card_action.cancel", issued_at, received_at)
+        return row[0] if row else "absent"
+
     def card_actions(self) -> list[dict]:
         rows = self._conn.execute("SELECT action_id, asn, action, params, status FROM inbox_card_actions "
                                   "ORDER BY issued_at, action_id").fetchall()

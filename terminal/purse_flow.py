@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.logs import log_event
+from common.money_records import check_money_detail
 from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
                            SamError)
 from sam.sam_state import StateFileError
@@ -169,7 +170,7 @@ class PurseTerminal:
         for k in ("tsn", "purchase_seq", "action_id"):
             if k in d:
                 detail[k] = d[k]
-        return detail
+        return check_money_detail(d["op"], detail)  # the platform's schema: what is logged is what it accepts
 
     def settle_pending(self, transmit, info: cp.CardInfo, now: dt.datetime) -> Settled | None:
         """If this card has an open intent here, find out from the card whether it happened, and log that once."""

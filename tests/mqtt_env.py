@@ -170,8 +170,9 @@ def blacklist_version(path: Path) -> int:
 
 
 def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals: dict[str, str] | None = None,
-                   tac_sam=None):
-    """A PlatformService on platform.db with every test enterprise and the given terminals registered."""
+                   tac_sam=None, kinds: dict[str, str] | None = None):
+    """A PlatformService on platform.db with every test enterprise and the given terminals registered (as door
+    terminals unless `kinds` says otherwise); without `tac_sam` it runs in the lab mode (money unverified)."""
     from central.service import BrokerSettings, PlatformService
     from central.store import Platform
     from common.mqtt import TlsFiles
@@ -181,11 +182,11 @@ def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals
     admin.add_enterprise(ENTERPRISE, "Test Co")
     admin.add_enterprise(OTHER_ENTERPRISE, "Other Co")
     for tid, eid in (terminals if terminals is not None else broker.terminals).items():
-        admin.add_terminal(tid, eid)
+        admin.add_terminal(tid, eid, kind=(kinds or {}).get(tid, "door"))
     c = broker.pki.client(PLATFORM_USER)
     service = PlatformService(db, broker.pki.platform_key,
                               BrokerSettings("127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key)),
-                              workers=workers, tac_sam=tac_sam)
+                              workers=workers, tac_sam=tac_sam, unverified_money=tac_sam is None)
     service.start()
     assert service.wait_connected(), "platform workers could not connect to the test broker"
     return admin, service

@@ -107,7 +107,7 @@ def test_rotation_without_the_new_keys_in_the_sam_changes_nothing(keystore, log,
 def test_platform_reports_cards_per_key_version_from_uploads(sam, log, tmp_path):
     pf = Platform(tmp_path / "platform.db", Ed25519PrivateKey.generate())
     pf.add_enterprise("00010001", "Acme")
-    pf.add_terminal(ISSUING_TERMINAL, "00010001")
+    pf.add_terminal(ISSUING_TERMINAL, "00010001", kind="issuing")
     for i in range(3):
         pf.add_holder("00010001", f"E{i}", f"Person {i}", phone=f"1380000000{i}")
     cards = [issued_card(sam, tmp_path / f"c{i}.json") for i in range(3)]

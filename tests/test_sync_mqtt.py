@@ -182,7 +182,7 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
             assert bl.count() == 4 and bl.lookup(bytes([9]) * 8) is not None
         # Configuration and a card action: stored in the inbox once, even when sent twice.
         cv = admin.publish_config(ENTERPRISE, {"door_groups": {"1": "lobby"}, "offline_limit_cents": 5000})
-        action = admin.add_card_action("0000000000000001", "write_back", {"balance_cents": 100})
+        action = admin.add_card_action("0000000000000001", "topup", {"amount": 100})
         again = admin.seal("card_action", f"t:{tid}", admin._action_body(action))
         wait_until(lambda: not admin.unpublished(), 10, "the platform publishing its queue")
         pub.publish(down, again).wait_for_publish(5)

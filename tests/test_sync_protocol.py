@@ -269,7 +269,7 @@ def test_sync_config_section_is_validated(tmp_path):
 def pf(tmp_path):
     platform = Platform(tmp_path / "platform.db", KEY, clock=lambda: NOW)
     platform.add_enterprise(EID, "Test Co")
-    platform.add_terminal(TID, EID)
+    platform.add_terminal(TID, EID, kind="door")
     yield platform
     platform.close()
 

@@ -19,8 +19,8 @@ from tests.support import MONDAY_10AM, make_card, make_sam
 def rig(broker, tmp_path):
     sam = make_sam()  # the issuing key set; it also holds the TAC keys the platform checks with
     (tmp_path / "platform").mkdir()
-    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam)
     tid = terminal_id(7)
+    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam, kinds={tid: "topup"})
     config_path = write_terminal_config(tmp_path / "topup", tid, broker, kind="topup")
     agent = AgentThread(config_path, ).start()
     with contextlib.ExitStack() as stack:
@@ -123,3 +123,35 @@ def test_pos_refuses_offline_sales_when_the_store_is_nearly_full(tmp_path):
     decision = tap(term, card, Charge(100))
     assert decision.reason_code == "store_full" and "sales paused until the terminal syncs" in decision.message
     assert card.state.purse.balance == 5000
+
+
+def test_a_cancelled_over_the_air_top_up_is_dropped_by_the_terminal(rig):
+    sam, admin, terminal, agent = rig
+    card = make_card(sam, opening_balance=0)
+    asn = card.state.asn.hex().upper()
+    admin.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
+    admin.issue_card(ENTERPRISE, "E1001", asn)
+    action = admin.add_card_action(asn, "topup", {"amount": 5000})
+    inbox = Inbox(agent.config.sync.database)
+    wait_until(lambda: inbox.pending_actions(asn), 20, "the card action reaching the terminal's inbox")
+    admin.cancel_action(action)
+    wait_until(lambda: not inbox.pending_actions(asn), 20, "the cancellation reaching the terminal's inbox")
+    assert tap(terminal, card, Balance()).message == "Balance 0.00"
+    assert tap(terminal, card, Load(1000)).accepted  # nothing blocks a cash top-up
+    assert card.state.purse.balance == 1000
+    wait_until(lambda: admin.card(asn)["balance_cents"] == 1000, 20, "the platform accounting the cash top-up")
+    assert [a["status"] for a in admin.card_actions(asn)] == ["cancelled"]
+
+
+def test_a_cancellation_that_arrives_before_its_action_keeps_it_from_the_inbox(tmp_path):
+    from sync_agent.store import SyncStore
+
+    store = SyncStore.open(tmp_path / "sync.db", terminal_id(7))
+    try:
+        body = {"action_id": "a1", "asn": "0102030405060708", "action": "topup"}
+        assert store.cancel_card_action(body, "m1", "t", "t") == "absent"
+        assert not store.store_card_action({**body, "params": {"amount": 1}}, "m2", "t", "t")
+        assert [a["status"] for a in store.card_actions()] == ["cancelled"]
+    finally:
+        store.close()
+    assert Inbox(tmp_path / "sync.db").pending_actions("0102030405060708") == []
