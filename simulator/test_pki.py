@@ -49,7 +49,7 @@ class TestCa:
     def _builder(self, subject: x509.Name, public_key) -> x509.CertificateBuilder:
         return (x509.CertificateBuilder().subject_name(subject).public_key(public_key)
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(self.now - dt.timedelta(minutes=5))
+                .not_valid_before(self.now - dt.timedelta(days=1))  # a long test session keeps using them
                 .not_valid_after(self.now + dt.timedelta(days=self.days)))
 
     def issue(self, cn: str, *, server: bool = False, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> CertFiles:
