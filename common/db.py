@@ -190,7 +190,7 @@ def open_checked_readonly(path: Path, *, setting: str, required_tables: set[str]
     return conn
 
 
-def connect_readwrite(path: Path) -> sqlite3.Connection:
+def connect_readwrite(path: Path, page_size: int | None = None) -> sqlite3.Connection:
     """Open for writing with the durability settings of docs/event-log.md; raise if WAL is unavailable.
 
     isolation_level=None: this module issues BEGIN IMMEDIATE / COMMIT itself, so the Python
@@ -199,6 +199,8 @@ def connect_readwrite(path: Path) -> sqlite3.Connection:
     check_free_space(path)
     try:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        if page_size is not None:
+            conn.execute(f"PRAGMA page_size = {int(page_size)}")  # only a new, empty file takes it (before WAL)
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     except sqlite3.Error as exc:
         check_free_space(path)
@@ -219,7 +221,7 @@ def connect_readwrite(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def create_new(path: Path, build) -> bool:
+def create_new(path: Path, build, page_size: int | None = None) -> bool:
     """Create the database at `path` complete or not at all, even when another process (the terminal and its sync
     agent start together) does the same: `build(conn)` makes the schema in a private file, which is then linked
     into place. Returns False when another process created `path` first; the caller then opens that one.
@@ -227,7 +229,7 @@ def create_new(path: Path, build) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     check_free_space(path)
     try:
-        conn = connect_readwrite(tmp)
+        conn = connect_readwrite(tmp, page_size)
         try:
             build(conn)
         finally:

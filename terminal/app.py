@@ -192,6 +192,8 @@ class Terminal:
             stop.wait(poll)
             return None
         self._reader_available(reader)
+        if conn is None:
+            self.event_log.checkpoint_if_due()  # no card: the moment for the log's checkpoint fsyncs
         return conn
 
     def _serve_card(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event, poll: float,
