@@ -20,7 +20,8 @@ from common.events import GENESIS_HASH, canonical_json, event_hash, format_time,
 
 SCHEMA_VERSION = 1
 # Of a new log (an existing one keeps its own). A decision's commit rewrites 3 pages (record, index, head), so the
-# page size is what each tap writes to the SD card: with 4 KiB pages a door decision wrote 25 KiB (bench/tap.py).
+# page size is what each tap writes to the SD card: with 4 KiB pages a door decision wrote 25 KiB, with 1 KiB 14
+# (bench/tap.py). A record is 500-700 bytes; one over 989 bytes continues on an overflow page, which is fine.
 PAGE_SIZE = 1024
 # Checkpoints (copying the WAL into the database: two more fsyncs and a rewrite of the pages) are made by the
 # idle tap loop (checkpoint_if_due), not by the commit of a tap; SQLite's own, on a commit, only past this.

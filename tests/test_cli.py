@@ -143,11 +143,25 @@ def test_corrupt_database_changes_nothing(site, tmp_path):
     assert not (tmp_path / "events.db-wal").exists()
 
 
-def test_no_pcscd(site, tmp_path):
+def test_no_pcscd_at_start_is_waited_for_not_exited_on(site, tmp_path):
+    import signal
+    import time
+
     cfg = write_config(site, "pcsc.toml", driver='"pcsc"', database=f'"{tmp_path / "e.db"}"',
                        blacklist=f'"{tmp_path / "b.db"}"')
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))
-    one_error_line(onecard("terminal", "run", "--config", cfg, env=env), "pcscd")
+    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        shown = proc.stdout.readline()  # the display's first line
+        assert "Reader unavailable: door locked, waiting for the reader" in shown
+        time.sleep(1.5)
+        assert proc.poll() is None, "the terminal exited instead of waiting for pcscd"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err.count("event=reader.unavailable") == 1 and "start pcscd" in err and "Traceback" not in err
 
 
 def test_log_verify_detects_tampering(site, tmp_path):
