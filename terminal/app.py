@@ -193,7 +193,11 @@ class Terminal:
             return None
         self._reader_available(reader)
         if conn is None:
-            self.event_log.checkpoint_if_due()  # no card: the moment for the log's checkpoint fsyncs
+            try:
+                self.event_log.checkpoint_if_due()  # no card: the moment for the log's checkpoint fsyncs
+            except Exception as exc:  # noqa: BLE001 - a failed checkpoint loses nothing; the next append says more
+                log_event(log, "log.checkpoint_failed", logging.WARNING, error=str(exc),
+                          msg="could not checkpoint the event log; retried when next idle")
         return conn
 
     def _serve_card(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event, poll: float,
