@@ -100,7 +100,7 @@ class CardFlows:
         with self._txn():
             c = self.card(asn)
             self._check_card_action(c, action, params)
-            action_id = action_id or p.new_message_id()
+            action_id = action_id or self.new_message_id()
             self.conn.execute("INSERT INTO card_actions (action_id, enterprise_id, asn, action, params, created_at, "
                               "status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
                               (action_id, c["enterprise_id"], c["asn"], action, json.dumps(params), self._now()))

@@ -113,6 +113,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     from central import ca_cli  # the CA role (terminal enrolment)
     ca_cli.add_subcommands(sub)
+    add_key_versions(sub)
 
 
 def _platform(args):
@@ -346,4 +347,32 @@ def cmd_serve(args) -> int:
         stop.wait()
     finally:
         service.stop()
+    return 0
+
+
+def add_key_versions(sub) -> None:
+    c = sub.add_parser("key-versions", help="cards per key version (retire a version when no card uses it)")
+    c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
+    c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
+    c.add_argument("--enterprise", help="only this enterprise")
+    c.set_defaults(handler=cmd_key_versions)
+
+
+def cmd_key_versions(args) -> int:
+    pf = _platform(args)
+    try:
+        counts = pf.key_versions(args.enterprise)
+    finally:
+        pf.close()
+    print("ENTERPRISE VERSION CARDS")
+    for eid, per in sorted(counts.items()):
+        for version, n in sorted(per.items(), key=lambda kv: str(kv[0])):
+            print(f"{eid} {version} {n}")
+    for eid, per in sorted(counts.items()):
+        if "unknown" in per:
+            print(f"{eid}: {per['unknown']} card(s) of unknown key version: re-key them before retiring any version")
+        elif len(per) == 1:
+            (current,) = per
+            print(f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
+                  f"('onecard sam restrict ... --drop-version N') and PSAM")
     return 0

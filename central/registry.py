@@ -11,6 +11,9 @@ from central.db import ACTIVE, DEFAULT_MAX_BALANCE_CENTS, LOST, TERMINAL_KINDS, 
 from common import sync_protocol as p
 from common.events import GENESIS_HASH
 
+# The issuing station's event kinds that carry a card's key version (terminal/rekey.py, terminal/issuing.py).
+KEYS_CHANGED, CARD_ISSUED = "issue.keys", "issue.card"
+
 
 class Registry:
     def add_enterprise(self, enterprise_id: str, name: str) -> None:
@@ -78,6 +81,38 @@ class Registry:
             raise PlatformError(f"employee {employee_no} is not registered in enterprise {enterprise_id}; "
                                 "add them with `onecard platform add-holder`")
         return row
+
+    def holder_contact(self, enterprise_id: str, employee_no: str) -> dict:
+        """{"name", "phone"} of a registered employee (PlatformError when not registered)."""
+        _id, name, phone = self._holder(enterprise_id, employee_no)
+        return {"name": name, "phone": phone}
+
+    def card_of_phone(self, phone: str) -> str | None:
+        """ASN of an active or lost card whose holder has this phone number, if any."""
+        row = self.conn.execute("SELECT c.asn FROM cards c JOIN holders h USING (holder_id) WHERE h.phone = ? "
+                                "AND c.status IN ('ACTIVE', 'LOST') LIMIT 1", (phone,)).fetchone()
+        return row[0] if row else None
+
+    def is_registered(self, asn: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone() is not None
+
+    def key_versions(self, enterprise_id: str | None = None) -> dict[str, dict[int | str, int]]:
+        """Cards per key version, from the issuing terminals' uploaded key events (the `events` table).
+
+        Only cards the platform still counts (ACTIVE or LOST) matter for retiring a version; a card with no uploaded
+        key event is reported under "unknown" (issued before key events were logged: re-key it or check it by hand).
+        """
+        rows = self.conn.execute(
+            "SELECT c.asn, c.enterprise_id, (SELECT e.detail FROM events e WHERE e.asn = c.asn AND e.kind IN (?, ?) "
+            "ORDER BY e.time DESC, e.seq DESC LIMIT 1) FROM cards c WHERE c.status IN ('ACTIVE', 'LOST') "
+            "AND (?3 IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
+            (KEYS_CHANGED, CARD_ISSUED, enterprise_id)).fetchall()
+        out: dict[str, dict[int | str, int]] = {}
+        for _asn, eid, detail in rows:
+            version: int | str = "unknown" if detail is None else json.loads(detail).get("key_version", "unknown")
+            per = out.setdefault(eid, {})
+            per[version] = per.get(version, 0) + 1
+        return out
 
     def issue_card(self, enterprise_id: str, employee_no: str, asn: str, rights: dict | None = None,
                    balance_cents: int = 0, max_balance_cents: int = DEFAULT_MAX_BALANCE_CENTS) -> None:

@@ -6,6 +6,7 @@ transaction, so a crash never leaves a blacklist change without its notification
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import sqlite3
 import zoneinfo
 from pathlib import Path
@@ -61,7 +62,11 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         return p.format_time(self.clock())
 
     def seal(self, type_: str, target: str, body: dict) -> bytes:
-        return p.seal(self.key, type_, target, body, self.clock())
+        return p.seal(self.key, type_, target, body, self.clock(), self.new_message_id())
+
+    @staticmethod
+    def new_message_id() -> str:
+        return secrets.token_hex(16)
 
     def _queue(self, topic: str, payload: bytes) -> None:
         self.conn.execute("INSERT INTO outbound (topic, payload, created_at) VALUES (?, ?, ?)",

@@ -8,7 +8,6 @@ import base64
 import binascii
 import json
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -156,20 +155,16 @@ class Envelope:
     body: dict
 
 
-def new_message_id() -> str:
-    return secrets.token_hex(16)
-
-
 def signed_bytes(unsigned: dict) -> bytes:
     return SIGN_DOMAIN + canonical(unsigned)
 
 
-def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict, issued_at: datetime,
-         msg_id: str | None = None) -> bytes:
-    """Sign and encode one downlink message (the platform side)."""
+def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict, issued_at: datetime, msg_id: str) -> bytes:
+    """Sign and encode one downlink message (the platform side); `msg_id` is fresh and random (the caller draws it:
+    this module reads no clock and no randomness)."""
     if type_ not in DOWN_TYPES:
         raise ValueError(f"unknown downlink type {type_!r}")
-    unsigned = {"v": PROTOCOL_VERSION, "type": type_, "id": msg_id or new_message_id(), "target": target,
+    unsigned = {"v": PROTOCOL_VERSION, "type": type_, "id": msg_id, "target": target,
                 "issued_at": format_time(issued_at), "body": body}
     sig = key.sign(signed_bytes(unsigned))
     return canonical({**unsigned, "sig": base64.b64encode(sig).decode()})

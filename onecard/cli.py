@@ -9,18 +9,17 @@ from common.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from central import cli as platform_cli
+    from onecard import demo, wiring
     from sam import cli as sam_cli
     from sam import keys_cli
-    from simulator import cli as sim_cli
-    from terminal import cli as terminal_cli
-    from terminal import log_cli
-    from onecard import demo
     from sync_agent import cli as sync_cli
-    from central import cli as platform_cli
-    from terminal import issuing
+    from terminal import cli as terminal_cli
+    from terminal import issuing_cli, log_cli
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.set_defaults(wiring=wiring.Wiring())  # what the product's commands are given instead of the simulator
     top = parser.add_subparsers(dest="area", required=True)
     terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
         dest="command", required=True))
@@ -28,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True))
     keys_cli.add_subcommands(top.add_parser("keys", help="the key master card: key versions, loading SAMs, backup")
                              .add_subparsers(dest="command", required=True))
-    sim_cli.add_subcommands(top.add_parser("sim", help="simulated cards: create, attach to vpcd, tap").add_subparsers(
-        dest="command", required=True))
+    wiring.add_simulator_subcommands(top.add_parser(
+        "sim", help="simulated cards and readers: create, attach to vpcd, tap").add_subparsers(dest="command",
+                                                                                              required=True))
     log_cli.add_subcommands(top.add_parser("log", help="the terminal's event log").add_subparsers(
         dest="command", required=True))
     sync_cli.add_subcommands(top.add_parser("sync", help="the terminal's sync agent (MQTT to the platform)").add_subparsers(
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     platform_sub = top.add_parser("platform", help="the reference central platform and card flows").add_subparsers(
         dest="command", required=True)
     platform_cli.add_subcommands(platform_sub)
-    issuing.add_platform_subcommands(platform_sub)
-    issuing.add_subcommands(top.add_parser("issue", help="the issuing terminal: wash and re-key cards")
+    issuing_cli.add_subcommands(top.add_parser("issue", help="the issuing terminal: wash and re-key cards")
                             .add_subparsers(dest="command", required=True))
     demo.add_parser(top)
     return parser

@@ -298,7 +298,7 @@ class Walk:
         self.site, self.screens, self.iccs, self.hold = site, screens, iccs, hold
 
     def tap(self, kind: str, who: str, expect: str, *, tear_after: int | None = None) -> None:
-        from simulator.card import load_card
+        from simulator.card_files import load_card
 
         screen, icc = self.screens[kind], self.iccs[kind]
         since = screen.mark()

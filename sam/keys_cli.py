@@ -1,7 +1,8 @@
 """`onecard keys ...`: the key-card administrator's tool around the key master card (docs/keys.md 8).
 
-Create a (simulated) master card, add key versions, inspect cards and SAMs, load PSAMs and keystores from the
-master card, back it up and restore it, change its PIN. No command prints a key; what the administrator must keep
+Add key versions, inspect cards and SAMs, load PSAMs and keystores from the master card in a reader, back it up,
+change its PIN. (A simulated master card is made, or restored from a backup, with `onecard sim new-master-card` and
+`onecard sim restore-master-card`.) No command prints a key; what the administrator must keep
 is announced with "KEEP THIS:". Every failure is one line with the fix and a non-zero exit.
 """
 from __future__ import annotations
@@ -31,26 +32,16 @@ class KeysCliError(Exception):
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("create-master-card", help="make a simulated key master card for one enterprise (key version 1)",
-                       description="Personalise a new simulated key master card: its identity key and transport keys "
-                       "are made inside the card, the PIN is set from --pin-file, then key version 1 is generated "
-                       "inside the card with GENERATE KEY SET. Insert the file in a reader slot to use it.")
-    p.add_argument("--enterprise", required=True, metavar="ID", help="enterprise ID, 8 digits, e.g. 00010001")
-    p.add_argument("--out", required=True, type=Path, help="card file to write")
-    p.add_argument("--pin-file", required=True, type=Path, help="file holding the initial PIN (6..12 digits)")
-    p.add_argument("--label", default="", help="what to call the card, e.g. 'ACME master card 1'")
-    p.set_defaults(handler=_run(cmd_create_master_card))
-
     p = sub.add_parser("generate-version", help="generate the next key version inside the master card")
     _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--version", type=int, default=0, help="version number (default: the next one)")
-    p.set_defaults(handler=_run(cmd_generate_version))
+    p.set_defaults(handler=reporting(cmd_generate_version))
 
     p = sub.add_parser("inspect", help="the master card's enterprise, versions, KCVs and PIN state")
     _reader(p, "--reader")
     p.add_argument("--pin-file", type=Path, help="also check the PIN (uses a try if it is wrong)")
-    p.set_defaults(handler=_run(cmd_inspect))
+    p.set_defaults(handler=reporting(cmd_inspect))
 
     p = sub.add_parser("versions", help="key versions with KCVs of a master card, a PSAM, or a keystore file")
     what = p.add_mutually_exclusive_group(required=True)
@@ -59,14 +50,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     unlock = p.add_mutually_exclusive_group()
     unlock.add_argument("--passphrase-file", type=Path)
     unlock.add_argument("--device-secret", type=Path)
-    p.set_defaults(handler=_run(cmd_versions))
+    p.set_defaults(handler=reporting(cmd_versions))
 
     p = sub.add_parser("load-psam", help="load a PSAM from the master card (keys never in clear outside the cards)")
     _reader(p, "--master-card-reader")
     _reader(p, "--psam-reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=mc.PSAM_ROLES)
-    p.set_defaults(handler=_run(cmd_load_psam))
+    p.set_defaults(handler=reporting(cmd_load_psam))
 
     p = sub.add_parser("load-keystore", help="write a new encrypted keystore for a role from the master card")
     _reader(p, "--master-card-reader")
@@ -75,7 +66,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path)
     _unlock_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing file at --out")
-    p.set_defaults(handler=_run(cmd_load_keystore))
+    p.set_defaults(handler=reporting(cmd_load_keystore))
 
     p = sub.add_parser("add-version", help="add the master card's new key versions to a keystore it loaded (二次洗卡)",
                        description="Re-key a keystore that was loaded from a key master card: the export must be "
@@ -85,33 +76,25 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
     p.add_argument("--keystore", required=True, type=Path)
     _unlock_options(p)
-    p.set_defaults(handler=_run(cmd_add_version))
+    p.set_defaults(handler=reporting(cmd_add_version))
 
     p = sub.add_parser("new-backup-recipient", help="make the X25519 key pair backups are wrapped for")
     p.add_argument("--out-private", required=True, type=Path)
     p.add_argument("--out-public", required=True, type=Path)
-    p.set_defaults(handler=_run(cmd_new_recipient))
+    p.set_defaults(handler=reporting(cmd_new_recipient))
 
     p = sub.add_parser("backup", help="the whole key set, wrapped for a backup recipient key")
     _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--recipient-key", required=True, type=Path, help="recipient public key (PEM)")
     p.add_argument("--out", required=True, type=Path)
-    p.set_defaults(handler=_run(cmd_backup))
-
-    p = sub.add_parser("restore", help="make a new (simulated) master card from a backup")
-    p.add_argument("--backup", required=True, type=Path)
-    p.add_argument("--recipient-private-key", required=True, type=Path)
-    p.add_argument("--pin-file", required=True, type=Path, help="the new card's PIN")
-    p.add_argument("--out", required=True, type=Path, help="new card file")
-    p.add_argument("--label", default="")
-    p.set_defaults(handler=_run(cmd_restore))
+    p.set_defaults(handler=reporting(cmd_backup))
 
     p = sub.add_parser("change-pin", help="change the master card's PIN")
     _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path, help="the current PIN")
     p.add_argument("--new-pin-file", required=True, type=Path)
-    p.set_defaults(handler=_run(cmd_change_pin))
+    p.set_defaults(handler=reporting(cmd_change_pin))
 
 
 def _reader(p: argparse.ArgumentParser, option: str) -> None:
@@ -124,7 +107,7 @@ def _unlock_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device-secret", type=Path)
 
 
-def _run(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
+def reporting(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             body(args)
@@ -139,7 +122,7 @@ def _run(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Names
 
 # --- helpers ---------------------------------------------------------------------------------------
 
-def _read(path: Path, what: str, option: str) -> bytes:
+def read_input(path: Path, what: str, option: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -148,8 +131,8 @@ def _read(path: Path, what: str, option: str) -> bytes:
         raise KeysCliError(f"cannot read {what} {path} ({exc.strerror}); check its path and permissions") from None
 
 
-def _pin(path: Path, option: str = "--pin-file") -> bytes:
-    return mc.parse_pin(_read(path, "PIN file", option), f"PIN file {path}")
+def read_pin(path: Path, option: str = "--pin-file") -> bytes:
+    return mc.parse_pin(read_input(path, "PIN file", option), f"PIN file {path}")
 
 
 def _unlock(args) -> KeystoreUnlock:
@@ -181,11 +164,11 @@ def _open_unblocked(reader: str) -> tuple[mc.MasterCardClient, mc.CardInfo]:
         client.close()
         raise mc.CardBlocked(
             f"the key master card in {client.name!r} is blocked (PIN tried wrong {mc.PIN_TRIES} times) and stays blocked; "
-            "restore the latest backup into a new master card (onecard keys restore) and destroy this one")
+            "restore the latest backup into a new master card (onecard sim restore-master-card for a simulated one) and destroy this one")
     return client, info
 
 
-def _table(infos) -> str:
+def key_table(infos) -> str:
     from sam.cli import format_key_table
 
     return format_key_table(infos)
@@ -198,45 +181,8 @@ def _versions_line(infos) -> str:
 
 # --- commands --------------------------------------------------------------------------------------
 
-def cmd_create_master_card(args) -> None:
-    from simulator.master_card import MasterCardApplet, new_master_card_state, write_master_card, MasterCardStateFile
-
-    try:
-        enterprise = parse_enterprise_id(args.enterprise)
-    except ValueError as exc:
-        raise KeysCliError(str(exc)) from None
-    pin = _pin(args.pin_file)
-    if os.path.lexists(args.out):
-        raise KeysCliError(f"key master card file {args.out} exists; pick another name (a master card is never overwritten)")
-    write_master_card(args.out, new_master_card_state(enterprise, pin, args.label))
-    # Version 1 is generated by the card itself, through its APDUs, exactly as for every later version.
-    card = MasterCardApplet(MasterCardStateFile(args.out).load(), MasterCardStateFile(args.out))
-    client = mc.MasterCardClient(_InProcess(card), str(args.out))
-    client.verify_pin(pin)
-    version, infos = client.generate_version()
-    print(f"key master card for enterprise {format_enterprise_id(enterprise)} written to {args.out} "
-          f"(key version {version} generated inside the card)")
-    print(_table(client.key_infos()))
-    print(f"KEEP THIS: the card file {args.out} (it is the master card) and the PIN in {args.pin_file}; "
-          "then make a backup: onecard keys backup")
-
-
-class _InProcess:
-    """A simulated card fed directly, for commands that make a card file (no reader involved)."""
-
-    def __init__(self, card) -> None:
-        self._card = card
-        card.power_on()
-
-    def transmit(self, apdu: bytes) -> bytes:
-        return self._card.transmit(apdu)
-
-    def close(self) -> None:
-        self._card.power_off()
-
-
 def cmd_generate_version(args) -> None:
-    pin = _pin(args.pin_file)
+    pin = read_pin(args.pin_file)
     if not 0 <= args.version <= 255:
         raise KeysCliError(f"--version {args.version} is not 1..255; omit it to get the next version")
     client, _ = _open_unblocked(args.reader)
@@ -244,25 +190,25 @@ def cmd_generate_version(args) -> None:
         client.verify_pin(pin)
         version, infos = client.generate_version(args.version)
     print(f"key version {version} generated inside the master card")
-    print(_table(infos))
+    print(key_table(infos))
     print(f"next: load it into every SAM (onecard keys load-psam / add-version), then issue cards at version {version}")
 
 
 def cmd_inspect(args) -> None:
-    pin = _pin(args.pin_file) if args.pin_file else None
+    pin = read_pin(args.pin_file) if args.pin_file else None
     with mc.MasterCardClient.open(args.reader) as client:
         info = client.card_info()
         print(mc.describe_card(info))
         if info.blocked:
             print("PIN BLOCKED: the card refuses every key operation for good; restore the latest backup into a new "
-                  "master card (onecard keys restore) and destroy this one")
+                  "master card (onecard sim restore-master-card for a simulated one) and destroy this one")
             return
         if pin is not None:
             client.verify_pin(pin)
             print("PIN verified")
         infos = client.key_infos()
     print(_versions_line(infos))
-    print(_table(infos))
+    print(key_table(infos))
 
 
 def cmd_versions(args) -> None:
@@ -273,7 +219,7 @@ def cmd_versions(args) -> None:
               f"{format_enterprise_id(anchor.enterprise_id)} (identity key {anchor.public_key.hex()})" if anchor
               else "not loaded from a key master card (made by onecard sam create-keystore)"))
         print(_versions_line(keystore.infos()))
-        print(_table(keystore.infos()))
+        print(key_table(keystore.infos()))
         return
     # A reader: try the master card's AID first, then the PSAM's.
     try:
@@ -289,10 +235,10 @@ def cmd_versions(args) -> None:
             print(mc.describe_card(info))
             if info.blocked:
                 raise mc.CardBlocked("the key master card is blocked and lists nothing; restore the latest backup into "
-                                     "a new master card (onecard keys restore)")
+                                     "a new master card (onecard sim restore-master-card for a simulated one)")
             infos = client.key_infos()
         print(_versions_line(infos))
-        print(_table(infos))
+        print(key_table(infos))
         return
     from sam.pcsc_sam import PcscSam
 
@@ -303,13 +249,13 @@ def cmd_versions(args) -> None:
         psam.close()
     print(f"PSAM in {args.reader!r}")
     print(_versions_line(infos))
-    print(_table(infos))
+    print(key_table(infos))
 
 
 def cmd_load_psam(args) -> None:
     from sam.pcsc_sam import PcscSam
 
-    pin = _pin(args.pin_file)
+    pin = read_pin(args.pin_file)
     client, info = _open_unblocked(args.master_card_reader)
     with client:
         psam = PcscSam(args.psam_reader, timeout=3)
@@ -336,7 +282,7 @@ def cmd_load_psam(args) -> None:
             psam.close()
     print(f"PSAM {challenge.serial.hex()} loaded for role {args.role} from the key master card of enterprise {ours} "
           f"({count} keys; it accepts later loads only from this master card)")
-    print(_table(infos))
+    print(key_table(infos))
 
 
 def _export_to_keystore(client: mc.MasterCardClient, pin: bytes, role: str, trusted) -> tuple[list, object]:
@@ -350,7 +296,7 @@ def _export_to_keystore(client: mc.MasterCardClient, pin: bytes, role: str, trus
 
 
 def cmd_load_keystore(args) -> None:
-    pin = _pin(args.pin_file)
+    pin = read_pin(args.pin_file)
     unlock = _unlock(args)
     if not args.force and os.path.lexists(args.out):
         raise KeysCliError(f"keystore {args.out} already exists; choose another path, add versions to it with "
@@ -362,11 +308,11 @@ def cmd_load_keystore(args) -> None:
     save_keystore(args.out, keystore, unlock, overwrite=args.force)
     print(f"wrote keystore {args.out} for role {args.role} from the key master card of enterprise "
           f"{format_enterprise_id(info.enterprise_id)} ({len(keystore)} keys, locked with {unlock.kind})")
-    print(_table(keystore.infos()))
+    print(key_table(keystore.infos()))
 
 
 def cmd_add_version(args) -> None:
-    pin = _pin(args.pin_file)
+    pin = read_pin(args.pin_file)
     unlock = _unlock(args)
     current = load_keystore(args.keystore, unlock)
     if current.master_card is None:
@@ -394,7 +340,7 @@ def cmd_add_version(args) -> None:
     keystore = Keystore(merged.values(), anchor)
     save_keystore(args.keystore, keystore, unlock, overwrite=True)
     print(f"keystore {args.keystore}: {added} keys added from the key master card ({len(keystore)} keys now)")
-    print(_table(keystore.infos()))
+    print(key_table(keystore.infos()))
 
 
 def cmd_new_recipient(args) -> None:
@@ -407,9 +353,9 @@ def cmd_new_recipient(args) -> None:
 
 
 def cmd_backup(args) -> None:
-    pin = _pin(args.pin_file)
+    pin = read_pin(args.pin_file)
     try:
-        recipient = mc.load_recipient_public(_read(args.recipient_key, "recipient key file", "--recipient-key"))
+        recipient = mc.load_recipient_public(read_input(args.recipient_key, "recipient key file", "--recipient-key"))
     except mc.ExportError as exc:
         raise KeysCliError(f"{args.recipient_key}: {exc}; use the public key from 'onecard keys new-backup-recipient'") from None
     if os.path.lexists(args.out):
@@ -424,30 +370,9 @@ def cmd_backup(args) -> None:
     print(f"KEEP THIS: the backup {args.out}, in a safe place apart from the recipient private key")
 
 
-def cmd_restore(args) -> None:
-    from simulator.master_card import MasterCardApplet, MasterCardStateFile, restored_master_card_state, write_master_card
-
-    pin = _pin(args.pin_file)
-    if os.path.lexists(args.out):
-        raise KeysCliError(f"key master card file {args.out} exists; pick another name (a master card is never overwritten)")
-    try:
-        private = mc.load_recipient_private(_read(args.recipient_private_key, "recipient private key", "--recipient-private-key"))
-        contents = mc.open_backup(_read(args.backup, "backup file", "--backup"), private)
-    except mc.ExportError as exc:
-        raise KeysCliError(f"{exc}; check --backup and --recipient-private-key belong together") from None
-    write_master_card(args.out, restored_master_card_state(contents.enterprise_id, contents.identity_seed.reveal(),
-                                                           contents.counter, contents.keys, pin, args.label))
-    card = MasterCardApplet(MasterCardStateFile(args.out).load())
-    client = mc.MasterCardClient(_InProcess(card), str(args.out))
-    info = client.card_info()
-    print(f"key master card restored to {args.out}: " + mc.describe_card(info))
-    print(_table(client.key_infos()))
-    print(f"KEEP THIS: the new card file {args.out} and the PIN in {args.pin_file}; destroy the card it replaces")
-
-
 def cmd_change_pin(args) -> None:
-    old = _pin(args.pin_file)
-    new = _pin(args.new_pin_file, "--new-pin-file")
+    old = read_pin(args.pin_file)
+    new = read_pin(args.new_pin_file, "--new-pin-file")
     client, _ = _open_unblocked(args.reader)
     with client:
         client.change_pin(old, new)

@@ -406,7 +406,7 @@ class MasterCardClient:
         if sw != 0x9000:
             raise MasterCardError(
                 f"the card in {name!r} is not a onecard key master card (SELECT answered {sw:04X}); "
-                "insert the enterprise's key master card (onecard keys create-master-card makes a simulated one)")
+                "insert the enterprise's key master card (onecard sim new-master-card makes a simulated one)")
 
     @classmethod
     def open(cls, reader: str, timeout: float = 3.0) -> MasterCardClient:
@@ -456,7 +456,7 @@ class MasterCardClient:
         if sw == 0x6983:
             return CardBlocked(
                 f"the key master card in {self.name!r} is blocked (PIN tried wrong {PIN_TRIES} times) and stays blocked; "
-                "restore the latest backup into a new master card (onecard keys restore) and destroy this one")
+                "restore the latest backup into a new master card (onecard sim restore-master-card for a simulated one) and destroy this one")
         if 0x63C0 <= sw <= 0x63CF:
             left = sw & 0x0F
             return WrongPin(f"wrong PIN for the key master card: {left} tr{'y' if left == 1 else 'ies'} left before it "

@@ -709,19 +709,5 @@ class ForeignCard:
         return SW_INS
 
 
-def load_card(path: str | Path):
-    """Open a card file as it would be put in a reader: a one-card RFID-SIM, a card without the application,
-    or a PSAM (for a SAM slot)."""
-    p = Path(path)
-    doc = json.loads(p.read_text(encoding="utf-8"))
-    if doc.get("format") == "onecard-sim-foreign/1":
-        return ForeignCard(label=str(doc.get("label", ForeignCard.label)))
-    if doc.get("format") == "onecard-sim-psam/1":
-        from simulator.psam import load_psam
-        return load_psam(p)
-    store = CardStateFile(p)
-    return OneCardApplet(state=store.load(), store=store)
-
-
 def write_foreign_card(path: str | Path, label: str) -> None:
     Path(path).write_text(json.dumps({"format": "onecard-sim-foreign/1", "label": label}) + "\n", encoding="utf-8")

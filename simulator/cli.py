@@ -44,11 +44,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("card", type=Path)
     show.set_defaults(handler=cmd_show)
 
-    from simulator.card import load_card
-    from simulator import tap_control
-    from simulator.psam import add_psam_subcommands
-    tap_control.add_subcommands(sub, load_card)
-    add_psam_subcommands(sub)
+    nfc = sub.add_parser("serve-nfc", help="serve one card file to nfcpy's udp driver until Ctrl-C "
+                                           "([reader] driver = \"nfc\")")
+    nfc.add_argument("card", type=Path, help="simulated card file (onecard sim new-card / new-foreign-card)")
+    nfc.add_argument("--port", type=int, default=54321, help="UDP port on 127.0.0.1 (nfcpy path udp:127.0.0.1:PORT)")
+    nfc.add_argument("--uid", default=None, help="fixed UID, 8/14/20 hex digits (default: random at each insertion)")
+    nfc.add_argument("--fwi", type=int, default=None, help="frame waiting time integer (default: the simulator's)")
+    nfc.set_defaults(handler=cmd_serve_nfc)
+
+    from simulator import master_card_cli, psam_cli, tap_cli
+    from simulator.card_files import load_card
+    tap_cli.add_subcommands(sub, load_card)
+    psam_cli.add_psam_subcommands(sub)
+    master_card_cli.add_subcommands(sub)
 
 
 def _date(text: str | None, default: dt.date) -> dt.date:
@@ -131,4 +139,29 @@ def cmd_show(args) -> int:
     print(f"  holder {s.holder[:16].rstrip(bytes(1)).decode()}  {s.holder[16:].rstrip(bytes(1)).decode()}")
     print(f"  valid {a[0:4].hex()}..{a[4:8].hex()}  door groups {sorted(parse_door_groups(a[8:16]))}"
           f"  time profile {a[16]}  access counter {s.access_counter}")
+    return 0
+
+
+def cmd_serve_nfc(args) -> int:
+    import signal
+    import threading
+
+    from simulator.card_files import load_card
+    from simulator.nfc_udp import DEFAULT_FWI, VirtualPicc
+
+    try:
+        card = load_card(args.card)
+        uid = bytes.fromhex(args.uid) if args.uid else None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load card {args.card} or --uid: {exc}; check the path and the hex digits") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with VirtualPicc(args.port, label=str(args.card), fwi=DEFAULT_FWI if args.fwi is None else args.fwi) as picc:
+        picc.insert(card, uid=uid)
+        print(f"card in the field at {picc.path}; configure [reader] driver = \"nfc\", path = \"{picc.path}\". "
+              "Ctrl-C to stop.", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
     return 0

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
+from common.errors import UserError
 from simulator.virtual_card import VirtualCard
 from terminal.reader import CardRemoved
 
@@ -74,3 +76,16 @@ class InProcessReader:
 
     def close(self) -> None:
         self.remove()
+
+
+def reader_with_card(card_file: Path) -> InProcessReader:
+    """An in-process reader named after `card_file`, with the simulated card in it already tapped once."""
+    from simulator.card_files import load_card
+
+    reader = InProcessReader(f"simulator:{card_file}")
+    try:
+        reader.tap(load_card(card_file))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot load simulated card {card_file}: {exc}; check the path, or create the card with "
+                        "'onecard sim new-card'") from None
+    return reader

@@ -154,7 +154,7 @@ class MasterCardStateFile:
         except (ValueError, KeyError, TypeError) as exc:
             # Never quote the document: it holds keys.
             raise ValueError(f"key master card file {self.path} is not valid ({type(exc).__name__}); "
-                             "restore the card from its backup with 'onecard keys restore'") from None
+                             "restore the card from its backup with 'onecard sim restore-master-card'") from None
 
     def save(self, state: MasterCardState) -> None:
         write_atomically(self.path, json.dumps(state.to_json(), indent=1).encode(), what="key master card file")

@@ -4,13 +4,11 @@ nfcpy's udp initiator sends one datagram per frame, `<bitrate> <hex>` without CR
 """
 from __future__ import annotations
 
-import argparse
 import binascii
 import logging
 import math
 import os
 import select
-import signal
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -543,33 +541,3 @@ def _bind_udp(host: str, port: int) -> socket.socket:
             raise ValueError(f"UDP port {port} has a service name in /etc/services, which nfcpy's udp driver "
                              "cannot parse; choose another port")
     raise OSError("no free UDP port without a service name; check /etc/services")
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Serve one simulated card file on a UDP port until interrupted (for `[reader] driver = "nfc"`)."""
-    from common.logs import setup_logging
-    from simulator.card import load_card
-
-    ap = argparse.ArgumentParser(prog="python -m simulator.nfc_udp", description=main.__doc__)
-    ap.add_argument("card", help="simulated card file (onecard sim new-card / new-foreign-card)")
-    ap.add_argument("--port", type=int, default=54321, help="UDP port on 127.0.0.1 (nfcpy path udp:127.0.0.1:PORT)")
-    ap.add_argument("--uid", default=None, help="fixed UID, 8/14/20 hex digits (default: random at each insertion)")
-    ap.add_argument("--fwi", type=int, default=DEFAULT_FWI)
-    args = ap.parse_args(argv)
-    setup_logging("INFO")
-    card = load_card(args.card)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with VirtualPicc(args.port, label=args.card, fwi=args.fwi) as picc:
-        picc.insert(card, uid=bytes.fromhex(args.uid) if args.uid else None)
-        print(f"card in the field at {picc.path}; configure [reader] driver = \"nfc\", path = \"{picc.path}\". "
-              "Ctrl-C to stop.", flush=True)
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

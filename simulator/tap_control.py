@@ -1,15 +1,14 @@
-"""`onecard sim serve|tap|remove|status`: a daemon holding one vpcd slot, scripted over a unix socket (JSON lines).
+"""The tap daemon behind `onecard sim serve|tap|remove|status` (simulator/tap_cli.py): it holds one vpcd slot and
+is scripted over a unix socket (JSON lines).
 
 Requests: {"op":"tap","card":PATH,"tear_after":null|K,"hold":null|SECONDS}, {"op":"remove"}, {"op":"status"}.
 Each gets one JSON line back: {"ok":true,...status} or {"ok":false,"error":"..."}.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import signal
 import socket
 import socketserver
 import threading
@@ -157,22 +156,6 @@ def _claim(path: Path) -> None:
     raise TapControlError(f"a tap daemon already serves {path}; stop it or use another --control directory")
 
 
-def serve(port: int, control_dir: str | os.PathLike, load_card: LoadCard, host: str = "127.0.0.1") -> None:
-    """Run the tap daemon in this thread until SIGTERM or SIGINT."""
-    daemon = TapDaemon(port, control_dir, load_card, host=host)
-
-    def stop(signum, _frame):
-        # shutdown() waits for serve_forever to notice, so it must run outside the thread serving.
-        threading.Thread(target=daemon.shutdown, daemon=True).start()
-
-    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        daemon.serve_forever()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def request(control_dir: str | os.PathLike, message: dict, timeout: float = 10.0) -> dict:
     """Send one request to the daemon of `control_dir`; TapControlError if unreachable or it says no."""
     path = socket_path(control_dir)
@@ -211,49 +194,3 @@ def remove(control_dir: str | os.PathLike) -> dict:
 
 def status(control_dir: str | os.PathLike) -> dict:
     return request(control_dir, {"op": "status"})
-
-
-def add_subcommands(subparsers: argparse._SubParsersAction, load_card: LoadCard) -> None:
-    """Register serve / tap / remove / status under `onecard sim`; each sets `handler(args) -> int`."""
-    p = subparsers.add_parser("serve", help="hold one vpcd reader slot and take taps from `onecard sim tap`")
-    p.add_argument("--port", type=int, required=True, help="vpcd port of the reader slot (reader.conf DEVICENAME)")
-    p.add_argument("--host", default="127.0.0.1", help="where pcscd runs (default 127.0.0.1)")
-    p.add_argument("--control", type=Path, required=True, help="directory for the control socket")
-    p.set_defaults(handler=lambda args: _run_serve(args, load_card))
-
-    p = subparsers.add_parser("tap", help="present a card file on a running `onecard sim serve`")
-    p.add_argument("card", type=Path, help="card file")
-    p.add_argument("--tear-after", type=int, default=None, metavar="K",
-                   help="the card answers K-1 APDUs, processes the K-th and leaves before answering it")
-    p.add_argument("--hold", type=float, default=None, metavar="S", help="remove after S seconds (default: stay)")
-    p.add_argument("--control", type=Path, required=True)
-    p.set_defaults(handler=lambda a: _client(lambda: tap(a.card, a.control, tear_after=a.tear_after, hold=a.hold)))
-
-    p = subparsers.add_parser("remove", help="take the card out of a running `onecard sim serve`")
-    p.add_argument("--control", type=Path, required=True)
-    p.set_defaults(handler=lambda a: _client(lambda: remove(a.control)))
-
-    p = subparsers.add_parser("status", help="what a running `onecard sim serve` holds")
-    p.add_argument("--control", type=Path, required=True)
-    p.set_defaults(handler=lambda a: _client(lambda: status(a.control)))
-
-
-def _run_serve(args, load_card: LoadCard) -> int:
-    from common.errors import UserError
-
-    try:
-        serve(args.port, args.control, load_card, host=args.host)
-    except TapControlError as exc:
-        raise UserError(str(exc)) from None
-    return 0
-
-
-def _client(call: Callable[[], dict]) -> int:
-    from common.errors import UserError
-
-    try:
-        reply = call()
-    except TapControlError as exc:
-        raise UserError(str(exc)) from None
-    print(json.dumps(reply), flush=True)
-    return 0

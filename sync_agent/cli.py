@@ -19,7 +19,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(path: Path):
-    from terminal.cli import read_config
+    from terminal.adapters import read_config
 
     config = read_config(path)
     if config.sync is None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from common.registry import Registry, RegistryError
 from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
@@ -27,68 +27,6 @@ VOID_INTENT, VOIDED = "issue.void.intent", "issue.void"
 RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = "issue.restore.intent", "issue.restore", "issue.restore.abandoned"
 REPLACED, CANCELLED, DELETED = "issue.replace", "issue.cancel", "issue.delete"
 RESTORE_KINDS = (RESTORE_INTENT, RESTORED, RESTORE_ABANDONED)
-
-
-class Registry(Protocol):
-    """What the issuing terminal needs from the platform (central is one; LocalPlatform adapts it)."""
-
-    def holder(self, enterprise_id: str, employee_no: str) -> dict:
-        """{"name", "phone"}; raises RegistryError when the employee is not registered."""
-
-    def card_of_phone(self, phone: str) -> str | None:
-        """ASN of an active or lost card whose holder has this phone number, if any."""
-
-    def is_registered(self, asn: str) -> bool: ...
-
-    def card(self, asn: str) -> dict: ...
-
-    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None: ...
-
-    def replace(self, old_asn: str, new_asn: str) -> None: ...
-
-    def cancel(self, asn: str, settle: bool) -> None: ...
-
-
-class RegistryError(Exception):
-    """The platform refused; the message names the problem and the fix."""
-
-
-class LocalPlatform:
-    """The reference platform in this process (central.store.Platform), as a Registry."""
-
-    def __init__(self, platform):
-        self.pf = platform
-
-    def _call(self, fn, *args, **kwargs):
-        from central.db import PlatformError
-        try:
-            return fn(*args, **kwargs)
-        except PlatformError as exc:
-            raise RegistryError(str(exc)) from None
-
-    def holder(self, enterprise_id: str, employee_no: str) -> dict:
-        _id, name, phone = self._call(self.pf._holder, enterprise_id, employee_no)
-        return {"name": name, "phone": phone}
-
-    def card_of_phone(self, phone: str) -> str | None:
-        row = self.pf.conn.execute("SELECT c.asn FROM cards c JOIN holders h USING (holder_id) WHERE h.phone = ? "
-                                   "AND c.status IN ('ACTIVE', 'LOST') LIMIT 1", (phone,)).fetchone()
-        return row[0] if row else None
-
-    def is_registered(self, asn: str) -> bool:
-        return self.pf.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone() is not None
-
-    def card(self, asn: str) -> dict:
-        return self._call(self.pf.card, asn)
-
-    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None:
-        self._call(self.pf.issue_card, enterprise_id, employee_no, asn, rights)
-
-    def replace(self, old_asn: str, new_asn: str) -> None:
-        self._call(self.pf.replace, old_asn, new_asn)
-
-    def cancel(self, asn: str, settle: bool) -> None:
-        self._call(self.pf.cancel, asn, settle=settle)
 
 
 @dataclass(frozen=True)
@@ -390,87 +328,3 @@ class IssuingTerminal:
         self._log(now, kind, asn, "completed", "Application deleted" if deletion else "Card cancelled",
                   {"settled": frozen.balance})
         return frozen.balance
-
-
-# --- command line: `onecard issue wash|rekey` and `onecard platform key-versions` ------------------------------
-
-def add_subcommands(sub) -> None:
-    from terminal.issuing_cli import add_subcommands as add_flow_subcommands, station_arguments
-
-    for name, help_ in (("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
-                        ("rekey", "re-key cards tapped one after another to a new key version (rotation)")):
-        c = station_arguments(sub.add_parser(name, help=help_))
-        c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
-        c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
-        c.set_defaults(handler=cmd_batch, mode=name.replace("rekey", "rotate"))
-    add_flow_subcommands(sub)
-
-
-def add_platform_subcommands(sub) -> None:
-    from pathlib import Path
-
-    c = sub.add_parser("key-versions", help="cards per key version (retire a version when no card uses it)")
-    c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
-    c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
-    c.add_argument("--enterprise", help="only this enterprise")
-    c.set_defaults(handler=cmd_key_versions)
-
-
-def cmd_key_versions(args) -> int:
-    from central.cli import _platform
-    from terminal.rekey import key_versions
-
-    pf = _platform(args)
-    try:
-        counts = key_versions(pf, args.enterprise)
-    finally:
-        pf.close()
-    print("ENTERPRISE VERSION CARDS")
-    for eid, per in sorted(counts.items()):
-        for version, n in sorted(per.items(), key=lambda kv: str(kv[0])):
-            print(f"{eid} {version} {n}")
-    for eid, per in sorted(counts.items()):
-        if "unknown" in per:
-            print(f"{eid}: {per['unknown']} card(s) of unknown key version: re-key them before retiring any version")
-        elif len(per) == 1:
-            (current,) = per
-            print(f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
-                  f"('onecard sam restrict ... --drop-version N') and PSAM")
-    return 0
-
-
-def cmd_batch(args) -> int:
-    import signal
-    import threading
-
-    from common.errors import UserError
-    from sam.keystore import parse_enterprise_id
-    from terminal import rekey
-    from common.db import DatabaseError
-    from terminal.event_log import EventLog
-    from terminal.issuing_cli import open_station_reader, open_station_sam
-
-    if not 1 <= args.to_version <= 255:
-        raise UserError(f"--to-version {args.to_version} is not 1..255; pick an enterprise key version")
-    try:
-        enterprise = parse_enterprise_id(args.enterprise)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    sam = open_station_sam(args)
-    reader = open_station_reader(args)
-    count = 1 if args.card is not None else args.count
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        with EventLog.open(args.log, args.terminal_id) as log:
-            if args.card is not None:
-                threading.Timer(0.5, reader.remove).start()  # a simulated card leaves after its one tap
-            totals = rekey.batch(reader, sam, enterprise, args.to_version, log,
-                                 lambda: dt.datetime.now(dt.timezone.utc), lambda line: print(line, flush=True),
-                                 mode=args.mode, count=count, stop=stop, poll=0.2)
-    except DatabaseError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        reader.close()
-    return 0 if totals["refused"] == 0 and totals["torn"] == 0 else 1

@@ -1,7 +1,9 @@
-"""`onecard issue card|replace|cancel`: the card office's issuing terminal, one card flow per command.
+"""`onecard issue ...`: the card office's issuing terminal: wash and re-key cards in batches; issue, replace or cancel
+one card per command.
 
 The station's keystore, its reader (or a simulated card file) and its own event log as for `issue wash`; the
-registry is the reference platform's database (`--platform-db/--platform-key`), used in this process.
+registry is the reference platform's database (`--platform-db/--platform-key`), used in this process through the
+command line's wiring (onecard/wiring.py).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 from common.errors import UserError
 
 
-def add_subcommands(sub: argparse._SubParsersAction) -> None:
+def add_flow_subcommands(sub: argparse._SubParsersAction) -> None:
     card = _station(sub.add_parser("card", help="issue (发卡): personalise a washed card for an employee and "
                                                 "register it"))
     _rights(card)
@@ -30,6 +32,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
                                                               "rather than cancellation")
     for p, handler in ((card, cmd_card), (replace, cmd_replace), (cancel, cmd_cancel)):
         p.set_defaults(handler=handler)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    """`onecard issue wash|rekey` (batches) and `card|replace|cancel` (one card flow each)."""
+    for name, help_ in (("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
+                        ("rekey", "re-key cards tapped one after another to a new key version (rotation)")):
+        c = station_arguments(sub.add_parser(name, help=help_))
+        c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
+        c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
+        c.set_defaults(handler=cmd_batch, mode=name.replace("rekey", "rotate"))
+    add_flow_subcommands(sub)
 
 
 def station_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -79,19 +92,18 @@ def open_station_sam(args):
         raise UserError(str(exc)) from None
 
 
+def _wiring(args):
+    wiring = getattr(args, "wiring", None)
+    if wiring is None:
+        raise UserError("simulated cards and the in-process platform are wired in only by the onecard command")
+    return wiring
+
+
 def open_station_reader(args, card_file: Path | None = None):
     """The station's reader, or an in-process reader holding a simulated card file (tapped once)."""
     card_file = card_file or args.card
     if card_file is not None:
-        from simulator.card import load_card
-        from simulator.inprocess import InProcessReader
-
-        reader = InProcessReader(f"simulator:{card_file}")
-        try:
-            reader.tap(load_card(card_file))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load simulated card {card_file}: {exc}; check the path") from None
-        return reader
+        return _wiring(args).simulated_card_reader(card_file)
     from terminal.reader import ReaderError
     from terminal.readers.pcsc import PcscReader
 
@@ -119,12 +131,10 @@ def _request(args, enterprise: bytes):
 
 @contextlib.contextmanager
 def _issuing_terminal(args):
-    from sam.keystore import parse_enterprise_id
-    from central.store import Platform
-    from central.db import PlatformError, load_signing_key
     from common.db import DatabaseError
+    from sam.keystore import parse_enterprise_id
     from terminal.event_log import EventLog
-    from terminal.issuing import IssuingTerminal, LocalPlatform
+    from terminal.issuing import IssuingTerminal
 
     try:
         enterprise = parse_enterprise_id(args.enterprise)
@@ -132,21 +142,13 @@ def _issuing_terminal(args):
         raise UserError(str(exc)) from None
     if not (len(args.terminal_id) == 12 and args.terminal_id.isdigit()):
         raise UserError(f"--terminal-id {args.terminal_id!r} is not 12 digits")
-    if not args.platform_db.exists():
-        raise UserError(f"platform database {args.platform_db} does not exist; check --platform-db")
     sam = open_station_sam(args)
-    try:
-        platform = Platform(args.platform_db, load_signing_key(args.platform_key))
-    except PlatformError as exc:
-        raise UserError(str(exc)) from None
-    try:
-        with EventLog.open(args.log, args.terminal_id) as log:
-            yield IssuingTerminal(sam, LocalPlatform(platform), log, enterprise, bytes.fromhex(args.terminal_id)), \
-                enterprise
-    except DatabaseError as exc:
-        raise UserError(str(exc)) from None
-    finally:
-        platform.close()
+    with _wiring(args).in_process_registry(args.platform_db, args.platform_key) as registry:
+        try:
+            with EventLog.open(args.log, args.terminal_id) as log:
+                yield IssuingTerminal(sam, registry, log, enterprise, bytes.fromhex(args.terminal_id)), enterprise
+        except DatabaseError as exc:
+            raise UserError(str(exc)) from None
 
 
 def _with_card(args, prompt: str, action, card_file: Path | None = None):
@@ -210,3 +212,38 @@ def cmd_cancel(args) -> int:
     what = "application deleted" if args.delete else "card cancelled"
     print(f"{what}; balance settled: {format_yuan(settled)} yuan refunded to the holder" if settled else what)
     return 0
+
+
+def cmd_batch(args) -> int:
+    import signal
+    import threading
+
+    from common.db import DatabaseError
+    from sam.keystore import parse_enterprise_id
+    from terminal import rekey
+    from terminal.event_log import EventLog
+
+    if not 1 <= args.to_version <= 255:
+        raise UserError(f"--to-version {args.to_version} is not 1..255; pick an enterprise key version")
+    try:
+        enterprise = parse_enterprise_id(args.enterprise)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    sam = open_station_sam(args)
+    reader = open_station_reader(args)
+    count = 1 if args.card is not None else args.count
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with EventLog.open(args.log, args.terminal_id) as log:
+            if args.card is not None:
+                threading.Timer(0.5, reader.remove).start()  # a simulated card leaves after its one tap
+            totals = rekey.batch(reader, sam, enterprise, args.to_version, log,
+                                 lambda: dt.datetime.now(dt.timezone.utc), lambda line: print(line, flush=True),
+                                 mode=args.mode, count=count, stop=stop, poll=0.2)
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        reader.close()
+    return 0 if totals["refused"] == 0 and totals["torn"] == 0 else 1

@@ -18,99 +18,22 @@ from typing import Callable
 from common import files
 from common.logs import log_event
 from sam.interface import KeyInfo
+from terminal.sam_binding import (  # noqa: F401 (the binding's names, as provisioning has always offered them)
+    BINDING_FORMAT, BindingError, bind_sam, binding_path, binding_problem, check_bound_sam, read_binding,
+    sam_fingerprint,
+)
 
 log = logging.getLogger("onecard.provision")
 
 REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "firmware.toml"
 KEY_NAME, CSR_NAME, CERT_NAME = "mqtt-terminal.key", "mqtt-terminal.csr", "mqtt-terminal.pem"
 CA_NAME, PUB_NAME, CONFIG_NAME = "mqtt-ca.pem", "platform-ed25519.pub", "firmware.toml"
-BINDING_FORMAT = "onecard-sam-binding/1"
 # Exit status when the CSR is written but no certificate is available yet: not an error, the next step is offline.
 EXIT_AWAITING_CERTIFICATE = 3
 
 
 class ProvisionError(Exception):
     """One line: the problem and the fix."""
-
-
-class BindingError(ProvisionError):
-    """The SAM binding file is unreadable or names another SAM."""
-
-
-# --------------------------------------------------------------------------------------------------
-# SAM binding: which SAM (by its keys' check values) this terminal was installed with
-# --------------------------------------------------------------------------------------------------
-
-def binding_path(config_path: Path) -> Path:
-    """firmware.toml -> firmware.sam-binding.json beside it (one binding per configuration)."""
-    config_path = Path(config_path)
-    return config_path.with_name(config_path.stem + ".sam-binding.json")
-
-
-def key_entries(infos: list[KeyInfo]) -> list[dict]:
-    return sorted(({"enterprise": i.enterprise_id.hex(), "purpose": i.purpose.value, "version": i.version,
-                    "algorithm": i.algorithm.name.lower(), "usages": sorted(u.value for u in i.usages), "kcv": i.kcv}
-                   for i in infos), key=lambda e: (e["enterprise"], e["purpose"], e["version"], e["algorithm"]))
-
-
-def sam_fingerprint(infos: list[KeyInfo]) -> str:
-    """SHA-256 over the key list with check values: equal only for a SAM holding the same keys and usages."""
-    return hashlib.sha256(json.dumps(key_entries(infos), sort_keys=True).encode()).hexdigest()
-
-
-def binding_document(terminal_id: str, backend: str, sam_name: str, infos: list[KeyInfo], now: dt.datetime) -> dict:
-    return {"format": BINDING_FORMAT, "terminal_id": terminal_id, "backend": backend, "sam": sam_name,
-            "fingerprint": sam_fingerprint(infos), "keys": key_entries(infos),
-            "bound_at": now.isoformat(timespec="seconds")}
-
-
-def read_binding(path: Path) -> dict | None:
-    """The binding document, None when the terminal was never bound; BindingError when it is damaged."""
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise BindingError(f"SAM binding {path} is unreadable ({exc}); re-bind the SAM: onecard terminal provision "
-                           f"--rebind-sam --config <firmware.toml>") from None
-    if not isinstance(doc, dict) or doc.get("format") != BINDING_FORMAT or not isinstance(doc.get("keys"), list):
-        raise BindingError(f"SAM binding {path} is not a {BINDING_FORMAT} document; re-bind the SAM: onecard "
-                           "terminal provision --rebind-sam --config <firmware.toml>")
-    return doc
-
-
-def _entry_text(e: dict) -> str:
-    return f"{e['purpose']} v{e['version']} {e['algorithm']} KCV {e['kcv']}"
-
-
-def binding_problem(binding: dict, backend: str, infos: list[KeyInfo]) -> str | None:
-    """What differs between the bound SAM and this one, or None when it is the bound SAM."""
-    if binding.get("backend") != backend:
-        return f"the terminal is bound to a {binding.get('backend')} SAM, this is a {backend}"
-    if binding.get("fingerprint") == sam_fingerprint(infos):
-        return None
-    bound = {_entry_text(e) for e in binding["keys"] if isinstance(e, dict) and "kcv" in e}
-    here = {_entry_text(e) for e in key_entries(infos)}
-    gone, new = sorted(bound - here), sorted(here - bound)
-    parts = []
-    if gone:
-        parts.append(f"bound key {gone[0]} is not in this SAM")
-    if new:
-        parts.append(f"this SAM holds {new[0]}")
-    return "; ".join(parts) or "its keys' usages differ from the bound SAM's"
-
-
-def check_bound_sam(config_path: Path, backend: str, sam) -> None:
-    """Raise BindingError when a binding file exists and `sam` is not the SAM it names (used at terminal start)."""
-    path = binding_path(config_path)
-    binding = read_binding(path)
-    if binding is None:
-        return
-    problem = binding_problem(binding, backend, sam.key_infos())
-    if problem:
-        raise BindingError(f"this SAM is not the one terminal {binding.get('terminal_id')} was installed with "
-                           f"({problem}, per {path.name}); put back the bound SAM, or re-bind this one: onecard "
-                           f"terminal provision --rebind-sam --config {config_path}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -349,13 +272,16 @@ def config_values(r: Request) -> tuple[dict[tuple[str, str], object], set[tuple[
 class Provisioner:
     STEPS = 7
 
-    def __init__(self, request: Request, say: Callable[[str], None] = print,
-                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)) -> None:
+    def __init__(self, request: Request, say: Callable[[str], None] = lambda line: None,
+                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+                 lab_ca: Callable[[Path, bytes, dt.datetime], bytes] | None = None) -> None:
+        """`lab_ca(ca_dir, csr_pem, now) -> certificate PEM` signs at once with a lab CA (--ca-dir); the command
+        line wires in the platform's CA code, which the terminal itself never imports."""
         # Absolute paths in the config: relative ones would be read relative to the config's own directory.
         request.etc_dir, request.data_dir = Path(request.etc_dir).absolute(), Path(request.data_dir).absolute()
         if request.reader_driver == "simulator":
             request.reader = str(Path(request.reader).absolute())
-        self.r, self._say, self.now = request, say, now
+        self.r, self._say, self.now, self.lab_ca = request, say, now, lab_ca
         self.step = 0
         e = request.etc_dir
         self.key_path, self.csr_path, self.cert_path = e / KEY_NAME, e / CSR_NAME, e / CERT_NAME
@@ -444,15 +370,13 @@ class Provisioner:
             self.say("certificate", f"kept {self.cert_path} (fits this key and terminal)")
             return True
         if r.ca_dir is not None:
-            from cryptography.hazmat.primitives import serialization
-            from central.ca import CaError, PlatformCa
+            from cryptography import x509
 
-            try:
-                ca = PlatformCa.load(r.ca_dir)
-                cert = ca.sign_csr(self.csr_path.read_bytes(), now=now)
-            except CaError as exc:
-                raise ProvisionError(str(exc)) from None
-            pem = cert.public_bytes(serialization.Encoding.PEM)
+            if self.lab_ca is None:
+                raise ProvisionError("--ca-dir needs the lab CA, which only the onecard command wires in; have the "
+                                     "CSR signed by the platform operator and pass --cert")
+            pem = self.lab_ca(r.ca_dir, self.csr_path.read_bytes(), now)
+            cert = x509.load_pem_x509_certificate(pem)
             self._replace(self.cert_path, existing, pem, "certificate")
             self.say("certificate", f"signed by the CA in {r.ca_dir}, valid until "
                                     f"{cert.not_valid_after_utc:%Y-%m-%d}: {self.cert_path}")
@@ -523,34 +447,10 @@ class Provisioner:
         _write_file(path, new, 0o644)
 
 
-def bind_sam(config_path: Path, terminal_id: str, backend: str, name: str, infos: list[KeyInfo], now: dt.datetime,
-             force: bool) -> str:
-    """Write the binding of this SAM beside the configuration; keep an equal one; refuse another without force."""
-    path = binding_path(config_path)
-    try:
-        current = read_binding(path)
-    except BindingError:
-        if not force:
-            raise
-        current = None
-    if current is not None:
-        problem = binding_problem(current, backend, infos)
-        if problem is None:
-            return f"kept the binding to {backend} {name} ({len(infos)} keys) in {path}"
-        if not force:
-            raise BindingError(f"{path} binds this terminal to another SAM ({problem}); insert that SAM, or pass "
-                               "--force to bind this one")
-    doc = binding_document(terminal_id, backend, name, infos, now)
-    _write_file(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o644)
-    log_event(log, "provision.sam_bound", terminal=terminal_id, backend=backend, fingerprint=doc["fingerprint"],
-              text=f"SAM {name} bound")
-    return f"bound {backend} {name}: {len(infos)} keys, fingerprint {doc['fingerprint'][:16]} in {path}"
-
-
 def open_bindable_sam(config) -> tuple[str, list[KeyInfo]]:
     """(name, key infos) of the configured SAM, refusing one without the keys the terminal kind needs."""
     from common.errors import UserError
-    from terminal.cli import open_sam
+    from terminal.adapters import open_sam
     from terminal.selftest import KIND_ROLE, missing_keys
 
     t = config.terminal
@@ -572,82 +472,12 @@ def open_bindable_sam(config) -> tuple[str, list[KeyInfo]]:
     return name, infos
 
 
-def rebind(config_path: Path, say: Callable[[str], None] = print) -> int:
+def rebind(config_path: Path, say: Callable[[str], None]) -> int:
     """Bind the SAM now in the terminal to an existing configuration (a replaced PSAM or a new keystore)."""
-    from terminal.cli import read_config
+    from terminal.adapters import read_config
 
     config = read_config(config_path)
     name, infos = open_bindable_sam(config)
     say("[1/1] sam: " + bind_sam(Path(config_path), config.terminal.id, config.sam.backend, name, infos,
                                  dt.datetime.now(dt.timezone.utc), force=True))
     return 0
-
-
-# --------------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------------
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("provision", help="enrol this terminal: key, CSR, certificate, firmware.toml, SAM binding",
-                       description="Enrol a terminal (docs/install.md). Re-running is safe: existing files that fit "
-                       "are kept, others are refused unless --force. Exit 3: the CSR is written and waits for the "
-                       "platform operator's certificate (run again with --cert).")
-    p.add_argument("--id", dest="terminal_id", help="12-digit terminal ID registered on the platform")
-    p.add_argument("--kind", choices=("door", "attendance", "pos", "topup"))
-    p.add_argument("--enterprise", help="8-digit enterprise ID")
-    p.add_argument("--name", default="onecard terminal", help="shown on the display and in logs")
-    p.add_argument("--timezone", help="IANA time zone (default: the template's)")
-    p.add_argument("--reader-driver", default="pcsc", choices=("pcsc", "nfc", "simulator"))
-    p.add_argument("--reader", help="PC/SC reader name (part of it), nfcpy path (tty:AMA0:pn532) or card file")
-    p.add_argument("--sam", dest="sam_backend", default="keystore", choices=("keystore", "psam"))
-    p.add_argument("--keystore", type=Path, help="the keystore file from the key-card administrator")
-    p.add_argument("--passphrase-file", type=Path, help="file holding the keystore passphrase")
-    p.add_argument("--device-secret-file", type=Path, help="or this device's secret file")
-    p.add_argument("--sam-reader", default="", help="PSAM: the SAM slot's PC/SC reader name")
-    p.add_argument("--door-group", type=int, help="door kind: this door's group 1..64")
-    p.add_argument("--broker-host", help="the platform's MQTT broker")
-    p.add_argument("--broker-port", type=int, default=8883)
-    p.add_argument("--broker-ca", type=Path, help="the platform CA certificate (ca.pem)")
-    p.add_argument("--platform-public-key", type=Path, help="the platform's Ed25519 public key (PEM)")
-    p.add_argument("--etc-dir", type=Path, default=Path("/etc/onecard"), help="config, key, certificate (default "
-                   "/etc/onecard)")
-    p.add_argument("--data-dir", type=Path, default=Path("/var/lib/onecard"), help="databases (default "
-                   "/var/lib/onecard)")
-    p.add_argument("--ca-dir", type=Path, help="lab: sign the CSR at once with the CA in this directory")
-    p.add_argument("--cert", type=Path, help="the certificate the platform operator signed from the CSR")
-    p.add_argument("--template", type=Path, default=REPO_TEMPLATE, help="the documented firmware.toml")
-    p.add_argument("--owner", help="give key, certificate, config and data directory to this user (e.g. onecard)")
-    p.add_argument("--force", action="store_true", help="replace an existing key, certificate, config or binding")
-    p.add_argument("--rebind-sam", action="store_true", help="only bind the SAM now present to --config")
-    p.add_argument("--config", type=Path, help="with --rebind-sam: the terminal's firmware.toml")
-    p.set_defaults(handler=cmd_provision)
-
-
-_REQUIRED = (("terminal_id", "--id"), ("kind", "--kind"), ("enterprise", "--enterprise"), ("reader", "--reader"),
-             ("broker_host", "--broker-host"), ("broker_ca", "--broker-ca"),
-             ("platform_public_key", "--platform-public-key"))
-
-
-def cmd_provision(args) -> int:
-    from common.errors import UserError
-
-    try:
-        if args.rebind_sam:
-            if args.config is None:
-                raise ProvisionError("--rebind-sam needs --config PATH of the terminal's firmware.toml")
-            return rebind(args.config)
-        missing = [option for attr, option in _REQUIRED if getattr(args, attr) is None]
-        if missing:
-            raise ProvisionError(f"missing {', '.join(missing)}; see onecard terminal provision --help and "
-                                 "docs/install.md")
-        request = Request(
-            terminal_id=args.terminal_id, kind=args.kind, enterprise_id=args.enterprise, etc_dir=args.etc_dir,
-            data_dir=args.data_dir, broker_host=args.broker_host, broker_port=args.broker_port,
-            broker_ca=args.broker_ca, platform_public_key=args.platform_public_key, name=args.name,
-            timezone=args.timezone, reader_driver=args.reader_driver, reader=args.reader,
-            sam_backend=args.sam_backend, keystore=args.keystore, passphrase_file=args.passphrase_file,
-            device_secret_file=args.device_secret_file, sam_reader=args.sam_reader, door_group=args.door_group,
-            ca_dir=args.ca_dir, cert=args.cert, template=args.template, owner=args.owner, force=args.force)
-        return Provisioner(request).run()
-    except ProvisionError as exc:
-        raise UserError(str(exc)) from None

@@ -249,24 +249,3 @@ def _asn_of(selects: list[bytes]) -> str:
     except cp.CardProtocolError:
         return "-"
 
-
-def key_versions(platform, enterprise_id: str | None = None) -> dict[str, dict[int | str, int]]:
-    """Cards per key version, from the issuing terminals' uploaded key events (the platform's `events` table).
-
-    Only cards the platform still counts (ACTIVE or LOST) matter for retiring a version; a card with no uploaded
-    key event is reported under "unknown" (issued before key events were logged: re-key it or check it by hand).
-    """
-    import json
-
-    rows = platform.conn.execute(
-        "SELECT c.asn, c.enterprise_id, (SELECT e.detail FROM events e WHERE e.asn = c.asn AND e.kind IN (?, ?) "
-        "ORDER BY e.time DESC, e.seq DESC LIMIT 1) FROM cards c WHERE c.status IN ('ACTIVE', 'LOST') "
-        "AND (?3 IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
-        (KEYS_CHANGED, "issue.card", enterprise_id)).fetchall()
-    out: dict[str, dict[int | str, int]] = {}
-    for _asn, eid, detail in rows:
-        version: int | str = "unknown" if detail is None else json.loads(detail).get("key_version", "unknown")
-        per = out.setdefault(eid, {})
-        per[version] = per.get(version, 0) + 1
-    return out
-

@@ -111,8 +111,10 @@ def check_reader(config: Config, open_reader: Callable[[Config], object]) -> tup
     return passed("reader", f"{r.driver} reader {getattr(reader, 'name', '') or r.name or r.path} is present"), reader
 
 
-def check_tap(reader, timeout: float | None, enterprise_id: bytes) -> CheckResult:
-    """Wait for any card; any card proves the reader reads, and a one-card's SELECT answer is reported."""
+def check_tap(reader, timeout: float | None, enterprise_id: bytes,
+              prompt: Callable[[str], None] = lambda line: None) -> CheckResult:
+    """Wait for any card (after `prompt`ing the installer); any card proves the reader reads, and a one-card's
+    SELECT answer is reported."""
     from terminal import card_protocol as cp
     from terminal.reader import CardRemoved, ReaderError
 
@@ -120,7 +122,7 @@ def check_tap(reader, timeout: float | None, enterprise_id: bytes) -> CheckResul
         return skipped("tap", "not checked: no reader")
     if not timeout:
         return skipped("tap", "not checked: pass --tap-timeout SECONDS and tap a card when asked")
-    print(f"tap any card now (waiting {timeout:g} s)", flush=True)
+    prompt(f"tap any card now (waiting {timeout:g} s)")
     try:
         conn = reader.wait_for_card(timeout)
     except ReaderError as exc:
@@ -230,7 +232,7 @@ def _expect_refusal(operation: Callable[[], object], info: KeyInfo) -> None:
 def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetime) -> CheckResult:
     """Unlock/select the SAM, check it holds the kind's keys, is the bound SAM, and MACs."""
     from common.errors import UserError
-    from terminal.provision import BindingError, binding_problem, binding_path, read_binding
+    from terminal.sam_binding import BindingError, binding_problem, binding_path, read_binding
 
     s, t = config.sam, config.terminal
     try:
@@ -598,15 +600,7 @@ class Adapters:
     make_outputs: Callable[[Config], object]
     connect: Callable[..., str] = connect_broker
     now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
-
-
-def default_adapters() -> Adapters:
-    from terminal.cli import open_reader, open_sam
-    from terminal.outputs import ConsoleOutputs
-
-    # stderr: stdout carries only the PASS/FAIL lines, so they can be read and filed as they are.
-    return Adapters(open_reader, lambda c: open_sam(c, check_binding=False),  # check_sam explains a mismatch
-                    lambda c: ConsoleOutputs(c.terminal.name, stream=sys.stderr, color=c.output.color))
+    prompt: Callable[[str], None] = lambda line: None  # asks the installer to tap (the CLI prints it)
 
 
 def run_selftest(config_path: Path, adapters: Adapters, tap_timeout: float | None = None,
@@ -629,7 +623,7 @@ def run_selftest(config_path: Path, adapters: Adapters, tap_timeout: float | Non
     result, reader = check_reader(config, adapters.open_reader)
     add(result)
     try:
-        add(check_tap(reader, tap_timeout, config.terminal.enterprise_id))
+        add(check_tap(reader, tap_timeout, config.terminal.enterprise_id, adapters.prompt))
     finally:
         if reader is not None:
             reader.close()
@@ -706,50 +700,3 @@ def write_report(path: Path, text: str, force: bool = False) -> None:
             f.write(text)
     except OSError as exc:
         raise UserError(f"cannot write report {path} ({exc.strerror}); choose a writable path") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# command line
-# --------------------------------------------------------------------------------------------------
-
-def add_subcommand(sub) -> None:
-    p = sub.add_parser("selftest", help="check reader, SAM, storage, broker, clock and outputs; PASS/FAIL per check",
-                       description="One line per check, 'PASS|FAIL|SKIP <check>: <what was found>', and under a FAIL "
-                       "'  fix: <what to do>'. Exit 0 when nothing failed (SKIP lines say what was not checked), 1 "
-                       "otherwise. docs/install.md has the troubleshooting table.")
-    p.add_argument("--config", required=True, type=Path, help="the terminal's firmware.toml")
-    p.add_argument("--tap-timeout", type=float, default=None, metavar="S",
-                   help="ask for a tap and wait S seconds (without it the tap check is skipped)")
-    p.add_argument("--broker-timeout", type=float, default=5.0, metavar="S", help="TLS/MQTT connect timeout")
-    p.add_argument("--report", type=Path, metavar="FILE", help="write the installation record to sign to FILE")
-    p.add_argument("--technician", default="", help="technician's name for the record")
-    p.add_argument("--customer", default="", help="customer's name for the record")
-    p.add_argument("--force", action="store_true", help="replace an existing --report file")
-    p.set_defaults(handler=cmd_selftest)
-
-
-def cmd_selftest(args) -> int:
-    from common.errors import UserError
-
-    if args.report is not None and args.report.exists() and not args.force:
-        raise UserError(f"report {args.report} exists (it may be signed already); choose another file or pass --force")
-    if args.tap_timeout is not None and not 0 < args.tap_timeout <= 600:
-        raise UserError(f"--tap-timeout {args.tap_timeout:g} is outside (0, 600]; give seconds, e.g. 30")
-    adapters = default_adapters()
-
-    def emit(result: CheckResult) -> None:
-        for line in result.lines():
-            print(line, flush=True)
-
-    results = run_selftest(args.config, adapters, args.tap_timeout, args.broker_timeout, emit)
-    ok = all_passed(results)
-    print(f"selftest: {'all checks passed' if ok else str(sum(r.failed for r in results)) + ' check(s) failed'}")
-    if args.report is not None:
-        try:
-            config = load_config(args.config)
-        except ConfigError:
-            config = None
-        write_report(args.report, render_report(results, config, args.config, adapters.now(), args.technician,
-                                                args.customer), force=args.force)
-        print(f"installation record written to {args.report}: print it, and have technician and customer sign it")
-    return 0 if ok else 1

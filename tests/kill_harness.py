@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sam.keystore import KeystoreUnlock
 from sam.software import SoftwareSam
-from simulator.card import load_card
+from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
 from terminal.sam_state_log import LoggedSamState
 from tests.test_purse import make_purse_terminal

@@ -19,7 +19,8 @@ from terminal import card_protocol as cp
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
-from terminal.issuing import IssueRequest, IssuingTerminal, LocalPlatform
+from central.station_registry import InProcessRegistry
+from terminal.issuing import IssueRequest, IssuingTerminal
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
 from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam, issuing_keystore,
@@ -42,7 +43,7 @@ def platform(tmp_path):
 @pytest.fixture
 def issuing(platform, tmp_path):
     with EventLog.open(tmp_path / "issuing.db", ISSUING_TERMINAL) as log:
-        yield IssuingTerminal(SAM, LocalPlatform(platform), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
+        yield IssuingTerminal(SAM, InProcessRegistry(platform), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
 
 
 def old_card(path, platform, balance=3_456) -> OneCardApplet:

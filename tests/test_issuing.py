@@ -12,7 +12,8 @@ from central.store import Platform
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
-from terminal.issuing import IssueRequest, IssuingTerminal, LocalPlatform
+from central.station_registry import InProcessRegistry
+from terminal.issuing import IssueRequest, IssuingTerminal
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
 # keystore and sam are fixtures shared with the washing tests.
@@ -36,7 +37,7 @@ def platform(tmp_path):
 @pytest.fixture
 def issuing(sam, platform, tmp_path):
     with EventLog.open(tmp_path / "issuing.db", ISSUING_TERMINAL) as log:
-        yield IssuingTerminal(sam, LocalPlatform(platform), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
+        yield IssuingTerminal(sam, InProcessRegistry(platform), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
 
 
 def request(employee="E1001", groups=(1, 2)):

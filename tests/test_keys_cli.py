@@ -73,7 +73,7 @@ def env(tmp_path, pcscd, vicc, capsys):
 
 
 def create(env, enterprise="00010001", name="master.json"):
-    assert env.run("keys", "create-master-card", "--enterprise", enterprise, "--out", env.path / name,
+    assert env.run("sim", "new-master-card", "--enterprise", enterprise, "--out", env.path / name,
                    "--pin-file", env.path / "pin") == 0, env.out
     assert "KEEP THIS" in env.out
 
@@ -141,13 +141,13 @@ def test_wrong_pin_says_tries_left_and_a_blocked_card_says_what_to_do(env):
         assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "wrong") == 1
         assert left in env.error
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
-    assert "BLOCKED" in env.out and "onecard keys restore" in env.out
+    assert "BLOCKED" in env.out and "onecard sim restore-master-card" in env.out
     for argv in (("generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin"),
                  ("change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--new-pin-file", env.path / "pin"),
                  ("load-keystore", "--master-card-reader", env.master_reader, "--pin-file", env.path / "pin", "--role",
                   "door", "--out", env.path / "x.ks", "--passphrase-file", env.path / "pass")):
         assert env.run("keys", *argv) == 1
-        assert "blocked" in env.error and "onecard keys restore" in env.error
+        assert "blocked" in env.error and "onecard sim restore-master-card" in env.error
 
 
 def test_load_psam_refuses_a_master_card_of_another_enterprise(env):
@@ -178,7 +178,7 @@ def test_backup_restore_and_change_pin(env):
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
     original = env.stdout.splitlines()[-13:]  # header + 12 keys
     (env.path / "pin2").write_text("97531864\n")
-    assert env.run("keys", "restore", "--backup", env.path / "backup.bin", "--recipient-private-key", env.path / "r.key",
+    assert env.run("sim", "restore-master-card", "--backup", env.path / "backup.bin", "--recipient-private-key", env.path / "r.key",
                    "--pin-file", env.path / "pin2", "--out", env.path / "restored.json") == 0, env.out
     env.insert_master("restored.json")
     assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "pin2") == 0, env.out

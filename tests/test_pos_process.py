@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sam.keystore import KeystoreUnlock, load_keystore
 from sam.software import SoftwareSam
-from simulator.card import load_card
+from simulator.card_files import load_card
 from tests.support import make_card
 from tests.test_cli import onecard
 

@@ -13,6 +13,7 @@ import pytest
 
 from central.ca import CaError, PlatformCa
 from simulator.psam import psam_from_keystore, write_psam, load_psam
+from onecard.wiring import Wiring
 from terminal import provision as pv
 from terminal import selftest as st
 from tests.support import make_card, make_keystore
@@ -38,7 +39,7 @@ def request(tmp: Path, keys_dir: Path, pki, reader: str, **over) -> pv.Request:
 
 def provision(req: pv.Request) -> tuple[int, list[str]]:
     lines: list[str] = []
-    return pv.Provisioner(req, say=lines.append).run(), lines
+    return pv.Provisioner(req, say=lines.append, lab_ca=Wiring().lab_ca_signer).run(), lines
 
 
 def test_lab_provisioning_end_to_end(tmp_path, keys, pcscd, vicc, broker):

@@ -13,11 +13,11 @@ from sam import crypto
 from sam import purse_crypto as pc
 from sam.interface import Algorithm, KeyPurpose, KeyUsage
 from sam.keystore import Keystore, KeystoreUnlock, MasterKey, SecretKey, load_keystore, save_keystore
+from simulator.psam_cli import add_psam_subcommands
 from simulator.psam import (
     ATR,
     PsamApplet,
     PsamStateFile,
-    add_psam_subcommands,
     load_psam,
     psam_from_keystore,
     write_psam,

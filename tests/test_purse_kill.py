@@ -7,7 +7,8 @@ import pytest
 
 from sam.keystore import KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
-from simulator.card import CardStateFile, load_card
+from simulator.card import CardStateFile
+from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
 from tests.kill_harness import NOW, open_purse_terminal
 from tests.support import make_card, make_keystore

@@ -118,11 +118,11 @@ def test_platform_reports_cards_per_key_version_from_uploads(sam, log, tmp_path)
     wire = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
                         e.prev_hash, e.hash) for e in log.events()]
     assert pf.ingest(ISSUING_TERMINAL, wire).acked_seq == len(wire)
-    assert rekey.key_versions(pf) == {"00010001": {2: 2, "unknown": 1}}
+    assert pf.key_versions() == {"00010001": {2: 2, "unknown": 1}}
     tap_run(cards[2], rotate(sam, log))
     last = log.events()[-2:]
     pf.ingest(ISSUING_TERMINAL, [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message,
                                              e.detail_json, e.prev_hash, e.hash) for e in last])
     # No card left on version 1: it can be retired from the SAMs.
-    assert rekey.key_versions(pf, "00010001") == {"00010001": {2: 3}}
+    assert pf.key_versions("00010001") == {"00010001": {2: 3}}
     pf.close()

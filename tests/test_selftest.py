@@ -18,7 +18,9 @@ from sam.cli import ROLES
 from sam.keystore import Keystore, KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
 from simulator import test_pki as deploy
+from onecard.wiring import Wiring
 from terminal import selftest as st
+from terminal.install_cli import default_adapters
 from terminal.provision import bind_sam, binding_path
 from tests.mqtt_env import free_port
 from tests.support import make_card, make_keystore
@@ -118,7 +120,7 @@ class RecordingOutputs:
 
 
 def adapters(**overrides) -> st.Adapters:
-    a = st.default_adapters()
+    a = default_adapters(Wiring().simulated_card_reader)
     a = replace(a, make_outputs=lambda c: RecordingOutputs())
     return replace(a, **overrides)
 
@@ -248,7 +250,7 @@ def test_a_different_sam_than_the_bound_one(tmp_path, keys):
     keys_dir, _ = keys
     config = write_config(tmp_path, keys_dir, "unused")
     cfg = st.load_config(config)
-    from terminal.cli import open_sam
+    from terminal.adapters import open_sam
     bound = open_sam(cfg)
     bind_sam(config, TID, "keystore", "door.ks", bound.key_infos(), NOW, force=False)
     assert st.check_sam(cfg, adapters().open_sam, NOW).status == st.PASS

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -158,12 +159,12 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         forged_body = {"enterprise_id": ENTERPRISE, "base_version": v1, "version": v1 + 1,
                        "added": [], "removed": ["0000000000000000"]}
         attacks = [
-            ("bad_signature", p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"t:{tid}", forged_body, now)),
+            ("bad_signature", p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"t:{tid}", forged_body, now, msg_id=secrets.token_hex(16))),
             ("replay", genuine),
             ("rollback", p.seal(key, "blacklist.snapshot", f"t:{tid}",
-                                {"enterprise_id": ENTERPRISE, "version": 1, "count": 0, "groups": []}, now)),
+                                {"enterprise_id": ENTERPRISE, "version": 1, "count": 0, "groups": []}, now, msg_id=secrets.token_hex(16))),
             ("malformed", b'{"v": 1, "type": "blacklist.delta", "body": '),
-            ("wrong_target", p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now)),
+            ("wrong_target", p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now, msg_id=secrets.token_hex(16))),
         ]
         for i, (_, payload) in enumerate(attacks):
             pub.publish(down, payload).wait_for_publish(5)
@@ -175,7 +176,7 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         bulk_v = admin.blacklist_bulk(ENTERPRISE, [bytes([9]) * 8, bytes([10]) * 8])
         gap = p.seal(key, "blacklist.delta", f"e:{ENTERPRISE}",
                      {"enterprise_id": ENTERPRISE, "base_version": bulk_v, "version": bulk_v + 1, "added": [],
-                      "removed": []}, now)
+                      "removed": []}, now, msg_id=secrets.token_hex(16))
         pub.publish(p.enterprise_topic(ENTERPRISE), gap).wait_for_publish(5)
         wait_until(lambda: agent.blacklist_version() == bulk_v, 10, "the snapshot requested after the gap")
         with Blacklist.open(tmp_path / "t5" / "blacklist.db") as bl:

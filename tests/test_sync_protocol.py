@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import secrets
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -58,7 +59,7 @@ def test_any_changed_field_breaks_the_signature(mutate):
 
 
 def test_other_key_is_refused():
-    payload = p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"e:{EID}", delta(), NOW)
+    payload = p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"e:{EID}", delta(), NOW, msg_id=secrets.token_hex(16))
     with pytest.raises(p.SignatureError, match="does not verify"):
         p.open_envelope(payload, KEY.public_key())
 
@@ -71,17 +72,17 @@ def test_other_key_is_refused():
 ])
 def test_signed_but_invalid_bodies_are_refused(body, problem):
     with pytest.raises(p.ProtocolError, match=problem):
-        p.open_envelope(p.seal(KEY, "blacklist.delta", f"e:{EID}", body, NOW), KEY.public_key())
+        p.open_envelope(p.seal(KEY, "blacklist.delta", f"e:{EID}", body, NOW, msg_id=secrets.token_hex(16)), KEY.public_key())
 
 
 def test_snapshot_groups_round_trip():
     asns = [bytes([i]) * 8 for i in range(1, 4)]
     body = {"enterprise_id": EID, "version": 5, "count": 3,
             "groups": [{"reason": "lost", "listed_in_version": 4, "asns": p.encode_asn_group(asns)}]}
-    env = p.open_envelope(p.seal(KEY, "blacklist.snapshot", f"t:{TID}", body, NOW), KEY.public_key())
+    env = p.open_envelope(p.seal(KEY, "blacklist.snapshot", f"t:{TID}", body, NOW, msg_id=secrets.token_hex(16)), KEY.public_key())
     assert list(p.snapshot_entries(env.body)) == [(a, "lost", 4) for a in asns]
     with pytest.raises(p.ProtocolError, match="count 2 does not match"):
-        p.open_envelope(p.seal(KEY, "blacklist.snapshot", f"t:{TID}", {**body, "count": 2}, NOW), KEY.public_key())
+        p.open_envelope(p.seal(KEY, "blacklist.snapshot", f"t:{TID}", {**body, "count": 2}, NOW, msg_id=secrets.token_hex(16)), KEY.public_key())
 
 
 # -- garbage never crashes a parser ---------------------------------------------------------------
@@ -124,7 +125,7 @@ def test_json_shaped_garbage_gives_only_protocol_errors(obj):
                                         "acked_hash", "platform_time"]), json_values, max_size=8))
 def test_validly_signed_garbage_bodies_give_only_protocol_errors(type_, body):
     try:
-        env = p.open_envelope(p.seal(KEY, type_, f"t:{TID}", body, NOW), KEY.public_key())
+        env = p.open_envelope(p.seal(KEY, type_, f"t:{TID}", body, NOW, msg_id=secrets.token_hex(16)), KEY.public_key())
     except p.ProtocolError:
         return
     if env.type == "blacklist.snapshot":
@@ -132,7 +133,7 @@ def test_validly_signed_garbage_bodies_give_only_protocol_errors(type_, body):
 
 
 def test_non_json_constants_are_refused_not_crashed_on():
-    obj = json.loads(p.seal(KEY, "time", f"t:{TID}", {"platform_time": "2026-11-23T02:00:00.000000Z"}, NOW))
+    obj = json.loads(p.seal(KEY, "time", f"t:{TID}", {"platform_time": "2026-11-23T02:00:00.000000Z"}, NOW, msg_id=secrets.token_hex(16)))
     text = json.dumps(obj).replace('"body": {', '"body": {"x": Infinity, ')
     with pytest.raises(p.ProtocolError, match="Infinity, which is not JSON"):
         p.open_envelope(text.encode(), KEY.public_key())

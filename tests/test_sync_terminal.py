@@ -6,7 +6,7 @@ import io
 import pytest
 
 from simulator.inprocess import InProcessReader
-from terminal.cli import build_terminal
+from terminal.adapters import build_terminal
 from common.config import load_config
 from terminal.inbox import Inbox
 from terminal.keypad import Balance, Charge, Load

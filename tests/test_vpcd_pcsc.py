@@ -270,10 +270,11 @@ def test_tap_cli_reports_errors_in_one_line(tap_daemon, tmp_path, capsys):
     import argparse
 
     from common.errors import UserError
+    from simulator import tap_cli
 
     control, card_file, _cards = tap_daemon
     parser = argparse.ArgumentParser()
-    tap_control.add_subcommands(parser.add_subparsers(dest="command", required=True), load_card=None)
+    tap_cli.add_subcommands(parser.add_subparsers(dest="command", required=True), load_card=None)
     args = parser.parse_args(["status", "--control", str(control)])
     assert args.handler(args) == 0
     assert json.loads(capsys.readouterr().out)["port"] > 0

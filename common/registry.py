@@ -1,0 +1,30 @@
+"""The registry interface between the card office's issuing station and the platform (the station's only way to
+the platform's records): look up a holder, register an issued card, replacement, cancellation."""
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Registry(Protocol):
+    """What the issuing terminal needs from the platform: the platform in this process
+    (central.station_registry.InProcessRegistry, labs, demo and tests) or over MQTT."""
+
+    def holder(self, enterprise_id: str, employee_no: str) -> dict:
+        """{"name", "phone"}; raises RegistryError when the employee is not registered."""
+
+    def card_of_phone(self, phone: str) -> str | None:
+        """ASN of an active or lost card whose holder has this phone number, if any."""
+
+    def is_registered(self, asn: str) -> bool: ...
+
+    def card(self, asn: str) -> dict: ...
+
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None: ...
+
+    def replace(self, old_asn: str, new_asn: str) -> None: ...
+
+    def cancel(self, asn: str, settle: bool) -> None: ...
+
+
+class RegistryError(Exception):
+    """The platform refused; the message names the problem and the fix."""
