@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from central.db import PlatformError
+from central.station_registry import answer_request
 from central.store import Platform
+from common import registry_protocol as rp
 from common import sync_protocol as p
 from common.logs import log_event
 from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
@@ -20,6 +22,7 @@ log = logging.getLogger("platform")
 
 SHARE_GROUP = "platform"
 UPLINK_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/t/+/up/#"
+REGISTRY_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/s/+/{rp.UP_REGISTRY}"  # issuing stations' requests
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class Worker:
         self.platform = platform
         self.publisher = publisher
         self.link = MqttLink(f"onecard-platform-{name}", broker.host, broker.port, broker.tls,
-                             subscriptions=[UPLINK_FILTER], protocol=broker.protocol, max_inflight=200)
+                             subscriptions=[UPLINK_FILTER, REGISTRY_FILTER], protocol=broker.protocol, max_inflight=200)
         self.handled = 0
         self.refused = 0
 
@@ -78,6 +81,10 @@ class Worker:
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
+            if topic.startswith(f"{p.TOPIC_ROOT}/s/"):
+                self.link.publish(*answer_request(self.platform, rp.parse_station_topic(topic), payload), qos=1)
+                self.handled += 1
+                return
             scope, tid, leaf = p.parse_topic(topic)
             if leaf == p.UP_EVENTS:
                 body_tid, events = p.decode_events(payload)

@@ -1,10 +1,8 @@
-"""Where the command line plugs the simulator and the in-process platform into the product, which never imports them
+"""Where the command line plugs the simulator and the lab CA into the product, which never imports them
 (README, House rules). `onecard.cli` hands one `Wiring` to every handler as `args.wiring`."""
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import UserError
@@ -30,24 +28,6 @@ class Wiring:
             return PlatformCa.load(ca_dir).sign_csr(csr_pem, now=now).public_bytes(serialization.Encoding.PEM)
         except CaError as exc:
             raise UserError(str(exc)) from None
-
-    @contextlib.contextmanager
-    def in_process_registry(self, db: Path, key: Path) -> Iterator[object]:
-        """The platform database in this process as the issuing station's Registry (labs, demo, tests)."""
-        from central.db import PlatformError, load_signing_key
-        from central.station_registry import InProcessRegistry
-        from central.store import Platform
-
-        if not db.exists():
-            raise UserError(f"platform database {db} does not exist; check --platform-db")
-        try:
-            platform = Platform(db, load_signing_key(key))
-        except PlatformError as exc:
-            raise UserError(str(exc)) from None
-        try:
-            yield InProcessRegistry(platform)
-        finally:
-            platform.close()
 
 
 def add_simulator_subcommands(sub) -> None:

@@ -63,6 +63,7 @@ class Broker:
     workdir: Path
     pki: Pki
     terminals: dict[str, str] = field(default_factory=dict)  # terminal ID -> enterprise ID, for the ACL
+    stations: dict[str, str] = field(default_factory=dict)  # issuing station ID -> enterprise ID, for the ACL
     port: int = 0
     proc: subprocess.Popen | None = None
 
@@ -73,7 +74,7 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.acl = self.workdir / "acl"
-        self.acl.write_text(render_acl(self.terminals), encoding="utf-8")
+        self.acl.write_text(render_acl(self.terminals, stations=self.stations), encoding="utf-8")
         self.log = self.workdir / "mosquitto.log"
         self.conf = self.workdir / "mosquitto.conf"
         self.conf.write_text(render_conf(port=self.port, ca=self.pki.ca.cert, server=self.pki.server, acl=self.acl,

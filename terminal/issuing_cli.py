@@ -2,8 +2,8 @@
 one card per command.
 
 The station's keystore, its reader (or a simulated card file) and its own event log as for `issue wash`; the
-registry is the reference platform's database (`--platform-db/--platform-key`), used in this process through the
-command line's wiring (onecard/wiring.py).
+registry is the platform, reached over MQTT with the station's own certificate (terminal/registry_client.py): the
+station never opens the platform's database and never holds its signing key.
 """
 from __future__ import annotations
 
@@ -62,8 +62,15 @@ def station_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     station_arguments(p)
-    p.add_argument("--platform-db", required=True, type=Path, help="the platform database (registry)")
-    p.add_argument("--platform-key", required=True, type=Path, help="the platform signing key")
+    # The registry is the platform over MQTT, with the station's own certificate (CN = --terminal-id).
+    p.add_argument("--broker-host", required=True, help="the platform's MQTT broker")
+    p.add_argument("--broker-port", type=int, default=8883)
+    p.add_argument("--broker-ca", required=True, type=Path, help="the platform CA certificate (ca.pem)")
+    p.add_argument("--cert", required=True, type=Path, help="this station's certificate (CN = --terminal-id)")
+    p.add_argument("--cert-key", required=True, type=Path, help="this station's certificate key")
+    p.add_argument("--platform-public-key", required=True, type=Path,
+                   help="the platform's Ed25519 public key (PEM): its answers must verify against it")
+    p.add_argument("--registry-timeout", type=float, default=10.0, help="seconds to wait for each platform answer")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each card")
     return p
 
@@ -134,7 +141,11 @@ def _issuing_terminal(args):
     from common.db import DatabaseError
     from sam.keystore import parse_enterprise_id
     from terminal.event_log import EventLog
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.decision import Refusal
     from terminal.issuing import IssuingTerminal
+    from terminal.registry_client import MqttRegistry, load_platform_public_key
 
     try:
         enterprise = parse_enterprise_id(args.enterprise)
@@ -143,16 +154,26 @@ def _issuing_terminal(args):
     if not (len(args.terminal_id) == 12 and args.terminal_id.isdigit()):
         raise UserError(f"--terminal-id {args.terminal_id!r} is not 12 digits")
     sam = open_station_sam(args)
-    with _wiring(args).in_process_registry(args.platform_db, args.platform_key) as registry:
-        try:
-            with EventLog.open(args.log, args.terminal_id) as log:
-                yield IssuingTerminal(sam, registry, log, enterprise, bytes.fromhex(args.terminal_id)), enterprise
-        except DatabaseError as exc:
-            raise UserError(str(exc)) from None
+    try:
+        registry = MqttRegistry(args.terminal_id, args.broker_host, args.broker_port,
+                                TlsFiles(args.broker_ca, args.cert, args.cert_key),
+                                load_platform_public_key(args.platform_public_key), args.registry_timeout).connect()
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        with EventLog.open(args.log, args.terminal_id) as log:
+            yield IssuingTerminal(sam, registry, log, enterprise, bytes.fromhex(args.terminal_id)), enterprise
+    except DatabaseError as exc:
+        raise UserError(str(exc)) from None
+    except Refusal as r:  # a platform refusal outside a tap (replacement from the platform's records)
+        raise UserError(f"{r.message} ({r.reason_code})", 1) from None
+    finally:
+        registry.close()
 
 
 def _with_card(args, prompt: str, action, card_file: Path | None = None):
     """Ask for a card, run `action(transmit)` on it; a Refusal or a card pulled away is one line and exit 1."""
+    from common.registry import RegistryError
     from terminal.decision import Refusal
     from terminal.reader import CardRemoved
 
@@ -166,6 +187,8 @@ def _with_card(args, prompt: str, action, card_file: Path | None = None):
             return action(conn.transmit)
         except Refusal as r:
             raise UserError(f"{r.message} ({r.reason_code})", 1) from None
+        except RegistryError as exc:
+            raise UserError(f"Platform: {exc}", 1) from None
         except CardRemoved:
             raise UserError("card removed too soon: run the command again and hold the card still; the station "
                             "finishes what the first tap started", 1) from None

@@ -20,17 +20,20 @@ def terminal_id(i: int) -> str:
 # 60 terminals of the test enterprise (IDs 1..60) and 2 of another (IDs 901, 902).
 TERMINALS = {**{terminal_id(i): ENTERPRISE for i in range(1, 61)},
              **{terminal_id(i): OTHER_ENTERPRISE for i in (901, 902)}}
+# Issuing stations (the card office), with certificates of their own: one per enterprise.
+STATIONS = {terminal_id(900): ENTERPRISE, terminal_id(903): OTHER_ENTERPRISE}
 
 
 
 
 def make_pki(directory: Path, terminals: dict[str, str] = TERMINALS) -> Pki:
-    return _make_pki(directory, terminals)
+    return _make_pki(directory, {**terminals, **STATIONS})
 
 
 @dataclass
 class Broker(_Broker):
     terminals: dict[str, str] = field(default_factory=lambda: dict(TERMINALS))
+    stations: dict[str, str] = field(default_factory=lambda: dict(STATIONS))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,13 +1,37 @@
 """`onecard issue wash`, then `issue card`, `issue replace`, `issue cancel` on simulated cards, as the card office
-would run them, with the reference platform as the registry."""
-import json
+would run them, with the platform service as the registry over the real mosquitto (the station's own certificate,
+its own topics, signed answers)."""
+import pytest
 
 from onecard.cli import main
 from sam.keystore import KeystoreUnlock
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile
 from simulator.personalise import transport_card, write_card
+from tests.mqtt_env import STATIONS, free_port, start_platform
 from tests.support import ENTERPRISE
+
+STATION = "000000000900"  # a station of the test enterprise, with a certificate and registry topics in the ACL
+assert STATIONS[STATION] == ENTERPRISE.hex()
+
+
+def station_network(broker, station: str = STATION) -> list:
+    c = broker.pki.client(station)
+    return ["--terminal-id", station, "--broker-host", "127.0.0.1", "--broker-port", broker.port,
+            "--broker-ca", broker.pki.ca.cert, "--cert", c.cert, "--cert-key", c.key,
+            "--platform-public-key", broker.pki.platform_public, "--registry-timeout", "5"]
+
+
+@pytest.fixture
+def platform(tmp_path, broker):
+    admin, service = start_platform(tmp_path, broker, terminals={})
+    admin.add_terminal(STATION, ENTERPRISE.hex())
+    admin.add_holder(ENTERPRISE.hex(), "E1001", "Zhang Wei", phone="13800000001")
+    try:
+        yield admin
+    finally:
+        service.stop()
+        admin.close()
 
 
 def run(capsys, *args):
@@ -16,21 +40,18 @@ def run(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys):
+def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, platform):
     d = tmp_path
     (d / "pass").write_text("card office\n")
     assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
                "--enterprise", "00010001", "--algorithm", "aes128")[0] == 0
-    for args in (("init",), ("add-enterprise", "00010001", "--name", "Demo Co"),
-                 ("add-holder", "E1001", "--enterprise", "00010001", "--name", "Zhang Wei", "--phone", "13800000001")):
-        assert run(capsys, "platform", args[0], "--db", d / "pf.db", "--key", d / "pf.key", *args[1:])[0] == 0
     factory = SoftwareSam.open(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pass"))
     for name in ("old", "new"):
         write_card(d / f"{name}.json", transport_card(factory, ENTERPRISE))
         assert run(capsys, "issue", "wash", "--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise",
                    "00010001", "--card", d / f"{name}.json", "--log", d / "station.db", "--to-version", "1")[0] == 0
     station = ["--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise", "00010001",
-               "--log", d / "station.db", "--platform-db", d / "pf.db", "--platform-key", d / "pf.key", "--wait", "2"]
+               "--log", d / "station.db", *station_network(broker), "--wait", "2"]
 
     code, out, err = run(capsys, "issue", "card", *station, "--card", d / "old.json", "--employee", "E1001",
                          "--groups", "1,2", "--valid-to", "2028-12-31")
@@ -43,9 +64,7 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys):
     assert code == 1 and "already holds one-card" in err  # one phone number, one one-card
 
     # The station's log has not been uploaded (no sync agent here): the platform cannot tell the card's key version.
-    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "pf.db", "--key", d / "pf.key")
-    assert code == 0 and "00010001 unknown 1" in out
-    assert "re-key them before retiring any version" in out
+    assert platform.key_versions() == {"00010001": {"unknown": 1}}
 
     code, out, err = run(capsys, "issue", "replace", *station, "--old-card", d / "old.json", "--card", d / "new.json")
     new_asn = CardStateFile(d / "new.json").load().asn.hex().upper()
@@ -53,22 +72,76 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys):
     assert f"card {new_asn} replaces {old_asn}" in out
     assert CardStateFile(d / "old.json").load().status == 0x02  # voided
 
-    code, out, err = run(capsys, "platform", "card", "--db", d / "pf.db", "--key", d / "pf.key", old_asn)
-    assert json.loads(out)["status"] == "REPLACED"
+    assert platform.card(old_asn)["status"] == "REPLACED"
 
     code, out, err = run(capsys, "issue", "cancel", *station, "--card", d / "new.json")
     assert code == 0, err
     assert out.strip().endswith("card cancelled")
-    code, out, err = run(capsys, "platform", "card", "--db", d / "pf.db", "--key", d / "pf.key", new_asn)
-    assert json.loads(out)["status"] == "CANCELLED"
+    assert platform.card(new_asn)["status"] == "CANCELLED"
 
 
-def test_no_card_presented_is_one_line(tmp_path, capsys):
+def test_no_broker_is_one_line(tmp_path, capsys, sync_pki):
     d = tmp_path
     (d / "pass").write_text("x\n")
     assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
                "--enterprise", "00010001")[0] == 0
+    c = sync_pki.client(STATION)
     code, out, err = run(capsys, "issue", "cancel", "--keystore", d / "ks", "--passphrase-file", d / "pass",
                          "--enterprise", "00010001", "--reader", "no such reader", "--log", d / "s.db",
-                         "--platform-db", d / "missing.db", "--platform-key", d / "k", "--wait", "1")
-    assert code == 2 and err.count("\n") == 1 and "platform database" in err
+                         "--terminal-id", STATION, "--broker-host", "127.0.0.1", "--broker-port", free_port(),
+                         "--broker-ca", sync_pki.ca.cert, "--cert", c.cert, "--cert-key", c.key,
+                         "--platform-public-key", sync_pki.platform_public, "--registry-timeout", "1", "--wait", "1")
+    assert code == 2 and err.count("\n") == 1 and "cannot reach the platform's broker" in err
+
+
+def test_another_enterprises_card_and_holder_are_refused(tmp_path, broker, platform):
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.registry_client import MqttRegistry, load_platform_public_key
+
+    platform.add_enterprise("00020002", "Other Co")
+    platform.add_holder("00020002", "X1", "Li Na")
+    platform.issue_card("00020002", "X1", "0102030405060708")
+    c = broker.pki.client(STATION)
+    with MqttRegistry(STATION, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+                      load_platform_public_key(broker.pki.platform_public), timeout=5) as registry:
+        assert registry.holder("00010001", "E1001") == {"name": "Zhang Wei", "phone": "13800000001"}
+        with pytest.raises(RegistryError, match="not registered in enterprise 00010001"):
+            registry.holder("00010001", "NOBODY")
+        with pytest.raises(RegistryError, match="serves enterprise 00010001, not 00020002"):
+            registry.holder("00020002", "X1")
+        with pytest.raises(RegistryError, match="belongs to another enterprise"):
+            registry.cancel("0102030405060708", settle=False)
+    assert platform.card("0102030405060708")["status"] == "ACTIVE"
+
+
+def test_a_terminal_certificate_cannot_ask_the_registry(tmp_path, broker, platform):
+    """The ACL gives registry topics to stations only: a door's certificate publishing as a station gets no answer."""
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.registry_client import MqttRegistry, load_platform_public_key
+
+    door = "000000000001"
+    platform.add_terminal(door, "00010001")
+    c = broker.pki.client(door)
+    with MqttRegistry(door, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+                      load_platform_public_key(broker.pki.platform_public), timeout=1.5) as registry:
+        with pytest.raises(RegistryError, match="did not answer the holder request"):
+            registry.holder("00010001", "E1001")
+
+
+def test_an_answer_signed_by_another_key_is_not_believed(tmp_path, broker, platform, caplog):
+    """Answers are checked against the platform public key the station was given."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.registry_client import MqttRegistry
+
+    impostor = Ed25519PrivateKey.generate().public_key()
+    c = broker.pki.client(STATION)
+    with MqttRegistry(STATION, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+                      impostor, timeout=1.5) as registry:
+        with pytest.raises(RegistryError, match="did not answer"):
+            registry.holder("00010001", "E1001")
+    assert "not signed by the platform key" in caplog.text

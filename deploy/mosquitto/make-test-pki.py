@@ -17,28 +17,31 @@ def main() -> int:
     ap.add_argument("outdir", type=Path)
     ap.add_argument("--terminal", action="append", default=[], metavar="TID:EID",
                     help="a terminal and its enterprise, e.g. 000000000001:00010001 (repeat)")
+    ap.add_argument("--station", action="append", default=[], metavar="SID:EID",
+                    help="an issuing station and its enterprise (registry topics in the ACL), repeatable")
     ap.add_argument("--host", action="append", default=[], help="broker host name or IP for the server certificate")
     ap.add_argument("--port", type=int, default=8883)
     args = ap.parse_args()
-    terminals = {}
-    for item in args.terminal:
-        tid, _, eid = item.partition(":")
-        terminals[tid] = eid
+    terminals, stations = {}, {}
+    for items, into in ((args.terminal, terminals), (args.station, stations)):
+        for item in items:
+            tid, _, eid = item.partition(":")
+            into[tid] = eid
     ca = TestCa(args.outdir, days=365)
     server = ca.issue(args.host[0] if args.host else "127.0.0.1", server=True,
                       hosts=tuple(args.host) or ("127.0.0.1", "localhost"))
-    for cn in [PLATFORM_USER, *terminals]:
+    for cn in [PLATFORM_USER, *terminals, *stations]:
         ca.issue(cn)
     try:
-        acl_text = render_acl(terminals)
+        acl_text = render_acl(terminals, stations=stations)
     except ValueError as exc:
-        print(f"error: {exc}; pass --terminal TID:EID with 12 and 8 digits", file=sys.stderr)
+        print(f"error: {exc}; pass --terminal TID:EID and --station SID:EID with 12 and 8 digits", file=sys.stderr)
         return 2
     (args.outdir / "acl").write_text(acl_text, encoding="utf-8")
     (args.outdir / "mosquitto.conf").write_text(
         render_conf(port=args.port, ca=ca.files.cert, server=server, acl=args.outdir / "acl", bind="0.0.0.0"),
         encoding="utf-8")
-    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s)), acl and mosquitto.conf "
+    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s), {len(stations)} station(s)), acl and mosquitto.conf "
           f"written to {args.outdir}")
     return 0
 

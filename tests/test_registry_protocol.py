@@ -1,0 +1,84 @@
+"""The issuing station's registry messages, byte for byte as docs/sync-protocol.md "Issuing station registry" shows
+them, and what a platform answer must be to be believed."""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from central.broker_config import render_acl
+from common import registry_protocol as rp
+from common.sync_protocol import ProtocolError, SignatureError
+
+KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+RID = "00112233445566778899aabbccddeeff"
+NOW = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "sync-protocol.md").read_text(encoding="utf-8")
+SECTION = DOC[DOC.index("## Issuing station registry"):DOC.index("## Upload: ordering")]
+EXAMPLES = re.findall(r"^\{.*\}$", SECTION, re.M)
+
+
+def holder_request() -> bytes:
+    return rp.encode_request(RID, "000000000900", "holder", {"enterprise_id": "00010001", "employee_no": "E1001"})
+
+
+def test_the_documented_bytes_are_what_is_sent_and_signed():
+    assert EXAMPLES[0].encode() == holder_request()
+    req = rp.decode_request(holder_request())
+    ok = rp.seal_response(KEY, req, NOW, result={"name": "Zhang Wei", "phone": "13800000001"})
+    refused = rp.seal_response(KEY, req, NOW, error="employee NOBODY is not registered")
+    assert [ok.decode(), refused.decode()] == EXAMPLES[1:3]
+    answer = rp.open_response(ok, KEY.public_key())
+    assert (answer.request_id, answer.ok, answer.result) == (RID, True, {"name": "Zhang Wei", "phone": "13800000001"})
+    assert rp.open_response(refused, KEY.public_key()).error == "employee NOBODY is not registered"
+
+
+def test_an_answer_is_believed_only_with_the_platform_signature():
+    req = rp.decode_request(holder_request())
+    forged = rp.seal_response(Ed25519PrivateKey.generate(), req, NOW, result={"name": "Mallory", "phone": ""})
+    with pytest.raises(SignatureError):
+        rp.open_response(forged, KEY.public_key())
+    altered = rp.seal_response(KEY, req, NOW, result={"name": "Zhang Wei", "phone": "1"}).replace(b'"1"', b'"2"')
+    with pytest.raises(SignatureError):
+        rp.open_response(altered, KEY.public_key())
+
+
+def test_a_sync_envelope_signature_cannot_stand_for_a_registry_answer():
+    from common import sync_protocol as p
+
+    envelope = p.seal(KEY, "time", "t:000000000900", {"platform_time": "2026-11-23T02:00:00.000000Z"}, NOW, "m1")
+    assert rp.REGISTRY_SIGN_DOMAIN != p.SIGN_DOMAIN
+    with pytest.raises(ProtocolError):
+        rp.open_response(envelope, KEY.public_key())
+
+
+@pytest.mark.parametrize("op, args, problem", [
+    ("holder", {"enterprise_id": "1", "employee_no": "E1"}, "enterprise_id"),
+    ("holder", {"enterprise_id": "00010001"}, "employee_no"),
+    ("cancel", {"asn": "0102030405060708", "settle": "yes"}, "settle"),
+    ("replace", {"old_asn": "0102030405060708", "new_asn": "01020304050607", }, "new_asn"),
+    ("card", {"asn": "0102030405060708", "extra": 1}, "extra"),
+])
+def test_malformed_requests_are_refused_naming_the_field(op, args, problem):
+    with pytest.raises(ProtocolError, match=problem):
+        rp.encode_request(RID, "000000000900", op, args)
+
+
+def test_only_station_registry_topics_parse():
+    assert rp.parse_station_topic("onecard/v1/s/000000000900/up/registry") == "000000000900"
+    for topic in ("onecard/v1/t/000000000900/up/registry", "onecard/v1/s/000000000900/down/registry",
+                  "onecard/v1/s/900/up/registry"):
+        with pytest.raises(ProtocolError):
+            rp.parse_station_topic(topic)
+
+
+def test_the_acl_gives_registry_topics_to_stations_only():
+    acl = render_acl({"000000000001": "00010001"}, stations={"000000000900": "00010001"})
+    door, station = acl.split("user 000000000001")[1].split("user 000000000900")
+    assert "registry" not in door
+    assert "topic write onecard/v1/s/000000000900/up/registry" in station
+    assert "topic read onecard/v1/s/000000000900/down/registry" in station
+    assert "topic read onecard/v1/s/+/up/registry" in acl.split("user platform")[1].split("user 0")[0]
