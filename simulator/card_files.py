@@ -5,17 +5,20 @@ import json
 from pathlib import Path
 
 from simulator.card import CardStateFile, ForeignCard, OneCardApplet
+from simulator.master_card import STATE_FORMAT as MASTER_CARD_FORMAT, load_master_card
 from simulator.psam import load_psam
 
 
 def load_card(path: str | Path):
-    """Open a card file as it would be put in a reader: a one-card RFID-SIM, a card without the application,
-    or a PSAM (for a SAM slot)."""
+    """Open a card file as it would be put in a reader: a one-card RFID-SIM (personalised or fresh from the
+    factory), a card without the application, a PSAM (for a SAM slot) or a key master card."""
     p = Path(path)
     doc = json.loads(p.read_text(encoding="utf-8"))
     if doc.get("format") == "onecard-sim-foreign/1":
         return ForeignCard(label=str(doc.get("label", ForeignCard.label)))
     if doc.get("format") == "onecard-sim-psam/1":
         return load_psam(p)
+    if doc.get("format") == MASTER_CARD_FORMAT:
+        return load_master_card(p)
     store = CardStateFile(p)
     return OneCardApplet(state=store.load(), store=store)

@@ -19,8 +19,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     unlock.add_argument("--passphrase-file", type=Path)
     unlock.add_argument("--device-secret", type=Path)
     new.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
-    new.add_argument("--employee", required=True, help="employee number (up to 16 ASCII characters)")
-    new.add_argument("--name", required=True, help="holder name (up to 32 bytes of UTF-8)")
+    new.add_argument("--employee", help="employee number (up to 16 ASCII characters)")
+    new.add_argument("--name", help="holder name (up to 32 bytes of UTF-8)")
+    new.add_argument("--factory", action="store_true",
+                     help="a card as it leaves the factory: transport keys only, to be washed with 'onecard issue "
+                          "wash' (needs the keystore's TRANSPORT key; --employee and --name are not used)")
     new.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5 (1..64)")
     new.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default: today)")
     new.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default: in 3 years)")
@@ -43,6 +46,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     show = sub.add_parser("show", help="what a simulated card holds (keys are not shown)")
     show.add_argument("card", type=Path)
     show.set_defaults(handler=cmd_show)
+
+    readers = sub.add_parser("readers", help="start a private pcscd with virtual (vpcd) readers; print their names "
+                                            "and ports; run until Ctrl-C")
+    readers.add_argument("--count", type=int, default=2, help="how many readers (1..16, default 2)")
+    readers.set_defaults(handler=cmd_readers)
 
     nfc = sub.add_parser("serve-nfc", help="serve one card file to nfcpy's udp driver until Ctrl-C "
                                            "([reader] driver = \"nfc\")")
@@ -77,6 +85,11 @@ def cmd_new_card(args) -> int:
 
     if not (len(args.enterprise) == 8 and args.enterprise.isdigit()):
         raise UserError(f"--enterprise {args.enterprise!r} is not 8 digits; write e.g. 00010001")
+    if args.factory:
+        return _new_factory_card(args)
+    if not args.employee or not args.name:
+        raise UserError("--employee and --name are needed for a personalised card (or pass --factory for a card "
+                        "with transport keys, to be washed)")
     try:
         groups = frozenset(int(g) for g in args.groups.split(",") if g.strip())
         asn = bytes.fromhex(args.asn) if args.asn else None
@@ -109,6 +122,37 @@ def cmd_new_card(args) -> int:
     except FileExistsError as exc:
         raise UserError(str(exc)) from None
     print(f"card {state.asn.hex().upper()} for {args.name} ({args.employee}) written to {args.out}")
+    return 0
+
+
+def _new_factory_card(args) -> int:
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock
+    from sam.software import SoftwareSam
+    from simulator.card import CARD_TYPE_IC_CARD, CARD_TYPE_RFID_SIM
+    from simulator.personalise import transport_card, write_card
+
+    try:
+        asn = bytes.fromhex(args.asn) if args.asn else None
+    except ValueError:
+        raise UserError("--asn must be 16 hex digits (8 bytes)") from None
+    if asn is not None and len(asn) != 8:
+        raise UserError("--asn must be 16 hex digits (8 bytes)")
+    try:
+        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file) if args.passphrase_file
+                  else KeystoreUnlock.from_device_secret_file(args.device_secret))
+        sam = SoftwareSam.open(args.keystore, unlock)
+        state = transport_card(sam, bytes.fromhex(args.enterprise), asn=asn,
+                               algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128,
+                               card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM,
+                               label="factory card")
+        write_card(args.out, state, overwrite=args.force)
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+    except FileExistsError as exc:
+        raise UserError(str(exc)) from None
+    print(f"factory card {state.asn.hex().upper()} (transport keys, key version 0) written to {args.out}; wash it "
+          f"with: onecard issue wash --card {args.out} ...")
     return 0
 
 
@@ -164,4 +208,29 @@ def cmd_serve_nfc(args) -> int:
             stop.wait()
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def cmd_readers(args) -> int:
+    import signal
+    import threading
+
+    from simulator.pcscd import MAX_READERS, SOCKET_ENV, PcscdError, private_pcscd
+
+    if not 1 <= args.count <= MAX_READERS:
+        raise UserError(f"--count {args.count} is not 1..{MAX_READERS} (pcscd's reader limit)")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        with private_pcscd(args.count) as pcscd:
+            for slot in pcscd.slots:
+                print(f"reader {slot.name!r} vpcd port {slot.port}", flush=True)
+            print(f"{SOCKET_ENV}={pcscd.socket_path}", flush=True)
+            print(f"ready: in another shell, export {SOCKET_ENV}={pcscd.socket_path}; put a card in a reader with "
+                  f"'onecard sim serve --port PORT --control DIR' and 'onecard sim tap CARD --control DIR'. "
+                  "Ctrl-C stops pcscd.", flush=True)
+            stop.wait()
+    except PcscdError as exc:
+        raise UserError(str(exc)) from None
     return 0
