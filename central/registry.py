@@ -71,7 +71,8 @@ class Registry:
                 cur = self.conn.execute("INSERT INTO holders (enterprise_id, employee_no, name, phone) "
                                         "VALUES (?, ?, ?, ?)", (enterprise_id, employee_no, name, phone))
             except sqlite3.IntegrityError:
-                raise PlatformError(f"employee {employee_no} is already registered in enterprise {enterprise_id}")
+                raise PlatformError(f"employee {employee_no} is already registered in enterprise {enterprise_id}") \
+                    from None
             return cur.lastrowid
 
     def _holder(self, enterprise_id: str, employee_no: str) -> tuple:
@@ -108,7 +109,7 @@ class Registry:
             "AND (?3 IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
             (KEYS_CHANGED, CARD_ISSUED, enterprise_id)).fetchall()
         out: dict[str, dict[int | str, int]] = {}
-        for _asn, eid, detail in rows:
+        for _card, eid, detail in rows:
             version: int | str = "unknown" if detail is None else json.loads(detail).get("key_version", "unknown")
             per = out.setdefault(eid, {})
             per[version] = per.get(version, 0) + 1

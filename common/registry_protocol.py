@@ -43,7 +43,7 @@ _EMPLOYEE_RE = re.compile(r"[\x21-\x7e]{1,16}\Z")
 _PHONE_RE = re.compile(r"[0-9+\- ]{0,20}\Z")
 
 # op -> its arguments and their patterns (None: JSON type checked instead)
-OPS: dict[str, dict[str, re.Pattern | type]] = {
+OPS: dict[str, dict[str, re.Pattern[str] | type]] = {
     "holder": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE},
     "card_of_phone": {"phone": _PHONE_RE},
     "is_registered": {"asn": _ASN_RE},
@@ -72,7 +72,7 @@ class RegistryRequest:
     id: str
     station: str
     op: str
-    args: dict
+    args: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class RegistryResponse:
     error: str
 
 
-def _check_args(op: str, args: dict, where: str) -> dict:
+def _check_args(op: str, args: dict[str, Any], where: str) -> dict[str, Any]:
     spec = OPS[op]
     extra = sorted(set(args) - set(spec))
     if extra:
@@ -99,7 +99,7 @@ def _check_args(op: str, args: dict, where: str) -> dict:
     return args
 
 
-def encode_request(request_id: str, station_id: str, op: str, args: dict) -> bytes:
+def encode_request(request_id: str, station_id: str, op: str, args: dict[str, Any]) -> bytes:
     if op not in OPS:
         raise ValueError(f"unknown registry operation {op!r}")
     obj = {"v": PROTOCOL_VERSION, "type": REQUEST_TYPE, "id": request_id, "station": station_id, "op": op,
@@ -122,7 +122,7 @@ def decode_request(payload: bytes) -> RegistryRequest:
     return RegistryRequest(rid, station, op, args)
 
 
-def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, result: Any, error: str) -> dict:
+def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, result: Any, error: str) -> dict[str, Any]:
     out = {"v": PROTOCOL_VERSION, "type": RESPONSE_TYPE, "request_id": request.id, "station": request.station,
            "op": request.op, "issued_at": format_time(issued_at), "ok": ok}
     if ok:

@@ -10,7 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -84,7 +85,7 @@ def format_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def parse_time(text: str, where: str) -> datetime:
+def parse_time(text: object, where: str) -> datetime:
     if not isinstance(text, str) or not _TIME_RE.match(text):
         raise ProtocolError(f"{where} must be a UTC time like 2026-11-23T02:00:00.000000Z, got {text!r:.60}")
     try:
@@ -93,12 +94,12 @@ def parse_time(text: str, where: str) -> datetime:
         raise ProtocolError(f"{where} is not a real date/time: {text!r}") from None
 
 
-def _no_constant(name: str):
+def _no_constant(name: str) -> NoReturn:
     # NaN/Infinity are not JSON and cannot be re-encoded canonically for signature checks.
     raise ProtocolError(f"payload contains {name}, which is not JSON")
 
 
-def _load(payload: bytes, what: str) -> dict:
+def _load(payload: bytes, what: str) -> dict[str, Any]:
     if not isinstance(payload, (bytes, bytearray)):
         raise ProtocolError(f"{what} payload must be bytes")
     try:
@@ -112,7 +113,8 @@ def _load(payload: bytes, what: str) -> dict:
     return obj
 
 
-def _field(obj: dict, key: str, kind: type | tuple, where: str, *, optional: bool = False, default=None):
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, *, optional: bool = False,
+           default: Any = None) -> Any:
     if key not in obj:
         if optional:
             return default
@@ -126,14 +128,15 @@ def _field(obj: dict, key: str, kind: type | tuple, where: str, *, optional: boo
     return value
 
 
-def _int(obj: dict, key: str, where: str, minimum: int = 0) -> int:
-    value = _field(obj, key, int, where)
+def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    value: int = _field(obj, key, int, where)
     if value < minimum or value > 2**63 - 1:
         raise ProtocolError(f"{where}: field {key!r} = {value} is out of range (>= {minimum})")
     return value
 
 
-def _match(obj: dict, key: str, pattern: re.Pattern, where: str, what: str, *, optional=False):
+def _match(obj: dict[str, Any], key: str, pattern: re.Pattern[str], where: str, what: str, *,
+           optional: bool = False) -> Any:
     value = _field(obj, key, str, where, optional=optional)
     if value is None and optional:
         return None
@@ -152,14 +155,14 @@ class Envelope:
     id: str
     target: str  # "t:<terminal id>" or "e:<enterprise id>"
     issued_at: datetime
-    body: dict
+    body: dict[str, Any]
 
 
-def signed_bytes(unsigned: dict) -> bytes:
+def signed_bytes(unsigned: dict[str, Any]) -> bytes:
     return SIGN_DOMAIN + canonical(unsigned)
 
 
-def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict, issued_at: datetime, msg_id: str) -> bytes:
+def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict[str, Any], issued_at: datetime, msg_id: str) -> bytes:
     """Sign and encode one downlink message (the platform side); `msg_id` is fresh and random (the caller draws it:
     this module reads no clock and no randomness)."""
     if type_ not in DOWN_TYPES:
@@ -201,13 +204,13 @@ def open_envelope(payload: bytes, public_key: Ed25519PublicKey) -> Envelope:
     return Envelope(type_, msg_id, target, issued_at, body)
 
 
-def _check_ack(body: dict) -> None:
+def _check_ack(body: dict[str, Any]) -> None:
     _int(body, "acked_seq", "ack")
     _match(body, "acked_hash", _HASH_RE, "ack", "64 lowercase hex digits")
     _field(body, "problem", str, "ack", optional=True)
 
 
-def _check_snapshot(body: dict) -> None:
+def _check_snapshot(body: dict[str, Any]) -> None:
     w = "blacklist.snapshot"
     _match(body, "enterprise_id", _EID_RE, w, "8 digits")
     version = _int(body, "version", w, 1)
@@ -232,7 +235,7 @@ def _check_snapshot(body: dict) -> None:
         raise ProtocolError(f"{w}: count {body['count']} does not match the {total} ASNs in the groups")
 
 
-def snapshot_entries(body: dict):
+def snapshot_entries(body: dict[str, Any]) -> Iterator[tuple[bytes, str, int]]:
     """Yield (asn bytes, reason, listed_in_version) from a checked snapshot body, lazily."""
     for g in body["groups"]:
         try:
@@ -248,7 +251,7 @@ def encode_asn_group(asns: list[bytes]) -> str:
     return base64.b64encode(b"".join(asns)).decode()
 
 
-def _check_delta(body: dict) -> None:
+def _check_delta(body: dict[str, Any]) -> None:
     w = "blacklist.delta"
     _match(body, "enterprise_id", _EID_RE, w, "8 digits")
     base = _int(body, "base_version", w)
@@ -273,13 +276,13 @@ def _check_delta(body: dict) -> None:
         raise ProtocolError(f"{w}: an ASN is both added and removed")
 
 
-def _check_config(body: dict) -> None:
+def _check_config(body: dict[str, Any]) -> None:
     _match(body, "enterprise_id", _EID_RE, "config", "8 digits")
     _int(body, "version", "config", 1)
     _field(body, "document", dict, "config")
 
 
-def _check_card_action(body: dict) -> None:
+def _check_card_action(body: dict[str, Any]) -> None:
     w = "card_action"
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
@@ -288,7 +291,7 @@ def _check_card_action(body: dict) -> None:
     _field(body, "params", dict, w)
 
 
-def _check_card_action_cancel(body: dict) -> None:
+def _check_card_action_cancel(body: dict[str, Any]) -> None:
     w = "card_action.cancel"
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
@@ -296,7 +299,7 @@ def _check_card_action_cancel(body: dict) -> None:
         raise ProtocolError(f"{w}: action must not be empty")
 
 
-def _check_time(body: dict) -> None:
+def _check_time(body: dict[str, Any]) -> None:
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
@@ -339,7 +342,7 @@ def decode_events(payload: bytes) -> tuple[str, list[WireEvent]]:
     rows = _field(obj, "events", list, w)
     if not rows or len(rows) > MAX_BATCH_EVENTS:
         raise ProtocolError(f"events: a batch holds 1..{MAX_BATCH_EVENTS} events, got {len(rows)}")
-    out = []
+    out: list[WireEvent] = []
     for i, r in enumerate(rows):
         if not isinstance(r, list) or len(r) != 9:
             raise ProtocolError(f"events[{i}] must be a list of 9 fields")
@@ -365,7 +368,7 @@ def encode_status(terminal_id: str, state: str, at: datetime | None, reason: str
     return canonical(body)
 
 
-def decode_status(payload: bytes) -> dict:
+def decode_status(payload: bytes) -> dict[str, Any]:
     obj = _load(payload, "status")
     _match(obj, "terminal_id", _TID_RE, "status", "12 digits")
     if _field(obj, "state", str, "status") not in ("online", "offline"):

@@ -19,7 +19,6 @@ from sam.keystore import (
     KeystoreUnlock,
     format_enterprise_id,
     load_keystore,
-    parse_enterprise_id,
     save_keystore,
 )
 from sam import master_card as mc

@@ -462,7 +462,7 @@ def _parse_payload(payload: bytes) -> Keystore:
         if not isinstance(entry, dict) or set(entry) != _ENTRY_FIELDS:
             raise ValueError(f"key entry {index} must have exactly the fields {sorted(_ENTRY_FIELDS)}")
         key_hex = entry["key"]
-        if not isinstance(key_hex, str) or not re.fullmatch(r"[0-9a-f]{%d}" % (2 * KEY_SIZE), key_hex):
+        if not isinstance(key_hex, str) or not re.fullmatch(rf"[0-9a-f]{{{2 * KEY_SIZE}}}", key_hex):
             raise ValueError(f"key entry {index}: key is not {KEY_SIZE} bytes of lowercase hex")
         usages = entry["usages"]
         if not isinstance(usages, list) or not all(isinstance(u, str) for u in usages) or len(set(usages)) != len(usages):

@@ -57,8 +57,8 @@ class PrivatePcscd:
     log_path: Path
     pid: int
     slots: list[VpcdSlot] = field(default_factory=list)
-    _proc: "_Pcscd | None" = field(default=None, repr=False)
-    _start_again: "object | None" = field(default=None, repr=False)
+    _proc: _Pcscd | None = field(default=None, repr=False)
+    _start_again: object | None = field(default=None, repr=False)
 
     def kill(self) -> None:
         """SIGKILL pcscd, as a crash would: clients see SCARD_E_NO_SERVICE, vpcd's virtual cards are cut off."""

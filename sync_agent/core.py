@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def target_decision(target: str, terminal_id: str, enterprise_id: str) -> Decisi
     return Decision(REJECT, "wrong_target", f"message addressed to {target}, not to this terminal or its enterprise")
 
 
-def blacklist_decision(type_: str, body: dict, held_version: int, enterprise_id: str) -> Decision:
+def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, enterprise_id: str) -> Decision:
     if body["enterprise_id"] != enterprise_id:
         return Decision(REJECT, "wrong_enterprise", f"blacklist of enterprise {body['enterprise_id']}, "
                                                     f"this terminal serves {enterprise_id}")
@@ -143,7 +144,7 @@ def blacklist_decision(type_: str, body: dict, held_version: int, enterprise_id:
     return Decision(APPLY, "next", f"delta {base}->{v} applies to the held version")
 
 
-def config_decision(body: dict, held_version: int, enterprise_id: str) -> Decision:
+def config_decision(body: dict[str, Any], held_version: int, enterprise_id: str) -> Decision:
     if body["enterprise_id"] != enterprise_id:
         return Decision(REJECT, "wrong_enterprise", f"configuration of enterprise {body['enterprise_id']}")
     v = body["version"]

@@ -5,7 +5,7 @@ import datetime as dt
 import zoneinfo
 
 from common.config import AttendanceSection
-from terminal.decision import AuthenticatedCard, Decision
+from terminal.decision import AuthenticatedCard, Decision, ListedCard
 from terminal.rules import check_blacklist, check_validity
 
 KIND_IN = "attendance.in"
@@ -13,7 +13,7 @@ KIND_OUT = "attendance.out"
 CLOCK_KINDS = (KIND_IN, KIND_OUT)
 
 
-def decide_attendance(card: AuthenticatedCard, blacklist_entry, last_kind: str | None, last_time: dt.datetime | None,
+def decide_attendance(card: AuthenticatedCard, blacklist_entry: ListedCard | None, last_kind: str | None, last_time: dt.datetime | None,
                       settings: AttendanceSection, now: dt.datetime, tz: zoneinfo.ZoneInfo) -> Decision:
     """last_kind/last_time: this card's latest clock event on this terminal (UTC-aware), or None."""
     asn = card.info.asn_hex
@@ -22,7 +22,7 @@ def decide_attendance(card: AuthenticatedCard, blacklist_entry, last_kind: str |
     check_validity(card, local_now.date())
     name = card.read.holder.name or card.read.holder.employee_no
     same_day = last_time is not None and last_time.astimezone(tz).date() == local_now.date()
-    if same_day and (now - last_time).total_seconds() < settings.repeat_window_seconds:
+    if last_time is not None and same_day and (now - last_time).total_seconds() < settings.repeat_window_seconds:
         at = last_time.astimezone(tz).strftime("%H:%M")
         verb = "in" if last_kind == KIND_IN else "out"
         return Decision(accepted=True, kind="attendance.repeat", reason_code="repeat",

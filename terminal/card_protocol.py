@@ -6,7 +6,9 @@ typed value or raises CardProtocolError (or NotOneCard) naming what was wrong wi
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sam.interface import Algorithm
 
@@ -161,7 +163,8 @@ def parse_bcd_date(raw: bytes, what: str) -> dt.date:
         raise CardProtocolError(f"{what} {text} is not a BCD date YYYYMMDD") from None
 
 
-def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups, time_profile: int) -> bytes:
+def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups: Collection[int],
+                       time_profile: int) -> bytes:
     """EF_ACCESS (section 2.3) as an issuer writes it; ValueError for values the file cannot hold."""
     if any(not 1 <= g <= 64 for g in door_groups) or not 0 <= time_profile <= 255 or valid_to < valid_from:
         raise ValueError("door groups must be 1..64, the time profile 0..255, valid-to not before valid-from")
@@ -249,7 +252,7 @@ class TransactionRecord:
     proof: bytes
     tac: bytes
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {"type": self.tx_type, "counter": self.counter, "amount": self.amount,
                 "terminal": self.terminal_id.hex(), "tsn": self.tsn, "date": self.date.hex(),
                 "time": self.time.hex(), "balance_after": self.balance_after, "proof": self.proof.hex(),

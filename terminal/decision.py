@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from terminal.card_protocol import AccessReadResponse, CardInfo
 
@@ -23,13 +24,25 @@ class Decision:
     card: AuthenticatedCard | None = None
     asn: str | None = None  # hex, when the card told us (even if it was then refused)
     logged: bool = True   # repeats and half-finished taps are shown but not logged as events
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+
+class ListedCard(Protocol):
+    """A blacklist entry as the decisions read it (terminal.blacklist.BlacklistEntry)."""
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def listed_in_version(self) -> int: ...
 
 
 class Refusal(Exception):
     """The card cannot be used here; carries the reason for the display and the log."""
 
-    def __init__(self, reason_code: str, message: str, asn: str | None = None, detail: dict | None = None):
+    def __init__(self, reason_code: str, message: str, asn: str | None = None,
+                 detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.reason_code = reason_code
         self.message = message

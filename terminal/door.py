@@ -4,11 +4,11 @@ from __future__ import annotations
 import datetime as dt
 
 from common.config import DoorSection, TimeProfile
-from terminal.decision import AuthenticatedCard, Decision, Refusal
+from terminal.decision import AuthenticatedCard, Decision, ListedCard, Refusal
 from terminal.rules import check_blacklist, check_validity
 
 
-def decide_door(card: AuthenticatedCard, blacklist_entry, door: DoorSection, profiles: dict[int, TimeProfile],
+def decide_door(card: AuthenticatedCard, blacklist_entry: ListedCard | None, door: DoorSection, profiles: dict[int, TimeProfile],
                 local_now: dt.datetime) -> Decision:
     """local_now: the terminal's local time (time windows are local)."""
     asn = card.info.asn_hex

@@ -5,7 +5,6 @@ Safe to re-run: what exists and fits is kept, what exists and differs is refused
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os

@@ -207,8 +207,8 @@ class PurseTerminal:
             self._append(now, op + ".abandoned", info.asn_hex, "card_refused", str(exc),
                          {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]})
             if isinstance(exc, pp.PurseExpired):
-                raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex)
-            raise Refusal("card_error", "Card refused the transaction: nothing was charged", info.asn_hex)
+                raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
+            raise Refusal("card_error", "Card refused the transaction: nothing was charged", info.asn_hex) from None
         except cp.CardProtocolError as exc:
             raise Incomplete(op, d["amount"], f"unclear answer from the card ({exc})") from None
         try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from terminal.decision import AuthenticatedCard, Refusal
+from terminal.decision import AuthenticatedCard, ListedCard, Refusal
 
 BLACKLIST_MESSAGES = {
     "lost": "Card reported lost: refused. If it is yours, see the administrator to unlock it",
@@ -12,7 +12,7 @@ BLACKLIST_MESSAGES = {
 }
 
 
-def check_blacklist(card: AuthenticatedCard, entry) -> None:
+def check_blacklist(card: AuthenticatedCard, entry: ListedCard | None) -> None:
     """entry: the blacklist's entry for this card, or None."""
     if entry is None:
         return

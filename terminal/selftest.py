@@ -10,7 +10,6 @@ import os
 import socket
 import sqlite3
 import ssl
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -141,7 +141,7 @@ class AgentThread:
             self.error = exc
             self.ready.set()
 
-    def start(self) -> "AgentThread":
+    def start(self) -> AgentThread:
         self.thread.start()
         self.ready.wait(10)
         return self

@@ -3,7 +3,6 @@ bulk progress lines, and one run over real pcscd + vpcd."""
 from __future__ import annotations
 
 import datetime as dt
-import io
 import threading
 
 import pytest

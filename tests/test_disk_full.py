@@ -3,7 +3,6 @@ record", nothing charged), one the card already made is settled at its next tap 
 says the disk is full, and money is conserved throughout. Runs on a real, small tmpfs (the tests run as root)."""
 import datetime as dt
 import errno
-import os
 import subprocess
 from pathlib import Path
 
@@ -144,7 +143,7 @@ def test_terminal_restarted_on_a_full_disk_says_the_disk_is_full(site, disk):  #
     cfg = write_config(site, "full.toml", kind='"pos"', database=f'"{disk / "events.db"}"',
                        blacklist=f'"{disk / "bl.db"}"')
     cfg.write_text(cfg.read_text() + "[pos]\n")
-    for name, (database, blacklist) in {"new install": (None, None), "existing files": (1, 1)}.items():
+    for name, (database, _blacklist) in {"new install": (None, None), "existing files": (1, 1)}.items():
         if database:
             for p in disk.iterdir():
                 p.unlink()

@@ -19,7 +19,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sam import cli
-from sam import keystore as keystore_module
 from sam.interface import Algorithm, KeyPurpose, KeyUsage, SamError
 from sam.keystore import (
     Keystore,

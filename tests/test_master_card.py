@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sam import master_card as mc
-from sam.interface import Algorithm, CardIdentity, KeyPurpose, PurchaseSession
+from sam.interface import Algorithm, CardIdentity, PurchaseSession
 from sam.keystore import Keystore, MasterCardAnchor
 from sam.pcsc_sam import KeyLoadRefused, PcscSam
 from sam.software import SoftwareSam

@@ -12,7 +12,6 @@ from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
 from tests.kill_harness import NOW, open_purse_terminal
 from tests.support import make_card, make_keystore
-from tests.test_purse import make_purse_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENING = 10_000
