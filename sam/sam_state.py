@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common import files
+from common.bcd import is_bcd
 from sam.interface import CardIdentity, KeyUsageError, LoadSession, PurchaseSession, SamError
 
 TSN_MAX = 0xFFFFFFFF
@@ -55,10 +56,6 @@ class StateFileError(SamError):
 
 # --- input checks (shared by SoftwareSam, PcscSam and the PSAM) -------------------------------------
 
-def _is_bcd(data: bytes) -> bool:
-    return all((b >> 4) <= 9 and (b & 0x0F) <= 9 for b in data)
-
-
 def check_amount(amount: object) -> int:
     if type(amount) is not int or not 1 <= amount <= AMOUNT_MAX:
         raise InvalidPurseInput(f"amount {amount!r} is not 1..{AMOUNT_MAX} fen; pass the amount in fen as a positive integer")
@@ -81,11 +78,11 @@ def check_fields(random: bytes | None, terminal_id: bytes, date: bytes, time: by
     problems = []
     if random is not None and (not isinstance(random, bytes) or len(random) != 4):
         problems.append("card random must be 4 bytes")
-    if not isinstance(terminal_id, bytes) or len(terminal_id) != 6 or not _is_bcd(terminal_id):
+    if not isinstance(terminal_id, bytes) or len(terminal_id) != 6 or not is_bcd(terminal_id):
         problems.append("terminal ID must be 6 BCD bytes")
-    if not isinstance(date, bytes) or len(date) != 4 or not _is_bcd(date):
+    if not isinstance(date, bytes) or len(date) != 4 or not is_bcd(date):
         problems.append("date must be 4 BCD bytes YYYYMMDD")
-    if not isinstance(time, bytes) or len(time) != 3 or not _is_bcd(time):
+    if not isinstance(time, bytes) or len(time) != 3 or not is_bcd(time):
         problems.append("time must be 3 BCD bytes hhmmss")
     if problems:
         raise InvalidPurseInput("; ".join(problems) + " (docs/card-application.md 5.2); fix the caller")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common import files
+from common import bcd
 from sam import purse_crypto as pc
 from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm
@@ -75,14 +76,6 @@ def _with_tck(atr_without_tck: bytes) -> bytes:
 
 
 ATR = _with_tck(bytes.fromhex("3B888001") + b"ONECARD1")
-
-
-def bcd_date(text: str) -> bytes:
-    """'2026-01-31' -> b'\\x20\\x26\\x01\\x31'."""
-    digits = text.replace("-", "")
-    if len(digits) != 8 or not digits.isdigit():
-        raise ValueError(f"date {text!r} is not YYYY-MM-DD")
-    return bytes.fromhex(digits)
 
 
 TX_LOAD = 0x02
@@ -614,7 +607,7 @@ class OneCardApplet:
             updated = (s.purse.file()[:8])
             updated = updated[:offset] + plain + updated[end:]
             expiry, max_balance = updated[:4], int.from_bytes(updated[4:8], "big")
-            if not _is_bcd_date(expiry) or max_balance < s.purse.balance:
+            if not bcd.is_date(expiry) or max_balance < s.purse.balance:
                 return SW_WRONG_DATA
             s.purse.expiry, s.purse.max_balance = expiry, max_balance
         else:
@@ -677,11 +670,6 @@ def record_bytes(r: dict) -> bytes:
             + bytes.fromhex(r["terminal"]) + r["tsn"].to_bytes(4, "big") + bytes.fromhex(r["date"])
             + bytes.fromhex(r["time"]) + r["balance_after"].to_bytes(4, "big") + bytes.fromhex(r["proof"])
             + bytes.fromhex(r["tac"]))
-
-
-def _is_bcd_date(raw: bytes) -> bool:
-    text = raw.hex()
-    return text.isdigit() and 1 <= int(text[4:6]) <= 12 and 1 <= int(text[6:8]) <= 31
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

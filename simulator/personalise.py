@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import bcd
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
 from terminal.card_protocol import encode_access_file
 from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, STATUS_TRANSPORT, CardState, CardStateFile, Purse
@@ -71,7 +72,7 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
                                       algorithm=p.algorithm)
         purse_keys = sam.derive_card_keys(purse_identity, [KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC])
         expiry = p.purse_expiry or p.valid_to
-        purse = Purse(balance=p.opening_balance, expiry=bytes.fromhex(expiry.strftime("%Y%m%d")),
+        purse = Purse(balance=p.opening_balance, expiry=bcd.encode_date(expiry),
                       max_balance=p.max_balance, key_version=p.purse_key_version,
                       purchase_key=purse_keys[KeyPurpose.PURCHASE], load_key=purse_keys[KeyPurpose.LOAD],
                       tac_key=purse_keys[KeyPurpose.TAC])

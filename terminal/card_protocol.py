@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from common import bcd
 from sam.interface import Algorithm
 
 AID = bytes.fromhex("F04F4E454341524401")
@@ -156,11 +157,10 @@ def parse_select(rapdu: bytes) -> CardInfo:
 
 
 def parse_bcd_date(raw: bytes, what: str) -> dt.date:
-    text = raw.hex()
     try:
-        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
+        return bcd.decode_date(raw)
     except ValueError:
-        raise CardProtocolError(f"{what} {text} is not a BCD date YYYYMMDD") from None
+        raise CardProtocolError(f"{what} {raw.hex()} is not a BCD date YYYYMMDD") from None
 
 
 def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups: Collection[int],
@@ -171,7 +171,7 @@ def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups: Coll
     bitmap = bytearray(8)
     for g in door_groups:
         bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
-    dates = bytes.fromhex(valid_from.strftime("%Y%m%d") + valid_to.strftime("%Y%m%d"))
+    dates = bcd.encode_date(valid_from) + bcd.encode_date(valid_to)
     return dates + bytes(bitmap) + bytes([time_profile]) + bytes(15)
 
 

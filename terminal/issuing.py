@@ -14,6 +14,7 @@ import datetime as dt
 import zoneinfo
 from dataclasses import dataclass, field
 
+from common import bcd
 from common.registry import Registry, RegistryError
 from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
@@ -52,16 +53,12 @@ class IssueRequest:
             raise Refusal("bad_request", f"{exc}: correct the request") from None
 
     def purse_file(self) -> bytes:
-        return _bcd(self.purse_expiry or self.valid_to) + self.max_balance.to_bytes(4, "big")
+        return bcd.encode_date(self.purse_expiry or self.valid_to) + self.max_balance.to_bytes(4, "big")
 
     def rights(self) -> dict:
         return {"door_groups": sorted(self.door_groups), "time_profile": self.time_profile,
                 "valid_from": self.valid_from.isoformat(), "valid_to": self.valid_to.isoformat(),
                 "purse_expiry": (self.purse_expiry or self.valid_to).isoformat(), "max_balance": self.max_balance}
-
-
-def _bcd(d: dt.date) -> bytes:
-    return bytes.fromhex(d.strftime("%Y%m%d"))
 
 
 @dataclass(frozen=True)

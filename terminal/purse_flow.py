@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common import bcd
 from common.logs import log_event
 from common.money_records import check_money_detail
 from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
@@ -81,10 +82,6 @@ class Incomplete(Exception):
     def __init__(self, op: str, amount: int, why: str):
         super().__init__(why)
         self.op, self.amount, self.why = op, amount, why
-
-
-def bcd_date_time(local: dt.datetime) -> tuple[bytes, bytes]:
-    return bytes.fromhex(local.strftime("%Y%m%d")), bytes.fromhex(local.strftime("%H%M%S"))
 
 
 class PurseTerminal:
@@ -284,7 +281,7 @@ class PurseTerminal:
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", "Card could not start the payment: tap again", asn,
                           {"problem": str(exc)}) from None
-        date, time_ = bcd_date_time(local)
+        date, time_ = bcd.encode_date_time(local)
         d = {"op": PURCHASE, "amount": amount, "counter": init.counter, "random": init.random.hex(),
              "date": date.hex(), "time": time_.hex(), "key_version": init.key_version,
              "algorithm": init.algorithm.name, "balance_before": init.balance}
@@ -314,7 +311,7 @@ class PurseTerminal:
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", "Card refused the credit (would it go over its maximum balance?)",
                           info.asn_hex, {"problem": str(exc)}) from None
-        date, time_ = bcd_date_time(local)
+        date, time_ = bcd.encode_date_time(local)
         d = {"op": op, "amount": amount, "counter": init.counter, "random": init.random.hex(), "date": date.hex(),
              "time": time_.hex(), "key_version": init.key_version, "algorithm": init.algorithm.name,
              "balance_before": init.balance, **extra}

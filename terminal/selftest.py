@@ -186,9 +186,9 @@ def sam_round_trip(sam: Sam, infos: list[KeyInfo], enterprise_id: bytes, termina
     verifying (a missing key or usage raises a different error). Never takes a TSN or changes purse state.
     Returns what was done; raises SamError on anything unexpected.
     """
-    from terminal.purse_flow import bcd_date_time
+    from common.bcd import encode_date_time
 
-    date, time_ = bcd_date_time(now)
+    date, time_ = encode_date_time(now)
     done = [_one_round_trip(sam, info, purpose, usages, enterprise_id, terminal_id, date, time_)
             for purpose, usages in required_usages(kind).items()
             for info in fitting_keys(infos, enterprise_id, purpose, usages)]
