@@ -90,6 +90,17 @@ def status_word(rapdu: bytes) -> int:
     return int.from_bytes(rapdu[-2:], "big")
 
 
+def expect_ok(rapdu: bytes, what: str, length: int) -> bytes:
+    """The data of a 90 00 answer of exactly `length` bytes (the one check every command's answer gets, after its
+    own status words); CardProtocolError naming the command otherwise."""
+    sw = status_word(rapdu)
+    if sw != 0x9000:
+        raise CardProtocolError(f"{what} answered status {sw:04X}")
+    if len(rapdu) - 2 != length:
+        raise CardProtocolError(f"{what} returned {len(rapdu) - 2} bytes, expected {length}")
+    return rapdu[:-2]
+
+
 def select_command() -> bytes:
     return bytes([0x00, 0xA4, 0x04, 0x00, len(AID)]) + AID + b"\x00"
 
@@ -191,11 +202,7 @@ def parse_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: b
     sw = status_word(rapdu)
     if sw == 0x6985:
         raise ApplicationInactive("card refused ACCESS READ (6985: application not active or counter exhausted)")
-    if sw != 0x9000:
-        raise CardProtocolError(f"ACCESS READ answered status {sw:04X}")
-    data = rapdu[:-2]
-    if len(data) != ACCESS_READ_BODY_LEN + MAC_LEN:
-        raise CardProtocolError(f"ACCESS READ returned {len(data)} bytes, expected {ACCESS_READ_BODY_LEN + MAC_LEN}")
+    data = expect_ok(rapdu, "ACCESS READ", ACCESS_READ_BODY_LEN + MAC_LEN)
     body, mac = data[:ACCESS_READ_BODY_LEN], data[ACCESS_READ_BODY_LEN:]
     access, holder = body[1:33], body[33:81]
     rights = AccessRights(
@@ -264,12 +271,7 @@ def get_challenge_command() -> bytes:
 
 
 def parse_challenge(rapdu: bytes) -> bytes:
-    sw = status_word(rapdu)
-    if sw != 0x9000:
-        raise CardProtocolError(f"GET CHALLENGE answered status {sw:04X}")
-    if len(rapdu) - 2 != CHALLENGE_LEN:
-        raise CardProtocolError(f"GET CHALLENGE returned {len(rapdu) - 2} bytes, expected {CHALLENGE_LEN}")
-    return rapdu[:-2]
+    return expect_ok(rapdu, "GET CHALLENGE", CHALLENGE_LEN)
 
 
 def secured_mac_input(challenge: bytes, ins: int, p1: int, p2: int, plain: bytes) -> bytes:
@@ -292,11 +294,7 @@ def check_secured(rapdu: bytes, what: str, length: int = 0) -> bytes:
         raise SecuredCommandRefused(f"{what}: the card refused the command MAC (6988); nothing changed")
     if sw == 0x6982:
         raise SecuredCommandRefused(f"{what}: the card had no fresh challenge or no admin key (6982); nothing changed")
-    if sw != 0x9000:
-        raise CardProtocolError(f"{what} answered status {sw:04X}")
-    if len(rapdu) - 2 != length:
-        raise CardProtocolError(f"{what} returned {len(rapdu) - 2} bytes, expected {length}")
-    return rapdu[:-2]
+    return expect_ok(rapdu, what, length)
 
 
 def parse_frozen_purse(rapdu: bytes) -> FrozenPurse:
@@ -320,11 +318,7 @@ def parse_record(rapdu: bytes) -> TransactionRecord | None:
     sw = status_word(rapdu)
     if sw == 0x6A83:
         return None
-    if sw != 0x9000:
-        raise CardProtocolError(f"READ RECORD answered status {sw:04X}")
-    d = rapdu[:-2]
-    if len(d) != RECORD_LEN:
-        raise CardProtocolError(f"READ RECORD returned {len(d)} bytes, expected {RECORD_LEN}")
+    d = expect_ok(rapdu, "READ RECORD", RECORD_LEN)
     return TransactionRecord(tx_type=d[0], counter=int.from_bytes(d[1:3], "big"),
                              amount=int.from_bytes(d[3:7], "big"), terminal_id=d[7:13],
                              tsn=int.from_bytes(d[13:17], "big"), date=d[17:21], time=d[21:24],
@@ -332,9 +326,4 @@ def parse_record(rapdu: bytes) -> TransactionRecord | None:
 
 
 def parse_read_binary(rapdu: bytes, what: str, length: int) -> bytes:
-    sw = status_word(rapdu)
-    if sw != 0x9000:
-        raise CardProtocolError(f"READ BINARY of {what} answered status {sw:04X}")
-    if len(rapdu) - 2 != length:
-        raise CardProtocolError(f"READ BINARY of {what} returned {len(rapdu) - 2} bytes, expected {length}")
-    return rapdu[:-2]
+    return expect_ok(rapdu, f"READ BINARY of {what}", length)

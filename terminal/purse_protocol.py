@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sam.interface import Algorithm
-from terminal.card_protocol import CardProtocolError, status_word
+from terminal.card_protocol import CardProtocolError, expect_ok, status_word
 
 TYPE_LOAD = 0x02
 TYPE_PURCHASE = 0x06
@@ -55,15 +55,6 @@ def _u32(v: int) -> bytes:
     return v.to_bytes(4, "big")
 
 
-def _ok_data(rapdu: bytes, what: str, length: int) -> bytes:
-    sw = status_word(rapdu)
-    if sw != 0x9000:
-        raise CardProtocolError(f"{what} answered status {sw:04X}")
-    if len(rapdu) - 2 != length:
-        raise CardProtocolError(f"{what} returned {len(rapdu) - 2} bytes, expected {length}")
-    return rapdu[:-2]
-
-
 def _algorithm(byte: int) -> Algorithm:
     try:
         return Algorithm(byte)
@@ -79,7 +70,7 @@ def parse_init_purchase(rapdu: bytes) -> PurchaseInit:
     sw = status_word(rapdu)
     if sw == 0x9401:
         raise InsufficientBalance("insufficient balance")
-    data = _ok_data(rapdu, "INITIALIZE FOR PURCHASE", 15)
+    data = expect_ok(rapdu, "INITIALIZE FOR PURCHASE", 15)
     return PurchaseInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
                         key_version=data[9], algorithm=_algorithm(data[10]), random=data[11:15])
 
@@ -94,7 +85,7 @@ def parse_debit(rapdu: bytes) -> Proof:
         raise MacRefused("the card refused MAC1")
     if sw == 0x6985:
         raise PurseExpired("the card says its purse has expired")
-    data = _ok_data(rapdu, "DEBIT FOR PURCHASE", 16)
+    data = expect_ok(rapdu, "DEBIT FOR PURCHASE", 16)
     return Proof(tac=data[:8], mac=data[8:])
 
 
@@ -103,7 +94,7 @@ def init_load_command(amount: int, terminal_id: bytes) -> bytes:
 
 
 def parse_init_load(rapdu: bytes) -> LoadInit:
-    data = _ok_data(rapdu, "INITIALIZE FOR LOAD", 20)
+    data = expect_ok(rapdu, "INITIALIZE FOR LOAD", 20)
     return LoadInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
                     key_version=data[6], algorithm=_algorithm(data[7]), random=data[8:12], mac1=data[12:20])
 
@@ -115,7 +106,7 @@ def credit_command(date: bytes, time: bytes, mac2: bytes) -> bytes:
 def parse_credit(rapdu: bytes) -> Proof:
     if status_word(rapdu) == 0x9302:
         raise MacRefused("the card refused the load MAC2")
-    data = _ok_data(rapdu, "CREDIT FOR LOAD", 16)
+    data = expect_ok(rapdu, "CREDIT FOR LOAD", 16)
     return Proof(tac=data[:8], mac=data[8:])
 
 
@@ -124,7 +115,7 @@ def get_balance_command() -> bytes:
 
 
 def parse_balance(rapdu: bytes) -> int:
-    return int.from_bytes(_ok_data(rapdu, "GET BALANCE", 4), "big")
+    return int.from_bytes(expect_ok(rapdu, "GET BALANCE", 4), "big")
 
 
 def prove_command(tx_type: int, counter: int) -> bytes:
@@ -135,5 +126,5 @@ def parse_prove(rapdu: bytes) -> Proof | None:
     """None when the card holds no such transaction (94 06): it did not happen (or is older than 10)."""
     if status_word(rapdu) == 0x9406:
         return None
-    data = _ok_data(rapdu, "GET TRANSACTION PROVE", 16)
+    data = expect_ok(rapdu, "GET TRANSACTION PROVE", 16)
     return Proof(mac=data[:8], tac=data[8:])

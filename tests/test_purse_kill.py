@@ -39,7 +39,7 @@ def run_killed(work: Path, op: str, amount: int, n: int) -> subprocess.Completed
 @pytest.mark.parametrize("op", ["pos", "topup"])
 @pytest.mark.parametrize("n", range(1, STEPS + 1))
 def test_killed_after_step_n_then_restarted(tmp_path, op, n):
-    unlock = setup_site(tmp_path)
+    setup_site(tmp_path)
     killed = run_killed(tmp_path, op, 1500, n)
     assert killed.returncode == -9, f"the harness was not killed at step {n}: {killed.stdout}{killed.stderr}"
     # Restart: everything from the files, nothing from the dead process's memory (and no SAM state file).
