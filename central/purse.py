@@ -22,6 +22,7 @@ import logging
 from central.db import PlatformError, _yuan
 from common import money_records as mr
 from common import sync_protocol as p
+from common import transactions as tx
 from common.logs import log_event
 
 log = logging.getLogger("platform")
@@ -167,7 +168,8 @@ class PurseAccounts:
         card = CardIdentity(bytes.fromhex(e.asn), bytes.fromhex(enterprise), d["key_version"],
                             Algorithm[d["algorithm"]])
         try:
-            self.tac_sam.verify_tac(card, amount=d["amount"], tx_type=0x06 if e.kind == mr.PURCHASE else 0x02,
+            tx_type = tx.PURCHASE if e.kind == mr.PURCHASE else tx.LOAD
+            self.tac_sam.verify_tac(card, amount=d["amount"], tx_type=tx_type,
                                     terminal_id=bytes.fromhex(terminal_id),
                                     tsn=d["tsn"] if e.kind == mr.PURCHASE else 0, date=bytes.fromhex(d["date"]),
                                     time=bytes.fromhex(d["time"]), counter=d["counter"],

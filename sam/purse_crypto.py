@@ -5,11 +5,10 @@ Each takes the card key of the relevant purpose; diversification happens before 
 """
 from __future__ import annotations
 
+from common import transactions as tx
 from sam.crypto import block_encrypt, mac8
 from sam.interface import Algorithm
 
-TYPE_LOAD = 0x02
-TYPE_PURCHASE = 0x06
 
 
 def _u32(value: int) -> bytes:
@@ -41,7 +40,7 @@ def load_session_key(alg: Algorithm, k_load: bytes, random: bytes, counter: int)
 
 def purchase_mac1(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    return mac8(alg, sk, _u32(amount) + bytes([TYPE_PURCHASE]) + terminal_id + date + time)
+    return mac8(alg, sk, _u32(amount) + bytes([tx.PURCHASE]) + terminal_id + date + time)
 
 
 def purchase_mac2(alg: Algorithm, sk: bytes, amount: int) -> bytes:
@@ -50,12 +49,12 @@ def purchase_mac2(alg: Algorithm, sk: bytes, amount: int) -> bytes:
 
 def load_mac1(alg: Algorithm, sk: bytes, balance_before: int, amount: int, terminal_id: bytes) -> bytes:
     _check(bytes(4), terminal_id)
-    return mac8(alg, sk, _u32(balance_before) + _u32(amount) + bytes([TYPE_LOAD]) + terminal_id)
+    return mac8(alg, sk, _u32(balance_before) + _u32(amount) + bytes([tx.LOAD]) + terminal_id)
 
 
 def load_mac2(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    return mac8(alg, sk, _u32(amount) + bytes([TYPE_LOAD]) + terminal_id + date + time)
+    return mac8(alg, sk, _u32(amount) + bytes([tx.LOAD]) + terminal_id + date + time)
 
 
 def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> bytes:
@@ -65,7 +64,7 @@ def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> byt
 def tac(alg: Algorithm, k_tac: bytes, *, amount: int, tx_type: int, terminal_id: bytes, tsn: int, date: bytes,
         time: bytes, counter: int, balance_after: int) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    if tx_type not in (TYPE_LOAD, TYPE_PURCHASE):
+    if tx_type not in (tx.LOAD, tx.PURCHASE):
         raise ValueError(f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06)")
     return mac8(alg, k_tac, _u32(amount) + bytes([tx_type]) + terminal_id + _u32(tsn) + date + time
                 + _u16(counter) + _u32(balance_after))

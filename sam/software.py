@@ -6,6 +6,7 @@ import os
 import threading
 from typing import Iterable
 
+from common import transactions as tx
 from sam import crypto, purse_crypto
 from sam.interface import (
     Algorithm,
@@ -171,7 +172,7 @@ class SoftwareSam:
             raise InvalidPurseInput(f"TSN {tsn!r} is not 0..4294967295; pass the TSN of the log record (0 for a load)")
         if type(balance_after) is not int or not 0 <= balance_after <= 0xFFFFFFFF:
             raise InvalidPurseInput(f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance")
-        if tx_type not in (purse_crypto.TYPE_PURCHASE, purse_crypto.TYPE_LOAD):
+        if tx_type not in (tx.PURCHASE, tx.LOAD):
             raise InvalidPurseInput(f"transaction type {tx_type!r} is neither 0x06 (purchase) nor 0x02 (load); pass the log record's type")
         check_mac(tac, "TAC")
         algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from common import files
 from common import bcd
+from common import transactions as tx
 from sam import purse_crypto as pc
 from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm
@@ -78,8 +79,6 @@ def _with_tck(atr_without_tck: bytes) -> bytes:
 ATR = _with_tck(bytes.fromhex("3B888001") + b"ONECARD1")
 
 
-TX_LOAD = 0x02
-TX_PURCHASE = 0x06
 MAX_RECORDS = 10
 
 
@@ -387,7 +386,7 @@ class OneCardApplet:
         if purse.offline_counter >= 0xFFFF:
             return SW_CONDITIONS
         random = os.urandom(4)
-        self.session = {"type": TX_PURCHASE, "amount": amount, "terminal": cmd.data[5:11], "random": random,
+        self.session = {"type": tx.PURCHASE, "amount": amount, "terminal": cmd.data[5:11], "random": random,
                         "counter": purse.offline_counter}
         return (purse.balance.to_bytes(4, "big") + purse.offline_counter.to_bytes(2, "big") + bytes(3)
                 + bytes([purse.key_version, int(self.state.algorithm)]) + random + SW_OK)
@@ -397,7 +396,7 @@ class OneCardApplet:
             return SW_WRONG_P1P2
         if len(cmd.data) != 19:
             return SW_WRONG_LENGTH
-        if session is None or session["type"] != TX_PURCHASE:
+        if session is None or session["type"] != tx.PURCHASE:
             return SW_NO_SESSION
         purse, alg = self.state.purse, self.state.algorithm
         tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
@@ -412,16 +411,16 @@ class OneCardApplet:
             return SW_INSUFFICIENT
         balance_after = purse.balance - amount
         proof = pc.purchase_mac2(alg, sk, amount)
-        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=TX_PURCHASE, terminal_id=session["terminal"],
+        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=tx.PURCHASE, terminal_id=session["terminal"],
                      tsn=tsn, date=date, time=time_, counter=session["counter"], balance_after=balance_after)
-        self._commit(TX_PURCHASE, session, amount, balance_after, tsn, date, time_, proof, tac)
+        self._commit(tx.PURCHASE, session, amount, balance_after, tsn, date, time_, proof, tac)
         return tac + proof + SW_OK
 
     def _commit(self, tx_type, session, amount, balance_after, tsn, date, time_, proof, tac) -> None:
         # Balance, counter and record change together and reach the "EEPROM" before the answer leaves.
         purse = self.state.purse
         purse.balance = balance_after
-        if tx_type == TX_PURCHASE:
+        if tx_type == tx.PURCHASE:
             purse.offline_counter += 1
         else:
             purse.online_counter += 1
@@ -449,7 +448,7 @@ class OneCardApplet:
         random = os.urandom(4)
         terminal = cmd.data[5:11]
         sk = pc.load_session_key(alg, purse.load_key, random, purse.online_counter)
-        self.session = {"type": TX_LOAD, "amount": amount, "terminal": terminal, "random": random,
+        self.session = {"type": tx.LOAD, "amount": amount, "terminal": terminal, "random": random,
                         "counter": purse.online_counter, "sk": sk}
         mac1 = pc.load_mac1(alg, sk, purse.balance, amount, terminal)
         return (purse.balance.to_bytes(4, "big") + purse.online_counter.to_bytes(2, "big")
@@ -460,7 +459,7 @@ class OneCardApplet:
             return SW_WRONG_P1P2
         if len(cmd.data) != 15:
             return SW_WRONG_LENGTH
-        if session is None or session["type"] != TX_LOAD:
+        if session is None or session["type"] != tx.LOAD:
             return SW_NO_SESSION
         purse, alg = self.state.purse, self.state.algorithm
         date, time_, mac2 = cmd.data[:4], cmd.data[4:7], cmd.data[7:]
@@ -469,9 +468,9 @@ class OneCardApplet:
             return SW_MAC
         balance_after = purse.balance + amount
         proof = pc.load_mac3(alg, sk, balance_after, amount)
-        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=TX_LOAD, terminal_id=session["terminal"], tsn=0,
+        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=tx.LOAD, terminal_id=session["terminal"], tsn=0,
                      date=date, time=time_, counter=session["counter"], balance_after=balance_after)
-        self._commit(TX_LOAD, session, amount, balance_after, 0, date, time_, proof, tac)
+        self._commit(tx.LOAD, session, amount, balance_after, 0, date, time_, proof, tac)
         return tac + proof + SW_OK
 
     def _get_balance(self, cmd: Command, _session) -> bytes:
@@ -482,7 +481,7 @@ class OneCardApplet:
         return self.state.purse.balance.to_bytes(4, "big") + SW_OK
 
     def _prove(self, cmd: Command, _session) -> bytes:
-        if cmd.p1 != 0x00 or cmd.p2 not in (TX_LOAD, TX_PURCHASE):
+        if cmd.p1 != 0x00 or cmd.p2 not in (tx.LOAD, tx.PURCHASE):
             return SW_WRONG_P1P2
         if len(cmd.data) != 2:
             return SW_WRONG_LENGTH

@@ -15,6 +15,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 
 from common import bcd
+from common import transactions as tx
 from common.registry import Registry, RegistryError
 from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
@@ -241,7 +242,7 @@ class IssuingTerminal:
             return last.detail["amount"]
         if last is not None and last.kind == RESTORE_INTENT:
             d = last.detail
-            proof = pp.parse_prove(transmit(pp.prove_command(pp.TYPE_LOAD, d["counter"])))
+            proof = pp.parse_prove(transmit(pp.prove_command(tx.LOAD, d["counter"])))
             if proof is not None:
                 try:
                     self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import bcd
+from common import transactions as tx
 from common.logs import log_event
 from common.money_records import check_money_detail
 from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
@@ -37,7 +38,7 @@ PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
 RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
 OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for op in OPS for k in (op + ".intent", op, op + ".abandoned"))
-TX_TYPE = {PURCHASE: pp.TYPE_PURCHASE, UNDO: pp.TYPE_LOAD, LOAD: pp.TYPE_LOAD}
+TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
 
 
@@ -160,7 +161,7 @@ class PurseTerminal:
                       msg="the SAM verified the card's proof but could not save its state")
 
     def _outcome_detail(self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool) -> dict:
-        sign = -1 if TX_TYPE[d["op"]] == pp.TYPE_PURCHASE else 1
+        sign = -1 if TX_TYPE[d["op"]] == tx.PURCHASE else 1
         detail = {k: d[k] for k in ("amount", "counter", "date", "time", "key_version", "algorithm")}
         detail.update(intent_seq=intent_seq, tac=proof.tac.hex(), proof=proof.mac.hex(),
                       balance_after=d["balance_before"] + sign * d["amount"], resolved_at_next_tap=resolved_later)

@@ -6,8 +6,6 @@ from dataclasses import dataclass
 from sam.interface import Algorithm
 from terminal.card_protocol import CardProtocolError, expect_ok, status_word
 
-TYPE_LOAD = 0x02
-TYPE_PURCHASE = 0x06
 
 
 class InsufficientBalance(CardProtocolError):

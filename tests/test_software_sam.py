@@ -246,6 +246,7 @@ def test_open_from_file(tmp_path):
 
 # --- e-purse: TAC, state file, purse keys kept to the purse methods --------------------------------
 
+from common import transactions as tx  # noqa: E402
 from sam import purse_crypto as pc  # noqa: E402
 from sam.interface import LoadSession, PurchaseSession  # noqa: E402
 from sam.sam_state import (  # noqa: E402
@@ -268,7 +269,7 @@ PURSE_KEYS = [
 ]
 PLATFORM = SoftwareSam(Keystore(PURSE_KEYS))
 TERMINAL = bytes.fromhex("000000000101")
-TAC_FIELDS = dict(amount=1250, tx_type=pc.TYPE_PURCHASE, terminal_id=TERMINAL, tsn=17, date=bytes.fromhex("20260131"),
+TAC_FIELDS = dict(amount=1250, tx_type=tx.PURCHASE, terminal_id=TERMINAL, tsn=17, date=bytes.fromhex("20260131"),
                   time=bytes.fromhex("123456"), counter=7, balance_after=8750)
 
 
@@ -282,7 +283,7 @@ def card_tac(identity: CardIdentity, **fields) -> bytes:
 
 
 @pytest.mark.parametrize("algorithm", list(Algorithm))
-@pytest.mark.parametrize("tx_type, tsn", [(pc.TYPE_PURCHASE, 17), (pc.TYPE_LOAD, 0)])
+@pytest.mark.parametrize("tx_type, tsn", [(tx.PURCHASE, 17), (tx.LOAD, 0)])
 def test_verify_tac_accepts_the_cards_tac(algorithm, tx_type, tsn):
     identity = card(algorithm, version=1)
     fields = {**TAC_FIELDS, "tx_type": tx_type, "tsn": tsn}
@@ -290,7 +291,7 @@ def test_verify_tac_accepts_the_cards_tac(algorithm, tx_type, tsn):
 
 
 @pytest.mark.parametrize("field, value", [
-    ("amount", 1251), ("tx_type", pc.TYPE_LOAD), ("terminal_id", bytes.fromhex("000000000102")), ("tsn", 18),
+    ("amount", 1251), ("tx_type", tx.LOAD), ("terminal_id", bytes.fromhex("000000000102")), ("tsn", 18),
     ("date", bytes.fromhex("20260201")), ("time", bytes.fromhex("123457")), ("counter", 8), ("balance_after", 8751),
 ])
 def test_verify_tac_covers_every_field(field, value):
