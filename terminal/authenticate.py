@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sam.interface import CardIdentity, KeyPurpose, MacVerificationError, Sam
+from sam.interface import KeyPurpose, MacVerificationError, Sam
 from terminal import card_protocol as cp
 from terminal.decision import AuthenticatedCard, Refusal
 
@@ -51,8 +51,7 @@ def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_i
                       "Take the card to the card office", asn, {"problem": str(exc)}) from None
     except cp.CardProtocolError as exc:
         raise Refusal("card_error", "Card could not be read: please tap again", asn, {"problem": str(exc)}) from None
-    identity = CardIdentity(asn=info.asn, enterprise_id=info.enterprise_id, key_version=info.key_version,
-                            algorithm=info.algorithm)
+    identity = info.identity()
     try:
         sam.verify_card_mac(KeyPurpose.ACCESS, identity, read.mac_input, read.mac)
     except MacVerificationError:

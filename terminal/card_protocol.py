@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import bcd
-from sam.interface import Algorithm
+from sam.interface import Algorithm, CardIdentity
 
 AID = bytes.fromhex("F04F4E454341524401")
 
@@ -56,6 +56,13 @@ class CardInfo:
     @property
     def asn_hex(self) -> str:
         return self.asn.hex().upper()
+
+    def identity(self, key_version: int | None = None, algorithm: Algorithm | None = None) -> CardIdentity:
+        """What the SAM needs to derive this card's keys: by default at the key version and algorithm the card
+        announces, or at those an intent logged earlier (a transaction finished on a later tap)."""
+        return CardIdentity(asn=self.asn, enterprise_id=self.enterprise_id,
+                            key_version=self.key_version if key_version is None else key_version,
+                            algorithm=self.algorithm if algorithm is None else algorithm)
 
 
 @dataclass(frozen=True)

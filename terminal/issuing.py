@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from common import bcd
 from common import transactions as tx
 from common.registry import Registry, RegistryError
-from sam.interface import CardIdentity, LoadSession, MacVerificationError, Sam, SamError
+from sam.interface import LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
@@ -279,7 +279,7 @@ class IssuingTerminal:
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
         from sam.interface import Algorithm
-        card = CardIdentity(info.asn, info.enterprise_id, d["key_version"], Algorithm[d["algorithm"]])
+        card = info.identity(d["key_version"], Algorithm[d["algorithm"]])
         return LoadSession(card=card, card_random=bytes.fromhex(d["random"]), counter=d["counter"],
                            balance_before=d["balance_before"], amount=d["amount"], terminal_id=self.terminal_id,
                            date=bytes.fromhex(d["date"]), time=bytes.fromhex(d["time"]))

@@ -15,7 +15,7 @@ from common import bcd
 from common import transactions as tx
 from common.logs import log_event
 from common.money_records import check_money_detail
-from sam.interface import (Algorithm, CardIdentity, LoadSession, MacVerificationError, PurchaseSession, Sam,
+from sam.interface import (Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam,
                            SamError)
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
@@ -112,10 +112,6 @@ class PurseTerminal:
                           info.asn_hex, {"blacklist_reason": entry.reason})
         return info
 
-    def _identity(self, info: cp.CardInfo, key_version: int, algorithm: Algorithm) -> CardIdentity:
-        return CardIdentity(asn=info.asn, enterprise_id=info.enterprise_id, key_version=key_version,
-                            algorithm=algorithm)
-
     def _append(self, now: dt.datetime, kind: str, asn: str, reason: str, message: str, detail: dict):
         """Append before the card changes (or to settle what it already did): if the log cannot be written, the
         tap is refused before anything else happens (Refusal log_unavailable)."""
@@ -137,13 +133,13 @@ class PurseTerminal:
         return Refusal(reason, message, asn)
 
     def _purchase_session(self, info: cp.CardInfo, d: dict) -> PurchaseSession:
-        return PurchaseSession(card=self._identity(info, d["key_version"], Algorithm[d["algorithm"]]),
+        return PurchaseSession(card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
                                card_random=bytes.fromhex(d["random"]), counter=d["counter"], amount=d["amount"],
                                terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),
                                time=bytes.fromhex(d["time"]))
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
-        return LoadSession(card=self._identity(info, d["key_version"], Algorithm[d["algorithm"]]),
+        return LoadSession(card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
                            card_random=bytes.fromhex(d["random"]), counter=d["counter"],
                            balance_before=d["balance_before"], amount=d["amount"],
                            terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.logs import log_event
-from sam.interface import CardIdentity, KeyPurpose, MacVerificationError, Sam, SamError
+from sam.interface import KeyPurpose, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal.decision import Refusal
 from terminal.reader import CardRemoved
@@ -37,11 +37,6 @@ VERBS = {WASH: "washing", ROTATE: "re-keying"}
 def admin_purpose(key_version: int) -> KeyPurpose:
     """Secured commands are MACed under TRANSPORT while the card is at key version 0, under UPDATE after."""
     return KeyPurpose.TRANSPORT if key_version == 0 else KeyPurpose.UPDATE
-
-
-def identity_of(info: cp.CardInfo) -> CardIdentity:
-    return CardIdentity(asn=info.asn, enterprise_id=info.enterprise_id, key_version=info.key_version,
-                        algorithm=info.algorithm)
 
 
 def select_for_admin(transmit, enterprise_id: bytes) -> cp.CardInfo:
@@ -74,7 +69,7 @@ class AdminChannel:
 
     def __init__(self, transmit: Callable[[bytes], bytes], sam: Sam, info: cp.CardInfo):
         self.transmit, self.sam, self.info = transmit, sam, info
-        self.identity = identity_of(info)
+        self.identity = info.identity()
         self.purpose = admin_purpose(info.key_version)
 
     def challenge(self) -> bytes:
