@@ -144,20 +144,3 @@ def _asn(text: str) -> str:
 def _yuan(cents: int) -> str:
     return f"{cents / 100:.2f}"
 
-
-
-
-class _Txn:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.outer = False
-
-    def __enter__(self):
-        # Nested use (a flow calling a helper that also opens one) joins the outer transaction.
-        self.outer = not self.conn.in_transaction
-        if self.outer:
-            self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, *_):
-        if self.outer:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")

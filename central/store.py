@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from central.bills import Bills
 from central.blacklists import Blacklists
 from central.card_flows import CardFlows
-from central.db import _SCHEMA, PlatformError, _Txn, migrate
+from central.db import _SCHEMA, PlatformError, migrate
+from common.db import transaction
 from central.ingest import Ingest
 from central.outbound import Outbound
 from central.purse import PurseAccounts
@@ -56,7 +57,7 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.close()
 
     def _txn(self):
-        return _Txn(self.conn)
+        return transaction(self.conn)
 
     def _now(self) -> str:
         return p.format_time(self.clock())

@@ -4,10 +4,12 @@ Every check runs on a read-only connection before anything is written, so a file
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -15,6 +17,26 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 class DatabaseError(Exception):
     """A database file cannot be used as it is; the one-line message names the problem and the fix."""
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, ROLLBACK on any exception: a crash or an error leaves all of it or none.
+
+    For connections opened with isolation_level=None (connect_readwrite). Used inside another transaction (a flow
+    calling a helper that also opens one), it joins the outer one, which alone commits or rolls back."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    if conn.in_transaction:
+        conn.execute("COMMIT")
 
 
 # --------------------------------------------------------------------------------------------

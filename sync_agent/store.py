@@ -8,7 +8,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
+from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight, transaction
 from common.events import GENESIS_HASH
 from terminal.event_log import EventLog
 from terminal.purse_flow import POS_REFUSE_OFFLINE_SALES_AT  # noqa: F401  (the POS's policy; reported here)
@@ -162,21 +162,11 @@ class SyncStore:
                 for r in rows]
 
     def transaction(self):
-        return _Txn(self._conn)
+        return transaction(self._conn)
 
     def close(self) -> None:
         self._conn.close()
 
-
-class _Txn:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, *_):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 def read_acked_seq(sync_db: Path) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
+from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight, transaction
 
 SCHEMA_VERSION = 1
 KNOWN_REASONS = frozenset({"lost", "cancelled", "replaced", "damaged"})  # others are accepted and kept
@@ -112,8 +112,7 @@ class Blacklist:
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
         db = sqlite_utils.Database(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise DatabaseError(f"database {path} was created by someone else while opening; retry")
             db["bl_meta"].create(
@@ -133,11 +132,6 @@ class Blacklist:
                 ") WITHOUT ROWID, STRICT"
             )
             db["bl_meta"].insert({"id": 1, "schema_version": SCHEMA_VERSION, "version": 0, "entries": 0})
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     # -- tap path --------------------------------------------------------------------------
 
@@ -183,8 +177,7 @@ class Blacklist:
         if not isinstance(version, int) or version < 1:
             raise ValueError(f"snapshot version must be a positive integer, got {version!r}")
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             current = self._current_version()
             if version < current:
                 raise BlacklistRollbackError(
@@ -195,10 +188,6 @@ class Blacklist:
             for chunk in _chunks(_rows(entries, version)):
                 conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?)", chunk)
             count = self._finish(version)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         # A full snapshot leaves a WAL as big as the list; give the flash back now rather than at
         # some later write. Best effort: a reader still on the old version just defers it.
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
@@ -218,8 +207,7 @@ class Blacklist:
         Adding a listed ASN replaces its entry; removing an unlisted ASN is a no-op.
         """
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             current = self._current_version()
             if not isinstance(new_version, int) or new_version <= current:
                 raise BlacklistRollbackError(
@@ -243,10 +231,6 @@ class Blacklist:
             conn.executemany("DELETE FROM blacklist WHERE asn = ?", removed_rows)
             conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?)", added_rows)
             return self._finish(new_version)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     def _current_version(self) -> int:
         return self._conn.execute("SELECT version FROM bl_meta WHERE id = 1").fetchone()[0]
@@ -255,7 +239,6 @@ class Blacklist:
         # count(*) once per update (tens of ms at 1M) keeps count() exact without scanning per call.
         entries = self._conn.execute("SELECT count(*) FROM blacklist").fetchone()[0]
         self._conn.execute("UPDATE bl_meta SET version = ?, entries = ? WHERE id = 1", (version, entries))
-        self._conn.execute("COMMIT")
         return entries
 
     # -- lifecycle -------------------------------------------------------------------------

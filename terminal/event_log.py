@@ -15,7 +15,7 @@ from typing import Any
 import sqlite_utils
 
 from common.db import (DatabaseError, connect_readwrite, create_new, disk_full_problem, is_disk_full,
-                       open_checked_readonly, preflight)
+                       open_checked_readonly, preflight, transaction)
 from common.events import GENESIS_HASH, canonical_json, event_hash, format_time, normalise_asn
 
 SCHEMA_VERSION = 1
@@ -177,8 +177,7 @@ class EventLog:
         # created_at is informational (not hashed); events never read the clock, the caller passes time.
         created = format_time(created_at or datetime.now(timezone.utc))
         db = sqlite_utils.Database(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
                 raise DatabaseError(f"database {path} was created by someone else while opening; retry")
             # STRICT: a value of the wrong type (e.g. a blob ASN) is refused instead of stored.
@@ -225,11 +224,6 @@ class EventLog:
                     "head_hash": GENESIS_HASH,
                 }
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -258,7 +252,8 @@ class EventLog:
         conn = self._conn
         # Plain SQL, not sqlite-utils' insert: the head read, the insert and the head update must be
         # one BEGIN IMMEDIATE transaction (so a crash leaves either the whole record or nothing),
-        # and this runs on every tap.
+        # and this runs on every tap. Not common.db.transaction: a failed write (a full disk, even at COMMIT) becomes
+        # LogWriteError here, and a ROLLBACK SQLite already did itself is not an error.
         conn.execute("BEGIN IMMEDIATE")
         try:
             head_seq, head_hash = conn.execute("SELECT head_seq, head_hash FROM meta WHERE id = 1").fetchone()
@@ -468,15 +463,13 @@ class EventLog:
         if self.readonly:
             raise DatabaseError(f"event log {self.path} was opened read-only; use EventLog.open to compact")
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             conn.execute("CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1), "
                          "seq INTEGER NOT NULL, hash TEXT NOT NULL) STRICT")
             anchor_seq = (conn.execute("SELECT seq FROM anchor WHERE id = 1").fetchone() or (0,))[0]
             head_seq = conn.execute("SELECT head_seq FROM meta WHERE id = 1").fetchone()[0]
             up_to_seq = min(up_to_seq, head_seq)
             if up_to_seq <= anchor_seq:
-                conn.execute("COMMIT")
                 return 0
             row = conn.execute("SELECT hash FROM events WHERE seq = ?", (up_to_seq,)).fetchone()
             if row is None:
@@ -494,11 +487,6 @@ class EventLog:
                              "SET last_tsn = MAX(last_tsn, excluded.last_tsn)", (removed_tsn,))
             deleted = conn.execute("DELETE FROM events WHERE seq <= ?", (up_to_seq,)).rowcount
             conn.execute("INSERT OR REPLACE INTO anchor VALUES (1, ?, ?)", (up_to_seq, row[0]))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
         return deleted
 
     # -- lifecycle -------------------------------------------------------------------------
