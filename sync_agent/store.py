@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 
 from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight, transaction
@@ -169,18 +170,45 @@ class SyncStore:
 
 
 
+def open_readonly(sync_db: Path) -> sqlite3.Connection | None:
+    """sync.db for readers other than the agent (the terminal, the self-test): read-only, None until the agent first
+    ran. The schema is this module's; nothing else opens the file."""
+    sync_db = Path(sync_db)
+    if not sync_db.is_file() or sync_db.stat().st_size == 0:
+        return None
+    return sqlite3.connect(sync_db.resolve().as_uri() + "?mode=ro", uri=True)
+
+
 def read_acked_seq(sync_db: Path) -> int:
     """The acknowledged seq from sync.db, read-only (0 if the agent never ran)."""
-    sync_db = Path(sync_db)
-    if not sync_db.exists() or sync_db.stat().st_size == 0:
+    conn = open_readonly(sync_db)
+    if conn is None:
         return 0
-    conn = sqlite3.connect(sync_db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         return conn.execute("SELECT acked_seq FROM sync_meta WHERE id = 1").fetchone()[0]
     except sqlite3.Error:
         return 0
     finally:
         conn.close()
+
+
+def last_platform_time(sync_db: Path) -> tuple[datetime, datetime] | None:
+    """(platform issued_at, terminal received_at) of the newest platform time message the agent stored."""
+    from common.sync_protocol import parse_time
+
+    conn = open_readonly(sync_db)
+    if conn is None:
+        return None
+    try:
+        row = conn.execute("SELECT issued_at, received_at FROM seen_messages WHERE type = 'time' "
+                           "ORDER BY issued_at DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    if row is None:
+        return None
+    return parse_time(row[0], "issued_at"), parse_time(row[1], "received_at")
 
 
 def outbox_pressure(event_log: EventLog, sync_db: Path, capacity: int) -> float:

@@ -10,6 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from common.logs import log_event
+from sync_agent.store import open_readonly
 
 log = logging.getLogger("onecard.terminal")
 
@@ -21,9 +22,7 @@ class Inbox:
 
     def _connection(self) -> sqlite3.Connection | None:
         if self._conn is None:
-            if not self.path.exists():
-                return None
-            self._conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+            self._conn = open_readonly(self.path)
         return self._conn
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:

@@ -519,25 +519,6 @@ def check_broker(config: Config, now: dt.datetime, connect: Callable[..., str] =
 # clock
 # --------------------------------------------------------------------------------------------------
 
-def last_platform_time(sync_db: Path) -> tuple[dt.datetime, dt.datetime] | None:
-    """(platform issued_at, terminal received_at) of the newest platform time message the agent stored."""
-    from common.sync_protocol import parse_time
-
-    if not sync_db.is_file():
-        return None
-    conn = sqlite3.connect(sync_db.resolve().as_uri() + "?mode=ro", uri=True)
-    try:
-        row = conn.execute("SELECT issued_at, received_at FROM seen_messages WHERE type = 'time' "
-                           "ORDER BY issued_at DESC LIMIT 1").fetchone()
-    except sqlite3.Error:
-        return None
-    finally:
-        conn.close()
-    if row is None:
-        return None
-    return parse_time(row[0], "issued_at"), parse_time(row[1], "received_at")
-
-
 def assess_clock(sample: tuple[dt.datetime, dt.datetime] | None, now: dt.datetime, tolerance: float) -> CheckResult:
     """Drift = terminal clock minus platform time when the agent received the platform's last time message."""
     if sample is None:
@@ -561,6 +542,8 @@ def assess_clock(sample: tuple[dt.datetime, dt.datetime] | None, now: dt.datetim
 def check_clock(config: Config, now: dt.datetime) -> CheckResult:
     if config.sync is None:
         return skipped("clock", "not checked: no [sync] section, so no platform time to compare with")
+    from sync_agent.store import last_platform_time
+
     return assess_clock(last_platform_time(config.sync.database), now, config.sync.clock_tolerance_seconds)
 
 
