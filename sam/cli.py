@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from sam.roles import ROLE_KEYS
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 from sam.keystore import (
     TRANSPORT_VERSION,
@@ -60,7 +61,7 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
         "TRANSPORT) for one enterprise and write them to a new encrypted keystore. Prints key check values only.",
     )
     create.add_argument("--out", required=True, metavar="PATH", help="keystore file to create")
-    _add_unlock_options(create, required=True)
+    add_unlock_options(create, required=True)
     create.add_argument("--enterprise", required=True, metavar="ID", help="enterprise ID, 8 BCD digits, e.g. 00010001")
     create.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="card algorithm(s) (default: both)")
     create.add_argument("--usages", default=DEFAULT_USAGES, metavar="LIST", help=f"comma-separated usages (default: {DEFAULT_USAGES})")
@@ -69,7 +70,7 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
 
     listing = commands.add_parser("list", help="show the keys of a keystore (key check values, never keys)")
     listing.add_argument("--keystore", required=True, metavar="PATH")
-    _add_unlock_options(listing, required=True)
+    add_unlock_options(listing, required=True)
     listing.set_defaults(handler=cmd_list)
 
     restrict = commands.add_parser(
@@ -82,7 +83,7 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
         "LOAD keys: only the platform holds them.",
     )
     restrict.add_argument("--keystore", required=True, metavar="SRC", help="keystore to copy from")
-    _add_unlock_options(restrict, required=True)
+    add_unlock_options(restrict, required=True)
     restrict.add_argument("--out", required=True, metavar="DST", help="keystore file to create")
     what = restrict.add_mutually_exclusive_group(required=True)
     what.add_argument("--role", choices=sorted(ROLES), help="keep what this terminal role needs (docs/key-handling.md 3)")
@@ -95,9 +96,8 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     restrict.add_argument("--drop-version", type=int, metavar="N", action="append", default=[],
                           help="retire key version N (once 'onecard platform key-versions' shows no card using it); "
                                "repeatable")
-    out_unlock = restrict.add_mutually_exclusive_group()
-    out_unlock.add_argument("--out-passphrase-file", metavar="F", help="lock DST with this passphrase (default: as SRC)")
-    out_unlock.add_argument("--out-device-secret", metavar="F", help="lock DST with this device secret, e.g. the target terminal's")
+    add_unlock_options(restrict, required=False, prefix="out-", what="DST (default: locked as SRC), e.g. the target "
+                       "terminal's device secret")
     restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
     restrict.set_defaults(handler=cmd_restrict)
 
@@ -116,12 +116,6 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     show_state.set_defaults(handler=cmd_show_state)
 
 
-def _add_unlock_options(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
-    group.add_argument("--passphrase-file", metavar="F", help="file holding the passphrase (one trailing newline is ignored)")
-    group.add_argument("--device-secret", metavar="F", help="file holding this device's secret")
-
-
 def _handler(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
@@ -136,12 +130,11 @@ def _handler(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.N
     return run
 
 
-def _unlock(passphrase_file: str | None, device_secret: str | None) -> KeystoreUnlock:
-    if passphrase_file is not None:
-        return KeystoreUnlock.from_passphrase_file(passphrase_file)
-    if device_secret is not None:
-        return KeystoreUnlock.from_device_secret_file(device_secret)
-    raise CliError("no unlock secret given; pass --passphrase-file F or --device-secret F")
+def _unlock(args: argparse.Namespace, prefix: str = "") -> KeystoreUnlock:
+    unlock = unlock_from_args(args, prefix)
+    if unlock is None:
+        raise CliError(f"no unlock secret given; pass --{prefix}passphrase-file F or --{prefix}device-secret-file F")
+    return unlock
 
 
 def _split(text: str, what: str, option: str) -> list[str]:
@@ -215,7 +208,7 @@ def cmd_create_keystore(args: argparse.Namespace) -> None:
     enterprise_id = _parse_enterprise(args.enterprise)
     algorithms = _parse_algorithms(args.algorithm)
     usages = _parse_usages(args.usages)
-    unlock = _unlock(args.passphrase_file, args.device_secret)
+    unlock = _unlock(args)
     keys = [
         MasterKey.generate(enterprise_id, purpose, version, algorithm, usages - _MEANINGLESS[purpose])
         for algorithm in algorithms
@@ -231,7 +224,7 @@ def cmd_create_keystore(args: argparse.Namespace) -> None:
 @_handler
 def cmd_list(args: argparse.Namespace) -> None:
     """onecard sam list"""
-    keystore = load_keystore(args.keystore, _unlock(args.passphrase_file, args.device_secret))
+    keystore = load_keystore(args.keystore, _unlock(args))
     print(format_key_table(keystore.infos()))
 
 
@@ -247,9 +240,9 @@ def cmd_restrict(args: argparse.Namespace) -> None:
         rules = _parse_keep(args.keep)
     algorithms = _parse_algorithms(args.algorithm)
     enterprises = [_parse_enterprise(args.enterprise)] if args.enterprise is not None else None
-    source_unlock = _unlock(args.passphrase_file, args.device_secret)
-    if args.out_passphrase_file is not None or args.out_device_secret is not None:
-        out_unlock = _unlock(args.out_passphrase_file, args.out_device_secret)
+    source_unlock = _unlock(args)
+    if args.out_passphrase_file is not None or args.out_device_secret_file is not None:
+        out_unlock = _unlock(args, "out-")
     else:
         out_unlock = source_unlock
     if rules is None:

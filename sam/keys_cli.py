@@ -22,6 +22,7 @@ from sam.keystore import (
     save_keystore,
 )
 from sam import master_card as mc
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 EXIT_ERROR = 1
 
@@ -46,9 +47,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--reader", help="PC/SC reader holding a master card or a PSAM")
     what.add_argument("--keystore", type=Path, help="software keystore file")
-    unlock = p.add_mutually_exclusive_group()
-    unlock.add_argument("--passphrase-file", type=Path)
-    unlock.add_argument("--device-secret", type=Path)
+    add_unlock_options(p, required=False, what="--keystore")
     p.set_defaults(handler=reporting(cmd_versions))
 
     p = sub.add_parser("load-psam", help="load a PSAM from the master card (keys never in clear outside the cards)")
@@ -63,7 +62,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
     p.add_argument("--out", required=True, type=Path)
-    _unlock_options(p)
+    add_unlock_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing file at --out")
     p.set_defaults(handler=reporting(cmd_load_keystore))
 
@@ -74,7 +73,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
     p.add_argument("--keystore", required=True, type=Path)
-    _unlock_options(p)
+    add_unlock_options(p)
     p.set_defaults(handler=reporting(cmd_add_version))
 
     p = sub.add_parser("new-backup-recipient", help="make the X25519 key pair backups are wrapped for")
@@ -98,12 +97,6 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 def _reader(p: argparse.ArgumentParser, option: str) -> None:
     p.add_argument(option, required=True, metavar="R", help="PC/SC reader name (or a unique part of it)")
-
-
-def _unlock_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--passphrase-file", type=Path)
-    g.add_argument("--device-secret", type=Path)
 
 
 def reporting(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
@@ -135,11 +128,10 @@ def read_pin(path: Path, option: str = "--pin-file") -> bytes:
 
 
 def _unlock(args) -> KeystoreUnlock:
-    if args.passphrase_file is not None:
-        return KeystoreUnlock.from_passphrase_file(args.passphrase_file)
-    if args.device_secret is not None:
-        return KeystoreUnlock.from_device_secret_file(args.device_secret)
-    raise KeysCliError("no unlock secret given; pass --passphrase-file F or --device-secret F")
+    unlock = unlock_from_args(args)
+    if unlock is None:
+        raise KeysCliError("no unlock secret given; pass --passphrase-file F or --device-secret-file F")
+    return unlock
 
 
 def _write_new(path: Path, data: bytes, what: str) -> None:

@@ -324,7 +324,7 @@ class KeystoreUnlock:
         return cls.from_passphrase(data, source=f"passphrase file {path}")
 
     @classmethod
-    def from_device_secret_file(cls, path: str | os.PathLike[str], setting: str = "--device-secret") -> KeystoreUnlock:
+    def from_device_secret_file(cls, path: str | os.PathLike[str], setting: str = "--device-secret-file") -> KeystoreUnlock:
         """Read a device secret file; every byte counts, nothing is stripped."""
         data = _read_secret_file(path, "device secret file", setting)
         return cls.from_device_secret(data, source=f"device secret file {path}")

@@ -9,15 +9,14 @@ from pathlib import Path
 from common.errors import UserError
 from common.money import parse_yuan
 from sam.interface import Algorithm
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     new = sub.add_parser("new-card", help="personalise a simulated RFID-SIM with the enterprise's SAM keystore")
     new.add_argument("--out", required=True, type=Path, help="card file to write (one file per card)")
     new.add_argument("--keystore", required=True, type=Path, help="keystore holding the ACCESS key with 'personalise'")
-    unlock = new.add_mutually_exclusive_group(required=True)
-    unlock.add_argument("--passphrase-file", type=Path)
-    unlock.add_argument("--device-secret", type=Path)
+    add_unlock_options(new, what="--keystore")
     new.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
     new.add_argument("--employee", help="employee number (up to 16 ASCII characters)")
     new.add_argument("--name", help="holder name (up to 32 bytes of UTF-8)")
@@ -78,7 +77,6 @@ def _date(text: str | None, default: dt.date) -> dt.date:
 
 def cmd_new_card(args) -> int:
     from sam.interface import SamError
-    from sam.keystore import KeystoreUnlock
     from sam.software import SoftwareSam
     from simulator.card import CARD_TYPE_IC_CARD, CARD_TYPE_RFID_SIM
     from simulator.personalise import Personalisation, personalise, write_card
@@ -111,9 +109,7 @@ def cmd_new_card(args) -> int:
     except ValueError as exc:
         raise UserError(f"{exc}; fix that option") from None
     try:
-        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file) if args.passphrase_file
-                  else KeystoreUnlock.from_device_secret_file(args.device_secret))
-        sam = SoftwareSam.open(args.keystore, unlock)
+        sam = SoftwareSam.open(args.keystore, unlock_from_args(args))
         state = personalise(sam, p, label=f"{args.name} ({args.employee})")
     except SamError as exc:
         raise UserError(str(exc)) from None
@@ -127,7 +123,6 @@ def cmd_new_card(args) -> int:
 
 def _new_factory_card(args) -> int:
     from sam.interface import SamError
-    from sam.keystore import KeystoreUnlock
     from sam.software import SoftwareSam
     from simulator.card import CARD_TYPE_IC_CARD, CARD_TYPE_RFID_SIM
     from simulator.personalise import transport_card, write_card
@@ -139,9 +134,7 @@ def _new_factory_card(args) -> int:
     if asn is not None and len(asn) != 8:
         raise UserError("--asn must be 16 hex digits (8 bytes)")
     try:
-        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file) if args.passphrase_file
-                  else KeystoreUnlock.from_device_secret_file(args.device_secret))
-        sam = SoftwareSam.open(args.keystore, unlock)
+        sam = SoftwareSam.open(args.keystore, unlock_from_args(args))
         state = transport_card(sam, bytes.fromhex(args.enterprise), asn=asn,
                                algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128,
                                card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM,

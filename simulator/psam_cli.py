@@ -7,6 +7,7 @@ from pathlib import Path
 from sam.interface import SamError
 from sam.keystore import Keystore
 from sam.sam_state import SamState, StateFileError
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 from simulator.psam import PsamState, psam_from_keystore, write_psam
 
 
@@ -20,9 +21,7 @@ def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
         "keys is refused. Insert it in a reader slot with the tap tools, or load it with simulator.psam.load_psam.",
     )
     new.add_argument("--keystore", required=True, type=Path, help="terminal keystore, e.g. from 'onecard sam restrict --role pos'")
-    unlock = new.add_mutually_exclusive_group(required=True)
-    unlock.add_argument("--passphrase-file", type=Path)
-    unlock.add_argument("--device-secret", type=Path)
+    add_unlock_options(new, what="--keystore")
     new.add_argument("--out", required=True, type=Path, help="PSAM file to write (one file per PSAM)")
     new.add_argument("--label", default="", help="what to call this PSAM in logs, e.g. 'POS 3 canteen'")
     new.add_argument("--force", action="store_true", help="replace an existing PSAM file (its TSN starts again at 1)")
@@ -54,12 +53,10 @@ def cmd_new_blank_psam(args) -> int:
 def cmd_new_psam(args) -> int:
     from common.errors import UserError
     from sam.cli import format_key_table
-    from sam.keystore import KeystoreUnlock, load_keystore
+    from sam.keystore import load_keystore
 
     try:
-        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file") if args.passphrase_file
-                  else KeystoreUnlock.from_device_secret_file(args.device_secret, "--device-secret"))
-        keystore = load_keystore(args.keystore, unlock)
+        keystore = load_keystore(args.keystore, unlock_from_args(args))
     except SamError as exc:
         raise UserError(str(exc)) from None
     try:

@@ -13,6 +13,7 @@ import datetime as dt
 from pathlib import Path
 
 from common.errors import UserError
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 
 def add_flow_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -48,9 +49,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 def station_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """What every command of the issuing station needs: its keystore, its reader (or a card file), its log."""
     p.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore")
-    lock = p.add_mutually_exclusive_group(required=True)
-    lock.add_argument("--passphrase-file", type=Path)
-    lock.add_argument("--device-secret", type=Path)
+    add_unlock_options(p, what="the station's keystore")
     p.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--reader", help="PC/SC reader (any part of its name)")
@@ -87,14 +86,10 @@ def _rights(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def open_station_sam(args):
     from sam.interface import SamError
-    from sam.keystore import KeystoreUnlock
     from sam.software import SoftwareSam
 
     try:
-        unlock = (KeystoreUnlock.from_passphrase_file(args.passphrase_file, "--passphrase-file")
-                  if args.passphrase_file else KeystoreUnlock.from_device_secret_file(args.device_secret,
-                                                                                      "--device-secret"))
-        return SoftwareSam.open(args.keystore, unlock)
+        return SoftwareSam.open(args.keystore, unlock_from_args(args))
     except SamError as exc:
         raise UserError(str(exc)) from None
 

@@ -515,7 +515,7 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
 
     code, out, err = run_cli(
         capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
-        "--out", str(d / "door.ks"), "--usages", "verify", "--purposes", "access", "--out-device-secret", str(d / "door-secret"),
+        "--out", str(d / "door.ks"), "--usages", "verify", "--purposes", "access", "--out-device-secret-file", str(d / "door-secret"),
     )
     assert code == 0 and err == ""
     all_output += out + err
@@ -526,7 +526,7 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
     assert all(k.key == master.get(*k.ident).key for k in door)
     assert stat.S_IMODE((d / "door.ks").stat().st_mode) == 0o600
 
-    code, out, err = run_cli(capsys, "list", "--keystore", str(d / "door.ks"), "--device-secret", str(d / "door-secret"))
+    code, out, err = run_cli(capsys, "list", "--keystore", str(d / "door.ks"), "--device-secret-file", str(d / "door-secret"))
     assert code == 0 and len(out.splitlines()) == 3
     all_output += out + err
     assert_no_key_in(all_output, master)
@@ -535,7 +535,7 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
 def test_cli_create_options(secrets_dir, capsys):
     d = secrets_dir
     code, _, err = run_cli(
-        capsys, "create-keystore", "--out", str(d / "ks"), "--device-secret", str(d / "door-secret"),
+        capsys, "create-keystore", "--out", str(d / "ks"), "--device-secret-file", str(d / "door-secret"),
         "--enterprise", "20240315", "--algorithm", "sm4", "--usages", "verify, mac",
     )
     assert (code, err) == (0, "")
@@ -570,7 +570,7 @@ def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
         (["list", "--keystore", "{d}/nope", "--passphrase-file", "{d}/pw"], "keystore file not found"),
         (["list", "--keystore", "{d}/pw", "--passphrase-file", "{d}/pw"], "is not a onecard keystore"),
         (["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"], "wrong passphrase or corrupted keystore"),
-        (["list", "--keystore", "{d}/master.ks", "--device-secret", "{d}/door-secret"], "locked with a passphrase"),
+        (["list", "--keystore", "{d}/master.ks", "--device-secret-file", "{d}/door-secret"], "locked with a passphrase"),
         (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--purposes", "doors"], "unknown purpose 'doors'"),
         (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--enterprise", "99999999"], "no key of .* is left"),
         (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/master.ks", "--usages", "verify"], "already exists"),
@@ -612,8 +612,8 @@ def test_add_subcommands_plugs_into_a_parser():
     parser = argparse.ArgumentParser(prog="onecard")
     areas = parser.add_subparsers(dest="area", required=True)
     cli.add_subcommands(areas.add_parser("sam").add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret", "s"])
-    assert args.handler is cli.cmd_list and args.keystore == "k" and args.device_secret == "s"
+    args = parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret-file", "s"])
+    assert args.handler is cli.cmd_list and args.keystore == "k" and str(args.device_secret_file) == "s"
     assert parser.parse_args(["sam", "create-keystore", "--out", "o", "--passphrase-file", "p", "--enterprise", "00010001"]).handler is cli.cmd_create_keystore
     assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--usages", "verify"]).handler is cli.cmd_restrict
     assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos"]).handler is cli.cmd_restrict
@@ -622,7 +622,7 @@ def test_add_subcommands_plugs_into_a_parser():
     with pytest.raises(SystemExit):
         parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o"])
     with pytest.raises(SystemExit):
-        parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret", "s", "--passphrase-file", "p"])
+        parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret-file", "s", "--passphrase-file", "p"])
 
 
 # --- purse roles, TAC separation, state commands --------------------------------------------------
