@@ -11,13 +11,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from common import files
 from common import bcd
 from common import transactions as tx
 from sam import purse_crypto as pc
 from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm
+from simulator.state_file import StateFile
 
 AID = bytes.fromhex("F04F4E454341524401")
 
@@ -200,26 +201,20 @@ class CardState:
         )
 
 
-class CardStateFile:
-    """The card's EEPROM: one JSON file, replaced atomically."""
+class CardStateFile(StateFile[CardState]):
+    """The card's EEPROM. No fsync: a simulated card's EEPROM need not survive a power cut of the host, and the
+    simulator sits on the tap path that the benchmarks time (the rename still makes every change all-or-nothing)."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    SYNC = False
 
-    def load(self) -> CardState:
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-            return CardState.from_json(doc)
-        except FileNotFoundError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"card file {self.path} is not a valid simulated card: {exc}") from exc
+    def from_json(self, doc: Any) -> CardState:
+        return CardState.from_json(doc)
 
-    def save(self, state: CardState) -> None:
-        # The rename makes every change all-or-nothing across a crash of the simulator; no fsync, because a
-        # simulated card's EEPROM need not survive a power cut of the host, and the simulator sits on the tap path
-        # that the benchmarks time.
-        files.write_atomically(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode(), sync=False)
+    def to_json(self, state: CardState) -> Any:
+        return state.to_json()
+
+    def damaged(self, exc: Exception) -> str:
+        return f"card file {self.path} is not a valid simulated card: {exc}"
 
 
 @dataclass

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -43,8 +43,9 @@ from sam.master_card import (
     backup_target_id,
     seal_export,
 )
-from sam.sam_state import StateFileError, write_atomically
+from sam.sam_state import StateFileError
 from simulator.card import Command, _with_tck, parse_command
+from simulator.state_file import StateFile
 
 ATR = _with_tck(bytes.fromhex("3B888001") + b"ONEMKEY1")
 APPLICATION_VERSION = 0x01
@@ -142,22 +143,23 @@ class MasterCardState:
         return state
 
 
-class MasterCardStateFile:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+class MasterCardStateFile(StateFile[MasterCardState]):
+    SORT_KEYS = False
 
-    def load(self) -> MasterCardState:
-        try:
-            return MasterCardState.from_json(json.loads(self.path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            # Never quote the document: it holds keys.
-            raise ValueError(f"key master card file {self.path} is not valid ({type(exc).__name__}); "
-                             "restore the card from its backup with 'onecard sim restore-master-card'") from None
+    def from_json(self, doc: Any) -> MasterCardState:
+        return MasterCardState.from_json(doc)
 
-    def save(self, state: MasterCardState) -> None:
-        write_atomically(self.path, json.dumps(state.to_json(), indent=1).encode(), what="key master card file")
+    def to_json(self, state: MasterCardState) -> Any:
+        return state.to_json()
+
+    def damaged(self, exc: Exception) -> str:
+        # Never quote the document: it holds keys.
+        return (f"key master card file {self.path} is not valid ({type(exc).__name__}); restore the card from its "
+                "backup with 'onecard sim restore-master-card'")
+
+    def write_failed(self, exc: OSError) -> None:
+        raise StateFileError(f"cannot write key master card file {self.path} ({exc.strerror}); check free space, "
+                             "permissions and that the directory exists") from None
 
 
 def new_master_card_state(enterprise_id: bytes, pin: bytes, label: str = "") -> MasterCardState:

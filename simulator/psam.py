@@ -11,11 +11,11 @@ docs/psam.md; sam.pcsc_sam.PcscSam talks to either.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from sam.interface import (
     Algorithm,
@@ -47,10 +47,10 @@ from sam.sam_state import (
     TsnExhausted,
     state_from_json,
     state_to_json,
-    write_atomically,
 )
 from sam.software import SoftwareSam
 from simulator.card import Command, _with_tck, parse_command
+from simulator.state_file import StateFile
 
 AID = bytes.fromhex("F04F4E454341524450")
 ATR = _with_tck(bytes.fromhex("3B888001") + b"ONEPSAM1")
@@ -172,25 +172,23 @@ class PsamState:
                                                                 bytes.fromhex(anchor["public_key"]), anchor["last_counter"]))
 
 
-class PsamStateFile:
-    """The PSAM's EEPROM: one JSON file, replaced atomically and fsync'd."""
+class PsamStateFile(StateFile[PsamState]):
+    """The PSAM's EEPROM, fsync'd."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def from_json(self, doc: Any) -> PsamState:
+        return PsamState.from_json(doc)
 
-    def load(self) -> PsamState:
-        try:
-            doc = json.loads(self.path.read_text(encoding="utf-8"))
-            return PsamState.from_json(doc)
-        except FileNotFoundError:
-            raise
-        except (ValueError, KeyError, TypeError) as exc:
-            # The messages name fields and positions, never the document's contents: it holds keys.
-            raise ValueError(f"PSAM file {self.path} is not a valid simulated PSAM ({type(exc).__name__}: {exc}); "
-                             "make a new one with 'onecard sim new-psam'") from None
+    def to_json(self, state: PsamState) -> Any:
+        return state.to_json()
 
-    def save(self, state: PsamState) -> None:
-        write_atomically(self.path, json.dumps(state.to_json(), indent=1, sort_keys=True).encode(), what="PSAM file")
+    def damaged(self, exc: Exception) -> str:
+        # The messages name fields and positions, never the document's contents: it holds keys.
+        return (f"PSAM file {self.path} is not a valid simulated PSAM ({type(exc).__name__}: {exc}); "
+                "make a new one with 'onecard sim new-psam'")
+
+    def write_failed(self, exc: OSError) -> None:
+        raise StateFileError(f"cannot write PSAM file {self.path} ({exc.strerror}); check free space, permissions "
+                             "and that the directory exists") from None
 
 
 class _EepromStore:
