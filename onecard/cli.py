@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from common.errors import UserError
+from common.errors import EXIT_INTERRUPTED, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from common.errors import EXIT_REFUSED, EXIT_USAGE
 from sam.roles import ROLE_KEYS
 from sam.unlock_cli import add_unlock_options, unlock_from_args
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
@@ -120,9 +121,12 @@ def _handler(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.N
     def run(args: argparse.Namespace) -> int:
         try:
             body(args)
-        except (CliError, SamError) as e:
+        except CliError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return EXIT_USAGE
+        except SamError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_REFUSED
         return 0
 
     run.__name__ = body.__name__

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from common.errors import EXIT_REFUSED, EXIT_USAGE
 from sam.interface import SamError
 from sam.keystore import (
     Keystore,
@@ -24,11 +25,18 @@ from sam.keystore import (
 from sam import master_card as mc
 from sam.unlock_cli import add_unlock_options, unlock_from_args
 
-EXIT_ERROR = 1
 
 
 class KeysCliError(Exception):
     """Bad input to a keys command; '<problem>; <fix>'."""
+
+    exit_code = EXIT_USAGE
+
+
+class KeysRefused(KeysCliError):
+    """The cards or files given do not belong together (another enterprise, another master card)."""
+
+    exit_code = EXIT_REFUSED
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -51,14 +59,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=reporting(cmd_versions))
 
     p = sub.add_parser("load-psam", help="load a PSAM from the master card (keys never in clear outside the cards)")
-    _reader(p, "--master-card-reader")
+    _reader(p, "--reader")
     _reader(p, "--psam-reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=mc.PSAM_ROLES)
     p.set_defaults(handler=reporting(cmd_load_psam))
 
     p = sub.add_parser("load-keystore", help="write a new encrypted keystore for a role from the master card")
-    _reader(p, "--master-card-reader")
+    _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
     p.add_argument("--out", required=True, type=Path)
@@ -69,7 +77,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("add-version", help="add the master card's new key versions to a keystore it loaded (二次洗卡)",
                        description="Re-key a keystore that was loaded from a key master card: the export must be "
                        "signed by that same card. Keystores made without a master card are refused.")
-    _reader(p, "--master-card-reader")
+    _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
     p.add_argument("--keystore", required=True, type=Path)
@@ -96,16 +104,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
 
 def _reader(p: argparse.ArgumentParser, option: str) -> None:
-    p.add_argument(option, required=True, metavar="R", help="PC/SC reader name (or a unique part of it)")
+    held = "the PSAM" if option == "--psam-reader" else "the key master card"
+    p.add_argument(option, required=True, metavar="R", help=f"PC/SC reader holding {held} (its name or a unique part)")
 
 
 def reporting(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         try:
             body(args)
-        except (KeysCliError, SamError) as exc:
+        except KeysCliError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return EXIT_ERROR
+            return exc.exit_code
+        except SamError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_REFUSED
         return 0
 
     run.__name__ = body.__name__
@@ -247,7 +259,7 @@ def cmd_load_psam(args) -> None:
     from sam.pcsc_sam import PcscSam
 
     pin = read_pin(args.pin_file)
-    client, info = _open_unblocked(args.master_card_reader)
+    client, info = _open_unblocked(args.reader)
     with client:
         psam = PcscSam(args.psam_reader, timeout=3)
         try:
@@ -257,7 +269,7 @@ def cmd_load_psam(args) -> None:
             others = sorted(format_enterprise_id(e) for e in held if e != info.enterprise_id)
             if challenge.trust == 2 and challenge.enterprise_id != info.enterprise_id or others:
                 theirs = format_enterprise_id(challenge.enterprise_id) if challenge.trust == 2 else others[0]
-                raise KeysCliError(f"enterprise mismatch: the PSAM belongs to enterprise {theirs}, the master card to "
+                raise KeysRefused(f"enterprise mismatch: the PSAM belongs to enterprise {theirs}, the master card to "
                                    f"{ours}; use enterprise {theirs}'s master card, or another PSAM")
             if challenge.trust == 2 and challenge.master_public_key != info.public_key:
                 raise KeysCliError("the PSAM was loaded by another key master card of this enterprise and accepts keys "
@@ -292,7 +304,7 @@ def cmd_load_keystore(args) -> None:
     if not args.force and os.path.lexists(args.out):
         raise KeysCliError(f"keystore {args.out} already exists; choose another path, add versions to it with "
                            "'onecard keys add-version', or pass --force")
-    client, info = _open_unblocked(args.master_card_reader)
+    client, info = _open_unblocked(args.reader)
     with client:
         keys, anchor = _export_to_keystore(client, pin, args.role, info.anchor())
     keystore = Keystore(keys, anchor)
@@ -307,12 +319,12 @@ def cmd_add_version(args) -> None:
     unlock = _unlock(args)
     current = load_keystore(args.keystore, unlock)
     if current.master_card is None:
-        raise KeysCliError(f"keystore {args.keystore} was not loaded from a key master card, so new key versions cannot "
+        raise KeysRefused(f"keystore {args.keystore} was not loaded from a key master card, so new key versions cannot "
                            "be proven to be the enterprise's (二次洗卡); load a new one with 'onecard keys load-keystore'")
-    client, info = _open_unblocked(args.master_card_reader)
+    client, info = _open_unblocked(args.reader)
     with client:
         if info.enterprise_id != current.master_card.enterprise_id:
-            raise KeysCliError(f"enterprise mismatch: the keystore belongs to enterprise "
+            raise KeysRefused(f"enterprise mismatch: the keystore belongs to enterprise "
                                f"{format_enterprise_id(current.master_card.enterprise_id)}, the master card to "
                                f"{format_enterprise_id(info.enterprise_id)}; use the keystore's own master card")
         if info.public_key != current.master_card.public_key:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from common import files
+from common.errors import EXIT_AWAITING_CERTIFICATE  # CSR written, certificate awaited: not an error
 from common.logs import log_event
 from sam.interface import KeyInfo
 from terminal.sam_binding import (  # noqa: F401 (the binding's names, as provisioning has always offered them)
@@ -27,8 +28,6 @@ log = logging.getLogger("onecard.provision")
 REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "firmware.toml"
 KEY_NAME, CSR_NAME, CERT_NAME = "mqtt-terminal.key", "mqtt-terminal.csr", "mqtt-terminal.pem"
 CA_NAME, PUB_NAME, CONFIG_NAME = "mqtt-ca.pem", "platform-ed25519.pub", "firmware.toml"
-# Exit status when the CSR is written but no certificate is available yet: not an error, the next step is offline.
-EXIT_AWAITING_CERTIFICATE = 3
 
 
 class ProvisionError(Exception):

@@ -90,7 +90,7 @@ def test_create_inspect_generate_load_keystore_and_psam(env):
     outputs.append(env.out)
 
     ks = env.path / "pos.ks"
-    assert env.run("keys", "load-keystore", "--master-card-reader", env.master_reader, "--pin-file", env.path / "pin",
+    assert env.run("keys", "load-keystore", "--reader", env.master_reader, "--pin-file", env.path / "pin",
                    "--role", "pos", "--out", ks, "--passphrase-file", env.path / "pass") == 0, env.out
     outputs.append(env.out)
     keystore = load_keystore(ks, KeystoreUnlock.from_passphrase_file(env.path / "pass"))
@@ -98,7 +98,7 @@ def test_create_inspect_generate_load_keystore_and_psam(env):
 
     assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
     env.insert_psam()
-    assert env.run("keys", "load-psam", "--master-card-reader", env.master_reader, "--psam-reader", env.psam_reader,
+    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
                    "--pin-file", env.path / "pin", "--role", "pos") == 0, env.out
     assert "8 keys" in env.out
     outputs.append(env.out)
@@ -114,7 +114,7 @@ def test_create_inspect_generate_load_keystore_and_psam(env):
 
     # 二次洗卡: version 3 reaches the keystore only from the master card.
     assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0
-    assert env.run("keys", "add-version", "--master-card-reader", env.master_reader, "--pin-file", env.path / "pin",
+    assert env.run("keys", "add-version", "--reader", env.master_reader, "--pin-file", env.path / "pin",
                    "--role", "pos", "--keystore", ks, "--passphrase-file", env.path / "pass") == 0, env.out
     assert "4 keys added" in env.out
     outputs.append(env.out)
@@ -129,7 +129,7 @@ def test_add_version_refuses_a_keystore_not_loaded_from_the_master_card(env):
     ks = env.path / "plain.ks"
     assert env.run("sam", "create-keystore", "--out", ks, "--passphrase-file", env.path / "pass",
                    "--enterprise", "00010001") == 0
-    assert env.run("keys", "add-version", "--master-card-reader", env.master_reader, "--pin-file", env.path / "pin",
+    assert env.run("keys", "add-version", "--reader", env.master_reader, "--pin-file", env.path / "pin",
                    "--role", "pos", "--keystore", ks, "--passphrase-file", env.path / "pass") == 1
     assert "was not loaded from a key master card" in env.error
 
@@ -144,7 +144,7 @@ def test_wrong_pin_says_tries_left_and_a_blocked_card_says_what_to_do(env):
     assert "BLOCKED" in env.out and "onecard sim restore-master-card" in env.out
     for argv in (("generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin"),
                  ("change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--new-pin-file", env.path / "pin"),
-                 ("load-keystore", "--master-card-reader", env.master_reader, "--pin-file", env.path / "pin", "--role",
+                 ("load-keystore", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--role",
                   "door", "--out", env.path / "x.ks", "--passphrase-file", env.path / "pass")):
         assert env.run("keys", *argv) == 1
         assert "blocked" in env.error and "onecard sim restore-master-card" in env.error
@@ -156,10 +156,10 @@ def test_load_psam_refuses_a_master_card_of_another_enterprise(env):
     assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
     env.insert_psam()
     env.insert_master("a.json")
-    assert env.run("keys", "load-psam", "--master-card-reader", env.master_reader, "--psam-reader", env.psam_reader,
+    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
                    "--pin-file", env.path / "pin", "--role", "door") == 0, env.out
     env.insert_master("b.json")
-    assert env.run("keys", "load-psam", "--master-card-reader", env.master_reader, "--psam-reader", env.psam_reader,
+    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
                    "--pin-file", env.path / "pin", "--role", "door") == 1
     assert "enterprise mismatch" in env.error and "00010001" in env.error and "00020002" in env.error
 
@@ -173,7 +173,7 @@ def test_backup_restore_and_change_pin(env):
                    "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 0, env.out
     assert "KEEP THIS" in env.out
     assert env.run("keys", "backup", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 1
+                   "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 2
     assert "already exists" in env.out
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
     original = env.stdout.splitlines()[-13:]  # header + 12 keys

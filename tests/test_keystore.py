@@ -559,29 +559,30 @@ def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "message", "exit_code"),
     [
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "1"], "is not 8 decimal digits"),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--algorithm", "des"], "unknown algorithm 'des'; use one of aes128, sm4 or both"),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", "verify,sign"], "unknown usage 'sign' in --usages; use some of"),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", ""], "is not a comma-separated list"),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/nope", "--enterprise", "00010001"], "passphrase file not found"),
-        (["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"], "cannot write keystore .*directory exists"),
-        (["list", "--keystore", "{d}/nope", "--passphrase-file", "{d}/pw"], "keystore file not found"),
-        (["list", "--keystore", "{d}/pw", "--passphrase-file", "{d}/pw"], "is not a onecard keystore"),
-        (["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"], "wrong passphrase or corrupted keystore"),
-        (["list", "--keystore", "{d}/master.ks", "--device-secret-file", "{d}/door-secret"], "locked with a passphrase"),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--purposes", "doors"], "unknown purpose 'doors'"),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--enterprise", "99999999"], "no key of .* is left"),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/master.ks", "--usages", "verify"], "already exists"),
+        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "1"], "is not 8 decimal digits", 2),
+        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--algorithm", "des"], "unknown algorithm 'des'; use one of aes128, sm4 or both", 2),
+        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", "verify,sign"], "unknown usage 'sign' in --usages; use some of", 2),
+        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", ""], "is not a comma-separated list", 2),
+        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/nope", "--enterprise", "00010001"], "passphrase file not found", 1),
+        (["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"], "cannot write keystore .*directory exists", 1),
+        (["list", "--keystore", "{d}/nope", "--passphrase-file", "{d}/pw"], "keystore file not found", 1),
+        (["list", "--keystore", "{d}/pw", "--passphrase-file", "{d}/pw"], "is not a onecard keystore", 1),
+        (["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"], "wrong passphrase or corrupted keystore", 1),
+        (["list", "--keystore", "{d}/master.ks", "--device-secret-file", "{d}/door-secret"], "locked with a passphrase", 1),
+        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--purposes", "doors"], "unknown purpose 'doors'", 2),
+        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--enterprise", "99999999"], "no key of .* is left", 2),
+        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/master.ks", "--usages", "verify"], "already exists", 1),
     ],
 )
-def test_cli_errors_are_one_line(secrets_dir, capsys, argv, message):
+def test_cli_errors_are_one_line(secrets_dir, capsys, argv, message, exit_code):
+    # 2: the option values are wrong (README, exit status); 1: the keystore or the SAM refused
     d = secrets_dir
     save_keystore(d / "master.ks", KEYSTORE, KeystoreUnlock.from_passphrase_file(d / "pw"), scrypt_n=FAST_N)
     before = sorted(os.listdir(d))
     code, out, err = run_cli(capsys, *[a.replace("{d}", str(d)) for a in argv])
-    assert code == 1 and out == ""
+    assert code == exit_code and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and "; " in err
     assert re.search(message, err)
     assert sorted(os.listdir(d)) == before
@@ -676,7 +677,7 @@ def test_cli_restrict_refusals(secrets_dir, capsys, argv, message):
     before = sorted(os.listdir(d))
     code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
                              "--out", str(d / "x.ks"), *argv)
-    assert code == 1 and out == ""
+    assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
     assert sorted(os.listdir(d)) == before
 
@@ -698,9 +699,9 @@ def test_cli_init_and_show_state(tmp_path, capsys):
     assert code == 0 and out == "last TSN 41\nlast purchase: none\n"
     before = state.read_bytes()
     code, out, err = run_cli(capsys, "init-state", "--state", str(state), "--last-tsn", "0")
-    assert code == 1 and "already exists; move it aside first" in err and state.read_bytes() == before
+    assert code == 2 and "already exists; move it aside first" in err and state.read_bytes() == before
     code, out, err = run_cli(capsys, "init-state", "--state", str(tmp_path / "x"), "--last-tsn", str(2**32 - 1))
-    assert code == 1 and "is not 0..4294967294" in err
+    assert code == 2 and "is not 0..4294967294" in err
     state.write_bytes(before.replace(b"41", b"40"))
     code, out, err = run_cli(capsys, "show-state", "--state", str(state))
     assert code == 1 and "is corrupted (the checksum does not match" in err and err.count("\n") == 1
