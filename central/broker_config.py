@@ -63,6 +63,8 @@ def render_conf(*, port: int, ca: Path, server: CertFiles, acl: Path, bind: str 
         # queued QoS 1 messages per client) would make the broker drop uploads it then has to resend.
         "max_queued_messages 100000",
         "max_inflight_messages 100",
+        # Send each small message at once (request/answer round trips), not after the peer's delayed ACK.
+        "set_tcp_nodelay true",
     ]
     if user:
         lines.append(f"user {user}")

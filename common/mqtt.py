@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import socket
 import ssl
 import threading
 from dataclasses import dataclass
@@ -94,6 +95,10 @@ class MqttLink:
                 log_event(log, "mqtt.refused", logging.ERROR, client=self.client_id, reason=str(reason_code),
                           text="the broker refused the connection; check the client certificate and the ACL")
             return
+        sock = client.socket()
+        if sock is not None:
+            # Small request/answer messages: without this, Nagle and the peer's delayed ACK hold each one ~40 ms.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
