@@ -97,8 +97,8 @@ def open_station_sam(args):
 def _wiring(args):
     wiring = getattr(args, "wiring", None)
     if wiring is None:
-        raise UserError("--card (a simulated card file) works only under the onecard command, which wires the simulator in; "
-                        "use --reader with a real reader here")
+        raise UserError("--card (a simulated card file) works only under the onecard command, which wires the "
+                        "simulator in; use --reader with a real reader here")
     return wiring
 
 
