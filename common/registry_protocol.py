@@ -122,7 +122,8 @@ def decode_request(payload: bytes) -> RegistryRequest:
     return RegistryRequest(rid, station, op, args)
 
 
-def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, result: Any, error: str) -> dict[str, Any]:
+def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, result: Any,
+                       error: str) -> dict[str, Any]:
     out = {"v": PROTOCOL_VERSION, "type": RESPONSE_TYPE, "request_id": request.id, "station": request.station,
            "op": request.op, "issued_at": format_time(issued_at), "ok": ok}
     if ok:

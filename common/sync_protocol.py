@@ -162,7 +162,8 @@ def signed_bytes(unsigned: dict[str, Any]) -> bytes:
     return SIGN_DOMAIN + canonical(unsigned)
 
 
-def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict[str, Any], issued_at: datetime, msg_id: str) -> bytes:
+def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict[str, Any], issued_at: datetime,
+         msg_id: str) -> bytes:
     """Sign and encode one downlink message (the platform side); `msg_id` is fresh and random (the caller draws it:
     this module reads no clock and no randomness)."""
     if type_ not in DOWN_TYPES:

@@ -41,7 +41,8 @@ def main() -> int:
     (args.outdir / "mosquitto.conf").write_text(
         render_conf(port=args.port, ca=ca.files.cert, server=server, acl=args.outdir / "acl", bind="0.0.0.0"),
         encoding="utf-8")
-    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s), {len(stations)} station(s)), acl and mosquitto.conf "
+    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s), {len(stations)} station(s)), "
+          "acl and mosquitto.conf "
           f"written to {args.outdir}")
     return 0
 
