@@ -32,7 +32,7 @@ def main() -> int:
         broker = Broker(work / "broker", pki, terminals={}, stations=dict(STATIONS))
         broker.start()
         try:
-            admin, service = start_platform(work, broker, terminals={STATION: ENTERPRISE})
+            admin, service = start_platform(work, broker, terminals={STATION: ENTERPRISE}, kinds={STATION: "issuing"})
             admin.add_holder(ENTERPRISE, "E1", "Zhang Wei", phone="13800000001")
             c = pki.client(STATION)
             times = []

@@ -68,9 +68,10 @@ def answer_request(platform, station_id: str, payload: bytes) -> tuple[str, byte
 
 def _perform(platform, req: rp.RegistryRequest):
     enterprise = platform.terminal_enterprise(req.station)
-    if enterprise is None:
-        raise RegistryError(f"station {req.station} is not registered with the platform; register it with "
-                            f"`onecard platform add-terminal {req.station} --enterprise ID`")
+    if enterprise is None or platform.terminal_kind(req.station) != "issuing":
+        raise RegistryError(f"station {req.station} is not registered with the platform as an issuing station; "
+                            f"register it with `onecard platform add-terminal {req.station} --enterprise ID --kind "
+                            "issuing`")
     registry = InProcessRegistry(platform)
     a = req.args
     if "enterprise_id" in a and a["enterprise_id"] != enterprise:

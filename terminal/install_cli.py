@@ -91,7 +91,7 @@ def default_adapters(simulated_reader: Callable[[Path], object] | None = None) -
     from terminal.outputs import ConsoleOutputs
 
     # stderr: stdout carries only the PASS/FAIL lines, so they can be read and filed as they are.
-    return Adapters(lambda c: open_reader(c, simulated_reader),
+    return Adapters(lambda c: open_reader(c, simulated_reader=simulated_reader),
                     lambda c: open_sam(c, check_binding=False),  # check_sam explains a mismatch
                     lambda c: ConsoleOutputs(c.terminal.name, stream=sys.stderr, color=c.output.color),
                     prompt=say)

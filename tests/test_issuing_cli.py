@@ -25,7 +25,7 @@ def station_network(broker, station: str = STATION) -> list:
 @pytest.fixture
 def platform(tmp_path, broker):
     admin, service = start_platform(tmp_path, broker, terminals={})
-    admin.add_terminal(STATION, ENTERPRISE.hex())
+    admin.add_terminal(STATION, ENTERPRISE.hex(), kind="issuing")
     admin.add_holder(ENTERPRISE.hex(), "E1001", "Zhang Wei", phone="13800000001")
     try:
         yield admin
@@ -122,7 +122,7 @@ def test_a_terminal_certificate_cannot_ask_the_registry(tmp_path, broker, platfo
     from terminal.registry_client import MqttRegistry, load_platform_public_key
 
     door = "000000000001"
-    platform.add_terminal(door, "00010001")
+    platform.add_terminal(door, "00010001", kind="door")
     c = broker.pki.client(door)
     with MqttRegistry(door, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
                       load_platform_public_key(broker.pki.platform_public), timeout=1.5) as registry:
@@ -145,3 +145,19 @@ def test_an_answer_signed_by_another_key_is_not_believed(tmp_path, broker, platf
         with pytest.raises(RegistryError, match="did not answer"):
             registry.holder("00010001", "E1001")
     assert "not signed by the platform key" in caplog.text
+
+
+def test_a_terminal_that_is_not_an_issuing_station_is_refused(tmp_path, broker, platform):
+    """Even with a station certificate and topics, the platform answers only a terminal registered as issuing."""
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.registry_client import MqttRegistry, load_platform_public_key
+
+    other = "000000000903"  # a station certificate of the other enterprise, registered there as a door
+    platform.add_enterprise("00020002", "Other Co")
+    platform.add_terminal(other, "00020002", kind="door")
+    c = broker.pki.client(other)
+    with MqttRegistry(other, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+                      load_platform_public_key(broker.pki.platform_public), timeout=5) as registry:
+        with pytest.raises(RegistryError, match="not registered with the platform as an issuing station"):
+            registry.holder("00020002", "X1")
