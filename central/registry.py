@@ -57,6 +57,10 @@ class Registry:
                                 "`onecard platform add-enterprise`")
         return row
 
+    def terminal_enterprises(self) -> dict[str, str]:
+        """Every registered terminal and its enterprise (the broker's ACL is generated from this)."""
+        return dict(self.conn.execute("SELECT terminal_id, enterprise_id FROM terminals ORDER BY terminal_id"))
+
     def terminal_enterprise(self, terminal_id: str) -> str | None:
         row = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
         return row[0] if row else None

@@ -70,7 +70,7 @@ class SyncAgent:
                                       ack_timeout=settings.ack_timeout_seconds)
         self.acked_hash = acked_hash
         self.link = MqttLink(
-            f"onecard-agent-{terminal_id}", settings.broker_host, settings.broker_port,
+            terminal_id, settings.broker_host, settings.broker_port,
             TlsFiles(settings.ca_file, settings.cert_file, settings.key_file),
             subscriptions=[p.terminal_topic(terminal_id, p.DOWN_ACK), p.terminal_topic(terminal_id, p.DOWN_MSG),
                            p.enterprise_topic(enterprise_id)],

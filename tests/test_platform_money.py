@@ -186,7 +186,7 @@ def test_without_tac_keys_and_without_the_lab_flag_money_is_held(tmp_path):
     assert pf.card(ASN)["balance_cents"] == 0 and pf.held_money()[0]["reason_code"] == "no_tac_keys"
     from central.service import BrokerSettings, PlatformService
     with pytest.raises(PlatformError, match="needs the TAC keys"):
-        PlatformService(tmp_path / "strict.db", KEY, BrokerSettings("127.0.0.1", 1, None))
+        PlatformService(tmp_path / "strict.db", KEY, BrokerSettings("127.0.0.1", 1, None, None))
     pf.close()
 
 
