@@ -97,6 +97,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
     c.add_argument("terminal_id")
+    c = cmd("reanchor", "after investigating a chain break: accept the terminal's records again from seq SEQ "
+            "(the records in between stay as evidence)", cmd_reanchor)
+    c.add_argument("terminal_id")
+    c.add_argument("--at", required=True, type=int, dest="at_seq", help="first seq to accept (a waiting record)")
+    c.add_argument("--reason", required=True, help="what the investigation found (kept with the evidence)")
+    c = cmd("restore-epoch", "after restoring or replacing this database from a backup: start a new signed epoch so "
+            "terminals holding a later list accept this platform's lists again", cmd_restore_epoch)
+    c.add_argument("--reason", required=True, help="what was restored (kept with the epoch)")
+    c.add_argument("--generation", type=int, help="the new generation (default: one past the current one and past "
+                   "any generation terminals reported)")
     c = cmd("serve", "ingest uploads and publish notifications until Ctrl-C / SIGTERM", cmd_serve)
     c.add_argument("--broker-host", default="127.0.0.1")
     c.add_argument("--broker-port", type=int, default=8883)
@@ -366,6 +376,23 @@ def cmd_broker_config(args) -> int:
     print(f"broker configuration {conf_path} and ACL {acl_path} written: {len(terminals)} terminal(s), "
           f"{args.workers} platform worker(s); reload the broker (SIGHUP) after adding terminals")
     return 0
+
+
+def cmd_reanchor(args) -> int:
+    def do(pf):
+        r = pf.reanchor(args.terminal_id, args.at_seq, args.reason)
+        return (f"terminal {args.terminal_id} re-anchored at seq {args.at_seq}; verified up to seq {r.acked_seq} "
+                f"now, {r.pending} record(s) still waiting; the earlier records are kept in chain_evidence")
+    return _run(args, do)
+
+
+def cmd_restore_epoch(args) -> int:
+    def do(pf):
+        e = pf.restore_epoch(args.reason, args.generation)
+        return (f"platform epoch is now generation {e.generation} (instance {e.instance}); a re-based blacklist "
+                "snapshot is queued for every enterprise: start `onecard platform serve` to publish it, then check "
+                "`onecard platform terminal ID` for terminals still reporting another list")
+    return _run(args, do)
 
 
 def cmd_serve(args) -> int:

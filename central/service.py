@@ -101,7 +101,8 @@ class Worker:
                 result = self.platform.ingest(tid, events)
                 self.link.publish(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
                 if result.problem:
-                    log_event(log, "platform.chain_broken", logging.ERROR, terminal=tid, text=result.problem)
+                    log_event(log, "platform.upload_refused", logging.WARNING, worker=self.name, terminal=tid,
+                              reason=result.reason, acked_seq=result.acked_seq, text=result.problem)
             elif leaf == p.UP_REQUEST:
                 req = p.decode_request(payload)
                 if req.terminal_id != tid:

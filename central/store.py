@@ -6,6 +6,7 @@ transaction, so a crash never leaves a blacklist change without its notification
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 import sqlite3
 import zoneinfo
 from pathlib import Path
@@ -50,6 +51,10 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
         self.conn.executescript(_SCHEMA)
         migrate(self.conn)
+        # The epoch every blacklist body carries: made once per platform database (`onecard platform init`).
+        self.conn.execute("INSERT OR IGNORE INTO platform_epoch VALUES (1, ?, 1, ?, 'created')",
+                          (secrets.token_hex(16), self._now()))
+        self._digests: dict[tuple, str] = {}
 
     def close(self) -> None:
         self.conn.close()
