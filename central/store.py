@@ -66,6 +66,11 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         return p.format_time(self.clock())
 
     def seal(self, type_: str, target: str, body: dict) -> bytes:
+        # The platform never signs what a terminal would refuse: the same schema the agent applies.
+        try:
+            p.BODY_CHECKS[type_](body)
+        except p.ProtocolError as exc:
+            raise PlatformError(f"refusing to sign this {type_}: {exc}") from None
         return p.seal(self.key, type_, target, body, self.clock())
 
     def _queue(self, topic: str, payload: bytes) -> None:

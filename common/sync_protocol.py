@@ -353,14 +353,52 @@ def _check_config(body: dict) -> None:
     _field(body, "document", dict, "config")
 
 
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def _date(obj: dict, key: str, where: str) -> str:
+    text = _match(obj, key, _DATE_RE, where, "a date YYYY-MM-DD")
+    try:
+        if datetime.strptime(text, "%Y-%m-%d").strftime("%Y-%m-%d") != text:
+            raise ValueError
+    except ValueError:
+        raise ProtocolError(f"{where}: {key} {text!r} is not a real date") from None
+    return text
+
+
+def _check_topup_params(params: dict) -> None:
+    w = "card_action topup params"
+    _exact(params, w, ("amount",))
+    amount = _int(params, "amount", w, 1)
+    if amount > 2**31 - 1:
+        raise ProtocolError(f"{w}: amount {amount} fen does not fit a purse")
+
+
+def _check_rights_params(params: dict) -> None:
+    w = "card_action rights params"
+    _exact(params, w, ("door_groups", "valid_from", "valid_to", "time_profile"))
+    groups = _field(params, "door_groups", list, w)
+    if not groups or any(type(g) is not int or not 1 <= g <= 64 for g in groups) or groups != sorted(set(groups)):
+        raise ProtocolError(f"{w}: door_groups must be distinct ascending integers 1..64")
+    if _date(params, "valid_to", w) < _date(params, "valid_from", w):
+        raise ProtocolError(f"{w}: valid_to is before valid_from")
+    if _int(params, "time_profile", w) > 255:
+        raise ProtocolError(f"{w}: time_profile must be 0..255")
+
+
+# Card actions the terminal carries out, each with the exact params it reads.
+CARD_ACTIONS = {"topup": _check_topup_params, "rights": _check_rights_params}
+
+
 def _check_card_action(body: dict) -> None:
     w = "card_action"
     _exact(body, w, ("action_id", "asn", "action", "params"))
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
-    if not _field(body, "action", str, w):
-        raise ProtocolError(f"{w}: action must not be empty")
-    _field(body, "params", dict, w)
+    action = _field(body, "action", str, w)
+    if action not in CARD_ACTIONS:
+        raise ProtocolError(f"{w}: action {action!r:.30} is not one of {', '.join(CARD_ACTIONS)}")
+    CARD_ACTIONS[action](_field(body, "params", dict, w))
 
 
 def _check_card_action_cancel(body: dict) -> None:
