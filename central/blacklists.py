@@ -40,6 +40,11 @@ class Blacklists:
             self.conn.execute("UPDATE platform_epoch SET generation = ?, changed_at = ?, reason = ? WHERE id = 1",
                               (new_gen, self._now(), reason))
             for (eid,) in self.conn.execute("SELECT enterprise_id FROM enterprises ORDER BY enterprise_id").fetchall():
+                # A new version opens the epoch (a snapshot needs version >= 1, and every terminal below it is
+                # sent a snapshot, never a delta across the restore).
+                v = self._enterprise(eid)[1] + 1
+                self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, eid))
+                self.conn.execute("INSERT INTO blacklist_changes VALUES (?, ?, '*')", (eid, v))
                 self._queue(p.enterprise_topic(eid), self.seal("blacklist.snapshot", f"e:{eid}",
                                                                self.snapshot_body(eid)))
             epoch = self.epoch()
