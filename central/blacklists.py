@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
+from pathlib import Path
 
 from central.db import MAX_DELTA_CHANGES, PlatformError
 from common import sync_protocol as p
+from common.files import write_atomically
 from common.logs import log_event
 
 log = logging.getLogger("platform")
@@ -48,10 +50,55 @@ class Blacklists:
                 self._queue(p.enterprise_topic(eid), self.seal("blacklist.snapshot", f"e:{eid}",
                                                                self.snapshot_body(eid)))
             epoch = self.epoch()
+        self.record_published()
         log_event(log, "platform.epoch_changed", logging.WARNING, instance=epoch.instance,
                   generation=epoch.generation, text=f"platform epoch {old.generation} -> {epoch.generation} "
                   f"({reason}); re-based snapshots queued for every enterprise")
         return epoch
+
+    @property
+    def published_path(self) -> Path:
+        """Beside the database: the epoch and blacklist versions terminals were last sent (written by worker 0
+        after each publish). A database older than this file was restored from a backup."""
+        return self.path.with_name(self.path.name + ".published")
+
+    def record_published(self) -> None:
+        epoch = self.epoch()
+        versions = dict(self.conn.execute("SELECT enterprise_id, blacklist_version FROM enterprises"))
+        state = {"instance": epoch.instance, "generation": epoch.generation, "blacklist_versions": versions}
+        try:
+            write_atomically(self.published_path, (json.dumps(state, sort_keys=True) + "\n").encode(), mode=0o644)
+        except OSError as exc:
+            log_event(log, "platform.published_state_unwritten", logging.WARNING, path=self.published_path,
+                      text=f"cannot write {self.published_path} ({exc.strerror}); a restore of this database "
+                           "would then be noticed only by the terminals' heartbeats")
+
+    def restored_problem(self) -> str | None:
+        """Why this database looks restored (older than what it already published), or None."""
+        try:
+            state = json.loads(self.published_path.read_text(encoding="utf-8"))
+            instance, generation = state["instance"], state["generation"]
+            versions = state["blacklist_versions"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError):
+            return (f"{self.published_path} is unreadable; if {self.path} was restored run `onecard platform "
+                    "restore-epoch`, otherwise delete that file")
+        epoch = self.epoch()
+        fix = "it was restored or rolled back: run `onecard platform restore-epoch --reason ...` before serving"
+        if instance != epoch.instance:
+            return (f"{self.path} has platform instance {epoch.instance}, but instance {instance} published from "
+                    f"here ({self.published_path}); it is another database: {fix}")
+        if generation > epoch.generation:
+            return f"{self.path} is at epoch {epoch.generation}, but epoch {generation} was already published: {fix}"
+        if generation == epoch.generation:
+            for eid, published in sorted(versions.items()):
+                row = self.conn.execute("SELECT blacklist_version FROM enterprises WHERE enterprise_id = ?",
+                                        (eid,)).fetchone()
+                if row is None or row[0] < published:
+                    return (f"{self.path} holds blacklist version {row[0] if row else 'none'} of enterprise {eid}, "
+                            f"but version {published} was already published: {fix}")
+        return None
 
     def blacklist_digest(self, enterprise_id: str) -> tuple[int, str]:
         """(version, digest) of the enterprise's current list, as a terminal computes it for its heartbeat."""

@@ -50,3 +50,4 @@ class Outbound:
         with self._txn():
             self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?",
                                   [(self._now(), i) for i in ids])
+        self.record_published()  # what terminals may now hold: a later restore of this database is noticed

@@ -137,6 +137,13 @@ class PlatformService:
                                 "--lab-unverified-money in a lab, where every balance is then labelled unverified")
         for i in range(workers):
             broker.worker_tls(i)  # every worker's certificate checked before any database is opened
+        check = Platform(db, signing_key, clock=clock)
+        try:
+            problem = check.restored_problem()
+        finally:
+            check.close()
+        if problem:  # a restored database would send lists older than the terminals hold: refuse to serve
+            raise PlatformError(problem)
         if unverified_money:
             log_event(log, "platform.unverified_money", logging.WARNING,
                       text="lab mode: money records are accounted without a TAC check; every balance they move is "

@@ -2,6 +2,7 @@
 and heartbeats reveal any terminal whose list differs from the platform's (real mosquitto, agents, platform)."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -84,8 +85,17 @@ def test_a_restored_platform_rebases_its_terminals_with_a_new_epoch(broker, tmp_
         wait_until(lambda: agent.blacklist_version() == v == 1, 10, "the terminal applying version 1")
         service.stop()
         admin.close()
-        # The platform's disk dies; the backup is restored; meanwhile card X is reported lost.
+        # The platform's disk dies; the backup is restored. The platform notices it is older than what it
+        # published and refuses to serve it as it is.
         _restore(backup, work / "platform.db")
+        from central.db import PlatformError
+        from central.service import BrokerSettings, PlatformService
+        with pytest.raises(PlatformError, match="was already published: it was restored or rolled back: run "
+                                                "`onecard platform restore-epoch"):
+            PlatformService(work / "platform.db", broker.pki.platform_key,
+                            BrokerSettings("127.0.0.1", broker.port, broker.pki.ca.cert, broker.pki.platform_cert_dir))
+        # Had the whole directory been restored (that file too), it would serve; meanwhile card X is reported lost.
+        (work / "platform.db.published").unlink()
         admin, service = start_platform(work, broker, terminals={})
         assert admin.report_loss(ASN_X) == 1             # version 1 again, a different list
         wait_until(lambda: any(a["kind"] == "blacklist_differs" for a in admin.terminal(tid)["alarms"]), 15,
@@ -130,7 +140,11 @@ def test_restore_epoch_goes_past_the_generation_terminals_report(tmp_path):
                          p.EMPTY_DIGEST)
         pf.record_heartbeat(hb)
         assert [a["kind"] for a in pf.terminal(terminal_id(1))["alarms"]] == ["platform_behind"]
+        (tmp_path / "p.db.published").write_text(json.dumps({"instance": e.instance, "generation": 1,
+                                                             "blacklist_versions": {ENTERPRISE: 7}}))
+        assert "version 0 of enterprise 00010001, but version 7 was already published" in pf.restored_problem()
         assert pf.restore_epoch("restored").generation == 5
+        assert pf.restored_problem() is None
         queued = [p.open_envelope(row[2], pf.key.public_key()) for row in pf.unpublished()]
         assert [(m.type, m.target, m.body["epoch"]["generation"]) for m in queued] == \
             [("blacklist.snapshot", f"e:{ENTERPRISE}", 5)]
