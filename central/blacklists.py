@@ -35,7 +35,7 @@ class Blacklists:
                 raise PlatformError(f"generation {new_gen} is not after the current generation {old.generation}; "
                                     f"give a generation above {old.generation} (or leave --generation out)")
             # Terminals may report a later generation (this database is older than their lists): go past it.
-            seen = [json.loads(h)["blacklist_epoch"] for (h,) in self.conn.execute(
+            seen = [json.loads(h).get("blacklist_epoch") for (h,) in self.conn.execute(
                 "SELECT heartbeat FROM terminals WHERE heartbeat IS NOT NULL")]
             reported = max([e["generation"] for e in seen if e and e.get("instance") == old.instance], default=0)
             new_gen = max(new_gen, reported + 1)

@@ -26,6 +26,7 @@ TOPIC_ROOT = "onecard/v1"
 SIGN_DOMAIN = b"onecard.sync.v1\x00"
 MAX_BATCH_EVENTS = 5000  # a parser limit, above any sane batch size, so a hostile batch cannot balloon
 MAX_RECORD_BYTES = 65_536  # one uploaded record's text fields together (UTF-8 bytes)
+MAX_UPLINK_BYTES = 16 * 1024 * 1024  # any uplink payload, checked before it is parsed
 MAX_PROBLEM_CHARS = 500
 # Why an ack does not move as far as the batch went (body field "reason", with the sentence in "problem").
 ACK_REASONS = ("chain_broken", "diverged", "pending_gap", "pending_bytes")
@@ -127,6 +128,8 @@ def _loads(text: str):
 def _load(payload: bytes, what: str, type_: str | None = None) -> dict:
     if not isinstance(payload, (bytes, bytearray)):
         raise ProtocolError(f"{what} payload must be bytes")
+    if type_ is not None and len(payload) > MAX_UPLINK_BYTES:  # uplinks; a signed snapshot may be larger
+        raise ProtocolError(f"{what} payload is {len(payload)} bytes, more than {MAX_UPLINK_BYTES}")
     try:
         obj = _loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:

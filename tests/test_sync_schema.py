@@ -317,3 +317,13 @@ def test_fuzz_json_garbage_is_refused_on_both_sides(sync_pki, obj):
             parse(json.dumps(obj).encode())
     with pytest.raises(p.ProtocolError):
         p.open_envelope(json.dumps(obj).encode(), sync_pki.platform_key.public_key())
+
+
+def test_an_oversized_upload_is_refused_before_parsing(sides):
+    row = [1, GOOD_TIME, "door.grant", None, "ok", "x" * 60_000, "{}", "00" * 32, HASH]
+    huge = {"v": 1, "type": "events", "terminal_id": TID, "events": [row] * 300}  # ~18 MB
+    assert len(p.canonical(huge)) > p.MAX_UPLINK_BYTES
+    with pytest.raises(p.ProtocolError, match="bytes, more than"):
+        p.decode_events(p.canonical(huge))
+    assert not sides.platform_accepts(p.UP_EVENTS, p.canonical(huge))
+    assert sides.platform.conn.execute("SELECT count(*) FROM pending_events").fetchone()[0] == 0
