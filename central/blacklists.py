@@ -105,10 +105,8 @@ class Blacklists:
         v = self._enterprise(enterprise_id)[1]
         key = (enterprise_id, v, self.epoch())
         if key not in self._digests:
-            d = p.EMPTY_DIGEST
-            for asn, reason, listed in self.conn.execute("SELECT asn, reason, listed_in_version FROM blacklist "
-                                                         "WHERE enterprise_id = ?", (enterprise_id,)):
-                d = p.digest_add(d, p.blacklist_entry_hash(bytes.fromhex(asn), reason, listed))
+            d = p.digest_of((bytes.fromhex(asn), reason, listed) for asn, reason, listed in self.conn.execute(
+                "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)))
             self._digests = {key: d}  # one list per worker is enough: every terminal asks about the current one
         return v, self._digests[key]
 

@@ -535,6 +535,16 @@ def blacklist_entry_hash(asn: bytes, reason: str, listed_in_version: int) -> int
     return int.from_bytes(h.digest(), "big")
 
 
+def digest_of(entries) -> str:
+    """The digest of a whole list from (asn, reason, listed_in_version) rows, streamed."""
+    total, domain, sha = 0, _DIGEST_DOMAIN, hashlib.sha256
+    for asn, reason, listed in entries:
+        data = reason.encode()
+        total += int.from_bytes(sha(domain + bytes(asn) + len(data).to_bytes(4, "big") + data
+                                    + listed.to_bytes(8, "big")).digest(), "big")
+    return f"{total % (1 << 256):064x}"
+
+
 def digest_add(digest: str, entry_hash: int, sign: int = 1) -> str:
     """The digest of a list with one entry added (sign 1) or removed (sign -1): the sum of the entries' hashes
     modulo 2**256, so it does not depend on order and is updated per entry."""

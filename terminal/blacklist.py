@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight
-from common.sync_protocol import EMPTY_DIGEST, Epoch, blacklist_entry_hash, digest_add
+from common.sync_protocol import Epoch, blacklist_entry_hash, digest_add, digest_of
 
 SCHEMA_VERSION = 1
 KNOWN_REASONS = frozenset({"lost", "cancelled", "replaced", "damaged"})  # others are accepted and kept
@@ -138,9 +138,7 @@ class Blacklist:
         try:
             conn.execute(_SYNC_TABLE)
             if conn.execute("SELECT 1 FROM bl_sync").fetchone() is None:
-                digest = EMPTY_DIGEST
-                for asn, reason, listed in conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"):
-                    digest = digest_add(digest, blacklist_entry_hash(asn, reason, listed))
+                digest = digest_of(conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"))
                 conn.execute("INSERT INTO bl_sync VALUES (1, NULL, NULL, ?)", (digest,))
             conn.execute("COMMIT")
         except BaseException:
@@ -248,10 +246,8 @@ class Blacklist:
             for chunk in _chunks(_rows(entries, version)):
                 conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?)", chunk)
             # The digest from what was stored (a duplicate ASN kept its last entry), without holding the list.
-            digest = [EMPTY_DIGEST]
-            for r in conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"):
-                digest[0] = digest_add(digest[0], blacklist_entry_hash(*r))
-            self._set_sync(epoch if epoch is not None else held, digest[0])
+            digest = digest_of(conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"))
+            self._set_sync(epoch if epoch is not None else held, digest)
             count = self._finish(version)
         except BaseException:
             if conn.in_transaction:
