@@ -123,6 +123,7 @@ class Worker:
         except (p.ProtocolError, PlatformError) as exc:
             self.refused += 1
             log_event(log, "platform.message_refused", logging.WARNING, worker=self.name, topic=topic,
+                      reason="malformed" if isinstance(exc, p.ProtocolError) else "refused",
                       text=f"{exc}; message dropped")
 
 

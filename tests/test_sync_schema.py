@@ -327,3 +327,22 @@ def test_an_oversized_upload_is_refused_before_parsing(sides):
         p.decode_events(p.canonical(huge))
     assert not sides.platform_accepts(p.UP_EVENTS, p.canonical(huge))
     assert sides.platform.conn.execute("SELECT count(*) FROM pending_events").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("reason, event", [("pending_gap", "sync.upload_refused"),
+                                           ("pending_bytes", "sync.upload_refused"),
+                                           ("diverged", "sync.platform_problem"),
+                                           ("chain_broken", "sync.platform_problem")])
+def test_the_agent_logs_every_ack_reason_and_keeps_its_queue(sides, caplog, reason, event):
+    with EventLog.open(sides.agent.event_log.path, TID) as log:
+        log.append(NOW, "door.grant", asn=None, reason_code="ok", message="Welcome", detail={})
+        h1 = log.events()[0].hash
+    sides.agent.event_log.close()
+    sides.agent.event_log = EventLog.open(sides.agent.event_log.path, TID)
+    ack = {"v": 1, "type": "ack", "target": f"t:{TID}", "issued_at": GOOD_TIME,
+           "body": {"acked_seq": 0, "acked_hash": "00" * 32, "problem": f"refused: {reason}", "reason": reason}}
+    assert sides.agent_accepts(ack)
+    assert f"event={event}" in caplog.text and f"reason={reason}" in caplog.text
+    # Nothing is dropped: the record is still to be uploaded, from the same position.
+    assert sides.agent.uploader.acked_seq == 0 and sides.agent.event_log.last_seq() == 1
+    assert sides.agent.event_log.events()[0].hash == h1
