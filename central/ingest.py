@@ -83,6 +83,15 @@ class Ingest:
                                             (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message,
                                              e.detail, e.prev_hash, e.hash))
                     pending_bytes += size * cur.rowcount
+                    if cur.rowcount == 0:
+                        held = self.conn.execute("SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?",
+                                                 (terminal_id, e.seq)).fetchone()[0]
+                        if held != e.hash:  # two different records for one seq: keep both, trust neither silently
+                            text = (f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
+                                    f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                            self._evidence(terminal_id, "diverged", e)
+                            self._alarm(terminal_id, "diverged", e.seq, text)
+                            refusal = refusal or ("diverged", text)
             while not problem:
                 nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
                                         (terminal_id, contiguous + 1)).fetchone()

@@ -147,3 +147,13 @@ def test_reanchor_command_refuses_in_one_line_and_reanchors(tmp_path):
     assert r.returncode == 0 and "verified up to seq 6" in r.stdout, r.stderr
     r = onecard("terminal", TID)
     assert '"kind": "reanchored"' in r.stdout
+
+
+def test_two_different_records_for_one_waiting_seq_raise_the_alarm_and_both_are_kept(pf, tmp_path):
+    ev = wire(tmp_path / "events.db", 6)
+    pf.ingest(TID, ev[3:6])                   # 4..6 wait behind the gap
+    other = rewritten(ev[4], message="Welcome, Mallory")
+    r = pf.ingest(TID, [other])
+    assert r.reason == "diverged" and "is waiting with hash" in r.problem
+    assert pf.conn.execute("SELECT why, seq, hash FROM chain_evidence").fetchall() == [("diverged", 5, other.hash)]
+    assert [a["kind"] for a in pf.terminal(TID)["alarms"]] == ["diverged"]
