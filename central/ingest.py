@@ -53,6 +53,7 @@ class Ingest:
                     if e.seq in stored and stored[e.seq] != e.hash:
                         text = (f"seq {e.seq} was acknowledged with hash {stored[e.seq][:16]}… and is now sent "
                                 f"with hash {e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                        self._evidence(terminal_id, "diverged", e)
                         self._alarm(terminal_id, "diverged", e.seq, text)
                         refusal = refusal or ("diverged", text)
                     else:
