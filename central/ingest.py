@@ -53,8 +53,7 @@ class Ingest:
                     if e.seq in stored and stored[e.seq] != e.hash:
                         text = (f"seq {e.seq} was acknowledged with hash {stored[e.seq][:16]}… and is now sent "
                                 f"with hash {e.hash[:16]}…: the terminal's log was rewritten; keep its files")
-                        self._evidence(terminal_id, "diverged", e)
-                        self._alarm(terminal_id, "diverged", e.seq, text)
+                        self._diverged(terminal_id, e, text)
                         refusal = refusal or ("diverged", text)
                     else:
                         dups += 1
@@ -90,8 +89,7 @@ class Ingest:
                         if held != e.hash:  # two different records for one seq: keep both, trust neither silently
                             text = (f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
                                     f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files")
-                            self._evidence(terminal_id, "diverged", e)
-                            self._alarm(terminal_id, "diverged", e.seq, text)
+                            self._diverged(terminal_id, e, text)
                             refusal = refusal or ("diverged", text)
             while not problem:
                 nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
@@ -129,6 +127,13 @@ class Ingest:
         self.conn.execute("INSERT INTO terminal_alarms (terminal_id, at, kind, seq, text) VALUES (?, ?, ?, ?, ?)",
                           (terminal_id, self._now(), kind, seq, text))
         log_event(log, f"platform.{kind}", logging.ERROR, terminal=terminal_id, seq=seq, text=text)
+
+    def _diverged(self, terminal_id: str, e: p.WireEvent, text: str) -> None:
+        """Keep the other record and alarm, once per distinct record (a resend adds nothing)."""
+        if self.conn.execute("SELECT 1 FROM chain_evidence WHERE terminal_id = ? AND seq = ? AND hash = ? AND "
+                             "why = 'diverged'", (terminal_id, e.seq, e.hash)).fetchone() is None:
+            self._evidence(terminal_id, "diverged", e)
+            self._alarm(terminal_id, "diverged", e.seq, text)
 
     def _evidence(self, terminal_id: str, why: str, e: p.WireEvent) -> None:
         self.conn.execute(f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "

@@ -97,8 +97,10 @@ def test_a_rewritten_acknowledged_record_raises_a_divergence_alarm_not_a_duplica
     assert "event=platform.diverged" in caplog.text
     # The stored record is the acknowledged one.
     assert pf.conn.execute("SELECT message FROM events WHERE seq = 5").fetchone()[0] == "Welcome"
+    assert pf.ingest(TID, [forged]).reason == "diverged"   # resent: refused again, stored and alarmed once
     assert pf.conn.execute("SELECT why, seq, message FROM chain_evidence").fetchall() == [
         ("diverged", 5, "Welcome, Mallory")]
+    assert len(pf.terminal(TID)["alarms"]) == 1
 
 
 def test_a_chain_break_is_kept_as_evidence_and_an_administrator_can_reanchor(pf, tmp_path, caplog):
