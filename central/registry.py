@@ -147,11 +147,12 @@ class Registry:
         version, digest = self.blacklist_digest(eid)
         problem = None
         held = hb.blacklist_epoch
-        if held is not None and (held.generation > epoch.generation or
-                                 (held == epoch and hb.blacklist_version > version)):
+        if (held is None and hb.blacklist_version > version) or (held is not None and (
+                held.generation > epoch.generation or (held == epoch and hb.blacklist_version > version))):
             problem = ("platform_behind", f"terminal holds blacklist version {hb.blacklist_version} of epoch "
-                       f"{held.generation}, the platform is at version {version} of epoch {epoch.generation}: this "
-                       "database was restored or rolled back; run `onecard platform restore-epoch`")
+                       f"{held.generation if held else 'none'}, the platform is at version {version} of epoch "
+                       f"{epoch.generation}: this database was restored or rolled back; run "
+                       "`onecard platform restore-epoch`")
         elif held == epoch and hb.blacklist_version == version and hb.blacklist_digest != digest:
             problem = ("blacklist_differs", f"terminal's blacklist version {version} has digest "
                        f"{hb.blacklist_digest[:16]}…, the platform's is {digest[:16]}…: its list differs")

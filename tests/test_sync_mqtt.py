@@ -162,7 +162,8 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
             ("bad_signature", p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"t:{tid}", forged_body, now)),
             ("replay", genuine),
             ("rollback", p.seal(key, "blacklist.snapshot", f"t:{tid}",
-                                {"enterprise_id": ENTERPRISE, "epoch": epoch, "version": 1, "count": 0, "groups": []}, now)),
+                                {"enterprise_id": ENTERPRISE, "epoch": epoch, "version": 1, "count": 0,
+                                 "groups": []}, now)),
             ("malformed", b'{"v": 1, "type": "blacklist.delta", "body": '),
             ("wrong_target", p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now)),
         ]
