@@ -406,10 +406,11 @@ def _check_card_action(body: dict) -> None:
 
 def _check_card_action_cancel(body: dict) -> None:
     w = "card_action.cancel"
+    _exact(body, w, ("action_id", "asn", "action"))
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
-    if not _field(body, "action", str, w):
-        raise ProtocolError(f"{w}: action must not be empty")
+    if _field(body, "action", str, w) not in CARD_ACTIONS:
+        raise ProtocolError(f"{w}: action {body['action']!r:.30} is not one of {', '.join(CARD_ACTIONS)}")
 
 
 def _check_time(body: dict) -> None:

@@ -107,7 +107,8 @@ def test_broker_config_is_written_from_the_registry_and_never_overwritten_unaske
     onecard("platform", "init", "--db", db, "--key", key)
     onecard("platform", "add-enterprise", "00010001", "--name", "Co", "--db", db, "--key", key)
     for tid in (terminal_id(1), terminal_id(5)):
-        onecard("platform", "add-terminal", tid, "--enterprise", "00010001", "--db", db, "--key", key)
+        onecard("platform", "add-terminal", tid, "--enterprise", "00010001", "--kind", "door", "--db", db,
+                "--key", key)
     out = tmp_path / "broker"
     args = ["platform", "broker-config", "--db", db, "--out", out, "--ca", sync_pki.ca.cert,
             "--server-cert", sync_pki.server.cert, "--server-key", sync_pki.server.key, "--workers", "3"]
@@ -119,7 +120,8 @@ def test_broker_config_is_written_from_the_registry_and_never_overwritten_unaske
     assert "use_identity_as_username true\nuse_username_as_clientid true\n" in conf
     assert f"acl_file {(out / 'acl').absolute()}\n" in conf
     before = {f: f.read_bytes() for f in (out / "acl", out / "mosquitto.conf")}
-    onecard("platform", "add-terminal", terminal_id(6), "--enterprise", "00010001", "--db", db, "--key", key)
+    onecard("platform", "add-terminal", terminal_id(6), "--enterprise", "00010001", "--kind", "door", "--db", db,
+            "--key", key)
     r = onecard(*args, check=False)
     assert r.returncode != 0 and "--force" in r.stderr and "Traceback" not in r.stderr
     assert {f: f.read_bytes() for f in before} == before

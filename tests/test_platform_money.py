@@ -276,7 +276,7 @@ def test_cli_kinds_serve_refusal_held_resolve_and_ota_limits(tmp_path):
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "top-up limit of 1000.00" in r.stderr
     for f in ("ca.pem", "c.pem", "c.key"):
         (tmp_path / f).write_text("x")
-    tls = ("--ca", tmp_path / "ca.pem", "--cert", tmp_path / "c.pem", "--cert-key", tmp_path / "c.key")
+    tls = ("--ca", tmp_path / "ca.pem", "--cert-dir", tmp_path)
     r = onecard("platform", "serve", *base, *tls, check=False)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "no TAC keys" in r.stderr
     assert "Traceback" not in r.stderr

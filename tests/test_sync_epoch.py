@@ -93,7 +93,8 @@ def test_a_restored_platform_rebases_its_terminals_with_a_new_epoch(broker, tmp_
         with pytest.raises(PlatformError, match="was already published: it was restored or rolled back: run "
                                                 "`onecard platform restore-epoch"):
             PlatformService(work / "platform.db", broker.pki.platform_key,
-                            BrokerSettings("127.0.0.1", broker.port, broker.pki.ca.cert, broker.pki.platform_cert_dir))
+                            BrokerSettings("127.0.0.1", broker.port, broker.pki.ca.cert, broker.pki.platform_cert_dir),
+                            unverified_money=True)
         # Had the whole directory been restored (that file too), it would serve; meanwhile card X is reported lost.
         (work / "platform.db.published").unlink()
         admin, service = start_platform(work, broker, terminals={})
@@ -134,7 +135,7 @@ def test_restore_epoch_goes_past_the_generation_terminals_report(tmp_path):
     pf = Platform(tmp_path / "p.db", Ed25519PrivateKey.generate())
     try:
         pf.add_enterprise(ENTERPRISE, "Co")
-        pf.add_terminal(terminal_id(1), ENTERPRISE)
+        pf.add_terminal(terminal_id(1), ENTERPRISE, kind="door")
         e = pf.epoch()
         hb = p.Heartbeat(terminal_id(1), "2026-11-23T02:00:00.000000Z", 0, 0, 0, 7, 0, None, p.Epoch(4, e.instance),
                          p.EMPTY_DIGEST)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pf(tmp_path):
     platform = Platform(tmp_path / "platform.db", KEY, clock=lambda: NOW)
     platform.add_enterprise(EID, "Test Co")
-    platform.add_terminal(TID, EID)
+    platform.add_terminal(TID, EID, kind="door")
     yield platform
     platform.close()
 
@@ -139,7 +139,7 @@ def test_reanchor_command_refuses_in_one_line_and_reanchors(tmp_path):
     assert onecard("init").returncode == 0
     pf = Platform(db, load_signing_key(key))
     pf.add_enterprise(EID, "Co")
-    pf.add_terminal(TID, EID)
+    pf.add_terminal(TID, EID, kind="door")
     ev = wire(tmp_path / "a.db", 6)
     other = wire(tmp_path / "b.db", 6, asn="1122334455667788")
     pf.ingest(TID, ev[:3] + other[3:])

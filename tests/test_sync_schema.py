@@ -36,7 +36,7 @@ class Sides:
         self.key = sync_pki.platform_key
         self.platform = Platform(tmp_path / "platform.db", self.key)
         self.platform.add_enterprise(ENTERPRISE, "Co")
-        self.platform.add_terminal(TID, ENTERPRISE)
+        self.platform.add_terminal(TID, ENTERPRISE, kind="door")
         self.worker = Worker(0, self.platform, BrokerSettings("127.0.0.1", 1, sync_pki.ca.cert,
                                                               sync_pki.platform_cert_dir))
         self.worker.link.publish = lambda *a, **k: types.SimpleNamespace(rc=0)
@@ -199,6 +199,7 @@ BODIES = {
     "time": {"platform_time": GOOD_TIME},
     "config": {"enterprise_id": ENTERPRISE, "version": 2, "document": {}},
     "card_action": {"action_id": "a1", "asn": "0102030405060708", "action": "topup", "params": {"amount": 100}},
+    "card_action.cancel": {"action_id": "a1", "asn": "0102030405060708", "action": "topup"},
     "blacklist.delta": {"enterprise_id": ENTERPRISE, "epoch": EPOCH, "base_version": 1, "version": 2,
                         "added": [{"asn": "0102030405060708", "reason": "lost", "listed_in_version": 2}],
                         "removed": []},
