@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from central.broker_config import is_worker_cn, worker_cns
 from common.logs import log_event
+from common.files import write_atomically
 from common.pki import subject_alt_names
 
 log = logging.getLogger("onecard.platform.ca")
@@ -26,7 +28,6 @@ CA_CERT, CA_KEY, ISSUED_LOG = "ca.pem", "ca.key", "issued.jsonl"
 # Shorter than a CA's life, long enough that a terminal in a ceiling is not revisited every year.
 DEFAULT_CLIENT_DAYS = 825
 DEFAULT_CA_DAYS = 3650
-PLATFORM_CN = "platform"
 
 
 class CaError(Exception):
@@ -48,8 +49,8 @@ def _pem(cert: x509.Certificate) -> bytes:
 
 
 def valid_client_cn(cn: str) -> bool:
-    """Terminals are 12-digit IDs (the broker ACL's %u); platform workers are 'platform'."""
-    return (cn.isdigit() and len(cn) == 12) or cn == PLATFORM_CN
+    """Terminals are 12-digit IDs (the broker ACL's %u); platform workers are platform-w0, platform-w1, ..."""
+    return (cn.isdigit() and len(cn) == 12) or is_worker_cn(cn)
 
 
 class PlatformCa:
@@ -161,6 +162,41 @@ class PlatformCa:
                                                    serialization.NoEncryption()), overwrite=False)
         cert_path.write_bytes(_pem(cert))
         return cert_path, key_path
+
+    def issue_platform_clients(self, workers: int, out_dir: Path, days: int = DEFAULT_CLIENT_DAYS,
+                               now: dt.datetime | None = None) -> list[Path]:
+        """A key and client certificate for each platform worker (CN platform-wN) in `out_dir`; nothing is
+        replaced: an existing file refuses the whole run before anything is written."""
+        try:
+            cns = worker_cns(workers)
+        except ValueError as exc:
+            raise CaError(f"{exc}; give --workers as `onecard platform serve --workers`") from None
+        out_dir = Path(out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise CaError(f"{out_dir} is not a directory; choose a directory for the workers' certificates")
+        existing = [f for cn in cns for f in (out_dir / f"{cn}.pem", out_dir / f"{cn}.key") if f.exists()]
+        if existing:
+            raise CaError(f"{existing[0]} exists; the worker keeps using it (or move it away to issue a new one)")
+        now = now or dt.datetime.now(dt.timezone.utc)
+        if now + dt.timedelta(days=1) > self.cert.not_valid_after_utc:
+            raise CaError(f"the CA certificate expires on {self.cert.not_valid_after_utc:%Y-%m-%d}; "
+                          "create a new CA and distribute its ca.pem first")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise CaError(f"cannot create {out_dir} ({exc.strerror}); choose a writable directory") from None
+        written = []
+        for cn in cns:
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = self._leaf(cn, key.public_key(), days, now)
+            key_path, cert_path = out_dir / f"{cn}.key", out_dir / f"{cn}.pem"
+            _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()), overwrite=False)
+            write_atomically(cert_path, _pem(cert), mode=0o644, overwrite=False)
+            log_event(log, "ca.signed", cn=cn, serial=f"{cert.serial_number:x}",
+                      not_after=cert.not_valid_after_utc.date(), text=f"platform client certificate issued for {cn}")
+            written += [cert_path, key_path]
+        return written
 
     def issued_by_me(self, cert: x509.Certificate) -> bool:
         try:

@@ -28,6 +28,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--host", required=True, action="append", help="broker DNS name or IP (repeat for more)")
     server.add_argument("--out", required=True, type=Path, help="path prefix: writes PREFIX.pem and PREFIX.key")
     server.set_defaults(handler=cmd_server_cert)
+    pc = cmds.add_parser("platform-certs", help="issue the platform workers' own client certificates "
+                         "(CN platform-w0, platform-w1, ...: each worker's broker username and client ID)")
+    pc.add_argument("--dir", required=True, type=Path, help="CA directory")
+    pc.add_argument("--workers", type=int, default=2, help="as many as `platform serve --workers` (default 2)")
+    pc.add_argument("--out", required=True, type=Path, help="directory for platform-wN.pem/.key "
+                    "(`platform serve --cert-dir`)")
+    pc.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
+    pc.set_defaults(handler=cmd_platform_certs)
 
 
 def _days(days: int) -> int:
@@ -77,4 +85,17 @@ def cmd_server_cert(args) -> int:
     except CaError as exc:
         raise UserError(str(exc)) from None
     print(f"broker certificate {cert} and key {key} for {', '.join(args.host)}")
+    return 0
+
+
+def cmd_platform_certs(args) -> int:
+    from central.ca import CaError, PlatformCa
+
+    try:
+        written = PlatformCa.load(args.dir).issue_platform_clients(args.workers, args.out, _days(args.days))
+    except CaError as exc:
+        raise UserError(str(exc)) from None
+    print(f"{len(written) // 2} platform worker certificate(s) and keys written to {args.out}; start the platform "
+          f"with `onecard platform serve --workers {args.workers} --cert-dir {args.out}` and give the broker the ACL "
+          "of `onecard platform broker-config --workers N`")
     return 0

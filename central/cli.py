@@ -97,12 +97,22 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
     c.add_argument("terminal_id")
+    c = cmd("reanchor", "after investigating a chain break: accept the terminal's records again from seq SEQ "
+            "(the records in between stay as evidence)", cmd_reanchor)
+    c.add_argument("terminal_id")
+    c.add_argument("--at", required=True, type=int, dest="at_seq", help="first seq to accept (a waiting record)")
+    c.add_argument("--reason", required=True, help="what the investigation found (kept with the evidence)")
+    c = cmd("restore-epoch", "after restoring or replacing this database from a backup: start a new signed epoch so "
+            "terminals holding a later list accept this platform's lists again", cmd_restore_epoch)
+    c.add_argument("--reason", required=True, help="what was restored (kept with the epoch)")
+    c.add_argument("--generation", type=int, help="the new generation (default: one past the current one and past "
+                   "any generation terminals reported)")
     c = cmd("serve", "ingest uploads and publish notifications until Ctrl-C / SIGTERM", cmd_serve)
     c.add_argument("--broker-host", default="127.0.0.1")
     c.add_argument("--broker-port", type=int, default=8883)
     c.add_argument("--ca", required=True, type=Path, help="CA certificate of the broker")
-    c.add_argument("--cert", required=True, type=Path, help="platform client certificate (CN=platform)")
-    c.add_argument("--cert-key", required=True, type=Path, help="its private key")
+    c.add_argument("--cert-dir", required=True, type=Path, help="the workers' client certificates: "
+                   "platform-wN.pem and platform-wN.key for every worker (`onecard platform ca platform-certs`)")
     c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
     c.add_argument("--tac-keystore", type=Path, help="keystore with the TAC keys ('onecard sam restrict --role "
                    "platform'); without it purse transactions are recorded as 'unchecked'")
@@ -110,6 +120,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--lab-unverified-money", action="store_true",
                    help="LAB ONLY: serve without TAC keys; money records are accounted unchecked and every balance "
                         "is labelled unverified")
+
+    c = cmd("broker-config", "write the broker's mosquitto.conf and ACL from the terminal registry", cmd_broker_config,
+            key=False)
+    c.add_argument("--out", required=True, type=Path, help="directory for mosquitto.conf and acl")
+    c.add_argument("--ca", required=True, type=Path, help="the platform CA certificate (cafile)")
+    c.add_argument("--server-cert", required=True, type=Path, help="the broker's certificate (ca server-cert)")
+    c.add_argument("--server-key", required=True, type=Path, help="its private key")
+    c.add_argument("--port", type=int, default=8883)
+    c.add_argument("--bind", default="0.0.0.0", help="listener address (default 0.0.0.0)")
+    c.add_argument("--workers", type=int, default=2, help="platform workers to grant (platform-w0..), as `serve`")
+    c.add_argument("--acl-path", type=Path, help="where the broker will read the ACL (default OUT/acl)")
+    c.add_argument("--persistence-dir", type=Path, help="mosquitto persistence directory (default: none)")
+    c.add_argument("--force", action="store_true", help="replace an existing mosquitto.conf / acl")
 
     from central import ca_cli  # the CA role (terminal enrolment)
     ca_cli.add_subcommands(sub)
@@ -303,10 +326,79 @@ def cmd_terminal(args) -> int:
     return _run(args, lambda pf: json.dumps(pf.terminal(args.terminal_id), sort_keys=True))
 
 
+def cmd_broker_config(args) -> int:
+    from central.broker_config import render_acl, render_conf
+    from central.db import PlatformError
+    from central.store import Platform
+    from common.files import write_atomically
+    from common.pki import CertFiles
+
+    if not args.db.exists():
+        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    if not 1 <= args.port <= 65535:
+        raise UserError(f"--port {args.port} is not a TCP port; give 1..65535")
+    for f in (args.ca, args.server_cert, args.server_key):
+        if not f.is_file():
+            raise UserError(f"{f} does not exist; give the CA's ca.pem and the files of `onecard platform ca "
+                            "server-cert`")
+    try:
+        platform = Platform(args.db, None)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        terminals = platform.terminal_enterprises()
+    finally:
+        platform.close()
+    out = args.out
+    conf_path, acl_path = out / "mosquitto.conf", out / "acl"
+    acl_ref = (args.acl_path or acl_path).absolute()
+    try:
+        acl = render_acl(terminals, args.workers)
+    except ValueError as exc:
+        raise UserError(f"{exc}; give --workers as for `onecard platform serve`") from None
+    conf = render_conf(port=args.port, ca=args.ca.absolute(),
+                       server=CertFiles(args.server_cert.absolute(), args.server_key.absolute()), acl=acl_ref,
+                       bind=args.bind, persistence_dir=args.persistence_dir)
+    if not args.force:
+        for f in (conf_path, acl_path):
+            if f.exists():
+                raise UserError(f"{f} exists; pass --force to replace it (the broker reads it at its next restart "
+                                "or SIGHUP)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # The ACL first: a configuration naming an ACL that is not there yet would not start.
+        write_atomically(acl_path, acl.encode(), mode=0o644, overwrite=args.force)
+        write_atomically(conf_path, conf.encode(), mode=0o644, overwrite=args.force)
+    except FileExistsError as exc:
+        raise UserError(f"{exc.args[0] if exc.args else out} appeared meanwhile; pass --force to replace it") \
+            from None
+    except OSError as exc:
+        raise UserError(f"cannot write to {out} ({exc.strerror}); choose a writable --out directory") from None
+    print(f"broker configuration {conf_path} and ACL {acl_path} written: {len(terminals)} terminal(s), "
+          f"{args.workers} platform worker(s); reload the broker (SIGHUP) after adding terminals")
+    return 0
+
+
+def cmd_reanchor(args) -> int:
+    def do(pf):
+        r = pf.reanchor(args.terminal_id, args.at_seq, args.reason)
+        return (f"terminal {args.terminal_id} re-anchored at seq {args.at_seq}; verified up to seq {r.acked_seq} "
+                f"now, {r.pending} record(s) still waiting; the earlier records are kept in chain_evidence")
+    return _run(args, do)
+
+
+def cmd_restore_epoch(args) -> int:
+    def do(pf):
+        e = pf.restore_epoch(args.reason, args.generation)
+        return (f"platform epoch is now generation {e.generation} (instance {e.instance}); a re-based blacklist "
+                "snapshot is queued for every enterprise: start `onecard platform serve` to publish it, then check "
+                "`onecard platform terminal ID` for terminals still reporting another list")
+    return _run(args, do)
+
+
 def cmd_serve(args) -> int:
     from central.db import PlatformError, load_signing_key
     from central.service import BrokerSettings, PlatformService
-    from common.mqtt import TlsFiles
 
     if not args.db.exists():
         raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
@@ -314,9 +406,8 @@ def cmd_serve(args) -> int:
         key = load_signing_key(args.key)
     except PlatformError as exc:
         raise UserError(str(exc)) from None
-    for f in (args.ca, args.cert, args.cert_key):
-        if not f.is_file():
-            raise UserError(f"TLS file {f} does not exist; make test ones with deploy/mosquitto/make-test-pki.py")
+    if not args.ca.is_file():
+        raise UserError(f"CA certificate {args.ca} does not exist; give the platform CA's ca.pem")
     tac_sam = None
     if args.tac_keystore is None and not args.lab_unverified_money:
         raise UserError("no TAC keys: give --tac-keystore KS --passphrase-file F (a keystore from `onecard sam "
@@ -333,11 +424,11 @@ def cmd_serve(args) -> int:
         except SamError as exc:
             raise UserError(str(exc)) from None
     try:
-        service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port,
-                                                               TlsFiles(args.ca, args.cert, args.cert_key)),
+        service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port, args.ca,
+                                                               args.cert_dir),
                                   workers=args.workers, tac_sam=tac_sam,
                                   unverified_money=args.lab_unverified_money and tac_sam is None)
-    except PlatformError as exc:
+    except (PlatformError, ValueError) as exc:
         raise UserError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

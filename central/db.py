@@ -75,7 +75,27 @@ CREATE TABLE IF NOT EXISTS outbound (
   id INTEGER PRIMARY KEY, topic TEXT NOT NULL, payload BLOB NOT NULL, created_at TEXT NOT NULL,
   published_at TEXT) STRICT;
 CREATE INDEX IF NOT EXISTS outbound_unpublished ON outbound (published_at, id);
+CREATE TABLE IF NOT EXISTS terminal_alarms (
+  id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, at TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER,
+  text TEXT NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS terminal_alarms_terminal ON terminal_alarms (terminal_id, id);
+CREATE TABLE IF NOT EXISTS chain_evidence (
+  id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, at TEXT NOT NULL, why TEXT NOT NULL, seq INTEGER NOT NULL,
+  time TEXT NOT NULL, kind TEXT NOT NULL, asn TEXT, reason_code TEXT NOT NULL, message TEXT NOT NULL,
+  detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS chain_evidence_terminal ON chain_evidence (terminal_id, seq);
+CREATE TABLE IF NOT EXISTS platform_epoch (
+  id INTEGER PRIMARY KEY CHECK (id = 1), instance TEXT NOT NULL, generation INTEGER NOT NULL,
+  changed_at TEXT NOT NULL, reason TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS reanchors (
+  id INTEGER PRIMARY KEY, terminal_id TEXT NOT NULL, at TEXT NOT NULL, old_seq INTEGER NOT NULL,
+  old_hash TEXT NOT NULL, at_seq INTEGER NOT NULL, new_prev_hash TEXT NOT NULL, chain_problem TEXT,
+  reason TEXT NOT NULL) STRICT;
 """
+# Records waiting behind a gap, per terminal: at most this far ahead of the contiguous seq, and at most this many
+# bytes of record text. Beyond either, records are refused (the ack says why) and the agent resends them later.
+MAX_PENDING_GAP = 20_000
+MAX_PENDING_BYTES = 8 * 1024 * 1024
 
 
 # Columns added after the first release: an older platform.db gets them at open (NULL = not known).
@@ -102,6 +122,7 @@ class IngestResult:
     duplicates: int
     pending: int
     problem: str
+    reason: str = ""  # ack reason code (common.sync_protocol.ACK_REASONS) when `problem` is set
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 
-from central.db import PURSE_SIGN, IngestResult, PlatformError
+from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
@@ -15,13 +15,22 @@ from common.money_records import CARD_ACTION_FAILED, check_action_failed_detail
 
 log = logging.getLogger("platform")
 
+_WIRE_COLUMNS = "seq, time, kind, asn, reason_code, message, detail, prev_hash, hash"
+
+
+def _size(e: p.WireEvent) -> int:
+    return sum(len(x.encode()) for x in (e.time, e.kind, e.asn or "", e.reason_code, e.message, e.detail,
+                                        e.prev_hash, e.hash))
+
 
 class Ingest:
     def ingest(self, terminal_id: str, events: list[p.WireEvent]) -> IngestResult:
         """Store a batch once, verifying the chain across batches; answer the highest contiguous seq.
 
-        Records at or below the contiguous seq are duplicates (redelivery, resend) and change nothing;
-        records past a gap wait in pending_events until the gap is filled.
+        Records at or below the contiguous seq are duplicates (redelivery, resend) and change nothing, unless
+        their hash differs from the stored one: a rewritten record, which raises a divergence alarm. Records
+        past a gap wait in pending_events until the gap is filled, within MAX_PENDING_GAP seqs and
+        MAX_PENDING_BYTES bytes per terminal; anything beyond is refused (reason in the ack) and resent later.
         """
         with self._txn():
             row = self.conn.execute("SELECT contiguous_seq, head_hash, chain_problem FROM terminals "
@@ -30,35 +39,169 @@ class Ingest:
                 raise PlatformError(f"terminal {terminal_id} is not registered; add it with "
                                     "`onecard platform add-terminal`")
             contiguous, head, problem = row
+            reason = "chain_broken" if problem else ""
+            refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
+            stored = {}
+            if events and events[0].seq <= contiguous:
+                stored = dict(self.conn.execute(
+                    "SELECT seq, hash FROM events WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
+                    (terminal_id, events[0].seq, min(events[-1].seq, contiguous))))
+            pending_bytes = None
             for e in events:
                 if e.seq <= contiguous:
-                    dups += 1
+                    if e.seq in stored and stored[e.seq] != e.hash:
+                        text = (f"seq {e.seq} was acknowledged with hash {stored[e.seq][:16]}… and is now sent "
+                                f"with hash {e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                        self._diverged(terminal_id, e, text)
+                        refusal = refusal or ("diverged", text)
+                    else:
+                        dups += 1
                 elif e.seq == contiguous + 1 and not problem:
                     problem = self._append(terminal_id, e, head)
                     if problem:
+                        reason = "chain_broken"
+                        self._evidence(terminal_id, "chain_broken", e)
+                        self._alarm(terminal_id, "chain_broken", e.seq, problem)
                         break
                     contiguous, head, new = e.seq, e.hash, new + 1
                 else:
-                    self.conn.execute("INSERT OR IGNORE INTO pending_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                      (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail,
-                                       e.prev_hash, e.hash))
+                    if e.seq - contiguous > MAX_PENDING_GAP:
+                        refusal = refusal or ("pending_gap", f"seq {e.seq} is more than {MAX_PENDING_GAP} records "
+                                              f"ahead of the contiguous seq {contiguous}; refused, resend it later")
+                        break
+                    if pending_bytes is None:
+                        pending_bytes = self._pending_bytes(terminal_id)
+                    size = _size(e)
+                    if pending_bytes + size > MAX_PENDING_BYTES:
+                        refusal = refusal or ("pending_bytes", f"seq {e.seq} would take the records waiting behind "
+                                              f"the gap after seq {contiguous} past {MAX_PENDING_BYTES} bytes; "
+                                              "refused, resend it later")
+                        break
+                    cur = self.conn.execute(f"INSERT OR IGNORE INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
+                                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                            (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message,
+                                             e.detail, e.prev_hash, e.hash))
+                    pending_bytes += size * cur.rowcount
+                    if cur.rowcount == 0:
+                        held = self.conn.execute("SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?",
+                                                 (terminal_id, e.seq)).fetchone()[0]
+                        if held != e.hash:  # two different records for one seq: keep both, trust neither silently
+                            text = (f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
+                                    f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                            self._diverged(terminal_id, e, text)
+                            refusal = refusal or ("diverged", text)
             while not problem:
-                nxt = self.conn.execute("SELECT seq, time, kind, asn, reason_code, message, detail, prev_hash, hash "
-                                        "FROM pending_events WHERE terminal_id = ? AND seq = ?",
+                nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
                                         (terminal_id, contiguous + 1)).fetchone()
                 if nxt is None:
                     break
                 e = p.WireEvent(*nxt)
                 problem = self._append(terminal_id, e, head)
-                if not problem:
+                if problem:
+                    reason = "chain_broken"
+                    self._alarm(terminal_id, "chain_broken", e.seq, problem)
+                else:
                     contiguous, head, new = e.seq, e.hash, new + 1
             self.conn.execute("DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous))
             pending = self.conn.execute("SELECT count(*) FROM pending_events WHERE terminal_id = ?",
                                         (terminal_id,)).fetchone()[0]
             self.conn.execute("UPDATE terminals SET contiguous_seq = ?, head_hash = ?, duplicates = duplicates + ?, "
                               "chain_problem = ? WHERE terminal_id = ?", (contiguous, head, dups, problem, terminal_id))
-        return IngestResult(terminal_id, contiguous, head, new, dups, pending, problem or "")
+        text = problem or ""
+        if refusal and not problem:
+            reason, text = refusal
+        elif refusal:
+            text = f"{problem}; also: {refusal[1]}"
+        return IngestResult(terminal_id, contiguous, head, new, dups, pending, text, reason if text else "")
+
+    def _pending_bytes(self, terminal_id: str) -> int:
+        return self.conn.execute(
+            "SELECT coalesce(sum(length(CAST(time AS BLOB)) + length(CAST(kind AS BLOB)) + "
+            "length(CAST(coalesce(asn, '') AS BLOB)) + length(CAST(reason_code AS BLOB)) + "
+            "length(CAST(message AS BLOB)) + length(CAST(detail AS BLOB)) + 128), 0) FROM pending_events "
+            "WHERE terminal_id = ?", (terminal_id,)).fetchone()[0]
+
+    def _alarm(self, terminal_id: str, kind: str, seq: int | None, text: str) -> None:
+        """Inside a transaction: an alarm an administrator must look at (`onecard platform terminal ID`)."""
+        self.conn.execute("INSERT INTO terminal_alarms (terminal_id, at, kind, seq, text) VALUES (?, ?, ?, ?, ?)",
+                          (terminal_id, self._now(), kind, seq, text))
+        log_event(log, f"platform.{kind}", logging.ERROR, terminal=terminal_id, seq=seq, text=text)
+
+    def _diverged(self, terminal_id: str, e: p.WireEvent, text: str) -> None:
+        """Keep the other record and alarm, once per distinct record (a resend adds nothing)."""
+        if self.conn.execute("SELECT 1 FROM chain_evidence WHERE terminal_id = ? AND seq = ? AND hash = ? AND "
+                             "why = 'diverged'", (terminal_id, e.seq, e.hash)).fetchone() is None:
+            self._evidence(terminal_id, "diverged", e)
+            self._alarm(terminal_id, "diverged", e.seq, text)
+
+    def _evidence(self, terminal_id: str, why: str, e: p.WireEvent) -> None:
+        self.conn.execute(f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
+                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (terminal_id, self._now(), why, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message,
+                           e.detail, e.prev_hash, e.hash))
+
+    def reanchor(self, terminal_id: str, at_seq: int, reason: str) -> IngestResult:
+        """After a chain break has been investigated: accept the terminal's chain again from record `at_seq`.
+
+        The record at `at_seq` must be waiting in pending_events (the agent keeps sending it) and hash correctly;
+        its prev_hash becomes the platform's head. Every pending record below `at_seq` and the record that broke
+        the chain stay in chain_evidence; seqs between the old contiguous seq and `at_seq` are never stored as
+        events. The re-anchor itself (who/why, old and new head) is kept in `reanchors`.
+        """
+        if not reason.strip():
+            raise PlatformError("--reason must say what the investigation found (it is kept with the evidence)")
+        with self._txn():
+            row = self.conn.execute("SELECT contiguous_seq, head_hash, chain_problem FROM terminals "
+                                    "WHERE terminal_id = ?", (terminal_id,)).fetchone()
+            if row is None:
+                raise PlatformError(f"terminal {terminal_id} is not registered")
+            contiguous, head, problem = row
+            if at_seq <= contiguous:
+                raise PlatformError(f"seq {at_seq} is not after the verified chain (contiguous seq {contiguous}); "
+                                    f"re-anchor at a seq above {contiguous}")
+            nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
+                                    (terminal_id, at_seq)).fetchone()
+            if nxt is None:
+                waiting = self.conn.execute("SELECT min(seq), max(seq) FROM pending_events WHERE terminal_id = ?",
+                                            (terminal_id,)).fetchone()
+                where = f"seqs {waiting[0]}..{waiting[1]} are" if waiting[0] else "no record is"
+                raise PlatformError(f"record {at_seq} of terminal {terminal_id} has not been received ({where} "
+                                    "waiting); let the agent upload it, then re-anchor at a waiting seq")
+            e = p.WireEvent(*nxt)
+            computed = event_hash(e.seq, e.time, terminal_id, e.kind, e.asn, e.reason_code, e.message, e.detail,
+                                  e.prev_hash)
+            if computed != e.hash:
+                raise PlatformError(f"record {at_seq} does not hash to its own hash ({computed[:16]}…, not "
+                                    f"{e.hash[:16]}…); it cannot anchor anything: choose a later seq")
+            now = self._now()
+            self.conn.execute(f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
+                              f"SELECT terminal_id, ?, 'reanchor', {_WIRE_COLUMNS} FROM pending_events "
+                              "WHERE terminal_id = ? AND seq < ?", (now, terminal_id, at_seq))
+            self.conn.execute("DELETE FROM pending_events WHERE terminal_id = ? AND seq < ?", (terminal_id, at_seq))
+            self.conn.execute("INSERT INTO reanchors (terminal_id, at, old_seq, old_hash, at_seq, new_prev_hash, "
+                              "chain_problem, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              (terminal_id, now, contiguous, head, at_seq, e.prev_hash, problem, reason))
+            self.conn.execute("UPDATE terminals SET contiguous_seq = ?, head_hash = ?, chain_problem = NULL "
+                              "WHERE terminal_id = ?", (at_seq - 1, e.prev_hash, terminal_id))
+            self._alarm(terminal_id, "reanchored", at_seq,
+                        f"chain re-anchored at seq {at_seq} by an administrator (was verified to seq {contiguous}): "
+                        f"{reason}")
+            result = self.ingest(terminal_id, [])
+            # The agent hears of it without waiting for its next resend (worker 0 publishes the queue).
+            self._queue(p.terminal_topic(terminal_id, p.DOWN_ACK), self.ack_message(result))
+            return result
+
+    def ack_message(self, result: IngestResult) -> bytes:
+        body = {"acked_seq": result.acked_seq, "acked_hash": result.acked_hash}
+        if result.problem:
+            body["problem"] = result.problem[:p.MAX_PROBLEM_CHARS]
+            body["reason"] = result.reason or "chain_broken"
+        return self.seal("ack", f"t:{result.terminal_id}", body)
+
+    def totals(self) -> dict[str, int]:
+        """Stored events per kind over all terminals (each terminal record counted once)."""
+        return dict(self.conn.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
 
     def _append(self, terminal_id: str, e: p.WireEvent, head: str) -> str | None:
         if e.prev_hash != head:
@@ -75,16 +218,6 @@ class Ingest:
         elif e.kind in ("card.rights", CARD_ACTION_FAILED):
             self._card_action_report(terminal_id, e)
         return None
-
-    def ack_message(self, result: IngestResult) -> bytes:
-        body = {"acked_seq": result.acked_seq, "acked_hash": result.acked_hash}
-        if result.problem:
-            body["problem"] = result.problem
-        return self.seal("ack", f"t:{result.terminal_id}", body)
-
-    def totals(self) -> dict[str, int]:
-        """Stored events per kind over all terminals (each terminal record counted once)."""
-        return dict(self.conn.execute("SELECT kind, count(*) FROM events GROUP BY kind ORDER BY kind").fetchall())
 
     def _card_action_report(self, terminal_id: str, e: p.WireEvent) -> None:
         """A terminal wrote a card action onto the card (`card.rights`; a top-up's record is `topup.load` with

@@ -16,8 +16,11 @@ class Outbound:
         topic, target = p.terminal_topic(req.terminal_id, p.DOWN_MSG), f"t:{req.terminal_id}"
         out = []
         current = self.blacklist_version(eid)
-        if req.want == "blacklist.snapshot" or req.blacklist_version != current:
-            delta = None if req.want == "blacklist.snapshot" else self.delta_body(eid, req.blacklist_version)
+        same_epoch = req.blacklist_epoch == self.epoch()
+        if req.want == "blacklist.snapshot" or req.blacklist_version != current or not same_epoch:
+            # Another epoch (or none): only a snapshot of this one re-bases the terminal.
+            delta = None if req.want == "blacklist.snapshot" or not same_epoch else \
+                self.delta_body(eid, req.blacklist_version)
             if delta is not None:
                 out.append((topic, self.seal("blacklist.delta", target, delta)))
             elif current > 0:
@@ -47,3 +50,4 @@ class Outbound:
         with self._txn():
             self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?",
                                   [(self._now(), i) for i in ids])
+        self.record_published()  # what terminals may now hold: a later restore of this database is noticed

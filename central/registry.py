@@ -60,6 +60,10 @@ class Registry:
                                 "`onecard platform add-enterprise`")
         return row
 
+    def terminal_enterprises(self) -> dict[str, str]:
+        """Every registered terminal and its enterprise (the broker's ACL is generated from this)."""
+        return dict(self.conn.execute("SELECT terminal_id, enterprise_id FROM terminals ORDER BY terminal_id"))
+
     def terminal_enterprise(self, terminal_id: str) -> str | None:
         row = self.conn.execute("SELECT enterprise_id FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
         return row[0] if row else None
@@ -170,9 +174,33 @@ class Registry:
         return [self.card(a) for a in asns]
 
     def record_heartbeat(self, hb: p.Heartbeat) -> None:
+        """Store the heartbeat; alarm when the terminal's blacklist is not the platform's (same epoch and version,
+        other entries), or is ahead of it (the platform database was restored or rolled back)."""
+        eid = self.terminal_enterprise(hb.terminal_id)
+        if eid is None:
+            return
+        epoch = self.epoch()
+        version, digest = self.blacklist_digest(eid)
+        problem = None
+        held = hb.blacklist_epoch
+        if (held is None and hb.blacklist_version > version) or (held is not None and (
+                held.generation > epoch.generation or (held == epoch and hb.blacklist_version > version))):
+            problem = ("platform_behind", f"terminal holds blacklist version {hb.blacklist_version} of epoch "
+                       f"{held.generation if held else 'none'}, the platform is at version {version} of epoch "
+                       f"{epoch.generation}: this database was restored or rolled back; run "
+                       "`onecard platform restore-epoch`")
+        elif held == epoch and hb.blacklist_version == version and hb.blacklist_digest != digest:
+            problem = ("blacklist_differs", f"terminal's blacklist version {version} has digest "
+                       f"{hb.blacklist_digest[:16]}…, the platform's is {digest[:16]}…: its list differs")
         with self._txn():
+            record = {**hb.__dict__, "blacklist_epoch": held.to_json() if held else None}
             self.conn.execute("UPDATE terminals SET heartbeat = ?, heartbeat_at = ? WHERE terminal_id = ?",
-                              (json.dumps(hb.__dict__, sort_keys=True), self._now(), hb.terminal_id))
+                              (json.dumps(record, sort_keys=True), self._now(), hb.terminal_id))
+            if problem:
+                last = self.conn.execute("SELECT text FROM terminal_alarms WHERE terminal_id = ? AND kind = ? "
+                                         "ORDER BY id DESC LIMIT 1", (hb.terminal_id, problem[0])).fetchone()
+                if last is None or last[0] != problem[1]:  # one alarm per state, not one per heartbeat
+                    self._alarm(hb.terminal_id, problem[0], None, problem[1])
 
     def record_status(self, terminal_id: str, state: str) -> None:
         with self._txn():
@@ -191,4 +219,13 @@ class Registry:
         d["heartbeat"] = json.loads(d["heartbeat"]) if d["heartbeat"] else None
         d["events"] = self.conn.execute("SELECT count(*) FROM events WHERE terminal_id = ?",
                                         (terminal_id,)).fetchone()[0]
+        n, lo, hi = self.conn.execute("SELECT count(*), min(seq), max(seq) FROM pending_events WHERE terminal_id = ?",
+                                      (terminal_id,)).fetchone()
+        d["pending"] = {"count": n, "first_seq": lo, "last_seq": hi}
+        d["evidence"] = self.conn.execute("SELECT count(*) FROM chain_evidence WHERE terminal_id = ?",
+                                          (terminal_id,)).fetchone()[0]
+        d["alarms"] = [dict(zip(("at", "kind", "seq", "text"), r)) for r in self.conn.execute(
+            "SELECT at, kind, seq, text FROM terminal_alarms WHERE terminal_id = ? ORDER BY id", (terminal_id,))]
+        d["reanchors"] = [dict(zip(("at", "old_seq", "at_seq", "reason"), r)) for r in self.conn.execute(
+            "SELECT at, old_seq, at_seq, reason FROM reanchors WHERE terminal_id = ? ORDER BY id", (terminal_id,))]
         return d

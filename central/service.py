@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from central.broker_config import worker_cn
 from central.db import PlatformError
 from central.station_registry import answer_request
 from central.store import Platform
@@ -29,18 +30,32 @@ REGISTRY_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/s/+/{rp.UP_REGISTRY}"  #
 class BrokerSettings:
     host: str
     port: int
-    tls: TlsFiles
+    ca: Path
+    # Worker N connects with cert_dir/platform-wN.pem and .key (`onecard platform ca platform-certs`): the broker
+    # takes its username and client ID from the certificate, so every worker needs its own.
+    cert_dir: Path
     protocol: str = "5"  # shared subscriptions need MQTT 5
+
+    def worker_tls(self, index: int) -> TlsFiles:
+        cn = worker_cn(index)
+        tls = TlsFiles(Path(self.ca), Path(self.cert_dir) / f"{cn}.pem", Path(self.cert_dir) / f"{cn}.key")
+        for f in (tls.ca_file, tls.cert_file, tls.key_file):
+            if not f.is_file():
+                raise PlatformError(f"TLS file {f} of platform worker {cn} does not exist; issue the workers' "
+                                    f"certificates with `onecard platform ca platform-certs --workers N --out "
+                                    f"{self.cert_dir}`")
+        return tls
 
 
 class Worker:
     """Handles uplink messages for whichever terminals the broker hands it."""
 
-    def __init__(self, name: str, platform: Platform, broker: BrokerSettings, *, publisher: bool = False) -> None:
-        self.name = name
+    def __init__(self, index: int, platform: Platform, broker: BrokerSettings, *, publisher: bool = False) -> None:
+        self.name = f"w{index}"
         self.platform = platform
         self.publisher = publisher
-        self.link = MqttLink(f"onecard-platform-{name}", broker.host, broker.port, broker.tls,
+        # The client ID is the certificate's CN: the broker replaces whatever is sent with it anyway.
+        self.link = MqttLink(worker_cn(index), broker.host, broker.port, broker.worker_tls(index),
                              subscriptions=[UPLINK_FILTER, REGISTRY_FILTER], protocol=broker.protocol, max_inflight=200)
         self.handled = 0
         self.refused = 0
@@ -93,7 +108,8 @@ class Worker:
                 result = self.platform.ingest(tid, events)
                 self.link.publish(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
                 if result.problem:
-                    log_event(log, "platform.chain_broken", logging.ERROR, terminal=tid, text=result.problem)
+                    log_event(log, "platform.upload_refused", logging.WARNING, worker=self.name, terminal=tid,
+                              reason=result.reason, acked_seq=result.acked_seq, text=result.problem)
             elif leaf == p.UP_REQUEST:
                 req = p.decode_request(payload)
                 if req.terminal_id != tid:
@@ -114,6 +130,7 @@ class Worker:
         except (p.ProtocolError, PlatformError) as exc:
             self.refused += 1
             log_event(log, "platform.message_refused", logging.WARNING, worker=self.name, topic=topic,
+                      reason="malformed" if isinstance(exc, p.ProtocolError) else "refused",
                       text=f"{exc}; message dropped")
 
 
@@ -126,12 +143,21 @@ class PlatformService:
             raise PlatformError("the platform needs the TAC keys to account money: give --tac-keystore KS "
                                 "--passphrase-file F (from `onecard sam restrict --role platform`), or "
                                 "--lab-unverified-money in a lab, where every balance is then labelled unverified")
+        for i in range(workers):
+            broker.worker_tls(i)  # every worker's certificate checked before any database is opened
+        check = Platform(db, signing_key, clock=clock)
+        try:
+            problem = check.restored_problem()
+        finally:
+            check.close()
+        if problem:  # a restored database would send lists older than the terminals hold: refuse to serve
+            raise PlatformError(problem)
         if unverified_money:
             log_event(log, "platform.unverified_money", logging.WARNING,
                       text="lab mode: money records are accounted without a TAC check; every balance they move is "
                            "labelled unverified")
-        self.workers = [Worker(f"w{i}", Platform(db, signing_key, clock=clock, tac_sam=tac_sam,
-                                                 unverified_money=unverified_money), broker, publisher=i == 0)
+        self.workers = [Worker(i, Platform(db, signing_key, clock=clock, tac_sam=tac_sam,
+                                           unverified_money=unverified_money), broker, publisher=i == 0)
                         for i in range(workers)]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []

@@ -52,6 +52,10 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
         self.conn.executescript(_SCHEMA)
         migrate(self.conn)
+        # The epoch every blacklist body carries: made once per platform database (`onecard platform init`).
+        self.conn.execute("INSERT OR IGNORE INTO platform_epoch VALUES (1, ?, 1, ?, 'created')",
+                          (secrets.token_hex(16), self._now()))
+        self._digests: dict[tuple, str] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -63,6 +67,11 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         return p.format_time(self.clock())
 
     def seal(self, type_: str, target: str, body: dict) -> bytes:
+        # The platform never signs what a terminal would refuse: the same schema the agent applies.
+        try:
+            p.BODY_CHECKS[type_](body)
+        except p.ProtocolError as exc:
+            raise PlatformError(f"refusing to sign this {type_}: {exc}") from None
         return p.seal(self.key, type_, target, body, self.clock(), self.new_message_id())
 
     @staticmethod

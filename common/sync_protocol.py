@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from collections.abc import Iterator
@@ -16,12 +18,19 @@ from typing import Any, NoReturn
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.event_kinds import KNOWN_KINDS
+
 PROTOCOL_VERSION = 1
 TOPIC_ROOT = "onecard/v1"
 # Domain tag in front of every signed byte string: a signature over a sync envelope can never be
 # presented as a signature over anything else this platform key signs (and vice versa).
 SIGN_DOMAIN = b"onecard.sync.v1\x00"
 MAX_BATCH_EVENTS = 5000  # a parser limit, above any sane batch size, so a hostile batch cannot balloon
+MAX_RECORD_BYTES = 65_536  # one uploaded record's text fields together (UTF-8 bytes)
+MAX_UPLINK_BYTES = 16 * 1024 * 1024  # any uplink payload, checked before it is parsed
+MAX_PROBLEM_CHARS = 500
+# Why an ack does not move as far as the batch went (body field "reason", with the sentence in "problem").
+ACK_REASONS = ("chain_broken", "diverged", "pending_gap", "pending_bytes")
 
 UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST = "up/events", "up/heartbeat", "up/status", "up/request"
 DOWN_ACK, DOWN_MSG = "down/ack", "down/msg"
@@ -36,7 +45,8 @@ _EID_RE = re.compile(r"[0-9]{8}\Z")
 _ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
-_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z\Z")
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z\Z")
+_INSTANCE_RE = re.compile(r"[0-9a-f]{32}\Z")
 
 
 class ProtocolError(Exception):
@@ -82,16 +92,19 @@ def canonical(obj: Any) -> bytes:
 def format_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("protocol times must be timezone-aware")
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: object, where: str) -> datetime:
     if not isinstance(text, str) or not _TIME_RE.match(text):
         raise ProtocolError(f"{where} must be a UTC time like 2026-11-23T02:00:00.000000Z, got {text!r:.60}")
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+        value = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
     except ValueError:
         raise ProtocolError(f"{where} is not a real date/time: {text!r}") from None
+    if format_time(value) != text:  # one text per instant: what is hashed or signed has one form
+        raise ProtocolError(f"{where} is not in the one documented form: {text!r}")
+    return value
 
 
 def _no_constant(name: str) -> NoReturn:
@@ -99,18 +112,47 @@ def _no_constant(name: str) -> NoReturn:
     raise ProtocolError(f"payload contains {name}, which is not JSON")
 
 
-def _load(payload: bytes, what: str) -> dict[str, Any]:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = {}
+    for k, v in pairs:
+        if k in obj:
+            # Parsers differ on which copy wins; one text must mean one thing everywhere, so neither wins.
+            raise ProtocolError(f"payload has the key {k!r:.40} twice")
+        obj[k] = v
+    return obj
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+
+
+def _load(payload: bytes, what: str, type_: str | None = None) -> dict[str, Any]:
     if not isinstance(payload, (bytes, bytearray)):
         raise ProtocolError(f"{what} payload must be bytes")
+    if type_ is not None and len(payload) > MAX_UPLINK_BYTES:  # uplinks; a signed snapshot may be larger
+        raise ProtocolError(f"{what} payload is {len(payload)} bytes, more than {MAX_UPLINK_BYTES}")
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"), parse_constant=_no_constant)
+        obj = _loads(bytes(payload).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"{what} payload is not UTF-8 JSON ({str(exc)[:80]})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"{what} payload must be a JSON object")
-    if obj.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"{what} payload has protocol version {obj.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
+    v = obj.get("v")
+    if type(v) is not int or v != PROTOCOL_VERSION:  # true is not 1, 1.0 is not 1
+        raise ProtocolError(f"{what} payload has protocol version {v!r:.20}, expected the integer {PROTOCOL_VERSION}")
+    if type_ is not None and obj.get("type") != type_:
+        raise ProtocolError(f"{what} payload must have type {type_!r}, got {obj.get('type')!r:.30}")
     return obj
+
+
+def _exact(obj: dict[str, Any], where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Every required key present, nothing else: an unknown field is refused, never ignored."""
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise ProtocolError(f"{where}: field {missing[0]!r} is missing")
+    extra = set(obj) - set(required) - set(optional)
+    if extra:
+        raise ProtocolError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, extra)))[:80]}")
 
 
 def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, *, optional: bool = False,
@@ -178,6 +220,7 @@ def open_envelope(payload: bytes, public_key: Ed25519PublicKey) -> Envelope:
     """Parse, check the shape and verify the signature; validate the body for its type."""
     obj = _load(payload, "downlink")
     where = "downlink"
+    _exact(obj, where, ("v", "type", "id", "target", "issued_at", "body", "sig"))
     type_ = _field(obj, "type", str, where)
     if type_ not in DOWN_TYPES:
         raise ProtocolError(f"downlink type {type_!r:.40} is unknown (known: {', '.join(DOWN_TYPES)})")
@@ -189,9 +232,6 @@ def open_envelope(payload: bytes, public_key: Ed25519PublicKey) -> Envelope:
     issued_at = parse_time(_field(obj, "issued_at", str, where), "downlink issued_at")
     body = _field(obj, "body", dict, where)
     sig_text = _field(obj, "sig", str, where)
-    extra = set(obj) - {"v", "type", "id", "target", "issued_at", "body", "sig"}
-    if extra:
-        raise ProtocolError(f"downlink has unknown field(s) {', '.join(sorted(extra))[:60]}")
     try:
         sig = base64.b64decode(sig_text, validate=True)
     except (binascii.Error, ValueError):
@@ -206,20 +246,49 @@ def open_envelope(payload: bytes, public_key: Ed25519PublicKey) -> Envelope:
 
 
 def _check_ack(body: dict[str, Any]) -> None:
+    _exact(body, "ack", ("acked_seq", "acked_hash"), ("problem", "reason"))
     _int(body, "acked_seq", "ack")
     _match(body, "acked_hash", _HASH_RE, "ack", "64 lowercase hex digits")
-    _field(body, "problem", str, "ack", optional=True)
+    if ("problem" in body) != ("reason" in body):
+        raise ProtocolError("ack: problem and reason come together")
+    if "problem" in body:
+        problem = _field(body, "problem", str, "ack")
+        if not problem or len(problem) > MAX_PROBLEM_CHARS:
+            raise ProtocolError(f"ack: problem must be 1..{MAX_PROBLEM_CHARS} characters")
+        if _field(body, "reason", str, "ack") not in ACK_REASONS:
+            raise ProtocolError(f"ack: reason {body['reason']!r:.30} is not one of {', '.join(ACK_REASONS)}")
+
+
+@dataclass(frozen=True, order=True)
+class Epoch:
+    """The platform's epoch: its instance identity and generation (bumped by `onecard platform restore-epoch`)."""
+    generation: int
+    instance: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"instance": self.instance, "generation": self.generation}
+
+
+def parse_epoch(value: Any, where: str) -> Epoch:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: epoch must be an object {{\"instance\": 32 hex, \"generation\": N}}")
+    _exact(value, f"{where} epoch", ("instance", "generation"))
+    return Epoch(_int(value, "generation", f"{where} epoch", 1),
+                 _match(value, "instance", _INSTANCE_RE, f"{where} epoch", "32 lowercase hex digits"))
 
 
 def _check_snapshot(body: dict[str, Any]) -> None:
     w = "blacklist.snapshot"
+    _exact(body, w, ("enterprise_id", "epoch", "version", "count", "groups"))
     _match(body, "enterprise_id", _EID_RE, w, "8 digits")
+    parse_epoch(body["epoch"], w)
     version = _int(body, "version", w, 1)
     groups = _field(body, "groups", list, w)
     total = 0
     for g in groups:
         if not isinstance(g, dict):
             raise ProtocolError(f"{w}: every group must be an object")
+        _exact(g, f"{w} group", ("reason", "listed_in_version", "asns"))
         reason = _field(g, "reason", str, w)
         if not reason:
             raise ProtocolError(f"{w}: group reason must not be empty")
@@ -254,7 +323,9 @@ def encode_asn_group(asns: list[bytes]) -> str:
 
 def _check_delta(body: dict[str, Any]) -> None:
     w = "blacklist.delta"
+    _exact(body, w, ("enterprise_id", "epoch", "base_version", "version", "added", "removed"))
     _match(body, "enterprise_id", _EID_RE, w, "8 digits")
+    parse_epoch(body["epoch"], w)
     base = _int(body, "base_version", w)
     version = _int(body, "version", w, 1)
     if version <= base:
@@ -263,6 +334,7 @@ def _check_delta(body: dict[str, Any]) -> None:
     for a in added:
         if not isinstance(a, dict):
             raise ProtocolError(f"{w}: every added entry must be an object")
+        _exact(a, f"{w} added entry", ("asn", "reason", "listed_in_version"))
         _match(a, "asn", _ASN_RE, w, "16 uppercase hex digits")
         if not _field(a, "reason", str, w):
             raise ProtocolError(f"{w}: added reason must not be empty")
@@ -278,29 +350,71 @@ def _check_delta(body: dict[str, Any]) -> None:
 
 
 def _check_config(body: dict[str, Any]) -> None:
+    _exact(body, "config", ("enterprise_id", "version", "document"))
     _match(body, "enterprise_id", _EID_RE, "config", "8 digits")
     _int(body, "version", "config", 1)
     _field(body, "document", dict, "config")
 
 
+_DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
+def _date(obj: dict[str, Any], key: str, where: str) -> str:
+    text: str = _match(obj, key, _DATE_RE, where, "a date YYYY-MM-DD")
+    try:
+        if datetime.strptime(text, "%Y-%m-%d").strftime("%Y-%m-%d") != text:
+            raise ValueError
+    except ValueError:
+        raise ProtocolError(f"{where}: {key} {text!r} is not a real date") from None
+    return text
+
+
+def _check_topup_params(params: dict[str, Any]) -> None:
+    w = "card_action topup params"
+    _exact(params, w, ("amount",))
+    amount = _int(params, "amount", w, 1)
+    if amount > 2**31 - 1:
+        raise ProtocolError(f"{w}: amount {amount} fen does not fit a purse")
+
+
+def _check_rights_params(params: dict[str, Any]) -> None:
+    w = "card_action rights params"
+    _exact(params, w, ("door_groups", "valid_from", "valid_to", "time_profile"))
+    groups = _field(params, "door_groups", list, w)
+    if not groups or any(type(g) is not int or not 1 <= g <= 64 for g in groups) or groups != sorted(set(groups)):
+        raise ProtocolError(f"{w}: door_groups must be distinct ascending integers 1..64")
+    if _date(params, "valid_to", w) < _date(params, "valid_from", w):
+        raise ProtocolError(f"{w}: valid_to is before valid_from")
+    if _int(params, "time_profile", w) > 255:
+        raise ProtocolError(f"{w}: time_profile must be 0..255")
+
+
+# Card actions the terminal carries out, each with the exact params it reads.
+CARD_ACTIONS = {"topup": _check_topup_params, "rights": _check_rights_params}
+
+
 def _check_card_action(body: dict[str, Any]) -> None:
     w = "card_action"
+    _exact(body, w, ("action_id", "asn", "action", "params"))
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
-    if not _field(body, "action", str, w):
-        raise ProtocolError(f"{w}: action must not be empty")
-    _field(body, "params", dict, w)
+    action = _field(body, "action", str, w)
+    if action not in CARD_ACTIONS:
+        raise ProtocolError(f"{w}: action {action!r:.30} is not one of {', '.join(CARD_ACTIONS)}")
+    CARD_ACTIONS[action](_field(body, "params", dict, w))
 
 
 def _check_card_action_cancel(body: dict[str, Any]) -> None:
     w = "card_action.cancel"
+    _exact(body, w, ("action_id", "asn", "action"))
     _match(body, "action_id", _ID_RE, w, "1-64 characters of [A-Za-z0-9._-]")
     _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
-    if not _field(body, "action", str, w):
-        raise ProtocolError(f"{w}: action must not be empty")
+    if _field(body, "action", str, w) not in CARD_ACTIONS:
+        raise ProtocolError(f"{w}: action {body['action']!r:.30} is not one of {', '.join(CARD_ACTIONS)}")
 
 
 def _check_time(body: dict[str, Any]) -> None:
+    _exact(body, "time", ("platform_time",))
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
@@ -333,31 +447,59 @@ def encode_events(terminal_id: str, events: list[WireEvent]) -> bytes:
                                   e.prev_hash, e.hash] for e in events]})
 
 
+def _check_detail(text: str, where: str) -> None:
+    """`detail` is the canonical JSON text of an object, exactly as the terminal's log stores and hashes it."""
+    try:
+        value = _loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise ProtocolError(f"{where}: detail is not JSON text") from None
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: detail must be the JSON text of an object")
+    try:
+        again = canonical(value).decode()
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(f"{where}: detail cannot be written canonically") from None
+    if again != text:
+        raise ProtocolError(f"{where}: detail is not canonical JSON (sorted keys, no spaces, UTF-8 as is)")
+
+
 def decode_events(payload: bytes) -> tuple[str, list[WireEvent]]:
     """(terminal_id, events) of an upload batch: seqs contiguous and ascending, every field typed."""
-    obj = _load(payload, "events")
+    obj = _load(payload, "events", "events")
     w = "events"
-    if obj.get("type") != "events":
-        raise ProtocolError("events payload must have type 'events'")
+    _exact(obj, w, ("v", "type", "terminal_id", "events"))
     tid = _match(obj, "terminal_id", _TID_RE, w, "12 digits")
     rows = _field(obj, "events", list, w)
     if not rows or len(rows) > MAX_BATCH_EVENTS:
         raise ProtocolError(f"events: a batch holds 1..{MAX_BATCH_EVENTS} events, got {len(rows)}")
     out: list[WireEvent] = []
     for i, r in enumerate(rows):
+        where = f"events[{i}]"
         if not isinstance(r, list) or len(r) != 9:
-            raise ProtocolError(f"events[{i}] must be a list of 9 fields")
+            raise ProtocolError(f"{where} must be a list of 9 fields")
         seq, time, kind, asn, reason, message, detail, prev_hash, hash_ = r
-        if not isinstance(seq, int) or isinstance(seq, bool) or not 1 <= seq <= 2**63 - 1:
-            raise ProtocolError(f"events[{i}]: seq must be a positive integer")
+        if type(seq) is not int or not 1 <= seq <= 2**63 - 1:
+            raise ProtocolError(f"{where}: seq must be a positive integer")
         if out and seq != out[-1].seq + 1:
-            raise ProtocolError(f"events[{i}]: seq {seq} does not follow {out[-1].seq}")
+            raise ProtocolError(f"{where}: seq {seq} does not follow {out[-1].seq}")
         if not all(isinstance(x, str) for x in (time, kind, reason, message, detail, prev_hash, hash_)):
-            raise ProtocolError(f"events[{i}]: time, kind, reason_code, message, detail and hashes must be text")
+            raise ProtocolError(f"{where}: time, kind, reason_code, message, detail and hashes must be text")
+        parse_time(time, f"{where} time")
+        if kind not in KNOWN_KINDS:
+            raise ProtocolError(f"{where}: kind {kind!r:.40} is not a known event kind (common/event_kinds.py)")
         if asn is not None and not (isinstance(asn, str) and _ASN_RE.match(asn)):
-            raise ProtocolError(f"events[{i}]: asn must be null or 16 uppercase hex digits")
+            raise ProtocolError(f"{where}: asn must be null or 16 uppercase hex digits")
+        if not reason:
+            raise ProtocolError(f"{where}: reason_code must not be empty")
         if not _HASH_RE.match(prev_hash) or not _HASH_RE.match(hash_):
-            raise ProtocolError(f"events[{i}]: hashes must be 64 lowercase hex digits")
+            raise ProtocolError(f"{where}: hashes must be 64 lowercase hex digits")
+        try:
+            size = sum(len(x.encode()) for x in (kind, reason, message, detail))
+        except UnicodeEncodeError:
+            raise ProtocolError(f"{where}: text is not valid Unicode (lone surrogate)") from None
+        if size > MAX_RECORD_BYTES:
+            raise ProtocolError(f"{where}: record text is {size} bytes, more than {MAX_RECORD_BYTES}")
+        _check_detail(detail, where)
         out.append(WireEvent(seq, time, kind, asn, reason, message, detail, prev_hash, hash_))
     return tid, out
 
@@ -370,14 +512,44 @@ def encode_status(terminal_id: str, state: str, at: datetime | None, reason: str
 
 
 def decode_status(payload: bytes) -> dict[str, Any]:
-    obj = _load(payload, "status")
+    obj = _load(payload, "status", "status")
+    _exact(obj, "status", ("v", "type", "terminal_id", "state", "reason"), ("at",))
     _match(obj, "terminal_id", _TID_RE, "status", "12 digits")
     if _field(obj, "state", str, "status") not in ("online", "offline"):
         raise ProtocolError("status: state must be online or offline")
-    _field(obj, "reason", str, "status", optional=True)
+    if len(_field(obj, "reason", str, "status")) > MAX_PROBLEM_CHARS:
+        raise ProtocolError(f"status: reason is longer than {MAX_PROBLEM_CHARS} characters")
     if "at" in obj:
         parse_time(obj["at"], "status at")
     return obj
+
+
+EMPTY_DIGEST = "0" * 64
+_DIGEST_DOMAIN = b"onecard.blacklist.v1\x00"
+
+
+def blacklist_entry_hash(asn: bytes, reason: str, listed_in_version: int) -> int:
+    """One entry's share of a list digest (docs/sync-protocol.md, "Blacklist digest")."""
+    data = reason.encode()
+    h = hashlib.sha256(_DIGEST_DOMAIN + bytes(asn) + len(data).to_bytes(4, "big") + data
+                       + listed_in_version.to_bytes(8, "big"))
+    return int.from_bytes(h.digest(), "big")
+
+
+def digest_of(entries: Iterable[tuple[Any, ...]]) -> str:
+    """The digest of a whole list from (asn, reason, listed_in_version) rows, streamed."""
+    total, domain, sha = 0, _DIGEST_DOMAIN, hashlib.sha256
+    for asn, reason, listed in entries:
+        data = reason.encode()
+        total += int.from_bytes(sha(domain + bytes(asn) + len(data).to_bytes(4, "big") + data
+                                    + listed.to_bytes(8, "big")).digest(), "big")
+    return f"{total % (1 << 256):064x}"
+
+
+def digest_add(digest: str, entry_hash: int, sign: int = 1) -> str:
+    """The digest of a list with one entry added (sign 1) or removed (sign -1): the sum of the entries' hashes
+    modulo 2**256, so it does not depend on order and is updated per entry."""
+    return f"{(int(digest, 16) + sign * entry_hash) % (1 << 256):064x}"
 
 
 @dataclass(frozen=True)
@@ -390,22 +562,38 @@ class Heartbeat:
     blacklist_version: int
     config_version: int
     last_tap_at: str | None
+    blacklist_epoch: Epoch | None = None  # the epoch of the list held (None: a list from before epochs, or none)
+    blacklist_digest: str = EMPTY_DIGEST  # digest of the entries held
+
+
+def _epoch_json(epoch: Epoch | None) -> dict[str, Any] | None:
+    return epoch.to_json() if epoch is not None else None
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
-    return canonical({"v": PROTOCOL_VERSION, "type": "heartbeat", **hb.__dict__})
+    return canonical({"v": PROTOCOL_VERSION, "type": "heartbeat", **hb.__dict__,
+                      "blacklist_epoch": _epoch_json(hb.blacklist_epoch)})
+
+
+def _optional_epoch(obj: dict[str, Any], key: str, where: str) -> Epoch | None:
+    value = obj[key]
+    return None if value is None else parse_epoch(value, where)
 
 
 def decode_heartbeat(payload: bytes) -> Heartbeat:
-    obj = _load(payload, "heartbeat")
+    obj = _load(payload, "heartbeat", "heartbeat")
     w = "heartbeat"
+    _exact(obj, w, ("v", "type", "terminal_id", "sent_at", "head_seq", "acked_seq", "backlog", "blacklist_version",
+                    "config_version", "last_tap_at", "blacklist_epoch", "blacklist_digest"))
     tid = _match(obj, "terminal_id", _TID_RE, w, "12 digits")
     parse_time(_field(obj, "sent_at", str, w), "heartbeat sent_at")
     last_tap = _field(obj, "last_tap_at", (str, type(None)), w)
     if last_tap is not None:
         parse_time(last_tap, "heartbeat last_tap_at")
     return Heartbeat(tid, obj["sent_at"], _int(obj, "head_seq", w), _int(obj, "acked_seq", w), _int(obj, "backlog", w),
-                     _int(obj, "blacklist_version", w), _int(obj, "config_version", w), last_tap)
+                     _int(obj, "blacklist_version", w), _int(obj, "config_version", w), last_tap,
+                     _optional_epoch(obj, "blacklist_epoch", w),
+                     _match(obj, "blacklist_digest", _HASH_RE, w, "64 lowercase hex digits"))
 
 
 @dataclass(frozen=True)
@@ -414,17 +602,21 @@ class Request:
     want: str
     blacklist_version: int
     config_version: int
+    blacklist_epoch: Epoch | None = None
 
 
 def encode_request(req: Request) -> bytes:
-    return canonical({"v": PROTOCOL_VERSION, "type": "request", **req.__dict__})
+    return canonical({"v": PROTOCOL_VERSION, "type": "request", **req.__dict__,
+                      "blacklist_epoch": _epoch_json(req.blacklist_epoch)})
 
 
 def decode_request(payload: bytes) -> Request:
-    obj = _load(payload, "request")
+    obj = _load(payload, "request", "request")
     w = "request"
+    _exact(obj, w, ("v", "type", "terminal_id", "want", "blacklist_version", "config_version", "blacklist_epoch"))
     tid = _match(obj, "terminal_id", _TID_RE, w, "12 digits")
     want = _field(obj, "want", str, w)
     if want not in REQUEST_WANTS:
         raise ProtocolError(f"request: want {want!r:.30} is not one of {', '.join(REQUEST_WANTS)}")
-    return Request(tid, want, _int(obj, "blacklist_version", w), _int(obj, "config_version", w))
+    return Request(tid, want, _int(obj, "blacklist_version", w), _int(obj, "config_version", w),
+                   _optional_epoch(obj, "blacklist_epoch", w))

@@ -162,13 +162,10 @@ class Platform:
         say("platform: enterprises, terminals, employees and cards registered")
 
     def serve(self, stack: contextlib.ExitStack, broker, pki) -> None:
-        from central.broker_config import PLATFORM_USER
-
-        client = pki.client(PLATFORM_USER)
         log = stack.enter_context(open(self.work / "platform.log", "w"))
         proc = subprocess.Popen([sys.executable, "-m", "onecard", "platform", "serve", "--db", str(self.db),
                                  "--key", str(self.key), "--broker-port", str(broker.port), "--ca", str(pki.ca.cert),
-                                 "--cert", str(client.cert), "--cert-key", str(client.key), "--tac-keystore",
+                                 "--cert-dir", str(pki.platform_cert_dir), "--tac-keystore",
                                  str(self.site.keystores["platform"]), "--passphrase-file", str(self.site.passphrase)],
                                 stdout=log, stderr=log)
         stack.callback(stop_process, proc)

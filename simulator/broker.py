@@ -17,10 +17,11 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from central.broker_config import PLATFORM_USER, render_acl, render_conf
+from central.broker_config import render_acl, render_conf, worker_cns
 from simulator.test_pki import CertFiles, TestCa
 
 MOSQUITTO = os.environ.get("ONECARD_MOSQUITTO", "/usr/sbin/mosquitto")
+TEST_PLATFORM_WORKERS = 8  # certificates and ACL blocks for platform workers w0..w7
 class BrokerError(Exception):
     """The private mosquitto cannot be started; the message says why and what to install or check."""
 
@@ -43,12 +44,17 @@ class Pki:
     def client(self, cn: str) -> CertFiles:
         return self.clients[cn]
 
+    @property
+    def platform_cert_dir(self) -> Path:
+        """platform-wN.pem / .key of every test platform worker (`onecard platform serve --cert-dir`)."""
+        return self.dir
+
 
 def make_pki(directory: Path, terminals: dict[str, str]) -> Pki:
     """A test CA, the broker's server certificate, a client certificate per terminal and for the platform, and
     the platform's Ed25519 signing key with its public key file."""
     ca = TestCa(directory)
-    clients = {cn: ca.issue(cn) for cn in [PLATFORM_USER, *terminals]}
+    clients = {cn: ca.issue(cn) for cn in [*worker_cns(TEST_PLATFORM_WORKERS), *terminals]}
     key = Ed25519PrivateKey.generate()
     pub = directory / "platform-ed25519.pub"
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
@@ -74,7 +80,8 @@ class Broker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.acl = self.workdir / "acl"
-        self.acl.write_text(render_acl(self.terminals, stations=self.stations), encoding="utf-8")
+        self.acl.write_text(render_acl(self.terminals, TEST_PLATFORM_WORKERS, stations=self.stations),
+                            encoding="utf-8")
         self.log = self.workdir / "mosquitto.log"
         self.conf = self.workdir / "mosquitto.conf"
         self.conf.write_text(render_conf(port=self.port, ca=self.pki.ca.cert, server=self.pki.server, acl=self.acl,

@@ -70,7 +70,7 @@ class SyncAgent:
                                       ack_timeout=settings.ack_timeout_seconds)
         self.acked_hash = acked_hash
         self.link = MqttLink(
-            f"onecard-agent-{terminal_id}", settings.broker_host, settings.broker_port,
+            terminal_id, settings.broker_host, settings.broker_port,
             TlsFiles(settings.ca_file, settings.cert_file, settings.key_file),
             subscriptions=[p.terminal_topic(terminal_id, p.DOWN_ACK), p.terminal_topic(terminal_id, p.DOWN_MSG),
                            p.enterprise_topic(enterprise_id)],
@@ -169,7 +169,7 @@ class SyncAgent:
     # -- uplink ----------------------------------------------------------------------------
 
     def _request(self, want: str) -> None:
-        req = p.Request(self.tid, want, self.blacklist.version(), self.store.config_version())
+        req = p.Request(self.tid, want, self.blacklist.version(), self.store.config_version(), self.blacklist.epoch())
         self.link.publish(p.terminal_topic(self.tid, p.UP_REQUEST), p.encode_request(req), qos=1)
         if want == "blacklist.snapshot":
             self._snapshot_asked_at = self.mono()
@@ -196,7 +196,7 @@ class SyncAgent:
         newest = self.event_log.events(after_seq=head - 1, limit=1) if head else []
         hb = p.Heartbeat(self.tid, p.format_time(self.wall()), head, self.uploader.acked_seq,
                          self.uploader.backlog(head), self.blacklist.version(), self.store.config_version(),
-                         log_time(newest[0].time) if newest else None)
+                         log_time(newest[0].time) if newest else None, self.blacklist.epoch(), self.blacklist.digest())
         self.link.publish(p.terminal_topic(self.tid, p.UP_HEARTBEAT), p.encode_heartbeat(hb), qos=0)
 
     # -- downlink --------------------------------------------------------------------------
@@ -264,7 +264,10 @@ class SyncAgent:
     def _on_ack(self, env: p.Envelope) -> None:
         seq, hash_ = env.body["acked_seq"], env.body["acked_hash"]
         if env.body.get("problem"):
-            log_event(log, "sync.platform_problem", logging.ERROR, terminal=self.tid, seq=seq,
+            # Nothing is dropped from the upload queue: records past the ack are resent until acknowledged.
+            log_event(log, "sync.upload_refused" if env.body["reason"] in ("pending_gap", "pending_bytes")
+                      else "sync.platform_problem", logging.ERROR if env.body["reason"] in ("chain_broken", "diverged")
+                      else logging.WARNING, terminal=self.tid, seq=seq, reason=env.body["reason"],
                       text=f"the platform reports: {env.body['problem']}")
         if seq <= self.uploader.acked_seq:
             return
@@ -293,7 +296,7 @@ class SyncAgent:
 
     def _on_blacklist(self, env: p.Envelope, issued: str, received: str) -> None:
         held = self.blacklist.version()
-        d = core.blacklist_decision(env.type, env.body, held, self.eid)
+        d = core.blacklist_decision(env.type, env.body, held, self.eid, self.blacklist.epoch())
         if d.action == core.REJECT:
             return self._reject(d.reason, f"{env.type} {env.id}: {d.text}; not applied")
         if d.action == core.IGNORE:
@@ -308,13 +311,15 @@ class SyncAgent:
                 self._request("blacklist.snapshot")
             return
         try:
+            epoch = p.parse_epoch(env.body["epoch"], env.type)
             if env.type == "blacklist.snapshot":
-                count = self.blacklist.apply_snapshot(env.body["version"], p.snapshot_entries(env.body))
+                count = self.blacklist.apply_snapshot(env.body["version"], p.snapshot_entries(env.body), epoch)
                 self._snapshot_asked_at = None
             else:
                 added = [(bytes.fromhex(a["asn"]), a["reason"], a["listed_in_version"]) for a in env.body["added"]]
                 removed = [bytes.fromhex(r) for r in env.body["removed"]]
-                count = self.blacklist.apply_delta(env.body["base_version"], env.body["version"], added, removed)
+                count = self.blacklist.apply_delta(env.body["base_version"], env.body["version"], added, removed,
+                                                   epoch)
         except BlacklistVersionError as exc:
             return self._reject("version", f"{env.type} {env.id}: {exc}")
         except (ValueError, p.ProtocolError) as exc:
@@ -322,5 +327,8 @@ class SyncAgent:
         self.store.mark_seen(env.id, env.type, issued, received)
         self.applied_versions.append(env.body["version"])
         del self.applied_versions[:-100]
-        log_event(log, "sync.blacklist_applied", terminal=self.tid, kind=env.type, version=env.body["version"],
-                  entries=count, text=f"blacklist now at version {env.body['version']} with {count} cards")
+        log_event(log, "sync.blacklist_applied", logging.WARNING if d.reason == "rebase" else logging.INFO,
+                  terminal=self.tid, kind=env.type, version=env.body["version"], epoch=epoch.generation,
+                  decision=d.reason, entries=count,
+                  text=f"blacklist now at version {env.body['version']} of platform epoch {epoch.generation} with "
+                       f"{count} cards" + (f" ({d.text})" if d.reason == "rebase" else ""))

@@ -8,6 +8,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from common.sync_protocol import Epoch
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -123,18 +125,41 @@ def target_decision(target: str, terminal_id: str, enterprise_id: str) -> Decisi
     return Decision(REJECT, "wrong_target", f"message addressed to {target}, not to this terminal or its enterprise")
 
 
-def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, enterprise_id: str) -> Decision:
+def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, enterprise_id: str,
+                       held_epoch: Epoch | None = None) -> Decision:
+    """Whether to apply a checked blacklist body to the list held (version and platform epoch).
+
+    Within one epoch versions only move forward. A snapshot from a newer epoch (the platform was restored and
+    re-based its lists) replaces the list whatever its version, and only then; an older epoch, or another
+    platform instance's list of the same generation, is refused.
+    """
     if body["enterprise_id"] != enterprise_id:
         return Decision(REJECT, "wrong_enterprise", f"blacklist of enterprise {body['enterprise_id']}, "
                                                     f"this terminal serves {enterprise_id}")
+    epoch = Epoch(body["epoch"]["generation"], body["epoch"]["instance"])
+    if held_epoch is not None and epoch.generation < held_epoch.generation:
+        return Decision(REJECT, "old_epoch", f"{type_} of platform epoch {epoch.generation} is older than the held "
+                                             f"epoch {held_epoch.generation} (rollback)")
+    if held_epoch is not None and epoch.generation == held_epoch.generation and epoch.instance != held_epoch.instance:
+        return Decision(REJECT, "epoch_conflict", f"{type_} of epoch {epoch.generation} comes from platform "
+                                                  f"instance {epoch.instance}, the list held from "
+                                                  f"{held_epoch.instance}")
+    newer_epoch = held_epoch is None or epoch.generation > held_epoch.generation
     if type_ == "blacklist.snapshot":
         v = body["version"]
+        if newer_epoch and held_version > 0:
+            return Decision(APPLY, "rebase", f"snapshot version {v} of platform epoch {epoch.generation} replaces "
+                                             f"version {held_version} of epoch "
+                                             f"{held_epoch.generation if held_epoch else 'none'}")
         if v < held_version:
             return Decision(REJECT, "rollback", f"snapshot version {v} is older than the held version {held_version}")
-        if v == held_version:
+        if v == held_version and not newer_epoch:
             return Decision(IGNORE, "already_held", f"snapshot version {v} is the version already held")
         return Decision(APPLY, "newer", f"snapshot version {v} replaces version {held_version}")
     base, v = body["base_version"], body["version"]
+    if newer_epoch and not (held_epoch is None and held_version == 0 and base == 0):  # a first list may be a delta
+        return Decision(REQUEST_SNAPSHOT, "new_epoch", f"delta {base}->{v} of platform epoch {epoch.generation} does "
+                                                       "not apply to a list of another epoch; asking for a snapshot")
     if v <= held_version:
         return Decision(REJECT, "rollback", f"delta to version {v} does not move past the held version "
                                             f"{held_version} (replay or rollback)")

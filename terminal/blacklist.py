@@ -14,6 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 from common.db import DatabaseError, connect_readwrite, create_new, open_checked_readonly, preflight, transaction
+from common.sync_protocol import Epoch, blacklist_entry_hash, digest_add, digest_of
 
 SCHEMA_VERSION = 1
 KNOWN_REASONS = frozenset({"lost", "cancelled", "replaced", "damaged"})  # others are accepted and kept
@@ -31,6 +32,12 @@ class BlacklistVersionError(Exception):
 
 class BlacklistRollbackError(BlacklistVersionError):
     """An update would move the blacklist to an older or equal version (replay or rollback); refused."""
+
+
+# The platform epoch the list comes from and the digest of its entries (docs/sync-protocol.md), kept in the same
+# file so that both change in the transaction that changes the list. Added to lists made before epochs on open.
+_SYNC_TABLE = ("CREATE TABLE IF NOT EXISTS bl_sync (id INTEGER PRIMARY KEY CHECK (id = 1), epoch_instance TEXT, "
+               "epoch_generation INTEGER, digest TEXT NOT NULL) STRICT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,20 @@ def _rows(entries: Iterable[EntryLike], default_version: int) -> Iterator[tuple[
                 f"listed_in_version {listed!r} of {bytes(asn).hex().upper()} must be between 1 and {default_version}"
             )
         yield bytes(asn), reason, listed
+
+
+def _check_epoch(held: Epoch | None, offered: Epoch | None) -> None:
+    if held is None:
+        return
+    if offered is None:
+        raise BlacklistRollbackError(f"the list held comes from platform epoch {held.generation}; an update "
+                                     "without an epoch is refused")
+    if offered.generation < held.generation:
+        raise BlacklistRollbackError(f"snapshot of platform epoch {offered.generation} is older than the held "
+                                     f"epoch {held.generation}; refused (rollback)")
+    if offered.generation == held.generation and offered.instance != held.instance:
+        raise BlacklistRollbackError(f"snapshot of epoch {offered.generation} comes from platform instance "
+                                     f"{offered.instance}, the list held from {held.instance}; refused")
 
 
 def _chunks(rows: Iterator, size: int = _CHUNK) -> Iterator[list]:
@@ -107,7 +128,23 @@ class Blacklist:
                 )
         conn = connect_readwrite(path)
         conn.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'bl_sync'").fetchone() is None:
+            cls._add_sync_table(conn)
         return cls(conn, path)
+
+    @staticmethod
+    def _add_sync_table(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(_SYNC_TABLE)
+            if conn.execute("SELECT 1 FROM bl_sync").fetchone() is None:
+                digest = digest_of(conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"))
+                conn.execute("INSERT INTO bl_sync VALUES (1, NULL, NULL, ?)", (digest,))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     @staticmethod
     def _create_schema(conn: sqlite3.Connection, path: Path) -> None:
@@ -155,6 +192,15 @@ class Blacklist:
         """Number of listed cards (kept in bl_meta by every update, so this does not scan)."""
         return self._conn.execute("SELECT entries FROM bl_meta WHERE id = 1").fetchone()[0]
 
+    def epoch(self) -> Epoch | None:
+        """The platform epoch of the list held (None: never synced, or synced before epochs)."""
+        row = self._conn.execute("SELECT epoch_instance, epoch_generation FROM bl_sync WHERE id = 1").fetchone()
+        return Epoch(row[1], row[0]) if row and row[0] is not None else None
+
+    def digest(self) -> str:
+        """Digest of the entries held (the sum of their hashes, docs/sync-protocol.md "Blacklist digest")."""
+        return self._conn.execute("SELECT digest FROM bl_sync WHERE id = 1").fetchone()[0]
+
     @contextmanager
     def read_transaction(self) -> Iterator[Blacklist]:
         """Make several reads (version, count, lookups) see one single version of the list."""
@@ -167,19 +213,24 @@ class Blacklist:
 
     # -- updates (sync agent) --------------------------------------------------------------
 
-    def apply_snapshot(self, version: int, entries: Iterable[EntryLike]) -> int:
+    def apply_snapshot(self, version: int, entries: Iterable[EntryLike], epoch: Epoch | None = None) -> int:
         """Replace the whole list with `entries` as `version`, atomically; return the entry count.
 
         Entries are BlacklistEntry or (asn, reason[, listed_in_version]) tuples; listed_in_version
         defaults to `version`. A duplicate ASN keeps its last entry. Readers keep seeing the old
-        version until the commit (WAL). A version older than the one held is refused.
+        version until the commit (WAL). A version older than the one held is refused, unless the snapshot
+        comes from a newer platform epoch (a restored platform re-basing its terminals); an older epoch, or
+        another instance's list of the same generation, is refused whatever its version.
         """
         if not isinstance(version, int) or version < 1:
             raise ValueError(f"snapshot version must be a positive integer, got {version!r}")
         conn = self._conn
         with transaction(conn):
             current = self._current_version()
-            if version < current:
+            held = self.epoch()
+            _check_epoch(held, epoch)
+            rebase = epoch is not None and (held is None or epoch.generation > held.generation)
+            if version < current and not rebase:
                 raise BlacklistRollbackError(
                     f"snapshot version {version} is older than the held version {current}; refused (rollback). "
                     "Fetch the platform's current snapshot"
@@ -187,6 +238,9 @@ class Blacklist:
             conn.execute("DELETE FROM blacklist")
             for chunk in _chunks(_rows(entries, version)):
                 conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?)", chunk)
+            # The digest from what was stored (a duplicate ASN kept its last entry), without holding the list.
+            digest = digest_of(conn.execute("SELECT asn, reason, listed_in_version FROM blacklist"))
+            self._set_sync(epoch if epoch is not None else held, digest)
             count = self._finish(version)
         # A full snapshot leaves a WAL as big as the list; give the flash back now rather than at
         # some later write. Best effort: a reader still on the old version just defers it.
@@ -199,6 +253,7 @@ class Blacklist:
         new_version: int,
         added: Iterable[EntryLike],
         removed: Iterable[bytes],
+        epoch: Epoch | None = None,
     ) -> int:
         """Move from base_version to new_version by adding/removing entries, atomically; return the count.
 
@@ -219,6 +274,14 @@ class Blacklist:
                     f"delta from version {base_version} does not apply to the held version {current}; "
                     "fetch a full snapshot"
                 )
+            held = self.epoch()
+            if held is None and current == 0:
+                held = epoch  # the first list held may come as a delta from version 0: it takes that epoch
+            if epoch != held:
+                raise BlacklistVersionError(
+                    f"delta of epoch {epoch.generation if epoch else None} does not apply to a list of epoch "
+                    f"{held.generation if held else None}; fetch a full snapshot"
+                )
             removed_rows = []
             for asn in removed:
                 if not isinstance(asn, (bytes, bytearray)) or len(asn) != 8:
@@ -228,9 +291,22 @@ class Blacklist:
             both = {r[0] for r in removed_rows} & {r[0] for r in added_rows}
             if both:
                 raise ValueError(f"delta both adds and removes ASN {sorted(both)[0].hex().upper()}; refused")
-            conn.executemany("DELETE FROM blacklist WHERE asn = ?", removed_rows)
-            conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?)", added_rows)
+            digest = self.digest()
+            for row in [*((r[0], None) for r in removed_rows), *((r[0], r) for r in added_rows)]:
+                asn, new = row
+                old = conn.execute("SELECT reason, listed_in_version FROM blacklist WHERE asn = ?", (asn,)).fetchone()
+                if old is not None:
+                    digest = digest_add(digest, blacklist_entry_hash(asn, *old), -1)
+                    conn.execute("DELETE FROM blacklist WHERE asn = ?", (asn,))
+                if new is not None:
+                    digest = digest_add(digest, blacklist_entry_hash(*new))
+                    conn.execute("INSERT INTO blacklist VALUES (?, ?, ?)", new)
+            self._set_sync(held, digest)
             return self._finish(new_version)
+
+    def _set_sync(self, epoch: Epoch | None, digest: str) -> None:
+        self._conn.execute("UPDATE bl_sync SET epoch_instance = ?, epoch_generation = ?, digest = ? WHERE id = 1",
+                           (epoch.instance if epoch else None, epoch.generation if epoch else None, digest))
 
     def _current_version(self) -> int:
         return self._conn.execute("SELECT version FROM bl_meta WHERE id = 1").fetchone()[0]

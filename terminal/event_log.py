@@ -16,6 +16,7 @@ import sqlite_utils
 
 from common.db import (DatabaseError, connect_readwrite, create_new, disk_full_problem, is_disk_full,
                        open_checked_readonly, preflight, transaction)
+from common.event_kinds import is_known_kind
 from common.events import GENESIS_HASH, canonical_json, event_hash, format_time, normalise_asn
 
 SCHEMA_VERSION = 1
@@ -241,8 +242,8 @@ class EventLog:
         if self.readonly:
             raise DatabaseError(f"event log {self.path} was opened read-only; use EventLog.open to append")
         time_text = format_time(time)
-        if not isinstance(kind, str) or not kind.strip():
-            raise ValueError("event kind must be a non-empty string such as 'door.grant'")
+        if not is_known_kind(kind):
+            raise ValueError(f"event kind {kind!r:.40} is not in common.event_kinds.KNOWN_KINDS; add it there first")
         if not isinstance(reason_code, str):
             raise TypeError(f"reason_code must be a string, got {type(reason_code).__name__}")
         if not isinstance(message, str):

@@ -5,7 +5,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from central.broker_config import PLATFORM_USER
 from simulator.broker import MOSQUITTO, BrokerError, Pki, free_port  # noqa: F401  (re-exported for tests)
 from simulator.broker import Broker as _Broker, make_pki as _make_pki
 
@@ -178,17 +177,14 @@ def start_platform(workdir: Path, broker: Broker, *, workers: int = 2, terminals
     terminals unless `kinds` says otherwise); without `tac_sam` it runs in the lab mode (money unverified)."""
     from central.service import BrokerSettings, PlatformService
     from central.store import Platform
-    from common.mqtt import TlsFiles
-
     db = workdir / "platform.db"
     admin = Platform(db, broker.pki.platform_key)
     admin.add_enterprise(ENTERPRISE, "Test Co")
     admin.add_enterprise(OTHER_ENTERPRISE, "Other Co")
     for tid, eid in (terminals if terminals is not None else broker.terminals).items():
         admin.add_terminal(tid, eid, kind=(kinds or {}).get(tid, "door"))
-    c = broker.pki.client(PLATFORM_USER)
     service = PlatformService(db, broker.pki.platform_key,
-                              BrokerSettings("127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key)),
+                              BrokerSettings("127.0.0.1", broker.port, broker.pki.ca.cert, broker.pki.platform_cert_dir),
                               workers=workers, tac_sam=tac_sam, unverified_money=tac_sam is None)
     service.start()
     assert service.wait_connected(), "platform workers could not connect to the test broker"

@@ -27,7 +27,7 @@ from terminal.event_log import EventLog
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2024, 5, 1, 0, 30, tzinfo=timezone.utc)
 ASNS = ["0102030405060708", "1122334455667788", None]
-KINDS = ["door.grant", "door.deny", "attendance.in", "attendance.out", "card.unsupported"]
+KINDS = ["door.grant", "door.deny", "attendance.in", "attendance.out", "tap.incomplete"]
 N = 12  # records in the chain the property tests tamper with
 FIELDS = ["time", "kind", "asn", "reason_code", "message", "detail", "prev_hash", "hash"]
 HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -186,7 +186,7 @@ def test_without_tac_keys_and_without_the_lab_flag_money_is_held(tmp_path):
     assert pf.card(ASN)["balance_cents"] == 0 and pf.held_money()[0]["reason_code"] == "no_tac_keys"
     from central.service import BrokerSettings, PlatformService
     with pytest.raises(PlatformError, match="needs the TAC keys"):
-        PlatformService(tmp_path / "strict.db", KEY, BrokerSettings("127.0.0.1", 1, None))
+        PlatformService(tmp_path / "strict.db", KEY, BrokerSettings("127.0.0.1", 1, None, None))
     pf.close()
 
 
@@ -276,7 +276,7 @@ def test_cli_kinds_serve_refusal_held_resolve_and_ota_limits(tmp_path):
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "top-up limit of 1000.00" in r.stderr
     for f in ("ca.pem", "c.pem", "c.key"):
         (tmp_path / f).write_text("x")
-    tls = ("--ca", tmp_path / "ca.pem", "--cert", tmp_path / "c.pem", "--cert-key", tmp_path / "c.key")
+    tls = ("--ca", tmp_path / "ca.pem", "--cert-dir", tmp_path)
     r = onecard("platform", "serve", *base, *tls, check=False)
     assert r.returncode != 0 and r.stderr.count("\n") == 1 and "no TAC keys" in r.stderr
     assert "Traceback" not in r.stderr

@@ -146,7 +146,7 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         admin.issue_card(ENTERPRISE, "E5", f"00000000000000{i:02X}")
     cfg = write_terminal_config(tmp_path / "t5", tid, broker)
     agent = AgentThread(cfg).start()
-    pub = raw_link(broker, "platform")
+    pub = raw_link(broker, "platform-w7")  # a worker certificate the service does not use
     down = p.terminal_topic(tid, p.DOWN_MSG)
     try:
         wait_until(lambda: agent.agent.online, 10, "the agent connecting")
@@ -156,13 +156,15 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         genuine = admin.conn.execute("SELECT payload FROM outbound ORDER BY id DESC LIMIT 1").fetchone()[0]
         key = broker.pki.platform_key
         now = dt.datetime.now(dt.timezone.utc)
-        forged_body = {"enterprise_id": ENTERPRISE, "base_version": v1, "version": v1 + 1,
+        epoch = admin.epoch().to_json()
+        forged_body = {"enterprise_id": ENTERPRISE, "epoch": epoch, "base_version": v1, "version": v1 + 1,
                        "added": [], "removed": ["0000000000000000"]}
         attacks = [
             ("bad_signature", p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"t:{tid}", forged_body, now, msg_id=secrets.token_hex(16))),
             ("replay", genuine),
             ("rollback", p.seal(key, "blacklist.snapshot", f"t:{tid}",
-                                {"enterprise_id": ENTERPRISE, "version": 1, "count": 0, "groups": []}, now, msg_id=secrets.token_hex(16))),
+                                {"enterprise_id": ENTERPRISE, "epoch": epoch, "version": 1, "count": 0,
+                                 "groups": []}, now, msg_id=secrets.token_hex(16))),
             ("malformed", b'{"v": 1, "type": "blacklist.delta", "body": '),
             ("wrong_target", p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now, msg_id=secrets.token_hex(16))),
         ]
@@ -175,8 +177,8 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         # A genuine delta that skips a version: the agent asks for a snapshot and ends up current.
         bulk_v = admin.blacklist_bulk(ENTERPRISE, [bytes([9]) * 8, bytes([10]) * 8])
         gap = p.seal(key, "blacklist.delta", f"e:{ENTERPRISE}",
-                     {"enterprise_id": ENTERPRISE, "base_version": bulk_v, "version": bulk_v + 1, "added": [],
-                      "removed": []}, now, msg_id=secrets.token_hex(16))
+                     {"enterprise_id": ENTERPRISE, "epoch": epoch, "base_version": bulk_v, "version": bulk_v + 1,
+                      "added": [], "removed": []}, now, msg_id=secrets.token_hex(16))
         pub.publish(p.enterprise_topic(ENTERPRISE), gap).wait_for_publish(5)
         wait_until(lambda: agent.blacklist_version() == bulk_v, 10, "the snapshot requested after the gap")
         with Blacklist.open(tmp_path / "t5" / "blacklist.db") as bl:

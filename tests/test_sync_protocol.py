@@ -24,8 +24,11 @@ KEY = Ed25519PrivateKey.generate()
 TID, EID = "000000000101", "00010001"
 
 
+EPOCH = {"instance": "ab" * 16, "generation": 1}
+
+
 def delta(base=1, version=2, added=("0102030405060708",), removed=()):
-    return {"enterprise_id": EID, "base_version": base, "version": version,
+    return {"enterprise_id": EID, "epoch": EPOCH, "base_version": base, "version": version,
             "added": [{"asn": a, "reason": "lost", "listed_in_version": version} for a in added],
             "removed": list(removed)}
 
@@ -77,7 +80,7 @@ def test_signed_but_invalid_bodies_are_refused(body, problem):
 
 def test_snapshot_groups_round_trip():
     asns = [bytes([i]) * 8 for i in range(1, 4)]
-    body = {"enterprise_id": EID, "version": 5, "count": 3,
+    body = {"enterprise_id": EID, "epoch": EPOCH, "version": 5, "count": 3,
             "groups": [{"reason": "lost", "listed_in_version": 4, "asns": p.encode_asn_group(asns)}]}
     env = p.open_envelope(p.seal(KEY, "blacklist.snapshot", f"t:{TID}", body, NOW, msg_id=secrets.token_hex(16)), KEY.public_key())
     assert list(p.snapshot_entries(env.body)) == [(a, "lost", 4) for a in asns]
@@ -194,13 +197,13 @@ def test_uploader_throttles_to_the_configured_rate():
     ("blacklist.delta", delta(1, 2), 2, core.REJECT, "rollback"),
     ("blacklist.delta", delta(1, 2), 5, core.REJECT, "rollback"),
     ("blacklist.delta", delta(3, 4), 1, core.REQUEST_SNAPSHOT, "gap"),
-    ("blacklist.snapshot", {"enterprise_id": EID, "version": 4}, 5, core.REJECT, "rollback"),
-    ("blacklist.snapshot", {"enterprise_id": EID, "version": 5}, 5, core.IGNORE, "already_held"),
-    ("blacklist.snapshot", {"enterprise_id": EID, "version": 6}, 5, core.APPLY, "newer"),
-    ("blacklist.snapshot", {"enterprise_id": "00020002", "version": 6}, 5, core.REJECT, "wrong_enterprise"),
+    ("blacklist.snapshot", {"enterprise_id": EID, "epoch": EPOCH, "version": 4}, 5, core.REJECT, "rollback"),
+    ("blacklist.snapshot", {"enterprise_id": EID, "epoch": EPOCH, "version": 5}, 5, core.IGNORE, "already_held"),
+    ("blacklist.snapshot", {"enterprise_id": EID, "epoch": EPOCH, "version": 6}, 5, core.APPLY, "newer"),
+    ("blacklist.snapshot", {"enterprise_id": "00020002", "epoch": EPOCH, "version": 6}, 5, core.REJECT, "wrong_enterprise"),
 ])
 def test_blacklist_decisions(type_, body, held, action, reason):
-    d = core.blacklist_decision(type_, body, held, EID)
+    d = core.blacklist_decision(type_, body, held, EID, p.Epoch(1, "ab" * 16))
     assert (d.action, d.reason) == (action, reason)
 
 

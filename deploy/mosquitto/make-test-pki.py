@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from central.broker_config import PLATFORM_USER, render_acl, render_conf  # noqa: E402
+from central.broker_config import DEFAULT_PLATFORM_WORKERS, render_acl, render_conf, worker_cns  # noqa: E402
 from simulator.test_pki import TestCa  # noqa: E402
 
 
@@ -21,6 +21,8 @@ def main() -> int:
                     help="an issuing station and its enterprise (registry topics in the ACL), repeatable")
     ap.add_argument("--host", action="append", default=[], help="broker host name or IP for the server certificate")
     ap.add_argument("--port", type=int, default=8883)
+    ap.add_argument("--workers", type=int, default=DEFAULT_PLATFORM_WORKERS,
+                    help="platform workers: one certificate (platform-wN) and ACL block each")
     args = ap.parse_args()
     terminals, stations = {}, {}
     for items, into in ((args.terminal, terminals), (args.station, stations)):
@@ -30,19 +32,21 @@ def main() -> int:
     ca = TestCa(args.outdir, days=365)
     server = ca.issue(args.host[0] if args.host else "127.0.0.1", server=True,
                       hosts=tuple(args.host) or ("127.0.0.1", "localhost"))
-    for cn in [PLATFORM_USER, *terminals, *stations]:
-        ca.issue(cn)
     try:
-        acl_text = render_acl(terminals, stations=stations)
+        platform = worker_cns(args.workers)
+        acl_text = render_acl(terminals, args.workers, stations=stations)
     except ValueError as exc:
-        print(f"error: {exc}; pass --terminal TID:EID and --station SID:EID with 12 and 8 digits", file=sys.stderr)
+        print(f"error: {exc}; pass --terminal TID:EID and --station SID:EID with 12 and 8 digits and --workers 1..64",
+              file=sys.stderr)
         return 2
+    for cn in [*platform, *terminals, *stations]:
+        ca.issue(cn)
     (args.outdir / "acl").write_text(acl_text, encoding="utf-8")
     (args.outdir / "mosquitto.conf").write_text(
         render_conf(port=args.port, ca=ca.files.cert, server=server, acl=args.outdir / "acl", bind="0.0.0.0"),
         encoding="utf-8")
-    print(f"CA, certificates (server, {PLATFORM_USER}, {len(terminals)} terminal(s), {len(stations)} station(s)), "
-          "acl and mosquitto.conf "
+    print(f"CA, certificates (server, {', '.join(platform)}, {len(terminals)} terminal(s), {len(stations)} "
+          "station(s)), acl and mosquitto.conf "
           f"written to {args.outdir}")
     return 0
 
