@@ -131,7 +131,7 @@ def open_outputs(config: Config, event_log, snapshot_dir: Path | None = None):
     if config.output.driver == "console":
         outputs = ConsoleOutputs(config.terminal.name, color=config.output.color)
     else:
-        from terminal.door_monitor import DOOR_EVENT_KINDS, open_alarm_from_log
+        from common.door_events import DOOR_EVENT_KINDS, open_alarm_from_log
         from terminal.gpio_outputs import GpioDoor, GpioError, GpioOutputs, alarm_screen_for
 
         holder: list = []  # [the GPIO outputs, the outputs as a whole]: the door exists before either

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from common.door_events import (ALARM_KINDS, CLOSED, DOOR_EVENT_KINDS, FORCED_OPEN, HELD_OPEN, REX,  # noqa: F401
-                                 open_alarm_from_log)
+from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, REX
 
 MESSAGES = {
     HELD_OPEN: "Door held open: please close the door",

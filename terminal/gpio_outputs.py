@@ -160,7 +160,8 @@ class GpioOutputs:
         from gpiozero import LED, Buzzer
 
         self.door = door
-        self.green = _claim(lambda: LED(output.green_led_pin), "[output].green_led_pin") if output.green_led_pin else None
+        self.green = (_claim(lambda: LED(output.green_led_pin), "[output].green_led_pin")
+                      if output.green_led_pin else None)
         self.red = _claim(lambda: LED(output.red_led_pin), "[output].red_led_pin") if output.red_led_pin else None
         self.buzzer = _claim(lambda: Buzzer(output.buzzer_pin), "[output].buzzer_pin") if output.buzzer_pin else None
         self.text = ""

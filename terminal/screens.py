@@ -25,7 +25,8 @@ class Screen:
 
 
 ZH = {
-    "granted": "欢迎", "clock_in": "上班打卡成功", "clock_out": "下班打卡成功", "repeat": "已打卡", "completed": "交易成功", "balance": "余额查询",
+    "granted": "欢迎", "clock_in": "上班打卡成功", "clock_out": "下班打卡成功", "repeat": "已打卡",
+    "completed": "交易成功", "balance": "余额查询",
     "blacklisted": "此卡已挂失或注销", "expired": "卡已过期", "not_yet_valid": "卡尚未生效", "voided": "卡已作废",
     "card_status": "卡状态异常", "no_rights": "无此门权限", "outside_hours": "不在允许时段",
     "unknown_time_profile": "时段未设置,请联系管理员", "other_enterprise": "非本单位卡",

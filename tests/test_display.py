@@ -1,6 +1,5 @@
 """The luma display: each screen rendered on luma's dummy device and checked by its pixels, in Chinese and English."""
 import datetime as dt
-from pathlib import Path
 
 import pytest
 
