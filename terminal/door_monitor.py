@@ -22,7 +22,7 @@ MESSAGES = {
 class DoorEvent:
     kind: str
     message: str
-    detail: dict = field(default_factory=dict)
+    detail: dict[str, object] = field(default_factory=dict)
 
 
 class DoorMonitor:
@@ -34,8 +34,8 @@ class DoorMonitor:
         self.held_open_seconds = held_open_seconds
         self.alarm = open_alarm          # the alarm in force, or None
         self.door_open = door_open
-        self._unlock_until = None        # strike energised (unlocked) until this time
-        self._authorised_until = None    # the door may be opened until this time without an alarm
+        self._unlock_until: float | None = None      # strike energised (unlocked) until this time
+        self._authorised_until: float | None = None  # the door may be opened until this time without an alarm
         # A door found open at start (e.g. a restart while someone held it) gets the held-open allowance from now.
         self._held_deadline = now + held_open_seconds if door_open and open_alarm is None else None
         self.events: list[DoorEvent] = []
@@ -47,7 +47,7 @@ class DoorMonitor:
     def unlocked(self) -> bool:
         return self._unlock_until is not None
 
-    def _emit(self, kind: str, **detail) -> None:
+    def _emit(self, kind: str, **detail: object) -> None:
         self.events.append(DoorEvent(kind, MESSAGES[kind], detail))
 
     def take_events(self) -> list[DoorEvent]:
