@@ -280,7 +280,8 @@ sun = ["00:00-24:00"]
 def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
     log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
     proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg),
-                             "--display-snapshots", str(work / "screens" / t.kind)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+                             "--display-snapshots", str(work / "screens" / t.kind)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
     stack.callback(stop_process, proc)
     agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
     agent = subprocess.Popen([sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)],
