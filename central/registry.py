@@ -9,6 +9,7 @@ import sqlite3
 
 from central.db import ACTIVE, DEFAULT_MAX_BALANCE_CENTS, LOST, TERMINAL_KINDS, PlatformError, _asn, _yuan
 from common import sync_protocol as p
+from common.door_events import DOOR_EVENT_KINDS, open_alarm_from_log
 from common.events import GENESIS_HASH
 
 # The issuing station's event kinds that carry a card's key version (terminal/rekey.py, terminal/issuing.py).
@@ -228,4 +229,10 @@ class Registry:
             "SELECT at, kind, seq, text FROM terminal_alarms WHERE terminal_id = ? ORDER BY id", (terminal_id,))]
         d["reanchors"] = [dict(zip(("at", "old_seq", "at_seq", "reason"), r)) for r in self.conn.execute(
             "SELECT at, old_seq, at_seq, reason FROM reanchors WHERE terminal_id = ? ORDER BY id", (terminal_id,))]
+        last_door = self.conn.execute(
+            f"SELECT seq, time, kind, message FROM events WHERE terminal_id = ? AND kind IN "
+            f"({', '.join('?' * len(DOOR_EVENT_KINDS))}) ORDER BY seq DESC LIMIT 1",
+            (terminal_id, *DOOR_EVENT_KINDS)).fetchone()
+        d["open_alarms"] = ([dict(zip(("seq", "time", "kind", "message"), last_door))]
+                            if last_door is not None and open_alarm_from_log(last_door[2]) else [])
         return d

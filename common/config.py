@@ -91,6 +91,22 @@ class SamSection:
 class DoorSection:
     group: int
     open_seconds: float
+    held_open_seconds: float = 30.0   # after a grant or REX, the door open longer than this raises door.held_open
+    # The door's own wiring (firmware.toml only; the platform sets group and times, never pins). BCM GPIO numbers,
+    # 0 = not fitted. See docs/install.md, "Wiring".
+    strike_pin: int = 0
+    strike_active_high: bool = True       # the relay input: true = pin high energises the relay
+    lock: str = "fail-secure"             # fail-secure: energised = unlocked; fail-safe (maglock): energised = locked
+    contact_pin: int = 0                  # door contact (reed switch) to ground: closed door = pin low
+    rex_pin: int = 0                      # request-to-exit button to ground: pressed = pin low
+
+
+DOOR_PLATFORM_KEYS = ("group", "open_seconds", "held_open_seconds")  # what a platform document may set for a door
+LOCKS = ("fail-secure", "fail-safe")
+OUTPUT_DRIVERS = ("console", "gpio")
+DISPLAY_DRIVERS = ("none", "st7735", "ssd1306", "dummy")
+KEYPAD_DRIVERS = ("console", "stdin", "evdev", "serial")
+DEFAULT_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
 
 @dataclass(frozen=True)
@@ -113,8 +129,46 @@ class TopupSection:
 
 @dataclass(frozen=True)
 class OutputSection:
-    driver: str
+    driver: str                 # console: print what the hardware would do; gpio: relay, LEDs and buzzer on GPIO
     color: bool
+    green_led_pin: int = 0      # BCM GPIO numbers, 0 = not fitted; LEDs and buzzer active high
+    red_led_pin: int = 0
+    buzzer_pin: int = 0
+
+
+@dataclass(frozen=True)
+class DisplaySection:
+    """[display]: a luma LCD/OLED showing each decision (none: the [output] driver's text only)."""
+
+    driver: str = "none"
+    width: int = 160
+    height: int = 128
+    rotate: int = 0             # 0..3, quarter turns
+    spi_port: int = 0           # st7735 (SPI)
+    spi_device: int = 0
+    gpio_dc: int = 24
+    gpio_rst: int = 25
+    i2c_port: int = 1           # ssd1306 (I2C)
+    i2c_address: int = 0x3C
+    font: Path = DEFAULT_FONT   # a TrueType font with CJK glyphs (Debian: fonts-wqy-microhei)
+
+
+@dataclass(frozen=True)
+class KeypadSection:
+    """[keypad]: where a POS or top-up terminal reads the cashier's keys."""
+
+    driver: str = "console"     # console: this terminal's TTY; stdin: lines piped in by a till system; evdev; serial
+    device: str = ""            # evdev: /dev/input/eventN or the device's name; serial: the port, e.g. /dev/ttyUSB0
+    baudrate: int = 9600        # serial
+    tap_without_amount: str = "balance"   # balance: show the card's balance; ask: "Enter the amount first"
+
+
+@dataclass(frozen=True)
+class StatusSection:
+    """[status]: the installer's read-only status page; listen = "" (the default) keeps it off."""
+
+    host: str = ""
+    port: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +207,9 @@ class Config:
     topup: TopupSection
     time_profiles: dict[int, TimeProfile] = field(default_factory=dict)
     sync: SyncSection | None = None  # absent: this terminal has no sync agent
+    display: DisplaySection = DisplaySection()
+    keypad: KeypadSection = KeypadSection()
+    status: StatusSection = StatusSection()
 
 
 class _Section:
@@ -216,7 +273,8 @@ def suggestion(key: str, known) -> str:
 
 
 # Every key each section may hold; anything else is refused with the nearest of these suggested.
-SECTIONS = ("terminal", "reader", "sam", "door", "attendance", "pos", "topup", "output", "time_profiles", "sync")
+SECTIONS = ("terminal", "reader", "sam", "door", "attendance", "pos", "topup", "output", "time_profiles", "sync",
+            "display", "keypad", "status")
 def keys_of(section: type, derived: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The TOML keys of a section: its dataclass fields (less those computed from others), so a setting added to a
     section is known to the unknown-key check the moment it exists and a forgotten list cannot refuse it."""
@@ -231,6 +289,9 @@ ATTENDANCE_KEYS = keys_of(AttendanceSection)
 POS_KEYS = keys_of(PosSection)
 TOPUP_KEYS = keys_of(TopupSection)
 OUTPUT_KEYS = keys_of(OutputSection)
+DISPLAY_KEYS = keys_of(DisplaySection)
+KEYPAD_KEYS = keys_of(KeypadSection)
+STATUS_KEYS = ("listen",)  # parsed into host and port
 PROFILE_KEYS = WEEKDAYS + ("name",)
 DOCUMENT_SECTIONS = ("doors", "attendance", "pos", "topup", "time_profiles")
 
@@ -331,30 +392,108 @@ def load_config(path: str | Path) -> Config:
         raise s.fail("passphrase_file", "and device_secret_file: exactly one must be set",
                      "set passphrase_file or device_secret_file, not both")
 
-    door = _door_section(section("door", required=terminal.kind == "door"))
+    door = _door_hardware(section("door", required=terminal.kind == "door"))
     attendance = _attendance_section(section("attendance", required=False))
     pos = _pos_section(section("pos", required=terminal.kind == "pos"))
     topup = _topup_section(section("topup", required=False))
 
-    o = section("output", required=False)
-    o.only(OUTPUT_KEYS)
-    output = OutputSection(driver=o.choice("driver", ("console",), default="console"), color=o.get("color", bool, default=True))
+    output = _output_section(section("output", required=False))
 
     profiles = _time_profiles(path, raw.get("time_profiles", {}))
 
     return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
                   output=output, pos=pos, topup=topup, time_profiles=profiles,
-                  sync=_sync_section(section("sync", required=False)))
+                  sync=_sync_section(section("sync", required=False)),
+                  display=_display_section(section("display", required=False)),
+                  keypad=_keypad_section(section("keypad", required=False)),
+                  status=_status_section(section("status", required=False)))
 
 
-def _door_section(d: _Section) -> DoorSection:
-    d.only(DOOR_KEYS)
-    door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0))
+def _pin(sec: _Section, key: str, default: int = 0) -> int:
+    pin = sec.get(key, int, default=default)
+    if not 0 <= pin <= 27:
+        raise sec.fail(key, f"= {pin} is not a BCM GPIO number", "use 1..27 (0 = not fitted); see docs/install.md")
+    return pin
+
+
+def _door_section(d: _Section, known: tuple[str, ...] = DOOR_PLATFORM_KEYS) -> DoorSection:
+    """The door's decision settings: group and times (a platform document may set these, never the wiring)."""
+    d.only(known)
+    door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0),
+                       held_open_seconds=d.get("held_open_seconds", float, default=30.0))
     if not 1 <= door.group <= 64:
         raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
     if not 0 < door.open_seconds <= 60:
         raise d.fail("open_seconds", f"= {door.open_seconds} is outside (0, 60]", "use a few seconds")
+    if not 0 < door.held_open_seconds <= 3600:
+        raise d.fail("held_open_seconds", f"= {door.held_open_seconds} is outside (0, 3600]",
+                     "use half a minute or so")
     return door
+
+
+def _door_hardware(d: _Section) -> DoorSection:
+    """[door] of firmware.toml: the decision settings and the door's wiring."""
+    door = dataclasses.replace(_door_section(d, DOOR_KEYS), strike_pin=_pin(d, "strike_pin"),
+                               strike_active_high=d.get("strike_active_high", bool, default=True),
+                               lock=d.choice("lock", LOCKS, default="fail-secure"),
+                               contact_pin=_pin(d, "contact_pin"), rex_pin=_pin(d, "rex_pin"))
+    pins = [p for p in (door.strike_pin, door.contact_pin, door.rex_pin) if p]
+    if len(set(pins)) != len(pins):
+        raise d.fail("strike_pin", "contact_pin and rex_pin share a GPIO", "give each its own pin")
+    return door
+
+
+def _output_section(o: _Section) -> OutputSection:
+    o.only(OUTPUT_KEYS)
+    return OutputSection(driver=o.choice("driver", OUTPUT_DRIVERS, default="console"),
+                         color=o.get("color", bool, default=True), green_led_pin=_pin(o, "green_led_pin"),
+                         red_led_pin=_pin(o, "red_led_pin"), buzzer_pin=_pin(o, "buzzer_pin"))
+
+
+def _display_section(d: _Section) -> DisplaySection:
+    d.only(DISPLAY_KEYS)
+    default = DisplaySection()
+
+    def bounded(key: str, low: int, high: int) -> int:
+        value = d.get(key, int, default=getattr(default, key))
+        if not low <= value <= high:
+            raise d.fail(key, f"= {value} is outside {low}..{high}", "see the documented [display] section")
+        return value
+
+    return DisplaySection(driver=d.choice("driver", DISPLAY_DRIVERS, default="none"),
+                          width=bounded("width", 64, 1024), height=bounded("height", 32, 1024),
+                          rotate=bounded("rotate", 0, 3), spi_port=bounded("spi_port", 0, 1),
+                          spi_device=bounded("spi_device", 0, 2), gpio_dc=_pin(d, "gpio_dc", default.gpio_dc),
+                          gpio_rst=_pin(d, "gpio_rst", default.gpio_rst), i2c_port=bounded("i2c_port", 0, 22),
+                          i2c_address=bounded("i2c_address", 0x03, 0x77),
+                          font=d.path_value("font", required=False) or default.font)
+
+
+def _keypad_section(k: _Section) -> KeypadSection:
+    k.only(KEYPAD_KEYS)
+    keypad = KeypadSection(driver=k.choice("driver", KEYPAD_DRIVERS, default="console"),
+                           device=k.get("device", str, default=""),
+                           baudrate=k.get("baudrate", int, default=9600),
+                           tap_without_amount=k.choice("tap_without_amount", ("balance", "ask"), default="balance"))
+    if keypad.driver in ("evdev", "serial") and not keypad.device:
+        raise k.fail("device", "is missing", f"name the {keypad.driver} device, e.g. "
+                     + ('"/dev/input/by-id/usb-...-event-kbd"' if keypad.driver == "evdev" else '"/dev/ttyUSB0"'))
+    if keypad.baudrate not in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
+        raise k.fail("baudrate", f"= {keypad.baudrate} is not a standard rate", "use e.g. 9600")
+    return keypad
+
+
+def _status_section(s: _Section) -> StatusSection:
+    s.only(STATUS_KEYS)
+    listen = s.get("listen", str, default="")
+    if not listen:
+        return StatusSection()
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise s.fail("listen", f"= {listen!r} is not HOST:PORT", 'write e.g. "127.0.0.1:8080", or "" for off')
+    return StatusSection(host=host.strip("[]"), port=int(port))
+
+
 
 
 def _attendance_section(a: _Section) -> AttendanceSection:
@@ -412,8 +551,11 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
     """The configuration with the platform's signed document (docs/sync-protocol.md, "Configuration document")
     laid over it. Each section present replaces the terminal's; ConfigError names what is wrong and nothing applies.
     """
-    return dataclasses.replace(config, **_document_changes(Path(f"platform configuration v{version}"), document,
-                                                           config.terminal.id))
+    changes = _document_changes(Path(f"platform configuration v{version}"), document, config.terminal.id)
+    if "door" in changes:  # the platform's group and times; the door's wiring stays as firmware.toml has it
+        changes["door"] = dataclasses.replace(config.door, **{k: getattr(changes["door"], k)
+                                                              for k in DOOR_PLATFORM_KEYS})
+    return dataclasses.replace(config, **changes)
 
 
 def _document_changes(where: Path, document: object, terminal_id: str | None) -> dict:

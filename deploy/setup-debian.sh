@@ -4,8 +4,9 @@
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# fonts-wqy-microhei: the display's Chinese font; chromium + chromium-driver: the status page's browser test.
 PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev swig pcsc-tools opensc mosquitto mosquitto-clients
-          python3-venv python3-dev build-essential)
+          python3-venv python3-dev build-essential fonts-wqy-microhei chromium chromium-driver)
 
 say() { printf 'setup-debian: %s\n' "$*"; }
 die() { printf 'setup-debian: error: %s\n' "$*" >&2; exit 1; }

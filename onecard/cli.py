@@ -8,6 +8,15 @@ import sys
 from common.errors import EXIT_INTERRUPTED, UserError
 
 
+def installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("onecard")
+    except PackageNotFoundError:
+        return "(not installed: running from a checkout)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from central import cli as platform_cli
     from onecard import demo, wiring
@@ -19,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--version", action="version", version=f"onecard {installed_version()}")
     parser.set_defaults(wiring=wiring.Wiring())  # what the product's commands are given instead of the simulator
     top = parser.add_subparsers(dest="area", required=True)
     terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(

@@ -245,6 +245,10 @@ undo_window_seconds = 300
 driver = "console"
 color = false
 
+[keypad]
+# The demo is the till system here: it pipes the cashier's amounts in.
+driver = "stdin"
+
 [sync]
 broker_host = "127.0.0.1"
 broker_port = {broker.port}
@@ -272,7 +276,8 @@ sun = ["00:00-24:00"]
 
 def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
     log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
-    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg),
+                             "--display-snapshots", str(work / "screens" / t.kind)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
     stack.callback(stop_process, proc)
     agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
@@ -451,5 +456,6 @@ def cmd_demo(args) -> int:
     for t in TERMINALS:
         say(f"{t.name}: event log")
         onecard("log", "verify", "--db", work / f"{t.kind}.db", quiet=False)
+    say(f"every screen the terminals showed is a PNG in {work / 'screens'}")
     say(f"done; everything is in {work}")
     return 0

@@ -3,12 +3,15 @@ whole Terminal. Shared by `onecard terminal run`, the self-test and provisioning
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 from common.config import Config, ConfigError, load_config
 from common.errors import UserError
+
+log = logging.getLogger("onecard.terminal")
 
 
 def read_config(path: Path) -> Config:
@@ -112,12 +115,61 @@ def open_storage(config: Config):
     return event_log, blacklist
 
 
+def open_outputs(config: Config, event_log, snapshot_dir: Path | None = None):
+    """The [output] driver (console or gpio) with the [display] driver, if any; UserError naming the setting."""
+    from common.logs import log_event
+    from terminal.outputs import ConsoleOutputs, WithDisplay
+
+    screen_driver = None
+    d = config.display
+    if d.driver != "none" or snapshot_dir is not None:
+        from terminal.display import DisplayError, Fonts, LumaDisplay, open_device
+        try:
+            screen_driver = LumaDisplay(open_device(d), Fonts(d.font, d.height), snapshot_dir)
+        except DisplayError as exc:
+            raise UserError(str(exc)) from None
+    if config.output.driver == "console":
+        outputs = ConsoleOutputs(config.terminal.name, color=config.output.color)
+    else:
+        from common.door_events import DOOR_EVENT_KINDS, open_alarm_from_log
+        from terminal.gpio_outputs import GpioDoor, GpioError, GpioOutputs, alarm_screen_for
+
+        holder: list = []  # [the GPIO outputs, the outputs as a whole]: the door exists before either
+
+        def on_door_event(event) -> None:  # from the door's thread: sound and show now, log from the tap loop
+            if holder:
+                holder[0].door_event(event)
+                holder[-1].show(alarm_screen_for(event))
+
+        door = None
+        try:
+            if config.terminal.kind == "door":
+                if config.door.lock == "fail-secure" and not config.door.strike_active_high:
+                    log_event(log, "door.wiring_warning", logging.WARNING, pin=config.door.strike_pin,
+                              msg="an active-low relay board energises when the process dies and the pin floats: "
+                                  "a killed terminal may leave a fail-secure door unlocked (docs/install.md, Wiring)")
+                last = event_log.last_event_of(DOOR_EVENT_KINDS) if event_log is not None else None
+                door = GpioDoor(config.door, open_alarm=open_alarm_from_log(last.kind if last else None),
+                                on_event=on_door_event)
+            gpio = GpioOutputs(config.output, door)
+        except GpioError as exc:
+            if door is not None:
+                door.close()
+            raise UserError(str(exc)) from None
+        outputs = gpio
+        holder.append(gpio)
+    if screen_driver is not None:
+        outputs = WithDisplay(outputs, screen_driver)
+    if config.output.driver == "gpio":
+        holder.append(outputs)
+    return outputs
+
+
 def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, outputs=None, wait_for_reader=False,
-                   simulated_reader: Callable[[Path], object] | None = None):
+                   simulated_reader: Callable[[Path], object] | None = None, snapshot_dir: Path | None = None):
     """Open every adapter the configuration names (tests may hand in a SAM, reader or outputs of their own);
-    each failure is one UserError line."""
+    each failure is one UserError line. The outputs are closed (the strike released) when the stack unwinds."""
     from terminal.app import Terminal
-    from terminal.outputs import ConsoleOutputs
 
     if config.sync is not None:
         from common.db import DatabaseError
@@ -133,7 +185,9 @@ def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, o
     if reader is None:
         reader = open_reader(config, wait=wait_for_reader, simulated_reader=simulated_reader)
         stack.callback(reader.close)
-    outputs = outputs or ConsoleOutputs(config.terminal.name, color=config.output.color)
+    if outputs is None:
+        outputs = open_outputs(config, event_log, snapshot_dir)
+        stack.callback(outputs.close)
     sync = {}
     if config.sync is not None:
         # The agent's files are read here, never written: the terminal keeps working when the agent is down.

@@ -19,7 +19,9 @@ from terminal.authenticate import authenticate_card
 from common.config import Config, ConfigError, apply_platform_document
 from terminal.inbox import Inbox
 from terminal.decision import Decision, Refusal
-from terminal.keypad import Cancel, Charge, Keypad, Load, Request, Undo
+from common.money import format_yuan
+from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, Typed, Undo
+from terminal.screens import entry_screen, idle_screen, notice_screen, prompt_screen
 from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.door import decide_door
 from terminal.outputs import Outputs, present
@@ -31,6 +33,7 @@ PURSE_KINDS = ("pos", "topup")
 CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
 READER_UNAVAILABLE = "Reader unavailable: door locked, waiting for the reader"
 CONFIG_REJECTED = "config.rejected"  # event kind: a platform configuration document this terminal refused
+RESULT_SECONDS = 4.0          # a decision stays on the display this long before the idle screen returns
 
 
 class Terminal:
@@ -50,6 +53,10 @@ class Terminal:
         self.config_version = 0  # the platform configuration applied over firmware.toml (0: none)
         self.deadline = CommandDeadline(config.reader.command_timeout_ms / 1000)
         self.reader_problem: str | None = None  # why the reader is unavailable now (None: it works)
+        self._idle_shown = None  # the minute the idle screen shows, or None when something else is on it
+        self._screen_since = 0.0
+        self._idle_checked = 0.0
+        self.reader_status = {"name": "", "state": "not started"}  # for the status page (another thread reads it)
         self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq, outbox_pressure,
                                     inbox.pending_actions if inbox is not None else None)
                       if config.terminal.kind in PURSE_KINDS else None)
@@ -164,7 +171,66 @@ class Terminal:
                   reason=decision.reason_code, msg=decision.message)
         relay = self.config.door.open_seconds if self.config.terminal.kind == "door" else None
         present(decision, self.outputs, relay)
+        self._shown()
         return decision
+
+    def live_status(self) -> dict:
+        """What only the running terminal knows, for the status page."""
+        status = dict(self.reader_status)
+        if self.reader_problem is not None:
+            status["state"] = f"unavailable: {self.reader_problem}"
+        return {"reader": status}
+
+    def _shown(self) -> None:
+        self._idle_shown, self._screen_since = None, time.monotonic()
+
+    def show(self, screen) -> None:
+        self.outputs.show(screen)
+        self._shown()
+
+    def idle(self, clock: Callable[[], dt.datetime]) -> None:
+        """The idle screen (time and terminal name), once the last result has been on long enough; looked at
+        once a second, and not at all for outputs without a screen of their own (the console)."""
+        if not getattr(self.outputs, "shows_idle", True) or time.monotonic() - self._idle_checked < 1:
+            return
+        if getattr(self.outputs, "door_alarm", None) is not None or self.reader_problem is not None:
+            return  # an open alarm or a reader fault stays on the display
+        self._idle_checked = time.monotonic()
+        local = clock().astimezone(self.config.terminal.timezone)
+        minute = local.replace(second=0, microsecond=0)
+        if self._idle_shown == minute or time.monotonic() - self._screen_since < RESULT_SECONDS:
+            return
+        self.outputs.show(idle_screen(self.config.terminal.name, local))
+        self._idle_shown = minute
+
+    def log_door_events(self) -> None:
+        """Door events (REX, alarms, door closed) from the door hardware, into the log from this thread."""
+        take = getattr(self.outputs, "take_door_events", None)
+        for when, event in (take() if take is not None else []):
+            try:
+                self.event_log.append(when, event.kind, asn=None, reason_code=event.kind.split(".")[-1],
+                                      message=event.message, detail=event.detail)
+            except Exception as exc:
+                log_event(log, "log.write_failed", logging.ERROR, error=str(exc), kind=event.kind,
+                          msg="could not write a door event to the log")
+            self._shown()  # the alarm screen the door hardware just put up
+            level = logging.WARNING if event.kind in ("door.held_open", "door.forced_open") else logging.INFO
+            log_event(log, event.kind, level, terminal=self.config.terminal.id, msg=event.message, **event.detail)
+
+    def entry_refusal(self, request: Request) -> str | None:
+        """Limits known before any card is tapped: refused as the amount is entered, not after the tap."""
+        if isinstance(request, Charge):
+            pos = self.config.pos
+            if request.amount > pos.max_purchase:
+                return (f"{format_yuan(request.amount)} is over the limit of {format_yuan(pos.max_purchase)} per "
+                        "purchase: enter a smaller amount")
+            if request.amount > pos.offline_limit:
+                return (f"{format_yuan(request.amount)} is over the offline limit of "
+                        f"{format_yuan(pos.offline_limit)} per card: enter a smaller amount")
+        if isinstance(request, Load) and request.amount > self.config.topup.max_load:
+            return (f"{format_yuan(request.amount)} is over the top-up limit of "
+                    f"{format_yuan(self.config.topup.max_load)}: enter a smaller amount")
+        return None
 
     def _reader_unavailable(self, why: str) -> None:
         """Show and log an outage once; the door stays shut (nothing is granted without a reader)."""
@@ -209,6 +275,7 @@ class Terminal:
             conn.close()
         while not stop.is_set():
             heartbeat()
+            self.log_door_events()
             try:
                 if reader.wait_for_removal(poll):
                     break
@@ -230,37 +297,90 @@ class Terminal:
         self.clock = clock
         log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
                   reader=reader.name, msg="terminal ready for taps")
+        self.reader_status = {"name": reader.name, "state": "ready for taps"}
         refreshed = 0.0
         while not stop.is_set():
             heartbeat()
             if time.monotonic() - refreshed >= CONFIG_REFRESH_SECONDS:
                 self.refresh_config()
                 refreshed = time.monotonic()
+            self.log_door_events()
+            self.idle(clock)
             if self.purse is None:
                 conn = self._wait_for_card(reader, poll_seconds, stop)
                 if conn is not None:
                     self._serve_card(reader, conn, clock, stop, poll_seconds, heartbeat=heartbeat)
                 continue
-            request = keypad.next_request(poll_seconds)
+            item = keypad.next_request(poll_seconds / 2)
+            if item is None:
+                conn = self._wait_for_card(reader, poll_seconds / 2, stop)
+                if conn is not None:
+                    self._tap_without_amount(reader, conn, clock, stop, poll_seconds, heartbeat)
+                continue
+            request = self._keypad_item(item)
             if request is not None and not isinstance(request, Cancel):
                 self._serve_request(reader, keypad, request, clock, stop, poll_seconds, heartbeat)
+        self.reader_status = {"name": reader.name, "state": "stopped"}
         log_event(log, "terminal.stopped", terminal=self.config.terminal.id, msg="terminal stopped")
+
+    def _keypad_item(self, item, waiting: Request | None = None) -> Request | None:
+        """Show what the keypad sent; the request it completes, if any, once it is within the limits."""
+        waiting_text = waiting.prompt() if waiting is not None else ""
+        if isinstance(item, Typed):
+            self.show(entry_screen(item.text, waiting=waiting_text))
+            return None
+        if isinstance(item, Rejected):
+            self.show(entry_screen("", error=item.message))
+            log_event(log, "keypad.rejected", logging.INFO, msg=item.message)
+            return None
+        refusal = self.entry_refusal(item)
+        if refusal is not None:
+            self.show(entry_screen("", error=refusal))
+            return None
+        return item
+
+    def _tap_without_amount(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event,
+                            poll: float, heartbeat: Callable[[], None] = lambda: None) -> None:
+        if self.config.keypad.tap_without_amount == "balance":
+            self._serve_card(reader, conn, clock, stop, poll, Balance(), heartbeat)
+            return
+        conn.close()
+        self.show(notice_screen("Enter the amount first, then tap the card", "请先输入金额"))
+        while not stop.is_set():
+            heartbeat()
+            try:
+                if reader.wait_for_removal(poll):
+                    return
+            except ReaderError as exc:
+                self._reader_unavailable(str(exc))
+                return
 
     def _serve_request(self, reader: Reader, keypad: Keypad, request: Request, clock, stop: threading.Event,
                        poll: float, heartbeat: Callable[[], None] = lambda: None) -> None:
         self.outputs.light("off")
-        self.outputs.display(request.prompt())
+        self.show(prompt_screen(request.prompt(), getattr(request, "amount", None)))
         waited = 0.0
         while not stop.is_set():
             heartbeat()
-            if isinstance(keypad.next_request(0), Cancel):
-                self.outputs.display("Cancelled")
+            item = keypad.next_request(0)
+            if isinstance(item, Cancel):
+                self.show(notice_screen("Cancelled", "已取消"))
                 return
-            conn = self._wait_for_card(reader, poll, stop)
+            if item is not None:
+                replacement = self._keypad_item(item, waiting=request)
+                if replacement is not None:
+                    # A corrected amount replaces the one waiting: only the latest is ever charged.
+                    log_event(log, "keypad.replaced", old=request.prompt(), new=replacement.prompt(),
+                              msg="the cashier replaced the request waiting for the card")
+                    request, waited = replacement, 0.0
+                    self.show(prompt_screen(request.prompt(), getattr(request, "amount", None)))
+                continue
+            step = min(poll, 0.2)  # the keypad is looked at between these waits
+            conn = self._wait_for_card(reader, step, stop)
             if conn is None:
-                waited += poll
+                waited += step
                 if waited >= self.config.pos.card_wait_seconds:
-                    self.outputs.display("No card presented: cancelled")
+                    self.show(notice_screen("No card presented: cancelled", "未刷卡,已取消"))
                     return
                 continue
             decision = self._serve_card(reader, conn, clock, stop, poll, request, heartbeat)

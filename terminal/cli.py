@@ -7,16 +7,23 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 
+from common.errors import UserError
 from terminal.adapters import build_terminal, read_config, utc_now
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="serve taps on the configured reader until Ctrl-C")
     run.add_argument("--config", required=True, type=Path, help="path of firmware.toml")
+    run.add_argument("--display-snapshots", type=Path, metavar="DIR",
+                     help="also write every screen the display shows as DIR/NNNN-kind.png")
     run.set_defaults(handler=cmd_run)
     check = sub.add_parser("check-config", help="validate firmware.toml and print what it sets up")
     check.add_argument("--config", required=True, type=Path)
     check.set_defaults(handler=cmd_check_config)
+    files = sub.add_parser("files", help="where the documented firmware.toml and the systemd units are installed")
+    files.add_argument("--path", metavar="NAME", help="print only the path of this file, e.g. firmware.toml or "
+                       "onecard-terminal.service")
+    files.set_defaults(handler=cmd_files)
     from terminal import install_cli  # the installer's commands: provision, selftest
     install_cli.add_subcommands(sub)
 
@@ -32,17 +39,42 @@ def cmd_run(args) -> int:
     with ExitStack() as stack:
         wiring = getattr(args, "wiring", None)
         terminal, reader = build_terminal(config, stack, wait_for_reader=True,
-                                          simulated_reader=wiring.simulated_card_reader if wiring else None)
+                                          simulated_reader=wiring.simulated_card_reader if wiring else None,
+                                          snapshot_dir=args.display_snapshots)
         keypad = None
-        if terminal.purse is not None:
-            from terminal.keypad import HELP, ConsoleKeypad
-            keypad = ConsoleKeypad(config.terminal.kind)
-            print(f"[{config.terminal.name}] keypad: {HELP[config.terminal.kind]}", flush=True)
+        if config.terminal.kind in ("pos", "topup"):
+            # Before the first tap: a till without keys refuses to start instead of silently taking nothing.
+            from terminal.keypad import HELP, open_keypad
+            k = config.keypad
+            keypad = open_keypad(config.terminal.kind, k.driver, k.device, k.baudrate)
+            stack.callback(keypad.close)
+        if config.status.port:
+            from terminal.status_page import StatusPage
+            page = StatusPage(config, terminal.live_status, config.status.host, config.status.port)
+            stack.callback(page.close)
+        if keypad is not None:
+            print(f"[{config.terminal.name}] keypad ({config.keypad.driver}): {HELP[config.terminal.kind]}",
+                  flush=True)
         systemd.ready(f"{config.terminal.kind} terminal {config.terminal.id} serving taps")
         try:
             terminal.run(reader, utc_now, stop, keypad=keypad, heartbeat=systemd.heartbeat)
         finally:
             systemd.stopping()
+    return 0
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def cmd_files(args) -> int:
+    files = {p.name: p for p in [DATA / "firmware.toml", *sorted((DATA / "systemd").iterdir())]}
+    if args.path is not None:
+        if args.path not in files:
+            raise UserError(f"no packaged file {args.path!r}; one of: {', '.join(files)}")
+        print(files[args.path])
+        return 0
+    for name, path in files.items():
+        print(f"{name}\t{path}")
     return 0
 
 
@@ -54,9 +86,26 @@ def cmd_check_config(args) -> int:
     print(f"reader {c.reader.driver} {c.reader.name or c.reader.path or c.reader.card}")
     print(f"sam {c.sam.backend} {c.sam.keystore or c.sam.reader}")
     if t.kind == "door":
-        print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s")
+        print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s, held-open alarm after "
+              f"{c.door.held_open_seconds:g} s")
     else:
         print(f"attendance repeat window {c.attendance.repeat_window_seconds:g} s")
+    o, d = c.output, c.door
+    if o.driver == "gpio":
+        pins = {"strike": d.strike_pin if t.kind == "door" else 0, "contact": d.contact_pin if t.kind == "door" else 0,
+                "exit button": d.rex_pin if t.kind == "door" else 0, "green LED": o.green_led_pin,
+                "red LED": o.red_led_pin, "buzzer": o.buzzer_pin}
+        print("gpio " + ", ".join(f"{name} GPIO{pin}" for name, pin in pins.items() if pin)
+              + (f"; {d.lock} strike, relay active {'high' if d.strike_active_high else 'low'}"
+                 if t.kind == "door" and d.strike_pin else ""))
+    else:
+        print("outputs on the console")
+    if c.display.driver != "none":
+        print(f"display {c.display.driver} {c.display.width}x{c.display.height}, font {c.display.font}")
+    if t.kind in ("pos", "topup"):
+        print(f"keypad {c.keypad.driver} {c.keypad.device}".rstrip())
+    if c.status.port:
+        print(f"status page http://{c.status.host}:{c.status.port}/")
     for n, p in sorted(c.time_profiles.items()):
         print(f"time profile {n} '{p.name}': " + "; ".join(p.describe_day(d) for d in range(7)))
     return 0

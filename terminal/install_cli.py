@@ -88,13 +88,37 @@ def cmd_provision(args) -> int:
 
 
 def default_adapters(simulated_reader: Callable[[Path], object] | None = None) -> Adapters:
+    from terminal.adapters import open_outputs
     from terminal.outputs import ConsoleOutputs
 
-    # stderr: stdout carries only the PASS/FAIL lines, so they can be read and filed as they are.
+    def make_outputs(c):
+        if c.output.driver == "console" and c.display.driver == "none":
+            # stderr: stdout carries only the PASS/FAIL lines, so they can be read and filed as they are.
+            return ConsoleOutputs(c.terminal.name, stream=sys.stderr, color=c.output.color)
+        return open_outputs(c, None)  # the configured GPIO and display drivers; no alarm state is read
+
     return Adapters(lambda c: open_reader(c, simulated_reader=simulated_reader),
                     lambda c: open_sam(c, check_binding=False),  # check_sam explains a mismatch
-                    lambda c: ConsoleOutputs(c.terminal.name, stream=sys.stderr, color=c.output.color),
-                    prompt=say)
+                    make_outputs, prompt=say)
+
+
+def save_last_result(config_path: Path, results: list[CheckResult], summary: str, when) -> None:
+    """The result for the status page, beside the event log; best effort (a self-test run by another user than
+    the terminal's, or with a broken configuration, still prints its lines)."""
+    import json
+
+    from common.files import write_atomically
+    from terminal.status_page import selftest_path
+
+    try:
+        path = selftest_path(load_config(config_path))
+        if not path.parent.is_dir():
+            return  # no terminal data directory yet: nothing runs here to show it
+        record = {"time": when.isoformat(timespec="seconds"), "summary": summary,
+                  "results": [{"check": r.name, "status": r.status, "found": r.found} for r in results]}
+        write_atomically(path, json.dumps(record, indent=1).encode(), mode=0o640)
+    except (ConfigError, OSError) as exc:
+        print(f"note: the result is not kept for the status page ({exc})")
 
 
 def add_selftest(sub) -> None:
@@ -127,7 +151,9 @@ def cmd_selftest(args) -> int:
 
     results = run_selftest(args.config, adapters, args.tap_timeout, args.broker_timeout, emit)
     ok = all_passed(results)
-    print(f"selftest: {'all checks passed' if ok else str(sum(r.failed for r in results)) + ' check(s) failed'}")
+    summary = 'all checks passed' if ok else str(sum(r.failed for r in results)) + ' check(s) failed'
+    print(f"selftest: {summary}")
+    save_last_result(args.config, results, summary, adapters.now())
     if args.report is not None:
         try:
             config = load_config(args.config)

@@ -1,4 +1,5 @@
-"""What the cashier or operator asks for at a POS or top-up terminal, and the console keypad that reads it."""
+"""What the cashier asks for at a POS or top-up terminal, and the key sources that read it: the console or a till
+system's pipe (whole lines), a serial keypad (pyserial) and a USB keypad (evdev), one key at a time."""
 from __future__ import annotations
 
 import queue
@@ -70,34 +71,268 @@ def parse_request(line: str, kind: str) -> Request:
     return Charge(amount) if kind == "pos" else Load(amount)
 
 
+@dataclass(frozen=True)
+class Typed:
+    """The cashier's line so far (shown on the display as it is typed)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A line that is not a request (`12,50`, `-3`, `abc`): its message goes to the display."""
+
+    message: str
+
+
+Item = Request | Typed | Rejected
+
+# Keys other than characters; a source maps its own codes onto these names.
+BACKSPACE, CLEAR, CANCEL, ENTER = "backspace", "clear", "cancel", "enter"
+
+
+class KeyLine:
+    """Single keys -> the line being typed -> a request when Enter is pressed. Sans-I/O, one per key source."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.line = ""
+
+    def key(self, key: str) -> list[Item]:
+        if key == CANCEL:
+            self.line = ""
+            return [Cancel()]
+        if key == ENTER:
+            line, self.line = self.line, ""
+            if not line.strip():
+                return []
+            try:
+                return [parse_request(line, self.kind)]
+            except UserError as exc:
+                return [Rejected(str(exc))]
+        if key == BACKSPACE:
+            self.line = self.line[:-1]
+        elif key == CLEAR:
+            self.line = ""
+        elif len(key) == 1 and key.isprintable():
+            if len(self.line) >= 12:
+                return [Rejected(f"{self.line + key!r} is too long: {HELP[self.kind]}")]
+            self.line += key
+        else:
+            return []
+        return [Typed(self.line)]
+
+
 class Keypad(Protocol):
-    def next_request(self, timeout: float) -> Request | None:
-        """The next request, or None when nothing was entered within timeout seconds."""
+    def next_request(self, timeout: float) -> Item | None:
+        """The next request (or what was typed, or a refused line), or None when nothing came within timeout s."""
+
+    def close(self) -> None: ...
 
 
-class ConsoleKeypad:
+class _QueuedKeypad:
+    """A key source read in its own thread; what it yields waits in a queue for the tap loop."""
+
+    def __init__(self, kind: str, name: str):
+        self.kind = kind
+        self._queue: queue.Queue[Item] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._guarded, daemon=True, name=name)
+
+    def _guarded(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:  # a keypad unplugged mid-shift: say so on the display, keep the terminal up
+            if not self._stop.is_set():
+                self._queue.put(Rejected(f"keypad stopped ({type(exc).__name__}: {exc}); check its cable, "
+                                         "then restart the terminal"))
+
+    def _read(self) -> None:
+        raise NotImplementedError
+
+    def next_request(self, timeout: float) -> Item | None:
+        try:
+            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class ConsoleKeypad(_QueuedKeypad):
     """Reads one request per line from a text stream (the console, or a pipe from a till system)."""
 
-    def __init__(self, kind: str, stream: TextIO | None = None, errors: TextIO | None = None):
-        self.kind = kind
-        self._queue: queue.Queue[Request] = queue.Queue()
-        self._errors = errors or sys.stderr
-        self._thread = threading.Thread(target=self._read, args=(stream or sys.stdin,), daemon=True,
-                                        name="keypad")
+    def __init__(self, kind: str, stream: TextIO | None = None):
+        super().__init__(kind, "keypad")
+        self._stream = stream or sys.stdin
         self._thread.start()
 
-    def _read(self, stream: TextIO) -> None:
-        for line in stream:
+    def _read(self) -> None:
+        for line in self._stream:
             if not line.strip():
                 continue
             try:
                 self._queue.put(parse_request(line, self.kind))
             except UserError as exc:
-                self._errors.write(f"keypad: {exc}\n")
-                self._errors.flush()
+                self._queue.put(Rejected(str(exc)))
 
-    def next_request(self, timeout: float) -> Request | None:
+
+# Serial keypads send characters; these bytes are the editing keys.
+SERIAL_KEYS = {b"\r": ENTER, b"\n": ENTER, b"\x08": BACKSPACE, b"\x7f": BACKSPACE, b"\x1b": CANCEL, b"\x18": CLEAR}
+
+
+class SerialKeypad(_QueuedKeypad):
+    """A serial (RS-232/USB-serial) keypad through pyserial: one character per key, Enter ends the line."""
+
+    def __init__(self, kind: str, port: str, baudrate: int = 9600):
+        import serial
+
+        super().__init__(kind, "keypad-serial")
         try:
-            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            return None
+            self._serial = serial.Serial(port, baudrate, timeout=0.2)
+        except (serial.SerialException, ValueError) as exc:
+            raise UserError(f"[keypad] device {port!r} cannot be opened ({exc}); check the cable and the port "
+                            "(ls /dev/ttyUSB* /dev/serial/by-id), and that the onecard user is in dialout") from None
+        self._line = KeyLine(kind)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            data = self._serial.read(1)
+            if not data:
+                continue
+            key = SERIAL_KEYS.get(data) or data.decode("latin-1")
+            if key == ENTER and data == b"\n" and self._last == b"\r":
+                self._last = data
+                continue  # CR LF is one Enter
+            self._last = data
+            for item in self._line.key(key):
+                self._queue.put(item)
+
+    _last = b""
+
+    def close(self) -> None:
+        super().close()
+        self._thread.join(timeout=1)
+        self._serial.close()
+
+
+def evdev_key(code_name: str) -> str | None:
+    """An evdev key name (KEY_KP5, KEY_BACKSPACE, ...) -> a KeyLine key; None for keys a cashier does not use."""
+    name = code_name.removeprefix("KEY_")
+    named = {"ENTER": ENTER, "KPENTER": ENTER, "BACKSPACE": BACKSPACE, "ESC": CANCEL, "DELETE": CLEAR,
+             "NUMLOCK": CLEAR, "DOT": ".", "KPDOT": ".", "COMMA": ",", "KPCOMMA": ",", "MINUS": "-", "KPMINUS": "-",
+             "KPASTERISK": "u", "KPSLASH": "b", "KPPLUS": "c"}
+    if name in named:
+        return named[name]
+    if name.startswith("KP") and name[2:].isdigit():
+        return name[2:]
+    if len(name) == 1 and name.isalnum():
+        return name.lower()
+    return None
+
+
+def keys_from_events(events) -> list[str]:
+    """Recorded or live evdev input events -> KeyLine keys: key presses and auto-repeats, not releases."""
+    from evdev import ecodes
+
+    keys = []
+    for event in events:
+        if event.type != ecodes.EV_KEY or event.value not in (1, 2):
+            continue
+        names = ecodes.KEY.get(event.code) or ecodes.BTN.get(event.code)
+        for name in ([names] if isinstance(names, str) else names or []):
+            key = evdev_key(name)
+            if key is not None:
+                keys.append(key)
+                break
+    return keys
+
+
+def find_evdev_device(device: str):
+    """[keypad].device as a /dev/input path, or the name (any part) of an input device; grabbed exclusively so the
+    keys reach no console or other program."""
+    import evdev
+
+    try:
+        if device.startswith("/"):
+            dev = evdev.InputDevice(device)
+        else:
+            matches = []
+            for path in evdev.list_devices():
+                candidate = evdev.InputDevice(path)
+                if device.lower() in candidate.name.lower():
+                    matches.append(candidate)
+                else:
+                    candidate.close()
+            if not matches:
+                raise UserError(f"[keypad] device {device!r}: no input device has that name (found: "
+                                + (", ".join(repr(evdev.InputDevice(p).name) for p in evdev.list_devices()) or "none")
+                                + "); plug the keypad in or set device to its /dev/input/by-id path")
+            dev = matches[0]
+        dev.grab()
+        return dev
+    except OSError as exc:
+        raise UserError(f"[keypad] device {device!r} cannot be opened ({exc.strerror or exc}); check it is "
+                        "plugged in and that the onecard user is in the input group") from None
+
+
+class EvdevKeypad(_QueuedKeypad):
+    """A USB numeric keypad or keyboard through evdev, grabbed exclusively."""
+
+    def __init__(self, kind: str, device: str):
+        super().__init__(kind, "keypad-evdev")
+        self._device = find_evdev_device(device)
+        self._line = KeyLine(kind)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for event in self._device.read_loop():
+            if self._stop.is_set():
+                return
+            for key in keys_from_events([event]):
+                for item in self._line.key(key):
+                    self._queue.put(item)
+
+    def close(self) -> None:
+        super().close()
+        try:
+            self._device.ungrab()
+        except OSError:
+            pass
+        self._device.close()
+
+
+def open_keypad(kind: str, driver: str, device: str = "", baudrate: int = 9600, stdin: TextIO | None = None):
+    """The key source [keypad] names; UserError (one line naming [keypad]) when there is no usable one."""
+    stdin = stdin or sys.stdin
+    if driver == "evdev":
+        return EvdevKeypad(kind, device)
+    if driver == "serial":
+        return SerialKeypad(kind, device, baudrate)
+    if driver == "console" and not _is_tty(stdin):
+        raise UserError("[keypad] driver = \"console\" needs a terminal on standard input, and there is none (under "
+                        "systemd it is /dev/null): set [keypad] driver = \"evdev\" or \"serial\" with its device, or "
+                        "\"stdin\" for a till system piping amounts in")
+    if driver == "stdin" and _is_null(stdin):
+        raise UserError("[keypad] driver = \"stdin\" but standard input is /dev/null (as under systemd): set "
+                        "[keypad] driver = \"evdev\" or \"serial\" with its device")
+    return ConsoleKeypad(kind, stdin)
+
+
+def _is_tty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _is_null(stream) -> bool:
+    import os
+    import stat
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, ValueError, OSError):
+        return False
+    return stat.S_ISCHR(st.st_mode) and not stream.isatty()

@@ -1,6 +1,7 @@
 """What a terminal does with a decision: relay, lights, beeper and display, behind one interface.
 
-The console implementation prints what the hardware would do; a GPIO implementation plugs in the same way.
+The console implementation prints what the hardware would do (development and the demo); terminal/gpio_outputs.py
+drives a strike, LEDs and a buzzer through gpiozero, and terminal/display.py a luma LCD/OLED, behind the same one.
 """
 from __future__ import annotations
 
@@ -9,13 +10,41 @@ import threading
 from typing import Protocol, TextIO
 
 from terminal.decision import Decision
+from terminal.screens import Screen, decision_screen, notice_screen
 
 
 class Outputs(Protocol):
     def open_relay(self, seconds: float) -> None: ...
     def light(self, color: str) -> None: ...        # "green" | "red" | "off"
-    def beep(self, pattern: str) -> None: ...       # "ok" | "error"
-    def display(self, text: str) -> None: ...
+    def beep(self, pattern: str) -> None: ...       # "ok" | "error" | "alarm" | "off"
+    def display(self, text: str) -> None: ...       # a plain sentence: show(notice_screen(text))
+    def show(self, screen: Screen) -> None: ...     # a whole screen (terminal/screens.py)
+    def close(self) -> None: ...                    # release the relay and every pin; called on every exit path
+
+
+class WithDisplay:
+    """Outputs plus a display driver: every screen goes to both (e.g. GPIO or console lines plus a luma LCD)."""
+
+    def __init__(self, inner, screen_driver):
+        self.inner, self.screen_driver = inner, screen_driver
+
+    shows_idle = True
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def display(self, text: str) -> None:
+        self.show(notice_screen(text))
+
+    def show(self, screen: Screen) -> None:
+        self.inner.show(screen)
+        self.screen_driver.show(screen)
+
+    def close(self) -> None:
+        try:
+            self.inner.close()
+        finally:
+            self.screen_driver.close()
 
 
 GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
@@ -23,6 +52,8 @@ GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
 
 class ConsoleOutputs:
     """Prints one line per action, prefixed with the terminal's name, so several terminals share a console."""
+
+    shows_idle = False  # no clock line a minute on a shared console
 
     def __init__(self, terminal_name: str, stream: TextIO | None = None, color: bool = True):
         self.name = terminal_name
@@ -45,7 +76,15 @@ class ConsoleOutputs:
 
     def beep(self, pattern: str) -> None:
         # Shown with the next display line: one short beep for yes, three for no, as door readers do.
-        self._beep = {"ok": "beep", "error": "beep-beep-beep"}.get(pattern, pattern)
+        self._beep = {"ok": "beep", "error": "beep-beep-beep", "alarm": "alarm sounding", "off": ""}.get(pattern,
+                                                                                                        pattern)
+
+    def show(self, screen: Screen) -> None:
+        if screen.kind != "idle":  # the clock ticking over is for a real display, not a line a minute
+            self.display(screen.text)
+
+    def close(self) -> None:
+        pass
 
     def display(self, text: str) -> None:
         mark = {"green": "OK ", "red": "NO ", "off": "   "}[self._light]
@@ -59,6 +98,6 @@ def present(decision: Decision, outputs: Outputs, relay_seconds: float | None) -
     """Drive the outputs for one decision; the relay only for a granted door."""
     outputs.light("green" if decision.accepted else "red")
     outputs.beep("ok" if decision.accepted else "error")
-    outputs.display(decision.message)
+    outputs.show(decision_screen(decision))
     if decision.accepted and relay_seconds and decision.kind == "door.grant":
         outputs.open_relay(relay_seconds)

@@ -25,7 +25,8 @@ from terminal.sam_binding import (  # noqa: F401 (the binding's names, as provis
 
 log = logging.getLogger("onecard.provision")
 
-REPO_TEMPLATE = Path(__file__).resolve().parent.parent / "firmware.toml"
+# The documented firmware.toml as package data: in a checkout a link to the repository's, in a wheel a copy.
+REPO_TEMPLATE = Path(__file__).resolve().parent / "data" / "firmware.toml"
 KEY_NAME, CSR_NAME, CERT_NAME = "mqtt-terminal.key", "mqtt-terminal.csr", "mqtt-terminal.pem"
 CA_NAME, PUB_NAME, CONFIG_NAME = "mqtt-ca.pem", "platform-ed25519.pub", "firmware.toml"
 

@@ -621,7 +621,11 @@ def run_selftest(config_path: Path, adapters: Adapters, tap_timeout: float | Non
         add(failed("outputs", f"{config.output.driver} driver did not start ({type(exc).__name__}: {exc})",
                    "check the output wiring and the [output] driver settings"))
     else:
-        add(check_outputs(outputs, config.output.driver))
+        try:
+            add(check_outputs(outputs, config.output.driver))
+        finally:
+            if hasattr(outputs, "close"):
+                outputs.close()  # the strike released, the pins freed for the terminal
     return results
 
 

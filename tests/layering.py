@@ -23,6 +23,7 @@ SANS_IO_CORES = (
     "terminal.card_protocol", "terminal.purse_protocol", "terminal.door", "terminal.rules", "terminal.attendance",
     "terminal.decision", "terminal.authenticate", "sync_agent.core", "common.sync_protocol", "common.events",
     "sam.crypto", "sam.purse_crypto", "common.bcd", "common.registry_protocol",
+    "terminal.door_monitor", "terminal.screens", "common.door_events",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = ("datetime.now", "datetime.utcnow", "datetime.datetime.now", "datetime.datetime.utcnow",

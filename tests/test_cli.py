@@ -181,3 +181,14 @@ def test_log_verify_detects_tampering(site, tmp_path):
     conn.close()
     r = onecard("log", "verify", "--db", db)
     assert r.returncode == 1 and "seq 2" in r.stdout
+
+
+def test_till_under_systemd_with_no_keypad_refuses_to_start(site, tmp_path):
+    """Standard input is /dev/null under systemd: a POS with the console keypad says so and names [keypad]."""
+    cfg = write_config(site, "pos.toml", kind='"pos"', database=f'"{tmp_path / "e.db"}"',
+                       blacklist=f'"{tmp_path / "b.db"}"')
+    cfg.write_text(cfg.read_text() + '[pos]\nmax_purchase = "100.00"\n')
+    with open(os.devnull) as null:
+        r = subprocess.run([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)], cwd=ROOT,
+                           stdin=null, capture_output=True, text=True, timeout=60)
+    one_error_line(r, '[keypad] driver = "console"', "standard input", "evdev")

@@ -37,3 +37,7 @@ def test_demo(tmp_path):
     assert "[Door 1F] NO  Card reported lost" in after_loss
     assert "[Door 1F] OK  Welcome, Zhang Wei" in after_loss.split("unlocks the card")[1]
     assert out.count("chain intact") == 4
+    # Every screen is also a PNG (--display-snapshots): the till's decisions and the door's.
+    screens = tmp_path / "demo" / "screens"
+    assert len(list((screens / "pos").glob("*-decision.png"))) >= 5
+    assert list((screens / "door").glob("*-decision.png"))

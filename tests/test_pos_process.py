@@ -51,6 +51,8 @@ backend = "psam"
 reader = "{pcscd.slots[PSAM_SLOT].name}"
 [pos]
 max_purchase = "100.00"
+[keypad]
+driver = "stdin"
 """)
     vicc(PSAM_SLOT).insert(load_card(tmp_path / "psam.json"))
     time.sleep(0.6)  # pcscd sees a new card within its 400 ms poll

@@ -1,6 +1,10 @@
 """The POS and top-up terminals as they run: keypad requests, taps, torn taps that wait for the card to return."""
+import dataclasses
 import datetime as dt
 import io
+import os
+import pty
+import tty
 import threading
 import time
 
@@ -9,7 +13,7 @@ import pytest
 from common.errors import UserError
 from simulator.inprocess import InProcessReader
 from terminal.event_log import EventLog
-from terminal.keypad import Balance, Cancel, Charge, ConsoleKeypad, Load, Undo, parse_request
+from terminal.keypad import Balance, Cancel, Charge, ConsoleKeypad, Load, Rejected, Undo, parse_request
 from tests.support import MONDAY_10AM, make_card, make_sam, make_terminal
 
 
@@ -31,10 +35,10 @@ def test_keypad_lines():
 
 
 def test_console_keypad_reports_bad_lines_and_keeps_going():
-    errors = io.StringIO()
-    pad = ConsoleKeypad("pos", io.StringIO("twelve\n12.00\n"), errors)
+    pad = ConsoleKeypad("pos", io.StringIO("twelve\n12.00\n"))
+    rejected = pad.next_request(2)
+    assert isinstance(rejected, Rejected) and "not understood" in rejected.message
     assert pad.next_request(2) == Charge(1200)
-    assert "not understood" in errors.getvalue()
 
 
 class Clock:
@@ -49,17 +53,20 @@ class Clock:
 class Running:
     """A terminal serving keypad lines in its own thread, which owns its SQLite connections as the process would."""
 
-    def __init__(self, tmp_path, sam, kind, reader, lines):
+    def __init__(self, tmp_path, sam, kind, reader, lines, keypad=None, config_changes=None):
         self.stop, self.ready = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self._serve, args=(tmp_path, sam, kind, reader, lines))
+        keypad = keypad or ConsoleKeypad(kind, io.StringIO(lines))
+        self.thread = threading.Thread(target=self._serve, args=(tmp_path, sam, kind, reader, keypad, config_changes))
         self.thread.start()
         assert self.ready.wait(10)
 
-    def _serve(self, tmp_path, sam, kind, reader, lines):
+    def _serve(self, tmp_path, sam, kind, reader, keypad, config_changes):
         self.term, self.screen = make_terminal(tmp_path, sam, kind)
+        if config_changes:
+            self.term.config = dataclasses.replace(self.term.config, **config_changes)
         self.ready.set()
         try:
-            self.term.run(reader, Clock(), self.stop, 0.05, ConsoleKeypad(kind, io.StringIO(lines)))
+            self.term.run(reader, Clock(), self.stop, 0.05, keypad)
         finally:
             self.term.event_log.close()
 
@@ -125,3 +132,187 @@ def test_top_up_terminal_loads(tmp_path, sam):
     finally:
         topup.finish()
     assert card.state.purse.balance == 5000
+
+
+# --- the cashier's keys: a serial keypad through a real pseudo-terminal, evdev from recorded events ------------
+
+class SerialPad:
+    """The far end of a pty, playing a serial keypad; the terminal opens the other end with pyserial."""
+
+    def __init__(self, kind="pos"):
+        from terminal.keypad import SerialKeypad
+
+        self.master, slave = pty.openpty()
+        tty.setraw(slave)
+        self.keypad = SerialKeypad(kind, os.ttyname(slave), 9600)
+        os.close(slave)
+
+    def press(self, keys: bytes):
+        os.write(self.master, keys)
+
+    def close(self):
+        self.keypad.close()
+        os.close(self.master)
+
+
+def drain(keypad, until, timeout=5):
+    seen, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = keypad.next_request(0.05)
+        if item is not None:
+            seen.append(item)
+            if until(item):
+                break
+    return seen
+
+
+def test_serial_keypad_through_a_pty_types_corrects_and_reports_errors():
+    from terminal.keypad import Rejected, Typed
+
+    pad = SerialPad()
+    try:
+        pad.press(b"12,50\r")
+        seen = drain(pad.keypad, lambda i: isinstance(i, Rejected))
+        assert [i.text for i in seen if isinstance(i, Typed)] == ["1", "12", "12,", "12,5", "12,50"]
+        assert "'12,50' not understood" in seen[-1].message
+        pad.press(b"-3\r")
+        assert "not understood" in drain(pad.keypad, lambda i: isinstance(i, Rejected))[-1].message
+        pad.press(b"abc\r")
+        assert isinstance(drain(pad.keypad, lambda i: isinstance(i, Rejected))[-1], Rejected)
+        pad.press(b"99\x08\x0812.5\x7f50\r\n")     # backspaces, then 12.50; CR LF is one Enter
+        seen = drain(pad.keypad, lambda i: isinstance(i, Charge))
+        assert seen[-1] == Charge(1250) and Typed("") in seen and Typed("12.") in seen
+        pad.press(b"7\x18" + b"8\r")                 # clear, then 8
+        assert drain(pad.keypad, lambda i: isinstance(i, Charge))[-1] == Charge(800)
+        pad.press(b"5\x1b")                            # cancel
+        assert drain(pad.keypad, lambda i: isinstance(i, Cancel))[-1] == Cancel()
+        assert pad.keypad.next_request(0.2) is None     # nothing more: CR LF gave one request
+    finally:
+        pad.close()
+
+
+def test_evdev_keys_decoded_from_recorded_input_events():
+    """Events as a USB numeric keypad sends them (press, auto-repeat, release, SYN), built with evdev's own types."""
+    from evdev import InputEvent, ecodes
+
+    from terminal.keypad import ENTER, BACKSPACE, KeyLine, keys_from_events
+
+    def press(name, repeat=False):
+        code = ecodes.ecodes[name]
+        events = [InputEvent(1, 0, ecodes.EV_MSC, ecodes.MSC_SCAN, 458840), InputEvent(1, 0, ecodes.EV_KEY, code, 1),
+                  InputEvent(1, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)]
+        if repeat:
+            events.append(InputEvent(1, 5, ecodes.EV_KEY, code, 2))
+        return events + [InputEvent(1, 9, ecodes.EV_KEY, code, 0), InputEvent(1, 9, ecodes.EV_SYN, 0, 0)]
+
+    recorded = [e for name in ("KEY_KP1", "KEY_KP2", "KEY_KPDOT", "KEY_KP5", "KEY_KP5", "KEY_BACKSPACE", "KEY_KP0",
+                               "KEY_KPENTER") for e in press(name)] + press("KEY_KP9", repeat=True)
+    keys = keys_from_events(recorded)
+    assert keys == ["1", "2", ".", "5", "5", BACKSPACE, "0", ENTER, "9", "9"]
+    line = KeyLine("pos")
+    items = [item for key in keys[:8] for item in line.key(key)]
+    assert items[-1] == Charge(1250)
+    assert keys_from_events(press("KEY_KPASTERISK") + press("KEY_KPENTER")) == ["u", ENTER]
+    assert keys_from_events(press("KEY_ESC")) == ["cancel"]
+    assert keys_from_events(press("KEY_F13")) == []
+
+
+def test_evdev_device_that_is_absent_is_one_line_naming_keypad():
+    from terminal.keypad import open_keypad
+
+    with pytest.raises(UserError) as exc:
+        open_keypad("pos", "evdev", "/dev/input/event-no-such")
+    assert "[keypad]" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(UserError) as exc:
+        open_keypad("pos", "evdev", "No Such Numeric Keypad")
+    assert "[keypad]" in str(exc.value) and "no input device has that name" in str(exc.value)
+
+
+def test_till_without_a_usable_key_source_refuses_to_start():
+    from terminal.keypad import open_keypad
+
+    with open(os.devnull) as null:
+        for driver in ("console", "stdin"):
+            with pytest.raises(UserError) as exc:
+                open_keypad("pos", driver, stdin=null)
+            assert str(exc.value).startswith(f'[keypad] driver = "{driver}"')
+    with pytest.raises(UserError) as exc:
+        open_keypad("pos", "serial", "/dev/ttyNOSUCH")
+    assert "[keypad]" in str(exc.value)
+
+
+def test_a_corrected_amount_while_waiting_for_the_card_replaces_it(tmp_path, sam):
+    """12.50 waits for the card; the cashier types 8 and Enter: 8.00 is charged, once, and 12.50 never."""
+    card = make_card(sam, opening_balance=10000)
+    reader = InProcessReader()
+    pad = SerialPad()
+    pos = Running(tmp_path, sam, "pos", reader, "", keypad=pad.keypad)
+    try:
+        pad.press(b"12.50\r")
+        assert pos.shows("Pay 12.50: please tap your card")
+        pad.press(b"8")
+        assert pos.shows("Pay 12.50: please tap your card - new amount: 8")
+        pad.press(b"\r")
+        assert pos.shows("Pay 8.00: please tap your card")
+        reader.tap(card)
+        assert pos.shows("Paid 8.00 - balance 92.00")
+        reader.remove()
+    finally:
+        events = pos.finish()
+        pad.close()
+    assert card.state.purse.balance == 9200
+    assert [(e.kind, e.detail.get("amount")) for e in events if e.kind == "pos.purchase"] == [("pos.purchase", 800)]
+
+
+def test_limits_are_checked_as_the_amount_is_entered(tmp_path, sam):
+    reader = InProcessReader()
+    pos = Running(tmp_path, sam, "pos", reader, "150.00\n12,50\n")
+    try:
+        assert pos.shows("150.00 is over the limit of 100.00 per purchase: enter a smaller amount")
+        assert pos.shows("'12,50' not understood")
+        assert "please tap" not in pos.screen.getvalue()   # no sale was started
+    finally:
+        events = pos.finish()
+    assert events == []
+
+
+def test_offline_limit_checked_at_entry(tmp_path, sam):
+    from common.config import PosSection
+
+    reader = InProcessReader()
+    pos = Running(tmp_path, sam, "pos", reader, "90\n",
+                  config_changes={"pos": PosSection(max_purchase=10000, offline_limit=5000, undo_window_seconds=60,
+                                                    card_wait_seconds=30)})
+    try:
+        assert pos.shows("90.00 is over the offline limit of 50.00 per card")
+    finally:
+        pos.finish()
+
+
+@pytest.mark.parametrize("setting, shown", [("balance", "Balance 100.00"),
+                                            ("ask", "Enter the amount first, then tap the card")])
+def test_card_tapped_with_no_amount(tmp_path, sam, setting, shown):
+    from common.config import KeypadSection
+
+    card = make_card(sam, opening_balance=10000)
+    reader = InProcessReader()
+    pos = Running(tmp_path, sam, "pos", reader, "", keypad=QueueKeypad(),
+                  config_changes={"keypad": KeypadSection(tap_without_amount=setting)})
+    try:
+        reader.tap(card)
+        assert pos.shows(shown)
+        reader.remove()
+    finally:
+        events = pos.finish()
+    assert events == [] and card.state.purse.balance == 10000
+
+
+class QueueKeypad:
+    """A key source with nothing typed (the cashier has not touched the keys)."""
+
+    def next_request(self, timeout):
+        time.sleep(timeout)
+        return None
+
+    def close(self):
+        pass

@@ -249,6 +249,8 @@ def test_units_restart_unprivileged_hardened_and_check_the_config_first(name, co
         assert "pcscd.socket" in u["Unit"]["Wants"] and "pcscd.socket" in u["Unit"]["After"]
         # PC/SC goes through pcscd's UNIX socket, an nfcpy reader through /dev: neither may be hidden.
         assert "AF_UNIX" in s["RestrictAddressFamilies"] and "PrivateDevices" not in s
+        # Only the status page listens, and only on loopback.
+        assert s["IPAddressDeny"] == "any" and s["IPAddressAllow"] == "localhost"
     else:
         assert "network-online.target" in u["Unit"]["After"] and "AF_INET" in s["RestrictAddressFamilies"]
 
@@ -256,6 +258,7 @@ def test_units_restart_unprivileged_hardened_and_check_the_config_first(name, co
 def test_sysusers_and_tmpfiles_name_the_unit_user():
     sysusers = (UNITS / "onecard.sysusers.conf").read_text()
     assert "\nu onecard " in sysusers and "\nm onecard dialout" in sysusers
+    assert all(f"\nm onecard {group}\n" in sysusers for group in ("gpio", "spi", "i2c", "input"))
     tmpfiles = (UNITS / "onecard.tmpfiles.conf").read_text()
     assert "d /var/lib/onecard 0750 onecard onecard" in tmpfiles
 

@@ -300,21 +300,21 @@ def test_broken_hash_chain(tmp_path, keys):
 
 def test_broker_down(tmp_path, keys, broker):
     config = write_config(tmp_path, keys[0], "unused", broker=broker, port=free_port())
-    result = st.check_broker(st.load_config(config), NOW, timeout=2)
+    result = st.check_broker(st.load_config(config), dt.datetime.now(dt.timezone.utc), timeout=2)
     assert_fails(result, "refused the connection (nothing listening)", "start the broker")
 
 
 def test_certificate_from_another_ca(tmp_path, keys, broker):
     rogue = deploy.TestCa(tmp_path / "rogue-ca")
     config = write_config(tmp_path, keys[0], "unused", broker=broker, cert=rogue.issue(TID))
-    result = st.check_broker(st.load_config(config), NOW, timeout=3)
+    result = st.check_broker(st.load_config(config), dt.datetime.now(dt.timezone.utc), timeout=3)
     assert_fails(result, "the broker rejected this terminal's certificate", "onecard platform ca sign")
 
 
 def test_wrong_ca_file_for_the_broker(tmp_path, keys, broker):
     rogue = deploy.TestCa(tmp_path / "rogue-ca")
     config = write_config(tmp_path, keys[0], "unused", broker=broker, ca=rogue.files.cert)
-    result = st.check_broker(st.load_config(config), NOW, timeout=3)
+    result = st.check_broker(st.load_config(config), dt.datetime.now(dt.timezone.utc), timeout=3)
     assert_fails(result, "the broker's certificate is not signed by [sync].ca_file", "platform's CA certificate")
 
 

@@ -355,3 +355,25 @@ def test_attendance_bill_text(pf, tmp_path):
         "11-24 Tue in 09:00 out --.")
     with pytest.raises(PlatformError, match="not YYYY-MM"):
         pf.attendance_bill(EID, "E1001", "November")
+
+
+def test_platform_shows_a_terminals_open_door_alarm_until_door_closed(pf, tmp_path):
+    db = tmp_path / "door-events.db"
+    with EventLog.open(db, TID) as log:
+        log.append(NOW, "door.grant", asn="0102030405060708", reason_code="granted", message="Welcome", detail={})
+        log.append(NOW, "door.forced_open", asn=None, reason_code="forced_open",
+                   message="Door forced open: security has been alerted", detail={})
+
+    def upload():
+        with EventLog.open_readonly(db) as log:
+            pf.ingest(TID, [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message,
+                                        e.detail_json, e.prev_hash, e.hash) for e in log.events()])
+
+    upload()
+    alarms = pf.terminal(TID)["open_alarms"]
+    assert [(a["seq"], a["kind"]) for a in alarms] == [(2, "door.forced_open")]
+    with EventLog.open(db, TID) as log:
+        log.append(NOW, "door.closed", asn=None, reason_code="closed", message="Door closed",
+                   detail={"alarm": "door.forced_open"})
+    upload()
+    assert pf.terminal(TID)["open_alarms"] == []
