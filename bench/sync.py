@@ -1,4 +1,5 @@
-"""Sync benchmarks on loopback mosquitto/TLS: backlog drain, loss propagation to 50 terminals, taps during a 1M snapshot.
+"""Sync benchmarks on loopback mosquitto/TLS: backlog drain, loss propagation to 50 terminals, taps during a 1M
+snapshot.
 
 Prints one JSON line per measurement. Run from the repository root: python bench/sync.py [--backlog 100000]
 """

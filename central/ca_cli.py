@@ -1,4 +1,5 @@
-"""`onecard platform ca init|sign|server-cert`: the platform operator's side of enrolling terminals (docs/install.md)."""
+"""`onecard platform ca init|sign|server-cert`: the platform operator's side of enrolling terminals
+(docs/install.md)."""
 from __future__ import annotations
 
 import argparse

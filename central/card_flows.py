@@ -1,4 +1,5 @@
-"""The administrator's card flows: loss report, unlock, cancellation, replacement; configuration documents and card actions.
+"""The administrator's card flows: loss report, unlock, cancellation, replacement; configuration documents and card
+actions.
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """

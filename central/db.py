@@ -54,7 +54,8 @@ CREATE TABLE IF NOT EXISTS blacklist_changes (
   enterprise_id TEXT NOT NULL, version INTEGER NOT NULL, asn TEXT NOT NULL,
   PRIMARY KEY (enterprise_id, version, asn)) WITHOUT ROWID, STRICT;
 CREATE TABLE IF NOT EXISTS refunds (
-  id INTEGER PRIMARY KEY, asn TEXT NOT NULL, amount_cents INTEGER NOT NULL, at TEXT NOT NULL, note TEXT NOT NULL) STRICT;
+  id INTEGER PRIMARY KEY, asn TEXT NOT NULL, amount_cents INTEGER NOT NULL, at TEXT NOT NULL,
+  note TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS card_actions (
   action_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL,
   params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', status_note TEXT) STRICT;

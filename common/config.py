@@ -1,4 +1,5 @@
-"""firmware.toml and the platform's configuration documents: one schema, read once, validated once, handed down as typed objects.
+"""firmware.toml and the platform's configuration documents: one schema, read once, validated once, handed down as
+typed objects.
 
 Every problem is reported as one ConfigError line naming the file, the key, what is wrong and the fix.
 Relative paths are resolved against the directory of the configuration file.

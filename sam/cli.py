@@ -54,7 +54,8 @@ class CliError(Exception):
 
 
 def add_subcommands(commands: argparse._SubParsersAction) -> None:
-    """Register create-keystore, list and restrict on the `onecard sam` subparsers; each sets args.handler(args) -> exit code."""
+    """Register create-keystore, list and restrict on the `onecard sam` subparsers; each sets args.handler(args) -> exit
+    code."""
     create = commands.add_parser(
         "create-keystore",
         help="generate new master keys for an enterprise into a new keystore",
@@ -302,7 +303,8 @@ def check_tac_separation(keystore: Keystore) -> None:
     if KeyPurpose.TAC in purposes and purposes & {KeyPurpose.PURCHASE, KeyPurpose.LOAD}:
         raise CliError(
             "the restricted keystore would hold TAC keys together with PURCHASE/LOAD keys, but only the platform may "
-            "hold TAC keys; write the platform's keystore (--role platform) and the terminals' (--role pos / top-up) separately"
+            "hold TAC keys; write the platform's keystore (--role platform) and the terminals' (--role pos / top-up) "
+            "separately"
         )
 
 
@@ -310,7 +312,8 @@ def check_tac_separation(keystore: Keystore) -> None:
 def cmd_init_state(args: argparse.Namespace) -> None:
     """onecard sam init-state"""
     if not 0 <= args.last_tsn < TSN_MAX:
-        raise CliError(f"--last-tsn {args.last_tsn} is not 0..{TSN_MAX - 1}; take the highest TSN the platform has seen from this terminal")
+        raise CliError(f"--last-tsn {args.last_tsn} is not 0..{TSN_MAX - 1}; "
+                       "take the highest TSN the platform has seen from this terminal")
     path = Path(args.state)
     if os.path.lexists(path):
         raise CliError(f"SAM state file {path} already exists; move it aside first (it is never overwritten)")

@@ -166,8 +166,9 @@ def _open_unblocked(reader: str) -> tuple[mc.MasterCardClient, mc.CardInfo]:
     if info.blocked:
         client.close()
         raise mc.CardBlocked(
-            f"the key master card in {client.name!r} is blocked (PIN tried wrong {mc.PIN_TRIES} times) and stays blocked; "
-            "restore the latest backup into a new master card (onecard sim restore-master-card for a simulated one) and destroy this one")
+            f"the key master card in {client.name!r} is blocked (PIN tried wrong {mc.PIN_TRIES} times) "
+            "and stays blocked; restore the latest backup into a new master card "
+            "(onecard sim restore-master-card for a simulated one) and destroy this one")
     return client, info
 
 

@@ -558,7 +558,8 @@ def decode_keystore(data: bytes, unlock: KeystoreUnlock, source: str = "keystore
     wanted = KeystoreUnlock.PASSPHRASE if isinstance(params, _ScryptParams) else KeystoreUnlock.DEVICE_SECRET
     if unlock.kind != wanted:
         if wanted == KeystoreUnlock.PASSPHRASE:
-            raise KeystoreError(f"keystore {source} is locked with a passphrase, not a device secret; unlock it with its passphrase file")
+            raise KeystoreError(f"keystore {source} is locked with a passphrase, not a device secret; "
+                                "unlock it with its passphrase file")
         raise KeystoreError(f"keystore {source} is locked with a device secret, not a passphrase; unlock it with its device secret file")
 
     try:

@@ -396,7 +396,8 @@ def parse_pin(data: bytes, source: str) -> bytes:
 
 
 class MasterCardClient:
-    """The key master card in a PC/SC reader (or any connection), selected once when made; the PIN session lasts as long as the connection."""
+    """The key master card in a PC/SC reader (or any connection), selected once when made; the PIN session lasts as
+    long as the connection."""
 
     def __init__(self, connection: Connection, name: str = "master card reader", on_close: Callable[[], None] | None = None):
         self._connection = connection
@@ -455,8 +456,9 @@ class MasterCardClient:
     def _fail(self, sw: int, what: str) -> MasterCardError:
         if sw == 0x6983:
             return CardBlocked(
-                f"the key master card in {self.name!r} is blocked (PIN tried wrong {PIN_TRIES} times) and stays blocked; "
-                "restore the latest backup into a new master card (onecard sim restore-master-card for a simulated one) and destroy this one")
+                f"the key master card in {self.name!r} is blocked (PIN tried wrong {PIN_TRIES} times) "
+                "and stays blocked; restore the latest backup into a new master card "
+                "(onecard sim restore-master-card for a simulated one) and destroy this one")
         if 0x63C0 <= sw <= 0x63CF:
             left = sw & 0x0F
             return WrongPin(f"wrong PIN for the key master card: {left} tr{'y' if left == 1 else 'ies'} left before it "

@@ -147,8 +147,8 @@ class PcscSam:
                 raise SamError(f"SAM reader unusable: {exc}") from None
             if connection is None:
                 raise SamError(
-                    f"no PSAM in reader {self.name!r} (nothing answered within {timeout:g} s); insert the terminal's PSAM "
-                    "in its SAM slot, or configure the software SAM instead"
+                    f"no PSAM in reader {self.name!r} (nothing answered within {timeout:g} s); "
+                    "insert the terminal's PSAM in its SAM slot, or configure the software SAM instead"
                 )
             return connection
 
@@ -227,7 +227,8 @@ class PcscSam:
                 "insert a PSAM made from a keystore that allows it ('onecard sam restrict --role ...')"
             )
         if sw == 0x6985:
-            return ReversalRefused("reversal refused by the PSAM: not this SAM's last purchase (card, amount or TSN differ, or there is none); "
+            return ReversalRefused("reversal refused by the PSAM: not this SAM's last purchase "
+                                   "(card, amount or TSN differ, or there is none); "
                                    "only the last purchase can be undone, on the same card and for the same amount", "not-last")
         if sw == 0x6983:
             return ReversalRefused("reversal refused by the PSAM: the debit was never proven (its MAC2 was not verified by "
@@ -239,14 +240,16 @@ class PcscSam:
         if sw == 0x6581:
             return SamError(f"the PSAM in {self.name!r} could not write its memory during {what} (6581); replace the PSAM")
         if sw == 0x6A80:
-            return InvalidPurseInput(f"the PSAM in {self.name!r} refused the data of {what} (6A80); check the card's answer and the session values")
+            return InvalidPurseInput(f"the PSAM in {self.name!r} refused the data of {what} (6A80); "
+                                     "check the card's answer and the session values")
         return SamError(f"the PSAM in {self.name!r} answered {what} with status {sw:04X}; check it is a onecard PSAM (docs/psam.md)")
 
     def _expect(self, sw: int, data: bytes, size: int, what: str, *fail_args) -> bytes:
         if sw != SW_OK:
             raise self._fail(sw, what, *fail_args)
         if len(data) != size:
-            raise SamError(f"the PSAM in {self.name!r} answered {what} with {len(data)} data bytes, expected {size}; replace the PSAM")
+            raise SamError(f"the PSAM in {self.name!r} answered {what} with {len(data)} data bytes, "
+                           f"expected {size}; replace the PSAM")
         return data
 
     # --- Sam protocol -------------------------------------------------------------------------------
@@ -332,7 +335,8 @@ class PcscSam:
         check_load(session)
         check_mac(mac3, "load MAC3")
         if session.balance_before + session.amount > 0xFFFFFFFF:
-            raise InvalidPurseInput(f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; no card can have credited it")
+            raise InvalidPurseInput(f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; "
+                                    "no card can have credited it")
         data = (card_block(session.card) + session.card_random + _u16(session.counter) + _u32(session.balance_before)
                 + _u32(session.amount) + mac3)
         sw, answer = self._command(bytes([0x80, 0x76, 0x00, 0x00, len(data)]) + data, "VERIFY LOAD MAC3")
@@ -351,7 +355,8 @@ class PcscSam:
     @staticmethod
     def _mac1_problem(session: LoadSession) -> str:
         return (f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
-                "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; do not load")
+                "the card's INITIALIZE FOR LOAD answer is forged or altered, "
+                "or the session values differ from it; do not load")
 
     # --- key loading from the key master card (docs/psam.md 4.9, docs/keys.md 6) ---------------------
 
@@ -360,7 +365,8 @@ class PcscSam:
         sw, answer = self._command(bytes([0x80, 0xE0, 0x00, 0x00, 0x00]), "BEGIN KEY LOAD")
         if sw != SW_OK:
             raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {sw:04X}; it cannot be loaded from a "
-                           "key master card (a PSAM older than docs/psam.md 4.9?): make a new one with 'onecard sim new-blank-psam'")
+                           "key master card (a PSAM older than docs/psam.md 4.9?): "
+                           "make a new one with 'onecard sim new-blank-psam'")
         if len(answer) != 77 or answer[40] > 2:
             raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {len(answer)} bytes; replace the PSAM")
         return KeyLoadChallenge(answer[:8], answer[8:40], answer[40], answer[41:45], answer[45:77])
@@ -395,10 +401,11 @@ _LOAD_REFUSALS = {
             "PSAM role (door, pos, top-up)",
     0x6988: "the PSAM in {name!r} refused the export: it was made for another PSAM or an earlier session (a replay), "
             "or altered; make a new export for this PSAM",
-    0x6982: "the PSAM in {name!r} refused the export: it is not signed by the key master card this PSAM trusts (二次洗卡 "
-            "needs the enterprise's own master card), or the PSAM was personalised without one; use that master card, "
-            "or make a new PSAM",
-    0x6A89: "the PSAM in {name!r} already holds a key of that name with other bytes; this export is from another key set",
+    0x6982: "the PSAM in {name!r} refused the export: it is not signed by the key master card this PSAM trusts "
+            "(二次洗卡 needs the enterprise's own master card), or the PSAM was personalised without one; "
+            "use that master card, or make a new PSAM",
+    0x6A89: "the PSAM in {name!r} already holds a key of that name with other bytes; "
+            "this export is from another key set",
     0x6581: "the PSAM in {name!r} could not write its memory during LOAD KEYS (6581); replace the PSAM",
     0x6700: "the PSAM in {name!r} refused the export as too long; export fewer key versions",
 }

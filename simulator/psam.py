@@ -519,7 +519,8 @@ def psam_from_keystore(keystore: Keystore, label: str = "") -> PsamState:
     tac = [key.describe() for key in keystore if key.purpose is KeyPurpose.TAC]
     if tac:
         raise ValueError(
-            f"the keystore holds TAC keys ({tac[0]}{', ...' if len(tac) > 1 else ''}), which only the platform may hold; "
+            f"the keystore holds TAC keys ({tac[0]}{', ...' if len(tac) > 1 else ''}), "
+            "which only the platform may hold; "
             "make a terminal keystore first: onecard sam restrict --role pos (or top-up, door)"
         )
     kept = [key for key in keystore.restricted(PSAM_USAGES)]

@@ -380,7 +380,10 @@ def read_certificate(cert_file: Path, key_file: Path) -> CertificateFacts:
 
 def certificate_problem(facts: CertificateFacts, terminal_id: str, now: dt.datetime) -> tuple[str, str] | None:
     """(found, fix) when the certificate cannot work, before any connection is tried."""
-    again = "make a new key and certificate: re-run onecard terminal provision with --force (docs/install.md, Renewing the certificate)"
+    again = (
+        "make a new key and certificate: re-run onecard terminal provision with --force "
+        "(docs/install.md, Renewing the certificate)"
+    )
     if not facts.key_matches:
         return "the certificate does not belong to [sync].key_file (public keys differ)", again
     if facts.subject_cn != terminal_id:
@@ -667,8 +670,10 @@ def render_report(results: list[CheckResult], config: Config | None, config_path
         "--------",
         "The terminal was installed and the self-test above was run in the presence of both parties.",
         "",
-        f"Technician name:  {technician or '________________________'}   Signature: ________________   Date: __________",
-        f"Customer name:    {customer or '________________________'}   Signature: ________________   Date: __________",
+        f"Technician name:  {technician or '________________________'}   "
+        "Signature: ________________   Date: __________",
+        f"Customer name:    {customer or '________________________'}   "
+        "Signature: ________________   Date: __________",
         "",
     ]
     return "\n".join(lines)

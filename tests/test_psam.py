@@ -68,7 +68,8 @@ def test_documented_conversation():
     assert ATR == h("3B 88 80 01 4F 4E 45 50 53 41 4D 31 73")
     p = selected()
     assert p.transmit(h("80 CA 00 00 00")) == h(
-        "03 00 01 00 01 01 01 01 01 AE 3A 71   00 01 00 01 04 01 01 03 C6 A1 3B   00 01 00 01 05 01 01 08 ED A3 30 90 00")
+        "03 00 01 00 01 01 01 01 01 AE 3A 71   00 01 00 01 04 01 01 03 C6 A1 3B   "
+        "00 01 00 01 05 01 01 08 ED A3 30 90 00")
     assert p.transmit(INIT) == h("00 00 00 01 14 47 AB 4E 6A 2E 89 95 90 00")
     assert p.transmit(VERIFY_MAC2) == h("90 00")
 

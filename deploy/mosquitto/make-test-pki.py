@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Make a test CA, broker/platform/terminal certificates, the ACL and a mosquitto.conf (cryptography only, no openssl)."""
+"""Make a test CA, broker/platform/terminal certificates, the ACL and a mosquitto.conf (cryptography only, no
+openssl)."""
 from __future__ import annotations
 
 import argparse
