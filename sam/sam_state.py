@@ -301,9 +301,9 @@ class StateFile:
             return decode_state(data)
         except ValueError as e:
             raise StateFileError(
-                f"SAM state file {self.path} is corrupted ({e}); purchases stop until it is repaired: restore it "
-                "from backup, or move it aside and run 'onecard sam init-state --state PATH --last-tsn N' with N the "
-                "highest TSN the platform has seen from this terminal"
+                f"SAM state file {self.path} is corrupted ({e}); purchases stop until it is repaired: move it aside "
+                "(a terminal continues after the highest TSN in its event log), or run 'onecard sam init-state "
+                "--state PATH --last-tsn N' with N the highest TSN the platform has seen from this terminal"
             ) from None
 
     def save(self, state: SamState) -> None:

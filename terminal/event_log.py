@@ -354,6 +354,13 @@ class EventLog:
         ).fetchone()
         return None if row is None else _row_to_event(row)
 
+    def last_tsn(self) -> int:
+        """The highest SAM TSN this log holds: the newest purchase intent's (TSNs only grow) or, when compaction
+        removed every intent, the one it carried; 0 when none. No sale may use a TSN at or below it."""
+        intent = self.last_event_of(("pos.purchase.intent",))
+        tsn = intent.detail.get("tsn") if intent is not None else None
+        return max(self.carried_tsn(), tsn if type(tsn) is int else 0)
+
     def carried_tsn(self) -> int:
         """The highest SAM TSN in records compaction removed (0 if none): the TSN floor they leave behind."""
         try:

@@ -99,6 +99,10 @@ class PurseTerminal:
         self.outbox_pressure = outbox_pressure  # unacknowledged records / outbox capacity
         self.pending_actions = pending_actions  # the inbox's card actions for an ASN (over-the-air top-ups)
         self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
+        # Every TSN is committed with its purchase intent before it reaches a card, so the log knows the highest
+        # one used here. A SAM whose next TSN is not above it (a PSAM swapped for a fresh one with the same keys, a
+        # state restored from an old backup) would repeat TSNs: its sales are refused (docs/key-handling.md 8).
+        self.logged_tsn = event_log.last_tsn() if config.terminal.kind == "pos" else 0
 
     # --- shared steps -----------------------------------------------------------------------------
 
@@ -288,7 +292,13 @@ class PurseTerminal:
         except SamError as exc:
             raise self._sam_refusal(exc, PURCHASE, asn, "sam_refused",
                                     f"Terminal cannot take payments from this card ({exc})") from None
+        if d["tsn"] <= self.logged_tsn:
+            log_event(log, "sam.tsn_behind", logging.ERROR, tsn=d["tsn"], last_logged_tsn=self.logged_tsn, asn=asn,
+                      msg="the SAM handed out a TSN this terminal's log already used; sales refused")
+            raise Refusal("sam_sequence", "Terminal fault: SAM transaction numbers behind the log, nothing charged. "
+                          "Call maintenance", asn, {"tsn": d["tsn"], "last_logged_tsn": self.logged_tsn})
         intent = self._append(now, PURCHASE + ".intent", asn, "intent", f"Charging {format_yuan(amount)}", d)
+        self.logged_tsn = d["tsn"]
         self.sale_intent_seq = intent.seq
         detail = self._finish(transmit, PURCHASE, info, d, intent.seq, pp.debit_command(d["tsn"], date, time_, mac1),
                               pp.parse_debit, lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
