@@ -94,6 +94,10 @@ class SamError(Exception):
     """Base of every SAM failure; the message names the problem and the fix."""
 
 
+class SamSwapped(SamError):
+    """The card now in the SAM slot is not the PSAM the terminal started with (checked at every reconnect)."""
+
+
 class KeyNotFound(SamError):
     """No master key for this (enterprise, purpose, version, algorithm)."""
 

@@ -23,6 +23,7 @@ from sam.interface import (
     MacVerificationError,
     PurchaseSession,
     SamError,
+    SamSwapped,
 )
 from sam.keystore import describe_key
 from sam.sam_state import (
@@ -117,6 +118,7 @@ class PcscSam:
             self._factory = source
         self._connection: Connection | None = None
         self._infos: list[KeyInfo] = []
+        self._started_with: frozenset[KeyInfo] | None = None  # the key list of the PSAM first connected: its identity
         self._lock = threading.RLock()
         with self._lock:
             self._ensure()
@@ -167,7 +169,17 @@ class PcscSam:
                     f"the card in {self.name!r} is not a onecard PSAM (SELECT {AID.hex().upper()} answered {sw:04X}); "
                     "insert the PSAM made for this terminal (onecard sim new-psam for a simulated one)"
                 )
-            self._infos = self._read_key_infos()
+            infos = self._read_key_infos()
+            identity = frozenset(infos)
+            if self._started_with is None:
+                self._started_with = identity  # checked against the terminal's binding by the caller, at start
+            elif identity != self._started_with:
+                raise SamSwapped(
+                    f"the PSAM in {self.name!r} was changed while the terminal ran: it holds other keys than the PSAM "
+                    "the terminal started with; nothing is signed with it. Put back the terminal's PSAM, or restart "
+                    "the terminal so the new one is checked against its SAM binding"
+                )
+            self._infos = infos
         except BaseException:
             self._drop()
             raise

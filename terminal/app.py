@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from common.logs import log_event
-from sam.interface import Sam, SamError
+from sam.interface import Sam, SamError, SamSwapped
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
 from common.config import Config, ConfigError, apply_platform_document
@@ -103,6 +103,15 @@ class Terminal:
         except Refusal as r:
             return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code=r.reason_code, message=r.message,
                             asn=r.asn, detail=r.detail, logged=r.reason_code != LOG_UNAVAILABLE)
+        except SamSwapped as exc:
+            # Not the PSAM this terminal started with (checked at every reconnect): a refusal with its reason, logged.
+            # Any other SAM failure is handled in handle_tap (sam_unavailable).
+            log_event(log, "sam.swapped", logging.ERROR, error=str(exc),
+                      msg="the SAM in the slot is not the one this terminal started with; the tap is refused")
+            return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code="sam_swapped",
+                            message="Terminal fault: the SAM is not this terminal's, " + (
+                                "access refused" if self.purse is None else "nothing charged") + ". Call maintenance",
+                            detail={"problem": str(exc)})
 
     def _purse_decision(self, conn: CardConnection, now: dt.datetime, request: Request | None) -> Decision:
         transmit = conn.transmit

@@ -16,7 +16,7 @@ from common import transactions as tx
 from common.logs import log_event
 from common.money_records import check_money_detail
 from sam.interface import (Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam,
-                           SamError)
+                           SamError, SamSwapped)
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
@@ -130,6 +130,12 @@ class PurseTerminal:
     def _sam_refusal(self, exc: SamError, op: str, asn: str, reason: str, message: str) -> Refusal:
         """A SAM that cannot save its own state (a full disk under the software SAM) is a terminal fault, not a
         refusal of the card."""
+        if isinstance(exc, SamSwapped):
+            log_event(log, "sam.swapped", logging.ERROR, asn=asn, error=str(exc),
+                      msg="the SAM in the slot is not the one this terminal started with; the transaction is refused")
+            return Refusal("sam_swapped", f"Terminal fault: the SAM is not this terminal's, "
+                           f"{NOTHING_DONE.get(op, 'nothing changed on the card')}. Call maintenance", asn,
+                           {"problem": str(exc)})
         if isinstance(exc, StateFileError):
             log_event(log, "sam.state_write_failed", logging.ERROR, asn=asn, error=str(exc),
                       msg="the SAM could not save its state; the transaction is refused before the card changes")
