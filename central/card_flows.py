@@ -81,7 +81,16 @@ class CardFlows:
             self._history(new_asn, "issued", f"replacement of {c['asn']}, balance {_yuan(c['balance_cents'])} moved")
         return v
 
-    def publish_config(self, enterprise_id: str, document: dict) -> int:
+    def publish_config(self, enterprise_id: str, document: dict, *, validate: bool = True) -> int:
+        """Queue a configuration document for an enterprise's terminals, checked first with the terminals' own
+        validators (common/config.py), so a document a terminal would refuse is never queued. validate=False is for
+        tests that play an older platform."""
+        if validate:
+            from common.config import ConfigError, validate_platform_document
+            try:
+                validate_platform_document(document, "configuration document")
+            except ConfigError as exc:
+                raise PlatformError(f"{exc} (terminals would refuse it; nothing was queued)") from None
         with self._txn():
             v = self._enterprise(enterprise_id)[2] + 1
             self.conn.execute("UPDATE enterprises SET config_version = ?, config_document = ? WHERE enterprise_id = ?",

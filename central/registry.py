@@ -235,4 +235,9 @@ class Registry:
             (terminal_id, *DOOR_EVENT_KINDS)).fetchone()
         d["open_alarms"] = ([dict(zip(("seq", "time", "kind", "message"), last_door))]
                             if last_door is not None and open_alarm_from_log(last_door[2]) else [])
+        # The newest configuration document the terminal refused (its config.rejected record), with its reason.
+        rejected = self.conn.execute("SELECT seq, time, detail FROM events WHERE terminal_id = ? AND kind = "
+                                     "'config.rejected' ORDER BY seq DESC LIMIT 1", (terminal_id,)).fetchone()
+        d["config_rejected"] = None if rejected is None else {"seq": rejected[0], "time": rejected[1],
+                                                              **json.loads(rejected[2])}
         return d

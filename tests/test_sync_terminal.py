@@ -101,7 +101,7 @@ def test_platform_configuration_is_applied_by_the_terminal(rig):
 
 def test_a_bad_platform_configuration_is_not_applied(rig, caplog):
     sam, admin, terminal, agent = rig
-    version = admin.publish_config(ENTERPRISE, {"topup": {"max_load": "lots"}})
+    version = admin.publish_config(ENTERPRISE, {"topup": {"max_load": "lots"}}, validate=False)  # an older platform
     inbox = Inbox(agent.config.sync.database)
     wait_until(lambda: inbox.config_version() >= version, 20, "the configuration reaching the inbox")
     before = terminal.config
@@ -111,6 +111,26 @@ def test_a_bad_platform_configuration_is_not_applied(rig, caplog):
     # The rejection is a record in the terminal's log, so it travels to the platform with the next upload.
     [record] = [e for e in terminal.event_log.events() if e.kind == "config.rejected"]
     assert record.detail["version"] == version and "[topup].max_load" in record.detail["error"]
+    tid = terminal.config.terminal.id
+    wait_until(lambda: admin.terminal(tid)["config_rejected"] is not None, 20, "the rejection reaching the platform")
+    rejected = admin.terminal(tid)["config_rejected"]
+    assert rejected["version"] == version and "[topup].max_load" in rejected["error"]
+
+
+def test_platform_refuses_to_publish_a_document_terminals_would_refuse(rig):
+    from central.db import PlatformError
+
+    sam, admin, terminal, agent = rig
+    held = lambda: admin.conn.execute("SELECT config_version FROM enterprises WHERE enterprise_id = ?",  # noqa: E731
+                                      (ENTERPRISE,)).fetchone()[0]
+    before = held()
+    for document, words in (({"doors": {terminal.config.terminal.id: {"grup": 3}}}, "did you mean 'group'?"),
+                            ({"pos": {"max_purchse": "5.00"}}, "did you mean 'max_purchase'?"),
+                            ({"topup": {"max_load": "lots"}}, "[topup].max_load")):
+        with pytest.raises(PlatformError, match="nothing was queued") as info:
+            admin.publish_config(ENTERPRISE, document)
+        assert words in str(info.value)
+    assert held() == before
 
 
 def test_pos_refuses_offline_sales_when_the_store_is_nearly_full(tmp_path):

@@ -173,3 +173,20 @@ def test_platform_documents_are_validated_like_firmware_toml(document, words):
         validate_platform_document(document)
     for w in words:
         assert w in str(info.value)
+
+
+def test_publish_config_refuses_a_document_terminals_would_refuse(tmp_path):
+    import json
+
+    db, key = tmp_path / "platform.db", tmp_path / "platform.key"
+    assert onecard("platform", "init", "--db", db, "--key", key).returncode == 0
+    assert onecard("platform", "add-enterprise", "00010001", "--name", "Acme", "--db", db, "--key", key).returncode == 0
+    doc = tmp_path / "config.json"
+    doc.write_text(json.dumps({"doors": {"000000000101": {"grup": 3}}}))
+    before = db.read_bytes()
+    one_error_line(onecard("platform", "publish-config", "--enterprise", "00010001", doc, "--db", db, "--key", key),
+                   "doors.000000000101].grup is not a known key", "did you mean 'group'?", "nothing was queued")
+    assert db.read_bytes() == before
+    doc.write_text(json.dumps({"doors": {"000000000101": {"group": 3}}}))
+    r = onecard("platform", "publish-config", "--enterprise", "00010001", doc, "--db", db, "--key", key)
+    assert r.returncode == 0 and "configuration version 1 queued" in r.stdout, r.stderr
