@@ -184,7 +184,7 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         with Blacklist.open(tmp_path / "t5" / "blacklist.db") as bl:
             assert bl.count() == 4 and bl.lookup(bytes([9]) * 8) is not None
         # Configuration and a card action: stored in the inbox once, even when sent twice.
-        cv = admin.publish_config(ENTERPRISE, {"door_groups": {"1": "lobby"}, "offline_limit_cents": 5000})
+        cv = admin.publish_config(ENTERPRISE, {"doors": {tid: {"group": 2}}, "pos": {"offline_limit": "50.00"}})
         action = admin.add_card_action("0000000000000001", "topup", {"amount": 100})
         again = admin.seal("card_action", f"t:{tid}", admin._action_body(action))
         wait_until(lambda: not admin.unpublished(), 10, "the platform publishing its queue")
