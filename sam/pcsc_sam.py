@@ -402,6 +402,7 @@ class PcscSam:
             if len(data) != 1:
                 raise SamError(f"the PSAM in {self.name!r} answered LOAD KEYS with {len(data)} data bytes; replace the PSAM")
             self._infos = self._read_key_infos()
+            self._started_with = frozenset(self._infos)  # keys loaded through this object: still the same PSAM
             return data[0]
 
 

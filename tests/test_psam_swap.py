@@ -92,3 +92,19 @@ def test_a_terminal_refuses_every_tap_on_a_swapped_psam_and_logs_why(tmp_path, r
     assert card.state.purse.balance == before
     [record] = [e for e in terminal.event_log.events() if e.reason_code == "sam_swapped"]
     assert "was changed while the terminal ran" in record.detail["problem"]
+
+
+def test_keys_loaded_through_the_sam_keep_it_the_same_psam(tmp_path):
+    # `onecard keys load-psam` changes the key list through this very object: that is no swap.
+    from sam import master_card as mc
+    from simulator.psam import load_psam
+    from tests.test_master_card import InProcess, load, make_master, write_blank_psam
+
+    write_blank_psam(tmp_path / "psam.json")
+    slot = Slot(load_psam(tmp_path / "psam.json"))
+    sam = PcscSam(slot.connect)
+    load(mc.MasterCardClient(InProcess(make_master(tmp_path))), sam)
+    slot.swap(slot.applet)  # the same PSAM re-seated
+    with pytest.raises(SamError, match="stopped answering"):
+        sam.key_infos() and sam.purchase_mac1(purchase())
+    assert sam.key_infos() and sam.purchase_mac1(purchase())[0] == 1
