@@ -14,3 +14,10 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = EXIT_USAGE):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class RecordNotWritten(Exception):
+    """A durable record (an event log append) did not happen: disk full, I/O error, file locked too long.
+
+    Raised by the storage adapter (terminal.event_log.LogWriteError); caught by flows that must not act without a
+    record, which need not import the storage module to do so."""

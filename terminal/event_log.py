@@ -16,6 +16,7 @@ import sqlite_utils
 
 from common.db import (DatabaseError, connect_readwrite, create_new, disk_full_problem, is_disk_full,
                        open_checked_readonly, preflight, transaction)
+from common.errors import RecordNotWritten
 from common.event_kinds import is_known_kind
 from common.events import GENESIS_HASH, canonical_json, event_hash, format_time, normalise_asn
 
@@ -85,7 +86,7 @@ def _row_to_event(row: tuple) -> LoggedEvent:
     )
 
 
-class LogWriteError(DatabaseError):
+class LogWriteError(DatabaseError, RecordNotWritten):
     """An append did not happen (disk full, I/O error, file locked too long); the message says which."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from common import bcd
 from common import transactions as tx
+from common.errors import RecordNotWritten
 from common.logs import log_event
 from common.money_records import check_money_detail
 from sam.interface import (Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam,
@@ -23,7 +24,6 @@ from terminal import purse_protocol as pp
 from terminal.authenticate import select_card
 from common.config import Config
 from terminal.decision import Decision, Refusal
-from terminal.event_log import LogWriteError
 from common.money import format_yuan
 from terminal.rules import BLACKLIST_MESSAGES
 
@@ -121,7 +121,7 @@ class PurseTerminal:
         tap is refused before anything else happens (Refusal log_unavailable)."""
         try:
             return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
-        except LogWriteError as exc:
+        except RecordNotWritten as exc:
             op = next((op for op in OPS if kind.startswith(op)), None)
             log_event(log, "log.write_failed", logging.ERROR, kind=kind, asn=asn, error=str(exc),
                       msg="could not write the event log; the transaction is refused before the card changes")
@@ -227,7 +227,7 @@ class PurseTerminal:
         try:
             self.event_log.append(now, op, asn=info.asn_hex, reason_code="completed",
                                   message=f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}", detail=detail)
-        except LogWriteError as exc:
+        except RecordNotWritten as exc:
             log_event(log, "log.write_failed", logging.ERROR, kind=op, asn=info.asn_hex, intent=intent_seq,
                       error=str(exc), msg="the card changed but its outcome could not be logged; the intent stays "
                                           "open and the card's next tap here records it")
