@@ -47,9 +47,20 @@ def cmd_run(args) -> int:
     try:
         agent.run(stop)
     except Exception as exc:  # paho raises plain exceptions for TLS files it cannot use
+        import sqlite3
+
+        from common.db import DatabaseError, disk_full_problem
         from common.mqtt import MqttConfigError
         if isinstance(exc, MqttConfigError):
             raise UserError(str(exc)) from None
+        if isinstance(exc, (sqlite3.Error, DatabaseError)):
+            # Every write is one transaction and uploads are at least once: stopping here loses nothing. A restart
+            # (systemd) refuses to start until there is room, with the same line.
+            problem = next(filter(None, (disk_full_problem(p) for p in (config.sync.database,
+                                                                         config.terminal.database,
+                                                                         config.terminal.blacklist))), None)
+            raise UserError(f"sync agent stopped: {problem or f'its storage failed ({exc}); check the disk'}; "
+                            "nothing acknowledged was lost") from None
         raise
     return 0
 

@@ -156,3 +156,46 @@ def test_terminal_restarted_on_a_full_disk_says_the_disk_is_full(site, disk):  #
         assert "corrupt" not in line and "permission" not in line, (name, line)
         assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == before
         (disk / "filler").unlink()
+
+
+def test_sync_agent_on_a_disk_that_fills_stops_with_one_line_and_catches_up_after(broker, disk, tmp_path):
+    import signal
+    import sys
+
+    from sync_agent.store import SyncStore
+    from tests.mqtt_env import ENTERPRISE, start_platform, terminal_id, wait_until, write_terminal_config
+
+    tid = terminal_id(5)
+    (tmp_path / "platform").mkdir()
+    admin, service = start_platform(tmp_path / "platform", broker)
+    cfg = write_terminal_config(disk / "t", tid, broker)
+    command = [sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)]
+    agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (admin.terminal(tid)["heartbeat"] or {}).get("config_version") == 0, 30,
+                   "the agent's first heartbeat")
+        filler = fill(disk)
+        version = admin.publish_config(ENTERPRISE, {"pos": {"max_purchase": "20.00"}})
+        _, err = agent.communicate(timeout=30)
+        assert agent.returncode != 0
+        [line] = [ln for ln in err.splitlines() if not ln.startswith("event=") and "event=" not in ln]
+        assert line.startswith("error: sync agent stopped: the disk holding ") and "is full" in line, err
+        assert "Traceback" not in err
+        restarted = subprocess.run(command, capture_output=True, text=True, timeout=60)  # still full: refused
+        assert restarted.returncode != 0 and "is full" in restarted.stderr.strip().splitlines()[-1]
+        filler.unlink()
+        agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def config_arrived() -> bool:
+            store = SyncStore.open(disk / "t" / "sync.db", tid)
+            try:
+                return store.config_version() == version
+            finally:
+                store.close()
+        wait_until(config_arrived, 30, "the configuration arriving after the disk was freed")
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.communicate(timeout=20)
+        service.stop()
+        admin.close()
