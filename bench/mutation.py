@@ -81,10 +81,20 @@ def write_config(dest: Path, module: str, tests: list[str]) -> None:
         "\n[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n", "utf-8")
 
 
-def mutant_diff(work: Path, env: dict, name: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=work, env=env, capture_output=True,
-                         text=True)
-    return out.stdout
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+print(json.dumps({n: get_diff_for_mutant(n) for n in json.loads(sys.stdin.read())}))
+"""
+
+
+def mutant_diffs(work: Path, env: dict, names: list[str]) -> dict[str, str]:
+    """name -> unified diff of the mutant, all in one process (`mutmut show` is one process per mutant)."""
+    if not names:
+        return {}
+    out = subprocess.run([sys.executable, "-c", _DIFFS], cwd=work, env=env, input=json.dumps(names),
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def changed_lines(diff: str) -> str:
@@ -132,12 +142,13 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
             if sep:
                 statuses[name] = status
         excluded, stale = [], []
+        diffs = mutant_diffs(work, env, [e["mutant"] for e in equivalents if e["mutant"] in statuses])
         for entry in equivalents:
             name = entry["mutant"]
             if name not in statuses:
                 stale.append(name)
                 continue
-            if changed_lines(mutant_diff(work, env, name)) != entry["diff"].strip("\n"):
+            if changed_lines(diffs[name]) != entry["diff"].strip("\n"):
                 stale.append(name)
                 continue
             excluded.append(name)
@@ -148,8 +159,8 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
         killed = sum(1 for s in counted.values() if s in KILLED)
         survivors = sorted(n for n, s in counted.items() if s not in KILLED)
         if show:
-            for name in survivors:
-                print(f"--- survivor {name} ({counted[name]})\n{mutant_diff(work, env, name)}", file=sys.stderr)
+            for name, diff in mutant_diffs(work, env, survivors).items():
+                print(f"--- survivor {name} ({counted[name]})\n{diff}", file=sys.stderr)
         n = len(counted)
         progress(f"{module}: {n} mutants, {killed} killed, {len(survivors)} survived, {len(excluded)} excluded as "
                  f"equivalent, {time.monotonic() - t0:.0f} s")
