@@ -206,6 +206,11 @@ def test_access_read_counter_limits_and_status_byte():
     assert r.counter == 256
 
 
+def test_access_read_holder_text_keeps_everything_but_the_zero_padding():
+    r = cp.parse_access_read(access_body(employee=b"E10X", name=b"MAX  X") + bytes(8) + H("9000"), CARD, NONCE, TID)
+    assert (r.holder.employee_no, r.holder.name) == ("E10X", "MAX  X")
+
+
 def test_access_read_holder_fields_full_width():
     r = cp.parse_access_read(access_body(employee=b"1234567890ABCDEF", name=("x" * 32).encode()) + bytes(8)
                              + H("9000"), CARD, NONCE, TID)
@@ -294,19 +299,19 @@ def test_frozen_purse_fields_apart():
           cp.parse_frozen_purse, H("6988"))
 
 
-RECORD = (H("06") + H("0100") + H("FFFFFFFF") + H("000000000101") + H("00010203") + H("20261123") + H("101112")
-          + H("00FFFFFF") + H("E1E2E3E4E5E6E7E8") + H("F1F2F3F4F5F6F7F8"))
+RECORD = (H("06") + H("0100") + H("FFFFFFFF") + H("000000000101") + H("0A010203") + H("20261123") + H("101112")
+          + H("01000000") + H("E1E2E3E4E5E6E7E8") + H("F1F2F3F4F5F6F7F8"))
 
 
 def test_record_every_field():
     assert len(RECORD) == 44
     rec = cp.parse_record(RECORD + H("9000"))
     assert rec == cp.TransactionRecord(tx_type=6, counter=256, amount=0xFFFFFFFF, terminal_id=H("000000000101"),
-                                       tsn=0x00010203, date=H("20261123"), time=H("101112"),
-                                       balance_after=2 ** 24 - 1, proof=H("E1E2E3E4E5E6E7E8"),
+                                       tsn=0x0A010203, date=H("20261123"), time=H("101112"),
+                                       balance_after=2 ** 24, proof=H("E1E2E3E4E5E6E7E8"),
                                        tac=H("F1F2F3F4F5F6F7F8"))
     assert rec.to_json() == {"type": 6, "counter": 256, "amount": 4294967295, "terminal": "000000000101",
-                             "tsn": 66051, "date": "20261123", "time": "101112", "balance_after": 16777215,
+                             "tsn": 167838211, "date": "20261123", "time": "101112", "balance_after": 16777216,
                              "proof": "e1e2e3e4e5e6e7e8", "tac": "f1f2f3f4f5f6f7f8"}
 
 
@@ -319,7 +324,7 @@ def test_record_status_words():
 
 
 def test_read_binary():
-    assert cp.parse_read_binary(H("0102") + H("9000"), "EF_PURSE", 2) == H("0102")
+    assert cp.parse_read_binary(H("010203") + H("9000"), "EF_PURSE", 3) == H("010203")
     fails(cp.CardProtocolError, "READ BINARY of EF_PURSE answered status 6B00", cp.parse_read_binary, H("6B00"),
           "EF_PURSE", 12)
     fails(cp.CardProtocolError, "READ BINARY of EF_PURSE returned 11 bytes, expected 12", cp.parse_read_binary,

@@ -79,8 +79,8 @@ def test_debit_answers():
 
 
 def test_init_load_fields_apart():
-    answer = H("00FFFFFF" "0101" "07" "02" "D1D2D3D4" "E1E2E3E4E5E6E7E8") + H("9000")
-    assert pp.parse_init_load(answer) == pp.LoadInit(balance=2 ** 24 - 1, counter=257, key_version=7,
+    answer = H("01000000" "0101" "07" "02" "D1D2D3D4" "E1E2E3E4E5E6E7E8") + H("9000")
+    assert pp.parse_init_load(answer) == pp.LoadInit(balance=2 ** 24, counter=257, key_version=7,
                                                      algorithm=Algorithm.SM4, random=H("D1D2D3D4"),
                                                      mac1=H("E1E2E3E4E5E6E7E8"))
     for sw in ("6A80", "9403", "6985"):
