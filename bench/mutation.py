@@ -31,7 +31,7 @@ PACKAGES = ["common", "central", "onecard", "terminal", "sam", "sync_agent", "si
 # module -> the fast test files that exercise it (no pcscd, broker or subprocess; each runs in seconds)
 MODULES: dict[str, list[str]] = {
     "terminal/card_protocol.py": ["tests/test_card_application.py", "tests/test_card_protocol_fuzz.py",
-                                  "tests/test_mutation_card_protocol.py"],
+                                  "tests/test_mutation_card_protocol.py", "tests/test_mutation_card_history.py"],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
     "terminal/door.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
     "terminal/rules.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
