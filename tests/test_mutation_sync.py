@@ -602,3 +602,26 @@ def test_fast_rate_bucket_is_a_seconds_worth():
     u = core.Uploader(0, batch_size=10, max_inflight=100, max_events_per_s=25, ack_timeout=1000)
     assert u.plan(0.0, 1000) == [(1, 10), (11, 20), (21, 25)]
     assert u.plan(0.4, 1000) == [(26, 35)]
+
+
+def test_ack_of_exactly_the_next_seq_to_send_skips_it():
+    u = core.Uploader(0, batch_size=4, max_inflight=1, max_events_per_s=1000, ack_timeout=10)
+    assert u.plan(0.0, 20) == [(1, 4)]
+    assert u.on_ack(1.0, 5) is True                       # the platform holds 5 too (sent before a restart)
+    assert u.next_seq == 6
+    assert u.plan(1.0, 20) == [(6, 9)]
+
+
+def test_one_token_sends_a_batch_of_one():
+    u = core.Uploader(0, batch_size=10, max_inflight=10, max_events_per_s=4, ack_timeout=1000)
+    assert u.plan(0.0, 100) == [(1, 10)]
+    assert u.plan(0.25, 100) == [(11, 11)]                # exactly one token
+    assert u.plan(0.6, 100) == [(12, 12)]                 # 1.4 tokens: still one whole event
+
+
+def test_every_ack_timeout_counts_a_resend():
+    u = core.Uploader(0, batch_size=5, max_inflight=1, max_events_per_s=1000, ack_timeout=10)
+    u.plan(0.0, 5)
+    assert u.plan(10.0, 5) == [(1, 5)] and u.resends == 1
+    assert u.plan(20.0, 5) == [(1, 5)] and u.resends == 2
+    assert u.plan(30.0, 5) == [(1, 5)] and u.resends == 3
