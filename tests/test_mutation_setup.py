@@ -32,7 +32,7 @@ def test_equivalents_are_complete_entries():
     for e in entries:
         assert set(e) == {"module", "mutant", "diff", "why"}, e
         assert e["module"] in m.MODULES
-        assert e["mutant"].startswith(e["module"][:-3].replace("/", ".") + ".x_"), e["mutant"]
+        assert e["mutant"].startswith(e["module"][:-3].replace("/", ".") + ".x"), e["mutant"]
         lines = e["diff"].strip("\n").splitlines()
         assert len(lines) >= 2 and lines[0].startswith("-") and any(x.startswith("+") for x in lines), e["mutant"]
         assert e["why"].strip(), e["mutant"]
