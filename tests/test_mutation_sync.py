@@ -4,8 +4,10 @@ the rate limit, the ack timeout at its edge). Issue 15."""
 import base64
 import datetime as dt
 import json
+import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from common import sync_protocol as p
@@ -625,3 +627,29 @@ def test_every_ack_timeout_counts_a_resend():
     assert u.plan(10.0, 5) == [(1, 5)] and u.resends == 1
     assert u.plan(20.0, 5) == [(1, 5)] and u.resends == 2
     assert u.plan(30.0, 5) == [(1, 5)] and u.resends == 3
+
+
+# --- fuzz: garbage is refused, with the reason, not merely "raises something of ours" -------------------------------
+
+_ASN = re.compile(r"[0-9A-F]{16}\Z")
+_HASH = re.compile(r"[0-9a-f]{64}\Z")
+garbage_text = st.one_of(st.text(max_size=70), st.integers(), st.none(), st.lists(st.integers(), max_size=2))
+
+
+@given(st.lists(garbage_text.filter(lambda x: not (isinstance(x, str) and _ASN.match(x))), min_size=1, max_size=3),
+       st.integers(0, 3))
+@settings(max_examples=60, deadline=None)
+def test_delta_with_any_garbage_removed_entry_is_refused(bad, at):
+    removed = ["0102030405060708", "1112131415161718"]
+    removed[at % 2:at % 2] = bad
+    refused("blacklist.delta", delta(removed=removed), "blacklist.delta: removed entries must be 16 uppercase hex digits")
+
+
+@given(garbage_text.filter(lambda x: isinstance(x, str) and not _HASH.match(x)), st.integers(0, 2),
+       st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_batch_with_one_malformed_hash_is_refused(bad, which_row, prev):
+    rows = [row(1), row(2), row(3)]
+    rows[which_row][7 if prev else 8] = bad
+    fails(p.ProtocolError, f"events[{which_row}]: hashes must be 64 lowercase hex digits", p.decode_events,
+          events(rows))
