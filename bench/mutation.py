@@ -10,6 +10,9 @@ Prints one JSON line per module on stdout; progress on stderr. Slow (minutes per
     python bench/mutation.py                       # every module
     python bench/mutation.py --module terminal/door.py
     python bench/mutation.py --module terminal/door.py --show-survivors   # diffs of the survivors on stderr
+
+To cover another core, add it to MODULES with the fast test files that exercise it (those that start no pcscd,
+broker or subprocess). A survivor is either a missing test (write it) or an equivalent mutant (document it).
 """
 from __future__ import annotations
 
