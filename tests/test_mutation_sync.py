@@ -653,3 +653,96 @@ def test_batch_with_one_malformed_hash_is_refused(bad, which_row, prev):
     rows[which_row][7 if prev else 8] = bad
     fails(p.ProtocolError, f"events[{which_row}]: hashes must be 64 lowercase hex digits", p.decode_events,
           events(rows))
+
+
+# --- every parser names itself and the field in its refusals --------------------------------------------------------
+
+@pytest.mark.parametrize("decode, obj, message", [
+    (p.decode_events, {"v": 2}, "events payload has protocol version 2, expected 1"),
+    (p.decode_heartbeat, {"v": 2}, "heartbeat payload has protocol version 2, expected 1"),
+    (p.decode_request, {"v": 2}, "request payload has protocol version 2, expected 1"),
+    (p.decode_status, {"v": 2}, "status payload has protocol version 2, expected 1"),
+    (lambda b: p.open_envelope(b, KEY.public_key()), {"v": 2}, "downlink payload has protocol version 2, expected 1"),
+    (p.decode_events, {"v": 1, "type": "events", "events": []}, "events: field 'terminal_id' is missing"),
+    (p.decode_heartbeat, {"v": 1}, "heartbeat: field 'terminal_id' is missing"),
+    (p.decode_request, {"v": 1}, "request: field 'terminal_id' is missing"),
+    (p.decode_status, {"v": 1}, "status: field 'terminal_id' is missing"),
+    (p.decode_status, {"v": 1, "terminal_id": "x"}, "status: field 'terminal_id' = 'x' is not 12 digits"),
+    (p.decode_status, {"v": 1, "terminal_id": TID, "state": 1}, "status: field 'state' must be str, got int"),
+    (p.decode_heartbeat, {"v": 1, "terminal_id": "x"}, "heartbeat: field 'terminal_id' = 'x' is not 12 digits"),
+    (p.decode_heartbeat, {"v": 1, "terminal_id": TID, "sent_at": 1}, "heartbeat: field 'sent_at' must be str, got int"),
+    (p.decode_heartbeat, {"v": 1, "terminal_id": TID, "sent_at": "2026-11-23T02:00:00.000000Z", "last_tap_at": 5},
+     "heartbeat: field 'last_tap_at' must be str, got int"),
+    (p.decode_heartbeat, {"v": 1, "terminal_id": TID, "sent_at": "2026-11-23T02:00:00.000000Z", "last_tap_at": True},
+     "heartbeat: field 'last_tap_at' must be str, got a boolean"),
+    (lambda b: p.open_envelope(b, KEY.public_key()), {"v": 1, "type": 5}, "downlink: field 'type' must be str, got int"),
+    (lambda b: p.open_envelope(b, KEY.public_key()), {"v": 1, "type": "ack", "id": "m", "target": 5},
+     "downlink: field 'target' must be str, got int"),
+    (lambda b: p.open_envelope(b, KEY.public_key()), {"v": 1, "type": "ack", "id": "m", "target": "e:00010001",
+                                                      "issued_at": 5}, "downlink: field 'issued_at' must be str, got int"),
+    (lambda b: p.open_envelope(b, KEY.public_key()), {"v": 1, "type": "ack"}, "downlink: field 'id' is missing"),
+])
+def test_refusals_name_the_message_and_the_field(decode, obj, message):
+    fails(p.ProtocolError, message, decode, json.dumps(obj).encode())
+
+
+def test_long_json_errors_are_cut_at_80_characters():
+    fails(p.ProtocolError, "status payload is not UTF-8 JSON (Expecting property name enclosed in double quotes: "
+          "line 100001 column 2 (char 10)", p.decode_status, b"\n" * 100000 + b"{")
+
+
+def test_unknown_field_list_is_cut_at_60_characters():
+    names = {f"unknown_field_{i:02}": i for i in range(5)}
+    fails(p.ProtocolError, "downlink has unknown field(s) unknown_field_00, unknown_field_01, unknown_field_02, "
+          "unknow", p.open_envelope, raw_envelope(**names), KEY.public_key())
+
+
+@pytest.mark.parametrize("type_, body, message", [
+    ("card_action", {"action_id": "a", "asn": "1122334455667788", "action": 7, "params": {}},
+     "card_action: field 'action' must be str, got int"),
+    ("time", {"platform_time": 5}, "time: field 'platform_time' must be str, got int"),
+    ("blacklist.delta", {**delta(), "enterprise_id": "0001"},
+     "blacklist.delta: field 'enterprise_id' = '0001' is not 8 digits"),
+    ("blacklist.delta", {**delta(), "version": "2"}, "blacklist.delta: field 'version' must be int, got str"),
+    ("blacklist.delta", delta(base=0, version=0), "blacklist.delta: field 'version' = 0 is out of range (>= 1)"),
+    ("blacklist.delta", {**delta(), "added": {}}, "blacklist.delta: field 'added' must be list, got dict"),
+    ("blacklist.delta", delta([added(reason=3)]), "blacklist.delta: field 'reason' must be str, got int"),
+    ("blacklist.snapshot", {**snapshot([]), "enterprise_id": "0001"},
+     "blacklist.snapshot: field 'enterprise_id' = '0001' is not 8 digits"),
+    ("blacklist.snapshot", {**snapshot([]), "groups": {}}, "blacklist.snapshot: field 'groups' must be list, got dict"),
+    ("blacklist.snapshot", {**snapshot([]), "count": "0"}, "blacklist.snapshot: field 'count' must be int, got str"),
+    ("blacklist.snapshot", snapshot([{"reason": 1, "listed_in_version": 1, "asns": ""}], 0),
+     "blacklist.snapshot: field 'reason' must be str, got int"),
+    ("blacklist.snapshot", snapshot([{"reason": "lost", "listed_in_version": 1, "asns": 8}], 0),
+     "blacklist.snapshot: field 'asns' must be str, got int"),
+])
+def test_body_refusals_name_the_type_and_the_field(type_, body, message):
+    refused(type_, body, message)
+
+
+def test_snapshot_asns_shaped_right_but_not_base64_are_refused_when_read():
+    """12 characters ending in one '=' look like 8 bytes; the '=' inside makes them garbage, refused on decoding."""
+    body = opened("blacklist.snapshot", snapshot([{"reason": "lost", "listed_in_version": 1,
+                                                   "asns": "AAAAAAAAA=A="}], 1)).body
+    fails(p.ProtocolError, "blacklist.snapshot: group asns is not valid base64", list, p.snapshot_entries(body))
+
+
+def test_optional_pattern_fields():
+    assert p._match({}, "asn", re.compile("[0-9]+"), "w", "digits", optional=True) is None
+    assert p._match({"asn": "12"}, "asn", re.compile("[0-9]+"), "w", "digits", optional=True) == "12"
+    fails(p.ProtocolError, "w: field 'asn' is missing", p._match, {}, "asn", re.compile("[0-9]+"), "w", "digits")
+    with pytest.raises(p.ProtocolError, match=r"^w: field 'asn' = 'x' is not digits$"):
+        p._match({"asn": "x"}, "asn", re.compile("[0-9]+"), "w", "digits", optional=True)
+
+
+def test_protocol_times_are_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        assert p.format_time(NOW) == "2026-11-23T02:00:00.123456Z"
+        local = NOW.astimezone(dt.timezone(dt.timedelta(hours=-5)))
+        assert p.format_time(local) == "2026-11-23T02:00:00.123456Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
