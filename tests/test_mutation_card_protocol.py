@@ -66,7 +66,7 @@ def test_tlvs():
 
 # --- SELECT ----------------------------------------------------------------------------------------------------
 
-def fci(asn=H("1122334455667788"), ent=H("00010001"), status=2, key_version=5, algorithm=2, card_type=2,
+def fci(asn=H("1122334455667788"), ent=H("00010001"), status=0, key_version=5, algorithm=2, card_type=1,
         app_version=3, extra=b"", order=None, aid=cp.AID, drop=None, sizes=None):
     items = {0xC0: asn, 0xC1: ent, 0xC2: bytes([status]), 0xC3: bytes([key_version]), 0xC4: bytes([algorithm]),
              0xC5: bytes([card_type]), 0xC6: bytes([app_version])}
@@ -82,8 +82,9 @@ def fci(asn=H("1122334455667788"), ent=H("00010001"), status=2, key_version=5, a
 
 def test_select_reads_every_field_from_its_own_tag():
     info = cp.parse_select(fci())
-    assert info == cp.CardInfo(asn=H("1122334455667788"), enterprise_id=H("00010001"), status=2, key_version=5,
-                               algorithm=Algorithm.SM4, card_type=2, app_version=3, purse_expiry=None)
+    # every one-byte field holds a value no other field holds, so reading one from another's tag fails
+    assert info == cp.CardInfo(asn=H("1122334455667788"), enterprise_id=H("00010001"), status=0, key_version=5,
+                               algorithm=Algorithm.SM4, card_type=1, app_version=3, purse_expiry=None)
     assert info.asn_hex == "1122334455667788"
     assert cp.parse_select(fci(asn=H("abcdef0102030405"))).asn_hex == "ABCDEF0102030405"
 
@@ -91,7 +92,7 @@ def test_select_reads_every_field_from_its_own_tag():
 def test_select_accepts_any_order_and_ignores_unknown_tags():
     info = cp.parse_select(fci(order=[0xC6, 0xC5, 0xC4, 0xC3, 0xC2, 0xC1, 0xC0], extra=H("DF03AABBCC")))
     assert (info.status, info.key_version, info.algorithm, info.card_type, info.app_version) == (
-        2, 5, Algorithm.SM4, 2, 3)
+        0, 5, Algorithm.SM4, 1, 3)
 
 
 def test_select_with_purse_expiry():
