@@ -746,3 +746,10 @@ def test_protocol_times_are_utc_whatever_the_machines_zone(monkeypatch):
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+@pytest.mark.parametrize("v, shown", [(True, "True"), (1.0, "1.0"), ("1", "'1'"), ([1], "[1]")])
+def test_protocol_version_must_be_the_integer_1(v, shown):
+    """docs/sync-protocol.md: a payload with a wrong type is refused; true and 1.0 only compare equal to 1."""
+    fails(p.ProtocolError, f"request payload has protocol version {shown}, expected 1", p.decode_request,
+          request(v=v))
