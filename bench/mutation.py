@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -125,13 +126,18 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []
         last = 0.0
-        for line in proc.stdout:  # mutmut redraws a status line with \r; pass a sample of it through
-            for part in line.replace("\r", "\n").splitlines():
-                if part.strip():
-                    tail = (tail + [part])[-20:]
-                    if time.monotonic() - last > 5:
-                        progress(f"{module}: {part.strip()[:150]}")
-                        last = time.monotonic()
+        try:
+            for line in proc.stdout:  # mutmut redraws a status line with \r; pass a sample of it through
+                for part in line.replace("\r", "\n").splitlines():
+                    if part.strip():
+                        tail = (tail + [part])[-20:]
+                        if time.monotonic() - last > 5:
+                            progress(f"{module}: {part.strip()[:150]}")
+                            last = time.monotonic()
+        finally:
+            if proc.poll() is None:  # interrupted: stop mutmut before its directory goes
+                proc.terminate()
+                proc.wait()
         if proc.wait() != 0:
             progress(f"{module}: mutmut run failed (exit {proc.returncode}); its last lines:")
             for part in tail:
@@ -179,6 +185,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1: shared machine)")
     parser.add_argument("--show-survivors", action="store_true", help="print each survivor's diff on stderr")
     args = parser.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the temporary copy is removed and mutmut stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         import mutmut  # noqa: F401
     except ImportError:
