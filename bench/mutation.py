@@ -6,8 +6,12 @@ results. Mutants documented as equivalent in tests/mutation_equivalents.toml are
 whose diff no longer matches the mutant mutmut generated is reported as stale and NOT excluded).
 
 Prints one JSON line per module on stdout; progress on stderr. Slow (minutes per module): not part of .ci/run.
+In a line, `mutants` counts the mutants scored (documented equivalents excluded, their number in
+`excluded_equivalent`), `killed` those a test failed on (or that timed out), `survived` all the others (including
+mutants no selected test reaches), `score` = 100 * killed / mutants.
 
     python bench/mutation.py                       # every module
+    python bench/mutation.py --fail-under 95       # exit 1 if a module scores below 95 %
     python bench/mutation.py --module terminal/door.py
     python bench/mutation.py --module terminal/door.py --show-survivors   # diffs of the survivors on stderr
 
@@ -184,7 +188,11 @@ def main() -> int:
                         help="module to mutate (repeatable; default: all)")
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1: shared machine)")
     parser.add_argument("--show-survivors", action="store_true", help="print each survivor's diff on stderr")
+    parser.add_argument("--fail-under", type=float, metavar="SCORE",
+                        help="exit 1 when a module scores below SCORE percent (the target is 95)")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     # SIGTERM unwinds like Ctrl-C, so the temporary copy is removed and mutmut stopped
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -201,7 +209,8 @@ def main() -> int:
     for module in args.module or list(MODULES):
         result = run_module(module, MODULES[module], equivalents.get(module, []), args.jobs, args.show_survivors)
         print(json.dumps(result), flush=True)
-        if "error" in result:
+        if "error" in result or (args.fail_under is not None and result["score"] is not None
+                                  and result["score"] < args.fail_under):
             status = 1
     return status
 
