@@ -219,7 +219,7 @@ def test_access_read_holder_fields_full_width():
 
 
 def test_access_read_refusals():
-    fails(cp.CardProtocolError, "card refused ACCESS READ (6985: application not active or counter exhausted)",
+    fails(cp.ApplicationInactive, "card refused ACCESS READ (6985: application not active or counter exhausted)",
           cp.parse_access_read, H("6985"), CARD, NONCE, TID)
     for sw in ("6986", "6700", "6A86"):
         fails(cp.CardProtocolError, f"ACCESS READ answered status {sw}", cp.parse_access_read, H(sw), CARD, NONCE,

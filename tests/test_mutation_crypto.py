@@ -105,6 +105,13 @@ def test_double_with_and_without_the_carry():
     assert crypto._double(H("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF")) == H("FFFFFFFFFFFFFFFFFFFFFFFFFFFFFF79")
 
 
+def test_xor_of_unequal_lengths_is_refused():
+    assert crypto._xor(H("0F0F"), H("FF00")) == H("F00F")
+    assert crypto._xor(H("0001"), H("0100")) == H("0101")
+    fails("cannot xor 3 bytes with 4 bytes", crypto._xor, bytes(3), bytes(4))
+    fails("cannot xor 2 bytes with 1 bytes", crypto._xor, bytes(2), bytes(1))
+
+
 def test_mac8_matches():
     msg = b"one card"
     mac = crypto.mac8(Algorithm.SM4, KEY, msg)

@@ -66,7 +66,8 @@ def test_sample_uplinks_are_pinned():
 def test_constants_of_the_spec():
     assert (p.PROTOCOL_VERSION, p.TOPIC_ROOT, p.SIGN_DOMAIN, p.MAX_BATCH_EVENTS) == (
         1, "onecard/v1", b"onecard.sync.v1\x00", 5000)
-    assert p.DOWN_TYPES == ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "time")
+    assert p.DOWN_TYPES == ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action",
+                            "card_action.cancel", "time")
     assert p.UP_LEAVES == ("up/events", "up/heartbeat", "up/status", "up/request")
     assert (p.DOWN_ACK, p.DOWN_MSG, p.REQUEST_WANTS) == ("down/ack", "down/msg", ("sync", "blacklist.snapshot"))
     assert len(p.new_message_id()) == 32 and p.new_message_id() != p.new_message_id()
@@ -263,7 +264,7 @@ def test_envelope_shape_refusals():
     pub = KEY.public_key()
     fails(ValueError, "unknown downlink type 'hello'", p.seal, KEY, "hello", f"e:{EID}", {}, NOW)
     fails(p.ProtocolError, "downlink type 'hello' is unknown (known: ack, blacklist.snapshot, blacklist.delta, "
-          "config, card_action, time)", p.open_envelope, raw_envelope(type="hello"), pub)
+          "config, card_action, card_action.cancel, time)", p.open_envelope, raw_envelope(type="hello"), pub)
     fails(p.ProtocolError, "downlink: field 'id' = 'a b' is not 1-64 characters of [A-Za-z0-9._-]", p.open_envelope,
           raw_envelope(id="a b"), pub)
     fails(p.ProtocolError, "downlink target 't:0001' is not t:<12 digits> or e:<8 digits>", p.open_envelope,
@@ -317,6 +318,14 @@ def test_time_card_action_config_bodies():
     refused("card_action", {**card_action, "action_id": ""},
             "card_action: field 'action_id' = '' is not 1-64 characters of [A-Za-z0-9._-]")
     refused("card_action", {**card_action, "params": []}, "card_action: field 'params' must be dict, got list")
+    cancel = {"action_id": "a.1", "asn": "1122334455667788", "action": "topup"}
+    assert opened("card_action.cancel", cancel).body == cancel
+    refused("card_action.cancel", {**cancel, "action": ""}, "card_action.cancel: action must not be empty")
+    refused("card_action.cancel", {**cancel, "action": 1}, "card_action.cancel: field 'action' must be str, got int")
+    refused("card_action.cancel", {**cancel, "asn": "11223344556677"},
+            "card_action.cancel: field 'asn' = '11223344556677' is not 16 uppercase hex digits")
+    refused("card_action.cancel", {**cancel, "action_id": "a b"},
+            "card_action.cancel: field 'action_id' = 'a b' is not 1-64 characters of [A-Za-z0-9._-]")
     config = {"enterprise_id": EID, "version": 1, "document": {}}
     assert opened("config", config).body == config
     refused("config", {**config, "version": 0}, "config: field 'version' = 0 is out of range (>= 1)")
