@@ -66,7 +66,10 @@ def test_tlvs():
 
 # --- SELECT ----------------------------------------------------------------------------------------------------
 
-def fci(asn=H("1122334455667788"), ent=H("00010001"), status=0, key_version=5, algorithm=2, card_type=1,
+ASN8, ENT4 = H("1122334455667788"), H("00010001")
+
+
+def fci(asn=ASN8, ent=ENT4, status=0, key_version=5, algorithm=2, card_type=1,
         app_version=3, extra=b"", order=None, aid=cp.AID, drop=None, sizes=None):
     items = {0xC0: asn, 0xC1: ent, 0xC2: bytes([status]), 0xC3: bytes([key_version]), 0xC4: bytes([algorithm]),
              0xC5: bytes([card_type]), 0xC6: bytes([app_version])}
@@ -181,7 +184,10 @@ CARD = cp.CardInfo(asn=H("1122334455667788"), enterprise_id=H("00010001"), statu
 NONCE, TID = H("0102030405060708"), H("000000000101")
 
 
-def access_body(status=1, counter=0x01020304, employee=b"E1001", name="张伟".encode()):
+ZHANG_WEI = "张伟".encode()
+
+
+def access_body(status=1, counter=0x01020304, employee=b"E1001", name=ZHANG_WEI):
     access = cp.encode_access_file(dt.date(2026, 1, 2), dt.date(2028, 11, 30), {2, 9, 15}, 6)
     holder = employee.ljust(16, b"\x00") + name.ljust(32, b"\x00")
     return bytes([status]) + access + holder + counter.to_bytes(4, "big")

@@ -35,9 +35,8 @@ def test_load_commands_exact():
     assert pp.credit_command(H("20261123"), H("235959"), H("B1B2B3B4B5B6B7B8")) == H(
         "805200000F" "20261123" "235959" "B1B2B3B4B5B6B7B8" "10")
     assert pp.get_balance_command() == H("805C000204")
-    assert pp.prove_command(pp.TYPE_PURCHASE, 0x0100) == H("805A000602" "0100" "10")
-    assert pp.prove_command(pp.TYPE_LOAD, 0xFFFF) == H("805A000202" "FFFF" "10")
-    assert (pp.TYPE_LOAD, pp.TYPE_PURCHASE) == (0x02, 0x06)
+    assert pp.prove_command(0x06, 0x0100) == H("805A000602" "0100" "10")
+    assert pp.prove_command(0x02, 0xFFFF) == H("805A000202" "FFFF" "10")
 
 
 @pytest.mark.parametrize("amount", [0, -1, 2 ** 32])
