@@ -3,15 +3,16 @@
 Run from the repository root: python bench/blacklist.py [--entries N] [--lookups N] [--keep DIR]
 Targets: lookup p99 <= 50 µs, process RSS <= 60 MB.
 """
+
 from __future__ import annotations
 
 import argparse
-from array import array
 import json
 import random
 import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, without installing

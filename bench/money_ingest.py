@@ -2,6 +2,7 @@
 
 Prints one JSON line per measurement. Run from the repository root: python bench/money_ingest.py [--records 20000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,17 +33,51 @@ def chain(path: Path, n: int, money: bool) -> list[p.WireEvent]:
             asn = ASNS[i % len(ASNS)]
             if money:
                 balance[asn] += 100
-                d = {"amount": 100, "counter": counters[asn], "date": "20261123", "time": "100000",
-                     "key_version": 1, "algorithm": "AES128", "intent_seq": 1, "tac": "00" * 8, "proof": "11" * 8,
-                     "balance_after": balance[asn], "resolved_at_next_tap": False}
+                d = {
+                    "amount": 100,
+                    "counter": counters[asn],
+                    "date": "20261123",
+                    "time": "100000",
+                    "key_version": 1,
+                    "algorithm": "AES128",
+                    "intent_seq": 1,
+                    "tac": "00" * 8,
+                    "proof": "11" * 8,
+                    "balance_after": balance[asn],
+                    "resolved_at_next_tap": False,
+                }
                 counters[asn] += 1
-                log.append(START + dt.timedelta(seconds=i), "topup.load", asn=asn, reason_code="completed",
-                           message="Top-up", detail=d)
+                log.append(
+                    START + dt.timedelta(seconds=i),
+                    "topup.load",
+                    asn=asn,
+                    reason_code="completed",
+                    message="Top-up",
+                    detail=d,
+                )
             else:
-                log.append(START + dt.timedelta(seconds=i), "door.grant", asn=asn, reason_code="ok",
-                           message="Welcome", detail={"i": i})
-        return [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                            e.prev_hash, e.hash) for e in log.events()]
+                log.append(
+                    START + dt.timedelta(seconds=i),
+                    "door.grant",
+                    asn=asn,
+                    reason_code="ok",
+                    message="Welcome",
+                    detail={"i": i},
+                )
+        return [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in log.events()
+        ]
 
 
 def main() -> None:
@@ -61,15 +96,25 @@ def main() -> None:
             events = chain(Path(tmp) / "t.db", args.records, money)
             t0 = time.perf_counter()
             for i in range(0, len(events), args.batch):
-                pf.ingest(TID, events[i:i + args.batch])
+                pf.ingest(TID, events[i : i + args.batch])
             elapsed = time.perf_counter() - t0
             held = len(pf.held_money())
             total = sum(pf.card(a)["balance_cents"] for a in ASNS)
             pf.close()
-        print(json.dumps({"bench": "platform_ingest", "kind": "topup.load" if money else "door.grant",
-                          "records": args.records, "batch": args.batch, "seconds": round(elapsed, 3),
-                          "records_per_s": round(args.records / elapsed), "held": held,
-                          "balance_total_cents": total}))
+        print(
+            json.dumps(
+                {
+                    "bench": "platform_ingest",
+                    "kind": "topup.load" if money else "door.grant",
+                    "records": args.records,
+                    "batch": args.batch,
+                    "seconds": round(elapsed, 3),
+                    "records_per_s": round(args.records / elapsed),
+                    "held": held,
+                    "balance_total_cents": total,
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ mutants no selected test reaches), `score` = 100 * killed / mutants.
 To cover another core, add it to MODULES with the fast test files that exercise it (those that start no pcscd,
 broker or subprocess). A survivor is either a missing test (write it) or an equivalent mutant (document it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,12 @@ PACKAGES = ["common", "central", "onecard", "terminal", "sam", "sync_agent", "si
 
 # module -> the fast test files that exercise it (no pcscd, broker or subprocess; each runs in seconds)
 MODULES: dict[str, list[str]] = {
-    "terminal/card_protocol.py": ["tests/test_card_application.py", "tests/test_card_protocol_fuzz.py",
-                                  "tests/test_mutation_card_protocol.py", "tests/test_mutation_card_history.py"],
+    "terminal/card_protocol.py": [
+        "tests/test_card_application.py",
+        "tests/test_card_protocol_fuzz.py",
+        "tests/test_mutation_card_protocol.py",
+        "tests/test_mutation_card_history.py",
+    ],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
     "terminal/door.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
     "terminal/rules.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
@@ -78,6 +83,7 @@ def copy_tree(dest: Path) -> None:
 def write_config(dest: Path, module: str, tests: list[str]) -> None:
     def toml_list(items):
         return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
     (dest / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         f"source_paths = {toml_list(PACKAGES)}\n"
@@ -86,7 +92,9 @@ def write_config(dest: Path, module: str, tests: list[str]) -> None:
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "use_git_change_detection = false\n"
         "track_dependencies = false\n"
-        "\n[tool.pytest.ini_options]\ntestpaths = [\"tests\"]\n", "utf-8")
+        '\n[tool.pytest.ini_options]\ntestpaths = ["tests"]\n',
+        "utf-8",
+    )
 
 
 _DIFFS = """
@@ -100,15 +108,21 @@ def mutant_diffs(work: Path, env: dict, names: list[str]) -> dict[str, str]:
     """name -> unified diff of the mutant, all in one process (`mutmut show` is one process per mutant)."""
     if not names:
         return {}
-    out = subprocess.run([sys.executable, "-c", _DIFFS], cwd=work, env=env, input=json.dumps(names),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _DIFFS],
+        cwd=work,
+        env=env,
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
 def changed_lines(diff: str) -> str:
     """The -/+ lines of a unified diff, without the file headers: what an equivalents entry pins."""
-    keep = [line.rstrip() for line in diff.splitlines()
-            if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    keep = [line.rstrip() for line in diff.splitlines() if line[:1] in "+-" and not line.startswith(("+++", "---"))]
     return "\n".join(keep)
 
 
@@ -126,8 +140,14 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         t0 = time.monotonic()
         progress(f"{module}: mutmut run ({', '.join(tests)})")
-        proc = subprocess.Popen([sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)], cwd=work,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(jobs)],
+            cwd=work,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         tail: list[str] = []
         last = 0.0
         try:
@@ -147,8 +167,14 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
             for part in tail:
                 print("    " + part, file=sys.stderr)
             return {"name": "mutation", "module": module, "error": f"mutmut exit {proc.returncode}"}
-        out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         statuses = {}
         for line in out.splitlines():
             name, sep, status = line.strip().rpartition(": ")
@@ -166,8 +192,10 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
                 continue
             excluded.append(name)
         for name in stale:
-            progress(f"{module}: equivalents entry {name} no longer matches its mutant: NOT excluded, update "
-                     f"{EQUIVALENTS.relative_to(ROOT)}")
+            progress(
+                f"{module}: equivalents entry {name} no longer matches its mutant: NOT excluded, update "
+                f"{EQUIVALENTS.relative_to(ROOT)}"
+            )
         counted = {n: s for n, s in statuses.items() if n not in excluded and s != "skipped"}
         killed = sum(1 for s in counted.values() if s in KILLED)
         survivors = sorted(n for n, s in counted.items() if s not in KILLED)
@@ -175,21 +203,36 @@ def run_module(module: str, tests: list[str], equivalents: list[dict], jobs: int
             for name, diff in mutant_diffs(work, env, survivors).items():
                 print(f"--- survivor {name} ({counted[name]})\n{diff}", file=sys.stderr)
         n = len(counted)
-        progress(f"{module}: {n} mutants, {killed} killed, {len(survivors)} survived, {len(excluded)} excluded as "
-                 f"equivalent, {time.monotonic() - t0:.0f} s")
-        return {"name": "mutation", "module": module, "mutants": n, "killed": killed, "survived": len(survivors),
-                "score": round(100.0 * killed / n, 1) if n else None, "excluded_equivalent": len(excluded),
-                "stale_equivalents": len(stale), "survivors": survivors}
+        progress(
+            f"{module}: {n} mutants, {killed} killed, {len(survivors)} survived, {len(excluded)} excluded as "
+            f"equivalent, {time.monotonic() - t0:.0f} s"
+        )
+        return {
+            "name": "mutation",
+            "module": module,
+            "mutants": n,
+            "killed": killed,
+            "survived": len(survivors),
+            "score": round(100.0 * killed / n, 1) if n else None,
+            "excluded_equivalent": len(excluded),
+            "stale_equivalents": len(stale),
+            "survivors": survivors,
+        }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--module", action="append", choices=sorted(MODULES),
-                        help="module to mutate (repeatable; default: all)")
+    parser.add_argument(
+        "--module", action="append", choices=sorted(MODULES), help="module to mutate (repeatable; default: all)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="mutants run in parallel (default 1: shared machine)")
     parser.add_argument("--show-survivors", action="store_true", help="print each survivor's diff on stderr")
-    parser.add_argument("--fail-under", type=float, metavar="SCORE",
-                        help="exit 1 when a module scores below SCORE percent (the target is 95)")
+    parser.add_argument(
+        "--fail-under",
+        type=float,
+        metavar="SCORE",
+        help="exit 1 when a module scores below SCORE percent (the target is 95)",
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -209,8 +252,9 @@ def main() -> int:
     for module in args.module or list(MODULES):
         result = run_module(module, MODULES[module], equivalents.get(module, []), args.jobs, args.show_survivors)
         print(json.dumps(result), flush=True)
-        if "error" in result or (args.fail_under is not None and result["score"] is not None
-                                  and result["score"] < args.fail_under):
+        if "error" in result or (
+            args.fail_under is not None and result["score"] is not None and result["score"] < args.fail_under
+        ):
             status = 1
     return status
 

@@ -5,6 +5,7 @@ purchases over nfcpy are measured by bench/tap.py (transport "nfcpy-udp").
 
 Run from the repository root: python bench/nfc_roundtrip.py [--n 200] [--fwi 7]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,20 @@ def bench_activation(picc: VirtualPicc, reader: NfcReader, n: int) -> None:
         times.append((time.perf_counter() - t0) * 1000)
         if conn is None:
             raise SystemExit("nfcpy did not find the simulated card within 5 s")
-    print(json.dumps({"name": "activation", "transport": TRANSPORT, "n": n, "fwi": picc.fwi,
-                      "p50_ms": round(statistics.median(times), 3), "p99_ms": round(percentile(times, 99), 3),
-                      "max_ms": round(max(times), 3)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": "activation",
+                "transport": TRANSPORT,
+                "n": n,
+                "fwi": picc.fwi,
+                "p50_ms": round(statistics.median(times), 3),
+                "p99_ms": round(percentile(times, 99), 3),
+                "max_ms": round(max(times), 3),
+            }
+        ),
+        flush=True,
+    )
 
 
 def main() -> None:

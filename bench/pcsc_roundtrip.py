@@ -1,4 +1,5 @@
 """One APDU round trip through a private pcscd + vpcd to a simulated card, timed from the PC/SC client; JSON lines."""
+
 from __future__ import annotations
 
 import argparse
@@ -60,9 +61,20 @@ def main() -> None:
             reader.close()
             icc.remove()
     times.sort()
-    print(json.dumps({"name": "pcsc_roundtrip", "transport": "pcscd+vpcd", "n": args.n, "apdu_bytes": len(apdu),
-                      "p50_ms": round(percentile(times, 50) * 1e3, 4), "p99_ms": round(percentile(times, 99) * 1e3, 4),
-                      "max_ms": round(times[-1] * 1e3, 4)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "name": "pcsc_roundtrip",
+                "transport": "pcscd+vpcd",
+                "n": args.n,
+                "apdu_bytes": len(apdu),
+                "p50_ms": round(percentile(times, 50) * 1e3, 4),
+                "p99_ms": round(percentile(times, 99) * 1e3, 4),
+                "max_ms": round(times[-1] * 1e3, 4),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ verified (what every `onecard issue card` does a few times). Prints one JSON lin
 
 Run from the repository root: python bench/registry.py [--requests 200]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def main() -> int:
             admin.add_holder(ENTERPRISE, "E1", "Zhang Wei", phone="13800000001")
             c = pki.client(STATION)
             times = []
-            with MqttRegistry(STATION, "127.0.0.1", broker.port, TlsFiles(pki.ca.cert, c.cert, c.key),
-                              load_platform_public_key(pki.platform_public)) as registry:
+            with MqttRegistry(
+                STATION,
+                "127.0.0.1",
+                broker.port,
+                TlsFiles(pki.ca.cert, c.cert, c.key),
+                load_platform_public_key(pki.platform_public),
+            ) as registry:
                 for _ in range(args.requests):
                     t0 = time.perf_counter()
                     registry.holder(ENTERPRISE, "E1")
@@ -46,9 +52,16 @@ def main() -> int:
             admin.close()
         finally:
             broker.stop()
-    print(json.dumps({"bench": "registry_holder_round_trip", "requests": len(times),
-                      "p50_ms": round(statistics.median(times), 2),
-                      "p99_ms": round(statistics.quantiles(times, n=100)[98], 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "registry_holder_round_trip",
+                "requests": len(times),
+                "p50_ms": round(statistics.median(times), 2),
+                "p99_ms": round(statistics.quantiles(times, n=100)[98], 2),
+            }
+        )
+    )
     return 0
 
 

@@ -3,6 +3,7 @@ snapshot.
 
 Prints one JSON line per measurement. Run from the repository root: python bench/sync.py [--backlog 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.mqtt_env import (ENTERPRISE, TERMINALS, TERMINAL_SYNC_TOML, AgentThread, Broker, fill_log,  # noqa: E402
-                            make_pki, start_platform, terminal_id, wait_until, write_terminal_config)
+from tests.mqtt_env import (
+    ENTERPRISE,
+    TERMINAL_SYNC_TOML,
+    TERMINALS,
+    AgentThread,
+    Broker,
+    fill_log,  # noqa: E402
+    make_pki,
+    start_platform,
+    terminal_id,
+    wait_until,
+    write_terminal_config,
+)
 
 TAP_TERMINAL = "000000000101"  # the ID tests.support.make_terminal gives its terminal
 
@@ -31,8 +43,9 @@ def p99(values: list[float]) -> float:
 
 def bench_drain(work: Path, broker: Broker, admin, backlog: int) -> dict:
     tid = terminal_id(1)
-    cfg = write_terminal_config(work / "drain", tid, broker, batch_size=500, max_inflight_batches=8,
-                                max_events_per_s=1_000_000)
+    cfg = write_terminal_config(
+        work / "drain", tid, broker, batch_size=500, max_inflight_batches=8, max_events_per_s=1_000_000
+    )
     n = fill_log(work / "drain" / "events.db", tid, backlog)
     t0 = time.perf_counter()
     agent = AgentThread(cfg).start()
@@ -66,8 +79,10 @@ def bench_loss(work: Path, broker: Broker, admin, terminals: int, rounds: int) -
     for asn in asns:
         admin.issue_card(ENTERPRISE, "BENCH", asn)
     tids = [terminal_id(10 + i) for i in range(terminals)]
-    agents = [AgentThread(write_terminal_config(work / f"loss{i}", tid, broker, heartbeat_seconds=600))
-              for i, tid in enumerate(tids)]
+    agents = [
+        AgentThread(write_terminal_config(work / f"loss{i}", tid, broker, heartbeat_seconds=600))
+        for i, tid in enumerate(tids)
+    ]
     for a in agents:
         a.start()
     wait_until(lambda: all(a.agent.online for a in agents), 60, "every agent connecting")
@@ -76,15 +91,21 @@ def bench_loss(work: Path, broker: Broker, admin, terminals: int, rounds: int) -
     for asn in asns:
         t0 = time.perf_counter()
         v = admin.report_loss(asn)
-        wait_until(lambda: all((t, v) in handler.times for t in tids), 60, "every terminal applying the loss",
-                   interval=0.005)
+        wait_until(
+            lambda: all((t, v) in handler.times for t in tids), 60, "every terminal applying the loss", interval=0.005
+        )
         samples += [(handler.times[(t, v)] - t0) * 1000 for t in tids]
     for a in agents:
         a.stop()
     logger.removeHandler(handler)
-    return {"name": "loss_propagation", "terminals": terminals, "rounds": rounds,
-            "propagation_p50_ms": round(statistics.median(samples), 1), "propagation_p99_ms": round(p99(samples), 1),
-            "propagation_max_ms": round(max(samples), 1)}
+    return {
+        "name": "loss_propagation",
+        "terminals": terminals,
+        "rounds": rounds,
+        "propagation_p50_ms": round(statistics.median(samples), 1),
+        "propagation_p99_ms": round(p99(samples), 1),
+        "propagation_max_ms": round(max(samples), 1),
+    }
 
 
 def bench_tap_during_snapshot(work: Path, broker: Broker, admin, entries: int) -> dict:
@@ -99,16 +120,28 @@ def bench_tap_during_snapshot(work: Path, broker: Broker, admin, entries: int) -
     card = make_card(sam)
     c = broker.pki.client(TAP_TERMINAL)
     cfg = tdir / "sync.toml"
-    text = TERMINAL_SYNC_TOML.format(tid=TAP_TERMINAL, kind="door", eid=ENTERPRISE, dir=tdir, port=broker.port,
-                                     ca=broker.pki.ca.cert, cert=c.cert, key=c.key, pub=broker.pki.platform_public,
-                                     extra="")
-    text = text.replace(f"{tdir}/events.db", f"{tdir}/door.db").replace(f"{tdir}/blacklist.db",
-                                                                          f"{tdir}/door-blacklist.db")
+    text = TERMINAL_SYNC_TOML.format(
+        tid=TAP_TERMINAL,
+        kind="door",
+        eid=ENTERPRISE,
+        dir=tdir,
+        port=broker.port,
+        ca=broker.pki.ca.cert,
+        cert=c.cert,
+        key=c.key,
+        pub=broker.pki.platform_public,
+        extra="",
+    )
+    text = text.replace(f"{tdir}/events.db", f"{tdir}/door.db").replace(
+        f"{tdir}/blacklist.db", f"{tdir}/door-blacklist.db"
+    )
     cfg.write_text(text, encoding="utf-8")
     # The agent in its own process, as deployed: its snapshot apply never shares a GIL with the taps.
-    agent = subprocess.Popen([sys.executable, "-m", "onecard", "--log-level", "WARNING", "sync", "run", "--config",
-                              str(cfg)], cwd=Path(__file__).resolve().parents[1],
-                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "onecard", "--log-level", "WARNING", "sync", "run", "--config", str(cfg)],
+        cwd=Path(__file__).resolve().parents[1],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     latencies = []
     deadline = time.monotonic() + 600
     try:
@@ -125,9 +158,14 @@ def bench_tap_during_snapshot(work: Path, broker: Broker, admin, entries: int) -
         agent.wait(30)
     if term.blacklist.version() != v:
         raise SystemExit("the 1M snapshot was not applied within 600 s")
-    return {"name": "tap_during_snapshot", "blacklist_entries": term.blacklist.count(), "taps": len(latencies),
-            "p50_ms": round(statistics.median(latencies), 2), "p99_ms": round(p99(latencies), 2),
-            "max_ms": round(max(latencies), 2)}
+    return {
+        "name": "tap_during_snapshot",
+        "blacklist_entries": term.blacklist.count(),
+        "taps": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(p99(latencies), 2),
+        "max_ms": round(max(latencies), 2),
+    }
 
 
 def main() -> int:

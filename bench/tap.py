@@ -20,6 +20,7 @@ Each line also has:
 
 Run from the repository root: python bench/tap.py [--n 500] [--blacklist 1000000] [--transport all]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,9 @@ from common.db import connect_readwrite  # noqa: E402
 from sam.keystore import KeystoreUnlock, save_keystore  # noqa: E402
 from sam.software import SoftwareSam  # noqa: E402
 from terminal.event_log import AUTOCHECKPOINT_PAGES, CHECKPOINT_AFTER_RECORDS, PAGE_SIZE  # noqa: E402
+from terminal.keypad import Charge  # noqa: E402
 from terminal.sam_state_log import LoggedSamState  # noqa: E402
 from tests.support import MONDAY_10AM, make_card, make_keystore, make_terminal  # noqa: E402
-from terminal.keypad import Charge  # noqa: E402
 
 PURCHASE = Charge(1)  # 0.01 yuan per purchase: a card with 2,000.00 lasts the whole run
 
@@ -114,8 +115,13 @@ def measure(term, conn, count_apdus, n: int, commits: int, work: Path, request=N
                 print(f"decisions: {i + 1}/{n}", file=sys.stderr, flush=True)
     finally:
         commit.close()
-    return {"times": times, "apdus": apdus / n, "bytes_written": round(written / n), "cpu_ms": round(cpu * 1000 / n, 3),
-            "floor_ms": statistics.median(floors)}
+    return {
+        "times": times,
+        "apdus": apdus / n,
+        "bytes_written": round(written / n),
+        "cpu_ms": round(cpu * 1000 / n, 3),
+        "floor_ms": statistics.median(floors),
+    }
 
 
 class BareCommits:
@@ -148,13 +154,25 @@ class BareCommits:
 def line(name: str, transport: str, n: int, m: dict, entries: int, **extra) -> str:
     times = m["times"]
     p50, floor = statistics.median(times), m["floor_ms"]
-    return json.dumps({
-        "name": name, "transport": transport, "n": n, "apdus": m["apdus"],
-        "p50_ms": round(p50, 3), "p99_ms": round(percentile(times, 99), 3),
-        "max_ms": round(max(times), 3), "blacklist_entries": entries, "log_synchronous": "FULL",
-        "fsyncs": FSYNCS.get(name), "bytes_written": m["bytes_written"], "cpu_ms": m["cpu_ms"],
-        "floor_ms": round(floor, 3), "overhead_ratio": round(p50 / floor, 2), **extra,
-    })
+    return json.dumps(
+        {
+            "name": name,
+            "transport": transport,
+            "n": n,
+            "apdus": m["apdus"],
+            "p50_ms": round(p50, 3),
+            "p99_ms": round(percentile(times, 99), 3),
+            "max_ms": round(max(times), 3),
+            "blacklist_entries": entries,
+            "log_synchronous": "FULL",
+            "fsyncs": FSYNCS.get(name),
+            "bytes_written": m["bytes_written"],
+            "cpu_ms": m["cpu_ms"],
+            "floor_ms": round(floor, 3),
+            "overhead_ratio": round(p50 / floor, 2),
+            **extra,
+        }
+    )
 
 
 class CountingSam:
@@ -166,9 +184,11 @@ class CountingSam:
     def __getattr__(self, name):
         attr = getattr(self._sam, name)
         if name in ("purchase_mac1", "verify_purchase_mac2", "verify_card_mac", "load_mac2", "verify_load_mac3"):
+
             def counted(*args, **kwargs):
                 self.ops += 1
                 return attr(*args, **kwargs)
+
             return counted
         return attr
 
@@ -232,11 +252,31 @@ FSYNCS: dict[str, float | None] = {}
 def _fsync_calls(kind: str, n: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "strace.txt"
-        subprocess.run(["strace", "-f", "-qq", "-c", "-o", str(out), "-e", "trace=fsync,fdatasync", sys.executable,
-                        __file__, "--fsync-probe", kind, str(n)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                "strace",
+                "-f",
+                "-qq",
+                "-c",
+                "-o",
+                str(out),
+                "-e",
+                "trace=fsync,fdatasync",
+                sys.executable,
+                __file__,
+                "--fsync-probe",
+                kind,
+                str(n),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         # strace -c rows: % time, seconds, usecs/call, calls, [errors], syscall
-        return sum(int(row.split()[3]) for row in out.read_text().splitlines()
-                   if row.split() and row.split()[-1] in ("fsync", "fdatasync"))
+        return sum(
+            int(row.split()[3])
+            for row in out.read_text().splitlines()
+            if row.split() and row.split()[-1] in ("fsync", "fdatasync")
+        )
 
 
 def count_fsyncs(kind: str, n: int = 100) -> float | None:
@@ -260,8 +300,9 @@ def build(work: Path, blacklist_entries: int):
         term.outputs.stream = io.StringIO()
         terms.append(term)
     door, pos = terms
-    sam = SoftwareSam.open(work / "keystore", unlock,
-                           state=LoggedSamState(pos.event_log, pos.config.terminal.enterprise_id))
+    sam = SoftwareSam.open(
+        work / "keystore", unlock, state=LoggedSamState(pos.event_log, pos.config.terminal.enterprise_id)
+    )
     door.sam = sam
     pos.sam = pos.purse.sam = CountingSam(sam)
     fill_blacklist(door.blacklist, blacklist_entries)

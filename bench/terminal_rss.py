@@ -6,6 +6,7 @@ is read from /proc. Prints one JSON line: name, kind, blacklist_entries, rss_mb.
 
 Run from the repository root: python bench/terminal_rss.py [--entries 1000000] [--kind door|pos]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,12 @@ def main() -> None:
         (work / "firmware.toml").write_text(toml)
         err = work / "stderr"
         with open(err, "w") as err_file:
-            proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config",
-                                     str(work / "firmware.toml")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err_file)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(work / "firmware.toml")],
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
+            )
         try:
             deadline = time.monotonic() + 60
             while "event=tap.decided" not in err.read_text():
@@ -69,8 +74,12 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(20)
-    print(json.dumps({"name": "terminal_rss", "kind": args.kind, "blacklist_entries": args.entries,
-                      "rss_mb": round(rss, 1)}), flush=True)
+    print(
+        json.dumps(
+            {"name": "terminal_rss", "kind": args.kind, "blacklist_entries": args.entries, "rss_mb": round(rss, 1)}
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

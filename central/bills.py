@@ -2,6 +2,7 @@
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,8 +25,10 @@ class Bills:
         lo, hi = p.format_time(first), p.format_time(nxt)
         for asn in asns:
             for kind, time in self.conn.execute(
-                    "SELECT kind, time FROM events WHERE asn = ? AND kind IN ('attendance.in', 'attendance.out') "
-                    "AND time >= ? AND time < ?", (asn, lo, hi)):
+                "SELECT kind, time FROM events WHERE asn = ? AND kind IN ('attendance.in', 'attendance.out') "
+                "AND time >= ? AND time < ?",
+                (asn, lo, hi),
+            ):
                 local = p.parse_time(time, "event time").astimezone(self.tz)
                 d = days.setdefault(local.date(), {})
                 if kind == "attendance.in":
@@ -53,17 +56,31 @@ class Bills:
             "SELECT e.time, t.kind, t.amount_cents FROM purse_transactions t JOIN events e "
             "ON e.terminal_id = t.terminal_id AND e.seq = t.seq JOIN cards c ON c.asn = t.asn "
             "WHERE c.holder_id = ? AND e.time >= ? AND e.time < ? ORDER BY e.time",
-            (holder_id, p.format_time(first), p.format_time(nxt))).fetchall()
+            (holder_id, p.format_time(first), p.format_time(nxt)),
+        ).fetchall()
         label = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up"}
         spent = sum(a for _, k, a in rows if k == "pos.purchase") - sum(a for _, k, a in rows if k == "pos.undo")
         loaded = sum(a for _, k, a in rows if k == "topup.load")
-        items = "; ".join(f"{p.parse_time(t, 'event time').astimezone(self.tz).strftime('%m-%d %H:%M')} "
-                          f"{label[k]} {_yuan(a)}" for t, k, a in rows) or "no purse transactions"
-        balance = sum(r[0] for r in self.conn.execute(
-            "SELECT balance_cents FROM cards WHERE holder_id = ? AND status IN (?, ?)", (holder_id, ACTIVE, LOST)))
+        items = (
+            "; ".join(
+                f"{p.parse_time(t, 'event time').astimezone(self.tz).strftime('%m-%d %H:%M')} {label[k]} {_yuan(a)}"
+                for t, k, a in rows
+            )
+            or "no purse transactions"
+        )
+        balance = sum(
+            r[0]
+            for r in self.conn.execute(
+                "SELECT balance_cents FROM cards WHERE holder_id = ? AND status IN (?, ?)", (holder_id, ACTIVE, LOST)
+            )
+        )
         unchecked = self.conn.execute(
             "SELECT count(*) FROM purse_transactions t JOIN cards c ON c.asn = t.asn WHERE c.holder_id = ? AND "
-            "c.status IN (?, ?) AND t.tac_status = 'unchecked'", (holder_id, ACTIVE, LOST)).fetchone()[0]
+            "c.status IN (?, ?) AND t.tac_status = 'unchecked'",
+            (holder_id, ACTIVE, LOST),
+        ).fetchone()[0]
         flag = " (UNVERIFIED: not checked against the cards' TACs)" if unchecked else ""
-        return (f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
-                f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}.")
+        return (
+            f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
+            f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}."
+        )

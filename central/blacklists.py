@@ -2,6 +2,7 @@
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ log = logging.getLogger("platform")
 
 class Blacklists:
     def epoch(self) -> p.Epoch:
-        instance, generation = self.conn.execute("SELECT instance, generation FROM platform_epoch WHERE id = 1") \
-            .fetchone()
+        instance, generation = self.conn.execute(
+            "SELECT instance, generation FROM platform_epoch WHERE id = 1"
+        ).fetchone()
         return p.Epoch(generation, instance)
 
     def restore_epoch(self, reason: str, generation: int | None = None) -> p.Epoch:
@@ -32,28 +34,41 @@ class Blacklists:
             old = self.epoch()
             new_gen = old.generation + 1 if generation is None else generation
             if new_gen <= old.generation:
-                raise PlatformError(f"generation {new_gen} is not after the current generation {old.generation}; "
-                                    f"give a generation above {old.generation} (or leave --generation out)")
+                raise PlatformError(
+                    f"generation {new_gen} is not after the current generation {old.generation}; "
+                    f"give a generation above {old.generation} (or leave --generation out)"
+                )
             # Terminals may report a later generation (this database is older than their lists): go past it.
-            seen = [json.loads(h).get("blacklist_epoch") for (h,) in self.conn.execute(
-                "SELECT heartbeat FROM terminals WHERE heartbeat IS NOT NULL")]
+            seen = [
+                json.loads(h).get("blacklist_epoch")
+                for (h,) in self.conn.execute("SELECT heartbeat FROM terminals WHERE heartbeat IS NOT NULL")
+            ]
             reported = max([e["generation"] for e in seen if e and e.get("instance") == old.instance], default=0)
             new_gen = max(new_gen, reported + 1)
-            self.conn.execute("UPDATE platform_epoch SET generation = ?, changed_at = ?, reason = ? WHERE id = 1",
-                              (new_gen, self._now(), reason))
+            self.conn.execute(
+                "UPDATE platform_epoch SET generation = ?, changed_at = ?, reason = ? WHERE id = 1",
+                (new_gen, self._now(), reason),
+            )
             for (eid,) in self.conn.execute("SELECT enterprise_id FROM enterprises ORDER BY enterprise_id").fetchall():
                 # A new version opens the epoch (a snapshot needs version >= 1, and every terminal below it is
                 # sent a snapshot, never a delta across the restore).
                 v = self._enterprise(eid)[1] + 1
                 self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, eid))
                 self.conn.execute("INSERT INTO blacklist_changes VALUES (?, ?, '*')", (eid, v))
-                self._queue(p.enterprise_topic(eid), self.seal("blacklist.snapshot", f"e:{eid}",
-                                                               self.snapshot_body(eid)))
+                self._queue(
+                    p.enterprise_topic(eid), self.seal("blacklist.snapshot", f"e:{eid}", self.snapshot_body(eid))
+                )
             epoch = self.epoch()
         self.record_published()
-        log_event(log, "platform.epoch_changed", logging.WARNING, instance=epoch.instance,
-                  generation=epoch.generation, text=f"platform epoch {old.generation} -> {epoch.generation} "
-                  f"({reason}); re-based snapshots queued for every enterprise")
+        log_event(
+            log,
+            "platform.epoch_changed",
+            logging.WARNING,
+            instance=epoch.instance,
+            generation=epoch.generation,
+            text=f"platform epoch {old.generation} -> {epoch.generation} "
+            f"({reason}); re-based snapshots queued for every enterprise",
+        )
         return epoch
 
     @property
@@ -69,9 +84,14 @@ class Blacklists:
         try:
             write_atomically(self.published_path, (json.dumps(state, sort_keys=True) + "\n").encode(), mode=0o644)
         except OSError as exc:
-            log_event(log, "platform.published_state_unwritten", logging.WARNING, path=self.published_path,
-                      text=f"cannot write {self.published_path} ({exc.strerror}); a restore of this database "
-                           "would then be noticed only by the terminals' heartbeats")
+            log_event(
+                log,
+                "platform.published_state_unwritten",
+                logging.WARNING,
+                path=self.published_path,
+                text=f"cannot write {self.published_path} ({exc.strerror}); a restore of this database "
+                "would then be noticed only by the terminals' heartbeats",
+            )
 
     def restored_problem(self) -> str | None:
         """Why this database looks restored (older than what it already published), or None."""
@@ -82,22 +102,29 @@ class Blacklists:
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError):
-            return (f"{self.published_path} is unreadable; if {self.path} was restored run `onecard platform "
-                    "restore-epoch`, otherwise delete that file")
+            return (
+                f"{self.published_path} is unreadable; if {self.path} was restored run `onecard platform "
+                "restore-epoch`, otherwise delete that file"
+            )
         epoch = self.epoch()
         fix = "it was restored or rolled back: run `onecard platform restore-epoch --reason ...` before serving"
         if instance != epoch.instance:
-            return (f"{self.path} has platform instance {epoch.instance}, but instance {instance} published from "
-                    f"here ({self.published_path}); it is another database: {fix}")
+            return (
+                f"{self.path} has platform instance {epoch.instance}, but instance {instance} published from "
+                f"here ({self.published_path}); it is another database: {fix}"
+            )
         if generation > epoch.generation:
             return f"{self.path} is at epoch {epoch.generation}, but epoch {generation} was already published: {fix}"
         if generation == epoch.generation:
             for eid, published in sorted(versions.items()):
-                row = self.conn.execute("SELECT blacklist_version FROM enterprises WHERE enterprise_id = ?",
-                                        (eid,)).fetchone()
+                row = self.conn.execute(
+                    "SELECT blacklist_version FROM enterprises WHERE enterprise_id = ?", (eid,)
+                ).fetchone()
                 if row is None or row[0] < published:
-                    return (f"{self.path} holds blacklist version {row[0] if row else 'none'} of enterprise {eid}, "
-                            f"but version {published} was already published: {fix}")
+                    return (
+                        f"{self.path} holds blacklist version {row[0] if row else 'none'} of enterprise {eid}, "
+                        f"but version {published} was already published: {fix}"
+                    )
         return None
 
     def blacklist_digest(self, enterprise_id: str) -> tuple[int, str]:
@@ -105,8 +132,12 @@ class Blacklists:
         v = self._enterprise(enterprise_id)[1]
         key = (enterprise_id, v, self.epoch())
         if key not in self._digests:
-            d = p.digest_of((bytes.fromhex(asn), reason, listed) for asn, reason, listed in self.conn.execute(
-                "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)))
+            d = p.digest_of(
+                (bytes.fromhex(asn), reason, listed)
+                for asn, reason, listed in self.conn.execute(
+                    "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)
+                )
+            )
             self._digests = {key: d}  # one list per worker is enough: every terminal asks about the current one
         return v, self._digests[key]
 
@@ -121,12 +152,19 @@ class Blacklists:
             self.conn.execute("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)", (enterprise_id, asn, reason, v))
         for asn in removed:
             self.conn.execute("DELETE FROM blacklist WHERE enterprise_id = ? AND asn = ?", (enterprise_id, asn))
-        self.conn.executemany("INSERT OR IGNORE INTO blacklist_changes VALUES (?, ?, ?)",
-                              [(enterprise_id, v, a) for a in [*added, *removed]])
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO blacklist_changes VALUES (?, ?, ?)",
+            [(enterprise_id, v, a) for a in [*added, *removed]],
+        )
         self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, enterprise_id))
-        body = {"enterprise_id": enterprise_id, "epoch": self.epoch().to_json(), "base_version": base, "version": v,
-                "added": [{"asn": a, "reason": r, "listed_in_version": v} for a, r in sorted(added.items())],
-                "removed": sorted(removed)}
+        body = {
+            "enterprise_id": enterprise_id,
+            "epoch": self.epoch().to_json(),
+            "base_version": base,
+            "version": v,
+            "added": [{"asn": a, "reason": r, "listed_in_version": v} for a, r in sorted(added.items())],
+            "removed": sorted(removed),
+        }
         self._queue(p.enterprise_topic(enterprise_id), self.seal("blacklist.delta", f"e:{enterprise_id}", body))
         return v
 
@@ -134,10 +172,13 @@ class Blacklists:
         """List many cards in one version without card records (benchmarks, migrations); no message queued."""
         with self._txn():
             v = self._enterprise(enterprise_id)[1] + 1
-            self.conn.executemany("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)",
-                                  ((enterprise_id, a.hex().upper(), reason, v) for a in asns))
-            self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?",
-                              (v, enterprise_id))
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)",
+                ((enterprise_id, a.hex().upper(), reason, v) for a in asns),
+            )
+            self.conn.execute(
+                "UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, enterprise_id)
+            )
             # Marks every listed card as changed at v, so any terminal below v gets a snapshot.
             self.conn.execute("INSERT INTO blacklist_changes VALUES (?, ?, '*')", (enterprise_id, v))
         return v
@@ -146,30 +187,50 @@ class Blacklists:
         v = self._enterprise(enterprise_id)[1]
         groups: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         for asn, reason, listed in self.conn.execute(
-                "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)):
+            "SELECT asn, reason, listed_in_version FROM blacklist WHERE enterprise_id = ?", (enterprise_id,)
+        ):
             groups[(reason, listed)].append(bytes.fromhex(asn))
         count = sum(len(g) for g in groups.values())
-        return {"enterprise_id": enterprise_id, "epoch": self.epoch().to_json(), "version": v, "count": count,
-                "groups": [{"reason": r, "listed_in_version": lv, "asns": p.encode_asn_group(a)}
-                           for (r, lv), a in sorted(groups.items())]}
+        return {
+            "enterprise_id": enterprise_id,
+            "epoch": self.epoch().to_json(),
+            "version": v,
+            "count": count,
+            "groups": [
+                {"reason": r, "listed_in_version": lv, "asns": p.encode_asn_group(a)}
+                for (r, lv), a in sorted(groups.items())
+            ],
+        }
 
     def delta_body(self, enterprise_id: str, have: int) -> dict | None:
         """A cumulative delta have -> current, or None when a snapshot is the answer."""
         v = self._enterprise(enterprise_id)[1]
         if have <= 0 or have >= v:
             return None
-        changed = [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT asn FROM blacklist_changes WHERE enterprise_id = ? AND version > ? LIMIT ?",
-            (enterprise_id, have, MAX_DELTA_CHANGES + 1))]
+        changed = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT DISTINCT asn FROM blacklist_changes WHERE enterprise_id = ? AND version > ? LIMIT ?",
+                (enterprise_id, have, MAX_DELTA_CHANGES + 1),
+            )
+        ]
         if len(changed) > MAX_DELTA_CHANGES or "*" in changed:
             return None
         added, removed = [], []
         for asn in sorted(changed):
-            row = self.conn.execute("SELECT reason, listed_in_version FROM blacklist WHERE enterprise_id = ? AND "
-                                    "asn = ?", (enterprise_id, asn)).fetchone()
+            row = self.conn.execute(
+                "SELECT reason, listed_in_version FROM blacklist WHERE enterprise_id = ? AND asn = ?",
+                (enterprise_id, asn),
+            ).fetchone()
             if row:
                 added.append({"asn": asn, "reason": row[0], "listed_in_version": row[1]})
             else:
                 removed.append(asn)
-        return {"enterprise_id": enterprise_id, "epoch": self.epoch().to_json(), "base_version": have, "version": v,
-                "added": added, "removed": removed}
+        return {
+            "enterprise_id": enterprise_id,
+            "epoch": self.epoch().to_json(),
+            "base_version": have,
+            "version": v,
+            "added": added,
+            "removed": removed,
+        }

@@ -1,5 +1,6 @@
 """`onecard platform ca init|sign|server-cert`: the platform operator's side of enrolling terminals
 (docs/install.md)."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     server.add_argument("--host", required=True, action="append", help="broker DNS name or IP (repeat for more)")
     server.add_argument("--out", required=True, type=Path, help="path prefix: writes PREFIX.pem and PREFIX.key")
     server.set_defaults(handler=cmd_server_cert)
-    pc = cmds.add_parser("platform-certs", help="issue the platform workers' own client certificates "
-                         "(CN platform-w0, platform-w1, ...: each worker's broker username and client ID)")
+    pc = cmds.add_parser(
+        "platform-certs",
+        help="issue the platform workers' own client certificates "
+        "(CN platform-w0, platform-w1, ...: each worker's broker username and client ID)",
+    )
     pc.add_argument("--dir", required=True, type=Path, help="CA directory")
     pc.add_argument("--workers", type=int, default=2, help="as many as `platform serve --workers` (default 2)")
-    pc.add_argument("--out", required=True, type=Path, help="directory for platform-wN.pem/.key "
-                    "(`platform serve --cert-dir`)")
+    pc.add_argument(
+        "--out", required=True, type=Path, help="directory for platform-wN.pem/.key (`platform serve --cert-dir`)"
+    )
     pc.add_argument("--days", type=int, default=825, help="validity in days (default 825)")
     pc.set_defaults(handler=cmd_platform_certs)
 
@@ -51,10 +56,13 @@ def cmd_init(args) -> int:
     try:
         ca = PlatformCa.init(args.dir, args.name, _days(args.days))
     except (CaError, OSError) as exc:
-        raise UserError(str(exc) if isinstance(exc, CaError) else f"cannot create {args.dir} ({exc}); "
-                        "choose a writable directory") from None
-    print(f"CA '{args.name}' created in {args.dir}: give {ca.cert_path} to the broker (cafile) and to every "
-          f"terminal (provision --broker-ca); keep {args.dir / 'ca.key'} offline")
+        raise UserError(
+            str(exc) if isinstance(exc, CaError) else f"cannot create {args.dir} ({exc}); choose a writable directory"
+        ) from None
+    print(
+        f"CA '{args.name}' created in {args.dir}: give {ca.cert_path} to the broker (cafile) and to every "
+        f"terminal (provision --broker-ca); keep {args.dir / 'ca.key'} offline"
+    )
     return 0
 
 
@@ -64,8 +72,9 @@ def cmd_sign(args) -> int:
     try:
         csr = args.csr.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read CSR {args.csr} ({exc.strerror}); give the .csr file the installer brought") \
-            from None
+        raise UserError(
+            f"cannot read CSR {args.csr} ({exc.strerror}); give the .csr file the installer brought"
+        ) from None
     try:
         ca = PlatformCa.load(args.dir)
         cert = ca.sign_csr(csr, _days(args.days))
@@ -73,8 +82,10 @@ def cmd_sign(args) -> int:
     except CaError as exc:
         raise UserError(str(exc)) from None
     cn = cert.subject.rfc4514_string()
-    print(f"certificate for {cn} written to {args.out}, valid until {cert.not_valid_after_utc:%Y-%m-%d}; give it "
-          f"to the installer: onecard terminal provision ... --cert {args.out.name}")
+    print(
+        f"certificate for {cn} written to {args.out}, valid until {cert.not_valid_after_utc:%Y-%m-%d}; give it "
+        f"to the installer: onecard terminal provision ... --cert {args.out.name}"
+    )
     return 0
 
 
@@ -96,7 +107,9 @@ def cmd_platform_certs(args) -> int:
         written = PlatformCa.load(args.dir).issue_platform_clients(args.workers, args.out, _days(args.days))
     except CaError as exc:
         raise UserError(str(exc)) from None
-    print(f"{len(written) // 2} platform worker certificate(s) and keys written to {args.out}; start the platform "
-          f"with `onecard platform serve --workers {args.workers} --cert-dir {args.out}` and give the broker the ACL "
-          "of `onecard platform broker-config --workers N`")
+    print(
+        f"{len(written) // 2} platform worker certificate(s) and keys written to {args.out}; start the platform "
+        f"with `onecard platform serve --workers {args.workers} --cert-dir {args.out}` and give the broker the ACL "
+        "of `onecard platform broker-config --workers N`"
+    )
     return 0

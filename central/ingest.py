@@ -2,6 +2,7 @@
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ _WIRE_COLUMNS = "seq, time, kind, asn, reason_code, message, detail, prev_hash, 
 
 
 def _size(e: p.WireEvent) -> int:
-    return sum(len(x.encode()) for x in (e.time, e.kind, e.asn or "", e.reason_code, e.message, e.detail,
-                                        e.prev_hash, e.hash))
+    return sum(
+        len(x.encode()) for x in (e.time, e.kind, e.asn or "", e.reason_code, e.message, e.detail, e.prev_hash, e.hash)
+    )
 
 
 class Ingest:
@@ -33,26 +35,33 @@ class Ingest:
         MAX_PENDING_BYTES bytes per terminal; anything beyond is refused (reason in the ack) and resent later.
         """
         with self._txn():
-            row = self.conn.execute("SELECT contiguous_seq, head_hash, chain_problem FROM terminals "
-                                    "WHERE terminal_id = ?", (terminal_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT contiguous_seq, head_hash, chain_problem FROM terminals WHERE terminal_id = ?", (terminal_id,)
+            ).fetchone()
             if row is None:
-                raise PlatformError(f"terminal {terminal_id} is not registered; add it with "
-                                    "`onecard platform add-terminal`")
+                raise PlatformError(
+                    f"terminal {terminal_id} is not registered; add it with `onecard platform add-terminal`"
+                )
             contiguous, head, problem = row
             reason = "chain_broken" if problem else ""
             refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
             stored = {}
             if events and events[0].seq <= contiguous:
-                stored = dict(self.conn.execute(
-                    "SELECT seq, hash FROM events WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
-                    (terminal_id, events[0].seq, min(events[-1].seq, contiguous))))
+                stored = dict(
+                    self.conn.execute(
+                        "SELECT seq, hash FROM events WHERE terminal_id = ? AND seq BETWEEN ? AND ?",
+                        (terminal_id, events[0].seq, min(events[-1].seq, contiguous)),
+                    )
+                )
             pending_bytes = None
             for e in events:
                 if e.seq <= contiguous:
                     if e.seq in stored and stored[e.seq] != e.hash:
-                        text = (f"seq {e.seq} was acknowledged with hash {stored[e.seq][:16]}… and is now sent "
-                                f"with hash {e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                        text = (
+                            f"seq {e.seq} was acknowledged with hash {stored[e.seq][:16]}… and is now sent "
+                            f"with hash {e.hash[:16]}…: the terminal's log was rewritten; keep its files"
+                        )
                         self._diverged(terminal_id, e, text)
                         refusal = refusal or ("diverged", text)
                     else:
@@ -67,33 +76,56 @@ class Ingest:
                     contiguous, head, new = e.seq, e.hash, new + 1
                 else:
                     if e.seq - contiguous > MAX_PENDING_GAP:
-                        refusal = refusal or ("pending_gap", f"seq {e.seq} is more than {MAX_PENDING_GAP} records "
-                                              f"ahead of the contiguous seq {contiguous}; refused, resend it later")
+                        refusal = refusal or (
+                            "pending_gap",
+                            f"seq {e.seq} is more than {MAX_PENDING_GAP} records "
+                            f"ahead of the contiguous seq {contiguous}; refused, resend it later",
+                        )
                         break
                     if pending_bytes is None:
                         pending_bytes = self._pending_bytes(terminal_id)
                     size = _size(e)
                     if pending_bytes + size > MAX_PENDING_BYTES:
-                        refusal = refusal or ("pending_bytes", f"seq {e.seq} would take the records waiting behind "
-                                              f"the gap after seq {contiguous} past {MAX_PENDING_BYTES} bytes; "
-                                              "refused, resend it later")
+                        refusal = refusal or (
+                            "pending_bytes",
+                            f"seq {e.seq} would take the records waiting behind "
+                            f"the gap after seq {contiguous} past {MAX_PENDING_BYTES} bytes; "
+                            "refused, resend it later",
+                        )
                         break
-                    cur = self.conn.execute(f"INSERT OR IGNORE INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
-                                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                                            (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message,
-                                             e.detail, e.prev_hash, e.hash))
+                    cur = self.conn.execute(
+                        f"INSERT OR IGNORE INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            terminal_id,
+                            e.seq,
+                            e.time,
+                            e.kind,
+                            e.asn,
+                            e.reason_code,
+                            e.message,
+                            e.detail,
+                            e.prev_hash,
+                            e.hash,
+                        ),
+                    )
                     pending_bytes += size * cur.rowcount
                     if cur.rowcount == 0:
-                        held = self.conn.execute("SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?",
-                                                 (terminal_id, e.seq)).fetchone()[0]
+                        held = self.conn.execute(
+                            "SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?", (terminal_id, e.seq)
+                        ).fetchone()[0]
                         if held != e.hash:  # two different records for one seq: keep both, trust neither silently
-                            text = (f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
-                                    f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files")
+                            text = (
+                                f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
+                                f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files"
+                            )
                             self._diverged(terminal_id, e, text)
                             refusal = refusal or ("diverged", text)
             while not problem:
-                nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
-                                        (terminal_id, contiguous + 1)).fetchone()
+                nxt = self.conn.execute(
+                    f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
+                    (terminal_id, contiguous + 1),
+                ).fetchone()
                 if nxt is None:
                     break
                 e = p.WireEvent(*nxt)
@@ -103,11 +135,17 @@ class Ingest:
                     self._alarm(terminal_id, "chain_broken", e.seq, problem)
                 else:
                     contiguous, head, new = e.seq, e.hash, new + 1
-            self.conn.execute("DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous))
-            pending = self.conn.execute("SELECT count(*) FROM pending_events WHERE terminal_id = ?",
-                                        (terminal_id,)).fetchone()[0]
-            self.conn.execute("UPDATE terminals SET contiguous_seq = ?, head_hash = ?, duplicates = duplicates + ?, "
-                              "chain_problem = ? WHERE terminal_id = ?", (contiguous, head, dups, problem, terminal_id))
+            self.conn.execute(
+                "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
+            )
+            pending = self.conn.execute(
+                "SELECT count(*) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
+            ).fetchone()[0]
+            self.conn.execute(
+                "UPDATE terminals SET contiguous_seq = ?, head_hash = ?, duplicates = duplicates + ?, "
+                "chain_problem = ? WHERE terminal_id = ?",
+                (contiguous, head, dups, problem, terminal_id),
+            )
         text = problem or ""
         if refusal and not problem:
             reason, text = refusal
@@ -120,26 +158,49 @@ class Ingest:
             "SELECT coalesce(sum(length(CAST(time AS BLOB)) + length(CAST(kind AS BLOB)) + "
             "length(CAST(coalesce(asn, '') AS BLOB)) + length(CAST(reason_code AS BLOB)) + "
             "length(CAST(message AS BLOB)) + length(CAST(detail AS BLOB)) + 128), 0) FROM pending_events "
-            "WHERE terminal_id = ?", (terminal_id,)).fetchone()[0]
+            "WHERE terminal_id = ?",
+            (terminal_id,),
+        ).fetchone()[0]
 
     def _alarm(self, terminal_id: str, kind: str, seq: int | None, text: str) -> None:
         """Inside a transaction: an alarm an administrator must look at (`onecard platform terminal ID`)."""
-        self.conn.execute("INSERT INTO terminal_alarms (terminal_id, at, kind, seq, text) VALUES (?, ?, ?, ?, ?)",
-                          (terminal_id, self._now(), kind, seq, text))
+        self.conn.execute(
+            "INSERT INTO terminal_alarms (terminal_id, at, kind, seq, text) VALUES (?, ?, ?, ?, ?)",
+            (terminal_id, self._now(), kind, seq, text),
+        )
         log_event(log, f"platform.{kind}", logging.ERROR, terminal=terminal_id, seq=seq, text=text)
 
     def _diverged(self, terminal_id: str, e: p.WireEvent, text: str) -> None:
         """Keep the other record and alarm, once per distinct record (a resend adds nothing)."""
-        if self.conn.execute("SELECT 1 FROM chain_evidence WHERE terminal_id = ? AND seq = ? AND hash = ? AND "
-                             "why = 'diverged'", (terminal_id, e.seq, e.hash)).fetchone() is None:
+        if (
+            self.conn.execute(
+                "SELECT 1 FROM chain_evidence WHERE terminal_id = ? AND seq = ? AND hash = ? AND why = 'diverged'",
+                (terminal_id, e.seq, e.hash),
+            ).fetchone()
+            is None
+        ):
             self._evidence(terminal_id, "diverged", e)
             self._alarm(terminal_id, "diverged", e.seq, text)
 
     def _evidence(self, terminal_id: str, why: str, e: p.WireEvent) -> None:
-        self.conn.execute(f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
-                          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (terminal_id, self._now(), why, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message,
-                           e.detail, e.prev_hash, e.hash))
+        self.conn.execute(
+            f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                terminal_id,
+                self._now(),
+                why,
+                e.seq,
+                e.time,
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail,
+                e.prev_hash,
+                e.hash,
+            ),
+        )
 
     def reanchor(self, terminal_id: str, at_seq: int, reason: str) -> IngestResult:
         """After a chain break has been investigated: accept the terminal's chain again from record `at_seq`.
@@ -152,41 +213,61 @@ class Ingest:
         if not reason.strip():
             raise PlatformError("--reason must say what the investigation found (it is kept with the evidence)")
         with self._txn():
-            row = self.conn.execute("SELECT contiguous_seq, head_hash, chain_problem FROM terminals "
-                                    "WHERE terminal_id = ?", (terminal_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT contiguous_seq, head_hash, chain_problem FROM terminals WHERE terminal_id = ?", (terminal_id,)
+            ).fetchone()
             if row is None:
                 raise PlatformError(f"terminal {terminal_id} is not registered")
             contiguous, head, problem = row
             if at_seq <= contiguous:
-                raise PlatformError(f"seq {at_seq} is not after the verified chain (contiguous seq {contiguous}); "
-                                    f"re-anchor at a seq above {contiguous}")
-            nxt = self.conn.execute(f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
-                                    (terminal_id, at_seq)).fetchone()
+                raise PlatformError(
+                    f"seq {at_seq} is not after the verified chain (contiguous seq {contiguous}); "
+                    f"re-anchor at a seq above {contiguous}"
+                )
+            nxt = self.conn.execute(
+                f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?", (terminal_id, at_seq)
+            ).fetchone()
             if nxt is None:
-                waiting = self.conn.execute("SELECT min(seq), max(seq) FROM pending_events WHERE terminal_id = ?",
-                                            (terminal_id,)).fetchone()
+                waiting = self.conn.execute(
+                    "SELECT min(seq), max(seq) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
+                ).fetchone()
                 where = f"seqs {waiting[0]}..{waiting[1]} are" if waiting[0] else "no record is"
-                raise PlatformError(f"record {at_seq} of terminal {terminal_id} has not been received ({where} "
-                                    "waiting); let the agent upload it, then re-anchor at a waiting seq")
+                raise PlatformError(
+                    f"record {at_seq} of terminal {terminal_id} has not been received ({where} "
+                    "waiting); let the agent upload it, then re-anchor at a waiting seq"
+                )
             e = p.WireEvent(*nxt)
-            computed = event_hash(e.seq, e.time, terminal_id, e.kind, e.asn, e.reason_code, e.message, e.detail,
-                                  e.prev_hash)
+            computed = event_hash(
+                e.seq, e.time, terminal_id, e.kind, e.asn, e.reason_code, e.message, e.detail, e.prev_hash
+            )
             if computed != e.hash:
-                raise PlatformError(f"record {at_seq} does not hash to its own hash ({computed[:16]}…, not "
-                                    f"{e.hash[:16]}…); it cannot anchor anything: choose a later seq")
+                raise PlatformError(
+                    f"record {at_seq} does not hash to its own hash ({computed[:16]}…, not "
+                    f"{e.hash[:16]}…); it cannot anchor anything: choose a later seq"
+                )
             now = self._now()
-            self.conn.execute(f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
-                              f"SELECT terminal_id, ?, 'reanchor', {_WIRE_COLUMNS} FROM pending_events "
-                              "WHERE terminal_id = ? AND seq < ?", (now, terminal_id, at_seq))
+            self.conn.execute(
+                f"INSERT INTO chain_evidence (terminal_id, at, why, {_WIRE_COLUMNS}) "
+                f"SELECT terminal_id, ?, 'reanchor', {_WIRE_COLUMNS} FROM pending_events "
+                "WHERE terminal_id = ? AND seq < ?",
+                (now, terminal_id, at_seq),
+            )
             self.conn.execute("DELETE FROM pending_events WHERE terminal_id = ? AND seq < ?", (terminal_id, at_seq))
-            self.conn.execute("INSERT INTO reanchors (terminal_id, at, old_seq, old_hash, at_seq, new_prev_hash, "
-                              "chain_problem, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              (terminal_id, now, contiguous, head, at_seq, e.prev_hash, problem, reason))
-            self.conn.execute("UPDATE terminals SET contiguous_seq = ?, head_hash = ?, chain_problem = NULL "
-                              "WHERE terminal_id = ?", (at_seq - 1, e.prev_hash, terminal_id))
-            self._alarm(terminal_id, "reanchored", at_seq,
-                        f"chain re-anchored at seq {at_seq} by an administrator (was verified to seq {contiguous}): "
-                        f"{reason}")
+            self.conn.execute(
+                "INSERT INTO reanchors (terminal_id, at, old_seq, old_hash, at_seq, new_prev_hash, "
+                "chain_problem, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (terminal_id, now, contiguous, head, at_seq, e.prev_hash, problem, reason),
+            )
+            self.conn.execute(
+                "UPDATE terminals SET contiguous_seq = ?, head_hash = ?, chain_problem = NULL WHERE terminal_id = ?",
+                (at_seq - 1, e.prev_hash, terminal_id),
+            )
+            self._alarm(
+                terminal_id,
+                "reanchored",
+                at_seq,
+                f"chain re-anchored at seq {at_seq} by an administrator (was verified to seq {contiguous}): {reason}",
+            )
             result = self.ingest(terminal_id, [])
             # The agent hears of it without waiting for its next resend (worker 0 publishes the queue).
             self._queue(p.terminal_topic(terminal_id, p.DOWN_ACK), self.ack_message(result))
@@ -195,7 +276,7 @@ class Ingest:
     def ack_message(self, result: IngestResult) -> bytes:
         body = {"acked_seq": result.acked_seq, "acked_hash": result.acked_hash}
         if result.problem:
-            body["problem"] = result.problem[:p.MAX_PROBLEM_CHARS]
+            body["problem"] = result.problem[: p.MAX_PROBLEM_CHARS]
             body["reason"] = result.reason or "chain_broken"
         return self.seal("ack", f"t:{result.terminal_id}", body)
 
@@ -205,14 +286,19 @@ class Ingest:
 
     def _append(self, terminal_id: str, e: p.WireEvent, head: str) -> str | None:
         if e.prev_hash != head:
-            return (f"chain broken at seq {e.seq}: prev_hash {e.prev_hash[:16]}… is not the hash of seq {e.seq - 1} "
-                    f"({head[:16]}…)")
-        computed = event_hash(e.seq, e.time, terminal_id, e.kind, e.asn, e.reason_code, e.message, e.detail,
-                              e.prev_hash)
+            return (
+                f"chain broken at seq {e.seq}: prev_hash {e.prev_hash[:16]}… is not the hash of seq {e.seq - 1} "
+                f"({head[:16]}…)"
+            )
+        computed = event_hash(
+            e.seq, e.time, terminal_id, e.kind, e.asn, e.reason_code, e.message, e.detail, e.prev_hash
+        )
         if computed != e.hash:
             return f"chain broken at seq {e.seq}: its content hashes to {computed[:16]}…, not {e.hash[:16]}…"
-        self.conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
+        self.conn.execute(
+            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash),
+        )
         if e.kind in PURSE_SIGN:
             self._account(terminal_id, e)
         elif e.kind in ("card.rights", CARD_ACTION_FAILED):
@@ -231,11 +317,18 @@ class Ingest:
                 if not isinstance(d, dict) or not isinstance(d.get("action_id"), str):
                     raise p.ProtocolError("card.rights detail has no action_id")
         except (p.ProtocolError, json.JSONDecodeError, RecursionError) as exc:
-            log_event(log, "platform.card_action_report_refused", logging.WARNING, terminal=terminal_id, seq=e.seq,
-                      text=f"{e.kind} record refused as a protocol error: {exc}")
+            log_event(
+                log,
+                "platform.card_action_report_refused",
+                logging.WARNING,
+                terminal=terminal_id,
+                seq=e.seq,
+                text=f"{e.kind} record refused as a protocol error: {exc}",
+            )
             return
-        row = self.conn.execute("SELECT status, enterprise_id, asn FROM card_actions WHERE action_id = ?",
-                                (d["action_id"],)).fetchone()
+        row = self.conn.execute(
+            "SELECT status, enterprise_id, asn FROM card_actions WHERE action_id = ?", (d["action_id"],)
+        ).fetchone()
         if self.terminal_kind(terminal_id) != "topup":
             why = f"only a top-up terminal carries out card actions, terminal {terminal_id} is not one"
         elif row is None or row[1] != self.terminal_enterprise(terminal_id) or row[2] != e.asn:
@@ -243,19 +336,34 @@ class Ingest:
         else:
             why = None
         if why:
-            log_event(log, "platform.card_action_report_refused", logging.WARNING, terminal=terminal_id, seq=e.seq,
-                      action_id=d["action_id"], text=f"{e.kind} record ignored: {why}")
+            log_event(
+                log,
+                "platform.card_action_report_refused",
+                logging.WARNING,
+                terminal=terminal_id,
+                seq=e.seq,
+                action_id=d["action_id"],
+                text=f"{e.kind} record ignored: {why}",
+            )
             return
         if e.kind == CARD_ACTION_FAILED:
             if row[0] != "pending":
                 return  # done or cancelled already: the report changes nothing
-            note = f"refused at terminal {terminal_id}: {d['reason_code']}" + (f" (SW {d['sw']})"
-                                                                             if d["sw"] else "")
-            self.conn.execute("UPDATE card_actions SET status = 'failed', status_note = ? WHERE action_id = ?",
-                              (note, d["action_id"]))
+            note = f"refused at terminal {terminal_id}: {d['reason_code']}" + (f" (SW {d['sw']})" if d["sw"] else "")
+            self.conn.execute(
+                "UPDATE card_actions SET status = 'failed', status_note = ? WHERE action_id = ?", (note, d["action_id"])
+            )
             self._history(e.asn, "card_action_failed", f"card action {d['action_id']} failed: {note}")
-            log_event(log, "platform.card_action_failed", logging.WARNING, terminal=terminal_id,
-                      action_id=d["action_id"], asn=e.asn, reason_code=d["reason_code"], sw=d["sw"],
-                      text=f"card action failed ({note}); no longer pending")
+            log_event(
+                log,
+                "platform.card_action_failed",
+                logging.WARNING,
+                terminal=terminal_id,
+                action_id=d["action_id"],
+                asn=e.asn,
+                reason_code=d["reason_code"],
+                sw=d["sw"],
+                text=f"card action failed ({note}); no longer pending",
+            )
         else:
             self.conn.execute("UPDATE card_actions SET status = 'done' WHERE action_id = ?", (d["action_id"],))

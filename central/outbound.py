@@ -2,6 +2,7 @@
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 from common import sync_protocol as p
@@ -19,8 +20,11 @@ class Outbound:
         same_epoch = req.blacklist_epoch == self.epoch()
         if req.want == "blacklist.snapshot" or req.blacklist_version != current or not same_epoch:
             # Another epoch (or none): only a snapshot of this one re-bases the terminal.
-            delta = None if req.want == "blacklist.snapshot" or not same_epoch else \
-                self.delta_body(eid, req.blacklist_version)
+            delta = (
+                None
+                if req.want == "blacklist.snapshot" or not same_epoch
+                else self.delta_body(eid, req.blacklist_version)
+            )
             if delta is not None:
                 out.append((topic, self.seal("blacklist.delta", target, delta)))
             elif current > 0:
@@ -29,12 +33,17 @@ class Outbound:
             body = self._config_body(eid)
             if body["version"] > req.config_version:
                 out.append((topic, self.seal("config", target, body)))
-            for (action_id,) in self.conn.execute("SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
-                                                  "status = 'pending' ORDER BY created_at", (eid,)).fetchall():
+            for (action_id,) in self.conn.execute(
+                "SELECT action_id FROM card_actions WHERE enterprise_id = ? AND status = 'pending' ORDER BY created_at",
+                (eid,),
+            ).fetchall():
                 out.append((topic, self.seal("card_action", target, self._action_body(action_id))))
             # Cancellations again, for a terminal that was away when one was published.
-            for (action_id,) in self.conn.execute("SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
-                                                  "status = 'cancelled' ORDER BY created_at", (eid,)).fetchall():
+            for (action_id,) in self.conn.execute(
+                "SELECT action_id FROM card_actions WHERE enterprise_id = ? AND "
+                "status = 'cancelled' ORDER BY created_at",
+                (eid,),
+            ).fetchall():
                 out.append((topic, self.seal("card_action.cancel", target, self._cancel_body(action_id))))
             out.append((topic, self.time_message(req.terminal_id)))
         return out
@@ -43,11 +52,11 @@ class Outbound:
         return self.seal("time", f"t:{terminal_id}", {"platform_time": self._now()})
 
     def unpublished(self, limit: int = 100) -> list[tuple[int, str, bytes]]:
-        return self.conn.execute("SELECT id, topic, payload FROM outbound WHERE published_at IS NULL ORDER BY id "
-                                 "LIMIT ?", (limit,)).fetchall()
+        return self.conn.execute(
+            "SELECT id, topic, payload FROM outbound WHERE published_at IS NULL ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
 
     def mark_published(self, ids: list[int]) -> None:
         with self._txn():
-            self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?",
-                                  [(self._now(), i) for i in ids])
+            self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?", [(self._now(), i) for i in ids])
         self.record_published()  # what terminals may now hold: a later restore of this database is noticed

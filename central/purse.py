@@ -14,6 +14,7 @@ accounted; it goes into `held_money` with its reason and an alarm:
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,23 @@ from common.logs import log_event
 log = logging.getLogger("platform")
 
 WAITING, HELD, ACCOUNTED, REJECTED = "waiting", "held", "accounted", "rejected"
-_HELD_KEYS = ("id", "terminal_id", "seq", "asn", "kind", "counter", "amount_cents", "balance_after_cents",
-              "tac_status", "reason_code", "reason", "status", "held_at", "resolved_at", "resolution")
+_HELD_KEYS = (
+    "id",
+    "terminal_id",
+    "seq",
+    "asn",
+    "kind",
+    "counter",
+    "amount_cents",
+    "balance_after_cents",
+    "tac_status",
+    "reason_code",
+    "reason",
+    "status",
+    "held_at",
+    "resolved_at",
+    "resolution",
+)
 
 
 class PurseAccounts:
@@ -43,25 +59,48 @@ class PurseAccounts:
             return
         kind = self.terminal_kind(terminal_id)
         if kind not in mr.ACCOUNTING_KINDS[e.kind]:
-            what = (f"a {kind} terminal cannot {e.kind}" if kind else
-                    f"terminal {terminal_id} has no registered kind (set it: add-terminal {terminal_id} --kind ...)")
-            self._hold(terminal_id, e, d, "unchecked", HELD, "terminal_kind",
-                       f"{what}: only {', '.join(mr.ACCOUNTING_KINDS[e.kind])} terminals' {e.kind} records are "
-                       "accounted")
+            what = (
+                f"a {kind} terminal cannot {e.kind}"
+                if kind
+                else f"terminal {terminal_id} has no registered kind (set it: add-terminal {terminal_id} --kind ...)"
+            )
+            self._hold(
+                terminal_id,
+                e,
+                d,
+                "unchecked",
+                HELD,
+                "terminal_kind",
+                f"{what}: only {', '.join(mr.ACCOUNTING_KINDS[e.kind])} terminals' {e.kind} records are accounted",
+            )
             return
         card = self.conn.execute("SELECT enterprise_id FROM cards WHERE asn = ?", (e.asn,)).fetchone()
         enterprise = self.terminal_enterprise(terminal_id)
         if card is None or card[0] != enterprise:
-            self._hold(terminal_id, e, d, "unchecked", HELD, "unknown_card",
-                       f"card {e.asn} is not registered in enterprise {enterprise}")
+            self._hold(
+                terminal_id,
+                e,
+                d,
+                "unchecked",
+                HELD,
+                "unknown_card",
+                f"card {e.asn} is not registered in enterprise {enterprise}",
+            )
             return
         status = self._check_tac(terminal_id, e, d)
         if status == "bad":
             self._hold(terminal_id, e, d, status, HELD, "bad_tac", "its TAC does not verify: forged or altered")
             return
         if status == "no_keys":
-            self._hold(terminal_id, e, d, "unchecked", HELD, "no_tac_keys",
-                       "the platform has no TAC keys to verify it (serve with --tac-keystore)")
+            self._hold(
+                terminal_id,
+                e,
+                d,
+                "unchecked",
+                HELD,
+                "no_tac_keys",
+                "the platform has no TAC keys to verify it (serve with --tac-keystore)",
+            )
             return
         verdict = self._placement(e.asn, e.kind, d)
         if verdict is None:
@@ -79,43 +118,75 @@ class PurseAccounts:
             f"AND counter = ? AND kind IN ({marks}) "
             "UNION ALL SELECT kind, amount_cents, balance_after_cents, tac FROM held_money "
             f"WHERE asn = ? AND counter = ? AND kind IN ({marks}) AND status = 'waiting' AND id IS NOT ?",
-            (asn, d["counter"], *stream, asn, d["counter"], *stream, exclude_id)).fetchall()
+            (asn, d["counter"], *stream, asn, d["counter"], *stream, exclude_id),
+        ).fetchall()
         if same:
             if (kind, d["amount"], d["balance_after"], d["tac"]) in same:
-                return HELD, "replayed", (f"{mr.COUNTER[kind]} counter {d['counter']} of this card was already "
-                                          "uploaded with the same content: a replay")
-            return HELD, "conflicting", (f"{mr.COUNTER[kind]} counter {d['counter']} of this card was already used "
-                                         "by a different record")
-        last = self.conn.execute(f"SELECT max(counter) FROM purse_transactions WHERE asn = ? AND kind IN ({marks})",
-                                 (asn, *stream)).fetchone()[0]
+                return (
+                    HELD,
+                    "replayed",
+                    (
+                        f"{mr.COUNTER[kind]} counter {d['counter']} of this card was already "
+                        "uploaded with the same content: a replay"
+                    ),
+                )
+            return (
+                HELD,
+                "conflicting",
+                (f"{mr.COUNTER[kind]} counter {d['counter']} of this card was already used by a different record"),
+            )
+        last = self.conn.execute(
+            f"SELECT max(counter) FROM purse_transactions WHERE asn = ? AND kind IN ({marks})", (asn, *stream)
+        ).fetchone()[0]
         if last is not None and d["counter"] <= last:
-            return HELD, "counter_behind", (f"{mr.COUNTER[kind]} counter {d['counter']} is behind the card's history "
-                                            f"(last accounted {last})")
+            return (
+                HELD,
+                "counter_behind",
+                (f"{mr.COUNTER[kind]} counter {d['counter']} is behind the card's history (last accounted {last})"),
+            )
         if last is not None and d["counter"] > last + 1:
-            return WAITING, "counter_gap", (f"{mr.COUNTER[kind]} counter {d['counter']} skips "
-                                            f"{d['counter'] - last - 1} record(s) after {last}")
+            return (
+                WAITING,
+                "counter_gap",
+                (f"{mr.COUNTER[kind]} counter {d['counter']} skips {d['counter'] - last - 1} record(s) after {last}"),
+            )
         balance = self.conn.execute("SELECT balance_cents FROM cards WHERE asn = ?", (asn,)).fetchone()[0]
         before = mr.balance_before(kind, d)
         if before != balance:
-            return WAITING, "balance_gap", (f"balance before {_yuan(before)} (after {_yuan(d['balance_after'])} "
-                                            f"{'+' if mr.MONEY_SIGN[kind] < 0 else '-'} {_yuan(d['amount'])}) does "
-                                            f"not continue the platform's balance {_yuan(balance)}")
+            return (
+                WAITING,
+                "balance_gap",
+                (
+                    f"balance before {_yuan(before)} (after {_yuan(d['balance_after'])} "
+                    f"{'+' if mr.MONEY_SIGN[kind] < 0 else '-'} {_yuan(d['amount'])}) does "
+                    f"not continue the platform's balance {_yuan(balance)}"
+                ),
+            )
         return None
 
     def _book(self, terminal_id: str, seq: int, asn: str, kind: str, d: dict, tac_status: str) -> None:
-        self.conn.execute("INSERT INTO purse_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (terminal_id, seq, asn, kind, d["counter"], d["amount"], d["balance_after"], d["tac"],
-                           tac_status))
-        self.conn.execute("UPDATE cards SET balance_cents = balance_cents + ? WHERE asn = ?",
-                          (mr.MONEY_SIGN[kind] * d["amount"], asn))
+        self.conn.execute(
+            "INSERT INTO purse_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (terminal_id, seq, asn, kind, d["counter"], d["amount"], d["balance_after"], d["tac"], tac_status),
+        )
+        self.conn.execute(
+            "UPDATE cards SET balance_cents = balance_cents + ? WHERE asn = ?", (mr.MONEY_SIGN[kind] * d["amount"], asn)
+        )
         if d.get("action_id"):
-            row = self.conn.execute("SELECT status FROM card_actions WHERE action_id = ? AND asn = ?",
-                                    (d["action_id"], asn)).fetchone()
+            row = self.conn.execute(
+                "SELECT status FROM card_actions WHERE action_id = ? AND asn = ?", (d["action_id"], asn)
+            ).fetchone()
             if row is not None:
-                note = ("applied on the card before the cancellation reached the terminal" if row[0] == "cancelled"
-                        else None)
-                self.conn.execute("UPDATE card_actions SET status = 'done', status_note = coalesce(?, status_note) "
-                                  "WHERE action_id = ?", (note, d["action_id"]))
+                note = (
+                    "applied on the card before the cancellation reached the terminal"
+                    if row[0] == "cancelled"
+                    else None
+                )
+                self.conn.execute(
+                    "UPDATE card_actions SET status = 'done', status_note = coalesce(?, status_note) "
+                    "WHERE action_id = ?",
+                    (note, d["action_id"]),
+                )
 
     def _release_waiting(self, asn: str) -> None:
         """Account the waiting records of this card that now continue its history, as long as one does."""
@@ -123,42 +194,90 @@ class PurseAccounts:
         while progress:
             progress = False
             for row_id, terminal_id, seq, kind, detail, tac_status in self.conn.execute(
-                    "SELECT id, terminal_id, seq, kind, detail, tac_status FROM held_money WHERE asn = ? AND "
-                    "status = 'waiting' ORDER BY counter, id", (asn,)).fetchall():
+                "SELECT id, terminal_id, seq, kind, detail, tac_status FROM held_money WHERE asn = ? AND "
+                "status = 'waiting' ORDER BY counter, id",
+                (asn,),
+            ).fetchall():
                 d = json.loads(detail)
                 verdict = self._placement(asn, kind, d, exclude_id=row_id)
                 if verdict is None:
                     self._book(terminal_id, seq, asn, kind, d, tac_status)
-                    self.conn.execute("UPDATE held_money SET status = ?, resolved_at = ?, resolution = ? WHERE id = ?",
-                                      (ACCOUNTED, self._now(), "accounted automatically: the records before it "
-                                       "arrived", row_id))
-                    log_event(log, "platform.money_released", held=row_id, terminal=terminal_id, seq=seq, asn=asn,
-                              kind=kind, text="waiting money record now continues the card's history; accounted")
+                    self.conn.execute(
+                        "UPDATE held_money SET status = ?, resolved_at = ?, resolution = ? WHERE id = ?",
+                        (ACCOUNTED, self._now(), "accounted automatically: the records before it arrived", row_id),
+                    )
+                    log_event(
+                        log,
+                        "platform.money_released",
+                        held=row_id,
+                        terminal=terminal_id,
+                        seq=seq,
+                        asn=asn,
+                        kind=kind,
+                        text="waiting money record now continues the card's history; accounted",
+                    )
                     progress = True
                     break
                 if verdict[0] == HELD:  # what was a gap is now a contradiction
-                    self.conn.execute("UPDATE held_money SET status = ?, reason_code = ?, reason = ? WHERE id = ?",
-                                      (*verdict, row_id))
-                    log_event(log, "platform.money_held", logging.ERROR, held=row_id, terminal=terminal_id, seq=seq,
-                              asn=asn, kind=kind, reason_code=verdict[1], text=verdict[2])
+                    self.conn.execute(
+                        "UPDATE held_money SET status = ?, reason_code = ?, reason = ? WHERE id = ?", (*verdict, row_id)
+                    )
+                    log_event(
+                        log,
+                        "platform.money_held",
+                        logging.ERROR,
+                        held=row_id,
+                        terminal=terminal_id,
+                        seq=seq,
+                        asn=asn,
+                        kind=kind,
+                        reason_code=verdict[1],
+                        text=verdict[2],
+                    )
 
-    def _hold(self, terminal_id: str, e: p.WireEvent, d: dict | None, tac_status: str, status: str, code: str,
-              reason: str) -> None:
+    def _hold(
+        self, terminal_id: str, e: p.WireEvent, d: dict | None, tac_status: str, status: str, code: str, reason: str
+    ) -> None:
         d = d or {}
 
         def num(key):
             v = d.get(key)
             return v if isinstance(v, int) and not isinstance(v, bool) else None
+
         cur = self.conn.execute(
             "INSERT INTO held_money (terminal_id, seq, asn, kind, counter, amount_cents, balance_after_cents, tac, "
             "tac_status, detail, reason_code, reason, status, held_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "?)",
-            (terminal_id, e.seq, e.asn, e.kind, num("counter"), num("amount"), num("balance_after"),
-             d.get("tac") if isinstance(d.get("tac"), str) else None, tac_status, e.detail, code, reason, status,
-             self._now()))
-        log_event(log, "platform.money_held", logging.ERROR if status == HELD else logging.WARNING,
-                  held=cur.lastrowid, terminal=terminal_id, seq=e.seq, asn=e.asn, kind=e.kind, status=status,
-                  reason_code=code, text=f"money record not accounted: {reason}; `onecard platform held` lists it")
+            (
+                terminal_id,
+                e.seq,
+                e.asn,
+                e.kind,
+                num("counter"),
+                num("amount"),
+                num("balance_after"),
+                d.get("tac") if isinstance(d.get("tac"), str) else None,
+                tac_status,
+                e.detail,
+                code,
+                reason,
+                status,
+                self._now(),
+            ),
+        )
+        log_event(
+            log,
+            "platform.money_held",
+            logging.ERROR if status == HELD else logging.WARNING,
+            held=cur.lastrowid,
+            terminal=terminal_id,
+            seq=e.seq,
+            asn=e.asn,
+            kind=e.kind,
+            status=status,
+            reason_code=code,
+            text=f"money record not accounted: {reason}; `onecard platform held` lists it",
+        )
 
     def _check_tac(self, terminal_id: str, e: p.WireEvent, d: dict) -> str:
         if self.tac_sam is None:
@@ -166,29 +285,41 @@ class PurseAccounts:
         from sam.interface import Algorithm, CardIdentity, SamError
 
         enterprise = self.terminal_enterprise(terminal_id)
-        card = CardIdentity(bytes.fromhex(e.asn), bytes.fromhex(enterprise), d["key_version"],
-                            Algorithm[d["algorithm"]])
+        card = CardIdentity(
+            bytes.fromhex(e.asn), bytes.fromhex(enterprise), d["key_version"], Algorithm[d["algorithm"]]
+        )
         try:
             tx_type = tx.PURCHASE if e.kind == mr.PURCHASE else tx.LOAD
-            self.tac_sam.verify_tac(card, amount=d["amount"], tx_type=tx_type,
-                                    terminal_id=bytes.fromhex(terminal_id),
-                                    tsn=d["tsn"] if e.kind == mr.PURCHASE else 0, date=bytes.fromhex(d["date"]),
-                                    time=bytes.fromhex(d["time"]), counter=d["counter"],
-                                    balance_after=d["balance_after"], tac=bytes.fromhex(d["tac"]))
+            self.tac_sam.verify_tac(
+                card,
+                amount=d["amount"],
+                tx_type=tx_type,
+                terminal_id=bytes.fromhex(terminal_id),
+                tsn=d["tsn"] if e.kind == mr.PURCHASE else 0,
+                date=bytes.fromhex(d["date"]),
+                time=bytes.fromhex(d["time"]),
+                counter=d["counter"],
+                balance_after=d["balance_after"],
+                tac=bytes.fromhex(d["tac"]),
+            )
         except SamError:
             return "bad"
         return "ok"
 
     def purse_transactions(self, asn: str) -> list[dict]:
-        rows = self.conn.execute("SELECT terminal_id, seq, kind, counter, amount_cents, balance_after_cents, "
-                                 "tac_status FROM purse_transactions WHERE asn = ? ORDER BY kind, counter",
-                                 (asn,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT terminal_id, seq, kind, counter, amount_cents, balance_after_cents, "
+            "tac_status FROM purse_transactions WHERE asn = ? ORDER BY kind, counter",
+            (asn,),
+        ).fetchall()
         keys = ("terminal_id", "seq", "kind", "counter", "amount_cents", "balance_after_cents", "tac_status")
         return [dict(zip(keys, r)) for r in rows]
 
     def held_money(self, *, include_resolved: bool = False) -> list[dict]:
-        rows = self.conn.execute(f"SELECT {', '.join(_HELD_KEYS)} FROM held_money WHERE ?1 OR status IN "
-                                 "('waiting', 'held') ORDER BY id", (include_resolved,)).fetchall()
+        rows = self.conn.execute(
+            f"SELECT {', '.join(_HELD_KEYS)} FROM held_money WHERE ?1 OR status IN ('waiting', 'held') ORDER BY id",
+            (include_resolved,),
+        ).fetchall()
         return [dict(zip(_HELD_KEYS, r)) for r in rows]
 
     def resolve_held(self, held_id: int, decision: str, note: str) -> str:
@@ -199,8 +330,11 @@ class PurseAccounts:
         if not note.strip():
             raise PlatformError("say what the investigation found: --note 'TEXT' is kept with the record")
         with self._txn():
-            row = self.conn.execute("SELECT terminal_id, seq, asn, kind, detail, tac_status, status, reason_code "
-                                    "FROM held_money WHERE id = ?", (held_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT terminal_id, seq, asn, kind, detail, tac_status, status, reason_code "
+                "FROM held_money WHERE id = ?",
+                (held_id,),
+            ).fetchone()
             if row is None:
                 raise PlatformError(f"no held money record {held_id}; `onecard platform held` lists them")
             terminal_id, seq, asn, kind, detail, tac_status, status, code = row
@@ -208,19 +342,32 @@ class PurseAccounts:
                 raise PlatformError(f"held money record {held_id} is already {status}; nothing changed")
             if decision == "account":
                 if code == "malformed":
-                    raise PlatformError(f"held money record {held_id} is malformed ({kind}): it cannot be accounted; "
-                                        "reject it and correct the balance with the card office's refund flow")
+                    raise PlatformError(
+                        f"held money record {held_id} is malformed ({kind}): it cannot be accounted; "
+                        "reject it and correct the balance with the card office's refund flow"
+                    )
                 if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone() is None:
                     raise PlatformError(f"card {asn} is not registered: register it first, or reject the record")
                 self._book(terminal_id, seq, asn, kind, json.loads(detail), tac_status)
             new = ACCOUNTED if decision == "account" else REJECTED
-            self.conn.execute("UPDATE held_money SET status = ?, resolved_at = ?, resolution = ? WHERE id = ?",
-                              (new, self._now(), f"by administrator: {note.strip()}", held_id))
+            self.conn.execute(
+                "UPDATE held_money SET status = ?, resolved_at = ?, resolution = ? WHERE id = ?",
+                (new, self._now(), f"by administrator: {note.strip()}", held_id),
+            )
             if asn:
-                self._history(asn, "money_" + new, f"held money record {held_id} ({kind} from terminal {terminal_id} "
-                                                   f"seq {seq}) {new}: {note.strip()}")
+                self._history(
+                    asn,
+                    "money_" + new,
+                    f"held money record {held_id} ({kind} from terminal {terminal_id} seq {seq}) {new}: {note.strip()}",
+                )
             if decision == "account":
                 self._release_waiting(asn)
-        log_event(log, "platform.money_resolved", held=held_id, decision=new, asn=asn,
-                  text=f"held money record {held_id} {new} by an administrator")
+        log_event(
+            log,
+            "platform.money_resolved",
+            held=held_id,
+            decision=new,
+            asn=asn,
+            text=f"held money record {held_id} {new} by an administrator",
+        )
         return new

@@ -2,6 +2,7 @@
 
 Each worker has its own MQTT session and its own SQLite connection; the broker splits the messages between them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,11 @@ class BrokerSettings:
         tls = TlsFiles(Path(self.ca), Path(self.cert_dir) / f"{cn}.pem", Path(self.cert_dir) / f"{cn}.key")
         for f in (tls.ca_file, tls.cert_file, tls.key_file):
             if not f.is_file():
-                raise PlatformError(f"TLS file {f} of platform worker {cn} does not exist; issue the workers' "
-                                    f"certificates with `onecard platform ca platform-certs --workers N --out "
-                                    f"{self.cert_dir}`")
+                raise PlatformError(
+                    f"TLS file {f} of platform worker {cn} does not exist; issue the workers' "
+                    f"certificates with `onecard platform ca platform-certs --workers N --out "
+                    f"{self.cert_dir}`"
+                )
         return tls
 
 
@@ -55,8 +58,15 @@ class Worker:
         self.platform = platform
         self.publisher = publisher
         # The client ID is the certificate's CN: the broker replaces whatever is sent with it anyway.
-        self.link = MqttLink(worker_cn(index), broker.host, broker.port, broker.worker_tls(index),
-                             subscriptions=[UPLINK_FILTER, REGISTRY_FILTER], protocol=broker.protocol, max_inflight=200)
+        self.link = MqttLink(
+            worker_cn(index),
+            broker.host,
+            broker.port,
+            broker.worker_tls(index),
+            subscriptions=[UPLINK_FILTER, REGISTRY_FILTER],
+            protocol=broker.protocol,
+            max_inflight=200,
+        )
         self.handled = 0
         self.refused = 0
 
@@ -71,8 +81,14 @@ class Worker:
             elif item[0] == CONNECTED:
                 log_event(log, "platform.connected", worker=self.name, text="worker connected to the broker")
             elif item[0] == DISCONNECTED:
-                log_event(log, "platform.disconnected", logging.WARNING, worker=self.name, reason=item[1],
-                          text="worker lost the broker; it reconnects by itself")
+                log_event(
+                    log,
+                    "platform.disconnected",
+                    logging.WARNING,
+                    worker=self.name,
+                    reason=item[1],
+                    text="worker lost the broker; it reconnects by itself",
+                )
             try:
                 item = self.link.events.get_nowait()
             except queue.Empty:
@@ -108,8 +124,16 @@ class Worker:
                 result = self.platform.ingest(tid, events)
                 self.link.publish(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
                 if result.problem:
-                    log_event(log, "platform.upload_refused", logging.WARNING, worker=self.name, terminal=tid,
-                              reason=result.reason, acked_seq=result.acked_seq, text=result.problem)
+                    log_event(
+                        log,
+                        "platform.upload_refused",
+                        logging.WARNING,
+                        worker=self.name,
+                        terminal=tid,
+                        reason=result.reason,
+                        acked_seq=result.acked_seq,
+                        text=result.problem,
+                    )
             elif leaf == p.UP_REQUEST:
                 req = p.decode_request(payload)
                 if req.terminal_id != tid:
@@ -129,20 +153,37 @@ class Worker:
             self.handled += 1
         except (p.ProtocolError, PlatformError) as exc:
             self.refused += 1
-            log_event(log, "platform.message_refused", logging.WARNING, worker=self.name, topic=topic,
-                      reason="malformed" if isinstance(exc, p.ProtocolError) else "refused",
-                      text=f"{exc}; message dropped")
+            log_event(
+                log,
+                "platform.message_refused",
+                logging.WARNING,
+                worker=self.name,
+                topic=topic,
+                reason="malformed" if isinstance(exc, p.ProtocolError) else "refused",
+                text=f"{exc}; message dropped",
+            )
 
 
 class PlatformService:
     """N workers (worker 0 also publishes the outbound queue), each on its own thread."""
 
-    def __init__(self, db: Path, signing_key, broker: BrokerSettings, *, workers: int = 2, clock=None,
-                 tac_sam=None, unverified_money: bool = False) -> None:
+    def __init__(
+        self,
+        db: Path,
+        signing_key,
+        broker: BrokerSettings,
+        *,
+        workers: int = 2,
+        clock=None,
+        tac_sam=None,
+        unverified_money: bool = False,
+    ) -> None:
         if tac_sam is None and not unverified_money:
-            raise PlatformError("the platform needs the TAC keys to account money: give --tac-keystore KS "
-                                "--passphrase-file F (from `onecard sam restrict --role platform`), or "
-                                "--lab-unverified-money in a lab, where every balance is then labelled unverified")
+            raise PlatformError(
+                "the platform needs the TAC keys to account money: give --tac-keystore KS "
+                "--passphrase-file F (from `onecard sam restrict --role platform`), or "
+                "--lab-unverified-money in a lab, where every balance is then labelled unverified"
+            )
         for i in range(workers):
             broker.worker_tls(i)  # every worker's certificate checked before any database is opened
         check = Platform(db, signing_key, clock=clock)
@@ -153,12 +194,22 @@ class PlatformService:
         if problem:  # a restored database would send lists older than the terminals hold: refuse to serve
             raise PlatformError(problem)
         if unverified_money:
-            log_event(log, "platform.unverified_money", logging.WARNING,
-                      text="lab mode: money records are accounted without a TAC check; every balance they move is "
-                           "labelled unverified")
-        self.workers = [Worker(i, Platform(db, signing_key, clock=clock, tac_sam=tac_sam,
-                                           unverified_money=unverified_money), broker, publisher=i == 0)
-                        for i in range(workers)]
+            log_event(
+                log,
+                "platform.unverified_money",
+                logging.WARNING,
+                text="lab mode: money records are accounted without a TAC check; every balance they move is "
+                "labelled unverified",
+            )
+        self.workers = [
+            Worker(
+                i,
+                Platform(db, signing_key, clock=clock, tac_sam=tac_sam, unverified_money=unverified_money),
+                broker,
+                publisher=i == 0,
+            )
+            for i in range(workers)
+        ]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -177,8 +228,9 @@ class PlatformService:
             try:
                 w.step()
             except Exception as exc:  # keep serving the other terminals; the failing batch is resent
-                log_event(log, "platform.worker_error", logging.ERROR, worker=w.name,
-                          text=f"{type(exc).__name__}: {exc}")
+                log_event(
+                    log, "platform.worker_error", logging.ERROR, worker=w.name, text=f"{type(exc).__name__}: {exc}"
+                )
 
     def stop(self) -> None:
         self._stop.set()

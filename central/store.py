@@ -3,6 +3,7 @@
 Every operation is one transaction; messages it must send are signed and queued in `outbound` in that same
 transaction, so a crash never leaves a blacklist change without its notification (or the reverse).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,12 +18,12 @@ from central.bills import Bills
 from central.blacklists import Blacklists
 from central.card_flows import CardFlows
 from central.db import _SCHEMA, PlatformError, migrate
-from common.db import transaction
 from central.ingest import Ingest
 from central.outbound import Outbound
 from central.purse import PurseAccounts
 from central.registry import Registry
 from common import sync_protocol as p
+from common.db import transaction
 
 
 class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills):
@@ -32,8 +33,16 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
     owns the connection, the clock and the signing key they share.
     """
 
-    def __init__(self, path: Path, signing_key: Ed25519PrivateKey, *, clock=None,
-                 timezone: str = "Asia/Shanghai", tac_sam=None, unverified_money: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path,
+        signing_key: Ed25519PrivateKey,
+        *,
+        clock=None,
+        timezone: str = "Asia/Shanghai",
+        tac_sam=None,
+        unverified_money: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.key = signing_key
         # A SAM holding the enterprises' TAC master keys (usage verify): only the platform can check a TAC.
@@ -53,8 +62,9 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.executescript(_SCHEMA)
         migrate(self.conn)
         # The epoch every blacklist body carries: made once per platform database (`onecard platform init`).
-        self.conn.execute("INSERT OR IGNORE INTO platform_epoch VALUES (1, ?, 1, ?, 'created')",
-                          (secrets.token_hex(16), self._now()))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO platform_epoch VALUES (1, ?, 1, ?, 'created')", (secrets.token_hex(16), self._now())
+        )
         self._digests: dict[tuple, str] = {}
 
     def close(self) -> None:
@@ -79,5 +89,6 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         return secrets.token_hex(16)
 
     def _queue(self, topic: str, payload: bytes) -> None:
-        self.conn.execute("INSERT INTO outbound (topic, payload, created_at) VALUES (?, ?, ?)",
-                          (topic, payload, self._now()))
+        self.conn.execute(
+            "INSERT INTO outbound (topic, payload, created_at) VALUES (?, ?, ?)", (topic, payload, self._now())
+        )

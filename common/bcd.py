@@ -1,5 +1,6 @@
 """BCD dates and times as the card, the PSAM and the purse MACs carry them: 2026-01-31 -> 20 26 01 31 (4 bytes),
 12:34:56 -> 12 34 56 (3 bytes). Pure functions; a date the card holds is checked here and nowhere else."""
+
 from __future__ import annotations
 
 import datetime as dt

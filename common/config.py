@@ -4,6 +4,7 @@ typed objects.
 Every problem is reported as one ConfigError line naming the file, the key, what is wrong and the fix.
 Relative paths are resolved against the directory of the configuration file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,8 +73,8 @@ class TerminalSection:
 @dataclass(frozen=True)
 class ReaderSection:
     driver: str
-    name: str = ""        # pcsc: substring of the reader name
-    path: str = ""        # nfc: nfcpy device path, e.g. "usb", "tty:AMA0:pn532", "udp:127.0.0.1:54321"
+    name: str = ""  # pcsc: substring of the reader name
+    path: str = ""  # nfc: nfcpy device path, e.g. "usb", "tty:AMA0:pn532", "udp:127.0.0.1:54321"
     card: Path | None = None  # simulator: the card file presented on every tap
     # Deadline of one card command: a card slower than this (or answering nothing) is refused, the door stays shut.
     command_timeout_ms: int = 500
@@ -82,24 +83,24 @@ class ReaderSection:
 @dataclass(frozen=True)
 class SamSection:
     backend: str
-    keystore: Path | None           # keystore: the encrypted key file
+    keystore: Path | None  # keystore: the encrypted key file
     passphrase_file: Path | None
     device_secret_file: Path | None
-    reader: str = ""                # psam: the PC/SC reader (slot) holding the PSAM, any part of its name
+    reader: str = ""  # psam: the PC/SC reader (slot) holding the PSAM, any part of its name
 
 
 @dataclass(frozen=True)
 class DoorSection:
     group: int
     open_seconds: float
-    held_open_seconds: float = 30.0   # after a grant or REX, the door open longer than this raises door.held_open
+    held_open_seconds: float = 30.0  # after a grant or REX, the door open longer than this raises door.held_open
     # The door's own wiring (firmware.toml only; the platform sets group and times, never pins). BCM GPIO numbers,
     # 0 = not fitted. See docs/install.md, "Wiring".
     strike_pin: int = 0
-    strike_active_high: bool = True       # the relay input: true = pin high energises the relay
-    lock: str = "fail-secure"             # fail-secure: energised = unlocked; fail-safe (maglock): energised = locked
-    contact_pin: int = 0                  # door contact (reed switch) to ground: closed door = pin low
-    rex_pin: int = 0                      # request-to-exit button to ground: pressed = pin low
+    strike_active_high: bool = True  # the relay input: true = pin high energises the relay
+    lock: str = "fail-secure"  # fail-secure: energised = unlocked; fail-safe (maglock): energised = locked
+    contact_pin: int = 0  # door contact (reed switch) to ground: closed door = pin low
+    rex_pin: int = 0  # request-to-exit button to ground: pressed = pin low
 
 
 DOOR_PLATFORM_KEYS = ("group", "open_seconds", "held_open_seconds")  # what a platform document may set for a door
@@ -117,22 +118,22 @@ class AttendanceSection:
 
 @dataclass(frozen=True)
 class PosSection:
-    max_purchase: int          # fen, per purchase
-    offline_limit: int         # fen, per card, spent here since the sync agent's last acknowledged upload
+    max_purchase: int  # fen, per purchase
+    offline_limit: int  # fen, per card, spent here since the sync agent's last acknowledged upload
     undo_window_seconds: float
-    card_wait_seconds: float   # how long a sale waits for the card after the cashier entered the amount
+    card_wait_seconds: float  # how long a sale waits for the card after the cashier entered the amount
 
 
 @dataclass(frozen=True)
 class TopupSection:
-    max_load: int              # fen, per load
+    max_load: int  # fen, per load
 
 
 @dataclass(frozen=True)
 class OutputSection:
-    driver: str                 # console: print what the hardware would do; gpio: relay, LEDs and buzzer on GPIO
+    driver: str  # console: print what the hardware would do; gpio: relay, LEDs and buzzer on GPIO
     color: bool
-    green_led_pin: int = 0      # BCM GPIO numbers, 0 = not fitted; LEDs and buzzer active high
+    green_led_pin: int = 0  # BCM GPIO numbers, 0 = not fitted; LEDs and buzzer active high
     red_led_pin: int = 0
     buzzer_pin: int = 0
 
@@ -144,24 +145,24 @@ class DisplaySection:
     driver: str = "none"
     width: int = 160
     height: int = 128
-    rotate: int = 0             # 0..3, quarter turns
-    spi_port: int = 0           # st7735 (SPI)
+    rotate: int = 0  # 0..3, quarter turns
+    spi_port: int = 0  # st7735 (SPI)
     spi_device: int = 0
     gpio_dc: int = 24
     gpio_rst: int = 25
-    i2c_port: int = 1           # ssd1306 (I2C)
+    i2c_port: int = 1  # ssd1306 (I2C)
     i2c_address: int = 0x3C
-    font: Path = DEFAULT_FONT   # a TrueType font with CJK glyphs (Debian: fonts-wqy-microhei)
+    font: Path = DEFAULT_FONT  # a TrueType font with CJK glyphs (Debian: fonts-wqy-microhei)
 
 
 @dataclass(frozen=True)
 class KeypadSection:
     """[keypad]: where a POS or top-up terminal reads the cashier's keys."""
 
-    driver: str = "console"     # console: this terminal's TTY; stdin: lines piped in by a till system; evdev; serial
-    device: str = ""            # evdev: /dev/input/eventN or the device's name; serial: the port, e.g. /dev/ttyUSB0
-    baudrate: int = 9600        # serial
-    tap_without_amount: str = "balance"   # balance: show the card's balance; ask: "Enter the amount first"
+    driver: str = "console"  # console: this terminal's TTY; stdin: lines piped in by a till system; evdev; serial
+    device: str = ""  # evdev: /dev/input/eventN or the device's name; serial: the port, e.g. /dev/ttyUSB0
+    baudrate: int = 9600  # serial
+    tap_without_amount: str = "balance"  # balance: show the card's balance; ask: "Enter the amount first"
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class SyncSection:
     key_file: Path
     platform_public_key: Path
     database: Path
-    mqtt_version: str = "auto"          # auto (5, falling back to 3.1.1) | 5 | 3.1.1
+    mqtt_version: str = "auto"  # auto (5, falling back to 3.1.1) | 5 | 3.1.1
     batch_size: int = 500
     max_inflight_batches: int = 4
     max_events_per_s: float = 5000.0
@@ -270,12 +271,27 @@ def suggestion(key: str, known) -> str:
     names = sorted(known)
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     valid = ", ".join(names)
-    return (f"did you mean {close[0]!r}? (valid: {valid})" if close else f"remove it or use one of: {valid}")
+    return f"did you mean {close[0]!r}? (valid: {valid})" if close else f"remove it or use one of: {valid}"
 
 
 # Every key each section may hold; anything else is refused with the nearest of these suggested.
-SECTIONS = ("terminal", "reader", "sam", "door", "attendance", "pos", "topup", "output", "time_profiles", "sync",
-            "display", "keypad", "status")
+SECTIONS = (
+    "terminal",
+    "reader",
+    "sam",
+    "door",
+    "attendance",
+    "pos",
+    "topup",
+    "output",
+    "time_profiles",
+    "sync",
+    "display",
+    "keypad",
+    "status",
+)
+
+
 def keys_of(section: type, derived: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The TOML keys of a section: its dataclass fields (less those computed from others), so a setting added to a
     section is known to the unknown-key check the moment it exists and a forgotten list cannot refuse it."""
@@ -353,7 +369,9 @@ def load_config(path: str | Path) -> Config:
     try:
         tz = zoneinfo.ZoneInfo(tz_name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise t.fail("timezone", f"= {tz_name!r} is not a known time zone", 'use an IANA name such as "Asia/Shanghai"') from None
+        raise t.fail(
+            "timezone", f"= {tz_name!r} is not a known time zone", 'use an IANA name such as "Asia/Shanghai"'
+        ) from None
     terminal = TerminalSection(
         id=t.get("id", str, required=True),
         id_bytes=t.digits("id", 12),
@@ -376,8 +394,11 @@ def load_config(path: str | Path) -> Config:
         command_timeout_ms=r.get("command_timeout_ms", int, default=500),
     )
     if not 50 <= reader.command_timeout_ms <= 10_000:
-        raise r.fail("command_timeout_ms", f"= {reader.command_timeout_ms} is not 50..10000",
-                     "write the deadline of one card command in milliseconds, e.g. 500")
+        raise r.fail(
+            "command_timeout_ms",
+            f"= {reader.command_timeout_ms} is not 50..10000",
+            "write the deadline of one card command in milliseconds, e.g. 500",
+        )
 
     s = section("sam")
     s.only(SAM_KEYS)
@@ -390,8 +411,11 @@ def load_config(path: str | Path) -> Config:
         reader=s.get("reader", str, required=backend == "psam", default=""),
     )
     if backend == "keystore" and (sam.passphrase_file is None) == (sam.device_secret_file is None):
-        raise s.fail("passphrase_file", "and device_secret_file: exactly one must be set",
-                     "set passphrase_file or device_secret_file, not both")
+        raise s.fail(
+            "passphrase_file",
+            "and device_secret_file: exactly one must be set",
+            "set passphrase_file or device_secret_file, not both",
+        )
 
     door = _door_hardware(section("door", required=terminal.kind == "door"))
     attendance = _attendance_section(section("attendance", required=False))
@@ -402,12 +426,22 @@ def load_config(path: str | Path) -> Config:
 
     profiles = _time_profiles(path, raw.get("time_profiles", {}))
 
-    return Config(path=path, terminal=terminal, reader=reader, sam=sam, door=door, attendance=attendance,
-                  output=output, pos=pos, topup=topup, time_profiles=profiles,
-                  sync=_sync_section(section("sync", required=False)),
-                  display=_display_section(section("display", required=False)),
-                  keypad=_keypad_section(section("keypad", required=False)),
-                  status=_status_section(section("status", required=False)))
+    return Config(
+        path=path,
+        terminal=terminal,
+        reader=reader,
+        sam=sam,
+        door=door,
+        attendance=attendance,
+        output=output,
+        pos=pos,
+        topup=topup,
+        time_profiles=profiles,
+        sync=_sync_section(section("sync", required=False)),
+        display=_display_section(section("display", required=False)),
+        keypad=_keypad_section(section("keypad", required=False)),
+        status=_status_section(section("status", required=False)),
+    )
 
 
 def _pin(sec: _Section, key: str, default: int = 0) -> int:
@@ -420,24 +454,30 @@ def _pin(sec: _Section, key: str, default: int = 0) -> int:
 def _door_section(d: _Section, known: tuple[str, ...] = DOOR_PLATFORM_KEYS) -> DoorSection:
     """The door's decision settings: group and times (a platform document may set these, never the wiring)."""
     d.only(known)
-    door = DoorSection(group=d.get("group", int, default=1), open_seconds=d.get("open_seconds", float, default=5.0),
-                       held_open_seconds=d.get("held_open_seconds", float, default=30.0))
+    door = DoorSection(
+        group=d.get("group", int, default=1),
+        open_seconds=d.get("open_seconds", float, default=5.0),
+        held_open_seconds=d.get("held_open_seconds", float, default=30.0),
+    )
     if not 1 <= door.group <= 64:
         raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
     if not 0 < door.open_seconds <= 60:
         raise d.fail("open_seconds", f"= {door.open_seconds} is outside (0, 60]", "use a few seconds")
     if not 0 < door.held_open_seconds <= 3600:
-        raise d.fail("held_open_seconds", f"= {door.held_open_seconds} is outside (0, 3600]",
-                     "use half a minute or so")
+        raise d.fail("held_open_seconds", f"= {door.held_open_seconds} is outside (0, 3600]", "use half a minute or so")
     return door
 
 
 def _door_hardware(d: _Section) -> DoorSection:
     """[door] of firmware.toml: the decision settings and the door's wiring."""
-    door = dataclasses.replace(_door_section(d, DOOR_KEYS), strike_pin=_pin(d, "strike_pin"),
-                               strike_active_high=d.get("strike_active_high", bool, default=True),
-                               lock=d.choice("lock", LOCKS, default="fail-secure"),
-                               contact_pin=_pin(d, "contact_pin"), rex_pin=_pin(d, "rex_pin"))
+    door = dataclasses.replace(
+        _door_section(d, DOOR_KEYS),
+        strike_pin=_pin(d, "strike_pin"),
+        strike_active_high=d.get("strike_active_high", bool, default=True),
+        lock=d.choice("lock", LOCKS, default="fail-secure"),
+        contact_pin=_pin(d, "contact_pin"),
+        rex_pin=_pin(d, "rex_pin"),
+    )
     pins = [p for p in (door.strike_pin, door.contact_pin, door.rex_pin) if p]
     if len(set(pins)) != len(pins):
         raise d.fail("strike_pin", "contact_pin and rex_pin share a GPIO", "give each its own pin")
@@ -446,9 +486,13 @@ def _door_hardware(d: _Section) -> DoorSection:
 
 def _output_section(o: _Section) -> OutputSection:
     o.only(OUTPUT_KEYS)
-    return OutputSection(driver=o.choice("driver", OUTPUT_DRIVERS, default="console"),
-                         color=o.get("color", bool, default=True), green_led_pin=_pin(o, "green_led_pin"),
-                         red_led_pin=_pin(o, "red_led_pin"), buzzer_pin=_pin(o, "buzzer_pin"))
+    return OutputSection(
+        driver=o.choice("driver", OUTPUT_DRIVERS, default="console"),
+        color=o.get("color", bool, default=True),
+        green_led_pin=_pin(o, "green_led_pin"),
+        red_led_pin=_pin(o, "red_led_pin"),
+        buzzer_pin=_pin(o, "buzzer_pin"),
+    )
 
 
 def _display_section(d: _Section) -> DisplaySection:
@@ -461,24 +505,36 @@ def _display_section(d: _Section) -> DisplaySection:
             raise d.fail(key, f"= {value} is outside {low}..{high}", "see the documented [display] section")
         return value
 
-    return DisplaySection(driver=d.choice("driver", DISPLAY_DRIVERS, default="none"),
-                          width=bounded("width", 64, 1024), height=bounded("height", 32, 1024),
-                          rotate=bounded("rotate", 0, 3), spi_port=bounded("spi_port", 0, 1),
-                          spi_device=bounded("spi_device", 0, 2), gpio_dc=_pin(d, "gpio_dc", default.gpio_dc),
-                          gpio_rst=_pin(d, "gpio_rst", default.gpio_rst), i2c_port=bounded("i2c_port", 0, 22),
-                          i2c_address=bounded("i2c_address", 0x03, 0x77),
-                          font=d.path_value("font", required=False) or default.font)
+    return DisplaySection(
+        driver=d.choice("driver", DISPLAY_DRIVERS, default="none"),
+        width=bounded("width", 64, 1024),
+        height=bounded("height", 32, 1024),
+        rotate=bounded("rotate", 0, 3),
+        spi_port=bounded("spi_port", 0, 1),
+        spi_device=bounded("spi_device", 0, 2),
+        gpio_dc=_pin(d, "gpio_dc", default.gpio_dc),
+        gpio_rst=_pin(d, "gpio_rst", default.gpio_rst),
+        i2c_port=bounded("i2c_port", 0, 22),
+        i2c_address=bounded("i2c_address", 0x03, 0x77),
+        font=d.path_value("font", required=False) or default.font,
+    )
 
 
 def _keypad_section(k: _Section) -> KeypadSection:
     k.only(KEYPAD_KEYS)
-    keypad = KeypadSection(driver=k.choice("driver", KEYPAD_DRIVERS, default="console"),
-                           device=k.get("device", str, default=""),
-                           baudrate=k.get("baudrate", int, default=9600),
-                           tap_without_amount=k.choice("tap_without_amount", ("balance", "ask"), default="balance"))
+    keypad = KeypadSection(
+        driver=k.choice("driver", KEYPAD_DRIVERS, default="console"),
+        device=k.get("device", str, default=""),
+        baudrate=k.get("baudrate", int, default=9600),
+        tap_without_amount=k.choice("tap_without_amount", ("balance", "ask"), default="balance"),
+    )
     if keypad.driver in ("evdev", "serial") and not keypad.device:
-        raise k.fail("device", "is missing", f"name the {keypad.driver} device, e.g. "
-                     + ('"/dev/input/by-id/usb-...-event-kbd"' if keypad.driver == "evdev" else '"/dev/ttyUSB0"'))
+        raise k.fail(
+            "device",
+            "is missing",
+            f"name the {keypad.driver} device, e.g. "
+            + ('"/dev/input/by-id/usb-...-event-kbd"' if keypad.driver == "evdev" else '"/dev/ttyUSB0"'),
+        )
     if keypad.baudrate not in (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200):
         raise k.fail("baudrate", f"= {keypad.baudrate} is not a standard rate", "use e.g. 9600")
     return keypad
@@ -495,8 +551,6 @@ def _status_section(s: _Section) -> StatusSection:
     return StatusSection(host=host.strip("[]"), port=int(port))
 
 
-
-
 def _attendance_section(a: _Section) -> AttendanceSection:
     a.only(ATTENDANCE_KEYS)
     attendance = AttendanceSection(repeat_window_seconds=a.get("repeat_window_seconds", float, default=60.0))
@@ -507,9 +561,12 @@ def _attendance_section(a: _Section) -> AttendanceSection:
 
 def _pos_section(p: _Section) -> PosSection:
     p.only(POS_KEYS)
-    pos = PosSection(max_purchase=_yuan(p, "max_purchase", "100.00"), offline_limit=_yuan(p, "offline_limit", "500.00"),
-                     undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
-                     card_wait_seconds=p.get("card_wait_seconds", float, default=30.0))
+    pos = PosSection(
+        max_purchase=_yuan(p, "max_purchase", "100.00"),
+        offline_limit=_yuan(p, "offline_limit", "500.00"),
+        undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
+        card_wait_seconds=p.get("card_wait_seconds", float, default=30.0),
+    )
     if not 0 <= pos.undo_window_seconds <= 86400:
         raise p.fail("undo_window_seconds", "is outside 0..86400", "use a few minutes")
     if not 1 <= pos.card_wait_seconds <= 600:
@@ -526,8 +583,9 @@ def document_max_load(document: dict | None) -> int:
     """The per-load top-up limit (fen) that top-up terminals apply under this platform document (the firmware
     default when the document sets none); the platform checks over-the-air top-ups against it."""
     topup = (document or {}).get("topup")
-    return _topup_section(_Section(Path("platform configuration"), "topup",
-                                   topup if isinstance(topup, dict) else {})).max_load
+    return _topup_section(
+        _Section(Path("platform configuration"), "topup", topup if isinstance(topup, dict) else {})
+    ).max_load
 
 
 def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
@@ -554,8 +612,9 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
     """
     changes = _document_changes(Path(f"platform configuration v{version}"), document, config.terminal.id)
     if "door" in changes:  # the platform's group and times; the door's wiring stays as firmware.toml has it
-        changes["door"] = dataclasses.replace(config.door, **{k: getattr(changes["door"], k)
-                                                              for k in DOOR_PLATFORM_KEYS})
+        changes["door"] = dataclasses.replace(
+            config.door, **{k: getattr(changes["door"], k) for k in DOOR_PLATFORM_KEYS}
+        )
     return dataclasses.replace(config, **changes)
 
 

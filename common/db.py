@@ -2,6 +2,7 @@
 
 Every check runs on a read-only connection before anything is written, so a file that is not ours is never touched.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -43,6 +44,7 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 # Opening files safely: every check runs on a read-only connection before anything is written.
 # --------------------------------------------------------------------------------------------
 
+
 def _wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
@@ -69,8 +71,10 @@ def disk_full_problem(path: Path) -> str | None:
     free = free_bytes(path)
     if free is None or free >= MIN_FREE_BYTES:
         return None
-    return (f"the disk holding {path} is full ({free // 1024} KiB free, at least {MIN_FREE_BYTES // 1024} KiB "
-            "needed); free space on that filesystem, then start again — nothing was written")
+    return (
+        f"the disk holding {path} is full ({free // 1024} KiB free, at least {MIN_FREE_BYTES // 1024} KiB "
+        "needed); free space on that filesystem, then start again — nothing was written"
+    )
 
 
 def check_free_space(path: Path) -> None:
@@ -84,8 +88,9 @@ def is_disk_full(exc: BaseException) -> bool:
     """True for SQLite's and the OS's 'no space left' errors."""
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return True
-    return isinstance(exc, sqlite3.Error) and (getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-                                               or "disk is full" in str(exc))
+    return isinstance(exc, sqlite3.Error) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc)
+    )
 
 
 def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool:
@@ -101,12 +106,16 @@ def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool
     except FileNotFoundError:
         return True
     except OSError as exc:
-        raise DatabaseError(f"cannot access database {path} ({exc.strerror}); fix the path or its permissions") from None
+        raise DatabaseError(
+            f"cannot access database {path} ({exc.strerror}); fix the path or its permissions"
+        ) from None
     if not path.is_file():
         raise DatabaseError(f"database {path} is not a regular file; point {setting} at a database file")
     if st.st_size == 0:
-        raise DatabaseError(f"database {path} is empty (0 bytes), so it was wiped or truncated (onecard never "
-                            f"leaves an empty database); {lost_fix}")
+        raise DatabaseError(
+            f"database {path} is empty (0 bytes), so it was wiped or truncated (onecard never "
+            f"leaves an empty database); {lost_fix}"
+        )
     try:
         with path.open("rb") as f:
             header = f.read(_HEADER_SIZE)
@@ -114,8 +123,9 @@ def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool
         raise DatabaseError(f"cannot read database {path} ({exc.strerror}); fix its permissions") from None
     if not header.startswith(SQLITE_MAGIC):
         if SQLITE_MAGIC.startswith(header):
-            raise DatabaseError(f"database {path} is truncated ({st.st_size} bytes, shorter than an SQLite header); "
-                                f"{lost_fix}")
+            raise DatabaseError(
+                f"database {path} is truncated ({st.st_size} bytes, shorter than an SQLite header); {lost_fix}"
+            )
         raise DatabaseError(
             f"database {path} is not a onecard database (not an SQLite file); "
             f"point {setting} at the right file or move it away"
@@ -227,14 +237,16 @@ def connect_readwrite(path: Path, page_size: int | None = None) -> sqlite3.Conne
     except sqlite3.Error as exc:
         check_free_space(path)
         if is_disk_full(exc):
-            raise DatabaseError(f"the disk holding {path} is full ({exc}); free space on that filesystem, then "
-                                "start again — nothing was written") from None
-        raise DatabaseError(f"cannot open database {path} for writing ({exc}); check the path and its permissions") from None
+            raise DatabaseError(
+                f"the disk holding {path} is full ({exc}); free space on that filesystem, then "
+                "start again — nothing was written"
+            ) from None
+        raise DatabaseError(
+            f"cannot open database {path} for writing ({exc}); check the path and its permissions"
+        ) from None
     if str(mode).lower() != "wal":
         conn.close()
-        raise DatabaseError(
-            f"database {path} cannot use WAL journaling (got {mode}); put it on a local filesystem"
-        )
+        raise DatabaseError(f"database {path} cannot use WAL journaling (got {mode}); put it on a local filesystem")
     # FULL: in WAL mode this fsyncs the WAL on every commit, so an acknowledged append survives
     # power loss, not just a process crash (NORMAL may lose the last commits on power loss).
     conn.execute("PRAGMA synchronous = FULL")
@@ -262,11 +274,14 @@ def create_new(path: Path, build, page_size: int | None = None) -> bool:
     except (sqlite3.Error, OSError) as exc:
         check_free_space(path)
         if is_disk_full(exc):
-            raise DatabaseError(f"cannot create database {path}: the disk holding it is full ({exc}); free space on "
-                                "that filesystem, then start again") from None
+            raise DatabaseError(
+                f"cannot create database {path}: the disk holding it is full ({exc}); free space on "
+                "that filesystem, then start again"
+            ) from None
         if isinstance(exc, OSError):
-            raise DatabaseError(f"cannot create database {path} ({exc.strerror}); check the directory and its "
-                                "permissions") from None
+            raise DatabaseError(
+                f"cannot create database {path} ({exc.strerror}); check the directory and its permissions"
+            ) from None
         raise
     finally:
         for leftover in (tmp, _wal_path(tmp), tmp.with_name(tmp.name + "-shm")):

@@ -1,5 +1,6 @@
 """The door's alarm event kinds and how to tell from a log whether an alarm is open: one definition for the
 terminal that logs them (terminal/door_monitor.py) and the platform that shows open alarms."""
+
 from __future__ import annotations
 
 HELD_OPEN, FORCED_OPEN, CLOSED, REX = "door.held_open", "door.forced_open", "door.closed", "door.rex"

@@ -3,6 +3,7 @@
 The terminal's log refuses to write any other kind and the platform refuses to receive one, so an invented kind
 (`door.blow-up`) can neither be logged nor uploaded. A new kind is added here, in the same change that writes it.
 """
+
 from __future__ import annotations
 
 from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, REX
@@ -11,15 +12,28 @@ _TERMINAL_KINDS = ("door", "attendance", "pos", "topup")
 _MONEY_OPS = ("pos.purchase", "pos.undo", "topup.load")  # each: .intent, the outcome, .abandoned
 _ISSUING = ("issue.card", "issue.void", "issue.restore", "issue.keys")  # each with its .intent
 
-KNOWN_KINDS: frozenset[str] = frozenset({
-    "door.grant", "attendance.in", "attendance.out", "attendance.repeat", "tap.incomplete", "card.rights",
-    "card_action.failed", "config.rejected", HELD_OPEN, FORCED_OPEN, CLOSED, REX,
-    *(f"{k}.deny" for k in _TERMINAL_KINDS),
-    *(f"{op}{suffix}" for op in _MONEY_OPS for suffix in (".intent", "", ".abandoned")),
-    *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),
-    "issue.restore.abandoned", "issue.replace",
-    *(f"{op}{suffix}" for op in ("issue.cancel", "issue.delete") for suffix in (".intent", ".settled", "")),
-})
+KNOWN_KINDS: frozenset[str] = frozenset(
+    {
+        "door.grant",
+        "attendance.in",
+        "attendance.out",
+        "attendance.repeat",
+        "tap.incomplete",
+        "card.rights",
+        "card_action.failed",
+        "config.rejected",
+        HELD_OPEN,
+        FORCED_OPEN,
+        CLOSED,
+        REX,
+        *(f"{k}.deny" for k in _TERMINAL_KINDS),
+        *(f"{op}{suffix}" for op in _MONEY_OPS for suffix in (".intent", "", ".abandoned")),
+        *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),
+        "issue.restore.abandoned",
+        "issue.replace",
+        *(f"{op}{suffix}" for op in ("issue.cancel", "issue.delete") for suffix in (".intent", ".settled", "")),
+    }
+)
 
 
 def is_known_kind(kind: object) -> bool:

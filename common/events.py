@@ -2,6 +2,7 @@
 
 Shared by the terminal's log, its sync agent and the central platform, so all three compute the same bytes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,9 @@ def canonical_json(detail: dict[str, Any]) -> str:
     try:
         return json.dumps(detail, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"event detail is not plain JSON ({exc}); pass only str/int/float/bool/None/list/dict") from None
+        raise ValueError(
+            f"event detail is not plain JSON ({exc}); pass only str/int/float/bool/None/list/dict"
+        ) from None
 
 
 def normalise_asn(asn: str | bytes | None) -> str | None:

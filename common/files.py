@@ -1,4 +1,5 @@
 """Replacing a file so that it is the old bytes or the new ones after any crash, never half of each."""
+
 from __future__ import annotations
 
 import os
@@ -6,8 +7,9 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, overwrite: bool = True,
-                     sync: bool = True) -> None:
+def write_atomically(
+    path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600, overwrite: bool = True, sync: bool = True
+) -> None:
     """Write `data` to a temporary file beside `path`, then rename it over `path` (or link it, when `overwrite` is
     False: FileExistsError if `path` appeared meanwhile). With `sync`, the file and the directory are fsynced, so the
     new bytes also survive a power cut once this returns. Raises OSError; callers turn it into their own message.

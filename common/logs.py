@@ -1,4 +1,5 @@
 """Structured logs: one event per line, `event=name key=value ...`, with a sentence saying what happened."""
+
 from __future__ import annotations
 
 import logging

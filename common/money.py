@@ -1,4 +1,5 @@
 """Amounts of purse money: integers in fen (0.01 yuan) inside, "12.50" on screens and in commands."""
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ logs it, and the platform checks every uploaded one with the same function befor
 detail is accepted or refused identically on both sides. docs/sync-protocol.md "Money records" describes each field.
 Sans-I/O: pure functions over dicts.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,19 @@ _TIME = re.compile(r"[0-9]{6}\Z")
 _ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 # key -> (type, check, meaning); every money record has all of COMMON, plus its kind's EXTRA.
-COMMON = ("amount", "counter", "date", "time", "key_version", "algorithm", "intent_seq", "tac", "proof",
-          "balance_after", "resolved_at_next_tap")
+COMMON = (
+    "amount",
+    "counter",
+    "date",
+    "time",
+    "key_version",
+    "algorithm",
+    "intent_seq",
+    "tac",
+    "proof",
+    "balance_after",
+    "resolved_at_next_tap",
+)
 EXTRA_REQUIRED = {PURCHASE: ("tsn",), UNDO: ("purchase_seq",), LOAD: ()}
 EXTRA_OPTIONAL = {PURCHASE: (), UNDO: (), LOAD: ("action_id",)}
 
@@ -40,6 +52,7 @@ def _int(lo: int, hi: int):
         if isinstance(v, bool) or not isinstance(v, int):
             return f"must be an integer, got {type(v).__name__}"
         return None if lo <= v <= hi else f"= {v} is out of range {lo}..{hi}"
+
     return check
 
 
@@ -48,6 +61,7 @@ def _text(pattern: re.Pattern, what: str):
         if not isinstance(v, str):
             return f"must be a string, got {type(v).__name__}"
         return None if pattern.match(v) else f"= {v[:40]!r} is not {what}"
+
     return check
 
 
@@ -62,11 +76,19 @@ def _algorithm(v) -> str | None:
 
 
 CHECKS = {
-    "amount": _int(1, U32), "counter": _int(0, 0xFFFF), "date": _text(_DATE, "8 BCD digits YYYYMMDD"),
-    "time": _text(_TIME, "6 BCD digits HHMMSS"), "key_version": _int(0, 255), "algorithm": _algorithm,
-    "intent_seq": _int(1, 2**63 - 1), "tac": _text(_HEX16, "16 lowercase hex digits"),
-    "proof": _text(_HEX16, "16 lowercase hex digits"), "balance_after": _int(0, U32),
-    "resolved_at_next_tap": _bool, "tsn": _int(0, U32), "purchase_seq": _int(1, 2**63 - 1),
+    "amount": _int(1, U32),
+    "counter": _int(0, 0xFFFF),
+    "date": _text(_DATE, "8 BCD digits YYYYMMDD"),
+    "time": _text(_TIME, "6 BCD digits HHMMSS"),
+    "key_version": _int(0, 255),
+    "algorithm": _algorithm,
+    "intent_seq": _int(1, 2**63 - 1),
+    "tac": _text(_HEX16, "16 lowercase hex digits"),
+    "proof": _text(_HEX16, "16 lowercase hex digits"),
+    "balance_after": _int(0, U32),
+    "resolved_at_next_tap": _bool,
+    "tsn": _int(0, U32),
+    "purchase_seq": _int(1, 2**63 - 1),
     "action_id": _text(_ID, "1-64 characters of [A-Za-z0-9._-]"),
 }
 
@@ -121,10 +143,14 @@ def check_action_failed_detail(detail) -> dict:
     if not isinstance(detail, dict):
         raise ProtocolError(f"{where} must be a JSON object")
     if set(detail) != {"action_id", "reason_code", "sw"}:
-        raise ProtocolError(f"{where} must have exactly action_id, reason_code and sw (has "
-                            f"{', '.join(sorted(str(k)[:20] for k in detail))})")
-    for key, check in (("action_id", _text(_ID, "1-64 characters of [A-Za-z0-9._-]")),
-                       ("reason_code", _text(_REASON, "1-40 characters of [a-z0-9_]"))):
+        raise ProtocolError(
+            f"{where} must have exactly action_id, reason_code and sw (has "
+            f"{', '.join(sorted(str(k)[:20] for k in detail))})"
+        )
+    for key, check in (
+        ("action_id", _text(_ID, "1-64 characters of [A-Za-z0-9._-]")),
+        ("reason_code", _text(_REASON, "1-40 characters of [a-z0-9_]")),
+    ):
         problem = check(detail[key])
         if problem:
             raise ProtocolError(f"{where}: field {key!r} {problem}")

@@ -2,6 +2,7 @@
 
 Everything paho reports is put on a queue as plain tuples; the owner's thread does all the work.
 """
+
 from __future__ import annotations
 
 import logging
@@ -32,9 +33,20 @@ class TlsFiles:
 class MqttLink:
     """One MQTT session that reconnects by itself; events arrive on `self.events`."""
 
-    def __init__(self, client_id: str, host: str, port: int, tls: TlsFiles, *, subscriptions: list[str],
-                 will: tuple[str, bytes] | None = None, keepalive: int = 30, protocol: str = "auto",
-                 max_inflight: int = 20, events: queue.Queue | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        host: str,
+        port: int,
+        tls: TlsFiles,
+        *,
+        subscriptions: list[str],
+        will: tuple[str, bytes] | None = None,
+        keepalive: int = 30,
+        protocol: str = "auto",
+        max_inflight: int = 20,
+        events: queue.Queue | None = None,
+    ) -> None:
         self.client_id, self.host, self.port, self.tls = client_id, host, port, tls
         self.subscriptions = subscriptions
         self.will = will
@@ -48,14 +60,23 @@ class MqttLink:
         self._fallback = False
 
     def _make_client(self) -> paho.Client:
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=self.protocol,
-                        clean_session=True if self.protocol == paho.MQTTv311 else None)
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=self.protocol,
+            clean_session=True if self.protocol == paho.MQTTv311 else None,
+        )
         try:
-            c.tls_set(ca_certs=str(self.tls.ca_file), certfile=str(self.tls.cert_file), keyfile=str(self.tls.key_file),
-                      tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            c.tls_set(
+                ca_certs=str(self.tls.ca_file),
+                certfile=str(self.tls.cert_file),
+                keyfile=str(self.tls.key_file),
+                tls_version=ssl.PROTOCOL_TLS_CLIENT,
+            )
         except (OSError, ssl.SSLError) as exc:
-            raise MqttConfigError(f"cannot load the TLS files ({exc}); check [sync].ca_file, cert_file and key_file") \
-                from None
+            raise MqttConfigError(
+                f"cannot load the TLS files ({exc}); check [sync].ca_file, cert_file and key_file"
+            ) from None
         if self.will:
             c.will_set(self.will[0], self.will[1], qos=1, retain=True)
         c.max_inflight_messages_set(self.max_inflight)
@@ -79,8 +100,13 @@ class MqttLink:
             old.loop_stop()
             old.disconnect()
             self.protocol = paho.MQTTv311
-            log_event(log, "mqtt.protocol_fallback", logging.WARNING, client=self.client_id,
-                      text="the broker refused MQTT 5; reconnecting with MQTT 3.1.1")
+            log_event(
+                log,
+                "mqtt.protocol_fallback",
+                logging.WARNING,
+                client=self.client_id,
+                text="the broker refused MQTT 5; reconnecting with MQTT 3.1.1",
+            )
             self.start()
 
     # paho callbacks (its network thread) -----------------------------------------------------
@@ -92,8 +118,14 @@ class MqttLink:
                 self._fallback = True
                 self.events.put((DISCONNECTED, "broker refused MQTT 5"))
             else:
-                log_event(log, "mqtt.refused", logging.ERROR, client=self.client_id, reason=str(reason_code),
-                          text="the broker refused the connection; check the client certificate and the ACL")
+                log_event(
+                    log,
+                    "mqtt.refused",
+                    logging.ERROR,
+                    client=self.client_id,
+                    reason=str(reason_code),
+                    text="the broker refused the connection; check the client certificate and the ACL",
+                )
             return
         sock = client.socket()
         if sock is not None:

@@ -1,4 +1,5 @@
 """X.509 helpers shared by the platform's CA and the test PKI."""
+
 from __future__ import annotations
 
 import ipaddress

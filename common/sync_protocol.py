@@ -2,6 +2,7 @@
 
 Pure functions on bytes and dicts (no I/O, no clock); the byte-exact specification is docs/sync-protocol.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -9,10 +10,9 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 from cryptography.exceptions import InvalidSignature
@@ -36,8 +36,7 @@ UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST = "up/events", "up/heartbeat", "u
 DOWN_ACK, DOWN_MSG = "down/ack", "down/msg"
 UP_LEAVES = (UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST)
 
-DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "card_action.cancel",
-              "time")
+DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "card_action.cancel", "time")
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
 
 _TID_RE = re.compile(r"[0-9]{12}\Z")
@@ -61,6 +60,7 @@ class SignatureError(ProtocolError):
 # Topics
 # --------------------------------------------------------------------------------------------
 
+
 def terminal_topic(terminal_id: str, leaf: str) -> str:
     return f"{TOPIC_ROOT}/t/{terminal_id}/{leaf}"
 
@@ -83,6 +83,7 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------
 # Canonical JSON and field checks
 # --------------------------------------------------------------------------------------------
+
 
 def canonical(obj: Any) -> bytes:
     """The one byte form of a JSON value that is signed: sorted keys, no spaces, UTF-8, no NaN."""
@@ -155,8 +156,15 @@ def _exact(obj: dict[str, Any], where: str, required: tuple[str, ...], optional:
         raise ProtocolError(f"{where}: unknown field(s) {', '.join(sorted(map(repr, extra)))[:80]}")
 
 
-def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, *, optional: bool = False,
-           default: Any = None) -> Any:
+def _field(
+    obj: dict[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    where: str,
+    *,
+    optional: bool = False,
+    default: Any = None,
+) -> Any:
     if key not in obj:
         if optional:
             return default
@@ -177,8 +185,9 @@ def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
     return value
 
 
-def _match(obj: dict[str, Any], key: str, pattern: re.Pattern[str], where: str, what: str, *,
-           optional: bool = False) -> Any:
+def _match(
+    obj: dict[str, Any], key: str, pattern: re.Pattern[str], where: str, what: str, *, optional: bool = False
+) -> Any:
     value = _field(obj, key, str, where, optional=optional)
     if value is None and optional:
         return None
@@ -190,6 +199,7 @@ def _match(obj: dict[str, Any], key: str, pattern: re.Pattern[str], where: str, 
 # --------------------------------------------------------------------------------------------
 # Signed downlink envelopes
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Envelope:
@@ -204,14 +214,21 @@ def signed_bytes(unsigned: dict[str, Any]) -> bytes:
     return SIGN_DOMAIN + canonical(unsigned)
 
 
-def seal(key: Ed25519PrivateKey, type_: str, target: str, body: dict[str, Any], issued_at: datetime,
-         msg_id: str) -> bytes:
+def seal(
+    key: Ed25519PrivateKey, type_: str, target: str, body: dict[str, Any], issued_at: datetime, msg_id: str
+) -> bytes:
     """Sign and encode one downlink message (the platform side); `msg_id` is fresh and random (the caller draws it:
     this module reads no clock and no randomness)."""
     if type_ not in DOWN_TYPES:
         raise ValueError(f"unknown downlink type {type_!r}")
-    unsigned = {"v": PROTOCOL_VERSION, "type": type_, "id": msg_id, "target": target,
-                "issued_at": format_time(issued_at), "body": body}
+    unsigned = {
+        "v": PROTOCOL_VERSION,
+        "type": type_,
+        "id": msg_id,
+        "target": target,
+        "issued_at": format_time(issued_at),
+        "body": body,
+    }
     sig = key.sign(signed_bytes(unsigned))
     return canonical({**unsigned, "sig": base64.b64encode(sig).decode()})
 
@@ -226,8 +243,10 @@ def open_envelope(payload: bytes, public_key: Ed25519PublicKey) -> Envelope:
         raise ProtocolError(f"downlink type {type_!r:.40} is unknown (known: {', '.join(DOWN_TYPES)})")
     msg_id = _match(obj, "id", _ID_RE, where, "1-64 characters of [A-Za-z0-9._-]")
     target = _field(obj, "target", str, where)
-    if not ((target.startswith("t:") and _TID_RE.match(target[2:])) or
-            (target.startswith("e:") and _EID_RE.match(target[2:]))):
+    if not (
+        (target.startswith("t:") and _TID_RE.match(target[2:]))
+        or (target.startswith("e:") and _EID_RE.match(target[2:]))
+    ):
         raise ProtocolError(f"downlink target {target!r:.40} is not t:<12 digits> or e:<8 digits>")
     issued_at = parse_time(_field(obj, "issued_at", str, where), "downlink issued_at")
     body = _field(obj, "body", dict, where)
@@ -262,6 +281,7 @@ def _check_ack(body: dict[str, Any]) -> None:
 @dataclass(frozen=True, order=True)
 class Epoch:
     """The platform's epoch: its instance identity and generation (bumped by `onecard platform restore-epoch`)."""
+
     generation: int
     instance: str
 
@@ -271,10 +291,12 @@ class Epoch:
 
 def parse_epoch(value: Any, where: str) -> Epoch:
     if not isinstance(value, dict):
-        raise ProtocolError(f"{where}: epoch must be an object {{\"instance\": 32 hex, \"generation\": N}}")
+        raise ProtocolError(f'{where}: epoch must be an object {{"instance": 32 hex, "generation": N}}')
     _exact(value, f"{where} epoch", ("instance", "generation"))
-    return Epoch(_int(value, "generation", f"{where} epoch", 1),
-                 _match(value, "instance", _INSTANCE_RE, f"{where} epoch", "32 lowercase hex digits"))
+    return Epoch(
+        _int(value, "generation", f"{where} epoch", 1),
+        _match(value, "instance", _INSTANCE_RE, f"{where} epoch", "32 lowercase hex digits"),
+    )
 
 
 def _check_snapshot(body: dict[str, Any]) -> None:
@@ -314,7 +336,7 @@ def snapshot_entries(body: dict[str, Any]) -> Iterator[tuple[bytes, str, int]]:
             raise ProtocolError("blacklist.snapshot: group asns is not valid base64") from None
         reason, listed = g["reason"], g["listed_in_version"]
         for i in range(0, len(raw), 8):
-            yield raw[i:i + 8], reason, listed
+            yield raw[i : i + 8], reason, listed
 
 
 def encode_asn_group(asns: list[bytes]) -> str:
@@ -418,15 +440,22 @@ def _check_time(body: dict[str, Any]) -> None:
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
-BODY_CHECKS = {"ack": _check_ack, "blacklist.snapshot": _check_snapshot, "blacklist.delta": _check_delta,
-               "config": _check_config, "card_action": _check_card_action,
-               "card_action.cancel": _check_card_action_cancel, "time": _check_time}
+BODY_CHECKS = {
+    "ack": _check_ack,
+    "blacklist.snapshot": _check_snapshot,
+    "blacklist.delta": _check_delta,
+    "config": _check_config,
+    "card_action": _check_card_action,
+    "card_action.cancel": _check_card_action_cancel,
+    "time": _check_time,
+}
 
 
 # --------------------------------------------------------------------------------------------
 # Uplink payloads (not signed: the broker authenticates the terminal by its TLS client
 # certificate and its ACL lets it publish only under its own terminal ID)
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class WireEvent:
@@ -442,9 +471,16 @@ class WireEvent:
 
 
 def encode_events(terminal_id: str, events: list[WireEvent]) -> bytes:
-    return canonical({"v": PROTOCOL_VERSION, "type": "events", "terminal_id": terminal_id,
-                      "events": [[e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail,
-                                  e.prev_hash, e.hash] for e in events]})
+    return canonical(
+        {
+            "v": PROTOCOL_VERSION,
+            "type": "events",
+            "terminal_id": terminal_id,
+            "events": [
+                [e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.prev_hash, e.hash] for e in events
+            ],
+        }
+    )
 
 
 def _check_detail(text: str, where: str) -> None:
@@ -531,8 +567,9 @@ _DIGEST_DOMAIN = b"onecard.blacklist.v1\x00"
 def blacklist_entry_hash(asn: bytes, reason: str, listed_in_version: int) -> int:
     """One entry's share of a list digest (docs/sync-protocol.md, "Blacklist digest")."""
     data = reason.encode()
-    h = hashlib.sha256(_DIGEST_DOMAIN + bytes(asn) + len(data).to_bytes(4, "big") + data
-                       + listed_in_version.to_bytes(8, "big"))
+    h = hashlib.sha256(
+        _DIGEST_DOMAIN + bytes(asn) + len(data).to_bytes(4, "big") + data + listed_in_version.to_bytes(8, "big")
+    )
     return int.from_bytes(h.digest(), "big")
 
 
@@ -541,8 +578,9 @@ def digest_of(entries: Iterable[tuple[Any, ...]]) -> str:
     total, domain, sha = 0, _DIGEST_DOMAIN, hashlib.sha256
     for asn, reason, listed in entries:
         data = reason.encode()
-        total += int.from_bytes(sha(domain + bytes(asn) + len(data).to_bytes(4, "big") + data
-                                    + listed.to_bytes(8, "big")).digest(), "big")
+        total += int.from_bytes(
+            sha(domain + bytes(asn) + len(data).to_bytes(4, "big") + data + listed.to_bytes(8, "big")).digest(), "big"
+        )
     return f"{total % (1 << 256):064x}"
 
 
@@ -571,8 +609,9 @@ def _epoch_json(epoch: Epoch | None) -> dict[str, Any] | None:
 
 
 def encode_heartbeat(hb: Heartbeat) -> bytes:
-    return canonical({"v": PROTOCOL_VERSION, "type": "heartbeat", **hb.__dict__,
-                      "blacklist_epoch": _epoch_json(hb.blacklist_epoch)})
+    return canonical(
+        {"v": PROTOCOL_VERSION, "type": "heartbeat", **hb.__dict__, "blacklist_epoch": _epoch_json(hb.blacklist_epoch)}
+    )
 
 
 def _optional_epoch(obj: dict[str, Any], key: str, where: str) -> Epoch | None:
@@ -583,17 +622,41 @@ def _optional_epoch(obj: dict[str, Any], key: str, where: str) -> Epoch | None:
 def decode_heartbeat(payload: bytes) -> Heartbeat:
     obj = _load(payload, "heartbeat", "heartbeat")
     w = "heartbeat"
-    _exact(obj, w, ("v", "type", "terminal_id", "sent_at", "head_seq", "acked_seq", "backlog", "blacklist_version",
-                    "config_version", "last_tap_at", "blacklist_epoch", "blacklist_digest"))
+    _exact(
+        obj,
+        w,
+        (
+            "v",
+            "type",
+            "terminal_id",
+            "sent_at",
+            "head_seq",
+            "acked_seq",
+            "backlog",
+            "blacklist_version",
+            "config_version",
+            "last_tap_at",
+            "blacklist_epoch",
+            "blacklist_digest",
+        ),
+    )
     tid = _match(obj, "terminal_id", _TID_RE, w, "12 digits")
     parse_time(_field(obj, "sent_at", str, w), "heartbeat sent_at")
     last_tap = _field(obj, "last_tap_at", (str, type(None)), w)
     if last_tap is not None:
         parse_time(last_tap, "heartbeat last_tap_at")
-    return Heartbeat(tid, obj["sent_at"], _int(obj, "head_seq", w), _int(obj, "acked_seq", w), _int(obj, "backlog", w),
-                     _int(obj, "blacklist_version", w), _int(obj, "config_version", w), last_tap,
-                     _optional_epoch(obj, "blacklist_epoch", w),
-                     _match(obj, "blacklist_digest", _HASH_RE, w, "64 lowercase hex digits"))
+    return Heartbeat(
+        tid,
+        obj["sent_at"],
+        _int(obj, "head_seq", w),
+        _int(obj, "acked_seq", w),
+        _int(obj, "backlog", w),
+        _int(obj, "blacklist_version", w),
+        _int(obj, "config_version", w),
+        last_tap,
+        _optional_epoch(obj, "blacklist_epoch", w),
+        _match(obj, "blacklist_digest", _HASH_RE, w, "64 lowercase hex digits"),
+    )
 
 
 @dataclass(frozen=True)
@@ -606,8 +669,9 @@ class Request:
 
 
 def encode_request(req: Request) -> bytes:
-    return canonical({"v": PROTOCOL_VERSION, "type": "request", **req.__dict__,
-                      "blacklist_epoch": _epoch_json(req.blacklist_epoch)})
+    return canonical(
+        {"v": PROTOCOL_VERSION, "type": "request", **req.__dict__, "blacklist_epoch": _epoch_json(req.blacklist_epoch)}
+    )
 
 
 def decode_request(payload: bytes) -> Request:
@@ -618,5 +682,10 @@ def decode_request(payload: bytes) -> Request:
     want = _field(obj, "want", str, w)
     if want not in REQUEST_WANTS:
         raise ProtocolError(f"request: want {want!r:.30} is not one of {', '.join(REQUEST_WANTS)}")
-    return Request(tid, want, _int(obj, "blacklist_version", w), _int(obj, "config_version", w),
-                   _optional_epoch(obj, "blacklist_epoch", w))
+    return Request(
+        tid,
+        want,
+        _int(obj, "blacklist_version", w),
+        _int(obj, "config_version", w),
+        _optional_epoch(obj, "blacklist_epoch", w),
+    )

@@ -1,5 +1,6 @@
 """Where the command line plugs the simulator and the lab CA into the product, which never imports them
 (README, House rules). `onecard.cli` hands one `Wiring` to every handler as `args.wiring`."""
+
 from __future__ import annotations
 
 import datetime as dt

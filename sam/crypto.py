@@ -2,6 +2,7 @@
 
 Pure functions over bytes for both card algorithms (AES-128 and SM4); no I/O, no state.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -88,8 +89,7 @@ def diversify(algorithm: Algorithm, master_key: bytes, diversification_input: by
     """
     if not 1 <= len(diversification_input) <= _MAX_DIVERSIFICATION_INPUT:
         raise ValueError(
-            f"diversification input must be 1..{_MAX_DIVERSIFICATION_INPUT} bytes, "
-            f"got {len(diversification_input)}"
+            f"diversification input must be 1..{_MAX_DIVERSIFICATION_INPUT} bytes, got {len(diversification_input)}"
         )
     # One ECB encryptor for the three block encryptions (every tap diversifies: this is on the tap path).
     encrypt = Cipher(_cipher_algorithm(algorithm, master_key), modes.ECB()).encryptor().update

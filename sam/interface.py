@@ -4,6 +4,7 @@ A SAM (hardware PSAM or software keystore) holds enterprise master keys. Callers
 (enterprise, purpose, version) and hand over the card's identity; the SAM diversifies the card key
 internally and MACs or verifies. Verification failures raise, so a forgotten check cannot pass.
 """
+
 from __future__ import annotations
 
 import enum
@@ -21,19 +22,19 @@ class Algorithm(enum.IntEnum):
 class KeyPurpose(enum.Enum):
     """What a master key is for; each card key is diversified from exactly one of these."""
 
-    ACCESS = "access"        # door / attendance authenticated read (card MACs its answer)
-    UPDATE = "update"        # secured writes to card files (issuing, re-keying)
+    ACCESS = "access"  # door / attendance authenticated read (card MACs its answer)
+    UPDATE = "update"  # secured writes to card files (issuing, re-keying)
     TRANSPORT = "transport"  # initial keys a card leaves the factory with, replaced by card washing
-    PURCHASE = "purchase"    # e-purse debit session keys (MAC1 / MAC2)
-    LOAD = "load"            # e-purse credit session keys (load MAC1 / MAC2 / MAC3)
-    TAC = "tac"              # transaction authentication codes: held by the platform only
+    PURCHASE = "purchase"  # e-purse debit session keys (MAC1 / MAC2)
+    LOAD = "load"  # e-purse credit session keys (load MAC1 / MAC2 / MAC3)
+    TAC = "tac"  # transaction authentication codes: held by the platform only
 
 
 class KeyUsage(enum.Enum):
     """What a SAM may do with a master key: a door terminal's access key may only verify."""
 
     VERIFY = "verify"  # verify MACs produced by cards
-    MAC = "mac"        # compute MACs that cards will check (terminal-side MACs)
+    MAC = "mac"  # compute MACs that cards will check (terminal-side MACs)
     PERSONALISE = "personalise"  # hand out diversified card keys, only to personalise a card at issuing
     REVERSAL = "reversal"  # LOAD key of a POS: a credit only to reverse this SAM's own last purchase, once
 
@@ -68,12 +69,12 @@ class PurchaseSession:
     """Public values of one purchase (docs/card-application.md 5.2); card.key_version is the purse key version."""
 
     card: CardIdentity
-    card_random: bytes   # 4 bytes from INITIALIZE FOR PURCHASE
-    counter: int         # the card's offline counter from INITIALIZE FOR PURCHASE
-    amount: int          # fen
-    terminal_id: bytes   # 6 bytes BCD
-    date: bytes          # 4 bytes BCD YYYYMMDD, terminal local date
-    time: bytes          # 3 bytes BCD hhmmss
+    card_random: bytes  # 4 bytes from INITIALIZE FOR PURCHASE
+    counter: int  # the card's offline counter from INITIALIZE FOR PURCHASE
+    amount: int  # fen
+    terminal_id: bytes  # 6 bytes BCD
+    date: bytes  # 4 bytes BCD YYYYMMDD, terminal local date
+    time: bytes  # 3 bytes BCD hhmmss
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class LoadSession:
 
     card: CardIdentity
     card_random: bytes
-    counter: int         # the card's online counter from INITIALIZE FOR LOAD
+    counter: int  # the card's online counter from INITIALIZE FOR LOAD
     balance_before: int
     amount: int
     terminal_id: bytes
@@ -153,8 +154,9 @@ class Sam(Protocol):
 
     # --- card administration (docs/card-application.md section 8, docs/key-handling.md section 9) ----
 
-    def wrap_card_key(self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose,
-                      new_version: int) -> tuple[bytes, bytes]:
+    def wrap_card_key(
+        self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose, new_version: int
+    ) -> tuple[bytes, bytes]:
         """PUT KEY's cryptogram: the card's key of `purpose` at `new_version`, encrypted under the session key
         SK_ENC derived from the card's current admin key (TRANSPORT at key version 0, else UPDATE) and the card's
         challenge. Returns (cryptogram 16 bytes, key check value 3 bytes). The key never leaves in clear.

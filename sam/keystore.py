@@ -2,6 +2,7 @@
 
 encode_keystore/decode_keystore work on bytes; load_keystore/save_keystore are the thin file layer.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -19,8 +20,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from sam.crypto import KEY_SIZE, key_check_value
 from common import files
+from sam.crypto import KEY_SIZE, key_check_value
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 
 MAGIC = b"ONECARD-KEYSTORE"
@@ -61,6 +62,7 @@ class KeystoreError(SamError):
 
 # --- names ----------------------------------------------------------------------------------------
 
+
 def parse_enterprise_id(text: str) -> bytes:
     """'00010001' -> b'\\x00\\x01\\x00\\x01' (4-byte BCD, written as its 8 decimal digits)."""
     if not _ENTERPRISE_RE.fullmatch(text):
@@ -92,6 +94,7 @@ def describe_key(enterprise_id: bytes, purpose: KeyPurpose, version: int, algori
 
 
 # --- keys -----------------------------------------------------------------------------------------
+
 
 class SecretKey:
     """16 key bytes that do not show themselves in repr, str, f-strings, logs or pickles."""
@@ -175,7 +178,11 @@ class MasterKey:
 
     def info(self) -> KeyInfo:
         return KeyInfo(
-            self.enterprise_id, self.purpose, self.version, self.algorithm, self.usages,
+            self.enterprise_id,
+            self.purpose,
+            self.version,
+            self.algorithm,
+            self.usages,
             key_check_value(self.algorithm, self.key.reveal()),
         )
 
@@ -279,6 +286,7 @@ class Keystore:
 
 # --- unlocking ------------------------------------------------------------------------------------
 
+
 class KeystoreUnlock:
     """What opens a keystore: a passphrase (KEK by scrypt) or a device secret (KEK by HKDF-SHA256)."""
 
@@ -324,7 +332,9 @@ class KeystoreUnlock:
         return cls.from_passphrase(data, source=f"passphrase file {path}")
 
     @classmethod
-    def from_device_secret_file(cls, path: str | os.PathLike[str], setting: str = "--device-secret-file") -> KeystoreUnlock:
+    def from_device_secret_file(
+        cls, path: str | os.PathLike[str], setting: str = "--device-secret-file"
+    ) -> KeystoreUnlock:
         """Read a device secret file; every byte counts, nothing is stripped."""
         data = _read_secret_file(path, "device secret file", setting)
         return cls.from_device_secret(data, source=f"device secret file {path}")
@@ -349,6 +359,7 @@ def _read_secret_file(path: str | os.PathLike[str], what: str, option: str) -> b
 
 
 # --- header ---------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class _ScryptParams:
@@ -400,7 +411,9 @@ def _parse_kek_line(line: bytes) -> _ScryptParams | _HkdfParams | None:
             return None
         if not all(_DECIMAL_RE.fullmatch(values[k]) for k in (b"n", b"r", b"p")):
             return None
-        return _ScryptParams(bytes.fromhex(values[b"salt"].decode()), int(values[b"n"]), int(values[b"r"]), int(values[b"p"]))
+        return _ScryptParams(
+            bytes.fromhex(values[b"salt"].decode()), int(values[b"n"]), int(values[b"r"]), int(values[b"p"])
+        )
     if names == [b"kek", b"hkdf", b"salt", b"info"] and values[b"kek"] == b"device-secret":
         if values[b"hkdf"] != b"sha256" or not _HEX_SALT_RE.fullmatch(values[b"salt"]):
             return None
@@ -413,9 +426,9 @@ def _parse_kek_line(line: bytes) -> _ScryptParams | _HkdfParams | None:
 def _derive_kek(params: _ScryptParams | _HkdfParams, unlock: KeystoreUnlock) -> bytes:
     if isinstance(params, _ScryptParams):
         return Scrypt(salt=params.salt, length=KEK_SIZE, n=params.n, r=params.r, p=params.p).derive(unlock._secret)
-    return HKDF(
-        algorithm=hashes.SHA256(), length=KEK_SIZE, salt=params.salt, info=params.info.encode()
-    ).derive(unlock._secret)
+    return HKDF(algorithm=hashes.SHA256(), length=KEK_SIZE, salt=params.salt, info=params.info.encode()).derive(
+        unlock._secret
+    )
 
 
 # --- payload --------------------------------------------------------------------------------------
@@ -453,8 +466,11 @@ def _parse_payload(payload: bytes) -> Keystore:
         document = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("payload is not JSON") from None
-    if (not isinstance(document, dict) or set(document) not in ({"keys"}, {"keys", "master_card"})
-            or not isinstance(document["keys"], list)):
+    if (
+        not isinstance(document, dict)
+        or set(document) not in ({"keys"}, {"keys", "master_card"})
+        or not isinstance(document["keys"], list)
+    ):
         raise ValueError("payload is not an object with a 'keys' list")
     anchor = _parse_anchor(document["master_card"]) if "master_card" in document else None
     keys = []
@@ -465,7 +481,11 @@ def _parse_payload(payload: bytes) -> Keystore:
         if not isinstance(key_hex, str) or not re.fullmatch(rf"[0-9a-f]{{{2 * KEY_SIZE}}}", key_hex):
             raise ValueError(f"key entry {index}: key is not {KEY_SIZE} bytes of lowercase hex")
         usages = entry["usages"]
-        if not isinstance(usages, list) or not all(isinstance(u, str) for u in usages) or len(set(usages)) != len(usages):
+        if (
+            not isinstance(usages, list)
+            or not all(isinstance(u, str) for u in usages)
+            or len(set(usages)) != len(usages)
+        ):
             raise ValueError(f"key entry {index}: usages must be a list of distinct names")
         for name in ("enterprise_id", "purpose", "algorithm"):
             if not isinstance(entry[name], str):
@@ -493,13 +513,21 @@ def _parse_anchor(doc: object) -> MasterCardAnchor:
         raise ValueError("master_card enterprise_id and public_key must be text")
     if not re.fullmatch(r"[0-9a-f]{64}", doc["public_key"]):
         raise ValueError("master_card public_key is not 32 bytes of lowercase hex")
-    return MasterCardAnchor(parse_enterprise_id(doc["enterprise_id"]), bytes.fromhex(doc["public_key"]), doc["last_counter"])
+    return MasterCardAnchor(
+        parse_enterprise_id(doc["enterprise_id"]), bytes.fromhex(doc["public_key"]), doc["last_counter"]
+    )
 
 
 # --- bytes <-> keystore ---------------------------------------------------------------------------
 
+
 def encode_keystore(
-    keystore: Keystore, unlock: KeystoreUnlock, *, scrypt_n: int = SCRYPT_N, scrypt_r: int = SCRYPT_R, scrypt_p: int = SCRYPT_P
+    keystore: Keystore,
+    unlock: KeystoreUnlock,
+    *,
+    scrypt_n: int = SCRYPT_N,
+    scrypt_r: int = SCRYPT_R,
+    scrypt_p: int = SCRYPT_P,
 ) -> bytes:
     """The complete keystore file for these keys, sealed under a fresh salt and nonce."""
     salt = secrets.token_bytes(SALT_SIZE)
@@ -531,7 +559,7 @@ def decode_keystore(data: bytes, unlock: KeystoreUnlock, source: str = "keystore
     magic_end = data.find(b"\n", 0, MAX_HEADER_SIZE)
     if magic_end < 0:
         raise KeystoreError(corrupt.format("no end of the first header line"))
-    version_text = data[len(magic_prefix):magic_end]
+    version_text = data[len(magic_prefix) : magic_end]
     if not _DECIMAL_RE.fullmatch(version_text):
         raise KeystoreError(corrupt.format("format version is not a number"))
     version = int(version_text)
@@ -543,24 +571,28 @@ def decode_keystore(data: bytes, unlock: KeystoreUnlock, source: str = "keystore
     kek_end = data.find(b"\n", magic_end + 1, MAX_HEADER_SIZE)
     if kek_end < 0:
         raise KeystoreError(corrupt.format("no end of the KEK header line"))
-    params = _parse_kek_line(data[magic_end + 1:kek_end])
+    params = _parse_kek_line(data[magic_end + 1 : kek_end])
     if params is None:
         raise KeystoreError(corrupt.format("KEK header line is malformed"))
-    header = data[:kek_end + 1]
+    header = data[: kek_end + 1]
     if isinstance(params, _ScryptParams):
         problem = _check_scrypt_params(params.n, params.r, params.p)
         if problem:
             raise KeystoreError(corrupt.format(problem))
-    body = data[len(header):]
+    body = data[len(header) :]
     if len(body) < NONCE_SIZE + TAG_SIZE + 1:
         raise KeystoreError(corrupt.format(f"{len(body)} bytes after the header"))
 
     wanted = KeystoreUnlock.PASSPHRASE if isinstance(params, _ScryptParams) else KeystoreUnlock.DEVICE_SECRET
     if unlock.kind != wanted:
         if wanted == KeystoreUnlock.PASSPHRASE:
-            raise KeystoreError(f"keystore {source} is locked with a passphrase, not a device secret; "
-                                "unlock it with its passphrase file")
-        raise KeystoreError(f"keystore {source} is locked with a device secret, not a passphrase; unlock it with its device secret file")
+            raise KeystoreError(
+                f"keystore {source} is locked with a passphrase, not a device secret; "
+                "unlock it with its passphrase file"
+            )
+        raise KeystoreError(
+            f"keystore {source} is locked with a device secret, not a passphrase; unlock it with its device secret file"
+        )
 
     try:
         payload = AESGCM(_derive_kek(params, unlock)).decrypt(body[:NONCE_SIZE], body[NONCE_SIZE:], header)
@@ -579,10 +611,13 @@ def decode_keystore(data: bytes, unlock: KeystoreUnlock, source: str = "keystore
         return _parse_payload(payload)
     except ValueError as e:
         # Authentic but unusable: written by a buggy or newer writer, not by corruption in storage.
-        raise KeystoreError(f"keystore {source} decrypted but its contents are invalid ({e}); restore it from backup") from None
+        raise KeystoreError(
+            f"keystore {source} decrypted but its contents are invalid ({e}); restore it from backup"
+        ) from None
 
 
 # --- files ----------------------------------------------------------------------------------------
+
 
 def load_keystore(path: str | os.PathLike[str], unlock: KeystoreUnlock) -> Keystore:
     """Read and open a keystore file; never writes."""
@@ -596,7 +631,9 @@ def load_keystore(path: str | os.PathLike[str], unlock: KeystoreUnlock) -> Keyst
     except OSError as e:
         raise KeystoreError(f"cannot read keystore {path} ({e.strerror}); check its path and permissions") from None
     if len(data) > MAX_FILE_SIZE:
-        raise KeystoreError(f"{path} is larger than {MAX_FILE_SIZE} bytes, so not a onecard keystore; check the keystore path")
+        raise KeystoreError(
+            f"{path} is larger than {MAX_FILE_SIZE} bytes, so not a onecard keystore; check the keystore path"
+        )
     return decode_keystore(data, unlock, source=str(path))
 
 
@@ -611,13 +648,17 @@ def save_keystore(
     """Write the keystore atomically with mode 0600; an existing file is replaced only if overwrite."""
     path = Path(path)
     if not overwrite and os.path.lexists(path):
-        raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)")
+        raise KeystoreError(
+            f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)"
+        )
     data = encode_keystore(keystore, unlock, scrypt_n=scrypt_n)
     try:
         files.write_atomically(path, data, overwrite=overwrite)
     except FileExistsError:
-        raise KeystoreError(f"keystore {path} already exists; choose another path or explicitly ask to overwrite it "
-                            "(--force)") from None
+        raise KeystoreError(
+            f"keystore {path} already exists; choose another path or explicitly ask to overwrite it (--force)"
+        ) from None
     except OSError as e:
-        raise KeystoreError(f"cannot write keystore {path} ({e.strerror}); check that the directory exists, free "
-                            "space and permissions") from None
+        raise KeystoreError(
+            f"cannot write keystore {path} ({e.strerror}); check that the directory exists, free space and permissions"
+        ) from None

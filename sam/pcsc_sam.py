@@ -4,6 +4,7 @@ The same code talks to the simulated PSAM (simulator/psam.py through vpcd) and t
 SAM slot. It builds and parses APDU bytes around a connection; status words become the exceptions SoftwareSam
 raises. Inputs are checked here first, with SoftwareSam's rules, so a bad call fails the same way on both.
 """
+
 from __future__ import annotations
 
 import threading
@@ -41,8 +42,12 @@ AID = bytes.fromhex("F04F4E454341524450")
 SELECT = bytes([0x00, 0xA4, 0x04, 0x00, len(AID)]) + AID + b"\x00"
 
 PURPOSE_CODES = {
-    KeyPurpose.ACCESS: 0x01, KeyPurpose.UPDATE: 0x02, KeyPurpose.TRANSPORT: 0x03,
-    KeyPurpose.PURCHASE: 0x04, KeyPurpose.LOAD: 0x05, KeyPurpose.TAC: 0x06,
+    KeyPurpose.ACCESS: 0x01,
+    KeyPurpose.UPDATE: 0x02,
+    KeyPurpose.TRANSPORT: 0x03,
+    KeyPurpose.PURCHASE: 0x04,
+    KeyPurpose.LOAD: 0x05,
+    KeyPurpose.TAC: 0x06,
 }
 _PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
 USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
@@ -79,13 +84,23 @@ def card_block(card: CardIdentity) -> bytes:
     if type(version) is not int or not 0 <= version <= 255:
         from sam.interface import InvalidCardIdentity
 
-        raise InvalidCardIdentity(f"card key version {version!r} is not 0..255; the card data is malformed, reject the card")
+        raise InvalidCardIdentity(
+            f"card key version {version!r} is not 0..255; the card data is malformed, reject the card"
+        )
     return m + bytes([version, int(algorithm)])
 
 
 def _load_fields(session: LoadSession) -> bytes:
-    return (card_block(session.card) + session.card_random + _u16(session.counter) + _u32(session.balance_before)
-            + _u32(session.amount) + session.terminal_id + session.date + session.time)
+    return (
+        card_block(session.card)
+        + session.card_random
+        + _u16(session.counter)
+        + _u32(session.balance_before)
+        + _u32(session.amount)
+        + session.terminal_id
+        + session.date
+        + session.time
+    )
 
 
 def decode_key_info(entry: bytes) -> KeyInfo:
@@ -223,9 +238,13 @@ class PcscSam:
 
     # --- status words -------------------------------------------------------------------------------
 
-    def _fail(self, sw: int, what: str, card: CardIdentity, purpose: KeyPurpose, usage: str, mac_problem: str) -> SamError:
+    def _fail(
+        self, sw: int, what: str, card: CardIdentity, purpose: KeyPurpose, usage: str, mac_problem: str
+    ) -> SamError:
         algorithm = _card_algorithm(card)
-        desc = describe_key(card.enterprise_id, purpose, 0 if purpose is KeyPurpose.TRANSPORT else card.key_version, algorithm)
+        desc = describe_key(
+            card.enterprise_id, purpose, 0 if purpose is KeyPurpose.TRANSPORT else card.key_version, algorithm
+        )
         if sw == 0x9302:
             return MacVerificationError(mac_problem)
         if sw == 0x6A88:
@@ -239,29 +258,48 @@ class PcscSam:
                 "insert a PSAM made from a keystore that allows it ('onecard sam restrict --role ...')"
             )
         if sw == 0x6985:
-            return ReversalRefused("reversal refused by the PSAM: not this SAM's last purchase "
-                                   "(card, amount or TSN differ, or there is none); "
-                                   "only the last purchase can be undone, on the same card and for the same amount", "not-last")
+            return ReversalRefused(
+                "reversal refused by the PSAM: not this SAM's last purchase "
+                "(card, amount or TSN differ, or there is none); "
+                "only the last purchase can be undone, on the same card and for the same amount",
+                "not-last",
+            )
         if sw == 0x6983:
-            return ReversalRefused("reversal refused by the PSAM: the debit was never proven (its MAC2 was not verified by "
-                                   "this PSAM); verify the purchase's MAC2 before undoing it", "not-debited")
+            return ReversalRefused(
+                "reversal refused by the PSAM: the debit was never proven (its MAC2 was not verified by "
+                "this PSAM); verify the purchase's MAC2 before undoing it",
+                "not-debited",
+            )
         if sw == 0x6984:
-            return ReversalRefused("reversal refused by the PSAM: that purchase has already been undone once; it cannot be undone again", "reversed")
+            return ReversalRefused(
+                "reversal refused by the PSAM: that purchase has already been undone once; it cannot be undone again",
+                "reversed",
+            )
         if sw == 0x6A84:
-            return TsnExhausted(f"the PSAM in {self.name!r} has used every TSN and cannot sign another purchase; replace the PSAM")
+            return TsnExhausted(
+                f"the PSAM in {self.name!r} has used every TSN and cannot sign another purchase; replace the PSAM"
+            )
         if sw == 0x6581:
-            return SamError(f"the PSAM in {self.name!r} could not write its memory during {what} (6581); replace the PSAM")
+            return SamError(
+                f"the PSAM in {self.name!r} could not write its memory during {what} (6581); replace the PSAM"
+            )
         if sw == 0x6A80:
-            return InvalidPurseInput(f"the PSAM in {self.name!r} refused the data of {what} (6A80); "
-                                     "check the card's answer and the session values")
-        return SamError(f"the PSAM in {self.name!r} answered {what} with status {sw:04X}; check it is a onecard PSAM (docs/psam.md)")
+            return InvalidPurseInput(
+                f"the PSAM in {self.name!r} refused the data of {what} (6A80); "
+                "check the card's answer and the session values"
+            )
+        return SamError(
+            f"the PSAM in {self.name!r} answered {what} with status {sw:04X}; check it is a onecard PSAM (docs/psam.md)"
+        )
 
     def _expect(self, sw: int, data: bytes, size: int, what: str, *fail_args) -> bytes:
         if sw != SW_OK:
             raise self._fail(sw, what, *fail_args)
         if len(data) != size:
-            raise SamError(f"the PSAM in {self.name!r} answered {what} with {len(data)} data bytes, "
-                           f"expected {size}; replace the PSAM")
+            raise SamError(
+                f"the PSAM in {self.name!r} answered {what} with {len(data)} data bytes, "
+                f"expected {size}; replace the PSAM"
+            )
         return data
 
     # --- Sam protocol -------------------------------------------------------------------------------
@@ -269,8 +307,11 @@ class PcscSam:
     def has_key(self, enterprise_id: bytes, purpose: KeyPurpose, version: int, algorithm: Algorithm) -> bool:
         with self._lock:
             self._ensure()
-            return any((i.enterprise_id, i.purpose, i.version, i.algorithm) == (bytes(enterprise_id), purpose, version, algorithm)
-                       for i in self._infos)
+            return any(
+                (i.enterprise_id, i.purpose, i.version, i.algorithm)
+                == (bytes(enterprise_id), purpose, version, algorithm)
+                for i in self._infos
+            )
 
     def key_infos(self) -> list[KeyInfo]:
         with self._lock:
@@ -284,12 +325,18 @@ class PcscSam:
             answer = self._raw(bytes([0x80, 0xCA, 0x00, len(infos), 0x00]), "GET KEY INFO")
             sw, data = int.from_bytes(answer[-2:], "big"), answer[:-2]
             if sw != SW_OK or not data or (len(data) - 1) % KEY_INFO_SIZE:
-                raise SamError(f"the PSAM in {self.name!r} answered GET KEY INFO with {answer.hex().upper()}; replace the PSAM")
+                raise SamError(
+                    f"the PSAM in {self.name!r} answered GET KEY INFO with {answer.hex().upper()}; replace the PSAM"
+                )
             total, entries = data[0], data[1:]
             try:
-                infos += [decode_key_info(entries[i:i + KEY_INFO_SIZE]) for i in range(0, len(entries), KEY_INFO_SIZE)]
+                infos += [
+                    decode_key_info(entries[i : i + KEY_INFO_SIZE]) for i in range(0, len(entries), KEY_INFO_SIZE)
+                ]
             except ValueError as exc:
-                raise SamError(f"the PSAM in {self.name!r} lists a key this onecard does not know ({exc}); upgrade onecard") from None
+                raise SamError(
+                    f"the PSAM in {self.name!r} lists a key this onecard does not know ({exc}); upgrade onecard"
+                ) from None
             if len(infos) >= total or not entries:
                 return infos
 
@@ -301,26 +348,49 @@ class PcscSam:
                 f"card MAC is {len(mac)} bytes, expected {crypto.MAC_SIZE} (card ASN {card.asn.hex()}); reject the card"
             )
         if len(message) > MAX_VERIFY_MESSAGE:
-            raise SamError(f"message of {len(message)} bytes is longer than a PSAM checks ({MAX_VERIFY_MESSAGE}); shorten it")
+            raise SamError(
+                f"message of {len(message)} bytes is longer than a PSAM checks ({MAX_VERIFY_MESSAGE}); shorten it"
+            )
         data = block + mac + message
-        sw, answer = self._command(bytes([0x80, 0x7A, 0x00, PURPOSE_CODES[purpose], len(data)]) + data, "VERIFY CARD MAC")
-        self._expect(sw, answer, 0, "VERIFY CARD MAC", card, purpose, "verify",
-                     f"card MAC does not verify for {purpose.value} (card ASN {card.asn.hex()}, enterprise "
-                     f"{card.enterprise_id.hex()}): the data is forged, altered, or from a cloned card; reject the card")
+        sw, answer = self._command(
+            bytes([0x80, 0x7A, 0x00, PURPOSE_CODES[purpose], len(data)]) + data, "VERIFY CARD MAC"
+        )
+        self._expect(
+            sw,
+            answer,
+            0,
+            "VERIFY CARD MAC",
+            card,
+            purpose,
+            "verify",
+            f"card MAC does not verify for {purpose.value} (card ASN {card.asn.hex()}, enterprise "
+            f"{card.enterprise_id.hex()}): the data is forged, altered, or from a cloned card; reject the card",
+        )
 
     def card_mac(self, purpose: KeyPurpose, card: CardIdentity, message: bytes) -> bytes:
         _refuse_purse_purpose(purpose)
         block = card_block(card)
         if len(message) > MAX_MAC_MESSAGE:
-            raise SamError(f"message of {len(message)} bytes is longer than a PSAM MACs ({MAX_MAC_MESSAGE}); shorten it")
+            raise SamError(
+                f"message of {len(message)} bytes is longer than a PSAM MACs ({MAX_MAC_MESSAGE}); shorten it"
+            )
         data = block + message
-        sw, answer = self._command(bytes([0x80, 0x7C, 0x00, PURPOSE_CODES[purpose], len(data)]) + data + b"\x08", "CARD MAC")
+        sw, answer = self._command(
+            bytes([0x80, 0x7C, 0x00, PURPOSE_CODES[purpose], len(data)]) + data + b"\x08", "CARD MAC"
+        )
         return self._expect(sw, answer, 8, "CARD MAC", card, purpose, "mac", "")
 
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
         check_purchase(session)
-        data = (card_block(session.card) + session.card_random + _u16(session.counter) + _u32(session.amount)
-                + session.terminal_id + session.date + session.time)
+        data = (
+            card_block(session.card)
+            + session.card_random
+            + _u16(session.counter)
+            + _u32(session.amount)
+            + session.terminal_id
+            + session.date
+            + session.time
+        )
         sw, answer = self._command(bytes([0x80, 0x70, 0x00, 0x00, len(data)]) + data + b"\x0c", "INIT SAM FOR PURCHASE")
         answer = self._expect(sw, answer, 12, "INIT SAM FOR PURCHASE", session.card, KeyPurpose.PURCHASE, "mac", "")
         return int.from_bytes(answer[:4], "big"), answer[4:]
@@ -329,32 +399,64 @@ class PcscSam:
         check_purchase(session)
         check_tsn(tsn)
         check_mac(mac2, "purchase MAC2")
-        data = (card_block(session.card) + session.card_random + _u16(session.counter) + _u32(tsn) + _u32(session.amount)
-                + mac2)
+        data = (
+            card_block(session.card)
+            + session.card_random
+            + _u16(session.counter)
+            + _u32(tsn)
+            + _u32(session.amount)
+            + mac2
+        )
         sw, answer = self._command(bytes([0x80, 0x72, 0x00, 0x00, len(data)]) + data, "VERIFY PURCHASE MAC2")
-        self._expect(sw, answer, 0, "VERIFY PURCHASE MAC2", session.card, KeyPurpose.PURCHASE, "verify",
-                     f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, TSN {tsn}): "
-                     "the card did not make this debit, or the answer was altered; do not count the purchase as paid")
+        self._expect(
+            sw,
+            answer,
+            0,
+            "VERIFY PURCHASE MAC2",
+            session.card,
+            KeyPurpose.PURCHASE,
+            "verify",
+            f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, TSN {tsn}): "
+            "the card did not make this debit, or the answer was altered; do not count the purchase as paid",
+        )
 
     def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
         check_load(session)
         check_mac(mac1, "load MAC1")
         data = _load_fields(session) + mac1
         sw, answer = self._command(bytes([0x80, 0x74, 0x00, 0x00, len(data)]) + data + b"\x08", "LOAD MAC2")
-        return self._expect(sw, answer, 8, "LOAD MAC2", session.card, KeyPurpose.LOAD, "mac", self._mac1_problem(session))
+        return self._expect(
+            sw, answer, 8, "LOAD MAC2", session.card, KeyPurpose.LOAD, "mac", self._mac1_problem(session)
+        )
 
     def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
         check_load(session)
         check_mac(mac3, "load MAC3")
         if session.balance_before + session.amount > 0xFFFFFFFF:
-            raise InvalidPurseInput(f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; "
-                                    "no card can have credited it")
-        data = (card_block(session.card) + session.card_random + _u16(session.counter) + _u32(session.balance_before)
-                + _u32(session.amount) + mac3)
+            raise InvalidPurseInput(
+                f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; "
+                "no card can have credited it"
+            )
+        data = (
+            card_block(session.card)
+            + session.card_random
+            + _u16(session.counter)
+            + _u32(session.balance_before)
+            + _u32(session.amount)
+            + mac3
+        )
         sw, answer = self._command(bytes([0x80, 0x76, 0x00, 0x00, len(data)]) + data, "VERIFY LOAD MAC3")
-        self._expect(sw, answer, 0, "VERIFY LOAD MAC3", session.card, KeyPurpose.LOAD, "verify a load MAC3",
-                     f"load MAC3 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
-                     "the card did not prove the credit; check the card with GET TRANSACTION PROVE before loading again")
+        self._expect(
+            sw,
+            answer,
+            0,
+            "VERIFY LOAD MAC3",
+            session.card,
+            KeyPurpose.LOAD,
+            "verify a load MAC3",
+            f"load MAC3 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
+            "the card did not prove the credit; check the card with GET TRANSACTION PROVE before loading again",
+        )
 
     def reversal_mac2(self, session: LoadSession, mac1: bytes, purchase_tsn: int) -> bytes:
         check_load(session)
@@ -362,13 +464,17 @@ class PcscSam:
         check_mac(mac1, "load MAC1")
         data = _load_fields(session) + mac1 + _u32(purchase_tsn)
         sw, answer = self._command(bytes([0x80, 0x78, 0x00, 0x00, len(data)]) + data + b"\x08", "REVERSAL MAC2")
-        return self._expect(sw, answer, 8, "REVERSAL MAC2", session.card, KeyPurpose.LOAD, "reversal", self._mac1_problem(session))
+        return self._expect(
+            sw, answer, 8, "REVERSAL MAC2", session.card, KeyPurpose.LOAD, "reversal", self._mac1_problem(session)
+        )
 
     @staticmethod
     def _mac1_problem(session: LoadSession) -> str:
-        return (f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
-                "the card's INITIALIZE FOR LOAD answer is forged or altered, "
-                "or the session values differ from it; do not load")
+        return (
+            f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
+            "the card's INITIALIZE FOR LOAD answer is forged or altered, "
+            "or the session values differ from it; do not load"
+        )
 
     # --- key loading from the key master card (docs/psam.md 4.9, docs/keys.md 6) ---------------------
 
@@ -376,11 +482,15 @@ class PcscSam:
         """BEGIN KEY LOAD: the PSAM's serial, a fresh ephemeral X25519 public key and whom it trusts."""
         sw, answer = self._command(bytes([0x80, 0xE0, 0x00, 0x00, 0x00]), "BEGIN KEY LOAD")
         if sw != SW_OK:
-            raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {sw:04X}; it cannot be loaded from a "
-                           "key master card (a PSAM older than docs/psam.md 4.9?): "
-                           "make a new one with 'onecard sim new-blank-psam'")
+            raise SamError(
+                f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {sw:04X}; it cannot be loaded from a "
+                "key master card (a PSAM older than docs/psam.md 4.9?): "
+                "make a new one with 'onecard sim new-blank-psam'"
+            )
         if len(answer) != 77 or answer[40] > 2:
-            raise SamError(f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {len(answer)} bytes; replace the PSAM")
+            raise SamError(
+                f"the PSAM in {self.name!r} answered BEGIN KEY LOAD with {len(answer)} bytes; replace the PSAM"
+            )
         return KeyLoadChallenge(answer[:8], answer[8:40], answer[40], answer[41:45], answer[45:77])
 
     def load_keys(self, blob: bytes) -> int:
@@ -389,7 +499,7 @@ class PcscSam:
         Raises KeyLoadRefused naming the PSAM's reason. The PSAM drops its ephemeral key after the last block,
         whatever the outcome: call begin_key_load again (and make a new export) to retry.
         """
-        blocks = [blob[i:i + LOAD_BLOCK] for i in range(0, len(blob), LOAD_BLOCK)] or [b""]
+        blocks = [blob[i : i + LOAD_BLOCK] for i in range(0, len(blob), LOAD_BLOCK)] or [b""]
         with self._lock:
             self._ensure()
             for index, block in enumerate(blocks):
@@ -400,7 +510,9 @@ class PcscSam:
                 if sw != SW_OK:
                     raise KeyLoadRefused(_LOAD_REFUSALS.get(sw, f"status {sw:04X}").format(name=self.name), sw)
             if len(data) != 1:
-                raise SamError(f"the PSAM in {self.name!r} answered LOAD KEYS with {len(data)} data bytes; replace the PSAM")
+                raise SamError(
+                    f"the PSAM in {self.name!r} answered LOAD KEYS with {len(data)} data bytes; replace the PSAM"
+                )
             self._infos = self._read_key_infos()
             self._started_with = frozenset(self._infos)  # keys loaded through this object: still the same PSAM
             return data[0]
@@ -411,14 +523,14 @@ LOAD_BLOCK = 240
 _LOAD_REFUSALS = {
     0x6985: "the PSAM in {name!r} has no key load in progress (it was reset); run the load again",
     0x6A80: "the PSAM in {name!r} refused the export as malformed or holding keys a PSAM never holds; export for a "
-            "PSAM role (door, pos, top-up)",
+    "PSAM role (door, pos, top-up)",
     0x6988: "the PSAM in {name!r} refused the export: it was made for another PSAM or an earlier session (a replay), "
-            "or altered; make a new export for this PSAM",
+    "or altered; make a new export for this PSAM",
     0x6982: "the PSAM in {name!r} refused the export: it is not signed by the key master card this PSAM trusts "
-            "(二次洗卡 needs the enterprise's own master card), or the PSAM was personalised without one; "
-            "use that master card, or make a new PSAM",
+    "(二次洗卡 needs the enterprise's own master card), or the PSAM was personalised without one; "
+    "use that master card, or make a new PSAM",
     0x6A89: "the PSAM in {name!r} already holds a key of that name with other bytes; "
-            "this export is from another key set",
+    "this export is from another key set",
     0x6581: "the PSAM in {name!r} could not write its memory during LOAD KEYS (6581); replace the PSAM",
     0x6700: "the PSAM in {name!r} refused the export as too long; export fewer key versions",
 }

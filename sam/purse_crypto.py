@@ -3,12 +3,12 @@
 Shared by the card (simulator), the SAMs and the platform, so all three compute the same bytes.
 Each takes the card key of the relevant purpose; diversification happens before (sam.crypto.diversify).
 """
+
 from __future__ import annotations
 
 from common import transactions as tx
 from sam.crypto import block_encrypt, mac8
 from sam.interface import Algorithm
-
 
 
 def _u32(value: int) -> bytes:
@@ -61,10 +61,24 @@ def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> byt
     return mac8(alg, sk, _u32(balance_after) + _u32(amount))
 
 
-def tac(alg: Algorithm, k_tac: bytes, *, amount: int, tx_type: int, terminal_id: bytes, tsn: int, date: bytes,
-        time: bytes, counter: int, balance_after: int) -> bytes:
+def tac(
+    alg: Algorithm,
+    k_tac: bytes,
+    *,
+    amount: int,
+    tx_type: int,
+    terminal_id: bytes,
+    tsn: int,
+    date: bytes,
+    time: bytes,
+    counter: int,
+    balance_after: int,
+) -> bytes:
     _check(bytes(4), terminal_id, date, time)
     if tx_type not in (tx.LOAD, tx.PURCHASE):
         raise ValueError(f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06)")
-    return mac8(alg, k_tac, _u32(amount) + bytes([tx_type]) + terminal_id + _u32(tsn) + date + time
-                + _u16(counter) + _u32(balance_after))
+    return mac8(
+        alg,
+        k_tac,
+        _u32(amount) + bytes([tx_type]) + terminal_id + _u32(tsn) + date + time + _u16(counter) + _u32(balance_after),
+    )

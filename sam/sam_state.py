@@ -4,6 +4,7 @@ SamState is an immutable value with pure transition functions (sans-I/O): Softwa
 PSAM apply the same rules. Stores persist it: MemoryStateStore (tests, in-memory SAMs) and StateFile (the
 software SAM's `<keystore>.state`, replaced atomically and fsync'd before a TSN leaves the SAM).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,9 +57,12 @@ class StateFileError(SamError):
 
 # --- input checks (shared by SoftwareSam, PcscSam and the PSAM) -------------------------------------
 
+
 def check_amount(amount: object) -> int:
     if type(amount) is not int or not 1 <= amount <= AMOUNT_MAX:
-        raise InvalidPurseInput(f"amount {amount!r} is not 1..{AMOUNT_MAX} fen; pass the amount in fen as a positive integer")
+        raise InvalidPurseInput(
+            f"amount {amount!r} is not 1..{AMOUNT_MAX} fen; pass the amount in fen as a positive integer"
+        )
     return amount
 
 
@@ -99,7 +103,9 @@ def check_load(session: LoadSession) -> None:
     check_counter(session.counter)
     check_amount(session.amount)
     if type(session.balance_before) is not int or not 0 <= session.balance_before <= AMOUNT_MAX:
-        raise InvalidPurseInput(f"balance before {session.balance_before!r} is not 0..{AMOUNT_MAX} fen; pass the balance the card returned")
+        raise InvalidPurseInput(
+            f"balance before {session.balance_before!r} is not 0..{AMOUNT_MAX} fen; pass the balance the card returned"
+        )
 
 
 def check_mac(mac: object, what: str) -> bytes:
@@ -108,11 +114,14 @@ def check_mac(mac: object, what: str) -> bytes:
 
     if not isinstance(mac, bytes) or len(mac) != 8:
         length = len(mac) if isinstance(mac, (bytes, bytearray)) else "?"
-        raise MacVerificationError(f"{what} is {length} bytes, expected 8; the card's answer is malformed, treat the transaction as failed")
+        raise MacVerificationError(
+            f"{what} is {length} bytes, expected 8; the card's answer is malformed, treat the transaction as failed"
+        )
     return mac
 
 
 # --- the state --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LastPurchase:
@@ -120,7 +129,7 @@ class LastPurchase:
     enterprise_id: bytes
     amount: int
     tsn: int
-    debited: bool = False   # this SAM verified the card's MAC2 for it: the debit happened
+    debited: bool = False  # this SAM verified the card's MAC2 for it: the debit happened
     # The card's online counter when a reversal MAC2 was handed out (None: not yet). A credit always moves that
     # counter on, so a new reversal session at the same counter proves the earlier MAC2 was never applied (and,
     # bound to a card session that has ended, never can be): the undo may be retried, and still happens once.
@@ -155,7 +164,8 @@ class SamState:
         return replace(self, last_purchase=replace(last, debited=True))
 
     def check_reversal(self, card: CardIdentity, amount: int, tsn: int, counter: int) -> None:
-        """Raise ReversalRefused unless a load of amount on card (online counter `counter`) may undo purchase tsn now."""
+        """Raise ReversalRefused unless a load of amount on card (online counter `counter`) may undo purchase tsn
+        now."""
         last = self.last_purchase
         if last is None or not _same(last, card, amount, tsn):
             raise ReversalRefused(
@@ -182,19 +192,30 @@ class SamState:
 
 
 def _same(last: LastPurchase, card: CardIdentity, amount: int, tsn: int) -> bool:
-    return (hmac.compare_digest(last.asn, bytes(card.asn)) and last.enterprise_id == bytes(card.enterprise_id)
-            and last.amount == amount and last.tsn == tsn)
+    return (
+        hmac.compare_digest(last.asn, bytes(card.asn))
+        and last.enterprise_id == bytes(card.enterprise_id)
+        and last.amount == amount
+        and last.tsn == tsn
+    )
 
 
 # --- encoding ---------------------------------------------------------------------------------------
+
 
 def state_to_json(state: SamState) -> dict:
     last = state.last_purchase
     return {
         "last_tsn": state.last_tsn,
-        "last_purchase": None if last is None else {
-            "asn": last.asn.hex(), "enterprise_id": last.enterprise_id.hex(), "amount": last.amount,
-            "tsn": last.tsn, "debited": last.debited, "reversal_counter": last.reversal_counter,
+        "last_purchase": None
+        if last is None
+        else {
+            "asn": last.asn.hex(),
+            "enterprise_id": last.enterprise_id.hex(),
+            "amount": last.amount,
+            "tsn": last.tsn,
+            "debited": last.debited,
+            "reversal_counter": last.reversal_counter,
         },
     }
 
@@ -225,8 +246,17 @@ def state_from_json(doc: object) -> SamState:
         raise ValueError("last_purchase.debited is not a boolean, or reversal_counter is not null or 0..65535")
     if counter is not None and not raw["debited"]:
         raise ValueError("last_purchase has a reversal_counter without being debited")
-    return SamState(last_tsn, LastPurchase(bytes.fromhex(raw["asn"]), bytes.fromhex(raw["enterprise_id"]), raw["amount"],
-                                           raw["tsn"], raw["debited"], counter))
+    return SamState(
+        last_tsn,
+        LastPurchase(
+            bytes.fromhex(raw["asn"]),
+            bytes.fromhex(raw["enterprise_id"]),
+            raw["amount"],
+            raw["tsn"],
+            raw["debited"],
+            counter,
+        ),
+    )
 
 
 def encode_state(state: SamState) -> bytes:
@@ -242,20 +272,21 @@ def decode_state(data: bytes) -> SamState:
     json_end = data.find(b"\n", len(STATE_MAGIC))
     if json_end < 0:
         raise ValueError("no end of the JSON line")
-    body, trailer = data[:json_end + 1], data[json_end + 1:]
+    body, trailer = data[: json_end + 1], data[json_end + 1 :]
     match = _CHECKSUM_RE.fullmatch(trailer)
     if not match:
         raise ValueError("the checksum line is missing or malformed")
     if not hmac.compare_digest(match.group(1), hashlib.sha256(body).hexdigest().encode()):
         raise ValueError("the checksum does not match the contents")
     try:
-        doc = json.loads(body[len(STATE_MAGIC):].decode("utf-8"))
+        doc = json.loads(body[len(STATE_MAGIC) :].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("the JSON line is not JSON") from None
     return state_from_json(doc)
 
 
 # --- stores -----------------------------------------------------------------------------------------
+
 
 class StateStore(Protocol):
     def load(self) -> SamState:
@@ -294,7 +325,9 @@ class StateFile:
         except FileNotFoundError:
             return SamState()
         except OSError as e:
-            raise StateFileError(f"cannot read SAM state file {self.path} ({e.strerror}); check its path and permissions") from None
+            raise StateFileError(
+                f"cannot read SAM state file {self.path} ({e.strerror}); check its path and permissions"
+            ) from None
         try:
             if len(data) > MAX_STATE_FILE_SIZE:
                 raise ValueError(f"larger than {MAX_STATE_FILE_SIZE} bytes")
@@ -315,5 +348,6 @@ def write_atomically(path: Path, data: bytes, what: str) -> None:
     try:
         files.write_atomically(path, data)
     except OSError as e:
-        raise StateFileError(f"cannot write {what} {path} ({e.strerror}); check free space, permissions and that "
-                             "the directory exists") from None
+        raise StateFileError(
+            f"cannot write {what} {path} ({e.strerror}); check free space, permissions and that the directory exists"
+        ) from None

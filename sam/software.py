@@ -1,4 +1,5 @@
 """SoftwareSam: the Sam protocol over a keystore file, for terminals without a hardware PSAM and for tests."""
+
 from __future__ import annotations
 
 import hmac
@@ -65,7 +66,10 @@ class SoftwareSam:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike[str], unlock: KeystoreUnlock, state_path: str | os.PathLike[str] | None = None,
+        cls,
+        path: str | os.PathLike[str],
+        unlock: KeystoreUnlock,
+        state_path: str | os.PathLike[str] | None = None,
         state: StateStore | None = None,
     ) -> SoftwareSam:
         """The keystore at path, with its purse state in `state` (a terminal keeps it in its event log:
@@ -106,7 +110,9 @@ class SoftwareSam:
             state = self._state.after_purchase(session.card, session.amount)
             tsn = state.last_tsn
             sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
-            mac1 = purse_crypto.purchase_mac1(algorithm, sk, session.amount, session.terminal_id, session.date, session.time)
+            mac1 = purse_crypto.purchase_mac1(
+                algorithm, sk, session.amount, session.terminal_id, session.date, session.time
+            )
             # Durable before the TSN leaves: after a crash the next purchase gets tsn + 1, never tsn again.
             self._commit(state)
         return tsn, mac1
@@ -119,7 +125,8 @@ class SoftwareSam:
         sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
         if not hmac.compare_digest(purse_crypto.purchase_mac2(algorithm, sk, session.amount), mac2):
             raise MacVerificationError(
-                f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, TSN {tsn}): "
+                f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, "
+                f"TSN {tsn}): "
                 "the card did not make this debit, or the answer was altered; do not count the purchase as paid"
             )
         with self._lock:
@@ -138,7 +145,10 @@ class SoftwareSam:
         check_mac(mac3, "load MAC3")
         balance_after = session.balance_before + session.amount
         if balance_after > 0xFFFFFFFF:
-            raise InvalidPurseInput(f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; no card can have credited it")
+            raise InvalidPurseInput(
+                f"balance {session.balance_before} + {session.amount} fen overflows 4 bytes; "
+                "no card can have credited it"
+            )
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, _MAC3_USAGES)
         sk = purse_crypto.load_session_key(algorithm, k_load, session.card_random, session.counter)
         if not hmac.compare_digest(purse_crypto.load_mac3(algorithm, sk, balance_after, session.amount), mac3):
@@ -161,8 +171,18 @@ class SoftwareSam:
         return mac2
 
     def verify_tac(
-        self, card: CardIdentity, *, amount: int, tx_type: int, terminal_id: bytes, tsn: int, date: bytes, time: bytes,
-        counter: int, balance_after: int, tac: bytes,
+        self,
+        card: CardIdentity,
+        *,
+        amount: int,
+        tx_type: int,
+        terminal_id: bytes,
+        tsn: int,
+        date: bytes,
+        time: bytes,
+        counter: int,
+        balance_after: int,
+        tac: bytes,
     ) -> None:
         """The platform's check of a card's TAC (docs/card-application.md 5.2); needs TAC with usage VERIFY."""
         check_fields(None, terminal_id, date, time)
@@ -171,16 +191,31 @@ class SoftwareSam:
         if type(tsn) is not int or not 0 <= tsn <= 0xFFFFFFFF:  # 0 is a load's TSN
             raise InvalidPurseInput(f"TSN {tsn!r} is not 0..4294967295; pass the TSN of the log record (0 for a load)")
         if type(balance_after) is not int or not 0 <= balance_after <= 0xFFFFFFFF:
-            raise InvalidPurseInput(f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance")
+            raise InvalidPurseInput(
+                f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance"
+            )
         if tx_type not in (tx.PURCHASE, tx.LOAD):
-            raise InvalidPurseInput(f"transaction type {tx_type!r} is neither 0x06 (purchase) nor 0x02 (load); pass the log record's type")
+            raise InvalidPurseInput(
+                f"transaction type {tx_type!r} is neither 0x06 (purchase) nor 0x02 (load); pass the log record's type"
+            )
         check_mac(tac, "TAC")
         algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)
-        expected = purse_crypto.tac(algorithm, k_tac, amount=amount, tx_type=tx_type, terminal_id=terminal_id, tsn=tsn,
-                                    date=date, time=time, counter=counter, balance_after=balance_after)
+        expected = purse_crypto.tac(
+            algorithm,
+            k_tac,
+            amount=amount,
+            tx_type=tx_type,
+            terminal_id=terminal_id,
+            tsn=tsn,
+            date=date,
+            time=time,
+            counter=counter,
+            balance_after=balance_after,
+        )
         if not hmac.compare_digest(expected, tac):
             raise MacVerificationError(
-                f"TAC does not verify (card ASN {card.asn.hex()}, counter {counter}, terminal {terminal_id.hex()}, TSN {tsn}): "
+                f"TAC does not verify (card ASN {card.asn.hex()}, counter {counter}, terminal {terminal_id.hex()}, "
+                f"TSN {tsn}): "
                 "the log record is forged or altered; quarantine it and investigate the terminal"
             )
 
@@ -191,7 +226,8 @@ class SoftwareSam:
         if not hmac.compare_digest(expected, mac1):
             raise MacVerificationError(
                 f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
-                "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; do not load"
+                "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; "
+                "do not load"
             )
         return purse_crypto.load_mac2(algorithm, sk, session.amount, session.terminal_id, session.date, session.time)
 
@@ -212,16 +248,21 @@ class SoftwareSam:
         masters = [self._master(purpose, card, KeyUsage.PERSONALISE) for purpose in dict.fromkeys(purposes)]
         return {master.purpose: crypto.diversify(master.algorithm, master.key.reveal(), m) for master in masters}
 
-    def wrap_card_key(self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose,
-                      new_version: int) -> tuple[bytes, bytes]:
+    def wrap_card_key(
+        self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose, new_version: int
+    ) -> tuple[bytes, bytes]:
         if purpose is KeyPurpose.TRANSPORT:
-            raise KeyUsageError("transport keys are written at the factory, never by PUT KEY; wash the card to "
-                                "enterprise keys (version 1..255) instead")
+            raise KeyUsageError(
+                "transport keys are written at the factory, never by PUT KEY; wash the card to "
+                "enterprise keys (version 1..255) instead"
+            )
         if type(new_version) is not int or not 1 <= new_version <= 255:
             raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
         if len(challenge) != crypto.CHALLENGE_SIZE:
-            raise InvalidCardIdentity(f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
-                                      "the card's GET CHALLENGE answer is malformed, reject the card")
+            raise InvalidCardIdentity(
+                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
+                "the card's GET CHALLENGE answer is malformed, reject the card"
+            )
         admin_purpose = admin_purpose_of(card)
         target = CardIdentity(card.asn, card.enterprise_id, new_version, card.algorithm)
         # Both keys checked before either is derived: a refusal hands out nothing.
@@ -231,8 +272,10 @@ class SoftwareSam:
         admin_key = crypto.diversify(admin.algorithm, admin.key.reveal(), m)
         new_key = crypto.diversify(new.algorithm, new.key.reveal(), m)
         sk_enc = crypto.secure_session_key(admin.algorithm, admin_key, challenge)
-        return (crypto.block_encrypt(admin.algorithm, sk_enc, new_key),
-                bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)))
+        return (
+            crypto.block_encrypt(admin.algorithm, sk_enc, new_key),
+            bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
+        )
 
     def _card_key(
         self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage | frozenset[KeyUsage]
@@ -248,7 +291,9 @@ class SoftwareSam:
         # A card has one key version for its issued keys; transport keys are always version 0.
         version = TRANSPORT_VERSION if purpose is KeyPurpose.TRANSPORT else card.key_version
         if type(version) is not int or not 0 <= version <= 255:
-            raise InvalidCardIdentity(f"card key version {version!r} is not 0..255; the card data is malformed, reject the card")
+            raise InvalidCardIdentity(
+                f"card key version {version!r} is not 0..255; the card data is malformed, reject the card"
+            )
         master = self._keystore.get(card.enterprise_id, purpose, version, algorithm)
         if master is None:
             raise KeyNotFound(
@@ -274,7 +319,8 @@ def admin_purpose_of(card: CardIdentity) -> KeyPurpose:
 def _refuse_purse_purpose(purpose: KeyPurpose) -> None:
     if purpose in PURSE_PURPOSES:
         raise KeyUsageError(
-            f"{purpose.value} keys are used only through the purse methods (purchase_mac1, load_mac2, verify_tac, ...), "
+            f"{purpose.value} keys are used only through the purse methods "
+            "(purchase_mac1, load_mac2, verify_tac, ...), "
             "never for generic card MACs; call the purse method for this step"
         )
 
@@ -293,4 +339,6 @@ def _diversification_input(card: CardIdentity) -> bytes:
     try:
         return crypto.card_diversification_input(card.asn, card.enterprise_id)
     except (TypeError, ValueError) as e:
-        raise InvalidCardIdentity(f"cannot diversify a card key: {e}; the card data is malformed, reject the card") from None
+        raise InvalidCardIdentity(
+            f"cannot diversify a card key: {e}; the card data is malformed, reject the card"
+        ) from None

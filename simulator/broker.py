@@ -2,6 +2,7 @@
 
 For tests, benchmarks and the live demo: production brokers are configured from deploy/mosquitto/.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,6 +23,8 @@ from simulator.test_pki import CertFiles, TestCa
 
 MOSQUITTO = os.environ.get("ONECARD_MOSQUITTO", "/usr/sbin/mosquitto")
 TEST_PLATFORM_WORKERS = 8  # certificates and ACL blocks for platform workers w0..w7
+
+
 class BrokerError(Exception):
     """The private mosquitto cannot be started; the message says why and what to install or check."""
 
@@ -57,8 +60,9 @@ def make_pki(directory: Path, terminals: dict[str, str]) -> Pki:
     clients = {cn: ca.issue(cn) for cn in [*worker_cns(TEST_PLATFORM_WORKERS), *terminals]}
     key = Ed25519PrivateKey.generate()
     pub = directory / "platform-ed25519.pub"
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return Pki(directory, ca.files, ca.issue("127.0.0.1", server=True), clients, key, pub)
 
 
@@ -75,29 +79,41 @@ class Broker:
 
     def __post_init__(self) -> None:
         if not (shutil.which(MOSQUITTO) or os.path.exists(MOSQUITTO)):
-            raise BrokerError(f"mosquitto is not installed ({MOSQUITTO} not found); install it with "
-                              "`apt-get install mosquitto` (deploy/setup-debian.sh does) or set ONECARD_MOSQUITTO")
+            raise BrokerError(
+                f"mosquitto is not installed ({MOSQUITTO} not found); install it with "
+                "`apt-get install mosquitto` (deploy/setup-debian.sh does) or set ONECARD_MOSQUITTO"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.acl = self.workdir / "acl"
-        self.acl.write_text(render_acl(self.terminals, TEST_PLATFORM_WORKERS, stations=self.stations),
-                            encoding="utf-8")
+        self.acl.write_text(render_acl(self.terminals, TEST_PLATFORM_WORKERS, stations=self.stations), encoding="utf-8")
         self.log = self.workdir / "mosquitto.log"
         self.conf = self.workdir / "mosquitto.conf"
-        self.conf.write_text(render_conf(port=self.port, ca=self.pki.ca.cert, server=self.pki.server, acl=self.acl,
-                                         log_file=self.log, user=pwd.getpwuid(os.getuid()).pw_name),
-                             encoding="utf-8")
+        self.conf.write_text(
+            render_conf(
+                port=self.port,
+                ca=self.pki.ca.cert,
+                server=self.pki.server,
+                acl=self.acl,
+                log_file=self.log,
+                user=pwd.getpwuid(os.getuid()).pw_name,
+            ),
+            encoding="utf-8",
+        )
 
     def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace").strip().splitlines()
                 tail = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
-                raise BrokerError(f"mosquitto exited with status {self.proc.returncode} at start: "
-                                  f"{(err or tail or ['no output'])[-1]}; see {self.conf}")
+                raise BrokerError(
+                    f"mosquitto exited with status {self.proc.returncode} at start: "
+                    f"{(err or tail or ['no output'])[-1]}; see {self.conf}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return

@@ -4,6 +4,7 @@ The card is a state machine fed command APDUs. Its persistent state (files, keys
 JSON file per card, playing the part of the chip's EEPROM: written atomically before a response leaves
 the card, so a tear or a crash never loses a counter step that a terminal may have seen.
 """
+
 from __future__ import annotations
 
 import hmac
@@ -56,8 +57,8 @@ SW_INSUFFICIENT = b"\x94\x01"
 SW_KEY_INDEX = b"\x94\x03"
 SW_NO_PROOF = b"\x94\x06"
 SW_MAC = b"\x93\x02"
-SW_NO_CHALLENGE = b"\x69\x82"   # secured command without a fresh GET CHALLENGE just before it (= SW_SECURITY)
-SW_SM_MAC = b"\x69\x88"         # secured command whose MAC does not verify: nothing changed
+SW_NO_CHALLENGE = b"\x69\x82"  # secured command without a fresh GET CHALLENGE just before it (= SW_SECURITY)
+SW_SM_MAC = b"\x69\x88"  # secured command whose MAC does not verify: nothing changed
 SW_NO_RECORD = b"\x6a\x83"
 
 SFI_RECORDS = 5
@@ -88,7 +89,7 @@ class Purse:
     """The e-purse of docs/card-application.md section 5: balance, counters, keys and the last 10 transactions."""
 
     balance: int
-    expiry: bytes            # BCD date, last day a purchase is accepted
+    expiry: bytes  # BCD date, last day a purchase is accepted
     max_balance: int
     key_version: int
     purchase_key: bytes
@@ -105,18 +106,31 @@ class Purse:
         return next((r for r in self.records if r["type"] == tx_type and r["counter"] == counter), None)
 
     def to_json(self) -> dict:
-        return {"balance": self.balance, "expiry": self.expiry.hex(), "max_balance": self.max_balance,
-                "key_version": self.key_version, "offline_counter": self.offline_counter,
-                "online_counter": self.online_counter, "records": self.records,
-                "keys": {"purchase": self.purchase_key.hex(), "load": self.load_key.hex(), "tac": self.tac_key.hex()}}
+        return {
+            "balance": self.balance,
+            "expiry": self.expiry.hex(),
+            "max_balance": self.max_balance,
+            "key_version": self.key_version,
+            "offline_counter": self.offline_counter,
+            "online_counter": self.online_counter,
+            "records": self.records,
+            "keys": {"purchase": self.purchase_key.hex(), "load": self.load_key.hex(), "tac": self.tac_key.hex()},
+        }
 
     @classmethod
     def from_json(cls, doc: dict) -> Purse:
-        return cls(balance=int(doc["balance"]), expiry=bytes.fromhex(doc["expiry"]),
-                   max_balance=int(doc["max_balance"]), key_version=int(doc["key_version"]),
-                   purchase_key=bytes.fromhex(doc["keys"]["purchase"]), load_key=bytes.fromhex(doc["keys"]["load"]),
-                   tac_key=bytes.fromhex(doc["keys"]["tac"]), offline_counter=int(doc["offline_counter"]),
-                   online_counter=int(doc["online_counter"]), records=list(doc["records"]))
+        return cls(
+            balance=int(doc["balance"]),
+            expiry=bytes.fromhex(doc["expiry"]),
+            max_balance=int(doc["max_balance"]),
+            key_version=int(doc["key_version"]),
+            purchase_key=bytes.fromhex(doc["keys"]["purchase"]),
+            load_key=bytes.fromhex(doc["keys"]["load"]),
+            tac_key=bytes.fromhex(doc["keys"]["tac"]),
+            offline_counter=int(doc["offline_counter"]),
+            online_counter=int(doc["online_counter"]),
+            records=list(doc["records"]),
+        )
 
 
 @dataclass
@@ -130,10 +144,10 @@ class CardState:
     algorithm: Algorithm
     card_type: int
     access_key: bytes
-    holder: bytes           # EF_HOLDER, 48 bytes
-    access: bytes           # EF_ACCESS, 32 bytes
+    holder: bytes  # EF_HOLDER, 48 bytes
+    access: bytes  # EF_ACCESS, 32 bytes
     access_counter: int = 0
-    label: str = ""         # who the simulated card belongs to, for people running demos; not on a real card
+    label: str = ""  # who the simulated card belongs to, for people running demos; not on a real card
     purse: Purse | None = None  # None: a card issued without the e-purse
     # The key that secures the administration commands (section 8): K_UPDATE of key_version, or K_TRANSPORT
     # while key_version is 0. None on a card personalised without one: it refuses secured commands.
@@ -157,9 +171,12 @@ class CardState:
                 raise ValueError(problem)
 
     def app_file(self) -> bytes:
-        return (self.asn + self.enterprise_id
-                + bytes([self.status, self.key_version, int(self.algorithm), self.card_type])
-                + bytes(4))
+        return (
+            self.asn
+            + self.enterprise_id
+            + bytes([self.status, self.key_version, int(self.algorithm), self.card_type])
+            + bytes(4)
+        )
 
     def to_json(self) -> dict:
         return {
@@ -171,8 +188,10 @@ class CardState:
             "key_version": self.key_version,
             "algorithm": self.algorithm.name,
             "card_type": self.card_type,
-            "keys": {"access": self.access_key.hex(),
-                     **({} if self.update_key is None else {"update": self.update_key.hex()})},
+            "keys": {
+                "access": self.access_key.hex(),
+                **({} if self.update_key is None else {"update": self.update_key.hex()}),
+            },
             "staged": self.staged,
             "files": {"holder": self.holder.hex(), "access": self.access.hex()},
             "access_counter": self.access_counter,
@@ -243,7 +262,7 @@ def parse_command(apdu: bytes) -> Command | None:
     if len(body) == 1 + lc:
         return Command(cla, ins, p1, p2, body[1:], None)
     if len(body) == 2 + lc:
-        return Command(cla, ins, p1, p2, body[1:1 + lc], body[-1])
+        return Command(cla, ins, p1, p2, body[1 : 1 + lc], body[-1])
     return None
 
 
@@ -315,9 +334,13 @@ class OneCardApplet:
         self.selected = True
         s = self.state
         prop = (
-            _tlv(0xC0, s.asn) + _tlv(0xC1, s.enterprise_id) + _tlv(0xC2, bytes([s.status]))
-            + _tlv(0xC3, bytes([s.key_version])) + _tlv(0xC4, bytes([int(s.algorithm)]))
-            + _tlv(0xC5, bytes([s.card_type])) + _tlv(0xC6, b"\x01")
+            _tlv(0xC0, s.asn)
+            + _tlv(0xC1, s.enterprise_id)
+            + _tlv(0xC2, bytes([s.status]))
+            + _tlv(0xC3, bytes([s.key_version]))
+            + _tlv(0xC4, bytes([int(s.algorithm)]))
+            + _tlv(0xC5, bytes([s.card_type]))
+            + _tlv(0xC6, b"\x01")
             + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
         )
         return _tlv(0x6F, _tlv(0x84, AID) + _tlv(0xA5, prop)) + SW_OK
@@ -338,7 +361,7 @@ class OneCardApplet:
         if offset > len(content):
             return SW_OFFSET
         want = 256 if cmd.le in (None, 0) else cmd.le
-        return content[offset:offset + want] + SW_OK
+        return content[offset : offset + want] + SW_OK
 
     def _access_read(self, cmd: Command) -> bytes:
         if not self.selected:
@@ -358,7 +381,6 @@ class OneCardApplet:
         nonce, terminal_id = cmd.data[:8], cmd.data[8:]
         message = s.asn + s.enterprise_id + bytes([s.key_version]) + nonce + terminal_id + body
         return body + mac8(s.algorithm, s.access_key, message) + SW_OK
-
 
     def _persist(self) -> None:
         if self.store is not None:
@@ -381,10 +403,21 @@ class OneCardApplet:
         if purse.offline_counter >= 0xFFFF:
             return SW_CONDITIONS
         random = os.urandom(4)
-        self.session = {"type": tx.PURCHASE, "amount": amount, "terminal": cmd.data[5:11], "random": random,
-                        "counter": purse.offline_counter}
-        return (purse.balance.to_bytes(4, "big") + purse.offline_counter.to_bytes(2, "big") + bytes(3)
-                + bytes([purse.key_version, int(self.state.algorithm)]) + random + SW_OK)
+        self.session = {
+            "type": tx.PURCHASE,
+            "amount": amount,
+            "terminal": cmd.data[5:11],
+            "random": random,
+            "counter": purse.offline_counter,
+        }
+        return (
+            purse.balance.to_bytes(4, "big")
+            + purse.offline_counter.to_bytes(2, "big")
+            + bytes(3)
+            + bytes([purse.key_version, int(self.state.algorithm)])
+            + random
+            + SW_OK
+        )
 
     def _debit(self, cmd: Command, session) -> bytes:
         if (cmd.p1, cmd.p2) != (0x01, 0x00):
@@ -406,8 +439,18 @@ class OneCardApplet:
             return SW_INSUFFICIENT
         balance_after = purse.balance - amount
         proof = pc.purchase_mac2(alg, sk, amount)
-        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=tx.PURCHASE, terminal_id=session["terminal"],
-                     tsn=tsn, date=date, time=time_, counter=session["counter"], balance_after=balance_after)
+        tac = pc.tac(
+            alg,
+            purse.tac_key,
+            amount=amount,
+            tx_type=tx.PURCHASE,
+            terminal_id=session["terminal"],
+            tsn=tsn,
+            date=date,
+            time=time_,
+            counter=session["counter"],
+            balance_after=balance_after,
+        )
         self._commit(tx.PURCHASE, session, amount, balance_after, tsn, date, time_, proof, tac)
         return tac + proof + SW_OK
 
@@ -419,10 +462,20 @@ class OneCardApplet:
             purse.offline_counter += 1
         else:
             purse.online_counter += 1
-        purse.records.append({"type": tx_type, "counter": session["counter"], "amount": amount,
-                              "terminal": session["terminal"].hex(), "tsn": tsn, "date": date.hex(),
-                              "time": time_.hex(), "balance_after": balance_after, "proof": proof.hex(),
-                              "tac": tac.hex()})
+        purse.records.append(
+            {
+                "type": tx_type,
+                "counter": session["counter"],
+                "amount": amount,
+                "terminal": session["terminal"].hex(),
+                "tsn": tsn,
+                "date": date.hex(),
+                "time": time_.hex(),
+                "balance_after": balance_after,
+                "proof": proof.hex(),
+                "tac": tac.hex(),
+            }
+        )
         del purse.records[:-MAX_RECORDS]
         self._persist()
 
@@ -443,11 +496,23 @@ class OneCardApplet:
         random = os.urandom(4)
         terminal = cmd.data[5:11]
         sk = pc.load_session_key(alg, purse.load_key, random, purse.online_counter)
-        self.session = {"type": tx.LOAD, "amount": amount, "terminal": terminal, "random": random,
-                        "counter": purse.online_counter, "sk": sk}
+        self.session = {
+            "type": tx.LOAD,
+            "amount": amount,
+            "terminal": terminal,
+            "random": random,
+            "counter": purse.online_counter,
+            "sk": sk,
+        }
         mac1 = pc.load_mac1(alg, sk, purse.balance, amount, terminal)
-        return (purse.balance.to_bytes(4, "big") + purse.online_counter.to_bytes(2, "big")
-                + bytes([purse.key_version, int(alg)]) + random + mac1 + SW_OK)
+        return (
+            purse.balance.to_bytes(4, "big")
+            + purse.online_counter.to_bytes(2, "big")
+            + bytes([purse.key_version, int(alg)])
+            + random
+            + mac1
+            + SW_OK
+        )
 
     def _credit(self, cmd: Command, session) -> bytes:
         if (cmd.p1, cmd.p2) != (0x00, 0x00):
@@ -463,8 +528,18 @@ class OneCardApplet:
             return SW_MAC
         balance_after = purse.balance + amount
         proof = pc.load_mac3(alg, sk, balance_after, amount)
-        tac = pc.tac(alg, purse.tac_key, amount=amount, tx_type=tx.LOAD, terminal_id=session["terminal"], tsn=0,
-                     date=date, time=time_, counter=session["counter"], balance_after=balance_after)
+        tac = pc.tac(
+            alg,
+            purse.tac_key,
+            amount=amount,
+            tx_type=tx.LOAD,
+            terminal_id=session["terminal"],
+            tsn=0,
+            date=date,
+            time=time_,
+            counter=session["counter"],
+            balance_after=balance_after,
+        )
         self._commit(tx.LOAD, session, amount, balance_after, 0, date, time_, proof, tac)
         return tac + proof + SW_OK
 
@@ -552,19 +627,29 @@ class OneCardApplet:
             return SW_CONDITIONS
         keys = {name: bytes.fromhex(h) for name, h in staged["keys"].items()}
         purse_keys = [n for n in PURSE_KEY_NAMES if n in keys]
-        if "access" not in keys or "update" not in keys or len(purse_keys) not in (0, 3) \
-                or (s.purse is not None and len(purse_keys) != 3):
+        if (
+            "access" not in keys
+            or "update" not in keys
+            or len(purse_keys) not in (0, 3)
+            or (s.purse is not None and len(purse_keys) != 3)
+        ):
             return SW_CONDITIONS  # a card never runs on a half set: the purse must move with the rest
         v = cmd.p2
         s.key_version, s.access_key, s.update_key, s.staged = v, keys["access"], keys["update"], None
         if purse_keys:
             if s.purse is None:
-                s.purse = Purse(balance=0, expiry=UNISSUED_PURSE_EXPIRY, max_balance=0, key_version=v,
-                                purchase_key=keys["purchase"], load_key=keys["load"], tac_key=keys["tac"])
+                s.purse = Purse(
+                    balance=0,
+                    expiry=UNISSUED_PURSE_EXPIRY,
+                    max_balance=0,
+                    key_version=v,
+                    purchase_key=keys["purchase"],
+                    load_key=keys["load"],
+                    tac_key=keys["tac"],
+                )
             else:
                 s.purse.key_version = v
-                s.purse.purchase_key, s.purse.load_key, s.purse.tac_key = \
-                    keys["purchase"], keys["load"], keys["tac"]
+                s.purse.purchase_key, s.purse.load_key, s.purse.tac_key = keys["purchase"], keys["load"], keys["tac"]
         self._persist()  # one atomic write: before it the old key version, after it the new one
         return SW_OK
 
@@ -598,7 +683,7 @@ class OneCardApplet:
                 return SW_NO_PURSE
             if end > 8:
                 return SW_OFFSET  # the purse key version and RFU bytes are not writable
-            updated = (s.purse.file()[:8])
+            updated = s.purse.file()[:8]
             updated = updated[:offset] + plain + updated[end:]
             expiry, max_balance = updated[:4], int.from_bytes(updated[4:8], "big")
             if not bcd.is_date(expiry) or max_balance < s.purse.balance:
@@ -619,8 +704,13 @@ class OneCardApplet:
             s.status = STATUS_VOIDED  # from now on every purse command answers 69 85: the balance is frozen
             self._persist()
         purse = s.purse
-        frozen = (bytes(8) if purse is None else purse.balance.to_bytes(4, "big")
-                  + purse.offline_counter.to_bytes(2, "big") + purse.online_counter.to_bytes(2, "big"))
+        frozen = (
+            bytes(8)
+            if purse is None
+            else purse.balance.to_bytes(4, "big")
+            + purse.offline_counter.to_bytes(2, "big")
+            + purse.online_counter.to_bytes(2, "big")
+        )
         # The card proves the frozen balance under its admin key: challenge || INS || data (INS 1E, never 84,
         # so a response MAC can never be taken for a command MAC).
         return frozen + mac8(s.algorithm, s.update_key, challenge + b"\x1e" + frozen) + SW_OK
@@ -660,10 +750,18 @@ RECORD_LEN = 44
 
 def record_bytes(r: dict) -> bytes:
     """A transaction record as READ RECORD returns it (section 8.7), 44 bytes."""
-    return (bytes([r["type"]]) + r["counter"].to_bytes(2, "big") + r["amount"].to_bytes(4, "big")
-            + bytes.fromhex(r["terminal"]) + r["tsn"].to_bytes(4, "big") + bytes.fromhex(r["date"])
-            + bytes.fromhex(r["time"]) + r["balance_after"].to_bytes(4, "big") + bytes.fromhex(r["proof"])
-            + bytes.fromhex(r["tac"]))
+    return (
+        bytes([r["type"]])
+        + r["counter"].to_bytes(2, "big")
+        + r["amount"].to_bytes(4, "big")
+        + bytes.fromhex(r["terminal"])
+        + r["tsn"].to_bytes(4, "big")
+        + bytes.fromhex(r["date"])
+        + bytes.fromhex(r["time"])
+        + r["balance_after"].to_bytes(4, "big")
+        + bytes.fromhex(r["proof"])
+        + bytes.fromhex(r["tac"])
+    )
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

@@ -1,11 +1,13 @@
 """Open any simulated card file as it would be put in a reader, whatever its kind."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 from simulator.card import CardStateFile, ForeignCard, OneCardApplet
-from simulator.master_card import STATE_FORMAT as MASTER_CARD_FORMAT, load_master_card
+from simulator.master_card import STATE_FORMAT as MASTER_CARD_FORMAT
+from simulator.master_card import load_master_card
 from simulator.psam import load_psam
 
 

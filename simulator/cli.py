@@ -1,4 +1,5 @@
 """`onecard sim ...`: make simulated cards, show them, and tap them on vpcd readers."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--enterprise", required=True, help="8-digit enterprise ID")
     new.add_argument("--employee", help="employee number (up to 16 ASCII characters)")
     new.add_argument("--name", help="holder name (up to 32 bytes of UTF-8)")
-    new.add_argument("--factory", action="store_true",
-                     help="a card as it leaves the factory: transport keys only, to be washed with 'onecard issue "
-                          "wash' (needs the keystore's TRANSPORT key; --employee and --name are not used)")
+    new.add_argument(
+        "--factory",
+        action="store_true",
+        help="a card as it leaves the factory: transport keys only, to be washed with 'onecard issue "
+        "wash' (needs the keystore's TRANSPORT key; --employee and --name are not used)",
+    )
     new.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5 (1..64)")
     new.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default: today)")
     new.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default: in 3 years)")
@@ -32,7 +36,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     new.add_argument("--card-type", choices=["rfid-sim", "ic-card"], default="rfid-sim")
     new.add_argument("--asn", default=None, help="16 hex digits (default: random)")
     new.add_argument("--no-purse", action="store_true", help="issue without the e-purse (door and attendance only)")
-    new.add_argument("--purse-expiry", default=None, help="YYYY-MM-DD, last day purchases are accepted (default: --valid-to)")
+    new.add_argument(
+        "--purse-expiry", default=None, help="YYYY-MM-DD, last day purchases are accepted (default: --valid-to)"
+    )
     new.add_argument("--max-balance", default="2000.00", help="maximum purse balance in yuan (default 2000.00)")
     new.add_argument("--force", action="store_true", help="replace an existing card file")
     new.set_defaults(handler=cmd_new_card)
@@ -46,13 +52,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     show.add_argument("card", type=Path)
     show.set_defaults(handler=cmd_show)
 
-    readers = sub.add_parser("readers", help="start a private pcscd with virtual (vpcd) readers; print their names "
-                                            "and ports; run until Ctrl-C")
+    readers = sub.add_parser(
+        "readers",
+        help="start a private pcscd with virtual (vpcd) readers; print their names and ports; run until Ctrl-C",
+    )
     readers.add_argument("--count", type=int, default=2, help="how many readers (1..16, default 2)")
     readers.set_defaults(handler=cmd_readers)
 
-    nfc = sub.add_parser("serve-nfc", help="serve one card file to nfcpy's udp driver until Ctrl-C "
-                                           "([reader] driver = \"nfc\")")
+    nfc = sub.add_parser(
+        "serve-nfc", help='serve one card file to nfcpy\'s udp driver until Ctrl-C ([reader] driver = "nfc")'
+    )
     nfc.add_argument("card", type=Path, help="simulated card file (onecard sim new-card / new-foreign-card)")
     nfc.add_argument("--port", type=int, default=54321, help="UDP port on 127.0.0.1 (nfcpy path udp:127.0.0.1:PORT)")
     nfc.add_argument("--uid", default=None, help="fixed UID, 8/14/20 hex digits (default: random at each insertion)")
@@ -61,6 +70,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
 
     from simulator import master_card_cli, psam_cli, tap_cli
     from simulator.card_files import load_card
+
     tap_cli.add_subcommands(sub, load_card)
     psam_cli.add_psam_subcommands(sub)
     master_card_cli.add_subcommands(sub)
@@ -86,8 +96,10 @@ def cmd_new_card(args) -> int:
     if args.factory:
         return _new_factory_card(args)
     if not args.employee or not args.name:
-        raise UserError("--employee and --name are needed for a personalised card (or pass --factory for a card "
-                        "with transport keys, to be washed)")
+        raise UserError(
+            "--employee and --name are needed for a personalised card (or pass --factory for a card "
+            "with transport keys, to be washed)"
+        )
     try:
         groups = frozenset(int(g) for g in args.groups.split(",") if g.strip())
         asn = bytes.fromhex(args.asn) if args.asn else None
@@ -98,14 +110,22 @@ def cmd_new_card(args) -> int:
     today = dt.date.today()
     try:
         p = Personalisation(
-            enterprise_id=bytes.fromhex(args.enterprise), employee_no=args.employee, name=args.name,
-            door_groups=groups, valid_from=_date(args.valid_from, today),
-            valid_to=_date(args.valid_to, today.replace(year=today.year + 3)), time_profile=args.time_profile,
-            algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128, key_version=args.key_version,
-            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM, asn=asn,
-            purse=not args.no_purse, purse_key_version=args.key_version,
+            enterprise_id=bytes.fromhex(args.enterprise),
+            employee_no=args.employee,
+            name=args.name,
+            door_groups=groups,
+            valid_from=_date(args.valid_from, today),
+            valid_to=_date(args.valid_to, today.replace(year=today.year + 3)),
+            time_profile=args.time_profile,
+            algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128,
+            key_version=args.key_version,
+            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM,
+            asn=asn,
+            purse=not args.no_purse,
+            purse_key_version=args.key_version,
             purse_expiry=_date(args.purse_expiry, None) if args.purse_expiry else None,
-            max_balance=parse_yuan(args.max_balance, "--max-balance"))
+            max_balance=parse_yuan(args.max_balance, "--max-balance"),
+        )
     except ValueError as exc:
         raise UserError(f"{exc}; fix that option") from None
     try:
@@ -135,17 +155,23 @@ def _new_factory_card(args) -> int:
         raise UserError("--asn must be 16 hex digits (8 bytes)")
     try:
         sam = SoftwareSam.open(args.keystore, unlock_from_args(args))
-        state = transport_card(sam, bytes.fromhex(args.enterprise), asn=asn,
-                               algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128,
-                               card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM,
-                               label="factory card")
+        state = transport_card(
+            sam,
+            bytes.fromhex(args.enterprise),
+            asn=asn,
+            algorithm=Algorithm.SM4 if args.algorithm == "sm4" else Algorithm.AES128,
+            card_type=CARD_TYPE_IC_CARD if args.card_type == "ic-card" else CARD_TYPE_RFID_SIM,
+            label="factory card",
+        )
         write_card(args.out, state, overwrite=args.force)
     except SamError as exc:
         raise UserError(str(exc)) from None
     except FileExistsError as exc:
         raise UserError(str(exc)) from None
-    print(f"factory card {state.asn.hex().upper()} (transport keys, key version 0) written to {args.out}; wash it "
-          f"with: onecard issue wash --card {args.out} ...")
+    print(
+        f"factory card {state.asn.hex().upper()} (transport keys, key version 0) written to {args.out}; wash it "
+        f"with: onecard issue wash --card {args.out} ..."
+    )
     return 0
 
 
@@ -168,14 +194,20 @@ def cmd_show(args) -> int:
             return 0
         s = CardStateFile(args.card).load()
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read card file {args.card}: {exc}; pass a file made by 'onecard sim new-card'") from None
+        raise UserError(
+            f"cannot read card file {args.card}: {exc}; pass a file made by 'onecard sim new-card'"
+        ) from None
     a = s.access
     print(f"card {s.asn.hex().upper()}  {s.label}")
-    print(f"  enterprise {s.enterprise_id.hex()}  status {STATUS_NAMES.get(s.status, hex(s.status))}"
-          f"  key version {s.key_version}  {s.algorithm.name}")
+    print(
+        f"  enterprise {s.enterprise_id.hex()}  status {STATUS_NAMES.get(s.status, hex(s.status))}"
+        f"  key version {s.key_version}  {s.algorithm.name}"
+    )
     print(f"  holder {s.holder[:16].rstrip(bytes(1)).decode()}  {s.holder[16:].rstrip(bytes(1)).decode()}")
-    print(f"  valid {a[0:4].hex()}..{a[4:8].hex()}  door groups {sorted(parse_door_groups(a[8:16]))}"
-          f"  time profile {a[16]}  access counter {s.access_counter}")
+    print(
+        f"  valid {a[0:4].hex()}..{a[4:8].hex()}  door groups {sorted(parse_door_groups(a[8:16]))}"
+        f"  time profile {a[16]}  access counter {s.access_counter}"
+    )
     return 0
 
 
@@ -195,8 +227,11 @@ def cmd_serve_nfc(args) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with VirtualPicc(args.port, label=str(args.card), fwi=DEFAULT_FWI if args.fwi is None else args.fwi) as picc:
         picc.insert(card, uid=uid)
-        print(f"card in the field at {picc.path}; configure [reader] driver = \"nfc\", path = \"{picc.path}\". "
-              "Ctrl-C to stop.", flush=True)
+        print(
+            f'card in the field at {picc.path}; configure [reader] driver = "nfc", path = "{picc.path}". '
+            "Ctrl-C to stop.",
+            flush=True,
+        )
         try:
             stop.wait()
         except KeyboardInterrupt:
@@ -220,9 +255,12 @@ def cmd_readers(args) -> int:
             for slot in pcscd.slots:
                 print(f"reader {slot.name!r} vpcd port {slot.port}", flush=True)
             print(f"{SOCKET_ENV}={pcscd.socket_path}", flush=True)
-            print(f"ready: in another shell, export {SOCKET_ENV}={pcscd.socket_path}; put a card in a reader with "
-                  f"'onecard sim serve --port PORT --control DIR' and 'onecard sim tap CARD --control DIR'. "
-                  "Ctrl-C stops pcscd.", flush=True)
+            print(
+                f"ready: in another shell, export {SOCKET_ENV}={pcscd.socket_path}; put a card in a reader with "
+                f"'onecard sim serve --port PORT --control DIR' and 'onecard sim tap CARD --control DIR'. "
+                "Ctrl-C stops pcscd.",
+                flush=True,
+            )
             stop.wait()
     except PcscdError as exc:
         raise UserError(str(exc)) from None

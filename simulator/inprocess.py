@@ -1,4 +1,5 @@
 """An in-process reader carrying a simulated card: the same taps, tears and removals as over pcscd, no I/O."""
+
 from __future__ import annotations
 
 import threading
@@ -86,6 +87,8 @@ def reader_with_card(card_file: Path) -> InProcessReader:
     try:
         reader.tap(load_card(card_file))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot load simulated card {card_file}: {exc}; check the path, or create the card with "
-                        "'onecard sim new-card'") from None
+        raise UserError(
+            f"cannot load simulated card {card_file}: {exc}; check the path, or create the card with "
+            "'onecard sim new-card'"
+        ) from None
     return reader

@@ -2,6 +2,7 @@
 
 nfcpy's udp initiator sends one datagram per frame, `<bitrate> <hex>` without CRC, or `RFOFF`; we answer `106A <hex>`.
 """
+
 from __future__ import annotations
 
 import binascii
@@ -11,7 +12,8 @@ import os
 import select
 import socket
 import threading
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import reduce
 
@@ -57,7 +59,7 @@ def historical_bytes(atr: bytes) -> bytes:
         if not y & 0x8 or i > len(atr):
             break
         y = atr[i - 1] >> 4
-    return bytes(atr[i:i + k])
+    return bytes(atr[i : i + k])
 
 
 class StorageTag:
@@ -81,7 +83,7 @@ class StorageTag:
 
     def read(self, page: int) -> bytes:
         start = page * 4 % len(self.memory)
-        return (self.memory + self.memory)[start:start + 16]
+        return (self.memory + self.memory)[start : start + 16]
 
 
 @dataclass
@@ -104,8 +106,15 @@ class TypeAPicc:
     `receive(frame)` returns the frame to answer, None to stay silent, an Apdu to execute, or WTX_GRANTED.
     """
 
-    def __init__(self, uid: bytes, iso_dep: bool = True, fsci: int = DEFAULT_FSCI, fwi: int = DEFAULT_FWI,
-                 historical: bytes = b"", storage: StorageTag | None = None):
+    def __init__(
+        self,
+        uid: bytes,
+        iso_dep: bool = True,
+        fsci: int = DEFAULT_FSCI,
+        fwi: int = DEFAULT_FWI,
+        historical: bytes = b"",
+        storage: StorageTag | None = None,
+    ):
         if len(uid) not in (4, 7, 10) or uid[0] == CASCADE_TAG:
             raise ValueError(f"UID must be 4, 7 or 10 bytes and not start with 88 (got {uid.hex()})")
         if not 0 <= fsci <= 8 or not 0 <= fwi <= 14:
@@ -115,8 +124,11 @@ class TypeAPicc:
         self.fsci, self.fwi = fsci, fwi
         self.historical = bytes(historical[:15])
         self.storage = storage
-        levels = {4: [uid], 7: [bytes([CASCADE_TAG]) + uid[:3], uid[3:]],
-                  10: [bytes([CASCADE_TAG]) + uid[:3], bytes([CASCADE_TAG]) + uid[3:6], uid[6:]]}[len(uid)]
+        levels = {
+            4: [uid],
+            7: [bytes([CASCADE_TAG]) + uid[:3], uid[3:]],
+            10: [bytes([CASCADE_TAG]) + uid[:3], bytes([CASCADE_TAG]) + uid[3:6], uid[6:]],
+        }[len(uid)]
         self._cl = [part + bytes([_bcc(part)]) for part in levels]
         # ATQA bits 8-7 give the UID size; bit 3 ("bit frame anticollision") marks a Type A card that is not Type 1.
         self.atqa = bytes([{4: 0x04, 7: 0x44, 10: 0x84}[len(uid)], 0x00])
@@ -235,7 +247,7 @@ class TypeAPicc:
         return self._send(self._next_block())
 
     def _next_block(self) -> bytes:
-        chunk, self._tx = self._tx[:self.max_inf], self._tx[self.max_inf:]
+        chunk, self._tx = self._tx[: self.max_inf], self._tx[self.max_inf :]
         return bytes([0x02 | self.block_number | (0x10 if self._tx else 0)]) + chunk
 
     def wtx_request(self, wtxm: int) -> bytes:
@@ -312,8 +324,13 @@ class VirtualPicc:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def insert(self, card: VirtualCard | StorageTag, tear_after: int | None = None, label: str | None = None,
-               uid: bytes | None = None) -> None:
+    def insert(
+        self,
+        card: VirtualCard | StorageTag,
+        tear_after: int | None = None,
+        label: str | None = None,
+        uid: bytes | None = None,
+    ) -> None:
         """Put `card` in the field (replacing any card there); `uid` defaults to a fresh random 4-byte UID."""
         if tear_after is not None and tear_after < 1:
             raise ValueError(f"tear_after must be >= 1 (the APDU after which the card leaves), got {tear_after}")
@@ -331,8 +348,15 @@ class VirtualPicc:
             self._slot = _Presence(card, picc, self.label, tear_after)
             self.apdu_count, self.torn, self.removal_reason, self.uid = 0, False, None, uid
             self._removed.clear()
-        log_event(log, "card-inserted", port=self.port, card=self.label, uid=uid.hex(),
-                  iso_dep=picc.iso_dep, tear_after=tear_after)
+        log_event(
+            log,
+            "card-inserted",
+            port=self.port,
+            card=self.label,
+            uid=uid.hex(),
+            iso_dep=picc.iso_dep,
+            tear_after=tear_after,
+        )
 
     def remove(self, reason: str = "removed") -> None:
         """Take the card out of the field now; an APDU in progress finishes on the card but is never answered."""
@@ -415,8 +439,15 @@ class VirtualPicc:
             if was != "protocol" and slot.picc.state == "protocol":
                 slot.activations += 1
                 self.activations += 1
-                log_event(log, "card-activated", port=self.port, card=slot.label, uid=slot.picc.uid.hex(),
-                          fsd=slot.picc.fsd, ats=slot.picc.ats.hex())
+                log_event(
+                    log,
+                    "card-activated",
+                    port=self.port,
+                    card=slot.label,
+                    uid=slot.picc.uid.hex(),
+                    fsd=slot.picc.fsd,
+                    ats=slot.picc.ats.hex(),
+                )
             elif was == "protocol" and slot.picc.state == "halt":
                 log_event(log, "card-deselected", port=self.port, card=slot.label)
             if not isinstance(result, Apdu):
@@ -437,8 +468,12 @@ class VirtualPicc:
             self._cond.notify_all()
             if self._slot is not slot:
                 return  # removed while the card worked: the answer is lost
-            if leaving is None and response is not None and slot.tear_after is not None \
-                    and slot.apdus >= slot.tear_after:
+            if (
+                leaving is None
+                and response is not None
+                and slot.tear_after is not None
+                and slot.apdus >= slot.tear_after
+            ):
                 leaving = f"torn-after-apdu-{slot.apdus}"
                 self.torn = True
             if leaving is not None:
@@ -453,8 +488,9 @@ class VirtualPicc:
 
         None: the field went away while the card worked, so there is no one to answer.
         """
-        log_event(log, "apdu", level=logging.DEBUG, port=self.port, n=slot.apdus, header=apdu[:5].hex(),
-                  length=len(apdu))
+        log_event(
+            log, "apdu", level=logging.DEBUG, port=self.port, n=slot.apdus, header=apdu[:5].hex(), length=len(apdu)
+        )
         future = self._worker.submit(slot.card.transmit, apdu)
         fwt = fwt_seconds(slot.picc.fwi)
         wtxm = max(1, min(59, math.ceil(0.1 / fwt)))
@@ -472,8 +508,15 @@ class VirtualPicc:
                 future.result()
                 return None
             wait = wtxm * fwt / 2
-        log_event(log, "apdu-answered", level=logging.DEBUG, port=self.port, n=slot.apdus, length=len(response),
-                  sw=response[-2:].hex())
+        log_event(
+            log,
+            "apdu-answered",
+            level=logging.DEBUG,
+            port=self.port,
+            n=slot.apdus,
+            length=len(response),
+            sw=response[-2:].hex(),
+        )
         return response
 
     def _send_wtx(self, slot: _Presence, request: bytes, addr: tuple[str, int], timeout: float) -> bool:
@@ -531,13 +574,17 @@ def _bind_udp(host: str, port: int) -> socket.socket:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise OSError(exc.errno, f"cannot bind UDP {host}:{port} for the simulated card ({exc.strerror}); "
-                                     "choose a free port or 0") from None
+            raise OSError(
+                exc.errno,
+                f"cannot bind UDP {host}:{port} for the simulated card ({exc.strerror}); choose a free port or 0",
+            ) from None
         bound = sock.getsockname()[1]
         if socket.getnameinfo((host, bound), socket.NI_NUMERICHOST)[1].isdigit():
             return sock
         sock.close()
         if port:
-            raise ValueError(f"UDP port {port} has a service name in /etc/services, which nfcpy's udp driver "
-                             "cannot parse; choose another port")
+            raise ValueError(
+                f"UDP port {port} has a service name in /etc/services, which nfcpy's udp driver "
+                "cannot parse; choose another port"
+            )
     raise OSError("no free UDP port without a service name; check /etc/services")

@@ -3,6 +3,7 @@
 pcscd 1.9 ignores PCSCLITE_CSOCK_NAME (only the client library reads it), so it runs in its own mount
 namespace where /run/pcscd is a directory of ours; clients reach it through PCSCLITE_CSOCK_NAME.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,9 +31,11 @@ SOCKET_ENV = "PCSCLITE_CSOCK_NAME"
 # (and needs no /run/pcscd on the host); our run dir then becomes /run/pcscd, where pcscd 1.9 insists on living.
 # The socket is ours, handed over systemd-style on fd 3: it exists and queues clients before pcscd starts, since
 # pcscd 1.9 logs "daemon ready" before it creates its own socket.
-_NAMESPACE_SCRIPT = ('mount -t tmpfs -o mode=0755 onecard-run /run && mkdir /run/pcscd && '
-                     'mount --bind "$0" /run/pcscd && LISTEN_PID=$$ LISTEN_FDS=1 '
-                     'exec "$1" --foreground --info --config "$2"')
+_NAMESPACE_SCRIPT = (
+    "mount -t tmpfs -o mode=0755 onecard-run /run && mkdir /run/pcscd && "
+    'mount --bind "$0" /run/pcscd && LISTEN_PID=$$ LISTEN_FDS=1 '
+    'exec "$1" --foreground --info --config "$2"'
+)
 # Where no mount namespace is allowed (e.g. a container without CAP_SYS_ADMIN): pcscd shares the host's
 # /run/pcscd for its pid file only, which is safe while no system pcscd lives there.
 _SHARED_RUN_SCRIPT = 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$1" --foreground --info --config "$2"'
@@ -103,16 +106,21 @@ def check_installed() -> str:
     """Return the pcscd path, or raise PcscdError naming the missing package."""
     pcscd = find_pcscd()
     if not VPCD_DRIVER.exists():
-        raise PcscdError(f"vpcd driver {VPCD_DRIVER} is missing; install it: apt-get install vsmartcard-vpcd "
-                         "(or run deploy/setup-debian.sh)")
+        raise PcscdError(
+            f"vpcd driver {VPCD_DRIVER} is missing; install it: apt-get install vsmartcard-vpcd "
+            "(or run deploy/setup-debian.sh)"
+        )
     if not shutil.which("unshare"):
-        raise PcscdError("unshare is missing (needed to isolate the private pcscd); install it: apt-get install util-linux")
+        raise PcscdError(
+            "unshare is missing (needed to isolate the private pcscd); install it: apt-get install util-linux"
+        )
     return pcscd
 
 
 @contextlib.contextmanager
-def private_pcscd(n_readers: int = 4, workdir: str | os.PathLike | None = None,
-                  start_timeout: float = 10.0) -> Iterator[PrivatePcscd]:
+def private_pcscd(
+    n_readers: int = 4, workdir: str | os.PathLike | None = None, start_timeout: float = 10.0
+) -> Iterator[PrivatePcscd]:
     """Run pcscd with `n_readers` vpcd readers until the block exits (SIGTERM, then SIGKILL after 5 s).
 
     Sets os.environ["PCSCLITE_CSOCK_NAME"] to its socket. pcsc-lite's client library reads that variable once
@@ -160,8 +168,9 @@ class _Pcscd:
         self.drain = drain
 
 
-def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
-           first_port: int | None = None) -> tuple[_Pcscd, PrivatePcscd]:
+def _start(
+    pcscd: str, n_readers: int, base: Path, start_timeout: float, first_port: int | None = None
+) -> tuple[_Pcscd, PrivatePcscd]:
     run_dir, conf_dir, log_path = base / "run", base / "reader.conf.d", base / "pcscd.log"
     run_dir.mkdir(parents=True, exist_ok=True)
     conf_dir.mkdir(parents=True, exist_ok=True)
@@ -180,8 +189,9 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
     entries, slots = [], []
     for i in range(n_entries):
         port = first_port + i * SLOTS_PER_ENTRY
-        entries.append(f'FRIENDLYNAME "{ENTRY_PREFIX}{i}"\nDEVICENAME /dev/null:{port}\n'
-                       f"LIBPATH {drivers[i]}\nCHANNELID {port}\n")
+        entries.append(
+            f'FRIENDLYNAME "{ENTRY_PREFIX}{i}"\nDEVICENAME /dev/null:{port}\nLIBPATH {drivers[i]}\nCHANNELID {port}\n'
+        )
         slots += [VpcdSlot(f"{ENTRY_PREFIX}{i} 00 {s:02d}", port + s) for s in range(SLOTS_PER_ENTRY)]
     # One file keeps the entries in order; pcscd reads a directory in readdir order.
     (conf_dir / "onecard-vpcd.conf").write_text("\n".join(entries))
@@ -191,9 +201,11 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
     elif not SYSTEM_SOCKET.exists():
         cmd = ["/bin/sh", "-c", _SHARED_RUN_SCRIPT, str(run_dir), pcscd, str(conf_dir)]
     else:
-        raise PcscdError(f"cannot isolate a private pcscd here (no mount namespace allowed) while the system pcscd "
-                         f"uses {SYSTEM_SOCKET}; run as root with CAP_SYS_ADMIN, or stop it: "
-                         "systemctl stop pcscd.socket pcscd")
+        raise PcscdError(
+            f"cannot isolate a private pcscd here (no mount namespace allowed) while the system pcscd "
+            f"uses {SYSTEM_SOCKET}; run as root with CAP_SYS_ADMIN, or stop it: "
+            "systemctl stop pcscd.socket pcscd"
+        )
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(socket_path))
@@ -201,22 +213,30 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
         listener.listen(64)
         ready = threading.Event()
         log_file = open(log_path, "ab")
-        popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 close_fds=False, preexec_fn=lambda: _prepare_child(listener.fileno()))
+        popen = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            close_fds=False,
+            preexec_fn=lambda: _prepare_child(listener.fileno()),
+        )
     finally:
         listener.close()
     drain = threading.Thread(target=_drain, args=(popen.stdout, log_file, ready), name="pcscd-log", daemon=True)
     drain.start()
     proc = _Pcscd(popen, drain)
-    env = PrivatePcscd(workdir=base, socket_path=socket_path, log_path=log_path, pid=popen.pid,
-                       slots=slots[:n_readers])
+    env = PrivatePcscd(workdir=base, socket_path=socket_path, log_path=log_path, pid=popen.pid, slots=slots[:n_readers])
     try:
         if not ready.wait(start_timeout):
-            raise PcscdError(f"pcscd did not report ready within {start_timeout:.0f} s; see {log_path}:\n"
-                             f"{env.log_tail()}")
+            raise PcscdError(
+                f"pcscd did not report ready within {start_timeout:.0f} s; see {log_path}:\n{env.log_tail()}"
+            )
         if popen.poll() is not None:
-            raise PcscdError(f"pcscd exited with status {popen.returncode} at start ({_hint(env.log_tail())}); "
-                             f"see {log_path}:\n{env.log_tail()}")
+            raise PcscdError(
+                f"pcscd exited with status {popen.returncode} at start ({_hint(env.log_tail())}); "
+                f"see {log_path}:\n{env.log_tail()}"
+            )
         os.environ[SOCKET_ENV] = str(socket_path)
         listed = _list_readers(socket_path)
         missing = [s for s in env.slots if s.name not in listed]
@@ -224,8 +244,10 @@ def _start(pcscd: str, n_readers: int, base: Path, start_timeout: float,
             log = env.log_tail()
             if "Could not initialize connection" in log or "Address already in use" in log:
                 raise _PortRace(f"pcscd could not listen on vpcd ports {[s.port for s in missing]}")
-            raise PcscdError(f"pcscd started but lists {listed}, not {[s.name for s in missing]}; the vpcd driver "
-                             f"may not have {SLOTS_PER_ENTRY} slots per reader; see {log_path}:\n{log}")
+            raise PcscdError(
+                f"pcscd started but lists {listed}, not {[s.name for s in missing]}; the vpcd driver "
+                f"may not have {SLOTS_PER_ENTRY} slots per reader; see {log_path}:\n{log}"
+            )
     except BaseException:
         _stop(proc)
         raise
@@ -263,8 +285,12 @@ def _unshare() -> list[str]:
 def _can_isolate() -> bool:
     global _namespace_ok
     if _namespace_ok is None:
-        probe = subprocess.run(_unshare() + ["--", "/bin/sh", "-c", "mount -t tmpfs onecard-probe /run"],
-                               stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+        probe = subprocess.run(
+            _unshare() + ["--", "/bin/sh", "-c", "mount -t tmpfs onecard-probe /run"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+        )
         _namespace_ok = probe.returncode == 0
     return _namespace_ok
 
@@ -282,7 +308,8 @@ def _list_readers(socket_path: Path) -> list[str]:
     if hr != scard.SCARD_S_SUCCESS:
         raise PcscdError(
             f"this process cannot reach the private pcscd at {socket_path} ({scard.SCardGetErrorMessage(hr).strip()}); "
-            f"pcsc-lite reads {SOCKET_ENV} once per process, so start private_pcscd before any other PC/SC use")
+            f"pcsc-lite reads {SOCKET_ENV} once per process, so start private_pcscd before any other PC/SC use"
+        )
     try:
         hr, readers = scard.SCardListReaders(ctx, [])
         return list(readers) if hr == scard.SCARD_S_SUCCESS else []

@@ -3,6 +3,7 @@
 This is the factory / issuing step for simulated cards. The card keys come out of the SAM through its
 one personalisation door (KeyUsage.PERSONALISE) and go straight into the card's state file.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,8 +13,8 @@ from pathlib import Path
 
 from common import bcd
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
-from terminal.card_protocol import encode_access_file
 from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, STATUS_TRANSPORT, CardState, CardStateFile, Purse
+from terminal.card_protocol import encode_access_file
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,11 @@ class Personalisation:
     card_type: int = CARD_TYPE_RFID_SIM
     status: int = STATUS_ACTIVE
     asn: bytes | None = None  # random when not given
-    purse: bool = True         # issue the e-purse too (needs the PURCHASE, LOAD and TAC master keys)
+    purse: bool = True  # issue the e-purse too (needs the PURCHASE, LOAD and TAC master keys)
     purse_key_version: int = 1
     purse_expiry: dt.date | None = None  # default: valid_to
     max_balance: int = 200_000  # fen: 2,000.00 yuan
-    opening_balance: int = 0    # fen; a real card starts at 0 and is loaded at a top-up terminal
+    opening_balance: int = 0  # fen; a real card starts at 0 and is loaded at a top-up terminal
 
     def __post_init__(self) -> None:
         if len(self.employee_no.encode()) > 16:
@@ -68,22 +69,44 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
     keys = sam.derive_card_keys(identity, [KeyPurpose.ACCESS] + ([KeyPurpose.UPDATE] if with_update else []))
     purse = None
     if p.purse:
-        purse_identity = CardIdentity(asn=asn, enterprise_id=p.enterprise_id, key_version=p.purse_key_version,
-                                      algorithm=p.algorithm)
+        purse_identity = CardIdentity(
+            asn=asn, enterprise_id=p.enterprise_id, key_version=p.purse_key_version, algorithm=p.algorithm
+        )
         purse_keys = sam.derive_card_keys(purse_identity, [KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC])
         expiry = p.purse_expiry or p.valid_to
-        purse = Purse(balance=p.opening_balance, expiry=bcd.encode_date(expiry),
-                      max_balance=p.max_balance, key_version=p.purse_key_version,
-                      purchase_key=purse_keys[KeyPurpose.PURCHASE], load_key=purse_keys[KeyPurpose.LOAD],
-                      tac_key=purse_keys[KeyPurpose.TAC])
-    return CardState(asn=asn, enterprise_id=p.enterprise_id, status=p.status, key_version=p.key_version,
-                     algorithm=p.algorithm, card_type=p.card_type, access_key=keys[KeyPurpose.ACCESS],
-                     holder=holder_file(p.employee_no, p.name), access=access_file(p), label=label, purse=purse,
-                     update_key=keys.get(KeyPurpose.UPDATE))
+        purse = Purse(
+            balance=p.opening_balance,
+            expiry=bcd.encode_date(expiry),
+            max_balance=p.max_balance,
+            key_version=p.purse_key_version,
+            purchase_key=purse_keys[KeyPurpose.PURCHASE],
+            load_key=purse_keys[KeyPurpose.LOAD],
+            tac_key=purse_keys[KeyPurpose.TAC],
+        )
+    return CardState(
+        asn=asn,
+        enterprise_id=p.enterprise_id,
+        status=p.status,
+        key_version=p.key_version,
+        algorithm=p.algorithm,
+        card_type=p.card_type,
+        access_key=keys[KeyPurpose.ACCESS],
+        holder=holder_file(p.employee_no, p.name),
+        access=access_file(p),
+        label=label,
+        purse=purse,
+        update_key=keys.get(KeyPurpose.UPDATE),
+    )
 
 
-def transport_card(sam, enterprise_id: bytes, asn: bytes | None = None, algorithm: Algorithm = Algorithm.AES128,
-                   card_type: int = CARD_TYPE_RFID_SIM, label: str = "") -> CardState:
+def transport_card(
+    sam,
+    enterprise_id: bytes,
+    asn: bytes | None = None,
+    algorithm: Algorithm = Algorithm.AES128,
+    card_type: int = CARD_TYPE_RFID_SIM,
+    label: str = "",
+) -> CardState:
     """A card as it leaves the factory for an enterprise: status 00, key version 00, only K_TRANSPORT.
 
     The ACCESS slot holds random bytes nobody knows: a transport card refuses ACCESS READ anyway (69 85), and
@@ -92,9 +115,20 @@ def transport_card(sam, enterprise_id: bytes, asn: bytes | None = None, algorith
     asn = asn or os.urandom(8)
     identity = CardIdentity(asn=asn, enterprise_id=enterprise_id, key_version=0, algorithm=algorithm)
     k_transport = sam.derive_card_keys(identity, [KeyPurpose.TRANSPORT])[KeyPurpose.TRANSPORT]
-    return CardState(asn=asn, enterprise_id=enterprise_id, status=STATUS_TRANSPORT, key_version=0,
-                     algorithm=algorithm, card_type=card_type, access_key=os.urandom(16), holder=bytes(48),
-                     access=bytes(32), label=label, purse=None, update_key=k_transport)
+    return CardState(
+        asn=asn,
+        enterprise_id=enterprise_id,
+        status=STATUS_TRANSPORT,
+        key_version=0,
+        algorithm=algorithm,
+        card_type=card_type,
+        access_key=os.urandom(16),
+        holder=bytes(48),
+        access=bytes(32),
+        label=label,
+        purse=None,
+        update_key=k_transport,
+    )
 
 
 def write_card(path: str | Path, state: CardState, overwrite: bool = False) -> Path:

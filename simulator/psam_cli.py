@@ -1,4 +1,5 @@
 """`onecard sim new-psam | new-blank-psam`: simulated PSAM card files."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,9 @@ def add_psam_subcommands(sub: argparse._SubParsersAction) -> None:
         "Usages are cut to verify, mac and reversal (a PSAM has no personalisation command); a keystore with TAC "
         "keys is refused. Insert it in a reader slot with the tap tools, or load it with simulator.psam.load_psam.",
     )
-    new.add_argument("--keystore", required=True, type=Path, help="terminal keystore, e.g. from 'onecard sam restrict --role pos'")
+    new.add_argument(
+        "--keystore", required=True, type=Path, help="terminal keystore, e.g. from 'onecard sam restrict --role pos'"
+    )
     add_unlock_options(new, what="--keystore")
     new.add_argument("--out", required=True, type=Path, help="PSAM file to write (one file per PSAM)")
     new.add_argument("--label", default="", help="what to call this PSAM in logs, e.g. 'POS 3 canteen'")

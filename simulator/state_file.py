@@ -1,5 +1,6 @@
 """A simulated card's EEPROM: one JSON file per card, replaced atomically. The card, the PSAM and the key master
 card each say what their state is, how durable a write must be, and what to tell about a damaged file."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """`onecard sim serve|tap|remove|status`: hold one vpcd reader slot and script taps on it from any shell
 (simulator/tap_control.py is the daemon and its protocol)."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ def add_subcommands(subparsers: argparse._SubParsersAction, load_card: LoadCard)
 
     p = subparsers.add_parser("tap", help="present a card file on a running `onecard sim serve`")
     p.add_argument("card", type=Path, help="card file")
-    p.add_argument("--tear-after", type=int, default=None, metavar="K",
-                   help="the card answers K-1 APDUs, processes the K-th and leaves before answering it")
+    p.add_argument(
+        "--tear-after",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the card answers K-1 APDUs, processes the K-th and leaves before answering it",
+    )
     p.add_argument("--hold", type=float, default=None, metavar="S", help="remove after S seconds (default: stay)")
     p.add_argument("--control", type=Path, required=True)
     p.set_defaults(handler=lambda a: _client(lambda: tap(a.card, a.control, tear_after=a.tear_after, hold=a.hold)))

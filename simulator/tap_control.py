@@ -4,6 +4,7 @@ is scripted over a unix socket (JSON lines).
 Requests: {"op":"tap","card":PATH,"tear_after":null|K,"hold":null|SECONDS}, {"op":"remove"}, {"op":"status"}.
 Each gets one JSON line back: {"ok":true,...status} or {"ok":false,"error":"..."}.
 """
+
 from __future__ import annotations
 
 import json
@@ -96,16 +97,18 @@ class TapDaemon:
     def tap(self, card_path: object, tear_after: object = None, hold: object = None) -> dict:
         if not isinstance(card_path, str) or not card_path:
             raise TapControlError('tap needs "card": the path of a card file')
-        if tear_after is not None and (not isinstance(tear_after, int) or isinstance(tear_after, bool)
-                                       or tear_after < 1):
+        if tear_after is not None and (
+            not isinstance(tear_after, int) or isinstance(tear_after, bool) or tear_after < 1
+        ):
             raise TapControlError(f'"tear_after" must be null or an integer >= 1, got {tear_after!r}')
         if hold is not None and (not isinstance(hold, (int, float)) or isinstance(hold, bool) or hold <= 0):
             raise TapControlError(f'"hold" must be null (until removed) or seconds > 0, got {hold!r}')
         try:
             card = self.load_card(card_path)
         except Exception as exc:  # whatever the card file's loader raises, the daemon must keep serving
-            raise TapControlError(f"cannot load card {card_path}: {exc}; check the file "
-                                  "(create one with 'onecard sim new-card')") from None
+            raise TapControlError(
+                f"cannot load card {card_path}: {exc}; check the file (create one with 'onecard sim new-card')"
+            ) from None
         with self._lock:
             self._cancel_hold()
             self._generation += 1
@@ -127,8 +130,15 @@ class TapDaemon:
 
     def status(self) -> dict:
         icc = self.icc
-        return {"ok": True, "port": icc.port, "inserted": icc.inserted, "card": icc.label,
-                "apdus": icc.apdu_count, "torn": icc.torn, "removal_reason": icc.removal_reason}
+        return {
+            "ok": True,
+            "port": icc.port,
+            "inserted": icc.inserted,
+            "card": icc.label,
+            "apdus": icc.apdu_count,
+            "torn": icc.torn,
+            "removal_reason": icc.removal_reason,
+        }
 
     def _hold_expired(self, generation: int) -> None:
         with self._lock:
@@ -166,11 +176,13 @@ def request(control_dir: str | os.PathLike, message: dict, timeout: float = 10.0
             sock.sendall(json.dumps(message).encode() + b"\n")
             reply_line = sock.makefile("rb").readline()
         except FileNotFoundError:
-            raise TapControlError(f"no tap daemon at {path}; start one: onecard sim serve --port P "
-                                  f"--control {control_dir}") from None
+            raise TapControlError(
+                f"no tap daemon at {path}; start one: onecard sim serve --port P --control {control_dir}"
+            ) from None
         except ConnectionRefusedError:
-            raise TapControlError(f"the tap daemon at {path} is not running; start it: onecard sim serve "
-                                  f"--port P --control {control_dir}") from None
+            raise TapControlError(
+                f"the tap daemon at {path} is not running; start it: onecard sim serve --port P --control {control_dir}"
+            ) from None
         except OSError as exc:
             raise TapControlError(f"tap daemon at {path} did not answer ({exc}); check it is alive") from None
     if not reply_line:
@@ -181,11 +193,13 @@ def request(control_dir: str | os.PathLike, message: dict, timeout: float = 10.0
     return reply
 
 
-def tap(card: str | os.PathLike, control_dir: str | os.PathLike, tear_after: int | None = None,
-        hold: float | None = None) -> dict:
+def tap(
+    card: str | os.PathLike, control_dir: str | os.PathLike, tear_after: int | None = None, hold: float | None = None
+) -> dict:
     """Put the card file in the daemon's reader; it stays `hold` seconds (None: until remove)."""
-    return request(control_dir, {"op": "tap", "card": str(Path(card).resolve()), "tear_after": tear_after,
-                                 "hold": hold})
+    return request(
+        control_dir, {"op": "tap", "card": str(Path(card).resolve()), "tear_after": tear_after, "hold": hold}
+    )
 
 
 def remove(control_dir: str | os.PathLike) -> dict:

@@ -1,4 +1,5 @@
 """What every simulated card (user card, PSAM, foreign card) offers to the transports that carry it."""
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -2,6 +2,7 @@
 
 Decisions come from sync_agent.core and common.sync_protocol; this module wires them to paho, SQLite and the clock.
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,14 +15,14 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from common.logs import log_event
 from common import sync_protocol as p
-from sync_agent import core
-from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
-from sync_agent.store import SyncStore
-from terminal.blacklist import Blacklist, BlacklistVersionError
 from common.config import SyncSection
 from common.events import format_time as log_time
+from common.logs import log_event
+from common.mqtt import CONNECTED, DISCONNECTED, MESSAGE, MqttLink, TlsFiles
+from sync_agent import core
+from sync_agent.store import SyncStore
+from terminal.blacklist import Blacklist, BlacklistVersionError
 from terminal.event_log import EventLog
 
 log = logging.getLogger("sync.agent")
@@ -42,11 +43,14 @@ def load_platform_key(path: Path) -> Ed25519PublicKey:
     try:
         key = load_pem_public_key(Path(path).read_bytes())
     except OSError as exc:
-        raise TrustError(f"cannot read the platform public key {path} ({exc.strerror}); "
-                         "fix [sync].platform_public_key") from None
+        raise TrustError(
+            f"cannot read the platform public key {path} ({exc.strerror}); fix [sync].platform_public_key"
+        ) from None
     except ValueError:
-        raise TrustError(f"{path} is not a PEM public key; put the platform's Ed25519 public key "
-                         "(onecard platform init writes it) at [sync].platform_public_key") from None
+        raise TrustError(
+            f"{path} is not a PEM public key; put the platform's Ed25519 public key "
+            "(onecard platform init writes it) at [sync].platform_public_key"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise TrustError(f"{path} is not an Ed25519 key; the platform signs with Ed25519")
     return key
@@ -55,29 +59,53 @@ def load_platform_key(path: Path) -> Ed25519PublicKey:
 class SyncAgent:
     """One terminal's agent. `start()`, then `step()` in a loop (or `run(stop)`), then `close()`."""
 
-    def __init__(self, terminal_id: str, enterprise_id: str, settings: SyncSection, event_log: EventLog,
-                 blacklist: Blacklist, store: SyncStore, platform_key: Ed25519PublicKey, *,
-                 wall_clock=utc_now, monotonic=time.monotonic, events: queue.Queue | None = None) -> None:
+    def __init__(
+        self,
+        terminal_id: str,
+        enterprise_id: str,
+        settings: SyncSection,
+        event_log: EventLog,
+        blacklist: Blacklist,
+        store: SyncStore,
+        platform_key: Ed25519PublicKey,
+        *,
+        wall_clock=utc_now,
+        monotonic=time.monotonic,
+        events: queue.Queue | None = None,
+    ) -> None:
         self.tid, self.eid = terminal_id, enterprise_id
         self.s = settings
         self.event_log, self.blacklist, self.store = event_log, blacklist, store
         self.key = platform_key
         self.wall, self.mono = wall_clock, monotonic
         acked_seq, acked_hash = store.acked()
-        self.uploader = core.Uploader(acked_seq, batch_size=settings.batch_size,
-                                      max_inflight=settings.max_inflight_batches,
-                                      max_events_per_s=settings.max_events_per_s,
-                                      ack_timeout=settings.ack_timeout_seconds)
+        self.uploader = core.Uploader(
+            acked_seq,
+            batch_size=settings.batch_size,
+            max_inflight=settings.max_inflight_batches,
+            max_events_per_s=settings.max_events_per_s,
+            ack_timeout=settings.ack_timeout_seconds,
+        )
         self.acked_hash = acked_hash
         self.link = MqttLink(
-            terminal_id, settings.broker_host, settings.broker_port,
+            terminal_id,
+            settings.broker_host,
+            settings.broker_port,
             TlsFiles(settings.ca_file, settings.cert_file, settings.key_file),
-            subscriptions=[p.terminal_topic(terminal_id, p.DOWN_ACK), p.terminal_topic(terminal_id, p.DOWN_MSG),
-                           p.enterprise_topic(enterprise_id)],
-            will=(p.terminal_topic(terminal_id, p.UP_STATUS),
-                  p.encode_status(terminal_id, "offline", None, "connection lost")),
-            keepalive=settings.keepalive_seconds, protocol=settings.mqtt_version,
-            max_inflight=max(20, settings.max_inflight_batches * 2), events=events)
+            subscriptions=[
+                p.terminal_topic(terminal_id, p.DOWN_ACK),
+                p.terminal_topic(terminal_id, p.DOWN_MSG),
+                p.enterprise_topic(enterprise_id),
+            ],
+            will=(
+                p.terminal_topic(terminal_id, p.UP_STATUS),
+                p.encode_status(terminal_id, "offline", None, "connection lost"),
+            ),
+            keepalive=settings.keepalive_seconds,
+            protocol=settings.mqtt_version,
+            max_inflight=max(20, settings.max_inflight_batches * 2),
+            events=events,
+        )
         self.online = False
         self._next_heartbeat = 0.0
         self._snapshot_asked_at: float | None = None
@@ -93,8 +121,16 @@ class SyncAgent:
         for path in (t.database, t.blacklist, s.database):
             path.parent.mkdir(parents=True, exist_ok=True)
         key = load_platform_key(s.platform_public_key)
-        return cls(t.id, t.enterprise_id.hex(), s, EventLog.open(t.database, t.id), Blacklist.open(t.blacklist),
-                   SyncStore.open(s.database, t.id), key, **kwargs)
+        return cls(
+            t.id,
+            t.enterprise_id.hex(),
+            s,
+            EventLog.open(t.database, t.id),
+            Blacklist.open(t.blacklist),
+            SyncStore.open(s.database, t.id),
+            key,
+            **kwargs,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -111,8 +147,12 @@ class SyncAgent:
 
     def close(self, graceful: bool = True) -> None:
         if graceful:
-            self.link.stop(final=(p.terminal_topic(self.tid, p.UP_STATUS),
-                                  p.encode_status(self.tid, "offline", self.wall(), "agent stopped")))
+            self.link.stop(
+                final=(
+                    p.terminal_topic(self.tid, p.UP_STATUS),
+                    p.encode_status(self.tid, "offline", self.wall(), "agent stopped"),
+                )
+            )
         else:
             self.link.kill()
         for thing in (self.event_log, self.blacklist, self.store):
@@ -123,8 +163,11 @@ class SyncAgent:
     def step(self, timeout: float | None = None) -> None:
         """Handle what arrived (waiting up to `timeout`), then upload and heartbeat as due."""
         self.link.poll()
-        busy = self.online and self.uploader.next_seq <= self.event_log.last_seq() and \
-            len(self.uploader.inflight) < self.uploader.max_inflight
+        busy = (
+            self.online
+            and self.uploader.next_seq <= self.event_log.last_seq()
+            and len(self.uploader.inflight) < self.uploader.max_inflight
+        )
         wait = timeout if timeout is not None else (0.002 if busy else 0.1)
         try:
             item = self.link.events.get(timeout=wait)
@@ -151,17 +194,33 @@ class SyncAgent:
             self.online = True
             now = self.mono()
             self.uploader.on_connected(now)
-            log_event(log, "sync.connected", terminal=self.tid, protocol=item[1], resume_after_seq=self.uploader.acked_seq,
-                      text=f"connected to the broker; uploading from seq {self.uploader.acked_seq + 1}")
-            self.link.publish(p.terminal_topic(self.tid, p.UP_STATUS),
-                              p.encode_status(self.tid, "online", self.wall()), qos=1, retain=True)
+            log_event(
+                log,
+                "sync.connected",
+                terminal=self.tid,
+                protocol=item[1],
+                resume_after_seq=self.uploader.acked_seq,
+                text=f"connected to the broker; uploading from seq {self.uploader.acked_seq + 1}",
+            )
+            self.link.publish(
+                p.terminal_topic(self.tid, p.UP_STATUS),
+                p.encode_status(self.tid, "online", self.wall()),
+                qos=1,
+                retain=True,
+            )
             self._request("sync")
             self._next_heartbeat = now  # first heartbeat right away: the platform sees the backlog
         elif kind == DISCONNECTED:
             if self.online:
-                log_event(log, "sync.disconnected", logging.WARNING, terminal=self.tid, reason=item[1],
-                          backlog=self.uploader.backlog(self.event_log.last_seq()),
-                          text="lost the broker; the terminal keeps deciding and logging, upload resumes on reconnect")
+                log_event(
+                    log,
+                    "sync.disconnected",
+                    logging.WARNING,
+                    terminal=self.tid,
+                    reason=item[1],
+                    backlog=self.uploader.backlog(self.event_log.last_seq()),
+                    text="lost the broker; the terminal keeps deciding and logging, upload resumes on reconnect",
+                )
             self.online = False
         elif kind == MESSAGE:
             self._on_message(item[1], item[2])
@@ -179,24 +238,43 @@ class SyncAgent:
         for first, last in self.uploader.plan(now, head):
             events = self.event_log.events(after_seq=first - 1, limit=last - first + 1)
             if not events or events[0].seq != first:
-                log_event(log, "sync.outbox_hole", logging.ERROR, terminal=self.tid, seq=first,
-                          text=f"record seq {first} is missing from the event log; run `onecard log verify`")
+                log_event(
+                    log,
+                    "sync.outbox_hole",
+                    logging.ERROR,
+                    terminal=self.tid,
+                    seq=first,
+                    text=f"record seq {first} is missing from the event log; run `onecard log verify`",
+                )
                 self.uploader.inflight.pop()
                 self.uploader.next_seq = first
                 return
             if events[-1].seq != last:
                 self.uploader.shrink_last(events[-1].seq)
-            wire = [p.WireEvent(e.seq, log_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                                e.prev_hash, e.hash) for e in events]
+            wire = [
+                p.WireEvent(
+                    e.seq, log_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+                )
+                for e in events
+            ]
             self.link.publish(p.terminal_topic(self.tid, p.UP_EVENTS), p.encode_events(self.tid, wire), qos=1)
 
     def _heartbeat(self, now: float) -> None:
         self._next_heartbeat = now + self.s.heartbeat_seconds
         head = self.event_log.last_seq()
         newest = self.event_log.events(after_seq=head - 1, limit=1) if head else []
-        hb = p.Heartbeat(self.tid, p.format_time(self.wall()), head, self.uploader.acked_seq,
-                         self.uploader.backlog(head), self.blacklist.version(), self.store.config_version(),
-                         log_time(newest[0].time) if newest else None, self.blacklist.epoch(), self.blacklist.digest())
+        hb = p.Heartbeat(
+            self.tid,
+            p.format_time(self.wall()),
+            head,
+            self.uploader.acked_seq,
+            self.uploader.backlog(head),
+            self.blacklist.version(),
+            self.store.config_version(),
+            log_time(newest[0].time) if newest else None,
+            self.blacklist.epoch(),
+            self.blacklist.digest(),
+        )
         self.link.publish(p.terminal_topic(self.tid, p.UP_HEARTBEAT), p.encode_heartbeat(hb), qos=0)
 
     # -- downlink --------------------------------------------------------------------------
@@ -228,47 +306,84 @@ class SyncAgent:
             d = core.config_decision(env.body, self.store.config_version(), self.eid)
             if d.action != core.APPLY:
                 return self._reject(d.reason, f"config {env.id}: {d.text}; not stored")
-            self.store.store_config(env.body["version"], env.body["enterprise_id"], env.body["document"], env.id,
-                                    issued, received)
-            log_event(log, "sync.config_stored", terminal=self.tid, version=env.body["version"],
-                      text=f"configuration version {env.body['version']} stored in the inbox for the terminal")
+            self.store.store_config(
+                env.body["version"], env.body["enterprise_id"], env.body["document"], env.id, issued, received
+            )
+            log_event(
+                log,
+                "sync.config_stored",
+                terminal=self.tid,
+                version=env.body["version"],
+                text=f"configuration version {env.body['version']} stored in the inbox for the terminal",
+            )
         elif env.type == "card_action":
             if self.store.store_card_action(env.body, env.id, issued, received):
-                log_event(log, "sync.card_action_stored", terminal=self.tid, action_id=env.body["action_id"],
-                          asn=env.body["asn"], action=env.body["action"],
-                          text="pending card action stored in the inbox; it runs at the card's next tap")
+                log_event(
+                    log,
+                    "sync.card_action_stored",
+                    terminal=self.tid,
+                    action_id=env.body["action_id"],
+                    asn=env.body["asn"],
+                    action=env.body["action"],
+                    text="pending card action stored in the inbox; it runs at the card's next tap",
+                )
             else:
                 self._reject("duplicate_action", f"card action {env.body['action_id']} is already in the inbox")
         elif env.type == "card_action.cancel":
             before = self.store.cancel_card_action(env.body, env.id, issued, received)
-            log_event(log, "sync.card_action_cancelled", terminal=self.tid, action_id=env.body["action_id"],
-                      asn=env.body["asn"], was=before,
-                      text="card action cancelled by the platform; the terminal will not run it")
+            log_event(
+                log,
+                "sync.card_action_cancelled",
+                terminal=self.tid,
+                action_id=env.body["action_id"],
+                asn=env.body["asn"],
+                was=before,
+                text="card action cancelled by the platform; the terminal will not run it",
+            )
         elif env.type == "time":
             last = self.store.last_time_message()
             if last is not None and issued <= last:
                 # Two platform workers may answer out of order; an older time says nothing new, and a
                 # replayed one must not move the drift estimate. Not an attack by itself: debug only.
-                log_event(log, "sync.time_stale", logging.DEBUG, terminal=self.tid, issued_at=issued,
-                          text=f"time message issued at {issued} is not newer than {last}; ignored")
+                log_event(
+                    log,
+                    "sync.time_stale",
+                    logging.DEBUG,
+                    terminal=self.tid,
+                    issued_at=issued,
+                    text=f"time message issued at {issued} is not newer than {last}; ignored",
+                )
                 return
             self.store.mark_seen(env.id, env.type, issued, received)
             platform = p.parse_time(env.body["platform_time"], "time").timestamp()
             drift = core.clock_drift_seconds(platform, self.wall().timestamp())
             if abs(drift) > self.s.clock_tolerance_seconds:
-                log_event(log, "sync.clock_drift", logging.WARNING, terminal=self.tid, drift_s=round(drift, 3),
-                          tolerance_s=self.s.clock_tolerance_seconds,
-                          text=f"terminal clock is {abs(drift):.1f} s {'ahead of' if drift > 0 else 'behind'} the "
-                               "platform; fix the terminal's time source (NTP)")
+                log_event(
+                    log,
+                    "sync.clock_drift",
+                    logging.WARNING,
+                    terminal=self.tid,
+                    drift_s=round(drift, 3),
+                    tolerance_s=self.s.clock_tolerance_seconds,
+                    text=f"terminal clock is {abs(drift):.1f} s {'ahead of' if drift > 0 else 'behind'} the "
+                    "platform; fix the terminal's time source (NTP)",
+                )
 
     def _on_ack(self, env: p.Envelope) -> None:
         seq, hash_ = env.body["acked_seq"], env.body["acked_hash"]
         if env.body.get("problem"):
             # Nothing is dropped from the upload queue: records past the ack are resent until acknowledged.
-            log_event(log, "sync.upload_refused" if env.body["reason"] in ("pending_gap", "pending_bytes")
-                      else "sync.platform_problem", logging.ERROR if env.body["reason"] in ("chain_broken", "diverged")
-                      else logging.WARNING, terminal=self.tid, seq=seq, reason=env.body["reason"],
-                      text=f"the platform reports: {env.body['problem']}")
+            log_event(
+                log,
+                "sync.upload_refused"
+                if env.body["reason"] in ("pending_gap", "pending_bytes")
+                else "sync.platform_problem",
+                logging.ERROR if env.body["reason"] in ("chain_broken", "diverged") else logging.WARNING,
+                terminal=self.tid,
+                seq=seq,
+                reason=env.body["reason"],
+                text=f"the platform reports: {env.body['problem']}",
+            )
         if seq <= self.uploader.acked_seq:
             return
         head = self.event_log.last_seq()
@@ -276,8 +391,11 @@ class SyncAgent:
             return self._reject("ack_ahead", f"ack for seq {seq} but the log ends at seq {head}; ignored")
         mine = self.event_log.events(after_seq=seq - 1, limit=1)
         if not mine or mine[0].hash != hash_:
-            return self._reject("ack_diverged", f"the platform acknowledged seq {seq} with hash {hash_[:16]}…, which "
-                                                "is not this log's record; the chain diverged, keep the file")
+            return self._reject(
+                "ack_diverged",
+                f"the platform acknowledged seq {seq} with hash {hash_[:16]}…, which "
+                "is not this log's record; the chain diverged, keep the file",
+            )
         self.uploader.on_ack(self.mono(), seq)
         self.store.set_acked(seq, hash_, p.format_time(self.wall()))
         self.acked_hash = hash_
@@ -290,9 +408,15 @@ class SyncAgent:
         target = acked - self.s.compact_keep
         if target - anchor_seq >= 1000:
             deleted = self.event_log.compact(target)
-            log_event(log, "sync.compacted", terminal=self.tid, up_to_seq=target, deleted=deleted,
-                      text=f"removed {deleted} acknowledged records up to seq {target}; the chain anchor keeps "
-                           "`log verify` working")
+            log_event(
+                log,
+                "sync.compacted",
+                terminal=self.tid,
+                up_to_seq=target,
+                deleted=deleted,
+                text=f"removed {deleted} acknowledged records up to seq {target}; the chain anchor keeps "
+                "`log verify` working",
+            )
 
     def _on_blacklist(self, env: p.Envelope, issued: str, received: str) -> None:
         held = self.blacklist.version()
@@ -304,8 +428,16 @@ class SyncAgent:
             self._snapshot_asked_at = None
             return
         if d.action == core.REQUEST_SNAPSHOT:
-            log_event(log, "sync.blacklist_gap", logging.WARNING, terminal=self.tid, held=held,
-                      base=env.body["base_version"], version=env.body["version"], text=d.text)
+            log_event(
+                log,
+                "sync.blacklist_gap",
+                logging.WARNING,
+                terminal=self.tid,
+                held=held,
+                base=env.body["base_version"],
+                version=env.body["version"],
+                text=d.text,
+            )
             asked = self._snapshot_asked_at
             if asked is None or self.mono() - asked >= SNAPSHOT_REQUEST_RETRY:
                 self._request("blacklist.snapshot")
@@ -318,8 +450,7 @@ class SyncAgent:
             else:
                 added = [(bytes.fromhex(a["asn"]), a["reason"], a["listed_in_version"]) for a in env.body["added"]]
                 removed = [bytes.fromhex(r) for r in env.body["removed"]]
-                count = self.blacklist.apply_delta(env.body["base_version"], env.body["version"], added, removed,
-                                                   epoch)
+                count = self.blacklist.apply_delta(env.body["base_version"], env.body["version"], added, removed, epoch)
         except BlacklistVersionError as exc:
             return self._reject("version", f"{env.type} {env.id}: {exc}")
         except (ValueError, p.ProtocolError) as exc:
@@ -327,8 +458,16 @@ class SyncAgent:
         self.store.mark_seen(env.id, env.type, issued, received)
         self.applied_versions.append(env.body["version"])
         del self.applied_versions[:-100]
-        log_event(log, "sync.blacklist_applied", logging.WARNING if d.reason == "rebase" else logging.INFO,
-                  terminal=self.tid, kind=env.type, version=env.body["version"], epoch=epoch.generation,
-                  decision=d.reason, entries=count,
-                  text=f"blacklist now at version {env.body['version']} of platform epoch {epoch.generation} with "
-                       f"{count} cards" + (f" ({d.text})" if d.reason == "rebase" else ""))
+        log_event(
+            log,
+            "sync.blacklist_applied",
+            logging.WARNING if d.reason == "rebase" else logging.INFO,
+            terminal=self.tid,
+            kind=env.type,
+            version=env.body["version"],
+            epoch=epoch.generation,
+            decision=d.reason,
+            entries=count,
+            text=f"blacklist now at version {env.body['version']} of platform epoch {epoch.generation} with "
+            f"{count} cards" + (f" ({d.text})" if d.reason == "rebase" else ""),
+        )

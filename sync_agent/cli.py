@@ -1,4 +1,5 @@
 """`onecard sync ...`: run the sync agent of a terminal, and show where its upload and inbox stand."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ def _config(path: Path):
 
 
 def open_agent(config):
-    from sync_agent.agent import SyncAgent, TrustError
-    from common.mqtt import MqttConfigError
     from common.db import DatabaseError
+    from common.mqtt import MqttConfigError
+    from sync_agent.agent import SyncAgent, TrustError
 
     try:
         return SyncAgent.from_config(config)
@@ -51,24 +52,34 @@ def cmd_run(args) -> int:
 
         from common.db import DatabaseError, disk_full_problem
         from common.mqtt import MqttConfigError
+
         if isinstance(exc, MqttConfigError):
             raise UserError(str(exc)) from None
         if isinstance(exc, (sqlite3.Error, DatabaseError)):
             # Every write is one transaction and uploads are at least once: stopping here loses nothing. A restart
             # (systemd) refuses to start until there is room, with the same line.
-            problem = next(filter(None, (disk_full_problem(p) for p in (config.sync.database,
-                                                                         config.terminal.database,
-                                                                         config.terminal.blacklist))), None)
-            raise UserError(f"sync agent stopped: {problem or f'its storage failed ({exc}); check the disk'}; "
-                            "nothing acknowledged was lost") from None
+            problem = next(
+                filter(
+                    None,
+                    (
+                        disk_full_problem(p)
+                        for p in (config.sync.database, config.terminal.database, config.terminal.blacklist)
+                    ),
+                ),
+                None,
+            )
+            raise UserError(
+                f"sync agent stopped: {problem or f'its storage failed ({exc}); check the disk'}; "
+                "nothing acknowledged was lost"
+            ) from None
         raise
     return 0
 
 
 def cmd_status(args) -> int:
+    from common.db import DatabaseError
     from sync_agent.store import POS_REFUSE_OFFLINE_SALES_AT, outbox_pressure, read_acked_seq
     from terminal.blacklist import Blacklist
-    from common.db import DatabaseError
     from terminal.event_log import EventLog
 
     config = _config(args.config)
@@ -81,7 +92,9 @@ def cmd_status(args) -> int:
         head = log.last_seq()
         acked = read_acked_seq(config.sync.database)
         pressure = outbox_pressure(log, config.sync.database, config.sync.outbox_capacity)
-        print(f"last seq {head}, acknowledged up to {acked}, backlog {head - acked} "
-              f"(outbox pressure {pressure:.1%}, offline sales refused at {POS_REFUSE_OFFLINE_SALES_AT:.0%}); "
-              f"blacklist version {bl.version()} with {bl.count()} cards; chain anchor seq {log.anchor()[0]}")
+        print(
+            f"last seq {head}, acknowledged up to {acked}, backlog {head - acked} "
+            f"(outbox pressure {pressure:.1%}, offline sales refused at {POS_REFUSE_OFFLINE_SALES_AT:.0%}); "
+            f"blacklist version {bl.version()} with {bl.count()} cards; chain anchor seq {log.anchor()[0]}"
+        )
     return 0

@@ -2,6 +2,7 @@
 
 No I/O and no clock: every method takes `now` (seconds, monotonic) or the values it decides on.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -26,8 +27,15 @@ class Uploader:
     by the broker (restart, QoS 1 in flight) or dropped by the platform is never lost for good.
     """
 
-    def __init__(self, acked_seq: int, *, batch_size: int = 500, max_inflight: int = 4,
-                 max_events_per_s: float = 10_000.0, ack_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        acked_seq: int,
+        *,
+        batch_size: int = 500,
+        max_inflight: int = 4,
+        max_events_per_s: float = 10_000.0,
+        ack_timeout: float = 10.0,
+    ) -> None:
         if batch_size < 1 or max_inflight < 1 or max_events_per_s <= 0 or ack_timeout <= 0:
             raise ValueError("batch_size, max_inflight, max_events_per_s and ack_timeout must be positive")
         self.acked_seq = acked_seq
@@ -115,7 +123,7 @@ APPLY, IGNORE, REJECT, REQUEST_SNAPSHOT = "apply", "ignore", "reject", "request_
 class Decision:
     action: str  # apply | ignore | reject | request_snapshot
     reason: str  # short code for the log: rollback, replay, gap, already_held, wrong_target, ...
-    text: str    # the sentence for the log
+    text: str  # the sentence for the log
 
 
 def target_decision(target: str, terminal_id: str, enterprise_id: str) -> Decision | None:
@@ -125,8 +133,9 @@ def target_decision(target: str, terminal_id: str, enterprise_id: str) -> Decisi
     return Decision(REJECT, "wrong_target", f"message addressed to {target}, not to this terminal or its enterprise")
 
 
-def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, enterprise_id: str,
-                       held_epoch: Epoch | None = None) -> Decision:
+def blacklist_decision(
+    type_: str, body: dict[str, Any], held_version: int, enterprise_id: str, held_epoch: Epoch | None = None
+) -> Decision:
     """Whether to apply a checked blacklist body to the list held (version and platform epoch).
 
     Within one epoch versions only move forward. A snapshot from a newer epoch (the platform was restored and
@@ -134,23 +143,38 @@ def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, ente
     platform instance's list of the same generation, is refused.
     """
     if body["enterprise_id"] != enterprise_id:
-        return Decision(REJECT, "wrong_enterprise", f"blacklist of enterprise {body['enterprise_id']}, "
-                                                    f"this terminal serves {enterprise_id}")
+        return Decision(
+            REJECT,
+            "wrong_enterprise",
+            f"blacklist of enterprise {body['enterprise_id']}, this terminal serves {enterprise_id}",
+        )
     epoch = Epoch(body["epoch"]["generation"], body["epoch"]["instance"])
     if held_epoch is not None and epoch.generation < held_epoch.generation:
-        return Decision(REJECT, "old_epoch", f"{type_} of platform epoch {epoch.generation} is older than the held "
-                                             f"epoch {held_epoch.generation} (rollback)")
+        return Decision(
+            REJECT,
+            "old_epoch",
+            f"{type_} of platform epoch {epoch.generation} is older than the held "
+            f"epoch {held_epoch.generation} (rollback)",
+        )
     if held_epoch is not None and epoch.generation == held_epoch.generation and epoch.instance != held_epoch.instance:
-        return Decision(REJECT, "epoch_conflict", f"{type_} of epoch {epoch.generation} comes from platform "
-                                                  f"instance {epoch.instance}, the list held from "
-                                                  f"{held_epoch.instance}")
+        return Decision(
+            REJECT,
+            "epoch_conflict",
+            f"{type_} of epoch {epoch.generation} comes from platform "
+            f"instance {epoch.instance}, the list held from "
+            f"{held_epoch.instance}",
+        )
     newer_epoch = held_epoch is None or epoch.generation > held_epoch.generation
     if type_ == "blacklist.snapshot":
         v = body["version"]
         if newer_epoch and held_version > 0:
-            return Decision(APPLY, "rebase", f"snapshot version {v} of platform epoch {epoch.generation} replaces "
-                                             f"version {held_version} of epoch "
-                                             f"{held_epoch.generation if held_epoch else 'none'}")
+            return Decision(
+                APPLY,
+                "rebase",
+                f"snapshot version {v} of platform epoch {epoch.generation} replaces "
+                f"version {held_version} of epoch "
+                f"{held_epoch.generation if held_epoch else 'none'}",
+            )
         if v < held_version:
             return Decision(REJECT, "rollback", f"snapshot version {v} is older than the held version {held_version}")
         if v == held_version and not newer_epoch:
@@ -158,14 +182,24 @@ def blacklist_decision(type_: str, body: dict[str, Any], held_version: int, ente
         return Decision(APPLY, "newer", f"snapshot version {v} replaces version {held_version}")
     base, v = body["base_version"], body["version"]
     if newer_epoch and not (held_epoch is None and held_version == 0 and base == 0):  # a first list may be a delta
-        return Decision(REQUEST_SNAPSHOT, "new_epoch", f"delta {base}->{v} of platform epoch {epoch.generation} does "
-                                                       "not apply to a list of another epoch; asking for a snapshot")
+        return Decision(
+            REQUEST_SNAPSHOT,
+            "new_epoch",
+            f"delta {base}->{v} of platform epoch {epoch.generation} does "
+            "not apply to a list of another epoch; asking for a snapshot",
+        )
     if v <= held_version:
-        return Decision(REJECT, "rollback", f"delta to version {v} does not move past the held version "
-                                            f"{held_version} (replay or rollback)")
+        return Decision(
+            REJECT,
+            "rollback",
+            f"delta to version {v} does not move past the held version {held_version} (replay or rollback)",
+        )
     if base != held_version:
-        return Decision(REQUEST_SNAPSHOT, "gap", f"delta {base}->{v} does not start at the held version "
-                                                 f"{held_version}; asking for a snapshot")
+        return Decision(
+            REQUEST_SNAPSHOT,
+            "gap",
+            f"delta {base}->{v} does not start at the held version {held_version}; asking for a snapshot",
+        )
     return Decision(APPLY, "next", f"delta {base}->{v} applies to the held version")
 
 

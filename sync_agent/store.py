@@ -2,6 +2,7 @@
 
 The terminal reads `inbox_config` and `inbox_card_actions` from this file (docs/sync-protocol.md, "Inbox").
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ CREATE INDEX IF NOT EXISTS inbox_card_actions_asn ON inbox_card_actions (asn, st
 
 
 # What to do about an empty or truncated sync.db (it holds the acknowledged position and the terminal's inbox).
-LOST_FIX = ("keep it for investigation and restore it from backup, or delete it if this is a new install (the agent "
-            "then uploads the log again from its start, which the platform recognises as duplicates)")
+LOST_FIX = (
+    "keep it for investigation and restore it from backup, or delete it if this is a new install (the agent "
+    "then uploads the log again from its start, which the platform recognises as duplicates)"
+)
 
 
 def _create_schema(conn: sqlite3.Connection, terminal_id: str) -> None:
@@ -58,14 +61,19 @@ def check_existing(path: Path, terminal_id: str) -> None:
     finally:
         ro.close()
     if row is None:
-        raise DatabaseError(f"sync database {path} has no sync_meta row, so it was not written by the agent; "
-                            f"{LOST_FIX}")
+        raise DatabaseError(
+            f"sync database {path} has no sync_meta row, so it was not written by the agent; {LOST_FIX}"
+        )
     if row[1] != terminal_id:
-        raise DatabaseError(f"sync database {path} belongs to terminal {row[1]!r}, not {terminal_id!r}; "
-                            f"point {SyncStore.SETTING} at this terminal's own file")
+        raise DatabaseError(
+            f"sync database {path} belongs to terminal {row[1]!r}, not {terminal_id!r}; "
+            f"point {SyncStore.SETTING} at this terminal's own file"
+        )
     if row[0] != SCHEMA_VERSION:
-        raise DatabaseError(f"sync database {path} has schema version {row[0]}, this agent reads "
-                            f"{SCHEMA_VERSION}; run the matching agent or move the file away")
+        raise DatabaseError(
+            f"sync database {path} has schema version {row[0]}, this agent reads "
+            f"{SCHEMA_VERSION}; run the matching agent or move the file away"
+        )
 
 
 class SyncStore:
@@ -91,8 +99,10 @@ class SyncStore:
             conn.executescript(_SCHEMA)  # tables a newer agent added; a no-op on a complete file
         except sqlite3.DatabaseError as exc:
             conn.close()
-            raise DatabaseError(f"sync database {path} is not usable ({exc}); point {cls.SETTING} at a sync "
-                                "database or move the file away") from None
+            raise DatabaseError(
+                f"sync database {path} is not usable ({exc}); point {cls.SETTING} at a sync "
+                "database or move the file away"
+            ) from None
         return cls(conn, path)
 
     def acked(self) -> tuple[int, str]:
@@ -100,15 +110,18 @@ class SyncStore:
 
     def set_acked(self, seq: int, hash_: str, at: str) -> None:
         # Guarded in SQL as well: the acknowledged position never moves backwards.
-        self._conn.execute("UPDATE sync_meta SET acked_seq = ?, acked_hash = ?, acked_at = ? "
-                           "WHERE id = 1 AND acked_seq < ?", (seq, hash_, at, seq))
+        self._conn.execute(
+            "UPDATE sync_meta SET acked_seq = ?, acked_hash = ?, acked_at = ? WHERE id = 1 AND acked_seq < ?",
+            (seq, hash_, at, seq),
+        )
 
     def seen(self, msg_id: str) -> bool:
         return self._conn.execute("SELECT 1 FROM seen_messages WHERE id = ?", (msg_id,)).fetchone() is not None
 
     def mark_seen(self, msg_id: str, type_: str, issued_at: str, received_at: str) -> None:
-        self._conn.execute("INSERT OR IGNORE INTO seen_messages VALUES (?, ?, ?, ?)",
-                           (msg_id, type_, issued_at, received_at))
+        self._conn.execute(
+            "INSERT OR IGNORE INTO seen_messages VALUES (?, ?, ?, ?)", (msg_id, type_, issued_at, received_at)
+        )
 
     def prune_seen(self, issued_before: str) -> int:
         """Forget IDs of messages issued before a time; version checks still refuse their replays."""
@@ -121,11 +134,14 @@ class SyncStore:
     def config_version(self) -> int:
         return self._conn.execute("SELECT coalesce(max(version), 0) FROM inbox_config").fetchone()[0]
 
-    def store_config(self, version: int, enterprise_id: str, document: dict, msg_id: str, issued_at: str,
-                     received_at: str) -> None:
+    def store_config(
+        self, version: int, enterprise_id: str, document: dict, msg_id: str, issued_at: str, received_at: str
+    ) -> None:
         with self.transaction():
-            self._conn.execute("INSERT INTO inbox_config VALUES (?, ?, ?, ?, ?)",
-                               (version, enterprise_id, json.dumps(document, sort_keys=True), msg_id, received_at))
+            self._conn.execute(
+                "INSERT INTO inbox_config VALUES (?, ?, ?, ?, ?)",
+                (version, enterprise_id, json.dumps(document, sort_keys=True), msg_id, received_at),
+            )
             self.mark_seen(msg_id, "config", issued_at, received_at)
 
     def store_card_action(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
@@ -134,8 +150,16 @@ class SyncStore:
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO inbox_card_actions (action_id, asn, action, params, message_id, issued_at, "
                 "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (body["action_id"], body["asn"], body["action"], json.dumps(body["params"], sort_keys=True), msg_id,
-                 issued_at, received_at))
+                (
+                    body["action_id"],
+                    body["asn"],
+                    body["action"],
+                    json.dumps(body["params"], sort_keys=True),
+                    msg_id,
+                    issued_at,
+                    received_at,
+                ),
+            )
             self.mark_seen(msg_id, "card_action", issued_at, received_at)
         return cur.rowcount == 1
 
@@ -143,31 +167,35 @@ class SyncStore:
         """Mark a card action cancelled so the terminal never runs it; a cancellation that arrives before its
         action leaves a cancelled row, so the action is never stored as pending. Returns the status it had."""
         with self.transaction():
-            row = self._conn.execute("SELECT status FROM inbox_card_actions WHERE action_id = ?",
-                                     (body["action_id"],)).fetchone()
+            row = self._conn.execute(
+                "SELECT status FROM inbox_card_actions WHERE action_id = ?", (body["action_id"],)
+            ).fetchone()
             if row is None:
                 self._conn.execute(
                     "INSERT INTO inbox_card_actions (action_id, asn, action, params, message_id, issued_at, "
                     "received_at, status) VALUES (?, ?, ?, '{}', ?, ?, ?, 'cancelled')",
-                    (body["action_id"], body["asn"], body["action"], msg_id, issued_at, received_at))
+                    (body["action_id"], body["asn"], body["action"], msg_id, issued_at, received_at),
+                )
             elif row[0] == "pending":
-                self._conn.execute("UPDATE inbox_card_actions SET status = 'cancelled' WHERE action_id = ?",
-                                   (body["action_id"],))
+                self._conn.execute(
+                    "UPDATE inbox_card_actions SET status = 'cancelled' WHERE action_id = ?", (body["action_id"],)
+                )
             self.mark_seen(msg_id, "card_action.cancel", issued_at, received_at)
         return row[0] if row else "absent"
 
     def card_actions(self) -> list[dict]:
-        rows = self._conn.execute("SELECT action_id, asn, action, params, status FROM inbox_card_actions "
-                                  "ORDER BY issued_at, action_id").fetchall()
-        return [{"action_id": r[0], "asn": r[1], "action": r[2], "params": json.loads(r[3]), "status": r[4]}
-                for r in rows]
+        rows = self._conn.execute(
+            "SELECT action_id, asn, action, params, status FROM inbox_card_actions ORDER BY issued_at, action_id"
+        ).fetchall()
+        return [
+            {"action_id": r[0], "asn": r[1], "action": r[2], "params": json.loads(r[3]), "status": r[4]} for r in rows
+        ]
 
     def transaction(self):
         return transaction(self._conn)
 
     def close(self) -> None:
         self._conn.close()
-
 
 
 def open_readonly(sync_db: Path) -> sqlite3.Connection | None:
@@ -200,8 +228,9 @@ def last_platform_time(sync_db: Path) -> tuple[datetime, datetime] | None:
     if conn is None:
         return None
     try:
-        row = conn.execute("SELECT issued_at, received_at FROM seen_messages WHERE type = 'time' "
-                           "ORDER BY issued_at DESC LIMIT 1").fetchone()
+        row = conn.execute(
+            "SELECT issued_at, received_at FROM seen_messages WHERE type = 'time' ORDER BY issued_at DESC LIMIT 1"
+        ).fetchone()
     except sqlite3.Error:
         return None
     finally:

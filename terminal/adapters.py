@@ -1,5 +1,6 @@
 """The terminal's adapters opened from its configuration: SAM (checked against its binding), reader, storage, the
 whole Terminal. Shared by `onecard terminal run`, the self-test and provisioning; no argparse, no printing."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,6 +29,7 @@ def open_sam(config: Config, check_binding: bool = True, event_log=None):
     if check_binding:
         from sam.interface import SamError
         from terminal.sam_binding import BindingError, check_bound_sam
+
         try:
             check_bound_sam(config.path, config.sam.backend, sam)
         except (BindingError, SamError) as exc:
@@ -38,8 +40,8 @@ def open_sam(config: Config, check_binding: bool = True, event_log=None):
 
 
 def _open_sam(config: Config, event_log=None):
-    from sam.keystore import KeystoreUnlock
     from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock
     from sam.sam_state import StateFile
     from sam.software import SoftwareSam, default_state_path
     from terminal.sam_state_log import LoggedSamState
@@ -48,6 +50,7 @@ def _open_sam(config: Config, event_log=None):
     if s.backend == "psam":
         from sam.pcsc_sam import PcscSam
         from terminal.reader import ReaderError
+
         try:
             return PcscSam(s.reader)
         except (SamError, ReaderError) as exc:
@@ -56,8 +59,9 @@ def _open_sam(config: Config, event_log=None):
         if s.passphrase_file is not None:
             unlock = KeystoreUnlock.from_passphrase_file(s.passphrase_file, f"[sam].passphrase_file in {config.path}")
         else:
-            unlock = KeystoreUnlock.from_device_secret_file(s.device_secret_file,
-                                                            f"[sam].device_secret_file in {config.path}")
+            unlock = KeystoreUnlock.from_device_secret_file(
+                s.device_secret_file, f"[sam].device_secret_file in {config.path}"
+            )
         state = None
         if event_log is not None:
             state = LoggedSamState(event_log, config.terminal.enterprise_id, StateFile(default_state_path(s.keystore)))
@@ -71,9 +75,11 @@ def _reader_factory(config: Config):
     r = config.reader
     if r.driver == "pcsc":
         from terminal.readers.pcsc import PcscReader
+
         return lambda: PcscReader(r.name)
     if r.driver == "nfc":
         from terminal.readers.nfc import NfcReader
+
         return lambda: NfcReader(r.path)
     return None
 
@@ -95,14 +101,16 @@ def open_reader(config: Config, wait: bool = False, simulated_reader: Callable[[
         except ReaderError as exc:
             raise UserError(str(exc)) from None
     if simulated_reader is None:
-        raise UserError(f"[reader] driver = \"simulator\" in {config.path} runs only under the onecard command "
-                        "(its simulator wiring); use driver pcsc or nfc here")
+        raise UserError(
+            f'[reader] driver = "simulator" in {config.path} runs only under the onecard command '
+            "(its simulator wiring); use driver pcsc or nfc here"
+        )
     return simulated_reader(r.card)
 
 
 def open_storage(config: Config):
-    from terminal.blacklist import Blacklist
     from common.db import DatabaseError
+    from terminal.blacklist import Blacklist
     from terminal.event_log import EventLog
 
     for path in (config.terminal.database, config.terminal.blacklist):
@@ -124,6 +132,7 @@ def open_outputs(config: Config, event_log, snapshot_dir: Path | None = None):
     d = config.display
     if d.driver != "none" or snapshot_dir is not None:
         from terminal.display import DisplayError, Fonts, LumaDisplay, open_device
+
         try:
             screen_driver = LumaDisplay(open_device(d), Fonts(d.font, d.height), snapshot_dir)
         except DisplayError as exc:
@@ -145,12 +154,18 @@ def open_outputs(config: Config, event_log, snapshot_dir: Path | None = None):
         try:
             if config.terminal.kind == "door":
                 if config.door.lock == "fail-secure" and not config.door.strike_active_high:
-                    log_event(log, "door.wiring_warning", logging.WARNING, pin=config.door.strike_pin,
-                              msg="an active-low relay board energises when the process dies and the pin floats: "
-                                  "a killed terminal may leave a fail-secure door unlocked (docs/install.md, Wiring)")
+                    log_event(
+                        log,
+                        "door.wiring_warning",
+                        logging.WARNING,
+                        pin=config.door.strike_pin,
+                        msg="an active-low relay board energises when the process dies and the pin floats: "
+                        "a killed terminal may leave a fail-secure door unlocked (docs/install.md, Wiring)",
+                    )
                 last = event_log.last_event_of(DOOR_EVENT_KINDS) if event_log is not None else None
-                door = GpioDoor(config.door, open_alarm=open_alarm_from_log(last.kind if last else None),
-                                on_event=on_door_event)
+                door = GpioDoor(
+                    config.door, open_alarm=open_alarm_from_log(last.kind if last else None), on_event=on_door_event
+                )
             gpio = GpioOutputs(config.output, door)
         except GpioError as exc:
             if door is not None:
@@ -165,8 +180,17 @@ def open_outputs(config: Config, event_log, snapshot_dir: Path | None = None):
     return outputs
 
 
-def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, outputs=None, wait_for_reader=False,
-                   simulated_reader: Callable[[Path], object] | None = None, snapshot_dir: Path | None = None):
+def build_terminal(
+    config: Config,
+    stack: ExitStack,
+    *,
+    sam=None,
+    reader=None,
+    outputs=None,
+    wait_for_reader=False,
+    simulated_reader: Callable[[Path], object] | None = None,
+    snapshot_dir: Path | None = None,
+):
     """Open every adapter the configuration names (tests may hand in a SAM, reader or outputs of their own);
     each failure is one UserError line. The outputs are closed (the strike released) when the stack unwinds."""
     from terminal.app import Terminal
@@ -174,6 +198,7 @@ def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, o
     if config.sync is not None:
         from common.db import DatabaseError
         from sync_agent.store import check_existing
+
         try:  # absent is fine (the agent has not run yet); garbage is refused now, not at the first refresh
             check_existing(config.sync.database, config.terminal.id)
         except DatabaseError as exc:
@@ -197,8 +222,11 @@ def build_terminal(config: Config, stack: ExitStack, *, sam=None, reader=None, o
         db, capacity = config.sync.database, config.sync.outbox_capacity
         inbox = Inbox(db)
         stack.callback(inbox.close)
-        sync = dict(inbox=inbox, synced_seq=lambda: read_acked_seq(db),
-                    outbox_pressure=lambda: outbox_pressure(event_log, db, capacity))
+        sync = dict(
+            inbox=inbox,
+            synced_seq=lambda: read_acked_seq(db),
+            outbox_pressure=lambda: outbox_pressure(event_log, db, capacity),
+        )
     return Terminal(config, sam, event_log, blacklist, outputs, **sync), reader
 
 

@@ -3,6 +3,7 @@
 `Terminal.handle_tap` is the whole tap path; `Terminal.run` is the loop around a reader. Time and the
 nonce source are passed in so tests and the simulator can drive it deterministically.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,35 +13,44 @@ import threading
 import time
 from collections.abc import Callable
 
+from common.config import Config, ConfigError, apply_platform_document
 from common.logs import log_event
+from common.money import format_yuan
 from sam.interface import Sam, SamError, SamSwapped
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
-from common.config import Config, ConfigError, apply_platform_document
-from terminal.inbox import Inbox
-from terminal.decision import Decision, Refusal
-from common.money import format_yuan
-from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, Typed, Undo
-from terminal.screens import entry_screen, idle_screen, notice_screen, prompt_screen
-from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
-from terminal.door import decide_door
-from terminal.outputs import Outputs, present
 from terminal.card_deadline import CommandDeadline
+from terminal.decision import Decision, Refusal
+from terminal.door import decide_door
+from terminal.inbox import Inbox
+from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, Typed, Undo
+from terminal.outputs import Outputs, present
+from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.reader import CardConnection, CardRemoved, CardUnresponsive, Reader, ReaderError
+from terminal.screens import entry_screen, idle_screen, notice_screen, prompt_screen
 
 log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
 CONFIG_REFRESH_SECONDS = 5.0  # how often an idle terminal looks for a newer platform configuration
 READER_UNAVAILABLE = "Reader unavailable: door locked, waiting for the reader"
 CONFIG_REJECTED = "config.rejected"  # event kind: a platform configuration document this terminal refused
-RESULT_SECONDS = 4.0          # a decision stays on the display this long before the idle screen returns
+RESULT_SECONDS = 4.0  # a decision stays on the display this long before the idle screen returns
 
 
 class Terminal:
-    def __init__(self, config: Config, sam: Sam, event_log, blacklist, outputs: Outputs,
-                 nonce_source: Callable[[int], bytes] = os.urandom, synced_seq: Callable[[], int] = lambda: 0,
-                 outbox_pressure: Callable[[], float] = lambda: 0.0, inbox: Inbox | None = None,
-                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)):
+    def __init__(
+        self,
+        config: Config,
+        sam: Sam,
+        event_log,
+        blacklist,
+        outputs: Outputs,
+        nonce_source: Callable[[int], bytes] = os.urandom,
+        synced_seq: Callable[[], int] = lambda: 0,
+        outbox_pressure: Callable[[], float] = lambda: 0.0,
+        inbox: Inbox | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ):
         self.config = config
         self.firmware_config = config  # firmware.toml as read: each platform document is laid over this, not stacked
         self.sam = sam
@@ -57,9 +67,19 @@ class Terminal:
         self._screen_since = 0.0
         self._idle_checked = 0.0
         self.reader_status = {"name": "", "state": "not started"}  # for the status page (another thread reads it)
-        self.purse = (PurseTerminal(config, sam, event_log, blacklist, synced_seq, outbox_pressure,
-                                    inbox.pending_actions if inbox is not None else None)
-                      if config.terminal.kind in PURSE_KINDS else None)
+        self.purse = (
+            PurseTerminal(
+                config,
+                sam,
+                event_log,
+                blacklist,
+                synced_seq,
+                outbox_pressure,
+                inbox.pending_actions if inbox is not None else None,
+            )
+            if config.terminal.kind in PURSE_KINDS
+            else None
+        )
 
     def refresh_config(self) -> None:
         """Apply a newer platform configuration from the inbox, if any; a bad one is logged and ignored."""
@@ -69,16 +89,32 @@ class Terminal:
         try:
             config = apply_platform_document(self.firmware_config, version, document)
         except ConfigError as exc:
-            log_event(log, "config.rejected", logging.WARNING, version=version, error=str(exc),
-                      msg="platform configuration not applied; the terminal keeps its current settings")
+            log_event(
+                log,
+                "config.rejected",
+                logging.WARNING,
+                version=version,
+                error=str(exc),
+                msg="platform configuration not applied; the terminal keeps its current settings",
+            )
             # Into the event log as well: the agent uploads it, so the platform learns why its document was refused.
             try:
-                self.event_log.append(self.clock(), CONFIG_REJECTED, asn=None, reason_code="invalid_config",
-                                      message=f"Platform configuration version {version} not applied",
-                                      detail={"version": version, "error": str(exc)})
+                self.event_log.append(
+                    self.clock(),
+                    CONFIG_REJECTED,
+                    asn=None,
+                    reason_code="invalid_config",
+                    message=f"Platform configuration version {version} not applied",
+                    detail={"version": version, "error": str(exc)},
+                )
             except Exception as write_exc:  # e.g. a full disk: the rejection still holds, the next start reports it
-                log_event(log, "log.write_failed", logging.ERROR, error=str(write_exc),
-                          msg="could not record the configuration rejection")
+                log_event(
+                    log,
+                    "log.write_failed",
+                    logging.ERROR,
+                    error=str(write_exc),
+                    msg="could not record the configuration rejection",
+                )
                 return
         else:
             self.config = config
@@ -98,20 +134,44 @@ class Terminal:
             if t.kind == "door":
                 return decide_door(card, entry, self.config.door, self.config.time_profiles, now.astimezone(t.timezone))
             last = self.event_log.last_event(card.info.asn_hex, CLOCK_KINDS)
-            return decide_attendance(card, entry, last.kind if last else None, last.time if last else None,
-                                     self.config.attendance, now, t.timezone)
+            return decide_attendance(
+                card,
+                entry,
+                last.kind if last else None,
+                last.time if last else None,
+                self.config.attendance,
+                now,
+                t.timezone,
+            )
         except Refusal as r:
-            return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code=r.reason_code, message=r.message,
-                            asn=r.asn, detail=r.detail, logged=r.reason_code != LOG_UNAVAILABLE)
+            return Decision(
+                accepted=False,
+                kind=f"{t.kind}.deny",
+                reason_code=r.reason_code,
+                message=r.message,
+                asn=r.asn,
+                detail=r.detail,
+                logged=r.reason_code != LOG_UNAVAILABLE,
+            )
         except SamSwapped as exc:
             # Not the PSAM this terminal started with (checked at every reconnect): a refusal with its reason, logged.
             # Any other SAM failure is handled in handle_tap (sam_unavailable).
-            log_event(log, "sam.swapped", logging.ERROR, error=str(exc),
-                      msg="the SAM in the slot is not the one this terminal started with; the tap is refused")
-            return Decision(accepted=False, kind=f"{t.kind}.deny", reason_code="sam_swapped",
-                            message="Terminal fault: the SAM is not this terminal's, " + (
-                                "access refused" if self.purse is None else "nothing charged") + ". Call maintenance",
-                            detail={"problem": str(exc)})
+            log_event(
+                log,
+                "sam.swapped",
+                logging.ERROR,
+                error=str(exc),
+                msg="the SAM in the slot is not the one this terminal started with; the tap is refused",
+            )
+            return Decision(
+                accepted=False,
+                kind=f"{t.kind}.deny",
+                reason_code="sam_swapped",
+                message="Terminal fault: the SAM is not this terminal's, "
+                + ("access refused" if self.purse is None else "nothing charged")
+                + ". Call maintenance",
+                detail={"problem": str(exc)},
+            )
 
     def _purse_decision(self, conn: CardConnection, now: dt.datetime, request: Request | None) -> Decision:
         transmit = conn.transmit
@@ -125,13 +185,24 @@ class Terminal:
             return self.purse.balance_inquiry(transmit, now)
         except Unrecorded as exc:
             self.purse.sale_intent_seq = None  # a later sale to this card must not be answered with this one
-            return Decision(accepted=True, kind=exc.op, reason_code="unrecorded", message=exc.message, asn=exc.asn,
-                            logged=False,
-                            detail={"why": exc.why})
+            return Decision(
+                accepted=True,
+                kind=exc.op,
+                reason_code="unrecorded",
+                message=exc.message,
+                asn=exc.asn,
+                logged=False,
+                detail={"why": exc.why},
+            )
         except Incomplete as exc:
-            return Decision(accepted=False, kind="tap.incomplete", reason_code="unconfirmed",
-                            message=f"{exc.op.split('.')[-1].capitalize()} not confirmed: tap the card again",
-                            logged=False, detail={"why": exc.why})
+            return Decision(
+                accepted=False,
+                kind="tap.incomplete",
+                reason_code="unconfirmed",
+                message=f"{exc.op.split('.')[-1].capitalize()} not confirmed: tap the card again",
+                logged=False,
+                detail={"why": exc.why},
+            )
 
     def handle_tap(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
         """Decide, log durably, then drive the outputs. A failed log write keeps the door shut."""
@@ -140,44 +211,103 @@ class Terminal:
             decision = self.decide(self.deadline.wrap(conn), now, request)
         except CardUnresponsive as exc:
             # Late, silent or broken answer: what a purse command did is settled at the card's next tap.
-            log_event(log, "card.unresponsive", logging.WARNING, error=str(exc),
-                      msg="card missed its command deadline or answered without status bytes; tap refused")
+            log_event(
+                log,
+                "card.unresponsive",
+                logging.WARNING,
+                error=str(exc),
+                msg="card missed its command deadline or answered without status bytes; tap refused",
+            )
             again = "tap again to finish" if purse else "access refused, tap again"
-            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="card_timeout",
-                                message=f"Card did not answer in time: {again}", logged=False,
-                                detail={"why": str(exc)})
+            decision = Decision(
+                accepted=False,
+                kind="tap.incomplete",
+                reason_code="card_timeout",
+                message=f"Card did not answer in time: {again}",
+                logged=False,
+                detail={"why": str(exc)},
+            )
         except CardRemoved:
             again = "to finish" if purse else "and hold it still"
-            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="removed",
-                                message=f"Card removed too soon: tap again {again}", logged=False)
+            decision = Decision(
+                accepted=False,
+                kind="tap.incomplete",
+                reason_code="removed",
+                message=f"Card removed too soon: tap again {again}",
+                logged=False,
+            )
         except ReaderError as exc:
             self._reader_unavailable(str(exc))
-            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="reader_unavailable",
-                                message=READER_UNAVAILABLE, logged=False, detail={"why": str(exc)})
+            decision = Decision(
+                accepted=False,
+                kind="tap.incomplete",
+                reason_code="reader_unavailable",
+                message=READER_UNAVAILABLE,
+                logged=False,
+                detail={"why": str(exc)},
+            )
         except SamError as exc:
             # The SAM (a PSAM pulled out or failing) broke off; an open intent is settled at the next tap.
-            log_event(log, "sam.failed", logging.ERROR, error=str(exc),
-                      msg="the terminal's SAM failed during a tap; tap refused")
+            log_event(
+                log,
+                "sam.failed",
+                logging.ERROR,
+                error=str(exc),
+                msg="the terminal's SAM failed during a tap; tap refused",
+            )
             what = "payment not confirmed, tap again when the terminal is repaired" if purse else "access refused"
-            decision = Decision(accepted=False, kind="tap.incomplete", reason_code="sam_unavailable",
-                                message=f"Terminal fault (security module): {what}. Call maintenance",
-                                logged=False, detail={"why": str(exc)})
+            decision = Decision(
+                accepted=False,
+                kind="tap.incomplete",
+                reason_code="sam_unavailable",
+                message=f"Terminal fault (security module): {what}. Call maintenance",
+                logged=False,
+                detail={"why": str(exc)},
+            )
         if decision.logged:
             try:
-                logged = self.event_log.append(now, decision.kind, asn=decision.asn, reason_code=decision.reason_code,
-                                               message=decision.message, detail=decision.detail)
+                logged = self.event_log.append(
+                    now,
+                    decision.kind,
+                    asn=decision.asn,
+                    reason_code=decision.reason_code,
+                    message=decision.message,
+                    detail=decision.detail,
+                )
             except Exception as exc:
-                log_event(log, "log.write_failed", logging.ERROR, error=str(exc),
-                          msg="could not write the event log; refusing the tap")
-                message = ("Terminal fault: cannot record, access refused. Call maintenance" if self.purse is None
-                           else cannot_record_message({"pos": "pos.purchase", "topup": "topup.load"}
-                                                      [self.config.terminal.kind]))
-                decision = Decision(accepted=False, kind=decision.kind, reason_code=LOG_UNAVAILABLE, message=message,
-                                    asn=decision.asn, logged=False)
+                log_event(
+                    log,
+                    "log.write_failed",
+                    logging.ERROR,
+                    error=str(exc),
+                    msg="could not write the event log; refusing the tap",
+                )
+                message = (
+                    "Terminal fault: cannot record, access refused. Call maintenance"
+                    if self.purse is None
+                    else cannot_record_message(
+                        {"pos": "pos.purchase", "topup": "topup.load"}[self.config.terminal.kind]
+                    )
+                )
+                decision = Decision(
+                    accepted=False,
+                    kind=decision.kind,
+                    reason_code=LOG_UNAVAILABLE,
+                    message=message,
+                    asn=decision.asn,
+                    logged=False,
+                )
             else:
                 decision.detail["seq"] = logged.seq
-        log_event(log, "tap.decided", terminal=self.config.terminal.id, kind=decision.kind, asn=decision.asn,
-                  reason=decision.reason_code, msg=decision.message)
+        log_event(
+            log,
+            "tap.decided",
+            terminal=self.config.terminal.id,
+            kind=decision.kind,
+            asn=decision.asn,
+            reason=decision.reason_code,
+            msg=decision.message,
+        )
         relay = self.config.door.open_seconds if self.config.terminal.kind == "door" else None
         present(decision, self.outputs, relay)
         self._shown()
@@ -215,13 +345,25 @@ class Terminal:
     def log_door_events(self) -> None:
         """Door events (REX, alarms, door closed) from the door hardware, into the log from this thread."""
         take = getattr(self.outputs, "take_door_events", None)
-        for when, event in (take() if take is not None else []):
+        for when, event in take() if take is not None else []:
             try:
-                self.event_log.append(when, event.kind, asn=None, reason_code=event.kind.split(".")[-1],
-                                      message=event.message, detail=event.detail)
+                self.event_log.append(
+                    when,
+                    event.kind,
+                    asn=None,
+                    reason_code=event.kind.split(".")[-1],
+                    message=event.message,
+                    detail=event.detail,
+                )
             except Exception as exc:
-                log_event(log, "log.write_failed", logging.ERROR, error=str(exc), kind=event.kind,
-                          msg="could not write a door event to the log")
+                log_event(
+                    log,
+                    "log.write_failed",
+                    logging.ERROR,
+                    error=str(exc),
+                    kind=event.kind,
+                    msg="could not write a door event to the log",
+                )
             self._shown()  # the alarm screen the door hardware just put up
             level = logging.WARNING if event.kind in ("door.held_open", "door.forced_open") else logging.INFO
             log_event(log, event.kind, level, terminal=self.config.terminal.id, msg=event.message, **event.detail)
@@ -231,29 +373,46 @@ class Terminal:
         if isinstance(request, Charge):
             pos = self.config.pos
             if request.amount > pos.max_purchase:
-                return (f"{format_yuan(request.amount)} is over the limit of {format_yuan(pos.max_purchase)} per "
-                        "purchase: enter a smaller amount")
+                return (
+                    f"{format_yuan(request.amount)} is over the limit of {format_yuan(pos.max_purchase)} per "
+                    "purchase: enter a smaller amount"
+                )
             if request.amount > pos.offline_limit:
-                return (f"{format_yuan(request.amount)} is over the offline limit of "
-                        f"{format_yuan(pos.offline_limit)} per card: enter a smaller amount")
+                return (
+                    f"{format_yuan(request.amount)} is over the offline limit of "
+                    f"{format_yuan(pos.offline_limit)} per card: enter a smaller amount"
+                )
         if isinstance(request, Load) and request.amount > self.config.topup.max_load:
-            return (f"{format_yuan(request.amount)} is over the top-up limit of "
-                    f"{format_yuan(self.config.topup.max_load)}: enter a smaller amount")
+            return (
+                f"{format_yuan(request.amount)} is over the top-up limit of "
+                f"{format_yuan(self.config.topup.max_load)}: enter a smaller amount"
+            )
         return None
 
     def _reader_unavailable(self, why: str) -> None:
         """Show and log an outage once; the door stays shut (nothing is granted without a reader)."""
         if self.reader_problem is None:
-            log_event(log, "reader.unavailable", logging.ERROR, terminal=self.config.terminal.id, error=why,
-                      msg="card reader unavailable: door kept shut, waiting for the reader to come back")
+            log_event(
+                log,
+                "reader.unavailable",
+                logging.ERROR,
+                terminal=self.config.terminal.id,
+                error=why,
+                msg="card reader unavailable: door kept shut, waiting for the reader to come back",
+            )
             self.outputs.light("red")
             self.outputs.display(READER_UNAVAILABLE)
         self.reader_problem = why
 
     def _reader_available(self, reader: Reader) -> None:
         if self.reader_problem is not None:
-            log_event(log, "reader.available", terminal=self.config.terminal.id, reader=reader.name,
-                      msg="card reader available again: serving taps")
+            log_event(
+                log,
+                "reader.available",
+                terminal=self.config.terminal.id,
+                reader=reader.name,
+                msg="card reader available again: serving taps",
+            )
             self.outputs.light("off")
             self.outputs.display("Ready: tap your card")
             self.reader_problem = None
@@ -271,12 +430,25 @@ class Terminal:
             try:
                 self.event_log.checkpoint_if_due()  # no card: the moment for the log's checkpoint fsyncs
             except Exception as exc:  # noqa: BLE001 - a failed checkpoint loses nothing; the next append says more
-                log_event(log, "log.checkpoint_failed", logging.WARNING, error=str(exc),
-                          msg="could not checkpoint the event log; retried when next idle")
+                log_event(
+                    log,
+                    "log.checkpoint_failed",
+                    logging.WARNING,
+                    error=str(exc),
+                    msg="could not checkpoint the event log; retried when next idle",
+                )
         return conn
 
-    def _serve_card(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event, poll: float,
-                    request: Request | None = None, heartbeat: Callable[[], None] = lambda: None) -> Decision:
+    def _serve_card(
+        self,
+        reader: Reader,
+        conn: CardConnection,
+        clock,
+        stop: threading.Event,
+        poll: float,
+        request: Request | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> Decision:
         conn = self.deadline.wrap(conn)  # the same wrapper handle_tap uses: close() knows of a late command
         try:
             decision = self.handle_tap(conn, clock(), request)
@@ -293,9 +465,15 @@ class Terminal:
                 break  # the card is gone with the reader; the tap loop waits for the reader to come back
         return decision
 
-    def run(self, reader: Reader, clock: Callable[[], dt.datetime], stop: threading.Event,
-            poll_seconds: float = 0.5, keypad: Keypad | None = None,
-            heartbeat: Callable[[], None] = lambda: None) -> None:
+    def run(
+        self,
+        reader: Reader,
+        clock: Callable[[], dt.datetime],
+        stop: threading.Event,
+        poll_seconds: float = 0.5,
+        keypad: Keypad | None = None,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
         """Serve taps until `stop` is set. Each card is handled once per presentation.
 
         A POS or top-up terminal serves the keypad's requests: each waits for a card, and a tap that was
@@ -304,8 +482,14 @@ class Terminal:
         called on every turn of the loop (the systemd watchdog): a loop that hangs stops calling it.
         """
         self.clock = clock
-        log_event(log, "terminal.started", terminal=self.config.terminal.id, kind=self.config.terminal.kind,
-                  reader=reader.name, msg="terminal ready for taps")
+        log_event(
+            log,
+            "terminal.started",
+            terminal=self.config.terminal.id,
+            kind=self.config.terminal.kind,
+            reader=reader.name,
+            msg="terminal ready for taps",
+        )
         self.reader_status = {"name": reader.name, "state": "ready for taps"}
         refreshed = 0.0
         while not stop.is_set():
@@ -348,8 +532,15 @@ class Terminal:
             return None
         return item
 
-    def _tap_without_amount(self, reader: Reader, conn: CardConnection, clock, stop: threading.Event,
-                            poll: float, heartbeat: Callable[[], None] = lambda: None) -> None:
+    def _tap_without_amount(
+        self,
+        reader: Reader,
+        conn: CardConnection,
+        clock,
+        stop: threading.Event,
+        poll: float,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
         if self.config.keypad.tap_without_amount == "balance":
             self._serve_card(reader, conn, clock, stop, poll, Balance(), heartbeat)
             return
@@ -364,8 +555,16 @@ class Terminal:
                 self._reader_unavailable(str(exc))
                 return
 
-    def _serve_request(self, reader: Reader, keypad: Keypad, request: Request, clock, stop: threading.Event,
-                       poll: float, heartbeat: Callable[[], None] = lambda: None) -> None:
+    def _serve_request(
+        self,
+        reader: Reader,
+        keypad: Keypad,
+        request: Request,
+        clock,
+        stop: threading.Event,
+        poll: float,
+        heartbeat: Callable[[], None] = lambda: None,
+    ) -> None:
         self.outputs.light("off")
         self.show(prompt_screen(request.prompt(), getattr(request, "amount", None)))
         waited = 0.0
@@ -379,8 +578,13 @@ class Terminal:
                 replacement = self._keypad_item(item, waiting=request)
                 if replacement is not None:
                     # A corrected amount replaces the one waiting: only the latest is ever charged.
-                    log_event(log, "keypad.replaced", old=request.prompt(), new=replacement.prompt(),
-                              msg="the cashier replaced the request waiting for the card")
+                    log_event(
+                        log,
+                        "keypad.replaced",
+                        old=request.prompt(),
+                        new=replacement.prompt(),
+                        msg="the cashier replaced the request waiting for the card",
+                    )
                     request, waited = replacement, 0.0
                     self.show(prompt_screen(request.prompt(), getattr(request, "amount", None)))
                 continue

@@ -3,6 +3,7 @@
 The caller supplies `transmit` (a reader's) and a fresh nonce; everything else is decided here
 without I/O of its own. Anything short of a verified answer raises Refusal with the reason.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -17,15 +18,19 @@ def select_card(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.
     try:
         info = cp.parse_select(transmit(cp.select_command()))
     except cp.NotOneCard:
-        raise Refusal("not_supported",
-                      "Card not supported: no one-card application on this card or phone") from None
+        raise Refusal("not_supported", "Card not supported: no one-card application on this card or phone") from None
     except cp.CardProtocolError as exc:
-        raise Refusal("not_supported", "Card not supported: it does not answer like a one-card",
-                      detail={"problem": str(exc)}) from None
+        raise Refusal(
+            "not_supported", "Card not supported: it does not answer like a one-card", detail={"problem": str(exc)}
+        ) from None
     asn = info.asn_hex
     if info.enterprise_id != enterprise_id:
-        raise Refusal("other_enterprise", "This card has no application for this site", asn,
-                      {"card_enterprise": info.enterprise_id.hex()})
+        raise Refusal(
+            "other_enterprise",
+            "This card has no application for this site",
+            asn,
+            {"card_enterprise": info.enterprise_id.hex()},
+        )
     if info.status == cp.STATUS_TRANSPORT:
         raise Refusal("not_issued", "Card not issued yet: please see the card office", asn)
     if info.status == cp.STATUS_VOIDED:
@@ -35,28 +40,40 @@ def select_card(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.
     return info
 
 
-def authenticate_card(transmit: Callable[[bytes], bytes], sam: Sam, enterprise_id: bytes, terminal_id: bytes,
-                      nonce: bytes) -> AuthenticatedCard:
+def authenticate_card(
+    transmit: Callable[[bytes], bytes], sam: Sam, enterprise_id: bytes, terminal_id: bytes, nonce: bytes
+) -> AuthenticatedCard:
     """Raises Refusal, or CardRemoved (from transmit) when the card leaves mid-way."""
     info = select_card(transmit, enterprise_id)
     asn = info.asn_hex
     if not sam.has_key(enterprise_id, KeyPurpose.ACCESS, info.key_version, info.algorithm):
-        raise Refusal("unknown_key_version",
-                      f"Card key version {info.key_version} is not accepted here: please see the administrator", asn,
-                      {"key_version": info.key_version, "algorithm": info.algorithm.name})
+        raise Refusal(
+            "unknown_key_version",
+            f"Card key version {info.key_version} is not accepted here: please see the administrator",
+            asn,
+            {"key_version": info.key_version, "algorithm": info.algorithm.name},
+        )
     try:
         read = cp.parse_access_read(transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id)
     except cp.ApplicationInactive as exc:
-        raise Refusal("application_inactive", "Card blocked: its application is not active or used up. "
-                      "Take the card to the card office", asn, {"problem": str(exc)}) from None
+        raise Refusal(
+            "application_inactive",
+            "Card blocked: its application is not active or used up. Take the card to the card office",
+            asn,
+            {"problem": str(exc)},
+        ) from None
     except cp.CardProtocolError as exc:
         raise Refusal("card_error", "Card could not be read: please tap again", asn, {"problem": str(exc)}) from None
     identity = info.identity()
     try:
         sam.verify_card_mac(KeyPurpose.ACCESS, identity, read.mac_input, read.mac)
     except MacVerificationError:
-        raise Refusal("auth_failed", "Card authentication failed: this card is not genuine or is damaged", asn,
-                      {"counter": read.counter}) from None
+        raise Refusal(
+            "auth_failed",
+            "Card authentication failed: this card is not genuine or is damaged",
+            asn,
+            {"counter": read.counter},
+        ) from None
     if read.status != cp.STATUS_ACTIVE:
         raise Refusal("card_status", "Card reports its application is not active: please see the administrator", asn)
     return AuthenticatedCard(info=info, read=read)

@@ -2,6 +2,7 @@
 
 Tables, versioning rules and why it is a separate file from the event log: docs/event-log.md.
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -36,8 +37,10 @@ class BlacklistRollbackError(BlacklistVersionError):
 
 # The platform epoch the list comes from and the digest of its entries (docs/sync-protocol.md), kept in the same
 # file so that both change in the transaction that changes the list. Added to lists made before epochs on open.
-_SYNC_TABLE = ("CREATE TABLE IF NOT EXISTS bl_sync (id INTEGER PRIMARY KEY CHECK (id = 1), epoch_instance TEXT, "
-               "epoch_generation INTEGER, digest TEXT NOT NULL) STRICT")
+_SYNC_TABLE = (
+    "CREATE TABLE IF NOT EXISTS bl_sync (id INTEGER PRIMARY KEY CHECK (id = 1), epoch_instance TEXT, "
+    "epoch_generation INTEGER, digest TEXT NOT NULL) STRICT"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,14 +77,19 @@ def _check_epoch(held: Epoch | None, offered: Epoch | None) -> None:
     if held is None:
         return
     if offered is None:
-        raise BlacklistRollbackError(f"the list held comes from platform epoch {held.generation}; an update "
-                                     "without an epoch is refused")
+        raise BlacklistRollbackError(
+            f"the list held comes from platform epoch {held.generation}; an update without an epoch is refused"
+        )
     if offered.generation < held.generation:
-        raise BlacklistRollbackError(f"snapshot of platform epoch {offered.generation} is older than the held "
-                                     f"epoch {held.generation}; refused (rollback)")
+        raise BlacklistRollbackError(
+            f"snapshot of platform epoch {offered.generation} is older than the held "
+            f"epoch {held.generation}; refused (rollback)"
+        )
     if offered.generation == held.generation and offered.instance != held.instance:
-        raise BlacklistRollbackError(f"snapshot of epoch {offered.generation} comes from platform instance "
-                                     f"{offered.instance}, the list held from {held.instance}; refused")
+        raise BlacklistRollbackError(
+            f"snapshot of epoch {offered.generation} comes from platform instance "
+            f"{offered.instance}, the list held from {held.instance}; refused"
+        )
 
 
 def _chunks(rows: Iterator, size: int = _CHUNK) -> Iterator[list]:
@@ -90,8 +98,10 @@ def _chunks(rows: Iterator, size: int = _CHUNK) -> Iterator[list]:
 
 
 # An empty or truncated blacklist is never replaced by an empty list on its own: that would admit every lost card.
-LOST_FIX = ("restore it from backup, or delete it if this is a new install (an absent blacklist is created empty and "
-            "filled by the next sync)")
+LOST_FIX = (
+    "restore it from backup, or delete it if this is a new install (an absent blacklist is created empty and "
+    "filled by the next sync)"
+)
 
 
 class Blacklist:
@@ -112,7 +122,9 @@ class Blacklist:
         if is_new:
             is_new = create_new(path, lambda conn: cls._create_schema(conn, path))
         if not is_new:
-            ro = open_checked_readonly(path, setting=cls.SETTING, required_tables={"bl_meta", "blacklist"}, what=cls.WHAT)
+            ro = open_checked_readonly(
+                path, setting=cls.SETTING, required_tables={"bl_meta", "blacklist"}, what=cls.WHAT
+            )
             try:
                 row = ro.execute("SELECT schema_version FROM bl_meta WHERE id = 1").fetchone()
             except sqlite3.DatabaseError as exc:
@@ -305,8 +317,10 @@ class Blacklist:
             return self._finish(new_version)
 
     def _set_sync(self, epoch: Epoch | None, digest: str) -> None:
-        self._conn.execute("UPDATE bl_sync SET epoch_instance = ?, epoch_generation = ?, digest = ? WHERE id = 1",
-                           (epoch.instance if epoch else None, epoch.generation if epoch else None, digest))
+        self._conn.execute(
+            "UPDATE bl_sync SET epoch_instance = ?, epoch_generation = ?, digest = ? WHERE id = 1",
+            (epoch.instance if epoch else None, epoch.generation if epoch else None, digest),
+        )
 
     def _current_version(self) -> int:
         return self._conn.execute("SELECT version FROM bl_meta WHERE id = 1").fetchone()[0]

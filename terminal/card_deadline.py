@@ -5,6 +5,7 @@ talking to it; no API can cancel that call. So each command runs on a worker thr
 at most the deadline. A worker left behind by a late card is abandoned: it finishes (or fails) when the card
 answers or leaves, releases the connection then, and exits; the next tap gets a fresh worker.
 """
+
 from __future__ import annotations
 
 import queue

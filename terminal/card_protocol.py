@@ -3,6 +3,7 @@
 Byte layouts and status words are those of docs/card-application.md; every parser either returns a
 typed value or raises CardProtocolError (or NotOneCard) naming what was wrong with the bytes.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -60,9 +61,12 @@ class CardInfo:
     def identity(self, key_version: int | None = None, algorithm: Algorithm | None = None) -> CardIdentity:
         """What the SAM needs to derive this card's keys: by default at the key version and algorithm the card
         announces, or at those an intent logged earlier (a transaction finished on a later tap)."""
-        return CardIdentity(asn=self.asn, enterprise_id=self.enterprise_id,
-                            key_version=self.key_version if key_version is None else key_version,
-                            algorithm=self.algorithm if algorithm is None else algorithm)
+        return CardIdentity(
+            asn=self.asn,
+            enterprise_id=self.enterprise_id,
+            key_version=self.key_version if key_version is None else key_version,
+            algorithm=self.algorithm if algorithm is None else algorithm,
+        )
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def parse_tlvs(data: bytes) -> list[tuple[int, bytes]]:
         tag, length = data[i], data[i + 1]
         if length > 127:
             raise CardProtocolError(f"TLV tag {tag:02X} has a long-form length, not used by this application")
-        value = data[i + 2:i + 2 + length]
+        value = data[i + 2 : i + 2 + length]
         if len(value) != length:
             raise CardProtocolError(f"TLV tag {tag:02X} says {length} bytes, {len(value)} present")
         out.append((tag, value))
@@ -169,8 +173,14 @@ def parse_select(rapdu: bytes) -> CardInfo:
             raise CardProtocolError("FCI tag C7 (purse expiry) is not 4 bytes")
         purse_expiry = parse_bcd_date(prop[0xC7], "purse expiry")
     return CardInfo(
-        asn=prop[0xC0], enterprise_id=prop[0xC1], status=prop[0xC2][0], key_version=prop[0xC3][0],
-        algorithm=algorithm, card_type=prop[0xC5][0], app_version=prop[0xC6][0], purse_expiry=purse_expiry,
+        asn=prop[0xC0],
+        enterprise_id=prop[0xC1],
+        status=prop[0xC2][0],
+        key_version=prop[0xC3][0],
+        algorithm=algorithm,
+        card_type=prop[0xC5][0],
+        app_version=prop[0xC6][0],
+        purse_expiry=purse_expiry,
     )
 
 
@@ -181,8 +191,9 @@ def parse_bcd_date(raw: bytes, what: str) -> dt.date:
         raise CardProtocolError(f"{what} {raw.hex()} is not a BCD date YYYYMMDD") from None
 
 
-def encode_access_file(valid_from: dt.date, valid_to: dt.date, door_groups: Collection[int],
-                       time_profile: int) -> bytes:
+def encode_access_file(
+    valid_from: dt.date, valid_to: dt.date, door_groups: Collection[int], time_profile: int
+) -> bytes:
     """EF_ACCESS (section 2.3) as an issuer writes it; ValueError for values the file cannot hold."""
     if any(not 1 <= g <= 64 for g in door_groups) or not 0 <= time_profile <= 255 or valid_to < valid_from:
         raise ValueError("door groups must be 1..64, the time profile 0..255, valid-to not before valid-from")
@@ -267,10 +278,18 @@ class TransactionRecord:
     tac: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.tx_type, "counter": self.counter, "amount": self.amount,
-                "terminal": self.terminal_id.hex(), "tsn": self.tsn, "date": self.date.hex(),
-                "time": self.time.hex(), "balance_after": self.balance_after, "proof": self.proof.hex(),
-                "tac": self.tac.hex()}
+        return {
+            "type": self.tx_type,
+            "counter": self.counter,
+            "amount": self.amount,
+            "terminal": self.terminal_id.hex(),
+            "tsn": self.tsn,
+            "date": self.date.hex(),
+            "time": self.time.hex(),
+            "balance_after": self.balance_after,
+            "proof": self.proof.hex(),
+            "tac": self.tac.hex(),
+        }
 
 
 def get_challenge_command() -> bytes:
@@ -306,8 +325,13 @@ def check_secured(rapdu: bytes, what: str, length: int = 0) -> bytes:
 
 def parse_frozen_purse(rapdu: bytes) -> FrozenPurse:
     data = check_secured(rapdu, "APPLICATION BLOCK", 16)
-    return FrozenPurse(balance=int.from_bytes(data[0:4], "big"), offline_counter=int.from_bytes(data[4:6], "big"),
-                       online_counter=int.from_bytes(data[6:8], "big"), mac=data[8:], raw=data[:8])
+    return FrozenPurse(
+        balance=int.from_bytes(data[0:4], "big"),
+        offline_counter=int.from_bytes(data[4:6], "big"),
+        online_counter=int.from_bytes(data[6:8], "big"),
+        mac=data[8:],
+        raw=data[:8],
+    )
 
 
 def block_response_mac_input(challenge: bytes, frozen: FrozenPurse) -> bytes:
@@ -326,10 +350,18 @@ def parse_record(rapdu: bytes) -> TransactionRecord | None:
     if sw == 0x6A83:
         return None
     d = expect_ok(rapdu, "READ RECORD", RECORD_LEN)
-    return TransactionRecord(tx_type=d[0], counter=int.from_bytes(d[1:3], "big"),
-                             amount=int.from_bytes(d[3:7], "big"), terminal_id=d[7:13],
-                             tsn=int.from_bytes(d[13:17], "big"), date=d[17:21], time=d[21:24],
-                             balance_after=int.from_bytes(d[24:28], "big"), proof=d[28:36], tac=d[36:44])
+    return TransactionRecord(
+        tx_type=d[0],
+        counter=int.from_bytes(d[1:3], "big"),
+        amount=int.from_bytes(d[3:7], "big"),
+        terminal_id=d[7:13],
+        tsn=int.from_bytes(d[13:17], "big"),
+        date=d[17:21],
+        time=d[21:24],
+        balance_after=int.from_bytes(d[24:28], "big"),
+        proof=d[28:36],
+        tac=d[36:44],
+    )
 
 
 def parse_read_binary(rapdu: bytes, what: str, length: int) -> bytes:

@@ -3,6 +3,7 @@
 `render()` draws one screen into a PIL image of the display's size and mode; `LumaDisplay` sends it to the device
 and, with a snapshot directory, also saves it as a PNG so a person can look at every screen.
 """
+
 from __future__ import annotations
 
 import threading
@@ -12,8 +13,14 @@ from common.config import DisplaySection
 from common.money import format_yuan
 from terminal.screens import Screen
 
-GREEN, RED, AMBER, WHITE, BLACK, GREY = (0, 150, 60), (200, 30, 30), (230, 140, 0), (255, 255, 255), (0, 0, 0), \
-    (150, 150, 150)
+GREEN, RED, AMBER, WHITE, BLACK, GREY = (
+    (0, 150, 60),
+    (200, 30, 30),
+    (230, 140, 0),
+    (255, 255, 255),
+    (0, 0, 0),
+    (150, 150, 150),
+)
 MARKS = {"ok": ("OK", GREEN), "no": ("NO", RED), "alarm": ("!", AMBER)}
 
 
@@ -28,15 +35,18 @@ class Fonts:
         from PIL import ImageFont
 
         if not Path(path).is_file():
-            raise DisplayError(f"display font {path} not found: apt-get install fonts-wqy-microhei, or set "
-                               "[display].font to a TrueType font with Chinese glyphs")
+            raise DisplayError(
+                f"display font {path} not found: apt-get install fonts-wqy-microhei, or set "
+                "[display].font to a TrueType font with Chinese glyphs"
+            )
         try:
             self.big = ImageFont.truetype(str(path), max(12, height * 3 // 10))
             self.text = ImageFont.truetype(str(path), max(10, height // 9))
             self.small = ImageFont.truetype(str(path), max(8, height // 12))
         except OSError as exc:
-            raise DisplayError(f"display font {path} cannot be read ({exc}); set [display].font to a TrueType "
-                               "font with Chinese glyphs") from None
+            raise DisplayError(
+                f"display font {path} cannot be read ({exc}); set [display].font to a TrueType font with Chinese glyphs"
+            ) from None
 
 
 def _wrap(draw, text: str, font, width: int) -> list[str]:
@@ -107,18 +117,26 @@ def open_device(d: DisplaySection):
         if d.driver == "st7735":
             from luma.core.interface.serial import spi
             from luma.lcd.device import st7735
-            return st7735(spi(port=d.spi_port, device=d.spi_device, gpio_DC=d.gpio_dc, gpio_RST=d.gpio_rst),
-                          width=d.width, height=d.height, rotate=d.rotate)
+
+            return st7735(
+                spi(port=d.spi_port, device=d.spi_device, gpio_DC=d.gpio_dc, gpio_RST=d.gpio_rst),
+                width=d.width,
+                height=d.height,
+                rotate=d.rotate,
+            )
         if d.driver == "ssd1306":
             from luma.core.interface.serial import i2c
             from luma.oled.device import ssd1306
-            return ssd1306(i2c(port=d.i2c_port, address=d.i2c_address), width=d.width, height=d.height,
-                           rotate=d.rotate)
+
+            return ssd1306(i2c(port=d.i2c_port, address=d.i2c_address), width=d.width, height=d.height, rotate=d.rotate)
         from luma.core.device import dummy
+
         return dummy(width=d.width, height=d.height, rotate=d.rotate, mode="RGB")
     except Exception as exc:  # luma raises its own DeviceNotFoundError, DevicePermissionError, OSError, ValueError
-        raise DisplayError(f"cannot open the {d.driver} display ({type(exc).__name__}: {exc}); check the wiring "
-                           "and [display] (docs/install.md, Wiring)") from None
+        raise DisplayError(
+            f"cannot open the {d.driver} display ({type(exc).__name__}: {exc}); check the wiring "
+            "and [display] (docs/install.md, Wiring)"
+        ) from None
 
 
 class LumaDisplay:
@@ -126,7 +144,7 @@ class LumaDisplay:
 
     def __init__(self, device, fonts: Fonts, snapshot_dir: Path | None = None):
         self.device, self.fonts, self.snapshot_dir = device, fonts, snapshot_dir
-        self._lock = threading.Lock()   # the door thread shows alarms while the tap loop shows decisions
+        self._lock = threading.Lock()  # the door thread shows alarms while the tap loop shows decisions
         self._count = 0
         self._last_kind = None
         if snapshot_dir is not None:
@@ -146,6 +164,7 @@ class LumaDisplay:
 
     def display(self, text: str) -> None:
         from terminal.screens import notice_screen
+
         self.show(notice_screen(text))
 
     def close(self) -> None:

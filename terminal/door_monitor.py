@@ -4,6 +4,7 @@ Fed what happened (a grant, a REX press, the contact opening or closing) and the
 whether the strike is unlocked and hands back the events to log. The GPIO adapter (terminal/gpio_outputs.py) is the
 only thing that touches pins; the terminal's event log is the only memory that survives a restart.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,13 +29,20 @@ class DoorEvent:
 class DoorMonitor:
     """One door. `now` is monotonic seconds from the caller's clock; nothing here reads a clock."""
 
-    def __init__(self, open_seconds: float, held_open_seconds: float, *, door_open: bool = False,
-                 open_alarm: str | None = None, now: float = 0.0):
+    def __init__(
+        self,
+        open_seconds: float,
+        held_open_seconds: float,
+        *,
+        door_open: bool = False,
+        open_alarm: str | None = None,
+        now: float = 0.0,
+    ):
         self.open_seconds = open_seconds
         self.held_open_seconds = held_open_seconds
-        self.alarm = open_alarm          # the alarm in force, or None
+        self.alarm = open_alarm  # the alarm in force, or None
         self.door_open = door_open
-        self._unlock_until: float | None = None      # strike energised (unlocked) until this time
+        self._unlock_until: float | None = None  # strike energised (unlocked) until this time
         self._authorised_until: float | None = None  # the door may be opened until this time without an alarm
         # A door found open at start (e.g. a restart while someone held it) gets the held-open allowance from now.
         self._held_deadline = now + held_open_seconds if door_open and open_alarm is None else None
@@ -79,8 +87,8 @@ class DoorMonitor:
                 self._emit(FORCED_OPEN)
             return
         self._held_deadline = None
-        self._authorised_until = None   # one opening per grant
-        self._unlock_until = None       # relock as soon as the door has shut behind the person
+        self._authorised_until = None  # one opening per grant
+        self._unlock_until = None  # relock as soon as the door has shut behind the person
         if self.alarm is not None:
             alarm, self.alarm = self.alarm, None
             self._emit(CLOSED, alarm=alarm)

@@ -2,6 +2,7 @@
 
 Byte encoding of the chain, schema and guarantees: docs/event-log.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ from typing import Any
 
 import sqlite_utils
 
-from common.db import (DatabaseError, connect_readwrite, create_new, disk_full_problem, is_disk_full,
-                       open_checked_readonly, preflight, transaction)
+from common.db import (
+    DatabaseError,
+    connect_readwrite,
+    create_new,
+    disk_full_problem,
+    is_disk_full,
+    open_checked_readonly,
+    preflight,
+    transaction,
+)
 from common.errors import RecordNotWritten
 from common.event_kinds import is_known_kind
 from common.events import GENESIS_HASH, canonical_json, event_hash, format_time, normalise_asn
@@ -167,7 +176,9 @@ class EventLog:
                 "run the firmware that wrote it or restore a matching backup"
             )
         try:
-            meta = conn.execute("SELECT schema_version, terminal_id, head_seq, head_hash FROM meta WHERE id = 1").fetchone()
+            meta = conn.execute(
+                "SELECT schema_version, terminal_id, head_seq, head_hash FROM meta WHERE id = 1"
+            ).fetchone()
         except sqlite3.DatabaseError as exc:
             raise DatabaseError(
                 f"database {path} has a damaged meta table ({exc}); keep it for investigation and restore from backup"
@@ -294,7 +305,9 @@ class EventLog:
     def _write_problem(self, exc: sqlite3.Error) -> str:
         if is_disk_full(exc) or disk_full_problem(self.path):
             return f"cannot record in event log {self.path}: the disk holding it is full; free space on that filesystem"
-        return f"cannot record in event log {self.path} ({exc}); check the disk and that no other process locks the file"
+        return (
+            f"cannot record in event log {self.path} ({exc}); check the disk and that no other process locks the file"
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -351,7 +364,8 @@ class EventLog:
         """The newest record of `kind` whose detail[key] == value, or None."""
         row = self._conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE kind = ? AND json_extract(detail, '$.' || ?) = ? "
-            "ORDER BY seq DESC LIMIT 1", (kind, key, value)
+            "ORDER BY seq DESC LIMIT 1",
+            (kind, key, value),
         ).fetchone()
         return None if row is None else _row_to_event(row)
 
@@ -379,7 +393,8 @@ class EventLog:
         counted, total = self._sums.get(key, (after_seq, 0))
         row = self._conn.execute(
             "SELECT COALESCE(SUM(json_extract(detail, '$.amount')), 0), MAX(seq) FROM events "
-            "WHERE asn = ? AND kind = ? AND seq > ?", (key[0], kind, counted),
+            "WHERE asn = ? AND kind = ? AND seq > ?",
+            (key[0], kind, counted),
         ).fetchone()
         total += int(row[0])
         if len(self._sums) > 10_000:
@@ -420,8 +435,15 @@ class EventLog:
                     missing = f"seq {expected}" if seq == expected + 1 else f"seqs {expected}..{seq - 1}"
                     return bad(expected, f"gap in sequence: {missing} missing (next record present is seq {seq})")
                 return bad(seq, f"record has seq {seq}, but seqs start at {expected}")
-            texts = {"time": time, "kind": kind, "reason_code": reason_code, "message": message,
-                     "detail": detail, "prev_hash": prev_hash, "hash": stored}
+            texts = {
+                "time": time,
+                "kind": kind,
+                "reason_code": reason_code,
+                "message": message,
+                "detail": detail,
+                "prev_hash": prev_hash,
+                "hash": stored,
+            }
             wrong = [name for name, v in texts.items() if not isinstance(v, str)]
             if asn is not None and not isinstance(asn, str):
                 wrong.append("asn")
@@ -429,24 +451,36 @@ class EventLog:
                 return bad(seq, f"record seq {seq}: field(s) {', '.join(wrong)} not text: the record was altered")
             if prev_hash != prev:
                 what = "the genesis value" if seq == 1 else f"the hash of seq {seq - 1}"  # or the compaction anchor
-                return bad(seq, f"broken link: record seq {seq} has prev_hash {prev_hash[:16]}…, "
-                                f"expected {what} {prev[:16]}…")
+                return bad(
+                    seq, f"broken link: record seq {seq} has prev_hash {prev_hash[:16]}…, expected {what} {prev[:16]}…"
+                )
             computed = event_hash(seq, time, terminal_id, kind, asn, reason_code, message, detail, prev_hash)
             if computed != stored:
-                return bad(seq, f"hash mismatch: record seq {seq} stores {stored[:16]}… but its content "
-                                f"hashes to {computed[:16]}…: the record was altered")
+                return bad(
+                    seq,
+                    f"hash mismatch: record seq {seq} stores {stored[:16]}… but its content "
+                    f"hashes to {computed[:16]}…: the record was altered",
+                )
             prev = stored
             expected += 1
         last = expected - 1
         if last < head_seq:
-            return bad(last + 1, f"truncated: the log ends at seq {last} but seq {head_seq} was appended "
-                                 "(newest records deleted)")
+            return bad(
+                last + 1,
+                f"truncated: the log ends at seq {last} but seq {head_seq} was appended (newest records deleted)",
+            )
         if last > head_seq:
-            return bad(head_seq + 1, f"records after the recorded head seq {head_seq} were not written by "
-                                     f"this log (seqs {head_seq + 1}..{last})")
+            return bad(
+                head_seq + 1,
+                f"records after the recorded head seq {head_seq} were not written by "
+                f"this log (seqs {head_seq + 1}..{last})",
+            )
         if prev != head_hash:
-            return bad(last, f"head mismatch: record seq {last} hashes to {prev[:16]}…, but the log recorded "
-                             f"head hash {head_hash[:16]}…")
+            return bad(
+                last,
+                f"head mismatch: record seq {last} hashes to {prev[:16]}…, but the log recorded "
+                f"head hash {head_hash[:16]}…",
+            )
         return ChainReport(True, last - anchor_seq, None, "", last, prev)
 
     # -- compaction (sync agent) -------------------------------------------------------------
@@ -473,8 +507,10 @@ class EventLog:
             raise DatabaseError(f"event log {self.path} was opened read-only; use EventLog.open to compact")
         conn = self._conn
         with transaction(conn):
-            conn.execute("CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                         "seq INTEGER NOT NULL, hash TEXT NOT NULL) STRICT")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS anchor (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                "seq INTEGER NOT NULL, hash TEXT NOT NULL) STRICT"
+            )
             anchor_seq = (conn.execute("SELECT seq FROM anchor WHERE id = 1").fetchone() or (0,))[0]
             head_seq = conn.execute("SELECT head_seq FROM meta WHERE id = 1").fetchone()[0]
             up_to_seq = min(up_to_seq, head_seq)
@@ -482,18 +518,26 @@ class EventLog:
                 return 0
             row = conn.execute("SELECT hash FROM events WHERE seq = ?", (up_to_seq,)).fetchone()
             if row is None:
-                raise DatabaseError(f"event log {self.path} has no record seq {up_to_seq} to anchor the compaction "
-                                    "at; run `onecard log verify` and keep the file for investigation")
+                raise DatabaseError(
+                    f"event log {self.path} has no record seq {up_to_seq} to anchor the compaction "
+                    "at; run `onecard log verify` and keep the file for investigation"
+                )
             # The software SAM's TSNs live in the purchase intents (terminal/sam_state_log.py): keep the highest
             # one removed, so that no TSN is handed out twice after the records that held it are gone.
             removed_tsn = conn.execute(
                 "SELECT MAX(json_extract(detail, '$.tsn')) FROM events WHERE seq <= ? AND kind = 'pos.purchase.intent'",
-                (up_to_seq,)).fetchone()[0]
+                (up_to_seq,),
+            ).fetchone()[0]
             if removed_tsn is not None:
-                conn.execute("CREATE TABLE IF NOT EXISTS carried (id INTEGER PRIMARY KEY CHECK (id = 1), "
-                             "last_tsn INTEGER NOT NULL) STRICT")
-                conn.execute("INSERT INTO carried VALUES (1, ?) ON CONFLICT (id) DO UPDATE "
-                             "SET last_tsn = MAX(last_tsn, excluded.last_tsn)", (removed_tsn,))
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS carried (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                    "last_tsn INTEGER NOT NULL) STRICT"
+                )
+                conn.execute(
+                    "INSERT INTO carried VALUES (1, ?) ON CONFLICT (id) DO UPDATE "
+                    "SET last_tsn = MAX(last_tsn, excluded.last_tsn)",
+                    (removed_tsn,),
+                )
             deleted = conn.execute("DELETE FROM events WHERE seq <= ?", (up_to_seq,)).rowcount
             conn.execute("INSERT OR REPLACE INTO anchor VALUES (1, ?, ?)", (up_to_seq, row[0]))
         return deleted

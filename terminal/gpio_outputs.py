@@ -4,6 +4,7 @@ Thin by design: every timing and alarm decision is in terminal/door_monitor.py; 
 levels and pin edges into its inputs. gpiozero picks the pin factory (lgpio on a Pi, libgpiod elsewhere, or the one
 in GPIOZERO_PIN_FACTORY; tests set gpiozero's MockFactory).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,8 +35,10 @@ def _claim(make, setting: str):
     try:
         return make()
     except (GPIOZeroError, OSError, RuntimeError, ValueError) as exc:
-        raise GpioError(f"cannot use the GPIO pin in {setting} ({type(exc).__name__}: {exc}); check the number and "
-                        "that no other program holds it (docs/install.md, Wiring)") from None
+        raise GpioError(
+            f"cannot use the GPIO pin in {setting} ({type(exc).__name__}: {exc}); check the number and "
+            "that no other program holds it (docs/install.md, Wiring)"
+        ) from None
 
 
 class GpioDoor:
@@ -45,11 +48,16 @@ class GpioDoor:
     monitor under its lock. Door events wait in `take_events()` for the terminal's own thread, which owns the log.
     """
 
-    def __init__(self, door: DoorSection, *, open_alarm: str | None = None,
-                 on_event: Callable[[DoorEvent], None] = lambda e: None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-                 start_thread: bool = True):
+    def __init__(
+        self,
+        door: DoorSection,
+        *,
+        open_alarm: str | None = None,
+        on_event: Callable[[DoorEvent], None] = lambda e: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        start_thread: bool = True,
+    ):
         from gpiozero import Button, OutputDevice
 
         self.door = door
@@ -60,27 +68,48 @@ class GpioDoor:
         self._closed = False
         # Energised means unlocked for a fail-secure strike, locked for a fail-safe maglock.
         self._energise_to_unlock = door.lock == "fail-secure"
-        self.strike = _claim(lambda: OutputDevice(door.strike_pin, active_high=door.strike_active_high,
-                                                  initial_value=not self._energise_to_unlock),
-                             "[door].strike_pin") if door.strike_pin else None
-        self.contact = _claim(lambda: Button(door.contact_pin, pull_up=True, bounce_time=None),
-                              "[door].contact_pin") if door.contact_pin else None
-        self.rex = _claim(lambda: Button(door.rex_pin, pull_up=True, bounce_time=None),
-                          "[door].rex_pin") if door.rex_pin else None
+        self.strike = (
+            _claim(
+                lambda: OutputDevice(
+                    door.strike_pin, active_high=door.strike_active_high, initial_value=not self._energise_to_unlock
+                ),
+                "[door].strike_pin",
+            )
+            if door.strike_pin
+            else None
+        )
+        self.contact = (
+            _claim(lambda: Button(door.contact_pin, pull_up=True, bounce_time=None), "[door].contact_pin")
+            if door.contact_pin
+            else None
+        )
+        self.rex = (
+            _claim(lambda: Button(door.rex_pin, pull_up=True, bounce_time=None), "[door].rex_pin")
+            if door.rex_pin
+            else None
+        )
         # The contact is a reed switch to ground: closed door = pin pulled low = "pressed".
         door_open = bool(self.contact is not None and not self.contact.is_pressed)
-        self.monitor = DoorMonitor(door.open_seconds, door.held_open_seconds, door_open=door_open,
-                                   open_alarm=open_alarm, now=clock())
+        self.monitor = DoorMonitor(
+            door.open_seconds, door.held_open_seconds, door_open=door_open, open_alarm=open_alarm, now=clock()
+        )
         if self.contact is not None:
             self.contact.when_released = lambda: self._input(lambda now: self.monitor.contact(True, now))
             self.contact.when_pressed = lambda: self._input(lambda now: self.monitor.contact(False, now))
         if self.rex is not None:
             self.rex.when_pressed = lambda: self._input(self.monitor.request_to_exit)
         self._collect()
-        log_event(log, "door.ready", strike_pin=door.strike_pin or None, lock=door.lock,
-                  energised=bool(self.strike.value) if self.strike is not None else None,
-                  unlocked=self.monitor.unlocked, door_open=door_open, alarm=open_alarm,
-                  msg="door hardware ready, strike locked")
+        log_event(
+            log,
+            "door.ready",
+            strike_pin=door.strike_pin or None,
+            lock=door.lock,
+            energised=bool(self.strike.value) if self.strike is not None else None,
+            unlocked=self.monitor.unlocked,
+            door_open=door_open,
+            alarm=open_alarm,
+            msg="door hardware ready, strike locked",
+        )
         self._thread = None
         if start_thread:
             self._thread = threading.Thread(target=self._run, daemon=True, name="door")
@@ -143,8 +172,14 @@ class GpioDoor:
             self._closed = True
             if self.strike is not None:
                 self.strike.off()
-                log_event(log, "door.strike_released", pin=self.door.strike_pin, lock=self.door.lock,
-                          energised=bool(self.strike.value), msg="strike relay released")
+                log_event(
+                    log,
+                    "door.strike_released",
+                    pin=self.door.strike_pin,
+                    lock=self.door.lock,
+                    energised=bool(self.strike.value),
+                    msg="strike relay released",
+                )
             for device in (self.strike, self.contact, self.rex):
                 if device is not None:
                     device.close()
@@ -160,8 +195,9 @@ class GpioOutputs:
         from gpiozero import LED, Buzzer
 
         self.door = door
-        self.green = (_claim(lambda: LED(output.green_led_pin), "[output].green_led_pin")
-                      if output.green_led_pin else None)
+        self.green = (
+            _claim(lambda: LED(output.green_led_pin), "[output].green_led_pin") if output.green_led_pin else None
+        )
         self.red = _claim(lambda: LED(output.red_led_pin), "[output].red_led_pin") if output.red_led_pin else None
         self.buzzer = _claim(lambda: Buzzer(output.buzzer_pin), "[output].buzzer_pin") if output.buzzer_pin else None
         self.text = ""

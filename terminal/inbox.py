@@ -2,6 +2,7 @@
 
 Read-only, and absent until the agent first ran: the terminal never waits for the agent (docs/sync-protocol.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,14 @@ class Inbox:
             return conn.execute(sql, args).fetchall()
         except sqlite3.DatabaseError as exc:
             # Checked at start (sync_agent.store.check_existing); damaged since: keep the current settings, say so.
-            log_event(log, "inbox.unreadable", logging.ERROR, path=str(self.path), error=str(exc),
-                      msg="cannot read the sync agent's inbox; configuration and card actions wait until it is fixed")
+            log_event(
+                log,
+                "inbox.unreadable",
+                logging.ERROR,
+                path=str(self.path),
+                error=str(exc),
+                msg="cannot read the sync agent's inbox; configuration and card actions wait until it is fixed",
+            )
             return []
 
     def config_version(self) -> int:
@@ -46,8 +53,11 @@ class Inbox:
         return (rows[0][0], json.loads(rows[0][1])) if rows else None
 
     def pending_actions(self, asn_hex: str) -> list[dict]:
-        rows = self._query("SELECT action_id, action, params FROM inbox_card_actions WHERE asn = ? AND status = "
-                           "'pending' ORDER BY issued_at, action_id", (asn_hex.upper(),))
+        rows = self._query(
+            "SELECT action_id, action, params FROM inbox_card_actions WHERE asn = ? AND status = "
+            "'pending' ORDER BY issued_at, action_id",
+            (asn_hex.upper(),),
+        )
         return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2])} for r in rows]
 
     def close(self) -> None:

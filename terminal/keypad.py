@@ -1,5 +1,6 @@
 """What the cashier asks for at a POS or top-up terminal, and the key sources that read it: the console or a till
 system's pipe (whole lines), a serial keypad (pyserial) and a USB keypad (evdev), one key at a time."""
+
 from __future__ import annotations
 
 import queue
@@ -144,8 +145,11 @@ class _QueuedKeypad:
             self._read()
         except Exception as exc:  # a keypad unplugged mid-shift: say so on the display, keep the terminal up
             if not self._stop.is_set():
-                self._queue.put(Rejected(f"keypad stopped ({type(exc).__name__}: {exc}); check its cable, "
-                                         "then restart the terminal"))
+                self._queue.put(
+                    Rejected(
+                        f"keypad stopped ({type(exc).__name__}: {exc}); check its cable, then restart the terminal"
+                    )
+                )
 
     def _read(self) -> None:
         raise NotImplementedError
@@ -192,8 +196,10 @@ class SerialKeypad(_QueuedKeypad):
         try:
             self._serial = serial.Serial(port, baudrate, timeout=0.2)
         except (serial.SerialException, ValueError) as exc:
-            raise UserError(f"[keypad] device {port!r} cannot be opened ({exc}); check the cable and the port "
-                            "(ls /dev/ttyUSB* /dev/serial/by-id), and that the onecard user is in dialout") from None
+            raise UserError(
+                f"[keypad] device {port!r} cannot be opened ({exc}); check the cable and the port "
+                "(ls /dev/ttyUSB* /dev/serial/by-id), and that the onecard user is in dialout"
+            ) from None
         self._line = KeyLine(kind)
         self._thread.start()
 
@@ -221,9 +227,23 @@ class SerialKeypad(_QueuedKeypad):
 def evdev_key(code_name: str) -> str | None:
     """An evdev key name (KEY_KP5, KEY_BACKSPACE, ...) -> a KeyLine key; None for keys a cashier does not use."""
     name = code_name.removeprefix("KEY_")
-    named = {"ENTER": ENTER, "KPENTER": ENTER, "BACKSPACE": BACKSPACE, "ESC": CANCEL, "DELETE": CLEAR,
-             "NUMLOCK": CLEAR, "DOT": ".", "KPDOT": ".", "COMMA": ",", "KPCOMMA": ",", "MINUS": "-", "KPMINUS": "-",
-             "KPASTERISK": "u", "KPSLASH": "b", "KPPLUS": "c"}
+    named = {
+        "ENTER": ENTER,
+        "KPENTER": ENTER,
+        "BACKSPACE": BACKSPACE,
+        "ESC": CANCEL,
+        "DELETE": CLEAR,
+        "NUMLOCK": CLEAR,
+        "DOT": ".",
+        "KPDOT": ".",
+        "COMMA": ",",
+        "KPCOMMA": ",",
+        "MINUS": "-",
+        "KPMINUS": "-",
+        "KPASTERISK": "u",
+        "KPSLASH": "b",
+        "KPPLUS": "c",
+    }
     if name in named:
         return named[name]
     if name.startswith("KP") and name[2:].isdigit():
@@ -242,7 +262,7 @@ def keys_from_events(events) -> list[str]:
         if event.type != ecodes.EV_KEY or event.value not in (1, 2):
             continue
         names = ecodes.KEY.get(event.code) or ecodes.BTN.get(event.code)
-        for name in ([names] if isinstance(names, str) else names or []):
+        for name in [names] if isinstance(names, str) else names or []:
             key = evdev_key(name)
             if key is not None:
                 keys.append(key)
@@ -267,15 +287,19 @@ def find_evdev_device(device: str):
                 else:
                     candidate.close()
             if not matches:
-                raise UserError(f"[keypad] device {device!r}: no input device has that name (found: "
-                                + (", ".join(repr(evdev.InputDevice(p).name) for p in evdev.list_devices()) or "none")
-                                + "); plug the keypad in or set device to its /dev/input/by-id path")
+                raise UserError(
+                    f"[keypad] device {device!r}: no input device has that name (found: "
+                    + (", ".join(repr(evdev.InputDevice(p).name) for p in evdev.list_devices()) or "none")
+                    + "); plug the keypad in or set device to its /dev/input/by-id path"
+                )
             dev = matches[0]
         dev.grab()
         return dev
     except OSError as exc:
-        raise UserError(f"[keypad] device {device!r} cannot be opened ({exc.strerror or exc}); check it is "
-                        "plugged in and that the onecard user is in the input group") from None
+        raise UserError(
+            f"[keypad] device {device!r} cannot be opened ({exc.strerror or exc}); check it is "
+            "plugged in and that the onecard user is in the input group"
+        ) from None
 
 
 class EvdevKeypad(_QueuedKeypad):
@@ -312,12 +336,16 @@ def open_keypad(kind: str, driver: str, device: str = "", baudrate: int = 9600, 
     if driver == "serial":
         return SerialKeypad(kind, device, baudrate)
     if driver == "console" and not _is_tty(stdin):
-        raise UserError("[keypad] driver = \"console\" needs a terminal on standard input, and there is none (under "
-                        "systemd it is /dev/null): set [keypad] driver = \"evdev\" or \"serial\" with its device, or "
-                        "\"stdin\" for a till system piping amounts in")
+        raise UserError(
+            '[keypad] driver = "console" needs a terminal on standard input, and there is none (under '
+            'systemd it is /dev/null): set [keypad] driver = "evdev" or "serial" with its device, or '
+            '"stdin" for a till system piping amounts in'
+        )
     if driver == "stdin" and _is_null(stdin):
-        raise UserError("[keypad] driver = \"stdin\" but standard input is /dev/null (as under systemd): set "
-                        "[keypad] driver = \"evdev\" or \"serial\" with its device")
+        raise UserError(
+            '[keypad] driver = "stdin" but standard input is /dev/null (as under systemd): set '
+            '[keypad] driver = "evdev" or "serial" with its device'
+        )
     return ConsoleKeypad(kind, stdin)
 
 
@@ -331,6 +359,7 @@ def _is_tty(stream) -> bool:
 def _is_null(stream) -> bool:
     import os
     import stat
+
     try:
         st = os.fstat(stream.fileno())
     except (AttributeError, ValueError, OSError):

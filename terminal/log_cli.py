@@ -2,6 +2,7 @@
 
 Handlers follow onecard.cli: set_defaults(handler=...), return the exit code, raise UserError (exit 2).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,8 @@ import sys
 from datetime import tzinfo
 from pathlib import Path
 
-from common.errors import UserError
 from common.db import DatabaseError
+from common.errors import UserError
 from terminal.event_log import EventLog, LoggedEvent
 
 
@@ -20,7 +21,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """Register `show` and `verify` on the subparsers of the `log` command."""
     show = sub.add_parser("show", help="print the newest events (table or JSON lines)")
     _add_source(show)
-    show.add_argument("--last", type=int, default=20, metavar="N", help="show the newest N events (default 20, 0 = all)")
+    show.add_argument(
+        "--last", type=int, default=20, metavar="N", help="show the newest N events (default 20, 0 = all)"
+    )
     show.add_argument("--json", action="store_true", help="one JSON object per line, times in UTC as stored")
     show.set_defaults(handler=cmd_show)
     verify = sub.add_parser("verify", help="recompute the hash chain; exit 0 intact, 1 broken, 2 unreadable")

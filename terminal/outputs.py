@@ -3,6 +3,7 @@
 The console implementation prints what the hardware would do (development and the demo); terminal/gpio_outputs.py
 drives a strike, LEDs and a buzzer through gpiozero, and terminal/display.py a luma LCD/OLED, behind the same one.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,11 +16,11 @@ from terminal.screens import Screen, decision_screen, notice_screen
 
 class Outputs(Protocol):
     def open_relay(self, seconds: float) -> None: ...
-    def light(self, color: str) -> None: ...        # "green" | "red" | "off"
-    def beep(self, pattern: str) -> None: ...       # "ok" | "error" | "alarm" | "off"
-    def display(self, text: str) -> None: ...       # a plain sentence: show(notice_screen(text))
-    def show(self, screen: Screen) -> None: ...     # a whole screen (terminal/screens.py)
-    def close(self) -> None: ...                    # release the relay and every pin; called on every exit path
+    def light(self, color: str) -> None: ...  # "green" | "red" | "off"
+    def beep(self, pattern: str) -> None: ...  # "ok" | "error" | "alarm" | "off"
+    def display(self, text: str) -> None: ...  # a plain sentence: show(notice_screen(text))
+    def show(self, screen: Screen) -> None: ...  # a whole screen (terminal/screens.py)
+    def close(self) -> None: ...  # release the relay and every pin; called on every exit path
 
 
 class WithDisplay:
@@ -76,8 +77,9 @@ class ConsoleOutputs:
 
     def beep(self, pattern: str) -> None:
         # Shown with the next display line: one short beep for yes, three for no, as door readers do.
-        self._beep = {"ok": "beep", "error": "beep-beep-beep", "alarm": "alarm sounding", "off": ""}.get(pattern,
-                                                                                                        pattern)
+        self._beep = {"ok": "beep", "error": "beep-beep-beep", "alarm": "alarm sounding", "off": ""}.get(
+            pattern, pattern
+        )
 
     def show(self, screen: Screen) -> None:
         if screen.kind != "idle":  # the clock ticking over is for a real display, not a line a minute

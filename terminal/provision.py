@@ -2,6 +2,7 @@
 
 Safe to re-run: what exists and fits is kept, what exists and differs is refused unless --force (docs/install.md).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -19,7 +20,13 @@ from common.errors import EXIT_AWAITING_CERTIFICATE  # CSR written, certificate 
 from common.logs import log_event
 from sam.interface import KeyInfo
 from terminal.sam_binding import (  # noqa: F401 (the binding's names, as provisioning has always offered them)
-    BINDING_FORMAT, BindingError, bind_sam, binding_path, binding_problem, check_bound_sam, read_binding,
+    BINDING_FORMAT,
+    BindingError,
+    bind_sam,
+    binding_path,
+    binding_problem,
+    check_bound_sam,
+    read_binding,
     sam_fingerprint,
 )
 
@@ -100,6 +107,7 @@ def render_config(template: str, values: dict[tuple[str, str], object], remove: 
 # keys, CSR and certificate
 # --------------------------------------------------------------------------------------------------
 
+
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """Write via a temporary file and rename, so a crash never leaves half a key or config."""
     files.write_atomically(path, data, mode=mode)
@@ -118,8 +126,9 @@ def load_private_key(path: Path):
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (ValueError, TypeError) as exc:
-        raise ProvisionError(f"{path} is not an unencrypted PEM private key ({exc}); move it away or pass --force "
-                             "to make a new key") from None
+        raise ProvisionError(
+            f"{path} is not an unencrypted PEM private key ({exc}); move it away or pass --force to make a new key"
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ProvisionError(f"{path} is not an EC key; move it away or pass --force to make a new P-256 key")
     return key
@@ -130,9 +139,11 @@ def make_csr(key, terminal_id: str) -> bytes:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
-           .sign(key, hashes.SHA256()))
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, terminal_id)]))
+        .sign(key, hashes.SHA256())
+    )
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
@@ -170,6 +181,7 @@ def issued_by(cert_pem: bytes, ca_pem: bytes) -> bool:
 # the provisioning run
 # --------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Request:
     terminal_id: str
@@ -191,10 +203,10 @@ class Request:
     device_secret_file: Path | None = None
     sam_reader: str = ""
     door_group: int | None = None
-    ca_dir: Path | None = None     # lab: sign the CSR here and now with this CA
-    cert: Path | None = None       # the certificate the platform operator signed from our CSR
+    ca_dir: Path | None = None  # lab: sign the CSR here and now with this CA
+    cert: Path | None = None  # the certificate the platform operator signed from our CSR
     template: Path = REPO_TEMPLATE
-    owner: str | None = None       # the unprivileged user the services run as
+    owner: str | None = None  # the unprivileged user the services run as
     force: bool = False
 
 
@@ -202,8 +214,10 @@ def validate(r: Request) -> None:
     from common.config import KINDS, READER_DRIVERS, SAM_BACKENDS
 
     if not (r.terminal_id.isdigit() and len(r.terminal_id) == 12):
-        raise ProvisionError(f"--id {r.terminal_id!r} is not 12 digits; use the terminal number the platform "
-                             "registered, e.g. 000000000042")
+        raise ProvisionError(
+            f"--id {r.terminal_id!r} is not 12 digits; use the terminal number the platform "
+            "registered, e.g. 000000000042"
+        )
     if not (r.enterprise_id.isdigit() and len(r.enterprise_id) == 8):
         raise ProvisionError(f"--enterprise {r.enterprise_id!r} is not 8 digits; e.g. 00010001")
     if r.kind not in KINDS:
@@ -211,8 +225,10 @@ def validate(r: Request) -> None:
     if r.reader_driver not in READER_DRIVERS:
         raise ProvisionError(f"--reader-driver {r.reader_driver!r} is not one of {', '.join(READER_DRIVERS)}")
     if not r.reader:
-        raise ProvisionError("--reader is empty; give the PC/SC reader name (pcsc_scan shows it), the nfcpy path "
-                             "(e.g. tty:AMA0:pn532) or the simulated card file")
+        raise ProvisionError(
+            "--reader is empty; give the PC/SC reader name (pcsc_scan shows it), the nfcpy path "
+            "(e.g. tty:AMA0:pn532) or the simulated card file"
+        )
     if r.sam_backend not in SAM_BACKENDS:
         raise ProvisionError(f"--sam {r.sam_backend!r} is not one of {', '.join(SAM_BACKENDS)}")
     if r.sam_backend == "keystore":
@@ -223,10 +239,15 @@ def validate(r: Request) -> None:
     elif not r.sam_reader:
         raise ProvisionError("--sam psam needs --sam-reader NAME (the SAM slot's PC/SC reader name)")
     if r.ca_dir is not None and r.cert is not None:
-        raise ProvisionError("--ca-dir and --cert both given; use --ca-dir in the lab or --cert with the "
-                             "certificate the platform operator signed, not both")
-    for option, path in (("--broker-ca", r.broker_ca), ("--platform-public-key", r.platform_public_key),
-                         ("--template", r.template)):
+        raise ProvisionError(
+            "--ca-dir and --cert both given; use --ca-dir in the lab or --cert with the "
+            "certificate the platform operator signed, not both"
+        )
+    for option, path in (
+        ("--broker-ca", r.broker_ca),
+        ("--platform-public-key", r.platform_public_key),
+        ("--template", r.template),
+    ):
         if not Path(path).is_file():
             raise ProvisionError(f"{option} {path} does not exist; give the file's path")
     if not 0 < r.broker_port <= 65535:
@@ -236,13 +257,20 @@ def validate(r: Request) -> None:
 def config_values(r: Request) -> tuple[dict[tuple[str, str], object], set[tuple[str, str]]]:
     e = r.etc_dir
     values: dict[tuple[str, str], object] = {
-        ("terminal", "id"): r.terminal_id, ("terminal", "kind"): r.kind, ("terminal", "enterprise_id"): r.enterprise_id,
-        ("terminal", "name"): r.name, ("terminal", "database"): str(r.data_dir / "events.db"),
-        ("terminal", "blacklist"): str(r.data_dir / "blacklist.db"), ("reader", "driver"): r.reader_driver,
+        ("terminal", "id"): r.terminal_id,
+        ("terminal", "kind"): r.kind,
+        ("terminal", "enterprise_id"): r.enterprise_id,
+        ("terminal", "name"): r.name,
+        ("terminal", "database"): str(r.data_dir / "events.db"),
+        ("terminal", "blacklist"): str(r.data_dir / "blacklist.db"),
+        ("reader", "driver"): r.reader_driver,
         ("sam", "backend"): r.sam_backend,
-        ("sync", "broker_host"): r.broker_host, ("sync", "broker_port"): r.broker_port,
-        ("sync", "ca_file"): str(e / CA_NAME), ("sync", "cert_file"): str(e / CERT_NAME),
-        ("sync", "key_file"): str(e / KEY_NAME), ("sync", "platform_public_key"): str(e / PUB_NAME),
+        ("sync", "broker_host"): r.broker_host,
+        ("sync", "broker_port"): r.broker_port,
+        ("sync", "ca_file"): str(e / CA_NAME),
+        ("sync", "cert_file"): str(e / CERT_NAME),
+        ("sync", "key_file"): str(e / KEY_NAME),
+        ("sync", "platform_public_key"): str(e / PUB_NAME),
         ("sync", "database"): str(r.data_dir / "sync.db"),
     }
     remove: set[tuple[str, str]] = set()
@@ -271,9 +299,13 @@ def config_values(r: Request) -> tuple[dict[tuple[str, str], object], set[tuple[
 class Provisioner:
     STEPS = 7
 
-    def __init__(self, request: Request, say: Callable[[str], None] = lambda line: None,
-                 now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
-                 lab_ca: Callable[[Path, bytes, dt.datetime], bytes] | None = None) -> None:
+    def __init__(
+        self,
+        request: Request,
+        say: Callable[[str], None] = lambda line: None,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        lab_ca: Callable[[Path, bytes, dt.datetime], bytes] | None = None,
+    ) -> None:
         """`lab_ca(ca_dir, csr_pem, now) -> certificate PEM` signs at once with a lab CA (--ca-dir); the command
         line wires in the platform's CA code, which the terminal itself never imports."""
         # Absolute paths in the config: relative ones would be read relative to the config's own directory.
@@ -298,10 +330,15 @@ class Provisioner:
             r.etc_dir.mkdir(parents=True, exist_ok=True)
             r.data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ProvisionError(f"cannot create {exc.filename} ({exc.strerror}); run as root or choose "
-                                 "--etc-dir/--data-dir you can write") from None
-        self.say("settings", f"terminal {r.terminal_id} ({r.kind}) of enterprise {r.enterprise_id}, files in "
-                             f"{r.etc_dir}, data in {r.data_dir}")
+            raise ProvisionError(
+                f"cannot create {exc.filename} ({exc.strerror}); run as root or choose "
+                "--etc-dir/--data-dir you can write"
+            ) from None
+        self.say(
+            "settings",
+            f"terminal {r.terminal_id} ({r.kind}) of enterprise {r.enterprise_id}, files in "
+            f"{r.etc_dir}, data in {r.data_dir}",
+        )
         key = self.key()
         self.csr(key)
         if not self.certificate(key):
@@ -309,8 +346,10 @@ class Provisioner:
         self.trust()
         self.config_and_binding()
         self.chown()
-        self._say(f"done: terminal {r.terminal_id} provisioned. Next: onecard terminal selftest --config "
-                  f"{self.config_path} --tap-timeout 30 --report install-record.txt")
+        self._say(
+            f"done: terminal {r.terminal_id} provisioned. Next: onecard terminal selftest --config "
+            f"{self.config_path} --tap-timeout 30 --report install-record.txt"
+        )
         return 0
 
     # -- steps -----------------------------------------------------------------------------------------
@@ -324,8 +363,13 @@ class Provisioner:
             self.say("key", f"kept the existing key {self.key_path} (--force makes a new one)")
             return key
         key = ec.generate_private_key(ec.SECP256R1())
-        _write_file(self.key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()), 0o600)
+        _write_file(
+            self.key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ),
+            0o600,
+        )
         self.say("key", f"generated an EC P-256 key in {self.key_path} (mode 0600)")
         return key
 
@@ -337,7 +381,11 @@ class Provisioner:
             try:
                 old = x509.load_pem_x509_csr(self.csr_path.read_bytes())
                 cn = old.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-                if cn and cn[0].value == self.r.terminal_id and _public_der(old.public_key()) == _public_der(key.public_key()):
+                if (
+                    cn
+                    and cn[0].value == self.r.terminal_id
+                    and _public_der(old.public_key()) == _public_der(key.public_key())
+                ):
                     self.say("csr", f"kept {self.csr_path} (CN={self.r.terminal_id}, this key)")
                     return
             except ValueError:
@@ -353,15 +401,21 @@ class Provisioner:
             try:
                 pem = Path(r.cert).read_bytes()
             except OSError as exc:
-                raise ProvisionError(f"cannot read --cert {r.cert} ({exc.strerror}); give the certificate file the "
-                                     "platform operator returned") from None
+                raise ProvisionError(
+                    f"cannot read --cert {r.cert} ({exc.strerror}); give the certificate file the "
+                    "platform operator returned"
+                ) from None
             problem = certificate_fits(pem, key, r.terminal_id, now)
             if problem:
-                raise ProvisionError(f"--cert {r.cert} does not fit this terminal: {problem}; have "
-                                     f"{self.csr_path} signed again (onecard platform ca sign)")
+                raise ProvisionError(
+                    f"--cert {r.cert} does not fit this terminal: {problem}; have "
+                    f"{self.csr_path} signed again (onecard platform ca sign)"
+                )
             if not issued_by(pem, Path(r.broker_ca).read_bytes()):
-                raise ProvisionError(f"--cert {r.cert} was not issued by the CA in --broker-ca {r.broker_ca}; use "
-                                     "the platform's CA certificate, or have the CSR signed by the platform CA")
+                raise ProvisionError(
+                    f"--cert {r.cert} was not issued by the CA in --broker-ca {r.broker_ca}; use "
+                    "the platform's CA certificate, or have the CSR signed by the platform CA"
+                )
             self._replace(self.cert_path, existing, pem, "certificate")
             self.say("certificate", f"installed {r.cert} as {self.cert_path}")
             return True
@@ -372,23 +426,32 @@ class Provisioner:
             from cryptography import x509
 
             if self.lab_ca is None:
-                raise ProvisionError("--ca-dir needs the lab CA, which only the onecard command wires in; have the "
-                                     "CSR signed by the platform operator and pass --cert")
+                raise ProvisionError(
+                    "--ca-dir needs the lab CA, which only the onecard command wires in; have the "
+                    "CSR signed by the platform operator and pass --cert"
+                )
             pem = self.lab_ca(r.ca_dir, self.csr_path.read_bytes(), now)
             cert = x509.load_pem_x509_certificate(pem)
             self._replace(self.cert_path, existing, pem, "certificate")
-            self.say("certificate", f"signed by the CA in {r.ca_dir}, valid until "
-                                    f"{cert.not_valid_after_utc:%Y-%m-%d}: {self.cert_path}")
+            self.say(
+                "certificate",
+                f"signed by the CA in {r.ca_dir}, valid until {cert.not_valid_after_utc:%Y-%m-%d}: {self.cert_path}",
+            )
             return True
         why = f" ({certificate_fits(existing, key, r.terminal_id, now)})" if existing is not None else ""
-        self.say("certificate", f"none yet{why}. Take {self.csr_path} to the platform operator, who runs: onecard "
-                                f"platform ca sign --dir CA --csr {self.csr_path.name} --out {r.terminal_id}.pem; "
-                                f"then run this command again with --cert {r.terminal_id}.pem")
+        self.say(
+            "certificate",
+            f"none yet{why}. Take {self.csr_path} to the platform operator, who runs: onecard "
+            f"platform ca sign --dir CA --csr {self.csr_path.name} --out {r.terminal_id}.pem; "
+            f"then run this command again with --cert {r.terminal_id}.pem",
+        )
         return False
 
     def trust(self) -> None:
-        for src, dst, what in ((self.r.broker_ca, self.ca_path, "broker CA"),
-                               (self.r.platform_public_key, self.pub_path, "platform public key")):
+        for src, dst, what in (
+            (self.r.broker_ca, self.ca_path, "broker CA"),
+            (self.r.platform_public_key, self.pub_path, "platform public key"),
+        ):
             data = Path(src).read_bytes()
             old = dst.read_bytes() if dst.exists() else None
             if Path(src).resolve() != dst.resolve():
@@ -402,14 +465,18 @@ class Provisioner:
         try:
             template = Path(r.template).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ProvisionError(f"cannot read the template {r.template} ({exc.strerror}); pass --template with "
-                                 "the documented firmware.toml") from None
+            raise ProvisionError(
+                f"cannot read the template {r.template} ({exc.strerror}); pass --template with "
+                "the documented firmware.toml"
+            ) from None
         values, remove = config_values(r)
         text = render_config(template, values, remove).encode()
         old = self.config_path.read_bytes() if self.config_path.exists() else None
         if old is not None and old != text and not r.force:
-            raise ProvisionError(f"{self.config_path} exists with other settings; compare it with the new settings, "
-                                 "then pass --force to replace it")
+            raise ProvisionError(
+                f"{self.config_path} exists with other settings; compare it with the new settings, "
+                "then pass --force to replace it"
+            )
         # Validated and its SAM bound under a temporary name: a config that fails either never becomes the real one.
         candidate = self.config_path.with_name(f".{CONFIG_NAME}.new")
         _write_file(candidate, text, 0o640)
@@ -417,8 +484,9 @@ class Provisioner:
             try:
                 config = load_config(candidate)
             except ConfigError as exc:
-                raise ProvisionError(f"the generated configuration is invalid ({exc}); check the options given") \
-                    from None
+                raise ProvisionError(
+                    f"the generated configuration is invalid ({exc}); check the options given"
+                ) from None
             name, infos = open_bindable_sam(config)
             self.say("sam", bind_sam(self.config_path, r.terminal_id, r.sam_backend, name, infos, self.now(), r.force))
             os.replace(candidate, self.config_path)
@@ -435,8 +503,10 @@ class Provisioner:
             for p in (self.key_path, self.cert_path, self.config_path, binding_path(self.config_path), self.r.data_dir):
                 shutil.chown(p, owner, owner)
         except (LookupError, OSError) as exc:
-            raise ProvisionError(f"cannot give the files to user {owner!r} ({exc}); create it first "
-                                 "(deploy/systemd/onecard.sysusers.conf) or run as root") from None
+            raise ProvisionError(
+                f"cannot give the files to user {owner!r} ({exc}); create it first "
+                "(deploy/systemd/onecard.sysusers.conf) or run as root"
+            ) from None
 
     def _replace(self, path: Path, old: bytes | None, new: bytes, what: str) -> None:
         if old == new:
@@ -465,9 +535,11 @@ def open_bindable_sam(config) -> tuple[str, list[KeyInfo]]:
             sam.close()
     missing = missing_keys(infos, t.enterprise_id, t.kind)
     if missing:
-        raise ProvisionError(f"the SAM lacks the {t.kind} keys of enterprise {t.enterprise_id.hex()}: "
-                             f"{', '.join(missing)}; ask the key-card administrator for a keystore made with "
-                             f"onecard sam restrict --role {KIND_ROLE[t.kind]}")
+        raise ProvisionError(
+            f"the SAM lacks the {t.kind} keys of enterprise {t.enterprise_id.hex()}: "
+            f"{', '.join(missing)}; ask the key-card administrator for a keystore made with "
+            f"onecard sam restrict --role {KIND_ROLE[t.kind]}"
+        )
     return name, infos
 
 
@@ -477,6 +549,16 @@ def rebind(config_path: Path, say: Callable[[str], None]) -> int:
 
     config = read_config(config_path)
     name, infos = open_bindable_sam(config)
-    say("[1/1] sam: " + bind_sam(Path(config_path), config.terminal.id, config.sam.backend, name, infos,
-                                 dt.datetime.now(dt.timezone.utc), force=True))
+    say(
+        "[1/1] sam: "
+        + bind_sam(
+            Path(config_path),
+            config.terminal.id,
+            config.sam.backend,
+            name,
+            infos,
+            dt.datetime.now(dt.timezone.utc),
+            force=True,
+        )
+    )
     return 0

@@ -1,11 +1,11 @@
 """The e-purse commands, terminal side (docs/card-application.md section 5): build APDUs, parse answers. No I/O."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from sam.interface import Algorithm
 from terminal.card_protocol import CardProtocolError, expect_ok, status_word
-
 
 
 class InsufficientBalance(CardProtocolError):
@@ -69,8 +69,13 @@ def parse_init_purchase(rapdu: bytes) -> PurchaseInit:
     if sw == 0x9401:
         raise InsufficientBalance("insufficient balance")
     data = expect_ok(rapdu, "INITIALIZE FOR PURCHASE", 15)
-    return PurchaseInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
-                        key_version=data[9], algorithm=_algorithm(data[10]), random=data[11:15])
+    return PurchaseInit(
+        balance=int.from_bytes(data[0:4], "big"),
+        counter=int.from_bytes(data[4:6], "big"),
+        key_version=data[9],
+        algorithm=_algorithm(data[10]),
+        random=data[11:15],
+    )
 
 
 def debit_command(tsn: int, date: bytes, time: bytes, mac1: bytes) -> bytes:
@@ -93,8 +98,14 @@ def init_load_command(amount: int, terminal_id: bytes) -> bytes:
 
 def parse_init_load(rapdu: bytes) -> LoadInit:
     data = expect_ok(rapdu, "INITIALIZE FOR LOAD", 20)
-    return LoadInit(balance=int.from_bytes(data[0:4], "big"), counter=int.from_bytes(data[4:6], "big"),
-                    key_version=data[6], algorithm=_algorithm(data[7]), random=data[8:12], mac1=data[12:20])
+    return LoadInit(
+        balance=int.from_bytes(data[0:4], "big"),
+        counter=int.from_bytes(data[4:6], "big"),
+        key_version=data[6],
+        algorithm=_algorithm(data[7]),
+        random=data[8:12],
+        mac1=data[12:20],
+    )
 
 
 def credit_command(date: bytes, time: bytes, mac2: bytes) -> bytes:

@@ -3,6 +3,7 @@
 PC/SC (pyscard + pcscd), nfcpy and the in-process simulator all present a card the same way:
 wait for a card, exchange APDUs with it, notice it leaving.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,4 +1,5 @@
 """Checks every application makes of an authenticated card, whatever the terminal: blacklist and validity."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,12 @@ def check_blacklist(card: AuthenticatedCard, entry: ListedCard | None) -> None:
     if entry is None:
         return
     message = BLACKLIST_MESSAGES.get(entry.reason, f"Card blocked ({entry.reason}): refused, see the administrator")
-    raise Refusal("blacklisted", message, card.info.asn_hex,
-                  {"blacklist_reason": entry.reason, "blacklist_version": entry.listed_in_version})
+    raise Refusal(
+        "blacklisted",
+        message,
+        card.info.asn_hex,
+        {"blacklist_reason": entry.reason, "blacklist_version": entry.listed_in_version},
+    )
 
 
 def check_validity(card: AuthenticatedCard, today: dt.date) -> None:
@@ -26,5 +31,6 @@ def check_validity(card: AuthenticatedCard, today: dt.date) -> None:
     if today < rights.valid_from:
         raise Refusal("not_yet_valid", f"Card not valid until {rights.valid_from.isoformat()}", card.info.asn_hex)
     if today > rights.valid_to:
-        raise Refusal("expired", f"Card expired on {rights.valid_to.isoformat()}: please see the administrator",
-                      card.info.asn_hex)
+        raise Refusal(
+            "expired", f"Card expired on {rights.valid_to.isoformat()}: please see the administrator", card.info.asn_hex
+        )

@@ -1,5 +1,6 @@
 """The SAM binding: which SAM (by its keys' check values) a terminal was installed with, in a file beside its
 firmware.toml; the terminal refuses to start with another SAM (docs/install.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -21,7 +22,6 @@ class BindingError(Exception):
     """The SAM binding file is unreadable or names another SAM."""
 
 
-
 def binding_path(config_path: Path) -> Path:
     """firmware.toml -> firmware.sam-binding.json beside it (one binding per configuration)."""
     config_path = Path(config_path)
@@ -29,9 +29,20 @@ def binding_path(config_path: Path) -> Path:
 
 
 def key_entries(infos: list[KeyInfo]) -> list[dict]:
-    return sorted(({"enterprise": i.enterprise_id.hex(), "purpose": i.purpose.value, "version": i.version,
-                    "algorithm": i.algorithm.name.lower(), "usages": sorted(u.value for u in i.usages), "kcv": i.kcv}
-                   for i in infos), key=lambda e: (e["enterprise"], e["purpose"], e["version"], e["algorithm"]))
+    return sorted(
+        (
+            {
+                "enterprise": i.enterprise_id.hex(),
+                "purpose": i.purpose.value,
+                "version": i.version,
+                "algorithm": i.algorithm.name.lower(),
+                "usages": sorted(u.value for u in i.usages),
+                "kcv": i.kcv,
+            }
+            for i in infos
+        ),
+        key=lambda e: (e["enterprise"], e["purpose"], e["version"], e["algorithm"]),
+    )
 
 
 def sam_fingerprint(infos: list[KeyInfo]) -> str:
@@ -40,9 +51,15 @@ def sam_fingerprint(infos: list[KeyInfo]) -> str:
 
 
 def binding_document(terminal_id: str, backend: str, sam_name: str, infos: list[KeyInfo], now: dt.datetime) -> dict:
-    return {"format": BINDING_FORMAT, "terminal_id": terminal_id, "backend": backend, "sam": sam_name,
-            "fingerprint": sam_fingerprint(infos), "keys": key_entries(infos),
-            "bound_at": now.isoformat(timespec="seconds")}
+    return {
+        "format": BINDING_FORMAT,
+        "terminal_id": terminal_id,
+        "backend": backend,
+        "sam": sam_name,
+        "fingerprint": sam_fingerprint(infos),
+        "keys": key_entries(infos),
+        "bound_at": now.isoformat(timespec="seconds"),
+    }
 
 
 def read_binding(path: Path) -> dict | None:
@@ -52,11 +69,15 @@ def read_binding(path: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise BindingError(f"SAM binding {path} is unreadable ({exc}); re-bind the SAM: onecard terminal provision "
-                           f"--rebind-sam --config <firmware.toml>") from None
+        raise BindingError(
+            f"SAM binding {path} is unreadable ({exc}); re-bind the SAM: onecard terminal provision "
+            f"--rebind-sam --config <firmware.toml>"
+        ) from None
     if not isinstance(doc, dict) or doc.get("format") != BINDING_FORMAT or not isinstance(doc.get("keys"), list):
-        raise BindingError(f"SAM binding {path} is not a {BINDING_FORMAT} document; re-bind the SAM: onecard "
-                           "terminal provision --rebind-sam --config <firmware.toml>")
+        raise BindingError(
+            f"SAM binding {path} is not a {BINDING_FORMAT} document; re-bind the SAM: onecard "
+            "terminal provision --rebind-sam --config <firmware.toml>"
+        )
     return doc
 
 
@@ -89,13 +110,16 @@ def check_bound_sam(config_path: Path, backend: str, sam) -> None:
         return
     problem = binding_problem(binding, backend, sam.key_infos())
     if problem:
-        raise BindingError(f"this SAM is not the one terminal {binding.get('terminal_id')} was installed with "
-                           f"({problem}, per {path.name}); put back the bound SAM, or re-bind this one: onecard "
-                           f"terminal provision --rebind-sam --config {config_path}")
+        raise BindingError(
+            f"this SAM is not the one terminal {binding.get('terminal_id')} was installed with "
+            f"({problem}, per {path.name}); put back the bound SAM, or re-bind this one: onecard "
+            f"terminal provision --rebind-sam --config {config_path}"
+        )
 
 
-def bind_sam(config_path: Path, terminal_id: str, backend: str, name: str, infos: list[KeyInfo], now: dt.datetime,
-             force: bool) -> str:
+def bind_sam(
+    config_path: Path, terminal_id: str, backend: str, name: str, infos: list[KeyInfo], now: dt.datetime, force: bool
+) -> str:
     """Write the binding of this SAM beside the configuration; keep an equal one; refuse another without force."""
     path = binding_path(config_path)
     try:
@@ -109,10 +133,18 @@ def bind_sam(config_path: Path, terminal_id: str, backend: str, name: str, infos
         if problem is None:
             return f"kept the binding to {backend} {name} ({len(infos)} keys) in {path}"
         if not force:
-            raise BindingError(f"{path} binds this terminal to another SAM ({problem}); insert that SAM, or pass "
-                               "--force to bind this one")
+            raise BindingError(
+                f"{path} binds this terminal to another SAM ({problem}); insert that SAM, or pass "
+                "--force to bind this one"
+            )
     doc = binding_document(terminal_id, backend, name, infos, now)
     files.write_atomically(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
-    log_event(log, "provision.sam_bound", terminal=terminal_id, backend=backend, fingerprint=doc["fingerprint"],
-              text=f"SAM {name} bound")
+    log_event(
+        log,
+        "provision.sam_bound",
+        terminal=terminal_id,
+        backend=backend,
+        fingerprint=doc["fingerprint"],
+        text=f"SAM {name} bound",
+    )
     return f"bound {backend} {name}: {len(infos)} keys, fingerprint {doc['fingerprint'][:16]} in {path}"

@@ -7,6 +7,7 @@ state is derived from the log at start-up, and a purchase costs the log's two co
 writes. A TSN the SAM handed out but whose intent never committed never reached a card: using it again is
 harmless. Compaction keeps the highest TSN it removes (EventLog.compact, table `carried`).
 """
+
 from __future__ import annotations
 
 from sam.sam_state import LastPurchase, SamState, StateFile
@@ -52,6 +53,12 @@ def derive_state(event_log, enterprise_id: bytes) -> SamState:
         undo = event_log.find_detail(UNDO_INTENT, "purchase_seq", outcome.seq)
         if undo is not None:
             reversal_counter = undo.detail["counter"]
-    last = LastPurchase(bytes.fromhex(intent.asn), enterprise_id, d["amount"], d["tsn"],
-                        debited=outcome is not None, reversal_counter=reversal_counter)
+    last = LastPurchase(
+        bytes.fromhex(intent.asn),
+        enterprise_id,
+        d["amount"],
+        d["tsn"],
+        debited=outcome is not None,
+        reversal_counter=reversal_counter,
+    )
     return SamState(last_tsn, last)

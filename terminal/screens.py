@@ -3,6 +3,7 @@
 Every screen carries the English sentence (also what the console prints) and a Chinese line chosen by reason code,
 so a display driver only lays out text; it never decides what to say.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,33 +15,60 @@ from terminal.decision import Decision
 
 @dataclass(frozen=True)
 class Screen:
-    kind: str                 # decision | prompt | entry | alarm | idle | notice
-    text: str                 # the English sentence
-    zh: str = ""              # the same in Chinese
-    mark: str = ""            # ok | no | alarm | "" : the big word at the top
-    big: str = ""             # large text when there is no mark (an amount being typed, the time)
-    name: str = ""            # the card holder
-    amount: int | None = None   # fen
+    kind: str  # decision | prompt | entry | alarm | idle | notice
+    text: str  # the English sentence
+    zh: str = ""  # the same in Chinese
+    mark: str = ""  # ok | no | alarm | "" : the big word at the top
+    big: str = ""  # large text when there is no mark (an amount being typed, the time)
+    name: str = ""  # the card holder
+    amount: int | None = None  # fen
     balance: int | None = None  # fen, after the transaction
 
 
 ZH = {
-    "granted": "欢迎", "clock_in": "上班打卡成功", "clock_out": "下班打卡成功", "repeat": "已打卡",
-    "completed": "交易成功", "balance": "余额查询",
-    "blacklisted": "此卡已挂失或注销", "expired": "卡已过期", "not_yet_valid": "卡尚未生效", "voided": "卡已作废",
-    "card_status": "卡状态异常", "no_rights": "无此门权限", "outside_hours": "不在允许时段",
-    "unknown_time_profile": "时段未设置,请联系管理员", "other_enterprise": "非本单位卡",
-    "insufficient_balance": "余额不足", "over_purchase_limit": "超过单笔限额", "over_load_limit": "超过单笔充值限额",
-    "offline_limit": "超过脱机限额", "store_full": "终端存储将满,请联网", "purse_expired": "钱包已过期",
-    "no_purse": "此卡无电子钱包", "nothing_to_undo": "没有可撤销的交易", "undo_too_late": "已超过撤销时限",
-    "undo_other_card": "请刷付款的那张卡", "unconfirmed": "交易未确认,请再刷一次", "removed": "刷卡过快,请重刷",
-    "log_unavailable": "终端故障,请联系维护", "not_supported": "不支持此卡", "card_error": "卡片错误",
-    "unknown_card": "无法识别此卡", "no_phone": "请使用RFID-SIM手机", "phone_has_card": "请使用RFID-SIM手机",
-    "auth_failed": "卡片验证失败", "sam_refused": "安全模块拒绝", "unknown_key_version": "密钥版本未知",
-    "earlier_completed": "上次交易已完成", "bad_request": "输入有误",
+    "granted": "欢迎",
+    "clock_in": "上班打卡成功",
+    "clock_out": "下班打卡成功",
+    "repeat": "已打卡",
+    "completed": "交易成功",
+    "balance": "余额查询",
+    "blacklisted": "此卡已挂失或注销",
+    "expired": "卡已过期",
+    "not_yet_valid": "卡尚未生效",
+    "voided": "卡已作废",
+    "card_status": "卡状态异常",
+    "no_rights": "无此门权限",
+    "outside_hours": "不在允许时段",
+    "unknown_time_profile": "时段未设置,请联系管理员",
+    "other_enterprise": "非本单位卡",
+    "insufficient_balance": "余额不足",
+    "over_purchase_limit": "超过单笔限额",
+    "over_load_limit": "超过单笔充值限额",
+    "offline_limit": "超过脱机限额",
+    "store_full": "终端存储将满,请联网",
+    "purse_expired": "钱包已过期",
+    "no_purse": "此卡无电子钱包",
+    "nothing_to_undo": "没有可撤销的交易",
+    "undo_too_late": "已超过撤销时限",
+    "undo_other_card": "请刷付款的那张卡",
+    "unconfirmed": "交易未确认,请再刷一次",
+    "removed": "刷卡过快,请重刷",
+    "log_unavailable": "终端故障,请联系维护",
+    "not_supported": "不支持此卡",
+    "card_error": "卡片错误",
+    "unknown_card": "无法识别此卡",
+    "no_phone": "请使用RFID-SIM手机",
+    "phone_has_card": "请使用RFID-SIM手机",
+    "auth_failed": "卡片验证失败",
+    "sam_refused": "安全模块拒绝",
+    "unknown_key_version": "密钥版本未知",
+    "earlier_completed": "上次交易已完成",
+    "bad_request": "输入有误",
 }
 ZH_KIND = {
-    "door.held_open": "门长时间未关,请关门", "door.forced_open": "门被强行打开,已报警", "door.closed": "门已关闭",
+    "door.held_open": "门长时间未关,请关门",
+    "door.forced_open": "门被强行打开,已报警",
+    "door.closed": "门已关闭",
     "door.rex": "出门按钮:门已开",
 }
 
@@ -50,10 +78,15 @@ def decision_screen(decision: Decision) -> Screen:
     d = decision.detail
     balance = d.get("balance_after", d.get("balance"))
     zh = ZH.get(decision.reason_code, "允许" if decision.accepted else "拒绝")
-    return Screen("decision", decision.message, zh, "ok" if decision.accepted else "no",
-                  name=(holder.name or holder.employee_no) if holder else "",
-                  amount=d.get("amount") if decision.accepted else None,
-                  balance=balance if isinstance(balance, int) else None)
+    return Screen(
+        "decision",
+        decision.message,
+        zh,
+        "ok" if decision.accepted else "no",
+        name=(holder.name or holder.employee_no) if holder else "",
+        amount=d.get("amount") if decision.accepted else None,
+        balance=balance if isinstance(balance, int) else None,
+    )
 
 
 def prompt_screen(text: str, amount: int | None = None, zh: str = "请刷卡") -> Screen:
@@ -78,5 +111,6 @@ def alarm_screen(kind: str, message: str) -> Screen:
 
 
 def idle_screen(terminal_name: str, local_now: dt.datetime) -> Screen:
-    return Screen("idle", f"{terminal_name} {local_now:%Y-%m-%d %H:%M}", "请刷卡", big=f"{local_now:%H:%M}",
-                  name=terminal_name)
+    return Screen(
+        "idle", f"{terminal_name} {local_now:%Y-%m-%d %H:%M}", "请刷卡", big=f"{local_now:%H:%M}", name=terminal_name
+    )

@@ -2,6 +2,7 @@
 
 Each check is a function returning a CheckResult; the I/O each needs is passed in, so tests can make it fail on purpose.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from common.config import Config, ConfigError, load_config
 from common.logs import log_event
 from sam.interface import (
     CardIdentity,
@@ -27,7 +29,6 @@ from sam.interface import (
     Sam,
     SamError,
 )
-from common.config import Config, ConfigError, load_config
 
 log = logging.getLogger("onecard.selftest")
 
@@ -44,9 +45,9 @@ TEST_ASN = bytes.fromhex("00000000000000ff")
 @dataclass(frozen=True)
 class CheckResult:
     name: str
-    status: str          # PASS | FAIL | SKIP
-    found: str           # what was found, one line
-    fix: str = ""        # on FAIL: what to do
+    status: str  # PASS | FAIL | SKIP
+    found: str  # what was found, one line
+    fix: str = ""  # on FAIL: what to do
 
     @property
     def failed(self) -> bool:
@@ -75,6 +76,7 @@ def skipped(name: str, why: str) -> CheckResult:
 # config
 # --------------------------------------------------------------------------------------------------
 
+
 def check_config(path: Path) -> tuple[CheckResult, Config | None]:
     try:
         config = load_config(path)
@@ -83,8 +85,11 @@ def check_config(path: Path) -> tuple[CheckResult, Config | None]:
         problem, _, fix = text.partition("; ")
         return failed("config", problem, fix or f"correct {path} (see the documented firmware.toml)"), None
     t = config.terminal
-    return passed("config", f"{path}: terminal {t.id} ({t.kind}) of enterprise {t.enterprise_id.hex()}, "
-                            f"reader {config.reader.driver}, sam {config.sam.backend}"), config
+    return passed(
+        "config",
+        f"{path}: terminal {t.id} ({t.kind}) of enterprise {t.enterprise_id.hex()}, "
+        f"reader {config.reader.driver}, sam {config.sam.backend}",
+    ), config
 
 
 def _split_fix(message: str, default_fix: str) -> tuple[str, str]:
@@ -96,6 +101,7 @@ def _split_fix(message: str, default_fix: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------------------------------
 # reader and tap
 # --------------------------------------------------------------------------------------------------
+
 
 def check_reader(config: Config, open_reader: Callable[[Config], object]) -> tuple[CheckResult, object | None]:
     """open_reader: terminal.cli.open_reader (UserError when pcscd or the reader is missing)."""
@@ -110,8 +116,9 @@ def check_reader(config: Config, open_reader: Callable[[Config], object]) -> tup
     return passed("reader", f"{r.driver} reader {getattr(reader, 'name', '') or r.name or r.path} is present"), reader
 
 
-def check_tap(reader, timeout: float | None, enterprise_id: bytes,
-              prompt: Callable[[str], None] = lambda line: None) -> CheckResult:
+def check_tap(
+    reader, timeout: float | None, enterprise_id: bytes, prompt: Callable[[str], None] = lambda line: None
+) -> CheckResult:
     """Wait for any card (after `prompt`ing the installer); any card proves the reader reads, and a one-card's
     SELECT answer is reported."""
     from terminal import card_protocol as cp
@@ -128,15 +135,19 @@ def check_tap(reader, timeout: float | None, enterprise_id: bytes,
         found, fix = _split_fix(str(exc), "check the reader and pcscd's logs")
         return failed("tap", found, fix)
     if conn is None:
-        return failed("tap", f"no card seen within {timeout:g} s",
-                      "hold a card flat on the reader during the wait; if it still fails, check the antenna "
-                      "cable / reader model, then rerun with a longer --tap-timeout")
+        return failed(
+            "tap",
+            f"no card seen within {timeout:g} s",
+            "hold a card flat on the reader during the wait; if it still fails, check the antenna "
+            "cable / reader model, then rerun with a longer --tap-timeout",
+        )
     try:
         atr = conn.atr.hex().upper()
         try:
             info = cp.parse_select(conn.transmit(cp.select_command()))
-            what = (f"a one-card of enterprise {info.enterprise_id.hex()} (ASN {info.asn_hex})"
-                    + ("" if info.enterprise_id == enterprise_id else ", not this terminal's enterprise"))
+            what = f"a one-card of enterprise {info.enterprise_id.hex()} (ASN {info.asn_hex})" + (
+                "" if info.enterprise_id == enterprise_id else ", not this terminal's enterprise"
+            )
         except (cp.CardProtocolError, CardRemoved):
             what = "not a one-card (any card shows the reader works)"
     finally:
@@ -148,20 +159,25 @@ def check_tap(reader, timeout: float | None, enterprise_id: bytes,
 # SAM
 # --------------------------------------------------------------------------------------------------
 
+
 def required_usages(kind: str) -> dict[KeyPurpose, frozenset[KeyUsage]]:
     from sam.cli import ROLES
 
     return ROLES[KIND_ROLE[kind]]
 
 
-def fitting_keys(infos: Iterable[KeyInfo], enterprise_id: bytes, purpose: KeyPurpose,
-                 usages: frozenset[KeyUsage]) -> list[KeyInfo]:
-    return sorted((i for i in infos if i.enterprise_id == enterprise_id and i.purpose is purpose and usages <= i.usages),
-                  key=lambda i: (i.version, int(i.algorithm)))
+def fitting_keys(
+    infos: Iterable[KeyInfo], enterprise_id: bytes, purpose: KeyPurpose, usages: frozenset[KeyUsage]
+) -> list[KeyInfo]:
+    return sorted(
+        (i for i in infos if i.enterprise_id == enterprise_id and i.purpose is purpose and usages <= i.usages),
+        key=lambda i: (i.version, int(i.algorithm)),
+    )
 
 
-def key_for(infos: Iterable[KeyInfo], enterprise_id: bytes, purpose: KeyPurpose,
-            usages: frozenset[KeyUsage]) -> KeyInfo | None:
+def key_for(
+    infos: Iterable[KeyInfo], enterprise_id: bytes, purpose: KeyPurpose, usages: frozenset[KeyUsage]
+) -> KeyInfo | None:
     """The newest key of this enterprise and purpose allowing every usage in `usages`."""
     fits = [i for i in infos if i.enterprise_id == enterprise_id and i.purpose is purpose and usages <= i.usages]
     return max(fits, key=lambda i: (i.version, int(i.algorithm)), default=None)
@@ -169,17 +185,20 @@ def key_for(infos: Iterable[KeyInfo], enterprise_id: bytes, purpose: KeyPurpose,
 
 def missing_keys(infos: list[KeyInfo], enterprise_id: bytes, kind: str) -> list[str]:
     """What the kind needs that the SAM lacks, e.g. 'access (verify)'; empty when complete."""
-    return [f"{purpose.value} ({','.join(sorted(u.value for u in usages))})"
-            for purpose, usages in required_usages(kind).items()
-            if key_for(infos, enterprise_id, purpose, usages) is None]
+    return [
+        f"{purpose.value} ({','.join(sorted(u.value for u in usages))})"
+        for purpose, usages in required_usages(kind).items()
+        if key_for(infos, enterprise_id, purpose, usages) is None
+    ]
 
 
 def _describe(info: KeyInfo) -> str:
     return f"{info.purpose.value} v{info.version} {info.algorithm.name.lower()} KCV {info.kcv}"
 
 
-def sam_round_trip(sam: Sam, infos: list[KeyInfo], enterprise_id: bytes, terminal_id: bytes, kind: str,
-                   now: dt.datetime) -> str:
+def sam_round_trip(
+    sam: Sam, infos: list[KeyInfo], enterprise_id: bytes, terminal_id: bytes, kind: str, now: dt.datetime
+) -> str:
     """Run a real cryptographic operation under every key the kind needs, with a throwaway card identity.
 
     Keys the terminal may only verify with are checked by offering a wrong MAC, which the SAM must refuse as not
@@ -189,14 +208,24 @@ def sam_round_trip(sam: Sam, infos: list[KeyInfo], enterprise_id: bytes, termina
     from common.bcd import encode_date_time
 
     date, time_ = encode_date_time(now)
-    done = [_one_round_trip(sam, info, purpose, usages, enterprise_id, terminal_id, date, time_)
-            for purpose, usages in required_usages(kind).items()
-            for info in fitting_keys(infos, enterprise_id, purpose, usages)]
+    done = [
+        _one_round_trip(sam, info, purpose, usages, enterprise_id, terminal_id, date, time_)
+        for purpose, usages in required_usages(kind).items()
+        for info in fitting_keys(infos, enterprise_id, purpose, usages)
+    ]
     return "; ".join(done)
 
 
-def _one_round_trip(sam: Sam, info: KeyInfo, purpose: KeyPurpose, usages: frozenset[KeyUsage], enterprise_id: bytes,
-                    terminal_id: bytes, date: bytes, time_: bytes) -> str:
+def _one_round_trip(
+    sam: Sam,
+    info: KeyInfo,
+    purpose: KeyPurpose,
+    usages: frozenset[KeyUsage],
+    enterprise_id: bytes,
+    terminal_id: bytes,
+    date: bytes,
+    time_: bytes,
+) -> str:
     card = CardIdentity(TEST_ASN, enterprise_id, info.version, info.algorithm)
     message, wrong = b"onecard selftest", bytes(8)
     if purpose is KeyPurpose.ACCESS:
@@ -231,14 +260,17 @@ def _expect_refusal(operation: Callable[[], object], info: KeyInfo) -> None:
 def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetime) -> CheckResult:
     """Unlock/select the SAM, check it holds the kind's keys, is the bound SAM, and MACs."""
     from common.errors import UserError
-    from terminal.sam_binding import BindingError, binding_problem, binding_path, read_binding
+    from terminal.sam_binding import BindingError, binding_path, binding_problem, read_binding
 
     s, t = config.sam, config.terminal
     try:
         sam = open_sam(config)
     except UserError as exc:
-        default = ("check [sam].passphrase_file holds this keystore's passphrase (ask the key-card administrator)"
-                   if s.backend == "keystore" else "insert the terminal's PSAM in its SAM slot")
+        default = (
+            "check [sam].passphrase_file holds this keystore's passphrase (ask the key-card administrator)"
+            if s.backend == "keystore"
+            else "insert the terminal's PSAM in its SAM slot"
+        )
         found, fix = _split_fix(str(exc), default)
         return failed("sam", found, fix)
     try:
@@ -250,10 +282,13 @@ def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetim
         where = f"keystore {s.keystore}" if s.backend == "keystore" else f"PSAM in {getattr(sam, 'name', s.reader)}"
         missing = missing_keys(infos, t.enterprise_id, t.kind)
         if missing:
-            return failed("sam", f"{where} lacks the {t.kind} keys of enterprise {t.enterprise_id.hex()}: "
-                                 f"{', '.join(missing)} (it holds {len(infos)} keys)",
-                          f"ask the key-card administrator for a {KIND_ROLE[t.kind]} keystore of enterprise "
-                          f"{t.enterprise_id.hex()}: onecard sam restrict --role {KIND_ROLE[t.kind]}")
+            return failed(
+                "sam",
+                f"{where} lacks the {t.kind} keys of enterprise {t.enterprise_id.hex()}: "
+                f"{', '.join(missing)} (it holds {len(infos)} keys)",
+                f"ask the key-card administrator for a {KIND_ROLE[t.kind]} keystore of enterprise "
+                f"{t.enterprise_id.hex()}: onecard sam restrict --role {KIND_ROLE[t.kind]}",
+            )
         bpath = binding_path(config.path)
         try:
             binding = read_binding(bpath)
@@ -264,9 +299,12 @@ def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetim
         if binding is not None:
             problem = binding_problem(binding, s.backend, infos)
             if problem:
-                return failed("sam", f"{where} is not the SAM bound to this terminal: {problem}",
-                              f"put back the SAM this terminal was provisioned with, or re-bind this one with "
-                              f"onecard terminal provision --rebind-sam --config {config.path}")
+                return failed(
+                    "sam",
+                    f"{where} is not the SAM bound to this terminal: {problem}",
+                    f"put back the SAM this terminal was provisioned with, or re-bind this one with "
+                    f"onecard terminal provision --rebind-sam --config {config.path}",
+                )
             bound = f"the bound SAM ({bpath.name})"
         try:
             trip = sam_round_trip(sam, infos, t.enterprise_id, t.id_bytes, t.kind, now)
@@ -283,6 +321,7 @@ def check_sam(config: Config, open_sam: Callable[[Config], Sam], now: dt.datetim
 # --------------------------------------------------------------------------------------------------
 # storage
 # --------------------------------------------------------------------------------------------------
+
 
 def check_database(config: Config) -> tuple[CheckResult, CheckResult]:
     """(database writable, chain intact). The write is a transaction rolled back: no event enters the chain."""
@@ -307,9 +346,12 @@ def check_database(config: Config) -> tuple[CheckResult, CheckResult]:
             conn.execute("CREATE TABLE selftest_probe (x INTEGER)")
             conn.execute("INSERT INTO selftest_probe VALUES (1)")
         except sqlite3.Error as exc:
-            write = failed("database", f"{path} opens but cannot be written ({exc})",
-                           f"make {path}, its -wal/-shm files and {path.parent} writable by the terminal's user; "
-                           "check the disk is not full or read-only")
+            write = failed(
+                "database",
+                f"{path} opens but cannot be written ({exc})",
+                f"make {path}, its -wal/-shm files and {path.parent} writable by the terminal's user; "
+                "check the disk is not full or read-only",
+            )
         else:
             write = passed("database", f"{path} writable (test write rolled back), {event_log.last_seq()} records")
         finally:
@@ -319,25 +361,31 @@ def check_database(config: Config) -> tuple[CheckResult, CheckResult]:
         if report.ok:
             chain = passed("event log chain", f"intact: {report.checked} records verified, head seq {report.head_seq}")
         else:
-            chain = failed("event log chain", f"broken at seq {report.first_bad_seq}: {report.problem}",
-                           f"do not delete or edit {path}: keep a copy for investigation (onecard log verify --db "
-                           f"{path}), report it to the platform operator, and move the file aside to start a new log")
+            chain = failed(
+                "event log chain",
+                f"broken at seq {report.first_bad_seq}: {report.problem}",
+                f"do not delete or edit {path}: keep a copy for investigation (onecard log verify --db "
+                f"{path}), report it to the platform operator, and move the file aside to start a new log",
+            )
         return write, chain
     finally:
         event_log.close()
 
 
 def check_blacklist(config: Config) -> CheckResult:
-    from terminal.blacklist import Blacklist
     from common.db import DatabaseError
+    from terminal.blacklist import Blacklist
 
     path = config.terminal.blacklist
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         bl = Blacklist.open(path)
     except OSError as exc:
-        return failed("blacklist", f"cannot open {path} ({exc.strerror or exc})",
-                      f"create {path.parent} writable by the terminal's user")
+        return failed(
+            "blacklist",
+            f"cannot open {path} ({exc.strerror or exc})",
+            f"create {path.parent} writable by the terminal's user",
+        )
     except DatabaseError as exc:
         found, fix = _split_fix(str(exc), f"move {path} aside; the sync agent fetches a new snapshot")
         return failed("blacklist", found, fix)
@@ -352,6 +400,7 @@ def check_blacklist(config: Config) -> CheckResult:
 # --------------------------------------------------------------------------------------------------
 # broker
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CertificateFacts:
@@ -371,11 +420,17 @@ def read_certificate(cert_file: Path, key_file: Path) -> CertificateFacts:
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    matches = (key.public_key().public_bytes(serialization.Encoding.DER, pub)
-               == cert.public_key().public_bytes(serialization.Encoding.DER, pub))
+    matches = key.public_key().public_bytes(serialization.Encoding.DER, pub) == cert.public_key().public_bytes(
+        serialization.Encoding.DER, pub
+    )
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return CertificateFacts(cns[0].value if cns else "", cert.issuer.rfc4514_string(), cert.not_valid_before_utc,
-                            cert.not_valid_after_utc, matches)
+    return CertificateFacts(
+        cns[0].value if cns else "",
+        cert.issuer.rfc4514_string(),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+        matches,
+    )
 
 
 def certificate_problem(facts: CertificateFacts, terminal_id: str, now: dt.datetime) -> tuple[str, str] | None:
@@ -387,11 +442,17 @@ def certificate_problem(facts: CertificateFacts, terminal_id: str, now: dt.datet
     if not facts.key_matches:
         return "the certificate does not belong to [sync].key_file (public keys differ)", again
     if facts.subject_cn != terminal_id:
-        return (f"the certificate's CN is {facts.subject_cn!r}, not this terminal's ID {terminal_id}: the broker "
-                "would treat this terminal as another one", again)
+        return (
+            f"the certificate's CN is {facts.subject_cn!r}, not this terminal's ID {terminal_id}: the broker "
+            "would treat this terminal as another one",
+            again,
+        )
     if now < facts.not_before:
-        return (f"the certificate is valid only from {facts.not_before:%Y-%m-%d %H:%M} UTC (terminal clock "
-                f"{now:%Y-%m-%d %H:%M} UTC)", "set the terminal's clock (timedatectl set-ntp true)")
+        return (
+            f"the certificate is valid only from {facts.not_before:%Y-%m-%d %H:%M} UTC (terminal clock "
+            f"{now:%Y-%m-%d %H:%M} UTC)",
+            "set the terminal's clock (timedatectl set-ntp true)",
+        )
     if now >= facts.not_after:
         return f"the certificate expired on {facts.not_after:%Y-%m-%d} UTC", again
     return None
@@ -401,39 +462,58 @@ def classify_connect_error(exc: BaseException, host: str, port: int) -> tuple[st
     """(found, fix) for a failed TLS/MQTT connection; pure, so each case is tested without a broker."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         if "hostname" in str(exc).lower() or "ip address mismatch" in str(exc).lower():
-            return (f"the broker's certificate does not name {host} ({exc.verify_message})",
-                    "set [sync].broker_host to the name the broker's certificate was issued for")
-        return (f"the broker's certificate is not signed by [sync].ca_file ({exc.verify_message})",
-                "put the platform's CA certificate in [sync].ca_file (mqtt-ca.pem from the platform operator)")
+            return (
+                f"the broker's certificate does not name {host} ({exc.verify_message})",
+                "set [sync].broker_host to the name the broker's certificate was issued for",
+            )
+        return (
+            f"the broker's certificate is not signed by [sync].ca_file ({exc.verify_message})",
+            "put the platform's CA certificate in [sync].ca_file (mqtt-ca.pem from the platform operator)",
+        )
     if isinstance(exc, TlsRejected):
         # mosquitto verifies the client certificate after a TLS 1.3 handshake and just closes the socket when
         # it does not chain to its cafile; expiry was checked before connecting, so this is the CA.
-        return (f"the broker rejected this terminal's certificate (it closed the connection before answering: "
-                f"{exc}); the certificate was not issued by the CA the broker trusts",
-                "get a certificate from the platform CA: re-run onecard terminal provision with --force and have "
-                "the CSR signed with onecard platform ca sign (docs/install.md)")
+        return (
+            f"the broker rejected this terminal's certificate (it closed the connection before answering: "
+            f"{exc}); the certificate was not issued by the CA the broker trusts",
+            "get a certificate from the platform CA: re-run onecard terminal provision with --force and have "
+            "the CSR signed with onecard platform ca sign (docs/install.md)",
+        )
     if isinstance(exc, ssl.SSLError):
         reason = (getattr(exc, "reason", None) or str(exc)).upper()
         if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
-            return (f"the broker rejected this terminal's certificate ({_alert(exc)}): it was not issued by the "
-                    "platform's CA", "get a certificate from the platform CA: re-run onecard terminal provision with "
-                    "--force and have the CSR signed with onecard platform ca sign (docs/install.md)")
+            return (
+                f"the broker rejected this terminal's certificate ({_alert(exc)}): it was not issued by the "
+                "platform's CA",
+                "get a certificate from the platform CA: re-run onecard terminal provision with "
+                "--force and have the CSR signed with onecard platform ca sign (docs/install.md)",
+            )
         if "EXPIRED" in reason or "REVOKED" in reason:
-            return (f"the broker rejected this terminal's certificate ({_alert(exc)})",
-                    "make a new certificate: re-run onecard terminal provision with --force (docs/install.md)")
-        return (f"TLS with {host}:{port} failed ({_alert(exc)})",
-                "check [sync].broker_port is the broker's TLS listener and the files in [sync]")
+            return (
+                f"the broker rejected this terminal's certificate ({_alert(exc)})",
+                "make a new certificate: re-run onecard terminal provision with --force (docs/install.md)",
+            )
+        return (
+            f"TLS with {host}:{port} failed ({_alert(exc)})",
+            "check [sync].broker_port is the broker's TLS listener and the files in [sync]",
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return (f"{host}:{port} refused the connection (nothing listening)",
-                "start the broker (systemctl status mosquitto on the broker host) or fix [sync].broker_host/port")
+        return (
+            f"{host}:{port} refused the connection (nothing listening)",
+            "start the broker (systemctl status mosquitto on the broker host) or fix [sync].broker_host/port",
+        )
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {host} ({exc.strerror})", "fix [sync].broker_host or the terminal's DNS settings"
     if isinstance(exc, (TimeoutError, socket.timeout)):
-        return (f"no answer from {host}:{port} in time", "check the network path and firewall to the broker "
-                "(TCP port open?)")
+        return (
+            f"no answer from {host}:{port} in time",
+            "check the network path and firewall to the broker (TCP port open?)",
+        )
     if isinstance(exc, OSError):
-        return (f"cannot reach {host}:{port} ({exc.strerror or exc})",
-                "check the terminal's network (ip addr, ip route) and the broker address")
+        return (
+            f"cannot reach {host}:{port} ({exc.strerror or exc})",
+            "check the terminal's network (ip addr, ip route) and the broker address",
+        )
     return f"connection to {host}:{port} failed ({exc})", "see the broker's log for this client"
 
 
@@ -486,60 +566,85 @@ def connect_broker(host: str, port: int, ca: Path, cert: Path, key: Path, client
     return "MQTT 5"
 
 
-def check_broker(config: Config, now: dt.datetime, connect: Callable[..., str] = connect_broker,
-                 timeout: float = 5.0) -> CheckResult:
+def check_broker(
+    config: Config, now: dt.datetime, connect: Callable[..., str] = connect_broker, timeout: float = 5.0
+) -> CheckResult:
     s = config.sync
     if s is None:
         return skipped("broker", "not checked: no [sync] section (this terminal has no sync agent)")
     for setting, f in (("ca_file", s.ca_file), ("cert_file", s.cert_file), ("key_file", s.key_file)):
         if not f.is_file():
-            return failed("broker", f"[sync].{setting} {f} does not exist",
-                          "run onecard terminal provision (docs/install.md) or fix the path in the config")
+            return failed(
+                "broker",
+                f"[sync].{setting} {f} does not exist",
+                "run onecard terminal provision (docs/install.md) or fix the path in the config",
+            )
     try:
         facts = read_certificate(s.cert_file, s.key_file)
     except (ValueError, TypeError, OSError) as exc:
-        return failed("broker", f"cannot read the certificate/key ({exc})",
-                      "re-run onecard terminal provision with --force (docs/install.md)")
+        return failed(
+            "broker",
+            f"cannot read the certificate/key ({exc})",
+            "re-run onecard terminal provision with --force (docs/install.md)",
+        )
     problem = certificate_problem(facts, config.terminal.id, now)
     if problem:
         return failed("broker", *problem)
     where = f"{s.broker_host}:{s.broker_port}"
     try:
-        protocol = connect(s.broker_host, s.broker_port, s.ca_file, s.cert_file, s.key_file,
-                           f"selftest-{config.terminal.id}", timeout)
+        protocol = connect(
+            s.broker_host, s.broker_port, s.ca_file, s.cert_file, s.key_file, f"selftest-{config.terminal.id}", timeout
+        )
     except BrokerRefused as exc:
-        return failed("broker", f"{where} refused terminal {facts.subject_cn} ({exc})",
-                      "ask the platform operator to register this terminal on the broker (ACL, user = terminal ID)")
+        return failed(
+            "broker",
+            f"{where} refused terminal {facts.subject_cn} ({exc})",
+            "ask the platform operator to register this terminal on the broker (ACL, user = terminal ID)",
+        )
     except Exception as exc:  # classified below: every network/TLS failure becomes one line with its fix
         return failed("broker", *classify_connect_error(exc, s.broker_host, s.broker_port))
     days = (facts.not_after - now).days
     warn = f" - renew soon ({days} days left)" if days < 30 else ""
-    return passed("broker", f"connected to {where} over TLS ({protocol}) as {facts.subject_cn}; certificate by "
-                            f"{facts.issuer} valid until {facts.not_after:%Y-%m-%d}{warn}")
+    return passed(
+        "broker",
+        f"connected to {where} over TLS ({protocol}) as {facts.subject_cn}; certificate by "
+        f"{facts.issuer} valid until {facts.not_after:%Y-%m-%d}{warn}",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # clock
 # --------------------------------------------------------------------------------------------------
 
+
 def assess_clock(sample: tuple[dt.datetime, dt.datetime] | None, now: dt.datetime, tolerance: float) -> CheckResult:
     """Drift = terminal clock minus platform time when the agent received the platform's last time message."""
     if sample is None:
-        return skipped("clock", "not checked: the sync agent has stored no platform time yet (start onecard-sync, "
-                                "wait for a heartbeat answer, then run the self-test again)")
+        return skipped(
+            "clock",
+            "not checked: the sync agent has stored no platform time yet (start onecard-sync, "
+            "wait for a heartbeat answer, then run the self-test again)",
+        )
     issued, received = sample
     drift = (received - issued).total_seconds()
     age = (now - received).total_seconds()
     if age < -tolerance:
-        return failed("clock", f"the clock is {-age:.0f} s before the time it recorded a platform message at: it "
-                               "went backwards", "enable NTP (timedatectl set-ntp true) and check the RTC battery")
+        return failed(
+            "clock",
+            f"the clock is {-age:.0f} s before the time it recorded a platform message at: it went backwards",
+            "enable NTP (timedatectl set-ntp true) and check the RTC battery",
+        )
     if abs(drift) > tolerance:
         side = "ahead of" if drift > 0 else "behind"
-        return failed("clock", f"terminal clock was {abs(drift):.1f} s {side} the platform (tolerance "
-                               f"{tolerance:g} s, measured {age:.0f} s ago)",
-                      "enable NTP (timedatectl set-ntp true; timedatectl status shows 'synchronized: yes')")
-    return passed("clock", f"within {abs(drift):.1f} s of the platform (tolerance {tolerance:g} s, measured "
-                           f"{age:.0f} s ago)")
+        return failed(
+            "clock",
+            f"terminal clock was {abs(drift):.1f} s {side} the platform (tolerance "
+            f"{tolerance:g} s, measured {age:.0f} s ago)",
+            "enable NTP (timedatectl set-ntp true; timedatectl status shows 'synchronized: yes')",
+        )
+    return passed(
+        "clock", f"within {abs(drift):.1f} s of the platform (tolerance {tolerance:g} s, measured {age:.0f} s ago)"
+    )
 
 
 def check_clock(config: Config, now: dt.datetime) -> CheckResult:
@@ -554,27 +659,38 @@ def check_clock(config: Config, now: dt.datetime) -> CheckResult:
 # outputs
 # --------------------------------------------------------------------------------------------------
 
+
 def check_outputs(outputs, driver: str) -> CheckResult:
     """Drive every output once; the installer watches and listens, the check reports what raised."""
-    steps = [("green light", lambda: outputs.light("green")), ("ok beep", lambda: outputs.beep("ok")),
-             ("display", lambda: outputs.display("Self-test: green light, one beep")),
-             ("relay", lambda: outputs.open_relay(1)),
-             ("red light", lambda: outputs.light("red")), ("error beep", lambda: outputs.beep("error")),
-             ("display", lambda: outputs.display("Self-test: red light, three beeps")),
-             ("lights off", lambda: outputs.light("off"))]
+    steps = [
+        ("green light", lambda: outputs.light("green")),
+        ("ok beep", lambda: outputs.beep("ok")),
+        ("display", lambda: outputs.display("Self-test: green light, one beep")),
+        ("relay", lambda: outputs.open_relay(1)),
+        ("red light", lambda: outputs.light("red")),
+        ("error beep", lambda: outputs.beep("error")),
+        ("display", lambda: outputs.display("Self-test: red light, three beeps")),
+        ("lights off", lambda: outputs.light("off")),
+    ]
     for what, step in steps:
         try:
             step()
         except Exception as exc:  # a driver's own error type: report it, the next check still runs
-            return failed("outputs", f"{driver} driver failed to switch the {what} ({type(exc).__name__}: {exc})",
-                          "check the output wiring and the [output] driver settings, then run the self-test again")
-    return passed("outputs", f"{driver} driver switched relay, green and red light, beeps and display "
-                             "(confirm you saw and heard each)")
+            return failed(
+                "outputs",
+                f"{driver} driver failed to switch the {what} ({type(exc).__name__}: {exc})",
+                "check the output wiring and the [output] driver settings, then run the self-test again",
+            )
+    return passed(
+        "outputs",
+        f"{driver} driver switched relay, green and red light, beeps and display (confirm you saw and heard each)",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # the whole run
 # --------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Adapters:
@@ -588,14 +704,25 @@ class Adapters:
     prompt: Callable[[str], None] = lambda line: None  # asks the installer to tap (the CLI prints it)
 
 
-def run_selftest(config_path: Path, adapters: Adapters, tap_timeout: float | None = None,
-                 broker_timeout: float = 5.0, emit: Callable[[CheckResult], None] = lambda r: None) -> list[CheckResult]:
+def run_selftest(
+    config_path: Path,
+    adapters: Adapters,
+    tap_timeout: float | None = None,
+    broker_timeout: float = 5.0,
+    emit: Callable[[CheckResult], None] = lambda r: None,
+) -> list[CheckResult]:
     results: list[CheckResult] = []
 
     def add(result: CheckResult) -> None:
         results.append(result)
-        log_event(log, "selftest.check", logging.INFO if not result.failed else logging.WARNING,
-                  check=result.name, status=result.status, found=result.found)
+        log_event(
+            log,
+            "selftest.check",
+            logging.INFO if not result.failed else logging.WARNING,
+            check=result.name,
+            status=result.status,
+            found=result.found,
+        )
         emit(result)
 
     result, config = check_config(config_path)
@@ -621,8 +748,13 @@ def run_selftest(config_path: Path, adapters: Adapters, tap_timeout: float | Non
     try:
         outputs = adapters.make_outputs(config)
     except Exception as exc:  # the driver could not even start: same report as a failing output
-        add(failed("outputs", f"{config.output.driver} driver did not start ({type(exc).__name__}: {exc})",
-                   "check the output wiring and the [output] driver settings"))
+        add(
+            failed(
+                "outputs",
+                f"{config.output.driver} driver did not start ({type(exc).__name__}: {exc})",
+                "check the output wiring and the [output] driver settings",
+            )
+        )
     else:
         try:
             add(check_outputs(outputs, config.output.driver))
@@ -640,8 +772,15 @@ def all_passed(results: list[CheckResult]) -> bool:
 # the sign-off record
 # --------------------------------------------------------------------------------------------------
 
-def render_report(results: list[CheckResult], config: Config | None, config_path: Path, when: dt.datetime,
-                  technician: str = "", customer: str = "") -> str:
+
+def render_report(
+    results: list[CheckResult],
+    config: Config | None,
+    config_path: Path,
+    when: dt.datetime,
+    technician: str = "",
+    customer: str = "",
+) -> str:
     t = config.terminal if config else None
     verdict = "ALL CHECKS PASSED" if all_passed(results) else "FAILED: see the FAIL lines and their fixes"
     skipped_names = [r.name for r in results if r.status == SKIP]
@@ -672,8 +811,7 @@ def render_report(results: list[CheckResult], config: Config | None, config_path
         "",
         f"Technician name:  {technician or '________________________'}   "
         "Signature: ________________   Date: __________",
-        f"Customer name:    {customer or '________________________'}   "
-        "Signature: ________________   Date: __________",
+        f"Customer name:    {customer or '________________________'}   Signature: ________________   Date: __________",
         "",
     ]
     return "\n".join(lines)

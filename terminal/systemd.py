@@ -5,6 +5,7 @@ written here directly rather than through a package: the maintained binding (sys
 headers and a compiler on the Pi, the small pure-Python one (sdnotify) has not been released since 2017.
 Outside systemd (no $NOTIFY_SOCKET) every call does nothing.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,14 @@ class Notifier:
                 sock.connect(self._address)
                 sock.sendall(message)
         except OSError as exc:
-            log_event(log, "systemd.notify_failed", logging.WARNING, socket=self._address, error=str(exc),
-                      msg="could not notify systemd; the unit may be restarted by its watchdog")
+            log_event(
+                log,
+                "systemd.notify_failed",
+                logging.WARNING,
+                socket=self._address,
+                error=str(exc),
+                msg="could not notify systemd; the unit may be restarted by its watchdog",
+            )
             return False
         return True
 

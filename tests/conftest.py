@@ -1,4 +1,5 @@
 """Session fixtures for a private pcscd with vpcd readers (`pcscd`) and virtual cards in its slots (`vicc`)."""
+
 from __future__ import annotations
 
 import os
@@ -72,6 +73,7 @@ def vicc(pcscd):
 # mosquitto with TLS and the onecard ACL per test, a platform service on it (tests/mqtt_env.py).
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def sync_pki(tmp_path_factory):
     from tests.mqtt_env import make_pki
@@ -117,6 +119,7 @@ def platform(broker, tmp_path):
 # Tests that call `onecard.cli.main` in-process install the CLI's log handler on the root logger;
 # put the root logger back afterwards so later tests (and their threads) log where pytest expects.
 # ---------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(autouse=True)
 def _restore_root_logger():

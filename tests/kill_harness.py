@@ -3,6 +3,7 @@
 Usage: python -m tests.kill_harness DIR OP AMOUNT N. Steps are counted across card APDUs (after the card
 processed the command, before the answer reaches the terminal), SAM calls and log appends (after they return).
 """
+
 import datetime as dt
 import os
 import signal
@@ -41,6 +42,7 @@ def main() -> None:
             result = fn(*args, **kwargs)
             step()
             return result
+
         return wrapper
 
     terminal = open_purse_terminal(work, op)

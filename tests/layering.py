@@ -3,6 +3,7 @@
 Every import counts: module level, inside functions, and `importlib.import_module("...")` string literals. A broken
 rule is reported as `path:line: rule: what was found`, so a failure names the line to fix.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,14 +21,34 @@ SIMULATOR_IMPORTERS = ("onecard.wiring", "onecard.demo")
 
 #: The sans-I/O cores: bytes and times in, bytes and decisions out.
 SANS_IO_CORES = (
-    "terminal.card_protocol", "terminal.purse_protocol", "terminal.door", "terminal.rules", "terminal.attendance",
-    "terminal.decision", "terminal.authenticate", "sync_agent.core", "common.sync_protocol", "common.events",
-    "sam.crypto", "sam.purse_crypto", "common.bcd", "common.registry_protocol",
-    "terminal.door_monitor", "terminal.screens", "common.door_events",
+    "terminal.card_protocol",
+    "terminal.purse_protocol",
+    "terminal.door",
+    "terminal.rules",
+    "terminal.attendance",
+    "terminal.decision",
+    "terminal.authenticate",
+    "sync_agent.core",
+    "common.sync_protocol",
+    "common.events",
+    "sam.crypto",
+    "sam.purse_crypto",
+    "common.bcd",
+    "common.registry_protocol",
+    "terminal.door_monitor",
+    "terminal.screens",
+    "common.door_events",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
-SANS_IO_FORBIDDEN_CALLS = ("datetime.now", "datetime.utcnow", "datetime.datetime.now", "datetime.datetime.utcnow",
-                           "os.urandom", "date.today", "datetime.date.today")
+SANS_IO_FORBIDDEN_CALLS = (
+    "datetime.now",
+    "datetime.utcnow",
+    "datetime.datetime.now",
+    "datetime.datetime.utcnow",
+    "os.urandom",
+    "date.today",
+    "datetime.date.today",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,8 +89,9 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def imports_of(tree: ast.AST, module: str, is_package: bool, known: set[str] | frozenset[str] = frozenset()
-               ) -> list[Import]:
+def imports_of(
+    tree: ast.AST, module: str, is_package: bool, known: set[str] | frozenset[str] = frozenset()
+) -> list[Import]:
     """Every module this source imports, at any depth, with relative imports resolved. `from a import b` yields `a.b`
     when `a.b` is a known module (a submodule import), else `a`."""
     package = module if is_package else module.rpartition(".")[0]
@@ -120,8 +142,9 @@ def _imported_names(tree: ast.AST) -> dict[str, str]:
     return names
 
 
-def check_source(source: str, module: str, path: str, is_package: bool = False,
-                 known: set[str] | frozenset[str] = frozenset()) -> list[Violation]:
+def check_source(
+    source: str, module: str, path: str, is_package: bool = False, known: set[str] | frozenset[str] = frozenset()
+) -> list[Violation]:
     """The rules broken by one module's source."""
     tree = ast.parse(source, filename=path)
     out: list[Violation] = []
@@ -132,8 +155,14 @@ def check_source(source: str, module: str, path: str, is_package: bool = False,
             out.append(Violation(path, imp.line, f"{top}/ must not import {target}/", f"imports {imp.target}"))
         if target == "simulator" and top not in ("simulator", "tests", "bench") and module not in SIMULATOR_IMPORTERS:
             if top not in PRODUCT:  # the product rule above already names it
-                out.append(Violation(path, imp.line, "simulator/ is wired in only by onecard/wiring.py and the demo",
-                                     f"imports {imp.target}"))
+                out.append(
+                    Violation(
+                        path,
+                        imp.line,
+                        "simulator/ is wired in only by onecard/wiring.py and the demo",
+                        f"imports {imp.target}",
+                    )
+                )
         if top == "central" and target in ("terminal", "sync_agent"):
             out.append(Violation(path, imp.line, f"central/ must not import {target}/", f"imports {imp.target}"))
         if top == "common" and target in PARTS and target != "common":
@@ -141,8 +170,9 @@ def check_source(source: str, module: str, path: str, is_package: bool = False,
         if top in PARTS and not is_cli_module(module) and target == "argparse":
             out.append(Violation(path, imp.line, "argparse only in CLI modules", "imports argparse"))
         if module in SANS_IO_CORES and target in ("secrets", "random"):
-            out.append(Violation(path, imp.line, "a sans-I/O core reads no clock and no randomness",
-                                 f"imports {imp.target}"))
+            out.append(
+                Violation(path, imp.line, "a sans-I/O core reads no clock and no randomness", f"imports {imp.target}")
+            )
         if module in SANS_IO_CORES and target in SANS_IO_FORBIDDEN_IMPORTS:
             out.append(Violation(path, imp.line, "a sans-I/O core does no I/O", f"imports {imp.target}"))
     names = _imported_names(tree)
@@ -160,8 +190,9 @@ def check_source(source: str, module: str, path: str, is_package: bool = False,
             if resolved in ("signal.signal", "signal.set_wakeup_fd"):
                 out.append(Violation(path, node.lineno, "signal handlers only in CLI modules", f"calls {resolved}()"))
         if module in SANS_IO_CORES and resolved in SANS_IO_FORBIDDEN_CALLS:
-            out.append(Violation(path, node.lineno, "a sans-I/O core reads no clock and no randomness",
-                                 f"calls {resolved}()"))
+            out.append(
+                Violation(path, node.lineno, "a sans-I/O core reads no clock and no randomness", f"calls {resolved}()")
+            )
     return sorted(set(out), key=lambda v: (v.path, v.line, v.rule, v.detail))
 
 
@@ -177,8 +208,15 @@ def check_tree(root: Path = ROOT) -> list[Violation]:
     known = known_modules(root)
     out: list[Violation] = []
     for path in source_files(root):
-        out.extend(check_source(path.read_text(encoding="utf-8"), module_name(path, root),
-                                str(path.relative_to(root)), path.name == "__init__.py", known))
+        out.extend(
+            check_source(
+                path.read_text(encoding="utf-8"),
+                module_name(path, root),
+                str(path.relative_to(root)),
+                path.name == "__init__.py",
+                known,
+            )
+        )
     return out
 
 
@@ -238,5 +276,4 @@ def cycles(graph: dict[str, dict[str, int]]) -> list[list[str]]:
 
 
 def tree_sources(root: Path = ROOT) -> dict[str, tuple[str, bool]]:
-    return {module_name(p, root): (p.read_text(encoding="utf-8"), p.name == "__init__.py")
-            for p in source_files(root)}
+    return {module_name(p, root): (p.read_text(encoding="utf-8"), p.name == "__init__.py") for p in source_files(root)}

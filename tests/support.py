@@ -1,10 +1,12 @@
 """Building blocks for tests: a real software SAM, personalised simulated cards, a terminal on real SQLite."""
+
 from __future__ import annotations
 
 import datetime as dt
 import io
 from pathlib import Path
 
+from common.config import load_config
 from sam.interface import Algorithm, KeyPurpose, KeyUsage
 from sam.keystore import Keystore, MasterKey
 from sam.software import SoftwareSam
@@ -12,7 +14,6 @@ from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
 from terminal.app import Terminal
 from terminal.blacklist import Blacklist
-from common.config import load_config
 from terminal.event_log import EventLog
 from terminal.outputs import ConsoleOutputs
 
@@ -28,9 +29,14 @@ PURSE_PURPOSES = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
 
 def make_keystore(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> Keystore:
     """An enterprise key set: ACCESS, UPDATE and the purse keys, both algorithms, every usage (an issuing keystore)."""
-    return Keystore([MasterKey.generate(enterprise, purpose, v, alg, usages)
-                     for purpose in (KeyPurpose.ACCESS, KeyPurpose.UPDATE, *PURSE_PURPOSES)
-                     for v in versions for alg in (Algorithm.AES128, Algorithm.SM4)])
+    return Keystore(
+        [
+            MasterKey.generate(enterprise, purpose, v, alg, usages)
+            for purpose in (KeyPurpose.ACCESS, KeyPurpose.UPDATE, *PURSE_PURPOSES)
+            for v in versions
+            for alg in (Algorithm.AES128, Algorithm.SM4)
+        ]
+    )
 
 
 def make_sam(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -> SoftwareSam:
@@ -38,8 +44,14 @@ def make_sam(enterprise: bytes = ENTERPRISE, versions=(1,), usages=ALL_USAGES) -
 
 
 def make_card(sam, path: Path | None = None, **overrides) -> OneCardApplet:
-    fields = dict(enterprise_id=ENTERPRISE, employee_no="E1001", name="Zhang Wei", door_groups=frozenset({1, 2}),
-                  valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2028, 12, 31))
+    fields = dict(
+        enterprise_id=ENTERPRISE,
+        employee_no="E1001",
+        name="Zhang Wei",
+        door_groups=frozenset({1, 2}),
+        valid_from=dt.date(2026, 1, 1),
+        valid_to=dt.date(2028, 12, 31),
+    )
     fields.update(overrides)
     state = personalise(sam, Personalisation(**fields))
     store = None
@@ -88,12 +100,15 @@ tue = ["07:00-20:00"]
 def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None, command_timeout_ms: int = 5000):
     cfg = tmp / f"{kind}.toml"
     toml = TERMINAL_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-blacklist.db")
-    cfg.write_text(toml.replace("command_timeout_ms = 5000", f"command_timeout_ms = {command_timeout_ms}"),
-                   encoding="utf-8")
+    cfg.write_text(
+        toml.replace("command_timeout_ms = 5000", f"command_timeout_ms = {command_timeout_ms}"), encoding="utf-8"
+    )
     config = load_config(cfg)
     event_log = EventLog.open(config.terminal.database, config.terminal.id)
     blacklist = Blacklist.open(config.terminal.blacklist)
     screen = io.StringIO()
     kwargs = {"nonce_source": nonce_source} if nonce_source else {}
-    term = Terminal(config, sam, event_log, blacklist, ConsoleOutputs(config.terminal.name, screen, color=False), **kwargs)
+    term = Terminal(
+        config, sam, event_log, blacklist, ConsoleOutputs(config.terminal.name, screen, color=False), **kwargs
+    )
     return term, screen

@@ -1,4 +1,5 @@
 """common/bcd.py: the one codec of BCD dates and times (card files, purse commands and MACs, the PSAM's checks)."""
+
 import datetime as dt
 
 import pytest
@@ -8,8 +9,10 @@ from common import bcd
 
 def test_dates_and_times_round_trip():
     assert bcd.encode_date(dt.date(2026, 1, 31)) == bytes.fromhex("20260131")
-    assert bcd.encode_date_time(dt.datetime(2026, 1, 31, 12, 34, 56)) == (bytes.fromhex("20260131"),
-                                                                          bytes.fromhex("123456"))
+    assert bcd.encode_date_time(dt.datetime(2026, 1, 31, 12, 34, 56)) == (
+        bytes.fromhex("20260131"),
+        bytes.fromhex("123456"),
+    )
     assert bcd.decode_date(bytes.fromhex("20281231")) == dt.date(2028, 12, 31)
 
 

@@ -1,4 +1,5 @@
 """terminal.blacklist: snapshots and deltas, version rules, atomic replacement seen by a concurrent reader."""
+
 from __future__ import annotations
 
 import random
@@ -8,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from common.db import DatabaseError
 from terminal.blacklist import (
     Blacklist,
     BlacklistEntry,
     BlacklistRollbackError,
     BlacklistVersionError,
 )
-from common.db import DatabaseError
 from terminal.event_log import EventLog
 
 
@@ -145,8 +146,10 @@ def test_storage_and_pragmas(bl):
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'blacklist'").fetchone()[0]
     assert "WITHOUT ROWID" in sql
-    plan = " ".join(r[3] for r in conn.execute(
-        "EXPLAIN QUERY PLAN SELECT reason, listed_in_version FROM blacklist WHERE asn = ?", (A,)))
+    plan = " ".join(
+        r[3]
+        for r in conn.execute("EXPLAIN QUERY PLAN SELECT reason, listed_in_version FROM blacklist WHERE asn = ?", (A,))
+    )
     assert "SEARCH blacklist USING PRIMARY KEY (asn=?)" in plan
 
 
@@ -218,6 +221,7 @@ def test_concurrent_reader_thread_never_sees_a_mix(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Files that are not a blacklist
 # ---------------------------------------------------------------------------------------------
+
 
 def files_in(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}

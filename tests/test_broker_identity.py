@@ -1,5 +1,6 @@
 """The broker binds every client ID to its certificate, the documented ACL starts mosquitto 2, and the platform
 writes the broker's configuration and issues its own workers' certificates (real mosquitto, real CLI)."""
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def link(broker, cn, client_id, subscriptions=()):
     c = broker.pki.client(cn)
-    lk = MqttLink(client_id, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
-                  subscriptions=list(subscriptions))
+    lk = MqttLink(
+        client_id,
+        "127.0.0.1",
+        broker.port,
+        TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+        subscriptions=list(subscriptions),
+    )
     lk.start()
     assert lk.connected.wait(10), f"test client {cn} could not connect"
     return lk
@@ -39,8 +45,9 @@ def test_another_certificate_cannot_take_over_a_client_id(broker, platform, tmp_
         for client_id in (f"onecard-agent-{victim}", "platform-w0", "onecard-platform-w1", "platform-w1"):
             lk = link(broker, attacker, client_id)
             try:
-                lk.publish(p.terminal_topic(attacker, p.UP_STATUS),
-                           p.encode_status(attacker, "online", None)).wait_for_publish(5)
+                lk.publish(
+                    p.terminal_topic(attacker, p.UP_STATUS), p.encode_status(attacker, "online", None)
+                ).wait_for_publish(5)
                 wait_until(lambda: admin.terminal(attacker)["status"] == "online", 10, "the attacker's own status")
                 admin.record_status(attacker, "offline")
             finally:
@@ -95,8 +102,13 @@ def test_the_documented_acl_block_starts_mosquitto_and_grants_what_it_says(sync_
 
 
 def onecard(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "onecard", *map(str, args)], capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onecard", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -107,11 +119,24 @@ def test_broker_config_is_written_from_the_registry_and_never_overwritten_unaske
     onecard("platform", "init", "--db", db, "--key", key)
     onecard("platform", "add-enterprise", "00010001", "--name", "Co", "--db", db, "--key", key)
     for tid in (terminal_id(1), terminal_id(5)):
-        onecard("platform", "add-terminal", tid, "--enterprise", "00010001", "--kind", "door", "--db", db,
-                "--key", key)
+        onecard("platform", "add-terminal", tid, "--enterprise", "00010001", "--kind", "door", "--db", db, "--key", key)
     out = tmp_path / "broker"
-    args = ["platform", "broker-config", "--db", db, "--out", out, "--ca", sync_pki.ca.cert,
-            "--server-cert", sync_pki.server.cert, "--server-key", sync_pki.server.key, "--workers", "3"]
+    args = [
+        "platform",
+        "broker-config",
+        "--db",
+        db,
+        "--out",
+        out,
+        "--ca",
+        sync_pki.ca.cert,
+        "--server-cert",
+        sync_pki.server.cert,
+        "--server-key",
+        sync_pki.server.key,
+        "--workers",
+        "3",
+    ]
     onecard(*args)
     acl = (out / "acl").read_text()
     assert acl == render_acl({terminal_id(1): "00010001", terminal_id(5): "00010001"}, 3)
@@ -120,8 +145,19 @@ def test_broker_config_is_written_from_the_registry_and_never_overwritten_unaske
     assert "use_identity_as_username true\nuse_username_as_clientid true\n" in conf
     assert f"acl_file {(out / 'acl').absolute()}\n" in conf
     before = {f: f.read_bytes() for f in (out / "acl", out / "mosquitto.conf")}
-    onecard("platform", "add-terminal", terminal_id(6), "--enterprise", "00010001", "--kind", "door", "--db", db,
-            "--key", key)
+    onecard(
+        "platform",
+        "add-terminal",
+        terminal_id(6),
+        "--enterprise",
+        "00010001",
+        "--kind",
+        "door",
+        "--db",
+        db,
+        "--key",
+        key,
+    )
     r = onecard(*args, check=False)
     assert r.returncode != 0 and "--force" in r.stderr and "Traceback" not in r.stderr
     assert {f: f.read_bytes() for f in before} == before
@@ -146,6 +182,5 @@ def test_platform_worker_certificates_come_from_the_platform_ca(tmp_path):
     r = onecard("platform", "ca", "platform-certs", "--dir", ca, "--workers", "3", "--out", out, check=False)
     assert r.returncode != 0 and "exists" in r.stderr and "Traceback" not in r.stderr
     assert (out / "platform-w0.pem").read_bytes() == before and not (out / "platform-w2.pem").exists()
-    r = onecard("platform", "ca", "platform-certs", "--dir", ca, "--workers", "0", "--out", tmp_path / "x",
-                check=False)
+    r = onecard("platform", "ca", "platform-certs", "--dir", ca, "--workers", "0", "--out", tmp_path / "x", check=False)
     assert r.returncode != 0 and "workers" in r.stderr and "Traceback" not in r.stderr

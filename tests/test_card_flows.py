@@ -1,6 +1,7 @@
 """Card flows on the card (ONECARD.md 7.3) and the secured commands under them: replacement with and without the old
 card (money conserved and logged), cancellation and application deletion (balance settled first, personalisation
 erased), replayed / altered MACs refused with nothing changed, and malformed APDUs answered only with documented SWs."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,21 +11,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from central.station_registry import InProcessRegistry
+from central.store import Platform
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.inprocess import InProcessReader
 from simulator.personalise import Personalisation, personalise
-from central.store import Platform
 from terminal import card_protocol as cp
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
-from central.station_registry import InProcessRegistry
 from terminal.issuing import IssueRequest, IssuingTerminal
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
-from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam, issuing_keystore,
-                                     new_transport_card, reload, tap_run)
+from tests.test_card_washing import (
+    ISSUING_TERMINAL,
+    door_decision,
+    door_sam,
+    issuing_keystore,
+    new_transport_card,
+    reload,
+    tap_run,
+)
 
 EID = "00010001"
 KEYSTORE = issuing_keystore()
@@ -48,10 +56,19 @@ def issuing(platform, tmp_path):
 
 def old_card(path, platform, balance=3_456) -> OneCardApplet:
     """An issued card with a purse balance, registered on the platform with the same balance."""
-    state = personalise(SAM, Personalisation(enterprise_id=ENTERPRISE, employee_no="E1001", name="Zhang Wei",
-                                             door_groups=frozenset({1, 5}), valid_from=dt.date(2026, 1, 1),
-                                             valid_to=dt.date(2028, 12, 31), time_profile=1,
-                                             opening_balance=balance))
+    state = personalise(
+        SAM,
+        Personalisation(
+            enterprise_id=ENTERPRISE,
+            employee_no="E1001",
+            name="Zhang Wei",
+            door_groups=frozenset({1, 5}),
+            valid_from=dt.date(2026, 1, 1),
+            valid_to=dt.date(2028, 12, 31),
+            time_profile=1,
+            opening_balance=balance,
+        ),
+    )
     store = CardStateFile(path)
     store.save(state)
     platform.issue_card(EID, "E1001", state.asn.hex(), {"door_groups": [1, 5]}, balance_cents=balance)
@@ -199,9 +216,9 @@ def test_a_replayed_secured_command_is_refused_and_changes_nothing(issuing, plat
     _, apdu = _update_holder(transmit, info, b"Z")
     assert transmit(apdu)[-2:] == b"\x90\x00"
     before = CardStateFile(tmp_path / "c.json").load().holder
-    assert transmit(apdu) == b"\x69\x82"                  # no fresh challenge: the recorded command is dead
+    assert transmit(apdu) == b"\x69\x82"  # no fresh challenge: the recorded command is dead
     transmit(cp.get_challenge_command())
-    assert transmit(apdu) == b"\x69\x88"                  # a fresh challenge: the old MAC does not match it
+    assert transmit(apdu) == b"\x69\x88"  # a fresh challenge: the old MAC does not match it
     assert CardStateFile(tmp_path / "c.json").load().holder == before
 
 
@@ -224,27 +241,57 @@ def test_put_key_cryptogram_hides_the_key_and_a_wrong_admin_key_is_refused(tmp_p
     challenge = channel.challenge()
     cryptogram, kcv = SAM.wrap_card_key(channel.identity, challenge, rekey.KeyPurpose.ACCESS, 1)
     other_sam = SoftwareSam(issuing_keystore())  # same enterprise, other (wrong) master keys
-    mac = other_sam.card_mac(channel.purpose, channel.identity,
-                             cp.secured_mac_input(challenge, 0xD4, 1, 1, cryptogram))
+    mac = other_sam.card_mac(channel.purpose, channel.identity, cp.secured_mac_input(challenge, 0xD4, 1, 1, cryptogram))
     assert transmit(cp.secured_command(0xD4, 1, 1, cryptogram, mac, 3)) == b"\x69\x88"
     assert CardStateFile(tmp_path / "t.json").load().staged is None
     from sam import crypto
+
     for k in KEYSTORE:
         assert crypto.diversify(k.algorithm, k.key.reveal(), info.asn + info.enterprise_id) != cryptogram
 
 
-DOCUMENTED = {b"\x90\x00", b"\x67\x00", b"\x69\x82", b"\x69\x85", b"\x69\x86", b"\x69\x88", b"\x6a\x80",
-              b"\x6a\x81", b"\x6a\x82", b"\x6a\x83", b"\x6a\x86", b"\x6b\x00", b"\x6d\x00", b"\x6e\x00"}
+DOCUMENTED = {
+    b"\x90\x00",
+    b"\x67\x00",
+    b"\x69\x82",
+    b"\x69\x85",
+    b"\x69\x86",
+    b"\x69\x88",
+    b"\x6a\x80",
+    b"\x6a\x81",
+    b"\x6a\x82",
+    b"\x6a\x83",
+    b"\x6a\x86",
+    b"\x6b\x00",
+    b"\x6d\x00",
+    b"\x6e\x00",
+}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ins=st.sampled_from([0x84, 0xB2, 0xD4, 0xD8, 0xD6, 0x1E, 0x0E]), cla=st.sampled_from([0x00, 0x84, 0x80]),
-       p1=st.integers(0, 255), p2=st.integers(0, 255), body=st.binary(max_size=40), challenge_first=st.booleans())
-def test_malformed_apdus_to_the_new_commands_get_only_documented_status_words(ins, cla, p1, p2, body,
-                                                                             challenge_first):
-    card = OneCardApplet(state=personalise(SAM, Personalisation(
-        enterprise_id=ENTERPRISE, employee_no="E1", name="N", door_groups=frozenset({1}),
-        valid_from=dt.date(2026, 1, 1), valid_to=dt.date(2028, 12, 31), opening_balance=10)))
+@given(
+    ins=st.sampled_from([0x84, 0xB2, 0xD4, 0xD8, 0xD6, 0x1E, 0x0E]),
+    cla=st.sampled_from([0x00, 0x84, 0x80]),
+    p1=st.integers(0, 255),
+    p2=st.integers(0, 255),
+    body=st.binary(max_size=40),
+    challenge_first=st.booleans(),
+)
+def test_malformed_apdus_to_the_new_commands_get_only_documented_status_words(ins, cla, p1, p2, body, challenge_first):
+    card = OneCardApplet(
+        state=personalise(
+            SAM,
+            Personalisation(
+                enterprise_id=ENTERPRISE,
+                employee_no="E1",
+                name="N",
+                door_groups=frozenset({1}),
+                valid_from=dt.date(2026, 1, 1),
+                valid_to=dt.date(2028, 12, 31),
+                opening_balance=10,
+            ),
+        )
+    )
     card.power_on()
     card.transmit(cp.select_command())
     if challenge_first:

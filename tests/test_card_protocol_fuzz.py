@@ -1,15 +1,25 @@
 """Whatever bytes a card answers, the terminal's parsers return a value or raise CardProtocolError, never crash."""
+
 import datetime as dt
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sam.interface import Algorithm
 from terminal import card_protocol as cp
 
-CARD = cp.CardInfo(asn=bytes(8), enterprise_id=bytes.fromhex("00010001"), status=1, key_version=1,
-                   algorithm=Algorithm.AES128, card_type=1, app_version=1)
+CARD = cp.CardInfo(
+    asn=bytes(8),
+    enterprise_id=bytes.fromhex("00010001"),
+    status=1,
+    key_version=1,
+    algorithm=Algorithm.AES128,
+    card_type=1,
+    app_version=1,
+)
 GOOD_SELECT = bytes.fromhex(
-    "6F2C8409F04F4E454341524401A51FC0081122334455667788C10400010001C20101C30101C40101C50101C6010190 00".replace(" ", ""))
+    "6F2C8409F04F4E454341524401A51FC0081122334455667788C10400010001C20101C30101C40101C50101C6010190 00".replace(" ", "")
+)
 
 
 def test_good_select_parses():

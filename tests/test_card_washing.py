@@ -1,5 +1,6 @@
 """Card washing (transport keys -> enterprise keys) at the issuing terminal: tear-proof at every APDU, refusals,
 bulk progress lines, and one run over real pcscd + vpcd."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,9 +35,13 @@ def issuing_keystore(enterprise: bytes = ENTERPRISE, versions=(1, 2)) -> Keystor
 
 def door_sam(keystore: Keystore, versions) -> SoftwareSam:
     """A door terminal's SAM: ACCESS keys of the given versions, verify only."""
-    return SoftwareSam(Keystore(MasterKey(k.enterprise_id, k.purpose, k.version, k.algorithm,
-                                          frozenset({KeyUsage.VERIFY}), k.key)
-                                for k in keystore if k.purpose is KeyPurpose.ACCESS and k.version in versions))
+    return SoftwareSam(
+        Keystore(
+            MasterKey(k.enterprise_id, k.purpose, k.version, k.algorithm, frozenset({KeyUsage.VERIFY}), k.key)
+            for k in keystore
+            if k.purpose is KeyPurpose.ACCESS and k.version in versions
+        )
+    )
 
 
 def new_transport_card(sam, path=None, enterprise=ENTERPRISE, algorithm=Algorithm.AES128) -> OneCardApplet:
@@ -94,11 +99,13 @@ def secured_noop_accepted(card: OneCardApplet, sam) -> bool:
 
     It rewrites EF_HOLDER's first byte with its own value, so the card's data is unchanged.
     """
+
     def go(transmit):
         info = rekey.select_for_admin(transmit, ENTERPRISE)
         holder = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_HOLDER, 0, 1)), "EF_HOLDER", 1)
         rekey.AdminChannel(transmit, sam, info).update_binary(cp.SFI_HOLDER, 0, holder, "EF_HOLDER")
         return info.key_version
+
     version, _ = tap_run(card, go)
     return version
 
@@ -195,6 +202,7 @@ def test_wash_without_transport_key_is_refused(keystore, log, tmp_path):
 
 def feed(reader_tap, reader_remove, cards, lines, tears=None):
     """Present cards one after another as a person would: tap, wait for the card's progress line, take it away."""
+
     def run():
         for i, card in enumerate(cards):
             reader_tap(card, (tears or {}).get(i))
@@ -206,6 +214,7 @@ def feed(reader_tap, reader_remove, cards, lines, tears=None):
             # A person takes a moment before the next card; the batch must see this one gone first (it waits for
             # the removal, as a real reader does, and would wait forever if the next card were already there).
             threading.Event().wait(0.2)
+
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -216,8 +225,9 @@ def test_bulk_wash_prints_progress_one_card_after_another(sam, log, tmp_path):
     other = new_transport_card(SoftwareSam(issuing_keystore(OTHER_ENTERPRISE)), enterprise=OTHER_ENTERPRISE)
     cards = [new_transport_card(sam, tmp_path / f"b{i}.json") for i in range(3)] + [other]
     lines: list[str] = []
-    feeder = feed(lambda c, t: reader.tap(c, tear_after=t), reader.remove, cards + [cards[0], cards[1]], lines,
-                  tears={1: 3})
+    feeder = feed(
+        lambda c, t: reader.tap(c, tear_after=t), reader.remove, cards + [cards[0], cards[1]], lines, tears={1: 3}
+    )
     totals = rekey.batch(reader, sam, ENTERPRISE, 1, log, lambda: MONDAY_10AM, lines.append, count=6, poll=0.01)
     feeder.join(5)
     asns = [c.state.asn.hex().upper() for c in cards]
@@ -276,14 +286,42 @@ def test_onecard_issue_wash_cli_on_a_simulated_card(tmp_path, capsys):
     from simulator.personalise import write_card
 
     (tmp_path / "pass").write_text("test-passphrase\n")
-    assert main(["sam", "create-keystore", "--out", str(tmp_path / "ks"), "--passphrase-file",
-                 str(tmp_path / "pass"), "--enterprise", "00010001", "--algorithm", "aes128"]) == 0
+    assert (
+        main(
+            [
+                "sam",
+                "create-keystore",
+                "--out",
+                str(tmp_path / "ks"),
+                "--passphrase-file",
+                str(tmp_path / "pass"),
+                "--enterprise",
+                "00010001",
+                "--algorithm",
+                "aes128",
+            ]
+        )
+        == 0
+    )
     station = SoftwareSam.open(tmp_path / "ks", KeystoreUnlock.from_passphrase_file(tmp_path / "pass", "test"))
     write_card(tmp_path / "card.json", transport_card(station, ENTERPRISE, asn=bytes.fromhex("8601000000001234")))
     capsys.readouterr()
-    args = ["issue", "wash", "--keystore", str(tmp_path / "ks"), "--passphrase-file", str(tmp_path / "pass"),
-            "--enterprise", "00010001", "--card", str(tmp_path / "card.json"), "--log", str(tmp_path / "i.db"),
-            "--to-version", "1"]
+    args = [
+        "issue",
+        "wash",
+        "--keystore",
+        str(tmp_path / "ks"),
+        "--passphrase-file",
+        str(tmp_path / "pass"),
+        "--enterprise",
+        "00010001",
+        "--card",
+        str(tmp_path / "card.json"),
+        "--log",
+        str(tmp_path / "i.db"),
+        "--to-version",
+        "1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "card 1: 8601000000001234 washed to key version 1" in out

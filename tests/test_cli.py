@@ -1,4 +1,5 @@
 """The `onecard` command line: a working terminal boots from firmware.toml; every bad input is one clear line."""
+
 import os
 import signal
 import subprocess
@@ -12,8 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def onecard(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, "-m", "onecard", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "onecard", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def one_error_line(proc, *words):
@@ -31,38 +38,71 @@ def site(tmp_path_factory):
     """A keystore, a verify-only terminal copy, a card and a terminal configuration, made with the CLI."""
     d = tmp_path_factory.mktemp("site")
     (d / "pass").write_text("correct horse battery staple\n")
-    r = onecard("sam", "create-keystore", "--out", d / "issuing.ks", "--passphrase-file", d / "pass",
-                "--enterprise", "00010001")
+    r = onecard(
+        "sam", "create-keystore", "--out", d / "issuing.ks", "--passphrase-file", d / "pass", "--enterprise", "00010001"
+    )
     assert r.returncode == 0, r.stderr
-    r = onecard("sam", "restrict", "--keystore", d / "issuing.ks", "--passphrase-file", d / "pass",
-                "--out", d / "terminal.ks", "--usages", "verify", "--purposes", "access")
+    r = onecard(
+        "sam",
+        "restrict",
+        "--keystore",
+        d / "issuing.ks",
+        "--passphrase-file",
+        d / "pass",
+        "--out",
+        d / "terminal.ks",
+        "--usages",
+        "verify",
+        "--purposes",
+        "access",
+    )
     assert r.returncode == 0, r.stderr
-    r = onecard("sim", "new-card", "--out", d / "card.json", "--keystore", d / "issuing.ks", "--passphrase-file",
-                d / "pass", "--enterprise", "00010001", "--employee", "E1001", "--name", "Zhang Wei")
+    r = onecard(
+        "sim",
+        "new-card",
+        "--out",
+        d / "card.json",
+        "--keystore",
+        d / "issuing.ks",
+        "--passphrase-file",
+        d / "pass",
+        "--enterprise",
+        "00010001",
+        "--employee",
+        "E1001",
+        "--name",
+        "Zhang Wei",
+    )
     assert r.returncode == 0, r.stderr
     return d
 
 
 def write_config(d: Path, name="door.toml", **changes):
-    values = {"kind": '"door"', "driver": '"simulator"', "keystore": f'"{d / "terminal.ks"}"',
-              "passphrase_file": f'"{d / "pass"}"', "database": f'"{d / "events.db"}"',
-              "blacklist": f'"{d / "blacklist.db"}"', "group": "1"}
+    values = {
+        "kind": '"door"',
+        "driver": '"simulator"',
+        "keystore": f'"{d / "terminal.ks"}"',
+        "passphrase_file": f'"{d / "pass"}"',
+        "database": f'"{d / "events.db"}"',
+        "blacklist": f'"{d / "blacklist.db"}"',
+        "group": "1",
+    }
     values.update(changes)
     text = f"""[terminal]
 id = "000000000101"
-kind = {values['kind']}
+kind = {values["kind"]}
 enterprise_id = "00010001"
-database = {values['database']}
-blacklist = {values['blacklist']}
+database = {values["database"]}
+blacklist = {values["blacklist"]}
 [reader]
-driver = {values['driver']}
-card = "{d / 'card.json'}"
+driver = {values["driver"]}
+card = "{d / "card.json"}"
 name = "no such reader"
 [sam]
-keystore = {values['keystore']}
-passphrase_file = {values['passphrase_file']}
+keystore = {values["keystore"]}
+passphrase_file = {values["passphrase_file"]}
 [door]
-group = {values['group']}
+group = {values["group"]}
 """
     (d / name).write_text(text)
     return d / name
@@ -75,10 +115,14 @@ def test_sam_list_shows_check_values_not_keys(site):
 
 
 def test_terminal_runs_a_tap_and_stops_on_sigterm(site, tmp_path):
-    cfg = write_config(site, "run.toml", database=f'"{tmp_path / "events.db"}"',
-                       blacklist=f'"{tmp_path / "bl.db"}"')
-    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cfg = write_config(site, "run.toml", database=f'"{tmp_path / "events.db"}"', blacklist=f'"{tmp_path / "bl.db"}"')
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -102,11 +146,14 @@ def test_missing_config(tmp_path):
     one_error_line(onecard("terminal", "run", "--config", tmp_path / "nope.toml"), "no such configuration file")
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"kind": '"dor"'}, ["[terminal].kind", "door, attendance"]),
-    ({"group": "99"}, ["[door].group", "1 to 64"]),
-    ({"group": '"one"'}, ["[door].group", "int"]),
-])
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"kind": '"dor"'}, ["[terminal].kind", "door, attendance"]),
+        ({"group": "99"}, ["[door].group", "1 to 64"]),
+        ({"group": '"one"'}, ["[door].group", "int"]),
+    ],
+)
 def test_bad_config_values(site, tmp_path, change, words):
     cfg = write_config(site, "bad.toml", **change)
     one_error_line(onecard("terminal", "run", "--config", cfg), *words)
@@ -147,11 +194,17 @@ def test_no_pcscd_at_start_is_waited_for_not_exited_on(site, tmp_path):
     import signal
     import time
 
-    cfg = write_config(site, "pcsc.toml", driver='"pcsc"', database=f'"{tmp_path / "e.db"}"',
-                       blacklist=f'"{tmp_path / "b.db"}"')
+    cfg = write_config(
+        site, "pcsc.toml", driver='"pcsc"', database=f'"{tmp_path / "e.db"}"', blacklist=f'"{tmp_path / "b.db"}"'
+    )
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))
-    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         shown = proc.stdout.readline()  # the display's first line
         assert "Reader unavailable: door locked, waiting for the reader" in shown
@@ -165,15 +218,22 @@ def test_no_pcscd_at_start_is_waited_for_not_exited_on(site, tmp_path):
 
 
 def test_log_verify_detects_tampering(site, tmp_path):
-    import sqlite3
     import datetime as dt
+    import sqlite3
+
     from terminal.event_log import EventLog
 
     db = tmp_path / "events.db"
     with EventLog.open(db, "000000000101") as log:
         for i in range(3):
-            log.append(dt.datetime(2026, 11, 23, 2, i, tzinfo=dt.timezone.utc), "door.grant", asn="11" * 8,
-                       reason_code="granted", message="Welcome", detail={})
+            log.append(
+                dt.datetime(2026, 11, 23, 2, i, tzinfo=dt.timezone.utc),
+                "door.grant",
+                asn="11" * 8,
+                reason_code="granted",
+                message="Welcome",
+                detail={},
+            )
     assert onecard("log", "verify", "--db", db).returncode == 0
     conn = sqlite3.connect(db)
     conn.execute("UPDATE events SET message = 'Welcome, Mallory' WHERE seq = 2")
@@ -185,10 +245,17 @@ def test_log_verify_detects_tampering(site, tmp_path):
 
 def test_till_under_systemd_with_no_keypad_refuses_to_start(site, tmp_path):
     """Standard input is /dev/null under systemd: a POS with the console keypad says so and names [keypad]."""
-    cfg = write_config(site, "pos.toml", kind='"pos"', database=f'"{tmp_path / "e.db"}"',
-                       blacklist=f'"{tmp_path / "b.db"}"')
+    cfg = write_config(
+        site, "pos.toml", kind='"pos"', database=f'"{tmp_path / "e.db"}"', blacklist=f'"{tmp_path / "b.db"}"'
+    )
     cfg.write_text(cfg.read_text() + '[pos]\nmax_purchase = "100.00"\n')
     with open(os.devnull) as null:
-        r = subprocess.run([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)], cwd=ROOT,
-                           stdin=null, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+            cwd=ROOT,
+            stdin=null,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     one_error_line(r, '[keypad] driver = "console"', "standard input", "evdev")

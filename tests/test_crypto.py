@@ -1,4 +1,5 @@
 """sam.crypto against published vectors (RFC 4493, GB/T 32907, NXP AN10922) and independent recomputation."""
+
 from __future__ import annotations
 
 import pytest
@@ -67,6 +68,7 @@ def cbc_mac(algorithm: Algorithm, key: bytes, data: bytes) -> bytes:
 
 # --- RFC 4493 -------------------------------------------------------------------------------------
 
+
 def test_rfc4493_subkeys():
     assert crypto.block_encrypt(Algorithm.AES128, RFC4493_KEY, bytes(16)) == H("7df76b0c1ab899b33e42f047b91b546f")
     k1, k2 = crypto.cmac_subkeys(Algorithm.AES128, RFC4493_KEY)
@@ -83,6 +85,7 @@ def test_rfc4493_cmac(length, expected):
 
 
 # --- SM4 ------------------------------------------------------------------------------------------
+
 
 def test_sm4_gbt32907_single_block():
     assert crypto.block_encrypt(Algorithm.SM4, SM4_KEY, SM4_KEY) == SM4_ONCE
@@ -110,6 +113,7 @@ def test_cmac_matches_reference(algorithm, key, message):
 
 
 # --- AN10922 diversification ----------------------------------------------------------------------
+
 
 def test_an10922_aes128_intermediate_values():
     assert crypto.block_encrypt(Algorithm.AES128, AN10922_MASTER, bytes(16)) == AN10922_K0
@@ -169,6 +173,7 @@ def test_diversify_rejects_bad_input_length(length):
 
 # --- MAC, KCV, input checks -----------------------------------------------------------------------
 
+
 @given(algos, keys16, st.binary(max_size=100))
 def test_mac8_is_prefix_of_cmac(algorithm, key, message):
     full = crypto.cmac(algorithm, key, message)
@@ -187,11 +192,16 @@ def test_mac8_matches_rejects_flipped_bit(algorithm, key, message, bit):
 def test_key_check_value():
     # KCV of the RFC 4493 key is the start of its published L = E_K(0^128).
     assert crypto.key_check_value(Algorithm.AES128, RFC4493_KEY) == "7df76b"
-    assert crypto.key_check_value(Algorithm.SM4, SM4_KEY) == crypto.block_encrypt(Algorithm.SM4, SM4_KEY, bytes(16))[:3].hex()
+    assert (
+        crypto.key_check_value(Algorithm.SM4, SM4_KEY)
+        == crypto.block_encrypt(Algorithm.SM4, SM4_KEY, bytes(16))[:3].hex()
+    )
     assert crypto.key_check_value(Algorithm.SM4, SM4_KEY) != crypto.key_check_value(Algorithm.AES128, SM4_KEY)
 
 
-@pytest.mark.parametrize(("asn", "enterprise"), [(bytes(7), bytes(4)), (bytes(9), bytes(4)), (bytes(8), bytes(3)), (bytes(8), bytes(5))])
+@pytest.mark.parametrize(
+    ("asn", "enterprise"), [(bytes(7), bytes(4)), (bytes(9), bytes(4)), (bytes(8), bytes(3)), (bytes(8), bytes(5))]
+)
 def test_card_diversification_input_checks_lengths(asn, enterprise):
     with pytest.raises(ValueError):
         crypto.card_diversification_input(asn, enterprise)

@@ -1,4 +1,5 @@
 """common/db.transaction: the one BEGIN IMMEDIATE / COMMIT / ROLLBACK of every onecard database."""
+
 import pytest
 
 from common.db import connect_readwrite, transaction

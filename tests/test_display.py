@@ -1,4 +1,5 @@
 """The luma display: each screen rendered on luma's dummy device and checked by its pixels, in Chinese and English."""
+
 import datetime as dt
 
 import pytest
@@ -8,8 +9,9 @@ from terminal.decision import Decision
 from terminal.display import GREEN, RED, DisplayError, Fonts, LumaDisplay, open_device
 from terminal.screens import Screen, decision_screen, entry_screen, idle_screen, prompt_screen
 
-pytestmark = pytest.mark.skipif(not DEFAULT_FONT.is_file(), reason="fonts-wqy-microhei is not installed "
-                                "(deploy/setup-debian.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    not DEFAULT_FONT.is_file(), reason="fonts-wqy-microhei is not installed (deploy/setup-debian.sh installs it)"
+)
 
 
 def display(tmp_path=None, **changes):
@@ -29,8 +31,14 @@ def lit(image, box):
 
 
 def paid() -> Decision:
-    return Decision(True, "pos.purchase", "completed", "Paid 12.50 - balance 87.50", asn="01",
-                    detail={"amount": 1250, "balance_after": 8750})
+    return Decision(
+        True,
+        "pos.purchase",
+        "completed",
+        "Paid 12.50 - balance 87.50",
+        asn="01",
+        detail={"amount": 1250, "balance_after": 8750},
+    )
 
 
 def test_ok_screen_has_a_green_band_and_text_under_it():
@@ -38,9 +46,9 @@ def test_ok_screen_has_a_green_band_and_text_under_it():
     d.show(decision_screen(paid()))
     img = d.image
     w, h = img.size
-    assert share(img, (0, 0, w, h // 10), GREEN) > 0.9          # the band's top strip is plain green
-    assert lit(img, (w // 2 - 20, 5, w // 2 + 20, h * 2 // 5 - 5)) > 50   # "OK" in white on it
-    assert lit(img, (0, h * 2 // 5 + 2, w, h)) > 200              # reason, amount and balance below
+    assert share(img, (0, 0, w, h // 10), GREEN) > 0.9  # the band's top strip is plain green
+    assert lit(img, (w // 2 - 20, 5, w // 2 + 20, h * 2 // 5 - 5)) > 50  # "OK" in white on it
+    assert lit(img, (0, h * 2 // 5 + 2, w, h)) > 200  # reason, amount and balance below
 
 
 def test_no_screen_is_red_and_chinese_glyphs_are_drawn():
@@ -63,8 +71,8 @@ def test_idle_screen_shows_the_time_large_and_the_terminal_name():
     d.show(idle_screen("Canteen 1", dt.datetime(2026, 11, 23, 10, 5)))
     img = d.image
     w, h = img.size
-    assert lit(img, (0, 0, w, h // 12 + 2)) > 20                  # the name along the top
-    assert lit(img, (w // 6, h // 5, w * 5 // 6, h // 2)) > 300   # 10:05, large
+    assert lit(img, (0, 0, w, h // 12 + 2)) > 20  # the name along the top
+    assert lit(img, (w // 6, h // 5, w * 5 // 6, h // 2)) > 300  # 10:05, large
     assert share(img, (0, 0, w, h), GREEN) == 0 and share(img, (0, 0, w, h), RED) == 0
 
 

@@ -1,11 +1,12 @@
 """The door and the attendance clock, end to end over the in-process reader with real SAM, card and SQLite."""
+
 import datetime as dt
 
 import pytest
 
+from sam.interface import Algorithm
 from simulator.card import STATUS_TRANSPORT, STATUS_VOIDED, ForeignCard
 from simulator.inprocess import InProcessReader
-from sam.interface import Algorithm
 from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, make_card, make_sam, make_terminal
 
 
@@ -43,12 +44,15 @@ def test_sm4_card_is_granted(door, sam):
     assert decision.accepted
 
 
-@pytest.mark.parametrize("overrides, reason, words", [
-    ({"door_groups": frozenset({2})}, "no_rights", "No access rights for this door"),
-    ({"valid_to": dt.date(2026, 11, 22)}, "expired", "Card expired on 2026-11-22"),
-    ({"valid_from": dt.date(2026, 12, 1)}, "not_yet_valid", "Card not valid until 2026-12-01"),
-    ({"time_profile": 9}, "unknown_time_profile", "Time profile 9 is not set up"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason, words",
+    [
+        ({"door_groups": frozenset({2})}, "no_rights", "No access rights for this door"),
+        ({"valid_to": dt.date(2026, 11, 22)}, "expired", "Card expired on 2026-11-22"),
+        ({"valid_from": dt.date(2026, 12, 1)}, "not_yet_valid", "Card not valid until 2026-12-01"),
+        ({"time_profile": 9}, "unknown_time_profile", "Time profile 9 is not set up"),
+    ],
+)
 def test_refusals_carry_reasons(door, sam, overrides, reason, words):
     term, screen = door
     decision, _ = tap(term, make_card(sam, **overrides))
@@ -159,6 +163,7 @@ def test_counter_persists_and_advances(tmp_path, door, sam):
     tap(term, card)
     tap(term, card)
     from simulator.card import CardStateFile
+
     assert CardStateFile(tmp_path / "card.json").load().access_counter == 2
     assert [e.detail["counter"] for e in term.event_log.events()] == [1, 2]
 

@@ -1,5 +1,6 @@
 """The door's hardware: strike, contact, REX, LEDs and buzzer through gpiozero's MockFactory; the alarm state machine
 with time passed in; alarms in the log surviving a restart; the strike released on SIGTERM and on a crash."""
+
 import os
 import signal
 import subprocess
@@ -36,6 +37,7 @@ def kinds(monitor):
 
 # --- the sans-I/O door state machine ---------------------------------------------------------------------------
 
+
 def test_grant_unlocks_for_open_seconds_then_relocks():
     m = DoorMonitor(5, 30)
     m.grant(100.0)
@@ -67,7 +69,7 @@ def test_closing_the_door_relocks_at_once_and_one_grant_is_one_opening():
     m.contact(True, 1.0)
     m.contact(False, 2.0)
     assert not m.unlocked
-    m.contact(True, 3.0)   # within the 5 s, but the grant was used
+    m.contact(True, 3.0)  # within the 5 s, but the grant was used
     assert m.alarm == FORCED_OPEN
 
 
@@ -105,7 +107,8 @@ def test_an_alarm_open_at_a_restart_is_still_open_and_ends_with_door_closed():
     closed_meanwhile = DoorMonitor(5, 30, door_open=False, open_alarm=HELD_OPEN)
     assert closed_meanwhile.alarm is None
     assert [(e.kind, e.detail) for e in closed_meanwhile.take_events()] == [
-        (CLOSED, {"alarm": HELD_OPEN, "after_restart": True})]
+        (CLOSED, {"alarm": HELD_OPEN, "after_restart": True})
+    ]
 
 
 def test_door_found_open_at_start_gets_the_held_open_allowance():
@@ -118,6 +121,7 @@ def test_door_found_open_at_start_gets_the_held_open_allowance():
 
 # --- gpiozero adapter, MockFactory pins -------------------------------------------------------------------------
 
+
 class FakeClock:
     def __init__(self):
         self.t = 1000.0
@@ -127,8 +131,9 @@ class FakeClock:
 
 
 def door_section(**changes):
-    values = dict(group=1, open_seconds=5.0, held_open_seconds=30.0, strike_pin=STRIKE, contact_pin=CONTACT,
-                  rex_pin=BUTTON)
+    values = dict(
+        group=1, open_seconds=5.0, held_open_seconds=30.0, strike_pin=STRIKE, contact_pin=CONTACT, rex_pin=BUTTON
+    )
     values.update(changes)
     return DoorSection(**values)
 
@@ -142,14 +147,24 @@ def levels(pin):
     return out
 
 
-@pytest.mark.parametrize("lock, active_high, locked_level", [
-    ("fail-secure", True, False), ("fail-secure", False, True), ("fail-safe", True, True), ("fail-safe", False, False)])
+@pytest.mark.parametrize(
+    "lock, active_high, locked_level",
+    [
+        ("fail-secure", True, False),
+        ("fail-secure", False, True),
+        ("fail-safe", True, True),
+        ("fail-safe", False, False),
+    ],
+)
 def test_strike_levels_for_each_lock_and_relay_polarity(pins, lock, active_high, locked_level):
     from terminal.gpio_outputs import GpioDoor
 
     clock = FakeClock()
-    door = GpioDoor(door_section(lock=lock, strike_active_high=active_high, contact_pin=0, rex_pin=0), clock=clock,
-                    start_thread=False)
+    door = GpioDoor(
+        door_section(lock=lock, strike_active_high=active_high, contact_pin=0, rex_pin=0),
+        clock=clock,
+        start_thread=False,
+    )
     strike = pins.pin(STRIKE)
     assert strike.state == locked_level
     door.grant(5.0)
@@ -167,7 +182,7 @@ def test_strike_levels_for_each_lock_and_relay_polarity(pins, lock, active_high,
     expected = [locked_level, not locked_level, locked_level, not locked_level]
     if not active_high != expected[-1]:
         expected.append(not active_high)
-    assert levels(strike)[-len(expected):] == expected
+    assert levels(strike)[-len(expected) :] == expected
 
 
 def test_contact_rex_and_alarms_through_the_pins(pins):
@@ -178,12 +193,12 @@ def test_contact_rex_and_alarms_through_the_pins(pins):
     door = GpioDoor(door_section(), clock=clock, on_event=lambda e: seen.append(e.kind), start_thread=False)
     outputs = GpioOutputs(OutputSection("gpio", False, GREEN, RED, BUZZER), door)
     contact, rex, strike, buzzer, red = (pins.pin(n) for n in (CONTACT, BUTTON, STRIKE, BUZZER, RED))
-    contact.drive_low()          # the door is shut
+    contact.drive_low()  # the door is shut
     door.take_events()
-    rex.drive_low()              # someone presses the exit button
+    rex.drive_low()  # someone presses the exit button
     rex.drive_high()
     assert strike.state is True
-    contact.drive_high()         # and walks out
+    contact.drive_high()  # and walks out
     clock.t += 30
     door.tick()
     assert seen[-1] == HELD_OPEN
@@ -193,7 +208,7 @@ def test_contact_rex_and_alarms_through_the_pins(pins):
     outputs.door_event(door.take_events()[-1][1])
     assert seen == [REX, HELD_OPEN, CLOSED]
     assert red.state is False and buzzer.state is False
-    contact.drive_high()         # opened with nothing granted
+    contact.drive_high()  # opened with nothing granted
     assert seen[-1] == FORCED_OPEN
     outputs.close()
     assert strike.state is False
@@ -224,18 +239,55 @@ def test_leds_and_distinct_buzzer_patterns(pins):
 
 # --- the whole terminal: alarms in the log, the strike released on every exit path ---------------------------
 
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     from tests.test_cli import onecard
 
     d = tmp_path_factory.mktemp("door-site")
     (d / "pass").write_text("correct horse battery staple\n")
-    for args in (("sam", "create-keystore", "--out", d / "issuing.ks", "--passphrase-file", d / "pass",
-                  "--enterprise", "00010001"),
-                 ("sam", "restrict", "--keystore", d / "issuing.ks", "--passphrase-file", d / "pass",
-                  "--out", d / "terminal.ks", "--usages", "verify", "--purposes", "access"),
-                 ("sim", "new-card", "--out", d / "card.json", "--keystore", d / "issuing.ks", "--passphrase-file",
-                  d / "pass", "--enterprise", "00010001", "--employee", "E1001", "--name", "Zhang Wei")):
+    for args in (
+        (
+            "sam",
+            "create-keystore",
+            "--out",
+            d / "issuing.ks",
+            "--passphrase-file",
+            d / "pass",
+            "--enterprise",
+            "00010001",
+        ),
+        (
+            "sam",
+            "restrict",
+            "--keystore",
+            d / "issuing.ks",
+            "--passphrase-file",
+            d / "pass",
+            "--out",
+            d / "terminal.ks",
+            "--usages",
+            "verify",
+            "--purposes",
+            "access",
+        ),
+        (
+            "sim",
+            "new-card",
+            "--out",
+            d / "card.json",
+            "--keystore",
+            d / "issuing.ks",
+            "--passphrase-file",
+            d / "pass",
+            "--enterprise",
+            "00010001",
+            "--employee",
+            "E1001",
+            "--name",
+            "Zhang Wei",
+        ),
+    ):
         r = onecard(*args)
         assert r.returncode == 0, r.stderr
     return d
@@ -248,14 +300,14 @@ id = "000000000101"
 kind = "door"
 enterprise_id = "00010001"
 name = "Gate 1"
-database = "{tmp_path / 'events.db'}"
-blacklist = "{tmp_path / 'bl.db'}"
+database = "{tmp_path / "events.db"}"
+blacklist = "{tmp_path / "bl.db"}"
 [reader]
 driver = "simulator"
-card = "{site / 'card.json'}"
+card = "{site / "card.json"}"
 [sam]
-keystore = "{site / 'terminal.ks'}"
-passphrase_file = "{site / 'pass'}"
+keystore = "{site / "terminal.ks"}"
+passphrase_file = "{site / "pass"}"
 [door]
 group = 1
 open_seconds = 20
@@ -297,8 +349,11 @@ def run_in_main_thread(argv, until, then):
 
 def test_sigterm_releases_the_strike_of_a_granted_door(site, tmp_path, pins):
     cfg = gpio_config(site, tmp_path)
-    rc = run_in_main_thread(["terminal", "run", "--config", str(cfg)], until=lambda: pins.pin(STRIKE).state is True,
-                            then=lambda: os.kill(os.getpid(), signal.SIGTERM))
+    rc = run_in_main_thread(
+        ["terminal", "run", "--config", str(cfg)],
+        until=lambda: pins.pin(STRIKE).state is True,
+        then=lambda: os.kill(os.getpid(), signal.SIGTERM),
+    )
     assert rc == 0
     strike = pins.pin(STRIKE)
     assert levels(strike) == [False, True, False]  # locked, unlocked for the grant, released at SIGTERM (< 20 s)
@@ -309,6 +364,7 @@ def test_a_crash_releases_the_strike(site, tmp_path, pins, monkeypatch):
     from terminal.app import Terminal
 
     cfg = gpio_config(site, tmp_path)
+
     def crash_after_the_grant(self, reader, conn, clock, *args, **kwargs):
         assert self.handle_tap(conn, clock()).accepted
         raise RuntimeError("simulated bug in the tap loop")
@@ -348,7 +404,7 @@ def test_alarm_is_logged_shown_and_still_open_after_a_restart(site, tmp_path, pi
             thread.start()
             assert ready.wait(10)
             contact.drive_low()
-            contact.drive_high()      # opened with nothing granted
+            contact.drive_high()  # opened with nothing granted
             deadline = time.monotonic() + 10
             while not any(k == FORCED_OPEN for k, _ in logged()) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -380,8 +436,14 @@ def test_killed_terminal_restarts_with_the_strike_locked(site, tmp_path):
     env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONPATH=str(ROOT))
 
     def start():
-        return subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
-                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     proc = start()
     try:
@@ -421,20 +483,24 @@ def test_killed_terminal_restarts_with_the_strike_locked(site, tmp_path):
 
 # --- the settings ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, words", [
-    ("[door]\nstrike_pin = 40\n", "[door].strike_pin = 40 is not a BCM GPIO number"),
-    ("[door]\nstrike_pin = 17\ncontact_pin = 17\n", "share a GPIO"),
-    ("[door]\nlock = \"magnetic\"\n", "[door].lock = 'magnetic' is not one of fail-secure, fail-safe"),
-    ("[door]\nstrke_pin = 17\n", "[door].strke_pin is not a known key"),
-    ("[door]\nheld_open_seconds = 0\n", "[door].held_open_seconds"),
-    ("[output]\ndriver = \"gpio\"\nbuzer_pin = 4\n", "[output].buzer_pin is not a known key"),
-    ("[output]\ndriver = \"lcd\"\n", "[output].driver = 'lcd' is not one of console, gpio"),
-    ("[display]\ndriver = \"st7789\"\n", "[display].driver"),
-    ("[display]\nrotate = 4\n", "[display].rotate = 4 is outside 0..3"),
-    ("[keypad]\ndriver = \"evdev\"\n", "[keypad].device is missing"),
-    ("[keypad]\ndriver = \"serial\"\ndevice = \"/dev/ttyUSB0\"\nbaudrate = 1000\n", "[keypad].baudrate"),
-    ("[keypad]\ntap_without_amount = \"charge\"\n", "[keypad].tap_without_amount"),
-])
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ("[door]\nstrike_pin = 40\n", "[door].strike_pin = 40 is not a BCM GPIO number"),
+        ("[door]\nstrike_pin = 17\ncontact_pin = 17\n", "share a GPIO"),
+        ('[door]\nlock = "magnetic"\n', "[door].lock = 'magnetic' is not one of fail-secure, fail-safe"),
+        ("[door]\nstrke_pin = 17\n", "[door].strke_pin is not a known key"),
+        ("[door]\nheld_open_seconds = 0\n", "[door].held_open_seconds"),
+        ('[output]\ndriver = "gpio"\nbuzer_pin = 4\n', "[output].buzer_pin is not a known key"),
+        ('[output]\ndriver = "lcd"\n', "[output].driver = 'lcd' is not one of console, gpio"),
+        ('[display]\ndriver = "st7789"\n', "[display].driver"),
+        ("[display]\nrotate = 4\n", "[display].rotate = 4 is outside 0..3"),
+        ('[keypad]\ndriver = "evdev"\n', "[keypad].device is missing"),
+        ('[keypad]\ndriver = "serial"\ndevice = "/dev/ttyUSB0"\nbaudrate = 1000\n', "[keypad].baudrate"),
+        ('[keypad]\ntap_without_amount = "charge"\n', "[keypad].tap_without_amount"),
+    ],
+)
 def test_hardware_settings_are_checked(tmp_path, extra, words):
     from common.config import ConfigError
     from tests.support import TERMINAL_TOML
@@ -459,8 +525,11 @@ def test_platform_sets_door_times_but_never_its_wiring(tmp_path):
     from tests.support import TERMINAL_TOML
 
     cfg = tmp_path / "t.toml"
-    cfg.write_text(TERMINAL_TOML.format(kind="door", db=tmp_path / "e.db", bl=tmp_path / "b.db")
-                   .replace("open_seconds = 4\n", f"open_seconds = 4\nstrike_pin = {STRIKE}\n"))
+    cfg.write_text(
+        TERMINAL_TOML.format(kind="door", db=tmp_path / "e.db", bl=tmp_path / "b.db").replace(
+            "open_seconds = 4\n", f"open_seconds = 4\nstrike_pin = {STRIKE}\n"
+        )
+    )
     config = load_config(cfg)
     applied = apply_platform_document(config, 3, {"doors": {config.terminal.id: {"group": 2, "held_open_seconds": 90}}})
     # The section replaces the door's decision settings (open_seconds back to its default), the wiring stays.
@@ -475,14 +544,19 @@ def test_an_open_alarm_stays_on_the_display_instead_of_the_idle_screen(tmp_path,
 
     term, _ = make_terminal(tmp_path, make_sam(), "door")
     import dataclasses
-    term.config = dataclasses.replace(term.config, door=door_section(), display=dataclasses.replace(
-        term.config.display, driver="dummy"), output=OutputSection("gpio", False, GREEN, RED, BUZZER))
+
+    term.config = dataclasses.replace(
+        term.config,
+        door=door_section(),
+        display=dataclasses.replace(term.config.display, driver="dummy"),
+        output=OutputSection("gpio", False, GREEN, RED, BUZZER),
+    )
     term.outputs = open_outputs(term.config, term.event_log)
     try:
         pins.pin(CONTACT).drive_low()
-        pins.pin(CONTACT).drive_high()            # forced open
+        pins.pin(CONTACT).drive_high()  # forced open
         term.log_door_events()
-        term._screen_since = 0                    # long after
+        term._screen_since = 0  # long after
         alarm_image = term.outputs.screen_driver.image.copy()
         term.idle(lambda: MONDAY_10AM)
         assert term.outputs.screen_driver.image.tobytes() == alarm_image.tobytes()

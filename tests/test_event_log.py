@@ -1,5 +1,6 @@
 """terminal.event_log and terminal.log_cli: the hash chain catches every single alteration, appends survive SIGKILL,
 bad files are refused without being touched."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from terminal import log_cli
 from common.db import DatabaseError
 from common.events import GENESIS_HASH, event_hash
+from terminal import log_cli
 from terminal.event_log import EventLog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,9 +36,14 @@ HYP = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChec
 
 def fill(log: EventLog, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
-        log.append(T0 + timedelta(minutes=i), KINDS[i % len(KINDS)], asn=ASNS[i % len(ASNS)],
-                   reason_code="ok" if i % 2 else "blacklisted", message=f"Tap {i}: 欢迎",
-                   detail={"i": i, "door": "1F", "nested": {"b": [1, 2], "a": None}})
+        log.append(
+            T0 + timedelta(minutes=i),
+            KINDS[i % len(KINDS)],
+            asn=ASNS[i % len(ASNS)],
+            reason_code="ok" if i % 2 else "blacklisted",
+            message=f"Tap {i}: 欢迎",
+            detail={"i": i, "door": "1F", "nested": {"b": [1, 2], "a": None}},
+        )
 
 
 def files_in(directory: Path) -> dict[str, bytes]:
@@ -84,6 +90,7 @@ def row(chain_file: Path, seq: int) -> dict:
 # The chain
 # ---------------------------------------------------------------------------------------------
 
+
 def test_untampered_chain_verifies(chain_file):
     with EventLog.open_readonly(chain_file) as log:
         report = log.verify()
@@ -98,8 +105,13 @@ def test_untampered_chain_verifies(chain_file):
 def test_empty_and_single_record_chains(tmp_path):
     with EventLog.open(tmp_path / "e.db", "T1") as log:
         report = log.verify()
-        assert (report.ok, report.checked, report.first_bad_seq, report.head_seq, report.head_hash) == \
-            (True, 0, None, 0, GENESIS_HASH)
+        assert (report.ok, report.checked, report.first_bad_seq, report.head_seq, report.head_hash) == (
+            True,
+            0,
+            None,
+            0,
+            GENESIS_HASH,
+        )
         assert log.events() == [] and log.last_seq() == 0
         e = log.append(T0, "door.grant", asn=None, reason_code="ok", message="hi", detail={})
         assert (e.seq, e.prev_hash) == (1, GENESIS_HASH)
@@ -137,9 +149,11 @@ def test_deleted_record_is_detected(chain_file, seq):
 def test_swapped_records_are_detected(chain_file, pair):
     i, j = sorted(pair)
     # Swap everything but seq (seq is the order: swapping the seq numbers is the same thing).
-    sql = [("UPDATE events SET seq = -1 WHERE seq = ?", (i,)),
-           ("UPDATE events SET seq = ? WHERE seq = ?", (i, j)),
-           ("UPDATE events SET seq = ? WHERE seq = -1", (j,))]
+    sql = [
+        ("UPDATE events SET seq = -1 WHERE seq = ?", (i,)),
+        ("UPDATE events SET seq = ? WHERE seq = ?", (i, j)),
+        ("UPDATE events SET seq = ? WHERE seq = -1", (j,)),
+    ]
     report = verify(tampered_copy(chain_file, sql))
     assert not report.ok and report.first_bad_seq == i, report.problem
 
@@ -171,8 +185,12 @@ def test_forged_record_appended_is_detected(chain_file):
 
 
 def test_inserted_record_with_gap_seq_is_detected(chain_file):
-    report = verify(tampered_copy(chain_file, [
-        ("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (N + 5, "t", "k", None, "r", "m", "{}", "00", "00"))]))
+    report = verify(
+        tampered_copy(
+            chain_file,
+            [("INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)", (N + 5, "t", "k", None, "r", "m", "{}", "00", "00"))],
+        )
+    )
     assert not report.ok and report.first_bad_seq == N + 1, report.problem
 
 
@@ -200,53 +218,85 @@ def test_consistent_rewrite_passes_verify_but_changes_the_head(chain_file):
 
 def test_hash_follows_the_documented_encoding(chain_file):
     """An independent implementation of docs/event-log.md, byte by byte."""
+
     def text(s):
         return b"\xff\xff\xff\xff" if s is None else struct.pack(">I", len(s.encode())) + s.encode()
 
     import hashlib
+
     for seq in (1, 2, 3):
         r = row(chain_file, seq)
-        encoded = (b"onecard.event.v1\x00" + struct.pack(">Q", seq) + text(r["time"]) + text("T-0001")
-                   + text(r["kind"]) + text(r["asn"]) + text(r["reason_code"]) + text(r["message"])
-                   + text(r["detail"]) + bytes.fromhex(r["prev_hash"]))
+        encoded = (
+            b"onecard.event.v1\x00"
+            + struct.pack(">Q", seq)
+            + text(r["time"])
+            + text("T-0001")
+            + text(r["kind"])
+            + text(r["asn"])
+            + text(r["reason_code"])
+            + text(r["message"])
+            + text(r["detail"])
+            + bytes.fromhex(r["prev_hash"])
+        )
         assert hashlib.sha256(encoded).hexdigest() == r["hash"]
 
 
 def test_documented_test_vector():
     # The worked example in docs/event-log.md.
-    assert event_hash(1, "2024-05-01T00:30:00.000000Z", "000000000101", "door.grant", "0102030405060708", "ok",
-                      "Welcome, Li Lei", '{"door_group":1}', GENESIS_HASH) == \
-        "cb6421d11b7e3408d051c562884131de667f82d47d7d328e9903e784a23fcb9f"
+    assert (
+        event_hash(
+            1,
+            "2024-05-01T00:30:00.000000Z",
+            "000000000101",
+            "door.grant",
+            "0102030405060708",
+            "ok",
+            "Welcome, Li Lei",
+            '{"door_group":1}',
+            GENESIS_HASH,
+        )
+        == "cb6421d11b7e3408d051c562884131de667f82d47d7d328e9903e784a23fcb9f"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Appending and reading
 # ---------------------------------------------------------------------------------------------
 
+
 def test_stored_forms(tmp_path):
     with EventLog.open(tmp_path / "e.db", "T1") as log:
         cst = timezone(timedelta(hours=8))
-        e = log.append(datetime(2024, 5, 1, 8, 0, tzinfo=cst), "attendance.in", asn=bytes.fromhex("0a0b0c0d0e0f1011"),
-                       reason_code="ok", message="Clocked in", detail={"z": 1, "a": "é", "m": [True, None]})
+        e = log.append(
+            datetime(2024, 5, 1, 8, 0, tzinfo=cst),
+            "attendance.in",
+            asn=bytes.fromhex("0a0b0c0d0e0f1011"),
+            reason_code="ok",
+            message="Clocked in",
+            detail={"z": 1, "a": "é", "m": [True, None]},
+        )
         r = log.db.execute("SELECT time, asn, detail FROM events").fetchone()
     assert r == ("2024-05-01T00:00:00.000000Z", "0A0B0C0D0E0F1011", '{"a":"é","m":[true,null],"z":1}')
     assert e.time == datetime(2024, 5, 1, 0, 0, tzinfo=timezone.utc) and e.time_text == r[0]
     assert e.detail == {"z": 1, "a": "é", "m": [True, None]}
 
 
-@pytest.mark.parametrize("kwargs, error", [
-    ({"time": datetime(2024, 5, 1)}, ValueError),                     # naive time
-    ({"time": "2024-05-01T00:00:00Z"}, TypeError),
-    ({"kind": ""}, ValueError),
-    ({"kind": "   "}, ValueError),
-    ({"asn": "0102"}, ValueError),
-    ({"asn": "zz02030405060708"}, ValueError),
-    ({"asn": b"\x01\x02"}, ValueError),
-    ({"detail": ["not", "a", "dict"]}, TypeError),
-    ({"detail": {"x": float("nan")}}, ValueError),
-    ({"detail": {"x": object()}}, ValueError),
-    ({"message": None}, TypeError),
-])
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"time": datetime(2024, 5, 1)}, ValueError),  # naive time
+        ({"time": "2024-05-01T00:00:00Z"}, TypeError),
+        ({"kind": ""}, ValueError),
+        ({"kind": "   "}, ValueError),
+        ({"asn": "0102"}, ValueError),
+        ({"asn": "zz02030405060708"}, ValueError),
+        ({"asn": b"\x01\x02"}, ValueError),
+        ({"detail": ["not", "a", "dict"]}, TypeError),
+        ({"detail": {"x": float("nan")}}, ValueError),
+        ({"detail": {"x": object()}}, ValueError),
+        ({"message": None}, TypeError),
+    ],
+)
 def test_append_validates_and_writes_nothing(tmp_path, kwargs, error):
     args = {"time": T0, "kind": "door.grant", "asn": None, "reason_code": "ok", "message": "m", "detail": {}} | kwargs
     with EventLog.open(tmp_path / "e.db", "T1") as log:
@@ -285,8 +335,10 @@ def test_events_paging(chain_file):
 def test_last_event_returns_the_newest_of_the_given_kinds(tmp_path):
     a, b = "0102030405060708", "1122334455667788"
     with EventLog.open(tmp_path / "e.db", "T1") as log:
+
         def add(minute, kind, asn):
             return log.append(T0 + timedelta(minutes=minute), kind, asn=asn, reason_code="ok", message="m", detail={})
+
         add(0, "attendance.in", a)
         out = add(1, "attendance.out", a)
         add(2, "attendance.in", b)
@@ -301,8 +353,13 @@ def test_last_event_returns_the_newest_of_the_given_kinds(tmp_path):
 
 def test_last_event_is_an_index_seek(tmp_path):
     with EventLog.open(tmp_path / "e.db", "T1") as log:
-        plan = " ".join(r[3] for r in log.db.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM events WHERE asn = ? AND kind = ? ORDER BY seq DESC LIMIT 1", ("a", "b")))
+        plan = " ".join(
+            r[3]
+            for r in log.db.execute(
+                "EXPLAIN QUERY PLAN SELECT * FROM events WHERE asn = ? AND kind = ? ORDER BY seq DESC LIMIT 1",
+                ("a", "b"),
+            )
+        )
     assert "events_asn_kind_seq (asn=? AND kind=?)" in plan and "TEMP B-TREE" not in plan and "SCAN" not in plan
 
 
@@ -343,8 +400,9 @@ def test_sigkill_during_appends_leaves_a_verifiable_chain(tmp_path):
     env = os.environ | {"PYTHONPATH": str(REPO)}
     previous = 0
     for _ in range(4):
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=REPO, env=env,
-                                 stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(path)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+        )
         assert child.stdout.readline().strip() == "ready"
         try:
             child.wait(timeout=rng.uniform(0.05, 0.4))  # a random moment during the appends
@@ -365,6 +423,7 @@ def test_sigkill_during_appends_leaves_a_verifiable_chain(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Refusing files that are not ours, without touching them
 # ---------------------------------------------------------------------------------------------
+
 
 def _refused(path: Path, match: str, terminal_id: str = "T1") -> str:
     before = files_in(path.parent)
@@ -388,7 +447,7 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
         fill(log, 300)
     data = bytearray(path.read_bytes())
     page = 4096 * 9  # a b-tree page of the events table
-    data[page + 8: page + 208] = bytes(range(200))
+    data[page + 8 : page + 208] = bytes(range(200))
     path.write_bytes(bytes(data))
     assert "restore from backup" in _refused(path, "is corrupt")
 
@@ -472,6 +531,7 @@ def test_readonly_open_of_missing_or_empty_file(tmp_path):
 # onecard log show / verify
 # ---------------------------------------------------------------------------------------------
 
+
 def test_cli_show_table_and_json(chain_file, capsys):
     assert log_cli.main(["show", "--db", str(chain_file), "--last", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -509,8 +569,8 @@ def test_cli_missing_or_corrupt_database(tmp_path, capsys):
 
 
 def test_cli_reads_the_database_named_by_the_config(tmp_path, capsys):
-    from tests.support import TERMINAL_TOML
     from common.config import load_config
+    from tests.support import TERMINAL_TOML
 
     cfg = tmp_path / "door.toml"
     cfg.write_text(TERMINAL_TOML.format(kind="door", db=tmp_path / "door.db", bl=tmp_path / "bl.db"), encoding="utf-8")

@@ -1,5 +1,6 @@
 """Issuing (发卡) at the issuing terminal: a washed card personalised by secured commands and registered with the
 platform, then granted at a door with its new keys; one phone number, one one-card; tears; refusals."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,18 +8,27 @@ import datetime as dt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from simulator.card import CardStateFile, CARD_TYPE_IC_CARD
+from central.station_registry import InProcessRegistry
 from central.store import Platform
+from simulator.card import CARD_TYPE_IC_CARD, CardStateFile
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
-from central.station_registry import InProcessRegistry
 from terminal.issuing import IssueRequest, IssuingTerminal
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
+
 # keystore and sam are fixtures shared with the washing tests.
-from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam,  # noqa: F401
-                                     keystore, new_transport_card, reload, sam, tap_run)
+from tests.test_card_washing import (  # noqa: F401  (pytest fixtures shared with the washing tests)
+    ISSUING_TERMINAL,
+    door_decision,
+    door_sam,
+    keystore,
+    new_transport_card,
+    reload,
+    sam,
+    tap_run,
+)
 
 EID = "00010001"
 
@@ -41,14 +51,20 @@ def issuing(sam, platform, tmp_path):
 
 
 def request(employee="E1001", groups=(1, 2)):
-    return IssueRequest(ENTERPRISE, employee, frozenset(groups), dt.date(2026, 1, 1), dt.date(2028, 12, 31),
-                        purse_expiry=dt.date(2027, 12, 31), max_balance=100_000)
+    return IssueRequest(
+        ENTERPRISE,
+        employee,
+        frozenset(groups),
+        dt.date(2026, 1, 1),
+        dt.date(2028, 12, 31),
+        purse_expiry=dt.date(2027, 12, 31),
+        max_balance=100_000,
+    )
 
 
 def washed_card(sam, issuing, path, version=1, **kw):
     card = new_transport_card(sam, path, **kw)
-    tap_run(card, lambda t: rekey.rekey_card(t, sam, ENTERPRISE, version, issuing.event_log, MONDAY_10AM,
-                                             rekey.WASH))
+    tap_run(card, lambda t: rekey.rekey_card(t, sam, ENTERPRISE, version, issuing.event_log, MONDAY_10AM, rekey.WASH))
     return card
 
 
@@ -61,16 +77,18 @@ def test_issue_end_to_end_then_door_grant_with_new_keys(sam, keystore, issuing, 
     assert (state.status, state.key_version) == (1, 2)
     assert state.purse.expiry.hex() == "20271231" and state.purse.max_balance == 100_000
     registered = platform.card(asn)
-    assert (registered["status"], registered["employee_no"], registered["rights"]["door_groups"]) == \
-        ("ACTIVE", "E1001", [1, 2])
+    assert (registered["status"], registered["employee_no"], registered["rights"]["door_groups"]) == (
+        "ACTIVE",
+        "E1001",
+        [1, 2],
+    )
     door, _ = make_terminal(tmp_path, door_sam(keystore, (2,)), "door")
     decision = door_decision(door, reload(card))
     assert decision.accepted and decision.message == "Welcome, Zhang Wei"
     (tmp_path / "old-door").mkdir()
     v1_door, _ = make_terminal(tmp_path / "old-door", door_sam(keystore, (1,)), "door")
     refused = door_decision(v1_door, reload(card))
-    assert refused.reason_code == "unknown_key_version" and "Card key version 2 is not accepted here" in \
-        refused.message
+    assert refused.reason_code == "unknown_key_version" and "Card key version 2 is not accepted here" in refused.message
     assert [e.kind for e in issuing.event_log.events()][-2:] == ["issue.card.intent", "issue.card"]
 
 

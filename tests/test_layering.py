@@ -1,10 +1,12 @@
 """The house rules of who may import whom (README "House rules"), checked over every module's AST; and the checker
 itself, on small synthetic sources, so a rule that silently stopped matching would fail here."""
+
 from __future__ import annotations
 
 import pytest
 
 from tests import layering as L
+
 
 def test_the_tree_keeps_the_house_rules():
     found = L.check_tree()
@@ -15,8 +17,12 @@ def test_no_import_cycles_between_modules():
     graph = L.import_graph(L.tree_sources())
     found = L.cycles(graph)
     assert not found, "import cycles (function-level imports counted):\n" + "\n".join(
-        " -> ".join(c) + " (" + ", ".join(f"{a} imports {b} at line {graph[a][b]}" for a in c for b in c
-                                          if b in graph[a]) + ")" for c in found)
+        " -> ".join(c)
+        + " ("
+        + ", ".join(f"{a} imports {b} at line {graph[a][b]}" for a in c for b in c if b in graph[a])
+        + ")"
+        for c in found
+    )
 
 
 def test_the_wiring_module_exists():
@@ -31,80 +37,142 @@ def test_the_sans_io_cores_exist():
 
 # --- the checker on synthetic sources: each import named in issue 9, in the shape it was written ---
 
+
 def _rules(source: str, module: str) -> list[str]:
     return [f"{v.line}: {v.rule}: {v.detail}" for v in L.check_source(source, module, "x.py", known=L.known_modules())]
 
 
-@pytest.mark.parametrize("module, source, expected", [
-    ("terminal.cli", "def open_reader():\n    from simulator.card import SimulatedCard\n",
-     "2: terminal/ must not import simulator/: imports simulator.card"),
-    ("terminal.cli", "def open_reader():\n    from simulator import inprocess\n",
-     "2: terminal/ must not import simulator/: imports simulator.inprocess"),
-    ("terminal.issuing_cli", "import os\n\ndef f():\n    from central.store import Platform\n",
-     "4: terminal/ must not import central/: imports central.store"),
-    ("terminal.issuing", "def f():\n    from central import cli as platform_cli\n",
-     "2: terminal/ must not import central/: imports central.cli"),
-    ("terminal.provision", "def sign():\n    import central.ca\n",
-     "2: terminal/ must not import central/: imports central.ca"),
-    ("sam.keys_cli", "def create():\n    from simulator.master_card import SimulatedMasterCard\n",
-     "2: sam/ must not import simulator/: imports simulator.master_card"),
-    ("sync_agent.agent", "import importlib\nm = importlib.import_module('central.store')\n",
-     "2: sync_agent/ must not import central/: imports central.store"),
-    ("sam.keys_cli", "from importlib import import_module\nimport_module('simulator.master_card')\n",
-     "2: sam/ must not import simulator/: imports simulator.master_card"),
-    ("terminal.readers.pcsc", "from ...simulator import vpcd\n",
-     "1: terminal/ must not import simulator/: imports simulator.vpcd"),
-    ("onecard.cli", "def build():\n    from simulator import cli\n",
-     "2: simulator/ is wired in only by onecard/wiring.py and the demo: imports simulator.cli"),
-    ("central.service", "from terminal.event_log import EventLog\n",
-     "1: central/ must not import terminal/: imports terminal.event_log"),
-    ("central.ingest", "def f():\n    import sync_agent.store\n",
-     "2: central/ must not import sync_agent/: imports sync_agent.store"),
-    ("common.db", "from sam.interface import Sam\n", "1: common/ imports only common/: imports sam.interface"),
-    ("terminal.issuing", "import argparse\n", "1: argparse only in CLI modules: imports argparse"),
-    ("terminal.selftest", "def report():\n    print('PASS')\n", "2: print() only in CLI modules: calls print()"),
-    ("terminal.issuing", "import signal\nsignal.signal(signal.SIGINT, None)\n",
-     "2: signal handlers only in CLI modules: calls signal.signal()"),
-    ("terminal.door", "def f():\n    import time\n", "2: a sans-I/O core does no I/O: imports time"),
-    ("sync_agent.core", "import sqlite3\n", "1: a sans-I/O core does no I/O: imports sqlite3"),
-    ("common.events", "from socket import socket\n", "1: a sans-I/O core does no I/O: imports socket"),
-    ("terminal.rules", "from datetime import datetime as d\nx = d.now()\n",
-     "2: a sans-I/O core reads no clock and no randomness: calls datetime.datetime.now()"),
-    ("terminal.attendance", "import datetime as dt\nx = dt.datetime.utcnow()\n",
-     "2: a sans-I/O core reads no clock and no randomness: calls datetime.datetime.utcnow()"),
-    ("sam.crypto", "import os\nk = os.urandom(16)\n",
-     "2: a sans-I/O core reads no clock and no randomness: calls os.urandom()"),
-    ("common.sync_protocol", "import secrets\n",
-     "1: a sans-I/O core reads no clock and no randomness: imports secrets"),
-])
+@pytest.mark.parametrize(
+    "module, source, expected",
+    [
+        (
+            "terminal.cli",
+            "def open_reader():\n    from simulator.card import SimulatedCard\n",
+            "2: terminal/ must not import simulator/: imports simulator.card",
+        ),
+        (
+            "terminal.cli",
+            "def open_reader():\n    from simulator import inprocess\n",
+            "2: terminal/ must not import simulator/: imports simulator.inprocess",
+        ),
+        (
+            "terminal.issuing_cli",
+            "import os\n\ndef f():\n    from central.store import Platform\n",
+            "4: terminal/ must not import central/: imports central.store",
+        ),
+        (
+            "terminal.issuing",
+            "def f():\n    from central import cli as platform_cli\n",
+            "2: terminal/ must not import central/: imports central.cli",
+        ),
+        (
+            "terminal.provision",
+            "def sign():\n    import central.ca\n",
+            "2: terminal/ must not import central/: imports central.ca",
+        ),
+        (
+            "sam.keys_cli",
+            "def create():\n    from simulator.master_card import SimulatedMasterCard\n",
+            "2: sam/ must not import simulator/: imports simulator.master_card",
+        ),
+        (
+            "sync_agent.agent",
+            "import importlib\nm = importlib.import_module('central.store')\n",
+            "2: sync_agent/ must not import central/: imports central.store",
+        ),
+        (
+            "sam.keys_cli",
+            "from importlib import import_module\nimport_module('simulator.master_card')\n",
+            "2: sam/ must not import simulator/: imports simulator.master_card",
+        ),
+        (
+            "terminal.readers.pcsc",
+            "from ...simulator import vpcd\n",
+            "1: terminal/ must not import simulator/: imports simulator.vpcd",
+        ),
+        (
+            "onecard.cli",
+            "def build():\n    from simulator import cli\n",
+            "2: simulator/ is wired in only by onecard/wiring.py and the demo: imports simulator.cli",
+        ),
+        (
+            "central.service",
+            "from terminal.event_log import EventLog\n",
+            "1: central/ must not import terminal/: imports terminal.event_log",
+        ),
+        (
+            "central.ingest",
+            "def f():\n    import sync_agent.store\n",
+            "2: central/ must not import sync_agent/: imports sync_agent.store",
+        ),
+        ("common.db", "from sam.interface import Sam\n", "1: common/ imports only common/: imports sam.interface"),
+        ("terminal.issuing", "import argparse\n", "1: argparse only in CLI modules: imports argparse"),
+        ("terminal.selftest", "def report():\n    print('PASS')\n", "2: print() only in CLI modules: calls print()"),
+        (
+            "terminal.issuing",
+            "import signal\nsignal.signal(signal.SIGINT, None)\n",
+            "2: signal handlers only in CLI modules: calls signal.signal()",
+        ),
+        ("terminal.door", "def f():\n    import time\n", "2: a sans-I/O core does no I/O: imports time"),
+        ("sync_agent.core", "import sqlite3\n", "1: a sans-I/O core does no I/O: imports sqlite3"),
+        ("common.events", "from socket import socket\n", "1: a sans-I/O core does no I/O: imports socket"),
+        (
+            "terminal.rules",
+            "from datetime import datetime as d\nx = d.now()\n",
+            "2: a sans-I/O core reads no clock and no randomness: calls datetime.datetime.now()",
+        ),
+        (
+            "terminal.attendance",
+            "import datetime as dt\nx = dt.datetime.utcnow()\n",
+            "2: a sans-I/O core reads no clock and no randomness: calls datetime.datetime.utcnow()",
+        ),
+        (
+            "sam.crypto",
+            "import os\nk = os.urandom(16)\n",
+            "2: a sans-I/O core reads no clock and no randomness: calls os.urandom()",
+        ),
+        (
+            "common.sync_protocol",
+            "import secrets\n",
+            "1: a sans-I/O core reads no clock and no randomness: imports secrets",
+        ),
+    ],
+)
 def test_the_checker_names_file_line_and_rule(module, source, expected):
     assert expected in _rules(source, module)
     assert str(L.check_source(source, module, "pkg/mod.py")[0]).startswith("pkg/mod.py:")
 
 
-@pytest.mark.parametrize("module, source", [
-    ("onecard.wiring", "from simulator.card import SimulatedCard\n"),
-    ("onecard.demo", "def f():\n    import simulator.pcscd\n"),
-    ("simulator.card", "from simulator import psam\n"),
-    ("terminal.cli", "import argparse\nprint('ok')\nimport signal\nsignal.signal(2, None)\n"),
-    ("sam.keys_cli", "import argparse\n"),
-    ("onecard.demo", "print('demo')\n"),
-    ("terminal.app", "import time\nimport signal\nimport os\nos.kill(1, signal.SIGTERM)\n"),
-    ("terminal.door", "import datetime as dt\nx = dt.datetime(2024, 1, 1)\n"),
-    ("common.events", "from common.errors import UserError\n"),
-    ("central.store", "from common.events import event_hash\nfrom sam.interface import Sam\n"),
-    ("terminal.card_protocol", "def print(x):\n    pass\nprint(1)\n"),
-])
+@pytest.mark.parametrize(
+    "module, source",
+    [
+        ("onecard.wiring", "from simulator.card import SimulatedCard\n"),
+        ("onecard.demo", "def f():\n    import simulator.pcscd\n"),
+        ("simulator.card", "from simulator import psam\n"),
+        ("terminal.cli", "import argparse\nprint('ok')\nimport signal\nsignal.signal(2, None)\n"),
+        ("sam.keys_cli", "import argparse\n"),
+        ("onecard.demo", "print('demo')\n"),
+        ("terminal.app", "import time\nimport signal\nimport os\nos.kill(1, signal.SIGTERM)\n"),
+        ("terminal.door", "import datetime as dt\nx = dt.datetime(2024, 1, 1)\n"),
+        ("common.events", "from common.errors import UserError\n"),
+        ("central.store", "from common.events import event_hash\nfrom sam.interface import Sam\n"),
+        ("terminal.card_protocol", "def print(x):\n    pass\nprint(1)\n"),
+    ],
+)
 def test_the_checker_allows(module, source):
     assert _rules(source, module) == []
 
 
 def test_from_package_import_submodule_is_the_submodule():
     known = frozenset({"terminal.provision", "terminal"})
-    imports = L.imports_of(L.ast.parse("from terminal import provision, cli\nfrom . import provision\n"),
-                           "terminal.selftest", False, known)
-    assert [(i.target, i.line) for i in imports] == [("terminal.provision", 1), ("terminal", 1),
-                                                     ("terminal.provision", 2)]
+    imports = L.imports_of(
+        L.ast.parse("from terminal import provision, cli\nfrom . import provision\n"), "terminal.selftest", False, known
+    )
+    assert [(i.target, i.line) for i in imports] == [
+        ("terminal.provision", 1),
+        ("terminal", 1),
+        ("terminal.provision", 2),
+    ]
 
 
 def test_cycles_are_found_through_function_level_imports():
@@ -119,5 +187,7 @@ def test_cycles_are_found_through_function_level_imports():
     }
     graph = L.import_graph(sources)
     assert graph["terminal.provision"] == {"terminal.selftest": 2}
-    assert L.cycles(graph) == [["simulator.card", "simulator.psam"],
-                               ["terminal.cli", "terminal.provision", "terminal.selftest"]]
+    assert L.cycles(graph) == [
+        ["simulator.card", "simulator.psam"],
+        ["terminal.cli", "terminal.provision", "terminal.selftest"],
+    ]

@@ -3,6 +3,7 @@
 Card-level tests feed APDUs to the simulated cards; the loading tests go through real pcscd + vpcd with the master
 card in slot 3 and the PSAM in slot 2, and record every APDU both ways to check no key byte ever crosses in clear.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ from sam import master_card as mc
 from sam.interface import Algorithm, CardIdentity, PurchaseSession
 from sam.keystore import Keystore, MasterCardAnchor
 from sam.pcsc_sam import KeyLoadRefused, PcscSam
+from sam.sam_state import SamState
 from sam.software import SoftwareSam
 from simulator.master_card import (
     MasterCardApplet,
@@ -26,7 +28,6 @@ from simulator.master_card import (
     write_master_card,
 )
 from simulator.psam import PsamApplet, PsamState, load_psam, psam_from_keystore, write_psam
-from sam.sam_state import SamState
 
 E = bytes.fromhex("00010001")
 OTHER_E = bytes.fromhex("00020002")
@@ -119,6 +120,7 @@ def assert_no_key_on_the_wire(logs, keys) -> None:
 
 # --- PIN -------------------------------------------------------------------------------------------
 
+
 def test_pin_retry_counter_blocks_for_good_across_power_cycles_and_reloads(tmp_path):
     card = selected(make_master(tmp_path))
     assert card.transmit(h("00 20 00 01")) == h("63 C3")
@@ -128,8 +130,14 @@ def test_pin_retry_counter_blocks_for_good_across_power_cycles_and_reloads(tmp_p
     for left in (2, 1, 0):
         assert card.transmit(h("00 20 00 01 06") + b"000000") == bytes([0x63, 0xC0 | left])
     assert card.transmit(h("00 20 00 01 06") + PIN) == h("69 83")  # even the right PIN, now
-    key_related = [h("80 D0 00 00 00"), h("80 CA 00 00 00"), h("80 E6 00 00 20") + bytes(32),
-                   h("80 E4 02 00 29 01") + bytes(40), h("00 24 00 01 0D 06") + PIN + b"135791", h("00 20 00 01")]
+    key_related = [
+        h("80 D0 00 00 00"),
+        h("80 CA 00 00 00"),
+        h("80 E6 00 00 20") + bytes(32),
+        h("80 E4 02 00 29 01") + bytes(40),
+        h("00 24 00 01 0D 06") + PIN + b"135791",
+        h("00 20 00 01"),
+    ]
     for apdu in key_related:
         assert card.transmit(apdu) == h("69 83"), apdu.hex()
     # GET CARD INFO still tells the administrator what happened: 0 tries left.
@@ -193,6 +201,7 @@ def test_versions_only_grow_and_key_info_never_shows_keys(tmp_path):
 
 # --- loading PSAMs and keystores over pcscd --------------------------------------------------------
 
+
 def session(algorithm=Algorithm.AES128, version=1) -> PurchaseSession:
     card = CardIdentity(h("1122334455667788"), E, version, algorithm)
     return PurchaseSession(card, h("0A0B0C0D"), 7, 1250, h("000000000101"), h("20260131"), h("123456"))
@@ -223,10 +232,12 @@ def test_psam_and_keystore_loaded_from_the_master_card_compute_the_same_macs_and
         target = mc.KeystoreTarget()
         keys, anchor = target.open(
             client.export_for_target("pos", mc.TARGET_KEYSTORE, target.target_id, target.public_key),
-            client.card_info().anchor())
+            client.card_info().anchor(),
+        )
         software = SoftwareSam(Keystore(keys, anchor))
-        assert {(i.purpose, i.version, i.algorithm, i.kcv) for i in psam.key_infos()} == \
-            {(i.purpose, i.version, i.algorithm, i.kcv) for i in software.key_infos()}
+        assert {(i.purpose, i.version, i.algorithm, i.kcv) for i in psam.key_infos()} == {
+            (i.purpose, i.version, i.algorithm, i.kcv) for i in software.key_infos()
+        }
         for algorithm in Algorithm:
             assert psam.purchase_mac1(session(algorithm)) == software.purchase_mac1(session(algorithm))
         psam_infos = psam.key_infos()
@@ -234,8 +245,10 @@ def test_psam_and_keystore_loaded_from_the_master_card_compute_the_same_macs_and
         psam.close()
         client.close()
 
-    master_kcvs = {(i.purpose, i.version, i.algorithm): i.kcv for i in mc.MasterCardClient(
-        InProcess(load_master_card(tmp_path / "master.json"))).key_infos()}
+    master_kcvs = {
+        (i.purpose, i.version, i.algorithm): i.kcv
+        for i in mc.MasterCardClient(InProcess(load_master_card(tmp_path / "master.json"))).key_infos()
+    }
     assert all(master_kcvs[(i.purpose, i.version, i.algorithm)] == i.kcv for i in psam_infos)
     doc = json.loads((tmp_path / "psam.json").read_text())
     assert doc["master_card"]["enterprise_id"] == "00010001" and len(doc["serial"]) == 16
@@ -251,7 +264,9 @@ def in_process_psam(applet: PsamApplet) -> PcscSam:
 def load(client: mc.MasterCardClient, psam: PcscSam, role="pos", pin=PIN) -> int:
     challenge = psam.begin_key_load()
     client.verify_pin(pin)
-    return psam.load_keys(client.export_for_target(role, mc.TARGET_PSAM, challenge.serial, challenge.ephemeral_public_key))
+    return psam.load_keys(
+        client.export_for_target(role, mc.TARGET_PSAM, challenge.serial, challenge.ephemeral_public_key)
+    )
 
 
 def test_second_loading_needs_the_same_master_cards_signature(tmp_path):
@@ -289,8 +304,9 @@ def test_a_psam_made_from_a_keystore_refuses_any_master_card_load(tmp_path):
     a = mc.MasterCardClient(InProcess(make_master(tmp_path)))
     target = mc.KeystoreTarget()
     a.verify_pin(PIN)
-    keys, _ = target.open(a.export_for_target("pos", mc.TARGET_KEYSTORE, target.target_id, target.public_key),
-                          a.card_info().anchor())
+    keys, _ = target.open(
+        a.export_for_target("pos", mc.TARGET_KEYSTORE, target.target_id, target.public_key), a.card_info().anchor()
+    )
     write_psam(tmp_path / "psam.json", psam_from_keystore(Keystore(keys)))
     psam = in_process_psam(load_psam(tmp_path / "psam.json"))
     assert psam.begin_key_load().trust == 1
@@ -326,7 +342,11 @@ def test_the_card_refuses_psam_exports_for_roles_a_psam_never_holds(tmp_path):
     card = selected(make_master(tmp_path))
     assert card.transmit(h("00 20 00 01 06") + PIN) == h("90 00")
     for role in ("issuing", "platform"):
-        apdu = bytes([0x80, 0xE4, mc.ROLE_CODES[role], 0x00, 0x29, 0x01]) + bytes(8) + X25519PrivateKey.generate().public_key().public_bytes_raw()
+        apdu = (
+            bytes([0x80, 0xE4, mc.ROLE_CODES[role], 0x00, 0x29, 0x01])
+            + bytes(8)
+            + X25519PrivateKey.generate().public_key().public_bytes_raw()
+        )
         assert card.transmit(apdu) == h("6A 80")
 
 
@@ -355,6 +375,7 @@ def test_a_keystore_export_is_bound_to_its_target_and_card(tmp_path):
 
 # --- backup --------------------------------------------------------------------------------------
 
+
 def test_backup_restores_into_a_new_card_with_the_same_kcvs_and_identity(tmp_path):
     original = make_master(tmp_path, versions=2)
     a = mc.MasterCardClient(InProcess(original))
@@ -366,11 +387,16 @@ def test_backup_restores_into_a_new_card_with_the_same_kcvs_and_identity(tmp_pat
 
     contents = mc.open_backup(blob, recipient)
     assert "hidden" in repr(contents.identity_seed)
-    write_master_card(tmp_path / "restored.json", restored_master_card_state(
-        contents.enterprise_id, contents.identity_seed.reveal(), contents.counter, contents.keys, b"97531864"))
+    write_master_card(
+        tmp_path / "restored.json",
+        restored_master_card_state(
+            contents.enterprise_id, contents.identity_seed.reveal(), contents.counter, contents.keys, b"97531864"
+        ),
+    )
     b = mc.MasterCardClient(InProcess(load_master_card(tmp_path / "restored.json")))
-    assert [(i.purpose, i.version, i.algorithm, i.kcv) for i in b.key_infos()] == \
-        [(i.purpose, i.version, i.algorithm, i.kcv) for i in a.key_infos()]
+    assert [(i.purpose, i.version, i.algorithm, i.kcv) for i in b.key_infos()] == [
+        (i.purpose, i.version, i.algorithm, i.kcv) for i in a.key_infos()
+    ]
     info_a, info_b = a.card_info(), b.card_info()
     assert info_b.public_key == info_a.public_key and info_b.enterprise_id == E
     # The restored card resumes its export counter far beyond the backup's, so exports the old card made after the
@@ -393,9 +419,27 @@ def test_backup_restores_into_a_new_card_with_the_same_kcvs_and_identity(tmp_pat
 
 # --- malformed APDUs -------------------------------------------------------------------------------
 
-DOCUMENTED = {h(sw) for sw in ("90 00", "65 81", "67 00", "69 82", "69 83", "69 85", "69 86", "6A 80", "6A 82",
-                               "6A 83", "6A 84", "6A 86", "6A 89", "6B 00", "6D 00", "6E 00")} | \
-             {bytes([0x63, 0xC0 | n]) for n in range(4)}
+DOCUMENTED = {
+    h(sw)
+    for sw in (
+        "90 00",
+        "65 81",
+        "67 00",
+        "69 82",
+        "69 83",
+        "69 85",
+        "69 86",
+        "6A 80",
+        "6A 82",
+        "6A 83",
+        "6A 84",
+        "6A 86",
+        "6A 89",
+        "6B 00",
+        "6D 00",
+        "6E 00",
+    )
+} | {bytes([0x63, 0xC0 | n]) for n in range(4)}
 
 _FUZZ_CARD = None
 
@@ -413,8 +457,15 @@ def fuzz_card() -> MasterCardApplet:
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.sampled_from([0x00, 0x80, 0x84, 0xFF]), st.sampled_from([0xA4, 0x20, 0x24, 0xCA, 0xD0, 0xE4, 0xE6, 0xC2, 0x00, 0xB0]),
-       st.integers(0, 255), st.integers(0, 255), st.binary(max_size=60), st.booleans(), st.booleans())
+@given(
+    st.sampled_from([0x00, 0x80, 0x84, 0xFF]),
+    st.sampled_from([0xA4, 0x20, 0x24, 0xCA, 0xD0, 0xE4, 0xE6, 0xC2, 0x00, 0xB0]),
+    st.integers(0, 255),
+    st.integers(0, 255),
+    st.binary(max_size=60),
+    st.booleans(),
+    st.booleans(),
+)
 def test_malformed_apdus_get_only_documented_status_words(cla, ins, p1, p2, data, with_le, verify_first):
     card = fuzz_card()
     state = card.state

@@ -1,5 +1,6 @@
 """terminal/card_protocol.py byte for byte: every command, every status word of docs/card-application.md, every field
 at a value that tells it apart from its neighbours, every refusal with its exact words. Issue 15."""
+
 import datetime as dt
 
 import pytest
@@ -21,6 +22,7 @@ def fails(exc_type, message, call, *args):
 
 # --- status words and short commands ---------------------------------------------------------------------------
 
+
 def test_status_word():
     assert cp.status_word(H("9000")) == 0x9000
     assert cp.status_word(H("01026A83")) == 0x6A83
@@ -31,7 +33,8 @@ def test_status_word():
 def test_commands_exact_bytes():
     assert cp.select_command() == H("00A4040009F04F4E45434152440100")
     assert cp.access_read_command(H("0102030405060708"), H("000000000101")) == H(
-        "803A00000E" "0102030405060708" "000000000101" "00")
+        "803A00000E010203040506070800000000010100"
+    )
     assert cp.read_binary_command(3) == H("00B0830000")
     assert cp.read_binary_command(2, 0x10, 0x20) == H("00B0821020")
     assert cp.get_challenge_command() == H("0084000008")
@@ -40,8 +43,9 @@ def test_commands_exact_bytes():
     assert cp.AID == H("F04F4E454341524401") and cp.ACCESS_READ_BODY_LEN == 85 and cp.MAC_LEN == 8
 
 
-@pytest.mark.parametrize("nonce, tid", [(bytes(7), bytes(6)), (bytes(9), bytes(6)), (bytes(8), bytes(5)),
-                                        (bytes(8), bytes(7))])
+@pytest.mark.parametrize(
+    "nonce, tid", [(bytes(7), bytes(6)), (bytes(9), bytes(6)), (bytes(8), bytes(5)), (bytes(8), bytes(7))]
+)
 def test_access_read_command_refuses_wrong_lengths(nonce, tid):
     fails(ValueError, "ACCESS READ takes an 8-byte nonce and a 6-byte terminal ID", cp.access_read_command, nonce, tid)
 
@@ -53,14 +57,19 @@ def test_read_record_numbers(number):
 
 # --- TLV -------------------------------------------------------------------------------------------------------
 
+
 def test_tlvs():
     assert cp.parse_tlvs(b"") == []
     assert cp.parse_tlvs(H("C00100C2020102C300")) == [(0xC0, H("00")), (0xC2, H("0102")), (0xC3, b"")]
     long_ok = bytes([0xC9, 127]) + bytes(range(127))
     assert cp.parse_tlvs(long_ok) == [(0xC9, bytes(range(127)))]
     fails(cp.CardProtocolError, "TLV truncated at offset 3", cp.parse_tlvs, H("C00100C2"))
-    fails(cp.CardProtocolError, "TLV tag C9 has a long-form length, not used by this application",
-          cp.parse_tlvs, bytes([0xC9, 128]) + bytes(128))
+    fails(
+        cp.CardProtocolError,
+        "TLV tag C9 has a long-form length, not used by this application",
+        cp.parse_tlvs,
+        bytes([0xC9, 128]) + bytes(128),
+    )
     fails(cp.CardProtocolError, "TLV tag C2 says 3 bytes, 2 present", cp.parse_tlvs, H("C00100C2030102"))
 
 
@@ -69,10 +78,29 @@ def test_tlvs():
 ASN8, ENT4 = H("1122334455667788"), H("00010001")
 
 
-def fci(asn=ASN8, ent=ENT4, status=0, key_version=5, algorithm=2, card_type=1,
-        app_version=3, extra=b"", order=None, aid=cp.AID, drop=None, sizes=None):
-    items = {0xC0: asn, 0xC1: ent, 0xC2: bytes([status]), 0xC3: bytes([key_version]), 0xC4: bytes([algorithm]),
-             0xC5: bytes([card_type]), 0xC6: bytes([app_version])}
+def fci(
+    asn=ASN8,
+    ent=ENT4,
+    status=0,
+    key_version=5,
+    algorithm=2,
+    card_type=1,
+    app_version=3,
+    extra=b"",
+    order=None,
+    aid=cp.AID,
+    drop=None,
+    sizes=None,
+):
+    items = {
+        0xC0: asn,
+        0xC1: ent,
+        0xC2: bytes([status]),
+        0xC3: bytes([key_version]),
+        0xC4: bytes([algorithm]),
+        0xC5: bytes([card_type]),
+        0xC6: bytes([app_version]),
+    }
     for tag, value in (sizes or {}).items():
         items[tag] = value
     if drop is not None:
@@ -86,8 +114,16 @@ def fci(asn=ASN8, ent=ENT4, status=0, key_version=5, algorithm=2, card_type=1,
 def test_select_reads_every_field_from_its_own_tag():
     info = cp.parse_select(fci())
     # every one-byte field holds a value no other field holds, so reading one from another's tag fails
-    assert info == cp.CardInfo(asn=H("1122334455667788"), enterprise_id=H("00010001"), status=0, key_version=5,
-                               algorithm=Algorithm.SM4, card_type=1, app_version=3, purse_expiry=None)
+    assert info == cp.CardInfo(
+        asn=H("1122334455667788"),
+        enterprise_id=H("00010001"),
+        status=0,
+        key_version=5,
+        algorithm=Algorithm.SM4,
+        card_type=1,
+        app_version=3,
+        purse_expiry=None,
+    )
     assert info.asn_hex == "1122334455667788"
     assert cp.parse_select(fci(asn=H("abcdef0102030405"))).asn_hex == "ABCDEF0102030405"
 
@@ -95,16 +131,24 @@ def test_select_reads_every_field_from_its_own_tag():
 def test_select_accepts_any_order_and_ignores_unknown_tags():
     info = cp.parse_select(fci(order=[0xC6, 0xC5, 0xC4, 0xC3, 0xC2, 0xC1, 0xC0], extra=H("DF03AABBCC")))
     assert (info.status, info.key_version, info.algorithm, info.card_type, info.app_version) == (
-        0, 5, Algorithm.SM4, 1, 3)
+        0,
+        5,
+        Algorithm.SM4,
+        1,
+        3,
+    )
 
 
 def test_select_with_purse_expiry():
     info = cp.parse_select(fci(algorithm=1, extra=H("C70420271231")))
     assert (info.algorithm, info.purse_expiry) == (Algorithm.AES128, dt.date(2027, 12, 31))
-    fails(cp.CardProtocolError, "FCI tag C7 (purse expiry) is not 4 bytes", cp.parse_select,
-          fci(extra=H("C703202712")))
-    fails(cp.CardProtocolError, "purse expiry 20271332 is not a BCD date YYYYMMDD", cp.parse_select,
-          fci(extra=H("C70420271332")))
+    fails(cp.CardProtocolError, "FCI tag C7 (purse expiry) is not 4 bytes", cp.parse_select, fci(extra=H("C703202712")))
+    fails(
+        cp.CardProtocolError,
+        "purse expiry 20271332 is not a BCD date YYYYMMDD",
+        cp.parse_select,
+        fci(extra=H("C70420271332")),
+    )
 
 
 @pytest.mark.parametrize("sw", ["6A82", "6A81", "6D00", "6E00", "6A86"])
@@ -119,15 +163,26 @@ def test_select_other_status_words(sw):
 
 def test_select_malformed():
     fails(cp.CardProtocolError, "SELECT response is not a single FCI template (tag 6F)", cp.parse_select, H("9000"))
-    fails(cp.CardProtocolError, "SELECT response is not a single FCI template (tag 6F)", cp.parse_select,
-          H("6E00") + H("9000"))
-    fails(cp.CardProtocolError, "SELECT response is not a single FCI template (tag 6F)", cp.parse_select,
-          fci()[:-2] + H("C000") + H("9000"))
-    fails(cp.NotOneCard, "SELECT response names another application", cp.parse_select,
-          fci(aid=H("F04F4E454341524402")))
+    fails(
+        cp.CardProtocolError,
+        "SELECT response is not a single FCI template (tag 6F)",
+        cp.parse_select,
+        H("6E00") + H("9000"),
+    )
+    fails(
+        cp.CardProtocolError,
+        "SELECT response is not a single FCI template (tag 6F)",
+        cp.parse_select,
+        fci()[:-2] + H("C000") + H("9000"),
+    )
+    fails(cp.NotOneCard, "SELECT response names another application", cp.parse_select, fci(aid=H("F04F4E454341524402")))
     no_a5 = H("84") + bytes([9]) + cp.AID
-    fails(cp.CardProtocolError, "FCI has no proprietary template (tag A5)", cp.parse_select,
-          bytes([0x6F, len(no_a5)]) + no_a5 + H("9000"))
+    fails(
+        cp.CardProtocolError,
+        "FCI has no proprietary template (tag A5)",
+        cp.parse_select,
+        bytes([0x6F, len(no_a5)]) + no_a5 + H("9000"),
+    )
 
 
 @pytest.mark.parametrize("tag, size", [(0xC0, 8), (0xC1, 4), (0xC2, 1), (0xC3, 1), (0xC4, 1), (0xC5, 1), (0xC6, 1)])
@@ -145,9 +200,10 @@ def test_select_unknown_algorithm(alg):
 
 # --- EF_ACCESS and ACCESS READ ---------------------------------------------------------------------------------
 
+
 def test_encode_access_file_exact():
     raw = cp.encode_access_file(dt.date(2026, 1, 31), dt.date(2028, 12, 1), {1, 9, 16, 17, 64}, 0xA7)
-    assert raw == H("20260131" "20281201" "80 81 80 00 00 00 00 01".replace(" ", "") + "A7") + bytes(15)
+    assert raw == H("202601312028120180 81 80 00 00 00 00 01".replace(" ", "") + "A7") + bytes(15)
     assert len(raw) == 32
 
 
@@ -166,11 +222,19 @@ def test_group_9_is_the_top_bit_of_the_second_byte():
     assert cp.parse_door_groups(bytes(8)) == frozenset()
 
 
-@pytest.mark.parametrize("groups, profile, first, last", [
-    ({0}, 0, 1, 1), ({65}, 0, 1, 1), ({1}, -1, 1, 1), ({1}, 256, 1, 1), ({1}, 0, 2, 1)])
+@pytest.mark.parametrize(
+    "groups, profile, first, last", [({0}, 0, 1, 1), ({65}, 0, 1, 1), ({1}, -1, 1, 1), ({1}, 256, 1, 1), ({1}, 0, 2, 1)]
+)
 def test_encode_access_file_refuses(groups, profile, first, last):
-    fails(ValueError, "door groups must be 1..64, the time profile 0..255, valid-to not before valid-from",
-          cp.encode_access_file, dt.date(2026, 1, first), dt.date(2026, 1, last), groups, profile)
+    fails(
+        ValueError,
+        "door groups must be 1..64, the time profile 0..255, valid-to not before valid-from",
+        cp.encode_access_file,
+        dt.date(2026, 1, first),
+        dt.date(2026, 1, last),
+        groups,
+        profile,
+    )
 
 
 def test_encode_access_file_limits_accepted():
@@ -179,8 +243,15 @@ def test_encode_access_file_limits_accepted():
     assert cp.encode_access_file(dt.date(2026, 1, 1), dt.date(2026, 1, 1), set(), 0)[16] == 0
 
 
-CARD = cp.CardInfo(asn=H("1122334455667788"), enterprise_id=H("00010001"), status=1, key_version=5,
-                   algorithm=Algorithm.SM4, card_type=1, app_version=1)
+CARD = cp.CardInfo(
+    asn=H("1122334455667788"),
+    enterprise_id=H("00010001"),
+    status=1,
+    key_version=5,
+    algorithm=Algorithm.SM4,
+    card_type=1,
+    app_version=1,
+)
 NONCE, TID = H("0102030405060708"), H("000000000101")
 
 
@@ -199,10 +270,17 @@ def test_access_read_every_field():
     r = cp.parse_access_read(body + mac + H("9000"), CARD, NONCE, TID)
     assert r == cp.AccessReadResponse(
         status=1,
-        rights=cp.AccessRights(valid_from=dt.date(2026, 1, 2), valid_to=dt.date(2028, 11, 30),
-                               door_groups=frozenset({2, 9, 15}), time_profile=6),
-        holder=cp.Holder(employee_no="E1001", name="张伟"), counter=0x01020304, mac=mac,
-        mac_input=H("1122334455667788") + H("00010001") + H("05") + NONCE + TID + body)
+        rights=cp.AccessRights(
+            valid_from=dt.date(2026, 1, 2),
+            valid_to=dt.date(2028, 11, 30),
+            door_groups=frozenset({2, 9, 15}),
+            time_profile=6,
+        ),
+        holder=cp.Holder(employee_no="E1001", name="张伟"),
+        counter=0x01020304,
+        mac=mac,
+        mac_input=H("1122334455667788") + H("00010001") + H("05") + NONCE + TID + body,
+    )
     assert len(r.mac_input) == 112
 
 
@@ -219,36 +297,86 @@ def test_access_read_holder_text_keeps_everything_but_the_zero_padding():
 
 
 def test_access_read_holder_fields_full_width():
-    r = cp.parse_access_read(access_body(employee=b"1234567890ABCDEF", name=("x" * 32).encode()) + bytes(8)
-                             + H("9000"), CARD, NONCE, TID)
+    r = cp.parse_access_read(
+        access_body(employee=b"1234567890ABCDEF", name=("x" * 32).encode()) + bytes(8) + H("9000"), CARD, NONCE, TID
+    )
     assert (r.holder.employee_no, r.holder.name) == ("1234567890ABCDEF", "x" * 32)
 
 
 def test_access_read_refusals():
-    fails(cp.ApplicationInactive, "card refused ACCESS READ (6985: application not active or counter exhausted)",
-          cp.parse_access_read, H("6985"), CARD, NONCE, TID)
+    fails(
+        cp.ApplicationInactive,
+        "card refused ACCESS READ (6985: application not active or counter exhausted)",
+        cp.parse_access_read,
+        H("6985"),
+        CARD,
+        NONCE,
+        TID,
+    )
     for sw in ("6986", "6700", "6A86"):
-        fails(cp.CardProtocolError, f"ACCESS READ answered status {sw}", cp.parse_access_read, H(sw), CARD, NONCE,
-              TID)
-    fails(cp.CardProtocolError, "ACCESS READ returned 92 bytes, expected 93", cp.parse_access_read,
-          access_body() + bytes(7) + H("9000"), CARD, NONCE, TID)
-    fails(cp.CardProtocolError, "ACCESS READ returned 94 bytes, expected 93", cp.parse_access_read,
-          access_body() + bytes(9) + H("9000"), CARD, NONCE, TID)
+        fails(cp.CardProtocolError, f"ACCESS READ answered status {sw}", cp.parse_access_read, H(sw), CARD, NONCE, TID)
+    fails(
+        cp.CardProtocolError,
+        "ACCESS READ returned 92 bytes, expected 93",
+        cp.parse_access_read,
+        access_body() + bytes(7) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
+    fails(
+        cp.CardProtocolError,
+        "ACCESS READ returned 94 bytes, expected 93",
+        cp.parse_access_read,
+        access_body() + bytes(9) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
     bad_date = bytearray(access_body())
     bad_date[1:5] = H("20261301")
-    fails(cp.CardProtocolError, "valid-from date 20261301 is not a BCD date YYYYMMDD", cp.parse_access_read,
-          bytes(bad_date) + bytes(8) + H("9000"), CARD, NONCE, TID)
+    fails(
+        cp.CardProtocolError,
+        "valid-from date 20261301 is not a BCD date YYYYMMDD",
+        cp.parse_access_read,
+        bytes(bad_date) + bytes(8) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
     bad_date = bytearray(access_body())
     bad_date[5:9] = H("20260230")
-    fails(cp.CardProtocolError, "valid-to date 20260230 is not a BCD date YYYYMMDD", cp.parse_access_read,
-          bytes(bad_date) + bytes(8) + H("9000"), CARD, NONCE, TID)
-    fails(cp.CardProtocolError, "employee number is not UTF-8", cp.parse_access_read,
-          access_body(employee=b"\xff\xfe") + bytes(8) + H("9000"), CARD, NONCE, TID)
-    fails(cp.CardProtocolError, "holder name is not UTF-8", cp.parse_access_read,
-          access_body(name=b"\xc3") + bytes(8) + H("9000"), CARD, NONCE, TID)
+    fails(
+        cp.CardProtocolError,
+        "valid-to date 20260230 is not a BCD date YYYYMMDD",
+        cp.parse_access_read,
+        bytes(bad_date) + bytes(8) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
+    fails(
+        cp.CardProtocolError,
+        "employee number is not UTF-8",
+        cp.parse_access_read,
+        access_body(employee=b"\xff\xfe") + bytes(8) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
+    fails(
+        cp.CardProtocolError,
+        "holder name is not UTF-8",
+        cp.parse_access_read,
+        access_body(name=b"\xc3") + bytes(8) + H("9000"),
+        CARD,
+        NONCE,
+        TID,
+    )
 
 
 # --- administration --------------------------------------------------------------------------------------------
+
 
 def test_challenge():
     assert cp.parse_challenge(H("0102030405060708") + H("9000")) == H("0102030405060708")
@@ -265,15 +393,23 @@ def test_secured_mac_input_and_command():
     assert cp.secured_mac_input(CHALLENGE, 0x1E, 0, 0, b"") == CHALLENGE + H("841E000008")
     assert len(cp.secured_mac_input(CHALLENGE, 0xD4, 1, 2, bytes(247))) == 8 + 5 + 247
     mac = H("0102030405060708")
-    assert cp.secured_command(0xD6, 0x83, 0x04, H("AABB"), mac) == H("84D683040A" "AABB" "0102030405060708")
-    assert cp.secured_command(0x1E, 1, 2, b"", mac, le=0) == H("841E010208" "0102030405060708" "00")
-    assert cp.secured_command(0x1E, 1, 2, b"", mac, le=0x10) == H("841E010208" "0102030405060708" "10")
+    assert cp.secured_command(0xD6, 0x83, 0x04, H("AABB"), mac) == H("84D683040AAABB0102030405060708")
+    assert cp.secured_command(0x1E, 1, 2, b"", mac, le=0) == H("841E010208010203040506070800")
+    assert cp.secured_command(0x1E, 1, 2, b"", mac, le=0x10) == H("841E010208010203040506070810")
 
 
 @pytest.mark.parametrize("challenge, plain", [(bytes(7), b""), (bytes(9), b""), (bytes(8), bytes(248))])
 def test_secured_mac_input_refuses(challenge, plain):
-    fails(ValueError, "a secured command takes an 8-byte challenge and at most 247 data bytes", cp.secured_mac_input,
-          challenge, 0xD6, 0, 0, plain)
+    fails(
+        ValueError,
+        "a secured command takes an 8-byte challenge and at most 247 data bytes",
+        cp.secured_mac_input,
+        challenge,
+        0xD6,
+        0,
+        0,
+        plain,
+    )
 
 
 @pytest.mark.parametrize("mac", [bytes(7), bytes(9)])
@@ -284,64 +420,129 @@ def test_secured_command_mac_length(mac):
 def test_check_secured_status_words():
     assert cp.check_secured(H("9000"), "PUT KEY") == b""
     assert cp.check_secured(H("0102") + H("9000"), "X", 2) == H("0102")
-    fails(cp.SecuredCommandRefused, "PUT KEY: the card refused the command MAC (6988); nothing changed",
-          cp.check_secured, H("6988"), "PUT KEY")
-    fails(cp.SecuredCommandRefused,
-          "ERASE: the card had no fresh challenge or no admin key (6982); nothing changed", cp.check_secured,
-          H("6982"), "ERASE")
+    fails(
+        cp.SecuredCommandRefused,
+        "PUT KEY: the card refused the command MAC (6988); nothing changed",
+        cp.check_secured,
+        H("6988"),
+        "PUT KEY",
+    )
+    fails(
+        cp.SecuredCommandRefused,
+        "ERASE: the card had no fresh challenge or no admin key (6982); nothing changed",
+        cp.check_secured,
+        H("6982"),
+        "ERASE",
+    )
     fails(cp.CardProtocolError, "COMMIT KEYS answered status 6A80", cp.check_secured, H("6A80"), "COMMIT KEYS")
     fails(cp.CardProtocolError, "X returned 1 bytes, expected 0", cp.check_secured, H("01") + H("9000"), "X")
     fails(cp.CardProtocolError, "X returned 1 bytes, expected 2", cp.check_secured, H("01") + H("9000"), "X", 2)
 
 
 def test_frozen_purse_fields_apart():
-    raw = H("01000000" "0100" "FFFF")           # balance 2^24, offline 256, online 65535
+    raw = H("010000000100FFFF")  # balance 2^24, offline 256, online 65535
     mac = H("D1D2D3D4D5D6D7D8")
     frozen = cp.parse_frozen_purse(raw + mac + H("9000"))
-    assert frozen == cp.FrozenPurse(balance=2 ** 24, offline_counter=256, online_counter=65535, mac=mac, raw=raw)
+    assert frozen == cp.FrozenPurse(balance=2**24, offline_counter=256, online_counter=65535, mac=mac, raw=raw)
     assert cp.block_response_mac_input(CHALLENGE, frozen) == CHALLENGE + H("1E") + raw
-    fails(cp.CardProtocolError, "APPLICATION BLOCK returned 15 bytes, expected 16", cp.parse_frozen_purse,
-          bytes(15) + H("9000"))
-    fails(cp.SecuredCommandRefused, "APPLICATION BLOCK: the card refused the command MAC (6988); nothing changed",
-          cp.parse_frozen_purse, H("6988"))
+    fails(
+        cp.CardProtocolError,
+        "APPLICATION BLOCK returned 15 bytes, expected 16",
+        cp.parse_frozen_purse,
+        bytes(15) + H("9000"),
+    )
+    fails(
+        cp.SecuredCommandRefused,
+        "APPLICATION BLOCK: the card refused the command MAC (6988); nothing changed",
+        cp.parse_frozen_purse,
+        H("6988"),
+    )
 
 
-RECORD = (H("06") + H("0100") + H("FFFFFFFF") + H("000000000101") + H("0A010203") + H("20261123") + H("101112")
-          + H("01000000") + H("E1E2E3E4E5E6E7E8") + H("F1F2F3F4F5F6F7F8"))
+RECORD = (
+    H("06")
+    + H("0100")
+    + H("FFFFFFFF")
+    + H("000000000101")
+    + H("0A010203")
+    + H("20261123")
+    + H("101112")
+    + H("01000000")
+    + H("E1E2E3E4E5E6E7E8")
+    + H("F1F2F3F4F5F6F7F8")
+)
 
 
 def test_record_every_field():
     assert len(RECORD) == 44
     rec = cp.parse_record(RECORD + H("9000"))
-    assert rec == cp.TransactionRecord(tx_type=6, counter=256, amount=0xFFFFFFFF, terminal_id=H("000000000101"),
-                                       tsn=0x0A010203, date=H("20261123"), time=H("101112"),
-                                       balance_after=2 ** 24, proof=H("E1E2E3E4E5E6E7E8"),
-                                       tac=H("F1F2F3F4F5F6F7F8"))
-    assert rec.to_json() == {"type": 6, "counter": 256, "amount": 4294967295, "terminal": "000000000101",
-                             "tsn": 167838211, "date": "20261123", "time": "101112", "balance_after": 16777216,
-                             "proof": "e1e2e3e4e5e6e7e8", "tac": "f1f2f3f4f5f6f7f8"}
+    assert rec == cp.TransactionRecord(
+        tx_type=6,
+        counter=256,
+        amount=0xFFFFFFFF,
+        terminal_id=H("000000000101"),
+        tsn=0x0A010203,
+        date=H("20261123"),
+        time=H("101112"),
+        balance_after=2**24,
+        proof=H("E1E2E3E4E5E6E7E8"),
+        tac=H("F1F2F3F4F5F6F7F8"),
+    )
+    assert rec.to_json() == {
+        "type": 6,
+        "counter": 256,
+        "amount": 4294967295,
+        "terminal": "000000000101",
+        "tsn": 167838211,
+        "date": "20261123",
+        "time": "101112",
+        "balance_after": 16777216,
+        "proof": "e1e2e3e4e5e6e7e8",
+        "tac": "f1f2f3f4f5f6f7f8",
+    }
 
 
 def test_record_status_words():
     assert cp.parse_record(H("6A83")) is None
     fails(cp.CardProtocolError, "READ RECORD answered status 6A81", cp.parse_record, H("6A81"))
     fails(cp.CardProtocolError, "READ RECORD returned 43 bytes, expected 44", cp.parse_record, RECORD[:-1] + H("9000"))
-    fails(cp.CardProtocolError, "READ RECORD returned 45 bytes, expected 44", cp.parse_record, RECORD + H("00")
-          + H("9000"))
+    fails(
+        cp.CardProtocolError,
+        "READ RECORD returned 45 bytes, expected 44",
+        cp.parse_record,
+        RECORD + H("00") + H("9000"),
+    )
 
 
 def test_read_binary():
     assert cp.parse_read_binary(H("010203") + H("9000"), "EF_PURSE", 3) == H("010203")
-    fails(cp.CardProtocolError, "READ BINARY of EF_PURSE answered status 6B00", cp.parse_read_binary, H("6B00"),
-          "EF_PURSE", 12)
-    fails(cp.CardProtocolError, "READ BINARY of EF_PURSE returned 11 bytes, expected 12", cp.parse_read_binary,
-          bytes(11) + H("9000"), "EF_PURSE", 12)
+    fails(
+        cp.CardProtocolError,
+        "READ BINARY of EF_PURSE answered status 6B00",
+        cp.parse_read_binary,
+        H("6B00"),
+        "EF_PURSE",
+        12,
+    )
+    fails(
+        cp.CardProtocolError,
+        "READ BINARY of EF_PURSE returned 11 bytes, expected 12",
+        cp.parse_read_binary,
+        bytes(11) + H("9000"),
+        "EF_PURSE",
+        12,
+    )
 
 
 def test_constants_of_the_spec():
     assert cp.KEY_IDS == {"access": 0x01, "update": 0x02, "purchase": 0x03, "load": 0x04, "tac": 0x05}
     assert (cp.INS_PUT_KEY, cp.INS_COMMIT_KEYS, cp.INS_UPDATE_BINARY, cp.INS_BLOCK, cp.INS_ERASE) == (
-        0xD4, 0xD8, 0xD6, 0x1E, 0x0E)
+        0xD4,
+        0xD8,
+        0xD6,
+        0x1E,
+        0x0E,
+    )
     assert (cp.SFI_APP, cp.SFI_HOLDER, cp.SFI_ACCESS, cp.SFI_PURSE, cp.RECORD_LEN) == (1, 2, 3, 4, 44)
     assert cp.STATUS_NAMES == {0: "not issued (transport keys)", 1: "active", 2: "voided"}
     assert cp.CARD_TYPES == {0x01: "RFID-SIM", 0x02: "IC card"}

@@ -1,5 +1,6 @@
 """sam/crypto.py refusals with their exact words and lengths at their limits; the PUT KEY session key and block
 decryption against the cipher written out independently. Issue 15."""
+
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -24,8 +25,14 @@ def ecb(algorithm, key, block, decrypt=False):
 
 
 def test_sizes_of_the_spec():
-    assert (crypto.BLOCK_SIZE, crypto.KEY_SIZE, crypto.MAC_SIZE, crypto.ASN_SIZE, crypto.ENTERPRISE_ID_SIZE,
-            crypto.CHALLENGE_SIZE) == (16, 16, 8, 8, 4, 8)
+    assert (
+        crypto.BLOCK_SIZE,
+        crypto.KEY_SIZE,
+        crypto.MAC_SIZE,
+        crypto.ASN_SIZE,
+        crypto.ENTERPRISE_ID_SIZE,
+        crypto.CHALLENGE_SIZE,
+    ) == (16, 16, 8, 8, 4, 8)
 
 
 @pytest.mark.parametrize("n", [15, 17, 24, 32, 0])

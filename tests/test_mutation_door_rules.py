@@ -3,6 +3,7 @@
 Each test states the whole Decision or Refusal the person would see and the log would keep, so a change to any
 field (a code, a word of the message, a detail) fails here. Issue 15.
 """
+
 import dataclasses
 import datetime as dt
 import zoneinfo
@@ -23,19 +24,40 @@ from tests.support import make_card, make_sam, make_terminal
 SHANGHAI = zoneinfo.ZoneInfo("Asia/Shanghai")
 ASN = bytes.fromhex("A1B2C3D4E5F60718")
 FIRST, LAST = dt.date(2026, 3, 1), dt.date(2026, 3, 31)
-OFFICE = TimeProfile(3, "office", {0: (TimeWindow(dt.time(7, 0), dt.time(20, 0)),),
-                                   1: (TimeWindow(dt.time(7, 0), dt.time(12, 0)), TimeWindow(dt.time(13, 0), dt.time.max))})
+OFFICE = TimeProfile(
+    3,
+    "office",
+    {
+        0: (TimeWindow(dt.time(7, 0), dt.time(20, 0)),),
+        1: (TimeWindow(dt.time(7, 0), dt.time(12, 0)), TimeWindow(dt.time(13, 0), dt.time.max)),
+    },
+)
 PROFILES = {0: ALWAYS, 3: OFFICE}
 
 
-def card(groups=frozenset({1}), profile=0, name="Li Na", employee_no="E2002", counter=4242,
-         valid_from=FIRST, valid_to=LAST) -> AuthenticatedCard:
-    info = cp.CardInfo(asn=ASN, enterprise_id=bytes.fromhex("00010001"), status=1, key_version=7,
-                       algorithm=Algorithm.AES128, card_type=1, app_version=1)
-    rights = cp.AccessRights(valid_from=valid_from, valid_to=valid_to, door_groups=frozenset(groups),
-                             time_profile=profile)
-    read = cp.AccessReadResponse(status=1, rights=rights, holder=cp.Holder(employee_no=employee_no, name=name),
-                                 counter=counter, mac=bytes(8), mac_input=b"")
+def card(
+    groups=frozenset({1}), profile=0, name="Li Na", employee_no="E2002", counter=4242, valid_from=FIRST, valid_to=LAST
+) -> AuthenticatedCard:
+    info = cp.CardInfo(
+        asn=ASN,
+        enterprise_id=bytes.fromhex("00010001"),
+        status=1,
+        key_version=7,
+        algorithm=Algorithm.AES128,
+        card_type=1,
+        app_version=1,
+    )
+    rights = cp.AccessRights(
+        valid_from=valid_from, valid_to=valid_to, door_groups=frozenset(groups), time_profile=profile
+    )
+    read = cp.AccessReadResponse(
+        status=1,
+        rights=rights,
+        holder=cp.Holder(employee_no=employee_no, name=name),
+        counter=counter,
+        mac=bytes(8),
+        mac_input=b"",
+    )
     return AuthenticatedCard(info=info, read=read)
 
 
@@ -53,6 +75,7 @@ def local(day: dt.date, hh: int, mm: int = 0, ss: int = 0, us: int = 0) -> dt.da
 
 # --- validity: the first and the last day are valid, the days around them are not -----------------------------
 
+
 @pytest.mark.parametrize("today", [FIRST, LAST, FIRST + dt.timedelta(days=15)])
 def test_validity_includes_its_first_and_last_day(today):
     assert check_validity(card(), today) is None
@@ -60,12 +83,20 @@ def test_validity_includes_its_first_and_last_day(today):
 
 def test_day_before_first_is_not_yet_valid():
     assert refusal(lambda: check_validity(card(), FIRST - dt.timedelta(days=1))) == (
-        "not_yet_valid", "Card not valid until 2026-03-01", "A1B2C3D4E5F60718", {})
+        "not_yet_valid",
+        "Card not valid until 2026-03-01",
+        "A1B2C3D4E5F60718",
+        {},
+    )
 
 
 def test_day_after_last_is_expired():
     assert refusal(lambda: check_validity(card(), LAST + dt.timedelta(days=1))) == (
-        "expired", "Card expired on 2026-03-31: please see the administrator", "A1B2C3D4E5F60718", {})
+        "expired",
+        "Card expired on 2026-03-31: please see the administrator",
+        "A1B2C3D4E5F60718",
+        {},
+    )
 
 
 def test_one_day_card_is_valid_on_that_day_only():
@@ -79,23 +110,33 @@ def test_door_uses_the_local_date_at_the_boundary():
     """23:30 on the last valid day in Shanghai is 15:30 UTC the same day; 00:30 the next day (local) is expired."""
     door = DoorSection(group=1, open_seconds=4)
     assert decide_door(card(), None, door, PROFILES, local(LAST, 23, 30)).accepted
-    assert refusal(lambda: decide_door(card(), None, door, PROFILES, local(LAST + dt.timedelta(days=1), 0, 30)))[0] \
+    assert (
+        refusal(lambda: decide_door(card(), None, door, PROFILES, local(LAST + dt.timedelta(days=1), 0, 30)))[0]
         == "expired"
+    )
     assert decide_door(card(), None, door, PROFILES, local(FIRST, 0, 0)).accepted
 
 
 # --- blacklist ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("reason, message", [
-    ("lost", "Card reported lost: refused. If it is yours, see the administrator to unlock it"),
-    ("cancelled", "Card cancelled: refused"),
-    ("replaced", "This card was replaced: use your new card"),
-    ("stolen", "Card blocked (stolen): refused, see the administrator"),
-])
+
+@pytest.mark.parametrize(
+    "reason, message",
+    [
+        ("lost", "Card reported lost: refused. If it is yours, see the administrator to unlock it"),
+        ("cancelled", "Card cancelled: refused"),
+        ("replaced", "This card was replaced: use your new card"),
+        ("stolen", "Card blocked (stolen): refused, see the administrator"),
+    ],
+)
 def test_blacklist_refusal_names_reason_and_version(reason, message):
     entry = BlacklistEntry(asn=ASN, reason=reason, listed_in_version=17)
     assert refusal(lambda: check_blacklist(card(), entry)) == (
-        "blacklisted", message, "A1B2C3D4E5F60718", {"blacklist_reason": reason, "blacklist_version": 17})
+        "blacklisted",
+        message,
+        "A1B2C3D4E5F60718",
+        {"blacklist_reason": reason, "blacklist_version": 17},
+    )
 
 
 def test_no_blacklist_entry_passes():
@@ -110,11 +151,20 @@ def test_blacklist_is_checked_before_validity_at_the_door():
 
 # --- door: the whole decision ---------------------------------------------------------------------------------
 
+
 def test_door_grant_is_exact():
     c = card(groups={1, 5})
     d = decide_door(c, None, DoorSection(group=5, open_seconds=4), PROFILES, local(FIRST, 9))
-    assert d == Decision(accepted=True, kind="door.grant", reason_code="granted", message="Welcome, Li Na", card=c,
-                         asn="A1B2C3D4E5F60718", logged=True, detail={"door_group": 5, "counter": 4242})
+    assert d == Decision(
+        accepted=True,
+        kind="door.grant",
+        reason_code="granted",
+        message="Welcome, Li Na",
+        card=c,
+        asn="A1B2C3D4E5F60718",
+        logged=True,
+        detail={"door_group": 5, "counter": 4242},
+    )
 
 
 def test_door_greets_by_employee_number_when_the_name_is_empty():
@@ -123,31 +173,42 @@ def test_door_greets_by_employee_number_when_the_name_is_empty():
 
 
 def test_door_without_the_group_is_refused_with_the_groups_sorted():
-    assert refusal(lambda: decide_door(card(groups={12, 2, 9}), None, DoorSection(1, 4), PROFILES,
-                                       local(FIRST, 9))) == (
-        "no_rights", "No access rights for this door", "A1B2C3D4E5F60718", {"door_group": 1, "card_groups": [2, 9, 12]})
+    assert refusal(
+        lambda: decide_door(card(groups={12, 2, 9}), None, DoorSection(1, 4), PROFILES, local(FIRST, 9))
+    ) == (
+        "no_rights",
+        "No access rights for this door",
+        "A1B2C3D4E5F60718",
+        {"door_group": 1, "card_groups": [2, 9, 12]},
+    )
 
 
 def test_unknown_time_profile_is_refused():
     assert refusal(lambda: decide_door(card(profile=9), None, DoorSection(1, 4), PROFILES, local(FIRST, 9))) == (
-        "unknown_time_profile", "Time profile 9 is not set up on this door: see the administrator",
-        "A1B2C3D4E5F60718", {})
+        "unknown_time_profile",
+        "Time profile 9 is not set up on this door: see the administrator",
+        "A1B2C3D4E5F60718",
+        {},
+    )
 
 
-MONDAY = dt.date(2026, 3, 2)   # a Monday
+MONDAY = dt.date(2026, 3, 2)  # a Monday
 TUESDAY = dt.date(2026, 3, 3)
 
 
-@pytest.mark.parametrize("when, allowed", [
-    (local(MONDAY, 6, 59, 59, 999999), False),
-    (local(MONDAY, 7, 0), True),          # windows include their start
-    (local(MONDAY, 19, 59, 59, 999999), True),
-    (local(MONDAY, 20, 0), False),        # and exclude their end
-    (local(TUESDAY, 12, 0), False),       # the lunch gap
-    (local(TUESDAY, 13, 0), True),
-    (local(TUESDAY, 23, 59, 59, 999999), True),  # a window up to 24:00 includes the last instant of the day
-    (local(dt.date(2026, 3, 4), 10, 0), False),  # Wednesday: no window
-])
+@pytest.mark.parametrize(
+    "when, allowed",
+    [
+        (local(MONDAY, 6, 59, 59, 999999), False),
+        (local(MONDAY, 7, 0), True),  # windows include their start
+        (local(MONDAY, 19, 59, 59, 999999), True),
+        (local(MONDAY, 20, 0), False),  # and exclude their end
+        (local(TUESDAY, 12, 0), False),  # the lunch gap
+        (local(TUESDAY, 13, 0), True),
+        (local(TUESDAY, 23, 59, 59, 999999), True),  # a window up to 24:00 includes the last instant of the day
+        (local(dt.date(2026, 3, 4), 10, 0), False),  # Wednesday: no window
+    ],
+)
 def test_time_window_edges(when, allowed):
     c = card(profile=3)
     door = DoorSection(1, 4)
@@ -162,10 +223,12 @@ def test_time_window_edges(when, allowed):
 def test_outside_hours_message_describes_the_day():
     c = card(profile=3)
     assert refusal(lambda: decide_door(c, None, DoorSection(1, 4), PROFILES, local(TUESDAY, 12, 30)))[1] == (
-        "Outside your permitted hours (Tue 07:00-12:00, 13:00-24:00)")
+        "Outside your permitted hours (Tue 07:00-12:00, 13:00-24:00)"
+    )
 
 
 # --- door groups above 8: issued on a real card, read back over ACCESS READ, used at a door ----------------------
+
 
 @pytest.mark.parametrize("group", [8, 9, 12, 16, 17, 33, 64])
 def test_card_issued_with_a_high_group_opens_only_that_groups_door(tmp_path, group):
@@ -199,8 +262,15 @@ def test_first_tap_clocks_in_exactly():
     c = card()
     now = local(FIRST, 8, 5).astimezone(dt.timezone.utc)
     assert clock(None, None, now, c) == Decision(
-        accepted=True, kind=KIND_IN, reason_code="clock_in", message="Li Na: clocked in at 08:05", card=c,
-        asn="A1B2C3D4E5F60718", logged=True, detail={"counter": 4242})
+        accepted=True,
+        kind=KIND_IN,
+        reason_code="clock_in",
+        message="Li Na: clocked in at 08:05",
+        card=c,
+        asn="A1B2C3D4E5F60718",
+        logged=True,
+        detail={"counter": 4242},
+    )
 
 
 def test_clock_out_after_clock_in_the_same_day_exactly():
@@ -208,8 +278,15 @@ def test_clock_out_after_clock_in_the_same_day_exactly():
     morning = local(FIRST, 8, 5).astimezone(dt.timezone.utc)
     evening = local(FIRST, 18, 2).astimezone(dt.timezone.utc)
     assert clock(KIND_IN, morning, evening, c) == Decision(
-        accepted=True, kind=KIND_OUT, reason_code="clock_out", message="E2002: clocked out at 18:02", card=c,
-        asn="A1B2C3D4E5F60718", logged=True, detail={"counter": 4242})
+        accepted=True,
+        kind=KIND_OUT,
+        reason_code="clock_out",
+        message="E2002: clocked out at 18:02",
+        card=c,
+        asn="A1B2C3D4E5F60718",
+        logged=True,
+        detail={"counter": 4242},
+    )
 
 
 def test_after_clock_out_the_next_tap_clocks_in_again():
@@ -243,14 +320,20 @@ def test_double_tap_within_the_window_is_a_repeat_not_logged(last_kind, verb):
     c = card()
     last = local(FIRST, 9, 7).astimezone(dt.timezone.utc)
     d = clock(last_kind, last, last + dt.timedelta(seconds=59.999), c)
-    assert d == Decision(accepted=True, kind="attendance.repeat", reason_code="repeat",
-                         message=f"Li Na: already clocked {verb} at 09:07", card=c, asn="A1B2C3D4E5F60718",
-                         logged=False)
+    assert d == Decision(
+        accepted=True,
+        kind="attendance.repeat",
+        reason_code="repeat",
+        message=f"Li Na: already clocked {verb} at 09:07",
+        card=c,
+        asn="A1B2C3D4E5F60718",
+        logged=False,
+    )
 
 
 def test_repeat_window_edge():
     last = local(FIRST, 9, 7).astimezone(dt.timezone.utc)
-    assert clock(KIND_IN, last, last + dt.timedelta(seconds=60)).kind == KIND_OUT   # exactly 60 s: a real tap
+    assert clock(KIND_IN, last, last + dt.timedelta(seconds=60)).kind == KIND_OUT  # exactly 60 s: a real tap
     assert clock(KIND_IN, last, last + dt.timedelta(seconds=59)).kind == "attendance.repeat"
 
 

@@ -1,5 +1,6 @@
 """The mutation run's own data: every documented equivalent mutant names a configured module, its diff and a reason,
 and every configured module's test files exist (bench/mutation.py, issue 15)."""
+
 import importlib.util
 import tomllib
 from pathlib import Path
@@ -16,9 +17,16 @@ def bench_mutation():
 
 def test_every_module_has_existing_fast_test_files():
     m = bench_mutation()
-    assert set(m.MODULES) == {"terminal/card_protocol.py", "terminal/purse_protocol.py", "terminal/door.py",
-                              "terminal/rules.py", "terminal/attendance.py", "sync_agent/core.py",
-                              "common/sync_protocol.py", "sam/crypto.py"}
+    assert set(m.MODULES) == {
+        "terminal/card_protocol.py",
+        "terminal/purse_protocol.py",
+        "terminal/door.py",
+        "terminal/rules.py",
+        "terminal/attendance.py",
+        "sync_agent/core.py",
+        "common/sync_protocol.py",
+        "sam/crypto.py",
+    }
     for module, tests in m.MODULES.items():
         assert (ROOT / module).is_file(), module
         assert tests and all((ROOT / t).is_file() for t in tests), module

@@ -1,4 +1,5 @@
 """NfcReader through nfcpy's real udp driver, against simulated cards behind simulator.nfc_udp.VirtualPicc."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,11 +10,12 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from simulator.card import ATR as ONECARD_ATR, ForeignCard
-from simulator.nfc_udp import (HLTA, REQA, WUPA, WTX_GRANTED, Apdu, StorageTag, TypeAPicc, VirtualPicc,
-                               historical_bytes)
+from simulator.card import ATR as ONECARD_ATR
+from simulator.card import ForeignCard
+from simulator.nfc_udp import HLTA, REQA, WTX_GRANTED, WUPA, Apdu, StorageTag, TypeAPicc, VirtualPicc, historical_bytes
 from terminal.event_log import EventLog
 from terminal.reader import CardRemoved, ReaderError
 from terminal.readers.nfc import NfcConnection, NfcReader, NotOneCardConnection, parse_ats
@@ -43,7 +45,7 @@ class EchoCard:
             time.sleep(self.delay)
         if apdu[1:2] == b"\xb0":
             return bytes(i * 7 % 251 for i in range(self.read_size)) + b"\x90\x00"
-        return apdu[5:5 + apdu[4]] + b"\x90\x00" if len(apdu) > 5 else b"\x90\x00"
+        return apdu[5 : 5 + apdu[4]] + b"\x90\x00" if len(apdu) > 5 else b"\x90\x00"
 
 
 @pytest.fixture
@@ -78,8 +80,7 @@ def reader():
 def no_emulator_errors(caplog):
     caplog.set_level(logging.INFO, logger="onecard.sim.nfc")
     yield
-    bad = [r.getMessage() for r in caplog.records
-           if r.name == "onecard.sim.nfc" and r.levelno >= logging.ERROR]
+    bad = [r.getMessage() for r in caplog.records if r.name == "onecard.sim.nfc" and r.levelno >= logging.ERROR]
     assert not bad, f"the simulated card logged errors: {bad}"
 
 
@@ -107,8 +108,12 @@ def test_apdus_round_trip_with_the_cards_atr_and_uid(picc, reader):
     assert isinstance(conn, NfcConnection)
     assert conn.atr == ONECARD_ATR  # ATS historical bytes rebuilt into the ATR a PC/SC reader would show
     assert conn.uid == bytes.fromhex("08A1B2C3") and card.powered
-    sent = [bytes.fromhex("00A4040007A0000000031010"), bytes.fromhex("80CA9F7F00"),
-            bytes([0x00, 0xDA, 0x01, 0x02, 0xFF]) + bytes(range(255)), bytes.fromhex("00200000")]
+    sent = [
+        bytes.fromhex("00A4040007A0000000031010"),
+        bytes.fromhex("80CA9F7F00"),
+        bytes([0x00, 0xDA, 0x01, 0x02, 0xFF]) + bytes(range(255)),
+        bytes.fromhex("00200000"),
+    ]
     answers = [conn.transmit(apdu) for apdu in sent]
     assert answers == [bytes.fromhex("A00000000310109000"), b"\x90\x00", bytes(range(255)) + b"\x90\x00", b"\x90\x00"]
     assert card.processed == sent and p.apdu_count == 4
@@ -230,6 +235,7 @@ def test_missing_reader_names_the_path_and_the_fix():
 
 
 # ---- door and attendance terminals over nfcpy ----
+
 
 @pytest.fixture
 def sam():
@@ -367,6 +373,7 @@ def test_terminal_run_loop_decides_once_per_presentation(picc, tmp_path, sam):
 
 # ---- the card-side protocol machine ----
 
+
 def activate(picc: TypeAPicc, fsdi: int = 8) -> bytes | None:
     """REQA, anticollision and select at every cascade level, then RATS (ISO-DEP cards only); returns the ATS."""
     assert picc.receive(REQA) == picc.atqa
@@ -385,13 +392,16 @@ def test_ats_carries_fsci_fwi_and_the_atr_historical_bytes():
     assert parse_ats(ats) == (64, 6, b"ONECARD1")
 
 
-@pytest.mark.parametrize("ats, expected", [
-    ("01", (32, 4, b"")),                    # TL only: ISO defaults, FSCI 2 and FWI 4
-    ("0578807002", (256, 7, b"")),           # TA, TB, TC present
-    ("0462A102", (32, 10, b"")),             # no TA: FWI is in the third byte, not the fourth
-    ("055180F0AA", (24, 4, b"\xaa")),         # no TB: default FWI; historical bytes after TC
-    ("053100F0AA", (24, 4, b"\xaa")),         # FWI 15 is RFU: default FWI
-])
+@pytest.mark.parametrize(
+    "ats, expected",
+    [
+        ("01", (32, 4, b"")),  # TL only: ISO defaults, FSCI 2 and FWI 4
+        ("0578807002", (256, 7, b"")),  # TA, TB, TC present
+        ("0462A102", (32, 10, b"")),  # no TA: FWI is in the third byte, not the fourth
+        ("055180F0AA", (24, 4, b"\xaa")),  # no TB: default FWI; historical bytes after TC
+        ("053100F0AA", (24, 4, b"\xaa")),  # FWI 15 is RFU: default FWI
+    ],
+)
 def test_parse_ats_follows_t0(ats, expected):
     assert parse_ats(bytes.fromhex(ats)) == expected
 
@@ -444,8 +454,7 @@ frames = st.one_of(
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(frames, max_size=30), st.booleans())
 def test_garbage_frames_never_crash_the_card_and_it_can_still_be_activated(sequence, iso_dep):
-    picc = TypeAPicc(bytes.fromhex("08010203"), iso_dep=iso_dep, fsci=0,
-                     storage=None if iso_dep else StorageTag())
+    picc = TypeAPicc(bytes.fromhex("08010203"), iso_dep=iso_dep, fsci=0, storage=None if iso_dep else StorageTag())
     for frame in sequence:
         result = picc.receive(frame)
         assert result is None or result is WTX_GRANTED or isinstance(result, (bytes, Apdu))

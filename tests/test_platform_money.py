@@ -1,6 +1,7 @@
 """Money at the platform: only pos/top-up terminals' records are accounted, TAC checks on by default, a record that
 does not continue the card's history is held for review (alarm, `held`, `resolve-held`), odd money details are
 refused as protocol errors, card actions are validated, reported failed and cancellable (docs/sync-protocol.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,9 +30,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def detail(kind, counter, amount, balance_after, **extra):
-    d = {"amount": amount, "counter": counter, "date": "20261123", "time": "100000", "key_version": 1,
-         "algorithm": "AES128", "intent_seq": 1, "tac": "00" * 8, "proof": "11" * 8, "balance_after": balance_after,
-         "resolved_at_next_tap": False}
+    d = {
+        "amount": amount,
+        "counter": counter,
+        "date": "20261123",
+        "time": "100000",
+        "key_version": 1,
+        "algorithm": "AES128",
+        "intent_seq": 1,
+        "tac": "00" * 8,
+        "proof": "11" * 8,
+        "balance_after": balance_after,
+        "resolved_at_next_tap": False,
+    }
     if kind == mr.PURCHASE:
         d["tsn"] = counter + 1
     if kind == mr.UNDO:
@@ -52,8 +63,21 @@ class Chain:
         self.log.append(NOW, kind, asn=asn, reason_code="completed", message=kind, detail=d)
 
     def upload(self, pf):
-        events = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                              e.prev_hash, e.hash) for e in self.log.events() if e.seq > self.sent]
+        events = [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in self.log.events()
+            if e.seq > self.sent
+        ]
         r = pf.ingest(self.tid, events)
         self.sent = r.acked_seq
         return r
@@ -80,11 +104,13 @@ def test_money_records_from_a_door_terminal_are_held_not_accounted(pf, tmp_path,
     door.add(mr.LOAD, detail(mr.LOAD, 0, 100_000, 100_000))
     door.add(mr.LOAD, detail(mr.LOAD, 0, 100_000, 100_000))
     with caplog.at_level(logging.WARNING, "platform"):
-        assert door.upload(pf).acked_seq == 2           # the chain moves on; the money does not
+        assert door.upload(pf).acked_seq == 2  # the chain moves on; the money does not
     assert balance(pf) == 0 and pf.purse_transactions(ASN) == []
     held = pf.held_money()
-    assert [(h["seq"], h["status"], h["reason_code"]) for h in held] == [(1, "held", "terminal_kind"),
-                                                                         (2, "held", "terminal_kind")]
+    assert [(h["seq"], h["status"], h["reason_code"]) for h in held] == [
+        (1, "held", "terminal_kind"),
+        (2, "held", "terminal_kind"),
+    ]
     assert "event=platform.money_held" in caplog.text and "a door terminal cannot topup.load" in caplog.text
     assert pf.card(ASN)["held_money_records"] == 2
 
@@ -102,9 +128,9 @@ def test_kind_is_required_and_kept(pf):
 def test_duplicate_counter_and_discontinuous_balance_are_held_then_resolved(pf, tmp_path):
     topup = Chain(tmp_path, TOPUP)
     topup.add(mr.LOAD, detail(mr.LOAD, 0, 100_000, 100_000))
-    topup.add(mr.LOAD, detail(mr.LOAD, 0, 100_000, 100_000))                 # the same counter again: a replay
-    topup.add(mr.LOAD, detail(mr.LOAD, 0, 5_000, 5_000, tac="22" * 8))      # the same counter, other content
-    topup.add(mr.LOAD, detail(mr.LOAD, 1, 1_000, 999_000))                  # balance_after not 1000.00 + 10.00
+    topup.add(mr.LOAD, detail(mr.LOAD, 0, 100_000, 100_000))  # the same counter again: a replay
+    topup.add(mr.LOAD, detail(mr.LOAD, 0, 5_000, 5_000, tac="22" * 8))  # the same counter, other content
+    topup.add(mr.LOAD, detail(mr.LOAD, 1, 1_000, 999_000))  # balance_after not 1000.00 + 10.00
     topup.upload(pf)
     assert balance(pf) == 100_000
     assert pf.card(ASN)["balance_status"].startswith("unverified (1 transaction")
@@ -116,8 +142,7 @@ def test_duplicate_counter_and_discontinuous_balance_are_held_then_resolved(pf, 
     assert pf.resolve_held(ids[2], "reject", "terminal resent after a crash; checked the card") == "rejected"
     with pytest.raises(PlatformError, match="already rejected"):
         pf.resolve_held(ids[2], "account", "again")
-    assert pf.resolve_held(ids[4], "account", "card shows 9990.00; platform was restored from a backup") \
-        == "accounted"
+    assert pf.resolve_held(ids[4], "account", "card shows 9990.00; platform was restored from a backup") == "accounted"
     assert balance(pf) == 101_000
     resolved = {h["seq"]: (h["status"], h["resolution"]) for h in pf.held_money(include_resolved=True)}
     assert resolved[2] == ("rejected", "by administrator: terminal resent after a crash; checked the card")
@@ -130,25 +155,38 @@ def test_a_record_waiting_for_an_offline_pos_is_accounted_when_it_arrives(pf, tm
     topup.add(mr.LOAD, detail(mr.LOAD, 0, 10_000, 10_000))
     pos.add(mr.PURCHASE, detail(mr.PURCHASE, 0, 1_000, 9_000))
     topup.add(mr.LOAD, detail(mr.LOAD, 1, 10_000, 19_000))
-    topup.add(mr.LOAD, detail(mr.LOAD, 3, 10_000, 39_000))                  # load 2 not uploaded yet
+    topup.add(mr.LOAD, detail(mr.LOAD, 3, 10_000, 39_000))  # load 2 not uploaded yet
     topup.upload(pf)
     assert balance(pf) == 10_000
-    assert [(h["reason_code"], h["status"]) for h in pf.held_money()] == [("balance_gap", "waiting"),
-                                                                          ("counter_gap", "waiting")]
+    assert [(h["reason_code"], h["status"]) for h in pf.held_money()] == [
+        ("balance_gap", "waiting"),
+        ("counter_gap", "waiting"),
+    ]
     pos.upload(pf)
     assert balance(pf) == 19_000
     assert [h["counter"] for h in pf.held_money()] == [3]
-    assert [h["resolution"] for h in pf.held_money(include_resolved=True) if h["status"] == "accounted"] == \
-        ["accounted automatically: the records before it arrived"]
+    assert [h["resolution"] for h in pf.held_money(include_resolved=True) if h["status"] == "accounted"] == [
+        "accounted automatically: the records before it arrived"
+    ]
     topup.add(mr.LOAD, detail(mr.LOAD, 2, 10_000, 29_000))
     topup.upload(pf)
     assert balance(pf) == 39_000 and pf.held_money() == []
 
 
-@pytest.mark.parametrize("bad", [
-    {"drop": "counter"}, {"drop": "key_version"}, {"key_version": "1"}, {"amount": True}, {"amount": 1.5},
-    {"tac": "zz" * 8}, {"extra": 1}, {"algorithm": "DES"}, {"balance_after": -1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"drop": "counter"},
+        {"drop": "key_version"},
+        {"key_version": "1"},
+        {"amount": True},
+        {"amount": 1.5},
+        {"tac": "zz" * 8},
+        {"extra": 1},
+        {"algorithm": "DES"},
+        {"balance_after": -1},
+    ],
+)
 def test_odd_money_details_are_protocol_errors_not_key_errors(pf, tmp_path, caplog, bad):
     d = detail(mr.LOAD, 0, 1_000, 1_000)
     if "drop" in bad:
@@ -185,6 +223,7 @@ def test_without_tac_keys_and_without_the_lab_flag_money_is_held(tmp_path):
     topup.upload(pf)
     assert pf.card(ASN)["balance_cents"] == 0 and pf.held_money()[0]["reason_code"] == "no_tac_keys"
     from central.service import BrokerSettings, PlatformService
+
     with pytest.raises(PlatformError, match="needs the TAC keys"):
         PlatformService(tmp_path / "strict.db", KEY, BrokerSettings("127.0.0.1", 1, None, None))
     pf.close()
@@ -207,6 +246,7 @@ def test_a_forged_tac_is_held_in_the_default_mode(tmp_path):
 
 
 # -- card actions ------------------------------------------------------------------------------------
+
 
 def test_over_the_air_top_ups_are_checked_against_the_card_and_enterprise_limits(pf):
     with pytest.raises(PlatformError, match=r"over the enterprise's top-up limit of 1000\.00"):
@@ -253,10 +293,17 @@ def test_cancel_action_and_an_applied_action_cannot_be_cancelled(pf, tmp_path):
 
 # -- the CLI ------------------------------------------------------------------------------------------
 
+
 def onecard(*args, check=True):
     env = {**os.environ, "PYTHONPATH": REPO}
-    r = subprocess.run([sys.executable, "-m", "onecard", *map(str, args)], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onecard", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -306,39 +353,62 @@ def test_unverified_balances_are_labelled_in_card_purse_and_bill(pf, tmp_path):
 
 # -- over the broker: a door terminal's real agent uploads money records ---------------------------------
 
+
 def test_a_door_terminal_uploading_top_ups_over_mqtt_moves_no_money(broker, tmp_path, caplog):
     from tests.support import make_sam
 
     tid = terminal_id(3)
     (tmp_path / "platform").mkdir()
-    admin, service = start_platform(tmp_path / "platform", broker, tac_sam=make_sam(),
-                                    terminals={tid: ENTERPRISE, terminal_id(4): ENTERPRISE},
-                                    kinds={terminal_id(4): "topup"})
+    admin, service = start_platform(
+        tmp_path / "platform",
+        broker,
+        tac_sam=make_sam(),
+        terminals={tid: ENTERPRISE, terminal_id(4): ENTERPRISE},
+        kinds={terminal_id(4): "topup"},
+    )
     try:
         admin.add_holder(ENTERPRISE, "E1", "Zhang Wei")
         admin.issue_card(ENTERPRISE, "E1", ASN)
         cfg = write_terminal_config(tmp_path / "door", tid, broker)
         with EventLog.open(tmp_path / "door" / "events.db", tid) as log:
             for _ in range(2):
-                log.append(NOW, mr.LOAD, asn=ASN, reason_code="completed", message="Top-up",
-                           detail=detail(mr.LOAD, 0, 100_000, 100_000))
+                log.append(
+                    NOW,
+                    mr.LOAD,
+                    asn=ASN,
+                    reason_code="completed",
+                    message="Top-up",
+                    detail=detail(mr.LOAD, 0, 100_000, 100_000),
+                )
             log.append(NOW, "door.grant", asn=ASN, reason_code="ok", message="Welcome", detail={})
         cfg4 = write_terminal_config(tmp_path / "topup", terminal_id(4), broker, kind="topup")
         with EventLog.open(tmp_path / "topup" / "events.db", terminal_id(4)) as log:
-            log.append(NOW, mr.LOAD, asn=ASN, reason_code="completed", message="Top-up",
-                       detail={k: v for k, v in detail(mr.LOAD, 0, 100_000, 100_000).items() if k != "counter"})
+            log.append(
+                NOW,
+                mr.LOAD,
+                asn=ASN,
+                reason_code="completed",
+                message="Top-up",
+                detail={k: v for k, v in detail(mr.LOAD, 0, 100_000, 100_000).items() if k != "counter"},
+            )
             log.append(NOW, "door.grant", asn=ASN, reason_code="ok", message="Welcome", detail={})
         with caplog.at_level(logging.WARNING, "platform"):
             agents = [AgentThread(cfg).start(), AgentThread(cfg4).start()]
             try:
-                wait_until(lambda: agents[0].acked_seq() == 3 and agents[1].acked_seq() == 2, 30,
-                           "both terminals' uploads being acknowledged")
+                wait_until(
+                    lambda: agents[0].acked_seq() == 3 and agents[1].acked_seq() == 2,
+                    30,
+                    "both terminals' uploads being acknowledged",
+                )
             finally:
                 for a in agents:
                     a.stop()
         assert admin.card(ASN)["balance_cents"] == 0
-        assert sorted((h["terminal_id"], h["reason_code"]) for h in admin.held_money()) == \
-            [(tid, "terminal_kind"), (tid, "terminal_kind"), (terminal_id(4), "malformed")]
+        assert sorted((h["terminal_id"], h["reason_code"]) for h in admin.held_money()) == [
+            (tid, "terminal_kind"),
+            (tid, "terminal_kind"),
+            (terminal_id(4), "malformed"),
+        ]
         assert "field 'counter' is missing" in caplog.text and "worker_error" not in caplog.text
     finally:
         service.stop()
@@ -349,7 +419,7 @@ def test_the_documented_money_record_fields_are_the_schemas():
     import re
 
     text = open(os.path.join(REPO, "docs", "sync-protocol.md"), encoding="utf-8").read()
-    section = text[text.index("### Money records"):text.index("### Purse accounting")]
+    section = text[text.index("### Money records") : text.index("### Purse accounting")]
     documented = re.findall(r"^\| `([a-z_]+)` \| ", section, re.M)
     kinds = [k for k in documented if "." not in k]
     assert set(kinds) == set(mr.CHECKS), "docs/sync-protocol.md Money records table vs common/money_records.py"
@@ -387,14 +457,17 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
         pf.close()
 
 
-@pytest.mark.parametrize("d, ok", [
-    ({"action_id": "a1", "reason_code": "over_load_limit", "sw": None}, True),
-    ({"action_id": "a1", "reason_code": "card_error", "sw": "6A80"}, True),
-    ({"action_id": "a1", "reason_code": "card_error", "sw": "6a80"}, False),
-    ({"action_id": "a1", "reason_code": "card_error"}, False),
-    ({"action_id": "a1", "reason_code": "card_error", "sw": None, "more": 1}, False),
-    ({"action_id": 7, "reason_code": "card_error", "sw": None}, False),
-])
+@pytest.mark.parametrize(
+    "d, ok",
+    [
+        ({"action_id": "a1", "reason_code": "over_load_limit", "sw": None}, True),
+        ({"action_id": "a1", "reason_code": "card_error", "sw": "6A80"}, True),
+        ({"action_id": "a1", "reason_code": "card_error", "sw": "6a80"}, False),
+        ({"action_id": "a1", "reason_code": "card_error"}, False),
+        ({"action_id": "a1", "reason_code": "card_error", "sw": None, "more": 1}, False),
+        ({"action_id": 7, "reason_code": "card_error", "sw": None}, False),
+    ],
+)
 def test_card_action_failed_detail_schema(d, ok):
     if ok:
         assert mr.check_action_failed_detail(d) == d

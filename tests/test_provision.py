@@ -1,5 +1,6 @@
 """`onecard terminal provision` and `onecard platform ca`: enrolment end to end against real pcscd, a PSAM and the
 keystore, the platform CA and mosquitto/TLS; re-running is safe; the SAM binding holds."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from central.ca import CaError, PlatformCa
-from simulator.psam import psam_from_keystore, write_psam, load_psam
 from onecard.wiring import Wiring
+from simulator.psam import load_psam, psam_from_keystore, write_psam
 from terminal import provision as pv
 from terminal import selftest as st
 from tests.support import make_card, make_keystore
@@ -24,15 +25,33 @@ CARD_SLOT, PSAM_SLOT = 0, 3
 
 
 def onecard(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "onecard", "--log-level", "WARNING", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "onecard", "--log-level", "WARNING", *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def request(tmp: Path, keys_dir: Path, pki, reader: str, **over) -> pv.Request:
-    fields = dict(terminal_id=TID, kind="door", enterprise_id="00010001", etc_dir=tmp / "etc", data_dir=tmp / "data",
-                  broker_host="127.0.0.1", broker_port=over.pop("port", 1), broker_ca=pki.ca.cert,
-                  platform_public_key=pki.platform_public, name="Gate 2", reader=reader,
-                  keystore=keys_dir / "door.ks", passphrase_file=keys_dir / "pass", door_group=2)
+    fields = dict(
+        terminal_id=TID,
+        kind="door",
+        enterprise_id="00010001",
+        etc_dir=tmp / "etc",
+        data_dir=tmp / "data",
+        broker_host="127.0.0.1",
+        broker_port=over.pop("port", 1),
+        broker_ca=pki.ca.cert,
+        platform_public_key=pki.platform_public,
+        name="Gate 2",
+        reader=reader,
+        keystore=keys_dir / "door.ks",
+        passphrase_file=keys_dir / "pass",
+        door_group=2,
+    )
     fields.update(over)
     return pv.Request(**fields)
 
@@ -45,8 +64,7 @@ def provision(req: pv.Request) -> tuple[int, list[str]]:
 def test_lab_provisioning_end_to_end(tmp_path, keys, pcscd, vicc, broker):
     """One step with the CA directory: config passes check-config, the certificate connects, self-test all PASS."""
     keys_dir, issuing = keys
-    req = request(tmp_path, keys_dir, broker.pki, pcscd.slots[CARD_SLOT].name, port=broker.port,
-                  ca_dir=broker.pki.dir)
+    req = request(tmp_path, keys_dir, broker.pki, pcscd.slots[CARD_SLOT].name, port=broker.port, ca_dir=broker.pki.dir)
     code, lines = provision(req)
     assert code == 0, lines
     assert [line.split("]")[0] + "]" for line in lines[:7]] == [f"[{i}/7]" for i in range(1, 8)]
@@ -68,15 +86,25 @@ def test_lab_provisioning_end_to_end(tmp_path, keys, pcscd, vicc, broker):
 
     # Idempotent: the same command again keeps everything, byte for byte.
     before = {p.name: p.read_bytes() for p in etc.iterdir()}
-    code, again = provision(request(tmp_path, keys_dir, broker.pki, pcscd.slots[CARD_SLOT].name, port=broker.port,
-                                    ca_dir=broker.pki.dir))
+    code, again = provision(
+        request(tmp_path, keys_dir, broker.pki, pcscd.slots[CARD_SLOT].name, port=broker.port, ca_dir=broker.pki.dir)
+    )
     assert code == 0 and any("kept the existing key" in line for line in again)
     assert {p.name: p.read_bytes() for p in etc.iterdir()} == before
 
     # Other settings are refused without --force, and nothing changes.
     with pytest.raises(pv.ProvisionError, match=r"firmware.toml exists with other settings; .*pass --force"):
-        provision(request(tmp_path, keys_dir, broker.pki, pcscd.slots[CARD_SLOT].name, port=broker.port,
-                          ca_dir=broker.pki.dir, name="Gate 3"))
+        provision(
+            request(
+                tmp_path,
+                keys_dir,
+                broker.pki,
+                pcscd.slots[CARD_SLOT].name,
+                port=broker.port,
+                ca_dir=broker.pki.dir,
+                name="Gate 3",
+            )
+        )
     assert {p.name: p.read_bytes() for p in etc.iterdir()} == before
 
 
@@ -87,11 +115,32 @@ def test_offline_csr_signed_by_the_platform_operator(tmp_path, keys, sync_pki):
     r = onecard("platform", "ca", "init", "--dir", ca_dir)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE((ca_dir / "ca.key").stat().st_mode) == 0o600
-    common = ["terminal", "provision", "--id", TID, "--kind", "door", "--enterprise", "00010001",
-              "--reader", "Virtual PCD 00 00", "--keystore", keys_dir / "door.ks", "--passphrase-file",
-              keys_dir / "pass", "--broker-host", "mqtt.example", "--broker-ca", ca_dir / "ca.pem",
-              "--platform-public-key", sync_pki.platform_public, "--etc-dir", tmp_path / "etc",
-              "--data-dir", tmp_path / "data"]
+    common = [
+        "terminal",
+        "provision",
+        "--id",
+        TID,
+        "--kind",
+        "door",
+        "--enterprise",
+        "00010001",
+        "--reader",
+        "Virtual PCD 00 00",
+        "--keystore",
+        keys_dir / "door.ks",
+        "--passphrase-file",
+        keys_dir / "pass",
+        "--broker-host",
+        "mqtt.example",
+        "--broker-ca",
+        ca_dir / "ca.pem",
+        "--platform-public-key",
+        sync_pki.platform_public,
+        "--etc-dir",
+        tmp_path / "etc",
+        "--data-dir",
+        tmp_path / "data",
+    ]
     r = onecard(*common)
     assert r.returncode == pv.EXIT_AWAITING_CERTIFICATE, r.stderr
     assert "onecard platform ca sign" in r.stdout and not (tmp_path / "etc" / "firmware.toml").exists()
@@ -109,6 +158,7 @@ def test_offline_csr_signed_by_the_platform_operator(tmp_path, keys, sync_pki):
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "does not fit this terminal: it is for another key" in r.stderr
     from cryptography import x509
+
     assert other_ca.issued_by_me(x509.load_pem_x509_certificate((tmp_path / "etc" / pv.CERT_NAME).read_bytes()))
 
 
@@ -121,8 +171,15 @@ def test_psam_binding_and_a_swapped_psam(tmp_path, keys, pcscd, vicc, sync_pki):
     slot = vicc(PSAM_SLOT)
     slot.insert(load_psam(bound))
     time.sleep(0.6)  # pcscd notices a new card within its 400 ms poll
-    req = request(tmp_path, keys_dir, sync_pki, pcscd.slots[CARD_SLOT].name, sam_backend="psam",
-                  sam_reader=pcscd.slots[PSAM_SLOT].name, ca_dir=sync_pki.dir)
+    req = request(
+        tmp_path,
+        keys_dir,
+        sync_pki,
+        pcscd.slots[CARD_SLOT].name,
+        sam_backend="psam",
+        sam_reader=pcscd.slots[PSAM_SLOT].name,
+        ca_dir=sync_pki.dir,
+    )
     code, lines = provision(req)
     assert code == 0, lines
     assert any("sam: bound psam" in line for line in lines)
@@ -148,8 +205,15 @@ def test_psam_binding_and_a_swapped_psam(tmp_path, keys, pcscd, vicc, sync_pki):
 
 def test_refuses_a_sam_without_the_keys_of_the_kind(tmp_path, keys, sync_pki):
     keys_dir, _ = keys
-    req = request(tmp_path, keys_dir, sync_pki, "Virtual PCD 00 00", kind="topup", keystore=keys_dir / "pos.ks",
-                  ca_dir=sync_pki.dir)
+    req = request(
+        tmp_path,
+        keys_dir,
+        sync_pki,
+        "Virtual PCD 00 00",
+        kind="topup",
+        keystore=keys_dir / "pos.ks",
+        ca_dir=sync_pki.dir,
+    )
     with pytest.raises(pv.ProvisionError, match=r"lacks the topup keys .*load \(mac,verify\).*--role top-up"):
         provision(req)
     assert not (tmp_path / "etc" / "firmware.toml").exists()
@@ -165,12 +229,13 @@ def test_existing_key_is_never_replaced_without_force(tmp_path, keys, sync_pki):
     rogue = PlatformCa.init(tmp_path / "rogue")
     rogue_cert = tmp_path / "rogue.pem"
     from cryptography.hazmat.primitives import serialization
-    rogue_cert.write_bytes(rogue.sign_csr((tmp_path / "etc" / pv.CSR_NAME).read_bytes())
-                           .public_bytes(serialization.Encoding.PEM))
+
+    rogue_cert.write_bytes(
+        rogue.sign_csr((tmp_path / "etc" / pv.CSR_NAME).read_bytes()).public_bytes(serialization.Encoding.PEM)
+    )
     with pytest.raises(pv.ProvisionError, match="was not issued by the CA in --broker-ca"):
         provision(request(tmp_path, keys_dir, sync_pki, "Virtual PCD 00 00", cert=rogue_cert))
-    code, lines = provision(request(tmp_path, keys_dir, sync_pki, "Virtual PCD 00 00", ca_dir=sync_pki.dir,
-                                    force=True))
+    code, lines = provision(request(tmp_path, keys_dir, sync_pki, "Virtual PCD 00 00", ca_dir=sync_pki.dir, force=True))
     assert code == 0 and any("generated an EC P-256 key" in line for line in lines)
     assert (tmp_path / "etc" / pv.KEY_NAME).read_bytes() != key
     assert (tmp_path / "etc" / pv.CERT_NAME).read_bytes() != cert
@@ -187,9 +252,12 @@ def test_ca_refuses_requests_it_must_not_sign(tmp_path):
         PlatformCa.init(tmp_path / "ca")
 
     def csr(cn, key):
-        return (x509.CertificateSigningRequestBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-                .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+        return (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM)
+        )
 
     p256 = ec.generate_private_key(ec.SECP256R1())
     with pytest.raises(CaError, match="CN is 'mqtt.example'.*12-digit terminal ID"):
@@ -205,10 +273,18 @@ def test_ca_refuses_requests_it_must_not_sign(tmp_path):
 
 def test_render_config_keeps_comments_and_sets_every_value():
     template = pv.REPO_TEMPLATE.read_text()
-    out = pv.render_config(template, {("terminal", "id"): "000000000042", ("reader", "path"): "tty:AMA0:pn532",
-                                      ("reader", "driver"): "nfc", ("door", "group"): 7},
-                           {("reader", "name")})
+    out = pv.render_config(
+        template,
+        {
+            ("terminal", "id"): "000000000042",
+            ("reader", "path"): "tty:AMA0:pn532",
+            ("reader", "driver"): "nfc",
+            ("door", "group"): 7,
+        },
+        {("reader", "name")},
+    )
     import tomllib
+
     doc = tomllib.loads(out)
     assert doc["terminal"]["id"] == "000000000042" and doc["door"]["group"] == 7
     assert doc["reader"] == {"driver": "nfc", "path": "tty:AMA0:pn532", "command_timeout_ms": 500}
@@ -231,8 +307,9 @@ def read_unit(name: str):
     return parser
 
 
-@pytest.mark.parametrize("name, command", [("onecard-terminal.service", "terminal run"),
-                                           ("onecard-sync.service", "sync run")])
+@pytest.mark.parametrize(
+    "name, command", [("onecard-terminal.service", "terminal run"), ("onecard-sync.service", "sync run")]
+)
 def test_units_restart_unprivileged_hardened_and_check_the_config_first(name, command):
     u = read_unit(name)
     s = u["Service"]
@@ -267,8 +344,13 @@ def test_sysusers_and_tmpfiles_name_the_unit_user():
 def test_units_pass_systemd_analyze_verify(tmp_path):
     # verify insists that ExecStart's binary exists: point it at this interpreter instead of /opt/onecard.
     for unit in UNITS.glob("*.service"):
-        (tmp_path / unit.name).write_text(unit.read_text().replace("/opt/onecard/.venv/bin/onecard",
-                                                                   f"{sys.executable} -m onecard"))
-    r = subprocess.run(["systemd-analyze", "verify", *sorted(map(str, tmp_path.glob("*.service")))],
-                       capture_output=True, text=True, timeout=60)
+        (tmp_path / unit.name).write_text(
+            unit.read_text().replace("/opt/onecard/.venv/bin/onecard", f"{sys.executable} -m onecard")
+        )
+    r = subprocess.run(
+        ["systemd-analyze", "verify", *sorted(map(str, tmp_path.glob("*.service")))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and not r.stderr.strip(), r.stderr

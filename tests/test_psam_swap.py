@@ -1,5 +1,6 @@
 """A PSAM swapped while the terminal runs: at every reconnect the PSAM must be the one the terminal started with (and
 whose binding it checked at start); another one signs nothing, and every tap is refused with the reason, logged."""
+
 import pytest
 
 from sam.interface import KeyPurpose, SamError, SamSwapped

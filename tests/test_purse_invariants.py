@@ -3,9 +3,11 @@
 After every settling tap: opening balance + credits logged - debits logged = balance on the card, and every
 card counter value maps to exactly one logged transaction, across the POS's and the top-up terminal's logs.
 """
+
 import datetime as dt
 
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from simulator.inprocess import InProcessReader
@@ -48,8 +50,10 @@ class Money(RuleBasedStateMachine):
         (self.dir / "topup").mkdir()
         self.sam = make_sam()
         self.card = make_card(self.sam, opening_balance=OPENING, path=self.dir / "card.json")
-        self.terminals = {"pos": make_purse_terminal(self.dir / "pos", self.sam, "pos"),
-                          "topup": make_purse_terminal(self.dir / "topup", self.sam, "topup")}
+        self.terminals = {
+            "pos": make_purse_terminal(self.dir / "pos", self.sam, "pos"),
+            "topup": make_purse_terminal(self.dir / "topup", self.sam, "topup"),
+        }
         self.now = MONDAY_10AM
 
     def teardown(self):

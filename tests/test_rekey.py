@@ -1,5 +1,6 @@
 """Key rotation: SAMs hold versions 1 and 2, doors accept both, cards move 1 -> 2 at the issuing terminal (tear-proof
 at every APDU: the door grants between the tear and the re-tap), the purse follows, the platform counts versions."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,27 +8,45 @@ import datetime as dt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from central.store import Platform
+from common import sync_protocol as p
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
-from central.store import Platform
-from common import sync_protocol as p
 from terminal import rekey
 from terminal.decision import Refusal
 from terminal.keypad import Charge
 from terminal.reader import CardRemoved
 from tests.support import ENTERPRISE, MONDAY_10AM, make_terminal
+
 # keystore, sam and log are fixtures shared with the washing tests.
-from tests.test_card_washing import (ISSUING_TERMINAL, door_decision, door_sam, keystore,  # noqa: F401
-                                     log, reload, sam, tap_run)
+from tests.test_card_washing import (  # noqa: F401  (pytest fixtures shared with the washing tests)
+    ISSUING_TERMINAL,
+    door_decision,
+    door_sam,
+    keystore,
+    log,
+    reload,
+    sam,
+    tap_run,
+)
 
 FULL = 1 + 2 * 5 + 2  # SELECT, 5 x (GET CHALLENGE + PUT KEY), GET CHALLENGE + COMMIT KEYS
 
 
 def issued_card(sam, path, balance=5_000) -> OneCardApplet:
-    state = personalise(sam, Personalisation(enterprise_id=ENTERPRISE, employee_no="E1001", name="Zhang Wei",
-                                             door_groups=frozenset({1}), valid_from=dt.date(2026, 1, 1),
-                                             valid_to=dt.date(2028, 12, 31), opening_balance=balance))
+    state = personalise(
+        sam,
+        Personalisation(
+            enterprise_id=ENTERPRISE,
+            employee_no="E1001",
+            name="Zhang Wei",
+            door_groups=frozenset({1}),
+            valid_from=dt.date(2026, 1, 1),
+            valid_to=dt.date(2028, 12, 31),
+            opening_balance=balance,
+        ),
+    )
     store = CardStateFile(path)
     store.save(state)
     return OneCardApplet(state=state, store=store)
@@ -78,6 +97,7 @@ def test_purse_moves_with_the_rotation_and_keeps_its_balance(sam, keystore, log,
     pos, _ = make_terminal(subdir(tmp_path, "pos"), sam, "pos")
     reader_card = reload(card)
     from simulator.inprocess import InProcessReader
+
     reader = InProcessReader()
     reader.tap(reader_card)
     decision = pos.handle_tap(reader.wait_for_card(0), MONDAY_10AM, Charge(1_250))
@@ -87,6 +107,7 @@ def test_purse_moves_with_the_rotation_and_keeps_its_balance(sam, keystore, log,
 
 def test_rotating_a_transport_card_is_refused(sam, log, tmp_path):
     from tests.test_card_washing import new_transport_card
+
     card = new_transport_card(sam, tmp_path / "t.json")
     with pytest.raises(Refusal) as exc:
         tap_run(card, rotate(sam, log))
@@ -95,6 +116,7 @@ def test_rotating_a_transport_card_is_refused(sam, log, tmp_path):
 
 def test_rotation_without_the_new_keys_in_the_sam_changes_nothing(keystore, log, tmp_path):
     from sam.keystore import Keystore
+
     sam = SoftwareSam(keystore)
     card = issued_card(sam, tmp_path / "c.json")
     old_only = SoftwareSam(Keystore(k for k in keystore if k.version in (0, 1)))
@@ -115,14 +137,33 @@ def test_platform_reports_cards_per_key_version_from_uploads(sam, log, tmp_path)
         pf.issue_card("00010001", f"E{i}", card.state.asn.hex())
     tap_run(cards[0], rotate(sam, log))
     tap_run(cards[1], rotate(sam, log))
-    wire = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                        e.prev_hash, e.hash) for e in log.events()]
+    wire = [
+        p.WireEvent(
+            e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+        )
+        for e in log.events()
+    ]
     assert pf.ingest(ISSUING_TERMINAL, wire).acked_seq == len(wire)
     assert pf.key_versions() == {"00010001": {2: 2, "unknown": 1}}
     tap_run(cards[2], rotate(sam, log))
     last = log.events()[-2:]
-    pf.ingest(ISSUING_TERMINAL, [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message,
-                                             e.detail_json, e.prev_hash, e.hash) for e in last])
+    pf.ingest(
+        ISSUING_TERMINAL,
+        [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in last
+        ],
+    )
     # No card left on version 1: it can be retired from the SAMs.
     assert pf.key_versions("00010001") == {"00010001": {2: 3}}
     pf.close()

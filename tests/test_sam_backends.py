@@ -3,6 +3,7 @@
 Expected MACs are computed card-side from the spec (sam.purse_crypto over the diversified card key), never
 through a SAM. The PSAM sits in vpcd slot 3 so it never meets the cards other tests put in slots 0-1.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,9 +48,11 @@ UNLOCK = KeystoreUnlock.from_device_secret(b"s" * 32)
 
 def keystore_for(role: str) -> Keystore:
     if role == "all":
-        rules = {KeyPurpose.ACCESS: {KeyUsage.VERIFY, KeyUsage.MAC},
-                 KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY},
-                 KeyPurpose.LOAD: {KeyUsage.MAC, KeyUsage.VERIFY, KeyUsage.REVERSAL}}
+        rules = {
+            KeyPurpose.ACCESS: {KeyUsage.VERIFY, KeyUsage.MAC},
+            KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY},
+            KeyPurpose.LOAD: {KeyUsage.MAC, KeyUsage.VERIFY, KeyUsage.REVERSAL},
+        }
     elif role == "pos":
         rules = {KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY}, KeyPurpose.LOAD: {KeyUsage.REVERSAL}}
     else:
@@ -58,11 +61,13 @@ def keystore_for(role: str) -> Keystore:
 
 
 # One set of master keys; each role's keystore is a restriction of it, so card keys agree across roles.
-MASTER = Keystore([
-    MasterKey.generate(ENTERPRISE, purpose, 1, algorithm, set(KeyUsage))
-    for algorithm in Algorithm
-    for purpose in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.LOAD)
-])
+MASTER = Keystore(
+    [
+        MasterKey.generate(ENTERPRISE, purpose, 1, algorithm, set(KeyUsage))
+        for algorithm in Algorithm
+        for purpose in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.LOAD)
+    ]
+)
 
 
 def card_key(purpose: KeyPurpose, card: CardIdentity) -> bytes:
@@ -105,10 +110,11 @@ def flip(mac: bytes) -> bytes:
 
 # --- backends -------------------------------------------------------------------------------------
 
+
 @dataclass
 class Backend:
     kind: str
-    open: Callable[[], object]   # a new handle on the same persistent SAM (a restart / power cycle)
+    open: Callable[[], object]  # a new handle on the same persistent SAM (a restart / power cycle)
     close: Callable[[object], None]
     sam: object = None
 
@@ -180,6 +186,7 @@ def backend(request, make_backend) -> Backend:
 
 # --- purchase -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_mac1_is_what_the_card_checks_and_mac2_verifies(make_backend, algorithm):
     for kind in KINDS:
@@ -230,6 +237,7 @@ def test_tsn_and_last_purchase_survive_reopening(make_backend, kind):
 
 # --- load -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_load_mac2_and_mac3(make_backend, algorithm):
     for kind in KINDS:
@@ -250,6 +258,7 @@ def test_load_mac2_and_mac3(make_backend, algorithm):
 
 
 # --- reversal -------------------------------------------------------------------------------------
+
 
 def _proven_purchase(sam, amount=1250, identity=None) -> tuple[PurchaseSession, int]:
     s = purchase(identity, amount=amount)
@@ -308,10 +317,13 @@ def test_a_reversal_stays_used_after_reopening(make_backend, kind):
         sam.reversal_mac2(credited, card_load_mac1(credited), tsn)
     # Still at the reversal's counter: that MAC2 never reached the card, so the undo may be given again.
     retry = load(amount=55)
-    assert sam.reversal_mac2(retry, card_load_mac1(retry), tsn) == b.sam.reversal_mac2(retry, card_load_mac1(retry), tsn)
+    assert sam.reversal_mac2(retry, card_load_mac1(retry), tsn) == b.sam.reversal_mac2(
+        retry, card_load_mac1(retry), tsn
+    )
 
 
 # --- keys and usages ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_pos_role_usages(make_backend, kind):
@@ -328,7 +340,9 @@ def test_pos_role_usages(make_backend, kind):
     assert not sam.has_key(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128)
     assert sam.has_key(ENTERPRISE, KeyPurpose.LOAD, 1, Algorithm.SM4)
     assert {(i.purpose, i.usages) for i in sam.key_infos()} == {
-        (KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}
+        (KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})),
+        (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL})),
+    }
 
 
 def test_access_macs_and_key_infos(backend):
@@ -340,8 +354,11 @@ def test_access_macs_and_key_infos(backend):
     with pytest.raises(MacVerificationError, match="cloned card"):
         sam.verify_card_mac(KeyPurpose.ACCESS, identity, message, flip(mac))
     assert sam.card_mac(KeyPurpose.ACCESS, identity, b"write") == crypto.mac8(
-        Algorithm.SM4, card_key(KeyPurpose.ACCESS, identity), b"write")
-    expected = {(k.purpose, k.algorithm, crypto.key_check_value(k.algorithm, k.key.reveal())) for k in keystore_for("all")}
+        Algorithm.SM4, card_key(KeyPurpose.ACCESS, identity), b"write"
+    )
+    expected = {
+        (k.purpose, k.algorithm, crypto.key_check_value(k.algorithm, k.key.reveal())) for k in keystore_for("all")
+    }
     assert {(i.purpose, i.algorithm, i.kcv) for i in sam.key_infos()} == expected
     with pytest.raises(KeyNotFound, match="version 9"):
         sam.card_mac(KeyPurpose.ACCESS, replace(identity, key_version=9), b"x")
@@ -356,8 +373,12 @@ def test_purse_keys_make_no_generic_macs(backend, purpose):
 
 
 def test_malformed_inputs_are_refused_before_any_tsn_is_used(backend):
-    for bad in (purchase(amount=0), replace(purchase(), date=bytes.fromhex("2026013A")), replace(purchase(), card_random=b"1"),
-                replace(purchase(), counter=0x10000)):
+    for bad in (
+        purchase(amount=0),
+        replace(purchase(), date=bytes.fromhex("2026013A")),
+        replace(purchase(), card_random=b"1"),
+        replace(purchase(), counter=0x10000),
+    ):
         with pytest.raises(InvalidPurseInput):
             backend.sam.purchase_mac1(bad)
     assert backend.sam.purchase_mac1(purchase())[0] == 1
@@ -382,8 +403,13 @@ def test_tsn_is_durable_before_purchase_mac1_returns(make_backend, tmp_path):
     assert b.sam.purchase_mac1(purchase())[0] == 1
     handed_out = []
     for _ in range(2):
-        child = subprocess.run([sys.executable, "-c", _CRASHING_CHILD, str(tmp_path / "all.ks")], capture_output=True,
-                               text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        child = subprocess.run(
+            [sys.executable, "-c", _CRASHING_CHILD, str(tmp_path / "all.ks")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert child.returncode == 9, child.stderr
         handed_out.append(int(child.stdout))
     assert handed_out == [2, 3]
@@ -413,7 +439,9 @@ def test_a_corrupt_state_file_stops_the_sam_and_is_left_alone(make_backend, tmp_
     data = bytearray(state.read_bytes())
     data[data.index(b'"last_tsn":1') + len('"last_tsn":')] = ord("0")  # roll the TSN back by hand
     state.write_bytes(bytes(data))
-    with pytest.raises(StateFileError, match=r"corrupted \(the checksum does not match.*onecard sam init-state") as excinfo:
+    with pytest.raises(
+        StateFileError, match=r"corrupted \(the checksum does not match.*onecard sam init-state"
+    ) as excinfo:
         b.reopen()
     assert "\n" not in str(excinfo.value)
     assert state.read_bytes() == bytes(data)

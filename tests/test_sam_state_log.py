@@ -1,5 +1,6 @@
 """The software SAM's purse state kept in the event log (terminal/sam_state_log.py): derived at start-up,
 never in a file of its own, surviving compaction."""
+
 import pytest
 
 from sam.sam_state import ReversalRefused, SamState, StateFile, encode_state
@@ -55,6 +56,7 @@ def test_next_tsn_and_undo_state_come_from_the_log(tmp_path, keystore):
 
 def _identity(card):
     from sam.interface import Algorithm, CardIdentity
+
     s = card.state
     return CardIdentity(asn=s.asn, enterprise_id=s.enterprise_id, key_version=1, algorithm=Algorithm.AES128)
 

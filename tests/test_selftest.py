@@ -1,5 +1,6 @@
 """`onecard terminal selftest`: all PASS on a good terminal (real pcscd, keystore, mosquitto/TLS), and every failure
 produced on purpose shows its own fix."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -13,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-
+from onecard.wiring import Wiring
 from sam.cli import ROLES
 from sam.keystore import Keystore, KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
 from simulator import test_pki as deploy
-from onecard.wiring import Wiring
 from terminal import selftest as st
 from terminal.install_cli import default_adapters
 from terminal.provision import bind_sam, binding_path
@@ -37,6 +37,7 @@ def _now():
     5 minutes before they are made), so a NOW taken at import fails them once the suite has run > 5 minutes."""
     global NOW
     NOW = dt.datetime.now(dt.timezone.utc)
+
 
 ROLE_USAGES = {kind: ROLES[st.KIND_ROLE[kind]] for kind in ("door", "pos", "topup")}
 
@@ -95,18 +96,45 @@ database = "{data}/sync.db"
 """
 
 
-def write_config(tmp: Path, keys_dir: Path, reader: str, *, kind: str = "door", keystore: str = "door.ks",
-                 passfile: str = "pass", broker=None, port: int | None = None, ca: Path | None = None,
-                 cert=None, data: Path | None = None) -> Path:
+def write_config(
+    tmp: Path,
+    keys_dir: Path,
+    reader: str,
+    *,
+    kind: str = "door",
+    keystore: str = "door.ks",
+    passfile: str = "pass",
+    broker=None,
+    port: int | None = None,
+    ca: Path | None = None,
+    cert=None,
+    data: Path | None = None,
+) -> Path:
     data = data or tmp / "data"
     sync = ""
     if broker is not None:
         c = cert or broker.pki.client(TID)
-        sync = SYNC.format(port=port or broker.port, ca=ca or broker.pki.ca.cert, cert=c.cert, key=c.key,
-                           pub=broker.pki.platform_public, data=data)
+        sync = SYNC.format(
+            port=port or broker.port,
+            ca=ca or broker.pki.ca.cert,
+            cert=c.cert,
+            key=c.key,
+            pub=broker.pki.platform_public,
+            data=data,
+        )
     path = tmp / "firmware.toml"
-    path.write_text(TOML.format(tid=TID, kind=kind, data=data, reader=reader, keystore=keys_dir / keystore,
-                                passfile=keys_dir / passfile, sync=sync), encoding="utf-8")
+    path.write_text(
+        TOML.format(
+            tid=TID,
+            kind=kind,
+            data=data,
+            reader=reader,
+            keystore=keys_dir / keystore,
+            passfile=keys_dir / passfile,
+            sync=sync,
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -149,16 +177,28 @@ def assert_fails(result: st.CheckResult, found: str, fix: str) -> None:
 # the good terminal
 # --------------------------------------------------------------------------------------------------
 
+
 def test_all_pass_on_a_good_terminal_over_pcscd_and_tls(tmp_path, keys, pcscd, vicc, broker):
     keys_dir, issuing = keys
     config = write_config(tmp_path, keys_dir, pcscd.slots[CARD_SLOT].name, broker=broker)
     vicc(CARD_SLOT).insert(make_card(issuing))
     results = st.run_selftest(config, adapters(), tap_timeout=5)
     r = by_name(results)
-    assert [x.name for x in results] == ["config", "reader", "tap", "sam", "database", "event log chain",
-                                         "blacklist", "broker", "clock", "outputs"]
+    assert [x.name for x in results] == [
+        "config",
+        "reader",
+        "tap",
+        "sam",
+        "database",
+        "event log chain",
+        "blacklist",
+        "broker",
+        "clock",
+        "outputs",
+    ]
     assert all(x.status == st.PASS for x in results if x.name != "clock"), "\n".join(
-        line for x in results for line in x.lines())
+        line for x in results for line in x.lines()
+    )
     assert r["clock"].status == st.SKIP and "no platform time" in r["clock"].found
     assert st.all_passed(results)
     assert "a one-card of enterprise 00010001" in r["tap"].found
@@ -166,9 +206,12 @@ def test_all_pass_on_a_good_terminal_over_pcscd_and_tls(tmp_path, keys, pcscd, v
     assert f"as {TID}" in r["broker"].found and "valid until" in r["broker"].found
     # The self-test wrote nothing into the chain.
     from terminal.event_log import EventLog
+
     with EventLog.open_readonly(tmp_path / "data" / "events.db") as log:
         assert log.last_seq() == 0
-        assert log.db.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'selftest_probe'").fetchone() == (0,)
+        assert log.db.conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'selftest_probe'").fetchone() == (
+            0,
+        )
 
 
 def test_cli_lines_exit_status_and_signed_off_record(tmp_path, keys, pcscd):
@@ -176,9 +219,27 @@ def test_cli_lines_exit_status_and_signed_off_record(tmp_path, keys, pcscd):
     keys_dir, _ = keys
     config = write_config(tmp_path, keys_dir, pcscd.slots[1].name)
     report = tmp_path / "record.txt"
-    r = subprocess.run([sys.executable, "-m", "onecard", "--log-level", "WARNING", "terminal", "selftest", "--config",
-                        str(config), "--report", str(report), "--technician", "Li Ming"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onecard",
+            "--log-level",
+            "WARNING",
+            "terminal",
+            "selftest",
+            "--config",
+            str(config),
+            "--report",
+            str(report),
+            "--technician",
+            "Li Ming",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert all(line.split(" ")[0] in ("PASS", "SKIP") for line in lines[:-2]), r.stdout
@@ -187,14 +248,20 @@ def test_cli_lines_exit_status_and_signed_off_record(tmp_path, keys, pcscd):
     text = report.read_text()
     assert f"Terminal ID:     {TID}" in text and "Result: ALL CHECKS PASSED" in text
     assert "Technician name:  Li Ming" in text and "Customer name:" in text and "Signature:" in text
-    again = subprocess.run([sys.executable, "-m", "onecard", "terminal", "selftest", "--config", str(config),
-                            "--report", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "onecard", "terminal", "selftest", "--config", str(config), "--report", str(report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 2 and "may be signed already" in again.stderr and report.read_text() == text
 
 
 # --------------------------------------------------------------------------------------------------
 # each failure, on purpose
 # --------------------------------------------------------------------------------------------------
+
 
 def test_invalid_config_fails_first_and_skips_the_rest(tmp_path):
     bad = tmp_path / "firmware.toml"
@@ -216,8 +283,14 @@ def test_pcscd_down(tmp_path, keys):
     """A process whose pcscd socket is not there, as on a terminal where pcscd is stopped."""
     config = write_config(tmp_path, keys[0], "Any Reader")
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "no-pcscd.comm"))
-    r = subprocess.run([sys.executable, "-m", "onecard", "--log-level", "ERROR", "terminal", "selftest",
-                        "--config", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onecard", "--log-level", "ERROR", "terminal", "selftest", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 1
     assert "FAIL reader: pcscd is not running" in r.stdout
     assert "  fix: start pcscd: systemctl start pcscd" in r.stdout
@@ -239,14 +312,20 @@ def test_wrong_keystore_passphrase(tmp_path, keys):
 def test_keystore_without_the_keys_of_the_kind(tmp_path, keys):
     config = write_config(tmp_path, keys[0], "unused", kind="pos", keystore="door.ks")
     result = st.check_sam(st.load_config(config), adapters().open_sam, NOW)
-    assert_fails(result, "lacks the pos keys of enterprise 00010001: purchase (mac,verify), load (reversal)",
-                 "onecard sam restrict --role pos")
+    assert_fails(
+        result,
+        "lacks the pos keys of enterprise 00010001: purchase (mac,verify), load (reversal)",
+        "onecard sam restrict --role pos",
+    )
 
 
-@pytest.mark.parametrize("kind, keystore, expect", [
-    ("pos", "pos.ks", "purchase v1 aes128 KCV"),
-    ("topup", "topup.ks", "wrong load MAC1 refused"),
-])
+@pytest.mark.parametrize(
+    "kind, keystore, expect",
+    [
+        ("pos", "pos.ks", "purchase v1 aes128 KCV"),
+        ("topup", "topup.ks", "wrong load MAC1 refused"),
+    ],
+)
 def test_purse_kinds_round_trip_without_touching_the_tsn(tmp_path, keys, kind, keystore, expect):
     config = write_config(tmp_path, keys[0], "unused", kind=kind, keystore=keystore)
     result = st.check_sam(st.load_config(config), adapters().open_sam, NOW)
@@ -259,6 +338,7 @@ def test_a_different_sam_than_the_bound_one(tmp_path, keys):
     config = write_config(tmp_path, keys_dir, "unused")
     cfg = st.load_config(config)
     from terminal.adapters import open_sam
+
     bound = open_sam(cfg)
     bind_sam(config, TID, "keystore", "door.ks", bound.key_infos(), NOW, force=False)
     assert st.check_sam(cfg, adapters().open_sam, NOW).status == st.PASS
@@ -267,7 +347,10 @@ def test_a_different_sam_than_the_bound_one(tmp_path, keys):
     assert_fails(result, "is not the SAM bound to this terminal: bound key access v1", "--rebind-sam")
     # `terminal run` opens its SAM through open_sam, which refuses the unbound one in one line.
     from common.errors import UserError
-    with pytest.raises(UserError, match=r"not the one terminal 000000000042 was installed with .*put back the bound SAM"):
+
+    with pytest.raises(
+        UserError, match=r"not the one terminal 000000000042 was installed with .*put back the bound SAM"
+    ):
         open_sam(st.load_config(other))
     assert binding_path(config).exists()
 
@@ -297,6 +380,7 @@ def test_broken_hash_chain(tmp_path, keys):
     config = write_config(tmp_path, keys[0], "unused")
     cfg = st.load_config(config)
     from tests.mqtt_env import fill_log
+
     cfg.terminal.database.parent.mkdir()
     fill_log(cfg.terminal.database, TID, 5)
     with sqlite3.connect(cfg.terminal.database) as db:
@@ -332,7 +416,9 @@ def test_expired_or_foreign_certificate_is_caught_before_connecting(tmp_path, ke
     connect_called = []
     result = st.check_broker(st.load_config(config), NOW, connect=lambda *a: connect_called.append(a))
     assert_fails(result, "the certificate expired on", "re-run onecard terminal provision with --force")
-    other = write_config(tmp_path, keys[0], "unused", broker=_FakeBroker(sync_pki), cert=sync_pki.client("000000000007"))
+    other = write_config(
+        tmp_path, keys[0], "unused", broker=_FakeBroker(sync_pki), cert=sync_pki.client("000000000007")
+    )
     result = st.check_broker(st.load_config(other), NOW, connect=lambda *a: connect_called.append(a))
     assert_fails(result, "CN is '000000000007', not this terminal's ID 000000000042", "provision")
     assert connect_called == []
@@ -356,8 +442,7 @@ def test_clock_against_the_platform_time_the_agent_stored(tmp_path, keys, sync_p
     cfg.sync.database.parent.mkdir(parents=True, exist_ok=True)
     store = SyncStore.open(cfg.sync.database, TID)
     platform_time = NOW - dt.timedelta(minutes=2)
-    store.mark_seen("t1", "time", format_time(platform_time),
-                    format_time(platform_time + dt.timedelta(seconds=drift)))
+    store.mark_seen("t1", "time", format_time(platform_time), format_time(platform_time + dt.timedelta(seconds=drift)))
     store.close()
     result = st.check_clock(cfg, NOW)
     assert result.status == status, result
@@ -371,8 +456,11 @@ def test_outputs_driver_that_raises(tmp_path):
         def open_relay(self, seconds):
             raise OSError("GPIO17: device or resource busy")
 
-    assert_fails(st.check_outputs(BrokenRelay(), "gpio"), "gpio driver failed to switch the relay "
-                 "(OSError: GPIO17: device or resource busy)", "check the output wiring")
+    assert_fails(
+        st.check_outputs(BrokenRelay(), "gpio"),
+        "gpio driver failed to switch the relay (OSError: GPIO17: device or resource busy)",
+        "check the output wiring",
+    )
     good = RecordingOutputs()
     assert st.check_outputs(good, "console").status == st.PASS
     assert ("relay", 1) in good.actions and ("light", "green") in good.actions and ("beep", "error") in good.actions

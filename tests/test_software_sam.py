@@ -1,4 +1,5 @@
 """SoftwareSam: card MAC verification and computation, usage restrictions, personalisation, key hiding."""
+
 from __future__ import annotations
 
 import inspect
@@ -52,7 +53,9 @@ def card(algorithm: Algorithm = Algorithm.AES128, version: int = 2, asn: bytes =
 def card_side_mac(purpose: KeyPurpose, identity: CardIdentity, message: bytes) -> bytes:
     """What a card holding its diversified key computes, written from the spec, not through the SAM."""
     card_key = crypto.diversify(
-        identity.algorithm, master(purpose, identity.key_version, identity.algorithm), identity.asn + identity.enterprise_id
+        identity.algorithm,
+        master(purpose, identity.key_version, identity.algorithm),
+        identity.asn + identity.enterprise_id,
     )
     return crypto.cmac(identity.algorithm, card_key, message)[:8]
 
@@ -101,7 +104,11 @@ def test_a_mac_replayed_from_another_card_fails():
 @pytest.mark.parametrize("length", [0, 4, 7, 9, 16])
 def test_verify_rejects_wrong_mac_length(length):
     identity = card(version=1)
-    full = crypto.cmac(Algorithm.AES128, crypto.diversify(Algorithm.AES128, master(KeyPurpose.ACCESS, 1, Algorithm.AES128), ASN + ENTERPRISE), b"m")
+    full = crypto.cmac(
+        Algorithm.AES128,
+        crypto.diversify(Algorithm.AES128, master(KeyPurpose.ACCESS, 1, Algorithm.AES128), ASN + ENTERPRISE),
+        b"m",
+    )
     with pytest.raises(MacVerificationError, match="expected 8"):
         SAM.verify_card_mac(KeyPurpose.ACCESS, identity, b"m", full[:length])
 
@@ -109,12 +116,16 @@ def test_verify_rejects_wrong_mac_length(length):
 @pytest.mark.parametrize("algorithm", list(Algorithm))
 def test_card_mac_is_what_the_card_computes(algorithm):
     identity = card(algorithm, version=2)
-    assert SAM.card_mac(KeyPurpose.UPDATE, identity, b"write file 3") == card_side_mac(KeyPurpose.UPDATE, identity, b"write file 3")
+    assert SAM.card_mac(KeyPurpose.UPDATE, identity, b"write file 3") == card_side_mac(
+        KeyPurpose.UPDATE, identity, b"write file 3"
+    )
     assert SAM.card_mac(KeyPurpose.ACCESS, identity, b"x") == card_side_mac(KeyPurpose.ACCESS, identity, b"x")
 
 
 def test_usage_restrictions():
-    with pytest.raises(KeyUsageError, match=r"purpose access version 1 algorithm aes128 may not be used to mac \(allowed: verify\)"):
+    with pytest.raises(
+        KeyUsageError, match=r"purpose access version 1 algorithm aes128 may not be used to mac \(allowed: verify\)"
+    ):
         SAM.card_mac(KeyPurpose.ACCESS, card(version=1), b"x")
     with pytest.raises(KeyUsageError, match="may not be used to verify"):
         SAM.verify_card_mac(KeyPurpose.UPDATE, card(version=1), b"x", bytes(8))
@@ -135,7 +146,10 @@ def test_door_terminal_keystore_only_verifies(tmp_path):
 
 
 def test_missing_key_names_it_and_the_fix():
-    with pytest.raises(KeyNotFound, match=r"no master key for enterprise 00010001 purpose access version 9 algorithm sm4; .*onecard sam list"):
+    with pytest.raises(
+        KeyNotFound,
+        match=r"no master key for enterprise 00010001 purpose access version 9 algorithm sm4; .*onecard sam list",
+    ):
         SAM.verify_card_mac(KeyPurpose.ACCESS, card(Algorithm.SM4, version=9), b"m", bytes(8))
     other = CardIdentity(ASN, parse_enterprise_id("00020002"), 1, Algorithm.AES128)
     with pytest.raises(KeyNotFound, match="enterprise 00020002"):
@@ -213,7 +227,9 @@ def test_bad_lengths_are_invalid_identity_not_missing_key():
 def test_card_algorithm_id_byte_is_accepted():
     # The terminal may hand over the raw algorithm ID byte read from the card.
     identity = CardIdentity(ASN, ENTERPRISE, 2, 0x02)
-    assert SAM.card_mac(KeyPurpose.ACCESS, identity, b"m") == card_side_mac(KeyPurpose.ACCESS, card(Algorithm.SM4), b"m")
+    assert SAM.card_mac(KeyPurpose.ACCESS, identity, b"m") == card_side_mac(
+        KeyPurpose.ACCESS, card(Algorithm.SM4), b"m"
+    )
 
 
 def test_no_key_bytes_in_repr_or_errors():
@@ -269,8 +285,16 @@ PURSE_KEYS = [
 ]
 PLATFORM = SoftwareSam(Keystore(PURSE_KEYS))
 TERMINAL = bytes.fromhex("000000000101")
-TAC_FIELDS = dict(amount=1250, tx_type=tx.PURCHASE, terminal_id=TERMINAL, tsn=17, date=bytes.fromhex("20260131"),
-                  time=bytes.fromhex("123456"), counter=7, balance_after=8750)
+TAC_FIELDS = dict(
+    amount=1250,
+    tx_type=tx.PURCHASE,
+    terminal_id=TERMINAL,
+    tsn=17,
+    date=bytes.fromhex("20260131"),
+    time=bytes.fromhex("123456"),
+    counter=7,
+    balance_after=8750,
+)
 
 
 def purse_master(purpose: KeyPurpose, algorithm: Algorithm) -> bytes:
@@ -278,7 +302,9 @@ def purse_master(purpose: KeyPurpose, algorithm: Algorithm) -> bytes:
 
 
 def card_tac(identity: CardIdentity, **fields) -> bytes:
-    k_tac = crypto.diversify(identity.algorithm, purse_master(KeyPurpose.TAC, identity.algorithm), identity.asn + identity.enterprise_id)
+    k_tac = crypto.diversify(
+        identity.algorithm, purse_master(KeyPurpose.TAC, identity.algorithm), identity.asn + identity.enterprise_id
+    )
     return pc.tac(identity.algorithm, k_tac, **fields)
 
 
@@ -290,10 +316,19 @@ def test_verify_tac_accepts_the_cards_tac(algorithm, tx_type, tsn):
     PLATFORM.verify_tac(identity, **fields, tac=card_tac(identity, **fields))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("amount", 1251), ("tx_type", tx.LOAD), ("terminal_id", bytes.fromhex("000000000102")), ("tsn", 18),
-    ("date", bytes.fromhex("20260201")), ("time", bytes.fromhex("123457")), ("counter", 8), ("balance_after", 8751),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("amount", 1251),
+        ("tx_type", tx.LOAD),
+        ("terminal_id", bytes.fromhex("000000000102")),
+        ("tsn", 18),
+        ("date", bytes.fromhex("20260201")),
+        ("time", bytes.fromhex("123457")),
+        ("counter", 8),
+        ("balance_after", 8751),
+    ],
+)
 def test_verify_tac_covers_every_field(field, value):
     identity = card(version=1)
     tac = card_tac(identity, **TAC_FIELDS)
@@ -313,8 +348,20 @@ def test_verify_tac_needs_tac_verify_and_checks_inputs():
     pos = SoftwareSam(Keystore(PURSE_KEYS).restricted({KeyUsage.MAC, KeyUsage.VERIFY}, purposes={KeyPurpose.PURCHASE}))
     with pytest.raises(KeyNotFound, match="purpose tac"):
         pos.verify_tac(identity, **TAC_FIELDS, tac=tac)
-    signer = SoftwareSam(Keystore([MasterKey(ENTERPRISE, KeyPurpose.TAC, 1, Algorithm.AES128, frozenset({KeyUsage.PERSONALISE}),
-                                             next(k for k in PURSE_KEYS if k.purpose is KeyPurpose.TAC).key)]))
+    signer = SoftwareSam(
+        Keystore(
+            [
+                MasterKey(
+                    ENTERPRISE,
+                    KeyPurpose.TAC,
+                    1,
+                    Algorithm.AES128,
+                    frozenset({KeyUsage.PERSONALISE}),
+                    next(k for k in PURSE_KEYS if k.purpose is KeyPurpose.TAC).key,
+                )
+            ]
+        )
+    )
     with pytest.raises(KeyUsageError, match="may not be used to verify"):
         signer.verify_tac(identity, **TAC_FIELDS, tac=tac)
 
@@ -360,7 +407,7 @@ def test_open_keeps_state_beside_the_keystore(tmp_path):
 def test_state_file_format_is_as_documented(tmp_path):
     # docs/key-handling.md 8.2, byte for byte.
     documented = (
-        b'ONECARD-SAM-STATE 1\n'
+        b"ONECARD-SAM-STATE 1\n"
         b'{"last_purchase":{"amount":1250,"asn":"8601000000001234","debited":true,"enterprise_id":"00010001",'
         b'"reversal_counter":null,"tsn":17},"last_tsn":17}\n'
     )
@@ -379,7 +426,7 @@ def test_any_byte_change_in_the_state_file_is_refused(position, value):
     position %= len(data)
     if data[position] == value:
         return
-    altered = data[:position] + bytes([value]) + data[position + 1:]
+    altered = data[:position] + bytes([value]) + data[position + 1 :]
     with pytest.raises(ValueError):
         decode_state(altered)
 

@@ -1,5 +1,6 @@
 """The installer's status page, looked at in a real headless Chromium (Debian's chromium + chromium-driver, driven
 by selenium): reader, SAM, sync backlog, open alarm, last decisions, last self-test; read-only, no secrets."""
+
 import datetime as dt
 import json
 import urllib.error
@@ -21,11 +22,23 @@ def page(tmp_path):
     reader.tap(make_card(sam))
     term.handle_tap(reader.wait_for_card(1), MONDAY_10AM)
     term.reader_status = {"name": reader.name, "state": "ready for taps"}
-    term.event_log.append(MONDAY_10AM + dt.timedelta(minutes=1), "door.forced_open", asn=None,
-                          reason_code="forced_open", message="Door forced open: security has been alerted", detail={})
-    selftest_path(term.config).write_text(json.dumps({
-        "time": "2026-11-23T10:00:00+08:00", "summary": "all checks passed",
-        "results": [{"check": "reader", "status": "PASS", "found": "ACS ACR1252 PICC 00 00 present"}]}))
+    term.event_log.append(
+        MONDAY_10AM + dt.timedelta(minutes=1),
+        "door.forced_open",
+        asn=None,
+        reason_code="forced_open",
+        message="Door forced open: security has been alerted",
+        detail={},
+    )
+    selftest_path(term.config).write_text(
+        json.dumps(
+            {
+                "time": "2026-11-23T10:00:00+08:00",
+                "summary": "all checks passed",
+                "results": [{"check": "reader", "status": "PASS", "found": "ACS ACR1252 PICC 00 00 present"}],
+            }
+        )
+    )
     status = StatusPage(term.config, term.live_status, "127.0.0.1", 0)
     yield term, f"http://127.0.0.1:{status.port}/"
     status.close()
@@ -39,9 +52,16 @@ def browser(tmp_path_factory):
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
     yield driver
@@ -77,20 +97,28 @@ def test_status_json_and_no_actions(page):
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(urllib.request.Request(url, data=b"x", method="POST"), timeout=5)
     assert exc.value.code == 405
-    term.event_log.append(MONDAY_10AM + dt.timedelta(minutes=2), "door.closed", asn=None, reason_code="closed",
-                          message="Door closed", detail={"alarm": "door.forced_open"})
+    term.event_log.append(
+        MONDAY_10AM + dt.timedelta(minutes=2),
+        "door.closed",
+        asn=None,
+        reason_code="closed",
+        message="Door closed",
+        detail={"alarm": "door.forced_open"},
+    )
     with urllib.request.urlopen(url + "status.json", timeout=5) as r:
         assert json.loads(r.read())["open_alarms"] == []
 
 
-@pytest.mark.parametrize("listen, ok", [('"127.0.0.1:8080"', True), ('""', True), ('"8080"', False),
-                                        ('"127.0.0.1:99999"', False)])
+@pytest.mark.parametrize(
+    "listen, ok", [('"127.0.0.1:8080"', True), ('""', True), ('"8080"', False), ('"127.0.0.1:99999"', False)]
+)
 def test_status_listen_setting(tmp_path, listen, ok):
     from tests.support import TERMINAL_TOML
 
     cfg = tmp_path / "t.toml"
-    cfg.write_text(TERMINAL_TOML.format(kind="door", db=tmp_path / "e.db", bl=tmp_path / "b.db")
-                   + f"[status]\nlisten = {listen}\n")
+    cfg.write_text(
+        TERMINAL_TOML.format(kind="door", db=tmp_path / "e.db", bl=tmp_path / "b.db") + f"[status]\nlisten = {listen}\n"
+    )
     if ok:
         load_config(cfg)
     else:

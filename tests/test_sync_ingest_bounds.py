@@ -1,5 +1,6 @@
 """The platform's ingest at its boundaries: bounded pending records, rewritten acknowledged records, chain breaks
 and their re-anchoring (real SQLite, real event logs; the broker is not needed to decide these)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,15 +39,28 @@ def pf(tmp_path):
 def wire(db, n, **kw):
     fill_log(db, TID, n, **kw)
     with EventLog.open(db, TID) as log:
-        return [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                            e.prev_hash, e.hash) for e in log.events()]
+        return [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in log.events()
+        ]
 
 
 def rewritten(e: p.WireEvent, **changes) -> p.WireEvent:
     """The record with other content and a hash that is consistent with it (what a log rewrite produces)."""
     e = dataclasses.replace(e, **changes)
-    return dataclasses.replace(e, hash=event_hash(e.seq, e.time, TID, e.kind, e.asn, e.reason_code, e.message,
-                                                  e.detail, e.prev_hash))
+    return dataclasses.replace(
+        e, hash=event_hash(e.seq, e.time, TID, e.kind, e.asn, e.reason_code, e.message, e.detail, e.prev_hash)
+    )
 
 
 def ack_body(pf, result):
@@ -56,7 +70,7 @@ def ack_body(pf, result):
 def test_records_far_past_a_gap_are_refused_with_a_reason_and_kept_by_the_agent(pf, tmp_path, monkeypatch):
     monkeypatch.setattr(central.ingest, "MAX_PENDING_GAP", 50)
     ev = wire(tmp_path / "events.db", 120)
-    r = pf.ingest(TID, ev[10:120])           # seqs 11..120: 11..50 may wait behind the gap, 51.. may not
+    r = pf.ingest(TID, ev[10:120])  # seqs 11..120: 11..50 may wait behind the gap, 51.. may not
     assert (r.acked_seq, r.pending, r.reason) == (0, 40, "pending_gap")
     body = ack_body(pf, r)
     assert body["reason"] == "pending_gap" and "more than 50 records ahead" in body["problem"]
@@ -75,13 +89,25 @@ def test_pending_bytes_are_bounded_per_terminal(pf, tmp_path, monkeypatch):
     with EventLog.open(tmp_path / "events.db", TID) as log:
         for i in range(30):
             log.append(NOW, "door.grant", asn=None, reason_code="ok", message=big, detail={"i": i})
-        ev = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                          e.prev_hash, e.hash) for e in log.events()]
-    r = pf.ingest(TID, ev[1:])               # seq 1 missing: all of it would wait, ~124 kB
+        ev = [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in log.events()
+        ]
+    r = pf.ingest(TID, ev[1:])  # seq 1 missing: all of it would wait, ~124 kB
     assert r.reason == "pending_bytes" and 5 <= r.pending < 10
     stored = pf.conn.execute("SELECT sum(length(message)) FROM pending_events").fetchone()[0]
     assert stored <= 40_000
-    r = pf.ingest(TID, ev)                   # the gap filled: all 31 accepted in the end
+    r = pf.ingest(TID, ev)  # the gap filled: all 31 accepted in the end
     assert (r.acked_seq, r.pending) == (31, 0)
 
 
@@ -97,9 +123,10 @@ def test_a_rewritten_acknowledged_record_raises_a_divergence_alarm_not_a_duplica
     assert "event=platform.diverged" in caplog.text
     # The stored record is the acknowledged one.
     assert pf.conn.execute("SELECT message FROM events WHERE seq = 5").fetchone()[0] == "Welcome"
-    assert pf.ingest(TID, [forged]).reason == "diverged"   # resent: refused again, stored and alarmed once
+    assert pf.ingest(TID, [forged]).reason == "diverged"  # resent: refused again, stored and alarmed once
     assert pf.conn.execute("SELECT why, seq, message FROM chain_evidence").fetchall() == [
-        ("diverged", 5, "Welcome, Mallory")]
+        ("diverged", 5, "Welcome, Mallory")
+    ]
     assert len(pf.terminal(TID)["alarms"]) == 1
 
 
@@ -109,7 +136,7 @@ def test_a_chain_break_is_kept_as_evidence_and_an_administrator_can_reanchor(pf,
     other = [dataclasses.replace(e) for e in wire(tmp_path / "b.db", 10, asn="1122334455667788")]
     r = pf.ingest(TID, ev[:4] + other[4:])
     assert (r.acked_seq, r.reason) == (4, "chain_broken") and "chain broken at seq 5" in r.problem
-    r = pf.ingest(TID, other[4:])            # the agent keeps resending: later records wait, never accepted
+    r = pf.ingest(TID, other[4:])  # the agent keeps resending: later records wait, never accepted
     assert (r.acked_seq, r.pending) == (4, 6)
     with pytest.raises(PlatformError, match="not after the verified chain"):
         pf.reanchor(TID, 3, "checked")
@@ -125,8 +152,10 @@ def test_a_chain_break_is_kept_as_evidence_and_an_administrator_can_reanchor(pf,
     assert kept == [("chain_broken", 5, other[4].hash), ("reanchor", 5, other[4].hash)]
     assert pf.conn.execute("SELECT count(*) FROM events WHERE seq = 5").fetchone()[0] == 0
     # The ack for the agent is queued, and the chain goes on from the new anchor.
-    assert p.open_envelope(pf.unpublished()[-1][2], KEY.public_key()).body == {"acked_seq": 10,
-                                                                               "acked_hash": other[9].hash}
+    assert p.open_envelope(pf.unpublished()[-1][2], KEY.public_key()).body == {
+        "acked_seq": 10,
+        "acked_hash": other[9].hash,
+    }
 
 
 def test_reanchor_command_refuses_in_one_line_and_reanchors(tmp_path):
@@ -134,8 +163,14 @@ def test_reanchor_command_refuses_in_one_line_and_reanchors(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def onecard(*args):
-        return subprocess.run([sys.executable, "-m", "onecard", "platform", *map(str, args), "--db", db, "--key", key],
-                              capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "onecard", "platform", *map(str, args), "--db", db, "--key", key],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
     assert onecard("init").returncode == 0
     pf = Platform(db, load_signing_key(key))
     pf.add_enterprise(EID, "Co")
@@ -155,7 +190,7 @@ def test_reanchor_command_refuses_in_one_line_and_reanchors(tmp_path):
 
 def test_two_different_records_for_one_waiting_seq_raise_the_alarm_and_both_are_kept(pf, tmp_path):
     ev = wire(tmp_path / "events.db", 6)
-    pf.ingest(TID, ev[3:6])                   # 4..6 wait behind the gap
+    pf.ingest(TID, ev[3:6])  # 4..6 wait behind the gap
     other = rewritten(ev[4], message="Welcome, Mallory")
     r = pf.ingest(TID, [other])
     assert r.reason == "diverged" and "is waiting with hash" in r.problem

@@ -1,4 +1,5 @@
 """Sync agent and platform over a real mosquitto with TLS client certificates and the onecard ACL."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,7 +18,7 @@ from common.mqtt import MqttLink, TlsFiles
 from sync_agent.store import read_acked_seq
 from terminal.blacklist import Blacklist
 from terminal.event_log import EventLog
-from tests.mqtt_env import (ENTERPRISE, AgentThread, fill_log, terminal_id, wait_until, write_terminal_config)
+from tests.mqtt_env import ENTERPRISE, AgentThread, fill_log, terminal_id, wait_until, write_terminal_config
 
 ASN = "0102030405060708"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,8 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def raw_link(broker, cn, subscriptions=()):
     c = broker.pki.client(cn)
-    link = MqttLink(f"test-{cn}-{time.monotonic_ns()}", "127.0.0.1", broker.port,
-                    TlsFiles(broker.pki.ca.cert, c.cert, c.key), subscriptions=list(subscriptions))
+    link = MqttLink(
+        f"test-{cn}-{time.monotonic_ns()}",
+        "127.0.0.1",
+        broker.port,
+        TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+        subscriptions=list(subscriptions),
+    )
     link.start()
     assert link.connected.wait(10), f"test client {cn} could not connect"
     return link
@@ -63,8 +69,20 @@ def test_duplicate_deliveries_never_change_the_totals(broker, platform, tmp_path
     tid = terminal_id(2)
     n = fill_log(tmp_path / "events.db", tid, 1200, kind="attendance.in")
     with EventLog.open(tmp_path / "events.db", tid) as log:
-        wire = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                            e.prev_hash, e.hash) for e in log.events()]
+        wire = [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in log.events()
+        ]
     acks = []
     link = raw_link(broker, tid, [p.terminal_topic(tid, p.DOWN_ACK)])
     try:
@@ -114,8 +132,9 @@ def test_agent_sigkill_mid_upload_then_restart_loses_and_doubles_nothing(broker,
 def test_broker_restart_mid_upload_and_outage_backlog_drain(broker, platform, tmp_path):
     admin, _ = platform
     tid = terminal_id(4)
-    cfg = write_terminal_config(tmp_path / "t4", tid, broker, batch_size=500, max_events_per_s=5000,
-                                ack_timeout_seconds=2)
+    cfg = write_terminal_config(
+        tmp_path / "t4", tid, broker, batch_size=500, max_events_per_s=5000, ack_timeout_seconds=2
+    )
     db = tmp_path / "t4" / "events.db"
     n = fill_log(db, tid, 10_000)
     agent = AgentThread(cfg).start()
@@ -157,16 +176,43 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         key = broker.pki.platform_key
         now = dt.datetime.now(dt.timezone.utc)
         epoch = admin.epoch().to_json()
-        forged_body = {"enterprise_id": ENTERPRISE, "epoch": epoch, "base_version": v1, "version": v1 + 1,
-                       "added": [], "removed": ["0000000000000000"]}
+        forged_body = {
+            "enterprise_id": ENTERPRISE,
+            "epoch": epoch,
+            "base_version": v1,
+            "version": v1 + 1,
+            "added": [],
+            "removed": ["0000000000000000"],
+        }
         attacks = [
-            ("bad_signature", p.seal(Ed25519PrivateKey.generate(), "blacklist.delta", f"t:{tid}", forged_body, now, msg_id=secrets.token_hex(16))),
+            (
+                "bad_signature",
+                p.seal(
+                    Ed25519PrivateKey.generate(),
+                    "blacklist.delta",
+                    f"t:{tid}",
+                    forged_body,
+                    now,
+                    msg_id=secrets.token_hex(16),
+                ),
+            ),
             ("replay", genuine),
-            ("rollback", p.seal(key, "blacklist.snapshot", f"t:{tid}",
-                                {"enterprise_id": ENTERPRISE, "epoch": epoch, "version": 1, "count": 0,
-                                 "groups": []}, now, msg_id=secrets.token_hex(16))),
+            (
+                "rollback",
+                p.seal(
+                    key,
+                    "blacklist.snapshot",
+                    f"t:{tid}",
+                    {"enterprise_id": ENTERPRISE, "epoch": epoch, "version": 1, "count": 0, "groups": []},
+                    now,
+                    msg_id=secrets.token_hex(16),
+                ),
+            ),
             ("malformed", b'{"v": 1, "type": "blacklist.delta", "body": '),
-            ("wrong_target", p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now, msg_id=secrets.token_hex(16))),
+            (
+                "wrong_target",
+                p.seal(key, "blacklist.delta", f"t:{terminal_id(6)}", forged_body, now, msg_id=secrets.token_hex(16)),
+            ),
         ]
         for i, (_, payload) in enumerate(attacks):
             pub.publish(down, payload).wait_for_publish(5)
@@ -176,9 +222,21 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
             assert bl.version() == v1 and bl.lookup(bytes(8)).reason == "lost"
         # A genuine delta that skips a version: the agent asks for a snapshot and ends up current.
         bulk_v = admin.blacklist_bulk(ENTERPRISE, [bytes([9]) * 8, bytes([10]) * 8])
-        gap = p.seal(key, "blacklist.delta", f"e:{ENTERPRISE}",
-                     {"enterprise_id": ENTERPRISE, "epoch": epoch, "base_version": bulk_v, "version": bulk_v + 1,
-                      "added": [], "removed": []}, now, msg_id=secrets.token_hex(16))
+        gap = p.seal(
+            key,
+            "blacklist.delta",
+            f"e:{ENTERPRISE}",
+            {
+                "enterprise_id": ENTERPRISE,
+                "epoch": epoch,
+                "base_version": bulk_v,
+                "version": bulk_v + 1,
+                "added": [],
+                "removed": [],
+            },
+            now,
+            msg_id=secrets.token_hex(16),
+        )
         pub.publish(p.enterprise_topic(ENTERPRISE), gap).wait_for_publish(5)
         wait_until(lambda: agent.blacklist_version() == bulk_v, 10, "the snapshot requested after the gap")
         with Blacklist.open(tmp_path / "t5" / "blacklist.db") as bl:
@@ -189,12 +247,16 @@ def test_signed_downlinks_forgery_replay_rollback_malformed_and_gap(broker, plat
         again = admin.seal("card_action", f"t:{tid}", admin._action_body(action))
         wait_until(lambda: not admin.unpublished(), 10, "the platform publishing its queue")
         pub.publish(down, again).wait_for_publish(5)
-        wait_until(lambda: any(r == "duplicate_action" for r, _ in agent.agent.rejected), 10,
-                   "the repeated card action being recognised")
+        wait_until(
+            lambda: any(r == "duplicate_action" for r, _ in agent.agent.rejected),
+            10,
+            "the repeated card action being recognised",
+        )
     finally:
         pub.stop()
         agent.stop()
     from sync_agent.store import SyncStore
+
     store = SyncStore.open(tmp_path / "t5" / "sync.db", tid)
     try:
         assert store.config_version() == cv
@@ -222,17 +284,31 @@ def test_a_terminal_cannot_publish_as_another(broker, platform, tmp_path):
     fill_log(tmp_path / "events.db", terminal_id(8), 10)
     fill_log(tmp_path / "victim.db", victim, 10)
     with EventLog.open(tmp_path / "victim.db", victim) as log:
-        wire = [p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
-                            e.prev_hash, e.hash) for e in log.events()]
+        wire = [
+            p.WireEvent(
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
+            )
+            for e in log.events()
+        ]
     # Terminal 8's certificate, publishing a well-formed batch under terminal 9's topic.
     attacker = raw_link(broker, terminal_id(8))
     try:
         attacker.publish(p.terminal_topic(victim, p.UP_EVENTS), p.encode_events(victim, wire)).wait_for_publish(5)
-        attacker.publish(p.terminal_topic(victim, p.UP_STATUS), p.encode_status(victim, "offline", None),
-                         retain=True).wait_for_publish(5)
+        attacker.publish(
+            p.terminal_topic(victim, p.UP_STATUS), p.encode_status(victim, "offline", None), retain=True
+        ).wait_for_publish(5)
         # Then something it may publish, so we know the broker processed the forged ones first.
-        attacker.publish(p.terminal_topic(terminal_id(8), p.UP_STATUS),
-                         p.encode_status(terminal_id(8), "online", None)).wait_for_publish(5)
+        attacker.publish(
+            p.terminal_topic(terminal_id(8), p.UP_STATUS), p.encode_status(terminal_id(8), "online", None)
+        ).wait_for_publish(5)
         wait_until(lambda: admin.terminal(terminal_id(8))["status"] == "online", 10, "the attacker's own status")
     finally:
         attacker.stop()
@@ -248,8 +324,10 @@ def test_loss_report_reaches_every_terminal_blacklist(broker, platform, tmp_path
     sam, card = sam_and_card
     asn = card.state.asn.hex().upper()
     admin.issue_card(ENTERPRISE, "E1001", asn)
-    agents = [AgentThread(write_terminal_config(tmp_path / f"a{i}", terminal_id(10 + i), broker,
-                                                heartbeat_seconds=600)) for i in range(n_terminals)]
+    agents = [
+        AgentThread(write_terminal_config(tmp_path / f"a{i}", terminal_id(10 + i), broker, heartbeat_seconds=600))
+        for i in range(n_terminals)
+    ]
     try:
         for a in agents:
             a.start()
@@ -263,8 +341,9 @@ def test_loss_report_reaches_every_terminal_blacklist(broker, platform, tmp_path
         with Blacklist.open(a.config.terminal.blacklist) as bl:
             assert bl.lookup(card.state.asn).reason == "lost"
     # The terminal itself enforces it from the file the agent wrote.
-    from tests.support import make_terminal, MONDAY_10AM
     from simulator.inprocess import InProcessReader
+    from tests.support import MONDAY_10AM, make_terminal
+
     (tmp_path / "door").mkdir()
     term, _ = make_terminal(tmp_path / "door", sam)
     term.blacklist.close()
@@ -278,5 +357,6 @@ def test_loss_report_reaches_every_terminal_blacklist(broker, platform, tmp_path
 @pytest.fixture
 def sam_and_card():
     from tests.support import make_card, make_sam
+
     sam = make_sam()
     return sam, make_card(sam)

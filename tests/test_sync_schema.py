@@ -1,6 +1,7 @@
 """One strict schema per sync message, the same on both sides: the agent's and the platform's real entry points are
 fed the same samples and must accept or refuse each alike; fuzzing either side gives a parse or our ProtocolError,
 and garbage is refused."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,8 @@ import json
 import types
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from central.service import BrokerSettings, Worker
 from central.store import Platform
@@ -37,8 +39,9 @@ class Sides:
         self.platform = Platform(tmp_path / "platform.db", self.key)
         self.platform.add_enterprise(ENTERPRISE, "Co")
         self.platform.add_terminal(TID, ENTERPRISE, kind="door")
-        self.worker = Worker(0, self.platform, BrokerSettings("127.0.0.1", 1, sync_pki.ca.cert,
-                                                              sync_pki.platform_cert_dir))
+        self.worker = Worker(
+            0, self.platform, BrokerSettings("127.0.0.1", 1, sync_pki.ca.cert, sync_pki.platform_cert_dir)
+        )
         self.worker.link.publish = lambda *a, **k: types.SimpleNamespace(rc=0)
         self.n = 0
 
@@ -65,6 +68,7 @@ class Sides:
 
 def _sign(key, unsigned):
     import base64
+
     return base64.b64encode(key.sign(p.signed_bytes(unsigned))).decode()
 
 
@@ -76,23 +80,43 @@ def sides(sync_pki, tmp_path):
 
 
 def heartbeat(**over):
-    obj = {"v": 1, "type": "heartbeat", "terminal_id": TID, "sent_at": GOOD_TIME, "head_seq": 0, "acked_seq": 0,
-           "backlog": 0, "blacklist_version": 0, "config_version": 0, "last_tap_at": None, "blacklist_epoch": None,
-           "blacklist_digest": p.EMPTY_DIGEST}
+    obj = {
+        "v": 1,
+        "type": "heartbeat",
+        "terminal_id": TID,
+        "sent_at": GOOD_TIME,
+        "head_seq": 0,
+        "acked_seq": 0,
+        "backlog": 0,
+        "blacklist_version": 0,
+        "config_version": 0,
+        "last_tap_at": None,
+        "blacklist_epoch": None,
+        "blacklist_digest": p.EMPTY_DIGEST,
+    }
     obj.update(over)
     return obj
 
 
 def time_msg(platform_time=GOOD_TIME, issued_at=GOOD_TIME, **over):
-    obj = {"v": 1, "type": "time", "target": f"t:{TID}", "issued_at": issued_at,
-           "body": {"platform_time": platform_time}}
+    obj = {
+        "v": 1,
+        "type": "time",
+        "target": f"t:{TID}",
+        "issued_at": issued_at,
+        "body": {"platform_time": platform_time},
+    }
     obj.update(over)
     return obj
 
 
 def events_msg(time=GOOD_TIME, kind="door.grant", detail='{"i":1}', **over):
-    obj = {"v": 1, "type": "events", "terminal_id": TID,
-           "events": [[1, time, kind, None, "ok", "Welcome", detail, "00" * 32, HASH]]}
+    obj = {
+        "v": 1,
+        "type": "events",
+        "terminal_id": TID,
+        "events": [[1, time, kind, None, "ok", "Welcome", detail, "00" * 32, HASH]],
+    }
     obj.update(over)
     return obj
 
@@ -101,13 +125,13 @@ TIMES = [
     (GOOD_TIME, True),
     ("2026-11-23T02:00:00.123456Z", True),
     ("yesterday", False),
-    ("2026-11-23T02:00:00.000Z", False),            # 3 fraction digits
+    ("2026-11-23T02:00:00.000Z", False),  # 3 fraction digits
     ("2026-11-23T02:00:00Z", False),
     ("2026-11-23T02:00:00.000000+00:00", False),
     ("2026-11-23 02:00:00.000000Z", False),
-    ("2026-02-30T02:00:00.000000Z", False),         # not a date
+    ("2026-02-30T02:00:00.000000Z", False),  # not a date
     ("2026-11-23T24:00:00.000000Z", False),
-    ("２０２６-11-23T02:00:00.000000Z", False),       # non-ASCII digits
+    ("２０２６-11-23T02:00:00.000000Z", False),  # non-ASCII digits
     ("2026-11-23T02:00:00.000000z", False),
 ]
 VERSIONS = [(1, True), (True, False), (1.0, False), ("1", False), (2, False), (None, False)]
@@ -117,8 +141,13 @@ VERSIONS = [(1, True), (True, False), (1.0, False), ("1", False), (2, False), (N
 def test_times_are_refused_or_accepted_alike_everywhere(sides, text, ok):
     assert sides.platform_accepts(p.UP_HEARTBEAT, p.canonical(heartbeat(sent_at=text))) is ok
     assert sides.platform_accepts(p.UP_EVENTS, p.canonical(events_msg(time=text))) is ok
-    assert sides.platform_accepts(p.UP_STATUS, p.canonical({"v": 1, "type": "status", "terminal_id": TID,
-                                                            "state": "online", "reason": "", "at": text})) is ok
+    assert (
+        sides.platform_accepts(
+            p.UP_STATUS,
+            p.canonical({"v": 1, "type": "status", "terminal_id": TID, "state": "online", "reason": "", "at": text}),
+        )
+        is ok
+    )
     assert sides.agent_accepts(time_msg(platform_time=text)) is ok
     assert sides.agent_accepts(time_msg(issued_at=text)) is ok
 
@@ -134,32 +163,51 @@ def test_the_protocol_version_is_the_integer_1_everywhere(sides, v, ok):
 def test_unknown_fields_are_refused_everywhere(sides, where):
     assert not sides.platform_accepts(p.UP_HEARTBEAT, p.canonical(heartbeat(extra=1)))
     assert not sides.platform_accepts(p.UP_EVENTS, p.canonical(events_msg(extra=1)))
-    assert not sides.platform_accepts(p.UP_REQUEST, p.canonical(
-        {"v": 1, "type": "request", "terminal_id": TID, "want": "sync", "blacklist_version": 0, "config_version": 0,
-         "blacklist_epoch": None, "extra": 1}))
+    assert not sides.platform_accepts(
+        p.UP_REQUEST,
+        p.canonical(
+            {
+                "v": 1,
+                "type": "request",
+                "terminal_id": TID,
+                "want": "sync",
+                "blacklist_version": 0,
+                "config_version": 0,
+                "blacklist_epoch": None,
+                "extra": 1,
+            }
+        ),
+    )
     msg = time_msg()
     (msg if where == "top" else msg["body"])["extra"] = 1
     assert not sides.agent_accepts(msg)
-    ack = {"v": 1, "type": "ack", "target": f"t:{TID}", "issued_at": GOOD_TIME,
-           "body": {"acked_seq": 0, "acked_hash": HASH, "extra": True}}
+    ack = {
+        "v": 1,
+        "type": "ack",
+        "target": f"t:{TID}",
+        "issued_at": GOOD_TIME,
+        "body": {"acked_seq": 0, "acked_hash": HASH, "extra": True},
+    }
     assert not sides.agent_accepts(ack)
 
 
-@pytest.mark.parametrize("kind, detail, ok", [
-    ("door.grant", '{"i":1}', True),
-    ("door.blow-up", '{"i":1}', False),
-    ("Door.grant", '{"i":1}', False),
-    ("door.grant", '{"i": 1}', False),               # not canonical
-    ("door.grant", '{"b":1,"a":2}', False),          # keys not sorted
-    ("door.grant", '{"a":"\\u00e9"}', False),        # escaped instead of UTF-8
-    ("door.grant", '{"a":"é"}', True),
-    ("door.grant", '[1]', False),
-    ("door.grant", '{"a":1,"a":1}', False),
-    ("door.grant", '{"a":NaN}', False),
-    ("door.grant", 'null', False),
-])
-def test_event_kinds_and_detail_text_are_refused_alike_by_platform_and_terminal_log(sides, tmp_path, kind, detail,
-                                                                                      ok):
+@pytest.mark.parametrize(
+    "kind, detail, ok",
+    [
+        ("door.grant", '{"i":1}', True),
+        ("door.blow-up", '{"i":1}', False),
+        ("Door.grant", '{"i":1}', False),
+        ("door.grant", '{"i": 1}', False),  # not canonical
+        ("door.grant", '{"b":1,"a":2}', False),  # keys not sorted
+        ("door.grant", '{"a":"\\u00e9"}', False),  # escaped instead of UTF-8
+        ("door.grant", '{"a":"é"}', True),
+        ("door.grant", "[1]", False),
+        ("door.grant", '{"a":1,"a":1}', False),
+        ("door.grant", '{"a":NaN}', False),
+        ("door.grant", "null", False),
+    ],
+)
+def test_event_kinds_and_detail_text_are_refused_alike_by_platform_and_terminal_log(sides, tmp_path, kind, detail, ok):
     assert sides.platform_accepts(p.UP_EVENTS, p.canonical(events_msg(kind=kind, detail=detail))) is ok
     # The terminal's own log writes only known kinds and canonical detail (it makes the text itself).
     with EventLog.open(tmp_path / f"k{abs(hash(kind))}.db", TID) as log:
@@ -182,17 +230,29 @@ def test_duplicate_keys_are_refused_everywhere(sides):
 
 # -- fuzzing: a parse or our ProtocolError, never anything else; garbage is refused ---------------------------------
 
-JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-                    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
-                    max_leaves=8)
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+    max_leaves=8,
+)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 UPLINKS = {
     p.UP_HEARTBEAT: (p.decode_heartbeat, heartbeat()),
     p.UP_EVENTS: (p.decode_events, events_msg()),
     p.UP_STATUS: (p.decode_status, {"v": 1, "type": "status", "terminal_id": TID, "state": "online", "reason": ""}),
-    p.UP_REQUEST: (p.decode_request, {"v": 1, "type": "request", "terminal_id": TID, "want": "sync",
-                                      "blacklist_version": 0, "config_version": 0, "blacklist_epoch": EPOCH}),
+    p.UP_REQUEST: (
+        p.decode_request,
+        {
+            "v": 1,
+            "type": "request",
+            "terminal_id": TID,
+            "want": "sync",
+            "blacklist_version": 0,
+            "config_version": 0,
+            "blacklist_epoch": EPOCH,
+        },
+    ),
 }
 BODIES = {
     "ack": {"acked_seq": 3, "acked_hash": HASH, "problem": "chain broken at seq 4", "reason": "chain_broken"},
@@ -200,12 +260,21 @@ BODIES = {
     "config": {"enterprise_id": ENTERPRISE, "version": 2, "document": {}},
     "card_action": {"action_id": "a1", "asn": "0102030405060708", "action": "topup", "params": {"amount": 100}},
     "card_action.cancel": {"action_id": "a1", "asn": "0102030405060708", "action": "topup"},
-    "blacklist.delta": {"enterprise_id": ENTERPRISE, "epoch": EPOCH, "base_version": 1, "version": 2,
-                        "added": [{"asn": "0102030405060708", "reason": "lost", "listed_in_version": 2}],
-                        "removed": []},
-    "blacklist.snapshot": {"enterprise_id": ENTERPRISE, "epoch": EPOCH, "version": 2, "count": 1,
-                           "groups": [{"reason": "lost", "listed_in_version": 2,
-                                       "asns": p.encode_asn_group([bytes(8)])}]},
+    "blacklist.delta": {
+        "enterprise_id": ENTERPRISE,
+        "epoch": EPOCH,
+        "base_version": 1,
+        "version": 2,
+        "added": [{"asn": "0102030405060708", "reason": "lost", "listed_in_version": 2}],
+        "removed": [],
+    },
+    "blacklist.snapshot": {
+        "enterprise_id": ENTERPRISE,
+        "epoch": EPOCH,
+        "version": 2,
+        "count": 1,
+        "groups": [{"reason": "lost", "listed_in_version": 2, "asns": p.encode_asn_group([bytes(8)])}],
+    },
 }
 
 
@@ -219,10 +288,15 @@ def _paths(obj, prefix=()):
 
 def _other_type(value, candidate) -> bool:
     kinds = (bool, int, float, str, list, dict)
+
     def kind(x):
         return next(k for k in kinds if isinstance(x, k)) if x is not None else None
-    return candidate is not None and kind(candidate) != kind(value) and not (
-        kind(value) is float and kind(candidate) is int)
+
+    return (
+        candidate is not None
+        and kind(candidate) != kind(value)
+        and not (kind(value) is float and kind(candidate) is int)
+    )
 
 
 def _mutations(sample):
@@ -253,7 +327,8 @@ def _mutations(sample):
 
     added = st.builds(add_key, st.sampled_from(objects), st.text(min_size=1, max_size=8), JSON)
     retyped = st.sampled_from(fields).flatmap(
-        lambda path: JSON.filter(lambda v: _other_type(_get(sample, path), v)).map(lambda v: retype(path, v)))
+        lambda path: JSON.filter(lambda v: _other_type(_get(sample, path), v)).map(lambda v: retype(path, v))
+    )
     return added | retyped
 
 
@@ -285,6 +360,7 @@ def test_fuzz_platform_refuses_mutated_uplinks(leaf):
             return  # not JSON at all (e.g. a float that is not finite); nothing to send
         with pytest.raises(p.ProtocolError):
             parse(data)
+
     check()
 
 
@@ -306,12 +382,33 @@ def test_fuzz_agent_refuses_mutated_signed_downlinks(sync_pki, type_):
             if env.type == "blacklist.snapshot":
                 list(p.snapshot_entries(env.body))
         assert not isinstance(refused.value, p.SignatureError)  # refused by the schema, not by chance
+
     check()
 
 
 @FUZZ
-@given(st.dictionaries(st.sampled_from(["v", "type", "terminal_id", "events", "sent_at", "state", "want", "body",
-                                        "target", "issued_at", "sig", "id"]), JSON, max_size=8))
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "v",
+                "type",
+                "terminal_id",
+                "events",
+                "sent_at",
+                "state",
+                "want",
+                "body",
+                "target",
+                "issued_at",
+                "sig",
+                "id",
+            ]
+        ),
+        JSON,
+        max_size=8,
+    )
+)
 def test_fuzz_json_garbage_is_refused_on_both_sides(sync_pki, obj):
     for parse, _ in UPLINKS.values():
         with pytest.raises(p.ProtocolError):
@@ -330,18 +427,28 @@ def test_an_oversized_upload_is_refused_before_parsing(sides):
     assert sides.platform.conn.execute("SELECT count(*) FROM pending_events").fetchone()[0] == 0
 
 
-@pytest.mark.parametrize("reason, event", [("pending_gap", "sync.upload_refused"),
-                                           ("pending_bytes", "sync.upload_refused"),
-                                           ("diverged", "sync.platform_problem"),
-                                           ("chain_broken", "sync.platform_problem")])
+@pytest.mark.parametrize(
+    "reason, event",
+    [
+        ("pending_gap", "sync.upload_refused"),
+        ("pending_bytes", "sync.upload_refused"),
+        ("diverged", "sync.platform_problem"),
+        ("chain_broken", "sync.platform_problem"),
+    ],
+)
 def test_the_agent_logs_every_ack_reason_and_keeps_its_queue(sides, caplog, reason, event):
     with EventLog.open(sides.agent.event_log.path, TID) as log:
         log.append(NOW, "door.grant", asn=None, reason_code="ok", message="Welcome", detail={})
         h1 = log.events()[0].hash
     sides.agent.event_log.close()
     sides.agent.event_log = EventLog.open(sides.agent.event_log.path, TID)
-    ack = {"v": 1, "type": "ack", "target": f"t:{TID}", "issued_at": GOOD_TIME,
-           "body": {"acked_seq": 0, "acked_hash": "00" * 32, "problem": f"refused: {reason}", "reason": reason}}
+    ack = {
+        "v": 1,
+        "type": "ack",
+        "target": f"t:{TID}",
+        "issued_at": GOOD_TIME,
+        "body": {"acked_seq": 0, "acked_hash": "00" * 32, "problem": f"refused: {reason}", "reason": reason},
+    }
     assert sides.agent_accepts(ack)
     assert f"event={event}" in caplog.text and f"reason={reason}" in caplog.text
     # Nothing is dropped: the record is still to be uploaded, from the same position.

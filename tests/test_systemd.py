@@ -1,5 +1,6 @@
 """systemd integration over real sockets: sd_notify datagrams (READY, WATCHDOG from the tap loop only) and
 journald priorities on log lines."""
+
 import io
 import logging
 import os
@@ -31,8 +32,11 @@ def test_ready_and_stopping_reach_the_notify_socket(notify_socket):
     path, sock = notify_socket
     n = Notifier({"NOTIFY_SOCKET": path})
     n.ready("door terminal 000000000101 serving taps")
-    assert received(sock) == {"READY": "1", "STATUS": "door terminal 000000000101 serving taps",
-                              "MAINPID": str(os.getpid())}
+    assert received(sock) == {
+        "READY": "1",
+        "STATUS": "door terminal 000000000101 serving taps",
+        "MAINPID": str(os.getpid()),
+    }
     n.stopping()
     assert received(sock) == {"STOPPING": "1"}
 
@@ -95,7 +99,9 @@ def test_the_tap_loop_pings_the_watchdog_and_a_hung_loop_stops_pinging(notify_so
     n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4", "WATCHDOG_PID": str(os.getpid())})
     term, _ = make_terminal(tmp_path, make_sam(), "door")
     reader, stop = _HangingReader(), threading.Event()
-    runner = threading.Thread(target=term.run, args=(reader, lambda: None, stop, 0.01), kwargs={"heartbeat": n.heartbeat})
+    runner = threading.Thread(
+        target=term.run, args=(reader, lambda: None, stop, 0.01), kwargs={"heartbeat": n.heartbeat}
+    )
     runner.start()
     try:
         assert received(sock) == {"WATCHDOG": "1"}  # first turn

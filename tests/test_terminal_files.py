@@ -1,5 +1,6 @@
 """The terminal's own files: an empty, truncated, foreign or garbage database stops the terminal, its sync agent and
 `onecard log` at start with one line naming the file and the fix, and the file is left byte for byte as it was."""
+
 import sqlite3
 from pathlib import Path
 
@@ -7,9 +8,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.test_cli import one_error_line, onecard, site, write_config  # noqa: F401  (site is a fixture)
 from terminal.blacklist import Blacklist
 from terminal.event_log import EventLog
+from tests.test_cli import one_error_line, onecard, site, write_config  # noqa: F401  (site is a fixture)
 
 TERMINAL = "000000000101"
 
@@ -17,30 +18,41 @@ TERMINAL = "000000000101"
 def sync_config(site: Path, tmp: Path, name: str = "sync.toml") -> Path:
     """A door configuration whose files live in `tmp`, with a [sync] section (the agent never gets to connect)."""
     key = Ed25519PrivateKey.generate().public_key()
-    (tmp / "platform.pub").write_bytes(key.public_bytes(serialization.Encoding.PEM,
-                                                        serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp / "platform.pub").write_bytes(
+        key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     cfg = write_config(site, name, database=f'"{tmp / "events.db"}"', blacklist=f'"{tmp / "bl.db"}"')
-    text = cfg.read_text() + f"""[sync]
+    text = (
+        cfg.read_text()
+        + f"""[sync]
 broker_host = "127.0.0.1"
 broker_port = 1
-ca_file = "{tmp / 'ca.pem'}"
-cert_file = "{tmp / 'cert.pem'}"
-key_file = "{tmp / 'key.pem'}"
-platform_public_key = "{tmp / 'platform.pub'}"
-database = "{tmp / 'sync.db'}"
+ca_file = "{tmp / "ca.pem"}"
+cert_file = "{tmp / "cert.pem"}"
+key_file = "{tmp / "key.pem"}"
+platform_public_key = "{tmp / "platform.pub"}"
+database = "{tmp / "sync.db"}"
 """
+    )
     cfg.write_text(text)
     return cfg
 
 
 def real_files(tmp: Path) -> None:
     """The three databases as a running terminal and agent leave them."""
-    from sync_agent.store import SyncStore
     import datetime as dt
 
+    from sync_agent.store import SyncStore
+
     with EventLog.open(tmp / "events.db", TERMINAL) as log:
-        log.append(dt.datetime(2026, 1, 5, 8, tzinfo=dt.timezone.utc), "door.grant", asn="0102030405060708",
-                   reason_code="granted", message="Welcome", detail={})
+        log.append(
+            dt.datetime(2026, 1, 5, 8, tzinfo=dt.timezone.utc),
+            "door.grant",
+            asn="0102030405060708",
+            reason_code="granted",
+            message="Welcome",
+            detail={},
+        )
     with Blacklist.open(tmp / "bl.db") as bl:
         bl.apply_snapshot(3, [(bytes(range(1, 9)), "lost")])
     SyncStore.open(tmp / "sync.db", TERMINAL).close()
@@ -55,7 +67,7 @@ def damage(path: Path, how: str) -> None:
     if how == "empty":
         path.write_bytes(b"")
     elif how == "truncated":
-        path.write_bytes(data[:4096 + 100])
+        path.write_bytes(data[: 4096 + 100])
     elif how == "header only":
         path.write_bytes(data[:60])
     elif how == "garbage":
@@ -69,8 +81,13 @@ def damage(path: Path, how: str) -> None:
 
 
 HOW = ["empty", "truncated", "header only", "garbage", "foreign"]
-WORDS = {"empty": "is empty (0 bytes)", "truncated": "is truncated", "header only": "is truncated",
-         "garbage": "not an SQLite file", "foreign": "not a onecard"}
+WORDS = {
+    "empty": "is empty (0 bytes)",
+    "truncated": "is truncated",
+    "header only": "is truncated",
+    "garbage": "not an SQLite file",
+    "foreign": "not a onecard",
+}
 
 
 @pytest.mark.parametrize("file", ["events.db", "bl.db", "sync.db"])
@@ -93,8 +110,7 @@ def test_log_commands_refuse_a_damaged_log_untouched(site, tmp_path, how):  # no
     damage(tmp_path / "events.db", how)
     before = files_in(tmp_path)
     for command in ("show", "verify"):
-        one_error_line(onecard("log", command, "--db", tmp_path / "events.db"), str(tmp_path / "events.db"),
-                       WORDS[how])
+        one_error_line(onecard("log", command, "--db", tmp_path / "events.db"), str(tmp_path / "events.db"), WORDS[how])
     assert files_in(tmp_path) == before
 
 
@@ -128,29 +144,35 @@ def test_sync_db_of_another_terminal_is_refused_at_terminal_start(site, tmp_path
 FULL = (Path(__file__).resolve().parent.parent / "firmware.toml").read_text()
 
 
-@pytest.mark.parametrize("edit, words", [
-    (("group = 1", "grup = 3"), ["[door].grup is not a known key", "did you mean 'group'?"]),
-    (('max_purchase = "100.00"', 'max_purchse = "5.00"'), ["[pos].max_purchse", "did you mean 'max_purchase'?"]),
-    (("[topup]", "[topupp]"), ["[topupp] is not a known section", "did you mean 'topup'?"]),
-    (("[output]", "[lights]"), ["[lights] is not a known section", "remove it or use one of"]),
-    (('timezone = "Asia/Shanghai"', 'time_zone = "Asia/Shanghai"'), ["[terminal].time_zone", "'timezone'"]),
-    (('driver = "pcsc"', 'drver = "pcsc"\ndriver = "pcsc"'), ["[reader].drver", "'driver'"]),
-    (('backend = "keystore"', 'backend = "keystore"\nkeystor = "x"'), ["[sam].keystor", "'keystore'"]),
-    (("open_seconds = 5", "open_seconds = 5\nopen_second = 9"), ["[door].open_second", "'open_seconds'"]),
-    (("repeat_window_seconds = 60", "repeat_window_secs = 60"), ["[attendance].repeat_window_secs"]),
-    (('max_load = "1000.00"', 'maxload = "1000.00"'), ["[topup].maxload", "'max_load'"]),
-    (("color = true", "colour = true"), ["[output].colour", "'color'"]),
-    (('name = "office hours"', 'name = "office hours"\nmonday = ["07:00-09:00"]'),
-     ["[time_profiles.1].monday", "'mon'"]),
-    (("batch_size = 500", "batch_sise = 500"), ["[sync].batch_sise", "'batch_size'"]),
-    (("# onecard terminal", 'grup = 3\n# onecard terminal'), ["[grup] is not a known key outside any section"]),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (("group = 1", "grup = 3"), ["[door].grup is not a known key", "did you mean 'group'?"]),
+        (('max_purchase = "100.00"', 'max_purchse = "5.00"'), ["[pos].max_purchse", "did you mean 'max_purchase'?"]),
+        (("[topup]", "[topupp]"), ["[topupp] is not a known section", "did you mean 'topup'?"]),
+        (("[output]", "[lights]"), ["[lights] is not a known section", "remove it or use one of"]),
+        (('timezone = "Asia/Shanghai"', 'time_zone = "Asia/Shanghai"'), ["[terminal].time_zone", "'timezone'"]),
+        (('driver = "pcsc"', 'drver = "pcsc"\ndriver = "pcsc"'), ["[reader].drver", "'driver'"]),
+        (('backend = "keystore"', 'backend = "keystore"\nkeystor = "x"'), ["[sam].keystor", "'keystore'"]),
+        (("open_seconds = 5", "open_seconds = 5\nopen_second = 9"), ["[door].open_second", "'open_seconds'"]),
+        (("repeat_window_seconds = 60", "repeat_window_secs = 60"), ["[attendance].repeat_window_secs"]),
+        (('max_load = "1000.00"', 'maxload = "1000.00"'), ["[topup].maxload", "'max_load'"]),
+        (("color = true", "colour = true"), ["[output].colour", "'color'"]),
+        (
+            ('name = "office hours"', 'name = "office hours"\nmonday = ["07:00-09:00"]'),
+            ["[time_profiles.1].monday", "'mon'"],
+        ),
+        (("batch_size = 500", "batch_sise = 500"), ["[sync].batch_sise", "'batch_size'"]),
+        (("# onecard terminal", "grup = 3\n# onecard terminal"), ["[grup] is not a known key outside any section"]),
+    ],
+)
 def test_typos_in_firmware_toml_are_errors_naming_the_nearest_key(tmp_path, edit, words):
     old, new = edit
     assert old in FULL
     (tmp_path / "f.toml").write_text(FULL.replace(old, new, 1))
-    one_error_line(onecard("terminal", "check-config", "--config", tmp_path / "f.toml"), str(tmp_path / "f.toml"),
-                   *words)
+    one_error_line(
+        onecard("terminal", "check-config", "--config", tmp_path / "f.toml"), str(tmp_path / "f.toml"), *words
+    )
 
 
 def test_documented_firmware_toml_passes_check_config():
@@ -158,14 +180,17 @@ def test_documented_firmware_toml_passes_check_config():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("document, words", [
-    ({"doors": {"000000000101": {"grup": 3}}}, ["doors.000000000101].grup", "'group'"]),
-    ({"doors": {"000000000999": {"group": 99}}}, ["doors.000000000999].group", "1 to 64"]),  # another door's entry
-    ({"doors": {"door-1": {"group": 3}}}, ["doors.door-1 is not a terminal ID"]),
-    ({"pos": {"max_purchse": "5.00"}}, ["[pos].max_purchse", "'max_purchase'"]),
-    ({"topupp": {"max_load": "5.00"}}, ["unknown section 'topupp'", "'topup'"]),
-    ({"time_profiles": {"1": {"mon": ["07:00-09:00"], "tues": []}}}, ["[time_profiles.1].tues", "'tue'"]),
-])
+@pytest.mark.parametrize(
+    "document, words",
+    [
+        ({"doors": {"000000000101": {"grup": 3}}}, ["doors.000000000101].grup", "'group'"]),
+        ({"doors": {"000000000999": {"group": 99}}}, ["doors.000000000999].group", "1 to 64"]),  # another door's entry
+        ({"doors": {"door-1": {"group": 3}}}, ["doors.door-1 is not a terminal ID"]),
+        ({"pos": {"max_purchse": "5.00"}}, ["[pos].max_purchse", "'max_purchase'"]),
+        ({"topupp": {"max_load": "5.00"}}, ["unknown section 'topupp'", "'topup'"]),
+        ({"time_profiles": {"1": {"mon": ["07:00-09:00"], "tues": []}}}, ["[time_profiles.1].tues", "'tue'"]),
+    ],
+)
 def test_platform_documents_are_validated_like_firmware_toml(document, words):
     from common.config import ConfigError, validate_platform_document
 
@@ -184,8 +209,12 @@ def test_publish_config_refuses_a_document_terminals_would_refuse(tmp_path):
     doc = tmp_path / "config.json"
     doc.write_text(json.dumps({"doors": {"000000000101": {"grup": 3}}}))
     before = db.read_bytes()
-    one_error_line(onecard("platform", "publish-config", "--enterprise", "00010001", doc, "--db", db, "--key", key),
-                   "doors.000000000101].grup is not a known key", "did you mean 'group'?", "nothing was queued")
+    one_error_line(
+        onecard("platform", "publish-config", "--enterprise", "00010001", doc, "--db", db, "--key", key),
+        "doors.000000000101].grup is not a known key",
+        "did you mean 'group'?",
+        "nothing was queued",
+    )
     assert db.read_bytes() == before
     doc.write_text(json.dumps({"doors": {"000000000101": {"group": 3}}}))
     r = onecard("platform", "publish-config", "--enterprise", "00010001", doc, "--db", db, "--key", key)

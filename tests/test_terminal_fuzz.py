@@ -1,6 +1,8 @@
 """Arbitrary or mutated card answers never crash the terminal and never open the door."""
+
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from simulator.inprocess import InProcessReader
 from terminal import card_protocol as cp
@@ -70,7 +72,7 @@ def test_mutated_genuine_answers_never_open_unless_authentic(rig, data):
             raw = bytearray(answer)
             for position, mask in flips:
                 raw[position % len(raw)] ^= mask
-            mutated = bytes(raw[:min(cut, len(raw))]) if truncate else bytes(raw)
+            mutated = bytes(raw[: min(cut, len(raw))]) if truncate else bytes(raw)
             original["mutated"] = mutated
             return mutated
 
@@ -81,5 +83,10 @@ def test_mutated_genuine_answers_never_open_unless_authentic(rig, data):
         assert original["mutated"] == original["read"]
     else:
         a, b = cp.parse_select(original["mutated"]), cp.parse_select(original["select"])
-        assert (a.asn, a.enterprise_id, a.key_version, a.algorithm, a.status) == \
-               (b.asn, b.enterprise_id, b.key_version, b.algorithm, b.status)
+        assert (a.asn, a.enterprise_id, a.key_version, a.algorithm, a.status) == (
+            b.asn,
+            b.enterprise_id,
+            b.key_version,
+            b.algorithm,
+            b.status,
+        )

@@ -1,4 +1,5 @@
 """Door and attendance terminals over real pcscd + vpcd, with simulated cards tapped into virtual readers."""
+
 import datetime as dt
 import threading
 import time

@@ -2,6 +2,7 @@
 is committed with its purchase intent before it reaches a card, so a SAM behind the log (a PSAM swapped for a fresh
 one with the same keys, a state restored from an old backup) is refused before anything is charged
 (docs/key-handling.md 8). The software SAM's own state is derived from the log (terminal/sam_state_log.py)."""
+
 import pytest
 
 from sam.software import SoftwareSam
@@ -34,8 +35,9 @@ def test_a_sam_behind_the_log_cannot_sell(tmp_path, compacted):
     before = card.state.purse.balance
     refused = tap(pos, card, Charge(100), clock())
     assert (refused.accepted, refused.reason_code) == (False, "sam_sequence")
-    assert refused.message == ("Terminal fault: SAM transaction numbers behind the log, nothing charged. "
-                               "Call maintenance")
+    assert refused.message == (
+        "Terminal fault: SAM transaction numbers behind the log, nothing charged. Call maintenance"
+    )
     assert card.state.purse.balance == before
     assert purchase_tsns(pos.event_log) == ([] if compacted else [1, 2, 3])  # no intent with a reused TSN
     [deny] = [e for e in pos.event_log.events() if e.reason_code == "sam_sequence"]

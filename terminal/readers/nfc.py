@@ -1,4 +1,5 @@
 """The Reader protocol over nfcpy: PN532/PN533/ACR122U/RC-S380 readers, and nfcpy's udp link to a simulated card."""
+
 from __future__ import annotations
 
 import errno
@@ -18,8 +19,8 @@ log = logging.getLogger("onecard.reader.nfc")
 
 FS_TABLE = (16, 24, 32, 40, 48, 64, 96, 128, 256)
 PRESENCE_INTERVAL = 0.1  # between presence checks: a removal is seen within this plus one FWT
-POLL_INTERVAL = 0.1      # between empty polls, as nfcpy's own connect() loop does
-RATS_TIMEOUT = 0.1       # ISO's activation FWT is ~5 ms; the slack is for the udp link between Python threads
+POLL_INTERVAL = 0.1  # between empty polls, as nfcpy's own connect() loop does
+RATS_TIMEOUT = 0.1  # ISO's activation FWT is ~5 ms; the slack is for the udp link between Python threads
 # nfcpy's udp driver carries frames between two Python processes: a busy CPU delays a frame far beyond any
 # FWT a card announces (tens of ms), and nfcpy gives up after 5 such timeouts ("ISO-DEP timeout error").
 # On that link only, frame waits are at least these; [reader].command_timeout_ms still bounds every command.
@@ -117,8 +118,10 @@ class NfcConnection:
             raise self._reader._device_error(exc) from None
         if response is None or len(response) < 2:
             self.gone = True
-            raise CardRemoved(f"card stopped answering {self._reader.name} (response of "
-                              f"{0 if response is None else len(response)} bytes)")
+            raise CardRemoved(
+                f"card stopped answering {self._reader.name} (response of "
+                f"{0 if response is None else len(response)} bytes)"
+            )
         return bytes(response)
 
     def present(self) -> bool:
@@ -253,8 +256,10 @@ class NfcReader:
         try:
             target = self._clf.sense(*[nfc.clf.RemoteTarget(t) for t in self._targets])
         except nfc.clf.UnsupportedTargetError as exc:
-            raise ReaderError(f"NFC reader {self.name} cannot poll for {self._targets} ({exc}); "
-                              "configure a reader that supports Type A") from None
+            raise ReaderError(
+                f"NFC reader {self.name} cannot poll for {self._targets} ({exc}); "
+                "configure a reader that supports Type A"
+            ) from None
         except nfc.clf.CommunicationError:
             return None
         except OSError as exc:
@@ -281,8 +286,13 @@ class NfcReader:
             raise
         except Exception as exc:
             # nfcpy parses what a tag sends without length checks; a tag it chokes on is still not a one-card.
-            log_event(log, "card.activation_error", level=logging.WARNING, reader=self.name,
-                      error=f"{type(exc).__name__}: {exc}")
+            log_event(
+                log,
+                "card.activation_error",
+                level=logging.WARNING,
+                reader=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
             return NotOneCardConnection(self, None, target, _storage_atr(target), f"nfcpy could not activate: {exc}")
         if tag is None:
             return None
@@ -305,16 +315,22 @@ class NfcReader:
         return NfcConnection(self, dep, atr_from_historical(historical), uid)
 
     def _device_error(self, exc: OSError) -> ReaderError:
-        return ReaderError(f"NFC reader {self.name} stopped working ({exc.strerror or exc}); "
-                           "check it is plugged in and not used by another process")
+        return ReaderError(
+            f"NFC reader {self.name} stopped working ({exc.strerror or exc}); "
+            "check it is plugged in and not used by another process"
+        )
 
 
 def _open_error(path: str, exc: OSError) -> str:
     why = exc.strerror or str(exc)
     if exc.errno == errno.EACCES:
-        return (f"NFC reader at {path!r} is not accessible ({why}); give this user access to the device "
-                "(udev rule for USB, dialout group for serial; see docs/nfc.md)")
+        return (
+            f"NFC reader at {path!r} is not accessible ({why}); give this user access to the device "
+            "(udev rule for USB, dialout group for serial; see docs/nfc.md)"
+        )
     if exc.errno == errno.EBUSY:
-        return (f"NFC reader at {path!r} is busy ({why}); stop the other program using it, or unload the "
-                "kernel's pn533_usb driver (see docs/nfc.md)")
+        return (
+            f"NFC reader at {path!r} is busy ({why}); stop the other program using it, or unload the "
+            "kernel's pn533_usb driver (see docs/nfc.md)"
+        )
     return f"no NFC reader at {path!r} ({why}); {_OPEN_HINT}"

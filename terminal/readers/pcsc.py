@@ -1,4 +1,5 @@
 """The Reader protocol over PC/SC (pcscd) with pyscard's low-level scard API: USB readers and vpcd alike."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,13 @@ _CARD_GONE = {
     scard.SCARD_E_COMM_DATA_LOST,
 }
 # pcscd stopped, crashed or restarted: the context is dead (an RPC on it fails); a new context is needed.
-_SERVICE_GONE = {scard.SCARD_E_NO_SERVICE, scard.SCARD_E_SERVICE_STOPPED, scard.SCARD_F_COMM_ERROR,
-                 scard.SCARD_E_INVALID_HANDLE, scard.SCARD_F_INTERNAL_ERROR}
+_SERVICE_GONE = {
+    scard.SCARD_E_NO_SERVICE,
+    scard.SCARD_E_SERVICE_STOPPED,
+    scard.SCARD_F_COMM_ERROR,
+    scard.SCARD_E_INVALID_HANDLE,
+    scard.SCARD_F_INTERNAL_ERROR,
+}
 _READER_GONE = {scard.SCARD_E_READER_UNAVAILABLE, scard.SCARD_E_UNKNOWN_READER}
 # A card that is there but cannot be talked to: keep waiting for the next card instead of failing the terminal.
 _CARD_UNUSABLE = {scard.SCARD_W_UNSUPPORTED_CARD, scard.SCARD_E_PROTO_MISMATCH}
@@ -130,8 +136,10 @@ class PcscConnection:
             # vpcd reports a card that hung up mid-exchange as success with no bytes.
             raise CardRemoved(f"card in {self._reader.name} stopped answering (response of 0 bytes)")
         if len(response) < 2:
-            raise CardUnresponsive(f"card in {self._reader.name} answered {len(response)} byte(s), "
-                                   "without the two status bytes every answer ends with")
+            raise CardUnresponsive(
+                f"card in {self._reader.name} answered {len(response)} byte(s), "
+                "without the two status bytes every answer ends with"
+            )
         return bytes(response)
 
     def close(self) -> None:
@@ -179,11 +187,15 @@ class PcscReader:
             readers = _list(self._ctx)
             matches = [r for r in readers if name_substring in r]
             if not matches:
-                raise ReaderError(f"no PC/SC reader matching {name_substring!r} (readers: {readers or 'none'}); "
-                                  "check the reader is plugged in / pcscd is running")
+                raise ReaderError(
+                    f"no PC/SC reader matching {name_substring!r} (readers: {readers or 'none'}); "
+                    "check the reader is plugged in / pcscd is running"
+                )
             if len(matches) > 1:
-                raise ReaderError(f"several PC/SC readers match {name_substring!r} ({matches}); "
-                                  "configure a longer part of the reader name")
+                raise ReaderError(
+                    f"several PC/SC readers match {name_substring!r} ({matches}); "
+                    "configure a longer part of the reader name"
+                )
         except BaseException:
             self.close()
             raise
@@ -246,8 +258,9 @@ class PcscReader:
     def _connect(self) -> PcscConnection | UnusableCardConnection | None:
         ctx = _establish()
         try:
-            hr, hcard, protocol = scard.SCardConnect(ctx, self.name, scard.SCARD_SHARE_SHARED,
-                                                     scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1)
+            hr, hcard, protocol = scard.SCardConnect(
+                ctx, self.name, scard.SCARD_SHARE_SHARED, scard.SCARD_PROTOCOL_T0 | scard.SCARD_PROTOCOL_T1
+            )
             if hr in _CARD_UNUSABLE:
                 scard.SCardReleaseContext(ctx)
                 return UnusableCardConnection(self, _message(hr))
