@@ -36,6 +36,9 @@ POS_REFUSE_OFFLINE_SALES_AT = 0.8
 # Event kinds: an intent, then exactly one of its outcomes.
 PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
 RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
+# A card action the card (or this terminal's limits) refused: uploaded so the platform marks the action failed
+# (docs/sync-protocol.md, "Card actions"); the terminal then stops offering it. Detail {action_id, reason_code, sw}.
+ACTION_FAILED = "card_action.failed"
 OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for op in OPS for k in (op + ".intent", op, op + ".abandoned"))
 TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
@@ -59,7 +62,21 @@ class Settled:
     intent_seq: int
     happened: bool
     amount: int
-    balance_after: int | None
+    balance_after: int | None  # the card's balance after it: shown only for a load (done_message)
+
+
+def done_message(op: str, amount: int, balance_after: int) -> str:
+    """What the screen says after money moved. Only a balance covered by a MAC this terminal verified is shown:
+    a load's (MAC1 over the balance before, MAC3 over the balance after); never a purchase's (MAC2 covers the
+    amount only) nor GET BALANCE's (no MAC at all)."""
+    if op == PURCHASE:
+        return f"Paid {format_yuan(amount)}"
+    verb = "Refunded" if op == UNDO else "Loaded"
+    return f"{verb} {format_yuan(amount)} - balance {format_yuan(balance_after)}"
+
+
+def _sw_of(rapdu: bytes) -> str | None:
+    return rapdu[-2:].hex().upper() if len(rapdu) >= 2 else None
 
 
 class Unrecorded(Exception):
@@ -201,18 +218,34 @@ class PurseTerminal:
         log_event(log, "purse.settled", op=op, intent=last.seq, happened=True, asn=info.asn_hex)
         return Settled(op, last.seq, True, d["amount"], detail["balance_after"])
 
+    def _settled_decision(self, settled: Settled, asn: str, requested: str | None) -> Decision:
+        """The re-tap found that an interrupted operation did happen: report it as done, like a fresh one.
+
+        The request typed now is not carried out in the same tap (it is most likely the same request, typed again
+        after a crash); the screen says so when it differs, without inviting the operator to repeat the money move.
+        """
+        message = done_message(settled.op, settled.amount, settled.balance_after)
+        if requested is not None:
+            message += f" (earlier {VERB[settled.op]} confirmed; {requested} not done)"
+        return Decision(True, settled.op, "completed", message, asn=asn, logged=False,
+                        detail={"intent_seq": settled.intent_seq, "settled_at_this_tap": True})
+
     def _finish(self, transmit, op: str, info, d: dict, intent_seq: int, command: bytes, parse, verify_session,
                 now) -> dict:
         """Send the command that changes the card, check its proof, log the outcome; Incomplete if unsure."""
+        rapdu = b""
         try:
-            proof = parse(transmit(command))
+            rapdu = transmit(command)
+            proof = parse(rapdu)
         except (pp.MacRefused, pp.PurseExpired) as exc:
             # The card said no before changing anything: this intent is settled as not done.
             self._append(now, op + ".abandoned", info.asn_hex, "card_refused", str(exc),
                          {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]})
             if isinstance(exc, pp.PurseExpired):
                 raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
-            raise Refusal("card_error", "Card refused the transaction: nothing was charged", info.asn_hex) from None
+            nothing = "nothing was charged" if op == PURCHASE else "nothing was loaded"
+            raise Refusal("card_error", f"Card refused the transaction: {nothing}", info.asn_hex,
+                          {"sw": _sw_of(rapdu)}) from None
         except cp.CardProtocolError as exc:
             raise Incomplete(op, d["amount"], f"unclear answer from the card ({exc})") from None
         try:
@@ -235,17 +268,24 @@ class PurseTerminal:
         return detail
 
     def balance_inquiry(self, transmit, now: dt.datetime) -> Decision:
-        """Show the balance; first settles any interrupted transaction of this card here, as every tap does."""
+        """Settle any interrupted transaction of this card here and run its card actions, as every tap does; show
+        what moved. GET BALANCE carries no MAC, so its figure is never shown: a balance appears only with a load
+        this tap verified (an over-the-air top-up, a settled earlier top-up)."""
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         settled = self.settle_pending(transmit, info, now)
-        notes = self.run_card_actions(transmit, info, now)
-        balance = pp.parse_balance(transmit(pp.get_balance_command()))
-        if settled is not None:
-            notes.insert(0, f"earlier {VERB[settled.op]} of {format_yuan(settled.amount)} "
-                         + ("completed" if settled.happened else "did not happen"))
+        loads, notes = self._card_actions(transmit, info, now)
+        if loads:
+            amount = sum(a for a, _ in loads)
+            message = f"Loaded {format_yuan(amount)} - balance {format_yuan(loads[-1][1])} (over-the-air top-up)"
+        elif settled is not None and settled.happened:
+            return self._settled_decision(settled, info.asn_hex, None)
+        else:
+            message = "Balance not shown: this terminal cannot verify the card's balance; no transaction pending"
+            if settled is not None:
+                notes.insert(0, f"earlier {VERB[settled.op]} of {format_yuan(settled.amount)} did not happen")
         note = "".join(f" ({n})" for n in notes)
-        return Decision(True, "purse.balance", "balance", f"Balance {format_yuan(balance)}{note}",
-                        asn=info.asn_hex, logged=False, detail={"balance": balance})
+        return Decision(True, "purse.balance", "balance", message + note, asn=info.asn_hex, logged=False,
+                        detail={"ota_loads": [a for a, _ in loads]})
 
     # --- purchase ---------------------------------------------------------------------------------
 
@@ -257,14 +297,11 @@ class PurseTerminal:
         asn = info.asn_hex
         settled = self.settle_pending(transmit, info, now)
         if settled and settled.happened:
-            if settled.op == PURCHASE and settled.intent_seq == self.sale_intent_seq:
-                self.sale_intent_seq = None
-                return Decision(True, PURCHASE, "completed",
-                                f"Paid {format_yuan(settled.amount)} - balance {format_yuan(settled.balance_after)}",
-                                asn=asn, logged=False)
-            return Decision(False, "pos.notice", "earlier_completed",
-                            f"Earlier {VERB[settled.op]} of {format_yuan(settled.amount)} was completed: "
-                            f"check the sale, then tap again to pay {format_yuan(amount)}", asn=asn, logged=False)
+            # Money already moved: report it as done. Never invite charging again (it may be this very sale,
+            # typed again after a restart); a different amount is said not charged.
+            same = settled.op == PURCHASE and (settled.intent_seq == self.sale_intent_seq or settled.amount == amount)
+            self.sale_intent_seq = None
+            return self._settled_decision(settled, asn, None if same else f"payment of {format_yuan(amount)}")
         if local.date() > info.purse_expiry:
             raise Refusal("purse_expired", f"Purse expired on {info.purse_expiry.isoformat()}: "
                           "balance can no longer be spent, see the administrator", asn)
@@ -282,9 +319,9 @@ class PurseTerminal:
         try:
             init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
         except pp.InsufficientBalance:
-            balance = pp.parse_balance(transmit(pp.get_balance_command()))
-            raise Refusal("insufficient_balance", f"Insufficient balance: {format_yuan(balance)} left", asn,
-                          {"balance": balance, "amount": amount}) from None
+            # The balance itself is not shown: nothing the card sends a POS proves it (GET BALANCE has no MAC).
+            raise Refusal("insufficient_balance", f"Insufficient balance for {format_yuan(amount)}: top up first",
+                          asn, {"amount": amount}) from None
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", "Card could not start the payment: tap again", asn,
                           {"problem": str(exc)}) from None
@@ -310,8 +347,7 @@ class PurseTerminal:
                               pp.parse_debit, lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
                               now)
         self.sale_intent_seq = None
-        return Decision(True, PURCHASE, "paid",
-                        f"Paid {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}", asn=asn,
+        return Decision(True, PURCHASE, "paid", done_message(PURCHASE, amount, detail["balance_after"]), asn=asn,
                         logged=False, detail=detail)
 
     # --- loads: top-up and cashier undo -----------------------------------------------------------
@@ -319,11 +355,12 @@ class PurseTerminal:
     def _load(self, transmit, info: cp.CardInfo, op: str, amount: int, now: dt.datetime, make_mac2,
               extra: dict) -> dict:
         local = now.astimezone(self.config.terminal.timezone)
+        rapdu = transmit(pp.init_load_command(amount, self.config.terminal.id_bytes))
         try:
-            init = pp.parse_init_load(transmit(pp.init_load_command(amount, self.config.terminal.id_bytes)))
+            init = pp.parse_init_load(rapdu)
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", "Card refused the credit (would it go over its maximum balance?)",
-                          info.asn_hex, {"problem": str(exc)}) from None
+            raise Refusal("card_error", "Card refused the credit (would it go over its maximum balance?): nothing "
+                          "was loaded", info.asn_hex, {"problem": str(exc), "sw": _sw_of(rapdu)}) from None
         date, time_ = bcd.encode_date_time(local)
         d = {"op": op, "amount": amount, "counter": init.counter, "random": init.random.hex(), "date": date.hex(),
              "time": time_.hex(), "key_version": init.key_version, "algorithm": init.algorithm.name,
@@ -338,26 +375,56 @@ class PurseTerminal:
         return self._finish(transmit, op, info, d, intent.seq, pp.credit_command(date, time_, mac2), pp.parse_credit,
                             lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)
 
-    def run_card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> list[str]:
+    def _card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> tuple[list[tuple[int, int]], list[str]]:
         """Write what the platform queued for this card: over-the-air top-ups and access-rights changes, each once
         (its action_id is on the logged outcome). Only the top-up terminal, the card service machine, holds the LOAD
         and UPDATE keys. Called after settle_pending, so an interrupted top-up is already known.
+
+        Returns ([(amount, verified balance after)] of the top-ups loaded, notes on anything else). A top-up the card (or this
+        terminal's limit) refuses is logged as card_action.failed, which the platform receives with the log and
+        which stops this terminal offering it: it never blocks the tap's own operation.
         """
         if self.pending_actions is None or self.config.terminal.kind != "topup":
-            return []
-        notes = []
+            return [], []
+        loads, notes = [], []
         for action in self.pending_actions(info.asn_hex):
             action_id, params = action["action_id"], action["params"]
+            if self.event_log.has_detail(ACTION_FAILED, "action_id", action_id):
+                continue
             if action["action"] == "topup" and not self.event_log.has_detail(LOAD, "action_id", action_id):
-                amount = int(params["amount"])
-                detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {"action_id": action_id})
-                notes.append(f"over-the-air top-up of {format_yuan(amount)} loaded")
+                try:
+                    amount = int(params["amount"])
+                    if not 0 < amount <= self.config.topup.max_load:
+                        raise Refusal("over_load_limit", f"over-the-air top-up of {format_yuan(amount)} is over "
+                                      f"this terminal's limit of {format_yuan(self.config.topup.max_load)}",
+                                      info.asn_hex, {"sw": None})
+                    detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2,
+                                        {"action_id": action_id})
+                except (KeyError, TypeError, ValueError) as exc:
+                    self._action_failed(now, info, action_id, "bad_action", None, f"unreadable parameters ({exc})")
+                    continue
+                except Refusal as r:
+                    if r.reason_code == "sam_refused":  # this terminal's fault, not the card's: stays pending
+                        log_event(log, "purse.ota_skipped", logging.WARNING, action=action_id, asn=info.asn_hex,
+                                  error=r.message, msg="over-the-air top-up not written; it stays pending")
+                        continue
+                    self._action_failed(now, info, action_id, r.reason_code, r.detail.get("sw"), r.message)
+                    notes.append(f"over-the-air top-up refused by the card: {r.message}")
+                    continue
+                loads.append((amount, detail["balance_after"]))
                 log_event(log, "purse.ota_topup", action=action_id, asn=info.asn_hex, amount=amount,
                           balance_after=detail["balance_after"], msg="over-the-air top-up written onto the card")
             elif action["action"] == "rights" and not self.event_log.has_detail(RIGHTS, "action_id", action_id):
                 if self._write_rights(transmit, info, action_id, params, now):
                     notes.append("access rights updated")
-        return notes
+        return loads, notes
+
+    def _action_failed(self, now: dt.datetime, info: cp.CardInfo, action_id: str, reason: str, sw: str | None,
+                       why: str) -> None:
+        self._append(now, ACTION_FAILED, info.asn_hex, reason, f"Card action {action_id} failed: {why}",
+                     {"action_id": action_id, "reason_code": reason, "sw": sw})
+        log_event(log, "purse.card_action_failed", logging.WARNING, action=action_id, asn=info.asn_hex, reason=reason,
+                  sw=sw, msg="card action refused; reported to the platform and no longer offered")
 
     def _write_rights(self, transmit, info: cp.CardInfo, action_id: str, params: dict, now: dt.datetime) -> bool:
         """Rewrite EF_ACCESS with the platform's rights. The write is idempotent, so a tear before it is logged
@@ -382,17 +449,17 @@ class PurseTerminal:
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         settled = self.settle_pending(transmit, info, now)
         if settled and settled.happened:
-            return Decision(False, "topup.notice", "earlier_completed",
-                            f"Earlier {VERB[settled.op]} of {format_yuan(settled.amount)} was completed: "
-                            f"check, then tap again to load {format_yuan(amount)}", asn=info.asn_hex, logged=False)
-        notes = self.run_card_actions(transmit, info, now)
+            # The interrupted load reached the card: it is done. Loading `amount` now could load it twice.
+            same = settled.op == LOAD and settled.amount == amount
+            return self._settled_decision(settled, info.asn_hex, None if same else f"top-up of {format_yuan(amount)}")
+        loads, notes = self._card_actions(transmit, info, now)
         if amount > self.config.topup.max_load:
             raise Refusal("over_load_limit", f"{format_yuan(amount)} is over the top-up limit of "
                           f"{format_yuan(self.config.topup.max_load)}", info.asn_hex)
         detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {})
+        notes = [f"over-the-air top-up of {format_yuan(a)} loaded" for a, _ in loads] + notes
         extra = "".join(f" ({note})" for note in notes)
-        return Decision(True, LOAD, "loaded",
-                        f"Loaded {format_yuan(amount)} - balance {format_yuan(detail['balance_after'])}{extra}",
+        return Decision(True, LOAD, "loaded", done_message(LOAD, amount, detail["balance_after"]) + extra,
                         asn=info.asn_hex, logged=False, detail=detail)
 
     def undo_last(self, transmit, now: dt.datetime) -> Decision:
@@ -401,8 +468,7 @@ class PurseTerminal:
         asn = info.asn_hex
         settled = self.settle_pending(transmit, info, now)
         if settled and settled.happened and settled.op == UNDO:
-            return Decision(True, UNDO, "completed", f"Refunded {format_yuan(settled.amount)} - balance "
-                            f"{format_yuan(settled.balance_after)}", asn=asn, logged=False)
+            return self._settled_decision(settled, asn, None)
         last = self.event_log.last_event_of((PURCHASE,))
         if last is None:
             raise Refusal("nothing_to_undo", "Nothing to undo: no payment on this terminal yet", asn)
@@ -419,6 +485,5 @@ class PurseTerminal:
         detail = self._load(transmit, info, UNDO, p["amount"], now,
                             lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
                             {"purchase_seq": last.seq})
-        return Decision(True, UNDO, "refunded",
-                        f"Refunded {format_yuan(p['amount'])} - balance {format_yuan(detail['balance_after'])}",
-                        asn=asn, logged=False, detail=detail)
+        return Decision(True, UNDO, "refunded", done_message(UNDO, p["amount"], detail["balance_after"]), asn=asn,
+                        logged=False, detail=detail)

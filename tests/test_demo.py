@@ -23,11 +23,11 @@ def test_demo(tmp_path):
                  "[Clock 1F] OK  Zhang Wei: already clocked in at",
                  "[Door 1F] relay: door unlocked for 3 s",
                  "[Top-up] OK  Loaded 100.00 - balance 100.00",
-                 "[Canteen till] OK  Paid 12.50 - balance 87.50",
-                 "[Canteen till] NO  Insufficient balance: 20.00 left",
+                 "[Canteen till] OK  Paid 12.50",
+                 "[Canteen till] NO  Insufficient balance for 30.00: top up first",
                  "[Canteen till] OK  Refunded 12.50 - balance 100.00",
                  "[Canteen till] NO  Card removed too soon: tap again to finish",
-                 "[Canteen till] OK  Paid 8.00 - balance 92.00",
+                 "[Canteen till] OK  Paid 8.00",
                  "[Canteen till] NO  Purse expired on",
                  "platform: Zhang Wei's card balance 92.00, the same as on the card"]:
         assert line in out, line

@@ -98,7 +98,7 @@ def test_sale_with_a_torn_tap_waits_for_the_card_and_charges_once(tmp_path, sam)
         reader.tap(card, tear_after=3)  # the DEBIT reaches the card, its answer does not reach the terminal
         assert pos.shows("Card removed too soon: tap again to finish")
         reader.tap(card)
-        assert pos.shows("Paid 12.00 - balance 88.00")
+        assert pos.shows("Paid 12.00")
         reader.remove()
     finally:
         events = pos.finish()
@@ -113,7 +113,7 @@ def test_refusal_is_logged_and_shown(tmp_path, sam):
     try:
         assert pos.shows("Pay 12.00")
         reader.tap(card)
-        assert pos.shows("Insufficient balance: 1.00 left")
+        assert pos.shows("Insufficient balance for 12.00: top up first")
         reader.remove()
     finally:
         events = pos.finish()

@@ -60,7 +60,7 @@ def test_purchase(via, tmp_path):
     with via() as (field, reader):
         decision = tap(term, field, reader, card, Charge(1250))
         assert field.apdu_count == 3
-    assert decision.message == "Paid 12.50 - balance 87.50"
+    assert decision.message == "Paid 12.50"
     assert card.state.purse.balance == 8750
 
 
@@ -72,7 +72,7 @@ def test_purchase_torn_after_debit_then_retapped(via, tmp_path):
         first = tap(term, field, reader, card, Charge(1250), tear_after=3)
         assert first.reason_code == "removed" and card.state.purse.balance == 8750
         second = tap(term, field, reader, card, Charge(1250))
-    assert second.message == "Paid 12.50 - balance 87.50"
+    assert second.message == "Paid 12.50"
     assert card.state.purse.balance == 8750
     assert [e.kind for e in term.event_log.events()] == ["pos.purchase.intent", "pos.purchase"]
 
