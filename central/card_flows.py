@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from central.db import ACTIVE, CANCELLED, LOST, REPLACED, PlatformError, _asn, _yuan
+from central.db import ACTIVE, CANCELLED, LOST, REPLACED, VOIDED, PlatformError, _asn, _yuan
 from common import sync_protocol as p
 from common.config import ConfigError, document_max_load
 
@@ -60,13 +60,41 @@ class CardFlows:
                                               f"blacklist version {v}")
         return v
 
+    def record_void(self, asn: str, frozen_cents: int, proof: str, terminal_id: str) -> None:
+        """An issuing station voided the card (APPLICATION BLOCK): VOIDED, with the balance the card proved it froze.
+
+        Told before the station goes on (replacement, erase), so a card left voided by a flow that stopped halfway
+        is never listed ACTIVE. Idempotent: a re-tap of the voided card reports the same frozen balance again.
+        """
+        with self._txn():
+            c = self._card_for_update(asn)
+            if c["status"] not in (ACTIVE, LOST, VOIDED):
+                raise PlatformError(f"card {c['asn']} is {c['status']}; a voided card must be active, lost or voided")
+            if not 0 <= frozen_cents <= 0xFFFFFFFF:
+                raise PlatformError(f"frozen balance {frozen_cents} is not 0..4294967295 fen")
+            self.conn.execute("INSERT OR REPLACE INTO voided_cards VALUES (?, ?, ?, ?, ?)",
+                              (c["asn"], frozen_cents, proof, terminal_id, self._now()))
+            if c["status"] != VOIDED:
+                self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?",
+                                  (VOIDED, self._now(), c["asn"]))
+                self._history(c["asn"], "void", f"voided by issuing terminal {terminal_id}; the card froze "
+                                                 f"{_yuan(frozen_cents)} yuan (platform balance "
+                                                 f"{_yuan(c['balance_cents'])} yuan)")
+
+    def voided(self, asn: str) -> dict | None:
+        """{"frozen_cents", "proof", "terminal_id", "at"} of a card an issuing station voided, else None."""
+        row = self.conn.execute("SELECT frozen_cents, proof, terminal_id, at FROM voided_cards WHERE asn = ?",
+                                (_asn(asn),)).fetchone()
+        return None if row is None else dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
+
     def replace(self, old_asn: str, new_asn: str) -> int:
         """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights and balance."""
         new_asn = _asn(new_asn)
         with self._txn():
             c = self._card_for_update(old_asn)
-            if c["status"] not in (ACTIVE, LOST):
-                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active or lost card can be replaced")
+            if c["status"] not in (ACTIVE, LOST, VOIDED):
+                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active, lost or voided card can be "
+                                    "replaced")
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (new_asn,)).fetchone():
                 raise PlatformError(f"new card {new_asn} is already registered; issue a blank card")
             holder_id = self.conn.execute("SELECT holder_id FROM cards WHERE asn = ?", (c["asn"],)).fetchone()[0]

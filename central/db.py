@@ -13,6 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from common.money_records import MONEY_SIGN
 
 ACTIVE, LOST, CANCELLED, REPLACED = "ACTIVE", "LOST", "CANCELLED", "REPLACED"
+# Voided on the card by an issuing station (APPLICATION BLOCK) and waiting for its replacement or cancellation: the
+# frozen balance the card proved is in voided_cards.
+VOIDED = "VOIDED"
 # Completed purse transactions in terminal logs (terminal/purse_flow.py) and how each moves the balance.
 PURSE_SIGN = MONEY_SIGN
 # What a terminal is; it decides whose money records are accounted (common/money_records.py ACCOUNTING_KINDS).
@@ -59,6 +62,11 @@ CREATE TABLE IF NOT EXISTS refunds (
 CREATE TABLE IF NOT EXISTS card_actions (
   action_id TEXT PRIMARY KEY, enterprise_id TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL,
   params TEXT NOT NULL, created_at TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'pending', status_note TEXT) STRICT;
+CREATE TABLE IF NOT EXISTS voided_cards (
+  asn TEXT PRIMARY KEY, frozen_cents INTEGER NOT NULL, proof TEXT NOT NULL, terminal_id TEXT NOT NULL,
+  at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS card_keys (
+  asn TEXT PRIMARY KEY, key_version INTEGER NOT NULL, at TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS card_history (
   id INTEGER PRIMARY KEY, at TEXT NOT NULL, asn TEXT NOT NULL, action TEXT NOT NULL, text TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS purse_transactions (

@@ -105,23 +105,30 @@ class Registry:
     def key_versions(self, enterprise_id: str | None = None) -> dict[str, dict[int | str, int]]:
         """Cards per key version, from the issuing terminals' uploaded key events (the `events` table).
 
-        Only cards the platform still counts (ACTIVE or LOST) matter for retiring a version; a card with no uploaded
-        key event is reported under "unknown" (issued before key events were logged: re-key it or check it by hand).
+        Only cards the platform still counts (ACTIVE, LOST, or VOIDED and waiting for replacement or cancellation,
+        which needs its UPDATE key) matter for retiring a version. Without an uploaded key event the version the
+        issuing station reported when it registered the card counts; a card with neither is reported under "unknown"
+        (issued before key versions were recorded: re-key it or check it by hand).
         """
         rows = self.conn.execute(
             "SELECT c.asn, c.enterprise_id, (SELECT e.detail FROM events e WHERE e.asn = c.asn AND e.kind IN (?, ?) "
-            "ORDER BY e.time DESC, e.seq DESC LIMIT 1) FROM cards c WHERE c.status IN ('ACTIVE', 'LOST') "
+            "ORDER BY e.time DESC, e.seq DESC LIMIT 1), (SELECT k.key_version FROM card_keys k WHERE k.asn = c.asn) "
+            "FROM cards c WHERE c.status IN ('ACTIVE', 'LOST', 'VOIDED') "
             "AND (?3 IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
             (KEYS_CHANGED, CARD_ISSUED, enterprise_id)).fetchall()
         out: dict[str, dict[int | str, int]] = {}
-        for _card, eid, detail in rows:
-            version: int | str = "unknown" if detail is None else json.loads(detail).get("key_version", "unknown")
+        for _card, eid, detail, registered in rows:
+            logged = None if detail is None else json.loads(detail).get("key_version")
+            version: int | str = logged if logged is not None else registered if registered is not None else "unknown"
             per = out.setdefault(eid, {})
             per[version] = per.get(version, 0) + 1
         return out
 
     def issue_card(self, enterprise_id: str, employee_no: str, asn: str, rights: dict | None = None,
-                   balance_cents: int = 0, max_balance_cents: int = DEFAULT_MAX_BALANCE_CENTS) -> None:
+                   balance_cents: int = 0, max_balance_cents: int = DEFAULT_MAX_BALANCE_CENTS,
+                   key_version: int | None = None) -> None:
+        """Register a card; `key_version` (the issuing station reports it) counts it for `platform key-versions`
+        from the start, before the station's log is uploaded."""
         asn = _asn(asn)
         if not 0 < max_balance_cents <= 2**32 - 1:
             raise PlatformError(f"maximum balance {_yuan(max_balance_cents)} is out of range; write the card's "
@@ -146,7 +153,14 @@ class Registry:
                               "updated_at, max_balance_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                               (asn, enterprise_id, holder_id, ACTIVE, balance_cents,
                                json.dumps(rights or {}, sort_keys=True), self._now(), max_balance_cents))
+            if key_version is not None:
+                self.record_key_version(asn, key_version)
             self._history(asn, "issued", f"issued to employee {employee_no}")
+
+    def record_key_version(self, asn: str, key_version: int) -> None:
+        if not 0 <= key_version <= 255:
+            raise PlatformError(f"key version {key_version} is not 0..255")
+        self.conn.execute("INSERT OR REPLACE INTO card_keys VALUES (?, ?, ?)", (_asn(asn), key_version, self._now()))
 
     def _history(self, asn: str, action: str, text: str) -> None:
         self.conn.execute("INSERT INTO card_history (at, asn, action, text) VALUES (?, ?, ?, ?)",

@@ -38,8 +38,11 @@ class InProcessRegistry:
     def card(self, asn: str) -> dict:
         return self._call(self.pf.card, asn)
 
-    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None:
-        self._call(self.pf.issue_card, enterprise_id, employee_no, asn, rights)
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict, key_version: int) -> None:
+        self._call(self.pf.issue_card, enterprise_id, employee_no, asn, rights, key_version=key_version)
+
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
+        self._call(self.pf.record_void, asn, frozen_balance, proof, terminal_id)
 
     def replace(self, old_asn: str, new_asn: str) -> None:
         self._call(self.pf.replace, old_asn, new_asn)
@@ -92,7 +95,10 @@ def _perform(platform, req: rp.RegistryRequest):
     if req.op == "card":
         return registry.card(a["asn"])
     if req.op == "register":
-        registry.register(a["enterprise_id"], a["employee_no"], a["asn"], a["rights"])
+        registry.register(a["enterprise_id"], a["employee_no"], a["asn"], a["rights"], a["key_version"])
+    elif req.op == "voided":
+        # The voiding station is the one whose topic the request came on (the broker's ACL), not an argument.
+        registry.voided(a["asn"], a["frozen_cents"], a["proof"], req.station)
     elif req.op == "replace":
         registry.replace(a["old_asn"], a["new_asn"])
     elif req.op == "cancel":

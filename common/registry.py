@@ -1,5 +1,6 @@
 """The registry interface between the card office's issuing station and the platform (the station's only way to
-the platform's records): look up a holder, register an issued card, replacement, cancellation."""
+the platform's records): look up a holder, register an issued card, record a voided card, replacement,
+cancellation."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -19,7 +20,13 @@ class Registry(Protocol):
 
     def card(self, asn: str) -> dict: ...
 
-    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None: ...
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict, key_version: int) -> None:
+        """Register an issued card with the key version it was personalised at (0..255), which the platform counts
+        for `platform key-versions` before the station's log is uploaded."""
+
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
+        """The card was voided here (APPLICATION BLOCK) and froze this balance (fen), `proof` the card's MAC over it
+        (hex): the platform lists it VOIDED. Idempotent."""
 
     def replace(self, old_asn: str, new_asn: str) -> None: ...
 

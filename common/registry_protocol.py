@@ -41,14 +41,28 @@ _ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
 _RID_RE = re.compile(r"[0-9a-f]{32}\Z")
 _EMPLOYEE_RE = re.compile(r"[\x21-\x7e]{1,16}\Z")
 _PHONE_RE = re.compile(r"[0-9+\- ]{0,20}\Z")
+_PROOF_RE = re.compile(r"[0-9a-f]{16}\Z")
 
-# op -> its arguments and their patterns (None: JSON type checked instead)
-OPS: dict[str, dict[str, re.Pattern[str] | type]] = {
+
+@dataclass(frozen=True)
+class IntRange:
+    """An integer argument (not a boolean) from lo to hi inclusive."""
+
+    lo: int
+    hi: int
+
+
+_KEY_VERSION = IntRange(0, 255)
+
+# op -> its arguments and their patterns (a type: JSON type checked instead; IntRange: an integer in range)
+OPS: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
     "holder": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE},
     "card_of_phone": {"phone": _PHONE_RE},
     "is_registered": {"asn": _ASN_RE},
     "card": {"asn": _ASN_RE},
-    "register": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE, "asn": _ASN_RE, "rights": dict},
+    "register": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE, "asn": _ASN_RE, "rights": dict,
+                 "key_version": _KEY_VERSION},
+    "voided": {"asn": _ASN_RE, "frozen_cents": IntRange(0, 0xFFFFFFFF), "proof": _PROOF_RE},
     "replace": {"old_asn": _ASN_RE, "new_asn": _ASN_RE},
     "cancel": {"asn": _ASN_RE, "settle": bool},
 }
@@ -92,7 +106,11 @@ def _check_args(op: str, args: dict[str, Any], where: str) -> dict[str, Any]:
     if extra:
         raise ProtocolError(f"{where}: unknown argument {extra[0]!r} for {op}")
     for name, kind in spec.items():
-        if isinstance(kind, type):
+        if isinstance(kind, IntRange):
+            value = _field(args, name, int, where)
+            if not kind.lo <= value <= kind.hi:
+                raise ProtocolError(f"{where}: field {name!r} = {value} is not {kind.lo}..{kind.hi}")
+        elif isinstance(kind, type):
             _field(args, name, kind, where)
         else:
             _match(args, name, kind, where, "valid")

@@ -12,11 +12,14 @@ ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
     # The card service machine: loads, and writes access rights the platform changed (UPDATE, secured writes).
     "top-up": {KeyPurpose.LOAD: frozenset({_M, _V}), KeyPurpose.UPDATE: frozenset({_M})},
     "platform": {KeyPurpose.TAC: frozenset({_V})},
-    # The issuing station MACs secured writes under UPDATE (and TRANSPORT, to wash a card) and puts every card key
-    # on the cards it personalises; it never gets MAC on TAC (that would forge TACs).
+    # The issuing station, for every flow of docs/card-application.md 8 and key-handling.md 9: MACs secured writes
+    # under UPDATE (and TRANSPORT, to wash a card), verifies the card's proof of its frozen balance under UPDATE
+    # (replacement, cancellation), loads the carried balance onto a replacement card (LOAD mac; checking its MAC3
+    # needs no more), and puts every card key on the cards it personalises. Never MAC or verify on TAC (that would
+    # forge or test TACs), nor PURCHASE beyond personalise.
     "issuing": {
-        KeyPurpose.UPDATE: frozenset({_M, _P}), KeyPurpose.TRANSPORT: frozenset({_M, _P}),
-        KeyPurpose.ACCESS: frozenset({_P}), KeyPurpose.PURCHASE: frozenset({_P}), KeyPurpose.LOAD: frozenset({_P}),
+        KeyPurpose.UPDATE: frozenset({_M, _V, _P}), KeyPurpose.TRANSPORT: frozenset({_M, _P}),
+        KeyPurpose.ACCESS: frozenset({_P}), KeyPurpose.PURCHASE: frozenset({_P}), KeyPurpose.LOAD: frozenset({_M, _P}),
         KeyPurpose.TAC: frozenset({_P}),
     },
 }

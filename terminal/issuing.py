@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from common import bcd
 from common import transactions as tx
 from common.registry import Registry, RegistryError
-from sam.interface import LoadSession, MacVerificationError, Sam, SamError
+from sam.interface import KeyPurpose, KeyUsage, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
 from common.money import format_yuan
-from terminal.rekey import AdminChannel, require_admin_key, select_for_admin
+from terminal.rekey import AdminChannel, admin_purpose, require_admin_key, select_for_admin
 
 ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"
 VOID_INTENT, VOIDED = "issue.void.intent", "issue.void"
@@ -97,6 +97,33 @@ class IssuingTerminal:
     def _log(self, now, kind, asn, reason, message, detail):
         return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
 
+    def _require(self, info: cp.CardInfo, needs: dict[KeyPurpose, frozenset[KeyUsage]], version: int | None,
+                 flow: str) -> None:
+        """Refuse before the first irreversible step unless this SAM holds each key with each usage the whole flow
+        needs (at the card's key version; `version` None: at any version, for the card not tapped yet)."""
+        held: dict[KeyPurpose, set[KeyUsage]] = {}
+        for k in self.sam.key_infos():
+            if (k.enterprise_id == info.enterprise_id and k.algorithm == info.algorithm
+                    and (version is None or k.version == version)):
+                held.setdefault(k.purpose, set()).update(k.usages)
+        for purpose, usages in needs.items():
+            missing = sorted(u.value for u in usages - held.get(purpose, set()))
+            if missing:
+                at = "" if version is None else f" version {version}"
+                raise Refusal("sam_cannot_finish", f"This SAM cannot finish the {flow}: its {purpose.value} key{at} "
+                              f"lacks usage {', '.join(missing)}; nothing was changed. Load the issuing role "
+                              "(onecard keys load --role issuing, or sam restrict --role issuing) and tap again",
+                              info.asn_hex, {"purpose": purpose.value, "missing": missing})
+
+    def _platform_card(self, asn: str, allowed: tuple[str, ...], flow: str) -> dict:
+        """The platform's record of the card, before anything changes: reachable, registered, in a status the flow
+        can finish from."""
+        c = self._registry(self.registry.card, asn)
+        if c["status"] not in allowed:
+            raise Refusal("platform_refused", f"The platform lists card {asn} as {c['status']}: the {flow} needs it "
+                          f"{' or '.join(allowed)}; nothing was changed", asn, {"status": c["status"]})
+        return c
+
     def _registry(self, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -150,6 +177,7 @@ class IssuingTerminal:
             return self._finish_issue(info, now)  # written and activated by a torn earlier tap: register it
         holder = self._registry(self.registry.holder, self.eid, req.employee_no)
         self._check_phone(holder, info, req.employee_no)
+        self._require(info, {admin_purpose(info.key_version): frozenset({KeyUsage.MAC})}, info.key_version, "issuing")
         detail = {"employee_no": req.employee_no, "rights": req.rights(), "key_version": info.key_version}
         self._log(now, ISSUE_INTENT, asn, "intent", f"Issuing to employee {req.employee_no}", detail)
         self._write_card(transmit, info, req.holder_file(holder["name"]), req.access_file(), req.purse_file())
@@ -162,7 +190,7 @@ class IssuingTerminal:
             raise Refusal("unknown_card", "This active card was not issued by this terminal: see the administrator",
                           asn)
         d = intent.detail
-        self._registry(self.registry.register, self.eid, d["employee_no"], asn, d["rights"])
+        self._registry(self.registry.register, self.eid, d["employee_no"], asn, d["rights"], info.key_version)
         self._log(now, ISSUED, asn, "issued", f"Issued to employee {d['employee_no']}",
                   {"employee_no": d["employee_no"], "key_version": info.key_version, "intent_seq": intent.seq})
         return asn
@@ -191,6 +219,8 @@ class IssuingTerminal:
             raise Refusal("card_error", f"Old card could not be read ({exc}): tap it again, or replace it from the "
                           "platform's records", asn) from None
         employee_no = holder[:16].rstrip(b"\x00").decode("utf-8", "replace")
+        if info.status != cp.STATUS_VOIDED:
+            self.check_replacement(info)
         backup = {"holder": holder.hex(), "access": access.hex(), "purse": purse.hex(), "records": records,
                   "employee_no": employee_no}
         # The backup reaches the log before the card is voided: whatever happens next, nothing is lost.
@@ -201,10 +231,30 @@ class IssuingTerminal:
             raise Refusal("sam_refused", f"This SAM cannot void the card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", f"Old card did not confirm the void ({exc}): tap it again", asn) from None
-        self._log(now, VOIDED, asn, "voided", f"Old card voided with balance {format_yuan(frozen.balance)}",
-                  {"balance": frozen.balance, "offline_counter": frozen.offline_counter,
-                   "online_counter": frozen.online_counter, "proof": frozen.mac.hex(), "key_version": info.key_version})
+        if self.event_log.last_event(asn, (VOIDED,)) is None:
+            self._log(now, VOIDED, asn, "voided", f"Old card voided with balance {format_yuan(frozen.balance)}",
+                      {"balance": frozen.balance, "offline_counter": frozen.offline_counter,
+                       "online_counter": frozen.online_counter, "proof": frozen.mac.hex(),
+                       "key_version": info.key_version})
+        self._tell_voided(asn, frozen)
         return Backup(asn, employee_no, holder, access, purse, frozen.balance, "card", records)
+
+    def check_replacement(self, info: cp.CardInfo) -> None:
+        """Everything a replacement needs, checked before the old card is voided: the keys to void it (UPDATE mac +
+        verify of its version), to write and load the new card (UPDATE mac, LOAD mac), and the platform's record
+        of the old card (registered, active or lost, so `replace` will be accepted)."""
+        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version,
+                      "replacement")
+        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.PERSONALISE}),
+                             KeyPurpose.LOAD: frozenset({KeyUsage.MAC})}, None, "replacement")
+        self._platform_card(info.asn_hex, ("ACTIVE", "LOST", "VOIDED"), "replacement")
+
+    def _tell_voided(self, asn: str, frozen: cp.FrozenPurse) -> None:
+        try:
+            self.registry.voided(asn, frozen.balance, frozen.mac.hex(), self.terminal_id.hex())
+        except RegistryError as exc:
+            raise Refusal("platform_refused", f"Card voided with balance {format_yuan(frozen.balance)}, but the "
+                          f"platform could not record it ({exc}): tap the same card again to finish", asn) from None
 
     def backup_from_platform(self, old_asn: str, req: IssueRequest) -> Backup:
         """No readable old card: the new card is written from the platform's records (rights and balance)."""
@@ -297,6 +347,16 @@ class IssuingTerminal:
         kind = DELETED if deletion else CANCELLED
         if info.status == cp.STATUS_TRANSPORT:
             raise Refusal("not_issued", "This card was never issued: nothing to cancel", asn)
+        flow = "application deletion" if deletion else "cancellation"
+        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version, flow)
+        registered = self._registry(self.registry.is_registered, asn)
+        # A card the platform already closed (a re-tap after a tear at the very end) needs no void record.
+        open_there = registered and self._platform_card(
+            asn, ("ACTIVE", "LOST", "VOIDED", "CANCELLED"), flow)["status"] != "CANCELLED"
+        if not registered and info.status != cp.STATUS_VOIDED:
+            raise Refusal("platform_refused", f"Card {asn} is not registered with the platform: a card voided here "
+                          "must be known there with its frozen balance; register it (or check the platform database) "
+                          "first; nothing was changed", asn)
         if info.status == cp.STATUS_ACTIVE and info.purse_expiry is not None:
             balance = pp.parse_balance(transmit(pp.get_balance_command()))
             if balance and not settle:
@@ -307,6 +367,8 @@ class IssuingTerminal:
         channel = AdminChannel(transmit, self.sam, info)
         try:
             frozen = channel.block()
+            if open_there:
+                self._tell_voided(asn, frozen)
             if frozen.balance and not settle:
                 raise Refusal("balance_remains", f"Card still holds {format_yuan(frozen.balance)}: settle it first",
                               asn, {"balance": frozen.balance})
@@ -321,7 +383,7 @@ class IssuingTerminal:
             raise Refusal("sam_refused", f"This SAM cannot cancel the card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", f"Card did not confirm ({exc}): tap it again", asn) from None
-        if self.registry.is_registered(asn) and self.registry.card(asn)["status"] not in ("CANCELLED", "REPLACED"):
+        if registered and self._registry(self.registry.card, asn)["status"] not in ("CANCELLED", "REPLACED"):
             self._registry(self.registry.cancel, asn, settle)
         self._log(now, kind, asn, "completed", "Application deleted" if deletion else "Card cancelled",
                   {"settled": frozen.balance})

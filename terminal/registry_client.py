@@ -115,8 +115,16 @@ class MqttRegistry:
     def card(self, asn: str) -> dict:
         return self.call("card", asn=asn.upper())
 
-    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict) -> None:
-        self.call("register", enterprise_id=enterprise_id, employee_no=employee_no, asn=asn.upper(), rights=rights)
+    def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict, key_version: int) -> None:
+        self.call("register", enterprise_id=enterprise_id, employee_no=employee_no, asn=asn.upper(), rights=rights,
+                  key_version=key_version)
+
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
+        """`terminal_id` is not sent: the platform records the station of the topic (this station's certificate)."""
+        if terminal_id.upper() != self.station_id:
+            raise RegistryError(f"terminal {terminal_id} cannot report a void over station {self.station_id}'s link; "
+                                "run the issuing station with its own --terminal-id")
+        self.call("voided", asn=asn.upper(), frozen_cents=frozen_balance, proof=proof.lower())
 
     def replace(self, old_asn: str, new_asn: str) -> None:
         self.call("replace", old_asn=old_asn.upper(), new_asn=new_asn.upper())

@@ -243,4 +243,3 @@ def _asn_of(selects: list[bytes]) -> str:
         return cp.parse_select(selects[0]).asn_hex if selects else "-"
     except cp.CardProtocolError:
         return "-"
-

@@ -63,8 +63,8 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
     code, out, err = run(capsys, "issue", "card", *station, "--card", d / "new.json", "--employee", "E1001")
     assert code == 1 and "already holds one-card" in err  # one phone number, one one-card
 
-    # The station's log has not been uploaded (no sync agent here): the platform cannot tell the card's key version.
-    assert platform.key_versions() == {"00010001": {"unknown": 1}}
+    # The station reported the key version when it registered the card: counted before its log is uploaded.
+    assert platform.key_versions() == {"00010001": {1: 1}}
 
     code, out, err = run(capsys, "issue", "replace", *station, "--old-card", d / "old.json", "--card", d / "new.json")
     new_asn = CardStateFile(d / "new.json").load().asn.hex().upper()
@@ -73,6 +73,10 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
     assert CardStateFile(d / "old.json").load().status == 0x02  # voided
 
     assert platform.card(old_asn)["status"] == "REPLACED"
+    # The void went over the registry before the replacement: the frozen balance, the card's proof, this station.
+    void = platform.voided(old_asn)
+    assert void is not None and (void["frozen_cents"], void["terminal_id"]) == (0, STATION)
+    assert len(void["proof"]) == 16
 
     code, out, err = run(capsys, "issue", "cancel", *station, "--card", d / "new.json")
     assert code == 0, err
@@ -112,7 +116,12 @@ def test_another_enterprises_card_and_holder_are_refused(tmp_path, broker, platf
             registry.holder("00020002", "X1")
         with pytest.raises(RegistryError, match="belongs to another enterprise"):
             registry.cancel("0102030405060708", settle=False)
+        with pytest.raises(RegistryError, match="belongs to another enterprise"):
+            registry.voided("0102030405060708", 0, "00" * 8, STATION)
+        with pytest.raises(RegistryError, match="cannot report a void over station"):
+            registry.voided("0102030405060708", 0, "00" * 8, "000000000901")
     assert platform.card("0102030405060708")["status"] == "ACTIVE"
+    assert platform.voided("0102030405060708") is None
 
 
 def test_a_terminal_certificate_cannot_ask_the_registry(tmp_path, broker, platform):

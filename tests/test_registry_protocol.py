@@ -19,6 +19,8 @@ NOW = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "sync-protocol.md").read_text(encoding="utf-8")
 SECTION = DOC[DOC.index("## Issuing station registry"):DOC.index("## Upload: ordering")]
 EXAMPLES = re.findall(r"^\{.*\}$", SECTION, re.M)
+REQUESTS = [e for e in EXAMPLES if '"type":"registry.request"' in e]
+RESPONSES = [e for e in EXAMPLES if '"type":"registry.response"' in e]
 
 
 def holder_request() -> bytes:
@@ -26,11 +28,12 @@ def holder_request() -> bytes:
 
 
 def test_the_documented_bytes_are_what_is_sent_and_signed():
-    assert EXAMPLES[0].encode() == holder_request()
+    assert len(EXAMPLES) == len(REQUESTS) + len(RESPONSES) == 4
+    assert REQUESTS[0].encode() == holder_request()
     req = rp.decode_request(holder_request())
     ok = rp.seal_response(KEY, req, NOW, result={"name": "Zhang Wei", "phone": "13800000001"})
     refused = rp.seal_response(KEY, req, NOW, error="employee NOBODY is not registered")
-    assert [ok.decode(), refused.decode()] == EXAMPLES[1:3]
+    assert [ok.decode(), refused.decode()] == RESPONSES
     answer = rp.open_response(ok, KEY.public_key())
     assert (answer.request_id, answer.ok, answer.result) == (RID, True, {"name": "Zhang Wei", "phone": "13800000001"})
     assert rp.open_response(refused, KEY.public_key()).error == "employee NOBODY is not registered"
@@ -55,12 +58,33 @@ def test_a_sync_envelope_signature_cannot_stand_for_a_registry_answer():
         rp.open_response(envelope, KEY.public_key())
 
 
+def test_the_documented_void_report_is_what_is_sent():
+    sent = rp.encode_request(RID, "000000000900", "voided",
+                             {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"})
+    assert REQUESTS[1].encode() == sent
+    assert rp.decode_request(sent).args == {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"}
+
+
+def test_the_documented_table_lists_every_op_and_argument():
+    rows = re.findall(r"^\| `(\w+)` \| (.*?) \| [^|]* \|$", SECTION, re.M)[1:]  # after the header
+    assert [op for op, _ in rows] == list(rp.OPS)
+    for op, args in rows:
+        assert re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", args)) == list(rp.OPS[op]), op
+
+
 @pytest.mark.parametrize("op, args, problem", [
     ("holder", {"enterprise_id": "1", "employee_no": "E1"}, "enterprise_id"),
     ("holder", {"enterprise_id": "00010001"}, "employee_no"),
     ("cancel", {"asn": "0102030405060708", "settle": "yes"}, "settle"),
     ("replace", {"old_asn": "0102030405060708", "new_asn": "01020304050607", }, "new_asn"),
     ("card", {"asn": "0102030405060708", "extra": 1}, "extra"),
+    ("register", {"enterprise_id": "00010001", "employee_no": "E1", "asn": "0102030405060708", "rights": {}},
+     "key_version"),
+    ("register", {"enterprise_id": "00010001", "employee_no": "E1", "asn": "0102030405060708", "rights": {},
+                  "key_version": 256}, "key_version"),
+    ("voided", {"asn": "0102030405060708", "frozen_cents": True, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
+    ("voided", {"asn": "0102030405060708", "frozen_cents": -1, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
+    ("voided", {"asn": "0102030405060708", "frozen_cents": 1, "proof": "A1B2C3D4E5F60718"}, "proof"),
 ])
 def test_malformed_requests_are_refused_naming_the_field(op, args, problem):
     with pytest.raises(ProtocolError, match=problem):
