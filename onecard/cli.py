@@ -3,6 +3,7 @@ the reference platform and the demo."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from common.errors import EXIT_INTERRUPTED, UserError
@@ -17,6 +18,32 @@ def installed_version() -> str:
         return "(not installed: running from a checkout)"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output left (`onecard log inspect | head`): stop without a traceback, and point stdout at
+    /dev/null so the interpreter's final flush does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return EXIT_BROKEN_PIPE
+
+
+def _file_problem(exc: OSError) -> str:
+    """One line for a file a command could not read or write (missing directory, permissions, a directory in the
+    way), naming the path and the fix."""
+    path = exc.filename if exc.filename is not None else "a file"
+    fix = {FileNotFoundError: "check the path: its directory must exist",
+           NotADirectoryError: "check the path: a part of it is a file, not a directory",
+           IsADirectoryError: "name a file, not a directory",
+           PermissionError: "check the permissions of the file and its directory"}.get(type(exc), "check the path")
+    return f"{path}: {exc.strerror or exc}; {fix}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from central import cli as platform_cli
     from onecard import demo, wiring
@@ -27,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     from terminal import issuing_cli, log_cli
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--version", action="version", version=f"onecard {installed_version()}")
     parser.set_defaults(wiring=wiring.Wiring())  # what the product's commands are given instead of the simulator
     top = parser.add_subparsers(dest="area", required=True)
@@ -57,12 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     from common.logs import setup_logging
 
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level.upper())
+    setup_logging(args.log_level)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        print(f"error: {_file_problem(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

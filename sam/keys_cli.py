@@ -204,9 +204,10 @@ def cmd_inspect(args) -> None:
         info = client.card_info()
         print(mc.describe_card(info))
         if info.blocked:
-            print("PIN BLOCKED: the card refuses every key operation for good; restore the latest backup into a new "
-                  "master card (onecard sim restore-master-card for a simulated one) and destroy this one")
-            return
+            # A blocked card is not a usable one: the exit code says so, for scripts checking the card.
+            raise mc.CardBlocked("PIN BLOCKED: the card refuses every key operation for good; restore the latest "
+                                 "backup into a new master card (onecard sim restore-master-card for a simulated "
+                                 "one) and destroy this one")
         if pin is not None:
             client.verify_pin(pin)
             print("PIN verified")

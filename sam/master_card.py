@@ -459,7 +459,13 @@ class MasterCardClient:
                 f"the key master card in {self.name!r} is blocked (PIN tried wrong {PIN_TRIES} times) "
                 "and stays blocked; restore the latest backup into a new master card "
                 "(onecard sim restore-master-card for a simulated one) and destroy this one")
-        if 0x63C0 <= sw <= 0x63CF:
+        if sw == 0x63C0:
+            # The wrong PIN that used the last try: the card is blocked now (ISO 7816-4: 63 C0, no tries left).
+            return CardBlocked(
+                f"wrong PIN for the key master card in {self.name!r}: that was the last of {PIN_TRIES} tries and the "
+                "card is now blocked for good; restore the latest backup into a new master card (onecard sim "
+                "restore-master-card for a simulated one) and destroy this one")
+        if 0x63C1 <= sw <= 0x63CF:
             left = sw & 0x0F
             return WrongPin(f"wrong PIN for the key master card: {left} tr{'y' if left == 1 else 'ies'} left before it "
                             "blocks for good; check the PIN file", left)

@@ -5,6 +5,7 @@ Frames both ways are a 2-byte big-endian length and a payload; a 1-byte payload 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import struct
 import threading
@@ -21,6 +22,12 @@ CTRL_RESET = 0x02
 CTRL_GET_ATR = 0x04
 
 _LEN = struct.Struct(">H")
+# vpcd frames a 1-byte command APDU exactly like a control code. vpcd follows every real power on / off / reset
+# with GET ATR at once, and polls GET ATR every 0.4 s while it is not waiting for an answer; silence this long
+# after 00 / 01 / 02 therefore means vpcd is waiting for the answer to a 1-byte command.
+AMBIGUOUS_WAIT = 2.0
+# What a card answers a command too short to hold a header (ISO 7816-4: wrong length).
+SW_WRONG_LENGTH = b"\x67\x00"
 
 
 class VpcdUnreachable(ConnectionError):
@@ -116,8 +123,19 @@ class VirtualIcc:
 
     def _serve(self, sock: socket.socket, card: VirtualCard, faults: _Faults) -> None:
         tear_after = faults.tear_after
+        pending: int | None = None  # a 00 / 01 / 02 frame: a control code, or a 1-byte command (the next frame says)
         try:
             while True:
+                if pending is not None:
+                    readable, _, _ = select.select([sock], [], [], AMBIGUOUS_WAIT)
+                    if not readable:  # vpcd is waiting for an answer: it was a 1-byte command, not a control code
+                        log_event(log, "vpcd-short-command", level=logging.WARNING, port=self.port,
+                                  apdu=f"{pending:02x}", msg="1-byte command answered 67 00 (wrong length)")
+                        pending = None
+                        sock.sendall(_LEN.pack(len(SW_WRONG_LENGTH)) + SW_WRONG_LENGTH)
+                        continue
+                    self._control(card, pending)
+                    pending = None
                 message = _recv_frame(sock)
                 if message is None:
                     with self._lock:
@@ -127,9 +145,13 @@ class VirtualIcc:
                 if not message:
                     continue
                 if len(message) == 1:
+                    if message[0] in (CTRL_POWER_OFF, CTRL_POWER_ON, CTRL_RESET):
+                        pending = message[0]
+                        continue
                     reply = self._control(card, message[0])
-                    if reply is not None:
-                        sock.sendall(_LEN.pack(len(reply)) + reply)
+                    # Not a vpcd control code (e.g. 80): a 1-byte command, answered as a card would.
+                    reply = SW_WRONG_LENGTH if reply is None else reply
+                    sock.sendall(_LEN.pack(len(reply)) + reply)
                     continue
                 self.apdu_count += 1
                 if self.apdu_count == faults.stall_at:
@@ -173,7 +195,8 @@ class VirtualIcc:
         elif code == CTRL_POWER_OFF:
             card.power_off()
         else:
-            log_event(log, "vpcd-unknown-control", level=logging.WARNING, port=self.port, code=f"0x{code:02x}")
+            log_event(log, "vpcd-short-command", level=logging.WARNING, port=self.port, apdu=f"{code:02x}",
+                      msg="1-byte command answered 67 00 (wrong length)")
         return None
 
 

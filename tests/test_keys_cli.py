@@ -137,10 +137,11 @@ def test_add_version_refuses_a_keystore_not_loaded_from_the_master_card(env):
 def test_wrong_pin_says_tries_left_and_a_blocked_card_says_what_to_do(env):
     create(env)
     env.insert_master()
-    for left in ("2 tries left", "1 try left", "0 tries left"):
+    for left in ("2 tries left", "1 try left", "that was the last of 3 tries and the card is now blocked for good"):
         assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "wrong") == 1
-        assert left in env.error
-    assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
+        assert left in env.error and "0 tries" not in env.error
+    # A blocked card is reported, and the exit code says it is not usable.
+    assert env.run("keys", "inspect", "--reader", env.master_reader) == 1
     assert "BLOCKED" in env.out and "onecard sim restore-master-card" in env.out
     for argv in (("generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin"),
                  ("change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--new-pin-file", env.path / "pin"),

@@ -298,3 +298,21 @@ def test_a_card_that_crashes_leaves_the_field_and_is_logged(vicc, reader, caplog
         conn.transmit(bytes.fromhex("00010000"))
     assert icc.wait_removed(1) and icc.removal_reason == "card-error"
     assert "event=card-error" in caplog.text and "simulated applet bug" in caplog.text
+
+
+@pytest.mark.parametrize("apdu", ["00", "01", "02", "80"])
+def test_a_one_byte_command_is_answered_and_the_slot_keeps_working(vicc, reader, apdu):
+    # vpcd frames a 1-byte command like one of its control codes: it must be answered (67 00, wrong length, as a
+    # card would), never left waiting, and the card must go on answering afterwards.
+    card = EchoCard()
+    vicc().insert(card)
+    conn = reader().wait_for_card(5)
+    assert conn is not None
+    answers: list[bytes] = []
+    worker = threading.Thread(target=lambda: answers.append(conn.transmit(bytes.fromhex(apdu))), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), f"transmit of {apdu} hung"
+    assert answers == [bytes.fromhex("6700")]
+    assert conn.transmit(bytes.fromhex("00A4040002AABB")) == bytes.fromhex("AABB9000")
+    assert card.powered
