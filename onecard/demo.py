@@ -58,8 +58,10 @@ TERMINALS = [TerminalSpec("door", "000000000101", "Door 1F", "door"),
 def add_parser(top: argparse._SubParsersAction) -> None:
     p = top.add_parser("demo", help="live demo: door, attendance, POS and top-up terminals with agents, broker and "
                                     "platform, simulated employees tapping")
-    p.add_argument("--workdir", type=Path, default=Path("var/demo"),
-                   help="where keystores, cards, certificates and databases go (emptied first; default var/demo)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where keystores, cards, certificates and databases go: a new or empty directory, or one an "
+                        "earlier demo made (that one is emptied first); default a new directory under the system's "
+                        "temporary directory")
     p.add_argument("--hold", type=float, default=1.0, help="seconds each card stays on the reader")
     p.set_defaults(handler=cmd_demo)
 
@@ -401,16 +403,38 @@ def wait_uploaded(platform: Platform, asn: str, expected: int, timeout: float = 
     raise UserError(f"the platform did not receive {expected} purse transactions of {asn} within {timeout:g} s")
 
 
+DEMO_MARK = ".onecard-demo"  # in every directory the demo made: only such a directory is ever emptied
+
+
+def prepare_workdir(requested: Path | None) -> Path:
+    """A directory for this run: new, empty, or made by an earlier demo (emptied). Anything else is refused
+    untouched: `--workdir ~` must never wipe a home directory."""
+    import tempfile
+
+    if requested is None:
+        work = Path(tempfile.mkdtemp(prefix="onecard-demo-"))
+    else:
+        work = requested.expanduser().resolve()
+        if work.exists() and not work.is_dir():
+            raise UserError(f"--workdir {work} is a file, not a directory; name a new or empty directory")
+        if work.is_dir() and any(work.iterdir()):
+            if not (work / DEMO_MARK).is_file():
+                raise UserError(f"--workdir {work} is not empty and was not made by onecard demo: nothing was "
+                                "touched; name a new or empty directory (or leave --workdir out)")
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+    (work / DEMO_MARK).write_text("made by onecard demo; the next demo run with this --workdir empties it\n",
+                                  encoding="utf-8")
+    return work
+
+
 def cmd_demo(args) -> int:
     from common.logs import setup_logging
     from simulator.pcscd import PcscdError, private_pcscd
     from simulator.vpcd import VirtualIcc
     from simulator.broker import Broker, BrokerError, make_pki
 
-    work = args.workdir.resolve()
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    work = prepare_workdir(args.workdir)
     site = Site(work)
     platform = Platform(work, site)
     with contextlib.ExitStack() as stack:

@@ -41,3 +41,29 @@ def test_demo(tmp_path):
     screens = tmp_path / "demo" / "screens"
     assert len(list((screens / "pos").glob("*-decision.png"))) >= 5
     assert list((screens / "door").glob("*-decision.png"))
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
+    keep = tmp_path / "home"
+    keep.mkdir()
+    (keep / "thesis.txt").write_text("years of work\n")
+    proc = subprocess.run([sys.executable, "-m", "onecard", "demo", "--workdir", str(keep)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not made by onecard demo" in proc.stderr
+    assert [p.name for p in keep.iterdir()] == ["thesis.txt"]
+
+
+def test_demo_workdir_rules(tmp_path):
+    from onecard.demo import DEMO_MARK, prepare_workdir
+
+    made = prepare_workdir(tmp_path / "new")
+    assert (made / DEMO_MARK).is_file()
+    (made / "card.json").write_text("{}")
+    again = prepare_workdir(tmp_path / "new")  # made by the demo: emptied and reused
+    assert [p.name for p in again.iterdir()] == [DEMO_MARK]
+    default = prepare_workdir(None)
+    try:
+        assert ROOT not in default.parents  # never inside the checkout
+    finally:
+        import shutil
+        shutil.rmtree(default)
