@@ -265,6 +265,10 @@ class IssuingTerminal:
 
     def replace(self, transmit, backup: Backup, now: dt.datetime) -> str:
         """Write the backup onto a washed card, load the carried balance, register the replacement. Re-tap safe."""
+        info = self._select(transmit)
+        if info.asn_hex == backup.old_asn.upper():
+            raise Refusal("old_card", "This is the old card (now voided): take it away and tap the NEW washed card",
+                          info.asn_hex)
         info = self._blank_card(transmit)
         asn = info.asn_hex
         if self.event_log.last_event(asn, (REPLACED,)) is not None:

@@ -167,13 +167,16 @@ def _issuing_terminal(args):
         registry.close()
 
 
-def _with_card(args, prompt: str, action, card_file: Path | None = None):
-    """Ask for a card, run `action(transmit)` on it; a Refusal or a card pulled away is one line and exit 1."""
+def _with_card(args, prompt: str, action, card_file: Path | None = None, reader=None):
+    """Ask for a card, run `action(transmit)` on it; a Refusal or a card pulled away is one line and exit 1.
+
+    `reader`: the station's reader, kept open by the caller across several cards (closed here otherwise)."""
     from common.registry import RegistryError
     from terminal.decision import Refusal
     from terminal.reader import CardRemoved
 
-    reader = open_station_reader(args, card_file)
+    own = reader is None
+    reader = open_station_reader(args, card_file) if own else reader
     try:
         print(prompt, flush=True)
         conn = reader.wait_for_card(args.wait)
@@ -191,7 +194,8 @@ def _with_card(args, prompt: str, action, card_file: Path | None = None):
         finally:
             conn.close()
     finally:
-        reader.close()
+        if own:
+            reader.close()
 
 
 def _now() -> dt.datetime:
@@ -213,11 +217,27 @@ def cmd_replace(args) -> int:
                 raise UserError("--old-asn needs --employee and the rights to write (--groups, --valid-to ...)")
             backup = station.backup_from_platform(args.old_asn.upper(), _request(args, enterprise))
             print(f"old card {backup.old_asn} not present: the new card gets the platform's records", flush=True)
-        else:
+            asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
+        elif args.old_card is not None:  # simulated cards: each file is its own reader
             backup = _with_card(args, "tap the OLD card (its data is backed up, then it is voided)",
                                 lambda t: station.backup_and_void(t, _now()), args.old_card)
             print(f"old card {backup.old_asn} backed up and voided", flush=True)
-        asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
+            asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
+        else:
+            # One reader for both cards: the old one must leave before the new one is read.
+            reader = open_station_reader(args)
+            try:
+                backup = _with_card(args, "tap the OLD card (its data is backed up, then it is voided)",
+                                    lambda t: station.backup_and_void(t, _now()), reader=reader)
+                print(f"old card {backup.old_asn} backed up and voided: take it away from the reader", flush=True)
+                if not reader.wait_for_removal(args.wait):
+                    raise UserError(f"the old card {backup.old_asn} is still on the reader after {args.wait:g} s; it "
+                                    "is backed up and voided: run the command again, take it away when asked, then "
+                                    "tap the new card", 1)
+                asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()),
+                                 reader=reader)
+            finally:
+                reader.close()
     print(f"card {asn} replaces {backup.old_asn}; balance and rights carried over")
     return 0
 

@@ -170,3 +170,60 @@ def test_a_terminal_that_is_not_an_issuing_station_is_refused(tmp_path, broker, 
                       load_platform_public_key(broker.pki.platform_public), timeout=5) as registry:
         with pytest.raises(RegistryError, match="not registered with the platform as an issuing station"):
             registry.holder("00020002", "X1")
+
+
+def test_replace_with_one_reader_waits_for_the_old_card_to_leave(tmp_path, capsys, monkeypatch, broker,
+                                                                  platform):
+    import threading
+
+    import terminal.issuing_cli as issuing_cli
+    from simulator.card_files import load_card
+    from simulator.inprocess import InProcessReader
+
+    d = tmp_path
+    (d / "pass").write_text("card office\n")
+    assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
+               "--enterprise", "00010001", "--algorithm", "aes128")[0] == 0
+    factory = SoftwareSam.open(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pass"))
+    for name in ("old", "new"):
+        write_card(d / f"{name}.json", transport_card(factory, ENTERPRISE))
+        assert run(capsys, "issue", "wash", "--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise",
+                   "00010001", "--card", d / f"{name}.json", "--log", d / "station.db", "--to-version", "1")[0] == 0
+    station = ["--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise", "00010001",
+               "--log", d / "station.db", *station_network(broker), "--wait", "10"]
+    assert run(capsys, "issue", "card", *station, "--card", d / "old.json", "--employee", "E1001")[0] == 0
+
+    # One reader at the desk: the old card lies on it; the clerk takes it away a little after it is voided, then
+    # puts the new card down.
+    class DeskReader(InProcessReader):
+        """Like a PC/SC reader: a card lying on it is offered again to the next wait_for_card."""
+
+        def wait_for_card(self, timeout):
+            with self._cond:
+                self._handed_out = False
+            return super().wait_for_card(timeout)
+
+        def close(self):
+            pass  # closing the station's handle does not take the card off the desk
+
+    desk = DeskReader("desk reader")
+    old = load_card(d / "old.json")
+    desk.tap(old)
+    monkeypatch.setattr(issuing_cli, "open_station_reader", lambda args, card_file=None: desk)
+
+    def clerk():
+        while old.state.status != 0x02:
+            threading.Event().wait(0.05)
+        threading.Event().wait(0.5)
+        desk.remove()
+        threading.Event().wait(1.0)
+        desk.tap(load_card(d / "new.json"))
+
+    helper = threading.Thread(target=clerk, daemon=True)
+    helper.start()
+    code, out, err = run(capsys, "issue", "replace", *station, "--reader", "desk")
+    helper.join(5)
+    assert code == 0, out + err
+    assert "take it away from the reader" in out
+    new_asn = CardStateFile(d / "new.json").load().asn.hex().upper()
+    assert f"card {new_asn} replaces" in out and CardStateFile(d / "new.json").load().status == 0x01
