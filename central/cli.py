@@ -446,6 +446,8 @@ def add_key_versions(sub) -> None:
     c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
     c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
     c.add_argument("--enterprise", help="only this enterprise")
+    c.add_argument("--json", action="store_true", help="the report as JSON ({enterprise: {version: cards}}), for "
+                                                       "sam restrict --drop-version / keys load-psam --retire-below")
     c.set_defaults(handler=cmd_key_versions)
 
 
@@ -455,6 +457,10 @@ def cmd_key_versions(args) -> int:
         counts = pf.key_versions(args.enterprise)
     finally:
         pf.close()
+    if args.json:
+        print(json.dumps({eid: {str(v): n for v, n in per.items()} for eid, per in sorted(counts.items())},
+                         sort_keys=True))
+        return 0
     print("ENTERPRISE VERSION CARDS")
     for eid, per in sorted(counts.items()):
         for version, n in sorted(per.items(), key=lambda kv: str(kv[0])):
@@ -465,5 +471,7 @@ def cmd_key_versions(args) -> int:
         elif len(per) == 1:
             (current,) = per
             print(f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
-                  f"('onecard sam restrict ... --drop-version N') and PSAM")
+                  f"('onecard sam restrict ... --drop-version N --key-versions REPORT') and every PSAM ('onecard "
+                  f"keys load-psam ... --retire-below {current} --key-versions REPORT'), REPORT being this report "
+                  "with --json")
     return 0

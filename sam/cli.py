@@ -53,6 +53,10 @@ class CliError(Exception):
     """Bad command-line input; the message is '<problem>; <fix>'."""
 
 
+class CliRefused(CliError):
+    """The input is well formed but the answer is no (a check failed): exit 1, not 2."""
+
+
 def add_subcommands(commands: argparse._SubParsersAction) -> None:
     """Register create-keystore, list and restrict on the `onecard sam` subparsers; each sets args.handler(args) -> exit
     code."""
@@ -96,8 +100,14 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     restrict.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)")
     restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
     restrict.add_argument("--drop-version", type=int, metavar="N", action="append", default=[],
-                          help="retire key version N (once 'onecard platform key-versions' shows no card using it); "
-                               "repeatable")
+                          help="retire key version N; refused while the platform's report (--key-versions) counts "
+                               "cards on it; repeatable")
+    restrict.add_argument("--key-versions", metavar="REPORT",
+                          help="with --drop-version: the platform's key-version report "
+                               "(onecard platform key-versions ... --json > REPORT)")
+    restrict.add_argument("--retire-although-cards-use-it", action="store_true",
+                          help="DANGER: drop the version even if cards still use it; those cards stop working with "
+                               "every SAM written from this keystore")
     add_unlock_options(restrict, required=False, prefix="out-", what="DST (default: locked as SRC), e.g. the target "
                        "terminal's device secret")
     restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
@@ -122,6 +132,9 @@ def _handler(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.N
     def run(args: argparse.Namespace) -> int:
         try:
             body(args)
+        except CliRefused as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_REFUSED
         except CliError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
@@ -261,6 +274,8 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     if args.drop_version:
         if any(not 1 <= v <= 255 for v in args.drop_version):
             raise CliError("--drop-version takes an enterprise key version 1..255 (transport keys, version 0, stay)")
+        _check_retirement(args, {k.enterprise_id for k in restricted if k.version in args.drop_version},
+                          args.drop_version)
         # Retiring a version after a rotation: every purpose of that version goes at once, as cards carry them all.
         restricted = Keystore([k for k in restricted if k.version not in args.drop_version], restricted.master_card)
     check_tac_separation(restricted)
@@ -288,6 +303,29 @@ def _parse_keep(items: Sequence[str]) -> dict[KeyPurpose, frozenset[KeyUsage]]:
             raise CliError(f"--keep names {purpose.value} twice; give each purpose once with all its usages")
         rules[purpose] = _parse_usages(usages_text, "--keep")
     return rules
+
+
+def _check_retirement(args: argparse.Namespace, enterprises: set[bytes], versions: list[int]) -> None:
+    """Ask the platform's report before a version leaves a keystore; the override is loud on purpose."""
+    from sam.retirement import OVERRIDE_FLAG, REPORT_HELP, RetirementRefused, check_retirement, parse_report
+
+    if args.retire_although_cards_use_it:
+        print(f"WARNING: {OVERRIDE_FLAG}: key version(s) {', '.join(map(str, versions))} dropped without asking the "
+              "platform; any card still on them is refused by every SAM written from this keystore", file=sys.stderr)
+        return
+    if args.key_versions is None:
+        raise CliError(f"--drop-version needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
+                       "while cards still use it")
+    try:
+        text = Path(args.key_versions).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot read --key-versions {args.key_versions} ({exc.strerror or exc}); {REPORT_HELP}") from None
+    try:
+        report = parse_report(text, f"--key-versions {args.key_versions}")
+        for enterprise in sorted(enterprises):
+            check_retirement(report, enterprise.hex(), versions)
+    except RetirementRefused as exc:
+        raise CliRefused(str(exc)) from None
 
 
 def check_tac_separation(keystore: Keystore) -> None:

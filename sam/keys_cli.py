@@ -63,6 +63,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     _reader(p, "--psam-reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=mc.PSAM_ROLES)
+    p.add_argument("--retire-below", type=int, metavar="N",
+                   help="retire every key version below N from the PSAM: it gets its complete key set from version N "
+                        "on and drops the rest; refused while the platform's report (--key-versions) counts cards on "
+                        "them")
+    p.add_argument("--key-versions", type=Path, metavar="REPORT",
+                   help="with --retire-below: the platform's key-version report "
+                        "(onecard platform key-versions ... --json > REPORT)")
+    p.add_argument("--retire-although-cards-use-it", action="store_true",
+                   help="DANGER: retire even if cards still use those versions; they stop working with this PSAM")
     p.set_defaults(handler=reporting(cmd_load_psam))
 
     p = sub.add_parser("load-keystore", help="write a new encrypted keystore for a role from the master card")
@@ -257,11 +266,37 @@ def cmd_versions(args) -> None:
     print(key_table(infos))
 
 
+def _check_psam_retirement(args, enterprise_id: bytes) -> None:
+    from sam.retirement import OVERRIDE_FLAG, REPORT_HELP, RetirementRefused, check_retirement, parse_report
+
+    if not 2 <= args.retire_below <= 255:
+        raise KeysCliError(f"--retire-below {args.retire_below} is not 2..255: name the oldest key version to keep")
+    versions = range(1, args.retire_below)
+    if args.retire_although_cards_use_it:
+        print(f"WARNING: {OVERRIDE_FLAG}: key versions below {args.retire_below} retired from the PSAM without asking "
+              "the platform; any card still on them is refused by this PSAM", file=sys.stderr)
+        return
+    if args.key_versions is None:
+        raise KeysCliError(f"--retire-below needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
+                           "while cards still use it")
+    text = read_input(args.key_versions, "key-version report", "--key-versions").decode("utf-8", "replace")
+    try:
+        check_retirement(parse_report(text, f"--key-versions {args.key_versions}"), enterprise_id.hex(), versions)
+    except RetirementRefused as exc:
+        raise KeysRefused(str(exc)) from None
+
+
 def cmd_load_psam(args) -> None:
     from sam.pcsc_sam import PcscSam
 
     pin = read_pin(args.pin_file)
     client, info = _open_unblocked(args.reader)
+    if args.retire_below is not None:
+        try:
+            _check_psam_retirement(args, info.enterprise_id)
+        except BaseException:
+            client.close()
+            raise
     with client:
         psam = PcscSam(args.psam_reader, timeout=3)
         try:
@@ -280,11 +315,19 @@ def cmd_load_psam(args) -> None:
                 raise KeysCliError("the PSAM already holds keys that did not come from a key master card, so it cannot "
                                    "prove a new load is the enterprise's; make a blank PSAM (onecard sim new-blank-psam)")
             client.verify_pin(pin)
-            blob = client.export_for_target(args.role, mc.TARGET_PSAM, challenge.serial, challenge.ephemeral_public_key)
+            blob = client.export_for_target(args.role, mc.TARGET_PSAM, challenge.serial, challenge.ephemeral_public_key,
+                                            keep_from_version=args.retire_below or 0)
             count = psam.load_keys(blob)
             infos = psam.key_infos()
         finally:
             psam.close()
+    if args.retire_below is not None:
+        left = sorted({i.version for i in infos if i.enterprise_id == info.enterprise_id and
+                       i.version < args.retire_below})
+        if left:  # the PSAM answered success but kept them: never report a retirement that did not happen
+            raise KeysRefused(f"the PSAM still holds key version(s) {left}: it does not support retirement "
+                               "(docs/psam.md 4.9); replace it with a PSAM that does")
+        print(f"key versions below {args.retire_below} retired from PSAM {challenge.serial.hex()}")
     print(f"PSAM {challenge.serial.hex()} loaded for role {args.role} from the key master card of enterprise {ours} "
           f"({count} keys; it accepts later loads only from this master card)")
     print(key_table(infos))

@@ -57,6 +57,9 @@ MAGIC = b"OCKX"
 FORMAT_VERSION = 0x01
 KIND_TARGET = 0x01
 KIND_BACKUP = 0x02
+# A PSAM's complete key set for the enterprise (EXPORT FOR TARGET with P2 = lowest version kept): the PSAM drops every
+# key of the enterprise the export does not hold. How a retired key version leaves a PSAM (docs/psam.md 4.9).
+KIND_TARGET_SET = 0x03
 TARGET_PSAM = 0x01
 TARGET_KEYSTORE = 0x02
 TARGET_BACKUP = 0x03
@@ -547,9 +550,15 @@ class MasterCardClient:
             out += chunk
         return bytes(out[:length])
 
-    def export_for_target(self, role: str, target_kind: int, target_id: bytes, target_public_key: bytes) -> bytes:
+    def export_for_target(self, role: str, target_kind: int, target_id: bytes, target_public_key: bytes,
+                          keep_from_version: int = 0) -> bytes:
+        """keep_from_version 1..255 (PSAM only): the export is the PSAM's complete key set, versions below it left
+        out, so the PSAM drops them (KIND_TARGET_SET); 0: an ordinary export of every version, added to the PSAM."""
+        if not 0 <= keep_from_version <= 255:
+            raise MasterCardError(f"keep_from_version {keep_from_version} is not 0..255")
         data = bytes([target_kind]) + target_id + target_public_key
-        answer = self._ok(bytes([0x80, 0xE4, ROLE_CODES[role], 0x00, len(data)]) + data + b"\x00", "EXPORT FOR TARGET")
+        answer = self._ok(bytes([0x80, 0xE4, ROLE_CODES[role], keep_from_version, len(data)]) + data + b"\x00",
+                          "EXPORT FOR TARGET")
         if len(answer) != 2:
             raise MasterCardError("the key master card answered EXPORT FOR TARGET badly; check it is a onecard key master card")
         return self._read_export(int.from_bytes(answer, "big"), "export")

@@ -26,6 +26,7 @@ from sam.master_card import (
     AID,
     KIND_BACKUP,
     KIND_TARGET,
+    KIND_TARGET_SET,
     PIN_MAX,
     PIN_MIN,
     PIN_TRIES,
@@ -394,8 +395,8 @@ class MasterCardApplet:
 
     def _export_for_target(self, cmd: Command) -> bytes:
         role = ROLES_BY_CODE.get(cmd.p1)
-        if role is None or cmd.p2 != 0x00:
-            return SW_WRONG_P1P2
+        if role is None or cmd.p2 != 0x00 and cmd.data[:1] != bytes([TARGET_PSAM]):
+            return SW_WRONG_P1P2  # P2 (lowest version kept: a complete set that retires the rest) is for a PSAM only
         if len(cmd.data) != 1 + 8 + 32:
             return SW_WRONG_LENGTH
         refused = self._key_operation_refused()
@@ -405,11 +406,11 @@ class MasterCardApplet:
         if target_kind not in (TARGET_PSAM, TARGET_KEYSTORE) or target_kind == TARGET_PSAM and role not in PSAM_ROLES:
             return SW_WRONG_DATA  # a PSAM never gets TAC keys or the personalise usage
         rules = ROLE_KEYS[role]
-        names = [n for n in self.state.sorted_names() if n[0] in rules]
+        names = [n for n in self.state.sorted_names() if n[0] in rules and n[1] >= cmd.p2]
         if not names:
             return SW_CONDITIONS
         self._export = None
-        return self._seal(KIND_TARGET, cmd.p1, target_kind, cmd.data[1:9], cmd.data[9:41],
+        return self._seal(KIND_TARGET_SET if cmd.p2 else KIND_TARGET, cmd.p1, target_kind, cmd.data[1:9], cmd.data[9:41],
                           self._entries(names, lambda p: rules[p]))
 
     def _backup(self, cmd: Command) -> bytes:

@@ -428,7 +428,7 @@ class PsamApplet:
         except mc.ExportError:
             return SW_WRONG_DATA
         h = parsed.header
-        if h.kind != mc.KIND_TARGET or h.target_kind != mc.TARGET_PSAM:
+        if h.kind not in (mc.KIND_TARGET, mc.KIND_TARGET_SET) or h.target_kind != mc.TARGET_PSAM:
             return SW_WRONG_DATA
         if h.target_id != self.state.serial or h.target_public_key != private.public_key().public_bytes_raw():
             return SW_NOT_FOR_THIS_PSAM  # made for another PSAM or another session: a replay
@@ -453,11 +453,16 @@ class PsamApplet:
             keys = mc.decode_entries(mc.open_export(parsed, private))
         except mc.ExportError:
             return SW_NOT_FOR_THIS_PSAM
-        merged = {key.ident: key for key in self.state.keys}
+        # A complete set (the signed header says so) replaces the enterprise's keys: what it leaves out is retired.
+        merged = {key.ident: key for key in self.state.keys
+                  if h.kind == mc.KIND_TARGET or key.enterprise_id != h.enterprise_id}
+        if h.kind == mc.KIND_TARGET_SET and not keys:
+            return SW_WRONG_DATA
+        held = {key.ident: key for key in self.state.keys}
         for key in keys:
             if key.enterprise_id != h.enterprise_id or key.purpose is KeyPurpose.TAC or not key.usages <= PSAM_USAGES:
                 return SW_WRONG_DATA
-            old = merged.get(key.ident)
+            old = held.get(key.ident)
             if old is not None and old.key != key.key:
                 return SW_KEY_EXISTS  # a key name never changes its bytes: that would silently re-key every card
             merged[key.ident] = key

@@ -1,7 +1,10 @@
 """`onecard issue wash`, then `issue card`, `issue replace`, `issue cancel` on simulated cards, as the card office
 would run them, with the platform service as the registry over the real mosquitto (the station's own certificate,
 its own topics, signed answers)."""
+import json
+
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from onecard.cli import main
 from sam.keystore import KeystoreUnlock
@@ -65,6 +68,13 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
 
     # The station reported the key version when it registered the card: counted before its log is uploaded.
     assert platform.key_versions() == {"00010001": {1: 1}}
+    (d / "pf.key").write_bytes(broker.pki.platform_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "platform.db", "--key", d / "pf.key")
+    assert code == 0 and "00010001 1 1" in out and "unknown" not in out
+    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "platform.db", "--key", d / "pf.key",
+                         "--json")
+    assert code == 0 and json.loads(out) == {"00010001": {"1": 1}}
 
     code, out, err = run(capsys, "issue", "replace", *station, "--old-card", d / "old.json", "--card", d / "new.json")
     new_asn = CardStateFile(d / "new.json").load().asn.hex().upper()

@@ -190,3 +190,29 @@ def test_backup_restore_and_change_pin(env):
     assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0, env.out
     for key in env.keys_hex():
         assert key not in (env.path / "backup.bin").read_bytes().hex()
+
+
+def test_a_retired_version_leaves_the_psam_only_when_no_card_uses_it(env):
+    create(env)
+    env.insert_master()
+    assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0
+    assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
+    env.insert_psam()
+    load = ("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
+            "--pin-file", env.path / "pin", "--role", "door")
+    assert env.run(*load) == 0, env.out
+    (env.path / "busy.json").write_text(json.dumps({"00010001": {"1": 2, "2": 5}}))
+    (env.path / "done.json").write_text(json.dumps({"00010001": {"2": 7}}))
+
+    # Not without the platform's report, and not while the report counts cards on version 1.
+    assert env.run(*load, "--retire-below", "2") == 2 and "--key-versions REPORT" in env.error
+    assert env.run(*load, "--retire-below", "2", "--key-versions", env.path / "busy.json") == 1
+    assert "version 1: 2 card(s)" in env.error and "--retire-although-cards-use-it" in env.error
+    assert env.run("keys", "versions", "--reader", env.psam_reader) == 0 and "key versions: 1, 2" in env.out
+
+    assert env.run(*load, "--retire-below", "2", "--key-versions", env.path / "done.json") == 0, env.out
+    assert "key versions below 2 retired" in env.out
+    assert env.run("keys", "versions", "--reader", env.psam_reader) == 0 and "key versions: 2" in env.out
+    # In the PSAM's EEPROM too: the version-1 ACCESS key is gone, so a version-1 card is refused at the door.
+    held = json.loads((env.path / "psam.json").read_text())["keys"]
+    assert held and all(k["version"] == 2 for k in held)

@@ -640,9 +640,11 @@ PURSE_MASTER = Keystore([
     (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),
     (["--role", "platform"], {(KeyPurpose.TAC, frozenset({KeyUsage.VERIFY}))}),
     (["--role", "door"], {(KeyPurpose.ACCESS, frozenset({KeyUsage.VERIFY}))}),
-    # The issuing station writes every card key, TAC included, but runs no purse session and checks no TAC.
+    # The issuing station writes every card key, TAC included, and loads the balance a replacement card carries
+    # (LOAD mac), but runs no purchase session and checks no TAC.
     (["--role", "issuing"], {(p, frozenset({KeyUsage.PERSONALISE}))
-                             for p in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)}),
+                             for p in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.TAC)}
+     | {(KeyPurpose.LOAD, frozenset({KeyUsage.PERSONALISE, KeyUsage.MAC}))}),
     (["--keep", "purchase=mac,verify", "--keep", "load=reversal"],
      {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
     (["--keep", "load=reversal", "--algorithm", "sm4"], {(KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
@@ -713,7 +715,19 @@ def test_cli_restrict_drops_a_retired_version(secrets_dir, capsys):
     rotated = Keystore([MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, v, Algorithm.AES128, {KeyUsage.VERIFY})
                         for v in (1, 2)])
     save_keystore(d / "both.ks", rotated, unlock, scrypt_n=FAST_N)
-    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "both.ks"), "--passphrase-file", str(d / "pw"),
-                             "--out", str(d / "v2.ks"), "--role", "door", "--drop-version", "1")
+    base = ["restrict", "--keystore", str(d / "both.ks"), "--passphrase-file", str(d / "pw"),
+            "--out", str(d / "v2.ks"), "--role", "door", "--drop-version", "1"]
+    eid = ENTERPRISE.hex()
+    (d / "busy.json").write_text(f'{{"{eid}": {{"1": 3, "2": 9}}}}')
+    (d / "done.json").write_text(f'{{"{eid}": {{"2": 12}}}}')
+    # The platform decides: not without its report, not while it counts cards on version 1.
+    code, out, err = run_cli(capsys, *base)
+    assert code == 2 and "--drop-version needs --key-versions REPORT" in err and not (d / "v2.ks").exists()
+    code, out, err = run_cli(capsys, *base, "--key-versions", str(d / "busy.json"))
+    assert code == 1 and "version 1: 3 card(s)" in err and not (d / "v2.ks").exists()
+    code, out, err = run_cli(capsys, *base, "--key-versions", str(d / "done.json"))
     assert (code, err) == (0, "")
     assert [k.version for k in load_keystore(d / "v2.ks", unlock)] == [2]
+    # The override exists for installers, and it is loud.
+    code, out, err = run_cli(capsys, *base, "--force", "--retire-although-cards-use-it")
+    assert code == 0 and err.startswith("WARNING: --retire-although-cards-use-it")
