@@ -81,6 +81,28 @@ def onecard(*args: str, quiet: bool = True) -> str:
     return proc.stdout
 
 
+STORY_CLOCK = "story-clock.txt"  # the terminals' clock (terminal run --story-clock): the story's time, scene by scene
+STORY_ZONE = "Asia/Shanghai"
+
+
+def story_day() -> dt.date:
+    """The story happens yesterday (site time): every time it shows is in the past, whenever the demo runs."""
+    from zoneinfo import ZoneInfo
+
+    return dt.datetime.now(ZoneInfo(STORY_ZONE)).date() - dt.timedelta(days=1)
+
+
+def set_story_time(work: Path, hh_mm: str) -> None:
+    """Move the terminals' clock to this time of the story day (they run on from it at real speed)."""
+    from zoneinfo import ZoneInfo
+
+    from common.files import write_atomically
+
+    hour, minute = map(int, hh_mm.split(":"))
+    at = dt.datetime.combine(story_day(), dt.time(hour, minute), ZoneInfo(STORY_ZONE))
+    write_atomically(work / STORY_CLOCK, (at.isoformat() + "\n").encode(), mode=0o644)
+
+
 def employees(today: dt.date) -> list[Employee]:
     # Li Na's profile excludes today, whatever day the demo runs: weekdays-only on weekends and vice versa.
     off_profile = 1 if today.weekday() >= 5 else 2
@@ -103,7 +125,7 @@ class Site:
         self.passphrase = work / "keystore.pass"
         self.passphrase.write_text(secrets.token_urlsafe(24) + "\n", encoding="utf-8")
         self.passphrase.chmod(0o600)
-        self.staff = employees(dt.date.today())
+        self.staff = employees(story_day())
         self.cards: dict[str, Path] = {}
         self.asn: dict[str, str] = {}
         self.keystores: dict[str, Path] = {}
@@ -124,15 +146,16 @@ class Site:
             "LOAD for undo only; top-up: LOAD, and UPDATE to write rights changes); the TAC keys stay on the platform")
 
     def issue_cards(self) -> None:
-        today = dt.date.today()
+        today = story_day()
         for e in self.staff:
             self.cards[e.key] = self.work / f"card-{e.key}.json"
             ks = self.keystores["issuing" if e.enterprise == ENTERPRISE else "issuing-other"]
             args = ["sim", "new-card", "--out", self.cards[e.key], "--keystore", ks, "--passphrase-file",
                     self.passphrase, "--enterprise", e.enterprise, "--employee", e.employee_no, "--name", e.name,
                     "--groups", e.groups, "--time-profile", str(e.time_profile), "--algorithm", e.algorithm]
+            args += ["--valid-from", (today - dt.timedelta(days=365)).isoformat()]
             if e.valid_to:
-                args += ["--valid-from", (today - dt.timedelta(days=365)).isoformat(), "--valid-to", e.valid_to]
+                args += ["--valid-to", e.valid_to]
             out = onecard(*args)
             self.asn[e.key] = out.split()[1]
             say(f"card office: issued {e.name}'s RFID-SIM {self.asn[e.key]} ({e.story})")
@@ -279,7 +302,8 @@ sun = ["00:00-24:00"]
 def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
     log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
     proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg),
-                             "--display-snapshots", str(work / "screens" / t.kind)],
+                             "--display-snapshots", str(work / "screens" / t.kind),
+                             "--story-clock", str(work / STORY_CLOCK)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
     stack.callback(stop_process, proc)
     agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
@@ -342,7 +366,8 @@ def wait_blacklisted(work: Path, asn: str, listed: bool, timeout: float = 20.0) 
 
 def script(walk: Walk, platform: Platform, work: Path) -> None:
     site = walk.site
-    say("--- morning: everyone arrives")
+    set_story_time(work, "08:55")
+    say("--- 08:55, morning: everyone arrives")
     expectations = {"zhang": ("Welcome, Zhang Wei", "Zhang Wei: clocked in"),
                     "li": ("Outside your permitted hours", "Li Na: clocked in"),
                     "wang": ("Card reported lost", "Card reported lost"),
@@ -358,13 +383,15 @@ def script(walk: Walk, platform: Platform, work: Path) -> None:
     say("Zhang Wei taps the attendance clock again straight away")
     walk.tap("attendance", "zhang", "already clocked in")
 
-    say("--- the top-up machine: the operator loads 100.00 for Zhang Wei and 20.00 for Li Na")
+    set_story_time(work, "11:30")
+    say("--- 11:30, the top-up machine: the operator loads 100.00 for Zhang Wei and 20.00 for Li Na")
     walk.keypad("topup", "100", "Top-up 100.00: please tap your card")
     walk.tap("topup", "zhang", "Loaded 100.00 - balance 100.00")
     walk.keypad("topup", "20", "Top-up 20.00")
     walk.tap("topup", "li", "Loaded 20.00 - balance 20.00")
 
-    say("--- lunch at the canteen")
+    set_story_time(work, "12:10")
+    say("--- 12:10, lunch at the canteen")
     walk.keypad("pos", "12.50", "Pay 12.50: please tap your card")
     walk.tap("pos", "zhang", "Paid 12.50")
     walk.keypad("pos", "30", "Pay 30.00")
@@ -380,7 +407,8 @@ def script(walk: Walk, platform: Platform, work: Path) -> None:
     walk.keypad("pos", "5", "Pay 5.00")
     walk.tap("pos", "sun", "Purse expired on")
 
-    say("--- afternoon: Zhang Wei reports his phone lost to the enterprise administrator")
+    set_story_time(work, "15:20")
+    say("--- 15:20, afternoon: Zhang Wei reports his phone lost to the enterprise administrator")
     reported = time.monotonic()
     platform.admin("report-loss", site.asn["zhang"])
     wait_blacklisted(work, site.asn["zhang"], listed=True)
@@ -435,6 +463,7 @@ def cmd_demo(args) -> int:
     from simulator.broker import Broker, BrokerError, make_pki
 
     work = prepare_workdir(args.workdir)
+    set_story_time(work, "08:30")
     site = Site(work)
     platform = Platform(work, site)
     with contextlib.ExitStack() as stack:

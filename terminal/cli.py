@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 import threading
 from contextlib import ExitStack
@@ -16,6 +17,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--config", required=True, type=Path, help="path of firmware.toml")
     run.add_argument("--display-snapshots", type=Path, metavar="DIR",
                      help="also write every screen the display shows as DIR/NNNN-kind.png")
+    run.add_argument("--story-clock", type=Path, metavar="FILE",
+                     help="demo only, never on a real terminal: the terminal's time is the ISO time in FILE plus the "
+                          "time since FILE was last written (onecard demo moves it from scene to scene)")
     run.set_defaults(handler=cmd_run)
     check = sub.add_parser("check-config", help="validate firmware.toml and print what it sets up")
     check.add_argument("--config", required=True, type=Path)
@@ -28,10 +32,37 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     install_cli.add_subcommands(sub)
 
 
+def story_clock(path: Path):
+    """The demo's clock: FILE holds an aware ISO time, valid from FILE's modification time on, at real speed."""
+    import time
+
+    def read() -> dt.datetime:
+        try:
+            text, written = path.read_text(encoding="utf-8").strip(), path.stat().st_mtime
+            start = dt.datetime.fromisoformat(text)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"--story-clock {path}: {exc}; write an ISO time with its offset into it") from None
+        if start.tzinfo is None:
+            raise UserError(f"--story-clock {path}: {text!r} has no UTC offset; add one (+08:00)")
+        return start + dt.timedelta(seconds=max(0.0, time.time() - written))
+
+    last = [read(), time.monotonic()]
+
+    def clock() -> dt.datetime:
+        try:
+            last[0], last[1] = read(), time.monotonic()
+            return last[0]
+        except UserError:  # being rewritten this instant: go on from the last reading
+            return last[0] + dt.timedelta(seconds=time.monotonic() - last[1])
+
+    return clock
+
+
 def cmd_run(args) -> int:
     from terminal.systemd import Notifier
 
     config = read_config(args.config)
+    clock = story_clock(args.story_clock) if args.story_clock is not None else utc_now
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -57,7 +88,7 @@ def cmd_run(args) -> int:
                   flush=True)
         systemd.ready(f"{config.terminal.kind} terminal {config.terminal.id} serving taps")
         try:
-            terminal.run(reader, utc_now, stop, keypad=keypad, heartbeat=systemd.heartbeat)
+            terminal.run(reader, clock, stop, keypad=keypad, heartbeat=systemd.heartbeat)
         finally:
             systemd.stopping()
     return 0

@@ -41,6 +41,10 @@ def test_demo(tmp_path):
     screens = tmp_path / "demo" / "screens"
     assert len(list((screens / "pos").glob("*-decision.png"))) >= 5
     assert list((screens / "door").glob("*-decision.png"))
+    # The story runs on its own clock: what it says is what the screens show.
+    import re
+    morning = out.split("--- 08:55, morning")[1].split("--- 11:30")[0]
+    assert re.search(r"\[Clock 1F\] OK  Zhang Wei: clocked in at 08:5\d", morning), morning[:2000]
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
