@@ -94,3 +94,18 @@ def test_replacement_refused_before_the_void_when_the_platform_lists_the_card_cl
         tap_run(card, lambda t: st.backup_and_void(t, MONDAY_10AM))
     assert r.value.reason_code == "platform_refused" and "CANCELLED" in r.value.message
     assert CardStateFile(tmp_path / "c.json").load().status == 0x01
+
+
+def test_the_platform_records_a_void_once_and_only_for_an_open_card(platform, tmp_path):  # noqa: F811
+    from central.db import PlatformError
+
+    card = old_card(tmp_path / "c.json", platform, balance=500)
+    asn = card.state.asn.hex().upper()
+    platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)
+    platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)  # a re-tap reports the same void again
+    assert platform.card(asn)["status"] == "VOIDED" and platform.voided(asn)["frozen_cents"] == 500
+    assert [r[0] for r in platform.conn.execute("SELECT action FROM card_history WHERE asn = ?", (asn,))].count(
+        "void") == 1
+    platform.cancel(asn, settle=True)
+    with pytest.raises(PlatformError, match="CANCELLED"):
+        platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)

@@ -322,7 +322,7 @@ def test_card_flows_validate_and_explain(pf):
     new = pf.card("1112131415161718")
     assert (new["status"], new["rights"], new["balance_cents"]) == ("ACTIVE", {"door_groups": [1, 2]}, 1250)
     assert pf.card("0102030405060708")["status"] == "REPLACED"
-    with pytest.raises(PlatformError, match="REPLACED; only an active or lost card can be replaced"):
+    with pytest.raises(PlatformError, match="REPLACED; only an active, lost or voided card can be replaced"):
         pf.replace("0102030405060708", "2122232425262728")
     assert pf.cancel("1112131415161718", settle=True) == 4
     assert pf.conn.execute("SELECT amount_cents FROM refunds").fetchall() == [(1250,)]
