@@ -23,6 +23,9 @@ class CardFlows:
             c = self._card_for_update(asn)
             if c["status"] == LOST:
                 raise PlatformError(f"card {c['asn']} is already reported lost; nothing changed")
+            if c["status"] == VOIDED:
+                raise PlatformError(f"card {c['asn']} is VOIDED: an issuing station voided it, so every terminal "
+                                    "refuses it already; finish its replacement or cancellation")
             if c["status"] != ACTIVE:
                 raise PlatformError(f"card {c['asn']} is {c['status']}, not active; it is already blacklisted")
             self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (LOST, self._now(), c["asn"]))
