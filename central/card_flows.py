@@ -90,8 +90,9 @@ class CardFlows:
                                 (_asn(asn),)).fetchone()
         return None if row is None else dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
 
-    def replace(self, old_asn: str, new_asn: str) -> int:
-        """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights and balance."""
+    def replace(self, old_asn: str, new_asn: str, key_version: int | None = None) -> int:
+        """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights and balance (and is
+        counted at `key_version` by `platform key-versions` when the issuing station reports it)."""
         new_asn = _asn(new_asn)
         with self._txn():
             c = self._card_for_update(old_asn)
@@ -109,6 +110,8 @@ class CardFlows:
                               "WHERE asn = ?", (REPLACED, new_asn, self._now(), c["asn"]))
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "replaced"}, [])
             self._history(c["asn"], "replace", f"replaced by {new_asn}; blacklist version {v}")
+            if key_version is not None:
+                self.record_key_version(new_asn, key_version)
             self._history(new_asn, "issued", f"replacement of {c['asn']}, balance {_yuan(c['balance_cents'])} moved")
         return v
 

@@ -44,8 +44,8 @@ class InProcessRegistry:
     def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
         self._call(self.pf.record_void, asn, frozen_balance, proof, terminal_id)
 
-    def replace(self, old_asn: str, new_asn: str) -> None:
-        self._call(self.pf.replace, old_asn, new_asn)
+    def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
+        self._call(self.pf.replace, old_asn, new_asn, key_version=key_version)
 
     def cancel(self, asn: str, settle: bool) -> None:
         self._call(self.pf.cancel, asn, settle=settle)
@@ -100,7 +100,7 @@ def _perform(platform, req: rp.RegistryRequest):
         # The voiding station is the one whose topic the request came on (the broker's ACL), not an argument.
         registry.voided(a["asn"], a["frozen_cents"], a["proof"], req.station)
     elif req.op == "replace":
-        registry.replace(a["old_asn"], a["new_asn"])
+        registry.replace(a["old_asn"], a["new_asn"], a["key_version"])
     elif req.op == "cancel":
         registry.cancel(a["asn"], a["settle"])
     log_event(log, f"platform.station_{req.op}", station=req.station, request=req.id,

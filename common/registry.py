@@ -28,7 +28,9 @@ class Registry(Protocol):
         """The card was voided here (APPLICATION BLOCK) and froze this balance (fen), `proof` the card's MAC over it
         (hex): the platform lists it VOIDED. Idempotent."""
 
-    def replace(self, old_asn: str, new_asn: str) -> None: ...
+    def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
+        """The new card (personalised at `key_version`) replaces the old one: it gets its holder, rights and
+        balance, the old one is REPLACED and blacklisted."""
 
     def cancel(self, asn: str, settle: bool) -> None: ...
 

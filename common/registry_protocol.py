@@ -63,7 +63,7 @@ OPS: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
     "register": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE, "asn": _ASN_RE, "rights": dict,
                  "key_version": _KEY_VERSION},
     "voided": {"asn": _ASN_RE, "frozen_cents": IntRange(0, 0xFFFFFFFF), "proof": _PROOF_RE},
-    "replace": {"old_asn": _ASN_RE, "new_asn": _ASN_RE},
+    "replace": {"old_asn": _ASN_RE, "new_asn": _ASN_RE, "key_version": _KEY_VERSION},
     "cancel": {"asn": _ASN_RE, "settle": bool},
 }
 

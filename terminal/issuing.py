@@ -281,7 +281,7 @@ class IssuingTerminal:
                        "rights": {}})
             self._write_card(transmit, info, backup.holder, backup.access, backup.purse)
         loaded = self._restore_balance(transmit, info, backup, now)
-        self._registry(self.registry.replace, backup.old_asn, asn)
+        self._registry(self.registry.replace, backup.old_asn, asn, info.key_version)
         self._log(now, REPLACED, asn, "replaced",
                   f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
                   {"old_asn": backup.old_asn, "balance_carried": backup.balance, "balance_loaded": loaded,

@@ -126,8 +126,8 @@ class MqttRegistry:
                                 "run the issuing station with its own --terminal-id")
         self.call("voided", asn=asn.upper(), frozen_cents=frozen_balance, proof=proof.lower())
 
-    def replace(self, old_asn: str, new_asn: str) -> None:
-        self.call("replace", old_asn=old_asn.upper(), new_asn=new_asn.upper())
+    def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
+        self.call("replace", old_asn=old_asn.upper(), new_asn=new_asn.upper(), key_version=key_version)
 
     def cancel(self, asn: str, settle: bool) -> None:
         self.call("cancel", asn=asn.upper(), settle=bool(settle))

@@ -87,6 +87,7 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
     void = platform.voided(old_asn)
     assert void is not None and (void["frozen_cents"], void["terminal_id"]) == (0, STATION)
     assert len(void["proof"]) == 16
+    assert platform.key_versions() == {"00010001": {1: 1}}  # the replacement, at the key version the station sent
 
     code, out, err = run(capsys, "issue", "cancel", *station, "--card", d / "new.json")
     assert code == 0, err

@@ -60,6 +60,7 @@ def test_the_issuing_role_finishes_replacement_and_cancellation(platform, log, t
     new_asn, _ = tap_run(new, lambda t: st.replace(t, backup, MONDAY_10AM))
     assert CardStateFile(tmp_path / "new.json").load().purse.balance == 9_600
     assert platform.card(old_asn)["status"] == "REPLACED" and platform.card(new_asn)["balance_cents"] == 9_600
+    assert platform.key_versions() == {"00010001": {1: 1}}  # the new card's version, before any log is uploaded
     settled, _ = tap_run(new, lambda t: st.cancel(t, MONDAY_10AM, settle=True))
     assert settled == 9_600 and platform.card(new_asn)["status"] == "CANCELLED"
 
