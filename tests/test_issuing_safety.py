@@ -19,8 +19,8 @@ _M, _V, _P = KeyUsage.MAC, KeyUsage.VERIFY, KeyUsage.PERSONALISE
 OLD_ISSUING_ROLE = {**ROLE_KEYS["issuing"], KeyPurpose.UPDATE: frozenset({_M, _P}), KeyPurpose.LOAD: frozenset({_P})}
 
 
-def station(sam, platform, log) -> IssuingTerminal:
-    return IssuingTerminal(sam, InProcessRegistry(platform), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
+def station(sam, pf, log) -> IssuingTerminal:
+    return IssuingTerminal(sam, InProcessRegistry(pf), log, ENTERPRISE, bytes.fromhex(ISSUING_TERMINAL))
 
 
 @pytest.fixture
