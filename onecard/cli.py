@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from common.errors import EXIT_INTERRUPTED, UserError
 
@@ -37,6 +38,10 @@ def _file_problem(exc: OSError) -> str:
     """One line for a file a command could not read or write (missing directory, permissions, a directory in the
     way), naming the path and the fix."""
     path = exc.filename if exc.filename is not None else "a file"
+    if isinstance(exc, FileNotFoundError) and exc.filename is not None:
+        parent = Path(os.fsdecode(exc.filename)).parent
+        if not parent.exists():  # the usual case: an output path in a directory that is not there
+            return f"directory {parent} does not exist; create it or name another path"
     fix = {FileNotFoundError: "check the path: its directory must exist",
            NotADirectoryError: "check the path: a part of it is a file, not a directory",
            IsADirectoryError: "name a file, not a directory",

@@ -30,7 +30,19 @@ def test_a_missing_output_directory_is_one_line(tmp_path):
                    "--out", tmp_path / "missing" / "dir" / "broker")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     [line] = proc.stderr.splitlines()
-    assert "missing/dir/broker" in line and "its directory must exist" in line
+    assert line == f"error: directory {tmp_path / 'missing' / 'dir'} does not exist; create it or name another path"
+
+
+def test_an_atomic_write_into_a_missing_directory_names_the_directory(tmp_path):
+    (tmp_path / "pass").write_text("a passphrase\n")
+    assert onecard("sam", "create-keystore", "--out", tmp_path / "ks", "--passphrase-file", tmp_path / "pass",
+                   "--enterprise", "00010001").returncode == 0
+    proc = onecard("sim", "new-card", "--out", tmp_path / "nowhere" / "c.json", "--keystore", tmp_path / "ks",
+                   "--passphrase-file", tmp_path / "pass", "--enterprise", "00010001", "--employee", "E1",
+                   "--name", "X")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [f"error: directory {tmp_path / 'nowhere'} does not exist; create it or name "
+                                        "another path"]
 
 
 def test_a_reader_that_goes_away_ends_quietly(tmp_path):
