@@ -1,6 +1,8 @@
 """The virtual ICC side of vsmartcard's vpcd protocol: puts a VirtualCard into a real pcscd reader over TCP.
 
-Frames both ways are a 2-byte big-endian length and a payload; a 1-byte payload from vpcd is a control code.
+Frames both ways are a 2-byte big-endian length and a payload; a 1-byte payload from vpcd is a control code, or a
+1-byte command APDU framed the same way: one that is no control code, or 00 / 01 / 02 followed by silence (vpcd is
+waiting for its answer), is answered 67 00 as a card answers a command too short for a header.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ _LEN = struct.Struct(">H")
 # vpcd frames a 1-byte command APDU exactly like a control code. vpcd follows every real power on / off / reset
 # with GET ATR at once, and polls GET ATR every 0.4 s while it is not waiting for an answer; silence this long
 # after 00 / 01 / 02 therefore means vpcd is waiting for the answer to a 1-byte command.
-AMBIGUOUS_WAIT = 2.0
+AMBIGUOUS_WAIT = 5.0  # generous: a loaded machine must not make a real power off look like a command
 # What a card answers a command too short to hold a header (ISO 7816-4: wrong length).
 SW_WRONG_LENGTH = b"\x67\x00"
 
