@@ -325,8 +325,13 @@ class IssuingTerminal:
             raise Refusal("sam_refused", f"This SAM cannot load the carried balance: {exc}", asn) from None
         intent = self._log(now, RESTORE_INTENT, asn, "intent", f"Restoring balance {format_yuan(backup.balance)}",
                            d)
-        proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
-        self.sam.verify_load_mac3(session, proof.mac)
+        try:
+            proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
+            self.sam.verify_load_mac3(session, proof.mac)
+        except (cp.CardProtocolError, MacVerificationError) as exc:
+            # Maybe loaded, maybe not: the intent is logged, and the next tap asks the card (GET TRANSACTION PROVE).
+            raise Refusal("unconfirmed", f"Balance load not confirmed ({exc}): tap the NEW card again; the station "
+                          "asks the card whether it arrived and never loads it twice", asn) from None
         self._log(now, RESTORED, asn, "completed", f"Balance {format_yuan(backup.balance)} restored",
                   {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False})
         return backup.balance
@@ -362,7 +367,11 @@ class IssuingTerminal:
                           "must be known there with its frozen balance; register it (or check the platform database) "
                           "first; nothing was changed", asn)
         if info.status == cp.STATUS_ACTIVE and info.purse_expiry is not None:
-            balance = pp.parse_balance(transmit(pp.get_balance_command()))
+            try:
+                balance = pp.parse_balance(transmit(pp.get_balance_command()))
+            except cp.CardProtocolError as exc:
+                raise Refusal("card_error", f"Card did not answer GET BALANCE ({exc}): tap it again; nothing was "
+                              "changed", asn) from None
             if balance and not settle:
                 raise Refusal("balance_remains", f"Card still holds {format_yuan(balance)}: settle it first "
                               "(refund the holder, then confirm the settlement)", asn, {"balance": balance})

@@ -110,3 +110,24 @@ def test_the_platform_records_a_void_once_and_only_for_an_open_card(platform, tm
     platform.cancel(asn, settle=True)
     with pytest.raises(PlatformError, match="CANCELLED"):
         platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)
+
+
+def test_a_garbled_answer_to_the_balance_load_asks_for_a_retap_and_loads_once(platform, log, tmp_path):  # noqa: F811
+    st = station(SoftwareSam(KEYSTORE), platform, log)
+    old = old_card(tmp_path / "old.json", platform, balance=4_200)
+    backup, _ = tap_run(old, lambda t: st.backup_and_void(t, MONDAY_10AM))
+    new = washed(tmp_path / "new.json", st)
+
+    def garble_credit(transmit):
+        def relay(apdu: bytes) -> bytes:
+            answer = transmit(apdu)
+            # The card credited; its proof MAC3 was damaged on the way back.
+            return answer[:8] + bytes([answer[8] ^ 1]) + answer[9:] if apdu[:2] == b"\x80\x52" else answer
+        return relay
+
+    with pytest.raises(Refusal) as r:
+        tap_run(new, lambda t: st.replace(garble_credit(t), backup, MONDAY_10AM))
+    assert r.value.reason_code == "unconfirmed" and "tap the NEW card again" in r.value.message
+    new_asn, _ = tap_run(new, lambda t: st.replace(t, backup, MONDAY_10AM))
+    assert CardStateFile(tmp_path / "new.json").load().purse.balance == 4_200  # once
+    assert platform.card(new_asn)["balance_cents"] == 4_200
