@@ -156,7 +156,7 @@ def test_a_cancelled_over_the_air_top_up_is_dropped_by_the_terminal(rig):
     wait_until(lambda: inbox.pending_actions(asn), 20, "the card action reaching the terminal's inbox")
     admin.cancel_action(action)
     wait_until(lambda: not inbox.pending_actions(asn), 20, "the cancellation reaching the terminal's inbox")
-    assert tap(terminal, card, Balance()).message == "Balance 0.00"
+    assert tap(terminal, card, Balance()).message.startswith("Balance not shown")  # nothing loaded
     assert tap(terminal, card, Load(1000)).accepted  # nothing blocks a cash top-up
     assert card.state.purse.balance == 1000
     wait_until(lambda: admin.card(asn)["balance_cents"] == 1000, 20, "the platform accounting the cash top-up")
