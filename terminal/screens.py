@@ -22,7 +22,7 @@ class Screen:
     big: str = ""  # large text when there is no mark (an amount being typed, the time)
     name: str = ""  # the card holder
     amount: int | None = None  # fen
-    balance: int | None = None  # fen, after the transaction
+    balance: int | None = None  # fen, after the transaction: only a balance the terminal's SAM verified
 
 
 ZH = {
@@ -73,10 +73,15 @@ ZH_KIND = {
 }
 
 
+# Decisions whose balance_after no MAC this terminal checked covers (docs/card-application.md 5.2, "Which balances
+# are verified"): a purchase's is the card's claim, confirmed only by the platform's TAC check. Never displayed.
+UNVERIFIED_BALANCE_KINDS = frozenset({"pos.purchase"})
+
+
 def decision_screen(decision: Decision) -> Screen:
     holder = decision.card.read.holder if decision.card is not None else None
     d = decision.detail
-    balance = d.get("balance_after", d.get("balance"))
+    balance = None if decision.kind in UNVERIFIED_BALANCE_KINDS else d.get("balance_after")
     zh = ZH.get(decision.reason_code, "允许" if decision.accepted else "拒绝")
     return Screen(
         "decision",

@@ -35,15 +35,32 @@ def paid() -> Decision:
         True,
         "pos.purchase",
         "completed",
-        "Paid 12.50 - balance 87.50",
+        "Paid 12.50",
         asn="01",
         detail={"amount": 1250, "balance_after": 8750},
     )
 
 
+def loaded() -> Decision:
+    return Decision(
+        True,
+        "topup.load",
+        "completed",
+        "Loaded 50.00 - balance 87.50",
+        asn="01",
+        detail={"amount": 5000, "balance_after": 8750},
+    )
+
+
+def test_only_a_verified_balance_reaches_the_screen():
+    # A purchase's balance_after is covered by no MAC the terminal checks (only the platform's TAC): not shown.
+    assert decision_screen(paid()).balance is None and decision_screen(paid()).amount == 1250
+    assert decision_screen(loaded()).balance == 8750  # MAC3 covers a load's balance after
+
+
 def test_ok_screen_has_a_green_band_and_text_under_it():
     d = display()
-    d.show(decision_screen(paid()))
+    d.show(decision_screen(loaded()))
     img = d.image
     w, h = img.size
     assert share(img, (0, 0, w, h // 10), GREEN) > 0.9  # the band's top strip is plain green
