@@ -3,6 +3,7 @@ actions.
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,11 +25,15 @@ class CardFlows:
             if c["status"] == LOST:
                 raise PlatformError(f"card {c['asn']} is already reported lost; nothing changed")
             if c["status"] == VOIDED:
-                raise PlatformError(f"card {c['asn']} is VOIDED: an issuing station voided it, so every terminal "
-                                    "refuses it already; finish its replacement or cancellation")
+                raise PlatformError(
+                    f"card {c['asn']} is VOIDED: an issuing station voided it, so every terminal "
+                    "refuses it already; finish its replacement or cancellation"
+                )
             if c["status"] != ACTIVE:
                 raise PlatformError(f"card {c['asn']} is {c['status']}, not active; it is already blacklisted")
-            self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (LOST, self._now(), c["asn"]))
+            self.conn.execute(
+                "UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (LOST, self._now(), c["asn"])
+            )
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "lost"}, [])
             self._history(c["asn"], "loss_report", f"reported lost; blacklist version {v}")
         return v
@@ -38,8 +43,9 @@ class CardFlows:
             c = self._card_for_update(asn)
             if c["status"] != LOST:
                 raise PlatformError(f"card {c['asn']} is {c['status']}, not lost; only a lost card can be unlocked")
-            self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?",
-                              (ACTIVE, self._now(), c["asn"]))
+            self.conn.execute(
+                "UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (ACTIVE, self._now(), c["asn"])
+            )
             v = self._change_blacklist(c["enterprise_id"], {}, [c["asn"]])
             self._history(c["asn"], "unlock", f"unlocked; blacklist version {v}")
         return v
@@ -51,16 +57,23 @@ class CardFlows:
             if c["status"] in (CANCELLED, REPLACED):
                 raise PlatformError(f"card {c['asn']} is already {c['status']}; nothing changed")
             if c["balance_cents"] and not settle:
-                raise PlatformError(f"card {c['asn']} has a balance of {_yuan(c['balance_cents'])} yuan; settle it "
-                                    "first: rerun with --settle to record the refund")
+                raise PlatformError(
+                    f"card {c['asn']} has a balance of {_yuan(c['balance_cents'])} yuan; settle it "
+                    "first: rerun with --settle to record the refund"
+                )
             if c["balance_cents"]:
-                self.conn.execute("INSERT INTO refunds (asn, amount_cents, at, note) VALUES (?, ?, ?, ?)",
-                                  (c["asn"], c["balance_cents"], self._now(), "settled at cancellation"))
-            self.conn.execute("UPDATE cards SET status = ?, balance_cents = 0, updated_at = ? WHERE asn = ?",
-                              (CANCELLED, self._now(), c["asn"]))
+                self.conn.execute(
+                    "INSERT INTO refunds (asn, amount_cents, at, note) VALUES (?, ?, ?, ?)",
+                    (c["asn"], c["balance_cents"], self._now(), "settled at cancellation"),
+                )
+            self.conn.execute(
+                "UPDATE cards SET status = ?, balance_cents = 0, updated_at = ? WHERE asn = ?",
+                (CANCELLED, self._now(), c["asn"]),
+            )
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "cancelled"}, [])
-            self._history(c["asn"], "cancel", f"cancelled, {_yuan(c['balance_cents'])} yuan refunded; "
-                                              f"blacklist version {v}")
+            self._history(
+                c["asn"], "cancel", f"cancelled, {_yuan(c['balance_cents'])} yuan refunded; blacklist version {v}"
+            )
         return v
 
     def record_void(self, asn: str, frozen_cents: int, proof: str, terminal_id: str) -> None:
@@ -75,19 +88,27 @@ class CardFlows:
                 raise PlatformError(f"card {c['asn']} is {c['status']}; a voided card must be active, lost or voided")
             if not 0 <= frozen_cents <= 0xFFFFFFFF:
                 raise PlatformError(f"frozen balance {frozen_cents} is not 0..4294967295 fen")
-            self.conn.execute("INSERT OR REPLACE INTO voided_cards VALUES (?, ?, ?, ?, ?)",
-                              (c["asn"], frozen_cents, proof, terminal_id, self._now()))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO voided_cards VALUES (?, ?, ?, ?, ?)",
+                (c["asn"], frozen_cents, proof, terminal_id, self._now()),
+            )
             if c["status"] != VOIDED:
-                self.conn.execute("UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?",
-                                  (VOIDED, self._now(), c["asn"]))
-                self._history(c["asn"], "void", f"voided by issuing terminal {terminal_id}; the card froze "
-                                                 f"{_yuan(frozen_cents)} yuan (platform balance "
-                                                 f"{_yuan(c['balance_cents'])} yuan)")
+                self.conn.execute(
+                    "UPDATE cards SET status = ?, updated_at = ? WHERE asn = ?", (VOIDED, self._now(), c["asn"])
+                )
+                self._history(
+                    c["asn"],
+                    "void",
+                    f"voided by issuing terminal {terminal_id}; the card froze "
+                    f"{_yuan(frozen_cents)} yuan (platform balance "
+                    f"{_yuan(c['balance_cents'])} yuan)",
+                )
 
     def voided(self, asn: str) -> dict | None:
         """{"frozen_cents", "proof", "terminal_id", "at"} of a card an issuing station voided, else None."""
-        row = self.conn.execute("SELECT frozen_cents, proof, terminal_id, at FROM voided_cards WHERE asn = ?",
-                                (_asn(asn),)).fetchone()
+        row = self.conn.execute(
+            "SELECT frozen_cents, proof, terminal_id, at FROM voided_cards WHERE asn = ?", (_asn(asn),)
+        ).fetchone()
         return None if row is None else dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
 
     def replace(self, old_asn: str, new_asn: str, key_version: int | None = None) -> int:
@@ -97,17 +118,30 @@ class CardFlows:
         with self._txn():
             c = self._card_for_update(old_asn)
             if c["status"] not in (ACTIVE, LOST, VOIDED):
-                raise PlatformError(f"card {c['asn']} is {c['status']}; only an active, lost or voided card can be "
-                                    "replaced")
+                raise PlatformError(
+                    f"card {c['asn']} is {c['status']}; only an active, lost or voided card can be replaced"
+                )
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (new_asn,)).fetchone():
                 raise PlatformError(f"new card {new_asn} is already registered; issue a blank card")
             holder_id = self.conn.execute("SELECT holder_id FROM cards WHERE asn = ?", (c["asn"],)).fetchone()[0]
-            self.conn.execute("INSERT INTO cards (asn, enterprise_id, holder_id, status, balance_cents, rights, "
-                              "updated_at, max_balance_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              (new_asn, c["enterprise_id"], holder_id, ACTIVE, c["balance_cents"],
-                               json.dumps(c["rights"], sort_keys=True), self._now(), c["max_balance_cents"]))
-            self.conn.execute("UPDATE cards SET status = ?, balance_cents = 0, replaced_by = ?, updated_at = ? "
-                              "WHERE asn = ?", (REPLACED, new_asn, self._now(), c["asn"]))
+            self.conn.execute(
+                "INSERT INTO cards (asn, enterprise_id, holder_id, status, balance_cents, rights, "
+                "updated_at, max_balance_cents) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    new_asn,
+                    c["enterprise_id"],
+                    holder_id,
+                    ACTIVE,
+                    c["balance_cents"],
+                    json.dumps(c["rights"], sort_keys=True),
+                    self._now(),
+                    c["max_balance_cents"],
+                ),
+            )
+            self.conn.execute(
+                "UPDATE cards SET status = ?, balance_cents = 0, replaced_by = ?, updated_at = ? WHERE asn = ?",
+                (REPLACED, new_asn, self._now(), c["asn"]),
+            )
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "replaced"}, [])
             self._history(c["asn"], "replace", f"replaced by {new_asn}; blacklist version {v}")
             if key_version is not None:
@@ -121,21 +155,27 @@ class CardFlows:
         tests that play an older platform."""
         if validate:
             from common.config import ConfigError, validate_platform_document
+
             try:
                 validate_platform_document(document, "configuration document")
             except ConfigError as exc:
                 raise PlatformError(f"{exc} (terminals would refuse it; nothing was queued)") from None
         with self._txn():
             v = self._enterprise(enterprise_id)[2] + 1
-            self.conn.execute("UPDATE enterprises SET config_version = ?, config_document = ? WHERE enterprise_id = ?",
-                              (v, json.dumps(document, sort_keys=True), enterprise_id))
-            self._queue(p.enterprise_topic(enterprise_id),
-                        self.seal("config", f"e:{enterprise_id}", self._config_body(enterprise_id)))
+            self.conn.execute(
+                "UPDATE enterprises SET config_version = ?, config_document = ? WHERE enterprise_id = ?",
+                (v, json.dumps(document, sort_keys=True), enterprise_id),
+            )
+            self._queue(
+                p.enterprise_topic(enterprise_id),
+                self.seal("config", f"e:{enterprise_id}", self._config_body(enterprise_id)),
+            )
         return v
 
     def _config_body(self, enterprise_id: str) -> dict:
-        v, doc = self.conn.execute("SELECT config_version, config_document FROM enterprises WHERE enterprise_id = ?",
-                                   (enterprise_id,)).fetchone()
+        v, doc = self.conn.execute(
+            "SELECT config_version, config_document FROM enterprises WHERE enterprise_id = ?", (enterprise_id,)
+        ).fetchone()
         return {"enterprise_id": enterprise_id, "version": v, "document": json.loads(doc) if doc else {}}
 
     def add_card_action(self, asn: str, action: str, params: dict, action_id: str | None = None) -> str:
@@ -145,11 +185,15 @@ class CardFlows:
             c = self.card(asn)
             self._check_card_action(c, action, params)
             action_id = action_id or self.new_message_id()
-            self.conn.execute("INSERT INTO card_actions (action_id, enterprise_id, asn, action, params, created_at, "
-                              "status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
-                              (action_id, c["enterprise_id"], c["asn"], action, json.dumps(params), self._now()))
-            self._queue(p.enterprise_topic(c["enterprise_id"]),
-                        self.seal("card_action", f"e:{c['enterprise_id']}", self._action_body(action_id)))
+            self.conn.execute(
+                "INSERT INTO card_actions (action_id, enterprise_id, asn, action, params, created_at, "
+                "status) VALUES (?, ?, ?, ?, ?, ?, 'pending')",
+                (action_id, c["enterprise_id"], c["asn"], action, json.dumps(params), self._now()),
+            )
+            self._queue(
+                p.enterprise_topic(c["enterprise_id"]),
+                self.seal("card_action", f"e:{c['enterprise_id']}", self._action_body(action_id)),
+            )
         return action_id
 
     def _check_card_action(self, c: dict, action: str, params: dict) -> None:
@@ -159,37 +203,53 @@ class CardFlows:
             amount = params.get("amount") if isinstance(params, dict) and set(params) == {"amount"} else None
             if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
                 raise PlatformError('an over-the-air top-up takes {"amount": fen > 0} and nothing else')
-            (doc,) = self.conn.execute("SELECT config_document FROM enterprises WHERE enterprise_id = ?",
-                                       (c["enterprise_id"],)).fetchone()
+            (doc,) = self.conn.execute(
+                "SELECT config_document FROM enterprises WHERE enterprise_id = ?", (c["enterprise_id"],)
+            ).fetchone()
             try:
                 max_load = document_max_load(json.loads(doc) if doc else None)
             except ConfigError:
                 max_load = document_max_load(None)
             if amount > max_load:
-                raise PlatformError(f"top-up of {_yuan(amount)} is over the enterprise's top-up limit of "
-                                    f"{_yuan(max_load)} per load (topup.max_load); queue several smaller top-ups")
-            queued = sum(json.loads(r[0])["amount"] for r in self.conn.execute(
-                "SELECT params FROM card_actions WHERE asn = ? AND action = 'topup' AND status = 'pending'",
-                (c["asn"],)))
+                raise PlatformError(
+                    f"top-up of {_yuan(amount)} is over the enterprise's top-up limit of "
+                    f"{_yuan(max_load)} per load (topup.max_load); queue several smaller top-ups"
+                )
+            queued = sum(
+                json.loads(r[0])["amount"]
+                for r in self.conn.execute(
+                    "SELECT params FROM card_actions WHERE asn = ? AND action = 'topup' AND status = 'pending'",
+                    (c["asn"],),
+                )
+            )
             room = c["max_balance_cents"] - c["balance_cents"] - queued
             if amount > room:
-                raise PlatformError(f"top-up of {_yuan(amount)} would take card {c['asn']} over its maximum balance "
-                                    f"of {_yuan(c['max_balance_cents'])} (balance {_yuan(c['balance_cents'])}, "
-                                    f"{_yuan(queued)} already queued): at most {_yuan(max(room, 0))} fits")
+                raise PlatformError(
+                    f"top-up of {_yuan(amount)} would take card {c['asn']} over its maximum balance "
+                    f"of {_yuan(c['max_balance_cents'])} (balance {_yuan(c['balance_cents'])}, "
+                    f"{_yuan(queued)} already queued): at most {_yuan(max(room, 0))} fits"
+                )
         elif action == "rights":
             try:
-                ok = (set(params) <= {"door_groups", "valid_from", "valid_to", "time_profile"}
-                      and {"door_groups", "valid_from", "valid_to"} <= set(params)
-                      and isinstance(params["door_groups"], list) and params["door_groups"]
-                      and all(isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 64
-                              for g in params["door_groups"])
-                      and dt.date.fromisoformat(params["valid_from"]) <= dt.date.fromisoformat(params["valid_to"])
-                      and type(params.get("time_profile", 0)) is int and 0 <= params.get("time_profile", 0) <= 255)
+                ok = (
+                    set(params) <= {"door_groups", "valid_from", "valid_to", "time_profile"}
+                    and {"door_groups", "valid_from", "valid_to"} <= set(params)
+                    and isinstance(params["door_groups"], list)
+                    and params["door_groups"]
+                    and all(
+                        isinstance(g, int) and not isinstance(g, bool) and 1 <= g <= 64 for g in params["door_groups"]
+                    )
+                    and dt.date.fromisoformat(params["valid_from"]) <= dt.date.fromisoformat(params["valid_to"])
+                    and type(params.get("time_profile", 0)) is int
+                    and 0 <= params.get("time_profile", 0) <= 255
+                )
             except (TypeError, ValueError):
                 ok = False
             if not ok:
-                raise PlatformError("a rights change takes door_groups (1..64), valid_from <= valid_to (YYYY-MM-DD) "
-                                    "and an optional time_profile (0..255)")
+                raise PlatformError(
+                    "a rights change takes door_groups (1..64), valid_from <= valid_to (YYYY-MM-DD) "
+                    "and an optional time_profile (0..255)"
+                )
         else:
             raise PlatformError(f"card action {action!r:.40} is unknown; the top-up terminal runs topup and rights")
 
@@ -197,34 +257,55 @@ class CardFlows:
         """Cancel a pending card action: no longer offered, and a signed cancellation tells the enterprise's
         terminals to drop it from their inbox (a terminal never applies a cancelled action)."""
         with self._txn():
-            row = self.conn.execute("SELECT enterprise_id, asn, action, status FROM card_actions WHERE action_id = ?",
-                                    (action_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT enterprise_id, asn, action, status FROM card_actions WHERE action_id = ?", (action_id,)
+            ).fetchone()
             if row is None:
-                raise PlatformError(f"card action {action_id!r:.70} does not exist; the ID is printed when it is "
-                                    "queued (`onecard platform card ASN` lists a card's actions)")
+                raise PlatformError(
+                    f"card action {action_id!r:.70} does not exist; the ID is printed when it is "
+                    "queued (`onecard platform card ASN` lists a card's actions)"
+                )
             eid, asn, action, status = row
             if status == "done":
-                raise PlatformError(f"card action {action_id} was already applied on card {asn}; it cannot be "
-                                    "cancelled (a top-up already on the card is refunded or spent like any other)")
+                raise PlatformError(
+                    f"card action {action_id} was already applied on card {asn}; it cannot be "
+                    "cancelled (a top-up already on the card is refunded or spent like any other)"
+                )
             if status != "pending":
                 raise PlatformError(f"card action {action_id} is already {status}; nothing changed")
-            self.conn.execute("UPDATE card_actions SET status = 'cancelled', status_note = ? WHERE action_id = ?",
-                              (f"cancelled by an administrator at {self._now()}", action_id))
+            self.conn.execute(
+                "UPDATE card_actions SET status = 'cancelled', status_note = ? WHERE action_id = ?",
+                (f"cancelled by an administrator at {self._now()}", action_id),
+            )
             self._history(asn, "card_action_cancelled", f"card action {action_id} ({action}) cancelled")
-            self._queue(p.enterprise_topic(eid), self.seal("card_action.cancel", f"e:{eid}",
-                                                           self._cancel_body(action_id)))
+            self._queue(
+                p.enterprise_topic(eid), self.seal("card_action.cancel", f"e:{eid}", self._cancel_body(action_id))
+            )
         return asn
 
     def _cancel_body(self, action_id: str) -> dict:
-        asn, action = self.conn.execute("SELECT asn, action FROM card_actions WHERE action_id = ?",
-                                        (action_id,)).fetchone()
+        asn, action = self.conn.execute(
+            "SELECT asn, action FROM card_actions WHERE action_id = ?", (action_id,)
+        ).fetchone()
         return {"action_id": action_id, "asn": asn, "action": action}
 
     def card_actions(self, asn: str) -> list[dict]:
-        rows = self.conn.execute("SELECT action_id, action, params, created_at, status, status_note FROM card_actions "
-                                 "WHERE asn = ? ORDER BY created_at, action_id", (_asn(asn),)).fetchall()
-        return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2]), "created_at": r[3], "status": r[4],
-                 "note": r[5]} for r in rows]
+        rows = self.conn.execute(
+            "SELECT action_id, action, params, created_at, status, status_note FROM card_actions "
+            "WHERE asn = ? ORDER BY created_at, action_id",
+            (_asn(asn),),
+        ).fetchall()
+        return [
+            {
+                "action_id": r[0],
+                "action": r[1],
+                "params": json.loads(r[2]),
+                "created_at": r[3],
+                "status": r[4],
+                "note": r[5],
+            }
+            for r in rows
+        ]
 
     def authorise(self, asn: str, rights: dict) -> str:
         """Change a card's access rights: recorded here, and queued as a card action that the card service
@@ -233,12 +314,15 @@ class CardFlows:
             c = self.card(asn)
             if c["status"] != ACTIVE:
                 raise PlatformError(f"card {c['asn']} is {c['status']}; only an active card gets new rights")
-            self.conn.execute("UPDATE cards SET rights = ?, updated_at = ? WHERE asn = ?",
-                              (json.dumps({**c["rights"], **rights}, sort_keys=True), self._now(), c["asn"]))
+            self.conn.execute(
+                "UPDATE cards SET rights = ?, updated_at = ? WHERE asn = ?",
+                (json.dumps({**c["rights"], **rights}, sort_keys=True), self._now(), c["asn"]),
+            )
             self._history(c["asn"], "authorise", f"rights changed to {json.dumps(rights, sort_keys=True)}")
             return self.add_card_action(c["asn"], "rights", rights)
 
     def _action_body(self, action_id: str) -> dict:
-        asn, action, params = self.conn.execute("SELECT asn, action, params FROM card_actions WHERE action_id = ?",
-                                                (action_id,)).fetchone()
+        asn, action, params = self.conn.execute(
+            "SELECT asn, action, params FROM card_actions WHERE action_id = ?", (action_id,)
+        ).fetchone()
         return {"action_id": action_id, "asn": asn, "action": action, "params": json.loads(params)}

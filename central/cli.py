@@ -2,6 +2,7 @@
 
 Flows change platform.db and queue the signed notifications; a running `onecard platform serve` publishes them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("terminal_id")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--name", default="")
-    c.add_argument("--kind", required=True, choices=TERMINAL_KINDS,
-                   help="what the terminal is ([terminal].kind; issuing for an issuing station): only pos and topup "
-                        "terminals' money records are accounted")
+    c.add_argument(
+        "--kind",
+        required=True,
+        choices=TERMINAL_KINDS,
+        help="what the terminal is ([terminal].kind; issuing for an issuing station): only pos and topup "
+        "terminals' money records are accounted",
+    )
     c = cmd("add-holder", "register an employee (group member)", cmd_add_holder)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -45,8 +50,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--employee", required=True)
     c.add_argument("--rights", default="{}", help='JSON, e.g. {"door_groups":[1,2],"time_profile":1}')
     c.add_argument("--balance", default="0", help="opening balance in yuan")
-    c.add_argument("--max-balance", default="2000.00",
-                   help="the card's maximum balance in yuan (EF_PURSE; default 2000.00, the issuing default)")
+    c.add_argument(
+        "--max-balance",
+        default="2000.00",
+        help="the card's maximum balance in yuan (EF_PURSE; default 2000.00, the issuing default)",
+    )
     c = cmd("report-loss", "loss report: card LOST, blacklisted, every terminal notified", cmd_report_loss)
     c.add_argument("asn")
     c = cmd("unlock", "unlock a lost card: ACTIVE again, removed from the blacklist", cmd_unlock)
@@ -60,26 +68,38 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c = cmd("publish-config", "publish a signed configuration document to an enterprise's terminals", cmd_config)
     c.add_argument("--enterprise", required=True)
     c.add_argument("document", type=Path, help="JSON file: door groups, time windows, offline limits")
-    c = cmd("ota-topup", "over-the-air top-up: loaded onto the card at its next tap on a top-up terminal, once",
-            cmd_ota_topup)
+    c = cmd(
+        "ota-topup",
+        "over-the-air top-up: loaded onto the card at its next tap on a top-up terminal, once",
+        cmd_ota_topup,
+    )
     c.add_argument("asn")
     c.add_argument("amount", help="yuan, e.g. 50.00")
-    c = cmd("authorise", "change a card's access rights; written onto the card at its next tap on the top-up "
-            "(card service) terminal", cmd_authorise)
+    c = cmd(
+        "authorise",
+        "change a card's access rights; written onto the card at its next tap on the top-up (card service) terminal",
+        cmd_authorise,
+    )
     c.add_argument("asn")
     c.add_argument("--groups", required=True, help="door groups, e.g. 1,2,5")
     c.add_argument("--valid-from", required=True, help="YYYY-MM-DD")
     c.add_argument("--valid-to", required=True, help="YYYY-MM-DD")
     c.add_argument("--time-profile", type=int, default=0)
-    c = cmd("cancel-action", "cancel a pending card action (over-the-air top-up, rights change): terminals drop it",
-            cmd_cancel_action)
+    c = cmd(
+        "cancel-action",
+        "cancel a pending card action (over-the-air top-up, rights change): terminals drop it",
+        cmd_cancel_action,
+    )
     c.add_argument("action_id")
     c = cmd("purse", "a card's purse transactions as uploaded, with each TAC's check", cmd_purse)
     c.add_argument("asn")
     c = cmd("held", "money records not accounted: waiting for earlier records, or held for review", cmd_held)
     c.add_argument("--all", action="store_true", help="also the resolved ones, with their resolution")
-    c = cmd("resolve-held", "after investigation: account or reject a held money record (the evidence is kept)",
-            cmd_resolve_held)
+    c = cmd(
+        "resolve-held",
+        "after investigation: account or reject a held money record (the evidence is kept)",
+        cmd_resolve_held,
+    )
     c.add_argument("held_id", type=int)
     g = c.add_mutually_exclusive_group(required=True)
     g.add_argument("--account", action="store_true", help="move the balance by it, as uploaded")
@@ -97,32 +117,59 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
     c.add_argument("terminal_id")
-    c = cmd("reanchor", "after investigating a chain break: accept the terminal's records again from seq SEQ "
-            "(the records in between stay as evidence)", cmd_reanchor)
+    c = cmd(
+        "reanchor",
+        "after investigating a chain break: accept the terminal's records again from seq SEQ "
+        "(the records in between stay as evidence)",
+        cmd_reanchor,
+    )
     c.add_argument("terminal_id")
     c.add_argument("--at", required=True, type=int, dest="at_seq", help="first seq to accept (a waiting record)")
     c.add_argument("--reason", required=True, help="what the investigation found (kept with the evidence)")
-    c = cmd("restore-epoch", "after restoring or replacing this database from a backup: start a new signed epoch so "
-            "terminals holding a later list accept this platform's lists again", cmd_restore_epoch)
+    c = cmd(
+        "restore-epoch",
+        "after restoring or replacing this database from a backup: start a new signed epoch so "
+        "terminals holding a later list accept this platform's lists again",
+        cmd_restore_epoch,
+    )
     c.add_argument("--reason", required=True, help="what was restored (kept with the epoch)")
-    c.add_argument("--generation", type=int, help="the new generation (default: one past the current one and past "
-                   "any generation terminals reported)")
+    c.add_argument(
+        "--generation",
+        type=int,
+        help="the new generation (default: one past the current one and past any generation terminals reported)",
+    )
     c = cmd("serve", "ingest uploads and publish notifications until Ctrl-C / SIGTERM", cmd_serve)
     c.add_argument("--broker-host", default="127.0.0.1")
     c.add_argument("--broker-port", type=int, default=8883)
     c.add_argument("--ca", required=True, type=Path, help="CA certificate of the broker")
-    c.add_argument("--cert-dir", required=True, type=Path, help="the workers' client certificates: "
-                   "platform-wN.pem and platform-wN.key for every worker (`onecard platform ca platform-certs`)")
+    c.add_argument(
+        "--cert-dir",
+        required=True,
+        type=Path,
+        help="the workers' client certificates: "
+        "platform-wN.pem and platform-wN.key for every worker (`onecard platform ca platform-certs`)",
+    )
     c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
-    c.add_argument("--tac-keystore", type=Path, help="keystore with the TAC keys ('onecard sam restrict --role "
-                   "platform'); without it purse transactions are recorded as 'unchecked'")
+    c.add_argument(
+        "--tac-keystore",
+        type=Path,
+        help="keystore with the TAC keys ('onecard sam restrict --role "
+        "platform'); without it purse transactions are recorded as 'unchecked'",
+    )
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --tac-keystore")
-    c.add_argument("--lab-unverified-money", action="store_true",
-                   help="LAB ONLY: serve without TAC keys; money records are accounted unchecked and every balance "
-                        "is labelled unverified")
+    c.add_argument(
+        "--lab-unverified-money",
+        action="store_true",
+        help="LAB ONLY: serve without TAC keys; money records are accounted unchecked and every balance "
+        "is labelled unverified",
+    )
 
-    c = cmd("broker-config", "write the broker's mosquitto.conf and ACL from the terminal registry", cmd_broker_config,
-            key=False)
+    c = cmd(
+        "broker-config",
+        "write the broker's mosquitto.conf and ACL from the terminal registry",
+        cmd_broker_config,
+        key=False,
+    )
     c.add_argument("--out", required=True, type=Path, help="directory for mosquitto.conf and acl")
     c.add_argument("--ca", required=True, type=Path, help="the platform CA certificate (cafile)")
     c.add_argument("--server-cert", required=True, type=Path, help="the broker's certificate (ca server-cert)")
@@ -135,6 +182,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--force", action="store_true", help="replace an existing mosquitto.conf / acl")
 
     from central import ca_cli  # the CA role (terminal enrolment)
+
     ca_cli.add_subcommands(sub)
     add_key_versions(sub)
 
@@ -173,24 +221,38 @@ def cmd_init(args) -> int:
     except PlatformError as exc:
         raise UserError(str(exc)) from None
     Platform(args.db, load_signing_key(args.key)).close()
-    print(f"platform database {args.db} ready; signing key {args.key}; give {pub} to every terminal "
-          "([sync].platform_public_key)")
+    print(
+        f"platform database {args.db} ready; signing key {args.key}; give {pub} to every terminal "
+        "([sync].platform_public_key)"
+    )
     return 0
 
 
 def cmd_add_enterprise(args) -> int:
-    return _run(args, lambda pf: pf.add_enterprise(args.enterprise_id, args.name)
-                or f"enterprise {args.enterprise_id} registered")
+    return _run(
+        args,
+        lambda pf: pf.add_enterprise(args.enterprise_id, args.name) or f"enterprise {args.enterprise_id} registered",
+    )
 
 
 def cmd_add_terminal(args) -> int:
-    return _run(args, lambda pf: pf.add_terminal(args.terminal_id, args.enterprise, args.name, kind=args.kind)
-                or f"{args.kind} terminal {args.terminal_id} registered to enterprise {args.enterprise}")
+    return _run(
+        args,
+        lambda pf: (
+            pf.add_terminal(args.terminal_id, args.enterprise, args.name, kind=args.kind)
+            or f"{args.kind} terminal {args.terminal_id} registered to enterprise {args.enterprise}"
+        ),
+    )
 
 
 def cmd_add_holder(args) -> int:
-    return _run(args, lambda pf: pf.add_holder(args.enterprise, args.employee_no, args.name, args.phone)
-                and f"employee {args.employee_no} ({args.name}) registered")
+    return _run(
+        args,
+        lambda pf: (
+            pf.add_holder(args.enterprise, args.employee_no, args.name, args.phone)
+            and f"employee {args.employee_no} ({args.name}) registered"
+        ),
+    )
 
 
 def _cents(text: str, what: str = "balance") -> int:
@@ -209,18 +271,32 @@ def cmd_issue_card(args) -> int:
     except json.JSONDecodeError as exc:
         raise UserError(f"--rights is not JSON ({exc}); write e.g. '{{\"door_groups\":[1,2]}}'") from None
     cents, max_cents = _cents(args.balance), _cents(args.max_balance, "--max-balance")
-    return _run(args, lambda pf: pf.issue_card(args.enterprise, args.employee, args.asn, rights, cents, max_cents)
-                or f"card {args.asn.upper()} issued to employee {args.employee}")
+    return _run(
+        args,
+        lambda pf: (
+            pf.issue_card(args.enterprise, args.employee, args.asn, rights, cents, max_cents)
+            or f"card {args.asn.upper()} issued to employee {args.employee}"
+        ),
+    )
 
 
 def cmd_report_loss(args) -> int:
-    return _run(args, lambda pf: f"card {args.asn.upper()} reported lost; blacklist version {pf.report_loss(args.asn)} "
-                                 "queued for every terminal of the enterprise")
+    return _run(
+        args,
+        lambda pf: (
+            f"card {args.asn.upper()} reported lost; blacklist version {pf.report_loss(args.asn)} "
+            "queued for every terminal of the enterprise"
+        ),
+    )
 
 
 def cmd_unlock(args) -> int:
-    return _run(args, lambda pf: f"card {args.asn.upper()} unlocked; blacklist version {pf.unlock(args.asn)} "
-                                 "queued for every terminal")
+    return _run(
+        args,
+        lambda pf: (
+            f"card {args.asn.upper()} unlocked; blacklist version {pf.unlock(args.asn)} queued for every terminal"
+        ),
+    )
 
 
 def cmd_cancel(args) -> int:
@@ -229,24 +305,35 @@ def cmd_cancel(args) -> int:
         v = pf.cancel(args.asn, settle=args.settle)
         refund = f", {balance / 100:.2f} yuan refund recorded" if balance else ""
         return f"card {args.asn.upper()} cancelled{refund}; blacklist version {v} queued for every terminal"
+
     return _run(args, do)
 
 
 def cmd_replace(args) -> int:
-    return _run(args, lambda pf: f"card {args.old_asn.upper()} replaced by {args.new_asn.upper()}; blacklist version "
-                                 f"{pf.replace(args.old_asn, args.new_asn)} queued for every terminal")
+    return _run(
+        args,
+        lambda pf: (
+            f"card {args.old_asn.upper()} replaced by {args.new_asn.upper()}; blacklist version "
+            f"{pf.replace(args.old_asn, args.new_asn)} queued for every terminal"
+        ),
+    )
 
 
 def cmd_config(args) -> int:
     try:
         doc = json.loads(args.document.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read configuration document {args.document} ({exc}); give a JSON object file") \
-            from None
+        raise UserError(
+            f"cannot read configuration document {args.document} ({exc}); give a JSON object file"
+        ) from None
     if not isinstance(doc, dict):
         raise UserError(f"{args.document} must hold a JSON object")
-    return _run(args, lambda pf: f"configuration version {pf.publish_config(args.enterprise, doc)} queued for "
-                                 f"enterprise {args.enterprise}")
+    return _run(
+        args,
+        lambda pf: (
+            f"configuration version {pf.publish_config(args.enterprise, doc)} queued for enterprise {args.enterprise}"
+        ),
+    )
 
 
 def cmd_ota_topup(args) -> int:
@@ -255,8 +342,13 @@ def cmd_ota_topup(args) -> int:
     fen = parse_yuan(args.amount, "amount")
     if fen == 0:
         raise UserError("the amount must be more than 0.00")
-    return _run(args, lambda pf: f"over-the-air top-up {pf.add_card_action(args.asn.upper(), 'topup', {'amount': fen})}"
-                                 f" of {args.amount} queued for card {args.asn.upper()}")
+    return _run(
+        args,
+        lambda pf: (
+            f"over-the-air top-up {pf.add_card_action(args.asn.upper(), 'topup', {'amount': fen})}"
+            f" of {args.amount} queued for card {args.asn.upper()}"
+        ),
+    )
 
 
 def cmd_authorise(args) -> int:
@@ -267,18 +359,36 @@ def cmd_authorise(args) -> int:
         valid_from, valid_to = dt.date.fromisoformat(args.valid_from), dt.date.fromisoformat(args.valid_to)
     except ValueError:
         raise UserError("--groups must be numbers separated by commas and the dates YYYY-MM-DD") from None
-    if not groups or any(not 1 <= g <= 64 for g in groups) or valid_to < valid_from \
-            or not 0 <= args.time_profile <= 255:
+    if (
+        not groups
+        or any(not 1 <= g <= 64 for g in groups)
+        or valid_to < valid_from
+        or not 0 <= args.time_profile <= 255
+    ):
         raise UserError("door groups are 1..64, the time profile 0..255 and valid-to not before valid-from")
-    rights = {"door_groups": groups, "valid_from": valid_from.isoformat(), "valid_to": valid_to.isoformat(),
-              "time_profile": args.time_profile}
-    return _run(args, lambda pf: f"rights change {pf.authorise(args.asn.upper(), rights)} queued for card "
-                                 f"{args.asn.upper()}: groups {groups}, {args.valid_from}..{args.valid_to}")
+    rights = {
+        "door_groups": groups,
+        "valid_from": valid_from.isoformat(),
+        "valid_to": valid_to.isoformat(),
+        "time_profile": args.time_profile,
+    }
+    return _run(
+        args,
+        lambda pf: (
+            f"rights change {pf.authorise(args.asn.upper(), rights)} queued for card "
+            f"{args.asn.upper()}: groups {groups}, {args.valid_from}..{args.valid_to}"
+        ),
+    )
 
 
 def cmd_cancel_action(args) -> int:
-    return _run(args, lambda pf: f"card action {args.action_id} of card {pf.cancel_action(args.action_id)} cancelled; "
-                                 "the cancellation is queued for every terminal of the enterprise")
+    return _run(
+        args,
+        lambda pf: (
+            f"card action {args.action_id} of card {pf.cancel_action(args.action_id)} cancelled; "
+            "the cancellation is queued for every terminal of the enterprise"
+        ),
+    )
 
 
 def cmd_purse(args) -> int:
@@ -288,9 +398,12 @@ def cmd_purse(args) -> int:
         if card["balance_status"] != "verified":
             lines.insert(0, f"UNVERIFIED balance {card['balance_cents'] / 100:.2f}: {card['balance_status']}")
         if card["held_money_records"]:
-            lines.append(f"ALARM: {card['held_money_records']} money record(s) of this card are held, not accounted: "
-                         "see `onecard platform held`")
+            lines.append(
+                f"ALARM: {card['held_money_records']} money record(s) of this card are held, not accounted: "
+                "see `onecard platform held`"
+            )
         return "\n".join(lines) or "no transactions"
+
     return _run(args, do)
 
 
@@ -298,14 +411,20 @@ def cmd_held(args) -> int:
     def do(pf):
         rows = pf.held_money(include_resolved=args.all)
         return "\n".join(json.dumps(r, sort_keys=True) for r in rows) or "no held money records"
+
     return _run(args, do)
 
 
 def cmd_resolve_held(args) -> int:
     decision = "account" if args.account else "reject"
-    return _run(args, lambda pf: f"held money record {args.held_id} "
-                                 f"{pf.resolve_held(args.held_id, decision, args.note)}; the record and this decision "
-                                 "are kept")
+    return _run(
+        args,
+        lambda pf: (
+            f"held money record {args.held_id} "
+            f"{pf.resolve_held(args.held_id, decision, args.note)}; the record and this decision "
+            "are kept"
+        ),
+    )
 
 
 def cmd_bill(args) -> int:
@@ -318,8 +437,9 @@ def cmd_spending_bill(args) -> int:
 
 
 def cmd_card(args) -> int:
-    return _run(args, lambda pf: json.dumps({**pf.card(args.asn), "card_actions": pf.card_actions(args.asn)},
-                                            sort_keys=True))
+    return _run(
+        args, lambda pf: json.dumps({**pf.card(args.asn), "card_actions": pf.card_actions(args.asn)}, sort_keys=True)
+    )
 
 
 def cmd_terminal(args) -> int:
@@ -339,8 +459,9 @@ def cmd_broker_config(args) -> int:
         raise UserError(f"--port {args.port} is not a TCP port; give 1..65535")
     for f in (args.ca, args.server_cert, args.server_key):
         if not f.is_file():
-            raise UserError(f"{f} does not exist; give the CA's ca.pem and the files of `onecard platform ca "
-                            "server-cert`")
+            raise UserError(
+                f"{f} does not exist; give the CA's ca.pem and the files of `onecard platform ca server-cert`"
+            )
     try:
         platform = Platform(args.db, None)
     except PlatformError as exc:
@@ -356,43 +477,56 @@ def cmd_broker_config(args) -> int:
         acl = render_acl(terminals, args.workers)
     except ValueError as exc:
         raise UserError(f"{exc}; give --workers as for `onecard platform serve`") from None
-    conf = render_conf(port=args.port, ca=args.ca.absolute(),
-                       server=CertFiles(args.server_cert.absolute(), args.server_key.absolute()), acl=acl_ref,
-                       bind=args.bind, persistence_dir=args.persistence_dir)
+    conf = render_conf(
+        port=args.port,
+        ca=args.ca.absolute(),
+        server=CertFiles(args.server_cert.absolute(), args.server_key.absolute()),
+        acl=acl_ref,
+        bind=args.bind,
+        persistence_dir=args.persistence_dir,
+    )
     if not args.force:
         for f in (conf_path, acl_path):
             if f.exists():
-                raise UserError(f"{f} exists; pass --force to replace it (the broker reads it at its next restart "
-                                "or SIGHUP)")
+                raise UserError(
+                    f"{f} exists; pass --force to replace it (the broker reads it at its next restart or SIGHUP)"
+                )
     try:
         out.mkdir(parents=True, exist_ok=True)
         # The ACL first: a configuration naming an ACL that is not there yet would not start.
         write_atomically(acl_path, acl.encode(), mode=0o644, overwrite=args.force)
         write_atomically(conf_path, conf.encode(), mode=0o644, overwrite=args.force)
     except FileExistsError as exc:
-        raise UserError(f"{exc.args[0] if exc.args else out} appeared meanwhile; pass --force to replace it") \
-            from None
+        raise UserError(f"{exc.args[0] if exc.args else out} appeared meanwhile; pass --force to replace it") from None
     except OSError as exc:
         raise UserError(f"cannot write to {out} ({exc.strerror}); choose a writable --out directory") from None
-    print(f"broker configuration {conf_path} and ACL {acl_path} written: {len(terminals)} terminal(s), "
-          f"{args.workers} platform worker(s); reload the broker (SIGHUP) after adding terminals")
+    print(
+        f"broker configuration {conf_path} and ACL {acl_path} written: {len(terminals)} terminal(s), "
+        f"{args.workers} platform worker(s); reload the broker (SIGHUP) after adding terminals"
+    )
     return 0
 
 
 def cmd_reanchor(args) -> int:
     def do(pf):
         r = pf.reanchor(args.terminal_id, args.at_seq, args.reason)
-        return (f"terminal {args.terminal_id} re-anchored at seq {args.at_seq}; verified up to seq {r.acked_seq} "
-                f"now, {r.pending} record(s) still waiting; the earlier records are kept in chain_evidence")
+        return (
+            f"terminal {args.terminal_id} re-anchored at seq {args.at_seq}; verified up to seq {r.acked_seq} "
+            f"now, {r.pending} record(s) still waiting; the earlier records are kept in chain_evidence"
+        )
+
     return _run(args, do)
 
 
 def cmd_restore_epoch(args) -> int:
     def do(pf):
         e = pf.restore_epoch(args.reason, args.generation)
-        return (f"platform epoch is now generation {e.generation} (instance {e.instance}); a re-based blacklist "
-                "snapshot is queued for every enterprise: start `onecard platform serve` to publish it, then check "
-                "`onecard platform terminal ID` for terminals still reporting another list")
+        return (
+            f"platform epoch is now generation {e.generation} (instance {e.instance}); a re-based blacklist "
+            "snapshot is queued for every enterprise: start `onecard platform serve` to publish it, then check "
+            "`onecard platform terminal ID` for terminals still reporting another list"
+        )
+
     return _run(args, do)
 
 
@@ -410,8 +544,10 @@ def cmd_serve(args) -> int:
         raise UserError(f"CA certificate {args.ca} does not exist; give the platform CA's ca.pem")
     tac_sam = None
     if args.tac_keystore is None and not args.lab_unverified_money:
-        raise UserError("no TAC keys: give --tac-keystore KS --passphrase-file F (a keystore from `onecard sam "
-                        "restrict --role platform`), or --lab-unverified-money in a lab (balances then unverified)")
+        raise UserError(
+            "no TAC keys: give --tac-keystore KS --passphrase-file F (a keystore from `onecard sam "
+            "restrict --role platform`), or --lab-unverified-money in a lab (balances then unverified)"
+        )
     if args.tac_keystore is not None:
         from sam.interface import SamError
         from sam.keystore import KeystoreUnlock
@@ -424,10 +560,14 @@ def cmd_serve(args) -> int:
         except SamError as exc:
             raise UserError(str(exc)) from None
     try:
-        service = PlatformService(args.db, key, BrokerSettings(args.broker_host, args.broker_port, args.ca,
-                                                               args.cert_dir),
-                                  workers=args.workers, tac_sam=tac_sam,
-                                  unverified_money=args.lab_unverified_money and tac_sam is None)
+        service = PlatformService(
+            args.db,
+            key,
+            BrokerSettings(args.broker_host, args.broker_port, args.ca, args.cert_dir),
+            workers=args.workers,
+            tac_sam=tac_sam,
+            unverified_money=args.lab_unverified_money and tac_sam is None,
+        )
     except (PlatformError, ValueError) as exc:
         raise UserError(str(exc)) from None
     stop = threading.Event()
@@ -446,8 +586,12 @@ def add_key_versions(sub) -> None:
     c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
     c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
     c.add_argument("--enterprise", help="only this enterprise")
-    c.add_argument("--json", action="store_true", help="the report as JSON ({enterprise: {version: cards}}), for "
-                                                       "sam restrict --drop-version / keys load-psam --retire-below")
+    c.add_argument(
+        "--json",
+        action="store_true",
+        help="the report as JSON ({enterprise: {version: cards}}), for "
+        "sam restrict --drop-version / keys load-psam --retire-below",
+    )
     c.set_defaults(handler=cmd_key_versions)
 
 
@@ -458,8 +602,11 @@ def cmd_key_versions(args) -> int:
     finally:
         pf.close()
     if args.json:
-        print(json.dumps({eid: {str(v): n for v, n in per.items()} for eid, per in sorted(counts.items())},
-                         sort_keys=True))
+        print(
+            json.dumps(
+                {eid: {str(v): n for v, n in per.items()} for eid, per in sorted(counts.items())}, sort_keys=True
+            )
+        )
         return 0
     print("ENTERPRISE VERSION CARDS")
     for eid, per in sorted(counts.items()):
@@ -470,8 +617,10 @@ def cmd_key_versions(args) -> int:
             print(f"{eid}: {per['unknown']} card(s) of unknown key version: re-key them before retiring any version")
         elif len(per) == 1:
             (current,) = per
-            print(f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
-                  f"('onecard sam restrict ... --drop-version N --key-versions REPORT') and every PSAM ('onecard "
-                  f"keys load-psam ... --retire-below {current} --key-versions REPORT'), REPORT being this report "
-                  "with --json")
+            print(
+                f"{eid}: every card uses key version {current}: older versions can be retired from every keystore "
+                f"('onecard sam restrict ... --drop-version N --key-versions REPORT') and every PSAM ('onecard "
+                f"keys load-psam ... --retire-below {current} --key-versions REPORT'), REPORT being this report "
+                "with --json"
+            )
     return 0

@@ -1,5 +1,6 @@
 """The platform database: its schema, one transaction helper, the card statuses, the errors every part shares
 and the platform's signing key."""
+
 from __future__ import annotations
 
 import re
@@ -108,8 +109,11 @@ MAX_PENDING_BYTES = 8 * 1024 * 1024
 
 
 # Columns added after the first release: an older platform.db gets them at open (NULL = not known).
-_ADDED_COLUMNS = (("terminals", "kind", "TEXT"), ("cards", "max_balance_cents", "INTEGER"),
-                  ("card_actions", "status_note", "TEXT"))
+_ADDED_COLUMNS = (
+    ("terminals", "kind", "TEXT"),
+    ("cards", "max_balance_cents", "INTEGER"),
+    ("card_actions", "status_note", "TEXT"),
+)
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -138,11 +142,13 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as exc:
-        raise PlatformError(f"cannot read the platform signing key {path} ({exc.strerror}); "
-                            "create it with `onecard platform init`") from None
+        raise PlatformError(
+            f"cannot read the platform signing key {path} ({exc.strerror}); create it with `onecard platform init`"
+        ) from None
     except (ValueError, TypeError):
-        raise PlatformError(f"{path} is not an unencrypted PEM private key; create it with `onecard platform init`") \
-            from None
+        raise PlatformError(
+            f"{path} is not an unencrypted PEM private key; create it with `onecard platform init`"
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise PlatformError(f"{path} is not an Ed25519 key; create it with `onecard platform init`")
     return key
@@ -156,11 +162,13 @@ def write_signing_key(path: Path) -> Path:
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(0o600)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     pub = path.with_suffix(".pub")
-    pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                  serialization.PublicFormat.SubjectPublicKeyInfo))
+    pub.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return pub
 
 
@@ -173,4 +181,3 @@ def _asn(text: str) -> str:
 
 def _yuan(cents: int) -> str:
     return f"{cents / 100:.2f}"
-

@@ -2,6 +2,7 @@
 labs, the demo and tests, wired in by onecard/wiring.py), and the platform's side of the station's MQTT requests
 (answer_request, run by central/service.py; docs/sync-protocol.md, "Issuing station registry"). Platform refusals
 become RegistryError, one line with the fix."""
+
 from __future__ import annotations
 
 import logging
@@ -65,27 +66,34 @@ def answer_request(platform, station_id: str, payload: bytes) -> tuple[str, byte
         error = None
     except RegistryError as exc:
         result, error = None, str(exc)
-    return (rp.station_topic(station_id, rp.DOWN_REGISTRY),
-            rp.seal_response(platform.key, req, platform.clock(), result=result, error=error))
+    return (
+        rp.station_topic(station_id, rp.DOWN_REGISTRY),
+        rp.seal_response(platform.key, req, platform.clock(), result=result, error=error),
+    )
 
 
 def _perform(platform, req: rp.RegistryRequest):
     enterprise = platform.terminal_enterprise(req.station)
     if enterprise is None or platform.terminal_kind(req.station) != "issuing":
-        raise RegistryError(f"station {req.station} is not registered with the platform as an issuing station; "
-                            f"register it with `onecard platform add-terminal {req.station} --enterprise ID --kind "
-                            "issuing`")
+        raise RegistryError(
+            f"station {req.station} is not registered with the platform as an issuing station; "
+            f"register it with `onecard platform add-terminal {req.station} --enterprise ID --kind "
+            "issuing`"
+        )
     registry = InProcessRegistry(platform)
     a = req.args
     if "enterprise_id" in a and a["enterprise_id"] != enterprise:
-        raise RegistryError(f"station {req.station} serves enterprise {enterprise}, not {a['enterprise_id']}; use "
-                            "a station of that enterprise")
+        raise RegistryError(
+            f"station {req.station} serves enterprise {enterprise}, not {a['enterprise_id']}; use "
+            "a station of that enterprise"
+        )
     for key in ("asn", "old_asn"):
         if key in a and registry.is_registered(a[key]):
             owner = registry.card(a[key])["enterprise_id"]
             if owner != enterprise:
-                raise RegistryError(f"card {a[key]} belongs to another enterprise; station {req.station} serves "
-                                    f"enterprise {enterprise}")
+                raise RegistryError(
+                    f"card {a[key]} belongs to another enterprise; station {req.station} serves enterprise {enterprise}"
+                )
     if req.op == "holder":
         return registry.holder(a["enterprise_id"], a["employee_no"])
     if req.op == "card_of_phone":
@@ -103,7 +111,11 @@ def _perform(platform, req: rp.RegistryRequest):
         registry.replace(a["old_asn"], a["new_asn"], a["key_version"])
     elif req.op == "cancel":
         registry.cancel(a["asn"], a["settle"])
-    log_event(log, f"platform.station_{req.op}", station=req.station, request=req.id,
-              text=f"station {req.station}: {req.op} " + " ".join(f"{k}={v}" for k, v in sorted(a.items())
-                                                                   if k != "rights"))
+    log_event(
+        log,
+        f"platform.station_{req.op}",
+        station=req.station,
+        request=req.id,
+        text=f"station {req.station}: {req.op} " + " ".join(f"{k}={v}" for k, v in sorted(a.items()) if k != "rights"),
+    )
     return None

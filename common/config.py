@@ -162,7 +162,9 @@ class KeypadSection:
     driver: str = "console"  # console: this terminal's TTY; stdin: lines piped in by a till system; evdev; serial
     device: str = ""  # evdev: /dev/input/eventN or the device's name; serial: the port, e.g. /dev/ttyUSB0
     baudrate: int = 9600  # serial
-    tap_without_amount: str = "balance"  # balance: a balance inquiry (verified figures only); ask: "Enter the amount first"
+    tap_without_amount: str = (
+        "balance"  # balance: a balance inquiry (verified figures only); ask: "Enter the amount first"
+    )
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The registry interface between the card office's issuing station and the platform (the station's only way to
 the platform's records): look up a holder, register an issued card, record a voided card, replacement,
 cancellation."""
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -5,6 +5,7 @@ byte-exact specification is docs/sync-protocol.md, "Issuing station registry". A
 (the broker's ACL lets only the certificate with CN = station ID do so), the platform answers on the station's
 down topic with an Ed25519 signature under its own domain tag, echoing the request ID.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,8 +61,13 @@ OPS: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
     "card_of_phone": {"phone": _PHONE_RE},
     "is_registered": {"asn": _ASN_RE},
     "card": {"asn": _ASN_RE},
-    "register": {"enterprise_id": _EID_RE, "employee_no": _EMPLOYEE_RE, "asn": _ASN_RE, "rights": dict,
-                 "key_version": _KEY_VERSION},
+    "register": {
+        "enterprise_id": _EID_RE,
+        "employee_no": _EMPLOYEE_RE,
+        "asn": _ASN_RE,
+        "rights": dict,
+        "key_version": _KEY_VERSION,
+    },
     "voided": {"asn": _ASN_RE, "frozen_cents": IntRange(0, 0xFFFFFFFF), "proof": _PROOF_RE},
     "replace": {"old_asn": _ASN_RE, "new_asn": _ASN_RE, "key_version": _KEY_VERSION},
     "cancel": {"asn": _ASN_RE, "settle": bool},
@@ -75,8 +81,13 @@ def station_topic(station_id: str, leaf: str) -> str:
 def parse_station_topic(topic: str) -> str:
     """The station ID of `onecard/v1/s/<station id>/up/registry`; ProtocolError for any other topic."""
     parts = topic.split("/")
-    if (len(parts) != 6 or "/".join(parts[:2]) != TOPIC_ROOT or parts[2] != "s" or not _SID_RE.match(parts[3])
-            or "/".join(parts[4:]) != UP_REGISTRY):
+    if (
+        len(parts) != 6
+        or "/".join(parts[:2]) != TOPIC_ROOT
+        or parts[2] != "s"
+        or not _SID_RE.match(parts[3])
+        or "/".join(parts[4:]) != UP_REGISTRY
+    ):
         raise ProtocolError(f"topic {topic!r} is not a station registry topic")
     return parts[3]
 
@@ -120,8 +131,7 @@ def _check_args(op: str, args: dict[str, Any], where: str) -> dict[str, Any]:
 def encode_request(request_id: str, station_id: str, op: str, args: dict[str, Any]) -> bytes:
     if op not in OPS:
         raise ValueError(f"unknown registry operation {op!r}")
-    obj = {"v": PROTOCOL_VERSION, "type": REQUEST_TYPE, "id": request_id, "station": station_id, "op": op,
-           "args": args}
+    obj = {"v": PROTOCOL_VERSION, "type": REQUEST_TYPE, "id": request_id, "station": station_id, "op": op, "args": args}
     decode_request(canonical(obj))  # what is sent is what the platform accepts
     return canonical(obj)
 
@@ -140,10 +150,18 @@ def decode_request(payload: bytes) -> RegistryRequest:
     return RegistryRequest(rid, station, op, args)
 
 
-def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, result: Any,
-                       error: str) -> dict[str, Any]:
-    out = {"v": PROTOCOL_VERSION, "type": RESPONSE_TYPE, "request_id": request.id, "station": request.station,
-           "op": request.op, "issued_at": format_time(issued_at), "ok": ok}
+def _response_unsigned(
+    request: RegistryRequest, issued_at: datetime, ok: bool, result: Any, error: str
+) -> dict[str, Any]:
+    out = {
+        "v": PROTOCOL_VERSION,
+        "type": RESPONSE_TYPE,
+        "request_id": request.id,
+        "station": request.station,
+        "op": request.op,
+        "issued_at": format_time(issued_at),
+        "ok": ok,
+    }
     if ok:
         out["result"] = result
     else:
@@ -151,8 +169,14 @@ def _response_unsigned(request: RegistryRequest, issued_at: datetime, ok: bool, 
     return out
 
 
-def seal_response(key: Ed25519PrivateKey, request: RegistryRequest, issued_at: datetime, *, result: Any = None,
-                  error: str | None = None) -> bytes:
+def seal_response(
+    key: Ed25519PrivateKey,
+    request: RegistryRequest,
+    issued_at: datetime,
+    *,
+    result: Any = None,
+    error: str | None = None,
+) -> bytes:
     """The platform's signed answer: `result` when `error` is None, else the refusal (one line with the fix)."""
     unsigned = _response_unsigned(request, issued_at, error is None, result, error or "")
     sig = key.sign(REGISTRY_SIGN_DOMAIN + canonical(unsigned))
@@ -179,5 +203,9 @@ def open_response(payload: bytes, public_key: Ed25519PublicKey) -> RegistryRespo
     return RegistryResponse(
         request_id=_match(obj, "request_id", _RID_RE, where, "32 lowercase hex digits"),
         station=_match(obj, "station", _SID_RE, where, "a 12-digit station ID"),
-        op=_field(obj, "op", str, where), issued_at=parse_time(obj.get("issued_at"), f"{where} issued_at"), ok=ok,
-        result=obj.get("result") if ok else None, error="" if ok else _field(obj, "error", str, where))
+        op=_field(obj, "op", str, where),
+        issued_at=parse_time(obj.get("issued_at"), f"{where} issued_at"),
+        ok=ok,
+        result=obj.get("result") if ok else None,
+        error="" if ok else _field(obj, "error", str, where),
+    )

@@ -1,5 +1,6 @@
 """`onecard`: the one command line for terminals, SAMs and key cards, the card simulator, the log, the sync agent,
 the reference platform and the demo."""
+
 from __future__ import annotations
 
 import argparse
@@ -42,10 +43,12 @@ def _file_problem(exc: OSError) -> str:
         parent = Path(os.fsdecode(exc.filename)).parent
         if not parent.exists():  # the usual case: an output path in a directory that is not there
             return f"directory {parent} does not exist; create it or name another path"
-    fix = {FileNotFoundError: "check the path: its directory must exist",
-           NotADirectoryError: "check the path: a part of it is a file, not a directory",
-           IsADirectoryError: "name a file, not a directory",
-           PermissionError: "check the permissions of the file and its directory"}.get(type(exc), "check the path")
+    fix = {
+        FileNotFoundError: "check the path: its directory must exist",
+        NotADirectoryError: "check the path: a part of it is a file, not a directory",
+        IsADirectoryError: "name a file, not a directory",
+        PermissionError: "check the permissions of the file and its directory",
+    }.get(type(exc), "check the path")
     return f"{path}: {exc.strerror or exc}; {fix}"
 
 
@@ -59,29 +62,49 @@ def build_parser() -> argparse.ArgumentParser:
     from terminal import issuing_cli, log_cli
 
     parser = argparse.ArgumentParser(prog="onecard", description=__doc__)
-    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
-                        help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     parser.add_argument("--version", action="version", version=f"onecard {installed_version()}")
     parser.set_defaults(wiring=wiring.Wiring())  # what the product's commands are given instead of the simulator
     top = parser.add_subparsers(dest="area", required=True)
-    terminal_cli.add_subcommands(top.add_parser("terminal", help="run and check a terminal").add_subparsers(
-        dest="command", required=True))
-    sam_cli.add_subcommands(top.add_parser("sam", help="software SAM keystores").add_subparsers(
-        dest="command", required=True))
-    keys_cli.add_subcommands(top.add_parser("keys", help="the key master card: key versions, loading SAMs, backup")
-                             .add_subparsers(dest="command", required=True))
-    wiring.add_simulator_subcommands(top.add_parser(
-        "sim", help="simulated cards and readers: create, attach to vpcd, tap").add_subparsers(dest="command",
-                                                                                              required=True))
-    log_cli.add_subcommands(top.add_parser("log", help="the terminal's event log").add_subparsers(
-        dest="command", required=True))
-    sync_cli.add_subcommands(top.add_parser("sync", help="the terminal's sync agent (MQTT to the platform)").add_subparsers(
-        dest="command", required=True))
+    terminal_cli.add_subcommands(
+        top.add_parser("terminal", help="run and check a terminal").add_subparsers(dest="command", required=True)
+    )
+    sam_cli.add_subcommands(
+        top.add_parser("sam", help="software SAM keystores").add_subparsers(dest="command", required=True)
+    )
+    keys_cli.add_subcommands(
+        top.add_parser("keys", help="the key master card: key versions, loading SAMs, backup").add_subparsers(
+            dest="command", required=True
+        )
+    )
+    wiring.add_simulator_subcommands(
+        top.add_parser("sim", help="simulated cards and readers: create, attach to vpcd, tap").add_subparsers(
+            dest="command", required=True
+        )
+    )
+    log_cli.add_subcommands(
+        top.add_parser("log", help="the terminal's event log").add_subparsers(dest="command", required=True)
+    )
+    sync_cli.add_subcommands(
+        top.add_parser("sync", help="the terminal's sync agent (MQTT to the platform)").add_subparsers(
+            dest="command", required=True
+        )
+    )
     platform_sub = top.add_parser("platform", help="the reference central platform and card flows").add_subparsers(
-        dest="command", required=True)
+        dest="command", required=True
+    )
     platform_cli.add_subcommands(platform_sub)
-    issuing_cli.add_subcommands(top.add_parser("issue", help="the issuing terminal: wash and re-key cards")
-                            .add_subparsers(dest="command", required=True))
+    issuing_cli.add_subcommands(
+        top.add_parser("issue", help="the issuing terminal: wash and re-key cards").add_subparsers(
+            dest="command", required=True
+        )
+    )
     demo.add_parser(top)
     return parser
 

@@ -5,6 +5,7 @@ Everything is real except the cards and the hardware: a private pcscd with vpcd 
 a separate `onecard` process, encrypted keystores per terminal role, SQLite logs, signed MQTT messages. The
 terminals' screens are relayed to this console, one line per action; Ctrl-C stops everything cleanly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,19 +50,28 @@ class TerminalSpec:
     role: str  # the keystore role (`onecard sam restrict --role`)
 
 
-TERMINALS = [TerminalSpec("door", "000000000101", "Door 1F", "door"),
-             TerminalSpec("attendance", "000000000201", "Clock 1F", "door"),
-             TerminalSpec("pos", "000000000301", "Canteen till", "pos"),
-             TerminalSpec("topup", "000000000401", "Top-up", "top-up")]
+TERMINALS = [
+    TerminalSpec("door", "000000000101", "Door 1F", "door"),
+    TerminalSpec("attendance", "000000000201", "Clock 1F", "door"),
+    TerminalSpec("pos", "000000000301", "Canteen till", "pos"),
+    TerminalSpec("topup", "000000000401", "Top-up", "top-up"),
+]
 
 
 def add_parser(top: argparse._SubParsersAction) -> None:
-    p = top.add_parser("demo", help="live demo: door, attendance, POS and top-up terminals with agents, broker and "
-                                    "platform, simulated employees tapping")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="where keystores, cards, certificates and databases go: a new or empty directory, or one an "
-                        "earlier demo made (that one is emptied first); default a new directory under the system's "
-                        "temporary directory")
+    p = top.add_parser(
+        "demo",
+        help="live demo: door, attendance, POS and top-up terminals with agents, broker and "
+        "platform, simulated employees tapping",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where keystores, cards, certificates and databases go: a new or empty directory, or one an "
+        "earlier demo made (that one is emptied first); default a new directory under the system's "
+        "temporary directory",
+    )
     p.add_argument("--hold", type=float, default=1.0, help="seconds each card stays on the reader")
     p.set_defaults(handler=cmd_demo)
 
@@ -74,8 +84,9 @@ def onecard(*args: str, quiet: bool = True) -> str:
     cmd = [sys.executable, "-m", "onecard", "--log-level", "WARNING", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UserError(f"demo step failed: onecard {' '.join(map(str, args))}: "
-                        f"{proc.stderr.strip() or proc.stdout.strip()}")
+        raise UserError(
+            f"demo step failed: onecard {' '.join(map(str, args))}: {proc.stderr.strip() or proc.stdout.strip()}"
+        )
     if not quiet:
         print(proc.stdout, end="", flush=True)
     return proc.stdout
@@ -111,8 +122,13 @@ def employees(today: dt.date) -> list[Employee]:
         Employee("li", "Li Na", "E1002", time_profile=off_profile, story="only allowed in her shift hours"),
         Employee("wang", "Wang Fang", "E1003", story="reported her phone lost yesterday"),
         Employee("zhao", "Zhao Lei", "E1004", groups="2", algorithm="sm4", story="SM4 card; rights for group 2 only"),
-        Employee("sun", "Sun Li", "E1005", valid_to=(today - dt.timedelta(days=1)).isoformat(),
-                 story="contract ended yesterday"),
+        Employee(
+            "sun",
+            "Sun Li",
+            "E1005",
+            valid_to=(today - dt.timedelta(days=1)).isoformat(),
+            story="contract ended yesterday",
+        ),
         Employee("chen", "Chen Jie", "E2001", enterprise=OTHER_ENTERPRISE, story="works for another enterprise"),
     ]
 
@@ -134,25 +150,57 @@ class Site:
         issuing = {e: self.work / f"issuing-{e}.keystore" for e in (ENTERPRISE, OTHER_ENTERPRISE)}
         for enterprise, ks in issuing.items():
             say(f"key-card administrator: key set of enterprise {enterprise} (AES-128 and SM4, every purpose)")
-            onecard("sam", "create-keystore", "--out", ks, "--passphrase-file", self.passphrase,
-                    "--enterprise", enterprise)
+            onecard(
+                "sam", "create-keystore", "--out", ks, "--passphrase-file", self.passphrase, "--enterprise", enterprise
+            )
         self.keystores["issuing"] = issuing[ENTERPRISE]
         self.keystores["issuing-other"] = issuing[OTHER_ENTERPRISE]
         for role in ("door", "pos", "top-up", "platform"):
             self.keystores[role] = self.work / f"{role}.keystore"
-            onecard("sam", "restrict", "--keystore", issuing[ENTERPRISE], "--passphrase-file", self.passphrase,
-                    "--out", self.keystores[role], "--role", role)
-        say("installer: each terminal gets only its role's keys (door: ACCESS verify; POS: PURCHASE and "
-            "LOAD for undo only; top-up: LOAD, and UPDATE to write rights changes); the TAC keys stay on the platform")
+            onecard(
+                "sam",
+                "restrict",
+                "--keystore",
+                issuing[ENTERPRISE],
+                "--passphrase-file",
+                self.passphrase,
+                "--out",
+                self.keystores[role],
+                "--role",
+                role,
+            )
+        say(
+            "installer: each terminal gets only its role's keys (door: ACCESS verify; POS: PURCHASE and "
+            "LOAD for undo only; top-up: LOAD, and UPDATE to write rights changes); the TAC keys stay on the platform"
+        )
 
     def issue_cards(self) -> None:
         today = story_day()
         for e in self.staff:
             self.cards[e.key] = self.work / f"card-{e.key}.json"
             ks = self.keystores["issuing" if e.enterprise == ENTERPRISE else "issuing-other"]
-            args = ["sim", "new-card", "--out", self.cards[e.key], "--keystore", ks, "--passphrase-file",
-                    self.passphrase, "--enterprise", e.enterprise, "--employee", e.employee_no, "--name", e.name,
-                    "--groups", e.groups, "--time-profile", str(e.time_profile), "--algorithm", e.algorithm]
+            args = [
+                "sim",
+                "new-card",
+                "--out",
+                self.cards[e.key],
+                "--keystore",
+                ks,
+                "--passphrase-file",
+                self.passphrase,
+                "--enterprise",
+                e.enterprise,
+                "--employee",
+                e.employee_no,
+                "--name",
+                e.name,
+                "--groups",
+                e.groups,
+                "--time-profile",
+                str(e.time_profile),
+                "--algorithm",
+                e.algorithm,
+            ]
             args += ["--valid-from", (today - dt.timedelta(days=365)).isoformat()]
             if e.valid_to:
                 args += ["--valid-to", e.valid_to]
@@ -188,11 +236,31 @@ class Platform:
 
     def serve(self, stack: contextlib.ExitStack, broker, pki) -> None:
         log = stack.enter_context(open(self.work / "platform.log", "w"))
-        proc = subprocess.Popen([sys.executable, "-m", "onecard", "platform", "serve", "--db", str(self.db),
-                                 "--key", str(self.key), "--broker-port", str(broker.port), "--ca", str(pki.ca.cert),
-                                 "--cert-dir", str(pki.platform_cert_dir), "--tac-keystore",
-                                 str(self.site.keystores["platform"]), "--passphrase-file", str(self.site.passphrase)],
-                                stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "onecard",
+                "platform",
+                "serve",
+                "--db",
+                str(self.db),
+                "--key",
+                str(self.key),
+                "--broker-port",
+                str(broker.port),
+                "--ca",
+                str(pki.ca.cert),
+                "--cert-dir",
+                str(pki.platform_cert_dir),
+                "--tac-keystore",
+                str(self.site.keystores["platform"]),
+                "--passphrase-file",
+                str(self.site.passphrase),
+            ],
+            stdout=log,
+            stderr=log,
+        )
         stack.callback(stop_process, proc)
         say(f"platform serving as pid {proc.pid} (uploads, signed blacklists, TAC checks), logging to platform.log")
 
@@ -236,17 +304,19 @@ def stop_process(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def terminal_config(path: Path, t: TerminalSpec, work: Path, reader: str, site: Site, broker, pki,
-                    platform: Platform) -> None:
+def terminal_config(
+    path: Path, t: TerminalSpec, work: Path, reader: str, site: Site, broker, pki, platform: Platform
+) -> None:
     client = pki.client(t.terminal_id)
-    path.write_text(f"""[terminal]
+    path.write_text(
+        f"""[terminal]
 id = "{t.terminal_id}"
 kind = "{t.kind}"
 enterprise_id = "{ENTERPRISE}"
 name = "{t.name}"
 timezone = "Asia/Shanghai"
-database = "{work / f'{t.kind}.db'}"
-blacklist = "{work / f'{t.kind}-blacklist.db'}"
+database = "{work / f"{t.kind}.db"}"
+blacklist = "{work / f"{t.kind}-blacklist.db"}"
 
 [reader]
 driver = "pcsc"
@@ -281,7 +351,7 @@ ca_file = "{pki.ca.cert}"
 cert_file = "{client.cert}"
 key_file = "{client.key}"
 platform_public_key = "{platform.public_key}"
-database = "{work / f'{t.kind}-sync.db'}"
+database = "{work / f"{t.kind}-sync.db"}"
 heartbeat_seconds = 10
 
 [time_profiles.1]
@@ -296,19 +366,38 @@ fri = ["00:00-24:00"]
 name = "weekend duty"
 sat = ["00:00-24:00"]
 sun = ["00:00-24:00"]
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
 
 
 def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
     log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
-    proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg),
-                             "--display-snapshots", str(work / "screens" / t.kind),
-                             "--story-clock", str(work / STORY_CLOCK)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "onecard",
+            "terminal",
+            "run",
+            "--config",
+            str(cfg),
+            "--display-snapshots",
+            str(work / "screens" / t.kind),
+            "--story-clock",
+            str(work / STORY_CLOCK),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        bufsize=1,
+    )
     stack.callback(stop_process, proc)
     agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
-    agent = subprocess.Popen([sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)],
-                             stdout=agent_log, stderr=agent_log)
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)], stdout=agent_log, stderr=agent_log
+    )
     stack.callback(stop_process, agent)
     deadline = time.monotonic() + 20
     while "terminal.started" not in (work / f"{t.kind}.log").read_text(errors="replace"):
@@ -360,21 +449,25 @@ def wait_blacklisted(work: Path, asn: str, listed: bool, timeout: float = 20.0) 
         if len(states) == len(TERMINALS) and all(s == listed for s in states):
             return time.monotonic() - start
         time.sleep(0.1)
-    raise UserError(f"the terminals did not {'list' if listed else 'unlist'} card {asn} within {timeout:g} s; "
-                    "see the *-agent.log files")
+    raise UserError(
+        f"the terminals did not {'list' if listed else 'unlist'} card {asn} within {timeout:g} s; "
+        "see the *-agent.log files"
+    )
 
 
 def script(walk: Walk, platform: Platform, work: Path) -> None:
     site = walk.site
     set_story_time(work, "08:55")
     say("--- 08:55, morning: everyone arrives")
-    expectations = {"zhang": ("Welcome, Zhang Wei", "Zhang Wei: clocked in"),
-                    "li": ("Outside your permitted hours", "Li Na: clocked in"),
-                    "wang": ("Card reported lost", "Card reported lost"),
-                    "zhao": ("No access rights for this door", "Zhao Lei: clocked in"),
-                    "sun": ("Card expired on", "Card expired on"),
-                    "chen": ("This card has no application for this site",) * 2,
-                    "phone": ("Card not supported",) * 2}
+    expectations = {
+        "zhang": ("Welcome, Zhang Wei", "Zhang Wei: clocked in"),
+        "li": ("Outside your permitted hours", "Li Na: clocked in"),
+        "wang": ("Card reported lost", "Card reported lost"),
+        "zhao": ("No access rights for this door", "Zhao Lei: clocked in"),
+        "sun": ("Card expired on", "Card expired on"),
+        "chen": ("This card has no application for this site",) * 2,
+        "phone": ("Card not supported",) * 2,
+    }
     names = {e.key: e.name for e in site.staff} | {"phone": "a visitor's phone without RFID-SIM"}
     for key, (door_says, clock_says) in expectations.items():
         say(f"{names[key]} taps at the door, then at the attendance clock")
@@ -412,8 +505,10 @@ def script(walk: Walk, platform: Platform, work: Path) -> None:
     reported = time.monotonic()
     platform.admin("report-loss", site.asn["zhang"])
     wait_blacklisted(work, site.asn["zhang"], listed=True)
-    say(f"platform: loss report signed and sent; all {len(TERMINALS)} terminals enforce it "
-        f"{time.monotonic() - reported:.1f} s after the administrator started it")
+    say(
+        f"platform: loss report signed and sent; all {len(TERMINALS)} terminals enforce it "
+        f"{time.monotonic() - reported:.1f} s after the administrator started it"
+    )
     walk.tap("door", "zhang", "Card reported lost")
     say("he finds the phone in his coat; the administrator unlocks the card")
     platform.admin("unlock", site.asn["zhang"])
@@ -447,12 +542,15 @@ def prepare_workdir(requested: Path | None) -> Path:
             raise UserError(f"--workdir {work} is a file, not a directory; name a new or empty directory")
         if work.is_dir() and any(work.iterdir()):
             if not (work / DEMO_MARK).is_file():
-                raise UserError(f"--workdir {work} is not empty and was not made by onecard demo: nothing was "
-                                "touched; name a new or empty directory (or leave --workdir out)")
+                raise UserError(
+                    f"--workdir {work} is not empty and was not made by onecard demo: nothing was "
+                    "touched; name a new or empty directory (or leave --workdir out)"
+                )
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
-    (work / DEMO_MARK).write_text("made by onecard demo; the next demo run with this --workdir empties it\n",
-                                  encoding="utf-8")
+    (work / DEMO_MARK).write_text(
+        "made by onecard demo; the next demo run with this --workdir empties it\n", encoding="utf-8"
+    )
     return work
 
 

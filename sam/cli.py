@@ -1,4 +1,5 @@
 """`onecard sam ...` subcommands: create, list and restrict software-SAM keystores; never print a key."""
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,12 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--out", required=True, metavar="PATH", help="keystore file to create")
     add_unlock_options(create, required=True)
     create.add_argument("--enterprise", required=True, metavar="ID", help="enterprise ID, 8 BCD digits, e.g. 00010001")
-    create.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="card algorithm(s) (default: both)")
-    create.add_argument("--usages", default=DEFAULT_USAGES, metavar="LIST", help=f"comma-separated usages (default: {DEFAULT_USAGES})")
+    create.add_argument(
+        "--algorithm", default="both", metavar="aes128|sm4|both", help="card algorithm(s) (default: both)"
+    )
+    create.add_argument(
+        "--usages", default=DEFAULT_USAGES, metavar="LIST", help=f"comma-separated usages (default: {DEFAULT_USAGES})"
+    )
     create.add_argument("--force", action="store_true", help="replace an existing file at --out")
     create.set_defaults(handler=cmd_create_keystore)
 
@@ -92,24 +97,50 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
     add_unlock_options(restrict, required=True)
     restrict.add_argument("--out", required=True, metavar="DST", help="keystore file to create")
     what = restrict.add_mutually_exclusive_group(required=True)
-    what.add_argument("--role", choices=sorted(ROLES), help="keep what this terminal role needs (docs/key-handling.md 3)")
-    what.add_argument("--keep", action="append", metavar="PURPOSE=USAGES",
-                      help="keep PURPOSE with at most these usages, e.g. load=reversal (repeat for each purpose)")
+    what.add_argument(
+        "--role", choices=sorted(ROLES), help="keep what this terminal role needs (docs/key-handling.md 3)"
+    )
+    what.add_argument(
+        "--keep",
+        action="append",
+        metavar="PURPOSE=USAGES",
+        help="keep PURPOSE with at most these usages, e.g. load=reversal (repeat for each purpose)",
+    )
     what.add_argument("--usages", metavar="LIST", help="comma-separated usages to keep, for every purpose kept")
-    restrict.add_argument("--purposes", metavar="LIST", help="with --usages: comma-separated purposes to keep (default: all)")
-    restrict.add_argument("--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)")
+    restrict.add_argument(
+        "--purposes", metavar="LIST", help="with --usages: comma-separated purposes to keep (default: all)"
+    )
+    restrict.add_argument(
+        "--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)"
+    )
     restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
-    restrict.add_argument("--drop-version", type=int, metavar="N", action="append", default=[],
-                          help="retire key version N; refused while the platform's report (--key-versions) counts "
-                               "cards on it; repeatable")
-    restrict.add_argument("--key-versions", metavar="REPORT",
-                          help="with --drop-version: the platform's key-version report "
-                               "(onecard platform key-versions ... --json > REPORT)")
-    restrict.add_argument("--retire-although-cards-use-it", action="store_true",
-                          help="DANGER: drop the version even if cards still use it; those cards stop working with "
-                               "every SAM written from this keystore")
-    add_unlock_options(restrict, required=False, prefix="out-", what="DST (default: locked as SRC), e.g. the target "
-                       "terminal's device secret")
+    restrict.add_argument(
+        "--drop-version",
+        type=int,
+        metavar="N",
+        action="append",
+        default=[],
+        help="retire key version N; refused while the platform's report (--key-versions) counts "
+        "cards on it; repeatable",
+    )
+    restrict.add_argument(
+        "--key-versions",
+        metavar="REPORT",
+        help="with --drop-version: the platform's key-version report "
+        "(onecard platform key-versions ... --json > REPORT)",
+    )
+    restrict.add_argument(
+        "--retire-although-cards-use-it",
+        action="store_true",
+        help="DANGER: drop the version even if cards still use it; those cards stop working with "
+        "every SAM written from this keystore",
+    )
+    add_unlock_options(
+        restrict,
+        required=False,
+        prefix="out-",
+        what="DST (default: locked as SRC), e.g. the target terminal's device secret",
+    )
     restrict.add_argument("--force", action="store_true", help="replace an existing file at --out")
     restrict.set_defaults(handler=cmd_restrict)
 
@@ -119,11 +150,17 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
         description="Write a new state file whose next purchase gets TSN N+1. Refuses an existing file: move a "
         "corrupted one aside first. Take N from the platform: the highest TSN it has seen from this terminal.",
     )
-    init_state.add_argument("--state", required=True, metavar="PATH", help="state file to create (default name: <keystore>.state)")
-    init_state.add_argument("--last-tsn", required=True, type=int, metavar="N", help="highest TSN already used, 0..4294967294")
+    init_state.add_argument(
+        "--state", required=True, metavar="PATH", help="state file to create (default name: <keystore>.state)"
+    )
+    init_state.add_argument(
+        "--last-tsn", required=True, type=int, metavar="N", help="highest TSN already used, 0..4294967294"
+    )
     init_state.set_defaults(handler=cmd_init_state)
 
-    show_state = commands.add_parser("show-state", help="show a software SAM's purse state file (last TSN, last purchase)")
+    show_state = commands.add_parser(
+        "show-state", help="show a software SAM's purse state file (last TSN, last purchase)"
+    )
     show_state.add_argument("--state", required=True, metavar="PATH")
     show_state.set_defaults(handler=cmd_show_state)
 
@@ -274,8 +311,9 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     if args.drop_version:
         if any(not 1 <= v <= 255 for v in args.drop_version):
             raise CliError("--drop-version takes an enterprise key version 1..255 (transport keys, version 0, stay)")
-        _check_retirement(args, {k.enterprise_id for k in restricted if k.version in args.drop_version},
-                          args.drop_version)
+        _check_retirement(
+            args, {k.enterprise_id for k in restricted if k.version in args.drop_version}, args.drop_version
+        )
         # Retiring a version after a rotation: every purpose of that version goes at once, as cards carry them all.
         restricted = Keystore([k for k in restricted if k.version not in args.drop_version], restricted.master_card)
     check_tac_separation(restricted)
@@ -310,16 +348,23 @@ def _check_retirement(args: argparse.Namespace, enterprises: set[bytes], version
     from sam.retirement import OVERRIDE_FLAG, REPORT_HELP, RetirementRefused, check_retirement, parse_report
 
     if args.retire_although_cards_use_it:
-        print(f"WARNING: {OVERRIDE_FLAG}: key version(s) {', '.join(map(str, versions))} dropped without asking the "
-              "platform; any card still on them is refused by every SAM written from this keystore", file=sys.stderr)
+        print(
+            f"WARNING: {OVERRIDE_FLAG}: key version(s) {', '.join(map(str, versions))} dropped without asking the "
+            "platform; any card still on them is refused by every SAM written from this keystore",
+            file=sys.stderr,
+        )
         return
     if args.key_versions is None:
-        raise CliError(f"--drop-version needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
-                       "while cards still use it")
+        raise CliError(
+            f"--drop-version needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
+            "while cards still use it"
+        )
     try:
         text = Path(args.key_versions).read_text(encoding="utf-8")
     except OSError as exc:
-        raise CliError(f"cannot read --key-versions {args.key_versions} ({exc.strerror or exc}); {REPORT_HELP}") from None
+        raise CliError(
+            f"cannot read --key-versions {args.key_versions} ({exc.strerror or exc}); {REPORT_HELP}"
+        ) from None
     try:
         report = parse_report(text, f"--key-versions {args.key_versions}")
         for enterprise in sorted(enterprises):
@@ -350,8 +395,10 @@ def check_tac_separation(keystore: Keystore) -> None:
 def cmd_init_state(args: argparse.Namespace) -> None:
     """onecard sam init-state"""
     if not 0 <= args.last_tsn < TSN_MAX:
-        raise CliError(f"--last-tsn {args.last_tsn} is not 0..{TSN_MAX - 1}; "
-                       "take the highest TSN the platform has seen from this terminal")
+        raise CliError(
+            f"--last-tsn {args.last_tsn} is not 0..{TSN_MAX - 1}; "
+            "take the highest TSN the platform has seen from this terminal"
+        )
     path = Path(args.state)
     if os.path.lexists(path):
         raise CliError(f"SAM state file {path} already exists; move it aside first (it is never overwritten)")
@@ -371,16 +418,20 @@ def cmd_show_state(args: argparse.Namespace) -> None:
     if last is None:
         print("last purchase: none")
     else:
-        print(f"last purchase: TSN {last.tsn}, {last.amount} fen, card {last.asn.hex().upper()} enterprise "
-              f"{format_enterprise_id(last.enterprise_id)}, debit proven {'yes' if last.debited else 'no'}, "
-              f"reversed {'yes' if last.reversed else 'no'}")
+        print(
+            f"last purchase: TSN {last.tsn}, {last.amount} fen, card {last.asn.hex().upper()} enterprise "
+            f"{format_enterprise_id(last.enterprise_id)}, debit proven {'yes' if last.debited else 'no'}, "
+            f"reversed {'yes' if last.reversed else 'no'}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `onecard sam ...` without the rest of onecard (python -m sam.cli sam list ...), wired as onecard.cli does."""
     parser = argparse.ArgumentParser(prog="onecard")
     areas = parser.add_subparsers(dest="area", required=True)
-    add_subcommands(areas.add_parser("sam", help="software SAM keystores").add_subparsers(dest="command", required=True))
+    add_subcommands(
+        areas.add_parser("sam", help="software SAM keystores").add_subparsers(dest="command", required=True)
+    )
     args = parser.parse_args(argv)
     return args.handler(args)
 

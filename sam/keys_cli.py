@@ -5,6 +5,7 @@ change its PIN. (A simulated master card is made, or restored from a backup, wit
 `onecard sim restore-master-card`.) No command prints a key; what the administrator must keep
 is announced with "KEEP THIS:". Every failure is one line with the fix and a non-zero exit.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,6 @@ from sam.keystore import (
 )
 from sam import master_card as mc
 from sam.unlock_cli import add_unlock_options, unlock_from_args
-
 
 
 class KeysCliError(Exception):
@@ -63,15 +63,26 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     _reader(p, "--psam-reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=mc.PSAM_ROLES)
-    p.add_argument("--retire-below", type=int, metavar="N",
-                   help="retire every key version below N from the PSAM: it gets its complete key set from version N "
-                        "on and drops the rest; refused while the platform's report (--key-versions) counts cards on "
-                        "them")
-    p.add_argument("--key-versions", type=Path, metavar="REPORT",
-                   help="with --retire-below: the platform's key-version report "
-                        "(onecard platform key-versions ... --json > REPORT)")
-    p.add_argument("--retire-although-cards-use-it", action="store_true",
-                   help="DANGER: retire even if cards still use those versions; they stop working with this PSAM")
+    p.add_argument(
+        "--retire-below",
+        type=int,
+        metavar="N",
+        help="retire every key version below N from the PSAM: it gets its complete key set from version N "
+        "on and drops the rest; refused while the platform's report (--key-versions) counts cards on "
+        "them",
+    )
+    p.add_argument(
+        "--key-versions",
+        type=Path,
+        metavar="REPORT",
+        help="with --retire-below: the platform's key-version report "
+        "(onecard platform key-versions ... --json > REPORT)",
+    )
+    p.add_argument(
+        "--retire-although-cards-use-it",
+        action="store_true",
+        help="DANGER: retire even if cards still use those versions; they stop working with this PSAM",
+    )
     p.set_defaults(handler=reporting(cmd_load_psam))
 
     p = sub.add_parser("load-keystore", help="write a new encrypted keystore for a role from the master card")
@@ -83,9 +94,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing file at --out")
     p.set_defaults(handler=reporting(cmd_load_keystore))
 
-    p = sub.add_parser("add-version", help="add the master card's new key versions to a keystore it loaded (二次洗卡)",
-                       description="Re-key a keystore that was loaded from a key master card: the export must be "
-                       "signed by that same card. Keystores made without a master card are refused.")
+    p = sub.add_parser(
+        "add-version",
+        help="add the master card's new key versions to a keystore it loaded (二次洗卡)",
+        description="Re-key a keystore that was loaded from a key master card: the export must be "
+        "signed by that same card. Keystores made without a master card are refused.",
+    )
     _reader(p, "--reader")
     p.add_argument("--pin-file", required=True, type=Path)
     p.add_argument("--role", required=True, choices=sorted(mc.ROLE_CODES))
@@ -135,6 +149,7 @@ def reporting(body: Callable[[argparse.Namespace], None]) -> Callable[[argparse.
 
 # --- helpers ---------------------------------------------------------------------------------------
 
+
 def read_input(path: Path, what: str, option: str) -> bytes:
     try:
         return path.read_bytes()
@@ -177,7 +192,8 @@ def _open_unblocked(reader: str) -> tuple[mc.MasterCardClient, mc.CardInfo]:
         raise mc.CardBlocked(
             f"the key master card in {client.name!r} is blocked (PIN tried wrong {mc.PIN_TRIES} times) "
             "and stays blocked; restore the latest backup into a new master card "
-            "(onecard sim restore-master-card for a simulated one) and destroy this one")
+            "(onecard sim restore-master-card for a simulated one) and destroy this one"
+        )
     return client, info
 
 
@@ -193,6 +209,7 @@ def _versions_line(infos) -> str:
 
 
 # --- commands --------------------------------------------------------------------------------------
+
 
 def cmd_generate_version(args) -> None:
     pin = read_pin(args.pin_file)
@@ -214,9 +231,11 @@ def cmd_inspect(args) -> None:
         print(mc.describe_card(info))
         if info.blocked:
             # A blocked card is not a usable one: the exit code says so, for scripts checking the card.
-            raise mc.CardBlocked("PIN BLOCKED: the card refuses every key operation for good; restore the latest "
-                                 "backup into a new master card (onecard sim restore-master-card for a simulated "
-                                 "one) and destroy this one")
+            raise mc.CardBlocked(
+                "PIN BLOCKED: the card refuses every key operation for good; restore the latest "
+                "backup into a new master card (onecard sim restore-master-card for a simulated "
+                "one) and destroy this one"
+            )
         if pin is not None:
             client.verify_pin(pin)
             print("PIN verified")
@@ -229,9 +248,15 @@ def cmd_versions(args) -> None:
     if args.keystore is not None:
         keystore = load_keystore(args.keystore, _unlock(args))
         anchor = keystore.master_card
-        print(f"keystore {args.keystore}: " + (f"loaded from the key master card of enterprise "
-              f"{format_enterprise_id(anchor.enterprise_id)} (identity key {anchor.public_key.hex()})" if anchor
-              else "not loaded from a key master card (made by onecard sam create-keystore)"))
+        print(
+            f"keystore {args.keystore}: "
+            + (
+                f"loaded from the key master card of enterprise "
+                f"{format_enterprise_id(anchor.enterprise_id)} (identity key {anchor.public_key.hex()})"
+                if anchor
+                else "not loaded from a key master card (made by onecard sam create-keystore)"
+            )
+        )
         print(_versions_line(keystore.infos()))
         print(key_table(keystore.infos()))
         return
@@ -248,8 +273,10 @@ def cmd_versions(args) -> None:
             info = client.card_info()
             print(mc.describe_card(info))
             if info.blocked:
-                raise mc.CardBlocked("the key master card is blocked and lists nothing; restore the latest backup into "
-                                     "a new master card (onecard sim restore-master-card for a simulated one)")
+                raise mc.CardBlocked(
+                    "the key master card is blocked and lists nothing; restore the latest backup into "
+                    "a new master card (onecard sim restore-master-card for a simulated one)"
+                )
             infos = client.key_infos()
         print(_versions_line(infos))
         print(key_table(infos))
@@ -273,12 +300,17 @@ def _check_psam_retirement(args, enterprise_id: bytes) -> None:
         raise KeysCliError(f"--retire-below {args.retire_below} is not 2..255: name the oldest key version to keep")
     versions = range(1, args.retire_below)
     if args.retire_although_cards_use_it:
-        print(f"WARNING: {OVERRIDE_FLAG}: key versions below {args.retire_below} retired from the PSAM without asking "
-              "the platform; any card still on them is refused by this PSAM", file=sys.stderr)
+        print(
+            f"WARNING: {OVERRIDE_FLAG}: key versions below {args.retire_below} retired from the PSAM without asking "
+            "the platform; any card still on them is refused by this PSAM",
+            file=sys.stderr,
+        )
         return
     if args.key_versions is None:
-        raise KeysCliError(f"--retire-below needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
-                           "while cards still use it")
+        raise KeysCliError(
+            f"--retire-below needs --key-versions REPORT, {REPORT_HELP}, so that no version is retired "
+            "while cards still use it"
+        )
     text = read_input(args.key_versions, "key-version report", "--key-versions").decode("utf-8", "replace")
     try:
         check_retirement(parse_report(text, f"--key-versions {args.key_versions}"), enterprise_id.hex(), versions)
@@ -306,30 +338,46 @@ def cmd_load_psam(args) -> None:
             others = sorted(format_enterprise_id(e) for e in held if e != info.enterprise_id)
             if challenge.trust == 2 and challenge.enterprise_id != info.enterprise_id or others:
                 theirs = format_enterprise_id(challenge.enterprise_id) if challenge.trust == 2 else others[0]
-                raise KeysRefused(f"enterprise mismatch: the PSAM belongs to enterprise {theirs}, the master card to "
-                                   f"{ours}; use enterprise {theirs}'s master card, or another PSAM")
+                raise KeysRefused(
+                    f"enterprise mismatch: the PSAM belongs to enterprise {theirs}, the master card to "
+                    f"{ours}; use enterprise {theirs}'s master card, or another PSAM"
+                )
             if challenge.trust == 2 and challenge.master_public_key != info.public_key:
-                raise KeysCliError("the PSAM was loaded by another key master card of this enterprise and accepts keys "
-                                   "only from that one (二次洗卡); use that card, or a card restored from its backup")
+                raise KeysCliError(
+                    "the PSAM was loaded by another key master card of this enterprise and accepts keys "
+                    "only from that one (二次洗卡); use that card, or a card restored from its backup"
+                )
             if challenge.trust == 1:
-                raise KeysCliError("the PSAM already holds keys that did not come from a key master card, so it cannot "
-                                   "prove a new load is the enterprise's; make a blank PSAM (onecard sim new-blank-psam)")
+                raise KeysCliError(
+                    "the PSAM already holds keys that did not come from a key master card, so it cannot "
+                    "prove a new load is the enterprise's; make a blank PSAM (onecard sim new-blank-psam)"
+                )
             client.verify_pin(pin)
-            blob = client.export_for_target(args.role, mc.TARGET_PSAM, challenge.serial, challenge.ephemeral_public_key,
-                                            keep_from_version=args.retire_below or 0)
+            blob = client.export_for_target(
+                args.role,
+                mc.TARGET_PSAM,
+                challenge.serial,
+                challenge.ephemeral_public_key,
+                keep_from_version=args.retire_below or 0,
+            )
             count = psam.load_keys(blob)
             infos = psam.key_infos()
         finally:
             psam.close()
     if args.retire_below is not None:
-        left = sorted({i.version for i in infos if i.enterprise_id == info.enterprise_id and
-                       i.version < args.retire_below})
+        left = sorted(
+            {i.version for i in infos if i.enterprise_id == info.enterprise_id and i.version < args.retire_below}
+        )
         if left:  # the PSAM answered success but kept them: never report a retirement that did not happen
-            raise KeysRefused(f"the PSAM still holds key version(s) {left}: it does not support retirement "
-                               "(docs/psam.md 4.9); replace it with a PSAM that does")
+            raise KeysRefused(
+                f"the PSAM still holds key version(s) {left}: it does not support retirement "
+                "(docs/psam.md 4.9); replace it with a PSAM that does"
+            )
         print(f"key versions below {args.retire_below} retired from PSAM {challenge.serial.hex()}")
-    print(f"PSAM {challenge.serial.hex()} loaded for role {args.role} from the key master card of enterprise {ours} "
-          f"({count} keys; it accepts later loads only from this master card)")
+    print(
+        f"PSAM {challenge.serial.hex()} loaded for role {args.role} from the key master card of enterprise {ours} "
+        f"({count} keys; it accepts later loads only from this master card)"
+    )
     print(key_table(infos))
 
 
@@ -347,15 +395,19 @@ def cmd_load_keystore(args) -> None:
     pin = read_pin(args.pin_file)
     unlock = _unlock(args)
     if not args.force and os.path.lexists(args.out):
-        raise KeysCliError(f"keystore {args.out} already exists; choose another path, add versions to it with "
-                           "'onecard keys add-version', or pass --force")
+        raise KeysCliError(
+            f"keystore {args.out} already exists; choose another path, add versions to it with "
+            "'onecard keys add-version', or pass --force"
+        )
     client, info = _open_unblocked(args.reader)
     with client:
         keys, anchor = _export_to_keystore(client, pin, args.role, info.anchor())
     keystore = Keystore(keys, anchor)
     save_keystore(args.out, keystore, unlock, overwrite=args.force)
-    print(f"wrote keystore {args.out} for role {args.role} from the key master card of enterprise "
-          f"{format_enterprise_id(info.enterprise_id)} ({len(keystore)} keys, locked with {unlock.kind})")
+    print(
+        f"wrote keystore {args.out} for role {args.role} from the key master card of enterprise "
+        f"{format_enterprise_id(info.enterprise_id)} ({len(keystore)} keys, locked with {unlock.kind})"
+    )
     print(key_table(keystore.infos()))
 
 
@@ -364,25 +416,33 @@ def cmd_add_version(args) -> None:
     unlock = _unlock(args)
     current = load_keystore(args.keystore, unlock)
     if current.master_card is None:
-        raise KeysRefused(f"keystore {args.keystore} was not loaded from a key master card, so new key versions cannot "
-                           "be proven to be the enterprise's (二次洗卡); load a new one with 'onecard keys load-keystore'")
+        raise KeysRefused(
+            f"keystore {args.keystore} was not loaded from a key master card, so new key versions cannot "
+            "be proven to be the enterprise's (二次洗卡); load a new one with 'onecard keys load-keystore'"
+        )
     client, info = _open_unblocked(args.reader)
     with client:
         if info.enterprise_id != current.master_card.enterprise_id:
-            raise KeysRefused(f"enterprise mismatch: the keystore belongs to enterprise "
-                               f"{format_enterprise_id(current.master_card.enterprise_id)}, the master card to "
-                               f"{format_enterprise_id(info.enterprise_id)}; use the keystore's own master card")
+            raise KeysRefused(
+                f"enterprise mismatch: the keystore belongs to enterprise "
+                f"{format_enterprise_id(current.master_card.enterprise_id)}, the master card to "
+                f"{format_enterprise_id(info.enterprise_id)}; use the keystore's own master card"
+            )
         if info.public_key != current.master_card.public_key:
-            raise KeysCliError("the keystore accepts keys only from the key master card that loaded it (二次洗卡); use that "
-                               "card, or a card restored from its backup")
+            raise KeysCliError(
+                "the keystore accepts keys only from the key master card that loaded it (二次洗卡); use that "
+                "card, or a card restored from its backup"
+            )
         keys, anchor = _export_to_keystore(client, pin, args.role, current.master_card)
     merged = {k.ident: k for k in current}
     added = 0
     for key in keys:
         old = merged.get(key.ident)
         if old is not None and old.key != key.key:
-            raise KeysCliError(f"the keystore's {key.describe()} differs from the master card's; it was not loaded from "
-                               "this key set: load a new keystore instead")
+            raise KeysCliError(
+                f"the keystore's {key.describe()} differs from the master card's; it was not loaded from "
+                "this key set: load a new keystore instead"
+            )
         added += old is None
         merged[key.ident] = key
     keystore = Keystore(merged.values(), anchor)
@@ -396,8 +456,10 @@ def cmd_new_recipient(args) -> None:
     _write_new(args.out_private, private, "private key file")
     _write_new(args.out_public, public, "public key file")
     print(f"backup recipient public key written to {args.out_public}: give it to 'onecard keys backup --recipient-key'")
-    print(f"KEEP THIS: the recipient private key {args.out_private}, offline and apart from the backups; without it no "
-          "backup can be restored, and with it anyone holding a backup has the key set")
+    print(
+        f"KEEP THIS: the recipient private key {args.out_private}, offline and apart from the backups; without it no "
+        "backup can be restored, and with it anyone holding a backup has the key set"
+    )
 
 
 def cmd_backup(args) -> None:
@@ -405,7 +467,9 @@ def cmd_backup(args) -> None:
     try:
         recipient = mc.load_recipient_public(read_input(args.recipient_key, "recipient key file", "--recipient-key"))
     except mc.ExportError as exc:
-        raise KeysCliError(f"{args.recipient_key}: {exc}; use the public key from 'onecard keys new-backup-recipient'") from None
+        raise KeysCliError(
+            f"{args.recipient_key}: {exc}; use the public key from 'onecard keys new-backup-recipient'"
+        ) from None
     if os.path.lexists(args.out):
         raise KeysCliError(f"backup file {args.out} already exists; choose another path (it is never overwritten)")
     client, info = _open_unblocked(args.reader)
@@ -413,8 +477,10 @@ def cmd_backup(args) -> None:
         client.verify_pin(pin)
         blob = client.backup(recipient)
     _write_new(args.out, blob, "backup file")
-    print(f"backup of the key master card of enterprise {format_enterprise_id(info.enterprise_id)} written to {args.out} "
-          f"({len(blob)} bytes, wrapped for the recipient key; export counter {mc.parse_export(blob).header.counter})")
+    print(
+        f"backup of the key master card of enterprise {format_enterprise_id(info.enterprise_id)} written to {args.out} "
+        f"({len(blob)} bytes, wrapped for the recipient key; export counter {mc.parse_export(blob).header.counter})"
+    )
     print(f"KEEP THIS: the backup {args.out}, in a safe place apart from the recipient private key")
 
 

@@ -12,6 +12,7 @@ Two halves, both sans-I/O except MasterCardClient.open:
 Key bytes exist in clear only inside the cards and inside sam/ (KeystoreTarget.open, open_backup) on the
 administrator's key-management station; they are never logged, printed or put in an exception message.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -38,8 +39,12 @@ PIN_TRIES = 3
 # --- codes shared with the PSAM (docs/psam.md 2) -----------------------------------------------------
 
 PURPOSE_CODES = {
-    KeyPurpose.ACCESS: 0x01, KeyPurpose.UPDATE: 0x02, KeyPurpose.TRANSPORT: 0x03,
-    KeyPurpose.PURCHASE: 0x04, KeyPurpose.LOAD: 0x05, KeyPurpose.TAC: 0x06,
+    KeyPurpose.ACCESS: 0x01,
+    KeyPurpose.UPDATE: 0x02,
+    KeyPurpose.TRANSPORT: 0x03,
+    KeyPurpose.PURCHASE: 0x04,
+    KeyPurpose.LOAD: 0x05,
+    KeyPurpose.TAC: 0x06,
 }
 PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
 USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
@@ -99,22 +104,30 @@ class ExportHeader:
     role: int
     target_kind: int
     enterprise_id: bytes
-    master_public_key: bytes     # the card's Ed25519 identity key
-    target_id: bytes             # 8 bytes
-    target_public_key: bytes     # X25519: the target's ephemeral key, or the backup recipient's key
-    card_ephemeral_key: bytes    # X25519, fresh for every export
-    counter: int                 # the card's export counter, +1 per export or backup
+    master_public_key: bytes  # the card's Ed25519 identity key
+    target_id: bytes  # 8 bytes
+    target_public_key: bytes  # X25519: the target's ephemeral key, or the backup recipient's key
+    card_ephemeral_key: bytes  # X25519, fresh for every export
+    counter: int  # the card's export counter, +1 per export or backup
 
     def encode(self, ciphertext_size: int) -> bytes:
-        return (MAGIC + bytes([FORMAT_VERSION, self.kind, self.role, self.target_kind]) + self.enterprise_id
-                + self.master_public_key + self.target_id + self.target_public_key + self.card_ephemeral_key
-                + self.counter.to_bytes(4, "big") + ciphertext_size.to_bytes(2, "big"))
+        return (
+            MAGIC
+            + bytes([FORMAT_VERSION, self.kind, self.role, self.target_kind])
+            + self.enterprise_id
+            + self.master_public_key
+            + self.target_id
+            + self.target_public_key
+            + self.card_ephemeral_key
+            + self.counter.to_bytes(4, "big")
+            + ciphertext_size.to_bytes(2, "big")
+        )
 
 
 @dataclass(frozen=True)
 class ParsedExport:
     header: ExportHeader
-    signed: bytes       # header || ciphertext: what the signature covers
+    signed: bytes  # header || ciphertext: what the signature covers
     header_bytes: bytes
     ciphertext: bytes
     signature: bytes
@@ -141,8 +154,9 @@ def _exchange(private: X25519PrivateKey, public: bytes) -> bytes:
         raise ExportError("the X25519 public key is a low-order point; it cannot be used") from None
 
 
-def seal_export(header: ExportHeader, plaintext: bytes, card_ephemeral: X25519PrivateKey,
-                identity: Ed25519PrivateKey) -> bytes:
+def seal_export(
+    header: ExportHeader, plaintext: bytes, card_ephemeral: X25519PrivateKey, identity: Ed25519PrivateKey
+) -> bytes:
     """The card's side: encrypt plaintext for header.target_public_key and sign everything with the identity key."""
     size = len(plaintext) + TAG_SIZE
     if HEADER_SIZE + size + SIGNATURE_SIZE > MAX_EXPORT_SIZE:
@@ -164,10 +178,24 @@ def parse_export(blob: bytes) -> ParsedExport:
     size = int.from_bytes(blob[120:122], "big")
     if len(blob) != HEADER_SIZE + size + SIGNATURE_SIZE or size < TAG_SIZE:
         raise ExportError("key export length does not match its header (truncated or padded)")
-    header = ExportHeader(blob[5], blob[6], blob[7], blob[8:12], blob[12:44], blob[44:52], blob[52:84], blob[84:116],
-                          int.from_bytes(blob[116:120], "big"))
-    return ParsedExport(header, blob[:HEADER_SIZE + size], blob[:HEADER_SIZE], blob[HEADER_SIZE:HEADER_SIZE + size],
-                        blob[HEADER_SIZE + size:])
+    header = ExportHeader(
+        blob[5],
+        blob[6],
+        blob[7],
+        blob[8:12],
+        blob[12:44],
+        blob[44:52],
+        blob[52:84],
+        blob[84:116],
+        int.from_bytes(blob[116:120], "big"),
+    )
+    return ParsedExport(
+        header,
+        blob[: HEADER_SIZE + size],
+        blob[:HEADER_SIZE],
+        blob[HEADER_SIZE : HEADER_SIZE + size],
+        blob[HEADER_SIZE + size :],
+    )
 
 
 def verify_export_signature(parsed: ParsedExport, public_key: bytes) -> None:
@@ -184,7 +212,9 @@ def open_export(parsed: ParsedExport, target_private: X25519PrivateKey) -> bytes
     try:
         return AESGCM(key).decrypt(nonce, parsed.ciphertext, parsed.header_bytes)
     except InvalidTag:
-        raise ExportError("the key export does not decrypt for this target (made for another one, or altered)") from None
+        raise ExportError(
+            "the key export does not decrypt for this target (made for another one, or altered)"
+        ) from None
 
 
 def encode_entries(keys: Iterable[MasterKey]) -> bytes:
@@ -205,7 +235,7 @@ def decode_entries(data: bytes, *, usages_required: bool = True) -> list[MasterK
         raise ExportError(f"key export holds {len(data)} bytes of entries, not a multiple of {ENTRY_SIZE}")
     keys = []
     for at in range(0, len(data), ENTRY_SIZE):
-        e = data[at:at + ENTRY_SIZE]
+        e = data[at : at + ENTRY_SIZE]
         purpose = PURPOSES_BY_CODE.get(e[4])
         if purpose is None or e[6] not in (1, 2) or e[7] & ~0x0F:
             raise ExportError(f"key export entry {at // ENTRY_SIZE} names an unknown purpose, algorithm or usage")
@@ -220,6 +250,7 @@ def decode_entries(data: bytes, *, usages_required: bool = True) -> list[MasterK
 
 
 # --- targets ------------------------------------------------------------------------------------------
+
 
 class KeystoreTarget:
     """The software keystore tool as an export target: an ephemeral X25519 key and a random 8-byte target ID.
@@ -292,8 +323,6 @@ class BackupContents:
     keys: list[MasterKey]
 
 
-
-
 def backup_target_id(recipient_public_key: bytes) -> bytes:
     """A backup's target ID: the first 8 bytes of SHA-256 of the recipient's X25519 public key."""
     digest = hashes.Hash(hashes.SHA256())
@@ -328,7 +357,9 @@ def new_recipient_key() -> tuple[bytes, bytes]:
     """(private key PEM, public key PEM) of a new X25519 backup recipient key."""
     private = X25519PrivateKey.generate()
     return (
-        private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
         private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo),
     )
 
@@ -354,6 +385,7 @@ def load_recipient_private(pem: bytes) -> X25519PrivateKey:
 
 
 # --- the client ---------------------------------------------------------------------------------------
+
 
 class Connection(Protocol):
     def transmit(self, apdu: bytes) -> bytes: ...
@@ -394,7 +426,9 @@ def parse_pin(data: bytes, source: str) -> bytes:
     elif data.endswith(b"\n"):
         data = data[:-1]
     if not (PIN_MIN <= len(data) <= PIN_MAX and data.isdigit() and data.isascii()):
-        raise MasterCardError(f"{source} does not hold a PIN of {PIN_MIN}..{PIN_MAX} digits; write only the digits in it")
+        raise MasterCardError(
+            f"{source} does not hold a PIN of {PIN_MIN}..{PIN_MAX} digits; write only the digits in it"
+        )
     return data
 
 
@@ -402,7 +436,9 @@ class MasterCardClient:
     """The key master card in a PC/SC reader (or any connection), selected once when made; the PIN session lasts as
     long as the connection."""
 
-    def __init__(self, connection: Connection, name: str = "master card reader", on_close: Callable[[], None] | None = None):
+    def __init__(
+        self, connection: Connection, name: str = "master card reader", on_close: Callable[[], None] | None = None
+    ):
         self._connection = connection
         self.name = name
         self._on_close = on_close
@@ -410,7 +446,8 @@ class MasterCardClient:
         if sw != 0x9000:
             raise MasterCardError(
                 f"the card in {name!r} is not a onecard key master card (SELECT answered {sw:04X}); "
-                "insert the enterprise's key master card (onecard sim new-master-card makes a simulated one)")
+                "insert the enterprise's key master card (onecard sim new-master-card makes a simulated one)"
+            )
 
     @classmethod
     def open(cls, reader: str, timeout: float = 3.0) -> MasterCardClient:
@@ -450,8 +487,10 @@ class MasterCardClient:
         try:
             answer = self._connection.transmit(apdu)
         except (CardRemoved, ReaderError) as exc:
-            raise MasterCardError(f"the key master card in {self.name!r} stopped answering during {what} ({exc}); "
-                                  "check it is seated and run the command again") from None
+            raise MasterCardError(
+                f"the key master card in {self.name!r} stopped answering during {what} ({exc}); "
+                "check it is seated and run the command again"
+            ) from None
         if len(answer) < 2:
             raise MasterCardError(f"the key master card answered {what} with {len(answer)} bytes; check the reader")
         return int.from_bytes(answer[-2:], "big"), bytes(answer[:-2])
@@ -461,32 +500,44 @@ class MasterCardClient:
             return CardBlocked(
                 f"the key master card in {self.name!r} is blocked (PIN tried wrong {PIN_TRIES} times) "
                 "and stays blocked; restore the latest backup into a new master card "
-                "(onecard sim restore-master-card for a simulated one) and destroy this one")
+                "(onecard sim restore-master-card for a simulated one) and destroy this one"
+            )
         if sw == 0x63C0:
             # The wrong PIN that used the last try: the card is blocked now (ISO 7816-4: 63 C0, no tries left).
             return CardBlocked(
                 f"wrong PIN for the key master card in {self.name!r}: that was the last of {PIN_TRIES} tries and the "
                 "card is now blocked for good; restore the latest backup into a new master card (onecard sim "
-                "restore-master-card for a simulated one) and destroy this one")
+                "restore-master-card for a simulated one) and destroy this one"
+            )
         if 0x63C1 <= sw <= 0x63CF:
             left = sw & 0x0F
-            return WrongPin(f"wrong PIN for the key master card: {left} tr{'y' if left == 1 else 'ies'} left before it "
-                            "blocks for good; check the PIN file", left)
+            return WrongPin(
+                f"wrong PIN for the key master card: {left} tr{'y' if left == 1 else 'ies'} left before it "
+                "blocks for good; check the PIN file",
+                left,
+            )
         if sw == 0x6982:
             return MasterCardError(f"the key master card refused {what}: PIN not verified; pass --pin-file")
         if sw == 0x6A89:
-            return MasterCardError(f"the key master card refused {what}: that key version exists already; "
-                                   "omit the version to get the next one")
+            return MasterCardError(
+                f"the key master card refused {what}: that key version exists already; "
+                "omit the version to get the next one"
+            )
         if sw == 0x6A84:
-            return MasterCardError(f"the key master card refused {what}: every key version 1..255 is used; "
-                                   "the enterprise needs a new master card")
+            return MasterCardError(
+                f"the key master card refused {what}: every key version 1..255 is used; "
+                "the enterprise needs a new master card"
+            )
         if sw == 0x6A80:
             return MasterCardError(f"the key master card refused the data of {what} (6A80); check the PIN or key given")
         if sw == 0x6581:
-            return MasterCardError(f"the key master card could not write its memory during {what} (6581); replace it "
-                                   "from backup")
-        return MasterCardError(f"the key master card answered {what} with status {sw:04X}; check it is a onecard key "
-                               "master card (docs/keys.md)")
+            return MasterCardError(
+                f"the key master card could not write its memory during {what} (6581); replace it from backup"
+            )
+        return MasterCardError(
+            f"the key master card answered {what} with status {sw:04X}; check it is a onecard key "
+            "master card (docs/keys.md)"
+        )
 
     def _ok(self, apdu: bytes, what: str) -> bytes:
         sw, data = self._send(apdu, what)
@@ -499,8 +550,10 @@ class MasterCardClient:
     def card_info(self) -> CardInfo:
         data = self._ok(bytes([0x80, 0xCA, 0x01, 0x00, 0x00]), "GET CARD INFO")
         if len(data) != 43:
-            raise MasterCardError(f"the key master card answered GET CARD INFO with {len(data)} bytes, expected 43; "
-                                  "check it is a onecard key master card")
+            raise MasterCardError(
+                f"the key master card answered GET CARD INFO with {len(data)} bytes, expected 43; "
+                "check it is a onecard key master card"
+            )
         return CardInfo(data[:4], data[4], data[5], data[6], int.from_bytes(data[7:11], "big"), data[11:43])
 
     def key_infos(self) -> list[KeyInfo]:
@@ -508,12 +561,16 @@ class MasterCardClient:
         while True:
             data = self._ok(bytes([0x80, 0xCA, 0x00, len(infos), 0x00]), "GET KEY INFO")
             if not data or (len(data) - 1) % 11:
-                raise MasterCardError("the key master card answered GET KEY INFO badly; check it is a onecard key master card")
+                raise MasterCardError(
+                    "the key master card answered GET KEY INFO badly; check it is a onecard key master card"
+                )
             total, entries = data[0], data[1:]
             try:
-                infos += [decode_key_info(entries[i:i + 11]) for i in range(0, len(entries), 11)]
+                infos += [decode_key_info(entries[i : i + 11]) for i in range(0, len(entries), 11)]
             except ValueError as exc:
-                raise MasterCardError(f"the key master card lists a key this onecard does not know ({exc}); upgrade onecard") from None
+                raise MasterCardError(
+                    f"the key master card lists a key this onecard does not know ({exc}); upgrade onecard"
+                ) from None
             if len(infos) >= total or not entries:
                 return infos
 
@@ -538,29 +595,37 @@ class MasterCardClient:
     def generate_version(self, version: int = 0) -> tuple[int, list[KeyInfo]]:
         data = self._ok(bytes([0x80, 0xD0, 0x00, version, 0x00]), "GENERATE KEY SET")
         if len(data) < 2 or len(data) != 2 + 11 * data[1]:
-            raise MasterCardError("the key master card answered GENERATE KEY SET badly; check it is a onecard key master card")
-        return data[0], [decode_key_info(data[2 + i:13 + i]) for i in range(0, 11 * data[1], 11)]
+            raise MasterCardError(
+                "the key master card answered GENERATE KEY SET badly; check it is a onecard key master card"
+            )
+        return data[0], [decode_key_info(data[2 + i : 13 + i]) for i in range(0, 11 * data[1], 11)]
 
     def _read_export(self, length: int, what: str) -> bytes:
         out = bytearray()
         while len(out) < length:
             chunk = self._ok(bytes([0x80, 0xC2, len(out) >> 8, len(out) & 0xFF, 0x00]), what)
             if not chunk:
-                raise MasterCardError(f"the key master card stopped giving its {what} at byte {len(out)}; run the command again")
+                raise MasterCardError(
+                    f"the key master card stopped giving its {what} at byte {len(out)}; run the command again"
+                )
             out += chunk
         return bytes(out[:length])
 
-    def export_for_target(self, role: str, target_kind: int, target_id: bytes, target_public_key: bytes,
-                          keep_from_version: int = 0) -> bytes:
+    def export_for_target(
+        self, role: str, target_kind: int, target_id: bytes, target_public_key: bytes, keep_from_version: int = 0
+    ) -> bytes:
         """keep_from_version 1..255 (PSAM only): the export is the PSAM's complete key set, versions below it left
         out, so the PSAM drops them (KIND_TARGET_SET); 0: an ordinary export of every version, added to the PSAM."""
         if not 0 <= keep_from_version <= 255:
             raise MasterCardError(f"keep_from_version {keep_from_version} is not 0..255")
         data = bytes([target_kind]) + target_id + target_public_key
-        answer = self._ok(bytes([0x80, 0xE4, ROLE_CODES[role], keep_from_version, len(data)]) + data + b"\x00",
-                          "EXPORT FOR TARGET")
+        answer = self._ok(
+            bytes([0x80, 0xE4, ROLE_CODES[role], keep_from_version, len(data)]) + data + b"\x00", "EXPORT FOR TARGET"
+        )
         if len(answer) != 2:
-            raise MasterCardError("the key master card answered EXPORT FOR TARGET badly; check it is a onecard key master card")
+            raise MasterCardError(
+                "the key master card answered EXPORT FOR TARGET badly; check it is a onecard key master card"
+            )
         return self._read_export(int.from_bytes(answer, "big"), "export")
 
     def backup(self, recipient_public_key: bytes) -> bytes:
@@ -572,6 +637,8 @@ class MasterCardClient:
 
 def describe_card(info: CardInfo) -> str:
     pin = "BLOCKED" if info.blocked else f"{info.pin_tries_left} of {PIN_TRIES} tries left"
-    return (f"key master card of enterprise {format_enterprise_id(info.enterprise_id)}: latest key version "
-            f"{info.latest_version}, {info.key_count} keys, {info.export_counter} exports so far, PIN {pin}, "
-            f"identity key {info.public_key.hex()}")
+    return (
+        f"key master card of enterprise {format_enterprise_id(info.enterprise_id)}: latest key version "
+        f"{info.latest_version}, {info.key_count} keys, {info.export_counter} exports so far, PIN {pin}, "
+        f"identity key {info.public_key.hex()}"
+    )

@@ -1,5 +1,6 @@
 """Which master keys, with which usages, each kind of key holder gets (docs/key-handling.md 3): one table for
 `onecard sam restrict --role`, the key master card's exports and the terminal self-test."""
+
 from __future__ import annotations
 
 from sam.interface import KeyPurpose, KeyUsage
@@ -18,8 +19,11 @@ ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
     # needs no more), and puts every card key on the cards it personalises. Never MAC or verify on TAC (that would
     # forge or test TACs), nor PURCHASE beyond personalise.
     "issuing": {
-        KeyPurpose.UPDATE: frozenset({_M, _V, _P}), KeyPurpose.TRANSPORT: frozenset({_M, _P}),
-        KeyPurpose.ACCESS: frozenset({_P}), KeyPurpose.PURCHASE: frozenset({_P}), KeyPurpose.LOAD: frozenset({_M, _P}),
+        KeyPurpose.UPDATE: frozenset({_M, _V, _P}),
+        KeyPurpose.TRANSPORT: frozenset({_M, _P}),
+        KeyPurpose.ACCESS: frozenset({_P}),
+        KeyPurpose.PURCHASE: frozenset({_P}),
+        KeyPurpose.LOAD: frozenset({_M, _P}),
         KeyPurpose.TAC: frozenset({_P}),
     },
 }

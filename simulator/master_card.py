@@ -6,6 +6,7 @@ Ed25519 identity key. Keys leave it only sealed for one target (EXPORT FOR TARGE
 EEPROM: replaced atomically and fsync'd before an answer leaves the card (the PIN retry counter is written down
 *before* the PIN is compared, so pulling the card cannot save a wrong guess).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,12 +91,13 @@ def _valid_pin(pin: bytes) -> bool:
 
 # --- the EEPROM -------------------------------------------------------------------------------------
 
+
 @dataclass
 class MasterCardState:
     """Everything the card keeps across power cycles."""
 
     enterprise_id: bytes
-    identity_seed: bytes           # Ed25519 private key (32 bytes)
+    identity_seed: bytes  # Ed25519 private key (32 bytes)
     pin_salt: bytes
     pin_hash: bytes
     pin_tries_left: int = PIN_TRIES
@@ -124,8 +126,15 @@ class MasterCardState:
             "pin_hash": self.pin_hash.hex(),
             "pin_tries_left": self.pin_tries_left,
             "export_counter": self.export_counter,
-            "keys": [{"purpose": p.value, "version": v, "algorithm": algorithm_name(a), "key": self.keys[(p, v, a)].reveal().hex()}
-                     for (p, v, a) in self.sorted_names()],
+            "keys": [
+                {
+                    "purpose": p.value,
+                    "version": v,
+                    "algorithm": algorithm_name(a),
+                    "key": self.keys[(p, v, a)].reveal().hex(),
+                }
+                for (p, v, a) in self.sorted_names()
+            ],
         }
 
     @classmethod
@@ -136,9 +145,16 @@ class MasterCardState:
         for k in doc["keys"]:
             name = (KeyPurpose(k["purpose"]), int(k["version"]), parse_algorithm(k["algorithm"]))
             keys[name] = SecretKey(bytes.fromhex(k["key"]))
-        state = cls(parse_enterprise_id(doc["enterprise_id"]), bytes.fromhex(doc["identity_seed"]),
-                    bytes.fromhex(doc["pin_salt"]), bytes.fromhex(doc["pin_hash"]), int(doc["pin_tries_left"]),
-                    int(doc["export_counter"]), keys, str(doc.get("label", "")))
+        state = cls(
+            parse_enterprise_id(doc["enterprise_id"]),
+            bytes.fromhex(doc["identity_seed"]),
+            bytes.fromhex(doc["pin_salt"]),
+            bytes.fromhex(doc["pin_hash"]),
+            int(doc["pin_tries_left"]),
+            int(doc["export_counter"]),
+            keys,
+            str(doc.get("label", "")),
+        )
         if len(state.identity_seed) != 32 or not 0 <= state.pin_tries_left <= PIN_TRIES:
             raise ValueError("identity seed or PIN counter out of range")
         return state
@@ -155,12 +171,16 @@ class MasterCardStateFile(StateFile[MasterCardState]):
 
     def damaged(self, exc: Exception) -> str:
         # Never quote the document: it holds keys.
-        return (f"key master card file {self.path} is not valid ({type(exc).__name__}); restore the card from its "
-                "backup with 'onecard sim restore-master-card'")
+        return (
+            f"key master card file {self.path} is not valid ({type(exc).__name__}); restore the card from its "
+            "backup with 'onecard sim restore-master-card'"
+        )
 
     def write_failed(self, exc: OSError) -> None:
-        raise StateFileError(f"cannot write key master card file {self.path} ({exc.strerror}); check free space, "
-                             "permissions and that the directory exists") from None
+        raise StateFileError(
+            f"cannot write key master card file {self.path} ({exc.strerror}); check free space, "
+            "permissions and that the directory exists"
+        ) from None
 
 
 def new_master_card_state(enterprise_id: bytes, pin: bytes, label: str = "") -> MasterCardState:
@@ -173,8 +193,9 @@ def new_master_card_state(enterprise_id: bytes, pin: bytes, label: str = "") -> 
     return MasterCardState(enterprise_id, secrets.token_bytes(32), salt, _pin_hash(salt, pin), keys=keys, label=label)
 
 
-def restored_master_card_state(enterprise_id: bytes, identity_seed: bytes, counter: int, keys: list[MasterKey],
-                               pin: bytes, label: str = "") -> MasterCardState:
+def restored_master_card_state(
+    enterprise_id: bytes, identity_seed: bytes, counter: int, keys: list[MasterKey], pin: bytes, label: str = ""
+) -> MasterCardState:
     """A new card holding a backup's identity, counter and keys, with a fresh PIN."""
     state = new_master_card_state(enterprise_id, pin, label)
     state.identity_seed = bytes(identity_seed)
@@ -184,6 +205,7 @@ def restored_master_card_state(enterprise_id: bytes, identity_seed: bytes, count
 
 
 # --- the application --------------------------------------------------------------------------------
+
 
 class MasterCardApplet:
     """The key master card: feed it command APDUs, get response APDUs. Never raises on bad input."""
@@ -298,7 +320,7 @@ class MasterCardApplet:
             return SW_WRONG_LENGTH
         if self.blocked:
             return SW_BLOCKED
-        old, new = cmd.data[1:1 + cmd.data[0]], cmd.data[1 + cmd.data[0]:]
+        old, new = cmd.data[1 : 1 + cmd.data[0]], cmd.data[1 + cmd.data[0] :]
         if not _valid_pin(old) or not _valid_pin(new):
             return SW_WRONG_DATA
         wrong = self._check_pin(old)
@@ -324,8 +346,13 @@ class MasterCardApplet:
         if cmd.p1 == 0x01 and cmd.p2 == 0x00:
             s = self.state
             public = Ed25519PrivateKey.from_private_bytes(s.identity_seed).public_key().public_bytes_raw()
-            return (s.enterprise_id + bytes([s.pin_tries_left, s.latest_version, min(len(s.keys), 255)])
-                    + s.export_counter.to_bytes(4, "big") + public + SW_OK)
+            return (
+                s.enterprise_id
+                + bytes([s.pin_tries_left, s.latest_version, min(len(s.keys), 255)])
+                + s.export_counter.to_bytes(4, "big")
+                + public
+                + SW_OK
+            )
         if cmd.p1 != 0x00:
             return SW_WRONG_P1P2
         if self.blocked:
@@ -333,14 +360,17 @@ class MasterCardApplet:
         names = self.state.sorted_names()
         if cmd.p2 > len(names):
             return SW_RECORD_NOT_FOUND
-        page = names[cmd.p2:cmd.p2 + KEY_INFOS_PER_RESPONSE]
+        page = names[cmd.p2 : cmd.p2 + KEY_INFOS_PER_RESPONSE]
         return bytes([min(len(names), 255)]) + b"".join(self._key_info(n) for n in page) + SW_OK
 
     def _key_info(self, name: KeyName) -> bytes:
         purpose, version, algorithm = name
         # The usages byte is 00: the master card holds keys, the role of each export decides their usages.
-        return (self.state.enterprise_id + bytes([PURPOSE_CODES[purpose], version, int(algorithm), 0x00])
-                + bytes.fromhex(key_check_value(algorithm, self.state.keys[name].reveal())))
+        return (
+            self.state.enterprise_id
+            + bytes([PURPOSE_CODES[purpose], version, int(algorithm), 0x00])
+            + bytes.fromhex(key_check_value(algorithm, self.state.keys[name].reveal()))
+        )
 
     # --- keys ---------------------------------------------------------------------------------------
 
@@ -374,16 +404,25 @@ class MasterCardApplet:
             out += self.state.keys[(purpose, version, algorithm)].reveal()
         return bytes(out)
 
-    def _seal(self, kind: int, role: int, target_kind: int, target_id: bytes, target_public: bytes,
-              plaintext: bytes) -> bytes:
+    def _seal(
+        self, kind: int, role: int, target_kind: int, target_id: bytes, target_public: bytes, plaintext: bytes
+    ) -> bytes:
         counter = self.state.export_counter + 1
         if counter > 0xFFFFFFFF:
             return SW_NO_SPACE
         identity = Ed25519PrivateKey.from_private_bytes(self.state.identity_seed)
         ephemeral = X25519PrivateKey.generate()  # fresh per export: its secret dies with this command
-        header = ExportHeader(kind, role, target_kind, self.state.enterprise_id,
-                              identity.public_key().public_bytes_raw(), target_id, target_public,
-                              ephemeral.public_key().public_bytes_raw(), counter)
+        header = ExportHeader(
+            kind,
+            role,
+            target_kind,
+            self.state.enterprise_id,
+            identity.public_key().public_bytes_raw(),
+            target_id,
+            target_public,
+            ephemeral.public_key().public_bytes_raw(),
+            counter,
+        )
         try:
             blob = seal_export(header, plaintext, ephemeral, identity)
         except ExportError:
@@ -410,8 +449,14 @@ class MasterCardApplet:
         if not names:
             return SW_CONDITIONS
         self._export = None
-        return self._seal(KIND_TARGET_SET if cmd.p2 else KIND_TARGET, cmd.p1, target_kind, cmd.data[1:9], cmd.data[9:41],
-                          self._entries(names, lambda p: rules[p]))
+        return self._seal(
+            KIND_TARGET_SET if cmd.p2 else KIND_TARGET,
+            cmd.p1,
+            target_kind,
+            cmd.data[1:9],
+            cmd.data[9:41],
+            self._entries(names, lambda p: rules[p]),
+        )
 
     def _backup(self, cmd: Command) -> bytes:
         if cmd.p1 != 0x00 or cmd.p2 != 0x00:
@@ -434,7 +479,7 @@ class MasterCardApplet:
         offset = (cmd.p1 << 8) | cmd.p2
         if offset >= len(self._export):
             return SW_OFFSET
-        return self._export[offset:offset + READ_CHUNK] + SW_OK
+        return self._export[offset : offset + READ_CHUNK] + SW_OK
 
 
 def _tlv(tag: int, value: bytes) -> bytes:
@@ -442,6 +487,7 @@ def _tlv(tag: int, value: bytes) -> bytes:
 
 
 # --- files ------------------------------------------------------------------------------------------
+
 
 def load_master_card(path: str | os.PathLike[str]) -> MasterCardApplet:
     """Open a master card file as it would sit in a reader."""
@@ -455,4 +501,3 @@ def write_master_card(path: str | os.PathLike[str], state: MasterCardState, over
         raise FileExistsError(f"key master card file {path} exists; pick another name (never overwrite a master card)")
     MasterCardStateFile(path).save(state)
     return path
-

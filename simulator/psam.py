@@ -9,6 +9,7 @@ The key operations and the TSN/reversal rules are sam.software.SoftwareSam's, ru
 adds the APDU layer (parsing, status words) and the EEPROM. A real PSAM is an independent implementation of
 docs/psam.md; sam.pcsc_sam.PcscSam talks to either.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,12 @@ STATE_FORMAT = "onecard-sim-psam/1"
 
 # docs/psam.md 2: one byte per purpose, one bit per usage.
 PURPOSE_CODES = {
-    KeyPurpose.ACCESS: 0x01, KeyPurpose.UPDATE: 0x02, KeyPurpose.TRANSPORT: 0x03,
-    KeyPurpose.PURCHASE: 0x04, KeyPurpose.LOAD: 0x05, KeyPurpose.TAC: 0x06,
+    KeyPurpose.ACCESS: 0x01,
+    KeyPurpose.UPDATE: 0x02,
+    KeyPurpose.TRANSPORT: 0x03,
+    KeyPurpose.PURCHASE: 0x04,
+    KeyPurpose.LOAD: 0x05,
+    KeyPurpose.TAC: 0x06,
 }
 PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
 USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
@@ -84,10 +89,10 @@ MAX_LOAD_SIZE = 8192
 
 CARD_BLOCK_SIZE = 14  # ASN 8, enterprise ID 4, key version 1, algorithm ID 1
 LC = {
-    INS_INIT_PURCHASE: CARD_BLOCK_SIZE + 4 + 2 + 4 + 6 + 4 + 3,             # 0x25
-    INS_VERIFY_PURCHASE_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,          # 0x24
-    INS_LOAD_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 6 + 4 + 3 + 8,         # 0x31
-    INS_VERIFY_LOAD_MAC3: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,              # 0x24
+    INS_INIT_PURCHASE: CARD_BLOCK_SIZE + 4 + 2 + 4 + 6 + 4 + 3,  # 0x25
+    INS_VERIFY_PURCHASE_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,  # 0x24
+    INS_LOAD_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 6 + 4 + 3 + 8,  # 0x31
+    INS_VERIFY_LOAD_MAC3: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 8,  # 0x24
     INS_REVERSAL_MAC2: CARD_BLOCK_SIZE + 4 + 2 + 4 + 4 + 6 + 4 + 3 + 8 + 4,  # 0x35
 }
 
@@ -117,6 +122,7 @@ _REVERSAL_SW = {"not-last": SW_NOT_LAST_PURCHASE, "not-debited": SW_NOT_DEBITED,
 
 # --- the EEPROM -------------------------------------------------------------------------------------
 
+
 @dataclass
 class PsamState:
     """Everything the PSAM keeps across power cycles."""
@@ -142,34 +148,63 @@ class PsamState:
             "label": self.label,
             # Keys in clear: this file plays the chip's EEPROM, which no command can read. Keep it 0600.
             "keys": [
-                {"enterprise_id": k.enterprise_id.hex(), "purpose": k.purpose.value, "version": k.version,
-                 "algorithm": algorithm_name(k.algorithm), "usages": sorted(u.value for u in k.usages),
-                 "key": k.key.reveal().hex()}
+                {
+                    "enterprise_id": k.enterprise_id.hex(),
+                    "purpose": k.purpose.value,
+                    "version": k.version,
+                    "algorithm": algorithm_name(k.algorithm),
+                    "usages": sorted(u.value for u in k.usages),
+                    "key": k.key.reveal().hex(),
+                }
                 for k in self.keys
             ],
             "sam_state": state_to_json(self.sam_state),
             # Written only once set, so PSAM files that never met a master card keep their exact format.
             **({"serial": self.serial.hex()} if self.serial else {}),
-            **({"master_card": {"enterprise_id": self.master_card.enterprise_id.hex(),
-                                "public_key": self.master_card.public_key.hex(),
-                                "last_counter": self.master_card.last_counter}} if self.master_card else {}),
+            **(
+                {
+                    "master_card": {
+                        "enterprise_id": self.master_card.enterprise_id.hex(),
+                        "public_key": self.master_card.public_key.hex(),
+                        "last_counter": self.master_card.last_counter,
+                    }
+                }
+                if self.master_card
+                else {}
+            ),
         }
 
     @classmethod
     def from_json(cls, doc: object) -> PsamState:
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-            raise ValueError(f"not a simulated PSAM state file (format {doc.get('format') if isinstance(doc, dict) else None!r})")
+            raise ValueError(
+                f"not a simulated PSAM state file (format {doc.get('format') if isinstance(doc, dict) else None!r})"
+            )
         keys = [
-            MasterKey(parse_enterprise_id(k["enterprise_id"]), KeyPurpose(k["purpose"]), k["version"],
-                      parse_algorithm(k["algorithm"]), frozenset(KeyUsage(u) for u in k["usages"]),
-                      SecretKey(bytes.fromhex(k["key"])))
+            MasterKey(
+                parse_enterprise_id(k["enterprise_id"]),
+                KeyPurpose(k["purpose"]),
+                k["version"],
+                parse_algorithm(k["algorithm"]),
+                frozenset(KeyUsage(u) for u in k["usages"]),
+                SecretKey(bytes.fromhex(k["key"])),
+            )
             for k in doc["keys"]
         ]
         anchor = doc.get("master_card")
-        return cls(Keystore(keys), state_from_json(doc["sam_state"]), str(doc.get("label", "")),
-                   bytes.fromhex(doc.get("serial", "")),
-                   None if anchor is None else MasterCardAnchor(parse_enterprise_id(anchor["enterprise_id"]),
-                                                                bytes.fromhex(anchor["public_key"]), anchor["last_counter"]))
+        return cls(
+            Keystore(keys),
+            state_from_json(doc["sam_state"]),
+            str(doc.get("label", "")),
+            bytes.fromhex(doc.get("serial", "")),
+            None
+            if anchor is None
+            else MasterCardAnchor(
+                parse_enterprise_id(anchor["enterprise_id"]),
+                bytes.fromhex(anchor["public_key"]),
+                anchor["last_counter"],
+            ),
+        )
 
 
 class PsamStateFile(StateFile[PsamState]):
@@ -183,12 +218,16 @@ class PsamStateFile(StateFile[PsamState]):
 
     def damaged(self, exc: Exception) -> str:
         # The messages name fields and positions, never the document's contents: it holds keys.
-        return (f"PSAM file {self.path} is not a valid simulated PSAM ({type(exc).__name__}: {exc}); "
-                "make a new one with 'onecard sim new-psam'")
+        return (
+            f"PSAM file {self.path} is not a valid simulated PSAM ({type(exc).__name__}: {exc}); "
+            "make a new one with 'onecard sim new-psam'"
+        )
 
     def write_failed(self, exc: OSError) -> None:
-        raise StateFileError(f"cannot write PSAM file {self.path} ({exc.strerror}); check free space, permissions "
-                             "and that the directory exists") from None
+        raise StateFileError(
+            f"cannot write PSAM file {self.path} ({exc.strerror}); check free space, permissions "
+            "and that the directory exists"
+        ) from None
 
 
 class _EepromStore:
@@ -208,6 +247,7 @@ class _EepromStore:
 
 
 # --- the application --------------------------------------------------------------------------------
+
 
 class PsamApplet:
     """The PSAM: feed it command APDUs, get response APDUs. Never raises on bad input."""
@@ -331,7 +371,9 @@ class PsamApplet:
         r = _Fields(cmd.data)
         card, random, counter, balance, amount, mac3 = r.card(), r.take(4), r.u16(), r.u32(), r.u32(), r.take(8)
         # MAC3 covers neither terminal ID, date nor time (docs/card-application.md 5.2).
-        self._sam.verify_load_mac3(LoadSession(card, random, counter, balance, amount, bytes(6), bytes(4), bytes(3)), mac3)
+        self._sam.verify_load_mac3(
+            LoadSession(card, random, counter, balance, amount, bytes(6), bytes(4), bytes(3)), mac3
+        )
         return SW_OK
 
     def _reversal_mac2(self, cmd: Command) -> bytes:
@@ -369,13 +411,17 @@ class PsamApplet:
             return SW_WRONG_P1P2
         if cmd.data:
             return SW_WRONG_LENGTH
-        entries = [encode_key_info(info) for info in sorted(
-            self._sam.key_infos(), key=lambda i: (i.enterprise_id, PURPOSE_CODES[i.purpose], i.version, int(i.algorithm)))]
+        entries = [
+            encode_key_info(info)
+            for info in sorted(
+                self._sam.key_infos(),
+                key=lambda i: (i.enterprise_id, PURPOSE_CODES[i.purpose], i.version, int(i.algorithm)),
+            )
+        ]
         start = cmd.p2
         if start > len(entries):
             return SW_RECORD_NOT_FOUND
-        return bytes([len(entries)]) + b"".join(entries[start:start + KEY_INFOS_PER_RESPONSE]) + SW_OK
-
+        return bytes([len(entries)]) + b"".join(entries[start : start + KEY_INFOS_PER_RESPONSE]) + SW_OK
 
     # --- key loading from the key master card (docs/psam.md 4.9, docs/keys.md 6) ---------------------
 
@@ -397,8 +443,13 @@ class PsamApplet:
         self._load_private = X25519PrivateKey.generate()
         anchor = self.state.master_card
         trust = 0x02 if anchor else (0x01 if len(self.state.keys) else 0x00)
-        return (self.state.serial + self._load_private.public_key().public_bytes_raw() + bytes([trust])
-                + (anchor.enterprise_id + anchor.public_key if anchor else bytes(36)) + SW_OK)
+        return (
+            self.state.serial
+            + self._load_private.public_key().public_bytes_raw()
+            + bytes([trust])
+            + (anchor.enterprise_id + anchor.public_key if anchor else bytes(36))
+            + SW_OK
+        )
 
     def state_write(self, new: PsamState) -> None:
         """EEPROM first, then the PSAM's state (raises StateFileError: the caller answers 6581)."""
@@ -454,8 +505,11 @@ class PsamApplet:
         except mc.ExportError:
             return SW_NOT_FOR_THIS_PSAM
         # A complete set (the signed header says so) replaces the enterprise's keys: what it leaves out is retired.
-        merged = {key.ident: key for key in self.state.keys
-                  if h.kind == mc.KIND_TARGET or key.enterprise_id != h.enterprise_id}
+        merged = {
+            key.ident: key
+            for key in self.state.keys
+            if h.kind == mc.KIND_TARGET or key.enterprise_id != h.enterprise_id
+        }
         if h.kind == mc.KIND_TARGET_SET and not keys:
             return SW_WRONG_DATA
         held = {key.ident: key for key in self.state.keys}
@@ -466,8 +520,11 @@ class PsamApplet:
             if old is not None and old.key != key.key:
                 return SW_KEY_EXISTS  # a key name never changes its bytes: that would silently re-key every card
             merged[key.ident] = key
-        new = replace(self.state, keys=Keystore(merged.values()),
-                      master_card=MasterCardAnchor(h.enterprise_id, h.master_public_key, h.counter))
+        new = replace(
+            self.state,
+            keys=Keystore(merged.values()),
+            master_card=MasterCardAnchor(h.enterprise_id, h.master_public_key, h.counter),
+        )
         self.state_write(new)
         self._sam = SoftwareSam(new.keys, _EepromStore(self))
         return bytes([min(len(new.keys), 255)]) + SW_OK
@@ -478,8 +535,11 @@ def encode_key_info(info) -> bytes:
     usages = 0
     for usage in info.usages:
         usages |= USAGE_BITS[usage]
-    return (info.enterprise_id + bytes([PURPOSE_CODES[info.purpose], info.version, int(info.algorithm), usages])
-            + bytes.fromhex(info.kcv))
+    return (
+        info.enterprise_id
+        + bytes([PURPOSE_CODES[info.purpose], info.version, int(info.algorithm), usages])
+        + bytes.fromhex(info.kcv)
+    )
 
 
 class _Fields:
@@ -490,7 +550,7 @@ class _Fields:
         self._at = 0
 
     def take(self, n: int) -> bytes:
-        chunk = self._data[self._at:self._at + n]
+        chunk = self._data[self._at : self._at + n]
         self._at += n
         return chunk
 
@@ -519,6 +579,7 @@ def _tlv(tag: int, value: bytes) -> bytes:
 
 # --- making PSAMs -----------------------------------------------------------------------------------
 
+
 def psam_from_keystore(keystore: Keystore, label: str = "") -> PsamState:
     """The PSAM a keystore becomes: usages cut to verify/mac/reversal; refuses TAC keys outright."""
     tac = [key.describe() for key in keystore if key.purpose is KeyPurpose.TAC]
@@ -530,7 +591,9 @@ def psam_from_keystore(keystore: Keystore, label: str = "") -> PsamState:
         )
     kept = [key for key in keystore.restricted(PSAM_USAGES)]
     if not kept:
-        raise ValueError("no key of the keystore has a usage a PSAM offers (verify, mac, reversal); check it with 'onecard sam list'")
+        raise ValueError(
+            "no key of the keystore has a usage a PSAM offers (verify, mac, reversal); check it with 'onecard sam list'"
+        )
     return PsamState(Keystore(kept), SamState(), label)
 
 

@@ -4,6 +4,7 @@ Frames both ways are a 2-byte big-endian length and a payload; a 1-byte payload 
 1-byte command APDU framed the same way: one that is no control code, or 00 / 01 / 02 followed by silence (vpcd is
 waiting for its answer), is answered 67 00 as a card answers a command too short for a header.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,9 +68,18 @@ class VirtualIcc:
     def inserted(self) -> bool:
         return not self._removed.is_set()
 
-    def insert(self, card: VirtualCard, tear_after: int | None = None, label: str | None = None,
-               connect_timeout: float = 5.0, *, stall_at: int | None = None, stall_seconds: float = 0.0,
-               truncate_at: int | None = None, truncate_to: int = 0) -> None:
+    def insert(
+        self,
+        card: VirtualCard,
+        tear_after: int | None = None,
+        label: str | None = None,
+        connect_timeout: float = 5.0,
+        *,
+        stall_at: int | None = None,
+        stall_seconds: float = 0.0,
+        truncate_at: int | None = None,
+        truncate_to: int = 0,
+    ) -> None:
         """Put `card` in the field (replacing any card already there)."""
         for name, k in (("tear_after", tear_after), ("stall_at", stall_at), ("truncate_at", truncate_at)):
             if k is not None and k < 1:
@@ -89,7 +99,8 @@ class VirtualIcc:
             sock.close()
             raise VpcdUnreachable(
                 f"no vpcd reader listens on {self.host}:{self.port} ({exc.strerror or exc}); "
-                f"start pcscd with a vpcd reader on that port (see simulator.pcscd.private_pcscd)") from None
+                f"start pcscd with a vpcd reader on that port (see simulator.pcscd.private_pcscd)"
+            ) from None
         sock.settimeout(None)
         with self._lock:
             self._sock = sock
@@ -97,11 +108,19 @@ class VirtualIcc:
             self.torn = False
             self.removal_reason = None
             self._removed.clear()
-            self._thread = threading.Thread(target=self._serve, args=(sock, card, faults),
-                                            name=f"vicc-{self.port}", daemon=True)
+            self._thread = threading.Thread(
+                target=self._serve, args=(sock, card, faults), name=f"vicc-{self.port}", daemon=True
+            )
             self._thread.start()
-        log_event(log, "card-inserted", port=self.port, card=self.label, tear_after=tear_after, stall_at=stall_at,
-                  truncate_at=truncate_at)
+        log_event(
+            log,
+            "card-inserted",
+            port=self.port,
+            card=self.label,
+            tear_after=tear_after,
+            stall_at=stall_at,
+            truncate_at=truncate_at,
+        )
 
     def remove(self, reason: str = "removed") -> None:
         """Take the card out of the field now; returns once the card is powered off."""
@@ -131,8 +150,14 @@ class VirtualIcc:
                 if pending is not None:
                     readable, _, _ = select.select([sock], [], [], AMBIGUOUS_WAIT)
                     if not readable:  # vpcd is waiting for an answer: it was a 1-byte command, not a control code
-                        log_event(log, "vpcd-short-command", level=logging.WARNING, port=self.port,
-                                  apdu=f"{pending:02x}", msg="1-byte command answered 67 00 (wrong length)")
+                        log_event(
+                            log,
+                            "vpcd-short-command",
+                            level=logging.WARNING,
+                            port=self.port,
+                            apdu=f"{pending:02x}",
+                            msg="1-byte command answered 67 00 (wrong length)",
+                        )
                         pending = None
                         sock.sendall(_LEN.pack(len(SW_WRONG_LENGTH)) + SW_WRONG_LENGTH)
                         continue
@@ -162,7 +187,7 @@ class VirtualIcc:
                         continue  # removed while stalling: the serving loop sees the closed socket
                 response = card.transmit(message)
                 if self.apdu_count == faults.truncate_at:
-                    response = response[:faults.truncate_to]
+                    response = response[: faults.truncate_to]
                 if tear_after is not None and self.apdu_count >= tear_after:
                     with self._lock:
                         self.torn = True
@@ -185,8 +210,9 @@ class VirtualIcc:
                 if self._sock is sock:
                     self._sock = None
                     self._thread = None
-            log_event(log, "card-removed", port=self.port, card=self.label, reason=self.removal_reason,
-                      apdus=self.apdu_count)
+            log_event(
+                log, "card-removed", port=self.port, card=self.label, reason=self.removal_reason, apdus=self.apdu_count
+            )
             self._removed.set()
 
     def _control(self, card: VirtualCard, code: int) -> bytes | None:
@@ -197,8 +223,14 @@ class VirtualIcc:
         elif code == CTRL_POWER_OFF:
             card.power_off()
         else:
-            log_event(log, "vpcd-short-command", level=logging.WARNING, port=self.port, apdu=f"{code:02x}",
-                      msg="1-byte command answered 67 00 (wrong length)")
+            log_event(
+                log,
+                "vpcd-short-command",
+                level=logging.WARNING,
+                port=self.port,
+                apdu=f"{code:02x}",
+                msg="1-byte command answered 67 00 (wrong length)",
+            )
         return None
 
 

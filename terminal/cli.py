@@ -1,4 +1,5 @@
 """`onecard terminal ...`: boot a terminal from firmware.toml and serve taps until stopped."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,20 +16,32 @@ from terminal.adapters import build_terminal, read_config, utc_now
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="serve taps on the configured reader until Ctrl-C")
     run.add_argument("--config", required=True, type=Path, help="path of firmware.toml")
-    run.add_argument("--display-snapshots", type=Path, metavar="DIR",
-                     help="also write every screen the display shows as DIR/NNNN-kind.png")
-    run.add_argument("--story-clock", type=Path, metavar="FILE",
-                     help="demo only, never on a real terminal: the terminal's time is the ISO time in FILE plus the "
-                          "time since FILE was last written (onecard demo moves it from scene to scene)")
+    run.add_argument(
+        "--display-snapshots",
+        type=Path,
+        metavar="DIR",
+        help="also write every screen the display shows as DIR/NNNN-kind.png",
+    )
+    run.add_argument(
+        "--story-clock",
+        type=Path,
+        metavar="FILE",
+        help="demo only, never on a real terminal: the terminal's time is the ISO time in FILE plus the "
+        "time since FILE was last written (onecard demo moves it from scene to scene)",
+    )
     run.set_defaults(handler=cmd_run)
     check = sub.add_parser("check-config", help="validate firmware.toml and print what it sets up")
     check.add_argument("--config", required=True, type=Path)
     check.set_defaults(handler=cmd_check_config)
     files = sub.add_parser("files", help="where the documented firmware.toml and the systemd units are installed")
-    files.add_argument("--path", metavar="NAME", help="print only the path of this file, e.g. firmware.toml or "
-                       "onecard-terminal.service")
+    files.add_argument(
+        "--path",
+        metavar="NAME",
+        help="print only the path of this file, e.g. firmware.toml or onecard-terminal.service",
+    )
     files.set_defaults(handler=cmd_files)
     from terminal import install_cli  # the installer's commands: provision, selftest
+
     install_cli.add_subcommands(sub)
 
 
@@ -69,23 +82,28 @@ def cmd_run(args) -> int:
     systemd = Notifier()
     with ExitStack() as stack:
         wiring = getattr(args, "wiring", None)
-        terminal, reader = build_terminal(config, stack, wait_for_reader=True,
-                                          simulated_reader=wiring.simulated_card_reader if wiring else None,
-                                          snapshot_dir=args.display_snapshots)
+        terminal, reader = build_terminal(
+            config,
+            stack,
+            wait_for_reader=True,
+            simulated_reader=wiring.simulated_card_reader if wiring else None,
+            snapshot_dir=args.display_snapshots,
+        )
         keypad = None
         if config.terminal.kind in ("pos", "topup"):
             # Before the first tap: a till without keys refuses to start instead of silently taking nothing.
             from terminal.keypad import HELP, open_keypad
+
             k = config.keypad
             keypad = open_keypad(config.terminal.kind, k.driver, k.device, k.baudrate)
             stack.callback(keypad.close)
         if config.status.port:
             from terminal.status_page import StatusPage
+
             page = StatusPage(config, terminal.live_status, config.status.host, config.status.port)
             stack.callback(page.close)
         if keypad is not None:
-            print(f"[{config.terminal.name}] keypad ({config.keypad.driver}): {HELP[config.terminal.kind]}",
-                  flush=True)
+            print(f"[{config.terminal.name}] keypad ({config.keypad.driver}): {HELP[config.terminal.kind]}", flush=True)
         systemd.ready(f"{config.terminal.kind} terminal {config.terminal.id} serving taps")
         try:
             terminal.run(reader, clock, stop, keypad=keypad, heartbeat=systemd.heartbeat)
@@ -117,18 +135,31 @@ def cmd_check_config(args) -> int:
     print(f"reader {c.reader.driver} {c.reader.name or c.reader.path or c.reader.card}")
     print(f"sam {c.sam.backend} {c.sam.keystore or c.sam.reader}")
     if t.kind == "door":
-        print(f"door group {c.door.group}, relay {c.door.open_seconds:g} s, held-open alarm after "
-              f"{c.door.held_open_seconds:g} s")
+        print(
+            f"door group {c.door.group}, relay {c.door.open_seconds:g} s, held-open alarm after "
+            f"{c.door.held_open_seconds:g} s"
+        )
     else:
         print(f"attendance repeat window {c.attendance.repeat_window_seconds:g} s")
     o, d = c.output, c.door
     if o.driver == "gpio":
-        pins = {"strike": d.strike_pin if t.kind == "door" else 0, "contact": d.contact_pin if t.kind == "door" else 0,
-                "exit button": d.rex_pin if t.kind == "door" else 0, "green LED": o.green_led_pin,
-                "red LED": o.red_led_pin, "buzzer": o.buzzer_pin}
-        print("gpio " + ", ".join(f"{name} GPIO{pin}" for name, pin in pins.items() if pin)
-              + (f"; {d.lock} strike, relay active {'high' if d.strike_active_high else 'low'}"
-                 if t.kind == "door" and d.strike_pin else ""))
+        pins = {
+            "strike": d.strike_pin if t.kind == "door" else 0,
+            "contact": d.contact_pin if t.kind == "door" else 0,
+            "exit button": d.rex_pin if t.kind == "door" else 0,
+            "green LED": o.green_led_pin,
+            "red LED": o.red_led_pin,
+            "buzzer": o.buzzer_pin,
+        }
+        print(
+            "gpio "
+            + ", ".join(f"{name} GPIO{pin}" for name, pin in pins.items() if pin)
+            + (
+                f"; {d.lock} strike, relay active {'high' if d.strike_active_high else 'low'}"
+                if t.kind == "door" and d.strike_pin
+                else ""
+            )
+        )
     else:
         print("outputs on the console")
     if c.display.driver != "none":

@@ -8,6 +8,7 @@ card, log the outcome after; every step is idempotent, so a card pulled out anyw
 authenticated freeze (APPLICATION BLOCK), and every amount is logged. No I/O of its own: `transmit`, the SAM, the
 registry (the platform), the event log and the time are passed in.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,7 +41,7 @@ class IssueRequest:
     valid_to: dt.date
     time_profile: int = 0
     purse_expiry: dt.date | None = None  # default: valid_to
-    max_balance: int = 200_000           # fen
+    max_balance: int = 200_000  # fen
 
     def holder_file(self, name: str) -> bytes:
         if len(self.employee_no.encode()) > 16 or len(name.encode()) > 32:
@@ -57,9 +58,14 @@ class IssueRequest:
         return bcd.encode_date(self.purse_expiry or self.valid_to) + self.max_balance.to_bytes(4, "big")
 
     def rights(self) -> dict:
-        return {"door_groups": sorted(self.door_groups), "time_profile": self.time_profile,
-                "valid_from": self.valid_from.isoformat(), "valid_to": self.valid_to.isoformat(),
-                "purse_expiry": (self.purse_expiry or self.valid_to).isoformat(), "max_balance": self.max_balance}
+        return {
+            "door_groups": sorted(self.door_groups),
+            "time_profile": self.time_profile,
+            "valid_from": self.valid_from.isoformat(),
+            "valid_to": self.valid_to.isoformat(),
+            "purse_expiry": (self.purse_expiry or self.valid_to).isoformat(),
+            "max_balance": self.max_balance,
+        }
 
 
 @dataclass(frozen=True)
@@ -68,11 +74,11 @@ class Backup:
 
     old_asn: str
     employee_no: str
-    holder: bytes          # EF_HOLDER, 48 bytes
-    access: bytes          # EF_ACCESS, 32 bytes
-    purse: bytes           # EF_PURSE's first 8 bytes: expiry || maximum balance
-    balance: int           # fen: proven by the old card's APPLICATION BLOCK, or the platform's figure
-    source: str            # "card" or "platform"
+    holder: bytes  # EF_HOLDER, 48 bytes
+    access: bytes  # EF_ACCESS, 32 bytes
+    purse: bytes  # EF_PURSE's first 8 bytes: expiry || maximum balance
+    balance: int  # fen: proven by the old card's APPLICATION BLOCK, or the platform's figure
+    source: str  # "card" or "platform"
     records: list[dict] = field(default_factory=list)
 
 
@@ -82,7 +88,7 @@ class IssuingTerminal:
     registry: Registry
     event_log: object
     enterprise_id: bytes
-    terminal_id: bytes      # 6 bytes BCD
+    terminal_id: bytes  # 6 bytes BCD
     timezone: zoneinfo.ZoneInfo = zoneinfo.ZoneInfo("Asia/Shanghai")
 
     @property
@@ -97,31 +103,44 @@ class IssuingTerminal:
     def _log(self, now, kind, asn, reason, message, detail):
         return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
 
-    def _require(self, info: cp.CardInfo, needs: dict[KeyPurpose, frozenset[KeyUsage]], version: int | None,
-                 flow: str) -> None:
+    def _require(
+        self, info: cp.CardInfo, needs: dict[KeyPurpose, frozenset[KeyUsage]], version: int | None, flow: str
+    ) -> None:
         """Refuse before the first irreversible step unless this SAM holds each key with each usage the whole flow
         needs (at the card's key version; `version` None: at any version, for the card not tapped yet)."""
         held: dict[KeyPurpose, set[KeyUsage]] = {}
         for k in self.sam.key_infos():
-            if (k.enterprise_id == info.enterprise_id and k.algorithm == info.algorithm
-                    and (version is None or k.version == version)):
+            if (
+                k.enterprise_id == info.enterprise_id
+                and k.algorithm == info.algorithm
+                and (version is None or k.version == version)
+            ):
                 held.setdefault(k.purpose, set()).update(k.usages)
         for purpose, usages in needs.items():
             missing = sorted(u.value for u in usages - held.get(purpose, set()))
             if missing:
                 at = "" if version is None else f" version {version}"
-                raise Refusal("sam_cannot_finish", f"This SAM cannot finish the {flow}: its {purpose.value} key{at} "
-                              f"lacks usage {', '.join(missing)}; nothing was changed. Load the issuing role "
-                              "(onecard keys load --role issuing, or sam restrict --role issuing) and tap again",
-                              info.asn_hex, {"purpose": purpose.value, "missing": missing})
+                raise Refusal(
+                    "sam_cannot_finish",
+                    f"This SAM cannot finish the {flow}: its {purpose.value} key{at} "
+                    f"lacks usage {', '.join(missing)}; nothing was changed. Load the issuing role "
+                    "(onecard keys load --role issuing, or sam restrict --role issuing) and tap again",
+                    info.asn_hex,
+                    {"purpose": purpose.value, "missing": missing},
+                )
 
     def _platform_card(self, asn: str, allowed: tuple[str, ...], flow: str) -> dict:
         """The platform's record of the card, before anything changes: reachable, registered, in a status the flow
         can finish from."""
         c = self._registry(self.registry.card, asn)
         if c["status"] not in allowed:
-            raise Refusal("platform_refused", f"The platform lists card {asn} as {c['status']}: the {flow} needs it "
-                          f"{' or '.join(allowed)}; nothing was changed", asn, {"status": c["status"]})
+            raise Refusal(
+                "platform_refused",
+                f"The platform lists card {asn} as {c['status']}: the {flow} needs it "
+                f"{' or '.join(allowed)}; nothing was changed",
+                asn,
+                {"status": c["status"]},
+            )
         return c
 
     def _registry(self, fn, *args, **kwargs):
@@ -144,8 +163,9 @@ class IssuingTerminal:
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot write the card: {exc}", info.asn_hex) from None
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", f"Card refused the personalisation ({exc}): tap it again", info.asn_hex) \
-                from None
+            raise Refusal(
+                "card_error", f"Card refused the personalisation ({exc}): tap it again", info.asn_hex
+            ) from None
 
     def _blank_card(self, transmit) -> cp.CardInfo:
         info = self._select(transmit)
@@ -160,12 +180,20 @@ class IssuingTerminal:
             return  # a plain 13.56 MHz IC card is not tied to a phone number
         phone = holder["phone"]
         if not phone:
-            raise Refusal("no_phone", f"Employee {employee_no} has no phone number on the platform: an RFID-SIM "
-                          "one-card is issued to a phone number; register it first", info.asn_hex)
+            raise Refusal(
+                "no_phone",
+                f"Employee {employee_no} has no phone number on the platform: an RFID-SIM "
+                "one-card is issued to a phone number; register it first",
+                info.asn_hex,
+            )
         other = self.registry.card_of_phone(phone)
         if other is not None and other != except_asn:
-            raise Refusal("phone_has_card", f"Phone number {phone} already holds one-card {other}: one phone number "
-                          "holds one one-card; cancel or replace that card instead", info.asn_hex)
+            raise Refusal(
+                "phone_has_card",
+                f"Phone number {phone} already holds one-card {other}: one phone number "
+                "holds one one-card; cancel or replace that card instead",
+                info.asn_hex,
+            )
 
     def issue(self, transmit, req: IssueRequest, now: dt.datetime) -> str:
         """Personalise a washed card for an employee and register it; returns its ASN. Raises Refusal."""
@@ -187,12 +215,19 @@ class IssuingTerminal:
         asn = info.asn_hex
         intent = self.event_log.last_event(asn, (ISSUE_INTENT,))
         if intent is None:
-            raise Refusal("unknown_card", "This active card was not issued by this terminal: see the administrator",
-                          asn)
+            raise Refusal(
+                "unknown_card", "This active card was not issued by this terminal: see the administrator", asn
+            )
         d = intent.detail
         self._registry(self.registry.register, self.eid, d["employee_no"], asn, d["rights"], info.key_version)
-        self._log(now, ISSUED, asn, "issued", f"Issued to employee {d['employee_no']}",
-                  {"employee_no": d["employee_no"], "key_version": info.key_version, "intent_seq": intent.seq})
+        self._log(
+            now,
+            ISSUED,
+            asn,
+            "issued",
+            f"Issued to employee {d['employee_no']}",
+            {"employee_no": d["employee_no"], "key_version": info.key_version, "intent_seq": intent.seq},
+        )
         return asn
 
     # --- replacement ------------------------------------------------------------------------------
@@ -208,21 +243,28 @@ class IssuingTerminal:
             access = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_ACCESS, 0, 32)), "EF_ACCESS", 32)
             purse, records = bytes(8), []
             if info.purse_expiry is not None:
-                purse = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_PURSE, 0, 12)), "EF_PURSE",
-                                             12)[:8]
+                purse = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_PURSE, 0, 12)), "EF_PURSE", 12)[:8]
                 for n in range(1, 11):
                     record = cp.parse_record(transmit(cp.read_record_command(n)))
                     if record is None:
                         break
                     records.append(record.to_json())
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", f"Old card could not be read ({exc}): tap it again, or replace it from the "
-                          "platform's records", asn) from None
+            raise Refusal(
+                "card_error",
+                f"Old card could not be read ({exc}): tap it again, or replace it from the platform's records",
+                asn,
+            ) from None
         employee_no = holder[:16].rstrip(b"\x00").decode("utf-8", "replace")
         if info.status != cp.STATUS_VOIDED:
             self.check_replacement(info)
-        backup = {"holder": holder.hex(), "access": access.hex(), "purse": purse.hex(), "records": records,
-                  "employee_no": employee_no}
+        backup = {
+            "holder": holder.hex(),
+            "access": access.hex(),
+            "purse": purse.hex(),
+            "records": records,
+            "employee_no": employee_no,
+        }
         # The backup reaches the log before the card is voided: whatever happens next, nothing is lost.
         self._log(now, VOID_INTENT, asn, "intent", "Backing up and voiding the old card", backup)
         try:
@@ -232,10 +274,20 @@ class IssuingTerminal:
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", f"Old card did not confirm the void ({exc}): tap it again", asn) from None
         if self.event_log.last_event(asn, (VOIDED,)) is None:
-            self._log(now, VOIDED, asn, "voided", f"Old card voided with balance {format_yuan(frozen.balance)}",
-                      {"balance": frozen.balance, "offline_counter": frozen.offline_counter,
-                       "online_counter": frozen.online_counter, "proof": frozen.mac.hex(),
-                       "key_version": info.key_version})
+            self._log(
+                now,
+                VOIDED,
+                asn,
+                "voided",
+                f"Old card voided with balance {format_yuan(frozen.balance)}",
+                {
+                    "balance": frozen.balance,
+                    "offline_counter": frozen.offline_counter,
+                    "online_counter": frozen.online_counter,
+                    "proof": frozen.mac.hex(),
+                    "key_version": info.key_version,
+                },
+            )
         self._tell_voided(asn, frozen)
         return Backup(asn, employee_no, holder, access, purse, frozen.balance, "card", records)
 
@@ -243,32 +295,52 @@ class IssuingTerminal:
         """Everything a replacement needs, checked before the old card is voided: the keys to void it (UPDATE mac +
         verify of its version), to write and load the new card (UPDATE mac, LOAD mac), and the platform's record
         of the old card (registered, active or lost, so `replace` will be accepted)."""
-        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version,
-                      "replacement")
-        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.PERSONALISE}),
-                             KeyPurpose.LOAD: frozenset({KeyUsage.MAC})}, None, "replacement")
+        self._require(
+            info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version, "replacement"
+        )
+        self._require(
+            info,
+            {
+                KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.PERSONALISE}),
+                KeyPurpose.LOAD: frozenset({KeyUsage.MAC}),
+            },
+            None,
+            "replacement",
+        )
         self._platform_card(info.asn_hex, ("ACTIVE", "LOST", "VOIDED"), "replacement")
 
     def _tell_voided(self, asn: str, frozen: cp.FrozenPurse) -> None:
         try:
             self.registry.voided(asn, frozen.balance, frozen.mac.hex(), self.terminal_id.hex())
         except RegistryError as exc:
-            raise Refusal("platform_refused", f"Card voided with balance {format_yuan(frozen.balance)}, but the "
-                          f"platform could not record it ({exc}): tap the same card again to finish", asn) from None
+            raise Refusal(
+                "platform_refused",
+                f"Card voided with balance {format_yuan(frozen.balance)}, but the "
+                f"platform could not record it ({exc}): tap the same card again to finish",
+                asn,
+            ) from None
 
     def backup_from_platform(self, old_asn: str, req: IssueRequest) -> Backup:
         """No readable old card: the new card is written from the platform's records (rights and balance)."""
         c = self._registry(self.registry.card, old_asn)
         holder = self._registry(self.registry.holder, c["enterprise_id"], c["employee_no"])
-        return Backup(c["asn"], c["employee_no"], req.holder_file(holder["name"]), req.access_file(),
-                      req.purse_file(), c["balance_cents"], "platform")
+        return Backup(
+            c["asn"],
+            c["employee_no"],
+            req.holder_file(holder["name"]),
+            req.access_file(),
+            req.purse_file(),
+            c["balance_cents"],
+            "platform",
+        )
 
     def replace(self, transmit, backup: Backup, now: dt.datetime) -> str:
         """Write the backup onto a washed card, load the carried balance, register the replacement. Re-tap safe."""
         info = self._select(transmit)
         if info.asn_hex == backup.old_asn.upper():
-            raise Refusal("old_card", "This is the old card (now voided): take it away and tap the NEW washed card",
-                          info.asn_hex)
+            raise Refusal(
+                "old_card", "This is the old card (now voided): take it away and tap the NEW washed card", info.asn_hex
+            )
         info = self._blank_card(transmit)
         asn = info.asn_hex
         if self.event_log.last_event(asn, (REPLACED,)) is not None:
@@ -276,16 +348,37 @@ class IssuingTerminal:
         if info.status == cp.STATUS_TRANSPORT:
             holder = self._registry(self.registry.holder, self.eid, backup.employee_no)
             self._check_phone(holder, info, backup.employee_no, except_asn=backup.old_asn)
-            self._log(now, ISSUE_INTENT, asn, "intent", f"Replacing card {backup.old_asn}",
-                      {"employee_no": backup.employee_no, "replaces": backup.old_asn, "key_version": info.key_version,
-                       "rights": {}})
+            self._log(
+                now,
+                ISSUE_INTENT,
+                asn,
+                "intent",
+                f"Replacing card {backup.old_asn}",
+                {
+                    "employee_no": backup.employee_no,
+                    "replaces": backup.old_asn,
+                    "key_version": info.key_version,
+                    "rights": {},
+                },
+            )
             self._write_card(transmit, info, backup.holder, backup.access, backup.purse)
         loaded = self._restore_balance(transmit, info, backup, now)
         self._registry(self.registry.replace, backup.old_asn, asn, info.key_version)
-        self._log(now, REPLACED, asn, "replaced",
-                  f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
-                  {"old_asn": backup.old_asn, "balance_carried": backup.balance, "balance_loaded": loaded,
-                   "source": backup.source, "key_version": info.key_version, "employee_no": backup.employee_no})
+        self._log(
+            now,
+            REPLACED,
+            asn,
+            "replaced",
+            f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
+            {
+                "old_asn": backup.old_asn,
+                "balance_carried": backup.balance,
+                "balance_loaded": loaded,
+                "source": backup.source,
+                "key_version": info.key_version,
+                "employee_no": backup.employee_no,
+            },
+        )
         return asn
 
     def _restore_balance(self, transmit, info: cp.CardInfo, backup: Backup, now: dt.datetime) -> int:
@@ -300,48 +393,86 @@ class IssuingTerminal:
             if proof is not None:
                 try:
                     self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
-                    self._log(now, RESTORED, asn, "completed", f"Balance {format_yuan(d['amount'])} restored",
-                              {**d, "tac": proof.tac.hex(), "intent_seq": last.seq, "resolved_at_next_tap": True})
+                    self._log(
+                        now,
+                        RESTORED,
+                        asn,
+                        "completed",
+                        f"Balance {format_yuan(d['amount'])} restored",
+                        {**d, "tac": proof.tac.hex(), "intent_seq": last.seq, "resolved_at_next_tap": True},
+                    )
                     return d["amount"]
                 except MacVerificationError:
                     pass
-            self._log(now, RESTORE_ABANDONED, asn, "not_on_card", "Interrupted balance restore did not happen",
-                      {"intent_seq": last.seq, "amount": d["amount"]})
+            self._log(
+                now,
+                RESTORE_ABANDONED,
+                asn,
+                "not_on_card",
+                "Interrupted balance restore did not happen",
+                {"intent_seq": last.seq, "amount": d["amount"]},
+            )
         if backup.balance == 0:
             return 0
         local = now.astimezone(self.timezone)
         try:
             init = pp.parse_init_load(transmit(pp.init_load_command(backup.balance, self.terminal_id)))
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", f"New card refused the balance load ({exc}): check its maximum balance",
-                          asn) from None
-        d = {"amount": backup.balance, "counter": init.counter, "random": init.random.hex(),
-             "date": local.strftime("%Y%m%d"), "time": local.strftime("%H%M%S"), "key_version": init.key_version,
-             "algorithm": init.algorithm.name, "balance_before": init.balance, "old_asn": backup.old_asn}
+            raise Refusal(
+                "card_error", f"New card refused the balance load ({exc}): check its maximum balance", asn
+            ) from None
+        d = {
+            "amount": backup.balance,
+            "counter": init.counter,
+            "random": init.random.hex(),
+            "date": local.strftime("%Y%m%d"),
+            "time": local.strftime("%H%M%S"),
+            "key_version": init.key_version,
+            "algorithm": init.algorithm.name,
+            "balance_before": init.balance,
+            "old_asn": backup.old_asn,
+        }
         session = self._load_session(info, d)
         try:
             mac2 = self.sam.load_mac2(session, init.mac1)
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot load the carried balance: {exc}", asn) from None
-        intent = self._log(now, RESTORE_INTENT, asn, "intent", f"Restoring balance {format_yuan(backup.balance)}",
-                           d)
+        intent = self._log(now, RESTORE_INTENT, asn, "intent", f"Restoring balance {format_yuan(backup.balance)}", d)
         try:
             proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
             self.sam.verify_load_mac3(session, proof.mac)
         except (cp.CardProtocolError, MacVerificationError) as exc:
             # Maybe loaded, maybe not: the intent is logged, and the next tap asks the card (GET TRANSACTION PROVE).
-            raise Refusal("unconfirmed", f"Balance load not confirmed ({exc}): tap the NEW card again; the station "
-                          "asks the card whether it arrived and never loads it twice", asn) from None
-        self._log(now, RESTORED, asn, "completed", f"Balance {format_yuan(backup.balance)} restored",
-                  {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False})
+            raise Refusal(
+                "unconfirmed",
+                f"Balance load not confirmed ({exc}): tap the NEW card again; the station "
+                "asks the card whether it arrived and never loads it twice",
+                asn,
+            ) from None
+        self._log(
+            now,
+            RESTORED,
+            asn,
+            "completed",
+            f"Balance {format_yuan(backup.balance)} restored",
+            {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False},
+        )
         return backup.balance
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
         from sam.interface import Algorithm
+
         card = info.identity(d["key_version"], Algorithm[d["algorithm"]])
-        return LoadSession(card=card, card_random=bytes.fromhex(d["random"]), counter=d["counter"],
-                           balance_before=d["balance_before"], amount=d["amount"], terminal_id=self.terminal_id,
-                           date=bytes.fromhex(d["date"]), time=bytes.fromhex(d["time"]))
+        return LoadSession(
+            card=card,
+            card_random=bytes.fromhex(d["random"]),
+            counter=d["counter"],
+            balance_before=d["balance_before"],
+            amount=d["amount"],
+            terminal_id=self.terminal_id,
+            date=bytes.fromhex(d["date"]),
+            time=bytes.fromhex(d["time"]),
+        )
 
     # --- cancellation and application deletion ----------------------------------------------------
 
@@ -360,37 +491,69 @@ class IssuingTerminal:
         self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version, flow)
         registered = self._registry(self.registry.is_registered, asn)
         # A card the platform already closed (a re-tap after a tear at the very end) needs no void record.
-        open_there = registered and self._platform_card(
-            asn, ("ACTIVE", "LOST", "VOIDED", "CANCELLED"), flow)["status"] != "CANCELLED"
+        open_there = (
+            registered
+            and self._platform_card(asn, ("ACTIVE", "LOST", "VOIDED", "CANCELLED"), flow)["status"] != "CANCELLED"
+        )
         if not registered and info.status != cp.STATUS_VOIDED:
-            raise Refusal("platform_refused", f"Card {asn} is not registered with the platform: a card voided here "
-                          "must be known there with its frozen balance; register it (or check the platform database) "
-                          "first; nothing was changed", asn)
+            raise Refusal(
+                "platform_refused",
+                f"Card {asn} is not registered with the platform: a card voided here "
+                "must be known there with its frozen balance; register it (or check the platform database) "
+                "first; nothing was changed",
+                asn,
+            )
         if info.status == cp.STATUS_ACTIVE and info.purse_expiry is not None:
             try:
                 balance = pp.parse_balance(transmit(pp.get_balance_command()))
             except cp.CardProtocolError as exc:
-                raise Refusal("card_error", f"Card did not answer GET BALANCE ({exc}): tap it again; nothing was "
-                              "changed", asn) from None
+                raise Refusal(
+                    "card_error", f"Card did not answer GET BALANCE ({exc}): tap it again; nothing was changed", asn
+                ) from None
             if balance and not settle:
-                raise Refusal("balance_remains", f"Card still holds {format_yuan(balance)}: settle it first "
-                              "(refund the holder, then confirm the settlement)", asn, {"balance": balance})
-        self._log(now, kind + ".intent", asn, "intent", "Voiding and erasing the application",
-                  {"settle": settle, "key_version": info.key_version})
+                raise Refusal(
+                    "balance_remains",
+                    f"Card still holds {format_yuan(balance)}: settle it first "
+                    "(refund the holder, then confirm the settlement)",
+                    asn,
+                    {"balance": balance},
+                )
+        self._log(
+            now,
+            kind + ".intent",
+            asn,
+            "intent",
+            "Voiding and erasing the application",
+            {"settle": settle, "key_version": info.key_version},
+        )
         channel = AdminChannel(transmit, self.sam, info)
         try:
             frozen = channel.block()
             if open_there:
                 self._tell_voided(asn, frozen)
             if frozen.balance and not settle:
-                raise Refusal("balance_remains", f"Card still holds {format_yuan(frozen.balance)}: settle it first",
-                              asn, {"balance": frozen.balance})
+                raise Refusal(
+                    "balance_remains",
+                    f"Card still holds {format_yuan(frozen.balance)}: settle it first",
+                    asn,
+                    {"balance": frozen.balance},
+                )
             # The settled amount is in the log, with the card's proof, before the purse is erased; once per card
             # (a re-tap after a tear finds the card voided and gets the same frozen balance again).
             if self.event_log.last_event(asn, (kind + ".settled",)) is None:
-                self._log(now, kind + ".settled", asn, "settled", f"Balance {format_yuan(frozen.balance)} settled",
-                          {"balance": frozen.balance, "proof": frozen.mac.hex(),
-                           "offline_counter": frozen.offline_counter, "online_counter": frozen.online_counter})
+                self._log(
+                    now,
+                    kind + ".settled",
+                    asn,
+                    "settled",
+                    f"Balance {format_yuan(frozen.balance)} settled",
+                    {
+                        "balance": frozen.balance,
+                        "proof": frozen.mac.hex(),
+                        "offline_counter": frozen.offline_counter,
+                        "online_counter": frozen.online_counter,
+                    },
+                )
             channel.erase()
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot cancel the card: {exc}", asn) from None
@@ -398,6 +561,12 @@ class IssuingTerminal:
             raise Refusal("card_error", f"Card did not confirm ({exc}): tap it again", asn) from None
         if registered and self._registry(self.registry.card, asn)["status"] not in ("CANCELLED", "REPLACED"):
             self._registry(self.registry.cancel, asn, settle)
-        self._log(now, kind, asn, "completed", "Application deleted" if deletion else "Card cancelled",
-                  {"settled": frozen.balance})
+        self._log(
+            now,
+            kind,
+            asn,
+            "completed",
+            "Application deleted" if deletion else "Card cancelled",
+            {"settled": frozen.balance},
+        )
         return frozen.balance

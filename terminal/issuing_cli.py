@@ -5,6 +5,7 @@ The station's keystore, its reader (or a simulated card file) and its own event 
 registry is the platform, reached over MQTT with the station's own certificate (terminal/registry_client.py): the
 station never opens the platform's database and never holds its signing key.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,28 +18,45 @@ from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 
 def add_flow_subcommands(sub: argparse._SubParsersAction) -> None:
-    card = _station(sub.add_parser("card", help="issue (发卡): personalise a washed card for an employee and "
-                                                "register it"))
+    card = _station(
+        sub.add_parser("card", help="issue (发卡): personalise a washed card for an employee and register it")
+    )
     _rights(card)
-    replace = _station(sub.add_parser("replace", help="replacement (补换卡): back up and void the old card if it "
-                                                      "is here, write its data and balance onto a washed new card"))
-    replace.add_argument("--old-asn", help="the old card's ASN when it is lost or unreadable: the new card is then "
-                                           "written from the platform's records")
+    replace = _station(
+        sub.add_parser(
+            "replace",
+            help="replacement (补换卡): back up and void the old card if it "
+            "is here, write its data and balance onto a washed new card",
+        )
+    )
+    replace.add_argument(
+        "--old-asn",
+        help="the old card's ASN when it is lost or unreadable: the new card is then "
+        "written from the platform's records",
+    )
     replace.add_argument("--old-card", type=Path, help="simulated old card file (with --card for the new one)")
     _rights(replace, required=False)
-    cancel = _station(sub.add_parser("cancel", help="cancellation (注销): balance settled first, application voided "
-                                                    "and its personalisation erased, platform told"))
+    cancel = _station(
+        sub.add_parser(
+            "cancel",
+            help="cancellation (注销): balance settled first, application voided "
+            "and its personalisation erased, platform told",
+        )
+    )
     cancel.add_argument("--settle", action="store_true", help="refund the balance left on the card (it is logged)")
-    cancel.add_argument("--delete", action="store_true", help="application deletion at the holder's request "
-                                                              "rather than cancellation")
+    cancel.add_argument(
+        "--delete", action="store_true", help="application deletion at the holder's request rather than cancellation"
+    )
     for p, handler in ((card, cmd_card), (replace, cmd_replace), (cancel, cmd_cancel)):
         p.set_defaults(handler=handler)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     """`onecard issue wash|rekey` (batches) and `card|replace|cancel` (one card flow each)."""
-    for name, help_ in (("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
-                        ("rekey", "re-key cards tapped one after another to a new key version (rotation)")):
+    for name, help_ in (
+        ("wash", "wash cards tapped one after another: transport keys -> enterprise keys"),
+        ("rekey", "re-key cards tapped one after another to a new key version (rotation)"),
+    ):
         c = station_arguments(sub.add_parser(name, help=help_))
         c.add_argument("--to-version", required=True, type=int, help="enterprise key version 1..255")
         c.add_argument("--count", type=int, help="stop after this many cards (default: until Ctrl-C)")
@@ -67,8 +85,12 @@ def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--broker-ca", required=True, type=Path, help="the platform CA certificate (ca.pem)")
     p.add_argument("--cert", required=True, type=Path, help="this station's certificate (CN = --terminal-id)")
     p.add_argument("--cert-key", required=True, type=Path, help="this station's certificate key")
-    p.add_argument("--platform-public-key", required=True, type=Path,
-                   help="the platform's Ed25519 public key (PEM): its answers must verify against it")
+    p.add_argument(
+        "--platform-public-key",
+        required=True,
+        type=Path,
+        help="the platform's Ed25519 public key (PEM): its answers must verify against it",
+    )
     p.add_argument("--registry-timeout", type=float, default=10.0, help="seconds to wait for each platform answer")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each card")
     return p
@@ -97,8 +119,10 @@ def open_station_sam(args):
 def _wiring(args):
     wiring = getattr(args, "wiring", None)
     if wiring is None:
-        raise UserError("--card (a simulated card file) works only under the onecard command, which wires the "
-                        "simulator in; use --reader with a real reader here")
+        raise UserError(
+            "--card (a simulated card file) works only under the onecard command, which wires the "
+            "simulator in; use --reader with a real reader here"
+        )
     return wiring
 
 
@@ -128,8 +152,16 @@ def _request(args, enterprise: bytes):
         expiry = dt.date.fromisoformat(args.purse_expiry) if args.purse_expiry else None
     except ValueError:
         raise UserError("--groups must be numbers separated by commas and dates YYYY-MM-DD") from None
-    return IssueRequest(enterprise, args.employee or "", groups, valid_from, valid_to, args.time_profile, expiry,
-                        parse_yuan(args.max_balance, "--max-balance"))
+    return IssueRequest(
+        enterprise,
+        args.employee or "",
+        groups,
+        valid_from,
+        valid_to,
+        args.time_profile,
+        expiry,
+        parse_yuan(args.max_balance, "--max-balance"),
+    )
 
 
 @contextlib.contextmanager
@@ -151,9 +183,14 @@ def _issuing_terminal(args):
         raise UserError(f"--terminal-id {args.terminal_id!r} is not 12 digits")
     sam = open_station_sam(args)
     try:
-        registry = MqttRegistry(args.terminal_id, args.broker_host, args.broker_port,
-                                TlsFiles(args.broker_ca, args.cert, args.cert_key),
-                                load_platform_public_key(args.platform_public_key), args.registry_timeout).connect()
+        registry = MqttRegistry(
+            args.terminal_id,
+            args.broker_host,
+            args.broker_port,
+            TlsFiles(args.broker_ca, args.cert, args.cert_key),
+            load_platform_public_key(args.platform_public_key),
+            args.registry_timeout,
+        ).connect()
     except RegistryError as exc:
         raise UserError(str(exc)) from None
     try:
@@ -189,8 +226,11 @@ def _with_card(args, prompt: str, action, card_file: Path | None = None, reader=
         except RegistryError as exc:
             raise UserError(f"Platform: {exc}", 1) from None
         except CardRemoved:
-            raise UserError("card removed too soon: run the command again and hold the card still; the station "
-                            "finishes what the first tap started", 1) from None
+            raise UserError(
+                "card removed too soon: run the command again and hold the card still; the station "
+                "finishes what the first tap started",
+                1,
+            ) from None
         finally:
             conn.close()
     finally:
@@ -219,23 +259,35 @@ def cmd_replace(args) -> int:
             print(f"old card {backup.old_asn} not present: the new card gets the platform's records", flush=True)
             asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
         elif args.old_card is not None:  # simulated cards: each file is its own reader
-            backup = _with_card(args, "tap the OLD card (its data is backed up, then it is voided)",
-                                lambda t: station.backup_and_void(t, _now()), args.old_card)
+            backup = _with_card(
+                args,
+                "tap the OLD card (its data is backed up, then it is voided)",
+                lambda t: station.backup_and_void(t, _now()),
+                args.old_card,
+            )
             print(f"old card {backup.old_asn} backed up and voided", flush=True)
             asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()))
         else:
             # One reader for both cards: the old one must leave before the new one is read.
             reader = open_station_reader(args)
             try:
-                backup = _with_card(args, "tap the OLD card (its data is backed up, then it is voided)",
-                                    lambda t: station.backup_and_void(t, _now()), reader=reader)
+                backup = _with_card(
+                    args,
+                    "tap the OLD card (its data is backed up, then it is voided)",
+                    lambda t: station.backup_and_void(t, _now()),
+                    reader=reader,
+                )
                 print(f"old card {backup.old_asn} backed up and voided: take it away from the reader", flush=True)
                 if not reader.wait_for_removal(args.wait):
-                    raise UserError(f"the old card {backup.old_asn} is still on the reader after {args.wait:g} s; it "
-                                    "is backed up and voided: run the command again, take it away when asked, then "
-                                    "tap the new card", 1)
-                asn = _with_card(args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()),
-                                 reader=reader)
+                    raise UserError(
+                        f"the old card {backup.old_asn} is still on the reader after {args.wait:g} s; it "
+                        "is backed up and voided: run the command again, take it away when asked, then "
+                        "tap the new card",
+                        1,
+                    )
+                asn = _with_card(
+                    args, "tap the NEW washed card", lambda t: station.replace(t, backup, _now()), reader=reader
+                )
             finally:
                 reader.close()
     print(f"card {asn} replaces {backup.old_asn}; balance and rights carried over")
@@ -246,8 +298,11 @@ def cmd_cancel(args) -> int:
     from common.money import format_yuan
 
     with _issuing_terminal(args) as (station, _):
-        settled = _with_card(args, "tap the card to cancel",
-                             lambda t: station.cancel(t, _now(), settle=args.settle, deletion=args.delete))
+        settled = _with_card(
+            args,
+            "tap the card to cancel",
+            lambda t: station.cancel(t, _now(), settle=args.settle, deletion=args.delete),
+        )
     what = "application deleted" if args.delete else "card cancelled"
     print(f"{what}; balance settled: {format_yuan(settled)} yuan refunded to the holder" if settled else what)
     return 0
@@ -278,9 +333,19 @@ def cmd_batch(args) -> int:
         with EventLog.open(args.log, args.terminal_id) as log:
             if args.card is not None:
                 threading.Timer(0.5, reader.remove).start()  # a simulated card leaves after its one tap
-            totals = rekey.batch(reader, sam, enterprise, args.to_version, log,
-                                 lambda: dt.datetime.now(dt.timezone.utc), lambda line: print(line, flush=True),
-                                 mode=args.mode, count=count, stop=stop, poll=0.2)
+            totals = rekey.batch(
+                reader,
+                sam,
+                enterprise,
+                args.to_version,
+                log,
+                lambda: dt.datetime.now(dt.timezone.utc),
+                lambda line: print(line, flush=True),
+                mode=args.mode,
+                count=count,
+                stop=stop,
+                poll=0.2,
+            )
     except DatabaseError as exc:
         raise UserError(str(exc)) from None
     finally:

@@ -4,6 +4,7 @@ A flow interrupted anywhere (card pulled, garbled answer, terminal killed) leave
 outcome; the card's next tap on this terminal settles it with GET TRANSACTION PROVE before anything else,
 so a debit or credit is logged exactly once with its TAC, or logged as abandoned. Nothing here guesses.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -16,8 +17,7 @@ from common import transactions as tx
 from common.errors import RecordNotWritten
 from common.logs import log_event
 from common.money_records import check_money_detail
-from sam.interface import (Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam,
-                           SamError, SamSwapped)
+from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
@@ -90,8 +90,10 @@ class Unrecorded(Exception):
     @property
     def message(self) -> str:
         done = {PURCHASE: "Paid", UNDO: "Refunded", LOAD: "Loaded"}[self.op]
-        return (f"{done} {format_yuan(self.amount)} - balance {format_yuan(self.balance_after)}. Terminal fault: "
-                "not recorded yet, call maintenance (recorded at this card's next tap here)")
+        return (
+            f"{done} {format_yuan(self.amount)} - balance {format_yuan(self.balance_after)}. Terminal fault: "
+            "not recorded yet, call maintenance (recorded at this card's next tap here)"
+        )
 
 
 class Incomplete(Exception):
@@ -105,9 +107,16 @@ class Incomplete(Exception):
 class PurseTerminal:
     """The purse applications of a POS (purchase, undo) or a top-up terminal (load), over one card connection."""
 
-    def __init__(self, config: Config, sam: Sam, event_log, blacklist,
-                 synced_seq: Callable[[], int] = lambda: 0, outbox_pressure: Callable[[], float] = lambda: 0.0,
-                 pending_actions: Callable[[str], list[dict]] | None = None):
+    def __init__(
+        self,
+        config: Config,
+        sam: Sam,
+        event_log,
+        blacklist,
+        synced_seq: Callable[[], int] = lambda: 0,
+        outbox_pressure: Callable[[], float] = lambda: 0.0,
+        pending_actions: Callable[[str], list[dict]] | None = None,
+    ):
         self.config = config
         self.sam = sam
         self.event_log = event_log
@@ -129,8 +138,12 @@ class PurseTerminal:
             raise Refusal("no_purse", "This card has no purse: see the card office", info.asn_hex)
         entry = self.blacklist.lookup(info.asn)
         if entry is not None:
-            raise Refusal("blacklisted", BLACKLIST_MESSAGES.get(entry.reason, f"Card blocked ({entry.reason})"),
-                          info.asn_hex, {"blacklist_reason": entry.reason})
+            raise Refusal(
+                "blacklisted",
+                BLACKLIST_MESSAGES.get(entry.reason, f"Card blocked ({entry.reason})"),
+                info.asn_hex,
+                {"blacklist_reason": entry.reason},
+            )
         return info
 
     def _append(self, now: dt.datetime, kind: str, asn: str, reason: str, message: str, detail: dict):
@@ -140,37 +153,70 @@ class PurseTerminal:
             return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
         except RecordNotWritten as exc:
             op = next((op for op in OPS if kind.startswith(op)), None)
-            log_event(log, "log.write_failed", logging.ERROR, kind=kind, asn=asn, error=str(exc),
-                      msg="could not write the event log; the transaction is refused before the card changes")
+            log_event(
+                log,
+                "log.write_failed",
+                logging.ERROR,
+                kind=kind,
+                asn=asn,
+                error=str(exc),
+                msg="could not write the event log; the transaction is refused before the card changes",
+            )
             raise Refusal(LOG_UNAVAILABLE, cannot_record_message(op), asn, {"problem": str(exc)}) from None
 
     def _sam_refusal(self, exc: SamError, op: str, asn: str, reason: str, message: str) -> Refusal:
         """A SAM that cannot save its own state (a full disk under the software SAM) is a terminal fault, not a
         refusal of the card."""
         if isinstance(exc, SamSwapped):
-            log_event(log, "sam.swapped", logging.ERROR, asn=asn, error=str(exc),
-                      msg="the SAM in the slot is not the one this terminal started with; the transaction is refused")
-            return Refusal("sam_swapped", f"Terminal fault: the SAM is not this terminal's, "
-                           f"{NOTHING_DONE.get(op, 'nothing changed on the card')}. Call maintenance", asn,
-                           {"problem": str(exc)})
+            log_event(
+                log,
+                "sam.swapped",
+                logging.ERROR,
+                asn=asn,
+                error=str(exc),
+                msg="the SAM in the slot is not the one this terminal started with; the transaction is refused",
+            )
+            return Refusal(
+                "sam_swapped",
+                f"Terminal fault: the SAM is not this terminal's, "
+                f"{NOTHING_DONE.get(op, 'nothing changed on the card')}. Call maintenance",
+                asn,
+                {"problem": str(exc)},
+            )
         if isinstance(exc, StateFileError):
-            log_event(log, "sam.state_write_failed", logging.ERROR, asn=asn, error=str(exc),
-                      msg="the SAM could not save its state; the transaction is refused before the card changes")
+            log_event(
+                log,
+                "sam.state_write_failed",
+                logging.ERROR,
+                asn=asn,
+                error=str(exc),
+                msg="the SAM could not save its state; the transaction is refused before the card changes",
+            )
             return Refusal(LOG_UNAVAILABLE, cannot_record_message(op), asn, {"problem": str(exc)})
         return Refusal(reason, message, asn)
 
     def _purchase_session(self, info: cp.CardInfo, d: dict) -> PurchaseSession:
-        return PurchaseSession(card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
-                               card_random=bytes.fromhex(d["random"]), counter=d["counter"], amount=d["amount"],
-                               terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),
-                               time=bytes.fromhex(d["time"]))
+        return PurchaseSession(
+            card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
+            card_random=bytes.fromhex(d["random"]),
+            counter=d["counter"],
+            amount=d["amount"],
+            terminal_id=self.config.terminal.id_bytes,
+            date=bytes.fromhex(d["date"]),
+            time=bytes.fromhex(d["time"]),
+        )
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
-        return LoadSession(card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
-                           card_random=bytes.fromhex(d["random"]), counter=d["counter"],
-                           balance_before=d["balance_before"], amount=d["amount"],
-                           terminal_id=self.config.terminal.id_bytes, date=bytes.fromhex(d["date"]),
-                           time=bytes.fromhex(d["time"]))
+        return LoadSession(
+            card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
+            card_random=bytes.fromhex(d["random"]),
+            counter=d["counter"],
+            balance_before=d["balance_before"],
+            amount=d["amount"],
+            terminal_id=self.config.terminal.id_bytes,
+            date=bytes.fromhex(d["date"]),
+            time=bytes.fromhex(d["time"]),
+        )
 
     def _verify_proof(self, op: str, info: cp.CardInfo, d: dict, proof: pp.Proof) -> None:
         """Raises MacVerificationError unless the proof is this intent's (our session key made it)."""
@@ -180,14 +226,25 @@ class PurseTerminal:
             else:
                 self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
         except StateFileError as exc:  # verified; only the SAM's note of it was not saved (a later undo is refused)
-            log_event(log, "sam.state_write_failed", logging.ERROR, asn=info.asn_hex, error=str(exc),
-                      msg="the SAM verified the card's proof but could not save its state")
+            log_event(
+                log,
+                "sam.state_write_failed",
+                logging.ERROR,
+                asn=info.asn_hex,
+                error=str(exc),
+                msg="the SAM verified the card's proof but could not save its state",
+            )
 
     def _outcome_detail(self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool) -> dict:
         sign = -1 if TX_TYPE[d["op"]] == tx.PURCHASE else 1
         detail = {k: d[k] for k in ("amount", "counter", "date", "time", "key_version", "algorithm")}
-        detail.update(intent_seq=intent_seq, tac=proof.tac.hex(), proof=proof.mac.hex(),
-                      balance_after=d["balance_before"] + sign * d["amount"], resolved_at_next_tap=resolved_later)
+        detail.update(
+            intent_seq=intent_seq,
+            tac=proof.tac.hex(),
+            proof=proof.mac.hex(),
+            balance_after=d["balance_before"] + sign * d["amount"],
+            resolved_at_next_tap=resolved_later,
+        )
         for k in ("tsn", "purchase_seq", "action_id"):
             if k in d:
                 detail[k] = d[k]
@@ -207,14 +264,25 @@ class PurseTerminal:
             except MacVerificationError:
                 proof = None  # that counter was used by another terminal's transaction: ours did not happen
         if proof is None:
-            self._append(now, op + ".abandoned", info.asn_hex, "not_on_card",
-                         f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} did not happen",
-                         {"intent_seq": last.seq, "amount": d["amount"], "counter": d["counter"]})
+            self._append(
+                now,
+                op + ".abandoned",
+                info.asn_hex,
+                "not_on_card",
+                f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} did not happen",
+                {"intent_seq": last.seq, "amount": d["amount"], "counter": d["counter"]},
+            )
             log_event(log, "purse.settled", op=op, intent=last.seq, happened=False, asn=info.asn_hex)
             return Settled(op, last.seq, False, d["amount"], None)
         detail = self._outcome_detail(last.seq, d, proof, resolved_later=True)
-        self._append(now, op, info.asn_hex, "completed",
-                     f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} completed", detail)
+        self._append(
+            now,
+            op,
+            info.asn_hex,
+            "completed",
+            f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} completed",
+            detail,
+        )
         log_event(log, "purse.settled", op=op, intent=last.seq, happened=True, asn=info.asn_hex)
         return Settled(op, last.seq, True, d["amount"], detail["balance_after"])
 
@@ -227,11 +295,19 @@ class PurseTerminal:
         message = done_message(settled.op, settled.amount, settled.balance_after)
         if requested is not None:
             message += f" (earlier {VERB[settled.op]} confirmed; {requested} not done)"
-        return Decision(True, settled.op, "completed", message, asn=asn, logged=False,
-                        detail={"intent_seq": settled.intent_seq, "settled_at_this_tap": True})
+        return Decision(
+            True,
+            settled.op,
+            "completed",
+            message,
+            asn=asn,
+            logged=False,
+            detail={"intent_seq": settled.intent_seq, "settled_at_this_tap": True},
+        )
 
-    def _finish(self, transmit, op: str, info, d: dict, intent_seq: int, command: bytes, parse, verify_session,
-                now) -> dict:
+    def _finish(
+        self, transmit, op: str, info, d: dict, intent_seq: int, command: bytes, parse, verify_session, now
+    ) -> dict:
         """Send the command that changes the card, check its proof, log the outcome; Incomplete if unsure."""
         rapdu = b""
         try:
@@ -239,13 +315,20 @@ class PurseTerminal:
             proof = parse(rapdu)
         except (pp.MacRefused, pp.PurseExpired) as exc:
             # The card said no before changing anything: this intent is settled as not done.
-            self._append(now, op + ".abandoned", info.asn_hex, "card_refused", str(exc),
-                         {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]})
+            self._append(
+                now,
+                op + ".abandoned",
+                info.asn_hex,
+                "card_refused",
+                str(exc),
+                {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]},
+            )
             if isinstance(exc, pp.PurseExpired):
                 raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
             nothing = "nothing was charged" if op == PURCHASE else "nothing was loaded"
-            raise Refusal("card_error", f"Card refused the transaction: {nothing}", info.asn_hex,
-                          {"sw": _sw_of(rapdu)}) from None
+            raise Refusal(
+                "card_error", f"Card refused the transaction: {nothing}", info.asn_hex, {"sw": _sw_of(rapdu)}
+            ) from None
         except cp.CardProtocolError as exc:
             raise Incomplete(op, d["amount"], f"unclear answer from the card ({exc})") from None
         try:
@@ -254,16 +337,36 @@ class PurseTerminal:
             raise Incomplete(op, d["amount"], "the card's proof did not verify") from None
         except StateFileError as exc:
             # The proof verified; only the SAM's note of it could not be saved (a later undo is then refused).
-            log_event(log, "sam.state_write_failed", logging.ERROR, asn=info.asn_hex, error=str(exc),
-                      msg="the SAM verified the card's proof but could not save its state")
+            log_event(
+                log,
+                "sam.state_write_failed",
+                logging.ERROR,
+                asn=info.asn_hex,
+                error=str(exc),
+                msg="the SAM verified the card's proof but could not save its state",
+            )
         detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False)
         try:
-            self.event_log.append(now, op, asn=info.asn_hex, reason_code="completed",
-                                  message=f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}", detail=detail)
+            self.event_log.append(
+                now,
+                op,
+                asn=info.asn_hex,
+                reason_code="completed",
+                message=f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}",
+                detail=detail,
+            )
         except RecordNotWritten as exc:
-            log_event(log, "log.write_failed", logging.ERROR, kind=op, asn=info.asn_hex, intent=intent_seq,
-                      error=str(exc), msg="the card changed but its outcome could not be logged; the intent stays "
-                                          "open and the card's next tap here records it")
+            log_event(
+                log,
+                "log.write_failed",
+                logging.ERROR,
+                kind=op,
+                asn=info.asn_hex,
+                intent=intent_seq,
+                error=str(exc),
+                msg="the card changed but its outcome could not be logged; the intent stays "
+                "open and the card's next tap here records it",
+            )
             raise Unrecorded(op, d["amount"], detail["balance_after"], info.asn_hex, str(exc)) from None
         return detail
 
@@ -284,8 +387,15 @@ class PurseTerminal:
             if settled is not None:
                 notes.insert(0, f"earlier {VERB[settled.op]} of {format_yuan(settled.amount)} did not happen")
         note = "".join(f" ({n})" for n in notes)
-        return Decision(True, "purse.balance", "balance", message + note, asn=info.asn_hex, logged=False,
-                        detail={"ota_loads": [a for a, _ in loads]})
+        return Decision(
+            True,
+            "purse.balance",
+            "balance",
+            message + note,
+            asn=info.asn_hex,
+            logged=False,
+            detail={"ota_loads": [a for a, _ in loads]},
+        )
 
     # --- purchase ---------------------------------------------------------------------------------
 
@@ -303,77 +413,155 @@ class PurseTerminal:
             self.sale_intent_seq = None
             return self._settled_decision(settled, asn, None if same else f"payment of {format_yuan(amount)}")
         if local.date() > info.purse_expiry:
-            raise Refusal("purse_expired", f"Purse expired on {info.purse_expiry.isoformat()}: "
-                          "balance can no longer be spent, see the administrator", asn)
+            raise Refusal(
+                "purse_expired",
+                f"Purse expired on {info.purse_expiry.isoformat()}: "
+                "balance can no longer be spent, see the administrator",
+                asn,
+            )
         pos = self.config.pos
         if self.outbox_pressure() >= POS_REFUSE_OFFLINE_SALES_AT:
-            raise Refusal("store_full", "Offline storage nearly full: sales paused until the terminal syncs; "
-                          "call maintenance if this lasts", asn)
+            raise Refusal(
+                "store_full",
+                "Offline storage nearly full: sales paused until the terminal syncs; call maintenance if this lasts",
+                asn,
+            )
         if amount > pos.max_purchase:
-            raise Refusal("over_purchase_limit", f"{format_yuan(amount)} is over the offline limit of "
-                          f"{format_yuan(pos.max_purchase)} per purchase", asn)
+            raise Refusal(
+                "over_purchase_limit",
+                f"{format_yuan(amount)} is over the offline limit of {format_yuan(pos.max_purchase)} per purchase",
+                asn,
+            )
         spent = self.event_log.sum_amounts(asn, PURCHASE, self.synced_seq())
         if spent + amount > pos.offline_limit:
-            raise Refusal("offline_limit", f"Offline spending limit reached for this card "
-                          f"({format_yuan(spent)} of {format_yuan(pos.offline_limit)} since the last sync)", asn)
+            raise Refusal(
+                "offline_limit",
+                f"Offline spending limit reached for this card "
+                f"({format_yuan(spent)} of {format_yuan(pos.offline_limit)} since the last sync)",
+                asn,
+            )
         try:
             init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
         except pp.InsufficientBalance:
             # The balance itself is not shown: nothing the card sends a POS proves it (GET BALANCE has no MAC).
-            raise Refusal("insufficient_balance", f"Insufficient balance for {format_yuan(amount)}: top up first",
-                          asn, {"amount": amount}) from None
+            raise Refusal(
+                "insufficient_balance",
+                f"Insufficient balance for {format_yuan(amount)}: top up first",
+                asn,
+                {"amount": amount},
+            ) from None
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", "Card could not start the payment: tap again", asn,
-                          {"problem": str(exc)}) from None
+            raise Refusal(
+                "card_error", "Card could not start the payment: tap again", asn, {"problem": str(exc)}
+            ) from None
         date, time_ = bcd.encode_date_time(local)
-        d = {"op": PURCHASE, "amount": amount, "counter": init.counter, "random": init.random.hex(),
-             "date": date.hex(), "time": time_.hex(), "key_version": init.key_version,
-             "algorithm": init.algorithm.name, "balance_before": init.balance}
+        d = {
+            "op": PURCHASE,
+            "amount": amount,
+            "counter": init.counter,
+            "random": init.random.hex(),
+            "date": date.hex(),
+            "time": time_.hex(),
+            "key_version": init.key_version,
+            "algorithm": init.algorithm.name,
+            "balance_before": init.balance,
+        }
         session = self._purchase_session(info, d)
         try:
             d["tsn"], mac1 = self.sam.purchase_mac1(session)
         except SamError as exc:
-            raise self._sam_refusal(exc, PURCHASE, asn, "sam_refused",
-                                    f"Terminal cannot take payments from this card ({exc})") from None
+            raise self._sam_refusal(
+                exc, PURCHASE, asn, "sam_refused", f"Terminal cannot take payments from this card ({exc})"
+            ) from None
         if d["tsn"] <= self.logged_tsn:
-            log_event(log, "sam.tsn_behind", logging.ERROR, tsn=d["tsn"], last_logged_tsn=self.logged_tsn, asn=asn,
-                      msg="the SAM handed out a TSN this terminal's log already used; sales refused")
-            raise Refusal("sam_sequence", "Terminal fault: SAM transaction numbers behind the log, nothing charged. "
-                          "Call maintenance", asn, {"tsn": d["tsn"], "last_logged_tsn": self.logged_tsn})
+            log_event(
+                log,
+                "sam.tsn_behind",
+                logging.ERROR,
+                tsn=d["tsn"],
+                last_logged_tsn=self.logged_tsn,
+                asn=asn,
+                msg="the SAM handed out a TSN this terminal's log already used; sales refused",
+            )
+            raise Refusal(
+                "sam_sequence",
+                "Terminal fault: SAM transaction numbers behind the log, nothing charged. Call maintenance",
+                asn,
+                {"tsn": d["tsn"], "last_logged_tsn": self.logged_tsn},
+            )
         intent = self._append(now, PURCHASE + ".intent", asn, "intent", f"Charging {format_yuan(amount)}", d)
         self.logged_tsn = d["tsn"]
         self.sale_intent_seq = intent.seq
-        detail = self._finish(transmit, PURCHASE, info, d, intent.seq, pp.debit_command(d["tsn"], date, time_, mac1),
-                              pp.parse_debit, lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
-                              now)
+        detail = self._finish(
+            transmit,
+            PURCHASE,
+            info,
+            d,
+            intent.seq,
+            pp.debit_command(d["tsn"], date, time_, mac1),
+            pp.parse_debit,
+            lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
+            now,
+        )
         self.sale_intent_seq = None
-        return Decision(True, PURCHASE, "paid", done_message(PURCHASE, amount, detail["balance_after"]), asn=asn,
-                        logged=False, detail=detail)
+        return Decision(
+            True,
+            PURCHASE,
+            "paid",
+            done_message(PURCHASE, amount, detail["balance_after"]),
+            asn=asn,
+            logged=False,
+            detail=detail,
+        )
 
     # --- loads: top-up and cashier undo -----------------------------------------------------------
 
-    def _load(self, transmit, info: cp.CardInfo, op: str, amount: int, now: dt.datetime, make_mac2,
-              extra: dict) -> dict:
+    def _load(
+        self, transmit, info: cp.CardInfo, op: str, amount: int, now: dt.datetime, make_mac2, extra: dict
+    ) -> dict:
         local = now.astimezone(self.config.terminal.timezone)
         rapdu = transmit(pp.init_load_command(amount, self.config.terminal.id_bytes))
         try:
             init = pp.parse_init_load(rapdu)
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", "Card refused the credit (would it go over its maximum balance?): nothing "
-                          "was loaded", info.asn_hex, {"problem": str(exc), "sw": _sw_of(rapdu)}) from None
+            raise Refusal(
+                "card_error",
+                "Card refused the credit (would it go over its maximum balance?): nothing was loaded",
+                info.asn_hex,
+                {"problem": str(exc), "sw": _sw_of(rapdu)},
+            ) from None
         date, time_ = bcd.encode_date_time(local)
-        d = {"op": op, "amount": amount, "counter": init.counter, "random": init.random.hex(), "date": date.hex(),
-             "time": time_.hex(), "key_version": init.key_version, "algorithm": init.algorithm.name,
-             "balance_before": init.balance, **extra}
+        d = {
+            "op": op,
+            "amount": amount,
+            "counter": init.counter,
+            "random": init.random.hex(),
+            "date": date.hex(),
+            "time": time_.hex(),
+            "key_version": init.key_version,
+            "algorithm": init.algorithm.name,
+            "balance_before": init.balance,
+            **extra,
+        }
         session = self._load_session(info, d)
         try:
             mac2 = make_mac2(session, init.mac1)
         except SamError as exc:
-            raise self._sam_refusal(exc, op, info.asn_hex, "sam_refused",
-                                    f"Credit refused by the terminal's SAM: {exc}") from None
+            raise self._sam_refusal(
+                exc, op, info.asn_hex, "sam_refused", f"Credit refused by the terminal's SAM: {exc}"
+            ) from None
         intent = self._append(now, op + ".intent", info.asn_hex, "intent", f"Crediting {format_yuan(amount)}", d)
-        return self._finish(transmit, op, info, d, intent.seq, pp.credit_command(date, time_, mac2), pp.parse_credit,
-                            lambda proof: self.sam.verify_load_mac3(session, proof.mac), now)
+        return self._finish(
+            transmit,
+            op,
+            info,
+            d,
+            intent.seq,
+            pp.credit_command(date, time_, mac2),
+            pp.parse_credit,
+            lambda proof: self.sam.verify_load_mac3(session, proof.mac),
+            now,
+        )
 
     def _card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> tuple[list[tuple[int, int]], list[str]]:
         """Write what the platform queued for this card: over-the-air top-ups and access-rights changes, each once
@@ -395,36 +583,68 @@ class PurseTerminal:
                 try:
                     amount = int(params["amount"])
                     if not 0 < amount <= self.config.topup.max_load:
-                        raise Refusal("over_load_limit", f"over-the-air top-up of {format_yuan(amount)} is over "
-                                      f"this terminal's limit of {format_yuan(self.config.topup.max_load)}",
-                                      info.asn_hex, {"sw": None})
-                    detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2,
-                                        {"action_id": action_id})
+                        raise Refusal(
+                            "over_load_limit",
+                            f"over-the-air top-up of {format_yuan(amount)} is over "
+                            f"this terminal's limit of {format_yuan(self.config.topup.max_load)}",
+                            info.asn_hex,
+                            {"sw": None},
+                        )
+                    detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {"action_id": action_id})
                 except (KeyError, TypeError, ValueError) as exc:
                     self._action_failed(now, info, action_id, "bad_action", None, f"unreadable parameters ({exc})")
                     continue
                 except Refusal as r:
                     if r.reason_code == "sam_refused":  # this terminal's fault, not the card's: stays pending
-                        log_event(log, "purse.ota_skipped", logging.WARNING, action=action_id, asn=info.asn_hex,
-                                  error=r.message, msg="over-the-air top-up not written; it stays pending")
+                        log_event(
+                            log,
+                            "purse.ota_skipped",
+                            logging.WARNING,
+                            action=action_id,
+                            asn=info.asn_hex,
+                            error=r.message,
+                            msg="over-the-air top-up not written; it stays pending",
+                        )
                         continue
                     self._action_failed(now, info, action_id, r.reason_code, r.detail.get("sw"), r.message)
                     notes.append(f"over-the-air top-up refused by the card: {r.message}")
                     continue
                 loads.append((amount, detail["balance_after"]))
-                log_event(log, "purse.ota_topup", action=action_id, asn=info.asn_hex, amount=amount,
-                          balance_after=detail["balance_after"], msg="over-the-air top-up written onto the card")
+                log_event(
+                    log,
+                    "purse.ota_topup",
+                    action=action_id,
+                    asn=info.asn_hex,
+                    amount=amount,
+                    balance_after=detail["balance_after"],
+                    msg="over-the-air top-up written onto the card",
+                )
             elif action["action"] == "rights" and not self.event_log.has_detail(RIGHTS, "action_id", action_id):
                 if self._write_rights(transmit, info, action_id, params, now):
                     notes.append("access rights updated")
         return loads, notes
 
-    def _action_failed(self, now: dt.datetime, info: cp.CardInfo, action_id: str, reason: str, sw: str | None,
-                       why: str) -> None:
-        self._append(now, ACTION_FAILED, info.asn_hex, reason, f"Card action {action_id} failed: {why}",
-                     {"action_id": action_id, "reason_code": reason, "sw": sw})
-        log_event(log, "purse.card_action_failed", logging.WARNING, action=action_id, asn=info.asn_hex, reason=reason,
-                  sw=sw, msg="card action refused; reported to the platform and no longer offered")
+    def _action_failed(
+        self, now: dt.datetime, info: cp.CardInfo, action_id: str, reason: str, sw: str | None, why: str
+    ) -> None:
+        self._append(
+            now,
+            ACTION_FAILED,
+            info.asn_hex,
+            reason,
+            f"Card action {action_id} failed: {why}",
+            {"action_id": action_id, "reason_code": reason, "sw": sw},
+        )
+        log_event(
+            log,
+            "purse.card_action_failed",
+            logging.WARNING,
+            action=action_id,
+            asn=info.asn_hex,
+            reason=reason,
+            sw=sw,
+            msg="card action refused; reported to the platform and no longer offered",
+        )
 
     def _write_rights(self, transmit, info: cp.CardInfo, action_id: str, params: dict, now: dt.datetime) -> bool:
         """Rewrite EF_ACCESS with the platform's rights. The write is idempotent, so a tear before it is logged
@@ -432,17 +652,36 @@ class PurseTerminal:
         from terminal.rekey import AdminChannel
 
         try:
-            data = cp.encode_access_file(dt.date.fromisoformat(params["valid_from"]),
-                                         dt.date.fromisoformat(params["valid_to"]), params["door_groups"],
-                                         int(params.get("time_profile", 0)))
+            data = cp.encode_access_file(
+                dt.date.fromisoformat(params["valid_from"]),
+                dt.date.fromisoformat(params["valid_to"]),
+                params["door_groups"],
+                int(params.get("time_profile", 0)),
+            )
             AdminChannel(transmit, self.sam, info).update_binary(cp.SFI_ACCESS, 0, data, "EF_ACCESS")
         except (KeyError, TypeError, ValueError, SamError, cp.CardProtocolError) as exc:
-            log_event(log, "card.rights_failed", logging.WARNING, action=action_id, asn=info.asn_hex, error=str(exc),
-                      msg="access rights from the platform not written; the action stays pending")
+            log_event(
+                log,
+                "card.rights_failed",
+                logging.WARNING,
+                action=action_id,
+                asn=info.asn_hex,
+                error=str(exc),
+                msg="access rights from the platform not written; the action stays pending",
+            )
             return False
-        self._append(now, RIGHTS, info.asn_hex, "rights_updated", "Access rights updated from the platform",
-                     {"action_id": action_id, **{k: params[k] for k in ("door_groups", "valid_from", "valid_to")},
-                      "time_profile": int(params.get("time_profile", 0))})
+        self._append(
+            now,
+            RIGHTS,
+            info.asn_hex,
+            "rights_updated",
+            "Access rights updated from the platform",
+            {
+                "action_id": action_id,
+                **{k: params[k] for k in ("door_groups", "valid_from", "valid_to")},
+                "time_profile": int(params.get("time_profile", 0)),
+            },
+        )
         return True
 
     def top_up(self, transmit, amount: int, now: dt.datetime) -> Decision:
@@ -454,13 +693,23 @@ class PurseTerminal:
             return self._settled_decision(settled, info.asn_hex, None if same else f"top-up of {format_yuan(amount)}")
         loads, notes = self._card_actions(transmit, info, now)
         if amount > self.config.topup.max_load:
-            raise Refusal("over_load_limit", f"{format_yuan(amount)} is over the top-up limit of "
-                          f"{format_yuan(self.config.topup.max_load)}", info.asn_hex)
+            raise Refusal(
+                "over_load_limit",
+                f"{format_yuan(amount)} is over the top-up limit of {format_yuan(self.config.topup.max_load)}",
+                info.asn_hex,
+            )
         detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {})
         notes = [f"over-the-air top-up of {format_yuan(a)} loaded" for a, _ in loads] + notes
         extra = "".join(f" ({note})" for note in notes)
-        return Decision(True, LOAD, "loaded", done_message(LOAD, amount, detail["balance_after"]) + extra,
-                        asn=info.asn_hex, logged=False, detail=detail)
+        return Decision(
+            True,
+            LOAD,
+            "loaded",
+            done_message(LOAD, amount, detail["balance_after"]) + extra,
+            asn=info.asn_hex,
+            logged=False,
+            detail=detail,
+        )
 
     def undo_last(self, transmit, now: dt.datetime) -> Decision:
         """Reverse this terminal's last purchase: same card, within the window, once."""
@@ -479,11 +728,28 @@ class PurseTerminal:
             raise Refusal("undo_other_card", f"Undo needs the card that paid (card ending {last.asn[-4:]})", asn)
         age = (now - last.time).total_seconds()
         if age > self.config.pos.undo_window_seconds:
-            raise Refusal("undo_too_late", f"Too late to undo: the payment was {int(age // 60)} min ago "
-                          f"(limit {int(self.config.pos.undo_window_seconds // 60)} min)", asn)
+            raise Refusal(
+                "undo_too_late",
+                f"Too late to undo: the payment was {int(age // 60)} min ago "
+                f"(limit {int(self.config.pos.undo_window_seconds // 60)} min)",
+                asn,
+            )
         p = last.detail
-        detail = self._load(transmit, info, UNDO, p["amount"], now,
-                            lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
-                            {"purchase_seq": last.seq})
-        return Decision(True, UNDO, "refunded", done_message(UNDO, p["amount"], detail["balance_after"]), asn=asn,
-                        logged=False, detail=detail)
+        detail = self._load(
+            transmit,
+            info,
+            UNDO,
+            p["amount"],
+            now,
+            lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
+            {"purchase_seq": last.seq},
+        )
+        return Decision(
+            True,
+            UNDO,
+            "refunded",
+            done_message(UNDO, p["amount"], detail["balance_after"]),
+            asn=asn,
+            logged=False,
+            detail=detail,
+        )

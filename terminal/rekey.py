@@ -9,6 +9,7 @@ Like the purse flows, the terminal logs an intent before it changes the card and
 leaves the intent open and the card's next tap here settles it from what SELECT announces (the key version).
 No I/O of its own: `transmit`, the SAM, the event log and the time are passed in.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -46,22 +47,30 @@ def select_for_admin(transmit, enterprise_id: bytes) -> cp.CardInfo:
     except cp.NotOneCard:
         raise Refusal("not_supported", "Card not supported: no one-card application on this card or phone") from None
     except cp.CardProtocolError as exc:
-        raise Refusal("not_supported", "Card not supported: it does not answer like a one-card",
-                      detail={"problem": str(exc)}) from None
+        raise Refusal(
+            "not_supported", "Card not supported: it does not answer like a one-card", detail={"problem": str(exc)}
+        ) from None
     if info.enterprise_id != enterprise_id:
-        raise Refusal("other_enterprise", f"This card belongs to enterprise {info.enterprise_id.hex()}, not "
-                      f"{enterprise_id.hex()}: it cannot be washed or issued here; return it to its enterprise",
-                      info.asn_hex, {"card_enterprise": info.enterprise_id.hex()})
+        raise Refusal(
+            "other_enterprise",
+            f"This card belongs to enterprise {info.enterprise_id.hex()}, not "
+            f"{enterprise_id.hex()}: it cannot be washed or issued here; return it to its enterprise",
+            info.asn_hex,
+            {"card_enterprise": info.enterprise_id.hex()},
+        )
     return info
 
 
 def require_admin_key(sam: Sam, info: cp.CardInfo) -> None:
     purpose = admin_purpose(info.key_version)
     if not sam.has_key(info.enterprise_id, purpose, info.key_version, info.algorithm):
-        raise Refusal("unknown_key_version",
-                      f"Card key version {info.key_version} ({info.algorithm.name}) is unknown to this issuing "
-                      f"terminal's SAM: load the {purpose.value} key of that version (key master card) and tap again",
-                      info.asn_hex, {"key_version": info.key_version, "algorithm": info.algorithm.name})
+        raise Refusal(
+            "unknown_key_version",
+            f"Card key version {info.key_version} ({info.algorithm.name}) is unknown to this issuing "
+            f"terminal's SAM: load the {purpose.value} key of that version (key master card) and tap again",
+            info.asn_hex,
+            {"key_version": info.key_version, "algorithm": info.algorithm.name},
+        )
 
 
 class AdminChannel:
@@ -75,8 +84,9 @@ class AdminChannel:
     def challenge(self) -> bytes:
         return cp.parse_challenge(self.transmit(cp.get_challenge_command()))
 
-    def send(self, ins: int, p1: int, p2: int, plain: bytes = b"", le: int | None = None,
-             challenge: bytes | None = None) -> tuple[bytes, bytes]:
+    def send(
+        self, ins: int, p1: int, p2: int, plain: bytes = b"", le: int | None = None, challenge: bytes | None = None
+    ) -> tuple[bytes, bytes]:
         """(challenge used, the card's answer). The challenge must be the card's answer to the APDU just before."""
         challenge = challenge if challenge is not None else self.challenge()
         mac = self.sam.card_mac(self.purpose, self.identity, cp.secured_mac_input(challenge, ins, p1, p2, plain))
@@ -91,8 +101,9 @@ class AdminChannel:
         challenge, rapdu = self.send(cp.INS_BLOCK, 0, 0, le=16)
         frozen = cp.parse_frozen_purse(rapdu)
         try:
-            self.sam.verify_card_mac(self.purpose, self.identity, cp.block_response_mac_input(challenge, frozen),
-                                     frozen.mac)
+            self.sam.verify_card_mac(
+                self.purpose, self.identity, cp.block_response_mac_input(challenge, frozen), frozen.mac
+            )
         except MacVerificationError:
             raise cp.CardProtocolError("the card's proof of its frozen balance does not verify") from None
         return frozen
@@ -104,8 +115,9 @@ class AdminChannel:
     def put_key(self, purpose: KeyPurpose, new_version: int) -> None:
         challenge = self.challenge()
         cryptogram, kcv = self.sam.wrap_card_key(self.identity, challenge, purpose, new_version)
-        _, rapdu = self.send(cp.INS_PUT_KEY, new_version, cp.KEY_IDS[purpose.value], cryptogram, le=3,
-                             challenge=challenge)
+        _, rapdu = self.send(
+            cp.INS_PUT_KEY, new_version, cp.KEY_IDS[purpose.value], cryptogram, le=3, challenge=challenge
+        )
         answered = cp.check_secured(rapdu, f"PUT KEY {purpose.value}", 3)
         if not hmac.compare_digest(answered, kcv):
             # The card holds something else than the SAM sent: do not commit, a second tap writes it again.
@@ -134,8 +146,9 @@ def _purse_purposes(sam: Sam, info: cp.CardInfo, version: int) -> tuple[KeyPurpo
     return ()
 
 
-def rekey_card(transmit, sam: Sam, enterprise_id: bytes, target_version: int, event_log, now: dt.datetime,
-               mode: str) -> RekeyResult:
+def rekey_card(
+    transmit, sam: Sam, enterprise_id: bytes, target_version: int, event_log, now: dt.datetime, mode: str
+) -> RekeyResult:
     """Wash (mode WASH: key version 0 -> target) or rotate (ROTATE: N -> target) the card in the field.
 
     Raises Refusal (nothing changed), or CardRemoved (the card still works with its old or its new keys; tap again).
@@ -154,22 +167,41 @@ def rekey_card(transmit, sam: Sam, enterprise_id: bytes, target_version: int, ev
     if info.status == cp.STATUS_VOIDED:
         raise Refusal("voided", "This card has been voided: its keys are not changed any more", asn)
     if mode == WASH and info.key_version != 0:
-        raise Refusal("already_washed", f"Card already carries enterprise keys (version {info.key_version}): "
-                      f"use key rotation to move it to version {target_version}", asn)
+        raise Refusal(
+            "already_washed",
+            f"Card already carries enterprise keys (version {info.key_version}): "
+            f"use key rotation to move it to version {target_version}",
+            asn,
+        )
     if mode == ROTATE and info.key_version == 0:
         raise Refusal("not_washed", "Card still has its transport keys: wash it first", asn)
     require_admin_key(sam, info)
     purposes = APP_PURPOSES + _purse_purposes(sam, info, target_version)
     for p in purposes:
         if not sam.has_key(enterprise_id, p, target_version, info.algorithm):
-            raise Refusal("missing_new_key", f"This SAM has no {p.value} key version {target_version} "
-                          f"({info.algorithm.name}): load the new key set before {VERBS[mode]} cards", asn)
-    detail = {"op": mode, "from_version": info.key_version, "to_version": target_version,
-              "key_version": info.key_version, "algorithm": info.algorithm.name,
-              "purposes": [p.value for p in purposes]}
+            raise Refusal(
+                "missing_new_key",
+                f"This SAM has no {p.value} key version {target_version} "
+                f"({info.algorithm.name}): load the new key set before {VERBS[mode]} cards",
+                asn,
+            )
+    detail = {
+        "op": mode,
+        "from_version": info.key_version,
+        "to_version": target_version,
+        "key_version": info.key_version,
+        "algorithm": info.algorithm.name,
+        "purposes": [p.value for p in purposes],
+    }
     if open_intent is None or open_intent.detail.get("to_version") != target_version:
-        open_intent = event_log.append(now, KEYS_INTENT, asn=asn, reason_code="intent",
-                                       message=f"Changing keys {info.key_version} -> {target_version}", detail=detail)
+        open_intent = event_log.append(
+            now,
+            KEYS_INTENT,
+            asn=asn,
+            reason_code="intent",
+            message=f"Changing keys {info.key_version} -> {target_version}",
+            detail=detail,
+        )
     channel = AdminChannel(transmit, sam, info)
     try:
         for p in purposes:
@@ -184,17 +216,39 @@ def rekey_card(transmit, sam: Sam, enterprise_id: bytes, target_version: int, ev
 
 
 def _log_changed(event_log, now, asn: str, intent: dict, intent_seq: int, resolved_later: bool) -> None:
-    detail = {"op": intent["op"], "from_version": intent["from_version"], "to_version": intent["to_version"],
-              "key_version": intent["to_version"], "algorithm": intent["algorithm"], "intent_seq": intent_seq,
-              "resolved_at_next_tap": resolved_later}
-    event_log.append(now, KEYS_CHANGED, asn=asn, reason_code="completed",
-                     message=f"Keys changed {intent['from_version']} -> {intent['to_version']}", detail=detail)
+    detail = {
+        "op": intent["op"],
+        "from_version": intent["from_version"],
+        "to_version": intent["to_version"],
+        "key_version": intent["to_version"],
+        "algorithm": intent["algorithm"],
+        "intent_seq": intent_seq,
+        "resolved_at_next_tap": resolved_later,
+    }
+    event_log.append(
+        now,
+        KEYS_CHANGED,
+        asn=asn,
+        reason_code="completed",
+        message=f"Keys changed {intent['from_version']} -> {intent['to_version']}",
+        detail=detail,
+    )
     log_event(log, "keys.changed", asn=asn, to_version=intent["to_version"], resolved_later=resolved_later)
 
 
-def batch(reader, sam: Sam, enterprise_id: bytes, target_version: int, event_log, clock: Callable[[], dt.datetime],
-          out: Callable[[str], None], mode: str = WASH, count: int | None = None,
-          stop: threading.Event | None = None, poll: float = 0.5) -> dict[str, int]:
+def batch(
+    reader,
+    sam: Sam,
+    enterprise_id: bytes,
+    target_version: int,
+    event_log,
+    clock: Callable[[], dt.datetime],
+    out: Callable[[str], None],
+    mode: str = WASH,
+    count: int | None = None,
+    stop: threading.Event | None = None,
+    poll: float = 0.5,
+) -> dict[str, int]:
     """Wash (or rotate) cards tapped one after another; one progress line per card: card N, ASN, result."""
     stop = stop or threading.Event()
     totals = {"done": 0, "already": 0, "refused": 0, "torn": 0}
@@ -226,15 +280,19 @@ def batch(reader, sam: Sam, enterprise_id: bytes, target_version: int, event_log
         except CardRemoved:
             totals["torn"] += 1
             asn = _asn_of(seen)
-            line = (f"card {n}: {asn} removed too soon: tap it again to finish (it keeps working with its old "
-                    "keys until the change completes)")
+            line = (
+                f"card {n}: {asn} removed too soon: tap it again to finish (it keeps working with its old "
+                "keys until the change completes)"
+            )
         finally:
             conn.close()
         out(line)
         while not stop.is_set() and not reader.wait_for_removal(poll):
             pass
-    out(f"{n} card(s): {totals['done']} {'washed' if mode == WASH else 'rekeyed'}, {totals['already']} already done, "
-        f"{totals['refused']} refused, {totals['torn']} to tap again")
+    out(
+        f"{n} card(s): {totals['done']} {'washed' if mode == WASH else 'rekeyed'}, {totals['already']} already done, "
+        f"{totals['refused']} refused, {totals['torn']} to tap again"
+    )
     return totals
 
 

@@ -1,4 +1,5 @@
 """The README's first command: the live demo runs end to end and shows every decision with its reason."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,29 +8,36 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_demo(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "onecard", "demo", "--workdir", str(tmp_path / "demo"),
-                           "--hold", "0.5"], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onecard", "demo", "--workdir", str(tmp_path / "demo"), "--hold", "0.5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     out = proc.stdout
-    for line in ["[Door 1F] OK  Welcome, Zhang Wei",
-                 "[Door 1F] NO  Outside your permitted hours",
-                 "[Door 1F] NO  Card reported lost",
-                 "[Clock 1F] NO  Card reported lost",
-                 "[Door 1F] NO  No access rights for this door",
-                 "[Door 1F] NO  Card expired on",
-                 "[Door 1F] NO  This card has no application for this site",
-                 "[Door 1F] NO  Card not supported",
-                 "[Clock 1F] OK  Zhang Wei: clocked in at",
-                 "[Clock 1F] OK  Zhang Wei: already clocked in at",
-                 "[Door 1F] relay: door unlocked for 3 s",
-                 "[Top-up] OK  Loaded 100.00 - balance 100.00",
-                 "[Canteen till] OK  Paid 12.50",
-                 "[Canteen till] NO  Insufficient balance for 30.00: top up first",
-                 "[Canteen till] OK  Refunded 12.50 - balance 100.00",
-                 "[Canteen till] NO  Card removed too soon: tap again to finish",
-                 "[Canteen till] OK  Paid 8.00",
-                 "[Canteen till] NO  Purse expired on",
-                 "platform: Zhang Wei's card balance 92.00, the same as on the card"]:
+    for line in [
+        "[Door 1F] OK  Welcome, Zhang Wei",
+        "[Door 1F] NO  Outside your permitted hours",
+        "[Door 1F] NO  Card reported lost",
+        "[Clock 1F] NO  Card reported lost",
+        "[Door 1F] NO  No access rights for this door",
+        "[Door 1F] NO  Card expired on",
+        "[Door 1F] NO  This card has no application for this site",
+        "[Door 1F] NO  Card not supported",
+        "[Clock 1F] OK  Zhang Wei: clocked in at",
+        "[Clock 1F] OK  Zhang Wei: already clocked in at",
+        "[Door 1F] relay: door unlocked for 3 s",
+        "[Top-up] OK  Loaded 100.00 - balance 100.00",
+        "[Canteen till] OK  Paid 12.50",
+        "[Canteen till] NO  Insufficient balance for 30.00: top up first",
+        "[Canteen till] OK  Refunded 12.50 - balance 100.00",
+        "[Canteen till] NO  Card removed too soon: tap again to finish",
+        "[Canteen till] OK  Paid 8.00",
+        "[Canteen till] NO  Purse expired on",
+        "platform: Zhang Wei's card balance 92.00, the same as on the card",
+    ]:
         assert line in out, line
     assert out.count('"tac_status": "ok"') == 4
     # The loss report made mid-demo: refused after it, granted again after the unlock.
@@ -43,6 +51,7 @@ def test_demo(tmp_path):
     assert list((screens / "door").glob("*-decision.png"))
     # The story runs on its own clock: what it says is what the screens show.
     import re
+
     morning = out.split("--- 08:55, morning")[1].split("--- 11:30")[0]
     assert re.search(r"\[Clock 1F\] OK  Zhang Wei: clocked in at 08:5\d", morning), morning[:2000]
 
@@ -51,8 +60,13 @@ def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
     keep = tmp_path / "home"
     keep.mkdir()
     (keep / "thesis.txt").write_text("years of work\n")
-    proc = subprocess.run([sys.executable, "-m", "onecard", "demo", "--workdir", str(keep)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "onecard", "demo", "--workdir", str(keep)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "not made by onecard demo" in proc.stderr
     assert [p.name for p in keep.iterdir()] == ["thesis.txt"]
 
@@ -70,4 +84,5 @@ def test_demo_workdir_rules(tmp_path):
         assert ROOT not in default.parents  # never inside the checkout
     finally:
         import shutil
+
         shutil.rmtree(default)

@@ -1,6 +1,7 @@
 """A full disk under a POS and a top-up terminal: every sale or load is refused cleanly ("Terminal fault: cannot
 record", nothing charged), one the card already made is settled at its next tap once there is room again, a restart
 says the disk is full, and money is conserved throughout. Runs on a real, small tmpfs (the tests run as root)."""
+
 import datetime as dt
 import errno
 import subprocess
@@ -25,8 +26,10 @@ def disk(tmp_path):
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({r.stderr.strip()}); these tests need root in a "
-                    "container or machine that allows mount")
+        pytest.skip(
+            f"cannot mount a small tmpfs to fill ({r.stderr.strip()}); these tests need root in a "
+            "container or machine that allows mount"
+        )
     try:
         yield mnt
     finally:
@@ -67,6 +70,7 @@ def tap(terminal, card, request, now, fill_at: bytes | None = None, mnt: Path | 
             if apdu.startswith(fill_at):
                 fill(mnt)
             return answer
+
         conn.transmit = transmit
     return terminal.handle_tap(conn, now, request)
 
@@ -103,8 +107,11 @@ def test_pos_and_top_up_on_a_disk_that_fills_and_frees_conserve_money(disk):
     assert tap(topup, card, Load(1000), clock()).accepted
 
     filler = fill(disk)
-    for terminal, request, words in ((pos, Charge(300), "nothing charged"), (topup, Load(700), "nothing loaded"),
-                                     (pos, Undo(), "nothing refunded")):
+    for terminal, request, words in (
+        (pos, Charge(300), "nothing charged"),
+        (topup, Load(700), "nothing loaded"),
+        (pos, Undo(), "nothing refunded"),
+    ):
         before = card.state.purse.balance
         refused = tap(terminal, card, request, clock())
         assert (refused.accepted, refused.reason_code) == (False, "log_unavailable"), refused
@@ -140,8 +147,9 @@ def test_pos_and_top_up_on_a_disk_that_fills_and_frees_conserve_money(disk):
 
 
 def test_terminal_restarted_on_a_full_disk_says_the_disk_is_full(site, disk):  # noqa: F811
-    cfg = write_config(site, "full.toml", kind='"pos"', database=f'"{disk / "events.db"}"',
-                       blacklist=f'"{disk / "bl.db"}"')
+    cfg = write_config(
+        site, "full.toml", kind='"pos"', database=f'"{disk / "events.db"}"', blacklist=f'"{disk / "bl.db"}"'
+    )
     cfg.write_text(cfg.read_text() + "[pos]\n")
     for name, (database, _blacklist) in {"new install": (None, None), "existing files": (1, 1)}.items():
         if database:
@@ -149,6 +157,7 @@ def test_terminal_restarted_on_a_full_disk_says_the_disk_is_full(site, disk):  #
                 p.unlink()
             EventLog.open(disk / "events.db", "000000000101").close()
             from terminal.blacklist import Blacklist
+
             Blacklist.open(disk / "bl.db").close()
         fill(disk)
         before = {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"}
@@ -172,8 +181,11 @@ def test_sync_agent_on_a_disk_that_fills_stops_with_one_line_and_catches_up_afte
     command = [sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)]
     agent = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: (admin.terminal(tid)["heartbeat"] or {}).get("config_version") == 0, 30,
-                   "the agent's first heartbeat")
+        wait_until(
+            lambda: (admin.terminal(tid)["heartbeat"] or {}).get("config_version") == 0,
+            30,
+            "the agent's first heartbeat",
+        )
         filler = fill(disk)
         version = admin.publish_config(ENTERPRISE, {"pos": {"max_purchase": "20.00"}})
         _, err = agent.communicate(timeout=30)
@@ -192,6 +204,7 @@ def test_sync_agent_on_a_disk_that_fills_stops_with_one_line_and_catches_up_afte
                 return store.config_version() == version
             finally:
                 store.close()
+
         wait_until(config_arrived, 30, "the configuration arriving after the disk was freed")
     finally:
         if agent.poll() is None:

@@ -1,6 +1,7 @@
 """`onecard issue wash`, then `issue card`, `issue replace`, `issue cancel` on simulated cards, as the card office
 would run them, with the platform service as the registry over the real mosquitto (the station's own certificate,
 its own topics, signed answers)."""
+
 import json
 
 import pytest
@@ -20,9 +21,24 @@ assert STATIONS[STATION] == ENTERPRISE.hex()
 
 def station_network(broker, station: str = STATION) -> list:
     c = broker.pki.client(station)
-    return ["--terminal-id", station, "--broker-host", "127.0.0.1", "--broker-port", broker.port,
-            "--broker-ca", broker.pki.ca.cert, "--cert", c.cert, "--cert-key", c.key,
-            "--platform-public-key", broker.pki.platform_public, "--registry-timeout", "5"]
+    return [
+        "--terminal-id",
+        station,
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        broker.port,
+        "--broker-ca",
+        broker.pki.ca.cert,
+        "--cert",
+        c.cert,
+        "--cert-key",
+        c.key,
+        "--platform-public-key",
+        broker.pki.platform_public,
+        "--registry-timeout",
+        "5",
+    ]
 
 
 @pytest.fixture
@@ -46,18 +62,73 @@ def run(capsys, *args):
 def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, platform):
     d = tmp_path
     (d / "pass").write_text("card office\n")
-    assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
-               "--enterprise", "00010001", "--algorithm", "aes128")[0] == 0
+    assert (
+        run(
+            capsys,
+            "sam",
+            "create-keystore",
+            "--out",
+            d / "ks",
+            "--passphrase-file",
+            d / "pass",
+            "--enterprise",
+            "00010001",
+            "--algorithm",
+            "aes128",
+        )[0]
+        == 0
+    )
     factory = SoftwareSam.open(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pass"))
     for name in ("old", "new"):
         write_card(d / f"{name}.json", transport_card(factory, ENTERPRISE))
-        assert run(capsys, "issue", "wash", "--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise",
-                   "00010001", "--card", d / f"{name}.json", "--log", d / "station.db", "--to-version", "1")[0] == 0
-    station = ["--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise", "00010001",
-               "--log", d / "station.db", *station_network(broker), "--wait", "2"]
+        assert (
+            run(
+                capsys,
+                "issue",
+                "wash",
+                "--keystore",
+                d / "ks",
+                "--passphrase-file",
+                d / "pass",
+                "--enterprise",
+                "00010001",
+                "--card",
+                d / f"{name}.json",
+                "--log",
+                d / "station.db",
+                "--to-version",
+                "1",
+            )[0]
+            == 0
+        )
+    station = [
+        "--keystore",
+        d / "ks",
+        "--passphrase-file",
+        d / "pass",
+        "--enterprise",
+        "00010001",
+        "--log",
+        d / "station.db",
+        *station_network(broker),
+        "--wait",
+        "2",
+    ]
 
-    code, out, err = run(capsys, "issue", "card", *station, "--card", d / "old.json", "--employee", "E1001",
-                         "--groups", "1,2", "--valid-to", "2028-12-31")
+    code, out, err = run(
+        capsys,
+        "issue",
+        "card",
+        *station,
+        "--card",
+        d / "old.json",
+        "--employee",
+        "E1001",
+        "--groups",
+        "1,2",
+        "--valid-to",
+        "2028-12-31",
+    )
     old_asn = CardStateFile(d / "old.json").load().asn.hex().upper()
     assert code == 0, err
     assert f"card {old_asn} issued to employee E1001" in out
@@ -68,12 +139,14 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
 
     # The station reported the key version when it registered the card: counted before its log is uploaded.
     assert platform.key_versions() == {"00010001": {1: 1}}
-    (d / "pf.key").write_bytes(broker.pki.platform_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (d / "pf.key").write_bytes(
+        broker.pki.platform_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     code, out, err = run(capsys, "platform", "key-versions", "--db", d / "platform.db", "--key", d / "pf.key")
     assert code == 0 and "00010001 1 1" in out and "unknown" not in out
-    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "platform.db", "--key", d / "pf.key",
-                         "--json")
+    code, out, err = run(capsys, "platform", "key-versions", "--db", d / "platform.db", "--key", d / "pf.key", "--json")
     assert code == 0 and json.loads(out) == {"00010001": {"1": 1}}
 
     code, out, err = run(capsys, "issue", "replace", *station, "--old-card", d / "old.json", "--card", d / "new.json")
@@ -98,14 +171,54 @@ def test_issue_replace_cancel_from_the_command_line(tmp_path, capsys, broker, pl
 def test_no_broker_is_one_line(tmp_path, capsys, sync_pki):
     d = tmp_path
     (d / "pass").write_text("x\n")
-    assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
-               "--enterprise", "00010001")[0] == 0
+    assert (
+        run(
+            capsys,
+            "sam",
+            "create-keystore",
+            "--out",
+            d / "ks",
+            "--passphrase-file",
+            d / "pass",
+            "--enterprise",
+            "00010001",
+        )[0]
+        == 0
+    )
     c = sync_pki.client(STATION)
-    code, out, err = run(capsys, "issue", "cancel", "--keystore", d / "ks", "--passphrase-file", d / "pass",
-                         "--enterprise", "00010001", "--reader", "no such reader", "--log", d / "s.db",
-                         "--terminal-id", STATION, "--broker-host", "127.0.0.1", "--broker-port", free_port(),
-                         "--broker-ca", sync_pki.ca.cert, "--cert", c.cert, "--cert-key", c.key,
-                         "--platform-public-key", sync_pki.platform_public, "--registry-timeout", "1", "--wait", "1")
+    code, out, err = run(
+        capsys,
+        "issue",
+        "cancel",
+        "--keystore",
+        d / "ks",
+        "--passphrase-file",
+        d / "pass",
+        "--enterprise",
+        "00010001",
+        "--reader",
+        "no such reader",
+        "--log",
+        d / "s.db",
+        "--terminal-id",
+        STATION,
+        "--broker-host",
+        "127.0.0.1",
+        "--broker-port",
+        free_port(),
+        "--broker-ca",
+        sync_pki.ca.cert,
+        "--cert",
+        c.cert,
+        "--cert-key",
+        c.key,
+        "--platform-public-key",
+        sync_pki.platform_public,
+        "--registry-timeout",
+        "1",
+        "--wait",
+        "1",
+    )
     assert code == 2 and err.count("\n") == 1 and "cannot reach the platform's broker" in err
 
 
@@ -118,8 +231,14 @@ def test_another_enterprises_card_and_holder_are_refused(tmp_path, broker, platf
     platform.add_holder("00020002", "X1", "Li Na")
     platform.issue_card("00020002", "X1", "0102030405060708")
     c = broker.pki.client(STATION)
-    with MqttRegistry(STATION, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
-                      load_platform_public_key(broker.pki.platform_public), timeout=5) as registry:
+    with MqttRegistry(
+        STATION,
+        "127.0.0.1",
+        broker.port,
+        TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+        load_platform_public_key(broker.pki.platform_public),
+        timeout=5,
+    ) as registry:
         assert registry.holder("00010001", "E1001") == {"name": "Zhang Wei", "phone": "13800000001"}
         with pytest.raises(RegistryError, match="not registered in enterprise 00010001"):
             registry.holder("00010001", "NOBODY")
@@ -144,8 +263,14 @@ def test_a_terminal_certificate_cannot_ask_the_registry(tmp_path, broker, platfo
     door = "000000000001"
     platform.add_terminal(door, "00010001", kind="door")
     c = broker.pki.client(door)
-    with MqttRegistry(door, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
-                      load_platform_public_key(broker.pki.platform_public), timeout=1.5) as registry:
+    with MqttRegistry(
+        door,
+        "127.0.0.1",
+        broker.port,
+        TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+        load_platform_public_key(broker.pki.platform_public),
+        timeout=1.5,
+    ) as registry:
         with pytest.raises(RegistryError, match="did not answer the holder request"):
             registry.holder("00010001", "E1001")
 
@@ -160,8 +285,9 @@ def test_an_answer_signed_by_another_key_is_not_believed(tmp_path, broker, platf
 
     impostor = Ed25519PrivateKey.generate().public_key()
     c = broker.pki.client(STATION)
-    with MqttRegistry(STATION, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
-                      impostor, timeout=1.5) as registry:
+    with MqttRegistry(
+        STATION, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key), impostor, timeout=1.5
+    ) as registry:
         with pytest.raises(RegistryError, match="did not answer"):
             registry.holder("00010001", "E1001")
     assert "not signed by the platform key" in caplog.text
@@ -177,14 +303,19 @@ def test_a_terminal_that_is_not_an_issuing_station_is_refused(tmp_path, broker, 
     platform.add_enterprise("00020002", "Other Co")
     platform.add_terminal(other, "00020002", kind="door")
     c = broker.pki.client(other)
-    with MqttRegistry(other, "127.0.0.1", broker.port, TlsFiles(broker.pki.ca.cert, c.cert, c.key),
-                      load_platform_public_key(broker.pki.platform_public), timeout=5) as registry:
+    with MqttRegistry(
+        other,
+        "127.0.0.1",
+        broker.port,
+        TlsFiles(broker.pki.ca.cert, c.cert, c.key),
+        load_platform_public_key(broker.pki.platform_public),
+        timeout=5,
+    ) as registry:
         with pytest.raises(RegistryError, match="not registered with the platform as an issuing station"):
             registry.holder("00020002", "X1")
 
 
-def test_replace_with_one_reader_waits_for_the_old_card_to_leave(tmp_path, capsys, monkeypatch, broker,
-                                                                  platform):
+def test_replace_with_one_reader_waits_for_the_old_card_to_leave(tmp_path, capsys, monkeypatch, broker, platform):
     import threading
 
     import terminal.issuing_cli as issuing_cli
@@ -193,15 +324,58 @@ def test_replace_with_one_reader_waits_for_the_old_card_to_leave(tmp_path, capsy
 
     d = tmp_path
     (d / "pass").write_text("card office\n")
-    assert run(capsys, "sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
-               "--enterprise", "00010001", "--algorithm", "aes128")[0] == 0
+    assert (
+        run(
+            capsys,
+            "sam",
+            "create-keystore",
+            "--out",
+            d / "ks",
+            "--passphrase-file",
+            d / "pass",
+            "--enterprise",
+            "00010001",
+            "--algorithm",
+            "aes128",
+        )[0]
+        == 0
+    )
     factory = SoftwareSam.open(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pass"))
     for name in ("old", "new"):
         write_card(d / f"{name}.json", transport_card(factory, ENTERPRISE))
-        assert run(capsys, "issue", "wash", "--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise",
-                   "00010001", "--card", d / f"{name}.json", "--log", d / "station.db", "--to-version", "1")[0] == 0
-    station = ["--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise", "00010001",
-               "--log", d / "station.db", *station_network(broker), "--wait", "10"]
+        assert (
+            run(
+                capsys,
+                "issue",
+                "wash",
+                "--keystore",
+                d / "ks",
+                "--passphrase-file",
+                d / "pass",
+                "--enterprise",
+                "00010001",
+                "--card",
+                d / f"{name}.json",
+                "--log",
+                d / "station.db",
+                "--to-version",
+                "1",
+            )[0]
+            == 0
+        )
+    station = [
+        "--keystore",
+        d / "ks",
+        "--passphrase-file",
+        d / "pass",
+        "--enterprise",
+        "00010001",
+        "--log",
+        d / "station.db",
+        *station_network(broker),
+        "--wait",
+        "10",
+    ]
     assert run(capsys, "issue", "card", *station, "--card", d / "old.json", "--employee", "E1001")[0] == 0
 
     # One reader at the desk: the old card lies on it; the clerk takes it away a little after it is voided, then

@@ -1,5 +1,6 @@
 """issue 8: replacement and cancellation check they can finish before the first irreversible step, a card voided by
 any path is known to the platform with its frozen balance, and the issuing role is enough for every issuing flow."""
+
 import pytest
 
 from central.station_registry import InProcessRegistry
@@ -37,8 +38,11 @@ def role_sam(rules) -> SoftwareSam:
 def test_a_sam_that_cannot_finish_changes_nothing(platform, log, tmp_path, flow):  # noqa: F811
     card = old_card(tmp_path / "old.json", platform, balance=19_000)
     st = station(role_sam(OLD_ISSUING_ROLE), platform, log)
-    run = (lambda t: st.backup_and_void(t, MONDAY_10AM)) if flow == "replace" else \
-        (lambda t: st.cancel(t, MONDAY_10AM, settle=True))
+    run = (
+        (lambda t: st.backup_and_void(t, MONDAY_10AM))
+        if flow == "replace"
+        else (lambda t: st.cancel(t, MONDAY_10AM, settle=True))
+    )
     with pytest.raises(Refusal) as r:
         tap_run(card, run)
     assert r.value.reason_code == "sam_cannot_finish" and "verify" in r.value.message
@@ -106,7 +110,8 @@ def test_the_platform_records_a_void_once_and_only_for_an_open_card(platform, tm
     platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)  # a re-tap reports the same void again
     assert platform.card(asn)["status"] == "VOIDED" and platform.voided(asn)["frozen_cents"] == 500
     assert [r[0] for r in platform.conn.execute("SELECT action FROM card_history WHERE asn = ?", (asn,))].count(
-        "void") == 1
+        "void"
+    ) == 1
     platform.cancel(asn, settle=True)
     with pytest.raises(PlatformError, match="CANCELLED"):
         platform.record_void(asn, 500, "00" * 8, ISSUING_TERMINAL)
@@ -123,6 +128,7 @@ def test_a_garbled_answer_to_the_balance_load_asks_for_a_retap_and_loads_once(pl
             answer = transmit(apdu)
             # The card credited; its proof MAC3 was damaged on the way back.
             return answer[:8] + bytes([answer[8] ^ 1]) + answer[9:] if apdu[:2] == b"\x80\x52" else answer
+
         return relay
 
     with pytest.raises(Refusal) as r:

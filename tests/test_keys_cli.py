@@ -1,4 +1,5 @@
 """`onecard keys ...` over real pcscd + vpcd: master card in slot 3, PSAM in slot 2 (docs/keys.md 8)."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,19 @@ def env(tmp_path, pcscd, vicc, capsys):
 
 
 def create(env, enterprise="00010001", name="master.json"):
-    assert env.run("sim", "new-master-card", "--enterprise", enterprise, "--out", env.path / name,
-                   "--pin-file", env.path / "pin") == 0, env.out
+    assert (
+        env.run(
+            "sim",
+            "new-master-card",
+            "--enterprise",
+            enterprise,
+            "--out",
+            env.path / name,
+            "--pin-file",
+            env.path / "pin",
+        )
+        == 0
+    ), env.out
     assert "KEEP THIS" in env.out
 
 
@@ -83,23 +95,57 @@ def test_create_inspect_generate_load_keystore_and_psam(env):
     outputs = [env.out]
     env.insert_master()
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0, env.out
-    assert "enterprise 00010001" in env.out and "3 of 3 tries left" in env.out and "key versions: 0 (transport), 1" in env.out
+    assert (
+        "enterprise 00010001" in env.out
+        and "3 of 3 tries left" in env.out
+        and "key versions: 0 (transport), 1" in env.out
+    )
     outputs.append(env.out)
-    assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0, env.out
+    assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0, (
+        env.out
+    )
     assert "key version 2 generated" in env.out
     outputs.append(env.out)
 
     ks = env.path / "pos.ks"
-    assert env.run("keys", "load-keystore", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--role", "pos", "--out", ks, "--passphrase-file", env.path / "pass") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "load-keystore",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "pos",
+            "--out",
+            ks,
+            "--passphrase-file",
+            env.path / "pass",
+        )
+        == 0
+    ), env.out
     outputs.append(env.out)
     keystore = load_keystore(ks, KeystoreUnlock.from_passphrase_file(env.path / "pass"))
     assert len(keystore) == 8 and keystore.master_card is not None
 
     assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
     env.insert_psam()
-    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
-                   "--pin-file", env.path / "pin", "--role", "pos") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "load-psam",
+            "--reader",
+            env.master_reader,
+            "--psam-reader",
+            env.psam_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "pos",
+        )
+        == 0
+    ), env.out
     assert "8 keys" in env.out
     outputs.append(env.out)
     assert env.run("keys", "versions", "--reader", env.psam_reader) == 0, env.out
@@ -114,8 +160,23 @@ def test_create_inspect_generate_load_keystore_and_psam(env):
 
     # 二次洗卡: version 3 reaches the keystore only from the master card.
     assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0
-    assert env.run("keys", "add-version", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--role", "pos", "--keystore", ks, "--passphrase-file", env.path / "pass") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "add-version",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "pos",
+            "--keystore",
+            ks,
+            "--passphrase-file",
+            env.path / "pass",
+        )
+        == 0
+    ), env.out
     assert "4 keys added" in env.out
     outputs.append(env.out)
     for text in outputs:
@@ -127,10 +188,29 @@ def test_add_version_refuses_a_keystore_not_loaded_from_the_master_card(env):
     create(env)
     env.insert_master()
     ks = env.path / "plain.ks"
-    assert env.run("sam", "create-keystore", "--out", ks, "--passphrase-file", env.path / "pass",
-                   "--enterprise", "00010001") == 0
-    assert env.run("keys", "add-version", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--role", "pos", "--keystore", ks, "--passphrase-file", env.path / "pass") == 1
+    assert (
+        env.run(
+            "sam", "create-keystore", "--out", ks, "--passphrase-file", env.path / "pass", "--enterprise", "00010001"
+        )
+        == 0
+    )
+    assert (
+        env.run(
+            "keys",
+            "add-version",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "pos",
+            "--keystore",
+            ks,
+            "--passphrase-file",
+            env.path / "pass",
+        )
+        == 1
+    )
     assert "was not loaded from a key master card" in env.error
 
 
@@ -143,10 +223,31 @@ def test_wrong_pin_says_tries_left_and_a_blocked_card_says_what_to_do(env):
     # A blocked card is reported, and the exit code says it is not usable.
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 1
     assert "BLOCKED" in env.out and "onecard sim restore-master-card" in env.out
-    for argv in (("generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin"),
-                 ("change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--new-pin-file", env.path / "pin"),
-                 ("load-keystore", "--reader", env.master_reader, "--pin-file", env.path / "pin", "--role",
-                  "door", "--out", env.path / "x.ks", "--passphrase-file", env.path / "pass")):
+    for argv in (
+        ("generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin"),
+        (
+            "change-pin",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--new-pin-file",
+            env.path / "pin",
+        ),
+        (
+            "load-keystore",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "door",
+            "--out",
+            env.path / "x.ks",
+            "--passphrase-file",
+            env.path / "pass",
+        ),
+    ):
         assert env.run("keys", *argv) == 1
         assert "blocked" in env.error and "onecard sim restore-master-card" in env.error
 
@@ -157,35 +258,114 @@ def test_load_psam_refuses_a_master_card_of_another_enterprise(env):
     assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
     env.insert_psam()
     env.insert_master("a.json")
-    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
-                   "--pin-file", env.path / "pin", "--role", "door") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "load-psam",
+            "--reader",
+            env.master_reader,
+            "--psam-reader",
+            env.psam_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "door",
+        )
+        == 0
+    ), env.out
     env.insert_master("b.json")
-    assert env.run("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
-                   "--pin-file", env.path / "pin", "--role", "door") == 1
+    assert (
+        env.run(
+            "keys",
+            "load-psam",
+            "--reader",
+            env.master_reader,
+            "--psam-reader",
+            env.psam_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--role",
+            "door",
+        )
+        == 1
+    )
     assert "enterprise mismatch" in env.error and "00010001" in env.error and "00020002" in env.error
 
 
 def test_backup_restore_and_change_pin(env):
     create(env)
     env.insert_master()
-    assert env.run("keys", "new-backup-recipient", "--out-private", env.path / "r.key", "--out-public", env.path / "r.pub") == 0
+    assert (
+        env.run("keys", "new-backup-recipient", "--out-private", env.path / "r.key", "--out-public", env.path / "r.pub")
+        == 0
+    )
     assert "KEEP THIS" in env.out and "r.key" in env.out
-    assert env.run("keys", "backup", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "backup",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--recipient-key",
+            env.path / "r.pub",
+            "--out",
+            env.path / "backup.bin",
+        )
+        == 0
+    ), env.out
     assert "KEEP THIS" in env.out
-    assert env.run("keys", "backup", "--reader", env.master_reader, "--pin-file", env.path / "pin",
-                   "--recipient-key", env.path / "r.pub", "--out", env.path / "backup.bin") == 2
+    assert (
+        env.run(
+            "keys",
+            "backup",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin",
+            "--recipient-key",
+            env.path / "r.pub",
+            "--out",
+            env.path / "backup.bin",
+        )
+        == 2
+    )
     assert "already exists" in env.out
     assert env.run("keys", "inspect", "--reader", env.master_reader) == 0
     original = env.stdout.splitlines()[-13:]  # header + 12 keys
     (env.path / "pin2").write_text("97531864\n")
-    assert env.run("sim", "restore-master-card", "--backup", env.path / "backup.bin", "--recipient-private-key", env.path / "r.key",
-                   "--pin-file", env.path / "pin2", "--out", env.path / "restored.json") == 0, env.out
+    assert (
+        env.run(
+            "sim",
+            "restore-master-card",
+            "--backup",
+            env.path / "backup.bin",
+            "--recipient-private-key",
+            env.path / "r.key",
+            "--pin-file",
+            env.path / "pin2",
+            "--out",
+            env.path / "restored.json",
+        )
+        == 0
+    ), env.out
     env.insert_master("restored.json")
     assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "pin2") == 0, env.out
     assert env.stdout.splitlines()[-13:] == original  # same keys, same KCVs
-    assert env.run("keys", "change-pin", "--reader", env.master_reader, "--pin-file", env.path / "pin2",
-                   "--new-pin-file", env.path / "pin") == 0, env.out
+    assert (
+        env.run(
+            "keys",
+            "change-pin",
+            "--reader",
+            env.master_reader,
+            "--pin-file",
+            env.path / "pin2",
+            "--new-pin-file",
+            env.path / "pin",
+        )
+        == 0
+    ), env.out
     assert "KEEP THIS" in env.out
     assert env.run("keys", "inspect", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0, env.out
     for key in env.keys_hex():
@@ -198,8 +378,18 @@ def test_a_retired_version_leaves_the_psam_only_when_no_card_uses_it(env):
     assert env.run("keys", "generate-version", "--reader", env.master_reader, "--pin-file", env.path / "pin") == 0
     assert env.run("sim", "new-blank-psam", "--out", env.path / "psam.json") == 0
     env.insert_psam()
-    load = ("keys", "load-psam", "--reader", env.master_reader, "--psam-reader", env.psam_reader,
-            "--pin-file", env.path / "pin", "--role", "door")
+    load = (
+        "keys",
+        "load-psam",
+        "--reader",
+        env.master_reader,
+        "--psam-reader",
+        env.psam_reader,
+        "--pin-file",
+        env.path / "pin",
+        "--role",
+        "door",
+    )
     assert env.run(*load) == 0, env.out
     (env.path / "busy.json").write_text(json.dumps({"00010001": {"1": 2, "2": 5}}))
     (env.path / "done.json").write_text(json.dumps({"00010001": {"2": 7}}))

@@ -1,4 +1,5 @@
 """sam.keystore file format, unlocking, failure paths and key hiding; the `onecard sam` CLI end to end."""
+
 from __future__ import annotations
 
 import json
@@ -72,6 +73,7 @@ def assert_same_keys(a: Keystore, b: Keystore) -> None:
 
 # --- round trips ----------------------------------------------------------------------------------
 
+
 def test_round_trip_passphrase_file(tmp_path):
     (tmp_path / "pw").write_bytes(b"correct horse battery staple\n")
     unlock = KeystoreUnlock.from_passphrase_file(tmp_path / "pw")
@@ -103,7 +105,7 @@ def test_default_scrypt_cost_is_recorded(tmp_path):
 def test_each_save_uses_fresh_salt_and_nonce():
     again = encode_keystore(KEYSTORE, PASS, scrypt_n=FAST_N)
     assert again[:HEADER_LEN] != ENCODED[:HEADER_LEN]
-    assert again[HEADER_LEN:HEADER_LEN + 12] != ENCODED[HEADER_LEN:HEADER_LEN + 12]
+    assert again[HEADER_LEN : HEADER_LEN + 12] != ENCODED[HEADER_LEN : HEADER_LEN + 12]
 
 
 def test_empty_keystore_round_trips():
@@ -112,17 +114,20 @@ def test_empty_keystore_round_trips():
 
 # --- the documented format, reimplemented from docs/key-handling.md -------------------------------
 
+
 def doc_decrypt(data: bytes, passphrase: bytes | None = None, device_secret: bytes | None = None) -> dict:
     first = data.index(b"\n") + 1
     second = data.index(b"\n", first) + 1
     header = data[:second]
-    fields = dict(f.split(b"=", 1) for f in data[first:second - 1].split(b" "))
+    fields = dict(f.split(b"=", 1) for f in data[first : second - 1].split(b" "))
     salt = bytes.fromhex(fields[b"salt"].decode())
     if fields[b"kek"] == b"scrypt":
-        kek = Scrypt(salt=salt, length=32, n=int(fields[b"n"]), r=int(fields[b"r"]), p=int(fields[b"p"])).derive(passphrase)
+        kek = Scrypt(salt=salt, length=32, n=int(fields[b"n"]), r=int(fields[b"r"]), p=int(fields[b"p"])).derive(
+            passphrase
+        )
     else:
         kek = HKDF(hashes.SHA256(), 32, salt, fields[b"info"]).derive(device_secret)
-    nonce, sealed = data[second:second + 12], data[second + 12:]
+    nonce, sealed = data[second : second + 12], data[second + 12 :]
     return json.loads(AESGCM(kek).decrypt(nonce, sealed, header))
 
 
@@ -130,7 +135,9 @@ def test_documented_format_decrypts_independently():
     document = doc_decrypt(ENCODED, passphrase=b"correct horse battery staple")
     entries = {(e["enterprise_id"], e["purpose"], e["version"], e["algorithm"]): e for e in document["keys"]}
     for key in KEYSTORE:
-        entry = entries[(key.enterprise_id.hex(), key.purpose.value, key.version, {1: "aes128", 2: "sm4"}[key.algorithm])]
+        entry = entries[
+            (key.enterprise_id.hex(), key.purpose.value, key.version, {1: "aes128", 2: "sm4"}[key.algorithm])
+        ]
         assert entry["key"] == key.key.reveal().hex()
         assert entry["usages"] == sorted(u.value for u in key.usages)
     document = doc_decrypt(encode_keystore(KEYSTORE, DEVICE), device_secret=bytes(range(32)))
@@ -140,11 +147,25 @@ def test_documented_format_decrypts_independently():
 def test_file_written_from_the_documentation_loads(tmp_path):
     secret = b"\x5a" * 32
     salt, nonce = bytes(range(16)), bytes(range(12))
-    header = b"ONECARD-KEYSTORE 1\nkek=device-secret hkdf=sha256 salt=" + salt.hex().encode() + b" info=onecard-keystore-kek-v1\n"
-    payload = json.dumps({"keys": [{
-        "enterprise_id": "00010001", "purpose": "access", "version": 3, "algorithm": "sm4",
-        "usages": ["verify"], "key": "00112233445566778899aabbccddeeff",
-    }]}).encode()
+    header = (
+        b"ONECARD-KEYSTORE 1\nkek=device-secret hkdf=sha256 salt="
+        + salt.hex().encode()
+        + b" info=onecard-keystore-kek-v1\n"
+    )
+    payload = json.dumps(
+        {
+            "keys": [
+                {
+                    "enterprise_id": "00010001",
+                    "purpose": "access",
+                    "version": 3,
+                    "algorithm": "sm4",
+                    "usages": ["verify"],
+                    "key": "00112233445566778899aabbccddeeff",
+                }
+            ]
+        }
+    ).encode()
     kek = HKDF(hashes.SHA256(), 32, salt, b"onecard-keystore-kek-v1").derive(secret)
     (tmp_path / "ks").write_bytes(header + nonce + AESGCM(kek).encrypt(nonce, payload, header))
     keystore = load_keystore(tmp_path / "ks", KeystoreUnlock.from_device_secret(secret))
@@ -167,15 +188,98 @@ SECRET_HEX = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
     "entries",
     [
         "not json",
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 0, "algorithm": "aes128", "usages": ["verify"], "key": SECRET_HEX}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "des", "usages": ["verify"], "key": SECRET_HEX}],
-        [{"enterprise_id": "0001000A", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": ["verify"], "key": SECRET_HEX}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": ["sign"], "key": SECRET_HEX}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": [], "key": SECRET_HEX}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": ["verify"], "key": SECRET_HEX[:-2]}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": ["verify"], "key": SECRET_HEX}] * 2,
-        [{"enterprise_id": "00010001", "purpose": "access", "version": 1, "algorithm": "sm4", "usages": ["verify"], "key": SECRET_HEX, "x": 1}],
-        [{"enterprise_id": "00010001", "purpose": "access", "version": True, "algorithm": "sm4", "usages": ["verify"], "key": SECRET_HEX}],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 0,
+                "algorithm": "aes128",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "des",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "0001000A",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": ["sign"],
+                "key": SECRET_HEX,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": [],
+                "key": SECRET_HEX,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": ["verify"],
+                "key": SECRET_HEX[:-2],
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+            }
+        ]
+        * 2,
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": 1,
+                "algorithm": "sm4",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+                "x": 1,
+            }
+        ],
+        [
+            {
+                "enterprise_id": "00010001",
+                "purpose": "access",
+                "version": True,
+                "algorithm": "sm4",
+                "usages": ["verify"],
+                "key": SECRET_HEX,
+            }
+        ],
     ],
 )
 def test_authentic_but_invalid_payload(entries):
@@ -186,6 +290,7 @@ def test_authentic_but_invalid_payload(entries):
 
 
 # --- failure paths --------------------------------------------------------------------------------
+
 
 def test_wrong_passphrase_is_clear_and_writes_nothing(tmp_path):
     path = tmp_path / "ks"
@@ -203,7 +308,9 @@ def test_wrong_passphrase_is_clear_and_writes_nothing(tmp_path):
 
 def test_wrong_device_secret():
     data = encode_keystore(KEYSTORE, DEVICE)
-    with pytest.raises(KeystoreError, match=r"^wrong device secret or corrupted keystore ks: check the device secret file"):
+    with pytest.raises(
+        KeystoreError, match=r"^wrong device secret or corrupted keystore ks: check the device secret file"
+    ):
         decode_keystore(data, KeystoreUnlock.from_device_secret(bytes(32)), "ks")
 
 
@@ -240,7 +347,28 @@ def test_any_byte_replacement_is_a_keystore_error(position, value):
         decode_keystore(bytes(data), PASS, "ks")
 
 
-@pytest.mark.parametrize("length", sorted({0, 1, 10, 16, 17, 18, 19, 30, HEADER_LEN - 1, HEADER_LEN, HEADER_LEN + 12, HEADER_LEN + 28, HEADER_LEN + 29, len(ENCODED) - 16, len(ENCODED) - 1}))
+@pytest.mark.parametrize(
+    "length",
+    sorted(
+        {
+            0,
+            1,
+            10,
+            16,
+            17,
+            18,
+            19,
+            30,
+            HEADER_LEN - 1,
+            HEADER_LEN,
+            HEADER_LEN + 12,
+            HEADER_LEN + 28,
+            HEADER_LEN + 29,
+            len(ENCODED) - 16,
+            len(ENCODED) - 1,
+        }
+    ),
+)
 def test_truncated_file(tmp_path, length):
     (tmp_path / "ks").write_bytes(ENCODED[:length])
     with pytest.raises(KeystoreError, match="truncated or corrupted|wrong passphrase or corrupted"):
@@ -257,7 +385,7 @@ def test_truncated_file(tmp_path, length):
 )
 def test_format_version_line(header, message):
     with pytest.raises(KeystoreError, match=message):
-        decode_keystore(header + ENCODED[len(b"ONECARD-KEYSTORE 1\n"):], PASS, "ks")
+        decode_keystore(header + ENCODED[len(b"ONECARD-KEYSTORE 1\n") :], PASS, "ks")
 
 
 @pytest.mark.parametrize(
@@ -290,7 +418,9 @@ def test_not_a_keystore(tmp_path, content):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(KeystoreError, match=f"keystore file not found: {re.escape(str(tmp_path / 'nope'))}; .*create-keystore"):
+    with pytest.raises(
+        KeystoreError, match=f"keystore file not found: {re.escape(str(tmp_path / 'nope'))}; .*create-keystore"
+    ):
         load_keystore(tmp_path / "nope", PASS)
 
 
@@ -306,6 +436,7 @@ def test_oversized_file(tmp_path):
 
 
 # --- writing --------------------------------------------------------------------------------------
+
 
 def test_refuses_to_overwrite(tmp_path):
     path = tmp_path / "ks"
@@ -360,6 +491,7 @@ def test_keys_are_not_in_the_file_in_clear(tmp_path):
 
 # --- unlock secrets -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("content", "passphrase"),
     [(b"pw\n", b"pw"), (b"pw\r\n", b"pw"), (b"pw", b"pw"), (b"pw\n\n", b"pw\n"), (b" pw \n", b" pw ")],
@@ -398,9 +530,16 @@ def test_device_secret_is_used_byte_exact(tmp_path):
 
 # --- model rules ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("purpose", "version"),
-    [(KeyPurpose.ACCESS, 0), (KeyPurpose.UPDATE, 0), (KeyPurpose.TRANSPORT, 1), (KeyPurpose.ACCESS, 256), (KeyPurpose.ACCESS, -1)],
+    [
+        (KeyPurpose.ACCESS, 0),
+        (KeyPurpose.UPDATE, 0),
+        (KeyPurpose.TRANSPORT, 1),
+        (KeyPurpose.ACCESS, 256),
+        (KeyPurpose.ACCESS, -1),
+    ],
 )
 def test_key_versions(purpose, version):
     with pytest.raises(ValueError, match="version"):
@@ -417,10 +556,15 @@ def test_key_rules():
     with pytest.raises(ValueError):
         SecretKey(bytes(24))
     key = MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128, {KeyUsage.VERIFY})
-    with pytest.raises(ValueError, match="duplicate key: enterprise 00010001 purpose access version 1 algorithm aes128"):
+    with pytest.raises(
+        ValueError, match="duplicate key: enterprise 00010001 purpose access version 1 algorithm aes128"
+    ):
         Keystore([key, MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128, {KeyUsage.MAC})])
     # Same enterprise, purpose and version under the other algorithm is a different key.
-    assert len(Keystore([key, MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.SM4, {KeyUsage.VERIFY})])) == 2
+    assert (
+        len(Keystore([key, MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.SM4, {KeyUsage.VERIFY})]))
+        == 2
+    )
 
 
 @pytest.mark.parametrize("text", ["0001000", "000100010", "0001000A", "abcdefgh", " 00010001"])
@@ -432,11 +576,15 @@ def test_enterprise_id_text(text):
 def test_restricted():
     door = KEYSTORE.restricted({KeyUsage.VERIFY}, purposes={KeyPurpose.ACCESS})
     assert {(k.enterprise_id, k.purpose, k.version) for k in door} == {
-        (ENTERPRISE, KeyPurpose.ACCESS, 1), (ENTERPRISE, KeyPurpose.ACCESS, 2), (OTHER_ENTERPRISE, KeyPurpose.ACCESS, 7)
+        (ENTERPRISE, KeyPurpose.ACCESS, 1),
+        (ENTERPRISE, KeyPurpose.ACCESS, 2),
+        (OTHER_ENTERPRISE, KeyPurpose.ACCESS, 7),
     }
     assert all(k.usages == {KeyUsage.VERIFY} for k in door)
     assert all(k.key == KEYSTORE.get(*k.ident).key for k in door)
-    issuing = KEYSTORE.restricted({KeyUsage.MAC, KeyUsage.PERSONALISE}, algorithms={Algorithm.SM4}, enterprise_ids={ENTERPRISE})
+    issuing = KEYSTORE.restricted(
+        {KeyUsage.MAC, KeyUsage.PERSONALISE}, algorithms={Algorithm.SM4}, enterprise_ids={ENTERPRISE}
+    )
     assert {(k.purpose, k.version, k.usages) for k in issuing} == {
         (KeyPurpose.ACCESS, 1, frozenset({KeyUsage.MAC})),
         (KeyPurpose.UPDATE, 1, frozenset({KeyUsage.MAC, KeyUsage.PERSONALISE})),
@@ -445,6 +593,7 @@ def test_restricted():
 
 
 # --- secrets stay hidden --------------------------------------------------------------------------
+
 
 def test_keys_never_in_repr_str_or_pickles():
     shown = " ".join(
@@ -467,6 +616,7 @@ def test_keystore_errors_are_sam_errors():
 
 # --- CLI ------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def secrets_dir(tmp_path):
     (tmp_path / "pw").write_text("issuing station passphrase\n")
@@ -488,17 +638,36 @@ def assert_no_key_in(text: str, *keystores: Keystore) -> None:
 
 def test_cli_create_list_restrict(secrets_dir, capsys):
     d = secrets_dir
-    code, out, err = run_cli(capsys, "create-keystore", "--out", str(d / "master.ks"), "--passphrase-file", str(d / "pw"), "--enterprise", "00010001")
+    code, out, err = run_cli(
+        capsys,
+        "create-keystore",
+        "--out",
+        str(d / "master.ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--enterprise",
+        "00010001",
+    )
     assert (code, err) == (0, "")
     master = load_keystore(d / "master.ks", KeystoreUnlock.from_passphrase_file(d / "pw"))
     assert {(k.purpose, k.version, k.algorithm) for k in master} == {
-        (p, v, a) for a in Algorithm for p, v in ((KeyPurpose.ACCESS, 1), (KeyPurpose.UPDATE, 1), (KeyPurpose.TRANSPORT, 0),
-                                                  (KeyPurpose.PURCHASE, 1), (KeyPurpose.LOAD, 1), (KeyPurpose.TAC, 1))
+        (p, v, a)
+        for a in Algorithm
+        for p, v in (
+            (KeyPurpose.ACCESS, 1),
+            (KeyPurpose.UPDATE, 1),
+            (KeyPurpose.TRANSPORT, 0),
+            (KeyPurpose.PURCHASE, 1),
+            (KeyPurpose.LOAD, 1),
+            (KeyPurpose.TAC, 1),
+        )
     }
     # Every usage that means something for the purpose: reversal only on LOAD, never mac on TAC.
     without_reversal = ALL_USAGES - {KeyUsage.REVERSAL}
     for k in master:
-        expected = {KeyPurpose.LOAD: ALL_USAGES, KeyPurpose.TAC: without_reversal - {KeyUsage.MAC}}.get(k.purpose, without_reversal)
+        expected = {KeyPurpose.LOAD: ALL_USAGES, KeyPurpose.TAC: without_reversal - {KeyUsage.MAC}}.get(
+            k.purpose, without_reversal
+        )
         assert k.usages == expected and k.enterprise_id == ENTERPRISE, k.describe()
     for info in master.infos():
         assert info.kcv in out
@@ -508,14 +677,32 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
     assert code == 0 and err == ""
     rows = out.splitlines()
     assert rows[0].split() == ["ENTERPRISE", "PURPOSE", "VERSION", "ALGORITHM", "USAGES", "KCV"]
-    assert rows[1].split() == ["00010001", "access", "1", "aes128", "mac,personalise,verify",
-                               master.get(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128).info().kcv]
+    assert rows[1].split() == [
+        "00010001",
+        "access",
+        "1",
+        "aes128",
+        "mac,personalise,verify",
+        master.get(ENTERPRISE, KeyPurpose.ACCESS, 1, Algorithm.AES128).info().kcv,
+    ]
     assert len(rows) == 13
     all_output += out + err
 
     code, out, err = run_cli(
-        capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
-        "--out", str(d / "door.ks"), "--usages", "verify", "--purposes", "access", "--out-device-secret-file", str(d / "door-secret"),
+        capsys,
+        "restrict",
+        "--keystore",
+        str(d / "master.ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--out",
+        str(d / "door.ks"),
+        "--usages",
+        "verify",
+        "--purposes",
+        "access",
+        "--out-device-secret-file",
+        str(d / "door-secret"),
     )
     assert code == 0 and err == ""
     all_output += out + err
@@ -526,7 +713,9 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
     assert all(k.key == master.get(*k.ident).key for k in door)
     assert stat.S_IMODE((d / "door.ks").stat().st_mode) == 0o600
 
-    code, out, err = run_cli(capsys, "list", "--keystore", str(d / "door.ks"), "--device-secret-file", str(d / "door-secret"))
+    code, out, err = run_cli(
+        capsys, "list", "--keystore", str(d / "door.ks"), "--device-secret-file", str(d / "door-secret")
+    )
     assert code == 0 and len(out.splitlines()) == 3
     all_output += out + err
     assert_no_key_in(all_output, master)
@@ -535,24 +724,50 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
 def test_cli_create_options(secrets_dir, capsys):
     d = secrets_dir
     code, _, err = run_cli(
-        capsys, "create-keystore", "--out", str(d / "ks"), "--device-secret-file", str(d / "door-secret"),
-        "--enterprise", "20240315", "--algorithm", "sm4", "--usages", "verify, mac",
+        capsys,
+        "create-keystore",
+        "--out",
+        str(d / "ks"),
+        "--device-secret-file",
+        str(d / "door-secret"),
+        "--enterprise",
+        "20240315",
+        "--algorithm",
+        "sm4",
+        "--usages",
+        "verify, mac",
     )
     assert (code, err) == (0, "")
     keystore = load_keystore(d / "ks", KeystoreUnlock.from_device_secret_file(d / "door-secret"))
     assert len(keystore) == 6
     assert all(k.algorithm is Algorithm.SM4 for k in keystore)
-    assert all(k.usages == ({KeyUsage.VERIFY} if k.purpose is KeyPurpose.TAC else {KeyUsage.VERIFY, KeyUsage.MAC}) for k in keystore)
+    assert all(
+        k.usages == ({KeyUsage.VERIFY} if k.purpose is KeyPurpose.TAC else {KeyUsage.VERIFY, KeyUsage.MAC})
+        for k in keystore
+    )
 
 
 def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
     d = secrets_dir
-    args = ["create-keystore", "--out", str(d / "ks"), "--passphrase-file", str(d / "pw"), "--enterprise", "00010001", "--algorithm", "aes128"]
+    args = [
+        "create-keystore",
+        "--out",
+        str(d / "ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--enterprise",
+        "00010001",
+        "--algorithm",
+        "aes128",
+    ]
     assert run_cli(capsys, *args)[0] == 0
     before = (d / "ks").read_bytes()
     code, out, err = run_cli(capsys, *args)
     assert code == 1 and out == ""
-    assert err == f"error: keystore {d / 'ks'} already exists; choose another path or explicitly ask to overwrite it (--force)\n"
+    assert (
+        err
+        == f"error: keystore {d / 'ks'} already exists; choose another path or explicitly ask to overwrite it (--force)\n"
+    )
     assert (d / "ks").read_bytes() == before
     assert run_cli(capsys, *args, "--force")[0] == 0
     assert (d / "ks").read_bytes() != before
@@ -561,19 +776,127 @@ def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
 @pytest.mark.parametrize(
     ("argv", "message", "exit_code"),
     [
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "1"], "is not 8 decimal digits", 2),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--algorithm", "des"], "unknown algorithm 'des'; use one of aes128, sm4 or both", 2),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", "verify,sign"], "unknown usage 'sign' in --usages; use some of", 2),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001", "--usages", ""], "is not a comma-separated list", 2),
-        (["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/nope", "--enterprise", "00010001"], "passphrase file not found", 1),
-        (["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"], "cannot write keystore .*directory exists", 1),
+        (
+            ["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/pw", "--enterprise", "1"],
+            "is not 8 decimal digits",
+            2,
+        ),
+        (
+            [
+                "create-keystore",
+                "--out",
+                "{d}/x",
+                "--passphrase-file",
+                "{d}/pw",
+                "--enterprise",
+                "00010001",
+                "--algorithm",
+                "des",
+            ],
+            "unknown algorithm 'des'; use one of aes128, sm4 or both",
+            2,
+        ),
+        (
+            [
+                "create-keystore",
+                "--out",
+                "{d}/x",
+                "--passphrase-file",
+                "{d}/pw",
+                "--enterprise",
+                "00010001",
+                "--usages",
+                "verify,sign",
+            ],
+            "unknown usage 'sign' in --usages; use some of",
+            2,
+        ),
+        (
+            [
+                "create-keystore",
+                "--out",
+                "{d}/x",
+                "--passphrase-file",
+                "{d}/pw",
+                "--enterprise",
+                "00010001",
+                "--usages",
+                "",
+            ],
+            "is not a comma-separated list",
+            2,
+        ),
+        (
+            ["create-keystore", "--out", "{d}/x", "--passphrase-file", "{d}/nope", "--enterprise", "00010001"],
+            "passphrase file not found",
+            1,
+        ),
+        (
+            ["create-keystore", "--out", "{d}/no/x", "--passphrase-file", "{d}/pw", "--enterprise", "00010001"],
+            "cannot write keystore .*directory exists",
+            1,
+        ),
         (["list", "--keystore", "{d}/nope", "--passphrase-file", "{d}/pw"], "keystore file not found", 1),
         (["list", "--keystore", "{d}/pw", "--passphrase-file", "{d}/pw"], "is not a onecard keystore", 1),
-        (["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"], "wrong passphrase or corrupted keystore", 1),
-        (["list", "--keystore", "{d}/master.ks", "--device-secret-file", "{d}/door-secret"], "locked with a passphrase", 1),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--purposes", "doors"], "unknown purpose 'doors'", 2),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/y", "--usages", "verify", "--enterprise", "99999999"], "no key of .* is left", 2),
-        (["restrict", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/pw", "--out", "{d}/master.ks", "--usages", "verify"], "already exists", 1),
+        (
+            ["list", "--keystore", "{d}/master.ks", "--passphrase-file", "{d}/door-secret"],
+            "wrong passphrase or corrupted keystore",
+            1,
+        ),
+        (
+            ["list", "--keystore", "{d}/master.ks", "--device-secret-file", "{d}/door-secret"],
+            "locked with a passphrase",
+            1,
+        ),
+        (
+            [
+                "restrict",
+                "--keystore",
+                "{d}/master.ks",
+                "--passphrase-file",
+                "{d}/pw",
+                "--out",
+                "{d}/y",
+                "--usages",
+                "verify",
+                "--purposes",
+                "doors",
+            ],
+            "unknown purpose 'doors'",
+            2,
+        ),
+        (
+            [
+                "restrict",
+                "--keystore",
+                "{d}/master.ks",
+                "--passphrase-file",
+                "{d}/pw",
+                "--out",
+                "{d}/y",
+                "--usages",
+                "verify",
+                "--enterprise",
+                "99999999",
+            ],
+            "no key of .* is left",
+            2,
+        ),
+        (
+            [
+                "restrict",
+                "--keystore",
+                "{d}/master.ks",
+                "--passphrase-file",
+                "{d}/pw",
+                "--out",
+                "{d}/master.ks",
+                "--usages",
+                "verify",
+            ],
+            "already exists",
+            1,
+        ),
     ],
 )
 def test_cli_errors_are_one_line(secrets_dir, capsys, argv, message, exit_code):
@@ -594,7 +917,9 @@ def test_cli_subprocess_end_to_end(secrets_dir):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def onecard(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "sam.cli", "sam", *argv], capture_output=True, text=True, env=env, cwd=d)
+        return subprocess.run(
+            [sys.executable, "-m", "sam.cli", "sam", *argv], capture_output=True, text=True, env=env, cwd=d
+        )
 
     created = onecard("create-keystore", "--out", "ks", "--passphrase-file", "pw", "--enterprise", "00010001")
     assert created.returncode == 0, created.stderr
@@ -615,11 +940,41 @@ def test_add_subcommands_plugs_into_a_parser():
     cli.add_subcommands(areas.add_parser("sam").add_subparsers(dest="command", required=True))
     args = parser.parse_args(["sam", "list", "--keystore", "k", "--device-secret-file", "s"])
     assert args.handler is cli.cmd_list and args.keystore == "k" and str(args.device_secret_file) == "s"
-    assert parser.parse_args(["sam", "create-keystore", "--out", "o", "--passphrase-file", "p", "--enterprise", "00010001"]).handler is cli.cmd_create_keystore
-    assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--usages", "verify"]).handler is cli.cmd_restrict
-    assert parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos"]).handler is cli.cmd_restrict
+    assert (
+        parser.parse_args(
+            ["sam", "create-keystore", "--out", "o", "--passphrase-file", "p", "--enterprise", "00010001"]
+        ).handler
+        is cli.cmd_create_keystore
+    )
+    assert (
+        parser.parse_args(
+            ["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--usages", "verify"]
+        ).handler
+        is cli.cmd_restrict
+    )
+    assert (
+        parser.parse_args(
+            ["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos"]
+        ).handler
+        is cli.cmd_restrict
+    )
     with pytest.raises(SystemExit):  # exactly one of --role, --keep, --usages
-        parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o", "--role", "pos", "--usages", "mac"])
+        parser.parse_args(
+            [
+                "sam",
+                "restrict",
+                "--keystore",
+                "k",
+                "--passphrase-file",
+                "p",
+                "--out",
+                "o",
+                "--role",
+                "pos",
+                "--usages",
+                "mac",
+            ]
+        )
     with pytest.raises(SystemExit):
         parser.parse_args(["sam", "restrict", "--keystore", "k", "--passphrase-file", "p", "--out", "o"])
     with pytest.raises(SystemExit):
@@ -628,33 +983,71 @@ def test_add_subcommands_plugs_into_a_parser():
 
 # --- purse roles, TAC separation, state commands --------------------------------------------------
 
-PURSE_MASTER = Keystore([
-    MasterKey.generate(ENTERPRISE, purpose, version, algorithm, ALL_USAGES if purpose is KeyPurpose.LOAD else ALL_USAGES - {KeyUsage.REVERSAL})
-    for algorithm in Algorithm
-    for purpose, version in ((KeyPurpose.ACCESS, 1), (KeyPurpose.PURCHASE, 1), (KeyPurpose.LOAD, 1), (KeyPurpose.TAC, 1))
-])
+PURSE_MASTER = Keystore(
+    [
+        MasterKey.generate(
+            ENTERPRISE,
+            purpose,
+            version,
+            algorithm,
+            ALL_USAGES if purpose is KeyPurpose.LOAD else ALL_USAGES - {KeyUsage.REVERSAL},
+        )
+        for algorithm in Algorithm
+        for purpose, version in (
+            (KeyPurpose.ACCESS, 1),
+            (KeyPurpose.PURCHASE, 1),
+            (KeyPurpose.LOAD, 1),
+            (KeyPurpose.TAC, 1),
+        )
+    ]
+)
 
 
-@pytest.mark.parametrize(("argv", "expected"), [
-    (["--role", "pos"], {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
-    (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),
-    (["--role", "platform"], {(KeyPurpose.TAC, frozenset({KeyUsage.VERIFY}))}),
-    (["--role", "door"], {(KeyPurpose.ACCESS, frozenset({KeyUsage.VERIFY}))}),
-    # The issuing station writes every card key, TAC included, and loads the balance a replacement card carries
-    # (LOAD mac), but runs no purchase session and checks no TAC.
-    (["--role", "issuing"], {(p, frozenset({KeyUsage.PERSONALISE}))
-                             for p in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.TAC)}
-     | {(KeyPurpose.LOAD, frozenset({KeyUsage.PERSONALISE, KeyUsage.MAC}))}),
-    (["--keep", "purchase=mac,verify", "--keep", "load=reversal"],
-     {(KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})), (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
-    (["--keep", "load=reversal", "--algorithm", "sm4"], {(KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
-])
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["--role", "pos"],
+            {
+                (KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})),
+                (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL})),
+            },
+        ),
+        (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),
+        (["--role", "platform"], {(KeyPurpose.TAC, frozenset({KeyUsage.VERIFY}))}),
+        (["--role", "door"], {(KeyPurpose.ACCESS, frozenset({KeyUsage.VERIFY}))}),
+        # The issuing station writes every card key, TAC included, and loads the balance a replacement card carries
+        # (LOAD mac), but runs no purchase session and checks no TAC.
+        (
+            ["--role", "issuing"],
+            {(p, frozenset({KeyUsage.PERSONALISE})) for p in (KeyPurpose.ACCESS, KeyPurpose.PURCHASE, KeyPurpose.TAC)}
+            | {(KeyPurpose.LOAD, frozenset({KeyUsage.PERSONALISE, KeyUsage.MAC}))},
+        ),
+        (
+            ["--keep", "purchase=mac,verify", "--keep", "load=reversal"],
+            {
+                (KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})),
+                (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL})),
+            },
+        ),
+        (["--keep", "load=reversal", "--algorithm", "sm4"], {(KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL}))}),
+    ],
+)
 def test_cli_restrict_roles(secrets_dir, capsys, argv, expected):
     d = secrets_dir
     unlock = KeystoreUnlock.from_passphrase_file(d / "pw")
     save_keystore(d / "master.ks", PURSE_MASTER, unlock, scrypt_n=FAST_N)
-    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
-                             "--out", str(d / "role.ks"), *argv)
+    code, out, err = run_cli(
+        capsys,
+        "restrict",
+        "--keystore",
+        str(d / "master.ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--out",
+        str(d / "role.ks"),
+        *argv,
+    )
     assert (code, err) == (0, "")
     restricted = load_keystore(d / "role.ks", unlock)
     assert {(k.purpose, k.usages) for k in restricted} == expected
@@ -664,29 +1057,43 @@ def test_cli_restrict_roles(secrets_dir, capsys, argv, expected):
     assert_no_key_in(out, PURSE_MASTER)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--usages", "verify"], "would hold TAC keys together with PURCHASE/LOAD keys.*--role platform"),
-    (["--keep", "tac=verify", "--keep", "purchase=verify"], "would hold TAC keys together"),
-    (["--keep", "purchase"], "is not PURPOSE=USAGES; write it like --keep load=reversal"),
-    (["--keep", "purchase,load=mac"], "names several purposes"),
-    (["--keep", "load=mac", "--keep", "load=verify"], "names load twice"),
-    (["--keep", "load=undo"], "unknown usage 'undo' in --keep"),
-    (["--keep", "load=mac", "--purposes", "load"], "--purposes goes with --usages"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--usages", "verify"], "would hold TAC keys together with PURCHASE/LOAD keys.*--role platform"),
+        (["--keep", "tac=verify", "--keep", "purchase=verify"], "would hold TAC keys together"),
+        (["--keep", "purchase"], "is not PURPOSE=USAGES; write it like --keep load=reversal"),
+        (["--keep", "purchase,load=mac"], "names several purposes"),
+        (["--keep", "load=mac", "--keep", "load=verify"], "names load twice"),
+        (["--keep", "load=undo"], "unknown usage 'undo' in --keep"),
+        (["--keep", "load=mac", "--purposes", "load"], "--purposes goes with --usages"),
+    ],
+)
 def test_cli_restrict_refusals(secrets_dir, capsys, argv, message):
     d = secrets_dir
     save_keystore(d / "master.ks", PURSE_MASTER, KeystoreUnlock.from_passphrase_file(d / "pw"), scrypt_n=FAST_N)
     before = sorted(os.listdir(d))
-    code, out, err = run_cli(capsys, "restrict", "--keystore", str(d / "master.ks"), "--passphrase-file", str(d / "pw"),
-                             "--out", str(d / "x.ks"), *argv)
+    code, out, err = run_cli(
+        capsys,
+        "restrict",
+        "--keystore",
+        str(d / "master.ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--out",
+        str(d / "x.ks"),
+        *argv,
+    )
     assert code == 2 and out == ""
     assert err.startswith("error: ") and err.count("\n") == 1 and re.search(message, err), err
     assert sorted(os.listdir(d)) == before
 
 
 def test_restricted_per_purpose():
-    pos = PURSE_MASTER.restricted_per_purpose({KeyPurpose.PURCHASE: {KeyUsage.MAC}, KeyPurpose.LOAD: {KeyUsage.REVERSAL, KeyUsage.PERSONALISE}},
-                                              algorithms={Algorithm.AES128})
+    pos = PURSE_MASTER.restricted_per_purpose(
+        {KeyPurpose.PURCHASE: {KeyUsage.MAC}, KeyPurpose.LOAD: {KeyUsage.REVERSAL, KeyUsage.PERSONALISE}},
+        algorithms={Algorithm.AES128},
+    )
     assert {(k.purpose, k.algorithm, k.usages) for k in pos} == {
         (KeyPurpose.PURCHASE, Algorithm.AES128, frozenset({KeyUsage.MAC})),
         (KeyPurpose.LOAD, Algorithm.AES128, frozenset({KeyUsage.REVERSAL, KeyUsage.PERSONALISE})),
@@ -712,11 +1119,23 @@ def test_cli_init_and_show_state(tmp_path, capsys):
 def test_cli_restrict_drops_a_retired_version(secrets_dir, capsys):
     d = secrets_dir
     unlock = KeystoreUnlock.from_passphrase_file(d / "pw")
-    rotated = Keystore([MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, v, Algorithm.AES128, {KeyUsage.VERIFY})
-                        for v in (1, 2)])
+    rotated = Keystore(
+        [MasterKey.generate(ENTERPRISE, KeyPurpose.ACCESS, v, Algorithm.AES128, {KeyUsage.VERIFY}) for v in (1, 2)]
+    )
     save_keystore(d / "both.ks", rotated, unlock, scrypt_n=FAST_N)
-    base = ["restrict", "--keystore", str(d / "both.ks"), "--passphrase-file", str(d / "pw"),
-            "--out", str(d / "v2.ks"), "--role", "door", "--drop-version", "1"]
+    base = [
+        "restrict",
+        "--keystore",
+        str(d / "both.ks"),
+        "--passphrase-file",
+        str(d / "pw"),
+        "--out",
+        str(d / "v2.ks"),
+        "--role",
+        "door",
+        "--drop-version",
+        "1",
+    ]
     eid = ENTERPRISE.hex()
     (d / "busy.json").write_text(f'{{"{eid}": {{"1": 3, "2": 9}}}}')
     (d / "done.json").write_text(f'{{"{eid}": {{"2": 12}}}}')

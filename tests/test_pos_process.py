@@ -1,4 +1,5 @@
 """`onecard terminal run` as a canteen POS process: keypad on stdin, the user card and a PSAM in two vpcd slots."""
+
 import signal
 import subprocess
 import sys
@@ -26,14 +27,25 @@ def wait_text(read, text, timeout=20):
 
 def test_pos_process_with_psam(tmp_path, pcscd, vicc):
     (tmp_path / "pass").write_text("canteen\n")
-    for args in (["sam", "create-keystore", "--out", tmp_path / "issuing.ks", "--enterprise", "00010001"],
-                 ["sam", "restrict", "--keystore", tmp_path / "issuing.ks", "--out", tmp_path / "pos.ks",
-                  "--role", "pos"],
-                 ["sim", "new-psam", "--keystore", tmp_path / "pos.ks", "--out", tmp_path / "psam.json",
-                  "--label", "canteen till 1"]):
+    for args in (
+        ["sam", "create-keystore", "--out", tmp_path / "issuing.ks", "--enterprise", "00010001"],
+        ["sam", "restrict", "--keystore", tmp_path / "issuing.ks", "--out", tmp_path / "pos.ks", "--role", "pos"],
+        [
+            "sim",
+            "new-psam",
+            "--keystore",
+            tmp_path / "pos.ks",
+            "--out",
+            tmp_path / "psam.json",
+            "--label",
+            "canteen till 1",
+        ],
+    ):
         r = onecard(*args, "--passphrase-file", tmp_path / "pass")
         assert r.returncode == 0, r.stderr
-    issuing = SoftwareSam(load_keystore(tmp_path / "issuing.ks", KeystoreUnlock.from_passphrase_file(tmp_path / "pass")))
+    issuing = SoftwareSam(
+        load_keystore(tmp_path / "issuing.ks", KeystoreUnlock.from_passphrase_file(tmp_path / "pass"))
+    )
     make_card(issuing, path=tmp_path / "card.json", opening_balance=10000)
     (tmp_path / "pos.toml").write_text(f"""
 [terminal]
@@ -41,8 +53,8 @@ id = "000000000301"
 kind = "pos"
 enterprise_id = "00010001"
 name = "Canteen 1"
-database = "{tmp_path / 'events.db'}"
-blacklist = "{tmp_path / 'blacklist.db'}"
+database = "{tmp_path / "events.db"}"
+blacklist = "{tmp_path / "blacklist.db"}"
 [reader]
 driver = "pcsc"
 name = "{pcscd.slots[CARD_SLOT].name}"
@@ -58,9 +70,14 @@ driver = "stdin"
     time.sleep(0.6)  # pcscd sees a new card within its 400 ms poll
     out_path, err_path = tmp_path / "stdout", tmp_path / "stderr"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "onecard", "terminal", "run", "--config",
-                                 str(tmp_path / "pos.toml")], cwd=ROOT, stdin=subprocess.PIPE, stdout=out,
-                                stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(tmp_path / "pos.toml")],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
     try:
         assert wait_text(err_path.read_text, "event=terminal.started"), err_path.read_text()
         proc.stdin.write("12.50\n")

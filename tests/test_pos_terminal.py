@@ -1,4 +1,5 @@
 """The POS and top-up terminals as they run: keypad requests, taps, torn taps that wait for the card to return."""
+
 import dataclasses
 import datetime as dt
 import io
@@ -136,6 +137,7 @@ def test_top_up_terminal_loads(tmp_path, sam):
 
 # --- the cashier's keys: a serial keypad through a real pseudo-terminal, evdev from recorded events ------------
 
+
 class SerialPad:
     """The far end of a pty, playing a serial keypad; the terminal opens the other end with pyserial."""
 
@@ -179,14 +181,14 @@ def test_serial_keypad_through_a_pty_types_corrects_and_reports_errors():
         assert "not understood" in drain(pad.keypad, lambda i: isinstance(i, Rejected))[-1].message
         pad.press(b"abc\r")
         assert isinstance(drain(pad.keypad, lambda i: isinstance(i, Rejected))[-1], Rejected)
-        pad.press(b"99\x08\x0812.5\x7f50\r\n")     # backspaces, then 12.50; CR LF is one Enter
+        pad.press(b"99\x08\x0812.5\x7f50\r\n")  # backspaces, then 12.50; CR LF is one Enter
         seen = drain(pad.keypad, lambda i: isinstance(i, Charge))
         assert seen[-1] == Charge(1250) and Typed("") in seen and Typed("12.") in seen
-        pad.press(b"7\x18" + b"8\r")                 # clear, then 8
+        pad.press(b"7\x18" + b"8\r")  # clear, then 8
         assert drain(pad.keypad, lambda i: isinstance(i, Charge))[-1] == Charge(800)
-        pad.press(b"5\x1b")                            # cancel
+        pad.press(b"5\x1b")  # cancel
         assert drain(pad.keypad, lambda i: isinstance(i, Cancel))[-1] == Cancel()
-        assert pad.keypad.next_request(0.2) is None     # nothing more: CR LF gave one request
+        assert pad.keypad.next_request(0.2) is None  # nothing more: CR LF gave one request
     finally:
         pad.close()
 
@@ -199,14 +201,20 @@ def test_evdev_keys_decoded_from_recorded_input_events():
 
     def press(name, repeat=False):
         code = ecodes.ecodes[name]
-        events = [InputEvent(1, 0, ecodes.EV_MSC, ecodes.MSC_SCAN, 458840), InputEvent(1, 0, ecodes.EV_KEY, code, 1),
-                  InputEvent(1, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0)]
+        events = [
+            InputEvent(1, 0, ecodes.EV_MSC, ecodes.MSC_SCAN, 458840),
+            InputEvent(1, 0, ecodes.EV_KEY, code, 1),
+            InputEvent(1, 0, ecodes.EV_SYN, ecodes.SYN_REPORT, 0),
+        ]
         if repeat:
             events.append(InputEvent(1, 5, ecodes.EV_KEY, code, 2))
         return events + [InputEvent(1, 9, ecodes.EV_KEY, code, 0), InputEvent(1, 9, ecodes.EV_SYN, 0, 0)]
 
-    recorded = [e for name in ("KEY_KP1", "KEY_KP2", "KEY_KPDOT", "KEY_KP5", "KEY_KP5", "KEY_BACKSPACE", "KEY_KP0",
-                               "KEY_KPENTER") for e in press(name)] + press("KEY_KP9", repeat=True)
+    recorded = [
+        e
+        for name in ("KEY_KP1", "KEY_KP2", "KEY_KPDOT", "KEY_KP5", "KEY_KP5", "KEY_BACKSPACE", "KEY_KP0", "KEY_KPENTER")
+        for e in press(name)
+    ] + press("KEY_KP9", repeat=True)
     keys = keys_from_events(recorded)
     assert keys == ["1", "2", ".", "5", "5", BACKSPACE, "0", ENTER, "9", "9"]
     line = KeyLine("pos")
@@ -270,7 +278,7 @@ def test_limits_are_checked_as_the_amount_is_entered(tmp_path, sam):
     try:
         assert pos.shows("150.00 is over the limit of 100.00 per purchase: enter a smaller amount")
         assert pos.shows("'12,50' not understood")
-        assert "please tap" not in pos.screen.getvalue()   # no sale was started
+        assert "please tap" not in pos.screen.getvalue()  # no sale was started
     finally:
         events = pos.finish()
     assert events == []
@@ -280,9 +288,16 @@ def test_offline_limit_checked_at_entry(tmp_path, sam):
     from common.config import PosSection
 
     reader = InProcessReader()
-    pos = Running(tmp_path, sam, "pos", reader, "90\n",
-                  config_changes={"pos": PosSection(max_purchase=10000, offline_limit=5000, undo_window_seconds=60,
-                                                    card_wait_seconds=30)})
+    pos = Running(
+        tmp_path,
+        sam,
+        "pos",
+        reader,
+        "90\n",
+        config_changes={
+            "pos": PosSection(max_purchase=10000, offline_limit=5000, undo_window_seconds=60, card_wait_seconds=30)
+        },
+    )
     try:
         assert pos.shows("90.00 is over the offline limit of 50.00 per card")
     finally:
@@ -290,16 +305,27 @@ def test_offline_limit_checked_at_entry(tmp_path, sam):
 
 
 # A balance inquiry settles and runs card actions; GET BALANCE carries no MAC, so its figure is never shown.
-@pytest.mark.parametrize("setting, shown", [("balance", "Balance not shown: this terminal cannot verify the card's "
-                                                        "balance; no transaction pending"),
-                                            ("ask", "Enter the amount first, then tap the card")])
+@pytest.mark.parametrize(
+    "setting, shown",
+    [
+        ("balance", "Balance not shown: this terminal cannot verify the card's balance; no transaction pending"),
+        ("ask", "Enter the amount first, then tap the card"),
+    ],
+)
 def test_card_tapped_with_no_amount(tmp_path, sam, setting, shown):
     from common.config import KeypadSection
 
     card = make_card(sam, opening_balance=10000)
     reader = InProcessReader()
-    pos = Running(tmp_path, sam, "pos", reader, "", keypad=QueueKeypad(),
-                  config_changes={"keypad": KeypadSection(tap_without_amount=setting)})
+    pos = Running(
+        tmp_path,
+        sam,
+        "pos",
+        reader,
+        "",
+        keypad=QueueKeypad(),
+        config_changes={"keypad": KeypadSection(tap_without_amount=setting)},
+    )
     try:
         reader.tap(card)
         assert pos.shows(shown)

@@ -1,4 +1,5 @@
 """POS purchase, torn purchase and top-up over the two real transports: pcscd + vpcd, and nfcpy's udp driver."""
+
 import contextlib
 
 import pytest

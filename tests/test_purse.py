@@ -1,4 +1,5 @@
 """The e-purse at a canteen POS and a top-up terminal: exact money, limits, undo, and tears at every APDU."""
+
 import datetime as dt
 
 import pytest
@@ -21,8 +22,12 @@ def make_purse_terminal(tmp, sam, kind="pos"):
     cfg = tmp / f"{kind}.toml"
     cfg.write_text(POS_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-bl.db"))
     config = load_config(cfg)
-    return PurseTerminal(config, sam, EventLog.open(config.terminal.database, config.terminal.id),
-                         Blacklist.open(config.terminal.blacklist))
+    return PurseTerminal(
+        config,
+        sam,
+        EventLog.open(config.terminal.database, config.terminal.id),
+        Blacklist.open(config.terminal.blacklist),
+    )
 
 
 @pytest.fixture
@@ -64,10 +69,18 @@ def test_tac_is_checkable_only_with_the_tac_key(pos, sam):
     card = make_card(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 300, MONDAY_10AM)
     d = pos.event_log.events()[-1].detail
-    sam.verify_tac(CardIdentity(card.state.asn, card.state.enterprise_id, 1, Algorithm.AES128), amount=300,
-                   tx_type=0x06, terminal_id=pos.config.terminal.id_bytes, tsn=d["tsn"],
-                   date=bytes.fromhex(d["date"]), time=bytes.fromhex(d["time"]), counter=0, balance_after=4700,
-                   tac=bytes.fromhex(d["tac"]))
+    sam.verify_tac(
+        CardIdentity(card.state.asn, card.state.enterprise_id, 1, Algorithm.AES128),
+        amount=300,
+        tx_type=0x06,
+        terminal_id=pos.config.terminal.id_bytes,
+        tsn=d["tsn"],
+        date=bytes.fromhex(d["date"]),
+        time=bytes.fromhex(d["time"]),
+        counter=0,
+        balance_after=4700,
+        tac=bytes.fromhex(d["tac"]),
+    )
 
 
 def test_insufficient_balance_shows_no_unverified_figure(pos, sam):
@@ -75,18 +88,23 @@ def test_insufficient_balance_shows_no_unverified_figure(pos, sam):
     with pytest.raises(Refusal) as r:
         pos.purchase(present(card)[1], 1200, MONDAY_10AM)
     # GET BALANCE carries no MAC: its figure is neither shown nor put in the refusal's detail.
-    assert (r.value.reason_code, r.value.message) == ("insufficient_balance",
-                                                     "Insufficient balance for 12.00: top up first")
+    assert (r.value.reason_code, r.value.message) == (
+        "insufficient_balance",
+        "Insufficient balance for 12.00: top up first",
+    )
     assert "balance" not in r.value.detail
     assert card.state.purse.balance == 550 and money_events(pos) == []
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda sam: make_card(sam, opening_balance=5000, purse_expiry=dt.date(2026, 11, 1)), "purse_expired"),
-    (lambda sam: make_card(make_sam(OTHER_ENTERPRISE), enterprise_id=OTHER_ENTERPRISE), "other_enterprise"),
-    (lambda sam: ForeignCard(), "not_supported"),
-    (lambda sam: make_card(sam, purse=False), "no_purse"),
-])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda sam: make_card(sam, opening_balance=5000, purse_expiry=dt.date(2026, 11, 1)), "purse_expired"),
+        (lambda sam: make_card(make_sam(OTHER_ENTERPRISE), enterprise_id=OTHER_ENTERPRISE), "other_enterprise"),
+        (lambda sam: ForeignCard(), "not_supported"),
+        (lambda sam: make_card(sam, purse=False), "no_purse"),
+    ],
+)
 def test_refusals(pos, sam, make, reason):
     with pytest.raises(Refusal) as r:
         pos.purchase(present(make(sam))[1], 100, MONDAY_10AM)
@@ -169,8 +187,11 @@ def logged_balance(pos, opening):
 
 
 def counters_logged_once(pos, card):
-    done = [(e.kind, e.detail["counter"]) for e in pos.event_log.events()
-            if e.kind in ("pos.purchase", "pos.undo", "topup.load")]
+    done = [
+        (e.kind, e.detail["counter"])
+        for e in pos.event_log.events()
+        if e.kind in ("pos.purchase", "pos.undo", "topup.load")
+    ]
     assert len(done) == len(set(done))
     purchases = sorted(c for k, c in done if k == "pos.purchase")
     loads = sorted(c for k, c in done if k != "pos.purchase")
@@ -266,8 +287,12 @@ def test_intent_of_another_terminal_counter_is_abandoned(tmp_path, sam):
     a.sale_intent_seq = None  # the cashier at A gave up on that sale
     decision = a.purchase(present(card)[1], 100, MONDAY_10AM)
     assert decision.accepted
-    assert [k for k, _ in money_events(a)] == ["pos.purchase.intent", "pos.purchase.abandoned",
-                                               "pos.purchase.intent", "pos.purchase"]
+    assert [k for k, _ in money_events(a)] == [
+        "pos.purchase.intent",
+        "pos.purchase.abandoned",
+        "pos.purchase.intent",
+        "pos.purchase",
+    ]
     assert card.state.purse.balance == 5000 - 800 - 100
 
 

@@ -1,4 +1,5 @@
 """SIGKILL the terminal process after every step of a purchase and of a top-up, restart, tap again: exact money."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,13 @@ def setup_site(work: Path):
 
 
 def run_killed(work: Path, op: str, amount: int, n: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tests.kill_harness", str(work), op, str(amount), str(n)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.kill_harness", str(work), op, str(amount), str(n)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("op", ["pos", "topup"])
@@ -52,16 +58,20 @@ def test_killed_after_step_n_then_restarted(tmp_path, op, n):
     decision = terminal.balance_inquiry(transmit, NOW)  # the next tap settles whatever the crash left open
     balance = CardStateFile(tmp_path / "card.json").load().purse.balance
     sign = -1 if op == "pos" else 1
-    logged = OPENING + sum(sign * e.detail["amount"] for e in terminal.event_log.events()
-                           if e.kind in ("pos.purchase", "topup.load"))
+    logged = OPENING + sum(
+        sign * e.detail["amount"] for e in terminal.event_log.events() if e.kind in ("pos.purchase", "topup.load")
+    )
     assert logged == balance
     assert balance in (OPENING, OPENING + sign * 1500)
     happened = balance != OPENING
     # A transaction is on the card exactly when the card processed its DEBIT / CREDIT (step 5).
     assert happened == (n >= 5)
     assert decision.accepted
-    if any(e.detail.get("resolved_at_next_tap") for e in terminal.event_log.events()
-           if e.kind in ("pos.purchase", "topup.load")):
+    if any(
+        e.detail.get("resolved_at_next_tap")
+        for e in terminal.event_log.events()
+        if e.kind in ("pos.purchase", "topup.load")
+    ):
         # Settled at this tap: shown as done (a purchase's balance is never shown: its MAC2 covers only the amount).
         assert decision.message == ("Paid 15.00" if op == "pos" else f"Loaded 15.00 - balance {balance / 100:.2f}")
     intents = [e for e in terminal.event_log.events() if e.kind.endswith(".intent")]

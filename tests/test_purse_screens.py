@@ -3,6 +3,7 @@
 issue 8: a torn top-up re-tapped said "tap again to load", a card's claimed balance was shown and logged, and a
 card action the card refused blocked every later tap.
 """
+
 import logging
 from dataclasses import replace
 
@@ -22,11 +23,13 @@ def sam():
 
 def lying_init(transmit, claimed: int = 0xFFFFFFFF):
     """A relay that rewrites the balance in INITIALIZE FOR PURCHASE / LOAD answers (the card is genuine)."""
+
     def relay(apdu: bytes) -> bytes:
         rapdu = transmit(apdu)
         if apdu[:2] == b"\x80\x50" and rapdu[-2:] == b"\x90\x00":
             rapdu = claimed.to_bytes(4, "big") + rapdu[4:]
         return rapdu
+
     return relay
 
 
@@ -131,8 +134,9 @@ def test_a_card_action_the_card_refuses_is_reported_failed_and_blocks_nothing(tm
 def test_a_card_action_over_the_terminal_limit_is_reported_failed(tmp_path, sam):
     card = make_card(sam, opening_balance=0)
     asn = card.state.asn.hex().upper()
-    topup = ota_terminal(tmp_path, sam, Actions({"action_id": "big", "asn": asn, "action": "topup",
-                                                 "params": {"amount": 2_000_000}}))
+    topup = ota_terminal(
+        tmp_path, sam, Actions({"action_id": "big", "asn": asn, "action": "topup", "params": {"amount": 2_000_000}})
+    )
     decision = topup.balance_inquiry(present(card)[1], MONDAY_10AM)
     assert "refused" in decision.message
     [failed] = [e for e in topup.event_log.events() if e.kind == ACTION_FAILED]
@@ -143,7 +147,8 @@ def test_a_card_action_over_the_terminal_limit_is_reported_failed(tmp_path, sam)
 def test_a_completed_over_the_air_top_up_is_shown_with_its_balance(tmp_path, sam):
     card = make_card(sam, opening_balance=700)
     asn = card.state.asn.hex().upper()
-    topup = ota_terminal(tmp_path, sam, Actions({"action_id": "ota1", "asn": asn, "action": "topup",
-                                                 "params": {"amount": 5000}}))
+    topup = ota_terminal(
+        tmp_path, sam, Actions({"action_id": "ota1", "asn": asn, "action": "topup", "params": {"amount": 5000}})
+    )
     decision = topup.balance_inquiry(present(card)[1], MONDAY_10AM)
     assert decision.message == "Loaded 50.00 - balance 57.00 (over-the-air top-up)"

@@ -1,6 +1,7 @@
 """Faults a real site has: slow, silent and broken cards, cards pcscd cannot use, a PSAM pulled mid-sale, pcscd
 dying and the reader going away. Each is survived: the tap is refused with a reason, the door stays shut, the
 terminal keeps serving (docs/install.md, "Faults the terminal survives")."""
+
 import logging
 import threading
 import time
@@ -62,17 +63,22 @@ def test_command_timeout_is_configured(tmp_path, sam):
     term, _ = make_terminal(tmp_path, sam, "door", command_timeout_ms=DEADLINE_MS)
     assert term.config.reader.command_timeout_ms == DEADLINE_MS and term.deadline.timeout == DEADLINE_MS / 1000
     bad = tmp_path / "bad.toml"
-    bad.write_text((tmp_path / "door.toml").read_text().replace(f"command_timeout_ms = {DEADLINE_MS}",
-                                                                "command_timeout_ms = 0"))
+    bad.write_text(
+        (tmp_path / "door.toml").read_text().replace(f"command_timeout_ms = {DEADLINE_MS}", "command_timeout_ms = 0")
+    )
     with pytest.raises(Exception, match=r"\[reader\]\.command_timeout_ms = 0 is not 50\.\.10000"):
         load_config(bad)
 
 
-@pytest.mark.parametrize("fault", [
-    dict(stall_at=2, stall_seconds=60),        # ACCESS READ answered only after a minute
-    dict(truncate_at=2, truncate_to=0),        # an empty answer: vpcd waits for it forever
-    dict(truncate_at=2, truncate_to=1),        # one byte: no status word
-], ids=["stalled", "0-byte", "partial"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        dict(stall_at=2, stall_seconds=60),  # ACCESS READ answered only after a minute
+        dict(truncate_at=2, truncate_to=0),  # an empty answer: vpcd waits for it forever
+        dict(truncate_at=2, truncate_to=1),  # one byte: no status word
+    ],
+    ids=["stalled", "0-byte", "partial"],
+)
 def test_slow_or_broken_answer_is_refused_and_the_next_card_served(pcscd, vicc, tmp_path, sam, fault):
     term, screen = make_terminal(tmp_path, sam, "door", command_timeout_ms=DEADLINE_MS)
     card = make_card(sam)
@@ -151,8 +157,9 @@ def test_6985_tells_the_holder_to_see_the_card_office(tmp_path, sam):
     reader.tap(_Answers6985ToAccessRead(make_card(sam)))
     decision = term.handle_tap(reader.wait_for_card(0), MONDAY_10AM)
     assert decision.reason_code == "application_inactive" and "tap again" not in decision.message
-    assert decision.message == ("Card blocked: its application is not active or used up. "
-                                "Take the card to the card office")
+    assert decision.message == (
+        "Card blocked: its application is not active or used up. Take the card to the card office"
+    )
 
 
 class _PullsPsamAtDebit:
@@ -183,8 +190,9 @@ def test_psam_pulled_mid_sale_refuses_that_sale_and_settles_it_at_the_next_tap(p
 
     psam_file = tmp_path / "psam.json"
     keystore = make_keystore()
-    pos_keys = keystore.restricted_per_purpose({KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY},
-                                                KeyPurpose.LOAD: {KeyUsage.REVERSAL}})
+    pos_keys = keystore.restricted_per_purpose(
+        {KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY}, KeyPurpose.LOAD: {KeyUsage.REVERSAL}}
+    )
     write_psam(psam_file, psam_from_keystore(pos_keys, label="test pos"))
     psam_icc = vicc(1)
     psam_icc.insert(load_psam(psam_file))
@@ -215,6 +223,7 @@ def test_psam_pulled_mid_sale_refuses_that_sale_and_settles_it_at_the_next_tap(p
 
 
 # --- the tap loop under a failing reader --------------------------------------------------------------
+
 
 class RunningDoor:
     """A door terminal's tap loop on a thread, as `onecard terminal run` runs it, on a reader it reopens."""
@@ -269,6 +278,7 @@ def restored_pcscd(pcscd):
 
 def _listed() -> list[str]:
     from terminal.readers.pcsc import list_readers
+
     try:
         return list_readers()
     except ReaderError:

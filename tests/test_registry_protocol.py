@@ -1,5 +1,6 @@
 """The issuing station's registry messages, byte for byte as docs/sync-protocol.md "Issuing station registry" shows
 them, and what a platform answer must be to be believed."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,7 +18,7 @@ KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 RID = "00112233445566778899aabbccddeeff"
 NOW = dt.datetime(2026, 11, 23, 2, 0, tzinfo=dt.timezone.utc)
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "sync-protocol.md").read_text(encoding="utf-8")
-SECTION = DOC[DOC.index("## Issuing station registry"):DOC.index("## Upload: ordering")]
+SECTION = DOC[DOC.index("## Issuing station registry") : DOC.index("## Upload: ordering")]
 EXAMPLES = re.findall(r"^\{.*\}$", SECTION, re.M)
 REQUESTS = [e for e in EXAMPLES if '"type":"registry.request"' in e]
 RESPONSES = [e for e in EXAMPLES if '"type":"registry.response"' in e]
@@ -59,10 +60,15 @@ def test_a_sync_envelope_signature_cannot_stand_for_a_registry_answer():
 
 
 def test_the_documented_void_report_is_what_is_sent():
-    sent = rp.encode_request(RID, "000000000900", "voided",
-                             {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"})
+    sent = rp.encode_request(
+        RID, "000000000900", "voided", {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"}
+    )
     assert REQUESTS[1].encode() == sent
-    assert rp.decode_request(sent).args == {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"}
+    assert rp.decode_request(sent).args == {
+        "asn": "0102030405060708",
+        "frozen_cents": 1234,
+        "proof": "a1b2c3d4e5f60718",
+    }
 
 
 def test_the_documented_table_lists_every_op_and_argument():
@@ -72,21 +78,36 @@ def test_the_documented_table_lists_every_op_and_argument():
         assert re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", args)) == list(rp.OPS[op]), op
 
 
-@pytest.mark.parametrize("op, args, problem", [
-    ("holder", {"enterprise_id": "1", "employee_no": "E1"}, "enterprise_id"),
-    ("holder", {"enterprise_id": "00010001"}, "employee_no"),
-    ("cancel", {"asn": "0102030405060708", "settle": "yes"}, "settle"),
-    ("replace", {"old_asn": "0102030405060708", "new_asn": "01020304050607", "key_version": 1}, "new_asn"),
-    ("replace", {"old_asn": "0102030405060708", "new_asn": "0102030405060709"}, "key_version"),
-    ("card", {"asn": "0102030405060708", "extra": 1}, "extra"),
-    ("register", {"enterprise_id": "00010001", "employee_no": "E1", "asn": "0102030405060708", "rights": {}},
-     "key_version"),
-    ("register", {"enterprise_id": "00010001", "employee_no": "E1", "asn": "0102030405060708", "rights": {},
-                  "key_version": 256}, "key_version"),
-    ("voided", {"asn": "0102030405060708", "frozen_cents": True, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
-    ("voided", {"asn": "0102030405060708", "frozen_cents": -1, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
-    ("voided", {"asn": "0102030405060708", "frozen_cents": 1, "proof": "A1B2C3D4E5F60718"}, "proof"),
-])
+@pytest.mark.parametrize(
+    "op, args, problem",
+    [
+        ("holder", {"enterprise_id": "1", "employee_no": "E1"}, "enterprise_id"),
+        ("holder", {"enterprise_id": "00010001"}, "employee_no"),
+        ("cancel", {"asn": "0102030405060708", "settle": "yes"}, "settle"),
+        ("replace", {"old_asn": "0102030405060708", "new_asn": "01020304050607", "key_version": 1}, "new_asn"),
+        ("replace", {"old_asn": "0102030405060708", "new_asn": "0102030405060709"}, "key_version"),
+        ("card", {"asn": "0102030405060708", "extra": 1}, "extra"),
+        (
+            "register",
+            {"enterprise_id": "00010001", "employee_no": "E1", "asn": "0102030405060708", "rights": {}},
+            "key_version",
+        ),
+        (
+            "register",
+            {
+                "enterprise_id": "00010001",
+                "employee_no": "E1",
+                "asn": "0102030405060708",
+                "rights": {},
+                "key_version": 256,
+            },
+            "key_version",
+        ),
+        ("voided", {"asn": "0102030405060708", "frozen_cents": True, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
+        ("voided", {"asn": "0102030405060708", "frozen_cents": -1, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
+        ("voided", {"asn": "0102030405060708", "frozen_cents": 1, "proof": "A1B2C3D4E5F60718"}, "proof"),
+    ],
+)
 def test_malformed_requests_are_refused_naming_the_field(op, args, problem):
     with pytest.raises(ProtocolError, match=problem):
         rp.encode_request(RID, "000000000900", op, args)
@@ -94,8 +115,11 @@ def test_malformed_requests_are_refused_naming_the_field(op, args, problem):
 
 def test_only_station_registry_topics_parse():
     assert rp.parse_station_topic("onecard/v1/s/000000000900/up/registry") == "000000000900"
-    for topic in ("onecard/v1/t/000000000900/up/registry", "onecard/v1/s/000000000900/down/registry",
-                  "onecard/v1/s/900/up/registry"):
+    for topic in (
+        "onecard/v1/t/000000000900/up/registry",
+        "onecard/v1/s/000000000900/down/registry",
+        "onecard/v1/s/900/up/registry",
+    ):
         with pytest.raises(ProtocolError):
             rp.parse_station_topic(topic)
 

@@ -1,5 +1,6 @@
 """The terminal and the sync agent together: over-the-air top-up loaded once, platform configuration applied,
 purse transactions accounted by the platform with their TACs checked, POS refusing sales when the store fills."""
+
 import contextlib
 import io
 
@@ -22,10 +23,17 @@ def rig(broker, tmp_path):
     tid = terminal_id(7)
     admin, service = start_platform(tmp_path / "platform", broker, tac_sam=sam, kinds={tid: "topup"})
     config_path = write_terminal_config(tmp_path / "topup", tid, broker, kind="topup")
-    agent = AgentThread(config_path, ).start()
+    agent = AgentThread(
+        config_path,
+    ).start()
     with contextlib.ExitStack() as stack:
-        terminal, _ = build_terminal(load_config(config_path), stack, sam=sam, reader=InProcessReader(),
-                                     outputs=ConsoleOutputs("top-up", io.StringIO(), color=False))
+        terminal, _ = build_terminal(
+            load_config(config_path),
+            stack,
+            sam=sam,
+            reader=InProcessReader(),
+            outputs=ConsoleOutputs("top-up", io.StringIO(), color=False),
+        )
         try:
             wait_until(lambda: agent.agent.online, 20, "the agent connecting")
             yield sam, admin, terminal, agent
@@ -61,8 +69,10 @@ def test_over_the_air_top_up_is_loaded_once_and_accounted_by_the_platform(rig):
     status = admin.conn.execute("SELECT status FROM card_actions WHERE action_id = ?", (action,)).fetchone()[0]
     assert status == "done"
     bill = admin.spending_bill(ENTERPRISE, "E1001", "2026-11")
-    assert bill.startswith("[onecard] Zhang Wei (E1001), canteen 2026-11: spent 0.00 yuan, topped up 50.00 yuan, "
-                           "balance 50.00 yuan. 11-23 10:00 top-up 50.00.")
+    assert bill.startswith(
+        "[onecard] Zhang Wei (E1001), canteen 2026-11: spent 0.00 yuan, topped up 50.00 yuan, "
+        "balance 50.00 yuan. 11-23 10:00 top-up 50.00."
+    )
 
 
 def test_rights_change_is_written_onto_the_card_at_the_top_up_terminal(rig, tmp_path):
@@ -72,18 +82,23 @@ def test_rights_change_is_written_onto_the_card_at_the_top_up_terminal(rig, tmp_
     admin.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
     admin.issue_card(ENTERPRISE, "E1001", asn)
     from tests.support import make_terminal
+
     (tmp_path / "door").mkdir()
     door, _ = make_terminal(tmp_path / "door", sam, "door")
     assert tap(door, card, None).reason_code == "no_rights"
-    admin.authorise(asn, {"door_groups": [1, 2], "valid_from": "2026-01-01", "valid_to": "2027-12-31",
-                          "time_profile": 0})
+    admin.authorise(
+        asn, {"door_groups": [1, 2], "valid_from": "2026-01-01", "valid_to": "2027-12-31", "time_profile": 0}
+    )
     inbox = Inbox(agent.config.sync.database)
     wait_until(lambda: inbox.pending_actions(asn), 20, "the rights change reaching the inbox")
     assert tap(terminal, card, Balance()).message.endswith(" (access rights updated)")
     assert not tap(terminal, card, Balance()).message.endswith(")")  # written once
     assert tap(door, card, None).accepted
-    wait_until(lambda: admin.conn.execute("SELECT status FROM card_actions WHERE asn = ?", (asn,)).fetchone()[0]
-               == "done", 20, "the platform seeing the change written")
+    wait_until(
+        lambda: admin.conn.execute("SELECT status FROM card_actions WHERE asn = ?", (asn,)).fetchone()[0] == "done",
+        20,
+        "the platform seeing the change written",
+    )
 
 
 def test_platform_configuration_is_applied_by_the_terminal(rig):
@@ -121,12 +136,18 @@ def test_platform_refuses_to_publish_a_document_terminals_would_refuse(rig):
     from central.db import PlatformError
 
     sam, admin, terminal, agent = rig
-    held = lambda: admin.conn.execute("SELECT config_version FROM enterprises WHERE enterprise_id = ?",  # noqa: E731
-                                      (ENTERPRISE,)).fetchone()[0]
+
+    def held():
+        return admin.conn.execute(
+            "SELECT config_version FROM enterprises WHERE enterprise_id = ?", (ENTERPRISE,)
+        ).fetchone()[0]
+
     before = held()
-    for document, words in (({"doors": {terminal.config.terminal.id: {"grup": 3}}}, "did you mean 'group'?"),
-                            ({"pos": {"max_purchse": "5.00"}}, "did you mean 'max_purchase'?"),
-                            ({"topup": {"max_load": "lots"}}, "[topup].max_load")):
+    for document, words in (
+        ({"doors": {terminal.config.terminal.id: {"grup": 3}}}, "did you mean 'group'?"),
+        ({"pos": {"max_purchse": "5.00"}}, "did you mean 'max_purchase'?"),
+        ({"topup": {"max_load": "lots"}}, "[topup].max_load"),
+    ):
         with pytest.raises(PlatformError, match="nothing was queued") as info:
             admin.publish_config(ENTERPRISE, document)
         assert words in str(info.value)

@@ -1,4 +1,5 @@
 """The PC/SC reader against real pcscd + vpcd, with simulated cards plugged in through simulator.vpcd."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ class EchoCard:
 
     def transmit(self, apdu: bytes) -> bytes:
         self.processed.append(apdu)
-        return apdu[5:5 + apdu[4]] + b"\x90\x00" if len(apdu) > 5 else b"\x90\x00"
+        return apdu[5 : 5 + apdu[4]] + b"\x90\x00" if len(apdu) > 5 else b"\x90\x00"
 
 
 class T0Card(EchoCard):
@@ -57,14 +58,14 @@ class T0Card(EchoCard):
         self.processed.append(apdu)
         ins = apdu[1]
         if ins == 0xB0:
-            return self.DATA[:16] + b"\x90\x00" if apdu[4] == 0x10 else b"\x6C\x10"
+            return self.DATA[:16] + b"\x90\x00" if apdu[4] == 0x10 else b"\x6c\x10"
         if ins == 0xCA:
             self._pending = self.DATA
             return b"\x61\x20"
         if ins == 0xC0:
-            chunk, self._pending = self._pending[:apdu[4]], self._pending[apdu[4]:]
+            chunk, self._pending = self._pending[: apdu[4]], self._pending[apdu[4] :]
             return chunk + (bytes([0x61, len(self._pending)]) if self._pending else b"\x90\x00")
-        return b"\x6D\x00"
+        return b"\x6d\x00"
 
 
 @pytest.fixture
@@ -101,8 +102,12 @@ def test_apdus_round_trip_byte_for_byte(vicc, reader):
     r, icc, card = reader(0), vicc(0), EchoCard()
     icc.insert(card)
     conn = r.wait_for_card(3)
-    sent = [bytes.fromhex("00A4040007A0000000031010"), bytes.fromhex("80CA9F7F00"),
-            bytes([0x00, 0xDA, 0x01, 0x02, 0xFF]) + bytes(range(255)), bytes.fromhex("00B00000")]
+    sent = [
+        bytes.fromhex("00A4040007A0000000031010"),
+        bytes.fromhex("80CA9F7F00"),
+        bytes([0x00, 0xDA, 0x01, 0x02, 0xFF]) + bytes(range(255)),
+        bytes.fromhex("00B00000"),
+    ]
     answers = [conn.transmit(apdu) for apdu in sent]
     assert answers == [bytes.fromhex("A00000000310109000"), b"\x90\x00", bytes(range(255)) + b"\x90\x00", b"\x90\x00"]
     assert card.processed == sent
@@ -186,10 +191,12 @@ def test_list_readers_sees_every_vpcd_slot(pcscd):
 
 def test_pcscd_not_running_is_a_reader_error_with_the_fix(tmp_path):
     # pcsc-lite reads PCSCLITE_CSOCK_NAME once per process, so a pcscd-less world needs its own process.
-    code = ("from terminal.reader import ReaderError\n"
-            "from terminal.readers.pcsc import PcscReader, list_readers\n"
-            "for call in (lambda: PcscReader('x'), list_readers):\n"
-            "    try:\n        call()\n    except ReaderError as e:\n        print(e)\n")
+    code = (
+        "from terminal.reader import ReaderError\n"
+        "from terminal.readers.pcsc import PcscReader, list_readers\n"
+        "for call in (lambda: PcscReader('x'), list_readers):\n"
+        "    try:\n        call()\n    except ReaderError as e:\n        print(e)\n"
+    )
     env = dict(os.environ, PCSCLITE_CSOCK_NAME=str(tmp_path / "nobody-home.comm"))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=30)
     lines = out.stdout.strip().splitlines()
