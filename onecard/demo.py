@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import datetime as dt
+import json
 import secrets
 import shutil
 import signal
@@ -556,9 +556,9 @@ def prepare_workdir(requested: Path | None) -> Path:
 
 def cmd_demo(args) -> int:
     from common.logs import setup_logging
+    from simulator.broker import Broker, BrokerError, make_pki
     from simulator.pcscd import PcscdError, private_pcscd
     from simulator.vpcd import VirtualIcc
-    from simulator.broker import Broker, BrokerError, make_pki
 
     work = prepare_workdir(args.workdir)
     set_story_time(work, "08:30")

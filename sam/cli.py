@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common.errors import EXIT_REFUSED, EXIT_USAGE
-from sam.roles import ROLE_KEYS
-from sam.unlock_cli import add_unlock_options, unlock_from_args
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 from sam.keystore import (
     TRANSPORT_VERSION,
@@ -24,7 +22,9 @@ from sam.keystore import (
     parse_enterprise_id,
     save_keystore,
 )
+from sam.roles import ROLE_KEYS
 from sam.sam_state import TSN_MAX, SamState, StateFile
+from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 DEFAULT_USAGES = "verify,mac,personalise,reversal"
 ISSUED_KEY_VERSION = 1

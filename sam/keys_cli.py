@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from common.errors import EXIT_REFUSED, EXIT_USAGE
+from sam import master_card as mc
 from sam.interface import SamError
 from sam.keystore import (
     Keystore,
@@ -23,7 +24,6 @@ from sam.keystore import (
     load_keystore,
     save_keystore,
 )
-from sam import master_card as mc
 from sam.unlock_cli import add_unlock_options, unlock_from_args
 
 

@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sam.roles import ROLE_KEYS  # noqa: F401  (re-exported: the exports are made per role)
 from sam.interface import Algorithm, KeyInfo, KeyPurpose, KeyUsage, SamError
 from sam.keystore import MasterCardAnchor, MasterKey, SecretKey, format_enterprise_id
+from sam.roles import ROLE_KEYS  # noqa: F401  (re-exported: the exports are made per role)
 
 AID = bytes.fromhex("F04F4E45434152444D")  # "ONECARD" + "M"aster
 SELECT = bytes([0x00, 0xA4, 0x04, 0x00, len(AID)]) + AID + b"\x00"

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sam.crypto import key_check_value
 from sam.interface import Algorithm, KeyPurpose
-from sam.keystore import MasterKey, SecretKey, TRANSPORT_VERSION, algorithm_name, parse_algorithm, parse_enterprise_id
+from sam.keystore import TRANSPORT_VERSION, MasterKey, SecretKey, algorithm_name, parse_algorithm, parse_enterprise_id
 from sam.master_card import (
     AID,
     KIND_BACKUP,

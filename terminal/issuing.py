@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 
 from common import bcd
 from common import transactions as tx
+from common.money import format_yuan
 from common.registry import Registry, RegistryError
 from sam.interface import KeyPurpose, KeyUsage, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
-from common.money import format_yuan
 from terminal.rekey import AdminChannel, admin_purpose, require_admin_key, select_for_admin
 
 ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"

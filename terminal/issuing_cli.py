@@ -141,8 +141,8 @@ def open_station_reader(args, card_file: Path | None = None):
 
 
 def _request(args, enterprise: bytes):
-    from terminal.issuing import IssueRequest
     from common.money import parse_yuan
+    from terminal.issuing import IssueRequest
 
     today = dt.date.today()
     try:
@@ -167,11 +167,11 @@ def _request(args, enterprise: bytes):
 @contextlib.contextmanager
 def _issuing_terminal(args):
     from common.db import DatabaseError
-    from sam.keystore import parse_enterprise_id
-    from terminal.event_log import EventLog
     from common.mqtt import TlsFiles
     from common.registry import RegistryError
+    from sam.keystore import parse_enterprise_id
     from terminal.decision import Refusal
+    from terminal.event_log import EventLog
     from terminal.issuing import IssuingTerminal
     from terminal.registry_client import MqttRegistry, load_platform_public_key
 

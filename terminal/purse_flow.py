@@ -14,17 +14,17 @@ from dataclasses import dataclass
 
 from common import bcd
 from common import transactions as tx
+from common.config import Config
 from common.errors import RecordNotWritten
 from common.logs import log_event
+from common.money import format_yuan
 from common.money_records import check_money_detail
 from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.authenticate import select_card
-from common.config import Config
 from terminal.decision import Decision, Refusal
-from common.money import format_yuan
 from terminal.rules import BLACKLIST_MESSAGES
 
 log = logging.getLogger("onecard.purse")
@@ -568,8 +568,8 @@ class PurseTerminal:
         (its action_id is on the logged outcome). Only the top-up terminal, the card service machine, holds the LOAD
         and UPDATE keys. Called after settle_pending, so an interrupted top-up is already known.
 
-        Returns ([(amount, verified balance after)] of the top-ups loaded, notes on anything else). A top-up the card (or this
-        terminal's limit) refuses is logged as card_action.failed, which the platform receives with the log and
+        Returns ([(amount, verified balance after)] of the top-ups loaded, notes on anything else). A top-up the card
+        (or this terminal's limit) refuses is logged as card_action.failed, which the platform receives with the log and
         which stops this terminal offering it: it never blocks the tap's own operation.
         """
         if self.pending_actions is None or self.config.terminal.kind != "topup":

@@ -765,8 +765,8 @@ def test_cli_refuses_overwrite_without_force(secrets_dir, capsys):
     code, out, err = run_cli(capsys, *args)
     assert code == 1 and out == ""
     assert (
-        err
-        == f"error: keystore {d / 'ks'} already exists; choose another path or explicitly ask to overwrite it (--force)\n"
+        err == f"error: keystore {d / 'ks'} already exists; "
+        "choose another path or explicitly ask to overwrite it (--force)\n"
     )
     assert (d / "ks").read_bytes() == before
     assert run_cli(capsys, *args, "--force")[0] == 0

@@ -5,9 +5,9 @@ import datetime as dt
 import io
 import os
 import pty
-import tty
 import threading
 import time
+import tty
 
 import pytest
 
@@ -197,7 +197,7 @@ def test_evdev_keys_decoded_from_recorded_input_events():
     """Events as a USB numeric keypad sends them (press, auto-repeat, release, SYN), built with evdev's own types."""
     from evdev import InputEvent, ecodes
 
-    from terminal.keypad import ENTER, BACKSPACE, KeyLine, keys_from_events
+    from terminal.keypad import BACKSPACE, ENTER, KeyLine, keys_from_events
 
     def press(name, repeat=False):
         code = ecodes.ecodes[name]

@@ -4,11 +4,11 @@ import datetime as dt
 
 import pytest
 
+from common.config import load_config
 from sam.interface import Algorithm, CardIdentity
 from simulator.card import ForeignCard
 from simulator.inprocess import InProcessReader
 from terminal.blacklist import Blacklist
-from common.config import load_config
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
 from terminal.purse_flow import MONEY_KINDS, Incomplete, PurseTerminal

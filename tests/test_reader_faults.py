@@ -183,9 +183,8 @@ class _PullsPsamAtDebit:
 
 
 def test_psam_pulled_mid_sale_refuses_that_sale_and_settles_it_at_the_next_tap(pcscd, vicc, tmp_path):
-    from sam.pcsc_sam import PcscSam
-
     from sam.interface import KeyPurpose, KeyUsage
+    from sam.pcsc_sam import PcscSam
     from sam.software import SoftwareSam
 
     psam_file = tmp_path / "psam.json"

@@ -1,4 +1,5 @@
-"""Sync protocol and core without a broker: envelopes, parsers (hypothesis), uploader, decisions, compaction, platform."""
+"""Sync protocol and core without a broker: envelopes, parsers (hypothesis), uploader, decisions, compaction,
+platform."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import secrets
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from central.store import Platform
 from central.db import PlatformError
+from central.store import Platform
 from common import sync_protocol as p
+from common.config import ConfigError, load_config
 from sync_agent import core
 from sync_agent.store import SyncStore, outbox_pressure
-from common.config import ConfigError, load_config
 from terminal.event_log import EventLog
 from tests.mqtt_env import fill_log
 

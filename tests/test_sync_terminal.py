@@ -6,9 +6,9 @@ import io
 
 import pytest
 
+from common.config import load_config
 from simulator.inprocess import InProcessReader
 from terminal.adapters import build_terminal
-from common.config import load_config
 from terminal.inbox import Inbox
 from terminal.keypad import Balance, Charge, Load
 from terminal.outputs import ConsoleOutputs
