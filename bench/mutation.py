@@ -52,6 +52,8 @@ MODULES: dict[str, list[str]] = {
     "sync_agent/core.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
     "common/sync_protocol.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
+    "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
+    "terminal/screens.py": ["tests/test_mutation_screens.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
