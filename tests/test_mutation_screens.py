@@ -92,7 +92,11 @@ def test_every_chinese_line_is_for_a_reason_code_the_terminal_uses():
     source = "\n".join(p.read_text("utf-8") for p in (ROOT / "terminal").glob("*.py") if p.name != "screens.py")
     quoted = set(re.findall(r'"([a-z_]+)"', source))
     assert "clock_{verb}" in source  # attendance builds clock_in / clock_out from its verb
-    assert sorted(set(ZH) - quoted) == ["clock_in", "clock_out"]
+    assert sorted(set(ZH) - quoted) == [
+        "clock_in",
+        "clock_out",
+        "earlier_completed",
+    ]  # earlier_completed: set by no terminal code on main
 
 
 def test_the_chinese_lines_by_door_event_kind():
@@ -105,7 +109,7 @@ def test_the_chinese_lines_by_door_event_kind():
     assert sorted(ZH_KIND) == sorted(MESSAGES)
 
 
-def test_a_purchase_shows_amount_balance_and_holder():
+def test_a_purchase_shows_amount_and_holder_but_never_its_unverified_balance():
     d = Decision(
         True,
         "pos.purchase",
@@ -115,24 +119,31 @@ def test_a_purchase_shows_amount_balance_and_holder():
         detail={"amount": 1250, "balance_after": 8750, "balance": 10000},
     )
     assert decision_screen(d) == Screen(
-        "decision", "Paid 12.50 - balance 87.50", "交易成功", "ok", name="王芳", amount=1250, balance=8750
+        "decision", "Paid 12.50 - balance 87.50", "交易成功", "ok", name="王芳", amount=1250
     )
 
 
 def test_a_balance_enquiry_shows_the_balance_and_falls_back_to_the_employee_number():
-    d = Decision(True, "pos.balance", "balance", "Balance 87.50", card=card(name=""), detail={"balance": 8750})
+    d = Decision(
+        True,
+        "pos.balance",
+        "balance",
+        "Balance 87.50",
+        card=card(name=""),
+        detail={"balance_after": 8750, "balance": 1},
+    )
     assert decision_screen(d) == Screen("decision", "Balance 87.50", "余额查询", "ok", name="E1001", balance=8750)
 
 
 def test_a_refusal_shows_no_amount_and_no_name_without_a_card():
     d = Decision(
-        False, "pos.deny", "insufficient_balance", "Insufficient balance", detail={"amount": 1250, "balance": 300}
+        False, "pos.deny", "insufficient_balance", "Insufficient balance", detail={"amount": 1250, "balance_after": 300}
     )
     assert decision_screen(d) == Screen("decision", "Insufficient balance", "余额不足", "no", balance=300)
 
 
 def test_a_balance_that_is_not_fen_is_not_shown():
-    d = Decision(True, "door.grant", "granted", "Welcome", card=card(), detail={"balance": "8750", "amount": 5})
+    d = Decision(True, "door.grant", "granted", "Welcome", card=card(), detail={"balance_after": "8750", "amount": 5})
     assert decision_screen(d) == Screen("decision", "Welcome", "欢迎", "ok", name="王芳", amount=5)
 
 
