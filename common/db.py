@@ -101,6 +101,9 @@ def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool
     database behind (create_new links a complete file into place), so an empty file was wiped or
     truncated by someone else: it is refused, never silently replaced (`lost_fix` says what to do).
     """
+    # Looked at before the size: a live database's checkpoint writes its header before the pages that extend the
+    # file, and removes the WAL only when done, so a WAL seen at any point means the size may not be final yet.
+    wal_before = _wal_path(path).exists()
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -130,7 +133,7 @@ def preflight(path: Path, setting: str, lost_fix: str = NEW_INSTALL_FIX) -> bool
             f"database {path} is not a onecard database (not an SQLite file); "
             f"point {setting} at the right file or move it away"
         )
-    problem = _size_problem(header, st.st_size, _wal_path(path).exists())
+    problem = _size_problem(header, st.st_size, wal_before or _wal_path(path).exists())
     if problem:
         raise DatabaseError(f"database {path} is truncated ({problem}); {lost_fix}")
     return False
