@@ -17,6 +17,12 @@ from common.logs import log_event
 
 log = logging.getLogger("platform")
 
+# A card listed (again) at a version: its reason and version replace an earlier listing.
+_LIST = (
+    "INSERT INTO blacklist VALUES (?, ?, ?, ?) ON CONFLICT (enterprise_id, asn) DO UPDATE SET "
+    "reason = excluded.reason, listed_in_version = excluded.listed_in_version"
+)
+
 
 class Blacklists:
     def epoch(self) -> p.Epoch:
@@ -72,12 +78,18 @@ class Blacklists:
         return epoch
 
     @property
-    def published_path(self) -> Path:
+    def published_path(self) -> Path | None:
         """Beside the database: the epoch and blacklist versions terminals were last sent (written by worker 0
-        after each publish). A database older than this file was restored from a backup."""
+        after each publish). A database older than this file was restored from a backup. On PostgreSQL there is no
+        file beside the database: the file is the one given as `published_state` (none by default; then the
+        terminals' heartbeats alone tell of a restored database, `platform_behind` alarms)."""
+        if self.path is None:
+            return self.published_state
         return self.path.with_name(self.path.name + ".published")
 
     def record_published(self) -> None:
+        if self.published_path is None:
+            return
         epoch = self.epoch()
         versions = dict(self.conn.execute("SELECT enterprise_id, blacklist_version FROM enterprises"))
         state = {"instance": epoch.instance, "generation": epoch.generation, "blacklist_versions": versions}
@@ -95,6 +107,8 @@ class Blacklists:
 
     def restored_problem(self) -> str | None:
         """Why this database looks restored (older than what it already published), or None."""
+        if self.published_path is None:
+            return None
         try:
             state = json.loads(self.published_path.read_text(encoding="utf-8"))
             instance, generation = state["instance"], state["generation"]
@@ -103,18 +117,18 @@ class Blacklists:
             return None
         except (OSError, ValueError, KeyError, TypeError):
             return (
-                f"{self.published_path} is unreadable; if {self.path} was restored run `onecard platform "
+                f"{self.published_path} is unreadable; if {self.target} was restored run `onecard platform "
                 "restore-epoch`, otherwise delete that file"
             )
         epoch = self.epoch()
         fix = "it was restored or rolled back: run `onecard platform restore-epoch --reason ...` before serving"
         if instance != epoch.instance:
             return (
-                f"{self.path} has platform instance {epoch.instance}, but instance {instance} published from "
+                f"{self.target} has platform instance {epoch.instance}, but instance {instance} published from "
                 f"here ({self.published_path}); it is another database: {fix}"
             )
         if generation > epoch.generation:
-            return f"{self.path} is at epoch {epoch.generation}, but epoch {generation} was already published: {fix}"
+            return f"{self.target} is at epoch {epoch.generation}, but epoch {generation} was already published: {fix}"
         if generation == epoch.generation:
             for eid, published in sorted(versions.items()):
                 row = self.conn.execute(
@@ -122,7 +136,7 @@ class Blacklists:
                 ).fetchone()
                 if row is None or row[0] < published:
                     return (
-                        f"{self.path} holds blacklist version {row[0] if row else 'none'} of enterprise {eid}, "
+                        f"{self.target} holds blacklist version {row[0] if row else 'none'} of enterprise {eid}, "
                         f"but version {published} was already published: {fix}"
                     )
         return None
@@ -149,11 +163,11 @@ class Blacklists:
         base = self._enterprise(enterprise_id)[1]
         v = base + 1
         for asn, reason in added.items():
-            self.conn.execute("INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)", (enterprise_id, asn, reason, v))
+            self.conn.execute(_LIST, (enterprise_id, asn, reason, v))
         for asn in removed:
             self.conn.execute("DELETE FROM blacklist WHERE enterprise_id = ? AND asn = ?", (enterprise_id, asn))
         self.conn.executemany(
-            "INSERT OR IGNORE INTO blacklist_changes VALUES (?, ?, ?)",
+            "INSERT INTO blacklist_changes VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             [(enterprise_id, v, a) for a in [*added, *removed]],
         )
         self.conn.execute("UPDATE enterprises SET blacklist_version = ? WHERE enterprise_id = ?", (v, enterprise_id))
@@ -173,7 +187,7 @@ class Blacklists:
         with self._txn():
             v = self._enterprise(enterprise_id)[1] + 1
             self.conn.executemany(
-                "INSERT OR REPLACE INTO blacklist VALUES (?, ?, ?, ?)",
+                _LIST,
                 ((enterprise_id, a.hex().upper(), reason, v) for a in asns),
             )
             self.conn.execute(

@@ -89,7 +89,9 @@ class CardFlows:
             if not 0 <= frozen_cents <= 0xFFFFFFFF:
                 raise PlatformError(f"frozen balance {frozen_cents} is not 0..4294967295 fen")
             self.conn.execute(
-                "INSERT OR REPLACE INTO voided_cards VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO voided_cards VALUES (?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
+                "frozen_cents = excluded.frozen_cents, proof = excluded.proof, terminal_id = excluded.terminal_id, "
+                "at = excluded.at",
                 (c["asn"], frozen_cents, proof, terminal_id, self._now()),
             )
             if c["status"] != VOIDED:

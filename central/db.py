@@ -4,7 +4,6 @@ and the platform's signing key."""
 from __future__ import annotations
 
 import re
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,8 @@ DEFAULT_MAX_BALANCE_CENTS = 200_000
 MAX_DELTA_CHANGES = 10_000
 _ASN_RE = re.compile(r"[0-9A-F]{16}\Z")
 
-_SCHEMA = """
+# The schema as it stood before migrations were kept: central/migrations/0001_baseline.py applies it (SQLite).
+SQLITE_BASELINE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS enterprises (
   enterprise_id TEXT PRIMARY KEY, name TEXT NOT NULL, blacklist_version INTEGER NOT NULL DEFAULT 0,
   config_version INTEGER NOT NULL DEFAULT 0, config_document TEXT) STRICT;
@@ -106,20 +106,6 @@ CREATE TABLE IF NOT EXISTS reanchors (
 # bytes of record text. Beyond either, records are refused (the ack says why) and the agent resends them later.
 MAX_PENDING_GAP = 20_000
 MAX_PENDING_BYTES = 8 * 1024 * 1024
-
-
-# Columns added after the first release: an older platform.db gets them at open (NULL = not known).
-_ADDED_COLUMNS = (
-    ("terminals", "kind", "TEXT"),
-    ("cards", "max_balance_cents", "INTEGER"),
-    ("card_actions", "status_note", "TEXT"),
-)
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    for table, column, decl in _ADDED_COLUMNS:
-        if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
 class PlatformError(Exception):

@@ -9,6 +9,7 @@ import json
 import logging
 
 from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
+from central.sql import bytes_length
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
@@ -16,6 +17,8 @@ from common.money_records import CARD_ACTION_FAILED, check_action_failed_detail
 
 log = logging.getLogger("platform")
 
+# What MAX_PENDING_BYTES counts of a waiting record (plus 128 bytes for its seq and hashes).
+_SIZED_COLUMNS = ("time", "kind", "coalesce(asn, '')", "reason_code", "message", "detail")
 _WIRE_COLUMNS = "seq, time, kind, asn, reason_code, message, detail, prev_hash, hash"
 
 
@@ -94,8 +97,8 @@ class Ingest:
                         )
                         break
                     cur = self.conn.execute(
-                        f"INSERT OR IGNORE INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        f"INSERT INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                         (
                             terminal_id,
                             e.seq,
@@ -155,10 +158,8 @@ class Ingest:
 
     def _pending_bytes(self, terminal_id: str) -> int:
         return self.conn.execute(
-            "SELECT coalesce(sum(length(CAST(time AS BLOB)) + length(CAST(kind AS BLOB)) + "
-            "length(CAST(coalesce(asn, '') AS BLOB)) + length(CAST(reason_code AS BLOB)) + "
-            "length(CAST(message AS BLOB)) + length(CAST(detail AS BLOB)) + 128), 0) FROM pending_events "
-            "WHERE terminal_id = ?",
+            f"SELECT coalesce(sum({' + '.join(bytes_length(c, self.backend) for c in _SIZED_COLUMNS)} + 128), 0) "
+            "FROM pending_events WHERE terminal_id = ?",
             (terminal_id,),
         ).fetchone()[0]
 

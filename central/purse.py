@@ -244,10 +244,10 @@ class PurseAccounts:
             v = d.get(key)
             return v if isinstance(v, int) and not isinstance(v, bool) else None
 
-        cur = self.conn.execute(
+        (held_id,) = self.conn.execute(
             "INSERT INTO held_money (terminal_id, seq, asn, kind, counter, amount_cents, balance_after_cents, tac, "
             "tac_status, detail, reason_code, reason, status, held_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "?)",
+            "?) RETURNING id",
             (
                 terminal_id,
                 e.seq,
@@ -264,12 +264,12 @@ class PurseAccounts:
                 status,
                 self._now(),
             ),
-        )
+        ).fetchone()
         log_event(
             log,
             "platform.money_held",
             logging.ERROR if status == HELD else logging.WARNING,
-            held=cur.lastrowid,
+            held=held_id,
             terminal=terminal_id,
             seq=e.seq,
             asn=e.asn,

@@ -6,9 +6,9 @@ A part of `central.store.Platform`: it works on the platform database through `s
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from central.db import ACTIVE, DEFAULT_MAX_BALANCE_CENTS, LOST, TERMINAL_KINDS, PlatformError, _asn, _yuan
+from central.sql import integrity_errors
 from common import sync_protocol as p
 from common.door_events import DOOR_EVENT_KINDS, open_alarm_from_log
 from common.events import GENESIS_HASH
@@ -23,7 +23,8 @@ class Registry:
             raise PlatformError(f"enterprise ID {enterprise_id!r} is not 8 digits; use the 8-digit enterprise number")
         with self._txn():
             self.conn.execute(
-                "INSERT OR IGNORE INTO enterprises (enterprise_id, name) VALUES (?, ?)", (enterprise_id, name)
+                "INSERT INTO enterprises (enterprise_id, name) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (enterprise_id, name),
             )
 
     def add_terminal(self, terminal_id: str, enterprise_id: str, name: str = "", *, kind: str) -> None:
@@ -52,8 +53,8 @@ class Registry:
                     "keeps its kind: register the new machine under a new terminal ID"
                 )
             self.conn.execute(
-                "INSERT OR IGNORE INTO terminals (terminal_id, enterprise_id, name, head_hash, kind) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO terminals (terminal_id, enterprise_id, name, head_hash, kind) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (terminal_id, enterprise_id, name or terminal_id, GENESIS_HASH, kind),
             )
             self.conn.execute(
@@ -87,15 +88,16 @@ class Registry:
         with self._txn():
             self._enterprise(enterprise_id)
             try:
-                cur = self.conn.execute(
-                    "INSERT INTO holders (enterprise_id, employee_no, name, phone) VALUES (?, ?, ?, ?)",
+                (holder_id,) = self.conn.execute(
+                    "INSERT INTO holders (enterprise_id, employee_no, name, phone) VALUES (?, ?, ?, ?) "
+                    "RETURNING holder_id",
                     (enterprise_id, employee_no, name, phone),
-                )
-            except sqlite3.IntegrityError:
+                ).fetchone()
+            except integrity_errors():
                 raise PlatformError(
                     f"employee {employee_no} is already registered in enterprise {enterprise_id}"
                 ) from None
-            return cur.lastrowid
+            return holder_id
 
     def _holder(self, enterprise_id: str, employee_no: str) -> tuple:
         row = self.conn.execute(
@@ -138,7 +140,7 @@ class Registry:
             "SELECT c.asn, c.enterprise_id, (SELECT e.detail FROM events e WHERE e.asn = c.asn AND e.kind IN (?, ?) "
             "ORDER BY e.time DESC, e.seq DESC LIMIT 1), (SELECT k.key_version FROM card_keys k WHERE k.asn = c.asn) "
             "FROM cards c WHERE c.status IN ('ACTIVE', 'LOST', 'VOIDED') "
-            "AND (?3 IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
+            "AND (CAST(?3 AS TEXT) IS NULL OR c.enterprise_id = ?3) ORDER BY c.asn",
             (KEYS_CHANGED, CARD_ISSUED, enterprise_id),
         ).fetchall()
         out: dict[str, dict[int | str, int]] = {}
@@ -208,7 +210,11 @@ class Registry:
     def record_key_version(self, asn: str, key_version: int) -> None:
         if not 0 <= key_version <= 255:
             raise PlatformError(f"key version {key_version} is not 0..255")
-        self.conn.execute("INSERT OR REPLACE INTO card_keys VALUES (?, ?, ?)", (_asn(asn), key_version, self._now()))
+        self.conn.execute(
+            "INSERT INTO card_keys VALUES (?, ?, ?) "
+            "ON CONFLICT (asn) DO UPDATE SET key_version = excluded.key_version, at = excluded.at",
+            (_asn(asn), key_version, self._now()),
+        )
 
     def _history(self, asn: str, action: str, text: str) -> None:
         self.conn.execute(
@@ -251,7 +257,8 @@ class Registry:
         asns = [
             r[0]
             for r in self.conn.execute(
-                "SELECT asn FROM cards WHERE ?1 IS NULL OR enterprise_id = ?1 ORDER BY asn", (enterprise_id,)
+                "SELECT asn FROM cards WHERE CAST(?1 AS TEXT) IS NULL OR enterprise_id = ?1 ORDER BY asn",
+                (enterprise_id,),
             )
         ]
         return [self.card(a) for a in asns]

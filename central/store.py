@@ -1,4 +1,5 @@
-"""The reference platform's state in SQLite: terminals and their verified event chains, holders, cards, blacklists.
+"""The reference platform's state: terminals and their verified event chains, holders, cards, blacklists; in SQLite
+(one file, the embedded default) or PostgreSQL (central/sql.py says how one set of SQL runs on both).
 
 Every operation is one transaction; messages it must send are signed and queued in `outbound` in that same
 transaction, so a crash never leaves a blacklist change without its notification (or the reverse).
@@ -7,17 +8,23 @@ transaction, so a crash never leaves a blacklist change without its notification
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import random
 import secrets
 import sqlite3
+import time
 import zoneinfo
 from pathlib import Path
+from types import FunctionType
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from central import schema
+from central import sql as dialect
 from central.bills import Bills
 from central.blacklists import Blacklists
 from central.card_flows import CardFlows
-from central.db import _SCHEMA, PlatformError, migrate
+from central.db import PlatformError
 from central.ingest import Ingest
 from central.outbound import Outbound
 from central.purse import PurseAccounts
@@ -35,16 +42,20 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
 
     def __init__(
         self,
-        path: Path,
+        path: Path | str | dialect.Target,
         signing_key: Ed25519PrivateKey,
         *,
         clock=None,
         timezone: str = "Asia/Shanghai",
         tac_sam=None,
         unverified_money: bool = False,
+        published_state: Path | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.target = dialect.parse_target(path)
+        self.backend = self.target.backend
+        self.path = self.target.path  # SQLite only (None on PostgreSQL)
         self.key = signing_key
+        self.published_state = published_state  # PostgreSQL: where the published-state file is kept (Blacklists)
         # A SAM holding the enterprises' TAC master keys (usage verify): only the platform can check a TAC.
         # Without one, money records are held ('no_tac_keys') unless `unverified_money` (the lab flag of
         # `platform serve --lab-unverified-money`): then they are accounted with tac_status 'unchecked' and every
@@ -53,17 +64,24 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.unverified_money = unverified_money
         self.clock = clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.tz = zoneinfo.ZoneInfo(timezone)
-        # check_same_thread=False: a service builds its Platform objects and hands each to one worker
-        # thread; an object is never used by two threads at once.
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False)
-        if self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-            raise PlatformError(f"platform database {self.path} cannot use WAL; put it on a local filesystem")
-        self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
-        self.conn.executescript(_SCHEMA)
-        migrate(self.conn)
+        if self.backend == dialect.POSTGRESQL:
+            self.conn = dialect.connect_postgresql(self.target.dsn)
+        else:
+            # check_same_thread=False: a service builds its Platform objects and hands each to one worker
+            # thread; an object is never used by two threads at once.
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0, check_same_thread=False)
+            if self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise PlatformError(f"platform database {self.path} cannot use WAL; put it on a local filesystem")
+            self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
+        try:
+            schema.upgrade(self.target, self.conn)
+        except dialect.connection_errors() as exc:
+            self.conn.close()
+            raise PlatformError(f"cannot migrate platform database {self.target} ({exc}); check the server") from None
         # The epoch every blacklist body carries: made once per platform database (`onecard platform init`).
         self.conn.execute(
-            "INSERT OR IGNORE INTO platform_epoch VALUES (1, ?, 1, ?, 'created')", (secrets.token_hex(16), self._now())
+            "INSERT INTO platform_epoch VALUES (1, ?, 1, ?, 'created') ON CONFLICT DO NOTHING",
+            (secrets.token_hex(16), self._now()),
         )
         self._digests: dict[tuple, str] = {}
 
@@ -71,7 +89,7 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.close()
 
     def _txn(self):
-        return transaction(self.conn)
+        return dialect.pg_transaction(self.conn) if self.backend == dialect.POSTGRESQL else transaction(self.conn)
 
     def _now(self) -> str:
         return p.format_time(self.clock())
@@ -92,3 +110,31 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
         self.conn.execute(
             "INSERT INTO outbound (topic, payload, created_at) VALUES (?, ?, ?)", (topic, payload, self._now())
         )
+
+
+# On PostgreSQL a SERIALIZABLE transaction may be aborted so that concurrent workers stay equivalent to one at a time
+# (central/sql.py); it changed nothing, so the operation that ran it runs again. Only the outermost call retries:
+# inside an open transaction the abort goes up to the call that opened it.
+RETRY_ATTEMPTS = 30
+
+
+def _retrying(method):
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if getattr(self, "backend", dialect.SQLITE) != dialect.POSTGRESQL or self.conn.in_transaction:
+            return method(self, *args, **kwargs)
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return method(self, *args, **kwargs)
+            except Exception as exc:
+                if not dialect.is_retryable(exc) or attempt == RETRY_ATTEMPTS - 1:
+                    raise
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return run
+
+
+for _name in sorted({n for cls in Platform.__mro__[1:-1] for n, v in vars(cls).items() if type(v) is FunctionType}):
+    if not _name.startswith("_"):
+        setattr(Platform, _name, _retrying(getattr(Platform, _name)))

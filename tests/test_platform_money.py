@@ -436,9 +436,11 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
     pf.add_holder(ENTERPRISE, "E1", "Zhang Wei")
     pf.issue_card(ENTERPRISE, "E1", ASN)
     pf.close()
-    conn = sqlite3.connect(db)  # the schema before kinds were recorded
+    conn = sqlite3.connect(db)  # the schema before kinds were recorded (and before migrations were kept)
     for table, column in (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'").fetchall():
+        conn.execute(f"DROP TABLE {table}")
     conn.commit()
     conn.close()
     pf = Platform(db, KEY, clock=lambda: NOW, unverified_money=True)
