@@ -117,7 +117,7 @@ class PurseAccounts:
             f"SELECT kind, amount_cents, balance_after_cents, tac FROM purse_transactions WHERE asn = ? "
             f"AND counter = ? AND kind IN ({marks}) "
             "UNION ALL SELECT kind, amount_cents, balance_after_cents, tac FROM held_money "
-            f"WHERE asn = ? AND counter = ? AND kind IN ({marks}) AND status = 'waiting' AND id IS NOT ?",
+            f"WHERE asn = ? AND counter = ? AND kind IN ({marks}) AND status = 'waiting' AND id IS DISTINCT FROM ?",
             (asn, d["counter"], *stream, asn, d["counter"], *stream, exclude_id),
         ).fetchall()
         if same:

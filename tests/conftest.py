@@ -130,3 +130,37 @@ def _restore_root_logger():
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL (tests/pg_env.py): one private server per session, a new database per test. Store-level tests take
+# `platform_db` and run once on SQLite and once on PostgreSQL (marker `postgres`).
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    from tests.pg_env import PostgresServer, pg_bin
+
+    if pg_bin() is None:
+        pytest.fail("PostgreSQL is not installed; run deploy/setup-debian.sh (it installs postgresql)", pytrace=False)
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_dsn(pg_server):
+    """A new, empty PostgreSQL database on the session's server: its libpq DSN."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def platform_db(request, tmp_path):
+    """Where a test's platform database lives: a new SQLite file, or a new PostgreSQL database (as a target
+    `postgresql:DSN`, what `onecard platform --db` takes)."""
+    if request.param == "sqlite":
+        return tmp_path / "platform.db"
+    return "postgresql:" + request.getfixturevalue("pg_dsn")

@@ -40,8 +40,8 @@ SAM = SoftwareSam(KEYSTORE)
 
 
 @pytest.fixture
-def platform(tmp_path):
-    pf = Platform(tmp_path / "platform.db", Ed25519PrivateKey.generate())
+def platform(platform_db):
+    pf = Platform(platform_db, Ed25519PrivateKey.generate())
     pf.add_enterprise(EID, "Acme")
     pf.add_holder(EID, "E1001", "Zhang Wei", phone="13800000001")
     yield pf

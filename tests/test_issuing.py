@@ -34,8 +34,8 @@ EID = "00010001"
 
 
 @pytest.fixture
-def platform(tmp_path):
-    pf = Platform(tmp_path / "platform.db", Ed25519PrivateKey.generate())
+def platform(platform_db):
+    pf = Platform(platform_db, Ed25519PrivateKey.generate())
     pf.add_enterprise(EID, "Acme")
     pf.add_holder(EID, "E1001", "Zhang Wei", phone="13800000001")
     pf.add_holder(EID, "E1002", "Li Na", phone="13800000002")

@@ -84,8 +84,8 @@ class Chain:
 
 
 @pytest.fixture
-def pf(tmp_path):
-    platform = Platform(tmp_path / "platform.db", KEY, clock=lambda: NOW, unverified_money=True)
+def pf(platform_db):
+    platform = Platform(platform_db, KEY, clock=lambda: NOW, unverified_money=True)
     platform.add_enterprise(ENTERPRISE, "Test Co")
     for tid, kind in ((POS, "pos"), (TOPUP, "topup"), (DOOR, "door")):
         platform.add_terminal(tid, ENTERPRISE, kind=kind)

@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def pf(tmp_path):
-    platform = Platform(tmp_path / "platform.db", KEY, clock=lambda: NOW)
+def pf(platform_db):
+    platform = Platform(platform_db, KEY, clock=lambda: NOW)
     platform.add_enterprise(EID, "Test Co")
     platform.add_terminal(TID, EID, kind="door")
     yield platform

@@ -381,8 +381,8 @@ def test_sync_config_section_is_validated(tmp_path):
 
 
 @pytest.fixture
-def pf(tmp_path):
-    platform = Platform(tmp_path / "platform.db", KEY, clock=lambda: NOW)
+def pf(platform_db):
+    platform = Platform(platform_db, KEY, clock=lambda: NOW)
     platform.add_enterprise(EID, "Test Co")
     platform.add_terminal(TID, EID, kind="door")
     yield platform
