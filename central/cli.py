@@ -14,11 +14,51 @@ from pathlib import Path
 from central.db import TERMINAL_KINDS
 from common.errors import UserError
 
+DB_HELP = (
+    "platform database: an SQLite file (PATH or sqlite:PATH, the embedded default) or a PostgreSQL database "
+    "(postgresql:DSN, e.g. postgresql:host=db1 dbname=onecard user=onecard, or postgresql://onecard@db1/onecard)"
+)
+
+
+def db_target(text: str):
+    from central.sql import TargetError, parse_target
+
+    try:
+        return parse_target(text)
+    except TargetError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _require_db(target) -> None:
+    """The platform database must exist (and, on PostgreSQL, hold a platform): `onecard platform init` makes it."""
+    from central import sql as dialect
+
+    fix = f"create it with `onecard platform init --db {target} --key KEY`"
+    if target.backend == dialect.SQLITE:
+        if not target.path.exists():
+            raise UserError(f"platform database {target} does not exist; {fix}")
+        return
+    from central.db import PlatformError
+
+    try:
+        conn = dialect.connect_postgresql(target.dsn)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        made = conn.execute("SELECT to_regclass('platform_epoch')").fetchone()[0] is not None
+    finally:
+        conn.close()
+    if not made:
+        raise UserError(
+            f"PostgreSQL database {target} holds no platform; {fix}, or copy one into it with "
+            "`onecard platform migrate`"
+        )
+
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     def cmd(name: str, help_: str, handler, key: bool = True) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
-        c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
+        c.add_argument("--db", required=True, type=db_target, help=DB_HELP)
         if key:
             c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
         c.set_defaults(handler=handler)
@@ -138,6 +178,15 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="the new generation (default: one past the current one and past any generation terminals reported)",
     )
+    c = sub.add_parser(
+        "migrate",
+        help="copy an SQLite platform database into a new, empty PostgreSQL database and verify the copy",
+    )
+    c.add_argument("--from", dest="source", required=True, metavar="sqlite:PATH", help="the platform.db to copy")
+    c.add_argument(
+        "--to", dest="target", required=True, metavar="postgresql:DSN", help="a new, empty PostgreSQL database"
+    )
+    c.set_defaults(handler=cmd_migrate)
     c = cmd("serve", "ingest uploads and publish notifications until Ctrl-C / SIGTERM", cmd_serve)
     c.add_argument("--broker-host", default="127.0.0.1")
     c.add_argument("--broker-port", type=int, default=8883)
@@ -191,8 +240,7 @@ def _platform(args):
     from central.db import PlatformError, load_signing_key
     from central.store import Platform
 
-    if not args.db.exists():
-        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    _require_db(args.db)
     try:
         return Platform(args.db, load_signing_key(args.key))
     except PlatformError as exc:
@@ -453,8 +501,7 @@ def cmd_broker_config(args) -> int:
     from common.files import write_atomically
     from common.pki import CertFiles
 
-    if not args.db.exists():
-        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    _require_db(args.db)
     if not 1 <= args.port <= 65535:
         raise UserError(f"--port {args.port} is not a TCP port; give 1..65535")
     for f in (args.ca, args.server_cert, args.server_key):
@@ -530,12 +577,22 @@ def cmd_restore_epoch(args) -> int:
     return _run(args, do)
 
 
+def cmd_migrate(args) -> int:
+    from central.db import PlatformError
+    from central.migrate import migrate
+
+    try:
+        print(migrate(args.source, args.target))
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
 def cmd_serve(args) -> int:
     from central.db import PlatformError, load_signing_key
     from central.service import BrokerSettings, PlatformService
 
-    if not args.db.exists():
-        raise UserError(f"platform database {args.db} does not exist; create it with `onecard platform init`")
+    _require_db(args.db)
     try:
         key = load_signing_key(args.key)
     except PlatformError as exc:
@@ -583,7 +640,7 @@ def cmd_serve(args) -> int:
 
 def add_key_versions(sub) -> None:
     c = sub.add_parser("key-versions", help="cards per key version (retire a version when no card uses it)")
-    c.add_argument("--db", required=True, type=Path, help="platform database (SQLite)")
+    c.add_argument("--db", required=True, type=db_target, help=DB_HELP)
     c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
     c.add_argument("--enterprise", help="only this enterprise")
     c.add_argument(

@@ -56,6 +56,33 @@ class Outbound:
             "SELECT id, topic, payload FROM outbound WHERE published_at IS NULL ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
 
+    def publish_pending(self, send, limit: int = 100) -> int:
+        """Send up to `limit` queued messages in queue order with `send(topic, payload)` (which returns once the
+        broker has them) and mark them published, in one transaction; return how many were sent.
+
+        Safe with several publishers at once: on PostgreSQL each claims its rows with FOR UPDATE SKIP LOCKED (in a
+        READ COMMITTED transaction, so a claim is never aborted and retried after its messages went out), and the
+        others pass them by; on SQLite the transaction is the one writer. A message is marked only after `send`
+        returned: if `send` raises, or the publisher dies before the commit, its rows are released unpublished and
+        sent again later (at least once; the terminals drop a message id they already applied).
+        """
+        postgres = self.backend == "postgresql"
+        with self._txn(isolation="READ COMMITTED") if postgres else self._txn():
+            rows = self.conn.execute(
+                "SELECT id, topic, payload FROM outbound WHERE published_at IS NULL ORDER BY id LIMIT ?"
+                + (" FOR UPDATE SKIP LOCKED" if postgres else ""),
+                (limit,),
+            ).fetchall()
+            for _id, topic, payload in rows:
+                send(topic, bytes(payload))
+            if rows:
+                self.conn.executemany(
+                    "UPDATE outbound SET published_at = ? WHERE id = ?", [(self._now(), r[0]) for r in rows]
+                )
+        if rows:
+            self.record_published()
+        return len(rows)
+
     def mark_published(self, ids: list[int]) -> None:
         with self._txn():
             self.conn.executemany("UPDATE outbound SET published_at = ? WHERE id = ?", [(self._now(), i) for i in ids])

@@ -9,10 +9,16 @@ costs one query when nothing is.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 from pathlib import Path
 
 from central.sql import POSTGRESQL, Target
+from common.logs import log_event
+
+# yoyo says at INFO what it applies; the platform logs one event for the whole upgrade instead.
+logging.getLogger("yoyo").setLevel(logging.WARNING)
+log = logging.getLogger("platform")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 MIGRATION_TABLE = "_yoyo_migration"
@@ -78,6 +84,15 @@ def upgrade(target: Target, conn) -> list[str]:
         with backend.lock(timeout=60):
             todo = backend.to_apply(_migrations())
             backend.apply_migrations(todo)
-            return [m.id for m in todo]
     finally:
         backend.connection.close()
+    ids = [m.id for m in todo]
+    if ids:
+        log_event(
+            log,
+            "platform.schema_migrated",
+            target=str(target),
+            applied=",".join(ids),
+            text=f"platform database {target}: applied migration(s) {', '.join(ids)}",
+        )
+    return ids

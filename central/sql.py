@@ -122,7 +122,8 @@ class PgConnection:
     """A psycopg 3 connection with the part of sqlite3.Connection's interface the store uses: execute(),
     executemany(), in_transaction, close(). Autocommit outside `transaction()`, like SQLite with
     isolation_level=None. A connection lost while no transaction is open (the server restarted) is opened again at
-    the next statement; one lost inside a transaction fails that transaction, which committed nothing."""
+    the next statement; one lost inside a transaction fails that transaction (its caller sees the error and the
+    operation is done again: an agent resends an unacknowledged batch)."""
 
     backend = POSTGRESQL
 
@@ -145,6 +146,11 @@ class PgConnection:
         return self._conn
 
     @property
+    def raw(self):
+        """The psycopg connection itself (COPY, for `onecard platform migrate`)."""
+        return self._live()
+
+    @property
     def in_transaction(self) -> bool:
         from psycopg.pq import TransactionStatus
 
@@ -154,7 +160,16 @@ class PgConnection:
 
     def execute(self, sql: str, params=()):
         text, order = translate(sql)
-        return self._live().execute(text, _params(order, params))
+        args = _params(order, params)
+        outside = not self.in_transaction
+        try:
+            return self._live().execute(text, args)
+        except connection_errors():
+            # Outside a transaction the store runs only reads, BEGIN and idempotent inserts: one more try on a new
+            # connection is safe. Inside one, the transaction is lost and its caller sees the error.
+            if not (outside and self._conn.broken):
+                raise
+            return self._live().execute(text, args)
 
     def executemany(self, sql: str, seq) -> None:
         text, order = translate(sql)
@@ -180,12 +195,16 @@ def _integral_numeric_loader():
 
 
 @contextlib.contextmanager
-def pg_transaction(conn: PgConnection) -> Iterator[PgConnection]:
-    """BEGIN ISOLATION LEVEL SERIALIZABLE ... COMMIT, ROLLBACK on any exception; joins an open transaction."""
+def pg_transaction(conn: PgConnection, isolation: str = "SERIALIZABLE") -> Iterator[PgConnection]:
+    """BEGIN ISOLATION LEVEL SERIALIZABLE ... COMMIT, ROLLBACK on any exception; joins an open transaction.
+
+    READ COMMITTED only for a transaction whose rows are all claimed with FOR UPDATE (the outbound publisher)."""
+    if isolation not in ("SERIALIZABLE", "READ COMMITTED"):
+        raise ValueError(f"isolation {isolation!r}")
     if conn.in_transaction:
         yield conn
         return
-    conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+    conn.execute(f"BEGIN ISOLATION LEVEL {isolation}")
     try:
         yield conn
     except BaseException:
@@ -197,8 +216,11 @@ def pg_transaction(conn: PgConnection) -> Iterator[PgConnection]:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """A PostgreSQL transaction aborted for serializability (40001) or a deadlock (40P01): it changed nothing."""
-    return getattr(getattr(exc, "diag", None), "sqlstate", None) in ("40001", "40P01")
+    """A PostgreSQL transaction aborted for serializability (40001) or a deadlock (40P01), or by a unique key that a
+    concurrent transaction inserted first (23505: two workers storing the same record; run again, the second sees
+    it stored and counts a duplicate). It changed nothing. The store turns the unique keys it expects into
+    PlatformError inside the transaction, so a 23505 that reaches here is such a race."""
+    return getattr(getattr(exc, "diag", None), "sqlstate", None) in ("40001", "40P01", "23505")
 
 
 def integrity_errors() -> tuple[type[BaseException], ...]:

@@ -88,8 +88,10 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
     def close(self) -> None:
         self.conn.close()
 
-    def _txn(self):
-        return dialect.pg_transaction(self.conn) if self.backend == dialect.POSTGRESQL else transaction(self.conn)
+    def _txn(self, isolation: str = "SERIALIZABLE"):
+        if self.backend == dialect.POSTGRESQL:
+            return dialect.pg_transaction(self.conn, isolation)
+        return transaction(self.conn)
 
     def _now(self) -> str:
         return p.format_time(self.clock())
@@ -118,6 +120,10 @@ class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts,
 RETRY_ATTEMPTS = 30
 
 
+# Not retried: it sends messages inside its transaction (Outbound.publish_pending).
+NOT_RETRIED = {"publish_pending"}
+
+
 def _retrying(method):
     @functools.wraps(method)
     def run(self, *args, **kwargs):
@@ -136,5 +142,5 @@ def _retrying(method):
 
 
 for _name in sorted({n for cls in Platform.__mro__[1:-1] for n, v in vars(cls).items() if type(v) is FunctionType}):
-    if not _name.startswith("_"):
+    if not _name.startswith("_") and _name not in NOT_RETRIED:
         setattr(Platform, _name, _retrying(getattr(Platform, _name)))
