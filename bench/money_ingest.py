@@ -1,6 +1,8 @@
 """Platform ingest of money records (schema, kind, continuity checks; lab mode, no TAC) against door records.
 
 Prints one JSON line per measurement. Run from the repository root: python bench/money_ingest.py [--records 20000]
+[--backend sqlite|postgresql]; postgresql starts a private server from Debian's binaries (tests/pg_env.py), one
+worker, one connection.
 """
 
 from __future__ import annotations
@@ -84,37 +86,53 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     args = ap.parse_args()
-    for money in (False, True):
-        with tempfile.TemporaryDirectory() as tmp:
-            pf = Platform(Path(tmp) / "p.db", Ed25519PrivateKey.generate(), unverified_money=True)
-            pf.add_enterprise(EID, "Bench Co")
-            pf.add_terminal(TID, EID, kind="topup")
-            pf.add_holder(EID, "E1", "Bench")
-            for asn in ASNS:
-                pf.issue_card(EID, "E1", asn, max_balance_cents=2**32 - 1)
-            events = chain(Path(tmp) / "t.db", args.records, money)
-            t0 = time.perf_counter()
-            for i in range(0, len(events), args.batch):
-                pf.ingest(TID, events[i : i + args.batch])
-            elapsed = time.perf_counter() - t0
-            held = len(pf.held_money())
-            total = sum(pf.card(a)["balance_cents"] for a in ASNS)
-            pf.close()
-        print(
-            json.dumps(
-                {
-                    "bench": "platform_ingest",
-                    "kind": "topup.load" if money else "door.grant",
-                    "records": args.records,
-                    "batch": args.batch,
-                    "seconds": round(elapsed, 3),
-                    "records_per_s": round(args.records / elapsed),
-                    "held": held,
-                    "balance_total_cents": total,
-                }
-            )
+    server = None
+    if args.backend == "postgresql":
+        from tests.pg_env import PostgresServer
+
+        server = PostgresServer()
+    try:
+        for money in (False, True):
+            run(args, money, server)
+    finally:
+        if server is not None:
+            server.close()
+
+
+def run(args, money: bool, server) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "p.db" if server is None else "postgresql:" + server.new_database()
+        pf = Platform(db, Ed25519PrivateKey.generate(), unverified_money=True)
+        pf.add_enterprise(EID, "Bench Co")
+        pf.add_terminal(TID, EID, kind="topup")
+        pf.add_holder(EID, "E1", "Bench")
+        for asn in ASNS:
+            pf.issue_card(EID, "E1", asn, max_balance_cents=2**32 - 1)
+        events = chain(Path(tmp) / "t.db", args.records, money)
+        t0 = time.perf_counter()
+        for i in range(0, len(events), args.batch):
+            pf.ingest(TID, events[i : i + args.batch])
+        elapsed = time.perf_counter() - t0
+        held = len(pf.held_money())
+        total = sum(pf.card(a)["balance_cents"] for a in ASNS)
+        pf.close()
+    print(
+        json.dumps(
+            {
+                "bench": "platform_ingest",
+                "backend": args.backend,
+                "kind": "topup.load" if money else "door.grant",
+                "records": args.records,
+                "batch": args.batch,
+                "seconds": round(elapsed, 3),
+                "records_per_s": round(args.records / elapsed),
+                "held": held,
+                "balance_total_cents": total,
+            }
         )
+    )
 
 
 if __name__ == "__main__":

@@ -39,13 +39,19 @@ class Ingest:
         """
         with self._txn():
             row = self.conn.execute(
-                "SELECT contiguous_seq, head_hash, chain_problem FROM terminals WHERE terminal_id = ?", (terminal_id,)
+                "SELECT contiguous_seq, head_hash, chain_problem, enterprise_id, kind FROM terminals "
+                "WHERE terminal_id = ?",
+                (terminal_id,),
             ).fetchone()
             if row is None:
                 raise PlatformError(
                     f"terminal {terminal_id} is not registered; add it with `onecard platform add-terminal`"
                 )
-            contiguous, head, problem = row
+            contiguous, head, problem = row[:3]
+            # What the money checks ask of the terminal, read once per batch; and the new events, stored together
+            # (one round trip for the batch on PostgreSQL) before the transaction ends.
+            self._batch_terminal = (terminal_id, row[3], row[4])
+            self._new_events: list[tuple] = []
             reason = "chain_broken" if problem else ""
             refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
@@ -138,6 +144,10 @@ class Ingest:
                     self._alarm(terminal_id, "chain_broken", e.seq, problem)
                 else:
                     contiguous, head, new = e.seq, e.hash, new + 1
+            if self._new_events:
+                self.conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_events)
+            self._new_events = []
+            self._batch_terminal = None
             self.conn.execute(
                 "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
             )
@@ -296,15 +306,19 @@ class Ingest:
         )
         if computed != e.hash:
             return f"chain broken at seq {e.seq}: its content hashes to {computed[:16]}…, not {e.hash[:16]}…"
-        self.conn.execute(
-            "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash),
-        )
+        self._new_events.append((terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
         if e.kind in PURSE_SIGN:
             self._account(terminal_id, e)
         elif e.kind in ("card.rights", CARD_ACTION_FAILED):
             self._card_action_report(terminal_id, e)
         return None
+
+    def _terminal_facts(self, terminal_id: str) -> tuple[str | None, str | None]:
+        """(enterprise, kind) of a terminal: from the batch being ingested, else from the database."""
+        batch = getattr(self, "_batch_terminal", None)
+        if batch is not None and batch[0] == terminal_id:
+            return batch[1], batch[2]
+        return self.terminal_enterprise(terminal_id), self.terminal_kind(terminal_id)
 
     def _card_action_report(self, terminal_id: str, e: p.WireEvent) -> None:
         """A terminal wrote a card action onto the card (`card.rights`; a top-up's record is `topup.load` with
@@ -330,9 +344,9 @@ class Ingest:
         row = self.conn.execute(
             "SELECT status, enterprise_id, asn FROM card_actions WHERE action_id = ?", (d["action_id"],)
         ).fetchone()
-        if self.terminal_kind(terminal_id) != "topup":
+        if self._terminal_facts(terminal_id)[1] != "topup":
             why = f"only a top-up terminal carries out card actions, terminal {terminal_id} is not one"
-        elif row is None or row[1] != self.terminal_enterprise(terminal_id) or row[2] != e.asn:
+        elif row is None or row[1] != self._terminal_facts(terminal_id)[0] or row[2] != e.asn:
             why = "it names no card action of this terminal's enterprise for this card"
         else:
             why = None

@@ -57,7 +57,7 @@ class PurseAccounts:
         except p.ProtocolError as exc:
             self._hold(terminal_id, e, None, "unchecked", HELD, "malformed", f"refused as a protocol error: {exc}")
             return
-        kind = self.terminal_kind(terminal_id)
+        enterprise, kind = self._terminal_facts(terminal_id)
         if kind not in mr.ACCOUNTING_KINDS[e.kind]:
             what = (
                 f"a {kind} terminal cannot {e.kind}"
@@ -75,7 +75,6 @@ class PurseAccounts:
             )
             return
         card = self.conn.execute("SELECT enterprise_id FROM cards WHERE asn = ?", (e.asn,)).fetchone()
-        enterprise = self.terminal_enterprise(terminal_id)
         if card is None or card[0] != enterprise:
             self._hold(
                 terminal_id,
@@ -284,7 +283,7 @@ class PurseAccounts:
             return "unchecked" if self.unverified_money else "no_keys"
         from sam.interface import Algorithm, CardIdentity, SamError
 
-        enterprise = self.terminal_enterprise(terminal_id)
+        enterprise = self._terminal_facts(terminal_id)[0]
         card = CardIdentity(
             bytes.fromhex(e.asn), bytes.fromhex(enterprise), d["key_version"], Algorithm[d["algorithm"]]
         )

@@ -199,13 +199,15 @@ def start_platform(
     terminals: dict[str, str] | None = None,
     tac_sam=None,
     kinds: dict[str, str] | None = None,
+    db=None,
 ):
-    """A PlatformService on platform.db with every test enterprise and the given terminals registered (as door
-    terminals unless `kinds` says otherwise); without `tac_sam` it runs in the lab mode (money unverified)."""
+    """A PlatformService on platform.db (or `db`, e.g. a `postgresql:DSN` target) with every test enterprise and the
+    given terminals registered (as door terminals unless `kinds` says otherwise); without `tac_sam` it runs in the lab
+    mode (money unverified)."""
     from central.service import BrokerSettings, PlatformService
     from central.store import Platform
 
-    db = workdir / "platform.db"
+    db = workdir / "platform.db" if db is None else db
     admin = Platform(db, broker.pki.platform_key)
     admin.add_enterprise(ENTERPRISE, "Test Co")
     admin.add_enterprise(OTHER_ENTERPRISE, "Other Co")

@@ -456,3 +456,32 @@ def test_an_sqlite_platform_from_before_migrations_opens_and_is_baselined(tmp_pa
     assert pf.epoch() == p.Epoch(3, "aa") and pf.blacklist_version(ENTERPRISE) == 9  # kept, not re-created
     assert schema.applied_ids(pf.conn) == {"0001_baseline"}
     pf.close()
+
+
+# -- the service on PostgreSQL -----------------------------------------------------------------------------------
+
+
+def test_the_service_serves_agents_from_postgresql(broker, pg_dsn, tmp_path):
+    """`platform serve --db postgresql:...`: two workers ingest an agent's upload over the real broker, and a loss
+    report queued by the administrator reaches the terminal's blacklist."""
+    from tests.mqtt_env import AgentThread, fill_log, start_platform, terminal_id, wait_until, write_terminal_config
+
+    (tmp_path / "platform").mkdir()
+    admin, service = start_platform(tmp_path / "platform", broker, db="postgresql:" + pg_dsn)
+    tid = terminal_id(1)
+    cfg = write_terminal_config(tmp_path / "t1", tid, broker, batch_size=100)
+    n = fill_log(tmp_path / "t1" / "events.db", tid, 1500)
+    agent = AgentThread(cfg).start()
+    try:
+        wait_until(lambda: agent.acked_seq() == n, 60, "the agent recording the platform's ack of every record")
+        t = admin.terminal(tid)
+        assert (t["contiguous_seq"], t["events"], t["chain_problem"]) == (n, n, None)
+        admin.add_holder(ENTERPRISE, "E1", "Zhang Wei")
+        admin.issue_card(ENTERPRISE, "E1", "0102030405060799")
+        admin.report_loss("0102030405060799")
+        wait_until(lambda: agent.blacklist_version() == 1, 30, "the loss report on the terminal's blacklist")
+        assert admin.unpublished() == []
+    finally:
+        agent.stop()
+        service.stop()
+        admin.close()

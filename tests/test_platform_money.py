@@ -439,7 +439,9 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
     conn = sqlite3.connect(db)  # the schema before kinds were recorded (and before migrations were kept)
     for table, column in (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note")):
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'").fetchall():
+    for (table,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'"
+    ).fetchall():
         conn.execute(f"DROP TABLE {table}")
     conn.commit()
     conn.close()
