@@ -485,3 +485,34 @@ def test_the_service_serves_agents_from_postgresql(broker, pg_dsn, tmp_path):
         agent.stop()
         service.stop()
         admin.close()
+
+
+def test_concurrent_loss_reports_of_one_card_change_the_list_once(pg_dsn):
+    """Four administrators report one card lost at once: one flow commits with its one signed delta, the others
+    see the card already lost (their transactions were run again after PostgreSQL aborted them)."""
+    target = "postgresql:" + pg_dsn
+    asn = "0F00000000000001"
+    admin = Platform(target, KEY)
+    setup_platform(admin, [asn])
+    barrier = threading.Barrier(4)
+    outcomes: list[object] = []
+
+    def report():
+        pf = Platform(target, KEY)
+        try:
+            barrier.wait()
+            outcomes.append(pf.report_loss(asn))
+        except PlatformError as exc:
+            outcomes.append(str(exc))
+        finally:
+            pf.close()
+
+    threads = [threading.Thread(target=report) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(map(str, outcomes)) == ["1"] + [f"card {asn} is already reported lost; nothing changed"] * 3
+    assert admin.blacklist_version(ENTERPRISE) == 1 and admin.card(asn)["status"] == "LOST"
+    assert [json.loads(b)["type"] for _i, _t, b in admin.unpublished()] == ["blacklist.delta"]
+    admin.close()
