@@ -83,7 +83,6 @@ def test_a_replacement_stopped_after_the_void_leaves_the_card_voided_on_the_plat
 def test_cancellation_refused_before_the_void_when_the_platform_does_not_know_the_card(platform, log, tmp_path):  # noqa: F811,E501
     card = old_card(tmp_path / "c.json", platform, balance=0)
     platform.conn.execute("DELETE FROM cards WHERE asn = ?", (card.state.asn.hex().upper(),))
-    platform.conn.commit()
     st = station(SoftwareSam(KEYSTORE), platform, log)
     with pytest.raises(Refusal) as r:
         tap_run(card, lambda t: st.cancel(t, MONDAY_10AM))
