@@ -16,6 +16,7 @@ import zoneinfo
 from dataclasses import dataclass, field
 
 from common import bcd
+from common import journal as jn
 from common import transactions as tx
 from common.money import format_yuan
 from common.registry import Registry, RegistryError
@@ -25,11 +26,12 @@ from terminal import purse_protocol as pp
 from terminal.decision import Refusal
 from terminal.rekey import AdminChannel, admin_purpose, require_admin_key, select_for_admin
 
-ISSUE_INTENT, ISSUED = "issue.card.intent", "issue.card"
-VOID_INTENT, VOIDED = "issue.void.intent", "issue.void"
-RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = "issue.restore.intent", "issue.restore", "issue.restore.abandoned"
-REPLACED, CANCELLED, DELETED = "issue.replace", "issue.cancel", "issue.delete"
-RESTORE_KINDS = (RESTORE_INTENT, RESTORED, RESTORE_ABANDONED)
+# The journaled flows of this terminal and their event kinds (the one table: common/journal.py).
+ISSUE_INTENT, ISSUED = jn.ISSUE.intent_kind, jn.ISSUE.kind(jn.State.DONE)
+VOID_INTENT, VOIDED = jn.VOID.intent_kind, jn.VOID.kind(jn.State.DONE)
+RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = jn.RESTORE.kinds
+REPLACED, CANCELLED, DELETED = (f.kind(jn.State.DONE) for f in (jn.REPLACE, jn.CANCEL, jn.DELETE))
+RESTORE_KINDS = jn.RESTORE.kinds
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ class IssuingTerminal:
         require_admin_key(self.sam, info)
         return info
 
-    def _log(self, now, kind, asn, reason, message, detail):
-        return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+    @property
+    def journal(self) -> jn.Journal:
+        return jn.Journal(self.event_log)  # type: ignore[arg-type]
 
     def _require(
         self, info: cp.CardInfo, needs: dict[KeyPurpose, frozenset[KeyUsage]], version: int | None, flow: str
@@ -207,26 +210,26 @@ class IssuingTerminal:
         self._check_phone(holder, info, req.employee_no)
         self._require(info, {admin_purpose(info.key_version): frozenset({KeyUsage.MAC})}, info.key_version, "issuing")
         detail = {"employee_no": req.employee_no, "rights": req.rights(), "key_version": info.key_version}
-        self._log(now, ISSUE_INTENT, asn, "intent", f"Issuing to employee {req.employee_no}", detail)
+        self.journal.open(jn.ISSUE, now, asn, f"Issuing to employee {req.employee_no}", detail)
         self._write_card(transmit, info, req.holder_file(holder["name"]), req.access_file(), req.purse_file())
         return self._finish_issue(info, now)
 
     def _finish_issue(self, info: cp.CardInfo, now: dt.datetime) -> str:
         asn = info.asn_hex
-        intent = self.event_log.last_event(asn, (ISSUE_INTENT,))
+        intent = self.journal.last_intent(asn, jn.ISSUE)
         if intent is None:
             raise Refusal(
                 "unknown_card", "This active card was not issued by this terminal: see the administrator", asn
             )
         d = intent.detail
         self._registry(self.registry.register, self.eid, d["employee_no"], asn, d["rights"], info.key_version)
-        self._log(
+        self.journal.record(
+            intent,
+            jn.State.DONE,
             now,
-            ISSUED,
-            asn,
-            "issued",
             f"Issued to employee {d['employee_no']}",
             {"employee_no": d["employee_no"], "key_version": info.key_version, "intent_seq": intent.seq},
+            "issued",
         )
         return asn
 
@@ -266,19 +269,18 @@ class IssuingTerminal:
             "employee_no": employee_no,
         }
         # The backup reaches the log before the card is voided: whatever happens next, nothing is lost.
-        self._log(now, VOID_INTENT, asn, "intent", "Backing up and voiding the old card", backup)
+        intent = self.journal.open(jn.VOID, now, asn, "Backing up and voiding the old card", backup)
         try:
             frozen = AdminChannel(transmit, self.sam, info).block()
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot void the card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", f"Old card did not confirm the void ({exc}): tap it again", asn) from None
-        if self.event_log.last_event(asn, (VOIDED,)) is None:
-            self._log(
+        if not self.journal.has(asn, jn.VOID, jn.State.DONE):
+            self.journal.record(
+                intent,
+                jn.State.DONE,
                 now,
-                VOIDED,
-                asn,
-                "voided",
                 f"Old card voided with balance {format_yuan(frozen.balance)}",
                 {
                     "balance": frozen.balance,
@@ -287,6 +289,7 @@ class IssuingTerminal:
                     "proof": frozen.mac.hex(),
                     "key_version": info.key_version,
                 },
+                "voided",
             )
         self._tell_voided(asn, frozen)
         return Backup(asn, employee_no, holder, access, purse, frozen.balance, "card", records)
@@ -343,16 +346,15 @@ class IssuingTerminal:
             )
         info = self._blank_card(transmit)
         asn = info.asn_hex
-        if self.event_log.last_event(asn, (REPLACED,)) is not None:
+        if self.journal.has(asn, jn.REPLACE, jn.State.DONE):
             raise Refusal("already_issued", "This card already replaced another: nothing to do", asn)
         if info.status == cp.STATUS_TRANSPORT:
             holder = self._registry(self.registry.holder, self.eid, backup.employee_no)
             self._check_phone(holder, info, backup.employee_no, except_asn=backup.old_asn)
-            self._log(
+            self.journal.open(
+                jn.REPLACE,
                 now,
-                ISSUE_INTENT,
                 asn,
-                "intent",
                 f"Replacing card {backup.old_asn}",
                 {
                     "employee_no": backup.employee_no,
@@ -364,11 +366,12 @@ class IssuingTerminal:
             self._write_card(transmit, info, backup.holder, backup.access, backup.purse)
         loaded = self._restore_balance(transmit, info, backup, now)
         self._registry(self.registry.replace, backup.old_asn, asn, info.key_version)
-        self._log(
+        # A re-tap finishes a replacement whose intent an earlier tap logged: the outcome is recorded for the card.
+        self.journal.record_for(
+            jn.REPLACE,
+            jn.State.DONE,
             now,
-            REPLACED,
             asn,
-            "replaced",
             f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
             {
                 "old_asn": backup.old_asn,
@@ -378,39 +381,42 @@ class IssuingTerminal:
                 "key_version": info.key_version,
                 "employee_no": backup.employee_no,
             },
+            "replaced",
         )
         return asn
 
     def _restore_balance(self, transmit, info: cp.CardInfo, backup: Backup, now: dt.datetime) -> int:
         """Load the carried balance once: a torn load is settled by GET TRANSACTION PROVE before anything else."""
         asn = info.asn_hex
-        last = self.event_log.last_event(asn, RESTORE_KINDS)
-        if last is not None and last.kind == RESTORED:
+        last = self.journal.last(asn, jn.RESTORE)
+        state = None if last is None else jn.RESTORE.state_of(last.kind)
+        if state is jn.State.DONE:
             return last.detail["amount"]
-        if last is not None and last.kind == RESTORE_INTENT:
+        if state is jn.State.OPEN:
+            torn = jn.Intent(jn.RESTORE, last.seq, asn, last.detail)
             d = last.detail
             proof = pp.parse_prove(transmit(pp.prove_command(tx.LOAD, d["counter"])))
             if proof is not None:
                 try:
                     self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
-                    self._log(
+                    self.journal.record(
+                        torn,
+                        jn.State.DONE,
                         now,
-                        RESTORED,
-                        asn,
-                        "completed",
                         f"Balance {format_yuan(d['amount'])} restored",
                         {**d, "tac": proof.tac.hex(), "intent_seq": last.seq, "resolved_at_next_tap": True},
+                        "completed",
                     )
                     return d["amount"]
                 except MacVerificationError:
                     pass
-            self._log(
+            self.journal.record(
+                torn,
+                jn.State.ABANDONED,
                 now,
-                RESTORE_ABANDONED,
-                asn,
-                "not_on_card",
                 "Interrupted balance restore did not happen",
                 {"intent_seq": last.seq, "amount": d["amount"]},
+                "not_on_card",
             )
         if backup.balance == 0:
             return 0
@@ -437,7 +443,7 @@ class IssuingTerminal:
             mac2 = self.sam.load_mac2(session, init.mac1)
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot load the carried balance: {exc}", asn) from None
-        intent = self._log(now, RESTORE_INTENT, asn, "intent", f"Restoring balance {format_yuan(backup.balance)}", d)
+        intent = self.journal.open(jn.RESTORE, now, asn, f"Restoring balance {format_yuan(backup.balance)}", d)
         try:
             proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
             self.sam.verify_load_mac3(session, proof.mac)
@@ -449,13 +455,13 @@ class IssuingTerminal:
                 "asks the card whether it arrived and never loads it twice",
                 asn,
             ) from None
-        self._log(
+        self.journal.record(
+            intent,
+            jn.State.DONE,
             now,
-            RESTORED,
-            asn,
-            "completed",
             f"Balance {format_yuan(backup.balance)} restored",
             {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False},
+            "completed",
         )
         return backup.balance
 
@@ -484,16 +490,16 @@ class IssuingTerminal:
         """
         info = self._select(transmit)
         asn = info.asn_hex
-        kind = DELETED if deletion else CANCELLED
+        flow = jn.DELETE if deletion else jn.CANCEL
         if info.status == cp.STATUS_TRANSPORT:
             raise Refusal("not_issued", "This card was never issued: nothing to cancel", asn)
-        flow = "application deletion" if deletion else "cancellation"
-        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version, flow)
+        what = "application deletion" if deletion else "cancellation"
+        self._require(info, {KeyPurpose.UPDATE: frozenset({KeyUsage.MAC, KeyUsage.VERIFY})}, info.key_version, what)
         registered = self._registry(self.registry.is_registered, asn)
         # A card the platform already closed (a re-tap after a tear at the very end) needs no void record.
         open_there = (
             registered
-            and self._platform_card(asn, ("ACTIVE", "LOST", "VOIDED", "CANCELLED"), flow)["status"] != "CANCELLED"
+            and self._platform_card(asn, ("ACTIVE", "LOST", "VOIDED", "CANCELLED"), what)["status"] != "CANCELLED"
         )
         if not registered and info.status != cp.STATUS_VOIDED:
             raise Refusal(
@@ -518,13 +524,8 @@ class IssuingTerminal:
                     asn,
                     {"balance": balance},
                 )
-        self._log(
-            now,
-            kind + ".intent",
-            asn,
-            "intent",
-            "Voiding and erasing the application",
-            {"settle": settle, "key_version": info.key_version},
+        intent = self.journal.open(
+            flow, now, asn, "Voiding and erasing the application", {"settle": settle, "key_version": info.key_version}
         )
         channel = AdminChannel(transmit, self.sam, info)
         try:
@@ -540,12 +541,11 @@ class IssuingTerminal:
                 )
             # The settled amount is in the log, with the card's proof, before the purse is erased; once per card
             # (a re-tap after a tear finds the card voided and gets the same frozen balance again).
-            if self.event_log.last_event(asn, (kind + ".settled",)) is None:
-                self._log(
+            if not self.journal.has(asn, flow, jn.State.SETTLED):
+                self.journal.record(
+                    intent,
+                    jn.State.SETTLED,
                     now,
-                    kind + ".settled",
-                    asn,
-                    "settled",
                     f"Balance {format_yuan(frozen.balance)} settled",
                     {
                         "balance": frozen.balance,
@@ -553,6 +553,7 @@ class IssuingTerminal:
                         "offline_counter": frozen.offline_counter,
                         "online_counter": frozen.online_counter,
                     },
+                    "settled",
                 )
             channel.erase()
         except SamError as exc:
@@ -561,12 +562,12 @@ class IssuingTerminal:
             raise Refusal("card_error", f"Card did not confirm ({exc}): tap it again", asn) from None
         if registered and self._registry(self.registry.card, asn)["status"] not in ("CANCELLED", "REPLACED"):
             self._registry(self.registry.cancel, asn, settle)
-        self._log(
+        self.journal.record(
+            intent,
+            jn.State.DONE,
             now,
-            kind,
-            asn,
-            "completed",
             "Application deleted" if deletion else "Card cancelled",
             {"settled": frozen.balance},
+            "completed",
         )
         return frozen.balance

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common import bcd
+from common import journal as jn
 from common import transactions as tx
 from common.config import Config
 from common.errors import RecordNotWritten
@@ -33,14 +34,15 @@ log = logging.getLogger("onecard.purse")
 # made, which are never dropped (compaction only removes records the platform acknowledged).
 POS_REFUSE_OFFLINE_SALES_AT = 0.8
 
-# Event kinds: an intent, then exactly one of its outcomes.
-PURCHASE, UNDO, LOAD = "pos.purchase", "pos.undo", "topup.load"
+# Event kinds: an intent, then exactly one of its outcomes (the journal's table, common/journal.py).
+PURCHASE, UNDO, LOAD = jn.PURCHASE.name, jn.UNDO.name, jn.LOAD.name
+FLOW = {f.name: f for f in jn.MONEY_FLOWS}
 RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
 # A card action the card (or this terminal's limits) refused: uploaded so the platform marks the action failed
 # (docs/sync-protocol.md, "Card actions"); the terminal then stops offering it. Detail {action_id, reason_code, sw}.
 ACTION_FAILED = "card_action.failed"
 OPS = (PURCHASE, UNDO, LOAD)
-MONEY_KINDS = tuple(k for op in OPS for k in (op + ".intent", op, op + ".abandoned"))
+MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
 TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
 
@@ -120,6 +122,7 @@ class PurseTerminal:
         self.config = config
         self.sam = sam
         self.event_log = event_log
+        self.journal = jn.Journal(event_log)
         self.blacklist = blacklist
         self.synced_seq = synced_seq  # the sync agent's acknowledged seq: offline limits count what is after it
         self.outbox_pressure = outbox_pressure  # unacknowledged records / outbox capacity
@@ -149,8 +152,24 @@ class PurseTerminal:
     def _append(self, now: dt.datetime, kind: str, asn: str, reason: str, message: str, detail: dict):
         """Append before the card changes (or to settle what it already did): if the log cannot be written, the
         tap is refused before anything else happens (Refusal log_unavailable)."""
+        return self._written(
+            kind,
+            asn,
+            lambda: self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail),
+        )
+
+    def _open(self, now: dt.datetime, op: str, asn: str, message: str, detail: dict) -> jn.Intent:
+        """Journal the intent before the card changes; refused (log_unavailable) if it cannot be written."""
+        return self._written(op + ".intent", asn, lambda: self.journal.open(FLOW[op], now, asn, message, detail))
+
+    def _record(self, intent: jn.Intent, state: jn.State, now: dt.datetime, reason: str, message: str, detail: dict):
+        """Journal an outcome of `intent` that the card itself settled (refused, not on it, or proven later)."""
+        kind = intent.flow.kind(state)
+        return self._written(kind, intent.asn, lambda: self.journal.record(intent, state, now, message, detail, reason))
+
+    def _written(self, kind: str, asn: str, write):
         try:
-            return self.event_log.append(now, kind, asn=asn, reason_code=reason, message=message, detail=detail)
+            return write()
         except RecordNotWritten as exc:
             op = next((op for op in OPS if kind.startswith(op)), None)
             log_event(
@@ -252,11 +271,11 @@ class PurseTerminal:
 
     def settle_pending(self, transmit, info: cp.CardInfo, now: dt.datetime) -> Settled | None:
         """If this card has an open intent here, find out from the card whether it happened, and log that once."""
-        last = self.event_log.last_event(info.asn_hex, MONEY_KINDS)
-        if last is None or not last.kind.endswith(".intent"):
+        last = self.journal.unfinished(info.asn_hex, *jn.MONEY_FLOWS)
+        if last is None:
             return None
-        d = last.detail
-        op = d["op"]
+        d = dict(last.detail)
+        op = last.op
         proof = pp.parse_prove(transmit(pp.prove_command(TX_TYPE[op], d["counter"])))
         if proof is not None:
             try:
@@ -264,10 +283,10 @@ class PurseTerminal:
             except MacVerificationError:
                 proof = None  # that counter was used by another terminal's transaction: ours did not happen
         if proof is None:
-            self._append(
+            self._record(
+                last,
+                jn.State.ABANDONED,
                 now,
-                op + ".abandoned",
-                info.asn_hex,
                 "not_on_card",
                 f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} did not happen",
                 {"intent_seq": last.seq, "amount": d["amount"], "counter": d["counter"]},
@@ -275,10 +294,10 @@ class PurseTerminal:
             log_event(log, "purse.settled", op=op, intent=last.seq, happened=False, asn=info.asn_hex)
             return Settled(op, last.seq, False, d["amount"], None)
         detail = self._outcome_detail(last.seq, d, proof, resolved_later=True)
-        self._append(
+        self._record(
+            last,
+            jn.State.DONE,
             now,
-            op,
-            info.asn_hex,
             "completed",
             f"Interrupted {VERB[op]} of {format_yuan(d['amount'])} completed",
             detail,
@@ -306,19 +325,20 @@ class PurseTerminal:
         )
 
     def _finish(
-        self, transmit, op: str, info, d: dict, intent_seq: int, command: bytes, parse, verify_session, now
+        self, transmit, op: str, info, d: dict, intent: jn.Intent, command: bytes, parse, verify_session, now
     ) -> dict:
         """Send the command that changes the card, check its proof, log the outcome; Incomplete if unsure."""
+        intent_seq = intent.seq
         rapdu = b""
         try:
             rapdu = transmit(command)
             proof = parse(rapdu)
         except (pp.MacRefused, pp.PurseExpired) as exc:
             # The card said no before changing anything: this intent is settled as not done.
-            self._append(
+            self._record(
+                intent,
+                jn.State.ABANDONED,
                 now,
-                op + ".abandoned",
-                info.asn_hex,
                 "card_refused",
                 str(exc),
                 {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]},
@@ -347,13 +367,13 @@ class PurseTerminal:
             )
         detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False)
         try:
-            self.event_log.append(
+            self.journal.record(
+                intent,
+                jn.State.DONE,
                 now,
-                op,
-                asn=info.asn_hex,
-                reason_code="completed",
-                message=f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}",
-                detail=detail,
+                f"{VERB[op].capitalize()} of {format_yuan(d['amount'])}",
+                detail,
+                "completed",
             )
         except RecordNotWritten as exc:
             log_event(
@@ -489,7 +509,7 @@ class PurseTerminal:
                 asn,
                 {"tsn": d["tsn"], "last_logged_tsn": self.logged_tsn},
             )
-        intent = self._append(now, PURCHASE + ".intent", asn, "intent", f"Charging {format_yuan(amount)}", d)
+        intent = self._open(now, PURCHASE, asn, f"Charging {format_yuan(amount)}", d)
         self.logged_tsn = d["tsn"]
         self.sale_intent_seq = intent.seq
         detail = self._finish(
@@ -497,7 +517,7 @@ class PurseTerminal:
             PURCHASE,
             info,
             d,
-            intent.seq,
+            intent,
             pp.debit_command(d["tsn"], date, time_, mac1),
             pp.parse_debit,
             lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
@@ -550,13 +570,13 @@ class PurseTerminal:
             raise self._sam_refusal(
                 exc, op, info.asn_hex, "sam_refused", f"Credit refused by the terminal's SAM: {exc}"
             ) from None
-        intent = self._append(now, op + ".intent", info.asn_hex, "intent", f"Crediting {format_yuan(amount)}", d)
+        intent = self._open(now, op, info.asn_hex, f"Crediting {format_yuan(amount)}", d)
         return self._finish(
             transmit,
             op,
             info,
             d,
-            intent.seq,
+            intent,
             pp.credit_command(date, time_, mac2),
             pp.parse_credit,
             lambda proof: self.sam.verify_load_mac3(session, proof.mac),

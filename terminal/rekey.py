@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from common import journal as jn
 from common.logs import log_event
 from sam.interface import KeyPurpose, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
@@ -27,8 +28,8 @@ from terminal.reader import CardRemoved
 
 log = logging.getLogger("onecard.rekey")
 
-KEYS_INTENT, KEYS_CHANGED = "issue.keys.intent", "issue.keys"
-KEY_KINDS = (KEYS_INTENT, KEYS_CHANGED)
+KEYS_INTENT, KEYS_CHANGED = jn.KEYS.kinds  # the journal's table (common/journal.py)
+KEY_KINDS = jn.KEYS.kinds
 APP_PURPOSES = (KeyPurpose.ACCESS, KeyPurpose.UPDATE)
 PURSE_PURPOSES = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
 WASH, ROTATE = "wash", "rotate"
@@ -157,12 +158,12 @@ def rekey_card(
         raise ValueError("enterprise key versions are 1..255")
     info = select_for_admin(transmit, enterprise_id)
     asn = info.asn_hex
-    last = event_log.last_event(asn, KEY_KINDS)
-    open_intent = last if last is not None and last.kind == KEYS_INTENT else None
+    journal = jn.Journal(event_log)
+    open_intent = journal.unfinished(asn, jn.KEYS)
     if info.key_version == target_version:
         if open_intent is not None:
             # The commit of an interrupted run reached the card: log the outcome now, once.
-            _log_changed(event_log, now, asn, open_intent.detail, open_intent.seq, resolved_later=True)
+            _log_changed(journal, now, open_intent, open_intent.detail, resolved_later=True)
         return RekeyResult(asn, info.key_version, target_version, "already")
     if info.status == cp.STATUS_VOIDED:
         raise Refusal("voided", "This card has been voided: its keys are not changed any more", asn)
@@ -194,14 +195,7 @@ def rekey_card(
         "purposes": [p.value for p in purposes],
     }
     if open_intent is None or open_intent.detail.get("to_version") != target_version:
-        open_intent = event_log.append(
-            now,
-            KEYS_INTENT,
-            asn=asn,
-            reason_code="intent",
-            message=f"Changing keys {info.key_version} -> {target_version}",
-            detail=detail,
-        )
+        open_intent = journal.open(jn.KEYS, now, asn, f"Changing keys {info.key_version} -> {target_version}", detail)
     channel = AdminChannel(transmit, sam, info)
     try:
         for p in purposes:
@@ -211,11 +205,13 @@ def rekey_card(
         raise Refusal("sam_refused", f"This SAM refuses {VERBS[mode]} the card: {exc}", asn) from None
     except cp.CardProtocolError as exc:
         raise Refusal("card_error", f"Card refused the key change ({exc}): tap it again", asn) from None
-    _log_changed(event_log, now, asn, detail, open_intent.seq, resolved_later=False)
+    _log_changed(journal, now, open_intent, detail, resolved_later=False)
     return RekeyResult(asn, info.key_version, target_version, "washed" if mode == WASH else "rekeyed")
 
 
-def _log_changed(event_log, now, asn: str, intent: dict, intent_seq: int, resolved_later: bool) -> None:
+def _log_changed(journal: jn.Journal, now, opened: jn.Intent, intent, resolved_later: bool) -> None:
+    """Record the key change of `opened` (its detail, or this run's `intent` detail when it reuses an open one)."""
+    asn, intent_seq = opened.asn, opened.seq
     detail = {
         "op": intent["op"],
         "from_version": intent["from_version"],
@@ -225,13 +221,13 @@ def _log_changed(event_log, now, asn: str, intent: dict, intent_seq: int, resolv
         "intent_seq": intent_seq,
         "resolved_at_next_tap": resolved_later,
     }
-    event_log.append(
+    journal.record(
+        opened,
+        jn.State.DONE,
         now,
-        KEYS_CHANGED,
-        asn=asn,
-        reason_code="completed",
-        message=f"Keys changed {intent['from_version']} -> {intent['to_version']}",
-        detail=detail,
+        f"Keys changed {intent['from_version']} -> {intent['to_version']}",
+        detail,
+        "completed",
     )
     log_event(log, "keys.changed", asn=asn, to_version=intent["to_version"], resolved_later=resolved_later)
 
