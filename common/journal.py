@@ -114,7 +114,9 @@ def flow_named(name: str) -> Flow:
 class EventLog(Protocol):
     """What the journal needs of the terminal's event log (terminal/event_log.EventLog)."""
 
-    def append(self, now: dt.datetime, kind: str, *, asn: Any, reason_code: str, message: str, detail: dict) -> Any: ...
+    def append(
+        self, now: dt.datetime, kind: str, *, asn: Any, reason_code: str, message: str, detail: Mapping[str, Any]
+    ) -> Any: ...
 
     def last_event(self, asn: Any, kinds: tuple[str, ...]) -> Any: ...
 
@@ -145,7 +147,13 @@ class Journal:
         self.event_log = event_log
 
     def open(
-        self, flow: Flow, now: dt.datetime, asn: str, message: str, detail: dict, reason_code: str = "intent"
+        self,
+        flow: Flow,
+        now: dt.datetime,
+        asn: str,
+        message: str,
+        detail: Mapping[str, Any],
+        reason_code: str = "intent",
     ) -> Intent:
         """Log the intent, before the card changes."""
         event = self.event_log.append(
@@ -154,7 +162,7 @@ class Journal:
         return Intent(flow, event.seq, asn, detail)
 
     def record(
-        self, intent: Intent, state: State, now: dt.datetime, message: str, detail: dict, reason_code: str
+        self, intent: Intent, state: State, now: dt.datetime, message: str, detail: Mapping[str, Any], reason_code: str
     ) -> Any:
         """Log an outcome of `intent` (DONE, ABANDONED, or the SETTLED step); returns the logged event."""
         if state is State.OPEN:
@@ -162,7 +170,14 @@ class Journal:
         return self.record_for(intent.flow, state, now, intent.asn, message, detail, reason_code)
 
     def record_for(
-        self, flow: Flow, state: State, now: dt.datetime, asn: str, message: str, detail: dict, reason_code: str
+        self,
+        flow: Flow,
+        state: State,
+        now: dt.datetime,
+        asn: str,
+        message: str,
+        detail: Mapping[str, Any],
+        reason_code: str,
     ) -> Any:
         """Log an outcome of `flow` for card `asn` when its intent is not at hand (a re-tap that finishes the flow
         from what the card says). Refuses a state the flow does not have."""

@@ -38,6 +38,7 @@ SANS_IO_CORES = (
     "terminal.door_monitor",
     "terminal.screens",
     "common.door_events",
+    "common.journal",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (
