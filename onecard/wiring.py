@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 from common.errors import UserError
@@ -29,6 +31,26 @@ class Wiring:
             return PlatformCa.load(ca_dir).sign_csr(csr_pem, now=now).public_bytes(serialization.Encoding.PEM)
         except CaError as exc:
             raise UserError(str(exc)) from None
+
+    @contextlib.contextmanager
+    def lab_registry(self, platform_db: Path, platform_key: Path) -> Iterator:
+        """`onecard issue ... --lab-platform-db DB --lab-platform-key KEY`: the platform in this process as the
+        issuing station's Registry (central.station_registry.InProcessRegistry), for labs with no broker. A card
+        office's station reaches the platform over MQTT with its own certificate and never opens platform.db."""
+        from central.db import PlatformError, load_signing_key
+        from central.station_registry import InProcessRegistry
+        from central.store import Platform
+
+        if not Path(platform_db).is_file():
+            raise UserError(f"platform database {platform_db} does not exist; create it with `onecard platform init`")
+        try:
+            platform = Platform(platform_db, load_signing_key(platform_key))
+        except PlatformError as exc:
+            raise UserError(str(exc)) from None
+        try:
+            yield InProcessRegistry(platform)
+        finally:
+            platform.close()
 
 
 def add_simulator_subcommands(sub) -> None:

@@ -3,7 +3,9 @@ one card per command.
 
 The station's keystore, its reader (or a simulated card file) and its own event log as for `issue wash`; the
 registry is the platform, reached over MQTT with the station's own certificate (terminal/registry_client.py): the
-station never opens the platform's database and never holds its signing key.
+station never opens the platform's database and never holds its signing key. Labs only: `--lab-platform-db` and
+`--lab-platform-key` put the platform in this process instead (central/station_registry.InProcessRegistry, wired in by
+onecard/wiring.py), for a bench with no broker.
 """
 
 from __future__ import annotations
@@ -79,17 +81,27 @@ def station_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _station(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     station_arguments(p)
-    # The registry is the platform over MQTT, with the station's own certificate (CN = --terminal-id).
-    p.add_argument("--broker-host", required=True, help="the platform's MQTT broker")
+    # The registry is the platform over MQTT, with the station's own certificate (CN = --terminal-id); or, in a lab,
+    # the platform's own database opened in this process.
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--broker-host", help="the platform's MQTT broker (with --broker-ca, --cert, --cert-key, ...)")
+    where.add_argument(
+        "--lab-platform-db",
+        type=Path,
+        help="labs only, instead of the broker: the platform database (`onecard platform init`), opened in this "
+        "process as the registry; needs --lab-platform-key. A card office uses --broker-host",
+    )
+    p.add_argument(
+        "--lab-platform-key", type=Path, help="labs only: the platform's signing key, with --lab-platform-db"
+    )
     p.add_argument("--broker-port", type=int, default=8883)
-    p.add_argument("--broker-ca", required=True, type=Path, help="the platform CA certificate (ca.pem)")
-    p.add_argument("--cert", required=True, type=Path, help="this station's certificate (CN = --terminal-id)")
-    p.add_argument("--cert-key", required=True, type=Path, help="this station's certificate key")
+    p.add_argument("--broker-ca", type=Path, help="the platform CA certificate (ca.pem); with --broker-host")
+    p.add_argument("--cert", type=Path, help="this station's certificate (CN = --terminal-id); with --broker-host")
+    p.add_argument("--cert-key", type=Path, help="this station's certificate key; with --broker-host")
     p.add_argument(
         "--platform-public-key",
-        required=True,
         type=Path,
-        help="the platform's Ed25519 public key (PEM): its answers must verify against it",
+        help="the platform's Ed25519 public key (PEM): its answers must verify against it; with --broker-host",
     )
     p.add_argument("--registry-timeout", type=float, default=10.0, help="seconds to wait for each platform answer")
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each card")
@@ -116,12 +128,12 @@ def open_station_sam(args):
         raise UserError(str(exc)) from None
 
 
-def _wiring(args):
+def _wiring(args, what: str = "--card (a simulated card file)", instead: str = "--reader with a real reader"):
     wiring = getattr(args, "wiring", None)
     if wiring is None:
         raise UserError(
-            "--card (a simulated card file) works only under the onecard command, which wires the "
-            "simulator in; use --reader with a real reader here"
+            f"{what} works only under the onecard command, which wires the simulator and the lab parts in; "
+            f"use {instead} here"
         )
     return wiring
 
@@ -167,13 +179,10 @@ def _request(args, enterprise: bytes):
 @contextlib.contextmanager
 def _issuing_terminal(args):
     from common.db import DatabaseError
-    from common.mqtt import TlsFiles
-    from common.registry import RegistryError
     from sam.keystore import parse_enterprise_id
     from terminal.decision import Refusal
     from terminal.event_log import EventLog
     from terminal.issuing import IssuingTerminal
-    from terminal.registry_client import MqttRegistry, load_platform_public_key
 
     try:
         enterprise = parse_enterprise_id(args.enterprise)
@@ -182,6 +191,48 @@ def _issuing_terminal(args):
     if not (len(args.terminal_id) == 12 and args.terminal_id.isdigit()):
         raise UserError(f"--terminal-id {args.terminal_id!r} is not 12 digits")
     sam = open_station_sam(args)
+    with _registry(args) as registry:
+        try:
+            with EventLog.open(args.log, args.terminal_id) as log:
+                yield IssuingTerminal(sam, registry, log, enterprise, bytes.fromhex(args.terminal_id)), enterprise
+        except DatabaseError as exc:
+            raise UserError(str(exc)) from None
+        except Refusal as r:  # a platform refusal outside a tap (replacement from the platform's records)
+            raise UserError(f"{r.message} ({r.reason_code})", 1) from None
+
+
+BROKER_OPTIONS = ("broker_ca", "cert", "cert_key", "platform_public_key")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+@contextlib.contextmanager
+def _registry(args):
+    """The platform as the station's Registry: over MQTT (--broker-host), or in this process (--lab-platform-db)."""
+    from common.mqtt import TlsFiles
+    from common.registry import RegistryError
+    from terminal.registry_client import MqttRegistry, load_platform_public_key
+
+    if args.lab_platform_db is not None:
+        given = [_flag(d) for d in BROKER_OPTIONS if getattr(args, d) is not None]
+        if given:
+            raise UserError(
+                f"--lab-platform-db replaces the broker: drop {', '.join(given)} (or drop --lab-platform-db and "
+                "use --broker-host)"
+            )
+        if args.lab_platform_key is None:
+            raise UserError("--lab-platform-db needs --lab-platform-key (the platform's signing key)")
+        wiring = _wiring(args, "--lab-platform-db", "--broker-host")
+        with wiring.lab_registry(args.lab_platform_db, args.lab_platform_key) as registry:
+            yield registry
+        return
+    if args.lab_platform_key is not None:
+        raise UserError("--lab-platform-key goes with --lab-platform-db; with --broker-host drop it")
+    missing = [_flag(d) for d in BROKER_OPTIONS if getattr(args, d) is None]
+    if missing:
+        raise UserError(f"--broker-host needs {', '.join(missing)}: give the station's certificate files")
     try:
         registry = MqttRegistry(
             args.terminal_id,
@@ -194,12 +245,7 @@ def _issuing_terminal(args):
     except RegistryError as exc:
         raise UserError(str(exc)) from None
     try:
-        with EventLog.open(args.log, args.terminal_id) as log:
-            yield IssuingTerminal(sam, registry, log, enterprise, bytes.fromhex(args.terminal_id)), enterprise
-    except DatabaseError as exc:
-        raise UserError(str(exc)) from None
-    except Refusal as r:  # a platform refusal outside a tap (replacement from the platform's records)
-        raise UserError(f"{r.message} ({r.reason_code})", 1) from None
+        yield registry
     finally:
         registry.close()
 
