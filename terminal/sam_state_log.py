@@ -10,9 +10,11 @@ harmless. Compaction keeps the highest TSN it removes (EventLog.compact, table `
 
 from __future__ import annotations
 
+from common import journal as jn
 from sam.sam_state import LastPurchase, SamState, StateFile
 
-PURCHASE_INTENT, PURCHASE, UNDO_INTENT = "pos.purchase.intent", "pos.purchase", "pos.undo.intent"
+# The journal's kinds (common/journal.py) this state is derived from.
+PURCHASE_INTENT, PURCHASE, UNDO_INTENT = jn.PURCHASE.intent_kind, jn.PURCHASE.kind(jn.State.DONE), jn.UNDO.intent_kind
 
 
 class LoggedSamState:
