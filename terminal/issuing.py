@@ -389,12 +389,11 @@ class IssuingTerminal:
         """Load the carried balance once: a torn load is settled by GET TRANSACTION PROVE before anything else."""
         asn = info.asn_hex
         last = self.journal.last(asn, jn.RESTORE)
-        state = None if last is None else jn.RESTORE.state_of(last.kind)
-        if state is jn.State.DONE:
+        if last is not None and last.kind == RESTORED:
             return last.detail["amount"]
-        if state is jn.State.OPEN:
-            torn = jn.Intent(jn.RESTORE, last.seq, asn, last.detail)
-            d = last.detail
+        torn = self.journal.unfinished(asn, jn.RESTORE)
+        if torn is not None:
+            d = torn.detail
             proof = pp.parse_prove(transmit(pp.prove_command(tx.LOAD, d["counter"])))
             if proof is not None:
                 try:
@@ -404,7 +403,7 @@ class IssuingTerminal:
                         jn.State.DONE,
                         now,
                         f"Balance {format_yuan(d['amount'])} restored",
-                        {**d, "tac": proof.tac.hex(), "intent_seq": last.seq, "resolved_at_next_tap": True},
+                        {**d, "tac": proof.tac.hex(), "intent_seq": torn.seq, "resolved_at_next_tap": True},
                         "completed",
                     )
                     return d["amount"]
@@ -415,7 +414,7 @@ class IssuingTerminal:
                 jn.State.ABANDONED,
                 now,
                 "Interrupted balance restore did not happen",
-                {"intent_seq": last.seq, "amount": d["amount"]},
+                {"intent_seq": torn.seq, "amount": d["amount"]},
                 "not_on_card",
             )
         if backup.balance == 0:
