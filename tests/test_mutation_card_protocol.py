@@ -546,3 +546,15 @@ def test_constants_of_the_spec():
     assert (cp.SFI_APP, cp.SFI_HOLDER, cp.SFI_ACCESS, cp.SFI_PURSE, cp.RECORD_LEN) == (1, 2, 3, 4, 44)
     assert cp.STATUS_NAMES == {0: "not issued (transport keys)", 1: "active", 2: "voided"}
     assert cp.CARD_TYPES == {0x01: "RFID-SIM", 0x02: "IC card"}
+
+
+def test_identity_is_the_announced_keys_unless_an_intent_names_others():
+    """A transaction finished on a later tap derives its keys at the version and algorithm its intent logged (the
+    card may have been re-keyed or may announce another algorithm since): each given value is used, each omitted one
+    is the card's."""
+    from sam.interface import CardIdentity
+
+    assert CARD.identity() == CardIdentity(CARD.asn, CARD.enterprise_id, 5, Algorithm.SM4)
+    assert CARD.identity(4) == CardIdentity(CARD.asn, CARD.enterprise_id, 4, Algorithm.SM4)
+    assert CARD.identity(algorithm=Algorithm.AES128) == CardIdentity(CARD.asn, CARD.enterprise_id, 5, Algorithm.AES128)
+    assert CARD.identity(0, Algorithm.AES128) == CardIdentity(CARD.asn, CARD.enterprise_id, 0, Algorithm.AES128)
