@@ -134,3 +134,24 @@ def secure_session_key(algorithm: Algorithm, admin_key: bytes, challenge: bytes)
     if len(challenge) != CHALLENGE_SIZE:
         raise ValueError(f"challenge must be {CHALLENGE_SIZE} bytes, got {len(challenge)}")
     return block_encrypt(algorithm, admin_key, challenge + b"\x01" + bytes(7))
+
+
+DATA_CONTEXT_SIZE = 12
+
+
+def data_session_key(algorithm: Algorithm, card_key: bytes, context: bytes) -> bytes:
+    """SK_DATA of card-application.md (version 2): E(K, context (12) || 02 00 00 00), the key that enciphers
+    private card data in one answer. The context is nonce || access counter (ACCESS READ) or challenge || 00 00 00 00
+    (secured reads), so a key is never used for two answers."""
+    if len(context) != DATA_CONTEXT_SIZE:
+        raise ValueError(f"data context must be {DATA_CONTEXT_SIZE} bytes, got {len(context)}")
+    return block_encrypt(algorithm, card_key, context + b"\x02\x00\x00\x00")
+
+
+def ctr_crypt(algorithm: Algorithm, session_key: bytes, data: bytes) -> bytes:
+    """Counter-mode encipherment (and decipherment, the same operation) under a one-answer session key:
+    keystream block i = E(SK_DATA, i as 16 big-endian bytes), i = 0, 1, ..."""
+    blocks = (len(data) + BLOCK_SIZE - 1) // BLOCK_SIZE
+    encrypt = Cipher(_cipher_algorithm(algorithm, session_key), modes.ECB()).encryptor().update
+    stream = encrypt(b"".join(i.to_bytes(BLOCK_SIZE, "big") for i in range(blocks)))
+    return bytes(a ^ b for a, b in zip(data, stream, strict=False))

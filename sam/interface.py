@@ -125,6 +125,12 @@ class Sam(Protocol):
     def card_mac(self, purpose: KeyPurpose, card: CardIdentity, message: bytes) -> bytes:
         """Diversify the card key and compute the 8-byte MAC a card will check over message."""
 
+    def decipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, ciphertext: bytes) -> bytes:
+        """Open private data a version-2 card enciphered under SK_DATA(card key, context) (card-application.md 2.5).
+
+        Usage VERIFY: the key that checks a card's answers also reads them. The caller verifies the answer's MAC
+        first (the MAC covers the ciphertext). Not for purse keys."""
+
     def key_infos(self) -> list[KeyInfo]:
         """Every key the SAM holds, described without key bytes."""
 

@@ -55,6 +55,7 @@ KEY_INFO_SIZE = 11
 # Short APDUs carry at most 255 data bytes; the card identity (14) and, to verify, the MAC (8) come first.
 MAX_VERIFY_MESSAGE = 255 - 14 - 8
 MAX_MAC_MESSAGE = 255 - 14
+MAX_DECIPHER_DATA = 128
 
 SW_OK = 0x9000
 SW_NOT_SELECTED = 0x6986
@@ -379,6 +380,19 @@ class PcscSam:
             bytes([0x80, 0x7C, 0x00, PURPOSE_CODES[purpose], len(data)]) + data + b"\x08", "CARD MAC"
         )
         return self._expect(sw, answer, 8, "CARD MAC", card, purpose, "mac", "")
+
+    def decipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, ciphertext: bytes) -> bytes:
+        _refuse_purse_purpose(purpose)
+        if len(context) != crypto.DATA_CONTEXT_SIZE or not 1 <= len(ciphertext) <= MAX_DECIPHER_DATA:
+            raise SamError(
+                f"decipher takes a {crypto.DATA_CONTEXT_SIZE}-byte context and 1..{MAX_DECIPHER_DATA} bytes; "
+                "the card answer is malformed, reject the card"
+            )
+        data = card_block(card) + context + ciphertext
+        sw, answer = self._command(
+            bytes([0x80, 0x7E, 0x00, PURPOSE_CODES[purpose], len(data)]) + data + b"\x00", "DECIPHER CARD DATA"
+        )
+        return self._expect(sw, answer, len(ciphertext), "DECIPHER CARD DATA", card, purpose, "verify", "")
 
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
         check_purchase(session)

@@ -101,6 +101,15 @@ class SoftwareSam:
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.MAC)
         return crypto.mac8(algorithm, card_key, message)
 
+    def decipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, ciphertext: bytes) -> bytes:
+        _refuse_purse_purpose(purpose)
+        if len(context) != crypto.DATA_CONTEXT_SIZE:
+            raise InvalidCardIdentity(
+                f"decipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; the card answer is malformed"
+            )
+        algorithm, card_key = self._card_key(purpose, card, KeyUsage.VERIFY)
+        return crypto.ctr_crypt(algorithm, crypto.data_session_key(algorithm, card_key, context), ciphertext)
+
     # --- e-purse ------------------------------------------------------------------------------------
 
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:

@@ -17,7 +17,7 @@ from typing import Any
 from common import bcd
 from common import transactions as tx
 from sam import purse_crypto as pc
-from sam.crypto import block_decrypt, key_check_value, mac8, secure_session_key
+from sam.crypto import block_decrypt, ctr_crypt, data_session_key, key_check_value, mac8, secure_session_key
 from sam.interface import Algorithm
 from simulator.state_file import StateFile
 
@@ -62,6 +62,7 @@ SW_SM_MAC = b"\x69\x88"  # secured command whose MAC does not verify: nothing ch
 SW_NO_RECORD = b"\x6a\x83"
 
 SFI_RECORDS = 5
+NAME_MAX = 16  # bytes of UTF-8 in a sub-application's directory name
 # Key IDs of PUT KEY (P2), docs/card-application.md section 8.4.
 KEY_IDS = {0x01: "access", 0x02: "update", 0x03: "purchase", 0x04: "load", 0x05: "tac"}
 PURSE_KEY_NAMES = ("purchase", "load", "tac")
@@ -154,6 +155,9 @@ class CardState:
     update_key: bytes | None = None
     # The shadow key slot of PUT KEY: {"version": v, "keys": {name: hex}}; COMMIT KEYS switches to it at once.
     staged: dict | None = None
+    # Version 2 (sub-application of a multi-enterprise card): its directory name and application version 02.
+    name: str = ""
+    app_version: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -165,6 +169,8 @@ class CardState:
             (0 <= self.access_counter <= COUNTER_MAX, "access_counter out of range"),
             (0 <= self.key_version <= 255, "key_version out of range"),
             (self.update_key is None or len(self.update_key) == 16, "update_key must be 16 bytes"),
+            (len(self.name.encode()) <= NAME_MAX, f"sub-application name longer than {NAME_MAX} bytes of UTF-8"),
+            (self.app_version in (1, 2), "app_version must be 1 or 2"),
         ]
         for ok, problem in checks:
             if not ok:
@@ -196,6 +202,7 @@ class CardState:
             "files": {"holder": self.holder.hex(), "access": self.access.hex()},
             "access_counter": self.access_counter,
             "purse": None if self.purse is None else self.purse.to_json(),
+            **({} if self.app_version == 1 else {"name": self.name, "app_version": self.app_version}),
         }
 
     @classmethod
@@ -217,6 +224,8 @@ class CardState:
             purse=None if doc.get("purse") is None else Purse.from_json(doc["purse"]),
             update_key=bytes.fromhex(doc["keys"]["update"]) if "update" in doc["keys"] else None,
             staged=doc.get("staged"),
+            name=str(doc.get("name", "")),
+            app_version=int(doc.get("app_version", 1)),
         )
 
 
@@ -303,6 +312,8 @@ class OneCardApplet:
             return self._read_record(cmd)
         if cmd.cla == 0x84:
             handler = SECURED_INS.get(cmd.ins)
+            if handler is None and self.VERSION >= 2:
+                handler = SECURED_V2_INS.get(cmd.ins)
             if handler is None:
                 return SW_INS
             return self._secured(cmd, challenge, handler)
@@ -332,18 +343,9 @@ class OneCardApplet:
             self.selected = False
             return SW_NOT_FOUND
         self.selected = True
-        s = self.state
-        prop = (
-            _tlv(0xC0, s.asn)
-            + _tlv(0xC1, s.enterprise_id)
-            + _tlv(0xC2, bytes([s.status]))
-            + _tlv(0xC3, bytes([s.key_version]))
-            + _tlv(0xC4, bytes([int(s.algorithm)]))
-            + _tlv(0xC5, bytes([s.card_type]))
-            + _tlv(0xC6, b"\x01")
-            + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
-        )
-        return _tlv(0x6F, _tlv(0x84, AID) + _tlv(0xA5, prop)) + SW_OK
+        return fci(AID, self.state)
+
+    VERSION = 1  # the card's application version: 1 one enterprise, 2 up to 8 sub-applications (OneCardV2Applet)
 
     def _read_binary(self, cmd: Command) -> bytes:
         if not self.selected:
@@ -356,6 +358,8 @@ class OneCardApplet:
             files[SFI_PURSE] = self.state.purse.file()
         if sfi not in files or cmd.data:
             return SW_NOT_FOUND if sfi not in files else SW_WRONG_LENGTH
+        if sfi != SFI_APP and self._private_files():
+            return SW_SECURITY  # version 2: holder, access and purse files only under secure messaging (84 B0)
         content = files[sfi]
         offset = cmd.p2
         if offset > len(content):
@@ -374,13 +378,21 @@ class OneCardApplet:
         if s.status != STATUS_ACTIVE or s.access_counter >= COUNTER_MAX:
             return SW_CONDITIONS
         s.access_counter += 1
-        if self.store is not None:
-            # Persist before answering: a counter value a terminal has seen is never handed out again.
-            self.store.save(s)
-        body = bytes([s.status]) + s.access + s.holder + s.access_counter.to_bytes(4, "big")
+        # Persist before answering: a counter value a terminal has seen is never handed out again.
+        self._persist()
+        counter = s.access_counter.to_bytes(4, "big")
         nonce, terminal_id = cmd.data[:8], cmd.data[8:]
+        private = s.access + s.holder
+        if s.app_version >= 2:
+            # Version 2: the holder's data leaves the card only enciphered for this answer (section 2.5).
+            private = ctr_crypt(s.algorithm, data_session_key(s.algorithm, s.access_key, nonce + counter), private)
+        body = bytes([s.status]) + private + counter
         message = s.asn + s.enterprise_id + bytes([s.key_version]) + nonce + terminal_id + body
         return body + mac8(s.algorithm, s.access_key, message) + SW_OK
+
+    def _private_files(self) -> bool:
+        """Version 2 keeps holder, access and purse data behind the enterprise's keys (section 2.5)."""
+        return self.selected and self.state.app_version >= 2
 
     def _persist(self) -> None:
         if self.store is not None:
@@ -548,6 +560,8 @@ class OneCardApplet:
             return SW_WRONG_P1P2
         if cmd.data:
             return SW_WRONG_LENGTH
+        if self._private_files():
+            return SW_SECURITY  # version 2: the balance only under secure messaging (84 5C)
         return self.state.purse.balance.to_bytes(4, "big") + SW_OK
 
     def _prove(self, cmd: Command, _session) -> bytes:
@@ -582,6 +596,8 @@ class OneCardApplet:
         purse = self.state.purse
         if purse is None:
             return SW_NO_PURSE
+        if self._private_files():
+            return SW_SECURITY  # version 2: records only under secure messaging (84 B2)
         if cmd.p1 > len(purse.records):
             return SW_NO_RECORD
         return record_bytes(purse.records[-cmd.p1]) + SW_OK
@@ -728,6 +744,73 @@ class OneCardApplet:
         return SW_OK
 
 
+def _secured_answer(card: OneCardApplet, ins: int, challenge: bytes, private: bytes) -> bytes:
+    """A secured read's answer (section 3.7): the data enciphered under SK_DATA(K_ADMIN, challenge || 00000000),
+    then mac8(K_ADMIN, challenge || INS || ciphertext)."""
+    s = card.state
+    ct = ctr_crypt(s.algorithm, data_session_key(s.algorithm, s.update_key, challenge + bytes(4)), private)
+    return ct + mac8(s.algorithm, s.update_key, challenge + bytes([ins]) + ct) + SW_OK
+
+
+def _secured_read_binary(card: OneCardApplet, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+    if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
+        return SW_WRONG_P1P2
+    if plain:
+        return SW_WRONG_LENGTH
+    s = card.state
+    files = {SFI_APP: s.app_file(), SFI_HOLDER: s.holder, SFI_ACCESS: s.access}
+    if s.purse is not None:
+        files[SFI_PURSE] = s.purse.file()
+    content = files.get(cmd.p1 & 0x1F)
+    if content is None:
+        return SW_NO_PURSE if cmd.p1 & 0x1F == SFI_PURSE else SW_NOT_FOUND
+    if cmd.p2 >= len(content):
+        return SW_OFFSET
+    return _secured_answer(card, 0xB0, challenge, content[cmd.p2 :])
+
+
+def _secured_read_record(card: OneCardApplet, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+    if cmd.p2 != (SFI_RECORDS << 3) | 0x04 or not 1 <= cmd.p1 <= MAX_RECORDS:
+        return SW_WRONG_P1P2
+    if plain:
+        return SW_WRONG_LENGTH
+    purse = card.state.purse
+    if purse is None:
+        return SW_NO_PURSE
+    if cmd.p1 > len(purse.records):
+        return SW_NO_RECORD
+    return _secured_answer(card, 0xB2, challenge, record_bytes(purse.records[-cmd.p1]))
+
+
+def _secured_get_balance(card: OneCardApplet, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+    if (cmd.p1, cmd.p2) != (0x00, 0x02):
+        return SW_WRONG_P1P2
+    if plain:
+        return SW_WRONG_LENGTH
+    purse = card.state.purse
+    if purse is None:
+        return SW_NO_PURSE
+    return _secured_answer(
+        card,
+        0x5C,
+        challenge,
+        purse.balance.to_bytes(4, "big")
+        + purse.offline_counter.to_bytes(2, "big")
+        + purse.online_counter.to_bytes(2, "big"),
+    )
+
+
+def _delete_sub_application(card: OneCardApplet, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+    if (cmd.p1, cmd.p2) != (0, 0):
+        return SW_WRONG_P1P2
+    if plain:
+        return SW_WRONG_LENGTH
+    if card.state.status != STATUS_VOIDED:
+        return SW_CONDITIONS  # void first (84 1E): deletion never loses a balance nobody proved
+    assert isinstance(card, OneCardV2Applet)
+    return card.delete_selected()
+
+
 PURSE_INS = {
     0x50: lambda card, cmd, session: (card._init_purchase if cmd.p1 == 0x01 else card._init_load)(cmd, session),
     0x54: OneCardApplet._debit,
@@ -743,6 +826,14 @@ SECURED_INS = {
     0xD6: OneCardApplet._update_binary,
     0x1E: OneCardApplet._application_block,
     0x0E: OneCardApplet._erase,
+}
+
+# Version 2 only (section 3.7): reads of private data under secure messaging, and DELETE SUB-APPLICATION.
+SECURED_V2_INS = {
+    0xB0: _secured_read_binary,
+    0xB2: _secured_read_record,
+    0x5C: _secured_get_balance,
+    0xE4: _delete_sub_application,
 }
 
 RECORD_LEN = 44
@@ -762,6 +853,21 @@ def record_bytes(r: dict) -> bytes:
         + bytes.fromhex(r["proof"])
         + bytes.fromhex(r["tac"])
     )
+
+
+def fci(aid: bytes, s: CardState) -> bytes:
+    """SELECT's answer for one application (section 3.1): FCI template 6F with the AID and the A5 template."""
+    prop = (
+        _tlv(0xC0, s.asn)
+        + _tlv(0xC1, s.enterprise_id)
+        + _tlv(0xC2, bytes([s.status]))
+        + _tlv(0xC3, bytes([s.key_version]))
+        + _tlv(0xC4, bytes([int(s.algorithm)]))
+        + _tlv(0xC5, bytes([s.card_type]))
+        + _tlv(0xC6, bytes([s.app_version]))
+        + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
+    )
+    return _tlv(0x6F, _tlv(0x84, aid) + _tlv(0xA5, prop)) + SW_OK
 
 
 def _tlv(tag: int, value: bytes) -> bytes:
@@ -791,3 +897,290 @@ class ForeignCard:
 
 def write_foreign_card(path: str | Path, label: str) -> None:
     Path(path).write_text(json.dumps({"format": "onecard-sim-foreign/1", "label": label}) + "\n", encoding="utf-8")
+
+
+# --- version 2: a card with up to 8 enterprise sub-applications (docs/card-application.md section 9) ------------
+
+AID_V2 = bytes.fromhex("F04F4E454341524402")  # the card directory; AID_V2 || enterprise ID selects a sub-application
+STATE_FORMAT_V2 = "onecard-sim-card/2"
+MAX_SUB_APPLICATIONS = 8
+SFI_DIRECTORY = 0x1E  # READ RECORD P2 = F4 while the directory is selected
+SW_NO_SUB_APPLICATION = b"\x6a\x88"  # a one-card version 2 card without a sub-application for that enterprise
+SW_NO_ROOM = b"\x6a\x84"
+SW_EXISTS = b"\x6a\x89"
+ISSUER_ENTERPRISE = bytes(4)  # 00000000: the card issuer, whose TRANSPORT master key secures CREATE (section 9.6)
+ATR_V2 = _with_tck(bytes.fromhex("3B888001") + b"ONECARD2")
+
+
+def sub_application_aid(enterprise_id: bytes) -> bytes:
+    if len(enterprise_id) != 4:
+        raise ValueError("enterprise ID must be 4 bytes")
+    return AID_V2 + enterprise_id
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    """One line of the card directory: all that the phone menu and the issuing station see without keys."""
+
+    enterprise_id: bytes
+    name: str
+    status: int
+
+    @property
+    def aid(self) -> bytes:
+        return sub_application_aid(self.enterprise_id)
+
+
+def directory_record(app: CardState) -> bytes:
+    """A directory record (section 9.2): 61 L 4F 0D <sub-application AID> 50 L <name> C2 01 <status>."""
+    return _tlv(
+        0x61,
+        _tlv(0x4F, sub_application_aid(app.enterprise_id))
+        + _tlv(0x50, app.name.encode())
+        + _tlv(0xC2, bytes([app.status])),
+    )
+
+
+@dataclass
+class MultiCardState:
+    """A version 2 card: the card-level data and its sub-applications, each a CardState of app_version 2."""
+
+    serial: bytes  # 8 bytes, the card's own number (diversifies K_CARD); never used as any sub-application's ASN
+    card_type: int
+    algorithm: Algorithm  # of K_CARD
+    card_key: bytes | None  # K_CARD: secures CREATE SUB-APPLICATION; None = sub-applications only by personalisation
+    apps: list[CardState] = field(default_factory=list)
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.serial) != 8:
+            raise ValueError("card serial must be 8 bytes")
+        if self.card_key is not None and len(self.card_key) != 16:
+            raise ValueError("card key must be 16 bytes")
+        if len(self.apps) > MAX_SUB_APPLICATIONS:
+            raise ValueError(f"a card holds at most {MAX_SUB_APPLICATIONS} sub-applications")
+        ids = [a.enterprise_id for a in self.apps]
+        if len(set(ids)) != len(ids) or any(a.app_version != 2 for a in self.apps):
+            raise ValueError("sub-applications must be version 2 and of distinct enterprises")
+
+    def app(self, enterprise_id: bytes) -> CardState | None:
+        return next((a for a in self.apps if a.enterprise_id == enterprise_id), None)
+
+    def to_json(self) -> dict:
+        return {
+            "format": STATE_FORMAT_V2,
+            "label": self.label,
+            "serial": self.serial.hex(),
+            "card_type": self.card_type,
+            "algorithm": self.algorithm.name,
+            "card_key": None if self.card_key is None else self.card_key.hex(),
+            "apps": [a.to_json() for a in self.apps],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> MultiCardState:
+        if doc.get("format") != STATE_FORMAT_V2:
+            raise ValueError(f"not a simulated version 2 one-card state file (format {doc.get('format')!r})")
+        return cls(
+            serial=bytes.fromhex(doc["serial"]),
+            card_type=int(doc["card_type"]),
+            algorithm=Algorithm[doc["algorithm"]],
+            card_key=None if doc.get("card_key") is None else bytes.fromhex(doc["card_key"]),
+            apps=[CardState.from_json(a) for a in doc["apps"]],
+            label=str(doc.get("label", "")),
+        )
+
+
+class MultiCardStateFile(StateFile[MultiCardState]):
+    """The version 2 card's EEPROM: the whole card in one atomic write (no fsync, as CardStateFile)."""
+
+    SYNC = False
+
+    def from_json(self, doc: Any) -> MultiCardState:
+        return MultiCardState.from_json(doc)
+
+    def to_json(self, state: MultiCardState) -> Any:
+        return state.to_json()
+
+    def damaged(self, exc: Exception) -> str:
+        return f"card file {self.path} is not a valid simulated version 2 card: {exc}"
+
+
+class OneCardV2Applet(OneCardApplet):
+    """A version 2 card: the card directory and up to 8 sub-applications, each behaving as a version 1
+    application of its own enterprise once selected, except that its private data never leaves in clear.
+
+    Besides APDUs it offers a small Python API for the parts of the SIM that are not on the contactless
+    interface (the SIM toolkit menu reads the directory and a sub-application's purse the way an applet on
+    the same chip would): directory(), sub_application(), balance(), transactions()."""
+
+    VERSION = 2
+
+    def __init__(self, card: MultiCardState, store: MultiCardStateFile | None = None, atr: bytes = ATR_V2) -> None:
+        self.card, self.card_store, self.atr = card, store, atr
+        self.store = None  # the per-application store of version 1: unused, _persist writes the whole card
+        self.selected, self.session, self.challenge = False, None, None
+        self.directory_selected = False
+        # The last selected sub-application (commands act on it only while `selected` is set); the first one
+        # before any SELECT, so that tests and tools can look at a one-application card as at a version 1 card.
+        self.state = card.apps[0] if card.apps else None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OneCardV2Applet(<{len(self.card.apps)} sub-applications>)"
+
+    # --- Python API (not APDUs): what the SIM's other applets may read on the chip itself -------------------
+
+    @property
+    def label(self) -> str:
+        return self.card.label
+
+    def directory(self) -> list[DirectoryEntry]:
+        """The card directory, as READ RECORD of the directory returns it: enterprise ID, name, status."""
+        return [DirectoryEntry(a.enterprise_id, a.name, a.status) for a in self.card.apps]
+
+    def sub_application(self, enterprise_id: bytes) -> CardState | None:
+        return self.card.app(enterprise_id)
+
+    def balance(self, enterprise_id: bytes) -> int | None:
+        """The purse balance of that sub-application in fen (None: no such sub-application or no purse)."""
+        app = self.card.app(enterprise_id)
+        return None if app is None or app.purse is None else app.purse.balance
+
+    def transactions(self, enterprise_id: bytes) -> list[dict]:
+        """That sub-application's last purse transactions, newest first (the fields of READ RECORD)."""
+        app = self.card.app(enterprise_id)
+        return [] if app is None or app.purse is None else list(reversed(app.purse.records))
+
+    def add_sub_application(self, app: CardState) -> None:
+        """Personalisation (factory / simulator): put a sub-application on the card; ValueError when it cannot."""
+        if app.app_version != 2:
+            raise ValueError("only a version 2 sub-application can go on a version 2 card")
+        if self.card.app(app.enterprise_id) is not None:
+            raise ValueError(f"the card already has a sub-application of enterprise {app.enterprise_id.hex()}")
+        if len(self.card.apps) >= MAX_SUB_APPLICATIONS:
+            raise ValueError(f"the card already holds {MAX_SUB_APPLICATIONS} sub-applications")
+        self.card.apps.append(app)
+        self._persist()
+
+    # --- APDUs -----------------------------------------------------------------------------------------
+
+    def power_on(self) -> None:
+        super().power_on()
+        self.directory_selected = False
+
+    def power_off(self) -> None:
+        self.power_on()
+
+    def _persist(self) -> None:
+        if self.card_store is not None:
+            self.card_store.save(self.card)
+
+    def _process(self, apdu: bytes) -> bytes:
+        if self.directory_selected:
+            challenge = self.challenge
+            cmd = parse_command(apdu)
+            if cmd is not None and cmd.cla == 0x00 and cmd.ins == 0xB2:
+                self.challenge = None
+                return self._read_directory(cmd)
+            if cmd is not None and cmd.cla == 0x00 and cmd.ins == 0x84:
+                self.challenge = None
+                return self._card_challenge(cmd)
+            if cmd is not None and cmd.cla == 0x84 and cmd.ins == 0xE0:
+                self.challenge = None
+                return self._create(cmd, challenge)
+        elif apdu[:2] == b"\x84\xe0":
+            self.challenge = None
+            return SW_NO_CURRENT_EF  # CREATE needs the directory selected
+        return super()._process(apdu)
+
+    def _select(self, cmd: Command) -> bytes:
+        self.session = None
+        self.selected, self.directory_selected = False, False
+        if cmd.p1 != 0x04 or cmd.p2 != 0x00:
+            return SW_WRONG_P1P2
+        if cmd.data == AID_V2:
+            self.directory_selected = True
+            prop = _tlv(0xC6, b"\x02") + _tlv(0xC8, bytes([len(self.card.apps)]))
+            return _tlv(0x6F, _tlv(0x84, AID_V2) + _tlv(0xA5, prop)) + SW_OK
+        if len(cmd.data) != len(AID_V2) + 4 or not cmd.data.startswith(AID_V2):
+            return SW_NOT_FOUND
+        app = self.card.app(cmd.data[len(AID_V2) :])
+        if app is None:
+            return SW_NO_SUB_APPLICATION
+        self.selected, self.state = True, app
+        return fci(cmd.data, app)
+
+    def _read_directory(self, cmd: Command) -> bytes:
+        if cmd.p2 != (SFI_DIRECTORY << 3) | 0x04 or not 1 <= cmd.p1 <= MAX_SUB_APPLICATIONS:
+            return SW_WRONG_P1P2
+        if cmd.data:
+            return SW_WRONG_LENGTH
+        if cmd.p1 > len(self.card.apps):
+            return SW_NO_RECORD
+        return directory_record(self.card.apps[cmd.p1 - 1]) + SW_OK
+
+    def _card_challenge(self, cmd: Command) -> bytes:
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return SW_WRONG_P1P2
+        if cmd.data or cmd.le != 8:
+            return SW_WRONG_LENGTH
+        self.challenge = os.urandom(8)
+        return self.challenge + SW_OK
+
+    def _create(self, cmd: Command, challenge: bytes | None) -> bytes:
+        """CREATE SUB-APPLICATION (section 9.6), secured under K_CARD: a new sub-application at transport state."""
+        if len(cmd.data) < 8:
+            return SW_WRONG_LENGTH
+        c = self.card
+        if challenge is None or c.card_key is None:
+            return SW_NO_CHALLENGE
+        plain, mac = cmd.data[:-8], cmd.data[-8:]
+        header = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, len(cmd.data)])
+        if not hmac.compare_digest(mac8(c.algorithm, c.card_key, challenge + header + plain), mac):
+            return SW_SM_MAC
+        if (cmd.p1, cmd.p2) != (0, 0):
+            return SW_WRONG_P1P2
+        if len(plain) < 30 or len(plain) != 30 + plain[13] or plain[13] > NAME_MAX:
+            return SW_WRONG_LENGTH
+        enterprise_id, asn, algorithm_id = plain[0:4], plain[4:12], plain[12]
+        name_raw, cryptogram = plain[14 : 14 + plain[13]], plain[14 + plain[13] :]
+        try:
+            algorithm, name = Algorithm(algorithm_id), name_raw.decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return SW_WRONG_DATA
+        if not bcd.is_bcd(enterprise_id) or enterprise_id == ISSUER_ENTERPRISE or algorithm is not c.algorithm:
+            return SW_WRONG_DATA
+        if c.app(enterprise_id) is not None:
+            return SW_EXISTS
+        if any(a.asn == asn for a in c.apps) or asn == c.serial:
+            return SW_WRONG_DATA
+        if len(c.apps) >= MAX_SUB_APPLICATIONS:
+            return SW_NO_ROOM
+        transport = block_decrypt(c.algorithm, secure_session_key(c.algorithm, c.card_key, challenge), cryptogram)
+        c.apps.append(
+            CardState(
+                asn=asn,
+                enterprise_id=enterprise_id,
+                status=STATUS_TRANSPORT,
+                key_version=0,
+                algorithm=algorithm,
+                card_type=c.card_type,
+                access_key=os.urandom(16),
+                holder=bytes(48),
+                access=bytes(32),
+                update_key=transport,
+                name=name,
+                app_version=2,
+            )
+        )
+        self._persist()  # one atomic write: the sub-application exists wholly or not at all
+        return bytes.fromhex(key_check_value(c.algorithm, transport)) + SW_OK
+
+    def delete_selected(self) -> bytes:
+        """DELETE SUB-APPLICATION of the selected (voided) sub-application: one atomic write frees its slot."""
+        app = self.state
+        self.card.apps = [a for a in self.card.apps if a is not app]
+        self.selected, self.session = False, None
+        self.state = self.card.apps[0] if self.card.apps else None  # type: ignore[assignment]
+        self._persist()
+        return SW_OK

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from simulator.card import CardStateFile, ForeignCard, OneCardApplet
+from simulator.card import (
+    STATE_FORMAT_V2,
+    CardStateFile,
+    ForeignCard,
+    MultiCardStateFile,
+    OneCardApplet,
+    OneCardV2Applet,
+)
 from simulator.master_card import STATE_FORMAT as MASTER_CARD_FORMAT
 from simulator.master_card import load_master_card
 from simulator.psam import load_psam
@@ -13,7 +20,7 @@ from simulator.psam import load_psam
 
 def load_card(path: str | Path):
     """Open a card file as it would be put in a reader: a one-card RFID-SIM (personalised or fresh from the
-    factory), a card without the application, a PSAM (for a SAM slot) or a key master card."""
+    factory; version 1 or version 2 with sub-applications), a card without the application, a PSAM (for a SAM slot) or a key master card."""
     p = Path(path)
     doc = json.loads(p.read_text(encoding="utf-8"))
     if doc.get("format") == "onecard-sim-foreign/1":
@@ -22,5 +29,8 @@ def load_card(path: str | Path):
         return load_psam(p)
     if doc.get("format") == MASTER_CARD_FORMAT:
         return load_master_card(p)
+    if doc.get("format") == STATE_FORMAT_V2:
+        multi = MultiCardStateFile(p)
+        return OneCardV2Applet(multi.load(), multi)
     store = CardStateFile(p)
     return OneCardApplet(state=store.load(), store=store)

@@ -13,7 +13,17 @@ from pathlib import Path
 
 from common import bcd
 from sam.interface import Algorithm, CardIdentity, KeyPurpose
-from simulator.card import CARD_TYPE_RFID_SIM, STATUS_ACTIVE, STATUS_TRANSPORT, CardState, CardStateFile, Purse
+from simulator.card import (
+    CARD_TYPE_RFID_SIM,
+    ISSUER_ENTERPRISE,
+    STATUS_ACTIVE,
+    STATUS_TRANSPORT,
+    CardState,
+    CardStateFile,
+    MultiCardState,
+    MultiCardStateFile,
+    Purse,
+)
 from terminal.card_protocol import encode_access_file
 
 
@@ -136,4 +146,51 @@ def write_card(path: str | Path, state: CardState, overwrite: bool = False) -> P
     if path.exists() and not overwrite:
         raise FileExistsError(f"card file {path} exists; pick another name or pass --force to replace that card")
     CardStateFile(path).save(state)
+    return path
+
+
+# --- version 2: multi-enterprise cards (docs/card-application.md section 9) ---------------------------------
+
+
+def sub_application(sam, p: Personalisation, name: str, label: str = "") -> CardState:
+    """A version 2 sub-application of p.enterprise_id, personalised as `personalise` does (keys from `sam`)."""
+    state = personalise(sam, p, label)
+    state.name, state.app_version = name, 2
+    state.__post_init__()  # the name's length
+    return state
+
+
+def transport_sub_application(sam, enterprise_id: bytes, name: str, asn: bytes | None = None, **kw) -> CardState:
+    """A version 2 sub-application at transport state (status 00, key version 00, K_TRANSPORT only)."""
+    state = transport_card(sam, enterprise_id, asn=asn, **kw)
+    state.name, state.app_version = name, 2
+    state.__post_init__()
+    return state
+
+
+def multi_card(
+    apps: list[CardState],
+    issuer_sam=None,
+    serial: bytes | None = None,
+    algorithm: Algorithm = Algorithm.AES128,
+    card_type: int = CARD_TYPE_RFID_SIM,
+    label: str = "",
+) -> MultiCardState:
+    """A version 2 card carrying `apps`. With `issuer_sam` (holding the card issuer's TRANSPORT master key of
+    enterprise 00000000, personalise usage) the card gets K_CARD, so issuing stations can add sub-applications."""
+    serial = serial or os.urandom(8)
+    card_key = None
+    if issuer_sam is not None:
+        identity = CardIdentity(asn=serial, enterprise_id=ISSUER_ENTERPRISE, key_version=0, algorithm=algorithm)
+        card_key = issuer_sam.derive_card_keys(identity, [KeyPurpose.TRANSPORT])[KeyPurpose.TRANSPORT]
+    return MultiCardState(
+        serial=serial, card_type=card_type, algorithm=algorithm, card_key=card_key, apps=list(apps), label=label
+    )
+
+
+def write_multi_card(path: str | Path, state: MultiCardState, overwrite: bool = False) -> Path:
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"card file {path} exists; pick another name or pass --force to replace that card")
+    MultiCardStateFile(path).save(state)
     return path

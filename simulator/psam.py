@@ -81,6 +81,7 @@ INS_VERIFY_LOAD_MAC3 = 0x76
 INS_REVERSAL_MAC2 = 0x78
 INS_VERIFY_CARD_MAC = 0x7A
 INS_CARD_MAC = 0x7C
+INS_DECIPHER_CARD_DATA = 0x7E
 INS_GET_KEY_INFO = 0xCA
 INS_BEGIN_KEY_LOAD = 0xE0
 INS_LOAD_KEYS = 0xE2
@@ -299,6 +300,7 @@ class PsamApplet:
             INS_REVERSAL_MAC2: self._reversal_mac2,
             INS_VERIFY_CARD_MAC: self._verify_card_mac,
             INS_CARD_MAC: self._card_mac,
+            INS_DECIPHER_CARD_DATA: self._decipher_card_data,
             INS_GET_KEY_INFO: self._get_key_info,
             INS_BEGIN_KEY_LOAD: self._begin_key_load,
             INS_LOAD_KEYS: self._load_keys,
@@ -405,6 +407,16 @@ class PsamApplet:
         r = _Fields(cmd.data)
         card = r.card()
         return self._sam.card_mac(purpose, card, r.rest()) + SW_OK
+
+    def _decipher_card_data(self, cmd: Command) -> bytes:
+        purpose = self._purpose(cmd)
+        if purpose is None:
+            return SW_WRONG_P1P2
+        if len(cmd.data) < CARD_BLOCK_SIZE + 12 + 1:
+            return SW_WRONG_LENGTH
+        r = _Fields(cmd.data)
+        card, context = r.card(), r.take(12)
+        return self._sam.decipher_card_data(purpose, card, context, r.rest()) + SW_OK
 
     def _get_key_info(self, cmd: Command) -> bytes:
         if cmd.p1 != 0:

@@ -13,10 +13,25 @@ from terminal import card_protocol as cp
 from terminal.decision import AuthenticatedCard, Refusal
 
 
+def select_application(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.CardInfo:
+    """This enterprise's application on the card: its version 2 sub-application (one APDU), else a version 1
+    application (a second APDU, only for version 1 cards and cards without one-card). Raises the card_protocol
+    errors: NoSubApplication (a version 2 card without this enterprise), NotOneCard, CardProtocolError."""
+    aid = cp.sub_application_aid(enterprise_id)
+    try:
+        return cp.parse_select(transmit(cp.select_command(aid)), aid)
+    except cp.NoSubApplication:
+        raise
+    except cp.NotOneCard:
+        return cp.parse_select(transmit(cp.select_command()))
+
+
 def select_card(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.CardInfo:
     """SELECT, then refuse what no application of this site may use: other enterprise, not issued, voided."""
     try:
-        info = cp.parse_select(transmit(cp.select_command()))
+        info = select_application(transmit, enterprise_id)
+    except cp.NoSubApplication:
+        raise Refusal("other_enterprise", "This card has no application for this site") from None
     except cp.NotOneCard:
         raise Refusal("not_supported", "Card not supported: no one-card application on this card or phone") from None
     except cp.CardProtocolError as exc:
@@ -54,7 +69,9 @@ def authenticate_card(
             {"key_version": info.key_version, "algorithm": info.algorithm.name},
         )
     try:
-        read = cp.parse_access_read(transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id)
+        envelope = cp.split_access_read(
+            transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id
+        )
     except cp.ApplicationInactive as exc:
         raise Refusal(
             "application_inactive",
@@ -66,14 +83,21 @@ def authenticate_card(
         raise Refusal("card_error", "Card could not be read: please tap again", asn, {"problem": str(exc)}) from None
     identity = info.identity()
     try:
-        sam.verify_card_mac(KeyPurpose.ACCESS, identity, read.mac_input, read.mac)
+        sam.verify_card_mac(KeyPurpose.ACCESS, identity, envelope.mac_input, envelope.mac)
     except MacVerificationError:
         raise Refusal(
             "auth_failed",
             "Card authentication failed: this card is not genuine or is damaged",
             asn,
-            {"counter": read.counter},
+            {"counter": envelope.counter},
         ) from None
+    private = envelope.private
+    if info.private:  # version 2: EF_ACCESS || EF_HOLDER enciphered for this answer only (section 9.3)
+        private = sam.decipher_card_data(KeyPurpose.ACCESS, identity, envelope.context, private)
+    try:
+        read = cp.open_access_read(envelope, private)
+    except cp.CardProtocolError as exc:
+        raise Refusal("card_error", "Card could not be read: please tap again", asn, {"problem": str(exc)}) from None
     if read.status != cp.STATUS_ACTIVE:
         raise Refusal("card_status", "Card reports its application is not active: please see the administrator", asn)
     return AuthenticatedCard(info=info, read=read)

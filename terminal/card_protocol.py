@@ -15,6 +15,16 @@ from common import bcd
 from sam.interface import Algorithm, CardIdentity
 
 AID = bytes.fromhex("F04F4E454341524401")
+# Version 2 (section 9): the card directory, and AID_V2 || enterprise ID for that enterprise's sub-application.
+AID_V2 = bytes.fromhex("F04F4E454341524402")
+SFI_DIRECTORY = 0x1E
+MAX_SUB_APPLICATIONS = 8
+
+
+def sub_application_aid(enterprise_id: bytes) -> bytes:
+    if len(enterprise_id) != 4:
+        raise ValueError("enterprise ID must be 4 bytes")
+    return AID_V2 + enterprise_id
 
 STATUS_TRANSPORT = 0x00
 STATUS_ACTIVE = 0x01
@@ -35,6 +45,10 @@ class NotOneCard(CardProtocolError):
     """The card has no one-card application (a bank card, a phone without RFID-SIM)."""
 
 
+class NoSubApplication(CardProtocolError):
+    """A version 2 card answered 6A 88: it carries one-card sub-applications, none of this enterprise."""
+
+
 class ApplicationInactive(CardProtocolError):
     """The card refuses ACCESS READ with 69 85: its application was deactivated or its access counter ran out.
 
@@ -53,6 +67,11 @@ class CardInfo:
     card_type: int
     app_version: int
     purse_expiry: dt.date | None = None  # None: the card has no e-purse
+
+    @property
+    def private(self) -> bool:
+        """Version 2: holder, access and purse data only enciphered / under secure messaging (section 9.3)."""
+        return self.app_version >= 2
 
     @property
     def asn_hex(self) -> str:
@@ -112,8 +131,9 @@ def expect_ok(rapdu: bytes, what: str, length: int) -> bytes:
     return rapdu[:-2]
 
 
-def select_command() -> bytes:
-    return bytes([0x00, 0xA4, 0x04, 0x00, len(AID)]) + AID + b"\x00"
+def select_command(aid: bytes = AID) -> bytes:
+    """SELECT by DF name: the version 1 application by default, or sub_application_aid(E) / AID_V2."""
+    return bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00"
 
 
 def access_read_command(nonce: bytes, terminal_id: bytes) -> bytes:
@@ -144,8 +164,12 @@ def parse_tlvs(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
-def parse_select(rapdu: bytes) -> CardInfo:
+def parse_select(rapdu: bytes, aid: bytes | None = None) -> CardInfo:
+    """The answer to select_command(aid): version 1 application or a version 2 sub-application (aid None: the
+    answer may name either)."""
     sw = status_word(rapdu)
+    if sw == 0x6A88 and (aid is None or aid.startswith(AID_V2)):
+        raise NoSubApplication("the card has one-card sub-applications, none for this enterprise (6A88)")
     if sw in (0x6A82, 0x6A81, 0x6D00, 0x6E00, 0x6A86):
         raise NotOneCard(f"SELECT of the one-card application answered {sw:04X}")
     if sw != 0x9000:
@@ -154,7 +178,9 @@ def parse_select(rapdu: bytes) -> CardInfo:
     if len(top) != 1 or top[0][0] != 0x6F:
         raise CardProtocolError("SELECT response is not a single FCI template (tag 6F)")
     fci = dict(parse_tlvs(top[0][1]))
-    if fci.get(0x84) != AID:
+    named = fci.get(0x84, b"")
+    is_sub_application = len(named) == len(AID_V2) + 4 and named.startswith(AID_V2)
+    if (aid is not None and named != aid) or (aid is None and named != AID and not is_sub_application):
         raise NotOneCard("SELECT response names another application")
     if 0xA5 not in fci:
         raise CardProtocolError("FCI has no proprietary template (tag A5)")
@@ -172,6 +198,8 @@ def parse_select(rapdu: bytes) -> CardInfo:
         if len(prop[0xC7]) != 4:
             raise CardProtocolError("FCI tag C7 (purse expiry) is not 4 bytes")
         purse_expiry = parse_bcd_date(prop[0xC7], "purse expiry")
+    if is_sub_application and prop[0xC1] != named[len(AID_V2) :]:
+        raise CardProtocolError("the sub-application names another enterprise than its AID")
     return CardInfo(
         asn=prop[0xC0],
         enterprise_id=prop[0xC1],
@@ -216,27 +244,58 @@ def _text(raw: bytes, what: str) -> str:
         raise CardProtocolError(f"{what} is not UTF-8") from None
 
 
-def parse_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: bytes) -> AccessReadResponse:
+@dataclass(frozen=True)
+class AccessReadEnvelope:
+    """An ACCESS READ answer before its private part is read: `private` is EF_ACCESS || EF_HOLDER (80 bytes), in
+    clear from a version 1 card, enciphered under SK_DATA(K_ACCESS, `context`) from a version 2 card."""
+
+    status: int
+    private: bytes
+    counter: int
+    mac: bytes
+    mac_input: bytes
+
+    @property
+    def context(self) -> bytes:
+        return self.mac_input[13:21] + self.counter.to_bytes(4, "big")  # terminal nonce || access counter
+
+
+def split_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: bytes) -> AccessReadEnvelope:
     sw = status_word(rapdu)
     if sw == 0x6985:
         raise ApplicationInactive("card refused ACCESS READ (6985: application not active or counter exhausted)")
     data = expect_ok(rapdu, "ACCESS READ", ACCESS_READ_BODY_LEN + MAC_LEN)
     body, mac = data[:ACCESS_READ_BODY_LEN], data[ACCESS_READ_BODY_LEN:]
-    access, holder = body[1:33], body[33:81]
+    mac_input = card.asn + card.enterprise_id + bytes([card.key_version]) + nonce + terminal_id + body
+    return AccessReadEnvelope(
+        status=body[0], private=body[1:81], counter=int.from_bytes(body[81:85], "big"), mac=mac, mac_input=mac_input
+    )
+
+
+def parse_access_read(rapdu: bytes, card: CardInfo, nonce: bytes, terminal_id: bytes) -> AccessReadResponse:
+    """A version 1 answer (private part in clear), parsed whole."""
+    envelope = split_access_read(rapdu, card, nonce, terminal_id)
+    return open_access_read(envelope, envelope.private)
+
+
+def open_access_read(envelope: AccessReadEnvelope, private: bytes) -> AccessReadResponse:
+    """The answer with its private part in clear (deciphered by the SAM for a version 2 card)."""
+    if len(private) != 80:
+        raise CardProtocolError(f"ACCESS READ private data is {len(private)} bytes, expected 80")
+    access, holder = private[:32], private[32:]
     rights = AccessRights(
         valid_from=parse_bcd_date(access[0:4], "valid-from date"),
         valid_to=parse_bcd_date(access[4:8], "valid-to date"),
         door_groups=parse_door_groups(access[8:16]),
         time_profile=access[16],
     )
-    mac_input = card.asn + card.enterprise_id + bytes([card.key_version]) + nonce + terminal_id + body
     return AccessReadResponse(
-        status=body[0],
+        status=envelope.status,
         rights=rights,
         holder=Holder(employee_no=_text(holder[:16], "employee number"), name=_text(holder[16:], "holder name")),
-        counter=int.from_bytes(body[81:85], "big"),
-        mac=mac,
-        mac_input=mac_input,
+        counter=envelope.counter,
+        mac=envelope.mac,
+        mac_input=envelope.mac_input,
     )
 
 
@@ -366,3 +425,77 @@ def parse_record(rapdu: bytes) -> TransactionRecord | None:
 
 def parse_read_binary(rapdu: bytes, what: str, length: int) -> bytes:
     return expect_ok(rapdu, f"READ BINARY of {what}", length)
+
+
+# --- version 2: card directory and secured reads (docs/card-application.md section 9) ----------------------
+
+INS_READ_BINARY, INS_READ_RECORD, INS_GET_BALANCE, INS_DELETE, INS_CREATE = 0xB0, 0xB2, 0x5C, 0xE4, 0xE0
+
+
+@dataclass(frozen=True)
+class DirectoryEntry:
+    enterprise_id: bytes
+    name: str
+    status: int
+
+
+@dataclass(frozen=True)
+class SecuredReadAnswer:
+    """A secured read's answer: `ciphertext` under SK_DATA(K_ADMIN, challenge || 00000000) and the card's MAC over
+    challenge || INS || ciphertext, which the SAM checks before it deciphers."""
+
+    ciphertext: bytes
+    mac: bytes
+
+    def mac_input(self, challenge: bytes, ins: int) -> bytes:
+        return challenge + bytes([ins]) + self.ciphertext
+
+    @staticmethod
+    def context(challenge: bytes) -> bytes:
+        return challenge + bytes(4)
+
+
+def read_directory_command(number: int) -> bytes:
+    if not 1 <= number <= MAX_SUB_APPLICATIONS:
+        raise ValueError(f"the directory has records 1 to {MAX_SUB_APPLICATIONS}")
+    return bytes([0x00, 0xB2, number, (SFI_DIRECTORY << 3) | 0x04, 0x00])
+
+
+def parse_directory_select(rapdu: bytes) -> int:
+    """The number of sub-applications a version 2 card announces when its directory is selected."""
+    sw = status_word(rapdu)
+    if sw in (0x6A82, 0x6A81, 0x6D00, 0x6E00, 0x6A86):
+        raise NotOneCard(f"SELECT of the one-card directory answered {sw:04X}")
+    if sw != 0x9000:
+        raise CardProtocolError(f"SELECT of the directory answered status {sw:04X}")
+    top = parse_tlvs(rapdu[:-2])
+    if len(top) != 1 or top[0][0] != 0x6F:
+        raise CardProtocolError("directory SELECT response is not a single FCI template (tag 6F)")
+    fci = dict(parse_tlvs(top[0][1]))
+    if fci.get(0x84) != AID_V2 or 0xA5 not in fci:
+        raise CardProtocolError("directory SELECT response names another application or has no A5 template")
+    prop = dict(parse_tlvs(fci[0xA5]))
+    if len(prop.get(0xC8, b"")) != 1 or prop[0xC8][0] > MAX_SUB_APPLICATIONS:
+        raise CardProtocolError("directory FCI tag C8 (number of sub-applications) missing or above 8")
+    return prop[0xC8][0]
+
+
+def parse_directory_record(rapdu: bytes) -> DirectoryEntry | None:
+    """None past the last record (6A83)."""
+    if status_word(rapdu) == 0x6A83:
+        return None
+    if status_word(rapdu) != 0x9000:
+        raise CardProtocolError(f"READ RECORD of the directory answered status {status_word(rapdu):04X}")
+    top = parse_tlvs(rapdu[:-2])
+    if len(top) != 1 or top[0][0] != 0x61:
+        raise CardProtocolError("directory record is not one application template (tag 61)")
+    fields = dict(parse_tlvs(top[0][1]))
+    aid, name, status = fields.get(0x4F, b""), fields.get(0x50), fields.get(0xC2, b"")
+    if len(aid) != len(AID_V2) + 4 or not aid.startswith(AID_V2) or name is None or len(status) != 1:
+        raise CardProtocolError("directory record lacks a sub-application AID (4F), name (50) or status (C2)")
+    return DirectoryEntry(enterprise_id=aid[len(AID_V2) :], name=_text(name, "sub-application name"), status=status[0])
+
+
+def parse_secured_read(rapdu: bytes, what: str, length: int) -> SecuredReadAnswer:
+    data = check_secured(rapdu, what, length + MAC_LEN)
+    return SecuredReadAnswer(ciphertext=data[:-MAC_LEN], mac=data[-MAC_LEN:])

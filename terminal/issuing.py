@@ -235,6 +235,33 @@ class IssuingTerminal:
 
     # --- replacement ------------------------------------------------------------------------------
 
+    def _read_backup(self, transmit, info: cp.CardInfo) -> tuple[bytes, bytes, bytes, list[dict]]:
+        """EF_HOLDER, EF_ACCESS, EF_PURSE (8) and the records: by READ BINARY / READ RECORD from a version 1 card,
+        under secure messaging (MAC-verified, deciphered by the SAM) from a version 2 sub-application."""
+        purse, records = bytes(8), []
+        if info.private:
+            channel = AdminChannel(transmit, self.sam, info)
+            holder = channel.read_file(cp.SFI_HOLDER, 48, "EF_HOLDER")
+            access = channel.read_file(cp.SFI_ACCESS, 32, "EF_ACCESS")
+            if info.purse_expiry is not None:
+                purse = channel.read_file(cp.SFI_PURSE, 12, "EF_PURSE")[:8]
+                for n in range(1, 11):
+                    record = channel.read_record(n)
+                    if record is None:
+                        break
+                    records.append(record.to_json())
+            return holder, access, purse, records
+        holder = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_HOLDER, 0, 48)), "EF_HOLDER", 48)
+        access = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_ACCESS, 0, 32)), "EF_ACCESS", 32)
+        if info.purse_expiry is not None:
+            purse = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_PURSE, 0, 12)), "EF_PURSE", 12)[:8]
+            for n in range(1, 11):
+                record = cp.parse_record(transmit(cp.read_record_command(n)))
+                if record is None:
+                    break
+                records.append(record.to_json())
+        return holder, access, purse, records
+
     def backup_and_void(self, transmit, now: dt.datetime) -> Backup:
         """The old card: back up its data into the log, then void it; the card proves the balance it froze."""
         info = self._select(transmit)
@@ -242,16 +269,9 @@ class IssuingTerminal:
         if info.status == cp.STATUS_TRANSPORT:
             raise Refusal("not_issued", "This card was never issued: nothing to back up", asn)
         try:
-            holder = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_HOLDER, 0, 48)), "EF_HOLDER", 48)
-            access = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_ACCESS, 0, 32)), "EF_ACCESS", 32)
-            purse, records = bytes(8), []
-            if info.purse_expiry is not None:
-                purse = cp.parse_read_binary(transmit(cp.read_binary_command(cp.SFI_PURSE, 0, 12)), "EF_PURSE", 12)[:8]
-                for n in range(1, 11):
-                    record = cp.parse_record(transmit(cp.read_record_command(n)))
-                    if record is None:
-                        break
-                    records.append(record.to_json())
+            holder, access, purse, records = self._read_backup(transmit, info)
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot read the old card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
             raise Refusal(
                 "card_error",
@@ -510,7 +530,12 @@ class IssuingTerminal:
             )
         if info.status == cp.STATUS_ACTIVE and info.purse_expiry is not None:
             try:
-                balance = pp.parse_balance(transmit(pp.get_balance_command()))
+                if info.private:
+                    balance = AdminChannel(transmit, self.sam, info).balance()
+                else:
+                    balance = pp.parse_balance(transmit(pp.get_balance_command()))
+            except SamError as exc:
+                raise Refusal("sam_refused", f"This SAM cannot read the card's balance: {exc}", asn) from None
             except cp.CardProtocolError as exc:
                 raise Refusal(
                     "card_error", f"Card did not answer GET BALANCE ({exc}): tap it again; nothing was changed", asn
@@ -569,4 +594,11 @@ class IssuingTerminal:
             {"settled": frozen.balance},
             "completed",
         )
+        if deletion and info.private:
+            # Version 2: the sub-application leaves the card (its slot is free for another enterprise); last, after
+            # the platform knows, so a tear here only leaves an erased voided sub-application the next tap deletes.
+            try:
+                channel.delete()
+            except cp.CardProtocolError as exc:
+                raise Refusal("card_error", f"Card did not confirm the deletion ({exc}): tap it again", asn) from None
         return frozen.balance

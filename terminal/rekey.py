@@ -23,6 +23,7 @@ from common import journal as jn
 from common.logs import log_event
 from sam.interface import KeyPurpose, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
+from terminal.authenticate import select_application
 from terminal.decision import Refusal
 from terminal.reader import CardRemoved
 
@@ -44,7 +45,13 @@ def admin_purpose(key_version: int) -> KeyPurpose:
 def select_for_admin(transmit, enterprise_id: bytes) -> cp.CardInfo:
     """SELECT for the issuing terminal: every status is acceptable here, other enterprises' cards are not."""
     try:
-        info = cp.parse_select(transmit(cp.select_command()))
+        info = select_application(transmit, enterprise_id)
+    except cp.NoSubApplication:
+        raise Refusal(
+            "other_enterprise",
+            f"This card has no sub-application of enterprise {enterprise_id.hex()}: add one first "
+            "(docs/card-application.md section 9.6), then wash and issue it",
+        ) from None
     except cp.NotOneCard:
         raise Refusal("not_supported", "Card not supported: no one-card application on this card or phone") from None
     except cp.CardProtocolError as exc:
@@ -112,6 +119,44 @@ class AdminChannel:
     def erase(self) -> None:
         _, rapdu = self.send(cp.INS_ERASE, 0, 0)
         cp.check_secured(rapdu, "ERASE")
+
+    # --- version 2: private data under secure messaging, deletion (docs/card-application.md 9.4, 9.7) ----
+
+    def secured_read(self, ins: int, p1: int, p2: int, length: int, what: str) -> bytes | None:
+        """A secured read: the card's MAC checked by the SAM, then the data deciphered by it. None: 6A 83."""
+        challenge, rapdu = self.send(ins, p1, p2, le=0)
+        if cp.status_word(rapdu) == 0x6A83:
+            return None
+        answer = cp.parse_secured_read(rapdu, what, length)
+        try:
+            self.sam.verify_card_mac(self.purpose, self.identity, answer.mac_input(challenge, ins), answer.mac)
+        except MacVerificationError:
+            raise cp.CardProtocolError(f"the card's MAC over {what} does not verify") from None
+        return self.sam.decipher_card_data(
+            self.purpose, self.identity, cp.SecuredReadAnswer.context(challenge), answer.ciphertext
+        )
+
+    def read_file(self, sfi: int, length: int, what: str) -> bytes:
+        data = self.secured_read(cp.INS_READ_BINARY, 0x80 | sfi, 0, length, f"READ BINARY of {what}")
+        if data is None:
+            raise cp.CardProtocolError(f"the card has no {what}")
+        return data
+
+    def read_record(self, number: int) -> cp.TransactionRecord | None:
+        data = self.secured_read(cp.INS_READ_RECORD, number, 0x2C, cp.RECORD_LEN, "READ RECORD")
+        return None if data is None else cp.parse_record(data + b"\x90\x00")
+
+    def balance(self) -> int:
+        """Balance (then offline and online counters) of a version 2 sub-application, MAC-verified."""
+        data = self.secured_read(cp.INS_GET_BALANCE, 0x00, 0x02, 8, "GET BALANCE")
+        if data is None:
+            raise cp.CardProtocolError("the card has no balance")
+        return int.from_bytes(data[:4], "big")
+
+    def delete(self) -> None:
+        """DELETE SUB-APPLICATION (voided version 2 sub-application): frees its slot on the card."""
+        _, rapdu = self.send(cp.INS_DELETE, 0, 0)
+        cp.check_secured(rapdu, "DELETE SUB-APPLICATION")
 
     def put_key(self, purpose: KeyPurpose, new_version: int) -> None:
         challenge = self.challenge()

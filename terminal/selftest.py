@@ -122,6 +122,7 @@ def check_tap(
     """Wait for any card (after `prompt`ing the installer); any card proves the reader reads, and a one-card's
     SELECT answer is reported."""
     from terminal import card_protocol as cp
+    from terminal.authenticate import select_application
     from terminal.reader import CardRemoved, ReaderError
 
     if reader is None:
@@ -144,10 +145,12 @@ def check_tap(
     try:
         atr = conn.atr.hex().upper()
         try:
-            info = cp.parse_select(conn.transmit(cp.select_command()))
+            info = select_application(conn.transmit, enterprise_id)
             what = f"a one-card of enterprise {info.enterprise_id.hex()} (ASN {info.asn_hex})" + (
                 "" if info.enterprise_id == enterprise_id else ", not this terminal's enterprise"
             )
+        except cp.NoSubApplication:
+            what = "a version 2 one-card without a sub-application of this terminal's enterprise"
         except (cp.CardProtocolError, CardRemoved):
             what = "not a one-card (any card shows the reader works)"
     finally:

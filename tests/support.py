@@ -112,3 +112,26 @@ def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None, command
         config, sam, event_log, blacklist, ConsoleOutputs(config.terminal.name, screen, color=False), **kwargs
     )
     return term, screen
+
+
+def make_card_v2(sam, path: Path | None = None, name: str = "Office", extra=(), issuer_sam=None, **overrides):
+    """A version 2 card carrying one sub-application of ENTERPRISE (fields as make_card) plus `extra`
+    sub-applications (CardState of app_version 2)."""
+    from simulator.card import MultiCardStateFile, OneCardV2Applet
+    from simulator.personalise import multi_card, sub_application
+
+    fields = dict(
+        enterprise_id=ENTERPRISE,
+        employee_no="E1001",
+        name="Zhang Wei",
+        door_groups=frozenset({1, 2}),
+        valid_from=dt.date(2026, 1, 1),
+        valid_to=dt.date(2028, 12, 31),
+    )
+    fields.update(overrides)
+    state = multi_card([sub_application(sam, Personalisation(**fields), name), *extra], issuer_sam=issuer_sam)
+    store = None
+    if path is not None:
+        store = MultiCardStateFile(path)
+        store.save(state)
+    return OneCardV2Applet(state, store)

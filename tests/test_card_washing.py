@@ -114,8 +114,8 @@ def test_wash_moves_a_transport_card_to_enterprise_keys(sam, log, tmp_path):
     card = new_transport_card(sam, tmp_path / "c.json")
     result, apdus = tap_run(card, wash(sam, log))
     assert (result.outcome, result.from_version, result.to_version) == ("washed", 0, 1)
-    # SELECT, then per key (ACCESS, UPDATE, PURCHASE, LOAD, TAC) GET CHALLENGE + PUT KEY, then GET CHALLENGE + COMMIT.
-    assert apdus == 1 + 2 * 5 + 2
+    # 2 SELECTs (version 1 card: the sub-application SELECT answers 6A 82), then per key (ACCESS, UPDATE, PURCHASE, LOAD, TAC) GET CHALLENGE + PUT KEY, then GET CHALLENGE + COMMIT.
+    assert apdus == 2 + 2 * 5 + 2
     state = CardStateFile(tmp_path / "c.json").load()
     assert (state.key_version, state.status, state.staged) == (1, 0, None)
     assert state.purse is not None and state.purse.key_version == 1
@@ -125,7 +125,7 @@ def test_wash_moves_a_transport_card_to_enterprise_keys(sam, log, tmp_path):
 
 
 def test_wash_torn_at_every_apdu_never_bricks_the_card(sam, keystore, log, tmp_path):
-    full = 1 + 2 * 5 + 2
+    full = 2 + 2 * 5 + 2
     door, _ = make_terminal(tmp_path, door_sam(keystore, (1, 2)), "door")
     for k in range(1, full + 1):
         card = new_transport_card(sam, tmp_path / f"c{k}.json")

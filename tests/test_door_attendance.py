@@ -7,7 +7,7 @@ import pytest
 from sam.interface import Algorithm
 from simulator.card import STATUS_TRANSPORT, STATUS_VOIDED, ForeignCard
 from simulator.inprocess import InProcessReader
-from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, make_card, make_sam, make_terminal
+from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, make_card, make_card_v2, make_sam, make_terminal
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def tap(terminal, card, now=MONDAY_10AM, tear_after=None):
 
 def test_grant_takes_two_apdus_logs_then_opens(door, sam):
     term, screen = door
-    decision, apdus = tap(term, make_card(sam))
+    decision, apdus = tap(term, make_card_v2(sam))
     assert decision.accepted and decision.reason_code == "granted"
     assert decision.message == "Welcome, Zhang Wei"
     assert apdus == 2
@@ -83,12 +83,24 @@ def test_blacklisted_card(door, sam):
     assert decision.message.startswith("Card reported lost")
 
 
+def test_version_1_card_is_granted_with_one_more_select(door, sam):
+    """During migration a version 1 card still opens the door: SELECT of the sub-application (6A 82 from a version 1
+    card), SELECT of the version 1 application, ACCESS READ."""
+    decision, apdus = tap(door[0], make_card(sam))
+    assert decision.accepted and decision.message == "Welcome, Zhang Wei"
+    assert apdus == 3
+
+
 def test_other_enterprise_card(door):
     other = make_sam(OTHER_ENTERPRISE)
-    decision, apdus = tap(door[0], make_card(other, enterprise_id=OTHER_ENTERPRISE))
+    decision, apdus = tap(door[0], make_card_v2(other, enterprise_id=OTHER_ENTERPRISE))
     assert decision.reason_code == "other_enterprise"
     assert decision.message == "This card has no application for this site"
     assert apdus == 1
+    decision, apdus = tap(door[0], make_card(other, enterprise_id=OTHER_ENTERPRISE))  # version 1: 6A 82, then SELECT
+    assert decision.reason_code == "other_enterprise"
+    assert decision.message == "This card has no application for this site"
+    assert apdus == 2
 
 
 def test_phone_without_rfid_sim(door):

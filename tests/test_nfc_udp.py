@@ -19,7 +19,7 @@ from simulator.nfc_udp import HLTA, REQA, WTX_GRANTED, WUPA, Apdu, StorageTag, T
 from terminal.event_log import EventLog
 from terminal.reader import CardRemoved, ReaderError
 from terminal.readers.nfc import NfcConnection, NfcReader, NotOneCardConnection, parse_ats
-from tests.support import MONDAY_10AM, make_card, make_sam, make_terminal
+from tests.support import MONDAY_10AM, make_card, make_card_v2, make_sam, make_terminal
 
 
 class EchoCard:
@@ -260,7 +260,7 @@ def test_door_grants_a_genuine_card_in_two_apdus(picc, reader, tmp_path, sam):
     p = picc()
     r = reader(p)
     term, screen = make_terminal(tmp_path, sam, "door")
-    decision, apdus = tap(p, r, term, make_card(sam))
+    decision, apdus = tap(p, r, term, make_card_v2(sam))
     assert decision.accepted and decision.message == "Welcome, Zhang Wei"
     assert apdus == 2
     assert [e.kind for e in term.event_log.events()] == ["door.grant"]
@@ -288,7 +288,7 @@ def test_door_refuses_a_blacklisted_card(picc, reader, tmp_path, sam):
     p = picc()
     r = reader(p)
     term, _ = make_terminal(tmp_path, sam, "door")
-    card = make_card(sam)
+    card = make_card_v2(sam)
     term.blacklist.apply_snapshot(1, [(card.state.asn, "lost")])
     decision, _ = tap(p, r, term, card)
     assert decision.reason_code == "blacklisted" and not decision.accepted
@@ -299,7 +299,7 @@ def test_card_pulled_mid_decision_keeps_the_door_shut_and_logs_nothing(picc, rea
     p = picc()
     r = reader(p)
     term, screen = make_terminal(tmp_path, sam, "door")
-    card = make_card(sam, path=tmp_path / "card.json")
+    card = make_card_v2(sam, path=tmp_path / "card.json")
     decision, apdus = tap(p, r, term, card, tear_after=k)
     assert decision.reason_code == "removed" and not decision.accepted
     assert apdus == k and p.torn

@@ -13,7 +13,7 @@ from terminal.decision import Refusal
 from terminal.event_log import EventLog
 from terminal.purse_flow import MONEY_KINDS, Incomplete, PurseTerminal
 from terminal.reader import CardRemoved
-from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, TERMINAL_TOML, make_card, make_sam
+from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, TERMINAL_TOML, make_card_v2, make_sam
 
 POS_TOML = TERMINAL_TOML
 
@@ -51,7 +51,7 @@ def money_events(pos):
 
 
 def test_purchase_three_apdus_exact_balance_and_tac(pos, sam):
-    card = make_card(sam, opening_balance=10000)
+    card = make_card_v2(sam, opening_balance=10000)
     reader, transmit = present(card)
     decision = pos.purchase(transmit, 1200, MONDAY_10AM)
     assert decision.accepted and decision.message == "Paid 12.00"
@@ -66,7 +66,7 @@ def test_purchase_three_apdus_exact_balance_and_tac(pos, sam):
 
 def test_tac_is_checkable_only_with_the_tac_key(pos, sam):
     """The TAC the terminal logged verifies under the platform's TAC master key."""
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 300, MONDAY_10AM)
     d = pos.event_log.events()[-1].detail
     sam.verify_tac(
@@ -84,7 +84,7 @@ def test_tac_is_checkable_only_with_the_tac_key(pos, sam):
 
 
 def test_insufficient_balance_shows_no_unverified_figure(pos, sam):
-    card = make_card(sam, opening_balance=550)
+    card = make_card_v2(sam, opening_balance=550)
     with pytest.raises(Refusal) as r:
         pos.purchase(present(card)[1], 1200, MONDAY_10AM)
     # GET BALANCE carries no MAC: its figure is neither shown nor put in the refusal's detail.
@@ -99,10 +99,10 @@ def test_insufficient_balance_shows_no_unverified_figure(pos, sam):
 @pytest.mark.parametrize(
     "make, reason",
     [
-        (lambda sam: make_card(sam, opening_balance=5000, purse_expiry=dt.date(2026, 11, 1)), "purse_expired"),
-        (lambda sam: make_card(make_sam(OTHER_ENTERPRISE), enterprise_id=OTHER_ENTERPRISE), "other_enterprise"),
+        (lambda sam: make_card_v2(sam, opening_balance=5000, purse_expiry=dt.date(2026, 11, 1)), "purse_expired"),
+        (lambda sam: make_card_v2(make_sam(OTHER_ENTERPRISE), enterprise_id=OTHER_ENTERPRISE), "other_enterprise"),
         (lambda sam: ForeignCard(), "not_supported"),
-        (lambda sam: make_card(sam, purse=False), "no_purse"),
+        (lambda sam: make_card_v2(sam, purse=False), "no_purse"),
     ],
 )
 def test_refusals(pos, sam, make, reason):
@@ -112,7 +112,7 @@ def test_refusals(pos, sam, make, reason):
 
 
 def test_blacklisted_card_cannot_pay(pos, sam):
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     pos.blacklist.apply_snapshot(1, [(card.state.asn, "lost")])
     with pytest.raises(Refusal) as r:
         pos.purchase(present(card)[1], 100, MONDAY_10AM)
@@ -120,7 +120,7 @@ def test_blacklisted_card_cannot_pay(pos, sam):
 
 
 def test_offline_limits(pos, sam):
-    card = make_card(sam, opening_balance=50000)
+    card = make_card_v2(sam, opening_balance=50000)
     with pytest.raises(Refusal) as r:
         pos.purchase(present(card)[1], 10001, MONDAY_10AM)
     assert r.value.reason_code == "over_purchase_limit"
@@ -136,7 +136,7 @@ def test_offline_limits(pos, sam):
 
 
 def test_undo_last_purchase_once_same_card_in_window(pos, sam):
-    card, other = make_card(sam, opening_balance=5000), make_card(sam, opening_balance=5000)
+    card, other = make_card_v2(sam, opening_balance=5000), make_card_v2(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 700, MONDAY_10AM)
     with pytest.raises(Refusal) as r:
         pos.undo_last(present(other)[1], MONDAY_10AM + dt.timedelta(seconds=30))
@@ -153,7 +153,7 @@ def test_undo_last_purchase_once_same_card_in_window(pos, sam):
 
 
 def test_undo_too_late(pos, sam):
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 700, MONDAY_10AM)
     with pytest.raises(Refusal) as r:
         pos.undo_last(present(card)[1], MONDAY_10AM + dt.timedelta(seconds=121))
@@ -162,7 +162,7 @@ def test_undo_too_late(pos, sam):
 
 def test_top_up(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=1000)
+    card = make_card_v2(sam, opening_balance=1000)
     reader, transmit = present(card)
     decision = topup.top_up(transmit, 5000, MONDAY_10AM)
     assert decision.message == "Loaded 50.00 - balance 60.00" and card.state.purse.balance == 6000
@@ -174,7 +174,7 @@ def test_top_up(tmp_path, sam):
 
 def test_load_over_maximum_balance_is_refused(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=199_000)
+    card = make_card_v2(sam, opening_balance=199_000)
     with pytest.raises(Refusal):
         topup.top_up(present(card)[1], 2000, MONDAY_10AM)
     assert card.state.purse.balance == 199_000 and money_events(topup) == []
@@ -201,7 +201,7 @@ def counters_logged_once(pos, card):
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_purchase_torn_after_each_apdu_then_retapped(pos, sam, k):
-    card = make_card(sam, opening_balance=10000)
+    card = make_card_v2(sam, opening_balance=10000)
     with pytest.raises(CardRemoved):
         pos.purchase(present(card, tear_after=k)[1], 1200, MONDAY_10AM)
     decision = pos.purchase(present(card)[1], 1200, MONDAY_10AM + dt.timedelta(seconds=5))
@@ -220,7 +220,7 @@ def test_purchase_torn_after_each_apdu_then_retapped(pos, sam, k):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_top_up_torn_after_each_apdu_then_retapped(tmp_path, sam, k):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=0)
+    card = make_card_v2(sam, opening_balance=0)
     with pytest.raises(CardRemoved):
         topup.top_up(present(card, tear_after=k)[1], 5000, MONDAY_10AM)
     decision = topup.top_up(present(card)[1], 5000, MONDAY_10AM)
@@ -236,7 +236,7 @@ def test_top_up_torn_after_each_apdu_then_retapped(tmp_path, sam, k):
 
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_undo_torn_after_each_apdu_then_retapped(pos, sam, k):
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 700, MONDAY_10AM)
     with pytest.raises(CardRemoved):
         pos.undo_last(present(card, tear_after=k)[1], MONDAY_10AM + dt.timedelta(seconds=10))
@@ -247,7 +247,7 @@ def test_undo_torn_after_each_apdu_then_retapped(pos, sam, k):
 
 
 def test_garbled_debit_answer_is_settled_by_the_next_tap(pos, sam):
-    card = make_card(sam, opening_balance=3000)
+    card = make_card_v2(sam, opening_balance=3000)
 
     class Garbling:
         atr = card.atr
@@ -270,7 +270,7 @@ def test_intent_of_another_terminal_counter_is_abandoned(tmp_path, sam):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a, b = make_purse_terminal(tmp_path / "a", sam), make_purse_terminal(tmp_path / "b", sam)
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
 
     class LeavesBeforeDebit:
         atr = card.atr
@@ -298,7 +298,7 @@ def test_intent_of_another_terminal_counter_is_abandoned(tmp_path, sam):
 
 def test_undo_lost_before_the_card_got_it_can_be_retried_and_refunds_once(pos, sam):
     """The SAM gave the reversal MAC2, the card never received CREDIT: a second undo is allowed, credited once."""
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     pos.purchase(present(card)[1], 700, MONDAY_10AM)
 
     class LeavesBeforeCredit:
