@@ -31,6 +31,7 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),
         "issue.restore.abandoned",
         "issue.replace",
+        "issue.subapp",  # a version 2 card got this enterprise's sub-application (card-application.md 9.6)
         *(f"{op}{suffix}" for op in ("issue.cancel", "issue.delete") for suffix in (".intent", ".settled", "")),
     }
 )

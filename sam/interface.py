@@ -160,6 +160,14 @@ class Sam(Protocol):
 
     # --- card administration (docs/card-application.md section 8, docs/key-handling.md section 9) ----
 
+    def wrap_sub_application_key(
+        self, card: CardIdentity, challenge: bytes, application: CardIdentity
+    ) -> tuple[bytes, bytes]:
+        """CREATE SUB-APPLICATION's cryptogram (card-application.md 9.6): the new sub-application's K_TRANSPORT
+        (TRANSPORT master of application.enterprise_id, diversified with its ASN) encrypted under SK_ENC of the
+        card's K_CARD (TRANSPORT master of the card issuer 00000000, diversified with the card serial `card.asn`).
+        Returns (cryptogram 16, KCV 3). Needs MAC on the issuer's key and PERSONALISE on the enterprise's."""
+
     def wrap_card_key(
         self, card: CardIdentity, challenge: bytes, purpose: KeyPurpose, new_version: int
     ) -> tuple[bytes, bytes]:

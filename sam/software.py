@@ -286,6 +286,26 @@ class SoftwareSam:
             bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
         )
 
+    def wrap_sub_application_key(
+        self, card: CardIdentity, challenge: bytes, application: CardIdentity
+    ) -> tuple[bytes, bytes]:
+        if len(challenge) != crypto.CHALLENGE_SIZE:
+            raise InvalidCardIdentity(
+                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; reject the card"
+            )
+        if card.key_version != TRANSPORT_VERSION or application.key_version != TRANSPORT_VERSION:
+            raise InvalidCardIdentity("K_CARD and a new sub-application's key are transport keys (version 0)")
+        # Both master keys checked before either is derived: a refusal hands out nothing.
+        manager = self._master(KeyPurpose.TRANSPORT, card, KeyUsage.MAC)
+        new = self._master(KeyPurpose.TRANSPORT, application, KeyUsage.PERSONALISE)
+        card_key = crypto.diversify(manager.algorithm, manager.key.reveal(), _diversification_input(card))
+        new_key = crypto.diversify(new.algorithm, new.key.reveal(), _diversification_input(application))
+        sk_enc = crypto.secure_session_key(manager.algorithm, card_key, challenge)
+        return (
+            crypto.block_encrypt(manager.algorithm, sk_enc, new_key),
+            bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
+        )
+
     def _card_key(
         self, purpose: KeyPurpose, card: CardIdentity, usage: KeyUsage | frozenset[KeyUsage]
     ) -> tuple[Algorithm, bytes]:

@@ -1100,7 +1100,12 @@ class OneCardV2Applet(OneCardApplet):
             return SW_WRONG_P1P2
         if cmd.data == AID_V2:
             self.directory_selected = True
-            prop = _tlv(0xC6, b"\x02") + _tlv(0xC8, bytes([len(self.card.apps)]))
+            prop = (
+                _tlv(0xC0, self.card.serial)
+                + _tlv(0xC4, bytes([int(self.card.algorithm)]))
+                + _tlv(0xC6, b"\x02")
+                + _tlv(0xC8, bytes([len(self.card.apps)]))
+            )
             return _tlv(0x6F, _tlv(0x84, AID_V2) + _tlv(0xA5, prop)) + SW_OK
         if len(cmd.data) != len(AID_V2) + 4 or not cmd.data.startswith(AID_V2):
             return SW_NOT_FOUND

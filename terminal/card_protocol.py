@@ -19,6 +19,8 @@ AID = bytes.fromhex("F04F4E454341524401")
 AID_V2 = bytes.fromhex("F04F4E454341524402")
 SFI_DIRECTORY = 0x1E
 MAX_SUB_APPLICATIONS = 8
+NAME_MAX = 16  # bytes of UTF-8 in a sub-application's directory name
+ISSUER_ENTERPRISE = bytes(4)  # 00000000: the card issuer, whose TRANSPORT master key diversifies K_CARD
 
 
 def sub_application_aid(enterprise_id: bytes) -> bytes:
@@ -461,8 +463,17 @@ def read_directory_command(number: int) -> bytes:
     return bytes([0x00, 0xB2, number, (SFI_DIRECTORY << 3) | 0x04, 0x00])
 
 
-def parse_directory_select(rapdu: bytes) -> int:
-    """The number of sub-applications a version 2 card announces when its directory is selected."""
+@dataclass(frozen=True)
+class DirectoryInfo:
+    """The directory's SELECT answer: card serial (diversifies K_CARD), K_CARD's algorithm, sub-applications."""
+
+    serial: bytes
+    algorithm: Algorithm
+    count: int
+
+
+def parse_directory_select(rapdu: bytes) -> DirectoryInfo:
+    """What a version 2 card announces when its directory is selected (section 9.2)."""
     sw = status_word(rapdu)
     if sw in (0x6A82, 0x6A81, 0x6D00, 0x6E00, 0x6A86):
         raise NotOneCard(f"SELECT of the one-card directory answered {sw:04X}")
@@ -477,7 +488,13 @@ def parse_directory_select(rapdu: bytes) -> int:
     prop = dict(parse_tlvs(fci[0xA5]))
     if len(prop.get(0xC8, b"")) != 1 or prop[0xC8][0] > MAX_SUB_APPLICATIONS:
         raise CardProtocolError("directory FCI tag C8 (number of sub-applications) missing or above 8")
-    return prop[0xC8][0]
+    if len(prop.get(0xC0, b"")) != 8 or len(prop.get(0xC4, b"")) != 1:
+        raise CardProtocolError("directory FCI tag C0 (card serial) or C4 (algorithm) missing or of the wrong size")
+    try:
+        algorithm = Algorithm(prop[0xC4][0])
+    except ValueError:
+        raise CardProtocolError(f"unknown algorithm ID {prop[0xC4][0]:02X}") from None
+    return DirectoryInfo(serial=prop[0xC0], algorithm=algorithm, count=prop[0xC8][0])
 
 
 def parse_directory_record(rapdu: bytes) -> DirectoryEntry | None:

@@ -12,6 +12,7 @@ registry (the platform), the event log and the time are passed in.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import zoneinfo
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from common import journal as jn
 from common import transactions as tx
 from common.money import format_yuan
 from common.registry import Registry, RegistryError
-from sam.interface import KeyPurpose, KeyUsage, LoadSession, MacVerificationError, Sam, SamError
+from sam.interface import CardIdentity, KeyPurpose, KeyUsage, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.decision import Refusal
@@ -32,6 +33,7 @@ VOID_INTENT, VOIDED = jn.VOID.intent_kind, jn.VOID.kind(jn.State.DONE)
 RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = jn.RESTORE.kinds
 REPLACED, CANCELLED, DELETED = (f.kind(jn.State.DONE) for f in (jn.REPLACE, jn.CANCEL, jn.DELETE))
 RESTORE_KINDS = jn.RESTORE.kinds
+SUB_APPLICATION_ADDED = "issue.subapp"  # not journaled: CREATE is one atomic write (card-application.md 9.6)
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,74 @@ class IssuingTerminal:
             "issued",
         )
         return asn
+
+    # --- version 2: add this enterprise's sub-application to a card (docs/card-application.md 9.6) -------
+
+    def add_sub_application(self, transmit, name: str, asn: bytes, now: dt.datetime) -> str:
+        """Create this enterprise's sub-application (transport state) on a version 2 card; wash and issue it next.
+
+        Needs none of the other enterprises' keys: CREATE is secured by the card issuer's K_CARD, and the new
+        sub-application's K_TRANSPORT travels enciphered under it. `asn` is the new sub-application's number
+        (random, from the caller). Re-tap safe: CREATE is one atomic write, and a card that already has the
+        sub-application is simply reported. Returns the sub-application's ASN (hex)."""
+        aid = cp.sub_application_aid(self.enterprise_id)
+        try:
+            info = cp.parse_select(transmit(cp.select_command(aid)), aid)
+            return info.asn_hex  # already there (a re-tap after a tear, or added before): wash / issue it next
+        except cp.NoSubApplication:
+            pass
+        except cp.NotOneCard:
+            raise Refusal(
+                "not_supported",
+                "This card is not a version 2 one-card: it carries one enterprise only; migrate it first "
+                "(docs/card-application.md 9.8)",
+            ) from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Card could not be read ({exc}): tap it again") from None
+        try:
+            serial = cp.parse_directory_select(transmit(cp.select_command(cp.AID_V2)))
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Card directory could not be read ({exc}): tap it again") from None
+        if serial.count >= cp.MAX_SUB_APPLICATIONS:
+            raise Refusal(
+                "card_full",
+                f"This card already carries {cp.MAX_SUB_APPLICATIONS} sub-applications: the holder must delete one "
+                "first",
+            )
+        encoded = name.encode()
+        if not 1 <= len(encoded) <= cp.NAME_MAX:
+            raise ValueError(f"sub-application name must be 1..{cp.NAME_MAX} bytes of UTF-8")
+        # Algorithm of the new sub-application: the card's (K_CARD's), announced by the directory's FCI.
+        manager = CardIdentity(
+            asn=serial.serial, enterprise_id=cp.ISSUER_ENTERPRISE, key_version=0, algorithm=serial.algorithm
+        )
+        application = CardIdentity(asn=asn, enterprise_id=self.enterprise_id, key_version=0, algorithm=serial.algorithm)
+        try:
+            challenge = cp.parse_challenge(transmit(cp.get_challenge_command()))
+            cryptogram, kcv = self.sam.wrap_sub_application_key(manager, challenge, application)
+            plain = self.enterprise_id + asn + bytes([int(serial.algorithm), len(encoded)]) + encoded + cryptogram
+            mac = self.sam.card_mac(
+                KeyPurpose.TRANSPORT, manager, cp.secured_mac_input(challenge, cp.INS_CREATE, 0, 0, plain)
+            )
+            answered = cp.check_secured(
+                transmit(cp.secured_command(cp.INS_CREATE, 0, 0, plain, mac, le=3)), "CREATE SUB-APPLICATION", 3
+            )
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot add a sub-application: {exc}") from None
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"Card refused the new sub-application ({exc}): tap it again") from None
+        if not hmac.compare_digest(answered, kcv):
+            raise Refusal("card_error", "The card's check value for the new transport key is wrong: tap it again")
+        asn_hex = asn.hex().upper()
+        self._log(
+            now,
+            SUB_APPLICATION_ADDED,
+            asn_hex,
+            "added",
+            f"Sub-application '{name}' added",
+            {"name": name, "card_serial": serial.serial.hex().upper()},
+        )
+        return asn_hex
 
     # --- replacement ------------------------------------------------------------------------------
 

@@ -97,9 +97,13 @@ tue = ["07:00-20:00"]
 """
 
 
-def make_terminal(tmp: Path, sam, kind: str = "door", nonce_source=None, command_timeout_ms: int = 5000):
-    cfg = tmp / f"{kind}.toml"
-    toml = TERMINAL_TOML.format(kind=kind, db=tmp / f"{kind}.db", bl=tmp / f"{kind}-blacklist.db")
+def make_terminal(
+    tmp: Path, sam, kind: str = "door", nonce_source=None, command_timeout_ms: int = 5000, enterprise: bytes = ENTERPRISE
+):
+    tag = kind if enterprise == ENTERPRISE else f"{kind}-{enterprise.hex()}"
+    cfg = tmp / f"{tag}.toml"
+    toml = TERMINAL_TOML.format(kind=kind, db=tmp / f"{tag}.db", bl=tmp / f"{tag}-blacklist.db")
+    toml = toml.replace('enterprise_id = "00010001"', f'enterprise_id = "{enterprise.hex()}"')
     cfg.write_text(
         toml.replace("command_timeout_ms = 5000", f"command_timeout_ms = {command_timeout_ms}"), encoding="utf-8"
     )
