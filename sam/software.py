@@ -105,7 +105,8 @@ class SoftwareSam:
         _refuse_purse_purpose(purpose)
         if len(context) != crypto.DATA_CONTEXT_SIZE:
             raise InvalidCardIdentity(
-                f"decipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; the card answer is malformed"
+                f"decipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; "
+                "the card answer is malformed, reject the card"
             )
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.VERIFY)
         return crypto.ctr_crypt(algorithm, crypto.data_session_key(algorithm, card_key, context), ciphertext)

@@ -69,9 +69,7 @@ def authenticate_card(
             {"key_version": info.key_version, "algorithm": info.algorithm.name},
         )
     try:
-        envelope = cp.split_access_read(
-            transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id
-        )
+        envelope = cp.split_access_read(transmit(cp.access_read_command(nonce, terminal_id)), info, nonce, terminal_id)
     except cp.ApplicationInactive as exc:
         raise Refusal(
             "application_inactive",

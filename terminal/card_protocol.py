@@ -28,6 +28,7 @@ def sub_application_aid(enterprise_id: bytes) -> bytes:
         raise ValueError("enterprise ID must be 4 bytes")
     return AID_V2 + enterprise_id
 
+
 STATUS_TRANSPORT = 0x00
 STATUS_ACTIVE = 0x01
 STATUS_VOIDED = 0x02

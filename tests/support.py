@@ -98,7 +98,12 @@ tue = ["07:00-20:00"]
 
 
 def make_terminal(
-    tmp: Path, sam, kind: str = "door", nonce_source=None, command_timeout_ms: int = 5000, enterprise: bytes = ENTERPRISE
+    tmp: Path,
+    sam,
+    kind: str = "door",
+    nonce_source=None,
+    command_timeout_ms: int = 5000,
+    enterprise: bytes = ENTERPRISE,
 ):
     tag = kind if enterprise == ENTERPRISE else f"{kind}-{enterprise.hex()}"
     cfg = tmp / f"{tag}.toml"

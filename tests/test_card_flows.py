@@ -135,7 +135,9 @@ def test_replacement_torn_anywhere_on_the_new_card_finishes_once(issuing, platfo
 def test_replacement_torn_while_voiding_the_old_card_keeps_the_backup(issuing, platform, tmp_path):
     old = old_card(tmp_path / "old.json", platform)
     with pytest.raises(CardRemoved):
-        tap_run(old, lambda t: issuing.backup_and_void(t, MONDAY_10AM), tear_after=8)  # APPLICATION BLOCK (version 1 card: 2 SELECTs)
+        tap_run(
+            old, lambda t: issuing.backup_and_void(t, MONDAY_10AM), tear_after=8
+        )  # APPLICATION BLOCK (version 1 card: 2 SELECTs)
     assert CardStateFile(tmp_path / "old.json").load().status == 2  # voided, but the answer was lost
     intent = issuing.event_log.last_event(old.state.asn, ("issue.void.intent",))
     assert intent.detail["holder"] == old.state.holder.hex()
@@ -182,7 +184,9 @@ def test_cancellation_of_an_empty_purse_needs_no_settlement(issuing, platform, t
 def test_application_deletion_erases_and_a_torn_one_finishes(issuing, platform, tmp_path):
     card = old_card(tmp_path / "c.json", platform, balance=0)
     with pytest.raises(CardRemoved):
-        tap_run(card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True), tear_after=7)  # at ERASE (version 1 card: 2 SELECTs)
+        tap_run(
+            card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True), tear_after=7
+        )  # at ERASE (version 1 card: 2 SELECTs)
     card = reload(card)
     assert card.state.status == 2 and card.state.purse is None  # ERASE stored, its answer lost
     tap_run(card, lambda t: issuing.cancel(t, MONDAY_10AM, deletion=True))

@@ -28,7 +28,7 @@ from simulator.card import (
 )
 from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
-from simulator.personalise import Personalisation, multi_card, sub_application, transport_sub_application
+from simulator.personalise import Personalisation, multi_card, sub_application
 from terminal import card_protocol as cp
 from terminal import rekey
 from terminal.blacklist import Blacklist
@@ -37,7 +37,7 @@ from terminal.event_log import EventLog
 from terminal.issuing import IssueRequest, IssuingTerminal
 from terminal.purse_flow import PurseTerminal
 from terminal.reader import CardRemoved
-from tests.support import ALL_USAGES, ENTERPRISE, MONDAY_10AM, TERMINAL_TOML, make_card_v2, make_keystore, make_terminal
+from tests.support import ALL_USAGES, ENTERPRISE, MONDAY_10AM, TERMINAL_TOML, make_keystore, make_terminal
 
 A, B, C = ENTERPRISE, bytes.fromhex("00020002"), bytes.fromhex("00030003")
 ISSUING_TERMINAL = "000000000900"
@@ -204,8 +204,18 @@ def test_an_unauthenticated_reader_learns_only_what_the_spec_allows():
     card = two_enterprise_card()
     for app in card.card.apps:  # a purchase record on each, so records exist to be (not) read
         app.purse.records.append(
-            {"type": 6, "counter": 0, "amount": 777, "terminal": "000000000101", "tsn": 5, "date": "20261123",
-             "time": "100000", "balance_after": 4242, "proof": "00" * 8, "tac": "11" * 8}
+            {
+                "type": 6,
+                "counter": 0,
+                "amount": 777,
+                "terminal": "000000000101",
+                "tsn": 5,
+                "date": "20261123",
+                "time": "100000",
+                "balance_after": 4242,
+                "proof": "00" * 8,
+                "tac": "11" * 8,
+            }
         )
     seen = _scriptor_session(card)
     answers = b"".join(answer for _, answer in seen)
@@ -222,10 +232,14 @@ def test_an_unauthenticated_reader_learns_only_what_the_spec_allows():
         if answer[-2:] != b"\x90\x00":
             continue
         kind = (
-            "select" if apdu[1] == 0xA4
-            else "directory" if apdu[1] == 0xB2 and apdu[3] == 0xF4
-            else "ef_app" if apdu[1] == 0xB0 and apdu[2] == 0x81
-            else "access_read" if apdu[:2] == b"\x80\x3a"
+            "select"
+            if apdu[1] == 0xA4
+            else "directory"
+            if apdu[1] == 0xB2 and apdu[3] == 0xF4
+            else "ef_app"
+            if apdu[1] == 0xB0 and apdu[2] == 0x81
+            else "access_read"
+            if apdu[:2] == b"\x80\x3a"
             else "other"
         )
         assert kind in allowed_ok, (apdu.hex(), answer.hex())
@@ -290,7 +304,10 @@ def snapshot(card, enterprise):
     return json.dumps(doc, sort_keys=True)
 
 
-def add_wash_issue(st, card, enterprise, employee, name, tear_after=None, new_asn=bytes.fromhex("B0B0B0B0B0B0B0B0")):
+NEW_ASN = bytes.fromhex("B0B0B0B0B0B0B0B0")
+
+
+def add_wash_issue(st, card, enterprise, employee, name, tear_after=None, new_asn=NEW_ASN):
     tap_run(card, lambda t: st.add_sub_application(t, name, new_asn, MONDAY_10AM), tear_after)
     tap_run(card, lambda t: rekey.rekey_card(t, st.sam, enterprise, 1, st.event_log, MONDAY_10AM, rekey.WASH))
     request = IssueRequest(enterprise, employee, frozenset({1}), dt.date(2026, 1, 1), dt.date(2028, 12, 31))

@@ -114,7 +114,8 @@ def test_wash_moves_a_transport_card_to_enterprise_keys(sam, log, tmp_path):
     card = new_transport_card(sam, tmp_path / "c.json")
     result, apdus = tap_run(card, wash(sam, log))
     assert (result.outcome, result.from_version, result.to_version) == ("washed", 0, 1)
-    # 2 SELECTs (version 1 card: the sub-application SELECT answers 6A 82), then per key (ACCESS, UPDATE, PURCHASE, LOAD, TAC) GET CHALLENGE + PUT KEY, then GET CHALLENGE + COMMIT.
+    # 2 SELECTs (version 1 card: the sub-application SELECT answers 6A 82), then per key
+    # (ACCESS, UPDATE, PURCHASE, LOAD, TAC) GET CHALLENGE + PUT KEY, then GET CHALLENGE + COMMIT.
     assert apdus == 2 + 2 * 5 + 2
     state = CardStateFile(tmp_path / "c.json").load()
     assert (state.key_version, state.status, state.staged) == (1, 0, None)

@@ -31,7 +31,9 @@ from tests.test_card_washing import (  # noqa: F401  (pytest fixtures shared wit
     tap_run,
 )
 
-FULL = 2 + 2 * 5 + 2  # 2 SELECTs (version 1 card: the sub-application SELECT answers 6A 82), 5 x (GET CHALLENGE + PUT KEY), GET CHALLENGE + COMMIT KEYS
+# 2 SELECTs (version 1 card: the sub-application SELECT answers 6A 82), 5 x (GET CHALLENGE + PUT KEY),
+# GET CHALLENGE + COMMIT KEYS
+FULL = 2 + 2 * 5 + 2
 
 
 def issued_card(sam, path, balance=5_000) -> OneCardApplet:
