@@ -19,9 +19,9 @@ from simulator.psam import load_psam
 
 
 def load_card(path: str | Path):
-    """Open a card file as it would be put in a reader: a one-card RFID-SIM (personalised or fresh from the
-    factory;
-    version 1 or version 2 with sub-applications), a card without the application, a PSAM (for a SAM slot) or a key master card."""
+    """Open a card file as it would be put in a reader: a one-card RFID-SIM (version 1, or version 2 with
+    sub-applications; personalised or fresh from the factory), a card without the application, a PSAM (for a SAM
+    slot) or a key master card."""
     p = Path(path)
     doc = json.loads(p.read_text(encoding="utf-8"))
     if doc.get("format") == "onecard-sim-foreign/1":
