@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # repo root, wi
 from bench.tap import percentile  # noqa: E402
 from simulator.nfc_udp import DEFAULT_FWI, VirtualPicc  # noqa: E402
 from terminal.readers.nfc import NfcReader  # noqa: E402
-from tests.support import make_card, make_sam  # noqa: E402
+from tests.support import make_card_v2, make_sam  # noqa: E402
 
 TRANSPORT = "nfcpy-udp"
 
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--fwi", type=int, default=DEFAULT_FWI, help="the card's frame waiting time integer (ATS TB)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="onecard-bench-") as tmp:
-        card = make_card(make_sam(), path=Path(tmp) / "card.json")
+        card = make_card_v2(make_sam(), path=Path(tmp) / "card.json")
         with VirtualPicc(label="bench", fwi=args.fwi) as picc:
             picc.insert(card)
             reader = NfcReader(picc.path)

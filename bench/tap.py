@@ -43,7 +43,7 @@ from sam.software import SoftwareSam  # noqa: E402
 from terminal.event_log import AUTOCHECKPOINT_PAGES, CHECKPOINT_AFTER_RECORDS, PAGE_SIZE  # noqa: E402
 from terminal.keypad import Charge  # noqa: E402
 from terminal.sam_state_log import LoggedSamState  # noqa: E402
-from tests.support import MONDAY_10AM, make_card, make_keystore, make_terminal  # noqa: E402
+from tests.support import MONDAY_10AM, make_card_v2, make_keystore, make_terminal  # noqa: E402
 
 PURCHASE = Charge(1)  # 0.01 yuan per purchase: a card with 2,000.00 lasts the whole run
 
@@ -309,7 +309,7 @@ def build(work: Path, blacklist_entries: int):
     pos.blacklist.close()
     pos.blacklist = pos.purse.blacklist = door.blacklist  # one 1M-entry list serves both
     # In memory: the simulated card's state file would be written inside the DEBIT round trip, i.e. in the floor.
-    card = make_card(sam, opening_balance=200_000)
+    card = make_card_v2(sam, opening_balance=200_000)  # version 2: door 2 APDUs, purchase 3
     return terms, card
 
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # repo root, without installing
 from sam.keystore import KeystoreUnlock, save_keystore  # noqa: E402
 from sam.software import SoftwareSam  # noqa: E402
 from terminal.blacklist import Blacklist  # noqa: E402
-from tests.support import TERMINAL_TOML, make_card, make_keystore  # noqa: E402
+from tests.support import TERMINAL_TOML, make_card_v2, make_keystore  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -45,7 +45,7 @@ def main() -> None:
         (work / "pass").write_text("bench\n")
         unlock = KeystoreUnlock.from_passphrase_file(work / "pass")
         save_keystore(work / "keystore", make_keystore(), unlock, scrypt_n=2**10)
-        make_card(SoftwareSam.open(work / "keystore", unlock), path=work / "card.json")
+        make_card_v2(SoftwareSam.open(work / "keystore", unlock), path=work / "card.json")
         rng = random.Random(3)
         print(f"blacklist: writing {args.entries:,} entries", file=sys.stderr, flush=True)
         with Blacklist.open(work / "blacklist.db") as bl:
