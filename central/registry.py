@@ -177,12 +177,14 @@ class Registry:
             holder_id = self._holder(enterprise_id, employee_no)[0]
             if self.conn.execute("SELECT 1 FROM cards WHERE asn = ?", (asn,)).fetchone():
                 raise PlatformError(f"card {asn} is already registered; an ASN is issued once")
-            # One phone number holds one one-card (ONECARD.md): checked in the transaction that registers the card,
-            # so two issuing stations cannot both pass it.
+            # One phone number holds one one-card (ONECARD.md) per enterprise: checked in the transaction that
+            # registers the card, so two issuing stations cannot both pass it. Several enterprises share the phone's
+            # one card as version 2 sub-applications (docs/card-application.md section 9).
             other = self.conn.execute(
                 "SELECT c.asn, h.phone FROM cards c JOIN holders h USING (holder_id) WHERE h.phone != '' AND "
-                "h.phone = (SELECT phone FROM holders WHERE holder_id = ?) AND c.status IN (?, ?) LIMIT 1",
-                (holder_id, ACTIVE, LOST),
+                "h.phone = (SELECT phone FROM holders WHERE holder_id = ?) AND c.status IN (?, ?) "
+                "AND c.enterprise_id = ? LIMIT 1",
+                (holder_id, ACTIVE, LOST, enterprise_id),
             ).fetchone()
             if other is not None:
                 raise PlatformError(

@@ -192,6 +192,10 @@ class IssuingTerminal:
                 info.asn_hex,
             )
         other = self.registry.card_of_phone(phone)
+        if other is not None and info.private and self.registry.card(other)["enterprise_id"] != self.eid:
+            # Version 2: one phone, one card, one sub-application per enterprise; another enterprise's sub-application
+            # is the same card's neighbour (9.6), not a second one-card.
+            other = None
         if other is not None and other != except_asn:
             raise Refusal(
                 "phone_has_card",
