@@ -41,6 +41,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     new.add_argument("--max-balance", default="2000.00", help="maximum purse balance in yuan (default 2000.00)")
     new.add_argument("--force", action="store_true", help="replace an existing card file")
+    new.add_argument(
+        "--sub-application",
+        metavar="NAME",
+        default=None,
+        help="a version 2 card (docs/card-application.md section 9): personalise this enterprise's sub-application "
+        "named NAME (up to 16 bytes, shown in the card directory); when --out is already a version 2 card, add it "
+        "there, leaving the other enterprises' sub-applications as they are",
+    )
     new.set_defaults(handler=cmd_new_card)
 
     foreign = sub.add_parser("new-foreign-card", help="a card or phone without the one-card application")
@@ -133,11 +141,48 @@ def cmd_new_card(args) -> int:
         state = personalise(sam, p, label=f"{args.name} ({args.employee})")
     except SamError as exc:
         raise UserError(str(exc)) from None
+    if args.sub_application is not None:
+        return _write_sub_application(args, state)
     try:
         write_card(args.out, state, overwrite=args.force)
     except FileExistsError as exc:
         raise UserError(str(exc)) from None
     print(f"card {state.asn.hex().upper()} for {args.name} ({args.employee}) written to {args.out}")
+    return 0
+
+
+def _write_sub_application(args, state) -> int:
+    """Put `state` as a version 2 sub-application on the card file --out (a new card, or an existing version 2
+    card that keeps its other sub-applications)."""
+    from simulator.card import STATE_FORMAT_V2, MultiCardStateFile, OneCardV2Applet
+    from simulator.personalise import multi_card
+
+    state.name, state.app_version = args.sub_application, 2
+    try:
+        state.__post_init__()
+    except ValueError as exc:
+        raise UserError(f"--sub-application: {exc}; pick a shorter name") from None
+    existing = None
+    if args.out.exists() and not args.force:
+        try:
+            doc = json.loads(args.out.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read card file {args.out}: {exc}; pass another --out") from None
+        if doc.get("format") != STATE_FORMAT_V2:
+            raise UserError(
+                f"card file {args.out} is not a version 2 card: pick another --out, or --force to replace it"
+            )
+        existing = MultiCardStateFile(args.out)
+    store = existing or MultiCardStateFile(args.out)
+    card = OneCardV2Applet(store.load() if existing else multi_card([], label=state.label), store)
+    try:
+        card.add_sub_application(state)
+    except ValueError as exc:
+        raise UserError(f"{exc}; delete that sub-application first or pick another card") from None
+    names = ", ".join(f"{e.enterprise_id.hex()} {e.name}" for e in card.directory())
+    print(
+        f"sub-application {state.asn.hex().upper()} ({args.sub_application}) on {args.out}; the card carries: {names}"
+    )
     return 0
 
 

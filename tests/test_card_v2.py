@@ -395,3 +395,97 @@ def test_deletion_removes_only_that_sub_application_even_torn_at_every_apdu(plat
         if done_in_one:
             break
     assert k > 3
+
+
+def test_a_door_with_a_psam_deciphers_a_version_2_answer(tmp_path):
+    """The door's SAM is a PSAM over APDUs: VERIFY CARD MAC (80 7A) then DECIPHER CARD DATA (80 7E, psam.md 4.7a)."""
+    from sam.pcsc_sam import PcscSam
+    from simulator.psam import PsamApplet, psam_from_keystore
+    from tests.test_master_card import InProcess
+
+    door_keys = Keystore([k for k in KS[A] if k.purpose is KeyPurpose.ACCESS])
+    applet = PsamApplet(psam_from_keystore(door_keys))
+    connection = InProcess(applet)
+    door, _ = make_terminal(tmp_path, PcscSam(lambda: connection), "door")
+    decision, apdus = tap(door, two_enterprise_card())
+    assert (decision.accepted, decision.message, apdus) == (True, "Welcome, Zhang Wei", 2)
+    assert any(apdu[:2] == bytes.fromhex("807E") and answer[-2:] == b"\x90\x00" for apdu, answer in connection.log)
+
+
+def test_sim_new_card_builds_a_two_enterprise_card_and_doors_of_both_open_it(tmp_path, capsys):
+    """`onecard sim new-card --sub-application NAME`: a version 2 card file, one enterprise after the other."""
+    from onecard.cli import main
+
+    (tmp_path / "pass").write_text("card office\n")
+    for e in ("00010001", "00020002"):
+        assert (
+            main(
+                [
+                    "sam",
+                    "create-keystore",
+                    "--out",
+                    str(tmp_path / e),
+                    "--passphrase-file",
+                    str(tmp_path / "pass"),
+                    "--enterprise",
+                    e,
+                ]
+            )
+            == 0
+        )
+    for e, employee, name, label in (
+        ("00010001", "E1001", "Zhang Wei", "Office"),
+        ("00020002", "R-0707", "张伟", "Community"),
+    ):
+        code = main(
+            [
+                "sim",
+                "new-card",
+                "--out",
+                str(tmp_path / "phone.json"),
+                "--keystore",
+                str(tmp_path / e),
+                "--passphrase-file",
+                str(tmp_path / "pass"),
+                "--enterprise",
+                e,
+                "--employee",
+                employee,
+                "--name",
+                name,
+                "--sub-application",
+                label,
+            ]
+        )
+        assert code == 0
+    out = capsys.readouterr().out
+    assert "the card carries: 00010001 Office, 00020002 Community" in out
+    card = load_card(tmp_path / "phone.json")
+    assert [(d.enterprise_id.hex(), d.name) for d in card.directory()] == [
+        ("00010001", "Office"),
+        ("00020002", "Community"),
+    ]
+    # Adding the same enterprise again is refused with a one-line reason, the file unchanged.
+    before = (tmp_path / "phone.json").read_bytes()
+    code = main(
+        [
+            "sim",
+            "new-card",
+            "--out",
+            str(tmp_path / "phone.json"),
+            "--keystore",
+            str(tmp_path / "00010001"),
+            "--passphrase-file",
+            str(tmp_path / "pass"),
+            "--enterprise",
+            "00010001",
+            "--employee",
+            "E2",
+            "--name",
+            "X",
+            "--sub-application",
+            "Again",
+        ]
+    )
+    assert code != 0 and (tmp_path / "phone.json").read_bytes() == before
+    assert "already has a sub-application of enterprise 00010001" in capsys.readouterr().err
