@@ -12,7 +12,7 @@ import pytest
 from terminal.decision import Refusal
 from terminal.purse_flow import ACTION_FAILED
 from terminal.reader import CardRemoved
-from tests.support import MONDAY_10AM, make_card, make_sam
+from tests.support import MONDAY_10AM, make_card_v2, make_sam
 from tests.test_purse import logged_balance, make_purse_terminal, money_events, present
 
 
@@ -35,7 +35,7 @@ def lying_init(transmit, claimed: int = 0xFFFFFFFF):
 
 def test_torn_top_up_retapped_says_loaded_and_the_same_amount_again_loads_nothing(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=1000)
+    card = make_card_v2(sam, opening_balance=1000)
     with pytest.raises(CardRemoved):
         topup.top_up(present(card, tear_after=3)[1], 100, MONDAY_10AM)  # torn after CREDIT reached the card
     assert card.state.purse.balance == 1100
@@ -48,7 +48,7 @@ def test_torn_top_up_retapped_says_loaded_and_the_same_amount_again_loads_nothin
 
 def test_torn_top_up_retapped_with_another_amount_reports_the_first_and_loads_nothing(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=0)
+    card = make_card_v2(sam, opening_balance=0)
     with pytest.raises(CardRemoved):
         topup.top_up(present(card, tear_after=3)[1], 100, MONDAY_10AM)
     decision = topup.top_up(present(card)[1], 2000, MONDAY_10AM)
@@ -58,7 +58,7 @@ def test_torn_top_up_retapped_with_another_amount_reports_the_first_and_loads_no
 
 def test_torn_payment_retapped_after_a_restart_says_paid_and_charges_nothing_more(tmp_path, sam):
     pos = make_purse_terminal(tmp_path, sam, "pos")
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     with pytest.raises(CardRemoved):
         pos.purchase(present(card, tear_after=3)[1], 800, MONDAY_10AM)
     assert card.state.purse.balance == 4200
@@ -70,7 +70,7 @@ def test_torn_payment_retapped_after_a_restart_says_paid_and_charges_nothing_mor
 
 def test_a_claimed_purchase_balance_is_neither_shown_nor_logged(tmp_path, sam, caplog):
     pos = make_purse_terminal(tmp_path, sam, "pos")
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     caplog.set_level(logging.DEBUG)
     decision = pos.purchase(lying_init(present(card)[1]), 200, MONDAY_10AM)
     # MAC2 covers the amount only: the debit is proven, the balance the card announced is not.
@@ -81,7 +81,7 @@ def test_a_claimed_purchase_balance_is_neither_shown_nor_logged(tmp_path, sam, c
 
 def test_a_claimed_load_balance_is_refused_before_anything_moves(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     with pytest.raises(Refusal) as r:
         topup.top_up(lying_init(present(card)[1], 0x00FFFFFF), 100, MONDAY_10AM)
     # MAC1 covers the balance before: the SAM refuses to MAC a load for a balance the card did not prove.
@@ -91,7 +91,7 @@ def test_a_claimed_load_balance_is_refused_before_anything_moves(tmp_path, sam):
 
 def test_balance_tap_never_shows_get_balance(tmp_path, sam):
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=5000)
+    card = make_card_v2(sam, opening_balance=5000)
     decision = topup.balance_inquiry(present(card)[1], MONDAY_10AM)
     assert "50.00" not in decision.message and decision.message.startswith("Balance not shown")
 
@@ -113,7 +113,7 @@ def ota_terminal(tmp_path, sam, actions):
 
 
 def test_a_card_action_the_card_refuses_is_reported_failed_and_blocks_nothing(tmp_path, sam):
-    card = make_card(sam, opening_balance=0, max_balance=200_000)
+    card = make_card_v2(sam, opening_balance=0, max_balance=200_000)
     asn = card.state.asn.hex().upper()
     actions = Actions({"action_id": "a-20000", "asn": asn, "action": "topup", "params": {"amount": 2_000_001}})
     topup = ota_terminal(tmp_path, sam, actions)
@@ -132,7 +132,7 @@ def test_a_card_action_the_card_refuses_is_reported_failed_and_blocks_nothing(tm
 
 
 def test_a_card_action_over_the_terminal_limit_is_reported_failed(tmp_path, sam):
-    card = make_card(sam, opening_balance=0)
+    card = make_card_v2(sam, opening_balance=0)
     asn = card.state.asn.hex().upper()
     topup = ota_terminal(
         tmp_path, sam, Actions({"action_id": "big", "asn": asn, "action": "topup", "params": {"amount": 2_000_000}})
@@ -145,7 +145,7 @@ def test_a_card_action_over_the_terminal_limit_is_reported_failed(tmp_path, sam)
 
 
 def test_a_completed_over_the_air_top_up_is_shown_with_its_balance(tmp_path, sam):
-    card = make_card(sam, opening_balance=700)
+    card = make_card_v2(sam, opening_balance=700)
     asn = card.state.asn.hex().upper()
     topup = ota_terminal(
         tmp_path, sam, Actions({"action_id": "ota1", "asn": asn, "action": "topup", "params": {"amount": 5000}})

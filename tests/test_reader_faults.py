@@ -16,7 +16,7 @@ from terminal.event_log import EventLog
 from terminal.keypad import Charge
 from terminal.reader import ReaderError, ReopeningReader
 from terminal.readers.pcsc import PcscReader
-from tests.support import MONDAY_10AM, make_card, make_keystore, make_sam, make_terminal
+from tests.support import MONDAY_10AM, make_card, make_card_v2, make_keystore, make_sam, make_terminal
 
 DEADLINE_MS = 300
 RUN_SLOT = 2  # the run-loop tests use the second vpcd entry (slots 2 and 3), which a restart can leave out
@@ -92,7 +92,7 @@ def test_slow_or_broken_answer_is_refused_and_the_next_card_served(pcscd, vicc, 
 
 def test_purchase_whose_debit_answer_is_lost_is_settled_at_the_next_tap(pcscd, vicc, tmp_path, sam):
     term, _ = make_terminal(tmp_path, sam, "pos", command_timeout_ms=DEADLINE_MS)
-    card = make_card(sam, opening_balance=10000)
+    card = make_card_v2(sam, opening_balance=10000)
     icc = vicc(0)
     icc.insert(card, truncate_at=3, truncate_to=0)  # SELECT, INITIALIZE, DEBIT: the card debits, the answer is lost
     reader = PcscReader(pcscd.slots[0].name)

@@ -9,7 +9,7 @@ import pytest
 from simulator.card import ForeignCard
 from terminal.event_log import EventLog
 from terminal.readers.pcsc import PcscReader
-from tests.support import MONDAY_10AM, make_card, make_sam, make_terminal
+from tests.support import MONDAY_10AM, make_card, make_card_v2, make_sam, make_terminal
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def decide_over_pcsc(pcscd, vicc, term, card, tear_after=None, now=MONDAY_10AM):
 
 def test_door_grant_over_pcscd(pcscd, vicc, tmp_path, sam):
     term, screen = make_terminal(tmp_path, sam, "door")
-    decision, apdus = decide_over_pcsc(pcscd, vicc, term, make_card(sam))
+    decision, apdus = decide_over_pcsc(pcscd, vicc, term, make_card_v2(sam))
     assert decision.accepted and decision.message == "Welcome, Zhang Wei"
     assert apdus == 2
     assert "relay: door unlocked" in screen.getvalue()
@@ -57,7 +57,7 @@ def test_blacklisted_over_pcscd(pcscd, vicc, tmp_path, sam):
 @pytest.mark.parametrize("k", [1, 2])
 def test_card_pulled_mid_decision_over_pcscd(pcscd, vicc, tmp_path, sam, k):
     term, screen = make_terminal(tmp_path, sam, "door")
-    decision, apdus = decide_over_pcsc(pcscd, vicc, term, make_card(sam), tear_after=k)
+    decision, apdus = decide_over_pcsc(pcscd, vicc, term, make_card_v2(sam), tear_after=k)
     assert decision.reason_code == "removed" and not decision.accepted
     assert apdus == k
     assert term.event_log.events() == []
