@@ -23,12 +23,13 @@ from sam.software import SoftwareSam
 from simulator.card import (
     AID_V2,
     ISSUER_ENTERPRISE,
+    OneCardApplet,
     OneCardV2Applet,
     sub_application_aid,
 )
 from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
-from simulator.personalise import Personalisation, multi_card, sub_application
+from simulator.personalise import Personalisation, multi_card, sub_application, transport_sub_application
 from terminal import card_protocol as cp
 from terminal import rekey
 from terminal.blacklist import Blacklist
@@ -489,3 +490,56 @@ def test_sim_new_card_builds_a_two_enterprise_card_and_doors_of_both_open_it(tmp
     )
     assert code != 0 and (tmp_path / "phone.json").read_bytes() == before
     assert "already has a sub-application of enterprise 00010001" in capsys.readouterr().err
+
+
+def test_migration_of_a_version_1_card_to_version_2_carries_holder_rights_and_money(platform, tmp_path):
+    """Section 9.8: backup and void the version 1 application, re-personalise the SIM as version 2 with a transport
+    sub-application, wash, restore: the balance is carried once, by a load the card proves."""
+    from simulator.personalise import personalise
+
+    st_a = station(platform, tmp_path, A)
+    v1 = personalise(SAMS[A], person(A, "E1001", "Zhang Wei", {1, 2}, opening_balance=4_321))
+    platform.issue_card(A.hex(), "E1001", v1.asn.hex(), {"door_groups": [1, 2]}, balance_cents=4_321)
+    old = OneCardApplet(state=v1)
+    backup, _ = tap_run(old, lambda t: st_a.backup_and_void(t, MONDAY_10AM))
+    assert backup.balance == 4_321 and old.state.status == 2
+    # Re-personalisation by the SIM issuer: the same phone now carries a version 2 application.
+    new = OneCardV2Applet(multi_card([transport_sub_application(SAMS[A], A, "Office")], issuer_sam=ISSUER_SAM))
+    tap_run(new, lambda t: rekey.rekey_card(t, st_a.sam, A, 1, st_a.event_log, MONDAY_10AM, rekey.WASH))
+    new_asn, _ = tap_run(new, lambda t: st_a.replace(t, backup, MONDAY_10AM))
+    app = new.sub_application(A)
+    assert app.purse.balance == 4_321 and (app.holder, app.access) == (v1.holder, v1.access)
+    assert platform.card(new_asn)["balance_cents"] == 4_321
+    assert platform.card(v1.asn.hex())["status"] == "REPLACED"
+    door_a, _ = make_terminal(tmp_path, SAMS[A], "door")
+    decision, apdus = tap(door_a, new)
+    assert decision.accepted and apdus == 2
+    assert tap(door_a, old)[0].reason_code == "voided"
+    kinds = [e.kind for e in st_a.event_log.events()]
+    assert kinds.count("issue.restore") == 1 and kinds[-1] == "issue.replace"
+
+
+def test_replacing_a_version_2_sub_application_reads_its_backup_under_secure_messaging(platform, tmp_path):
+    st_b = station(platform, tmp_path, B)
+    old = two_enterprise_card(balance_b=2_500)
+    app_b = old.sub_application(B)
+    platform.issue_card(B.hex(), "R-0707", app_b.asn.hex(), {"door_groups": [1]}, balance_cents=2_500)
+    reader_log = []
+
+    def logged(t):
+        def transmit(apdu):
+            answer = t(apdu)
+            reader_log.append((apdu, answer))
+            return answer
+
+        return st_b.backup_and_void(transmit, MONDAY_10AM)
+
+    backup, _ = tap_run(old, logged)
+    assert backup.balance == 2_500 and old.sub_application(B).status == 2 and old.sub_application(A).status == 1
+    assert not any(apdu[:2] == b"\x00\xb0" for apdu, _ in reader_log)  # no plain READ BINARY of private files
+    assert b"R-0707" not in b"".join(answer for _, answer in reader_log)  # the holder only ever travelled enciphered
+    new = OneCardV2Applet(multi_card([transport_sub_application(SAMS[B], B, "Community")], issuer_sam=ISSUER_SAM))
+    tap_run(new, lambda t: rekey.rekey_card(t, st_b.sam, B, 1, st_b.event_log, MONDAY_10AM, rekey.WASH))
+    tap_run(new, lambda t: st_b.replace(t, backup, MONDAY_10AM))
+    assert new.sub_application(B).purse.balance == 2_500
+    assert new.sub_application(B).holder == app_b.holder
