@@ -9,7 +9,7 @@ from simulator.vpcd import VirtualIcc
 from terminal.keypad import Charge, Load
 from terminal.readers.nfc import NfcReader
 from terminal.readers.pcsc import PcscReader
-from tests.support import MONDAY_10AM, make_card, make_sam, make_terminal
+from tests.support import MONDAY_10AM, make_card_v2, make_sam, make_terminal
 
 PCSC_SLOT = 2  # slots 0-1 are used by the door/attendance tests, 3 by the PSAM tests
 
@@ -57,7 +57,7 @@ def tap(term, field, reader, card, request, tear_after=None):
 def test_purchase(via, tmp_path):
     sam = make_sam()
     term, screen = make_terminal(tmp_path, sam, "pos")
-    card = make_card(sam, opening_balance=10000)
+    card = make_card_v2(sam, opening_balance=10000)
     with via() as (field, reader):
         decision = tap(term, field, reader, card, Charge(1250))
         assert field.apdu_count == 3
@@ -68,7 +68,7 @@ def test_purchase(via, tmp_path):
 def test_purchase_torn_after_debit_then_retapped(via, tmp_path):
     sam = make_sam()
     term, screen = make_terminal(tmp_path, sam, "pos")
-    card = make_card(sam, opening_balance=10000)
+    card = make_card_v2(sam, opening_balance=10000)
     with via() as (field, reader):
         first = tap(term, field, reader, card, Charge(1250), tear_after=3)
         assert first.reason_code == "removed" and card.state.purse.balance == 8750
@@ -81,7 +81,7 @@ def test_purchase_torn_after_debit_then_retapped(via, tmp_path):
 def test_top_up(via, tmp_path):
     sam = make_sam()
     term, _ = make_terminal(tmp_path, sam, "topup")
-    card = make_card(sam, opening_balance=0)
+    card = make_card_v2(sam, opening_balance=0)
     with via() as (field, reader):
         decision = tap(term, field, reader, card, Load(3000))
     assert decision.message == "Loaded 30.00 - balance 30.00"

@@ -8,11 +8,10 @@ import pytest
 
 from sam.keystore import KeystoreUnlock, save_keystore
 from sam.software import SoftwareSam
-from simulator.card import CardStateFile
 from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
 from tests.kill_harness import NOW, open_purse_terminal
-from tests.support import make_card, make_keystore
+from tests.support import make_card_v2, make_keystore
 
 ROOT = Path(__file__).resolve().parent.parent
 OPENING = 10_000
@@ -28,7 +27,7 @@ def setup_site(work: Path):
     unlock = KeystoreUnlock.from_passphrase_file(work / "pass")
     save_keystore(work / "keystore", make_keystore(), unlock, scrypt_n=2**10)
     sam = SoftwareSam.open(work / "keystore", unlock)
-    make_card(sam, path=work / "card.json", opening_balance=OPENING)
+    make_card_v2(sam, path=work / "card.json", opening_balance=OPENING)  # version 2: 3 APDUs per purchase
     return unlock
 
 
@@ -56,7 +55,7 @@ def test_killed_after_step_n_then_restarted(tmp_path, op, n):
     reader.tap(card)
     transmit = reader.wait_for_card(0).transmit
     decision = terminal.balance_inquiry(transmit, NOW)  # the next tap settles whatever the crash left open
-    balance = CardStateFile(tmp_path / "card.json").load().purse.balance
+    balance = load_card(tmp_path / "card.json").state.purse.balance
     sign = -1 if op == "pos" else 1
     logged = OPENING + sum(
         sign * e.detail["amount"] for e in terminal.event_log.events() if e.kind in ("pos.purchase", "topup.load")
