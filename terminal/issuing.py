@@ -297,13 +297,13 @@ class IssuingTerminal:
         if not hmac.compare_digest(answered, kcv):
             raise Refusal("card_error", "The card's check value for the new transport key is wrong: tap it again")
         asn_hex = asn.hex().upper()
-        self._log(
+        self.event_log.append(
             now,
             SUB_APPLICATION_ADDED,
-            asn_hex,
-            "added",
-            f"Sub-application '{name}' added",
-            {"name": name, "card_serial": serial.serial.hex().upper()},
+            asn=asn_hex,
+            reason_code="added",
+            message=f"Sub-application '{name}' added",
+            detail={"name": name, "card_serial": serial.serial.hex().upper()},
         )
         return asn_hex
 
