@@ -92,3 +92,122 @@ class Step(enum.Enum):
     PROVE = "prove"  # no PoR for packet 2: asking the card whether the credit happened
     DONE = "done"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class LoadProof:
+    """A load the card proved: what the platform books (exactly once, keyed by card and online counter)."""
+
+    amount: int
+    balance_after: int
+    counter: int
+    date: bytes
+    time: bytes
+    tac: bytes
+    mac3: bytes
+
+
+class OtaTopUp:
+    """One top-up over the air, sans-I/O: `start` gives the first packet's secured data, `on_por` each next one,
+    `on_no_por` what to send when a PoR did not come within the validity period. Ends DONE with a TAC-checked
+    `proof`, or FAILED with `reason`; never loads twice: after a CREDIT without PoR it asks the card (GET
+    TRANSACTION PROVE at the online counter) and never sends a second CREDIT for the same INITIALIZE.
+
+    `sam` is the platform's purse SAM (load_mac2, verify_load_mac3, verify_tac: sam/interface.py); `card` the
+    card's purse identity (ASN, enterprise, purse key version, algorithm)."""
+
+    def __init__(self, sam, card, amount: int, terminal_id: bytes) -> None:
+        self.sam, self.card, self.amount, self.terminal_id = sam, card, amount, terminal_id
+        self.step = Step.INIT
+        self.init: LoadInit | None = None
+        self.when: tuple[bytes, bytes] | None = None
+        self.proof: LoadProof | None = None
+        self.reason = ""
+
+    def start(self) -> bytes:
+        self.step = Step.INIT
+        return ota.pack_apdus([select(), init_load(self.amount, self.terminal_id)])
+
+    def _session(self):
+        from sam.interface import LoadSession
+
+        assert self.init is not None and self.when is not None
+        return LoadSession(
+            card=self.card,
+            card_random=self.init.card_random,
+            counter=self.init.counter,
+            balance_before=self.init.balance,
+            amount=self.amount,
+            terminal_id=self.terminal_id,
+            date=self.when[0],
+            time=self.when[1],
+        )
+
+    def _fail(self, reason: str) -> None:
+        self.step, self.reason = Step.FAILED, reason
+
+    def on_por(self, por: ota.Por, date: bytes, time: bytes) -> bytes | None:
+        """The PoR of the last packet; the next packet's secured data, or None when the top-up has ended."""
+        try:
+            if self.step is Step.INIT:
+                self.init, self.when = parse_init_load(por), (date, time)
+                mac2 = self.sam.load_mac2(self._session(), self.init.mac1)  # checks MAC1: a real card answered
+                self.step = Step.CREDIT
+                return ota.pack_apdus([credit_load(date, time, mac2)])
+            if self.step is Step.CREDIT:
+                tac, mac3 = parse_credit(por)
+                return self._settle(mac3, tac)
+            if self.step is Step.PROVE:
+                proved = parse_prove(por)
+                if proved is None:
+                    self._fail("the card holds no load at this counter: the credit never happened; top up again")
+                    return None
+                mac3, tac = proved
+                return self._settle(mac3, tac)
+        except OtaOpError as e:
+            if self.step is Step.CREDIT:
+                self.step = Step.PROVE  # CREDIT refused or unreadable: ask the card what happened, never guess
+                return self._prove()
+            if self.step is Step.PROVE:
+                self.reason = f"{e}; still unsettled: ask the card again"  # the load may have happened
+                return None
+            self._fail(str(e))
+            return None
+        except Exception as e:  # a SAM refusal (MAC1, MAC3, TAC): the card's answer is not proof
+            self._fail(f"{type(e).__name__}: {e}")
+            return None
+        return None
+
+    def on_no_por(self) -> bytes | None:
+        """No PoR came (phone off past the validity, or the SMS lost): what to send now, or None (ended)."""
+        if self.step is Step.INIT:
+            return self.start()  # nothing changed on the card: open a new load session
+        if self.step in (Step.CREDIT, Step.PROVE):
+            self.step = Step.PROVE
+            return self._prove()
+        return None
+
+    def _prove(self) -> bytes:
+        assert self.init is not None
+        return ota.pack_apdus([select(), prove_load(self.init.counter)])
+
+    def _settle(self, mac3: bytes, tac: bytes) -> None:
+        session = self._session()
+        self.sam.verify_load_mac3(session, mac3)
+        assert self.init is not None and self.when is not None
+        balance_after = self.init.balance + self.amount
+        self.sam.verify_tac(
+            self.card,
+            amount=self.amount,
+            tx_type=TX_LOAD,
+            terminal_id=self.terminal_id,
+            tsn=0,
+            date=self.when[0],
+            time=self.when[1],
+            counter=self.init.counter,
+            balance_after=balance_after,
+            tac=tac,
+        )
+        self.proof = LoadProof(self.amount, balance_after, self.init.counter, *self.when, tac, mac3)
+        self.step = Step.DONE
+        return None
