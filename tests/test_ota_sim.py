@@ -188,3 +188,18 @@ def test_topup_refused_by_a_forged_mac1_never_credits(world):
     forged = ota.Por(por.tar, por.cntr, por.status, ota.compact_response(n, d[:-1] + bytes([d[-1] ^ 1]) + sw))
     assert top.on_por(forged, bytes.fromhex("20261202"), bytes.fromhex("093000")) is None
     assert top.step is ota_ops.Step.FAILED and "MAC1" in top.reason
+
+
+def test_documented_envelope_and_proactive_bytes(world):
+    assert ota_sim.terminal_response_ok().hex() == "801400000c810301130082028281830100"
+    env = ota_sim.envelope_sms_pp(b"\x44\x00")
+    assert env.hex() == "80c2000008d106820283818b024400"
+    data = ota.pack_apdus([ota_ops.select(), bytes.fromhex("805C000204")])
+    pkt = world["otasam"].secure_command(world["ident"], ota.ONECARD_TAR, 1, data)
+    (tpdu,) = ota_sim.deliver_tpdus(PLATFORM, ota_sim.sms_pp_user_data(pkt, 1), WHEN)
+    sw = world["sim"].envelope(ota_sim.envelope_sms_pp(tpdu))
+    assert sw[0] == 0x91
+    cmd = world["sim"].fetch(bytes([0x80, 0x12, 0x00, 0x00, sw[1]]))
+    assert cmd[-2:] == b"\x90\x00" and cmd[0] == 0xD0 and cmd[2:11].hex() == "810301130082028183"
+    assert world["sim"].envelope(ota_sim.envelope_sms_pp(tpdu)) == ota_sim.SW_BUSY
+    assert world["sim"].terminal_response(ota_sim.terminal_response_ok()) == ota_sim.SW_OK
