@@ -193,7 +193,7 @@ def test_topup_refused_by_a_forged_mac1_never_credits(world):
 def test_documented_envelope_and_proactive_bytes(world):
     assert ota_sim.terminal_response_ok().hex() == "801400000c810301130082028281830100"
     env = ota_sim.envelope_sms_pp(b"\x44\x00")
-    assert env.hex() == "80c2000008d106820283818b024400"
+    assert env.hex() == "80c200000ad108820283818b024400"
     data = ota.pack_apdus([ota_ops.select(), bytes.fromhex("805C000204")])
     pkt = world["otasam"].secure_command(world["ident"], ota.ONECARD_TAR, 1, data)
     (tpdu,) = ota_sim.deliver_tpdus(PLATFORM, ota_sim.sms_pp_user_data(pkt, 1), WHEN)
