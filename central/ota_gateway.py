@@ -11,6 +11,7 @@ An I/O adapter: what is sent and what PoRs mean is decided by common/ota.py and 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import socket
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ DCS_8BIT_CLASS2 = 0xF6
 DCS_UCS2 = 0x08
 ESM_UDHI = 0x40
 ESM_DELIVERY_RECEIPT = 0x04  # SMPP 3.4 5.2.12: message type "SMSC delivery receipt"
+# smpplib logs every PDU and a warning when a connection closes; the gateway reports what matters itself.
+logging.getLogger("smpp").setLevel(logging.ERROR)
 _TRANSIENT = {c.SMPP_ESME_RTHROTTLED, c.SMPP_ESME_RMSGQFUL, c.SMPP_ESME_RSYSERR}
 
 
