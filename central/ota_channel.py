@@ -24,7 +24,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ota_counters (asn TEXT PRIMARY KEY, cntr INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ota_jobs (
     job_id TEXT PRIMARY KEY, asn TEXT NOT NULL, msisdn TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL,
-    cntr INTEGER, message_ids TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT ''
+    cntr INTEGER, message_ids TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    path TEXT NOT NULL DEFAULT 'ota',            -- 'ota', or 'tap' once handed to the next-tap path
+    credit_claimed INTEGER NOT NULL DEFAULT 0    -- 1 from the moment the OTA path may change the card
 );
 """
 
@@ -58,14 +60,33 @@ class OtaStore:
         cols = ", ".join(f"{k} = ?" for k in fields)
         self.conn.execute(f"UPDATE ota_jobs SET {cols} WHERE job_id = ?", (*fields.values(), job_id))
 
+    def claim_credit(self, job_id: str) -> bool:
+        """The OTA path takes the right to change the card (before it sends CREDIT); False: handed to the tap."""
+        cur = self.conn.execute(
+            "UPDATE ota_jobs SET credit_claimed = 1 WHERE job_id = ? AND path = 'ota'", (job_id,)
+        )
+        return cur.rowcount == 1
+
+    def hand_over(self, job_id: str) -> bool:
+        """Give the job to the next-tap path: only while the OTA path has not claimed the card, or after the card
+        proved the OTA credit never happened. Exactly one of `claim_credit` and `hand_over` wins a race (one
+        SQLite write each, serialised by the database)."""
+        cur = self.conn.execute(
+            "UPDATE ota_jobs SET path = 'tap', note = 'handed to the next-tap path' WHERE job_id = ? AND path = 'ota' "
+            "AND (credit_claimed = 0 OR status = 'failed')",
+            (job_id,),
+        )
+        return cur.rowcount == 1
+
     def job(self, job_id: str) -> dict:
         row = self.conn.execute(
-            "SELECT job_id, asn, msisdn, op, status, cntr, message_ids, state, note FROM ota_jobs WHERE job_id = ?",
+            "SELECT job_id, asn, msisdn, op, status, cntr, message_ids, state, note, path, credit_claimed "
+            "FROM ota_jobs WHERE job_id = ?",
             (job_id,),
         ).fetchone()
         if row is None:
             raise KeyError(job_id)
-        keys = ("job_id", "asn", "msisdn", "op", "status", "cntr", "message_ids", "state", "note")
+        keys = ("job_id", "asn", "msisdn", "op", "status", "cntr", "message_ids", "state", "note", "path", "credit_claimed")
         d = dict(zip(keys, row))
         d["message_ids"], d["state"] = json.loads(d["message_ids"]), json.loads(d["state"])
         return d
@@ -160,12 +181,16 @@ class OtaChannel:
             self.store.create(job_id, card.asn.hex(), msisdn, "topup")
             data: bytes | None = top.start()
         else:
-            if job["status"] in ("done", "failed"):
+            if job["status"] in ("done", "failed") or job["path"] != "ota":
                 _load_topup(top, job["state"])
                 return top
             _load_topup(top, job["state"]) if job["state"] else None
             data = top.on_no_por() if job["state"] else top.start()  # resumed: the last PoR never reached us
         while data is not None:
+            if top.step is ota_ops.Step.CREDIT and not self.store.claim_credit(job_id):
+                top.step, top.reason = ota_ops.Step.FAILED, "handed to the next-tap path before the OTA credit"
+                self.store.update(job_id, state=_dump_topup(top), status="failed", note=top.reason)
+                return top
             self.store.update(job_id, state=_dump_topup(top))
             cntr = self.send(job_id, card, msisdn, data)
             if self.store.job(job_id)["status"] == "expired":
@@ -177,3 +202,15 @@ class OtaChannel:
             data = top.on_por(por, *self.clock())
         self.store.update(job_id, state=_dump_topup(top), status=top.step.value, note=top.reason)
         return top
+
+
+def fall_back_to_tap(store: OtaStore, platform, job_id: str, amount_cents_params: dict) -> bool:
+    """Hand an OTA top-up that has not touched the card (or proved it never did) to the next-tap path: queued as the
+    platform's card action with the job's ID, so even a repeated hand-over queues it once. False: the OTA path owns
+    it (it may have loaded the card); settle it over the air instead."""
+    if not store.hand_over(job_id) and store.job(job_id)["path"] != "tap":
+        return False
+    job = store.job(job_id)
+    if not any(a["action_id"] == job_id for a in platform.card_actions(job["asn"])):
+        platform.add_card_action(job["asn"], "topup", amount_cents_params, action_id=job_id)
+    return True
