@@ -520,9 +520,7 @@ def cmd_bill(args) -> int:
 
 def cmd_spending_bill(args) -> int:
 
-    return _run(
-        args, lambda pf: _send_bill(args, pf, pf.spending_bill(args.enterprise, args.employee_no, args.month))
-    )
+    return _run(args, lambda pf: _send_bill(args, pf, pf.spending_bill(args.enterprise, args.employee_no, args.month)))
 
 
 def cmd_card(args) -> int:

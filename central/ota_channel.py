@@ -24,7 +24,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS ota_counters (asn TEXT PRIMARY KEY, cntr INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS ota_jobs (
     job_id TEXT PRIMARY KEY, asn TEXT NOT NULL, msisdn TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL,
-    cntr INTEGER, message_ids TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL DEFAULT '{}', note TEXT NOT NULL DEFAULT '',
+    cntr INTEGER, message_ids TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL DEFAULT '{}',
+    note TEXT NOT NULL DEFAULT '',
     path TEXT NOT NULL DEFAULT 'ota',            -- 'ota', or 'tap' once handed to the next-tap path
     credit_claimed INTEGER NOT NULL DEFAULT 0    -- 1 from the moment the OTA path may change the card
 );
@@ -46,14 +47,16 @@ class OtaStore:
             row = self.conn.execute("SELECT cntr FROM ota_counters WHERE asn = ?", (asn,)).fetchone()
             cntr = (row[0] if row else 0) + 1
             self.conn.execute(
-                "INSERT INTO ota_counters (asn, cntr) VALUES (?, ?) ON CONFLICT(asn) DO UPDATE SET cntr = excluded.cntr",
+                "INSERT INTO ota_counters (asn, cntr) VALUES (?, ?) "
+                "ON CONFLICT(asn) DO UPDATE SET cntr = excluded.cntr",
                 (asn, cntr),
             )
         return cntr
 
     def create(self, job_id: str, asn: str, msisdn: str, op: str) -> None:
         self.conn.execute(
-            "INSERT INTO ota_jobs (job_id, asn, msisdn, op, status) VALUES (?, ?, ?, ?, 'new')", (job_id, asn, msisdn, op)
+            "INSERT INTO ota_jobs (job_id, asn, msisdn, op, status) VALUES (?, ?, ?, ?, 'new')",
+            (job_id, asn, msisdn, op),
         )
 
     def update(self, job_id: str, **fields) -> None:
@@ -62,9 +65,7 @@ class OtaStore:
 
     def claim_credit(self, job_id: str) -> bool:
         """The OTA path takes the right to change the card (before it sends CREDIT); False: handed to the tap."""
-        cur = self.conn.execute(
-            "UPDATE ota_jobs SET credit_claimed = 1 WHERE job_id = ? AND path = 'ota'", (job_id,)
-        )
+        cur = self.conn.execute("UPDATE ota_jobs SET credit_claimed = 1 WHERE job_id = ? AND path = 'ota'", (job_id,))
         return cur.rowcount == 1
 
     def hand_over(self, job_id: str) -> bool:
@@ -86,7 +87,19 @@ class OtaStore:
         ).fetchone()
         if row is None:
             raise KeyError(job_id)
-        keys = ("job_id", "asn", "msisdn", "op", "status", "cntr", "message_ids", "state", "note", "path", "credit_claimed")
+        keys = (
+            "job_id",
+            "asn",
+            "msisdn",
+            "op",
+            "status",
+            "cntr",
+            "message_ids",
+            "state",
+            "note",
+            "path",
+            "credit_claimed",
+        )
         d = dict(zip(keys, row))
         d["message_ids"], d["state"] = json.loads(d["message_ids"]), json.loads(d["state"])
         return d
@@ -96,7 +109,13 @@ def _dump_topup(top: ota_ops.OtaTopUp) -> str:
     return json.dumps(
         {
             "step": top.step.value,
-            "init": None if top.init is None else {**dataclasses.asdict(top.init), "card_random": top.init.card_random.hex(), "mac1": top.init.mac1.hex()},
+            "init": None
+            if top.init is None
+            else {
+                **dataclasses.asdict(top.init),
+                "card_random": top.init.card_random.hex(),
+                "mac1": top.init.mac1.hex(),
+            },
             "when": None if top.when is None else [top.when[0].hex(), top.when[1].hex()],
             "reason": top.reason,
         }
@@ -108,7 +127,12 @@ def _load_topup(top: ota_ops.OtaTopUp, doc: dict) -> None:
     if doc.get("init"):
         i = doc["init"]
         top.init = ota_ops.LoadInit(
-            i["balance"], i["counter"], i["key_version"], i["algorithm"], bytes.fromhex(i["card_random"]), bytes.fromhex(i["mac1"])
+            i["balance"],
+            i["counter"],
+            i["key_version"],
+            i["algorithm"],
+            bytes.fromhex(i["card_random"]),
+            bytes.fromhex(i["mac1"]),
         )
     if doc.get("when"):
         top.when = (bytes.fromhex(doc["when"][0]), bytes.fromhex(doc["when"][1]))
@@ -132,7 +156,12 @@ class OtaChannel:
         mids = []
         for ud in ota.split_sms(bytes([ota.IEI_CPI, 0]), pkt, cntr & 0xFFFF):
             mid = self.gateway.submit(
-                msisdn, ud, pid=PID_SIM_DATA_DOWNLOAD, dcs=DCS_8BIT_CLASS2, udhi=True, validity_seconds=self.validity_seconds
+                msisdn,
+                ud,
+                pid=PID_SIM_DATA_DOWNLOAD,
+                dcs=DCS_8BIT_CLASS2,
+                udhi=True,
+                validity_seconds=self.validity_seconds,
             )
             if mid is None:
                 self.store.update(job_id, status="expired", cntr=cntr, note="the SMSC did not take it within validity")
@@ -153,7 +182,9 @@ class OtaChannel:
                 if r.message_id in mids:
                     self.gateway.receipts.remove(r)
                     if r.state == "EXPIRED":
-                        self.store.update(job_id, status="expired", note="the phone stayed off past the validity period")
+                        self.store.update(
+                            job_id, status="expired", note="the phone stayed off past the validity period"
+                        )
                         return None
                     if r.state == "DELIVRD" and self.store.job(job_id)["status"] == "sent":
                         self.store.update(job_id, status="delivered")
@@ -172,7 +203,9 @@ class OtaChannel:
             self.gateway.sleep(step)
             waited += step
 
-    def top_up(self, job_id: str, card, purse_card, msisdn: str, amount: int, terminal_id: bytes, purse_sam) -> ota_ops.OtaTopUp:
+    def top_up(
+        self, job_id: str, card, purse_card, msisdn: str, amount: int, terminal_id: bytes, purse_sam
+    ) -> ota_ops.OtaTopUp:
         """Run (or resume) a top-up job to its end or until a PoR does not come; the OtaTopUp tells which."""
         top = ota_ops.OtaTopUp(purse_sam, purse_card, amount, terminal_id)
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -94,7 +93,9 @@ class SmppGateway:
             client.bind_transceiver(system_id=self.system_id, password=self.password)
         except smpplib.exceptions.PDUError as e:
             client.disconnect()
-            raise GatewayError(f"the SMSC refused the bind as {self.system_id!r}: {e}; check the SMPP credentials")
+            raise GatewayError(
+                f"the SMSC refused the bind as {self.system_id!r}: {e}; check the SMPP credentials"
+            ) from None
         except (OSError, smpplib.exceptions.ConnectionError) as e:
             raise Unreachable(f"cannot reach the SMSC at {self.host}:{self.port} ({e}); check [ota] smsc") from None
         self._client = client
@@ -123,7 +124,9 @@ class SmppGateway:
         else:
             src = pdu.source_addr.decode() if isinstance(pdu.source_addr, bytes) else pdu.source_addr
             self.incoming.append(
-                Incoming(src, pdu.protocol_id or 0, pdu.data_coding or 0, bool(esm & ESM_UDHI), bytes(pdu.short_message))
+                Incoming(
+                    src, pdu.protocol_id or 0, pdu.data_coding or 0, bool(esm & ESM_UDHI), bytes(pdu.short_message)
+                )
             )
         return c.SMPP_ESME_ROK
 
@@ -185,7 +188,7 @@ class SmppGateway:
         end = self.monotonic() + self.timeout
         while pdu.sequence not in self._sent:
             if self.monotonic() > end:
-                raise socket.timeout("no submit_sm_resp")
+                raise TimeoutError("no submit_sm_resp")
             self._client.read_once(auto_send_enquire_link=False)
         resp = self._sent.pop(pdu.sequence)
         if resp.status in _TRANSIENT:

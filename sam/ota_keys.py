@@ -26,7 +26,9 @@ def diversify_ota_keys(update_master: bytes, card: CardIdentity, version: int = 
         raise InvalidCardIdentity(f"cannot diversify OTA keys: {e}; the card data is malformed") from None
     alg = Algorithm.AES128
     return ota.OtaKeys(
-        crypto.diversify(alg, update_master, m + LABEL_KIC), crypto.diversify(alg, update_master, m + LABEL_KID), version
+        crypto.diversify(alg, update_master, m + LABEL_KIC),
+        crypto.diversify(alg, update_master, m + LABEL_KID),
+        version,
     )
 
 
@@ -42,9 +44,9 @@ class OtaSam:
     def _keys(self, card: CardIdentity, usage: KeyUsage) -> ota.OtaKeys:
         master = self._keystore.get(card.enterprise_id, KeyPurpose.UPDATE, card.key_version, Algorithm.AES128)
         if master is None:
+            what = describe_key(card.enterprise_id, KeyPurpose.UPDATE, card.key_version, Algorithm.AES128)
             raise KeyNotFound(
-                f"no master key for {describe_key(card.enterprise_id, KeyPurpose.UPDATE, card.key_version, Algorithm.AES128)}"
-                "; OTA keys are diversified from it: install a keystore that holds it"
+                f"no master key for {what}; OTA keys are diversified from it: install a keystore that holds it"
             )
         if usage not in master.usages:
             raise KeyUsageError(f"the UPDATE master key may not be used for {usage.value}; OTA needs it with 'mac'")

@@ -103,9 +103,7 @@ class OtaStateFile(StateFile[OtaState]):
     WHAT = "simulated SIM OTA state"
 
     def from_json(self, doc: Any) -> OtaState:
-        return OtaState(
-            bytes.fromhex(doc["kic"]), bytes.fromhex(doc["kid"]), int(doc["version"]), int(doc["counter"])
-        )
+        return OtaState(bytes.fromhex(doc["kic"]), bytes.fromhex(doc["kid"]), int(doc["version"]), int(doc["counter"]))
 
     def to_json(self, state: OtaState) -> Any:
         return {"kic": state.kic.hex(), "kid": state.kid.hex(), "version": state.version, "counter": state.counter}
@@ -191,7 +189,9 @@ class OtaSim:
         if self.store is not None:
             self.store.save(self.state)
         if not apdus:
-            return self._por(spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=ota.compact_response(0, b"\x6f\x00"))
+            return self._por(
+                spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=ota.compact_response(0, b"\x6f\x00")
+            )
         self.executed.append(cmd.cntr)
         n, last = 0, b""
         for i, a in enumerate(apdus):
@@ -202,7 +202,9 @@ class OtaSim:
                 break
         return self._por(spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=ota.compact_response(n, last))
 
-    def _por(self, spi: ota.Spi, tar: bytes, cntr: int, status: ota.PorStatus, *, secured: bool, data: bytes = b"") -> bytes | None:
+    def _por(
+        self, spi: ota.Spi, tar: bytes, cntr: int, status: ota.PorStatus, *, secured: bool, data: bytes = b""
+    ) -> bytes | None:
         if spi.por is ota.PorRequest.NONE or (spi.por is ota.PorRequest.ON_ERROR and status is ota.PorStatus.OK):
             return None
         return ota.build_por(self.state.keys if secured else None, spi, tar, cntr, status, data)
@@ -269,7 +271,9 @@ def sms_pp_user_data(packet: bytes, reference: int) -> list[bytes]:
 
 def deliver_tpdus(originator: str, user_data: list[bytes], when: dt.datetime) -> list[bytes]:
     return [
-        sms_tpdu.deliver(sms_tpdu.Sms(originator, sms_tpdu.PID_SIM_DATA_DOWNLOAD, sms_tpdu.DCS_8BIT_CLASS2, True, ud), when)
+        sms_tpdu.deliver(
+            sms_tpdu.Sms(originator, sms_tpdu.PID_SIM_DATA_DOWNLOAD, sms_tpdu.DCS_8BIT_CLASS2, True, ud), when
+        )
         for ud in user_data
     ]
 

@@ -37,8 +37,16 @@ def world(tmp_path):
     store.save(state)
     sim = ota_sim.OtaSim(card, state, store)
     purse_ident = CardIdentity(card.state.asn, ENTERPRISE, card.state.purse.key_version, Algorithm.AES128)
-    return {"sam": sam, "card": card, "ident": ident, "purse": purse_ident, "otasam": otasam, "sim": sim,
-            "store": store, "cntr": [0]}
+    return {
+        "sam": sam,
+        "card": card,
+        "ident": ident,
+        "purse": purse_ident,
+        "otasam": otasam,
+        "sim": sim,
+        "store": store,
+        "cntr": [0],
+    }
 
 
 def send(w, data: bytes, cntr: int | None = None) -> list[bytes]:
@@ -114,7 +122,9 @@ def test_envelope_errors(world):
 
 
 def test_long_script_is_concatenated_and_runs_once(world):
-    apdus = [ota_ops.select()] + [bytes.fromhex("805A000202") + i.to_bytes(2, "big") for i in range(20)]  # case 3, 94 06 stops it
+    apdus = [ota_ops.select()] + [
+        bytes.fromhex("805A000202") + i.to_bytes(2, "big") for i in range(20)
+    ]  # case 3, 94 06 stops it
     data = ota.pack_apdus(apdus)
     pkt = world["otasam"].secure_command(world["ident"], ota.ONECARD_TAR, 1, data)
     assert len(ota_sim.sms_pp_user_data(pkt, 1)) == 2
@@ -129,9 +139,11 @@ def _drive(world, top: ota_ops.OtaTopUp, first: bytes, lose_por_of=(), tear_at=N
     while data is not None:
         k += 1
         if tear_at and tear_at[0] == k:
+
             def tear(i, at=tear_at[1]):
                 if i == at:
                     raise Powered
+
             world["sim"].before_apdu = tear
             with pytest.raises(Powered):
                 send(world, data)

@@ -51,8 +51,21 @@ def world(tmp_path):
     gw.connect()
     store = OtaStore(tmp_path / "ota.db")
     channel = OtaChannel(gw, otasam, store, validity_seconds=3600, por_wait_seconds=1.0)
-    yield dict(sam=sam, card=card, ident=ident, purse=purse, otasam=otasam, sim=sim, smsc=smsc, gw=gw,
-               store=store, channel=channel, clock=clock, handset=handset, tmp=tmp_path)
+    yield dict(
+        sam=sam,
+        card=card,
+        ident=ident,
+        purse=purse,
+        otasam=otasam,
+        sim=sim,
+        smsc=smsc,
+        gw=gw,
+        store=store,
+        channel=channel,
+        clock=clock,
+        handset=handset,
+        tmp=tmp_path,
+    )
     gw.close()
     smsc.stop()
     store.close()
@@ -71,7 +84,9 @@ def test_topup_over_smpp_lands_on_a_phone(world):
     assert job["status"] == "done" and job["cntr"] == 2
     # Every SMS went out as PID 7F, DCS F6, UDHI, with a receipt asked for.
     assert all((m.pid, m.dcs, m.udhi) == (0x7F, 0xF6, True) for m in world["smsc"].messages.values())
-    assert world["smsc"].mo_log and all(src == MSISDN and ud[:3] == b"\x02\x71\x00" for src, _, ud in world["smsc"].mo_log)
+    assert world["smsc"].mo_log and all(
+        src == MSISDN and ud[:3] == b"\x02\x71\x00" for src, _, ud in world["smsc"].mo_log
+    )
 
 
 def test_phone_off_gets_it_later_within_validity(world):

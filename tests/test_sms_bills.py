@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -54,8 +53,14 @@ def test_bill_reaches_the_phone_inbox():
 
 def onecard(*args, check=True):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    r = subprocess.run([sys.executable, "-m", "onecard", *map(str, args)], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "onecard", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+    )
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -73,16 +78,53 @@ def test_cli_spending_bill_send(tmp_path):
     pw = tmp_path / "smpp.pass"
     pw.write_text("secret\n")
     try:
-        r = onecard("platform", "spending-bill", "E1", "--enterprise", ENTERPRISE, "--month", "2026-11", "--send",
-                    "--smsc", f"127.0.0.1:{smsc.port}", "--smpp-password-file", pw, *base)
+        r = onecard(
+            "platform",
+            "spending-bill",
+            "E1",
+            "--enterprise",
+            ENTERPRISE,
+            "--month",
+            "2026-11",
+            "--send",
+            "--smsc",
+            f"127.0.0.1:{smsc.port}",
+            "--smpp-password-file",
+            pw,
+            *base,
+        )
         assert f"sent to {PHONE} in 2 SMS" in r.stdout and "smpp" not in r.stderr
         assert len(phone.inbox) == 1 and "张伟" in phone.inbox[0] and phone.inbox[0] in r.stdout
-        r = onecard("platform", "attendance-bill", "E1", "--enterprise", ENTERPRISE, "--month", "2026-11", "--send",
-                    *base, check=False)
+        r = onecard(
+            "platform",
+            "attendance-bill",
+            "E1",
+            "--enterprise",
+            ENTERPRISE,
+            "--month",
+            "2026-11",
+            "--send",
+            *base,
+            check=False,
+        )
         assert r.returncode != 0 and r.stderr.count("\n") == 1 and "--smsc" in r.stderr and "Traceback" not in r.stderr
         pw.write_text("wrong")
-        r = onecard("platform", "attendance-bill", "E1", "--enterprise", ENTERPRISE, "--month", "2026-11", "--send",
-                    "--smsc", f"127.0.0.1:{smsc.port}", "--smpp-password-file", pw, *base, check=False)
+        r = onecard(
+            "platform",
+            "attendance-bill",
+            "E1",
+            "--enterprise",
+            ENTERPRISE,
+            "--month",
+            "2026-11",
+            "--send",
+            "--smsc",
+            f"127.0.0.1:{smsc.port}",
+            "--smpp-password-file",
+            pw,
+            *base,
+            check=False,
+        )
         assert r.returncode != 0 and "refused the bind" in r.stderr and "Traceback" not in r.stderr
         assert len(phone.inbox) == 1
     finally:
