@@ -257,7 +257,7 @@ def test_remote_apdu_script():
 # --- hypothesis: parse, or raise our own error --------------------------------------------------------------
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=200))
 def test_parsers_never_crash(raw):
     for f in (
@@ -273,7 +273,7 @@ def test_parsers_never_crash(raw):
             pass
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.binary(min_size=1, max_size=120), st.integers(0, ota.MAX_CNTR), st.integers(0, 200), st.integers(0, 255))
 def test_any_single_byte_change_is_refused(data, cntr, pos, flip):
     pkt = ota.build_command(KEYS, ota.ONECARD_TAR, cntr, data)
