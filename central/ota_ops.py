@@ -211,3 +211,65 @@ class OtaTopUp:
         self.proof = LoadProof(self.amount, balance_after, self.init.counter, *self.when, tac, mac3)
         self.step = Step.DONE
         return None
+
+
+# --- secured administration commands over the air (docs/card-application.md 8.2) ------------------------------
+
+INS_UPDATE_BINARY = 0xD6
+SFI_ACCESS = 3
+
+
+def access_file(valid_from, valid_to, door_groups, time_profile: int) -> bytes:
+    """EF_ACCESS (docs/card-application.md 2.3): validity dates (BCD), door-group bitmap, time profile, RFU."""
+    from common import bcd
+
+    if any(not 1 <= g <= 64 for g in door_groups) or not 0 <= time_profile <= 255 or valid_to < valid_from:
+        raise ValueError("door groups must be 1..64, the time profile 0..255, valid-to not before valid-from")
+    bitmap = bytearray(8)
+    for g in door_groups:
+        bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
+    return bcd.encode_date(valid_from) + bcd.encode_date(valid_to) + bytes(bitmap) + bytes([time_profile]) + bytes(15)
+
+
+class OtaSecuredCommand:
+    """One secured card command over the air, in two packets: 1 `SELECT` `GET CHALLENGE`; 2 the command with its
+    MAC over the challenge, computed by the platform's SAM (`card_mac(UPDATE, ...)`): the card takes it only with
+    the challenge it just gave, so a replayed packet 2 changes nothing (69 82 / 69 88). For idempotent commands
+    (UPDATE BINARY of the rights and validity): a lost PoR is answered by running both packets again."""
+
+    def __init__(self, sam, card, ins: int, p1: int, p2: int, plain: bytes) -> None:
+        self.sam, self.card, self.ins, self.p1, self.p2, self.plain = sam, card, ins, p1, p2, plain
+        self.step = Step.INIT
+        self.reason = ""
+
+    def start(self) -> bytes:
+        self.step = Step.INIT
+        return ota.pack_apdus([select(), bytes([0x00, 0x84, 0x00, 0x00, 0x08])])
+
+    def on_por(self, por: ota.Por) -> bytes | None:
+        from sam.interface import KeyPurpose
+
+        try:
+            if self.step is Step.INIT:
+                challenge = _last(por, 2, "GET CHALLENGE")
+                if len(challenge) != 8:
+                    raise OtaOpError(f"GET CHALLENGE answered {len(challenge)} bytes, expected 8")
+                lc = len(self.plain) + 8
+                header = bytes([0x84, self.ins, self.p1, self.p2, lc])
+                mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + self.plain)
+                self.step = Step.CREDIT
+                return ota.pack_apdus([header + self.plain + mac])
+            _last(por, 1, f"secured command {self.ins:02X}")
+            self.step = Step.DONE
+        except OtaOpError as e:
+            self.step, self.reason = Step.FAILED, str(e)
+        return None
+
+    def on_no_por(self) -> bytes:
+        return self.start()  # idempotent commands only: run it again under a fresh challenge
+
+
+def rights_update(sam, card, valid_from, valid_to, door_groups, time_profile: int = 0) -> OtaSecuredCommand:
+    """Rights and validity over the air: UPDATE BINARY of EF_ACCESS, whole."""
+    data = access_file(valid_from, valid_to, door_groups, time_profile)
+    return OtaSecuredCommand(sam, card, INS_UPDATE_BINARY, 0x80 | SFI_ACCESS, 0x00, data)

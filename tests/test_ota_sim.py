@@ -215,3 +215,32 @@ def test_documented_envelope_and_proactive_bytes(world):
     assert cmd[-2:] == b"\x90\x00" and cmd[0] == 0xD0 and cmd[2:11].hex() == "810301130082028183"
     assert world["sim"].envelope(ota_sim.envelope_sms_pp(tpdu)) == ota_sim.SW_BUSY
     assert world["sim"].terminal_response(ota_sim.terminal_response_ok()) == ota_sim.SW_OK
+
+
+def _run_secured(world, op, lose=()):
+    data, k = op.start(), 0
+    while data is not None:
+        k += 1
+        submits = send(world, data)
+        data = op.on_no_por() if k in lose else op.on_por(por_of(world, submits))
+    return op
+
+
+@pytest.mark.parametrize("lose", [(), (2,), (1, 4)])
+def test_rights_and_validity_update_over_the_air(world, lose):
+    op = ota_ops.rights_update(world["sam"], world["ident"], dt.date(2026, 1, 1), dt.date(2027, 6, 30), {3, 9}, 2)
+    _run_secured(world, op, lose)
+    assert op.step is ota_ops.Step.DONE
+    acc = world["card"].state.access
+    assert acc[:8] == bytes.fromhex("2026010120270630") and acc[8:10] == bytes([0x20, 0x80]) and acc[16] == 2
+
+
+def test_replayed_secured_packet_changes_nothing(world):
+    op = ota_ops.rights_update(world["sam"], world["ident"], dt.date(2026, 1, 1), dt.date(2027, 6, 30), {1}, 0)
+    first = op.start()
+    d2 = op.on_por(por_of(world, send(world, first)))
+    assert op.on_por(por_of(world, send(world, d2))) is None and op.step is ota_ops.Step.DONE
+    before = world["card"].state.access
+    # The same secured APDU in a new packet (a fresh counter): the card has no challenge for it any more.
+    n, sw, _ = ota.parse_compact_response(por_of(world, send(world, d2)).data)
+    assert (n, sw) == (1, b"\x69\x82") and world["card"].state.access == before
