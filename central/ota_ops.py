@@ -241,6 +241,8 @@ class OtaSecuredCommand:
         self.sam, self.card, self.ins, self.p1, self.p2, self.plain = sam, card, ins, p1, p2, plain
         self.step = Step.INIT
         self.reason = ""
+        self.challenge = b""
+        self.result = b""  # the command's answer data (APPLICATION BLOCK: frozen purse and the card's MAC)
 
     def start(self) -> bytes:
         self.step = Step.INIT
@@ -257,9 +259,9 @@ class OtaSecuredCommand:
                 lc = len(self.plain) + 8
                 header = bytes([0x84, self.ins, self.p1, self.p2, lc])
                 mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + self.plain)
-                self.step = Step.CREDIT
+                self.step, self.challenge = Step.CREDIT, challenge
                 return ota.pack_apdus([header + self.plain + mac])
-            _last(por, 1, f"secured command {self.ins:02X}")
+            self.result = _last(por, 1, f"secured command {self.ins:02X}")
             self.step = Step.DONE
         except OtaOpError as e:
             self.step, self.reason = Step.FAILED, str(e)
@@ -273,3 +275,70 @@ def rights_update(sam, card, valid_from, valid_to, door_groups, time_profile: in
     """Rights and validity over the air: UPDATE BINARY of EF_ACCESS, whole."""
     data = access_file(valid_from, valid_to, door_groups, time_profile)
     return OtaSecuredCommand(sam, card, INS_UPDATE_BINARY, 0x80 | SFI_ACCESS, 0x00, data)
+
+
+INS_BLOCK, INS_ERASE = 0x1E, 0x0E
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """The purse as APPLICATION BLOCK froze it, proven by the card's MAC (docs/card-application.md 8.2)."""
+
+    balance: int
+    offline_counter: int
+    online_counter: int
+    proof: bytes  # the 8 data bytes and the card's 8-byte MAC, as the issuing station records a void
+
+
+class OtaDeletion:
+    """Deleting the application over the air, balance settled first: APPLICATION BLOCK (the card freezes the purse
+    and MACs the frozen balance; the platform verifies that MAC and records the void with that balance, to refund),
+    then ERASE. Each phase is an `OtaSecuredCommand`; both commands are repeatable on a voided card, so a lost PoR
+    runs the phase again. `frozen` is set once the balance is proven: the platform settles it before ERASE is sent.
+    """
+
+    def __init__(self, sam, card) -> None:
+        self.sam, self.card = sam, card
+        self.phase = OtaSecuredCommand(sam, card, INS_BLOCK, 0, 0, b"")
+        self.frozen: Frozen | None = None
+        self.step = Step.INIT
+        self.reason = ""
+
+    def start(self) -> bytes:
+        return self.phase.start()
+
+    def on_por(self, por: ota.Por) -> bytes | None:
+        from sam.interface import KeyPurpose
+
+        nxt = self.phase.on_por(por)
+        if nxt is not None:
+            return nxt
+        if self.phase.step is Step.FAILED:
+            self.step, self.reason = Step.FAILED, self.phase.reason
+            return None
+        if self.phase.ins == INS_BLOCK:
+            data = self.phase.result
+            if len(data) != 16:
+                self.step, self.reason = Step.FAILED, f"APPLICATION BLOCK answered {len(data)} bytes, expected 16"
+                return None
+            try:
+                self.sam.verify_card_mac(
+                    KeyPurpose.UPDATE, self.card, self.phase.challenge + b"\x1e" + data[:8], data[8:]
+                )
+            except Exception as e:  # noqa: BLE001 - a SAM refusal: the frozen balance is not proven
+                self.step, self.reason = Step.FAILED, f"the frozen balance is not proven: {e}"
+                return None
+            self.frozen = Frozen(
+                int.from_bytes(data[:4], "big"),
+                int.from_bytes(data[4:6], "big"),
+                int.from_bytes(data[6:8], "big"),
+                data,
+            )
+            self.step = Step.CREDIT  # voided and proven: settle, then erase
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_ERASE, 0, 0, b"")
+            return self.phase.start()
+        self.step = Step.DONE
+        return None
+
+    def on_no_por(self) -> bytes:
+        return self.phase.on_no_por()

@@ -244,3 +244,27 @@ def test_replayed_secured_packet_changes_nothing(world):
     # The same secured APDU in a new packet (a fresh counter): the card has no challenge for it any more.
     n, sw, _ = ota.parse_compact_response(por_of(world, send(world, d2)).data)
     assert (n, sw) == (1, b"\x69\x82") and world["card"].state.access == before
+
+
+@pytest.mark.parametrize("lose", [(), (2,), (4,)])
+def test_deletion_over_the_air_proves_the_balance_then_erases(world, lose):
+    balance = world["card"].state.purse.balance
+    op = ota_ops.OtaDeletion(world["sam"], world["ident"])
+    data, k = op.start(), 0
+    while data is not None:
+        k += 1
+        submits = send(world, data)
+        data = op.on_no_por() if k in lose else op.on_por(por_of(world, submits))
+    assert op.step is ota_ops.Step.DONE and op.frozen is not None and op.frozen.balance == balance
+    assert world["card"].state.status == 0x02 and world["card"].state.purse is None
+    assert world["card"].state.holder == bytes(48)
+
+
+def test_deletion_with_a_forged_frozen_balance_stops_before_erase(world):
+    op = ota_ops.OtaDeletion(world["sam"], world["ident"])
+    d2 = op.on_por(por_of(world, send(world, op.start())))
+    por = por_of(world, send(world, d2))
+    n, sw, d = ota.parse_compact_response(por.data)
+    forged = ota.Por(por.tar, por.cntr, por.status, ota.compact_response(n, b"\x00\x0f\x42\x40" + d[4:] + sw))
+    assert op.on_por(forged) is None and op.step is ota_ops.Step.FAILED and "not proven" in op.reason
+    assert world["card"].state.purse is not None  # not erased
