@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from central import ota_ops
 from common import ota
@@ -268,3 +270,24 @@ def test_deletion_with_a_forged_frozen_balance_stops_before_erase(world):
     forged = ota.Por(por.tar, por.cntr, por.status, ota.compact_response(n, b"\x00\x0f\x42\x40" + d[4:] + sw))
     assert op.on_por(forged) is None and op.step is ota_ops.Step.FAILED and "not proven" in op.reason
     assert world["card"].state.purse is not None  # not erased
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=260))
+def test_envelope_and_tpdu_parsers_never_crash(world, raw):
+    sim = world["sim"]
+    sim.pending.clear()
+    answer = sim.envelope(raw)
+    assert len(answer) == 2 or answer[-2:] == b"\x90\x00"
+    answer = sim.envelope(bytes([0x80, 0xC2, 0x00, 0x00, min(len(raw), 255)]) + raw[:255])
+    assert len(answer) == 2
+    for parse in (sms_tpdu.parse_deliver, sms_tpdu.parse_submit):
+        try:
+            parse(raw)
+        except sms_tpdu.TpduError:
+            pass
+    try:
+        ota_sim.parse_tlvs(raw)
+    except ValueError:
+        pass
+    assert sim.executed == []
