@@ -88,6 +88,8 @@ class Smsc:
     messages: dict[str, Stored] = field(default_factory=dict)
     mo_log: list[tuple[str, str, bytes]] = field(default_factory=list)  # (from, to, user data) sent to the ESME
     refuse_submits: int = 0  # the next N submit_sm are answered ESME_RTHROTTLED (tests of the gateway's retries)
+    # Called with each stored message after its submit_sm_resp left and before it is delivered (kill tests).
+    after_submit: Callable[[Stored], None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.RLock()
@@ -255,7 +257,10 @@ class Smsc:
                 resp.sequence = pdu.sequence
                 sock.sendall(resp.generate())
                 if pdu.command == "submit_sm" and resp.status == consts.SMPP_ESME_ROK:
-                    self._try_deliver(self.messages[_s(resp.message_id)])
+                    stored = self.messages[_s(resp.message_id)]
+                    if self.after_submit is not None:
+                        self.after_submit(stored)
+                    self._try_deliver(stored)
 
     def _submit(self, pdu):
         if self.refuse_submits:

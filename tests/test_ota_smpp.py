@@ -176,3 +176,62 @@ def test_submit_gives_up_at_validity(world):
     world["gw"].sleep = lambda s: t.__setitem__(0, t[0] + max(s, 0.5))
     assert world["gw"].submit(MSISDN, b"\x02\x70\x00\x00", pid=0x7F, dcs=0xF6, udhi=True, validity_seconds=20) is None
     assert t[0] >= 20
+
+
+@pytest.mark.parametrize("kill_after_submit", [1, 2])
+def test_gateway_process_sigkilled_after_submit_before_por_loads_once(world, kill_after_submit):
+    """A real gateway process, SIGKILLed by the SMSC right after its Nth submit_sm (1: INITIALIZE, 2: CREDIT) and
+    before the PoR; the next gateway resumes the job from ota.db and the card is loaded exactly once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sam.keystore import KeystoreUnlock, save_keystore
+
+    w = world
+    work = w["tmp"]
+    (work / "pass").write_text("kill test passphrase\n")
+    save_keystore(
+        work / "keystore", w["sam"]._keystore, KeystoreUnlock.from_passphrase_file(work / "pass"), scrypt_n=2**10
+    )
+    before = w["card"].state.purse.balance
+    repo = Path(__file__).resolve().parent.parent
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.ota_kill_child",
+            str(work),
+            str(w["smsc"].port),
+            w["card"].state.asn.hex(),
+            MSISDN,
+            "900",
+        ],
+        cwd=repo,
+        env=dict(os.environ, PYTHONPATH=str(repo)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    submits = [0]
+
+    def kill(_stored):
+        submits[0] += 1
+        if submits[0] == kill_after_submit:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+
+    w["smsc"].after_submit = kill
+    child.wait(60)
+    assert child.returncode == -signal.SIGKILL, child.stderr.read()
+    w["smsc"].after_submit = None
+    expected_now = before + 900 if kill_after_submit == 2 else before
+    assert w["card"].state.purse.balance == expected_now  # what the SIM did with the last packet it got
+    gw2 = SmppGateway("127.0.0.1", w["smsc"].port, "onecard", "secret", OTA_ADDR, timeout=3.0)
+    gw2.connect()
+    ch2 = OtaChannel(gw2, w["otasam"], OtaStore(work / "ota.db"), por_wait_seconds=2.0)
+    top = ch2.top_up("kill-job", w["ident"], w["purse"], MSISDN, 900, TERMINAL, w["sam"])
+    gw2.close()
+    assert top.step is ota_ops.Step.DONE, top.reason
+    assert w["card"].state.purse.balance == before + 900 and len(loads(w["card"])) == 1
