@@ -13,7 +13,7 @@ from common import ota
 KEYS = ota.OtaKeys(bytes(range(16)), bytes(range(16, 32)), 1)
 OTHER = ota.OtaKeys(bytes(range(1, 17)), bytes(range(17, 33)), 1)
 
-# docs/ota.md section 7 (the worked example): these bytes are copied there.
+# docs/ota.md section 8 (the worked example): these bytes are copied there.
 EXAMPLE_DATA = "00a4040009f04f4e454341524401805c000204"
 EXAMPLE_PACKET = (
     "00381516391212b01ca055d43ace1958008243ad581e782698e22e40b600"
