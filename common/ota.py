@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
 
+# int.to_bytes / int.from_bytes without a byte order are big-endian (Python >= 3.11), as every field here is.
 BLOCK = 16
 KEY_SIZE = 16
 CC_SIZE = 8
@@ -201,7 +202,7 @@ class CommandPacket:
 
 def _command_cc_input(cpl: int, chl: int, head: bytes, cntr_pcntr: bytes, data_padded: bytes) -> bytes:
     # TS 31.115 4.2: the CC covers CPL, CHL, SPI, KIc, KID, TAR, CNTR, PCNTR and the secured data with its padding.
-    return cpl.to_bytes(2, "big") + bytes([chl]) + head + cntr_pcntr + data_padded
+    return cpl.to_bytes(2) + bytes([chl]) + head + cntr_pcntr + data_padded
 
 
 def build_command(keys: OtaKeys, tar: bytes, cntr: int, data: bytes, spi: Spi = SPI_ONECARD) -> bytes:
@@ -218,19 +219,19 @@ def build_command(keys: OtaKeys, tar: bytes, cntr: int, data: bytes, spi: Spi = 
     cpl = 1 + chl + len(padded)
     if cpl > 0xFFFF:
         raise OtaError("command packet longer than 65535 bytes")
-    cntr_pcntr = cntr.to_bytes(CNTR_SIZE, "big") + bytes([pad])
+    cntr_pcntr = cntr.to_bytes(CNTR_SIZE) + bytes([pad])
     cc = cmac8(keys.kid, _command_cc_input(cpl, chl, head, cntr_pcntr, padded)) if spi.cc else b""
     tail = cntr_pcntr + cc + padded
     if spi.ciphered:
         tail = cbc_encrypt(keys.kic, tail)
-    return cpl.to_bytes(2, "big") + bytes([chl]) + head + tail
+    return cpl.to_bytes(2) + bytes([chl]) + head + tail
 
 
 def peek_command(packet: bytes) -> tuple[Spi, int, int, bytes]:
     """SPI, KIc, KID and TAR of a command packet (the clear part), so the SIM can pick the keys and application."""
     if len(packet) < 3:
         raise OtaError(f"command packet is {len(packet)} bytes; it needs at least CPL and CHL")
-    cpl, chl = int.from_bytes(packet[:2], "big"), packet[2]
+    cpl, chl = int.from_bytes(packet[:2]), packet[2]
     if cpl != len(packet) - 2:
         raise OtaError(f"CPL says {cpl} bytes follow, {len(packet) - 2} do")
     if len(packet) < 3 + chl or chl < 13:
@@ -258,12 +259,11 @@ def open_command(packet: bytes, keys: OtaKeys, min_spi: Spi = SPI_ONECARD) -> Co
         if not tail or len(tail) % BLOCK:
             raise OtaRefused(PorStatus.CIPHERING_ERROR, f"ciphered part is {len(tail)} bytes, not whole blocks", tar)
         tail = cbc_decrypt(keys.kic, tail)
+    # peek_command checked CHL, and a ciphered tail is whole blocks: the tail holds CNTR, PCNTR and the CC.
     cc_size = CC_SIZE if spi.cc else 0
-    if len(tail) < CNTR_SIZE + 1 + cc_size:
-        raise OtaError("command packet ends inside its header")
     cntr_pcntr, cc, padded = tail[:6], tail[6 : 6 + cc_size], tail[6 + cc_size :]
     pad = cntr_pcntr[5]
-    cntr = int.from_bytes(cntr_pcntr[:5], "big")
+    cntr = int.from_bytes(cntr_pcntr[:5])
     if spi.cc:
         expected = cmac8(keys.kid, _command_cc_input(len(packet) - 2, chl, bytes(packet[3:10]), cntr_pcntr, padded))
         if not hmac.compare_digest(cc, expected):
@@ -303,7 +303,7 @@ COMMAND_UDH = bytes([0x02, IEI_CPI, 0x00])
 
 def _por_cc_input(rpl: int, rhl: int, tar: bytes, clear: bytes, data_padded: bytes) -> bytes:
     # TS 31.115 4.4: the CC covers UDHL, RPI, IEIDLa, RPL, RHL, TAR, CNTR, PCNTR, status, data and padding.
-    return POR_UDH + rpl.to_bytes(2, "big") + bytes([rhl]) + tar + clear + data_padded
+    return POR_UDH + rpl.to_bytes(2) + bytes([rhl]) + tar + clear + data_padded
 
 
 def build_por(keys: OtaKeys | None, spi: Spi, tar: bytes, cntr: int, status: PorStatus, data: bytes = b"") -> bytes:
@@ -316,7 +316,7 @@ def build_por(keys: OtaKeys | None, spi: Spi, tar: bytes, cntr: int, status: Por
     padded = data + bytes(pad)
     rhl = 10 + cc_size
     rpl = 1 + rhl + len(padded)
-    clear = cntr.to_bytes(CNTR_SIZE, "big") + bytes([pad, int(status)])
+    clear = cntr.to_bytes(CNTR_SIZE) + bytes([pad, int(status)])
     cc = b""
     if cc_on:
         assert keys is not None
@@ -325,7 +325,7 @@ def build_por(keys: OtaKeys | None, spi: Spi, tar: bytes, cntr: int, status: Por
     if ciphered:
         assert keys is not None
         tail = cbc_encrypt(keys.kic, tail)
-    return POR_UDH + rpl.to_bytes(2, "big") + bytes([rhl]) + tar + tail
+    return POR_UDH + rpl.to_bytes(2) + bytes([rhl]) + tar + tail
 
 
 def open_por(user_data: bytes, keys: OtaKeys, spi: Spi = SPI_ONECARD) -> Por:
@@ -336,7 +336,7 @@ def open_por(user_data: bytes, keys: OtaKeys, spi: Spi = SPI_ONECARD) -> Por:
     body = user_data[3:]
     if len(body) < 6:
         raise OtaError("PoR ends inside its header")
-    rpl, rhl, tar = int.from_bytes(body[:2], "big"), body[2], bytes(body[3:6])
+    rpl, rhl, tar = int.from_bytes(body[:2]), body[2], bytes(body[3:6])
     if rpl != len(body) - 2:
         raise OtaError(f"RPL says {rpl} bytes follow, {len(body) - 2} do")
     if rhl not in (10, RHL_CC) or 1 + rhl > rpl:
@@ -362,7 +362,7 @@ def open_por(user_data: bytes, keys: OtaKeys, spi: Spi = SPI_ONECARD) -> Por:
         raise OtaError("PoR says OK without the CC the command asked for")
     if pad > len(padded) or (ciphered and pad >= BLOCK) or (not ciphered and pad) or any(padded[len(padded) - pad :]):
         raise OtaError(f"PoR PCNTR {pad} does not match its padding")
-    return Por(tar, int.from_bytes(clear[:5], "big"), status, padded[: len(padded) - pad])
+    return Por(tar, int.from_bytes(clear[:5]), status, padded[: len(padded) - pad])
 
 
 # --- concatenated SMS (TS 23.040 9.2.3.24.1 / .8, TS 31.115 4.2) ----------------------------------------------
@@ -384,7 +384,7 @@ def split_sms(udh_first_ies: bytes, payload: bytes, reference: int) -> list[byte
         raise OtaError(f"{len(payload)} bytes need {len(chunks)} SMS; at most 255 can be concatenated")
     out = []
     for i, chunk in enumerate(chunks):
-        concat = bytes([IEI_CONCAT16, 4]) + reference.to_bytes(2, "big") + bytes([len(chunks), i + 1])
+        concat = bytes([IEI_CONCAT16, 4]) + reference.to_bytes(2) + bytes([len(chunks), i + 1])
         ies = concat + (udh_first_ies if i == 0 else b"")
         out.append(bytes([len(ies)]) + ies + chunk)
     return out
@@ -420,7 +420,7 @@ def parse_user_data(user_data: bytes) -> Segment:
         if iei in (IEI_CONCAT8, IEI_CONCAT16):
             if len(value) != (3 if iei == IEI_CONCAT8 else 4):
                 raise OtaError(f"concatenation element {iei:02x} has length {len(value)}")
-            reference = int.from_bytes(value[:-2], "big")
+            reference = int.from_bytes(value[:-2])
             count, seq = value[-2], value[-1]
             if not count or not 1 <= seq <= count:
                 raise OtaError(f"concatenation part {seq} of {count} is impossible")
