@@ -54,6 +54,7 @@ MODULES: dict[str, list[str]] = {
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
     "terminal/screens.py": ["tests/test_mutation_screens.py"],
+    "common/ota.py": ["tests/test_ota.py", "tests/test_mutation_ota.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

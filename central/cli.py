@@ -145,14 +145,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--account", action="store_true", help="move the balance by it, as uploaded")
     g.add_argument("--reject", action="store_true", help="do not move the balance")
     c.add_argument("--note", required=True, help="what the investigation found (kept with the record)")
-    c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
+    c = cmd("attendance-bill", "print (or --send by SMS) an employee's attendance bill", cmd_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--month", required=True, help="YYYY-MM")
-    c = cmd("spending-bill", "print the SMS text of an employee's canteen spending bill", cmd_spending_bill)
+    _sms_arguments(c)
+    c = cmd("spending-bill", "print (or --send by SMS) an employee's canteen spending bill", cmd_spending_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--month", required=True, help="YYYY-MM")
+    _sms_arguments(c)
     c = cmd("card", "show a card", cmd_card)
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
@@ -475,13 +477,50 @@ def cmd_resolve_held(args) -> int:
     )
 
 
+def _sms_arguments(c) -> None:
+    c.add_argument("--send", action="store_true", help="send it to the holder's phone as SMS (UCS-2) over SMPP")
+    c.add_argument("--smsc", metavar="HOST:PORT", help="the operator's SMSC (SMPP 3.4), with --send")
+    c.add_argument("--smpp-system-id", default="onecard", help="SMPP bind system_id (default onecard)")
+    c.add_argument("--smpp-password-file", help="file holding the SMPP bind password, with --send")
+    c.add_argument("--sender", default="10657000", help="the source address bills come from")
+
+
+def _send_bill(args, pf, text: str) -> str:
+    if not args.send:
+        return text
+    from central.ota_gateway import GatewayError, SmppGateway
+    from central.sms_bills import send_bill
+
+    if not args.smsc or not args.smpp_password_file:
+        raise UserError("--send needs --smsc HOST:PORT and --smpp-password-file FILE; nothing was sent")
+    host, _, port = args.smsc.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--smsc {args.smsc!r} is not HOST:PORT; write e.g. smsc.example.net:2775")
+    try:
+        password = open(args.smpp_password_file, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise UserError(f"cannot read --smpp-password-file {args.smpp_password_file}: {exc.strerror}") from None
+    phone = pf.holder_contact(args.enterprise, args.employee_no)["phone"]
+    gw = SmppGateway(host, int(port), args.smpp_system_id, password, args.sender)
+    try:
+        gw.connect()
+        ids = send_bill(gw, phone, text, reference=sum(text.encode()) & 0xFF)
+    except (GatewayError, RuntimeError) as exc:
+        raise UserError(f"{exc}; the bill was not sent") from None
+    finally:
+        gw.close()
+    return f"{text}\nsent to {phone} in {len(ids)} SMS (SMSC message IDs {', '.join(ids)})"
+
+
 def cmd_bill(args) -> int:
-    return _run(args, lambda pf: pf.attendance_bill(args.enterprise, args.employee_no, args.month))
+    return _run(
+        args, lambda pf: _send_bill(args, pf, pf.attendance_bill(args.enterprise, args.employee_no, args.month))
+    )
 
 
 def cmd_spending_bill(args) -> int:
 
-    return _run(args, lambda pf: pf.spending_bill(args.enterprise, args.employee_no, args.month))
+    return _run(args, lambda pf: _send_bill(args, pf, pf.spending_bill(args.enterprise, args.employee_no, args.month)))
 
 
 def cmd_card(args) -> int:
