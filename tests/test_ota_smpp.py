@@ -6,6 +6,7 @@ and the card is loaded exactly once."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 
@@ -129,7 +130,11 @@ def test_gateway_killed_after_credit_submit_resumes_and_loads_once(world):
     ch.send = send_then_die
     with pytest.raises(KeyboardInterrupt):
         ch.top_up("job-4", world["ident"], world["purse"], MSISDN, 800, TERMINAL, world["sam"])
-    assert world["card"].state.purse.balance == before + 800  # the card was credited; the platform does not know
+    # The SMSC still delivers the CREDIT packet (asynchronously): the card is credited; the platform does not know.
+    deadline = time.monotonic() + 20
+    while world["card"].state.purse.balance != before + 800 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert world["card"].state.purse.balance == before + 800
     # A new gateway process, same job store: it asks the card (GET TRANSACTION PROVE) rather than loading again.
     gw2 = SmppGateway("127.0.0.1", world["smsc"].port, "onecard", "secret", OTA_ADDR, timeout=3.0)
     gw2.connect()
