@@ -1,4 +1,4 @@
-"""The holder's monthly bills (attendance and spending) as SMS text.
+"""The holder's monthly bills (attendance and spending) as SMS text, and a till's day settlement.
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 
+import json
+
 from central.db import ACTIVE, LOST, PlatformError, _yuan
+from common import settlement as st
 from common import sync_protocol as p
 
 
@@ -84,3 +87,41 @@ class Bills:
             f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
             f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}."
         )
+
+    def settlement_records(self, terminal_id: str, day: dt.date) -> list[st.Record]:
+        """The money records of `day` (platform time zone) that the platform received from this terminal."""
+        self.terminal(terminal_id)  # PlatformError if it is not registered
+        first = dt.datetime.combine(day, dt.time(0), tzinfo=self.tz)
+        nxt = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=self.tz)
+        marks = ",".join("?" * len(st.MONEY_OUTCOMES))
+        rows = self.conn.execute(
+            f"SELECT seq, time, kind, detail FROM events WHERE terminal_id = ? AND kind IN ({marks}) "
+            "AND time >= ? AND time < ? ORDER BY seq",
+            (terminal_id, *st.MONEY_OUTCOMES, p.format_time(first), p.format_time(nxt)),
+        ).fetchall()
+        return [st.Record(seq, p.parse_time(t, "event time"), k, json.loads(d)) for seq, t, k, d in rows]
+
+    def settlement(self, terminal_id: str, day: dt.date) -> str:
+        """The Z report of one till for one day, from what the platform received: the same totals as the till's
+        `onecard terminal report --day` for the records both hold, and what the platform has not received."""
+        records = self.settlement_records(terminal_id, day)
+        totals = st.settle(records)
+        t = self.terminal(terminal_id)
+        lines = [f"Z report (platform): terminal {terminal_id}, {day.isoformat()} ({self.tz.key})"]
+        lines += st.format_totals(totals)
+        lines.append(f"received up to seq {t['contiguous_seq']}")
+        head = (t["heartbeat"] or {}).get("head_seq")
+        if isinstance(head, int) and head > t["contiguous_seq"]:
+            lines.append(
+                f"not yet received: seq {t['contiguous_seq'] + 1}-{head} (the terminal's last heartbeat); "
+                "their sales are missing above"
+            )
+        marks = ",".join("?" * len(totals.seqs)) or "NULL"
+        held = self.conn.execute(
+            f"SELECT count(*) FROM held_money WHERE terminal_id = ? AND seq IN ({marks}) AND status IN ('waiting', "
+            "'held')",
+            (terminal_id, *totals.seqs),
+        ).fetchone()[0]
+        if held:
+            lines.append(f"of these, {held} record(s) not accounted to the cards (onecard platform held)")
+        return "\n".join(lines)
