@@ -6,7 +6,6 @@ A part of `central.store.Platform`: it works on the platform database through `s
 from __future__ import annotations
 
 import datetime as dt
-
 import json
 
 from central.db import ACTIVE, LOST, PlatformError, _yuan

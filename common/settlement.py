@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.money import format_yuan
 from common.money_records import LOAD, PURCHASE, UNDO
@@ -23,7 +24,7 @@ class Record:
     seq: int
     time: dt.datetime  # aware
     kind: str
-    detail: dict
+    detail: dict[str, Any]
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from common.config import Config, PrinterSection
 from common.money import format_yuan
@@ -70,7 +71,7 @@ def receipt_lines(decision: Decision, config: Config, local: dt.datetime) -> lis
     return lines
 
 
-def print_receipt(printer, lines: list[Line]) -> None:
+def print_receipt(printer: Any, lines: list[Line]) -> None:
     """Lay `lines` out on a python-escpos printer and cut the paper."""
     for line in lines:
         printer.set(
@@ -85,9 +86,9 @@ def print_receipt(printer, lines: list[Line]) -> None:
     printer.cut()
 
 
-def open_printer(section: PrinterSection):
+def open_printer(section: PrinterSection) -> Any:
     """The python-escpos printer [printer] names, or None for driver "none"."""
-    from escpos import printer as escpos_printer
+    from escpos import printer as escpos_printer  # type: ignore[import-untyped]
 
     if section.driver == "usb":
         return escpos_printer.Usb(section.usb_vendor, section.usb_product)

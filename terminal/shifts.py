@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from common.config import Operator
 from common.passwords import verify_password
@@ -32,7 +33,7 @@ class ShiftRefused(Exception):
         self.reason_code, self.message = reason_code, message
 
 
-def open_shift(last_kind: str | None, last_detail: dict, last_time: dt.datetime | None) -> Shift | None:
+def open_shift(last_kind: str | None, last_detail: dict[str, Any], last_time: dt.datetime | None) -> Shift | None:
     """The shift open now, from the newest sign-in or sign-out record (None: nobody signed in)."""
     if last_kind != SIGN_IN or last_time is None:
         return None

@@ -39,6 +39,10 @@ SANS_IO_CORES = (
     "terminal.screens",
     "common.door_events",
     "common.journal",
+    "terminal.meal_rules",
+    "terminal.shifts",
+    "common.settlement",
+    "common.passwords",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (

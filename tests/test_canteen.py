@@ -527,3 +527,48 @@ def test_no_limit_is_exceeded_whatever_the_sales(tmp_path_factory, sales):
         assert sum(e.detail["amount"] for e in logged) == spent
     finally:
         term.event_log.close()
+
+
+def test_the_documented_canteen_examples_load(tmp_path):
+    """The commented [pos] examples of the packaged firmware.toml, uncommented, are valid as written."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "firmware.toml").read_text(encoding="utf-8")
+    lines, inside = [], False
+    for line in text.splitlines():
+        inside = inside or line == "#[pos.meal_periods.breakfast]"
+        if inside and line.startswith("#") and line[1:2] not in ("", " ", "#"):
+            line = line[1:]  # a commented-out setting, not a comment
+        inside = inside and not line.startswith("password_hash")
+        lines.append(line.replace("scrypt$16384$8$1$<salt>$<hash>", HASH))
+    path = tmp_path / "firmware.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    pos = load_config(path).pos
+    assert [m.name for m in pos.meal_periods] == ["breakfast", "lunch", "dinner", "late"]
+    assert list(pos.price_keys) == ["F1"] and list(pos.operators) == ["0001"]
+
+
+def test_running_till_signs_in_and_charges_the_fixed_price_on_a_tap_with_no_typing(tmp_path, sam):
+    """The till's loop with a console keypad: sign in, then a card tapped with no amount typed pays the period's
+    fixed price (定额); a price key rings its item up; the display never shows the password."""
+    from common.config import MealPeriod
+    from terminal.keypad import ConsoleKeypad
+    from tests.test_pos_terminal import Running
+
+    pos = load_config(write_config(tmp_path)).pos
+    pos = dataclasses.replace(pos, meal_periods=(MealPeriod("brunch", dt.time(9, 30), dt.time(10, 30), price=400),))
+    card = make_card(sam, opening_balance=10_000)
+    reader = InProcessReader()
+    lines = io.StringIO(f"s 0001 {PASSWORD}\n")
+    till = Running(tmp_path, sam, "pos", reader, "", keypad=ConsoleKeypad("pos", lines), config_changes={"pos": pos})
+    try:
+        assert till.shows("Signed in: Li Na (0001), batch 000001")
+        reader.tap(card)
+        assert till.shows("Paid 4.00")
+        reader.remove()
+    finally:
+        events = till.finish()
+    assert PASSWORD not in till.screen.getvalue()
+    sale = next(e for e in events if e.kind == mr.PURCHASE)
+    assert (sale.detail["amount"], sale.detail["meal_period"], sale.detail["batch"]) == (400, "brunch", 1)
+    assert card.state.purse.balance == 9600
