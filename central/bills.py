@@ -124,3 +124,51 @@ class Bills:
         if held:
             lines.append(f"of these, {held} record(s) not accounted to the cards (onecard platform held)")
         return "\n".join(lines)
+
+    def _publish_meal_usage(self, terminal_id: str, after_seq: int, upto_seq: int) -> None:
+        """Queue, for the enterprise's tills, the confirmed usage of every (card, service day) that the sales just
+        received from this till touched (docs/sync-protocol.md "Meal usage across tills"). In the ingest's
+        transaction, so the figures and the records that made them are committed together."""
+        touched = self.conn.execute(
+            "SELECT DISTINCT asn, json_extract(detail, '$.service_day') FROM events WHERE terminal_id = ? "
+            "AND seq > ? AND seq <= ? AND kind IN ('pos.purchase', 'pos.undo') "
+            "AND json_extract(detail, '$.service_day') IS NOT NULL AND asn IS NOT NULL ORDER BY 2, 1",
+            (terminal_id, after_seq, upto_seq),
+        ).fetchall()
+        if not touched:
+            return
+        enterprise = self.terminal_enterprise(terminal_id)
+        by_day: dict[str, list[str]] = {}
+        for asn, day in touched:
+            by_day.setdefault(day, []).append(asn)
+        for day, asns in by_day.items():
+            rows: list[dict] = []
+            for asn in asns:
+                usage = self.meal_usage(enterprise, asn, day)
+                rows += usage or [{"asn": asn, "terminal_id": terminal_id, "period": "", "count": 0, "amount": 0}]
+                if len(rows) >= p.MAX_MEAL_USAGE_ROWS - 100:
+                    self._queue_meal_usage(enterprise, day, rows)
+                    rows = []
+            if rows:
+                self._queue_meal_usage(enterprise, day, rows)
+
+    def _queue_meal_usage(self, enterprise: str, day: str, rows: list[dict]) -> None:
+        body = {"enterprise_id": enterprise, "day": day, "usage": rows}
+        self._queue(p.enterprise_topic(enterprise), self.seal("meal_usage", f"e:{enterprise}", body))
+
+    def meal_usage(self, enterprise_id: str, asn: str, day: str) -> list[dict]:
+        """A card's sales on service day `day` at each of the enterprise's tills, by meal period, net of undone
+        sales: the rows of a meal_usage message."""
+        rows = self.conn.execute(
+            "SELECT e.terminal_id, coalesce(json_extract(e.detail, '$.meal_period'), ''), count(*), "
+            "sum(json_extract(e.detail, '$.amount')) FROM events e JOIN terminals t ON t.terminal_id = e.terminal_id "
+            "WHERE t.enterprise_id = ? AND e.asn = ? AND e.kind = 'pos.purchase' "
+            "AND json_extract(e.detail, '$.service_day') = ? AND NOT EXISTS (SELECT 1 FROM events u WHERE "
+            "u.terminal_id = e.terminal_id AND u.asn = e.asn AND u.kind = 'pos.undo' "
+            "AND json_extract(u.detail, '$.purchase_seq') = e.seq) GROUP BY 1, 2 ORDER BY 1, 2",
+            (enterprise_id, asn, day),
+        ).fetchall()
+        return [
+            {"asn": asn, "terminal_id": tid, "period": period, "count": count, "amount": amount}
+            for tid, period, count, amount in rows
+        ]

@@ -19,6 +19,7 @@ from common.money import format_yuan
 from sam.interface import Sam, SamError, SamSwapped
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
+from terminal.canteen import no_other_tills
 from terminal.card_deadline import CommandDeadline
 from terminal.decision import Decision, Refusal
 from terminal.door import decide_door
@@ -79,6 +80,7 @@ class Terminal:
                 synced_seq,
                 outbox_pressure,
                 inbox.pending_actions if inbox is not None else None,
+                inbox.other_tills(config.terminal.id) if inbox is not None else no_other_tills,
             )
             if config.terminal.kind in PURSE_KINDS
             else None

@@ -110,6 +110,8 @@ class Canteen:
         period = mr.period_at(config.pos.meal_periods, local)
         if period is not None:
             fields["meal_period"] = period.name
+        if config.pos.meal_periods or config.pos.daily_max_amount:  # the platform counts usage by it
+            fields["service_day"] = mr.service_day(config.pos.meal_periods, local).isoformat()
         if item:
             fields["item"] = item
         return fields
@@ -121,6 +123,7 @@ class Canteen:
         current = self.shift()
         if current is not None:
             fields.update(operator=current.operator, batch=current.batch)
-        if "meal_period" in purchase_detail:
-            fields["meal_period"] = purchase_detail["meal_period"]
+        for key in ("meal_period", "service_day"):
+            if key in purchase_detail:
+                fields[key] = purchase_detail[key]
         return fields

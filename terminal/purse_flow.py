@@ -46,7 +46,13 @@ OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
 TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
-SALE_FIELDS = ("operator", "batch", "meal_period", "item")  # from Canteen, carried from the intent to the outcome
+SALE_FIELDS = (
+    "operator",
+    "batch",
+    "meal_period",
+    "service_day",
+    "item",
+)  # from Canteen, carried from the intent to the outcome
 
 
 # The log cannot be written (disk full, I/O error): nothing that needs a record is done, and the screen says so.

@@ -572,3 +572,175 @@ def test_running_till_signs_in_and_charges_the_fixed_price_on_a_tap_with_no_typi
     sale = next(e for e in events if e.kind == mr.PURCHASE)
     assert (sale.detail["amount"], sale.detail["meal_period"], sale.detail["batch"]) == (400, "brunch", 1)
     assert card.state.purse.balance == 9600
+
+
+def sample_receipt_bytes(tmp_path, printer):
+    """A lunch sale on a price key by a signed-in cashier, printed on `printer` (for docs/receipt.png as well)."""
+    sam = make_sam()
+    config = load_config(write_config(tmp_path))
+    term = Terminal(
+        config,
+        sam,
+        EventLog.open(config.terminal.database, config.terminal.id),
+        Blacklist.open(config.terminal.blacklist),
+        ConsoleOutputs(config.terminal.name, io.StringIO(), color=False),
+        printer=printer,
+    )
+    try:
+        sign_in(term, local(23, 11))
+        card = make_card(sam, opening_balance=10_000, asn=bytes.fromhex("1000000000004821"))
+        assert tap(term, card, Charge(1200, "Set meal A"), local(23, 12, 5)).accepted
+    finally:
+        term.event_log.close()
+    return printer.output
+
+
+def test_the_receipt_as_the_printer_receives_it_renders_line_for_line(tmp_path):
+    from tests.escpos_render import UnknownCommand, interpret, render
+
+    out = sample_receipt_bytes(tmp_path, Dummy())
+    lines = interpret(out)  # every byte is a command terminal/receipt.py means to send
+    texts = [t for t, _ in lines]
+    assert texts[:4] == ["Test pos", "Terminal 000000000101", "-" * 32, "PAYMENT"]
+    assert "Card                   **** 4821" in texts and texts[-1] == "--cut--"
+    assert [m["big"] for t, m in lines if t == "PAYMENT"] == [True]
+    assert render(out).size[0] == 32 * 12 + 32
+    with pytest.raises(UnknownCommand):
+        interpret(b"\x1b@")  # ESC @ (initialise) is not part of our receipts
+
+
+# --- meal usage across tills: platform -> agent's inbox -> the other till ---------------------------------------
+
+
+def wire(log):
+    from common import sync_protocol as p
+
+    return [
+        p.WireEvent(
+            e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+        )
+        for e in log.events()
+    ]
+
+
+def test_a_lunch_at_one_till_counts_at_the_other_once_the_platform_confirmed_it(tmp_path, sam):
+    """Till A sells a lunch; the platform receives it and publishes the card's usage; till B's agent stores the
+    signed message; till B then refuses a second lunch (max_count 1) and names the limit. An undo at A, once
+    received, gives the meal back at B."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.store import Platform
+    from common import sync_protocol as p
+    from sync_agent.store import SyncStore
+    from terminal.inbox import Inbox
+    from terminal.keypad import Undo
+
+    key = Ed25519PrivateKey.generate()
+    a_dir, b_dir = tmp_path / "a", tmp_path / "b"
+    a_dir.mkdir(), b_dir.mkdir()
+    till_a_config = load_config(write_config(a_dir))
+    till_a = Terminal(
+        till_a_config,
+        sam,
+        EventLog.open(till_a_config.terminal.database, till_a_config.terminal.id),
+        Blacklist.open(till_a_config.terminal.blacklist),
+        ConsoleOutputs("A", io.StringIO(), color=False),
+    )
+    b_path = write_config(b_dir)
+    b_path.write_text(b_path.read_text().replace('id = "000000000101"', 'id = "000000000102"'))
+    b_config = load_config(b_path)
+    sync_db = b_dir / "sync.db"
+    agent_store = SyncStore.open(sync_db, b_config.terminal.id)
+    inbox = Inbox(sync_db)
+    till_b = Terminal(
+        b_config,
+        sam,
+        EventLog.open(b_config.terminal.database, b_config.terminal.id),
+        Blacklist.open(b_config.terminal.blacklist),
+        ConsoleOutputs("B", io.StringIO(), color=False),
+        inbox=inbox,
+    )
+    pf = Platform(tmp_path / "platform.db", key, unverified_money=True)
+    card = make_card(sam, opening_balance=10_000)
+    asn = card.state.asn.hex().upper()
+
+    def deliver():
+        """What the agent does with each queued downlink message addressed to B's enterprise."""
+        for row_id, _topic, payload in pf.unpublished():
+            env = p.open_envelope(payload, key.public_key())
+            if env.type == "meal_usage":
+                agent_store.store_meal_usage(
+                    env.body, env.id, p.format_time(env.issued_at), p.format_time(env.issued_at)
+                )
+            pf.mark_published([row_id])
+
+    try:
+        pf.add_enterprise("00010001", "Test Co")
+        for tid in ("000000000101", "000000000102"):
+            pf.add_terminal(tid, "00010001", kind="pos")
+        deliver()
+        sign_in(till_a, local(23, 11))
+        sign_in(till_b, local(23, 11))
+        assert tap(till_a, card, Charge(1000), local(23, 12)).accepted
+        # Offline (nothing confirmed yet), B knows only its own sales: the documented limit of the offline case.
+        assert till_b.purse.canteen.usage(b_config, asn, local(23, 12, 0, 10)) == (
+            meal_rules.Usage(),
+            meal_rules.Usage(),
+        )
+        pf.ingest("000000000101", wire(till_a.event_log))
+        deliver()
+        assert till_b.purse.canteen.usage(b_config, asn, local(23, 12, 0, 10)) == (
+            meal_rules.Usage(1, 1000),
+            meal_rules.Usage(1, 1000),
+        )
+        refused = tap(till_b, card, Charge(500), local(23, 12, 0, 10))
+        assert (refused.accepted, refused.reason_code) == (False, "meal_count_limit")
+        assert "Lunch limit reached: 1 of 1" in refused.message
+        # A's own figures are not counted twice at A: its log counts them, the platform's row for A is skipped.
+        assert till_a.purse.canteen.usage(till_a_config, asn, local(23, 12, 0, 10))[0] == meal_rules.Usage(1, 1000)
+        assert tap(till_a, card, Undo(), local(23, 12, 0, 30)).accepted
+        pf.ingest("000000000101", wire(till_a.event_log))
+        deliver()
+        assert tap(till_b, card, Charge(500), local(23, 12, 0, 40)).accepted
+        assert card.state.purse.balance == 9500
+    finally:
+        pf.close()
+        agent_store.close()
+        inbox.close()
+        till_a.event_log.close()
+        till_b.event_log.close()
+
+
+def test_meal_usage_messages_are_strict_and_the_newest_figures_stand(tmp_path):
+    from common import sync_protocol as p
+    from sync_agent.store import SyncStore
+    from terminal.inbox import Inbox
+
+    row = {"asn": "0102030405060708", "terminal_id": "000000000102", "period": "lunch", "count": 1, "amount": 800}
+    body = {"enterprise_id": "00010001", "day": "2026-11-23", "usage": [row]}
+    p.BODY_CHECKS["meal_usage"](body)
+    for bad, problem in (
+        ({**body, "usage": [row, row]}, "a second row"),
+        ({**body, "usage": [{**row, "count": -1}]}, "out of range"),
+        ({**body, "usage": [{**row, "period": "lunch time"}]}, "is not 0-20 characters"),
+        ({**body, "day": "2026-02-30"}, "not a real date"),
+        ({**body, "extra": 1}, "unknown field"),
+        ({**body, "usage": [row] * (p.MAX_MEAL_USAGE_ROWS + 1)}, "more than"),
+    ):
+        with pytest.raises(p.ProtocolError, match=problem):
+            p.BODY_CHECKS["meal_usage"](bad)
+    store = SyncStore.open(tmp_path / "sync.db", "000000000101")
+    inbox = Inbox(tmp_path / "sync.db")
+    try:
+        store.store_meal_usage(body, "m2", "2026-11-23T04:00:00.000000Z", "2026-11-23T04:00:01.000000Z")
+        older = {**body, "usage": [{**row, "count": 0, "amount": 0}]}
+        assert store.store_meal_usage(older, "m1", "2026-11-23T03:00:00.000000Z", "2026-11-23T04:00:02.000000Z") == 0
+        usage = inbox.other_tills("000000000101")("0102030405060708", dt.date(2026, 11, 23))
+        assert usage == {"": meal_rules.Usage(1, 800), "lunch": meal_rules.Usage(1, 800)}
+        assert inbox.other_tills("000000000102")("0102030405060708", dt.date(2026, 11, 23)) == {"": meal_rules.Usage()}
+        later = {**body, "day": "2026-11-27", "usage": [row]}
+        store.store_meal_usage(later, "m3", "2026-11-27T04:00:00.000000Z", "2026-11-27T04:00:01.000000Z")
+        assert inbox.other_tills("000000000101")("0102030405060708", dt.date(2026, 11, 23)) == {"": meal_rules.Usage()}
+    finally:
+        store.close()
+        inbox.close()
