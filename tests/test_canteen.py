@@ -744,3 +744,25 @@ def test_meal_usage_messages_are_strict_and_the_newest_figures_stand(tmp_path):
     finally:
         store.close()
         inbox.close()
+
+
+def test_report_and_hash_password_commands(till, sam, tmp_path, capsys, monkeypatch):
+    from onecard.cli import main
+
+    run_day(till, sam)
+    path = str(till.config.path)
+    assert main(["terminal", "report", "--config", path, "--day", "2026-11-23"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Z report: terminal 000000000101 'Test pos', 2026-11-23 (Asia/Shanghai)\n")
+    assert "not yet uploaded: 5 record(s)" in out
+    assert main(["terminal", "report", "--config", path, "--shift", "2"]) == 0
+    assert "sales             2       13.00" in capsys.readouterr().out
+    assert main(["terminal", "report", "--config", path, "--day", "23/11/2026"]) == 2
+    assert "is not YYYY-MM-DD" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("13579\n"))
+    assert main(["terminal", "hash-password"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith('password_hash = "scrypt$16384$8$1$') and "13579" not in line
+    assert verify_password(line.split('"')[1], "13579")
+    monkeypatch.setattr("sys.stdin", io.StringIO("12\n"))
+    assert main(["terminal", "hash-password"]) == 2
