@@ -54,9 +54,9 @@ MODULES: dict[str, list[str]] = {
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
     "terminal/screens.py": ["tests/test_mutation_screens.py"],
-    "terminal/meal_rules.py": ["tests/test_canteen.py"],
-    "terminal/shifts.py": ["tests/test_canteen.py"],
-    "common/settlement.py": ["tests/test_canteen.py"],
+    "terminal/meal_rules.py": ["tests/test_mutation_canteen.py"],
+    "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
+    "common/settlement.py": ["tests/test_mutation_canteen.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

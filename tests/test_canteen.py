@@ -766,3 +766,24 @@ def test_report_and_hash_password_commands(till, sam, tmp_path, capsys, monkeypa
     assert verify_password(line.split('"')[1], "13579")
     monkeypatch.setattr("sys.stdin", io.StringIO("12\n"))
     assert main(["terminal", "hash-password"]) == 2
+
+
+@pytest.mark.parametrize("tear_after", [1, 2, 3])
+def test_a_torn_lunch_is_settled_once_in_its_shift_and_period_and_counts_once(till, sam, tear_after):
+    """Torn at each APDU of the sale: the next tap settles it (the debit happened or not), the settled record keeps
+    the operator, batch and meal period of its intent, and the lunch limit counts it exactly once."""
+    card = make_card(sam, opening_balance=10_000)
+    sign_in(till, local(23, 11))
+    reader = InProcessReader()
+    reader.tap(card, tear_after=tear_after)
+    torn = till.handle_tap(reader.wait_for_card(0), local(23, 12), Charge(1000))
+    assert torn.kind == "tap.incomplete"
+    again = tap(till, card, Charge(1000), local(23, 12, 0, 20))
+    assert again.accepted
+    paid = card.state.purse.balance == 9000
+    outcome = till.event_log.last_event_of((mr.PURCHASE,))
+    assert (outcome.detail["operator"], outcome.detail["batch"], outcome.detail["meal_period"]) == ("0001", 1, "lunch")
+    assert [e.kind for e in till.event_log.events() if e.kind == mr.PURCHASE] == [mr.PURCHASE]
+    assert paid  # one lunch charged, whether at the torn tap or at the re-tap
+    second = tap(till, card, Charge(500), local(23, 12, 1))
+    assert second.reason_code == "meal_count_limit" and card.state.purse.balance == 9000
