@@ -323,7 +323,7 @@ class Terminal:
         """A receipt for money that moved; a printer fault (paper out, cable) is logged, the sale stands."""
         if self.printer is None:
             return
-        from terminal.receipt import print_receipt, receipt_lines
+        from terminal.receipt import print_receipt, receipt_lines, reopen_later
 
         lines = receipt_lines(decision, self.config, now.astimezone(self.config.terminal.timezone))
         if not lines:
@@ -338,6 +338,7 @@ class Terminal:
                 error=f"{type(exc).__name__}: {exc}",
                 msg="receipt not printed; the transaction itself is recorded",
             )
+            reopen_later(self.printer)
 
     def handle_shift(self, request: SignIn | SignOut, now: dt.datetime) -> Decision:
         """签到/签退 on the keypad: no card involved. Logged before it is shown; a sign-in that cannot be logged

@@ -91,9 +91,21 @@ def open_printer(section: PrinterSection) -> Any:
     from escpos import printer as escpos_printer  # type: ignore[import-untyped]
 
     if section.driver == "usb":
-        return escpos_printer.Usb(section.usb_vendor, section.usb_product)
-    if section.driver == "serial":
-        return escpos_printer.Serial(section.device, baudrate=section.baudrate)
-    if section.driver == "network":
-        return escpos_printer.Network(section.host, port=section.port, timeout=5)
-    return None
+        printer = escpos_printer.Usb(section.usb_vendor, section.usb_product)
+    elif section.driver == "serial":
+        printer = escpos_printer.Serial(section.device, baudrate=section.baudrate)
+    elif section.driver == "network":
+        printer = escpos_printer.Network(section.host, port=section.port, timeout=5)
+    else:
+        return None
+    printer.open()  # now, so a wrong address or device is reported at start (python-escpos opens lazily)
+    return printer
+
+
+def reopen_later(printer: Any) -> None:
+    """After a failed receipt (printer restarted, cable out): close it so the next receipt opens it afresh."""
+    try:
+        printer.close()
+    except Exception:  # noqa: BLE001 - already broken; the next open reports what is wrong
+        pass
+    printer.device = False  # python-escpos: the next use opens the device again

@@ -787,3 +787,65 @@ def test_a_torn_lunch_is_settled_once_in_its_shift_and_period_and_counts_once(ti
     assert paid  # one lunch charged, whether at the torn tap or at the re-tap
     second = tap(till, card, Charge(500), local(23, 12, 1))
     assert second.reason_code == "meal_count_limit" and card.state.purse.balance == 9000
+
+
+def test_receipt_printers_over_the_network_and_a_serial_line(tmp_path):
+    """python-escpos's own Network and Serial printers, against a TCP listener on a free port and a real pty."""
+    import os
+    import pty
+    import socket
+    import threading
+    import tty
+    from contextlib import ExitStack
+
+    from common.config import PrinterSection
+    from common.errors import UserError
+    from terminal.adapters import open_receipt_printer
+    from terminal.receipt import Line
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    received = []
+
+    def accept():
+        conn, _ = server.accept()
+        with conn:
+            while chunk := conn.recv(4096):
+                received.append(chunk)
+
+    thread = threading.Thread(target=accept)
+    thread.start()
+    config = load_config(write_config(tmp_path))
+    net = dataclasses.replace(
+        config, printer=PrinterSection(driver="network", host="127.0.0.1", port=server.getsockname()[1])
+    )
+    with ExitStack() as stack:
+        printer = open_receipt_printer(net, stack)
+        print_receipt(printer, [Line("NET")])
+    thread.join(5)
+    server.close()
+    assert b"NET\n" in b"".join(received) and b"".join(received).endswith(b"\x1dV\x00")
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    serial_config = dataclasses.replace(config, printer=PrinterSection(driver="serial", device=os.ttyname(slave)))
+    try:
+        with ExitStack() as stack:
+            print_receipt(open_receipt_printer(serial_config, stack), [Line("SER")])
+        out = b""
+        while not out.endswith(b"\x1dV\x00"):
+            out += os.read(master, 4096)
+        assert b"SER\n" in out
+    finally:
+        os.close(master)
+        os.close(slave)
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    with pytest.raises(UserError, match=r"\[printer\] driver = 'network' cannot be opened"), ExitStack() as stack:
+        open_receipt_printer(
+            dataclasses.replace(config, printer=PrinterSection(driver="network", host="127.0.0.1", port=port)), stack
+        )
