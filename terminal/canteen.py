@@ -100,10 +100,11 @@ class Canteen:
             current = shifts.require_shift(config.pos.operators, self.shift())
         except shifts.ShiftRefused as exc:
             raise Refusal(exc.reason_code, exc.message, asn) from None
-        in_period, in_day = self.usage(config, asn, local)
-        limit = mr.check_sale(config.pos, local, amount, in_period, in_day)
-        if limit is not None:
-            raise Refusal(limit.reason_code, limit.message, asn, {"resets_at": limit.resets_at.isoformat()})
+        if config.pos.meal_periods or config.pos.daily_max_amount:  # else there is no limit to count against
+            in_period, in_day = self.usage(config, asn, local)
+            limit = mr.check_sale(config.pos, local, amount, in_period, in_day)
+            if limit is not None:
+                raise Refusal(limit.reason_code, limit.message, asn, {"resets_at": limit.resets_at.isoformat()})
         fields: dict = {}
         if current is not None:
             fields.update(operator=current.operator, batch=current.batch)

@@ -64,7 +64,7 @@ def period_at(periods: Iterable[MealPeriod], local: dt.datetime) -> MealPeriod |
 
 def day_rollover(periods: Iterable[MealPeriod]) -> dt.time:
     """When a service day ends: the end of a window that runs past midnight, else midnight."""
-    return next((p.end for p in periods if p.crosses_midnight), dt.time(0, 0))
+    return next((p.end for p in periods if p.crosses_midnight), dt.time.min)
 
 
 def service_day(periods: tuple[MealPeriod, ...], local: dt.datetime) -> dt.date:

@@ -19,6 +19,7 @@ from common.config import Config
 from common.errors import RecordNotWritten
 from common.logs import log_event
 from common.money import format_yuan
+from common.money_records import SALE_FIELDS as MONEY_SALE_FIELDS
 from common.money_records import check_money_detail
 from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
 from sam.sam_state import StateFileError
@@ -46,13 +47,8 @@ OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
 TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
-SALE_FIELDS = (
-    "operator",
-    "batch",
-    "meal_period",
-    "service_day",
-    "item",
-)  # from Canteen, carried from the intent to the outcome
+# From Canteen.sale_fields, carried from the intent to the outcome (the optional fields of common/money_records.py).
+SALE_FIELDS = (*MONEY_SALE_FIELDS, "item")
 
 
 # The log cannot be written (disk full, I/O error): nothing that needs a record is done, and the screen says so.

@@ -70,6 +70,8 @@ def test_usage_adds_and_tally_counts_by_day_and_period():
     assert mr.tally(PERIODS, sales, day, LATE) == (mr.Usage(1, 700), mr.Usage(3, 2000))
     assert mr.tally(PERIODS, sales, day, None) == (mr.Usage(), mr.Usage(3, 2000))
     assert mr.tally(PERIODS, sales, dt.date(2026, 11, 24), BREAKFAST) == (mr.Usage(1, 300), mr.Usage(1, 300))
+    twice = [mr.Sale(at(23, 7), 300), mr.Sale(at(23, 8), 250)]
+    assert mr.tally(PERIODS, twice, day, BREAKFAST) == (mr.Usage(2, 550), mr.Usage(2, 550))
 
 
 def test_count_limit_exact():
