@@ -95,26 +95,20 @@ def format_totals(totals: Totals) -> list[str]:
         f"subsidy spent  {_tally(totals.subsidy_spent)}",
     ]
     for title, table in (("by meal period", totals.by_period), ("by operator", totals.by_operator)):
-        if not table:
-            continue
-        lines.append(title)
-        for key in sorted(table):
-            row = table[key]
-            lines.append(f"  {key:<12} sales {_tally(row['sales'])}  undos {_tally(row['undos'])}")
+        if table:
+            lines.append(title)
+            lines += [
+                f"  {k:<12} sales {_tally(table[k]['sales'])}  undos {_tally(table[k]['undos'])}" for k in sorted(table)
+            ]
     return lines
 
 
 def seq_ranges(seqs: Iterable[int]) -> str:
     """[3, 4, 5, 9] -> '3-5, 9'."""
-    out: list[str] = []
-    run: list[int] = []
+    runs: list[list[int]] = []  # [first, last] of each run of consecutive seqs
     for s in sorted(seqs):
-        if run and s == run[-1] + 1:
-            run.append(s)
-            continue
-        if run:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-        run = [s]
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ", ".join(out)
+        if runs and s == runs[-1][1] + 1:
+            runs[-1][1] = s
+        else:
+            runs.append([s, s])
+    return ", ".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)

@@ -41,7 +41,7 @@ def open_shift(last_kind: str | None, last_detail: dict[str, Any], last_time: dt
 
 
 def next_batch(last_batch: int) -> int:
-    return last_batch + 1 if 0 <= last_batch < MAX_BATCH else 1
+    return last_batch % MAX_BATCH + 1
 
 
 def sign_in(operators: dict[str, Operator], current: Shift | None, number: str, password: str) -> Operator:

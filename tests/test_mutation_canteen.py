@@ -139,7 +139,7 @@ def test_open_shift_and_batches():
         "0001", "Li Na", 3, when
     )
     assert shifts.open_shift(shifts.SIGN_IN, {"operator": "0001", "batch": 3}, when).name == ""
-    assert [shifts.next_batch(b) for b in (0, 1, 999_998, 999_999, -1)] == [1, 2, 999_999, 1, 1]
+    assert [shifts.next_batch(b) for b in (0, 1, 41, 999_998, 999_999)] == [1, 2, 42, 999_999, 1]
 
 
 def test_sign_in_rules():
@@ -159,6 +159,7 @@ def test_sign_in_rules():
     with pytest.raises(shifts.ShiftRefused) as refused:
         shifts.sign_in({}, None, "0001", "2468")
     assert refused.value.reason_code == "no_operators" and str(refused.value) == refused.value.message
+    assert refused.value.message == "Sign-in is not set up on this till: add [pos.operators] to firmware.toml"
 
 
 def test_require_shift():
@@ -166,7 +167,10 @@ def test_require_shift():
     assert shifts.require_shift(OPS, current) is current and shifts.require_shift({}, None) is None
     with pytest.raises(shifts.ShiftRefused) as refused:
         shifts.require_shift(OPS, None)
-    assert refused.value.reason_code == "no_operator"
+    assert (refused.value.reason_code, refused.value.message) == (
+        "no_operator",
+        "No cashier signed in: sign in first (s NUMBER PASSWORD)",
+    )
 
 
 def test_password_hash_format():
@@ -229,8 +233,10 @@ def test_settle_and_format():
         "  0001         sales    2       15.00  undos    0        0.00",
         "  0002         sales    0        0.00  undos    1       12.00",
     ]
-    refunds_only = st.format_totals(st.settle([RECORDS[2]]))
-    assert refunds_only[2] == "net                      -12.00"
+    refunds_only = st.format_totals(st.settle([RECORDS[2], rec(9, "pos.purchase", 50)]))
+    assert refunds_only[2] == "net                      -11.50"
+    mixed = [RECORDS[6], RECORDS[0], RECORDS[7], RECORDS[1]]  # records that are not money are skipped, not the end
+    assert st.settle(mixed).seqs == [1, 2]
     assert st.format_totals(st.settle([RECORDS[4]])) == [
         "sales             0        0.00",
         "undos             0        0.00",
@@ -239,3 +245,4 @@ def test_settle_and_format():
         "subsidy spent     0        0.00",
     ]
     assert st.seq_ranges([1, 2, 4, 6, 7, 8]) == "1-2, 4, 6-8" and st.seq_ranges([5]) == "5"
+    assert st.seq_ranges([3, 1, 2, 5, 7, 8]) == "1-3, 5, 7-8" and st.seq_ranges([]) == ""
