@@ -128,20 +128,21 @@ class Bills:
     def _publish_meal_usage(self, terminal_id: str, after_seq: int, upto_seq: int) -> None:
         """Queue, for the enterprise's tills, the confirmed usage of every (card, service day) that the sales just
         received from this till touched (docs/sync-protocol.md "Meal usage across tills"). In the ingest's
-        transaction, so the figures and the records that made them are committed together."""
-        touched = self.conn.execute(
-            "SELECT DISTINCT asn, json_extract(detail, '$.service_day') FROM events WHERE terminal_id = ? "
-            "AND seq > ? AND seq <= ? AND kind IN ('pos.purchase', 'pos.undo') "
-            "AND json_extract(detail, '$.service_day') IS NOT NULL AND asn IS NOT NULL ORDER BY 2, 1",
+        transaction, so the figures and the records that made them are committed together. JSON details are read
+        in Python (the same on SQLite and PostgreSQL)."""
+        touched: dict[str, list[str]] = {}
+        for asn, detail in self.conn.execute(
+            "SELECT asn, detail FROM events WHERE terminal_id = ? AND seq > ? AND seq <= ? "
+            "AND kind IN ('pos.purchase', 'pos.undo') AND asn IS NOT NULL ORDER BY seq",
             (terminal_id, after_seq, upto_seq),
-        ).fetchall()
+        ).fetchall():
+            day = json.loads(detail).get("service_day")
+            if isinstance(day, str) and asn not in touched.setdefault(day, []):
+                touched[day].append(asn)
         if not touched:
             return
         enterprise = self.terminal_enterprise(terminal_id)
-        by_day: dict[str, list[str]] = {}
-        for asn, day in touched:
-            by_day.setdefault(day, []).append(asn)
-        for day, asns in by_day.items():
+        for day, asns in sorted(touched.items()):
             rows: list[dict] = []
             for asn in asns:
                 usage = self.meal_usage(enterprise, asn, day)
@@ -158,17 +159,34 @@ class Bills:
 
     def meal_usage(self, enterprise_id: str, asn: str, day: str) -> list[dict]:
         """A card's sales on service day `day` at each of the enterprise's tills, by meal period, net of undone
-        sales: the rows of a meal_usage message."""
-        rows = self.conn.execute(
-            "SELECT e.terminal_id, coalesce(json_extract(e.detail, '$.meal_period'), ''), count(*), "
-            "sum(json_extract(e.detail, '$.amount')) FROM events e JOIN terminals t ON t.terminal_id = e.terminal_id "
-            "WHERE t.enterprise_id = ? AND e.asn = ? AND e.kind = 'pos.purchase' "
-            "AND json_extract(e.detail, '$.service_day') = ? AND NOT EXISTS (SELECT 1 FROM events u WHERE "
-            "u.terminal_id = e.terminal_id AND u.asn = e.asn AND u.kind = 'pos.undo' "
-            "AND json_extract(u.detail, '$.purchase_seq') = e.seq) GROUP BY 1, 2 ORDER BY 1, 2",
-            (enterprise_id, asn, day),
-        ).fetchall()
+        sales: the rows of a meal_usage message. A service day spans at most its date and the next morning, so
+        only events from the day before to two days after are read."""
+        first = dt.datetime.combine(
+            dt.date.fromisoformat(day) - dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc
+        )
+        sales: dict[tuple[str, int], tuple[str, int]] = {}
+        undone: set[tuple[str, int]] = set()
+        for tid, seq, kind, detail in self.conn.execute(
+            "SELECT e.terminal_id, e.seq, e.kind, e.detail FROM events e JOIN terminals t ON t.terminal_id = "
+            "e.terminal_id WHERE t.enterprise_id = ? AND e.asn = ? AND e.kind IN ('pos.purchase', 'pos.undo') "
+            "AND e.time >= ? AND e.time < ? ORDER BY e.terminal_id, e.seq",
+            (enterprise_id, asn, p.format_time(first), p.format_time(first + dt.timedelta(days=4))),
+        ).fetchall():
+            d = json.loads(detail)
+            if d.get("service_day") != day:
+                continue
+            if kind == "pos.purchase":
+                sales[(tid, seq)] = (d.get("meal_period") or "", d["amount"])
+            else:
+                undone.add((tid, d["purchase_seq"]))
+        totals: dict[tuple[str, str], list[int]] = {}
+        for (tid, seq), (period, amount) in sales.items():
+            if (tid, seq) in undone:
+                continue
+            row = totals.setdefault((tid, period), [0, 0])
+            row[0] += 1
+            row[1] += amount
         return [
             {"asn": asn, "terminal_id": tid, "period": period, "count": count, "amount": amount}
-            for tid, period, count, amount in rows
+            for (tid, period), (count, amount) in sorted(totals.items())
         ]

@@ -432,14 +432,14 @@ def test_x_and_z_reports_from_the_terminal_log(till, sam):
         report_lines(till.config, till.event_log, 0, 7, None)
 
 
-def test_platform_settlement_agrees_with_the_till(till, sam, tmp_path):
+def test_platform_settlement_agrees_with_the_till(till, sam, platform_db):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from central.store import Platform
     from common import sync_protocol as p
 
     a, b = run_day(till, sam)
-    pf = Platform(tmp_path / "platform.db", Ed25519PrivateKey.generate(), unverified_money=True)
+    pf = Platform(platform_db, Ed25519PrivateKey.generate(), unverified_money=True)
     try:
         pf.add_enterprise("00010001", "Test Co")
         pf.add_terminal(till.config.terminal.id, "00010001", kind="pos")
@@ -623,7 +623,7 @@ def wire(log):
     ]
 
 
-def test_a_lunch_at_one_till_counts_at_the_other_once_the_platform_confirmed_it(tmp_path, sam):
+def test_a_lunch_at_one_till_counts_at_the_other_once_the_platform_confirmed_it(tmp_path, sam, platform_db):
     """Till A sells a lunch; the platform receives it and publishes the card's usage; till B's agent stores the
     signed message; till B then refuses a second lunch (max_count 1) and names the limit. An undo at A, once
     received, gives the meal back at B."""
@@ -660,7 +660,7 @@ def test_a_lunch_at_one_till_counts_at_the_other_once_the_platform_confirmed_it(
         ConsoleOutputs("B", io.StringIO(), color=False),
         inbox=inbox,
     )
-    pf = Platform(tmp_path / "platform.db", key, unverified_money=True)
+    pf = Platform(platform_db, key, unverified_money=True)
     card = make_card(sam, opening_balance=10_000)
     asn = card.state.asn.hex().upper()
 
