@@ -55,6 +55,9 @@ MODULES: dict[str, list[str]] = {
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
     "terminal/screens.py": ["tests/test_mutation_screens.py"],
     "common/ota.py": ["tests/test_ota.py", "tests/test_mutation_ota.py"],
+    "terminal/meal_rules.py": ["tests/test_mutation_canteen.py"],
+    "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
+    "common/settlement.py": ["tests/test_mutation_canteen.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

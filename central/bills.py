@@ -1,4 +1,4 @@
-"""The holder's monthly bills (attendance and spending) as SMS text.
+"""The holder's monthly bills (attendance and spending) as SMS text, and a till's day settlement.
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
 """
@@ -6,8 +6,10 @@ A part of `central.store.Platform`: it works on the platform database through `s
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from central.db import ACTIVE, LOST, PlatformError, _yuan
+from common import settlement as st
 from common import sync_protocol as p
 
 
@@ -84,3 +86,107 @@ class Bills:
             f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
             f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}."
         )
+
+    def settlement_records(self, terminal_id: str, day: dt.date) -> list[st.Record]:
+        """The money records of `day` (platform time zone) that the platform received from this terminal."""
+        self.terminal(terminal_id)  # PlatformError if it is not registered
+        first = dt.datetime.combine(day, dt.time(0), tzinfo=self.tz)
+        nxt = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=self.tz)
+        marks = ",".join("?" * len(st.MONEY_OUTCOMES))
+        rows = self.conn.execute(
+            f"SELECT seq, time, kind, detail FROM events WHERE terminal_id = ? AND kind IN ({marks}) "
+            "AND time >= ? AND time < ? ORDER BY seq",
+            (terminal_id, *st.MONEY_OUTCOMES, p.format_time(first), p.format_time(nxt)),
+        ).fetchall()
+        return [st.Record(seq, p.parse_time(t, "event time"), k, json.loads(d)) for seq, t, k, d in rows]
+
+    def settlement(self, terminal_id: str, day: dt.date) -> str:
+        """The Z report of one till for one day, from what the platform received: the same totals as the till's
+        `onecard terminal report --day` for the records both hold, and what the platform has not received."""
+        records = self.settlement_records(terminal_id, day)
+        totals = st.settle(records)
+        t = self.terminal(terminal_id)
+        lines = [f"Z report (platform): terminal {terminal_id}, {day.isoformat()} ({self.tz.key})"]
+        lines += st.format_totals(totals)
+        lines.append(f"received up to seq {t['contiguous_seq']}")
+        head = (t["heartbeat"] or {}).get("head_seq")
+        if isinstance(head, int) and head > t["contiguous_seq"]:
+            lines.append(
+                f"not yet received: seq {t['contiguous_seq'] + 1}-{head} (the terminal's last heartbeat); "
+                "their sales are missing above"
+            )
+        marks = ",".join("?" * len(totals.seqs)) or "NULL"
+        held = self.conn.execute(
+            f"SELECT count(*) FROM held_money WHERE terminal_id = ? AND seq IN ({marks}) AND status IN ('waiting', "
+            "'held')",
+            (terminal_id, *totals.seqs),
+        ).fetchone()[0]
+        if held:
+            lines.append(f"of these, {held} record(s) not accounted to the cards (onecard platform held)")
+        return "\n".join(lines)
+
+    def _publish_meal_usage(self, terminal_id: str, after_seq: int, upto_seq: int) -> None:
+        """Queue, for the enterprise's tills, the confirmed usage of every (card, service day) that the sales just
+        received from this till touched (docs/sync-protocol.md "Meal usage across tills"). In the ingest's
+        transaction, so the figures and the records that made them are committed together. JSON details are read
+        in Python (the same on SQLite and PostgreSQL)."""
+        touched: dict[str, list[str]] = {}
+        for asn, detail in self.conn.execute(
+            "SELECT asn, detail FROM events WHERE terminal_id = ? AND seq > ? AND seq <= ? "
+            "AND kind IN ('pos.purchase', 'pos.undo') AND asn IS NOT NULL ORDER BY seq",
+            (terminal_id, after_seq, upto_seq),
+        ).fetchall():
+            day = json.loads(detail).get("service_day")
+            if isinstance(day, str) and asn not in touched.setdefault(day, []):
+                touched[day].append(asn)
+        if not touched:
+            return
+        enterprise = self.terminal_enterprise(terminal_id)
+        for day, asns in sorted(touched.items()):
+            rows: list[dict] = []
+            for asn in asns:
+                usage = self.meal_usage(enterprise, asn, day)
+                rows += usage or [{"asn": asn, "terminal_id": terminal_id, "period": "", "count": 0, "amount": 0}]
+                if len(rows) >= p.MAX_MEAL_USAGE_ROWS - 100:
+                    self._queue_meal_usage(enterprise, day, rows)
+                    rows = []
+            if rows:
+                self._queue_meal_usage(enterprise, day, rows)
+
+    def _queue_meal_usage(self, enterprise: str, day: str, rows: list[dict]) -> None:
+        body = {"enterprise_id": enterprise, "day": day, "usage": rows}
+        self._queue(p.enterprise_topic(enterprise), self.seal("meal_usage", f"e:{enterprise}", body))
+
+    def meal_usage(self, enterprise_id: str, asn: str, day: str) -> list[dict]:
+        """A card's sales on service day `day` at each of the enterprise's tills, by meal period, net of undone
+        sales: the rows of a meal_usage message. A service day spans at most its date and the next morning, so
+        only events from the day before to two days after are read."""
+        first = dt.datetime.combine(
+            dt.date.fromisoformat(day) - dt.timedelta(days=1), dt.time(0), tzinfo=dt.timezone.utc
+        )
+        sales: dict[tuple[str, int], tuple[str, int]] = {}
+        undone: set[tuple[str, int]] = set()
+        for tid, seq, kind, detail in self.conn.execute(
+            "SELECT e.terminal_id, e.seq, e.kind, e.detail FROM events e JOIN terminals t ON t.terminal_id = "
+            "e.terminal_id WHERE t.enterprise_id = ? AND e.asn = ? AND e.kind IN ('pos.purchase', 'pos.undo') "
+            "AND e.time >= ? AND e.time < ? ORDER BY e.terminal_id, e.seq",
+            (enterprise_id, asn, p.format_time(first), p.format_time(first + dt.timedelta(days=4))),
+        ).fetchall():
+            d = json.loads(detail)
+            if d.get("service_day") != day:
+                continue
+            if kind == "pos.purchase":
+                sales[(tid, seq)] = (d.get("meal_period") or "", d["amount"])
+            else:
+                undone.add((tid, d["purchase_seq"]))
+        totals: dict[tuple[str, str], list[int]] = {}
+        for (tid, seq), (period, amount) in sales.items():
+            if (tid, seq) in undone:
+                continue
+            row = totals.setdefault((tid, period), [0, 0])
+            row[0] += 1
+            row[1] += amount
+        return [
+            {"asn": asn, "terminal_id": tid, "period": period, "count": count, "amount": amount}
+            for (tid, period), (count, amount) in sorted(totals.items())
+        ]

@@ -155,6 +155,9 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--enterprise", required=True)
     c.add_argument("--month", required=True, help="YYYY-MM")
     _sms_arguments(c)
+    c = cmd("settlement", "a till's day settlement (Z report) from the records received", cmd_settlement)
+    c.add_argument("--terminal", required=True, metavar="ID")
+    c.add_argument("--day", required=True, metavar="YYYY-MM-DD")
     c = cmd("card", "show a card", cmd_card)
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
@@ -516,6 +519,18 @@ def cmd_bill(args) -> int:
     return _run(
         args, lambda pf: _send_bill(args, pf, pf.attendance_bill(args.enterprise, args.employee_no, args.month))
     )
+
+
+def cmd_settlement(args) -> int:
+    import datetime as dt
+
+    from common.errors import UserError
+
+    try:
+        day = dt.date.fromisoformat(args.day)
+    except ValueError:
+        raise UserError(f"--day {args.day!r} is not YYYY-MM-DD; write e.g. 2026-11-23") from None
+    return _run(args, lambda pf: pf.settlement(args.terminal, day))
 
 
 def cmd_spending_bill(args) -> int:

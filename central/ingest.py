@@ -52,6 +52,7 @@ class Ingest:
             # (one round trip for the batch on PostgreSQL) before the transaction ends.
             self._batch_terminal = (terminal_id, row[3], row[4])
             self._new_events: list[tuple] = []
+            start_seq = contiguous
             reason = "chain_broken" if problem else ""
             refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
@@ -159,6 +160,8 @@ class Ingest:
                 "chain_problem = ? WHERE terminal_id = ?",
                 (contiguous, head, dups, problem, terminal_id),
             )
+            if contiguous > start_seq:
+                self._publish_meal_usage(terminal_id, start_seq, contiguous)
         text = problem or ""
         if refusal and not problem:
             reason, text = refusal

@@ -108,6 +108,7 @@ LOCKS = ("fail-secure", "fail-safe")
 OUTPUT_DRIVERS = ("console", "gpio")
 DISPLAY_DRIVERS = ("none", "st7735", "ssd1306", "dummy")
 KEYPAD_DRIVERS = ("console", "stdin", "evdev", "serial")
+PRINTER_DRIVERS = ("none", "usb", "serial", "network")
 DEFAULT_FONT = Path("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc")
 
 
@@ -117,11 +118,70 @@ class AttendanceSection:
 
 
 @dataclass(frozen=True)
+class MealPeriod:
+    """[pos.meal_periods.NAME]: a named window of the service day with its own per-card limits (0 = no limit).
+
+    A window may cross midnight ("21:00-02:00"): a sale after midnight belongs to the service day it started on.
+    """
+
+    name: str
+    start: dt.time
+    end: dt.time  # exclusive; 24:00 is dt.time.max; end <= start means the window runs past midnight
+    max_count: int = 0  # sales per card in this period of one service day
+    max_amount: int = 0  # fen per card in this period of one service day
+    price: int = 0  # fen: the fixed price (定额) charged per tap with no typing; 0 = the cashier types the amount
+
+    @property
+    def crosses_midnight(self) -> bool:
+        return self.end != dt.time.max and self.end <= self.start
+
+    def __str__(self) -> str:
+        end = "24:00" if self.end == dt.time.max else self.end.strftime("%H:%M")
+        return f"{self.start.strftime('%H:%M')}-{end}"
+
+
+@dataclass(frozen=True)
+class PriceKey:
+    """[pos.price_keys.KEY]: a keypad function key (F1..F12) that rings up a configured item at its price."""
+
+    key: str
+    item: str
+    price: int  # fen
+
+
+@dataclass(frozen=True)
+class Operator:
+    """[pos.operators.NUMBER]: a cashier who signs in (签到) with NUMBER and a password kept only as its hash."""
+
+    number: str
+    name: str
+    password_hash: str  # common/passwords.py format: scrypt$N$r$p$salt$hash
+
+
+@dataclass(frozen=True)
 class PosSection:
     max_purchase: int  # fen, per purchase
     offline_limit: int  # fen, per card, spent here since the sync agent's last acknowledged upload
     undo_window_seconds: float
     card_wait_seconds: float  # how long a sale waits for the card after the cashier entered the amount
+    daily_max_amount: int = 0  # fen per card per service day over every till of the enterprise; 0 = no limit
+    meal_periods: tuple[MealPeriod, ...] = ()
+    price_keys: dict[str, PriceKey] = field(default_factory=dict)
+    operators: dict[str, Operator] = field(default_factory=dict)  # empty: no sign-in, sales carry no shift
+
+
+@dataclass(frozen=True)
+class PrinterSection:
+    """[printer]: an ESC/POS receipt printer (python-escpos); driver "none" prints nothing."""
+
+    driver: str = "none"  # none | usb | serial | network
+    usb_vendor: int = 0  # usb: idVendor and idProduct, e.g. 0x0416 0x5011
+    usb_product: int = 0
+    device: str = ""  # serial: the port, e.g. /dev/ttyUSB1
+    baudrate: int = 9600  # serial
+    host: str = ""  # network: the printer's address (raw TCP, port 9100)
+    port: int = 9100
+    width: int = 32  # characters per line (58 mm paper: 32; 80 mm: 48)
 
 
 @dataclass(frozen=True)
@@ -214,6 +274,7 @@ class Config:
     display: DisplaySection = DisplaySection()
     keypad: KeypadSection = KeypadSection()
     status: StatusSection = StatusSection()
+    printer: PrinterSection = PrinterSection()
 
 
 class _Section:
@@ -291,6 +352,7 @@ SECTIONS = (
     "display",
     "keypad",
     "status",
+    "printer",
 )
 
 
@@ -306,6 +368,11 @@ SAM_KEYS = keys_of(SamSection)
 DOOR_KEYS = keys_of(DoorSection)
 ATTENDANCE_KEYS = keys_of(AttendanceSection)
 POS_KEYS = keys_of(PosSection)
+MEAL_PERIOD_KEYS = keys_of(MealPeriod, derived=("name", "start", "end")) + ("window",)
+PRICE_KEY_KEYS = ("item", "price")
+OPERATOR_KEYS = ("name", "password_hash")
+PRINTER_KEYS = keys_of(PrinterSection)
+FUNCTION_KEYS = tuple(f"F{n}" for n in range(1, 13))
 TOPUP_KEYS = keys_of(TopupSection)
 OUTPUT_KEYS = keys_of(OutputSection)
 DISPLAY_KEYS = keys_of(DisplaySection)
@@ -443,6 +510,7 @@ def load_config(path: str | Path) -> Config:
         display=_display_section(section("display", required=False)),
         keypad=_keypad_section(section("keypad", required=False)),
         status=_status_section(section("status", required=False)),
+        printer=_printer_section(section("printer", required=False)),
     )
 
 
@@ -568,12 +636,123 @@ def _pos_section(p: _Section) -> PosSection:
         offline_limit=_yuan(p, "offline_limit", "500.00"),
         undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
         card_wait_seconds=p.get("card_wait_seconds", float, default=30.0),
+        daily_max_amount=_yuan(p, "daily_max_amount", "0", allow_zero=True),
+        meal_periods=_meal_periods(p),
+        price_keys=_price_keys(p),
+        operators=_operators(p),
     )
     if not 0 <= pos.undo_window_seconds <= 86400:
         raise p.fail("undo_window_seconds", "is outside 0..86400", "use a few minutes")
     if not 1 <= pos.card_wait_seconds <= 600:
         raise p.fail("card_wait_seconds", "is outside 1..600", "use half a minute")
     return pos
+
+
+def _subtables(p: _Section, key: str) -> dict[str, _Section]:
+    raw = p.get(key, dict, default={})
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise p.fail(f"{key}.{name}", "is not a table", f"write it as [{p.name}.{key}.{name}] with its keys")
+        out[str(name)] = _Section(p.path, f"{p.name}.{key}.{name}", table)
+    return out
+
+
+def _meal_periods(p: _Section) -> tuple[MealPeriod, ...]:
+    periods = []
+    for name, sec in _subtables(p, "meal_periods").items():
+        sec.only(MEAL_PERIOD_KEYS)
+        if not name.replace("_", "").isalnum() or not name.isascii() or len(name) > 20:
+            raise p.fail(f"meal_periods.{name}", "is not a period name", "use 1-20 letters, digits or _ (e.g. lunch)")
+        window = sec.get("window", str, required=True)
+        try:
+            start_s, end_s = window.split("-")
+            start, end = _parse_clock(start_s), _parse_clock(end_s)
+        except ValueError:
+            raise sec.fail("window", f"= {window!r} is not HH:MM-HH:MM", 'write e.g. "11:00-13:30"') from None
+        if start == end or start == dt.time.max:
+            raise sec.fail("window", f"= {window!r} is empty", "give the period a start and a later end")
+        count = sec.get("max_count", int, default=0)
+        if not 0 <= count <= 100:
+            raise sec.fail("max_count", f"= {count} is outside 0..100", "use 0 for no limit, or e.g. 1")
+        periods.append(
+            MealPeriod(
+                name=name,
+                start=start,
+                end=end,
+                max_count=count,
+                max_amount=_yuan(sec, "max_amount", "0", allow_zero=True),
+                price=_yuan(sec, "price", "0", allow_zero=True),
+            )
+        )
+    periods.sort(key=lambda m: m.start)
+    minutes = [0] * (24 * 60)  # which period owns each minute of the day: two periods may never overlap
+    for m in periods:
+        first = m.start.hour * 60 + m.start.minute
+        last = 24 * 60 if m.end == dt.time.max else m.end.hour * 60 + m.end.minute
+        span = range(first, last) if last > first else [*range(first, 24 * 60), *range(0, last)]
+        for minute in span:
+            if minutes[minute]:
+                other = periods[minutes[minute] - 1]
+                raise p.fail(
+                    f"meal_periods.{m.name}",
+                    f"({m}) overlaps meal period {other.name} ({other})",
+                    "make the windows of the meal periods disjoint",
+                )
+            minutes[minute] = periods.index(m) + 1
+    return tuple(periods)
+
+
+def _price_keys(p: _Section) -> dict[str, PriceKey]:
+    keys = {}
+    for key, sec in _subtables(p, "price_keys").items():
+        if key not in FUNCTION_KEYS:
+            raise p.fail(f"price_keys.{key}", "is not a function key", f"use one of {FUNCTION_KEYS[0]}..F12")
+        sec.only(PRICE_KEY_KEYS)
+        keys[key] = PriceKey(key, sec.get("item", str, required=True)[:24], _yuan(sec, "price", "0"))
+    return keys
+
+
+def _operators(p: _Section) -> dict[str, Operator]:
+    from common.passwords import PasswordFormatError, check_hash_format
+
+    operators = {}
+    for number, sec in _subtables(p, "operators").items():
+        if not (number.isdigit() and 1 <= len(number) <= 8):
+            raise p.fail(f"operators.{number}", "is not an operator number", "number operators with 1-8 digits")
+        sec.only(OPERATOR_KEYS)
+        hashed = sec.get("password_hash", str, required=True)
+        try:
+            check_hash_format(hashed)
+        except PasswordFormatError as exc:
+            raise sec.fail(
+                "password_hash", f"is not a password hash ({exc})", "make one with `onecard terminal hash-password`"
+            ) from None
+        operators[number] = Operator(number, sec.get("name", str, default=f"operator {number}"), hashed)
+    return operators
+
+
+def _printer_section(p: _Section) -> PrinterSection:
+    p.only(PRINTER_KEYS)
+    printer = PrinterSection(
+        driver=p.choice("driver", PRINTER_DRIVERS, default="none"),
+        usb_vendor=p.get("usb_vendor", int, default=0),
+        usb_product=p.get("usb_product", int, default=0),
+        device=p.get("device", str, default=""),
+        baudrate=p.get("baudrate", int, default=9600),
+        host=p.get("host", str, default=""),
+        port=p.get("port", int, default=9100),
+        width=p.get("width", int, default=32),
+    )
+    needs = {"usb": ("usb_vendor", "usb_product"), "serial": ("device",), "network": ("host",)}
+    for key in needs.get(printer.driver, ()):
+        if not getattr(printer, key):
+            raise p.fail(key, "is missing", f"set it for [printer] driver = {printer.driver!r} (see firmware.toml)")
+    if not 0 < printer.port < 65536:
+        raise p.fail("port", f"= {printer.port} is not a TCP port", "use 9100 (raw printing)")
+    if not 24 <= printer.width <= 64:
+        raise p.fail("width", f"= {printer.width} is outside 24..64", "use 32 for 58 mm paper, 48 for 80 mm")
+    return printer
 
 
 def _topup_section(t: _Section) -> TopupSection:
@@ -658,7 +837,7 @@ def _document_changes(where: Path, document: object, terminal_id: str | None) ->
     return changes
 
 
-def _yuan(section: _Section, key: str, default: str) -> int:
+def _yuan(section: _Section, key: str, default: str, allow_zero: bool = False) -> int:
     from common.errors import UserError
     from common.money import parse_yuan
 
@@ -667,7 +846,7 @@ def _yuan(section: _Section, key: str, default: str) -> int:
         fen = parse_yuan(text, key)
     except UserError:
         raise section.fail(key, f"= {text!r} is not an amount in yuan", 'write it as a string, e.g. "100.00"') from None
-    if fen <= 0:
+    if fen < 0 or (fen == 0 and not allow_zero):
         raise section.fail(key, "must be more than 0", 'write e.g. "100.00"')
     return fen
 

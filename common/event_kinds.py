@@ -22,6 +22,8 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         "card.rights",
         "card_action.failed",
         "config.rejected",
+        "pos.sign_in",  # a cashier's shift (batch) opens: {operator, name, batch}
+        "pos.sign_out",  # and closes: {operator, batch}
         HELD_OPEN,
         FORCED_OPEN,
         CLOSED,

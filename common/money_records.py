@@ -44,7 +44,10 @@ COMMON = (
     "resolved_at_next_tap",
 )
 EXTRA_REQUIRED = {PURCHASE: ("tsn",), UNDO: ("purchase_seq",), LOAD: ()}
-EXTRA_OPTIONAL = {PURCHASE: (), UNDO: (), LOAD: ("action_id",)}
+# A sale made in a cashier's shift carries its operator and batch, one in a meal period its period's name, one rung
+# up on a price key its item (terminal/canteen.py); a till without [pos.operators] or meal periods leaves them out.
+SALE_FIELDS = ("operator", "batch", "meal_period", "service_day")
+EXTRA_OPTIONAL = {PURCHASE: (*SALE_FIELDS, "item"), UNDO: SALE_FIELDS, LOAD: ("action_id",)}
 
 
 def _int(lo: int, hi: int):
@@ -90,6 +93,11 @@ CHECKS = {
     "tsn": _int(0, U32),
     "purchase_seq": _int(1, 2**63 - 1),
     "action_id": _text(_ID, "1-64 characters of [A-Za-z0-9._-]"),
+    "operator": _text(re.compile(r"[0-9]{1,8}\Z"), "1-8 decimal digits"),
+    "batch": _int(1, 999_999),
+    "meal_period": _text(re.compile(r"[A-Za-z0-9_]{1,20}\Z"), "1-20 characters of [A-Za-z0-9_]"),
+    "service_day": _text(re.compile(r"20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])\Z"), "a date YYYY-MM-DD"),
+    "item": _text(re.compile(r"[^\x00-\x1f\x7f]{1,24}\Z"), "1-24 printable characters"),
 }
 
 

@@ -36,7 +36,16 @@ UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST = "up/events", "up/heartbeat", "u
 DOWN_ACK, DOWN_MSG = "down/ack", "down/msg"
 UP_LEAVES = (UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST)
 
-DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "card_action.cancel", "time")
+DOWN_TYPES = (
+    "ack",
+    "blacklist.snapshot",
+    "blacklist.delta",
+    "config",
+    "card_action",
+    "card_action.cancel",
+    "time",
+    "meal_usage",
+)
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
 
 _TID_RE = re.compile(r"[0-9]{12}\Z")
@@ -435,6 +444,37 @@ def _check_card_action_cancel(body: dict[str, Any]) -> None:
         raise ProtocolError(f"{w}: action {body['action']!r:.30} is not one of {', '.join(CARD_ACTIONS)}")
 
 
+MAX_MEAL_USAGE_ROWS = 5000
+_PERIOD_RE = re.compile(r"[A-Za-z0-9_]{0,20}\Z")
+
+
+def _check_meal_usage(body: dict[str, Any]) -> None:
+    """The platform's confirmed canteen usage of some cards on one service day, per till and meal period
+    (docs/sync-protocol.md "Meal usage across tills"); period "" is spending outside any meal period."""
+    w = "meal_usage"
+    _exact(body, w, ("enterprise_id", "day", "usage"))
+    _match(body, "enterprise_id", _EID_RE, w, "8 decimal digits")
+    _date(body, "day", w)
+    rows = _field(body, "usage", list, w)
+    if len(rows) > MAX_MEAL_USAGE_ROWS:
+        raise ProtocolError(f"{w}: {len(rows)} usage rows, more than {MAX_MEAL_USAGE_ROWS}")
+    seen = set()
+    for i, row in enumerate(rows):
+        rw = f"{w} usage[{i}]"
+        if not isinstance(row, dict):
+            raise ProtocolError(f"{rw} must be an object")
+        _exact(row, rw, ("asn", "terminal_id", "period", "count", "amount"))
+        _match(row, "asn", _ASN_RE, rw, "16 uppercase hex digits")
+        _match(row, "terminal_id", _TID_RE, rw, "12 decimal digits")
+        _match(row, "period", _PERIOD_RE, rw, "0-20 characters of [A-Za-z0-9_]")
+        _int(row, "count", rw)
+        _int(row, "amount", rw)
+        key = (row["asn"], row["terminal_id"], row["period"])
+        if key in seen:
+            raise ProtocolError(f"{rw}: a second row for card {key[0]}, terminal {key[1]}, period {key[2]!r}")
+        seen.add(key)
+
+
 def _check_time(body: dict[str, Any]) -> None:
     _exact(body, "time", ("platform_time",))
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
@@ -448,6 +488,7 @@ BODY_CHECKS = {
     "card_action": _check_card_action,
     "card_action.cancel": _check_card_action_cancel,
     "time": _check_time,
+    "meal_usage": _check_meal_usage,
 }
 
 

@@ -6,8 +6,10 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # fonts-wqy-microhei: the display's Chinese font; chromium + chromium-driver: the status page's browser test.
 # postgresql: the platform's PostgreSQL store; tests run a private server from /usr/lib/postgresql/15/bin.
+# libusb-1.0-0: pyusb's backend for a USB receipt printer (python-escpos).
 PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev swig pcsc-tools opensc mosquitto mosquitto-clients
-          python3-venv python3-dev build-essential fonts-wqy-microhei chromium chromium-driver postgresql)
+          python3-venv python3-dev build-essential fonts-wqy-microhei chromium chromium-driver postgresql
+          libusb-1.0-0)
 
 say() { printf 'setup-debian: %s\n' "$*"; }
 die() { printf 'setup-debian: error: %s\n' "$*" >&2; exit 1; }

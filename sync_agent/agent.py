@@ -329,6 +329,16 @@ class SyncAgent:
                 )
             else:
                 self._reject("duplicate_action", f"card action {env.body['action_id']} is already in the inbox")
+        elif env.type == "meal_usage":
+            cards = self.store.store_meal_usage(env.body, env.id, issued, received)
+            log_event(
+                log,
+                "sync.meal_usage_stored",
+                terminal=self.tid,
+                day=env.body["day"],
+                cards=cards,
+                text="canteen usage confirmed by the platform stored for the tills' meal limits",
+            )
         elif env.type == "card_action.cancel":
             before = self.store.cancel_card_action(env.body, env.id, issued, received)
             log_event(

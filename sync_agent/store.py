@@ -31,7 +31,12 @@ CREATE TABLE IF NOT EXISTS inbox_card_actions (
   message_id TEXT NOT NULL, issued_at TEXT NOT NULL, received_at TEXT NOT NULL,
   status TEXT NOT NULL DEFAULT 'pending') STRICT;
 CREATE INDEX IF NOT EXISTS inbox_card_actions_asn ON inbox_card_actions (asn, status);
+CREATE TABLE IF NOT EXISTS inbox_meal_usage (
+  day TEXT NOT NULL, asn TEXT NOT NULL, terminal_id TEXT NOT NULL, period TEXT NOT NULL,
+  count INTEGER NOT NULL, amount INTEGER NOT NULL, issued_at TEXT NOT NULL,
+  PRIMARY KEY (day, asn, terminal_id, period)) WITHOUT ROWID, STRICT;
 """
+MEAL_USAGE_KEEP_DAYS = 3  # service days of meal usage kept in the inbox: today and a little slack
 
 
 # What to do about an empty or truncated sync.db (it holds the acknowledged position and the terminal's inbox).
@@ -143,6 +148,34 @@ class SyncStore:
                 (version, enterprise_id, json.dumps(document, sort_keys=True), msg_id, received_at),
             )
             self.mark_seen(msg_id, "config", issued_at, received_at)
+
+    def store_meal_usage(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> int:
+        """Replace the usage of each (card, day) the message lists, unless a newer message already did; the
+        message carries a card's complete usage of that day at every till. Returns the cards replaced."""
+        import datetime as dt
+
+        day = body["day"]
+        by_card: dict[str, list[dict]] = {}
+        for row in body["usage"]:
+            by_card.setdefault(row["asn"], []).append(row)
+        replaced = 0
+        with self.transaction():
+            for asn, rows in by_card.items():
+                newest = self._conn.execute(
+                    "SELECT max(issued_at) FROM inbox_meal_usage WHERE day = ? AND asn = ?", (day, asn)
+                ).fetchone()[0]
+                if newest is not None and newest > issued_at:
+                    continue  # an older message arriving late: the newer figures stand
+                self._conn.execute("DELETE FROM inbox_meal_usage WHERE day = ? AND asn = ?", (day, asn))
+                self._conn.executemany(
+                    "INSERT INTO inbox_meal_usage VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(day, asn, r["terminal_id"], r["period"], r["count"], r["amount"], issued_at) for r in rows],
+                )
+                replaced += 1
+            oldest = (dt.date.fromisoformat(day) - dt.timedelta(days=MEAL_USAGE_KEEP_DAYS)).isoformat()
+            self._conn.execute("DELETE FROM inbox_meal_usage WHERE day < ?", (oldest,))
+            self.mark_seen(msg_id, "meal_usage", issued_at, received_at)
+        return replaced
 
     def store_card_action(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
         """Store a pending card action once; False when its action_id is already in the inbox."""

@@ -227,7 +227,26 @@ def build_terminal(
             synced_seq=lambda: read_acked_seq(db),
             outbox_pressure=lambda: outbox_pressure(event_log, db, capacity),
         )
-    return Terminal(config, sam, event_log, blacklist, outputs, **sync), reader
+    printer = open_receipt_printer(config, stack)
+    return Terminal(config, sam, event_log, blacklist, outputs, printer=printer, **sync), reader
+
+
+def open_receipt_printer(config: Config, stack: ExitStack):
+    """The [printer] a till prints receipts on (None for driver "none"), opened at start so a wrong setting is one
+    line now; a printer that is off or out of paper later only costs receipts (Terminal.print_receipt logs it)."""
+    if config.printer.driver == "none":
+        return None
+    from terminal.receipt import open_printer
+
+    try:
+        printer = open_printer(config.printer)
+    except Exception as exc:  # noqa: BLE001 - python-escpos raises its own, pyusb's, pyserial's and OSError
+        raise UserError(
+            f"[printer] driver = {config.printer.driver!r} cannot be opened ({type(exc).__name__}: {exc}); check "
+            'the cable or address and the settings in [printer], or set driver = "none"'
+        ) from None
+    stack.callback(lambda: getattr(printer, "close", lambda: None)())
+    return printer
 
 
 def utc_now() -> dt.datetime:

@@ -19,11 +19,13 @@ from common.money import format_yuan
 from sam.interface import Sam, SamError, SamSwapped
 from terminal.attendance import CLOCK_KINDS, decide_attendance
 from terminal.authenticate import authenticate_card
+from terminal.canteen import no_other_tills
 from terminal.card_deadline import CommandDeadline
 from terminal.decision import Decision, Refusal
 from terminal.door import decide_door
 from terminal.inbox import Inbox
-from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, Typed, Undo
+from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, SignIn, SignOut, Typed, Undo
+from terminal.meal_rules import fixed_price
 from terminal.outputs import Outputs, present
 from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.reader import CardConnection, CardRemoved, CardUnresponsive, Reader, ReaderError
@@ -50,8 +52,10 @@ class Terminal:
         outbox_pressure: Callable[[], float] = lambda: 0.0,
         inbox: Inbox | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+        printer=None,
     ):
         self.config = config
+        self.printer = printer  # a python-escpos printer for receipts ([printer]), or None
         self.firmware_config = config  # firmware.toml as read: each platform document is laid over this, not stacked
         self.sam = sam
         self.event_log = event_log
@@ -76,6 +80,7 @@ class Terminal:
                 synced_seq,
                 outbox_pressure,
                 inbox.pending_actions if inbox is not None else None,
+                inbox.other_tills(config.terminal.id) if inbox is not None else no_other_tills,
             )
             if config.terminal.kind in PURSE_KINDS
             else None
@@ -177,7 +182,7 @@ class Terminal:
         transmit = conn.transmit
         try:
             if isinstance(request, Charge):
-                return self.purse.purchase(transmit, request.amount, now)
+                return self.purse.purchase(transmit, request.amount, now, request.item)
             if isinstance(request, Load):
                 return self.purse.top_up(transmit, request.amount, now)
             if isinstance(request, Undo):
@@ -311,6 +316,55 @@ class Terminal:
         relay = self.config.door.open_seconds if self.config.terminal.kind == "door" else None
         present(decision, self.outputs, relay)
         self._shown()
+        self.print_receipt(decision, now)
+        return decision
+
+    def print_receipt(self, decision: Decision, now: dt.datetime) -> None:
+        """A receipt for money that moved; a printer fault (paper out, cable) is logged, the sale stands."""
+        if self.printer is None:
+            return
+        from terminal.receipt import print_receipt, receipt_lines, reopen_later
+
+        lines = receipt_lines(decision, self.config, now.astimezone(self.config.terminal.timezone))
+        if not lines:
+            return
+        try:
+            print_receipt(self.printer, lines)
+        except Exception as exc:  # noqa: BLE001 - any printer failure; the money record is already logged
+            log_event(
+                log,
+                "printer.failed",
+                logging.WARNING,
+                error=f"{type(exc).__name__}: {exc}",
+                msg="receipt not printed; the transaction itself is recorded",
+            )
+            reopen_later(self.printer)
+
+    def handle_shift(self, request: SignIn | SignOut, now: dt.datetime) -> Decision:
+        """签到/签退 on the keypad: no card involved. Logged before it is shown; a sign-in that cannot be logged
+        did not happen (sales would otherwise carry a batch the log never opened)."""
+        canteen = self.purse.canteen
+        if isinstance(request, SignIn):
+            decision = canteen.sign_in(self.config, request.operator, request.password, now)
+        else:
+            decision = canteen.sign_out(now)
+        try:
+            self.event_log.append(
+                now,
+                decision.kind,
+                asn=None,
+                reason_code=decision.reason_code,
+                message=decision.message,
+                detail=decision.detail,
+            )
+        except Exception as exc:
+            log_event(log, "log.write_failed", logging.ERROR, error=str(exc), msg="could not record a sign-in/out")
+            decision = Decision(
+                False, "pos.deny", LOG_UNAVAILABLE, "Terminal fault: cannot record, not signed in or out", logged=False
+            )
+        log_event(log, "shift.changed", kind=decision.kind, reason=decision.reason_code, msg=decision.message)
+        present(decision, self.outputs, None)
+        self._shown()
         return decision
 
     def live_status(self) -> dict:
@@ -370,8 +424,12 @@ class Terminal:
 
     def entry_refusal(self, request: Request) -> str | None:
         """Limits known before any card is tapped: refused as the amount is entered, not after the tap."""
+        if isinstance(request, (SignIn, SignOut)) and self.config.terminal.kind != "pos":
+            return "Sign-in is for canteen tills"
         if isinstance(request, Charge):
             pos = self.config.pos
+            if pos.operators and self.purse is not None and self.purse.canteen.shift() is None:
+                return "No cashier signed in: sign in first (s NUMBER PASSWORD)"
             if request.amount > pos.max_purchase:
                 return (
                     f"{format_yuan(request.amount)} is over the limit of {format_yuan(pos.max_purchase)} per "
@@ -511,6 +569,9 @@ class Terminal:
                     self._tap_without_amount(reader, conn, clock, stop, poll_seconds, heartbeat)
                 continue
             request = self._keypad_item(item)
+            if isinstance(request, (SignIn, SignOut)):
+                self.handle_shift(request, clock())
+                continue
             if request is not None and not isinstance(request, Cancel):
                 self._serve_request(reader, keypad, request, clock, stop, poll_seconds, heartbeat)
         self.reader_status = {"name": reader.name, "state": "stopped"}
@@ -541,6 +602,12 @@ class Terminal:
         poll: float,
         heartbeat: Callable[[], None] = lambda: None,
     ) -> None:
+        fixed = None
+        if self.config.terminal.kind == "pos":
+            fixed = fixed_price(self.config.pos, clock().astimezone(self.config.terminal.timezone))
+        if fixed is not None:  # 定额: the period's fixed price, no typing; a typed amount still overrides it
+            self._serve_card(reader, conn, clock, stop, poll, Charge(fixed[1]), heartbeat)
+            return
         if self.config.keypad.tap_without_amount == "balance":
             self._serve_card(reader, conn, clock, stop, poll, Balance(), heartbeat)
             return

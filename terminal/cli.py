@@ -40,9 +40,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help="print only the path of this file, e.g. firmware.toml or onecard-terminal.service",
     )
     files.set_defaults(handler=cmd_files)
-    from terminal import install_cli  # the installer's commands: provision, selftest
+    from terminal import install_cli, report_cli  # the installer's commands: provision, selftest
 
     install_cli.add_subcommands(sub)
+    report_cli.add_subcommands(sub)
+    hashpw = sub.add_parser(
+        "hash-password", help="read a cashier's password (twice, not echoed) and print its hash for [pos.operators]"
+    )
+    hashpw.set_defaults(handler=cmd_hash_password)
 
 
 def story_clock(path: Path):
@@ -109,6 +114,25 @@ def cmd_run(args) -> int:
             terminal.run(reader, clock, stop, keypad=keypad, heartbeat=systemd.heartbeat)
         finally:
             systemd.stopping()
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    import getpass
+    import os
+    import sys
+
+    from common.passwords import hash_password
+
+    if sys.stdin.isatty():
+        first, second = getpass.getpass("password: "), getpass.getpass("again: ")
+    else:  # a provisioning script pipes it in: one line
+        first = second = sys.stdin.readline().rstrip("\n")
+    if first != second:
+        raise UserError("the two passwords differ; run hash-password again")
+    if not (4 <= len(first) <= 12 and first.isdigit()):
+        raise UserError("a cashier password is 4-12 digits (it is typed on the till's keypad)")
+    print(f'password_hash = "{hash_password(first, os.urandom(16))}"')
     return 0
 
 

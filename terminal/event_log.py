@@ -369,6 +369,15 @@ class EventLog:
         ).fetchone()
         return None if row is None else _row_to_event(row)
 
+    def card_events_since(self, asn: str | bytes, kinds: tuple[str, ...], since: datetime) -> list[LoggedEvent]:
+        """Card `asn`'s records of `kinds` at or after `since`, in seq order (a card's meal-period usage)."""
+        marks = ",".join("?" * len(kinds))
+        rows = self._conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE asn = ? AND kind IN ({marks}) AND time >= ? ORDER BY seq",
+            (normalise_asn(asn), *kinds, format_time(since)),
+        ).fetchall()
+        return [_row_to_event(r) for r in rows]
+
     def last_tsn(self) -> int:
         """The highest SAM TSN this log holds: the newest purchase intent's (TSNs only grow) or, when compaction
         removed every intent, the one it carried; 0 when none. No sale may use a TSN at or below it."""

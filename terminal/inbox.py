@@ -60,6 +60,25 @@ class Inbox:
         )
         return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2])} for r in rows]
 
+    def other_tills(self, terminal_id: str):
+        """Canteen.other_tills for this terminal: a card's usage on a service day at the enterprise's other tills,
+        as the platform last confirmed it, by meal period ("" = the whole day)."""
+        from terminal.meal_rules import Usage
+
+        def usage(asn: str, day) -> dict[str, Usage]:
+            rows = self._query(
+                "SELECT period, count, amount FROM inbox_meal_usage WHERE day = ? AND asn = ? AND terminal_id != ?",
+                (day.isoformat(), asn.upper(), terminal_id),
+            )
+            out: dict[str, Usage] = {"": Usage()}
+            for period, count, amount in rows:
+                if period:
+                    out[period] = out.get(period, Usage()) + Usage(count, amount)
+                out[""] += Usage(count, amount)
+            return out
+
+        return usage
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -3,6 +3,7 @@ system's pipe (whole lines), a serial keypad (pyserial) and a USB keypad (evdev)
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import sys
 import threading
@@ -16,9 +17,11 @@ from common.money import format_yuan, parse_yuan
 @dataclass(frozen=True)
 class Charge:
     amount: int  # fen
+    item: str = ""  # rung up on a price key ([pos.price_keys]): the item's name
 
     def prompt(self) -> str:
-        return f"Pay {format_yuan(self.amount)}: please tap your card"
+        what = f"{self.item} " if self.item else ""
+        return f"Pay {what}{format_yuan(self.amount)}: please tap your card"
 
 
 @dataclass(frozen=True)
@@ -46,17 +49,50 @@ class Cancel:
     pass
 
 
-Request = Charge | Load | Undo | Balance | Cancel
+@dataclass(frozen=True)
+class SignIn:
+    """签到: a cashier opens a shift. The password is checked against its hash and never shown, logged or kept."""
+
+    operator: str
+    password: str = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True)
+class SignOut:
+    """签退: the cashier signed in closes the shift."""
+
+
+Request = Charge | Load | Undo | Balance | Cancel | SignIn | SignOut
 
 HELP = {
-    "pos": "type an amount (12.50) to charge, u to undo the last payment, b for a balance, c to cancel",
+    "pos": "type an amount (12.50) to charge, F1..F12 for a price key, u to undo the last payment, b for a balance, "
+    "s NUMBER PASSWORD to sign in, o to sign out, c to cancel",
     "topup": "type an amount (50.00) to load, b for a balance, c to cancel",
 }
 
 
-def parse_request(line: str, kind: str) -> Request:
-    """One keypad line -> request; UserError with the help text for anything else."""
+def masked(line: str) -> str:
+    """What the display shows of a line being typed: a sign-in's password as asterisks."""
+    parts = line.split(" ")
+    if len(parts) >= 3 and parts[0].lower() == "s":
+        return " ".join(parts[:2] + ["*" * len(" ".join(parts[2:]))])
+    return line
+
+
+def parse_request(line: str, kind: str, price_keys: dict | None = None) -> Request:
+    """One keypad line -> request; UserError with the help text for anything else. `price_keys` is [pos].price_keys
+    (F1 -> PriceKey)."""
     text = line.strip().lower()
+    if kind == "pos" and price_keys and text.upper() in price_keys:
+        key = price_keys[text.upper()]
+        return Charge(key.price, key.item)
+    if kind == "pos" and text.startswith("s "):
+        parts = line.split()
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise UserError("sign in as: s NUMBER PASSWORD (e.g. s 0001 ******)")
+        return SignIn(parts[1], parts[2])
+    if kind == "pos" and text == "o":
+        return SignOut()
     if text == "c":
         return Cancel()
     if text == "b":
@@ -95,11 +131,15 @@ BACKSPACE, CLEAR, CANCEL, ENTER = "backspace", "clear", "cancel", "enter"
 class KeyLine:
     """Single keys -> the line being typed -> a request when Enter is pressed. Sans-I/O, one per key source."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, price_keys: dict | None = None):
         self.kind = kind
+        self.price_keys = price_keys or {}
         self.line = ""
 
     def key(self, key: str) -> list[Item]:
+        if key in self.price_keys:  # a function key rings its item up at once, whatever was typed before
+            self.line = ""
+            return [parse_request(key, self.kind, self.price_keys)]
         if key == CANCEL:
             self.line = ""
             return [Cancel()]
@@ -108,7 +148,7 @@ class KeyLine:
             if not line.strip():
                 return []
             try:
-                return [parse_request(line, self.kind)]
+                return [parse_request(line, self.kind, self.price_keys)]
             except UserError as exc:
                 return [Rejected(str(exc))]
         if key == BACKSPACE:
@@ -116,12 +156,12 @@ class KeyLine:
         elif key == CLEAR:
             self.line = ""
         elif len(key) == 1 and key.isprintable():
-            if len(self.line) >= 12:
-                return [Rejected(f"{self.line + key!r} is too long: {HELP[self.kind]}")]
+            if len(self.line) >= 24:
+                return [Rejected(f"{masked(self.line + key)!r} is too long: {HELP[self.kind]}")]
             self.line += key
         else:
             return []
-        return [Typed(self.line)]
+        return [Typed(masked(self.line))]
 
 
 class Keypad(Protocol):
@@ -167,9 +207,10 @@ class _QueuedKeypad:
 class ConsoleKeypad(_QueuedKeypad):
     """Reads one request per line from a text stream (the console, or a pipe from a till system)."""
 
-    def __init__(self, kind: str, stream: TextIO | None = None):
+    def __init__(self, kind: str, stream: TextIO | None = None, price_keys: dict | None = None):
         super().__init__(kind, "keypad")
         self._stream = stream or sys.stdin
+        self.price_keys = price_keys or {}
         self._thread.start()
 
     def _read(self) -> None:
@@ -177,7 +218,7 @@ class ConsoleKeypad(_QueuedKeypad):
             if not line.strip():
                 continue
             try:
-                self._queue.put(parse_request(line, self.kind))
+                self._queue.put(parse_request(line, self.kind, self.price_keys))
             except UserError as exc:
                 self._queue.put(Rejected(str(exc)))
 
@@ -189,7 +230,7 @@ SERIAL_KEYS = {b"\r": ENTER, b"\n": ENTER, b"\x08": BACKSPACE, b"\x7f": BACKSPAC
 class SerialKeypad(_QueuedKeypad):
     """A serial (RS-232/USB-serial) keypad through pyserial: one character per key, Enter ends the line."""
 
-    def __init__(self, kind: str, port: str, baudrate: int = 9600):
+    def __init__(self, kind: str, port: str, baudrate: int = 9600, price_keys: dict | None = None):
         import serial
 
         super().__init__(kind, "keypad-serial")
@@ -200,7 +241,7 @@ class SerialKeypad(_QueuedKeypad):
                 f"[keypad] device {port!r} cannot be opened ({exc}); check the cable and the port "
                 "(ls /dev/ttyUSB* /dev/serial/by-id), and that the onecard user is in dialout"
             ) from None
-        self._line = KeyLine(kind)
+        self._line = KeyLine(kind, price_keys)
         self._thread.start()
 
     def _read(self) -> None:
@@ -250,6 +291,10 @@ def evdev_key(code_name: str) -> str | None:
         return name[2:]
     if len(name) == 1 and name.isalnum():
         return name.lower()
+    if name in ("SPACE",):
+        return " "
+    if name.startswith("F") and name[1:].isdigit() and 1 <= int(name[1:]) <= 12:
+        return name  # a function key: a price key when [pos.price_keys] maps it
     return None
 
 
@@ -305,10 +350,10 @@ def find_evdev_device(device: str):
 class EvdevKeypad(_QueuedKeypad):
     """A USB numeric keypad or keyboard through evdev, grabbed exclusively."""
 
-    def __init__(self, kind: str, device: str):
+    def __init__(self, kind: str, device: str, price_keys: dict | None = None):
         super().__init__(kind, "keypad-evdev")
         self._device = find_evdev_device(device)
-        self._line = KeyLine(kind)
+        self._line = KeyLine(kind, price_keys)
         self._thread.start()
 
     def _read(self) -> None:
@@ -328,13 +373,20 @@ class EvdevKeypad(_QueuedKeypad):
         self._device.close()
 
 
-def open_keypad(kind: str, driver: str, device: str = "", baudrate: int = 9600, stdin: TextIO | None = None):
+def open_keypad(
+    kind: str,
+    driver: str,
+    device: str = "",
+    baudrate: int = 9600,
+    stdin: TextIO | None = None,
+    price_keys: dict | None = None,
+):
     """The key source [keypad] names; UserError (one line naming [keypad]) when there is no usable one."""
     stdin = stdin or sys.stdin
     if driver == "evdev":
-        return EvdevKeypad(kind, device)
+        return EvdevKeypad(kind, device, price_keys)
     if driver == "serial":
-        return SerialKeypad(kind, device, baudrate)
+        return SerialKeypad(kind, device, baudrate, price_keys)
     if driver == "console" and not _is_tty(stdin):
         raise UserError(
             '[keypad] driver = "console" needs a terminal on standard input, and there is none (under '
@@ -346,7 +398,7 @@ def open_keypad(kind: str, driver: str, device: str = "", baudrate: int = 9600, 
             '[keypad] driver = "stdin" but standard input is /dev/null (as under systemd): set '
             '[keypad] driver = "evdev" or "serial" with its device'
         )
-    return ConsoleKeypad(kind, stdin)
+    return ConsoleKeypad(kind, stdin, price_keys)
 
 
 def _is_tty(stream) -> bool:

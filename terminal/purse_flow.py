@@ -19,12 +19,14 @@ from common.config import Config
 from common.errors import RecordNotWritten
 from common.logs import log_event
 from common.money import format_yuan
+from common.money_records import SALE_FIELDS as MONEY_SALE_FIELDS
 from common.money_records import check_money_detail
 from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal.authenticate import select_card
+from terminal.canteen import Canteen, OtherTills, no_other_tills
 from terminal.decision import Decision, Refusal
 from terminal.rules import BLACKLIST_MESSAGES
 
@@ -45,6 +47,8 @@ OPS = (PURCHASE, UNDO, LOAD)
 MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
 TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
 VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
+# From Canteen.sale_fields, carried from the intent to the outcome (the optional fields of common/money_records.py).
+SALE_FIELDS = (*MONEY_SALE_FIELDS, "item")
 
 
 # The log cannot be written (disk full, I/O error): nothing that needs a record is done, and the screen says so.
@@ -118,6 +122,7 @@ class PurseTerminal:
         synced_seq: Callable[[], int] = lambda: 0,
         outbox_pressure: Callable[[], float] = lambda: 0.0,
         pending_actions: Callable[[str], list[dict]] | None = None,
+        other_tills: OtherTills = no_other_tills,
     ):
         self.config = config
         self.sam = sam
@@ -128,6 +133,7 @@ class PurseTerminal:
         self.outbox_pressure = outbox_pressure  # unacknowledged records / outbox capacity
         self.pending_actions = pending_actions  # the inbox's card actions for an ASN (over-the-air top-ups)
         self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
+        self.canteen = Canteen(event_log, other_tills)  # shifts, meal periods and their limits (terminal/canteen.py)
         # Every TSN is committed with its purchase intent before it reaches a card, so the log knows the highest
         # one used here. A SAM whose next TSN is not above it (a PSAM swapped for a fresh one with the same keys, a
         # state restored from an old backup) would repeat TSNs: its sales are refused (docs/key-handling.md 8).
@@ -264,7 +270,7 @@ class PurseTerminal:
             balance_after=d["balance_before"] + sign * d["amount"],
             resolved_at_next_tap=resolved_later,
         )
-        for k in ("tsn", "purchase_seq", "action_id"):
+        for k in ("tsn", "purchase_seq", "action_id", *SALE_FIELDS):
             if k in d:
                 detail[k] = d[k]
         return check_money_detail(d["op"], detail)  # the platform's schema: what is logged is what it accepts
@@ -419,7 +425,7 @@ class PurseTerminal:
 
     # --- purchase ---------------------------------------------------------------------------------
 
-    def purchase(self, transmit, amount: int, now: dt.datetime) -> Decision:
+    def purchase(self, transmit, amount: int, now: dt.datetime, item: str = "") -> Decision:
         """Charge `amount` fen. Raises Refusal, Incomplete, or CardRemoved (intent then left open)."""
         t = self.config.terminal
         local = now.astimezone(t.timezone)
@@ -460,6 +466,7 @@ class PurseTerminal:
                 f"({format_yuan(spent)} of {format_yuan(pos.offline_limit)} since the last sync)",
                 asn,
             )
+        sale = self.canteen.sale_fields(self.config, asn, amount, now, item)
         try:
             init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
         except pp.InsufficientBalance:
@@ -485,6 +492,7 @@ class PurseTerminal:
             "key_version": init.key_version,
             "algorithm": init.algorithm.name,
             "balance_before": init.balance,
+            **sale,
         }
         session = self._purchase_session(info, d)
         try:
@@ -762,7 +770,7 @@ class PurseTerminal:
             p["amount"],
             now,
             lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
-            {"purchase_seq": last.seq},
+            {"purchase_seq": last.seq, **self.canteen.undo_fields(self.config, p)},
         )
         return Decision(
             True,

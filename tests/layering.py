@@ -40,6 +40,10 @@ SANS_IO_CORES = (
     "common.door_events",
     "common.journal",
     "common.ota",
+    "terminal.meal_rules",
+    "terminal.shifts",
+    "common.settlement",
+    "common.passwords",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (

@@ -85,6 +85,15 @@ def test_the_chinese_lines_by_reason_code():
         "unknown_key_version": "密钥版本未知",
         "earlier_completed": "上次交易已完成",
         "bad_request": "输入有误",
+        "meal_count_limit": "本餐次数已满",
+        "meal_amount_limit": "超过本餐限额",
+        "daily_amount_limit": "超过每日限额",
+        "no_operator": "请先签到",
+        "bad_operator": "操作员号或密码错误",
+        "shift_open": "请先签退",
+        "no_operators": "未设置操作员",
+        "signed_in": "签到成功",
+        "signed_out": "签退成功",
     }
 
 

@@ -65,6 +65,8 @@ class Running:
         self.term, self.screen = make_terminal(tmp_path, sam, kind)
         if config_changes:
             self.term.config = dataclasses.replace(self.term.config, **config_changes)
+            if self.term.purse is not None:  # as refresh_config does
+                self.term.purse.config = self.term.config
         self.ready.set()
         try:
             self.term.run(reader, Clock(), self.stop, 0.05, keypad)

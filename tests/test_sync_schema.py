@@ -257,6 +257,13 @@ UPLINKS = {
 BODIES = {
     "ack": {"acked_seq": 3, "acked_hash": HASH, "problem": "chain broken at seq 4", "reason": "chain_broken"},
     "time": {"platform_time": GOOD_TIME},
+    "meal_usage": {
+        "enterprise_id": ENTERPRISE,
+        "day": "2026-11-23",
+        "usage": [
+            {"asn": "0102030405060708", "terminal_id": "000000000102", "period": "lunch", "count": 1, "amount": 800}
+        ],
+    },
     "config": {"enterprise_id": ENTERPRISE, "version": 2, "document": {}},
     "card_action": {"action_id": "a1", "asn": "0102030405060708", "action": "topup", "params": {"amount": 100}},
     "card_action.cancel": {"action_id": "a1", "asn": "0102030405060708", "action": "topup"},
