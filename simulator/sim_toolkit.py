@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from common import bcd
-from common import stk
+from common import bcd, stk
 from common import transactions as tx
 from common.deletion_request import DeletionRequest
 from sam.crypto import mac8
@@ -131,7 +130,7 @@ class V1Card:
         return s.update_key is not None and hmac.compare_digest(mac8(s.algorithm, s.update_key, message), mac)
 
 
-# --- the one-card service password (业务服务密码), in the SIM's own EEPROM ---------------------------------------------
+# --- the one-card service password (业务服务密码), in the SIM's own EEPROM -------------------------------------------
 
 TOOLKIT_FORMAT = "onecard-sim-toolkit/1"
 MAX_TRIES = 3
