@@ -221,6 +221,13 @@ def _atr() -> bytes:
     return SIM_ATR_BODY + bytes([tck])
 
 
+def _fits(command: stk.ProactiveCommand) -> bool:
+    try:
+        return len(stk.encode_command(1, command)) <= FETCH_MAX
+    except stk.StkError:
+        return False
+
+
 def yuan(fen: int) -> str:
     return f"{fen // 100}.{fen % 100:02d}"
 
@@ -246,7 +253,7 @@ class SimToolkitApplet:
 
     def power_on(self) -> None:
         self.terminal_profile, self._pending, self._outstanding, self._step = None, None, None, None
-        self._challenge = None
+        self._challenge, self._number = None, 0
 
     def power_off(self) -> None:
         self.power_on()
@@ -396,6 +403,8 @@ class SimToolkitApplet:
                 stk.Item(n + 1, f"{t.when:%m-%d %H:%M} {'+' if t.kind == tx.LOAD else '-'}{yuan(t.amount)}")
                 for n, t in enumerate(records)
             )
+            while not _fits(stk.SelectItem("Last transactions", items)):
+                items = items[:-1]  # large amounts: the oldest that no longer fit one proactive command are left out
 
             def detail(r: stk.TerminalResponse):
                 if r.result != stk.RESULT_OK or r.item_id is None or not 1 <= r.item_id <= len(records):
