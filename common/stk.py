@@ -390,7 +390,7 @@ def _items(items: tuple[Item, ...]) -> bytes:
         raise StkError("a menu needs at least one item")
     if len({i.id for i in items}) != len(items) or any(not 1 <= i.id <= 0xFF for i in items):
         raise StkError("item identifiers must be distinct and 01..FF")
-    return b"".join(ctlv(T_ITEM, bytes([i.id]) + encode_alpha(i.text), cr=False) for i in items)
+    return b"".join(ctlv(T_ITEM, bytes([i.id]) + encode_alpha(i.text)) for i in items)
 
 
 def encode_command(number: int, command: ProactiveCommand) -> bytes:
@@ -402,7 +402,7 @@ def encode_command(number: int, command: ProactiveCommand) -> bytes:
         body = ctlv(T_ALPHA, encode_alpha(command.title)) + _items(command.items)
     elif isinstance(command, SelectItem):
         kind, qualifier, devices = SELECT_ITEM, 0x00, _DEVICES_TO_TERMINAL
-        body = ctlv(T_ALPHA, encode_alpha(command.title), cr=False) + _items(command.items)
+        body = ctlv(T_ALPHA, encode_alpha(command.title)) + _items(command.items)
     elif isinstance(command, DisplayText):
         kind, qualifier, devices = DISPLAY_TEXT, 0x80 if command.wait_for_user else 0x00, _DEVICES_TO_DISPLAY
         body = ctlv(T_TEXT, encode_text(command.text))
@@ -416,7 +416,7 @@ def encode_command(number: int, command: ProactiveCommand) -> bytes:
         )
     else:
         kind, qualifier, devices = SEND_SHORT_MESSAGE, 0x00, _DEVICES_TO_NETWORK
-        body = ctlv(T_ALPHA, encode_alpha(command.alpha), cr=False) + ctlv(T_SMS_TPDU, command.tpdu)
+        body = ctlv(T_ALPHA, encode_alpha(command.alpha)) + ctlv(T_SMS_TPDU, command.tpdu)
     head = ctlv(T_COMMAND_DETAILS, bytes([number, kind, qualifier])) + ctlv(T_DEVICE_IDENTITIES, devices)
     return ber_tlv(TAG_PROACTIVE, head + body)
 
