@@ -1,5 +1,6 @@
-"""`onecard phone balance | menu` through real pcscd + vpcd: the handset driver talks PC/SC to the simulated SIM's
-contact interface exactly as it would to a SIM in a contact reader; the menu is driven with keys in a pseudo-terminal."""
+"""`onecard phone balance | menu` through real pcscd + vpcd: the handset driver talks PC/SC to the simulated
+SIM's contact interface exactly as it would to a SIM in a contact reader; the menu is driven with keys in a
+pseudo-terminal."""
 
 from __future__ import annotations
 

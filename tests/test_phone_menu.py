@@ -591,3 +591,24 @@ def test_toolkit_file_is_checked_when_read(card_file):
                                 "platform_number": "1"}))  # fmt: skip
     with pytest.raises(ValueError, match="password must be 4..8 digits"):
         ToolkitStateFile(path).load()
+
+
+# --- the card office, through the station's SAM ---------------------------------------------------------------------
+
+
+def test_card_office_unblocks_through_its_sam(sim, card_file):
+    from phone.office import OfficeError, set_service_password
+    from sam.interface import CardIdentity
+
+    state = CardStateFile(card_file).load()
+    card = CardIdentity(state.asn, state.enterprise_id, state.key_version, state.algorithm)
+    set_service_password(sim, SAM, card, PASSWORD)
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+    other = CardIdentity(state.asn, bytes.fromhex("00020002"), state.key_version, state.algorithm)
+    with pytest.raises(OfficeError, match="69 88 .the MAC does not verify"):
+        set_service_password(sim, make_sam(bytes.fromhex("00020002")), other, "9999")
+    with pytest.raises(OfficeError, match="6A 82"):
+        set_service_password(sim, SAM, card, "9999", index=2)
+    with pytest.raises(OfficeError, match="4 to 8 digits"):
+        set_service_password(sim, SAM, card, "99")
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
