@@ -250,6 +250,7 @@ def cmd_menu(args) -> int:
         menu = _start(handset)
         try:
             while True:
+                menu = handset.menu or menu  # the SIM may have replaced it (SET UP MENU during a session)
                 chosen = screen.select_item(menu.title, menu.items)
                 if chosen is None:
                     return 0

@@ -303,11 +303,16 @@ class SimToolkitApplet:
         self.terminal_profile, self._pending, self._outstanding, self._step = data, None, None, None
         if not all(stk.profile_supports(data, f) for f in stk.MENU_FACILITIES):
             return SW_OK  # a handset that cannot show the menu is offered none
+        menu = self._main_menu()
+        return SW_OK if menu is None else self._issue(menu, lambda r: None)
+
+    def _main_menu(self) -> stk.SetUpMenu | None:
         entries = self.card.directory()
         if not entries:
-            return SW_OK
-        items = tuple(stk.Item(e.index, e.name + ("" if e.active else " (voided)")) for e in entries)
-        return self._issue(stk.SetUpMenu(TITLE, items), lambda r: None)
+            return None
+        return stk.SetUpMenu(
+            TITLE, tuple(stk.Item(e.index, e.name + ("" if e.active else " (voided)")) for e in entries)
+        )
 
     def _fetch(self, data: bytes, le: int | None) -> bytes:
         if data or le is None:
@@ -495,7 +500,8 @@ class SimToolkitApplet:
                 )
             else:
                 text = f"Not sent ({r.result:02X}): {entry.name} is voided on this card; choose Delete again to resend"
-            return stk.DisplayText(text)
+            # Then the main menu as it now is (the sub-application shown as voided), replacing the handset's.
+            return stk.DisplayText(text), lambda r2: self._main_menu()
 
         return step
 

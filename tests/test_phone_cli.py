@@ -15,7 +15,15 @@ from pathlib import Path
 from phone.handset import Handset
 from simulator.sim_toolkit import load_sim
 from terminal.readers.pcsc import PcscReader
-from tests.test_phone_menu import PASSWORD, Script, card_file, office_set_password  # noqa: F401 (fixture)
+from tests.test_phone_menu import (  # noqa: F401 (card_file is a fixture)
+    ASN,
+    EID,
+    KEYSTORE,
+    PASSWORD,
+    Script,
+    card_file,
+    office_set_password,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -165,3 +173,47 @@ def test_phone_menu_with_arrow_keys_and_numbers(card_file):  # noqa: F811
     tty.expect("> 1. Enterprise 00010001")
     tty.send("q")
     assert tty.wait() == 0
+
+
+def test_phone_menu_deletes_the_application_at_the_platform(card_file, tmp_path):  # noqa: F811
+    from central.db import write_signing_key
+    from central.store import Platform
+    from sam.keystore import KeystoreUnlock, save_keystore
+
+    write_signing_key(tmp_path / "platform.key")
+    (tmp_path / "pass").write_text("platform tac keys\n")
+    save_keystore(
+        tmp_path / "tac.keystore", KEYSTORE, KeystoreUnlock.from_passphrase_file(tmp_path / "pass"), scrypt_n=2**10
+    )
+    from central.db import load_signing_key
+
+    pf = Platform(tmp_path / "platform.db", load_signing_key(tmp_path / "platform.key"))
+    pf.add_enterprise(EID, "Acme")
+    pf.add_holder(EID, "E1001", "Zhang Wei", phone="13800000001")
+    pf.issue_card(EID, "E1001", ASN.hex(), {"door_groups": [1]}, balance_cents=2500)
+    pf.close()
+    sim = load_sim(card_file)
+    sim.power_on()
+    office_set_password(sim, card_file, PASSWORD)
+    options = ["--platform-db", str(tmp_path / "platform.db"), "--platform-key", str(tmp_path / "platform.key")]
+    options += ["--tac-keystore", str(tmp_path / "tac.keystore"), "--passphrase-file", str(tmp_path / "pass")]
+    tty = Tty(["phone", "menu", "--card", str(card_file), *options])
+    tty.expect("> 1. Enterprise 00010001")
+    tty.send("1")
+    tty.expect("5. Delete application")
+    tty.send("5")
+    tty.expect("Service password to delete")
+    tty.send(PASSWORD + ENTER)
+    tty.expect("25.00 yuan will be refunded")
+    tty.send("1")
+    tty.expect("platform: application of enterprise 00010001 on card 1122334455667788 deleted, 25.00 yuan refunded")
+    tty.expect("Enterprise 00010001 deleted on this card")
+    tty.send(ENTER)
+    tty.expect("Enterprise 00010001 (voided)")
+    tty.send("q")
+    assert tty.wait() == 0
+    pf = Platform(tmp_path / "platform.db", None)
+    try:
+        assert (pf.card(ASN.hex())["status"], pf.card(ASN.hex())["balance_cents"]) == ("CANCELLED", 0)
+    finally:
+        pf.close()

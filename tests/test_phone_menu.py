@@ -20,9 +20,11 @@ from sam.crypto import mac8
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
 from simulator.sim_toolkit import MAX_TRIES, ToolkitStateFile, load_sim, toolkit_path
-from tests.support import make_sam
+from sam.software import SoftwareSam
+from tests.support import make_keystore, make_sam
 
-SAM = make_sam()
+KEYSTORE = make_keystore()
+SAM = SoftwareSam(KEYSTORE)
 ASN = bytes.fromhex("1122334455667788")
 EID = "00010001"
 PASSWORD = "246810"
@@ -309,7 +311,13 @@ def test_delete_application_end_to_end_on_the_card(sim, card_file):
                 ).hex()
                 + " 90 00",
             ),  # fmt: skip
-            (ok(9, 0x21, 0x80), "90 00"),
+            (ok(9, 0x21, 0x80), "91 45"),  # the main menu again, replacing the handset's: the entry is voided
+            (
+                "80 12 00 00 45",
+                SET_UP_MENU.replace("D0 3A 81 03 01", "D0 43 81 03 0A").replace("8F 14", "8F 1D")
+                + " 20 28 76 6F 69 64 65 64 29 90 00",
+            ),  # fmt: skip
+            (ok(10, 0x25, 0), "90 00"),
         ],
     )
     assert ToolkitStateFile(toolkit_path(card_file)).load().tries_left == MAX_TRIES  # a right try resets the count
