@@ -17,10 +17,10 @@ from common import stk
 from common import sync_protocol as p
 from phone.handset import Handset, HandsetError, validate_input
 from sam.crypto import mac8
+from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
 from simulator.sim_toolkit import MAX_TRIES, ToolkitStateFile, load_sim, toolkit_path
-from sam.software import SoftwareSam
 from tests.support import make_keystore, make_sam
 
 KEYSTORE = make_keystore()
