@@ -17,6 +17,7 @@ from common import stk
 from common import sync_protocol as p
 from phone.handset import Handset, HandsetError, validate_input
 from sam.crypto import mac8
+from sam.interface import Algorithm
 from sam.software import SoftwareSam
 from simulator.card import CardStateFile, OneCardApplet
 from simulator.personalise import Personalisation, personalise
@@ -620,3 +621,18 @@ def test_card_office_unblocks_through_its_sam(sim, card_file):
     with pytest.raises(OfficeError, match="4 to 8 digits"):
         set_service_password(sim, SAM, card, "99")
     assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+
+
+def test_only_a_tac_key_with_verify_checks_a_deletion_request(sim, card_file, tmp_path):
+    from sam.interface import CardIdentity, KeyUsage, SamError
+
+    request, mac = dr.parse(deletion_request(sim, card_file))
+    card = CardIdentity(request.asn, request.enterprise_id, request.key_version, Algorithm(request.algorithm))
+    SAM.verify_deletion_proof(card, request.signed_part(), mac)
+    issuing_only = SoftwareSam(make_keystore(usages=(KeyUsage.PERSONALISE,)))
+    with pytest.raises(SamError, match="verify"):
+        issuing_only.verify_deletion_proof(card, request.signed_part(), mac)
+    with pytest.raises(SamError, match="44 4C 01"):
+        SAM.verify_deletion_proof(card, b"XX" + request.signed_part()[2:], mac)
+    with pytest.raises(SamError, match="8 bytes|MAC"):
+        SAM.verify_deletion_proof(card, request.signed_part(), mac[:7])
