@@ -54,7 +54,7 @@ MODULES: dict[str, list[str]] = {
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
     "terminal/screens.py": ["tests/test_mutation_screens.py"],
-    "common/stk.py": ["tests/test_stk_codec.py", "tests/test_phone_menu.py"],
+    "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
