@@ -188,7 +188,7 @@ def test_qualifiers_and_the_cr_bit():
     )
     assert stk.ctlv(0x0D, b"", cr=False) == x("0D 00")
     assert stk.parse_ctlvs(x("01 00 81 00")) == [stk.Tlv(1, False, b""), stk.Tlv(1, True, b"")]
-    assert stk.parse_command(x("D0 0B 81 03 01 21 80 82 02 81 02 0D 00 7E 00"))[1] == stk.DisplayText("")  # CR clear
+    assert stk.parse_command(x("D0 0D 81 03 01 21 80 82 02 81 02 0D 00 7E 00"))[1] == stk.DisplayText("")  # CR clear
     assert stk.profile_supports(x("09"), (1, 0x01)) is False
     assert stk.profile_supports(x("09 01"), (1, 0x01)) is True
 
