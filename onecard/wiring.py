@@ -56,13 +56,17 @@ class Wiring:
         (the mobile network's part is the issue "Over the air through the mobile network")."""
         from central.db import PlatformError, load_signing_key
         from central.store import Platform
-        from sam.keystore import KeystoreUnlock
+        from sam.interface import SamError
+        from sam.keystore import KeystoreError, KeystoreUnlock
         from sam.software import SoftwareSam
 
         if not db.exists():
             raise UserError(f"platform database {db} does not exist; create it with `onecard platform init`")
-        signing_key = load_signing_key(key)
-        tac_sam = SoftwareSam.open(tac_keystore, KeystoreUnlock.from_passphrase_file(passphrase_file))
+        try:
+            signing_key = load_signing_key(key)
+            tac_sam = SoftwareSam.open(tac_keystore, KeystoreUnlock.from_passphrase_file(passphrase_file))
+        except (PlatformError, SamError, KeystoreError) as exc:
+            raise UserError(str(exc)) from None
 
         def deliver(destination: str, data: bytes) -> str | None:
             try:
