@@ -220,3 +220,22 @@ def test_sms_submit_boundaries():
     with pytest.raises(stk.StkError) as exc:
         stk.encode_sms_submit("1" * 21, b"")
     assert str(exc.value) == "destination '111111111111111111111' is not 1..20 digits"
+
+
+def test_last_edges():
+    assert stk.ctlv(0x10, b"", cr=False) == x("10 00")
+    assert stk.parse_command(x("D0 0B 81 03 01 21 01 82 02 81 02 8D 00"))[1] == stk.DisplayText("", False)
+    for data, message in (
+        ("8D 81", "TLV length 81 at offset 1 is not 00..7F or 81 80..FF"),
+        ("D0 0B 81 03 01 23 00 82 02 81 82 8D 00", "GET INPUT: 0 TLVs of tag 11, expected exactly one"),
+        (
+            "D0 0F 81 03 01 23 02 82 02 81 82 8D 00 91 02 01 04",
+            "GET INPUT in UCS2 (qualifier bit 2) is not used by the phone menu",
+        ),
+    ):
+        with pytest.raises(stk.StkError) as exc:
+            (stk.parse_ctlvs if data.startswith("8D") else stk.parse_command)(x(data))
+        assert str(exc.value) == message
+    with pytest.raises(stk.StkError) as exc:
+        stk.parse_sms_submit(x("01 00 15 91 11 11 11 11 11 11 11 11 11 11 F1 00 04 00"))
+    assert str(exc.value) == "SMS-SUBMIT destination of 21 digits does not fit"
