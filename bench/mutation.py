@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.toml"
-PACKAGES = ["common", "central", "onecard", "terminal", "sam", "sync_agent", "simulator"]
+PACKAGES = ["common", "central", "onecard", "terminal", "sam", "sync_agent", "simulator", "phone"]
 
 # module -> the fast test files that exercise it (no pcscd, broker or subprocess; each runs in seconds)
 MODULES: dict[str, list[str]] = {
@@ -58,6 +58,7 @@ MODULES: dict[str, list[str]] = {
     "terminal/meal_rules.py": ["tests/test_mutation_canteen.py"],
     "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
     "common/settlement.py": ["tests/test_mutation_canteen.py"],
+    "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -76,6 +76,48 @@ class CardFlows:
             )
         return v
 
+    def delete_application(self, raw: bytes) -> dict:
+        """A holder deleted a sub-application from the phone menu (docs/phone-menu.md 4): the card verified the
+        service password, voided the sub-application and MAC'd what it froze under K_TAC. Verified here, then the
+        sub-application is VOIDED with that proof and cancelled as `cancel --settle` does (platform balance refunded,
+        blacklisted, every terminal of the enterprise told). The same request again changes nothing and says so.
+        Returns {"asn", "enterprise_id", "refunded_cents", "blacklist_version" (None when already deleted)}."""
+        from common import deletion_request as dr
+        from sam.interface import Algorithm, CardIdentity, SamError
+
+        try:
+            req, mac = dr.parse(raw)
+            algorithm = Algorithm(req.algorithm)
+        except ValueError as exc:
+            raise PlatformError(f"deletion request refused: {exc}") from None
+        if self.tac_sam is None:
+            raise PlatformError("deletion request refused: the platform has no TAC keys (serve with --tac-keystore)")
+        asn, eid = req.asn.hex(), req.enterprise_id.hex()
+        with self._txn():
+            c = self._card_for_update(asn)
+            if c["enterprise_id"] != eid:
+                raise PlatformError(f"deletion request refused: card {asn} has no application of enterprise {eid}")
+            try:
+                self.tac_sam.verify_deletion_proof(
+                    CardIdentity(req.asn, req.enterprise_id, req.key_version, algorithm), req.signed_part(), mac
+                )
+            except SamError as exc:
+                raise PlatformError(f"deletion request refused: {exc}") from None
+            if c["status"] == CANCELLED:
+                return {"asn": asn, "enterprise_id": eid, "refunded_cents": 0, "blacklist_version": None}
+            if c["status"] == REPLACED:
+                raise PlatformError(f"deletion request refused: card {asn} was replaced; nothing changed")
+            self.record_void(asn, req.frozen_balance, (req.signed_part() + mac).hex(), "phone")
+            refund = self.card(asn)["balance_cents"]
+            v = self.cancel(asn, settle=True)
+            self._history(
+                asn,
+                "deleted_by_holder",
+                f"application of enterprise {eid} deleted by its holder from the phone menu; "
+                f"{_yuan(refund)} yuan refunded (card froze {_yuan(req.frozen_balance)} yuan)",
+            )
+        return {"asn": asn, "enterprise_id": eid, "refunded_cents": refund, "blacklist_version": v}
+
     def record_void(self, asn: str, frozen_cents: int, proof: str, terminal_id: str) -> None:
         """An issuing station voided the card (APPLICATION BLOCK): VOIDED, with the balance the card proved it froze.
 

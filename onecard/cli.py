@@ -55,6 +55,7 @@ def _file_problem(exc: OSError) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from central import cli as platform_cli
     from onecard import demo, wiring
+    from phone import cli as phone_cli
     from sam import cli as sam_cli
     from sam import keys_cli
     from sync_agent import cli as sync_cli
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     platform_cli.add_subcommands(platform_sub)
     issuing_cli.add_subcommands(
         top.add_parser("issue", help="the issuing terminal: wash and re-key cards").add_subparsers(
+            dest="command", required=True
+        )
+    )
+    phone_cli.add_subcommands(
+        top.add_parser("phone", help="a handset: the RFID-SIM's toolkit menu over a contact reader").add_subparsers(
             dest="command", required=True
         )
     )

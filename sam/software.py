@@ -229,6 +229,20 @@ class SoftwareSam:
                 "the log record is forged or altered; quarantine it and investigate the terminal"
             )
 
+    def verify_deletion_proof(self, card: CardIdentity, signed: bytes, mac: bytes) -> None:
+        """The platform's check of a holder's deletion request (common/deletion_request.py, docs/phone-menu.md 4):
+        the card MACs it under its K_TAC, which only the card and the platform hold, so no terminal can forge one.
+        Needs TAC with usage VERIFY; raises MacVerificationError when it does not verify."""
+        if len(signed) != 25 or signed[:3] != b"DL\x01":
+            raise InvalidPurseInput("a deletion proof signs 25 bytes starting 44 4C 01; pass the request's signed part")
+        check_mac(mac, "deletion proof MAC")
+        algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)
+        if not crypto.mac8_matches(algorithm, k_tac, signed, mac):
+            raise MacVerificationError(
+                f"deletion request MAC does not verify (card ASN {card.asn.hex()}, enterprise "
+                f"{card.enterprise_id.hex()}): forged or altered; the application is not deleted"
+            )
+
     def _load_mac2(self, algorithm: Algorithm, k_load: bytes, session: LoadSession, mac1: bytes) -> bytes:
         check_mac(mac1, "load MAC1")
         sk = purse_crypto.load_session_key(algorithm, k_load, session.card_random, session.counter)

@@ -13,8 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The packages the rules are about; tests/ and bench/ may use anything.
-PARTS = ("common", "central", "terminal", "sam", "sync_agent", "simulator", "onecard")
-PRODUCT = ("terminal", "sam", "sync_agent")
+PARTS = ("common", "central", "terminal", "sam", "sync_agent", "simulator", "onecard", "phone")
+PRODUCT = ("terminal", "sam", "sync_agent", "phone")
 
 #: Modules that may import simulator/ (besides simulator itself, tests/ and bench/).
 SIMULATOR_IMPORTERS = ("onecard.wiring", "onecard.demo")
@@ -44,6 +44,9 @@ SANS_IO_CORES = (
     "terminal.shifts",
     "common.settlement",
     "common.passwords",
+    "common.stk",
+    "common.deletion_request",
+    "phone.handset",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (
