@@ -145,10 +145,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--account", action="store_true", help="move the balance by it, as uploaded")
     g.add_argument("--reject", action="store_true", help="do not move the balance")
     c.add_argument("--note", required=True, help="what the investigation found (kept with the record)")
-    c = cmd("attendance-bill", "print the SMS text of an employee's attendance bill", cmd_bill)
+    c = cmd(
+        "attendance-bill",
+        "the month's attendance bills: each employee's SMS text, or the administrator's CSV",
+        cmd_bill,
+    )
+    c.add_argument("employee_no", nargs="?", help="one employee (default: every employee)")
+    c.add_argument("--enterprise", help="one enterprise (required with an employee; default: every enterprise)")
+    c.add_argument("--month", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=("text", "csv"), default="text", help="text: one SMS per line; csv: per day")
+    c = cmd("set-shift", "set the attendance shift an employee's bill is judged against", cmd_set_shift)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
-    c.add_argument("--month", required=True, help="YYYY-MM")
+    c.add_argument("--shift", required=True, help="a shift of the published configuration (shifts.NAME)")
     c = cmd("spending-bill", "print the SMS text of an employee's canteen spending bill", cmd_spending_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -476,7 +485,26 @@ def cmd_resolve_held(args) -> int:
 
 
 def cmd_bill(args) -> int:
-    return _run(args, lambda pf: pf.attendance_bill(args.enterprise, args.employee_no, args.month))
+    from central.bills import bills_csv
+
+    if args.employee_no is not None and args.enterprise is None:
+        raise UserError("an employee number needs --enterprise; add --enterprise ENTERPRISE_ID")
+
+    def do(pf):
+        bills = pf.attendance_bills(args.month, args.enterprise, args.employee_no)
+        if args.format == "csv":
+            return bills_csv(bills).rstrip("\r\n")
+        return "\n".join(b.sms() for b in bills) or f"no employees registered for {args.month}"
+
+    return _run(args, do)
+
+
+def cmd_set_shift(args) -> int:
+    def do(pf):
+        pf.set_shift(args.enterprise, args.employee_no, args.shift)
+        return f"employee {args.employee_no} is on shift {args.shift}"
+
+    return _run(args, do)
 
 
 def cmd_spending_bill(args) -> int:

@@ -760,6 +760,14 @@ def document_max_load(document: dict | None) -> int:
     ).max_load
 
 
+def document_calendar(document: dict | None) -> tuple[Holidays, dict[str, Shift]]:
+    """The holiday calendar and the attendance shifts of a platform document (the platform's attendance bill uses
+    the very dates and shifts the terminals were sent), checked by the same validators."""
+    document = document or {}
+    where = Path("platform configuration")
+    return _holidays(where, document.get("holidays", {})), _shifts(where, document.get("shifts", {}))
+
+
 def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
     if not isinstance(profiles_raw, dict):
         raise ConfigError(f"{path}: time_profiles must be tables [time_profiles.N]; see firmware.toml")
