@@ -540,7 +540,7 @@ class Terminal:
     ) -> Decision:
         conn = self.deadline.wrap(conn)  # the same wrapper handle_tap uses: close() knows of a late command
         try:
-            decision = self.handle_tap(conn, clock(), request)
+            decision = self.handle_tap(conn, clock(), request, getattr(reader, "direction", None))
         finally:
             conn.close()
         while not stop.is_set():

@@ -445,3 +445,70 @@ def test_two_readers_of_one_terminal_enforce_anti_passback_from_its_own_log(tmp_
     assert tap(ENTRY, 13, 0).accepted
     # A standalone terminal's log is complete (current): soft changes nothing for it.
     assert term.passback_view(again.asn).current
+
+
+def test_a_door_with_an_exit_reader_serves_both_through_its_tap_loop(tmp_path):
+    """[reader] is the entry, [exit_reader] the exit: the tap loop serves whichever is tapped, and anti-passback
+    refuses the second entry until the card has left through the exit reader."""
+    import threading
+    import time
+
+    from terminal.event_log import EventLog
+    from terminal.reader import TwoReaders
+
+    sam = make_sam()
+    applet = make_card(sam)
+    entry, exit_ = InProcessReader("entry"), InProcessReader("exit")
+    readers = TwoReaders(entry, ENTRY, exit_, EXIT)
+    stop, ready = threading.Event(), threading.Event()
+    minutes = iter(range(10_000))
+
+    def clock():
+        return shanghai(dt.date(2026, 11, 23), 8) + dt.timedelta(minutes=next(minutes))
+
+    def serve():  # the terminal's thread owns its SQLite connections, as in the process
+        term, _ = door_terminal(tmp_path, sam, area=4, anti_passback="on")
+        ready.set()
+        term.run(readers, clock, stop, 0.05)
+
+    def logged():
+        with EventLog.open_readonly(tmp_path / "door.db") as log:
+            return [(e.kind, e.reason_code, e.detail.get("direction")) for e in log.events()]
+
+    def tap(reader):
+        before = len(logged())
+        reader.tap(applet)
+        deadline = time.monotonic() + 10
+        while len(logged()) == before and time.monotonic() < deadline:
+            time.sleep(0.02)
+        reader.remove()
+        time.sleep(0.3)  # the loop sees the card gone (a person steps away) before the next tap
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(10)
+        for reader in (entry, entry, exit_, entry):
+            tap(reader)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert logged() == [
+        ("door.grant", "granted", "entry"),
+        ("door.deny", "passback", "entry"),
+        ("door.grant", "granted", "exit"),
+        ("door.grant", "granted", "entry"),
+    ]
+    assert readers.name == "entry (entry) + exit (exit)"
+
+
+def test_exit_reader_in_firmware_toml_opens_two_readers(tmp_path):
+    from terminal.adapters import open_reader
+    from terminal.reader import TwoReaders
+
+    c = cfg(tmp_path, '[door]\narea = 2\ndirection = "exit"\n[exit_reader]\ndriver = "simulator"\ncard = "c2.json"\n')
+    assert c.exit_reader is not None and c.exit_reader.card == tmp_path / "c2.json"
+    opened = []
+    r = open_reader(c, simulated_reader=lambda card: opened.append(card) or InProcessReader(card.name))
+    assert isinstance(r, TwoReaders) and opened == [tmp_path / "card.json", tmp_path / "c2.json"]
+    assert r.name == "card.json (exit) + c2.json (entry)"
