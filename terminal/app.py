@@ -129,6 +129,13 @@ class Terminal:
             if hold is not None:
                 hold(want)
             self.holding_open = want
+            log_event(
+                log,
+                "door.hold",
+                terminal=self.config.terminal.id,
+                on=want,
+                msg="strike held unlocked (normally open)" if want else "strike back to normal (locked)",
+            )
 
     def _first_card(self, decision: Decision, now: dt.datetime) -> None:
         """A grant that may open a first_card_unlock period."""
