@@ -36,7 +36,17 @@ UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST = "up/events", "up/heartbeat", "u
 DOWN_ACK, DOWN_MSG = "down/ack", "down/msg"
 UP_LEAVES = (UP_EVENTS, UP_HEARTBEAT, UP_STATUS, UP_REQUEST)
 
-DOWN_TYPES = ("ack", "blacklist.snapshot", "blacklist.delta", "config", "card_action", "card_action.cancel", "time")
+DOWN_TYPES = (
+    "ack",
+    "blacklist.snapshot",
+    "blacklist.delta",
+    "config",
+    "card_action",
+    "card_action.cancel",
+    "time",
+    "passage",
+)
+PASSAGE_DIRECTIONS = ("entry", "exit")
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
 
 _TID_RE = re.compile(r"[0-9]{12}\Z")
@@ -440,6 +450,22 @@ def _check_time(body: dict[str, Any]) -> None:
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
+def _check_passage(body: dict[str, Any]) -> None:
+    """A card's passage through a door of an anti-passback area, relayed to the enterprise's terminals."""
+    w = "passage"
+    _exact(body, w, ("enterprise_id", "area", "asn", "direction", "time", "terminal_id", "seq"))
+    _match(body, "enterprise_id", _EID_RE, w, "8 digits")
+    area = _int(body, "area", w, 1)
+    if area > 255:
+        raise ProtocolError(f"{w}: area {area} is not 1..255")
+    _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
+    if _field(body, "direction", str, w) not in PASSAGE_DIRECTIONS:
+        raise ProtocolError(f"{w}: direction {body['direction']!r:.30} is not one of entry, exit")
+    parse_time(_field(body, "time", str, w), f"{w} time")
+    _match(body, "terminal_id", _TID_RE, w, "12 digits")
+    _int(body, "seq", w, 1)
+
+
 BODY_CHECKS = {
     "ack": _check_ack,
     "blacklist.snapshot": _check_snapshot,
@@ -448,6 +474,7 @@ BODY_CHECKS = {
     "card_action": _check_card_action,
     "card_action.cancel": _check_card_action_cancel,
     "time": _check_time,
+    "passage": _check_passage,
 }
 
 

@@ -31,6 +31,9 @@ CREATE TABLE IF NOT EXISTS inbox_card_actions (
   message_id TEXT NOT NULL, issued_at TEXT NOT NULL, received_at TEXT NOT NULL,
   status TEXT NOT NULL DEFAULT 'pending') STRICT;
 CREATE INDEX IF NOT EXISTS inbox_card_actions_asn ON inbox_card_actions (asn, status);
+CREATE TABLE IF NOT EXISTS inbox_passages (
+  asn TEXT NOT NULL, area INTEGER NOT NULL, direction TEXT NOT NULL, time TEXT NOT NULL, terminal_id TEXT NOT NULL,
+  seq INTEGER NOT NULL, message_id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (asn, area)) STRICT;
 """
 
 
@@ -182,6 +185,28 @@ class SyncStore:
                 )
             self.mark_seen(msg_id, "card_action.cancel", issued_at, received_at)
         return row[0] if row else "absent"
+
+    def store_passage(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
+        """Keep each card's latest passage per area (by its time); False when this one is not newer."""
+        with self.transaction():
+            cur = self._conn.execute(
+                "INSERT INTO inbox_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asn, area) DO UPDATE SET "
+                "direction = excluded.direction, time = excluded.time, terminal_id = excluded.terminal_id, "
+                "seq = excluded.seq, message_id = excluded.message_id, received_at = excluded.received_at "
+                "WHERE excluded.time > inbox_passages.time",
+                (
+                    body["asn"],
+                    body["area"],
+                    body["direction"],
+                    body["time"],
+                    body["terminal_id"],
+                    body["seq"],
+                    msg_id,
+                    received_at,
+                ),
+            )
+            self.mark_seen(msg_id, "passage", issued_at, received_at)
+        return cur.rowcount == 1
 
     def card_actions(self) -> list[dict]:
         rows = self._conn.execute(

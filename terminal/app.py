@@ -147,18 +147,36 @@ class Terminal:
             self._hold_started, self._hold_first_card = local, decision.asn
             self.update_normally_open(now)
 
-    def passback_view(self, asn: str) -> PassbackView:
-        """This card's latest passage in the door's area from this terminal's own log. Passages at other terminals
-        are not relayed yet: with a sync agent the view is never current (the offline rule applies)."""
-        area = self.config.door.area
-        last = self.event_log.last_event(asn, ("door.grant",))
+    def passback_view(self, asn: str, now: dt.datetime) -> PassbackView:
+        """This card's latest passage in the door's area: the newer of this terminal's own log and what the platform
+        relayed from the area's other terminals (the sync agent's inbox). Current when there is no agent (this
+        terminal's log is the whole area) or the agent heard the platform within passback_fresh_seconds."""
+        from common.sync_protocol import ProtocolError, parse_time
+
+        door, tz = self.config.door, self.config.terminal.timezone
         passage = None
+        last = self.event_log.last_event(asn, ("door.grant",))
         if last is not None:
             detail = last.detail
-            if detail.get("area") == area and detail.get("direction") in ("entry", "exit"):
-                local = last.time.astimezone(self.config.terminal.timezone)
-                passage = Passage(detail["direction"], local, self.config.terminal.id)
-        return PassbackView(passage, current=self.inbox is None)
+            if detail.get("area") == door.area and detail.get("direction") in ("entry", "exit"):
+                passage = Passage(detail["direction"], last.time.astimezone(tz), self.config.terminal.id)
+        if self.inbox is None:
+            return PassbackView(passage, current=True)
+        relayed = self.inbox.last_passage(asn, door.area)
+        if relayed is not None:
+            try:
+                when = parse_time(relayed[1], "passage time").astimezone(tz)
+            except ProtocolError:
+                when = None
+            if when is not None and (passage is None or when > passage.time):
+                passage = Passage(relayed[0], when, relayed[2])
+        heard = self.inbox.last_heard()
+        try:
+            heard_at = parse_time(heard, "heard") if heard is not None else None
+        except ProtocolError:
+            heard_at = None
+        current = heard_at is not None and abs((now - heard_at).total_seconds()) <= door.passback_fresh_seconds
+        return PassbackView(passage, current=current)
 
     def refresh_config(self) -> None:
         """Apply a newer platform configuration from the inbox, if any; a bad one is logged and ignored."""
@@ -222,7 +240,7 @@ class Terminal:
                     now.astimezone(t.timezone),
                     holidays=self.config.holidays,
                     direction=direction,
-                    passback=self.passback_view(card.info.asn_hex) if door.anti_passback == "on" else None,
+                    passback=self.passback_view(card.info.asn_hex, now) if door.anti_passback == "on" else None,
                 )
             last = self.event_log.last_event(card.info.asn_hex, CLOCK_KINDS)
             return decide_attendance(

@@ -444,7 +444,7 @@ def test_two_readers_of_one_terminal_enforce_anti_passback_from_its_own_log(tmp_
     assert tap(EXIT, 12, 1).reason_code == "passback"
     assert tap(ENTRY, 13, 0).accepted
     # A standalone terminal's log is complete (current): soft changes nothing for it.
-    assert term.passback_view(again.asn).current
+    assert term.passback_view(again.asn, shanghai(monday, 13, 1)).current
 
 
 def test_a_door_with_an_exit_reader_serves_both_through_its_tap_loop(tmp_path):
