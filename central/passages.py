@@ -12,7 +12,9 @@ from common import sync_protocol as p
 RESEND_HOURS = 24  # at a terminal's sync request: each card's latest passage per area within this many hours
 
 
-def passage_body(enterprise_id: str, terminal_id: str, seq: int, time: str, asn: str | None, detail: str) -> dict | None:
+def passage_body(
+    enterprise_id: str, terminal_id: str, seq: int, time: str, asn: str | None, detail: str
+) -> dict | None:
     """The passage message body for a logged door.grant, or None when the grant is not in an area."""
     try:
         d = json.loads(detail)

@@ -39,6 +39,7 @@ SANS_IO_CORES = (
     "terminal.screens",
     "common.door_events",
     "common.journal",
+    "central.attendance_rules",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (

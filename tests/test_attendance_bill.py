@@ -138,7 +138,15 @@ def ingest(pf, tmp_path, taps):
             log.append(when.astimezone(dt.timezone.utc), kind, asn=asn, reason_code="x", message="", detail={})
         wire = [
             p.WireEvent(
-                e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+                e.seq,
+                p.format_time(e.time),
+                e.kind,
+                e.asn,
+                e.reason_code,
+                e.message,
+                e.detail_json,
+                e.prev_hash,
+                e.hash,
             )
             for e in log.events()
         ]

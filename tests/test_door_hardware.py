@@ -596,8 +596,10 @@ def test_sigterm_in_a_normally_open_window_releases_the_strike(site, tmp_path, p
     cfg = normally_open_config(site, tmp_path)
     rc = run_in_main_thread(
         ["terminal", "run", "--config", str(cfg)],
-        until=lambda: (tmp_path / "events.db").exists()
-        and any(e.kind == "door.normally_open" for e in EventLog.open_readonly(tmp_path / "events.db").events()),
+        until=lambda: (
+            (tmp_path / "events.db").exists()
+            and any(e.kind == "door.normally_open" for e in EventLog.open_readonly(tmp_path / "events.db").events())
+        ),
         then=lambda: os.kill(os.getpid(), signal.SIGTERM),
     )
     assert rc == 0

@@ -84,9 +84,9 @@ def test_holiday_windows_replace_the_weekday_windows_at_their_edges():
 
 def test_a_profile_without_holiday_windows_is_closed_all_holiday_and_always_stays_open():
     d = door()
-    assert refusal(lambda: decide_door(a_card(4), None, d, PROFILES, at(NATIONAL_DAY, 10), holidays=HOLIDAYS))[
-        1
-    ] == ("Outside your permitted hours (none on holiday National Day)")
+    assert refusal(lambda: decide_door(a_card(4), None, d, PROFILES, at(NATIONAL_DAY, 10), holidays=HOLIDAYS))[1] == (
+        "Outside your permitted hours (none on holiday National Day)"
+    )
     assert decide_door(a_card(0), None, d, PROFILES, at(NATIONAL_DAY, 3), holidays=HOLIDAYS).accepted
 
 
@@ -398,7 +398,9 @@ def test_first_card_opens_the_lunch_window_a_restart_resumes_it_and_its_end_relo
     assert (start.kind, start.detail) == (NORMALLY_OPEN_START, {"profile": 5, "first_card": d.asn})
     # The terminal is killed at 12:00 (nothing in it runs: the strike drops, fail-secure locks); a new one starts.
     term.event_log.close()
-    again, screen2 = door_terminal(tmp_path / ".." / tmp_path.name, sam, normally_open_profile=5, first_card_unlock=True)
+    again, screen2 = door_terminal(
+        tmp_path / ".." / tmp_path.name, sam, normally_open_profile=5, first_card_unlock=True
+    )
     assert not again.holding_open  # starts locked, whatever the log says
     again.update_normally_open(shanghai(monday, 12, 5))
     assert again.holding_open and kinds(again).count(NORMALLY_OPEN_START) == 1  # resumed: same period, not re-logged

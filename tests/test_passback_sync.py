@@ -13,7 +13,7 @@ from simulator.inprocess import InProcessReader
 from terminal.adapters import build_terminal
 from terminal.inbox import Inbox
 from terminal.outputs import ConsoleOutputs
-from tests.mqtt_env import ENTERPRISE, AgentThread, start_platform, terminal_id, wait_until, write_terminal_config
+from tests.mqtt_env import AgentThread, start_platform, terminal_id, wait_until, write_terminal_config
 from tests.support import make_card, make_sam
 
 
