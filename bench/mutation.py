@@ -46,13 +46,18 @@ MODULES: dict[str, list[str]] = {
         "tests/test_mutation_card_history.py",
     ],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
-    "terminal/door.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
+    "terminal/door.py": [
+        "tests/test_door_attendance.py",
+        "tests/test_mutation_door_rules.py",
+        "tests/test_door_rules.py",
+    ],
     "terminal/rules.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
     "terminal/attendance.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
     "sync_agent/core.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
     "common/sync_protocol.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
-    "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py"],
+    "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py", "tests/test_door_rules.py"],
+    "central/attendance_rules.py": ["tests/test_attendance_rules.py"],
     "terminal/screens.py": ["tests/test_mutation_screens.py"],
 }
 
