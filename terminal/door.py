@@ -76,13 +76,13 @@ def decide_door(
     granted: dict[str, object] = {"door_group": door.group, "counter": card.read.counter}
     if door.area:
         granted.update(area=door.area, direction=way)
-    if door.anti_passback == "on":
-        violation = passback_violation(way, passback)
-        if violation is not None:
-            assert passback is not None and passback.last is not None
+    if door.anti_passback == "on" and passback is not None:
+        violation = passback_violation(way, passback.last)
+        if violation is not None and passback.last is not None:
+            detail = _passback_detail(door, way, passback.last, passback.current)
             if passback.current or door.passback_offline == "hard":
-                raise Refusal("passback", violation, asn, _passback_detail(door, way, passback))
-            granted.update(passback="offline_allowed", last_passage=_passback_detail(door, way, passback))
+                raise Refusal("passback", violation, asn, detail)
+            granted.update(passback="offline_allowed", last_passage=detail)
     name = card.read.holder.name or card.read.holder.employee_no
     return Decision(
         accepted=True,
@@ -95,10 +95,9 @@ def decide_door(
     )
 
 
-def passback_violation(direction: str, view: PassbackView | None) -> str | None:
+def passback_violation(direction: str, last: Passage | None) -> str | None:
     """The refusal's sentence if this passage repeats the card's last one (in after in, out after out), else None.
     A card with no known passage in the area may go either way (its first use after the rule is switched on)."""
-    last = None if view is None else view.last
     if last is None or last.direction != direction:
         return None
     at = last.time.strftime("%m-%d %H:%M")
@@ -107,15 +106,14 @@ def passback_violation(direction: str, view: PassbackView | None) -> str | None:
     return f"Anti-passback: you left at {at} and have not entered; enter first"
 
 
-def _passback_detail(door: DoorSection, direction: str, view: PassbackView) -> dict[str, object]:
-    assert view.last is not None
+def _passback_detail(door: DoorSection, direction: str, last: Passage, current: bool) -> dict[str, object]:
     return {
         "area": door.area,
         "direction": direction,
-        "last_direction": view.last.direction,
-        "last_terminal": view.last.terminal_id,
-        "last_time": view.last.time.isoformat(),
-        "current": view.current,
+        "last_direction": last.direction,
+        "last_terminal": last.terminal_id,
+        "last_time": last.time.isoformat(),
+        "current": current,
     }
 
 

@@ -233,7 +233,19 @@ def test_offline_soft_logs_and_allows_offline_hard_refuses():
     now = at(dt.date(2026, 11, 23), 9, 0)
     soft = decide_door(a_card(0), None, apb(), PROFILES, now, passback=view(ENTRY, current=False))
     assert soft.accepted and soft.detail["passback"] == "offline_allowed"
-    assert soft.detail["last_passage"]["current"] is False
+    assert soft.detail["last_passage"] == {
+        "area": 7,
+        "direction": "entry",
+        "last_direction": "entry",
+        "last_terminal": "000000000201",
+        "last_time": "2026-11-23T08:05:00+08:00",
+        "current": False,
+    }
+    exit_soft = decide_door(a_card(0), None, apb(), PROFILES, now, direction=EXIT, passback=view(EXIT, False))
+    assert exit_soft.detail["last_passage"]["direction"] == "exit"
+    # The rule on but no view handed in (a caller that knows nothing): nothing to contradict.
+    assert decide_door(a_card(0), None, apb(), PROFILES, now).accepted
+    assert passback_violation(ENTRY, None) is None
     hard = apb(passback_offline="hard")
     assert refusal(lambda: decide_door(a_card(0), None, hard, PROFILES, now, passback=view(ENTRY, False)))[0] == (
         "passback"
@@ -251,7 +263,7 @@ def test_passback_allows_exactly_the_alternating_passages(taps):
     """Replaying taps through the rule: the granted passages always alternate; a refused one changes nothing."""
     last = None
     for way in taps:
-        violation = passback_violation(way, PassbackView(last, True))
+        violation = passback_violation(way, last)
         assert (violation is None) == (last is None or last.direction != way)
         if violation is None:
             last = Passage(way, at(dt.date(2026, 11, 23), 9), "000000000201")
