@@ -526,3 +526,22 @@ def test_exit_reader_in_firmware_toml_opens_two_readers(tmp_path):
     r = open_reader(c, simulated_reader=lambda card: opened.append(card) or InProcessReader(card.name))
     assert isinstance(r, TwoReaders) and opened == [tmp_path / "card.json", tmp_path / "c2.json"]
     assert r.name == "card.json (exit) + c2.json (entry)"
+
+
+def test_check_config_shows_holidays_normally_open_and_the_area(tmp_path, capsys):
+    from onecard.cli import main
+
+    cfg(
+        tmp_path,
+        '[door]\nnormally_open_profile = 5\nfirst_card_unlock = true\narea = 3\nanti_passback = "on"\n'
+        '[exit_reader]\ndriver = "simulator"\ncard = "c2.json"\n[holidays]\n2026-10-01 = "National Day"\n',
+    )
+    assert main(["terminal", "check-config", "--config", str(tmp_path / "f.toml")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        "time profile 5 'profile 5': Mon 11:30-13:00; none on Tue; none on Wed; none on Thu; none on Fri; none on "
+        "Sat; none on Sun; holiday 10:00-11:00" in out
+    )
+    assert "holidays 2026-10-01 National Day" in out
+    assert "normally open in the windows of time profile 5, after the first card of each window" in out
+    assert "area 3: [reader] entry, [exit_reader] the other way; anti-passback on, offline soft" in out
