@@ -102,3 +102,17 @@ def test_late_exactly_when_after_start_plus_grace(minute, grace):
     r = judge_day(MONDAY, clocks(MONDAY, ("in", hh, mm, 0)), shift, {}, MONDAY)
     assert ("late" in r.status) == (minute > 9 * 60 + grace)
     assert r.late_minutes == (minute - 9 * 60 if minute > 9 * 60 + grace else 0)
+
+
+def test_the_months_first_and_last_day_and_nothing_outside():
+    first_day = clocks(dt.date(2026, 11, 1), ("in", 10, 0, 0))  # a Sunday: shown, not judged
+    next_month = clocks(dt.date(2026, 12, 1), ("in", 9, 0, 0))
+    last_day = clocks(dt.date(2026, 10, 31), ("in", 9, 0, 0))  # the day before: not this month
+    days = attendance_month("2026-11", first_day + next_month + last_day, DAY, dt.date(2026, 12, 10))
+    assert days[0].day == dt.date(2026, 11, 1) and days[0].day_type == "off" and days[0].holiday == ""
+    assert days[-1].day == dt.date(2026, 11, 30) and days[-1].status == ("absent",)
+    assert all(d.day.month == 11 for d in days)
+    with pytest.raises(ValueError, match="2026/11"):
+        month_range("2026/11")
+    with pytest.raises(ValueError, match="2026-1"):
+        month_range("2026-1")

@@ -190,6 +190,12 @@ def test_monitor_opening_after_the_period_is_forced_and_a_restart_starts_locked(
     m.contact(True, 3)
     assert m.alarm == FORCED_OPEN
     assert not DoorMonitor(4, 30, door_open=False).unlocked  # the constructor never restores a hold
+    shut = DoorMonitor(4, 30)
+    shut.hold(True, 0)
+    shut.hold(False, 1)  # the period ends with the door shut: nothing to time
+    assert shut.next_deadline() is None
+    shut.tick(100)
+    assert shut.alarm is None and shut.take_events() == []
 
 
 # --- anti-passback -------------------------------------------------------------------------------------------
