@@ -125,9 +125,8 @@ def attendance_month(
     """The month's days worth a line: every working day up to today, and every day with a clock."""
     first, nxt = month_range(month)
     by_day: dict[dt.date, list[Clock]] = {}
-    for c in clocks:
-        if first <= c.time.date() < nxt:
-            by_day.setdefault(c.time.date(), []).append(c)
+    for c in clocks:  # (a clock of another month is never looked up below)
+        by_day.setdefault(c.time.date(), []).append(c)
     days = []
     d = first
     while d < nxt:
