@@ -93,6 +93,13 @@ class Terminal:
                 self._hold_logged = True
                 self._hold_started = last.time.astimezone(config.terminal.timezone)
 
+    def normally_open_configured(self) -> bool:
+        """A door with a normally-open schedule, or one whose period is still open (held, or open in the log)."""
+        door = self.config.door
+        return self.config.terminal.kind == "door" and bool(
+            door.normally_open_profile or self.holding_open or self._hold_logged
+        )
+
     def update_normally_open(self, now: dt.datetime) -> None:
         """Hold the strike unlocked or release it as the door's normally-open schedule says now, logging each
         change. Called on every turn of the tap loop and after each grant."""
@@ -612,7 +619,8 @@ class Terminal:
                 self.refresh_config()
                 refreshed = time.monotonic()
             self.log_door_events()
-            self.update_normally_open(clock())
+            if self.normally_open_configured():
+                self.update_normally_open(clock())  # (the clock is read only by a door that has a schedule)
             self.idle(clock)
             if self.purse is None:
                 conn = self._wait_for_card(reader, poll_seconds, stop)

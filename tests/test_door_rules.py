@@ -551,3 +551,20 @@ def test_check_config_shows_holidays_normally_open_and_the_area(tmp_path, capsys
     assert "holidays 2026-10-01 National Day" in out
     assert "normally open in the windows of time profile 5, after the first card of each window" in out
     assert "area 3: [reader] entry, [exit_reader] the other way; anti-passback on, offline soft" in out
+
+
+def test_a_schedule_switched_off_by_the_platform_ends_the_open_period(tmp_path):
+    sam = make_sam()
+    monday = dt.date(2026, 11, 23)
+    term, _ = door_terminal(tmp_path, sam, normally_open_profile=5)
+    assert term.normally_open_configured()
+    term.update_normally_open(shanghai(monday, 12, 0))
+    assert term.holding_open
+    term.config = dataclasses.replace(term.config, door=dataclasses.replace(term.config.door, normally_open_profile=0))
+    assert term.normally_open_configured()  # still held: the loop must still look
+    term.update_normally_open(shanghai(monday, 12, 1))
+    assert not term.holding_open and kinds(term)[-1] == NORMALLY_OPEN_END
+    assert not term.normally_open_configured()
+    (tmp_path / "att").mkdir()
+    attendance, _ = make_terminal(tmp_path / "att", sam, "attendance")
+    assert not attendance.normally_open_configured()
