@@ -5,45 +5,180 @@ A part of `central.store.Platform`: it works on the platform database through `s
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import json
+from dataclasses import dataclass
 
+from central.attendance_rules import Day
 from central.db import ACTIVE, LOST, PlatformError, _yuan
 from common import settlement as st
 from common import sync_protocol as p
+from common.config import Shift
+
+CSV_COLUMNS = (
+    "enterprise_id",
+    "employee_no",
+    "name",
+    "date",
+    "weekday",
+    "shift",
+    "day_type",
+    "holiday",
+    "first_in",
+    "last_out",
+    "clock_pairs",
+    "late_minutes",
+    "early_minutes",
+    "status",
+)
+
+
+def _hm(t: dt.datetime | None) -> str:
+    return t.strftime("%H:%M") if t is not None else "--"
+
+
+@dataclass(frozen=True)
+class AttendanceBill:
+    enterprise_id: str
+    employee_no: str
+    name: str
+    month: str
+    shift: Shift | None
+    days: tuple[Day, ...]
+
+    def totals(self) -> dict[str, int]:
+        work = [d for d in self.days if d.day_type == "work"]
+        return {
+            "working_days": len(work),
+            "present": sum(1 for d in work if d.pairs),
+            "late": sum("late" in d.status for d in self.days),
+            "early": sum("early" in d.status for d in self.days),
+            "absent": sum("absent" in d.status for d in self.days),
+            "missing_clock": sum("no_out" in d.status or "no_in" in d.status for d in self.days),
+        }
+
+    def sms(self) -> str:
+        items = []
+        for d in self.days:
+            text = f"{d.day.strftime('%m-%d %a')} " + (
+                ", ".join(f"in {_hm(i)} out {_hm(o)}" for i, o in d.pairs) if d.pairs else "absent"
+            )
+            text += "".join(
+                {"late": f" late {d.late_minutes} min", "early": f" early {d.early_minutes} min"}.get(s, "")
+                for s in d.status
+            )
+            text += " no clock-out" if "no_out" in d.status else ""
+            text += " no clock-in" if "no_in" in d.status else ""
+            text += f" (holiday {d.holiday})" if d.day_type == "holiday" else ""
+            text += " (day off)" if d.day_type == "off" and self.shift is not None else ""
+            items.append(text)
+        body = "; ".join(items) if items else "no clock-in recorded"
+        head = f"[onecard] {self.name} ({self.employee_no}), attendance {self.month}"
+        if self.shift is None:
+            return f"{head}: {sum(1 for d in self.days if d.pairs)} day(s). {body}."
+        t = self.totals()
+        s = self.shift
+        return (
+            f"{head}, shift {s.name} {s.start.strftime('%H:%M')}-{s.end.strftime('%H:%M')}: worked "
+            f"{t['present']} of {t['working_days']} working day(s), late {t['late']}, early {t['early']}, absent "
+            f"{t['absent']}, missing clock {t['missing_clock']}. {body}."
+        )
+
+    def csv_rows(self) -> list[list[str]]:
+        return [
+            [
+                self.enterprise_id,
+                self.employee_no,
+                self.name,
+                d.day.isoformat(),
+                d.day.strftime("%a"),
+                self.shift.name if self.shift is not None else "",
+                d.day_type,
+                d.holiday,
+                _hm(d.first_in) if d.first_in else "",
+                _hm(d.last_out) if d.last_out else "",
+                " ".join(f"{_hm(i)}-{_hm(o)}" for i, o in d.pairs),
+                str(d.late_minutes),
+                str(d.early_minutes),
+                " ".join(d.status) or ("ok" if d.day_type == "work" else ""),
+            ]
+            for d in self.days
+        ]
+
+
+def bills_csv(bills: list[AttendanceBill]) -> str:
+    """The administrator's CSV: a header, then one row per employee and day (RFC 4180, CRLF line ends)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for bill in bills:
+        writer.writerows(bill.csv_rows())
+    return out.getvalue()
 
 
 class Bills:
     def attendance_bill(self, enterprise_id: str, employee_no: str, month: str) -> str:
-        """The SMS text of an employee's monthly attendance bill, from ingested attendance events."""
-        holder_id, name, _ = self._holder(enterprise_id, employee_no)
+        """The SMS text of an employee's monthly attendance bill (docs/door-rules.md, "Attendance bill")."""
+        return self.attendance_bills(month, enterprise_id, employee_no)[0].sms()
+
+    def attendance_bills(
+        self, month: str, enterprise_id: str | None = None, employee_no: str | None = None
+    ) -> list[AttendanceBill]:
+        """Every employee's bill for the month (one enterprise, or all; one employee when named), from the
+        ingested attendance events judged against the employee's shift and the enterprise's holiday calendar as
+        last published (its configuration document)."""
+        from central.attendance_rules import Clock, attendance_month, month_range
+        from common.config import ConfigError, document_calendar
+
         try:
-            first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=self.tz)
+            first, nxt = month_range(month)
         except ValueError:
             raise PlatformError(f"month {month!r} is not YYYY-MM; write e.g. 2026-11") from None
-        nxt = (first + dt.timedelta(days=32)).replace(day=1)
-        asns = [r[0] for r in self.conn.execute("SELECT asn FROM cards WHERE holder_id = ?", (holder_id,))]
-        days: dict[dt.date, dict[str, dt.datetime]] = {}
-        lo, hi = p.format_time(first), p.format_time(nxt)
-        for asn in asns:
-            for kind, time in self.conn.execute(
-                "SELECT kind, time FROM events WHERE asn = ? AND kind IN ('attendance.in', 'attendance.out') "
-                "AND time >= ? AND time < ?",
-                (asn, lo, hi),
-            ):
-                local = p.parse_time(time, "event time").astimezone(self.tz)
-                d = days.setdefault(local.date(), {})
-                if kind == "attendance.in":
-                    d["in"] = min(d.get("in", local), local)
-                else:
-                    d["out"] = max(d.get("out", local), local)
-        lines = []
-        for day in sorted(days):
-            d = days[day]
-            fmt = lambda k: d[k].strftime("%H:%M") if k in d else "--"  # noqa: E731
-            lines.append(f"{day.strftime('%m-%d %a')} in {fmt('in')} out {fmt('out')}")
-        body = "; ".join(lines) if lines else "no clock-in recorded"
-        return f"[onecard] {name} ({employee_no}), attendance {month}: {len(days)} day(s). {body}."
+        lo = p.format_time(dt.datetime.combine(first, dt.time(0), self.tz))
+        hi = p.format_time(dt.datetime.combine(nxt, dt.time(0), self.tz))
+        today = self.clock().astimezone(self.tz).date()
+        if employee_no is not None:
+            assert enterprise_id is not None
+            self._holder(enterprise_id, employee_no)  # a clear error for an unknown employee
+        where, args = ["1 = 1"], []
+        if enterprise_id is not None:
+            self._enterprise(enterprise_id)
+            where.append("h.enterprise_id = ?")
+            args.append(enterprise_id)
+        if employee_no is not None:
+            where.append("h.employee_no = ?")
+            args.append(employee_no)
+        holders = self.conn.execute(
+            "SELECT h.holder_id, h.enterprise_id, h.employee_no, h.name, h.shift, e.config_document FROM holders h "
+            f"JOIN enterprises e USING (enterprise_id) WHERE {' AND '.join(where)} "
+            "ORDER BY h.enterprise_id, h.employee_no",
+            args,
+        ).fetchall()
+        bills = []
+        for holder_id, eid, number, name, shift_name, document in holders:
+            try:
+                holidays, shifts = document_calendar(json.loads(document) if document else None)
+            except ConfigError as exc:  # published before this check existed: say so rather than guess
+                raise PlatformError(f"enterprise {eid}'s configuration document: {exc}") from None
+            shift = shifts.get(shift_name or "default")
+            if shift_name and shift is None:
+                raise PlatformError(
+                    f"employee {number} is on shift {shift_name!r}, which enterprise {eid}'s configuration does not "
+                    "define; publish it (shifts) or set another with `onecard platform set-shift`"
+                )
+            clocks = [
+                Clock(p.parse_time(t, "event time").astimezone(self.tz), "in" if k == "attendance.in" else "out")
+                for (k, t) in self.conn.execute(
+                    "SELECT e.kind, e.time FROM events e JOIN cards c ON c.asn = e.asn WHERE c.holder_id = ? "
+                    "AND e.kind IN ('attendance.in', 'attendance.out') AND e.time >= ? AND e.time < ?",
+                    (holder_id, lo, hi),
+                )
+            ]
+            days = attendance_month(month, clocks, shift, today, holidays)
+            bills.append(AttendanceBill(eid, number, name, month, shift, tuple(days)))
+        return bills
 
     def spending_bill(self, enterprise_id: str, employee_no: str, month: str) -> str:
         """The SMS text of an employee's monthly purse bill: payments, refunds and top-ups with their TAC-checked

@@ -145,11 +145,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--account", action="store_true", help="move the balance by it, as uploaded")
     g.add_argument("--reject", action="store_true", help="do not move the balance")
     c.add_argument("--note", required=True, help="what the investigation found (kept with the record)")
-    c = cmd("attendance-bill", "print (or --send by SMS) an employee's attendance bill", cmd_bill)
+    c = cmd(
+        "attendance-bill",
+        "the month's attendance bills: each employee's SMS text (or --send it by SMS), or the administrator's CSV",
+        cmd_bill,
+    )
+    c.add_argument("employee_no", nargs="?", help="one employee (default: every employee)")
+    c.add_argument("--enterprise", help="one enterprise (required with an employee; default: every enterprise)")
+    c.add_argument("--month", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=("text", "csv"), default="text", help="text: one SMS per line; csv: per day")
+    _sms_arguments(c)
+    c = cmd("set-shift", "set the attendance shift an employee's bill is judged against", cmd_set_shift)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
-    c.add_argument("--month", required=True, help="YYYY-MM")
-    _sms_arguments(c)
+    c.add_argument("--shift", required=True, help="a shift of the published configuration (shifts.NAME)")
     c = cmd("spending-bill", "print (or --send by SMS) an employee's canteen spending bill", cmd_spending_bill)
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
@@ -488,7 +497,7 @@ def _sms_arguments(c) -> None:
     c.add_argument("--sender", default="10657000", help="the source address bills come from")
 
 
-def _send_bill(args, pf, text: str) -> str:
+def _send_bill(args, pf, enterprise_id: str, employee_no: str, text: str) -> str:
     if not args.send:
         return text
     from central.ota_gateway import GatewayError, SmppGateway
@@ -503,7 +512,7 @@ def _send_bill(args, pf, text: str) -> str:
         password = open(args.smpp_password_file, encoding="utf-8").read().strip()
     except OSError as exc:
         raise UserError(f"cannot read --smpp-password-file {args.smpp_password_file}: {exc.strerror}") from None
-    phone = pf.holder_contact(args.enterprise, args.employee_no)["phone"]
+    phone = pf.holder_contact(enterprise_id, employee_no)["phone"]
     gw = SmppGateway(host, int(port), args.smpp_system_id, password, args.sender)
     try:
         gw.connect()
@@ -516,15 +525,34 @@ def _send_bill(args, pf, text: str) -> str:
 
 
 def cmd_bill(args) -> int:
-    return _run(
-        args, lambda pf: _send_bill(args, pf, pf.attendance_bill(args.enterprise, args.employee_no, args.month))
-    )
+    from central.bills import bills_csv
+
+    if args.employee_no is not None and args.enterprise is None:
+        raise UserError("an employee number needs --enterprise; add --enterprise ENTERPRISE_ID")
+    if args.send and args.format == "csv":
+        raise UserError("--send sends each employee's SMS text; drop --format csv (the CSV is for the administrator)")
+
+    def do(pf):
+        bills = pf.attendance_bills(args.month, args.enterprise, args.employee_no)
+        if args.format == "csv":
+            return bills_csv(bills).rstrip("\r\n")
+        if not bills:
+            return f"no employees registered for {args.month}"
+        return "\n".join(_send_bill(args, pf, b.enterprise_id, b.employee_no, b.sms()) for b in bills)
+
+    return _run(args, do)
+
+
+def cmd_set_shift(args) -> int:
+    def do(pf):
+        pf.set_shift(args.enterprise, args.employee_no, args.shift)
+        return f"employee {args.employee_no} is on shift {args.shift}"
+
+    return _run(args, do)
 
 
 def cmd_settlement(args) -> int:
     import datetime as dt
-
-    from common.errors import UserError
 
     try:
         day = dt.date.fromisoformat(args.day)
@@ -535,7 +563,12 @@ def cmd_settlement(args) -> int:
 
 def cmd_spending_bill(args) -> int:
 
-    return _run(args, lambda pf: _send_bill(args, pf, pf.spending_bill(args.enterprise, args.employee_no, args.month)))
+    return _run(
+        args,
+        lambda pf: _send_bill(
+            args, pf, args.enterprise, args.employee_no, pf.spending_bill(args.enterprise, args.employee_no, args.month)
+        ),
+    )
 
 
 def cmd_card(args) -> int:

@@ -314,6 +314,8 @@ class Ingest:
             self._account(terminal_id, e)
         elif e.kind in ("card.rights", CARD_ACTION_FAILED):
             self._card_action_report(terminal_id, e)
+        elif e.kind == "door.grant":
+            self._relay_passage(terminal_id, e)  # anti-passback at the area's other terminals
         return None
 
     def _terminal_facts(self, terminal_id: str) -> tuple[str | None, str | None]:

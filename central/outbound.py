@@ -30,6 +30,9 @@ class Outbound:
             elif current > 0:
                 out.append((topic, self.seal("blacklist.snapshot", target, self.snapshot_body(eid))))
         if req.want == "sync":
+            # Passages the terminal may have missed while away (anti-passback across terminals).
+            for passage in self.recent_passages(eid):
+                out.append((topic, self.seal("passage", target, passage)))
             body = self._config_body(eid)
             if body["version"] > req.config_version:
                 out.append((topic, self.seal("config", target, body)))

@@ -99,6 +99,28 @@ class Registry:
                 ) from None
             return holder_id
 
+    def set_shift(self, enterprise_id: str, employee_no: str, shift: str) -> None:
+        """The attendance shift an employee's bill is judged against: a shift of the enterprise's published
+        configuration document (shifts.NAME)."""
+        from common.config import ConfigError, document_calendar
+
+        with self._txn():
+            holder_id = self._holder(enterprise_id, employee_no)[0]
+            document = self.conn.execute(
+                "SELECT config_document FROM enterprises WHERE enterprise_id = ?", (enterprise_id,)
+            ).fetchone()[0]
+            try:
+                shifts = document_calendar(json.loads(document) if document else None)[1]
+            except ConfigError as exc:
+                raise PlatformError(f"enterprise {enterprise_id}'s configuration document: {exc}") from None
+            if shift not in shifts:
+                known = ", ".join(sorted(shifts)) or "none"
+                raise PlatformError(
+                    f"shift {shift!r} is not in enterprise {enterprise_id}'s published configuration (shifts: "
+                    f"{known}); publish it first with `onecard platform publish-config`"
+                )
+            self.conn.execute("UPDATE holders SET shift = ? WHERE holder_id = ?", (shift, holder_id))
+
     def _holder(self, enterprise_id: str, employee_no: str) -> tuple:
         row = self.conn.execute(
             "SELECT holder_id, name, phone FROM holders WHERE enterprise_id = ? AND employee_no = ?",

@@ -27,13 +27,14 @@ from central.card_flows import CardFlows
 from central.db import PlatformError
 from central.ingest import Ingest
 from central.outbound import Outbound
+from central.passages import Passages
 from central.purse import PurseAccounts
 from central.registry import Registry
 from common import sync_protocol as p
 from common.db import transaction
 
 
-class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills):
+class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills, Passages):
     """Accounts, ingest and signed publications of one platform database (one instance per thread).
 
     Each job lives in its own module (registry, blacklists, card_flows, outbound, ingest, purse, bills); this class

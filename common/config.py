@@ -12,8 +12,10 @@ import datetime as dt
 import difflib
 import tomllib
 import zoneinfo
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 KINDS = ("door", "attendance", "pos", "topup")
 READER_DRIVERS = ("pcsc", "nfc", "simulator")
@@ -23,6 +25,11 @@ WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 class ConfigError(Exception):
     """A configuration value is missing or wrong; the message says which and how to fix it."""
+
+
+# The holiday calendar: local dates on which every time profile's holiday windows replace its weekday windows.
+Holidays = Mapping[dt.date, str]  # date -> name, e.g. 2026-10-01 -> "National Day"
+EMPTY_HOLIDAYS: Holidays = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -45,17 +52,30 @@ class TimeProfile:
     number: int
     name: str
     days: dict[int, tuple[TimeWindow, ...]]  # weekday (0 = Monday) -> windows
+    holiday: tuple[TimeWindow, ...] = ()  # the windows on a date of the holiday calendar, whatever its weekday
 
-    def allows(self, local: dt.datetime) -> bool:
-        return any(w.contains(local.time()) for w in self.days.get(local.weekday(), ()))
+    def windows_on(self, day: dt.date, holidays: Holidays = EMPTY_HOLIDAYS) -> tuple[TimeWindow, ...]:
+        """The windows in force on a local date: the holiday windows on a holiday, else the weekday's."""
+        return self.holiday if day in holidays else self.days.get(day.weekday(), ())
+
+    def allows(self, local: dt.datetime, holidays: Holidays = EMPTY_HOLIDAYS) -> bool:
+        return any(w.contains(local.time()) for w in self.windows_on(local.date(), holidays))
 
     def describe_day(self, weekday: int) -> str:
         windows = self.days.get(weekday, ())
         day = WEEKDAYS[weekday].capitalize()
         return f"{day} " + ", ".join(str(w) for w in windows) if windows else f"none on {day}"
 
+    def describe_date(self, day: dt.date, holidays: Holidays = EMPTY_HOLIDAYS) -> str:
+        if day not in holidays:
+            return self.describe_day(day.weekday())
+        name = holidays[day]
+        windows = ", ".join(str(w) for w in self.holiday)
+        return f"holiday {name}: {windows}" if windows else f"none on holiday {name}"
 
-ALWAYS = TimeProfile(0, "always", {d: (TimeWindow(dt.time(0, 0), dt.time.max),) for d in range(7)})
+
+ALL_DAY = (TimeWindow(dt.time(0, 0), dt.time.max),)
+ALWAYS = TimeProfile(0, "always", {d: ALL_DAY for d in range(7)}, holiday=ALL_DAY)
 
 
 @dataclass(frozen=True)
@@ -101,9 +121,34 @@ class DoorSection:
     lock: str = "fail-secure"  # fail-secure: energised = unlocked; fail-safe (maglock): energised = locked
     contact_pin: int = 0  # door contact (reed switch) to ground: closed door = pin low
     rex_pin: int = 0  # request-to-exit button to ground: pressed = pin low
+    # Normally open: the strike stays unlocked in the windows of this time profile (holidays included), 0 = never.
+    normally_open_profile: int = 0
+    first_card_unlock: bool = False  # the normally-open window starts only once a card was granted that day
+    # Anti-passback: the area this door's reader leads into or out of (0 = none), and which way this reader goes.
+    area: int = 0
+    direction: str = "entry"  # entry | exit: the [reader]'s direction ([exit_reader], if fitted, is the other one)
+    anti_passback: str = "off"  # off | on: an entry after an entry (or exit after exit) in the area is refused
+    # When the area's passages at other terminals may be unknown (the sync agent offline): soft = log and allow,
+    # hard = refuse as online.
+    passback_offline: str = "soft"
+    passback_fresh_seconds: float = 300.0  # the platform's area passages are current if received this recently
 
 
-DOOR_PLATFORM_KEYS = ("group", "open_seconds", "held_open_seconds")  # what a platform document may set for a door
+DOOR_PLATFORM_KEYS = (
+    "group",
+    "open_seconds",
+    "held_open_seconds",
+    "normally_open_profile",
+    "first_card_unlock",
+    "area",
+    "direction",
+    "anti_passback",
+    "passback_offline",
+    "passback_fresh_seconds",
+)  # what a platform document may set for a door (never its wiring)
+DIRECTIONS = ("entry", "exit")
+PASSBACK_MODES = ("off", "on")
+PASSBACK_OFFLINE = ("soft", "hard")  # what a platform document may set for a door
 LOCKS = ("fail-secure", "fail-safe")
 OUTPUT_DRIVERS = ("console", "gpio")
 DISPLAY_DRIVERS = ("none", "st7735", "ssd1306", "dummy")
@@ -270,6 +315,9 @@ class Config:
     pos: PosSection
     topup: TopupSection
     time_profiles: dict[int, TimeProfile] = field(default_factory=dict)
+    exit_reader: ReaderSection | None = None  # a door's second reader, the other direction of the same area
+    holidays: Holidays = field(default_factory=lambda: EMPTY_HOLIDAYS)
+    shifts: dict[str, Shift] = field(default_factory=dict)  # attendance shifts (the platform computes the bill)
     sync: SyncSection | None = None  # absent: this terminal has no sync agent
     display: DisplaySection = DisplaySection()
     keypad: KeypadSection = KeypadSection()
@@ -348,6 +396,9 @@ SECTIONS = (
     "topup",
     "output",
     "time_profiles",
+    "holidays",
+    "shifts",
+    "exit_reader",
     "sync",
     "display",
     "keypad",
@@ -378,8 +429,9 @@ OUTPUT_KEYS = keys_of(OutputSection)
 DISPLAY_KEYS = keys_of(DisplaySection)
 KEYPAD_KEYS = keys_of(KeypadSection)
 STATUS_KEYS = ("listen",)  # parsed into host and port
-PROFILE_KEYS = WEEKDAYS + ("name",)
-DOCUMENT_SECTIONS = ("doors", "attendance", "pos", "topup", "time_profiles")
+PROFILE_KEYS = WEEKDAYS + ("name", "holiday")
+DOCUMENT_SECTIONS = ("doors", "attendance", "pos", "topup", "time_profiles", "holidays", "shifts")
+SHIFT_KEYS = ("start", "end", "grace_minutes", "early_minutes", "days")
 
 
 def _parse_clock(text: str) -> dt.time:
@@ -395,20 +447,90 @@ def _time_profile(path: Path, number_text: str, table: dict) -> TimeProfile:
     sec.only(PROFILE_KEYS)
     days: dict[int, tuple[TimeWindow, ...]] = {}
     for i, day in enumerate(WEEKDAYS):
-        windows = sec.get(day, list, default=[])
-        parsed = []
-        for w in windows:
-            try:
-                start_s, end_s = str(w).split("-")
-                start, end = _parse_clock(start_s), _parse_clock(end_s)
-            except ValueError:
-                raise sec.fail(day, f"window {w!r} is not HH:MM-HH:MM", 'write e.g. "07:30-19:00"') from None
-            if not start < end:
-                raise sec.fail(day, f"window {w!r} ends before it starts", "split windows that cross midnight in two")
-            parsed.append(TimeWindow(start, end))
+        parsed = _windows(sec, day)
         if parsed:
-            days[i] = tuple(parsed)
-    return TimeProfile(int(number_text), sec.get("name", str, default=f"profile {number_text}"), days)
+            days[i] = parsed
+    return TimeProfile(
+        int(number_text), sec.get("name", str, default=f"profile {number_text}"), days, _windows(sec, "holiday")
+    )
+
+
+def _windows(sec: _Section, key: str) -> tuple[TimeWindow, ...]:
+    parsed = []
+    for w in sec.get(key, list, default=[]):
+        try:
+            start_s, end_s = str(w).split("-")
+            start, end = _parse_clock(start_s), _parse_clock(end_s)
+        except ValueError:
+            raise sec.fail(key, f"window {w!r} is not HH:MM-HH:MM", 'write e.g. "07:30-19:00"') from None
+        if not start < end:
+            raise sec.fail(key, f"window {w!r} ends before it starts", "split windows that cross midnight in two")
+        parsed.append(TimeWindow(start, end))
+    return tuple(parsed)
+
+
+def _holidays(path: Path, raw: object) -> Holidays:
+    """[holidays]: "YYYY-MM-DD" = "name", one line per holiday date (the terminal's local dates)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{path}: holidays must be a table of dates, e.g. [holidays] 2026-10-01 = "National Day"')
+    days: dict[dt.date, str] = {}
+    for key, name in raw.items():
+        try:
+            day = dt.date.fromisoformat(key) if isinstance(key, str) and len(key) == 10 else None
+        except ValueError:
+            day = None
+        if day is None:
+            raise ConfigError(f"{path}: [holidays].{key} is not a date YYYY-MM-DD; write e.g. 2026-10-01")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f'{path}: [holidays].{key} must name the holiday; write e.g. {key} = "National Day"')
+        days[day] = name
+    return MappingProxyType(dict(sorted(days.items())))
+
+
+@dataclass(frozen=True)
+class Shift:
+    """An attendance shift: clock in by start + grace, clock out no earlier than end - early_minutes."""
+
+    name: str
+    start: dt.time
+    end: dt.time
+    grace_minutes: int = 0
+    early_minutes: int = 0  # tolerance before the end (leaving earlier than end - early_minutes is "early")
+    days: tuple[int, ...] = (0, 1, 2, 3, 4)  # weekdays worked (0 = Monday); holidays are never worked days
+
+
+def _shifts(path: Path, raw: object) -> dict[str, Shift]:
+    """[shifts.NAME]: start = "09:00", end = "18:00", grace_minutes = 5, days = ["mon", ...]."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: shifts must be tables [shifts.NAME]; see docs/door-rules.md")
+    shifts: dict[str, Shift] = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: shifts.{name} must be a table; see docs/door-rules.md")
+        sec = _Section(path, f"shifts.{name}", table)
+        sec.only(SHIFT_KEYS)
+        times = []
+        for key in ("start", "end"):
+            text = sec.get(key, str, required=True)
+            try:
+                times.append(dt.datetime.strptime(text, "%H:%M").time())
+            except ValueError:
+                raise sec.fail(key, f"= {text!r} is not HH:MM", 'write e.g. "09:00"') from None
+        if not times[0] < times[1]:
+            raise sec.fail("end", "is not after start", "a shift ends the same day it starts (split a night shift)")
+        minutes = []
+        for key in ("grace_minutes", "early_minutes"):
+            value = sec.get(key, int, default=0)
+            if not 0 <= value <= 240:
+                raise sec.fail(key, f"= {value} is outside 0..240", "use a few minutes")
+            minutes.append(value)
+        day_names = sec.get("days", list, default=list(WEEKDAYS[:5]))
+        if not day_names or any(d not in WEEKDAYS for d in day_names) or len(set(day_names)) != len(day_names):
+            raise sec.fail("days", f"= {day_names!r} is not a list of distinct weekdays", f"use {', '.join(WEEKDAYS)}")
+        shifts[name] = Shift(
+            name, times[0], times[1], minutes[0], minutes[1], tuple(sorted(WEEKDAYS.index(d) for d in day_names))
+        )
+    return shifts
 
 
 def load_config(path: str | Path) -> Config:
@@ -452,22 +574,7 @@ def load_config(path: str | Path) -> Config:
         blacklist=t.path_value("blacklist"),
     )
 
-    r = section("reader")
-    r.only(READER_KEYS)
-    driver = r.choice("driver", READER_DRIVERS)
-    reader = ReaderSection(
-        driver=driver,
-        name=r.get("name", str, required=driver == "pcsc", default=""),
-        path=r.get("path", str, required=driver == "nfc", default=""),
-        card=r.path_value("card", required=driver == "simulator"),
-        command_timeout_ms=r.get("command_timeout_ms", int, default=500),
-    )
-    if not 50 <= reader.command_timeout_ms <= 10_000:
-        raise r.fail(
-            "command_timeout_ms",
-            f"= {reader.command_timeout_ms} is not 50..10000",
-            "write the deadline of one card command in milliseconds, e.g. 500",
-        )
+    reader = _reader_section(section("reader"))
 
     s = section("sam")
     s.only(SAM_KEYS)
@@ -494,6 +601,18 @@ def load_config(path: str | Path) -> Config:
     output = _output_section(section("output", required=False))
 
     profiles = _time_profiles(path, raw.get("time_profiles", {}))
+    holidays = _holidays(path, raw.get("holidays", {}))
+    shifts = _shifts(path, raw.get("shifts", {}))
+    _check_door_profiles(path, "door", door, profiles)
+    exit_reader = raw.get("exit_reader")
+    if exit_reader is not None:
+        if terminal.kind != "door":
+            raise ConfigError(f"{path}: [exit_reader] is for a door terminal; remove it")
+        if door.area == 0:
+            raise ConfigError(f"{path}: [exit_reader] needs [door].area (anti-passback area 1..255); set it")
+        if not isinstance(exit_reader, dict):
+            raise ConfigError(f"{path}: exit_reader must be an [exit_reader] section")
+        exit_reader = _reader_section(_Section(path, "exit_reader", exit_reader))
 
     return Config(
         path=path,
@@ -506,12 +625,44 @@ def load_config(path: str | Path) -> Config:
         pos=pos,
         topup=topup,
         time_profiles=profiles,
+        exit_reader=exit_reader,
+        holidays=holidays,
+        shifts=shifts,
         sync=_sync_section(section("sync", required=False)),
         display=_display_section(section("display", required=False)),
         keypad=_keypad_section(section("keypad", required=False)),
         status=_status_section(section("status", required=False)),
         printer=_printer_section(section("printer", required=False)),
     )
+
+
+def _reader_section(r: _Section) -> ReaderSection:
+    r.only(READER_KEYS)
+    driver = r.choice("driver", READER_DRIVERS)
+    reader = ReaderSection(
+        driver=driver,
+        name=r.get("name", str, required=driver == "pcsc", default=""),
+        path=r.get("path", str, required=driver == "nfc", default=""),
+        card=r.path_value("card", required=driver == "simulator"),
+        command_timeout_ms=r.get("command_timeout_ms", int, default=500),
+    )
+    if not 50 <= reader.command_timeout_ms <= 10_000:
+        raise r.fail(
+            "command_timeout_ms",
+            f"= {reader.command_timeout_ms} is not 50..10000",
+            "write the deadline of one card command in milliseconds, e.g. 500",
+        )
+    return reader
+
+
+def _check_door_profiles(where: Path, name: str, door: DoorSection, profiles: dict[int, TimeProfile]) -> None:
+    """A normally-open profile must exist: a door never stays unlocked by a profile nobody defined."""
+    number = door.normally_open_profile
+    if number and number not in profiles:
+        raise ConfigError(
+            f"{where}: [{name}].normally_open_profile = {number} is not a defined time profile; "
+            f"add [time_profiles.{number}] or set 0 (never normally open)"
+        )
 
 
 def _pin(sec: _Section, key: str, default: int = 0) -> int:
@@ -528,7 +679,26 @@ def _door_section(d: _Section, known: tuple[str, ...] = DOOR_PLATFORM_KEYS) -> D
         group=d.get("group", int, default=1),
         open_seconds=d.get("open_seconds", float, default=5.0),
         held_open_seconds=d.get("held_open_seconds", float, default=30.0),
+        normally_open_profile=d.get("normally_open_profile", int, default=0),
+        first_card_unlock=d.get("first_card_unlock", bool, default=False),
+        area=d.get("area", int, default=0),
+        direction=d.choice("direction", DIRECTIONS, default="entry"),
+        anti_passback=d.choice("anti_passback", PASSBACK_MODES, default="off"),
+        passback_offline=d.choice("passback_offline", PASSBACK_OFFLINE, default="soft"),
+        passback_fresh_seconds=d.get("passback_fresh_seconds", float, default=300.0),
     )
+    if not 0 <= door.normally_open_profile <= 255:
+        raise d.fail(
+            "normally_open_profile", f"= {door.normally_open_profile} is outside 0..255", "name a time profile, 0 = off"
+        )
+    if door.first_card_unlock and not door.normally_open_profile:
+        raise d.fail("first_card_unlock", "is set without normally_open_profile", "set the profile or remove it")
+    if not 0 <= door.area <= 255:
+        raise d.fail("area", f"= {door.area} is outside 0..255", "number the anti-passback area 1..255, 0 = none")
+    if door.anti_passback == "on" and not door.area:
+        raise d.fail("anti_passback", "is on without an area", "set area = 1..255 (the same on each door of it)")
+    if not 0 < door.passback_fresh_seconds <= 86400:
+        raise d.fail("passback_fresh_seconds", "is outside (0, 86400]", "use a few minutes, e.g. 300")
     if not 1 <= door.group <= 64:
         raise d.fail("group", f"= {door.group} is outside 1..64", "door groups are numbered 1 to 64")
     if not 0 < door.open_seconds <= 60:
@@ -769,6 +939,14 @@ def document_max_load(document: dict | None) -> int:
     ).max_load
 
 
+def document_calendar(document: dict | None) -> tuple[Holidays, dict[str, Shift]]:
+    """The holiday calendar and the attendance shifts of a platform document (the platform's attendance bill uses
+    the very dates and shifts the terminals were sent), checked by the same validators."""
+    document = document or {}
+    where = Path("platform configuration")
+    return _holidays(where, document.get("holidays", {})), _shifts(where, document.get("shifts", {}))
+
+
 def _time_profiles(path: Path, profiles_raw) -> dict[int, TimeProfile]:
     if not isinstance(profiles_raw, dict):
         raise ConfigError(f"{path}: time_profiles must be tables [time_profiles.N]; see firmware.toml")
@@ -796,7 +974,14 @@ def apply_platform_document(config: Config, version: int, document: dict) -> Con
         changes["door"] = dataclasses.replace(
             config.door, **{k: getattr(changes["door"], k) for k in DOOR_PLATFORM_KEYS}
         )
-    return dataclasses.replace(config, **changes)
+    applied = dataclasses.replace(config, **changes)
+    _check_door_profiles(Path(f"platform configuration v{version}"), "door", applied.door, applied.time_profiles)
+    if applied.exit_reader is not None and not applied.door.area:
+        raise ConfigError(
+            f"platform configuration v{version}: doors.{config.terminal.id}.area = 0 but this door has an "
+            "[exit_reader]; give it an area"
+        )
+    return applied
 
 
 def _document_changes(where: Path, document: object, terminal_id: str | None) -> dict:
@@ -834,6 +1019,10 @@ def _document_changes(where: Path, document: object, terminal_id: str | None) ->
         changes["topup"] = _topup_section(table("topup"))
     if "time_profiles" in document:
         changes["time_profiles"] = _time_profiles(where, document["time_profiles"])
+    if "holidays" in document:
+        changes["holidays"] = _holidays(where, document["holidays"])
+    if "shifts" in document:
+        changes["shifts"] = _shifts(where, document["shifts"])
     return changes
 
 

@@ -4,6 +4,9 @@ terminal that logs them (terminal/door_monitor.py) and the platform that shows o
 from __future__ import annotations
 
 HELD_OPEN, FORCED_OPEN, CLOSED, REX = "door.held_open", "door.forced_open", "door.closed", "door.rex"
+# Normally open (terminal/door.py normally_open): the strike held unlocked from START until END.
+NORMALLY_OPEN_START, NORMALLY_OPEN_END = "door.normally_open", "door.normally_open.end"
+NORMALLY_OPEN_KINDS = (NORMALLY_OPEN_START, NORMALLY_OPEN_END)
 ALARM_KINDS = (HELD_OPEN, FORCED_OPEN)
 DOOR_EVENT_KINDS = (HELD_OPEN, FORCED_OPEN, CLOSED)  # the last of these in a log says whether an alarm is open
 

@@ -6,7 +6,7 @@ The terminal's log refuses to write any other kind and the platform refuses to r
 
 from __future__ import annotations
 
-from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, REX
+from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, NORMALLY_OPEN_END, NORMALLY_OPEN_START, REX
 
 _TERMINAL_KINDS = ("door", "attendance", "pos", "topup")
 _MONEY_OPS = ("pos.purchase", "pos.undo", "topup.load")  # each: .intent, the outcome, .abandoned
@@ -28,6 +28,8 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         FORCED_OPEN,
         CLOSED,
         REX,
+        NORMALLY_OPEN_START,
+        NORMALLY_OPEN_END,
         *(f"{k}.deny" for k in _TERMINAL_KINDS),
         *(f"{op}{suffix}" for op in _MONEY_OPS for suffix in (".intent", "", ".abandoned")),
         *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),

@@ -45,7 +45,9 @@ DOWN_TYPES = (
     "card_action.cancel",
     "time",
     "meal_usage",
+    "passage",
 )
+PASSAGE_DIRECTIONS = ("entry", "exit")
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
 
 _TID_RE = re.compile(r"[0-9]{12}\Z")
@@ -480,6 +482,22 @@ def _check_time(body: dict[str, Any]) -> None:
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
 
 
+def _check_passage(body: dict[str, Any]) -> None:
+    """A card's passage through a door of an anti-passback area, relayed to the enterprise's terminals."""
+    w = "passage"
+    _exact(body, w, ("enterprise_id", "area", "asn", "direction", "time", "terminal_id", "seq"))
+    _match(body, "enterprise_id", _EID_RE, w, "8 digits")
+    area = _int(body, "area", w, 1)
+    if area > 255:
+        raise ProtocolError(f"{w}: area {area} is not 1..255")
+    _match(body, "asn", _ASN_RE, w, "16 uppercase hex digits")
+    if _field(body, "direction", str, w) not in PASSAGE_DIRECTIONS:
+        raise ProtocolError(f"{w}: direction {body['direction']!r:.30} is not one of entry, exit")
+    parse_time(_field(body, "time", str, w), f"{w} time")
+    _match(body, "terminal_id", _TID_RE, w, "12 digits")
+    _int(body, "seq", w, 1)
+
+
 BODY_CHECKS = {
     "ack": _check_ack,
     "blacklist.snapshot": _check_snapshot,
@@ -489,6 +507,7 @@ BODY_CHECKS = {
     "card_action.cancel": _check_card_action_cancel,
     "time": _check_time,
     "meal_usage": _check_meal_usage,
+    "passage": _check_passage,
 }
 
 

@@ -339,6 +339,20 @@ class SyncAgent:
                 cards=cards,
                 text="canteen usage confirmed by the platform stored for the tills' meal limits",
             )
+        elif env.type == "passage":
+            if env.body["enterprise_id"] != self.eid:
+                return self._reject("wrong_enterprise", f"passage {env.id} is for another enterprise; not stored")
+            newer = self.store.store_passage(env.body, env.id, issued, received)
+            log_event(
+                log,
+                "sync.passage_stored" if newer else "sync.passage_older",
+                logging.INFO if newer else logging.DEBUG,
+                terminal=self.tid,
+                asn=env.body["asn"],
+                area=env.body["area"],
+                direction=env.body["direction"],
+                text="passage stored for anti-passback" if newer else "passage older than the one held; ignored",
+            )
         elif env.type == "card_action.cancel":
             before = self.store.cancel_card_action(env.body, env.id, issued, received)
             log_event(

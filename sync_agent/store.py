@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS inbox_meal_usage (
   day TEXT NOT NULL, asn TEXT NOT NULL, terminal_id TEXT NOT NULL, period TEXT NOT NULL,
   count INTEGER NOT NULL, amount INTEGER NOT NULL, issued_at TEXT NOT NULL,
   PRIMARY KEY (day, asn, terminal_id, period)) WITHOUT ROWID, STRICT;
+CREATE TABLE IF NOT EXISTS inbox_passages (
+  asn TEXT NOT NULL, area INTEGER NOT NULL, direction TEXT NOT NULL, time TEXT NOT NULL, terminal_id TEXT NOT NULL,
+  seq INTEGER NOT NULL, message_id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (asn, area)) STRICT;
 """
 MEAL_USAGE_KEEP_DAYS = 3  # service days of meal usage kept in the inbox: today and a little slack
 
@@ -215,6 +218,28 @@ class SyncStore:
                 )
             self.mark_seen(msg_id, "card_action.cancel", issued_at, received_at)
         return row[0] if row else "absent"
+
+    def store_passage(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
+        """Keep each card's latest passage per area (by its time); False when this one is not newer."""
+        with self.transaction():
+            cur = self._conn.execute(
+                "INSERT INTO inbox_passages VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asn, area) DO UPDATE SET "
+                "direction = excluded.direction, time = excluded.time, terminal_id = excluded.terminal_id, "
+                "seq = excluded.seq, message_id = excluded.message_id, received_at = excluded.received_at "
+                "WHERE excluded.time > inbox_passages.time",
+                (
+                    body["asn"],
+                    body["area"],
+                    body["direction"],
+                    body["time"],
+                    body["terminal_id"],
+                    body["seq"],
+                    msg_id,
+                    received_at,
+                ),
+            )
+            self.mark_seen(msg_id, "passage", issued_at, received_at)
+        return cur.rowcount == 1
 
     def card_actions(self) -> list[dict]:
         rows = self._conn.execute(

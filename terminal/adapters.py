@@ -70,9 +70,8 @@ def _open_sam(config: Config, event_log=None):
         raise UserError(str(exc)) from None
 
 
-def _reader_factory(config: Config):
+def _reader_factory(r):
     """A function that opens the configured PC/SC or nfcpy reader (ReaderError if it cannot), or None."""
-    r = config.reader
     if r.driver == "pcsc":
         from terminal.readers.pcsc import PcscReader
 
@@ -89,10 +88,24 @@ def open_reader(config: Config, wait: bool = False, simulated_reader: Callable[[
     is opened again when it is back (terminal/reader.py ReopeningReader) instead of stopping the terminal.
     Driver "simulator" needs `simulated_reader` (card file -> reader holding that card), which only the command
     line's wiring (onecard/wiring.py) or a test hands in."""
+    from terminal.reader import TwoReaders
+
+    first = _open_one(config, config.reader, "reader", wait, simulated_reader)
+    if config.exit_reader is None:
+        return first
+    try:
+        second = _open_one(config, config.exit_reader, "exit_reader", wait, simulated_reader)
+    except BaseException:
+        first.close()
+        raise
+    other = "exit" if config.door.direction == "entry" else "entry"
+    return TwoReaders(first, config.door.direction, second, other)
+
+
+def _open_one(config: Config, r, section: str, wait: bool, simulated_reader):
     from terminal.reader import ReaderError, ReopeningReader
 
-    r = config.reader
-    factory = _reader_factory(config)
+    factory = _reader_factory(r)
     if factory is not None:
         if wait:
             return ReopeningReader(f"{r.driver}:{r.name or r.path}", factory)
@@ -102,7 +115,7 @@ def open_reader(config: Config, wait: bool = False, simulated_reader: Callable[[
             raise UserError(str(exc)) from None
     if simulated_reader is None:
         raise UserError(
-            f'[reader] driver = "simulator" in {config.path} runs only under the onecard command '
+            f'[{section}] driver = "simulator" in {config.path} runs only under the onecard command '
             "(its simulator wiring); use driver pcsc or nfc here"
         )
     return simulated_reader(r.card)

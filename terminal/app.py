@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from common.config import Config, ConfigError, apply_platform_document
+from common.door_events import NORMALLY_OPEN_END, NORMALLY_OPEN_KINDS, NORMALLY_OPEN_START
 from common.logs import log_event
 from common.money import format_yuan
 from sam.interface import Sam, SamError, SamSwapped
@@ -22,7 +23,7 @@ from terminal.authenticate import authenticate_card
 from terminal.canteen import no_other_tills
 from terminal.card_deadline import CommandDeadline
 from terminal.decision import Decision, Refusal
-from terminal.door import decide_door
+from terminal.door import Passage, PassbackView, decide_door, normally_open
 from terminal.inbox import Inbox
 from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, SignIn, SignOut, Typed, Undo
 from terminal.meal_rules import fixed_price
@@ -85,6 +86,109 @@ class Terminal:
             if config.terminal.kind in PURSE_KINDS
             else None
         )
+        # Normally open: whether this process holds the strike unlocked (never at start: a restart begins locked),
+        # whether the log says a period is open, and when its first card started it (first_card_unlock).
+        self.holding_open = False
+        self._hold_logged = False
+        self._hold_started: dt.datetime | None = None
+        self._hold_first_card: str | None = None
+        if config.terminal.kind == "door":
+            last = event_log.last_event_of(NORMALLY_OPEN_KINDS)
+            if last is not None and last.kind == NORMALLY_OPEN_START:
+                self._hold_logged = True
+                self._hold_started = last.time.astimezone(config.terminal.timezone)
+
+    def normally_open_configured(self) -> bool:
+        """A door with a normally-open schedule, or one whose period is still open (held, or open in the log)."""
+        door = self.config.door
+        return self.config.terminal.kind == "door" and bool(
+            door.normally_open_profile or self.holding_open or self._hold_logged
+        )
+
+    def update_normally_open(self, now: dt.datetime) -> None:
+        """Hold the strike unlocked or release it as the door's normally-open schedule says now, logging each
+        change. Called on every turn of the tap loop and after each grant."""
+        door, tz = self.config.door, self.config.terminal.timezone
+        if self.config.terminal.kind != "door":
+            return
+        local = now.astimezone(tz)
+        want = normally_open(door, self.config.time_profiles, local, self._hold_started, self.config.holidays)
+        if want != self._hold_logged:
+            kind = NORMALLY_OPEN_START if want else NORMALLY_OPEN_END
+            detail: dict = {"profile": door.normally_open_profile}
+            if want and self._hold_first_card is not None:
+                detail["first_card"] = self._hold_first_card
+            if not want and not self.holding_open:
+                detail["after_restart"] = True
+            try:
+                self.event_log.append(
+                    now,
+                    kind,
+                    asn=None,
+                    reason_code="normally_open" if want else "normally_open_end",
+                    message="Door normally open" if want else "Normally-open period over: door locked",
+                    detail=detail,
+                )
+            except Exception as exc:
+                log_event(log, "log.write_failed", logging.ERROR, error=str(exc), kind=kind, msg="door stays locked")
+                want = False  # nothing unlocks a door that the log cannot record
+            else:
+                self._hold_logged = want
+                log_event(log, kind, terminal=self.config.terminal.id, msg="normally open" if want else "locked")
+        self._hold_first_card = None  # (a first card's start counts only in its own window: see normally_open)
+        if want != self.holding_open:
+            hold = getattr(self.outputs, "hold_open", None)
+            if hold is not None:
+                hold(want)
+            self.holding_open = want
+            log_event(
+                log,
+                "door.hold",
+                terminal=self.config.terminal.id,
+                on=want,
+                msg="strike held unlocked (normally open)" if want else "strike back to normal (locked)",
+            )
+
+    def _first_card(self, decision: Decision, now: dt.datetime) -> None:
+        """A grant that may open a first_card_unlock period."""
+        door = self.config.door
+        if not door.first_card_unlock or self.holding_open or decision.kind != "door.grant" or not decision.accepted:
+            return
+        local = now.astimezone(self.config.terminal.timezone)
+        if normally_open(door, self.config.time_profiles, local, local, self.config.holidays):
+            self._hold_started, self._hold_first_card = local, decision.asn
+            self.update_normally_open(now)
+
+    def passback_view(self, asn: str, now: dt.datetime) -> PassbackView:
+        """This card's latest passage in the door's area: the newer of this terminal's own log and what the platform
+        relayed from the area's other terminals (the sync agent's inbox). Current when there is no agent (this
+        terminal's log is the whole area) or the agent heard the platform within passback_fresh_seconds."""
+        from common.sync_protocol import ProtocolError, parse_time
+
+        door, tz = self.config.door, self.config.terminal.timezone
+        passage = None
+        last = self.event_log.last_event(asn, ("door.grant",))
+        if last is not None:
+            detail = last.detail
+            if detail.get("area") == door.area and detail.get("direction") in ("entry", "exit"):
+                passage = Passage(detail["direction"], last.time.astimezone(tz), self.config.terminal.id)
+        if self.inbox is None:
+            return PassbackView(passage, current=True)
+        relayed = self.inbox.last_passage(asn, door.area)
+        if relayed is not None:
+            try:
+                when = parse_time(relayed[1], "passage time").astimezone(tz)
+            except ProtocolError:
+                when = None
+            if when is not None and (passage is None or when > passage.time):
+                passage = Passage(relayed[0], when, relayed[2])
+        heard = self.inbox.last_heard()
+        try:
+            heard_at = parse_time(heard, "heard") if heard is not None else None
+        except ProtocolError:
+            heard_at = None
+        current = heard_at is not None and abs((now - heard_at).total_seconds()) <= door.passback_fresh_seconds
+        return PassbackView(passage, current=current)
 
     def refresh_config(self) -> None:
         """Apply a newer platform configuration from the inbox, if any; a bad one is logged and ignored."""
@@ -128,7 +232,9 @@ class Terminal:
             log_event(log, "config.applied", version=version, msg="platform configuration applied")
         self.config_version = version
 
-    def decide(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
+    def decide(
+        self, conn: CardConnection, now: dt.datetime, request: Request | None = None, direction: str | None = None
+    ) -> Decision:
         """Talk to the card and decide; raises CardRemoved if the card leaves before a decision."""
         t = self.config.terminal
         try:
@@ -137,7 +243,17 @@ class Terminal:
             card = authenticate_card(conn.transmit, self.sam, t.enterprise_id, t.id_bytes, self.nonce_source(8))
             entry = self.blacklist.lookup(card.info.asn)
             if t.kind == "door":
-                return decide_door(card, entry, self.config.door, self.config.time_profiles, now.astimezone(t.timezone))
+                door = self.config.door
+                return decide_door(
+                    card,
+                    entry,
+                    door,
+                    self.config.time_profiles,
+                    now.astimezone(t.timezone),
+                    holidays=self.config.holidays,
+                    direction=direction,
+                    passback=self.passback_view(card.info.asn_hex, now) if door.anti_passback == "on" else None,
+                )
             last = self.event_log.last_event(card.info.asn_hex, CLOCK_KINDS)
             return decide_attendance(
                 card,
@@ -209,11 +325,14 @@ class Terminal:
                 detail={"why": exc.why},
             )
 
-    def handle_tap(self, conn: CardConnection, now: dt.datetime, request: Request | None = None) -> Decision:
-        """Decide, log durably, then drive the outputs. A failed log write keeps the door shut."""
+    def handle_tap(
+        self, conn: CardConnection, now: dt.datetime, request: Request | None = None, direction: str | None = None
+    ) -> Decision:
+        """Decide, log durably, then drive the outputs. A failed log write keeps the door shut.
+        direction: which reader of a two-reader door the card was tapped on (None: the [reader])."""
         purse = self.purse is not None
         try:
-            decision = self.decide(self.deadline.wrap(conn), now, request)
+            decision = self.decide(self.deadline.wrap(conn), now, request, direction)
         except CardUnresponsive as exc:
             # Late, silent or broken answer: what a purse command did is settled at the card's next tap.
             log_event(
@@ -314,6 +433,8 @@ class Terminal:
             msg=decision.message,
         )
         relay = self.config.door.open_seconds if self.config.terminal.kind == "door" else None
+        if decision.logged and relay is not None:
+            self._first_card(decision, now)
         present(decision, self.outputs, relay)
         self._shown()
         self.print_receipt(decision, now)
@@ -509,7 +630,7 @@ class Terminal:
     ) -> Decision:
         conn = self.deadline.wrap(conn)  # the same wrapper handle_tap uses: close() knows of a late command
         try:
-            decision = self.handle_tap(conn, clock(), request)
+            decision = self.handle_tap(conn, clock(), request, getattr(reader, "direction", None))
         finally:
             conn.close()
         while not stop.is_set():
@@ -556,6 +677,8 @@ class Terminal:
                 self.refresh_config()
                 refreshed = time.monotonic()
             self.log_door_events()
+            if self.normally_open_configured():
+                self.update_normally_open(clock())  # (the clock is read only by a door that has a schedule)
             self.idle(clock)
             if self.purse is None:
                 conn = self._wait_for_card(reader, poll_seconds, stop)

@@ -193,5 +193,17 @@ def cmd_check_config(args) -> int:
     if c.status.port:
         print(f"status page http://{c.status.host}:{c.status.port}/")
     for n, p in sorted(c.time_profiles.items()):
-        print(f"time profile {n} '{p.name}': " + "; ".join(p.describe_day(d) for d in range(7)))
+        holiday = ", ".join(str(w) for w in p.holiday) or "none"
+        print(
+            f"time profile {n} '{p.name}': " + "; ".join(p.describe_day(d) for d in range(7)) + f"; holiday {holiday}"
+        )
+    if c.holidays:
+        print("holidays " + ", ".join(f"{day.isoformat()} {name}" for day, name in c.holidays.items()))
+    if t.kind == "door" and d.normally_open_profile:
+        first = ", after the first card of each window" if d.first_card_unlock else ""
+        print(f"normally open in the windows of time profile {d.normally_open_profile}{first}")
+    if t.kind == "door" and d.area:
+        readers = f"[reader] {d.direction}" + (", [exit_reader] the other way" if c.exit_reader else "")
+        rule = f"anti-passback {d.anti_passback}, offline {d.passback_offline}" if d.anti_passback == "on" else ""
+        print(f"area {d.area}: {readers}" + (f"; {rule}" if rule else ""))
     return 0

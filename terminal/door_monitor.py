@@ -43,6 +43,9 @@ class DoorMonitor:
         self.alarm = open_alarm  # the alarm in force, or None
         self.door_open = door_open
         self._unlock_until: float | None = None  # strike energised (unlocked) until this time
+        # Normally open (terminal/door.py normally_open): held unlocked until hold(False). Never restored by the
+        # constructor: a restarted terminal starts locked and holds again only when its schedule says so.
+        self.holding = False
         self._authorised_until: float | None = None  # the door may be opened until this time without an alarm
         # A door found open at start (e.g. a restart while someone held it) gets the held-open allowance from now.
         self._held_deadline = now + held_open_seconds if door_open and open_alarm is None else None
@@ -53,7 +56,18 @@ class DoorMonitor:
 
     @property
     def unlocked(self) -> bool:
-        return self._unlock_until is not None
+        return self._unlock_until is not None or self.holding
+
+    def hold(self, on: bool, now: float) -> None:
+        """Normally open: keep the strike unlocked (on) until told otherwise; opening the door meanwhile is free.
+        At the end a door still open gets the held-open allowance from now, then raises door.held_open."""
+        if on == self.holding:
+            return
+        self.holding = on
+        if on:
+            self._held_deadline = None
+        elif self.door_open and self.alarm is None:
+            self._held_deadline = now + self.held_open_seconds
 
     def _emit(self, kind: str, **detail: object) -> None:
         self.events.append(DoorEvent(kind, MESSAGES[kind], detail))
@@ -67,7 +81,7 @@ class DoorMonitor:
         seconds = self.open_seconds if seconds is None else seconds
         self._unlock_until = max(self._unlock_until or now, now + seconds)
         self._authorised_until = self._unlock_until
-        if self.door_open and self.alarm is None:
+        if self.door_open and self.alarm is None and not self.holding:
             self._held_deadline = now + self.held_open_seconds
 
     def request_to_exit(self, now: float) -> None:
@@ -80,6 +94,8 @@ class DoorMonitor:
             return
         self.door_open = door_open
         if door_open:
+            if self.holding:
+                return  # normally open: people pass freely, no held-open timer until the period ends
             if self._authorised_until is not None and now <= self._authorised_until:
                 self._held_deadline = now + self.held_open_seconds
             elif self.alarm is None:

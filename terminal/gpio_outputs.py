@@ -139,6 +139,11 @@ class GpioDoor:
     def grant(self, seconds: float) -> None:
         self._input(lambda now: self.monitor.grant(now, seconds))
 
+    def hold(self, on: bool) -> None:
+        """Normally open (on) or back to normal (off). Lives only in this process: close(), a crash or a kill
+        releases the strike, and a restarted terminal starts locked (docs/door-rules.md, "Normally open")."""
+        self._input(lambda now: self.monitor.hold(on, now))
+
     def tick(self) -> None:
         with self._lock:
             if self._closed:
@@ -205,6 +210,10 @@ class GpioOutputs:
     def open_relay(self, seconds: float) -> None:
         if self.door is not None:
             self.door.grant(seconds)
+
+    def hold_open(self, on: bool) -> None:
+        if self.door is not None:
+            self.door.hold(on)
 
     def light(self, color: str) -> None:
         if self.green is not None:

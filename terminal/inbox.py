@@ -52,6 +52,19 @@ class Inbox:
         rows = self._query("SELECT version, document FROM inbox_config ORDER BY version DESC LIMIT 1")
         return (rows[0][0], json.loads(rows[0][1])) if rows else None
 
+    def last_passage(self, asn_hex: str, area: int) -> tuple[str, str, str] | None:
+        """(direction, wire time, terminal_id) of the card's latest passage in the area the platform relayed."""
+        rows = self._query(
+            "SELECT direction, time, terminal_id FROM inbox_passages WHERE asn = ? AND area = ?",
+            (asn_hex.upper(), area),
+        )
+        return (rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    def last_heard(self) -> str | None:
+        """When the agent last heard the platform answer its heartbeat (a `time` message), wire time; None: never."""
+        rows = self._query("SELECT max(received_at) FROM seen_messages WHERE type = 'time'")
+        return rows[0][0] if rows else None
+
     def pending_actions(self, asn_hex: str) -> list[dict]:
         rows = self._query(
             "SELECT action_id, action, params FROM inbox_card_actions WHERE asn = ? AND status = "

@@ -72,6 +72,9 @@ class ConsoleOutputs:
     def open_relay(self, seconds: float) -> None:
         self._print(f"relay: door unlocked for {seconds:g} s")
 
+    def hold_open(self, on: bool) -> None:
+        self._print("relay: door held unlocked (normally open)" if on else "relay: normally-open period over, locked")
+
     def light(self, color: str) -> None:
         self._light = color
 

@@ -87,3 +87,35 @@ class ReopeningReader:
                 reader.close()
             except Exception:  # noqa: BLE001 - a reader that already failed may fail to close too
                 pass
+
+
+class TwoReaders:
+    """A door's entry and exit readers ([reader] and [exit_reader]) as one Reader for the tap loop: each wait looks
+    at both in turn, and `direction` says which one the card now being served was tapped on (anti-passback). A
+    failing reader raises ReaderError as one reader would: the door shows the outage and grants nothing."""
+
+    def __init__(self, first: Reader, first_direction: str, second: Reader, second_direction: str):
+        self._readers = ((first, first_direction), (second, second_direction))
+        self.name = f"{first.name} ({first_direction}) + {second.name} ({second_direction})"
+        self.direction: str | None = None
+        self._active: Reader | None = None
+        self._turn = 0
+
+    def wait_for_card(self, timeout: float) -> CardConnection | None:
+        for i in range(2):  # start with the reader after the last one served: neither can starve the other
+            reader, direction = self._readers[(self._turn + i) % 2]
+            conn = reader.wait_for_card(timeout / 2)
+            if conn is not None:
+                self._turn = (self._turn + i + 1) % 2
+                self._active, self.direction = reader, direction
+                return conn
+        return None
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        return (self._active or self._readers[0][0]).wait_for_removal(timeout)
+
+    def close(self) -> None:
+        try:
+            self._readers[0][0].close()
+        finally:
+            self._readers[1][0].close()

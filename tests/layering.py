@@ -47,6 +47,7 @@ SANS_IO_CORES = (
     "common.stk",
     "common.deletion_request",
     "phone.handset",
+    "central.attendance_rules",
 )
 SANS_IO_FORBIDDEN_IMPORTS = ("sqlite3", "socket", "ssl", "threading", "subprocess", "time")
 SANS_IO_FORBIDDEN_CALLS = (

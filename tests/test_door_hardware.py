@@ -570,3 +570,95 @@ def test_an_open_alarm_stays_on_the_display_instead_of_the_idle_screen(tmp_path,
         term.event_log.close()
     with EventLog.open_readonly(term.config.terminal.database) as log:
         assert [e.kind for e in log.events()] == [FORCED_OPEN, CLOSED]
+
+
+# --- normally open: the strike held by the running process only --------------------------------------------------
+
+ALL_DAY_OPEN = """[time_profiles.9]
+name = "always open (test)"
+mon = ["00:00-24:00"]
+tue = ["00:00-24:00"]
+wed = ["00:00-24:00"]
+thu = ["00:00-24:00"]
+fri = ["00:00-24:00"]
+sat = ["00:00-24:00"]
+sun = ["00:00-24:00"]
+"""
+
+
+def normally_open_config(site, tmp_path):
+    cfg = gpio_config(site, tmp_path, ALL_DAY_OPEN)
+    cfg.write_text(cfg.read_text().replace("rex_pin = ", "normally_open_profile = 9\nrex_pin = "))
+    return cfg
+
+
+def test_sigterm_in_a_normally_open_window_releases_the_strike(site, tmp_path, pins):
+    cfg = normally_open_config(site, tmp_path)
+    rc = run_in_main_thread(
+        ["terminal", "run", "--config", str(cfg)],
+        until=lambda: (
+            (tmp_path / "events.db").exists()
+            and any(e.kind == "door.normally_open" for e in EventLog.open_readonly(tmp_path / "events.db").events())
+        ),
+        then=lambda: os.kill(os.getpid(), signal.SIGTERM),
+    )
+    assert rc == 0
+    assert levels(pins.pin(STRIKE))[0] is False and levels(pins.pin(STRIKE))[-1] is False
+    assert True in levels(pins.pin(STRIKE))
+
+
+def test_killed_in_a_normally_open_window_restarts_locked_then_holds_again(site, tmp_path):
+    """SIGKILL while the schedule holds the strike: the dead process holds nothing (on a Pi the kernel frees the line
+    and a fail-secure strike locks). The next start drives the strike locked first, and only then, from its
+    schedule, holds it open again: without logging a second start of the same period."""
+    cfg = normally_open_config(site, tmp_path)
+    env = dict(os.environ, GPIOZERO_PIN_FACTORY="mock", PYTHONPATH=str(ROOT))
+
+    def start():
+        return subprocess.Popen(
+            [sys.executable, "-m", "onecard", "terminal", "run", "--config", str(cfg)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def logged():
+        if not (tmp_path / "events.db").exists():
+            return []
+        with EventLog.open_readonly(tmp_path / "events.db") as log:
+            return [e.kind for e in log.events()]
+
+    proc = start()
+    try:
+        deadline = time.monotonic() + 30
+        while "door.normally_open" not in logged() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "door.normally_open" in logged()
+        time.sleep(0.5)  # logged first, then held: kill it while it holds the strike
+    finally:
+        proc.kill()
+        out, first_err = proc.communicate(timeout=20)
+    assert proc.returncode == -signal.SIGKILL
+    assert "event=door.hold" in first_err and "on=True" in first_err
+    proc = start()
+    try:
+        deadline = time.monotonic() + 30
+        while logged().count("door.grant") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    ready = [line for line in err.splitlines() if "event=door.ready" in line]
+    assert ready and "energised=False" in ready[0] and "unlocked=False" in ready[0]
+    hold = [line for line in err.splitlines() if "event=door.hold" in line]
+    assert hold and "on=True" in hold[0]
+    assert err.index("event=door.ready") < err.index("event=door.hold")
+    released = [line for line in err.splitlines() if "event=door.strike_released" in line]
+    assert released and "energised=False" in released[0]
+    assert logged().count("door.normally_open") == 1  # the same period, resumed, not a new one
+    with EventLog.open_readonly(tmp_path / "events.db") as log:
+        assert log.verify().ok
