@@ -39,8 +39,9 @@ class Ingest:
         """
         with self._txn():
             row = self.conn.execute(
-                "SELECT contiguous_seq, head_hash, chain_problem, enterprise_id, kind FROM terminals "
-                "WHERE terminal_id = ?",
+                "SELECT contiguous_seq, head_hash, chain_problem, enterprise_id, kind, "
+                "EXISTS (SELECT 1 FROM pending_events WHERE pending_events.terminal_id = terminals.terminal_id) "
+                "FROM terminals WHERE terminal_id = ?",
                 (terminal_id,),
             ).fetchone()
             if row is None:
@@ -52,6 +53,9 @@ class Ingest:
             # (one round trip for the batch on PostgreSQL) before the transaction ends.
             self._batch_terminal = (terminal_id, row[3], row[4])
             self._new_events: list[tuple] = []
+            # Nothing waiting behind a gap, and nothing put there by this batch: no pending record to move or count.
+            waiting = bool(row[5])
+            self._open_purse_batch(events, contiguous)
             reason = "chain_broken" if problem else ""
             refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
@@ -119,6 +123,7 @@ class Ingest:
                         ),
                     )
                     pending_bytes += size * cur.rowcount
+                    waiting = True
                     if cur.rowcount == 0:
                         held = self.conn.execute(
                             "SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?", (terminal_id, e.seq)
@@ -130,7 +135,7 @@ class Ingest:
                             )
                             self._diverged(terminal_id, e, text)
                             refusal = refusal or ("diverged", text)
-            while not problem:
+            while waiting and not problem:
                 nxt = self.conn.execute(
                     f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
                     (terminal_id, contiguous + 1),
@@ -144,16 +149,19 @@ class Ingest:
                     self._alarm(terminal_id, "chain_broken", e.seq, problem)
                 else:
                     contiguous, head, new = e.seq, e.hash, new + 1
+            self._close_purse_batch()
             if self._new_events:
                 self.conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_events)
             self._new_events = []
             self._batch_terminal = None
-            self.conn.execute(
-                "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
-            )
-            pending = self.conn.execute(
-                "SELECT count(*) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
-            ).fetchone()[0]
+            pending = 0
+            if waiting:
+                self.conn.execute(
+                    "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
+                )
+                pending = self.conn.execute(
+                    "SELECT count(*) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
+                ).fetchone()[0]
             self.conn.execute(
                 "UPDATE terminals SET contiguous_seq = ?, head_hash = ?, duplicates = duplicates + ?, "
                 "chain_problem = ? WHERE terminal_id = ?",
