@@ -9,7 +9,7 @@ import json
 import logging
 
 from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
-from central.sql import bytes_length
+from central.sql import bytes_length, insert_rows
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
@@ -150,8 +150,7 @@ class Ingest:
                 else:
                     contiguous, head, new = e.seq, e.hash, new + 1
             self._close_purse_batch()
-            if self._new_events:
-                self.conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_events)
+            insert_rows(self.conn, "events", self._new_events)
             self._new_events = []
             self._batch_terminal = None
             pending = 0

@@ -21,6 +21,7 @@ import json
 import logging
 
 from central.db import PlatformError, _yuan
+from central.sql import add_to_balances, insert_rows
 from common import money_records as mr
 from common import sync_protocol as p
 from common import transactions as tx
@@ -147,22 +148,27 @@ class PurseAccounts:
         for i in range(0, len(asns), 500):  # SQLite's default limit is far above 500 parameters
             chunk = asns[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            for asn, enterprise, balance in self.conn.execute(
-                f"SELECT asn, enterprise_id, balance_cents FROM cards WHERE asn IN ({marks})", chunk
-            ):
-                batch[asn] = _Purse(enterprise, balance)
-            for asn, kind, last in self.conn.execute(
-                f"SELECT asn, kind, max(counter) FROM purse_transactions WHERE asn IN ({marks}) GROUP BY asn, kind",
-                chunk,
-            ):
-                if asn in batch and kind in mr.COUNTER:
+            rows = self.conn.execute(
+                f"SELECT 'card', asn, enterprise_id, balance_cents FROM cards WHERE asn IN ({marks}) "
+                f"UNION ALL SELECT 'last', asn, kind, max(counter) FROM purse_transactions WHERE asn IN ({marks}) "
+                "GROUP BY asn, kind "
+                "UNION ALL SELECT DISTINCT 'waiting', asn, CAST(NULL AS TEXT), CAST(NULL AS INTEGER) FROM held_money "
+                f"WHERE asn IN ({marks}) AND status = 'waiting'",
+                chunk * 3,
+            ).fetchall()
+            waiting = set()
+            for what, asn, text, number in rows:
+                if what == "card":
+                    batch[asn] = _Purse(text, number)
+                elif what == "waiting":
+                    waiting.add(asn)
+            for what, asn, kind, last in rows:
+                if what == "last" and asn in batch and kind in mr.COUNTER:
                     stream = mr.COUNTER[kind]
                     known = batch[asn].last.get(stream)
                     batch[asn].last[stream] = last if known is None else max(known, last)
-            for (asn,) in self.conn.execute(
-                f"SELECT DISTINCT asn FROM held_money WHERE asn IN ({marks}) AND status = 'waiting'", chunk
-            ):
-                batch.pop(asn, None)  # a waiting record may now continue: the record-at-a-time path releases it
+            for asn in waiting:  # a waiting record may now continue: the record-at-a-time path releases it
+                batch.pop(asn, None)
         self._purse_batch = batch
 
     def _book_continuing(self, terminal_id: str, e: p.WireEvent, d: dict, tac_status: str) -> bool:
@@ -194,10 +200,8 @@ class PurseAccounts:
         rows = getattr(self, "_purse_rows", None)
         if not rows:
             return
-        self.conn.executemany("INSERT INTO purse_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        changed = [(purse.delta, asn) for asn, purse in self._purse_batch.items() if purse.delta]
-        if changed:
-            self.conn.executemany("UPDATE cards SET balance_cents = balance_cents + ? WHERE asn = ?", changed)
+        insert_rows(self.conn, "purse_transactions", rows)
+        add_to_balances(self.conn, [(purse.delta, asn) for asn, purse in self._purse_batch.items() if purse.delta])
         for purse in self._purse_batch.values():
             purse.delta = 0
         self._purse_rows = []
