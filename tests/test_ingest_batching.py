@@ -15,9 +15,16 @@ A, B, C, D, E = "0A00000000000001", "0B00000000000002", "0C00000000000003", "0D0
 
 
 class BatchChain(Chain):
-    def upload_in(self, pf, batch: int) -> None:
-        """Upload everything not yet acknowledged, `batch` records at a time."""
-        events = [
+    def upload_in(self, pf, batch: int, events: list[p.WireEvent] | None = None) -> None:
+        """Upload everything not yet acknowledged (or `events`), `batch` records at a time."""
+        events = events if events is not None else self.wire()
+        for k in range(0, len(events), batch):
+            r = pf.ingest(self.tid, events[k : k + batch])
+            assert not r.problem, r.problem
+            self.sent = r.acked_seq
+
+    def wire(self) -> list[p.WireEvent]:
+        return [
             p.WireEvent(
                 e.seq,
                 p.format_time(e.time),
@@ -32,10 +39,6 @@ class BatchChain(Chain):
             for e in self.log.events()
             if e.seq > self.sent
         ]
-        for k in range(0, len(events), batch):
-            r = pf.ingest(self.tid, events[k : k + batch])
-            assert not r.problem, r.problem
-            self.sent = r.acked_seq
 
 
 @pytest.mark.parametrize("batch", [1, 3, 100])
@@ -94,3 +97,54 @@ def test_batched_money_decisions_equal_record_at_a_time(platform_db, tmp_path, b
     }
     assert pf.totals() == {mr.LOAD: 15, mr.PURCHASE: 3}
     pf.close()
+
+
+TOPUP2 = "000000000302"
+
+
+def test_two_workers_loading_the_same_cards_from_two_terminals_account_every_load_once(platform_db, tmp_path):
+    """Each card's loads alternate between two top-up terminals, whose chains two workers ingest at once: a load
+    that arrives before the one it continues waits, and is released by the worker that stores that one. A release
+    neither worker sees (each committing without the other's rows) would leave a load waiting for ever."""
+    import threading
+
+    admin = Platform(platform_db, KEY, clock=lambda: NOW, unverified_money=True)
+    admin.add_enterprise(ENTERPRISE, "Test Co")
+    admin.add_holder(ENTERPRISE, "E1", "Zhang Wei")
+    cards = [A, B, D]
+    for tid in (TOPUP, TOPUP2):
+        admin.add_terminal(tid, ENTERPRISE, kind="topup")
+    for asn in cards:
+        admin.issue_card(ENTERPRISE, "E1", asn)
+    chains = {TOPUP: BatchChain(tmp_path, TOPUP), TOPUP2: BatchChain(tmp_path, TOPUP2)}
+    balance = dict.fromkeys(cards, 0)
+    for i in range(90):
+        asn, counter = cards[i % 3], i // 3
+        balance[asn] += 10 + i
+        terminal = (TOPUP, TOPUP2)[counter % 2]
+        chains[terminal].add(mr.LOAD, detail(mr.LOAD, counter, 10 + i, balance[asn]), asn=asn)
+    events = {tid: chain.wire() for tid, chain in chains.items()}  # the logs stay in this thread
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def worker(tid):
+        pf = Platform(platform_db, KEY, clock=lambda: NOW, unverified_money=True)
+        try:
+            barrier.wait()
+            chains[tid].upload_in(pf, 3, events[tid])
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+        finally:
+            pf.close()
+
+    threads = [threading.Thread(target=worker, args=(tid,)) for tid in chains]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert {asn: admin.card(asn)["balance_cents"] for asn in cards} == balance
+    assert [h for h in admin.held_money() if h["status"] in ("waiting", "held")] == []
+    assert sum(len(admin.purse_transactions(asn)) for asn in cards) == 90
+    assert admin.totals() == {mr.LOAD: 90}
+    admin.close()
