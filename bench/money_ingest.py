@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import json
 import multiprocessing as mp
+import queue
 import sys
 import tempfile
 import time
@@ -158,7 +159,15 @@ def run(args, money: bool, server) -> None:
             ]
             for proc in procs:
                 proc.start()
-            spans = [results.get(timeout=3600) for _ in procs]
+            spans = []
+            while len(spans) < n:  # a worker that dies (its traceback on stderr) ends the run instead of hanging it
+                try:
+                    spans.append(results.get(timeout=1))
+                except queue.Empty:
+                    if any(proc.exitcode for proc in procs):
+                        for proc in procs:
+                            proc.kill()
+                        raise SystemExit("a worker failed; its error is above") from None
             for proc in procs:
                 proc.join()
                 if proc.exitcode:
