@@ -9,7 +9,7 @@ import json
 import logging
 
 from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
-from central.sql import bytes_length
+from central.sql import bytes_length, insert_rows
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
@@ -39,8 +39,9 @@ class Ingest:
         """
         with self._txn():
             row = self.conn.execute(
-                "SELECT contiguous_seq, head_hash, chain_problem, enterprise_id, kind FROM terminals "
-                "WHERE terminal_id = ?",
+                "SELECT contiguous_seq, head_hash, chain_problem, enterprise_id, kind, "
+                "EXISTS (SELECT 1 FROM pending_events WHERE pending_events.terminal_id = terminals.terminal_id) "
+                "FROM terminals WHERE terminal_id = ?",
                 (terminal_id,),
             ).fetchone()
             if row is None:
@@ -53,6 +54,9 @@ class Ingest:
             self._batch_terminal = (terminal_id, row[3], row[4])
             self._new_events: list[tuple] = []
             start_seq = contiguous
+            # Nothing waiting behind a gap, and nothing put there by this batch: no pending record to move or count.
+            waiting = bool(row[5])
+            self._open_purse_batch(events, contiguous)
             reason = "chain_broken" if problem else ""
             refusal = None  # (reason, text) of this batch's refused or diverging records
             dups = new = 0
@@ -120,6 +124,7 @@ class Ingest:
                         ),
                     )
                     pending_bytes += size * cur.rowcount
+                    waiting = True
                     if cur.rowcount == 0:
                         held = self.conn.execute(
                             "SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?", (terminal_id, e.seq)
@@ -131,7 +136,7 @@ class Ingest:
                             )
                             self._diverged(terminal_id, e, text)
                             refusal = refusal or ("diverged", text)
-            while not problem:
+            while waiting and not problem:
                 nxt = self.conn.execute(
                     f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
                     (terminal_id, contiguous + 1),
@@ -145,16 +150,18 @@ class Ingest:
                     self._alarm(terminal_id, "chain_broken", e.seq, problem)
                 else:
                     contiguous, head, new = e.seq, e.hash, new + 1
-            if self._new_events:
-                self.conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_events)
+            self._close_purse_batch()
+            insert_rows(self.conn, "events", self._new_events)
             self._new_events = []
             self._batch_terminal = None
-            self.conn.execute(
-                "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
-            )
-            pending = self.conn.execute(
-                "SELECT count(*) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
-            ).fetchone()[0]
+            pending = 0
+            if waiting:
+                self.conn.execute(
+                    "DELETE FROM pending_events WHERE terminal_id = ? AND seq <= ?", (terminal_id, contiguous)
+                )
+                pending = self.conn.execute(
+                    "SELECT count(*) FROM pending_events WHERE terminal_id = ?", (terminal_id,)
+                ).fetchone()[0]
             self.conn.execute(
                 "UPDATE terminals SET contiguous_seq = ?, head_hash = ?, duplicates = duplicates + ?, "
                 "chain_problem = ? WHERE terminal_id = ?",

@@ -176,6 +176,21 @@ class PgConnection:
         with self._live().cursor() as cur:
             cur.executemany(text, [_params(order, p) for p in seq])
 
+    def column_types(self, table: str) -> tuple[str, ...]:
+        """The SQL types of a table's columns, in order (read once per connection; the schema is migrated before
+        the store uses it)."""
+        cache = self.__dict__.setdefault("_column_types", {})
+        if table not in cache:
+            cache[table] = tuple(
+                t
+                for (t,) in self.execute(
+                    "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = CAST(? AS regclass) "
+                    "AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    (table,),
+                )
+            )
+        return cache[table]
+
     def close(self) -> None:
         self._conn.close()
 
@@ -260,3 +275,35 @@ def connect_postgresql(dsn: str) -> PgConnection:
 def bytes_length(column: str, backend: str) -> str:
     """SQL for the length in bytes of a TEXT column's UTF-8 encoding."""
     return f"octet_length({column})" if backend == POSTGRESQL else f"length(CAST({column} AS BLOB))"
+
+
+def insert_rows(conn, table: str, rows: list[tuple]) -> None:
+    """INSERT INTO table VALUES each row (all columns, in order). On PostgreSQL one statement of a fixed text for any
+    number of rows, `INSERT ... SELECT * FROM unnest(column arrays)`: one round trip, one plan, instead of one
+    statement per row. SQLite's executemany is a loop in C on the same file and needs nothing more."""
+    if not rows:
+        return
+    if getattr(conn, "backend", SQLITE) != POSTGRESQL:
+        conn.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+        return
+    types = conn.column_types(table)
+    if len(types) != len(rows[0]):
+        raise ValueError(f"{table} has {len(types)} columns, a row {len(rows[0])}")
+    # %b: the arrays go in binary, which needs no quoting of the text inside them (a JSON detail is full of quotes).
+    arrays = ", ".join(f"CAST(%b AS {t}[])" for t in types)
+    conn.raw.execute(f"INSERT INTO {table} SELECT * FROM unnest({arrays})", [list(col) for col in zip(*rows)])
+
+
+def add_to_balances(conn, changes: list[tuple[int, str]]) -> None:
+    """UPDATE cards SET balance_cents = balance_cents + delta for each (delta, asn): on PostgreSQL in one statement."""
+    if not changes:
+        return
+    if getattr(conn, "backend", SQLITE) != POSTGRESQL:
+        conn.executemany("UPDATE cards SET balance_cents = balance_cents + ? WHERE asn = ?", changes)
+        return
+    deltas, asns = zip(*changes)
+    conn.raw.execute(
+        "UPDATE cards SET balance_cents = balance_cents + v.delta "
+        "FROM unnest(CAST(%b AS bigint[]), CAST(%b AS text[])) AS v (delta, asn) WHERE cards.asn = v.asn",
+        (list(deltas), list(asns)),
+    )
