@@ -437,7 +437,8 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
     pf.issue_card(ENTERPRISE, "E1", ASN)
     pf.close()
     conn = sqlite3.connect(db)  # the schema before kinds were recorded (and before migrations were kept)
-    for table, column in (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note")):
+    old_columns = (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note"))
+    for table, column in (*old_columns, ("holders", "shift")):  # shift: migration 0002
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
     for (table,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'"
