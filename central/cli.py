@@ -200,6 +200,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
     c.add_argument(
+        "--amqp",
+        action="append",
+        metavar="HOST:PORT",
+        help="a RabbitMQ cluster node's AMQPS listener (repeat for every node): the workers then consume the "
+        "uplink quorum queue instead of MQTT shared subscriptions (--broker-host/--broker-port are unused)",
+    )
+    c.add_argument(
+        "--first-worker",
+        type=int,
+        default=0,
+        help="index of this process's first worker (certificate platform-wN), to run workers in several "
+        "processes or hosts; only the process with worker 0 publishes notifications",
+    )
+    c.add_argument(
         "--tac-keystore",
         type=Path,
         help="keystore with the TAC keys ('onecard sam restrict --role "
@@ -616,12 +630,24 @@ def cmd_serve(args) -> int:
             tac_sam = SoftwareSam.open(args.tac_keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
         except SamError as exc:
             raise UserError(str(exc)) from None
+    broker: object = BrokerSettings(args.broker_host, args.broker_port, args.ca, args.cert_dir)
+    if args.amqp:
+        from central.amqp_service import AmqpSettings
+
+        addresses = []
+        for item in args.amqp:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(f"--amqp {item!r} is not HOST:PORT; give a node's AMQPS listener, e.g. mq1:5671")
+            addresses.append((host.strip("[]"), int(port)))
+        broker = AmqpSettings(tuple(addresses), args.ca, args.cert_dir)
     try:
         service = PlatformService(
             args.db,
             key,
-            BrokerSettings(args.broker_host, args.broker_port, args.ca, args.cert_dir),
+            broker,
             workers=args.workers,
+            first_worker=args.first_worker,
             tac_sam=tac_sam,
             unverified_money=args.lab_unverified_money and tac_sam is None,
         )

@@ -46,8 +46,13 @@ class MqttLink:
         protocol: str = "auto",
         max_inflight: int = 20,
         events: queue.Queue | None = None,
+        alternates: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.client_id, self.host, self.port, self.tls = client_id, host, port, tls
+        # Every node of a broker cluster: (host, port) first, then `alternates`. When the connection drops or
+        # cannot be made, the next reconnect goes to the next node (round robin).
+        self.addresses = [(host, port), *[a for a in alternates if a != (host, port)]]
+        self._next_address = 0
         self.subscriptions = subscriptions
         self.will = will
         self.keepalive = keepalive
@@ -58,6 +63,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._client: paho.Client | None = None
         self._fallback = False
+        self._unanswered = 0  # MQTT 5 CONNECTs in a row the broker closed without any CONNACK
 
     def _make_client(self) -> paho.Client:
         c = paho.Client(
@@ -82,9 +88,22 @@ class MqttLink:
         c.max_inflight_messages_set(self.max_inflight)
         c.reconnect_delay_set(min_delay=0.1, max_delay=2)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         return c
+
+    def _move_on(self, client) -> None:
+        """Point the client's automatic reconnect at the next node (paho's network thread, connection closed)."""
+        if len(self.addresses) < 2:
+            return
+        self._next_address = (self._next_address + 1) % len(self.addresses)
+        host, port = self.addresses[self._next_address]
+        try:
+            client.host, client.port = host, port
+        except RuntimeError:
+            return  # paho refuses while a socket is still open; the next failure moves on
+        self.host, self.port = host, port
 
     def start(self) -> None:
         self._client = self._make_client()
@@ -105,7 +124,7 @@ class MqttLink:
                 "mqtt.protocol_fallback",
                 logging.WARNING,
                 client=self.client_id,
-                text="the broker refused MQTT 5; reconnecting with MQTT 3.1.1",
+                text="the broker does not speak MQTT 5; reconnecting with MQTT 3.1.1",
             )
             self.start()
 
@@ -113,7 +132,7 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            unsupported = reason_code.getName() == "Unsupported protocol version"
+            unsupported = reason_code.getName() in ("Unsupported protocol version", "Unacceptable protocol version")
             if unsupported and self.protocol == paho.MQTTv5 and self.protocol_setting == "auto":
                 self._fallback = True
                 self.events.put((DISCONNECTED, "broker refused MQTT 5"))
@@ -131,14 +150,27 @@ class MqttLink:
         if sock is not None:
             # Small request/answer messages: without this, Nagle and the peer's delayed ACK hold each one ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unanswered = 0
         for topic in self.subscriptions:
             client.subscribe(topic, qos=1)
         self.connected.set()
         self.events.put((CONNECTED, "MQTT 5" if self.protocol == paho.MQTTv5 else "MQTT 3.1.1"))
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._move_on(client)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if not was and self.protocol == paho.MQTTv5 and self.protocol_setting == "auto":
+            # TCP and TLS went through (a failure there is on_connect_fail) but the broker hung up on the
+            # CONNECT without a CONNACK: a 3.1.1-only broker that cannot parse MQTT 5 (RabbitMQ 3.10 does so).
+            # Twice in a row, not once: a broker restarting at that moment also hangs up.
+            self._unanswered += 1
+            if self._unanswered >= 2:
+                self._fallback = True
+                self.events.put((DISCONNECTED, "broker closed the MQTT 5 connection without an answer"))
+        self._move_on(client)
         if was:
             self.events.put((DISCONNECTED, str(reason_code)))
 
