@@ -69,12 +69,16 @@ class AmqpWorker(Worker):
         self.tls = settings.worker_tls(index)
         self.handled = 0
         self.refused = 0
-        self.connected = threading.Event()
+        self._connected = threading.Event()
         self._conn: pika.BlockingConnection | None = None
         self._ch = None  # answers (acks, time): no publisher confirm, the terminal resends what is not answered
         self._confirmed = None  # outbound notifications: publisher confirms before they are marked published
         self._next = index % len(settings.addresses)  # workers start spread over the nodes
         self._retry_at = 0.0
+
+    @property
+    def connected(self) -> threading.Event:
+        return self._connected
 
     # -- connection ----------------------------------------------------------------------------
 
@@ -118,7 +122,7 @@ class AmqpWorker(Worker):
                 continue
             self._next = (self._next + k) % len(addresses)
             self._conn, self._ch, self._confirmed = conn, ch, confirmed
-            self.connected.set()
+            self._connected.set()
             log_event(
                 log, "platform.connected", worker=self.name, node=f"{host}:{port}", text="worker consuming uploads"
             )
@@ -127,8 +131,8 @@ class AmqpWorker(Worker):
         return False
 
     def _lost(self, exc: BaseException) -> None:
-        was = self.connected.is_set()
-        self.connected.clear()
+        was = self._connected.is_set()
+        self._connected.clear()
         conn, self._conn, self._ch, self._confirmed = self._conn, None, None, None
         if conn is not None:
             try:
@@ -199,7 +203,7 @@ class AmqpWorker(Worker):
 
     def stop_link(self) -> None:
         conn, self._conn = self._conn, None
-        self.connected.clear()
+        self._connected.clear()
         if conn is not None:
             try:
                 conn.close()

@@ -63,6 +63,7 @@ class MqttLink:
         self.connected = threading.Event()
         self._client: paho.Client | None = None
         self._fallback = False
+        self._switch = False  # the connection dropped or failed: poll() moves to the next node
         self._unanswered = 0  # MQTT 5 CONNECTs in a row the broker closed without any CONNACK
 
     def _make_client(self) -> paho.Client:
@@ -94,16 +95,9 @@ class MqttLink:
         return c
 
     def _move_on(self, client) -> None:
-        """Point the client's automatic reconnect at the next node (paho's network thread, connection closed)."""
-        if len(self.addresses) < 2:
-            return
-        self._next_address = (self._next_address + 1) % len(self.addresses)
-        host, port = self.addresses[self._next_address]
-        try:
-            client.host, client.port = host, port
-        except RuntimeError:
-            return  # paho refuses while a socket is still open; the next failure moves on
-        self.host, self.port = host, port
+        """Ask the owner's thread (poll) to rebuild the client on the next node (paho's network thread)."""
+        if len(self.addresses) > 1:
+            self._switch = True
 
     def start(self) -> None:
         self._client = self._make_client()
@@ -112,7 +106,30 @@ class MqttLink:
         self._client.loop_start()
 
     def poll(self) -> None:
-        """Called from the owner's loop: rebuilds the client as MQTT 3.1.1 when the broker refused 5."""
+        """Called from the owner's loop: rebuilds the client as MQTT 3.1.1 when the broker refused 5, or on the
+        next node of the cluster when the connection to this one dropped or could not be made."""
+        if self._switch and not self._fallback and self._client is not None and not self.connected.is_set():
+            self._switch = False
+            old = self._client
+            old.loop_stop()
+            sock = old.socket()
+            if sock is not None:  # half-open after a drop: close it without DISCONNECT
+                sock.close()
+            self._next_address = (self._next_address + 1) % len(self.addresses)
+            previous = f"{self.host}:{self.port}"
+            self.host, self.port = self.addresses[self._next_address]
+            log_event(
+                log,
+                "mqtt.next_node",
+                logging.WARNING,
+                client=self.client_id,
+                previous=previous,
+                node=f"{self.host}:{self.port}",
+                text=f"lost or cannot reach {previous}; connecting to {self.host}:{self.port}",
+            )
+            self.start()
+            return
+        self._switch = False
         if self._fallback and self._client is not None:
             self._fallback = False
             old = self._client
