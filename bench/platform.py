@@ -70,7 +70,9 @@ def serve(db: Path, key: Path, ca: Path, cert_dir: Path, ks: Path, pw: Path, ind
 def counts(db: Path, key, records: list[Records]) -> dict:
     pf = Platform(db, key)
     try:
-        total, distinct = pf.conn.execute("SELECT COUNT(*), COUNT(DISTINCT terminal_id || ':' || seq) FROM events").fetchone()
+        total, distinct = pf.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT terminal_id || ':' || seq) FROM events"
+        ).fetchone()
         balances_ok = all(pf.card(card_of(r.tid))["balance_cents"] == r.loaded for r in records)
         held = len(pf.held_money())
     finally:
@@ -232,8 +234,18 @@ def main() -> None:
         cluster.start()
         try:
             run(
-                "cluster", "rabbitmq-3.10-cluster-3", cluster.mqtt_addresses, cluster.amqp_addresses, work, pki,
-                key_pem, work / "tac.keystore", work / "pw", records, args, cluster=cluster,
+                "cluster",
+                "rabbitmq-3.10-cluster-3",
+                cluster.mqtt_addresses,
+                cluster.amqp_addresses,
+                work,
+                pki,
+                key_pem,
+                work / "tac.keystore",
+                work / "pw",
+                records,
+                args,
+                cluster=cluster,
             )
         finally:
             cluster.stop()
@@ -242,8 +254,17 @@ def main() -> None:
             broker.start()
             try:
                 run(
-                    "embedded", "mosquitto", [("127.0.0.1", broker.port)], None, work, pki, key_pem,
-                    work / "tac.keystore", work / "pw", records, args,
+                    "embedded",
+                    "mosquitto",
+                    [("127.0.0.1", broker.port)],
+                    None,
+                    work,
+                    pki,
+                    key_pem,
+                    work / "tac.keystore",
+                    work / "pw",
+                    records,
+                    args,
                 )
             finally:
                 broker.stop()

@@ -43,6 +43,9 @@ class AmqpSettings:
     cert_dir: Path
     prefetch: int = 16  # unacknowledged messages a worker may hold (what it loses to another if it dies)
 
+    def make_worker(self, index: int, platform: Platform, *, publisher: bool = False) -> AmqpWorker:
+        return AmqpWorker(index, platform, self, publisher=publisher)
+
     def worker_tls(self, index: int) -> TlsFiles:
         cn = worker_cn(index)
         tls = TlsFiles(Path(self.ca), Path(self.cert_dir) / f"{cn}.pem", Path(self.cert_dir) / f"{cn}.key")

@@ -37,6 +37,9 @@ class BrokerSettings:
     cert_dir: Path
     protocol: str = "5"  # shared subscriptions need MQTT 5
 
+    def make_worker(self, index: int, platform: Platform, *, publisher: bool = False) -> Worker:
+        return Worker(index, platform, self, publisher=publisher)
+
     def worker_tls(self, index: int) -> TlsFiles:
         cn = worker_cn(index)
         tls = TlsFiles(Path(self.ca), Path(self.cert_dir) / f"{cn}.pem", Path(self.cert_dir) / f"{cn}.key")
@@ -221,14 +224,10 @@ class PlatformService:
                 text="lab mode: money records are accounted without a TAC check; every balance they move is "
                 "labelled unverified",
             )
-        from central.amqp_service import AmqpSettings, AmqpWorker  # pika only where a cluster is used
-
-        kind = AmqpWorker if isinstance(broker, AmqpSettings) else Worker
         self.workers = [
-            kind(
+            broker.make_worker(
                 i,
                 Platform(db, signing_key, clock=clock, tac_sam=tac_sam, unverified_money=unverified_money),
-                broker,
                 publisher=i == 0,
             )
             for i in indexes

@@ -693,7 +693,7 @@ def _broker_list(y: _Section) -> tuple[tuple[str, int], ...]:
     out: list[tuple[str, int]] = []
     for item in raw:
         if not isinstance(item, str) or not item.strip():
-            raise y.fail("brokers", f"entry {item!r} is not a \"host:port\" string", 'write e.g. "mq1:8883"')
+            raise y.fail("brokers", f'entry {item!r} is not a "host:port" string', 'write e.g. "mq1:8883"')
         text = item.strip()
         if text.startswith("["):
             host, _, rest = text[1:].partition("]")

@@ -53,6 +53,12 @@ class MqttLink:
         # cannot be made, the next reconnect goes to the next node (round robin).
         self.addresses = [(host, port), *[a for a in alternates if a != (host, port)]]
         self._next_address = 0
+        # On a cluster, subscriptions are QoS 0. With a clean session QoS 1 on the broker-to-client leg buys
+        # nothing (what is in flight when the connection drops is discarded with the session either way; the agent
+        # resends unacknowledged uploads and asks for what it missed), and RabbitMQ 3.10 keeps a QoS 1
+        # subscription's queue as a durable queue on the node of the first connection: while that node is down the
+        # terminal could subscribe on no other node. A QoS 0 subscription's queue is transient and goes with it.
+        self.subscribe_qos = 0 if len(self.addresses) > 1 else 1
         self.subscriptions = subscriptions
         self.will = will
         self.keepalive = keepalive
@@ -169,7 +175,7 @@ class MqttLink:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._unanswered = 0
         for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+            client.subscribe(topic, qos=self.subscribe_qos)
         self.connected.set()
         self.events.put((CONNECTED, "MQTT 5" if self.protocol == paho.MQTTv5 else "MQTT 3.1.1"))
 

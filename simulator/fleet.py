@@ -33,7 +33,15 @@ START = dt.datetime(2026, 11, 23, 1, 0, tzinfo=dt.timezone.utc)
 
 
 def topup_detail(
-    keystore: Keystore, eid: str, asn: str, tid: str, *, counter: int, amount: int, balance_after: int, when: dt.datetime
+    keystore: Keystore,
+    eid: str,
+    asn: str,
+    tid: str,
+    *,
+    counter: int,
+    amount: int,
+    balance_after: int,
+    when: dt.datetime,
 ) -> dict:
     """The detail of a completed `topup.load` record, with the TAC the card would have computed."""
     master = keystore.get(bytes.fromhex(eid), KeyPurpose.TAC, 1, Algorithm.AES128)
@@ -155,9 +163,8 @@ class LightTerminal:
         if rc.is_failure:
             return
         self.connected = True
-        client.subscribe(
-            [(p.terminal_topic(self.r.tid, p.DOWN_ACK), 1), (p.enterprise_topic(self.r.eid), 1)]
-        )
+        qos = 0 if len(self.addresses) > 1 else 1  # as common.mqtt.MqttLink: QoS 0 on a cluster
+        client.subscribe([(p.terminal_topic(self.r.tid, p.DOWN_ACK), qos), (p.enterprise_topic(self.r.eid), qos)])
         self.next_seq = self.acked + 1  # a new session: resend what was in flight
         self.last_progress = time.monotonic()
 
@@ -258,7 +265,9 @@ class Fleet:
                     t.client.loop_write()
             for key, _ in sel.select(timeout=0.005):
                 key.data.client.loop_read()
-            for fd in [fd for fd, t in registered.items() if t.client.socket() is None or t.client.socket().fileno() != fd]:
+            for fd in [
+                fd for fd, t in registered.items() if t.client.socket() is None or t.client.socket().fileno() != fd
+            ]:
                 try:
                     sel.unregister(fd)
                 except (KeyError, ValueError):

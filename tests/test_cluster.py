@@ -99,9 +99,9 @@ def check_exact(db: Path, key, expected: dict[str, Records | int], loaded: dict[
 
 def fill_money_log(db: Path, tid: str, n: int, keystore, every: int = 10) -> int:
     """n chained records in the terminal's real event log, every `every`-th a top-up with the card's TAC."""
-    from simulator.fleet import START
     import datetime as dt
 
+    from simulator.fleet import START
     from terminal.event_log import EventLog
 
     loaded = counter = 0
@@ -111,7 +111,13 @@ def fill_money_log(db: Path, tid: str, n: int, keystore, every: int = 10) -> int
             when = START + dt.timedelta(seconds=i)
             if i % every == 0:
                 d = topup_detail(
-                    keystore, ENTERPRISE, card_of(tid), tid, counter=counter, amount=100, balance_after=loaded + 100,
+                    keystore,
+                    ENTERPRISE,
+                    card_of(tid),
+                    tid,
+                    counter=counter,
+                    amount=100,
+                    balance_after=loaded + 100,
                     when=when,
                 )
                 counter += 1
@@ -225,9 +231,7 @@ def test_broker_node_killed_mid_upload_agents_move_on_nothing_lost_or_doubled(he
     loaded, agents = {}, []
     nodes = [f"127.0.0.1:{port}" for _, port in cluster.mqtt_addresses]
     for k, tid in enumerate(tids):
-        cfg = write_terminal_config(
-            tmp_path / tid, tid, cluster, kind="topup", batch_size=200, ack_timeout_seconds=3.0
-        )
+        cfg = write_terminal_config(tmp_path / tid, tid, cluster, kind="topup", batch_size=200, ack_timeout_seconds=3.0)
         text = cfg.read_text().replace('broker_host = "127.0.0.1"\n', "").replace(f"broker_port = {cluster.port}\n", "")
         rotated = nodes[k % 3 :] + nodes[: k % 3]
         cfg.write_text(text.replace("[sync]\n", f"[sync]\nbrokers = {rotated!r}\n".replace("'", '"')))
@@ -290,12 +294,20 @@ def test_worker_killed_mid_batch_its_messages_go_to_the_others_nothing_lost_or_d
         files = cluster.pki.client(tid)
         terminals.append(
             LightTerminal(
-                r, cluster.mqtt_addresses, cluster.pki.ca.cert, files.cert, files.key,
-                cluster.pki.platform_key.public_key(), batch=100, ack_timeout=5.0, start_node=k,
+                r,
+                cluster.mqtt_addresses,
+                cluster.pki.ca.cert,
+                files.cert,
+                files.key,
+                cluster.pki.platform_key.public_key(),
+                batch=100,
+                ack_timeout=5.0,
+                start_node=k,
             )
         )
-    workers = [serve(cluster, db, key, tmp_path / "tac.keystore", tmp_path / "pw", i, tmp_path / f"w{i}.log")
-               for i in range(3)]
+    workers = [
+        serve(cluster, db, key, tmp_path / "tac.keystore", tmp_path / "pw", i, tmp_path / f"w{i}.log") for i in range(3)
+    ]
     fleet = Fleet(terminals).start()
     try:
         wait_until(lambda: sum(t.acked for t in terminals) > n * len(tids) // 4, 90, "the first uploads")
