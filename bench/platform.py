@@ -86,7 +86,29 @@ def counts(db: Path, key, records: list[Records]) -> dict:
     }
 
 
-def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None):
+def broker_memory(cluster, broker) -> int:
+    """Bytes held by the broker: every live RabbitMQ node's Erlang VM (erlang:memory(total)), or mosquitto's RSS."""
+    if cluster is not None:
+        return sum(int(cluster.ctl(n, "eval", "erlang:memory(total).").strip()) for n in cluster.live())
+    import psutil
+
+    return psutil.Process(broker.proc.pid).memory_info().rss
+
+
+def cpu_seconds(procs) -> float:
+    import psutil
+
+    total = 0.0
+    for w in procs:
+        try:
+            t = psutil.Process(w.pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None, broker=None):
     db = work / f"{label}.db"
     setup_db(db, pki.platform_key, [r.tid for r in records])
     log = open(work / f"{label}-workers.log", "ab")  # noqa: SIM115
@@ -113,12 +135,15 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         )
         for i, r in enumerate(records)
     ]
+    mem_before = broker_memory(cluster, broker)
     fleet = Fleet(terminals).start(pump=False)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and sum(t.connected for t in terminals) < len(terminals):
         time.sleep(0.2)
     connected = sum(t.connected for t in terminals)
     time.sleep(3)  # the workers connect
+    mem_after = broker_memory(cluster, broker)
+    cpu_before = cpu_seconds(workers)
     expected = sum(len(r.events) for r in records)
     t0 = time.monotonic()
     fleet.pumping.set()
@@ -133,6 +158,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         time.sleep(0.1)
     elapsed = time.monotonic() - t0
     acked = sum(t.acked for t in terminals)
+    worker_cpu = cpu_seconds(workers) - cpu_before
     loss = None
     if cluster is not None and args.loss:
         loss = loss_propagation(db, pki.platform_key, terminals)
@@ -158,6 +184,10 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         **counts(db, pki.platform_key, records),
         "node_killed": killed,
         "reconnects": sum(max(0, t.reconnects - 1) for t in terminals),
+        "worker_cpu_s": round(worker_cpu, 1),
+        "events_per_worker_cpu_s": round(acked / worker_cpu) if worker_cpu else None,
+        "broker_kib_per_connection": round((mem_after - mem_before) / 1024 / max(1, connected), 1),
+        "cores": os.cpu_count(),
     }
     print(json.dumps(line), flush=True)
     if loss:
