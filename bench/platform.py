@@ -162,7 +162,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     acked = sum(t.acked for t in terminals)
     worker_cpu = cpu_seconds(workers) - cpu_before
     loss = None
-    if cluster is not None and args.loss:
+    if args.loss:
         loss = loss_propagation(db, pki.platform_key, terminals)
     fleet.stop()
     for w in workers:
@@ -193,7 +193,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     }
     print(json.dumps(line), flush=True)
     if loss:
-        print(json.dumps(loss), flush=True)
+        print(json.dumps({**loss, "broker": broker_desc}), flush=True)
 
 
 def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
@@ -237,6 +237,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
     ap.add_argument("--skip-embedded", action="store_true")
+    ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--no-loss", dest="loss", action="store_false")
     args = ap.parse_args()
     if args.backend == "postgresql":
@@ -263,22 +264,24 @@ def main() -> None:
             records.append(r)
         print(json.dumps({"name": "setup", "records_built_s": round(time.monotonic() - t0, 1)}), file=sys.stderr)
         cluster = RabbitCluster(work / "rabbit", pki, {t: EID for t in tids}, workers=max(8, args.workers))
-        cluster.start()
+        if not args.skip_cluster:
+            cluster.start()
         try:
-            run(
-                "cluster",
-                "rabbitmq-3.10-cluster-3",
-                cluster.mqtt_addresses,
-                cluster.amqp_addresses,
-                work,
-                pki,
-                key_pem,
-                work / "tac.keystore",
-                work / "pw",
-                records,
-                args,
-                cluster=cluster,
-            )
+            if not args.skip_cluster:
+                run(
+                    "cluster",
+                    "rabbitmq-3.10-cluster-3",
+                    cluster.mqtt_addresses,
+                    cluster.amqp_addresses,
+                    work,
+                    pki,
+                    key_pem,
+                    work / "tac.keystore",
+                    work / "pw",
+                    records,
+                    args,
+                    cluster=cluster,
+                )
         finally:
             cluster.stop()
         if not args.skip_embedded:
@@ -297,6 +300,7 @@ def main() -> None:
                     work / "pw",
                     records,
                     args,
+                    broker=broker,
                 )
             finally:
                 broker.stop()

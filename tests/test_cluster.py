@@ -249,6 +249,12 @@ def test_broker_node_killed_mid_upload_agents_move_on_nothing_lost_or_doubled(he
         assert {a.agent.link.protocol for a in agents} == {paho.MQTTv311}  # the fallback, for real
         moved = [a for a in agents if a.agent.link.port != cluster.nodes[0].mqtt_port]
         assert len(moved) == len(agents)
+        # A loss report reaches every agent through the surviving nodes (worker 0 publishes it over AMQP).
+        admin = Platform(db, cluster.pki.platform_key)
+        admin.issue_card(ENTERPRISE, "E1", "0C0D000000000001")
+        version = admin.report_loss("0C0D000000000001")
+        admin.close()
+        wait_until(lambda: all(a.blacklist_version() >= version for a in agents), 30, "the loss report everywhere")
     finally:
         for a in agents:
             a.stop()
