@@ -7,8 +7,8 @@ Prints JSON lines (issue 14):
   {"name": "loss_propagation", "terminals": N, "p50_ms": ..., "p99_ms": ..., "max_ms": ...}
 Simulated terminals are simulator.fleet.LightTerminal: lightweight MQTT 3.1.1 clients on one thread publishing
 sealed batches of real hash chains (every k-th record a top-up with a real TAC, checked by the workers).
-`--backend postgresql` is the seam for the PostgreSQL store (issue 14's other half); until it lands the bench says
-so and stops. Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000]
+`--backend postgresql` runs both platforms on the PostgreSQL store (a private server, tests/pg_env.py).
+Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000]
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def cpu_seconds(procs) -> float:
 
 
 def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None, broker=None):
-    db = work / f"{label}.db"
+    db = work / f"{label}.db" if args.pg is None else "postgresql:" + args.pg.new_database()
     setup_db(db, pki.platform_key, [r.tid for r in records])
     log = open(work / f"{label}-workers.log", "ab")  # noqa: SIM115
     broker_args = (
@@ -175,7 +175,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     log.close()
     line = {
         "name": "platform_ingest",
-        "backend": "sqlite",
+        "backend": args.backend,
         "broker": broker_desc,
         "terminals": connected,
         "workers": args.workers,
@@ -240,8 +240,19 @@ def main() -> None:
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--no-loss", dest="loss", action="store_false")
     args = ap.parse_args()
-    if args.backend == "postgresql":
-        sys.exit("bench/platform.py: the PostgreSQL store is not on this branch yet (issue 14, store half)")
+    args.pg = None
+    if args.backend == "postgresql":  # a private server from Debian's binaries, one new database per run
+        from tests.pg_env import PostgresServer
+
+        args.pg = PostgresServer()
+    try:
+        bench(args)
+    finally:
+        if args.pg is not None:
+            args.pg.close()
+
+
+def bench(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         keystore = make_keystore()
