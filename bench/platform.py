@@ -203,10 +203,11 @@ def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
             t.downlinks.clear()
     live = [t for t in terminals if t.connected]
     pf = Platform(db, key)
+    backlog = len(pf.unpublished(limit=1_000_000))  # notifications still queued ahead of the loss report
     t0 = time.monotonic()
     pf.report_loss("0C0D000000000001")
     pf.close()
-    deadline = t0 + 30
+    deadline = t0 + 60
     while time.monotonic() < deadline and not all(t.downlinks for t in live):
         time.sleep(0.01)
     delays = sorted((t.downlinks[0][0] - t0) * 1000 for t in live if t.downlinks)
@@ -220,6 +221,7 @@ def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
         "terminals": len(live),
         "received": len(delays),
         "missing": missing,
+        "outbound_queued_before": backlog,
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "max_ms": round(delays[-1], 1) if delays else None,
