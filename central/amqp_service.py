@@ -193,15 +193,16 @@ class AmqpWorker(Worker):
         )
 
     def flush_outbound(self) -> int:
-        """Queued notifications, each confirmed by the broker before its row is marked published (in one
-        transaction: Platform.publish_pending, safe with several publishers)."""
-
-        def send(topic: str, payload: bytes) -> None:
+        """Queued notifications, each confirmed by the broker before it is marked published."""
+        sent = []
+        for row_id, topic, payload in self.platform.unpublished():
             self._confirmed.basic_publish(
                 RABBITMQ_EXCHANGE, mqtt_to_routing_key(topic), payload, pika.BasicProperties(delivery_mode=2)
             )
-
-        return self.platform.publish_pending(send)
+            sent.append(row_id)
+        if sent:
+            self.platform.mark_published(sent)
+        return len(sent)
 
     def stop_link(self) -> None:
         conn, self._conn = self._conn, None
