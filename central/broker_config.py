@@ -128,3 +128,176 @@ def render_conf(
             "connection_messages true",
         ]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# RabbitMQ (the clustered broker: docs/sync-protocol.md, "Broker cluster (RabbitMQ)")
+# --------------------------------------------------------------------------------------------
+
+# MQTT topics are routing keys on amq.topic with "/" written as "."; every uplink is also routed to this quorum
+# queue, which the platform's AMQP workers share as competing consumers (central.service.AmqpWorker).
+UPLINK_QUEUE = "onecard.uplink"
+UPLINK_BINDINGS = ("onecard.v1.t.*.up.#", "onecard.v1.s.*.up.registry")
+RABBITMQ_EXCHANGE = "amq.topic"
+
+
+def mqtt_to_routing_key(topic: str) -> str:
+    """onecard/v1/t/X/up/events -> onecard.v1.t.X.up.events (RabbitMQ's MQTT plugin maps topics so)."""
+    if "." in topic:
+        raise ValueError(f"topic {topic!r} contains '.', which the broker's MQTT mapping cannot carry")
+    return topic.replace("/", ".")
+
+
+def routing_key_to_mqtt(key: str) -> str:
+    return key.replace(".", "/")
+
+
+def _check_ids(tid: str, eid: str) -> None:
+    if not (tid.isdigit() and len(tid) == 12 and eid.isdigit() and len(eid) == 8):
+        raise ValueError(f"terminal {tid!r} / enterprise {eid!r}: IDs are 12 and 8 digits")
+
+
+def render_rabbitmq_definitions(
+    terminals: dict[str, str],
+    workers: int = DEFAULT_PLATFORM_WORKERS,
+    stations: dict[str, str] | None = None,
+    *,
+    vhost: str = "/",
+) -> dict:
+    """The broker's users, permissions and topic permissions, from the registry, as a RabbitMQ definitions
+    document (`rabbitmqctl import_definitions FILE`; the same grants as render_acl gives mosquitto).
+
+    Every user is the CN of a client certificate (ssl_cert_login_from = common_name) and has no password: the
+    certificate is the only way in. Terminal T may publish only onecard.v1.t.T.up.* (its MQTT uplinks) and read
+    only its own downlinks and its enterprise's broadcasts; the vhost permissions restrict it to its own MQTT
+    subscription queues (mqtt-subscription-T...). Platform workers read the uplink quorum queue and publish
+    downlinks; they cannot publish uplinks.
+    """
+    stations = stations or {}
+    users, permissions, topic_permissions = [], [], []
+
+    def user(name: str) -> None:
+        users.append(
+            {"name": name, "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}
+        )
+
+    for tid, eid in sorted({**terminals, **stations}.items()):
+        _check_ids(tid, eid)
+        user(tid)
+        own_queues = rf"mqtt-subscription-{tid}qos[01]"
+        permissions.append(
+            {
+                "user": tid,
+                "vhost": vhost,
+                "configure": rf"^{own_queues}$",
+                "write": rf"^(amq\.topic|{own_queues})$",
+                "read": rf"^(amq\.topic|{own_queues})$",
+            }
+        )
+        write = [rf"t\.{tid}\.up\.[^.]+"]
+        read = [rf"t\.{tid}\.down\..+", rf"e\.{eid}\.down\..+"]
+        if tid in stations:
+            write.append(rf"s\.{tid}\.up\.registry")
+            read.append(rf"s\.{tid}\.down\.registry")
+        topic_permissions.append(
+            {
+                "user": tid,
+                "vhost": vhost,
+                "exchange": RABBITMQ_EXCHANGE,
+                "write": rf"^onecard\.v1\.({'|'.join(write)})$",
+                "read": rf"^onecard\.v1\.({'|'.join(read)})$",
+            }
+        )
+    for cn in worker_cns(workers):
+        user(cn)
+        permissions.append(
+            {
+                "user": cn,
+                "vhost": vhost,
+                "configure": "^$",
+                "write": r"^amq\.topic$",
+                "read": rf"^{re.escape(UPLINK_QUEUE)}$",
+            }
+        )
+        topic_permissions.append(
+            {
+                "user": cn,
+                "vhost": vhost,
+                "exchange": RABBITMQ_EXCHANGE,
+                "write": r"^onecard\.v1\.(t|e|s)\.[0-9]+\.down\..+$",
+                "read": "^$",
+            }
+        )
+    return {
+        "users": users,
+        "vhosts": [{"name": vhost}],
+        "permissions": permissions,
+        "topic_permissions": topic_permissions,
+        "queues": [
+            {
+                "name": UPLINK_QUEUE,
+                "vhost": vhost,
+                "durable": True,
+                "auto_delete": False,
+                # Replicated on every node (Raft): a node lost keeps every accepted upload.
+                "arguments": {"x-queue-type": "quorum"},
+            }
+        ],
+        "exchanges": [],
+        "bindings": [
+            {
+                "source": RABBITMQ_EXCHANGE,
+                "vhost": vhost,
+                "destination": UPLINK_QUEUE,
+                "destination_type": "queue",
+                "routing_key": key,
+                "arguments": {},
+            }
+            for key in UPLINK_BINDINGS
+        ],
+    }
+
+
+def render_rabbitmq_conf(
+    *,
+    mqtt_port: int,
+    amqp_port: int,
+    ca: Path,
+    server: CertFiles,
+    bind: str = "127.0.0.1",
+    log_dir: Path | None = None,
+) -> str:
+    """rabbitmq.conf (new-style) of one cluster node: MQTT and AMQP over TLS only, client certificates required,
+    the username taken from the certificate's CN; no plain listeners, no password logins."""
+    lines = [
+        "# Generated by central.broker_config.render_rabbitmq_conf; docs/sync-protocol.md, Broker cluster.",
+        "listeners.tcp = none",
+        f"listeners.ssl.default = {bind}:{amqp_port}",
+        f"ssl_options.cacertfile = {ca}",
+        f"ssl_options.certfile = {server.cert}",
+        f"ssl_options.keyfile = {server.key}",
+        "ssl_options.verify = verify_peer",
+        "ssl_options.fail_if_no_peer_cert = true",
+        "ssl_options.versions.1 = tlsv1.2",
+        "ssl_cert_login_from = common_name",
+        # AMQP clients (the platform's workers) log in with their certificate only (rabbitmq_auth_mechanism_ssl).
+        "auth_mechanisms.1 = EXTERNAL",
+        "loopback_users = none",
+        "mqtt.listeners.tcp = none",
+        f"mqtt.listeners.ssl.default = {bind}:{mqtt_port}",
+        "mqtt.ssl_cert_login = true",
+        "mqtt.allow_anonymous = false",
+        "mqtt.vhost = /",
+        f"mqtt.exchange = {RABBITMQ_EXCHANGE}",
+        "mqtt.tcp_listen_options.nodelay = true",
+        "tcp_listen_options.nodelay = true",
+        # A node cut off from the majority stops serving rather than accept uploads it may later drop.
+        "cluster_partition_handling = pause_minority",
+        "log.console = false",
+    ]
+    if log_dir:
+        lines += [f"log.file = {log_dir}/node.log", "log.file.level = info"]
+    return "\n".join(lines) + "\n"
+
+
+RABBITMQ_PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_mechanism_ssl")

@@ -214,6 +214,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--workers", type=int, default=2, help="shared-subscription workers (default 2)")
     c.add_argument(
+        "--amqp",
+        action="append",
+        metavar="HOST:PORT",
+        help="a RabbitMQ cluster node's AMQPS listener (repeat for every node): the workers then consume the "
+        "uplink quorum queue instead of MQTT shared subscriptions (--broker-host/--broker-port are unused)",
+    )
+    c.add_argument(
+        "--first-worker",
+        type=int,
+        default=0,
+        help="index of this process's first worker (certificate platform-wN), to run workers in several "
+        "processes or hosts; only the process with worker 0 publishes notifications",
+    )
+    c.add_argument(
         "--tac-keystore",
         type=Path,
         help="keystore with the TAC keys ('onecard sam restrict --role "
@@ -243,6 +257,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--acl-path", type=Path, help="where the broker will read the ACL (default OUT/acl)")
     c.add_argument("--persistence-dir", type=Path, help="mosquitto persistence directory (default: none)")
     c.add_argument("--force", action="store_true", help="replace an existing mosquitto.conf / acl")
+    c.add_argument(
+        "--rabbitmq",
+        action="store_true",
+        help="write a RabbitMQ cluster node's rabbitmq.conf, enabled_plugins and definitions.json (users, "
+        "permissions, topic permissions, the uplink quorum queue) instead; load the definitions with "
+        "`rabbitmqctl import_definitions OUT/definitions.json` on any node after adding terminals",
+    )
+    c.add_argument("--amqp-port", type=int, default=5671, help="with --rabbitmq: the AMQPS port of the workers")
 
     from central import ca_cli  # the CA role (terminal enrolment)
 
@@ -605,6 +627,8 @@ def cmd_broker_config(args) -> int:
     finally:
         platform.close()
     out = args.out
+    if args.rabbitmq:
+        return _write_rabbitmq_config(args, terminals)
     conf_path, acl_path = out / "mosquitto.conf", out / "acl"
     acl_ref = (args.acl_path or acl_path).absolute()
     try:
@@ -637,6 +661,50 @@ def cmd_broker_config(args) -> int:
     print(
         f"broker configuration {conf_path} and ACL {acl_path} written: {len(terminals)} terminal(s), "
         f"{args.workers} platform worker(s); reload the broker (SIGHUP) after adding terminals"
+    )
+    return 0
+
+
+def _write_rabbitmq_config(args, terminals: dict[str, str]) -> int:
+    import json
+
+    from central.broker_config import RABBITMQ_PLUGINS, render_rabbitmq_conf, render_rabbitmq_definitions
+    from common.files import write_atomically
+    from common.pki import CertFiles
+
+    if not 1 <= args.amqp_port <= 65535:
+        raise UserError(f"--amqp-port {args.amqp_port} is not a TCP port; give 1..65535")
+    try:
+        definitions = render_rabbitmq_definitions(terminals, args.workers)
+    except ValueError as exc:
+        raise UserError(f"{exc}; give --workers as for `onecard platform serve`") from None
+    files = {
+        "definitions.json": json.dumps(definitions, indent=1) + "\n",
+        "enabled_plugins": f"[{','.join(RABBITMQ_PLUGINS)}].\n",
+        "rabbitmq.conf": render_rabbitmq_conf(
+            mqtt_port=args.port,
+            amqp_port=args.amqp_port,
+            ca=args.ca.absolute(),
+            server=CertFiles(args.server_cert.absolute(), args.server_key.absolute()),
+            bind=args.bind,
+        ),
+    }
+    if not args.force:
+        for name in files:
+            if (args.out / name).exists():
+                raise UserError(f"{args.out / name} exists; pass --force to replace it")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_atomically(args.out / name, text.encode(), mode=0o644, overwrite=args.force)
+    except FileExistsError as exc:
+        raise UserError(f"{exc.args[0] if exc.args else args.out} appeared meanwhile; pass --force") from None
+    except OSError as exc:
+        raise UserError(f"cannot write to {args.out} ({exc.strerror}); choose a writable --out directory") from None
+    print(
+        f"RabbitMQ node configuration written to {args.out} (rabbitmq.conf, enabled_plugins, definitions.json): "
+        f"{len(terminals)} terminal(s), {args.workers} platform worker(s); after adding terminals run "
+        f"`rabbitmqctl import_definitions {args.out / 'definitions.json'}` on any node"
     )
     return 0
 
@@ -703,12 +771,24 @@ def cmd_serve(args) -> int:
             tac_sam = SoftwareSam.open(args.tac_keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
         except SamError as exc:
             raise UserError(str(exc)) from None
+    broker: object = BrokerSettings(args.broker_host, args.broker_port, args.ca, args.cert_dir)
+    if args.amqp:
+        from central.amqp_service import AmqpSettings
+
+        addresses = []
+        for item in args.amqp:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise UserError(f"--amqp {item!r} is not HOST:PORT; give a node's AMQPS listener, e.g. mq1:5671")
+            addresses.append((host.strip("[]"), int(port)))
+        broker = AmqpSettings(tuple(addresses), args.ca, args.cert_dir)
     try:
         service = PlatformService(
             args.db,
             key,
-            BrokerSettings(args.broker_host, args.broker_port, args.ca, args.cert_dir),
+            broker,
             workers=args.workers,
+            first_worker=args.first_worker,
             tac_sam=tac_sam,
             unverified_money=args.lab_unverified_money and tac_sam is None,
         )

@@ -37,6 +37,9 @@ class BrokerSettings:
     cert_dir: Path
     protocol: str = "5"  # shared subscriptions need MQTT 5
 
+    def make_worker(self, index: int, platform: Platform, *, publisher: bool = False) -> Worker:
+        return Worker(index, platform, self, publisher=publisher)
+
     def worker_tls(self, index: int) -> TlsFiles:
         cn = worker_cn(index)
         tls = TlsFiles(Path(self.ca), Path(self.cert_dir) / f"{cn}.pem", Path(self.cert_dir) / f"{cn}.key")
@@ -110,10 +113,23 @@ class Worker:
             self.platform.mark_published(sent)
         return len(sent)
 
+    def start_link(self) -> None:
+        self.link.start()
+
+    def stop_link(self) -> None:
+        self.link.stop()
+
+    @property
+    def connected(self) -> threading.Event:
+        return self.link.connected
+
+    def _send(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.link.publish(topic, payload, qos=qos)
+
     def handle(self, topic: str, payload: bytes) -> None:
         try:
             if topic.startswith(f"{p.TOPIC_ROOT}/s/"):
-                self.link.publish(*answer_request(self.platform, rp.parse_station_topic(topic), payload), qos=1)
+                self._send(*answer_request(self.platform, rp.parse_station_topic(topic), payload), qos=1)
                 self.handled += 1
                 return
             scope, tid, leaf = p.parse_topic(topic)
@@ -122,7 +138,7 @@ class Worker:
                 if body_tid != tid:
                     raise p.ProtocolError(f"batch names terminal {body_tid} but came on the topic of {tid}")
                 result = self.platform.ingest(tid, events)
-                self.link.publish(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
+                self._send(p.terminal_topic(tid, p.DOWN_ACK), self.platform.ack_message(result), qos=1)
                 if result.problem:
                     log_event(
                         log,
@@ -139,12 +155,12 @@ class Worker:
                 if req.terminal_id != tid:
                     raise p.ProtocolError(f"request names terminal {req.terminal_id} but came on the topic of {tid}")
                 for out_topic, out_payload in self.platform.answer_request(req):
-                    self.link.publish(out_topic, out_payload, qos=1)
+                    self._send(out_topic, out_payload, qos=1)
             elif leaf == p.UP_HEARTBEAT:
                 hb = p.decode_heartbeat(payload)
                 if hb.terminal_id == tid:
                     self.platform.record_heartbeat(hb)
-                    self.link.publish(p.terminal_topic(tid, p.DOWN_MSG), self.platform.time_message(tid), qos=0)
+                    self._send(p.terminal_topic(tid, p.DOWN_MSG), self.platform.time_message(tid), qos=0)
             elif leaf == p.UP_STATUS:
                 if payload:  # an empty retained message clears the status; nothing to record
                     self.platform.record_status(tid, p.decode_status(payload)["state"])
@@ -165,15 +181,21 @@ class Worker:
 
 
 class PlatformService:
-    """N workers (worker 0 also publishes the outbound queue), each on its own thread."""
+    """N workers (worker 0 also publishes the outbound queue), each on its own thread.
+
+    `broker` is BrokerSettings (MQTT shared subscriptions on one mosquitto) or central.amqp_service.AmqpSettings
+    (AMQP consumers of a RabbitMQ cluster's uplink quorum queue). `first_worker` lets several processes share the
+    work, each with its own certificates (platform-wN): process k runs workers first_worker.. of its own.
+    """
 
     def __init__(
         self,
         db: Path,
         signing_key,
-        broker: BrokerSettings,
+        broker,
         *,
         workers: int = 2,
+        first_worker: int = 0,
         clock=None,
         tac_sam=None,
         unverified_money: bool = False,
@@ -184,7 +206,8 @@ class PlatformService:
                 "--passphrase-file F (from `onecard sam restrict --role platform`), or "
                 "--lab-unverified-money in a lab, where every balance is then labelled unverified"
             )
-        for i in range(workers):
+        indexes = range(first_worker, first_worker + workers)
+        for i in indexes:
             broker.worker_tls(i)  # every worker's certificate checked before any database is opened
         check = Platform(db, signing_key, clock=clock)
         try:
@@ -202,26 +225,25 @@ class PlatformService:
                 "labelled unverified",
             )
         self.workers = [
-            Worker(
+            broker.make_worker(
                 i,
                 Platform(db, signing_key, clock=clock, tac_sam=tac_sam, unverified_money=unverified_money),
-                broker,
                 publisher=i == 0,
             )
-            for i in range(workers)
+            for i in indexes
         ]
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
         for w in self.workers:
-            w.link.start()
+            w.start_link()
             t = threading.Thread(target=self._loop, args=(w,), name=f"platform-{w.name}", daemon=True)
             t.start()
             self._threads.append(t)
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        return all(w.link.connected.wait(timeout) for w in self.workers)
+        return all(w.connected.wait(timeout) for w in self.workers)
 
     def _loop(self, w: Worker) -> None:
         while not self._stop.is_set():
@@ -237,5 +259,5 @@ class PlatformService:
         for t in self._threads:
             t.join(5)
         for w in self.workers:
-            w.link.stop()
+            w.stop_link()
             w.platform.close()

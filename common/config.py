@@ -301,6 +301,14 @@ class SyncSection:
     clock_tolerance_seconds: float = 5.0
     compact_keep: int = 50_000
     outbox_capacity: int = 200_000
+    # Every node of a broker cluster, in the order the agent tries them ("host:port"); broker_host/broker_port
+    # are then the first. Empty: the one broker of broker_host/broker_port.
+    brokers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """The broker nodes to try, in order: several with `brokers`, else the one of broker_host:broker_port."""
+        return self.brokers or ((self.broker_host, self.broker_port),)
 
 
 @dataclass(frozen=True)
@@ -1040,6 +1048,41 @@ def _yuan(section: _Section, key: str, default: str, allow_zero: bool = False) -
     return fen
 
 
+MAX_BROKERS = 16
+
+
+def _broker_list(y: _Section) -> tuple[tuple[str, int], ...]:
+    """[sync].brokers = ["mq1.example:8883", "[fd00::2]:8883", "mq3"]: the port defaults to 8883."""
+    raw = y.get("brokers", list, default=[])
+    if "brokers" in y.table and not raw:
+        raise y.fail("brokers", "is empty", 'list the nodes, e.g. ["mq1:8883", "mq2:8883"], or use broker_host')
+    if len(raw) > MAX_BROKERS:
+        raise y.fail("brokers", f"lists {len(raw)} nodes", f"list at most {MAX_BROKERS}")
+    out: list[tuple[str, int]] = []
+    for item in raw:
+        if not isinstance(item, str) or not item.strip():
+            raise y.fail("brokers", f'entry {item!r} is not a "host:port" string', 'write e.g. "mq1:8883"')
+        text = item.strip()
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+        elif text.count(":") == 1:
+            host, _, port_text = text.partition(":")
+        elif ":" in text:
+            host, port_text = "", None  # a bare IPv6 address: needs brackets to carry a port
+        else:
+            host, port_text = text, ""
+        if not host or port_text is None or (port_text and not port_text.isdigit()):
+            raise y.fail("brokers", f"entry {item!r} is not host:port", 'write e.g. "mq1:8883" or "[fd00::1]:8883"')
+        port = int(port_text) if port_text else 8883
+        if not 0 < port <= 65535:
+            raise y.fail("brokers", f"entry {item!r} has port {port} outside 1..65535", "use the TLS port, e.g. 8883")
+        if (host, port) in out:
+            raise y.fail("brokers", f"lists {host}:{port} twice", "list each node once")
+        out.append((host, port))
+    return tuple(out)
+
+
 def _sync_section(y: _Section) -> SyncSection | None:
     if not y.table:
         return None
@@ -1051,9 +1094,17 @@ def _sync_section(y: _Section) -> SyncSection | None:
         return value
 
     y.only(keys_of(SyncSection))
+    brokers = _broker_list(y)
+    if brokers and ("broker_host" in y.table or "broker_port" in y.table):
+        raise y.fail(
+            "brokers",
+            "is given together with broker_host/broker_port",
+            'keep one: brokers = ["host:port", ...] lists every node, the first included',
+        )
     sync = SyncSection(
-        broker_host=y.get("broker_host", str, required=True),
-        broker_port=positive("broker_port", int, 8883, 65535),
+        broker_host=brokers[0][0] if brokers else y.get("broker_host", str, required=True),
+        broker_port=brokers[0][1] if brokers else positive("broker_port", int, 8883, 65535),
+        brokers=brokers,
         ca_file=y.path_value("ca_file"),
         cert_file=y.path_value("cert_file"),
         key_file=y.path_value("key_file"),

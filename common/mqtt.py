@@ -46,8 +46,19 @@ class MqttLink:
         protocol: str = "auto",
         max_inflight: int = 20,
         events: queue.Queue | None = None,
+        alternates: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.client_id, self.host, self.port, self.tls = client_id, host, port, tls
+        # Every node of a broker cluster: (host, port) first, then `alternates`. When the connection drops or
+        # cannot be made, the next reconnect goes to the next node (round robin).
+        self.addresses = [(host, port), *[a for a in alternates if a != (host, port)]]
+        self._next_address = 0
+        # On a cluster, subscriptions are QoS 0. With a clean session QoS 1 on the broker-to-client leg buys
+        # nothing (what is in flight when the connection drops is discarded with the session either way; the agent
+        # resends unacknowledged uploads and asks for what it missed), and RabbitMQ 3.10 keeps a QoS 1
+        # subscription's queue as a durable queue on the node of the first connection: while that node is down the
+        # terminal could subscribe on no other node. A QoS 0 subscription's queue is transient and goes with it.
+        self.subscribe_qos = 0 if len(self.addresses) > 1 else 1
         self.subscriptions = subscriptions
         self.will = will
         self.keepalive = keepalive
@@ -58,6 +69,8 @@ class MqttLink:
         self.connected = threading.Event()
         self._client: paho.Client | None = None
         self._fallback = False
+        self._switch = False  # the connection dropped or failed: poll() moves to the next node
+        self._unanswered = 0  # MQTT 5 CONNECTs in a row the broker closed without any CONNACK
 
     def _make_client(self) -> paho.Client:
         c = paho.Client(
@@ -82,9 +95,15 @@ class MqttLink:
         c.max_inflight_messages_set(self.max_inflight)
         c.reconnect_delay_set(min_delay=0.1, max_delay=2)
         c.on_connect = self._on_connect
+        c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         return c
+
+    def _move_on(self, client) -> None:
+        """Ask the owner's thread (poll) to rebuild the client on the next node (paho's network thread)."""
+        if len(self.addresses) > 1:
+            self._switch = True
 
     def start(self) -> None:
         self._client = self._make_client()
@@ -93,7 +112,30 @@ class MqttLink:
         self._client.loop_start()
 
     def poll(self) -> None:
-        """Called from the owner's loop: rebuilds the client as MQTT 3.1.1 when the broker refused 5."""
+        """Called from the owner's loop: rebuilds the client as MQTT 3.1.1 when the broker refused 5, or on the
+        next node of the cluster when the connection to this one dropped or could not be made."""
+        if self._switch and not self._fallback and self._client is not None and not self.connected.is_set():
+            self._switch = False
+            old = self._client
+            old.loop_stop()
+            sock = old.socket()
+            if sock is not None:  # half-open after a drop: close it without DISCONNECT
+                sock.close()
+            self._next_address = (self._next_address + 1) % len(self.addresses)
+            previous = f"{self.host}:{self.port}"
+            self.host, self.port = self.addresses[self._next_address]
+            log_event(
+                log,
+                "mqtt.next_node",
+                logging.WARNING,
+                client=self.client_id,
+                previous=previous,
+                node=f"{self.host}:{self.port}",
+                text=f"lost or cannot reach {previous}; connecting to {self.host}:{self.port}",
+            )
+            self.start()
+            return
+        self._switch = False
         if self._fallback and self._client is not None:
             self._fallback = False
             old = self._client
@@ -105,7 +147,7 @@ class MqttLink:
                 "mqtt.protocol_fallback",
                 logging.WARNING,
                 client=self.client_id,
-                text="the broker refused MQTT 5; reconnecting with MQTT 3.1.1",
+                text="the broker does not speak MQTT 5; reconnecting with MQTT 3.1.1",
             )
             self.start()
 
@@ -113,7 +155,7 @@ class MqttLink:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            unsupported = reason_code.getName() == "Unsupported protocol version"
+            unsupported = reason_code.getName() in ("Unsupported protocol version", "Unacceptable protocol version")
             if unsupported and self.protocol == paho.MQTTv5 and self.protocol_setting == "auto":
                 self._fallback = True
                 self.events.put((DISCONNECTED, "broker refused MQTT 5"))
@@ -131,14 +173,27 @@ class MqttLink:
         if sock is not None:
             # Small request/answer messages: without this, Nagle and the peer's delayed ACK hold each one ~40 ms.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unanswered = 0
         for topic in self.subscriptions:
-            client.subscribe(topic, qos=1)
+            client.subscribe(topic, qos=self.subscribe_qos)
         self.connected.set()
         self.events.put((CONNECTED, "MQTT 5" if self.protocol == paho.MQTTv5 else "MQTT 3.1.1"))
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._move_on(client)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if not was and self.protocol == paho.MQTTv5 and self.protocol_setting == "auto":
+            # TCP and TLS went through (a failure there is on_connect_fail) but the broker hung up on the
+            # CONNECT without a CONNACK: a 3.1.1-only broker that cannot parse MQTT 5 (RabbitMQ 3.10 does so).
+            # Twice in a row, not once: a broker restarting at that moment also hangs up.
+            self._unanswered += 1
+            if self._unanswered >= 2:
+                self._fallback = True
+                self.events.put((DISCONNECTED, "broker closed the MQTT 5 connection without an answer"))
+        self._move_on(client)
         if was:
             self.events.put((DISCONNECTED, str(reason_code)))
 

@@ -7,9 +7,10 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # fonts-wqy-microhei: the display's Chinese font; chromium + chromium-driver: the status page's browser test.
 # postgresql: the platform's PostgreSQL store; tests run a private server from /usr/lib/postgresql/15/bin.
 # libusb-1.0-0: pyusb's backend for a USB receipt printer (python-escpos).
+# rabbitmq-server: the broker cluster (tests start their own 3 nodes on loopback; the system node is disabled).
 PACKAGES=(pcscd vsmartcard-vpcd libpcsclite-dev swig pcsc-tools opensc mosquitto mosquitto-clients
           python3-venv python3-dev build-essential fonts-wqy-microhei chromium chromium-driver postgresql
-          libusb-1.0-0)
+          libusb-1.0-0 rabbitmq-server)
 
 say() { printf 'setup-debian: %s\n' "$*"; }
 die() { printf 'setup-debian: error: %s\n' "$*" >&2; exit 1; }
@@ -38,6 +39,19 @@ else
     export DEBIAN_FRONTEND=noninteractive
     "${SUDO[@]}" apt-get update
     "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# The package starts a system RabbitMQ node (rabbit@HOST, ports 5672/25672/4369) where an init system lets it. The
+# tests run private nodes with their own names, ports, epmd and cookie; the system node is not needed for them and
+# would only hold memory and ports, so it is stopped and disabled (an operator enables it on broker hosts).
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    if systemctl is-enabled --quiet rabbitmq-server 2>/dev/null || systemctl is-active --quiet rabbitmq-server 2>/dev/null; then
+        say "stopping and disabling the system rabbitmq-server (tests start their own nodes)"
+        "${SUDO[@]}" systemctl disable --now rabbitmq-server >/dev/null 2>&1 || true
+    fi
+elif command -v service >/dev/null 2>&1 && pgrep -u rabbitmq -f beam >/dev/null 2>&1; then
+    say "stopping the system rabbitmq-server (tests start their own nodes)"
+    "${SUDO[@]}" service rabbitmq-server stop >/dev/null 2>&1 || true
 fi
 
 PYTHON=""

@@ -89,9 +89,10 @@ class SyncAgent:
         self.acked_hash = acked_hash
         self.link = MqttLink(
             terminal_id,
-            settings.broker_host,
-            settings.broker_port,
+            settings.addresses[0][0],
+            settings.addresses[0][1],
             TlsFiles(settings.ca_file, settings.cert_file, settings.key_file),
+            alternates=settings.addresses[1:],
             subscriptions=[
                 p.terminal_topic(terminal_id, p.DOWN_ACK),
                 p.terminal_topic(terminal_id, p.DOWN_MSG),

@@ -184,3 +184,39 @@ def test_platform_worker_certificates_come_from_the_platform_ca(tmp_path):
     assert (out / "platform-w0.pem").read_bytes() == before and not (out / "platform-w2.pem").exists()
     r = onecard("platform", "ca", "platform-certs", "--dir", ca, "--workers", "0", "--out", tmp_path / "x", check=False)
     assert r.returncode != 0 and "workers" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_rabbitmq_broker_config_is_written_from_the_registry(sync_pki, tmp_path):
+    import json
+
+    from central.broker_config import render_rabbitmq_definitions
+
+    db, key = tmp_path / "platform.db", tmp_path / "platform.key"
+    onecard("platform", "init", "--db", db, "--key", key)
+    onecard("platform", "add-enterprise", "00010001", "--name", "Co", "--db", db, "--key", key)
+    onecard(
+        "platform",
+        "add-terminal",
+        terminal_id(1),
+        "--enterprise",
+        "00010001",
+        "--kind",
+        "door",
+        "--db",
+        db,
+        "--key",
+        key,
+    )
+    out = tmp_path / "rabbit"
+    args = ["platform", "broker-config", "--db", db, "--out", out, "--ca", sync_pki.ca.cert]
+    args += ["--server-cert", sync_pki.server.cert, "--server-key", sync_pki.server.key, "--workers", "2", "--rabbitmq"]
+    onecard(*args)
+    assert json.loads((out / "definitions.json").read_text()) == render_rabbitmq_definitions(
+        {terminal_id(1): "00010001"}, 2
+    )
+    conf = (out / "rabbitmq.conf").read_text()
+    assert "mqtt.ssl_cert_login = true\n" in conf and "listeners.tcp = none\n" in conf
+    assert "mqtt.listeners.ssl.default = 0.0.0.0:8883\n" in conf and "listeners.ssl.default = 0.0.0.0:5671\n" in conf
+    assert (out / "enabled_plugins").read_text() == "[rabbitmq_mqtt,rabbitmq_auth_mechanism_ssl].\n"
+    again = onecard(*args, check=False)
+    assert again.returncode != 0 and "--force" in again.stderr

@@ -1,0 +1,323 @@
+"""Platform ingest at operator scale: a 3-node RabbitMQ cluster with W AMQP worker processes, against the embedded
+SQLite + one mosquitto with W MQTT worker processes, in the same run; then a loss report's fan-out.
+
+Prints JSON lines (issue 14):
+  {"name": "platform_ingest", "backend": "sqlite", "broker": "rabbitmq-3.10-cluster-3", ...}
+  {"name": "platform_ingest", "backend": "sqlite", "broker": "mosquitto", ...}
+  {"name": "loss_propagation", "terminals": N, "p50_ms": ..., "p99_ms": ..., "max_ms": ...}
+Simulated terminals are simulator.fleet.LightTerminal: lightweight MQTT 3.1.1 clients on one thread publishing
+sealed batches of real hash chains (every k-th record a top-up with a real TAC, checked by the workers).
+`--backend postgresql` runs both platforms on the PostgreSQL store (a private server, tests/pg_env.py).
+Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# This file's name shadows the standard library's `platform` (which paho, psutil... import): drop bench/ from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+sys.path.insert(0, str(REPO))
+
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+
+from central.store import Platform  # noqa: E402
+from sam.keystore import KeystoreUnlock, save_keystore  # noqa: E402
+from simulator.broker import Broker, make_pki  # noqa: E402
+from simulator.fleet import Fleet, LightTerminal, Records  # noqa: E402
+from simulator.rabbitmq import RabbitCluster  # noqa: E402
+from tests.support import make_keystore  # noqa: E402
+
+EID = "00010001"
+
+
+def tid_of(i: int) -> str:
+    return f"{100000 + i:012d}"
+
+
+def card_of(tid: str) -> str:
+    return "0A0B" + tid
+
+
+def setup_db(path: Path, key, tids: list[str]) -> None:
+    pf = Platform(path, key)
+    pf.add_enterprise(EID, "Bench Co")
+    pf.add_holder(EID, "E1", "Bench")
+    pf.add_holder(EID, "LOST", "Loser")
+    for tid in tids:
+        pf.add_terminal(tid, EID, kind="topup")
+        pf.issue_card(EID, "E1", card_of(tid), max_balance_cents=2**31)
+    pf.issue_card(EID, "LOST", "0C0D000000000001")
+    pf.close()
+
+
+def serve(db: Path, key: Path, ca: Path, cert_dir: Path, ks: Path, pw: Path, index: int, broker_args: list[str], log):
+    args = [sys.executable, "-m", "onecard", "platform", "serve", "--db", db, "--key", key, "--ca", ca]
+    args += ["--cert-dir", cert_dir, "--workers", "1", "--first-worker", str(index)]
+    args += ["--tac-keystore", ks, "--passphrase-file", pw, *broker_args]
+    return subprocess.Popen(
+        [str(a) for a in args], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO, stdout=log, stderr=log
+    )
+
+
+def counts(db: Path, key, records: list[Records]) -> dict:
+    pf = Platform(db, key)
+    try:
+        total, distinct = pf.conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT terminal_id || ':' || seq) FROM events"
+        ).fetchone()
+        balances_ok = all(pf.card(card_of(r.tid))["balance_cents"] == r.loaded for r in records)
+        held = len(pf.held_money())
+    finally:
+        pf.close()
+    expected = sum(len(r.events) for r in records)
+    return {
+        "lost": expected - distinct,
+        "duplicates_stored": total - distinct,
+        "balances_equal_tac_sums": balances_ok,
+        "held": held,
+    }
+
+
+def broker_memory(cluster, broker) -> int:
+    """Bytes held by the broker: every live RabbitMQ node's Erlang VM (erlang:memory(total)), or mosquitto's RSS."""
+    if cluster is not None:
+        return sum(int(cluster.ctl(n, "eval", "erlang:memory(total).").strip()) for n in cluster.live())
+    import psutil
+
+    return psutil.Process(broker.proc.pid).memory_info().rss
+
+
+def cpu_seconds(procs) -> float:
+    import psutil
+
+    total = 0.0
+    for w in procs:
+        try:
+            t = psutil.Process(w.pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None, broker=None):
+    db = work / f"{label}.db" if args.pg is None else "postgresql:" + args.pg.new_database()
+    setup_db(db, pki.platform_key, [r.tid for r in records])
+    log = open(work / f"{label}-workers.log", "ab")  # noqa: SIM115
+    broker_args = (
+        [a for host, port in amqp for a in ("--amqp", f"{host}:{port}")]
+        if amqp
+        else ["--broker-host", addresses[0][0], "--broker-port", str(addresses[0][1])]
+    )
+    workers = [
+        serve(db, key_pem, pki.ca.cert, pki.platform_cert_dir, ks, pw, i, broker_args, log) for i in range(args.workers)
+    ]
+    terminals = [
+        LightTerminal(
+            r,
+            addresses,
+            pki.ca.cert,
+            pki.client(r.tid).cert,
+            pki.client(r.tid).key,
+            pki.platform_key.public_key(),
+            batch=args.batch,
+            window=args.window,
+            ack_timeout=15.0,
+            start_node=i,
+        )
+        for i, r in enumerate(records)
+    ]
+    mem_before = broker_memory(cluster, broker)
+    fleet = Fleet(terminals).start(pump=False)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sum(t.connected for t in terminals) < len(terminals):
+        time.sleep(0.2)
+    connected = sum(t.connected for t in terminals)
+    time.sleep(3)  # the workers connect
+    mem_after = broker_memory(cluster, broker)
+    cpu_before = cpu_seconds(workers)
+    expected = sum(len(r.events) for r in records)
+    t0 = time.monotonic()
+    fleet.pumping.set()
+    killed = False
+    while time.monotonic() - t0 < args.timeout:
+        acked = sum(t.acked for t in terminals)
+        if cluster is not None and not killed and acked >= expected * 0.3:
+            cluster.kill(1)
+            killed = True
+        if acked >= expected:
+            break
+        time.sleep(0.1)
+    elapsed = time.monotonic() - t0
+    acked = sum(t.acked for t in terminals)
+    worker_cpu = cpu_seconds(workers) - cpu_before
+    loss = None
+    if args.loss:
+        loss = loss_propagation(db, pki.platform_key, terminals)
+    fleet.stop()
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        try:
+            w.wait(30)
+        except subprocess.TimeoutExpired:
+            w.kill()
+    log.close()
+    line = {
+        "name": "platform_ingest",
+        "backend": args.backend,
+        "broker": broker_desc,
+        "terminals": connected,
+        "workers": args.workers,
+        "events": expected,
+        "events_acked": acked,
+        "seconds": round(elapsed, 2),
+        "ingest_events_per_s": round(acked / elapsed),
+        **counts(db, pki.platform_key, records),
+        "node_killed": killed,
+        "reconnects": sum(max(0, t.reconnects - 1) for t in terminals),
+        "worker_cpu_s": round(worker_cpu, 1),
+        "events_per_worker_cpu_s": round(acked / worker_cpu) if worker_cpu else None,
+        "broker_kib_per_connection": round((mem_after - mem_before) / 1024 / max(1, connected), 1),
+        "cores": os.cpu_count(),
+    }
+    print(json.dumps(line), flush=True)
+    if loss:
+        print(json.dumps({**loss, "broker": broker_desc}), flush=True)
+
+
+def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
+    """A loss report, from the platform's commit to each connected terminal's receipt of the signed delta."""
+    for t in terminals:
+        with t.lock:
+            t.downlinks.clear()
+    live = [t for t in terminals if t.connected]
+    pf = Platform(db, key)
+    backlog = len(pf.unpublished(limit=1_000_000))  # notifications still queued ahead of the loss report
+    t0 = time.monotonic()
+    pf.report_loss("0C0D000000000001")
+    pf.close()
+    deadline = t0 + 60
+    while time.monotonic() < deadline and not all(t.downlinks for t in live):
+        time.sleep(0.01)
+    delays = sorted((t.downlinks[0][0] - t0) * 1000 for t in live if t.downlinks)
+    missing = len(live) - len(delays)
+
+    def pct(q):
+        return round(delays[min(len(delays) - 1, int(q * len(delays)))], 1) if delays else None
+
+    return {
+        "name": "loss_propagation",
+        "terminals": len(live),
+        "received": len(delays),
+        "missing": missing,
+        "outbound_queued_before": backlog,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": round(delays[-1], 1) if delays else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--terminals", type=int, default=1000)
+    ap.add_argument("--events", type=int, default=1_000_000, help="in all, split evenly over the terminals")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--window", type=int, default=2)
+    ap.add_argument("--money-every", type=int, default=20, help="every k-th record a TAC-checked top-up")
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument("--skip-embedded", action="store_true")
+    ap.add_argument("--skip-cluster", action="store_true")
+    ap.add_argument("--no-loss", dest="loss", action="store_false")
+    args = ap.parse_args()
+    args.pg = None
+    if args.backend == "postgresql":  # a private server from Debian's binaries, one new database per run
+        from tests.pg_env import PostgresServer
+
+        args.pg = PostgresServer()
+    try:
+        bench(args)
+    finally:
+        if args.pg is not None:
+            args.pg.close()
+
+
+def bench(args) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        keystore = make_keystore()
+        save_keystore(work / "tac.keystore", keystore, KeystoreUnlock.from_passphrase("bench"))
+        (work / "pw").write_text("bench\n")
+        tids = [tid_of(i) for i in range(args.terminals)]
+        pki = make_pki(work / "pki", {t: EID for t in tids})
+        key_pem = work / "platform.key"
+        key_pem.write_bytes(
+            pki.platform_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        per = args.events // args.terminals
+        t0 = time.monotonic()
+        records = []
+        for tid in tids:
+            r = Records(tid, EID, card_of(tid), keystore, money_every=args.money_every)
+            r.extend(per)
+            records.append(r)
+        print(json.dumps({"name": "setup", "records_built_s": round(time.monotonic() - t0, 1)}), file=sys.stderr)
+        cluster = RabbitCluster(work / "rabbit", pki, {t: EID for t in tids}, workers=max(8, args.workers))
+        if not args.skip_cluster:
+            cluster.start()
+        try:
+            if not args.skip_cluster:
+                run(
+                    "cluster",
+                    "rabbitmq-3.10-cluster-3",
+                    cluster.mqtt_addresses,
+                    cluster.amqp_addresses,
+                    work,
+                    pki,
+                    key_pem,
+                    work / "tac.keystore",
+                    work / "pw",
+                    records,
+                    args,
+                    cluster=cluster,
+                )
+        finally:
+            cluster.stop()
+        if not args.skip_embedded:
+            broker = Broker(work / "mosquitto", pki, {t: EID for t in tids})
+            broker.start()
+            try:
+                run(
+                    "embedded",
+                    "mosquitto",
+                    [("127.0.0.1", broker.port)],
+                    None,
+                    work,
+                    pki,
+                    key_pem,
+                    work / "tac.keystore",
+                    work / "pw",
+                    records,
+                    args,
+                    broker=broker,
+                )
+            finally:
+                broker.stop()
+
+
+if __name__ == "__main__":
+    main()
