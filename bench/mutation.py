@@ -53,7 +53,11 @@ MODULES: dict[str, list[str]] = {
     ],
     "terminal/rules.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
     "terminal/attendance.py": ["tests/test_door_attendance.py", "tests/test_mutation_door_rules.py"],
-    "sync_agent/core.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
+    "sync_agent/core.py": [
+        "tests/test_sync_protocol.py",
+        "tests/test_mutation_sync.py",
+        "tests/test_mutation_sync_epoch.py",
+    ],
     "common/sync_protocol.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py", "tests/test_door_rules.py"],
