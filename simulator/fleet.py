@@ -1,4 +1,4 @@
-"""Simulated terminals for cluster tests and bench/platform.py: real hash chains and real TACs, no card or reader.
+"""Simulated terminals for cluster tests and bench/platform_ingest.py: real hash chains and TACs, no card or reader.
 
 `Records` builds one terminal's chained records in memory (the same encoding as terminal.event_log, so the
 platform verifies them as a real terminal's), with top-ups whose TAC is computed from the enterprise's TAC master

@@ -1,4 +1,4 @@
-"""A private 3-node RabbitMQ cluster (Debian's rabbitmq-server) on 127.0.0.1, for cluster tests and bench/platform.py.
+"""A private 3-node RabbitMQ cluster (Debian's rabbitmq-server) on 127.0.0.1, for cluster tests and the bench.
 
 Each node has its own name, ports, data and log directories, configuration and plugins file, under one work
 directory; the nodes share an Erlang cookie and a private epmd port, so nothing touches the system's node (if

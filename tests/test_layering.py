@@ -191,3 +191,17 @@ def test_cycles_are_found_through_function_level_imports():
         ["simulator.card", "simulator.psam"],
         ["terminal.cli", "terminal.provision", "terminal.selftest"],
     ]
+
+
+def test_no_script_folder_or_top_level_part_shadows_the_standard_library():
+    """A script's folder comes first on sys.path: a bench/platform.py once broke every bench script (paho, shutil and
+    uuid imported it as `platform`). No file of a folder that holds scripts, and no top-level part, may take the name
+    of a standard-library module."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    names = [p for folder in ("bench", "deploy", "tests") for p in (root / folder).glob("*.py")]
+    names += [p for p in root.iterdir() if (p / "__init__.py").exists()]
+    shadowing = sorted(str(p.relative_to(root)) for p in names if p.stem in sys.stdlib_module_names)
+    assert shadowing == [], f"rename these; they hide the standard library's modules of the same name: {shadowing}"

@@ -8,7 +8,7 @@ Prints JSON lines (issue 14):
 Simulated terminals are simulator.fleet.LightTerminal: lightweight MQTT 3.1.1 clients on one thread publishing
 sealed batches of real hash chains (every k-th record a top-up with a real TAC, checked by the workers).
 `--backend postgresql` runs both platforms on the PostgreSQL store (a private server, tests/pg_env.py).
-Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000]
+Run from the repository root: python bench/platform_ingest.py [--terminals 1000 --events 1000000]
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# This file's name shadows the standard library's `platform` (which paho, psutil... import): drop bench/ from the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path.insert(0, str(REPO))
 
 from cryptography.hazmat.primitives import serialization  # noqa: E402
