@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hmac
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,15 @@ from common import bcd, stk
 from common import transactions as tx
 from common.deletion_request import DeletionRequest
 from sam.crypto import mac8
-from simulator.card import STATUS_ACTIVE, STATUS_VOIDED, CardStateFile, parse_command
+from simulator.card import (
+    STATE_FORMAT_V2,
+    STATUS_ACTIVE,
+    STATUS_VOIDED,
+    CardState,
+    CardStateFile,
+    MultiCardStateFile,
+    parse_command,
+)
 from simulator.state_file import StateFile
 
 # --- what the menu needs of the card (the seam for card application version 2) -------------------------------------
@@ -83,16 +92,25 @@ class V1Card:
         self.store = store
         self.asn = store.load().asn
 
-    def _state(self, index: int):
-        if index != 1:
-            raise KeyError(index)
-        return self.store.load()
-
-    def directory(self) -> list[Entry]:
+    def _apps(self) -> tuple[list[CardState], Callable[[], None]]:
+        """The sub-applications in directory order (index 1 first), and how to write them back."""
         s = self.store.load()
         if s.status == 0:  # transport card: nothing issued yet
-            return []
-        return [Entry(1, s.enterprise_id, f"Enterprise {s.enterprise_id.hex().upper()}", s.status == STATUS_ACTIVE)]
+            return [], lambda: None
+        return [s], lambda: self.store.save(s)
+
+    def _name(self, app: CardState) -> str:
+        return f"Enterprise {app.enterprise_id.hex().upper()}"
+
+    def _state(self, index: int) -> CardState:
+        apps, _ = self._apps()
+        if not 1 <= index <= len(apps):
+            raise KeyError(index)
+        return apps[index - 1]
+
+    def directory(self) -> list[Entry]:
+        apps, _ = self._apps()
+        return [Entry(i, a.enterprise_id, self._name(a), a.status == STATUS_ACTIVE) for i, a in enumerate(apps, 1)]
 
     def purse(self, index: int) -> PurseView | None:
         p = self._state(index).purse
@@ -113,12 +131,15 @@ class V1Card:
         return out
 
     def void_for_deletion(self, index: int) -> bytes:
-        s = self._state(index)
+        apps, save = self._apps()
+        if not 1 <= index <= len(apps):
+            raise KeyError(index)
+        s = apps[index - 1]
         if s.purse is None:
             raise LookupError("no purse")
         if s.status != STATUS_VOIDED:
             s.status = STATUS_VOIDED  # every purse and access command refuses from now on: the balance is frozen
-            self.store.save(s)
+            save()
         p = s.purse
         request = DeletionRequest(
             s.asn, s.enterprise_id, int(s.algorithm), p.key_version, p.balance, p.offline_counter, p.online_counter
@@ -128,6 +149,24 @@ class V1Card:
     def update_mac_matches(self, index: int, message: bytes, mac: bytes) -> bool:
         s = self._state(index)
         return s.update_key is not None and hmac.compare_digest(mac8(s.algorithm, s.update_key, message), mac)
+
+
+class V2Card(V1Card):
+    """A version 2 card (docs/card-application.md 9): its sub-applications in directory order, index 1..8, each with
+    its own ASN, keys, purse and status; voiding one for deletion writes the whole card once and touches no other.
+    `asn` is the card's serial (what the menu shows as the card's number); a deletion request carries the
+    sub-application's own ASN."""
+
+    def __init__(self, store: MultiCardStateFile):
+        self.v2_store = store
+        self.asn = store.load().serial
+
+    def _apps(self) -> tuple[list[CardState], Callable[[], None]]:
+        card = self.v2_store.load()
+        return card.apps, lambda: self.v2_store.save(card)
+
+    def _name(self, app: CardState) -> str:
+        return app.name or super()._name(app)
 
 
 # --- the one-card service password (业务服务密码), in the SIM's own EEPROM -------------------------------------------
@@ -534,4 +573,9 @@ class SimToolkitApplet:
 
 def load_sim(card_file: str | os.PathLike[str]) -> SimToolkitApplet:
     """The contact interface of the simulated RFID-SIM in `card_file` (its toolkit state next to it)."""
-    return SimToolkitApplet(V1Card(CardStateFile(card_file)), ToolkitStateFile(toolkit_path(card_file)))
+    card: CardDirectory
+    if json.loads(Path(card_file).read_text(encoding="utf-8")).get("format") == STATE_FORMAT_V2:
+        card = V2Card(MultiCardStateFile(card_file))
+    else:
+        card = V1Card(CardStateFile(card_file))
+    return SimToolkitApplet(card, ToolkitStateFile(toolkit_path(card_file)))
