@@ -316,7 +316,10 @@ def cmd_restrict(args: argparse.Namespace) -> None:
         restricted = source.restricted(usages, purposes, algorithms, enterprises)
     else:
         source = load_keystore(args.keystore, source_unlock)
-        restricted = _restricted_to_role(source, args, algorithms, enterprises)
+        if args.role is not None:
+            restricted = _restricted_to_role(source, args, algorithms, enterprises)
+        else:  # --keep: what the operator named, for every enterprise given
+            restricted = source.restricted_per_purpose(rules, algorithms, enterprises)
     if args.drop_version:
         if any(not 1 <= v <= 255 for v in args.drop_version):
             raise CliError("--drop-version takes an enterprise key version 1..255 (transport keys, version 0, stay)")
