@@ -22,7 +22,7 @@ from sam.keystore import (
     parse_enterprise_id,
     save_keystore,
 )
-from sam.roles import ROLE_KEYS
+from sam.roles import CARD_ISSUER, ROLE_KEYS, role_keys
 from sam.sam_state import TSN_MAX, SamState, StateFile
 from sam.unlock_cli import add_unlock_options, unlock_from_args
 
@@ -114,6 +114,13 @@ def add_subcommands(commands: argparse._SubParsersAction) -> None:
         "--algorithm", default="both", metavar="aes128|sm4|both", help="algorithm(s) to keep (default: both)"
     )
     restrict.add_argument("--enterprise", metavar="ID", help="keep only this enterprise's keys")
+    restrict.add_argument(
+        "--card-issuer",
+        action="store_true",
+        help="with --role issuing: also keep the card issuer's transport key (enterprise 00000000) with the mac "
+        "usage only, which `onecard issue add-application` needs to add a sub-application to a version 2 card "
+        "(docs/key-handling.md 3); with --role, the card issuer's keys are dropped otherwise",
+    )
     restrict.add_argument(
         "--drop-version",
         type=int,
@@ -289,6 +296,8 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     rules: dict[KeyPurpose, frozenset[KeyUsage]] | None = None
     if args.purposes is not None and args.usages is None:
         raise CliError("--purposes goes with --usages; with --keep name each purpose in its PURPOSE=USAGES")
+    if args.card_issuer and args.role != "issuing":
+        raise CliError("--card-issuer goes with --role issuing: only the issuing station holds the card issuer's key")
     if args.role is not None:
         rules = ROLES[args.role]
     elif args.keep is not None:
@@ -307,7 +316,10 @@ def cmd_restrict(args: argparse.Namespace) -> None:
         restricted = source.restricted(usages, purposes, algorithms, enterprises)
     else:
         source = load_keystore(args.keystore, source_unlock)
-        restricted = source.restricted_per_purpose(rules, algorithms, enterprises)
+        if args.role is not None:
+            restricted = _restricted_to_role(source, args, algorithms, enterprises)
+        else:  # --keep: what the operator named, for every enterprise given
+            restricted = source.restricted_per_purpose(rules, algorithms, enterprises)
     if args.drop_version:
         if any(not 1 <= v <= 255 for v in args.drop_version):
             raise CliError("--drop-version takes an enterprise key version 1..255 (transport keys, version 0, stay)")
@@ -325,6 +337,25 @@ def cmd_restrict(args: argparse.Namespace) -> None:
     save_keystore(args.out, restricted, out_unlock, overwrite=args.force)
     print(f"wrote keystore {args.out} ({len(restricted)} of {len(source)} keys, locked with {out_unlock.kind})")
     print(format_key_table(restricted.infos()))
+
+
+def _restricted_to_role(
+    source: Keystore, args: argparse.Namespace, algorithms, enterprises: list[bytes] | None
+) -> Keystore:
+    """--role: each enterprise's keys as the role holds them (sam/roles.py); the card issuer's (00000000) only with
+    --card-issuer, as CARD_ISSUER_KEYS says (MAC of TRANSPORT), never with an enterprise's usages."""
+    wanted = enterprises if enterprises is not None else sorted({k.enterprise_id for k in source} - {CARD_ISSUER})
+    if args.card_issuer:
+        if not any(k.enterprise_id == CARD_ISSUER for k in source):
+            raise CliError(
+                f"{args.keystore} holds no key of the card issuer (enterprise 00000000); restrict the keystore "
+                "that does, or drop --card-issuer"
+            )
+        wanted = [e for e in wanted if e != CARD_ISSUER] + [CARD_ISSUER]
+    kept: list[MasterKey] = []
+    for enterprise in wanted:
+        kept += source.restricted_per_purpose(role_keys(args.role, enterprise), algorithms, [enterprise])
+    return Keystore(kept, source.master_card)
 
 
 def _parse_keep(items: Sequence[str]) -> dict[KeyPurpose, frozenset[KeyUsage]]:

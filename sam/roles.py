@@ -27,3 +27,21 @@ ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
         KeyPurpose.TAC: frozenset({_P}),
     },
 }
+
+# The card issuer (enterprise 00000000) owns one master key, TRANSPORT version 0, from which every version 2 card's
+# K_CARD is diversified (docs/card-application.md 9.6). Of it an issuing station holds MAC only: it MACs CREATE
+# SUB-APPLICATION under K_CARD and enciphers the new sub-application's transport key under a session key of K_CARD;
+# PERSONALISE (putting K_CARD on a card) stays with the card factory, so a station can add sub-applications to the
+# cards the issuer made but never make a card the issuer did not. No other role holds any of the card issuer's keys.
+CARD_ISSUER = bytes(4)
+CARD_ISSUER_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
+    "issuing": {KeyPurpose.TRANSPORT: frozenset({_M})}
+}
+
+
+def role_keys(role: str, enterprise_id: bytes) -> dict[KeyPurpose, frozenset[KeyUsage]]:
+    """What `role` holds of `enterprise_id`'s master keys: ROLE_KEYS for an enterprise, CARD_ISSUER_KEYS (nothing for
+    a role not listed) for the card issuer."""
+    if enterprise_id == CARD_ISSUER:
+        return CARD_ISSUER_KEYS.get(role, {})
+    return ROLE_KEYS[role]

@@ -34,7 +34,6 @@ from sam.master_card import (
     PSAM_ROLES,
     PURPOSE_CODES,
     RESTORE_COUNTER_SKIP,
-    ROLE_KEYS,
     ROLES_BY_CODE,
     TARGET_BACKUP,
     TARGET_KEYSTORE,
@@ -45,6 +44,7 @@ from sam.master_card import (
     backup_target_id,
     seal_export,
 )
+from sam.roles import role_keys
 from sam.sam_state import StateFileError
 from simulator.card import Command, _with_tck, parse_command
 from simulator.state_file import StateFile
@@ -444,7 +444,7 @@ class MasterCardApplet:
         target_kind = cmd.data[0]
         if target_kind not in (TARGET_PSAM, TARGET_KEYSTORE) or target_kind == TARGET_PSAM and role not in PSAM_ROLES:
             return SW_WRONG_DATA  # a PSAM never gets TAC keys or the personalise usage
-        rules = ROLE_KEYS[role]
+        rules = role_keys(role, self.state.enterprise_id)  # the card issuer's master card: MAC of TRANSPORT
         names = [n for n in self.state.sorted_names() if n[0] in rules and n[1] >= cmd.p2]
         if not names:
             return SW_CONDITIONS

@@ -1,5 +1,5 @@
 """`onecard issue ...`: the card office's issuing terminal: wash and re-key cards in batches; issue, replace or cancel
-one card per command.
+one card per command; add this enterprise's sub-application to a version 2 card carrying other enterprises'.
 
 The station's keystore, its reader (or a simulated card file) and its own event log as for `issue wash`; the
 registry is the platform, reached over MQTT with the station's own certificate (terminal/registry_client.py): the
@@ -49,7 +49,22 @@ def add_flow_subcommands(sub: argparse._SubParsersAction) -> None:
     cancel.add_argument(
         "--delete", action="store_true", help="application deletion at the holder's request rather than cancellation"
     )
-    for p, handler in ((card, cmd_card), (replace, cmd_replace), (cancel, cmd_cancel)):
+    add = _station(
+        sub.add_parser(
+            "add-application",
+            help="add this enterprise's sub-application to a version 2 card that already carries other "
+            "enterprises' (一卡多用): create it under the card issuer's key, wash it, issue it to --employee",
+            description="One tap: CREATE SUB-APPLICATION secured by the card issuer's key K_CARD (the station's "
+            "keystore must hold the card issuer's transport key, enterprise 00000000: `onecard sam restrict --role "
+            "issuing --enterprise E --card-issuer`), wash the new sub-application to --to-version, issue it to "
+            "--employee and register it. The card's other sub-applications are neither needed nor touched. Re-tap "
+            "safe: run it again after a card pulled away too soon (docs/card-application.md 9.6).",
+        )
+    )
+    add.add_argument("--name", required=True, help="the sub-application's name in the card directory, e.g. Office")
+    add.add_argument("--to-version", required=True, type=int, help="this enterprise's current key version 1..255")
+    _rights(add)
+    for p, handler in ((card, cmd_card), (replace, cmd_replace), (cancel, cmd_cancel), (add, cmd_add_application)):
         p.set_defaults(handler=handler)
 
 
@@ -293,6 +308,34 @@ def cmd_card(args) -> int:
         req = _request(args, enterprise)
         asn = _with_card(args, "tap the washed card to issue", lambda t: station.issue(t, req, _now()))
     print(f"card {asn} issued to employee {args.employee} and registered with the platform")
+    return 0
+
+
+def cmd_add_application(args) -> int:
+    import os
+
+    from terminal import card_protocol as cp
+    from terminal import rekey
+
+    if not 1 <= args.to_version <= 255:
+        raise UserError(f"--to-version {args.to_version} is not 1..255; give this enterprise's current key version")
+    encoded = args.name.encode()
+    if not 1 <= len(encoded) <= cp.NAME_MAX:
+        raise UserError(f"--name must be 1..{cp.NAME_MAX} bytes of UTF-8; pick a shorter name")
+    with _issuing_terminal(args) as (station, enterprise):
+        req = _request(args, enterprise)
+
+        def add_wash_issue(transmit) -> tuple[str, str]:
+            now = _now()
+            added = station.add_sub_application(transmit, args.name, os.urandom(8), now)
+            rekey.rekey_card(transmit, station.sam, enterprise, args.to_version, station.event_log, now, rekey.WASH)
+            return added, station.issue(transmit, req, now)
+
+        _, asn = _with_card(args, "tap the card to add the sub-application to", add_wash_issue)
+    print(
+        f"sub-application {asn} ({args.name}) of enterprise {args.enterprise} added, issued to employee "
+        f"{args.employee} and registered with the platform; the card's other sub-applications are untouched"
+    )
     return 0
 
 
