@@ -8,7 +8,7 @@ from common import deletion_request, stk
 from simulator.card import STATUS_ACTIVE, STATUS_VOIDED, MultiCardStateFile
 from simulator.sim_toolkit import V2Card, load_sim
 from tests.support import make_terminal
-from tests.test_card_v2 import A, B, SAMS, tap, two_enterprise_card
+from tests.test_card_v2 import SAMS, A, B, tap, two_enterprise_card
 
 
 def saved_card(tmp_path):
@@ -53,9 +53,9 @@ def test_deleting_one_sub_application_voids_only_it_and_the_request_carries_its_
     assert [a.status for a in after.apps] == [STATUS_ACTIVE, STATUS_VOIDED]
     assert after.apps[0].to_json() == before.apps[0].to_json()  # the office's sub-application is untouched
     # Voiding is idempotent: the same frozen balance, the same request.
-    assert load_sim(path).card.void_for_deletion(2) == deletion_request.parse(
-        load_sim(path).card.void_for_deletion(2)
-    )[0].encode(mac)
+    assert load_sim(path).card.void_for_deletion(2) == deletion_request.parse(load_sim(path).card.void_for_deletion(2))[
+        0
+    ].encode(mac)
 
 
 def test_after_the_community_is_deleted_the_office_door_still_opens_and_the_community_door_does_not(tmp_path):
