@@ -27,6 +27,8 @@ from common.money import format_yuan
 
 ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
+COMMUNITY = "00030003"  # the residential community: a second enterprise on the same version 2 RFID-SIM
+SERVICE_PASSWORD = "2468"  # Liu Yang's one-card service password, set at the card office
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,12 @@ class TerminalSpec:
     terminal_id: str
     name: str
     role: str  # the keystore role (`onecard sam restrict --role`)
+    enterprise: str = ENTERPRISE
+    slug: str = ""  # its files, screen and reader are named by this (default: its kind)
+
+    def __post_init__(self) -> None:
+        if not self.slug:
+            object.__setattr__(self, "slug", self.kind)
 
 
 TERMINALS = [
@@ -55,6 +63,7 @@ TERMINALS = [
     TerminalSpec("attendance", "000000000201", "Clock 1F", "door"),
     TerminalSpec("pos", "000000000301", "Canteen till", "pos"),
     TerminalSpec("topup", "000000000401", "Top-up", "top-up"),
+    TerminalSpec("door", "000000000501", "Community gate", "door", COMMUNITY, "gate"),
 ]
 
 
@@ -80,16 +89,23 @@ def say(text: str) -> None:
     print(f"== {text}", flush=True)
 
 
-def onecard(*args: str, quiet: bool = True) -> str:
+def onecard(*args: str, quiet: bool = True, keys: str | None = None, with_stderr: bool = False) -> str:
+    """Run `onecard ARGS`; `keys` are typed on its stdin (the phone menu reads lines from a pipe). Returns its
+    output (and what it said on stderr after it, `with_stderr`)."""
+    import os
+
     cmd = [sys.executable, "-m", "onecard", "--log-level", "WARNING", *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ)
+    if args and args[0] == "phone":
+        env.pop("PCSCLITE_CSOCK_NAME", None)  # the handset's contact reader is in a pcscd of its own
+    proc = subprocess.run(cmd, capture_output=True, text=True, input=keys, env=env)
     if proc.returncode != 0:
         raise UserError(
             f"demo step failed: onecard {' '.join(map(str, args))}: {proc.stderr.strip() or proc.stdout.strip()}"
         )
     if not quiet:
         print(proc.stdout, end="", flush=True)
-    return proc.stdout
+    return proc.stdout + (proc.stderr if with_stderr else "")
 
 
 STORY_CLOCK = "story-clock.txt"  # the terminals' clock (terminal run --story-clock): the story's time, scene by scene
@@ -145,9 +161,10 @@ class Site:
         self.cards: dict[str, Path] = {}
         self.asn: dict[str, str] = {}
         self.keystores: dict[str, Path] = {}
+        self.sub_asn: dict[str, str] = {}  # Liu Yang's sub-applications by enterprise
 
     def make_keys(self) -> None:
-        issuing = {e: self.work / f"issuing-{e}.keystore" for e in (ENTERPRISE, OTHER_ENTERPRISE)}
+        issuing = {e: self.work / f"issuing-{e}.keystore" for e in (ENTERPRISE, OTHER_ENTERPRISE, COMMUNITY)}
         for enterprise, ks in issuing.items():
             say(f"key-card administrator: key set of enterprise {enterprise} (AES-128 and SM4, every purpose)")
             onecard(
@@ -155,17 +172,20 @@ class Site:
             )
         self.keystores["issuing"] = issuing[ENTERPRISE]
         self.keystores["issuing-other"] = issuing[OTHER_ENTERPRISE]
-        for role in ("door", "pos", "top-up", "platform"):
-            self.keystores[role] = self.work / f"{role}.keystore"
+        self.keystores["issuing-community"] = issuing[COMMUNITY]
+        restricted = [(role, ENTERPRISE, role) for role in ("door", "pos", "top-up", "platform")]
+        restricted += [(f"{role}-community", COMMUNITY, role) for role in ("door", "platform")]
+        for name, enterprise, role in restricted:
+            self.keystores[name] = self.work / f"{name}.keystore"
             onecard(
                 "sam",
                 "restrict",
                 "--keystore",
-                issuing[ENTERPRISE],
+                issuing[enterprise],
                 "--passphrase-file",
                 self.passphrase,
                 "--out",
-                self.keystores[role],
+                self.keystores[name],
                 "--role",
                 role,
             )
@@ -207,8 +227,41 @@ class Site:
             out = onecard(*args)
             self.asn[e.key] = out.split()[1]
             say(f"card office: issued {e.name}'s RFID-SIM {self.asn[e.key]} ({e.story})")
+        self.issue_two_enterprise_card()
         self.cards["phone"] = self.work / "card-phone.json"
         onecard("sim", "new-foreign-card", "--out", self.cards["phone"], "--label", "phone without RFID-SIM")
+
+    def issue_two_enterprise_card(self) -> None:
+        """Liu Yang's version 2 RFID-SIM: the office's card office issues its sub-application, the residential
+        community's office adds its own beside it (each with its enterprise's keys), then the office sets the
+        holder's one-card service password over the SIM's contact interface."""
+        from phone.office import set_service_password
+        from sam.interface import Algorithm, CardIdentity
+        from sam.keystore import KeystoreUnlock
+        from sam.software import SoftwareSam
+        from simulator.sim_toolkit import load_sim
+
+        today = story_day()
+        card = self.cards["liu"] = self.work / "card-liu.json"
+        for enterprise, ks, label in (
+            (ENTERPRISE, self.keystores["issuing"], "Office"),
+            (COMMUNITY, self.keystores["issuing-community"], "Community"),
+        ):
+            out = onecard(
+                "sim", "new-card", "--out", card, "--keystore", ks, "--passphrase-file", self.passphrase,
+                "--enterprise", enterprise, "--employee", "E1006" if enterprise == ENTERPRISE else "R0301",
+                "--name", "Liu Yang", "--groups", "1", "--sub-application", label,
+                "--valid-from", (today - dt.timedelta(days=365)).isoformat(),
+            )  # fmt: skip
+            self.sub_asn[enterprise] = out.split()[1]
+            say(f"{'card office' if enterprise == ENTERPRISE else 'community office'}: Liu Yang's RFID-SIM now "
+                f"carries the {label.lower()} sub-application {self.sub_asn[enterprise]}")  # fmt: skip
+        sim = load_sim(card)
+        sim.power_on()
+        sam = SoftwareSam.open(self.keystores["issuing"], KeystoreUnlock.from_passphrase_file(self.passphrase))
+        identity = CardIdentity(bytes.fromhex(self.sub_asn[ENTERPRISE]), bytes.fromhex(ENTERPRISE), 1, Algorithm.AES128)
+        set_service_password(sim, sam, identity, SERVICE_PASSWORD, index=1)
+        say("card office: Liu Yang chose her one-card service password (needed to delete an application)")
 
 
 class Platform:
@@ -227,11 +280,17 @@ class Platform:
         onecard("platform", "init", "--db", self.db, "--key", self.key)
         self.admin("add-enterprise", ENTERPRISE, "--name", "Demo Co")
         self.admin("add-enterprise", OTHER_ENTERPRISE, "--name", "Other Co")
+        self.admin("add-enterprise", COMMUNITY, "--name", "Garden Community")
         for t in TERMINALS:
-            self.admin("add-terminal", t.terminal_id, "--enterprise", ENTERPRISE, "--name", t.name, "--kind", t.kind)
+            self.admin("add-terminal", t.terminal_id, "--enterprise", t.enterprise, "--name", t.name, "--kind", t.kind)
         for e in self.site.staff:
             self.admin("add-holder", e.employee_no, "--enterprise", e.enterprise, "--name", e.name)
             self.admin("issue-card", self.site.asn[e.key], "--enterprise", e.enterprise, "--employee", e.employee_no)
+        for enterprise, employee_no in ((ENTERPRISE, "E1006"), (COMMUNITY, "R0301")):
+            self.admin("add-holder", employee_no, "--enterprise", enterprise, "--name", "Liu Yang")
+            self.admin(
+                "issue-card", self.site.sub_asn[enterprise], "--enterprise", enterprise, "--employee", employee_no
+            )
         say("platform: enterprises, terminals, employees and cards registered")
 
     def serve(self, stack: contextlib.ExitStack, broker, pki) -> None:
@@ -272,7 +331,7 @@ class Screen:
         self.spec, self.proc = spec, proc
         self.lines: list[str] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._relay, daemon=True, name=f"screen-{spec.kind}").start()
+        threading.Thread(target=self._relay, daemon=True, name=f"screen-{spec.slug}").start()
 
     def _relay(self) -> None:
         for line in self.proc.stdout:
@@ -312,11 +371,11 @@ def terminal_config(
         f"""[terminal]
 id = "{t.terminal_id}"
 kind = "{t.kind}"
-enterprise_id = "{ENTERPRISE}"
+enterprise_id = "{t.enterprise}"
 name = "{t.name}"
 timezone = "Asia/Shanghai"
-database = "{work / f"{t.kind}.db"}"
-blacklist = "{work / f"{t.kind}-blacklist.db"}"
+database = "{work / f"{t.slug}.db"}"
+blacklist = "{work / f"{t.slug}-blacklist.db"}"
 
 [reader]
 driver = "pcsc"
@@ -324,7 +383,7 @@ name = "{reader}"
 
 [sam]
 backend = "keystore"
-keystore = "{site.keystores[t.role]}"
+keystore = "{site.keystores[t.role if t.enterprise == ENTERPRISE else f"{t.role}-community"]}"
 passphrase_file = "{site.passphrase}"
 
 [door]
@@ -351,7 +410,7 @@ ca_file = "{pki.ca.cert}"
 cert_file = "{client.cert}"
 key_file = "{client.key}"
 platform_public_key = "{platform.public_key}"
-database = "{work / f"{t.kind}-sync.db"}"
+database = "{work / f"{t.slug}-sync.db"}"
 heartbeat_seconds = 10
 
 [time_profiles.1]
@@ -372,7 +431,7 @@ sun = ["00:00-24:00"]
 
 
 def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg: Path) -> Screen:
-    log = stack.enter_context(open(work / f"{t.kind}.log", "w"))
+    log = stack.enter_context(open(work / f"{t.slug}.log", "w"))
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -383,7 +442,7 @@ def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg
             "--config",
             str(cfg),
             "--display-snapshots",
-            str(work / "screens" / t.kind),
+            str(work / "screens" / t.slug),
             "--story-clock",
             str(work / STORY_CLOCK),
         ],
@@ -394,15 +453,15 @@ def start_terminal(stack: contextlib.ExitStack, work: Path, t: TerminalSpec, cfg
         bufsize=1,
     )
     stack.callback(stop_process, proc)
-    agent_log = stack.enter_context(open(work / f"{t.kind}-agent.log", "w"))
+    agent_log = stack.enter_context(open(work / f"{t.slug}-agent.log", "w"))
     agent = subprocess.Popen(
         [sys.executable, "-m", "onecard", "sync", "run", "--config", str(cfg)], stdout=agent_log, stderr=agent_log
     )
     stack.callback(stop_process, agent)
     deadline = time.monotonic() + 20
-    while "terminal.started" not in (work / f"{t.kind}.log").read_text(errors="replace"):
+    while "terminal.started" not in (work / f"{t.slug}.log").read_text(errors="replace"):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise UserError(f"terminal {t.name} did not start: {(work / f'{t.kind}.log').read_text().strip()}")
+            raise UserError(f"terminal {t.name} did not start: {(work / f'{t.slug}.log').read_text().strip()}")
         time.sleep(0.05)
     say(f"terminal '{t.name}' ({t.kind}) pid {proc.pid} and its sync agent pid {agent.pid} are running")
     return Screen(t, proc)
@@ -434,19 +493,21 @@ class Walk:
             raise UserError(f"the {kind} terminal did not show '{expect}' after keypad '{line}'")
 
 
-def wait_blacklisted(work: Path, asn: str, listed: bool, timeout: float = 20.0) -> float:
-    """Seconds until every terminal's blacklist (written by its agent) has `asn` listed (or not)."""
+def wait_blacklisted(work: Path, asn: str, listed: bool, timeout: float = 20.0, enterprise: str = ENTERPRISE) -> float:
+    """Seconds until the blacklist (written by its agent) of every terminal of `enterprise` has `asn` listed (or
+    not)."""
     from terminal.blacklist import Blacklist
 
+    terminals = [t for t in TERMINALS if t.enterprise == enterprise]
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         states = []
-        for t in TERMINALS:
-            path = work / f"{t.kind}-blacklist.db"
+        for t in terminals:
+            path = work / f"{t.slug}-blacklist.db"
             if path.exists():
                 with Blacklist.open(path) as bl:
                     states.append(bl.lookup(bytes.fromhex(asn)) is not None)
-        if len(states) == len(TERMINALS) and all(s == listed for s in states):
+        if len(states) == len(terminals) and all(s == listed for s in states):
             return time.monotonic() - start
         time.sleep(0.1)
     raise UserError(
@@ -503,10 +564,11 @@ def script(walk: Walk, platform: Platform, work: Path) -> None:
     set_story_time(work, "15:20")
     say("--- 15:20, afternoon: Zhang Wei reports his phone lost to the enterprise administrator")
     reported = time.monotonic()
+    office_terminals = [t for t in TERMINALS if t.enterprise == ENTERPRISE]
     platform.admin("report-loss", site.asn["zhang"])
     wait_blacklisted(work, site.asn["zhang"], listed=True)
     say(
-        f"platform: loss report signed and sent; all {len(TERMINALS)} terminals enforce it "
+        f"platform: loss report signed and sent; all {len(office_terminals)} office terminals enforce it "
         f"{time.monotonic() - reported:.1f} s after the administrator started it"
     )
     walk.tap("door", "zhang", "Card reported lost")
@@ -514,6 +576,50 @@ def script(walk: Walk, platform: Platform, work: Path) -> None:
     platform.admin("unlock", site.asn["zhang"])
     wait_blacklisted(work, site.asn["zhang"], listed=False)
     walk.tap("door", "zhang", "Welcome, Zhang Wei")
+    two_enterprises(walk, platform, work)
+
+
+def phone(text: str) -> None:
+    print(f"   [Liu Yang's phone] {text}", flush=True)
+
+
+def two_enterprises(walk: Walk, platform: Platform, work: Path) -> None:
+    """One card, many uses (issue 11): Liu Yang's version 2 RFID-SIM carries the office and the residential
+    community; she deletes the community's sub-application from her phone menu and the office door still opens."""
+    site = walk.site
+    set_story_time(work, "18:30")
+    say("--- 18:30, evening: Liu Yang's phone carries two sub-applications, the office and the residential community")
+    say("Liu Yang taps at the office door, then at the community gate on her way home")
+    walk.tap("door", "liu", "Welcome, Liu Yang")
+    walk.tap("gate", "liu", "Welcome, Liu Yang")
+    say("she loads 50.00 at the office top-up machine: only the office sub-application's purse changes")
+    walk.keypad("topup", "50", "Top-up 50.00: please tap your card")
+    walk.tap("topup", "liu", "Loaded 50.00 - balance 50.00")
+    say("she checks her balances from the phone's SIM menu (the handset drives the SIM over PC/SC)")
+    for line in onecard("phone", "balance", "--card", site.cards["liu"]).splitlines():
+        phone(line)
+    say("she moves out: from the phone menu she deletes the Community application with her service password")
+    deleted = time.monotonic()
+    menu = onecard(
+        "phone", "menu", "--card", site.cards["liu"],
+        "--platform-db", platform.db, "--platform-key", platform.key,
+        "--tac-keystore", site.keystores["platform-community"], "--passphrase-file", site.passphrase,
+        keys=f"2\n5\n{SERVICE_PASSWORD}\n1\n\nq\n", with_stderr=True,
+    )  # fmt: skip
+    for line in menu.splitlines():
+        if line.startswith("platform: "):  # the platform's answer to the SIM's deletion request
+            say(line)
+        elif line.strip() and not line.startswith(("(", "Enter:", "↑")) and set(line) != {"-"}:
+            phone(line.removeprefix("> ") if line.startswith("> ==") else line)
+    wait_blacklisted(work, site.sub_asn[COMMUNITY], listed=True, enterprise=COMMUNITY)
+    say(
+        f"platform: the community's sub-application {site.sub_asn[COMMUNITY]} is cancelled and its gate enforces "
+        f"it {time.monotonic() - deleted:.1f} s after she chose Delete; the office sub-application "
+        f"{site.sub_asn[ENTERPRISE]} is untouched"
+    )
+    say("Liu Yang taps at the office door, then at the community gate again")
+    walk.tap("door", "liu", "Welcome, Liu Yang")
+    walk.tap("gate", "liu", "This card has been voided")
 
 
 def wait_uploaded(platform: Platform, asn: str, expected: int, timeout: float = 30.0) -> list[str]:
@@ -572,9 +678,9 @@ def cmd_demo(args) -> int:
         site.issue_cards()
         platform.register()
         platform.admin("report-loss", site.asn["wang"])
-        pki = make_pki(work / "pki", {t.terminal_id: ENTERPRISE for t in TERMINALS})
+        pki = make_pki(work / "pki", {t.terminal_id: t.enterprise for t in TERMINALS})
         try:
-            broker = Broker(work / "broker", pki, terminals={t.terminal_id: ENTERPRISE for t in TERMINALS})
+            broker = Broker(work / "broker", pki, terminals={t.terminal_id: t.enterprise for t in TERMINALS})
             broker.start()
         except BrokerError as exc:
             raise UserError(str(exc)) from None
@@ -589,10 +695,10 @@ def cmd_demo(args) -> int:
         say(f"pcscd is up with virtual readers: {', '.join(pcscd.names)}")
         screens, iccs = {}, {}
         for slot, t in enumerate(TERMINALS):
-            cfg = work / f"{t.kind}.toml"
+            cfg = work / f"{t.slug}.toml"
             terminal_config(cfg, t, work, pcscd.names[slot], site, broker, pki, platform)
-            screens[t.kind] = start_terminal(stack, work, t, cfg)
-            iccs[t.kind] = VirtualIcc(pcscd.ports[slot], label=f"{t.kind} reader")
+            screens[t.slug] = start_terminal(stack, work, t, cfg)
+            iccs[t.slug] = VirtualIcc(pcscd.ports[slot], label=f"{t.slug} reader")
         wait_blacklisted(work, site.asn["wang"], listed=True)
         say("every terminal has the platform's signed blacklist: Wang Fang's lost phone is on it")
         try:
@@ -606,7 +712,7 @@ def cmd_demo(args) -> int:
             say("Ctrl-C: stopping the terminals, agents, platform, broker and pcscd")
     for t in TERMINALS:
         say(f"{t.name}: event log")
-        onecard("log", "verify", "--db", work / f"{t.kind}.db", quiet=False)
+        onecard("log", "verify", "--db", work / f"{t.slug}.db", quiet=False)
     say(f"every screen the terminals showed is a PNG in {work / 'screens'}")
     say(f"done; everything is in {work}")
     return 0
