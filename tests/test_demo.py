@@ -1,5 +1,6 @@
 """The README's first command: the live demo runs end to end and shows every decision with its reason."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,14 +45,27 @@ def test_demo(tmp_path):
     after_loss = out.split("reports his phone lost")[1]
     assert "[Door 1F] NO  Card reported lost" in after_loss
     assert "[Door 1F] OK  Welcome, Zhang Wei" in after_loss.split("unlocks the card")[1]
-    assert out.count("chain intact") == 4
+    assert out.count("chain intact") == 5  # the four office terminals and the community gate
+    # Issue 11: one phone, two enterprises; the community deleted from the phone menu, the office door still opens.
+    scene = out.split("--- 18:30, evening")[1]
+    before, after = scene.split("deletes the Community application")
+    assert "[Door 1F] OK  Welcome, Liu Yang" in before
+    assert "[Community gate] OK  Welcome, Liu Yang" in before
+    assert "[Top-up] OK  Loaded 50.00 - balance 50.00" in before
+    assert "[Liu Yang's phone] Office: Balance 50.00 yuan" in before
+    assert "[Liu Yang's phone] Community: Balance 0.00 yuan" in before
+    assert "[Liu Yang's phone] Service password to delete Community" in after
+    assert re.search(r"== platform: application of enterprise 00030003 on card [0-9A-Fa-f]{16} deleted, 0.00 yuan", after)
+    assert "[Liu Yang's phone]   2. Community (voided)" in after
+    again = after.split("at the community gate again")[1]
+    assert "[Door 1F] OK  Welcome, Liu Yang" in again
+    assert "[Community gate] NO  This card has been voided" in again
+    assert "[Community gate] OK" not in again
     # Every screen is also a PNG (--display-snapshots): the till's decisions and the door's.
     screens = tmp_path / "demo" / "screens"
     assert len(list((screens / "pos").glob("*-decision.png"))) >= 5
     assert list((screens / "door").glob("*-decision.png"))
     # The story runs on its own clock: what it says is what the screens show.
-    import re
-
     morning = out.split("--- 08:55, morning")[1].split("--- 11:30")[0]
     assert re.search(r"\[Clock 1F\] OK  Zhang Wei: clocked in at 08:5\d", morning), morning[:2000]
 
