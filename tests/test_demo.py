@@ -55,7 +55,9 @@ def test_demo(tmp_path):
     assert "[Liu Yang's phone] Office: Balance 50.00 yuan" in before
     assert "[Liu Yang's phone] Community: Balance 0.00 yuan" in before
     assert "[Liu Yang's phone] Service password to delete Community" in after
-    assert re.search(r"== platform: application of enterprise 00030003 on card [0-9A-Fa-f]{16} deleted, 0.00 yuan", after)
+    assert re.search(
+        r"== platform: application of enterprise 00030003 on card [0-9A-Fa-f]{16} deleted, 0.00 yuan", after
+    )
     assert "[Liu Yang's phone]   2. Community (voided)" in after
     again = after.split("at the community gate again")[1]
     assert "[Door 1F] OK  Welcome, Liu Yang" in again
