@@ -1,5 +1,6 @@
 """`onecard demo`: a door, an attendance clock, a canteen POS and a top-up terminal on virtual PC/SC readers, each
-with its sync agent, a private mosquitto (TLS), the reference platform, and simulated employees tapping.
+with its sync agent, a private mosquitto (TLS), the reference platform, and simulated employees tapping; and the
+residential community's gate, for the evening's phone carrying two enterprises (issue 11).
 
 Everything is real except the cards and the hardware: a private pcscd with vpcd readers, every terminal and agent
 a separate `onecard` process, encrypted keystores per terminal role, SQLite logs, signed MQTT messages. The
