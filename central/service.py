@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,9 @@ log = logging.getLogger("platform")
 SHARE_GROUP = "platform"
 UPLINK_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/t/+/up/#"
 REGISTRY_FILTER = f"$share/{SHARE_GROUP}/{p.TOPIC_ROOT}/s/+/{rp.UP_REGISTRY}"  # issuing stations' requests
+# The publishing worker looks at the outbound queue at least this often (seconds) even while uplinks keep coming:
+# under steady ingest its event queue never runs dry, and a loss report must not wait for the uploads to stop.
+OUTBOUND_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,11 @@ class Worker:
         )
         self.handled = 0
         self.refused = 0
+        self._flushed_at = 0.0
 
     def step(self, timeout: float = 0.02) -> None:
+        """Handle what the broker delivered; the publisher also sends the outbound queue every OUTBOUND_INTERVAL
+        between messages (not only once the event queue is empty, which under steady ingest it never is)."""
         try:
             item = self.link.events.get(timeout=timeout)
         except queue.Empty:
@@ -92,11 +99,17 @@ class Worker:
                     reason=item[1],
                     text="worker lost the broker; it reconnects by itself",
                 )
+            if self.publisher and time.monotonic() - self._flushed_at >= OUTBOUND_INTERVAL:
+                self._flush_if_connected()
             try:
                 item = self.link.events.get_nowait()
             except queue.Empty:
                 item = None
+        self._flush_if_connected()
+
+    def _flush_if_connected(self) -> None:
         if self.publisher and self.link.connected.is_set():
+            self._flushed_at = time.monotonic()
             self.flush_outbound()
 
     def flush_outbound(self) -> int:
