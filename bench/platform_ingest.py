@@ -204,10 +204,14 @@ def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
     backlog = len(pf.unpublished(limit=1_000_000))  # notifications still queued ahead of the loss report
     t0 = time.monotonic()
     pf.report_loss("0C0D000000000001")
-    pf.close()
+    committed = time.monotonic()
+    published = None  # when the publisher marked the delta published (the broker had it): the platform's share
     deadline = t0 + 60
     while time.monotonic() < deadline and not all(t.downlinks for t in live):
+        if published is None and not pf.unpublished(limit=1):
+            published = time.monotonic()
         time.sleep(0.01)
+    pf.close()
     delays = sorted((t.downlinks[0][0] - t0) * 1000 for t in live if t.downlinks)
     missing = len(live) - len(delays)
 
@@ -220,6 +224,8 @@ def loss_propagation(db: Path, key, terminals: list[LightTerminal]) -> dict:
         "received": len(delays),
         "missing": missing,
         "outbound_queued_before": backlog,
+        "commit_ms": round((committed - t0) * 1000, 1),
+        "published_ms": round((published - t0) * 1000, 1) if published is not None else None,
         "p50_ms": pct(0.5),
         "p99_ms": pct(0.99),
         "max_ms": round(delays[-1], 1) if delays else None,
