@@ -44,6 +44,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_card_protocol_fuzz.py",
         "tests/test_mutation_card_protocol.py",
         "tests/test_mutation_card_history.py",
+        "tests/test_mutation_card_v2.py",
+        "tests/test_card_spec_tables.py",
     ],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
     "terminal/door.py": [
