@@ -44,6 +44,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_card_protocol_fuzz.py",
         "tests/test_mutation_card_protocol.py",
         "tests/test_mutation_card_history.py",
+        "tests/test_mutation_card_v2.py",
+        "tests/test_card_spec_tables.py",
     ],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
     "terminal/door.py": [
@@ -89,7 +91,7 @@ def load_equivalents() -> dict[str, list[dict]]:
 
 
 def copy_tree(dest: Path) -> None:
-    for name in PACKAGES + ["tests"]:
+    for name in PACKAGES + ["tests", "docs"]:  # docs: tests that check the specs' tables against the code
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
     for name in ["firmware.toml", "README.md"]:
         if (ROOT / name).exists():
@@ -104,6 +106,7 @@ def write_config(dest: Path, module: str, tests: list[str]) -> None:
         "[tool.mutmut]\n"
         f"source_paths = {toml_list(PACKAGES)}\n"
         f"only_mutate = {toml_list([module])}\n"
+        'also_copy = ["docs"]\n'
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]\n'
         "use_git_change_detection = false\n"
