@@ -60,7 +60,11 @@ MODULES: dict[str, list[str]] = {
         "tests/test_mutation_sync.py",
         "tests/test_mutation_sync_epoch.py",
     ],
-    "common/sync_protocol.py": ["tests/test_sync_protocol.py", "tests/test_mutation_sync.py"],
+    "common/sync_protocol.py": [
+        "tests/test_sync_protocol.py",
+        "tests/test_mutation_sync.py",
+        "tests/test_mutation_sync_downlinks.py",
+    ],
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py", "tests/test_door_rules.py"],
     "central/attendance_rules.py": ["tests/test_attendance_rules.py"],
