@@ -74,6 +74,7 @@ MODULES: dict[str, list[str]] = {
     "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
     "common/settlement.py": ["tests/test_mutation_canteen.py"],
     "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
+    "common/journal.py": ["tests/test_mutation_journal.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
