@@ -75,6 +75,8 @@ MODULES: dict[str, list[str]] = {
     "common/settlement.py": ["tests/test_mutation_canteen.py"],
     "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
     "common/journal.py": ["tests/test_mutation_journal.py"],
+    "common/passwords.py": ["tests/test_mutation_passwords.py", "tests/test_mutation_canteen.py"],
+    "common/deletion_request.py": ["tests/test_mutation_deletion_request.py", "tests/test_stk_codec.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
