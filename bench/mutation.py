@@ -77,6 +77,9 @@ MODULES: dict[str, list[str]] = {
     "common/journal.py": ["tests/test_mutation_journal.py"],
     "common/passwords.py": ["tests/test_mutation_passwords.py", "tests/test_mutation_canteen.py"],
     "common/deletion_request.py": ["tests/test_mutation_deletion_request.py", "tests/test_stk_codec.py"],
+    "common/bcd.py": ["tests/test_bcd.py", "tests/test_mutation_small_cores.py"],
+    "common/door_events.py": ["tests/test_mutation_small_cores.py"],
+    "terminal/decision.py": ["tests/test_mutation_small_cores.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
