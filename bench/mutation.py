@@ -80,6 +80,8 @@ MODULES: dict[str, list[str]] = {
     "common/bcd.py": ["tests/test_bcd.py", "tests/test_mutation_small_cores.py"],
     "common/door_events.py": ["tests/test_mutation_small_cores.py"],
     "terminal/decision.py": ["tests/test_mutation_small_cores.py"],
+    "common/events.py": ["tests/test_mutation_events.py"],
+    "sam/purse_crypto.py": ["tests/test_mutation_purse_crypto.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
