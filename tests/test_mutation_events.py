@@ -137,3 +137,17 @@ def test_asn_form():
         with pytest.raises(ValueError) as caught:
             ev.normalise_asn(bad)
         assert str(caught.value) == f"ASN must be 16 hex digits (8 bytes) or None, got {bad!r}"
+
+
+def test_event_times_are_utc_whatever_the_machines_zone(monkeypatch):
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        minus5 = dt.timezone(dt.timedelta(hours=-5))
+        assert ev.format_time(dt.datetime(2024, 4, 30, 19, 30, tzinfo=minus5)) == "2024-05-01T00:30:00.000000Z"
+        assert ev.format_time(dt.datetime(2024, 5, 1, 0, 30, tzinfo=dt.UTC)) == "2024-05-01T00:30:00.000000Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
