@@ -71,3 +71,10 @@ def test_changed_lines_ignores_headers_and_context():
     m = bench_mutation()
     diff = "--- a.py\n+++ a.py\n@@ -1,3 +1,3 @@\n ctx\n-    x = 1  \n+    x = 2\n ctx"
     assert m.changed_lines(diff) == "-    x = 1\n+    x = 2"
+
+
+def test_every_sans_io_core_is_mutated():
+    from tests.layering import SANS_IO_CORES
+
+    m = bench_mutation()
+    assert {core.replace(".", "/") + ".py" for core in SANS_IO_CORES} <= set(m.MODULES)
