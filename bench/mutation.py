@@ -83,7 +83,11 @@ MODULES: dict[str, list[str]] = {
     "common/events.py": ["tests/test_mutation_events.py"],
     "sam/purse_crypto.py": ["tests/test_mutation_purse_crypto.py"],
     "common/registry_protocol.py": ["tests/test_registry_protocol.py", "tests/test_mutation_registry.py"],
-    "terminal/authenticate.py": ["tests/test_door_attendance.py", "tests/test_card_v2.py"],
+    "terminal/authenticate.py": [
+        "tests/test_mutation_authenticate.py",
+        "tests/test_door_attendance.py",
+        "tests/test_card_v2.py",
+    ],
     "phone/handset.py": ["tests/test_phone_menu.py", "tests/test_phone_menu_v2.py"],
 }
 
