@@ -88,7 +88,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_door_attendance.py",
         "tests/test_card_v2.py",
     ],
-    "phone/handset.py": ["tests/test_phone_menu.py", "tests/test_phone_menu_v2.py"],
+    "phone/handset.py": ["tests/test_mutation_handset.py", "tests/test_phone_menu.py", "tests/test_phone_menu_v2.py"],
 }
 
 KILLED = {"killed", "timeout", "caught by type check"}
