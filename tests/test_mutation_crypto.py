@@ -140,3 +140,40 @@ def test_card_diversification_input():
     fails("ASN must be 8 bytes, got 9", crypto.card_diversification_input, bytes(9), bytes(4))
     fails("enterprise ID must be 4 bytes, got 3", crypto.card_diversification_input, bytes(8), bytes(3))
     fails("enterprise ID must be 4 bytes, got 5", crypto.card_diversification_input, bytes(8), bytes(5))
+
+
+# --- version 2 private data: SK_DATA and the counter-mode keystream (card-application.md 9.3) ---------------------
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+def test_data_session_key(algorithm):
+    context = H("0102030405060708 0000002A")  # nonce || access counter
+    assert crypto.data_session_key(algorithm, KEY, context) == ecb(algorithm, KEY, context + H("02000000"))
+    assert crypto.DATA_CONTEXT_SIZE == 12
+
+
+@pytest.mark.parametrize("n", [0, 11, 13, 16])
+def test_data_session_key_context_length(n):
+    fails(f"data context must be 12 bytes, got {n}", crypto.data_session_key, Algorithm.AES128, KEY, bytes(n))
+
+
+def ctr_reference(algorithm, key, data):
+    """Keystream block i = E(K, i as 16 big-endian bytes): CTR mode with an all-zero initial counter block."""
+    alg = algorithms.AES(key) if algorithm is Algorithm.AES128 else algorithms.SM4(key)
+    enc = Cipher(alg, modes.CTR(bytes(16))).encryptor()
+    return enc.update(data) + enc.finalize()
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 32, 33, 80])
+def test_ctr_crypt_is_counter_mode_from_block_zero(algorithm, n):
+    sk = H("F0E1D2C3B4A5968778695A4B3C2D1E0F")
+    data = bytes((7 * i + 3) & 0xFF for i in range(n))
+    out = crypto.ctr_crypt(algorithm, sk, data)
+    assert len(out) == n
+    assert out == ctr_reference(algorithm, sk, data)
+    assert crypto.ctr_crypt(algorithm, sk, out) == data  # the same operation deciphers
+    if n >= 17:  # the second block uses counter 1, not counter 0 again
+        zero = ecb(algorithm, sk, bytes(16))
+        one = ecb(algorithm, sk, (1).to_bytes(16, "big"))
+        assert out[:16] == bytes(a ^ b for a, b in zip(data[:16], zero)) and out[16] == data[16] ^ one[0]
