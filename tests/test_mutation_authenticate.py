@@ -259,3 +259,32 @@ def test_a_clone_without_the_enterprises_keys(sam):
             asn(card),
             {"counter": 1},
         )
+
+
+def test_an_answer_naming_another_application_to_the_sub_application_select(sam):
+    """A card answering this enterprise's sub-application SELECT with its version 1 application is not taken at its
+    word: the terminal selects the version 1 application itself, and only then reads it."""
+    card = make_card(sam)
+
+    class AnswersEverySelectAsVersion1:
+        atr = card.atr
+
+        def __init__(self):
+            self.sent = []
+
+        def power_on(self):
+            card.power_on()
+
+        def power_off(self):
+            card.power_off()
+
+        def transmit(self, apdu):
+            self.sent.append(apdu)
+            if apdu[1] == 0xA4:
+                return card.transmit(cp.select_command())
+            return card.transmit(apdu)
+
+    odd = AnswersEverySelectAsVersion1()
+    got, apdus = authenticate(odd, sam)
+    assert apdus == 3 and got.info.asn_hex == asn(card)
+    assert odd.sent[:2] == [cp.select_command(cp.sub_application_aid(ENTERPRISE)), cp.select_command()]
