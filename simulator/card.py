@@ -28,6 +28,7 @@ STATE_FORMAT = "onecard-sim-card/1"
 STATUS_TRANSPORT = 0x00
 STATUS_ACTIVE = 0x01
 STATUS_VOIDED = 0x02
+STATUS_LOCKED = 0x03  # reported lost and locked over the air (docs/card-application.md 6); unlock: back to 01
 
 CARD_TYPE_RFID_SIM = 0x01
 CARD_TYPE_IC_CARD = 0x02
@@ -679,12 +680,17 @@ class OneCardApplet:
             return SW_CONDITIONS
         sfi, offset, end = cmd.p1 & 0x1F, cmd.p2, cmd.p2 + len(plain)
         if sfi == SFI_APP:
-            # Only the status byte, only 00 -> 01 (activation), only on a washed card: voiding is 84 1E.
+            # Only the status byte, only on a washed card: 00/01/03 -> 01 (activation, unlock), 01/03 -> 03 (lock);
+            # voiding is 84 1E.
             if (offset, len(plain)) != (12, 1):
                 return SW_OFFSET
-            if plain != bytes([STATUS_ACTIVE]) or s.key_version == 0:
-                return SW_CONDITIONS if s.key_version == 0 else SW_WRONG_DATA
-            s.status = STATUS_ACTIVE
+            if s.key_version == 0:
+                return SW_CONDITIONS
+            if plain[0] not in (STATUS_ACTIVE, STATUS_LOCKED):
+                return SW_WRONG_DATA
+            if plain[0] == STATUS_LOCKED and s.status == STATUS_TRANSPORT:
+                return SW_CONDITIONS  # a card never issued cannot be locked: there is nothing to protect yet
+            s.status = plain[0]
         elif sfi in (SFI_HOLDER, SFI_ACCESS):
             current = s.holder if sfi == SFI_HOLDER else s.access
             if end > len(current):

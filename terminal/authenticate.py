@@ -50,6 +50,8 @@ def select_card(transmit: Callable[[bytes], bytes], enterprise_id: bytes) -> cp.
         raise Refusal("not_issued", "Card not issued yet: please see the card office", asn)
     if info.status == cp.STATUS_VOIDED:
         raise Refusal("voided", "This card has been voided: use your new card or see the administrator", asn)
+    if info.status == cp.STATUS_LOCKED:
+        raise Refusal("card_status", "This card is locked (reported lost): please see the administrator", asn)
     if info.status != cp.STATUS_ACTIVE:
         raise Refusal("card_status", f"Card status {info.status:02X} unknown: please see the administrator", asn)
     return info

@@ -32,7 +32,13 @@ def sub_application_aid(enterprise_id: bytes) -> bytes:
 STATUS_TRANSPORT = 0x00
 STATUS_ACTIVE = 0x01
 STATUS_VOIDED = 0x02
-STATUS_NAMES = {STATUS_TRANSPORT: "not issued (transport keys)", STATUS_ACTIVE: "active", STATUS_VOIDED: "voided"}
+STATUS_LOCKED = 0x03
+STATUS_NAMES = {
+    STATUS_TRANSPORT: "not issued (transport keys)",
+    STATUS_ACTIVE: "active",
+    STATUS_VOIDED: "voided",
+    STATUS_LOCKED: "locked (reported lost)",
+}
 
 CARD_TYPES = {0x01: "RFID-SIM", 0x02: "IC card"}
 
