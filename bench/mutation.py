@@ -72,6 +72,7 @@ MODULES: dict[str, list[str]] = {
     "common/ota.py": ["tests/test_ota.py", "tests/test_mutation_ota.py"],
     "terminal/meal_rules.py": ["tests/test_mutation_canteen.py"],
     "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
+    "terminal/spending_pin.py": ["tests/test_mutation_spending_pin.py"],
     "common/settlement.py": ["tests/test_mutation_canteen.py"],
     "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
     "common/journal.py": ["tests/test_mutation_journal.py"],

@@ -391,6 +391,8 @@ class PurseAccounts:
         )
         try:
             tx_type = tx.PURCHASE if e.kind == mr.PURCHASE else tx.LOAD
+            if e.kind == mr.PURCHASE and d.get("pin_verified") is True:
+                tx_type = tx.PURCHASE_WITH_PIN_TAC  # the card's TAC covers the spending-password flag
             self.tac_sam.verify_tac(
                 card,
                 amount=d["amount"],

@@ -210,6 +210,7 @@ class PosSection:
     undo_window_seconds: float
     card_wait_seconds: float  # how long a sale waits for the card after the cashier entered the amount
     daily_max_amount: int = 0  # fen per card per service day over every till of the enterprise; 0 = no limit
+    pin_above: int = 0  # fen: a sale above it needs the card's spending password (消费密码); 0 = never
     meal_periods: tuple[MealPeriod, ...] = ()
     price_keys: dict[str, PriceKey] = field(default_factory=dict)
     operators: dict[str, Operator] = field(default_factory=dict)  # empty: no sign-in, sales carry no shift
@@ -815,6 +816,7 @@ def _pos_section(p: _Section) -> PosSection:
         undo_window_seconds=p.get("undo_window_seconds", float, default=300.0),
         card_wait_seconds=p.get("card_wait_seconds", float, default=30.0),
         daily_max_amount=_yuan(p, "daily_max_amount", "0", allow_zero=True),
+        pin_above=_yuan(p, "pin_above", "0", allow_zero=True),
         meal_periods=_meal_periods(p),
         price_keys=_price_keys(p),
         operators=_operators(p),

@@ -36,6 +36,8 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         "issue.restore.abandoned",
         "issue.replace",
         "issue.subapp",  # a version 2 card got this enterprise's sub-application (card-application.md 9.6)
+        "issue.pin_set",  # card office: the spending password set or reset (never the password itself)
+        "issue.pin_unblocked",  # card office: its try counter reset
         *(f"{op}{suffix}" for op in ("issue.cancel", "issue.delete") for suffix in (".intent", ".settled", "")),
     }
 )

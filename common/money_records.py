@@ -47,7 +47,9 @@ EXTRA_REQUIRED = {PURCHASE: ("tsn",), UNDO: ("purchase_seq",), LOAD: ()}
 # A sale made in a cashier's shift carries its operator and batch, one in a meal period its period's name, one rung
 # up on a price key its item (terminal/canteen.py); a till without [pos.operators] or meal periods leaves them out.
 SALE_FIELDS = ("operator", "batch", "meal_period", "service_day")
-EXTRA_OPTIONAL = {PURCHASE: (*SALE_FIELDS, "item"), UNDO: SALE_FIELDS, LOAD: ("action_id",)}
+# pin_verified: the holder's spending password was verified by the card for this sale; the TAC then covers it
+# (type byte 86, docs/card-application.md 5.5), so the platform's TAC check proves the flag.
+EXTRA_OPTIONAL = {PURCHASE: (*SALE_FIELDS, "item", "pin_verified"), UNDO: SALE_FIELDS, LOAD: ("action_id",)}
 
 
 def _int(lo: int, hi: int):
@@ -97,6 +99,7 @@ CHECKS = {
     "batch": _int(1, 999_999),
     "meal_period": _text(re.compile(r"[A-Za-z0-9_]{1,20}\Z"), "1-20 characters of [A-Za-z0-9_]"),
     "service_day": _text(re.compile(r"20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])\Z"), "a date YYYY-MM-DD"),
+    "pin_verified": _bool,
     "item": _text(re.compile(r"[^\x00-\x1f\x7f]{1,24}\Z"), "1-24 printable characters"),
 }
 

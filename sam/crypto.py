@@ -136,6 +136,14 @@ def secure_session_key(algorithm: Algorithm, admin_key: bytes, challenge: bytes)
     return block_encrypt(algorithm, admin_key, challenge + b"\x01" + bytes(7))
 
 
+def pin_session_key(algorithm: Algorithm, admin_key: bytes, challenge: bytes) -> bytes:
+    """SK_PIN of CHANGE REFERENCE DATA (card-application.md 5.5): E(K_admin, challenge || 04 || 00*7). Byte 8 differs
+    from SK_ENC's 01, so a PUT KEY cryptogram can never be deciphered as a PIN, nor the other way round."""
+    if len(challenge) != CHALLENGE_SIZE:
+        raise ValueError(f"challenge must be {CHALLENGE_SIZE} bytes, got {len(challenge)}")
+    return block_encrypt(algorithm, admin_key, challenge + b"\x04" + bytes(7))
+
+
 DATA_CONTEXT_SIZE = 12
 
 

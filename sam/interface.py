@@ -160,6 +160,10 @@ class Sam(Protocol):
 
     # --- card administration (docs/card-application.md section 8, docs/key-handling.md section 9) ----
 
+    def wrap_spending_pin(self, card: CardIdentity, challenge: bytes, plain: bytes | bytearray) -> bytes:
+        """CHANGE REFERENCE DATA's cryptogram (card-application.md 5.5): (PIN block || FF x 8) encrypted under
+        SK_PIN = E(K_ADMIN, challenge || 04 || 00 x 7) of the card's current admin key. Needs MAC on the admin key."""
+
     def wrap_sub_application_key(
         self, card: CardIdentity, challenge: bytes, application: CardIdentity
     ) -> tuple[bytes, bytes]:

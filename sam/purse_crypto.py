@@ -75,8 +75,10 @@ def tac(
     balance_after: int,
 ) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    if tx_type not in (tx.LOAD, tx.PURCHASE):
-        raise ValueError(f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06)")
+    if tx_type not in (tx.LOAD, tx.PURCHASE, tx.PURCHASE_WITH_PIN_TAC):
+        raise ValueError(
+            f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06, 86 with the spending password)"
+        )
     return mac8(
         alg,
         k_tac,

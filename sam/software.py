@@ -204,9 +204,10 @@ class SoftwareSam:
             raise InvalidPurseInput(
                 f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance"
             )
-        if tx_type not in (tx.PURCHASE, tx.LOAD):
+        if tx_type not in (tx.PURCHASE, tx.LOAD, tx.PURCHASE_WITH_PIN_TAC):
             raise InvalidPurseInput(
-                f"transaction type {tx_type!r} is neither 0x06 (purchase) nor 0x02 (load); pass the log record's type"
+                f"transaction type {tx_type!r} is neither 0x06 (purchase, 0x86 with the spending password) nor 0x02 "
+                "(load); pass the log record's type"
             )
         check_mac(tac, "TAC")
         algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)
@@ -300,6 +301,20 @@ class SoftwareSam:
             crypto.block_encrypt(admin.algorithm, sk_enc, new_key),
             bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
         )
+
+    def wrap_spending_pin(self, card: CardIdentity, challenge: bytes, plain: bytes | bytearray) -> bytes:
+        """CHANGE REFERENCE DATA's cryptogram (card-application.md 5.5): E(SK_PIN, PIN block || FF x 8) under the
+        card's admin key (usage MAC, as PUT KEY). The station never holds the card key; the PIN never travels in
+        clear."""
+        if len(challenge) != crypto.CHALLENGE_SIZE:
+            raise InvalidCardIdentity(
+                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; reject the card"
+            )
+        if len(plain) != 16:
+            raise InvalidCardIdentity("the PIN cryptogram input is 16 bytes (PIN block || FF x 8)")
+        algorithm, admin_key = self._card_key(admin_purpose_of(card), card, KeyUsage.MAC)
+        sk_pin = crypto.pin_session_key(algorithm, admin_key, challenge)
+        return crypto.block_encrypt(algorithm, sk_pin, bytes(plain))
 
     def wrap_sub_application_key(
         self, card: CardIdentity, challenge: bytes, application: CardIdentity

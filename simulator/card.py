@@ -17,7 +17,15 @@ from typing import Any
 from common import bcd
 from common import transactions as tx
 from sam import purse_crypto as pc
-from sam.crypto import block_decrypt, ctr_crypt, data_session_key, key_check_value, mac8, secure_session_key
+from sam.crypto import (
+    block_decrypt,
+    ctr_crypt,
+    data_session_key,
+    key_check_value,
+    mac8,
+    pin_session_key,
+    secure_session_key,
+)
 from sam.interface import Algorithm
 from simulator.state_file import StateFile
 
@@ -61,6 +69,12 @@ SW_MAC = b"\x93\x02"
 SW_NO_CHALLENGE = b"\x69\x82"  # secured command without a fresh GET CHALLENGE just before it (= SW_SECURITY)
 SW_SM_MAC = b"\x69\x88"  # secured command whose MAC does not verify: nothing changed
 SW_NO_RECORD = b"\x6a\x83"
+SW_PIN_BLOCKED = b"\x69\x83"  # VERIFY: the try counter is at 0 (unblock at the card office)
+SW_PIN_NOT_SET = b"\x69\x84"  # VERIFY / RESET RETRY COUNTER: this application has no spending PIN
+
+# The spending PIN (消费密码, docs/card-application.md 5.5): 4..12 digits, 3 tries, P2 80 of VERIFY.
+PIN_TRIES = 3
+PIN_P2 = 0x80
 
 SFI_RECORDS = 5
 NAME_MAX = 16  # bytes of UTF-8 in a sub-application's directory name
@@ -159,6 +173,9 @@ class CardState:
     # Version 2 (sub-application of a multi-enterprise card): its directory name and application version 02.
     name: str = ""
     app_version: int = 1
+    # The spending PIN of this (sub-)application, ASCII digits, and its try counter; None: no PIN set.
+    pin: str | None = field(default=None, repr=False)
+    pin_tries: int = PIN_TRIES
 
     def __post_init__(self) -> None:
         checks = [
@@ -172,6 +189,8 @@ class CardState:
             (self.update_key is None or len(self.update_key) == 16, "update_key must be 16 bytes"),
             (len(self.name.encode()) <= NAME_MAX, f"sub-application name longer than {NAME_MAX} bytes of UTF-8"),
             (self.app_version in (1, 2), "app_version must be 1 or 2"),
+            (self.pin is None or (self.pin.isdigit() and 4 <= len(self.pin) <= 12), "pin must be 4..12 digits"),
+            (0 <= self.pin_tries <= PIN_TRIES, f"pin_tries must be 0..{PIN_TRIES}"),
         ]
         for ok, problem in checks:
             if not ok:
@@ -204,6 +223,7 @@ class CardState:
             "access_counter": self.access_counter,
             "purse": None if self.purse is None else self.purse.to_json(),
             **({} if self.app_version == 1 else {"name": self.name, "app_version": self.app_version}),
+            **({} if self.pin is None else {"spending_pin": {"pin": self.pin, "tries_left": self.pin_tries}}),
         }
 
     @classmethod
@@ -227,6 +247,8 @@ class CardState:
             staged=doc.get("staged"),
             name=str(doc.get("name", "")),
             app_version=int(doc.get("app_version", 1)),
+            pin=None if doc.get("spending_pin") is None else str(doc["spending_pin"]["pin"]),
+            pin_tries=PIN_TRIES if doc.get("spending_pin") is None else int(doc["spending_pin"]["tries_left"]),
         )
 
 
@@ -287,12 +309,14 @@ class OneCardApplet:
 
     session: dict | None = field(default=None, init=False)  # the open purchase/load session, volatile
     challenge: bytes | None = field(default=None, init=False)  # GET CHALLENGE's answer, for the next APDU only
+    # VERIFY succeeded in this card session and no DEBIT FOR PURCHASE has used it yet (section 5.5), volatile.
+    pin_verified: bool = field(default=False, init=False)
 
     def power_on(self) -> None:
-        self.selected, self.session, self.challenge = False, None, None
+        self.selected, self.session, self.challenge, self.pin_verified = False, None, None, False
 
     def power_off(self) -> None:
-        self.selected, self.session, self.challenge = False, None, None
+        self.selected, self.session, self.challenge, self.pin_verified = False, None, None, False
 
     def transmit(self, apdu: bytes) -> bytes:
         try:
@@ -324,8 +348,12 @@ class OneCardApplet:
             return self._read_binary(cmd)
         if cmd.cla == 0x80 and cmd.ins == 0x3A:
             return self._access_read(cmd)
+        if cmd.cla == 0x00 and cmd.ins == 0x20:
+            return self._verify(cmd)
         if cmd.cla == 0x80 and cmd.ins in PURSE_INS:
             session, self.session = self.session, None  # any purse command ends a pending session
+            if cmd.ins == 0x54:  # a DEBIT uses the verification up, whatever its outcome
+                self.debit_pin, self.pin_verified = self.pin_verified, False
             if not self.selected:
                 return SW_NO_CURRENT_EF
             if self.state.purse is None:
@@ -335,8 +363,10 @@ class OneCardApplet:
             return SW_CLA
         return SW_INS
 
+    debit_pin = False  # the PIN verification the DEBIT being processed may use
+
     def _select(self, cmd: Command) -> bytes:
-        self.session = None
+        self.session, self.pin_verified = None, False
         if cmd.p1 != 0x04 or cmd.p2 != 0x00:
             self.selected = False
             return SW_WRONG_P1P2
@@ -433,12 +463,15 @@ class OneCardApplet:
         )
 
     def _debit(self, cmd: Command, session) -> bytes:
-        if (cmd.p1, cmd.p2) != (0x01, 0x00):
+        if cmd.p1 != 0x01 or cmd.p2 not in (0x00, PIN_P2):
             return SW_WRONG_P1P2
         if len(cmd.data) != 19:
             return SW_WRONG_LENGTH
         if session is None or session["type"] != tx.PURCHASE:
             return SW_NO_SESSION
+        with_pin = cmd.p2 == PIN_P2
+        if with_pin and not self.debit_pin:
+            return SW_SECURITY  # flagged as PIN-verified, but no VERIFY succeeded in this session since
         purse, alg = self.state.purse, self.state.algorithm
         tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
         sk = pc.purchase_session_key(alg, purse.purchase_key, session["random"], session["counter"], tsn)
@@ -456,7 +489,7 @@ class OneCardApplet:
             alg,
             purse.tac_key,
             amount=amount,
-            tx_type=tx.PURCHASE,
+            tx_type=tx.PURCHASE_WITH_PIN_TAC if with_pin else tx.PURCHASE,
             terminal_id=session["terminal"],
             tsn=tsn,
             date=date,
@@ -586,6 +619,74 @@ class OneCardApplet:
             return SW_WRONG_LENGTH
         self.challenge = os.urandom(8)
         return self.challenge + SW_OK
+
+    # --- the spending PIN (section 5.5) ---------------------------------------------------------------
+
+    def _verify(self, cmd: Command) -> bytes:
+        """VERIFY 00 20 00 80 [08 <PIN block>]: compare with the selected application's PIN, counting the try first."""
+        if not self.selected:
+            return SW_NO_CURRENT_EF
+        if (cmd.p1, cmd.p2) != (0x00, PIN_P2):
+            return SW_WRONG_P1P2
+        if cmd.data and len(cmd.data) != 8:
+            return SW_WRONG_LENGTH
+        s = self.state
+        if s.status != STATUS_ACTIVE:
+            return SW_CONDITIONS
+        if s.pin is None:
+            return SW_PIN_NOT_SET
+        if not cmd.data:  # case 1: the state, nothing compared, nothing counted
+            if self.pin_verified:
+                return SW_OK
+            return SW_PIN_BLOCKED if s.pin_tries == 0 else bytes([0x63, 0xC0 | s.pin_tries])
+        if s.pin_tries == 0:
+            return SW_PIN_BLOCKED
+        typed = pin_block_digits(cmd.data)
+        if typed is None:
+            return SW_WRONG_DATA  # not a PIN block: not compared, not counted
+        self.pin_verified = False
+        # The try is counted and persisted before the comparison's answer exists: a tear never saves a try.
+        s.pin_tries -= 1
+        self._persist()
+        if not hmac.compare_digest(typed.encode(), s.pin.encode()):
+            return bytes([0x63, 0xC0 | s.pin_tries])
+        s.pin_tries = PIN_TRIES
+        self._persist()
+        self.pin_verified = True
+        return SW_OK
+
+    def _change_pin(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
+        """CHANGE REFERENCE DATA 84 24 00 80: a new PIN, enciphered under SK_PIN; the try counter back to 3."""
+        s = self.state
+        if (cmd.p1, cmd.p2) != (0x00, PIN_P2):
+            return SW_WRONG_P1P2
+        if len(plain) != 16:
+            return SW_WRONG_LENGTH
+        if s.status == STATUS_VOIDED or s.key_version == 0:
+            return SW_CONDITIONS
+        block = block_decrypt(s.algorithm, pin_session_key(s.algorithm, s.update_key, challenge), plain)
+        digits = pin_block_digits(block[:8])
+        if digits is None or block[8:] != b"\xff" * 8:
+            return SW_WRONG_DATA
+        s.pin, s.pin_tries = digits, PIN_TRIES
+        self.pin_verified = False
+        self._persist()
+        return SW_OK
+
+    def _reset_pin_tries(self, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+        """RESET RETRY COUNTER 84 2C 03 80: unblock, the PIN unchanged."""
+        s = self.state
+        if (cmd.p1, cmd.p2) != (0x03, PIN_P2):
+            return SW_WRONG_P1P2
+        if plain:
+            return SW_WRONG_LENGTH
+        if s.status == STATUS_VOIDED:
+            return SW_CONDITIONS
+        if s.pin is None:
+            return SW_PIN_NOT_SET
+        s.pin_tries = PIN_TRIES
+        self._persist()
+        return SW_OK
 
     def _read_record(self, cmd: Command) -> bytes:
         if not self.selected:
@@ -746,6 +847,7 @@ class OneCardApplet:
         if s.status != STATUS_VOIDED:
             return SW_CONDITIONS  # void first (84 1E), which proves the balance that is being given up
         s.holder, s.access, s.purse, s.staged = bytes(48), bytes(32), None, None
+        s.pin, s.pin_tries = None, PIN_TRIES
         self._persist()
         return SW_OK
 
@@ -832,6 +934,8 @@ SECURED_INS = {
     0xD6: OneCardApplet._update_binary,
     0x1E: OneCardApplet._application_block,
     0x0E: OneCardApplet._erase,
+    0x24: OneCardApplet._change_pin,
+    0x2C: OneCardApplet._reset_pin_tries,
 }
 
 # Version 2 only (section 3.7): reads of private data under secure messaging, and DELETE SUB-APPLICATION.
@@ -843,6 +947,17 @@ SECURED_V2_INS = {
 }
 
 RECORD_LEN = 44
+
+
+def pin_block_digits(block: bytes) -> str | None:
+    """An ISO 9564-1 format 2 PIN block (2N, N BCD digits, F padding; 8 bytes) -> its digits; None if it is not one."""
+    if len(block) != 8 or block[0] >> 4 != 2 or not 4 <= block[0] & 0x0F <= 12:
+        return None
+    n = block[0] & 0x0F
+    nibbles = [x for b in block[1:] for x in (b >> 4, b & 0x0F)]
+    if any(x > 9 for x in nibbles[:n]) or any(x != 0x0F for x in nibbles[n:]):
+        return None
+    return "".join(map(str, nibbles[:n]))
 
 
 def record_bytes(r: dict) -> bytes:
@@ -1025,7 +1140,7 @@ class OneCardV2Applet(OneCardApplet):
     def __init__(self, card: MultiCardState, store: MultiCardStateFile | None = None, atr: bytes = ATR_V2) -> None:
         self.card, self.card_store, self.atr = card, store, atr
         self.store = None  # the per-application store of version 1: unused, _persist writes the whole card
-        self.selected, self.session, self.challenge = False, None, None
+        self.selected, self.session, self.challenge, self.pin_verified = False, None, None, False
         self.directory_selected = False
         # The last selected sub-application (commands act on it only while `selected` is set); the first one
         # before any SELECT, so that tests and tools can look at a one-application card as at a version 1 card.
@@ -1100,7 +1215,7 @@ class OneCardV2Applet(OneCardApplet):
         return super()._process(apdu)
 
     def _select(self, cmd: Command) -> bytes:
-        self.session = None
+        self.session, self.pin_verified = None, False
         self.selected, self.directory_selected = False, False
         if cmd.p1 != 0x04 or cmd.p2 != 0x00:
             return SW_WRONG_P1P2

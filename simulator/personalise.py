@@ -46,6 +46,7 @@ class Personalisation:
     purse_expiry: dt.date | None = None  # default: valid_to
     max_balance: int = 200_000  # fen: 2,000.00 yuan
     opening_balance: int = 0  # fen; a real card starts at 0 and is loaded at a top-up terminal
+    spending_pin: str | None = None  # the spending PIN (消费密码), 4..12 digits; None: none set
 
     def __post_init__(self) -> None:
         if len(self.employee_no.encode()) > 16:
@@ -106,6 +107,7 @@ def personalise(sam, p: Personalisation, label: str = "") -> CardState:
         label=label,
         purse=purse,
         update_key=keys.get(KeyPurpose.UPDATE),
+        pin=p.spending_pin,
     )
 
 

@@ -25,12 +25,26 @@ from terminal.card_deadline import CommandDeadline
 from terminal.decision import Decision, Refusal
 from terminal.door import Passage, PassbackView, decide_door, normally_open
 from terminal.inbox import Inbox
-from terminal.keypad import Balance, Cancel, Charge, Keypad, Load, Rejected, Request, SignIn, SignOut, Typed, Undo
+from terminal.keypad import (
+    Balance,
+    Cancel,
+    Charge,
+    Keypad,
+    Load,
+    PinEntered,
+    PinTyped,
+    Rejected,
+    Request,
+    SignIn,
+    SignOut,
+    Typed,
+    Undo,
+)
 from terminal.meal_rules import fixed_price
 from terminal.outputs import Outputs, present
 from terminal.purse_flow import LOG_UNAVAILABLE, Incomplete, PurseTerminal, Unrecorded, cannot_record_message
 from terminal.reader import CardConnection, CardRemoved, CardUnresponsive, Reader, ReaderError
-from terminal.screens import entry_screen, idle_screen, notice_screen, prompt_screen
+from terminal.screens import entry_screen, idle_screen, notice_screen, pin_screen, prompt_screen
 
 log = logging.getLogger("onecard.terminal")
 PURSE_KINDS = ("pos", "topup")
@@ -661,6 +675,8 @@ class Terminal:
         called on every turn of the loop (the systemd watchdog): a loop that hangs stops calling it.
         """
         self.clock = clock
+        if self.purse is not None and keypad is not None:
+            self.purse.ask_pin = lambda amount, note: self._ask_pin(keypad, stop, heartbeat, amount, note)
         log_event(
             log,
             "terminal.started",
@@ -699,6 +715,33 @@ class Terminal:
                 self._serve_request(reader, keypad, request, clock, stop, poll_seconds, heartbeat)
         self.reader_status = {"name": reader.name, "state": "stopped"}
         log_event(log, "terminal.stopped", terminal=self.config.terminal.id, msg="terminal stopped")
+
+    def _ask_pin(self, keypad: Keypad, stop: threading.Event, heartbeat, amount: int, note: str):
+        """The holder types the spending password while the card stays on the reader: a Pin, or None (cancelled,
+        or nothing entered within [pos].card_wait_seconds). The display shows asterisks only."""
+        from terminal.spending_pin import PinFormatError, parse_pin
+
+        keypad.pin_mode(True)
+        try:
+            self.show(pin_screen(amount, 0, note))
+            deadline = time.monotonic() + self.config.pos.card_wait_seconds
+            while not stop.is_set() and time.monotonic() < deadline:
+                heartbeat()
+                item = keypad.next_request(0.05)
+                if isinstance(item, Cancel):
+                    return None
+                if isinstance(item, PinTyped):
+                    self.show(pin_screen(amount, item.count, note))
+                elif isinstance(item, PinEntered):
+                    try:
+                        return parse_pin(item.digits)
+                    except PinFormatError as exc:
+                        self.show(pin_screen(amount, 0, note, error=str(exc)))
+                    finally:
+                        item.digits[:] = bytes(len(item.digits))
+            return None
+        finally:
+            keypad.pin_mode(False)
 
     def _keypad_item(self, item, waiting: Request | None = None) -> Request | None:
         """Show what the keypad sent; the request it completes, if any, once it is within the limits."""

@@ -156,9 +156,13 @@ class IssuingTerminal:
 
     # --- issuing ----------------------------------------------------------------------------------
 
-    def _write_card(self, transmit, info: cp.CardInfo, holder: bytes, access: bytes, purse: bytes) -> None:
+    def _write_card(
+        self, transmit, info: cp.CardInfo, holder: bytes, access: bytes, purse: bytes, spending_pin=None
+    ) -> None:
         channel = AdminChannel(transmit, self.sam, info)
         try:
+            if spending_pin is not None:  # (card-application.md 5.5) before activation: a torn issue sets it again
+                channel.set_spending_pin(spending_pin)
             channel.update_binary(cp.SFI_HOLDER, 0, holder, "EF_HOLDER")
             channel.update_binary(cp.SFI_ACCESS, 0, access, "EF_ACCESS")
             if info.purse_expiry is not None:
@@ -204,7 +208,7 @@ class IssuingTerminal:
                 info.asn_hex,
             )
 
-    def issue(self, transmit, req: IssueRequest, now: dt.datetime) -> str:
+    def issue(self, transmit, req: IssueRequest, now: dt.datetime, spending_pin=None) -> str:
         """Personalise a washed card for an employee and register it; returns its ASN. Raises Refusal."""
         info = self._blank_card(transmit)
         asn = info.asn_hex
@@ -217,7 +221,9 @@ class IssuingTerminal:
         self._require(info, {admin_purpose(info.key_version): frozenset({KeyUsage.MAC})}, info.key_version, "issuing")
         detail = {"employee_no": req.employee_no, "rights": req.rights(), "key_version": info.key_version}
         self.journal.open(jn.ISSUE, now, asn, f"Issuing to employee {req.employee_no}", detail)
-        self._write_card(transmit, info, req.holder_file(holder["name"]), req.access_file(), req.purse_file())
+        self._write_card(
+            transmit, info, req.holder_file(holder["name"]), req.access_file(), req.purse_file(), spending_pin
+        )
         return self._finish_issue(info, now)
 
     def _finish_issue(self, info: cp.CardInfo, now: dt.datetime) -> str:

@@ -24,6 +24,17 @@ def add_flow_subcommands(sub: argparse._SubParsersAction) -> None:
         sub.add_parser("card", help="issue (发卡): personalise a washed card for an employee and register it")
     )
     _rights(card)
+    _pin_source(card)
+    pin = station_arguments(
+        sub.add_parser(
+            "pin",
+            help="card office: set or reset the spending password (消费密码) and its tries, or unblock it (--unblock)",
+        )
+    )
+    _pin_source(pin)
+    pin.add_argument("--unblock", action="store_true", help="tries back to 3, the password unchanged")
+    pin.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the card")
+    pin.set_defaults(handler=cmd_pin)
     replace = _station(
         sub.add_parser(
             "replace",
@@ -299,6 +310,95 @@ def _with_card(args, prompt: str, action, card_file: Path | None = None, reader=
             reader.close()
 
 
+def _pin_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--spending-pin-file",
+        type=Path,
+        help="file holding the spending password (4-12 digits, one line); never give it on the command line",
+    )
+    src.add_argument(
+        "--spending-pin-prompt", action="store_true", help="ask for the spending password (typed twice, no echo)"
+    )
+
+
+def read_spending_pin(args, required: bool = False):
+    """The spending password from --spending-pin-file or a no-echo prompt (typed twice): a Pin, or None."""
+    from terminal.spending_pin import PinFormatError, parse_pin
+
+    raw: bytearray | None = None
+    if args.spending_pin_file is not None:
+        try:
+            raw = bytearray(args.spending_pin_file.read_bytes().strip())
+        except OSError as exc:
+            raise UserError(
+                f"--spending-pin-file {args.spending_pin_file}: {exc.strerror}; give a readable file"
+            ) from None
+    elif args.spending_pin_prompt:
+        import getpass
+
+        first = getpass.getpass("spending password: ")
+        if getpass.getpass("again: ") != first:
+            raise UserError("the two spending passwords differ; run the command again")
+        raw = bytearray(first.encode())
+    if raw is None:
+        if required:
+            raise UserError("give --spending-pin-file FILE or --spending-pin-prompt (or --unblock)")
+        return None
+    try:
+        return parse_pin(raw)
+    except PinFormatError as exc:
+        raise UserError(str(exc).replace("type it again", "fix it and run the command again")) from None
+    finally:
+        raw[:] = bytes(len(raw))
+
+
+def cmd_pin(args) -> int:
+    """Card office: the spending password of this enterprise's (sub-)application, under its admin key."""
+    from sam.keystore import parse_enterprise_id
+    from terminal import card_protocol as cp
+    from terminal.authenticate import select_card
+    from terminal.event_log import EventLog
+    from terminal.rekey import AdminChannel
+
+    try:
+        enterprise = parse_enterprise_id(args.enterprise)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    pin = None if args.unblock else read_spending_pin(args, required=True)
+    sam = open_station_sam(args)
+
+    def act(transmit) -> str:
+        from sam.interface import SamError
+
+        info = select_card(transmit, enterprise)
+        channel = AdminChannel(transmit, sam, info)
+        try:
+            if pin is None:
+                channel.unblock_spending_pin()
+            else:
+                channel.set_spending_pin(pin)
+        except (SamError, cp.CardProtocolError) as exc:
+            raise UserError(f"the card refused: {exc}", 1) from None
+        return info.asn_hex
+
+    with EventLog.open(args.log, args.terminal_id) as log:
+        asn = _with_card(args, "tap the card", act)
+        kind = "issue.pin_unblocked" if pin is None else "issue.pin_set"
+        log.append(
+            _now(),
+            kind,
+            asn=asn,
+            reason_code=kind.split(".")[1],
+            message="spending password " + ("unblocked" if pin is None else "set, tries reset"),
+            detail={},
+        )
+    if pin is not None:
+        pin.wipe()
+    print(f"card {asn}: spending password " + ("unblocked (3 tries)" if pin is None else "set (3 tries)"))
+    return 0
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -306,7 +406,8 @@ def _now() -> dt.datetime:
 def cmd_card(args) -> int:
     with _issuing_terminal(args) as (station, enterprise):
         req = _request(args, enterprise)
-        asn = _with_card(args, "tap the washed card to issue", lambda t: station.issue(t, req, _now()))
+        pin = read_spending_pin(args)
+        asn = _with_card(args, "tap the washed card to issue", lambda t: station.issue(t, req, _now(), pin))
     print(f"card {asn} issued to employee {args.employee} and registered with the platform")
     return 0
 

@@ -122,7 +122,21 @@ class Rejected:
     message: str
 
 
-Item = Request | Typed | Rejected
+@dataclass(frozen=True)
+class PinTyped:
+    """How many digits of the spending password are typed so far (the display shows that many asterisks)."""
+
+    count: int
+
+
+@dataclass(frozen=True, eq=False)
+class PinEntered:
+    """The spending password, on Enter: its raw ASCII digits in a bytearray the terminal wipes after VERIFY."""
+
+    digits: bytearray = dataclasses.field(repr=False)
+
+
+Item = Request | Typed | Rejected | PinTyped | PinEntered
 
 # Keys other than characters; a source maps its own codes onto these names.
 BACKSPACE, CLEAR, CANCEL, ENTER = "backspace", "clear", "cancel", "enter"
@@ -135,8 +149,35 @@ class KeyLine:
         self.kind = kind
         self.price_keys = price_keys or {}
         self.line = ""
+        self.pin: bytearray | None = None  # spending-password mode: the digits typed so far
+
+    def pin_mode(self, on: bool) -> None:
+        if self.pin is not None:
+            self.pin[:] = bytes(len(self.pin))
+        self.pin, self.line = (bytearray() if on else None), ""
+
+    def _pin_key(self, pin: bytearray, key: str) -> list[Item]:
+        if key == CANCEL:
+            return [Cancel()]
+        if key == ENTER:
+            self.pin = bytearray()
+            return [PinEntered(pin)]
+        if key == BACKSPACE:
+            if pin:
+                pin[-1] = 0
+                del pin[-1]
+        elif key == CLEAR:
+            pin[:] = bytes(len(pin))
+            del pin[:]
+        elif len(key) == 1 and key.isdigit() and len(pin) < 12:
+            pin.append(ord(key))
+        else:
+            return []  # letters, function keys, a 13th digit: nothing
+        return [PinTyped(len(pin))]
 
     def key(self, key: str) -> list[Item]:
+        if self.pin is not None:
+            return self._pin_key(self.pin, key)
         if key in self.price_keys:  # a function key rings its item up at once, whatever was typed before
             self.line = ""
             return [parse_request(key, self.kind, self.price_keys)]
@@ -168,6 +209,9 @@ class Keypad(Protocol):
     def next_request(self, timeout: float) -> Item | None:
         """The next request (or what was typed, or a refused line), or None when nothing came within timeout s."""
 
+    def pin_mode(self, on: bool) -> None:
+        """Spending-password entry on / off: digits become PinTyped / PinEntered, anything queued is dropped."""
+
     def close(self) -> None: ...
 
 
@@ -194,6 +238,30 @@ class _QueuedKeypad:
     def _read(self) -> None:
         raise NotImplementedError
 
+    _line: KeyLine | None = None
+    _pin_lock = threading.Lock()
+
+    def pin_mode(self, on: bool) -> None:
+        with self._pin_lock:
+            if self._line is not None:
+                self._line.pin_mode(on)
+            self._pin = on
+            while True:  # what was typed before the password prompt is not the password
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(item, PinEntered):
+                    item.digits[:] = bytes(len(item.digits))
+
+    _pin = False
+
+    def _put_keys(self, key: str) -> None:
+        with self._pin_lock:
+            assert self._line is not None
+            for item in self._line.key(key):
+                self._queue.put(item)
+
     def next_request(self, timeout: float) -> Item | None:
         try:
             return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
@@ -216,6 +284,10 @@ class ConsoleKeypad(_QueuedKeypad):
     def _read(self) -> None:
         for line in self._stream:
             if not line.strip():
+                continue
+            if self._pin:  # a line is the password (a console echoes it: the console is for labs and till systems)
+                text = line.strip()
+                self._queue.put(Cancel() if text.lower() == "c" else PinEntered(bytearray(text.encode())))
                 continue
             try:
                 self._queue.put(parse_request(line, self.kind, self.price_keys))
@@ -254,8 +326,7 @@ class SerialKeypad(_QueuedKeypad):
                 self._last = data
                 continue  # CR LF is one Enter
             self._last = data
-            for item in self._line.key(key):
-                self._queue.put(item)
+            self._put_keys(key)
 
     _last = b""
 
@@ -361,8 +432,7 @@ class EvdevKeypad(_QueuedKeypad):
             if self._stop.is_set():
                 return
             for key in keys_from_events([event]):
-                for item in self._line.key(key):
-                    self._queue.put(item)
+                self._put_keys(key)
 
     def close(self) -> None:
         super().close()

@@ -25,6 +25,7 @@ from sam.interface import Algorithm, LoadSession, MacVerificationError, Purchase
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
+from terminal import spending_pin as sp
 from terminal.authenticate import select_card
 from terminal.canteen import Canteen, OtherTills, no_other_tills
 from terminal.decision import Decision, Refusal
@@ -134,6 +135,9 @@ class PurseTerminal:
         self.pending_actions = pending_actions  # the inbox's card actions for an ASN (over-the-air top-ups)
         self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
         self.canteen = Canteen(event_log, other_tills)  # shifts, meal periods and their limits (terminal/canteen.py)
+        # Asks the holder for the spending password on the keypad: (amount, note) -> Pin, or None (cancelled, timed
+        # out, no keypad). Set by the terminal's run loop; None: a sale that needs the PIN is refused.
+        self.ask_pin: Callable[[int, str], sp.Pin | None] | None = None
         # Every TSN is committed with its purchase intent before it reaches a card, so the log knows the highest
         # one used here. A SAM whose next TSN is not above it (a PSAM swapped for a fresh one with the same keys, a
         # state restored from an old backup) would repeat TSNs: its sales are refused (docs/key-handling.md 8).
@@ -270,7 +274,7 @@ class PurseTerminal:
             balance_after=d["balance_before"] + sign * d["amount"],
             resolved_at_next_tap=resolved_later,
         )
-        for k in ("tsn", "purchase_seq", "action_id", *SALE_FIELDS):
+        for k in ("tsn", "purchase_seq", "action_id", "pin_verified", *SALE_FIELDS):
             if k in d:
                 detail[k] = d[k]
         return check_money_detail(d["op"], detail)  # the platform's schema: what is logged is what it accepts
@@ -467,6 +471,10 @@ class PurseTerminal:
                 asn,
             )
         sale = self.canteen.sale_fields(self.config, asn, amount, now, item)
+        with_pin = sp.needs_pin(amount, pos.pin_above)
+        if with_pin:
+            self._spending_pin(transmit, asn, amount)
+            sale["pin_verified"] = True
         try:
             init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
         except pp.InsufficientBalance:
@@ -526,7 +534,7 @@ class PurseTerminal:
             info,
             d,
             intent,
-            pp.debit_command(d["tsn"], date, time_, mac1),
+            pp.debit_command(d["tsn"], date, time_, mac1, with_pin),
             pp.parse_debit,
             lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
             now,
@@ -541,6 +549,40 @@ class PurseTerminal:
             logged=False,
             detail=detail,
         )
+
+    def _spending_pin(self, transmit, asn: str, amount: int) -> None:
+        """The holder types the spending password; the card verifies it (VERIFY, docs/card-application.md 5.5).
+        Returns once verified; Refusal otherwise. The PIN is wiped after each VERIFY and never logged or kept."""
+        answer = sp.parse_verify(transmit(sp.status_command()))
+        if answer.verified:
+            return
+        asked = False
+        while True:
+            if answer.state == "blocked" or (answer.state == "wrong" and answer.tries_left == 0):
+                message = sp.wrong_pin_message(0) if asked else sp.BLOCKED_MESSAGE
+                raise Refusal("pin_blocked", message, asn)
+            if answer.state == "not_set":
+                raise Refusal("pin_not_set", sp.NOT_SET_MESSAGE, asn)
+            if answer.state != "wrong":
+                raise Refusal(
+                    "card_error", "Card could not check the spending password: tap again", asn, {"sw": answer.sw}
+                )
+            n = answer.tries_left
+            note = f"{'Wrong password: ' if asked else ''}{n} {'try' if n == 1 else 'tries'} left"
+            asked = True
+            pin = self.ask_pin(amount, note) if self.ask_pin is not None else None
+            if pin is None:
+                raise Refusal("pin_cancelled", sp.CANCELLED_MESSAGE, asn)
+            block = pin.block()
+            pin.wipe()
+            command = sp.verify_command(block)
+            sp.wipe(block)
+            try:
+                answer = sp.parse_verify(transmit(bytes(command)))
+            finally:
+                sp.wipe(command)
+            if answer.state == "verified":
+                return
 
     # --- loads: top-up and cashier undo -----------------------------------------------------------
 

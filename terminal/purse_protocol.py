@@ -78,8 +78,10 @@ def parse_init_purchase(rapdu: bytes) -> PurchaseInit:
     )
 
 
-def debit_command(tsn: int, date: bytes, time: bytes, mac1: bytes) -> bytes:
-    return bytes.fromhex("8054010013") + tsn.to_bytes(4, "big") + date + time + mac1 + b"\x10"
+def debit_command(tsn: int, date: bytes, time: bytes, mac1: bytes, with_pin: bool = False) -> bytes:
+    """DEBIT FOR PURCHASE; `with_pin`: P2 80, the purchase is flagged as PIN-verified (card-application.md 5.5)."""
+    p2 = b"\x80" if with_pin else b"\x00"
+    return b"\x80\x54\x01" + p2 + b"\x13" + tsn.to_bytes(4, "big") + date + time + mac1 + b"\x10"
 
 
 def parse_debit(rapdu: bytes) -> Proof:

@@ -116,6 +116,30 @@ class AdminChannel:
             raise cp.CardProtocolError("the card's proof of its frozen balance does not verify") from None
         return frozen
 
+    def set_spending_pin(self, pin) -> None:
+        """CHANGE REFERENCE DATA (card-application.md 5.5): the PIN enciphered under SK_PIN by the SAM, counter to 3.
+        `pin` is a terminal.spending_pin.Pin; it is wiped here."""
+        from terminal import spending_pin as sp
+
+        challenge = self.challenge()
+        block = pin.block()
+        pin.wipe()
+        plain = sp.pin_cryptogram_input(block)
+        sp.wipe(block)
+        try:
+            cryptogram = self.sam.wrap_spending_pin(self.identity, challenge, plain)
+        finally:
+            sp.wipe(plain)
+        _, rapdu = self.send(sp.INS_CHANGE_PIN, 0x00, sp.P2_SPENDING_PIN, cryptogram, challenge=challenge)
+        cp.check_secured(rapdu, "CHANGE REFERENCE DATA (spending password)")
+
+    def unblock_spending_pin(self) -> None:
+        """RESET RETRY COUNTER (card-application.md 5.5): the try counter back to 3, the PIN unchanged."""
+        from terminal import spending_pin as sp
+
+        _, rapdu = self.send(sp.INS_RESET_RETRY, sp.P1_RESET_ONLY, sp.P2_SPENDING_PIN)
+        cp.check_secured(rapdu, "RESET RETRY COUNTER (spending password)")
+
     def erase(self) -> None:
         _, rapdu = self.send(cp.INS_ERASE, 0, 0)
         cp.check_secured(rapdu, "ERASE")

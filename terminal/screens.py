@@ -73,6 +73,9 @@ ZH = {
     "no_operators": "未设置操作员",
     "signed_in": "签到成功",
     "signed_out": "签退成功",
+    "pin_blocked": "消费密码已锁定,请到卡务中心解锁",
+    "pin_not_set": "未设置消费密码",
+    "pin_cancelled": "未输入消费密码,已取消",
 }
 ZH_KIND = {
     "door.held_open": "门长时间未关,请关门",
@@ -114,6 +117,15 @@ def entry_screen(typed: str, error: str = "", waiting: str = "") -> Screen:
         return Screen("entry", error, "输入有误,请重新输入", "no", big=typed)
     text = f"{waiting} - new amount: {typed}" if waiting else f"Amount: {typed}"
     return Screen("entry", text, "请输入金额", big=typed or "0.00")
+
+
+def pin_screen(amount: int, typed: int, note: str = "", error: str = "") -> Screen:
+    """The spending password being typed: one asterisk per digit, never a digit."""
+    stars = "*" * typed
+    text = f"Pay {format_yuan(amount)}: spending password {stars}".rstrip()
+    if note or error:
+        text += f" ({error or note})"
+    return Screen("entry", text, "请输入消费密码", "no" if error else "", big=stars, amount=amount)
 
 
 def notice_screen(text: str, zh: str = "") -> Screen:

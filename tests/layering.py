@@ -42,6 +42,7 @@ SANS_IO_CORES = (
     "common.ota",
     "terminal.meal_rules",
     "terminal.shifts",
+    "terminal.spending_pin",
     "common.settlement",
     "common.passwords",
     "common.stk",

@@ -94,6 +94,9 @@ def test_the_chinese_lines_by_reason_code():
         "no_operators": "未设置操作员",
         "signed_in": "签到成功",
         "signed_out": "签退成功",
+        "pin_blocked": "消费密码已锁定,请到卡务中心解锁",
+        "pin_not_set": "未设置消费密码",
+        "pin_cancelled": "未输入消费密码,已取消",
     }
 
 
@@ -200,4 +203,16 @@ def test_alarms_and_the_door_closing():
 def test_idle():
     assert idle_screen("Gate 3", dt.datetime(2026, 3, 2, 9, 5, 59)) == Screen(
         "idle", "Gate 3 2026-03-02 09:05", "请刷卡", big="09:05", name="Gate 3"
+    )
+
+
+def test_the_spending_password_screen_shows_asterisks_only():
+    from terminal.screens import pin_screen
+
+    assert pin_screen(6000, 0) == Screen("entry", "Pay 60.00: spending password", "请输入消费密码", "", "", amount=6000)
+    assert pin_screen(6000, 3, "2 tries left") == Screen(
+        "entry", "Pay 60.00: spending password *** (2 tries left)", "请输入消费密码", "", "***", amount=6000
+    )
+    assert pin_screen(100, 0, "3 tries left", error="digits only") == Screen(
+        "entry", "Pay 1.00: spending password (digits only)", "请输入消费密码", "no", "", amount=100
     )
