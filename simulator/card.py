@@ -140,7 +140,8 @@ class SubsidyPurse:
     cash purse's (K_PURCHASE, K_LOAD, K_TAC), the transaction types (01, 04, 05) keep the two apart."""
 
     balance: int = 0
-    expiry: bytes = UNISSUED_PURSE_EXPIRY  # BCD: the last day the balance may be spent; a load moves it later
+    # BCD: the last day the balance may be spent; a load moves it later; 00000000 while the balance is 0 (section 5.5)
+    expiry: bytes = bytes(4)
     max_balance: int = 100_000_00
     offline_counter: int = 0  # purchases and withdrawals
     online_counter: int = 0  # loads
@@ -943,13 +944,14 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
             + mac1
             + SW_OK
         )
-    if amount == 0:
+    if amount == 0 and two_purse:
         return SW_WRONG_DATA
-    if not two_purse:  # withdrawal: exactly the whole balance
+    if not two_purse:  # withdrawal: amount 00000000 = the whole balance, which the answer announces
+        if amount != 0:
+            return SW_WRONG_DATA
         if sub.balance == 0:
             return SW_INSUFFICIENT
-        if amount != sub.balance:
-            return SW_WRONG_DATA
+        amount = sub.balance
         if sub.offline_counter >= 0xFFFF:
             return SW_CONDITIONS
         card.session = {
@@ -1046,7 +1048,7 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
             return SW_CONDITIONS  # only an expired subsidy balance is withdrawn
         proof = pc.purchase_mac2(alg, sk, amount)
         tac_ = _tac(card, kind, amount, terminal, tsn, date, time_, session["counter"], 0)
-        sub.balance = 0
+        sub.balance, sub.expiry = 0, bytes(4)
         sub.offline_counter += 1
         sub.records.append(_record(kind, session["counter"], amount, terminal, tsn, date, time_, 0, proof, tac_))
         del sub.records[:-MAX_RECORDS]
@@ -1061,6 +1063,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
         after = sub.balance - part_s
         tac_s = _tac(card, tx.SUBSIDY_PURCHASE, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
         sub.balance, sub.offline_counter = after, sub.offline_counter + 1
+        if after == 0:
+            sub.expiry = bytes(4)  # an empty subsidy purse has nothing to expire: no withdrawal is ever asked for
         sub.records.append(
             _record(tx.SUBSIDY_PURCHASE, session["subsidy_counter"], part_s, terminal, tsn, date, time_, after, proof, tac_s)
         )
