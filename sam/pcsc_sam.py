@@ -50,7 +50,13 @@ PURPOSE_CODES = {
     KeyPurpose.TAC: 0x06,
 }
 _PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
-USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
+USAGE_BITS = {
+    KeyUsage.VERIFY: 0x01,
+    KeyUsage.MAC: 0x02,
+    KeyUsage.PERSONALISE: 0x04,
+    KeyUsage.REVERSAL: 0x08,
+    KeyUsage.SUBSIDY: 0x10,
+}
 KEY_INFO_SIZE = 11
 # Short APDUs carry at most 255 data bytes; the card identity (14) and, to verify, the MAC (8) come first.
 MAX_VERIFY_MESSAGE = 255 - 14 - 8

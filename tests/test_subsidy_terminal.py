@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from common import bcd
 from common import transactions as tx
-from sam.interface import Algorithm, CardIdentity
+from sam.interface import Algorithm, CardIdentity, KeyUsage, KeyUsageError, LoadSession
 from simulator.card import SubsidyPurse
 from terminal.decision import Refusal
 from terminal.reader import CardRemoved
 from terminal.subsidy_protocol import Allowance
-from tests.support import MONDAY_10AM, make_card_v2, make_sam
+from tests.support import ALL_USAGES, MONDAY_10AM, make_card_v2, make_sam
 from tests.test_purse import make_purse_terminal, present
 
 SUBSIDY_KINDS = ("pos.purchase", "subsidy.load", "subsidy.withdraw")
@@ -55,7 +55,7 @@ def tac_ok(sam, card, t, tx_type, amount, counter, balance_after, tsn, d, tac):
 
 @pytest.fixture
 def sam():
-    return make_sam()
+    return make_sam(usages=(*ALL_USAGES, KeyUsage.SUBSIDY))
 
 
 @pytest.mark.parametrize(
@@ -151,29 +151,31 @@ def test_the_top_up_terminal_collects_on_a_balance_tap(tmp_path, sam):
 
 
 def test_a_till_whose_sam_lacks_the_subsidy_usage_says_where_to_collect(tmp_path, sam):
-    from sam.keystore import Keystore
-    from sam.roles import role_keys
+    from sam.interface import KeyPurpose
+    from sam.roles import ROLE_KEYS
     from sam.software import SoftwareSam
 
+    assert KeyUsage.SUBSIDY in ROLE_KEYS["pos"][KeyPurpose.LOAD]  # the packaged POS role can collect
     card = subsidy_card(sam)
-    restricted = SoftwareSam(
-        Keystore(
-            [
-                k.restricted(frozenset(u for u in k.usages if u.value != "subsidy" and u.value != "mac"))
-                if k.purpose.value == "load"
-                else k
-                for k in sam._keystore.keys()
-            ]
+    card.state.subsidy.expiry = bytes(4)
+    old_pos = SoftwareSam(
+        sam._keystore.restricted_per_purpose(
+            {KeyPurpose.PURCHASE: {KeyUsage.MAC, KeyUsage.VERIFY}, KeyPurpose.LOAD: {KeyUsage.REVERSAL}}
         )
-    ) if hasattr(sam._keystore, "keys") else None
-    if restricted is None:
-        pytest.skip("keystore has no key listing")
-    assert role_keys  # the pos role carries LOAD reversal + subsidy (sam/roles.py)
+    )
     a = Allowance("x", card.state.asn.hex().upper(), 5_000, dt.date(2026, 12, 31), "subsidy_first")
-    pos = terminal(tmp_path, restricted, allowances=[a])
+    pos = terminal(tmp_path, old_pos, allowances=[a])
     decision = pos.purchase(present(card)[1], 100, MONDAY_10AM)
     assert "allowance to collect at the top-up terminal" in decision.message
-    assert card.state.subsidy.balance == 0
+    assert card.state.subsidy.balance == 0 and outcomes(pos, "subsidy.load") == []
+    pos_role = SoftwareSam(sam._keystore.restricted_per_purpose(ROLE_KEYS["pos"]))
+    (tmp_path / "b").mkdir()
+    pos2 = terminal(tmp_path / "b", pos_role, allowances=[a])
+    identity = CardIdentity(card.state.asn, card.state.enterprise_id, 1, Algorithm.AES128)
+    cash_load = LoadSession(identity, bytes(4), 0, 0, 100, bytes(6), bytes.fromhex("20261123"), bytes(3))
+    with pytest.raises(KeyUsageError):
+        pos_role.load_mac2(cash_load, bytes(8))  # the subsidy usage never signs a cash load
+    assert "subsidy of 50.00 collected" in pos2.purchase(present(card)[1], 100, MONDAY_10AM).message
 
 
 def test_undo_of_a_two_purse_sale_is_refused(tmp_path, sam):
