@@ -54,6 +54,7 @@ class Allowance:
     amount: int
     expiry: dt.date
     policy: str  # subsidy_first | cash_first
+    collected: bool = False  # the platform already received its load (from any terminal)
 
 
 def two_purse_command(amount: int, terminal_id: bytes, policy: str) -> bytes:
@@ -152,9 +153,23 @@ def subsidy_expired(expiry: dt.date | None, today: dt.date) -> bool:
 
 def allowances_to_collect(allowances: list[Allowance], collected: set[str], today: dt.date) -> list[Allowance]:
     """The allowances a tap loads now: announced for this card, not collected (or given up), not expired."""
-    return [a for a in allowances if a.allowance_id not in collected and a.expiry >= today and a.amount > 0]
+    return [
+        a
+        for a in allowances
+        if not a.collected and a.allowance_id not in collected and a.expiry >= today and a.amount > 0
+    ]
 
 
 def policy_for(allowances: list[Allowance], default: str = "subsidy_first") -> str:
     """The policy of a sale: that of the newest allowance announced for the card (the platform's order)."""
     return allowances[-1].policy if allowances else default
+
+
+def allowances_from_body(body: dict) -> list[Allowance]:
+    """The Allowance list of a verified `subsidy_allowances` message body (common/sync_protocol.py checked it)."""
+    return [
+        Allowance(
+            r["allowance_id"], r["asn"], r["amount"], dt.date.fromisoformat(r["expiry"]), r["policy"], r["collected"]
+        )
+        for r in body["allowances"]
+    ]
