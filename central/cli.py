@@ -587,7 +587,9 @@ def _subsidy_commands(sub, db_target, db_help) -> None:
         c.set_defaults(handler=handler)
         return c
 
-    c = cmd("issue", "issue an allowance to employees (monthly: --label YYYY-MM; or a one-off label)", cmd_subsidy_issue)
+    c = cmd(
+        "issue", "issue an allowance to employees (monthly: --label YYYY-MM; or a one-off label)", cmd_subsidy_issue
+    )
     c.add_argument("--employee", action="append", default=[], help="employee number (repeatable)")
     c.add_argument("--list", type=Path, help="a file of employee numbers, one a line (# comments)")
     c.add_argument("--amount", required=True, help="yuan per employee, e.g. 300.00")
@@ -612,13 +614,17 @@ def cmd_subsidy_issue(args) -> int:
         try:
             text = args.list.read_text(encoding="utf-8")
         except OSError as exc:
-            raise UserError(f"--list {args.list}: cannot read it ({exc.strerror}); give a file of employee numbers") from None
+            raise UserError(
+                f"--list {args.list}: cannot read it ({exc.strerror}); give a file of employee numbers"
+            ) from None
         employees += [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
     fen = parse_yuan(args.amount, "--amount")
 
     def do(pf):
         ids = pf.issue_subsidy(args.enterprise, employees, fen, expiry, args.policy, args.label)
-        return f"issued {len(ids)} allowance(s) of {args.amount} yuan ({args.policy}, until {expiry}); terminals notified"
+        return (
+            f"issued {len(ids)} allowance(s) of {args.amount} yuan ({args.policy}, until {expiry}); terminals notified"
+        )
 
     return _run(args, do)
 
@@ -630,7 +636,8 @@ def cmd_subsidy_list(args) -> int:
         rows = pf.subsidy_list(args.enterprise)
         lines = [
             f"{r['allowance_id']:<28} {r['employee_no']:<10} {_yuan(r['amount_cents']):>10} until {r['expiry']} "
-            f"{r['policy']:<13} {r['state']}" + (f" at {r['collected_at']} (TAC {r['tac_status']})" if r["collected_at"] else "")
+            f"{r['policy']:<13} {r['state']}"
+            + (f" at {r['collected_at']} (TAC {r['tac_status']})" if r["collected_at"] else "")
             for r in rows
         ]
         return "\n".join(lines) if lines else "no allowances"

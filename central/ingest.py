@@ -10,10 +10,10 @@ import logging
 
 from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
 from central.sql import bytes_length, insert_rows
+from common import money_records as mr
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
-from common import money_records as mr
 from common.money_records import CARD_ACTION_FAILED, check_action_failed_detail
 
 log = logging.getLogger("platform")

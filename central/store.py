@@ -29,8 +29,8 @@ from central.ingest import Ingest
 from central.outbound import Outbound
 from central.passages import Passages
 from central.purse import PurseAccounts
-from central.subsidy import SubsidyAccounts
 from central.registry import Registry
+from central.subsidy import SubsidyAccounts
 from common import sync_protocol as p
 from common.db import transaction
 

@@ -64,7 +64,9 @@ class SubsidyAccounts:
                     "SELECT holder_id FROM holders WHERE enterprise_id = ? AND employee_no = ?", (enterprise_id, emp)
                 ).fetchone()
                 if row is None:
-                    raise PlatformError(f"employee {emp} is not registered in enterprise {enterprise_id}; nothing issued")
+                    raise PlatformError(
+                        f"employee {emp} is not registered in enterprise {enterprise_id}; nothing issued"
+                    )
                 aid = allowance_id(label, emp)
                 if self.conn.execute("SELECT 1 FROM subsidy_allowances WHERE allowance_id = ?", (aid,)).fetchone():
                     raise PlatformError(f"employee {emp} already has allowance {label}; nothing issued")
@@ -95,7 +97,14 @@ class SubsidyAccounts:
         return {
             "enterprise_id": enterprise_id,
             "allowances": [
-                {"allowance_id": a, "asn": asn, "amount": amt, "expiry": exp, "policy": pol, "collected": a in collected}
+                {
+                    "allowance_id": a,
+                    "asn": asn,
+                    "amount": amt,
+                    "expiry": exp,
+                    "policy": pol,
+                    "collected": a in collected,
+                }
                 for a, asn, amt, exp, pol in rows
             ],
         }
@@ -168,8 +177,9 @@ class SubsidyAccounts:
         from sam.interface import Algorithm, CardIdentity, SamError
 
         try:
-            card = CardIdentity(bytes.fromhex(e.asn), bytes.fromhex(enterprise or ""), d["key_version"],
-                                Algorithm[d["algorithm"]])
+            card = CardIdentity(
+                bytes.fromhex(e.asn), bytes.fromhex(enterprise or ""), d["key_version"], Algorithm[d["algorithm"]]
+            )
             self.tac_sam.verify_tac(
                 card,
                 amount=amount,
@@ -210,7 +220,8 @@ class SubsidyAccounts:
             (enterprise_id,),
         ).fetchall():
             load = self.conn.execute(
-                "SELECT terminal_id, seq, tac_status FROM subsidy_transactions WHERE kind = 'load' AND allowance_id = ?",
+                "SELECT terminal_id, seq, tac_status FROM subsidy_transactions "
+                "WHERE kind = 'load' AND allowance_id = ?",
                 (aid,),
             ).fetchone()
             state = "collected" if load else ("expired" if expiry < today else "pending")

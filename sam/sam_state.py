@@ -110,7 +110,8 @@ def check_load(session: LoadSession) -> None:
     subsidy = session.tx_type == 0x01
     if session.tx_type not in (0x01, 0x02) or (len(session.expiry) == 4) != subsidy or (session.expiry and not subsidy):
         raise InvalidPurseInput(
-            f"load type {session.tx_type!r} with expiry {session.expiry!r}: 02 without expiry, 01 with a 4-byte BCD date"
+            f"load type {session.tx_type!r} with expiry {session.expiry!r}: "
+            "02 without expiry, 01 with a 4-byte BCD date"
         )
     if type(session.balance_before) is not int or not 0 <= session.balance_before <= AMOUNT_MAX:
         raise InvalidPurseInput(

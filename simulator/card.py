@@ -211,7 +211,10 @@ class CardState:
             (self.update_key is None or len(self.update_key) == 16, "update_key must be 16 bytes"),
             (len(self.name.encode()) <= NAME_MAX, f"sub-application name longer than {NAME_MAX} bytes of UTF-8"),
             (self.app_version in (1, 2), "app_version must be 1 or 2"),
-            (self.subsidy is None or (self.app_version == 2 and self.purse is not None), "subsidy purse needs v2+purse"),
+            (
+                self.subsidy is None or (self.app_version == 2 and self.purse is not None),
+                "subsidy purse needs v2+purse",
+            ),
         ]
         for ok, problem in checks:
             if not ok:
@@ -1066,7 +1069,9 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
         if after == 0:
             sub.expiry = bytes(4)  # an empty subsidy purse has nothing to expire: no withdrawal is ever asked for
         sub.records.append(
-            _record(tx.SUBSIDY_PURCHASE, session["subsidy_counter"], part_s, terminal, tsn, date, time_, after, proof, tac_s)
+            _record(
+                tx.SUBSIDY_PURCHASE, session["subsidy_counter"], part_s, terminal, tsn, date, time_, after, proof, tac_s
+            )
         )
         del sub.records[:-MAX_RECORDS]
     if part_c:
@@ -1098,7 +1103,9 @@ def subsidy_credit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
     tac_ = _tac(card, tx.SUBSIDY_LOAD, amount, terminal, 0, date, time_, session["counter"], after)
     sub.balance, sub.online_counter = after, sub.online_counter + 1
     sub.expiry = max(sub.expiry, expiry, key=bytes.hex)
-    sub.records.append(_record(tx.SUBSIDY_LOAD, session["counter"], amount, terminal, 0, date, time_, after, proof, tac_))
+    sub.records.append(
+        _record(tx.SUBSIDY_LOAD, session["counter"], amount, terminal, 0, date, time_, after, proof, tac_)
+    )
     del sub.records[:-MAX_RECORDS]
     card._persist()
     return tac_ + proof + SW_OK

@@ -121,9 +121,13 @@ class Unrecorded(Exception):
 
     @property
     def message(self) -> str:
-        done = {PURCHASE: "Paid", UNDO: "Refunded", LOAD: "Loaded", SUBSIDY_LOAD: "Loaded", SUBSIDY_WITHDRAW: "Withdrawn"}[
-            self.op
-        ]
+        done = {
+            PURCHASE: "Paid",
+            UNDO: "Refunded",
+            LOAD: "Loaded",
+            SUBSIDY_LOAD: "Loaded",
+            SUBSIDY_WITHDRAW: "Withdrawn",
+        }[self.op]
         return (
             f"{done} {format_yuan(self.amount)} - balance {format_yuan(self.balance_after)}. Terminal fault: "
             "not recorded yet, call maintenance (recorded at this card's next tap here)"
@@ -401,7 +405,9 @@ class PurseTerminal(SubsidySteps):
                 {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]},
             )
             if isinstance(exc, sp.NotExpired):
-                raise Refusal("subsidy_not_expired", "Subsidy not expired yet: nothing withdrawn", info.asn_hex) from None
+                raise Refusal(
+                    "subsidy_not_expired", "Subsidy not expired yet: nothing withdrawn", info.asn_hex
+                ) from None
             if isinstance(exc, pp.PurseExpired):
                 raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
             nothing = "nothing was charged" if op in DEBITS else "nothing was loaded"
@@ -618,7 +624,9 @@ class PurseTerminal(SubsidySteps):
         parse=pp.parse_init_load,
     ) -> dict:
         local = now.astimezone(self.config.terminal.timezone)
-        rapdu = transmit(command if command is not None else pp.init_load_command(amount, self.config.terminal.id_bytes))
+        rapdu = transmit(
+            command if command is not None else pp.init_load_command(amount, self.config.terminal.id_bytes)
+        )
         try:
             init = parse(rapdu)
         except cp.CardProtocolError as exc:

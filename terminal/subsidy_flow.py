@@ -101,7 +101,9 @@ class SubsidySteps:
                 notes.append(f"expired subsidy of {format_yuan(amount)} withdrawn")
         allowances = self._allowances(info.asn_hex)
         collected = {
-            a.allowance_id for a in allowances if self.event_log.has_detail("subsidy.load", "allowance_id", a.allowance_id)
+            a.allowance_id
+            for a in allowances
+            if self.event_log.has_detail("subsidy.load", "allowance_id", a.allowance_id)
         }
         for a in sp.allowances_to_collect(allowances, collected, today):
             try:
@@ -137,8 +139,12 @@ class SubsidySteps:
         except pp.InsufficientBalance:
             return 0  # nothing left in the expired subsidy purse
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", "Card could not withdraw its expired subsidy: tap again", info.asn_hex,
-                          {"problem": str(exc)}) from None
+            raise Refusal(
+                "card_error",
+                "Card could not withdraw its expired subsidy: tap again",
+                info.asn_hex,
+                {"problem": str(exc)},
+            ) from None
         date, time_ = bcd.encode_date_time(local)
         d = {
             "op": "subsidy.withdraw",
@@ -198,7 +204,9 @@ class SubsidySteps:
                 {"amount": amount},
             ) from None
         except cp.CardProtocolError as exc:
-            raise Refusal("card_error", "Card could not start the payment: tap again", asn, {"problem": str(exc)}) from None
+            raise Refusal(
+                "card_error", "Card could not start the payment: tap again", asn, {"problem": str(exc)}
+            ) from None
         date, time_ = bcd.encode_date_time(now.astimezone(t.timezone))
         d = {
             "op": "pos.purchase",
@@ -237,7 +245,12 @@ class SubsidySteps:
         split = f" (subsidy {format_yuan(init.subsidy_part)}, cash {format_yuan(init.cash_part)})"
         extra = "".join(f" ({n})" for n in notes)
         return Decision(
-            True, "pos.purchase", "paid", f"Paid {format_yuan(amount)}{split}{extra}", asn=asn, logged=False,
+            True,
+            "pos.purchase",
+            "paid",
+            f"Paid {format_yuan(amount)}{split}{extra}",
+            asn=asn,
+            logged=False,
             detail=detail,
         )
 

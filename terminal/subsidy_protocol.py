@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from common import bcd
 from common import transactions as tx
 from terminal.card_protocol import CardProtocolError, expect_ok, status_word
-from terminal.purse_protocol import InsufficientBalance, LoadInit, PurchaseInit, _algorithm, _u32
+from terminal.purse_protocol import InsufficientBalance, LoadInit, Proof, PurchaseInit, _algorithm, _u32
 
 NO_TAC = bytes(8)  # the TAC field of a part of 0 in a two-purse DEBIT answer
 POLICY_NAMES = {v: k for k, v in tx.POLICIES.items()}
@@ -131,8 +132,8 @@ def parse_withdraw_init(rapdu: bytes) -> PurchaseInit:
     )
 
 
-def parse_withdraw_debit(rapdu: bytes):
-    from terminal.purse_protocol import MacRefused, Proof
+def parse_withdraw_debit(rapdu: bytes) -> Proof:
+    from terminal.purse_protocol import MacRefused
 
     sw = status_word(rapdu)
     if sw == 0x9302:
@@ -165,7 +166,7 @@ def policy_for(allowances: list[Allowance], default: str = "subsidy_first") -> s
     return allowances[-1].policy if allowances else default
 
 
-def allowances_from_body(body: dict) -> list[Allowance]:
+def allowances_from_body(body: dict[str, Any]) -> list[Allowance]:
     """The Allowance list of a verified `subsidy_allowances` message body (common/sync_protocol.py checked it)."""
     return [
         Allowance(

@@ -5,7 +5,6 @@ that agrees with the till's Z report (SQLite, and PostgreSQL under the `postgres
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,8 +24,9 @@ ENT, TID = "00010001", "000000000101"
 
 def upload(pf, log, after=0):
     events = [
-        p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash,
-                    e.hash)
+        p.WireEvent(
+            e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+        )
         for e in log.events()
         if e.seq > after
     ]
@@ -75,8 +75,14 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
     body = pf.subsidy_allowances_body(ENT)
     p.BODY_CHECKS["subsidy_allowances"](body)  # the agent's schema
     assert body["allowances"] == [  # E1002 has no card yet: nothing to announce for them
-        {"allowance_id": "2026-11.E1001", "asn": card.state.asn.hex().upper(), "amount": 5_000,
-         "expiry": "2026-11-30", "policy": "subsidy_first", "collected": False}
+        {
+            "allowance_id": "2026-11.E1001",
+            "asn": card.state.asn.hex().upper(),
+            "amount": 5_000,
+            "expiry": "2026-11-30",
+            "policy": "subsidy_first",
+            "collected": False,
+        }
     ]
     queued = pf.conn.execute("SELECT topic FROM outbound").fetchall()
     assert [t for (t,) in queued] == [p.enterprise_topic(ENT)]
@@ -87,7 +93,11 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
     r = upload(pf, pos.event_log)
     assert r.acked_seq == pos.event_log.events()[-1].seq
     assert pf.subsidy_report(ENT) == {
-        "issued": 10_000, "collected": 5_000, "spent": 5_000, "withdrawn": 0, "on_cards": 0
+        "issued": 10_000,
+        "collected": 5_000,
+        "spent": 5_000,
+        "withdrawn": 0,
+        "on_cards": 0,
     }
     assert card.state.subsidy.balance == 0
     # The cash purse's accounts saw only the cash share (12.00), continuing the card's history.
@@ -95,9 +105,13 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
     assert [x["state"] for x in pf.subsidy_list(ENT)] == ["collected", "pending"]
     assert pf.subsidy_allowances_body(ENT)["allowances"][0]["collected"] is True
     # Settlement: the platform's lines equal the till's for the same records, subsidy spent counted apart.
-    till = st.settle(st.select_day(
-        [st.Record(e.seq, e.time, e.kind, e.detail) for e in pos.event_log.events()], dt.date(2026, 11, 23),
-        pos.config.terminal.timezone))
+    till = st.settle(
+        st.select_day(
+            [st.Record(e.seq, e.time, e.kind, e.detail) for e in pos.event_log.events()],
+            dt.date(2026, 11, 23),
+            pos.config.terminal.timezone,
+        )
+    )
     assert till.subsidy_spent.amount == 5_000 and till.sales.amount == 6_200
     report = pf.settlement(TID, dt.date(2026, 11, 23))
     for line in st.format_totals(till):
@@ -114,8 +128,7 @@ def test_a_forged_subsidy_tac_is_not_accounted(setup, tmp_path, sam):
     pos.balance_inquiry(present(card)[1], MONDAY_10AM)
     load = outcomes(pos, "subsidy.load")[0]
     forged = dict(load.detail, amount=500_000, balance_after=500_000)
-    pos.event_log.append(MONDAY_10AM, "subsidy.load", asn=load.asn, reason_code="completed", message="x",
-                         detail=forged)
+    pos.event_log.append(MONDAY_10AM, "subsidy.load", asn=load.asn, reason_code="completed", message="x", detail=forged)
     upload(pf, pos.event_log)
     rows = pf.conn.execute("SELECT amount_cents, tac_status FROM subsidy_transactions ORDER BY seq").fetchall()
     assert rows == [(5_000, "ok"), (500_000, "duplicate")] or rows == [(5_000, "ok"), (500_000, "bad")]
@@ -147,14 +160,50 @@ def test_the_cli_issues_lists_and_reports(setup, tmp_path, platform_db):
     lst.write_text("E1001\n# comment\nE1002\n")
     base = [sys.executable, "-m", "onecard.cli", "platform", "subsidy"]
     args = ["--db", str(platform_db), "--key", str(key), "--enterprise", ENT]
-    r = subprocess.run([*base, "issue", *args, "--list", str(lst), "--amount", "150.00", "--expiry", "2099-12-31",
-                        "--policy", "cash_first", "--label", "2099-12"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            *base,
+            "issue",
+            *args,
+            "--list",
+            str(lst),
+            "--amount",
+            "150.00",
+            "--expiry",
+            "2099-12-31",
+            "--policy",
+            "cash_first",
+            "--label",
+            "2099-12",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "issued 2 allowance(s) of 150.00 yuan" in r.stdout
     r = subprocess.run([*base, "list", *args], capture_output=True, text=True)
     assert "2099-12.E1002" in r.stdout and "pending" in r.stdout
     r = subprocess.run([*base, "report", *args], capture_output=True, text=True)
     assert "issued" in r.stdout and "300.00" in r.stdout
-    r = subprocess.run([*base, "issue", *args, "--employee", "E1001", "--amount", "1", "--expiry", "2099-12-31",
-                        "--policy", "cash_first", "--label", "2099-12"], capture_output=True, text=True)
-    assert r.returncode == 2 and "already has allowance" in r.stderr  # the platform CLI: PlatformError -> 2 and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [
+            *base,
+            "issue",
+            *args,
+            "--employee",
+            "E1001",
+            "--amount",
+            "1",
+            "--expiry",
+            "2099-12-31",
+            "--policy",
+            "cash_first",
+            "--label",
+            "2099-12",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        r.returncode == 2 and "already has allowance" in r.stderr
+    )  # the platform CLI: PlatformError -> 2 and "Traceback" not in r.stderr

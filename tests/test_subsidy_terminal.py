@@ -113,7 +113,12 @@ def test_an_allowance_is_collected_at_the_next_tap_of_a_till_once(tmp_path, sam)
     assert reader.apdu_count == 5  # SELECT, INITIALIZE FOR LOAD, CREDIT, INITIALIZE (two purses), DEBIT
     assert card.state.subsidy.balance == 28_800 and card.state.subsidy.expiry == bytes.fromhex("20261130")
     load = outcomes(pos, "subsidy.load")[0].detail
-    assert (load["allowance_id"], load["amount"], load["balance_after"], load["expiry"]) == (a.allowance_id, 30_000, 30_000, "20261130")
+    assert (load["allowance_id"], load["amount"], load["balance_after"], load["expiry"]) == (
+        a.allowance_id,
+        30_000,
+        30_000,
+        "20261130",
+    )
     tac_ok(sam, card, pos, tx.SUBSIDY_LOAD, 30_000, 0, 30_000, 0, load, load["tac"])
     pos.purchase(present(card)[1], 100, MONDAY_10AM + dt.timedelta(minutes=1))
     assert len(outcomes(pos, "subsidy.load")) == 1 and card.state.subsidy.balance == 28_700
@@ -191,7 +196,9 @@ def _settled_once(t, card):
     """Every card record appears in the log exactly once with its TAC, per purse."""
     done = outcomes(t)
     cash_tacs = [e.detail["tac"] for e in done if e.kind == "pos.purchase" and e.detail["tac"] != "0" * 16]
-    sub_tacs = [e.detail["subsidy_tac"] for e in done if e.kind == "pos.purchase" and e.detail["subsidy_tac"] != "0" * 16]
+    sub_tacs = [
+        e.detail["subsidy_tac"] for e in done if e.kind == "pos.purchase" and e.detail["subsidy_tac"] != "0" * 16
+    ]
     sub_tacs += [e.detail["tac"] for e in done if e.kind.startswith("subsidy.")]
     assert sorted(cash_tacs) == sorted(r["tac"] for r in card.state.purse.records if r["type"] == tx.PURCHASE)
     assert sorted(sub_tacs) == sorted(r["tac"] for r in card.state.subsidy.records)
@@ -201,7 +208,9 @@ def _settled_once(t, card):
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_a_two_purse_sale_torn_after_each_apdu_settles_once_per_purse(tmp_path, sam, k, policy):
     card = subsidy_card(sam, cash=1_000, subsidy=500)
-    pos = terminal(tmp_path, sam, allowances=[Allowance("p", card.state.asn.hex().upper(), 1, dt.date(2026, 1, 1), policy)])
+    pos = terminal(
+        tmp_path, sam, allowances=[Allowance("p", card.state.asn.hex().upper(), 1, dt.date(2026, 1, 1), policy)]
+    )
     with pytest.raises(CardRemoved):
         pos.purchase(present(card, tear_after=k)[1], 1200, MONDAY_10AM)
     decision = pos.purchase(present(card)[1], 1200, MONDAY_10AM + dt.timedelta(seconds=5))
@@ -256,7 +265,9 @@ def test_a_withdrawal_torn_after_each_apdu_settles_once(tmp_path, sam, k):
     subsidy=st.integers(0, 4_000),
     cash=st.integers(0, 4_000),
 )
-def test_subsidy_plus_cash_is_conserved_and_the_offline_limit_holds(tmp_path_factory, sam, sales, policy, subsidy, cash):
+def test_subsidy_plus_cash_is_conserved_and_the_offline_limit_holds(
+    tmp_path_factory, sam, sales, policy, subsidy, cash
+):
     tmp = tmp_path_factory.mktemp("hyp")
     card = subsidy_card(sam, cash=cash, subsidy=subsidy)
     pos = terminal(tmp, sam, allowances=[Allowance("p", card.state.asn.hex().upper(), 1, dt.date(2026, 1, 1), policy)])
