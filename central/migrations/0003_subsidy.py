@@ -14,7 +14,8 @@ steps = [
         "DROP TABLE subsidy_allowances",
     ),
     step(
-        "CREATE TABLE IF NOT EXISTS subsidy_transactions (terminal_id TEXT NOT NULL, seq BIGINT NOT NULL, asn TEXT NOT NULL, "
+        "CREATE TABLE IF NOT EXISTS subsidy_transactions (terminal_id TEXT NOT NULL, seq BIGINT NOT NULL, "
+        "asn TEXT NOT NULL, "
         "kind TEXT NOT NULL, stream TEXT NOT NULL, counter INTEGER NOT NULL, amount_cents BIGINT NOT NULL, "
         "balance_after_cents BIGINT NOT NULL, tac TEXT NOT NULL, tac_status TEXT NOT NULL, allowance_id TEXT, "
         "recorded_at TEXT NOT NULL, PRIMARY KEY (terminal_id, seq, kind))",
