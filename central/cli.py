@@ -167,6 +167,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c = cmd("settlement", "a till's day settlement (Z report) from the records received", cmd_settlement)
     c.add_argument("--terminal", required=True, metavar="ID")
     c.add_argument("--day", required=True, metavar="YYYY-MM-DD")
+    _subsidy_commands(sub, db_target, DB_HELP)
     c = cmd("card", "show a card", cmd_card)
     c.add_argument("asn")
     c = cmd("terminal", "show a terminal's upload position, chain state and last heartbeat", cmd_terminal)
@@ -569,6 +570,87 @@ def cmd_set_shift(args) -> int:
     def do(pf):
         pf.set_shift(args.enterprise, args.employee_no, args.shift)
         return f"employee {args.employee_no} is on shift {args.shift}"
+
+    return _run(args, do)
+
+
+def _subsidy_commands(sub, db_target, db_help) -> None:
+    """`onecard platform subsidy issue | list | report` (docs/canteen.md "Subsidy wallet")."""
+    group = sub.add_parser("subsidy", help="subsidy allowances (补助): issue, list, report")
+    ss = group.add_subparsers(dest="subsidy_command", required=True, metavar="issue|list|report")
+
+    def cmd(name: str, help_: str, handler) -> argparse.ArgumentParser:
+        c = ss.add_parser(name, help=help_)
+        c.add_argument("--db", required=True, type=db_target, help=db_help)
+        c.add_argument("--key", required=True, type=Path, help="platform Ed25519 signing key (PEM)")
+        c.add_argument("--enterprise", required=True)
+        c.set_defaults(handler=handler)
+        return c
+
+    c = cmd(
+        "issue", "issue an allowance to employees (monthly: --label YYYY-MM; or a one-off label)", cmd_subsidy_issue
+    )
+    c.add_argument("--employee", action="append", default=[], help="employee number (repeatable)")
+    c.add_argument("--list", type=Path, help="a file of employee numbers, one a line (# comments)")
+    c.add_argument("--amount", required=True, help="yuan per employee, e.g. 300.00")
+    c.add_argument("--expiry", required=True, metavar="YYYY-MM-DD", help="the last day the allowance may be spent")
+    c.add_argument("--policy", required=True, choices=("subsidy_first", "cash_first"))
+    c.add_argument("--label", required=True, help="the month (2026-11) or a one-off name (holiday-2026)")
+    cmd("list", "each allowance and what became of it (pending, collected, expired)", cmd_subsidy_list)
+    cmd("report", "subsidy issued, collected, spent, withdrawn and on the cards", cmd_subsidy_report)
+
+
+def cmd_subsidy_issue(args) -> int:
+    import datetime as dt
+
+    from common.money import parse_yuan
+
+    try:
+        expiry = dt.date.fromisoformat(args.expiry)
+    except ValueError:
+        raise UserError(f"--expiry {args.expiry!r} is not YYYY-MM-DD; write e.g. 2026-11-30") from None
+    employees = list(args.employee)
+    if args.list is not None:
+        try:
+            text = args.list.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UserError(
+                f"--list {args.list}: cannot read it ({exc.strerror}); give a file of employee numbers"
+            ) from None
+        employees += [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
+    fen = parse_yuan(args.amount, "--amount")
+
+    def do(pf):
+        ids = pf.issue_subsidy(args.enterprise, employees, fen, expiry, args.policy, args.label)
+        return (
+            f"issued {len(ids)} allowance(s) of {args.amount} yuan ({args.policy}, until {expiry}); terminals notified"
+        )
+
+    return _run(args, do)
+
+
+def cmd_subsidy_list(args) -> int:
+    from central.db import _yuan
+
+    def do(pf):
+        rows = pf.subsidy_list(args.enterprise)
+        lines = [
+            f"{r['allowance_id']:<28} {r['employee_no']:<10} {_yuan(r['amount_cents']):>10} until {r['expiry']} "
+            f"{r['policy']:<13} {r['state']}"
+            + (f" at {r['collected_at']} (TAC {r['tac_status']})" if r["collected_at"] else "")
+            for r in rows
+        ]
+        return "\n".join(lines) if lines else "no allowances"
+
+    return _run(args, do)
+
+
+def cmd_subsidy_report(args) -> int:
+    from central.db import _yuan
+
+    def do(pf):
+        r = pf.subsidy_report(args.enterprise)
+        return "\n".join(f"{k:<10} {_yuan(v):>12}" for k, v in r.items())
 
     return _run(args, do)
 

@@ -10,6 +10,7 @@ import logging
 
 from central.db import MAX_PENDING_BYTES, MAX_PENDING_GAP, PURSE_SIGN, IngestResult, PlatformError
 from central.sql import bytes_length, insert_rows
+from common import money_records as mr
 from common import sync_protocol as p
 from common.events import event_hash
 from common.logs import log_event
@@ -319,6 +320,8 @@ class Ingest:
         self._new_events.append((terminal_id, e.seq, e.time, e.kind, e.asn, e.reason_code, e.message, e.detail, e.hash))
         if e.kind in PURSE_SIGN:
             self._account(terminal_id, e)
+        elif e.kind in mr.SUBSIDY_EXTRA:
+            self._account_subsidy(terminal_id, e)
         elif e.kind in ("card.rights", CARD_ACTION_FAILED):
             self._card_action_report(terminal_id, e)
         elif e.kind == "door.grant":

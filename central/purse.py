@@ -69,6 +69,14 @@ class PurseAccounts:
         except p.ProtocolError as exc:
             self._hold(terminal_id, e, None, "unchecked", HELD, "malformed", f"refused as a protocol error: {exc}")
             return
+        if "subsidy_amount" in d:
+            # A two-purse sale (docs/card-application.md 5.6): its subsidy share goes to the subsidy accounts
+            # (central/subsidy.py), its cash share, if any, is an ordinary purchase of the cash purse.
+            self._account_subsidy_part(terminal_id, e, d)
+            subsidy, cash = mr.two_purse_parts(d)
+            if cash == 0:
+                return
+            d = {k: v for k, v in d.items() if k not in mr.TWO_PURSE_FIELDS} | {"amount": cash}
         enterprise, kind = self._terminal_facts(terminal_id)
         if kind not in mr.ACCOUNTING_KINDS[e.kind]:
             what = (

@@ -30,11 +30,12 @@ from central.outbound import Outbound
 from central.passages import Passages
 from central.purse import PurseAccounts
 from central.registry import Registry
+from central.subsidy import SubsidyAccounts
 from common import sync_protocol as p
 from common.db import transaction
 
 
-class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills, Passages):
+class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills, Passages, SubsidyAccounts):
     """Accounts, ingest and signed publications of one platform database (one instance per thread).
 
     Each job lives in its own module (registry, blacklists, card_flows, outbound, ingest, purse, bills); this class

@@ -10,6 +10,9 @@ from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, NORMALLY_OPEN_END
 
 _TERMINAL_KINDS = ("door", "attendance", "pos", "topup")
 _MONEY_OPS = ("pos.purchase", "pos.undo", "topup.load")  # each: .intent, the outcome, .abandoned
+# The subsidy purse (docs/card-application.md 5.6, docs/canteen.md "Subsidy"): an allowance loaded, an expired
+# subsidy withdrawn; each: .intent, the outcome, .abandoned.
+_SUBSIDY_OPS = ("subsidy.load", "subsidy.withdraw")
 _ISSUING = ("issue.card", "issue.void", "issue.restore", "issue.keys")  # each with its .intent
 
 KNOWN_KINDS: frozenset[str] = frozenset(
@@ -32,6 +35,7 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         NORMALLY_OPEN_END,
         *(f"{k}.deny" for k in _TERMINAL_KINDS),
         *(f"{op}{suffix}" for op in _MONEY_OPS for suffix in (".intent", "", ".abandoned")),
+        *(f"{op}{suffix}" for op in _SUBSIDY_OPS for suffix in (".intent", "", ".abandoned")),
         *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),
         "issue.restore.abandoned",
         "issue.replace",

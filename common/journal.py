@@ -99,8 +99,26 @@ DELETE = _flow("issue.delete", State.SETTLED)
 # Washing and key rotation (terminal/rekey.py): DONE once SELECT announces the target key version.
 KEYS = _flow("issue.keys")
 
-FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD, ISSUE, REPLACE, VOID, RESTORE, CANCEL, DELETE, KEYS)
-MONEY_FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD)
+# The subsidy purse (docs/card-application.md 5.6): an allowance collected, an expired subsidy withdrawn; settled
+# as the money flows are. A two-purse sale is a PURCHASE whose intent carries the split.
+SUBSIDY_LOAD = _flow("subsidy.load", State.ABANDONED)
+SUBSIDY_WITHDRAW = _flow("subsidy.withdraw", State.ABANDONED)
+
+FLOWS: tuple[Flow, ...] = (
+    PURCHASE,
+    UNDO,
+    LOAD,
+    ISSUE,
+    REPLACE,
+    VOID,
+    RESTORE,
+    CANCEL,
+    DELETE,
+    KEYS,
+    SUBSIDY_LOAD,
+    SUBSIDY_WITHDRAW,
+)
+MONEY_FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW)
 JOURNAL_KINDS: frozenset[str] = frozenset(k for f in FLOWS for k in f.kinds)
 
 

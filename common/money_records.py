@@ -49,7 +49,18 @@ EXTRA_REQUIRED = {PURCHASE: ("tsn",), UNDO: ("purchase_seq",), LOAD: ()}
 SALE_FIELDS = ("operator", "batch", "meal_period", "service_day")
 # pin_verified: the holder's spending password was verified by the card for this sale; the TAC then covers it
 # (type byte 86, docs/card-application.md 5.5), so the platform's TAC check proves the flag.
-EXTRA_OPTIONAL = {PURCHASE: (*SALE_FIELDS, "item", "pin_verified"), UNDO: SALE_FIELDS, LOAD: ("action_id",)}
+# A two-purse sale (docs/card-application.md 5.6) is a pos.purchase whose `amount` is the whole sale and whose `tac`,
+# `counter` and `balance_after` are the cash purse's (the cash part = amount - subsidy_amount; its TAC is 16 zeros
+# when that part is 0); the subsidy purse's part has these fields.
+TWO_PURSE_FIELDS = ("subsidy_amount", "subsidy_counter", "subsidy_balance_after", "subsidy_tac", "policy")
+EXTRA_OPTIONAL = {
+    PURCHASE: (*SALE_FIELDS, "item", "pin_verified", *TWO_PURSE_FIELDS),
+    UNDO: SALE_FIELDS,
+    LOAD: ("action_id",),
+}
+# The subsidy purse's own records: an allowance loaded, an expired subsidy withdrawn (the whole balance).
+SUBSIDY_LOAD, SUBSIDY_WITHDRAW = "subsidy.load", "subsidy.withdraw"
+SUBSIDY_EXTRA = {SUBSIDY_LOAD: ("allowance_id", "expiry"), SUBSIDY_WITHDRAW: ("tsn",)}
 
 
 def _int(lo: int, hi: int):
@@ -101,6 +112,13 @@ CHECKS = {
     "service_day": _text(re.compile(r"20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])\Z"), "a date YYYY-MM-DD"),
     "pin_verified": _bool,
     "item": _text(re.compile(r"[^\x00-\x1f\x7f]{1,24}\Z"), "1-24 printable characters"),
+    "subsidy_amount": _int(0, U32),
+    "subsidy_counter": _int(0, 0xFFFF),
+    "subsidy_balance_after": _int(0, U32),
+    "subsidy_tac": _text(_HEX16, "16 lowercase hex digits"),
+    "policy": _text(re.compile(r"(subsidy_first|cash_first)\Z"), "subsidy_first or cash_first"),
+    "allowance_id": _text(_ID, "1-64 characters of [A-Za-z0-9._-]"),
+    "expiry": _text(_DATE, "8 BCD digits YYYYMMDD"),
 }
 
 
@@ -128,7 +146,44 @@ def check_money_detail(kind: str, detail) -> dict:
         problem = CHECKS[k](v)
         if problem:
             raise ProtocolError(f"{where}: field {k!r} {problem}")
+    present = [k for k in TWO_PURSE_FIELDS if k in detail]
+    if present and (len(present) != len(TWO_PURSE_FIELDS) or detail["subsidy_amount"] > detail["amount"]):
+        raise ProtocolError(f"{where}: a two-purse sale has all of {', '.join(TWO_PURSE_FIELDS)}, subsidy <= amount")
     return detail
+
+
+def _check_fields(where: str, detail, required: tuple[str, ...], optional: tuple[str, ...]) -> dict:
+    if isinstance(detail, str):
+        try:
+            detail = json.loads(detail)
+        except (json.JSONDecodeError, RecursionError):
+            raise ProtocolError(f"{where} is not JSON") from None
+    if not isinstance(detail, dict):
+        raise ProtocolError(f"{where} must be a JSON object")
+    missing = [k for k in required if k not in detail]
+    if missing:
+        raise ProtocolError(f"{where}: field {missing[0]!r} is missing")
+    unknown = sorted(k for k in detail if k not in set(required) | set(optional))
+    if unknown:
+        raise ProtocolError(f"{where}: field {unknown[0][:40]!r} is not part of this record")
+    for k, v in detail.items():
+        problem = CHECKS[k](v)
+        if problem:
+            raise ProtocolError(f"{where}: field {k!r} {problem}")
+    return detail
+
+
+def check_subsidy_detail(kind: str, detail) -> dict:
+    """A subsidy purse record (subsidy.load, subsidy.withdraw): the money record's common fields plus its own."""
+    if kind not in SUBSIDY_EXTRA:
+        raise ProtocolError(f"{kind!r:.40} is not a subsidy record kind ({', '.join(SUBSIDY_EXTRA)})")
+    return _check_fields(f"{kind} detail", detail, COMMON + SUBSIDY_EXTRA[kind], ("policy",))
+
+
+def two_purse_parts(detail: dict) -> tuple[int, int]:
+    """(subsidy part, cash part) of a pos.purchase detail; a cash-only sale is (0, amount)."""
+    subsidy = detail.get("subsidy_amount", 0)
+    return subsidy, detail["amount"] - subsidy
 
 
 def balance_before(kind: str, detail: dict) -> int:

@@ -42,7 +42,9 @@ class Totals:
     sales: Tally = field(default_factory=Tally)
     undos: Tally = field(default_factory=Tally)
     loads: Tally = field(default_factory=Tally)
-    subsidy_spent: Tally = field(default_factory=Tally)  # the subsidy purse: none until the card application v2
+    # The subsidy purse's share of the sales (two-purse sales, card-application.md 5.6): part of `sales`, counted
+    # apart so that the cash the till took (net - subsidy) and the enterprise's subsidy are never mixed.
+    subsidy_spent: Tally = field(default_factory=Tally)
     by_period: dict[str, dict[str, Tally]] = field(default_factory=dict)  # period -> {sales, undos}
     by_operator: dict[str, dict[str, Tally]] = field(default_factory=dict)
     seqs: list[int] = field(default_factory=list)  # the money records counted
@@ -71,6 +73,8 @@ def settle(records: Iterable[Record]) -> Totals:
         column = {PURCHASE: "sales", UNDO: "undos", LOAD: "loads"}[r.kind]
         getattr(totals, column).add(amount)
         totals.seqs.append(r.seq)
+        if r.kind == PURCHASE and r.detail.get("subsidy_amount"):
+            totals.subsidy_spent.add(r.detail["subsidy_amount"])
         if r.kind == LOAD:
             continue
         period = r.detail.get("meal_period") or NO_PERIOD

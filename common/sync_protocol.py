@@ -46,6 +46,7 @@ DOWN_TYPES = (
     "time",
     "meal_usage",
     "passage",
+    "subsidy_allowances",
 )
 PASSAGE_DIRECTIONS = ("entry", "exit")
 REQUEST_WANTS = ("sync", "blacklist.snapshot")
@@ -477,6 +478,39 @@ def _check_meal_usage(body: dict[str, Any]) -> None:
         seen.add(key)
 
 
+MAX_ALLOWANCES = 20_000
+SUBSIDY_POLICIES = ("subsidy_first", "cash_first")
+
+
+def _check_subsidy_allowances(body: dict[str, Any]) -> None:
+    """The enterprise's current subsidy allowances (docs/canteen.md "Subsidy wallet"): every allowance not yet
+    expired, per card, with `collected` once the platform received its load; the whole list each time (the newest
+    message replaces the one before)."""
+    w = "subsidy_allowances"
+    _exact(body, w, ("enterprise_id", "allowances"))
+    _match(body, "enterprise_id", _EID_RE, w, "8 decimal digits")
+    rows = _field(body, "allowances", list, w)
+    if len(rows) > MAX_ALLOWANCES:
+        raise ProtocolError(f"{w}: {len(rows)} allowances, more than {MAX_ALLOWANCES}")
+    seen = set()
+    for i, row in enumerate(rows):
+        rw = f"{w} allowances[{i}]"
+        if not isinstance(row, dict):
+            raise ProtocolError(f"{rw} must be an object")
+        _exact(row, rw, ("allowance_id", "asn", "amount", "expiry", "policy", "collected"))
+        _match(row, "allowance_id", _ID_RE, rw, "1-64 characters of [A-Za-z0-9._-]")
+        _match(row, "asn", _ASN_RE, rw, "16 uppercase hex digits")
+        if _int(row, "amount", rw, 1) > 0xFFFFFFFF:
+            raise ProtocolError(f"{rw}: amount above 4294967295 fen")
+        _date(row, "expiry", rw)
+        if _field(row, "policy", str, rw) not in SUBSIDY_POLICIES:
+            raise ProtocolError(f"{rw}: policy {row['policy']!r:.30} is not subsidy_first or cash_first")
+        _field(row, "collected", bool, rw)
+        if row["allowance_id"] in seen:
+            raise ProtocolError(f"{rw}: allowance {row['allowance_id']} listed twice")
+        seen.add(row["allowance_id"])
+
+
 def _check_time(body: dict[str, Any]) -> None:
     _exact(body, "time", ("platform_time",))
     parse_time(_field(body, "platform_time", str, "time"), "time platform_time")
@@ -508,6 +542,7 @@ BODY_CHECKS = {
     "time": _check_time,
     "meal_usage": _check_meal_usage,
     "passage": _check_passage,
+    "subsidy_allowances": _check_subsidy_allowances,
 }
 
 

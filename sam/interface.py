@@ -37,6 +37,7 @@ class KeyUsage(enum.Enum):
     MAC = "mac"  # compute MACs that cards will check (terminal-side MACs)
     PERSONALISE = "personalise"  # hand out diversified card keys, only to personalise a card at issuing
     REVERSAL = "reversal"  # LOAD key of a POS: a credit only to reverse this SAM's own last purchase, once
+    SUBSIDY = "subsidy"  # LOAD key of a POS: a credit only into the subsidy purse (an allowance collected at a till)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,10 @@ class PurchaseSession:
     terminal_id: bytes  # 6 bytes BCD
     date: bytes  # 4 bytes BCD YYYYMMDD, terminal local date
     time: bytes  # 3 bytes BCD hhmmss
+    # Section 5.6: 06 a cash purchase; 05 a two-purse sale (counter = the cash purse's offline counter, MAC2 also
+    # over subsidy_part); 04 a subsidy withdrawal (counter = the subsidy purse's offline counter).
+    tx_type: int = 0x06
+    subsidy_part: int = 0
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class LoadSession:
     terminal_id: bytes
     date: bytes
     time: bytes
+    tx_type: int = 0x02  # 02 the cash purse; 01 the subsidy purse (section 5.6), then with the allowance's expiry
+    expiry: bytes = b""  # BCD date of the allowance a subsidy load writes (MAC2 covers it)
 
 
 class SamError(Exception):

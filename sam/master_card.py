@@ -47,7 +47,13 @@ PURPOSE_CODES = {
     KeyPurpose.TAC: 0x06,
 }
 PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
-USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
+USAGE_BITS = {
+    KeyUsage.VERIFY: 0x01,
+    KeyUsage.MAC: 0x02,
+    KeyUsage.PERSONALISE: 0x04,
+    KeyUsage.REVERSAL: 0x08,
+    KeyUsage.SUBSIDY: 0x10,
+}
 
 # --- roles: what one export holds (docs/key-handling.md 3) --------------------------------------------
 

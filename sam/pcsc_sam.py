@@ -50,7 +50,13 @@ PURPOSE_CODES = {
     KeyPurpose.TAC: 0x06,
 }
 _PURPOSES_BY_CODE = {code: purpose for purpose, code in PURPOSE_CODES.items()}
-USAGE_BITS = {KeyUsage.VERIFY: 0x01, KeyUsage.MAC: 0x02, KeyUsage.PERSONALISE: 0x04, KeyUsage.REVERSAL: 0x08}
+USAGE_BITS = {
+    KeyUsage.VERIFY: 0x01,
+    KeyUsage.MAC: 0x02,
+    KeyUsage.PERSONALISE: 0x04,
+    KeyUsage.REVERSAL: 0x08,
+    KeyUsage.SUBSIDY: 0x10,
+}
 KEY_INFO_SIZE = 11
 # Short APDUs carry at most 255 data bytes; the card identity (14) and, to verify, the MAC (8) come first.
 MAX_VERIFY_MESSAGE = 255 - 14 - 8
@@ -396,6 +402,7 @@ class PcscSam:
 
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
         check_purchase(session)
+        _cash_purse_only(session.tx_type, 0x06)
         data = (
             card_block(session.card)
             + session.card_random
@@ -411,6 +418,7 @@ class PcscSam:
 
     def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
         check_purchase(session)
+        _cash_purse_only(session.tx_type, 0x06)
         check_tsn(tsn)
         check_mac(mac2, "purchase MAC2")
         data = (
@@ -436,6 +444,7 @@ class PcscSam:
 
     def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
         check_load(session)
+        _cash_purse_only(session.tx_type, 0x02)
         check_mac(mac1, "load MAC1")
         data = _load_fields(session) + mac1
         sw, answer = self._command(bytes([0x80, 0x74, 0x00, 0x00, len(data)]) + data + b"\x08", "LOAD MAC2")
@@ -567,3 +576,12 @@ class KeyLoadChallenge:
     trust: int
     enterprise_id: bytes
     master_public_key: bytes
+
+
+def _cash_purse_only(tx_type: int, cash: int) -> None:
+    """The PSAM command set (docs/psam.md) has no subsidy-purse operations yet (card-application.md 5.6)."""
+    if tx_type != cash:
+        raise SamError(
+            f"the PSAM has no command for transaction type {tx_type:02X} (subsidy purse); "
+            "use a software SAM (keystore) on terminals that serve the subsidy purse"
+        )

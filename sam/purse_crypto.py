@@ -38,23 +38,60 @@ def load_session_key(alg: Algorithm, k_load: bytes, random: bytes, counter: int)
     return block_encrypt(alg, k_load, random + _u16(counter) + b"\x80" + bytes(9))
 
 
-def purchase_mac1(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
+def _debit_type(tx_type: int) -> int:
+    if tx_type not in tx.DEBIT_TYPES:
+        raise ValueError(f"transaction type {tx_type:#04x} is not a debit (06 purchase, 05 two-purse, 04 withdrawal)")
+    return tx_type
+
+
+def _load_type(tx_type: int, expiry: bytes) -> bytes:
+    """The type byte and, for a subsidy load, the allowance expiry that follows it in MAC2 (section 5.6)."""
+    if tx_type == tx.LOAD and expiry == b"":
+        return bytes([tx_type])
+    if tx_type == tx.SUBSIDY_LOAD and len(expiry) == 4:
+        return bytes([tx_type])
+    raise ValueError(f"load type {tx_type:#04x} with expiry {expiry.hex()!r}: 02 without expiry, 01 with 4 bytes")
+
+
+def purchase_mac1(
+    alg: Algorithm,
+    sk: bytes,
+    amount: int,
+    terminal_id: bytes,
+    date: bytes,
+    time: bytes,
+    tx_type: int = tx.PURCHASE,
+) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    return mac8(alg, sk, _u32(amount) + bytes([tx.PURCHASE]) + terminal_id + date + time)
+    return mac8(alg, sk, _u32(amount) + bytes([_debit_type(tx_type)]) + terminal_id + date + time)
 
 
-def purchase_mac2(alg: Algorithm, sk: bytes, amount: int) -> bytes:
-    return mac8(alg, sk, _u32(amount))
+def purchase_mac2(alg: Algorithm, sk: bytes, amount: int, subsidy_part: int | None = None) -> bytes:
+    """MAC2 over the amount; a two-purse sale's MAC2 also covers the subsidy share (section 5.6)."""
+    return mac8(alg, sk, _u32(amount) + (b"" if subsidy_part is None else _u32(subsidy_part)))
 
 
-def load_mac1(alg: Algorithm, sk: bytes, balance_before: int, amount: int, terminal_id: bytes) -> bytes:
+def load_mac1(
+    alg: Algorithm, sk: bytes, balance_before: int, amount: int, terminal_id: bytes, tx_type: int = tx.LOAD
+) -> bytes:
     _check(bytes(4), terminal_id)
-    return mac8(alg, sk, _u32(balance_before) + _u32(amount) + bytes([tx.LOAD]) + terminal_id)
+    if tx_type not in tx.LOAD_TYPES:
+        raise ValueError(f"load type {tx_type:#04x} is neither 02 (cash) nor 01 (subsidy)")
+    return mac8(alg, sk, _u32(balance_before) + _u32(amount) + bytes([tx_type]) + terminal_id)
 
 
-def load_mac2(alg: Algorithm, sk: bytes, amount: int, terminal_id: bytes, date: bytes, time: bytes) -> bytes:
+def load_mac2(
+    alg: Algorithm,
+    sk: bytes,
+    amount: int,
+    terminal_id: bytes,
+    date: bytes,
+    time: bytes,
+    tx_type: int = tx.LOAD,
+    expiry: bytes = b"",
+) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    return mac8(alg, sk, _u32(amount) + bytes([tx.LOAD]) + terminal_id + date + time)
+    return mac8(alg, sk, _u32(amount) + _load_type(tx_type, expiry) + terminal_id + date + time + expiry)
 
 
 def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> bytes:
@@ -75,10 +112,8 @@ def tac(
     balance_after: int,
 ) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    if tx_type not in (tx.LOAD, tx.PURCHASE, tx.PURCHASE_WITH_PIN_TAC):
-        raise ValueError(
-            f"transaction type {tx_type:#04x} is neither a load (02) nor a purchase (06, 86 with the spending password)"
-        )
+    if tx_type not in tx.NAMES and tx_type != tx.PURCHASE_WITH_PIN_TAC:
+        raise ValueError(f"transaction type {tx_type:#04x} is not one of 01, 02, 04, 05, 06, 86")
     return mac8(
         alg,
         k_tac,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from sam.interface import KeyPurpose, KeyUsage
 
-_V, _M, _P, _R = KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE, KeyUsage.REVERSAL
+_V, _M, _P, _R, _S = KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.PERSONALISE, KeyUsage.REVERSAL, KeyUsage.SUBSIDY
 
 ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
     "door": {KeyPurpose.ACCESS: frozenset({_V})},
-    "pos": {KeyPurpose.PURCHASE: frozenset({_M, _V}), KeyPurpose.LOAD: frozenset({_R})},
+    "pos": {KeyPurpose.PURCHASE: frozenset({_M, _V}), KeyPurpose.LOAD: frozenset({_R, _S})},
     # The card service machine: loads, and writes access rights the platform changed (UPDATE, secured writes).
     "top-up": {KeyPurpose.LOAD: frozenset({_M, _V}), KeyPurpose.UPDATE: frozenset({_M})},
     "platform": {KeyPurpose.TAC: frozenset({_V})},

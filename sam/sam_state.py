@@ -96,12 +96,23 @@ def check_purchase(session: PurchaseSession) -> None:
     check_fields(session.card_random, session.terminal_id, session.date, session.time)
     check_counter(session.counter)
     check_amount(session.amount)
+    if session.tx_type not in (0x04, 0x05, 0x06):
+        raise InvalidPurseInput(f"debit type {session.tx_type!r} is not 04, 05 or 06 (docs/card-application.md 5.6)")
+    part = session.subsidy_part
+    if type(part) is not int or not 0 <= part <= session.amount or (part and session.tx_type != 0x05):
+        raise InvalidPurseInput(f"subsidy part {part!r} must be 0..amount, and non-zero only in a two-purse sale")
 
 
 def check_load(session: LoadSession) -> None:
     check_fields(session.card_random, session.terminal_id, session.date, session.time)
     check_counter(session.counter)
     check_amount(session.amount)
+    subsidy = session.tx_type == 0x01
+    if session.tx_type not in (0x01, 0x02) or (len(session.expiry) == 4) != subsidy or (session.expiry and not subsidy):
+        raise InvalidPurseInput(
+            f"load type {session.tx_type!r} with expiry {session.expiry!r}: "
+            "02 without expiry, 01 with a 4-byte BCD date"
+        )
     if type(session.balance_before) is not int or not 0 <= session.balance_before <= AMOUNT_MAX:
         raise InvalidPurseInput(
             f"balance before {session.balance_before!r} is not 0..{AMOUNT_MAX} fen; pass the balance the card returned"

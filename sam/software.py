@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import os
 import threading
@@ -42,7 +43,8 @@ from sam.sam_state import (
 PURSE_PURPOSES = frozenset({KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC})
 # Checking a load's MAC3 only tells the terminal the card credited itself; every SAM that may take part in a
 # load (top-up: MAC, POS undo: REVERSAL) must be able to do it.
-_MAC3_USAGES = frozenset({KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.REVERSAL})
+_MAC3_USAGES = frozenset({KeyUsage.VERIFY, KeyUsage.MAC, KeyUsage.REVERSAL, KeyUsage.SUBSIDY})
+_SUBSIDY_LOAD_USAGES = frozenset({KeyUsage.MAC, KeyUsage.SUBSIDY})
 
 # No cache of derived card keys: measured on the development machine (cryptography 50), a
 # derivation takes about 17 µs and a whole verify_card_mac about 20 µs, against a card
@@ -118,10 +120,13 @@ class SoftwareSam:
         algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.MAC)
         with self._lock:
             state = self._state.after_purchase(session.card, session.amount)
+            if session.tx_type != tx.PURCHASE:
+                # A two-purse sale or a withdrawal is never reversed by a cash load (the purses never mix).
+                state = dataclasses.replace(state, last_purchase=None)
             tsn = state.last_tsn
             sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
             mac1 = purse_crypto.purchase_mac1(
-                algorithm, sk, session.amount, session.terminal_id, session.date, session.time
+                algorithm, sk, session.amount, session.terminal_id, session.date, session.time, session.tx_type
             )
             # Durable before the TSN leaves: after a crash the next purchase gets tsn + 1, never tsn again.
             self._commit(state)
@@ -133,7 +138,8 @@ class SoftwareSam:
         check_mac(mac2, "purchase MAC2")
         algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.VERIFY)
         sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
-        if not hmac.compare_digest(purse_crypto.purchase_mac2(algorithm, sk, session.amount), mac2):
+        two_purse = session.subsidy_part if session.tx_type == tx.SUBSIDY_PURCHASE else None
+        if not hmac.compare_digest(purse_crypto.purchase_mac2(algorithm, sk, session.amount, two_purse), mac2):
             raise MacVerificationError(
                 f"purchase MAC2 does not verify (card ASN {session.card.asn.hex()}, counter {session.counter}, "
                 f"TSN {tsn}): "
@@ -147,7 +153,9 @@ class SoftwareSam:
     def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
         check_load(session)
         check_mac(mac1, "load MAC1")
-        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.MAC)
+        # A POS's LOAD key with usage SUBSIDY credits the subsidy purse only (an allowance collected at a till).
+        usages = _SUBSIDY_LOAD_USAGES if session.tx_type == tx.SUBSIDY_LOAD else KeyUsage.MAC
+        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, usages)
         return self._load_mac2(algorithm, k_load, session, mac1)
 
     def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
@@ -171,6 +179,8 @@ class SoftwareSam:
         check_load(session)
         check_tsn(purchase_tsn)
         check_mac(mac1, "load MAC1")
+        if session.tx_type != tx.LOAD:
+            raise InvalidPurseInput("a cashier undo credits the cash purse (type 02) only; nothing was signed")
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.REVERSAL)
         with self._lock:
             self._state.check_reversal(session.card, session.amount, purchase_tsn, session.counter)
@@ -204,10 +214,9 @@ class SoftwareSam:
             raise InvalidPurseInput(
                 f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance"
             )
-        if tx_type not in (tx.PURCHASE, tx.LOAD, tx.PURCHASE_WITH_PIN_TAC):
+        if tx_type not in tx.NAMES and tx_type != tx.PURCHASE_WITH_PIN_TAC:
             raise InvalidPurseInput(
-                f"transaction type {tx_type!r} is neither 0x06 (purchase, 0x86 with the spending password) nor 0x02 "
-                "(load); pass the log record's type"
+                f"transaction type {tx_type!r} is not 0x01, 0x02, 0x04, 0x05, 0x06 or 0x86; pass the log record's type"
             )
         check_mac(tac, "TAC")
         algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)
@@ -247,14 +256,25 @@ class SoftwareSam:
     def _load_mac2(self, algorithm: Algorithm, k_load: bytes, session: LoadSession, mac1: bytes) -> bytes:
         check_mac(mac1, "load MAC1")
         sk = purse_crypto.load_session_key(algorithm, k_load, session.card_random, session.counter)
-        expected = purse_crypto.load_mac1(algorithm, sk, session.balance_before, session.amount, session.terminal_id)
+        expected = purse_crypto.load_mac1(
+            algorithm, sk, session.balance_before, session.amount, session.terminal_id, session.tx_type
+        )
         if not hmac.compare_digest(expected, mac1):
             raise MacVerificationError(
                 f"load MAC1 does not verify (card ASN {session.card.asn.hex()}, online counter {session.counter}): "
                 "the card's INITIALIZE FOR LOAD answer is forged or altered, or the session values differ from it; "
                 "do not load"
             )
-        return purse_crypto.load_mac2(algorithm, sk, session.amount, session.terminal_id, session.date, session.time)
+        return purse_crypto.load_mac2(
+            algorithm,
+            sk,
+            session.amount,
+            session.terminal_id,
+            session.date,
+            session.time,
+            session.tx_type,
+            session.expiry,
+        )
 
     def _commit(self, state) -> None:
         self._store.save(state)  # raises StateFileError: then nothing was handed out and memory is unchanged

@@ -150,6 +150,44 @@ class Purse:
 
 
 @dataclass
+class SubsidyPurse:
+    """The subsidy purse (补助钱包) of section 5.6: its own balance, counters, expiry and records; the keys are the
+    cash purse's (K_PURCHASE, K_LOAD, K_TAC), the transaction types (01, 04, 05) keep the two apart."""
+
+    balance: int = 0
+    # BCD: the last day the balance may be spent; a load moves it later; 00000000 while the balance is 0 (section 5.5)
+    expiry: bytes = bytes(4)
+    max_balance: int = 100_000_00
+    offline_counter: int = 0  # purchases and withdrawals
+    online_counter: int = 0  # loads
+    records: list[dict] = field(default_factory=list)
+
+    def record(self, tx_type: int, counter: int) -> dict | None:
+        return next((r for r in self.records if r["type"] == tx_type and r["counter"] == counter), None)
+
+    def to_json(self) -> dict:
+        return {
+            "balance": self.balance,
+            "expiry": self.expiry.hex(),
+            "max_balance": self.max_balance,
+            "offline_counter": self.offline_counter,
+            "online_counter": self.online_counter,
+            "records": self.records,
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> SubsidyPurse:
+        return cls(
+            balance=int(doc["balance"]),
+            expiry=bytes.fromhex(doc["expiry"]),
+            max_balance=int(doc["max_balance"]),
+            offline_counter=int(doc["offline_counter"]),
+            online_counter=int(doc["online_counter"]),
+            records=list(doc["records"]),
+        )
+
+
+@dataclass
 class CardState:
     """Everything the card keeps across power cycles."""
 
@@ -176,6 +214,8 @@ class CardState:
     # The spending PIN of this (sub-)application, ASCII digits, and its try counter; None: no PIN set.
     pin: str | None = field(default=None, repr=False)
     pin_tries: int = PIN_TRIES
+    # Version 2 only: the subsidy purse (补助, section 5.6), under the cash purse's keys; None = no subsidy purse.
+    subsidy: SubsidyPurse | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -191,6 +231,10 @@ class CardState:
             (self.app_version in (1, 2), "app_version must be 1 or 2"),
             (self.pin is None or (self.pin.isdigit() and 4 <= len(self.pin) <= 12), "pin must be 4..12 digits"),
             (0 <= self.pin_tries <= PIN_TRIES, f"pin_tries must be 0..{PIN_TRIES}"),
+            (
+                self.subsidy is None or (self.app_version == 2 and self.purse is not None),
+                "subsidy purse needs v2+purse",
+            ),
         ]
         for ok, problem in checks:
             if not ok:
@@ -224,6 +268,7 @@ class CardState:
             "purse": None if self.purse is None else self.purse.to_json(),
             **({} if self.app_version == 1 else {"name": self.name, "app_version": self.app_version}),
             **({} if self.pin is None else {"spending_pin": {"pin": self.pin, "tries_left": self.pin_tries}}),
+            **({} if self.subsidy is None else {"subsidy": self.subsidy.to_json()}),
         }
 
     @classmethod
@@ -249,6 +294,7 @@ class CardState:
             app_version=int(doc.get("app_version", 1)),
             pin=None if doc.get("spending_pin") is None else str(doc["spending_pin"]["pin"]),
             pin_tries=PIN_TRIES if doc.get("spending_pin") is None else int(doc["spending_pin"]["tries_left"]),
+            subsidy=None if doc.get("subsidy") is None else SubsidyPurse.from_json(doc["subsidy"]),
         )
 
 
@@ -846,7 +892,7 @@ class OneCardApplet:
             return SW_WRONG_LENGTH
         if s.status != STATUS_VOIDED:
             return SW_CONDITIONS  # void first (84 1E), which proves the balance that is being given up
-        s.holder, s.access, s.purse, s.staged = bytes(48), bytes(32), None, None
+        s.holder, s.access, s.purse, s.staged, s.subsidy = bytes(48), bytes(32), None, None, None
         s.pin, s.pin_tries = None, PIN_TRIES
         self._persist()
         return SW_OK
@@ -919,13 +965,267 @@ def _delete_sub_application(card: OneCardApplet, cmd: Command, plain: bytes, _ch
     return card.delete_selected()
 
 
+def _initialize(card: OneCardApplet, cmd: Command, session) -> bytes:
+    if (cmd.p1, cmd.p2) in SUBSIDY_INITIALIZE and card.VERSION >= 2:
+        return subsidy_initialize(card, cmd)
+    return (card._init_purchase if cmd.p1 == 0x01 else card._init_load)(cmd, session)
+
+
+def _debit(card: OneCardApplet, cmd: Command, session) -> bytes:
+    if session is not None and session["type"] in (tx.SUBSIDY_PURCHASE, tx.SUBSIDY_WITHDRAW):
+        return subsidy_debit(card, cmd, session)
+    return card._debit(cmd, session)
+
+
+def _credit(card: OneCardApplet, cmd: Command, session) -> bytes:
+    if session is not None and session["type"] == tx.SUBSIDY_LOAD:
+        return subsidy_credit(card, cmd, session)
+    return card._credit(cmd, session)
+
+
+def _prove(card: OneCardApplet, cmd: Command, session) -> bytes:
+    if cmd.p1 == 0x00 and cmd.p2 in SUBSIDY_RECORD_TYPES and card.VERSION >= 2:
+        return SW_NO_PURSE if card.state.subsidy is None else subsidy_prove(card, cmd)
+    return card._prove(cmd, session)
+
+
 PURSE_INS = {
-    0x50: lambda card, cmd, session: (card._init_purchase if cmd.p1 == 0x01 else card._init_load)(cmd, session),
-    0x54: OneCardApplet._debit,
-    0x52: OneCardApplet._credit,
+    0x50: _initialize,
+    0x54: _debit,
+    0x52: _credit,
     0x5C: OneCardApplet._get_balance,
-    0x5A: OneCardApplet._prove,
+    0x5A: _prove,
 }
+
+
+# --- the subsidy purse (补助钱包, docs/card-application.md 5.6): version 2 sub-applications only -----------------
+
+SUBSIDY_INITIALIZE = {(0x01, tx.PURSE_BOTH), (0x00, tx.PURSE_SUBSIDY), (0x02, tx.PURSE_SUBSIDY)}
+SUBSIDY_RECORD_TYPES = (tx.SUBSIDY_LOAD, tx.SUBSIDY_WITHDRAW, tx.SUBSIDY_PURCHASE)
+
+
+def _split(policy: int, amount: int, subsidy: int, cash: int) -> tuple[int, int] | None:
+    """(subsidy part, cash part) of a two-purse sale by policy; None when the two balances do not cover it."""
+    if policy == tx.POLICY_SUBSIDY_FIRST:
+        s = min(amount, subsidy)
+        parts = (s, amount - s)
+    else:
+        c = min(amount, cash)
+        parts = (amount - c, c)
+    return parts if parts[0] <= subsidy and parts[1] <= cash else None
+
+
+def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
+    """INITIALIZE FOR PURCHASE of both purses (01 03), FOR LOAD of the subsidy purse (00 01), FOR WITHDRAW (02 01)."""
+    two_purse, loading = cmd.p1 == 0x01, cmd.p1 == 0x00
+    if len(cmd.data) != (12 if two_purse else 15 if loading else 11):
+        return SW_WRONG_LENGTH
+    s = card.state
+    if s.status != STATUS_ACTIVE:
+        return SW_CONDITIONS
+    sub, purse = s.subsidy, s.purse
+    if sub is None:
+        return SW_NO_PURSE
+    if cmd.data[0] != 0x01:
+        return SW_KEY_INDEX
+    amount, terminal, alg = int.from_bytes(cmd.data[1:5], "big"), cmd.data[5:11], s.algorithm
+    random = os.urandom(4)
+    if loading:
+        expiry = cmd.data[11:15]
+        if amount == 0 or sub.balance + amount > sub.max_balance or not bcd.is_date(expiry):
+            return SW_WRONG_DATA
+        if sub.online_counter >= 0xFFFF:
+            return SW_CONDITIONS
+        sk = pc.load_session_key(alg, purse.load_key, random, sub.online_counter)
+        card.session = {
+            "type": tx.SUBSIDY_LOAD,
+            "amount": amount,
+            "terminal": terminal,
+            "random": random,
+            "counter": sub.online_counter,
+            "sk": sk,
+            "expiry": expiry,
+        }
+        mac1 = pc.load_mac1(alg, sk, sub.balance, amount, terminal, tx.SUBSIDY_LOAD)
+        return (
+            sub.balance.to_bytes(4, "big")
+            + sub.online_counter.to_bytes(2, "big")
+            + bytes([purse.key_version, int(alg)])
+            + random
+            + mac1
+            + SW_OK
+        )
+    if amount == 0 and two_purse:
+        return SW_WRONG_DATA
+    if not two_purse:  # withdrawal: amount 00000000 = the whole balance, which the answer announces
+        if amount != 0:
+            return SW_WRONG_DATA
+        if sub.balance == 0:
+            return SW_INSUFFICIENT
+        amount = sub.balance
+        if sub.offline_counter >= 0xFFFF:
+            return SW_CONDITIONS
+        card.session = {
+            "type": tx.SUBSIDY_WITHDRAW,
+            "amount": amount,
+            "terminal": terminal,
+            "random": random,
+            "counter": sub.offline_counter,
+        }
+        return (
+            sub.balance.to_bytes(4, "big")
+            + sub.offline_counter.to_bytes(2, "big")
+            + bytes(3)
+            + bytes([purse.key_version, int(alg)])
+            + random
+            + SW_OK
+        )
+    policy = cmd.data[11]
+    if policy not in (tx.POLICY_SUBSIDY_FIRST, tx.POLICY_CASH_FIRST):
+        return SW_WRONG_DATA
+    parts = _split(policy, amount, sub.balance, purse.balance)
+    if parts is None:
+        return SW_INSUFFICIENT
+    if sub.offline_counter >= 0xFFFF or purse.offline_counter >= 0xFFFF:
+        return SW_CONDITIONS
+    card.session = {
+        "type": tx.SUBSIDY_PURCHASE,
+        "amount": amount,
+        "terminal": terminal,
+        "random": random,
+        "counter": purse.offline_counter,
+        "subsidy_counter": sub.offline_counter,
+        "parts": parts,
+    }
+    return (
+        parts[0].to_bytes(4, "big")
+        + parts[1].to_bytes(4, "big")
+        + sub.balance.to_bytes(4, "big")
+        + sub.offline_counter.to_bytes(2, "big")
+        + purse.balance.to_bytes(4, "big")
+        + purse.offline_counter.to_bytes(2, "big")
+        + bytes([purse.key_version, int(alg)])
+        + random
+        + SW_OK
+    )
+
+
+def _tac(card: OneCardApplet, tx_type: int, amount: int, terminal: bytes, tsn: int, date, time_, counter, after):
+    s = card.state
+    return pc.tac(
+        s.algorithm,
+        s.purse.tac_key,
+        amount=amount,
+        tx_type=tx_type,
+        terminal_id=terminal,
+        tsn=tsn,
+        date=date,
+        time=time_,
+        counter=counter,
+        balance_after=after,
+    )
+
+
+def _record(tx_type, counter, amount, terminal, tsn, date, time_, after, proof, tac_) -> dict:
+    return {
+        "type": tx_type,
+        "counter": counter,
+        "amount": amount,
+        "terminal": terminal.hex(),
+        "tsn": tsn,
+        "date": date.hex(),
+        "time": time_.hex(),
+        "balance_after": after,
+        "proof": proof.hex(),
+        "tac": tac_.hex(),
+    }
+
+
+def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
+    """DEBIT FOR PURCHASE of a two-purse sale or a withdrawal: both purses (or the withdrawal) in one atomic write."""
+    if (cmd.p1, cmd.p2) != (0x01, 0x00):
+        return SW_WRONG_P1P2
+    if len(cmd.data) != 19:
+        return SW_WRONG_LENGTH
+    s = card.state
+    purse, sub, alg = s.purse, s.subsidy, s.algorithm
+    tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
+    kind, amount, terminal = session["type"], session["amount"], session["terminal"]
+    sk = pc.purchase_session_key(alg, purse.purchase_key, session["random"], session["counter"], tsn)
+    if not hmac.compare_digest(mac1, pc.purchase_mac1(alg, sk, amount, terminal, date, time_, kind)):
+        return SW_MAC
+    if kind == tx.SUBSIDY_WITHDRAW:
+        if date.hex() <= sub.expiry.hex():
+            return SW_CONDITIONS  # only an expired subsidy balance is withdrawn
+        proof = pc.purchase_mac2(alg, sk, amount)
+        tac_ = _tac(card, kind, amount, terminal, tsn, date, time_, session["counter"], 0)
+        sub.balance, sub.expiry = 0, bytes(4)
+        sub.offline_counter += 1
+        sub.records.append(_record(kind, session["counter"], amount, terminal, tsn, date, time_, 0, proof, tac_))
+        del sub.records[:-MAX_RECORDS]
+        card._persist()
+        return tac_ + proof + SW_OK
+    part_s, part_c = session["parts"]
+    if (part_s and date.hex() > sub.expiry.hex()) or (part_c and date.hex() > purse.expiry.hex()):
+        return SW_CONDITIONS
+    proof = pc.purchase_mac2(alg, sk, amount, part_s)
+    tac_s = tac_c = bytes(8)
+    if part_s:
+        after = sub.balance - part_s
+        tac_s = _tac(card, tx.SUBSIDY_PURCHASE, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
+        sub.balance, sub.offline_counter = after, sub.offline_counter + 1
+        if after == 0:
+            sub.expiry = bytes(4)  # an empty subsidy purse has nothing to expire: no withdrawal is ever asked for
+        sub.records.append(
+            _record(
+                tx.SUBSIDY_PURCHASE, session["subsidy_counter"], part_s, terminal, tsn, date, time_, after, proof, tac_s
+            )
+        )
+        del sub.records[:-MAX_RECORDS]
+    if part_c:
+        after = purse.balance - part_c
+        tac_c = _tac(card, tx.PURCHASE, part_c, terminal, tsn, date, time_, session["counter"], after)
+        purse.balance, purse.offline_counter = after, purse.offline_counter + 1
+        purse.records.append(
+            _record(tx.PURCHASE, session["counter"], part_c, terminal, tsn, date, time_, after, proof, tac_c)
+        )
+        del purse.records[:-MAX_RECORDS]
+    card._persist()  # both purses, their counters and records in one write: the sale happened wholly or not at all
+    return tac_s + tac_c + proof + SW_OK
+
+
+def subsidy_credit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
+    if (cmd.p1, cmd.p2) != (0x00, 0x00):
+        return SW_WRONG_P1P2
+    if len(cmd.data) != 15:
+        return SW_WRONG_LENGTH
+    s = card.state
+    sub, alg = s.subsidy, s.algorithm
+    date, time_, mac2 = cmd.data[:4], cmd.data[4:7], cmd.data[7:]
+    amount, sk, terminal, expiry = session["amount"], session["sk"], session["terminal"], session["expiry"]
+    expected = pc.load_mac2(alg, sk, amount, terminal, date, time_, tx.SUBSIDY_LOAD, expiry)
+    if not hmac.compare_digest(mac2, expected):
+        return SW_MAC
+    after = sub.balance + amount
+    proof = pc.load_mac3(alg, sk, after, amount)
+    tac_ = _tac(card, tx.SUBSIDY_LOAD, amount, terminal, 0, date, time_, session["counter"], after)
+    sub.balance, sub.online_counter = after, sub.online_counter + 1
+    sub.expiry = max(sub.expiry, expiry, key=bytes.hex)
+    sub.records.append(
+        _record(tx.SUBSIDY_LOAD, session["counter"], amount, terminal, 0, date, time_, after, proof, tac_)
+    )
+    del sub.records[:-MAX_RECORDS]
+    card._persist()
+    return tac_ + proof + SW_OK
+
+
+def subsidy_prove(card: OneCardApplet, cmd: Command) -> bytes:
+    if len(cmd.data) != 2:
+        return SW_WRONG_LENGTH
+    record = card.state.subsidy.record(cmd.p2, int.from_bytes(cmd.data, "big"))
+    if record is None:
+        return SW_NO_PROOF
+    return bytes.fromhex(record["proof"]) + bytes.fromhex(record["tac"]) + SW_OK
 
 
 SECURED_INS = {
@@ -987,6 +1287,7 @@ def fci(aid: bytes, s: CardState) -> bytes:
         + _tlv(0xC5, bytes([s.card_type]))
         + _tlv(0xC6, bytes([s.app_version]))
         + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
+        + (b"" if s.subsidy is None else _tlv(0xC9, s.subsidy.expiry))
     )
     return _tlv(0x6F, _tlv(0x84, aid) + _tlv(0xA5, prop)) + SW_OK
 

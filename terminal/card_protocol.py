@@ -76,6 +76,9 @@ class CardInfo:
     card_type: int
     app_version: int
     purse_expiry: dt.date | None = None  # None: the card has no e-purse
+    # docs/card-application.md 5.6, FCI tag C9: has_subsidy, and the subsidy expiry (None while its balance is 0)
+    has_subsidy: bool = False
+    subsidy_expiry: dt.date | None = None
 
     @property
     def private(self) -> bool:
@@ -207,6 +210,12 @@ def parse_select(rapdu: bytes, aid: bytes | None = None) -> CardInfo:
         if len(prop[0xC7]) != 4:
             raise CardProtocolError("FCI tag C7 (purse expiry) is not 4 bytes")
         purse_expiry = parse_bcd_date(prop[0xC7], "purse expiry")
+    subsidy_expiry = None
+    if 0xC9 in prop:
+        if len(prop[0xC9]) != 4:
+            raise CardProtocolError("FCI tag C9 (subsidy expiry) is not 4 bytes")
+        if prop[0xC9] != bytes(4):
+            subsidy_expiry = parse_bcd_date(prop[0xC9], "subsidy expiry")
     if is_sub_application and prop[0xC1] != named[len(AID_V2) :]:
         raise CardProtocolError("the sub-application names another enterprise than its AID")
     return CardInfo(
@@ -218,6 +227,8 @@ def parse_select(rapdu: bytes, aid: bytes | None = None) -> CardInfo:
         card_type=prop[0xC5][0],
         app_version=prop[0xC6][0],
         purse_expiry=purse_expiry,
+        has_subsidy=0xC9 in prop,
+        subsidy_expiry=subsidy_expiry,
     )
 
 

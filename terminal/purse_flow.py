@@ -20,16 +20,18 @@ from common.errors import RecordNotWritten
 from common.logs import log_event
 from common.money import format_yuan
 from common.money_records import SALE_FIELDS as MONEY_SALE_FIELDS
-from common.money_records import check_money_detail
+from common.money_records import check_money_detail, check_subsidy_detail
 from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
-from terminal import spending_pin as sp
+from terminal import spending_pin as spin
+from terminal import subsidy_protocol as sp
 from terminal.authenticate import select_card
 from terminal.canteen import Canteen, OtherTills, no_other_tills
 from terminal.decision import Decision, Refusal
 from terminal.rules import BLACKLIST_MESSAGES
+from terminal.subsidy_flow import SubsidySteps
 
 log = logging.getLogger("onecard.purse")
 # The POS refuses new offline sales once the unacknowledged backlog reaches this fraction of the outbox
@@ -39,22 +41,42 @@ POS_REFUSE_OFFLINE_SALES_AT = 0.8
 
 # Event kinds: an intent, then exactly one of its outcomes (the journal's table, common/journal.py).
 PURCHASE, UNDO, LOAD = jn.PURCHASE.name, jn.UNDO.name, jn.LOAD.name
+SUBSIDY_LOAD, SUBSIDY_WITHDRAW = jn.SUBSIDY_LOAD.name, jn.SUBSIDY_WITHDRAW.name
 FLOW = {f.name: f for f in jn.MONEY_FLOWS}
 RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
 # A card action the card (or this terminal's limits) refused: uploaded so the platform marks the action failed
 # (docs/sync-protocol.md, "Card actions"); the terminal then stops offering it. Detail {action_id, reason_code, sw}.
 ACTION_FAILED = "card_action.failed"
-OPS = (PURCHASE, UNDO, LOAD)
+OPS = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW)
 MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
-TX_TYPE = {PURCHASE: tx.PURCHASE, UNDO: tx.LOAD, LOAD: tx.LOAD}
-VERB = {PURCHASE: "payment", UNDO: "refund", LOAD: "top-up"}
+TX_TYPE = {
+    PURCHASE: tx.PURCHASE,
+    UNDO: tx.LOAD,
+    LOAD: tx.LOAD,
+    SUBSIDY_LOAD: tx.SUBSIDY_LOAD,
+    SUBSIDY_WITHDRAW: tx.SUBSIDY_WITHDRAW,
+}
+DEBITS = (PURCHASE, SUBSIDY_WITHDRAW)  # proven by a purchase MAC2; the others by a load MAC3
+VERB = {
+    PURCHASE: "payment",
+    UNDO: "refund",
+    LOAD: "top-up",
+    SUBSIDY_LOAD: "subsidy load",
+    SUBSIDY_WITHDRAW: "subsidy withdrawal",
+}
 # From Canteen.sale_fields, carried from the intent to the outcome (the optional fields of common/money_records.py).
 SALE_FIELDS = (*MONEY_SALE_FIELDS, "item")
 
 
 # The log cannot be written (disk full, I/O error): nothing that needs a record is done, and the screen says so.
 LOG_UNAVAILABLE = "log_unavailable"
-NOTHING_DONE = {PURCHASE: "nothing charged", UNDO: "nothing refunded", LOAD: "nothing loaded"}
+NOTHING_DONE = {
+    PURCHASE: "nothing charged",
+    UNDO: "nothing refunded",
+    LOAD: "nothing loaded",
+    SUBSIDY_LOAD: "no subsidy loaded",
+    SUBSIDY_WITHDRAW: "no subsidy withdrawn",
+}
 
 
 def cannot_record_message(op: str | None) -> str:
@@ -78,6 +100,10 @@ def done_message(op: str, amount: int, balance_after: int) -> str:
     amount only) nor GET BALANCE's (no MAC at all)."""
     if op == PURCHASE:
         return f"Paid {format_yuan(amount)}"
+    if op == SUBSIDY_WITHDRAW:
+        return f"Expired subsidy of {format_yuan(amount)} withdrawn - subsidy balance 0.00"
+    if op == SUBSIDY_LOAD:
+        return f"Subsidy of {format_yuan(amount)} collected - subsidy balance {format_yuan(balance_after)}"
     verb = "Refunded" if op == UNDO else "Loaded"
     return f"{verb} {format_yuan(amount)} - balance {format_yuan(balance_after)}"
 
@@ -96,7 +122,13 @@ class Unrecorded(Exception):
 
     @property
     def message(self) -> str:
-        done = {PURCHASE: "Paid", UNDO: "Refunded", LOAD: "Loaded"}[self.op]
+        done = {
+            PURCHASE: "Paid",
+            UNDO: "Refunded",
+            LOAD: "Loaded",
+            SUBSIDY_LOAD: "Loaded",
+            SUBSIDY_WITHDRAW: "Withdrawn",
+        }[self.op]
         return (
             f"{done} {format_yuan(self.amount)} - balance {format_yuan(self.balance_after)}. Terminal fault: "
             "not recorded yet, call maintenance (recorded at this card's next tap here)"
@@ -111,7 +143,7 @@ class Incomplete(Exception):
         self.op, self.amount, self.why = op, amount, why
 
 
-class PurseTerminal:
+class PurseTerminal(SubsidySteps):
     """The purse applications of a POS (purchase, undo) or a top-up terminal (load), over one card connection."""
 
     def __init__(
@@ -124,6 +156,7 @@ class PurseTerminal:
         outbox_pressure: Callable[[], float] = lambda: 0.0,
         pending_actions: Callable[[str], list[dict]] | None = None,
         other_tills: OtherTills = no_other_tills,
+        pending_allowances=None,
     ):
         self.config = config
         self.sam = sam
@@ -134,10 +167,11 @@ class PurseTerminal:
         self.outbox_pressure = outbox_pressure  # unacknowledged records / outbox capacity
         self.pending_actions = pending_actions  # the inbox's card actions for an ASN (over-the-air top-ups)
         self.sale_intent_seq: int | None = None  # the intent of the sale the cashier is ringing up now
+        self.pending_allowances = pending_allowances  # asn -> [subsidy_protocol.Allowance] (terminal/subsidy_flow.py)
         self.canteen = Canteen(event_log, other_tills)  # shifts, meal periods and their limits (terminal/canteen.py)
         # Asks the holder for the spending password on the keypad: (amount, note) -> Pin, or None (cancelled, timed
         # out, no keypad). Set by the terminal's run loop; None: a sale that needs the PIN is refused.
-        self.ask_pin: Callable[[int, str], sp.Pin | None] | None = None
+        self.ask_pin: Callable[[int, str], spin.Pin | None] | None = None
         # Every TSN is committed with its purchase intent before it reaches a card, so the log knows the highest
         # one used here. A SAM whose next TSN is not above it (a PSAM swapped for a fresh one with the same keys, a
         # state restored from an old backup) would repeat TSNs: its sales are refused (docs/key-handling.md 8).
@@ -225,6 +259,8 @@ class PurseTerminal:
         return Refusal(reason, message, asn)
 
     def _purchase_session(self, info: cp.CardInfo, d: dict) -> PurchaseSession:
+        if d["op"] == SUBSIDY_WITHDRAW or "subsidy_part" in d:
+            return self._subsidy_purchase_session(info, d)
         return PurchaseSession(
             card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
             card_random=bytes.fromhex(d["random"]),
@@ -236,6 +272,8 @@ class PurseTerminal:
         )
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
+        if d["op"] == SUBSIDY_LOAD:
+            return self._subsidy_load_session(info, d)
         return LoadSession(
             card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
             card_random=bytes.fromhex(d["random"]),
@@ -250,7 +288,7 @@ class PurseTerminal:
     def _verify_proof(self, op: str, info: cp.CardInfo, d: dict, proof: pp.Proof) -> None:
         """Raises MacVerificationError unless the proof is this intent's (our session key made it)."""
         try:
-            if op == PURCHASE:
+            if op in DEBITS:
                 self.sam.verify_purchase_mac2(self._purchase_session(info, d), d["tsn"], proof.mac)
             else:
                 self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
@@ -264,19 +302,32 @@ class PurseTerminal:
                 msg="the SAM verified the card's proof but could not save its state",
             )
 
-    def _outcome_detail(self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool) -> dict:
-        sign = -1 if TX_TYPE[d["op"]] == tx.PURCHASE else 1
+    def _outcome_detail(
+        self, intent_seq: int, d: dict, proof: pp.Proof, resolved_later: bool, subsidy_tac: bytes | None = None
+    ) -> dict:
+        sign = -1 if d["op"] in DEBITS else 1
+        cash_part = d.get("cash_part", d["amount"])  # a two-purse sale moves the cash purse by its cash part only
         detail = {k: d[k] for k in ("amount", "counter", "date", "time", "key_version", "algorithm")}
         detail.update(
             intent_seq=intent_seq,
             tac=proof.tac.hex(),
             proof=proof.mac.hex(),
-            balance_after=d["balance_before"] + sign * d["amount"],
+            balance_after=d["balance_before"] + sign * cash_part,
             resolved_at_next_tap=resolved_later,
         )
-        for k in ("tsn", "purchase_seq", "action_id", "pin_verified", *SALE_FIELDS):
+        for k in ("tsn", "purchase_seq", "action_id", "pin_verified", "allowance_id", "expiry", *SALE_FIELDS):
             if k in d:
                 detail[k] = d[k]
+        if d["op"] in (SUBSIDY_LOAD, SUBSIDY_WITHDRAW):
+            return check_subsidy_detail(d["op"], detail)
+        if "subsidy_part" in d:
+            detail.update(
+                subsidy_amount=d["subsidy_part"],
+                subsidy_counter=d["subsidy_counter"],
+                subsidy_balance_after=d["subsidy_balance_before"] - d["subsidy_part"],
+                subsidy_tac=(subsidy_tac or bytes(8)).hex(),
+                policy=d["policy"],
+            )
         return check_money_detail(d["op"], detail)  # the platform's schema: what is logged is what it accepts
 
     def settle_pending(self, transmit, info: cp.CardInfo, now: dt.datetime) -> Settled | None:
@@ -286,12 +337,16 @@ class PurseTerminal:
             return None
         d = dict(last.detail)
         op = last.op
-        proof = pp.parse_prove(transmit(pp.prove_command(TX_TYPE[op], d["counter"])))
+        tx_type, counter = self._prove_args(op, d)
+        proof = pp.parse_prove(transmit(pp.prove_command(tx_type, counter)))
         if proof is not None:
             try:
                 self._verify_proof(op, info, d, proof)
             except MacVerificationError:
                 proof = None  # that counter was used by another terminal's transaction: ours did not happen
+        subsidy_tac = None
+        if proof is not None and "subsidy_part" in d:
+            proof, subsidy_tac = self._two_purse_proofs(transmit, d, proof)
         if proof is None:
             self._record(
                 last,
@@ -303,7 +358,7 @@ class PurseTerminal:
             )
             log_event(log, "purse.settled", op=op, intent=last.seq, happened=False, asn=info.asn_hex)
             return Settled(op, last.seq, False, d["amount"], None)
-        detail = self._outcome_detail(last.seq, d, proof, resolved_later=True)
+        detail = self._outcome_detail(last.seq, d, proof, resolved_later=True, subsidy_tac=subsidy_tac)
         self._record(
             last,
             jn.State.DONE,
@@ -343,7 +398,7 @@ class PurseTerminal:
         try:
             rapdu = transmit(command)
             proof = parse(rapdu)
-        except (pp.MacRefused, pp.PurseExpired) as exc:
+        except (pp.MacRefused, pp.PurseExpired, sp.NotExpired) as exc:
             # The card said no before changing anything: this intent is settled as not done.
             self._record(
                 intent,
@@ -353,14 +408,21 @@ class PurseTerminal:
                 str(exc),
                 {"intent_seq": intent_seq, "amount": d["amount"], "counter": d["counter"]},
             )
+            if isinstance(exc, sp.NotExpired):
+                raise Refusal(
+                    "subsidy_not_expired", "Subsidy not expired yet: nothing withdrawn", info.asn_hex
+                ) from None
             if isinstance(exc, pp.PurseExpired):
                 raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
-            nothing = "nothing was charged" if op == PURCHASE else "nothing was loaded"
+            nothing = "nothing was charged" if op in DEBITS else "nothing was loaded"
             raise Refusal(
                 "card_error", f"Card refused the transaction: {nothing}", info.asn_hex, {"sw": _sw_of(rapdu)}
             ) from None
         except cp.CardProtocolError as exc:
             raise Incomplete(op, d["amount"], f"unclear answer from the card ({exc})") from None
+        subsidy_tac = None
+        if isinstance(proof, sp.TwoPurseProof):  # a two-purse sale: MAC2 and the two purses' TACs
+            subsidy_tac, proof = proof.subsidy_tac, pp.Proof(mac=proof.mac, tac=proof.cash_tac)
         try:
             verify_session(proof)
         except MacVerificationError:
@@ -375,7 +437,7 @@ class PurseTerminal:
                 error=str(exc),
                 msg="the SAM verified the card's proof but could not save its state",
             )
-        detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False)
+        detail = self._outcome_detail(intent_seq, d, proof, resolved_later=False, subsidy_tac=subsidy_tac)
         try:
             self.journal.record(
                 intent,
@@ -406,7 +468,9 @@ class PurseTerminal:
         this tap verified (an over-the-air top-up, a settled earlier top-up)."""
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         settled = self.settle_pending(transmit, info, now)
+        subsidy_notes = [] if settled is not None and settled.happened else self.subsidy_before(transmit, info, now)
         loads, notes = self._card_actions(transmit, info, now)
+        notes = subsidy_notes + notes
         if loads:
             amount = sum(a for a, _ in loads)
             message = f"Loaded {format_yuan(amount)} - balance {format_yuan(loads[-1][1])} (over-the-air top-up)"
@@ -449,6 +513,7 @@ class PurseTerminal:
                 "balance can no longer be spent, see the administrator",
                 asn,
             )
+        subsidy_notes = self.subsidy_before(transmit, info, now)
         pos = self.config.pos
         if self.outbox_pressure() >= POS_REFUSE_OFFLINE_SALES_AT:
             raise Refusal(
@@ -471,10 +536,14 @@ class PurseTerminal:
                 asn,
             )
         sale = self.canteen.sale_fields(self.config, asn, amount, now, item)
-        with_pin = sp.needs_pin(amount, pos.pin_above)
-        if with_pin:
+        if spin.needs_pin(amount, pos.pin_above):
             self._spending_pin(transmit, asn, amount)
-            sale["pin_verified"] = True
+            # A two-purse DEBIT has no spending-password flag yet (docs/card-application.md 5.6): the till still asks
+            # for and the card still verifies the PIN, but only a single-purse sale's TAC proves it.
+            if not info.has_subsidy:
+                sale["pin_verified"] = True
+        if info.has_subsidy:  # the card has a subsidy purse: one sale from both (card-application 5.6)
+            return self.two_purse_purchase(transmit, info, amount, now, sale, subsidy_notes)
         try:
             init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
         except pp.InsufficientBalance:
@@ -553,16 +622,16 @@ class PurseTerminal:
     def _spending_pin(self, transmit, asn: str, amount: int) -> None:
         """The holder types the spending password; the card verifies it (VERIFY, docs/card-application.md 5.5).
         Returns once verified; Refusal otherwise. The PIN is wiped after each VERIFY and never logged or kept."""
-        answer = sp.parse_verify(transmit(sp.status_command()))
+        answer = spin.parse_verify(transmit(spin.status_command()))
         if answer.verified:
             return
         asked = False
         while True:
             if answer.state == "blocked" or (answer.state == "wrong" and answer.tries_left == 0):
-                message = sp.wrong_pin_message(0) if asked else sp.BLOCKED_MESSAGE
+                message = spin.wrong_pin_message(0) if asked else spin.BLOCKED_MESSAGE
                 raise Refusal("pin_blocked", message, asn)
             if answer.state == "not_set":
-                raise Refusal("pin_not_set", sp.NOT_SET_MESSAGE, asn)
+                raise Refusal("pin_not_set", spin.NOT_SET_MESSAGE, asn)
             if answer.state != "wrong":
                 raise Refusal(
                     "card_error", "Card could not check the spending password: tap again", asn, {"sw": answer.sw}
@@ -572,27 +641,38 @@ class PurseTerminal:
             asked = True
             pin = self.ask_pin(amount, note) if self.ask_pin is not None else None
             if pin is None:
-                raise Refusal("pin_cancelled", sp.CANCELLED_MESSAGE, asn)
+                raise Refusal("pin_cancelled", spin.CANCELLED_MESSAGE, asn)
             block = pin.block()
             pin.wipe()
-            command = sp.verify_command(block)
-            sp.wipe(block)
+            command = spin.verify_command(block)
+            spin.wipe(block)
             try:
-                answer = sp.parse_verify(transmit(bytes(command)))
+                answer = spin.parse_verify(transmit(bytes(command)))
             finally:
-                sp.wipe(command)
+                spin.wipe(command)
             if answer.state == "verified":
                 return
 
     # --- loads: top-up and cashier undo -----------------------------------------------------------
 
     def _load(
-        self, transmit, info: cp.CardInfo, op: str, amount: int, now: dt.datetime, make_mac2, extra: dict
+        self,
+        transmit,
+        info: cp.CardInfo,
+        op: str,
+        amount: int,
+        now: dt.datetime,
+        make_mac2,
+        extra: dict,
+        command: bytes | None = None,
+        parse=pp.parse_init_load,
     ) -> dict:
         local = now.astimezone(self.config.terminal.timezone)
-        rapdu = transmit(pp.init_load_command(amount, self.config.terminal.id_bytes))
+        rapdu = transmit(
+            command if command is not None else pp.init_load_command(amount, self.config.terminal.id_bytes)
+        )
         try:
-            init = pp.parse_init_load(rapdu)
+            init = parse(rapdu)
         except cp.CardProtocolError as exc:
             raise Refusal(
                 "card_error",
@@ -761,7 +841,9 @@ class PurseTerminal:
             # The interrupted load reached the card: it is done. Loading `amount` now could load it twice.
             same = settled.op == LOAD and settled.amount == amount
             return self._settled_decision(settled, info.asn_hex, None if same else f"top-up of {format_yuan(amount)}")
+        subsidy_notes = self.subsidy_before(transmit, info, now)
         loads, notes = self._card_actions(transmit, info, now)
+        notes = subsidy_notes + notes
         if amount > self.config.topup.max_load:
             raise Refusal(
                 "over_load_limit",
@@ -796,6 +878,13 @@ class PurseTerminal:
             raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded", asn)
         if last.asn != asn:
             raise Refusal("undo_other_card", f"Undo needs the card that paid (card ending {last.asn[-4:]})", asn)
+        if "subsidy_amount" in last.detail:
+            # A cash load cannot give back a subsidy share, nor may a subsidy card's sale be refunded as cash.
+            raise Refusal(
+                "undo_two_purse",
+                "Undo not possible for a sale from the subsidy and cash purses: refund at the card office",
+                asn,
+            )
         age = (now - last.time).total_seconds()
         if age > self.config.pos.undo_window_seconds:
             raise Refusal(

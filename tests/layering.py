@@ -23,6 +23,7 @@ SIMULATOR_IMPORTERS = ("onecard.wiring", "onecard.demo")
 SANS_IO_CORES = (
     "terminal.card_protocol",
     "terminal.purse_protocol",
+    "terminal.subsidy_protocol",
     "terminal.door",
     "terminal.rules",
     "terminal.attendance",

@@ -13,7 +13,7 @@ from common import bcd
 from sam import crypto
 from sam.interface import Algorithm
 from simulator import card as sim
-from simulator.card import CardState, MultiCardState, OneCardApplet, OneCardV2Applet, Purse
+from simulator.card import CardState, MultiCardState, OneCardApplet, OneCardV2Applet, Purse, SubsidyPurse
 from terminal.card_protocol import encode_access_file
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "card-application.md").read_text(encoding="utf-8")
@@ -85,10 +85,12 @@ def worked_example_card() -> OneCardV2Applet:
 def card_in(state: str):
     if state.startswith("v2"):
         card = worked_example_card()
+        if "subsidy" in state:
+            card.card.apps[0].subsidy = SubsidyPurse(2_000, bcd.encode_date(dt.date(2027, 12, 31)), 100_000)
         card.power_on()
         if state == "v2 dir":
             assert card.transmit(bytes.fromhex("00A4040009F04F4E45434152440200"))[-2:] == b"\x90\x00"
-        elif state == "v2 sel":
+        elif state.startswith("v2 sel"):
             assert card.transmit(bytes.fromhex("00A404000DF04F4E4543415244020001000100"))[-2:] == b"\x90\x00"
         return card
     words = state.split()

@@ -97,8 +97,9 @@ def refused(message, call, *args, **kwargs):
 
 
 def test_tac_refusals():
-    refused("transaction type 0x01 is neither a load (02) nor a purchase (06)", tac_of, tx_type=0x01)
-    refused("transaction type 0x09 is neither a load (02) nor a purchase (06)", tac_of, tx_type=0x09)
+    refused("transaction type 0x03 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x03)
+    refused("transaction type 0x09 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x09)
+    refused("transaction type 0x07 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x07)
     refused("4294967296 does not fit in 4 bytes", tac_of, amount=2**32)
     refused("-1 does not fit in 4 bytes", tac_of, balance_after=-1)
     refused("4294967296 does not fit in 4 bytes", tac_of, tsn=2**32)

@@ -1,0 +1,176 @@
+"""The subsidy purse (补助钱包), terminal side (docs/card-application.md 5.6): build the commands, parse the answers,
+and decide what a tap does with the subsidy purse. Sans-I/O: dates and allowances are passed in.
+
+A tap of a card with a subsidy purse (SELECT's FCI tag C9) does, before its own operation: withdraw the subsidy
+balance if the subsidy expired (the card allows only the whole balance, only after the expiry), then collect the
+allowances the platform announced for this card and not yet collected here (one subsidy load each, in issue order,
+skipping expired ones). A sale then goes through the two-purse INITIALIZE with the card's policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from common import bcd
+from common import transactions as tx
+from terminal.card_protocol import CardProtocolError, expect_ok, status_word
+from terminal.purse_protocol import InsufficientBalance, LoadInit, Proof, PurchaseInit, _algorithm, _u32
+
+NO_TAC = bytes(8)  # the TAC field of a part of 0 in a two-purse DEBIT answer
+POLICY_NAMES = {v: k for k, v in tx.POLICIES.items()}
+
+
+class NotExpired(CardProtocolError):
+    """The card refused a withdrawal: its subsidy has not expired (69 85 to DEBIT)."""
+
+
+@dataclass(frozen=True)
+class TwoPurseInit:
+    subsidy_part: int
+    cash_part: int
+    subsidy_balance: int
+    subsidy_counter: int
+    cash_balance: int
+    cash_counter: int
+    key_version: int
+    algorithm: object  # sam.interface.Algorithm
+    random: bytes
+
+
+@dataclass(frozen=True)
+class TwoPurseProof:
+    subsidy_tac: bytes
+    cash_tac: bytes
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """One allowance the platform announced (sync message `subsidy_allowances`)."""
+
+    allowance_id: str
+    asn: str
+    amount: int
+    expiry: dt.date
+    policy: str  # subsidy_first | cash_first
+    collected: bool = False  # the platform already received its load (from any terminal)
+
+
+def two_purse_command(amount: int, terminal_id: bytes, policy: str) -> bytes:
+    if policy not in tx.POLICIES:
+        raise ValueError(f"policy {policy!r} is not subsidy_first or cash_first")
+    return bytes.fromhex("805001030C01") + _u32(amount) + terminal_id + bytes([tx.POLICIES[policy], 0x1A])
+
+
+def parse_two_purse(rapdu: bytes, amount: int) -> TwoPurseInit:
+    if status_word(rapdu) == 0x9401:
+        raise InsufficientBalance("insufficient balance in the two purses")
+    d = expect_ok(rapdu, "INITIALIZE FOR PURCHASE (two purses)", 26)
+    init = TwoPurseInit(
+        subsidy_part=int.from_bytes(d[0:4], "big"),
+        cash_part=int.from_bytes(d[4:8], "big"),
+        subsidy_balance=int.from_bytes(d[8:12], "big"),
+        subsidy_counter=int.from_bytes(d[12:14], "big"),
+        cash_balance=int.from_bytes(d[14:18], "big"),
+        cash_counter=int.from_bytes(d[18:20], "big"),
+        key_version=d[20],
+        algorithm=_algorithm(d[21]),
+        random=d[22:26],
+    )
+    if init.subsidy_part + init.cash_part != amount:
+        raise CardProtocolError(f"the card split {amount} fen into {init.subsidy_part} + {init.cash_part}")
+    if init.subsidy_part > init.subsidy_balance or init.cash_part > init.cash_balance:
+        raise CardProtocolError("the card split the sale beyond its balances")
+    return init
+
+
+def parse_two_purse_debit(rapdu: bytes) -> TwoPurseProof:
+    from terminal.purse_protocol import MacRefused, PurseExpired
+
+    sw = status_word(rapdu)
+    if sw == 0x9302:
+        raise MacRefused("the card refused MAC1")
+    if sw == 0x6985:
+        raise PurseExpired("the card says a purse has expired")
+    d = expect_ok(rapdu, "DEBIT FOR PURCHASE (two purses)", 24)
+    return TwoPurseProof(subsidy_tac=d[0:8], cash_tac=d[8:16], mac=d[16:24])
+
+
+def subsidy_load_command(amount: int, terminal_id: bytes, expiry: dt.date) -> bytes:
+    return bytes.fromhex("805000010F01") + _u32(amount) + terminal_id + bcd.encode_date(expiry) + b"\x14"
+
+
+def parse_subsidy_load(rapdu: bytes) -> LoadInit:
+    d = expect_ok(rapdu, "INITIALIZE FOR LOAD (subsidy)", 20)
+    return LoadInit(
+        balance=int.from_bytes(d[0:4], "big"),
+        counter=int.from_bytes(d[4:6], "big"),
+        key_version=d[6],
+        algorithm=_algorithm(d[7]),
+        random=d[8:12],
+        mac1=d[12:20],
+    )
+
+
+def withdraw_command(terminal_id: bytes) -> bytes:
+    """INITIALIZE FOR WITHDRAW of the whole subsidy balance (amount field 00000000)."""
+    return bytes.fromhex("805002010B0100000000") + terminal_id + b"\x0f"
+
+
+def parse_withdraw_init(rapdu: bytes) -> PurchaseInit:
+    if status_word(rapdu) == 0x9401:
+        raise InsufficientBalance("the subsidy balance is 0")
+    d = expect_ok(rapdu, "INITIALIZE FOR WITHDRAW", 15)
+    return PurchaseInit(
+        balance=int.from_bytes(d[0:4], "big"),
+        counter=int.from_bytes(d[4:6], "big"),
+        key_version=d[9],
+        algorithm=_algorithm(d[10]),
+        random=d[11:15],
+    )
+
+
+def parse_withdraw_debit(rapdu: bytes) -> Proof:
+    from terminal.purse_protocol import MacRefused
+
+    sw = status_word(rapdu)
+    if sw == 0x9302:
+        raise MacRefused("the card refused the withdrawal MAC1")
+    if sw == 0x6985:
+        raise NotExpired("the card says its subsidy has not expired")
+    d = expect_ok(rapdu, "DEBIT FOR PURCHASE (withdrawal)", 16)
+    return Proof(tac=d[:8], mac=d[8:])
+
+
+# --- decisions ---------------------------------------------------------------------------------------------------
+
+
+def subsidy_expired(expiry: dt.date | None, today: dt.date) -> bool:
+    """The card refuses subsidy spending after its expiry and allows a withdrawal only then."""
+    return expiry is not None and today > expiry
+
+
+def allowances_to_collect(allowances: list[Allowance], collected: set[str], today: dt.date) -> list[Allowance]:
+    """The allowances a tap loads now: announced for this card, not collected (or given up), not expired."""
+    return [
+        a
+        for a in allowances
+        if not a.collected and a.allowance_id not in collected and a.expiry >= today and a.amount > 0
+    ]
+
+
+def policy_for(allowances: list[Allowance], default: str = "subsidy_first") -> str:
+    """The policy of a sale: that of the newest allowance announced for the card (the platform's order)."""
+    return allowances[-1].policy if allowances else default
+
+
+def allowances_from_body(body: dict[str, Any]) -> list[Allowance]:
+    """The Allowance list of a verified `subsidy_allowances` message body (common/sync_protocol.py checked it)."""
+    return [
+        Allowance(
+            r["allowance_id"], r["asn"], r["amount"], dt.date.fromisoformat(r["expiry"]), r["policy"], r["collected"]
+        )
+        for r in body["allowances"]
+    ]

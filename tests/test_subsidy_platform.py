@@ -1,0 +1,209 @@
+"""The subsidy wallet at the platform: `subsidy issue`, the signed downlink, ingest of subsidy loads, two-purse sales
+and withdrawals with TAC checks (stored once, never in the cash purse's accounts), list/report, and the settlement
+that agrees with the till's Z report (SQLite, and PostgreSQL under the `postgres` marker)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from central.db import PlatformError
+from central.store import Platform
+from common import settlement as st
+from common import sync_protocol as p
+from terminal.subsidy_protocol import allowances_from_body
+from tests.support import MONDAY_10AM
+from tests.test_purse import present
+from tests.test_subsidy_terminal import outcomes, sam, subsidy_card, terminal  # noqa: F401 (sam is a fixture)
+
+KEY = Ed25519PrivateKey.generate()
+ENT, TID = "00010001", "000000000101"
+
+
+def upload(pf, log, after=0):
+    events = [
+        p.WireEvent(
+            e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json, e.prev_hash, e.hash
+        )
+        for e in log.events()
+        if e.seq > after
+    ]
+    return pf.ingest(TID, events)
+
+
+@pytest.fixture
+def setup(platform_db, tmp_path, sam):
+    pf = Platform(platform_db, KEY, clock=lambda: MONDAY_10AM, tac_sam=sam)
+    pf.add_enterprise(ENT, "Test Co")
+    pf.add_terminal(TID, ENT, kind="pos")
+    pf.add_holder(ENT, "E1001", "Zhang Wei")
+    pf.add_holder(ENT, "E1002", "Li Na")
+    card = subsidy_card(sam, cash=5_000)
+    card.state.subsidy.expiry = bytes(4)
+    pf.issue_card(ENT, "E1001", card.state.asn.hex().upper(), balance_cents=5_000)
+    yield pf, card
+    pf.close()
+
+
+def downlink(pf):
+    row = pf.conn.execute("SELECT payload FROM outbound ORDER BY rowid DESC LIMIT 1").fetchone()
+    env = p.open_envelope(bytes(row[0]), KEY.public_key()) if hasattr(p, "open_envelope") else None
+    return env
+
+
+def test_issue_refuses_bad_input_whole(setup):
+    pf, _ = setup
+    with pytest.raises(PlatformError, match="employee E9 is not registered"):
+        pf.issue_subsidy(ENT, ["E1001", "E9"], 100, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+    assert pf.subsidy_list(ENT) == []
+    with pytest.raises(PlatformError, match="in the past"):
+        pf.issue_subsidy(ENT, ["E1001"], 100, dt.date(2026, 11, 1), "subsidy_first", "2026-11")
+    with pytest.raises(PlatformError, match="policy"):
+        pf.issue_subsidy(ENT, ["E1001"], 100, dt.date(2026, 11, 30), "cash_only", "2026-11")
+    pf.issue_subsidy(ENT, ["E1001"], 100, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+    with pytest.raises(PlatformError, match="already has allowance 2026-11"):
+        pf.issue_subsidy(ENT, ["E1001", "E1002"], 100, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+    assert [r["employee_no"] for r in pf.subsidy_list(ENT)] == ["E1001"]
+
+
+def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path, sam):
+    pf, card = setup
+    ids = pf.issue_subsidy(ENT, ["E1001", "E1002"], 5_000, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+    assert ids == ["2026-11.E1001", "2026-11.E1002"]
+    body = pf.subsidy_allowances_body(ENT)
+    p.BODY_CHECKS["subsidy_allowances"](body)  # the agent's schema
+    assert body["allowances"] == [  # E1002 has no card yet: nothing to announce for them
+        {
+            "allowance_id": "2026-11.E1001",
+            "asn": card.state.asn.hex().upper(),
+            "amount": 5_000,
+            "expiry": "2026-11-30",
+            "policy": "subsidy_first",
+            "collected": False,
+        }
+    ]
+    queued = pf.conn.execute("SELECT topic FROM outbound").fetchall()
+    assert [t for (t,) in queued] == [p.enterprise_topic(ENT)]
+    pos = terminal(tmp_path, sam, allowances=allowances_from_body(body))
+    pos.purchase(present(card)[1], 1_200, MONDAY_10AM)
+    assert card.state.subsidy.balance == 3_800
+    pos.purchase(present(card)[1], 5_000, MONDAY_10AM + dt.timedelta(minutes=1))  # 38.00 subsidy + 12.00 cash
+    r = upload(pf, pos.event_log)
+    assert r.acked_seq == pos.event_log.events()[-1].seq
+    assert pf.subsidy_report(ENT) == {
+        "issued": 10_000,
+        "collected": 5_000,
+        "spent": 5_000,
+        "withdrawn": 0,
+        "on_cards": 0,
+    }
+    assert card.state.subsidy.balance == 0
+    # The cash purse's accounts saw only the cash share (12.00), continuing the card's history.
+    assert pf.card(card.state.asn.hex().upper())["balance_cents"] == 5_000 - 1_200 == card.state.purse.balance
+    assert [x["state"] for x in pf.subsidy_list(ENT)] == ["collected", "pending"]
+    assert pf.subsidy_allowances_body(ENT)["allowances"][0]["collected"] is True
+    # Settlement: the platform's lines equal the till's for the same records, subsidy spent counted apart.
+    till = st.settle(
+        st.select_day(
+            [st.Record(e.seq, e.time, e.kind, e.detail) for e in pos.event_log.events()],
+            dt.date(2026, 11, 23),
+            pos.config.terminal.timezone,
+        )
+    )
+    assert till.subsidy_spent.amount == 5_000 and till.sales.amount == 6_200
+    report = pf.settlement(TID, dt.date(2026, 11, 23))
+    for line in st.format_totals(till):
+        assert line in report
+    # The same upload again stores nothing twice.
+    upload(pf, pos.event_log)
+    assert pf.conn.execute("SELECT count(*) FROM subsidy_transactions").fetchone()[0] == 3
+
+
+def test_a_forged_subsidy_tac_is_not_accounted(setup, tmp_path, sam):
+    pf, card = setup
+    pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "cash_first", "one-off")
+    pos = terminal(tmp_path, sam, allowances=allowances_from_body(pf.subsidy_allowances_body(ENT)))
+    pos.balance_inquiry(present(card)[1], MONDAY_10AM)
+    load = outcomes(pos, "subsidy.load")[0]
+    forged = dict(load.detail, amount=500_000, balance_after=500_000)
+    pos.event_log.append(MONDAY_10AM, "subsidy.load", asn=load.asn, reason_code="completed", message="x", detail=forged)
+    upload(pf, pos.event_log)
+    rows = pf.conn.execute("SELECT amount_cents, tac_status FROM subsidy_transactions ORDER BY seq").fetchall()
+    assert rows == [(5_000, "ok"), (500_000, "duplicate")] or rows == [(5_000, "ok"), (500_000, "bad")]
+    assert pf.subsidy_report(ENT)["collected"] == 5_000
+
+
+def test_a_withdrawal_is_accounted(setup, tmp_path, sam):
+    pf, card = setup
+    card.state.subsidy.balance, card.state.subsidy.expiry = 1_234, bytes.fromhex("20261101")
+    pos = terminal(tmp_path, sam)
+    pos.purchase(present(card)[1], 100, MONDAY_10AM)
+    upload(pf, pos.event_log)
+    assert pf.subsidy_report(ENT)["withdrawn"] == 1_234
+
+
+def test_the_cli_issues_lists_and_reports(setup, tmp_path, platform_db):
+    import subprocess
+    import sys
+
+    pf, _ = setup
+    if not str(platform_db).endswith(".db"):
+        pytest.skip("the CLI is exercised on SQLite")
+    pf.close()
+    from central.db import write_signing_key
+
+    key = tmp_path / "k.pem"
+    write_signing_key(key)
+    lst = tmp_path / "list.txt"
+    lst.write_text("E1001\n# comment\nE1002\n")
+    base = [sys.executable, "-m", "onecard.cli", "platform", "subsidy"]
+    args = ["--db", str(platform_db), "--key", str(key), "--enterprise", ENT]
+    r = subprocess.run(
+        [
+            *base,
+            "issue",
+            *args,
+            "--list",
+            str(lst),
+            "--amount",
+            "150.00",
+            "--expiry",
+            "2099-12-31",
+            "--policy",
+            "cash_first",
+            "--label",
+            "2099-12",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "issued 2 allowance(s) of 150.00 yuan" in r.stdout
+    r = subprocess.run([*base, "list", *args], capture_output=True, text=True)
+    assert "2099-12.E1002" in r.stdout and "pending" in r.stdout
+    r = subprocess.run([*base, "report", *args], capture_output=True, text=True)
+    assert "issued" in r.stdout and "300.00" in r.stdout
+    r = subprocess.run(
+        [
+            *base,
+            "issue",
+            *args,
+            "--employee",
+            "E1001",
+            "--amount",
+            "1",
+            "--expiry",
+            "2099-12-31",
+            "--policy",
+            "cash_first",
+            "--label",
+            "2099-12",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        r.returncode == 2 and "already has allowance" in r.stderr
+    )  # the platform CLI: PlatformError -> 2 and "Traceback" not in r.stderr
