@@ -603,7 +603,7 @@ class PurseTerminal(SubsidySteps):
             info,
             d,
             intent,
-            pp.debit_command(d["tsn"], date, time_, mac1, with_pin),
+            pp.debit_command(d["tsn"], date, time_, mac1, bool(sale.get("pin_verified"))),
             pp.parse_debit,
             lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
             now,
