@@ -243,7 +243,7 @@ def decode_entries(data: bytes, *, usages_required: bool = True) -> list[MasterK
     for at in range(0, len(data), ENTRY_SIZE):
         e = data[at : at + ENTRY_SIZE]
         purpose = PURPOSES_BY_CODE.get(e[4])
-        if purpose is None or e[6] not in (1, 2) or e[7] & ~0x0F:
+        if purpose is None or e[6] not in (1, 2) or e[7] & ~sum(USAGE_BITS.values()):
             raise ExportError(f"key export entry {at // ENTRY_SIZE} names an unknown purpose, algorithm or usage")
         usages = frozenset(u for u, bit in USAGE_BITS.items() if e[7] & bit)
         if not usages_required:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from sam.crypto import key_check_value
-from sam.interface import Algorithm, KeyPurpose
+from sam.interface import Algorithm, KeyPurpose, KeyUsage
 from sam.keystore import TRANSPORT_VERSION, MasterKey, SecretKey, algorithm_name, parse_algorithm, parse_enterprise_id
 from sam.master_card import (
     AID,
@@ -455,7 +455,8 @@ class MasterCardApplet:
             target_kind,
             cmd.data[1:9],
             cmd.data[9:41],
-            self._entries(names, lambda p: rules[p]),
+            # A PSAM has no subsidy-purse commands (docs/psam.md): an export for one leaves that usage out.
+            self._entries(names, lambda p: rules[p] - {KeyUsage.SUBSIDY} if target_kind == TARGET_PSAM else rules[p]),
         )
 
     def _backup(self, cmd: Command) -> bytes:

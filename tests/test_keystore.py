@@ -662,12 +662,13 @@ def test_cli_create_list_restrict(secrets_dir, capsys):
             (KeyPurpose.TAC, 1),
         )
     }
-    # Every usage that means something for the purpose: reversal only on LOAD, never mac on TAC.
-    without_reversal = ALL_USAGES - {KeyUsage.REVERSAL}
+    # Every usage that means something for the purpose: reversal and subsidy only on LOAD, never mac on TAC.
+    without_reversal = ALL_USAGES - {KeyUsage.REVERSAL, KeyUsage.SUBSIDY}
     for k in master:
-        expected = {KeyPurpose.LOAD: ALL_USAGES, KeyPurpose.TAC: without_reversal - {KeyUsage.MAC}}.get(
-            k.purpose, without_reversal
-        )
+        expected = {
+            KeyPurpose.LOAD: ALL_USAGES - {KeyUsage.SUBSIDY},
+            KeyPurpose.TAC: without_reversal - {KeyUsage.MAC},
+        }.get(k.purpose, without_reversal)
         assert k.usages == expected and k.enterprise_id == ENTERPRISE, k.describe()
     for info in master.infos():
         assert info.kcv in out
@@ -1010,7 +1011,7 @@ PURSE_MASTER = Keystore(
             ["--role", "pos"],
             {
                 (KeyPurpose.PURCHASE, frozenset({KeyUsage.MAC, KeyUsage.VERIFY})),
-                (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL})),
+                (KeyPurpose.LOAD, frozenset({KeyUsage.REVERSAL, KeyUsage.SUBSIDY})),
             },
         ),
         (["--role", "top-up"], {(KeyPurpose.LOAD, frozenset({KeyUsage.MAC, KeyUsage.VERIFY}))}),

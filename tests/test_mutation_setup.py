@@ -48,6 +48,7 @@ def test_every_module_has_existing_fast_test_files():
         "terminal/authenticate.py",
         "phone/handset.py",
         "terminal/spending_pin.py",  # issue 13's spending password
+        "terminal/subsidy_protocol.py",  # issue 13's subsidy purse
     }
     for module, tests in m.MODULES.items():
         assert (ROOT / module).is_file(), module
