@@ -29,7 +29,12 @@ CREATE TABLE IF NOT EXISTS ota_jobs (
     path TEXT NOT NULL DEFAULT 'ota',            -- 'ota', or 'tap' once handed to the next-tap path
     credit_claimed INTEGER NOT NULL DEFAULT 0    -- 1 from the moment the OTA path may change the card
 );
+-- What the administrator asked for (e.g. {"amount": 2500}), so a job can be resumed by its ID alone.
+CREATE TABLE IF NOT EXISTS ota_job_params (job_id TEXT PRIMARY KEY, params TEXT NOT NULL);
 """
+
+# What `onecard platform ota-jobs` shows for a job: its status, or `fallen back` once handed to the next tap.
+SHOWN_FALLEN_BACK = "fallen back"
 
 
 class OtaStore:
@@ -78,6 +83,27 @@ class OtaStore:
             (job_id,),
         )
         return cur.rowcount == 1
+
+    def set_params(self, job_id: str, params: dict) -> None:
+        """Record what the job was asked to do (once: a second call for the same job keeps the first)."""
+        self.conn.execute(
+            "INSERT OR IGNORE INTO ota_job_params (job_id, params) VALUES (?, ?)", (job_id, json.dumps(params))
+        )
+
+    def params(self, job_id: str) -> dict | None:
+        row = self.conn.execute("SELECT params FROM ota_job_params WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def jobs(self) -> list[dict]:
+        """Every job, oldest first, with `shown`: its status, or `fallen back` once the next tap owns it."""
+        ids = [r[0] for r in self.conn.execute("SELECT job_id FROM ota_jobs ORDER BY rowid")]
+        out = []
+        for job_id in ids:
+            d = self.job(job_id)
+            d["params"] = self.params(job_id) or {}
+            d["shown"] = SHOWN_FALLEN_BACK if d["path"] == "tap" else d["status"]
+            out.append(d)
+        return out
 
     def job(self, job_id: str) -> dict:
         row = self.conn.execute(
