@@ -470,7 +470,11 @@ def _ota_arguments(c) -> None:
     c.add_argument("--keystore", type=Path, help="platform keystore holding the purse load and OTA keys")
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --keystore")
     c.add_argument("--ota-db", type=Path, help="the OTA job file (default: ota.db beside an SQLite --db)")
-    c.add_argument("--key-version", type=int, default=1, help="the card's key version (default 1)")
+    c.add_argument(
+        "--key-version",
+        type=int,
+        help="the card's key version (default: the one its issuing station registered, else 1)",
+    )
     c.add_argument("--algorithm", choices=("aes128", "sm4"), default="aes128", help="the card's algorithm")
     c.add_argument("--terminal", default="000000000000", help="the 6-byte terminal ID loads are made under (hex)")
     c.add_argument("--validity", type=int, default=3600, help="SMS validity period in seconds (default 3600)")
@@ -527,7 +531,11 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
     except SamError as exc:
         raise UserError(str(exc)) from None
     alg = Algorithm.AES128 if args.algorithm == "aes128" else Algorithm.SM4
-    ident = CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), args.key_version, alg)
+    version = args.key_version
+    if version is None:
+        row = pf.conn.execute("SELECT key_version FROM card_keys WHERE asn = ?", (asn,)).fetchone()
+        version = row[0] if row else 1
+    ident = CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
     store = OtaStore(_ota_db(args))
     asked = store.params(job_id)
     if asked is not None and asked != {"amount": fen, "asn": asn}:
