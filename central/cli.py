@@ -548,6 +548,16 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
     try:
         store.set_params(job_id, {"amount": fen, "asn": asn})
         try:
+            prior: dict | None = store.job(job_id)
+        except KeyError:
+            prior = None
+        what = f"over-the-air top-up {job_id} of {format_yuan(fen)} for card {asn} ({msisdn})"
+        if prior is not None and prior["status"] == "expired" and not prior["credit_claimed"]:
+            # Expired before the OTA path claimed the card (a gateway stopped before it fell back): fall back now.
+            if fall_back_to_tap(store, pf, job_id, {"amount": fen}):
+                print(f"{what}: the phone stayed unreachable past the validity; fallen back to the next tap, once")
+                return 0
+        try:
             gw.connect()
             channel = OtaChannel(
                 gw, OtaSam(keystore), store, validity_seconds=args.validity, por_wait_seconds=args.wait
@@ -556,7 +566,6 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         except (GatewayError, SamError) as exc:
             raise UserError(f"{exc}; job {job_id} is kept: `onecard platform ota-resume {job_id}` retries") from None
         job = store.job(job_id)
-        what = f"over-the-air top-up {job_id} of {format_yuan(fen)} for card {asn} ({msisdn})"
         if job["path"] == "tap":
             print(f"{what}: fallen back to the next tap on a top-up terminal ({job['note']})")
             return 0

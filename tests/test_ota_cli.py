@@ -213,3 +213,20 @@ def test_bad_input_is_one_line_and_nothing_is_sent(world):
     # The SMSC could not be reached: the job is kept and `ota-resume` sends it.
     r = onecard("platform", "ota-resume", "j4", "--wait", "5", *w["ota"], *w["base"])
     assert "j4" in r.stdout and ": done" in r.stdout and len(loads(w["card"])) == 1
+
+
+def test_resume_of_a_job_expired_before_its_fall_back_falls_back_without_sending(world):
+    """A gateway stopped after the EXPIRED receipt and before it handed the job over: `ota-resume` hands it over."""
+    from central.ota_channel import OtaStore
+
+    w = world
+    store = OtaStore(w["tmp"] / "ota.db")
+    store.create("j5", w["asn"].lower(), MSISDN, "topup")
+    store.set_params("j5", {"amount": 100, "asn": w["asn"]})
+    store.update("j5", status="expired", cntr=1)
+    store.close()
+    r = onecard("platform", "ota-resume", "j5", "--wait", "1", *w["ota"], *w["base"])
+    assert "fallen back to the next tap" in r.stdout, r.stdout + r.stderr
+    assert w["smsc"].messages == {} and [a["action_id"] for a in card_actions(w)] == ["j5"]
+    r = onecard("platform", "ota-resume", "j5", "--wait", "1", *w["ota"], *w["base"])
+    assert "fallen back" in r.stdout and len(card_actions(w)) == 1 and w["smsc"].messages == {}
