@@ -126,8 +126,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c = cmd("ota-resume", "resume an over-the-air job whose gateway stopped (or whose phone was off)", cmd_ota_resume)
     c.add_argument("job_id")
     _ota_arguments(c)
-    c = cmd("ota-jobs", "list the over-the-air jobs and their status", cmd_ota_jobs, key=False)
-    c.add_argument("--ota-db", type=Path, help="the OTA job file (default: ota.db beside an SQLite --db)")
+    c = cmd(
+        "ota-jobs",
+        "list the over-the-air jobs: per job sent / delivered / PoR ok / PoR error STATUS / expired / fell back to "
+        "tap, and how it ended",
+        cmd_ota_jobs,
+        key=False,
+    )
     c = cmd(
         "authorise",
         "change a card's access rights; written onto the card at its next tap on the top-up (card service) terminal",
@@ -469,7 +474,6 @@ def _ota_arguments(c) -> None:
     c.add_argument("--sender", default="10657000", help="the source address OTA packets come from")
     c.add_argument("--keystore", type=Path, help="platform keystore holding the purse load and OTA keys")
     c.add_argument("--passphrase-file", type=Path, help="passphrase of --keystore")
-    c.add_argument("--ota-db", type=Path, help="the OTA job file (default: ota.db beside an SQLite --db)")
     c.add_argument(
         "--key-version",
         type=int,
@@ -479,16 +483,6 @@ def _ota_arguments(c) -> None:
     c.add_argument("--terminal", default="000000000000", help="the 6-byte terminal ID loads are made under (hex)")
     c.add_argument("--validity", type=int, default=3600, help="SMS validity period in seconds (default 3600)")
     c.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each PoR (default 30)")
-
-
-def _ota_db(args) -> Path:
-    from central import sql as dialect
-
-    if args.ota_db is not None:
-        return args.ota_db
-    if args.db.backend != dialect.SQLITE:
-        raise UserError("a PostgreSQL --db needs --ota-db PATH for the OTA job file")
-    return args.db.path.parent / "ota.db"
 
 
 def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
@@ -536,7 +530,7 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         row = pf.conn.execute("SELECT key_version FROM card_keys WHERE asn = ?", (asn,)).fetchone()
         version = row[0] if row else 1
     ident = CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
-    store = OtaStore(_ota_db(args))
+    store = OtaStore(pf)
     asked = store.params(job_id)
     if asked is not None and asked != {"amount": fen, "asn": asn}:
         store.close()
@@ -569,12 +563,16 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         if job["path"] == "tap":
             print(f"{what}: fallen back to the next tap on a top-up terminal ({job['note']})")
             return 0
-        if job["status"] == "done" and top.proof is not None:
+        booked = pf.ota_load(job_id)
+        if job["status"] == "done" and booked is not None:
             if not job["note"]:
                 store.update(
-                    job_id, note=f"balance {format_yuan(top.proof.balance_after)}, TAC {top.proof.tac.hex().upper()}"
+                    job_id,
+                    note=f"balance {format_yuan(booked['balance_after_cents'])}, TAC {booked['tac'].upper()}, "
+                    f"ledger {booked['ledger']}",
                 )
-            print(f"{what}: done, balance now {format_yuan(top.proof.balance_after)} (TAC checked)")
+            ledger = "" if booked["ledger"] == "accounted" else f"; ledger: {booked['ledger']} (onecard platform held)"
+            print(f"{what}: done, balance now {format_yuan(booked['balance_after_cents'])} (TAC checked){ledger}")
             return 0
         if job["status"] == "expired":
             if fall_back_to_tap(store, pf, job_id, {"amount": fen}):
@@ -598,11 +596,9 @@ def cmd_ota_resume(args) -> int:
     from central.db import PlatformError
     from central.ota_channel import OtaStore
 
-    path = _ota_db(args)
-    if not path.exists():
-        raise UserError(f"no OTA job file {path}; give --ota-db, or start a job with `ota-topup --over-the-air`")
-    store = OtaStore(path)
+    pf = _platform(args)
     try:
+        store = OtaStore(pf)
         params = store.params(args.job_id)
         try:
             job: dict | None = store.job(args.job_id)
@@ -610,12 +606,8 @@ def cmd_ota_resume(args) -> int:
             job = None  # asked for, never sent (the SMSC could not be reached): start it now
             if params is None:
                 raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
-    finally:
-        store.close()
-    if params is None or (job is not None and job["op"] != "topup"):
-        raise UserError(f"job {args.job_id} is not a top-up this command can resume")
-    pf = _platform(args)
-    try:
+        if params is None or (job is not None and job["op"] != "topup"):
+            raise UserError(f"job {args.job_id} is not a top-up this command can resume")
         msisdn = None if job is None else job["msisdn"]
         return _ota_run(args, pf, args.job_id, params["asn"], params["amount"], msisdn)
     except PlatformError as exc:
@@ -625,25 +617,31 @@ def cmd_ota_resume(args) -> int:
 
 
 def cmd_ota_jobs(args) -> int:
+    from central.db import PlatformError
     from central.ota_channel import OtaStore
+    from central.store import Platform
     from common.money import format_yuan
 
-    path = _ota_db(args)
-    if not path.exists():
-        print("no over-the-air jobs")
-        return 0
-    store = OtaStore(path)
+    _require_db(args.db)
     try:
-        jobs = store.jobs()
+        pf = Platform(args.db, None)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        jobs = OtaStore(pf).jobs()
     finally:
-        store.close()
+        pf.close()
     if not jobs:
         print("no over-the-air jobs")
     for j in jobs:
         amount = j["params"].get("amount")
         money = "" if amount is None else f" {format_yuan(amount)}"
+        ended = {"done": "done", "failed": "failed"}.get(j["status"], "pending")
+        if j["path"] == "tap":
+            ended = "queued for the next tap"
+        when = f"  delivered {j['delivered_at']}" if j["delivered_at"] else ""
         note = f"  {j['note']}" if j["note"] else ""
-        print(f"{j['job_id']}  {j['op']}{money}  card {j['asn'].upper()}  {j['msisdn']}  {j['shown']}{note}")
+        print(f"{j['job_id']}  {j['op']}{money}  card {j['asn'].upper()}  {j['msisdn']}  {j['shown']}  {ended}{when}{note}")
     return 0
 
 

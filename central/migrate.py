@@ -39,6 +39,10 @@ TABLES = (
     "chain_evidence",
     "platform_epoch",
     "reanchors",
+    "ota_counters",
+    "ota_jobs",
+    "ota_job_params",
+    "ota_loads",
 )
 # Tables whose ids PostgreSQL hands out (identity columns): moved on past the copied ids.
 IDENTITY = {
