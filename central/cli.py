@@ -641,7 +641,9 @@ def cmd_ota_jobs(args) -> int:
             ended = "queued for the next tap"
         when = f"  delivered {j['delivered_at']}" if j["delivered_at"] else ""
         note = f"  {j['note']}" if j["note"] else ""
-        print(f"{j['job_id']}  {j['op']}{money}  card {j['asn'].upper()}  {j['msisdn']}  {j['shown']}  {ended}{when}{note}")
+        print(
+            f"{j['job_id']}  {j['op']}{money}  card {j['asn'].upper()}  {j['msisdn']}  {j['shown']}  {ended}{when}{note}"
+        )
     return 0
 
 

@@ -124,7 +124,17 @@ class OtaJobs:
         return [self.ota_job(i) for i in ids]
 
     def ota_load(self, job_id: str) -> dict | None:
-        keys = ("job_id", "seq", "asn", "terminal_id", "counter", "amount_cents", "balance_after_cents", "tac", "ledger")
+        keys = (
+            "job_id",
+            "seq",
+            "asn",
+            "terminal_id",
+            "counter",
+            "amount_cents",
+            "balance_after_cents",
+            "tac",
+            "ledger",
+        )
         row = self.conn.execute(f"SELECT {', '.join(keys)} FROM ota_loads WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else dict(zip(keys, row))
 
@@ -146,9 +156,10 @@ class OtaJobs:
                 ):
                     raise PlatformError(f"OTA job {job_id} already booked a different load; nothing changed")
                 return done["ledger"]
-            if job["path"] != "ota" or self.conn.execute(
-                "SELECT 1 FROM card_actions WHERE action_id = ?", (job_id,)
-            ).fetchone():
+            if (
+                job["path"] != "ota"
+                or self.conn.execute("SELECT 1 FROM card_actions WHERE action_id = ?", (job_id,)).fetchone()
+            ):
                 raise PlatformError(f"OTA job {job_id} was handed to the next-tap path; its load is booked there")
             asn = job["asn"].upper()
             (seq,) = self.conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM ota_loads").fetchone()

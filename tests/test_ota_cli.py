@@ -113,7 +113,13 @@ def test_topup_over_the_air_lands_once_and_is_listed(world):
     assert card_actions(w) == []  # nothing queued for the next tap
     r = onecard("platform", "ota-jobs", "--db", w["db"])
     line = r.stdout.strip()
-    assert line.startswith("j1  topup 25.00") and f"card {w['asn']}" in line and "  done" in line
+    assert line.startswith("j1  topup 25.00") and f"card {w['asn']}" in line and "  PoR ok  done" in line
+    pf = Platform(db_target(str(w["db"])), load_signing_key(w["key"]))
+    try:  # booked once in the platform's purse ledger, at the balance the card proved
+        assert [t["amount_cents"] for t in pf.purse_transactions(w["asn"])] == [2500]
+        assert pf.card(w["asn"])["balance_cents"] == before + 2500
+    finally:
+        pf.close()
     # The same job again: settled, nothing sent, nothing loaded twice.
     sent = len(w["smsc"].messages)
     r = onecard("platform", "ota-resume", "j1", "--wait", "1", *w["ota"], *w["base"])
@@ -146,7 +152,7 @@ def test_phone_unreachable_past_validity_falls_back_to_the_next_tap_once(world):
     r = onecard("platform", "ota-resume", "j2", "--wait", "1", *w["ota"], *w["base"])
     assert "fallen back" in r.stdout and len(card_actions(w)) == 1
     assert "j2  topup 3.00" in onecard("platform", "ota-jobs", "--db", w["db"]).stdout
-    assert "fallen back" in onecard("platform", "ota-jobs", "--db", w["db"]).stdout
+    assert "fell back to tap  queued for the next tap" in onecard("platform", "ota-jobs", "--db", w["db"]).stdout
     w["smsc"].set_power(MSISDN, True)  # the expired packet never reaches the SIM
     assert w["sim"].executed == [] and not loads(w["card"])
 
@@ -169,7 +175,7 @@ def test_phone_off_within_validity_stays_pending_and_resumes_by_job_id(world):
         *w["base"],
     )
     assert "j3" in r.stdout and "sent, no PoR yet" in r.stdout and "ota-resume j3" in r.stdout
-    assert "  sent" in onecard("platform", "ota-jobs", "--db", w["db"]).stdout
+    assert "  sent  pending" in onecard("platform", "ota-jobs", "--db", w["db"]).stdout
     w["smsc"].set_power(MSISDN, True)  # no gateway bound: the SIM ran INITIALIZE, its PoR is lost
     r = onecard("platform", "ota-resume", "j3", "--wait", "5", *w["ota"], *w["base"])
     assert ": done" in r.stdout, r.stdout + r.stderr
@@ -220,11 +226,12 @@ def test_resume_of_a_job_expired_before_its_fall_back_falls_back_without_sending
     from central.ota_channel import OtaStore
 
     w = world
-    store = OtaStore(w["tmp"] / "ota.db")
+    pf = Platform(db_target(str(w["db"])), load_signing_key(w["key"]))
+    store = OtaStore(pf)
     store.create("j5", w["asn"].lower(), MSISDN, "topup")
     store.set_params("j5", {"amount": 100, "asn": w["asn"]})
     store.update("j5", status="expired", cntr=1)
-    store.close()
+    pf.close()
     r = onecard("platform", "ota-resume", "j5", "--wait", "1", *w["ota"], *w["base"])
     assert "fallen back to the next tap" in r.stdout, r.stdout + r.stderr
     assert w["smsc"].messages == {} and [a["action_id"] for a in card_actions(w)] == ["j5"]
