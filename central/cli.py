@@ -641,9 +641,8 @@ def cmd_ota_jobs(args) -> int:
             ended = "queued for the next tap"
         when = f"  delivered {j['delivered_at']}" if j["delivered_at"] else ""
         note = f"  {j['note']}" if j["note"] else ""
-        print(
-            f"{j['job_id']}  {j['op']}{money}  card {j['asn'].upper()}  {j['msisdn']}  {j['shown']}  {ended}{when}{note}"
-        )
+        who = f"card {j['asn'].upper()}  {j['msisdn']}"
+        print(f"{j['job_id']}  {j['op']}{money}  {who}  {j['shown']}  {ended}{when}{note}")
     return 0
 
 

@@ -49,7 +49,8 @@ class OtaJobs:
             row = self.conn.execute("SELECT cntr FROM ota_counters WHERE asn = ?", (asn,)).fetchone()
             cntr = (row[0] if row else 0) + 1
             self.conn.execute(
-                "INSERT INTO ota_counters (asn, cntr) VALUES (?, ?) ON CONFLICT (asn) DO UPDATE SET cntr = excluded.cntr",
+                "INSERT INTO ota_counters (asn, cntr) VALUES (?, ?) "
+                "ON CONFLICT (asn) DO UPDATE SET cntr = excluded.cntr",
                 (asn, cntr),
             )
         return cntr
@@ -58,7 +59,8 @@ class OtaJobs:
         with self._txn():
             (n,) = self.conn.execute("SELECT coalesce(max(n), 0) + 1 FROM ota_jobs").fetchone()
             self.conn.execute(
-                "INSERT INTO ota_jobs (job_id, n, asn, msisdn, op, status, created_at) VALUES (?, ?, ?, ?, ?, 'new', ?)",
+                "INSERT INTO ota_jobs (job_id, n, asn, msisdn, op, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, 'new', ?)",
                 (job_id, n, asn, msisdn, op, self._now()),
             )
 
@@ -240,6 +242,7 @@ class OtaJobs:
             self._history(
                 asn,
                 "ota_load",
-                f"over-the-air top-up {job_id} of {_yuan(proof.amount)} yuan proven by the card (TAC checked), {ledger}",
+                f"over-the-air top-up {job_id} of {_yuan(proof.amount)} yuan proven by the card (TAC checked), "
+                f"{ledger}",
             )
         return ledger
