@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from central.db import TERMINAL_KINDS
-from common.errors import UserError
+from common.errors import EXIT_REFUSED, UserError
 
 DB_HELP = (
     "platform database: an SQLite file (PATH or sqlite:PATH, the embedded default) or a PostgreSQL database "
@@ -115,6 +115,24 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("asn")
     c.add_argument("amount", help="yuan, e.g. 50.00")
+    c.add_argument(
+        "--over-the-air",
+        action="store_true",
+        help="send it now through the SMSC to the SIM in the holder's phone (docs/ota.md); past the validity "
+        "period it falls back to the next tap, once",
+    )
+    _ota_arguments(c)
+    c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
+    c = cmd("ota-resume", "resume an over-the-air job whose gateway stopped (or whose phone was off)", cmd_ota_resume)
+    c.add_argument("job_id")
+    _ota_arguments(c)
+    c = cmd(
+        "ota-jobs",
+        "list the over-the-air jobs: per job sent / delivered / PoR ok / PoR error STATUS / expired / fell back to "
+        "tap, and how it ended",
+        cmd_ota_jobs,
+        key=False,
+    )
     c = cmd(
         "authorise",
         "change a card's access rights; written onto the card at its next tap on the top-up (card service) terminal",
@@ -427,6 +445,20 @@ def cmd_ota_topup(args) -> int:
     fen = parse_yuan(args.amount, "amount")
     if fen == 0:
         raise UserError("the amount must be more than 0.00")
+    if args.over_the_air:
+        import uuid
+
+        from central.db import PlatformError
+
+        pf = _platform(args)
+        try:
+            return _ota_run(args, pf, args.job or f"ota-{uuid.uuid4().hex[:12]}", args.asn.upper(), fen, None)
+        except PlatformError as exc:
+            raise UserError(str(exc)) from None
+        finally:
+            pf.close()
+    if args.job:
+        raise UserError("--job goes with --over-the-air; nothing was queued")
     return _run(
         args,
         lambda pf: (
@@ -434,6 +466,185 @@ def cmd_ota_topup(args) -> int:
             f" of {args.amount} queued for card {args.asn.upper()}"
         ),
     )
+
+
+def _ota_arguments(c) -> None:
+    c.add_argument("--smsc", metavar="HOST:PORT", help="the operator's SMSC (SMPP 3.4)")
+    c.add_argument("--smpp-system-id", default="onecard", help="SMPP bind system_id (default onecard)")
+    c.add_argument("--smpp-password-file", help="file holding the SMPP bind password")
+    c.add_argument("--sender", default="10657000", help="the source address OTA packets come from")
+    c.add_argument("--keystore", type=Path, help="platform keystore holding the purse load and OTA keys")
+    c.add_argument("--passphrase-file", type=Path, help="passphrase of --keystore")
+    c.add_argument(
+        "--key-version",
+        type=int,
+        help="the card's key version (default: the one its issuing station registered, else 1)",
+    )
+    c.add_argument("--algorithm", choices=("aes128", "sm4"), default="aes128", help="the card's algorithm")
+    c.add_argument("--terminal", default="000000000000", help="the 6-byte terminal ID loads are made under (hex)")
+    c.add_argument("--validity", type=int, default=3600, help="SMS validity period in seconds (default 3600)")
+    c.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each PoR (default 30)")
+
+
+def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
+    """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
+    from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
+    from central.ota_gateway import GatewayError, SmppGateway
+    from common.money import format_yuan
+    from sam.interface import Algorithm, CardIdentity, SamError
+    from sam.keystore import KeystoreUnlock, load_keystore
+    from sam.ota_keys import OtaSam
+    from sam.software import SoftwareSam
+
+    if not args.smsc or not args.smpp_password_file:
+        raise UserError("over the air needs --smsc HOST:PORT and --smpp-password-file FILE; nothing was sent")
+    if args.keystore is None or args.passphrase_file is None:
+        raise UserError("over the air needs --keystore KS --passphrase-file F (the platform's keys); nothing was sent")
+    host, _, port = args.smsc.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--smsc {args.smsc!r} is not HOST:PORT; write e.g. smsc.example.net:2775")
+    if not 0 < args.validity <= 99 * 86400:
+        raise UserError(f"--validity {args.validity} is out of range; give 1..{99 * 86400} seconds")
+    try:
+        terminal = bytes.fromhex(args.terminal)
+    except ValueError:
+        terminal = b""
+    if len(terminal) != 6:
+        raise UserError(f"--terminal {args.terminal!r} is not 6 bytes of hex; write e.g. 000000000901")
+    try:
+        password = open(args.smpp_password_file, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise UserError(f"cannot read --smpp-password-file {args.smpp_password_file}: {exc.strerror}") from None
+    card = pf.card(asn)
+    if msisdn is None:
+        msisdn = pf.holder_contact(card["enterprise_id"], card["employee_no"])["phone"]
+        if not msisdn:
+            raise UserError(f"the holder of card {asn} has no phone number; add one, or top up at the next tap")
+        pf._check_card_action(card, "topup", {"amount": fen})  # the same limits as the next-tap path
+    try:
+        keystore = load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+    alg = Algorithm.AES128 if args.algorithm == "aes128" else Algorithm.SM4
+    version = args.key_version
+    if version is None:
+        row = pf.conn.execute("SELECT key_version FROM card_keys WHERE asn = ?", (asn,)).fetchone()
+        version = row[0] if row else 1
+    ident = CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
+    store = OtaStore(pf)
+    asked = store.params(job_id)
+    if asked is not None and asked != {"amount": fen, "asn": asn}:
+        store.close()
+        raise UserError(
+            f"job {job_id} is a top-up of {format_yuan(asked['amount'])} for card {asked['asn']}; "
+            f"resume it with `onecard platform ota-resume {job_id}` or give a new --job"
+        )
+    gw = SmppGateway(host, int(port), args.smpp_system_id, password, args.sender)
+    try:
+        store.set_params(job_id, {"amount": fen, "asn": asn})
+        try:
+            prior: dict | None = store.job(job_id)
+        except KeyError:
+            prior = None
+        what = f"over-the-air top-up {job_id} of {format_yuan(fen)} for card {asn} ({msisdn})"
+        if prior is not None and prior["status"] == "expired" and not prior["credit_claimed"]:
+            # Expired before the OTA path claimed the card (a gateway stopped before it fell back): fall back now.
+            if fall_back_to_tap(store, pf, job_id, {"amount": fen}):
+                print(f"{what}: the phone stayed unreachable past the validity; fallen back to the next tap, once")
+                return 0
+        try:
+            gw.connect()
+            channel = OtaChannel(
+                gw, OtaSam(keystore), store, validity_seconds=args.validity, por_wait_seconds=args.wait
+            )
+            top = channel.top_up(job_id, ident, ident, msisdn, fen, terminal, SoftwareSam(keystore))
+        except (GatewayError, SamError) as exc:
+            raise UserError(f"{exc}; job {job_id} is kept: `onecard platform ota-resume {job_id}` retries") from None
+        job = store.job(job_id)
+        if job["path"] == "tap":
+            print(f"{what}: fallen back to the next tap on a top-up terminal ({job['note']})")
+            return 0
+        booked = pf.ota_load(job_id)
+        if job["status"] == "done" and booked is not None:
+            if not job["note"]:
+                store.update(
+                    job_id,
+                    note=f"balance {format_yuan(booked['balance_after_cents'])}, TAC {booked['tac'].upper()}, "
+                    f"ledger {booked['ledger']}",
+                )
+            ledger = "" if booked["ledger"] == "accounted" else f"; ledger: {booked['ledger']} (onecard platform held)"
+            print(f"{what}: done, balance now {format_yuan(booked['balance_after_cents'])} (TAC checked){ledger}")
+            return 0
+        if job["status"] == "expired":
+            if fall_back_to_tap(store, pf, job_id, {"amount": fen}):
+                print(f"{what}: the phone stayed unreachable past the validity; fallen back to the next tap, once")
+                return 0
+            raise UserError(
+                f"{what}: the CREDIT packet expired and the card may hold it; "
+                f"`onecard platform ota-resume {job_id}` asks the card",
+                EXIT_REFUSED,
+            )
+        if job["status"] == "failed":
+            raise UserError(f"{what}: failed: {job['note'] or top.reason}", EXIT_REFUSED)
+        print(f"{what}: {job['status']}, no PoR yet; `onecard platform ota-resume {job_id}` waits again")
+        return 0
+    finally:
+        gw.close()
+        store.close()
+
+
+def cmd_ota_resume(args) -> int:
+    from central.db import PlatformError
+    from central.ota_channel import OtaStore
+
+    pf = _platform(args)
+    try:
+        store = OtaStore(pf)
+        params = store.params(args.job_id)
+        try:
+            job: dict | None = store.job(args.job_id)
+        except KeyError:
+            job = None  # asked for, never sent (the SMSC could not be reached): start it now
+            if params is None:
+                raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
+        if params is None or (job is not None and job["op"] != "topup"):
+            raise UserError(f"job {args.job_id} is not a top-up this command can resume")
+        msisdn = None if job is None else job["msisdn"]
+        return _ota_run(args, pf, args.job_id, params["asn"], params["amount"], msisdn)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        pf.close()
+
+
+def cmd_ota_jobs(args) -> int:
+    from central.db import PlatformError
+    from central.ota_channel import OtaStore
+    from central.store import Platform
+    from common.money import format_yuan
+
+    _require_db(args.db)
+    try:
+        pf = Platform(args.db, None)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        jobs = OtaStore(pf).jobs()
+    finally:
+        pf.close()
+    if not jobs:
+        print("no over-the-air jobs")
+    for j in jobs:
+        amount = j["params"].get("amount")
+        money = "" if amount is None else f" {format_yuan(amount)}"
+        ended = {"done": "done", "failed": "failed"}.get(j["status"], "pending")
+        if j["path"] == "tap":
+            ended = "queued for the next tap"
+        when = f"  delivered {j['delivered_at']}" if j["delivered_at"] else ""
+        note = f"  {j['note']}" if j["note"] else ""
+        who = f"card {j['asn'].upper()}  {j['msisdn']}"
+        print(f"{j['job_id']}  {j['op']}{money}  {who}  {j['shown']}  {ended}{when}{note}")
+    return 0
 
 
 def cmd_authorise(args) -> int:

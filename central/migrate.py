@@ -33,12 +33,18 @@ TABLES = (
     "card_keys",
     "card_history",
     "purse_transactions",
+    "subsidy_allowances",
+    "subsidy_transactions",
     "held_money",
     "outbound",
     "terminal_alarms",
     "chain_evidence",
     "platform_epoch",
     "reanchors",
+    "ota_counters",
+    "ota_jobs",
+    "ota_job_params",
+    "ota_loads",
 )
 # Tables whose ids PostgreSQL hands out (identity columns): moved on past the copied ids.
 IDENTITY = {

@@ -1,108 +1,86 @@
 """The platform's OTA channel: secured packets to a SIM through the SMPP gateway, PoRs back, jobs kept durably.
 
-Every OTA operation is a job in its own SQLite file (`ota.db` beside the platform database): the card's counter is
-taken and stored before a packet leaves (so no two packets ever share one), the operation's state is stored after
-each PoR, and a job whose gateway died between a submit and its PoR resumes from that state. What the platform shows
-for a job: `sent` (the SMSC took it), `delivered` (receipt DELIVRD: the phone has it), `expired` (receipt EXPIRED:
-the phone stayed off past the validity period and never will get it), `done` (settled by its PoR), `failed`.
+Every OTA operation is a job in the platform database (central/ota_jobs.py): the card's counter is taken and stored
+before a packet leaves (so no two packets ever share one), the operation's state is stored after each PoR, and a job
+whose gateway died between a submit and its PoR resumes from that state. A top-up's load, once its PoR proves it
+(MAC3 and TAC checked by the platform's SAM), is booked in the purse ledger in the same transaction as the job's
+change to `done`, once per job ID. Job status: `sent` (the SMSC took it), `expired` (receipt EXPIRED: the phone
+stayed off past the validity period and never will get it), `done` (settled by its PoR), `failed`; beside it the
+last receipt (`delivery`: DELIVRD, the phone has it) and the last PoR's status (`por`: OK or the SIM's refusal).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from central import ota_ops
 from central.ota_gateway import DCS_8BIT_CLASS2, PID_SIM_DATA_DOWNLOAD, SmppGateway
 from common import ota
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS ota_counters (asn TEXT PRIMARY KEY, cntr INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS ota_jobs (
-    job_id TEXT PRIMARY KEY, asn TEXT NOT NULL, msisdn TEXT NOT NULL, op TEXT NOT NULL, status TEXT NOT NULL,
-    cntr INTEGER, message_ids TEXT NOT NULL DEFAULT '[]', state TEXT NOT NULL DEFAULT '{}',
-    note TEXT NOT NULL DEFAULT '',
-    path TEXT NOT NULL DEFAULT 'ota',            -- 'ota', or 'tap' once handed to the next-tap path
-    credit_claimed INTEGER NOT NULL DEFAULT 0    -- 1 from the moment the OTA path may change the card
-);
-"""
+# What `onecard platform ota-jobs` shows for a job once the next-tap path owns it.
+SHOWN_FALLEN_BACK = "fell back to tap"
+
+
+def shown(job: dict) -> str:
+    """Where a job stands for the administrator: `fell back to tap`, `expired` (never reached the phone), `PoR ok`,
+    `PoR error STATUS`, `delivered` (the phone has it, no PoR yet), `sent` (the SMSC took it), `new`."""
+    if job["path"] == "tap":
+        return SHOWN_FALLEN_BACK
+    if job["status"] == "expired":
+        return "expired"
+    if job["por"]:
+        return "PoR ok" if job["por"] == "OK" else f"PoR error {job['por']}"
+    if job["delivery"] == "DELIVRD":
+        return "delivered"
+    return job["status"]
 
 
 class OtaStore:
-    def __init__(self, path: str | Path) -> None:
-        self.conn = sqlite3.connect(str(path), isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.executescript(SCHEMA)
+    """The OTA jobs of one platform database (central/ota_jobs.py): a job's rows are in the platform database, so
+    that its settlement and its booking in the purse ledger are one transaction. `close()` leaves the platform
+    open: its owner closes it."""
+
+    def __init__(self, platform) -> None:
+        self.platform = platform
 
     def close(self) -> None:
-        self.conn.close()
+        pass
 
     def next_counter(self, asn: str) -> int:
-        with self.conn:
-            self.conn.execute("BEGIN IMMEDIATE")
-            row = self.conn.execute("SELECT cntr FROM ota_counters WHERE asn = ?", (asn,)).fetchone()
-            cntr = (row[0] if row else 0) + 1
-            self.conn.execute(
-                "INSERT INTO ota_counters (asn, cntr) VALUES (?, ?) "
-                "ON CONFLICT(asn) DO UPDATE SET cntr = excluded.cntr",
-                (asn, cntr),
-            )
-        return cntr
+        return self.platform.ota_next_counter(asn)
 
     def create(self, job_id: str, asn: str, msisdn: str, op: str) -> None:
-        self.conn.execute(
-            "INSERT INTO ota_jobs (job_id, asn, msisdn, op, status) VALUES (?, ?, ?, ?, 'new')",
-            (job_id, asn, msisdn, op),
-        )
+        self.platform.ota_create(job_id, asn, msisdn, op)
 
     def update(self, job_id: str, **fields) -> None:
-        cols = ", ".join(f"{k} = ?" for k in fields)
-        self.conn.execute(f"UPDATE ota_jobs SET {cols} WHERE job_id = ?", (*fields.values(), job_id))
+        self.platform.ota_update(job_id, **fields)
 
     def claim_credit(self, job_id: str) -> bool:
-        """The OTA path takes the right to change the card (before it sends CREDIT); False: handed to the tap."""
-        cur = self.conn.execute("UPDATE ota_jobs SET credit_claimed = 1 WHERE job_id = ? AND path = 'ota'", (job_id,))
-        return cur.rowcount == 1
+        return self.platform.ota_claim_credit(job_id)
 
-    def hand_over(self, job_id: str) -> bool:
-        """Give the job to the next-tap path: only while the OTA path has not claimed the card, or after the card
-        proved the OTA credit never happened. Exactly one of `claim_credit` and `hand_over` wins a race (one
-        SQLite write each, serialised by the database)."""
-        cur = self.conn.execute(
-            "UPDATE ota_jobs SET path = 'tap', note = 'handed to the next-tap path' WHERE job_id = ? AND path = 'ota' "
-            "AND (credit_claimed = 0 OR status = 'failed')",
-            (job_id,),
-        )
-        return cur.rowcount == 1
+    def hand_over(self, job_id: str, action: str | None = None, params: dict | None = None) -> bool:
+        return self.platform.ota_hand_over(job_id, action, params)
+
+    def set_params(self, job_id: str, params: dict) -> None:
+        self.platform.ota_set_params(job_id, params)
+
+    def params(self, job_id: str) -> dict | None:
+        return self.platform.ota_params(job_id)
 
     def job(self, job_id: str) -> dict:
-        row = self.conn.execute(
-            "SELECT job_id, asn, msisdn, op, status, cntr, message_ids, state, note, path, credit_claimed "
-            "FROM ota_jobs WHERE job_id = ?",
-            (job_id,),
-        ).fetchone()
-        if row is None:
-            raise KeyError(job_id)
-        keys = (
-            "job_id",
-            "asn",
-            "msisdn",
-            "op",
-            "status",
-            "cntr",
-            "message_ids",
-            "state",
-            "note",
-            "path",
-            "credit_claimed",
-        )
-        d = dict(zip(keys, row))
-        d["message_ids"], d["state"] = json.loads(d["message_ids"]), json.loads(d["state"])
-        return d
+        return self.platform.ota_job(job_id)
+
+    def jobs(self) -> list[dict]:
+        """Every job, oldest first, with its `params` and `shown` (see `shown`)."""
+        out = []
+        for d in self.platform.ota_jobs():
+            d["params"] = self.params(d["job_id"]) or {}
+            d["shown"] = shown(d)
+            out.append(d)
+        return out
 
 
 def _dump_topup(top: ota_ops.OtaTopUp) -> str:
@@ -167,7 +145,9 @@ class OtaChannel:
                 self.store.update(job_id, status="expired", cntr=cntr, note="the SMSC did not take it within validity")
                 return cntr
             mids.append(mid)
-        self.store.update(job_id, status="sent", cntr=cntr, message_ids=json.dumps(mids))
+        self.store.update(
+            job_id, status="sent", cntr=cntr, message_ids=json.dumps(mids), delivery="", por="", sent_at=_now(self)
+        )
         return cntr
 
     def await_por(self, job_id: str, card, msisdn: str, cntr: int, seconds: float | None = None) -> ota.Por | None:
@@ -186,8 +166,8 @@ class OtaChannel:
                             job_id, status="expired", note="the phone stayed off past the validity period"
                         )
                         return None
-                    if r.state == "DELIVRD" and self.store.job(job_id)["status"] == "sent":
-                        self.store.update(job_id, status="delivered")
+                    if r.state == "DELIVRD":
+                        self.store.update(job_id, delivery="DELIVRD", delivered_at=_now(self))
             for m in list(self.gateway.incoming):
                 if m.source != msisdn or m.pid != PID_SIM_DATA_DOWNLOAD or not m.udhi:
                     continue
@@ -197,6 +177,7 @@ class OtaChannel:
                     continue  # not a PoR under this card's keys: never settles anything
                 self.gateway.incoming.remove(m)
                 if por.cntr == cntr:
+                    self.store.update(job_id, por=por.status.name, por_at=_now(self))
                     return por
             if waited >= limit:
                 return None
@@ -232,18 +213,40 @@ class OtaChannel:
             if por is None:
                 self.store.update(job_id, state=_dump_topup(top))
                 return top  # expired or not yet: a later `top_up` with the same job resumes
+            was = top.step
             data = top.on_por(por, *self.clock())
+            if was is ota_ops.Step.PROVE and top.step is ota_ops.Step.FAILED and _proves_no_load(por):
+                self.store.update(job_id, card_unloaded=1)  # the card proved it: the next tap may load it
+        if top.step is ota_ops.Step.DONE and top.proof is not None:
+            # The card proved the load and the platform's SAM checked its MAC3 and TAC: booked in the purse ledger
+            # in the same transaction as the job's change to done, once per job ID.
+            self.store.platform.ota_settle_load(
+                job_id,
+                top.proof,
+                terminal_id,
+                purse_card.key_version,
+                purse_card.algorithm.name,
+                _dump_topup(top),
+                top.reason,
+            )
+            return top
         self.store.update(job_id, state=_dump_topup(top), status=top.step.value, note=top.reason)
         return top
 
 
+def _now(channel: OtaChannel) -> str:
+    return channel.store.platform._now()
+
+
+def _proves_no_load(por: ota.Por) -> bool:
+    try:
+        return ota_ops.parse_prove(por) is None
+    except ota_ops.OtaOpError:
+        return False
+
+
 def fall_back_to_tap(store: OtaStore, platform, job_id: str, amount_cents_params: dict) -> bool:
     """Hand an OTA top-up that has not touched the card (or proved it never did) to the next-tap path: queued as the
-    platform's card action with the job's ID, so even a repeated hand-over queues it once. False: the OTA path owns
-    it (it may have loaded the card); settle it over the air instead."""
-    if not store.hand_over(job_id) and store.job(job_id)["path"] != "tap":
-        return False
-    job = store.job(job_id)
-    if not any(a["action_id"] == job_id for a in platform.card_actions(job["asn"])):
-        platform.add_card_action(job["asn"], "topup", amount_cents_params, action_id=job_id)
-    return True
+    platform's card action with the job's ID, in the same transaction as the hand-over, so even a repeated
+    hand-over queues it once. False: the OTA path owns it (it may have loaded the card); settle it over the air."""
+    return store.hand_over(job_id, "topup", amount_cents_params)

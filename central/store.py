@@ -26,6 +26,7 @@ from central.blacklists import Blacklists
 from central.card_flows import CardFlows
 from central.db import PlatformError
 from central.ingest import Ingest
+from central.ota_jobs import OtaJobs
 from central.outbound import Outbound
 from central.passages import Passages
 from central.purse import PurseAccounts
@@ -35,7 +36,9 @@ from common import sync_protocol as p
 from common.db import transaction
 
 
-class Platform(Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills, Passages, SubsidyAccounts):
+class Platform(
+    Registry, Blacklists, CardFlows, Outbound, Ingest, PurseAccounts, Bills, Passages, SubsidyAccounts, OtaJobs
+):
     """Accounts, ingest and signed publications of one platform database (one instance per thread).
 
     Each job lives in its own module (registry, blacklists, card_flows, outbound, ingest, purse, bills); this class

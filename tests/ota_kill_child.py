@@ -7,8 +7,11 @@ simulator right after a chosen submit_sm, before the PoR comes back.
 import sys
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from central.ota_channel import OtaChannel, OtaStore
 from central.ota_gateway import SmppGateway
+from central.store import Platform
 from sam.interface import Algorithm, CardIdentity
 from sam.keystore import KeystoreUnlock, load_keystore
 from sam.ota_keys import OtaSam
@@ -22,7 +25,8 @@ def main() -> None:
     card = CardIdentity(bytes.fromhex(asn), ENTERPRISE, 1, Algorithm.AES128)
     gw = SmppGateway("127.0.0.1", port, "onecard", "secret", "10657000", timeout=3.0)
     gw.connect()
-    channel = OtaChannel(gw, OtaSam(ks), OtaStore(work / "ota.db"), por_wait_seconds=5.0)
+    platform = Platform(work / "p.db", Ed25519PrivateKey.generate())
+    channel = OtaChannel(gw, OtaSam(ks), OtaStore(platform), por_wait_seconds=5.0)
     top = channel.top_up("kill-job", card, card, msisdn, amount, bytes.fromhex("000000000901"), SoftwareSam(ks))
     print(top.step.value)
 

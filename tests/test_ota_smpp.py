@@ -50,7 +50,8 @@ def world(tmp_path):
     smsc.add_handset(MSISDN, handset)
     gw = SmppGateway("127.0.0.1", smsc.port, "onecard", "secret", OTA_ADDR, timeout=3.0)
     gw.connect()
-    store = OtaStore(tmp_path / "ota.db")
+    platform = make_platform(tmp_path, card)
+    store = OtaStore(platform)
     channel = OtaChannel(gw, otasam, store, validity_seconds=3600, por_wait_seconds=1.0)
     yield dict(
         sam=sam,
@@ -66,10 +67,32 @@ def world(tmp_path):
         clock=clock,
         handset=handset,
         tmp=tmp_path,
+        platform=platform,
     )
     gw.close()
     smsc.stop()
-    store.close()
+    platform.close()
+
+
+def make_platform(tmp, card):
+    """The platform database the OTA jobs live in, with the card registered at its balance (p.db in `tmp`)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.store import Platform
+
+    pf = Platform(tmp / "p.db", Ed25519PrivateKey.generate())
+    pf.add_enterprise(ENTERPRISE.hex(), "Co")
+    pf.add_holder(ENTERPRISE.hex(), "E1001", "Zhang Wei", MSISDN)
+    pf.issue_card(ENTERPRISE.hex(), "E1001", card.state.asn.hex(), balance_cents=card.state.purse.balance)
+    return pf
+
+
+def platform_at(tmp):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.store import Platform
+
+    return Platform(tmp / "p.db", Ed25519PrivateKey.generate())
 
 
 def loads(card):
@@ -138,7 +161,7 @@ def test_gateway_killed_after_credit_submit_resumes_and_loads_once(world):
     # A new gateway process, same job store: it asks the card (GET TRANSACTION PROVE) rather than loading again.
     gw2 = SmppGateway("127.0.0.1", world["smsc"].port, "onecard", "secret", OTA_ADDR, timeout=3.0)
     gw2.connect()
-    ch2 = OtaChannel(gw2, world["otasam"], OtaStore(world["tmp"] / "ota.db"), por_wait_seconds=1.0)
+    ch2 = OtaChannel(gw2, world["otasam"], OtaStore(platform_at(world["tmp"])), por_wait_seconds=1.0)
     top = ch2.top_up("job-4", world["ident"], world["purse"], MSISDN, 800, TERMINAL, world["sam"])
     gw2.close()
     assert top.step is ota_ops.Step.DONE and top.proof.balance_after == before + 800
@@ -235,8 +258,13 @@ def test_gateway_process_sigkilled_after_submit_before_por_loads_once(world, kil
     assert w["card"].state.purse.balance == expected_now  # what the SIM did with the last packet it got
     gw2 = SmppGateway("127.0.0.1", w["smsc"].port, "onecard", "secret", OTA_ADDR, timeout=3.0)
     gw2.connect()
-    ch2 = OtaChannel(gw2, w["otasam"], OtaStore(work / "ota.db"), por_wait_seconds=2.0)
+    ch2 = OtaChannel(gw2, w["otasam"], OtaStore(platform_at(work)), por_wait_seconds=2.0)
     top = ch2.top_up("kill-job", w["ident"], w["purse"], MSISDN, 900, TERMINAL, w["sam"])
     gw2.close()
     assert top.step is ota_ops.Step.DONE, top.reason
     assert w["card"].state.purse.balance == before + 900 and len(loads(w["card"])) == 1
+    # The platform's purse ledger holds it once, at the balance the card proved.
+    pf = w["platform"]
+    asn = w["card"].state.asn.hex().upper()
+    assert [t["amount_cents"] for t in pf.purse_transactions(asn)] == [900]
+    assert pf.card(asn)["balance_cents"] == before + 900
