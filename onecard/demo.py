@@ -237,7 +237,6 @@ class Site:
         community's office adds its own beside it (each with its enterprise's keys), then the office sets the
         holder's one-card service password over the SIM's contact interface."""
         from phone.office import set_service_password
-        from sam.interface import Algorithm, CardIdentity
         from sam.keystore import KeystoreUnlock
         from sam.software import SoftwareSam
         from simulator.sim_toolkit import load_sim
@@ -260,8 +259,7 @@ class Site:
         sim = load_sim(card)
         sim.power_on()
         sam = SoftwareSam.open(self.keystores["issuing"], KeystoreUnlock.from_passphrase_file(self.passphrase))
-        identity = CardIdentity(bytes.fromhex(self.sub_asn[ENTERPRISE]), bytes.fromhex(ENTERPRISE), 1, Algorithm.AES128)
-        set_service_password(sim, sam, identity, SERVICE_PASSWORD, index=1)
+        set_service_password(sim, sam, bytes.fromhex(ENTERPRISE), SERVICE_PASSWORD)
         say("card office: Liu Yang chose her one-card service password (needed to delete an application)")
 
 

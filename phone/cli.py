@@ -278,6 +278,58 @@ def cmd_balance(args) -> int:
     return 0
 
 
+def _new_password(args) -> str:
+    """The holder's new service password: the first line of --password-file, or typed twice without echo. Never
+    on the command line, where `ps` and the shell history would show it."""
+    import getpass
+
+    if args.password_file is not None:
+        try:
+            with open(args.password_file, encoding="utf-8") as f:
+                password = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --password-file {args.password_file}: {exc}; give a file of one line") from None
+    elif sys.stdin.isatty():
+        password = getpass.getpass("new service password (4-8 digits): ")
+        if getpass.getpass("again: ") != password:
+            raise UserError("the two passwords differ; nothing was written to the SIM, run the command again")
+    else:
+        raise UserError("no terminal to type the password on: give --password-file F (one line, mode 600)")
+    if not (password.isascii() and password.isdigit() and 4 <= len(password) <= 8):
+        raise UserError("a service password is 4 to 8 digits; nothing was written to the SIM")
+    return password
+
+
+def cmd_set_password(args) -> int:
+    """Card office: set, change or unblock the SIM's one-card service password (the same card command: a new
+    password, its try counter back at 3), under this enterprise's K_UPDATE through the station's SAM."""
+    from phone.office import OfficeError, set_service_password
+    from sam.interface import SamError
+    from sam.keystore import KeystoreError, parse_enterprise_id
+    from sam.software import SoftwareSam
+    from sam.unlock_cli import unlock_from_args
+
+    try:
+        enterprise = parse_enterprise_id(args.enterprise)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    password = _new_password(args)
+    try:
+        sam = SoftwareSam.open(args.keystore, unlock_from_args(args))
+    except (SamError, KeystoreError) as exc:
+        raise UserError(str(exc)) from None
+    with _sim(args) as conn:
+        try:
+            sub = set_service_password(conn, sam, enterprise, password)
+        except (OfficeError, SamError) as exc:
+            raise UserError(f"service password not set: {exc}", EXIT_REFUSED) from None
+    print(
+        f"service password set through {sub.name} (ASN {sub.card.asn_hex}); 3 tries; "
+        "the holder needs it to delete an application"
+    )
+    return 0
+
+
 def _add_sim_options(c) -> None:
     where = c.add_mutually_exclusive_group(required=True)
     where.add_argument("--card", type=Path, help="a simulated RFID-SIM file (put in a private pcscd + vpcd reader)")
@@ -295,6 +347,22 @@ def add_subcommands(sub) -> None:
     c = sub.add_parser("balance", help="print each sub-application's balance as the SIM shows it (for scripts)")
     _add_sim_options(c)
     c.set_defaults(handler=cmd_balance)
+    from sam.unlock_cli import add_unlock_options
+
+    c = sub.add_parser(
+        "set-password",
+        aliases=["change-password", "unblock-password"],
+        allow_abbrev=False,  # `--password 1234` must not pass for --password-file (and be echoed in an error)
+        help="card office: set, change or unblock the one-card service password (enciphered under the station's keys)",
+    )
+    _add_sim_options(c)
+    c.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore (UPDATE with mac)")
+    add_unlock_options(c, what="the station's keystore")
+    c.add_argument("--enterprise", required=True, help="8-digit enterprise ID of this card office")
+    c.add_argument(
+        "--password-file", type=Path, help="the new password, one line (default: typed twice, not shown)"
+    )
+    c.set_defaults(handler=cmd_set_password)
 
 
 def _checked(handler: Callable[..., int]) -> Callable[..., int]:

@@ -156,6 +156,15 @@ def data_session_key(algorithm: Algorithm, card_key: bytes, context: bytes) -> b
     return block_encrypt(algorithm, card_key, context + b"\x02\x00\x00\x00")
 
 
+def write_session_key(algorithm: Algorithm, card_key: bytes, context: bytes) -> bytes:
+    """SK_WRITE of card-application.md 9.11: E(K, context (12) || 03 00 00 00), the key that enciphers private data
+    a station writes to a version-2 card (the card office's secure messaging). Byte 12 is `03`, never the `02` of
+    SK_DATA, so no write keystream is ever a read keystream, whatever the challenge."""
+    if len(context) != DATA_CONTEXT_SIZE:
+        raise ValueError(f"data context must be {DATA_CONTEXT_SIZE} bytes, got {len(context)}")
+    return block_encrypt(algorithm, card_key, context + b"\x03\x00\x00\x00")
+
+
 def ctr_crypt(algorithm: Algorithm, session_key: bytes, data: bytes) -> bytes:
     """Counter-mode encipherment (and decipherment, the same operation) under a one-answer session key:
     keystream block i = E(SK_DATA, i as 16 big-endian bytes), i = 0, 1, ..."""

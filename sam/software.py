@@ -113,6 +113,18 @@ class SoftwareSam:
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.VERIFY)
         return crypto.ctr_crypt(algorithm, crypto.data_session_key(algorithm, card_key, context), ciphertext)
 
+    def encipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, plaintext: bytes) -> bytes:
+        """Encipher private data this station writes to a version-2 card under SK_WRITE(card key, context)
+        (card-application.md 9.11). Usage MAC: the key that may command the card may also write to it. The caller
+        MACs the ciphertext (encrypt-then-MAC). Not for purse keys."""
+        _refuse_purse_purpose(purpose)
+        if len(context) != crypto.DATA_CONTEXT_SIZE:
+            raise InvalidCardIdentity(
+                f"encipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; give challenge || 00 00 00 00"
+            )
+        algorithm, card_key = self._card_key(purpose, card, KeyUsage.MAC)
+        return crypto.ctr_crypt(algorithm, crypto.write_session_key(algorithm, card_key, context), plaintext)
+
     # --- e-purse ------------------------------------------------------------------------------------
 
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:

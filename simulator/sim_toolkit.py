@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 from common import bcd, stk
 from common import transactions as tx
 from common.deletion_request import DeletionRequest
-from sam.crypto import mac8
+from sam.crypto import ctr_crypt, mac8, write_session_key
 from simulator.card import (
     STATE_FORMAT_V2,
     STATUS_ACTIVE,
@@ -28,6 +28,8 @@ from simulator.card import (
     CardState,
     CardStateFile,
     MultiCardStateFile,
+    OneCardApplet,
+    OneCardV2Applet,
     parse_command,
 )
 from simulator.state_file import StateFile
@@ -80,8 +82,15 @@ class CardDirectory(Protocol):
         25 signed bytes and their MAC under the sub-application's K_TAC (docs/phone-menu.md 4): 33 bytes."""
         ...
 
-    def update_mac_matches(self, index: int, message: bytes, mac: bytes) -> bool:
-        """Whether `mac` is the MAC of `message` under the sub-application's K_UPDATE (the card office's key)."""
+    def open_office_data(self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes) -> bytes | None:
+        """The card office's secure messaging (docs/phone-menu.md 4): None when `mac` is not mac8(K_UPDATE,
+        challenge || header || ciphertext) under the sub-application's K_UPDATE; else the plaintext, deciphered
+        under SK_WRITE = E(K_UPDATE, challenge || 00 00 00 00 || 03 00 00 00) (card-application.md 9.11)."""
+        ...
+
+    def identification(self) -> Any:
+        """A fresh one-card applet over the card's current state, for the identification commands the contact
+        interface also answers (SELECT, READ RECORD: docs/phone-menu.md 1); never written through."""
         ...
 
 
@@ -146,9 +155,17 @@ class V1Card:
         )
         return request.encode(mac8(s.algorithm, p.tac_key, request.signed_part()))
 
-    def update_mac_matches(self, index: int, message: bytes, mac: bytes) -> bool:
+    def open_office_data(self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes) -> bytes | None:
         s = self._state(index)
-        return s.update_key is not None and hmac.compare_digest(mac8(s.algorithm, s.update_key, message), mac)
+        if s.update_key is None or s.key_version == 0:
+            return None  # a transport sub-application has no office key yet
+        if not hmac.compare_digest(mac8(s.algorithm, s.update_key, challenge + header + ciphertext), mac):
+            return None
+        key = write_session_key(s.algorithm, s.update_key, challenge + bytes(4))
+        return ctr_crypt(s.algorithm, key, ciphertext)
+
+    def identification(self) -> Any:
+        return OneCardApplet(self.store.load())
 
 
 class V2Card(V1Card):
@@ -167,6 +184,9 @@ class V2Card(V1Card):
 
     def _name(self, app: CardState) -> str:
         return app.name or super()._name(app)
+
+    def identification(self) -> Any:
+        return OneCardV2Applet(self.v2_store.load())
 
 
 # --- the one-card service password (业务服务密码), in the SIM's own EEPROM -------------------------------------------
@@ -289,10 +309,11 @@ class SimToolkitApplet:
     _step: Step | None = field(default=None, init=False)
     _number: int = field(default=0, init=False)
     _challenge: bytes | None = field(default=None, init=False)
+    _identifying: Any = field(default=None, init=False)  # the one-card applet a contact SELECT last went to
 
     def power_on(self) -> None:
         self.terminal_profile, self._pending, self._outstanding, self._step = None, None, None, None
-        self._challenge, self._number = None, 0
+        self._challenge, self._number, self._identifying = None, 0, None
 
     def power_off(self) -> None:
         self.power_on()
@@ -320,6 +341,8 @@ class SimToolkitApplet:
             return self._challenge + SW_OK
         if cmd.cla == 0x84 and cmd.ins == 0x2C:
             return self._reset_retry_counter(cmd, challenge)
+        if cmd.cla == 0x00 and cmd.ins in (0xA4, 0xB2):
+            return self._identify(cmd.ins, apdu)
         if cmd.cla != stk.CLA_CAT:
             return SW_CLA
         if cmd.ins not in (stk.INS_TERMINAL_PROFILE, stk.INS_FETCH, stk.INS_TERMINAL_RESPONSE, stk.INS_ENVELOPE):
@@ -546,9 +569,23 @@ class SimToolkitApplet:
 
     # --- the card office: unblock and set the service password --------------------------------------------------
 
+    def _identify(self, ins: int, apdu: bytes) -> bytes:
+        """SELECT and READ RECORD on the contact interface reach the chip's one-card application, read-only, so the
+        card office finds the sub-application's index and FCI (its key) without a contactless reader: SELECT of the
+        version 2 directory or a sub-application, or of the version 1 AID, and READ RECORD after it, answered
+        exactly as card-application.md 3.1, 8.3, 9.1, 9.2 say. Nothing else of that application is reachable here."""
+        if ins == 0xA4:
+            self._identifying = self.card.identification()
+            self._identifying.power_on()
+        if self._identifying is None:
+            return bytes.fromhex("6986")
+        answer: bytes = self._identifying.transmit(apdu)
+        return answer
+
     def _reset_retry_counter(self, cmd, challenge: bytes | None) -> bytes:
-        """84 2C 00 P2 Lc <new password: 8, ASCII digits padded FF> <MAC: 8>, MAC under K_UPDATE of sub-application
-        P2 over challenge || 84 2C 00 P2 Lc || new password."""
+        """84 2C 00 P2 10 <new password (8: ASCII digits padded FF) XOR keystream> <MAC: 8>: secure messaging under
+        K_UPDATE of sub-application P2 (docs/phone-menu.md 4, card-application.md 9.11): the MAC, over challenge ||
+        84 2C 00 P2 10 || ciphertext, is checked first, then the password is deciphered under SK_WRITE."""
         if cmd.p1 != 0:
             return SW_WRONG_P1P2
         if len(cmd.data) != 16 or cmd.le is not None:
@@ -558,9 +595,10 @@ class SimToolkitApplet:
             return SW_NOT_FOUND
         if challenge is None:
             return SW_SECURITY
-        plain, mac = cmd.data[:8], cmd.data[8:]
+        ciphertext, mac = cmd.data[:8], cmd.data[8:]
         header = bytes([cmd.cla, cmd.ins, cmd.p1, cmd.p2, len(cmd.data)])
-        if not self.card.update_mac_matches(entry.index, challenge + header + plain, mac):
+        plain = self.card.open_office_data(entry.index, challenge, header, ciphertext, mac)
+        if plain is None:
             return SW_SM_MAC
         digits = plain.rstrip(b"\xff")
         if not (4 <= len(digits) <= 8 and digits.isdigit() and b"\xff" not in digits):

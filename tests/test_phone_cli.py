@@ -217,3 +217,96 @@ def test_phone_menu_deletes_the_application_at_the_platform(card_file, tmp_path)
         assert (pf.card(ASN.hex())["status"], pf.card(ASN.hex())["balance_cents"]) == ("CANCELLED", 0)
     finally:
         pf.close()
+
+
+# --- the card office's command: set / change / unblock the service password over pcscd + vpcd -----------------------
+
+
+def _office_keystore(tmp_path):
+    from sam.keystore import KeystoreUnlock, save_keystore
+
+    passphrase = tmp_path / "pass"
+    passphrase.write_text("office passphrase\n")
+    ks = tmp_path / "office.ks"
+    save_keystore(ks, KEYSTORE, KeystoreUnlock.from_passphrase_file(passphrase), scrypt_n=2**10)
+    return ks, passphrase
+
+
+def _office(card_file, ks, passphrase, *extra, command="set-password", stdin=None):  # noqa: F811
+    return subprocess.run(
+        [sys.executable, "-m", "onecard", "phone", command, "--card", str(card_file), "--keystore", str(ks),
+         "--passphrase-file", str(passphrase), "--enterprise", EID, *map(str, extra)],
+        capture_output=True, text=True, env=_env(), timeout=60, input=stdin,
+    )  # fmt: skip
+
+
+def test_card_office_sets_changes_and_unblocks_the_password(card_file, tmp_path):  # noqa: F811
+    from simulator.sim_toolkit import ToolkitStateFile, toolkit_path
+
+    ks, passphrase = _office_keystore(tmp_path)
+    secret = tmp_path / "new-password"
+    secret.write_text(PASSWORD + "\n")
+    secret.chmod(0o600)
+    done = _office(card_file, ks, passphrase, "--password-file", secret)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "service password set through Enterprise 00010001 (ASN 1122334455667788); 3 tries; " \
+        "the holder needs it to delete an application\n"
+    assert PASSWORD not in done.stdout + done.stderr
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+    # Blocked after three wrong tries: the unblock is the same command with a new password.
+    state = ToolkitStateFile(toolkit_path(card_file))
+    blocked = state.load()
+    blocked.tries_left = 0
+    state.save(blocked)
+    secret.write_text("13579\n")
+    done = _office(card_file, ks, passphrase, "--password-file", secret, command="unblock-password")
+    assert done.returncode == 0, done.stderr
+    assert (state.load().password, state.load().tries_left) == ("13579", 3)
+
+
+def test_card_office_password_refusals_are_one_line(card_file, tmp_path):  # noqa: F811
+    from simulator.sim_toolkit import ToolkitStateFile, toolkit_path
+
+    ks, passphrase = _office_keystore(tmp_path)
+    # Not on the command line: argparse knows no --password.
+    done = _office(card_file, ks, passphrase, "--password", PASSWORD)
+    assert done.returncode == 2 and "unrecognized arguments" in done.stderr
+    # No terminal and no file: refused before the SIM is touched.
+    done = _office(card_file, ks, passphrase, stdin="")
+    assert done.returncode == 2 and done.stderr == "error: no terminal to type the password on: give " \
+        "--password-file F (one line, mode 600)\n"
+    bad = tmp_path / "bad"
+    bad.write_text("12a\n")
+    done = _office(card_file, ks, passphrase, "--password-file", bad)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "4 to 8 digits" in done.stderr
+    # Another enterprise's office: refused, one line, exit 1, nothing written.
+    good = tmp_path / "good"
+    good.write_text(PASSWORD + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "onecard", "phone", "set-password", "--card", str(card_file), "--keystore", str(ks),
+         "--passphrase-file", str(passphrase), "--enterprise", "00020002", "--password-file", str(good)],
+        capture_output=True, text=True, env=_env(), timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert errors == ["error: service password not set: this SIM's one-card application is of enterprise 00010001, "
+                      "not 00020002: its own card office sets the password"]  # fmt: skip
+    assert "Traceback" not in done.stderr
+    assert not toolkit_path(card_file).exists() or ToolkitStateFile(toolkit_path(card_file)).load().password is None
+
+
+def test_card_office_password_typed_without_echo(card_file, tmp_path):  # noqa: F811
+    """In a terminal the password is typed twice and never shown."""
+    from simulator.sim_toolkit import ToolkitStateFile, toolkit_path
+
+    ks, passphrase = _office_keystore(tmp_path)
+    tty = Tty(["phone", "set-password", "--card", str(card_file), "--keystore", str(ks),
+               "--passphrase-file", str(passphrase), "--enterprise", EID])  # fmt: skip
+    screen = tty.expect("new service password (4-8 digits): ")
+    tty.send("86420" + ENTER)
+    screen += tty.expect("again: ")
+    tty.send("86420" + ENTER)
+    screen += tty.expect("service password set through Enterprise 00010001")
+    assert "86420" not in screen + tty.seen
+    assert tty.wait() == 0
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == "86420"

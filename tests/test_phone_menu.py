@@ -84,14 +84,24 @@ def talk(sim, conversation: list[tuple[str, str]]) -> None:
         assert got.hex(" ").upper() == x(expected).hex(" ").upper(), f"after {command}"
 
 
+def office_apdu(key: bytes, challenge: bytes, password: bytes, p2: int = 1, algorithm=Algorithm.AES128) -> bytes:
+    """RESET RETRY COUNTER under secure messaging, built from docs/phone-menu.md 4 with the cipher primitive alone:
+    SK_WRITE = E(K_UPDATE, challenge || 00000000 || 03000000), keystream E(SK_WRITE, 0^16), MAC over the ciphertext."""
+    from sam.crypto import block_encrypt
+
+    sk = block_encrypt(algorithm, key, challenge + bytes(4) + x("03000000"))
+    stream = block_encrypt(algorithm, sk, bytes(16))
+    ciphertext = bytes(a ^ b for a, b in zip(password.ljust(8, b"\xff"), stream))
+    header = bytes([0x84, 0x2C, 0x00, p2, 16])
+    return header + ciphertext + mac8(algorithm, key, challenge + header + ciphertext)
+
+
 def office_set_password(sim, card_file, password: str, p2: int = 1) -> bytes:
-    """The card office's RESET RETRY COUNTER: GET CHALLENGE, then 84 2C under K_UPDATE."""
+    """The card office's RESET RETRY COUNTER: GET CHALLENGE, then 84 2C under K_UPDATE, password enciphered."""
     challenge = sim.transmit(x("0084000008"))
     assert challenge[-2:] == x("9000")
     state = CardStateFile(card_file).load()
-    plain = password.encode().ljust(8, b"\xff")
-    header = bytes([0x84, 0x2C, 0x00, p2, 16])
-    return sim.transmit(header + plain + mac8(state.algorithm, state.update_key, challenge[:8] + header + plain))
+    return sim.transmit(office_apdu(state.update_key, challenge[:8], password.encode(), p2, state.algorithm))
 
 
 PROFILE = "80 10 00 00 04 0B 61 05 23"
@@ -609,18 +619,64 @@ def test_card_office_unblocks_through_its_sam(sim, card_file):
     from phone.office import OfficeError, set_service_password
     from sam.interface import CardIdentity
 
+    from phone.office import reset_retry_counter_apdu
+
+    state = CardStateFile(card_file).load()
+    sub = set_service_password(sim, SAM, state.enterprise_id, PASSWORD)
+    assert (sub.index, sub.card.asn) == (1, ASN)
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+    with pytest.raises(OfficeError, match="of enterprise 00010001, not 00020002"):
+        set_service_password(sim, make_sam(bytes.fromhex("00020002")), bytes.fromhex("00020002"), "9999")
+    # Another enterprise's station that sends the command anyway: its MAC does not verify, nothing changes.
+    other = CardIdentity(state.asn, bytes.fromhex("00020002"), state.key_version, state.algorithm)
+    challenge = sim.transmit(x("0084000008"))[:8]
+    apdu = reset_retry_counter_apdu(challenge, "9999", 1, make_sam(bytes.fromhex("00020002")), other)
+    assert sim.transmit(apdu) == x("6988")
+    with pytest.raises(OfficeError, match="4 to 8 digits"):
+        set_service_password(sim, SAM, state.enterprise_id, "99")
+    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+
+
+def test_the_password_never_crosses_the_contact_interface_in_clear(sim, card_file):
+    """What the office sends is the password XOR a keystream fresh for each challenge; the SAM's encipherment is the
+    one the document gives, and the SIM refuses the clear form of the earlier version of this command (its bytes
+    decipher to no password: 6A 80) and a ciphertext altered by one bit (69 88)."""
+    from phone.office import reset_retry_counter_apdu
+    from sam.interface import CardIdentity
+
     state = CardStateFile(card_file).load()
     card = CardIdentity(state.asn, state.enterprise_id, state.key_version, state.algorithm)
-    set_service_password(sim, SAM, card, PASSWORD)
+    sent = []
+    for _ in range(2):
+        challenge = sim.transmit(x("0084000008"))[:8]
+        apdu = reset_retry_counter_apdu(challenge, PASSWORD, 1, SAM, card)
+        assert apdu == office_apdu(state.update_key, challenge, PASSWORD.encode())
+        assert PASSWORD.encode() not in apdu and apdu[5:13] != PASSWORD.encode().ljust(8, b"\xff")
+        sent.append(apdu[5:13])
+        assert sim.transmit(apdu) == x("9000")
+    assert sent[0] != sent[1]  # a new challenge, a new keystream
+    challenge = sim.transmit(x("0084000008"))[:8]
+    plain = b"13579".ljust(8, b"\xff")
+    header = x("842C000110")
+    clear = header + plain + mac8(state.algorithm, state.update_key, challenge + header + plain)
+    assert sim.transmit(clear) == x("6A80")
+    challenge = sim.transmit(x("0084000008"))[:8]
+    flipped = bytearray(reset_retry_counter_apdu(challenge, "13579", 1, SAM, card))
+    flipped[5] ^= 1
+    assert sim.transmit(bytes(flipped)) == x("6988")
     assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
-    other = CardIdentity(state.asn, bytes.fromhex("00020002"), state.key_version, state.algorithm)
-    with pytest.raises(OfficeError, match="69 88 .the MAC does not verify"):
-        set_service_password(sim, make_sam(bytes.fromhex("00020002")), other, "9999")
-    with pytest.raises(OfficeError, match="6A 82"):
-        set_service_password(sim, SAM, card, "9999", index=2)
-    with pytest.raises(OfficeError, match="4 to 8 digits"):
-        set_service_password(sim, SAM, card, "99")
-    assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
+
+
+def test_the_contact_interface_answers_the_identification_commands_only(sim, card_file):
+    """SELECT and READ RECORD reach the one-card application read-only (the office's index and key); ACCESS READ,
+    the purse and the secured commands of the contactless application are not reachable on the contact side."""
+    assert sim.transmit(x("00B2012C00")) == x("6986")  # nothing selected on this interface yet
+    fci = sim.transmit(x("00A4040009F04F4E45434152440100"))
+    assert fci[-2:] == x("9000") and ASN in fci
+    assert sim.transmit(x("00A4040009F04F4E45434152440200")) == x("6A82")  # a version 1 card
+    assert sim.transmit(x("803A00000E") + bytes(14) + x("00")) == x("6D00")
+    assert sim.transmit(x("805C000204")) == x("6D00")
+    assert CardStateFile(card_file).load().access_counter == 0
 
 
 def test_only_a_tac_key_with_verify_checks_a_deletion_request(sim, card_file, tmp_path):
