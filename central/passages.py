@@ -44,6 +44,10 @@ def passage_body(
 class Passages:
     def _relay_passage(self, terminal_id: str, e: p.WireEvent) -> None:
         """Called in the ingest transaction for each new door.grant: queued with the record, or not at all."""
+        if '"area":' not in e.detail:
+            # Not in an area, without parsing it: an ingested detail is canonical JSON (checked by
+            # sync_protocol.decode_events), where a key "area" can only be written that way.
+            return
         eid = self._terminal_facts(terminal_id)[0]  # read once per batch
         body = passage_body(eid, terminal_id, e.seq, e.time, e.asn, e.detail) if eid else None
         if body is not None:
