@@ -288,7 +288,9 @@ def _new_password(args) -> str:
             with open(args.password_file, encoding="utf-8") as f:
                 password = f.readline().rstrip("\r\n")
         except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"cannot read --password-file {args.password_file}: {exc}; give a file of one line") from None
+            raise UserError(
+                f"cannot read --password-file {args.password_file}: {exc}; give a file of one line"
+            ) from None
     elif sys.stdin.isatty():
         password = getpass.getpass("new service password (4-8 digits): ")
         if getpass.getpass("again: ") != password:
@@ -359,9 +361,7 @@ def add_subcommands(sub) -> None:
     c.add_argument("--keystore", required=True, type=Path, help="the issuing station's keystore (UPDATE with mac)")
     add_unlock_options(c, what="the station's keystore")
     c.add_argument("--enterprise", required=True, help="8-digit enterprise ID of this card office")
-    c.add_argument(
-        "--password-file", type=Path, help="the new password, one line (default: typed twice, not shown)"
-    )
+    c.add_argument("--password-file", type=Path, help="the new password, one line (default: typed twice, not shown)")
     c.set_defaults(handler=cmd_set_password)
 
 

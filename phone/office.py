@@ -27,7 +27,9 @@ class OfficeSam(Protocol):
 
     def card_mac(self, purpose: KeyPurpose, card: CardIdentity, message: bytes) -> bytes: ...
 
-    def encipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, plaintext: bytes) -> bytes: ...
+    def encipher_card_data(
+        self, purpose: KeyPurpose, card: CardIdentity, context: bytes, plaintext: bytes
+    ) -> bytes: ...
 
 
 REFUSALS = {
@@ -84,9 +86,7 @@ def find_sub_application(conn: Transmit, enterprise_id: bytes) -> SubApplication
     )
 
 
-def reset_retry_counter_apdu(
-    challenge: bytes, password: str, index: int, sam: OfficeSam, card: CardIdentity
-) -> bytes:
+def reset_retry_counter_apdu(challenge: bytes, password: str, index: int, sam: OfficeSam, card: CardIdentity) -> bytes:
     """84 2C 00 <index> 10 <(password, ASCII digits padded FF to 8) XOR keystream> <MAC8 of challenge || header ||
     ciphertext>; keystream under SK_WRITE = E(K_UPDATE, challenge || 00 00 00 00 || 03 00 00 00)."""
     check_password(password)

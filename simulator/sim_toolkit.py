@@ -82,7 +82,9 @@ class CardDirectory(Protocol):
         25 signed bytes and their MAC under the sub-application's K_TAC (docs/phone-menu.md 4): 33 bytes."""
         ...
 
-    def open_office_data(self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes) -> bytes | None:
+    def open_office_data(
+        self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes
+    ) -> bytes | None:
         """The card office's secure messaging (docs/phone-menu.md 4): None when `mac` is not mac8(K_UPDATE,
         challenge || header || ciphertext) under the sub-application's K_UPDATE; else the plaintext, deciphered
         under SK_WRITE = E(K_UPDATE, challenge || 00 00 00 00 || 03 00 00 00) (card-application.md 9.11)."""
@@ -155,7 +157,9 @@ class V1Card:
         )
         return request.encode(mac8(s.algorithm, p.tac_key, request.signed_part()))
 
-    def open_office_data(self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes) -> bytes | None:
+    def open_office_data(
+        self, index: int, challenge: bytes, header: bytes, ciphertext: bytes, mac: bytes
+    ) -> bytes | None:
         s = self._state(index)
         if s.update_key is None or s.key_version == 0:
             return None  # a transport sub-application has no office key yet

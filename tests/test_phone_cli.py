@@ -249,8 +249,10 @@ def test_card_office_sets_changes_and_unblocks_the_password(card_file, tmp_path)
     secret.chmod(0o600)
     done = _office(card_file, ks, passphrase, "--password-file", secret)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "service password set through Enterprise 00010001 (ASN 1122334455667788); 3 tries; " \
+    assert (
+        done.stdout == "service password set through Enterprise 00010001 (ASN 1122334455667788); 3 tries; "
         "the holder needs it to delete an application\n"
+    )
     assert PASSWORD not in done.stdout + done.stderr
     assert ToolkitStateFile(toolkit_path(card_file)).load().password == PASSWORD
     # Blocked after three wrong tries: the unblock is the same command with a new password.
@@ -273,8 +275,10 @@ def test_card_office_password_refusals_are_one_line(card_file, tmp_path):  # noq
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr
     # No terminal and no file: refused before the SIM is touched.
     done = _office(card_file, ks, passphrase, stdin="")
-    assert done.returncode == 2 and done.stderr == "error: no terminal to type the password on: give " \
-        "--password-file F (one line, mode 600)\n"
+    assert (
+        done.returncode == 2
+        and done.stderr == "error: no terminal to type the password on: give --password-file F (one line, mode 600)\n"
+    )
     bad = tmp_path / "bad"
     bad.write_text("12a\n")
     done = _office(card_file, ks, passphrase, "--password-file", bad)

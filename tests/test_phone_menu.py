@@ -616,10 +616,8 @@ def test_toolkit_file_is_checked_when_read(card_file):
 
 
 def test_card_office_unblocks_through_its_sam(sim, card_file):
-    from phone.office import OfficeError, set_service_password
+    from phone.office import OfficeError, reset_retry_counter_apdu, set_service_password
     from sam.interface import CardIdentity
-
-    from phone.office import reset_retry_counter_apdu
 
     state = CardStateFile(card_file).load()
     sub = set_service_password(sim, SAM, state.enterprise_id, PASSWORD)
