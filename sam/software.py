@@ -120,7 +120,8 @@ class SoftwareSam:
         _refuse_purse_purpose(purpose)
         if len(context) != crypto.DATA_CONTEXT_SIZE:
             raise InvalidCardIdentity(
-                f"encipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; give challenge || 00 00 00 00"
+                f"encipher context is {len(context)} bytes, not {crypto.DATA_CONTEXT_SIZE}; "
+                "give challenge || 00 00 00 00"
             )
         algorithm, card_key = self._card_key(purpose, card, KeyUsage.MAC)
         return crypto.ctr_crypt(algorithm, crypto.write_session_key(algorithm, card_key, context), plaintext)
