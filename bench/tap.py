@@ -209,6 +209,29 @@ def bench_inprocess(terms, card, n, entries, work) -> None:
     reader.tap(card)
     conn = reader.wait_for_card(0)
     run_both(terms, conn, lambda: reader.apdu_count, n, entries, "in-process", work)
+    two_purse(terms[1], n, entries, work)
+
+
+def two_purse(pos, n: int, entries: int, work: Path) -> None:
+    """A purchase from a card with a subsidy purse: one two-purse sale (docs/card-application.md 5.6), same
+    targets as a plain purchase (3 card APDUs, 2 SAM operations). In-process only: the counts do not depend on the
+    transport, and the plain purchase lines already give each transport's time."""
+    import datetime as dt
+
+    from common import bcd
+    from simulator.card import SubsidyPurse
+    from simulator.inprocess import InProcessReader
+
+    card = make_card_v2(pos.purse.sam, opening_balance=200_000)
+    # Both purses hold money, so every sale is a two-purse sale (subsidy first); it lasts the whole run.
+    card.state.subsidy = SubsidyPurse(100_000, bcd.encode_date(dt.date(2026, 12, 31)), 100_000)
+    reader = InProcessReader()
+    reader.tap(card)
+    conn = reader.wait_for_card(0)
+    sam = pos.purse.sam
+    before = sam.ops
+    m = measure(pos, conn, lambda: reader.apdu_count, n, 2, work, PURCHASE)
+    print(line("two_purse_purchase", "in-process", n, m, entries, sam_apdus=(sam.ops - before) / n), flush=True)
 
 
 def bench_reader(terms, reader, field, n, entries, transport: str, work: Path) -> None:
