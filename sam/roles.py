@@ -28,6 +28,11 @@ ROLE_KEYS: dict[str, dict[KeyPurpose, frozenset[KeyUsage]]] = {
     },
 }
 
+# Usages a role's keystore is made with but a terminal still works without: a till without `subsidy` sends holders
+# to the top-up terminal to collect allowances (docs/canteen.md), and a PSAM never has it (no subsidy commands). The
+# self-test does not require them.
+OPTIONAL_USAGES: frozenset[KeyUsage] = frozenset({_S})
+
 # The card issuer (enterprise 00000000) owns one master key, TRANSPORT version 0, from which every version 2 card's
 # K_CARD is diversified (docs/card-application.md 9.6). Of it an issuing station holds MAC only: it MACs CREATE
 # SUB-APPLICATION under K_CARD and enciphers the new sub-application's transport key under a session key of K_CARD;

@@ -165,8 +165,9 @@ def check_tap(
 
 def required_usages(kind: str) -> dict[KeyPurpose, frozenset[KeyUsage]]:
     from sam.cli import ROLES
+    from sam.roles import OPTIONAL_USAGES
 
-    return ROLES[KIND_ROLE[kind]]
+    return {purpose: usages - OPTIONAL_USAGES for purpose, usages in ROLES[KIND_ROLE[kind]].items()}
 
 
 def fitting_keys(

@@ -544,7 +544,12 @@ def test_constants_of_the_spec():
         0x0E,
     )
     assert (cp.SFI_APP, cp.SFI_HOLDER, cp.SFI_ACCESS, cp.SFI_PURSE, cp.RECORD_LEN) == (1, 2, 3, 4, 44)
-    assert cp.STATUS_NAMES == {0: "not issued (transport keys)", 1: "active", 2: "voided"}
+    assert cp.STATUS_NAMES == {
+        0: "not issued (transport keys)",
+        1: "active",
+        2: "voided",
+        3: "locked (reported lost)",
+    }
     assert cp.CARD_TYPES == {0x01: "RFID-SIM", 0x02: "IC card"}
 
 

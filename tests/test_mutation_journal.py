@@ -52,6 +52,11 @@ TABLE = {
     "issue.cancel": ("issue.cancel.intent", {"done": "issue.cancel", "settled": "issue.cancel.settled"}),
     "issue.delete": ("issue.delete.intent", {"done": "issue.delete", "settled": "issue.delete.settled"}),
     "issue.keys": ("issue.keys.intent", {"done": "issue.keys"}),
+    "subsidy.load": ("subsidy.load.intent", {"done": "subsidy.load", "abandoned": "subsidy.load.abandoned"}),
+    "subsidy.withdraw": (
+        "subsidy.withdraw.intent",
+        {"done": "subsidy.withdraw", "abandoned": "subsidy.withdraw.abandoned"},
+    ),
 }
 
 
@@ -68,8 +73,10 @@ def test_the_table_flow_by_flow():
         jn.CANCEL,
         jn.DELETE,
         jn.KEYS,
+        jn.SUBSIDY_LOAD,
+        jn.SUBSIDY_WITHDRAW,
     )
-    assert jn.MONEY_FLOWS == (jn.PURCHASE, jn.UNDO, jn.LOAD)
+    assert jn.MONEY_FLOWS == (jn.PURCHASE, jn.UNDO, jn.LOAD, jn.SUBSIDY_LOAD, jn.SUBSIDY_WITHDRAW)
     for flow in jn.FLOWS:
         intent_kind, outcomes = TABLE[flow.name]
         assert flow.intent_kind == intent_kind
@@ -88,7 +95,7 @@ def test_the_table_flow_by_flow():
         assert jn.flow_named(flow.name) is flow
     kinds = {intent for intent, _ in TABLE.values()} | {k for _, o in TABLE.values() for k in o.values()}
     assert jn.JOURNAL_KINDS == frozenset(kinds)
-    assert len(jn.JOURNAL_KINDS) == 25
+    assert len(jn.JOURNAL_KINDS) == 31
 
 
 def test_flows_are_built_the_house_way():

@@ -572,6 +572,7 @@ def test_protocol_constants_are_pinned():
         "time",
         "meal_usage",
         "passage",
+        "subsidy_allowances",
     )
     assert p.PASSAGE_DIRECTIONS == ("entry", "exit")
     assert p.REQUEST_WANTS == ("sync", "blacklist.snapshot")
@@ -998,7 +999,7 @@ def test_an_uplink_payload_is_limited_before_parsing_but_a_downlink_is_not():
         (
             {"type": "nope"},
             "downlink type 'nope' is unknown (known: ack, blacklist.snapshot, blacklist.delta, config, "
-            "card_action, card_action.cancel, time, meal_usage, passage)",
+            "card_action, card_action.cancel, time, meal_usage, passage, subsidy_allowances)",
         ),
         ({"type": 5}, "downlink: field 'type' must be str, got int"),
         ({"id": "a b"}, "downlink: field 'id' = 'a b' is not 1-64 characters of [A-Za-z0-9._-]"),

@@ -51,7 +51,7 @@ def pinned_downlink(type_, body, body_bytes, target=f"e:{EID}", msg_id="m1"):
 
 
 def test_the_new_downlink_types_and_their_limits_are_pinned():
-    assert p.DOWN_TYPES[-2:] == ("meal_usage", "passage")
+    assert p.DOWN_TYPES[-3:-1] == ("meal_usage", "passage")
     assert p.BODY_CHECKS["meal_usage"] is p._check_meal_usage
     assert p.BODY_CHECKS["passage"] is p._check_passage
     assert p.PASSAGE_DIRECTIONS == ("entry", "exit")

@@ -440,6 +440,15 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
     old_columns = (("terminals", "kind"), ("cards", "max_balance_cents"), ("card_actions", "status_note"))
     for table, column in (*old_columns, ("holders", "shift")):  # shift: migration 0002
         conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for table in (
+        "subsidy_allowances",
+        "subsidy_transactions",
+        "ota_counters",
+        "ota_jobs",
+        "ota_job_params",
+        "ota_loads",
+    ):
+        conn.execute(f"DROP TABLE {table}")  # migrations 0003 and 0004
     for (table,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'"
     ).fetchall():
