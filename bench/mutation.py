@@ -73,7 +73,7 @@ MODULES: dict[str, list[str]] = {
     "terminal/meal_rules.py": ["tests/test_mutation_canteen.py"],
     "terminal/shifts.py": ["tests/test_mutation_canteen.py"],
     "terminal/spending_pin.py": ["tests/test_mutation_spending_pin.py"],
-    "terminal/subsidy_protocol.py": ["tests/test_subsidy_terminal.py"],
+    "terminal/subsidy_protocol.py": ["tests/test_mutation_subsidy_protocol.py", "tests/test_subsidy_terminal.py"],
     "common/settlement.py": ["tests/test_mutation_canteen.py"],
     "common/stk.py": ["tests/test_stk_codec.py", "tests/test_mutation_stk.py", "tests/test_phone_menu.py"],
     "common/journal.py": ["tests/test_mutation_journal.py"],
