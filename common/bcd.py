@@ -12,12 +12,12 @@ def is_bcd(data: bytes) -> bool:
 
 
 def encode_date(day: dt.date) -> bytes:
-    return bytes.fromhex(day.strftime("%Y%m%d"))
+    return bytes.fromhex(f"{day.year:04d}{day.month:02d}{day.day:02d}")
 
 
 def encode_date_time(local: dt.datetime) -> tuple[bytes, bytes]:
     """(date, time) of a local time, as the purse commands and their MACs take them."""
-    return encode_date(local), bytes.fromhex(local.strftime("%H%M%S"))
+    return encode_date(local), bytes.fromhex(f"{local.hour:02d}{local.minute:02d}{local.second:02d}")
 
 
 def decode_date(raw: bytes) -> dt.date:

@@ -131,6 +131,6 @@ def validate_input(typed: str, command: stk.GetInput) -> str | None:
     """Why `typed` is not an acceptable answer to `command` (a handset checks before it answers), else None."""
     if not command.min_length <= len(typed) <= command.max_length:
         return f"enter {command.min_length} to {command.max_length} characters"
-    if command.digits_only and not (typed.isdigit() and typed.isascii()):
+    if command.digits_only and typed and not (typed.isdigit() and typed.isascii()):
         return "enter digits only"
     return None

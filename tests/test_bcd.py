@@ -3,6 +3,8 @@
 import datetime as dt
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from common import bcd
 
@@ -14,6 +16,18 @@ def test_dates_and_times_round_trip():
         bytes.fromhex("123456"),
     )
     assert bcd.decode_date(bytes.fromhex("20281231")) == dt.date(2028, 12, 31)
+
+
+@given(st.dates())
+def test_every_calendar_date_round_trips(day):
+    # Years below 1000 too: strftime("%Y") does not pad them on every platform, the codec must.
+    raw = bcd.encode_date(day)
+    assert len(raw) == 4 and bcd.decode_date(raw) == day
+
+
+def test_early_years_and_times_are_zero_padded():
+    assert bcd.encode_date(dt.date(999, 1, 2)) == bytes.fromhex("09990102")
+    assert bcd.encode_date_time(dt.datetime(7, 3, 4, 0, 0, 9)) == (bytes.fromhex("00070304"), bytes.fromhex("000009"))
 
 
 @pytest.mark.parametrize("raw", ["20260231", "2026013", "2026a131", "20261301", "00000000"])

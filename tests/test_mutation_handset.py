@@ -235,6 +235,8 @@ def test_a_sim_outside_the_protocol():
         ("1234567", PIN, "enter 4 to 6 characters"),
         ("", stk.GetInput("x", 0, 0, digits_only=False), None),
         ("1", stk.GetInput("x", 0, 0), "enter 0 to 0 characters"),
+        ("", stk.GetInput("x", 0, 6), None),  # digits only, nothing typed, none required: nothing to refuse
+        ("1a", stk.GetInput("x", 0, 6), "enter digits only"),
         ("12a4", PIN, "enter digits only"),
         ("１２３４", PIN, "enter digits only"),  # full-width digits are digits, but not ASCII
         ("١٢٣٤", PIN, "enter digits only"),  # Arabic-Indic digits likewise
