@@ -652,6 +652,15 @@ class PurseTerminal(SubsidySteps):
                 spin.wipe(command)
             if answer.state == "verified":
                 return
+            if answer.state == "wrong":  # the try, never the password: the card counts it, the log says so
+                log_event(
+                    log,
+                    "pin.wrong",
+                    logging.WARNING,
+                    asn=asn,
+                    tries_left=answer.tries_left,
+                    msg=f"the card refused the spending password ({answer.tries_left} tries left)",
+                )
 
     # --- loads: top-up and cashier undo -----------------------------------------------------------
 

@@ -200,6 +200,9 @@ def test_till_asks_the_pin_above_the_threshold_and_never_logs_it(tmp_path, sam, 
         balance_after=rec["balance_after"],
     )
     assert rec["tac"] == expected.hex() == purchases[0].detail["tac"]
+    # the wrong try before the right one is logged, with the card and the tries left, never the password
+    wrong = [r.getMessage() for r in caplog.records if "event=pin.wrong" in r.getMessage()]
+    assert len(wrong) == 1 and f"asn={card.state.asn.hex().upper()}" in wrong[0] and "tries_left=2" in wrong[0]
     # nowhere: not in the logs, the event log or any SQLite file (or its WAL)
     secrets = [b"2468", b"1357", H("242468FFFFFFFFFF"), b"242468ffffffffff", b"242468FFFFFFFFFF"]
     assert not any(s.decode("latin-1") in caplog.text for s in secrets)
