@@ -55,7 +55,7 @@ def test_pin_block_and_wipe():
     assert isinstance(pin.block(), bytearray)
     pin.wipe()
     assert len(pin) == 0
-    with pytest.raises(ValueError, match="wiped"):
+    with pytest.raises(ValueError, match="^the PIN was wiped$"):
         pin.block()
     buf = bytearray(b"\x01\x02\x03")
     sp.wipe(buf)
@@ -86,12 +86,12 @@ def test_commands():
     assert sp.verify_command(H("241234FFFFFFFFFF")) == H("0020008008241234FFFFFFFFFF")
     assert isinstance(sp.verify_command(bytearray(8)), bytearray)
     for n in (7, 9):
-        with pytest.raises(ValueError, match="8 bytes"):
+        with pytest.raises(ValueError, match="^a PIN block is 8 bytes$"):
             sp.verify_command(bytes(n))
     assert sp.status_command() == H("00200080")
     assert sp.pin_cryptogram_input(H("241234FFFFFFFFFF")) == H("241234FFFFFFFFFF") + b"\xff" * 8
     for n in (7, 9):
-        with pytest.raises(ValueError, match="8 bytes"):
+        with pytest.raises(ValueError, match="^a PIN block is 8 bytes$"):
             sp.pin_cryptogram_input(bytes(n))
 
 
@@ -115,6 +115,9 @@ def test_parse_verify():
     assert sp.parse_verify(b"") == sp.PinAnswer("refused", 0, "")
     assert sp.parse_verify(b"\x90") == sp.PinAnswer("refused", 0, "")
     assert sp.parse_verify(H("019000")) == sp.PinAnswer("refused", 0, "9000")
+    # data before the status word: refused, its SW in upper-case hex like every other answer
+    assert sp.parse_verify(H("0A6A82")) == sp.PinAnswer("refused", 0, "6A82")
+    assert sp.parse_verify(H("FFFF63CF")) == sp.PinAnswer("refused", 0, "63CF")
     assert sp.PinAnswer("wrong").tries_left == 0 and sp.PinAnswer("wrong").sw == ""
 
 
