@@ -300,3 +300,89 @@ def test_parse_apdus_boundaries():
         ota.pack_apdus([with_le, b"\x80\x5c\x00\x02"])
     with pytest.raises(ota.OtaError, match="malformed"):
         ota.pack_apdus([])
+
+
+# --- the second mutation run's survivors (issue 15) ------------------------------------------------------------------
+
+NO_CC = ota.Spi(cc=False, ciphered=False, por_cc=False, por_ciphered=False)
+
+
+def forged_por(cntr: int, pcntr: int, status: int, padded: bytes, ciphered: bool = True) -> bytes:
+    """A PoR with a CC, any PCNTR and any padding, correctly checksummed under KEYS (what a buggy SIM could send)."""
+    rhl = ota.RHL_CC
+    rpl = 1 + rhl + len(padded)
+    clear = cntr.to_bytes(5) + bytes([pcntr, status])
+    cc = ota.cmac8(KEYS.kid, ota.POR_UDH + rpl.to_bytes(2) + bytes([rhl]) + TAR + clear + padded)
+    tail = clear + cc + padded
+    if ciphered:
+        tail = ota.cbc_encrypt(KEYS.kic, tail)
+    return ota.POR_UDH + rpl.to_bytes(2) + bytes([rhl]) + TAR + tail
+
+
+def test_command_without_cc_keeps_every_data_byte():
+    # CHL 13: CNTR(5) PCNTR(1) and the data right after, no CC bytes between them to skip
+    apdu = b"\x80\x5c\x00\x02\x04"
+    pkt = ota.build_command(KEYS, TAR, 6, apdu, NO_CC)
+    # CPL 0013, CHL 0D, SPI 10 21, KIc 12, KID 12, TAR B01CA0, CNTR 0000000006, PCNTR 00, data
+    assert pkt == bytes.fromhex("0013 0D 1021 12 12 B01CA0 0000000006 00 805C000204")
+    c = ota.open_command(pkt, KEYS, NO_CC)
+    assert (c.spi, c.cntr, c.data) == (NO_CC, 6, apdu)
+    # ciphered without CC: the deciphered block holds CNTR PCNTR, the data and its 5 bytes of padding
+    ciphered_no_cc = ota.Spi(cc=False, ciphered=True, por_cc=False, por_ciphered=False)
+    c = ota.open_command(ota.build_command(KEYS, TAR, 7, apdu, ciphered_no_cc), KEYS, NO_CC)
+    assert (c.cntr, c.data) == (7, apdu)
+
+
+def test_por_without_cc_keeps_every_data_byte():
+    # the SIM could not authenticate the command: clear PoR, no CC, its additional data right after the status
+    clear = ota.build_por(None, ota.SPI_ONECARD, TAR, 5, ota.PorStatus.CNTR_LOW, b"\x01\x69\x85")
+    assert clear == bytes.fromhex("027100000E0A") + TAR + bytes.fromhex("00000000050002016985")
+    p = ota.open_por(clear, KEYS)
+    assert (p.cntr, p.status, p.data) == (5, ota.PorStatus.CNTR_LOW, b"\x01\x69\x85")
+    # the command asked for a PoR without CC: OK with data, in clear
+    p = ota.open_por(ota.build_por(KEYS, NO_CC, TAR, 9, ota.PorStatus.OK, b"\x01\x90\x00"), KEYS, NO_CC)
+    assert (p.cntr, p.status, p.data) == (9, ota.PorStatus.OK, b"\x01\x90\x00")
+    with pytest.raises(ota.OtaError, match=r"^PoR says OK without the CC the command asked for$"):
+        ota.open_por(ota.build_por(None, ota.SPI_ONECARD, TAR, 1, ota.PorStatus.OK), KEYS)
+
+
+def test_ciphered_por_padding_refusals():
+    # 7 clear bytes + CC (8) + 1 byte = one block; + 17 bytes = two blocks
+    assert ota.open_por(forged_por(3, 1, 0, b"\x00"), KEYS).data == b""
+    assert ota.open_por(forged_por(3, 0, 0, b"\x42"), KEYS).data == b"\x42"
+    assert ota.open_por(forged_por(3, 15, 0, b"\x01\x90" + bytes(15)), KEYS).data == b"\x01\x90"
+    for pcntr, padded in (
+        (5, b"\x00"),  # PCNTR longer than what follows the CC
+        (16, b"\x42" + bytes(16)),  # a whole block of padding: never needed
+        (1, b"\x07"),  # the padding byte is not zero
+        (2, b"\x01\x90" + bytes(13) + b"\x00\x01"),  # the last padding byte is not zero
+    ):
+        with pytest.raises(ota.OtaError, match=rf"^PoR PCNTR {pcntr} does not match its padding$"):
+            ota.open_por(forged_por(3, pcntr, 0, padded), KEYS)
+
+
+def test_por_header_boundaries():
+    with pytest.raises(ota.OtaError, match=r"^PoR does not start with the UDH 02 71 00 \(got 027000\)$"):
+        ota.open_por(b"\x02\x70\x00\x00\x0a\x0a", KEYS)
+    # 5 bytes after the UDH end inside RPL RHL TAR; 6 bytes hold them, and RPL is then checked
+    with pytest.raises(ota.OtaError, match=r"^PoR ends inside its header$"):
+        ota.open_por(ota.POR_UDH + b"\x00\x04\x0a" + TAR[:2], KEYS)
+    with pytest.raises(ota.OtaError, match=r"^RPL says 5 bytes follow, 4 do$"):
+        ota.open_por(ota.POR_UDH + b"\x00\x05\x0a" + TAR, KEYS)
+
+
+def test_peek_command_boundaries():
+    # 3 bytes hold CPL and CHL: CPL is checked, then CHL
+    with pytest.raises(ota.OtaError, match=r"^CPL says 5 bytes follow, 1 do$"):
+        ota.peek_command(b"\x00\x05\x15")
+    with pytest.raises(ota.OtaError, match=r"^CHL 21 does not fit the packet$"):
+        ota.peek_command(b"\x00\x01\x15")
+    # CHL 21 (with CC) on an SPI without CC: 13 expected
+    rest = ota.Spi(cc=False).to_bytes() + b"\x12\x12" + TAR + bytes(14)
+    with pytest.raises(ota.OtaError, match=r"^CHL 21 does not match the SPI \(expected 13\)$"):
+        ota.peek_command((len(rest) + 1).to_bytes(2) + b"\x15" + rest)
+
+
+def test_split_sms_largest_reference():
+    parts = ota.split_sms(b"\x70\x00", bytes(138), 0xFFFF)
+    assert parts[0][:9] == bytes.fromhex("08 0804FFFF0201 7000") and parts[1][:7] == bytes.fromhex("06 0804FFFF0202")
