@@ -48,6 +48,10 @@ class Outbound:
                 (eid,),
             ).fetchall():
                 out.append((topic, self.seal("card_action.cancel", target, self._cancel_body(action_id))))
+            # The current subsidy allowances, for a terminal that was away when a list was published (the whole list:
+            # it replaces the one the terminal holds, so allowances collected meanwhile elsewhere are marked).
+            if self.conn.execute("SELECT 1 FROM subsidy_allowances WHERE enterprise_id = ? LIMIT 1", (eid,)).fetchone():
+                out.append((topic, self.seal("subsidy_allowances", target, self.subsidy_allowances_body(eid))))
             out.append((topic, self.time_message(req.terminal_id)))
         return out
 

@@ -340,6 +340,22 @@ class SyncAgent:
                 cards=cards,
                 text="canteen usage confirmed by the platform stored for the tills' meal limits",
             )
+        elif env.type == "subsidy_allowances":
+            if env.body["enterprise_id"] != self.eid:
+                return self._reject(
+                    "wrong_enterprise", f"subsidy_allowances {env.id} is for another enterprise; not stored"
+                )
+            newer = self.store.store_subsidy_allowances(env.body, env.id, issued, received)
+            log_event(
+                log,
+                "sync.subsidy_allowances_stored" if newer else "sync.subsidy_allowances_older",
+                logging.INFO if newer else logging.DEBUG,
+                terminal=self.tid,
+                allowances=len(env.body["allowances"]),
+                text="subsidy allowances stored for collection at the next tap"
+                if newer
+                else "subsidy allowance list older than the one held; ignored",
+            )
         elif env.type == "passage":
             if env.body["enterprise_id"] != self.eid:
                 return self._reject("wrong_enterprise", f"passage {env.id} is for another enterprise; not stored")

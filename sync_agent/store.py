@@ -38,6 +38,12 @@ CREATE TABLE IF NOT EXISTS inbox_meal_usage (
 CREATE TABLE IF NOT EXISTS inbox_passages (
   asn TEXT NOT NULL, area INTEGER NOT NULL, direction TEXT NOT NULL, time TEXT NOT NULL, terminal_id TEXT NOT NULL,
   seq INTEGER NOT NULL, message_id TEXT NOT NULL, received_at TEXT NOT NULL, PRIMARY KEY (asn, area)) STRICT;
+CREATE TABLE IF NOT EXISTS inbox_subsidy_list (
+  enterprise_id TEXT PRIMARY KEY, issued_at TEXT NOT NULL, message_id TEXT NOT NULL, received_at TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS inbox_subsidy_allowances (
+  allowance_id TEXT PRIMARY KEY, asn TEXT NOT NULL, amount INTEGER NOT NULL, expiry TEXT NOT NULL,
+  policy TEXT NOT NULL, collected INTEGER NOT NULL, position INTEGER NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS inbox_subsidy_allowances_asn ON inbox_subsidy_allowances (asn, position);
 """
 MEAL_USAGE_KEEP_DAYS = 3  # service days of meal usage kept in the inbox: today and a little slack
 
@@ -179,6 +185,33 @@ class SyncStore:
             self._conn.execute("DELETE FROM inbox_meal_usage WHERE day < ?", (oldest,))
             self.mark_seen(msg_id, "meal_usage", issued_at, received_at)
         return replaced
+
+    def store_subsidy_allowances(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
+        """Replace the enterprise's allowance list with the message's (the platform sends the whole list each time),
+        unless a list issued later is already held (an older message arriving late changes nothing). Returns
+        whether it replaced the list."""
+        with self.transaction():
+            held = self._conn.execute(
+                "SELECT issued_at FROM inbox_subsidy_list WHERE enterprise_id = ?", (body["enterprise_id"],)
+            ).fetchone()
+            newer = held is None or held[0] < issued_at
+            if newer:
+                self._conn.execute("DELETE FROM inbox_subsidy_allowances")
+                self._conn.executemany(
+                    "INSERT INTO inbox_subsidy_allowances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (a["allowance_id"], a["asn"], a["amount"], a["expiry"], a["policy"], int(a["collected"]), i)
+                        for i, a in enumerate(body["allowances"])
+                    ],
+                )
+                self._conn.execute(
+                    "INSERT INTO inbox_subsidy_list VALUES (?, ?, ?, ?) ON CONFLICT (enterprise_id) DO UPDATE SET "
+                    "issued_at = excluded.issued_at, message_id = excluded.message_id, "
+                    "received_at = excluded.received_at",
+                    (body["enterprise_id"], issued_at, msg_id, received_at),
+                )
+            self.mark_seen(msg_id, "subsidy_allowances", issued_at, received_at)
+        return newer
 
     def store_card_action(self, body: dict, msg_id: str, issued_at: str, received_at: str) -> bool:
         """Store a pending card action once; False when its action_id is already in the inbox."""

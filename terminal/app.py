@@ -96,6 +96,7 @@ class Terminal:
                 outbox_pressure,
                 inbox.pending_actions if inbox is not None else None,
                 inbox.other_tills(config.terminal.id) if inbox is not None else no_other_tills,
+                inbox.pending_allowances if inbox is not None else None,
             )
             if config.terminal.kind in PURSE_KINDS
             else None

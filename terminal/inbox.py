@@ -1,4 +1,5 @@
-"""What the sync agent left for this terminal in sync.db: the newest configuration and pending card actions.
+"""What the sync agent left for this terminal in sync.db: the newest configuration, pending card actions, other
+tills' meal usage, passages and subsidy allowances.
 
 Read-only, and absent until the agent first ran: the terminal never waits for the agent (docs/sync-protocol.md).
 """
@@ -72,6 +73,21 @@ class Inbox:
             (asn_hex.upper(),),
         )
         return [{"action_id": r[0], "action": r[1], "params": json.loads(r[2])} for r in rows]
+
+    def pending_allowances(self, asn_hex: str) -> list:
+        """PurseTerminal.pending_allowances: the subsidy allowances the platform last announced for this card, in
+        its order, each with `collected` as the platform knew it (terminal/subsidy_flow.py skips those and the
+        ones this terminal's own log already loaded)."""
+        import datetime as dt
+
+        from terminal.subsidy_protocol import Allowance
+
+        rows = self._query(
+            "SELECT allowance_id, asn, amount, expiry, policy, collected FROM inbox_subsidy_allowances "
+            "WHERE asn = ? ORDER BY position",
+            (asn_hex.upper(),),
+        )
+        return [Allowance(r[0], r[1], r[2], dt.date.fromisoformat(r[3]), r[4], bool(r[5])) for r in rows]
 
     def other_tills(self, terminal_id: str):
         """Canteen.other_tills for this terminal: a card's usage on a service day at the enterprise's other tills,
