@@ -45,6 +45,7 @@ SFI_APP = 1
 SFI_HOLDER = 2
 SFI_ACCESS = 3
 SFI_PURSE = 4
+SFI_SUBSIDY = 5  # write-only: the maximum subsidy balance; the first write creates the subsidy purse (5.6)
 
 COUNTER_MAX = 0xFFFFFFFF
 
@@ -858,6 +859,20 @@ class OneCardApplet:
             if not bcd.is_date(expiry) or max_balance < s.purse.balance:
                 return SW_WRONG_DATA
             s.purse.expiry, s.purse.max_balance = expiry, max_balance
+        elif sfi == SFI_SUBSIDY and s.app_version == 2:
+            # EF_SUBSIDY (section 5.6): the maximum subsidy balance, 4 bytes at offset 0; the first write creates the
+            # subsidy purse (balance 0, expiry 00000000, counters 0), a later one changes only its maximum.
+            if s.purse is None:
+                return SW_NO_PURSE
+            if (offset, len(plain)) != (0, 4):
+                return SW_OFFSET
+            max_balance = int.from_bytes(plain, "big")
+            if s.subsidy is None:
+                s.subsidy = SubsidyPurse(max_balance=max_balance)
+            elif max_balance < s.subsidy.balance:
+                return SW_WRONG_DATA
+            else:
+                s.subsidy.max_balance = max_balance
         else:
             return SW_NOT_FOUND
         self._persist()

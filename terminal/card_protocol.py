@@ -325,6 +325,7 @@ CHALLENGE_LEN = 8
 KEY_IDS = {"access": 0x01, "update": 0x02, "purchase": 0x03, "load": 0x04, "tac": 0x05}
 INS_PUT_KEY, INS_COMMIT_KEYS, INS_UPDATE_BINARY, INS_BLOCK, INS_ERASE = 0xD4, 0xD8, 0xD6, 0x1E, 0x0E
 SFI_APP, SFI_HOLDER, SFI_ACCESS, SFI_PURSE = 1, 2, 3, 4
+SFI_SUBSIDY = 5  # version 2 only, write-only: the maximum subsidy balance; the first write creates the subsidy purse
 RECORD_LEN = 44
 
 

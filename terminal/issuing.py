@@ -167,6 +167,10 @@ class IssuingTerminal:
             channel.update_binary(cp.SFI_ACCESS, 0, access, "EF_ACCESS")
             if info.purse_expiry is not None:
                 channel.update_binary(cp.SFI_PURSE, 0, purse, "EF_PURSE")
+                if info.app_version >= 2:
+                    # The subsidy purse (card-application.md 5.6), with the cash purse's maximum; written again by a
+                    # re-tap of a torn issue, which changes nothing.
+                    channel.update_binary(cp.SFI_SUBSIDY, 0, purse[4:8], "EF_SUBSIDY")
             # Activation last: a card torn before it is still "not issued" and the next tap writes it all again.
             channel.update_binary(cp.SFI_APP, 12, bytes([cp.STATUS_ACTIVE]), "application status")
         except SamError as exc:
