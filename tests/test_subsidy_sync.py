@@ -21,7 +21,6 @@ from tests.mqtt_env import ENTERPRISE, AgentThread, start_platform, terminal_id,
 from tests.support import ALL_USAGES, make_sam
 from tests.test_subsidy_terminal import subsidy_card
 
-
 POS = """
 [pos]
 max_purchase = "100.00"
