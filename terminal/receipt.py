@@ -3,9 +3,11 @@
 `receipt_lines` decides what a receipt says (sans-I/O, from the decision as logged); `print_receipt` lays the lines
 out on any python-escpos printer (tests use escpos.printer.Dummy and check the bytes); `open_printer` is the adapter
 for [printer]. A balance is printed only where this terminal verified it with a MAC (a refund's or a top-up's; a
-purchase's balance is the card's claim, docs/card-application.md 5.2). The card number is masked to its last four
-digits, the TAC shortened to its first 8 hex digits (enough to find the record; the whole TAC is in the log).
-Printing never decides anything: a printer fault is logged and the money record stands.
+purchase's balance is the card's claim, docs/card-application.md 5.2). A two-purse sale (5.6) prints its split
+(MAC2 covers it) and a subsidy balance only when an allowance collected on the same tap verified it (MAC3). The
+card number is masked to its last four digits, the TAC shortened to its first 8 hex digits (enough to find the
+record; the whole TAC is in the log). Printing never decides anything: a printer fault is logged and the money
+record stands.
 """
 
 from __future__ import annotations
@@ -57,14 +59,24 @@ def receipt_lines(decision: Decision, config: Config, local: dt.datetime) -> lis
     if d.get("meal_period"):
         lines.append(_pair("Meal", str(d["meal_period"]).capitalize(), width))
     lines.append(_pair("Amount", format_yuan(d["amount"]), width))
+    two_purse = decision.kind == "pos.purchase" and isinstance(d.get("subsidy_amount"), int)
+    if two_purse:
+        # The split is covered by MAC2 (card-application.md 5.6); the balances are the card's claim but for a subsidy
+        # balance a load's MAC3 verified on the same tap (subsidy_balance_verified).
+        lines.append(_pair("Subsidy paid", format_yuan(d["subsidy_amount"]), width))
+        lines.append(_pair("Cash paid", format_yuan(d["amount"] - d["subsidy_amount"]), width))
+        if isinstance(d.get("subsidy_balance_verified"), int):
+            lines.append(_pair("Subsidy balance", format_yuan(d["subsidy_balance_verified"]), width))
     if decision.kind in VERIFIED_BALANCE and isinstance(d.get("balance_after"), int):
         lines.append(_pair("Balance", format_yuan(d["balance_after"]), width))
     if d.get("operator"):
         lines.append(_pair("Operator", f"{d['operator']} / batch {d['batch']:06d}", width))
     if "tsn" in d:
         lines.append(_pair("TSN", str(d["tsn"]), width))
-    if "tac" in d:
+    if "tac" in d and not (two_purse and d["amount"] == d["subsidy_amount"]):
         lines.append(_pair("TAC", str(d["tac"])[:8].upper(), width))
+    if two_purse and d["subsidy_amount"]:
+        lines.append(_pair("Subsidy TAC", str(d["subsidy_tac"])[:8].upper(), width))
     if "seq" in d:
         lines.append(_pair("Record", str(d["seq"]), width))
     lines += [Line("-" * width), Line("Thank you", center=True)]

@@ -91,6 +91,7 @@ class SubsidySteps:
     def subsidy_before(self, transmit, info: cp.CardInfo, now: dt.datetime) -> list[str]:
         """Withdraw an expired subsidy, then collect the allowances announced for this card. Returns screen notes.
         Raises Incomplete / Unrecorded / Refusal(log_unavailable) as the money flows do (the tap then ends)."""
+        self.verified_subsidy: tuple[str, int] | None = None  # (asn, balance) a MAC3 of this tap verified
         if not info.has_subsidy:
             return []
         today = now.astimezone(self.config.terminal.timezone).date()
@@ -124,6 +125,7 @@ class SubsidySteps:
                 notes.append("allowance to collect at the top-up terminal")
                 log_event(log, "subsidy.collect_skipped", logging.WARNING, asn=info.asn_hex, error=r.message)
                 break
+            self.verified_subsidy = (info.asn_hex, detail["balance_after"])
             notes.append(
                 f"subsidy of {format_yuan(a.amount)} collected - subsidy balance {format_yuan(detail['balance_after'])}"
             )
@@ -242,6 +244,10 @@ class SubsidySteps:
             now,
         )
         self.sale_intent_seq = None
+        if getattr(self, "verified_subsidy", None) == (asn, init.subsidy_balance):
+            # The balance a load's MAC3 verified on this tap, less the share MAC2 verified: a receipt may print it
+            # (added after the outcome was logged; not part of the record).
+            detail["subsidy_balance_verified"] = init.subsidy_balance - init.subsidy_part
         split = f" (subsidy {format_yuan(init.subsidy_part)}, cash {format_yuan(init.cash_part)})"
         extra = "".join(f" ({n})" for n in notes)
         return Decision(

@@ -90,9 +90,13 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.test_canteen import sample_receipt_bytes
+    from tests.test_subsidy_receipt import two_purse_receipts
 
     with tempfile.TemporaryDirectory() as tmp:
         out = sample_receipt_bytes(Path(tmp), Dummy())
-    target = Path(__file__).resolve().parent.parent / "docs" / "receipt.png"
-    render(out).save(target)
-    print(f"wrote {target} ({dt.datetime.now():%H:%M:%S})")
+        printer = Dummy()
+        two_purse_receipts(Path(tmp) / "subsidy", printer, collect=True, subsidy=0)
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name, data in (("receipt.png", out), ("receipt-subsidy.png", printer.output)):
+        render(data).save(docs / name)
+        print(f"wrote {docs / name} ({dt.datetime.now():%H:%M:%S})")
