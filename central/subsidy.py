@@ -91,7 +91,10 @@ class SubsidyAccounts:
         collected = {
             r[0]
             for r in self.conn.execute(
-                "SELECT allowance_id FROM subsidy_transactions WHERE kind = 'load' AND allowance_id IS NOT NULL"
+                # Collected once the card proved a load of it: a record whose TAC failed is no proof (held for
+                # review), so the allowance stays on offer.
+                "SELECT allowance_id FROM subsidy_transactions WHERE kind = 'load' AND allowance_id IS NOT NULL "
+                "AND tac_status != 'bad'"
             ).fetchall()
         }
         return {

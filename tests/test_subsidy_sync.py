@@ -19,7 +19,7 @@ from terminal.keypad import Charge
 from terminal.outputs import ConsoleOutputs
 from tests.mqtt_env import ENTERPRISE, AgentThread, start_platform, terminal_id, wait_until, write_terminal_config
 from tests.support import ALL_USAGES, make_sam
-from tests.test_subsidy_terminal import subsidy_card
+from tests.test_subsidy_terminal import sam, subsidy_card  # noqa: F401 (sam is a fixture)
 
 POS = """
 [pos]
@@ -145,3 +145,55 @@ def test_issued_allowance_travels_to_the_till_is_collected_once_and_the_ledgers_
                 agent.stop()
             service.stop()
             admin.close()
+
+
+def test_only_a_load_the_card_proved_marks_an_allowance_collected(platform_db, tmp_path, sam):  # noqa: F811
+    """A subsidy.load whose TAC fails (a forged or corrupted record) is held and leaves the allowance on offer; the
+    card's real record then marks it collected."""
+    from central.store import Platform
+    from common import sync_protocol as p
+    from terminal.event_log import EventLog
+    from terminal.subsidy_protocol import allowances_from_body
+    from tests.support import MONDAY_10AM
+    from tests.test_purse import present
+    from tests.test_subsidy_platform import KEY
+    from tests.test_subsidy_terminal import terminal
+
+    pf = Platform(platform_db, KEY, clock=lambda: MONDAY_10AM, tac_sam=sam)
+    forger = "000000000102"
+    try:
+        pf.add_enterprise(ENTERPRISE, "Test Co")
+        pf.add_terminal("000000000101", ENTERPRISE, kind="pos")
+        pf.add_terminal(forger, ENTERPRISE, kind="pos")
+        pf.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
+        card = subsidy_card(sam, cash=5_000)
+        card.state.subsidy.expiry = bytes(4)
+        asn = card.state.asn.hex().upper()
+        pf.issue_card(ENTERPRISE, "E1001", asn, balance_cents=5_000)
+        pf.issue_subsidy(ENTERPRISE, ["E1001"], 3_000, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+        pos = terminal(tmp_path, sam, allowances=allowances_from_body(pf.subsidy_allowances_body(ENTERPRISE)))
+        pos.purchase(present(card)[1], 100, MONDAY_10AM)
+        real = next(e for e in pos.event_log.events() if e.kind == "subsidy.load")
+        forged_detail = {**real.detail, "tac": "00" * 8}
+        with EventLog.open(tmp_path / "forger.db", forger) as log:
+            log.append(real.time, real.kind, asn=asn, reason_code="ok", message=real.message, detail=forged_detail)
+            events = [
+                p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
+                            e.prev_hash, e.hash)
+                for e in log.events()
+            ]  # fmt: skip
+        pf.ingest(forger, events)
+        stored = pf.conn.execute("SELECT terminal_id, tac_status FROM subsidy_transactions").fetchall()
+        assert [tuple(r) for r in stored] == [(forger, "bad")]
+        assert [a["collected"] for a in pf.subsidy_allowances_body(ENTERPRISE)["allowances"]] == [False]
+        assert pf.subsidy_report(ENTERPRISE)["collected"] == 0  # held, not accounted
+        ours = [
+            p.WireEvent(e.seq, p.format_time(e.time), e.kind, e.asn, e.reason_code, e.message, e.detail_json,
+                        e.prev_hash, e.hash)
+            for e in pos.event_log.events()
+        ]  # fmt: skip
+        pf.ingest("000000000101", ours)
+        assert [a["collected"] for a in pf.subsidy_allowances_body(ENTERPRISE)["allowances"]] == [True]
+        assert pf.subsidy_report(ENTERPRISE)["on_cards"] == card.state.subsidy.balance == 2_900
+    finally:
+        pf.close()
