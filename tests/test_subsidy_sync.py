@@ -197,3 +197,30 @@ def test_only_a_load_the_card_proved_marks_an_allowance_collected(platform_db, t
         assert pf.subsidy_report(ENTERPRISE)["on_cards"] == card.state.subsidy.balance == 2_900
     finally:
         pf.close()
+
+
+def test_a_terminal_back_from_an_outage_gets_the_current_list_in_its_sync_answer(platform_db):
+    from central.store import Platform
+    from common import sync_protocol as p
+    from tests.support import MONDAY_10AM
+    from tests.test_subsidy_platform import KEY
+
+    pf = Platform(platform_db, KEY, clock=lambda: MONDAY_10AM)
+    try:
+        pf.add_enterprise(ENTERPRISE, "Test Co")
+        pf.add_terminal("000000000101", ENTERPRISE, kind="pos")
+        pf.add_holder(ENTERPRISE, "E1001", "Zhang Wei")
+        pf.issue_card(ENTERPRISE, "E1001", "0102030405060708", balance_cents=0)
+        req = p.Request("000000000101", "sync", 0, 0)
+
+        def answer():
+            return [p.open_envelope(m, KEY.public_key()) for _, m in pf.answer_request(req)]
+
+        assert "subsidy_allowances" not in [e.type for e in answer()]  # no allowance ever: nothing to say
+        pf.issue_subsidy(ENTERPRISE, ["E1001"], 3_000, dt.date(2026, 11, 30), "cash_first", "2026-11")
+        got = [e for e in answer() if e.type == "subsidy_allowances"]
+        assert len(got) == 1 and got[0].target == "t:000000000101"
+        assert got[0].body == pf.subsidy_allowances_body(ENTERPRISE)
+        assert [a["allowance_id"] for a in got[0].body["allowances"]] == ["2026-11.E1001"]
+    finally:
+        pf.close()
