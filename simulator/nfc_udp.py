@@ -9,7 +9,6 @@ import binascii
 import logging
 import math
 import os
-import select
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from common.logs import log_event
+from simulator.readable import readable
 from simulator.virtual_card import VirtualCard
 
 log = logging.getLogger("onecard.sim.nfc")
@@ -395,7 +395,7 @@ class VirtualPicc:
 
     def _serve(self) -> None:
         while True:
-            ready, _, _ = select.select([self._sock, self._wake_r], [], [])
+            ready = readable([self._sock, self._wake_r], None)
             if self._wake_r in ready:
                 return
             try:
@@ -523,7 +523,7 @@ class VirtualPicc:
         """Send S(WTX) and wait for the initiator to grant it; False if the field is gone instead."""
         self._sendto(request, addr)
         log_event(log, "wtx-requested", level=logging.DEBUG, port=self.port, n=slot.apdus, wtxm=request[1])
-        ready, _, _ = select.select([self._sock], [], [], timeout)
+        ready = readable([self._sock], timeout)
         if not ready:
             return False
         try:

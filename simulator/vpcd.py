@@ -8,13 +8,13 @@ waiting for its answer), is answered 67 00 as a card answers a command too short
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import struct
 import threading
 from dataclasses import dataclass
 
 from common.logs import log_event
+from simulator.readable import readable as wait_readable
 from simulator.virtual_card import VirtualCard
 
 log = logging.getLogger("onecard.sim.vpcd")
@@ -148,7 +148,7 @@ class VirtualIcc:
         try:
             while True:
                 if pending is not None:
-                    readable, _, _ = select.select([sock], [], [], AMBIGUOUS_WAIT)
+                    readable = wait_readable([sock], AMBIGUOUS_WAIT)
                     if not readable:  # vpcd is waiting for an answer: it was a 1-byte command, not a control code
                         log_event(
                             log,

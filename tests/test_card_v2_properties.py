@@ -60,7 +60,7 @@ class World:
             self.pos[e] = purse_terminal(tmp, e, "pos")
             self.topup[e] = purse_terminal(tmp, e, "topup")
         self.asn_counter = 0
-        # The model: per enterprise, None (absent) or {"status": 1|2, "balance": fen}.
+        # The model: per enterprise, None (absent) or {"status": 1|2, "balance": fen, "spent": fen bought offline}.
         self.model: dict[bytes, dict | None] = {A: None, B: None}
 
     def close(self) -> None:
@@ -113,7 +113,7 @@ def add(w: World, e: bytes, tear: int) -> None:
         employee = HOLDERS[e][0]
         request = IssueRequest(e, employee, frozenset({1}), dt.date(2026, 1, 1), dt.date(2028, 12, 31))
         run(w.card, lambda t: st_.issue(t, request, MONDAY_10AM))
-        w.model[e] = {"status": 1, "balance": 0}
+        w.model[e] = {"status": 1, "balance": 0, "spent": 0}
 
 
 def delete(w: World, e: bytes, tear: int, deletion: bool = True) -> None:
@@ -129,7 +129,7 @@ def delete(w: World, e: bytes, tear: int, deletion: bool = True) -> None:
     settled = [ev.detail["balance"] for ev in st_.event_log.events() if ev.kind == kind]
     assert len(settled) == before + 1, "one settlement per cancellation / deletion, whatever the tears"
     assert settled[-1] == w.model[e]["balance"], "the settled amount is exactly the sub-application's balance"
-    w.model[e] = None if deletion else {"status": 2, "balance": 0}
+    w.model[e] = None if deletion else {"status": 2, "balance": 0, "spent": 0}
 
 
 def door(w: World, e: bytes) -> None:
@@ -160,12 +160,15 @@ def money(w: World, e: bytes, amount: int, load: bool) -> None:
     m = w.model[e]
     active = m is not None and m["status"] == 1
     if load:
-        ok = active and m["balance"] + amount <= 200_000
+        # the top-up terminal's max_load (tests/support.py) and the card's maximum balance
+        ok = active and amount <= 50_000 and m["balance"] + amount <= 200_000
     else:
-        ok = active and m["balance"] >= amount
+        # the till's max_purchase and offline_limit since the last sync (never, here), then the card's balance
+        ok = active and amount <= 10_000 and m["spent"] + amount <= 15_000 and m["balance"] >= amount
     assert accepted == ok, (m, amount, load)
     if ok:
         m["balance"] += amount if load else -amount
+        m["spent"] += 0 if load else amount
 
 
 enterprises = st.sampled_from([A, B])
