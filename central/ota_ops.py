@@ -386,6 +386,7 @@ class OtaDeletion:
         self.balance: int | None = None  # the MAC-verified balance before the void (version 2)
         self.frozen: Frozen | None = None
         self.settled = False  # set by the platform once it booked the frozen balance (refund) and cancelled
+        self.settlement: dict | None = None  # what the platform's settlement did (ota_settle_deletion)
         self.deletes = 0
         self.step = Step.INIT
         self.reason = ""
@@ -545,12 +546,14 @@ class OtaDeletion:
             "settled": self.settled,
             "deletes": self.deletes,
             "reason": self.reason,
+            "settlement": self.settlement,
         }
 
     def load(self, doc: dict) -> None:
         self.step, self.phase_name = Step(doc["step"]), Phase(doc["phase"])
         self.version, self.balance, self.settled = doc["version"], doc["balance"], doc["settled"]
         self.deletes, self.reason = doc.get("deletes", 0), doc.get("reason", "")
+        self.settlement = doc.get("settlement")
         if doc.get("frozen"):
             d = bytes.fromhex(doc["frozen"])
             self.frozen = Frozen(

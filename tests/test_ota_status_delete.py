@@ -1,0 +1,361 @@
+"""Status change (lock on a loss report, unlock) and deletion of a version 2 sub-application over the air
+(docs/ota.md 5.1, 5.2): the platform's smpplib gateway, the SMSC simulator, the handset stand-in, the SIM's OTA
+side and a two-enterprise card. Enterprise B's sub-application is locked, unlocked and deleted; enterprise A's
+door opens throughout. Tears and a gateway killed after a submit end every operation exactly once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pytest
+
+from central import ota_ops
+from central.ota_channel import OtaChannel, OtaStore
+from central.ota_gateway import SmppGateway
+from common import ota
+from sam.interface import Algorithm, CardIdentity, KeyPurpose
+from sam.keystore import Keystore
+from sam.ota_keys import OtaSam
+from sam.software import SoftwareSam
+from simulator import ota_sim
+from simulator.card import STATUS_ACTIVE, STATUS_LOCKED, STATUS_VOIDED, OneCardV2Applet
+from simulator.inprocess import InProcessReader
+from simulator.ota_handset import SimHandset
+from simulator.personalise import Personalisation, multi_card, sub_application
+from simulator.smsc import Smsc
+from tests.support import ENTERPRISE, MONDAY_10AM, make_keystore, make_terminal
+
+A, B = ENTERPRISE, bytes.fromhex("00020002")
+MSISDN = "8613900000012"
+OTA_ADDR = "10657000"
+KS = {A: make_keystore(A), B: make_keystore(B)}
+SAMS = {e: SoftwareSam(k) for e, k in KS.items()}
+
+
+class Powered(Exception):
+    """The handset's battery came out."""
+
+
+def two_enterprise_card(balance_b=5_000) -> OneCardV2Applet:
+    def person(e, emp, name, groups, balance):
+        return Personalisation(
+            enterprise_id=e,
+            employee_no=emp,
+            name=name,
+            door_groups=frozenset(groups),
+            valid_from=dt.date(2026, 1, 1),
+            valid_to=dt.date(2028, 12, 31),
+            opening_balance=balance,
+        )
+
+    apps = [
+        sub_application(SAMS[A], person(A, "E1001", "Zhang Wei", {1, 2}, 10_000), "Office"),
+        sub_application(SAMS[B], person(B, "R-0707", "Zhang Wei", {1}, balance_b), "Community"),
+    ]
+    return OneCardV2Applet(multi_card(apps))
+
+
+def door_decides(tmp, enterprise, card) -> bool:
+    import uuid
+
+    where = tmp / f"door-{enterprise.hex()}-{uuid.uuid4().hex[:8]}"
+    where.mkdir()
+    term, _ = make_terminal(where, SAMS[enterprise], "door", enterprise=enterprise)
+    reader = InProcessReader()
+    reader.tap(card)
+    return term.handle_tap(reader.wait_for_card(0), MONDAY_10AM).accepted
+
+
+@pytest.fixture
+def world(tmp_path):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from central.store import Platform
+
+    card = two_enterprise_card()
+    app_b = card.sub_application(B)
+    ident = CardIdentity(app_b.asn, B, 1, Algorithm.AES128)
+    otasam = OtaSam(KS[B])
+    keys = otasam.personalise_keys(ident)
+    sim = ota_sim.OtaSim(card, ota_sim.OtaState(keys.kic, keys.kid, keys.version))
+    smsc = Smsc().start()
+    smsc.add_handset(MSISDN, SimHandset(sim))
+    gw = SmppGateway("127.0.0.1", smsc.port, "onecard", "secret", OTA_ADDR, timeout=3.0)
+    gw.connect()
+    signing = Ed25519PrivateKey.generate()
+    pf = Platform(tmp_path / "p.db", signing)
+    pf.add_enterprise(B.hex(), "Community")
+    pf.add_holder(B.hex(), "R-0707", "Zhang Wei", MSISDN)
+    pf.issue_card(B.hex(), "R-0707", app_b.asn.hex(), balance_cents=app_b.purse.balance)
+    channel = OtaChannel(gw, otasam, OtaStore(pf), validity_seconds=3600, por_wait_seconds=1.0)
+    w = dict(card=card, ident=ident, otasam=otasam, sim=sim, smsc=smsc, gw=gw, pf=pf, channel=channel, tmp=tmp_path)
+    w["signing"] = signing
+    yield w
+    gw.close()
+    smsc.stop()
+    pf.close()
+
+
+def new_channel(w) -> OtaChannel:
+    """A new gateway process on the same platform database (the old one was killed)."""
+    from central.store import Platform
+
+    gw = SmppGateway("127.0.0.1", w["smsc"].port, "onecard", "secret", OTA_ADDR, timeout=3.0)
+    gw.connect()
+    w.setdefault("closers", []).append(gw)
+    pf = Platform(w["tmp"] / "p.db", w["signing"])
+    w["closers"].append(pf)
+    return OtaChannel(gw, w["otasam"], OtaStore(pf), por_wait_seconds=2.0)
+
+
+def asn_b(w) -> str:
+    return w["ident"].asn.hex().upper()
+
+
+def test_loss_report_locks_b_over_the_air_and_unlock_opens_it_again(world):
+    w = world
+    w["pf"].report_loss(asn_b(w))  # the blacklist path stays
+    op = w["channel"].secured("lock-1", w["ident"], MSISDN, "lock", ota_ops.status_change(SAMS[B], w["ident"], True))
+    assert op.step is ota_ops.Step.DONE and op.aid == ota_ops.sub_application_aid(B)
+    assert w["card"].sub_application(B).status == STATUS_LOCKED
+    assert w["card"].sub_application(A).status == STATUS_ACTIVE
+    assert not door_decides(w["tmp"], B, w["card"]) and door_decides(w["tmp"], A, w["card"])
+    job = w["pf"].ota_job("lock-1")
+    assert (job["op"], job["status"], job["por"]) == ("lock", "done", "OK")
+    # The lock packet replayed (the same SMS again): refused by the counter, nothing runs.
+    lock_sms = [m for m in w["smsc"].messages.values() if m.destination == MSISDN][-1]
+    ran = list(w["sim"].executed)
+    sms = ota_sim.deliver_tpdus(OTA_ADDR, [lock_sms.user_data], dt.datetime(2026, 12, 2, 10, 0))
+    (submit,) = ota_sim.deliver_to_sim(w["sim"], sms[0])
+    from simulator import sms_tpdu
+
+    por = w["otasam"].open_por(w["ident"], sms_tpdu.parse_submit(submit).user_data)
+    assert por.status is ota.PorStatus.CNTR_LOW and w["sim"].executed == ran
+    w["pf"].unlock(asn_b(w))
+    op = w["channel"].secured(
+        "unlock-1", w["ident"], MSISDN, "unlock", ota_ops.status_change(SAMS[B], w["ident"], False)
+    )
+    assert op.step is ota_ops.Step.DONE and w["card"].sub_application(B).status == STATUS_ACTIVE
+    assert door_decides(w["tmp"], B, w["card"])
+
+
+def test_phone_off_lock_stays_pending_then_a_later_unlock_wins_whatever_the_order(world):
+    w = world
+    w["smsc"].set_power(MSISDN, False)
+    lock = w["channel"].secured("lock-2", w["ident"], MSISDN, "lock", ota_ops.status_change(SAMS[B], w["ident"], True))
+    assert lock.step is ota_ops.Step.INIT and w["pf"].ota_job("lock-2")["status"] == "sent"
+    w["smsc"].set_power(MSISDN, True)  # delivered now, within validity: the lock lands
+    lock = w["channel"].secured("lock-2", w["ident"], MSISDN, "lock", ota_ops.status_change(SAMS[B], w["ident"], True))
+    assert lock.step is ota_ops.Step.DONE and w["card"].sub_application(B).status == STATUS_LOCKED
+    # Resumed once more: done is done, nothing sent.
+    sent = len(w["smsc"].messages)
+    w["channel"].secured("lock-2", w["ident"], MSISDN, "lock", ota_ops.status_change(SAMS[B], w["ident"], True))
+    assert len(w["smsc"].messages) == sent
+    # An older lock packet that arrives after a newer unlock is refused by the counter: the unlock stays.
+    unlock = ota_ops.status_change(SAMS[B], w["ident"], False)
+    assert w["channel"].secured("unlock-2", w["ident"], MSISDN, "unlock", unlock).step is ota_ops.Step.DONE
+    stale = w["otasam"].secure_command(w["ident"], ota.ONECARD_TAR, 1, lock.start())
+    por = w["otasam"].open_por(w["ident"], w["sim"].process(stale))
+    assert por.status is ota.PorStatus.CNTR_LOW and w["card"].sub_application(B).status == STATUS_ACTIVE
+
+
+def test_deletion_of_b_over_the_air_settles_then_deletes_and_a_keeps_working(world):
+    w = world
+    before_a = w["card"].balance(A)
+    op = w["channel"].secured(
+        "del-1", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"], settle=True)
+    )
+    assert op.step is ota_ops.Step.DONE, op.reason
+    assert (op.version, op.balance, op.frozen.balance) == (2, 5_000, 5_000)
+    assert [e.enterprise_id for e in w["card"].directory()] == [A]  # the directory no longer lists B
+    card = w["pf"].card(asn_b(w))
+    assert card["status"] == "CANCELLED" and card["balance_cents"] == 0
+    refunds = w["pf"].conn.execute("SELECT amount_cents FROM refunds WHERE asn = ?", (asn_b(w),)).fetchall()
+    assert refunds == [(5_000,)]
+    assert op.settlement == {"frozen_cents": 5_000, "refunded_cents": 5_000, "blacklist_version": 1}
+    assert door_decides(w["tmp"], A, w["card"]) and w["card"].balance(A) == before_a
+    assert not door_decides(w["tmp"], B, w["card"])
+    # The packets, in order: SELECT B + GET CHALLENGE, GET BALANCE, the same, BLOCK, the same, DELETE, SELECT B.
+    sent = [m.user_data for m in w["smsc"].messages.values()]
+    assert len(sent) == 7 and w["pf"].ota_job("del-1")["cntr"] == 7
+
+
+def test_deletion_refuses_a_balance_without_settle_and_changes_nothing(world):
+    w = world
+    op = w["channel"].secured("del-2", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"]))
+    assert op.step is ota_ops.Step.FAILED and "settle it first" in op.reason
+    assert w["card"].sub_application(B).status == STATUS_ACTIVE and w["pf"].card(asn_b(w))["status"] == "ACTIVE"
+    assert w["pf"].ota_job("del-2")["status"] == "failed"
+
+
+@pytest.mark.parametrize("kill_after", [2, 4, 6, 7])
+def test_gateway_killed_after_a_submit_before_its_por_deletion_ends_once(world, kill_after):
+    """Killed right after the Nth submit (2: GET BALANCE, 4: BLOCK, 6: DELETE, 7: the re-check), before its PoR;
+    a new gateway process resumes the job: one settlement, one refund, B deleted, A untouched."""
+    w = world
+    ch = w["channel"]
+    real_send, n = ch.send, [0]
+
+    def send_then_die(job_id, card, msisdn, data):
+        cntr = real_send(job_id, card, msisdn, data)
+        n[0] += 1
+        if n[0] == kill_after:
+            w["gw"]._drop()
+            raise KeyboardInterrupt
+        return cntr
+
+    ch.send = send_then_die
+    with pytest.raises(KeyboardInterrupt):
+        ch.secured("del-k", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"], settle=True))
+    deadline = time.monotonic() + 10  # the SMSC still delivers the last packet; its PoR goes nowhere
+    while len(w["sim"].executed) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.02)
+    ch2 = new_channel(w)
+    try:
+        op = ch2.secured("del-k", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"], settle=True))
+    finally:
+        for g in w.get("closers", []):
+            g.close()
+    assert op.step is ota_ops.Step.DONE, op.reason
+    assert [e.enterprise_id for e in w["card"].directory()] == [A]
+    rows = w["pf"].conn.execute("SELECT amount_cents FROM refunds WHERE asn = ?", (asn_b(w),)).fetchall()
+    assert rows == [(5_000,)] and w["pf"].card(asn_b(w))["status"] == "CANCELLED"
+    assert door_decides(w["tmp"], A, w["card"])
+
+
+# --- without the network: tears inside a packet ---------------------------------------------------------------
+
+
+def _sim_world():
+    card = two_enterprise_card()
+    ident = CardIdentity(card.sub_application(B).asn, B, 1, Algorithm.AES128)
+    otasam = OtaSam(KS[B])
+    keys = otasam.personalise_keys(ident)
+    return card, ident, otasam, ota_sim.OtaSim(card, ota_sim.OtaState(keys.kic, keys.kid, keys.version))
+
+
+def _drive(op, card, ident, otasam, sim, tear_at=None):
+    """Run `op` over the SIM directly; `tear_at` (packet, apdu): the phone powers off before that remote APDU.
+    Returns the number of settlements the platform made (op.settled flips)."""
+    cntr, data, k, settlements = 0, op.start(), 0, 0
+    while True:
+        if data is None and isinstance(op, ota_ops.OtaDeletion) and op.settle_due:
+            op.settled, settlements = True, settlements + 1
+            data = op.resume_after_settlement()
+        if data is None:
+            return settlements
+        k, cntr = k + 1, cntr + 1
+        pkt = otasam.secure_command(ident, ota.ONECARD_TAR, cntr, data)
+        if tear_at and tear_at[0] == k:
+
+            def tear(i, at=tear_at[1]):
+                if i == at:
+                    raise Powered
+
+            sim.before_apdu = tear
+            with pytest.raises(Powered):
+                sim.process(pkt)
+            sim.before_apdu = None
+            card.power_off()
+            card.power_on()
+            data = op.on_no_por()
+            continue
+        data = op.on_por(otasam.open_por(ident, sim.process(pkt)))
+
+
+@pytest.mark.parametrize("packet, apdu", [(1, 0), (1, 1), (2, 0), (3, 1), (4, 0), (5, 1), (6, 0), (7, 0)])
+def test_deletion_torn_mid_packet_ends_exactly_once(packet, apdu):
+    card, ident, otasam, sim = _sim_world()
+    op = ota_ops.OtaDeletion(SAMS[B], ident, settle=True)
+    settlements = _drive(op, card, ident, otasam, sim, tear_at=(packet, apdu))
+    assert op.step is ota_ops.Step.DONE, op.reason
+    assert settlements == 1 and op.frozen.balance == 5_000
+    assert [e.enterprise_id for e in card.directory()] == [A] and card.balance(A) == 10_000
+
+
+@pytest.mark.parametrize("packet, apdu", [(1, 0), (1, 1), (2, 0)])
+@pytest.mark.parametrize("lock", [True, False])
+def test_status_change_torn_mid_packet_ends_once(packet, apdu, lock):
+    card, ident, otasam, sim = _sim_world()
+    if not lock:
+        card.sub_application(B).status = STATUS_LOCKED
+    op = ota_ops.status_change(SAMS[B], ident, lock)
+    _drive(op, card, ident, otasam, sim, tear_at=(packet, apdu))
+    assert op.step is ota_ops.Step.DONE
+    assert card.sub_application(B).status == (STATUS_LOCKED if lock else STATUS_ACTIVE)
+    assert card.sub_application(A).status == STATUS_ACTIVE
+
+
+def test_deletion_of_a_voided_sub_application_after_a_lost_delete_por_is_not_sent_twice():
+    card, ident, otasam, sim = _sim_world()
+    op = ota_ops.OtaDeletion(SAMS[B], ident, settle=True)
+    data, cntr = op.start(), 0
+    while data is not None or op.settle_due:
+        if data is None:
+            op.settled = True
+            data = op.resume_after_settlement()
+        cntr += 1
+        por = sim.process(otasam.secure_command(ident, ota.ONECARD_TAR, cntr, data))
+        if op.phase_name is ota_ops.Phase.DELETE and op.phase.step is ota_ops.Step.CREDIT:
+            data = op.on_no_por()  # the DELETE ran, its PoR is lost: the re-check finds B gone
+            assert op.phase_name is ota_ops.Phase.CHECK
+            continue
+        data = op.on_por(otasam.open_por(ident, por))
+    assert op.step is ota_ops.Step.DONE and op.deletes == 1 and [e.enterprise_id for e in card.directory()] == [A]
+
+
+def test_a_card_without_the_enterprise_is_refused_and_a_status_cannot_void():
+    card, ident, otasam, sim = _sim_world()
+    other = CardIdentity(ident.asn, bytes.fromhex("00030003"), 1, Algorithm.AES128)
+    op = ota_ops.status_change(SAMS[B], other, True)
+    por = otasam.open_por(ident, sim.process(otasam.secure_command(ident, ota.ONECARD_TAR, 1, op.start())))
+    assert op.on_por(por) is None and op.step is ota_ops.Step.FAILED and op.absent
+    assert card.sub_application(B).status == STATUS_ACTIVE
+    assert STATUS_VOIDED not in (ota_ops.STATUS_LOCKED, ota_ops.STATUS_ACTIVE)
+
+
+# --- the documented bytes (docs/ota.md 5.1, 5.2) -----------------------------------------------------------------
+
+DOC_ASN = bytes.fromhex("99AABBCCDDEEFF00")
+DOC_CHALLENGE = bytes.fromhex("0102030405060708")
+DOC_KEYS = ota.OtaKeys(bytes.fromhex("000102030405060708090A0B0C0D0E0F"), bytes.fromhex("101112131415161718191A1B1C1D1E1F"))
+
+
+def _doc_sam() -> SoftwareSam:
+    from sam.keystore import MasterKey, SecretKey
+    from sam.interface import KeyUsage
+
+    key = MasterKey(
+        B, KeyPurpose.UPDATE, 1, Algorithm.AES128, frozenset(KeyUsage), SecretKey(bytes(range(0x20, 0x30)))
+    )
+    return SoftwareSam(Keystore([key]))
+
+
+DOC_IDENT = CardIdentity(DOC_ASN, B, 1, Algorithm.AES128)
+
+DOCUMENTED = {
+    "select+challenge": "00a404000df04f4e45434152440200020002 0084000008",
+    "lock": None,
+    "unlock": None,
+    "balance": None,
+    "block": None,
+    "delete": None,
+    "check": "00a404000df04f4e45434152440200020002",
+}
+
+
+def documented_apdus() -> dict[str, str]:
+    sam = _doc_sam()
+    lock = ota_ops.status_change(sam, DOC_IDENT, True)
+    unlock = ota_ops.status_change(sam, DOC_IDENT, False)
+    aids = (ota_ops.sub_application_aid(B),)
+    cmd = ota_ops.OtaSecuredCommand
+    return {
+        "select+challenge": lock.start().hex(),
+        "lock": lock.command(DOC_CHALLENGE).hex(),
+        "unlock": unlock.command(DOC_CHALLENGE).hex(),
+        "balance": cmd(sam, DOC_IDENT, 0x5C, 0, 2, b"", aids, le=0).command(DOC_CHALLENGE).hex(),
+        "block": cmd(sam, DOC_IDENT, 0x1E, 0, 0, b"", aids, le=0x10).command(DOC_CHALLENGE).hex(),
+        "delete": cmd(sam, DOC_IDENT, 0xE4, 0, 0, b"", aids).command(DOC_CHALLENGE).hex(),
+    }
