@@ -233,7 +233,6 @@ class OtaChannel:
         self.store.update(job_id, state=_dump_topup(top), status=top.step.value, note=top.reason)
         return top
 
-
     def secured(self, job_id: str, card, msisdn: str, op_name: str, op) -> object:
         """Run (or resume) a status change (`lock`, `unlock`: ota_ops.status_change) or a deletion (`delete`:
         ota_ops.OtaDeletion) job to its end or until a PoR does not come. A deletion's frozen balance, once the

@@ -319,16 +319,16 @@ def test_a_card_without_the_enterprise_is_refused_and_a_status_cannot_void():
 
 DOC_ASN = bytes.fromhex("99AABBCCDDEEFF00")
 DOC_CHALLENGE = bytes.fromhex("0102030405060708")
-DOC_KEYS = ota.OtaKeys(bytes.fromhex("000102030405060708090A0B0C0D0E0F"), bytes.fromhex("101112131415161718191A1B1C1D1E1F"))
+DOC_KEYS = ota.OtaKeys(
+    bytes.fromhex("000102030405060708090A0B0C0D0E0F"), bytes.fromhex("101112131415161718191A1B1C1D1E1F")
+)
 
 
 def _doc_sam() -> SoftwareSam:
     from sam.keystore import MasterKey, SecretKey
     from sam.interface import KeyUsage
 
-    key = MasterKey(
-        B, KeyPurpose.UPDATE, 1, Algorithm.AES128, frozenset(KeyUsage), SecretKey(bytes(range(0x20, 0x30)))
-    )
+    key = MasterKey(B, KeyPurpose.UPDATE, 1, Algorithm.AES128, frozenset(KeyUsage), SecretKey(bytes(range(0x20, 0x30))))
     return SoftwareSam(Keystore([key]))
 
 
