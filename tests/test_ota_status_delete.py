@@ -325,8 +325,8 @@ DOC_KEYS = ota.OtaKeys(
 
 
 def _doc_sam() -> SoftwareSam:
-    from sam.keystore import MasterKey, SecretKey
     from sam.interface import KeyUsage
+    from sam.keystore import MasterKey, SecretKey
 
     key = MasterKey(B, KeyPurpose.UPDATE, 1, Algorithm.AES128, frozenset(KeyUsage), SecretKey(bytes(range(0x20, 0x30))))
     return SoftwareSam(Keystore([key]))
@@ -334,15 +334,20 @@ def _doc_sam() -> SoftwareSam:
 
 DOC_IDENT = CardIdentity(DOC_ASN, B, 1, Algorithm.AES128)
 
+# docs/ota.md 5.3: the secured APDUs under challenge 01..08, K_UPDATE of sub-application 00020002.
 DOCUMENTED = {
-    "select+challenge": "00a404000df04f4e45434152440200020002 0084000008",
-    "lock": None,
-    "unlock": None,
-    "balance": None,
-    "block": None,
-    "delete": None,
-    "check": "00a404000df04f4e45434152440200020002",
+    "select+challenge": "00a404000df04f4e454341524402000200020084000008",
+    "lock": "84d6810c090340b3f823c93faca6",
+    "unlock": "84d6810c0901a7fb3fe99c63973f",
+    "balance": "845c000208cd2d29cabe9cd97d00",
+    "block": "841e000008be64737e4b499ff310",
+    "delete": "84e4000008a4f1fe5fc3acc0c5",
 }
+DOC_CARD_KEY = "7a3eeb2a0964fbbf8c8e0b0766ca114a"
+DOC_LOCK_PACKET = "00281516391212b01ca03963bad71bd5f684c16501d3dfc1a0d14d4d6672532ea6876b38f23891e2b35a"
+DOC_LOCK_POR = "027100002412b01ca0bff5aea91101bbef8cafeef5a85b14487dfd1edfad56638e14b8d5c349f7fe03"
+DOC_CHECK_PACKET = "00281516391212b01ca08c19ee95e405d14c845469fcb708f48e2ac2715bccd5325f7bb7f791f78d5e65"
+DOC_CHECK_POR = "027100002412b01ca093aeb583cfc3dad0cc956d9e55c5d24cb3a6167d0babc537fbc4bf442b716ea9"
 
 
 def documented_apdus() -> dict[str, str]:
@@ -359,3 +364,33 @@ def documented_apdus() -> dict[str, str]:
         "block": cmd(sam, DOC_IDENT, 0x1E, 0, 0, b"", aids, le=0x10).command(DOC_CHALLENGE).hex(),
         "delete": cmd(sam, DOC_IDENT, 0xE4, 0, 0, b"", aids).command(DOC_CHALLENGE).hex(),
     }
+
+
+def test_documented_secured_apdus_packets_and_pors_are_exact():
+    from sam import crypto
+
+    key = crypto.diversify(Algorithm.AES128, bytes(range(0x20, 0x30)), DOC_ASN + B)
+    assert key.hex() == DOC_CARD_KEY
+    assert documented_apdus() == DOCUMENTED
+    lock = ota.pack_apdus([bytes.fromhex(DOCUMENTED["lock"])])
+    assert ota.build_command(DOC_KEYS, ota.ONECARD_TAR, 5, lock).hex() == DOC_LOCK_PACKET
+    ok = ota.compact_response(1, b"\x90\x00")
+    assert ota.build_por(DOC_KEYS, ota.SPI_ONECARD, ota.ONECARD_TAR, 5, ota.PorStatus.OK, ok).hex() == DOC_LOCK_POR
+    por = ota.open_por(bytes.fromhex(DOC_LOCK_POR), DOC_KEYS)
+    assert (por.cntr, por.status, por.data) == (5, ota.PorStatus.OK, ok)
+    check = ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(B))])
+    assert ota.build_command(DOC_KEYS, ota.ONECARD_TAR, 9, check).hex() == DOC_CHECK_PACKET
+    gone = ota.compact_response(1, b"\x6a\x88")
+    assert ota.build_por(DOC_KEYS, ota.SPI_ONECARD, ota.ONECARD_TAR, 9, ota.PorStatus.OK, gone).hex() == DOC_CHECK_POR
+    # The SIM side opens the documented lock packet and runs it as documented.
+    cmd = ota.open_command(bytes.fromhex(DOC_LOCK_PACKET), DOC_KEYS)
+    assert (cmd.cntr, ota.parse_apdus(cmd.data)) == (5, [bytes.fromhex(DOCUMENTED["lock"])])
+
+
+def test_documented_bytes_are_in_the_doc():
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent.joinpath("docs", "ota.md").read_text(encoding="utf-8")
+    flat = "".join(doc.split()).lower()
+    for value in (*DOCUMENTED.values(), DOC_CARD_KEY, DOC_LOCK_PACKET, DOC_LOCK_POR, DOC_CHECK_PACKET, DOC_CHECK_POR):
+        assert value in flat, value
