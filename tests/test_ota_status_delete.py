@@ -394,3 +394,53 @@ def test_documented_bytes_are_in_the_doc():
     flat = "".join(doc.split()).lower()
     for value in (*DOCUMENTED.values(), DOC_CARD_KEY, DOC_LOCK_PACKET, DOC_LOCK_POR, DOC_CHECK_PACKET, DOC_CHECK_POR):
         assert value in flat, value
+
+
+class _FixedRandom:
+    """simulator.card's `os` with urandom giving 01 02 03 ..: the card's challenge of the documented example."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    @staticmethod
+    def urandom(n: int) -> bytes:
+        return bytes(range(1, n + 1))
+
+
+def test_documented_lock_conversation_through_the_simulated_sim(monkeypatch):
+    """The real SIM and card of section 5.3: packet 1 at counter 4 gets the challenge 01..08, the documented lock
+    packet (counter 5) gets exactly the documented PoR, and the card is locked; the same packet again: 02."""
+    import os
+
+    from sam.interface import KeyUsage
+    from sam.keystore import MasterKey, SecretKey
+    from simulator import card as card_module
+
+    monkeypatch.setattr(card_module, "os", _FixedRandom(os))
+    keys = [_doc_sam()._keystore.get(B, KeyPurpose.UPDATE, 1, Algorithm.AES128)]
+    keys.append(MasterKey.generate(B, KeyPurpose.ACCESS, 1, Algorithm.AES128, frozenset(KeyUsage)))
+    sam = SoftwareSam(Keystore(keys))
+    person = Personalisation(
+        enterprise_id=B,
+        employee_no="R-0707",
+        name="Zhang Wei",
+        door_groups=frozenset({1}),
+        valid_from=dt.date(2026, 1, 1),
+        valid_to=dt.date(2028, 12, 31),
+        asn=DOC_ASN,
+        purse=False,
+    )
+    card = OneCardV2Applet(multi_card([sub_application(sam, person, "Community")]))
+    sim = ota_sim.OtaSim(card, ota_sim.OtaState(DOC_KEYS.kic, DOC_KEYS.kid, 1, counter=3))
+    op = ota_ops.status_change(sam, DOC_IDENT, True)
+    first = ota.build_command(DOC_KEYS, ota.ONECARD_TAR, 4, op.start())
+    por1 = ota.open_por(sim.process(first), DOC_KEYS)
+    assert (por1.cntr, por1.data.hex()) == (4, "029000" + DOC_CHALLENGE.hex())
+    assert op.on_por(por1).hex() == DOCUMENTED["lock"]
+    assert sim.process(bytes.fromhex(DOC_LOCK_PACKET)).hex() == DOC_LOCK_POR
+    assert card.sub_application(B).status == STATUS_LOCKED
+    replay = ota.open_por(sim.process(bytes.fromhex(DOC_LOCK_PACKET)), DOC_KEYS)
+    assert replay.status is ota.PorStatus.CNTR_LOW and sim.executed == [4, 5]
