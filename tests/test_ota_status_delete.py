@@ -416,7 +416,7 @@ def test_documented_lock_conversation_through_the_simulated_sim(monkeypatch):
     import os
 
     from sam.interface import KeyUsage
-    from sam.keystore import MasterKey, SecretKey
+    from sam.keystore import MasterKey
     from simulator import card as card_module
 
     monkeypatch.setattr(card_module, "os", _FixedRandom(os))
