@@ -122,3 +122,55 @@ def test_bad_input_is_one_line_and_changes_nothing(world):
     finally:
         pf.close()
     assert w["smsc"].messages == {}
+
+
+@pytest.mark.parametrize(
+    "command, kill_after",
+    [(("report-loss",), 2), (("cancel", "--settle"), 4), (("cancel", "--settle"), 6)],
+)
+def test_cli_sigkilled_after_a_submit_before_its_por_ends_once(world, command, kill_after):
+    """The CLI process SIGKILLed by the SMSC right after its Nth submit_sm (lock: 2 = the UPDATE BINARY; deletion:
+    4 = APPLICATION BLOCK, 6 = DELETE), before the PoR; `ota-resume` finishes the job: one lock, one settlement."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_ota_cli import REPO
+
+    w = world
+    name, *rest = command
+    child = subprocess.Popen(
+        [sys.executable, "-m", "onecard", "platform", name, w["asn"], *rest, "--over-the-air", "--job", "K1",
+         *map(str, w["ota"]), *map(str, w["base"])],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    submits = [0]
+
+    def kill(_stored):
+        submits[0] += 1
+        if submits[0] == kill_after:
+            os.kill(child.pid, signal.SIGKILL)
+
+    w["smsc"].after_submit = kill
+    child.wait(90)
+    w["smsc"].after_submit = None
+    assert child.returncode == -signal.SIGKILL, child.stderr.read()
+    deadline = time.monotonic() + 10  # the SMSC still delivers the last packet; its PoR finds no gateway
+    while len(w["sim"].executed) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.05)
+    r = onecard("platform", "ota-resume", "K1", *w["ota"], *w["base"])
+    assert ": done" in r.stdout, r.stdout + r.stderr
+    pf = platform(w)
+    try:
+        if name == "report-loss":
+            assert w["card"].sub_application(B).status == STATUS_LOCKED and pf.card(w["asn"])["status"] == "LOST"
+        else:
+            refunds = pf.conn.execute("SELECT amount_cents FROM refunds WHERE asn = ?", (w["asn"],)).fetchall()
+            assert refunds == [(5_000,)] and pf.card(w["asn"])["status"] == "CANCELLED"
+            assert [e.enterprise_id for e in w["card"].directory()] == [A]
+    finally:
+        pf.close()
+    assert door_decides(w["tmp"], A, w["card"])
