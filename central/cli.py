@@ -719,7 +719,10 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
         raise UserError(f"{what}: failed: {job['note']}", EXIT_REFUSED)
     if job["status"] == "expired":
         still = "the blacklist still refuses the card" if op_name != "unlock" else "the card stays locked"
-        print(f"{what}: the phone stayed unreachable past the validity; {still}; a new job sends it again")
+        print(
+            f"{what}: the phone stayed unreachable past the validity; {still}; "
+            f"`onecard platform ota-resume {job_id}` sends it again"
+        )
         return 0
     print(f"{what}: {job['status']}, no PoR yet; `onecard platform ota-resume {job_id}` waits again")
     return 0

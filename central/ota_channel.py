@@ -248,7 +248,15 @@ class OtaChannel:
                 _load_secured(op, job["state"])
             if job["status"] in ("done", "failed"):
                 return op
-            data = op.on_no_por() if job["state"] else op.start()  # resumed: the last PoR never reached us
+            if job["state"] and job["status"] == "sent" and job["cntr"]:
+                # The last packet may still reach the phone (it was off) or its PoR be on its way: wait for it
+                # first; only when none comes is the phase run again (its PoR went to a gateway that died).
+                por = self.await_por(job_id, card, msisdn, job["cntr"])
+                if self.store.job(job_id)["status"] == "expired":
+                    return op
+                data = op.on_no_por() if por is None else op.on_por(por)
+            else:
+                data = op.on_no_por() if job["state"] else op.start()
         while True:
             if data is None and isinstance(op, ota_ops.OtaDeletion) and op.settle_due:
                 op.settled = True

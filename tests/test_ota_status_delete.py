@@ -37,6 +37,14 @@ class Powered(Exception):
     """The handset's battery came out."""
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.t = dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.timezone.utc)
+
+    def __call__(self) -> dt.datetime:
+        return self.t
+
+
 def two_enterprise_card(balance_b=5_000) -> OneCardV2Applet:
     def person(e, emp, name, groups, balance):
         return Personalisation(
@@ -79,7 +87,8 @@ def world(tmp_path):
     otasam = OtaSam(KS[B])
     keys = otasam.personalise_keys(ident)
     sim = ota_sim.OtaSim(card, ota_sim.OtaState(keys.kic, keys.kid, keys.version))
-    smsc = Smsc().start()
+    clock = Clock()
+    smsc = Smsc(now=clock).start()
     smsc.add_handset(MSISDN, SimHandset(sim))
     gw = SmppGateway("127.0.0.1", smsc.port, "onecard", "secret", OTA_ADDR, timeout=3.0)
     gw.connect()
@@ -90,7 +99,7 @@ def world(tmp_path):
     pf.issue_card(B.hex(), "R-0707", app_b.asn.hex(), balance_cents=app_b.purse.balance)
     channel = OtaChannel(gw, otasam, OtaStore(pf), validity_seconds=3600, por_wait_seconds=1.0)
     w = dict(card=card, ident=ident, otasam=otasam, sim=sim, smsc=smsc, gw=gw, pf=pf, channel=channel, tmp=tmp_path)
-    w["signing"] = signing
+    w["signing"], w["clock"] = signing, clock
     yield w
     gw.close()
     smsc.stop()
@@ -158,6 +167,23 @@ def test_phone_off_lock_stays_pending_then_a_later_unlock_wins_whatever_the_orde
     stale = w["otasam"].secure_command(w["ident"], ota.ONECARD_TAR, 1, lock.start())
     por = w["otasam"].open_por(w["ident"], w["sim"].process(stale))
     assert por.status is ota.PorStatus.CNTR_LOW and w["card"].sub_application(B).status == STATUS_ACTIVE
+
+
+def test_phone_off_past_validity_the_lock_never_lands_and_the_job_says_expired(world):
+    w = world
+    w["pf"].report_loss(asn_b(w))
+    w["smsc"].set_power(MSISDN, False)
+    op = ota_ops.status_change(SAMS[B], w["ident"], True)
+    w["channel"].secured("lock-3", w["ident"], MSISDN, "lock", op)
+    assert w["pf"].ota_job("lock-3")["status"] == "sent"
+    w["clock"].t += dt.timedelta(hours=2)
+    w["smsc"].retry()  # past the validity the SMSC expires it and sends the receipt
+    w["channel"].secured("lock-3", w["ident"], MSISDN, "lock", ota_ops.status_change(SAMS[B], w["ident"], True))
+    job = w["pf"].ota_job("lock-3")
+    assert job["status"] == "expired" and OtaStore(w["pf"]).jobs()[0]["shown"] == "expired"
+    w["smsc"].set_power(MSISDN, True)
+    assert w["sim"].executed == [] and w["card"].sub_application(B).status == STATUS_ACTIVE
+    assert w["pf"].card(asn_b(w))["status"] == "LOST"  # the blacklist still refuses it
 
 
 def test_deletion_of_b_over_the_air_settles_then_deletes_and_a_keeps_working(world):
