@@ -309,7 +309,7 @@ class OtaSecuredCommand:
                 self.sw = ota.parse_compact_response(por.data)[1]
             self.result = _last(por, 1, f"secured command {self.ins:02X}")
             self.step = Step.DONE
-        except OtaOpError as e:
+        except (OtaOpError, ota.OtaError) as e:  # a PoR whose additional data is no compact response: refused
             self.step, self.reason = Step.FAILED, str(e)
         return None
 
@@ -515,7 +515,11 @@ class OtaDeletion:
         if por.status is not ota.PorStatus.OK:
             self._fail(f"SELECT: the SIM refused the packet ({por.status.name})")
             return None
-        n, sw, _ = ota.parse_compact_response(por.data)
+        try:
+            n, sw, _ = ota.parse_compact_response(por.data)
+        except ota.OtaError as e:
+            self._fail(f"SELECT: {e}")
+            return None
         if n == 1 and sw == SW_NO_SUB_APPLICATION:
             self.step = Step.DONE  # the directory no longer lists it
             return None

@@ -9,6 +9,8 @@ import datetime as dt
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from central import ota_ops
 from central.ota_channel import OtaChannel, OtaStore
@@ -470,3 +472,37 @@ def test_documented_lock_conversation_through_the_simulated_sim(monkeypatch):
     assert card.sub_application(B).status == STATUS_LOCKED
     replay = ota.open_por(sim.process(bytes.fromhex(DOC_LOCK_PACKET)), DOC_KEYS)
     assert replay.status is ota.PorStatus.CNTR_LOW and sim.executed == [4, 5]
+
+
+_por = st.builds(
+    lambda status, data: ota.Por(ota.ONECARD_TAR, 1, status, data),
+    st.sampled_from(list(ota.PorStatus)),
+    st.one_of(
+        st.binary(max_size=40),
+        st.tuples(
+            st.integers(0, 3),
+            st.sampled_from([b"\x90\x00", b"\x6a\x88", b"\x6a\x82", b"\x6a\x81"]),
+            st.binary(max_size=17),
+        ).map(lambda t: bytes([t[0]]) + t[1] + t[2]),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(pors=st.lists(st.one_of(st.none(), _por), max_size=14), lock=st.booleans())
+def test_any_por_sequence_ends_an_operation_cleanly_and_never_deletes_unsettled(pors, lock):
+    """Whatever PoRs come back (None: no PoR), the operations raise nothing of their own, a status change is done
+    only after a card answer 90 00 to its secured write, and a deletion is never done before its settlement."""
+    ident = CardIdentity(bytes(8), B, 1, Algorithm.AES128)
+    for op in (ota_ops.status_change(SAMS[B], ident, lock), ota_ops.OtaDeletion(SAMS[B], ident, settle=True)):
+        data = op.start()
+        for por in pors:
+            if data is None:
+                break
+            data = op.on_no_por() if por is None else op.on_por(por)
+            assert data is None or isinstance(data, bytes)
+        if isinstance(op, ota_ops.OtaDeletion):
+            # No random answer passes the card's MAC: nothing is proven, nothing settled, so never done.
+            assert op.frozen is None and not op.settle_due and op.step is not ota_ops.Step.DONE
+        else:
+            assert op.step is not ota_ops.Step.DONE or op.challenge
