@@ -209,6 +209,22 @@ def test_deletion_of_b_over_the_air_settles_then_deletes_and_a_keeps_working(wor
     assert len(sent) == 7 and w["pf"].ota_job("del-1")["cntr"] == 7
 
 
+def test_deletion_after_the_platform_already_cancelled_finishes_on_the_card_without_a_second_refund(world):
+    """The holder's phone-menu deletion voided B and the platform cancelled it (refund booked then): the deletion
+    over the air still removes the voided sub-application, and books nothing more."""
+    w = world
+    w["card"].sub_application(B).status = STATUS_VOIDED  # as the phone menu's APPLICATION BLOCK left it
+    w["pf"].cancel(asn_b(w), settle=True)
+    op = w["channel"].secured(
+        "del-3", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"], settle=True)
+    )
+    assert op.step is ota_ops.Step.DONE, op.reason
+    assert op.settlement == {"frozen_cents": 5_000, "refunded_cents": 0, "blacklist_version": None}
+    assert [e.enterprise_id for e in w["card"].directory()] == [A]
+    refunds = w["pf"].conn.execute("SELECT amount_cents FROM refunds WHERE asn = ?", (asn_b(w),)).fetchall()
+    assert refunds == [(5_000,)]  # the cancellation's, once
+
+
 def test_deletion_refuses_a_balance_without_settle_and_changes_nothing(world):
     w = world
     op = w["channel"].secured("del-2", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(SAMS[B], w["ident"]))
