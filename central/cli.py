@@ -693,7 +693,7 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
     else:
         op = ota_ops.status_change(sam, ident, op_name == "lock")
     store = OtaStore(pf)
-    store.set_params(job_id, {"asn": asn, "op": op_name, "settle": settle})
+    store.set_params(job_id, {"asn": asn, "op": op_name, "settle": settle, "msisdn": msisdn})
     what = f"over-the-air {op_name} {job_id} of card {asn} ({msisdn})"
     gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
     try:
@@ -742,9 +742,9 @@ def cmd_ota_resume(args) -> int:
             job = None  # asked for, never sent (the SMSC could not be reached): start it now
             if params is None:
                 raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
-        if job is not None and job["op"] in OTA_SECURED_OPS and params is not None:
+        if params is not None and params.get("op") in OTA_SECURED_OPS:  # never sent: the SMSC was down
             settle = bool(params.get("settle"))
-            return _ota_secured_run(args, pf, args.job_id, params["asn"], job["op"], job["msisdn"], settle)
+            return _ota_secured_run(args, pf, args.job_id, params["asn"], params["op"], params["msisdn"], settle)
         if params is None or (job is not None and job["op"] != "topup"):
             raise UserError(f"job {args.job_id} is not a top-up this command can resume")
         msisdn = None if job is None else job["msisdn"]

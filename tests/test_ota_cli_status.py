@@ -126,6 +126,15 @@ def test_bad_input_is_one_line_and_changes_nothing(world):
     finally:
         pf.close()
     assert w["smsc"].messages == {}
+    # The SMSC refuses the bind: the loss report is made, the lock job kept, and `ota-resume` sends it.
+    bad = w["tmp"] / "bad.pass"
+    bad.write_text("wrong\n")
+    ota = list(w["ota"])
+    ota[3] = bad
+    r = onecard("platform", "report-loss", w["asn"], "--over-the-air", "--job", "L9", *ota, *w["base"], check=False)
+    assert r.returncode == 2 and "refused the bind" in r.stderr and "ota-resume L9" in r.stderr
+    r = onecard("platform", "ota-resume", "L9", *w["ota"], *w["base"])
+    assert ": done, the card is locked" in r.stdout and w["card"].sub_application(B).status == STATUS_LOCKED
 
 
 @pytest.mark.parametrize(
