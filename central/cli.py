@@ -97,11 +97,18 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     c = cmd("report-loss", "loss report: card LOST, blacklisted, every terminal notified", cmd_report_loss)
     c.add_argument("asn")
+    _ota_secured_arguments(c, "also lock the card (status 03) through the SMSC in the holder's phone (docs/ota.md)")
     c = cmd("unlock", "unlock a lost card: ACTIVE again, removed from the blacklist", cmd_unlock)
     c.add_argument("asn")
+    _ota_secured_arguments(c, "also unlock the card (status 01) through the SMSC in the holder's phone")
     c = cmd("cancel", "cancellation: balance settled first, card CANCELLED and blacklisted", cmd_cancel)
     c.add_argument("asn")
     c.add_argument("--settle", action="store_true", help="record the refund of a non-zero balance")
+    _ota_secured_arguments(
+        c,
+        "delete the enterprise's application from the SIM in the holder's phone: the balance the card proves is "
+        "settled, then the sub-application is deleted (docs/ota.md)",
+    )
     c = cmd("replace", "replacement: old card REPLACED and blacklisted, new card gets its rights", cmd_replace)
     c.add_argument("old_asn")
     c.add_argument("new_asn")
@@ -383,7 +390,15 @@ def cmd_issue_card(args) -> int:
     )
 
 
+def _ota_secured_arguments(c, what: str) -> None:
+    c.add_argument("--over-the-air", action="store_true", help=what)
+    _ota_arguments(c)
+    c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
+
+
 def cmd_report_loss(args) -> int:
+    if args.over_the_air:
+        return _ota_secured_cmd(args, "lock")
     return _run(
         args,
         lambda pf: (
@@ -394,6 +409,8 @@ def cmd_report_loss(args) -> int:
 
 
 def cmd_unlock(args) -> int:
+    if args.over_the_air:
+        return _ota_secured_cmd(args, "unlock")
     return _run(
         args,
         lambda pf: (
@@ -403,6 +420,9 @@ def cmd_unlock(args) -> int:
 
 
 def cmd_cancel(args) -> int:
+    if args.over_the_air:
+        return _ota_secured_cmd(args, "delete")
+
     def do(pf):
         balance = pf.card(args.asn)["balance_cents"]
         v = pf.cancel(args.asn, settle=args.settle)
@@ -486,16 +506,8 @@ def _ota_arguments(c) -> None:
     c.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each PoR (default 30)")
 
 
-def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
-    """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
-    from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
-    from central.ota_gateway import GatewayError, SmppGateway
-    from common.money import format_yuan
-    from sam.interface import Algorithm, CardIdentity, SamError
-    from sam.keystore import KeystoreUnlock, load_keystore
-    from sam.ota_keys import OtaSam
-    from sam.software import SoftwareSam
-
+def _ota_options(args) -> tuple[str, int, str, bytes]:
+    """(SMSC host, port, SMPP password, terminal ID) of the over-the-air options; UserError naming a bad one."""
     if not args.smsc or not args.smpp_password_file:
         raise UserError("over the air needs --smsc HOST:PORT and --smpp-password-file FILE; nothing was sent")
     if args.keystore is None or args.passphrase_file is None:
@@ -515,12 +527,14 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         password = open(args.smpp_password_file, encoding="utf-8").read().strip()
     except OSError as exc:
         raise UserError(f"cannot read --smpp-password-file {args.smpp_password_file}: {exc.strerror}") from None
-    card = pf.card(asn)
-    if msisdn is None:
-        msisdn = pf.holder_contact(card["enterprise_id"], card["employee_no"])["phone"]
-        if not msisdn:
-            raise UserError(f"the holder of card {asn} has no phone number; add one, or top up at the next tap")
-        pf._check_card_action(card, "topup", {"amount": fen})  # the same limits as the next-tap path
+    return host, int(port), password, terminal
+
+
+def _ota_keys(args, pf, asn: str, card: dict):
+    """(the platform's keystore, the card's identity: key version from --key-version or `card_keys`, else 1)."""
+    from sam.interface import Algorithm, CardIdentity, SamError
+    from sam.keystore import KeystoreUnlock, load_keystore
+
     try:
         keystore = load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
     except SamError as exc:
@@ -530,7 +544,26 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
     if version is None:
         row = pf.conn.execute("SELECT key_version FROM card_keys WHERE asn = ?", (asn,)).fetchone()
         version = row[0] if row else 1
-    ident = CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
+    return keystore, CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
+
+
+def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
+    """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
+    from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
+    from central.ota_gateway import GatewayError, SmppGateway
+    from common.money import format_yuan
+    from sam.interface import SamError
+    from sam.ota_keys import OtaSam
+    from sam.software import SoftwareSam
+
+    host, port, password, terminal = _ota_options(args)
+    card = pf.card(asn)
+    if msisdn is None:
+        msisdn = pf.holder_contact(card["enterprise_id"], card["employee_no"])["phone"]
+        if not msisdn:
+            raise UserError(f"the holder of card {asn} has no phone number; add one, or top up at the next tap")
+        pf._check_card_action(card, "topup", {"amount": fen})  # the same limits as the next-tap path
+    keystore, ident = _ota_keys(args, pf, asn, card)
     store = OtaStore(pf)
     asked = store.params(job_id)
     if asked is not None and asked != {"amount": fen, "asn": asn}:
@@ -539,7 +572,7 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
             f"job {job_id} is a top-up of {format_yuan(asked['amount'])} for card {asked['asn']}; "
             f"resume it with `onecard platform ota-resume {job_id}` or give a new --job"
         )
-    gw = SmppGateway(host, int(port), args.smpp_system_id, password, args.sender)
+    gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
     try:
         store.set_params(job_id, {"amount": fen, "asn": asn})
         try:
@@ -593,6 +626,108 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         store.close()
 
 
+OTA_SECURED_OPS = ("lock", "unlock", "delete")
+
+
+def _ota_secured_cmd(args, op_name: str) -> int:
+    """`report-loss|unlock|cancel ASN --over-the-air`: the platform's own change first (loss report: LOST and
+    blacklisted; unlock: ACTIVE, off the blacklist; the deletion's cancellation comes with its settlement), then
+    the job over the air."""
+    import uuid
+
+    from central.db import ACTIVE, LOST, PlatformError
+
+    if args.job is None:
+        args.job = f"ota-{uuid.uuid4().hex[:12]}"
+    pf = _platform(args)
+    try:
+        asn = args.asn.upper()
+        card = pf.card(asn)
+        msisdn = pf.holder_contact(card["enterprise_id"], card["employee_no"])["phone"]
+        if not msisdn:
+            raise UserError(
+                f"the holder of card {asn} has no phone number; run it without --over-the-air (the blacklist "
+                "and the next tap); nothing changed"
+            )
+        _ota_options(args)  # a bad option or keystore changes nothing
+        keys = _ota_keys(args, pf, asn, card)
+        try:
+            prior = pf.ota_job(args.job)
+        except KeyError:
+            prior = None
+        if prior is not None and (prior["op"], prior["asn"].upper()) != (op_name, asn):
+            raise UserError(f"job {args.job} is a {prior['op']} of card {prior['asn'].upper()}; give a new --job")
+        if op_name == "delete" and card["balance_cents"] and not args.settle and prior is None:
+            raise UserError(
+                f"card {asn} has a balance of {card['balance_cents'] / 100:.2f} yuan; settle it first: rerun with "
+                "--settle to record the refund; nothing was sent"
+            )
+        if op_name == "lock" and card["status"] != LOST:
+            print(f"card {asn} reported lost; blacklist version {pf.report_loss(asn)} queued for every terminal")
+        elif op_name == "unlock" and card["status"] != ACTIVE:
+            print(f"card {asn} unlocked; blacklist version {pf.unlock(asn)} queued for every terminal")
+        elif op_name == "delete" and card["status"] not in ("ACTIVE", "LOST", "VOIDED") and prior is None:
+            raise UserError(f"card {asn} is {card['status']}; nothing to delete over the air")
+        return _ota_secured_run(args, pf, args.job, asn, op_name, msisdn, getattr(args, "settle", False), keys)
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        pf.close()
+
+
+def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str, settle: bool, keys=None) -> int:
+    """Run (or resume) lock / unlock / delete job `job_id` and say where it stands, one line."""
+    from central import ota_ops
+    from central.ota_channel import OtaChannel, OtaStore
+    from central.ota_gateway import GatewayError, SmppGateway
+    from common.money import format_yuan
+    from sam.interface import SamError
+    from sam.ota_keys import OtaSam
+    from sam.software import SoftwareSam
+
+    host, port, password, _ = _ota_options(args)
+    keystore, ident = keys or _ota_keys(args, pf, asn, pf.card(asn))
+    sam = SoftwareSam(keystore)
+    if op_name == "delete":
+        op: object = ota_ops.OtaDeletion(sam, ident, settle=settle)
+    else:
+        op = ota_ops.status_change(sam, ident, op_name == "lock")
+    store = OtaStore(pf)
+    store.set_params(job_id, {"asn": asn, "op": op_name, "settle": settle, "msisdn": msisdn})
+    what = f"over-the-air {op_name} {job_id} of card {asn} ({msisdn})"
+    gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
+    try:
+        gw.connect()
+        channel = OtaChannel(gw, OtaSam(keystore), store, validity_seconds=args.validity, por_wait_seconds=args.wait)
+        channel.secured(job_id, ident, msisdn, op_name, op)
+    except (GatewayError, SamError) as exc:
+        raise UserError(f"{exc}; job {job_id} is kept: `onecard platform ota-resume {job_id}` retries") from None
+    finally:
+        gw.close()
+    job = store.job(job_id)
+    if job["status"] == "done":
+        if op_name == "delete":
+            st = job["state"].get("settlement") or {}
+            print(
+                f"{what}: done, the card proved {format_yuan(st.get('frozen_cents', 0))} and "
+                f"{format_yuan(st.get('refunded_cents', 0))} was refunded; the application is deleted from the card"
+            )
+        else:
+            print(f"{what}: done, the card is {'locked' if op_name == 'lock' else 'unlocked'} (PoR ok)")
+        return 0
+    if job["status"] == "failed":
+        raise UserError(f"{what}: failed: {job['note']}", EXIT_REFUSED)
+    if job["status"] == "expired":
+        still = "the blacklist still refuses the card" if op_name != "unlock" else "the card stays locked"
+        print(
+            f"{what}: the phone stayed unreachable past the validity; {still}; "
+            f"`onecard platform ota-resume {job_id}` sends it again"
+        )
+        return 0
+    print(f"{what}: {job['status']}, no PoR yet; `onecard platform ota-resume {job_id}` waits again")
+    return 0
+
+
 def cmd_ota_resume(args) -> int:
     from central.db import PlatformError
     from central.ota_channel import OtaStore
@@ -607,6 +742,9 @@ def cmd_ota_resume(args) -> int:
             job = None  # asked for, never sent (the SMSC could not be reached): start it now
             if params is None:
                 raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
+        if params is not None and params.get("op") in OTA_SECURED_OPS:  # never sent: the SMSC was down
+            settle = bool(params.get("settle"))
+            return _ota_secured_run(args, pf, args.job_id, params["asn"], params["op"], params["msisdn"], settle)
         if params is None or (job is not None and job["op"] != "topup"):
             raise UserError(f"job {args.job_id} is not a top-up this command can resume")
         msisdn = None if job is None else job["msisdn"]

@@ -233,6 +233,62 @@ class OtaChannel:
         self.store.update(job_id, state=_dump_topup(top), status=top.step.value, note=top.reason)
         return top
 
+    def secured(self, job_id: str, card, msisdn: str, op_name: str, op) -> object:
+        """Run (or resume) a status change (`lock`, `unlock`: ota_ops.status_change) or a deletion (`delete`:
+        ota_ops.OtaDeletion) job to its end or until a PoR does not come. A deletion's frozen balance, once the
+        card proved it, is settled by the platform (`ota_settle_deletion`: void, refund, cancel, and the job's
+        `settled`, in one transaction) before the next packet leaves."""
+        try:
+            job = self.store.job(job_id)
+        except KeyError:
+            self.store.create(job_id, card.asn.hex(), msisdn, op_name)
+            data: bytes | None = op.start()
+        else:
+            if job["state"]:
+                _load_secured(op, job["state"])
+            if job["status"] in ("done", "failed"):
+                return op
+            if job["state"] and job["status"] == "sent" and job["cntr"]:
+                # The last packet may still reach the phone (it was off) or its PoR be on its way: wait for it
+                # first; only when none comes is the phase run again (its PoR went to a gateway that died).
+                por = self.await_por(job_id, card, msisdn, job["cntr"])
+                if self.store.job(job_id)["status"] == "expired":
+                    return op
+                data = op.on_no_por() if por is None else op.on_por(por)
+            else:
+                data = op.on_no_por() if job["state"] else op.start()
+        while True:
+            if data is None and isinstance(op, ota_ops.OtaDeletion) and op.settle_due:
+                op.settled = True
+                op.settlement = self.store.platform.ota_settle_deletion(job_id, op.frozen, _dump_secured(op))
+                data = op.resume_after_settlement()
+            if data is None:
+                break
+            self.store.update(job_id, state=_dump_secured(op))
+            cntr = self.send(job_id, card, msisdn, data)
+            if self.store.job(job_id)["status"] == "expired":
+                return op
+            por = self.await_por(job_id, card, msisdn, cntr)
+            if por is None:
+                self.store.update(job_id, state=_dump_secured(op))
+                return op
+            data = op.on_por(por)
+        self.store.update(job_id, state=_dump_secured(op), status=op.step.value, note=op.reason)
+        return op
+
+
+def _dump_secured(op) -> str:
+    if isinstance(op, ota_ops.OtaDeletion):
+        return json.dumps(op.dump())
+    return json.dumps({"step": op.step.value, "aid_index": op.aid_index, "reason": op.reason})
+
+
+def _load_secured(op, doc: dict) -> None:
+    if isinstance(op, ota_ops.OtaDeletion):
+        op.load(doc)
+        return
+    op.step, op.aid_index, op.reason = ota_ops.Step(doc["step"]), doc["aid_index"], doc.get("reason", "")
+
 
 def _now(channel: OtaChannel) -> str:
     return channel.store.platform._now()

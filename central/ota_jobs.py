@@ -246,3 +246,36 @@ class OtaJobs:
                 f"{ledger}",
             )
         return ledger
+
+    def ota_settle_deletion(self, job_id: str, frozen, state: str) -> dict:
+        """The card proved the balance it froze (APPLICATION BLOCK over the air, its MAC checked by the platform's
+        SAM): the card is VOIDED with that proof and cancelled as `cancel --settle` does (the platform's balance
+        refunded, blacklisted, every terminal of the enterprise told), and the job's state (`settled`) stored, in one
+        transaction, once per job: a second call changes nothing. Returns {"frozen_cents", "refunded_cents",
+        "blacklist_version"} (refunded 0 and version None when the card was already cancelled)."""
+        from central.db import CANCELLED, REPLACED
+
+        with self._txn():
+            job = self.ota_job(job_id)
+            if job["state"].get("settled"):
+                return dict(job["state"].get("settlement") or {})
+            asn = job["asn"].upper()
+            c = self.card(asn)
+            if c["status"] == REPLACED:
+                raise PlatformError(f"card {asn} was replaced; its deletion is not settled here; nothing changed")
+            refund, version = 0, None
+            if c["status"] != CANCELLED:
+                self.record_void(asn, frozen.balance, frozen.proof.hex(), OTA_LEDGER_TERMINAL)
+                refund = self.card(asn)["balance_cents"]
+                version = self.cancel(asn, settle=True)
+                self._history(
+                    asn,
+                    "deleted_over_the_air",
+                    f"application deleted over the air by job {job_id}; {_yuan(refund)} yuan refunded "
+                    f"(the card froze {_yuan(frozen.balance)} yuan)",
+                )
+            out = {"frozen_cents": frozen.balance, "refunded_cents": refund, "blacklist_version": version}
+            doc = json.loads(state)
+            doc["settlement"] = out
+            self.ota_update(job_id, state=json.dumps(doc))
+        return out

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from common import ota
 
 AID = bytes.fromhex("F04F4E454341524401")  # docs/card-application.md section 1
+AID_V2 = bytes.fromhex("F04F4E454341524402")  # section 9.1: the directory; || enterprise ID: a sub-application
 TX_LOAD = 0x02
 
 
@@ -20,8 +21,15 @@ class OtaOpError(Exception):
     """A PoR that ends the operation as refused; the message names why."""
 
 
-def select() -> bytes:
-    return bytes([0x00, 0xA4, 0x04, 0x00, len(AID)]) + AID  # no Le: it sits inside a compact script
+def select(aid: bytes = AID) -> bytes:
+    return bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid  # no Le: it sits inside a compact script
+
+
+def sub_application_aid(enterprise_id: bytes) -> bytes:
+    """The AID of an enterprise's version 2 sub-application (docs/card-application.md 9.1)."""
+    if len(enterprise_id) != 4:
+        raise ValueError("an enterprise ID is 4 bytes")
+    return AID_V2 + enterprise_id
 
 
 def init_load(amount: int, terminal_id: bytes) -> bytes:
@@ -231,39 +239,77 @@ def access_file(valid_from, valid_to, door_groups, time_profile: int) -> bytes:
     return bcd.encode_date(valid_from) + bcd.encode_date(valid_to) + bytes(bitmap) + bytes([time_profile]) + bytes(15)
 
 
+# Status words of a SELECT that mean "not this version of the application" (docs/card-application.md 9.1): the
+# terminal, and the platform over the air, then try the next AID (version 2 sub-application first, then version 1).
+SW_NOT_THIS_VERSION = (b"\x6a\x82", b"\x6a\x81", b"\x6d\x00", b"\x6e\x00", b"\x6a\x86")
+SW_NO_SUB_APPLICATION = b"\x6a\x88"  # a version 2 card without that enterprise's sub-application
+
+
 class OtaSecuredCommand:
     """One secured card command over the air, in two packets: 1 `SELECT` `GET CHALLENGE`; 2 the command with its
     MAC over the challenge, computed by the platform's SAM (`card_mac(UPDATE, ...)`): the card takes it only with
     the challenge it just gave, so a replayed packet 2 changes nothing (69 82 / 69 88). For idempotent commands
-    (UPDATE BINARY of the rights and validity): a lost PoR is answered by running both packets again."""
+    (UPDATE BINARY of the rights and validity, of the status): a lost PoR is answered by running both packets again.
 
-    def __init__(self, sam, card, ins: int, p1: int, p2: int, plain: bytes) -> None:
+    `aids` are the applications to select, in order: when packet 1's SELECT answers "not this version"
+    (`SW_NOT_THIS_VERSION`, docs/card-application.md 9.1) the next one is tried (`aid_index`); a version 2 card
+    without the enterprise's sub-application (6A 88) ends it FAILED with `absent` set. `sw` is the status word of
+    the last command the card ran."""
+
+    def __init__(
+        self, sam, card, ins: int, p1: int, p2: int, plain: bytes, aids: tuple[bytes, ...] = (AID,), le=None
+    ) -> None:
         self.sam, self.card, self.ins, self.p1, self.p2, self.plain = sam, card, ins, p1, p2, plain
+        self.aids, self.le, self.aid_index = aids, le, 0
         self.step = Step.INIT
         self.reason = ""
         self.challenge = b""
+        self.sw = b""
+        self.absent = False  # a version 2 card said it holds no sub-application of this enterprise
+        self.wrong_version = False  # no AID of `aids` is on the card
         self.result = b""  # the command's answer data (APPLICATION BLOCK: frozen purse and the card's MAC)
+
+    @property
+    def aid(self) -> bytes:
+        return self.aids[self.aid_index]
 
     def start(self) -> bytes:
         self.step = Step.INIT
-        return ota.pack_apdus([select(), bytes([0x00, 0x84, 0x00, 0x00, 0x08])])
+        return ota.pack_apdus([select(self.aid), bytes([0x00, 0x84, 0x00, 0x00, 0x08])])
 
-    def on_por(self, por: ota.Por) -> bytes | None:
+    def command(self, challenge: bytes) -> bytes:
+        """The secured C-APDU under `challenge` (docs/card-application.md 8.2), MACed by the platform's SAM."""
         from sam.interface import KeyPurpose
 
+        lc = len(self.plain) + 8
+        header = bytes([0x84, self.ins, self.p1, self.p2, lc])
+        mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + self.plain)
+        return header + self.plain + mac + (b"" if self.le is None else bytes([self.le]))
+
+    def on_por(self, por: ota.Por) -> bytes | None:
         try:
             if self.step is Step.INIT:
+                if por.status is ota.PorStatus.OK:
+                    n, sw, _ = ota.parse_compact_response(por.data)
+                    if n == 1 and sw in SW_NOT_THIS_VERSION:
+                        if self.aid_index + 1 < len(self.aids):
+                            self.aid_index += 1
+                            return self.start()
+                        self.wrong_version = True
+                        raise OtaOpError(f"SELECT answered {sw.hex()}: the card has no such application")
+                    if n == 1 and sw == SW_NO_SUB_APPLICATION:
+                        self.absent, self.sw = True, sw
+                        raise OtaOpError(f"the card holds no application of enterprise {self.card.enterprise_id.hex()}")
                 challenge = _last(por, 2, "GET CHALLENGE")
                 if len(challenge) != 8:
                     raise OtaOpError(f"GET CHALLENGE answered {len(challenge)} bytes, expected 8")
-                lc = len(self.plain) + 8
-                header = bytes([0x84, self.ins, self.p1, self.p2, lc])
-                mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + self.plain)
                 self.step, self.challenge = Step.CREDIT, challenge
-                return ota.pack_apdus([header + self.plain + mac])
+                return ota.pack_apdus([self.command(challenge)])
+            if por.status is ota.PorStatus.OK:
+                self.sw = ota.parse_compact_response(por.data)[1]
             self.result = _last(por, 1, f"secured command {self.ins:02X}")
             self.step = Step.DONE
-        except OtaOpError as e:
+        except (OtaOpError, ota.OtaError) as e:  # a PoR whose additional data is no compact response: refused
             self.step, self.reason = Step.FAILED, str(e)
         return None
 
@@ -277,7 +323,29 @@ def rights_update(sam, card, valid_from, valid_to, door_groups, time_profile: in
     return OtaSecuredCommand(sam, card, INS_UPDATE_BINARY, 0x80 | SFI_ACCESS, 0x00, data)
 
 
-INS_BLOCK, INS_ERASE = 0x1E, 0x0E
+SFI_APP, STATUS_OFFSET = 1, 12
+STATUS_ACTIVE, STATUS_LOCKED = 0x01, 0x03  # docs/card-application.md 6: 03 locked (reported lost), 01 unlocked
+
+
+def card_aids(card) -> tuple[bytes, ...]:
+    """What the platform selects on a card of enterprise `card.enterprise_id`: its version 2 sub-application, else
+    (the card says "not a version 2 card") the version 1 application, as a terminal does (card-application.md 9.1)."""
+    return (sub_application_aid(card.enterprise_id), AID)
+
+
+def status_change(sam, card, lock: bool) -> OtaSecuredCommand:
+    """Lock (loss report) or unlock over the air: secured UPDATE BINARY of EF_APP offset 12 to 03 / 01
+    (docs/card-application.md 6 and 8.2), on the enterprise's sub-application (or the version 1 application).
+    Idempotent: a lost PoR runs both packets again; a replayed packet is refused by the counter (SCP80) and, in
+    a new packet, by the card (no challenge)."""
+    value = STATUS_LOCKED if lock else STATUS_ACTIVE
+    return OtaSecuredCommand(
+        sam, card, INS_UPDATE_BINARY, 0x80 | SFI_APP, STATUS_OFFSET, bytes([value]), aids=card_aids(card)
+    )
+
+
+INS_BLOCK, INS_ERASE, INS_GET_BALANCE, INS_DELETE = 0x1E, 0x0E, 0x5C, 0xE4
+SW_NO_PURSE = b"\x6a\x81"
 
 
 @dataclass(frozen=True)
@@ -290,55 +358,208 @@ class Frozen:
     proof: bytes  # the 8 data bytes and the card's 8-byte MAC, as the issuing station records a void
 
 
-class OtaDeletion:
-    """Deleting the application over the air, balance settled first: APPLICATION BLOCK (the card freezes the purse
-    and MACs the frozen balance; the platform verifies that MAC and records the void with that balance, to refund),
-    then ERASE. Each phase is an `OtaSecuredCommand`; both commands are repeatable on a voided card, so a lost PoR
-    runs the phase again. `frozen` is set once the balance is proven: the platform settles it before ERASE is sent.
-    """
+class Phase(enum.Enum):
+    BALANCE = "balance"  # version 2: secured GET BALANCE (84 5C), MAC-verified and deciphered by the SAM
+    BLOCK = "block"  # APPLICATION BLOCK (84 1E): the card freezes the purse and proves that balance
+    ERASE = "erase"  # version 1 only: ERASE (84 0E)
+    DELETE = "delete"  # version 2: DELETE SUB-APPLICATION (84 E4)
+    CHECK = "check"  # version 2: SELECT of the sub-application answers 6A 88: no longer in the directory
 
-    def __init__(self, sam, card) -> None:
-        self.sam, self.card = sam, card
-        self.phase = OtaSecuredCommand(sam, card, INS_BLOCK, 0, 0, b"")
+
+class OtaDeletion:
+    """Deleting the enterprise's application over the air, balance settled first, sans-I/O.
+
+    Version 2 card (its sub-application answers SELECT): `BALANCE` (secured GET BALANCE, the card's MAC checked by
+    the platform's SAM, then deciphered: a non-zero balance without `settle` ends FAILED with nothing changed),
+    `BLOCK` (APPLICATION BLOCK: the card voids the sub-application and MACs the frozen balance; verified here and set
+    as `frozen`: the platform settles it, `settled = True`, before anything else is sent), `DELETE` (84 E4), then
+    `CHECK` (SELECT of the sub-application answers 6A 88). The other sub-applications are never selected.
+    Version 1 card: `BLOCK`, the settlement, `ERASE`. Every phase repeats safely: BLOCK on a voided application
+    proves the same balance again, ERASE is idempotent, and a DELETE whose PoR was lost is followed by the CHECK,
+    which tells whether it happened (a second DELETE is sent only while SELECT still finds the sub-application)."""
+
+    MAX_DELETES = 3
+
+    def __init__(self, sam, card, settle: bool = False) -> None:
+        self.sam, self.card, self.settle = sam, card, settle
+        self.version = 0  # 1 or 2 once the card said which
+        self.balance: int | None = None  # the MAC-verified balance before the void (version 2)
         self.frozen: Frozen | None = None
+        self.settled = False  # set by the platform once it booked the frozen balance (refund) and cancelled
+        self.settlement: dict | None = None  # what the platform's settlement did (ota_settle_deletion)
+        self.deletes = 0
         self.step = Step.INIT
         self.reason = ""
+        self.phase_name = Phase.BALANCE
+        self.phase: OtaSecuredCommand | None = None
 
-    def start(self) -> bytes:
+    # --- the phases ----------------------------------------------------------------------------------------
+
+    def _enter(self, name: Phase) -> bytes:
+        self.phase_name = name
+        sub = (sub_application_aid(self.card.enterprise_id),)
+        if name is Phase.CHECK:
+            self.phase = None
+            return ota.pack_apdus([select(sub[0])])
+        aids = {1: (AID,), 2: sub}.get(self.version, sub)
+        if name is Phase.BALANCE:
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_GET_BALANCE, 0x00, 0x02, b"", aids, le=0)
+        elif name is Phase.BLOCK:
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_BLOCK, 0, 0, b"", aids, le=0x10)
+        elif name is Phase.ERASE:
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_ERASE, 0, 0, b"", aids)
+        else:
+            self.deletes += 1
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_DELETE, 0, 0, b"", aids)
         return self.phase.start()
 
-    def on_por(self, por: ota.Por) -> bytes | None:
+    def start(self) -> bytes:
+        self.step = Step.INIT
+        return self._enter(Phase.BLOCK if self.version == 1 else Phase.BALANCE)
+
+    def _fail(self, reason: str) -> None:
+        self.step, self.reason = Step.FAILED, reason
+
+    def _balance_answer(self, phase: OtaSecuredCommand) -> int:
+        """The plaintext balance of a secured GET BALANCE (card-application.md 9.5): MAC first, then decipher."""
         from sam.interface import KeyPurpose
 
+        data = phase.result
+        if len(data) != 16:
+            raise OtaOpError(f"secured GET BALANCE answered {len(data)} bytes, expected 16")
+        ct, mac = data[:8], data[8:]
+        self.sam.verify_card_mac(KeyPurpose.UPDATE, self.card, phase.challenge + bytes([INS_GET_BALANCE]) + ct, mac)
+        plain = self.sam.decipher_card_data(KeyPurpose.UPDATE, self.card, phase.challenge + bytes(4), ct)
+        return int.from_bytes(plain[:4], "big")
+
+    def on_por(self, por: ota.Por) -> bytes | None:
+        """The PoR of the last packet; the next packet's secured data, or None (ended, or the platform must settle
+        `frozen` first: `settle_due`; then `resume_after_settlement`)."""
+        if self.phase_name is Phase.CHECK:
+            return self._on_check(por)
+        assert self.phase is not None
         nxt = self.phase.on_por(por)
         if nxt is not None:
             return nxt
-        if self.phase.step is Step.FAILED:
-            self.step, self.reason = Step.FAILED, self.phase.reason
-            return None
-        if self.phase.ins == INS_BLOCK:
-            data = self.phase.result
-            if len(data) != 16:
-                self.step, self.reason = Step.FAILED, f"APPLICATION BLOCK answered {len(data)} bytes, expected 16"
-                return None
+        phase = self.phase
+        if phase.step is Step.FAILED:
+            return self._phase_failed(phase)
+        if self.version == 0:
+            self.version = 2 if phase.aid == sub_application_aid(self.card.enterprise_id) else 1
+        if self.phase_name is Phase.BALANCE:
             try:
-                self.sam.verify_card_mac(
-                    KeyPurpose.UPDATE, self.card, self.phase.challenge + b"\x1e" + data[:8], data[8:]
-                )
-            except Exception as e:  # noqa: BLE001 - a SAM refusal: the frozen balance is not proven
-                self.step, self.reason = Step.FAILED, f"the frozen balance is not proven: {e}"
+                self.balance = self._balance_answer(phase)
+            except OtaOpError as e:
+                self._fail(str(e))
                 return None
-            self.frozen = Frozen(
-                int.from_bytes(data[:4], "big"),
-                int.from_bytes(data[4:6], "big"),
-                int.from_bytes(data[6:8], "big"),
-                data,
-            )
-            self.step = Step.CREDIT  # voided and proven: settle, then erase
-            self.phase = OtaSecuredCommand(self.sam, self.card, INS_ERASE, 0, 0, b"")
-            return self.phase.start()
-        self.step = Step.DONE
+            except Exception as e:  # noqa: BLE001 - a SAM refusal: the balance is not proven
+                self._fail(f"the card's balance is not proven: {e}")
+                return None
+            if self.balance and not self.settle:
+                self._fail(f"the card still holds {self.balance} fen: settle it first (--settle records the refund)")
+                return None
+            return self._enter(Phase.BLOCK)
+        if self.phase_name is Phase.BLOCK:
+            return self._on_block(phase)
+        if self.phase_name is Phase.ERASE:
+            self.step = Step.DONE
+            return None
+        return self._enter(Phase.CHECK)  # DELETE answered 90 00: re-check that the directory no longer lists it
+
+    def _phase_failed(self, phase: OtaSecuredCommand) -> bytes | None:
+        if phase.wrong_version and self.phase_name is Phase.BALANCE and self.version == 0:
+            self.version = 1  # not a version 2 card: the version 1 application, BLOCK proves its balance
+            return self._enter(Phase.BLOCK)
+        if phase.absent and self.phase_name is Phase.DELETE and self.settled:
+            self.step = Step.DONE  # a DELETE whose PoR was lost had run: nothing left to delete
+            return None
+        if phase.sw == SW_NO_PURSE and self.phase_name is Phase.BALANCE:
+            self.balance = 0  # a sub-application without purse: nothing to settle
+            self.version = 2
+            return self._enter(Phase.BLOCK)
+        self._fail(phase.reason)
+        return None
+
+    def _on_block(self, phase: OtaSecuredCommand) -> bytes | None:
+        from sam.interface import KeyPurpose
+
+        data = phase.result
+        if len(data) != 16:
+            self._fail(f"APPLICATION BLOCK answered {len(data)} bytes, expected 16")
+            return None
+        try:
+            self.sam.verify_card_mac(KeyPurpose.UPDATE, self.card, phase.challenge + b"\x1e" + data[:8], data[8:])
+        except Exception as e:  # noqa: BLE001 - a SAM refusal: the frozen balance is not proven
+            self._fail(f"the frozen balance is not proven: {e}")
+            return None
+        self.frozen = Frozen(
+            int.from_bytes(data[:4], "big"), int.from_bytes(data[4:6], "big"), int.from_bytes(data[6:8], "big"), data
+        )
+        if self.frozen.balance and not self.settle:
+            self._fail(f"the card froze {self.frozen.balance} fen: settle it (--settle records the refund)")
+            return None
+        self.step = Step.CREDIT  # voided and proven: the platform settles, then the application goes
+        return self.resume_after_settlement() if self.settled else None
+
+    @property
+    def settle_due(self) -> bool:
+        """The card proved its frozen balance and the platform has not settled it yet: settle before going on."""
+        return self.frozen is not None and not self.settled and self.step is Step.CREDIT
+
+    def resume_after_settlement(self) -> bytes:
+        """The next packet once the platform settled `frozen` (and set `settled`)."""
+        assert self.settled
+        return self._enter(Phase.ERASE if self.version == 1 else Phase.DELETE)
+
+    def _on_check(self, por: ota.Por) -> bytes | None:
+        if por.status is not ota.PorStatus.OK:
+            self._fail(f"SELECT: the SIM refused the packet ({por.status.name})")
+            return None
+        try:
+            n, sw, _ = ota.parse_compact_response(por.data)
+        except ota.OtaError as e:
+            self._fail(f"SELECT: {e}")
+            return None
+        if n == 1 and sw == SW_NO_SUB_APPLICATION:
+            self.step = Step.DONE  # the directory no longer lists it
+            return None
+        if sw == b"\x90\x00" and self.deletes < self.MAX_DELETES:
+            return self._enter(Phase.DELETE)  # its DELETE never ran (the PoR we lost was of its challenge)
+        self._fail(f"the sub-application is still on the card (SELECT answered {sw.hex()})")
         return None
 
     def on_no_por(self) -> bytes:
-        return self.phase.on_no_por()
+        """No PoR came: repeat the phase (each is repeatable); after a DELETE, find out whether it ran."""
+        if self.phase_name is Phase.DELETE:
+            return self._enter(Phase.CHECK)
+        if self.phase_name is Phase.CHECK:
+            return self._enter(Phase.CHECK)
+        if self.phase_name in (Phase.ERASE,) or (self.phase_name is Phase.BLOCK and self.settled):
+            return self.resume_after_settlement()
+        return self._enter(self.phase_name)
+
+    # --- durable state (the platform's job row) ------------------------------------------------------------
+
+    def dump(self) -> dict:
+        return {
+            "step": self.step.value,
+            "phase": self.phase_name.value,
+            "version": self.version,
+            "balance": self.balance,
+            "frozen": None if self.frozen is None else self.frozen.proof.hex(),
+            "settled": self.settled,
+            "deletes": self.deletes,
+            "reason": self.reason,
+            "settlement": self.settlement,
+        }
+
+    def load(self, doc: dict) -> None:
+        self.step, self.phase_name = Step(doc["step"]), Phase(doc["phase"])
+        self.version, self.balance, self.settled = doc["version"], doc["balance"], doc["settled"]
+        self.deletes, self.reason = doc.get("deletes", 0), doc.get("reason", "")
+        self.settlement = doc.get("settlement")
+        if doc.get("frozen"):
+            d = bytes.fromhex(doc["frozen"])
+            self.frozen = Frozen(
+                int.from_bytes(d[:4], "big"), int.from_bytes(d[4:6], "big"), int.from_bytes(d[6:8], "big"), d
+            )

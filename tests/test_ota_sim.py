@@ -248,23 +248,42 @@ def test_replayed_secured_packet_changes_nothing(world):
     assert (n, sw) == (1, b"\x69\x82") and world["card"].state.access == before
 
 
-@pytest.mark.parametrize("lose", [(), (2,), (4,)])
-def test_deletion_over_the_air_proves_the_balance_then_erases(world, lose):
-    balance = world["card"].state.purse.balance
-    op = ota_ops.OtaDeletion(world["sam"], world["ident"])
+def _run_deletion(world, op, lose=()):
+    """Drive an OtaDeletion; the platform's settlement (settle_due) is played by setting `settled`."""
     data, k = op.start(), 0
-    while data is not None:
+    while data is not None or op.settle_due:
+        if data is None:
+            op.settled = True
+            data = op.resume_after_settlement()
         k += 1
         submits = send(world, data)
         data = op.on_no_por() if k in lose else op.on_por(por_of(world, submits))
-    assert op.step is ota_ops.Step.DONE and op.frozen is not None and op.frozen.balance == balance
+    return op
+
+
+@pytest.mark.parametrize("lose", [(), (2,), (4,), (5,)])
+def test_deletion_over_the_air_proves_the_balance_then_erases(world, lose):
+    """A version 1 card: packet 1's SELECT of the version 2 sub-application answers 6A 82, so the version 1
+    application is voided (its frozen balance proven), settled, then erased."""
+    world["card"].state.purse.balance = balance = 4321
+    op = _run_deletion(world, ota_ops.OtaDeletion(world["sam"], world["ident"], settle=True), lose)
+    assert op.step is ota_ops.Step.DONE and op.version == 1 and op.frozen is not None
+    assert op.frozen.balance == balance
     assert world["card"].state.status == 0x02 and world["card"].state.purse is None
     assert world["card"].state.holder == bytes(48)
 
 
+def test_deletion_of_a_balance_without_settle_stops_at_the_proven_balance(world):
+    world["card"].state.purse.balance = 1500
+    op = _run_deletion(world, ota_ops.OtaDeletion(world["sam"], world["ident"]))
+    assert op.step is ota_ops.Step.FAILED and "settle" in op.reason and not op.settled
+    assert world["card"].state.purse is not None  # not erased
+
+
 def test_deletion_with_a_forged_frozen_balance_stops_before_erase(world):
-    op = ota_ops.OtaDeletion(world["sam"], world["ident"])
-    d2 = op.on_por(por_of(world, send(world, op.start())))
+    op = ota_ops.OtaDeletion(world["sam"], world["ident"], settle=True)
+    d = op.on_por(por_of(world, send(world, op.start())))  # 6A 82: the version 1 application next
+    d2 = op.on_por(por_of(world, send(world, d)))
     por = por_of(world, send(world, d2))
     n, sw, d = ota.parse_compact_response(por.data)
     forged = ota.Por(por.tar, por.cntr, por.status, ota.compact_response(n, b"\x00\x0f\x42\x40" + d[4:] + sw))
