@@ -123,6 +123,26 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     _ota_arguments(c)
     c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
+    c = cmd(
+        "ota-issue",
+        "issuing over the air (空中发卡): create, wash and personalise the enterprise's sub-application on the "
+        "employee's SIM through the SMSC, then register it (docs/ota.md 5.1)",
+        cmd_ota_issue,
+    )
+    c.add_argument("--enterprise", required=True, help="8-digit enterprise ID of the sub-application")
+    c.add_argument("--employee", required=True, help="employee number, registered with a phone number")
+    c.add_argument("--card-serial", required=True, help="the SIM's card serial (16 hex digits, its directory's C0)")
+    c.add_argument("--name", required=True, help="the sub-application's name in the card directory")
+    c.add_argument("--to-version", type=int, default=1, help="the enterprise's key version 1..255 (default 1)")
+    c.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5")
+    c.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default today)")
+    c.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default in 3 years)")
+    c.add_argument("--time-profile", type=int, default=0)
+    c.add_argument("--purse-expiry", default=None, help="YYYY-MM-DD (default --valid-to)")
+    c.add_argument("--max-balance", default="2000.00", help="yuan")
+    c.add_argument("--asn", help="the new sub-application's ASN, 16 hex digits (default random)")
+    _ota_arguments(c)
+    c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
     c = cmd("ota-resume", "resume an over-the-air job whose gateway stopped (or whose phone was off)", cmd_ota_resume)
     c.add_argument("job_id")
     _ota_arguments(c)
@@ -486,16 +506,8 @@ def _ota_arguments(c) -> None:
     c.add_argument("--wait", type=float, default=30.0, help="seconds to wait for each PoR (default 30)")
 
 
-def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
-    """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
-    from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
-    from central.ota_gateway import GatewayError, SmppGateway
-    from common.money import format_yuan
-    from sam.interface import Algorithm, CardIdentity, SamError
-    from sam.keystore import KeystoreUnlock, load_keystore
-    from sam.ota_keys import OtaSam
-    from sam.software import SoftwareSam
-
+def _ota_setup(args) -> tuple[str, int, str, Path]:
+    """The OTA options checked, before anything is sent: (SMSC host, port, SMPP password, keystore)."""
     if not args.smsc or not args.smpp_password_file:
         raise UserError("over the air needs --smsc HOST:PORT and --smpp-password-file FILE; nothing was sent")
     if args.keystore is None or args.passphrase_file is None:
@@ -515,16 +527,37 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         password = open(args.smpp_password_file, encoding="utf-8").read().strip()
     except OSError as exc:
         raise UserError(f"cannot read --smpp-password-file {args.smpp_password_file}: {exc.strerror}") from None
+    return host, int(port), password, args.keystore
+
+
+def _ota_keystore(args):
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock, load_keystore
+
+    try:
+        return load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
+    except SamError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
+    """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
+    from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
+    from central.ota_gateway import GatewayError, SmppGateway
+    from common.money import format_yuan
+    from sam.interface import Algorithm, CardIdentity, SamError
+    from sam.ota_keys import OtaSam
+    from sam.software import SoftwareSam
+
+    host, port, password, _ = _ota_setup(args)
+    terminal = bytes.fromhex(args.terminal)
     card = pf.card(asn)
     if msisdn is None:
         msisdn = pf.holder_contact(card["enterprise_id"], card["employee_no"])["phone"]
         if not msisdn:
             raise UserError(f"the holder of card {asn} has no phone number; add one, or top up at the next tap")
         pf._check_card_action(card, "topup", {"amount": fen})  # the same limits as the next-tap path
-    try:
-        keystore = load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
-    except SamError as exc:
-        raise UserError(str(exc)) from None
+    keystore = _ota_keystore(args)
     alg = Algorithm.AES128 if args.algorithm == "aes128" else Algorithm.SM4
     version = args.key_version
     if version is None:
@@ -539,7 +572,7 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
             f"job {job_id} is a top-up of {format_yuan(asked['amount'])} for card {asked['asn']}; "
             f"resume it with `onecard platform ota-resume {job_id}` or give a new --job"
         )
-    gw = SmppGateway(host, int(port), args.smpp_system_id, password, args.sender)
+    gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
     try:
         store.set_params(job_id, {"amount": fen, "asn": asn})
         try:
@@ -591,6 +624,44 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
     finally:
         gw.close()
         store.close()
+
+
+def cmd_ota_issue(args) -> int:
+    """One line: issued (exit 0), no PoR yet (exit 0, run again), refused or failed (exit 1)."""
+    import uuid
+
+    from central import ota_issue as oi
+    from central.db import PlatformError
+    from central.ota_channel import OtaStore
+    from central.ota_gateway import GatewayError, SmppGateway
+    from sam.interface import SamError
+
+    host, port, password, _ = _ota_setup(args)
+    try:
+        request = oi.IssueRequest.from_options(
+            args.enterprise, args.employee, args.card_serial, args.name, args.to_version, args.asn, args
+        )
+    except ValueError as exc:
+        raise UserError(f"{exc}; nothing was sent") from None
+    job_id = args.job or f"ota-{uuid.uuid4().hex[:12]}"
+    pf = _platform(args)
+    store = OtaStore(pf)
+    gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
+    try:
+        msg = oi.cli_run(store, job_id, request, _ota_keystore(args), gw, args.validity, args.wait)
+    except oi.IssueRefused as exc:
+        raise UserError(f"over-the-air issue {job_id}: refused: {exc}", EXIT_REFUSED) from None
+    except (GatewayError, SamError) as exc:
+        raise UserError(f"{exc}; job {job_id} is kept: run the same command with --job {job_id}") from None
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        gw.close()
+        pf.close()
+    if msg.startswith("failed") or msg.startswith("the phone stayed"):
+        raise UserError(f"over-the-air issue {job_id}: {msg}", EXIT_REFUSED)
+    print(f"over-the-air issue {job_id}: {msg}")
+    return 0
 
 
 def cmd_ota_resume(args) -> int:

@@ -382,3 +382,112 @@ def run_issue(channel, job_id: str, op: OtaIssue, msisdn: str, employee_no: str,
         return op
     store.update(job_id, state=op.dump(), status="failed", note=op.reason)
     return op
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """What `onecard platform ota-issue` asks for, checked (ValueError naming the option otherwise)."""
+
+    enterprise_id: bytes
+    employee_no: str
+    serial: bytes
+    name: str
+    version: int
+    asn: bytes | None
+    rights: dict
+
+    @classmethod
+    def from_options(cls, enterprise: str, employee: str, serial: str, name: str, version: int, asn, opts):
+        import datetime as dt
+
+        from common.money import parse_yuan
+
+        def hex_bytes(value: str, n: int, option: str) -> bytes:
+            try:
+                raw = bytes.fromhex(value)
+            except ValueError:
+                raw = b""
+            if len(raw) != n:
+                raise ValueError(f"{option} {value!r} is not {2 * n} hex digits")
+            return raw
+
+        def day(value, option: str, default: dt.date) -> dt.date:
+            if value is None:
+                return default
+            try:
+                return dt.date.fromisoformat(value)
+            except ValueError:
+                raise ValueError(f"{option} {value!r} is not a date YYYY-MM-DD") from None
+
+        eid = hex_bytes(enterprise, 4, "--enterprise")
+        if not 1 <= len(name.encode()) <= ca.NAME_MAX:
+            raise ValueError(f"--name must be 1..{ca.NAME_MAX} bytes of UTF-8")
+        if not 1 <= version <= 255:
+            raise ValueError(f"--to-version {version} is not 1..255")
+        try:
+            groups = sorted({int(g) for g in opts.groups.split(",") if g.strip()})
+        except ValueError:
+            raise ValueError(f"--groups {opts.groups!r} is not a list of numbers, e.g. 1,2,5") from None
+        today = dt.date.today()
+        valid_from = day(opts.valid_from, "--valid-from", today)
+        valid_to = day(opts.valid_to, "--valid-to", valid_from.replace(year=valid_from.year + 3))
+        rights = {
+            "door_groups": groups,
+            "time_profile": opts.time_profile,
+            "valid_from": valid_from.isoformat(),
+            "valid_to": valid_to.isoformat(),
+            "purse_expiry": day(opts.purse_expiry, "--purse-expiry", valid_to).isoformat(),
+            "max_balance": parse_yuan(opts.max_balance, "--max-balance"),
+        }
+        ca.encode_access_file(valid_from, valid_to, groups, opts.time_profile)  # ValueError for what EF_ACCESS can't
+        new_asn = None if asn is None else hex_bytes(asn, 8, "--asn")
+        return cls(eid, employee, hex_bytes(serial, 8, "--card-serial"), name, version, new_asn, rights)
+
+
+def cli_run(store, job_id: str, req: IssueRequest, keystore, gateway, validity: int, wait: float) -> str:
+    """`onecard platform ota-issue`: the job run (or resumed) to its end or to a missing PoR; the line to print
+    (`failed: ...` and `the phone stayed ...` are refusals). IssueRefused before anything is sent."""
+    import os
+
+    from central.ota_channel import OtaChannel
+    from sam.ota_keys import OtaSam
+    from sam.software import SoftwareSam
+
+    pf = store.platform
+    eid = req.enterprise_id.hex()
+    params = {"enterprise": eid, "employee": req.employee_no, "serial": req.serial.hex(), "name": req.name}
+    asked = store.params(job_id)
+    try:
+        job: dict | None = store.job(job_id)
+    except KeyError:
+        job = None
+    if asked is not None and {k: asked.get(k) for k in params} != params:
+        raise IssueRefused(f"job {job_id} issues {asked.get('name')} to {asked.get('employee')}; give a new --job")
+    if job is None:
+        holder = check_request(pf, eid, req.employee_no)
+        msisdn = holder["phone"]
+        asn = req.asn or os.urandom(8)
+        name = holder["name"]
+        store.set_params(job_id, {**params, "asn": asn.hex(), "rights": req.rights, "holder": name, "phone": msisdn})
+        asked = store.params(job_id)
+    assert asked is not None
+    if job is not None and job["op"] != "issue":
+        raise IssueRefused(f"job {job_id} is not an issue job")
+    files = IssueFiles.make(req.employee_no, asked["holder"], asked["rights"])
+    sam = SoftwareSam(keystore)
+    op = OtaIssue(sam, req.enterprise_id, req.serial, bytes.fromhex(asked["asn"]), req.name, req.version, files)
+    gateway.connect()
+    channel = OtaChannel(gateway, OtaSam(keystore), store, validity_seconds=validity, por_wait_seconds=wait)
+    op = run_issue(channel, job_id, op, asked["phone"], req.employee_no, asked["rights"])
+    job = store.job(job_id)
+    asn = op.asn.hex().upper()
+    if job["status"] == "done":
+        return f"done: sub-application {asn} ({req.name}) issued to employee {req.employee_no}, registered"
+    if job["status"] == "failed":
+        return f"failed: {job['note'] or op.reason}"
+    if job["status"] == "expired":
+        return (
+            "the phone stayed unreachable past the validity; nothing is half-applied (each step is re-run from "
+            f"the card's state): run the same command with --job {job_id} when the phone is on"
+        )
+    return f"{job['status']}, no PoR yet: run the same command with --job {job_id} to wait again"

@@ -227,3 +227,87 @@ def test_the_phone_off_past_the_validity_is_reported(world):
     assert w["channel"].await_por("iss-1", w["otasam"].issuer(w["state"].serial), MSISDN, 1, seconds=0.5) is None
     assert w["pf"].ota_job("iss-1")["status"] == "expired"
     assert w["sim"].executed == []
+
+
+# --- the administrator's command -------------------------------------------------------------------------------
+
+
+def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sam.keystore import KeystoreUnlock, save_keystore
+
+    w = world
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "pass").write_text("ota issue passphrase\n")
+    save_keystore(
+        tmp_path / "ks",
+        Keystore([*KS[B], *ISSUER]),
+        KeystoreUnlock.from_passphrase_file(tmp_path / "pass"),
+        scrypt_n=2**10,
+    )
+    (tmp_path / "smpp.pass").write_text("secret\n")
+    db, key = tmp_path / "cli.db", tmp_path / "cli.key"
+
+    def onecard(*args, keyed=True):
+        where = ("--db", db, "--key", key) if keyed else ("--db", db)
+        return subprocess.run(
+            [sys.executable, "-m", "onecard", "platform", *map(str, args), *where],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(repo)),
+            cwd=repo,
+            timeout=120,
+        )
+
+    assert onecard("init").returncode == 0
+    onecard("add-enterprise", A.hex(), "--name", "Acme")
+    onecard("add-enterprise", B.hex(), "--name", "Garden")
+    onecard("add-holder", "E1001", "--enterprise", A.hex(), "--name", "Wei", "--phone", MSISDN)
+    onecard("add-holder", "R-0707", "--enterprise", B.hex(), "--name", "张伟", "--phone", MSISDN)
+    onecard("issue-card", w["state"].apps[0].asn.hex(), "--enterprise", A.hex(), "--employee", "E1001")
+    ota_opts = (
+        "--smsc",
+        f"127.0.0.1:{w['smsc'].port}",
+        "--smpp-password-file",
+        tmp_path / "smpp.pass",
+        "--keystore",
+        tmp_path / "ks",
+        "--passphrase-file",
+        tmp_path / "pass",
+        "--wait",
+        "5",
+    )
+    issue = (
+        "ota-issue",
+        "--enterprise",
+        B.hex(),
+        "--employee",
+        "R-0707",
+        "--card-serial",
+        w["state"].serial.hex(),
+        "--name",
+        "Community",
+        "--asn",
+        NEW_ASN.hex(),
+        "--valid-from",
+        "2026-01-01",
+        *ota_opts,
+    )
+    r = onecard(*issue, "--job", "j1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (
+        "over-the-air issue j1: done: sub-application B0B0B0B0B0B0B0B0 (Community) issued to employee R-0707, "
+        "registered"
+    )
+    assert doors_open(w) == ("Welcome, 张伟", "Welcome, Zhang Wei")
+    r = onecard(*issue, "--job", "j2")
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "refused: already issued" in r.stderr
+    r = onecard("ota-jobs", keyed=False)
+    assert r.stdout.startswith("j1  issue  card B0B0B0B0B0B0B0B0") and "  done  " in r.stdout, r.stdout
+    r = onecard(*issue[: -len(ota_opts)], "--smsc", "nowhere", "--smpp-password-file", tmp_path / "smpp.pass")
+    assert r.returncode == 2 and "--keystore" in r.stderr and "nothing was sent" in r.stderr
