@@ -311,3 +311,23 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
     assert r.stdout.startswith("j1  issue  card B0B0B0B0B0B0B0B0") and "  done  " in r.stdout, r.stdout
     r = onecard(*issue[: -len(ota_opts)], "--smsc", "nowhere", "--smpp-password-file", tmp_path / "smpp.pass")
     assert r.returncode == 2 and "--keystore" in r.stderr and "nothing was sent" in r.stderr
+
+
+def test_documented_issuer_example():
+    """docs/ota.md 2.1, byte for byte: the card issuer's OTA keys and the first packet of an issue."""
+    from pathlib import Path
+
+    master = bytes.fromhex("202122232425262728292A2B2C2D2E2F")
+    serial = bytes.fromhex("5A5A000000000001")
+    keys = diversify_ota_keys(master, OtaSam(Keystore([])).issuer(serial))
+    assert (keys.kic.hex(), keys.kid.hex()) == ("71b3c9a467772fa248ce0260ec2ee291", "ab32ea9a9c47322ae8687feeb19ffdae")
+    op = oi.OtaIssue(None, B, serial, NEW_ASN, "Community", 1, oi.IssueFiles.make("R-0707", "张伟", RIGHTS))
+    data = op.start()
+    assert data.hex() == "00a404000df04f4e4543415244020002000200"
+    packet = ota.build_command(keys, ota.ISSUER_TAR, 1, data)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "ota.md").read_text(encoding="utf-8")
+    for shown in (keys.kic.hex(), keys.kid.hex(), data.hex(), packet.hex()):
+        assert shown in doc
+    # The SIM opens it with the same keys, under the issuer's TAR.
+    cmd = ota.open_command(packet, keys)
+    assert cmd.data == data and cmd.cntr == 1 and packet[7:10] == ota.ISSUER_TAR
