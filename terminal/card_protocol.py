@@ -11,44 +11,43 @@ from dataclasses import dataclass
 from typing import Any
 
 from common import bcd
-
-# The command builders the platform shares (over the air) live in common/card_apdu.py, re-exported here.
-from common.card_apdu import (  # noqa: F401
-    AID,
-    AID_V2,
-    CHALLENGE_LEN,
-    INS_BLOCK,
-    INS_COMMIT_KEYS,
-    INS_CREATE,
-    INS_DELETE,
-    INS_ERASE,
-    INS_GET_BALANCE,
-    INS_PUT_KEY,
-    INS_READ_BINARY,
-    INS_READ_RECORD,
-    INS_UPDATE_BINARY,
-    ISSUER_ENTERPRISE,
-    KEY_IDS,
-    MAC_LEN,
-    MAX_SUB_APPLICATIONS,
-    NAME_MAX,
-    SFI_ACCESS,
-    SFI_APP,
-    SFI_DIRECTORY,
-    SFI_HOLDER,
-    SFI_PURSE,
-    STATUS_ACTIVE,
-    STATUS_LOCKED,
-    STATUS_TRANSPORT,
-    STATUS_VOIDED,
-    encode_access_file,
-    get_challenge_command,
-    secured_command,
-    secured_mac_input,
-    select_command,
-    sub_application_aid,
-)
+from common import card_apdu as _ca
 from sam.interface import Algorithm, CardIdentity
+
+# The command builders the platform shares (over the air) live in common/card_apdu.py; the terminal's names for them.
+AID = _ca.AID
+AID_V2 = _ca.AID_V2
+CHALLENGE_LEN = _ca.CHALLENGE_LEN
+INS_BLOCK = _ca.INS_BLOCK
+INS_COMMIT_KEYS = _ca.INS_COMMIT_KEYS
+INS_CREATE = _ca.INS_CREATE
+INS_DELETE = _ca.INS_DELETE
+INS_ERASE = _ca.INS_ERASE
+INS_GET_BALANCE = _ca.INS_GET_BALANCE
+INS_PUT_KEY = _ca.INS_PUT_KEY
+INS_READ_BINARY = _ca.INS_READ_BINARY
+INS_READ_RECORD = _ca.INS_READ_RECORD
+INS_UPDATE_BINARY = _ca.INS_UPDATE_BINARY
+ISSUER_ENTERPRISE = _ca.ISSUER_ENTERPRISE
+KEY_IDS = _ca.KEY_IDS
+MAC_LEN = _ca.MAC_LEN
+MAX_SUB_APPLICATIONS = _ca.MAX_SUB_APPLICATIONS
+NAME_MAX = _ca.NAME_MAX
+SFI_ACCESS = _ca.SFI_ACCESS
+SFI_APP = _ca.SFI_APP
+SFI_DIRECTORY = _ca.SFI_DIRECTORY
+SFI_HOLDER = _ca.SFI_HOLDER
+SFI_PURSE = _ca.SFI_PURSE
+STATUS_ACTIVE = _ca.STATUS_ACTIVE
+STATUS_LOCKED = _ca.STATUS_LOCKED
+STATUS_TRANSPORT = _ca.STATUS_TRANSPORT
+STATUS_VOIDED = _ca.STATUS_VOIDED
+encode_access_file = _ca.encode_access_file
+get_challenge_command = _ca.get_challenge_command
+secured_command = _ca.secured_command
+secured_mac_input = _ca.secured_mac_input
+select_command = _ca.select_command
+sub_application_aid = _ca.sub_application_aid
 
 STATUS_NAMES = {
     STATUS_TRANSPORT: "not issued (transport keys)",
