@@ -77,19 +77,19 @@ def fci_proprietary(data: bytes, aid: bytes) -> dict[int, bytes]:
     """The proprietary template (A5) of a SELECT answer's FCI (without its status word) naming `aid`, tag -> value;
     ValueError when the bytes are not such an FCI. One level, one-byte tags, short lengths (section 3.1)."""
 
-    def tlvs(raw: bytes) -> dict[int, bytes]:
-        out, i = {}, 0
+    def tlvs(raw: bytes) -> list[tuple[int, bytes]]:
+        out, i = [], 0
         while i < len(raw):
-            if i + 2 > len(raw) or i + 2 + raw[i + 1] > len(raw) or raw[i + 1] > 127:
+            if i + 2 > len(raw) or raw[i + 1] > 127 or i + 2 + raw[i + 1] > len(raw):
                 raise ValueError(f"FCI TLV cut or long at offset {i}")
-            out[raw[i]] = raw[i + 2 : i + 2 + raw[i + 1]]
+            out.append((raw[i], raw[i + 2 : i + 2 + raw[i + 1]]))
             i += 2 + raw[i + 1]
         return out
 
     top = tlvs(data)
-    if set(top) != {0x6F}:
+    if len(top) != 1 or top[0][0] != 0x6F:
         raise ValueError("not a single FCI template (tag 6F)")
-    fci = tlvs(top[0x6F])
+    fci = dict(tlvs(top[0][1]))
     if fci.get(0x84) != aid or 0xA5 not in fci:
         raise ValueError("the FCI names another application or has no proprietary template")
-    return tlvs(fci[0xA5])
+    return dict(tlvs(fci[0xA5]))
