@@ -204,7 +204,8 @@ class OtaIssue:
 
     def _refused_command(self, n: int, sw: bytes) -> bytes | None:
         failed = n - 1  # index of the command that stopped the script
-        if sw in (b"\x69\x82", b"\x69\x88"):  # the challenge was lost (SIM reset between packets): start again
+        if sw in (b"\x69\x82", b"\x69\x88", b"\x69\x86"):
+            # The card lost its challenge or its selection (the SIM was reset between two packets): start again.
             return self._restart(f"the card lost its challenge ({sw.hex()})")
         if self.step is Step.SECURED and self.sent[0] == "create" and failed == 0:
             if sw == b"\x6a\x84":

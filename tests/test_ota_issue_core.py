@@ -1,0 +1,170 @@
+"""central/ota_issue.py's OtaIssue without the radio: each packet's remote APDUs run on the simulated version 2 card,
+the PoR built as the SIM builds it (docs/ota.md 5). A PoR lost after any packet, a card reset between any two
+packets (its challenge lost) or both: the issue still ends once, issued, and B's door opens while A's still does.
+Refusals: another card's serial, a sub-application at another key version or voided, a SIM that refused a packet."""
+
+from __future__ import annotations
+
+import pytest
+
+from central import ota_issue as oi
+from common import ota
+from sam.keystore import Keystore
+from sam.software import SoftwareSam
+from simulator.card import OneCardV2Applet
+from simulator.personalise import multi_card, sub_application
+from tests.support import make_terminal
+from tests.test_card_v2 import ISSUER, ISSUER_SAM, KS, SAMS, A, B, person, tap
+from tests.test_ota_issue import NEW_ASN, RIGHTS
+
+SAM = SoftwareSam(Keystore([*KS[B], *ISSUER]))
+GO_ON = (0x90, 0x91, 0x61, 0x62, 0x63)
+
+
+def new_card() -> OneCardV2Applet:
+    card = OneCardV2Applet(
+        multi_card([sub_application(SAMS[A], person(A, "E1001", "Zhang Wei", {1, 2}), "Office")], ISSUER_SAM)
+    )
+    card.power_on()
+    return card
+
+
+def new_op(card, version=1) -> oi.OtaIssue:
+    files = oi.IssueFiles.make("R-0707", "张伟", RIGHTS)
+    return oi.OtaIssue(SAM, B, card.card.serial, NEW_ASN, "Community", version, files)
+
+
+def run_packet(card, data: bytes) -> ota.Por:
+    """What the SIM does with a packet's secured data (docs/ota.md 5): run in order, stop at the first error."""
+    n, last = 0, b""
+    for apdu in ota.parse_apdus(data):
+        last, n = card.transmit(apdu), n + 1
+        if last[-2] not in GO_ON:
+            break
+    return ota.Por(ota.ISSUER_TAR, 1, ota.PorStatus.OK, ota.compact_response(n, last))
+
+
+def drive(card, op, lose=(), reset=()) -> int:
+    """Run the issue; packets numbered from 1: `lose` PoRs never come back, `reset` the card is reset after."""
+    data, k = op.start(), 0
+    while data is not None:
+        k += 1
+        por = run_packet(card, data)
+        if k in reset:
+            card.power_off()
+            card.power_on()
+        data = op.on_no_por() if k in lose else op.on_por(por)
+    return k
+
+
+def doors(tmp_path, card):
+    door_b, _ = make_terminal(tmp_path, SAMS[B], "door", enterprise=B)
+    door_a, _ = make_terminal(tmp_path, SAMS[A], "door")
+    return tap(door_b, card)[0].message, tap(door_a, card)[0].message
+
+
+def test_the_whole_sequence_is_14_packets(tmp_path):
+    card, op = new_card(), None
+    op = new_op(card)
+    assert drive(card, op) == 14 and op.step is oi.Step.DONE and op.outcome == "issued"
+    assert op.asn == NEW_ASN and op.kv == 1
+    assert doors(tmp_path, card) == ("Welcome, 张伟", "Welcome, Zhang Wei")
+
+
+@pytest.mark.parametrize("k", range(1, 15))
+def test_a_lost_por_after_any_packet_ends_once(tmp_path, k):
+    card = new_card()
+    op = new_op(card)
+    drive(card, op, lose={k})
+    assert op.step is oi.Step.DONE, (k, op.reason)
+    assert [(e.name, e.status) for e in card.directory()] == [("Office", 1), ("Community", 1)]
+    assert doors(tmp_path, card) == ("Welcome, 张伟", "Welcome, Zhang Wei")
+
+
+@pytest.mark.parametrize("k", range(3, 14))
+def test_a_card_reset_between_packets_loses_the_challenge_and_restarts(tmp_path, k):
+    card = new_card()
+    op = new_op(card)
+    drive(card, op, reset={k})
+    assert op.step is oi.Step.DONE and op.restarts == 1, (k, op.reason)
+    assert doors(tmp_path, card) == ("Welcome, 张伟", "Welcome, Zhang Wei")
+
+
+def test_restarts_are_bounded():
+    card = new_card()
+    op = new_op(card)
+    drive(card, op, reset=set(range(3, 40)))
+    assert op.step is oi.Step.FAILED and op.code == "gave_up" and op.restarts == oi.MAX_RESTARTS + 1
+
+
+def test_an_issued_sub_application_is_refused_unless_this_job_activated_it():
+    card = new_card()
+    assert drive(card, new_op(card)) == 14
+    other = new_op(card)
+    drive(card, other)
+    assert other.step is oi.Step.FAILED and other.code == "already_issued"
+    # The job that sent the activation and lost its PoR: the probe finds its own issue done.
+    mine = new_op(card)
+    mine.activating = True
+    assert drive(card, mine) == 1 and mine.step is oi.Step.DONE
+
+
+def test_another_cards_serial_is_refused_before_anything_is_written():
+    card = new_card()
+    op = oi.OtaIssue(SAM, B, bytes(8), NEW_ASN, "Community", 1, oi.IssueFiles.make("R-0707", "W", RIGHTS))
+    drive(card, op)
+    assert op.step is oi.Step.FAILED and op.code == "wrong_card" and len(card.directory()) == 1
+
+
+def test_a_sub_application_at_another_key_version_is_refused():
+    card = new_card()
+    assert drive(card, new_op(card)) == 14
+    card.card.apps[1].status = 0  # back to "not issued" at key version 1
+    op = new_op(card, version=2)
+    drive(card, op)
+    assert op.step is oi.Step.FAILED and op.code == "wrong_version"
+
+
+def test_a_voided_sub_application_is_refused():
+    card = new_card()
+    assert drive(card, new_op(card)) == 14
+    card.card.apps[1].status = 2
+    op = new_op(card)
+    drive(card, op)
+    assert op.step is oi.Step.FAILED and op.code == "not_issuable"
+
+
+def test_a_refused_packet_fails_the_job_with_its_status():
+    card = new_card()
+    op = new_op(card)
+    op.start()
+    assert op.on_por(ota.Por(ota.ISSUER_TAR, 1, ota.PorStatus.CNTR_LOW, b"")) is None
+    assert op.step is oi.Step.FAILED and "CNTR_LOW" in op.reason
+
+
+def test_a_version_1_card_is_not_supported():
+    from simulator.card import OneCardApplet  # noqa: F401
+    from tests.support import make_card
+
+    card = make_card(SAMS[A], None)
+    op = new_op(new_card())
+    data = op.start()
+    op.on_por(run_packet(card, data))
+    assert op.step is oi.Step.FAILED and op.code == "not_supported"
+
+
+def test_the_state_survives_a_dump_and_load():
+    card = new_card()
+    op = new_op(card)
+    data = op.start()
+    for _ in range(6):
+        data = op.on_por(run_packet(card, data))
+    again = new_op(card)
+    import json
+
+    again.load(json.loads(op.dump()))
+    assert (again.asn, again.kv, again.algorithm, again.step) == (op.asn, op.kv, op.algorithm, op.step)
+    data = again.on_no_por()
+    while data is not None:
+        data = again.on_por(run_packet(card, data))
+    assert again.step is oi.Step.DONE
