@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from common import card_apdu as ca
 from common import ota
+from sam.interface import Algorithm, CardIdentity, KeyPurpose, SamError
 
 # Restarts (from the probe) after a lost PoR or a lost challenge before the job gives up; a run resumes it again.
 MAX_RESTARTS = 3
@@ -71,11 +72,17 @@ class IssueFiles:
         return cls(emp.ljust(16, b"\x00") + nm.ljust(32, b"\x00"), access, purse)
 
 
-def _fci(data: bytes, aid: bytes) -> dict[int, bytes]:
+def _fci(data: bytes, aid: bytes, sizes: dict[int, int]) -> dict[int, bytes]:
+    """The FCI's proprietary fields, each of `sizes` present with its size and the algorithm (C4) one we know."""
     try:
-        return ca.fci_proprietary(data, aid)
+        prop = ca.fci_proprietary(data, aid)
+        for tag, size in sizes.items():
+            if len(prop.get(tag, b"")) != size:
+                raise ValueError(f"tag {tag:02X} missing or not {size} byte(s)")
+        Algorithm(prop[0xC4][0])
     except ValueError as e:
         raise Refused("card_error", f"the SIM's SELECT answer is not a one-card FCI ({e})") from None
+    return prop
 
 
 class OtaIssue:
@@ -105,7 +112,7 @@ class OtaIssue:
         self.activating = False  # the activation was sent: an active sub-application found later is this job's
         self.restarts = 0
         self.reason, self.code = "", ""
-        self.outcome = ""  # "issued" / "registered only" (found active after this job activated it)
+        self.outcome = ""  # "issued" once the activation is on the card
 
     # --- the packets ------------------------------------------------------------------------------------------
 
@@ -138,7 +145,7 @@ class OtaIssue:
             return self._on_por(por)
         except Refused as e:
             return self._fail(e.code, str(e))
-        except Exception as e:  # a SAM refusal (missing key or usage): nothing is guessed
+        except SamError as e:  # a SAM refusal (missing key or usage): nothing is guessed
             return self._fail("sam_refused", f"{type(e).__name__}: {e}")
 
     def _on_por(self, por: ota.Por) -> bytes | None:
@@ -168,9 +175,9 @@ class OtaIssue:
             return ota.pack_apdus([ca.select_command(ca.AID_V2)])
         if sw != b"\x90\x00":
             raise Refused("not_supported", f"the SIM is not a version 2 one-card (SELECT answered {sw.hex()})")
-        prop = _fci(data, self.aid)
-        asn, status, kv = prop.get(0xC0, b""), prop.get(0xC2, b"\xff")[0], prop.get(0xC3, b"\xff")[0]
-        self.asn, self.kv, self.algorithm = asn, kv, prop.get(0xC4, b"\x00")[0]
+        prop = _fci(data, self.aid, {0xC0: 8, 0xC2: 1, 0xC3: 1, 0xC4: 1})
+        asn, status, kv = prop[0xC0], prop[0xC2][0], prop[0xC3][0]
+        self.asn, self.kv, self.algorithm = asn, kv, prop[0xC4][0]
         if status == ca.STATUS_ACTIVE:
             if self.activating:  # this job's activation reached the card; its PoR did not reach us
                 self.step, self.outcome = Step.DONE, "issued"
@@ -191,12 +198,12 @@ class OtaIssue:
     def _directory(self, sw: bytes, data: bytes) -> bytes | None:
         if sw != b"\x90\x00":
             raise Refused("not_supported", f"the SIM has no one-card directory (SELECT answered {sw.hex()})")
-        prop = _fci(data, ca.AID_V2)
-        if prop.get(0xC0) != self.serial:
+        prop = _fci(data, ca.AID_V2, {0xC0: 8, 0xC4: 1, 0xC8: 1})
+        if prop[0xC0] != self.serial:
             raise Refused("wrong_card", "the SIM's card serial is not the one the job was started for")
-        if prop.get(0xC8, b"\x09")[0] >= ca.MAX_SUB_APPLICATIONS:
+        if prop[0xC8][0] >= ca.MAX_SUB_APPLICATIONS:
             raise Refused("card_full", f"the card already carries {ca.MAX_SUB_APPLICATIONS} sub-applications")
-        self.algorithm = prop.get(0xC4, b"\x00")[0]
+        self.algorithm = prop[0xC4][0]
         wash = self._wash_plan(has_purse=False)  # CREATE makes it at transport state, without purse
         self.plan = [["create"], *wash, *self._write_plan(["put", "purchase"] in wash)]
         self.step = Step.CHALLENGE
@@ -217,8 +224,6 @@ class OtaIssue:
     # --- the secured commands ---------------------------------------------------------------------------------
 
     def _wash_plan(self, has_purse: bool) -> list[list]:
-        from sam.interface import Algorithm, KeyPurpose
-
         purse = (KeyPurpose.PURCHASE, KeyPurpose.LOAD, KeyPurpose.TAC)
         alg = Algorithm(self.algorithm)
         give_purse = has_purse or all(self.sam.has_key(self.eid, p, self.version, alg) for p in purse)
@@ -231,14 +236,10 @@ class OtaIssue:
             writes.append([ca.SFI_PURSE, self.files.purse])
         return [["write", sfi, 0, data.hex()] for sfi, data in writes] + [["write", ca.SFI_APP, 12, ACTIVATE.hex()]]
 
-    def _identity(self):
-        from sam.interface import Algorithm, CardIdentity
-
+    def _identity(self) -> CardIdentity:
         return CardIdentity(self.asn, self.eid, self.kv, Algorithm(self.algorithm))
 
     def _next_secured(self) -> bytes:
-        from sam.interface import Algorithm, CardIdentity, KeyPurpose
-
         item, last = self.plan[0], len(self.plan) == 1
         c = self.challenge
         if item[0] == "create":
@@ -264,8 +265,6 @@ class OtaIssue:
         return ota.pack_apdus(cmds)
 
     def _command(self, item: list, challenge: bytes) -> tuple[int, int, int, bytes]:
-        from sam.interface import KeyPurpose
-
         if item[0] == "put":
             purpose = KeyPurpose(item[1])
             cryptogram, _kcv = self.sam.wrap_card_key(self._identity(), challenge, purpose, self.version)

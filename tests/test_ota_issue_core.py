@@ -64,7 +64,7 @@ def doors(tmp_path, card):
 
 
 def test_the_whole_sequence_is_14_packets(tmp_path):
-    card, op = new_card(), None
+    card = new_card()
     op = new_op(card)
     assert drive(card, op) == 14 and op.step is oi.Step.DONE and op.outcome == "issued"
     assert op.asn == NEW_ASN and op.kv == 1
@@ -143,7 +143,6 @@ def test_a_refused_packet_fails_the_job_with_its_status():
 
 
 def test_a_version_1_card_is_not_supported():
-    from simulator.card import OneCardApplet  # noqa: F401
     from tests.support import make_card
 
     card = make_card(SAMS[A], None)
@@ -168,3 +167,59 @@ def test_the_state_survives_a_dump_and_load():
     while data is not None:
         data = again.on_por(run_packet(card, data))
     assert again.step is oi.Step.DONE
+
+
+def por_of(answer: bytes, n: int = 1) -> ota.Por:
+    return ota.Por(ota.ISSUER_TAR, 1, ota.PorStatus.OK, ota.compact_response(n, answer))
+
+
+@pytest.mark.parametrize("mangle", ["short_asn", "no_status", "bad_algorithm", "not_fci"])
+def test_a_malformed_select_answer_is_a_card_error_and_nothing_is_sent(mangle):
+    card = new_card()
+    assert drive(card, new_op(card)) == 14
+    card.card.apps[1].status = 0
+    answer = card.transmit(bytes(new_op(card).start()) + b"")  # SELECT B with Le
+    fci = bytearray(answer[:-2])
+    if mangle == "short_asn":
+        fci = fci.replace(b"\xc0\x08" + NEW_ASN, b"\xc0\x07" + NEW_ASN[:7])
+        fci[1] -= 1
+        fci[fci.index(0xA5) + 1] -= 1
+    elif mangle == "no_status":
+        at = fci.index(b"\xc2\x01")
+        del fci[at : at + 3]
+        fci[1] -= 3
+        fci[fci.index(0xA5) + 1] -= 3
+    elif mangle == "bad_algorithm":
+        fci[fci.index(b"\xc4\x01") + 2] = 0x7E
+    else:
+        fci = bytearray(b"\x6f\x00")
+    op = new_op(card)
+    op.start()
+    assert op.on_por(por_of(bytes(fci) + b"\x90\x00")) is None
+    assert op.step is oi.Step.FAILED and op.code == "card_error", op.reason
+
+
+def test_a_command_refused_mid_sequence_fails_with_its_status_word():
+    card = new_card()
+    op = new_op(card)
+    data = op.start()
+    for _ in range(4):  # probe, directory, challenge, CREATE: now in the PUT KEY chain
+        data = op.on_por(run_packet(card, data))
+    assert data is not None and op.sent[0] == "put"
+    assert op.on_por(por_of(b"\x6a\x86", 1)) is None
+    assert op.step is oi.Step.FAILED and op.code == "card_error" and "6a86" in op.reason
+
+
+def test_create_answered_6a84_is_card_full_and_6a89_restarts():
+    card = new_card()
+    op = new_op(card)
+    data = op.start()
+    for _ in range(3):
+        data = op.on_por(run_packet(card, data))
+    assert op.sent[0] == "create"
+    assert op.on_por(por_of(b"\x6a\x89", 1)) == op.start() and op.restarts == 1
+    op2 = new_op(card)
+    data = op2.start()
+    for _ in range(3):
+        data = op2.on_por(run_packet(card, data))
+    assert op2.on_por(por_of(b"\x6a\x84", 1)) is None and op2.code == "card_full"
