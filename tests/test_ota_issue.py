@@ -56,6 +56,14 @@ class TearableHandset(SimHandset):
             return []
 
 
+def issuing_keystore() -> Keystore:
+    """A card office's keystore (`sam restrict --role issuing --enterprise B --card-issuer`): what ota-issue needs."""
+    from sam.roles import CARD_ISSUER_KEYS, ROLE_KEYS
+
+    own = KS[B].restricted_per_purpose(ROLE_KEYS["issuing"])
+    return Keystore([*own, *ISSUER.restricted_per_purpose(CARD_ISSUER_KEYS["issuing"])])
+
+
 def issuer_master() -> bytes:
     key = ISSUER.get(bytes(4), KeyPurpose.TRANSPORT, 0, Algorithm.AES128)
     assert key is not None
@@ -66,7 +74,7 @@ def issuer_master() -> bytes:
 def world(tmp_path):
     state = multi_card([sub_application(SAMS[A], person(A, "E1001", "Zhang Wei", {1, 2}), "Office")], ISSUER_SAM)
     card = OneCardV2Applet(state)
-    platform_keys = Keystore([*KS[B], *ISSUER])  # B's issuing keys and the card issuer's TRANSPORT key
+    platform_keys = issuing_keystore()  # B's issuing keys and the card issuer's TRANSPORT key (mac)
     otasam = OtaSam(platform_keys)
     a_keys = OtaSam(KS[A]).personalise_keys(CardIdentity(state.apps[0].asn, A, 1, Algorithm.AES128))
     issuer_keys = diversify_ota_keys(issuer_master(), otasam.issuer(state.serial))
@@ -245,7 +253,7 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
     (tmp_path / "pass").write_text("ota issue passphrase\n")
     save_keystore(
         tmp_path / "ks",
-        Keystore([*KS[B], *ISSUER]),
+        issuing_keystore(),
         KeystoreUnlock.from_passphrase_file(tmp_path / "pass"),
         scrypt_n=2**10,
     )

@@ -9,15 +9,14 @@ import pytest
 
 from central import ota_issue as oi
 from common import ota
-from sam.keystore import Keystore
 from sam.software import SoftwareSam
 from simulator.card import OneCardV2Applet
 from simulator.personalise import multi_card, sub_application
 from tests.support import make_terminal
-from tests.test_card_v2 import ISSUER, ISSUER_SAM, KS, SAMS, A, B, person, tap
-from tests.test_ota_issue import NEW_ASN, RIGHTS
+from tests.test_card_v2 import ISSUER_SAM, SAMS, A, B, person, tap
+from tests.test_ota_issue import NEW_ASN, RIGHTS, issuing_keystore
 
-SAM = SoftwareSam(Keystore([*KS[B], *ISSUER]))
+SAM = SoftwareSam(issuing_keystore())
 GO_ON = (0x90, 0x91, 0x61, 0x62, 0x63)
 
 
