@@ -147,6 +147,8 @@ class OtaIssue:
             return self._fail(e.code, str(e))
         except SamError as e:  # a SAM refusal (missing key or usage): nothing is guessed
             return self._fail("sam_refused", f"{type(e).__name__}: {e}")
+        except ota.OtaError as e:  # a PoR whose additional data is not a compact response
+            return self._fail("card_error", f"the PoR is unreadable ({e})")
 
     def _on_por(self, por: ota.Por) -> bytes | None:
         if por.status is not ota.PorStatus.OK:

@@ -5,7 +5,11 @@ Refusals: another card's serial, a sub-application at another key version or voi
 
 from __future__ import annotations
 
+import copy
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from central import ota_issue as oi
 from common import ota
@@ -222,3 +226,30 @@ def test_create_answered_6a84_is_card_full_and_6a89_restarts():
     for _ in range(3):
         data = op2.on_por(run_packet(card, data))
     assert op2.on_por(por_of(b"\x6a\x84", 1)) is None and op2.code == "card_full"
+
+
+def _snapshots() -> list[tuple[OneCardV2Applet, oi.OtaIssue, bytes]]:
+    """The card and the operation paused before each of the 14 PoRs (copied per example; the SAM is shared)."""
+    card = new_card()
+    op = new_op(card)
+    packet = op.start()
+    out = []
+    while packet is not None:
+        out.append(copy.deepcopy((card, op, packet), {id(SAM): SAM}))
+        packet = op.on_por(run_packet(card, packet))
+    return out
+
+
+SNAPSHOTS = _snapshots()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 13), st.sampled_from(list(ota.PorStatus)), st.binary(max_size=40), st.booleans())
+def test_any_por_at_any_step_gives_a_packet_or_ends_and_never_raises(k, status, data, run_first):
+    card, op, packet = copy.deepcopy(SNAPSHOTS[k], {id(SAM): SAM})
+    if run_first:  # the packet ran, and its PoR's additional data is replaced by noise
+        run_packet(card, packet)
+    out = op.on_por(ota.Por(ota.ISSUER_TAR, 1, status, data))
+    assert out is None or isinstance(out, bytes)
+    assert (out is None) == (op.step in (oi.Step.DONE, oi.Step.FAILED))
+    assert op.step is not oi.Step.FAILED or (op.code and op.reason)
