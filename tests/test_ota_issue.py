@@ -339,3 +339,27 @@ def test_documented_issuer_example():
     # The SIM opens it with the same keys, under the issuer's TAR.
     cmd = ota.open_command(packet, keys)
     assert cmd.data == data and cmd.cntr == 1 and packet[7:10] == ota.ISSUER_TAR
+
+
+def test_the_sims_issuer_counter_is_durable(world, tmp_path):
+    """The issuer's receiving entity keeps its counter in its own state file: a packet replayed after the SIM
+    restarted is still refused (docs/ota.md 3.1, 2.1)."""
+    w = world
+    state = w["sim"].domains[ota.ISSUER_TAR]
+    store = ota_sim.OtaStateFile(tmp_path / "issuer-ota.json")
+    store.save(state)
+    w["sim"].domain_stores[ota.ISSUER_TAR] = store
+    seen = []
+    real = w["sim"].process
+
+    def keep(packet):
+        seen.append(packet)
+        return real(packet)
+
+    w["sim"].process = keep
+    assert run(w).step is oi.Step.DONE
+    reloaded = store.load()
+    assert reloaded.counter == state.counter == len(seen)
+    again = ota_sim.OtaSim(w["card"], w["sim"].state, domains={ota.ISSUER_TAR: reloaded})
+    keys = diversify_ota_keys(issuer_master(), w["otasam"].issuer(w["state"].serial))
+    assert ota.open_por(again.process(seen[-1]), keys).status is ota.PorStatus.CNTR_LOW
