@@ -678,6 +678,11 @@ def cmd_ota_resume(args) -> int:
             job = None  # asked for, never sent (the SMSC could not be reached): start it now
             if params is None:
                 raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
+        if job is not None and job["op"] == "issue":
+            raise UserError(
+                f"job {args.job_id} is an over-the-air issue: run the same `onecard platform ota-issue ... --job "
+                f"{args.job_id}` again to resume it"
+            )
         if params is None or (job is not None and job["op"] != "topup"):
             raise UserError(f"job {args.job_id} is not a top-up this command can resume")
         msisdn = None if job is None else job["msisdn"]
