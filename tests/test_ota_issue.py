@@ -315,6 +315,8 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
     r = onecard(*issue, "--job", "j2")
     assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "refused: already issued" in r.stderr
+    r = onecard("ota-resume", "j1", *ota_opts)
+    assert r.returncode == 2 and "run the same `onecard platform ota-issue ... --job j1`" in r.stderr, r.stderr
     r = onecard("ota-jobs", keyed=False)
     assert r.stdout.startswith("j1  issue  card B0B0B0B0B0B0B0B0") and "  done  " in r.stdout, r.stdout
     r = onecard(*issue[: -len(ota_opts)], "--smsc", "nowhere", "--smpp-password-file", tmp_path / "smpp.pass")
