@@ -111,6 +111,20 @@ def run(w, job="iss-1", channel=None):
     return oi.run_issue(channel or w["channel"], job, new_op(w), MSISDN, "R-0707", RIGHTS)
 
 
+def run_recording(w) -> list[bytes]:
+    """Run the issue to its end; the command packets the SIM received, in order."""
+    seen: list[bytes] = []
+    real = w["sim"].process
+
+    def keep(packet):
+        seen.append(packet)
+        return real(packet)
+
+    w["sim"].process = keep
+    assert run(w).step is oi.Step.DONE
+    return seen
+
+
 def doors_open(w):
     door_b, _ = make_terminal(w["tmp"], SAMS[B], "door", enterprise=B)
     door_a, _ = make_terminal(w["tmp"], SAMS[A], "door")
@@ -207,15 +221,8 @@ def test_gateway_killed_after_submit_before_por_resumes_once(world):
 
 def test_a_replayed_packet_is_refused_with_its_por_status(world):
     w = world
-    seen = []
     real = w["sim"].process
-
-    def keep(packet):
-        seen.append(packet)
-        return real(packet)
-
-    w["sim"].process = keep
-    assert run(w).step is oi.Step.DONE
+    seen = run_recording(w)
     before = w["sim"].domains[ota.ISSUER_TAR].counter
     por = real(seen[3])  # the CREATE packet again
     keys = diversify_ota_keys(issuer_master(), w["otasam"].issuer(w["state"].serial))
@@ -351,15 +358,7 @@ def test_the_sims_issuer_counter_is_durable(world, tmp_path):
     store = ota_sim.OtaStateFile(tmp_path / "issuer-ota.json")
     store.save(state)
     w["sim"].domain_stores[ota.ISSUER_TAR] = store
-    seen = []
-    real = w["sim"].process
-
-    def keep(packet):
-        seen.append(packet)
-        return real(packet)
-
-    w["sim"].process = keep
-    assert run(w).step is oi.Step.DONE
+    seen = run_recording(w)
     reloaded = store.load()
     assert reloaded.counter == state.counter == len(seen)
     again = ota_sim.OtaSim(w["card"], w["sim"].state, domains={ota.ISSUER_TAR: reloaded})
