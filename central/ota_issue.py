@@ -379,7 +379,14 @@ def run_issue(channel, job_id: str, op: OtaIssue, msisdn: str, employee_no: str,
         asn = op.asn.hex().upper()
         platform = store.platform
         if not platform.is_registered(asn):
-            platform.issue_card(op.eid.hex(), employee_no, asn, rights, key_version=op.version)
+            platform.issue_card(
+                op.eid.hex(),
+                employee_no,
+                asn,
+                rights,
+                max_balance_cents=rights["max_balance"],
+                key_version=op.version,
+            )
         store.update(job_id, state=op.dump(), status="done", note=f"issued {asn} key version {op.version}")
         return op
     store.update(job_id, state=op.dump(), status="failed", note=op.reason)

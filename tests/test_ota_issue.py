@@ -140,6 +140,7 @@ def test_issue_over_the_air_opens_b_and_keeps_a(world):
     assert len(w["sim"].executed) == 14 and w["pf"].ota_job("iss-1")["status"] == "done"
     card = w["pf"].card(NEW_ASN.hex().upper())
     assert card["enterprise_id"] == B.hex() and card["status"] == "ACTIVE"
+    assert card["max_balance_cents"] == RIGHTS["max_balance"] and card["rights"]["door_groups"] == [1]
     assert [(e.name, e.status) for e in w["card"].directory()] == [("Office", 1), ("Community", 1)]
     # Every packet went to the card issuer's TAR (bytes 8..10 of the command packet after the UDH 02 70 00).
     packets = [m.user_data for m in w["smsc"].messages.values() if m.user_data[:3] == b"\x02\x70\x00"]
