@@ -47,6 +47,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_mutation_card_v2.py",
         "tests/test_card_spec_tables.py",
     ],
+    "common/card_apdu.py": ["tests/test_card_apdu.py", "tests/test_card_application.py"],
     "terminal/purse_protocol.py": ["tests/test_purse.py", "tests/test_mutation_purse_protocol.py"],
     "terminal/door.py": [
         "tests/test_door_attendance.py",

@@ -130,6 +130,26 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     _ota_arguments(c)
     c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
+    c = cmd(
+        "ota-issue",
+        "issuing over the air (空中发卡): create, wash and personalise the enterprise's sub-application on the "
+        "employee's SIM through the SMSC, then register it (docs/ota.md 5.4)",
+        cmd_ota_issue,
+    )
+    c.add_argument("--enterprise", required=True, help="8-digit enterprise ID of the sub-application")
+    c.add_argument("--employee", required=True, help="employee number, registered with a phone number")
+    c.add_argument("--card-serial", required=True, help="the SIM's card serial (16 hex digits, its directory's C0)")
+    c.add_argument("--name", required=True, help="the sub-application's name in the card directory")
+    c.add_argument("--to-version", type=int, default=1, help="the enterprise's key version 1..255 (default 1)")
+    c.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5")
+    c.add_argument("--valid-from", default=None, help="YYYY-MM-DD (default today)")
+    c.add_argument("--valid-to", default=None, help="YYYY-MM-DD (default in 3 years)")
+    c.add_argument("--time-profile", type=int, default=0)
+    c.add_argument("--purse-expiry", default=None, help="YYYY-MM-DD (default --valid-to)")
+    c.add_argument("--max-balance", default="2000.00", help="yuan")
+    c.add_argument("--asn", help="the new sub-application's ASN, 16 hex digits (default random)")
+    _ota_arguments(c)
+    c.add_argument("--job", help="the job ID (default: a new one); an existing job's ID resumes it")
     c = cmd("ota-resume", "resume an over-the-air job whose gateway stopped (or whose phone was off)", cmd_ota_resume)
     c.add_argument("job_id")
     _ota_arguments(c)
@@ -532,19 +552,25 @@ def _ota_options(args) -> tuple[str, int, str, bytes]:
 
 def _ota_keys(args, pf, asn: str, card: dict):
     """(the platform's keystore, the card's identity: key version from --key-version or `card_keys`, else 1)."""
-    from sam.interface import Algorithm, CardIdentity, SamError
-    from sam.keystore import KeystoreUnlock, load_keystore
+    from sam.interface import Algorithm, CardIdentity
 
-    try:
-        keystore = load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
-    except SamError as exc:
-        raise UserError(str(exc)) from None
+    keystore = _ota_keystore(args)
     alg = Algorithm.AES128 if args.algorithm == "aes128" else Algorithm.SM4
     version = args.key_version
     if version is None:
         row = pf.conn.execute("SELECT key_version FROM card_keys WHERE asn = ?", (asn,)).fetchone()
         version = row[0] if row else 1
     return keystore, CardIdentity(bytes.fromhex(asn), bytes.fromhex(card["enterprise_id"]), version, alg)
+
+
+def _ota_keystore(args):
+    from sam.interface import SamError
+    from sam.keystore import KeystoreUnlock, load_keystore
+
+    try:
+        return load_keystore(args.keystore, KeystoreUnlock.from_passphrase_file(args.passphrase_file))
+    except SamError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
@@ -728,6 +754,44 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
     return 0
 
 
+def cmd_ota_issue(args) -> int:
+    """One line: issued (exit 0), no PoR yet (exit 0, run again), refused or failed (exit 1)."""
+    import uuid
+
+    from central import ota_issue as oi
+    from central.db import PlatformError
+    from central.ota_channel import OtaStore
+    from central.ota_gateway import GatewayError, SmppGateway
+    from sam.interface import SamError
+
+    host, port, password, _ = _ota_options(args)
+    try:
+        request = oi.IssueRequest.from_options(
+            args.enterprise, args.employee, args.card_serial, args.name, args.to_version, args.asn, args
+        )
+    except ValueError as exc:
+        raise UserError(f"{exc}; nothing was sent") from None
+    job_id = args.job or f"ota-{uuid.uuid4().hex[:12]}"
+    pf = _platform(args)
+    store = OtaStore(pf)
+    gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
+    try:
+        msg = oi.cli_run(store, job_id, request, _ota_keystore(args), gw, args.validity, args.wait)
+    except oi.IssueRefused as exc:
+        raise UserError(f"over-the-air issue {job_id}: refused: {exc}", EXIT_REFUSED) from None
+    except (GatewayError, SamError) as exc:
+        raise UserError(f"{exc}; job {job_id} is kept: run the same command with --job {job_id}") from None
+    except PlatformError as exc:
+        raise UserError(str(exc)) from None
+    finally:
+        gw.close()
+        pf.close()
+    if msg.startswith("failed") or msg.startswith("the phone stayed"):
+        raise UserError(f"over-the-air issue {job_id}: {msg}", EXIT_REFUSED)
+    print(f"over-the-air issue {job_id}: {msg}")
+    return 0
+
+
 def cmd_ota_resume(args) -> int:
     from central.db import PlatformError
     from central.ota_channel import OtaStore
@@ -745,6 +809,11 @@ def cmd_ota_resume(args) -> int:
         if params is not None and params.get("op") in OTA_SECURED_OPS:  # never sent: the SMSC was down
             settle = bool(params.get("settle"))
             return _ota_secured_run(args, pf, args.job_id, params["asn"], params["op"], params["msisdn"], settle)
+        if job is not None and job["op"] == "issue":
+            raise UserError(
+                f"job {args.job_id} is an over-the-air issue: run the same `onecard platform ota-issue ... --job "
+                f"{args.job_id}` again to resume it"
+            )
         if params is None or (job is not None and job["op"] != "topup"):
             raise UserError(f"job {args.job_id} is not a top-up this command can resume")
         msisdn = None if job is None else job["msisdn"]

@@ -126,11 +126,11 @@ class OtaChannel:
     por_wait_seconds: float = 5.0
     clock: Callable[[], tuple[bytes, bytes]] = lambda: (b"\x20\x26\x01\x01", b"\x00\x00\x00")  # BCD date, time
 
-    def send(self, job_id: str, card, msisdn: str, data: bytes) -> int:
-        """Secure `data` under a fresh counter (stored first) and submit it; the counter used."""
+    def send(self, job_id: str, card, msisdn: str, data: bytes, tar: bytes = ota.ONECARD_TAR) -> int:
+        """Secure `data` under a fresh counter (stored first) and submit it to `tar`; the counter used."""
         asn = card.asn.hex()
         cntr = self.store.next_counter(asn)
-        pkt = self.otasam.secure_command(card, ota.ONECARD_TAR, cntr, data)
+        pkt = self.otasam.secure_command(card, tar, cntr, data)
         mids = []
         for ud in ota.split_sms(bytes([ota.IEI_CPI, 0]), pkt, cntr & 0xFFFF):
             mid = self.gateway.submit(

@@ -38,6 +38,8 @@ IEI_RPI = 0x71
 SMS_UD_MAX = 140  # octets of 8-bit user data in one SMS (TS 23.040 9.2.3.24)
 # The onecard application's TAR (TS 102 225 5.1.4 leaves values outside TS 101 220's allocation to the issuer).
 ONECARD_TAR = b"\xb0\x1c\xa0"
+# The card issuer's card management on a version 2 card: issuing over the air (docs/ota.md 2.1), its own keys.
+ISSUER_TAR = b"\xb0\x1c\x00"
 
 # KIc / KID algorithm nibble (b4..b1) for AES: KIc '2' = AES CBC, KID '2' = AES CMAC (TS 102 225 5.1.2, 5.1.3.1).
 ALG_AES = 0x2

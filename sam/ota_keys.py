@@ -13,6 +13,7 @@ from common import ota
 from sam import crypto
 from sam.interface import Algorithm, CardIdentity, InvalidCardIdentity, KeyNotFound, KeyPurpose, KeyUsage, KeyUsageError
 from sam.keystore import Keystore, describe_key
+from sam.roles import CARD_ISSUER
 
 LABEL_KIC = b"KIc"
 LABEL_KID = b"KID"
@@ -42,14 +43,21 @@ class OtaSam:
         return f"OtaSam(<{len(self._keystore)} keys>)"
 
     def _keys(self, card: CardIdentity, usage: KeyUsage) -> ota.OtaKeys:
-        master = self._keystore.get(card.enterprise_id, KeyPurpose.UPDATE, card.key_version, Algorithm.AES128)
+        # The card issuer (00000000, `card.asn` the card serial) has one master key, TRANSPORT version 0 (the one
+        # K_CARD comes from): its OTA keys carry the packets of issuing over the air (docs/ota.md 2.1).
+        purpose, version = (
+            (KeyPurpose.TRANSPORT, 0) if card.enterprise_id == CARD_ISSUER else (KeyPurpose.UPDATE, card.key_version)
+        )
+        master = self._keystore.get(card.enterprise_id, purpose, version, Algorithm.AES128)
         if master is None:
-            what = describe_key(card.enterprise_id, KeyPurpose.UPDATE, card.key_version, Algorithm.AES128)
+            what = describe_key(card.enterprise_id, purpose, version, Algorithm.AES128)
             raise KeyNotFound(
                 f"no master key for {what}; OTA keys are diversified from it: install a keystore that holds it"
             )
         if usage not in master.usages:
-            raise KeyUsageError(f"the UPDATE master key may not be used for {usage.value}; OTA needs it with 'mac'")
+            raise KeyUsageError(
+                f"the {purpose.value.upper()} master key may not be used for {usage.value}; OTA needs it with 'mac'"
+            )
         return diversify_ota_keys(master.key.reveal(), card)
 
     def secure_command(self, card: CardIdentity, tar: bytes, cntr: int, data: bytes) -> bytes:
@@ -57,6 +65,10 @@ class OtaSam:
 
     def open_por(self, card: CardIdentity, user_data: bytes) -> ota.Por:
         return ota.open_por(user_data, self._keys(card, KeyUsage.MAC))
+
+    def issuer(self, serial: bytes) -> CardIdentity:
+        """The identity that names a version 2 card's issuer OTA keys: enterprise 00000000, ASN = card serial."""
+        return CardIdentity(serial, CARD_ISSUER, 0, Algorithm.AES128)
 
     def personalise_keys(self, card: CardIdentity) -> ota.OtaKeys:
         """The card's OTA keys for writing into it at issuing: usage PERSONALISE, as every card key."""

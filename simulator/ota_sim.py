@@ -126,6 +126,10 @@ class OtaSim:
     # A test hook: called with the index of each remote APDU before it runs (a tear raises from here).
     before_apdu: Callable[[int], None] | None = None
     executed: list[int] = field(default_factory=list)  # counters of packets whose commands ran (for tests)
+    # Further receiving entities by TAR, each with its own keys and counter: the card issuer's (docs/ota.md 2.1,
+    # ota.ISSUER_TAR), which carries issuing over the air before the enterprise's sub-application exists.
+    domains: dict[bytes, OtaState] = field(default_factory=dict)
+    domain_stores: dict[bytes, OtaStateFile] = field(default_factory=dict)
 
     def envelope(self, apdu: bytes) -> bytes:
         """Answer one ENVELOPE APDU: 90 00, or 91 LL when a PoR waits to be fetched."""
@@ -168,29 +172,37 @@ class OtaSim:
             spi, _kic, _kid, tar = ota.peek_command(packet)
         except ota.OtaError:
             return None  # cannot even name the TAR or SPI: a PoR would say nothing the platform can match
-        if tar != self.tar:
+        state = self.state if tar == self.tar else self.domains.get(tar)
+        if state is None:
             return self._por(spi, tar, 0, ota.PorStatus.TAR_UNKNOWN, secured=False)
         try:
-            cmd = ota.open_command(packet, self.state.keys)
+            cmd = ota.open_command(packet, state.keys)
         except ota.OtaRefused as e:
             assert e.status is not None
             return self._por(spi, tar, e.cntr or 0, e.status, secured=False)
         except ota.OtaError:
             return self._por(spi, tar, 0, ota.PorStatus.UNIDENTIFIED_SECURITY_ERROR, secured=False)
-        status = ota.check_counter(cmd.spi.counter, self.state.counter, cmd.cntr)
+        status = ota.check_counter(cmd.spi.counter, state.counter, cmd.cntr)
         if status is not ota.PorStatus.OK:
-            return self._por(spi, tar, cmd.cntr, status, secured=True)
+            return self._por(spi, tar, cmd.cntr, status, secured=True, keys=state.keys)
         try:
             apdus = ota.parse_apdus(cmd.data)
         except ota.OtaError:
             apdus = []
         # Durable first: whatever happens from here, this counter is spent and the packet never runs twice.
-        self.state.counter = cmd.cntr
-        if self.store is not None:
-            self.store.save(self.state)
+        state.counter = cmd.cntr
+        store = self.store if state is self.state else self.domain_stores.get(tar)
+        if store is not None:
+            store.save(state)
         if not apdus:
             return self._por(
-                spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=ota.compact_response(0, b"\x6f\x00")
+                spi,
+                tar,
+                cmd.cntr,
+                ota.PorStatus.OK,
+                secured=True,
+                data=ota.compact_response(0, b"\x6f\x00"),
+                keys=state.keys,
             )
         self.executed.append(cmd.cntr)
         n, last = 0, b""
@@ -200,14 +212,23 @@ class OtaSim:
             last, n = self.applet.transmit(a), n + 1
             if len(last) < 2 or last[-2] not in _GO_ON:
                 break
-        return self._por(spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=ota.compact_response(n, last))
+        response = ota.compact_response(n, last)
+        return self._por(spi, tar, cmd.cntr, ota.PorStatus.OK, secured=True, data=response, keys=state.keys)
 
     def _por(
-        self, spi: ota.Spi, tar: bytes, cntr: int, status: ota.PorStatus, *, secured: bool, data: bytes = b""
+        self,
+        spi: ota.Spi,
+        tar: bytes,
+        cntr: int,
+        status: ota.PorStatus,
+        *,
+        secured: bool,
+        data: bytes = b"",
+        keys: ota.OtaKeys | None = None,
     ) -> bytes | None:
         if spi.por is ota.PorRequest.NONE or (spi.por is ota.PorRequest.ON_ERROR and status is ota.PorStatus.OK):
             return None
-        return ota.build_por(self.state.keys if secured else None, spi, tar, cntr, status, data)
+        return ota.build_por(keys if secured else None, spi, tar, cntr, status, data)
 
     def _queue_por(self, address: str, por_user_data: bytes) -> None:
         self.por_reference = (self.por_reference + 1) & 0xFF

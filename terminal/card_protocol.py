@@ -7,32 +7,48 @@ typed value or raises CardProtocolError (or NotOneCard) naming what was wrong wi
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from common import bcd
+from common import card_apdu as _ca
 from sam.interface import Algorithm, CardIdentity
 
-AID = bytes.fromhex("F04F4E454341524401")
-# Version 2 (section 9): the card directory, and AID_V2 || enterprise ID for that enterprise's sub-application.
-AID_V2 = bytes.fromhex("F04F4E454341524402")
-SFI_DIRECTORY = 0x1E
-MAX_SUB_APPLICATIONS = 8
-NAME_MAX = 16  # bytes of UTF-8 in a sub-application's directory name
-ISSUER_ENTERPRISE = bytes(4)  # 00000000: the card issuer, whose TRANSPORT master key diversifies K_CARD
+# The command builders the platform shares (over the air) live in common/card_apdu.py; the terminal's names for them.
+AID = _ca.AID
+AID_V2 = _ca.AID_V2
+CHALLENGE_LEN = _ca.CHALLENGE_LEN
+INS_BLOCK = _ca.INS_BLOCK
+INS_COMMIT_KEYS = _ca.INS_COMMIT_KEYS
+INS_CREATE = _ca.INS_CREATE
+INS_DELETE = _ca.INS_DELETE
+INS_ERASE = _ca.INS_ERASE
+INS_GET_BALANCE = _ca.INS_GET_BALANCE
+INS_PUT_KEY = _ca.INS_PUT_KEY
+INS_READ_BINARY = _ca.INS_READ_BINARY
+INS_READ_RECORD = _ca.INS_READ_RECORD
+INS_UPDATE_BINARY = _ca.INS_UPDATE_BINARY
+ISSUER_ENTERPRISE = _ca.ISSUER_ENTERPRISE
+KEY_IDS = _ca.KEY_IDS
+MAC_LEN = _ca.MAC_LEN
+MAX_SUB_APPLICATIONS = _ca.MAX_SUB_APPLICATIONS
+NAME_MAX = _ca.NAME_MAX
+SFI_ACCESS = _ca.SFI_ACCESS
+SFI_APP = _ca.SFI_APP
+SFI_DIRECTORY = _ca.SFI_DIRECTORY
+SFI_HOLDER = _ca.SFI_HOLDER
+SFI_PURSE = _ca.SFI_PURSE
+STATUS_ACTIVE = _ca.STATUS_ACTIVE
+STATUS_LOCKED = _ca.STATUS_LOCKED
+STATUS_TRANSPORT = _ca.STATUS_TRANSPORT
+STATUS_VOIDED = _ca.STATUS_VOIDED
+encode_access_file = _ca.encode_access_file
+get_challenge_command = _ca.get_challenge_command
+secured_command = _ca.secured_command
+secured_mac_input = _ca.secured_mac_input
+select_command = _ca.select_command
+sub_application_aid = _ca.sub_application_aid
 
-
-def sub_application_aid(enterprise_id: bytes) -> bytes:
-    if len(enterprise_id) != 4:
-        raise ValueError("enterprise ID must be 4 bytes")
-    return AID_V2 + enterprise_id
-
-
-STATUS_TRANSPORT = 0x00
-STATUS_ACTIVE = 0x01
-STATUS_VOIDED = 0x02
-STATUS_LOCKED = 0x03
 STATUS_NAMES = {
     STATUS_TRANSPORT: "not issued (transport keys)",
     STATUS_ACTIVE: "active",
@@ -43,7 +59,6 @@ STATUS_NAMES = {
 CARD_TYPES = {0x01: "RFID-SIM", 0x02: "IC card"}
 
 ACCESS_READ_BODY_LEN = 1 + 32 + 48 + 4
-MAC_LEN = 8
 
 
 class CardProtocolError(Exception):
@@ -143,11 +158,6 @@ def expect_ok(rapdu: bytes, what: str, length: int) -> bytes:
     return rapdu[:-2]
 
 
-def select_command(aid: bytes = AID) -> bytes:
-    """SELECT by DF name: the version 1 application by default, or sub_application_aid(E) / AID_V2."""
-    return bytes([0x00, 0xA4, 0x04, 0x00, len(aid)]) + aid + b"\x00"
-
-
 def access_read_command(nonce: bytes, terminal_id: bytes) -> bytes:
     if len(nonce) != 8 or len(terminal_id) != 6:
         raise ValueError("ACCESS READ takes an 8-byte nonce and a 6-byte terminal ID")
@@ -239,19 +249,6 @@ def parse_bcd_date(raw: bytes, what: str) -> dt.date:
         raise CardProtocolError(f"{what} {raw.hex()} is not a BCD date YYYYMMDD") from None
 
 
-def encode_access_file(
-    valid_from: dt.date, valid_to: dt.date, door_groups: Collection[int], time_profile: int
-) -> bytes:
-    """EF_ACCESS (section 2.3) as an issuer writes it; ValueError for values the file cannot hold."""
-    if any(not 1 <= g <= 64 for g in door_groups) or not 0 <= time_profile <= 255 or valid_to < valid_from:
-        raise ValueError("door groups must be 1..64, the time profile 0..255, valid-to not before valid-from")
-    bitmap = bytearray(8)
-    for g in door_groups:
-        bitmap[(g - 1) // 8] |= 0x80 >> ((g - 1) % 8)
-    dates = bcd.encode_date(valid_from) + bcd.encode_date(valid_to)
-    return dates + bytes(bitmap) + bytes([time_profile]) + bytes(15)
-
-
 def parse_door_groups(bitmap: bytes) -> frozenset[int]:
     """Group g (1..64) is bit 7 - (g-1) % 8 of byte (g-1) // 8: group 1 is the top bit of the first byte."""
     return frozenset(g for g in range(1, 8 * len(bitmap) + 1) if bitmap[(g - 1) // 8] & (0x80 >> ((g - 1) % 8)))
@@ -321,10 +318,6 @@ def open_access_read(envelope: AccessReadEnvelope, private: bytes) -> AccessRead
 
 # --- administration: GET CHALLENGE, secured commands, READ RECORD (docs/card-application.md section 8) ------
 
-CHALLENGE_LEN = 8
-KEY_IDS = {"access": 0x01, "update": 0x02, "purchase": 0x03, "load": 0x04, "tac": 0x05}
-INS_PUT_KEY, INS_COMMIT_KEYS, INS_UPDATE_BINARY, INS_BLOCK, INS_ERASE = 0xD4, 0xD8, 0xD6, 0x1E, 0x0E
-SFI_APP, SFI_HOLDER, SFI_ACCESS, SFI_PURSE = 1, 2, 3, 4
 SFI_SUBSIDY = 5  # version 2 only, write-only: the maximum subsidy balance; the first write creates the subsidy purse
 RECORD_LEN = 44
 
@@ -372,25 +365,8 @@ class TransactionRecord:
         }
 
 
-def get_challenge_command() -> bytes:
-    return bytes([0x00, 0x84, 0x00, 0x00, CHALLENGE_LEN])
-
-
 def parse_challenge(rapdu: bytes) -> bytes:
     return expect_ok(rapdu, "GET CHALLENGE", CHALLENGE_LEN)
-
-
-def secured_mac_input(challenge: bytes, ins: int, p1: int, p2: int, plain: bytes) -> bytes:
-    """challenge || 84 INS P1 P2 Lc || data: Lc counts the 8 MAC bytes that follow the data on the wire."""
-    if len(challenge) != CHALLENGE_LEN or len(plain) + MAC_LEN > 255:
-        raise ValueError("a secured command takes an 8-byte challenge and at most 247 data bytes")
-    return challenge + bytes([0x84, ins, p1, p2, len(plain) + MAC_LEN]) + plain
-
-
-def secured_command(ins: int, p1: int, p2: int, plain: bytes, mac: bytes, le: int | None = None) -> bytes:
-    if len(mac) != MAC_LEN:
-        raise ValueError("the MAC of a secured command is 8 bytes")
-    return bytes([0x84, ins, p1, p2, len(plain) + MAC_LEN]) + plain + mac + (b"" if le is None else bytes([le]))
 
 
 def check_secured(rapdu: bytes, what: str, length: int = 0) -> bytes:
@@ -449,8 +425,6 @@ def parse_read_binary(rapdu: bytes, what: str, length: int) -> bytes:
 
 
 # --- version 2: card directory and secured reads (docs/card-application.md section 9) ----------------------
-
-INS_READ_BINARY, INS_READ_RECORD, INS_GET_BALANCE, INS_DELETE, INS_CREATE = 0xB0, 0xB2, 0x5C, 0xE4, 0xE0
 
 
 @dataclass(frozen=True)

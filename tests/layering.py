@@ -48,6 +48,7 @@ SANS_IO_CORES = (
     "common.passwords",
     "common.stk",
     "common.deletion_request",
+    "common.card_apdu",
     "phone.handset",
     "central.attendance_rules",
 )
