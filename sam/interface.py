@@ -118,6 +118,11 @@ class MacVerificationError(SamError):
     """A MAC did not verify: the data is forged, altered, or from a cloned card."""
 
 
+class BalanceTooLow(SamError):
+    """A version 2 card's sealed balance (card-application.md 5.2a), deciphered by the SAM, does not cover the
+    debit: no MAC1 was computed and no TSN taken (the card would answer 94 01 to DEBIT)."""
+
+
 class InvalidCardIdentity(SamError, ValueError):
     """The CardIdentity cannot name a card key (wrong ASN or enterprise ID length)."""
 
@@ -150,11 +155,23 @@ class Sam(Protocol):
         (card, amount, TSN) as its last one, for a later reversal.
         """
 
+    def purchase_mac1_sealed(self, session: PurchaseSession, sealed: bytes) -> tuple[int, bytes, bytes]:
+        """A version 2 card's purchase (card-application.md 5.2a): decipher the INITIALIZE answer's sealed purse
+        fields under SK_BAL (K_PURCHASE, card random, counter): 4 bytes (the balance) for a purchase (06) or a
+        withdrawal (04: session.amount is ignored, the amount is the whole balance), 16 for a two-purse sale (05:
+        subsidy part || cash part || subsidy balance || cash balance; session.subsidy_part is ignored). Raise
+        BalanceTooLow before any TSN when they do not cover the debit, else purchase_mac1. Returns (tsn, mac1,
+        the deciphered fields)."""
+
     def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
         """Check the card's MAC2 for this session and TSN (stateless: works for an old intent); raises."""
 
     def load_mac2(self, session: LoadSession, mac1: bytes) -> bytes:
         """Verify the card's load MAC1 (raises), then compute the load MAC2 the card will check. Usage MAC on LOAD."""
+
+    def load_mac2_sealed(self, session: LoadSession, mac1: bytes, sealed: bytes) -> tuple[bytes, int]:
+        """A version 2 card's load (card-application.md 5.2a): decipher the sealed balance before (SK_BAL under
+        K_LOAD; session.balance_before is ignored), then load_mac2 with it. Returns (mac2, balance before)."""
 
     def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
         """Check the card's MAC3 (proof of the credit, over balance after = before + amount); raises."""
@@ -164,6 +181,12 @@ class Sam(Protocol):
 
         Raises KeyUsageError (or SamError naming the rule) for any other load. Usage REVERSAL on LOAD.
         """
+
+    def reversal_mac2_sealed(
+        self, session: LoadSession, mac1: bytes, purchase_tsn: int, sealed: bytes
+    ) -> tuple[bytes, int]:
+        """reversal_mac2 for a version 2 card: the balance before deciphered as in load_mac2_sealed. Returns (mac2,
+        balance before)."""
 
     # --- card administration (docs/card-application.md section 8, docs/key-handling.md section 9) ----
 

@@ -7,6 +7,7 @@ raises. Inputs are checked here first, with SoftwareSam's rules, so a bad call f
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -14,6 +15,7 @@ from typing import Callable, Protocol
 from sam import crypto
 from sam.interface import (
     Algorithm,
+    BalanceTooLow,
     CardIdentity,
     KeyInfo,
     KeyNotFound,
@@ -97,12 +99,15 @@ def card_block(card: CardIdentity) -> bytes:
     return m + bytes([version, int(algorithm)])
 
 
-def _load_fields(session: LoadSession) -> bytes:
+def _load_fields(session: LoadSession, sealed: bytes | None = None) -> bytes:
+    """The public inputs of a load command; `sealed`: a version 2 card's sealed balance in the balance field."""
+    if sealed is not None and (type(sealed) is not bytes or len(sealed) != 4):
+        raise InvalidPurseInput("the sealed balance of INITIALIZE FOR LOAD is 4 bytes")
     return (
         card_block(session.card)
         + session.card_random
         + _u16(session.counter)
-        + _u32(session.balance_before)
+        + (_u32(session.balance_before) if sealed is None else sealed)
         + _u32(session.amount)
         + session.terminal_id
         + session.date
@@ -416,6 +421,29 @@ class PcscSam:
         answer = self._expect(sw, answer, 12, "INIT SAM FOR PURCHASE", session.card, KeyPurpose.PURCHASE, "mac", "")
         return int.from_bytes(answer[:4], "big"), answer[4:]
 
+    def purchase_mac1_sealed(self, session: PurchaseSession, sealed: bytes) -> tuple[int, bytes, bytes]:
+        """INIT SAM FOR PURCHASE with P1 01 (docs/psam.md 4.2): the PSAM deciphers the sealed balance, refuses with
+        94 01 when it does not cover the amount (no TSN taken), and answers the balance after MAC1."""
+        check_purchase(session)
+        _cash_purse_only(session.tx_type, 0x06)
+        if type(sealed) is not bytes or len(sealed) != 4:
+            raise InvalidPurseInput("the sealed balance of INITIALIZE FOR PURCHASE is 4 bytes")
+        data = (
+            card_block(session.card)
+            + session.card_random
+            + _u16(session.counter)
+            + _u32(session.amount)
+            + session.terminal_id
+            + session.date
+            + session.time
+            + sealed
+        )
+        sw, answer = self._command(bytes([0x80, 0x70, 0x01, 0x00, len(data)]) + data + b"\x10", "INIT SAM FOR PURCHASE")
+        if sw == 0x9401:
+            raise BalanceTooLow(f"the card's balance does not cover {session.amount} fen (the PSAM checked it)")
+        answer = self._expect(sw, answer, 16, "INIT SAM FOR PURCHASE", session.card, KeyPurpose.PURCHASE, "mac", "")
+        return int.from_bytes(answer[:4], "big"), answer[4:12], answer[12:16]
+
     def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
         check_purchase(session)
         _cash_purse_only(session.tx_type, 0x06)
@@ -451,6 +479,35 @@ class PcscSam:
         return self._expect(
             sw, answer, 8, "LOAD MAC2", session.card, KeyPurpose.LOAD, "mac", self._mac1_problem(session)
         )
+
+    def load_mac2_sealed(self, session: LoadSession, mac1: bytes, sealed: bytes) -> tuple[bytes, int]:
+        """LOAD MAC2 with P1 01 (docs/psam.md 4.4): the balance field carries the card's sealed balance; the PSAM
+        answers MAC2 || the deciphered balance before."""
+        session = dataclasses.replace(session, balance_before=0)
+        check_load(session)
+        _cash_purse_only(session.tx_type, 0x02)
+        check_mac(mac1, "load MAC1")
+        data = _load_fields(session, sealed) + mac1
+        sw, answer = self._command(bytes([0x80, 0x74, 0x01, 0x00, len(data)]) + data + b"\x0c", "LOAD MAC2")
+        answer = self._expect(
+            sw, answer, 12, "LOAD MAC2", session.card, KeyPurpose.LOAD, "mac", self._mac1_problem(session)
+        )
+        return answer[:8], int.from_bytes(answer[8:], "big")
+
+    def reversal_mac2_sealed(
+        self, session: LoadSession, mac1: bytes, purchase_tsn: int, sealed: bytes
+    ) -> tuple[bytes, int]:
+        """REVERSAL MAC2 with P1 01 (docs/psam.md 4.6), as load_mac2_sealed."""
+        session = dataclasses.replace(session, balance_before=0)
+        check_load(session)
+        check_tsn(purchase_tsn)
+        check_mac(mac1, "load MAC1")
+        data = _load_fields(session, sealed) + mac1 + _u32(purchase_tsn)
+        sw, answer = self._command(bytes([0x80, 0x78, 0x01, 0x00, len(data)]) + data + b"\x0c", "REVERSAL MAC2")
+        answer = self._expect(
+            sw, answer, 12, "REVERSAL MAC2", session.card, KeyPurpose.LOAD, "reversal", self._mac1_problem(session)
+        )
+        return answer[:8], int.from_bytes(answer[8:], "big")
 
     def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
         check_load(session)

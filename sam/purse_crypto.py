@@ -7,7 +7,7 @@ Each takes the card key of the relevant purpose; diversification happens before 
 from __future__ import annotations
 
 from common import transactions as tx
-from sam.crypto import block_encrypt, mac8
+from sam.crypto import block_encrypt, ctr_crypt, mac8
 from sam.interface import Algorithm
 
 
@@ -36,6 +36,20 @@ def purchase_session_key(alg: Algorithm, k_purchase: bytes, random: bytes, count
 def load_session_key(alg: Algorithm, k_load: bytes, random: bytes, counter: int) -> bytes:
     _check(random)
     return block_encrypt(alg, k_load, random + _u16(counter) + b"\x80" + bytes(9))
+
+
+def balance_session_key(alg: Algorithm, k_purse: bytes, random: bytes, counter: int) -> bytes:
+    """SK_BAL of card-application.md 5.2a: E(K, card random (4) || counter (2) || 00 00 00 00 || 05 00 x 5), with K
+    the key of the INITIALIZE (K_PURCHASE for a purchase or withdrawal, K_LOAD for a load) and the counter it
+    announces. Byte 10 is `05` where SK_P has `80`, byte 6 is `00` where SK_L has `80`: never a MAC session key."""
+    _check(random)
+    return block_encrypt(alg, k_purse, random + _u16(counter) + bytes(4) + b"\x05" + bytes(5))
+
+
+def seal_purse_data(alg: Algorithm, k_purse: bytes, random: bytes, counter: int, data: bytes) -> bytes:
+    """The purse fields of a version 2 INITIALIZE answer XOR the keystream of SK_BAL (block i = E(SK_BAL, i as 16
+    big-endian bytes), as card-application.md 9.4): enciphers and deciphers (the same operation)."""
+    return ctr_crypt(alg, balance_session_key(alg, k_purse, random, counter), data)
 
 
 def _debit_type(tx_type: int) -> int:

@@ -12,6 +12,7 @@ from common import transactions as tx
 from sam import crypto, purse_crypto
 from sam.interface import (
     Algorithm,
+    BalanceTooLow,
     CardIdentity,
     InvalidCardIdentity,
     KeyInfo,
@@ -145,6 +146,39 @@ class SoftwareSam:
             self._commit(state)
         return tsn, mac1
 
+    def purchase_mac1_sealed(self, session: PurchaseSession, sealed: bytes) -> tuple[int, bytes, bytes]:
+        session, clear = self._open_purchase(session, sealed)
+        tsn, mac1 = self.purchase_mac1(session)
+        return tsn, mac1, clear
+
+    def _open_purchase(self, session: PurchaseSession, sealed: bytes) -> tuple[PurchaseSession, bytes]:
+        """Decipher a version 2 INITIALIZE's purse fields and check they cover the debit (card-application 5.2a)."""
+        size = 16 if session.tx_type == tx.SUBSIDY_PURCHASE else 4
+        if type(sealed) is not bytes or len(sealed) != size:
+            raise InvalidPurseInput(f"sealed purse data must be {size} bytes for debit type {session.tx_type:#04x}")
+        check_fields(session.card_random, session.terminal_id, session.date, session.time)
+        check_counter(session.counter)
+        algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.MAC)
+        clear = purse_crypto.seal_purse_data(algorithm, k_purchase, session.card_random, session.counter, sealed)
+        values = [int.from_bytes(clear[i : i + 4], "big") for i in range(0, size, 4)]
+        if session.tx_type == tx.SUBSIDY_WITHDRAW:
+            if values[0] == 0:
+                raise BalanceTooLow("the card's subsidy balance is 0: nothing to withdraw")
+            return dataclasses.replace(session, amount=values[0]), clear
+        if session.tx_type == tx.SUBSIDY_PURCHASE:
+            part_s, part_c, balance_s, balance_c = values
+            if part_s + part_c != session.amount:
+                raise InvalidPurseInput(
+                    f"the card split {session.amount} fen into {part_s} + {part_c}: the INITIALIZE answer is "
+                    "altered or not this sale's; do not charge"
+                )
+            if part_s > balance_s or part_c > balance_c:
+                raise BalanceTooLow(f"the card's two purses do not cover {session.amount} fen")
+            return dataclasses.replace(session, subsidy_part=part_s), clear
+        if values[0] < session.amount:
+            raise BalanceTooLow(f"the card's balance does not cover {session.amount} fen")
+        return session, clear
+
     def verify_purchase_mac2(self, session: PurchaseSession, tsn: int, mac2: bytes) -> None:
         check_purchase(session)
         check_tsn(tsn)
@@ -170,6 +204,26 @@ class SoftwareSam:
         usages = _SUBSIDY_LOAD_USAGES if session.tx_type == tx.SUBSIDY_LOAD else KeyUsage.MAC
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, usages)
         return self._load_mac2(algorithm, k_load, session, mac1)
+
+    def load_mac2_sealed(self, session: LoadSession, mac1: bytes, sealed: bytes) -> tuple[bytes, int]:
+        session = self._open_load(session, sealed)
+        return self.load_mac2(session, mac1), session.balance_before
+
+    def reversal_mac2_sealed(
+        self, session: LoadSession, mac1: bytes, purchase_tsn: int, sealed: bytes
+    ) -> tuple[bytes, int]:
+        session = self._open_load(session, sealed)
+        return self.reversal_mac2(session, mac1, purchase_tsn), session.balance_before
+
+    def _open_load(self, session: LoadSession, sealed: bytes) -> LoadSession:
+        """The session with the balance before deciphered from a version 2 INITIALIZE FOR LOAD (5.2a)."""
+        if type(sealed) is not bytes or len(sealed) != 4:
+            raise InvalidPurseInput("the sealed balance of INITIALIZE FOR LOAD is 4 bytes")
+        check_fields(session.card_random, session.terminal_id, session.date, session.time)
+        check_counter(session.counter)
+        algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, _MAC3_USAGES)
+        clear = purse_crypto.seal_purse_data(algorithm, k_load, session.card_random, session.counter, sealed)
+        return dataclasses.replace(session, balance_before=int.from_bytes(clear, "big"))
 
     def verify_load_mac3(self, session: LoadSession, mac3: bytes) -> None:
         check_load(session)

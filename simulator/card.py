@@ -488,7 +488,9 @@ class OneCardApplet:
             return SW_KEY_INDEX
         if amount == 0:
             return SW_WRONG_DATA
-        if purse.balance < amount:
+        # Version 2 (section 5.2a): no 94 01 here, which would bound the balance for anyone; DEBIT checks it after
+        # MAC1, and the POS's SAM, which deciphers the balance, refuses MAC1 first.
+        if purse.balance < amount and self.state.app_version < 2:
             return SW_INSUFFICIENT
         if purse.offline_counter >= 0xFFFF:
             return SW_CONDITIONS
@@ -501,13 +503,20 @@ class OneCardApplet:
             "counter": purse.offline_counter,
         }
         return (
-            purse.balance.to_bytes(4, "big")
+            self._purse_field(purse.purchase_key, random, purse.offline_counter, purse.balance.to_bytes(4, "big"))
             + purse.offline_counter.to_bytes(2, "big")
             + bytes(3)
             + bytes([purse.key_version, int(self.state.algorithm)])
             + random
             + SW_OK
         )
+
+    def _purse_field(self, key: bytes, random: bytes, counter: int, clear: bytes) -> bytes:
+        """The balance fields of an INITIALIZE answer: in clear on version 1 (PBOC), sealed under SK_BAL on
+        version 2, so only a SAM holding the enterprise's purse key reads them (section 5.2a)."""
+        if self.state.app_version < 2:
+            return clear
+        return pc.seal_purse_data(self.state.algorithm, key, random, counter, clear)
 
     def _debit(self, cmd: Command, session) -> bytes:
         if cmd.p1 != 0x01 or cmd.p2 not in (0x00, PIN_P2):
@@ -582,8 +591,8 @@ class OneCardApplet:
         purse, alg, amount = self.state.purse, self.state.algorithm, int.from_bytes(cmd.data[1:5], "big")
         if cmd.data[0] != 0x01:
             return SW_KEY_INDEX
-        if amount == 0 or purse.balance + amount > purse.max_balance:
-            return SW_WRONG_DATA
+        if amount == 0 or (purse.balance + amount > purse.max_balance and self.state.app_version < 2):
+            return SW_WRONG_DATA  # version 2 checks the maximum at CREDIT, after MAC2 (section 5.2a)
         if purse.online_counter >= 0xFFFF:
             return SW_CONDITIONS
         random = os.urandom(4)
@@ -599,7 +608,7 @@ class OneCardApplet:
         }
         mac1 = pc.load_mac1(alg, sk, purse.balance, amount, terminal)
         return (
-            purse.balance.to_bytes(4, "big")
+            self._purse_field(purse.load_key, random, purse.online_counter, purse.balance.to_bytes(4, "big"))
             + purse.online_counter.to_bytes(2, "big")
             + bytes([purse.key_version, int(alg)])
             + random
@@ -619,6 +628,8 @@ class OneCardApplet:
         amount, sk = session["amount"], session["sk"]
         if not hmac.compare_digest(mac2, pc.load_mac2(alg, sk, amount, session["terminal"], date, time_)):
             return SW_MAC
+        if purse.balance + amount > purse.max_balance:
+            return SW_WRONG_DATA  # version 2: checked here, after MAC2, not at INITIALIZE (section 5.2a)
         balance_after = purse.balance + amount
         proof = pc.load_mac3(alg, sk, balance_after, amount)
         tac = pc.tac(
@@ -1019,15 +1030,18 @@ SUBSIDY_INITIALIZE = {(0x01, tx.PURSE_BOTH), (0x00, tx.PURSE_SUBSIDY), (0x02, tx
 SUBSIDY_RECORD_TYPES = (tx.SUBSIDY_LOAD, tx.SUBSIDY_WITHDRAW, tx.SUBSIDY_PURCHASE)
 
 
-def _split(policy: int, amount: int, subsidy: int, cash: int) -> tuple[int, int] | None:
-    """(subsidy part, cash part) of a two-purse sale by policy; None when the two balances do not cover it."""
+def _split(policy: int, amount: int, subsidy: int, cash: int) -> tuple[int, int]:
+    """(subsidy part, cash part) of a two-purse sale by policy; a part may exceed its balance (then DEBIT answers
+    94 01 after MAC1, and the SAM, which deciphers the split, refuses MAC1 before: section 5.6)."""
     if policy == tx.POLICY_SUBSIDY_FIRST:
         s = min(amount, subsidy)
-        parts = (s, amount - s)
-    else:
-        c = min(amount, cash)
-        parts = (amount - c, c)
-    return parts if parts[0] <= subsidy and parts[1] <= cash else None
+        return (s, amount - s)
+    c = min(amount, cash)
+    return (amount - c, c)
+
+
+def _covered(parts: tuple[int, int], subsidy: int, cash: int) -> bool:
+    return parts[0] <= subsidy and parts[1] <= cash
 
 
 def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
@@ -1047,8 +1061,8 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
     random = os.urandom(4)
     if loading:
         expiry = cmd.data[11:15]
-        if amount == 0 or sub.balance + amount > sub.max_balance or not bcd.is_date(expiry):
-            return SW_WRONG_DATA
+        if amount == 0 or not bcd.is_date(expiry):
+            return SW_WRONG_DATA  # the maximum is checked at CREDIT, after MAC2 (section 5.2a)
         if sub.online_counter >= 0xFFFF:
             return SW_CONDITIONS
         sk = pc.load_session_key(alg, purse.load_key, random, sub.online_counter)
@@ -1063,7 +1077,7 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
         }
         mac1 = pc.load_mac1(alg, sk, sub.balance, amount, terminal, tx.SUBSIDY_LOAD)
         return (
-            sub.balance.to_bytes(4, "big")
+            pc.seal_purse_data(alg, purse.load_key, random, sub.online_counter, sub.balance.to_bytes(4, "big"))
             + sub.online_counter.to_bytes(2, "big")
             + bytes([purse.key_version, int(alg)])
             + random
@@ -1088,7 +1102,7 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
             "counter": sub.offline_counter,
         }
         return (
-            sub.balance.to_bytes(4, "big")
+            pc.seal_purse_data(alg, purse.purchase_key, random, sub.offline_counter, sub.balance.to_bytes(4, "big"))
             + sub.offline_counter.to_bytes(2, "big")
             + bytes(3)
             + bytes([purse.key_version, int(alg)])
@@ -1099,8 +1113,6 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
     if policy not in (tx.POLICY_SUBSIDY_FIRST, tx.POLICY_CASH_FIRST):
         return SW_WRONG_DATA
     parts = _split(policy, amount, sub.balance, purse.balance)
-    if parts is None:
-        return SW_INSUFFICIENT
     if sub.offline_counter >= 0xFFFF or purse.offline_counter >= 0xFFFF:
         return SW_CONDITIONS
     card.session = {
@@ -1112,12 +1124,12 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
         "subsidy_counter": sub.offline_counter,
         "parts": parts,
     }
+    clear = b"".join(v.to_bytes(4, "big") for v in (*parts, sub.balance, purse.balance))
+    sealed = pc.seal_purse_data(alg, purse.purchase_key, random, purse.offline_counter, clear)
     return (
-        parts[0].to_bytes(4, "big")
-        + parts[1].to_bytes(4, "big")
-        + sub.balance.to_bytes(4, "big")
+        sealed[0:12]
         + sub.offline_counter.to_bytes(2, "big")
-        + purse.balance.to_bytes(4, "big")
+        + sealed[12:16]
         + purse.offline_counter.to_bytes(2, "big")
         + bytes([purse.key_version, int(alg)])
         + random
@@ -1181,6 +1193,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
         card._persist()
         return tac_ + proof + SW_OK
     part_s, part_c = session["parts"]
+    if not _covered(session["parts"], sub.balance, purse.balance):
+        return SW_INSUFFICIENT  # after MAC1: a reader without the purse key learns nothing from it
     if (part_s and date.hex() > sub.expiry.hex()) or (part_c and date.hex() > purse.expiry.hex()):
         return SW_CONDITIONS
     proof = pc.purchase_mac2(alg, sk, amount, part_s)
@@ -1221,6 +1235,8 @@ def subsidy_credit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
     expected = pc.load_mac2(alg, sk, amount, terminal, date, time_, tx.SUBSIDY_LOAD, expiry)
     if not hmac.compare_digest(mac2, expected):
         return SW_MAC
+    if sub.balance + amount > sub.max_balance:
+        return SW_WRONG_DATA  # after MAC2, so that 6A 80 bounds no balance for a reader (section 5.2a)
     after = sub.balance + amount
     proof = pc.load_mac3(alg, sk, after, amount)
     tac_ = _tac(card, tx.SUBSIDY_LOAD, amount, terminal, 0, date, time_, session["counter"], after)

@@ -20,6 +20,7 @@ from typing import Any
 
 from sam.interface import (
     Algorithm,
+    BalanceTooLow,
     CardIdentity,
     InvalidCardIdentity,
     KeyNotFound,
@@ -104,6 +105,9 @@ LC = {
 }
 
 SW_OK = b"\x90\x00"
+SW_BALANCE_TOO_LOW = b"\x94\x01"
+# P1 01 of these: the card is a version 2 one, its balance field is sealed (docs/psam.md 4.2a)
+SEALED_P1 = frozenset({INS_INIT_PURCHASE, INS_LOAD_MAC2, INS_REVERSAL_MAC2})
 SW_MEMORY_FAILURE = b"\x65\x81"
 SW_WRONG_LENGTH = b"\x67\x00"
 SW_USAGE = b"\x69\x82"
@@ -316,14 +320,17 @@ class PsamApplet:
         if not self.selected:
             return SW_NOT_SELECTED
         if cmd.ins in LC:
-            if cmd.p1 != 0 or cmd.p2 != 0:
+            if cmd.p1 not in ((0, 1) if cmd.ins in SEALED_P1 else (0,)) or cmd.p2 != 0:
                 return SW_WRONG_P1P2
-            if len(cmd.data) != LC[cmd.ins]:
+            sealed_extra = 4 if (cmd.ins, cmd.p1) == (INS_INIT_PURCHASE, 1) else 0
+            if len(cmd.data) != LC[cmd.ins] + sealed_extra:
                 return SW_WRONG_LENGTH
         try:
             return handler(cmd)
         except MacVerificationError:
             return SW_MAC
+        except BalanceTooLow:
+            return SW_BALANCE_TOO_LOW
         except ReversalRefused as exc:
             return _REVERSAL_SW[exc.reason]
         except KeyUsageError:
@@ -355,6 +362,9 @@ class PsamApplet:
         r = _Fields(cmd.data)
         card, random, counter, amount = r.card(), r.take(4), r.u16(), r.u32()
         session = PurchaseSession(card, random, counter, amount, r.take(6), r.take(4), r.take(3))
+        if cmd.p1 == 0x01:  # version 2 card: decipher and check its sealed balance first (docs/psam.md 4.2a)
+            tsn, mac1, balance = self._sam.purchase_mac1_sealed(session, r.take(4))
+            return tsn.to_bytes(4, "big") + mac1 + balance + SW_OK
         tsn, mac1 = self._sam.purchase_mac1(session)
         return tsn.to_bytes(4, "big") + mac1 + SW_OK
 
@@ -366,13 +376,19 @@ class PsamApplet:
         self._sam.verify_purchase_mac2(session, tsn, mac2)
         return SW_OK
 
-    def _load_session(self, r: _Fields) -> LoadSession:
-        card, random, counter, balance, amount = r.card(), r.take(4), r.u16(), r.u32(), r.u32()
-        return LoadSession(card, random, counter, balance, amount, r.take(6), r.take(4), r.take(3))
+    def _load_session(self, r: _Fields) -> tuple[LoadSession, bytes]:
+        card, random, counter, balance, amount = r.card(), r.take(4), r.u16(), r.take(4), r.u32()
+        session = LoadSession(
+            card, random, counter, int.from_bytes(balance, "big"), amount, r.take(6), r.take(4), r.take(3)
+        )
+        return session, balance
 
     def _load_mac2(self, cmd: Command) -> bytes:
         r = _Fields(cmd.data)
-        session = self._load_session(r)
+        session, balance = self._load_session(r)
+        if cmd.p1 == 0x01:  # version 2: the balance field is the card's sealed balance (docs/psam.md 4.4)
+            mac2, before = self._sam.load_mac2_sealed(replace(session, balance_before=0), r.take(8), balance)
+            return mac2 + before.to_bytes(4, "big") + SW_OK
         return self._sam.load_mac2(session, r.take(8)) + SW_OK
 
     def _verify_load_mac3(self, cmd: Command) -> bytes:
@@ -386,8 +402,13 @@ class PsamApplet:
 
     def _reversal_mac2(self, cmd: Command) -> bytes:
         r = _Fields(cmd.data)
-        session = self._load_session(r)
+        session, balance = self._load_session(r)
         mac1, purchase_tsn = r.take(8), r.u32()
+        if cmd.p1 == 0x01:  # version 2: the balance field is the card's sealed balance (docs/psam.md 4.6)
+            mac2, before = self._sam.reversal_mac2_sealed(
+                replace(session, balance_before=0), mac1, purchase_tsn, balance
+            )
+            return mac2 + before.to_bytes(4, "big") + SW_OK
         return self._sam.reversal_mac2(session, mac1, purchase_tsn) + SW_OK
 
     def _purpose(self, cmd: Command) -> KeyPurpose | None:

@@ -525,7 +525,7 @@ class IssuingTerminal:
             return 0
         local = now.astimezone(self.timezone)
         try:
-            init = pp.parse_init_load(transmit(pp.init_load_command(backup.balance, self.terminal_id)))
+            init = pp.parse_init_load(transmit(pp.init_load_command(backup.balance, self.terminal_id)), info.private)
         except cp.CardProtocolError as exc:
             raise Refusal(
                 "card_error", f"New card refused the balance load ({exc}): check its maximum balance", asn
@@ -538,18 +538,35 @@ class IssuingTerminal:
             "time": local.strftime("%H%M%S"),
             "key_version": init.key_version,
             "algorithm": init.algorithm.name,
-            "balance_before": init.balance,
+            "balance_before": 0 if init.balance is None else init.balance,
             "old_asn": backup.old_asn,
         }
-        session = self._load_session(info, d)
         try:
-            mac2 = self.sam.load_mac2(session, init.mac1)
+            if init.balance is None:  # version 2: the SAM opens the sealed balance (card-application.md 5.2a)
+                mac2, d["balance_before"] = self.sam.load_mac2_sealed(
+                    self._load_session(info, d), init.mac1, init.sealed
+                )
+            else:
+                mac2 = self.sam.load_mac2(self._load_session(info, d), init.mac1)
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot load the carried balance: {exc}", asn) from None
+        session = self._load_session(info, d)
         intent = self.journal.open(jn.RESTORE, now, asn, f"Restoring balance {format_yuan(backup.balance)}", d)
         try:
             proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
             self.sam.verify_load_mac3(session, proof.mac)
+        except pp.OverMaximum:  # a version 2 card checks its maximum at CREDIT: nothing loaded
+            self.journal.record(
+                intent,
+                jn.State.ABANDONED,
+                now,
+                "Balance restore refused by the card",
+                {"intent_seq": intent.seq, "amount": d["amount"]},
+                "card_refused",
+            )
+            raise Refusal(
+                "card_error", "New card refused the balance load (over its maximum balance): nothing loaded", asn
+            ) from None
         except (cp.CardProtocolError, MacVerificationError) as exc:
             # Maybe loaded, maybe not: the intent is logged, and the next tap asks the card (GET TRANSACTION PROVE).
             raise Refusal(

@@ -21,7 +21,16 @@ from common.logs import log_event
 from common.money import format_yuan
 from common.money_records import SALE_FIELDS as MONEY_SALE_FIELDS
 from common.money_records import check_money_detail, check_subsidy_detail
-from sam.interface import Algorithm, LoadSession, MacVerificationError, PurchaseSession, Sam, SamError, SamSwapped
+from sam.interface import (
+    Algorithm,
+    BalanceTooLow,
+    LoadSession,
+    MacVerificationError,
+    PurchaseSession,
+    Sam,
+    SamError,
+    SamSwapped,
+)
 from sam.sam_state import StateFileError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
@@ -398,7 +407,7 @@ class PurseTerminal(SubsidySteps):
         try:
             rapdu = transmit(command)
             proof = parse(rapdu)
-        except (pp.MacRefused, pp.PurseExpired, sp.NotExpired) as exc:
+        except (pp.MacRefused, pp.PurseExpired, sp.NotExpired, pp.InsufficientBalance, pp.OverMaximum) as exc:
             # The card said no before changing anything: this intent is settled as not done.
             self._record(
                 intent,
@@ -414,6 +423,20 @@ class PurseTerminal(SubsidySteps):
                 ) from None
             if isinstance(exc, pp.PurseExpired):
                 raise Refusal("purse_expired", "Purse expired: balance can no longer be spent", info.asn_hex) from None
+            if isinstance(exc, pp.InsufficientBalance):  # a version 2 card checks it at DEBIT (5.2a)
+                raise Refusal(
+                    "insufficient_balance",
+                    f"Insufficient balance for {format_yuan(d['amount'])}: top up first",
+                    info.asn_hex,
+                    {"amount": d["amount"]},
+                ) from None
+            if isinstance(exc, pp.OverMaximum):  # a version 2 card checks it at CREDIT (5.2a)
+                raise Refusal(
+                    "card_error",
+                    "Card refused the credit (it would go over its maximum balance): nothing was loaded",
+                    info.asn_hex,
+                    {"sw": _sw_of(rapdu)},
+                ) from None
             nothing = "nothing was charged" if op in DEBITS else "nothing was loaded"
             raise Refusal(
                 "card_error", f"Card refused the transaction: {nothing}", info.asn_hex, {"sw": _sw_of(rapdu)}
@@ -545,7 +568,7 @@ class PurseTerminal(SubsidySteps):
         if info.has_subsidy:  # the card has a subsidy purse: one sale from both (card-application 5.6)
             return self.two_purse_purchase(transmit, info, amount, now, sale, subsidy_notes)
         try:
-            init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)))
+            init = pp.parse_init_purchase(transmit(pp.init_purchase_command(amount, t.id_bytes)), info.private)
         except pp.InsufficientBalance:
             # The balance itself is not shown: nothing the card sends a POS proves it (GET BALANCE has no MAC).
             raise Refusal(
@@ -573,7 +596,18 @@ class PurseTerminal(SubsidySteps):
         }
         session = self._purchase_session(info, d)
         try:
-            d["tsn"], mac1 = self.sam.purchase_mac1(session)
+            if init.balance is None:  # version 2: the SAM opens the sealed balance and checks it (5.2a)
+                d["tsn"], mac1, clear = self.sam.purchase_mac1_sealed(session, init.sealed)
+                d["balance_before"] = int.from_bytes(clear, "big")
+            else:
+                d["tsn"], mac1 = self.sam.purchase_mac1(session)
+        except BalanceTooLow:
+            raise Refusal(
+                "insufficient_balance",
+                f"Insufficient balance for {format_yuan(amount)}: top up first",
+                asn,
+                {"amount": amount},
+            ) from None
         except SamError as exc:
             raise self._sam_refusal(
                 exc, PURCHASE, asn, "sam_refused", f"Terminal cannot take payments from this card ({exc})"
@@ -681,7 +715,7 @@ class PurseTerminal(SubsidySteps):
             command if command is not None else pp.init_load_command(amount, self.config.terminal.id_bytes)
         )
         try:
-            init = parse(rapdu)
+            init = parse(rapdu, info.private)
         except cp.CardProtocolError as exc:
             raise Refusal(
                 "card_error",
@@ -702,13 +736,15 @@ class PurseTerminal(SubsidySteps):
             "balance_before": init.balance,
             **extra,
         }
-        session = self._load_session(info, d)
+        if init.balance is None:  # version 2: sealed; the SAM opens it with the load key (5.2a)
+            d["balance_before"] = 0
         try:
-            mac2 = make_mac2(session, init.mac1)
+            mac2, d["balance_before"] = make_mac2(self._load_session(info, d), init.mac1, init.sealed)
         except SamError as exc:
             raise self._sam_refusal(
                 exc, op, info.asn_hex, "sam_refused", f"Credit refused by the terminal's SAM: {exc}"
             ) from None
+        session = self._load_session(info, d)
         intent = self._open(now, op, info.asn_hex, f"Crediting {format_yuan(amount)}", d)
         return self._finish(
             transmit,
@@ -721,6 +757,20 @@ class PurseTerminal(SubsidySteps):
             lambda proof: self.sam.verify_load_mac3(session, proof.mac),
             now,
         )
+
+    def _load_mac2(self, session: LoadSession, mac1: bytes, sealed: bytes) -> tuple[bytes, int]:
+        """(load MAC2, balance before): from a version 1 card's clear balance, or opened by the SAM (sealed, v2)."""
+        if not sealed:
+            return self.sam.load_mac2(session, mac1), session.balance_before
+        return self.sam.load_mac2_sealed(session, mac1, sealed)
+
+    def _reversal_mac2(self, purchase_tsn: int):
+        def make(session: LoadSession, mac1: bytes, sealed: bytes) -> tuple[bytes, int]:
+            if not sealed:
+                return self.sam.reversal_mac2(session, mac1, purchase_tsn), session.balance_before
+            return self.sam.reversal_mac2_sealed(session, mac1, purchase_tsn, sealed)
+
+        return make
 
     def _card_actions(self, transmit, info: cp.CardInfo, now: dt.datetime) -> tuple[list[tuple[int, int]], list[str]]:
         """Write what the platform queued for this card: over-the-air top-ups and access-rights changes, each once
@@ -749,7 +799,7 @@ class PurseTerminal(SubsidySteps):
                             info.asn_hex,
                             {"sw": None},
                         )
-                    detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {"action_id": action_id})
+                    detail = self._load(transmit, info, LOAD, amount, now, self._load_mac2, {"action_id": action_id})
                 except (KeyError, TypeError, ValueError) as exc:
                     self._action_failed(now, info, action_id, "bad_action", None, f"unreadable parameters ({exc})")
                     continue
@@ -859,7 +909,7 @@ class PurseTerminal(SubsidySteps):
                 f"{format_yuan(amount)} is over the top-up limit of {format_yuan(self.config.topup.max_load)}",
                 info.asn_hex,
             )
-        detail = self._load(transmit, info, LOAD, amount, now, self.sam.load_mac2, {})
+        detail = self._load(transmit, info, LOAD, amount, now, self._load_mac2, {})
         notes = [f"over-the-air top-up of {format_yuan(a)} loaded" for a, _ in loads] + notes
         extra = "".join(f" ({note})" for note in notes)
         return Decision(
@@ -909,7 +959,7 @@ class PurseTerminal(SubsidySteps):
             UNDO,
             p["amount"],
             now,
-            lambda session, mac1: self.sam.reversal_mac2(session, mac1, p["tsn"]),
+            self._reversal_mac2(p["tsn"]),
             {"purchase_seq": last.seq, **self.canteen.undo_fields(self.config, p)},
         )
         return Decision(

@@ -22,21 +22,28 @@ class PurseExpired(CardProtocolError):
 
 @dataclass(frozen=True)
 class PurchaseInit:
-    balance: int
+    """balance: the balance in clear (version 1 card), None when it is sealed (version 2: card-application.md 5.2a;
+    then `sealed` holds the 4 enciphered bytes, which only the terminal's SAM opens)."""
+
+    balance: int | None
     counter: int
     key_version: int
     algorithm: Algorithm
     random: bytes
+    sealed: bytes = b""
 
 
 @dataclass(frozen=True)
 class LoadInit:
-    balance: int
+    """As PurchaseInit: balance None and `sealed` set for a version 2 card."""
+
+    balance: int | None
     counter: int
     key_version: int
     algorithm: Algorithm
     random: bytes
     mac1: bytes
+    sealed: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -64,17 +71,25 @@ def init_purchase_command(amount: int, terminal_id: bytes) -> bytes:
     return bytes.fromhex("805001020B01") + _u32(amount) + terminal_id + b"\x0f"
 
 
-def parse_init_purchase(rapdu: bytes) -> PurchaseInit:
+def _balance(field: bytes, sealed: bool) -> tuple[int | None, bytes]:
+    """(balance, sealed bytes) of an INITIALIZE answer's balance field: clear on version 1, sealed on version 2."""
+    return (None, field) if sealed else (int.from_bytes(field, "big"), b"")
+
+
+def parse_init_purchase(rapdu: bytes, sealed: bool = False) -> PurchaseInit:
+    """`sealed`: the card is a version 2 sub-application, its balance field is enciphered (section 5.2a)."""
     sw = status_word(rapdu)
     if sw == 0x9401:
         raise InsufficientBalance("insufficient balance")
     data = expect_ok(rapdu, "INITIALIZE FOR PURCHASE", 15)
+    balance, field = _balance(data[0:4], sealed)
     return PurchaseInit(
-        balance=int.from_bytes(data[0:4], "big"),
+        balance=balance,
         counter=int.from_bytes(data[4:6], "big"),
         key_version=data[9],
         algorithm=_algorithm(data[10]),
         random=data[11:15],
+        sealed=field,
     )
 
 
@@ -90,6 +105,8 @@ def parse_debit(rapdu: bytes) -> Proof:
         raise MacRefused("the card refused MAC1")
     if sw == 0x6985:
         raise PurseExpired("the card says its purse has expired")
+    if sw == 0x9401:  # version 2: the card checks the balance here, after MAC1 (section 5.2a); nothing changed
+        raise InsufficientBalance("insufficient balance (DEBIT)")
     data = expect_ok(rapdu, "DEBIT FOR PURCHASE", 16)
     return Proof(tac=data[:8], mac=data[8:])
 
@@ -98,15 +115,23 @@ def init_load_command(amount: int, terminal_id: bytes) -> bytes:
     return bytes.fromhex("805000020B01") + _u32(amount) + terminal_id + b"\x14"
 
 
-def parse_init_load(rapdu: bytes) -> LoadInit:
+class OverMaximum(CardProtocolError):
+    """CREDIT FOR LOAD answered 6A 80: the load would exceed the card's maximum balance (a version 2 card checks it
+    at CREDIT, section 5.2a); nothing changed."""
+
+
+def parse_init_load(rapdu: bytes, sealed: bool = False) -> LoadInit:
+    """`sealed` as parse_init_purchase."""
     data = expect_ok(rapdu, "INITIALIZE FOR LOAD", 20)
+    balance, field = _balance(data[0:4], sealed)
     return LoadInit(
-        balance=int.from_bytes(data[0:4], "big"),
+        balance=balance,
         counter=int.from_bytes(data[4:6], "big"),
         key_version=data[6],
         algorithm=_algorithm(data[7]),
         random=data[8:12],
         mac1=data[12:20],
+        sealed=field,
     )
 
 
@@ -115,8 +140,11 @@ def credit_command(date: bytes, time: bytes, mac2: bytes) -> bytes:
 
 
 def parse_credit(rapdu: bytes) -> Proof:
-    if status_word(rapdu) == 0x9302:
+    sw = status_word(rapdu)
+    if sw == 0x9302:
         raise MacRefused("the card refused the load MAC2")
+    if sw == 0x6A80:
+        raise OverMaximum("the load would exceed the card's maximum balance")
     data = expect_ok(rapdu, "CREDIT FOR LOAD", 16)
     return Proof(tac=data[:8], mac=data[8:])
 

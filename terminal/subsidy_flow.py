@@ -15,13 +15,17 @@ from common import bcd
 from common import transactions as tx
 from common.logs import log_event
 from common.money import format_yuan
-from sam.interface import Algorithm, KeyUsageError, LoadSession, PurchaseSession, SamError
+from sam.interface import Algorithm, BalanceTooLow, KeyUsageError, LoadSession, PurchaseSession, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
 from terminal import subsidy_protocol as sp
 from terminal.decision import Decision, Refusal
 
 log = logging.getLogger("onecard.subsidy")
+
+
+class _NothingToTake(Exception):
+    """The SAM opened the card's sealed purse fields (card-application.md 5.2a): they do not cover the debit."""
 
 
 class SubsidySteps:
@@ -114,7 +118,7 @@ class SubsidySteps:
                     "subsidy.load",
                     a.amount,
                     now,
-                    self.sam.load_mac2,
+                    self._load_mac2,
                     {"allowance_id": a.allowance_id, "expiry": bcd.encode_date(a.expiry).hex(), "policy": a.policy},
                     command=sp.subsidy_load_command(a.amount, self.config.terminal.id_bytes, a.expiry),
                     parse=sp.parse_subsidy_load,
@@ -150,18 +154,23 @@ class SubsidySteps:
         date, time_ = bcd.encode_date_time(local)
         d = {
             "op": "subsidy.withdraw",
-            "amount": init.balance,
+            "amount": 0,  # the whole balance, which the SAM deciphers (5.2a)
             "counter": init.counter,
             "random": init.random.hex(),
             "date": date.hex(),
             "time": time_.hex(),
             "key_version": init.key_version,
             "algorithm": init.algorithm.name,
-            "balance_before": init.balance,
         }
+        try:
+            mac1, clear = self._take_tsn(
+                d, self._subsidy_purchase_session(info, d), info.asn_hex, "subsidy.withdraw", init.sealed
+            )
+        except _NothingToTake:
+            return 0
+        d["amount"] = d["balance_before"] = balance = int.from_bytes(clear, "big")
         session = self._subsidy_purchase_session(info, d)
-        mac1 = self._take_tsn(d, session, info.asn_hex, "subsidy.withdraw")
-        intent = self._open(now, "subsidy.withdraw", info.asn_hex, f"Withdrawing {format_yuan(init.balance)}", d)
+        intent = self._open(now, "subsidy.withdraw", info.asn_hex, f"Withdrawing {format_yuan(balance)}", d)
         self.logged_tsn = d["tsn"]
         self._finish(
             transmit,
@@ -174,11 +183,14 @@ class SubsidySteps:
             lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
             now,
         )
-        return init.balance
+        return balance
 
-    def _take_tsn(self, d: dict, session: PurchaseSession, asn: str, op: str) -> bytes:
+    def _take_tsn(self, d: dict, session: PurchaseSession, asn: str, op: str, sealed: bytes) -> tuple[bytes, bytes]:
+        """(MAC1, the purse fields the SAM deciphered from `sealed`): the SAM checks they cover the debit (5.2a)."""
         try:
-            d["tsn"], mac1 = self.sam.purchase_mac1(session)
+            d["tsn"], mac1, clear = self.sam.purchase_mac1_sealed(session, sealed)
+        except BalanceTooLow as exc:
+            raise _NothingToTake(str(exc)) from None
         except SamError as exc:
             raise self._sam_refusal(exc, op, asn, "sam_refused", f"Terminal cannot debit this card ({exc})") from None
         if d["tsn"] <= self.logged_tsn:
@@ -188,7 +200,7 @@ class SubsidySteps:
                 asn,
                 {"tsn": d["tsn"], "last_logged_tsn": self.logged_tsn},
             )
-        return mac1
+        return mac1, clear
 
     # --- the two-purse sale ---------------------------------------------------------------------------------
 
@@ -197,7 +209,7 @@ class SubsidySteps:
         asn = info.asn_hex
         policy = sp.policy_for(self._allowances(asn))
         try:
-            init = sp.parse_two_purse(transmit(sp.two_purse_command(amount, t.id_bytes, policy)), amount)
+            sealed = sp.parse_two_purse(transmit(sp.two_purse_command(amount, t.id_bytes, policy)))
         except pp.InsufficientBalance:
             raise Refusal(
                 "insufficient_balance",
@@ -213,22 +225,41 @@ class SubsidySteps:
         d = {
             "op": "pos.purchase",
             "amount": amount,
-            "counter": init.cash_counter,
-            "random": init.random.hex(),
+            "counter": sealed.cash_counter,
+            "random": sealed.random.hex(),
             "date": date.hex(),
             "time": time_.hex(),
-            "key_version": init.key_version,
-            "algorithm": init.algorithm.name,
-            "balance_before": init.cash_balance,
-            "subsidy_part": init.subsidy_part,
-            "cash_part": init.cash_part,
-            "subsidy_counter": init.subsidy_counter,
-            "subsidy_balance_before": init.subsidy_balance,
-            "policy": policy,
-            **sale,
+            "key_version": sealed.key_version,
+            "algorithm": sealed.algorithm.name,  # type: ignore[attr-defined]
+            "subsidy_part": 0,  # from the split the SAM deciphers (5.2a, 5.6)
         }
+        insufficient = Refusal(
+            "insufficient_balance",
+            f"Insufficient balance for {format_yuan(amount)} (subsidy and cash together): top up first",
+            asn,
+            {"amount": amount},
+        )
+        try:
+            mac1, clear = self._take_tsn(d, self._subsidy_purchase_session(info, d), asn, "pos.purchase", sealed.sealed)
+            init = sp.open_two_purse(sealed, clear, amount)
+        except (_NothingToTake, pp.InsufficientBalance):
+            raise insufficient from None
+        except cp.CardProtocolError as exc:
+            raise Refusal(
+                "card_error", "Card could not start the payment: tap again", asn, {"problem": str(exc)}
+            ) from None
+        d.update(
+            {
+                "balance_before": init.cash_balance,
+                "subsidy_part": init.subsidy_part,
+                "cash_part": init.cash_part,
+                "subsidy_counter": init.subsidy_counter,
+                "subsidy_balance_before": init.subsidy_balance,
+                "policy": policy,
+                **sale,
+            }
+        )
         session = self._subsidy_purchase_session(info, d)
-        mac1 = self._take_tsn(d, session, asn, "pos.purchase")
         intent = self._open(now, "pos.purchase", asn, f"Charging {format_yuan(amount)}", d)
         self.logged_tsn = d["tsn"]
         self.sale_intent_seq = intent.seq

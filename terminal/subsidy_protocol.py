@@ -40,6 +40,19 @@ class TwoPurseInit:
 
 
 @dataclass(frozen=True)
+class SealedTwoPurse:
+    """A two-purse INITIALIZE answer as it leaves the card (card-application.md 5.6): the 16 bytes subsidy part ||
+    cash part || subsidy balance || cash balance sealed under SK_BAL (5.2a), which only the terminal's SAM opens."""
+
+    sealed: bytes
+    subsidy_counter: int
+    cash_counter: int
+    key_version: int
+    algorithm: object  # sam.interface.Algorithm
+    random: bytes
+
+
+@dataclass(frozen=True)
 class TwoPurseProof:
     subsidy_tac: bytes
     cash_tac: bytes
@@ -64,26 +77,42 @@ def two_purse_command(amount: int, terminal_id: bytes, policy: str) -> bytes:
     return bytes.fromhex("805001030C01") + _u32(amount) + terminal_id + bytes([tx.POLICIES[policy], 0x1A])
 
 
-def parse_two_purse(rapdu: bytes, amount: int) -> TwoPurseInit:
+def parse_two_purse(rapdu: bytes) -> SealedTwoPurse:
+    """The 26-byte answer: sealed parts and balances at bytes 0..11 and 14..17, the counters in clear."""
     if status_word(rapdu) == 0x9401:
         raise InsufficientBalance("insufficient balance in the two purses")
     d = expect_ok(rapdu, "INITIALIZE FOR PURCHASE (two purses)", 26)
-    init = TwoPurseInit(
-        subsidy_part=int.from_bytes(d[0:4], "big"),
-        cash_part=int.from_bytes(d[4:8], "big"),
-        subsidy_balance=int.from_bytes(d[8:12], "big"),
+    return SealedTwoPurse(
+        sealed=d[0:12] + d[14:18],
         subsidy_counter=int.from_bytes(d[12:14], "big"),
-        cash_balance=int.from_bytes(d[14:18], "big"),
         cash_counter=int.from_bytes(d[18:20], "big"),
         key_version=d[20],
         algorithm=_algorithm(d[21]),
         random=d[22:26],
     )
-    if init.subsidy_part + init.cash_part != amount:
-        raise CardProtocolError(f"the card split {amount} fen into {init.subsidy_part} + {init.cash_part}")
-    if init.subsidy_part > init.subsidy_balance or init.cash_part > init.cash_balance:
-        raise CardProtocolError("the card split the sale beyond its balances")
-    return init
+
+
+def open_two_purse(init: SealedTwoPurse, clear: bytes, amount: int) -> TwoPurseInit:
+    """The split from the 16 bytes the SAM deciphered from init.sealed; CardProtocolError if not this sale's."""
+    if len(clear) != 16:
+        raise CardProtocolError(f"the deciphered two-purse fields are {len(clear)} bytes, not 16")
+    part_s, part_c, balance_s, balance_c = (int.from_bytes(clear[i : i + 4], "big") for i in range(0, 16, 4))
+    opened = TwoPurseInit(
+        subsidy_part=part_s,
+        cash_part=part_c,
+        subsidy_balance=balance_s,
+        subsidy_counter=init.subsidy_counter,
+        cash_balance=balance_c,
+        cash_counter=init.cash_counter,
+        key_version=init.key_version,
+        algorithm=init.algorithm,
+        random=init.random,
+    )
+    if part_s + part_c != amount:
+        raise CardProtocolError(f"the card split {amount} fen into {part_s} + {part_c}")
+    if part_s > balance_s or part_c > balance_c:
+        raise InsufficientBalance("insufficient balance in the two purses")
+    return opened
 
 
 def parse_two_purse_debit(rapdu: bytes) -> TwoPurseProof:
@@ -102,10 +131,14 @@ def subsidy_load_command(amount: int, terminal_id: bytes, expiry: dt.date) -> by
     return bytes.fromhex("805000010F01") + _u32(amount) + terminal_id + bcd.encode_date(expiry) + b"\x14"
 
 
-def parse_subsidy_load(rapdu: bytes) -> LoadInit:
+def parse_subsidy_load(rapdu: bytes, sealed: bool = True) -> LoadInit:
+    """The subsidy purse exists on version 2 sub-applications only: its balance is always sealed (5.2a)."""
+    if not sealed:
+        raise CardProtocolError("a subsidy purse answered on a version 1 card")
     d = expect_ok(rapdu, "INITIALIZE FOR LOAD (subsidy)", 20)
     return LoadInit(
-        balance=int.from_bytes(d[0:4], "big"),
+        balance=None,
+        sealed=d[0:4],
         counter=int.from_bytes(d[4:6], "big"),
         key_version=d[6],
         algorithm=_algorithm(d[7]),
@@ -124,7 +157,8 @@ def parse_withdraw_init(rapdu: bytes) -> PurchaseInit:
         raise InsufficientBalance("the subsidy balance is 0")
     d = expect_ok(rapdu, "INITIALIZE FOR WITHDRAW", 15)
     return PurchaseInit(
-        balance=int.from_bytes(d[0:4], "big"),
+        balance=None,  # sealed (5.2a): the SAM opens it, and it is the withdrawal's amount
+        sealed=d[0:4],
         counter=int.from_bytes(d[4:6], "big"),
         key_version=d[9],
         algorithm=_algorithm(d[10]),
