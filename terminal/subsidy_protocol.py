@@ -111,7 +111,7 @@ def open_two_purse(init: SealedTwoPurse, clear: bytes, amount: int) -> TwoPurseI
     if part_s + part_c != amount:
         raise CardProtocolError(f"the card split {amount} fen into {part_s} + {part_c}")
     if part_s > balance_s or part_c > balance_c:
-        raise InsufficientBalance("insufficient balance in the two purses")
+        raise CardProtocolError("the card split the sale beyond its balances")
     return opened
 
 

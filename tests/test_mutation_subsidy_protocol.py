@@ -77,9 +77,33 @@ def two_purse_answer(
     )
 
 
+def parse_open(raw: bytes, amount: int) -> sp.TwoPurseInit:
+    """parse_two_purse, then open_two_purse with the sealed bytes taken as their own plaintext (no SAM here)."""
+    init = sp.parse_two_purse(raw)
+    return sp.open_two_purse(init, init.sealed, amount)
+
+
+def test_parse_two_purse_keeps_the_sealed_fields_and_the_clear_counters():
+    # bytes 0..11 and 14..17 are sealed (card-application.md 5.2a); the counters, key version, algorithm, random clear
+    raw = bytes.fromhex("00000064000000C8000003E801020000271003040501DEADBEEF") + OK
+    assert sp.parse_two_purse(raw) == sp.SealedTwoPurse(
+        sealed=bytes.fromhex("00000064000000C8000003E800002710"),
+        subsidy_counter=0x0102,
+        cash_counter=0x0304,
+        key_version=5,
+        algorithm=Algorithm.AES128,
+        random=bytes.fromhex("DEADBEEF"),
+    )
+    init = sp.parse_two_purse(raw)
+    assert (
+        refusal(CardProtocolError, sp.open_two_purse, init, init.sealed[:15], 300)
+        == "the deciphered two-purse fields are 15 bytes, not 16"
+    )
+
+
 def test_parse_two_purse_exact_fields():
     raw = bytes.fromhex("00000064000000C8000003E801020000271003040501DEADBEEF") + OK
-    assert sp.parse_two_purse(raw, 300) == sp.TwoPurseInit(
+    assert parse_open(raw, 300) == sp.TwoPurseInit(
         subsidy_part=100,
         cash_part=200,
         subsidy_balance=1000,
@@ -90,7 +114,7 @@ def test_parse_two_purse_exact_fields():
         algorithm=Algorithm.AES128,
         random=bytes.fromhex("DEADBEEF"),
     )
-    init = sp.parse_two_purse(two_purse_answer(0, 1, 0, 0, 1, 65535, kv=0x09, alg=0x02), 1)
+    init = parse_open(two_purse_answer(0, 1, 0, 0, 1, 65535, kv=0x09, alg=0x02), 1)
     assert (init.subsidy_part, init.cash_part, init.subsidy_balance, init.cash_balance) == (0, 1, 0, 1)
     assert (init.subsidy_counter, init.cash_counter, init.key_version) == (0, 65535, 9)
     assert init.algorithm is Algorithm.SM4 and init.random == b"\x11\x22\x33\x44"
@@ -98,14 +122,14 @@ def test_parse_two_purse_exact_fields():
 
 def test_parse_two_purse_balances_at_limits():
     # subsidy_first: all of it from the subsidy purse, exactly its balance (the limit is allowed)
-    init = sp.parse_two_purse(two_purse_answer(MAX, 0, MAX, 65535, MAX, 0), MAX)
+    init = parse_open(two_purse_answer(MAX, 0, MAX, 65535, MAX, 0), MAX)
     assert (init.subsidy_part, init.cash_part, init.subsidy_balance, init.cash_balance) == (MAX, 0, MAX, MAX)
     assert (init.subsidy_counter, init.cash_counter) == (65535, 0)
     # a split using both balances exactly
-    init = sp.parse_two_purse(two_purse_answer(40, 60, 40, 1, 60, 2), 100)
+    init = parse_open(two_purse_answer(40, 60, 40, 1, 60, 2), 100)
     assert (init.subsidy_part, init.cash_part) == (40, 60)
     # cash_first: all from cash, exactly its balance
-    init = sp.parse_two_purse(two_purse_answer(0, 250, 0, 0, 250, 0), 250)
+    init = parse_open(two_purse_answer(0, 250, 0, 0, 250, 0), 250)
     assert (init.subsidy_part, init.cash_part) == (0, 250)
 
 
@@ -133,40 +157,38 @@ def test_parse_two_purse_every_byte_of_each_field_counts():
 
 
 def test_parse_two_purse_split_refusals():
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(40, 59, 40, 0, 60, 0), 100) == (
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(40, 59, 40, 0, 60, 0), 100) == (
         "the card split 100 fen into 40 + 59"
     )
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(40, 61, 40, 0, 61, 0), 100) == (
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(40, 61, 40, 0, 61, 0), 100) == (
         "the card split 100 fen into 40 + 61"
     )
     beyond = "the card split the sale beyond its balances"
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(41, 59, 40, 0, 60, 0), 100) == beyond
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(40, 60, 40, 0, 59, 0), 100) == beyond
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(1, 0, 0, 0, 1000, 0), 1) == beyond
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(0, 1, 1000, 0, 0, 0), 1) == beyond
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(41, 59, 40, 0, 60, 0), 100) == beyond
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(40, 60, 40, 0, 59, 0), 100) == beyond
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(1, 0, 0, 0, 1000, 0), 1) == beyond
+    assert refusal(CardProtocolError, parse_open, two_purse_answer(0, 1, 1000, 0, 0, 0), 1) == beyond
 
 
 def test_parse_two_purse_status_and_length_refusals():
-    assert (
-        refusal(InsufficientBalance, sp.parse_two_purse, b"\x94\x01", 100) == "insufficient balance in the two purses"
-    )
-    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x94\x02", 100) == (
+    assert refusal(InsufficientBalance, sp.parse_two_purse, b"\x94\x01") == "insufficient balance in the two purses"
+    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x94\x02") == (
         "INITIALIZE FOR PURCHASE (two purses) answered status 9402"
     )
-    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x6a\x82", 100) == (
+    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x6a\x82") == (
         "INITIALIZE FOR PURCHASE (two purses) answered status 6A82"
     )
     good = two_purse_answer(40, 60, 40, 0, 60, 0)
-    assert refusal(CardProtocolError, sp.parse_two_purse, good[:25] + OK, 100) == (
+    assert refusal(CardProtocolError, sp.parse_two_purse, good[:25] + OK) == (
         "INITIALIZE FOR PURCHASE (two purses) returned 25 bytes, expected 26"
     )
-    assert refusal(CardProtocolError, sp.parse_two_purse, good[:26] + b"\x00" + OK, 100) == (
+    assert refusal(CardProtocolError, sp.parse_two_purse, good[:26] + b"\x00" + OK) == (
         "INITIALIZE FOR PURCHASE (two purses) returned 27 bytes, expected 26"
     )
-    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(40, 60, 40, 0, 60, 0, alg=0x03), 100) == (
+    assert refusal(CardProtocolError, sp.parse_two_purse, two_purse_answer(40, 60, 40, 0, 60, 0, alg=0x03)) == (
         "unknown algorithm ID 03"
     )
-    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x94", 100) == "response of 1 byte(s) has no status word"
+    assert refusal(CardProtocolError, sp.parse_two_purse, b"\x94") == "response of 1 byte(s) has no status word"
 
 
 # --- DEBIT FOR PURCHASE, two purses --------------------------------------------------------------------------------
@@ -217,7 +239,8 @@ def test_subsidy_load_command_exact_bytes():
 def test_parse_subsidy_load_exact():
     raw = bytes.fromhex("0000C350FFFF030101020304A0A1A2A3A4A5A6A7") + OK
     assert sp.parse_subsidy_load(raw) == LoadInit(
-        balance=50_000,
+        balance=None,  # sealed (card-application.md 5.2a): the subsidy purse is on version 2 cards only
+        sealed=bytes.fromhex("0000C350"),
         counter=65535,
         key_version=3,
         algorithm=Algorithm.AES128,
@@ -225,7 +248,11 @@ def test_parse_subsidy_load_exact():
         mac1=bytes.fromhex("A0A1A2A3A4A5A6A7"),
     )
     init = sp.parse_subsidy_load(bytes.fromhex("FFFFFFFF0000090205060708B0B1B2B3B4B5B6B7") + OK)
-    assert (init.balance, init.counter, init.key_version, init.algorithm) == (MAX, 0, 9, Algorithm.SM4)
+    assert (init.sealed, init.counter, init.key_version, init.algorithm) == (b"\xff" * 4, 0, 9, Algorithm.SM4)
+    assert init.balance is None
+    assert (
+        refusal(CardProtocolError, sp.parse_subsidy_load, raw, False) == "a subsidy purse answered on a version 1 card"
+    )
     assert init.random == bytes.fromhex("05060708") and init.mac1 == bytes.fromhex("B0B1B2B3B4B5B6B7")
 
 
@@ -259,11 +286,21 @@ def test_parse_withdraw_init_exact():
     # balance(4) counter(2) overdraft limit(3, ignored) key version algorithm random(4)
     raw = bytes.fromhex("000000010000AABBCC07020A0B0C0D") + OK
     assert sp.parse_withdraw_init(raw) == PurchaseInit(
-        balance=1, counter=0, key_version=7, algorithm=Algorithm.SM4, random=bytes.fromhex("0A0B0C0D")
+        balance=None,
+        counter=0,
+        key_version=7,
+        algorithm=Algorithm.SM4,
+        random=bytes.fromhex("0A0B0C0D"),
+        sealed=bytes.fromhex("00000001"),
     )
     raw = bytes.fromhex("FFFFFFFFFFFF000000050100000001") + OK
     assert sp.parse_withdraw_init(raw) == PurchaseInit(
-        balance=MAX, counter=65535, key_version=5, algorithm=Algorithm.AES128, random=bytes.fromhex("00000001")
+        balance=None,
+        counter=65535,
+        key_version=5,
+        algorithm=Algorithm.AES128,
+        random=bytes.fromhex("00000001"),
+        sealed=b"\xff" * 4,
     )
 
 

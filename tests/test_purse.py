@@ -13,7 +13,7 @@ from terminal.decision import Refusal
 from terminal.event_log import EventLog
 from terminal.purse_flow import MONEY_KINDS, Incomplete, PurseTerminal
 from terminal.reader import CardRemoved
-from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, TERMINAL_TOML, make_card_v2, make_sam
+from tests.support import MONDAY_10AM, OTHER_ENTERPRISE, TERMINAL_TOML, make_card, make_card_v2, make_sam
 
 POS_TOML = TERMINAL_TOML
 
@@ -173,11 +173,24 @@ def test_top_up(tmp_path, sam):
 
 
 def test_load_over_maximum_balance_is_refused(tmp_path, sam):
+    # A version 1 card refuses at INITIALIZE FOR LOAD (6A 80): nothing is even intended.
     topup = make_purse_terminal(tmp_path, sam, "topup")
-    card = make_card_v2(sam, opening_balance=199_000)
+    card = make_card(sam, opening_balance=199_000)
     with pytest.raises(Refusal):
         topup.top_up(present(card)[1], 2000, MONDAY_10AM)
     assert card.state.purse.balance == 199_000 and money_events(topup) == []
+
+
+def test_load_over_maximum_balance_of_a_v2_card_is_refused_at_credit(tmp_path, sam):
+    # A version 2 card checks its maximum only after MAC2 (card-application.md 5.2a), so that 6A 80 bounds no
+    # balance for a reader without keys: the intent is logged, then abandoned as the card's refusal.
+    topup = make_purse_terminal(tmp_path, sam, "topup")
+    card = make_card_v2(sam, opening_balance=199_000)
+    with pytest.raises(Refusal) as r:
+        topup.top_up(present(card)[1], 2000, MONDAY_10AM)
+    assert r.value.reason_code == "card_error" and "maximum balance" in r.value.message
+    assert card.state.purse.balance == 199_000 and card.state.purse.online_counter == 0
+    assert [k for k, _ in money_events(topup)] == ["topup.load.intent", "topup.load.abandoned"]
 
 
 def logged_balance(pos, opening):
