@@ -189,3 +189,43 @@ def test_the_worked_example_keys_and_encipherment_are_as_stated():
     assert crypto.ctr_crypt(Algorithm.AES128, sk, answer[1:81]) == office.access + office.holder
     message = office.asn + A + b"\x01" + bytes.fromhex("0102030405060708") + bytes.fromhex("000000000001")
     assert crypto.mac8(Algorithm.AES128, key, message + answer[:85]) == answer[85:93]
+
+
+def sealed_balance_exchanges() -> list[tuple[bytes, bytes, bytes]]:
+    """(card random, C-APDU, R-APDU) of section 5.2a's example, parsed from the document."""
+    start = DOC.index("### 5.2a ")
+    block = DOC[start : DOC.index("### 5.3 ", start)]
+    block = block[block.index("```\n>") :]
+    triples, command, random = [], None, None
+    for line in block.splitlines():
+        if line.startswith("> "):
+            command = bytes.fromhex(line[2:].split("#")[0])
+            random = bytes.fromhex(re.search(r"random ([0-9A-F ]{11})\)", line).group(1))
+        elif line.startswith("< "):
+            triples.append((random, command, bytes.fromhex(line[2:])))
+    return triples
+
+
+def test_the_sealed_balance_example_of_section_5_2a_is_byte_exact():
+    from unittest import mock
+
+    from sam import purse_crypto
+
+    card = card_in("v2 sel subsidy")
+    purse = card.card.apps[0].purse
+    purse.purchase_key, purse.load_key = bytes(range(0x20, 0x30)), bytes(range(0x30, 0x40))
+    triples = sealed_balance_exchanges()
+    assert len(triples) == 3
+    for random, command, expected in triples:
+        with mock.patch("simulator.card.os.urandom", return_value=random):
+            assert card.transmit(command).hex(" ").upper() == expected.hex(" ").upper(), command.hex()
+    # The session keys and the deciphered fields the document states.
+    alg = Algorithm.AES128
+    (r1, _, a1), (r2, _, a2), (r3, _, a3) = triples
+    keys = [(purse.purchase_key, r1), (purse.load_key, r2), (purse.purchase_key, r3)]
+    for key, random in keys:
+        assert purse_crypto.balance_session_key(alg, key, random, 0).hex(" ").upper() in DOC
+    assert purse_crypto.seal_purse_data(alg, purse.purchase_key, r1, 0, a1[:4]) == (10_000).to_bytes(4, "big")
+    assert purse_crypto.seal_purse_data(alg, purse.load_key, r2, 0, a2[:4]) == (10_000).to_bytes(4, "big")
+    clear = purse_crypto.seal_purse_data(alg, purse.purchase_key, r3, 0, a3[0:12] + a3[14:18])
+    assert clear == b"".join(v.to_bytes(4, "big") for v in (2_000, 1_000, 2_000, 10_000))

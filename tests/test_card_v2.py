@@ -16,7 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from central.station_registry import InProcessRegistry
 from central.store import Platform
+from common import bcd
 from common.config import load_config
+from sam import purse_crypto
 from sam.interface import Algorithm, KeyPurpose
 from sam.keystore import Keystore, MasterKey
 from sam.software import SoftwareSam
@@ -25,13 +27,16 @@ from simulator.card import (
     ISSUER_ENTERPRISE,
     OneCardApplet,
     OneCardV2Applet,
+    SubsidyPurse,
     sub_application_aid,
 )
 from simulator.card_files import load_card
 from simulator.inprocess import InProcessReader
 from simulator.personalise import Personalisation, multi_card, sub_application, transport_sub_application
 from terminal import card_protocol as cp
+from terminal import purse_protocol as pp
 from terminal import rekey
+from terminal import subsidy_protocol as sp
 from terminal.blacklist import Blacklist
 from terminal.decision import Refusal
 from terminal.event_log import EventLog
@@ -198,7 +203,23 @@ def _scriptor_session(card) -> list[tuple[bytes, bytes]]:
                 send(bytes([0x00, 0xB2, n, (sfi << 3) | 4, 0x00]))
         send(bytes.fromhex("805C000204"))
         send(cp.access_read_command(bytes(8), bytes(6)))
+        # Every INITIALIZE, for amounts on both sides of any balance and maximum (5.2a: sealed, no 94 01 / 6A 80).
+        for amount in PROBE_AMOUNTS:
+            send(pp.init_purchase_command(amount, bytes(6)))
+            send(pp.init_load_command(amount, bytes(6)))
+            send(sp.two_purse_command(amount, bytes(6), "subsidy_first"))
+            send(sp.two_purse_command(amount, bytes(6), "cash_first"))
+            send(sp.subsidy_load_command(amount, bytes(6), dt.date(2027, 12, 31)))
+        send(sp.withdraw_command(bytes(6)))
     return seen
+
+
+PROBE_AMOUNTS = (1, 4_999, 5_000, 5_001, 9_999, 10_000, 10_001, 123_456, 190_000, 200_000, 0x7FFFFFFF, 0xFFFFFFFF)
+
+
+def _with_subsidy(card, balance: int):
+    card.card.apps[0].subsidy = SubsidyPurse(balance, bcd.encode_date(dt.date(2027, 12, 31)), 100_000)
+    return card
 
 
 def test_an_unauthenticated_reader_learns_only_what_the_spec_allows():
@@ -218,17 +239,19 @@ def test_an_unauthenticated_reader_learns_only_what_the_spec_allows():
                 "tac": "11" * 8,
             }
         )
+    _with_subsidy(card, 2_345)
     seen = _scriptor_session(card)
     answers = b"".join(answer for _, answer in seen)
-    secrets = []
+    secrets = [(2_345).to_bytes(4, "big")]
     for app in card.card.apps:
         secrets += [app.holder[:16].rstrip(b"\0"), app.holder[16:].rstrip(b"\0"), app.access[:16]]
         secrets += [app.purse.balance.to_bytes(4, "big"), app.purse.max_balance.to_bytes(4, "big")]
         secrets += [(4242).to_bytes(4, "big"), (777).to_bytes(4, "big")]
     for secret in secrets:
         assert secret not in answers, secret
-    # What the spec (9.3) allows: the directory, each sub-application's FCI and EF_APP, ACCESS READ ciphertext.
-    allowed_ok = {"select", "directory", "ef_app", "access_read"}
+    # What the spec (9.3) allows: the directory, each sub-application's FCI and EF_APP, ACCESS READ ciphertext, and
+    # INITIALIZE answers whose purse fields are sealed (5.2a).
+    allowed_ok = {"select", "directory", "ef_app", "access_read", "initialize"}
     for apdu, answer in seen:
         if answer[-2:] != b"\x90\x00":
             continue
@@ -241,11 +264,64 @@ def test_an_unauthenticated_reader_learns_only_what_the_spec_allows():
             if apdu[1] == 0xB0 and apdu[2] == 0x81
             else "access_read"
             if apdu[:2] == b"\x80\x3a"
+            else "initialize"
+            if apdu[:2] == b"\x80\x50"
             else "other"
         )
         assert kind in allowed_ok, (apdu.hex(), answer.hex())
     refused = {answer.hex() for apdu, answer in seen if apdu[1] == 0xB0 and apdu[2] in (0x82, 0x83, 0x84)}
     assert refused == {"6982"}
+    # Every INITIALIZE answers 90 00, whatever the amount: no 94 01 / 6A 80 bounds a balance or a maximum (5.2a).
+    # B has no subsidy purse: its subsidy INITIALIZEs answer 6A 81 (its FCI has no C9, so that is no news).
+    initialize = [(apdu, answer[-2:]) for apdu, answer in seen if apdu[:2] == b"\x80\x50"]
+    half = len(initialize) // 2
+    assert {sw for _, sw in initialize[:half]} == {b"\x90\x00"}
+    assert {sw for apdu, sw in initialize[half:] if apdu[3] == 0x02} == {b"\x90\x00"}
+    assert {sw for apdu, sw in initialize[half:] if apdu[3] != 0x02} == {b"\x6a\x81"}
+
+
+def test_balances_change_no_status_word_an_unauthenticated_reader_sees():
+    """Two cards alike but for their balances (cash and subsidy): the same commands, the same status words and
+    answer lengths, and the sealed balance fields differ from the clear ones (card-application.md 5.2a, 9.3)."""
+    runs = [
+        _scriptor_session(_with_subsidy(two_enterprise_card(balance_a=a, balance_b=b), s))
+        for a, b, s in ((10_000, 5_000, 2_345), (199_999, 1, 0xFFFF))
+    ]
+    assert [apdu for apdu, _ in runs[0]] == [apdu for apdu, _ in runs[1]]
+    assert [(len(x), x[-2:]) for _, x in runs[0]] == [(len(y), y[-2:]) for _, y in runs[1]]
+
+
+def test_a_v2_initialize_seals_the_balance_and_debit_refuses_what_it_does_not_cover(tmp_path):
+    """The balance field of a v2 INITIALIZE is the balance XOR the SK_BAL keystream; a DEBIT with a right MAC1 for an
+    amount above the balance is refused 94 01 and changes nothing; a POS refuses it from its SAM before any DEBIT."""
+    card = two_enterprise_card(balance_a=1_000)
+    app = card.card.apps[0]
+    card.power_on()
+    card.transmit(cp.select_command(sub_application_aid(A)))
+    answer = card.transmit(pp.init_purchase_command(1_500, bytes.fromhex("000000000101")))
+    init = pp.parse_init_purchase(answer, sealed=True)
+    assert init.balance is None and init.sealed != (1_000).to_bytes(4, "big")
+    opened = purse_crypto.seal_purse_data(Algorithm.AES128, app.purse.purchase_key, init.random, 0, init.sealed)
+    assert opened == (1_000).to_bytes(4, "big")
+    # A MAC1 as the SAM would make it (the card's own key here): DEBIT checks the balance after it.
+    sk = purse_crypto.purchase_session_key(Algorithm.AES128, app.purse.purchase_key, init.random, 0, 7)
+    date, time_ = bytes.fromhex("20261123"), bytes.fromhex("100000")
+    mac1 = purse_crypto.purchase_mac1(Algorithm.AES128, sk, 1_500, bytes.fromhex("000000000101"), date, time_)
+    assert card.transmit(pp.debit_command(7, date, time_, mac1)) == b"\x94\x01"
+    assert (app.purse.balance, app.purse.offline_counter, app.purse.records) == (1_000, 0, [])
+    # The POS: its SAM opens the balance and refuses MAC1; no TSN is taken, nothing is intended, 2 APDUs.
+    pos = pos_terminal(tmp_path, A)
+    tsn_before = pos.sam._state.last_tsn
+    reader = InProcessReader()
+    reader.tap(card)
+    with pytest.raises(Refusal) as r:
+        pos.purchase(reader.wait_for_card(0).transmit, 1_500, MONDAY_10AM)
+    assert (
+        r.value.reason_code == "insufficient_balance"
+        and r.value.message == "Insufficient balance for 15.00: top up first"
+    )
+    assert reader.apdu_count == 2 and pos.sam._state.last_tsn == tsn_before
+    assert [e.kind for e in pos.event_log.events() if e.kind.startswith("pos.")] == []
 
 
 def test_the_directory_lists_enterprise_name_and_status_only():
