@@ -369,3 +369,37 @@ def test_new_psam_command(tmp_path, capsys):
         args.handler(args)
     assert not (tmp_path / "p2.json").exists()
     assert load_keystore(tmp_path / "pos.ks", unlock)  # the source keystore is untouched
+
+
+# --- version 2 cards: the sealed balance (docs/psam.md 4.2, 4.6; card-application.md 5.2a) -----------------------
+
+
+def sealed_init(balance: int) -> bytes:
+    k_purchase = crypto.diversify(Algorithm.AES128, bytes(range(16)), ASN + E)
+    sealed = pc.seal_purse_data(Algorithm.AES128, k_purchase, h("0A0B0C0D"), 7, balance.to_bytes(4, "big"))
+    return bytes([0x80, 0x70, 0x01, 0x00, 0x29]) + INIT[5:-1] + sealed + b"\x10"
+
+
+def test_sealed_purchase_init_answers_the_balance_or_9401_without_a_tsn():
+    p = selected()
+    assert sealed_init(10_000)[:5] == h("80 70 01 00 29") and len(sealed_init(10_000)) == 5 + 0x29 + 1
+    assert p.transmit(sealed_init(1249)) == h("94 01")  # 12.49 does not cover 12.50: nothing computed
+    assert p.transmit(sealed_init(1250)) == h("00 00 00 01 14 47 AB 4E 6A 2E 89 95 00 00 04 E2 90 00")  # TSN 1
+    answer = p.transmit(sealed_init(10_000))
+    assert answer[:4] == h("00 00 00 02") and answer[12:] == h("00 00 27 10 90 00")
+    short = sealed_init(10_000)
+    assert p.transmit(short[:4] + b"\x28" + short[5:-2] + b"\x10") == h("67 00")  # one sealed byte short
+
+
+def test_sealed_reversal_deciphers_the_balance_before():
+    k_load = crypto.diversify(Algorithm.AES128, bytes(range(0x10, 0x20)), ASN + E)
+    p = selected()
+    p.transmit(INIT)
+    assert p.transmit(VERIFY_MAC2) == h("90 00")
+    plain = load_command(0x78, tsn=1)
+    sealed = pc.seal_purse_data(Algorithm.AES128, k_load, h("01020304"), 3, h("0000012C"))
+    command = plain[:2] + b"\x01" + plain[3:25] + sealed + plain[29:-1] + b"\x0c"
+    answer = p.transmit(command)
+    assert answer[8:] == h("00 00 01 2C 90 00") and p.transmit(plain)[:8] == answer[:8]
+    wrong = command[:25] + bytes(4) + command[29:]  # a sealed field the card did not send: MAC1 fails over it
+    assert p.transmit(wrong) == h("93 02")

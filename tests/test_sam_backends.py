@@ -485,3 +485,39 @@ def test_a_card_that_is_not_a_psam(pcscd, vicc):
     vicc(PSAM_SLOT).insert(ForeignCard())
     with pytest.raises(SamError, match="is not a onecard PSAM .*answered 6A82.*insert the PSAM"):
         PcscSam(pcscd.slots[PSAM_SLOT].name, timeout=3)
+
+
+# --- version 2 cards: the sealed balance (docs/card-application.md 5.2a, docs/psam.md 4.2 / 4.4 / 4.6) -------------
+
+
+def sealed(purpose: KeyPurpose, identity: CardIdentity, random: bytes, counter: int, balance: int) -> bytes:
+    """What a version 2 card puts in its INITIALIZE answer's balance field (card-side, from the spec)."""
+    key = card_key(purpose, identity)
+    return pc.seal_purse_data(identity.algorithm, key, random, counter, balance.to_bytes(4, "big"))
+
+
+@pytest.mark.parametrize("algorithm", list(Algorithm))
+def test_every_sam_opens_a_sealed_balance_inside_mac1_and_mac2(make_backend, algorithm):
+    from sam.interface import BalanceTooLow
+
+    for kind in KINDS:
+        sam = make_backend(kind).sam
+        s = purchase(card(algorithm), amount=1250)
+        with pytest.raises(BalanceTooLow):  # 12.49 does not cover 12.50: no MAC1, no TSN
+            sam.purchase_mac1_sealed(s, sealed(KeyPurpose.PURCHASE, s.card, s.card_random, s.counter, 1249))
+        tsn, mac1, clear = sam.purchase_mac1_sealed(
+            s, sealed(KeyPurpose.PURCHASE, s.card, s.card_random, s.counter, 1250)
+        )
+        assert (tsn, clear) == (1, (1250).to_bytes(4, "big")), kind
+        assert mac1 == pc.purchase_mac1(algorithm, card_sk_p(s, tsn), s.amount, TERMINAL, DATE, TIME), kind
+        sam.verify_purchase_mac2(s, tsn, card_mac2(s, tsn))
+        # A load: the SAM opens the balance before, checks MAC1 over it, and answers it with MAC2.
+        undo = load(card(algorithm), amount=1250, balance=300)
+        mac1 = pc.load_mac1(algorithm, card_sk_l(undo), 300, 1250, TERMINAL)
+        box = sealed(KeyPurpose.LOAD, undo.card, undo.card_random, undo.counter, 300)
+        mac2, before = sam.load_mac2_sealed(replace(undo, balance_before=0), mac1, box)
+        assert before == 300 and mac2 == pc.load_mac2(algorithm, card_sk_l(undo), 1250, TERMINAL, DATE, TIME), kind
+        with pytest.raises(MacVerificationError):  # a sealed field altered on the way: MAC1 fails over it
+            sam.load_mac2_sealed(undo, mac1, bytes([box[0] ^ 1]) + box[1:])
+        mac2_r, before_r = sam.reversal_mac2_sealed(undo, mac1, tsn, box)
+        assert (mac2_r, before_r) == (mac2, 300), kind
