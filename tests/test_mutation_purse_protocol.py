@@ -129,6 +129,32 @@ def test_credit_answers():
     )
 
 
+def test_sealed_initialize_answers_keep_the_balance_field_for_the_sam():
+    # Version 2 (card-application.md 5.2a): the balance field is handed on as it came, no balance is read from it.
+    answer = H("0100000001000000000902C1C2C3C4") + H("9000")
+    assert pp.parse_init_purchase(answer, True) == pp.PurchaseInit(
+        balance=None, counter=256, key_version=9, algorithm=Algorithm.SM4, random=H("C1C2C3C4"), sealed=H("01000000")
+    )
+    assert pp.parse_init_purchase(answer, False).sealed == b""
+    answer = H("0100000201010702D1D2D3D4E1E2E3E4E5E6E7E8") + H("9000")
+    assert pp.parse_init_load(answer, True) == pp.LoadInit(
+        balance=None,
+        counter=257,
+        key_version=7,
+        algorithm=Algorithm.SM4,
+        random=H("D1D2D3D4"),
+        mac1=H("E1E2E3E4E5E6E7E8"),
+        sealed=H("01000002"),
+    )
+    assert pp.parse_init_load(answer).balance == 2**24 + 2 and pp.parse_init_load(answer).sealed == b""
+
+
+def test_v2_refusals_after_the_mac():
+    # A version 2 card answers 94 01 to DEBIT and 6A 80 to CREDIT: nothing changed (5.2a).
+    fails(pp.InsufficientBalance, "insufficient balance (DEBIT)", pp.parse_debit, H("9401"))
+    fails(pp.OverMaximum, "the load would exceed the card's maximum balance", pp.parse_credit, H("6A80"))
+
+
 def test_balance_and_prove():
     assert pp.parse_balance(H("FFFFFFFF9000")) == 2**32 - 1
     assert pp.parse_balance(H("010000009000")) == 2**24
