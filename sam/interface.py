@@ -143,6 +143,10 @@ class Sam(Protocol):
         Usage VERIFY: the key that checks a card's answers also reads them. The caller verifies the answer's MAC
         first (the MAC covers the ciphertext). Not for purse keys."""
 
+    def encipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, plaintext: bytes) -> bytes:
+        """Encipher data a station writes to a version-2 card under SK_WRITE(card key, context) (card-application.md
+        9.11: context = challenge || 00 00 00 00). Usage MAC. The caller MACs the ciphertext. Not for purse keys."""
+
     def key_infos(self) -> list[KeyInfo]:
         """Every key the SAM holds, described without key bytes."""
 

@@ -405,6 +405,20 @@ class PcscSam:
         )
         return self._expect(sw, answer, len(ciphertext), "DECIPHER CARD DATA", card, purpose, "verify", "")
 
+    def encipher_card_data(self, purpose: KeyPurpose, card: CardIdentity, context: bytes, plaintext: bytes) -> bytes:
+        """ENCIPHER CARD DATA (80 7E P1 01, docs/psam.md 4.7b): plaintext XOR the SK_WRITE keystream (usage mac)."""
+        _refuse_purse_purpose(purpose)
+        if len(context) != crypto.DATA_CONTEXT_SIZE or not 1 <= len(plaintext) <= MAX_DECIPHER_DATA:
+            raise SamError(
+                f"encipher takes a {crypto.DATA_CONTEXT_SIZE}-byte context (challenge || 00 00 00 00) and "
+                f"1..{MAX_DECIPHER_DATA} bytes"
+            )
+        data = card_block(card) + context + plaintext
+        sw, answer = self._command(
+            bytes([0x80, 0x7E, 0x01, PURPOSE_CODES[purpose], len(data)]) + data + b"\x00", "ENCIPHER CARD DATA"
+        )
+        return self._expect(sw, answer, len(plaintext), "ENCIPHER CARD DATA", card, purpose, "mac", "")
+
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
         check_purchase(session)
         _cash_purse_only(session.tx_type, 0x06)

@@ -25,6 +25,7 @@ from sam.crypto import (
     mac8,
     pin_session_key,
     secure_session_key,
+    write_session_key,
 )
 from sam.interface import Algorithm
 from simulator.state_file import StateFile
@@ -829,7 +830,7 @@ class OneCardApplet:
         self._persist()  # one atomic write: before it the old key version, after it the new one
         return SW_OK
 
-    def _update_binary(self, cmd: Command, plain: bytes, _challenge: bytes) -> bytes:
+    def _update_binary(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
         s = self.state
         if not cmd.p1 & 0x80 or cmd.p1 & 0x60:
             return SW_WRONG_P1P2
@@ -838,6 +839,10 @@ class OneCardApplet:
         if s.status == STATUS_VOIDED:
             return SW_CONDITIONS
         sfi, offset, end = cmd.p1 & 0x1F, cmd.p2, cmd.p2 + len(plain)
+        if s.app_version >= 2 and sfi in (SFI_HOLDER, SFI_ACCESS, SFI_PURSE):
+            # Version 2: holder, access and purse data arrive enciphered under SK_WRITE, MAC'd over the ciphertext
+            # (checked by _secured before this): section 8.2, 9.11.
+            plain = ctr_crypt(s.algorithm, write_session_key(s.algorithm, s.update_key, challenge + bytes(4)), plain)
         if sfi == SFI_APP:
             # Only the status byte, only on a washed card: 00/01/03 -> 01 (activation, unlock), 01/03 -> 03 (lock);
             # voiding is 84 1E.

@@ -436,13 +436,17 @@ class PsamApplet:
         return self._sam.card_mac(purpose, card, r.rest()) + SW_OK
 
     def _decipher_card_data(self, cmd: Command) -> bytes:
-        purpose = self._purpose(cmd)
+        # P1 00: DECIPHER under SK_DATA (usage verify); P1 01: ENCIPHER under SK_WRITE (usage mac), the data a
+        # station writes to a version 2 card (docs/psam.md 4.7b, card-application.md 9.11).
+        purpose = PURPOSES_BY_CODE.get(cmd.p2) if cmd.p1 in (0x00, 0x01) else None
         if purpose is None:
             return SW_WRONG_P1P2
         if len(cmd.data) < CARD_BLOCK_SIZE + 12 + 1:
             return SW_WRONG_LENGTH
         r = _Fields(cmd.data)
         card, context = r.card(), r.take(12)
+        if cmd.p1 == 0x01:
+            return self._sam.encipher_card_data(purpose, card, context, r.rest()) + SW_OK
         return self._sam.decipher_card_data(purpose, card, context, r.rest()) + SW_OK
 
     def _get_key_info(self, cmd: Command) -> bytes:

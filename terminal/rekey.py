@@ -101,7 +101,13 @@ class AdminChannel:
         return challenge, self.transmit(cp.secured_command(ins, p1, p2, plain, mac, le))
 
     def update_binary(self, sfi: int, offset: int, data: bytes, what: str) -> None:
-        _, rapdu = self.send(cp.INS_UPDATE_BINARY, 0x80 | sfi, offset, data)
+        """Secured UPDATE BINARY; on a version 2 card the holder, access and purse data go enciphered under SK_WRITE
+        by the SAM, MAC'd over the ciphertext (card-application.md 8.2, 9.11); the status byte (EF_APP) in clear."""
+        challenge = None
+        if self.info.private and sfi != cp.SFI_APP:
+            challenge = self.challenge()
+            data = self.sam.encipher_card_data(self.purpose, self.identity, challenge + bytes(4), data)
+        _, rapdu = self.send(cp.INS_UPDATE_BINARY, 0x80 | sfi, offset, data, challenge=challenge)
         cp.check_secured(rapdu, f"UPDATE BINARY of {what}")
 
     def block(self) -> cp.FrozenPurse:

@@ -411,6 +411,39 @@ def test_enterprise_b_adds_its_sub_application_without_touching_a(platform, tmp_
     assert [e.kind for e in st.event_log.events()].count("issue.subapp") == 1
 
 
+def test_an_eavesdropper_on_the_issuing_taps_learns_no_holder_data(platform, tmp_path):
+    """Personalisation of a v2 sub-application (UPDATE BINARY of EF_HOLDER, EF_ACCESS, EF_PURSE) goes enciphered
+    under SK_WRITE and MAC'd over the ciphertext (card-application.md 8.2, 9.11): nothing on the air says who."""
+    fresh = OneCardV2Applet(
+        multi_card([sub_application(SAMS[A], person(A, "E1001", "Zhang Wei", {1}), "Office")], ISSUER_SAM)
+    )
+    st = station(platform, tmp_path, B)
+    heard: list[bytes] = []
+
+    def recording(transmit):
+        def send(apdu: bytes) -> bytes:
+            answer = transmit(apdu)
+            heard.extend((apdu, answer))
+            return answer
+
+        return send
+
+    tap_run(fresh, lambda t: st.add_sub_application(recording(t), "Community", NEW_ASN, MONDAY_10AM))
+    tap_run(fresh, lambda t: rekey.rekey_card(recording(t), st.sam, B, 1, st.event_log, MONDAY_10AM, rekey.WASH))
+    request = IssueRequest(B, "R-0707", frozenset({1}), dt.date(2026, 1, 1), dt.date(2028, 12, 31))
+    tap_run(fresh, lambda t: st.issue(recording(t), request, MONDAY_10AM))
+    wire = b"".join(heard)
+    assert any(apdu[:2] == b"\x84\xd6" for apdu in heard[::2])  # the writes were heard
+    app = fresh.sub_application(B)
+    # the card deciphered what it was sent: the holder data is right on the card
+    assert app.holder.startswith(b"R-0707\0") and "张伟".encode() in app.holder
+    written = [app.holder[16:28], app.access[:12], *([] if app.purse is None else [app.purse.file()[:8]])]
+    for secret in (b"R-0707", "张伟".encode(), *written):
+        assert secret not in wire, secret
+    door_b, _ = make_terminal(tmp_path, SAMS[B], "door", enterprise=B)
+    assert tap(door_b, fresh)[0].message == "Welcome, 张伟"
+
+
 def test_adding_a_sub_application_torn_at_every_apdu_leaves_all_or_nothing(platform, tmp_path):
     st = station(platform, tmp_path, B)
     full = 4  # SELECT (6A 88), SELECT directory, GET CHALLENGE, CREATE

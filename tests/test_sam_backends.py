@@ -521,3 +521,18 @@ def test_every_sam_opens_a_sealed_balance_inside_mac1_and_mac2(make_backend, alg
             sam.load_mac2_sealed(undo, mac1, bytes([box[0] ^ 1]) + box[1:])
         mac2_r, before_r = sam.reversal_mac2_sealed(undo, mac1, tsn, box)
         assert (mac2_r, before_r) == (mac2, 300), kind
+
+
+def test_every_sam_enciphers_what_a_station_writes_under_sk_write(make_backend):
+    """ENCIPHER CARD DATA (docs/psam.md 4.7b; SoftwareSam.encipher_card_data): the SK_WRITE keystream of
+    card-application.md 9.11 under the card's ACCESS key here (the purposes 01..03 behave alike), usage mac."""
+    context = bytes(range(8)) + bytes(4)
+    plain = b"R-0707".ljust(16, b"\0") + "张伟".encode().ljust(32, b"\0")
+    c = card()
+    key = card_key(KeyPurpose.ACCESS, c)
+    expected = crypto.ctr_crypt(c.algorithm, crypto.write_session_key(c.algorithm, key, context), plain)
+    for kind in KINDS:
+        sam = make_backend(kind).sam
+        assert sam.encipher_card_data(KeyPurpose.ACCESS, c, context, plain) == expected, kind
+        with pytest.raises(KeyUsageError):
+            sam.encipher_card_data(KeyPurpose.PURCHASE, c, context, plain)  # never under a purse key
