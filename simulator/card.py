@@ -839,7 +839,7 @@ class OneCardApplet:
         if s.status == STATUS_VOIDED:
             return SW_CONDITIONS
         sfi, offset, end = cmd.p1 & 0x1F, cmd.p2, cmd.p2 + len(plain)
-        if s.app_version >= 2 and sfi in (SFI_HOLDER, SFI_ACCESS, SFI_PURSE):
+        if s.app_version >= 2 and sfi in (SFI_HOLDER, SFI_ACCESS, SFI_PURSE, SFI_SUBSIDY):
             # Version 2: holder, access and purse data arrive enciphered under SK_WRITE, MAC'd over the ciphertext
             # (checked by _secured before this): section 8.2, 9.11.
             plain = ctr_crypt(s.algorithm, write_session_key(s.algorithm, s.update_key, challenge + bytes(4)), plain)

@@ -137,22 +137,22 @@ def test_parse_two_purse_every_byte_of_each_field_counts():
     # Each 4-byte amount and 2-byte counter with a distinct non-zero top byte: a field read one byte short (or from a
     # neighbour's offset) gives another value, and the card's split no longer adds up to the sale.
     # cash_first of 0x01020304 fen from a cash purse of 0x05060708, with 0x000A0B0C fen of subsidy left untouched
-    init = sp.parse_two_purse(two_purse_answer(0, 0x01020304, 0x000A0B0C, 0x0D0E, 0x05060708, 0x0F10), 0x01020304)
+    init = parse_open(two_purse_answer(0, 0x01020304, 0x000A0B0C, 0x0D0E, 0x05060708, 0x0F10), 0x01020304)
     assert (init.subsidy_part, init.cash_part) == (0, 0x01020304)
     assert (init.subsidy_balance, init.cash_balance) == (0x000A0B0C, 0x05060708)
     assert (init.subsidy_counter, init.cash_counter) == (0x0D0E, 0x0F10)
     # subsidy_first: 0x11121314 fen from the subsidy purse and 0x21222324 more from cash
-    init = sp.parse_two_purse(
+    init = parse_open(
         two_purse_answer(0x11121314, 0x21222324, 0x31323334, 0x4142, 0x51525354, 0x6162), 0x11121314 + 0x21222324
     )
     assert (init.subsidy_part, init.cash_part) == (0x11121314, 0x21222324)
     assert (init.subsidy_balance, init.cash_balance) == (0x31323334, 0x51525354)
     assert (init.subsidy_counter, init.cash_counter) == (0x4142, 0x6162)
     # exactly 2^24 fen from cash (only the top byte of the part set) is a whole split, accepted
-    init = sp.parse_two_purse(two_purse_answer(0, 0x01000000, 0, 0, 0x01000000, 0), 0x01000000)
+    init = parse_open(two_purse_answer(0, 0x01000000, 0, 0, 0x01000000, 0), 0x01000000)
     assert (init.subsidy_part, init.cash_part, init.cash_balance) == (0, 0x01000000, 0x01000000)
     # and 2^24 fen from the subsidy purse likewise
-    init = sp.parse_two_purse(two_purse_answer(0x01000000, 0, 0x01000000, 0, 0, 0), 0x01000000)
+    init = parse_open(two_purse_answer(0x01000000, 0, 0x01000000, 0, 0, 0), 0x01000000)
     assert (init.subsidy_part, init.cash_part, init.subsidy_balance) == (0x01000000, 0, 0x01000000)
 
 

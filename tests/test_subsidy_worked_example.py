@@ -74,13 +74,20 @@ def conversation() -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
 
         send(SELECT_OFFICE)
         init = sp.parse_subsidy_load(send(sp.subsidy_load_command(LOAD, TERMINAL, EXPIRY)))
+        # The balance field is sealed (5.2a): what the SAM opens with K_LOAD, the random and the online counter.
+        assert pc.seal_purse_data(AES, K_LOAD, init.random, init.counter, init.sealed) == bytes(4)
+        values["SK_BAL_L"] = pc.balance_session_key(AES, K_LOAD, init.random, init.counter)
         sk_l = pc.load_session_key(AES, K_LOAD, init.random, init.counter)
         assert init.mac1 == pc.load_mac1(AES, sk_l, 0, LOAD, TERMINAL, tx.SUBSIDY_LOAD)
         mac2 = pc.load_mac2(AES, sk_l, LOAD, TERMINAL, *LOAD_AT, tx.SUBSIDY_LOAD, bcd.encode_date(EXPIRY))
         proof = pp.parse_credit(send(pp.credit_command(*LOAD_AT, mac2)))
         assert proof.mac == pc.load_mac3(AES, sk_l, LOAD, LOAD)
         values.update(SK_L=sk_l, MAC1_L=init.mac1, MAC2_L=mac2, TAC_L=proof.tac, MAC3=proof.mac)
-        two = sp.parse_two_purse(send(sp.two_purse_command(SALE, TERMINAL, "subsidy_first")), SALE)
+        sealed = sp.parse_two_purse(send(sp.two_purse_command(SALE, TERMINAL, "subsidy_first")))
+        # The split and the balances are sealed (5.2a): the SAM opens them with K_PURCHASE and the cash counter.
+        clear = pc.seal_purse_data(AES, K_PURCHASE, sealed.random, sealed.cash_counter, sealed.sealed)
+        values["SK_BAL_P"] = pc.balance_session_key(AES, K_PURCHASE, sealed.random, sealed.cash_counter)
+        two = sp.open_two_purse(sealed, clear, SALE)
         sk_p = pc.purchase_session_key(AES, K_PURCHASE, two.random, two.cash_counter, TSN)
         mac1 = pc.purchase_mac1(AES, sk_p, SALE, TERMINAL, *SALE_AT, tx.SUBSIDY_PURCHASE)
         debit = sp.parse_two_purse_debit(send(pp.debit_command(TSN, *SALE_AT, mac1)))
@@ -148,11 +155,13 @@ def test_the_worked_example_states_its_session_keys_macs_and_tacs():
     ]
     expected = [
         ("SK_L", v["SK_L"]),
+        ("SK_BAL", v["SK_BAL_L"]),
         ("MAC1", v["MAC1_L"]),
         ("MAC2", v["MAC2_L"]),
         ("MAC3", v["MAC3"]),
         ("TAC", v["TAC_L"]),
         ("SK_P", v["SK_P"]),
+        ("SK_BAL", v["SK_BAL_P"]),
         ("MAC1", v["MAC1_P"]),
         ("MAC2", v["MAC2_P"]),
         ("TAC_s", v["TAC_S"]),
