@@ -87,6 +87,7 @@ def conversation() -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
         # The split and the balances are sealed (5.2a): the SAM opens them with K_PURCHASE and the cash counter.
         clear = pc.seal_purse_data(AES, K_PURCHASE, sealed.random, sealed.cash_counter, sealed.sealed)
         values["SK_BAL_P"] = pc.balance_session_key(AES, K_PURCHASE, sealed.random, sealed.cash_counter)
+        assert spaced(clear) in DOC  # the deciphered split and balances, as the document states them
         two = sp.open_two_purse(sealed, clear, SALE)
         sk_p = pc.purchase_session_key(AES, K_PURCHASE, two.random, two.cash_counter, TSN)
         mac1 = pc.purchase_mac1(AES, sk_p, SALE, TERMINAL, *SALE_AT, tx.SUBSIDY_PURCHASE)
