@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sam.interface import Algorithm
 from terminal import subsidy_protocol as sp
@@ -415,3 +417,31 @@ def test_allowances_from_body_exact():
 
 def test_allowance_default_not_collected():
     assert sp.Allowance("a", "b", 1, DAY, "cash_first").collected is False
+
+
+# --- any bytes: parse, or our own error (the sealed answers of card-application.md 5.2a) ----------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.tuples(st.binary(min_size=26, max_size=26), st.sampled_from([1, 2])).map(
+            lambda t: t[0][:21] + bytes([t[1]]) + t[0][22:] + OK
+        ),
+    ),
+    st.one_of(st.binary(max_size=20), st.binary(min_size=16, max_size=16)),
+    st.integers(min_value=1, max_value=MAX),
+)
+def test_sealed_two_purse_answers_parse_or_raise_our_error(answer, clear, amount):
+    try:
+        init = sp.parse_two_purse(answer)
+    except CardProtocolError:
+        return
+    assert len(init.sealed) == 16 and len(init.random) == 4
+    try:
+        opened = sp.open_two_purse(init, clear, amount)
+    except CardProtocolError:
+        return
+    assert opened.subsidy_part + opened.cash_part == amount
+    assert opened.subsidy_part <= opened.subsidy_balance and opened.cash_part <= opened.cash_balance
