@@ -87,7 +87,7 @@ def _fci(data: bytes, aid: bytes, sizes: dict[int, int]) -> dict[int, bytes]:
 
 class OtaIssue:
     """One sub-application issued over the air, sans-I/O. `sam` is the platform's SAM (sam/interface.py:
-    card_mac, wrap_sub_application_key, wrap_card_key, has_key) holding B's issuing keys and the card issuer's
+    card_mac, encipher_card_data, wrap_sub_application_key, wrap_card_key, has_key) holding B's issuing keys and the card issuer's
     TRANSPORT key; `serial` the card serial; `asn` the new sub-application's ASN (8 bytes, from the caller)."""
 
     def __init__(self, sam, enterprise_id: bytes, serial: bytes, asn: bytes, name: str, version: int, files) -> None:
@@ -274,7 +274,13 @@ class OtaIssue:
         if item[0] == "commit":
             return ca.INS_COMMIT_KEYS, 0, self.version, b""
         _, sfi, offset, data = item
-        return ca.INS_UPDATE_BINARY, 0x80 | sfi, offset, bytes.fromhex(data)
+        plain = bytes.fromhex(data)
+        if sfi != ca.SFI_APP:
+            # A version 2 sub-application takes holder, access, purse and subsidy data enciphered under SK_WRITE,
+            # MAC'd over the ciphertext (docs/card-application.md 8.2, 9.11): nothing private in clear over the air.
+            purpose = KeyPurpose.TRANSPORT if self.kv == 0 else KeyPurpose.UPDATE
+            plain = self.sam.encipher_card_data(purpose, self._identity(), challenge + bytes(4), plain)
+        return ca.INS_UPDATE_BINARY, 0x80 | sfi, offset, plain
 
     def _applied(self, item: list) -> None:
         self.plan.pop(0)
