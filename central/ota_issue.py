@@ -87,8 +87,9 @@ def _fci(data: bytes, aid: bytes, sizes: dict[int, int]) -> dict[int, bytes]:
 
 class OtaIssue:
     """One sub-application issued over the air, sans-I/O. `sam` is the platform's SAM (sam/interface.py:
-    card_mac, encipher_card_data, wrap_sub_application_key, wrap_card_key, has_key) holding B's issuing keys and the card issuer's
-    TRANSPORT key; `serial` the card serial; `asn` the new sub-application's ASN (8 bytes, from the caller)."""
+    card_mac, encipher_card_data, wrap_sub_application_key, wrap_card_key, has_key) holding B's issuing keys and
+    the card issuer's TRANSPORT key; `serial` the card serial; `asn` the new sub-application's ASN (8 bytes, from
+    the caller)."""
 
     def __init__(self, sam, enterprise_id: bytes, serial: bytes, asn: bytes, name: str, version: int, files) -> None:
         if not 1 <= len(name.encode()) <= ca.NAME_MAX or not 1 <= version <= 255:
