@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from common import ota
-from simulator import sms_tpdu
+from common import sms_tpdu
 from simulator.state_file import StateFile
 
 ENVELOPE_SMS_PP = 0xD1

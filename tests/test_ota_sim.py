@@ -14,7 +14,8 @@ from common import ota
 from sam.interface import Algorithm, CardIdentity
 from sam.ota_keys import OtaSam, diversify_ota_keys
 from sam.software import SoftwareSam
-from simulator import ota_sim, sms_tpdu
+from common import sms_tpdu
+from simulator import ota_sim
 from tests.support import ENTERPRISE, make_card, make_keystore
 
 PLATFORM = "10657000"
