@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from common import ota
-from common import sms_tpdu
+from common import ota, sms_tpdu
 from simulator.state_file import StateFile
 
 ENVELOPE_SMS_PP = 0xD1
