@@ -638,12 +638,14 @@ def over_the_air(site: Site, platform: Platform, work: Path) -> None:
     and the month's spending bill arrives on the phone as an SMS."""
     from zoneinfo import ZoneInfo
 
+    from phone.cli import BalanceScript
+    from phone.handset import Handset, HandsetError
     from sam.interface import Algorithm, CardIdentity
     from sam.keystore import KeystoreUnlock, load_keystore
     from sam.ota_keys import OtaSam
     from simulator import ota_sim
     from simulator.card_files import load_card
-    from simulator.ota_handset import SimHandset
+    from simulator.sim_toolkit import load_sim
     from simulator.smsc import Smsc
 
     number, asn = PHONE_NUMBERS["zhang"], site.asn["zhang"]
@@ -655,8 +657,15 @@ def over_the_air(site: Site, platform: Platform, work: Path) -> None:
                                                           Algorithm.AES128))  # fmt: skip
     state_file = ota_sim.OtaStateFile(work / "card-zhang-ota.json")
     state_file.save(ota_sim.OtaState(keys.kic, keys.kid, keys.version))
-    sim = ota_sim.OtaSim(load_card(site.cards["zhang"]), state_file.load(), store=state_file)
-    handset = SimHandset(sim)
+    # His phone: one handset (phone/handset.py) on the SIM's contact interface, for the menu and for the network.
+    sim = load_sim(site.cards["zhang"])
+    sim.ota = ota_sim.OtaSim(load_card(site.cards["zhang"]), state_file.load(), store=state_file)
+    sim.power_on()
+    screen = BalanceScript()
+    handset = Handset(sim, screen, lambda destination, data: "no network for the menu's own messages here")
+    menu = handset.start()
+    if menu is None:
+        raise UserError("Zhang Wei's SIM offers no menu")
     smsc = Smsc(password=secrets.token_hex(4)).start()  # SMPP 3.4: a password is at most 8 characters
     try:
         smsc.add_handset(number, handset)
@@ -679,10 +688,14 @@ def over_the_air(site: Site, platform: Platform, work: Path) -> None:
             "receipt sent back to the platform"
         )
         card = json.loads(platform.admin("card", asn))
-        say("Zhang Wei opens the one-card menu of his phone (the handset drives the SIM over PC/SC)")
-        shown = onecard("phone", "balance", "--card", site.cards["zhang"])
-        for line in shown.splitlines():
-            zhang_phone(line)
+        say("Zhang Wei opens the one-card menu of the same phone and chooses Balance")
+        screen.shown.clear()
+        try:
+            handset.choose(menu.items[0].id)
+        except HandsetError as exc:
+            raise UserError(f"Zhang Wei's SIM stopped the menu: {exc}") from None
+        shown = f"{menu.items[0].text}: " + "; ".join(line for t in screen.shown for line in t.splitlines()[1:])
+        zhang_phone(shown)
         balance = f"Balance {format_yuan(card['balance_cents'])} yuan"
         if balance not in shown:
             raise UserError(f"the phone menu does not show the platform's {balance}: {shown.strip()}")
