@@ -337,9 +337,11 @@ class Bills:
 
         holder_id, eid, number, name = holder
         cards = "SELECT asn FROM cards WHERE holder_id = ?"
-        ledger: list[tuple[str, BillItem]] = []  # (platform time text, item): every booked item of the holder
-        for t, kind, amount, tid, place in self.conn.execute(
-            "SELECT coalesce(e.time, o.booked_at, ''), t.kind, t.amount_cents, t.terminal_id, tm.name "
+        # (platform time text, terminal, seq, item): every booked item of the holder, sorted by when it happened and
+        # then by its place in its terminal's chain (a two-purse sale's cash and subsidy parts share one record).
+        ledger: list[tuple[str, str, int, BillItem]] = []
+        for t, kind, amount, tid, seq, place in self.conn.execute(
+            "SELECT coalesce(e.time, o.booked_at, ''), t.kind, t.amount_cents, t.terminal_id, t.seq, tm.name "
             "FROM purse_transactions t "
             "LEFT JOIN events e ON e.terminal_id = t.terminal_id AND e.seq = t.seq "
             "LEFT JOIN ota_loads o ON t.terminal_id = ? AND o.seq = t.seq "
@@ -348,13 +350,13 @@ class Bills:
             (OTA_LEDGER_TERMINAL, holder_id),
         ):
             where = OVER_THE_AIR if tid == OTA_LEDGER_TERMINAL else (place or f"terminal {tid}")
-            ledger.append((t, self._bill_item(t, "cash", kind, where, tid, MONEY_SIGN[kind] * amount)))
-        for t, amount in self.conn.execute(
-            f"SELECT at, amount_cents FROM refunds WHERE asn IN ({cards})", (holder_id,)
+            ledger.append((t, tid, seq, self._bill_item(t, "cash", kind, where, tid, MONEY_SIGN[kind] * amount)))
+        for t, row_id, amount in self.conn.execute(
+            f"SELECT at, id, amount_cents FROM refunds WHERE asn IN ({cards})", (holder_id,)
         ):
-            ledger.append((t, self._bill_item(t, "cash", "payout", "at cancellation", "", -amount)))
-        for t, kind, amount, tid, place in self.conn.execute(
-            "SELECT coalesce(e.time, s.recorded_at), s.kind, s.amount_cents, s.terminal_id, tm.name "
+            ledger.append((t, "", row_id, self._bill_item(t, "cash", "payout", "at cancellation", "", -amount)))
+        for t, kind, amount, tid, seq, place in self.conn.execute(
+            "SELECT coalesce(e.time, s.recorded_at), s.kind, s.amount_cents, s.terminal_id, s.seq, tm.name "
             "FROM subsidy_transactions s "
             "LEFT JOIN events e ON e.terminal_id = s.terminal_id AND e.seq = s.seq "
             "LEFT JOIN terminals tm ON tm.terminal_id = s.terminal_id "
@@ -362,16 +364,16 @@ class Bills:
             (holder_id,),
         ):
             item = self._bill_item(t, "subsidy", kind, place or f"terminal {tid}", tid, _SUBSIDY_SIGN[kind] * amount)
-            ledger.append((t, item))
-        ledger.sort(key=lambda r: (r[0], r[1].wallet))
+            ledger.append((t, tid, seq, item))
+        ledger.sort(key=lambda r: (r[0], r[1], r[2], r[3].wallet))
         (balance,) = self.conn.execute(
             f"SELECT coalesce(sum(balance_cents), 0) FROM cards WHERE asn IN ({cards})", (holder_id,)
         ).fetchone()
-        cash_after = sum(i.amount for t, i in ledger if i.wallet == "cash" and t >= hi)
-        month_items = tuple(i for t, i in ledger if lo <= t < hi)
+        cash_after = sum(i.amount for t, _, _, i in ledger if i.wallet == "cash" and t >= hi)
+        month_items = tuple(i for t, _, _, i in ledger if lo <= t < hi)
         closing = balance - cash_after
         opening = closing - sum(i.amount for i in month_items if i.wallet == "cash")
-        subsidy = [(t, i) for t, i in ledger if i.wallet == "subsidy"]
+        subsidy = [(t, i) for t, _, _, i in ledger if i.wallet == "subsidy"]
         s_open = sum(i.amount for t, i in subsidy if t < lo) if subsidy else None
         s_close = sum(i.amount for t, i in subsidy if t < hi) if subsidy else None
         unchecked = self.conn.execute(

@@ -169,3 +169,15 @@ def test_the_bill_arrives_on_the_phone_as_ucs2_sms(world):
     while not world["handset"].inbox and time.monotonic() < deadline:  # the SMSC delivers from its own thread
         time.sleep(0.02)
     assert world["handset"].inbox == [text]
+
+
+def test_a_cancellation_pays_the_balance_out_and_the_bill_says_so(world):
+    pf = world["pf"]
+    pf.clock.t = at(12, 2, 1)  # the platform's clock: the next day
+    pf.cancel(world["asn"], settle=True)
+    [bill] = pf.spending_bills("2026-12", EID, "E1001")
+    assert (bill.opening, bill.closing) == (11700, 0)
+    assert [(i.label, i.amount) for i in bill.items] == [("paid", -500), ("paid out", -11200)]
+    assert "spent 5.00, topped up 0.00, paid out 112.00, closing balance 0.00 yuan." in bill.sms()
+    assert "paid out 112.00 at cancellation." in bill.sms()
+    assert pf.spending_bills("2026-11", EID, "E1001")[0].closing == 11700  # November is unchanged
