@@ -107,7 +107,8 @@ class Handset:
         return []
 
     def _download(self, deliver_tpdu: bytes) -> list[bytes]:
-        self._replies = replies = []
+        replies: list[bytes] = []
+        self._replies = replies
         try:
             apdu = stk.envelope_apdu(stk.encode_sms_pp_download(deliver_tpdu))
             self._run(self._status(apdu, "ENVELOPE (SMS-PP DOWNLOAD)"))
