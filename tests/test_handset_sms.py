@@ -103,6 +103,9 @@ def test_sms_pp_download_envelope_bytes_and_text_sms_parts():
     tpdu = bytes.fromhex("4400")
     assert stk.encode_sms_pp_download(tpdu).hex() == "d108820283818b024400"
     assert stk.envelope_apdu(stk.encode_sms_pp_download(tpdu)) == ota_sim.envelope_sms_pp(tpdu)
+    # The handset's TERMINAL RESPONSE to the PoR's SEND SHORT MESSAGE is the one docs/ota.md 6 shows.
+    ok = stk.TerminalResponse(stk.CommandDetails(1, stk.SEND_SHORT_MESSAGE, 0), stk.RESULT_OK)
+    assert stk.terminal_response_apdu(stk.encode_response(ok)) == ota_sim.terminal_response_ok()
     phone = Handset(None, BalanceScript(), no_network)  # type: ignore[arg-type]  (no SIM is asked for a text SMS)
     when = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
     text = "余额 12.00"
