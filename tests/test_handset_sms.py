@@ -9,6 +9,8 @@ import datetime as dt
 import time
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from central.ota_channel import OtaChannel, OtaStore
 from central.ota_gateway import SmppGateway
@@ -117,3 +119,28 @@ def test_sms_pp_download_envelope_bytes_and_text_sms_parts():
     assert phone.receive(tpdus[1]) == [] and phone.inbox == []  # waiting for part 1
     assert phone.receive(tpdus[0]) == [] and phone.inbox == [text]
     assert phone.receive(b"\x00") == [] and phone.receive(b"") == [] and phone.inbox == [text]
+
+
+class QuietSim:
+    """A SIM that takes every download and has nothing to answer."""
+
+    def transmit(self, apdu: bytes) -> bytes:
+        return b"\x90\x00"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_whatever_the_network_delivers_the_handset_answers_a_list_and_never_raises(data):
+    phone = Handset(QuietSim(), BalanceScript(), no_network)
+    answer = phone.receive(data)
+    assert answer == [] and all(isinstance(t, str) for t in phone.inbox)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([0x00, 0x7F]), st.sampled_from([0x04, 0x08, 0xF6]), st.booleans(), st.binary(max_size=130))
+def test_every_well_formed_sms_is_either_given_to_the_sim_or_kept(pid, dcs, udhi, data):
+    phone = Handset(QuietSim(), BalanceScript(), no_network)
+    user_data = bytes([5, 0, 3, 1, 1, 1]) + data if udhi else data  # a one-part concatenation header
+    when = dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc)
+    assert phone.receive(sms_tpdu.deliver(sms_tpdu.Sms("10657000", pid, dcs, udhi, user_data), when)) == []
+    assert len(phone.inbox) == (1 if pid == 0x00 else 0)
