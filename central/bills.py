@@ -16,6 +16,7 @@ from central.db import ACTIVE, LOST, PlatformError, _yuan
 from common import settlement as st
 from common import sync_protocol as p
 from common.config import Shift
+from common.money_records import MONEY_SIGN
 
 CSV_COLUMNS = (
     "enterprise_id",
@@ -118,6 +119,116 @@ def bills_csv(bills: list[AttendanceBill]) -> str:
     return out.getvalue()
 
 
+SPENDING_CSV_COLUMNS = (
+    "enterprise_id",
+    "employee_no",
+    "name",
+    "month",
+    "time",
+    "wallet",
+    "item",
+    "place",
+    "terminal_id",
+    "amount",
+    "balance",
+)
+# What each booked item is called on the bill, and which way it moves its wallet.
+_CASH_LABEL = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up", "payout": "paid out"}
+_SUBSIDY_LABEL = {"load": "subsidy", "purchase": "paid from subsidy", "withdraw": "subsidy withdrawn"}
+_SUBSIDY_SIGN = {"load": 1, "purchase": -1, "withdraw": -1}
+OVER_THE_AIR = "over the air"
+
+
+@dataclass(frozen=True)
+class BillItem:
+    """One booked movement of a wallet: `amount` in fen, signed (+ into the wallet)."""
+
+    time: dt.datetime | None  # platform time zone; None: the ledger row has no time (counted before every month)
+    wallet: str  # "cash" or "subsidy"
+    kind: str  # a key of _CASH_LABEL or _SUBSIDY_LABEL
+    place: str  # a terminal's name, "over the air", or "cancellation"
+    terminal_id: str
+    amount: int
+
+    @property
+    def label(self) -> str:
+        return (_CASH_LABEL if self.wallet == "cash" else _SUBSIDY_LABEL)[self.kind]
+
+    def sms(self) -> str:
+        when = self.time.strftime("%m-%d %H:%M") if self.time is not None else "--"
+        where = self.place if self.place in (OVER_THE_AIR, "at cancellation") else f"at {self.place}"
+        return f"{when} {self.label} {_yuan(abs(self.amount))} {where}"
+
+
+@dataclass(frozen=True)
+class SpendingBill:
+    """A holder's monthly purse bill: every booked item of the month, so that opening + items = closing for the
+    cash purse (and for the subsidy wallet when the holder has one)."""
+
+    enterprise_id: str
+    employee_no: str
+    name: str
+    month: str
+    opening: int
+    closing: int
+    items: tuple[BillItem, ...]  # both wallets, in time order
+    subsidy_opening: int | None  # None: the holder has no subsidy wallet records
+    subsidy_closing: int | None
+    unverified: bool
+
+    def cash(self) -> list[BillItem]:
+        return [i for i in self.items if i.wallet == "cash"]
+
+    def sms(self) -> str:
+        cash = self.cash()
+        spent = -sum(i.amount for i in cash if i.kind in ("pos.purchase", "pos.undo"))
+        loaded = sum(i.amount for i in cash if i.kind == "topup.load")
+        paid_out = -sum(i.amount for i in cash if i.kind == "payout")
+        flag = " (UNVERIFIED: not checked against the cards' TACs)" if self.unverified else ""
+        text = (
+            f"[onecard] {self.name} ({self.employee_no}), canteen {self.month}: opening {_yuan(self.opening)} "
+            f"yuan, spent {_yuan(spent)}, topped up {_yuan(loaded)}"
+            + (f", paid out {_yuan(paid_out)}" if paid_out else "")
+            + f", closing balance {_yuan(self.closing)} yuan{flag}"
+        )
+        if self.subsidy_opening is not None:
+            assert self.subsidy_closing is not None
+            text += f"; subsidy {_yuan(self.subsidy_opening)} -> {_yuan(self.subsidy_closing)} yuan"
+        body = "; ".join(i.sms() for i in self.items) or "no purse transactions"
+        return f"{text}. {body}."
+
+    def csv_rows(self) -> list[list[str]]:
+        head = [self.enterprise_id, self.employee_no, self.name, self.month]
+        rows = []
+        wallets = [("cash", self.opening, self.closing)]
+        if self.subsidy_opening is not None:
+            assert self.subsidy_closing is not None
+            wallets.append(("subsidy", self.subsidy_opening, self.subsidy_closing))
+        for wallet, opening, closing in wallets:
+            balance = opening
+            rows.append(head + ["", wallet, "opening balance", "", "", "", _yuan(opening)])
+            for i in self.items:
+                if i.wallet != wallet:
+                    continue
+                balance += i.amount
+                when = i.time.isoformat(timespec="seconds") if i.time is not None else ""
+                rows.append(head + [when, wallet, i.label, i.place, i.terminal_id, _yuan(i.amount), _yuan(balance)])
+            assert balance == closing, (wallet, balance, closing)  # opening + items = closing, by construction
+            rows.append(head + ["", wallet, "closing balance", "", "", "", _yuan(closing)])
+        return rows
+
+
+def spending_bills_csv(bills: list[SpendingBill]) -> str:
+    """The administrator's CSV of spending bills: a header, then per employee and wallet an opening row, one row
+    per booked item (signed amount, running balance) and a closing row (RFC 4180, CRLF line ends)."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(SPENDING_CSV_COLUMNS)
+    for bill in bills:
+        writer.writerows(bill.csv_rows())
+    return out.getvalue()
+
+
 class Bills:
     def attendance_bill(self, enterprise_id: str, employee_no: str, month: str) -> str:
         """The SMS text of an employee's monthly attendance bill (docs/door-rules.md, "Attendance bill")."""
@@ -181,46 +292,100 @@ class Bills:
         return bills
 
     def spending_bill(self, enterprise_id: str, employee_no: str, month: str) -> str:
-        """The SMS text of an employee's monthly purse bill: payments, refunds and top-ups with their TAC-checked
-        amounts, the month's totals and the balance the platform holds."""
-        holder_id, name, _ = self._holder(enterprise_id, employee_no)
+        """The SMS text of an employee's monthly purse bill (docs/canteen.md "Spending bill")."""
+        return self.spending_bills(month, enterprise_id, employee_no)[0].sms()
+
+    def spending_bills(
+        self, month: str, enterprise_id: str | None = None, employee_no: str | None = None
+    ) -> list[SpendingBill]:
+        """Every employee's purse bill for the month (one enterprise, or all; one employee when named): each item
+        the platform booked for the holder's cards (sales, undos, loads at terminals, over-the-air top-ups, the
+        balance paid out at a cancellation, and the subsidy wallet's records), opening and closing balances.
+
+        The cash purse's closing balance is the one the platform holds now less what was booked after the month;
+        the opening balance less the month's items again, so opening + items = closing whatever the cards' history
+        (a balance given at issue, a replacement that moved it). The subsidy wallet starts at 0 (central/subsidy.py:
+        collected - spent - withdrawn), counting its TAC-verified (or lab 'unchecked') records only."""
+        from central.attendance_rules import month_range
+
         try:
-            first = dt.datetime.strptime(month, "%Y-%m").replace(tzinfo=self.tz)
+            first_day, next_day = month_range(month)
         except ValueError:
             raise PlatformError(f"month {month!r} is not YYYY-MM; write e.g. 2026-11") from None
-        nxt = (first + dt.timedelta(days=32)).replace(day=1)
-        rows = self.conn.execute(
-            "SELECT e.time, t.kind, t.amount_cents FROM purse_transactions t JOIN events e "
-            "ON e.terminal_id = t.terminal_id AND e.seq = t.seq JOIN cards c ON c.asn = t.asn "
-            "WHERE c.holder_id = ? AND e.time >= ? AND e.time < ? ORDER BY e.time",
-            (holder_id, p.format_time(first), p.format_time(nxt)),
+        lo = p.format_time(dt.datetime.combine(first_day, dt.time(0), self.tz))
+        hi = p.format_time(dt.datetime.combine(next_day, dt.time(0), self.tz))
+        if employee_no is not None:
+            assert enterprise_id is not None
+            self._holder(enterprise_id, employee_no)  # a clear error for an unknown employee
+        where, args = ["1 = 1"], []
+        if enterprise_id is not None:
+            self._enterprise(enterprise_id)
+            where.append("enterprise_id = ?")
+            args.append(enterprise_id)
+        if employee_no is not None:
+            where.append("employee_no = ?")
+            args.append(employee_no)
+        holders = self.conn.execute(
+            f"SELECT holder_id, enterprise_id, employee_no, name FROM holders WHERE {' AND '.join(where)} "
+            "ORDER BY enterprise_id, employee_no",
+            args,
         ).fetchall()
-        label = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up"}
-        spent = sum(a for _, k, a in rows if k == "pos.purchase") - sum(a for _, k, a in rows if k == "pos.undo")
-        loaded = sum(a for _, k, a in rows if k == "topup.load")
-        items = (
-            "; ".join(
-                f"{p.parse_time(t, 'event time').astimezone(self.tz).strftime('%m-%d %H:%M')} {label[k]} {_yuan(a)}"
-                for t, k, a in rows
-            )
-            or "no purse transactions"
-        )
-        balance = sum(
-            r[0]
-            for r in self.conn.execute(
-                "SELECT balance_cents FROM cards WHERE holder_id = ? AND status IN (?, ?)", (holder_id, ACTIVE, LOST)
-            )
-        )
+        return [self._spending_bill(h, month, lo, hi) for h in holders]
+
+    def _spending_bill(self, holder: tuple, month: str, lo: str, hi: str) -> SpendingBill:
+        from central.ota_jobs import OTA_LEDGER_TERMINAL
+
+        holder_id, eid, number, name = holder
+        cards = "SELECT asn FROM cards WHERE holder_id = ?"
+        # (platform time text, terminal, seq, item): every booked item of the holder, sorted by when it happened and
+        # then by its place in its terminal's chain (a two-purse sale's cash and subsidy parts share one record).
+        ledger: list[tuple[str, str, int, BillItem]] = []
+        for t, kind, amount, tid, seq, place in self.conn.execute(
+            "SELECT coalesce(e.time, o.booked_at, ''), t.kind, t.amount_cents, t.terminal_id, t.seq, tm.name "
+            "FROM purse_transactions t "
+            "LEFT JOIN events e ON e.terminal_id = t.terminal_id AND e.seq = t.seq "
+            "LEFT JOIN ota_loads o ON t.terminal_id = ? AND o.seq = t.seq "
+            "LEFT JOIN terminals tm ON tm.terminal_id = t.terminal_id "
+            f"WHERE t.asn IN ({cards})",
+            (OTA_LEDGER_TERMINAL, holder_id),
+        ):
+            where = OVER_THE_AIR if tid == OTA_LEDGER_TERMINAL else (place or f"terminal {tid}")
+            ledger.append((t, tid, seq, self._bill_item(t, "cash", kind, where, tid, MONEY_SIGN[kind] * amount)))
+        for t, row_id, amount in self.conn.execute(
+            f"SELECT at, id, amount_cents FROM refunds WHERE asn IN ({cards})", (holder_id,)
+        ):
+            ledger.append((t, "", row_id, self._bill_item(t, "cash", "payout", "at cancellation", "", -amount)))
+        for t, kind, amount, tid, seq, place in self.conn.execute(
+            "SELECT coalesce(e.time, s.recorded_at), s.kind, s.amount_cents, s.terminal_id, s.seq, tm.name "
+            "FROM subsidy_transactions s "
+            "LEFT JOIN events e ON e.terminal_id = s.terminal_id AND e.seq = s.seq "
+            "LEFT JOIN terminals tm ON tm.terminal_id = s.terminal_id "
+            f"WHERE s.asn IN ({cards}) AND s.tac_status IN ('ok', 'unchecked')",
+            (holder_id,),
+        ):
+            item = self._bill_item(t, "subsidy", kind, place or f"terminal {tid}", tid, _SUBSIDY_SIGN[kind] * amount)
+            ledger.append((t, tid, seq, item))
+        ledger.sort(key=lambda r: (r[0], r[1], r[2], r[3].wallet))
+        (balance,) = self.conn.execute(
+            f"SELECT coalesce(sum(balance_cents), 0) FROM cards WHERE asn IN ({cards})", (holder_id,)
+        ).fetchone()
+        cash_after = sum(i.amount for t, _, _, i in ledger if i.wallet == "cash" and t >= hi)
+        month_items = tuple(i for t, _, _, i in ledger if lo <= t < hi)
+        closing = balance - cash_after
+        opening = closing - sum(i.amount for i in month_items if i.wallet == "cash")
+        subsidy = [(t, i) for t, _, _, i in ledger if i.wallet == "subsidy"]
+        s_open = sum(i.amount for t, i in subsidy if t < lo) if subsidy else None
+        s_close = sum(i.amount for t, i in subsidy if t < hi) if subsidy else None
         unchecked = self.conn.execute(
             "SELECT count(*) FROM purse_transactions t JOIN cards c ON c.asn = t.asn WHERE c.holder_id = ? AND "
             "c.status IN (?, ?) AND t.tac_status = 'unchecked'",
             (holder_id, ACTIVE, LOST),
         ).fetchone()[0]
-        flag = " (UNVERIFIED: not checked against the cards' TACs)" if unchecked else ""
-        return (
-            f"[onecard] {name} ({employee_no}), canteen {month}: spent {_yuan(spent)} yuan, topped up "
-            f"{_yuan(loaded)} yuan, balance {_yuan(balance)} yuan{flag}. {items}."
-        )
+        return SpendingBill(eid, number, name, month, opening, closing, month_items, s_open, s_close, bool(unchecked))
+
+    def _bill_item(self, t: str, wallet: str, kind: str, place: str, tid: str, amount: int) -> BillItem:
+        when = p.parse_time(t, "ledger time").astimezone(self.tz) if t else None
+        return BillItem(when, wallet, kind, place, tid, amount)
 
     def settlement_records(self, terminal_id: str, day: dt.date) -> list[st.Record]:
         """The money records of `day` (platform time zone) that the platform received from this terminal."""

@@ -204,10 +204,17 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("employee_no")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--shift", required=True, help="a shift of the published configuration (shifts.NAME)")
-    c = cmd("spending-bill", "print (or --send by SMS) an employee's canteen spending bill", cmd_spending_bill)
-    c.add_argument("employee_no")
+    c = cmd(
+        "spending-bill",
+        "the month's canteen spending bills: each employee's SMS text (or --send it by SMS), or the administrator's "
+        "CSV; every booked item (sales, undos, top-ups at terminals and over the air, subsidy), opening and closing "
+        "balance",
+        cmd_spending_bill,
+    )
+    c.add_argument("employee_no", nargs="?", help="one employee (default: every employee of the enterprise)")
     c.add_argument("--enterprise", required=True)
     c.add_argument("--month", required=True, help="YYYY-MM")
+    c.add_argument("--format", choices=("text", "csv"), default="text", help="text: one SMS per line; csv: per item")
     _sms_arguments(c)
     c = cmd("settlement", "a till's day settlement (Z report) from the records received", cmd_settlement)
     c.add_argument("--terminal", required=True, metavar="ID")
@@ -1084,13 +1091,20 @@ def cmd_settlement(args) -> int:
 
 
 def cmd_spending_bill(args) -> int:
+    from central.bills import spending_bills_csv
 
-    return _run(
-        args,
-        lambda pf: _send_bill(
-            args, pf, args.enterprise, args.employee_no, pf.spending_bill(args.enterprise, args.employee_no, args.month)
-        ),
-    )
+    if args.send and args.format == "csv":
+        raise UserError("--send sends each employee's SMS text; drop --format csv (the CSV is for the administrator)")
+
+    def do(pf):
+        bills = pf.spending_bills(args.month, args.enterprise, args.employee_no)
+        if args.format == "csv":
+            return spending_bills_csv(bills).rstrip("\r\n")
+        if not bills:
+            return f"no employees registered in enterprise {args.enterprise}"
+        return "\n".join(_send_bill(args, pf, b.enterprise_id, b.employee_no, b.sms()) for b in bills)
+
+    return _run(args, do)
 
 
 def cmd_card(args) -> int:

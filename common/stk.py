@@ -24,6 +24,7 @@ SW1_PROACTIVE = 0x91  # 91 XX: normal ending, a proactive command of XX bytes is
 TAG_PROACTIVE = 0xD0
 TAG_SMS_PP_DOWNLOAD = 0xD1
 TAG_MENU_SELECTION = 0xD3
+TAG_SMS_PP_DOWNLOAD = 0xD1  # TS 31.111 7.1.1: an SMS-DELIVER with TP-PID 7F, handed to the SIM
 
 # --- COMPREHENSION-TLV tags (TS 101 220 7.3, CR bit 80 not included) ------------------------------------------------
 T_COMMAND_DETAILS = 0x01
@@ -524,6 +525,14 @@ def parse_response(data: bytes) -> TerminalResponse:
         result[0],
         None if item is None else item[0],
         None if text is None else decode_text(text),
+    )
+
+
+def encode_sms_pp_download(tpdu: bytes) -> bytes:
+    """The SMS-PP DOWNLOAD envelope (TS 31.111 7.1.1.2): D1 L, device identities network -> UICC, the SMS-DELIVER
+    TPDU (no SMSC address: it is optional)."""
+    return ber_tlv(
+        TAG_SMS_PP_DOWNLOAD, ctlv(T_DEVICE_IDENTITIES, bytes([DEV_NETWORK, DEV_UICC])) + ctlv(T_SMS_TPDU, tpdu)
     )
 
 

@@ -1,6 +1,7 @@
 """`onecard demo`: a door, an attendance clock, a canteen POS and a top-up terminal on virtual PC/SC readers, each
 with its sync agent, a private mosquitto (TLS), the reference platform, and simulated employees tapping; and the
-residential community's gate, for the evening's phone carrying two enterprises (issue 11).
+residential community's gate, for the evening's phone carrying two enterprises (issue 11); then an over-the-air top-up
+through the SMSC simulator to a phone far from every terminal, and the spending bill by SMS (issue 12).
 
 Everything is real except the cards and the hardware: a private pcscd with vpcd readers, every terminal and agent
 a separate `onecard` process, encrypted keystores per terminal role, SQLite logs, signed MQTT messages. The
@@ -30,6 +31,9 @@ ENTERPRISE = "00010001"
 OTHER_ENTERPRISE = "00020002"
 COMMUNITY = "00030003"  # the residential community: a second enterprise on the same version 2 RFID-SIM
 SERVICE_PASSWORD = "2468"  # Liu Yang's one-card service password, set at the card office
+PHONE_NUMBERS = {"zhang": "8613800001001"}  # the holders' mobile numbers (add-holder --phone): OTA and SMS bills
+OTA_SENDER = "10657000"  # the platform's short code: OTA packets and bills come from it
+OTA_TOPUP = "30.00"
 
 
 @dataclass(frozen=True)
@@ -283,7 +287,8 @@ class Platform:
         for t in TERMINALS:
             self.admin("add-terminal", t.terminal_id, "--enterprise", t.enterprise, "--name", t.name, "--kind", t.kind)
         for e in self.site.staff:
-            self.admin("add-holder", e.employee_no, "--enterprise", e.enterprise, "--name", e.name)
+            phone_no = ("--phone", PHONE_NUMBERS[e.key]) if e.key in PHONE_NUMBERS else ()
+            self.admin("add-holder", e.employee_no, "--enterprise", e.enterprise, "--name", e.name, *phone_no)
             self.admin("issue-card", self.site.asn[e.key], "--enterprise", e.enterprise, "--employee", e.employee_no)
         for enterprise, employee_no in ((ENTERPRISE, "E1006"), (COMMUNITY, "R0301")):
             self.admin("add-holder", employee_no, "--enterprise", enterprise, "--name", "Liu Yang")
@@ -621,6 +626,95 @@ def two_enterprises(walk: Walk, platform: Platform, work: Path) -> None:
     walk.tap("gate", "liu", "This card has been voided")
 
 
+def zhang_phone(text: str) -> None:
+    print(f"   [Zhang Wei's phone] {text}", flush=True)
+
+
+def over_the_air(site: Site, platform: Platform, work: Path) -> None:
+    """Over the air through the mobile network (issue 12): the administrator tops up Zhang Wei's RFID-SIM from the
+    office while he is far from every terminal. The platform's SMPP gateway (smpplib) submits the secured packets
+    to the operator's SMSC (simulated here, in this process); the SMSC delivers them to his phone, which hands each
+    to the SIM as an ENVELOPE and sends the SIM's proof of receipt back. Then his phone menu shows the new balance,
+    and the month's spending bill arrives on the phone as an SMS."""
+    from zoneinfo import ZoneInfo
+
+    from phone.cli import BalanceScript
+    from phone.handset import Handset, HandsetError
+    from sam.interface import Algorithm, CardIdentity
+    from sam.keystore import KeystoreUnlock, load_keystore
+    from sam.ota_keys import OtaSam
+    from simulator import ota_sim
+    from simulator.card_files import load_card
+    from simulator.sim_toolkit import load_sim
+    from simulator.smsc import Smsc
+
+    number, asn = PHONE_NUMBERS["zhang"], site.asn["zhang"]
+    now = dt.datetime.now(ZoneInfo(STORY_ZONE))
+    say(f"--- {now:%H:%M} today (site time), away on a trip: Zhang Wei's phone is nowhere near a terminal")
+    # The card office wrote the SIM's OTA keys (KIc/KID, diversified per card) with its other keys at issuing.
+    keystore = load_keystore(site.keystores["issuing"], KeystoreUnlock.from_passphrase_file(site.passphrase))
+    keys = OtaSam(keystore).personalise_keys(CardIdentity(bytes.fromhex(asn), bytes.fromhex(ENTERPRISE), 1,
+                                                          Algorithm.AES128))  # fmt: skip
+    state_file = ota_sim.OtaStateFile(work / "card-zhang-ota.json")
+    state_file.save(ota_sim.OtaState(keys.kic, keys.kid, keys.version))
+    # His phone: one handset (phone/handset.py) on the SIM's contact interface, for the menu and for the network.
+    sim = load_sim(site.cards["zhang"])
+    sim.ota = ota_sim.OtaSim(load_card(site.cards["zhang"]), state_file.load(), store=state_file)
+    sim.power_on()
+    screen = BalanceScript()
+    handset = Handset(sim, screen, lambda destination, data: "no network for the menu's own messages here")
+    menu = handset.start()
+    if menu is None:
+        raise UserError("Zhang Wei's SIM offers no menu")
+    smsc = Smsc(password=secrets.token_hex(4)).start()  # SMPP 3.4: a password is at most 8 characters
+    try:
+        smsc.add_handset(number, handset)
+        secret = work / "smpp.pass"
+        secret.write_text(smsc.password + "\n", encoding="utf-8")
+        secret.chmod(0o600)
+        smpp = ("--smsc", f"127.0.0.1:{smsc.port}", "--smpp-password-file", secret, "--sender", OTA_SENDER)
+        say(f"operator's SMSC (SMPP 3.4) on 127.0.0.1:{smsc.port}; Zhang Wei's phone {number} is attached to it")
+        say(f"the enterprise administrator tops up {OTA_TOPUP} for Zhang Wei from the office, over the air")
+        out = platform.admin(
+            "ota-topup", asn, OTA_TOPUP, "--over-the-air", *smpp, "--keystore", site.keystores["issuing"],
+            "--passphrase-file", site.passphrase, "--terminal", "000000000901", "--wait", "20",
+        )  # fmt: skip
+        say(f"platform: {out.strip()}")
+        if ": done, balance now" not in out:
+            raise UserError(f"the over-the-air top-up did not finish: {out.strip()}")
+        packets = [m for m in smsc.messages.values() if m.pid == 0x7F]
+        say(
+            f"SMSC: {len(packets)} SMS-PP packets (TP-PID 7F) delivered to the SIM, {len(smsc.mo_log)} proofs of "
+            "receipt sent back to the platform"
+        )
+        card = json.loads(platform.admin("card", asn))
+        say("Zhang Wei opens the one-card menu of the same phone and chooses Balance")
+        screen.shown.clear()
+        try:
+            handset.choose(menu.items[0].id)
+        except HandsetError as exc:
+            raise UserError(f"Zhang Wei's SIM stopped the menu: {exc}") from None
+        shown = f"{menu.items[0].text}: " + "; ".join(line for t in screen.shown for line in t.splitlines()[1:])
+        zhang_phone(shown)
+        balance = f"Balance {format_yuan(card['balance_cents'])} yuan"
+        if balance not in shown:
+            raise UserError(f"the phone menu does not show the platform's {balance}: {shown.strip()}")
+        say(f"platform: card balance {format_yuan(card['balance_cents'])}, the same as the phone menu shows")
+        month = now.strftime("%Y-%m")  # the month the over-the-air top-up was booked in
+        say(f"the administrator sends Zhang Wei his spending bill for {month} by SMS")
+        sent = platform.admin("spending-bill", "E1001", "--enterprise", ENTERPRISE, "--month", month, "--send",
+                              *smpp)  # fmt: skip
+        say(f"platform: {sent.strip().splitlines()[-1]}")
+        deadline = time.monotonic() + 10
+        while not handset.inbox and time.monotonic() < deadline:  # the SMSC delivers from its own thread
+            time.sleep(0.05)
+        if not handset.inbox:
+            raise UserError("the spending bill SMS did not reach Zhang Wei's phone")
+        zhang_phone(f"SMS from {OTA_SENDER}: {handset.inbox[-1]}")
+    finally:
+        smsc.stop()
+
+
 def wait_uploaded(platform: Platform, asn: str, expected: int, timeout: float = 30.0) -> list[str]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -707,6 +801,7 @@ def cmd_demo(args) -> int:
                 print(f"   {line}", flush=True)
             card = json.loads(platform.admin("card", site.asn["zhang"]))
             say(f"platform: Zhang Wei's card balance {format_yuan(card['balance_cents'])}, the same as on the card")
+            over_the_air(site, platform, work)
         except KeyboardInterrupt:
             say("Ctrl-C: stopping the terminals, agents, platform, broker and pcscd")
     for t in TERMINALS:

@@ -1,14 +1,18 @@
 """A handset as the SIM toolkit sees it (ETSI TS 102 223): it sends its TERMINAL PROFILE, FETCHes the proactive
 commands the SIM hands out, shows them through a `Screen`, answers with TERMINAL RESPONSE, and sends MENU SELECTION
 envelopes. It talks to any CardConnection (a SIM in a PC/SC contact reader, or the simulated one through vpcd), and
-hands the short messages the SIM sends to `send_sms` (the mobile network's part)."""
+hands the short messages the SIM sends to `send_sms` (the mobile network's part).
+
+The same handset receives short messages from the network (`receive`): an SMS-PP data download (TP-PID 7F) goes to
+the SIM as an ENVELOPE (TS 31.111 7.1.1) and what the SIM sends back (its proofs of receipt) is handed back to the
+network; a text message (a bill) is kept in `inbox` once all its parts arrived, as a phone's messages show it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from common import stk
+from common import ota, sms_tpdu, stk
 
 #: What this handset offers the SIM: the phone menu's facilities and SMS-PP download.
 PROFILE = stk.profile(*stk.MENU_FACILITIES, stk.PROFILE_SMS_PP_DOWNLOAD)
@@ -49,6 +53,10 @@ class Handset:
     send_sms: SendSms
     menu: stk.SetUpMenu | None = None
     apdus: int = 0
+    inbox: list[str] = field(default_factory=list)  # the text messages received, each whole and decoded
+    _parts: ota.Reassembler = field(default_factory=ota.Reassembler)
+    # While an SMS-PP download runs: the SMS-SUBMIT TPDUs the SIM asked to send (they go back to the network).
+    _replies: list[bytes] | None = None
 
     def _exchange(self, apdu: bytes) -> tuple[bytes, bytes]:
         self.apdus += 1
@@ -77,6 +85,38 @@ class Handset:
         if self.menu is None or item_id not in {i.id for i in self.menu.items}:
             raise HandsetError(f"item {item_id} is not in the SIM's menu")
         self._run(self._status(stk.envelope_apdu(stk.encode_menu_selection(item_id)), "MENU SELECTION"))
+
+    def receive(self, deliver_tpdu: bytes) -> list[bytes]:
+        """One SMS-DELIVER from the network in; the SMS-SUBMIT TPDUs the phone sends in answer (the SIM's PoRs) out.
+        A message that does not parse, a part of a longer text still waiting for the others, or a download the SIM
+        refused (its status word: the network is told nothing more) answer nothing."""
+        try:
+            sms = sms_tpdu.parse_deliver(deliver_tpdu)
+        except sms_tpdu.TpduError:
+            return []
+        if sms.pid == sms_tpdu.PID_SIM_DATA_DOWNLOAD:
+            return self._download(deliver_tpdu)
+        try:
+            seg = ota.parse_user_data(sms.user_data) if sms.udhi else ota.Segment((), sms.user_data, None, 1, 1)
+            whole = self._parts.add(sms.address, seg)
+        except ota.OtaError:
+            return []
+        if whole is not None:
+            codec = "utf-16-be" if sms.dcs == sms_tpdu.DCS_UCS2 else "latin-1"
+            self.inbox.append(whole.data.decode(codec, errors="replace"))
+        return []
+
+    def _download(self, deliver_tpdu: bytes) -> list[bytes]:
+        replies: list[bytes] = []
+        self._replies = replies
+        try:
+            apdu = stk.envelope_apdu(stk.encode_sms_pp_download(deliver_tpdu))
+            self._run(self._status(apdu, "ENVELOPE (SMS-PP DOWNLOAD)"))
+        except (stk.StkError, HandsetError):
+            pass  # too long for an ENVELOPE, or refused / busy: what the SIM already asked to send still goes
+        finally:
+            self._replies = None
+        return replies
 
     def _run(self, pending: int | None) -> None:
         while pending is not None:
@@ -118,6 +158,9 @@ class Handset:
             if typed is None:
                 return stk.TerminalResponse(details, stk.RESULT_BACKWARD)
             return stk.TerminalResponse(details, stk.RESULT_OK, text=typed)
+        if self._replies is not None:  # during an SMS-PP download: the SIM's answer to the network, as it is
+            self._replies.append(command.tpdu)
+            return stk.TerminalResponse(details, stk.RESULT_OK)
         self.screen.sending(command.alpha)
         try:
             destination, user_data = stk.parse_sms_submit(command.tpdu)

@@ -2,8 +2,9 @@
 packets opened and checked (common/ota.py), their remote APDUs (TS 102 226 compact format) run on the card
 application, and the PoR sent back by a proactive SEND SHORT MESSAGE that the handset fetches.
 
-The handset (simulator/handset loop of the phone-menu issue, or `deliver_to_sim` below until it lands) calls
-`OtaSim.envelope(apdu)`, then `fetch()` / `terminal_response()` when the answer is `91 LL`.
+The handset (phone/handset.py `Handset.receive`, through the SIM toolkit applet's contact interface or
+simulator/ota_handset.py's OTA-only one) calls `OtaSim.envelope(apdu)`, then `fetch()` / `terminal_response()` when
+the answer is `91 LL`; `deliver_to_sim` below is the same loop without a handset, for the SIM's own tests.
 
 The counter is made durable before a packet's commands run: a SIM powered off in the middle of a packet never runs
 it again (the platform resends it with a new counter, and finds out from the card's own records, e.g. GET
@@ -18,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from common import ota
-from simulator import sms_tpdu
+from common import ota, sms_tpdu
 from simulator.state_file import StateFile
 
 ENVELOPE_SMS_PP = 0xD1
@@ -275,7 +275,7 @@ def terminal_response_ok() -> bytes:
 
 def deliver_to_sim(sim: OtaSim, deliver_tpdu: bytes) -> list[bytes]:
     """The minimal handset loop: one SMS-DELIVER with TP-PID 7F in, as ENVELOPE; every SMS-SUBMIT the SIM asks
-    the handset to send (its PoRs) out. Stands in for the phone-menu issue's handset simulator."""
+    the handset to send (its PoRs) out. For the SIM's own conversation tests; phones use phone/handset.py."""
     sw = sim.envelope(envelope_sms_pp(deliver_tpdu))
     out = []
     while sw[0] == 0x91:

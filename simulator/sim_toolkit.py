@@ -314,6 +314,9 @@ class SimToolkitApplet:
     _number: int = field(default=0, init=False)
     _challenge: bytes | None = field(default=None, init=False)
     _identifying: Any = field(default=None, init=False)  # the one-card applet a contact SELECT last went to
+    # The SIM's OTA side (simulator/ota_sim.py) behind the same contact interface: SMS-PP DOWNLOAD envelopes go to
+    # it, and so do FETCH / TERMINAL RESPONSE while a proof of receipt of it waits. None: a SIM without OTA.
+    ota: Any = None
 
     def power_on(self) -> None:
         self.terminal_profile, self._pending, self._outstanding, self._step = None, None, None, None
@@ -353,6 +356,9 @@ class SimToolkitApplet:
             return SW_INS
         if (cmd.p1, cmd.p2) != (0, 0):
             return SW_WRONG_P1P2
+        if self.ota is not None and self.ota.pending and self._outstanding is None and self._pending is None:
+            if cmd.ins in (stk.INS_FETCH, stk.INS_TERMINAL_RESPONSE):
+                return self.ota.fetch(apdu) if cmd.ins == stk.INS_FETCH else self.ota.terminal_response(apdu)
         if cmd.ins == stk.INS_FETCH:
             return self._fetch(cmd.data, cmd.le)
         if not cmd.data or cmd.le is not None:
@@ -407,6 +413,10 @@ class SimToolkitApplet:
         return SW_OK if nxt is None else self._issue_next(nxt)
 
     def _envelope(self, data: bytes) -> bytes:
+        if data[:1] == bytes([stk.TAG_SMS_PP_DOWNLOAD]) and self.ota is not None:
+            if self._outstanding is not None or self._pending is not None:
+                return SW_BUSY  # a menu dialogue is running: the handset hands the SMS over after it
+            return self.ota.envelope(stk.envelope_apdu(data))
         if data[:1] != bytes([stk.TAG_MENU_SELECTION]):
             return SW_WRONG_DATA
         if self._outstanding is not None or self._pending is not None:

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 
 from smpplib import consts, smpp
 
-from simulator import sms_tpdu
+from common import sms_tpdu
 
 ESM_DELIVERY_RECEIPT = 0x04  # SMPP 3.4 5.2.12
 

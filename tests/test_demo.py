@@ -63,6 +63,16 @@ def test_demo(tmp_path):
     assert "[Door 1F] OK  Welcome, Liu Yang" in again
     assert "[Community gate] NO  This card has been voided" in again
     assert "[Community gate] OK" not in again
+    # Issue 12: an over-the-air top-up reaches a phone far from every terminal; the phone menu shows the balance the
+    # platform booked, and the spending bill arrives as an SMS that lists the top-up over the air.
+    ota = out.split("phone is nowhere near a terminal")[1]
+    assert re.search(r"over-the-air top-up ota-[0-9a-f]{12} of 30.00 .*: done, balance now 122.00 \(TAC checked\)", ota)
+    menu = re.findall(r"\[Zhang Wei's phone\] Enterprise 00010001: Balance (\d+\.\d\d) yuan", ota)
+    platform_says = re.findall(r"== platform: card balance (\d+\.\d\d), the same as the phone menu shows", ota)
+    assert menu == platform_says == ["122.00"]  # 92.00 after the day at the canteen, plus 30.00 over the air
+    [sms] = [line for line in ota.splitlines() if line.startswith("   [Zhang Wei's phone] SMS from 10657000: ")]
+    assert "[onecard] Zhang Wei (E1001), canteen " in sms and "closing balance 122.00 yuan" in sms
+    assert sms.count(" top-up 30.00 over the air") == 1
     # Every screen is also a PNG (--display-snapshots): the till's decisions and the door's.
     screens = tmp_path / "demo" / "screens"
     assert len(list((screens / "pos").glob("*-decision.png"))) >= 5

@@ -1,12 +1,15 @@
 """phone/handset.py as conversations with a scripted SIM (its proactive commands built by common/stk.py): what the
 holder is shown, the exact TERMINAL RESPONSE for every answer (chosen, typed, cleared, back, sent, not sent, beyond
-capabilities), every HandsetError with its words, and validate_input at its edges. Issue 15."""
+capabilities), every HandsetError with its words, and validate_input at its edges (issue 15); and its network side:
+SMS-PP downloads handed to the SIM, their PoRs back, text messages to the inbox (issue 12)."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
-from common import stk
+from common import sms_tpdu, stk
 from phone.handset import PROFILE, RESULT_NETWORK_UNABLE, Handset, HandsetError, validate_input
 
 MENU = stk.SetUpMenu("壹卡通 One-card", (stk.Item(1, "Enterprise 00010001"), stk.Item(2, "Help")))
@@ -246,3 +249,79 @@ def test_a_sim_outside_the_protocol():
 )
 def test_validate_input(typed, command, problem):
     assert validate_input(typed, command) == problem
+
+
+# --- the network side: SMS-PP downloads to the SIM, text messages to the inbox (issue 12) -------------------------
+
+
+WHEN = dt.datetime(2026, 12, 2, 1, 0, tzinfo=dt.timezone.utc)
+
+
+def deliver(pid, dcs, udhi, user_data, originator="10657000"):
+    return sms_tpdu.deliver(sms_tpdu.Sms(originator, pid, dcs, udhi, user_data), WHEN)
+
+
+def test_an_sms_pp_download_goes_to_the_sim_and_its_pors_go_back_to_the_network():
+    por_1 = sms_tpdu.submit(sms_tpdu.Sms("10657000", 0x7F, 0xF6, True, b"\x02\x71\x00\x00\x01"), 1)
+    por_2 = sms_tpdu.submit(sms_tpdu.Sms("10657000", 0x7F, 0xF6, True, b"\x02\x71\x00\x00\x02"), 2)
+    sim = ScriptedSim(after_selection=[stk.SendShortMessage("", por_1), stk.SendShortMessage("PoR", por_2)])
+    sent = []
+    holder = Holder()
+    handset = Handset(sim, holder, lambda d, u: sent.append((d, u)))
+    tpdu = deliver(0x7F, 0xF6, True, b"\x02\x70\x00\x00\x01\x02")
+    assert handset.receive(tpdu) == [por_1, por_2]
+    assert (
+        sim.apdus[0]
+        == bytes([0x80, 0xC2, 0, 0, 8 + len(tpdu)])
+        + bytes([0xD1, 6 + len(tpdu)])
+        + bytes([0x82, 2, 0x83, 0x81, 0x8B, len(tpdu)])
+        + tpdu
+    )
+    first = stk.encode_command(1, stk.SendShortMessage("", por_1))
+    assert sim.apdus[1] == bytes([0x80, 0x12, 0, 0, len(first)])  # FETCH of what 91 XX announced
+    assert [r.result for r in sim.responses] == [stk.RESULT_OK, stk.RESULT_OK]
+    assert [r.details.number for r in sim.responses] == [1, 2]
+    assert sent == [] and holder.shown == [] and handset.inbox == [] and handset.apdus == 5
+    # Afterwards the menu's own short messages go to the network as before, not to a download's answer.
+    sim.after_selection = [stk.SendShortMessage("Sending", stk.encode_sms_submit("8610659500", b"\x01"))]
+    handset.menu = MENU
+    handset.choose(1)
+    assert sent == [("8610659500", b"\x01")] and holder.shown == [("sending", "Sending")]
+
+
+def test_a_download_the_sim_refuses_or_cannot_take_answers_nothing():
+    class Refusing(ScriptedSim):
+        def __init__(self, sw):
+            super().__init__()
+            self.sw = sw
+
+        def transmit(self, apdu):
+            self.apdus.append(apdu)
+            return self.sw
+
+    for sw in (b"\x93\x00", b"\x6a\x80", b"\x6f\x00"):
+        sim = Refusing(sw)
+        handset = Handset(sim, Holder(), lambda d, u: None)
+        assert handset.receive(deliver(0x7F, 0xF6, True, b"\x02\x70\x00")) == [] and len(sim.apdus) == 1
+        assert handset._replies is None
+    sim = Refusing(b"\x90\x00")
+    handset = Handset(sim, Holder(), lambda d, u: None)
+    assert handset.receive(deliver(0x7F, 0xF6, True, b"\x02\x70\x00")) == [] and len(sim.apdus) == 1
+    too_long = deliver(0x7F, 0xF6, True, bytes(140))
+    assert handset.receive(too_long + bytes(120)) == []  # trailing bytes: not an SMS-DELIVER
+    assert len(sim.apdus) == 1
+
+
+def test_text_messages_are_kept_whole_and_decoded():
+    sim = ScriptedSim()
+    handset = Handset(sim, Holder(), lambda d, u: None)
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, False, "余额 12.00".encode("utf-16-be"))) == []
+    assert handset.receive(deliver(0x00, 0x04, False, "caf\xe9".encode("latin-1"))) == []
+    one = bytes([5, 0, 3, 9, 2, 1]) + "第一".encode("utf-16-be")
+    two = bytes([5, 0, 3, 9, 2, 2]) + "第二".encode("utf-16-be")
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, two)) == []
+    assert handset.inbox == ["余额 12.00", "café"]  # part 2 waits for part 1
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, one)) == []
+    assert handset.inbox == ["余额 12.00", "café", "第一第二"]
+    assert handset.receive(b"") == [] and handset.receive(b"\x01\x00") == []  # nothing, and an SMS-SUBMIT
+    assert len(handset.inbox) == 3 and sim.apdus == []  # no text message is given to the SIM

@@ -239,3 +239,13 @@ def test_last_edges():
     with pytest.raises(stk.StkError) as exc:
         stk.parse_sms_submit(x("01 00 15 91 11 11 11 11 11 11 11 11 11 11 F1 00 04 00"))
     assert str(exc.value) == "SMS-SUBMIT destination of 21 digits does not fit"
+
+
+def test_sms_pp_download_envelope_exact_bytes():
+    """TS 31.111 7.1.1.2: D1, device identities 82 02 83 81 (network -> UICC), SMS TPDU 8B (issue 12)."""
+    assert stk.TAG_SMS_PP_DOWNLOAD == 0xD1
+    assert stk.encode_sms_pp_download(b"\x44\x00").hex() == "d108820283818b024400"
+    envelope = stk.encode_sms_pp_download(bytes(150))  # lengths above 7F: 81 XX
+    assert envelope[:10].hex() == "d1819d820283818b8196" and len(envelope) == 3 + 4 + 3 + 150
+    with pytest.raises(stk.StkError):
+        stk.encode_sms_pp_download(bytes(256))

@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from central import ota_ops
-from common import ota
+from common import ota, sms_tpdu
 from sam.interface import Algorithm, CardIdentity
 from sam.ota_keys import OtaSam, diversify_ota_keys
 from sam.software import SoftwareSam
-from simulator import ota_sim, sms_tpdu
+from simulator import ota_sim
 from tests.support import ENTERPRISE, make_card, make_keystore
 
 PLATFORM = "10657000"

@@ -139,7 +139,7 @@ def test_loss_report_locks_b_over_the_air_and_unlock_opens_it_again(world):
     ran = list(w["sim"].executed)
     sms = ota_sim.deliver_tpdus(OTA_ADDR, [lock_sms.user_data], dt.datetime(2026, 12, 2, 10, 0))
     (submit,) = ota_sim.deliver_to_sim(w["sim"], sms[0])
-    from simulator import sms_tpdu
+    from common import sms_tpdu
 
     por = w["otasam"].open_por(w["ident"], sms_tpdu.parse_submit(submit).user_data)
     assert por.status is ota.PorStatus.CNTR_LOW and w["sim"].executed == ran

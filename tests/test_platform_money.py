@@ -348,7 +348,7 @@ def test_unverified_balances_are_labelled_in_card_purse_and_bill(pf, tmp_path):
     topup.add(mr.LOAD, detail(mr.LOAD, 0, 1_000, 1_000))
     topup.upload(pf)
     assert pf.card(ASN)["balance_status"] != "verified"
-    assert "balance 10.00 yuan (UNVERIFIED" in pf.spending_bill(ENTERPRISE, "E1", "2026-11")
+    assert "closing balance 10.00 yuan (UNVERIFIED" in pf.spending_bill(ENTERPRISE, "E1", "2026-11")
 
 
 # -- over the broker: a door terminal's real agent uploads money records ---------------------------------

@@ -93,7 +93,8 @@ def test_cli_spending_bill_send(tmp_path):
             pw,
             *base,
         )
-        assert f"sent to {PHONE} in 2 SMS" in r.stdout and "smpp" not in r.stderr
+        bill = r.stdout.splitlines()[0]
+        assert f"sent to {PHONE} in {len(bill_parts(bill, 0))} SMS" in r.stdout and "smpp" not in r.stderr
         assert len(phone.inbox) == 1 and "张伟" in phone.inbox[0] and phone.inbox[0] in r.stdout
         r = onecard(
             "platform",
@@ -129,3 +130,33 @@ def test_cli_spending_bill_send(tmp_path):
         assert len(phone.inbox) == 1
     finally:
         smsc.stop()
+
+
+def test_cli_spending_bill_csv_and_refusals(tmp_path):
+    db, key = tmp_path / "p.db", tmp_path / "p.key"
+    base = ("--db", db, "--key", key)
+    onecard("platform", "init", *base)
+    onecard("platform", "add-enterprise", ENTERPRISE, "--name", "Co", *base)
+    onecard("platform", "add-holder", "E1", "--enterprise", ENTERPRISE, "--name", "张伟", "--phone", PHONE, *base)
+    onecard("platform", "add-holder", "E2", "--enterprise", ENTERPRISE, "--name", "Li Na", *base)
+    r = onecard("platform", "spending-bill", "--enterprise", ENTERPRISE, "--month", "2026-11", "--format", "csv", *base)
+    lines = r.stdout.splitlines()
+    assert lines[0] == "enterprise_id,employee_no,name,month,time,wallet,item,place,terminal_id,amount,balance"
+    assert lines[1:] == [
+        f"{ENTERPRISE},E1,张伟,2026-11,,cash,opening balance,,,,0.00",
+        f"{ENTERPRISE},E1,张伟,2026-11,,cash,closing balance,,,,0.00",
+        f"{ENTERPRISE},E2,Li Na,2026-11,,cash,opening balance,,,,0.00",
+        f"{ENTERPRISE},E2,Li Na,2026-11,,cash,closing balance,,,,0.00",
+    ]
+    r = onecard("platform", "spending-bill", "--enterprise", ENTERPRISE, "--month", "2026-11", *base)
+    assert [line.split(":")[0] for line in r.stdout.splitlines()] == [
+        "[onecard] 张伟 (E1), canteen 2026-11",
+        "[onecard] Li Na (E2), canteen 2026-11",
+    ]
+    for bad, says in (
+        (("--month", "2026-13"), "is not YYYY-MM"),
+        (("--month", "2026-11", "--format", "csv", "--send"), "drop --format csv"),
+        (("E9", "--month", "2026-11"), "employee E9 is not registered"),
+    ):
+        r = onecard("platform", "spending-bill", "--enterprise", ENTERPRISE, *bad, *base, check=False)
+        assert r.returncode != 0 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr

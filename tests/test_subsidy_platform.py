@@ -207,3 +207,35 @@ def test_the_cli_issues_lists_and_reports(setup, tmp_path, platform_db):
     assert (
         r.returncode == 2 and "already has allowance" in r.stderr
     )  # the platform CLI: PlatformError -> 2 and "Traceback" not in r.stderr
+
+
+def test_the_spending_bill_lists_the_subsidy_wallet_apart(setup, tmp_path, sam):
+    """docs/canteen.md "Spending bill": the subsidy wallet's records are listed with its own opening and closing
+    balance; the cash purse's line shows only the cash share of a two-purse sale."""
+    pf, card = setup
+    pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "subsidy_first", "2026-11")
+    pos = terminal(tmp_path, sam, allowances=allowances_from_body(pf.subsidy_allowances_body(ENT)))
+    pos.purchase(present(card)[1], 1_200, MONDAY_10AM)  # collects the 50.00 allowance, pays from it
+    pos.purchase(present(card)[1], 5_000, MONDAY_10AM + dt.timedelta(minutes=1))  # 38.00 subsidy + 12.00 cash
+    upload(pf, pos.event_log)
+    [bill] = pf.spending_bills("2026-11", ENT, "E1001")
+    assert [(i.wallet, i.label, i.amount) for i in bill.items] == [
+        ("subsidy", "subsidy", 5_000),
+        ("subsidy", "paid from subsidy", -1_200),
+        ("cash", "paid", -1_200),
+        ("subsidy", "paid from subsidy", -3_800),
+    ]
+    assert (bill.opening, bill.closing) == (5_000, 3_800) and bill.closing == card.state.purse.balance
+    assert (bill.subsidy_opening, bill.subsidy_closing) == (0, 0) == (0, card.state.subsidy.balance)
+    text = bill.sms()
+    assert "spent 12.00, topped up 0.00, closing balance 38.00 yuan; subsidy 0.00 -> 0.00 yuan. " in text
+    assert "10:00 subsidy 50.00 at " in text and "10:01 paid from subsidy 38.00 at " in text
+    rows = [r for r in bill.csv_rows() if r[5] == "subsidy"]
+    assert [r[6] for r in rows] == [
+        "opening balance",
+        "subsidy",
+        "paid from subsidy",
+        "paid from subsidy",
+        "closing balance",
+    ]
+    assert [r[10] for r in rows] == ["0.00", "50.00", "38.00", "0.00", "0.00"]

@@ -70,8 +70,8 @@ def test_over_the_air_top_up_is_loaded_once_and_accounted_by_the_platform(rig):
     assert status == "done"
     bill = admin.spending_bill(ENTERPRISE, "E1001", "2026-11")
     assert bill.startswith(
-        "[onecard] Zhang Wei (E1001), canteen 2026-11: spent 0.00 yuan, topped up 50.00 yuan, "
-        "balance 50.00 yuan. 11-23 10:00 top-up 50.00."
+        "[onecard] Zhang Wei (E1001), canteen 2026-11: opening 0.00 yuan, spent 0.00, topped up 50.00, "
+        "closing balance 50.00 yuan. 11-23 10:00 top-up 50.00 at "
     )
 
 

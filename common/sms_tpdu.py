@@ -1,7 +1,8 @@
-"""TS 23.040 SMS TPDUs for the simulated network and SIM, built and parsed with pycrate (TS23040_SMS).
+"""TS 23.040 SMS TPDUs, built and parsed with pycrate (TS23040_SMS): for the handset (phone/handset.py), the
+simulated network and the simulated SIM.
 
-Only what OTA needs: SMS-DELIVER to the SIM (TP-PID 7F (U)SIM data download, TP-DCS F6 8-bit class 2, UDHI) and
-SMS-SUBMIT from it (the PoR back to the OTA server's address).
+Only what OTA and the SMS bills need: SMS-DELIVER (TP-PID 7F (U)SIM data download, TP-DCS F6 8-bit class 2, UDHI;
+or a text message, TP-DCS 08 UCS-2 or 04 8-bit) and SMS-SUBMIT (the PoR back to the OTA server's address).
 """
 
 from __future__ import annotations
