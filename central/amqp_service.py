@@ -5,7 +5,10 @@ amq.topic) into the quorum queue `onecard.uplink`, replicated on every node. Eac
 connection (TLS, its own certificate, SASL EXTERNAL) and its own database connection, takes up to `prefetch`
 messages, and acknowledges each only after the platform committed it and published the answer: a worker that dies
 mid-batch leaves its unacknowledged messages to the other workers, and a node that dies takes no accepted upload
-with it. Which worker gets which batch is the broker's business; the order of one terminal's records comes from
+with it. Worker 0 also publishes the outbound queue (signed blacklist deltas, ...), from its consumer callback at
+least every OUTBOUND_INTERVAL: under steady ingest pika's dispatch loop never returns (each ack lets the broker
+deliver the next prefetched upload, read during that very ack), so a loss report must not wait for it to end.
+Which worker gets which batch is the broker's business; the order of one terminal's records comes from
 their sequence numbers and chain (central.ingest keeps a batch past a gap pending until the gap is filled), never
 from the broker, so two workers may take two batches of one terminal in any order.
 """
@@ -24,7 +27,7 @@ import pika.exceptions
 
 from central.broker_config import RABBITMQ_EXCHANGE, UPLINK_QUEUE, mqtt_to_routing_key, routing_key_to_mqtt, worker_cn
 from central.db import PlatformError
-from central.service import Worker
+from central.service import OUTBOUND_INTERVAL, Worker
 from central.store import Platform
 from common.logs import log_event
 from common.mqtt import TlsFiles
@@ -78,6 +81,7 @@ class AmqpWorker(Worker):
         self._confirmed = None  # outbound notifications: publisher confirms before they are marked published
         self._next = index % len(settings.addresses)  # workers start spread over the nodes
         self._retry_at = 0.0
+        self._flushed_at = 0.0
 
     @property
     def connected(self) -> threading.Event:
@@ -165,10 +169,28 @@ class AmqpWorker(Worker):
             return
         try:
             self._conn.process_data_events(time_limit=timeout)
-            if self.publisher:
-                self.flush_outbound()
+            self._flush_outbound_now()
         except (pika.exceptions.AMQPError, OSError) as exc:
             self._lost(exc)
+
+    def _flush_outbound_now(self) -> None:
+        """The publisher's outbound flush; a store error (database busy, ...) is logged and retried at the next
+        interval, a broker error goes up (the connection is gone)."""
+        if not self.publisher or self._confirmed is None:
+            return
+        self._flushed_at = time.monotonic()
+        try:
+            self.flush_outbound()
+        except (pika.exceptions.AMQPError, OSError):
+            raise
+        except Exception as exc:  # noqa: BLE001 (the rows stay unpublished and go out at the next flush)
+            log_event(
+                log,
+                "platform.worker_error",
+                logging.ERROR,
+                worker=self.name,
+                text=f"outbound queue not published ({type(exc).__name__}: {exc}); retried in {OUTBOUND_INTERVAL} s",
+            )
 
     def _on_delivery(self, ch, method, properties, body: bytes) -> None:
         topic = routing_key_to_mqtt(method.routing_key)
@@ -183,8 +205,12 @@ class AmqpWorker(Worker):
                 log, "platform.worker_error", logging.ERROR, worker=self.name, text=f"{type(exc).__name__}: {exc}"
             )
             ch.basic_nack(method.delivery_tag, requeue=False)
-            return
-        ch.basic_ack(method.delivery_tag)
+        else:
+            ch.basic_ack(method.delivery_tag)
+        # Between two uploads, not only once process_data_events returns: under load it never does (see above).
+        # The upload is acknowledged first, so a failed publish never sends it to another worker again.
+        if self.publisher and time.monotonic() - self._flushed_at >= OUTBOUND_INTERVAL:
+            self._flush_outbound_now()
 
     def _send(self, topic: str, payload: bytes, qos: int = 1) -> None:
         # delivery_mode 2 = MQTT QoS 1 for the plugin; the terminal's subscription decides the rest.

@@ -327,3 +327,80 @@ def test_worker_killed_mid_batch_its_messages_go_to_the_others_nothing_lost_or_d
                 w.terminate()
                 w.wait(20)
     check_exact(db, cluster.pki.platform_key, {t: n for t in tids}, {r.r.tid: r.r.loaded for r in terminals})
+
+
+def test_a_loss_report_leaves_while_the_publisher_still_has_a_backlog_of_uploads(cluster, tmp_path):
+    """Worker 0 publishes the outbound queue between uploads. Under a backlog pika's dispatch loop does not return
+    (each ack lets the broker deliver the next upload, read during that ack): a loss report committed meanwhile must
+    still reach the terminals within a bounded time, not once the backlog is drained."""
+    import threading
+
+    from central.broker_config import UPLINK_QUEUE
+
+    pki = cluster.pki
+    sender, listener = terminal_id(41), terminal_id(42)
+    db, _ = platform_db(tmp_path, cluster, [sender, listener])
+    admin = Platform(db, pki.platform_key)
+    admin.add_holder(ENTERPRISE, "LOST", "Loser")
+    admin.issue_card(ENTERPRISE, "LOST", "0C0D000000000001")
+
+    def client(tid: str) -> paho.Client:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=tid, protocol=paho.MQTTv311)
+        files = pki.client(tid)
+        c.tls_set(ca_certs=str(pki.ca.cert), certfile=str(files.cert), keyfile=str(files.key))
+        c.max_inflight_messages_set(1000)
+        return c
+
+    # The backlog: heartbeats queued before the worker consumes (each a store write and a signed answer).
+    total = 6000
+    hb = p.encode_heartbeat(p.Heartbeat(sender, "2026-11-23T02:00:00.000000Z", 0, 0, 0, 0, 0, None))
+    acked: list = []
+    up = client(sender)
+    up.on_publish = lambda c, u, mid, rc, props: acked.append(mid)
+    up.connect(*cluster.mqtt_addresses[1])
+    up.loop_start()
+    received: list = []
+    down = client(listener)
+    down.on_connect = lambda c, u, f, rc, props: c.subscribe(p.enterprise_topic(ENTERPRISE), 0)
+    down.on_message = lambda c, u, msg: received.append(time.monotonic())
+    down.connect(*cluster.mqtt_addresses[2])
+    down.loop_start()
+    worker = amqp(cluster).make_worker(0, Platform(db, pki.platform_key, unverified_money=True), publisher=True)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            worker.step()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    try:
+        for _ in range(total):
+            up.publish(p.terminal_topic(sender, p.UP_HEARTBEAT), hb, qos=1)
+        wait_until(lambda: len(acked) == total, 60, "the broker accepting the backlog")
+        worker.start_link()
+        assert worker.connected.wait(10)
+        worker.flush_outbound()  # what the set-up queued, before any upload is dispatched
+        assert not admin.unpublished()
+        thread.start()
+        wait_until(lambda: worker.handled > 200, 20, "the worker handling the backlog")
+        t0 = time.monotonic()
+        admin.report_loss("0C0D000000000001")
+        wait_until(lambda: not admin.unpublished(), 10, "the loss report published")
+        published, handled_then = time.monotonic() - t0, worker.handled
+        wait_until(lambda: received, 5, "the loss report at a terminal")
+        assert handled_then < total, "the backlog was drained before the loss report went: the test proves nothing"
+        # Without the flush between uploads it went after 1.25 s here (6000 backlog), with it after 22 ms.
+        assert published < 0.5, f"published {published:.2f} s after the loss report, behind the backlog"
+        wait_until(lambda: worker.handled == total, 60, "the rest of the backlog")
+        assert worker.refused == 0
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        for c in (up, down):
+            c.loop_stop()
+            c.disconnect()
+        worker.stop_link()
+        worker.platform.close()
+        admin.close()
+        cluster.ctl(cluster.live()[0], "purge_queue", UPLINK_QUEUE, check=False)
