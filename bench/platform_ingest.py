@@ -95,17 +95,32 @@ def broker_memory(cluster, broker) -> int:
     return psutil.Process(broker.proc.pid).memory_info().rss
 
 
-def cpu_seconds(procs) -> float:
+def cpu_seconds(procs, *, tree: bool = False) -> float:
+    """CPU seconds used so far by `procs` (and, with `tree`, by their descendants: a RabbitMQ node's Erlang VM)."""
     import psutil
 
     total = 0.0
     for w in procs:
         try:
-            t = psutil.Process(w.pid).cpu_times()
-            total += t.user + t.system
+            top = psutil.Process(w.pid)
+            for q in [top, *(top.children(recursive=True) if tree else [])]:
+                t = q.cpu_times()
+                total += t.user + t.system
         except psutil.Error:
             pass
     return total
+
+
+def broker_procs(cluster, broker) -> list:
+    if cluster is not None:
+        return [n.proc for n in cluster.nodes if n.proc is not None]
+    return [broker.proc]
+
+
+def own_cpu_seconds() -> float:
+    """This process's CPU time: the simulated fleet (its one loop thread) and the bench's polling."""
+    t = os.times()
+    return t.user + t.system
 
 
 def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None, broker=None):
@@ -144,6 +159,9 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     time.sleep(3)  # the workers connect
     mem_after = broker_memory(cluster, broker)
     cpu_before = cpu_seconds(workers)
+    brokers = broker_procs(cluster, broker)
+    broker_cpu_before = cpu_seconds(brokers, tree=True)
+    fleet_cpu_before = own_cpu_seconds()
     expected = sum(len(r.events) for r in records)
     t0 = time.monotonic()
     fleet.pumping.set()
@@ -159,6 +177,8 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     elapsed = time.monotonic() - t0
     acked = sum(t.acked for t in terminals)
     worker_cpu = cpu_seconds(workers) - cpu_before
+    broker_cpu = cpu_seconds(brokers, tree=True) - broker_cpu_before  # the killed node's share is lost with it
+    fleet_cpu = own_cpu_seconds() - fleet_cpu_before
     loss = None
     if args.loss:
         loss = loss_propagation(db, pki.platform_key, terminals)
@@ -186,6 +206,9 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         "reconnects": sum(max(0, t.reconnects - 1) for t in terminals),
         "worker_cpu_s": round(worker_cpu, 1),
         "events_per_worker_cpu_s": round(acked / worker_cpu) if worker_cpu else None,
+        "broker_cpu_s": round(broker_cpu, 1),
+        "fleet_cpu_s": round(fleet_cpu, 1),
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "broker_kib_per_connection": round((mem_after - mem_before) / 1024 / max(1, connected), 1),
         "cores": os.cpu_count(),
     }

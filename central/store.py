@@ -7,8 +7,11 @@ transaction, so a crash never leaves a blacklist change without its notification
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import functools
+import os
 import random
 import secrets
 import sqlite3
@@ -78,10 +81,14 @@ class Platform(
             if self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise PlatformError(f"platform database {self.path} cannot use WAL; put it on a local filesystem")
             self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
+            # Writers queue on a lock file before BEGIN IMMEDIATE (see _sqlite_txn).
+            self._writer_lock: int | None = os.open(
+                str(self.path.with_name(self.path.name + WRITER_LOCK_SUFFIX)), os.O_RDWR | os.O_CREAT, 0o600
+            )
         try:
             schema.upgrade(self.target, self.conn)
         except dialect.connection_errors() as exc:
-            self.conn.close()
+            self.close()
             raise PlatformError(f"cannot migrate platform database {self.target} ({exc}); check the server") from None
         # The epoch every blacklist body carries: made once per platform database (`onecard platform init`).
         self.conn.execute(
@@ -92,11 +99,35 @@ class Platform(
 
     def close(self) -> None:
         self.conn.close()
+        lock, self._writer_lock = getattr(self, "_writer_lock", None), None
+        if lock is not None:
+            os.close(lock)
 
     def _txn(self, isolation: str = "SERIALIZABLE"):
         if self.backend == dialect.POSTGRESQL:
             return dialect.pg_transaction(self.conn, isolation)
-        return transaction(self.conn)
+        return self._sqlite_txn()
+
+    @contextlib.contextmanager
+    def _sqlite_txn(self):
+        """BEGIN IMMEDIATE ... COMMIT, entered once this object holds the database's writer lock file.
+
+        SQLite runs one writer at a time, and a writer that finds the database locked sleeps in its busy handler
+        (1 ms, 2 ms, 5 ms, ... up to 100 ms a try) and retries: with several workers the lock often stands free
+        while every waiter sleeps (measured: each of 4 workers spent about half its time in BEGIN IMMEDIATE). An
+        exclusive flock() on the lock file queues the platform's writers in the kernel instead, which wakes the
+        next one as soon as the lock is released. The lock file is released by the kernel when a process dies;
+        BEGIN IMMEDIATE still guards against any writer that does not take it (a tool, an older version)."""
+        if self.conn.in_transaction or self._writer_lock is None:
+            with transaction(self.conn) as conn:
+                yield conn
+            return
+        fcntl.flock(self._writer_lock, fcntl.LOCK_EX)
+        try:
+            with transaction(self.conn) as conn:
+                yield conn
+        finally:
+            fcntl.flock(self._writer_lock, fcntl.LOCK_UN)
 
     def _now(self) -> str:
         return p.format_time(self.clock())
@@ -117,6 +148,10 @@ class Platform(
         self.conn.execute(
             "INSERT INTO outbound (topic, payload, created_at) VALUES (?, ?, ?)", (topic, payload, self._now())
         )
+
+
+# The SQLite platform's writers take this file next to the database (an exclusive flock) before BEGIN IMMEDIATE.
+WRITER_LOCK_SUFFIX = "-writer.lock"
 
 
 # On PostgreSQL a SERIALIZABLE transaction may be aborted so that concurrent workers stay equivalent to one at a time
