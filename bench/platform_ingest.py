@@ -150,6 +150,11 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         )
         for i, r in enumerate(records)
     ]
+    # The fleet encodes every batch before the timed phase (simulator.fleet.LightTerminal.pregenerate): its CPU
+    # then goes to sending only, not to building what real terminals would build on their own cores.
+    t_gen = time.monotonic()
+    pregenerated = sum(t.pregenerate() for t in terminals)
+    pregenerate_s = time.monotonic() - t_gen
     mem_before = broker_memory(cluster, broker)
     fleet = Fleet(terminals).start(pump=False)
     deadline = time.monotonic() + 120
@@ -160,7 +165,8 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     mem_after = broker_memory(cluster, broker)
     cpu_before = cpu_seconds(workers)
     brokers = broker_procs(cluster, broker)
-    broker_cpu_before = cpu_seconds(brokers, tree=True)
+    broker_cpu_before = [cpu_seconds([b], tree=True) for b in brokers]
+    broker_cpu_killed = 0.0  # what the killed node used until it was killed
     fleet_cpu_before = own_cpu_seconds()
     expected = sum(len(r.events) for r in records)
     t0 = time.monotonic()
@@ -169,6 +175,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     while time.monotonic() - t0 < args.timeout:
         acked = sum(t.acked for t in terminals)
         if cluster is not None and not killed and acked >= expected * 0.3:
+            broker_cpu_killed = cpu_seconds([cluster.nodes[1].proc], tree=True) - broker_cpu_before[1]
             cluster.kill(1)
             killed = True
         if acked >= expected:
@@ -177,7 +184,11 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     elapsed = time.monotonic() - t0
     acked = sum(t.acked for t in terminals)
     worker_cpu = cpu_seconds(workers) - cpu_before
-    broker_cpu = cpu_seconds(brokers, tree=True) - broker_cpu_before  # the killed node's share is lost with it
+    broker_cpu = broker_cpu_killed + sum(
+        cpu_seconds([b], tree=True) - before
+        for b, before in zip(brokers, broker_cpu_before, strict=True)
+        if b.poll() is None
+    )
     fleet_cpu = own_cpu_seconds() - fleet_cpu_before
     loss = None
     if args.loss:
@@ -208,6 +219,8 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         "events_per_worker_cpu_s": round(acked / worker_cpu) if worker_cpu else None,
         "broker_cpu_s": round(broker_cpu, 1),
         "fleet_cpu_s": round(fleet_cpu, 1),
+        "fleet_batches_pregenerated": pregenerated,
+        "fleet_pregenerate_s": round(pregenerate_s, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),
         "broker_kib_per_connection": round((mem_after - mem_before) / 1024 / max(1, connected), 1),
         "cores": os.cpu_count(),
