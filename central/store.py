@@ -82,9 +82,15 @@ class Platform(
                 raise PlatformError(f"platform database {self.path} cannot use WAL; put it on a local filesystem")
             self.conn.execute("PRAGMA synchronous = FULL")  # an ack is sent only for what survives power loss
             # Writers queue on a lock file before BEGIN IMMEDIATE (see _sqlite_txn).
-            self._writer_lock: int | None = os.open(
-                str(self.path.with_name(self.path.name + WRITER_LOCK_SUFFIX)), os.O_RDWR | os.O_CREAT, 0o600
-            )
+            lock = self.path.with_name(self.path.name + WRITER_LOCK_SUFFIX)
+            try:
+                self._writer_lock: int | None = os.open(str(lock), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                self.conn.close()
+                raise PlatformError(
+                    f"cannot open the writer lock file {lock} ({exc.strerror}); the platform needs to write in the "
+                    "database's folder: check its permissions"
+                ) from None
         try:
             schema.upgrade(self.target, self.conn)
         except dialect.connection_errors() as exc:
