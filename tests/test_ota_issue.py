@@ -136,8 +136,9 @@ def test_issue_over_the_air_opens_b_and_keeps_a(world):
     op = run(w)
     assert op.step is oi.Step.DONE, op.reason
     assert doors_open(w) == ("Welcome, 张伟", "Welcome, Zhang Wei")
-    # 14 packets, each one SMS round trip: probe, directory, challenge, CREATE, 5 PUT KEY, COMMIT, 4 writes.
-    assert len(w["sim"].executed) == 14 and w["pf"].ota_job("iss-1")["status"] == "done"
+    # 16 packets, each one SMS round trip: probe, directory, challenge, CREATE, 5 PUT KEY, 2 PUT KEY of the OTA key
+    # set (KIc, KID), COMMIT, 4 writes.
+    assert len(w["sim"].executed) == 16 and w["pf"].ota_job("iss-1")["status"] == "done"
     card = w["pf"].card(NEW_ASN.hex().upper())
     assert card["enterprise_id"] == B.hex() and card["status"] == "ACTIVE"
     assert card["max_balance_cents"] == RIGHTS["max_balance"] and card["rights"]["door_groups"] == [1]
@@ -200,7 +201,7 @@ def test_gateway_killed_after_submit_before_por_resumes_once(world):
     def send_then_die(*args, **kw):
         cntr = real_send(*args, **kw)
         sent["n"] += 1
-        if sent["n"] == 10:  # COMMIT KEYS submitted; the process dies before its PoR
+        if sent["n"] == 12:  # COMMIT KEYS submitted; the process dies before its PoR
             w["gw"]._drop()
             raise KeyboardInterrupt
         return cntr
