@@ -1,0 +1,132 @@
+"""One OTA key set per sub-application (docs/ota.md 2, 3.1): on a SIM carrying enterprises A and B, B's platform tops
+up and locks B under B's own KIc/KID and counter, A's counter and A's door and purse stay as they were; a packet of A
+replayed is refused with its PoR status and changes nothing for B; once B is deleted its key set is gone with it."""
+
+from __future__ import annotations
+
+from central import ota_ops
+from common import ota
+from sam.interface import Algorithm, CardIdentity
+from sam.ota_keys import OtaSam
+from simulator import ota_sim
+from simulator.card import STATUS_ACTIVE, STATUS_LOCKED, OneCardV2Applet
+from tests.test_ota_status_delete import KS, SAMS, A, B, _drive, door_decides, two_enterprise_card
+
+TERMINAL = bytes.fromhex("000000000901")
+DATE, TIME = bytes.fromhex("20261202"), bytes.fromhex("093000")
+
+
+def ident(card: OneCardV2Applet, e: bytes) -> CardIdentity:
+    return CardIdentity(card.sub_application(e).asn, e, card.sub_application(e).key_version, Algorithm.AES128)
+
+
+def sim_with_key_sets(card: OneCardV2Applet) -> ota_sim.OtaSim:
+    """A SIM whose every sub-application holds its own OTA key set, as its issuing left it (PUT KEY 06 / 07)."""
+    for e in (A, B):
+        keys = OtaSam(KS[e]).personalise_keys(ident(card, e))
+        app = card.sub_application(e)
+        app.ota_kic, app.ota_kid = keys.kic, keys.kid
+    return ota_sim.OtaSim(card, None)
+
+
+def run(sim, e, op, cntr0: int = 0, topup: bool = False) -> int:
+    """Drive `op` of enterprise `e` over the SIM (counters from cntr0 + 1); the last counter used."""
+    card, otasam, cntr = sim.applet, OtaSam(KS[e]), cntr0
+    data = op.start()
+    while data is not None:
+        cntr += 1
+        pkt = otasam.secure_command(ident(card, e), ota.ONECARD_TAR, cntr, data)
+        por = otasam.open_por(ident(card, e), sim.process(pkt))
+        data = op.on_por(por, DATE, TIME) if topup else op.on_por(por)
+    return cntr
+
+
+def counters(card) -> dict[bytes, int]:
+    return {a.enterprise_id: a.ota_counter for a in card.card.apps}
+
+
+def test_topup_and_lock_of_b_land_under_b_keys_and_a_is_untouched(tmp_path):
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    a_before = (card.balance(A), list(card.transactions(A)))
+    b = ident(card, B)
+    top = ota_ops.OtaTopUp(SAMS[B], b, 2_500, TERMINAL, aid=ota_ops.sub_application_aid(B))
+    last = run(sim, B, top, topup=True)
+    assert top.step is ota_ops.Step.DONE and top.proof is not None and top.proof.balance_after == 7_500
+    assert card.balance(B) == 7_500 and counters(card) == {A: 0, B: last}
+    lock = ota_ops.status_change(SAMS[B], b, True)
+    last = run(sim, B, lock, cntr0=last)
+    assert lock.step is ota_ops.Step.DONE and card.sub_application(B).status == STATUS_LOCKED
+    assert counters(card) == {A: 0, B: last}
+    assert card.sub_application(A).status == STATUS_ACTIVE
+    assert (card.balance(A), list(card.transactions(A))) == a_before
+    assert door_decides(tmp_path, A, card) and not door_decides(tmp_path, B, card)
+
+
+def test_a_replayed_packet_of_a_is_refused_and_b_changes_nothing():
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    a, otasam_a = ident(card, A), OtaSam(KS[A])
+    pkt = otasam_a.secure_command(
+        a, ota.ONECARD_TAR, 1, ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(A))])
+    )
+    assert otasam_a.open_por(a, sim.process(pkt)).status is ota.PorStatus.OK
+    b_before = card.sub_application(B).to_json()
+    ran = list(sim.executed)
+    por = otasam_a.open_por(a, sim.process(pkt))
+    assert por.status is ota.PorStatus.CNTR_LOW and por.cntr == 1 and sim.executed == ran
+    assert counters(card) == {A: 1, B: 0} and card.sub_application(B).to_json() == b_before
+    # B's counter starts on its own: B's first packet, counter 1, runs although A has already spent 1.
+    b = ident(card, B)
+    pkt_b = OtaSam(KS[B]).secure_command(
+        b, ota.ONECARD_TAR, 1, ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(B))])
+    )
+    assert OtaSam(KS[B]).open_por(b, sim.process(pkt_b)).status is ota.PorStatus.OK
+    assert counters(card) == {A: 1, B: 1}
+
+
+def test_a_packet_under_no_sub_applications_keys_gets_a_clear_cc_failed_por():
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    stranger = CardIdentity(card.sub_application(B).asn, B, 1, Algorithm.AES128)
+    pkt = OtaSam(KS[A]).secure_command(  # A's master with B's ASN: keys of no sub-application on this SIM
+        CardIdentity(stranger.asn, A, 1, Algorithm.AES128), ota.ONECARD_TAR, 5, b"\x00\xa4\x04\x00\x00"
+    )
+    por = ota.open_por(sim.process(pkt), None)
+    assert por.status is ota.PorStatus.RC_CC_DS_FAILED and counters(card) == {A: 0, B: 0} and sim.executed == []
+
+
+def test_after_deleting_b_a_packet_under_b_keys_is_refused():
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    b, otasam_b = ident(card, B), OtaSam(KS[B])
+    op = ota_ops.OtaDeletion(SAMS[B], b, settle=True)
+    assert _drive(op, card, b, otasam_b, sim) == 1 and op.step is ota_ops.Step.DONE, op.reason
+    last = card.sub_application(A).ota_counter + 10  # any fresh counter: B's own one is gone with B
+    assert [e.enterprise_id for e in card.directory()] == [A]
+    pkt = otasam_b.secure_command(
+        b, ota.ONECARD_TAR, last + 1, ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(B))])
+    )
+    por = ota.open_por(sim.process(pkt), None)
+    assert por.status is ota.PorStatus.RC_CC_DS_FAILED and sim.key_sets()[0].app is card.sub_application(A)
+    assert len(sim.key_sets()) == 1
+
+
+def test_the_key_set_is_durable_with_the_card(tmp_path):
+    from simulator.card import MultiCardStateFile
+
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    store = MultiCardStateFile(tmp_path / "sim.json")
+    card.card_store = store
+    a = ident(card, A)
+    pkt = OtaSam(KS[A]).secure_command(
+        a, ota.ONECARD_TAR, 9, ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(A))])
+    )
+    sim.process(pkt)
+    again = OneCardV2Applet(store.load())
+    assert again.sub_application(A).ota_counter == 9 and again.sub_application(B).ota_counter == 0
+    assert again.sub_application(A).ota_kic == card.sub_application(A).ota_kic
+    assert ota_sim.OtaSim(again, None).process(pkt) is not None
+    por = OtaSam(KS[A]).open_por(a, ota_sim.OtaSim(again, None).process(pkt))
+    assert por.status is ota.PorStatus.CNTR_LOW
