@@ -209,24 +209,25 @@ class OtaSim:
             candidates = [self.domains[tar]]
         if not candidates:
             return self._por(spi, tar, 0, ota.PorStatus.TAR_UNKNOWN, secured=False)
-        # docs/ota.md 3.1: the key set is the first, in directory order, under whose KIc/KID the packet verifies.
-        # The refusal of the first key set is the answer when none does (its checks before the CC are the same
-        # for every set; the CC fails under all of them).
-        refusal: ota.OtaRefused | None = None
+        # docs/ota.md 3.1: the key set is the first, in directory order, under whose KIc/KID the CC verifies (at
+        # most 8 CMACs). Only a failed CC moves on to the next set: every other refusal is the same under every
+        # set (SPI, key version, whole blocks) or comes after the CC verified (PCNTR), and is answered at once.
         state, cmd = None, None
         for candidate in candidates:
             try:
                 cmd = ota.open_command(packet, candidate.keys)
             except ota.OtaRefused as e:
-                refusal = refusal or e
-                continue
+                assert e.status is not None
+                if e.status is ota.PorStatus.RC_CC_DS_FAILED:
+                    continue
+                return self._por(spi, tar, e.cntr or 0, e.status, secured=False)
             except ota.OtaError:
                 return self._por(spi, tar, 0, ota.PorStatus.UNIDENTIFIED_SECURITY_ERROR, secured=False)
             state = candidate
             break
         if state is None or cmd is None:
-            assert refusal is not None and refusal.status is not None
-            return self._por(spi, tar, refusal.cntr or 0, refusal.status, secured=False)
+            # Under no key set: the counter was never read with a verified CC, so the clear PoR names counter 0.
+            return self._por(spi, tar, 0, ota.PorStatus.RC_CC_DS_FAILED, secured=False)
         status = ota.check_counter(cmd.spi.counter, state.counter, cmd.cntr)
         if status is not ota.PorStatus.OK:
             return self._por(spi, tar, cmd.cntr, status, secured=True, keys=state.keys)

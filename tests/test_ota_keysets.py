@@ -130,3 +130,44 @@ def test_the_key_set_is_durable_with_the_card(tmp_path):
     assert ota_sim.OtaSim(again, None).process(pkt) is not None
     por = OtaSam(KS[A]).open_por(a, ota_sim.OtaSim(again, None).process(pkt))
     assert por.status is ota.PorStatus.CNTR_LOW
+
+
+# docs/ota.md 3.2, the worked example: A's and B's UPDATE masters, ASNs and the key sets they give.
+DOC_A = (bytes(range(0x40, 0x50)), "1000000000000001", "00010001")
+DOC_B = (bytes(range(0x50, 0x60)), "2000000000000002", "00020002")
+DOC_KEYS_A = ("d341aa6639bf1786348e95e87992d4e2", "43bcf852f8ef778ce3bd89a4bd3c9e60")
+DOC_KEYS_B = ("8b7f73f64ae2815f34974b91d296b099", "45f7d0f8662f263815cf563e6e8c657e")
+DOC_DATA_B = "00a404000df04f4e45434152440200020002"
+DOC_PACKET_B = "00281516391212b01ca015689d82c6b8d01a705fbae6c5f5c5c2e1ee072ac06665704299aa8b7e625f32"
+DOC_POR_NO_KEY_SET = "027100000b0ab01ca000000000000001"
+
+
+def test_documented_key_set_example():
+    from pathlib import Path
+
+    from sam.ota_keys import diversify_ota_keys
+
+    got = []
+    for master, asn, eid in (DOC_A, DOC_B):
+        k = diversify_ota_keys(master, CardIdentity(bytes.fromhex(asn), bytes.fromhex(eid), 1, Algorithm.AES128))
+        got.append((k.kic.hex(), k.kid.hex()))
+    assert got == [DOC_KEYS_A, DOC_KEYS_B]
+    kb = ota.OtaKeys(bytes.fromhex(DOC_KEYS_B[0]), bytes.fromhex(DOC_KEYS_B[1]), 1)
+    data = ota.pack_apdus([ota_ops.select(ota_ops.sub_application_aid(bytes.fromhex(DOC_B[2])))])
+    assert data.hex() == DOC_DATA_B
+    packet = ota.build_command(kb, ota.ONECARD_TAR, 1, data)
+    assert packet.hex() == DOC_PACKET_B
+    # A SIM carrying A then B: the CC fails under A's KID, verifies under B's; B's counter moves, A's does not.
+    card = two_enterprise_card()
+    for e, (kic, kid) in ((A, DOC_KEYS_A), (B, DOC_KEYS_B)):
+        card.sub_application(e).ota_kic, card.sub_application(e).ota_kid = bytes.fromhex(kic), bytes.fromhex(kid)
+    sim = ota_sim.OtaSim(card, None)
+    assert ota.open_por(sim.process(packet), kb).status is ota.PorStatus.OK
+    assert counters(card) == {A: 0, B: 1}
+    # The same packet on a SIM holding only A's key set: no set verifies it, clear PoR 01 with counter 0.
+    card.card.apps = [card.sub_application(A)]
+    assert sim.process(packet).hex() == DOC_POR_NO_KEY_SET
+    doc = Path(__file__).resolve().parent.parent.joinpath("docs", "ota.md").read_text(encoding="utf-8")
+    flat = "".join(doc.split()).lower()
+    for value in (*DOC_KEYS_A, *DOC_KEYS_B, DOC_DATA_B, DOC_PACKET_B, DOC_POR_NO_KEY_SET):
+        assert value in flat, value
