@@ -143,6 +143,14 @@ def test_issue_over_the_air_opens_b_and_keeps_a(world):
     assert card["enterprise_id"] == B.hex() and card["status"] == "ACTIVE"
     assert card["max_balance_cents"] == RIGHTS["max_balance"] and card["rights"]["door_groups"] == [1]
     assert [(e.name, e.status) for e in w["card"].directory()] == [("Office", 1), ("Community", 1)]
+    # B got its own OTA key set with its keys (docs/ota.md 2.2): a packet under B's KIc/KID, counter 1, runs on
+    # B's set; A's counter does not move.
+    b = CardIdentity(NEW_ASN, B, 1, Algorithm.AES128)
+    select_b = ota.pack_apdus([bytes.fromhex("00a404000d") + bytes.fromhex("F04F4E4543415244") + b"\x02" + B])
+    a_counter = w["sim"].state.counter
+    por = w["otasam"].open_por(b, w["sim"].process(w["otasam"].secure_command(b, ota.ONECARD_TAR, 1, select_b)))
+    assert por.status is ota.PorStatus.OK and ota.parse_compact_response(por.data)[1] == b"\x90\x00"
+    assert w["card"].sub_application(B).ota_counter == 1 and w["sim"].state.counter == a_counter
     # Every packet went to the card issuer's TAR (bytes 8..10 of the command packet after the UDH 02 70 00).
     packets = [m.user_data for m in w["smsc"].messages.values() if m.user_data[:3] == b"\x02\x70\x00"]
     assert len(packets) >= 10 and all(ud[3 + 7 : 3 + 10] == ota.ISSUER_TAR for ud in packets)
