@@ -203,9 +203,7 @@ class AdminChannel:
         """PUT KEY of a version 2 sub-application's OTA key ("kic" / "kid", docs/ota.md 2), enciphered as the others."""
         challenge = self.challenge()
         cryptogram, kcv = self.sam.wrap_ota_key(self.identity, challenge, which, new_version)
-        _, rapdu = self.send(
-            cp.INS_PUT_KEY, new_version, cp.OTA_KEY_IDS[which], cryptogram, le=3, challenge=challenge
-        )
+        _, rapdu = self.send(cp.INS_PUT_KEY, new_version, cp.OTA_KEY_IDS[which], cryptogram, le=3, challenge=challenge)
         answered = cp.check_secured(rapdu, f"PUT KEY {which}", 3)
         if not hmac.compare_digest(answered, kcv):
             raise cp.CardProtocolError(f"the card's check value for the new {which} key is wrong")
