@@ -7,6 +7,8 @@ is proven by the card's MAC3 and TAC, and a torn one is settled with GET TRANSAC
 
 from __future__ import annotations
 
+import dataclasses
+
 import enum
 from dataclasses import dataclass
 
@@ -161,7 +163,15 @@ class OtaTopUp:
         try:
             if self.step is Step.INIT:
                 self.init, self.when = parse_init_load(por), (date, time)
-                mac2 = self.sam.load_mac2(self._session(), self.init.mac1)  # checks MAC1: a real card answered
+                if self.aid != AID:
+                    # A version 2 sub-application seals its balance (card-application.md 5.2a): the SAM opens it
+                    # while it checks MAC1, and the session goes on with the balance it found.
+                    mac2, before = self.sam.load_mac2_sealed(
+                        self._session(), self.init.mac1, self.init.balance.to_bytes(4, "big")
+                    )
+                    self.init = dataclasses.replace(self.init, balance=before)
+                else:
+                    mac2 = self.sam.load_mac2(self._session(), self.init.mac1)  # checks MAC1: a real card answered
                 self.step = Step.CREDIT
                 return ota.pack_apdus([credit_load(date, time, mac2)])
             if self.step is Step.CREDIT:
