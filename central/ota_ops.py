@@ -8,7 +8,6 @@ is proven by the card's MAC3 and TAC, and a torn one is settled with GET TRANSAC
 from __future__ import annotations
 
 import dataclasses
-
 import enum
 from dataclasses import dataclass
 
