@@ -398,6 +398,7 @@ def run_issue(channel, job_id: str, op: OtaIssue, msisdn: str, employee_no: str,
                 rights,
                 max_balance_cents=rights["max_balance"],
                 key_version=op.version,
+                card_serial=op.serial.hex(),
             )
         store.update(job_id, state=op.dump(), status="done", note=f"issued {asn} key version {op.version}")
         return op

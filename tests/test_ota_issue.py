@@ -322,6 +322,12 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
         "2026-01-01",
         *ota_opts,
     )
+    # Without --card-serial the platform needs one recorded for the holder's phone: A was registered without it.
+    i = issue.index("--card-serial")
+    no_serial = issue[:i] + issue[i + 2 :]
+    r = onecard(*no_serial, "--job", "j0")
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "knows no card serial for the phone of employee R-0707: give --card-serial" in r.stderr
     r = onecard(*issue, "--job", "j1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
@@ -329,7 +335,14 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
         "registered"
     )
     assert doors_open(w) == ("Welcome, 张伟", "Welcome, Zhang Wei")
-    r = onecard(*issue, "--job", "j2")
+    # B's registration recorded the SIM's serial (migration 0005_card_serial): now the option may be left out.
+    cli_pf = Platform(db, Ed25519PrivateKey.generate())
+    try:
+        assert cli_pf.card_serial_for(B.hex(), "R-0707") == w["state"].serial.hex().upper()
+        assert cli_pf.card_serial_for(A.hex(), "E1001") == w["state"].serial.hex().upper()  # the same phone
+    finally:
+        cli_pf.close()
+    r = onecard(*no_serial, "--job", "j2")
     assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "refused: already issued" in r.stderr
     r = onecard("ota-resume", "j1", *ota_opts)
