@@ -10,7 +10,17 @@ from sam.interface import Algorithm, CardIdentity
 from sam.ota_keys import OtaSam
 from simulator import ota_sim
 from simulator.card import STATUS_ACTIVE, STATUS_LOCKED, OneCardV2Applet
-from tests.test_ota_status_delete import KS, SAMS, A, B, _drive, door_decides, two_enterprise_card
+from tests.test_ota_status_delete import (
+    KS,
+    MSISDN,
+    SAMS,
+    A,
+    B,
+    _drive,
+    door_decides,
+    two_enterprise_card,
+    world,  # noqa: F401  (the SMSC world fixture)
+)
 
 TERMINAL = bytes.fromhex("000000000901")
 DATE, TIME = bytes.fromhex("20261202"), bytes.fromhex("093000")
@@ -171,3 +181,14 @@ def test_documented_key_set_example():
     flat = "".join(doc.split()).lower()
     for value in (*DOC_KEYS_A, *DOC_KEYS_B, DOC_DATA_B, DOC_PACKET_B, DOC_POR_NO_KEY_SET):
         assert value in flat, value
+
+
+def test_the_platforms_top_up_of_b_through_the_smsc_selects_b(world):  # noqa: F811
+    """The platform's channel (SMPP, the SMSC simulator, the handset) tops up B's sub-application of the SIM."""
+    w = world
+    top = w["channel"].top_up(
+        "top-b", w["ident"], w["ident"], MSISDN, 1_000, TERMINAL, SAMS[B], aid=ota_ops.sub_application_aid(B)
+    )
+    assert top.step is ota_ops.Step.DONE, top.reason
+    assert w["card"].balance(B) == 6_000 and w["card"].balance(A) == 10_000
+    assert w["pf"].ota_job("top-b")["status"] == "done"
