@@ -138,7 +138,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--enterprise", required=True, help="8-digit enterprise ID of the sub-application")
     c.add_argument("--employee", required=True, help="employee number, registered with a phone number")
-    c.add_argument("--card-serial", required=True, help="the SIM's card serial (16 hex digits, its directory's C0)")
+    c.add_argument(
+        "--card-serial",
+        help="the SIM's card serial (16 hex digits, its directory's C0); default: the one the platform recorded for "
+        "the holder's phone when a sub-application on it was registered",
+    )
     c.add_argument("--name", required=True, help="the sub-application's name in the card directory")
     c.add_argument("--to-version", type=int, default=1, help="the enterprise's key version 1..255 (default 1)")
     c.add_argument("--groups", default="1", help="door groups, e.g. 1,2,5")
@@ -761,6 +765,29 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
     return 0
 
 
+def _ota_issue_serial(pf, args) -> str:
+    """--card-serial, or the one the platform recorded for the holder's phone (UserError, refused, when none)."""
+    from central.db import PlatformError
+
+    if args.card_serial is not None:
+        return str(args.card_serial)
+    try:
+        eid = bytes.fromhex(args.enterprise).hex()
+    except ValueError:
+        raise UserError(f"--enterprise {args.enterprise!r} is not 8 hex digits; nothing was sent") from None
+    try:
+        serial = pf.card_serial_for(eid, args.employee)
+    except PlatformError as exc:
+        raise UserError(f"{exc}; nothing was sent", EXIT_REFUSED) from None
+    if serial is None:
+        raise UserError(
+            f"the platform knows no card serial for the phone of employee {args.employee}: give --card-serial "
+            "(the SIM's directory C0, `onecard sim show`); nothing was sent",
+            EXIT_REFUSED,
+        )
+    return str(serial)
+
+
 def cmd_ota_issue(args) -> int:
     """One line: issued (exit 0), no PoR yet (exit 0, run again), refused or failed (exit 1)."""
     import uuid
@@ -772,14 +799,19 @@ def cmd_ota_issue(args) -> int:
     from sam.interface import SamError
 
     host, port, password, _ = _ota_options(args)
+    pf = _platform(args)
     try:
+        serial = _ota_issue_serial(pf, args)
         request = oi.IssueRequest.from_options(
-            args.enterprise, args.employee, args.card_serial, args.name, args.to_version, args.asn, args
+            args.enterprise, args.employee, serial, args.name, args.to_version, args.asn, args
         )
     except ValueError as exc:
+        pf.close()
         raise UserError(f"{exc}; nothing was sent") from None
+    except UserError:
+        pf.close()
+        raise
     job_id = args.job or f"ota-{uuid.uuid4().hex[:12]}"
-    pf = _platform(args)
     store = OtaStore(pf)
     gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
     try:

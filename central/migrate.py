@@ -45,6 +45,7 @@ TABLES = (
     "ota_jobs",
     "ota_job_params",
     "ota_loads",
+    "card_serials",
 )
 # Tables whose ids PostgreSQL hands out (identity columns): moved on past the copied ids.
 IDENTITY = {

@@ -185,10 +185,19 @@ class OtaChannel:
             waited += step
 
     def top_up(
-        self, job_id: str, card, purse_card, msisdn: str, amount: int, terminal_id: bytes, purse_sam
+        self,
+        job_id: str,
+        card,
+        purse_card,
+        msisdn: str,
+        amount: int,
+        terminal_id: bytes,
+        purse_sam,
+        aid: bytes = ota_ops.AID,
     ) -> ota_ops.OtaTopUp:
-        """Run (or resume) a top-up job to its end or until a PoR does not come; the OtaTopUp tells which."""
-        top = ota_ops.OtaTopUp(purse_sam, purse_card, amount, terminal_id)
+        """Run (or resume) a top-up job to its end or until a PoR does not come; the OtaTopUp tells which. `aid`:
+        ota_ops.sub_application_aid(enterprise) for a sub-application of a SIM (its own OTA key set secures it)."""
+        top = ota_ops.OtaTopUp(purse_sam, purse_card, amount, terminal_id, aid=aid)
         try:
             job = self.store.job(job_id)
         except KeyError:

@@ -231,7 +231,9 @@ class OtaIssue:
         alg = Algorithm(self.algorithm)
         give_purse = has_purse or all(self.sam.has_key(self.eid, p, self.version, alg) for p in purse)
         purposes = [KeyPurpose.ACCESS, KeyPurpose.UPDATE, *(purse if give_purse else ())]
-        return [["put", p.value] for p in purposes] + [["commit"]]
+        # B's OTA key set (docs/ota.md 2) goes in with the other keys, enciphered the same way: from the commit
+        # on, B's own operations travel under B's KIc/KID.
+        return [["put", p.value] for p in purposes] + [["put-ota", w] for w in ca.OTA_KEY_IDS] + [["commit"]]
 
     def _write_plan(self, has_purse: bool) -> list[list]:
         writes = [[ca.SFI_HOLDER, self.files.holder], [ca.SFI_ACCESS, self.files.access]]
@@ -272,6 +274,9 @@ class OtaIssue:
             purpose = KeyPurpose(item[1])
             cryptogram, _kcv = self.sam.wrap_card_key(self._identity(), challenge, purpose, self.version)
             return ca.INS_PUT_KEY, self.version, ca.KEY_IDS[purpose.value], cryptogram
+        if item[0] == "put-ota":
+            cryptogram, _kcv = self.sam.wrap_ota_key(self._identity(), challenge, item[1], self.version)
+            return ca.INS_PUT_KEY, self.version, ca.OTA_KEY_IDS[item[1]], cryptogram
         if item[0] == "commit":
             return ca.INS_COMMIT_KEYS, 0, self.version, b""
         _, sfi, offset, data = item
@@ -393,6 +398,7 @@ def run_issue(channel, job_id: str, op: OtaIssue, msisdn: str, employee_no: str,
                 rights,
                 max_balance_cents=rights["max_balance"],
                 key_version=op.version,
+                card_serial=op.serial.hex(),
             )
         store.update(job_id, state=op.dump(), status="done", note=f"issued {asn} key version {op.version}")
         return op

@@ -7,6 +7,7 @@ is proven by the card's MAC3 and TAC, and a torn one is settled with GET TRANSAC
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -124,8 +125,10 @@ class OtaTopUp:
     `sam` is the platform's purse SAM (load_mac2, verify_load_mac3, verify_tac: sam/interface.py); `card` the
     card's purse identity (ASN, enterprise, purse key version, algorithm)."""
 
-    def __init__(self, sam, card, amount: int, terminal_id: bytes) -> None:
-        self.sam, self.card, self.amount, self.terminal_id = sam, card, amount, terminal_id
+    def __init__(self, sam, card, amount: int, terminal_id: bytes, aid: bytes = AID) -> None:
+        # `aid`: the application the packets select: AID (version 1) or, on a SIM carrying several enterprises,
+        # sub_application_aid(card.enterprise_id), whose own OTA key set secures them (docs/ota.md 2).
+        self.sam, self.card, self.amount, self.terminal_id, self.aid = sam, card, amount, terminal_id, aid
         self.step = Step.INIT
         self.init: LoadInit | None = None
         self.when: tuple[bytes, bytes] | None = None
@@ -134,7 +137,7 @@ class OtaTopUp:
 
     def start(self) -> bytes:
         self.step = Step.INIT
-        return ota.pack_apdus([select(), init_load(self.amount, self.terminal_id)])
+        return ota.pack_apdus([select(self.aid), init_load(self.amount, self.terminal_id)])
 
     def _session(self):
         from sam.interface import LoadSession
@@ -159,7 +162,15 @@ class OtaTopUp:
         try:
             if self.step is Step.INIT:
                 self.init, self.when = parse_init_load(por), (date, time)
-                mac2 = self.sam.load_mac2(self._session(), self.init.mac1)  # checks MAC1: a real card answered
+                if self.aid != AID:
+                    # A version 2 sub-application seals its balance (card-application.md 5.2a): the SAM opens it
+                    # while it checks MAC1, and the session goes on with the balance it found.
+                    mac2, before = self.sam.load_mac2_sealed(
+                        self._session(), self.init.mac1, self.init.balance.to_bytes(4, "big")
+                    )
+                    self.init = dataclasses.replace(self.init, balance=before)
+                else:
+                    mac2 = self.sam.load_mac2(self._session(), self.init.mac1)  # checks MAC1: a real card answered
                 self.step = Step.CREDIT
                 return ota.pack_apdus([credit_load(date, time, mac2)])
             if self.step is Step.CREDIT:
@@ -197,7 +208,7 @@ class OtaTopUp:
 
     def _prove(self) -> bytes:
         assert self.init is not None
-        return ota.pack_apdus([select(), prove_load(self.init.counter)])
+        return ota.pack_apdus([select(self.aid), prove_load(self.init.counter)])
 
     def _settle(self, mac3: bytes, tac: bytes) -> None:
         session = self._session()
@@ -512,6 +523,12 @@ class OtaDeletion:
         return self._enter(Phase.ERASE if self.version == 1 else Phase.DELETE)
 
     def _on_check(self, por: ota.Por) -> bytes | None:
+        if por.status is ota.PorStatus.RC_CC_DS_FAILED and self.deletes:
+            # docs/ota.md 2, 3.1: on a SIM that keeps one OTA key set per sub-application, the set goes with its
+            # sub-application, so after our DELETE the SIM verifies B's packets under no key set any more. The
+            # sub-application was blocked and its balance settled before the DELETE: nothing is left to guard.
+            self.step = Step.DONE
+            return None
         if por.status is not ota.PorStatus.OK:
             self._fail(f"SELECT: the SIM refused the packet ({por.status.name})")
             return None

@@ -182,9 +182,11 @@ class Registry:
         balance_cents: int = 0,
         max_balance_cents: int = DEFAULT_MAX_BALANCE_CENTS,
         key_version: int | None = None,
+        card_serial: str | None = None,
     ) -> None:
         """Register a card; `key_version` (the issuing station reports it) counts it for `platform key-versions`
-        from the start, before the station's log is uploaded."""
+        from the start, before the station's log is uploaded. `card_serial` (16 hex digits): the version 2 card
+        this sub-application is on, kept for issuing over the air (`card_serial_for`)."""
         asn = _asn(asn)
         if not 0 < max_balance_cents <= 2**32 - 1:
             raise PlatformError(
@@ -229,7 +231,25 @@ class Registry:
             )
             if key_version is not None:
                 self.record_key_version(asn, key_version)
+            if card_serial is not None:
+                serial = _asn(card_serial)  # 16 hex digits, as an ASN
+                self.conn.execute(
+                    "INSERT INTO card_serials (asn, serial, recorded_at) VALUES (?, ?, ?)", (asn, serial, self._now())
+                )
             self._history(asn, "issued", f"issued to employee {employee_no}")
+
+    def card_serial_for(self, enterprise_id: str, employee_no: str) -> str | None:
+        """The card serial of the SIM in this holder's phone, as the registration of one of its sub-applications
+        recorded it (any enterprise's); None when no registered sub-application on that phone gave one."""
+        phone = self._holder(enterprise_id, employee_no)[2]
+        if not phone:
+            return None
+        row = self.conn.execute(
+            "SELECT s.serial FROM card_serials s JOIN cards c USING (asn) JOIN holders h USING (holder_id) "
+            "WHERE h.phone = ? AND c.status != 'CANCELLED' ORDER BY s.recorded_at, s.asn LIMIT 1",
+            (phone,),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def record_key_version(self, asn: str, key_version: int) -> None:
         if not 0 <= key_version <= 255:

@@ -26,6 +26,8 @@ STATUS_LOCKED = 0x03
 MAC_LEN = 8
 CHALLENGE_LEN = 8
 KEY_IDS = {"access": 0x01, "update": 0x02, "purchase": 0x03, "load": 0x04, "tac": 0x05}
+# PUT KEY key IDs of a version 2 sub-application's OTA key set (docs/ota.md 2): KIc, KID.
+OTA_KEY_IDS = {"kic": 0x06, "kid": 0x07}
 INS_PUT_KEY, INS_COMMIT_KEYS, INS_UPDATE_BINARY, INS_BLOCK, INS_ERASE = 0xD4, 0xD8, 0xD6, 0x1E, 0x0E
 INS_READ_BINARY, INS_READ_RECORD, INS_GET_BALANCE, INS_DELETE, INS_CREATE = 0xB0, 0xB2, 0x5C, 0xE4, 0xE0
 SFI_APP, SFI_HOLDER, SFI_ACCESS, SFI_PURSE = 1, 2, 3, 4

@@ -215,3 +215,7 @@ class Sam(Protocol):
 
         Needs MAC on the admin key and PERSONALISE on the new master key; raises KeyNotFound / KeyUsageError.
         """
+
+    def wrap_ota_key(self, card: CardIdentity, challenge: bytes, which: str, new_version: int) -> tuple[bytes, bytes]:
+        """PUT KEY's cryptogram for a version 2 sub-application's OTA key ("kic" / "kid", docs/ota.md 2), from the
+        UPDATE master of `new_version`, encrypted as wrap_card_key's. Returns (cryptogram 16, KCV 3)."""

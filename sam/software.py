@@ -389,6 +389,34 @@ class SoftwareSam:
             bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
         )
 
+    def wrap_ota_key(self, card: CardIdentity, challenge: bytes, which: str, new_version: int) -> tuple[bytes, bytes]:
+        """PUT KEY's cryptogram for the sub-application's OTA key `which` ("kic" / "kid", docs/ota.md 2):
+        div(UPDATE master of new_version, ASN || EID || "KIc" / "KID") encrypted under SK_ENC of the card's current
+        admin key, as wrap_card_key. Returns (cryptogram 16, KCV 3). Never in clear."""
+        from sam.ota_keys import LABEL_KIC, LABEL_KID
+
+        labels = {"kic": LABEL_KIC, "kid": LABEL_KID}
+        if which not in labels:
+            raise InvalidCardIdentity(f"OTA key {which!r} is not kic or kid")
+        if type(new_version) is not int or not 1 <= new_version <= 255:
+            raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
+        if len(challenge) != crypto.CHALLENGE_SIZE:
+            raise InvalidCardIdentity(
+                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
+                "the card's GET CHALLENGE answer is malformed, reject the card"
+            )
+        target = CardIdentity(card.asn, card.enterprise_id, new_version, card.algorithm)
+        m = _diversification_input(card)
+        admin = self._master(admin_purpose_of(card), card, KeyUsage.MAC)
+        new = self._master(KeyPurpose.UPDATE, target, KeyUsage.PERSONALISE)
+        admin_key = crypto.diversify(admin.algorithm, admin.key.reveal(), m)
+        new_key = crypto.diversify(new.algorithm, new.key.reveal(), m + labels[which])
+        sk_enc = crypto.secure_session_key(admin.algorithm, admin_key, challenge)
+        return (
+            crypto.block_encrypt(admin.algorithm, sk_enc, new_key),
+            bytes.fromhex(crypto.key_check_value(new.algorithm, new_key)),
+        )
+
     def wrap_spending_pin(self, card: CardIdentity, challenge: bytes, plain: bytes | bytearray) -> bytes:
         """CHANGE REFERENCE DATA's cryptogram (card-application.md 5.5): E(SK_PIN, PIN block || FF x 8) under the
         card's admin key (usage MAC, as PUT KEY). The station never holds the card key; the PIN never travels in

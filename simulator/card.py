@@ -81,7 +81,9 @@ PIN_P2 = 0x80
 SFI_RECORDS = 5
 NAME_MAX = 16  # bytes of UTF-8 in a sub-application's directory name
 # Key IDs of PUT KEY (P2), docs/card-application.md section 8.4.
-KEY_IDS = {0x01: "access", 0x02: "update", 0x03: "purchase", 0x04: "load", 0x05: "tac"}
+KEY_IDS = {0x01: "access", 0x02: "update", 0x03: "purchase", 0x04: "load", 0x05: "tac", 0x06: "kic", 0x07: "kid"}
+# A version 2 sub-application's OTA key set (docs/ota.md 2): KIc and KID, written by PUT KEY 06 / 07 with the others.
+OTA_KEY_NAMES = ("kic", "kid")
 PURSE_KEY_NAMES = ("purchase", "load", "tac")
 # A purse created by COMMIT KEYS on a washed card: expired and with no room for a load until issuing sets
 # EF_PURSE, so nothing can be spent or loaded on a card nobody has been issued.
@@ -218,6 +220,11 @@ class CardState:
     pin_tries: int = PIN_TRIES
     # Version 2 only: the subsidy purse (补助, section 5.6), under the cash purse's keys; None = no subsidy purse.
     subsidy: SubsidyPurse | None = None
+    # Version 2 only: this sub-application's OTA key set (docs/ota.md 2, 3.1): KIc, KID and the last counter
+    # processed under them. None: no OTA keys (the SIM's OTA applet then skips this sub-application).
+    ota_kic: bytes | None = field(default=None, repr=False)
+    ota_kid: bytes | None = field(default=None, repr=False)
+    ota_counter: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -233,6 +240,11 @@ class CardState:
             (self.app_version in (1, 2), "app_version must be 1 or 2"),
             (self.pin is None or (self.pin.isdigit() and 4 <= len(self.pin) <= 12), "pin must be 4..12 digits"),
             (0 <= self.pin_tries <= PIN_TRIES, f"pin_tries must be 0..{PIN_TRIES}"),
+            (
+                (self.ota_kic is None) == (self.ota_kid is None)
+                and all(k is None or len(k) == 16 for k in (self.ota_kic, self.ota_kid)),
+                "ota keys must be KIc and KID of 16 bytes, or neither",
+            ),
             (
                 self.subsidy is None or (self.app_version == 2 and self.purse is not None),
                 "subsidy purse needs v2+purse",
@@ -271,6 +283,11 @@ class CardState:
             **({} if self.app_version == 1 else {"name": self.name, "app_version": self.app_version}),
             **({} if self.pin is None else {"spending_pin": {"pin": self.pin, "tries_left": self.pin_tries}}),
             **({} if self.subsidy is None else {"subsidy": self.subsidy.to_json()}),
+            **(
+                {}
+                if self.ota_kic is None or self.ota_kid is None
+                else {"ota": {"kic": self.ota_kic.hex(), "kid": self.ota_kid.hex(), "counter": self.ota_counter}}
+            ),
         }
 
     @classmethod
@@ -297,6 +314,9 @@ class CardState:
             pin=None if doc.get("spending_pin") is None else str(doc["spending_pin"]["pin"]),
             pin_tries=PIN_TRIES if doc.get("spending_pin") is None else int(doc["spending_pin"]["tries_left"]),
             subsidy=None if doc.get("subsidy") is None else SubsidyPurse.from_json(doc["subsidy"]),
+            ota_kic=None if doc.get("ota") is None else bytes.fromhex(doc["ota"]["kic"]),
+            ota_kid=None if doc.get("ota") is None else bytes.fromhex(doc["ota"]["kid"]),
+            ota_counter=0 if doc.get("ota") is None else int(doc["ota"]["counter"]),
         )
 
 
@@ -782,6 +802,8 @@ class OneCardApplet:
         s = self.state
         if cmd.p2 not in KEY_IDS or not 1 <= cmd.p1 <= 255 or cmd.p1 == s.key_version:
             return SW_WRONG_P1P2
+        if KEY_IDS[cmd.p2] in OTA_KEY_NAMES and s.app_version != 2:
+            return SW_WRONG_P1P2  # OTA key sets belong to the sub-applications of a version 2 card (a SIM)
         if len(plain) != 16:
             return SW_WRONG_LENGTH
         if s.status == STATUS_VOIDED:
@@ -809,10 +831,15 @@ class OneCardApplet:
             or "update" not in keys
             or len(purse_keys) not in (0, 3)
             or (s.purse is not None and len(purse_keys) != 3)
+            or len([n for n in OTA_KEY_NAMES if n in keys]) == 1
         ):
             return SW_CONDITIONS  # a card never runs on a half set: the purse must move with the rest
         v = cmd.p2
         s.key_version, s.access_key, s.update_key, s.staged = v, keys["access"], keys["update"], None
+        if "kic" in keys:
+            # The counter stays: a packet recorded under the old keys fails its CC, and the platform's counter for
+            # this sub-application only ever grows.
+            s.ota_kic, s.ota_kid = keys["kic"], keys["kid"]
         if purse_keys:
             if s.purse is None:
                 s.purse = Purse(

@@ -99,6 +99,26 @@ class OtaState:
         return ota.OtaKeys(self.kic, self.kid, self.version)
 
 
+class SubApplicationKeySet:
+    """The OTA key set of one sub-application of a version 2 card (docs/ota.md 2, 3.1): kept with it in the card's
+    EEPROM (CardState.ota_kic/ota_kid/ota_counter), so it is written by its PUT KEY and gone with its deletion."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    @property
+    def keys(self) -> ota.OtaKeys:
+        return ota.OtaKeys(self.app.ota_kic, self.app.ota_kid, 1)
+
+    @property
+    def counter(self) -> int:
+        return int(self.app.ota_counter)
+
+    @counter.setter
+    def counter(self, value: int) -> None:
+        self.app.ota_counter = value
+
+
 class OtaStateFile(StateFile[OtaState]):
     WHAT = "simulated SIM OTA state"
 
@@ -117,7 +137,9 @@ class OtaSim:
     """The SIM's SCP80 receiving entity for the onecard TAR, in front of the card application."""
 
     applet: Applet
-    state: OtaState
+    # The key set of a card that keeps none itself (a version 1 application, or a test SIM); on a version 2 card
+    # each sub-application's own key set comes first (`key_sets`), this one last.
+    state: OtaState | None
     store: OtaStateFile | None = None
     tar: bytes = ota.ONECARD_TAR
     reassembler: ota.Reassembler = field(default_factory=ota.Reassembler)
@@ -130,6 +152,16 @@ class OtaSim:
     # ota.ISSUER_TAR), which carries issuing over the air before the enterprise's sub-application exists.
     domains: dict[bytes, OtaState] = field(default_factory=dict)
     domain_stores: dict[bytes, OtaStateFile] = field(default_factory=dict)
+
+    def key_sets(self) -> list[Any]:
+        """The onecard TAR's key sets, in the order the SIM tries them: each sub-application's with OTA keys, in
+        directory order (at most 8), then `state` if any."""
+        card = getattr(self.applet, "card", None)
+        apps = getattr(card, "apps", None) or []
+        out: list[Any] = [SubApplicationKeySet(a) for a in apps if getattr(a, "ota_kic", None) is not None]
+        if self.state is not None:
+            out.append(self.state)
+        return out
 
     def envelope(self, apdu: bytes) -> bytes:
         """Answer one ENVELOPE APDU: 90 00, or 91 LL when a PoR waits to be fetched."""
@@ -172,16 +204,30 @@ class OtaSim:
             spi, _kic, _kid, tar = ota.peek_command(packet)
         except ota.OtaError:
             return None  # cannot even name the TAR or SPI: a PoR would say nothing the platform can match
-        state = self.state if tar == self.tar else self.domains.get(tar)
-        if state is None:
+        candidates: list[Any] = self.key_sets() if tar == self.tar else []
+        if tar != self.tar and tar in self.domains:
+            candidates = [self.domains[tar]]
+        if not candidates:
             return self._por(spi, tar, 0, ota.PorStatus.TAR_UNKNOWN, secured=False)
-        try:
-            cmd = ota.open_command(packet, state.keys)
-        except ota.OtaRefused as e:
-            assert e.status is not None
-            return self._por(spi, tar, e.cntr or 0, e.status, secured=False)
-        except ota.OtaError:
-            return self._por(spi, tar, 0, ota.PorStatus.UNIDENTIFIED_SECURITY_ERROR, secured=False)
+        # docs/ota.md 3.1: the key set is the first, in directory order, under whose KIc/KID the CC verifies (at
+        # most 8 CMACs). Only a failed CC moves on to the next set: every other refusal is the same under every
+        # set (SPI, key version, whole blocks) or comes after the CC verified (PCNTR), and is answered at once.
+        state, cmd = None, None
+        for candidate in candidates:
+            try:
+                cmd = ota.open_command(packet, candidate.keys)
+            except ota.OtaRefused as e:
+                assert e.status is not None
+                if e.status is ota.PorStatus.RC_CC_DS_FAILED:
+                    continue
+                return self._por(spi, tar, e.cntr or 0, e.status, secured=False)
+            except ota.OtaError:
+                return self._por(spi, tar, 0, ota.PorStatus.UNIDENTIFIED_SECURITY_ERROR, secured=False)
+            state = candidate
+            break
+        if state is None or cmd is None:
+            # Under no key set: the counter was never read with a verified CC, so the clear PoR names counter 0.
+            return self._por(spi, tar, 0, ota.PorStatus.RC_CC_DS_FAILED, secured=False)
         status = ota.check_counter(cmd.spi.counter, state.counter, cmd.cntr)
         if status is not ota.PorStatus.OK:
             return self._por(spi, tar, cmd.cntr, status, secured=True, keys=state.keys)
@@ -191,9 +237,14 @@ class OtaSim:
             apdus = []
         # Durable first: whatever happens from here, this counter is spent and the packet never runs twice.
         state.counter = cmd.cntr
-        store = self.store if state is self.state else self.domain_stores.get(tar)
-        if store is not None:
-            store.save(state)
+        if isinstance(state, SubApplicationKeySet):
+            persist = getattr(self.applet, "_persist", None)
+            if persist is not None:
+                persist()  # the card's one atomic write: the counter is in its sub-application's EEPROM
+        else:
+            store = self.store if state is self.state else self.domain_stores.get(tar)
+            if store is not None:
+                store.save(state)
         if not apdus:
             return self._por(
                 spi,

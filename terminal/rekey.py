@@ -199,6 +199,15 @@ class AdminChannel:
             # The card holds something else than the SAM sent: do not commit, a second tap writes it again.
             raise cp.CardProtocolError(f"the card's check value for the new {purpose.value} key is wrong")
 
+    def put_ota_key(self, which: str, new_version: int) -> None:
+        """PUT KEY of a version 2 sub-application's OTA key ("kic" / "kid", docs/ota.md 2), enciphered as the others."""
+        challenge = self.challenge()
+        cryptogram, kcv = self.sam.wrap_ota_key(self.identity, challenge, which, new_version)
+        _, rapdu = self.send(cp.INS_PUT_KEY, new_version, cp.OTA_KEY_IDS[which], cryptogram, le=3, challenge=challenge)
+        answered = cp.check_secured(rapdu, f"PUT KEY {which}", 3)
+        if not hmac.compare_digest(answered, kcv):
+            raise cp.CardProtocolError(f"the card's check value for the new {which} key is wrong")
+
     def commit(self, new_version: int) -> None:
         _, rapdu = self.send(cp.INS_COMMIT_KEYS, 0, new_version)
         cp.check_secured(rapdu, "COMMIT KEYS")
@@ -275,6 +284,10 @@ def rekey_card(
     try:
         for p in purposes:
             channel.put_key(p, target_version)
+        if info.app_version >= 2:
+            # A sub-application of a SIM gets its own OTA key set with its keys (docs/ota.md 2).
+            for which in cp.OTA_KEY_IDS:
+                channel.put_ota_key(which, target_version)
         channel.commit(target_version)
     except SamError as exc:
         raise Refusal("sam_refused", f"This SAM refuses {VERBS[mode]} the card: {exc}", asn) from None

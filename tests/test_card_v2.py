@@ -19,7 +19,7 @@ from central.store import Platform
 from common import bcd
 from common.config import load_config
 from sam import purse_crypto
-from sam.interface import Algorithm, KeyPurpose
+from sam.interface import Algorithm, CardIdentity, KeyPurpose
 from sam.keystore import Keystore, MasterKey
 from sam.software import SoftwareSam
 from simulator.card import (
@@ -409,6 +409,13 @@ def test_enterprise_b_adds_its_sub_application_without_touching_a(platform, tmp_
     assert tap(door_a, card)[0].message == "Welcome, Zhang Wei"
     assert [(e.name, e.status) for e in card.directory()] == [("Office", 1), ("Community", 1)]
     assert [e.kind for e in st.event_log.events()].count("issue.subapp") == 1
+    # The station's wash gave B its own OTA key set (docs/ota.md 2.2), the one B's platform derives; A has none.
+    from sam.ota_keys import OtaSam
+
+    keys = OtaSam(st.sam._keystore).personalise_keys(CardIdentity(NEW_ASN, B, 1, Algorithm.AES128))
+    b_app = card.sub_application(B)
+    assert (b_app.ota_kic, b_app.ota_kid, b_app.ota_counter) == (keys.kic, keys.kid, 0)
+    assert card.sub_application(A).ota_kic is None
 
 
 def test_an_eavesdropper_on_the_issuing_taps_learns_no_holder_data(platform, tmp_path):

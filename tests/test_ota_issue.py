@@ -136,12 +136,21 @@ def test_issue_over_the_air_opens_b_and_keeps_a(world):
     op = run(w)
     assert op.step is oi.Step.DONE, op.reason
     assert doors_open(w) == ("Welcome, 张伟", "Welcome, Zhang Wei")
-    # 14 packets, each one SMS round trip: probe, directory, challenge, CREATE, 5 PUT KEY, COMMIT, 4 writes.
-    assert len(w["sim"].executed) == 14 and w["pf"].ota_job("iss-1")["status"] == "done"
+    # 16 packets, each one SMS round trip: probe, directory, challenge, CREATE, 5 PUT KEY, 2 PUT KEY of the OTA key
+    # set (KIc, KID), COMMIT, 4 writes.
+    assert len(w["sim"].executed) == 16 and w["pf"].ota_job("iss-1")["status"] == "done"
     card = w["pf"].card(NEW_ASN.hex().upper())
     assert card["enterprise_id"] == B.hex() and card["status"] == "ACTIVE"
     assert card["max_balance_cents"] == RIGHTS["max_balance"] and card["rights"]["door_groups"] == [1]
     assert [(e.name, e.status) for e in w["card"].directory()] == [("Office", 1), ("Community", 1)]
+    # B got its own OTA key set with its keys (docs/ota.md 2.2): a packet under B's KIc/KID, counter 1, runs on
+    # B's set; A's counter does not move.
+    b = CardIdentity(NEW_ASN, B, 1, Algorithm.AES128)
+    select_b = ota.pack_apdus([bytes.fromhex("00a404000d") + bytes.fromhex("F04F4E4543415244") + b"\x02" + B])
+    a_counter = w["sim"].state.counter
+    por = w["otasam"].open_por(b, w["sim"].process(w["otasam"].secure_command(b, ota.ONECARD_TAR, 1, select_b)))
+    assert por.status is ota.PorStatus.OK and ota.parse_compact_response(por.data)[1] == b"\x90\x00"
+    assert w["card"].sub_application(B).ota_counter == 1 and w["sim"].state.counter == a_counter
     # Every packet went to the card issuer's TAR (bytes 8..10 of the command packet after the UDH 02 70 00).
     packets = [m.user_data for m in w["smsc"].messages.values() if m.user_data[:3] == b"\x02\x70\x00"]
     assert len(packets) >= 10 and all(ud[3 + 7 : 3 + 10] == ota.ISSUER_TAR for ud in packets)
@@ -200,7 +209,7 @@ def test_gateway_killed_after_submit_before_por_resumes_once(world):
     def send_then_die(*args, **kw):
         cntr = real_send(*args, **kw)
         sent["n"] += 1
-        if sent["n"] == 10:  # COMMIT KEYS submitted; the process dies before its PoR
+        if sent["n"] == 12:  # COMMIT KEYS submitted; the process dies before its PoR
             w["gw"]._drop()
             raise KeyboardInterrupt
         return cntr
@@ -313,6 +322,12 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
         "2026-01-01",
         *ota_opts,
     )
+    # Without --card-serial the platform needs one recorded for the holder's phone: A was registered without it.
+    i = issue.index("--card-serial")
+    no_serial = issue[:i] + issue[i + 2 :]
+    r = onecard(*no_serial, "--job", "j0")
+    assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "knows no card serial for the phone of employee R-0707: give --card-serial" in r.stderr
     r = onecard(*issue, "--job", "j1")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == (
@@ -320,7 +335,14 @@ def test_ota_issue_command_issues_once_and_refuses_a_second_time(world, tmp_path
         "registered"
     )
     assert doors_open(w) == ("Welcome, 张伟", "Welcome, Zhang Wei")
-    r = onecard(*issue, "--job", "j2")
+    # B's registration recorded the SIM's serial (migration 0005_card_serial): now the option may be left out.
+    cli_pf = Platform(db, Ed25519PrivateKey.generate())
+    try:
+        assert cli_pf.card_serial_for(B.hex(), "R-0707") == w["state"].serial.hex().upper()
+        assert cli_pf.card_serial_for(A.hex(), "E1001") == w["state"].serial.hex().upper()  # the same phone
+    finally:
+        cli_pf.close()
+    r = onecard(*no_serial, "--job", "j2")
     assert r.returncode == 1 and r.stdout == "" and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "refused: already issued" in r.stderr
     r = onecard("ota-resume", "j1", *ota_opts)

@@ -66,10 +66,10 @@ def doors(tmp_path, card):
     return tap(door_b, card)[0].message, tap(door_a, card)[0].message
 
 
-def test_the_whole_sequence_is_14_packets(tmp_path):
+def test_the_whole_sequence_is_16_packets(tmp_path):
     card = new_card()
     op = new_op(card)
-    assert drive(card, op) == 14 and op.step is oi.Step.DONE and op.outcome == "issued"
+    assert drive(card, op) == 16 and op.step is oi.Step.DONE and op.outcome == "issued"
     assert op.asn == NEW_ASN and op.kv == 1
     assert doors(tmp_path, card) == ("Welcome, 张伟", "Welcome, Zhang Wei")
 
@@ -84,7 +84,7 @@ def test_a_lost_por_after_any_packet_ends_once(tmp_path, k):
     assert doors(tmp_path, card) == ("Welcome, 张伟", "Welcome, Zhang Wei")
 
 
-@pytest.mark.parametrize("k", range(3, 14))
+@pytest.mark.parametrize("k", range(3, 16))
 def test_a_card_reset_between_packets_loses_the_challenge_and_restarts(tmp_path, k):
     card = new_card()
     op = new_op(card)
@@ -102,7 +102,7 @@ def test_restarts_are_bounded():
 
 def test_an_issued_sub_application_is_refused_unless_this_job_activated_it():
     card = new_card()
-    assert drive(card, new_op(card)) == 14
+    assert drive(card, new_op(card)) == 16
     other = new_op(card)
     drive(card, other)
     assert other.step is oi.Step.FAILED and other.code == "already_issued"
@@ -121,7 +121,7 @@ def test_another_cards_serial_is_refused_before_anything_is_written():
 
 def test_a_sub_application_at_another_key_version_is_refused():
     card = new_card()
-    assert drive(card, new_op(card)) == 14
+    assert drive(card, new_op(card)) == 16
     card.card.apps[1].status = 0  # back to "not issued" at key version 1
     op = new_op(card, version=2)
     drive(card, op)
@@ -130,7 +130,7 @@ def test_a_sub_application_at_another_key_version_is_refused():
 
 def test_a_voided_sub_application_is_refused():
     card = new_card()
-    assert drive(card, new_op(card)) == 14
+    assert drive(card, new_op(card)) == 16
     card.card.apps[1].status = 2
     op = new_op(card)
     drive(card, op)
@@ -179,7 +179,7 @@ def por_of(answer: bytes, n: int = 1) -> ota.Por:
 @pytest.mark.parametrize("mangle", ["short_asn", "no_status", "bad_algorithm", "not_fci"])
 def test_a_malformed_select_answer_is_a_card_error_and_nothing_is_sent(mangle):
     card = new_card()
-    assert drive(card, new_op(card)) == 14
+    assert drive(card, new_op(card)) == 16
     card.card.apps[1].status = 0
     answer = card.transmit(bytes(new_op(card).start()) + b"")  # SELECT B with Le
     fci = bytearray(answer[:-2])
@@ -229,7 +229,7 @@ def test_create_answered_6a84_is_card_full_and_6a89_restarts():
 
 
 def _snapshots() -> list[tuple[OneCardV2Applet, oi.OtaIssue, bytes]]:
-    """The card and the operation paused before each of the 14 PoRs (copied per example; the SAM is shared)."""
+    """The card and the operation paused before each of the 16 PoRs (copied per example; the SAM is shared)."""
     card = new_card()
     op = new_op(card)
     packet = op.start()

@@ -442,6 +442,28 @@ def test_a_platform_database_records_its_migrations_and_opens_without_redoing_th
     pf.close()
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_sub_applications_registration_records_its_card_serial_for_the_holders_phone(backend, tmp_path, request):
+    """Migration 0005_card_serial: the SIM's serial, found again from any enterprise's holder on the same phone."""
+    target = tmp_path / "p.db" if backend == "sqlite" else "postgresql:" + request.getfixturevalue("pg_dsn")
+    pf = Platform(target, KEY)
+    try:
+        other = "00020002"
+        pf.add_enterprise(ENTERPRISE, "Test Co")
+        pf.add_enterprise(other, "Community")
+        pf.add_holder(ENTERPRISE, "E1", "Zhang Wei", phone="8613900000012")
+        pf.add_holder(other, "R-1", "Zhang Wei", phone="8613900000012")
+        pf.add_holder(other, "R-2", "Li Na", phone="8613900000099")
+        assert pf.card_serial_for(other, "R-1") is None
+        pf.issue_card(ENTERPRISE, "E1", "1000000000000001", card_serial="5a5a000000000001")
+        assert pf.card_serial_for(other, "R-1") == "5A5A000000000001" == pf.card_serial_for(ENTERPRISE, "E1")
+        assert pf.card_serial_for(other, "R-2") is None  # another phone
+        with pytest.raises(PlatformError, match="not registered"):
+            pf.card_serial_for(other, "R-9")
+    finally:
+        pf.close()
+
+
 def test_an_sqlite_platform_from_before_migrations_opens_and_is_baselined(tmp_path):
     db = tmp_path / "old.db"
     conn = sqlite3.connect(db)
@@ -457,7 +479,7 @@ def test_an_sqlite_platform_from_before_migrations_opens_and_is_baselined(tmp_pa
     # Baselined, then every later migration applied (0002_holder_shift: the attendance shift, NULL until set).
     assert (
         schema.applied_ids(pf.conn)
-        == {"0001_baseline", "0002_holder_shift", "0003_subsidy", "0004_ota_jobs"}
+        == {"0001_baseline", "0002_holder_shift", "0003_subsidy", "0004_ota_jobs", "0005_card_serial"}
         == set(schema.migration_ids())
     )
     assert "shift" in {r[1] for r in pf.conn.execute("PRAGMA table_info(holders)")}
