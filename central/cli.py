@@ -586,6 +586,7 @@ def _ota_keystore(args):
 
 def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> int:
     """Run (or resume) OTA top-up `job_id` and settle it: done, pending, or fallen back to the next tap once."""
+    from central import ota_ops
     from central.ota_channel import OtaChannel, OtaStore, fall_back_to_tap
     from central.ota_gateway import GatewayError, SmppGateway
     from common.money import format_yuan
@@ -627,7 +628,10 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
             channel = OtaChannel(
                 gw, OtaSam(keystore), store, validity_seconds=args.validity, por_wait_seconds=args.wait
             )
-            top = channel.top_up(job_id, ident, ident, msisdn, fen, terminal, SoftwareSam(keystore))
+            # the enterprise's version 2 sub-application, else the version 1 application (docs/ota.md 5)
+            top = channel.top_up(
+                job_id, ident, ident, msisdn, fen, terminal, SoftwareSam(keystore), aids=ota_ops.card_aids(ident)
+            )
         except (GatewayError, SamError) as exc:
             raise UserError(f"{exc}; job {job_id} is kept: `onecard platform ota-resume {job_id}` retries") from None
         job = store.job(job_id)

@@ -96,6 +96,7 @@ def _dump_topup(top: ota_ops.OtaTopUp) -> str:
             },
             "when": None if top.when is None else [top.when[0].hex(), top.when[1].hex()],
             "reason": top.reason,
+            "aid_index": top.aid_index,
         }
     )
 
@@ -115,6 +116,7 @@ def _load_topup(top: ota_ops.OtaTopUp, doc: dict) -> None:
     if doc.get("when"):
         top.when = (bytes.fromhex(doc["when"][0]), bytes.fromhex(doc["when"][1]))
     top.reason = doc.get("reason", "")
+    top.aid_index = min(doc.get("aid_index", 0), len(top.aids) - 1)
 
 
 @dataclass
@@ -194,10 +196,11 @@ class OtaChannel:
         terminal_id: bytes,
         purse_sam,
         aid: bytes = ota_ops.AID,
+        aids: tuple[bytes, ...] | None = None,
     ) -> ota_ops.OtaTopUp:
         """Run (or resume) a top-up job to its end or until a PoR does not come; the OtaTopUp tells which. `aid`:
         ota_ops.sub_application_aid(enterprise) for a sub-application of a SIM (its own OTA key set secures it)."""
-        top = ota_ops.OtaTopUp(purse_sam, purse_card, amount, terminal_id, aid=aid)
+        top = ota_ops.OtaTopUp(purse_sam, purse_card, amount, terminal_id, aid=aid, aids=aids)
         try:
             job = self.store.job(job_id)
         except KeyError:

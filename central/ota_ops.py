@@ -125,19 +125,43 @@ class OtaTopUp:
     `sam` is the platform's purse SAM (load_mac2, verify_load_mac3, verify_tac: sam/interface.py); `card` the
     card's purse identity (ASN, enterprise, purse key version, algorithm)."""
 
-    def __init__(self, sam, card, amount: int, terminal_id: bytes, aid: bytes = AID) -> None:
+    def __init__(
+        self, sam, card, amount: int, terminal_id: bytes, aid: bytes = AID, aids: tuple[bytes, ...] | None = None
+    ) -> None:
         # `aid`: the application the packets select: AID (version 1) or, on a SIM carrying several enterprises,
-        # sub_application_aid(card.enterprise_id), whose own OTA key set secures them (docs/ota.md 2).
-        self.sam, self.card, self.amount, self.terminal_id, self.aid = sam, card, amount, terminal_id, aid
+        # sub_application_aid(card.enterprise_id), whose own OTA key set secures them (docs/ota.md 2). `aids`
+        # (card_aids(card)): try each in order, the next when packet 1's SELECT answers "not this version", as the
+        # secured commands do; INITIALIZE only opens a volatile session, so packet 1 is simply sent again.
+        self.sam, self.card, self.amount, self.terminal_id = sam, card, amount, terminal_id
+        self.aids, self.aid_index = (aid,) if aids is None else aids, 0
         self.step = Step.INIT
         self.init: LoadInit | None = None
         self.when: tuple[bytes, bytes] | None = None
         self.proof: LoadProof | None = None
         self.reason = ""
 
+    @property
+    def aid(self) -> bytes:
+        return self.aids[self.aid_index]
+
     def start(self) -> bytes:
         self.step = Step.INIT
         return ota.pack_apdus([select(self.aid), init_load(self.amount, self.terminal_id)])
+
+    def _other_application(self, por: ota.Por) -> bytes | None:
+        """Packet 1 again with the next AID when its SELECT said "not this version"; OtaOpError when a version 2
+        card holds no sub-application of this enterprise; None when the SELECT was answered 90 00."""
+        if por.status is not ota.PorStatus.OK:
+            return None
+        n, sw, _ = ota.parse_compact_response(por.data)
+        if n != 1:
+            return None
+        if sw == SW_NO_SUB_APPLICATION:
+            raise OtaOpError(f"the card holds no application of enterprise {self.card.enterprise_id.hex()}")
+        if sw in SW_NOT_THIS_VERSION and self.aid_index + 1 < len(self.aids):
+            self.aid_index += 1
+            return self.start()
+        return None
 
     def _session(self):
         from sam.interface import LoadSession
@@ -161,6 +185,9 @@ class OtaTopUp:
         """The PoR of the last packet; the next packet's secured data, or None when the top-up has ended."""
         try:
             if self.step is Step.INIT:
+                again = self._other_application(por)
+                if again is not None:
+                    return again
                 self.init, self.when = parse_init_load(por), (date, time)
                 if self.aid != AID:
                     # A version 2 sub-application seals its balance (card-application.md 5.2a): the SAM opens it

@@ -192,3 +192,15 @@ def test_the_platforms_top_up_of_b_through_the_smsc_selects_b(world):  # noqa: F
     assert top.step is ota_ops.Step.DONE, top.reason
     assert w["card"].balance(B) == 6_000 and w["card"].balance(A) == 10_000
     assert w["pf"].ota_job("top-b")["status"] == "done"
+
+
+def test_a_top_up_that_tries_the_sub_application_first_lands_on_b(world):  # noqa: F811
+    """What `ota-topup --over-the-air` sends (card_aids: B's sub-application, else version 1): on a SIM carrying B
+    it lands on B in two packets, the sealed balance opened by the SAM."""
+    w = world
+    top = w["channel"].top_up(
+        "top-b2", w["ident"], w["ident"], MSISDN, 700, TERMINAL, SAMS[B], aids=ota_ops.card_aids(w["ident"])
+    )
+    assert top.step is ota_ops.Step.DONE and top.aid == ota_ops.sub_application_aid(B), top.reason
+    assert w["card"].balance(B) == 5_700 and w["card"].balance(A) == 10_000
+    assert w["pf"].ota_job("top-b2")["cntr"] == 2  # no probe packet: the first SELECT found B

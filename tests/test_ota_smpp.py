@@ -113,6 +113,26 @@ def test_topup_over_smpp_lands_on_a_phone(world):
     )
 
 
+def test_a_version_1_sim_answers_the_sub_application_select_and_the_top_up_falls_back(world):
+    """card_aids tries the version 2 sub-application first; a version 1 card answers its SELECT 6A 82 and packet 1
+    goes again with the version 1 AID (INITIALIZE opens only a volatile session): one load, three packets."""
+    before = world["card"].state.purse.balance
+    top = world["channel"].top_up(
+        "job-v1",
+        world["ident"],
+        world["purse"],
+        MSISDN,
+        400,
+        TERMINAL,
+        world["sam"],
+        aids=ota_ops.card_aids(world["ident"]),
+    )
+    assert top.step is ota_ops.Step.DONE and top.aid == ota_ops.AID, top.reason
+    assert world["card"].state.purse.balance == before + 400 and len(loads(world["card"])) == 1
+    job = world["store"].job("job-v1")
+    assert job["status"] == "done" and job["cntr"] == 3 and job["state"]["aid_index"] == 1
+
+
 def test_phone_off_gets_it_later_within_validity(world):
     world["smsc"].set_power(MSISDN, False)
     ch = world["channel"]
