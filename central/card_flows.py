@@ -351,9 +351,10 @@ class CardFlows:
             for r in rows
         ]
 
-    def authorise(self, asn: str, rights: dict) -> str:
+    def authorise(self, asn: str, rights: dict, queue: bool = True) -> str:
         """Change a card's access rights: recorded here, and queued as a card action that the card service
-        (top-up) terminal writes onto the card at its next tap there."""
+        (top-up) terminal writes onto the card at its next tap there (`queue`; False: written over the air,
+        central/cli.py, which queues the action only if that fails). Returns the action ID ("" unqueued)."""
         with self._txn():
             c = self.card(asn)
             if c["status"] != ACTIVE:
@@ -363,7 +364,7 @@ class CardFlows:
                 (json.dumps({**c["rights"], **rights}, sort_keys=True), self._now(), c["asn"]),
             )
             self._history(c["asn"], "authorise", f"rights changed to {json.dumps(rights, sort_keys=True)}")
-            return self.add_card_action(c["asn"], "rights", rights)
+            return self.add_card_action(c["asn"], "rights", rights) if queue else ""
 
     def _action_body(self, action_id: str) -> dict:
         asn, action, params = self.conn.execute(

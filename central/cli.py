@@ -174,6 +174,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--valid-from", required=True, help="YYYY-MM-DD")
     c.add_argument("--valid-to", required=True, help="YYYY-MM-DD")
     c.add_argument("--time-profile", type=int, default=0)
+    _ota_secured_arguments(
+        c,
+        "write the rights onto the holder's SIM over SMS now (docs/ota.md 5): EF_ACCESS enciphered on a version 2 "
+        "sub-application, settled by its PoR; a phone unreachable past the validity falls back to the next tap",
+    )
     c = cmd(
         "cancel-action",
         "cancel a pending card action (over-the-air top-up, rights change): terminals drop it",
@@ -667,7 +672,7 @@ def _ota_run(args, pf, job_id: str, asn: str, fen: int, msisdn: str | None) -> i
         store.close()
 
 
-OTA_SECURED_OPS = ("lock", "unlock", "delete")
+OTA_SECURED_OPS = ("lock", "unlock", "delete", "rights")
 
 
 def _ota_secured_cmd(args, op_name: str) -> int:
@@ -709,14 +714,22 @@ def _ota_secured_cmd(args, op_name: str) -> int:
             print(f"card {asn} unlocked; blacklist version {pf.unlock(asn)} queued for every terminal")
         elif op_name == "delete" and card["status"] not in ("ACTIVE", "LOST", "VOIDED") and prior is None:
             raise UserError(f"card {asn} is {card['status']}; nothing to delete over the air")
-        return _ota_secured_run(args, pf, args.job, asn, op_name, msisdn, getattr(args, "settle", False), keys)
+        elif op_name == "rights" and prior is None:
+            pf.authorise(asn, args.rights, queue=False)  # recorded; the card action only if the air fails
+            print(f"card {asn}: rights recorded; writing them to the SIM over the air")
+        rights = args.rights if op_name == "rights" else None
+        return _ota_secured_run(
+            args, pf, args.job, asn, op_name, msisdn, getattr(args, "settle", False), keys, rights=rights
+        )
     except PlatformError as exc:
         raise UserError(str(exc)) from None
     finally:
         pf.close()
 
 
-def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str, settle: bool, keys=None) -> int:
+def _ota_secured_run(
+    args, pf, job_id: str, asn: str, op_name: str, msisdn: str, settle: bool, keys=None, rights: dict | None = None
+) -> int:
     """Run (or resume) lock / unlock / delete job `job_id` and say where it stands, one line."""
     from central import ota_ops
     from central.ota_channel import OtaChannel, OtaStore
@@ -731,10 +744,24 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
     sam = SoftwareSam(keystore)
     if op_name == "delete":
         op: object = ota_ops.OtaDeletion(sam, ident, settle=settle)
+    elif op_name == "rights":
+        import datetime as dt
+
+        assert rights is not None
+        op = ota_ops.rights_update(
+            sam,
+            ident,
+            dt.date.fromisoformat(rights["valid_from"]),
+            dt.date.fromisoformat(rights["valid_to"]),
+            set(rights["door_groups"]),
+            rights["time_profile"],
+            aids=ota_ops.card_aids(ident),
+        )
     else:
         op = ota_ops.status_change(sam, ident, op_name == "lock")
     store = OtaStore(pf)
-    store.set_params(job_id, {"asn": asn, "op": op_name, "settle": settle, "msisdn": msisdn})
+    params = {"asn": asn, "op": op_name, "settle": settle, "msisdn": msisdn}
+    store.set_params(job_id, params if rights is None else {**params, "rights": rights})
     what = f"over-the-air {op_name} {job_id} of card {asn} ({msisdn})"
     gw = SmppGateway(host, port, args.smpp_system_id, password, args.sender)
     try:
@@ -753,9 +780,21 @@ def _ota_secured_run(args, pf, job_id: str, asn: str, op_name: str, msisdn: str,
                 f"{what}: done, the card proved {format_yuan(st.get('frozen_cents', 0))} and "
                 f"{format_yuan(st.get('refunded_cents', 0))} was refunded; the application is deleted from the card"
             )
+        elif op_name == "rights":
+            print(f"{what}: done, the card holds the new rights (PoR ok)")
         else:
             print(f"{what}: done, the card is {'locked' if op_name == 'lock' else 'unlocked'} (PoR ok)")
         return 0
+    if op_name == "rights" and job["status"] in ("failed", "expired"):
+        # The write is idempotent: the next tap at the card service terminal writes the same rights. Queued once
+        # per job: its action ID is derived from the job's, so a second ota-resume finds it queued.
+        import hashlib
+
+        action = hashlib.sha256(f"ota-rights-fallback:{job_id}".encode()).hexdigest()[:32]
+        if not pf.conn.execute("SELECT 1 FROM card_actions WHERE action_id = ?", (action,)).fetchone():
+            pf.add_card_action(asn, "rights", rights, action_id=action)
+        why = job["note"] if job["status"] == "failed" else "the phone stayed unreachable past the validity"
+        raise UserError(f"{what}: {why}; rights change {action} queued for the next tap instead", EXIT_REFUSED)
     if job["status"] == "failed":
         raise UserError(f"{what}: failed: {job['note']}", EXIT_REFUSED)
     if job["status"] == "expired":
@@ -851,7 +890,16 @@ def cmd_ota_resume(args) -> int:
                 raise UserError(f"no OTA job {args.job_id}; `onecard platform ota-jobs` lists them") from None
         if params is not None and params.get("op") in OTA_SECURED_OPS:  # never sent: the SMSC was down
             settle = bool(params.get("settle"))
-            return _ota_secured_run(args, pf, args.job_id, params["asn"], params["op"], params["msisdn"], settle)
+            return _ota_secured_run(
+                args,
+                pf,
+                args.job_id,
+                params["asn"],
+                params["op"],
+                params["msisdn"],
+                settle,
+                rights=params.get("rights"),
+            )
         if job is not None and job["op"] == "issue":
             raise UserError(
                 f"job {args.job_id} is an over-the-air issue: run the same `onecard platform ota-issue ... --job "
@@ -918,6 +966,11 @@ def cmd_authorise(args) -> int:
         "valid_to": valid_to.isoformat(),
         "time_profile": args.time_profile,
     }
+    if args.over_the_air:
+        args.rights = rights
+        return _ota_secured_cmd(args, "rights")
+    if args.job is not None:
+        raise UserError("--job goes with --over-the-air; nothing was queued")
     return _run(
         args,
         lambda pf: (

@@ -295,10 +295,23 @@ class OtaSecuredCommand:
     the last command the card ran."""
 
     def __init__(
-        self, sam, card, ins: int, p1: int, p2: int, plain: bytes, aids: tuple[bytes, ...] = (AID,), le=None
+        self,
+        sam,
+        card,
+        ins: int,
+        p1: int,
+        p2: int,
+        plain: bytes,
+        aids: tuple[bytes, ...] = (AID,),
+        le=None,
+        private: bool = False,
     ) -> None:
         self.sam, self.card, self.ins, self.p1, self.p2, self.plain = sam, card, ins, p1, p2, plain
         self.aids, self.le, self.aid_index = aids, le, 0
+        # `private`: data a version 2 sub-application takes only enciphered under SK_WRITE, MAC'd over the
+        # ciphertext (holder, access, purse, subsidy files: docs/card-application.md 8.2, 9.11); a version 1
+        # application takes it in clear.
+        self.private = private
         self.step = Step.INIT
         self.reason = ""
         self.challenge = b""
@@ -319,10 +332,13 @@ class OtaSecuredCommand:
         """The secured C-APDU under `challenge` (docs/card-application.md 8.2), MACed by the platform's SAM."""
         from sam.interface import KeyPurpose
 
-        lc = len(self.plain) + 8
+        data = self.plain
+        if self.private and self.aid != AID:
+            data = self.sam.encipher_card_data(KeyPurpose.UPDATE, self.card, challenge + bytes(4), data)
+        lc = len(data) + 8
         header = bytes([0x84, self.ins, self.p1, self.p2, lc])
-        mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + self.plain)
-        return header + self.plain + mac + (b"" if self.le is None else bytes([self.le]))
+        mac = self.sam.card_mac(KeyPurpose.UPDATE, self.card, challenge + header + data)
+        return header + data + mac + (b"" if self.le is None else bytes([self.le]))
 
     def on_por(self, por: ota.Por) -> bytes | None:
         try:
@@ -355,10 +371,13 @@ class OtaSecuredCommand:
         return self.start()  # idempotent commands only: run it again under a fresh challenge
 
 
-def rights_update(sam, card, valid_from, valid_to, door_groups, time_profile: int = 0) -> OtaSecuredCommand:
-    """Rights and validity over the air: UPDATE BINARY of EF_ACCESS, whole."""
+def rights_update(
+    sam, card, valid_from, valid_to, door_groups, time_profile: int = 0, aids: tuple[bytes, ...] = (AID,)
+) -> OtaSecuredCommand:
+    """Rights and validity over the air: UPDATE BINARY of EF_ACCESS, whole (idempotent). `aids`: card_aids(card)
+    for the enterprise's version 2 sub-application first, where EF_ACCESS travels enciphered."""
     data = access_file(valid_from, valid_to, door_groups, time_profile)
-    return OtaSecuredCommand(sam, card, INS_UPDATE_BINARY, 0x80 | SFI_ACCESS, 0x00, data)
+    return OtaSecuredCommand(sam, card, INS_UPDATE_BINARY, 0x80 | SFI_ACCESS, 0x00, data, aids=aids, private=True)
 
 
 SFI_APP, STATUS_OFFSET = 1, 12

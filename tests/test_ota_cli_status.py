@@ -187,3 +187,55 @@ def test_cli_sigkilled_after_a_submit_before_its_por_ends_once(world, command, k
     finally:
         pf.close()
     assert door_decides(w["tmp"], A, w["card"])
+
+
+def test_rights_over_the_air_land_on_the_sim_and_no_card_action_is_queued(world):
+    """`authorise ASN ... --over-the-air`: the platform records the rights and writes EF_ACCESS onto B's
+    sub-application over SMS (enciphered, docs/ota.md 5); no card action waits for a tap; A's file is unchanged."""
+    import datetime as dt
+
+    from central import ota_ops
+
+    w = world
+    a_access = w["card"].sub_application(A).access
+    r = onecard(
+        "platform", "authorise", w["asn"], "--groups", "2,7", "--valid-from", "2026-01-01", "--valid-to", "2027-12-31",
+        "--time-profile", "1", "--over-the-air", "--job", "R1", *w["ota"], *w["base"],
+    )  # fmt: skip
+    assert r.returncode == 0 and ": done, the card holds the new rights (PoR ok)" in r.stdout, r.stdout + r.stderr
+    assert w["card"].sub_application(B).access == ota_ops.access_file(
+        dt.date(2026, 1, 1), dt.date(2027, 12, 31), {2, 7}, 1
+    )
+    assert w["card"].sub_application(A).access == a_access
+    pf = platform(w)
+    try:
+        assert pf.card(w["asn"])["rights"]["door_groups"] == [2, 7]
+        assert not pf.conn.execute("SELECT 1 FROM card_actions WHERE asn = ?", (w["asn"],)).fetchall()
+    finally:
+        pf.close()
+
+
+def test_rights_over_the_air_to_a_phone_that_stays_off_fall_back_to_the_next_tap(world):
+    import time
+
+    w = world
+    w["smsc"].set_power(MSISDN, False)
+    ota = [*w["ota"][:-1], "0.5", "--validity", "1"]
+    r = onecard(
+        "platform", "authorise", w["asn"], "--groups", "3", "--valid-from", "2026-01-01", "--valid-to", "2027-12-31",
+        "--over-the-air", "--job", "R2", *ota, *w["base"], check=False,
+    )  # fmt: skip
+    if r.returncode == 0:  # still within the validity when the wait for the PoR ended
+        assert "sent, no PoR yet" in r.stdout, r.stdout + r.stderr
+        time.sleep(1.5)
+        w["smsc"].retry()  # past the validity: the SMSC expires it and sends the receipt
+        r = onecard("platform", "ota-resume", "R2", *ota, *w["base"], check=False)
+    assert r.returncode == 1 and "queued for the next tap instead" in r.stderr, r.stdout + r.stderr
+    again = onecard("platform", "ota-resume", "R2", *ota, *w["base"], check=False)
+    assert again.returncode == 1 and r.stderr.split("; rights change")[1] in again.stderr  # the same action
+    pf = platform(w)
+    try:
+        rows = pf.conn.execute("SELECT action FROM card_actions WHERE asn = ?", (w["asn"],)).fetchall()
+        assert [row[0] for row in rows] == ["rights"]  # once: the next tap at the card service terminal writes it
+    finally:
+        pf.close()

@@ -204,3 +204,32 @@ def test_a_top_up_that_tries_the_sub_application_first_lands_on_b(world):  # noq
     assert top.step is ota_ops.Step.DONE and top.aid == ota_ops.sub_application_aid(B), top.reason
     assert w["card"].balance(B) == 5_700 and w["card"].balance(A) == 10_000
     assert w["pf"].ota_job("top-b2")["cntr"] == 2  # no probe packet: the first SELECT found B
+
+
+def test_rights_of_b_over_the_air_travel_enciphered_and_a_is_untouched():
+    """The rights update selects B's sub-application (card_aids) and writes EF_ACCESS enciphered under SK_WRITE,
+    MAC'd over the ciphertext (card-application 9.11): the new access file never appears in the secured data; B's
+    EF_ACCESS is exactly the platform's; A's is unchanged; B's counter moves, A's does not."""
+    import datetime as dt
+
+    card = two_enterprise_card()
+    sim = sim_with_key_sets(card)
+    b = ident(card, B)
+    a_access = card.sub_application(A).access
+    op = ota_ops.rights_update(
+        SAMS[B], b, dt.date(2026, 1, 1), dt.date(2027, 6, 30), {3, 9}, 2, aids=ota_ops.card_aids(b)
+    )
+    wanted = ota_ops.access_file(dt.date(2026, 1, 1), dt.date(2027, 6, 30), {3, 9}, 2)
+    assert wanted not in op.command(bytes(range(8)))  # never in clear inside the packet
+    last = run(sim, B, op)
+    assert op.step is ota_ops.Step.DONE and op.aid == ota_ops.sub_application_aid(B), op.reason
+    assert card.sub_application(B).access == wanted and card.sub_application(A).access == a_access
+    assert counters(card) == {A: 0, B: last}
+    # Sent in clear, as a version 1 card would take it, a version 2 sub-application refuses it (the MAC covers the
+    # bytes sent, but they decipher to garbage that fails the file's checks) or stores nothing equal to it.
+    clear = ota_ops.rights_update(
+        SAMS[B], b, dt.date(2026, 1, 1), dt.date(2028, 1, 1), {1}, 0, aids=ota_ops.card_aids(b)
+    )
+    clear.private = False
+    run(sim, B, clear, cntr0=last)
+    assert card.sub_application(B).access != ota_ops.access_file(dt.date(2026, 1, 1), dt.date(2028, 1, 1), {1}, 0)
