@@ -151,6 +151,32 @@ def test_select_with_purse_expiry():
     )
 
 
+def test_select_with_subsidy_purse():
+    """card-application.md 5.6: FCI tag C9 04 (after C7) says the card has a subsidy purse, and its expiry; 00000000
+    while the subsidy balance is 0 (no expiry to read)."""
+    plain = cp.parse_select(fci(extra=H("C70420271231")))
+    assert (plain.has_subsidy, plain.subsidy_expiry) == (False, None)
+    info = cp.parse_select(fci(extra=H("C70420271231 C90420280630")))
+    assert (info.has_subsidy, info.subsidy_expiry, info.purse_expiry) == (
+        True,
+        dt.date(2028, 6, 30),
+        dt.date(2027, 12, 31),
+    )
+    empty = cp.parse_select(fci(extra=H("C70420271231 C90400000000")))
+    assert (empty.has_subsidy, empty.subsidy_expiry) == (True, None)
+    assert cp.parse_select(fci(extra=H("C90420280101"))).subsidy_expiry == dt.date(2028, 1, 1)  # C9 without C7
+    assert cp.parse_select(fci(extra=H("CA0420280101"))).has_subsidy is False  # another tag is not C9
+    for bad in ("C903202806", "C9052028063000", "C900"):
+        fails(cp.CardProtocolError, "FCI tag C9 (subsidy expiry) is not 4 bytes", cp.parse_select, fci(extra=H(bad)))
+    for bad in ("20281332", "00000001", "FFFFFFFF"):
+        fails(
+            cp.CardProtocolError,
+            f"subsidy expiry {bad.lower()} is not a BCD date YYYYMMDD",
+            cp.parse_select,
+            fci(extra=H("C904" + bad)),
+        )
+
+
 @pytest.mark.parametrize("sw", ["6A82", "6A81", "6D00", "6E00", "6A86"])
 def test_select_status_words_meaning_no_application(sw):
     fails(cp.NotOneCard, f"SELECT of the one-card application answered {sw}", cp.parse_select, H(sw))

@@ -325,3 +325,22 @@ def test_text_messages_are_kept_whole_and_decoded():
     assert handset.inbox == ["余额 12.00", "café", "第一第二"]
     assert handset.receive(b"") == [] and handset.receive(b"\x01\x00") == []  # nothing, and an SMS-SUBMIT
     assert len(handset.inbox) == 3 and sim.apdus == []  # no text message is given to the SIM
+
+
+def test_parts_are_joined_per_sender_and_undecodable_text_is_shown_replaced():
+    handset = Handset(ScriptedSim(), Holder(), lambda d, u: None)
+
+    def part(seq, text):
+        return bytes([5, 0, 3, 7, 2, seq]) + text.encode("utf-16-be")
+
+    # two senders use the same concatenation reference at the same time: each message stays its own
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, part(1, "Hello "), "10657000")) == []
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, part(1, "Other "), "10658888")) == []
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, part(2, "world"), "10657000")) == []
+    assert handset.inbox == ["Hello world"]
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, True, part(2, "text"), "10658888")) == []
+    assert handset.inbox == ["Hello world", "Other text"]
+    # UCS2 that is not UTF-16 (an odd byte count, a lone surrogate) is shown with U+FFFD, never refused
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, False, b"\x00A\x00")) == []
+    assert handset.receive(deliver(0x00, sms_tpdu.DCS_UCS2, False, b"\xd8\x00\x00B")) == []
+    assert handset.inbox[2:] == ["A\ufffd", "\ufffdB"]

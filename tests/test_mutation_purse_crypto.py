@@ -142,3 +142,130 @@ def test_integer_limits():
     refused("4294967296 does not fit in 4 bytes", pc.load_mac1, alg, SK, 1, 2**32, TERMINAL)
     assert pc._u32(0) == bytes(4) and pc._u32(0xFFFFFFFF) == h("FFFFFFFF") and pc._u32(0x01020304) == h("01020304")
     assert pc._u16(0) == bytes(2) and pc._u16(0xFFFF) == h("FFFF") and pc._u16(0x0102) == h("0102")
+
+
+# --- 5.2a: the sealed balance (SK_BAL and its keystream), 5.6: the type bytes of the subsidy flows ---
+
+
+def keystream(alg, sk, length):
+    blocks = b"".join(i.to_bytes(16, "big") for i in range((length + 15) // 16))
+    enc = Cipher(CIPHERS[alg](sk), modes.ECB()).encryptor()
+    return (enc.update(blocks) + enc.finalize())[:length]
+
+
+@pytest.mark.parametrize("alg", list(Algorithm))
+def test_balance_session_key_is_not_a_mac_session_key(alg):
+    assert pc.balance_session_key(alg, KEY, RANDOM, 0x0102) == ecb(alg, KEY, RANDOM + h("0102 00000000 05 0000000000"))
+    assert pc.balance_session_key(alg, KEY, RANDOM, 0xFFFF) == ecb(alg, KEY, RANDOM + h("FFFF 00000000 05 0000000000"))
+    assert pc.balance_session_key(alg, KEY, RANDOM, 0) == ecb(alg, KEY, RANDOM + h("0000 00000000 05 0000000000"))
+    # byte 10 (05 where SK_P has 80) and byte 6 (00 where SK_L has 80): three different keys
+    keys = {
+        pc.balance_session_key(alg, KEY, RANDOM, 7),
+        pc.purchase_session_key(alg, KEY, RANDOM, 7, 0),
+        pc.load_session_key(alg, KEY, RANDOM, 7),
+    }
+    assert len(keys) == 3
+
+
+def test_balance_session_key_refusals():
+    alg = Algorithm.SM4
+    for bad in (RANDOM[:3], RANDOM + b"\x00", b""):
+        refused(LENGTHS, pc.balance_session_key, alg, KEY, bad, 1)
+        refused(LENGTHS, pc.seal_purse_data, alg, KEY, bad, 1, bytes(4))
+    refused("65536 does not fit in 2 bytes", pc.balance_session_key, alg, KEY, RANDOM, 0x10000)
+    refused("-1 does not fit in 2 bytes", pc.balance_session_key, alg, KEY, RANDOM, -1)
+    refused("65536 does not fit in 2 bytes", pc.seal_purse_data, alg, KEY, RANDOM, 0x10000, bytes(4))
+
+
+@pytest.mark.parametrize("alg", list(Algorithm))
+@pytest.mark.parametrize("length", [4, 16, 20, 33])
+def test_seal_purse_data_is_the_sk_bal_keystream(alg, length):
+    clear = bytes((0x31 * i + 7) & 0xFF for i in range(length))
+    sk_bal = ecb(alg, KEY, RANDOM + h("0A0B 00000000 05 0000000000"))
+    sealed = pc.seal_purse_data(alg, KEY, RANDOM, 0x0A0B, clear)
+    assert sealed == bytes(a ^ b for a, b in zip(clear, keystream(alg, sk_bal, length), strict=True))
+    assert len(sealed) == length and sealed != clear
+    assert pc.seal_purse_data(alg, KEY, RANDOM, 0x0A0B, sealed) == clear  # the same operation opens it
+    assert pc.seal_purse_data(alg, KEY, RANDOM, 0x0A0C, sealed) != clear  # the counter is in the key
+
+
+def test_the_sealed_balance_example_of_5_2a():
+    """docs/card-application.md 5.2a, byte for byte: K_PURCHASE 20..2F, K_LOAD 30..3F, AES-128, counters 0."""
+    alg = Algorithm.AES128
+    k_purchase, k_load = bytes(range(0x20, 0x30)), bytes(range(0x30, 0x40))
+    examples = [
+        (k_purchase, "0A0B0C0D", "46 D3 2E 86 12 CF EA D0 F5 4D 59 A3 1B D7 57 FE"),
+        (k_load, "1A1B1C1D", "8E C2 D5 B3 99 22 C1 6C B5 C1 FB 9E 57 97 A6 22"),
+        (k_purchase, "2A2B2C2D", "D9 27 D9 3A 39 C5 E2 76 1B 44 11 B8 96 D8 9C C7"),
+    ]
+    for key, random, sk in examples:
+        assert pc.balance_session_key(alg, key, h(random), 0) == h(sk)
+    assert pc.seal_purse_data(alg, k_purchase, h("0A0B0C0D"), 0, h("0C 21 03 0B")) == h("00 00 27 10")
+    assert pc.seal_purse_data(alg, k_load, h("1A1B1C1D"), 0, h("67 51 F4 14")) == h("00 00 27 10")
+    answer = h("6F 0A 39 2A A6 99 83 E0 92 F6 72 CB 00 00 EA 71 FC 88 00 00 01 01 2A 2B 2C 2D")
+    clear = pc.seal_purse_data(alg, k_purchase, h("2A2B2C2D"), 0, answer[0:12] + answer[14:18])
+    assert clear == h("000007D0 000003E8 000007D0 00002710")
+    assert pc.seal_purse_data(alg, k_purchase, h("2A2B2C2D"), 0, clear) == answer[0:12] + answer[14:18]
+
+
+@pytest.mark.parametrize("alg", list(Algorithm))
+def test_type_bytes_of_every_debit_and_load(alg):
+    for tx_type in (0x06, 0x05, 0x04):
+        assert pc.purchase_mac1(alg, SK, 0x01020304, TERMINAL, DATE, TIME, tx_type) == mac8(
+            alg, SK, h("01020304") + bytes([tx_type]) + TERMINAL + DATE + TIME
+        )
+    for tx_type in (0x02, 0x01):
+        assert pc.load_mac1(alg, SK, 0x0A0B0C0D, 0x01020304, TERMINAL, tx_type) == mac8(
+            alg, SK, h("0A0B0C0D 01020304") + bytes([tx_type]) + TERMINAL
+        )
+    expiry = h("20271231")
+    assert pc.load_mac2(alg, SK, 0x01020304, TERMINAL, DATE, TIME, 0x01, expiry) == mac8(
+        alg, SK, h("01020304 01") + TERMINAL + DATE + TIME + expiry
+    )
+    assert pc._load_type(0x02, b"") == h("02") and pc._load_type(0x01, expiry) == h("01")
+    # a two-purse sale's MAC2 covers the subsidy share after the amount
+    assert pc.purchase_mac2(alg, SK, 0x01020304, 0x0A0B0C0D) == mac8(alg, SK, h("01020304 0A0B0C0D"))
+    assert pc.purchase_mac2(alg, SK, 0x01020304, 0) == mac8(alg, SK, h("01020304 00000000"))
+    assert pc.purchase_mac2(alg, SK, 0x01020304, 0) != pc.purchase_mac2(alg, SK, 0x01020304)
+
+
+def test_type_refusals():
+    alg = Algorithm.AES128
+    for bad in (0x02, 0x01, 0x86, 0x07):
+        refused(
+            f"transaction type {bad:#04x} is not a debit (06 purchase, 05 two-purse, 04 withdrawal)",
+            pc.purchase_mac1,
+            alg,
+            SK,
+            1,
+            TERMINAL,
+            DATE,
+            TIME,
+            bad,
+        )
+    for bad in (0x06, 0x05, 0x03):
+        refused(
+            f"load type {bad:#04x} is neither 02 (cash) nor 01 (subsidy)", pc.load_mac1, alg, SK, 1, 2, TERMINAL, bad
+        )
+    expiry = h("20271231")
+    for tx_type, bad_expiry in [
+        (0x02, expiry),  # a cash load has no expiry
+        (0x01, b""),  # a subsidy load has one
+        (0x01, expiry[:3]),
+        (0x01, expiry + b"\x00"),
+        (0x06, b""),
+        (0x06, expiry),
+    ]:
+        refused(
+            f"load type {tx_type:#04x} with expiry {bad_expiry.hex()!r}: 02 without expiry, 01 with 4 bytes",
+            pc.load_mac2,
+            alg,
+            SK,
+            1,
+            TERMINAL,
+            DATE,
+            TIME,
+            tx_type,
+            bad_expiry,
+        )
+    refused("4294967296 does not fit in 4 bytes", pc.purchase_mac2, alg, SK, 1, 2**32)

@@ -30,6 +30,11 @@ def test_purchase_commands_exact():
     assert pp.debit_command(0x0A0B0C0D, H("20261123"), H("101112"), H("A1A2A3A4A5A6A7A8")) == H(
         "80540100130A0B0C0D20261123101112A1A2A3A4A5A6A7A810"
     )
+    # 5.5: a purchase after a verified spending PIN is flagged in P2 (80); without it P2 stays 00
+    flagged = pp.debit_command(0x0A0B0C0D, H("20261123"), H("101112"), H("A1A2A3A4A5A6A7A8"), with_pin=True)
+    assert flagged == H("80540180130A0B0C0D20261123101112A1A2A3A4A5A6A7A810")
+    assert len(flagged) == 5 + 0x13 + 1
+    assert pp.debit_command(1, H("20261123"), H("101112"), bytes(8), with_pin=False)[3] == 0x00
 
 
 def test_load_commands_exact():
