@@ -234,6 +234,24 @@ class Bills:
         """The SMS text of an employee's monthly attendance bill (docs/door-rules.md, "Attendance bill")."""
         return self.attendance_bills(month, enterprise_id, employee_no)[0].sms()
 
+    def _holder_filter(
+        self, enterprise_id: str | None, employee_no: str | None, alias: str = ""
+    ) -> tuple[list[str], list[str]]:
+        """(WHERE terms, arguments) choosing the holders of one enterprise, or all, or one employee when named;
+        PlatformError naming an unknown enterprise or employee."""
+        if employee_no is not None:
+            assert enterprise_id is not None
+            self._holder(enterprise_id, employee_no)  # a clear error for an unknown employee
+        where, args = ["1 = 1"], []
+        if enterprise_id is not None:
+            self._enterprise(enterprise_id)
+            where.append(f"{alias}enterprise_id = ?")
+            args.append(enterprise_id)
+        if employee_no is not None:
+            where.append(f"{alias}employee_no = ?")
+            args.append(employee_no)
+        return where, args
+
     def attendance_bills(
         self, month: str, enterprise_id: str | None = None, employee_no: str | None = None
     ) -> list[AttendanceBill]:
@@ -250,17 +268,7 @@ class Bills:
         lo = p.format_time(dt.datetime.combine(first, dt.time(0), self.tz))
         hi = p.format_time(dt.datetime.combine(nxt, dt.time(0), self.tz))
         today = self.clock().astimezone(self.tz).date()
-        if employee_no is not None:
-            assert enterprise_id is not None
-            self._holder(enterprise_id, employee_no)  # a clear error for an unknown employee
-        where, args = ["1 = 1"], []
-        if enterprise_id is not None:
-            self._enterprise(enterprise_id)
-            where.append("h.enterprise_id = ?")
-            args.append(enterprise_id)
-        if employee_no is not None:
-            where.append("h.employee_no = ?")
-            args.append(employee_no)
+        where, args = self._holder_filter(enterprise_id, employee_no, "h.")
         holders = self.conn.execute(
             "SELECT h.holder_id, h.enterprise_id, h.employee_no, h.name, h.shift, e.config_document FROM holders h "
             f"JOIN enterprises e USING (enterprise_id) WHERE {' AND '.join(where)} "
@@ -314,17 +322,7 @@ class Bills:
             raise PlatformError(f"month {month!r} is not YYYY-MM; write e.g. 2026-11") from None
         lo = p.format_time(dt.datetime.combine(first_day, dt.time(0), self.tz))
         hi = p.format_time(dt.datetime.combine(next_day, dt.time(0), self.tz))
-        if employee_no is not None:
-            assert enterprise_id is not None
-            self._holder(enterprise_id, employee_no)  # a clear error for an unknown employee
-        where, args = ["1 = 1"], []
-        if enterprise_id is not None:
-            self._enterprise(enterprise_id)
-            where.append("enterprise_id = ?")
-            args.append(enterprise_id)
-        if employee_no is not None:
-            where.append("employee_no = ?")
-            args.append(employee_no)
+        where, args = self._holder_filter(enterprise_id, employee_no)
         holders = self.conn.execute(
             f"SELECT holder_id, enterprise_id, employee_no, name FROM holders WHERE {' AND '.join(where)} "
             "ORDER BY enterprise_id, employee_no",

@@ -77,6 +77,19 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
+def _purchase_init_data(session: PurchaseSession) -> bytes:
+    """The data of INIT SAM FOR PURCHASE (docs/psam.md 4.2), before any sealed balance."""
+    return (
+        card_block(session.card)
+        + session.card_random
+        + _u16(session.counter)
+        + _u32(session.amount)
+        + session.terminal_id
+        + session.date
+        + session.time
+    )
+
+
 def _u16(value: int) -> bytes:
     return value.to_bytes(2, "big")
 
@@ -422,15 +435,7 @@ class PcscSam:
     def purchase_mac1(self, session: PurchaseSession) -> tuple[int, bytes]:
         check_purchase(session)
         _cash_purse_only(session.tx_type, 0x06)
-        data = (
-            card_block(session.card)
-            + session.card_random
-            + _u16(session.counter)
-            + _u32(session.amount)
-            + session.terminal_id
-            + session.date
-            + session.time
-        )
+        data = _purchase_init_data(session)
         sw, answer = self._command(bytes([0x80, 0x70, 0x00, 0x00, len(data)]) + data + b"\x0c", "INIT SAM FOR PURCHASE")
         answer = self._expect(sw, answer, 12, "INIT SAM FOR PURCHASE", session.card, KeyPurpose.PURCHASE, "mac", "")
         return int.from_bytes(answer[:4], "big"), answer[4:]
@@ -442,16 +447,7 @@ class PcscSam:
         _cash_purse_only(session.tx_type, 0x06)
         if type(sealed) is not bytes or len(sealed) != 4:
             raise InvalidPurseInput("the sealed balance of INITIALIZE FOR PURCHASE is 4 bytes")
-        data = (
-            card_block(session.card)
-            + session.card_random
-            + _u16(session.counter)
-            + _u32(session.amount)
-            + session.terminal_id
-            + session.date
-            + session.time
-            + sealed
-        )
+        data = _purchase_init_data(session) + sealed
         sw, answer = self._command(bytes([0x80, 0x70, 0x01, 0x00, len(data)]) + data + b"\x10", "INIT SAM FOR PURCHASE")
         if sw == 0x9401:
             raise BalanceTooLow(f"the card's balance does not cover {session.amount} fen (the PSAM checked it)")
