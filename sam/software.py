@@ -56,6 +56,17 @@ def default_state_path(keystore_path: str | os.PathLike[str], state_path: str | 
     return os.fspath(state_path) if state_path is not None else f"{os.fspath(keystore_path)}.state"
 
 
+def _check_new_key_inputs(new_version, challenge: bytes) -> None:
+    """The enterprise key version a wrapped key is for, and the card's challenge it travels under (PUT KEY)."""
+    if type(new_version) is not int or not 1 <= new_version <= 255:
+        raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
+    if len(challenge) != crypto.CHALLENGE_SIZE:
+        raise InvalidCardIdentity(
+            f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
+            "the card's GET CHALLENGE answer is malformed, reject the card"
+        )
+
+
 class SoftwareSam:
     """A SAM whose master keys live in this process; card keys are derived per call and dropped."""
 
@@ -368,13 +379,7 @@ class SoftwareSam:
                 "transport keys are written at the factory, never by PUT KEY; wash the card to "
                 "enterprise keys (version 1..255) instead"
             )
-        if type(new_version) is not int or not 1 <= new_version <= 255:
-            raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
-        if len(challenge) != crypto.CHALLENGE_SIZE:
-            raise InvalidCardIdentity(
-                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
-                "the card's GET CHALLENGE answer is malformed, reject the card"
-            )
+        _check_new_key_inputs(new_version, challenge)
         admin_purpose = admin_purpose_of(card)
         target = CardIdentity(card.asn, card.enterprise_id, new_version, card.algorithm)
         # Both keys checked before either is derived: a refusal hands out nothing.
@@ -398,13 +403,7 @@ class SoftwareSam:
         labels = {"kic": LABEL_KIC, "kid": LABEL_KID}
         if which not in labels:
             raise InvalidCardIdentity(f"OTA key {which!r} is not kic or kid")
-        if type(new_version) is not int or not 1 <= new_version <= 255:
-            raise InvalidCardIdentity(f"new key version {new_version!r} is not 1..255; pick an enterprise key version")
-        if len(challenge) != crypto.CHALLENGE_SIZE:
-            raise InvalidCardIdentity(
-                f"card challenge is {len(challenge)} bytes, not {crypto.CHALLENGE_SIZE}; "
-                "the card's GET CHALLENGE answer is malformed, reject the card"
-            )
+        _check_new_key_inputs(new_version, challenge)
         target = CardIdentity(card.asn, card.enterprise_id, new_version, card.algorithm)
         m = _diversification_input(card)
         admin = self._master(admin_purpose_of(card), card, KeyUsage.MAC)
