@@ -117,6 +117,16 @@ def broker_procs(cluster, broker) -> list:
     return [broker.proc]
 
 
+def database_procs(args) -> list:
+    """The PostgreSQL server's postmaster (its backends are its children), or nothing for SQLite (in the workers)."""
+    if args.pg is None:
+        return []
+    import psutil
+
+    pid = int((args.pg.data / "postmaster.pid").read_text().split()[0])
+    return [psutil.Process(pid)]
+
+
 def own_cpu_seconds() -> float:
     """This process's CPU time: the simulated fleet (its one loop thread) and the bench's polling."""
     t = os.times()
@@ -168,6 +178,8 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     broker_cpu_before = [cpu_seconds([b], tree=True) for b in brokers]
     broker_cpu_killed = 0.0  # what the killed node used until it was killed
     fleet_cpu_before = own_cpu_seconds()
+    database = database_procs(args)
+    database_cpu_before = cpu_seconds(database, tree=True)
     expected = sum(len(r.events) for r in records)
     t0 = time.monotonic()
     fleet.pumping.set()
@@ -190,6 +202,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         if b.poll() is None
     )
     fleet_cpu = own_cpu_seconds() - fleet_cpu_before
+    database_cpu = cpu_seconds(database, tree=True) - database_cpu_before
     loss = None
     if args.loss:
         loss = loss_propagation(db, pki.platform_key, terminals)
@@ -219,6 +232,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         "events_per_worker_cpu_s": round(acked / worker_cpu) if worker_cpu else None,
         "broker_cpu_s": round(broker_cpu, 1),
         "fleet_cpu_s": round(fleet_cpu, 1),
+        "database_cpu_s": round(database_cpu, 1) if database else None,  # PostgreSQL's server; SQLite is in-worker
         "fleet_batches_pregenerated": pregenerated,
         "fleet_pregenerate_s": round(pregenerate_s, 1),
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -21,6 +21,7 @@ log = logging.getLogger("platform")
 # What MAX_PENDING_BYTES counts of a waiting record (plus 128 bytes for its seq and hashes).
 _SIZED_COLUMNS = ("time", "kind", "coalesce(asn, '')", "reason_code", "message", "detail")
 _WIRE_COLUMNS = "seq, time, kind, asn, reason_code, message, detail, prev_hash, hash"
+DRAIN_CHUNK = 1000  # waiting records read at once when a gap is filled
 
 
 def _size(e: p.WireEvent) -> int:
@@ -69,7 +70,9 @@ class Ingest:
                         (terminal_id, events[0].seq, min(events[-1].seq, contiguous)),
                     )
                 )
-            pending_bytes = None
+            held_rows = None  # {seq: (hash, size)} of this terminal's waiting records, read once when needed
+            pending_bytes = 0
+            to_wait: list[tuple] = []  # this batch's records that wait behind the gap, stored together
             for e in events:
                 if e.seq <= contiguous:
                     if e.seq in stored and stored[e.seq] != e.hash:
@@ -97,8 +100,19 @@ class Ingest:
                             f"ahead of the contiguous seq {contiguous}; refused, resend it later",
                         )
                         break
-                    if pending_bytes is None:
-                        pending_bytes = self._pending_bytes(terminal_id)
+                    if held_rows is None:
+                        held_rows = self._held_rows(terminal_id)
+                        pending_bytes = sum(size for _, size in held_rows.values())
+                    if e.seq in held_rows:
+                        held = held_rows[e.seq][0]
+                        if held != e.hash:  # two different records for one seq: keep both, trust neither silently
+                            text = (
+                                f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
+                                f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files"
+                            )
+                            self._diverged(terminal_id, e, text)
+                            refusal = refusal or ("diverged", text)
+                        continue
                     size = _size(e)
                     if pending_bytes + size > MAX_PENDING_BYTES:
                         refusal = refusal or (
@@ -108,9 +122,7 @@ class Ingest:
                             "refused, resend it later",
                         )
                         break
-                    cur = self.conn.execute(
-                        f"INSERT INTO pending_events (terminal_id, {_WIRE_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    to_wait.append(
                         (
                             terminal_id,
                             e.seq,
@@ -122,35 +134,36 @@ class Ingest:
                             e.detail,
                             e.prev_hash,
                             e.hash,
-                        ),
+                        )
                     )
-                    pending_bytes += size * cur.rowcount
+                    held_rows[e.seq] = (e.hash, size)
+                    pending_bytes += size
                     waiting = True
-                    if cur.rowcount == 0:
-                        held = self.conn.execute(
-                            "SELECT hash FROM pending_events WHERE terminal_id = ? AND seq = ?", (terminal_id, e.seq)
-                        ).fetchone()[0]
-                        if held != e.hash:  # two different records for one seq: keep both, trust neither silently
-                            text = (
-                                f"seq {e.seq} is waiting with hash {held[:16]}… and was sent again with hash "
-                                f"{e.hash[:16]}…: the terminal's log was rewritten; keep its files"
-                            )
-                            self._diverged(terminal_id, e, text)
-                            refusal = refusal or ("diverged", text)
+            # One statement for the batch's waiting records (on PostgreSQL one round trip, not one a record). The
+            # rows were read in this transaction, so none is stored yet; a concurrent worker storing the same one
+            # first aborts this transaction (23505), which runs again and then finds it (central.store._retrying).
+            insert_rows(self.conn, "pending_events", to_wait)
             while waiting and not problem:
-                nxt = self.conn.execute(
-                    f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq = ?",
-                    (terminal_id, contiguous + 1),
-                ).fetchone()
-                if nxt is None:
-                    break
-                e = p.WireEvent(*nxt)
-                problem = self._append(terminal_id, e, head)
-                if problem:
-                    reason = "chain_broken"
-                    self._alarm(terminal_id, "chain_broken", e.seq, problem)
-                else:
+                # The waiting records that now follow the chain, read in order a chunk at a time, not one a query.
+                rows = self.conn.execute(
+                    f"SELECT {_WIRE_COLUMNS} FROM pending_events WHERE terminal_id = ? AND seq > ? "
+                    "ORDER BY seq LIMIT ?",
+                    (terminal_id, contiguous, DRAIN_CHUNK),
+                ).fetchall()
+                for row in rows:
+                    e = p.WireEvent(*row)
+                    if e.seq != contiguous + 1:
+                        break
+                    problem = self._append(terminal_id, e, head)
+                    if problem:
+                        reason = "chain_broken"
+                        self._alarm(terminal_id, "chain_broken", e.seq, problem)
+                        break
                     contiguous, head, new = e.seq, e.hash, new + 1
+                else:
+                    if len(rows) == DRAIN_CHUNK:
+                        continue  # the whole chunk followed on: read the next one
+                break
             self._close_purse_batch()
             insert_rows(self.conn, "events", self._new_events)
             self._new_events = []
@@ -177,12 +190,15 @@ class Ingest:
             text = f"{problem}; also: {refusal[1]}"
         return IngestResult(terminal_id, contiguous, head, new, dups, pending, text, reason if text else "")
 
-    def _pending_bytes(self, terminal_id: str) -> int:
-        return self.conn.execute(
-            f"SELECT coalesce(sum({' + '.join(bytes_length(c, self.backend) for c in _SIZED_COLUMNS)} + 128), 0) "
-            "FROM pending_events WHERE terminal_id = ?",
-            (terminal_id,),
-        ).fetchone()[0]
+    def _held_rows(self, terminal_id: str) -> dict[int, tuple[str, int]]:
+        """{seq: (hash, size)} of the records waiting behind this terminal's gap; size as MAX_PENDING_BYTES counts."""
+        size = " + ".join(bytes_length(c, self.backend) for c in _SIZED_COLUMNS)
+        return {
+            seq: (hash_, size_)
+            for seq, hash_, size_ in self.conn.execute(
+                f"SELECT seq, hash, {size} + 128 FROM pending_events WHERE terminal_id = ?", (terminal_id,)
+            )
+        }
 
     def _alarm(self, terminal_id: str, kind: str, seq: int | None, text: str) -> None:
         """Inside a transaction: an alarm an administrator must look at (`onecard platform terminal ID`)."""

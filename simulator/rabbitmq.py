@@ -114,8 +114,12 @@ class RabbitCluster:
             RABBITMQ_ENABLED_PLUGINS_FILE=str(self.plugins_file),
             RABBITMQ_PID_FILE=str(node.dir / "pid"),
             RABBITMQ_LOGS=str(node.dir / "log" / "node.log"),
-            # Inter-node and CLI traffic on loopback only.
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # Inter-node and CLI traffic on loopback only. No busy-waiting schedulers (+sbwt none ...): the three
+            # nodes share this machine's cores with each other and the workers, and an Erlang scheduler that spins
+            # while out of work takes a core from them (docs/sizing.md says when a dedicated node keeps the default).
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=(
+                "-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
+            ),
         )
         return env
 

@@ -316,6 +316,50 @@ def test_concurrent_workers_on_one_terminal_store_each_record_once(pg_dsn, tmp_p
     admin.close()
 
 
+def test_concurrent_workers_given_batches_out_of_order_store_each_record_once(pg_dsn, tmp_path):
+    """Three workers take one terminal's batches in three orders at once (competing consumers and redeliveries):
+    batches ahead of a gap wait, the same waiting batch stored by two workers at once is stored once, and the
+    batch that fills a gap takes the waiting ones along; every record is stored and accounted exactly once."""
+    target = "postgresql:" + pg_dsn
+    sam = make_sam()
+    cards = [f"{0x0E00000000000000 + i:016X}" for i in range(3)]
+    admin = Platform(target, KEY, clock=lambda: NOW, tac_sam=sam)
+    setup_platform(admin, cards)
+    loads = Loads(tmp_path / "topup.db", sam)
+    for i in range(240):
+        loads.load(cards[i % 3], 100 + i)
+    events = wire(loads.log)
+    batches = [events[k : k + 20] for k in range(0, len(events), 20)]
+    orders = [list(reversed(batches)), batches[1::2] + batches[0::2], random.Random(7).sample(batches, len(batches))]
+    barrier = threading.Barrier(len(orders))
+    errors: list[str] = []
+
+    def worker(order):
+        pf = Platform(target, KEY, clock=lambda: NOW, tac_sam=sam)
+        try:
+            barrier.wait()
+            for b in order:
+                r = pf.ingest(TOPUP, b)
+                if r.problem:
+                    errors.append(r.problem)
+        finally:
+            pf.close()
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in orders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    t = admin.terminal(TOPUP)
+    assert (t["contiguous_seq"], t["events"], t["pending"]["count"]) == (240, 240, 0)
+    for asn in cards:
+        assert admin.card(asn)["balance_cents"] == loads.checked[asn]
+    assert admin.held_money() == []
+    assert admin.conn.execute("SELECT count(*) FROM pending_events").fetchone()[0] == 0
+    admin.close()
+
+
 # -- sqlite -> postgresql ----------------------------------------------------------------------------------------
 
 

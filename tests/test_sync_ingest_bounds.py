@@ -196,3 +196,31 @@ def test_two_different_records_for_one_waiting_seq_raise_the_alarm_and_both_are_
     assert r.reason == "diverged" and "is waiting with hash" in r.problem
     assert pf.conn.execute("SELECT why, seq, hash FROM chain_evidence").fetchall() == [("diverged", 5, other.hash)]
     assert [a["kind"] for a in pf.terminal(TID)["alarms"]] == ["diverged"]
+
+
+def test_waiting_records_are_stored_together_and_drained_in_chunks_when_the_gap_fills(pf, tmp_path, monkeypatch):
+    """Batches that arrive ahead of a gap wait; the batch that fills the gap takes every waiting record that follows
+    on, across several read chunks, and stops at the first one that does not (a chain break there is alarmed)."""
+    monkeypatch.setattr(central.ingest, "DRAIN_CHUNK", 7)
+    events = wire(tmp_path / "t.db", 40)
+    broken = rewritten(events[29], message="rewritten")  # seq 30: its own hash is consistent, its successor's not
+    r = pf.ingest(TID, events[20:29] + [broken] + events[30:])  # seqs 21..40 wait behind the gap 1..20
+    assert (r.acked_seq, r.pending, r.problem) == (0, 20, "")
+    again = pf.ingest(TID, events[25:29] + [broken] + events[30:35])  # 26..35 again: all waiting, nothing added
+    assert (again.acked_seq, again.pending, again.problem) == (0, 20, "")
+    other = pf.ingest(TID, events[29:31])  # the true seq 30 (and 31) while the rewritten 30 waits: both are kept
+    assert other.reason == "diverged" and "seq 30 is waiting" in other.problem and other.pending == 20
+    r = pf.ingest(TID, events[10:20])  # still a gap (1..10): these wait too
+    assert (r.acked_seq, r.pending) == (0, 30)
+    r = pf.ingest(TID, events[:10])  # fills it: 11..30 follow on (three chunks of 7), 31 does not link to 30
+    assert r.acked_seq == 30 and r.reason == "chain_broken" and "seq 31" in r.problem
+    t = pf.terminal(TID)
+    assert t["contiguous_seq"] == 30 and t["events"] == 30
+
+
+def test_a_whole_chunk_that_follows_on_reads_the_next_chunk(pf, tmp_path, monkeypatch):
+    monkeypatch.setattr(central.ingest, "DRAIN_CHUNK", 5)
+    events = wire(tmp_path / "t.db", 21)
+    assert pf.ingest(TID, events[1:]).pending == 20  # exactly four chunks wait
+    r = pf.ingest(TID, events[:1])
+    assert (r.acked_seq, r.pending, r.new, r.problem) == (21, 0, 21, "")
