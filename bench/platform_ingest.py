@@ -8,7 +8,9 @@ Prints JSON lines (issue 14):
 Simulated terminals are simulator.fleet.LightTerminal: lightweight MQTT 3.1.1 clients on one thread publishing
 sealed batches of real hash chains (every k-th record a top-up with a real TAC, checked by the workers).
 `--backend postgresql` runs both platforms on the PostgreSQL store (a private server, tests/pg_env.py).
-Run from the repository root: python bench/platform_ingest.py [--terminals 1000 --events 1000000]
+The terminals send their uploads compressed ([sync].compress_uploads = true; --plain-uploads for JSON).
+Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000] (the same as
+python bench/platform_ingest.py; bench/platform.py says why there are two names)
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
             window=args.window,
             ack_timeout=15.0,
             start_node=i,
+            compress=args.compress,
         )
         for i, r in enumerate(records)
     ]
@@ -222,6 +225,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
         "terminals": connected,
         "workers": args.workers,
         "events": expected,
+        "compressed_uploads": args.compress,
         "events_acked": acked,
         "seconds": round(elapsed, 2),
         "ingest_events_per_s": round(acked / elapsed),
@@ -295,6 +299,12 @@ def main() -> None:
     ap.add_argument("--skip-embedded", action="store_true")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--no-loss", dest="loss", action="store_false")
+    ap.add_argument(
+        "--plain-uploads",
+        dest="compress",
+        action="store_false",
+        help="send uploads as JSON; by default as zlib streams ([sync].compress_uploads = true)",
+    )
     args = ap.parse_args()
     args.pg = None
     if args.backend == "postgresql":  # a private server from Debian's binaries, one new database per run

@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import json
 import re
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -591,6 +592,40 @@ def encode_events(terminal_id: str, events: list[WireEvent]) -> bytes:
     )
 
 
+# An events upload may travel compressed ([sync].compress_uploads): the zlib stream (RFC 1950) of exactly the JSON
+# above. The first byte tells the two apart: JSON is an object, "{" (7B); a zlib stream of deflate with a 32 KiB
+# window starts with 78. Whatever follows is refused unless it is one whole stream that inflates to at most
+# MAX_UPLINK_BYTES.
+ZLIB_FIRST_BYTE = 0x78
+
+
+def compress_upload(payload: bytes) -> bytes:
+    """The compressed form of an encoded events upload (docs/sync-protocol.md "events")."""
+    return zlib.compress(payload, 6)
+
+
+def _inflated(payload: bytes, what: str) -> bytes:
+    """An uplink payload as JSON bytes: itself, or the inflated zlib stream it is (bounded, whole, checked)."""
+    if not isinstance(payload, (bytes, bytearray)):
+        raise ProtocolError(f"{what} payload must be bytes")
+    if len(payload) > MAX_UPLINK_BYTES:
+        raise ProtocolError(f"{what} payload is {len(payload)} bytes, more than {MAX_UPLINK_BYTES}")
+    if payload[:1] != bytes([ZLIB_FIRST_BYTE]):
+        return bytes(payload)
+    stream = zlib.decompressobj()
+    try:
+        out = stream.decompress(payload, MAX_UPLINK_BYTES + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"{what} payload is not a valid zlib stream ({exc})") from None
+    if len(out) > MAX_UPLINK_BYTES or stream.unconsumed_tail:
+        raise ProtocolError(f"{what} payload inflates to more than {MAX_UPLINK_BYTES} bytes")
+    if not stream.eof:
+        raise ProtocolError(f"{what} payload is a truncated zlib stream")
+    if stream.unused_data:
+        raise ProtocolError(f"{what} payload has {len(stream.unused_data)} bytes after its zlib stream")
+    return out
+
+
 def _check_detail(text: str, where: str) -> None:
     """`detail` is the canonical JSON text of an object, exactly as the terminal's log stores and hashes it."""
     # Fast path, for the text of an object that is already canonical: the plain parser (no per-object hook),
@@ -618,8 +653,9 @@ def _check_detail(text: str, where: str) -> None:
 
 
 def decode_events(payload: bytes) -> tuple[str, list[WireEvent]]:
-    """(terminal_id, events) of an upload batch: seqs contiguous and ascending, every field typed."""
-    obj = _load(payload, "events", "events")
+    """(terminal_id, events) of an upload batch, plain or compressed: seqs contiguous and ascending, every field
+    typed."""
+    obj = _load(_inflated(payload, "events"), "events", "events")
     w = "events"
     _exact(obj, w, ("v", "type", "terminal_id", "events"))
     tid = _match(obj, "terminal_id", _TID_RE, w, "12 digits")

@@ -90,7 +90,8 @@ class Records:
     events: list[p.WireEvent] = field(default_factory=list)
     loaded: int = 0  # fen loaded onto the card by this chain's top-ups (what the platform must account)
     counter: int = 0
-    payloads: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (first seq, batch) -> encoded batch
+    # (first seq, batch, compressed) -> the encoded batch
+    payloads: dict[tuple[int, int, bool], bytes] = field(default_factory=dict)
 
     def extend(self, n: int) -> None:
         prev = self.events[-1].hash if self.events else ev.GENESIS_HASH
@@ -138,8 +139,10 @@ class LightTerminal:
         ack_timeout: float = 10.0,
         start_node: int = 0,
         protocol=paho.MQTTv311,
+        compress: bool = False,
     ) -> None:
         self.r = records
+        self.compress = compress
         self.addresses = addresses
         self.node = start_node % len(addresses)
         self.platform_key = platform_key
@@ -165,12 +168,13 @@ class LightTerminal:
         fleet only the sending: a real terminal's CPU is its own, the simulated fleet's competes with the platform
         for this machine's cores. A resend from another seq (an ack in mid-batch) is encoded when it is sent."""
         for first in range(1, len(self.r.events) + 1, self.batch):
-            if (first, self.batch) not in self.r.payloads:
-                self.r.payloads[first, self.batch] = self._encode(first)
+            if (first, self.batch, self.compress) not in self.r.payloads:
+                self.r.payloads[first, self.batch, self.compress] = self._encode(first)
         return len(self.r.payloads)
 
     def _encode(self, first: int) -> bytes:
-        return p.encode_events(self.r.tid, self.r.events[first - 1 : first - 1 + self.batch])
+        payload = p.encode_events(self.r.tid, self.r.events[first - 1 : first - 1 + self.batch])
+        return p.compress_upload(payload) if self.compress else payload
 
     # callbacks (the fleet's loop thread)
     def _on_connect(self, client, userdata, flags, rc, props) -> None:
@@ -224,7 +228,7 @@ class LightTerminal:
         sent = False
         while self.next_seq <= total and self.next_seq <= self.acked + self.window * self.batch:
             first = self.next_seq
-            payload = self.r.payloads.get((first, self.batch))
+            payload = self.r.payloads.get((first, self.batch, self.compress))
             if payload is None:
                 payload = self._encode(first)
             info = self.client.publish(p.terminal_topic(self.r.tid, p.UP_EVENTS), payload, 1)

@@ -258,7 +258,10 @@ class SyncAgent:
                 )
                 for e in events
             ]
-            self.link.publish(p.terminal_topic(self.tid, p.UP_EVENTS), p.encode_events(self.tid, wire), qos=1)
+            payload = p.encode_events(self.tid, wire)
+            if self.s.compress_uploads:
+                payload = p.compress_upload(payload)
+            self.link.publish(p.terminal_topic(self.tid, p.UP_EVENTS), payload, qos=1)
 
     def _heartbeat(self, now: float) -> None:
         self._next_heartbeat = now + self.s.heartbeat_seconds

@@ -76,7 +76,10 @@ def write_terminal_config(
     """firmware.toml of terminal `tid` with a [sync] section; `cert_cn` lets a test give it another's certificate."""
     directory.mkdir(parents=True, exist_ok=True)
     c = broker.pki.client(cert_cn or tid)
-    extra = "\n".join(f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in sync.items())
+    extra = "\n".join(
+        f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {str(v).lower()}" if isinstance(v, bool) else f"{k} = {v}"
+        for k, v in sync.items()
+    )
     path = directory / "firmware.toml"
     path.write_text(
         TERMINAL_SYNC_TOML.format(

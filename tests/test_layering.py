@@ -196,12 +196,23 @@ def test_cycles_are_found_through_function_level_imports():
 def test_no_script_folder_or_top_level_part_shadows_the_standard_library():
     """A script's folder comes first on sys.path: a bench/platform.py once broke every bench script (paho, shutil and
     uuid imported it as `platform`). No file of a folder that holds scripts, and no top-level part, may take the name
-    of a standard-library module."""
+    of a standard-library module, unless, imported under that name from its folder, it hands over the standard
+    library's module (bench/platform.py, the name issue 14 gives the platform bench, does)."""
+    import subprocess
     import sys
+    import sysconfig
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     names = [p for folder in ("bench", "deploy", "tests") for p in (root / folder).glob("*.py")]
     names += [p for p in root.iterdir() if (p / "__init__.py").exists()]
-    shadowing = sorted(str(p.relative_to(root)) for p in names if p.stem in sys.stdlib_module_names)
-    assert shadowing == [], f"rename these; they hide the standard library's modules of the same name: {shadowing}"
+    shadowing = sorted(p for p in names if p.stem in sys.stdlib_module_names)
+    stdlib = Path(sysconfig.get_paths()["stdlib"]).resolve()
+    hiding = []
+    for p in shadowing:
+        probe = f"import sys; sys.path.insert(0, {str(p.parent)!r}); import {p.stem}; print({p.stem}.__file__)"
+        r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd="/")
+        if r.returncode != 0 or Path(r.stdout.strip()).resolve().parent != stdlib:
+            hiding.append(str(p.relative_to(root)))
+    assert hiding == [], f"rename these; they hide the standard library's modules of the same name: {hiding}"
+    assert [str(p.relative_to(root)) for p in shadowing] == ["bench/platform.py"]
