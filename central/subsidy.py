@@ -179,6 +179,9 @@ class SubsidyAccounts:
             return "unchecked" if self.unverified_money else "no_keys"
         from sam.interface import Algorithm, CardIdentity, SamError
 
+        tx_type = TX_TYPE[kind]
+        if kind == "purchase" and d.get("pin_verified") is True:
+            tx_type = tx.SUBSIDY_PURCHASE_WITH_PIN_TAC  # the card's TAC covers the spending-password flag (5.5)
         try:
             card = CardIdentity(
                 bytes.fromhex(e.asn), bytes.fromhex(enterprise or ""), d["key_version"], Algorithm[d["algorithm"]]
@@ -186,7 +189,7 @@ class SubsidyAccounts:
             self.tac_sam.verify_tac(
                 card,
                 amount=amount,
-                tx_type=TX_TYPE[kind],
+                tx_type=tx_type,
                 terminal_id=bytes.fromhex(terminal_id),
                 tsn=d.get("tsn", 0) if kind != "load" else 0,
                 date=bytes.fromhex(d["date"]),

@@ -1201,11 +1201,17 @@ def _record(tx_type, counter, amount, terminal, tsn, date, time_, after, proof, 
 
 
 def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
-    """DEBIT FOR PURCHASE of a two-purse sale or a withdrawal: both purses (or the withdrawal) in one atomic write."""
-    if (cmd.p1, cmd.p2) != (0x01, 0x00):
+    """DEBIT FOR PURCHASE of a two-purse sale or a withdrawal: both purses (or the withdrawal) in one atomic write.
+    A two-purse DEBIT may carry the spending-password flag (P2 80, section 5.5): refused (69 82) unless a VERIFY
+    succeeded in this session; both TACs then carry the flagged types (85, 86). A withdrawal is never flagged."""
+    flags = (0x00, PIN_P2) if session["type"] == tx.SUBSIDY_PURCHASE else (0x00,)
+    if cmd.p1 != 0x01 or cmd.p2 not in flags:
         return SW_WRONG_P1P2
     if len(cmd.data) != 19:
         return SW_WRONG_LENGTH
+    with_pin = cmd.p2 == PIN_P2
+    if with_pin and not card.debit_pin:
+        return SW_SECURITY  # flagged as PIN-verified, but no VERIFY succeeded in this session since
     s = card.state
     purse, sub, alg = s.purse, s.subsidy, s.algorithm
     tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
@@ -1233,7 +1239,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
     tac_s = tac_c = bytes(8)
     if part_s:
         after = sub.balance - part_s
-        tac_s = _tac(card, tx.SUBSIDY_PURCHASE, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
+        type_s = tx.SUBSIDY_PURCHASE_WITH_PIN_TAC if with_pin else tx.SUBSIDY_PURCHASE
+        tac_s = _tac(card, type_s, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
         sub.balance, sub.offline_counter = after, sub.offline_counter + 1
         if after == 0:
             sub.expiry = bytes(4)  # an empty subsidy purse has nothing to expire: no withdrawal is ever asked for
@@ -1245,7 +1252,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
         del sub.records[:-MAX_RECORDS]
     if part_c:
         after = purse.balance - part_c
-        tac_c = _tac(card, tx.PURCHASE, part_c, terminal, tsn, date, time_, session["counter"], after)
+        type_c = tx.PURCHASE_WITH_PIN_TAC if with_pin else tx.PURCHASE
+        tac_c = _tac(card, type_c, part_c, terminal, tsn, date, time_, session["counter"], after)
         purse.balance, purse.offline_counter = after, purse.offline_counter + 1
         purse.records.append(
             _record(tx.PURCHASE, session["counter"], part_c, terminal, tsn, date, time_, after, proof, tac_c)
