@@ -923,10 +923,14 @@ class OneCardApplet:
 
     def _application_block(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
         s = self.state
-        if (cmd.p1, cmd.p2) != (0, 0):
+        # P1 01 (version 2 only): the subsidy purse is proven with the cash purse (card-application.md 8.2).
+        with_subsidy = cmd.p1 == 0x01 and self.VERSION >= 2
+        if (cmd.p1, cmd.p2) != (0, 0) and not (with_subsidy and cmd.p2 == 0):
             return SW_WRONG_P1P2
         if plain:
             return SW_WRONG_LENGTH
+        if with_subsidy and s.subsidy is None:
+            return SW_NO_PURSE  # nothing changed: a card without a subsidy purse is voided with P1 00
         if s.status != STATUS_VOIDED:
             s.status = STATUS_VOIDED  # from now on every purse command answers 69 85: the balance is frozen
             self._persist()
@@ -938,6 +942,14 @@ class OneCardApplet:
             + purse.offline_counter.to_bytes(2, "big")
             + purse.online_counter.to_bytes(2, "big")
         )
+        if with_subsidy:
+            sub = s.subsidy
+            frozen += (
+                sub.balance.to_bytes(4, "big")
+                + sub.expiry
+                + sub.offline_counter.to_bytes(2, "big")
+                + sub.online_counter.to_bytes(2, "big")
+            )
         # The card proves the frozen balance under its admin key: challenge || INS || data (INS 1E, never 84,
         # so a response MAC can never be taken for a command MAC).
         return frozen + mac8(s.algorithm, s.update_key, challenge + b"\x1e" + frozen) + SW_OK
