@@ -715,7 +715,9 @@ class IssuingTerminal:
                 "card_refused",
             )
             raise Refusal(
-                "card_error", "New card refused the subsidy load (over its maximum subsidy balance): nothing loaded", asn
+                "card_error",
+                "New card refused the subsidy load (over its maximum subsidy balance): nothing loaded",
+                asn,
             ) from None
         except (cp.CardProtocolError, MacVerificationError) as exc:
             raise Refusal(
