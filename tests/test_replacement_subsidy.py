@@ -294,6 +294,9 @@ def test_the_void_proof_covers_the_subsidy_purse(platform, tmp_path):
     assert apdu[:5] == bytes.fromhex("841E010008") and apdu[-1] == 0x1C and len(apdu) == 14
     data = bytes.fromhex("00001388 0000 0000 000004D2 20261231 0000 0000".replace(" ", ""))
     assert answer[:20] == data and answer[-2:] == bytes.fromhex("9000") and len(answer) == 30
+    from tests.test_card_spec_tables import DOC
+
+    assert "< " + data.hex(" ").upper() + " <MAC: 8> 90 00" in DOC and "> 84 1E 01 00 08 <MAC: 8> 1C" in DOC
     key = old.sub_application(A).update_key
     assert answer[20:28] == mac8(Algorithm.AES128, key, challenge + b"\x1e" + data)
     assert answer[20:28] != mac8(Algorithm.AES128, key, challenge + b"\x1e" + data[:8])  # P1 00's input
