@@ -32,8 +32,8 @@ KEY = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
-def platform(tmp_path):
-    pf = Platform(tmp_path / "platform.db", KEY, clock=lambda: MONDAY_10AM, tac_sam=SAMS[A])
+def platform(platform_db):
+    pf = Platform(platform_db, KEY, clock=lambda: MONDAY_10AM, tac_sam=SAMS[A])
     pf.add_enterprise(ENT, "Acme")
     pf.add_terminal(POS_ID, ENT, kind="pos")
     pf.add_holder(ENT, "E1001", "Zhang Wei", phone="13800000001")
