@@ -366,3 +366,41 @@ def test_a_void_torn_at_every_apdu_backs_up_the_same_subsidy(platform, tmp_path)
         assert (sub(new).balance, cash(new)) == (2_000, 5_000), k
         assert kinds(st).count("issue.void") == 1, k
         platform.cancel(new_asn.hex().upper(), settle=True)
+
+
+def test_the_issuing_command_line_says_what_became_of_the_subsidy(tmp_path, capsys):
+    """`onecard issue replace --old-card OLD --card NEW` with the platform in process: the subsidy is carried."""
+    from central.db import load_signing_key, write_signing_key
+    from onecard.cli import main
+    from sam.keystore import KeystoreUnlock
+    from sam.software import SoftwareSam
+    from simulator.card import MultiCardStateFile
+
+    d = tmp_path
+    (d / "pass").write_text("lab bench\n")
+    ks = ["--keystore", d / "ks", "--passphrase-file", d / "pass", "--enterprise", ENT]
+    assert main([str(a) for a in ("sam", "create-keystore", "--out", d / "ks", "--passphrase-file", d / "pass",
+                                  "--enterprise", ENT)]) == 0  # fmt: skip
+    write_signing_key(d / "pf.key")
+    pf = Platform(d / "platform.db", load_signing_key(d / "pf.key"))
+    pf.add_enterprise(ENT, "Acme")
+    pf.add_holder(ENT, "E1001", "Zhang Wei", phone="13800000001")
+    factory = SoftwareSam.open(d / "ks", KeystoreUnlock.from_passphrase_file(d / "pass"))
+    app = sub_application(factory, person(A, "E1001", "Zhang Wei", {1, 2}, opening_balance=2_500), "Office")
+    app.subsidy = SubsidyPurse(1_800, bcd.encode_date(dt.date(2099, 12, 31)), 100_000)
+    MultiCardStateFile(d / "old.json").save(multi_card([app], issuer_sam=ISSUER_SAM))
+    pf.issue_card(ENT, "E1001", app.asn.hex().upper(), {"door_groups": [1, 2]}, balance_cents=2_500)
+    pf.close()
+    new = multi_card([transport_sub_application(factory, A, "Office")], issuer_sam=ISSUER_SAM)
+    MultiCardStateFile(d / "new.json").save(new)
+    wash = ["issue", "wash", *ks, "--card", d / "new.json", "--log", d / "station.db", "--to-version", 1]
+    assert main([str(a) for a in wash]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    lab = ["--lab-platform-db", d / "platform.db", "--lab-platform-key", d / "pf.key"]
+    args = ["issue", "replace", *ks, "--log", d / "station.db", "--wait", "2", *lab]
+    code = main([str(a) for a in (*args, "--old-card", d / "old.json", "--card", d / "new.json")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    new_state = MultiCardStateFile(d / "new.json").load().apps[0]
+    assert (new_state.purse.balance, new_state.subsidy.balance) == (2_500, 1_800)
+    assert out.rstrip().endswith("balance and rights carried over; subsidy 18.00 yuan carried over")
