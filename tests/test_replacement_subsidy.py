@@ -157,6 +157,9 @@ def test_a_readable_old_card_carries_its_proven_subsidy_and_the_platform_moves_i
     assert platform.card(old_asn)["balance_cents"] == 0
     report = platform.subsidy_report(ENT)
     assert (report["carried"], report["lapsed"], report["on_cards"]) == (2_000, 0, 2_000)
+    [bill] = platform.spending_bills("2026-11", ENT, "E1001")
+    assert (bill.subsidy_opening, bill.subsidy_closing, bill.closing) == (0, 2_000, 5_000)
+    assert not [i for i in bill.items if i.kind == "lapsed"]
     # the allowance not yet collected is now announced for the new card (the collected one stays collected)
     body = platform.subsidy_allowances_body(ENT)["allowances"]
     assert sorted((a["asn"], a["amount"], a["collected"]) for a in body) == [
@@ -254,6 +257,12 @@ def test_the_platform_lets_an_expired_ledger_balance_lapse_at_replace(platform, 
     assert platform.subsidy_ledger(old_asn) == (0, None)
     report = platform.subsidy_report(ENT)
     assert (report["carried"], report["lapsed"], report["on_cards"]) == (0, 2_000, 0)
+    # the holder's bill: the lapse is an item of the month it happened; a carry between own cards is none
+    [bill] = platform.spending_bills("2027-01", ENT, "E1001")
+    assert (bill.subsidy_opening, bill.subsidy_closing) == (2_000, 0)
+    assert [(i.wallet, i.label, i.amount, i.sms().split(" ", 2)[2]) for i in bill.items] == [
+        ("subsidy", "subsidy lapsed", -2_000, "subsidy lapsed 20.00 at replacement")
+    ]
 
 
 def test_a_version_1_new_card_is_refused_before_anything_changes_when_a_subsidy_is_carried(platform, tmp_path):
