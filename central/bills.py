@@ -134,8 +134,13 @@ SPENDING_CSV_COLUMNS = (
 )
 # What each booked item is called on the bill, and which way it moves its wallet.
 _CASH_LABEL = {"pos.purchase": "paid", "pos.undo": "refund", "topup.load": "top-up", "payout": "paid out"}
-_SUBSIDY_LABEL = {"load": "subsidy", "purchase": "paid from subsidy", "withdraw": "subsidy withdrawn"}
-_SUBSIDY_SIGN = {"load": 1, "purchase": -1, "withdraw": -1}
+_SUBSIDY_LABEL = {
+    "load": "subsidy",
+    "purchase": "paid from subsidy",
+    "withdraw": "subsidy withdrawn",
+    "lapsed": "subsidy lapsed",  # expired when its card was replaced (docs/card-application.md 8.5)
+}
+_SUBSIDY_SIGN = {"load": 1, "purchase": -1, "withdraw": -1, "lapsed": -1}
 OVER_THE_AIR = "over the air"
 
 
@@ -156,7 +161,7 @@ class BillItem:
 
     def sms(self) -> str:
         when = self.time.strftime("%m-%d %H:%M") if self.time is not None else "--"
-        where = self.place if self.place in (OVER_THE_AIR, "at cancellation") else f"at {self.place}"
+        where = self.place if self.place in (OVER_THE_AIR, "at cancellation", "at replacement") else f"at {self.place}"
         return f"{when} {self.label} {_yuan(abs(self.amount))} {where}"
 
 
@@ -363,6 +368,11 @@ class Bills:
         ):
             item = self._bill_item(t, "subsidy", kind, place or f"terminal {tid}", tid, _SUBSIDY_SIGN[kind] * amount)
             ledger.append((t, tid, seq, item))
+        # A replacement moves the subsidy between the holder's own cards (nothing to bill), unless it had expired.
+        for t, amount in self.conn.execute(
+            f"SELECT at, amount_cents FROM subsidy_carried WHERE lapsed = 1 AND old_asn IN ({cards})", (holder_id,)
+        ):
+            ledger.append((t, "", 0, self._bill_item(t, "subsidy", "lapsed", "at replacement", "", -amount)))
         ledger.sort(key=lambda r: (r[0], r[1], r[2], r[3].wallet))
         (balance,) = self.conn.execute(
             f"SELECT coalesce(sum(balance_cents), 0) FROM cards WHERE asn IN ({cards})", (holder_id,)

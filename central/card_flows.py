@@ -156,8 +156,9 @@ class CardFlows:
         return None if row is None else dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
 
     def replace(self, old_asn: str, new_asn: str, key_version: int | None = None) -> int:
-        """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights and balance (and is
-        counted at `key_version` by `platform key-versions` when the issuing station reports it)."""
+        """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights, balance and subsidy
+        ledger balance (an expired one lapses), its uncollected allowances are announced for the new card, and it is
+        counted at `key_version` by `platform key-versions` when the issuing station reports it."""
         new_asn = _asn(new_asn)
         with self._txn():
             c = self._card_for_update(old_asn)
@@ -190,7 +191,11 @@ class CardFlows:
             self._history(c["asn"], "replace", f"replaced by {new_asn}; blacklist version {v}")
             if key_version is not None:
                 self.record_key_version(new_asn, key_version)
-            self._history(new_asn, "issued", f"replacement of {c['asn']}, balance {_yuan(c['balance_cents'])} moved")
+            # The subsidy ledger moves too, kept apart from cash (central/subsidy.py); uncollected allowances follow.
+            subsidy = self._carry_subsidy(c["asn"], new_asn, c["enterprise_id"])
+            self._history(
+                new_asn, "issued", f"replacement of {c['asn']}, balance {_yuan(c['balance_cents'])} moved{subsidy}"
+            )
         return v
 
     def publish_config(self, enterprise_id: str, document: dict, *, validate: bool = True) -> int:

@@ -1111,7 +1111,7 @@ def _subsidy_commands(sub, db_target, db_help) -> None:
     c.add_argument("--policy", required=True, choices=("subsidy_first", "cash_first"))
     c.add_argument("--label", required=True, help="the month (2026-11) or a one-off name (holiday-2026)")
     cmd("list", "each allowance and what became of it (pending, collected, expired)", cmd_subsidy_list)
-    cmd("report", "subsidy issued, collected, spent, withdrawn and on the cards", cmd_subsidy_report)
+    cmd("report", "subsidy issued, collected, spent, withdrawn, carried, lapsed and on the cards", cmd_subsidy_report)
 
 
 def cmd_subsidy_issue(args) -> int:

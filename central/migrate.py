@@ -46,6 +46,7 @@ TABLES = (
     "ota_job_params",
     "ota_loads",
     "card_serials",
+    "subsidy_carried",
 )
 # Tables whose ids PostgreSQL hands out (identity columns): moved on past the copied ids.
 IDENTITY = {

@@ -295,6 +295,9 @@ class Registry:
             if unchecked
             else "verified",
             "held_money_records": held,
+            # The subsidy purse as the platform confirmed it (central/subsidy.py), accounted apart from the cash
+            # balance: what a replacement carries when the old card is lost (docs/card-application.md 8.5).
+            **dict(zip(("subsidy_cents", "subsidy_expiry"), self.subsidy_ledger(asn))),
         }
 
     def cards(self, enterprise_id: str | None = None) -> list[dict]:

@@ -179,6 +179,9 @@ class SubsidyAccounts:
             return "unchecked" if self.unverified_money else "no_keys"
         from sam.interface import Algorithm, CardIdentity, SamError
 
+        tx_type = TX_TYPE[kind]
+        if kind == "purchase" and d.get("pin_verified") is True:
+            tx_type = tx.SUBSIDY_PURCHASE_WITH_PIN_TAC  # the card's TAC covers the spending-password flag (5.5)
         try:
             card = CardIdentity(
                 bytes.fromhex(e.asn), bytes.fromhex(enterprise or ""), d["key_version"], Algorithm[d["algorithm"]]
@@ -186,7 +189,7 @@ class SubsidyAccounts:
             self.tac_sam.verify_tac(
                 card,
                 amount=amount,
-                tx_type=TX_TYPE[kind],
+                tx_type=tx_type,
                 terminal_id=bytes.fromhex(terminal_id),
                 tsn=d.get("tsn", 0) if kind != "load" else 0,
                 date=bytes.fromhex(d["date"]),
@@ -210,6 +213,60 @@ class SubsidyAccounts:
             reason=code,
             msg=why,
         )
+
+    # ---- the ledger of one card, and replacement ------------------------------------------------------------------
+
+    def subsidy_ledger(self, asn: str) -> tuple[int, str | None]:
+        """(balance in fen, expiry YYYY-MM-DD or None) of a card's subsidy purse as the platform confirmed it: its
+        TAC-verified (or lab 'unchecked') loads less its sales and withdrawals, plus what a replacement carried onto
+        it, less what a replacement carried (or let lapse) from it. The expiry is the latest of the allowances it
+        collected and of what was carried onto it; None while the balance is not above 0."""
+        sums = dict(
+            self.conn.execute(
+                "SELECT kind, sum(amount_cents) FROM subsidy_transactions WHERE asn = ? "
+                "AND tac_status IN ('ok', 'unchecked') GROUP BY kind",
+                (asn,),
+            ).fetchall()
+        )
+        carried_in, in_expiry = self.conn.execute(
+            "SELECT coalesce(sum(amount_cents), 0), max(expiry) FROM subsidy_carried WHERE new_asn = ? AND lapsed = 0",
+            (asn,),
+        ).fetchone()
+        (carried_out,) = self.conn.execute(
+            "SELECT coalesce(sum(amount_cents), 0) FROM subsidy_carried WHERE old_asn = ?", (asn,)
+        ).fetchone()
+        balance = int(sums.get("load") or 0) - int(sums.get("purchase") or 0) - int(sums.get("withdraw") or 0)
+        balance += int(carried_in) - int(carried_out)
+        if balance <= 0:
+            return balance, None
+        (load_expiry,) = self.conn.execute(
+            "SELECT max(a.expiry) FROM subsidy_transactions t JOIN subsidy_allowances a USING (allowance_id) "
+            "WHERE t.asn = ? AND t.kind = 'load' AND t.tac_status IN ('ok', 'unchecked')",
+            (asn,),
+        ).fetchone()
+        expiries = [e for e in (load_expiry, in_expiry) if e]
+        return balance, max(expiries) if expiries else None
+
+    def _carry_subsidy(self, old_asn: str, new_asn: str, enterprise_id: str) -> str:
+        """Within `replace`'s transaction: the old card's subsidy ledger balance moves to the new card (lapses when
+        its expiry is past), and the allowances it had not collected are announced for the new card (the downlink
+        names each holder's ACTIVE cards). Returns the history text."""
+        balance, expiry = self.subsidy_ledger(old_asn)
+        text = ""
+        if balance > 0:
+            today = self.clock().astimezone(self.tz).date().isoformat()
+            lapsed = expiry is None or expiry < today
+            self.conn.execute(
+                "INSERT INTO subsidy_carried VALUES (?, ?, ?, ?, ?, ?)",
+                (old_asn, new_asn, balance, expiry, int(lapsed), self._now()),
+            )
+            text = (
+                f", subsidy {_yuan(balance)} yuan lapsed (expired {expiry})"
+                if lapsed
+                else f", subsidy {_yuan(balance)} yuan (until {expiry}) moved"
+            )
+        self._publish_allowances(enterprise_id)
+        return text
 
     # ---- reports -------------------------------------------------------------------------------------------------
 
@@ -257,10 +314,22 @@ class SubsidyAccounts:
             ).fetchall()
         )
         collected, spent, withdrawn = (int(sums.get(k) or 0) for k in ("load", "purchase", "withdraw"))
+        carried, lapsed = (
+            int(v)
+            for v in self.conn.execute(
+                "SELECT coalesce(sum(CASE WHEN s.lapsed = 0 THEN s.amount_cents ELSE 0 END), 0), "
+                "coalesce(sum(CASE WHEN s.lapsed = 1 THEN s.amount_cents ELSE 0 END), 0) "
+                "FROM subsidy_carried s JOIN cards c ON c.asn = s.old_asn WHERE c.enterprise_id = ?",
+                (enterprise_id,),
+            ).fetchone()
+        )
         return {
             "issued": int(issued),
             "collected": collected,
             "spent": spent,
             "withdrawn": withdrawn,
-            "on_cards": collected - spent - withdrawn,
+            # moved from replaced cards to their new cards (stays on the cards), and lapsed there (expired)
+            "carried": carried,
+            "lapsed": lapsed,
+            "on_cards": collected - spent - withdrawn - lapsed,
         }

@@ -38,6 +38,8 @@ KNOWN_KINDS: frozenset[str] = frozenset(
         *(f"{op}{suffix}" for op in _SUBSIDY_OPS for suffix in (".intent", "", ".abandoned")),
         *(f"{op}{suffix}" for op in _ISSUING for suffix in (".intent", "")),
         "issue.restore.abandoned",
+        # replacement: the old card's subsidy balance loaded onto the new card (card-application.md 8.5)
+        *(f"issue.restore_subsidy{suffix}" for suffix in (".intent", "", ".abandoned")),
         "issue.replace",
         "issue.subapp",  # a version 2 card got this enterprise's sub-application (card-application.md 9.6)
         "issue.pin_set",  # card office: the spending password set or reset (never the password itself)

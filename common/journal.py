@@ -94,6 +94,9 @@ ISSUE = _flow("issue.card")
 REPLACE = _flow("issue.replace", intent_kind="issue.card.intent")
 VOID = _flow("issue.void")
 RESTORE = _flow("issue.restore", State.ABANDONED)
+# Replacement of a card with a subsidy purse (docs/card-application.md 8.5): the carried subsidy balance loaded onto
+# the new card by a subsidy load with the old expiry, settled as RESTORE is.
+RESTORE_SUBSIDY = _flow("issue.restore_subsidy", State.ABANDONED)
 CANCEL = _flow("issue.cancel", State.SETTLED)
 DELETE = _flow("issue.delete", State.SETTLED)
 # Washing and key rotation (terminal/rekey.py): DONE once SELECT announces the target key version.
@@ -117,6 +120,7 @@ FLOWS: tuple[Flow, ...] = (
     KEYS,
     SUBSIDY_LOAD,
     SUBSIDY_WITHDRAW,
+    RESTORE_SUBSIDY,
 )
 MONEY_FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW)
 JOURNAL_KINDS: frozenset[str] = frozenset(k for f in FLOWS for k in f.kinds)

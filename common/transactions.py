@@ -32,3 +32,7 @@ DEBIT_TYPES = (PURCHASE, SUBSIDY_PURCHASE, SUBSIDY_WITHDRAW)
 # The type byte of the TAC input (only there) of a purchase whose DEBIT carried the spending-password flag after a
 # VERIFY in the same card session (docs/card-application.md 5.5): the platform's TAC check proves the flag.
 PURCHASE_WITH_PIN_TAC = 0x86
+# The same for the subsidy share of a two-purse sale whose DEBIT carried the flag (5.5, 5.6): 05 | 80. Its cash share
+# uses 86 as a plain purchase does.
+SUBSIDY_PURCHASE_WITH_PIN_TAC = 0x85
+PIN_TAC_TYPES = (PURCHASE_WITH_PIN_TAC, SUBSIDY_PURCHASE_WITH_PIN_TAC)

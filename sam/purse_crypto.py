@@ -126,8 +126,8 @@ def tac(
     balance_after: int,
 ) -> bytes:
     _check(bytes(4), terminal_id, date, time)
-    if tx_type not in tx.NAMES and tx_type != tx.PURCHASE_WITH_PIN_TAC:
-        raise ValueError(f"transaction type {tx_type:#04x} is not one of 01, 02, 04, 05, 06, 86")
+    if tx_type not in tx.NAMES and tx_type not in tx.PIN_TAC_TYPES:
+        raise ValueError(f"transaction type {tx_type:#04x} is not one of 01, 02, 04, 05, 06, 85, 86")
     return mac8(
         alg,
         k_tac,

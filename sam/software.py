@@ -292,9 +292,10 @@ class SoftwareSam:
             raise InvalidPurseInput(
                 f"balance after {balance_after!r} is not 0..4294967295 fen; pass the log record's balance"
             )
-        if tx_type not in tx.NAMES and tx_type != tx.PURCHASE_WITH_PIN_TAC:
+        if tx_type not in tx.NAMES and tx_type not in tx.PIN_TAC_TYPES:
             raise InvalidPurseInput(
-                f"transaction type {tx_type!r} is not 0x01, 0x02, 0x04, 0x05, 0x06 or 0x86; pass the log record's type"
+                f"transaction type {tx_type!r} is not 0x01, 0x02, 0x04, 0x05, 0x06, 0x85 or 0x86; pass the log "
+                "record's type"
             )
         check_mac(tac, "TAC")
         algorithm, k_tac = self._card_key(KeyPurpose.TAC, card, KeyUsage.VERIFY)

@@ -923,10 +923,14 @@ class OneCardApplet:
 
     def _application_block(self, cmd: Command, plain: bytes, challenge: bytes) -> bytes:
         s = self.state
-        if (cmd.p1, cmd.p2) != (0, 0):
+        # P1 01 (version 2 only): the subsidy purse is proven with the cash purse (card-application.md 8.2).
+        with_subsidy = cmd.p1 == 0x01 and self.VERSION >= 2
+        if (cmd.p1, cmd.p2) != (0, 0) and not (with_subsidy and cmd.p2 == 0):
             return SW_WRONG_P1P2
         if plain:
             return SW_WRONG_LENGTH
+        if with_subsidy and s.subsidy is None:
+            return SW_NO_PURSE  # nothing changed: a card without a subsidy purse is voided with P1 00
         if s.status != STATUS_VOIDED:
             s.status = STATUS_VOIDED  # from now on every purse command answers 69 85: the balance is frozen
             self._persist()
@@ -938,6 +942,14 @@ class OneCardApplet:
             + purse.offline_counter.to_bytes(2, "big")
             + purse.online_counter.to_bytes(2, "big")
         )
+        if with_subsidy:
+            sub = s.subsidy
+            frozen += (
+                sub.balance.to_bytes(4, "big")
+                + sub.expiry
+                + sub.offline_counter.to_bytes(2, "big")
+                + sub.online_counter.to_bytes(2, "big")
+            )
         # The card proves the frozen balance under its admin key: challenge || INS || data (INS 1E, never 84,
         # so a response MAC can never be taken for a command MAC).
         return frozen + mac8(s.algorithm, s.update_key, challenge + b"\x1e" + frozen) + SW_OK
@@ -1201,11 +1213,17 @@ def _record(tx_type, counter, amount, terminal, tsn, date, time_, after, proof, 
 
 
 def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
-    """DEBIT FOR PURCHASE of a two-purse sale or a withdrawal: both purses (or the withdrawal) in one atomic write."""
-    if (cmd.p1, cmd.p2) != (0x01, 0x00):
+    """DEBIT FOR PURCHASE of a two-purse sale or a withdrawal: both purses (or the withdrawal) in one atomic write.
+    A two-purse DEBIT may carry the spending-password flag (P2 80, section 5.5): refused (69 82) unless a VERIFY
+    succeeded in this session; both TACs then carry the flagged types (85, 86). A withdrawal is never flagged."""
+    flags = (0x00, PIN_P2) if session["type"] == tx.SUBSIDY_PURCHASE else (0x00,)
+    if cmd.p1 != 0x01 or cmd.p2 not in flags:
         return SW_WRONG_P1P2
     if len(cmd.data) != 19:
         return SW_WRONG_LENGTH
+    with_pin = cmd.p2 == PIN_P2
+    if with_pin and not card.debit_pin:
+        return SW_SECURITY  # flagged as PIN-verified, but no VERIFY succeeded in this session since
     s = card.state
     purse, sub, alg = s.purse, s.subsidy, s.algorithm
     tsn, date, time_, mac1 = int.from_bytes(cmd.data[:4], "big"), cmd.data[4:8], cmd.data[8:11], cmd.data[11:]
@@ -1233,7 +1251,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
     tac_s = tac_c = bytes(8)
     if part_s:
         after = sub.balance - part_s
-        tac_s = _tac(card, tx.SUBSIDY_PURCHASE, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
+        type_s = tx.SUBSIDY_PURCHASE_WITH_PIN_TAC if with_pin else tx.SUBSIDY_PURCHASE
+        tac_s = _tac(card, type_s, part_s, terminal, tsn, date, time_, session["subsidy_counter"], after)
         sub.balance, sub.offline_counter = after, sub.offline_counter + 1
         if after == 0:
             sub.expiry = bytes(4)  # an empty subsidy purse has nothing to expire: no withdrawal is ever asked for
@@ -1245,7 +1264,8 @@ def subsidy_debit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
         del sub.records[:-MAX_RECORDS]
     if part_c:
         after = purse.balance - part_c
-        tac_c = _tac(card, tx.PURCHASE, part_c, terminal, tsn, date, time_, session["counter"], after)
+        type_c = tx.PURCHASE_WITH_PIN_TAC if with_pin else tx.PURCHASE
+        tac_c = _tac(card, type_c, part_c, terminal, tsn, date, time_, session["counter"], after)
         purse.balance, purse.offline_counter = after, purse.offline_counter + 1
         purse.records.append(
             _record(tx.PURCHASE, session["counter"], part_c, terminal, tsn, date, time_, after, proof, tac_c)

@@ -335,7 +335,19 @@ class FrozenPurse:
     offline_counter: int
     online_counter: int
     mac: bytes
-    raw: bytes  # the 8 data bytes the MAC covers (after challenge || 1E)
+    raw: bytes  # the 8 (20 with the subsidy purse) data bytes the MAC covers (after challenge || 1E)
+    # APPLICATION BLOCK P1 01 (card-application.md 8.2): the subsidy purse frozen with it; None for P1 00
+    subsidy: FrozenSubsidy | None = None
+
+
+@dataclass(frozen=True)
+class FrozenSubsidy:
+    """The subsidy purse as APPLICATION BLOCK P1 01 froze it: balance, expiry (None: 00000000, empty), counters."""
+
+    balance: int
+    expiry: dt.date | None
+    offline_counter: int
+    online_counter: int
 
 
 @dataclass(frozen=True)
@@ -380,14 +392,26 @@ def check_secured(rapdu: bytes, what: str, length: int = 0) -> bytes:
     return expect_ok(rapdu, what, length)
 
 
-def parse_frozen_purse(rapdu: bytes) -> FrozenPurse:
-    data = check_secured(rapdu, "APPLICATION BLOCK", 16)
+def parse_frozen_purse(rapdu: bytes, with_subsidy: bool = False) -> FrozenPurse:
+    """APPLICATION BLOCK's answer: 16 bytes (P1 00), or 28 with the subsidy purse (P1 01); CardProtocolError else."""
+    n = 20 if with_subsidy else 8
+    data = check_secured(rapdu, "APPLICATION BLOCK", n + 8)
+    subsidy = None
+    if with_subsidy:
+        expiry = data[12:16]
+        subsidy = FrozenSubsidy(
+            balance=int.from_bytes(data[8:12], "big"),
+            expiry=None if expiry == bytes(4) else parse_bcd_date(expiry, "frozen subsidy expiry"),
+            offline_counter=int.from_bytes(data[16:18], "big"),
+            online_counter=int.from_bytes(data[18:20], "big"),
+        )
     return FrozenPurse(
         balance=int.from_bytes(data[0:4], "big"),
         offline_counter=int.from_bytes(data[4:6], "big"),
         online_counter=int.from_bytes(data[6:8], "big"),
-        mac=data[8:],
-        raw=data[:8],
+        mac=data[n:],
+        raw=data[:n],
+        subsidy=subsidy,
     )
 
 

@@ -24,6 +24,7 @@ from common.registry import Registry, RegistryError
 from sam.interface import CardIdentity, KeyPurpose, KeyUsage, LoadSession, MacVerificationError, Sam, SamError
 from terminal import card_protocol as cp
 from terminal import purse_protocol as pp
+from terminal import subsidy_protocol as sp
 from terminal.decision import Refusal
 from terminal.rekey import AdminChannel, admin_purpose, require_admin_key, select_for_admin
 
@@ -33,6 +34,7 @@ VOID_INTENT, VOIDED = jn.VOID.intent_kind, jn.VOID.kind(jn.State.DONE)
 RESTORE_INTENT, RESTORED, RESTORE_ABANDONED = jn.RESTORE.kinds
 REPLACED, CANCELLED, DELETED = (f.kind(jn.State.DONE) for f in (jn.REPLACE, jn.CANCEL, jn.DELETE))
 RESTORE_KINDS = jn.RESTORE.kinds
+SUBSIDY_RESTORED = jn.RESTORE_SUBSIDY.kind(jn.State.DONE)
 SUB_APPLICATION_ADDED = "issue.subapp"  # not journaled: CREATE is one atomic write (card-application.md 9.6)
 
 
@@ -84,6 +86,10 @@ class Backup:
     balance: int  # fen: proven by the old card's APPLICATION BLOCK, or the platform's figure
     source: str  # "card" or "platform"
     records: list[dict] = field(default_factory=list)
+    # The subsidy purse (card-application.md 5.6, 8.5): proven by APPLICATION BLOCK P1 01, or the platform's subsidy
+    # ledger; carried by a subsidy load with this expiry unless it has expired (then it lapses, logged).
+    subsidy_balance: int = 0
+    subsidy_expiry: dt.date | None = None
 
 
 @dataclass(frozen=True)
@@ -375,7 +381,8 @@ class IssuingTerminal:
         # The backup reaches the log before the card is voided: whatever happens next, nothing is lost.
         intent = self.journal.open(jn.VOID, now, asn, "Backing up and voiding the old card", backup)
         try:
-            frozen = AdminChannel(transmit, self.sam, info).block()
+            # A subsidy purse is frozen and proven with the cash purse (APPLICATION BLOCK P1 01, 8.2).
+            frozen = AdminChannel(transmit, self.sam, info).block(with_subsidy=info.has_subsidy)
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot void the card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
@@ -392,11 +399,24 @@ class IssuingTerminal:
                     "online_counter": frozen.online_counter,
                     "proof": frozen.mac.hex(),
                     "key_version": info.key_version,
+                    **_frozen_subsidy_detail(frozen),
                 },
                 "voided",
             )
         self._tell_voided(asn, frozen)
-        return Backup(asn, employee_no, holder, access, purse, frozen.balance, "card", records)
+        sub = frozen.subsidy
+        return Backup(
+            asn,
+            employee_no,
+            holder,
+            access,
+            purse,
+            frozen.balance,
+            "card",
+            records,
+            subsidy_balance=0 if sub is None else sub.balance,
+            subsidy_expiry=None if sub is None else sub.expiry,
+        )
 
     def check_replacement(self, info: cp.CardInfo) -> None:
         """Everything a replacement needs, checked before the old card is voided: the keys to void it (UPDATE mac +
@@ -431,6 +451,7 @@ class IssuingTerminal:
         """No readable old card: the new card is written from the platform's records (rights and balance)."""
         c = self._registry(self.registry.card, old_asn)
         holder = self._registry(self.registry.holder, c["enterprise_id"], c["employee_no"])
+        expiry = c.get("subsidy_expiry")
         return Backup(
             c["asn"],
             c["employee_no"],
@@ -439,6 +460,9 @@ class IssuingTerminal:
             req.purse_file(),
             c["balance_cents"],
             "platform",
+            # The platform's subsidy ledger (what it confirmed) and the latest expiry of what it holds.
+            subsidy_balance=int(c.get("subsidy_cents") or 0),
+            subsidy_expiry=None if not expiry else dt.date.fromisoformat(expiry),
         )
 
     def replace(self, transmit, backup: Backup, now: dt.datetime) -> str:
@@ -452,6 +476,13 @@ class IssuingTerminal:
         asn = info.asn_hex
         if self.journal.has(asn, jn.REPLACE, jn.State.DONE):
             raise Refusal("already_issued", "This card already replaced another: nothing to do", asn)
+        if backup.subsidy_balance and info.app_version < 2:
+            raise Refusal(
+                "no_subsidy_purse",
+                f"The old card carries a subsidy balance of {format_yuan(backup.subsidy_balance)} and this new card "
+                "is a version 1 card, without a subsidy purse: tap a washed version 2 card; nothing was changed",
+                asn,
+            )
         if info.status == cp.STATUS_TRANSPORT:
             holder = self._registry(self.registry.holder, self.eid, backup.employee_no)
             self._check_phone(holder, info, backup.employee_no, except_asn=backup.old_asn)
@@ -469,6 +500,7 @@ class IssuingTerminal:
             )
             self._write_card(transmit, info, backup.holder, backup.access, backup.purse)
         loaded = self._restore_balance(transmit, info, backup, now)
+        subsidy_loaded, lapsed = self._restore_subsidy(transmit, info, backup, now)
         self._registry(self.registry.replace, backup.old_asn, asn, info.key_version)
         # A re-tap finishes a replacement whose intent an earlier tap logged: the outcome is recorded for the card.
         self.journal.record_for(
@@ -476,11 +508,17 @@ class IssuingTerminal:
             jn.State.DONE,
             now,
             asn,
-            f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried",
+            f"Replaces {backup.old_asn}; balance {format_yuan(loaded)} carried"
+            + (f", subsidy {format_yuan(subsidy_loaded)} carried" if subsidy_loaded else "")
+            + (f", expired subsidy {format_yuan(lapsed)} lapsed" if lapsed else ""),
             {
                 "old_asn": backup.old_asn,
                 "balance_carried": backup.balance,
                 "balance_loaded": loaded,
+                "subsidy_carried": backup.subsidy_balance,
+                "subsidy_loaded": subsidy_loaded,
+                "subsidy_lapsed": lapsed,
+                "subsidy_expiry": None if backup.subsidy_expiry is None else backup.subsidy_expiry.isoformat(),
                 "source": backup.source,
                 "key_version": info.key_version,
                 "employee_no": backup.employee_no,
@@ -589,6 +627,7 @@ class IssuingTerminal:
         from sam.interface import Algorithm
 
         card = info.identity(d["key_version"], Algorithm[d["algorithm"]])
+        subsidy = {} if "expiry" not in d else {"tx_type": tx.SUBSIDY_LOAD, "expiry": bytes.fromhex(d["expiry"])}
         return LoadSession(
             card=card,
             card_random=bytes.fromhex(d["random"]),
@@ -598,7 +637,104 @@ class IssuingTerminal:
             terminal_id=self.terminal_id,
             date=bytes.fromhex(d["date"]),
             time=bytes.fromhex(d["time"]),
+            **subsidy,
         )
+
+    def _restore_subsidy(self, transmit, info: cp.CardInfo, backup: Backup, now: dt.datetime) -> tuple[int, int]:
+        """(loaded, lapsed): the carried subsidy balance, loaded once onto the new card's subsidy purse by a subsidy
+        load with the old expiry (card-application.md 5.6, 8.5); an expired one is not loaded but lapses (the
+        replacement's outcome logs it). A torn load is settled by GET TRANSACTION PROVE (01) before anything else."""
+        asn = info.asn_hex
+        last = self.journal.last(asn, jn.RESTORE_SUBSIDY)
+        if last is not None and last.kind == SUBSIDY_RESTORED:
+            return last.detail["amount"], 0
+        torn = self.journal.unfinished(asn, jn.RESTORE_SUBSIDY)
+        if torn is not None:
+            d = dict(torn.detail)
+            proof = pp.parse_prove(transmit(pp.prove_command(tx.SUBSIDY_LOAD, d["counter"])))
+            if proof is not None:
+                try:
+                    self.sam.verify_load_mac3(self._load_session(info, d), proof.mac)
+                    self.journal.record(
+                        torn,
+                        jn.State.DONE,
+                        now,
+                        f"Subsidy {format_yuan(d['amount'])} restored",
+                        {**d, "tac": proof.tac.hex(), "intent_seq": torn.seq, "resolved_at_next_tap": True},
+                        "completed",
+                    )
+                    return d["amount"], 0
+                except MacVerificationError:
+                    pass
+            self.journal.record(
+                torn,
+                jn.State.ABANDONED,
+                now,
+                "Interrupted subsidy restore did not happen",
+                {"intent_seq": torn.seq, "amount": d["amount"]},
+                "not_on_card",
+            )
+        amount, expiry = backup.subsidy_balance, backup.subsidy_expiry
+        if amount == 0:
+            return 0, 0
+        local = now.astimezone(self.timezone)
+        if expiry is None or expiry < local.date():
+            return 0, amount  # expired (the last day it could be spent is past): withdrawn, never loaded
+        try:
+            init = sp.parse_subsidy_load(transmit(sp.subsidy_load_command(amount, self.terminal_id, expiry)))
+        except cp.CardProtocolError as exc:
+            raise Refusal("card_error", f"New card refused the subsidy load ({exc}): tap it again", asn) from None
+        d = {
+            "amount": amount,
+            "counter": init.counter,
+            "random": init.random.hex(),
+            "date": local.strftime("%Y%m%d"),
+            "time": local.strftime("%H%M%S"),
+            "key_version": init.key_version,
+            "algorithm": init.algorithm.name,
+            "balance_before": 0,
+            "expiry": bcd.encode_date(expiry).hex(),
+            "old_asn": backup.old_asn,
+        }
+        try:  # the subsidy purse's balance is always sealed (5.2a): the SAM opens it
+            mac2, d["balance_before"] = self.sam.load_mac2_sealed(self._load_session(info, d), init.mac1, init.sealed)
+        except SamError as exc:
+            raise Refusal("sam_refused", f"This SAM cannot load the carried subsidy: {exc}", asn) from None
+        session = self._load_session(info, d)
+        intent = self.journal.open(jn.RESTORE_SUBSIDY, now, asn, f"Restoring subsidy {format_yuan(amount)}", d)
+        try:
+            proof = pp.parse_credit(transmit(pp.credit_command(session.date, session.time, mac2)))
+            self.sam.verify_load_mac3(session, proof.mac)
+        except pp.OverMaximum:
+            self.journal.record(
+                intent,
+                jn.State.ABANDONED,
+                now,
+                "Subsidy restore refused by the card",
+                {"intent_seq": intent.seq, "amount": amount},
+                "card_refused",
+            )
+            raise Refusal(
+                "card_error",
+                "New card refused the subsidy load (over its maximum subsidy balance): nothing loaded",
+                asn,
+            ) from None
+        except (cp.CardProtocolError, MacVerificationError) as exc:
+            raise Refusal(
+                "unconfirmed",
+                f"Subsidy load not confirmed ({exc}): tap the NEW card again; the station "
+                "asks the card whether it arrived and never loads it twice",
+                asn,
+            ) from None
+        self.journal.record(
+            intent,
+            jn.State.DONE,
+            now,
+            f"Subsidy {format_yuan(amount)} restored",
+            {**d, "tac": proof.tac.hex(), "intent_seq": intent.seq, "resolved_at_next_tap": False},
+            "completed",
+        )
+        return amount, 0
 
     # --- cancellation and application deletion ----------------------------------------------------
 
@@ -703,3 +839,16 @@ class IssuingTerminal:
             except cp.CardProtocolError as exc:
                 raise Refusal("card_error", f"Card did not confirm the deletion ({exc}): tap it again", asn) from None
         return frozen.balance
+
+
+def _frozen_subsidy_detail(frozen: cp.FrozenPurse) -> dict:
+    """The subsidy purse APPLICATION BLOCK P1 01 froze, for the void's log record (nothing without one)."""
+    sub = frozen.subsidy
+    if sub is None:
+        return {}
+    return {
+        "subsidy_balance": sub.balance,
+        "subsidy_expiry": None if sub.expiry is None else sub.expiry.isoformat(),
+        "subsidy_offline_counter": sub.offline_counter,
+        "subsidy_online_counter": sub.online_counter,
+    }

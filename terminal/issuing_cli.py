@@ -440,6 +440,20 @@ def cmd_add_application(args) -> int:
     return 0
 
 
+def _subsidy_note(station, asn: str, backup) -> str:
+    """What became of the old card's subsidy, from the station's log (issue.replace): carried or lapsed."""
+    from common import journal as jn
+    from common.money import format_yuan
+
+    if not backup.subsidy_balance:
+        return ""
+    done = station.journal.last(asn, jn.REPLACE, jn.State.DONE)
+    amount = format_yuan(backup.subsidy_balance)
+    if done is not None and done.detail.get("subsidy_lapsed"):
+        return f"; expired subsidy {amount} yuan lapsed"
+    return f"; subsidy {amount} yuan carried over"
+
+
 def cmd_replace(args) -> int:
     with _issuing_terminal(args) as (station, enterprise):
         if args.old_asn:
@@ -480,7 +494,8 @@ def cmd_replace(args) -> int:
                 )
             finally:
                 reader.close()
-    print(f"card {asn} replaces {backup.old_asn}; balance and rights carried over")
+        subsidy = _subsidy_note(station, asn, backup)
+    print(f"card {asn} replaces {backup.old_asn}; balance and rights carried over{subsidy}")
     return 0
 
 

@@ -561,10 +561,9 @@ class PurseTerminal(SubsidySteps):
         sale = self.canteen.sale_fields(self.config, asn, amount, now, item)
         if spin.needs_pin(amount, pos.pin_above):
             self._spending_pin(transmit, asn, amount)
-            # A two-purse DEBIT has no spending-password flag yet (docs/card-application.md 5.6): the till still asks
-            # for and the card still verifies the PIN, but only a single-purse sale's TAC proves it.
-            if not info.has_subsidy:
-                sale["pin_verified"] = True
+            # The DEBIT is flagged (P2 80), a plain or a two-purse one alike: the card's TACs prove the PIN
+            # (docs/card-application.md 5.5, 5.6).
+            sale["pin_verified"] = True
         if info.has_subsidy:  # the card has a subsidy purse: one sale from both (card-application 5.6)
             return self.two_purse_purchase(transmit, info, amount, now, sale, subsidy_notes)
         try:

@@ -110,10 +110,11 @@ class AdminChannel:
         _, rapdu = self.send(cp.INS_UPDATE_BINARY, 0x80 | sfi, offset, data, challenge=challenge)
         cp.check_secured(rapdu, f"UPDATE BINARY of {what}")
 
-    def block(self) -> cp.FrozenPurse:
-        """APPLICATION BLOCK: void the application; the card proves the balance it froze (verified here)."""
-        challenge, rapdu = self.send(cp.INS_BLOCK, 0, 0, le=16)
-        frozen = cp.parse_frozen_purse(rapdu)
+    def block(self, with_subsidy: bool = False) -> cp.FrozenPurse:
+        """APPLICATION BLOCK: void the application; the card proves the balance it froze (verified here).
+        `with_subsidy` (P1 01, a version 2 sub-application with a subsidy purse): the subsidy purse too."""
+        challenge, rapdu = self.send(cp.INS_BLOCK, 1 if with_subsidy else 0, 0, le=28 if with_subsidy else 16)
+        frozen = cp.parse_frozen_purse(rapdu, with_subsidy)
         try:
             self.sam.verify_card_mac(
                 self.purpose, self.identity, cp.block_response_mac_input(challenge, frozen), frozen.mac

@@ -269,7 +269,7 @@ class SubsidySteps:
             info,
             d,
             intent,
-            pp.debit_command(d["tsn"], date, time_, mac1),
+            pp.debit_command(d["tsn"], date, time_, mac1, bool(sale.get("pin_verified"))),
             sp.parse_two_purse_debit,
             lambda proof: self.sam.verify_purchase_mac2(session, d["tsn"], proof.mac),
             now,

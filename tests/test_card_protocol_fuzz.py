@@ -74,3 +74,25 @@ def test_door_group_bit_order():
     assert cp.parse_door_groups(bytes([0x80] + [0] * 7)) == {1}
     assert cp.parse_door_groups(bytes([0, 0x01] + [0] * 6)) == {16}
     assert cp.parse_door_groups(bytes([0] * 7 + [0x01])) == {64}
+
+
+@given(st.binary(max_size=40), st.booleans())
+def test_frozen_purse_parser_never_crashes(data, with_subsidy):
+    """APPLICATION BLOCK's answer, P1 00 or 01 (card-application.md 8.2): a value or CardProtocolError."""
+    try:
+        frozen = cp.parse_frozen_purse(data, with_subsidy)
+    except cp.CardProtocolError:
+        return
+    assert len(frozen.mac) == 8 and len(frozen.raw) == (20 if with_subsidy else 8)
+    assert (frozen.subsidy is not None) is with_subsidy
+
+
+@given(st.binary(min_size=20, max_size=20), st.binary(min_size=8, max_size=8))
+def test_frozen_subsidy_with_right_length_parses_or_names_the_expiry(raw, mac):
+    try:
+        frozen = cp.parse_frozen_purse(raw + mac + b"\x90\x00", True)
+    except cp.CardProtocolError as exc:
+        assert "frozen subsidy expiry" in str(exc)
+        return
+    assert frozen.subsidy is not None and frozen.subsidy.balance == int.from_bytes(raw[8:12], "big")
+    assert (frozen.subsidy.expiry is None) is (raw[12:16] == bytes(4))

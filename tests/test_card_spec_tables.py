@@ -92,6 +92,15 @@ def card_in(state: str):
             assert card.transmit(bytes.fromhex("00A4040009F04F4E45434152440200"))[-2:] == b"\x90\x00"
         elif state.startswith("v2 sel"):
             assert card.transmit(bytes.fromhex("00A404000DF04F4E4543415244020001000100"))[-2:] == b"\x90\x00"
+        if "pin" in state.split():
+            card.card.apps[0].pin = "2468"
+            assert card.transmit(bytes.fromhex("0020008008242468FFFFFFFFFF")) == b"\x90\x00"
+        if "two-purse" in state:
+            init = bytes.fromhex("805001030C0100000001000000000001011A")
+            assert card.transmit(init)[-2:] == b"\x90\x00"
+        if "withdraw" in state:
+            card.card.apps[0].subsidy.expiry = bcd.encode_date(dt.date(2026, 1, 1))
+            assert card.transmit(bytes.fromhex("805002010B01000000000000000000010F"))[-2:] == b"\x90\x00"
         return card
     words = state.split()
     s = app(

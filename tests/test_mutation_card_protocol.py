@@ -485,6 +485,45 @@ def test_frozen_purse_fields_apart():
     )
 
 
+def test_frozen_purse_with_the_subsidy_purse_fields_apart():
+    """APPLICATION BLOCK P1 01 (card-application.md 8.2): 20 data bytes, then the MAC."""
+    raw = H("010000000100FFFF") + H("80010002") + H("20261231") + H("0102") + H("FFFE")
+    mac = H("D1D2D3D4D5D6D7D8")
+    frozen = cp.parse_frozen_purse(raw + mac + H("9000"), True)
+    subsidy = cp.FrozenSubsidy(
+        balance=0x80010002, expiry=dt.date(2026, 12, 31), offline_counter=258, online_counter=65534
+    )
+    assert frozen == cp.FrozenPurse(
+        balance=2**24, offline_counter=256, online_counter=65535, mac=mac, raw=raw, subsidy=subsidy
+    )
+    assert cp.block_response_mac_input(CHALLENGE, frozen) == CHALLENGE + H("1E") + raw
+    empty = cp.parse_frozen_purse(raw[:12] + bytes(4) + raw[16:] + mac + H("9000"), True)
+    assert empty.subsidy == cp.FrozenSubsidy(0x80010002, None, 258, 65534)  # 00000000: an empty purse has no expiry
+    assert cp.parse_frozen_purse(raw[:8] + mac + H("9000")).subsidy is None
+    assert cp.parse_frozen_purse(raw[:8] + mac + H("9000"), False).subsidy is None
+    fails(
+        cp.CardProtocolError,
+        "APPLICATION BLOCK returned 16 bytes, expected 28",
+        cp.parse_frozen_purse,
+        raw[:8] + mac + H("9000"),
+        True,
+    )
+    fails(
+        cp.CardProtocolError,
+        "APPLICATION BLOCK returned 28 bytes, expected 16",
+        cp.parse_frozen_purse,
+        raw + mac + H("9000"),
+    )
+    bad = raw[:12] + H("20261331") + raw[16:]
+    fails(
+        cp.CardProtocolError,
+        "frozen subsidy expiry 20261331 is not a BCD date YYYYMMDD",
+        cp.parse_frozen_purse,
+        bad + mac + H("9000"),
+        True,
+    )
+
+
 RECORD = (
     H("06")
     + H("0100")

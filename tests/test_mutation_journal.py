@@ -57,6 +57,10 @@ TABLE = {
         "subsidy.withdraw.intent",
         {"done": "subsidy.withdraw", "abandoned": "subsidy.withdraw.abandoned"},
     ),
+    "issue.restore_subsidy": (
+        "issue.restore_subsidy.intent",
+        {"done": "issue.restore_subsidy", "abandoned": "issue.restore_subsidy.abandoned"},
+    ),
 }
 
 
@@ -75,6 +79,7 @@ def test_the_table_flow_by_flow():
         jn.KEYS,
         jn.SUBSIDY_LOAD,
         jn.SUBSIDY_WITHDRAW,
+        jn.RESTORE_SUBSIDY,
     )
     assert jn.MONEY_FLOWS == (jn.PURCHASE, jn.UNDO, jn.LOAD, jn.SUBSIDY_LOAD, jn.SUBSIDY_WITHDRAW)
     for flow in jn.FLOWS:
@@ -95,7 +100,7 @@ def test_the_table_flow_by_flow():
         assert jn.flow_named(flow.name) is flow
     kinds = {intent for intent, _ in TABLE.values()} | {k for _, o in TABLE.values() for k in o.values()}
     assert jn.JOURNAL_KINDS == frozenset(kinds)
-    assert len(jn.JOURNAL_KINDS) == 31
+    assert len(jn.JOURNAL_KINDS) == 34
 
 
 def test_flows_are_built_the_house_way():

@@ -97,9 +97,13 @@ def refused(message, call, *args, **kwargs):
 
 
 def test_tac_refusals():
-    refused("transaction type 0x03 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x03)
-    refused("transaction type 0x09 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x09)
-    refused("transaction type 0x07 is not one of 01, 02, 04, 05, 06, 86", tac_of, tx_type=0x07)
+    refused("transaction type 0x03 is not one of 01, 02, 04, 05, 06, 85, 86", tac_of, tx_type=0x03)
+    refused("transaction type 0x09 is not one of 01, 02, 04, 05, 06, 85, 86", tac_of, tx_type=0x09)
+    refused("transaction type 0x07 is not one of 01, 02, 04, 05, 06, 85, 86", tac_of, tx_type=0x07)
+    refused("transaction type 0x84 is not one of 01, 02, 04, 05, 06, 85, 86", tac_of, tx_type=0x84)
+    refused("transaction type 0x87 is not one of 01, 02, 04, 05, 06, 85, 86", tac_of, tx_type=0x87)
+    # the two spending-password types (card-application.md 5.5, 5.6) are TAC types, each its own MAC input
+    assert len({tac_of(tx_type=t) for t in (0x05, 0x06, 0x85, 0x86)}) == 4
     refused("4294967296 does not fit in 4 bytes", tac_of, amount=2**32)
     refused("-1 does not fit in 4 bytes", tac_of, balance_after=-1)
     refused("4294967296 does not fit in 4 bytes", tac_of, tsn=2**32)

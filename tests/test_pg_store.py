@@ -523,7 +523,14 @@ def test_an_sqlite_platform_from_before_migrations_opens_and_is_baselined(tmp_pa
     # Baselined, then every later migration applied (0002_holder_shift: the attendance shift, NULL until set).
     assert (
         schema.applied_ids(pf.conn)
-        == {"0001_baseline", "0002_holder_shift", "0003_subsidy", "0004_ota_jobs", "0005_card_serial"}
+        == {
+            "0001_baseline",
+            "0002_holder_shift",
+            "0003_subsidy",
+            "0004_ota_jobs",
+            "0005_card_serial",
+            "0007_subsidy_carried",
+        }
         == set(schema.migration_ids())
     )
     assert "shift" in {r[1] for r in pf.conn.execute("PRAGMA table_info(holders)")}

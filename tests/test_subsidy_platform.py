@@ -97,6 +97,8 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
         "collected": 5_000,
         "spent": 5_000,
         "withdrawn": 0,
+        "carried": 0,
+        "lapsed": 0,
         "on_cards": 0,
     }
     assert card.state.subsidy.balance == 0

@@ -127,7 +127,15 @@ def test_issued_allowance_travels_to_the_till_is_collected_once_and_the_ledgers_
                 ("lunch-1.E1001", "collected", "ok")
             ]
             report = admin.subsidy_report(ENTERPRISE)
-            assert report == {"issued": 3_000, "collected": 3_000, "spent": 1_300, "withdrawn": 0, "on_cards": 1_700}
+            assert report == {
+                "issued": 3_000,
+                "collected": 3_000,
+                "spent": 1_300,
+                "withdrawn": 0,
+                "carried": 0,
+                "lapsed": 0,
+                "on_cards": 1_700,
+            }
             assert report["on_cards"] == card.state.subsidy.balance
             assert admin.card(asn)["balance_cents"] == card.state.purse.balance == 5_000
             # The platform announced the list again with the allowance collected; the other till, whose own log
