@@ -278,9 +278,11 @@ def bytes_length(column: str, backend: str) -> str:
 
 
 def insert_rows(conn, table: str, rows: list[tuple]) -> None:
-    """INSERT INTO table VALUES each row (all columns, in order). On PostgreSQL one statement of a fixed text for any
-    number of rows, `INSERT ... SELECT * FROM unnest(column arrays)`: one round trip, one plan, instead of one
-    statement per row. SQLite's executemany is a loop in C on the same file and needs nothing more."""
+    """INSERT INTO table VALUES each row (all columns, in order). On PostgreSQL one `COPY table FROM STDIN` of the
+    rows, inside the caller's transaction: one statement for any number of rows, each row formatted by psycopg's C
+    code (measured: half the client CPU of `INSERT ... SELECT * FROM unnest(arrays)`, whose arrays are built in
+    Python). A duplicate key fails the COPY as it would the INSERT (23505: the transaction runs again). SQLite's
+    executemany is a loop in C on the same file and needs nothing more."""
     if not rows:
         return
     if getattr(conn, "backend", SQLITE) != POSTGRESQL:
@@ -289,9 +291,9 @@ def insert_rows(conn, table: str, rows: list[tuple]) -> None:
     types = conn.column_types(table)
     if len(types) != len(rows[0]):
         raise ValueError(f"{table} has {len(types)} columns, a row {len(rows[0])}")
-    # %b: the arrays go in binary, which needs no quoting of the text inside them (a JSON detail is full of quotes).
-    arrays = ", ".join(f"CAST(%b AS {t}[])" for t in types)
-    conn.raw.execute(f"INSERT INTO {table} SELECT * FROM unnest({arrays})", [list(col) for col in zip(*rows)])
+    with conn.raw.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def add_to_balances(conn, changes: list[tuple[int, str]]) -> None:

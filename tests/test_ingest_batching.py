@@ -4,6 +4,8 @@ the record-at-a-time checks give, whatever the batch boundaries, on both engines
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from central.store import Platform
 from common import money_records as mr
@@ -148,3 +150,39 @@ def test_two_workers_loading_the_same_cards_from_two_terminals_account_every_loa
     assert sum(len(admin.purse_transactions(asn)) for asn in cards) == 90
     assert admin.totals() == {mr.LOAD: 90}
     admin.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.tuples(
+            st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12),
+            st.one_of(st.none(), st.text(alphabet="\t\n\r\\'\",{}N", max_size=6)),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_rows_stored_together_read_back_exactly_on_both_engines(platform_db, rows):
+    """central.sql.insert_rows (COPY on PostgreSQL, executemany on SQLite) stores any text as given: tabs, newlines,
+    backslashes, quotes, \\N, non-ASCII, NULL."""
+    from central.sql import insert_rows
+
+    pf = Platform(platform_db, KEY, clock=lambda: NOW)
+    try:
+        tid = "000000009999"
+        batch = [
+            (tid, i + 1, "2026-11-23T01:00:00.000000Z", "door.grant", None, "ok", m, d or "", "h")
+            for i, (m, d) in enumerate(rows)
+        ]
+        with pf._txn():
+            pf.conn.execute("DELETE FROM events WHERE terminal_id = ?", (tid,))
+            insert_rows(pf.conn, "events", batch)
+        got = pf.conn.execute(
+            "SELECT terminal_id, seq, time, kind, asn, reason_code, message, detail, hash FROM events "
+            "WHERE terminal_id = ? ORDER BY seq",
+            (tid,),
+        ).fetchall()
+        assert [tuple(r) for r in got] == batch
+    finally:
+        pf.close()
