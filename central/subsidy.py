@@ -265,7 +265,10 @@ class SubsidyAccounts:
                 if lapsed
                 else f", subsidy {_yuan(balance)} yuan (until {expiry}) moved"
             )
-        self._publish_allowances(enterprise_id)
+        if self.conn.execute(
+            "SELECT 1 FROM subsidy_allowances WHERE enterprise_id = ? LIMIT 1", (enterprise_id,)
+        ).fetchone():
+            self._publish_allowances(enterprise_id)  # an enterprise without allowances has nothing to announce
         return text
 
     # ---- reports -------------------------------------------------------------------------------------------------

@@ -305,6 +305,9 @@ class SyncSection:
     # Send events uploads as zlib streams (docs/sync-protocol.md "events"): about a quarter of the bytes on the
     # network and through the broker. Only for a platform that takes them (onecard's does, since this version).
     compress_uploads: bool = False
+    # A batch that is not full waits up to this long for more records before it is sent (0: sent at once). Fewer,
+    # fuller uploads: the broker's and the platform's cost is per message more than per record (docs/sizing.md).
+    upload_linger_seconds: float = 0.0
     # Every node of a broker cluster, in the order the agent tries them ("host:port"); broker_host/broker_port
     # are then the first. Empty: the one broker of broker_host/broker_port.
     brokers: tuple[tuple[str, int], ...] = ()
@@ -1126,7 +1129,14 @@ def _sync_section(y: _Section) -> SyncSection | None:
         compact_keep=y.get("compact_keep", int, default=50_000),
         outbox_capacity=positive("outbox_capacity", int, 200_000, 10**9),
         compress_uploads=y.get("compress_uploads", bool, default=False),
+        upload_linger_seconds=y.get("upload_linger_seconds", float, default=0.0),
     )
+    if not 0 <= sync.upload_linger_seconds <= 3600:
+        raise y.fail(
+            "upload_linger_seconds",
+            f"= {sync.upload_linger_seconds} is outside [0, 3600]",
+            "use 0 (send at once) up to 3600 seconds",
+        )
     if sync.compact_keep < 0:
         raise y.fail("compact_keep", f"= {sync.compact_keep} is negative", "use 0 or more acknowledged records to keep")
     return sync

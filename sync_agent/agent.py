@@ -85,6 +85,7 @@ class SyncAgent:
             max_inflight=settings.max_inflight_batches,
             max_events_per_s=settings.max_events_per_s,
             ack_timeout=settings.ack_timeout_seconds,
+            linger=settings.upload_linger_seconds,
         )
         self.acked_hash = acked_hash
         self.link = MqttLink(
@@ -164,11 +165,7 @@ class SyncAgent:
     def step(self, timeout: float | None = None) -> None:
         """Handle what arrived (waiting up to `timeout`), then upload and heartbeat as due."""
         self.link.poll()
-        busy = (
-            self.online
-            and self.uploader.next_seq <= self.event_log.last_seq()
-            and len(self.uploader.inflight) < self.uploader.max_inflight
-        )
+        busy = self.online and self.uploader.ready(self.mono(), self.event_log.last_seq())
         wait = timeout if timeout is not None else (0.002 if busy else 0.1)
         try:
             item = self.link.events.get(timeout=wait)

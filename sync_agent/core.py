@@ -35,10 +35,20 @@ class Uploader:
         max_inflight: int = 4,
         max_events_per_s: float = 10_000.0,
         ack_timeout: float = 10.0,
+        linger: float = 0.0,
     ) -> None:
         if batch_size < 1 or max_inflight < 1 or max_events_per_s <= 0 or ack_timeout <= 0:
             raise ValueError("batch_size, max_inflight, max_events_per_s and ack_timeout must be positive")
+        if linger < 0:
+            raise ValueError("linger must be 0 or more seconds")
         self.acked_seq = acked_seq
+        # A batch that is not full waits for more records (fewer, fuller messages for the broker and the platform,
+        # whose cost is per message more than per record), but no new record waits more than `linger` seconds
+        # after the uploader first held it back; what was sent before and is sent again (a new session, an ack
+        # timeout) never waits.
+        self.linger = float(linger)
+        self._held_since: float | None = None  # when a short batch was first held back
+        self._sent_up_to = acked_seq  # the highest seq ever planned
         self.next_seq = acked_seq + 1
         self.batch_size = batch_size
         self.max_inflight = max_inflight
@@ -76,6 +86,8 @@ class Uploader:
         out = []
         while len(self.inflight) < self.max_inflight and self.next_seq <= head_seq:
             n = min(self.batch_size, head_seq - self.next_seq + 1)
+            if self._lingering(now, n):
+                break
             if self._tokens < n:
                 # Send a short batch now rather than wait for a full one's worth of tokens.
                 n = int(self._tokens)
@@ -88,7 +100,27 @@ class Uploader:
             self.inflight.append(Batch(first, last, now))
             out.append((first, last))
             self.next_seq = last + 1
+            self._sent_up_to = max(self._sent_up_to, last)
+        if self.next_seq > head_seq:
+            self._held_since = None  # nothing left unsent; the next short batch starts a new clock
         return out
+
+    def _lingering(self, now: float, n: int) -> bool:
+        """True while a short batch of new records waits for more (see `linger`); starts its clock."""
+        if n >= self.batch_size or self.linger <= 0 or self.next_seq <= self._sent_up_to:
+            return False
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < self.linger
+
+    def ready(self, now: float, head_seq: int) -> bool:
+        """Whether plan() would publish something now if the rate allowed (the agent polls fast only then)."""
+        if len(self.inflight) >= self.max_inflight or self.next_seq > head_seq:
+            return False
+        n = min(self.batch_size, head_seq - self.next_seq + 1)
+        if n >= self.batch_size or self.linger <= 0 or self.next_seq <= self._sent_up_to:
+            return True
+        return self._held_since is not None and now - self._held_since >= self.linger
 
     def shrink_last(self, last_seq: int) -> None:
         """The newest planned batch holds fewer records than planned (e.g. some were unreadable)."""

@@ -285,6 +285,36 @@ def test_uploader_throttles_to_the_configured_rate():
     assert sum(b - a + 1 for a, b in u.plan(10.5, 100_000)) == 200  # capped burst, not 10 s of tokens
 
 
+def test_uploader_linger_holds_a_short_batch_of_new_records_until_it_fills_or_the_linger_passes():
+    u = core.Uploader(0, batch_size=10, max_inflight=4, max_events_per_s=1e9, ack_timeout=60, linger=30.0)
+    u.on_connected(0.0)
+    assert u.plan(0.0, 3) == [] and not u.ready(0.0, 3)  # 3 new records: held, the clock starts at 0
+    assert u.plan(29.9, 7) == [] and not u.ready(29.9, 7)
+    assert u.ready(30.0, 7) and u.plan(30.0, 7) == [(1, 7)]  # linger passed: sent short
+    assert u.plan(31.0, 12) == [] and not u.ready(31.0, 12)  # 8..12: a new short batch, a new clock at 31
+    assert u.ready(35.0, 17) and u.plan(35.0, 17) == [(8, 17)]  # it filled: sent at once
+    assert u.plan(36.0, 25) == []  # 18..25 held (clock at 36) ...
+    u.on_connected(40.0)  # ... a new session resends 1..17 at once (full batches take 18..20 along) ...
+    assert u.ready(40.0, 25) and u.plan(40.0, 25) == [(1, 10), (11, 20)]
+    assert u.plan(65.9, 25) == [] and u.plan(66.0, 25) == [(21, 25)]  # ... and 21..25 wait out the clock of 36
+
+
+def test_uploader_linger_never_delays_a_resend_after_an_ack_timeout():
+    u = core.Uploader(0, batch_size=10, max_inflight=4, max_events_per_s=1e9, ack_timeout=5, linger=30.0)
+    u.on_connected(0.0)
+    assert u.plan(30.0, 4) == [] and u.plan(60.0, 4) == [(1, 4)]
+    assert u.plan(65.0, 4) == [(1, 4)] and u.resends == 1  # silence past the ack timeout: sent again now
+
+
+def test_uploader_without_linger_sends_a_short_batch_at_once_and_refuses_a_negative_linger():
+    u = core.Uploader(0, batch_size=10, max_inflight=4, max_events_per_s=1e9, ack_timeout=5)
+    u.on_connected(0.0)
+    assert u.ready(0.0, 1) and u.plan(0.0, 1) == [(1, 1)]
+    assert not u.ready(0.0, 1)  # nothing new
+    with pytest.raises(ValueError, match="linger must be 0 or more seconds"):
+        core.Uploader(0, linger=-0.1)
+
+
 # -- downlink decisions ------------------------------------------------------------------------------
 
 
