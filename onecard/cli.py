@@ -97,9 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
             dest="command", required=True
         )
     )
-    platform_sub = top.add_parser("platform", help="the reference central platform and card flows").add_subparsers(
-        dest="command", required=True
-    )
+    # `central` is the same area under the name of its package (issue 14 writes `onecard central migrate`).
+    platform_sub = top.add_parser(
+        "platform", aliases=["central"], help="the reference central platform and card flows (alias: central)"
+    ).add_subparsers(dest="command", required=True)
     platform_cli.add_subcommands(platform_sub)
     issuing_cli.add_subcommands(
         top.add_parser("issue", help="the issuing terminal: wash and re-key cards").add_subparsers(

@@ -396,7 +396,7 @@ def test_migrate_sqlite_to_postgresql_is_verified_and_the_chains_go_on(tmp_path,
     src = tmp_path / "platform.db"
     digest = src.read_bytes()
     target = "postgresql:" + pg_dsn
-    assert main(["platform", "migrate", "--from", f"sqlite:{src}", "--to", target]) == 0
+    assert main(["central", "migrate", "--from", f"sqlite:{src}", "--to", target]) == 0
     out = capsys.readouterr().out
     assert "chain heads, balances and row counts verified" in out and "51 events of 2 terminal(s)" in out
     assert src.read_bytes() == digest  # the source is only read
