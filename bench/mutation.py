@@ -65,6 +65,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_sync_protocol.py",
         "tests/test_mutation_sync.py",
         "tests/test_mutation_sync_downlinks.py",
+        "tests/test_sync_compression.py",
     ],
     "sam/crypto.py": ["tests/test_crypto.py", "tests/test_mutation_crypto.py"],
     "terminal/door_monitor.py": ["tests/test_mutation_door_monitor.py", "tests/test_door_rules.py"],

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common import sync_protocol as p
-from tests.mqtt_env import AgentThread, fill_log, terminal_id, wait_until, write_terminal_config
 
 TID = "000000000101"
 HASH = "ab" * 32
@@ -105,28 +104,3 @@ def test_fuzz_a_flipped_byte_of_a_compressed_upload_is_refused_or_decodes_the_sa
     except p.ProtocolError:
         return
     assert got == p.decode_events(plain)  # Adler-32 over the inflated bytes: nothing else can decode
-
-
-def test_an_agent_with_compress_uploads_sends_zlib_and_the_platform_stores_every_record(
-    broker, platform, tmp_path, monkeypatch
-):
-    admin, _ = platform
-    seen: list[int] = []
-    decode = p.decode_events
-
-    def spy(payload):
-        seen.append(payload[0])
-        return decode(payload)
-
-    monkeypatch.setattr(p, "decode_events", spy)
-    tid = terminal_id(1)
-    cfg = write_terminal_config(tmp_path / "t1", tid, broker, batch_size=200, compress_uploads=True)
-    n = fill_log(tmp_path / "t1" / "events.db", tid, 1500)
-    agent = AgentThread(cfg).start()
-    try:
-        wait_until(lambda: agent.acked_seq() == n, 30, "the agent recording the platform's ack of every record")
-    finally:
-        agent.stop()
-    t = admin.terminal(tid)
-    assert (t["contiguous_seq"], t["events"], t["chain_problem"]) == (n, n, None)
-    assert seen and set(seen) == {0x78}

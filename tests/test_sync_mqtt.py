@@ -360,3 +360,28 @@ def sam_and_card():
 
     sam = make_sam()
     return sam, make_card(sam)
+
+
+def test_an_agent_with_compress_uploads_sends_zlib_and_the_platform_stores_every_record(
+    broker, platform, tmp_path, monkeypatch
+):
+    admin, _ = platform
+    seen: list[int] = []
+    decode = p.decode_events
+
+    def spy(payload):
+        seen.append(payload[0])
+        return decode(payload)
+
+    monkeypatch.setattr(p, "decode_events", spy)
+    tid = terminal_id(1)
+    cfg = write_terminal_config(tmp_path / "t1", tid, broker, batch_size=200, compress_uploads=True)
+    n = fill_log(tmp_path / "t1" / "events.db", tid, 1500)
+    agent = AgentThread(cfg).start()
+    try:
+        wait_until(lambda: agent.acked_seq() == n, 30, "the agent recording the platform's ack of every record")
+    finally:
+        agent.stop()
+    t = admin.terminal(tid)
+    assert (t["contiguous_seq"], t["events"], t["chain_problem"]) == (n, n, None)
+    assert seen and set(seen) == {0x78}
