@@ -106,8 +106,9 @@ class Uploader:
         return out
 
     def _lingering(self, now: float, n: int) -> bool:
-        """True while a short batch of new records waits for more (see `linger`); starts its clock."""
-        if n >= self.batch_size or self.linger <= 0 or self.next_seq <= self._sent_up_to:
+        """True while a short batch of new records waits for more (see `linger`); starts its clock. With no linger
+        the clock starts and has already run out."""
+        if n >= self.batch_size or self.next_seq <= self._sent_up_to:
             return False
         if self._held_since is None:
             self._held_since = now

@@ -311,8 +311,30 @@ def test_uploader_without_linger_sends_a_short_batch_at_once_and_refuses_a_negat
     u.on_connected(0.0)
     assert u.ready(0.0, 1) and u.plan(0.0, 1) == [(1, 1)]
     assert not u.ready(0.0, 1)  # nothing new
-    with pytest.raises(ValueError, match="linger must be 0 or more seconds"):
+    with pytest.raises(ValueError, match="^linger must be 0 or more seconds$"):
         core.Uploader(0, linger=-0.1)
+    assert core.Uploader(0, linger=0).linger == 0.0
+
+
+def test_uploader_linger_boundaries():
+    u = core.Uploader(0, batch_size=10, max_inflight=1, max_events_per_s=1e9, ack_timeout=60, linger=0.5)
+    u.on_connected(0.0)
+    assert not u.ready(0.0, 9) and u.plan(0.0, 9) == []  # 9 of 10, fresh: held (a linger under 1 s counts too)
+    assert not u.ready(0.49, 9) and u.plan(0.49, 9) == []
+    assert u.ready(0.5, 9) and u.plan(0.5, 9) == [(1, 9)]
+    assert not u.ready(0.6, 30)  # the window (1 batch) is full: nothing goes, however many records wait
+    u.on_ack(1.0, 8)
+    u.on_connected(2.0)  # seq 9 was sent and not acknowledged: resent at once, although it is alone
+    assert u.ready(2.0, 9) and u.plan(2.0, 9) == [(9, 9)]
+
+
+def test_uploader_linger_clock_runs_on_while_records_stay_unsent():
+    u = core.Uploader(0, batch_size=10, max_inflight=1, max_events_per_s=1e9, ack_timeout=60, linger=30.0)
+    u.on_connected(0.0)
+    assert u.plan(0.0, 3) == []  # 1..3 held, the clock starts at 0
+    assert u.plan(5.0, 11) == [(1, 10)]  # full: sent; 11 stays unsent (window full) and keeps the clock of 0
+    u.on_ack(6.0, 10)
+    assert u.plan(29.9, 11) == [] and u.plan(30.0, 11) == [(11, 11)]
 
 
 # -- downlink decisions ------------------------------------------------------------------------------
