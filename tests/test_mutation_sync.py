@@ -1413,3 +1413,12 @@ def test_digest_of_wraps_modulo_2_256():
     assert 2 * entry >= 1 << 256
     assert p.digest_of([(A1, "lost", 2), (A1, "lost", 2)]) == f"{2 * entry - (1 << 256):064x}"
     assert len(p.digest_of([(A1, "lost", 2)] * 3)) == 64
+
+
+def test_times_are_read_field_by_field():
+    assert p.parse_time("2026-11-23T02:34:56.123456Z", "t") == dt.datetime(
+        2026, 11, 23, 2, 34, 56, 123456, tzinfo=dt.timezone.utc
+    )
+    assert p.parse_time("1999-12-31T23:59:59.999999Z", "t") == dt.datetime(
+        1999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.timezone.utc
+    )

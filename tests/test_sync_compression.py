@@ -104,3 +104,33 @@ def test_fuzz_a_flipped_byte_of_a_compressed_upload_is_refused_or_decodes_the_sa
     except p.ProtocolError:
         return
     assert got == p.decode_events(plain)  # Adler-32 over the inflated bytes: nothing else can decode
+
+
+def test_the_agent_compresses_at_level_6_as_documented():
+    plain = batch(50)
+    assert p.compress_upload(plain) == zlib.compress(plain, 6)
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ("not bytes", "events payload must be bytes"),
+        (
+            b"\x78\x9c" + b"\xff" * 20,
+            "events payload is not a valid zlib stream (Error -3 while decompressing data: invalid block type)",
+        ),
+        (p.compress_upload(batch())[:-3], "events payload is a truncated zlib stream"),
+        (p.compress_upload(batch()) + b"\x00\x01", "events payload has 2 bytes after its zlib stream"),
+    ],
+)
+def test_refusals_name_the_events_payload_exactly(payload, message):
+    with pytest.raises(p.ProtocolError) as err:
+        p.decode_events(payload)
+    assert str(err.value) == message
+
+
+def test_a_payload_of_exactly_the_bound_is_inflated_not_refused_for_its_size():
+    with pytest.raises(p.ProtocolError, match="^events payload is not a valid zlib stream"):
+        p.decode_events(b"\x78" + bytes(p.MAX_UPLINK_BYTES - 1))
+    with pytest.raises(p.ProtocolError, match=f"^events payload is {p.MAX_UPLINK_BYTES + 1} bytes, more than"):
+        p.decode_events(b"\x78" + bytes(p.MAX_UPLINK_BYTES))
