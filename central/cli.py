@@ -1149,7 +1149,8 @@ def cmd_subsidy_list(args) -> int:
     def do(pf):
         rows = pf.subsidy_list(args.enterprise)
         lines = [
-            f"{r['allowance_id']:<28} {r['employee_no']:<10} {_yuan(r['amount_cents']):>10} until {r['expiry']} "
+            f"{r['allowance_id']:<28} #{r['number']:<5} {r['employee_no']:<10} {_yuan(r['amount_cents']):>10} "
+            f"until {r['expiry']} "
             f"{r['policy']:<13} {r['state']}"
             + (f" at {r['collected_at']} (TAC {r['tac_status']})" if r["collected_at"] else "")
             for r in rows

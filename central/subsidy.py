@@ -3,7 +3,13 @@ terminals, and the subsidy purse's records (docs/canteen.md "Subsidy wallet", do
 
 Accounted apart from the cash purse: `subsidy_allowances` (what the enterprise gave) and `subsidy_transactions` (what
 the cards did: loads of allowances, the subsidy share of two-purse sales, withdrawals of expired subsidy), each
-record stored once (ingest sees a chain record once; the key is terminal, seq and kind) with its TAC status. Nothing
+record stored once (ingest sees a chain record once; the key is terminal, seq and kind) with its TAC status.
+
+Each allowance has a per-card number (1, 2, 3 ... per employee of the enterprise, in issue order, never reused): the
+card loads an allowance only above the last number it loaded (card-application.md 5.6), and a load's TAC covers the
+number, so two records of one allowance are never both valid (the second is held as `duplicate`, one whose number
+is not its allowance's as `mismatch`). An allowance still uncollected when the card loads a later one can never be
+collected: it is marked lapsed and its amount goes back to the enterprise (subsidy_report's `lapsed`). Nothing
 here touches a card's cash balance (`cards.balance_cents`) or phone credit.
 
 A part of `central.store.Platform`: it works on the platform database through `self.conn` and `self._txn()`.
@@ -25,8 +31,20 @@ log = logging.getLogger("platform")
 
 POLICIES = ("subsidy_first", "cash_first")
 _LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,40}\Z")
-STREAM = {"load": "online", "purchase": "offline", "withdraw": "offline"}
-TX_TYPE = {"load": tx.SUBSIDY_LOAD, "purchase": tx.SUBSIDY_PURCHASE, "withdraw": tx.SUBSIDY_WITHDRAW}
+# refund: the subsidy share of an undone two-purse sale given back, a subsidy load with allowance number 0
+STREAM = {"load": "online", "purchase": "offline", "withdraw": "offline", "refund": "online"}
+TX_TYPE = {
+    "load": tx.SUBSIDY_LOAD,
+    "purchase": tx.SUBSIDY_PURCHASE,
+    "withdraw": tx.SUBSIDY_WITHDRAW,
+    "refund": tx.SUBSIDY_LOAD,
+}
+KIND = {mr.SUBSIDY_LOAD: "load", mr.SUBSIDY_WITHDRAW: "withdraw", mr.SUBSIDY_REFUND: "refund"}
+
+
+MAX_NUMBER = 0xFFFF  # the card keeps the last allowance number in 2 bytes (FCI tag CA)
+# A load record that proves its allowance: not refused by its TAC, nor by its number (held for review otherwise).
+_PROVEN = "tac_status NOT IN ('bad', 'mismatch')"
 
 
 def allowance_id(label: str, employee_no: str) -> str:
@@ -70,31 +88,43 @@ class SubsidyAccounts:
                 aid = allowance_id(label, emp)
                 if self.conn.execute("SELECT 1 FROM subsidy_allowances WHERE allowance_id = ?", (aid,)).fetchone():
                     raise PlatformError(f"employee {emp} already has allowance {label}; nothing issued")
+                number = self.conn.execute(
+                    "SELECT coalesce(max(number), 0) + 1 FROM subsidy_allowances "
+                    "WHERE enterprise_id = ? AND employee_no = ?",
+                    (enterprise_id, emp),
+                ).fetchone()[0]
+                if number > MAX_NUMBER:
+                    raise PlatformError(
+                        f"employee {emp} already has {MAX_NUMBER} allowances, as many as a card can number; "
+                        "nothing issued"
+                    )
                 self.conn.execute(
-                    "INSERT INTO subsidy_allowances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (aid, enterprise_id, emp, amount_cents, expiry.isoformat(), policy, label, self._now()),
+                    "INSERT INTO subsidy_allowances (allowance_id, enterprise_id, employee_no, amount_cents, expiry, "
+                    "policy, label, issued_at, number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (aid, enterprise_id, emp, amount_cents, expiry.isoformat(), policy, label, self._now(), number),
                 )
                 ids.append(aid)
             self._publish_allowances(enterprise_id)
         return ids
 
     def subsidy_allowances_body(self, enterprise_id: str) -> dict:
-        """The signed downlink's body: every allowance not yet expired, for each ACTIVE card of its employee."""
+        """The signed downlink's body: every allowance not yet expired nor lapsed, for each ACTIVE card of its
+        employee, with its number."""
         today = self.clock().astimezone(self.tz).date().isoformat()
         rows = self.conn.execute(
-            "SELECT a.allowance_id, c.asn, a.amount_cents, a.expiry, a.policy FROM subsidy_allowances a "
+            "SELECT a.allowance_id, c.asn, a.number, a.amount_cents, a.expiry, a.policy FROM subsidy_allowances a "
             "JOIN holders h ON h.enterprise_id = a.enterprise_id AND h.employee_no = a.employee_no "
             "JOIN cards c ON c.holder_id = h.holder_id AND c.status = 'ACTIVE' "
-            "WHERE a.enterprise_id = ? AND a.expiry >= ? ORDER BY a.issued_at, a.allowance_id",
+            "WHERE a.enterprise_id = ? AND a.expiry >= ? AND a.lapsed_at IS NULL ORDER BY a.number, a.allowance_id",
             (enterprise_id, today),
         ).fetchall()
         collected = {
             r[0]
             for r in self.conn.execute(
-                # Collected once the card proved a load of it: a record whose TAC failed is no proof (held for
-                # review), so the allowance stays on offer.
+                # Collected once the card proved a load of it: a record whose TAC failed, or whose number is not its
+                # allowance's, is no proof (held for review), so the allowance stays on offer.
                 "SELECT allowance_id FROM subsidy_transactions WHERE kind = 'load' AND allowance_id IS NOT NULL "
-                "AND tac_status != 'bad'"
+                f"AND {_PROVEN}"
             ).fetchall()
         }
         return {
@@ -103,12 +133,13 @@ class SubsidyAccounts:
                 {
                     "allowance_id": a,
                     "asn": asn,
+                    "number": number,
                     "amount": amt,
                     "expiry": exp,
                     "policy": pol,
                     "collected": a in collected,
                 }
-                for a, asn, amt, exp, pol in rows
+                for a, asn, number, amt, exp, pol in rows
             ],
         }
 
@@ -125,7 +156,7 @@ class SubsidyAccounts:
         except p.ProtocolError as exc:
             self._subsidy_alarm(terminal_id, e, "malformed", str(exc))
             return
-        kind = "load" if e.kind == mr.SUBSIDY_LOAD else "withdraw"
+        kind = KIND[e.kind]
         self._store_subsidy(terminal_id, e, kind, d, d["amount"], d["counter"], d["balance_after"], d["tac"])
         if kind == "load":
             self._publish_allowances(self._terminal_facts(terminal_id)[0] or "")
@@ -154,6 +185,13 @@ class SubsidyAccounts:
         ).fetchone()
         if dup is not None and status != "bad":
             status = "duplicate"  # the same counter twice: a cloned card or a replayed record; kept as evidence
+        allowance = None
+        if kind == "load" and status != "bad":
+            allowance = self._allowance_of_load(enterprise, e.asn, d)
+            if allowance is None:
+                status = "mismatch"  # not this card's allowance, or another number than the one the TAC covers
+            elif status != "duplicate" and self._collected_by(d["allowance_id"]) is not None:
+                status = "duplicate"  # a second load of one allowance: the card refuses it, so this is no card's
         self.conn.execute(
             "INSERT INTO subsidy_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -171,8 +209,59 @@ class SubsidyAccounts:
                 self._now(),
             ),
         )
-        if status in ("bad", "duplicate", "no_keys"):
+        if status in ("bad", "duplicate", "no_keys", "mismatch"):
             self._subsidy_alarm(terminal_id, e, status, f"subsidy {kind} of {_yuan(amount)} yuan not accounted")
+        if allowance is not None and status in ("ok", "unchecked"):
+            self._lapse_skipped(allowance)
+
+    def _allowance_of_load(self, enterprise: str | None, asn: str, d: dict) -> tuple[str, str, int] | None:
+        """(enterprise, employee, number) of the allowance a load record names, if it is one of this card's
+        holder's and carries its number; None otherwise."""
+        row = self.conn.execute(
+            "SELECT a.enterprise_id, a.employee_no, a.number FROM subsidy_allowances a "
+            "JOIN holders h ON h.enterprise_id = a.enterprise_id AND h.employee_no = a.employee_no "
+            "JOIN cards c ON c.holder_id = h.holder_id "
+            "WHERE a.allowance_id = ? AND a.enterprise_id = ? AND c.asn = ?",
+            (d["allowance_id"], enterprise or "", asn),
+        ).fetchone()
+        if row is None or row[2] != d["allowance_no"] or d["amount"] != self._allowance_amount(d["allowance_id"]):
+            return None
+        return (row[0], row[1], row[2])
+
+    def _allowance_amount(self, aid: str) -> int:
+        return int(
+            self.conn.execute("SELECT amount_cents FROM subsidy_allowances WHERE allowance_id = ?", (aid,)).fetchone()[
+                0
+            ]
+        )
+
+    def _collected_by(self, aid: str) -> tuple[str, int] | None:
+        row = self.conn.execute(
+            f"SELECT terminal_id, seq FROM subsidy_transactions WHERE kind = 'load' AND allowance_id = ? AND {_PROVEN}",
+            (aid,),
+        ).fetchone()
+        return None if row is None else (row[0], int(row[1]))
+
+    def _lapse_skipped(self, allowance: tuple[str, str, int]) -> None:
+        """The card loaded allowance `number`: any earlier one of its holder still uncollected can never be loaded
+        (the card refuses a number not above its last one); it lapses, its amount back to the enterprise."""
+        enterprise, employee, number = allowance
+        for (aid,) in self.conn.execute(
+            "SELECT allowance_id FROM subsidy_allowances WHERE enterprise_id = ? AND employee_no = ? AND number < ? "
+            "AND lapsed_at IS NULL ORDER BY number",
+            (enterprise, employee, number),
+        ).fetchall():
+            if self._collected_by(aid) is None:
+                self.conn.execute(
+                    "UPDATE subsidy_allowances SET lapsed_at = ? WHERE allowance_id = ?", (self._now(), aid)
+                )
+                log_event(
+                    log,
+                    "platform.subsidy_lapsed",
+                    logging.INFO,
+                    allowance=aid,
+                    msg="allowance skipped by a later one the card loaded: lapsed, back to the enterprise",
+                )
 
     def _check_subsidy_tac(self, terminal_id, enterprise, e, d, kind, amount, counter, balance_after, tac) -> str:
         if self.tac_sam is None:
@@ -191,7 +280,8 @@ class SubsidyAccounts:
                 amount=amount,
                 tx_type=tx_type,
                 terminal_id=bytes.fromhex(terminal_id),
-                tsn=d.get("tsn", 0) if kind != "load" else 0,
+                # a load's TSN field carries its allowance number, a refund's 0 (card-application.md 5.6)
+                tsn=d["allowance_no"] if kind == "load" else 0 if kind == "refund" else d.get("tsn", 0),
                 date=bytes.fromhex(d["date"]),
                 time=bytes.fromhex(d["time"]),
                 counter=counter,
@@ -236,6 +326,7 @@ class SubsidyAccounts:
             "SELECT coalesce(sum(amount_cents), 0) FROM subsidy_carried WHERE old_asn = ?", (asn,)
         ).fetchone()
         balance = int(sums.get("load") or 0) - int(sums.get("purchase") or 0) - int(sums.get("withdraw") or 0)
+        balance += int(sums.get("refund") or 0)  # subsidy shares of undone two-purse sales
         balance += int(carried_in) - int(carried_out)
         if balance <= 0:
             return balance, None
@@ -277,20 +368,21 @@ class SubsidyAccounts:
         """Each allowance with what became of it: pending, collected (by which terminal and seq), expired."""
         today = self.clock().astimezone(self.tz).date().isoformat()
         out = []
-        for aid, emp, amount, expiry, policy, label in self.conn.execute(
-            "SELECT allowance_id, employee_no, amount_cents, expiry, policy, label FROM subsidy_allowances "
-            "WHERE enterprise_id = ? ORDER BY issued_at, allowance_id",
+        for aid, emp, amount, expiry, policy, label, number, lapsed in self.conn.execute(
+            "SELECT allowance_id, employee_no, amount_cents, expiry, policy, label, number, lapsed_at "
+            "FROM subsidy_allowances WHERE enterprise_id = ? ORDER BY issued_at, number, allowance_id",
             (enterprise_id,),
         ).fetchall():
             load = self.conn.execute(
                 "SELECT terminal_id, seq, tac_status FROM subsidy_transactions "
-                "WHERE kind = 'load' AND allowance_id = ?",
+                f"WHERE kind = 'load' AND allowance_id = ? AND {_PROVEN} ORDER BY tac_status = 'duplicate', seq",
                 (aid,),
             ).fetchone()
-            state = "collected" if load else ("expired" if expiry < today else "pending")
+            state = "collected" if load else "lapsed" if lapsed else ("expired" if expiry < today else "pending")
             out.append(
                 {
                     "allowance_id": aid,
+                    "number": number,
                     "employee_no": emp,
                     "amount_cents": amount,
                     "expiry": expiry,
@@ -306,9 +398,12 @@ class SubsidyAccounts:
     def subsidy_report(self, enterprise_id: str) -> dict[str, int]:
         """Totals in fen of what was issued, collected onto cards, spent and withdrawn (TAC-verified or lab
         'unchecked' records only), and what is outstanding on the cards (collected - spent - withdrawn)."""
-        issued = self.conn.execute(
-            "SELECT coalesce(sum(amount_cents), 0) FROM subsidy_allowances WHERE enterprise_id = ?", (enterprise_id,)
-        ).fetchone()[0]
+        issued, skipped = self.conn.execute(
+            "SELECT coalesce(sum(amount_cents), 0), "
+            "coalesce(sum(CASE WHEN lapsed_at IS NULL THEN 0 ELSE amount_cents END), 0) "
+            "FROM subsidy_allowances WHERE enterprise_id = ?",
+            (enterprise_id,),
+        ).fetchone()
         sums = dict(
             self.conn.execute(
                 "SELECT t.kind, sum(t.amount_cents) FROM subsidy_transactions t JOIN cards c ON c.asn = t.asn "
@@ -316,7 +411,9 @@ class SubsidyAccounts:
                 (enterprise_id,),
             ).fetchall()
         )
-        collected, spent, withdrawn = (int(sums.get(k) or 0) for k in ("load", "purchase", "withdraw"))
+        collected, spent, withdrawn, refunded = (
+            int(sums.get(k) or 0) for k in ("load", "purchase", "withdraw", "refund")
+        )
         carried, lapsed = (
             int(v)
             for v in self.conn.execute(
@@ -331,8 +428,11 @@ class SubsidyAccounts:
             "collected": collected,
             "spent": spent,
             "withdrawn": withdrawn,
+            "refunded": refunded,  # subsidy shares of undone two-purse sales, given back to the subsidy purse
             # moved from replaced cards to their new cards (stays on the cards), and lapsed there (expired)
             "carried": carried,
             "lapsed": lapsed,
-            "on_cards": collected - spent - withdrawn - lapsed,
+            "on_cards": collected - spent + refunded - withdrawn - lapsed,
+            # allowances skipped by a later one the card loaded (never collectable): back to the enterprise
+            "allowances_lapsed": int(skipped),
         }

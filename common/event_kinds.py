@@ -11,8 +11,8 @@ from common.door_events import CLOSED, FORCED_OPEN, HELD_OPEN, NORMALLY_OPEN_END
 _TERMINAL_KINDS = ("door", "attendance", "pos", "topup")
 _MONEY_OPS = ("pos.purchase", "pos.undo", "topup.load")  # each: .intent, the outcome, .abandoned
 # The subsidy purse (docs/card-application.md 5.6, docs/canteen.md "Subsidy"): an allowance loaded, an expired
-# subsidy withdrawn; each: .intent, the outcome, .abandoned.
-_SUBSIDY_OPS = ("subsidy.load", "subsidy.withdraw")
+# subsidy withdrawn, the subsidy share of an undone two-purse sale given back; each: .intent, the outcome, .abandoned.
+_SUBSIDY_OPS = ("subsidy.load", "subsidy.withdraw", "subsidy.refund")
 _ISSUING = ("issue.card", "issue.void", "issue.restore", "issue.keys")  # each with its .intent
 
 KNOWN_KINDS: frozenset[str] = frozenset(

@@ -106,6 +106,9 @@ KEYS = _flow("issue.keys")
 # as the money flows are. A two-purse sale is a PURCHASE whose intent carries the split.
 SUBSIDY_LOAD = _flow("subsidy.load", State.ABANDONED)
 SUBSIDY_WITHDRAW = _flow("subsidy.withdraw", State.ABANDONED)
+# The cashier's undo of a two-purse sale: its cash share is a pos.undo, its subsidy share this subsidy load with
+# allowance number 0 (card-application.md 5.6), each journaled and settled on its own.
+SUBSIDY_REFUND = _flow("subsidy.refund", State.ABANDONED)
 
 FLOWS: tuple[Flow, ...] = (
     PURCHASE,
@@ -121,8 +124,9 @@ FLOWS: tuple[Flow, ...] = (
     SUBSIDY_LOAD,
     SUBSIDY_WITHDRAW,
     RESTORE_SUBSIDY,
+    SUBSIDY_REFUND,
 )
-MONEY_FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW)
+MONEY_FLOWS: tuple[Flow, ...] = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW, SUBSIDY_REFUND)
 JOURNAL_KINDS: frozenset[str] = frozenset(k for f in FLOWS for k in f.kinds)
 
 

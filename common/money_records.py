@@ -59,8 +59,16 @@ EXTRA_OPTIONAL = {
     LOAD: ("action_id",),
 }
 # The subsidy purse's own records: an allowance loaded, an expired subsidy withdrawn (the whole balance).
-SUBSIDY_LOAD, SUBSIDY_WITHDRAW = "subsidy.load", "subsidy.withdraw"
-SUBSIDY_EXTRA = {SUBSIDY_LOAD: ("allowance_id", "expiry"), SUBSIDY_WITHDRAW: ("tsn",)}
+SUBSIDY_LOAD, SUBSIDY_WITHDRAW, SUBSIDY_REFUND = "subsidy.load", "subsidy.withdraw", "subsidy.refund"
+# allowance_no: the allowance's per-card number (card-application.md 5.6), which the load's TAC covers (its TSN field).
+# subsidy.refund: the subsidy share of an undone two-purse sale given back (a subsidy load with allowance number 0,
+# the TAC's TSN field 0), tied to the sale by purchase_seq, with the subsidy expiry the purse had at the sale.
+SUBSIDY_EXTRA = {
+    SUBSIDY_LOAD: ("allowance_id", "allowance_no", "expiry"),
+    SUBSIDY_WITHDRAW: ("tsn",),
+    SUBSIDY_REFUND: ("purchase_seq", "expiry"),
+}
+SUBSIDY_OPTIONAL = {SUBSIDY_LOAD: ("policy",), SUBSIDY_WITHDRAW: ("policy",), SUBSIDY_REFUND: SALE_FIELDS}
 
 
 def _int(lo: int, hi: int):
@@ -118,6 +126,7 @@ CHECKS = {
     "subsidy_tac": _text(_HEX16, "16 lowercase hex digits"),
     "policy": _text(re.compile(r"(subsidy_first|cash_first)\Z"), "subsidy_first or cash_first"),
     "allowance_id": _text(_ID, "1-64 characters of [A-Za-z0-9._-]"),
+    "allowance_no": _int(1, 0xFFFF),
     "expiry": _text(_DATE, "8 BCD digits YYYYMMDD"),
 }
 
@@ -177,7 +186,7 @@ def check_subsidy_detail(kind: str, detail) -> dict:
     """A subsidy purse record (subsidy.load, subsidy.withdraw): the money record's common fields plus its own."""
     if kind not in SUBSIDY_EXTRA:
         raise ProtocolError(f"{kind!r:.40} is not a subsidy record kind ({', '.join(SUBSIDY_EXTRA)})")
-    return _check_fields(f"{kind} detail", detail, COMMON + SUBSIDY_EXTRA[kind], ("policy",))
+    return _check_fields(f"{kind} detail", detail, COMMON + SUBSIDY_EXTRA[kind], SUBSIDY_OPTIONAL[kind])
 
 
 def two_purse_parts(detail: dict) -> tuple[int, int]:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.money import format_yuan
-from common.money_records import LOAD, PURCHASE, UNDO
+from common.money_records import LOAD, PURCHASE, SUBSIDY_REFUND, UNDO
 
-MONEY_OUTCOMES = (PURCHASE, UNDO, LOAD)
+# An undone two-purse sale is a pos.undo (its cash share) and a subsidy.refund (its subsidy share): both are undos.
+MONEY_OUTCOMES = (PURCHASE, UNDO, LOAD, SUBSIDY_REFUND)
 NO_PERIOD, NO_OPERATOR = "(no period)", "(no operator)"
 
 
@@ -45,6 +46,8 @@ class Totals:
     # The subsidy purse's share of the sales (two-purse sales, card-application.md 5.6): part of `sales`, counted
     # apart so that the cash the till took (net - subsidy) and the enterprise's subsidy are never mixed.
     subsidy_spent: Tally = field(default_factory=Tally)
+    # The subsidy share given back by undos (subsidy.refund): part of `undos`, counted apart as subsidy_spent is.
+    subsidy_undone: Tally = field(default_factory=Tally)
     by_period: dict[str, dict[str, Tally]] = field(default_factory=dict)  # period -> {sales, undos}
     by_operator: dict[str, dict[str, Tally]] = field(default_factory=dict)
     seqs: list[int] = field(default_factory=list)  # the money records counted
@@ -70,11 +73,13 @@ def settle(records: Iterable[Record]) -> Totals:
         if r.kind not in MONEY_OUTCOMES:
             continue
         amount = r.detail["amount"]
-        column = {PURCHASE: "sales", UNDO: "undos", LOAD: "loads"}[r.kind]
+        column = {PURCHASE: "sales", UNDO: "undos", LOAD: "loads", SUBSIDY_REFUND: "undos"}[r.kind]
         getattr(totals, column).add(amount)
         totals.seqs.append(r.seq)
         if r.kind == PURCHASE and r.detail.get("subsidy_amount"):
             totals.subsidy_spent.add(r.detail["subsidy_amount"])
+        if r.kind == SUBSIDY_REFUND:
+            totals.subsidy_undone.add(amount)
         if r.kind == LOAD:
             continue
         period = r.detail.get("meal_period") or NO_PERIOD
@@ -97,6 +102,7 @@ def format_totals(totals: Totals) -> list[str]:
         f"net            {'':>4}  {format_yuan(totals.net) if totals.net >= 0 else '-' + format_yuan(-totals.net):>10}",
         f"loads          {_tally(totals.loads)}",
         f"subsidy spent  {_tally(totals.subsidy_spent)}",
+        f"subsidy undone {_tally(totals.subsidy_undone)}",
     ]
     for title, table in (("by meal period", totals.by_period), ("by operator", totals.by_operator)):
         if table:

@@ -498,8 +498,9 @@ SUBSIDY_POLICIES = ("subsidy_first", "cash_first")
 
 def _check_subsidy_allowances(body: dict[str, Any]) -> None:
     """The enterprise's current subsidy allowances (docs/canteen.md "Subsidy wallet"): every allowance not yet
-    expired, per card, with `collected` once the platform received its load; the whole list each time (the newest
-    message replaces the one before)."""
+    expired, per card, with `collected` once the platform received its load, and its per-card `number` (1..65535,
+    issue order; the card loads an allowance only above the last number it loaded: card-application.md 5.6); the
+    whole list each time (the newest message replaces the one before)."""
     w = "subsidy_allowances"
     _exact(body, w, ("enterprise_id", "allowances"))
     _match(body, "enterprise_id", _EID_RE, w, "8 decimal digits")
@@ -507,11 +508,12 @@ def _check_subsidy_allowances(body: dict[str, Any]) -> None:
     if len(rows) > MAX_ALLOWANCES:
         raise ProtocolError(f"{w}: {len(rows)} allowances, more than {MAX_ALLOWANCES}")
     seen = set()
+    numbers = set()
     for i, row in enumerate(rows):
         rw = f"{w} allowances[{i}]"
         if not isinstance(row, dict):
             raise ProtocolError(f"{rw} must be an object")
-        _exact(row, rw, ("allowance_id", "asn", "amount", "expiry", "policy", "collected"))
+        _exact(row, rw, ("allowance_id", "asn", "number", "amount", "expiry", "policy", "collected"))
         _match(row, "allowance_id", _ID_RE, rw, "1-64 characters of [A-Za-z0-9._-]")
         _match(row, "asn", _ASN_RE, rw, "16 uppercase hex digits")
         if _int(row, "amount", rw, 1) > 0xFFFFFFFF:
@@ -520,9 +522,14 @@ def _check_subsidy_allowances(body: dict[str, Any]) -> None:
         if _field(row, "policy", str, rw) not in SUBSIDY_POLICIES:
             raise ProtocolError(f"{rw}: policy {row['policy']!r:.30} is not subsidy_first or cash_first")
         _field(row, "collected", bool, rw)
+        if _int(row, "number", rw, 1) > 0xFFFF:
+            raise ProtocolError(f"{rw}: number above 65535 (the card keeps 2 bytes)")
         if row["allowance_id"] in seen:
             raise ProtocolError(f"{rw}: allowance {row['allowance_id']} listed twice")
+        if (row["asn"], row["number"]) in numbers:
+            raise ProtocolError(f"{rw}: card {row['asn']} has two allowances numbered {row['number']}")
         seen.add(row["allowance_id"])
+        numbers.add((row["asn"], row["number"]))
 
 
 def _check_time(body: dict[str, Any]) -> None:

@@ -96,6 +96,9 @@ class LoadSession:
     time: bytes
     tx_type: int = 0x02  # 02 the cash purse; 01 the subsidy purse (section 5.6), then with the allowance's expiry
     expiry: bytes = b""  # BCD date of the allowance a subsidy load writes (MAC2 covers it)
+    # A subsidy load's allowance number (section 5.6; MAC2 and the TAC cover it): 1..FFFF an allowance, which the card
+    # accepts only above the last one it loaded; 0 the refund of an undone two-purse sale's subsidy part.
+    allowance: int = 0
 
 
 class SamError(Exception):

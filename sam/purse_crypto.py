@@ -58,13 +58,18 @@ def _debit_type(tx_type: int) -> int:
     return tx_type
 
 
-def _load_type(tx_type: int, expiry: bytes) -> bytes:
-    """The type byte and, for a subsidy load, the allowance expiry that follows it in MAC2 (section 5.6)."""
-    if tx_type == tx.LOAD and expiry == b"":
+def _load_type(tx_type: int, expiry: bytes, allowance: int = 0) -> bytes:
+    """The type byte and, for a subsidy load, the allowance expiry and number that follow it in MAC2 (section 5.6):
+    a cash load (02) has neither; a subsidy load (01) has a 4-byte expiry and an allowance number 0..FFFF (0: the
+    refund of an undone sale's subsidy part)."""
+    if tx_type == tx.LOAD and expiry == b"" and allowance == 0:
         return bytes([tx_type])
-    if tx_type == tx.SUBSIDY_LOAD and len(expiry) == 4:
+    if tx_type == tx.SUBSIDY_LOAD and len(expiry) == 4 and 0 <= allowance <= 0xFFFF:
         return bytes([tx_type])
-    raise ValueError(f"load type {tx_type:#04x} with expiry {expiry.hex()!r}: 02 without expiry, 01 with 4 bytes")
+    raise ValueError(
+        f"load type {tx_type:#04x} with expiry {expiry.hex()!r} and allowance number {allowance}: "
+        "02 without expiry or number, 01 with 4 bytes and a number 0..65535"
+    )
 
 
 def purchase_mac1(
@@ -103,9 +108,13 @@ def load_mac2(
     time: bytes,
     tx_type: int = tx.LOAD,
     expiry: bytes = b"",
+    allowance: int = 0,
 ) -> bytes:
+    """MAC2 of a load; a subsidy load's also covers the allowance expiry and number (section 5.6)."""
     _check(bytes(4), terminal_id, date, time)
-    return mac8(alg, sk, _u32(amount) + _load_type(tx_type, expiry) + terminal_id + date + time + expiry)
+    kind = _load_type(tx_type, expiry, allowance)  # checks the number is 0..FFFF, and 0 for a cash load
+    number = _u16(allowance) if tx_type == tx.SUBSIDY_LOAD else b""
+    return mac8(alg, sk, _u32(amount) + kind + terminal_id + date + time + expiry + number)
 
 
 def load_mac3(alg: Algorithm, sk: bytes, balance_after: int, amount: int) -> bytes:

@@ -113,6 +113,9 @@ def check_load(session: LoadSession) -> None:
             f"load type {session.tx_type!r} with expiry {session.expiry!r}: "
             "02 without expiry, 01 with a 4-byte BCD date"
         )
+    number = session.allowance
+    if type(number) is not int or not 0 <= number <= 0xFFFF or (number and not subsidy):
+        raise InvalidPurseInput(f"allowance number {number!r} must be 0..65535, and non-zero only in a subsidy load")
     if type(session.balance_before) is not int or not 0 <= session.balance_before <= AMOUNT_MAX:
         raise InvalidPurseInput(
             f"balance before {session.balance_before!r} is not 0..{AMOUNT_MAX} fen; pass the balance the card returned"
@@ -145,10 +148,19 @@ class LastPurchase:
     # counter on, so a new reversal session at the same counter proves the earlier MAC2 was never applied (and,
     # bound to a card session that has ended, never can be): the undo may be retried, and still happens once.
     reversal_counter: int | None = None
+    # A two-purse sale (card-application.md 5.6): its subsidy share; the cash share is amount - subsidy_part. Each
+    # share is undone once, by its own load: the cash one (type 02) as above, the subsidy one (type 01, allowance
+    # number 0) with the subsidy purse's online counter kept here.
+    subsidy_part: int = 0
+    subsidy_reversal_counter: int | None = None
 
     @property
     def reversed(self) -> bool:
         return self.reversal_counter is not None
+
+    def part(self, subsidy: bool) -> int:
+        """The amount a reversal load of one purse gives back: the subsidy share, or the rest (cash)."""
+        return self.subsidy_part if subsidy else self.amount - self.subsidy_part
 
 
 @dataclass(frozen=True)
@@ -158,14 +170,16 @@ class SamState:
     last_tsn: int = 0
     last_purchase: LastPurchase | None = None
 
-    def after_purchase(self, card: CardIdentity, amount: int) -> SamState:
+    def after_purchase(self, card: CardIdentity, amount: int, subsidy_part: int = 0) -> SamState:
         """The state once the next TSN is taken for this purchase; raises TsnExhausted at the end of the range."""
         if self.last_tsn >= TSN_MAX:
             raise TsnExhausted(
                 f"this SAM has used every TSN up to {TSN_MAX:08X} and cannot sign another purchase; replace the SAM"
             )
         tsn = self.last_tsn + 1
-        return SamState(tsn, LastPurchase(bytes(card.asn), bytes(card.enterprise_id), amount, tsn))
+        return SamState(
+            tsn, LastPurchase(bytes(card.asn), bytes(card.enterprise_id), amount, tsn, subsidy_part=subsidy_part)
+        )
 
     def after_debit_proven(self, card: CardIdentity, amount: int, tsn: int) -> SamState:
         """Mark the last purchase debited when a verified MAC2 is for it; any other MAC2 changes nothing."""
@@ -174,11 +188,11 @@ class SamState:
             return self
         return replace(self, last_purchase=replace(last, debited=True))
 
-    def check_reversal(self, card: CardIdentity, amount: int, tsn: int, counter: int) -> None:
-        """Raise ReversalRefused unless a load of amount on card (online counter `counter`) may undo purchase tsn
-        now."""
+    def check_reversal(self, card: CardIdentity, amount: int, tsn: int, counter: int, subsidy: bool = False) -> None:
+        """Raise ReversalRefused unless a load of amount on card (online counter `counter` of the cash purse, or of
+        the subsidy purse when `subsidy`) may undo purchase tsn (its share in that purse) now."""
         last = self.last_purchase
-        if last is None or not _same(last, card, amount, tsn):
+        if last is None or not _same(last, card, last.amount, tsn) or last.part(subsidy) != amount or amount == 0:
             raise ReversalRefused(
                 f"reversal refused: TSN {tsn} of {amount} fen on card {card.asn.hex()} is not this SAM's last purchase"
                 + ("" if last is None else f" (TSN {last.tsn}, {last.amount} fen, card {last.asn.hex()})")
@@ -191,15 +205,17 @@ class SamState:
                 "verify the purchase's MAC2 (or recover it with GET TRANSACTION PROVE) before undoing it",
                 "not-debited",
             )
-        if last.reversed and counter != last.reversal_counter:
+        done = last.subsidy_reversal_counter if subsidy else last.reversal_counter
+        if done is not None and counter != done:
             raise ReversalRefused(
                 f"reversal refused: purchase TSN {tsn} has already been undone once; it cannot be undone again",
                 "reversed",
             )
 
-    def after_reversal(self, counter: int) -> SamState:
+    def after_reversal(self, counter: int, subsidy: bool = False) -> SamState:
         assert self.last_purchase is not None
-        return replace(self, last_purchase=replace(self.last_purchase, reversal_counter=counter))
+        field = "subsidy_reversal_counter" if subsidy else "reversal_counter"
+        return replace(self, last_purchase=replace(self.last_purchase, **{field: counter}))
 
 
 def _same(last: LastPurchase, card: CardIdentity, amount: int, tsn: int) -> bool:
@@ -227,6 +243,12 @@ def state_to_json(state: SamState) -> dict:
             "tsn": last.tsn,
             "debited": last.debited,
             "reversal_counter": last.reversal_counter,
+            # only for a two-purse sale, so the state file of any other sale is as before
+            **(
+                {}
+                if last.subsidy_part == 0
+                else {"subsidy_part": last.subsidy_part, "subsidy_reversal_counter": last.subsidy_reversal_counter}
+            ),
         },
     }
 
@@ -242,8 +264,12 @@ def state_from_json(doc: object) -> SamState:
     if raw is None:
         return SamState(last_tsn, None)
     fields = {"asn", "enterprise_id", "amount", "tsn", "debited", "reversal_counter"}
-    if not isinstance(raw, dict) or set(raw) != fields:
-        raise ValueError(f"last_purchase must have exactly the fields {sorted(fields)}")
+    two_purse = fields | {"subsidy_part", "subsidy_reversal_counter"}
+    if not isinstance(raw, dict) or set(raw) not in (fields, two_purse):
+        raise ValueError(
+            f"last_purchase must have exactly the fields {sorted(fields)} (a two-purse sale: and subsidy_part, "
+            "subsidy_reversal_counter)"
+        )
     if not isinstance(raw["asn"], str) or not _ASN_RE.fullmatch(raw["asn"]):
         raise ValueError("last_purchase.asn is not 16 lowercase hex digits")
     if not isinstance(raw["enterprise_id"], str) or not _ENTERPRISE_RE.fullmatch(raw["enterprise_id"]):
@@ -257,6 +283,13 @@ def state_from_json(doc: object) -> SamState:
         raise ValueError("last_purchase.debited is not a boolean, or reversal_counter is not null or 0..65535")
     if counter is not None and not raw["debited"]:
         raise ValueError("last_purchase has a reversal_counter without being debited")
+    part, sub_counter = raw.get("subsidy_part", 0), raw.get("subsidy_reversal_counter")
+    if "subsidy_part" in raw and (type(part) is not int or not 1 <= part <= raw["amount"]):
+        raise ValueError("last_purchase.subsidy_part is not 1..amount")
+    if not (sub_counter is None or (type(sub_counter) is int and 0 <= sub_counter <= 0xFFFF)):
+        raise ValueError("last_purchase.subsidy_reversal_counter is not null or 0..65535")
+    if sub_counter is not None and not raw["debited"]:
+        raise ValueError("last_purchase has a subsidy_reversal_counter without being debited")
     return SamState(
         last_tsn,
         LastPurchase(
@@ -266,6 +299,8 @@ def state_from_json(doc: object) -> SamState:
             raw["tsn"],
             raw["debited"],
             counter,
+            part,
+            sub_counter,
         ),
     )
 

@@ -144,9 +144,11 @@ class SoftwareSam:
         check_purchase(session)
         algorithm, k_purchase = self._card_key(KeyPurpose.PURCHASE, session.card, KeyUsage.MAC)
         with self._lock:
-            state = self._state.after_purchase(session.card, session.amount)
-            if session.tx_type != tx.PURCHASE:
-                # A two-purse sale or a withdrawal is never reversed by a cash load (the purses never mix).
+            two_purse = session.tx_type == tx.SUBSIDY_PURCHASE
+            state = self._state.after_purchase(session.card, session.amount, session.subsidy_part if two_purse else 0)
+            if session.tx_type == tx.SUBSIDY_WITHDRAW:
+                # A withdrawal is never reversed. A two-purse sale is, each share by a load of its own purse (the
+                # purses never mix: card-application.md 5.6).
                 state = dataclasses.replace(state, last_purchase=None)
             tsn = state.last_tsn
             sk = purse_crypto.purchase_session_key(algorithm, k_purchase, session.card_random, session.counter, tsn)
@@ -257,15 +259,19 @@ class SoftwareSam:
         check_load(session)
         check_tsn(purchase_tsn)
         check_mac(mac1, "load MAC1")
-        if session.tx_type != tx.LOAD:
-            raise InvalidPurseInput("a cashier undo credits the cash purse (type 02) only; nothing was signed")
+        subsidy = session.tx_type == tx.SUBSIDY_LOAD
+        if subsidy and session.allowance != 0:
+            raise InvalidPurseInput(
+                "a cashier undo gives back a subsidy share with allowance number 0 (a refund), never an allowance; "
+                "nothing was signed"
+            )
         algorithm, k_load = self._card_key(KeyPurpose.LOAD, session.card, KeyUsage.REVERSAL)
         with self._lock:
-            self._state.check_reversal(session.card, session.amount, purchase_tsn, session.counter)
+            self._state.check_reversal(session.card, session.amount, purchase_tsn, session.counter, subsidy)
             mac2 = self._load_mac2(algorithm, k_load, session, mac1)
             # Recorded before MAC2 leaves. A retry is allowed only at this same card counter, i.e. only if this
-            # MAC2 was never applied (a credit moves the counter on), so the undo happens at most once.
-            self._commit(self._state.after_reversal(session.counter))
+            # MAC2 was never applied (a credit moves the counter on), so each share is undone at most once.
+            self._commit(self._state.after_reversal(session.counter, subsidy))
         return mac2
 
     def verify_tac(
@@ -353,6 +359,7 @@ class SoftwareSam:
             session.time,
             session.tx_type,
             session.expiry,
+            session.allowance,
         )
 
     def _commit(self, state) -> None:

@@ -67,6 +67,7 @@ SW_NO_PURSE = b"\x6a\x81"
 SW_INSUFFICIENT = b"\x94\x01"
 SW_KEY_INDEX = b"\x94\x03"
 SW_NO_PROOF = b"\x94\x06"
+SW_ALLOWANCE_LOADED = b"\x94\x07"  # subsidy load of an allowance number not above the last loaded (section 5.6)
 SW_MAC = b"\x93\x02"
 SW_NO_CHALLENGE = b"\x69\x82"  # secured command without a fresh GET CHALLENGE just before it (= SW_SECURITY)
 SW_SM_MAC = b"\x69\x88"  # secured command whose MAC does not verify: nothing changed
@@ -165,6 +166,9 @@ class SubsidyPurse:
     offline_counter: int = 0  # purchases and withdrawals
     online_counter: int = 0  # loads
     records: list[dict] = field(default_factory=list)
+    # The number of the last allowance loaded (FCI tag CA): a load of an allowance is accepted only above it, so no
+    # allowance is loaded twice, whichever terminals hold it offline; 0 = none yet (a refund, number 0, keeps it).
+    last_allowance: int = 0
 
     def record(self, tx_type: int, counter: int) -> dict | None:
         return next((r for r in self.records if r["type"] == tx_type and r["counter"] == counter), None)
@@ -177,6 +181,7 @@ class SubsidyPurse:
             "offline_counter": self.offline_counter,
             "online_counter": self.online_counter,
             "records": self.records,
+            "last_allowance": self.last_allowance,
         }
 
     @classmethod
@@ -188,6 +193,7 @@ class SubsidyPurse:
             offline_counter=int(doc["offline_counter"]),
             online_counter=int(doc["online_counter"]),
             records=list(doc["records"]),
+            last_allowance=int(doc.get("last_allowance", 0)),
         )
 
 
@@ -1091,7 +1097,7 @@ def _covered(parts: tuple[int, int], subsidy: int, cash: int) -> bool:
 def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
     """INITIALIZE FOR PURCHASE of both purses (01 03), FOR LOAD of the subsidy purse (00 01), FOR WITHDRAW (02 01)."""
     two_purse, loading = cmd.p1 == 0x01, cmd.p1 == 0x00
-    if len(cmd.data) != (12 if two_purse else 15 if loading else 11):
+    if len(cmd.data) != (12 if two_purse else 17 if loading else 11):
         return SW_WRONG_LENGTH
     s = card.state
     if s.status != STATUS_ACTIVE:
@@ -1104,9 +1110,11 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
     amount, terminal, alg = int.from_bytes(cmd.data[1:5], "big"), cmd.data[5:11], s.algorithm
     random = os.urandom(4)
     if loading:
-        expiry = cmd.data[11:15]
+        expiry, number = cmd.data[11:15], int.from_bytes(cmd.data[15:17], "big")
         if amount == 0 or not bcd.is_date(expiry):
             return SW_WRONG_DATA  # the maximum is checked at CREDIT, after MAC2 (section 5.2a)
+        if number and number <= sub.last_allowance:
+            return SW_ALLOWANCE_LOADED  # this allowance (or a later one) is already on the card: nothing changes
         if sub.online_counter >= 0xFFFF:
             return SW_CONDITIONS
         sk = pc.load_session_key(alg, purse.load_key, random, sub.online_counter)
@@ -1118,6 +1126,7 @@ def subsidy_initialize(card: OneCardApplet, cmd: Command) -> bytes:
             "counter": sub.online_counter,
             "sk": sk,
             "expiry": expiry,
+            "allowance": number,
         }
         mac1 = pc.load_mac1(alg, sk, sub.balance, amount, terminal, tx.SUBSIDY_LOAD)
         return (
@@ -1284,18 +1293,21 @@ def subsidy_credit(card: OneCardApplet, cmd: Command, session: dict) -> bytes:
     sub, alg = s.subsidy, s.algorithm
     date, time_, mac2 = cmd.data[:4], cmd.data[4:7], cmd.data[7:]
     amount, sk, terminal, expiry = session["amount"], session["sk"], session["terminal"], session["expiry"]
-    expected = pc.load_mac2(alg, sk, amount, terminal, date, time_, tx.SUBSIDY_LOAD, expiry)
+    number = session["allowance"]
+    expected = pc.load_mac2(alg, sk, amount, terminal, date, time_, tx.SUBSIDY_LOAD, expiry, number)
     if not hmac.compare_digest(mac2, expected):
         return SW_MAC
     if sub.balance + amount > sub.max_balance:
         return SW_WRONG_DATA  # after MAC2, so that 6A 80 bounds no balance for a reader (section 5.2a)
     after = sub.balance + amount
     proof = pc.load_mac3(alg, sk, after, amount)
-    tac_ = _tac(card, tx.SUBSIDY_LOAD, amount, terminal, 0, date, time_, session["counter"], after)
+    # The TAC's TSN field carries the allowance number (00 00 || number): the platform verifies which was loaded.
+    tac_ = _tac(card, tx.SUBSIDY_LOAD, amount, terminal, number, date, time_, session["counter"], after)
     sub.balance, sub.online_counter = after, sub.online_counter + 1
     sub.expiry = max(sub.expiry, expiry, key=bytes.hex)
+    sub.last_allowance = max(sub.last_allowance, number)  # a refund (number 0) leaves it
     sub.records.append(
-        _record(tx.SUBSIDY_LOAD, session["counter"], amount, terminal, 0, date, time_, after, proof, tac_)
+        _record(tx.SUBSIDY_LOAD, session["counter"], amount, terminal, number, date, time_, after, proof, tac_)
     )
     del sub.records[:-MAX_RECORDS]
     card._persist()
@@ -1370,9 +1382,14 @@ def fci(aid: bytes, s: CardState) -> bytes:
         + _tlv(0xC5, bytes([s.card_type]))
         + _tlv(0xC6, bytes([s.app_version]))
         + (b"" if s.purse is None else _tlv(0xC7, s.purse.expiry))
-        + (b"" if s.subsidy is None else _tlv(0xC9, s.subsidy.expiry))
+        + (b"" if s.subsidy is None else _subsidy_tlvs(s.subsidy))
     )
     return _tlv(0x6F, _tlv(0x84, aid) + _tlv(0xA5, prop)) + SW_OK
+
+
+def _subsidy_tlvs(sub: SubsidyPurse) -> bytes:
+    """C9 the subsidy expiry, CA the last allowance number (section 5.6)."""
+    return _tlv(0xC9, sub.expiry) + _tlv(0xCA, sub.last_allowance.to_bytes(2, "big"))
 
 
 def _tlv(tag: int, value: bytes) -> bytes:

@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS inbox_subsidy_list (
   enterprise_id TEXT PRIMARY KEY, issued_at TEXT NOT NULL, message_id TEXT NOT NULL, received_at TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS inbox_subsidy_allowances (
   allowance_id TEXT PRIMARY KEY, asn TEXT NOT NULL, amount INTEGER NOT NULL, expiry TEXT NOT NULL,
-  policy TEXT NOT NULL, collected INTEGER NOT NULL, position INTEGER NOT NULL) STRICT;
+  policy TEXT NOT NULL, collected INTEGER NOT NULL, position INTEGER NOT NULL, number INTEGER NOT NULL DEFAULT 0)
+  STRICT;
 CREATE INDEX IF NOT EXISTS inbox_subsidy_allowances_asn ON inbox_subsidy_allowances (asn, position);
 """
 MEAL_USAGE_KEEP_DAYS = 3  # service days of meal usage kept in the inbox: today and a little slack
@@ -111,6 +112,9 @@ class SyncStore:
         conn = connect_readwrite(path)
         try:
             conn.executescript(_SCHEMA)  # tables a newer agent added; a no-op on a complete file
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(inbox_subsidy_allowances)")}
+            if "number" not in columns:  # an agent before the allowance numbers (issue 13): the next list fills it
+                conn.execute("ALTER TABLE inbox_subsidy_allowances ADD COLUMN number INTEGER NOT NULL DEFAULT 0")
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise DatabaseError(
@@ -198,9 +202,18 @@ class SyncStore:
             if newer:
                 self._conn.execute("DELETE FROM inbox_subsidy_allowances")
                 self._conn.executemany(
-                    "INSERT INTO inbox_subsidy_allowances VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO inbox_subsidy_allowances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (a["allowance_id"], a["asn"], a["amount"], a["expiry"], a["policy"], int(a["collected"]), i)
+                        (
+                            a["allowance_id"],
+                            a["asn"],
+                            a["amount"],
+                            a["expiry"],
+                            a["policy"],
+                            int(a["collected"]),
+                            i,
+                            a["number"],
+                        )
                         for i, a in enumerate(body["allowances"])
                     ],
                 )

@@ -95,6 +95,8 @@ class CardInfo:
     # docs/card-application.md 5.6, FCI tag C9: has_subsidy, and the subsidy expiry (None while its balance is 0)
     has_subsidy: bool = False
     subsidy_expiry: dt.date | None = None
+    # FCI tag CA (5.6): the number of the last allowance the subsidy purse loaded; the card refuses any not above it
+    last_allowance: int = 0
 
     @property
     def private(self) -> bool:
@@ -221,12 +223,15 @@ def parse_select(rapdu: bytes, aid: bytes | None = None) -> CardInfo:
         if len(prop[0xC7]) != 4:
             raise CardProtocolError("FCI tag C7 (purse expiry) is not 4 bytes")
         purse_expiry = parse_bcd_date(prop[0xC7], "purse expiry")
-    subsidy_expiry = None
+    subsidy_expiry, last_allowance = None, 0
     if 0xC9 in prop:
         if len(prop[0xC9]) != 4:
             raise CardProtocolError("FCI tag C9 (subsidy expiry) is not 4 bytes")
         if prop[0xC9] != bytes(4):
             subsidy_expiry = parse_bcd_date(prop[0xC9], "subsidy expiry")
+        if len(prop.get(0xCA, b"")) != 2:
+            raise CardProtocolError("FCI tag CA (last allowance number) is missing or not 2 bytes")
+        last_allowance = int.from_bytes(prop[0xCA], "big")
     if is_sub_application and prop[0xC1] != named[len(AID_V2) :]:
         raise CardProtocolError("the sub-application names another enterprise than its AID")
     return CardInfo(
@@ -240,6 +245,7 @@ def parse_select(rapdu: bytes, aid: bytes | None = None) -> CardInfo:
         purse_expiry=purse_expiry,
         has_subsidy=0xC9 in prop,
         subsidy_expiry=subsidy_expiry,
+        last_allowance=last_allowance,
     )
 
 

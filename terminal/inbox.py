@@ -83,11 +83,11 @@ class Inbox:
         from terminal.subsidy_protocol import Allowance
 
         rows = self._query(
-            "SELECT allowance_id, asn, amount, expiry, policy, collected FROM inbox_subsidy_allowances "
+            "SELECT allowance_id, asn, amount, expiry, policy, collected, number FROM inbox_subsidy_allowances "
             "WHERE asn = ? ORDER BY position",
             (asn_hex.upper(),),
         )
-        return [Allowance(r[0], r[1], r[2], dt.date.fromisoformat(r[3]), r[4], bool(r[5])) for r in rows]
+        return [Allowance(r[0], r[1], r[2], dt.date.fromisoformat(r[3]), r[4], bool(r[5]), r[6]) for r in rows]
 
     def other_tills(self, terminal_id: str):
         """Canteen.other_tills for this terminal: a card's usage on a service day at the enterprise's other tills,

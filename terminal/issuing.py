@@ -90,6 +90,9 @@ class Backup:
     # ledger; carried by a subsidy load with this expiry unless it has expired (then it lapses, logged).
     subsidy_balance: int = 0
     subsidy_expiry: dt.date | None = None
+    # The old card's last allowance number (FCI tag CA, 5.6), carried by the restore load (its allowance number) so
+    # that no allowance the old card loaded can be loaded again on the new one; 0 when not known (from the platform).
+    last_allowance: int = 0
 
 
 @dataclass(frozen=True)
@@ -416,6 +419,7 @@ class IssuingTerminal:
             records,
             subsidy_balance=0 if sub is None else sub.balance,
             subsidy_expiry=None if sub is None else sub.expiry,
+            last_allowance=info.last_allowance,
         )
 
     def check_replacement(self, info: cp.CardInfo) -> None:
@@ -627,7 +631,15 @@ class IssuingTerminal:
         from sam.interface import Algorithm
 
         card = info.identity(d["key_version"], Algorithm[d["algorithm"]])
-        subsidy = {} if "expiry" not in d else {"tx_type": tx.SUBSIDY_LOAD, "expiry": bytes.fromhex(d["expiry"])}
+        subsidy = (
+            {}
+            if "expiry" not in d
+            else {
+                "tx_type": tx.SUBSIDY_LOAD,
+                "expiry": bytes.fromhex(d["expiry"]),
+                "allowance": d.get("allowance_no", 0),
+            }
+        )
         return LoadSession(
             card=card,
             card_random=bytes.fromhex(d["random"]),
@@ -681,7 +693,8 @@ class IssuingTerminal:
         if expiry is None or expiry < local.date():
             return 0, amount  # expired (the last day it could be spent is past): withdrawn, never loaded
         try:
-            init = sp.parse_subsidy_load(transmit(sp.subsidy_load_command(amount, self.terminal_id, expiry)))
+            number = backup.last_allowance  # the old card's: the new one then refuses what the old one loaded
+            init = sp.parse_subsidy_load(transmit(sp.subsidy_load_command(amount, self.terminal_id, expiry, number)))
         except cp.CardProtocolError as exc:
             raise Refusal("card_error", f"New card refused the subsidy load ({exc}): tap it again", asn) from None
         d = {
@@ -694,6 +707,7 @@ class IssuingTerminal:
             "algorithm": init.algorithm.name,
             "balance_before": 0,
             "expiry": bcd.encode_date(expiry).hex(),
+            "allowance_no": number,
             "old_asn": backup.old_asn,
         }
         try:  # the subsidy purse's balance is always sealed (5.2a): the SAM opens it

@@ -51,12 +51,13 @@ POS_REFUSE_OFFLINE_SALES_AT = 0.8
 # Event kinds: an intent, then exactly one of its outcomes (the journal's table, common/journal.py).
 PURCHASE, UNDO, LOAD = jn.PURCHASE.name, jn.UNDO.name, jn.LOAD.name
 SUBSIDY_LOAD, SUBSIDY_WITHDRAW = jn.SUBSIDY_LOAD.name, jn.SUBSIDY_WITHDRAW.name
+SUBSIDY_REFUND = jn.SUBSIDY_REFUND.name  # the subsidy share of an undone two-purse sale (card-application.md 5.6)
 FLOW = {f.name: f for f in jn.MONEY_FLOWS}
 RIGHTS = "card.rights"  # an access-rights change from the platform, written onto the card
 # A card action the card (or this terminal's limits) refused: uploaded so the platform marks the action failed
 # (docs/sync-protocol.md, "Card actions"); the terminal then stops offering it. Detail {action_id, reason_code, sw}.
 ACTION_FAILED = "card_action.failed"
-OPS = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW)
+OPS = (PURCHASE, UNDO, LOAD, SUBSIDY_LOAD, SUBSIDY_WITHDRAW, SUBSIDY_REFUND)
 MONEY_KINDS = tuple(k for f in jn.MONEY_FLOWS for k in f.kinds)
 TX_TYPE = {
     PURCHASE: tx.PURCHASE,
@@ -64,6 +65,7 @@ TX_TYPE = {
     LOAD: tx.LOAD,
     SUBSIDY_LOAD: tx.SUBSIDY_LOAD,
     SUBSIDY_WITHDRAW: tx.SUBSIDY_WITHDRAW,
+    SUBSIDY_REFUND: tx.SUBSIDY_LOAD,
 }
 DEBITS = (PURCHASE, SUBSIDY_WITHDRAW)  # proven by a purchase MAC2; the others by a load MAC3
 VERB = {
@@ -72,6 +74,7 @@ VERB = {
     LOAD: "top-up",
     SUBSIDY_LOAD: "subsidy load",
     SUBSIDY_WITHDRAW: "subsidy withdrawal",
+    SUBSIDY_REFUND: "subsidy refund",
 }
 # From Canteen.sale_fields, carried from the intent to the outcome (the optional fields of common/money_records.py).
 SALE_FIELDS = (*MONEY_SALE_FIELDS, "item")
@@ -85,6 +88,7 @@ NOTHING_DONE = {
     LOAD: "nothing loaded",
     SUBSIDY_LOAD: "no subsidy loaded",
     SUBSIDY_WITHDRAW: "no subsidy withdrawn",
+    SUBSIDY_REFUND: "no subsidy refunded",
 }
 
 
@@ -113,6 +117,8 @@ def done_message(op: str, amount: int, balance_after: int) -> str:
         return f"Expired subsidy of {format_yuan(amount)} withdrawn - subsidy balance 0.00"
     if op == SUBSIDY_LOAD:
         return f"Subsidy of {format_yuan(amount)} collected - subsidy balance {format_yuan(balance_after)}"
+    if op == SUBSIDY_REFUND:
+        return f"Refunded {format_yuan(amount)} of subsidy - subsidy balance {format_yuan(balance_after)}"
     verb = "Refunded" if op == UNDO else "Loaded"
     return f"{verb} {format_yuan(amount)} - balance {format_yuan(balance_after)}"
 
@@ -281,7 +287,7 @@ class PurseTerminal(SubsidySteps):
         )
 
     def _load_session(self, info: cp.CardInfo, d: dict) -> LoadSession:
-        if d["op"] == SUBSIDY_LOAD:
+        if d["op"] in (SUBSIDY_LOAD, SUBSIDY_REFUND):
             return self._subsidy_load_session(info, d)
         return LoadSession(
             card=info.identity(d["key_version"], Algorithm[d["algorithm"]]),
@@ -324,10 +330,19 @@ class PurseTerminal(SubsidySteps):
             balance_after=d["balance_before"] + sign * cash_part,
             resolved_at_next_tap=resolved_later,
         )
-        for k in ("tsn", "purchase_seq", "action_id", "pin_verified", "allowance_id", "expiry", *SALE_FIELDS):
+        for k in (
+            "tsn",
+            "purchase_seq",
+            "action_id",
+            "pin_verified",
+            "allowance_id",
+            "allowance_no",
+            "expiry",
+            *SALE_FIELDS,
+        ):
             if k in d:
                 detail[k] = d[k]
-        if d["op"] in (SUBSIDY_LOAD, SUBSIDY_WITHDRAW):
+        if d["op"] in (SUBSIDY_LOAD, SUBSIDY_WITHDRAW, SUBSIDY_REFUND):
             return check_subsidy_detail(d["op"], detail)
         if "subsidy_part" in d:
             detail.update(
@@ -715,6 +730,10 @@ class PurseTerminal(SubsidySteps):
         )
         try:
             init = parse(rapdu, info.private)
+        except sp.AllowanceLoaded as exc:
+            raise Refusal(
+                "allowance_loaded", "Allowance already on the card: nothing loaded", info.asn_hex, {"problem": str(exc)}
+            ) from None
         except cp.CardProtocolError as exc:
             raise Refusal(
                 "card_error",
@@ -926,9 +945,12 @@ class PurseTerminal(SubsidySteps):
         info = self._select(transmit, now.astimezone(self.config.terminal.timezone))
         asn = info.asn_hex
         settled = self.settle_pending(transmit, info, now)
+        last = self.event_log.last_event_of((PURCHASE,))
+        if last is not None and "subsidy_amount" in last.detail and last.asn == asn:
+            # A two-purse sale: each share back into its own purse, each once (an earlier tap may have done one).
+            return self._undo_two_purse(transmit, info, last, now, settled)
         if settled and settled.happened and settled.op == UNDO:
             return self._settled_decision(settled, asn, None)
-        last = self.event_log.last_event_of((PURCHASE,))
         if last is None:
             raise Refusal("nothing_to_undo", "Nothing to undo: no payment on this terminal yet", asn)
         undone = self.event_log.last_event_of((UNDO,))
@@ -936,21 +958,7 @@ class PurseTerminal(SubsidySteps):
             raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded", asn)
         if last.asn != asn:
             raise Refusal("undo_other_card", f"Undo needs the card that paid (card ending {last.asn[-4:]})", asn)
-        if "subsidy_amount" in last.detail:
-            # A cash load cannot give back a subsidy share, nor may a subsidy card's sale be refunded as cash.
-            raise Refusal(
-                "undo_two_purse",
-                "Undo not possible for a sale from the subsidy and cash purses: refund at the card office",
-                asn,
-            )
-        age = (now - last.time).total_seconds()
-        if age > self.config.pos.undo_window_seconds:
-            raise Refusal(
-                "undo_too_late",
-                f"Too late to undo: the payment was {int(age // 60)} min ago "
-                f"(limit {int(self.config.pos.undo_window_seconds // 60)} min)",
-                asn,
-            )
+        self._check_undo_window(last, now, asn)
         p = last.detail
         detail = self._load(
             transmit,
@@ -969,4 +977,82 @@ class PurseTerminal(SubsidySteps):
             asn=asn,
             logged=False,
             detail=detail,
+        )
+
+    def _check_undo_window(self, last, now: dt.datetime, asn: str) -> None:
+        age = (now - last.time).total_seconds()
+        if age > self.config.pos.undo_window_seconds:
+            raise Refusal(
+                "undo_too_late",
+                f"Too late to undo: the payment was {int(age // 60)} min ago "
+                f"(limit {int(self.config.pos.undo_window_seconds // 60)} min)",
+                asn,
+            )
+
+    def _undo_two_purse(self, transmit, info: cp.CardInfo, last, now: dt.datetime, settled) -> Decision:
+        """The cashier's undo of a two-purse sale (card-application.md 5.6): the cash share back as a cash load
+        (pos.undo, the reversal the SAM allows once), then the subsidy share as a subsidy load with allowance
+        number 0 (subsidy.refund, with the subsidy expiry the purse had at the sale). Each is journaled on its own,
+        so a card pulled at any APDU is settled at the next tap and the undo goes on with what is left: each share
+        is given back exactly once."""
+        asn, p = info.asn_hex, last.detail
+        subsidy_part = p["subsidy_amount"]
+        cash_part = p["amount"] - subsidy_part
+        cash_done = cash_part == 0 or self.event_log.find_detail(UNDO, "purchase_seq", last.seq) is not None
+        subsidy_done = subsidy_part == 0 or (
+            self.event_log.find_detail(SUBSIDY_REFUND, "purchase_seq", last.seq) is not None
+        )
+        if cash_done and subsidy_done:
+            if settled and settled.happened and settled.op in (UNDO, SUBSIDY_REFUND):
+                return self._settled_decision(settled, asn, None)
+            raise Refusal("nothing_to_undo", "Nothing to undo: the last payment here was already refunded", asn)
+        if not (cash_done or subsidy_done) or settled is None:
+            self._check_undo_window(last, now, asn)  # a share left after a tear is finished whatever the time
+        expiry = b""
+        if not subsidy_done:  # checked before any share moves: the refund keeps the sale's subsidy expiry
+            intent = self.event_log.find_detail(jn.PURCHASE.intent_kind, "tsn", p["tsn"])
+            stored = None if intent is None else intent.detail.get("subsidy_expiry")
+            if stored is None:
+                raise Refusal(
+                    "undo_two_purse",
+                    "Undo not possible: the sale's subsidy expiry is not in this terminal's log; "
+                    "refund the subsidy share at the card office",
+                    asn,
+                )
+            expiry = bytes.fromhex(stored)
+        extra = {"purchase_seq": last.seq, **self.canteen.undo_fields(self.config, p)}
+        parts, refunded = [], 0
+        # For the receipt: what this tap gave back, each balance covered by the MAC3 this terminal verified.
+        out: dict = {"purchase_seq": last.seq, "cash_refund": 0, "subsidy_refund": 0}
+        out.update({k: extra[k] for k in ("operator", "batch", "meal_period") if k in extra})
+        if not cash_done:
+            cash = self._load(transmit, info, UNDO, cash_part, now, self._reversal_mac2(p["tsn"]), extra)
+            parts.append(f"cash {format_yuan(cash_part)} - balance {format_yuan(cash['balance_after'])}")
+            refunded += cash_part
+            out.update(cash_refund=cash_part, balance_after=cash["balance_after"], tac=cash["tac"])
+        if not subsidy_done:
+            sub = self._load(
+                transmit,
+                info,
+                SUBSIDY_REFUND,
+                subsidy_part,
+                now,
+                self._reversal_mac2(p["tsn"]),
+                {**extra, "expiry": expiry.hex()},
+                command=sp.subsidy_load_command(
+                    subsidy_part, self.config.terminal.id_bytes, bcd.decode_date(expiry), 0
+                ),
+                parse=sp.parse_subsidy_load,
+            )
+            parts.append(f"subsidy {format_yuan(subsidy_part)} - subsidy balance {format_yuan(sub['balance_after'])}")
+            refunded += subsidy_part
+            out.update(subsidy_refund=subsidy_part, subsidy_balance_after=sub["balance_after"], subsidy_tac=sub["tac"])
+        return Decision(
+            True,
+            UNDO,
+            "refunded",
+            f"Refunded {format_yuan(refunded)} ({'; '.join(parts)})",
+            asn=asn,
+            logged=False,
+            detail={"amount": refunded, **out},
         )

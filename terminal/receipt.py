@@ -67,6 +67,11 @@ def receipt_lines(decision: Decision, config: Config, local: dt.datetime) -> lis
         lines.append(_pair("Cash paid", format_yuan(d["amount"] - d["subsidy_amount"]), width))
         if isinstance(d.get("subsidy_balance_verified"), int):
             lines.append(_pair("Subsidy balance", format_yuan(d["subsidy_balance_verified"]), width))
+    two_purse_undo = decision.kind == "pos.undo" and isinstance(d.get("subsidy_refund"), int)
+    if two_purse_undo:
+        # Each share back into its own purse (card-application.md 5.6); both balances are MAC3-verified.
+        lines.append(_pair("Cash refunded", format_yuan(d["cash_refund"]), width))
+        lines.append(_pair("Subsidy refunded", format_yuan(d["subsidy_refund"]), width))
     if decision.kind in VERIFIED_BALANCE and isinstance(d.get("balance_after"), int):
         lines.append(_pair("Balance", format_yuan(d["balance_after"]), width))
     if d.get("operator"):
@@ -76,6 +81,9 @@ def receipt_lines(decision: Decision, config: Config, local: dt.datetime) -> lis
     if "tac" in d and not (two_purse and d["amount"] == d["subsidy_amount"]):
         lines.append(_pair("TAC", str(d["tac"])[:8].upper(), width))
     if two_purse and d["subsidy_amount"]:
+        lines.append(_pair("Subsidy TAC", str(d["subsidy_tac"])[:8].upper(), width))
+    if two_purse_undo and "subsidy_tac" in d:
+        lines.append(_pair("Subsidy balance", format_yuan(d["subsidy_balance_after"]), width))
         lines.append(_pair("Subsidy TAC", str(d["subsidy_tac"])[:8].upper(), width))
     if "seq" in d:
         lines.append(_pair("Record", str(d["seq"]), width))

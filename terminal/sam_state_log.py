@@ -15,6 +15,7 @@ from sam.sam_state import LastPurchase, SamState, StateFile
 
 # The journal's kinds (common/journal.py) this state is derived from.
 PURCHASE_INTENT, PURCHASE, UNDO_INTENT = jn.PURCHASE.intent_kind, jn.PURCHASE.kind(jn.State.DONE), jn.UNDO.intent_kind
+REFUND_INTENT = jn.SUBSIDY_REFUND.intent_kind
 
 
 class LoggedSamState:
@@ -50,11 +51,14 @@ def derive_state(event_log, enterprise_id: bytes) -> SamState:
     d = intent.detail
     last_tsn = max(floor, d["tsn"])
     outcome = event_log.find_detail(PURCHASE, "intent_seq", intent.seq)
-    reversal_counter = None
+    reversal_counter = subsidy_reversal_counter = None
     if outcome is not None:
         undo = event_log.find_detail(UNDO_INTENT, "purchase_seq", outcome.seq)
         if undo is not None:
             reversal_counter = undo.detail["counter"]
+        refund = event_log.find_detail(REFUND_INTENT, "purchase_seq", outcome.seq)
+        if refund is not None:
+            subsidy_reversal_counter = refund.detail["counter"]
     last = LastPurchase(
         bytes.fromhex(intent.asn),
         enterprise_id,
@@ -62,5 +66,7 @@ def derive_state(event_log, enterprise_id: bytes) -> SamState:
         d["tsn"],
         debited=outcome is not None,
         reversal_counter=reversal_counter,
+        subsidy_part=d.get("subsidy_part", 0),
+        subsidy_reversal_counter=subsidy_reversal_counter,
     )
     return SamState(last_tsn, last)

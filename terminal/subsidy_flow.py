@@ -60,6 +60,7 @@ class SubsidySteps:
             time=bytes.fromhex(d["time"]),
             tx_type=tx.SUBSIDY_LOAD,
             expiry=bytes.fromhex(d["expiry"]),
+            allowance=d.get("allowance_no", 0),  # a refund (subsidy.refund) loads with number 0
         )
 
     @staticmethod
@@ -74,6 +75,7 @@ class SubsidySteps:
             "topup.load": tx.LOAD,
             "subsidy.load": tx.SUBSIDY_LOAD,
             "subsidy.withdraw": tx.SUBSIDY_WITHDRAW,
+            "subsidy.refund": tx.SUBSIDY_LOAD,
         }
         return types[op], d["counter"]
 
@@ -96,6 +98,8 @@ class SubsidySteps:
         """Withdraw an expired subsidy, then collect the allowances announced for this card. Returns screen notes.
         Raises Incomplete / Unrecorded / Refusal(log_unavailable) as the money flows do (the tap then ends)."""
         self.verified_subsidy: tuple[str, int] | None = None  # (asn, balance) a MAC3 of this tap verified
+        # The card's subsidy expiry as this tap leaves it (a sale's undo gives its subsidy share back with it)
+        self.subsidy_expiry_now: dt.date | None = info.subsidy_expiry
         if not info.has_subsidy:
             return []
         today = now.astimezone(self.config.terminal.timezone).date()
@@ -104,13 +108,20 @@ class SubsidySteps:
             amount = self._withdraw(transmit, info, now)
             if amount:
                 notes.append(f"expired subsidy of {format_yuan(amount)} withdrawn")
+            self.subsidy_expiry_now = None
         allowances = self._allowances(info.asn_hex)
         collected = {
             a.allowance_id
             for a in allowances
             if self.event_log.has_detail("subsidy.load", "allowance_id", a.allowance_id)
         }
-        for a in sp.allowances_to_collect(allowances, collected, today):
+        for a in sp.allowances_to_collect(allowances, collected, today, info.last_allowance):
+            extra = {
+                "allowance_id": a.allowance_id,
+                "allowance_no": a.number,
+                "expiry": bcd.encode_date(a.expiry).hex(),
+                "policy": a.policy,
+            }
             try:
                 detail = self._load(
                     transmit,
@@ -119,17 +130,32 @@ class SubsidySteps:
                     a.amount,
                     now,
                     self._load_mac2,
-                    {"allowance_id": a.allowance_id, "expiry": bcd.encode_date(a.expiry).hex(), "policy": a.policy},
-                    command=sp.subsidy_load_command(a.amount, self.config.terminal.id_bytes, a.expiry),
+                    extra,
+                    command=sp.subsidy_load_command(a.amount, self.config.terminal.id_bytes, a.expiry, a.number),
                     parse=sp.parse_subsidy_load,
                 )
             except Refusal as r:
+                if r.reason_code == "allowance_loaded":
+                    # The card already holds this allowance or a later one (another till loaded it offline):
+                    # nothing changed on the card; the tap goes on (card-application.md 5.6, 94 07).
+                    log_event(
+                        log,
+                        "subsidy.allowance_refused",
+                        logging.WARNING,
+                        asn=info.asn_hex,
+                        allowance_id=a.allowance_id,
+                        allowance_no=a.number,
+                        last_allowance=info.last_allowance,
+                        msg="the card refused the allowance: already loaded (elsewhere) or a later one is",
+                    )
+                    continue
                 if r.reason_code != "sam_refused":
                     raise
                 notes.append("allowance to collect at the top-up terminal")
                 log_event(log, "subsidy.collect_skipped", logging.WARNING, asn=info.asn_hex, error=r.message)
                 break
             self.verified_subsidy = (info.asn_hex, detail["balance_after"])
+            self.subsidy_expiry_now = max(self.subsidy_expiry_now or a.expiry, a.expiry)
             notes.append(
                 f"subsidy of {format_yuan(a.amount)} collected - subsidy balance {format_yuan(detail['balance_after'])}"
             )
@@ -255,6 +281,10 @@ class SubsidySteps:
                 "cash_part": init.cash_part,
                 "subsidy_counter": init.subsidy_counter,
                 "subsidy_balance_before": init.subsidy_balance,
+                # the intent only: the expiry an undo's refund of the subsidy share keeps (card-application 5.6)
+                "subsidy_expiry": None
+                if getattr(self, "subsidy_expiry_now", None) is None
+                else bcd.encode_date(self.subsidy_expiry_now).hex(),
                 "policy": policy,
                 **sale,
             }

@@ -3,8 +3,10 @@ and decide what a tap does with the subsidy purse. Sans-I/O: dates and allowance
 
 A tap of a card with a subsidy purse (SELECT's FCI tag C9) does, before its own operation: withdraw the subsidy
 balance if the subsidy expired (the card allows only the whole balance, only after the expiry), then collect the
-allowances the platform announced for this card and not yet collected here (one subsidy load each, in issue order,
-skipping expired ones). A sale then goes through the two-purse INITIALIZE with the card's policy.
+allowances the platform announced for this card numbered above the last one the card loaded (FCI tag CA), one
+subsidy load each in number order, skipping expired ones: the card refuses a number not above its last one (94 07),
+so an allowance is collected once however many offline tills hold it. A sale then goes through the two-purse
+INITIALIZE with the card's policy.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ POLICY_NAMES = {v: k for k, v in tx.POLICIES.items()}
 
 class NotExpired(CardProtocolError):
     """The card refused a withdrawal: its subsidy has not expired (69 85 to DEBIT)."""
+
+
+class AllowanceLoaded(CardProtocolError):
+    """The card refused a subsidy load: its allowance number is not above the last one loaded (94 07 to INITIALIZE
+    FOR LOAD); nothing changed on the card."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class Allowance:
     expiry: dt.date
     policy: str  # subsidy_first | cash_first
     collected: bool = False  # the platform already received its load (from any terminal)
+    number: int = 1  # the per-card allowance number (1, 2, ... in issue order); the card loads each only above its last
 
 
 def two_purse_command(amount: int, terminal_id: bytes, policy: str) -> bytes:
@@ -127,14 +135,26 @@ def parse_two_purse_debit(rapdu: bytes) -> TwoPurseProof:
     return TwoPurseProof(subsidy_tac=d[0:8], cash_tac=d[8:16], mac=d[16:24])
 
 
-def subsidy_load_command(amount: int, terminal_id: bytes, expiry: dt.date) -> bytes:
-    return bytes.fromhex("805000010F01") + _u32(amount) + terminal_id + bcd.encode_date(expiry) + b"\x14"
+def subsidy_load_command(amount: int, terminal_id: bytes, expiry: dt.date, number: int) -> bytes:
+    """INITIALIZE FOR LOAD of the subsidy purse: an allowance (number 1..FFFF) or an undone sale's refund (0)."""
+    if not 0 <= number <= 0xFFFF:
+        raise ValueError(f"allowance number {number} is not 0..65535")
+    return (
+        bytes.fromhex("805000011101")
+        + _u32(amount)
+        + terminal_id
+        + bcd.encode_date(expiry)
+        + number.to_bytes(2, "big")
+        + b"\x14"
+    )
 
 
 def parse_subsidy_load(rapdu: bytes, sealed: bool = True) -> LoadInit:
     """The subsidy purse exists on version 2 sub-applications only: its balance is always sealed (5.2a)."""
     if not sealed:
         raise CardProtocolError("a subsidy purse answered on a version 1 card")
+    if status_word(rapdu) == 0x9407:
+        raise AllowanceLoaded("the card already loaded this allowance or a later one")
     d = expect_ok(rapdu, "INITIALIZE FOR LOAD (subsidy)", 20)
     return LoadInit(
         balance=None,
@@ -186,13 +206,22 @@ def subsidy_expired(expiry: dt.date | None, today: dt.date) -> bool:
     return expiry is not None and today > expiry
 
 
-def allowances_to_collect(allowances: list[Allowance], collected: set[str], today: dt.date) -> list[Allowance]:
-    """The allowances a tap loads now: announced for this card, not collected (or given up), not expired."""
-    return [
+def allowances_to_collect(
+    allowances: list[Allowance], collected: set[str], today: dt.date, last_loaded: int
+) -> list[Allowance]:
+    """The allowances a tap loads now, in number order: announced for this card, numbered above the last one the card
+    loaded (FCI tag CA), not collected (or given up), not expired. One skipped because it expired can never be
+    loaded once a later one is (the platform then marks it lapsed)."""
+    due = [
         a
         for a in allowances
-        if not a.collected and a.allowance_id not in collected and a.expiry >= today and a.amount > 0
+        if a.number > last_loaded
+        and not a.collected
+        and a.allowance_id not in collected
+        and a.expiry >= today
+        and a.amount > 0
     ]
+    return sorted(due, key=lambda a: a.number)
 
 
 def policy_for(allowances: list[Allowance], default: str = "subsidy_first") -> str:
@@ -204,7 +233,13 @@ def allowances_from_body(body: dict[str, Any]) -> list[Allowance]:
     """The Allowance list of a verified `subsidy_allowances` message body (common/sync_protocol.py checked it)."""
     return [
         Allowance(
-            r["allowance_id"], r["asn"], r["amount"], dt.date.fromisoformat(r["expiry"]), r["policy"], r["collected"]
+            r["allowance_id"],
+            r["asn"],
+            r["amount"],
+            dt.date.fromisoformat(r["expiry"]),
+            r["policy"],
+            r["collected"],
+            r["number"],
         )
         for r in body["allowances"]
     ]

@@ -86,7 +86,9 @@ def card_in(state: str):
     if state.startswith("v2"):
         card = worked_example_card()
         if "subsidy" in state:
-            card.card.apps[0].subsidy = SubsidyPurse(2_000, bcd.encode_date(dt.date(2027, 12, 31)), 100_000)
+            card.card.apps[0].subsidy = SubsidyPurse(
+                2_000, bcd.encode_date(dt.date(2027, 12, 31)), 100_000, last_allowance=3
+            )
         card.power_on()
         if state == "v2 dir":
             assert card.transmit(bytes.fromhex("00A4040009F04F4E45434152440200"))[-2:] == b"\x90\x00"

@@ -209,7 +209,7 @@ def _scriptor_session(card) -> list[tuple[bytes, bytes]]:
             send(pp.init_load_command(amount, bytes(6)))
             send(sp.two_purse_command(amount, bytes(6), "subsidy_first"))
             send(sp.two_purse_command(amount, bytes(6), "cash_first"))
-            send(sp.subsidy_load_command(amount, bytes(6), dt.date(2027, 12, 31)))
+            send(sp.subsidy_load_command(amount, bytes(6), dt.date(2027, 12, 31), 1))
         send(sp.withdraw_command(bytes(6)))
     return seen
 

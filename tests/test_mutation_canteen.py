@@ -224,6 +224,7 @@ def test_settle_and_format():
         "net                        8.00",
         "loads             1       50.00",
         "subsidy spent     0        0.00",
+        "subsidy undone    0        0.00",
         "by meal period",
         "  (no period)  sales    1        5.00  undos    0        0.00",
         "  breakfast    sales    1        3.00  undos    0        0.00",
@@ -243,6 +244,36 @@ def test_settle_and_format():
         "net                        0.00",
         "loads             1       50.00",
         "subsidy spent     0        0.00",
+        "subsidy undone    0        0.00",
     ]
     assert st.seq_ranges([1, 2, 4, 6, 7, 8]) == "1-2, 4, 6-8" and st.seq_ranges([5]) == "5"
     assert st.seq_ranges([3, 1, 2, 5, 7, 8]) == "1-3, 5, 7-8" and st.seq_ranges([]) == ""
+
+
+def test_an_undone_two_purse_sale_counts_each_share_in_its_purse():
+    """A two-purse sale of 12.00 (5.00 subsidy) undone: its pos.undo (7.00 cash) and its subsidy.refund (5.00) are
+    both undos, the refund also `subsidy undone`; per period and operator both count as undos."""
+    records = [
+        rec(1, "pos.purchase", 1200, meal_period="lunch", operator="0001", batch=1, subsidy_amount=500),
+        rec(2, "pos.undo", 700, meal_period="lunch", operator="0001", batch=1, purchase_seq=1),
+        rec(3, "subsidy.refund", 500, meal_period="lunch", operator="0001", batch=1, purchase_seq=1),
+        rec(4, "subsidy.refund.intent", 500),
+        rec(5, "subsidy.load", 3000),
+    ]
+    assert [r.seq for r in st.select_day(records, dt.date(2026, 11, 23), TZ)] == [1, 2, 3]
+    assert [r.seq for r in st.select_batch(records, 1)] == [1, 2, 3]
+    totals = st.settle(records)
+    assert (totals.sales, totals.undos, totals.loads) == (st.Tally(1, 1200), st.Tally(2, 1200), st.Tally())
+    assert (totals.subsidy_spent, totals.subsidy_undone) == (st.Tally(1, 500), st.Tally(1, 500))
+    assert totals.net == 0 and totals.seqs == [1, 2, 3]
+    assert totals.by_period == {"lunch": {"sales": st.Tally(1, 1200), "undos": st.Tally(2, 1200)}}
+    assert totals.by_operator == {"0001": {"sales": st.Tally(1, 1200), "undos": st.Tally(2, 1200)}}
+    assert st.format_totals(totals)[:6] == [
+        "sales             1       12.00",
+        "undos             2       12.00",
+        "net                        0.00",
+        "loads             0        0.00",
+        "subsidy spent     1        5.00",
+        "subsidy undone    1        5.00",
+    ]
+    assert st.MONEY_OUTCOMES == ("pos.purchase", "pos.undo", "topup.load", "subsidy.refund")

@@ -153,27 +153,43 @@ def test_select_with_purse_expiry():
 
 def test_select_with_subsidy_purse():
     """card-application.md 5.6: FCI tag C9 04 (after C7) says the card has a subsidy purse, and its expiry; 00000000
-    while the subsidy balance is 0 (no expiry to read)."""
+    while the subsidy balance is 0 (no expiry to read); CA 02 after it, the last allowance number it loaded."""
     plain = cp.parse_select(fci(extra=H("C70420271231")))
-    assert (plain.has_subsidy, plain.subsidy_expiry) == (False, None)
-    info = cp.parse_select(fci(extra=H("C70420271231 C90420280630")))
-    assert (info.has_subsidy, info.subsidy_expiry, info.purse_expiry) == (
+    assert (plain.has_subsidy, plain.subsidy_expiry, plain.last_allowance) == (False, None, 0)
+    info = cp.parse_select(fci(extra=H("C70420271231 C90420280630 CA020102")))
+    assert (info.has_subsidy, info.subsidy_expiry, info.purse_expiry, info.last_allowance) == (
         True,
         dt.date(2028, 6, 30),
         dt.date(2027, 12, 31),
+        0x0102,
     )
-    empty = cp.parse_select(fci(extra=H("C70420271231 C90400000000")))
-    assert (empty.has_subsidy, empty.subsidy_expiry) == (True, None)
-    assert cp.parse_select(fci(extra=H("C90420280101"))).subsidy_expiry == dt.date(2028, 1, 1)  # C9 without C7
-    assert cp.parse_select(fci(extra=H("CA0420280101"))).has_subsidy is False  # another tag is not C9
+    empty = cp.parse_select(fci(extra=H("C70420271231 C90400000000 CA020000")))
+    assert (empty.has_subsidy, empty.subsidy_expiry, empty.last_allowance) == (True, None, 0)
+    top = cp.parse_select(fci(extra=H("C90420280101 CA02FFFF")))  # C9 without C7
+    assert (top.subsidy_expiry, top.last_allowance) == (dt.date(2028, 1, 1), 0xFFFF)
+    no_purse = cp.parse_select(fci(extra=H("CA020001")))  # CA without a subsidy purse (C9): ignored
+    assert (no_purse.has_subsidy, no_purse.last_allowance) == (False, 0)
+    assert cp.parse_select(fci(extra=H("CB0420280101"))).has_subsidy is False  # another tag is not C9
     for bad in ("C903202806", "C9052028063000", "C900"):
-        fails(cp.CardProtocolError, "FCI tag C9 (subsidy expiry) is not 4 bytes", cp.parse_select, fci(extra=H(bad)))
+        fails(
+            cp.CardProtocolError,
+            "FCI tag C9 (subsidy expiry) is not 4 bytes",
+            cp.parse_select,
+            fci(extra=H(bad + "CA020000")),
+        )
+    for bad in ("", "CA0100", "CA03000001", "CA00"):
+        fails(
+            cp.CardProtocolError,
+            "FCI tag CA (last allowance number) is missing or not 2 bytes",
+            cp.parse_select,
+            fci(extra=H("C90420280101" + bad)),
+        )
     for bad in ("20281332", "00000001", "FFFFFFFF"):
         fails(
             cp.CardProtocolError,
             f"subsidy expiry {bad.lower()} is not a BCD date YYYYMMDD",
             cp.parse_select,
-            fci(extra=H("C904" + bad)),
+            fci(extra=H("C904" + bad + "CA020000")),
         )
 
 

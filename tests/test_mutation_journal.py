@@ -61,6 +61,7 @@ TABLE = {
         "issue.restore_subsidy.intent",
         {"done": "issue.restore_subsidy", "abandoned": "issue.restore_subsidy.abandoned"},
     ),
+    "subsidy.refund": ("subsidy.refund.intent", {"done": "subsidy.refund", "abandoned": "subsidy.refund.abandoned"}),
 }
 
 
@@ -80,8 +81,16 @@ def test_the_table_flow_by_flow():
         jn.SUBSIDY_LOAD,
         jn.SUBSIDY_WITHDRAW,
         jn.RESTORE_SUBSIDY,
+        jn.SUBSIDY_REFUND,
     )
-    assert jn.MONEY_FLOWS == (jn.PURCHASE, jn.UNDO, jn.LOAD, jn.SUBSIDY_LOAD, jn.SUBSIDY_WITHDRAW)
+    assert jn.MONEY_FLOWS == (
+        jn.PURCHASE,
+        jn.UNDO,
+        jn.LOAD,
+        jn.SUBSIDY_LOAD,
+        jn.SUBSIDY_WITHDRAW,
+        jn.SUBSIDY_REFUND,
+    )
     for flow in jn.FLOWS:
         intent_kind, outcomes = TABLE[flow.name]
         assert flow.intent_kind == intent_kind
@@ -100,7 +109,7 @@ def test_the_table_flow_by_flow():
         assert jn.flow_named(flow.name) is flow
     kinds = {intent for intent, _ in TABLE.values()} | {k for _, o in TABLE.values() for k in o.values()}
     assert jn.JOURNAL_KINDS == frozenset(kinds)
-    assert len(jn.JOURNAL_KINDS) == 34
+    assert len(jn.JOURNAL_KINDS) == 37
 
 
 def test_flows_are_built_the_house_way():

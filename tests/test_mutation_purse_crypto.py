@@ -223,10 +223,21 @@ def test_type_bytes_of_every_debit_and_load(alg):
             alg, SK, h("0A0B0C0D 01020304") + bytes([tx_type]) + TERMINAL
         )
     expiry = h("20271231")
+    # a subsidy load's MAC2 ends with the allowance expiry and number (section 5.6); number 0 is a refund
     assert pc.load_mac2(alg, SK, 0x01020304, TERMINAL, DATE, TIME, 0x01, expiry) == mac8(
-        alg, SK, h("01020304 01") + TERMINAL + DATE + TIME + expiry
+        alg, SK, h("01020304 01") + TERMINAL + DATE + TIME + expiry + h("0000")
+    )
+    assert pc.load_mac2(alg, SK, 0x01020304, TERMINAL, DATE, TIME, 0x01, expiry, 0x0A0B) == mac8(
+        alg, SK, h("01020304 01") + TERMINAL + DATE + TIME + expiry + h("0A0B")
+    )
+    assert pc.load_mac2(alg, SK, 0x01020304, TERMINAL, DATE, TIME, 0x01, expiry, 0xFFFF) == mac8(
+        alg, SK, h("01020304 01") + TERMINAL + DATE + TIME + expiry + h("FFFF")
+    )
+    assert pc.load_mac2(alg, SK, 0x01020304, TERMINAL, DATE, TIME, 0x02, b"", 0) == mac8(
+        alg, SK, h("01020304 02") + TERMINAL + DATE + TIME
     )
     assert pc._load_type(0x02, b"") == h("02") and pc._load_type(0x01, expiry) == h("01")
+    assert pc._load_type(0x01, expiry, 0) == h("01") and pc._load_type(0x01, expiry, 0xFFFF) == h("01")
     # a two-purse sale's MAC2 covers the subsidy share after the amount
     assert pc.purchase_mac2(alg, SK, 0x01020304, 0x0A0B0C0D) == mac8(alg, SK, h("01020304 0A0B0C0D"))
     assert pc.purchase_mac2(alg, SK, 0x01020304, 0) == mac8(alg, SK, h("01020304 00000000"))
@@ -261,7 +272,8 @@ def test_type_refusals():
         (0x06, expiry),
     ]:
         refused(
-            f"load type {tx_type:#04x} with expiry {bad_expiry.hex()!r}: 02 without expiry, 01 with 4 bytes",
+            f"load type {tx_type:#04x} with expiry {bad_expiry.hex()!r} and allowance number 0: "
+            "02 without expiry or number, 01 with 4 bytes and a number 0..65535",
             pc.load_mac2,
             alg,
             SK,
@@ -271,5 +283,20 @@ def test_type_refusals():
             TIME,
             tx_type,
             bad_expiry,
+        )
+    for tx_type, bad_expiry, number in [(0x02, b"", 1), (0x01, expiry, 0x10000), (0x01, expiry, -1)]:
+        refused(
+            f"load type {tx_type:#04x} with expiry {bad_expiry.hex()!r} and allowance number {number}: "
+            "02 without expiry or number, 01 with 4 bytes and a number 0..65535",
+            pc.load_mac2,
+            alg,
+            SK,
+            1,
+            TERMINAL,
+            DATE,
+            TIME,
+            tx_type,
+            bad_expiry,
+            number,
         )
     refused("4294967296 does not fit in 4 bytes", pc.purchase_mac2, alg, SK, 1, 2**32)

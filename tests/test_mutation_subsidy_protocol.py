@@ -227,14 +227,36 @@ def test_parse_two_purse_debit_refusals():
 
 
 def test_subsidy_load_command_exact_bytes():
-    assert sp.subsidy_load_command(1, TID, dt.date(2026, 12, 31)) == bytes.fromhex(
-        "805000010F0100000001A1A2A3A4A5A62026123114"
+    assert sp.subsidy_load_command(1, TID, dt.date(2026, 12, 31), 1) == bytes.fromhex(
+        "805000011101 00000001 A1A2A3A4A5A6 20261231 0001 14"
     )
-    assert sp.subsidy_load_command(MAX, bytes(6), dt.date(2027, 1, 5)) == bytes.fromhex(
-        "805000010F01FFFFFFFF0000000000002027010514"
+    assert sp.subsidy_load_command(MAX, bytes(6), dt.date(2027, 1, 5), 0xFFFF) == bytes.fromhex(
+        "805000011101 FFFFFFFF 000000000000 20270105 FFFF 14"
     )
-    assert refusal(ValueError, sp.subsidy_load_command, 0, TID, dt.date(2026, 1, 1)) == (
+    assert sp.subsidy_load_command(7, TID, dt.date(2027, 1, 5), 0) == bytes.fromhex(  # 0: an undone sale's refund
+        "805000011101 00000007 A1A2A3A4A5A6 20270105 0000 14"
+    )
+    assert sp.subsidy_load_command(7, TID, dt.date(2027, 1, 5), 0x0102)[-3:] == bytes.fromhex("010214")
+    assert refusal(ValueError, sp.subsidy_load_command, 0, TID, dt.date(2026, 1, 1), 1) == (
         "amount 0 must be between 1 and 4294967295 fen"
+    )
+    assert refusal(ValueError, sp.subsidy_load_command, 1, TID, DAY, 0x10000) == (
+        "allowance number 65536 is not 0..65535"
+    )
+    assert refusal(ValueError, sp.subsidy_load_command, 1, TID, DAY, -1) == "allowance number -1 is not 0..65535"
+
+
+def test_parse_subsidy_load_refused_allowance():
+    """94 07: the card already loaded this allowance or a later one; nothing changed."""
+    assert refusal(sp.AllowanceLoaded, sp.parse_subsidy_load, bytes.fromhex("9407")) == (
+        "the card already loaded this allowance or a later one"
+    )
+    assert issubclass(sp.AllowanceLoaded, CardProtocolError)
+    assert refusal(CardProtocolError, sp.parse_subsidy_load, bytes.fromhex("9406")) != (
+        "the card already loaded this allowance or a later one"
+    )
+    assert refusal(CardProtocolError, sp.parse_subsidy_load, bytes.fromhex("9407"), False) == (
+        "a subsidy purse answered on a version 1 card"
     )
 
 
@@ -352,8 +374,8 @@ def test_parse_withdraw_debit_refusals():
 DAY = dt.date(2026, 6, 15)
 
 
-def allowance(i, amount=500, expiry=DAY, policy="subsidy_first", collected=False, asn="00000001"):
-    return sp.Allowance(f"al-{i}", asn, amount, expiry, policy, collected)
+def allowance(i, amount=500, expiry=DAY, policy="subsidy_first", collected=False, asn="00000001", number=None):
+    return sp.Allowance(f"al-{i}", asn, amount, expiry, policy, collected, i if number is None else number)
 
 
 def test_subsidy_expired_edges():
@@ -371,9 +393,21 @@ def test_allowances_to_collect_edges():
     a_platform = allowance(5, collected=True)
     a_here = allowance(6)
     a_future = allowance(7, amount=2**32 - 1, expiry=DAY + dt.timedelta(days=1))
-    got = sp.allowances_to_collect([a_today, a_one, a_zero, a_past, a_platform, a_here, a_future], {"al-6"}, DAY)
+    every = [a_today, a_one, a_zero, a_past, a_platform, a_here, a_future]
+    got = sp.allowances_to_collect(every, {"al-6"}, DAY, 0)
     assert got == [a_today, a_one, a_future]
-    assert sp.allowances_to_collect([], set(), DAY) == []
+    assert sp.allowances_to_collect([], set(), DAY, 0) == []
+    # only numbers above the card's last loaded one (FCI CA): equal is already on the card
+    assert sp.allowances_to_collect(every, {"al-6"}, DAY, 1) == [a_one, a_future]
+    assert sp.allowances_to_collect(every, {"al-6"}, DAY, 2) == [a_future]
+    assert sp.allowances_to_collect(every, {"al-6"}, DAY, 6) == [a_future]
+    assert sp.allowances_to_collect(every, {"al-6"}, DAY, 7) == []
+
+
+def test_allowances_to_collect_in_number_order():
+    late, early, middle = allowance(1, number=9), allowance(2, number=3), allowance(3, number=5)
+    assert sp.allowances_to_collect([late, early, middle], set(), DAY, 0) == [early, middle, late]
+    assert sp.allowances_to_collect([late, early, middle], set(), DAY, 4) == [middle, late]
 
 
 def test_policy_for():
@@ -395,6 +429,7 @@ def test_allowances_from_body_exact():
                 "expiry": "2026-12-31",
                 "policy": "cash_first",
                 "collected": True,
+                "number": 1,
             },
             {
                 "allowance_id": "a-2",
@@ -403,20 +438,23 @@ def test_allowances_from_body_exact():
                 "expiry": "2027-01-01",
                 "policy": "subsidy_first",
                 "collected": False,
+                "number": 65535,
             },
         ]
     }
     got = sp.allowances_from_body(body)
     assert got == [
-        sp.Allowance("a-1", "0102", 1, dt.date(2026, 12, 31), "cash_first", True),
-        sp.Allowance("a-2", "0304", 4294967295, dt.date(2027, 1, 1), "subsidy_first", False),
+        sp.Allowance("a-1", "0102", 1, dt.date(2026, 12, 31), "cash_first", True, 1),
+        sp.Allowance("a-2", "0304", 4294967295, dt.date(2027, 1, 1), "subsidy_first", False, 65535),
     ]
+    assert [a.number for a in got] == [1, 65535]
     assert got[0].collected is True and got[1].collected is False
     assert sp.allowances_from_body({"allowances": []}) == []
 
 
 def test_allowance_default_not_collected():
     assert sp.Allowance("a", "b", 1, DAY, "cash_first").collected is False
+    assert sp.Allowance("a", "b", 1, DAY, "cash_first").number == 1
 
 
 # --- any bytes: parse, or our own error (the sealed answers of card-application.md 5.2a) ----------------------------

@@ -375,3 +375,45 @@ def test_passage_is_accepted_exactly_inside_its_ranges(area, seq, direction):
     else:
         with pytest.raises(p.ProtocolError):
             opened("passage", body)
+
+
+def allowance_list(allowances, eid="00010001"):
+    return {"enterprise_id": eid, "allowances": allowances}
+
+
+def allowance_row(aid, asn="0102030405060708", collected=False, expiry="2026-12-31", number=1):
+    return {"allowance_id": aid, "asn": asn, "number": number, "amount": 500, "expiry": expiry,
+            "policy": "cash_first", "collected": collected}  # fmt: skip
+
+
+def test_the_allowance_list_schema_checks_each_number():
+    """`number` (docs/sync-protocol.md): an integer 1..65535, present on every row, unique per card in a message."""
+    check = p.BODY_CHECKS["subsidy_allowances"]
+    check(
+        allowance_list(
+            [
+                allowance_row("a", number=1),
+                allowance_row("b", number=65535),
+                allowance_row("c", asn="0A0B0C0D0E0F1011", number=1),
+            ]
+        )
+    )
+    no_number = allowance_row("a")
+    del no_number["number"]
+    w = "subsidy_allowances allowances"
+    cases = [
+        ([allowance_row("a", number=0)], f"{w}[0]: field 'number' = 0 is out of range (>= 1)"),
+        ([allowance_row("a", number=65536)], f"{w}[0]: number above 65535 (the card keeps 2 bytes)"),
+        (
+            [allowance_row("a", number=2), allowance_row("b", number=2)],
+            f"{w}[1]: card 0102030405060708 has two allowances numbered 2",
+        ),
+    ]
+    for rows, message in cases:
+        with pytest.raises(p.ProtocolError) as caught:
+            check(allowance_list(rows))
+        assert str(caught.value) == message
+    with pytest.raises(p.ProtocolError, match="number"):
+        check(allowance_list([no_number]))
+    with pytest.raises(p.ProtocolError, match="number"):
+        check(allowance_list([allowance_row("a", number="1")]))

@@ -78,6 +78,7 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
         {
             "allowance_id": "2026-11.E1001",
             "asn": card.state.asn.hex().upper(),
+            "number": 1,
             "amount": 5_000,
             "expiry": "2026-11-30",
             "policy": "subsidy_first",
@@ -97,9 +98,11 @@ def test_issue_collect_spend_ingest_report_and_settlement_agree(setup, tmp_path,
         "collected": 5_000,
         "spent": 5_000,
         "withdrawn": 0,
+        "refunded": 0,
         "carried": 0,
-        "lapsed": 0,
         "on_cards": 0,
+        "lapsed": 0,
+        "allowances_lapsed": 0,
     }
     assert card.state.subsidy.balance == 0
     # The cash purse's accounts saw only the cash share (12.00), continuing the card's history.
@@ -241,3 +244,98 @@ def test_the_spending_bill_lists_the_subsidy_wallet_apart(setup, tmp_path, sam):
         "closing balance",
     ]
     assert [r[10] for r in rows] == ["0.00", "50.00", "38.00", "0.00", "0.00"]
+
+
+# --- allowance numbers (card-application.md 5.6): two records of one allowance are never both valid ---------------
+
+
+def _append_load(pos, load, **changes):
+    detail = dict(load.detail, **changes)
+    pos.event_log.append(MONDAY_10AM, "subsidy.load", asn=load.asn, reason_code="completed", message="x", detail=detail)
+
+
+def test_a_second_record_of_one_allowance_is_held_whatever_it_claims(setup, tmp_path, sam):
+    pf, card = setup
+    pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "cash_first", "one-off")
+    pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "cash_first", "two-off")
+    body = pf.subsidy_allowances_body(ENT)
+    assert [(a["allowance_id"], a["number"]) for a in body["allowances"]] == [
+        ("one-off.E1001", 1),
+        ("two-off.E1001", 2),
+    ]
+    pos = terminal(tmp_path, sam, allowances=allowances_from_body(body)[:1])  # the till heard of allowance 1 only
+    pos.balance_inquiry(present(card)[1], MONDAY_10AM)
+    load = outcomes(pos, "subsidy.load")[0]
+    assert load.detail["allowance_no"] == 1
+    _append_load(pos, load, counter=1)  # "loaded again" at the next counter: the TAC covers the counter
+    _append_load(pos, load, allowance_id="two-off.E1001")  # passed off as allowance 2: its number is not 2
+    _append_load(pos, load, allowance_id="two-off.E1001", allowance_no=2, counter=1)  # the TAC covers the number
+    upload(pf, pos.event_log)
+    rows = pf.conn.execute("SELECT allowance_id, counter, tac_status FROM subsidy_transactions ORDER BY seq").fetchall()
+    assert rows == [
+        ("one-off.E1001", 0, "ok"),
+        ("one-off.E1001", 1, "bad"),
+        ("two-off.E1001", 0, "mismatch"),  # not allowance 2's number (and counter 0 was already proven)
+        ("two-off.E1001", 1, "bad"),
+    ]
+    assert [(x["allowance_id"], x["state"]) for x in pf.subsidy_list(ENT)] == [
+        ("one-off.E1001", "collected"),
+        ("two-off.E1001", "pending"),
+    ]
+    assert pf.subsidy_report(ENT)["collected"] == 5_000
+    assert [a["collected"] for a in pf.subsidy_allowances_body(ENT)["allowances"]] == [True, False]
+
+
+def test_without_tac_keys_the_allowance_check_alone_refuses_a_second_collection(platform_db, tmp_path, sam):
+    """A lab platform without the TAC key (unverified_money): a second record of allowance 1 from another till is
+    `duplicate`, one naming another allowance with this one's number `mismatch`; only the first counts."""
+    pf = Platform(platform_db, KEY, clock=lambda: MONDAY_10AM, unverified_money=True)
+    try:
+        pf.add_enterprise(ENT, "Test Co")
+        pf.add_terminal(TID, ENT, kind="pos")
+        pf.add_holder(ENT, "E1001", "Zhang Wei")
+        card = subsidy_card(sam, cash=5_000)
+        card.state.subsidy.expiry = bytes(4)
+        pf.issue_card(ENT, "E1001", card.state.asn.hex().upper(), balance_cents=5_000)
+        pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "cash_first", "one-off")
+        pf.issue_subsidy(ENT, ["E1001"], 5_000, dt.date(2026, 11, 30), "cash_first", "two-off")
+        pos = terminal(tmp_path, sam, allowances=allowances_from_body(pf.subsidy_allowances_body(ENT))[:1])
+        pos.balance_inquiry(present(card)[1], MONDAY_10AM)
+        load = outcomes(pos, "subsidy.load")[0]
+        _append_load(pos, load, counter=1, tac="0" * 16)
+        _append_load(pos, load, allowance_id="two-off.E1001", counter=2)
+        _append_load(pos, load, allowance_id="two-off.E1001", allowance_no=2, counter=3, amount=4_000)
+        upload(pf, pos.event_log)
+        rows = pf.conn.execute("SELECT counter, tac_status FROM subsidy_transactions ORDER BY seq").fetchall()
+        assert rows == [(0, "unchecked"), (1, "duplicate"), (2, "mismatch"), (3, "mismatch")]
+        assert pf.subsidy_report(ENT)["collected"] == 5_000
+        assert [x["state"] for x in pf.subsidy_list(ENT)] == ["collected", "pending"]
+    finally:
+        pf.close()
+
+
+def test_an_allowance_skipped_because_it_expired_lapses_back_to_the_enterprise(setup, tmp_path, sam):
+    pf, card = setup
+    pf.issue_subsidy(ENT, ["E1001"], 2_000, dt.date(2026, 11, 23), "subsidy_first", "short")  # expires today
+    pf.issue_subsidy(ENT, ["E1001"], 3_000, dt.date(2026, 11, 30), "subsidy_first", "month")
+    pos = terminal(tmp_path, sam, allowances=allowances_from_body(pf.subsidy_allowances_body(ENT)))
+    tomorrow = MONDAY_10AM + dt.timedelta(days=1)
+    pos.balance_inquiry(present(card)[1], tomorrow)  # allowance 1 has expired: skipped; allowance 2 loaded
+    assert [e.detail["allowance_no"] for e in outcomes(pos, "subsidy.load")] == [2]
+    assert [x["state"] for x in pf.subsidy_list(ENT)] == ["pending", "pending"]  # nothing uploaded yet
+    upload(pf, pos.event_log)
+    assert [(x["allowance_id"], x["number"], x["state"]) for x in pf.subsidy_list(ENT)] == [
+        ("short.E1001", 1, "lapsed"),
+        ("month.E1001", 2, "collected"),
+    ]
+    report = pf.subsidy_report(ENT)
+    assert (report["issued"], report["collected"], report["allowances_lapsed"], report["on_cards"]) == (
+        5_000,
+        3_000,
+        2_000,
+        3_000,
+    )
+    assert [a["allowance_id"] for a in pf.subsidy_allowances_body(ENT)["allowances"]] == ["month.E1001"]
+    # numbers are never reused: the next allowance is 3
+    pf.issue_subsidy(ENT, ["E1001"], 100, dt.date(2026, 11, 30), "subsidy_first", "extra")
+    assert [a["number"] for a in pf.subsidy_allowances_body(ENT)["allowances"]] == [2, 3]

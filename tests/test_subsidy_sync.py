@@ -42,9 +42,9 @@ def body(allowances, eid=ENTERPRISE):
     return {"enterprise_id": eid, "allowances": allowances}
 
 
-def row(aid, asn="0102030405060708", collected=False, expiry="2026-12-31"):
-    return {"allowance_id": aid, "asn": asn, "amount": 500, "expiry": expiry, "policy": "cash_first",
-            "collected": collected}  # fmt: skip
+def row(aid, asn="0102030405060708", collected=False, expiry="2026-12-31", number=1):
+    return {"allowance_id": aid, "asn": asn, "number": number, "amount": 500, "expiry": expiry,
+            "policy": "cash_first", "collected": collected}  # fmt: skip
 
 
 def test_the_agent_keeps_the_newest_whole_list_and_the_inbox_reads_it(tmp_path):
@@ -132,9 +132,11 @@ def test_issued_allowance_travels_to_the_till_is_collected_once_and_the_ledgers_
                 "collected": 3_000,
                 "spent": 1_300,
                 "withdrawn": 0,
+                "refunded": 0,
                 "carried": 0,
                 "lapsed": 0,
                 "on_cards": 1_700,
+                "allowances_lapsed": 0,
             }
             assert report["on_cards"] == card.state.subsidy.balance
             assert admin.card(asn)["balance_cents"] == card.state.purse.balance == 5_000
@@ -232,3 +234,26 @@ def test_a_terminal_back_from_an_outage_gets_the_current_list_in_its_sync_answer
         assert [a["allowance_id"] for a in got[0].body["allowances"]] == ["2026-11.E1001"]
     finally:
         pf.close()
+
+
+def test_an_agent_database_from_before_the_numbers_gets_the_column(tmp_path):
+    import sqlite3
+
+    SyncStore.open(tmp_path / "sync.db", "000000000101").close()
+    conn = sqlite3.connect(tmp_path / "sync.db")
+    conn.execute("ALTER TABLE inbox_subsidy_allowances DROP COLUMN number")
+    conn.execute("INSERT INTO inbox_subsidy_allowances VALUES ('old', '0102030405060708', 5, '2026-12-31', "
+                 "'cash_first', 0, 0)")  # fmt: skip
+    conn.commit()
+    conn.close()
+    store = SyncStore.open(tmp_path / "sync.db", "000000000101")
+    inbox = Inbox(tmp_path / "sync.db")
+    try:
+        assert [(a.allowance_id, a.number) for a in inbox.pending_allowances("0102030405060708")] == [("old", 0)]
+        assert store.store_subsidy_allowances(
+            body([row("new", number=4)]), "m1", "2026-11-23T02:00:00.000000Z", "2026-11-23T02:00:00.000000Z"
+        )
+        assert [(a.allowance_id, a.number) for a in inbox.pending_allowances("0102030405060708")] == [("new", 4)]
+    finally:
+        inbox.close()
+        store.close()

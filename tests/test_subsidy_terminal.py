@@ -119,7 +119,8 @@ def test_an_allowance_is_collected_at_the_next_tap_of_a_till_once(tmp_path, sam)
         30_000,
         "20261130",
     )
-    tac_ok(sam, card, pos, tx.SUBSIDY_LOAD, 30_000, 0, 30_000, 0, load, load["tac"])
+    # the TAC's TSN field is the allowance number (card-application.md 5.6)
+    tac_ok(sam, card, pos, tx.SUBSIDY_LOAD, 30_000, 0, 30_000, 1, load, load["tac"])
     pos.purchase(present(card)[1], 100, MONDAY_10AM + dt.timedelta(minutes=1))
     assert len(outcomes(pos, "subsidy.load")) == 1 and card.state.subsidy.balance == 28_700
 
@@ -181,15 +182,6 @@ def test_a_till_whose_sam_lacks_the_subsidy_usage_says_where_to_collect(tmp_path
     with pytest.raises(KeyUsageError):
         pos_role.load_mac2(cash_load, bytes(8))  # the subsidy usage never signs a cash load
     assert "subsidy of 50.00 collected" in pos2.purchase(present(card)[1], 100, MONDAY_10AM).message
-
-
-def test_undo_of_a_two_purse_sale_is_refused(tmp_path, sam):
-    card = subsidy_card(sam, subsidy=5_000)
-    pos = terminal(tmp_path, sam)
-    pos.purchase(present(card)[1], 700, MONDAY_10AM)
-    with pytest.raises(Refusal) as r:
-        pos.undo_last(present(card)[1], MONDAY_10AM + dt.timedelta(seconds=10))
-    assert r.value.reason_code == "undo_two_purse" and card.state.subsidy.balance == 4_300
 
 
 def _settled_once(t, card):

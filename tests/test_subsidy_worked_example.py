@@ -21,10 +21,11 @@ from tests.test_card_spec_tables import DOC, worked_example_card
 
 AES = Algorithm.AES128
 K_PURCHASE, K_LOAD, K_TAC = bytes(range(0x20, 0x30)), bytes(range(0x30, 0x40)), bytes(range(0x40, 0x50))
-RANDOMS = (bytes.fromhex("A1A2A3A4"), bytes.fromhex("B1B2B3B4"))  # the card's randoms, in order
+# the card's randoms, in order (the third is drawn by the refused second load of allowance 1, and never seen)
+RANDOMS = (bytes.fromhex("A1A2A3A4"), bytes.fromhex("B1B2B3B4"), bytes.fromhex("C1C2C3C4"))
 TERMINAL = bytes.fromhex("000000000001")
 SELECT_OFFICE = bytes.fromhex("00A404000DF04F4E4543415244020001000100")
-LOAD, EXPIRY, SALE, TSN = 3_000, dt.date(2026, 11, 30), 3_500, 1
+LOAD, EXPIRY, SALE, TSN, NUMBER = 3_000, dt.date(2026, 11, 30), 3_500, 1, 1
 LOAD_AT, SALE_AT = (
     (bytes.fromhex("20261123"), bytes.fromhex("100000")),
     (bytes.fromhex("20261123"), bytes.fromhex("100005")),
@@ -73,13 +74,13 @@ def conversation() -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
             return answer
 
         send(SELECT_OFFICE)
-        init = sp.parse_subsidy_load(send(sp.subsidy_load_command(LOAD, TERMINAL, EXPIRY)))
+        init = sp.parse_subsidy_load(send(sp.subsidy_load_command(LOAD, TERMINAL, EXPIRY, NUMBER)))
         # The balance field is sealed (5.2a): what the SAM opens with K_LOAD, the random and the online counter.
         assert pc.seal_purse_data(AES, K_LOAD, init.random, init.counter, init.sealed) == bytes(4)
         values["SK_BAL_L"] = pc.balance_session_key(AES, K_LOAD, init.random, init.counter)
         sk_l = pc.load_session_key(AES, K_LOAD, init.random, init.counter)
         assert init.mac1 == pc.load_mac1(AES, sk_l, 0, LOAD, TERMINAL, tx.SUBSIDY_LOAD)
-        mac2 = pc.load_mac2(AES, sk_l, LOAD, TERMINAL, *LOAD_AT, tx.SUBSIDY_LOAD, bcd.encode_date(EXPIRY))
+        mac2 = pc.load_mac2(AES, sk_l, LOAD, TERMINAL, *LOAD_AT, tx.SUBSIDY_LOAD, bcd.encode_date(EXPIRY), NUMBER)
         proof = pp.parse_credit(send(pp.credit_command(*LOAD_AT, mac2)))
         assert proof.mac == pc.load_mac3(AES, sk_l, LOAD, LOAD)
         values.update(SK_L=sk_l, MAC1_L=init.mac1, MAC2_L=mac2, TAC_L=proof.tac, MAC3=proof.mac)
@@ -104,7 +105,7 @@ def conversation() -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
             balance_after=two.cash_balance - two.cash_part, **common,
         )  # fmt: skip
         assert proof.tac == pc.tac(
-            AES, K_TAC, amount=LOAD, tx_type=tx.SUBSIDY_LOAD, terminal_id=TERMINAL, tsn=0, date=LOAD_AT[0],
+            AES, K_TAC, amount=LOAD, tx_type=tx.SUBSIDY_LOAD, terminal_id=TERMINAL, tsn=NUMBER, date=LOAD_AT[0],
             time=LOAD_AT[1], counter=0, balance_after=LOAD,
         )  # fmt: skip
         office = card.card.apps[0]
@@ -113,6 +114,15 @@ def conversation() -> tuple[list[tuple[bytes, bytes]], dict[str, bytes]]:
             9_500,
             bytes(4),
         )  # emptied: no expiry
+        # A second till, offline, holds the same allowance 1: the card refuses it (94 07) and nothing changes.
+        before = office.subsidy.to_json()
+        try:
+            sp.parse_subsidy_load(send(sp.subsidy_load_command(LOAD, bytes.fromhex("000000000002"), EXPIRY, NUMBER)))
+        except sp.AllowanceLoaded:
+            pass
+        else:
+            raise AssertionError("the card loaded allowance 1 twice")
+        assert office.subsidy.to_json() == before and office.subsidy.last_allowance == NUMBER
         return pairs, values
     finally:
         sim.os = saved
@@ -143,7 +153,7 @@ def spaced(b: bytes) -> str:
 
 def test_the_worked_example_of_section_5_6_is_what_the_card_and_the_terminal_exchange():
     pairs, _ = conversation()
-    assert len(pairs) == 5
+    assert len(pairs) == 6
     assert [(spaced(c), spaced(r)) for c, r in documented_pairs()] == [(spaced(c), spaced(r)) for c, r in pairs]
 
 
@@ -177,7 +187,7 @@ def test_a_changed_card_random_changes_the_answer():
     """The replay depends on the document's randoms: the test could not pass on any card."""
     global RANDOMS
     saved = RANDOMS
-    RANDOMS = (bytes.fromhex("A1A2A3A5"), saved[1])
+    RANDOMS = (bytes.fromhex("A1A2A3A5"), *saved[1:])
     try:
         pairs, _ = conversation()
     finally:
