@@ -108,7 +108,7 @@ def tac_verifies(card, kind_detail, tx_type):
         amount=d["amount"],
         tx_type=tx_type,
         terminal_id=bytes.fromhex("000000000900"),
-        tsn=0,
+        tsn=d.get("allowance_no", 0),  # the carried last allowance number (card-application.md 5.6)
         date=bytes.fromhex(d["date"]),
         time=bytes.fromhex(d["time"]),
         counter=d["counter"],
@@ -146,6 +146,8 @@ def test_a_readable_old_card_carries_its_proven_subsidy_and_the_platform_moves_i
     assert len(restored) == 1 and restored[0].detail["expiry"] == "20261231"
     tac_verifies(new, restored[0].detail, tx.SUBSIDY_LOAD)
     assert restored[0].detail["tac"] == sub(new).records[0]["tac"]
+    # the old card's last allowance number travels with it: no allowance the old card loaded loads again
+    assert sub(new).last_allowance == sub(old).last_allowance == restored[0].detail["allowance_no"] == 1
     replaced = [e for e in st.event_log.events() if e.kind == "issue.replace"][0]
     assert replaced.message == "Replaces " + old_asn + "; balance 50.00 carried, subsidy 20.00 carried"
     assert (replaced.detail["subsidy_carried"], replaced.detail["subsidy_loaded"]) == (2_000, 2_000)

@@ -254,10 +254,10 @@ def test_the_flagged_two_purse_example_of_section_5_6_is_byte_exact():
         card.power_on()
         t = card.transmit
         t(w.SELECT_OFFICE)
-        init = w.sp.parse_subsidy_load(t(w.sp.subsidy_load_command(w.LOAD, w.TERMINAL, w.EXPIRY)))
+        init = w.sp.parse_subsidy_load(t(w.sp.subsidy_load_command(w.LOAD, w.TERMINAL, w.EXPIRY, w.NUMBER)))
         sk_l = w.pc.load_session_key(w.AES, w.K_LOAD, init.random, init.counter)
         expiry = bcd.encode_date(w.EXPIRY)
-        mac2 = w.pc.load_mac2(w.AES, sk_l, w.LOAD, w.TERMINAL, *w.LOAD_AT, tx.SUBSIDY_LOAD, expiry)
+        mac2 = w.pc.load_mac2(w.AES, sk_l, w.LOAD, w.TERMINAL, *w.LOAD_AT, tx.SUBSIDY_LOAD, expiry, w.NUMBER)
         assert t(w.pp.credit_command(*w.LOAD_AT, mac2))[-2:] == H("9000")
         assert len(pairs) == 3
         for command, answer in pairs:
