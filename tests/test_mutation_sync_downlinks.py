@@ -417,3 +417,46 @@ def test_the_allowance_list_schema_checks_each_number():
         check(allowance_list([no_number]))
     with pytest.raises(p.ProtocolError, match="number"):
         check(allowance_list([allowance_row("a", number="1")]))
+
+
+def test_the_allowance_list_schema_refuses_each_field_exactly():
+    """Every refusal of `subsidy_allowances` (docs/sync-protocol.md), word for word, and its edges accepted."""
+    w = "subsidy_allowances allowances[0]"
+    many = [allowance_row(f"a{i}", asn=f"{i:016X}", number=1 + i % 60_000) for i in range(20_001)]
+    p.BODY_CHECKS["subsidy_allowances"](allowance_list(many[:20_000]))  # at most 20000
+    edges = [allowance_row("a", number=1), allowance_row("b", number=2)]
+    edges[0]["amount"], edges[1]["amount"] = 0xFFFFFFFF, 1
+    p.BODY_CHECKS["subsidy_allowances"](allowance_list(edges))
+    cases = [
+        ({**allowance_list([]), "x": 1}, "subsidy_allowances: unknown field(s) 'x'"),
+        (allowance_list([], eid="1"), "subsidy_allowances: field 'enterprise_id' = '1' is not 8 decimal digits"),
+        (
+            {"enterprise_id": "00010001", "allowances": "x"},
+            "subsidy_allowances: field 'allowances' must be list, got str",
+        ),
+        (allowance_list(many), "subsidy_allowances: 20001 allowances, more than 20000"),
+        (allowance_list([1]), f"{w} must be an object"),
+        (allowance_list([{**allowance_row("a"), "x": 1}]), f"{w}: unknown field(s) 'x'"),
+        (
+            allowance_list([allowance_row("a b")]),
+            f"{w}: field 'allowance_id' = 'a b' is not 1-64 characters of [A-Za-z0-9._-]",
+        ),
+        (allowance_list([allowance_row("a", asn="01")]), f"{w}: field 'asn' = '01' is not 16 uppercase hex digits"),
+        (allowance_list([{**allowance_row("a"), "amount": 0}]), f"{w}: field 'amount' = 0 is out of range (>= 1)"),
+        (allowance_list([{**allowance_row("a"), "amount": 2**32}]), f"{w}: amount above 4294967295 fen"),
+        (allowance_list([allowance_row("a", expiry="2026-13-01")]), f"{w}: expiry '2026-13-01' is not a real date"),
+        (
+            allowance_list([{**allowance_row("a"), "policy": "x"}]),
+            f"{w}: policy 'x' is not subsidy_first or cash_first",
+        ),
+        (allowance_list([{**allowance_row("a"), "policy": 1}]), f"{w}: field 'policy' must be str, got int"),
+        (allowance_list([allowance_row("a", collected=1)]), f"{w}: field 'collected' must be bool, got int"),
+        (
+            allowance_list([allowance_row("a"), allowance_row("a", number=2)]),
+            "subsidy_allowances allowances[1]: allowance a listed twice",
+        ),
+    ]
+    for body, message in cases:
+        with pytest.raises(p.ProtocolError) as caught:
+            p.BODY_CHECKS["subsidy_allowances"](body)
+        assert str(caught.value) == message
