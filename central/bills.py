@@ -139,8 +139,9 @@ _SUBSIDY_LABEL = {
     "purchase": "paid from subsidy",
     "withdraw": "subsidy withdrawn",
     "lapsed": "subsidy lapsed",  # expired when its card was replaced (docs/card-application.md 8.5)
+    "returned": "subsidy returned to the enterprise",  # its card was cancelled (8.5): never paid out in cash
 }
-_SUBSIDY_SIGN = {"load": 1, "purchase": -1, "withdraw": -1, "lapsed": -1}
+_SUBSIDY_SIGN = {"load": 1, "purchase": -1, "withdraw": -1, "lapsed": -1, "returned": -1}
 OVER_THE_AIR = "over the air"
 
 
@@ -373,6 +374,11 @@ class Bills:
             f"SELECT at, amount_cents FROM subsidy_carried WHERE lapsed = 1 AND old_asn IN ({cards})", (holder_id,)
         ):
             ledger.append((t, "", 0, self._bill_item(t, "subsidy", "lapsed", "at replacement", "", -amount)))
+        # A cancelled card's subsidy goes back to the enterprise (never paid out in cash, unlike the cash refund).
+        for t, amount in self.conn.execute(
+            f"SELECT at, amount_cents FROM subsidy_returned WHERE asn IN ({cards})", (holder_id,)
+        ):
+            ledger.append((t, "", 0, self._bill_item(t, "subsidy", "returned", "at cancellation", "", -amount)))
         ledger.sort(key=lambda r: (r[0], r[1], r[2], r[3].wallet))
         (balance,) = self.conn.execute(
             f"SELECT coalesce(sum(balance_cents), 0) FROM cards WHERE asn IN ({cards})", (holder_id,)

@@ -13,6 +13,19 @@ from central.db import ACTIVE, CANCELLED, LOST, REPLACED, VOIDED, PlatformError,
 from common import sync_protocol as p
 from common.config import ConfigError, document_max_load
 
+# What a station's `voided` request carries besides the frozen cash balance and its MAC (table voided_purses).
+VOID_PURSE_FIELDS = (
+    "offline_counter",
+    "online_counter",
+    "subsidy_cents",
+    "subsidy_expiry",
+    "subsidy_offline_counter",
+    "subsidy_online_counter",
+    "challenge",
+    "key_version",
+    "mac_status",
+)
+
 
 class CardFlows:
     def _card_for_update(self, asn: str) -> dict:
@@ -51,7 +64,9 @@ class CardFlows:
         return v
 
     def cancel(self, asn: str, *, settle: bool = False) -> int:
-        """CANCELLED and blacklisted; a non-zero balance must be settled (refund recorded) first."""
+        """CANCELLED and blacklisted; a non-zero balance must be settled (refund recorded) first. The subsidy ledger
+        balance (`subsidy_ledger`) is returned to the enterprise whatever `settle` says: it is the enterprise's
+        money until spent, never refunded to the holder (docs/canteen.md "Subsidy wallet")."""
         with self._txn():
             c = self._card_for_update(asn)
             if c["status"] in (CANCELLED, REPLACED):
@@ -60,6 +75,11 @@ class CardFlows:
                 raise PlatformError(
                     f"card {c['asn']} has a balance of {_yuan(c['balance_cents'])} yuan; settle it "
                     "first: rerun with --settle to record the refund"
+                )
+            if c["subsidy_cents"] > 0 and not settle:
+                raise PlatformError(
+                    f"card {c['asn']} has a subsidy balance of {_yuan(c['subsidy_cents'])} yuan, returned to the "
+                    "enterprise at cancellation (never paid out in cash); rerun with --settle to record it"
                 )
             if c["balance_cents"]:
                 self.conn.execute(
@@ -71,8 +91,14 @@ class CardFlows:
                 (CANCELLED, self._now(), c["asn"]),
             )
             v = self._change_blacklist(c["enterprise_id"], {c["asn"]: "cancelled"}, [])
+            # The subsidy ledger balance goes back to the enterprise, never to the holder (central/subsidy.py).
+            returned = self._return_subsidy(c["asn"])
             self._history(
-                c["asn"], "cancel", f"cancelled, {_yuan(c['balance_cents'])} yuan refunded; blacklist version {v}"
+                c["asn"],
+                "cancel",
+                f"cancelled, {_yuan(c['balance_cents'])} yuan refunded"
+                + (f", subsidy {_yuan(returned)} yuan returned to the enterprise" if returned else "")
+                + f"; blacklist version {v}",
             )
         return v
 
@@ -118,11 +144,16 @@ class CardFlows:
             )
         return {"asn": asn, "enterprise_id": eid, "refunded_cents": refund, "blacklist_version": v}
 
-    def record_void(self, asn: str, frozen_cents: int, proof: str, terminal_id: str) -> None:
+    def record_void(self, asn: str, frozen_cents: int, proof: str, terminal_id: str, purse: dict | None = None) -> None:
         """An issuing station voided the card (APPLICATION BLOCK): VOIDED, with the balance the card proved it froze.
 
-        Told before the station goes on (replacement, erase), so a card left voided by a flow that stopped halfway
-        is never listed ACTIVE. Idempotent: a re-tap of the voided card reports the same frozen balance again.
+        `purse` (a station's `voided` request, docs/sync-protocol.md): the rest of what the card froze and proved
+        under the same MAC `proof` (counters; the subsidy purse of P1 01) and the challenge and key version of that
+        MAC. The platform checks the MAC itself when its SAM holds the card's UPDATE key (usage verify) and refuses
+        a proof that does not verify (nothing recorded); without that key it records the proof 'unchecked' (the
+        station verified it). Told before the station goes on (replacement, erase), so a card left voided by a flow
+        that stopped halfway is never listed ACTIVE. Idempotent: a re-tap of the voided card reports the same
+        frozen balance again.
         """
         with self._txn():
             c = self._card_for_update(asn)
@@ -130,6 +161,28 @@ class CardFlows:
                 raise PlatformError(f"card {c['asn']} is {c['status']}; a voided card must be active, lost or voided")
             if not 0 <= frozen_cents <= 0xFFFFFFFF:
                 raise PlatformError(f"frozen balance {frozen_cents} is not 0..4294967295 fen")
+            if purse is not None:
+                status = self._check_void_proof(c, frozen_cents, proof, purse)
+                self.conn.execute(
+                    "INSERT INTO voided_purses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
+                    "offline_counter = excluded.offline_counter, online_counter = excluded.online_counter, "
+                    "subsidy_cents = excluded.subsidy_cents, subsidy_expiry = excluded.subsidy_expiry, "
+                    "subsidy_offline_counter = excluded.subsidy_offline_counter, "
+                    "subsidy_online_counter = excluded.subsidy_online_counter, challenge = excluded.challenge, "
+                    "key_version = excluded.key_version, mac_status = excluded.mac_status",
+                    (
+                        c["asn"],
+                        purse["offline_counter"],
+                        purse["online_counter"],
+                        purse.get("subsidy_cents"),
+                        purse.get("subsidy_expiry"),
+                        purse.get("subsidy_offline_counter"),
+                        purse.get("subsidy_online_counter"),
+                        purse["challenge"],
+                        purse["key_version"],
+                        status,
+                    ),
+                )
             self.conn.execute(
                 "INSERT INTO voided_cards VALUES (?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
                 "frozen_cents = excluded.frozen_cents, proof = excluded.proof, terminal_id = excluded.terminal_id, "
@@ -149,11 +202,68 @@ class CardFlows:
                 )
 
     def voided(self, asn: str) -> dict | None:
-        """{"frozen_cents", "proof", "terminal_id", "at"} of a card an issuing station voided, else None."""
+        """{"frozen_cents", "proof", "terminal_id", "at"} of a card an issuing station voided, else None; with what
+        a station's request carried besides (`record_void`'s `purse`): the counters, "subsidy_cents",
+        "subsidy_expiry" (8 BCD digits; both None when voided without the subsidy purse), its counters, "challenge",
+        "key_version" and "mac_status" ('ok': verified by the platform, 'unchecked')."""
         row = self.conn.execute(
             "SELECT frozen_cents, proof, terminal_id, at FROM voided_cards WHERE asn = ?", (_asn(asn),)
         ).fetchone()
-        return None if row is None else dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
+        if row is None:
+            return None
+        out = dict(zip(("frozen_cents", "proof", "terminal_id", "at"), row))
+        extra = self.conn.execute(
+            f"SELECT {', '.join(VOID_PURSE_FIELDS)} FROM voided_purses WHERE asn = ?", (_asn(asn),)
+        ).fetchone()
+        if extra is not None:
+            out.update(zip(VOID_PURSE_FIELDS, extra))
+        return out
+
+    def _check_void_proof(self, c: dict, frozen_cents: int, proof: str, purse: dict) -> str:
+        """'ok' when the platform's SAM verified the card's MAC over the frozen purse (card-application.md 8.2),
+        'unchecked' when it holds no UPDATE key of that version; PlatformError when the MAC does not verify."""
+        from sam.interface import Algorithm, CardIdentity, KeyPurpose, MacVerificationError, SamError
+
+        frozen = (
+            frozen_cents.to_bytes(4, "big")
+            + purse["offline_counter"].to_bytes(2, "big")
+            + purse["online_counter"].to_bytes(2, "big")
+        )
+        if purse.get("subsidy_cents") is not None:
+            frozen += (
+                purse["subsidy_cents"].to_bytes(4, "big")
+                + bytes.fromhex(purse["subsidy_expiry"])
+                + purse["subsidy_offline_counter"].to_bytes(2, "big")
+                + purse["subsidy_online_counter"].to_bytes(2, "big")
+            )
+        if self.tac_sam is None:
+            return "unchecked"
+        eid, version = bytes.fromhex(c["enterprise_id"]), purse["key_version"]
+        purpose = KeyPurpose.UPDATE if version else KeyPurpose.TRANSPORT
+        message = bytes.fromhex(purse["challenge"]) + b"\x1e" + frozen
+        forged = False
+        for algorithm in Algorithm:
+            if not self.tac_sam.has_key(eid, purpose, version, algorithm):
+                continue
+            try:
+                self.tac_sam.verify_card_mac(
+                    purpose,
+                    CardIdentity(bytes.fromhex(c["asn"]), eid, version, algorithm),
+                    message,
+                    bytes.fromhex(proof),
+                )
+            except MacVerificationError:
+                forged = True
+                continue
+            except SamError:
+                continue  # held without usage verify: the platform cannot check it
+            return "ok"
+        if forged:
+            raise PlatformError(
+                f"void of card {c['asn']} refused: the card's MAC over the frozen purse does not verify (forged or "
+                "altered figures); nothing was recorded: tap the card again at the issuing station"
+            )
+        return "unchecked"
 
     def replace(self, old_asn: str, new_asn: str, key_version: int | None = None) -> int:
         """Old card REPLACED and blacklisted; the new card gets the old one's holder, rights, balance and subsidy

@@ -1199,7 +1199,12 @@ def cmd_spending_bill(args) -> int:
 
 def cmd_card(args) -> int:
     return _run(
-        args, lambda pf: json.dumps({**pf.card(args.asn), "card_actions": pf.card_actions(args.asn)}, sort_keys=True)
+        args,
+        lambda pf: json.dumps(
+            # "void": what the card proved when an issuing station voided it (central/card_flows.py voided)
+            {**pf.card(args.asn), "card_actions": pf.card_actions(args.asn), "void": pf.voided(args.asn)},
+            sort_keys=True,
+        ),
     )
 
 

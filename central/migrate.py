@@ -47,6 +47,8 @@ TABLES = (
     "ota_loads",
     "card_serials",
     "subsidy_carried",
+    "voided_purses",
+    "subsidy_returned",
 )
 # Tables whose ids PostgreSQL hands out (identity columns): moved on past the copied ids.
 IDENTITY = {

@@ -42,8 +42,8 @@ class InProcessRegistry:
     def register(self, enterprise_id: str, employee_no: str, asn: str, rights: dict, key_version: int) -> None:
         self._call(self.pf.issue_card, enterprise_id, employee_no, asn, rights, key_version=key_version)
 
-    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
-        self._call(self.pf.record_void, asn, frozen_balance, proof, terminal_id)
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str, purse: dict) -> None:
+        self._call(self.pf.record_void, asn, frozen_balance, proof, terminal_id, purse)
 
     def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
         self._call(self.pf.replace, old_asn, new_asn, key_version=key_version)
@@ -106,7 +106,8 @@ def _perform(platform, req: rp.RegistryRequest):
         registry.register(a["enterprise_id"], a["employee_no"], a["asn"], a["rights"], a["key_version"])
     elif req.op == "voided":
         # The voiding station is the one whose topic the request came on (the broker's ACL), not an argument.
-        registry.voided(a["asn"], a["frozen_cents"], a["proof"], req.station)
+        purse = {k: v for k, v in a.items() if k not in ("asn", "frozen_cents", "proof")}
+        registry.voided(a["asn"], a["frozen_cents"], a["proof"], req.station, purse)
     elif req.op == "replace":
         registry.replace(a["old_asn"], a["new_asn"], a["key_version"])
     elif req.op == "cancel":

@@ -309,7 +309,8 @@ class SubsidyAccounts:
     def subsidy_ledger(self, asn: str) -> tuple[int, str | None]:
         """(balance in fen, expiry YYYY-MM-DD or None) of a card's subsidy purse as the platform confirmed it: its
         TAC-verified (or lab 'unchecked') loads less its sales and withdrawals, plus what a replacement carried onto
-        it, less what a replacement carried (or let lapse) from it. The expiry is the latest of the allowances it
+        it, less what a replacement carried (or let lapse) from it and what its cancellation returned to the
+        enterprise. The expiry is the latest of the allowances it
         collected and of what was carried onto it; None while the balance is not above 0."""
         sums = dict(
             self.conn.execute(
@@ -325,9 +326,12 @@ class SubsidyAccounts:
         (carried_out,) = self.conn.execute(
             "SELECT coalesce(sum(amount_cents), 0) FROM subsidy_carried WHERE old_asn = ?", (asn,)
         ).fetchone()
+        (returned,) = self.conn.execute(
+            "SELECT coalesce(sum(amount_cents), 0) FROM subsidy_returned WHERE asn = ?", (asn,)
+        ).fetchone()
         balance = int(sums.get("load") or 0) - int(sums.get("purchase") or 0) - int(sums.get("withdraw") or 0)
         balance += int(sums.get("refund") or 0)  # subsidy shares of undone two-purse sales
-        balance += int(carried_in) - int(carried_out)
+        balance += int(carried_in) - int(carried_out) - int(returned)
         if balance <= 0:
             return balance, None
         (load_expiry,) = self.conn.execute(
@@ -361,6 +365,16 @@ class SubsidyAccounts:
         ).fetchone():
             self._publish_allowances(enterprise_id)  # an enterprise without allowances has nothing to announce
         return text
+
+    def _return_subsidy(self, asn: str) -> int:
+        """Within `cancel`'s transaction: the card's subsidy ledger balance goes back to the enterprise (recorded
+        `returned`, never refunded in cash: the purses are not interchangeable). Returns the amount in fen (0: none;
+        a second cancellation finds the ledger at 0 and returns nothing)."""
+        balance, expiry = self.subsidy_ledger(asn)
+        if balance <= 0:
+            return 0
+        self.conn.execute("INSERT INTO subsidy_returned VALUES (?, ?, ?, ?)", (asn, balance, expiry, self._now()))
+        return balance
 
     # ---- reports -------------------------------------------------------------------------------------------------
 
@@ -397,7 +411,8 @@ class SubsidyAccounts:
 
     def subsidy_report(self, enterprise_id: str) -> dict[str, int]:
         """Totals in fen of what was issued, collected onto cards, spent and withdrawn (TAC-verified or lab
-        'unchecked' records only), and what is outstanding on the cards (collected - spent - withdrawn)."""
+        'unchecked' records only), carried and lapsed at replacements, returned to the enterprise at cancellations,
+        and what is outstanding on the cards (collected - spent + refunded - withdrawn - lapsed - returned)."""
         issued, skipped = self.conn.execute(
             "SELECT coalesce(sum(amount_cents), 0), "
             "coalesce(sum(CASE WHEN lapsed_at IS NULL THEN 0 ELSE amount_cents END), 0) "
@@ -423,6 +438,11 @@ class SubsidyAccounts:
                 (enterprise_id,),
             ).fetchone()
         )
+        (returned,) = self.conn.execute(
+            "SELECT coalesce(sum(r.amount_cents), 0) FROM subsidy_returned r JOIN cards c ON c.asn = r.asn "
+            "WHERE c.enterprise_id = ?",
+            (enterprise_id,),
+        ).fetchone()
         return {
             "issued": int(issued),
             "collected": collected,
@@ -432,7 +452,9 @@ class SubsidyAccounts:
             # moved from replaced cards to their new cards (stays on the cards), and lapsed there (expired)
             "carried": carried,
             "lapsed": lapsed,
-            "on_cards": collected - spent + refunded - withdrawn - lapsed,
+            # given back to the enterprise when a card holding it was cancelled (never paid out in cash)
+            "returned": int(returned),
+            "on_cards": collected - spent + refunded - withdrawn - lapsed - int(returned),
             # allowances skipped by a later one the card loaded (never collectable): back to the enterprise
             "allowances_lapsed": int(skipped),
         }

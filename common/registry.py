@@ -25,9 +25,11 @@ class Registry(Protocol):
         """Register an issued card with the key version it was personalised at (0..255), which the platform counts
         for `platform key-versions` before the station's log is uploaded."""
 
-    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str, purse: dict) -> None:
         """The card was voided here (APPLICATION BLOCK) and froze this balance (fen), `proof` the card's MAC over it
-        (hex): the platform lists it VOIDED. Idempotent."""
+        (hex): the platform lists it VOIDED. `purse`: the rest of what that MAC covers and how it was computed, the
+        `voided` request's other arguments (common/registry_protocol.py OPS and OPTIONAL: counters, challenge, key
+        version; the frozen subsidy purse of P1 01). Idempotent."""
 
     def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
         """The new card (personalised at `key_version`) replaces the old one: it gets its holder, rights and

@@ -43,6 +43,8 @@ _RID_RE = re.compile(r"[0-9a-f]{32}\Z")
 _EMPLOYEE_RE = re.compile(r"[\x21-\x7e]{1,16}\Z")
 _PHONE_RE = re.compile(r"[0-9+\- ]{0,20}\Z")
 _PROOF_RE = re.compile(r"[0-9a-f]{16}\Z")
+_CHALLENGE_RE = _PROOF_RE  # the card's 8-byte challenge the void's MAC was computed with
+_BCD_DATE_RE = re.compile(r"[0-9]{8}\Z")  # YYYYMMDD as the card's 4 BCD bytes; 00000000: no expiry (empty purse)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class IntRange:
 
 
 _KEY_VERSION = IntRange(0, 255)
+_COUNTER = IntRange(0, 0xFFFF)
+_FEN = IntRange(0, 0xFFFFFFFF)
 
 # op -> its arguments and their patterns (a type: JSON type checked instead; IntRange: an integer in range)
 OPS: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
@@ -68,9 +72,28 @@ OPS: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
         "rights": dict,
         "key_version": _KEY_VERSION,
     },
-    "voided": {"asn": _ASN_RE, "frozen_cents": IntRange(0, 0xFFFFFFFF), "proof": _PROOF_RE},
+    "voided": {
+        "asn": _ASN_RE,
+        "frozen_cents": _FEN,
+        "offline_counter": _COUNTER,
+        "online_counter": _COUNTER,
+        "proof": _PROOF_RE,
+        "challenge": _CHALLENGE_RE,
+        "key_version": _KEY_VERSION,
+    },
     "replace": {"old_asn": _ASN_RE, "new_asn": _ASN_RE, "key_version": _KEY_VERSION},
     "cancel": {"asn": _ASN_RE, "settle": bool},
+}
+
+
+# op -> arguments sent all together or not at all (a `voided` of APPLICATION BLOCK P1 01: the frozen subsidy purse)
+OPTIONAL: dict[str, dict[str, re.Pattern[str] | type | IntRange]] = {
+    "voided": {
+        "subsidy_cents": _FEN,
+        "subsidy_expiry": _BCD_DATE_RE,
+        "subsidy_offline_counter": _COUNTER,
+        "subsidy_online_counter": _COUNTER,
+    },
 }
 
 
@@ -112,10 +135,17 @@ class RegistryResponse:
 
 
 def _check_args(op: str, args: dict[str, Any], where: str) -> dict[str, Any]:
-    spec = OPS[op]
-    extra = sorted(set(args) - set(spec))
+    optional = OPTIONAL.get(op, {})
+    spec = dict(OPS[op])
+    extra = sorted(set(args) - set(spec) - set(optional))
     if extra:
         raise ProtocolError(f"{where}: unknown argument {extra[0]!r} for {op}")
+    given = set(args) & set(optional)
+    if given:
+        missing = sorted(set(optional) - given)
+        if missing:
+            raise ProtocolError(f"{where}: field {missing[0]!r} is missing ({', '.join(optional)} go together)")
+        spec.update(optional)
     for name, kind in spec.items():
         if isinstance(kind, IntRange):
             value = _field(args, name, int, where)
@@ -125,6 +155,13 @@ def _check_args(op: str, args: dict[str, Any], where: str) -> dict[str, Any]:
             _field(args, name, kind, where)
         else:
             _match(args, name, kind, where, "valid")
+    if "subsidy_expiry" in given and args["subsidy_expiry"] != "00000000":
+        try:
+            datetime.strptime(args["subsidy_expiry"], "%Y%m%d")
+        except ValueError:
+            raise ProtocolError(
+                f"{where}: field 'subsidy_expiry' = {args['subsidy_expiry']!r} is not a date YYYYMMDD or 00000000"
+            ) from None
     return args
 
 

@@ -385,7 +385,8 @@ class IssuingTerminal:
         intent = self.journal.open(jn.VOID, now, asn, "Backing up and voiding the old card", backup)
         try:
             # A subsidy purse is frozen and proven with the cash purse (APPLICATION BLOCK P1 01, 8.2).
-            frozen = AdminChannel(transmit, self.sam, info).block(with_subsidy=info.has_subsidy)
+            channel = AdminChannel(transmit, self.sam, info)
+            frozen = channel.block(with_subsidy=info.has_subsidy)
         except SamError as exc:
             raise Refusal("sam_refused", f"This SAM cannot void the card: {exc}", asn) from None
         except cp.CardProtocolError as exc:
@@ -406,7 +407,7 @@ class IssuingTerminal:
                 },
                 "voided",
             )
-        self._tell_voided(asn, frozen)
+        self._tell_voided(asn, frozen, channel.block_challenge, info.key_version)
         sub = frozen.subsidy
         return Backup(
             asn,
@@ -440,9 +441,15 @@ class IssuingTerminal:
         )
         self._platform_card(info.asn_hex, ("ACTIVE", "LOST", "VOIDED"), "replacement")
 
-    def _tell_voided(self, asn: str, frozen: cp.FrozenPurse) -> None:
+    def _tell_voided(self, asn: str, frozen: cp.FrozenPurse, challenge: bytes, key_version: int) -> None:
         try:
-            self.registry.voided(asn, frozen.balance, frozen.mac.hex(), self.terminal_id.hex())
+            self.registry.voided(
+                asn,
+                frozen.balance,
+                frozen.mac.hex(),
+                self.terminal_id.hex(),
+                void_purse(frozen, challenge, key_version),
+            )
         except RegistryError as exc:
             raise Refusal(
                 "platform_refused",
@@ -756,7 +763,9 @@ class IssuingTerminal:
         """Void the application (the card proves its final balance), erase its personalisation, tell the platform.
 
         A balance left on the card is refused unless `settle` (the holder is refunded that amount, which is
-        logged). Returns the settled amount in fen. Re-tap safe: a voided card is voided and erased again.
+        logged). A subsidy purse is frozen and proven with it (P1 01): its balance is never refunded but returned
+        to the enterprise (the platform's `cancel`), and refused without `settle` like cash. Returns the settled
+        cash amount in fen. Re-tap safe: a voided card is voided and erased again.
         """
         info = self._select(transmit)
         asn = info.asn_hex
@@ -799,20 +808,34 @@ class IssuingTerminal:
                     asn,
                     {"balance": balance},
                 )
+            if info.has_subsidy and info.subsidy_expiry is not None and not settle:
+                # The card's FCI says its subsidy purse holds a balance (5.6): it goes back to the enterprise.
+                raise Refusal(
+                    "balance_remains",
+                    "Card still holds a subsidy balance: it is returned to the enterprise at cancellation, never "
+                    "paid out in cash; confirm the settlement to cancel; nothing was changed",
+                    asn,
+                )
         intent = self.journal.open(
             flow, now, asn, "Voiding and erasing the application", {"settle": settle, "key_version": info.key_version}
         )
         channel = AdminChannel(transmit, self.sam, info)
         try:
-            frozen = channel.block()
-            if open_there:
-                self._tell_voided(asn, frozen)
-            if frozen.balance and not settle:
+            # A subsidy purse is frozen and proven with the cash purse (APPLICATION BLOCK P1 01, 8.2, 8.5).
+            frozen = channel.block(with_subsidy=info.has_subsidy)
+            # Told once, before the settlement is logged: a re-tap after the ERASE proves only an empty purse,
+            # which must not replace what the platform holds of the card's real frozen purses.
+            if open_there and not self.journal.has(asn, flow, jn.State.SETTLED):
+                self._tell_voided(asn, frozen, channel.block_challenge, info.key_version)
+            subsidy = 0 if frozen.subsidy is None else frozen.subsidy.balance
+            if (frozen.balance or subsidy) and not settle:
                 raise Refusal(
                     "balance_remains",
-                    f"Card still holds {format_yuan(frozen.balance)}: settle it first",
+                    f"Card still holds {format_yuan(frozen.balance)}"
+                    + (f" and a subsidy of {format_yuan(subsidy)} (returned to the enterprise)" if subsidy else "")
+                    + ": settle it first",
                     asn,
-                    {"balance": frozen.balance},
+                    {"balance": frozen.balance, "subsidy_balance": subsidy},
                 )
             # The settled amount is in the log, with the card's proof, before the purse is erased; once per card
             # (a re-tap after a tear finds the card voided and gets the same frozen balance again).
@@ -821,12 +844,15 @@ class IssuingTerminal:
                     intent,
                     jn.State.SETTLED,
                     now,
-                    f"Balance {format_yuan(frozen.balance)} settled",
+                    f"Balance {format_yuan(frozen.balance)} settled"
+                    + (f"; subsidy {format_yuan(subsidy)} returned to the enterprise" if subsidy else ""),
                     {
                         "balance": frozen.balance,
                         "proof": frozen.mac.hex(),
                         "offline_counter": frozen.offline_counter,
                         "online_counter": frozen.online_counter,
+                        # the subsidy purse it froze (P1 01): never refunded to the holder (8.5)
+                        **_frozen_subsidy_detail(frozen),
                     },
                     "settled",
                 )
@@ -842,7 +868,7 @@ class IssuingTerminal:
             jn.State.DONE,
             now,
             "Application deleted" if deletion else "Card cancelled",
-            {"settled": frozen.balance},
+            {"settled": frozen.balance, **({"subsidy_returned": subsidy} if frozen.subsidy is not None else {})},
             "completed",
         )
         if deletion and info.private:
@@ -853,6 +879,27 @@ class IssuingTerminal:
             except cp.CardProtocolError as exc:
                 raise Refusal("card_error", f"Card did not confirm the deletion ({exc}): tap it again", asn) from None
         return frozen.balance
+
+
+def void_purse(frozen: cp.FrozenPurse, challenge: bytes, key_version: int) -> dict:
+    """The registry `voided` request's arguments besides asn, frozen_cents and proof (docs/sync-protocol.md): what
+    the card's MAC covers (counters; the subsidy purse of P1 01, its expiry as the card's 4 BCD bytes) and the
+    challenge and key version it was computed with, so the platform can check the MAC itself."""
+    out: dict = {
+        "offline_counter": frozen.offline_counter,
+        "online_counter": frozen.online_counter,
+        "challenge": challenge.hex(),
+        "key_version": key_version,
+    }
+    sub = frozen.subsidy
+    if sub is not None:
+        out.update(
+            subsidy_cents=sub.balance,
+            subsidy_expiry=frozen.raw[12:16].hex(),
+            subsidy_offline_counter=sub.offline_counter,
+            subsidy_online_counter=sub.online_counter,
+        )
+    return out
 
 
 def _frozen_subsidy_detail(frozen: cp.FrozenPurse) -> dict:

@@ -160,14 +160,14 @@ class MqttRegistry:
             key_version=key_version,
         )
 
-    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str) -> None:
+    def voided(self, asn: str, frozen_balance: int, proof: str, terminal_id: str, purse: dict) -> None:
         """`terminal_id` is not sent: the platform records the station of the topic (this station's certificate)."""
         if terminal_id.upper() != self.station_id:
             raise RegistryError(
                 f"terminal {terminal_id} cannot report a void over station {self.station_id}'s link; "
                 "run the issuing station with its own --terminal-id"
             )
-        self.call("voided", asn=asn.upper(), frozen_cents=frozen_balance, proof=proof.lower())
+        self.call("voided", asn=asn.upper(), frozen_cents=frozen_balance, proof=proof.lower(), **purse)
 
     def replace(self, old_asn: str, new_asn: str, key_version: int) -> None:
         self.call("replace", old_asn=old_asn.upper(), new_asn=new_asn.upper(), key_version=key_version)

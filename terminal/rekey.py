@@ -88,6 +88,7 @@ class AdminChannel:
         self.transmit, self.sam, self.info = transmit, sam, info
         self.identity = info.identity()
         self.purpose = admin_purpose(info.key_version)
+        self.block_challenge = b""  # the challenge of the last APPLICATION BLOCK's verified answer
 
     def challenge(self) -> bytes:
         return cp.parse_challenge(self.transmit(cp.get_challenge_command()))
@@ -115,6 +116,7 @@ class AdminChannel:
         `with_subsidy` (P1 01, a version 2 sub-application with a subsidy purse): the subsidy purse too."""
         challenge, rapdu = self.send(cp.INS_BLOCK, 1 if with_subsidy else 0, 0, le=28 if with_subsidy else 16)
         frozen = cp.parse_frozen_purse(rapdu, with_subsidy)
+        self.block_challenge = challenge  # the platform re-checks the MAC with it (the registry's `voided`)
         try:
             self.sam.verify_card_mac(
                 self.purpose, self.identity, cp.block_response_mac_input(challenge, frozen), frozen.mac

@@ -16,6 +16,7 @@ from tests.mqtt_env import STATIONS, free_port, start_platform
 from tests.support import ENTERPRISE
 
 STATION = "000000000900"  # a station of the test enterprise, with a certificate and registry topics in the ACL
+VOID_PURSE = {"offline_counter": 0, "online_counter": 0, "challenge": "00" * 8, "key_version": 1}
 assert STATIONS[STATION] == ENTERPRISE.hex()
 
 
@@ -247,9 +248,9 @@ def test_another_enterprises_card_and_holder_are_refused(tmp_path, broker, platf
         with pytest.raises(RegistryError, match="belongs to another enterprise"):
             registry.cancel("0102030405060708", settle=False)
         with pytest.raises(RegistryError, match="belongs to another enterprise"):
-            registry.voided("0102030405060708", 0, "00" * 8, STATION)
+            registry.voided("0102030405060708", 0, "00" * 8, STATION, VOID_PURSE)
         with pytest.raises(RegistryError, match="cannot report a void over station"):
-            registry.voided("0102030405060708", 0, "00" * 8, "000000000901")
+            registry.voided("0102030405060708", 0, "00" * 8, "000000000901", VOID_PURSE)
     assert platform.card("0102030405060708")["status"] == "ACTIVE"
     assert platform.voided("0102030405060708") is None
 

@@ -36,7 +36,16 @@ def request(**changes):
 
 
 def voided(**args):
-    return {"asn": ASN, "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718", **args}
+    return {
+        "asn": ASN,
+        "frozen_cents": 1234,
+        "offline_counter": 0,
+        "online_counter": 0,
+        "proof": "a1b2c3d4e5f60718",
+        "challenge": "0011223344556677",
+        "key_version": 1,
+        **args,
+    }
 
 
 REGISTER = {"enterprise_id": "00010001", "employee_no": "E1", "asn": ASN, "rights": {}, "key_version": 1}

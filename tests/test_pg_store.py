@@ -531,6 +531,7 @@ def test_an_sqlite_platform_from_before_migrations_opens_and_is_baselined(tmp_pa
             "0005_card_serial",
             "0006_allowance_numbers",
             "0007_subsidy_carried",
+            "0008_cancel_subsidy",
         }
         == set(schema.migration_ids())
     )

@@ -449,8 +449,10 @@ def test_an_older_platform_database_gets_kinds_and_its_unknown_kind_terminals_mo
         "ota_loads",
         "card_serials",
         "subsidy_carried",
+        "voided_purses",
+        "subsidy_returned",
     ):
-        conn.execute(f"DROP TABLE {table}")  # migrations 0003, 0004, 0005 and 0007
+        conn.execute(f"DROP TABLE {table}")  # migrations 0003, 0004, 0005, 0007 and 0008
     for (table,) in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE '%yoyo%'"
     ).fetchall():

@@ -59,23 +59,81 @@ def test_a_sync_envelope_signature_cannot_stand_for_a_registry_answer():
         rp.open_response(envelope, KEY.public_key())
 
 
+VOID = {
+    "asn": "0102030405060708",
+    "frozen_cents": 5000,
+    "offline_counter": 3,
+    "online_counter": 1,
+    "proof": "a1b2c3d4e5f60718",
+    "challenge": "0011223344556677",
+    "key_version": 1,
+}
+VOID_SUBSIDY = {
+    "subsidy_cents": 1234,
+    "subsidy_expiry": "20261231",
+    "subsidy_offline_counter": 2,
+    "subsidy_online_counter": 1,
+}
+
+
 def test_the_documented_void_report_is_what_is_sent():
-    sent = rp.encode_request(
-        RID, "000000000900", "voided", {"asn": "0102030405060708", "frozen_cents": 1234, "proof": "a1b2c3d4e5f60718"}
-    )
+    sent = rp.encode_request(RID, "000000000900", "voided", {**VOID, **VOID_SUBSIDY})
     assert REQUESTS[1].encode() == sent
-    assert rp.decode_request(sent).args == {
-        "asn": "0102030405060708",
-        "frozen_cents": 1234,
-        "proof": "a1b2c3d4e5f60718",
-    }
+    assert rp.decode_request(sent).args == {**VOID, **VOID_SUBSIDY}
+    # without the subsidy purse (APPLICATION BLOCK P1 00): the four subsidy arguments are absent
+    assert rp.decode_request(rp.encode_request(RID, "000000000900", "voided", VOID)).args == VOID
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            {**VOID, "subsidy_cents": 1},
+            "registry request voided: field 'subsidy_expiry' is missing (subsidy_cents, subsidy_expiry, "
+            "subsidy_offline_counter, subsidy_online_counter go together)",
+        ),
+        (
+            {**VOID, **VOID_SUBSIDY, "subsidy_expiry": "20261331"},
+            "registry request voided: field 'subsidy_expiry' = '20261331' is not a date YYYYMMDD or 00000000",
+        ),
+        (
+            {**VOID, **VOID_SUBSIDY, "subsidy_expiry": "2026123"},
+            "registry request voided: field 'subsidy_expiry' = '2026123' is not valid",
+        ),
+        (
+            {**VOID, **VOID_SUBSIDY, "subsidy_cents": 0x100000000},
+            "registry request voided: field 'subsidy_cents' = 4294967296 is not 0..4294967295",
+        ),
+        (
+            {**VOID, **VOID_SUBSIDY, "subsidy_online_counter": 0x10000},
+            "registry request voided: field 'subsidy_online_counter' = 65536 is not 0..65535",
+        ),
+        ({**VOID, "offline_counter": -1}, "registry request voided: field 'offline_counter' = -1 is not 0..65535"),
+        (
+            {**VOID, "challenge": "0011223344556677AA"},
+            "registry request voided: field 'challenge' = '0011223344556677AA' is not valid",
+        ),
+        ({**VOID, "subsidy": 1}, "registry request voided: unknown argument 'subsidy' for voided"),
+    ],
+)
+def test_a_void_report_is_strict(args, message):
+    with pytest.raises(ProtocolError) as caught:
+        rp.encode_request(RID, "000000000900", "voided", args)
+    assert str(caught.value) == message
+
+
+def test_a_void_report_at_its_limits_is_accepted():
+    edge = {**VOID, "offline_counter": 0xFFFF, "online_counter": 0, "subsidy_cents": 0xFFFFFFFF}
+    edge.update(subsidy_expiry="00000000", subsidy_offline_counter=0xFFFF, subsidy_online_counter=0)
+    assert rp.decode_request(rp.encode_request(RID, "000000000900", "voided", edge)).args == edge
 
 
 def test_the_documented_table_lists_every_op_and_argument():
     rows = re.findall(r"^\| `(\w+)` \| (.*?) \| [^|]* \|$", SECTION, re.M)[1:]  # after the header
     assert [op for op, _ in rows] == list(rp.OPS)
     for op, args in rows:
-        assert re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", args)) == list(rp.OPS[op]), op
+        named = list(rp.OPS[op]) + list(rp.OPTIONAL.get(op, {}))
+        assert re.findall(r"`(\w+)`", re.sub(r"\(.*?\)", "", args).replace("`01`", "")) == named, op
 
 
 @pytest.mark.parametrize(
@@ -103,9 +161,9 @@ def test_the_documented_table_lists_every_op_and_argument():
             },
             "key_version",
         ),
-        ("voided", {"asn": "0102030405060708", "frozen_cents": True, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
-        ("voided", {"asn": "0102030405060708", "frozen_cents": -1, "proof": "a1b2c3d4e5f60718"}, "frozen_cents"),
-        ("voided", {"asn": "0102030405060708", "frozen_cents": 1, "proof": "A1B2C3D4E5F60718"}, "proof"),
+        ("voided", {**VOID, "frozen_cents": True}, "frozen_cents"),
+        ("voided", {**VOID, "frozen_cents": -1}, "frozen_cents"),
+        ("voided", {**VOID, "proof": "A1B2C3D4E5F60718"}, "proof"),
     ],
 )
 def test_malformed_requests_are_refused_naming_the_field(op, args, problem):

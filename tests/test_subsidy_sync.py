@@ -135,6 +135,7 @@ def test_issued_allowance_travels_to_the_till_is_collected_once_and_the_ledgers_
                 "refunded": 0,
                 "carried": 0,
                 "lapsed": 0,
+                "returned": 0,
                 "on_cards": 1_700,
                 "allowances_lapsed": 0,
             }
