@@ -163,26 +163,7 @@ class CardFlows:
                 raise PlatformError(f"frozen balance {frozen_cents} is not 0..4294967295 fen")
             if purse is not None:
                 status = self._check_void_proof(c, frozen_cents, proof, purse)
-                self.conn.execute(
-                    "INSERT INTO voided_purses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
-                    "offline_counter = excluded.offline_counter, online_counter = excluded.online_counter, "
-                    "subsidy_cents = excluded.subsidy_cents, subsidy_expiry = excluded.subsidy_expiry, "
-                    "subsidy_offline_counter = excluded.subsidy_offline_counter, "
-                    "subsidy_online_counter = excluded.subsidy_online_counter, challenge = excluded.challenge, "
-                    "key_version = excluded.key_version, mac_status = excluded.mac_status",
-                    (
-                        c["asn"],
-                        purse["offline_counter"],
-                        purse["online_counter"],
-                        purse.get("subsidy_cents"),
-                        purse.get("subsidy_expiry"),
-                        purse.get("subsidy_offline_counter"),
-                        purse.get("subsidy_online_counter"),
-                        purse["challenge"],
-                        purse["key_version"],
-                        status,
-                    ),
-                )
+                self._store_void_purse(c["asn"], purse, status)
             self.conn.execute(
                 "INSERT INTO voided_cards VALUES (?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
                 "frozen_cents = excluded.frozen_cents, proof = excluded.proof, terminal_id = excluded.terminal_id, "
@@ -200,6 +181,29 @@ class CardFlows:
                     f"{_yuan(frozen_cents)} yuan (platform balance "
                     f"{_yuan(c['balance_cents'])} yuan)",
                 )
+
+    def _store_void_purse(self, asn: str, purse: dict, status: str) -> None:
+        """voided_purses: what the card proved besides its frozen cash balance (a repeat replaces it)."""
+        self.conn.execute(
+            "INSERT INTO voided_purses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asn) DO UPDATE SET "
+            "offline_counter = excluded.offline_counter, online_counter = excluded.online_counter, "
+            "subsidy_cents = excluded.subsidy_cents, subsidy_expiry = excluded.subsidy_expiry, "
+            "subsidy_offline_counter = excluded.subsidy_offline_counter, "
+            "subsidy_online_counter = excluded.subsidy_online_counter, challenge = excluded.challenge, "
+            "key_version = excluded.key_version, mac_status = excluded.mac_status",
+            (
+                _asn(asn),
+                purse["offline_counter"],
+                purse["online_counter"],
+                purse.get("subsidy_cents"),
+                purse.get("subsidy_expiry"),
+                purse.get("subsidy_offline_counter"),
+                purse.get("subsidy_online_counter"),
+                purse["challenge"],
+                purse["key_version"],
+                status,
+            ),
+        )
 
     def voided(self, asn: str) -> dict | None:
         """{"frozen_cents", "proof", "terminal_id", "at"} of a card an issuing station voided, else None; with what

@@ -460,9 +460,11 @@ def cmd_cancel(args) -> int:
         return _ota_secured_cmd(args, "delete")
 
     def do(pf):
-        balance = pf.card(args.asn)["balance_cents"]
+        card = pf.card(args.asn)
+        balance, subsidy = card["balance_cents"], max(card["subsidy_cents"], 0)
         v = pf.cancel(args.asn, settle=args.settle)
         refund = f", {balance / 100:.2f} yuan refund recorded" if balance else ""
+        refund += f", subsidy {subsidy / 100:.2f} yuan returned to the enterprise" if subsidy else ""
         return f"card {args.asn.upper()} cancelled{refund}; blacklist version {v} queued for every terminal"
 
     return _run(args, do)
@@ -743,7 +745,14 @@ def _ota_secured_run(
     keystore, ident = keys or _ota_keys(args, pf, asn, pf.card(asn))
     sam = SoftwareSam(keystore)
     if op_name == "delete":
-        op: object = ota_ops.OtaDeletion(sam, ident, settle=settle)
+        subsidy = pf.card(asn)["subsidy_cents"]
+        if subsidy > 0 and not settle:
+            raise UserError(
+                f"card {asn.upper()} has a subsidy balance of {format_yuan(subsidy)} yuan, returned to the enterprise "
+                "at cancellation (never paid out in cash); rerun with --settle; nothing was sent"
+            )
+        # A card the platform knows a subsidy purse of is voided with APPLICATION BLOCK P1 01 (docs/ota.md 5.2).
+        op: object = ota_ops.OtaDeletion(sam, ident, settle=settle, subsidy=pf.subsidy_known(asn))
     elif op_name == "rights":
         import datetime as dt
 

@@ -266,6 +266,9 @@ class OtaJobs:
             refund, version = 0, None
             if c["status"] != CANCELLED:
                 self.record_void(asn, frozen.balance, frozen.proof.hex(), OTA_LEDGER_TERMINAL)
+                if frozen.challenge:
+                    # what the card proved besides (the subsidy purse of P1 01), its MAC checked by this SAM
+                    self._store_void_purse(asn, frozen.purse(), "ok")
                 refund = self.card(asn)["balance_cents"]
                 version = self.cancel(asn, settle=True)
                 self._history(

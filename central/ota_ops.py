@@ -412,7 +412,42 @@ class Frozen:
     balance: int
     offline_counter: int
     online_counter: int
-    proof: bytes  # the 8 data bytes and the card's 8-byte MAC, as the issuing station records a void
+    proof: bytes  # the 8 (P1 01: 20) data bytes and the card's 8-byte MAC, as the issuing station records a void
+    challenge: bytes = b""  # the card's challenge the MAC was computed with
+    key_version: int = 0  # the card's keys (UPDATE of that version computed the MAC)
+
+    def purse(self) -> dict:
+        """The registry `voided` arguments besides asn, frozen_cents and proof (central/card_flows.py)."""
+        d = self.proof
+        out: dict = {
+            "offline_counter": self.offline_counter,
+            "online_counter": self.online_counter,
+            "challenge": self.challenge.hex(),
+            "key_version": self.key_version,
+        }
+        if len(d) == 28:  # APPLICATION BLOCK P1 01: the subsidy purse frozen and proven with the cash purse
+            out.update(
+                subsidy_cents=int.from_bytes(d[8:12], "big"),
+                subsidy_expiry=d[12:16].hex(),
+                subsidy_offline_counter=int.from_bytes(d[16:18], "big"),
+                subsidy_online_counter=int.from_bytes(d[18:20], "big"),
+            )
+        return out
+
+    @property
+    def subsidy_balance(self) -> int | None:
+        return int.from_bytes(self.proof[8:12], "big") if len(self.proof) == 28 else None
+
+    @classmethod
+    def parse(cls, data: bytes, challenge: bytes = b"", key_version: int = 0) -> Frozen:
+        return cls(
+            int.from_bytes(data[:4], "big"),
+            int.from_bytes(data[4:6], "big"),
+            int.from_bytes(data[6:8], "big"),
+            data,
+            challenge,
+            key_version,
+        )
 
 
 class Phase(enum.Enum):
@@ -437,8 +472,11 @@ class OtaDeletion:
 
     MAX_DELETES = 3
 
-    def __init__(self, sam, card, settle: bool = False) -> None:
+    def __init__(self, sam, card, settle: bool = False, subsidy: bool = False) -> None:
         self.sam, self.card, self.settle = sam, card, settle
+        # `subsidy`: the platform knows of a subsidy purse on this card: a version 2 BLOCK is sent with P1 01, which
+        # proves the subsidy purse too (card-application.md 8.2); a card answering 6A 81 (none) is voided with P1 00.
+        self.subsidy = subsidy
         self.version = 0  # 1 or 2 once the card said which
         self.balance: int | None = None  # the MAC-verified balance before the void (version 2)
         self.frozen: Frozen | None = None
@@ -462,7 +500,8 @@ class OtaDeletion:
         if name is Phase.BALANCE:
             self.phase = OtaSecuredCommand(self.sam, self.card, INS_GET_BALANCE, 0x00, 0x02, b"", aids, le=0)
         elif name is Phase.BLOCK:
-            self.phase = OtaSecuredCommand(self.sam, self.card, INS_BLOCK, 0, 0, b"", aids, le=0x10)
+            p1 = 1 if self.subsidy and self.version == 2 else 0
+            self.phase = OtaSecuredCommand(self.sam, self.card, INS_BLOCK, p1, 0, b"", aids, le=0x1C if p1 else 0x10)
         elif name is Phase.ERASE:
             self.phase = OtaSecuredCommand(self.sam, self.card, INS_ERASE, 0, 0, b"", aids)
         else:
@@ -530,6 +569,9 @@ class OtaDeletion:
         if phase.absent and self.phase_name is Phase.DELETE and self.settled:
             self.step = Step.DONE  # a DELETE whose PoR was lost had run: nothing left to delete
             return None
+        if phase.sw == SW_NO_PURSE and self.phase_name is Phase.BLOCK and phase.p1 == 1:
+            self.subsidy = False  # no subsidy purse after all (nothing changed): void it with P1 00
+            return self._enter(Phase.BLOCK)
         if phase.sw == SW_NO_PURSE and self.phase_name is Phase.BALANCE:
             self.balance = 0  # a sub-application without purse: nothing to settle
             self.version = 2
@@ -541,19 +583,23 @@ class OtaDeletion:
         from sam.interface import KeyPurpose
 
         data = phase.result
-        if len(data) != 16:
-            self._fail(f"APPLICATION BLOCK answered {len(data)} bytes, expected 16")
+        size = 28 if phase.p1 == 1 else 16
+        if len(data) != size:
+            self._fail(f"APPLICATION BLOCK answered {len(data)} bytes, expected {size}")
             return None
         try:
-            self.sam.verify_card_mac(KeyPurpose.UPDATE, self.card, phase.challenge + b"\x1e" + data[:8], data[8:])
+            self.sam.verify_card_mac(KeyPurpose.UPDATE, self.card, phase.challenge + b"\x1e" + data[:-8], data[-8:])
         except Exception as e:  # noqa: BLE001 - a SAM refusal: the frozen balance is not proven
             self._fail(f"the frozen balance is not proven: {e}")
             return None
-        self.frozen = Frozen(
-            int.from_bytes(data[:4], "big"), int.from_bytes(data[4:6], "big"), int.from_bytes(data[6:8], "big"), data
-        )
-        if self.frozen.balance and not self.settle:
-            self._fail(f"the card froze {self.frozen.balance} fen: settle it (--settle records the refund)")
+        self.frozen = Frozen.parse(data, phase.challenge, self.card.key_version)
+        if (self.frozen.balance or self.frozen.subsidy_balance) and not self.settle:
+            subsidy = self.frozen.subsidy_balance
+            self._fail(
+                f"the card froze {self.frozen.balance} fen"
+                + (f" and a subsidy of {subsidy} fen (returned to the enterprise)" if subsidy else "")
+                + ": settle it (--settle records the refund)"
+            )
             return None
         self.step = Step.CREDIT  # voided and proven: the platform settles, then the application goes
         return self.resume_after_settlement() if self.settled else None
@@ -610,6 +656,8 @@ class OtaDeletion:
             "version": self.version,
             "balance": self.balance,
             "frozen": None if self.frozen is None else self.frozen.proof.hex(),
+            "frozen_challenge": None if self.frozen is None else self.frozen.challenge.hex(),
+            "subsidy": self.subsidy,
             "settled": self.settled,
             "deletes": self.deletes,
             "reason": self.reason,
@@ -621,8 +669,7 @@ class OtaDeletion:
         self.version, self.balance, self.settled = doc["version"], doc["balance"], doc["settled"]
         self.deletes, self.reason = doc.get("deletes", 0), doc.get("reason", "")
         self.settlement = doc.get("settlement")
+        self.subsidy = doc.get("subsidy", False)
         if doc.get("frozen"):
-            d = bytes.fromhex(doc["frozen"])
-            self.frozen = Frozen(
-                int.from_bytes(d[:4], "big"), int.from_bytes(d[4:6], "big"), int.from_bytes(d[6:8], "big"), d
-            )
+            challenge = bytes.fromhex(doc.get("frozen_challenge") or "")
+            self.frozen = Frozen.parse(bytes.fromhex(doc["frozen"]), challenge, self.card.key_version)

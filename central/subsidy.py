@@ -366,6 +366,18 @@ class SubsidyAccounts:
             self._publish_allowances(enterprise_id)  # an enterprise without allowances has nothing to announce
         return text
 
+    def subsidy_known(self, asn: str) -> bool:
+        """Whether the platform knows of a subsidy purse on the card: a subsidy record of it, or a subsidy a
+        replacement carried onto it (an over-the-air void then proves it: APPLICATION BLOCK P1 01)."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM subsidy_transactions WHERE asn = ?1 UNION ALL "
+                "SELECT 1 FROM subsidy_carried WHERE new_asn = ?1 LIMIT 1",
+                (asn.upper(),),
+            ).fetchone()
+            is not None
+        )
+
     def _return_subsidy(self, asn: str) -> int:
         """Within `cancel`'s transaction: the card's subsidy ledger balance goes back to the enterprise (recorded
         `returned`, never refunded in cash: the purses are not interchangeable). Returns the amount in fen (0: none;

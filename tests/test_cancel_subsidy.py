@@ -21,9 +21,11 @@ from terminal.reader import CardRemoved
 from terminal.subsidy_protocol import allowances_from_body
 from tests.support import MONDAY_10AM
 from tests.test_card_v2 import ISSUING_TERMINAL, A, pos_terminal, station, tap_run
+from tests.test_ota_status_delete import B as OTA_B
+from tests.test_ota_status_delete import world  # noqa: F401
 from tests.test_replacement_subsidy import ENT, EXPIRY, cash, old_card, platform, sub, upload  # noqa: F401
 
-__all__ = ["platform"]
+__all__ = ["platform", "world"]
 
 
 def collect(platform, tmp_path, card, label="2026-11", amount=3_000, spend=1_000, pos=None):
@@ -318,3 +320,98 @@ def test_the_frozen_subsidy_expiry_goes_as_the_cards_bcd_bytes():
         "challenge": "0000000000000000",
         "key_version": 1,
     }
+
+
+# --- over the air (docs/ota.md 5.2): `onecard platform cancel ASN --over-the-air --settle` ----------------------
+
+
+def _ota_card_with_subsidy(w, subsidy_cents=1_234, ledger=True):
+    """Enterprise B's sub-application gets a subsidy purse holding `subsidy_cents` until 2026-12-31; `ledger`: the
+    platform's subsidy ledger holds the same (as a replacement would have carried it onto this card)."""
+    from common import bcd
+    from simulator.card import SubsidyPurse
+    from tests.test_ota_status_delete import asn_b
+
+    w["card"].sub_application(OTA_B).subsidy = SubsidyPurse(subsidy_cents, bcd.encode_date(EXPIRY), 100_000)
+    if ledger:
+        w["pf"].conn.execute(
+            "INSERT INTO subsidy_carried VALUES (?, ?, ?, ?, 0, ?)",
+            ("C0FFEE0000000001", asn_b(w), subsidy_cents, EXPIRY.isoformat(), "2026-12-01T00:00:00.000000Z"),
+        )
+    return asn_b(w)
+
+
+def test_an_over_the_air_cancellation_proves_the_subsidy_and_returns_it_to_the_enterprise(world):
+    from central import ota_ops
+    from tests.test_ota_status_delete import MSISDN
+    from tests.test_ota_status_delete import SAMS as OTA_SAMS
+
+    w = world
+    asn = _ota_card_with_subsidy(w)
+    pf = w["pf"]
+    assert pf.subsidy_known(asn) and pf.subsidy_ledger(asn) == (1_234, "2026-12-31")
+    op = w["channel"].secured(
+        "del-s",
+        w["ident"],
+        MSISDN,
+        "delete",
+        ota_ops.OtaDeletion(OTA_SAMS[OTA_B], w["ident"], settle=True, subsidy=True),
+    )
+    assert op.step is ota_ops.Step.DONE, op.reason
+    # APPLICATION BLOCK P1 01: 20 frozen bytes and the MAC, checked by the platform's SAM
+    assert (op.frozen.balance, op.frozen.subsidy_balance, len(op.frozen.proof)) == (5_000, 1_234, 28)
+    assert op.frozen.proof[12:16] == bytes.fromhex("20261231")
+    assert [e.enterprise_id for e in w["card"].directory()] != [] and OTA_B not in [
+        e.enterprise_id for e in w["card"].directory()
+    ]
+    assert pf.card(asn)["status"] == "CANCELLED"
+    assert refunded(pf, asn) == 5_000 and returned(pf, asn) == (1_234, "2026-12-31")
+    v = pf.voided(asn)
+    assert (v["terminal_id"], v["frozen_cents"], v["subsidy_cents"], v["subsidy_expiry"], v["mac_status"]) == (
+        "ota",
+        5_000,
+        1_234,
+        "20261231",
+        "ok",
+    )
+    assert v["challenge"] == op.frozen.challenge.hex() and len(v["challenge"]) == 16
+    assert len(w["smsc"].messages) == 7  # as without subsidy: BALANCE, BLOCK, DELETE (2 packets each), CHECK
+
+
+def test_an_over_the_air_void_of_a_card_without_subsidy_purse_falls_back_to_p1_00(world):
+    from central import ota_ops
+    from tests.test_ota_status_delete import MSISDN, asn_b
+    from tests.test_ota_status_delete import SAMS as OTA_SAMS
+
+    w = world
+    assert w["card"].sub_application(OTA_B).subsidy is None
+    op = w["channel"].secured(
+        "del-n",
+        w["ident"],
+        MSISDN,
+        "delete",
+        ota_ops.OtaDeletion(OTA_SAMS[OTA_B], w["ident"], settle=True, subsidy=True),
+    )
+    assert op.step is ota_ops.Step.DONE, op.reason
+    assert (op.frozen.balance, op.frozen.subsidy_balance, len(op.frozen.proof)) == (5_000, None, 16)
+    assert len(w["smsc"].messages) == 9  # BLOCK P1 01 answered 6A 81 (nothing changed), then P1 00
+    assert refunded(w["pf"], asn_b(w)) == 5_000 and w["pf"].voided(asn_b(w))["subsidy_cents"] is None
+
+
+def test_an_over_the_air_void_without_settle_refuses_a_frozen_subsidy(world):
+    from central import ota_ops
+    from tests.test_ota_status_delete import MSISDN
+    from tests.test_ota_status_delete import SAMS as OTA_SAMS
+
+    w = world
+    w["card"].sub_application(OTA_B).purse.balance = 0
+    asn = _ota_card_with_subsidy(w, ledger=False)
+    op = w["channel"].secured(
+        "del-u", w["ident"], MSISDN, "delete", ota_ops.OtaDeletion(OTA_SAMS[OTA_B], w["ident"], subsidy=True)
+    )
+    assert op.step is ota_ops.Step.FAILED
+    assert op.reason == (
+        "the card froze 0 fen and a subsidy of 1234 fen (returned to the enterprise): settle it (--settle records "
+        "the refund)"
+    )
+    assert w["pf"].card(asn)["status"] == "ACTIVE" and returned(w["pf"], asn) is None
