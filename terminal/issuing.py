@@ -103,6 +103,8 @@ class IssuingTerminal:
     enterprise_id: bytes
     terminal_id: bytes  # 6 bytes BCD
     timezone: zoneinfo.ZoneInfo = zoneinfo.ZoneInfo("Asia/Shanghai")
+    # the last cancellation's figures besides its return value: {"subsidy_returned": fen} (the command line says it)
+    outcome: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def eid(self) -> str:
@@ -871,6 +873,7 @@ class IssuingTerminal:
             {"settled": frozen.balance, **({"subsidy_returned": subsidy} if frozen.subsidy is not None else {})},
             "completed",
         )
+        self.outcome["subsidy_returned"] = subsidy  # for the command line's answer (the return stays the cash)
         if deletion and info.private:
             # Version 2: the sub-application leaves the card (its slot is free for another enterprise); last, after
             # the platform knows, so a tear here only leaves an erased voided sub-application the next tap deletes.

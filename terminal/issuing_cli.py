@@ -509,7 +509,12 @@ def cmd_cancel(args) -> int:
             lambda t: station.cancel(t, _now(), settle=args.settle, deletion=args.delete),
         )
     what = "application deleted" if args.delete else "card cancelled"
-    print(f"{what}; balance settled: {format_yuan(settled)} yuan refunded to the holder" if settled else what)
+    if settled:
+        what += f"; balance settled: {format_yuan(settled)} yuan refunded to the holder"
+    returned = station.outcome.get("subsidy_returned", 0)
+    if returned:
+        what += f"; subsidy {format_yuan(returned)} yuan returned to the enterprise (not paid out)"
+    print(what)
     return 0
 
 

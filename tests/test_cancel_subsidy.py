@@ -69,7 +69,7 @@ def test_a_readable_card_is_cancelled_cash_refunded_and_subsidy_returned_to_the_
     assert refused.value.reason_code == "balance_remains"
     assert card.sub_application(A).status == 1 and platform.card(asn)["status"] == "ACTIVE"
     settled, n = tap_run(card, lambda t: st.cancel(t, MONDAY_10AM, settle=True))
-    assert settled == 5_000
+    assert settled == 5_000 and st.outcome == {"subsidy_returned": 2_000}
     assert n == 7  # SELECT; GET CHALLENGE + secured GET BALANCE, + BLOCK P1 01, + ERASE
     # the card: voided, purses gone
     app = card.sub_application(A)

@@ -415,3 +415,22 @@ def test_the_issuing_command_line_says_what_became_of_the_subsidy(tmp_path, caps
     new_state = MultiCardStateFile(d / "new.json").load().apps[0]
     assert (new_state.purse.balance, new_state.subsidy.balance) == (2_500, 1_800)
     assert out.rstrip().endswith("balance and rights carried over; subsidy 18.00 yuan carried over")
+    # cancelling the new card: the cash refunded to the holder, the subsidy returned to the enterprise
+    cancel = ["issue", "cancel", *ks, "--log", d / "station.db", "--wait", "2", *lab, "--card", d / "new.json"]
+    assert main([str(a) for a in (*cancel, "--settle")]) == 0, capsys.readouterr().err
+    assert (
+        capsys.readouterr()
+        .out.rstrip()
+        .endswith(
+            "card cancelled; balance settled: 25.00 yuan refunded to the holder; subsidy 18.00 yuan returned to the "
+            "enterprise (not paid out)"
+        )
+    )
+    pf = Platform(d / "platform.db", load_signing_key(d / "pf.key"))
+    new_asn = new_state.asn.hex().upper()
+    assert pf.card(new_asn)["status"] == "CANCELLED"
+    # the platform books its own ledger: this subsidy was put on the old card directly, so it knew none of it; what
+    # the card froze is kept with the void (its MAC unchecked: this platform holds no UPDATE key)
+    assert pf.subsidy_report(ENT)["returned"] == 0
+    assert (pf.voided(new_asn)["subsidy_cents"], pf.voided(new_asn)["mac_status"]) == (1_800, "unchecked")
+    pf.close()
