@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from central.broker_config import render_acl
 from common import registry_protocol as rp
-from common.sync_protocol import ProtocolError, SignatureError
+from common.sync_protocol import ProtocolError, SignatureError, canonical
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 RID = "00112233445566778899aabbccddeeff"
@@ -189,3 +191,30 @@ def test_the_acl_gives_registry_topics_to_stations_only():
     assert "topic write onecard/v1/s/000000000900/up/registry" in station
     assert "topic read onecard/v1/s/000000000900/down/registry" in station
     assert "topic read onecard/v1/s/+/up/registry" in acl.split("user platform")[1].split("user 0")[0]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from([*rp.OPS["voided"], *rp.OPTIONAL["voided"], "x"]),
+        _JSON | st.sampled_from(["00000000", "20261231", "0011223344556677", "0102030405060708"]),
+    )
+)
+def test_any_void_report_parses_or_is_refused_with_our_error(args):
+    payload = canonical(
+        {"v": 1, "type": "registry.request", "id": RID, "station": "000000000900", "op": "voided", "args": args}
+    )
+    try:
+        req = rp.decode_request(payload)
+    except ProtocolError:
+        return
+    assert set(req.args) >= set(rp.OPS["voided"])
+    given_optional = set(req.args) & set(rp.OPTIONAL["voided"])
+    assert given_optional in (set(), set(rp.OPTIONAL["voided"]))
