@@ -7,7 +7,8 @@ Prints JSON lines (issue 14):
   {"name": "loss_propagation", "terminals": N, "p50_ms": ..., "p99_ms": ..., "max_ms": ...}
 Simulated terminals are simulator.fleet.LightTerminal: lightweight MQTT 3.1.1 clients on one thread publishing
 sealed batches of real hash chains (every k-th record a top-up with a real TAC, checked by the workers).
-`--backend postgresql` runs both platforms on the PostgreSQL store (a private server, tests/pg_env.py).
+`--backend postgresql` runs the cluster platform on the PostgreSQL store (a private server, tests/pg_env.py); the
+embedded one stays on SQLite, its default, unless `--embedded-backend postgresql`.
 The terminals send their uploads compressed ([sync].compress_uploads = true; --plain-uploads for JSON).
 Run from the repository root: python bench/platform.py [--terminals 1000 --events 1000000] (the same as
 python bench/platform_ingest.py; bench/platform.py says why there are two names)
@@ -136,7 +137,8 @@ def own_cpu_seconds() -> float:
 
 
 def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records, args, cluster=None, broker=None):
-    db = work / f"{label}.db" if args.pg is None else "postgresql:" + args.pg.new_database()
+    backend = args.embedded_backend if label == "embedded" else args.backend
+    db = work / f"{label}.db" if backend == "sqlite" else "postgresql:" + args.pg.new_database()
     setup_db(db, pki.platform_key, [r.tid for r in records])
     log = open(work / f"{label}-workers.log", "ab")  # noqa: SIM115
     broker_args = (
@@ -181,7 +183,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     broker_cpu_before = [cpu_seconds([b], tree=True) for b in brokers]
     broker_cpu_killed = 0.0  # what the killed node used until it was killed
     fleet_cpu_before = own_cpu_seconds()
-    database = database_procs(args)
+    database = database_procs(args) if backend == "postgresql" else []
     database_cpu_before = cpu_seconds(database, tree=True)
     expected = sum(len(r.events) for r in records)
     t0 = time.monotonic()
@@ -220,7 +222,7 @@ def run(label, broker_desc, addresses, amqp, work, pki, key_pem, ks, pw, records
     log.close()
     line = {
         "name": "platform_ingest",
-        "backend": args.backend,
+        "backend": backend,
         "broker": broker_desc,
         "terminals": connected,
         "workers": args.workers,
@@ -295,7 +297,15 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=2)
     ap.add_argument("--money-every", type=int, default=20, help="every k-th record a TAC-checked top-up")
     ap.add_argument("--timeout", type=float, default=900)
-    ap.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    ap.add_argument(
+        "--backend", choices=("sqlite", "postgresql"), default="sqlite", help="the cluster platform's store"
+    )
+    ap.add_argument(
+        "--embedded-backend",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the embedded platform's store (its default is SQLite next to one mosquitto)",
+    )
     ap.add_argument("--skip-embedded", action="store_true")
     ap.add_argument("--skip-cluster", action="store_true")
     ap.add_argument("--no-loss", dest="loss", action="store_false")
@@ -307,7 +317,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     args.pg = None
-    if args.backend == "postgresql":  # a private server from Debian's binaries, one new database per run
+    # A private server from Debian's binaries, one new database per run.
+    if "postgresql" in (args.backend, args.embedded_backend):
         from tests.pg_env import PostgresServer
 
         args.pg = PostgresServer()
